@@ -1,0 +1,333 @@
+"""decode_image: every usable file becomes upright 8-bit RGB; every unusable one a one-line ImageError."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imagefiles
+from imagefiles import (
+    BAD_FILES,
+    quadrant_colors,
+    write_animated_gif,
+    write_bomb_png,
+    write_cmyk_jpeg,
+    write_exif_rotated,
+    write_gray,
+    write_gray16_png,
+    write_la,
+    write_odd_files,
+    write_palette,
+    write_palette_transparent,
+    write_rgb,
+    write_rgb16_png,
+    write_rgba,
+)
+from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
+from vggfeat.errors import ImageError
+
+
+def assert_rgb(array, height, width):
+    assert isinstance(array, np.ndarray)
+    assert array.dtype == np.uint8
+    assert array.shape == (height, width, 3)
+    assert array.flags.c_contiguous
+
+
+def max_diff(a, b):
+    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
+
+
+# --------------------------------------------------------------------------- unusable files
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_raises_image_error_with_reason(tmp_path, name):
+    writer, expected_word = BAD_FILES[name]
+    path = writer(tmp_path / name)
+    with pytest.raises(ImageError) as caught:
+        decode_image(path)
+    message = str(caught.value)
+    assert expected_word in message.lower(), message
+    assert "\n" not in message and message.strip() == message
+
+
+def test_truncated_jpeg_header_is_still_readable(tmp_path):
+    # Guard against a vacuous "truncated" test: Pillow identifies the file; only the pixels fail.
+    path = imagefiles.write_truncated_jpeg(tmp_path / "t.jpg", height=96, width=128)
+    with Image.open(path) as image:
+        assert image.size == (128, 96)
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        decode_image(tmp_path / "nowhere.jpg")
+
+
+def test_too_small_message_gives_size_and_minimum(tmp_path):
+    imagefiles.write_tiny(tmp_path / "tiny.png", side=8)
+    with pytest.raises(ImageError) as caught:
+        decode_image(tmp_path / "tiny.png")
+    assert "8x8" in str(caught.value)
+    assert str(DEFAULT_MIN_SIDE) in str(caught.value)
+
+
+def test_bomb_is_refused_from_the_header_without_decoding(tmp_path, monkeypatch):
+    path = write_bomb_png(tmp_path / "bomb.png", side=20000)
+    assert path.stat().st_size < 200_000  # tiny file ...
+    with monkeypatch.context() as patch:  # ... that honestly declares 400 million pixels
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        with Image.open(path) as image:
+            assert image.size == (20000, 20000) and image.mode == "1"
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as caught:
+        decode_image(path)
+    elapsed = time.perf_counter() - start
+    # Decoding would take seconds and over a gigabyte of memory; reading the header takes ms.
+    assert elapsed < 0.5, f"bomb took {elapsed:.2f}s to refuse: pixels were decoded"
+    digits = str(caught.value).replace(",", "")
+    assert "limit" in digits and str(DEFAULT_MAX_PIXELS) in digits, str(caught.value)
+
+
+def test_max_pixels_guard_uses_the_given_limit_before_decoding(tmp_path):
+    path = write_bomb_png(tmp_path / "bomb.png", side=6000)  # 36 M pixels: under Pillow's own guard
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as caught:
+        decode_image(path, max_pixels=10_000_000)
+    assert time.perf_counter() - start < 0.5
+    message = str(caught.value)
+    assert "6000x6000" in message and "10,000,000" in message and "--max-pixels" in message
+
+
+def test_max_pixels_above_pillows_guard_is_honored(tmp_path, monkeypatch):
+    # Shrink Pillow's guard so the case is cheap: Pillow alone would refuse over 2 x 1000 pixels.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    expected = write_rgb(tmp_path / "a.png", 60, 60)  # 3600 pixels
+    np.testing.assert_array_equal(decode_image(tmp_path / "a.png", max_pixels=10_000), expected)
+
+
+def test_max_pixels_limit_is_inclusive(tmp_path):
+    write_rgb(tmp_path / "a.png", 40, 50)  # 2000 pixels
+    assert_rgb(decode_image(tmp_path / "a.png", max_pixels=2000), 40, 50)
+    with pytest.raises(ImageError, match="over the limit of 1,999"):
+        decode_image(tmp_path / "a.png", max_pixels=1999)
+
+
+def test_min_side_limit_is_inclusive_and_uses_the_smaller_side(tmp_path):
+    write_rgb(tmp_path / "a.png", 40, 90)
+    assert_rgb(decode_image(tmp_path / "a.png", min_side=40), 40, 90)
+    with pytest.raises(ImageError, match="smallest side must be at least 41 px"):
+        decode_image(tmp_path / "a.png", min_side=41)
+
+
+def test_default_min_side_is_32(tmp_path):
+    write_rgb(tmp_path / "ok.png", 32, 32)
+    write_rgb(tmp_path / "small.png", 31, 200)
+    assert_rgb(decode_image(tmp_path / "ok.png"), 32, 32)
+    with pytest.raises(ImageError, match="smallest side"):
+        decode_image(tmp_path / "small.png")
+
+
+def test_min_side_applies_to_the_upright_image(tmp_path):
+    # Stored 40 x 100, shown 100 x 40 (EXIF 6): the smallest side is 40 either way, but the
+    # reported size must be the displayed one.
+    write_exif_rotated(tmp_path / "r.png", 6, height=40, width=100)
+    with pytest.raises(ImageError, match="40x100"):
+        decode_image(tmp_path / "r.png", min_side=41)
+
+
+# --------------------------------------------------------------------------- odd but valid images
+
+
+def test_plain_rgb_png_is_exact(tmp_path):
+    expected = write_rgb(tmp_path / "a.png", 45, 67, seed=1)
+    decoded = decode_image(tmp_path / "a.png")
+    assert_rgb(decoded, 45, 67)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_rgb_jpeg_is_close(tmp_path):
+    expected = write_rgb(tmp_path / "a.jpg", 60, 80, seed=2)
+    decoded = decode_image(tmp_path / "a.jpg")
+    assert_rgb(decoded, 60, 80)
+    assert np.abs(decoded.astype(int) - expected).mean() < 2.0
+
+
+def test_grayscale_becomes_equal_channels(tmp_path):
+    gray = write_gray(tmp_path / "g.png", 48, 64)
+    decoded = decode_image(tmp_path / "g.png")
+    assert_rgb(decoded, 48, 64)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[:, :, channel], gray)
+
+
+def test_grayscale_jpeg_has_equal_channels(tmp_path):
+    gray = write_gray(tmp_path / "g.jpg", 48, 64)
+    decoded = decode_image(tmp_path / "g.jpg")
+    assert_rgb(decoded, 48, 64)
+    np.testing.assert_array_equal(decoded[:, :, 0], decoded[:, :, 1])
+    np.testing.assert_array_equal(decoded[:, :, 0], decoded[:, :, 2])
+    assert np.abs(decoded[:, :, 0].astype(int) - gray).mean() < 2.0
+
+
+def test_16bit_grayscale_is_scaled_by_257(tmp_path):
+    values = write_gray16_png(tmp_path / "g16.png", 40, 56)
+    with Image.open(tmp_path / "g16.png") as image:
+        assert image.mode.startswith("I")  # really a 16-bit file, not silently 8-bit
+    decoded = decode_image(tmp_path / "g16.png")
+    assert_rgb(decoded, 40, 56)
+    expected = (values / 257).round().astype(np.uint8)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[:, :, channel], expected)
+    assert decoded.min() == 0 and decoded.max() == 255
+
+
+def test_dark_16bit_grayscale_is_not_mistaken_for_8bit(tmp_path):
+    # All values <= 255 in a 16-bit file are nearly black, not a full 8-bit range.
+    values = np.array([[0, 128, 255, 257 * 3]], dtype=np.uint16).repeat(40, axis=0).repeat(10, axis=1)
+    Image.fromarray(values).save(tmp_path / "dark.png")
+    decoded = decode_image(tmp_path / "dark.png")
+    assert_rgb(decoded, 40, 40)
+    np.testing.assert_array_equal(decoded[0, ::10, 0], [0, 0, 1, 3])
+
+
+def test_16bit_rgb_is_scaled_to_8bit(tmp_path):
+    values = write_rgb16_png(tmp_path / "c16.png", 40, 56)
+    decoded = decode_image(tmp_path / "c16.png")
+    assert_rgb(decoded, 40, 56)
+    # High byte or value / 257 rounded: they differ by at most 1. The low byte is random, so a
+    # decoder that kept it would be far off.
+    assert max_diff(decoded, (values / 257).round()) <= 1
+    assert max_diff(decoded, values >> 8) <= 1
+
+
+def test_palette(tmp_path):
+    expected = write_palette(tmp_path / "p.png")
+    decoded = decode_image(tmp_path / "p.png")
+    assert_rgb(decoded, *expected.shape[:2])
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_palette_transparency_becomes_white(tmp_path):
+    expected = write_palette_transparent(tmp_path / "pt.png")
+    with Image.open(tmp_path / "pt.png") as image:
+        assert image.mode == "P" and "transparency" in image.info
+    decoded = decode_image(tmp_path / "pt.png")
+    np.testing.assert_array_equal(decoded, expected)
+    white = (decoded == 255).all(axis=2)
+    assert 0.05 < white.mean() < 0.5  # the transparent index really covers part of the picture
+
+
+def test_alpha_is_composited_over_white(tmp_path):
+    expected = write_rgba(tmp_path / "a.png", 48, 64)
+    decoded = decode_image(tmp_path / "a.png")
+    assert_rgb(decoded, 48, 64)
+    third = 64 // 3
+    # Fully transparent: white, whatever color was stored underneath (magenta here).
+    assert (decoded[:, :third] == 255).all()
+    # Opaque: the stored color, exactly.
+    np.testing.assert_array_equal(decoded[:, 2 * third :], expected[:, 2 * third :])
+    # Half transparent: halfway to white.
+    assert max_diff(decoded, expected) <= 1
+
+
+def test_gray_alpha_is_composited_over_white(tmp_path):
+    expected = write_la(tmp_path / "la.png", 48, 64)
+    decoded = decode_image(tmp_path / "la.png")
+    assert_rgb(decoded, 48, 64)
+    assert (decoded[:24] == 255).all()
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_cmyk_jpeg_is_close_to_its_rgb_source(tmp_path):
+    expected = write_cmyk_jpeg(tmp_path / "c.jpg", 48, 64)
+    with Image.open(tmp_path / "c.jpg") as image:
+        assert image.mode == "CMYK"
+    decoded = decode_image(tmp_path / "c.jpg")
+    assert_rgb(decoded, 48, 64)
+    difference = np.abs(decoded.astype(int) - expected)
+    assert difference.mean() < 3.0 and difference.max() < 40
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_jpeg_is_shown_upright(tmp_path, orientation):
+    expected = write_exif_rotated(tmp_path / "r.jpg", orientation, height=64, width=96)
+    decoded = decode_image(tmp_path / "r.jpg")
+    assert_rgb(decoded, *expected.shape[:2])
+    if orientation in (6, 8):
+        assert decoded.shape[:2] == (96, 64)  # transposed
+    # Every quadrant has the color it has when displayed (JPEG: within a few levels).
+    assert np.abs(quadrant_colors(decoded) - quadrant_colors(expected)).max() < 12
+
+
+def test_exif_orientation_6_rotates_clockwise(tmp_path):
+    write_exif_rotated(tmp_path / "r.png", 6, height=64, width=96)
+    decoded = decode_image(tmp_path / "r.png")
+    # Stored: red top-left, green top-right, blue bottom-left, yellow bottom-right.
+    # Turned 90 degrees clockwise: blue top-left, red top-right, yellow bottom-left, green bottom-right.
+    colors = quadrant_colors(decoded).round().astype(int)
+    assert colors[0, 0].tolist() == [30, 30, 220]
+    assert colors[0, 1].tolist() == [220, 30, 30]
+    assert colors[1, 0].tolist() == [230, 230, 40]
+    assert colors[1, 1].tolist() == [30, 200, 30]
+
+
+def test_exif_orientation_8_png_is_exact(tmp_path):
+    expected = write_exif_rotated(tmp_path / "r.png", 8, height=64, width=96)
+    decoded = decode_image(tmp_path / "r.png")
+    assert_rgb(decoded, 96, 64)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    expected = write_animated_gif(tmp_path / "a.gif", 40, 48)
+    with Image.open(tmp_path / "a.gif") as image:
+        assert image.n_frames == 3
+    decoded = decode_image(tmp_path / "a.gif")
+    assert_rgb(decoded, 40, 48)
+    np.testing.assert_array_equal(decoded, expected)
+    assert decoded[0, 0].tolist() == [220, 20, 20]
+
+
+@pytest.mark.parametrize("name", ["a.tif", "a.tiff", "a.bmp", "a.webp", "a.PNG"])
+def test_lossless_formats_are_exact(tmp_path, name):
+    options = {"lossless": True} if name.endswith("webp") else {}
+    expected = write_rgb(tmp_path / name, 46, 58, seed=7, **options)
+    decoded = decode_image(tmp_path / name)
+    assert_rgb(decoded, 46, 58)
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_uppercase_jpg_extension(tmp_path):
+    expected = write_rgb(tmp_path / "PHOTO.JPG", 50, 70, seed=6)
+    decoded = decode_image(tmp_path / "PHOTO.JPG")
+    assert_rgb(decoded, 50, 70)
+    assert np.abs(decoded.astype(int) - expected).mean() < 2.0
+
+
+def test_format_comes_from_content_not_name(tmp_path):
+    expected = write_rgb(tmp_path / "really_png.jpg", 40, 40, fmt="PNG")
+    np.testing.assert_array_equal(decode_image(tmp_path / "really_png.jpg"), expected)
+
+
+def test_whole_odd_set_decodes(tmp_path):
+    # The set other tests reuse: every file decodes to what it promises.
+    odd = write_odd_files(tmp_path)
+    assert len(odd) >= 15
+    for name, item in odd.items():
+        decoded = decode_image(item.path)
+        assert_rgb(decoded, *item.expected.shape[:2])
+        difference = np.abs(decoded.astype(int) - item.expected)
+        assert difference.max() <= item.tolerance, name
+        if item.tolerance > 1:  # JPEG: close on average, not only within the worst-case bound
+            assert difference.mean() < 3.0, name
+
+
+def test_accepts_str_paths(tmp_path):
+    expected = write_rgb(tmp_path / "a.png", 40, 40)
+    np.testing.assert_array_equal(decode_image(str(tmp_path / "a.png")), expected)

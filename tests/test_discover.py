@@ -1,0 +1,289 @@
+"""find_images / read_file_list: which files are found, in which order, with which labels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from vggfeat.discover import NO_LABEL, find_images, read_file_list
+from vggfeat.errors import VggfeatError
+
+
+def touch(root, *relative_paths):
+    """Create empty files (discovery looks at names only, never at content)."""
+    for relative in relative_paths:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+def labels_by_path(image_set):
+    return {
+        path: (image_set.classes[label] if label >= 0 else None)
+        for path, label in zip(image_set.paths, image_set.labels.tolist())
+    }
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_tree_classes_and_labels(tmp_path):
+    # Created out of order on purpose.
+    touch(
+        tmp_path,
+        "zebra/z1.jpg",
+        "cat/c2.png",
+        "cat/c1.jpg",
+        "cat/kittens/small/k1.jpeg",  # deeper: still class "cat"
+        "ant/a1.bmp",
+        "loose.jpg",  # in the root: no class
+    )
+    found = find_images(tmp_path)
+    assert found.root == tmp_path
+    assert found.paths == (
+        "ant/a1.bmp",
+        "cat/c1.jpg",
+        "cat/c2.png",
+        "cat/kittens/small/k1.jpeg",
+        "loose.jpg",
+        "zebra/z1.jpg",
+    )
+    assert found.classes == ("ant", "cat", "zebra")
+    assert found.labels.dtype == np.int32
+    assert found.labels.tolist() == [0, 1, 1, 1, NO_LABEL, 2]
+    assert NO_LABEL == -1
+    assert len(found) == 6
+    assert found.file(3) == tmp_path / "cat" / "kittens" / "small" / "k1.jpeg"
+    assert all(path.is_file() for path in found.files())
+
+
+def test_extensions_any_case_and_non_images_ignored(tmp_path):
+    images = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.GIF", "f.webp", "g.TIF", "h.tiff"]
+    others = ["notes.txt", "a.jpg.txt", "drawing.svg", "features.h5", "raw.cr2", "jpg", "README"]
+    touch(tmp_path, *images, *others)
+    assert find_images(tmp_path).paths == tuple(sorted(images))
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    touch(
+        tmp_path,
+        "dog/d1.jpg",
+        "dog/._d1.jpg",  # macOS resource fork
+        "dog/.thumb.jpg",
+        "dog/.cache/d2.jpg",
+        ".git/objects/x.jpg",
+        ".trash/cat/c1.jpg",
+        ".hidden.png",
+    )
+    found = find_images(tmp_path)
+    assert found.paths == ("dog/d1.jpg",)
+    assert found.classes == ("dog",)
+
+
+def test_paths_are_posix_relative_and_sorted(tmp_path):
+    touch(tmp_path, "b/2.jpg", "b/10.jpg", "a/x/y.jpg", "a/x.jpg", "C/1.jpg")
+    found = find_images(tmp_path)
+    assert list(found.paths) == sorted(found.paths)
+    assert all("\\" not in path and not path.startswith("/") for path in found.paths)
+    # Plain code-point order: upper case before lower case, "10" before "2".
+    assert found.paths == ("C/1.jpg", "a/x.jpg", "a/x/y.jpg", "b/10.jpg", "b/2.jpg")
+    assert found.classes == ("C", "a", "b")
+
+
+def test_order_does_not_depend_on_creation_order(tmp_path):
+    names = [f"c{i % 3}/img{i:02d}.jpg" for i in range(12)]
+    touch(tmp_path / "one", *names)
+    touch(tmp_path / "two", *reversed(names))
+    one, two = find_images(tmp_path / "one"), find_images(tmp_path / "two")
+    assert one.paths == two.paths
+    np.testing.assert_array_equal(one.labels, two.labels)
+    assert one.digest() == two.digest()
+
+
+def test_only_root_files_means_no_classes(tmp_path):
+    touch(tmp_path, "a.jpg", "b.png")
+    found = find_images(tmp_path)
+    assert found.classes == ()
+    assert found.labels.tolist() == [NO_LABEL, NO_LABEL]
+
+
+def test_accepts_str_root(tmp_path):
+    touch(tmp_path, "x/a.jpg")
+    assert find_images(str(tmp_path)).paths == ("x/a.jpg",)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(VggfeatError, match="not found") as caught:
+        find_images(tmp_path / "nope")
+    assert "nope" in str(caught.value)
+
+
+def test_file_instead_of_folder(tmp_path):
+    touch(tmp_path, "a.jpg")
+    with pytest.raises(VggfeatError, match="not a folder") as caught:
+        find_images(tmp_path / "a.jpg")
+    assert "--file-list" in str(caught.value)
+
+
+@pytest.mark.parametrize("contents", [[], ["notes.txt", "sub/data.csv", ".hidden.jpg"]])
+def test_folder_without_images(tmp_path, contents):
+    touch(tmp_path, *contents)
+    with pytest.raises(VggfeatError, match="no images found") as caught:
+        find_images(tmp_path)
+    assert str(tmp_path) in str(caught.value) and ".jpg" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- file lists
+
+
+def write_list(path, *lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_list_paths_labels_comments_and_blanks(tmp_path):
+    listing = write_list(
+        tmp_path / "list.txt",
+        "# my images",
+        "photos/b.jpg,dog",
+        "",
+        "   ",
+        "photos/a.jpg , cat ",
+        "  # indented comment",
+        "photos/c.jpg",
+    )
+    found = read_file_list(listing)
+    assert found.root == tmp_path
+    assert found.paths == ("photos/a.jpg", "photos/b.jpg", "photos/c.jpg")  # sorted
+    assert found.classes == ("cat", "dog")
+    assert found.labels.dtype == np.int32
+    assert found.labels.tolist() == [0, 1, NO_LABEL]
+
+
+def test_list_relative_paths_are_from_the_list_folder(tmp_path):
+    touch(tmp_path, "data/img/a.jpg")
+    listing = write_list(tmp_path / "data" / "list.txt", "img/a.jpg,x")
+    found = read_file_list(listing)
+    assert found.root == tmp_path / "data"
+    assert found.file(0) == tmp_path / "data" / "img" / "a.jpg"
+    assert found.file(0).is_file()
+
+
+def test_list_relative_paths_from_explicit_root(tmp_path):
+    touch(tmp_path, "images/a.jpg")
+    listing = write_list(tmp_path / "lists" / "train.txt", "a.jpg,x")
+    found = read_file_list(listing, root=tmp_path / "images")
+    assert found.root == tmp_path / "images"
+    assert found.paths == ("a.jpg",)
+    assert found.file(0).is_file()
+
+
+def test_list_absolute_paths(tmp_path):
+    touch(tmp_path, "root/a.jpg", "elsewhere/b.jpg")
+    inside, outside = tmp_path / "root" / "a.jpg", tmp_path / "elsewhere" / "b.jpg"
+    listing = write_list(tmp_path / "root" / "list.txt", f"{inside},x", f"{outside},y")
+    found = read_file_list(listing)
+    assert set(found.paths) == {"a.jpg", outside.as_posix()}  # inside root: made relative
+    assert {found.file(i) for i in range(2)} == {inside, outside}
+
+
+def test_list_absolute_paths_inside_a_relatively_given_root(tmp_path, monkeypatch):
+    # The same list must give the same set (and digest) however its path is spelled.
+    touch(tmp_path, "root/a.jpg")
+    write_list(tmp_path / "root" / "list.txt", f"{tmp_path / 'root' / 'a.jpg'},x")
+    monkeypatch.chdir(tmp_path)
+    relative = read_file_list("root/list.txt")
+    absolute = read_file_list(tmp_path / "root" / "list.txt")
+    assert relative.paths == absolute.paths == ("a.jpg",)
+    assert relative.digest() == absolute.digest()
+
+
+def test_list_comma_in_file_name(tmp_path):
+    touch(tmp_path, "a,b.jpg", "c,d.jpg")
+    listing = write_list(tmp_path / "list.txt", "a,b.jpg", "c,d.jpg,cat")
+    found = read_file_list(listing)
+    assert labels_by_path(found) == {"a,b.jpg": None, "c,d.jpg": "cat"}
+
+
+def test_list_duplicates(tmp_path):
+    touch(tmp_path, "a.jpg", "b.jpg")
+    same = write_list(tmp_path / "same.txt", "a.jpg,x", "b.jpg,y", f"{tmp_path / 'a.jpg'},x")
+    assert read_file_list(same).paths == ("a.jpg", "b.jpg")  # repeated with the same label: once
+
+    conflict = write_list(tmp_path / "conflict.txt", "a.jpg,x", "b.jpg,y", "# note", "a.jpg,y")
+    with pytest.raises(VggfeatError, match="different labels") as caught:
+        read_file_list(conflict)
+    assert "conflict.txt:4" in str(caught.value) and "a.jpg" in str(caught.value)
+
+    labelled_and_not = write_list(tmp_path / "mixed.txt", "a.jpg,x", "a.jpg")
+    with pytest.raises(VggfeatError, match="different labels"):
+        read_file_list(labelled_and_not)
+
+
+def test_list_windows_line_endings_and_byte_order_mark(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\ufeffa.jpg,x\r\nb.jpg,y\r\n".encode("utf-8"))
+    found = read_file_list(listing)
+    assert found.paths == ("a.jpg", "b.jpg")
+    assert found.classes == ("x", "y")
+
+
+def test_list_missing(tmp_path):
+    with pytest.raises(VggfeatError, match="file list not found") as caught:
+        read_file_list(tmp_path / "nope.txt")
+    assert "nope.txt" in str(caught.value)
+
+
+def test_list_that_is_a_folder(tmp_path):
+    with pytest.raises(VggfeatError, match="file list not found"):
+        read_file_list(tmp_path)
+
+
+def test_list_without_entries(tmp_path):
+    listing = write_list(tmp_path / "list.txt", "# only a comment", "")
+    with pytest.raises(VggfeatError, match="empty") as caught:
+        read_file_list(listing)
+    assert "list.txt" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- digest
+
+
+def test_digest_is_stable(tmp_path):
+    touch(tmp_path, "a/1.jpg", "b/2.jpg", "3.jpg")
+    first = find_images(tmp_path).digest()
+    assert len(first) == 64 and int(first, 16) >= 0  # hex SHA-256
+    assert find_images(tmp_path).digest() == first
+    (tmp_path / "a" / "notes.txt").write_text("not an image")  # ignored files do not count
+    (tmp_path / "a" / "1.jpg").write_bytes(b"changed content")  # names and labels only
+    assert find_images(tmp_path).digest() == first
+
+
+def test_digest_changes_when_a_file_is_added_or_removed(tmp_path):
+    touch(tmp_path, "a/1.jpg", "b/2.jpg")
+    before = find_images(tmp_path).digest()
+    touch(tmp_path, "b/3.jpg")
+    added = find_images(tmp_path).digest()
+    assert added != before
+    (tmp_path / "b" / "3.jpg").unlink()
+    assert find_images(tmp_path).digest() == before
+
+
+def test_digest_changes_when_a_file_moves_to_another_class(tmp_path):
+    touch(tmp_path, "a/1.jpg", "b/2.jpg")
+    before = find_images(tmp_path).digest()
+    os.rename(tmp_path / "b" / "2.jpg", tmp_path / "a" / "2.jpg")
+    assert find_images(tmp_path).digest() != before
+
+
+def test_list_digest_follows_labels_not_line_order(tmp_path):
+    base = read_file_list(write_list(tmp_path / "1.txt", "a.jpg,x", "b.jpg,y", "c.jpg"))
+    shuffled = read_file_list(write_list(tmp_path / "2.txt", "c.jpg", "# comment", "b.jpg,y", "a.jpg,x"))
+    relabelled = read_file_list(write_list(tmp_path / "3.txt", "a.jpg,x", "b.jpg,x", "c.jpg"))
+    unlabelled = read_file_list(write_list(tmp_path / "4.txt", "a.jpg,x", "b.jpg,y", "c.jpg,z"))
+    renamed_class = read_file_list(write_list(tmp_path / "5.txt", "a.jpg,x", "b.jpg,w", "c.jpg"))
+    assert shuffled.digest() == base.digest()
+    assert len({base.digest(), relabelled.digest(), unlabelled.digest(), renamed_class.digest()}) == 4

@@ -1,0 +1,21 @@
+"""vggfeat: very deep VGG descriptors without fine-tuning, stored in HDF5."""
+
+from .discover import ImageSet, find_images, read_file_list
+from .errors import ImageError, VggfeatError
+from .extractor import Extractor
+from .job import ExtractionJob
+from .network import DenseVGG, load_network
+from ._version import __version__
+
+
+__all__ = [
+    "DenseVGG",
+    "ExtractionJob",
+    "Extractor",
+    "ImageError",
+    "ImageSet",
+    "VggfeatError",
+    "find_images",
+    "load_network",
+    "read_file_list",
+]

@@ -1,0 +1,43 @@
+"""The ``vggfeat`` command: a thin layer of click commands over the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import VggfeatError
+from .extract import extract
+from .info import info
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vggfeat")
+def cli() -> None:
+    """Very deep VGG descriptors without fine-tuning (Simonyan & Zisserman, 2014), in HDF5."""
+
+
+cli.add_command(extract)
+cli.add_command(info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every user error ends in one ``Error:`` line and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="vggfeat", standalone_mode=False)
+    except VggfeatError as error:
+        _fail(str(error), 2)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+        _fail(error.format_message() + hint, 2)
+    except click.ClickException as error:
+        _fail(error.format_message(), error.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.secho(f"Error: {message}", err=True, fg="red")
+    sys.exit(code)

@@ -1,0 +1,90 @@
+"""``vggfeat extract``: images in, one HDF5 file of descriptors out."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from ..discover import find_images, read_file_list
+from ..extractor import PAPER_SCALES, PRECISIONS, Extractor
+from ..job import DTYPES, ExtractionJob
+from ..weights import ARCHITECTURES
+
+
+def _scales(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(q) for q in value.split(",") if q.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
+@click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label'.")
+@click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder].")
+@click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
+@click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
+@click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
+@click.option("--layer", default="fc7", show_default=True, help="fc7, fc6, pool5 or a conv layer such as conv5_3.")
+@click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]), help="Pooling of the dense map.")
+@click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=_scales, help="Smallest-side sizes Q, each >= 224.")
+@click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack"]), help="Average the scales, or concatenate them.")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Arithmetic in the network.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Network inputs per batch [default: 32 on GPU, 4 on CPU].")
+@click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
+@click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
+@click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, aggregate, flip, device,
+            precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
+    """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
+
+    The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
+    averaged over scales and horizontal flips. Class labels come from first-level subfolders.
+    A killed run resumes where it stopped when the same command is run again.
+    """
+    if len(paths) != (1 if file_list else 2):
+        want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
+        raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
+    images = read_file_list(file_list, root) if file_list else find_images(paths[0])
+    output = paths[-1]
+    say = (lambda *a, **k: None) if quiet else (lambda text, **k: click.secho(text, err=True, **k))
+    say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
+    extractor = Extractor(
+        model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
+        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        max_pixels=max_pixels, min_side=min_side,
+    )
+    if extractor.network.weights.is_random:
+        click.secho(f"WARNING: random weights (seed {seed}): these descriptors are not ImageNet features; "
+                    "use them for smoke tests only. The output file records random_weights=True.",
+                    err=True, fg="yellow", bold=True)
+    job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
+                        provenance={"command": shlex.join(["vggfeat", *sys.argv[1:]])})
+    if job.done:
+        say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
+    with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,
+              desc=f"{model} {layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
+        try:
+            result = job.run(progress=bar.update)
+        except KeyboardInterrupt:
+            bar.close()
+            click.secho(f"interrupted: finished parts are kept in {job.work}; run the same command to resume",
+                        err=True, fg="yellow")
+            sys.exit(130)
+    rate = result.computed / result.seconds if result.seconds > 0 else 0.0
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
+        f"{result.computed:,} images in {result.seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}")
+    if result.failed:
+        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")

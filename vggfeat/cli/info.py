@@ -1,0 +1,56 @@
+"""``vggfeat info``: what a descriptor file holds and how it was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import VggfeatError
+from ..store import read_info
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def info(file: Path, as_json: bool) -> None:
+    """Show rows, dimension, classes, failures, provenance and whether FILE is complete."""
+    parts = file.with_name(file.name + ".parts")
+    if not file.exists():
+        if parts.is_dir():
+            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction keeps its work in {parts}; "
+                               "run the same extract command to finish it")
+        raise VggfeatError(f"file not found: {file}")
+    try:
+        summary = read_info(file)
+    except (OSError, KeyError) as error:
+        raise VggfeatError(f"{file} is not a readable vggfeat features file ({error})") from None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    a = summary["attrs"]
+    state = click.style("complete", fg="green") if summary["complete"] else click.style("INCOMPLETE", fg="red", bold=True)
+    classes = summary["classes"]
+    shown = ", ".join(classes[:8]) + (f", … ({len(classes) - 8} more)" if len(classes) > 8 else "")
+    lines = [
+        f"{file}: {state}",
+        f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled) of {a.get('images_found', '?'):,} images found",
+        f"  descriptor   {summary['dim']}-d {summary['dtype']}",
+        f"  classes      {len(classes)}{': ' + shown if classes else ''}",
+        f"  failed       {summary['failed']:,}",
+        f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
+        f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {','.join(map(str, a.get('scales', [])))} "
+        f"({a.get('aggregate')}); flip {'on' if a.get('flip') else 'off'}; precision {a.get('precision')}",
+        f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version')}, "
+        f"torch {a.get('torch_version')}, torchvision {a.get('torchvision_version')}",
+    ]
+    if a.get("command"):
+        lines.append(f"  command      {a['command']}")
+    click.echo("\n".join(lines))
+    if a.get("random_weights"):
+        click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)
+    for path, error in summary["first_failures"]:
+        click.echo(f"  failed: {path}: {error}")
+    if summary["failed"] > len(summary["first_failures"]):
+        click.echo(f"  … and {summary['failed'] - len(summary['first_failures']):,} more in /failed")

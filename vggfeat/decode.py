@@ -1,0 +1,118 @@
+"""Decode: an image file becomes an RGB uint8 array, or an :class:`ImageError` saying why not.
+
+Everything a camera or an editor can put in a file is brought to the one form the network was
+trained on: 8-bit RGB, upright as displayed. Grayscale, palette, CMYK, 16-bit and alpha images are
+converted, not rejected; only files that cannot be decoded, or whose size is unusable, fail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+
+# PIL's own decompression-bomb threshold (2 x Image.MAX_IMAGE_PIXELS): a 13,000 x 13,000 image.
+DEFAULT_MAX_PIXELS = 178_956_970
+# torchvision's VGG weights declare min_size (32, 32); smaller images carry too little to upscale.
+DEFAULT_MIN_SIDE = 32
+
+# How the conversion is done, recorded in every output file.
+DECODE_RECIPE = {
+    "color": "RGB, 8 bits per channel",
+    "orientation": "EXIF orientation applied",
+    "alpha": "composited over white",
+    "high_bit_depth": "16-bit scaled to 8-bit (value / 257)",
+    "frames": "first frame of animated or multi-page files",
+}
+
+_WHITE = (255, 255, 255, 255)
+
+
+def decode_image(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> np.ndarray:
+    """Read ``path`` as an upright RGB image: a ``uint8`` array of shape ``(height, width, 3)``.
+
+    Raises :class:`ImageError` with a one-line reason when the file cannot be used.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
+        # Pillow refuses images over twice its MAX_IMAGE_PIXELS inside Image.open, before our own
+        # check: lift its guard to what the caller explicitly allowed (it only ever goes up).
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+    try:
+        with Image.open(path) as image:
+            # The header gives the size before any pixel is decoded: refuse bombs here.
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"image is {width}x{height} ({width * height:,} pixels), over the limit of "
+                    f"{max_pixels:,} (decompression-bomb guard; raise --max-pixels to allow it)"
+                )
+            image.load()
+            image = _upright(image)
+            rgb = _to_rgb(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own guard, in Image.open, came first
+        raise ImageError(
+            f"image is over the limit of {max_pixels:,} pixels (decompression-bomb guard; raise --max-pixels to allow it)"
+        ) from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as error:
+        raise ImageError(_reason(error)) from None
+
+    height, width = rgb.shape[:2]
+    if min(height, width) < min_side:
+        raise ImageError(f"image is {width}x{height}; the smallest side must be at least {min_side} px")
+    return rgb
+
+
+def _reason(error: BaseException) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if type(error).__name__ == "UnidentifiedImageError" or message.startswith("cannot identify image file"):
+        return "not an image, or a format Pillow cannot read"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block should not cost the image its pixels
+        return image
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return _gray_to_rgb(_scale_to_8bit(np.asarray(image), bit_depth=16))
+    if mode == "I":  # 32-bit integer container: holds 8- or 16-bit data in practice
+        pixels = np.asarray(image)
+        return _gray_to_rgb(_scale_to_8bit(pixels, bit_depth=8 if pixels.max(initial=0) <= 255 else 16))
+    if mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if np.nanmax(pixels, initial=0.0) <= 1.0 else 1.0
+        return _gray_to_rgb(np.clip(np.nan_to_num(pixels) * scale, 0, 255).round().astype(np.uint8))
+    if "A" in mode or "a" in mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        image = Image.alpha_composite(background, rgba)
+    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
+
+
+def _scale_to_8bit(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    pixels = pixels.astype(np.int64)
+    top = (1 << bit_depth) - 1
+    if pixels.max(initial=0) > top:  # 32-bit integer data: stretch what is there
+        top = int(pixels.max())
+    return np.clip(np.rint(pixels * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))

@@ -1,0 +1,125 @@
+"""Find images: a folder tree or a list file becomes an :class:`ImageSet` in a fixed, sorted order.
+
+A folder's first-level subfolders are its classes (the ImageFolder convention that Caltech-101/256
+and most labelled collections follow); images directly in the root have label -1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+NO_LABEL = -1
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Image files under ``root`` with their labels, sorted by path.
+
+    ``paths`` are relative to ``root`` with ``/`` separators (absolute for list entries outside
+    ``root``); ``labels[i]`` indexes ``classes`` or is -1.
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file(self, index: int) -> Path:
+        return self.root / self.paths[index]
+
+    def files(self) -> list[Path]:
+        return [self.root / path for path in self.paths]
+
+    def digest(self) -> str:
+        """SHA-256 of the ordered paths and labels: a resumed run must see the same set."""
+        hasher = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels.tolist()):
+            hasher.update(f"{path}\t{self.classes[label] if label >= 0 else ''}\n".encode())
+        return hasher.hexdigest()
+
+
+def find_images(root: str | Path) -> ImageSet:
+    """Every image file under ``root``, recursively; extensions are matched case-insensitively.
+
+    Hidden files and folders (names starting with ``.``, such as macOS ``._`` resource forks) are
+    skipped.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise VggfeatError(f"input folder not found: {root}")
+    if not root.is_dir():
+        raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
+    found: list[str] = []
+    for folder, subfolders, filenames in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        relative = Path(folder).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((relative / name).as_posix())
+    if not found:
+        raise VggfeatError(
+            f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
+        )
+    found.sort()
+    class_of = {path: path.split("/", 1)[0] if "/" in path else None for path in found}
+    return _labelled(root, found, class_of)
+
+
+def read_file_list(list_file: str | Path, root: str | Path | None = None) -> ImageSet:
+    """Images named in a text file, one per line: ``path`` or ``path,label``.
+
+    Relative paths are taken from ``root`` (default: the list file's folder). Blank lines and lines
+    starting with ``#`` are skipped. Rows are sorted by path, as for a folder.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise VggfeatError(f"file list not found: {list_file}")
+    root = Path(root) if root is not None else list_file.parent
+    class_of: dict[str, str | None] = {}
+    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path, label = _split_entry(line, root)
+        path = _relative_to(Path(path), root)
+        if path in class_of and class_of[path] != label:
+            raise VggfeatError(f"{list_file}:{number}: {path} is listed twice with different labels")
+        class_of[path] = label
+    if not class_of:
+        raise VggfeatError(f"file list is empty: {list_file}")
+    return _labelled(root, sorted(class_of), class_of)
+
+
+def _split_entry(line: str, root: Path) -> tuple[str, str | None]:
+    # A comma may be part of a file name: only split when the whole line is not itself a file.
+    if "," in line and not (root / line).exists():
+        path, label = line.rsplit(",", 1)
+        return path.strip(), label.strip() or None
+    return line, None
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _labelled(root: Path, paths: list[str], class_of: dict[str, str | None]) -> ImageSet:
+    classes = sorted({name for name in class_of.values() if name is not None})
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.array([index.get(class_of[path], NO_LABEL) for path in paths], dtype=np.int32)
+    return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes))

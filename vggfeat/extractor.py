@@ -1,0 +1,280 @@
+"""The Python API: ``Extractor(model="vgg16").extract(paths)`` gives one descriptor per image.
+
+An :class:`Extractor` runs the stages in order: decode (threads, ahead of the network) → resize to
+each scale and flip → batch by shape → dense network → pool → combine flips and scales. The CLI and
+the HDF5 job use exactly this object, so the API returns the numbers the CLI writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .aggregate import AGGREGATIONS, combine_flips, combine_scales
+from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
+from .errors import ImageError, VggfeatError
+from .network import MIN_INPUT_SIDE, DenseVGG, load_network
+from .pooling import POOLINGS, global_pool
+from .resize import RESIZE_RECIPE, as_tensor, pad_batch, plan_batches, resized_shape, to_input
+
+PAPER_SCALES = (256, 384, 512)
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# Decoded images held at once per chunk; bounds host memory whatever the image sizes.
+CHUNK_BYTES = 512 * 2**20
+
+
+@dataclass
+class Chunk:
+    """Descriptors of consecutive images ``[start, end)`` of an :meth:`Extractor.iter_chunks` call."""
+
+    start: int
+    end: int
+    indices: list[int] = field(default_factory=list)  # images that succeeded, ascending
+    features: np.ndarray | None = None  # [len(indices), dim] float32
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # their decoded (height, width)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
+
+
+class Extractor:
+    """Dense multi-scale VGG descriptors, as in Simonyan & Zisserman (2014), appendix.
+
+    Defaults give the paper's descriptor: VGG16 fc7, densely applied at Q = 256, 384, 512 and
+    averaged over scales and horizontal flips (4096-d).
+
+    Args:
+        model: an architecture name (``vgg11`` ... ``vgg19_bn``) or a loaded :class:`DenseVGG`.
+        weights: ``"imagenet"``, ``"random"`` or a state-dict file (ignored for a loaded network).
+        seed: seed of ``"random"`` weights.
+        layer: ``fc7``, ``fc6``, ``pool5`` or a conv layer such as ``conv5_3``.
+        pooling: ``avg`` (the paper's) or ``max`` over the dense map.
+        scales: smallest-side sizes Q, each >= 224.
+        aggregate: ``mean`` over scales, or ``stack`` (concatenate, dim x number of scales).
+        flip: average with the horizontally flipped image.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+        precision: ``fp32``, ``tf32``, ``bf16`` or ``fp16`` arithmetic in the network.
+        batch_size: most network inputs (an image at one scale, or its flip) per batch.
+        workers: threads decoding images ahead of the network.
+        max_pixels: larger images are refused unread (decompression-bomb guard).
+        min_side: images with a smaller side are refused.
+    """
+
+    def __init__(
+        self,
+        model: str | DenseVGG = "vgg16",
+        *,
+        weights: str | os.PathLike = "imagenet",
+        seed: int = 0,
+        layer: str = "fc7",
+        pooling: str = "avg",
+        scales: Sequence[int] = PAPER_SCALES,
+        aggregate: str = "mean",
+        flip: bool = True,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int | None = None,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
+    ) -> None:
+        self.device = _device(device)
+        self.scales = _scales(scales)
+        _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("aggregate", aggregate, AGGREGATIONS)
+        _check_choice("precision", precision, PRECISIONS)
+        if precision in ("tf32", "fp16") and self.device.type != "cuda":
+            raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
+        if batch_size is not None and batch_size < 1:
+            raise VggfeatError(f"batch size must be at least 1, got {batch_size}")
+        self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
+        if layer not in self.network.layer_dims:
+            raise VggfeatError(
+                f"unknown layer {layer!r} for {self.network.arch}; choose one of {', '.join(self.network.layers)}"
+            )
+        self.network.to(self.device)
+        self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
+        self.precision = precision
+        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.max_pixels, self.min_side = max_pixels, min_side
+
+    @property
+    def dim(self) -> int:
+        """Length of one descriptor."""
+        per_scale = self.network.layer_dims[self.layer]
+        return per_scale * len(self.scales) if self.aggregate == "stack" else per_scale
+
+    def config(self) -> dict:
+        """Everything that determines the numbers: written to files, compared on resume."""
+        weights = self.network.weights
+        return {
+            "model": self.network.arch,
+            "weights": weights.name,
+            "weights_sha256": weights.sha256,
+            "weights_seed": -1 if weights.seed is None else weights.seed,
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "scales": list(self.scales),
+            "aggregate": self.aggregate,
+            "flip": self.flip,
+            "precision": self.precision,
+            "dim": self.dim,
+            "max_pixels": self.max_pixels,
+            "min_side": self.min_side,
+            "preprocessing": {**DECODE_RECIPE, **RESIZE_RECIPE},
+        }
+
+    def extract(self, paths: Sequence[str | os.PathLike], errors: str = "raise") -> np.ndarray:
+        """Descriptors [len(paths), dim] float32, in the order of ``paths``.
+
+        ``errors="raise"`` raises :class:`ImageError` naming the first unusable file;
+        ``errors="nan"`` fills its row with NaN instead.
+        """
+        _check_choice("errors", errors, ("raise", "nan"))
+        result = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
+        for chunk in self.iter_chunks(paths):
+            if chunk.failures and errors == "raise":
+                index, reason = chunk.failures[0]
+                raise ImageError(f"{paths[index]}: {reason}")
+            result[chunk.indices] = chunk.features
+        return result
+
+    def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None) -> Iterator[Chunk]:
+        """Describe ``paths`` in consecutive chunks, decoding the next ones while the network runs."""
+        chunk_images = chunk_images or max(16, 2 * self.batch_size)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as pool:
+            decoded = self._decode_ahead(paths, pool, lookahead=chunk_images + 2 * self.workers)
+            position = 0
+            while position < len(paths):
+                chunk, images, held = Chunk(start=position, end=position), [], 0
+                while chunk.end < len(paths) and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
+                    result = next(decoded)
+                    if isinstance(result, ImageError):
+                        chunk.failures.append((chunk.end, str(result)))
+                    else:
+                        chunk.indices.append(chunk.end)
+                        chunk.sizes.append(result.shape[:2])
+                        images.append(result)
+                        held += result.nbytes
+                    chunk.end += 1
+                chunk.features = self.describe(images)
+                position = chunk.end
+                yield chunk
+
+    def describe(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pixels = [as_tensor(image, self.device) for image in images]
+        per_scale = [self._describe_at(pixels, scale) for scale in self.scales]
+        return combine_scales(per_scale, self.aggregate).cpu().numpy()
+
+    def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
+        inputs = [to_input(image, resized_shape(*image.shape[1:], scale)) for image in pixels]
+        if self.flip:
+            inputs += [x.flip(-1) for x in inputs]
+        shapes = [tuple(x.shape[1:]) for x in inputs]
+        # Enough pixels for a full batch of 4:3 images at the largest scale; larger inputs go alone.
+        budget = self.batch_size * max(self.scales) ** 2 * 4 // 3
+        pooled = torch.empty(len(inputs), self.network.layer_dims[self.layer], device=self.device)
+        for batch in plan_batches(shapes, self.batch_size, budget):
+            pooled[batch] = self._run([inputs[i] for i in batch])
+        if self.flip:
+            return combine_flips(pooled[: len(pixels)], pooled[len(pixels) :])
+        return pooled
+
+    def _run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        try:
+            return self._forward(inputs)
+        except torch.cuda.OutOfMemoryError:
+            if len(inputs) == 1:
+                raise
+        # A batch that does not fit is split and retried rather than failing the run (outside the
+        # except block, so that the failed attempt's tensors are freed first).
+        torch.cuda.empty_cache()
+        half = len(inputs) // 2
+        return torch.cat([self._run(inputs[:half]), self._run(inputs[half:])])
+
+    def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        batch, sizes = pad_batch(inputs)
+        with torch.inference_mode(), _precision(self.precision, self.device):
+            feature_map, sizes = self.network(batch, self.layer, sizes)
+            return global_pool(feature_map.float(), sizes, self.pooling)
+
+    def _decode_ahead(
+        self, paths: Sequence[str | os.PathLike], pool: ThreadPoolExecutor, lookahead: int
+    ) -> Iterator[np.ndarray | ImageError]:
+        pending: deque[Future] = deque()
+        upcoming = iter(paths)
+
+        def submit_next() -> None:
+            path = next(upcoming, None)
+            if path is not None:
+                pending.append(pool.submit(self._decode, Path(path)))
+
+        for _ in range(lookahead):
+            submit_next()
+        while pending:
+            future = pending.popleft()
+            submit_next()
+            yield future.result()
+
+    def _decode(self, path: Path) -> np.ndarray | ImageError:
+        try:
+            return decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        except ImageError as error:
+            return error
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device) -> Iterator[None]:
+    if device.type != "cuda":
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+        return
+    # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VggfeatError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _scales(scales: Sequence[int]) -> tuple[int, ...]:
+    scales = tuple(int(q) for q in scales)
+    if not scales:
+        raise VggfeatError("give at least one scale")
+    if min(scales) < MIN_INPUT_SIDE:
+        raise VggfeatError(
+            f"scale {min(scales)} is below {MIN_INPUT_SIDE}: fc6 needs a 7x7 pool5 map, so Q must be >= {MIN_INPUT_SIDE}"
+        )
+    if len(set(scales)) != len(scales):
+        raise VggfeatError(f"scales repeat: {','.join(map(str, scales))}")
+    return scales
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

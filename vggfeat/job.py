@@ -1,0 +1,209 @@
+"""A resumable extraction of an image set into one HDF5 file.
+
+Work goes to ``OUTPUT.parts/`` beside the output: a manifest of the configuration and image set,
+then parts, each committed atomically. Killed at any moment, the same command finds the parts,
+recomputes only the images that no part holds, and assembles the output under a temporary name
+that is renamed into place when complete. The output's name is never written until then, so an
+existing file is only ever replaced by a complete one, and only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torchvision
+
+from ._version import __version__
+from .discover import ImageSet
+from .errors import VggfeatError
+from .extractor import Extractor
+from .store import FORMAT_VERSION, assemble, list_parts, replace_durably, write_json, write_part
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    output: Path
+    rows: int
+    failed: int
+    computed: int  # images processed by this run (the rest came from an interrupted one)
+    seconds: float
+
+
+class ExtractionJob:
+    """Extract ``images`` with ``extractor`` into ``output``, resuming an interrupted run.
+
+    Construction checks everything that can be checked before work starts (existing output,
+    a different interrupted run, another run writing the same output) and raises
+    :class:`VggfeatError`; :meth:`run` then does the work.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        images: ImageSet,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        dtype: str = "float32",
+        part_images: int = 4096,
+        part_seconds: float = 60.0,
+        provenance: dict | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.extractor, self.images, self.dtype = extractor, images, dtype
+        self.output = Path(output)
+        self.work = self.output.with_name(self.output.name + ".parts")
+        self.part_images, self.part_seconds = part_images, part_seconds
+        self.provenance = provenance or {}
+        if self.output.is_dir():
+            raise VggfeatError(f"output {self.output} is a folder; name an .h5 file")
+        if self.output.exists() and not overwrite:
+            raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
+        if not self.output.parent.is_dir():
+            raise VggfeatError(f"folder of the output does not exist: {self.output.parent}")
+        self.manifest = {
+            "format_version": FORMAT_VERSION,
+            "config": extractor.config(),
+            "dtype": dtype,
+            "images": {"count": len(images), "sha256": images.digest()},
+        }
+        self._lock = self._open_work_folder(overwrite)
+        self.parts = list_parts(self.work)
+        self.done = sum(part.end - part.start for part in self.parts)
+
+    @property
+    def total(self) -> int:
+        return len(self.images)
+
+    def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
+        """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk."""
+        began = time.perf_counter()
+        files = self.images.files()
+        for start, end in self._gaps():
+            self._fill(start, files[start:end], progress)
+        self.parts = list_parts(self.work)
+        self._gaps(expect_none=True)
+        temporary = self.work / "output.h5.tmp"
+        rows, failed = assemble(self.parts, self.images, temporary, self._attrs(), self.dtype, self.extractor.dim)
+        replace_durably(temporary, self.output)
+        self._lock.close()
+        shutil.rmtree(self.work)
+        return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
+
+    def _fill(self, offset: int, files: list[Path], progress: Callable[[int], None] | None) -> None:
+        pending: list = []
+        start, since = offset, time.monotonic()
+        for chunk in self.extractor.iter_chunks(files):
+            pending.append(chunk)
+            if progress:
+                progress(chunk.end - chunk.start)
+            end = offset + chunk.end
+            if end - start >= self.part_images or time.monotonic() - since >= self.part_seconds or end == offset + len(files):
+                self._commit(start, end, pending, offset)
+                pending, start, since = [], end, time.monotonic()
+
+    def _commit(self, start: int, end: int, chunks: list, offset: int) -> None:
+        features = np.concatenate([chunk.features for chunk in chunks])
+        indices = [offset + i for chunk in chunks for i in chunk.indices]
+        sizes = [size for chunk in chunks for size in chunk.sizes]
+        failures = [(offset + i, reason) for chunk in chunks for i, reason in chunk.failures]
+        self.parts.append(write_part(self.work, start, end, features, indices, sizes, failures))
+
+    def _gaps(self, expect_none: bool = False) -> list[tuple[int, int]]:
+        gaps, position = [], 0
+        for part in sorted(self.parts, key=lambda p: p.start):
+            if part.start < position or part.end > self.total:
+                raise VggfeatError(f"{self.work} holds overlapping parts ({part.path.name}); remove the folder to start over")
+            if part.start > position:
+                gaps.append((position, part.start))
+            position = part.end
+        if position < self.total:
+            gaps.append((position, self.total))
+        if expect_none and gaps:
+            raise RuntimeError(f"images {gaps} were not described")  # a bug, not a user error
+        return gaps
+
+    def _open_work_folder(self, overwrite: bool):
+        manifest_file = self.work / "manifest.json"
+        if self.work.exists():
+            if not manifest_file.is_file():
+                raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
+            try:
+                previous = json.loads(manifest_file.read_text())
+            except (OSError, ValueError):
+                raise VggfeatError(f"{manifest_file} is unreadable; remove {self.work} to start over") from None
+            differences = _differences(previous, self.manifest)
+            if differences and not overwrite:
+                raise VggfeatError(
+                    f"{self.work} holds an interrupted run with a different configuration ({'; '.join(differences)}); "
+                    "rerun with the same options to resume it, or pass --overwrite to discard it"
+                )
+            if differences:
+                shutil.rmtree(self.work)
+        self.work.mkdir(exist_ok=True)
+        lock = open(self.work / "lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise VggfeatError(f"another vggfeat run is writing {self.output} (lock held on {self.work}/lock)") from None
+        for stale in self.work.glob("*.tmp"):  # left by a killed writer; never renamed, so never used
+            stale.unlink()
+        if not manifest_file.exists():
+            write_json(manifest_file, self.manifest)
+        return lock
+
+    def _attrs(self) -> dict:
+        config = self.manifest["config"]
+        weights = self.extractor.network.weights
+        attrs = {
+            "vggfeat_version": __version__,
+            "torch_version": str(torch.__version__),
+            "torchvision_version": torchvision.__version__,
+            "h5py_version": h5py.__version__,
+            **{key: value for key, value in config.items() if key != "preprocessing"},
+            "random_weights": weights.is_random,
+            "preprocessing": json.dumps(config["preprocessing"], sort_keys=True),
+            "dtype": self.dtype,
+            "input_root": str(self.images.root),
+            "images_found": self.total,
+            "device": str(self.extractor.device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": json.dumps({**config, "dtype": self.dtype}, sort_keys=True),
+            **self.provenance,
+        }
+        return attrs
+
+
+def _differences(previous: dict, current: dict) -> list[str]:
+    found = []
+    if previous.get("format_version") != current["format_version"]:
+        found.append(f"work folder format {previous.get('format_version')} vs {current['format_version']}")
+    before, now = previous.get("config", {}), current["config"]
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            found.append(f"{key}: {_show(before.get(key))} then, {_show(now.get(key))} now")
+    if previous.get("dtype") != current["dtype"]:
+        found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
+    if previous.get("images") != current["images"]:
+        count = previous.get("images", {}).get("count")
+        found.append(f"image set: {count} files then, {current['images']['count']} now (or other names or labels)")
+    return found
+
+
+def _show(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:23] + "…"

@@ -1,0 +1,93 @@
+"""Resize and batch: decoded images become normalised network inputs at each scale Q.
+
+The resize runs in torch on whatever device the network is on, so the CPU and GPU paths share
+one implementation: bilinear with antialiasing (torchvision's default for ``Resize``), smallest
+side set to Q, the other side truncated as ``torchvision.transforms.Resize(Q)`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# torchvision's ImageNet statistics, which its VGG weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RESIZE_RECIPE = {
+    "resize": "smallest side = Q, other side int(Q * long / short) as torchvision Resize(Q)",
+    "interpolation": "bilinear, antialias=True, on float32 pixel values in [0, 255]",
+    "normalisation": "(x / 255 - mean) / std",
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+}
+
+
+def resized_shape(height: int, width: int, scale: int) -> tuple[int, int]:
+    """(height, width) after rescaling so that the smallest side equals ``scale``."""
+    if height <= width:
+        return scale, int(scale * width / height)
+    return int(scale * height / width), scale
+
+
+def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A uint8 image [3, H, W] as a normalised float32 network input [3, *shape]."""
+    pixels = image.unsqueeze(0).float()
+    if tuple(pixels.shape[-2:]) != tuple(shape):
+        pixels = F.interpolate(pixels, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1) * 255
+    return ((pixels - mean) / std)[0]
+
+
+def as_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An (H, W, 3) uint8 array as a [3, H, W] uint8 tensor on ``device``."""
+    return torch.from_numpy(rgb).to(device).permute(2, 0, 1)
+
+
+def pad_batch(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack [3, h, w] inputs, zero-padded at the bottom and right to a common shape.
+
+    Returns the batch and the valid (height, width) of each input, or None when no input needed
+    padding (the network then skips masking).
+    """
+    heights = [x.shape[1] for x in inputs]
+    widths = [x.shape[2] for x in inputs]
+    if len(set(heights)) == 1 and len(set(widths)) == 1:
+        return torch.stack(list(inputs)), None
+    batch = inputs[0].new_zeros(len(inputs), 3, max(heights), max(widths))
+    for slot, x in zip(batch, inputs):
+        slot[:, : x.shape[1], : x.shape[2]] = x
+    sizes = torch.tensor(list(zip(heights, widths)), device=batch.device)
+    return batch, sizes
+
+
+def plan_batches(
+    shapes: Sequence[tuple[int, int]], max_items: int, max_pixels: int, max_padding: float = 0.25
+) -> list[list[int]]:
+    """Group inputs of the given shapes into batches, most similar shapes together.
+
+    A batch holds at most ``max_items`` inputs and ``max_pixels`` padded pixels (an input larger
+    than that goes alone), and its padding is at most ``max_padding`` of its real pixels, so mixed
+    sizes cost little extra work. Returns lists of indices into ``shapes``.
+    """
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    height = width = real = 0
+    for i in order:
+        h, w = shapes[i]
+        new_h, new_w, new_real = max(height, h), max(width, w), real + h * w
+        padded = new_h * new_w * (len(current) + 1)
+        fits = len(current) < max_items and padded <= max_pixels and padded <= (1 + max_padding) * new_real
+        if current and not fits:
+            batches.append(current)
+            current, new_h, new_w, new_real = [], h, w, h * w
+        current.append(i)
+        height, width, real = new_h, new_w, new_real
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,160 @@
+"""Store: descriptors go to HDF5 in crash-safe parts, then into one file with a fixed schema.
+
+The output file (read it with plain h5py)::
+
+    /features        float32 or float16 [N, D], chunked by rows
+    /paths           UTF-8 [N], relative to the input root, sorted
+    /labels          int32 [N], index into /classes, -1 where the image has no class
+    /classes         UTF-8 [C]
+    /sizes           int32 [N, 2], decoded (height, width), EXIF orientation applied
+    /failed/paths    UTF-8 [F], files that could not be used
+    /failed/errors   UTF-8 [F], why
+    attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,
+                     scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
+                     and "config": all of the extraction configuration as JSON.
+
+A part holds the results of a contiguous range of images; it is written under a temporary name,
+flushed to disk and renamed, so a part either exists whole or not at all, whatever kills the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .discover import ImageSet
+
+FORMAT_VERSION = 1
+_STRING = h5py.string_dtype("utf-8")
+_PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
+_CHUNK_BYTES = 2**20  # rows per HDF5 chunk: about 1 MiB, good for reading rows in order or in slices
+
+
+@dataclass(frozen=True)
+class Part:
+    start: int
+    end: int
+    path: Path
+
+
+def write_part(
+    folder: Path,
+    start: int,
+    end: int,
+    features: np.ndarray,
+    indices: list[int],
+    sizes: list[tuple[int, int]],
+    failures: list[tuple[int, str]],
+) -> Part:
+    """Atomically write the results of images ``[start, end)`` (global ``indices``)."""
+    final = folder / f"part-{start:012d}-{end:012d}.h5"
+    temporary = final.with_name(final.name + ".tmp")
+    with h5py.File(temporary, "w") as part:
+        part["features"] = features
+        part["indices"] = np.asarray(indices, dtype=np.int64)
+        part["sizes"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
+        part["failed_indices"] = np.asarray([i for i, _ in failures], dtype=np.int64)
+        part.create_dataset("failed_errors", data=[reason for _, reason in failures], dtype=_STRING)
+    replace_durably(temporary, final)
+    return Part(start, end, final)
+
+
+def list_parts(folder: Path) -> list[Part]:
+    """The finished parts in ``folder``, by start."""
+    parts = []
+    for entry in folder.iterdir():
+        match = _PART_NAME.match(entry.name)
+        if match:
+            parts.append(Part(int(match[1]), int(match[2]), entry))
+    return sorted(parts, key=lambda part: part.start)
+
+
+def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict, dtype: str, dim: int) -> tuple[int, int]:
+    """Write the output file from ``parts``, which must cover every image once; returns (rows, failed)."""
+    rows = failed = 0
+    for part in parts:
+        with h5py.File(part.path, "r") as f:
+            rows += f["indices"].shape[0]
+            failed += f["failed_indices"].shape[0]
+    chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+    with h5py.File(destination, "w") as out:
+        features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim))
+        paths = out.create_dataset("paths", shape=(rows,), dtype=_STRING)
+        labels = out.create_dataset("labels", shape=(rows,), dtype=np.int32)
+        sizes = out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32)
+        failed_paths = out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING)
+        failed_errors = out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING)
+        out.create_dataset("classes", data=list(images.classes), dtype=_STRING)
+        row = fail = 0
+        for part in parts:
+            with h5py.File(part.path, "r") as f:
+                indices = f["indices"][:]
+                n = len(indices)
+                features[row : row + n] = f["features"][:].astype(dtype)
+                paths[row : row + n] = [images.paths[i] for i in indices]
+                labels[row : row + n] = images.labels[indices]
+                sizes[row : row + n] = f["sizes"][:]
+                bad = f["failed_indices"][:]
+                failed_paths[fail : fail + len(bad)] = [images.paths[i] for i in bad]
+                failed_errors[fail : fail + len(bad)] = f["failed_errors"].asstr()[:]
+                row, fail = row + n, fail + len(bad)
+        for key, value in attrs.items():
+            out.attrs[key] = value
+        out.attrs["format_version"] = FORMAT_VERSION
+        out.attrs["complete"] = True
+    return rows, failed
+
+
+def read_info(path: Path, max_failures: int = 5) -> dict:
+    """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
+    with h5py.File(path, "r") as f:
+        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        return {
+            "path": str(path),
+            "complete": bool(attrs.get("complete", False)),
+            "rows": f["features"].shape[0],
+            "dim": f["features"].shape[1],
+            "dtype": str(f["features"].dtype),
+            "classes": list(f["classes"].asstr()[:]),
+            "labelled": int((f["labels"][:] >= 0).sum()),
+            "failed": f["failed/paths"].shape[0],
+            "first_failures": [
+                [p, e]
+                for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
+            ],
+            "attrs": attrs,
+        }
+
+
+def write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+    replace_durably(temporary, path)
+
+
+def replace_durably(source: Path, destination: Path) -> None:
+    """Rename ``source`` over ``destination`` after its bytes are on disk, then record the rename."""
+    with open(source, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(source, destination)
+    directory = os.open(destination.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

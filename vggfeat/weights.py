@@ -1,0 +1,129 @@
+"""Weights: torchvision's VGG with ImageNet, local-file or seeded random parameters.
+
+``"imagenet"`` goes through torchvision's weights API (downloaded once into torch's hub cache, then
+reused); a path loads a torchvision-layout state dict (``.pth`` with ``weights_only=True``, or
+``.safetensors``); ``"random"`` seeds torchvision's own initialisation, for smoke tests only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models import VGG
+
+from .errors import VggfeatError
+
+ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which parameters a network holds, as recorded in output files."""
+
+    name: str  # "imagenet:VGG16_Weights.IMAGENET1K_V1", "file:vgg16.pth" or "random"
+    sha256: str  # of the parameters themselves (see state_dict_sha256), not of a file
+    seed: int | None = None  # for "random"
+
+    @property
+    def is_random(self) -> bool:
+        return self.name == "random"
+
+
+def load_vgg(model: str, weights: str | Path = "imagenet", seed: int = 0) -> tuple[VGG, WeightsInfo]:
+    """Build torchvision's ``model`` with the requested weights, frozen and in eval mode."""
+    if model not in ARCHITECTURES:
+        raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    weights = str(weights)
+    if weights == "imagenet":
+        vgg, name = _imagenet(model), f"imagenet:{_imagenet_enum(model)}"
+    elif weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vgg = torchvision.models.get_model(model, weights=None)
+        name = "random"
+    else:
+        vgg, name = _from_file(model, Path(weights)), f"file:{Path(weights).name}"
+    vgg.eval().requires_grad_(False)
+    info = WeightsInfo(name, state_dict_sha256(vgg.state_dict()), seed if weights == "random" else None)
+    return vgg, info
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in name order.
+
+    Hashing the parameters rather than a file makes the same weights hash alike whether they came
+    from the torch cache, a ``.pth`` or a ``.safetensors`` file.
+    """
+    hasher = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        hasher.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        hasher.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")
+    return hasher.hexdigest()
+
+
+def _imagenet_enum(model: str):
+    return torchvision.models.get_model_weights(model).IMAGENET1K_V1
+
+
+def imagenet_cache_file(model: str) -> Path:
+    """Where torchvision keeps (or will keep) the ImageNet weights of ``model``."""
+    url = _imagenet_enum(model).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _imagenet(model: str) -> VGG:
+    enum = _imagenet_enum(model)
+    try:
+        return torchvision.models.get_model(model, weights=enum, progress=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+        cache = imagenet_cache_file(model)
+        raise VggfeatError(
+            f"could not download the ImageNet weights of {model} from {enum.url} ({_short(error)}). "
+            f"If this machine is offline, fetch that file elsewhere and put it at {cache}, "
+            f"or pass --weights /path/to/{cache.name}; --weights random --seed 0 runs without them "
+            "(smoke tests only)"
+        ) from None
+    except RuntimeError as error:  # torch.hub's hash check of a damaged download
+        raise VggfeatError(f"the ImageNet weights of {model} failed to load ({_short(error)})") from None
+
+
+def _from_file(model: str, path: Path) -> VGG:
+    if not path.is_file():
+        raise VggfeatError(f"weights file not found: {path} (--weights takes 'imagenet', 'random' or a file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(path))
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
+        raise VggfeatError(
+            f"cannot read weights from {path}: {_short(error)} "
+            "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
+        ) from None
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise VggfeatError(f"{path} does not hold a state dict of tensors (torchvision layout, e.g. features.0.weight)")
+    # A fine-tuned fc8 may have any number of classes; fc6/fc7, which vggfeat uses, may not differ.
+    fc8 = state_dict.get("classifier.6.weight")
+    num_classes = fc8.shape[0] if fc8 is not None and fc8.ndim == 2 else 1000
+    vgg = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+    try:
+        vgg.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise VggfeatError(f"weights in {path} do not fit {model}: {_short(error, 300)}") from None
+    return vgg
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
