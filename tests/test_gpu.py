@@ -1,0 +1,51 @@
+"""GPU path: the same descriptors as the CPU, batched or not. Skipped where CUDA is absent (CI)."""
+
+import numpy as np
+import pytest
+import torch
+
+from imagefiles import smooth_rgb
+from vggfeat import Extractor
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+SHAPES = [(300, 400), (400, 300), (333, 500), (240, 240), (500, 375), (301, 411)]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [smooth_rgb(h, w, seed=i) for i, (h, w) in enumerate(SHAPES)]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_gpu_fp32_equals_cpu(random_vgg16, images):
+    options = dict(scales=[224, 320], flip=True, precision="fp32")
+    on_cpu = Extractor(random_vgg16, device="cpu", **options).describe(images)
+    on_gpu = Extractor(random_vgg16, device="cuda", **options).describe(images)
+    random_vgg16.to("cpu")
+    assert relative_error(on_gpu, on_cpu) < 1e-4
+
+
+def test_gpu_batched_equals_one_at_a_time(random_vgg16, images):
+    extractor = Extractor(random_vgg16, device="cuda", scales=[256, 384], flip=True, batch_size=16)
+    batched = extractor.describe(images)
+    alone = np.concatenate([extractor.describe([image]) for image in images])
+    random_vgg16.to("cpu")
+    assert relative_error(batched, alone) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+def test_reduced_precision_stays_close_to_fp32(random_vgg16, images, precision):
+    options = dict(device="cuda", scales=[256, 384], flip=True)
+    reference = Extractor(random_vgg16, precision="fp32", **options).describe(images)
+    reduced = Extractor(random_vgg16, precision=precision, **options).describe(images)
+    random_vgg16.to("cpu")
+    print(f"{precision}: min cosine to fp32 {cosine(reduced, reference).min():.6f}")
+    assert cosine(reduced, reference).min() > 0.99

@@ -1,0 +1,5 @@
+"""``python -m vggfeat`` runs the ``vggfeat`` command."""
+
+from .cli import main
+
+main()
