@@ -21,9 +21,10 @@ import torch
 from .aggregate import AGGREGATIONS, combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
 from .errors import ImageError, VggfeatError
-from .network import MIN_INPUT_SIDE, DenseVGG, load_network
+from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
 from .pooling import POOLINGS, global_pool
 from .resize import RESIZE_RECIPE, as_tensor, pad_batch, plan_batches, resized_shape, to_input
+from .weights import ARCHITECTURES
 
 PAPER_SCALES = (256, 384, 512)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -93,11 +94,14 @@ class Extractor:
             raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
         if batch_size is not None and batch_size < 1:
             raise VggfeatError(f"batch size must be at least 1, got {batch_size}")
+        if isinstance(model, str) and model not in ARCHITECTURES:
+            raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+        # Checked before the weights load (a download, perhaps): a typo should cost nothing.
+        layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
+        if layer not in layers:
+            name = model.arch if isinstance(model, DenseVGG) else model
+            raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
-        if layer not in self.network.layer_dims:
-            raise VggfeatError(
-                f"unknown layer {layer!r} for {self.network.arch}; choose one of {', '.join(self.network.layers)}"
-            )
         self.network.to(self.device)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.precision = precision

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torchvision.models import VGG
 
@@ -96,6 +97,13 @@ def load_network(model: str = "vgg16", weights: str = "imagenet", seed: int = 0)
     return DenseVGG(vgg, model, info)
 
 
+def layer_dims(model: str) -> dict[str, int]:
+    """Layer names of ``model`` and their channels, without building its weights."""
+    with torch.device("meta"):
+        vgg = torchvision.models.get_model(model, weights=None)
+    return DenseVGG(vgg, model, WeightsInfo("none", "")).layer_dims
+
+
 def valid_mask(sizes: torch.Tensor, shape: torch.Size | tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """[B, 1, H, W] mask: 1 inside each image's valid (height, width), 0 in its padding."""
     height, width = shape
@@ -107,7 +115,7 @@ def valid_mask(sizes: torch.Tensor, shape: torch.Size | tuple[int, int], dtype: 
 def _as_conv(linear: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
     # torchvision flattens pool5 as (channel, row, column): the Linear weight reshapes to a
     # kernel of the same layout, sharing storage with the Linear layer.
-    conv = nn.Conv2d(in_channels, linear.out_features, kernel_size)
+    conv = nn.Conv2d(in_channels, linear.out_features, kernel_size, device="meta")  # no throwaway init
     conv.weight = nn.Parameter(
         linear.weight.detach().view(linear.out_features, in_channels, kernel_size, kernel_size),
         requires_grad=False,
