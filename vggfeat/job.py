@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -91,22 +92,27 @@ class ExtractionJob:
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk."""
         began = time.perf_counter()
-        files = self.images.files()
-        for start, end in self._gaps():
-            self._fill(start, files[start:end], progress)
-        self.parts = list_parts(self.work)
-        self._gaps(expect_none=True)
-        temporary = self.work / "output.h5.tmp"
-        rows, failed = assemble(self.parts, self.images, temporary, self._attrs(), self.dtype, self.extractor.dim)
-        replace_durably(temporary, self.output)
-        self._lock.close()
-        shutil.rmtree(self.work)
+        try:
+            files = self.images.files()
+            for start, end in self._gaps():
+                self._fill(start, files[start:end], progress)
+            self.parts = list_parts(self.work)
+            self._gaps(expect_none=True)
+            temporary = self.work / "output.h5.tmp"
+            rows, failed = assemble(self.parts, self.images, temporary, self._attrs(), self.dtype, self.extractor.dim)
+            replace_durably(temporary, self.output)
+            shutil.rmtree(self.work)
+        finally:  # also when the run fails, so that a new job in this process can resume it
+            self._lock.close()
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
 
     def _fill(self, offset: int, files: list[Path], progress: Callable[[int], None] | None) -> None:
         pending: list = []
         start, since = offset, time.monotonic()
-        for chunk in self.extractor.iter_chunks(files):
+        # Parts smaller than the extractor's default chunk need chunks of that size, or a part would
+        # hold a whole chunk (16 images or more) whatever part_images says.
+        chunk_images = min(self.part_images, max(16, 2 * self.extractor.batch_size))
+        for chunk in self.extractor.iter_chunks(files, chunk_images=chunk_images):
             pending.append(chunk)
             if progress:
                 progress(chunk.end - chunk.start)
@@ -138,9 +144,27 @@ class ExtractionJob:
 
     def _open_work_folder(self, overwrite: bool):
         manifest_file = self.work / "manifest.json"
-        if self.work.exists():
-            if not manifest_file.is_file():
-                raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
+        # Only ever write into a folder that is ours: a manifest, or only the lock of a run killed
+        # before it wrote one.
+        if self.work.exists() and not manifest_file.is_file() and set(os.listdir(self.work)) - {"lock"}:
+            raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
+        self.work.mkdir(exist_ok=True)
+        lock = open(self.work / "lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise VggfeatError(f"another vggfeat run is writing {self.output} (lock held on {self.work}/lock)") from None
+        try:
+            self._adopt_or_clear(manifest_file, overwrite)
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    def _adopt_or_clear(self, manifest_file: Path, overwrite: bool) -> None:
+        """Keep an interrupted run of the same job; discard a different one only with ``overwrite``."""
+        if manifest_file.is_file():
             try:
                 previous = json.loads(manifest_file.read_text())
             except (OSError, ValueError):
@@ -152,19 +176,13 @@ class ExtractionJob:
                     "rerun with the same options to resume it, or pass --overwrite to discard it"
                 )
             if differences:
-                shutil.rmtree(self.work)
-        self.work.mkdir(exist_ok=True)
-        lock = open(self.work / "lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise VggfeatError(f"another vggfeat run is writing {self.output} (lock held on {self.work}/lock)") from None
+                for entry in self.work.iterdir():
+                    if entry.name != "lock":
+                        entry.unlink()
         for stale in self.work.glob("*.tmp"):  # left by a killed writer; never renamed, so never used
             stale.unlink()
         if not manifest_file.exists():
             write_json(manifest_file, self.manifest)
-        return lock
 
     def _attrs(self) -> dict:
         config = self.manifest["config"]

@@ -84,7 +84,11 @@ def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict
             failed += f["failed_indices"].shape[0]
     chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     with h5py.File(destination, "w") as out:
-        features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim))
+        # maxshape lets a chunk be larger than the data: with no usable image (rows == 0) HDF5 would
+        # otherwise refuse the chunked dataset.
+        features = out.create_dataset(
+            "features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim)
+        )
         paths = out.create_dataset("paths", shape=(rows,), dtype=_STRING)
         labels = out.create_dataset("labels", shape=(rows,), dtype=np.int32)
         sizes = out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32)

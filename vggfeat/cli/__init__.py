@@ -25,7 +25,9 @@ cli.add_command(info)
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every user error ends in one ``Error:`` line and exit code 2."""
     try:
-        code = cli.main(args=argv, prog_name="vggfeat", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        # The arguments travel in ctx.obj so that files record the command actually given.
+        code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
     except VggfeatError as error:
         _fail(str(error), 2)
     except click.UsageError as error:

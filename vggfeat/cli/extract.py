@@ -23,6 +23,11 @@ def _scales(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
         raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
 
 
+def _given_arguments() -> list[str]:
+    obj = click.get_current_context().find_root().obj
+    return obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:]
+
+
 @click.command()
 @click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 @click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label'.")
@@ -70,7 +75,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
                     "use them for smoke tests only. The output file records random_weights=True.",
                     err=True, fg="yellow", bold=True)
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
-                        provenance={"command": shlex.join(["vggfeat", *sys.argv[1:]])})
+                        provenance={"command": shlex.join(["vggfeat", *_given_arguments()])})
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,

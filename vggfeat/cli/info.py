@@ -24,7 +24,7 @@ def info(file: Path, as_json: bool) -> None:
         raise VggfeatError(f"file not found: {file}")
     try:
         summary = read_info(file)
-    except (OSError, KeyError) as error:
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as error:
         raise VggfeatError(f"{file} is not a readable vggfeat features file ({error})") from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,156 @@
+"""Helpers for the job and CLI tests: a labelled image folder, reading an output file back with
+plain h5py, and running the ``vggfeat`` command in this process or in a real one.
+
+Plain functions, no pytest magic, so any test file can ``from runhelpers import ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import vggfeat.extractor
+from imagefiles import write_corrupt, write_exif_rotated, write_rgb
+
+# The cheapest honest configuration: random weights, one scale, no flip; on the CPU, so that
+# numbers compare exactly wherever the tests run.
+FAST = ["--weights", "random", "--seed", "0", "--scales", "224", "--no-flip", "--device", "cpu"]
+
+
+# --------------------------------------------------------------------------- images
+
+
+def write_labelled_folder(root) -> dict:
+    """Two classes (``cats/``, ``dogs/``), a root-level image (label -1), an EXIF-rotated JPEG and a
+    corrupt file, written under ``root``.
+
+    Returns {"rows": [(relative path, class name or None, (height, width))] in sorted order,
+    "failed": [relative path], "classes": [...]}: what the output file must hold.
+    """
+    root = Path(root)
+    (root / "cats").mkdir(parents=True, exist_ok=True)
+    (root / "dogs").mkdir(parents=True, exist_ok=True)
+    write_rgb(root / "cats" / "a.png", 224, 240, seed=1)
+    write_rgb(root / "cats" / "b.jpg", 236, 224, seed=2)
+    write_rgb(root / "dogs" / "c.png", 224, 224, seed=3)
+    # Stored 224 high x 256 wide, orientation 6: shown (and decoded) 256 high x 224 wide.
+    write_exif_rotated(root / "dogs" / "turned.jpg", orientation=6, height=224, width=256)
+    write_rgb(root / "top.png", 224, 232, seed=4)
+    write_corrupt(root / "broken.jpg")
+    return {
+        "rows": [
+            ("cats/a.png", "cats", (224, 240)),
+            ("cats/b.jpg", "cats", (236, 224)),
+            ("dogs/c.png", "dogs", (224, 224)),
+            ("dogs/turned.jpg", "dogs", (256, 224)),
+            ("top.png", None, (224, 232)),
+        ],
+        "failed": ["broken.jpg"],
+        "classes": ["cats", "dogs"],
+    }
+
+
+def write_plain_folder(root, count: int, start_seed: int = 0, height: int = 224, width: int = 232) -> list[Path]:
+    """``count`` small RGB PNGs ``img00.png`` ... directly in ``root`` (no classes)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = root / f"img{i:02d}.png"
+        write_rgb(path, height, width + 4 * i, seed=start_seed + i)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- output files
+
+
+def read_output(path) -> dict:
+    """Everything in an output file, with plain h5py, as numpy arrays, lists and a dict of attributes."""
+    with h5py.File(path, "r") as f:
+        return {
+            "features": f["features"][:],
+            "paths": list(f["paths"].asstr()[:]),
+            "labels": f["labels"][:],
+            "classes": list(f["classes"].asstr()[:]),
+            "sizes": f["sizes"][:],
+            "failed_paths": list(f["failed/paths"].asstr()[:]),
+            "failed_errors": list(f["failed/errors"].asstr()[:]),
+            "attrs": dict(f.attrs),
+        }
+
+
+def assert_same_output(actual: dict, expected: dict, atol: float = 1e-6) -> None:
+    """Same rows in the same order (paths, labels, sizes), same features, same failures."""
+    assert actual["paths"] == expected["paths"]
+    assert len(set(actual["paths"])) == len(actual["paths"]), "duplicated rows"
+    assert actual["classes"] == expected["classes"]
+    np.testing.assert_array_equal(actual["labels"], expected["labels"])
+    np.testing.assert_array_equal(actual["sizes"], expected["sizes"])
+    assert actual["features"].shape == expected["features"].shape
+    assert actual["features"].dtype == expected["features"].dtype
+    np.testing.assert_allclose(actual["features"], expected["features"], rtol=0, atol=atol)
+    assert actual["failed_paths"] == expected["failed_paths"]
+    assert actual["failed_errors"] == expected["failed_errors"]
+    assert actual["attrs"]["complete"] and expected["attrs"]["complete"]
+    assert actual["attrs"]["config"] == expected["attrs"]["config"]
+
+
+# --------------------------------------------------------------------------- running the command
+
+
+@contextlib.contextmanager
+def reusing_network(network):
+    """Make ``Extractor("vgg16", weights="random", seed=0)`` (what the CLI builds for ``FAST``) reuse
+    ``network`` instead of initialising a new VGG16 (~3 s); any other request loads as usual."""
+    real = vggfeat.extractor.load_network
+
+    def load(model, weights="imagenet", seed=0):
+        if (model, str(weights), int(seed)) == ("vgg16", "random", 0):
+            return network
+        return real(model, weights, seed)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vggfeat.extractor, "load_network", load)
+        yield
+
+
+def run_main(args: list[str]) -> tuple[int, str, str]:
+    """``vggfeat ARGS`` in this process: (exit code, stdout, stderr). Other exceptions propagate."""
+    from vggfeat.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(arg) for arg in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        else:  # main always exits
+            raise AssertionError("vggfeat.cli.main returned without exiting")
+    return code, out.getvalue(), err.getvalue()
+
+
+def command(args: list[str]) -> list[str]:
+    """The argv of a real ``vggfeat ARGS`` process, with this interpreter."""
+    return [sys.executable, "-c", "from vggfeat.cli import main; main()", *map(str, args)]
+
+
+def run_process(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(command(args), capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(stderr: str) -> str:
+    """The one ``Error:`` line of a refused command; fails on a traceback or several error lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, f"expected one 'Error:' line, got:\n{stderr}"
+    assert lines[-1] == errors[0], f"the error must be the last line:\n{stderr}"
+    return errors[0]

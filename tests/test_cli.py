@@ -1,0 +1,413 @@
+"""The ``vggfeat`` command: extract (bad input, kill -9 and resume, refusals, --file-list) and info.
+
+Most commands run in this process through ``vggfeat.cli.main`` with the session's random VGG16 (a
+real process costs seconds of torch import and network initialisation); real processes are used
+for the kill -9 test and one exit-code check. Tests that only need bookkeeping use ``--layer
+conv1_1``, ~50 times cheaper than fc7.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from imagefiles import BAD_FILES, write_bad_files, write_corrupt, write_odd_files, write_rgb
+from runhelpers import (
+    FAST,
+    assert_same_output,
+    command,
+    error_line,
+    read_output,
+    reusing_network,
+    run_main,
+    run_process,
+    write_plain_folder,
+)
+import vggfeat.job
+from vggfeat import Extractor
+
+CHEAP = [*FAST, "--layer", "conv1_1"]
+NO_SCALES = [option for option in FAST if option not in ("--scales", "224")]
+
+
+@pytest.fixture(autouse=True)
+def cached_network(random_vgg16):
+    with reusing_network(random_vgg16):
+        yield
+
+
+def crash_on_part(monkeypatch, number: int) -> None:
+    """Make the ``number``-th part write (1-based) raise, like a run killed at that moment."""
+    real, calls = vggfeat.job.write_part, []
+
+    def write_part(*args):
+        calls.append(args[1:3])
+        if len(calls) == number:
+            raise RuntimeError("simulated crash")
+        return real(*args)
+
+    monkeypatch.setattr(vggfeat.job, "write_part", write_part)
+
+
+def interrupted_run(monkeypatch, args: list, after_parts: int = 1) -> None:
+    """Run ``vggfeat ARGS`` in this process and let it die after ``after_parts`` parts."""
+    crash_on_part(monkeypatch, after_parts + 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main(args)
+    monkeypatch.undo()
+
+
+def folder_state(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- good, bad and odd files
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, random_vgg16):
+    """A folder of good images (one with a non-ASCII name), every bad file and every odd-but-valid
+    image, extracted by the CLI."""
+    root = tmp_path_factory.mktemp("mixed")
+    images = root / "images"
+    (images / "good").mkdir(parents=True)
+    good = {
+        "good/g1.png": write_rgb(images / "good" / "g1.png", 224, 240, seed=1).shape[:2],
+        "good/café ü.jpg": write_rgb(images / "good" / "café ü.jpg", 230, 224, seed=2).shape[:2],
+    }
+    odd = {f"odd/{name}": image.expected.shape[:2] for name, image in write_odd_files(images / "odd").items()}
+    bad = {f"bad/{name}": BAD_FILES[name][1] for name in write_bad_files(images / "bad")}
+    output = root / "out.h5"
+    with reusing_network(random_vgg16):
+        code, out, err = run_main(["extract", images, output, *CHEAP])
+    return {"images": images, "output": output, "code": code, "stderr": err,
+            "sizes": {**good, **odd}, "bad": bad}
+
+
+def test_bad_files_fail_odd_files_are_described(mixed):
+    assert mixed["code"] == 0, mixed["stderr"]
+    data = read_output(mixed["output"])
+    expected_rows = sorted(mixed["sizes"])
+    assert len(expected_rows) == 18
+    assert data["paths"] == expected_rows  # exactly the good and odd files, sorted
+    assert [tuple(s) for s in data["sizes"].tolist()] == [tuple(mixed["sizes"][p]) for p in expected_rows]
+    assert tuple(data["sizes"][data["paths"].index("odd/exif6.jpg")]) == (96, 64)  # stored 64x96, rotated
+    assert data["classes"] == ["bad", "good", "odd"]
+    assert data["labels"].tolist() == [1 if p.startswith("good/") else 2 for p in expected_rows]
+    assert data["features"].shape == (18, 64) and np.isfinite(data["features"]).all()
+
+    assert data["failed_paths"] == sorted(mixed["bad"])
+    for path, reason in zip(data["failed_paths"], data["failed_errors"]):
+        assert mixed["bad"][path] in reason.lower(), (path, reason)
+        assert "\n" not in reason
+    with h5py.File(mixed["output"], "r") as f:  # UTF-8 strings, readable as such by anyone
+        assert f["paths"].dtype == h5py.string_dtype("utf-8")
+        assert "good/café ü.jpg" in [p.decode("utf-8") for p in f["paths"][:]]
+
+
+def test_exit_message_counts_failures(mixed):
+    assert re.search(r"wrote .*out\.h5: 18 descriptors \(64-d float32\), 6 failed", mixed["stderr"]), mixed["stderr"]
+    assert "WARNING: random weights" in mixed["stderr"]
+    assert "Traceback" not in mixed["stderr"]
+
+
+def test_cli_writes_what_the_api_returns(mixed, random_vgg16):
+    data = read_output(mixed["output"])
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+    api = extractor.extract([mixed["images"] / p for p in data["paths"]])
+    np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
+    config = json.loads(data["attrs"]["config"])
+    assert config == {**json.loads(json.dumps(extractor.config())), "dtype": "float32"}
+    a = data["attrs"]
+    assert (a["model"], a["weights"], a["layer"], list(a["scales"]), bool(a["flip"])) == ("vgg16", "random", "conv1_1", [224], False)
+    assert a["random_weights"] == True and a["complete"] == True  # noqa: E712
+
+
+def test_dtype_float16(tmp_path, mixed):
+    output = tmp_path / "half.h5"
+    images = tmp_path / "images"
+    (images / "good").mkdir(parents=True)
+    write_rgb(images / "good" / "g1.png", 224, 240, seed=1)  # the same picture as mixed's good/g1.png
+    code, _, err = run_main(["extract", images, output, *CHEAP, "--dtype", "float16"])
+    assert code == 0, err
+    with h5py.File(output, "r") as f:
+        assert f["features"].dtype == np.float16 and f["features"].chunks == (1, 64)
+        assert f.attrs["dtype"] == "float16"
+        half = f["features"][0].astype(np.float32)
+    reference = read_output(mixed["output"])
+    full = reference["features"][reference["paths"].index("good/g1.png")]
+    np.testing.assert_allclose(half, full, rtol=2e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- kill -9 and resume
+
+
+def test_resume_after_kill_9(tmp_path):
+    images = tmp_path / "images"
+    write_plain_folder(images, 5)
+    write_corrupt(images / "img02x.png")  # a failure in the middle
+    output, reference = tmp_path / "out.h5", tmp_path / "reference.h5"
+    work = tmp_path / "out.h5.parts"
+    # fc7 on the CPU: slow enough (a part every 0.1 to 1 s) to be caught between parts.
+    options = [*FAST, "--part-size", "1"]
+
+    process = subprocess.Popen(command(["extract", images, output, *options]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(work.glob("part-*.h5")):
+            assert process.poll() is None, f"the run ended before a part was seen:\n{process.stderr.read()}"
+            assert time.monotonic() < deadline, "no part after 180 s"
+            time.sleep(0.01)
+        assert not output.exists()
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not output.exists()
+    done = len(list(work.glob("part-*.h5")))
+    assert 1 <= done < 6, f"{done} parts: the kill came too late to test resuming"
+
+    resumed = subprocess.Popen(command(["extract", images, output, *options]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The uninterrupted run, in this process while the other one starts (same options, same parts).
+    code, _, err = run_main(["extract", images, reference, *options])
+    assert code == 0, err
+    stderr = resumed.communicate(timeout=180)[1]
+    assert resumed.returncode == 0, stderr
+    assert f"resuming: {done} of 6 images were done by an interrupted run" in stderr
+    assert re.search(rf"5 descriptors .*1 failed; {6 - done} images in", stderr), stderr
+    assert not work.exists()
+    assert_same_output(read_output(output), read_output(reference))
+    assert read_output(output)["failed_paths"] == ["img02x.png"]
+    assert read_output(output)["attrs"]["command"].endswith("--no-flip --device cpu --part-size 1")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 2)
+    output = tmp_path / "out.h5"
+    assert run_main(["extract", tmp_path / "images", output, *CHEAP])[0] == 0
+    before = output.read_bytes()
+
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, "--layer", "conv1_2"])
+    assert code == 2
+    assert "already exists; pass --overwrite" in error_line(err)
+    assert output.read_bytes() == before
+
+    # An --overwrite run that dies leaves the old file as it was...
+    interrupted_run(monkeypatch, ["extract", tmp_path / "images", output, *CHEAP, "--dtype", "float16",
+                                  "--overwrite", "--part-size", "1"])
+    assert output.read_bytes() == before
+    # ... and the next one replaces it with a complete file.
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, "--dtype", "float16",
+                             "--overwrite", "--part-size", "1"])
+    assert code == 0, err
+    assert "resuming: 1 of 2" in err
+    data = read_output(output)
+    assert data["features"].dtype == np.float16 and data["attrs"]["complete"] and len(data["paths"]) == 2
+    assert not (tmp_path / "out.h5.parts").exists()
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 3)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    base = ["extract", tmp_path / "images", output, *FAST, "--part-size", "1"]
+    interrupted_run(monkeypatch, [*base, "--layer", "conv1_1"])
+    kept = folder_state(work)
+    assert [name for name in kept if name.startswith("part-")] == ["part-000000000000-000000000001.h5"]
+
+    code, _, err = run_main([*base, "--layer", "conv1_2"])
+    assert code == 2
+    line = error_line(err)
+    assert "interrupted run with a different configuration" in line and "layer: conv1_1 then, conv1_2 now" in line
+    assert "--overwrite" in line
+    code, _, err = run_main([*base, "--layer", "conv1_1", "--scales", "256"])
+    assert code == 2 and "scales: [224] then, [256] now" in error_line(err)
+    assert folder_state(work) == kept and not output.exists()
+
+    decoded = []
+    real = Extractor._decode
+    monkeypatch.setattr(Extractor, "_decode", lambda self, path: decoded.append(path.name) or real(self, path))
+    code, _, err = run_main([*base, "--layer", "conv1_2", "--overwrite"])
+    assert code == 0, err
+    assert "resuming" not in err and len(decoded) == 3  # started over
+    assert read_output(output)["attrs"]["layer"] == "conv1_2"
+    assert not work.exists()
+
+
+def test_foreign_parts_folder_is_refused_and_untouched(tmp_path):
+    write_plain_folder(tmp_path / "images", 1)
+    foreign = tmp_path / "out.h5.parts"
+    (foreign / "deep").mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    (foreign / "deep" / "part-000000000000-000000000001.h5").write_bytes(b"not a part")
+    before = folder_state(foreign)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, *extra])
+        assert code == 2
+        assert "is not a vggfeat work folder" in error_line(err)
+        assert folder_state(foreign) == before and sorted(p.name for p in foreign.iterdir()) == ["deep", "notes.txt"]
+    assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    write_plain_folder(tmp_path / "images", 1)
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extract", "{images}", "{out}", *FAST, "--model", "vgg99"], "Invalid value for '--model'"),
+        (["extract", "{images}", "{out}", *FAST, "--layer", "fc9"], "unknown layer 'fc9'"),
+        (["extract", "{images}", "{out}", *NO_SCALES, "--scales", "200"], "scale 200 is below 224"),
+        (["extract", "{images}", "{out}", *NO_SCALES, "--scales", "2x4"], "expected comma-separated integers"),
+        (["extract", "{images}", "{out}", *FAST, "--dtype", "float64"], "Invalid value for '--dtype'"),
+        (["extract", "{empty}", "{out}", *FAST], "no images found"),
+        (["extract", "{tmp}/nowhere", "{out}", *FAST], "input folder not found"),
+        (["extract", "--file-list", "{tmp}/list.txt", "{out}", *FAST], "file list not found"),
+        (["extract", "--file-list", "{tmp}/list.txt", "{images}", "{out}", *FAST], "got 2 path(s)"),
+        (["extract", "{out}", *FAST], "expected IMAGES and OUTPUT, got 1 path(s)"),
+        (["extract", "{images}", "{images}", "{out}", *FAST], "expected IMAGES and OUTPUT, got 3 path(s)"),
+        (["extract", "{images}", "{tmp}/no/such/folder/out.h5", *FAST], "folder of the output does not exist"),
+        (["extract", "{images}", "{images}", *FAST], "is a folder"),
+    ],
+    ids=["model", "layer", "small-scale", "bad-scales", "dtype", "empty-folder", "missing-input",
+         "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder"],
+)
+def test_user_errors_exit_2_with_one_line(one_image, args, message):
+    tmp = one_image
+    args = [a.format(images=tmp / "images", out=tmp / "out.h5", empty=tmp / "empty", tmp=tmp) for a in args]
+    code, out, err = run_main(args)
+    assert code == 2, err
+    assert message in error_line(err)
+    assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
+
+
+def test_real_process_exit_code_and_one_line_error(tmp_path):
+    result = run_process(["extract", tmp_path / "nowhere", tmp_path / "out.h5", *FAST])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"Error: input folder not found: {tmp_path / 'nowhere'}"]
+    assert result.stdout == ""
+
+
+# --------------------------------------------------------------------------- --file-list
+
+
+def test_file_list_paths_and_labels(tmp_path):
+    data_dir = tmp_path / "data"
+    (data_dir / "imgs" / "sub").mkdir(parents=True)
+    write_rgb(data_dir / "imgs" / "x.png", 224, 230, seed=1)
+    write_rgb(data_dir / "imgs" / "sub" / "y.png", 224, 224, seed=2)
+    write_rgb(data_dir / "imgs" / "z.png", 240, 224, seed=3)
+    (data_dir / "list.txt").write_text(
+        "# path[,label]\n"
+        "imgs/x.png,cat\n"
+        "imgs/sub/y.png\n"
+        "\n"
+        f"{data_dir / 'imgs' / 'z.png'},cat\n"  # absolute, inside the list's folder
+        "imgs/missing.png,dog\n"
+    )
+    output = tmp_path / "out.h5"
+    code, _, err = run_main(["extract", "--file-list", data_dir / "list.txt", output, *CHEAP])
+    assert code == 0, err
+    assert "3 descriptors" in err and "1 failed" in err
+    data = read_output(output)
+    assert data["paths"] == ["imgs/sub/y.png", "imgs/x.png", "imgs/z.png"]
+    assert data["classes"] == ["cat", "dog"]
+    assert data["labels"].tolist() == [-1, 0, 0]
+    assert [tuple(s) for s in data["sizes"].tolist()] == [(224, 224), (224, 230), (240, 224)]
+    assert data["failed_paths"] == ["imgs/missing.png"] and data["failed_errors"] == ["file not found"]
+
+
+def test_file_list_with_root(tmp_path):
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "lists").mkdir()
+    write_rgb(tmp_path / "pictures" / "b.png", 224, 224, seed=1)
+    write_rgb(tmp_path / "pictures" / "a.png", 224, 240, seed=2)
+    (tmp_path / "lists" / "train.txt").write_text("b.png,zebra\na.png,ant\n")
+    output = tmp_path / "out.h5"
+    code, _, err = run_main(["extract", "--file-list", tmp_path / "lists" / "train.txt",
+                             "--root", tmp_path / "pictures", output, *CHEAP])
+    assert code == 0, err
+    data = read_output(output)
+    assert data["paths"] == ["a.png", "b.png"] and data["classes"] == ["ant", "zebra"]
+    assert data["labels"].tolist() == [0, 1] and data["failed_paths"] == []
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_text(mixed):
+    code, out, err = run_main(["info", mixed["output"]])
+    assert code == 0, err
+    assert re.search(r": complete$", out.splitlines()[0])
+    assert re.search(r"rows\s+18 \(18 labelled\) of 24 images found", out)
+    assert re.search(r"descriptor\s+64-d float32", out)
+    assert re.search(r"classes\s+3: bad, good, odd", out)
+    assert re.search(r"failed\s+6\b", out)
+    assert re.search(r"model\s+vgg16\s+weights random", out)
+    assert re.search(r"layer\s+conv1_1, avg-pooled; scales 224 \(mean\); flip off", out)
+    assert "WARNING: made with random weights" in out
+    shown = re.findall(r"^  failed: (.+?): (.+)$", out, flags=re.MULTILINE)
+    failed = sorted(mixed["bad"])
+    assert [path for path, _ in shown] == failed[:5]
+    for path, reason in shown:
+        assert mixed["bad"][path] in reason.lower()
+    assert "… and 1 more in /failed" in out
+
+
+def test_info_json(mixed):
+    code, out, err = run_main(["info", "--json", mixed["output"]])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["complete"] is True
+    assert (summary["rows"], summary["dim"], summary["dtype"], summary["failed"]) == (18, 64, "float32", 6)
+    assert summary["classes"] == ["bad", "good", "odd"] and summary["labelled"] == 18
+    assert [path for path, _ in summary["first_failures"]] == sorted(mixed["bad"])[:5]
+    assert all(reason for _, reason in summary["first_failures"])
+    a = summary["attrs"]
+    assert (a["model"], a["weights"], a["layer"], a["scales"]) == ("vgg16", "random", "conv1_1", [224])
+    assert a["random_weights"] is True and a["complete"] is True and len(a["weights_sha256"]) == 64
+
+
+def test_info_on_an_interrupted_run(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 2)
+    output = tmp_path / "out.h5"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "1"]
+    interrupted_run(monkeypatch, args)
+    code, out, err = run_main(["info", output])
+    assert code == 2
+    line = error_line(err)
+    assert "is not written yet" in line and str(tmp_path / "out.h5.parts") in line
+    assert "run the same extract command to finish it" in line
+    # Doing so finishes it.
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming: 1 of 2" in err
+    assert run_main(["info", output])[0] == 0
+
+
+def test_info_on_missing_and_foreign_files(tmp_path):
+    code, _, err = run_main(["info", tmp_path / "missing.h5"])
+    assert code == 2 and "file not found" in error_line(err)
+    (tmp_path / "text.h5").write_text("not HDF5")
+    code, _, err = run_main(["info", tmp_path / "text.h5"])
+    assert code == 2 and "is not a readable vggfeat features file" in error_line(err)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["something"] = np.zeros(3)
+    code, _, err = run_main(["info", tmp_path / "other.h5"])
+    assert code == 2 and "is not a readable vggfeat features file" in error_line(err)

@@ -1,0 +1,321 @@
+"""ExtractionJob: the HDF5 schema others read with plain h5py, resuming after a crash, the lock.
+
+Everything runs in this process on the session's random VGG16 at one scale without flips; real
+processes (kill -9) are in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import vggfeat.job
+from runhelpers import assert_same_output, read_output, write_labelled_folder, write_plain_folder
+from imagefiles import write_bad_files, write_rgb
+from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
+from vggfeat.store import FORMAT_VERSION
+
+PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
+CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper
+
+
+@pytest.fixture
+def extractor(random_vgg16):
+    """The cheap extractor of the resume and refusal tests."""
+    return Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer=CHEAP)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labelled")
+    return root, write_labelled_folder(root)
+
+
+@pytest.fixture(scope="module")
+def fc7_file(labelled, random_vgg16, tmp_path_factory):
+    """An uninterrupted fc7 run over the labelled folder (the default layer: 4096-d)."""
+    root, _ = labelled
+    output = tmp_path_factory.mktemp("fc7") / "fc7.h5"
+    job = ExtractionJob(Extractor(random_vgg16, scales=[224], flip=False, device="cpu"), find_images(root), output)
+    result = job.run()
+    assert (result.rows, result.failed, result.computed) == (5, 1, 6)
+    return output
+
+
+@pytest.fixture(scope="module")
+def reference(labelled, random_vgg16, tmp_path_factory):
+    """An uninterrupted run over the labelled folder with the cheap extractor, in parts of PART images."""
+    root, _ = labelled
+    output = tmp_path_factory.mktemp("reference") / "reference.h5"
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer=CHEAP)
+    result = ExtractionJob(extractor, find_images(root), output, part_images=PART).run()
+    assert (result.rows, result.failed, result.computed) == (5, 1, 6)
+    return output, read_output(output)
+
+
+def count_decodes(monkeypatch, extractor) -> list[str]:
+    """Record the name of every file ``extractor`` decodes from now on."""
+    decoded, real = [], extractor._decode
+
+    def decode(path):
+        decoded.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(extractor, "_decode", decode)
+    return decoded
+
+
+def crash_on_part(monkeypatch, number: int, leave_tmp: bool = False) -> None:
+    """Make the ``number``-th part write (1-based) die; with ``leave_tmp`` like a killed writer would,
+    leaving a half-written ``part-….h5.tmp`` behind."""
+    real, calls = vggfeat.job.write_part, []
+
+    def write_part(folder, start, end, *args):
+        calls.append((start, end))
+        if len(calls) == number:
+            if leave_tmp:
+                (folder / f"part-{start:012d}-{end:012d}.h5.tmp").write_bytes(b"\x89HDF\r\n half a part")
+            raise RuntimeError("simulated crash while writing a part")
+        return real(folder, start, end, *args)
+
+    monkeypatch.setattr(vggfeat.job, "write_part", write_part)
+
+
+# --------------------------------------------------------------------------- file schema
+
+
+def test_file_schema(fc7_file, labelled, random_vgg16):
+    path = fc7_file
+    _, expected = labelled
+    dim = 4096
+    with h5py.File(path, "r") as f:
+        features = f["features"]
+        assert features.dtype == np.float32 and features.shape == (5, dim)
+        assert features.chunks is not None and features.chunks[1] == dim and 1 <= features.chunks[0] <= 5
+        assert np.isfinite(features[:]).all() and (features[:] >= 0).all()  # fc7 is after a ReLU
+        assert len({row.tobytes() for row in features[:]}) == 5, "every image must have its own descriptor"
+
+        assert f["paths"].dtype == h5py.string_dtype("utf-8")
+        assert list(f["paths"].asstr()[:]) == [row[0] for row in expected["rows"]]
+        assert list(f["classes"].asstr()[:]) == expected["classes"] == ["cats", "dogs"]
+        assert f["classes"].dtype == h5py.string_dtype("utf-8")
+        assert f["labels"].dtype == np.int32
+        assert f["labels"][:].tolist() == [0, 0, 1, 1, -1]
+        assert f["sizes"].dtype == np.int32 and f["sizes"].shape == (5, 2)
+        assert [tuple(size) for size in f["sizes"][:].tolist()] == [row[2] for row in expected["rows"]]
+        assert tuple(f["sizes"][3]) == (256, 224)  # EXIF orientation 6: the stored 224x256 turned upright
+
+        assert list(f["failed/paths"].asstr()[:]) == ["broken.jpg"]
+        assert "not an image" in f["failed/errors"].asstr()[0]
+
+        a = f.attrs
+        assert a["format_version"] == FORMAT_VERSION
+        assert a["vggfeat_version"] == __version__
+        assert a["torch_version"] == str(torch.__version__)
+        assert a["torchvision_version"] == torchvision.__version__
+        assert a["model"] == "vgg16" and a["weights"] == "random"
+        assert a["weights_sha256"] == random_vgg16.weights.sha256 and len(a["weights_sha256"]) == 64
+        assert a["layer"] == "fc7" and a["pooling"] == "avg" and a["aggregate"] == "mean"
+        assert list(a["scales"]) == [224]
+        assert not a["flip"] and a["precision"] == "fp32" and a["dtype"] == "float32"
+        assert a["complete"] == True  # noqa: E712 - an HDF5 attribute, numpy bool
+        assert a["random_weights"] == True  # noqa: E712
+        assert datetime.fromisoformat(a["created"]).tzinfo is not None
+        preprocessing = json.loads(a["preprocessing"])
+        assert preprocessing["orientation"] == "EXIF orientation applied"
+        config = json.loads(a["config"])
+        extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu")
+        assert config == {**json.loads(json.dumps(extractor.config())), "dtype": "float32"}
+
+
+def test_features_are_what_the_api_returns(fc7_file, labelled, random_vgg16):
+    root, expected = labelled
+    data = read_output(fc7_file)
+    # Two of the five rows (fc7 costs ~0.3 s an image here), one of them the EXIF-rotated image.
+    rows = [0, 3]
+    api = Extractor(random_vgg16, scales=[224], flip=False, device="cpu").extract([root / expected["rows"][i][0] for i in rows])
+    assert api.dtype == np.float32 and api.shape == (2, 4096)
+    np.testing.assert_allclose(data["features"][rows], api, rtol=0, atol=1e-6)
+    assert np.abs(api[0] - api[1]).max() > 1e-3  # different images, different descriptors
+
+
+def test_float16_output(tmp_path, labelled, reference, extractor):
+    root, _ = labelled
+    output = tmp_path / "half.h5"
+    ExtractionJob(extractor, find_images(root), output, dtype="float16", part_images=PART).run()
+    with h5py.File(output, "r") as f:
+        assert f["features"].dtype == np.float16 and f["features"].shape == (5, 64)
+        assert f["features"].chunks is not None and f["features"].chunks[1] == 64
+        assert f.attrs["dtype"] == "float16" and json.loads(f.attrs["config"])["dtype"] == "float16"
+        half = f["features"][:].astype(np.float32)
+    full = reference[1]["features"]
+    np.testing.assert_allclose(half, full, rtol=2e-3, atol=1e-4)
+    assert not np.array_equal(half, full)  # really rounded to float16
+
+
+def test_folder_of_only_bad_files_gives_an_empty_file(tmp_path, extractor):
+    write_bad_files(tmp_path / "bad")
+    output = tmp_path / "out.h5"
+    result = ExtractionJob(extractor, find_images(tmp_path / "bad"), output).run()
+    assert (result.rows, result.failed) == (0, 6)
+    data = read_output(output)
+    assert data["features"].shape == (0, 64) and data["attrs"]["complete"]
+    assert sorted(data["failed_paths"]) == data["failed_paths"] and len(data["failed_paths"]) == 6
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_after_a_crash_recomputes_only_missing_images(tmp_path, labelled, reference, extractor, monkeypatch):
+    root, _ = labelled
+    images = find_images(root)  # 6 files: parts [0,2) [2,4) [4,6)
+    output = tmp_path / "out.h5"
+    crash_on_part(monkeypatch, 3)
+    first = ExtractionJob(extractor, images, output, part_images=PART)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        first.run()
+    assert not output.exists()
+    work = output.with_name("out.h5.parts")
+    assert sorted(p.name for p in work.glob("part-*.h5")) == [
+        "part-000000000000-000000000002.h5",
+        "part-000000000002-000000000004.h5",
+    ]
+    monkeypatch.undo()
+
+    # `first` is still alive: its failed run must have let go of the lock.
+    decoded = count_decodes(monkeypatch, extractor)
+    second = ExtractionJob(extractor, images, output, part_images=PART)
+    assert (second.done, second.total) == (4, 6)
+    result = second.run()
+    assert sorted(decoded) == ["top.png", "turned.jpg"]  # images 4 and 5, the ones no part holds
+    assert (result.rows, result.failed, result.computed) == (5, 1, 2)
+    assert_same_output(read_output(output), reference[1])
+    assert not work.exists()
+
+
+def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, reference, extractor, monkeypatch):
+    root, _ = labelled
+    images = find_images(root)
+    output = tmp_path / "out.h5"
+    work = output.with_name("out.h5.parts")
+    crash_on_part(monkeypatch, 2, leave_tmp=True)
+    with pytest.raises(RuntimeError):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    stale = work / "part-000000000002-000000000004.h5.tmp"
+    assert stale.exists() and [p.name for p in work.glob("part-*.h5")] == ["part-000000000000-000000000002.h5"]
+
+    decoded = count_decodes(monkeypatch, extractor)
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert job.done == 2 and not stale.exists()
+    job.run()
+    assert len(decoded) == 4
+    assert_same_output(read_output(output), reference[1])
+
+
+def test_kill_during_assembly_then_rerun_assembles(tmp_path, labelled, reference, extractor, monkeypatch):
+    root, _ = labelled
+    images = find_images(root)
+    output = tmp_path / "out.h5"
+    work = output.with_name("out.h5.parts")
+
+    def dies_while_assembling(parts, images, destination, *args):
+        destination.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # half-written garbage
+        raise RuntimeError("simulated kill during assembly")
+
+    monkeypatch.setattr(vggfeat.job, "assemble", dies_while_assembling)
+    with pytest.raises(RuntimeError, match="assembly"):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    assert not output.exists() and (work / "output.h5.tmp").exists()
+    assert len(list(work.glob("part-*.h5"))) == 3
+
+    decoded = count_decodes(monkeypatch, extractor)
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert job.done == job.total == 6
+    result = job.run()
+    assert decoded == [] and result.computed == 0 and (result.rows, result.failed) == (5, 1)
+    assert_same_output(read_output(output), reference[1])
+    assert not work.exists()
+
+
+def test_an_existing_output_is_replaced_only_by_a_complete_one(tmp_path, extractor, monkeypatch):
+    files = write_plain_folder(tmp_path / "images", 2)
+    images = find_images(tmp_path / "images")
+    output = tmp_path / "out.h5"
+    output.write_bytes(b"an older file, not to be lost")
+    with pytest.raises(VggfeatError, match="already exists"):
+        ExtractionJob(extractor, images, output)
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        ExtractionJob(extractor, images, output, overwrite=True, part_images=1).run()
+    monkeypatch.undo()
+    assert output.read_bytes() == b"an older file, not to be lost"
+    result = ExtractionJob(extractor, images, output, overwrite=True, part_images=1).run()
+    assert result.computed == 1  # the part written before the crash was kept
+    assert read_output(output)["paths"] == [p.name for p in files]
+
+
+# --------------------------------------------------------------------------- refusals and the lock
+
+
+def test_a_second_job_on_the_same_output_is_refused(tmp_path, extractor):
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "one.png", 224, 224)
+    images = find_images(tmp_path / "images")
+    output = tmp_path / "out.h5"
+    first = ExtractionJob(extractor, images, output)
+    with pytest.raises(VggfeatError, match="another vggfeat run is writing"):
+        ExtractionJob(extractor, images, output)
+    assert (output.with_name("out.h5.parts") / "manifest.json").is_file()  # the first job's folder is intact
+    result = first.run()
+    assert result.rows == 1 and output.exists()
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path, random_vgg16, extractor, monkeypatch):
+    write_plain_folder(tmp_path / "images", 3)
+    images = find_images(tmp_path / "images")
+    output = tmp_path / "out.h5"
+    work = output.with_name("out.h5.parts")
+    cheap = extractor  # conv1_1
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        ExtractionJob(cheap, images, output, part_images=1).run()
+    monkeypatch.undo()
+    kept = {p.name: p.read_bytes() for p in work.iterdir() if p.name != "lock"}
+
+    other = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_2")
+    with pytest.raises(VggfeatError, match=r"layer: conv1_1 then, conv1_2 now"):
+        ExtractionJob(other, images, output, part_images=1)
+    with pytest.raises(VggfeatError, match=r"dtype: float32 then, float16 now"):
+        ExtractionJob(cheap, images, output, part_images=1, dtype="float16")
+    write_rgb(tmp_path / "images" / "new.png", 224, 224)
+    with pytest.raises(VggfeatError, match=r"image set: 3 files then, 4 now"):
+        ExtractionJob(cheap, find_images(tmp_path / "images"), output, part_images=1)
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.name != "lock"} == kept
+
+    job = ExtractionJob(other, find_images(tmp_path / "images"), output, part_images=1, overwrite=True)
+    assert job.done == 0 and list(work.glob("part-*.h5")) == []
+    result = job.run()
+    assert result.computed == 4 and read_output(output)["attrs"]["layer"] == "conv1_2"
+
+
+def test_unknown_dtype_and_foreign_parts_folder_are_refused(tmp_path, extractor):
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "one.png", 224, 224)
+    images = find_images(tmp_path / "images")
+    with pytest.raises(VggfeatError, match="unknown dtype"):
+        ExtractionJob(extractor, images, tmp_path / "out.h5", dtype="float64")
+    foreign = tmp_path / "out.h5.parts"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("not vggfeat's")
+    with pytest.raises(VggfeatError, match="not a vggfeat work folder"):
+        ExtractionJob(extractor, images, tmp_path / "out.h5", overwrite=True)
+    assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
+    assert (foreign / "mine.txt").read_text() == "not vggfeat's"
