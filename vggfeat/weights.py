@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from safetensors import SafetensorError
 from torchvision.models import VGG
 
 from .errors import VggfeatError
@@ -66,7 +67,8 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
         hasher.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        hasher.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")
+        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
     return hasher.hexdigest()
 
 
@@ -83,7 +85,9 @@ def imagenet_cache_file(model: str) -> Path:
 def _imagenet(model: str) -> VGG:
     enum = _imagenet_enum(model)
     try:
-        return torchvision.models.get_model(model, weights=enum, progress=True)
+        # torchvision's weights API with torch.hub's cache, but weights_only=True: torch.hub would
+        # otherwise unpickle whatever file sits in the cache.
+        state_dict = enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
         cache = imagenet_cache_file(model)
         raise VggfeatError(
@@ -92,8 +96,12 @@ def _imagenet(model: str) -> VGG:
             f"or pass --weights /path/to/{cache.name}; --weights random --seed 0 runs without them "
             "(smoke tests only)"
         ) from None
-    except RuntimeError as error:  # torch.hub's hash check of a damaged download
-        raise VggfeatError(f"the ImageNet weights of {model} failed to load ({_short(error)})") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:  # a damaged download or cached file
+        raise VggfeatError(
+            f"the ImageNet weights of {model} failed to load ({_short(error)}); "
+            f"if {imagenet_cache_file(model)} is damaged, delete it to download it again"
+        ) from None
+    return _with_state_dict(model, state_dict, source=str(imagenet_cache_file(model)))
 
 
 def _from_file(model: str, path: Path) -> VGG:
@@ -106,21 +114,26 @@ def _from_file(model: str, path: Path) -> VGG:
             state_dict = load_file(str(path))
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, SafetensorError) as error:
         raise VggfeatError(
             f"cannot read weights from {path}: {_short(error)} "
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
         ) from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise VggfeatError(f"{path} does not hold a state dict of tensors (torchvision layout, e.g. features.0.weight)")
+    return _with_state_dict(model, state_dict, source=str(path))
+
+
+def _with_state_dict(model: str, state_dict: Mapping[str, torch.Tensor], source: str) -> VGG:
     # A fine-tuned fc8 may have any number of classes; fc6/fc7, which vggfeat uses, may not differ.
     fc8 = state_dict.get("classifier.6.weight")
     num_classes = fc8.shape[0] if fc8 is not None and fc8.ndim == 2 else 1000
-    vgg = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+    with torch.device("meta"):  # no random initialisation of parameters about to be replaced
+        vgg = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
     try:
-        vgg.load_state_dict(state_dict, strict=True)
+        vgg.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as error:
-        raise VggfeatError(f"weights in {path} do not fit {model}: {_short(error, 300)}") from None
+        raise VggfeatError(f"weights in {source} do not fit {model}: {_short(error, 300)}") from None
     return vgg
 
 

@@ -1,0 +1,290 @@
+"""Weights: local files (.pth, .safetensors), refusal of pickled code, ImageNet cache and offline use.
+
+VGG11 stands in wherever the architecture does not matter: its state dict is the cheapest to save.
+Big temporary files (~0.5 GB each) are deleted as soon as their tests are done.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+import torch.hub
+
+from vggfeat import VggfeatError
+from vggfeat.weights import imagenet_cache_file, load_vgg, state_dict_sha256
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    """(torchvision VGG11 with seeded random weights, its WeightsInfo)."""
+    return load_vgg("vgg11", "random", 0)
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vgg11_pth(vgg11, saved_dir):
+    path = saved_dir / "vgg11-random.pth"
+    torch.save(vgg11[0].state_dict(), path)
+    return path
+
+
+def params_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- random
+
+
+def test_random_is_seeded_and_recorded(vgg11):
+    vgg, info = vgg11
+    assert info.name == "random" and info.is_random and info.seed == 0
+    assert info.sha256 == state_dict_sha256(vgg.state_dict()) and len(info.sha256) == 64
+    assert not vgg.training and not any(p.requires_grad for p in vgg.parameters())
+    # Another seed gives other weights, and seeding leaves the caller's random stream alone.
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _, other_seed = load_vgg("vgg11", "random", 1)
+    assert torch.equal(torch.rand(3), expected)
+    assert other_seed.sha256 != info.sha256
+
+
+def test_batchnorm_models_hash():
+    """BatchNorm's num_batches_tracked is a 0-dim int64 tensor: hashing must handle it."""
+    vgg, info = load_vgg("vgg11_bn", "random", 0)
+    assert "features.1.num_batches_tracked" in vgg.state_dict()
+    assert info.sha256 == state_dict_sha256(vgg.state_dict())
+    assert state_dict_sha256({"n": torch.tensor(5)}) != state_dict_sha256({"n": torch.tensor(6)})
+
+
+def test_hash_covers_names_shapes_dtypes_and_values():
+    base = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+    digest = state_dict_sha256(base)
+    assert digest == state_dict_sha256({"b": torch.ones(4), "a": torch.zeros(2, 3)})  # order-free
+    assert digest != state_dict_sha256({"a": torch.zeros(3, 2), "b": torch.ones(4)})
+    assert digest != state_dict_sha256({"a": torch.zeros(2, 3, dtype=torch.float64), "b": torch.ones(4)})
+    assert digest != state_dict_sha256({"c": torch.zeros(2, 3), "b": torch.ones(4)})
+    changed = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+    changed["a"][1, 2] = 1e-30
+    assert digest != state_dict_sha256(changed)
+
+
+def test_unknown_model():
+    with pytest.raises(VggfeatError, match="unknown model 'resnet50'.*vgg16"):
+        load_vgg("resnet50", "random", 0)
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def test_pth_file_loads_the_same_weights(vgg11, vgg11_pth):
+    vgg, info = load_vgg("vgg11", vgg11_pth)
+    assert info.sha256 == vgg11[1].sha256
+    assert info.name == "file:vgg11-random.pth" and info.seed is None and not info.is_random
+    assert params_equal(vgg, vgg11[0])
+    assert not vgg.training
+
+
+def test_safetensors_file_with_finetuned_fc8_loads(vgg11, saved_dir):
+    """A .safetensors file loads with the weights_sha256 of its source, and a fine-tuned fc8 (10
+    classes) is accepted: one ~0.5 GB file tests both."""
+    from safetensors.torch import save_file
+
+    state = dict(vgg11[0].state_dict())
+    generator = torch.Generator().manual_seed(2)
+    state["classifier.6.weight"] = torch.randn(10, 4096, generator=generator)
+    state["classifier.6.bias"] = torch.randn(10, generator=generator)
+    path = saved_dir / "finetuned.safetensors"
+    save_file(state, str(path))
+    try:
+        vgg, info = load_vgg("vgg11", str(path))
+    finally:
+        path.unlink()
+    assert info.name == "file:finetuned.safetensors" and info.seed is None
+    assert vgg.classifier[6].out_features == 10
+    assert torch.equal(vgg.classifier[6].weight, state["classifier.6.weight"])
+    assert torch.equal(vgg.classifier[0].weight, state["classifier.0.weight"])  # fc6, used by vggfeat
+    assert torch.equal(vgg.classifier[3].weight, state["classifier.3.weight"])  # fc7
+    assert info.sha256 == state_dict_sha256(state) != vgg11[1].sha256
+
+
+def test_other_architecture_is_refused(saved_dir):
+    vgg19, _ = load_vgg("vgg19", "random", 0)
+    path = saved_dir / "vgg19.pth"
+    torch.save(vgg19.state_dict(), path)
+    del vgg19
+    try:
+        with pytest.raises(VggfeatError) as raised:
+            load_vgg("vgg16", path)
+    finally:
+        path.unlink()
+    message = str(raised.value)
+    assert str(path) in message and "do not fit vgg16" in message
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.pth"
+    with pytest.raises(VggfeatError, match="not found") as raised:
+        load_vgg("vgg11", path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("garbage.pth", b"\x00\x01 not a checkpoint" * 50),
+        ("garbage.safetensors", b"\x00\x01 not a checkpoint" * 50),
+        ("empty.pth", b""),
+    ],
+)
+def test_unreadable_file_is_refused(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(VggfeatError, match="cannot read weights") as raised:
+        load_vgg("vgg11", path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"features.0.weight": 3}, {"state_dict": {"features.0.weight": torch.zeros(1)}, "epoch": 3}, [torch.zeros(1)]],
+)
+def test_not_a_state_dict_is_refused(tmp_path, content):
+    path = tmp_path / "checkpoint.pth"
+    torch.save(content, path)
+    with pytest.raises(VggfeatError, match="state dict"):
+        load_vgg("vgg11", path)
+
+
+def test_wrong_layout_state_dict_is_refused(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    with pytest.raises(VggfeatError, match="do not fit vgg11"):
+        load_vgg("vgg11", path)
+
+
+class LeavesMarker:
+    """Unpickling this object opens (creates) a marker file: proof that pickled code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_marker_payload_works(tmp_path):
+    """The payload below is real: plain unpickling does create the marker file."""
+    marker = tmp_path / "control-marker"
+    pickle.loads(pickle.dumps(LeavesMarker(marker))).close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_pickled_code_is_refused_and_never_runs(tmp_path, how):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    payload = {"features.0.weight": torch.zeros(64, 3, 3, 3), "extra": LeavesMarker(marker)}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as file:
+            pickle.dump(payload, file, protocol=2)
+    with pytest.raises(VggfeatError, match="cannot read weights") as raised:
+        load_vgg("vgg11", path)
+    assert str(path) in str(raised.value)
+    assert not marker.exists(), "unpickling ran code from the weights file"
+
+
+# --------------------------------------------------------------------------- ImageNet: cache and offline
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """torch.hub's directory moved to an empty folder, and every download failing (recorded)."""
+    downloads: list[str] = []
+
+    def offline(request, *args, **kwargs):
+        downloads.append(getattr(request, "full_url", str(request)))
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)  # what torch.hub.download_url_to_file calls
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    saved = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        yield downloads
+    finally:
+        torch.hub.set_dir(saved)
+
+
+def test_cache_file_follows_torch_hub_dir(empty_hub, tmp_path):
+    path = imagenet_cache_file("vgg16")
+    assert path.parent == tmp_path / "hub" / "checkpoints"
+    assert path.name.startswith("vgg16-") and path.suffix == ".pth"
+    assert imagenet_cache_file("vgg16_bn").name.startswith("vgg16_bn-")
+
+
+def test_imagenet_offline_gives_a_clear_error(empty_hub):
+    cache = imagenet_cache_file("vgg11")
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", "imagenet")
+    message = str(raised.value)
+    assert empty_hub, "no download was attempted: the offline path was not exercised"
+    assert str(cache) in message
+    assert "--weights" in message and "offline" in message
+    assert not cache.exists()  # no broken or partial file left to be loaded next time
+    assert not any(cache.parent.glob("*")) if cache.parent.exists() else True
+
+
+def test_imagenet_loads_from_cache_without_download(empty_hub, vgg11, vgg11_pth):
+    """A file already in the cache is used as is: torchvision checks the hash prefix in the file
+    name only when it downloads, so even these random weights load under the ImageNet name."""
+    cache = imagenet_cache_file("vgg11")
+    cache.parent.mkdir(parents=True)
+    try:
+        os.link(vgg11_pth, cache)
+    except OSError:
+        shutil.copyfile(vgg11_pth, cache)
+    try:
+        vgg, info = load_vgg("vgg11", "imagenet")
+    finally:
+        cache.unlink()  # ~0.5 GB: do not leave it in pytest's kept temporary folders
+    assert not empty_hub, f"a download was attempted: {empty_hub}"
+    assert info.name == "imagenet:VGG11_Weights.IMAGENET1K_V1" and info.seed is None
+    assert info.sha256 == vgg11[1].sha256
+    assert params_equal(vgg, vgg11[0])
+
+
+def test_imagenet_damaged_cache_gives_a_clear_error(empty_hub):
+    cache = imagenet_cache_file("vgg11")
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"\x80\x02 damaged download" * 20)
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", "imagenet")
+    assert not empty_hub
+    assert str(cache) in str(raised.value) and "delete" in str(raised.value)
+
+
+def test_imagenet_cache_file_is_never_unpickled(empty_hub, tmp_path):
+    """torch.hub alone would load its cache with weights_only=False; vggfeat asks for True."""
+    marker = tmp_path / "code-ran"
+    cache = imagenet_cache_file("vgg11")
+    cache.parent.mkdir(parents=True)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "extra": LeavesMarker(marker)}, cache)
+    with pytest.raises(VggfeatError, match="failed to load"):
+        load_vgg("vgg11", "imagenet")
+    assert not marker.exists(), "unpickling ran code from the cached weights file"
