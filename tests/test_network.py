@@ -74,11 +74,11 @@ def test_dense_network_shares_torchvision_weights(random_vgg16, reference_vgg16)
 def test_layer_names_and_dims(random_vgg16):
     layers = random_vgg16.layers
     assert layers[:3] == ("conv1_1", "conv1_2", "pool1")
-    assert layers[-5:] == ("conv5_2", "conv5_3", "pool5", "fc6", "fc7")
+    assert layers[-6:] == ("conv5_2", "conv5_3", "pool5", "fc6", "fc7", "fc8")
     assert len([name for name in layers if name.startswith("conv")]) == 13  # VGG16: 13 conv layers
     dims = random_vgg16.layer_dims
     assert (dims["conv1_1"], dims["conv2_2"], dims["conv3_3"], dims["conv4_3"], dims["conv5_3"]) == (64, 128, 256, 512, 512)
-    assert dims["pool5"] == 512 and dims["fc6"] == 4096 and dims["fc7"] == 4096
+    assert dims["pool5"] == 512 and dims["fc6"] == 4096 and dims["fc7"] == 4096 and dims["fc8"] == 1000
 
 
 def test_intermediate_layers_match_torchvision_features(random_vgg16, reference_vgg16):
@@ -105,6 +105,7 @@ def test_too_small_input_for_fc6_is_refused(random_vgg16):
 @pytest.mark.parametrize(
     "layer, reference",
     [
+        ("fc8", lambda vgg, pool5: vgg.classifier(torch.flatten(vgg.avgpool(pool5), 1))),
         ("fc7", lambda vgg, pool5: vgg.classifier[:5](torch.flatten(vgg.avgpool(pool5), 1))),
         ("fc6", lambda vgg, pool5: vgg.classifier[:2](torch.flatten(vgg.avgpool(pool5), 1))),
         ("pool5", lambda vgg, pool5: pool5.mean(dim=(2, 3))),

@@ -54,7 +54,7 @@ class Extractor:
         model: an architecture name (``vgg11`` ... ``vgg19_bn``) or a loaded :class:`DenseVGG`.
         weights: ``"imagenet"``, ``"random"`` or a state-dict file (ignored for a loaded network).
         seed: seed of ``"random"`` weights.
-        layer: ``fc7``, ``fc6``, ``pool5`` or a conv layer such as ``conv5_3``.
+        layer: ``fc7``, ``fc6``, ``pool5``, a conv layer such as ``conv5_3``, or ``fc8`` (class scores).
         pooling: ``avg`` (the paper's) or ``max`` over the dense map.
         scales: smallest-side sizes Q, each >= 224.
         aggregate: ``mean`` over scales, or ``stack`` (concatenate, dim x number of scales).

@@ -1,8 +1,8 @@
 """Network: torchvision's VGG made fully convolutional, as in the paper's dense evaluation (Sec. 3.2).
 
-fc6 becomes a 7x7 convolution and fc7 a 1x1 convolution holding the very same weights, so the
+fc6 becomes a 7x7 convolution, fc7 and fc8 1x1 convolutions holding the very same weights, so the
 network applies to a whole image of any size with smallest side >= 224 and yields a spatial map of
-fc7 vectors, one per 224x224 window (stride 32).
+fc7 vectors (or fc8 class scores), one per 224x224 window (stride 32).
 
 Batches may hold images of different sizes, zero-padded to a common shape. Padding alone would
 change the numbers (a 3x3 convolution at the image edge would see activations of the padded area
@@ -26,10 +26,10 @@ MIN_INPUT_SIDE = 224
 
 
 class DenseVGG(nn.Module):
-    """A VGG whose fully connected layers fc6 and fc7 run as convolutions.
+    """A VGG whose fully connected layers fc6, fc7 and fc8 run as convolutions.
 
     Layer names follow the paper's blocks: ``conv1_1`` ... ``conv5_3`` (after ReLU), ``pool1`` ...
-    ``pool5``, ``fc6`` and ``fc7`` (after ReLU).
+    ``pool5``, ``fc6`` and ``fc7`` (after ReLU), and ``fc8`` (class scores, before softmax).
     """
 
     def __init__(self, vgg: VGG, arch: str, weights: WeightsInfo) -> None:
@@ -37,9 +37,10 @@ class DenseVGG(nn.Module):
         self.arch = arch
         self.weights = weights
         self.features = vgg.features
-        fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
+        fc6, fc7, fc8 = vgg.classifier[0], vgg.classifier[3], vgg.classifier[6]
         self.fc6 = _as_conv(fc6, in_channels=512, kernel_size=7)
         self.fc7 = _as_conv(fc7, in_channels=fc7.in_features, kernel_size=1)
+        self.fc8 = _as_conv(fc8, in_channels=fc8.in_features, kernel_size=1)
         self.layer_dims: dict[str, int] = {}
         self._stops: dict[str, int] = {}  # index into self.features after which a layer is complete
         block, conv, channels = 1, 0, 0
@@ -55,6 +56,7 @@ class DenseVGG(nn.Module):
                 block, conv = block + 1, 0
         self.layer_dims["fc6"] = self.fc6.out_channels
         self.layer_dims["fc7"] = self.fc7.out_channels
+        self.layer_dims["fc8"] = self.fc8.out_channels
         self.eval().requires_grad_(False)
 
     @property
@@ -88,7 +90,10 @@ class DenseVGG(nn.Module):
         x = F.relu(self.fc6(x))
         if layer == "fc6":
             return x, sizes
-        return F.relu(self.fc7(x)), sizes
+        x = F.relu(self.fc7(x))
+        if layer == "fc7":
+            return x, sizes
+        return self.fc8(x), sizes
 
 
 def load_network(model: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> DenseVGG:

@@ -35,7 +35,7 @@ def _given_arguments() -> list[str]:
 @click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
 @click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
-@click.option("--layer", default="fc7", show_default=True, help="fc7, fc6, pool5 or a conv layer such as conv5_3.")
+@click.option("--layer", default="fc7", show_default=True, help="fc7, fc6, pool5, a conv layer such as conv5_3, or fc8 (class scores).")
 @click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]), help="Pooling of the dense map.")
 @click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=_scales, help="Smallest-side sizes Q, each >= 224.")
 @click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack"]), help="Average the scales, or concatenate them.")
