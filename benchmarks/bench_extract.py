@@ -4,7 +4,8 @@
 
 Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos), then measures
 in this one process, with random weights (speed does not depend on their values):
-  (a) model only: the network on inputs already resized and on the device, the same batches;
+  (a) model only: the network on inputs already resized and on the device, full batches of one
+      shape, timed after a first pass that warms up cuDNN's autotuning;
   (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it);
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
       fp32, batch of one, as a user would write it from torchvision.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,25 +57,37 @@ def model_only(extractor: Extractor, files: list[Path]) -> float:
             by_shape.setdefault(tuple(x.shape), []).append(x)
         batches[q] = [torch.stack(group[i : i + extractor.batch_size])
                       for group in by_shape.values() for i in range(0, len(group), extractor.batch_size)]
-    extractor._forward([inputs[extractor.scales[0]][0]])  # warm-up
-    synchronize(extractor.device)
-    began = time.perf_counter()
-    for q in extractor.scales:
-        for batch in batches[q]:
-            extractor._forward(list(batch))
-    synchronize(extractor.device)
+    for timed in (False, True):  # the first pass warms up cuDNN's autotuning for every shape
+        synchronize(extractor.device)
+        began = time.perf_counter()
+        for q in extractor.scales:
+            for batch in batches[q]:
+                extractor._forward(list(batch))
+        synchronize(extractor.device)
     return len(files) / (time.perf_counter() - began)
 
 
-def end_to_end(extractor: Extractor, folder: Path) -> float:
+def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, float | None]:
+    """Images/s from files to a complete HDF5, and the mean GPU utilisation meanwhile."""
     images = find_images(folder)
     output = folder.parent / "bench.h5"
     job = ExtractionJob(extractor, images, output, overwrite=True)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            samples.append(torch.cuda.utilization(extractor.device))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if extractor.device.type == "cuda":
+        sampler.start()
     began = time.perf_counter()
     job.run()
     rate = len(images) / (time.perf_counter() - began)
+    done.set()
     output.unlink()
-    return rate
+    return rate, (sum(samples) / len(samples) if samples else None)
 
 
 def naive(extractor: Extractor, files: list[Path]) -> float:
@@ -115,10 +129,11 @@ def main() -> None:
         make_jpegs(folder, args.count)
         files = sorted(folder.iterdir())
         a = model_only(extractor, files)
-        b = end_to_end(extractor, folder)
+        b, utilisation = end_to_end(extractor, folder)
         c = naive(extractor, files[: args.naive_count or args.count])
     print(f"(a) model only       {a:9.2f} images/s")
-    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only")
+    busy = f"; GPU busy {utilisation:.0f}% of the time" if utilisation is not None else ""
+    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{busy}")
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
 
 

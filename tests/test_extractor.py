@@ -271,7 +271,7 @@ def test_to_input_matches_torchvision_resize_and_normalize():
 @pytest.mark.parametrize(
     "options, words",
     [
-        ({"layer": "fc8"}, ["layer", "'fc8'", "fc7", "conv5_3"]),
+        ({"layer": "fc9"}, ["layer", "'fc9'", "fc7", "fc8", "conv5_3"]),
         ({"scales": [200, 256]}, ["200", "224"]),
         ({"scales": [256, 256]}, ["repeat", "256"]),
         ({"scales": []}, ["scale"]),

@@ -83,9 +83,10 @@ def _reason(error: BaseException) -> str:
 
 def _upright(image: Image.Image) -> Image.Image:
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
     except Exception:  # noqa: BLE001 - a malformed EXIF block should not cost the image its pixels
-        return image
+        pass
+    return image
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -103,7 +104,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE)
         image = Image.alpha_composite(background, rgba)
-    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)  # one writable copy, as torch wants
 
 
 def _scale_to_8bit(pixels: np.ndarray, bit_depth: int) -> np.ndarray:

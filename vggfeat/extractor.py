@@ -8,6 +8,7 @@ the HDF5 job use exactly this object, so the API returns the numbers the CLI wri
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
 from .pooling import POOLINGS, global_pool
-from .resize import RESIZE_RECIPE, as_tensor, pad_batch, plan_batches, resized_shape, to_input
+from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
 from .weights import ARCHITECTURES
 
 PAPER_SCALES = (256, 384, 512)
@@ -103,6 +104,7 @@ class Extractor:
             raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
+        self._runner = _runner(self.network, self.device, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.precision = precision
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
@@ -151,45 +153,73 @@ class Extractor:
         return result
 
     def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None) -> Iterator[Chunk]:
-        """Describe ``paths`` in consecutive chunks, decoding the next ones while the network runs."""
+        """Describe ``paths`` in consecutive chunks, in order.
+
+        Threads decode ahead of the network. A chunk's results are collected only after the next
+        chunk's work has been queued, so a GPU never waits for the host between chunks.
+        """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as pool:
-            decoded = self._decode_ahead(paths, pool, lookahead=chunk_images + 2 * self.workers)
-            position = 0
-            while position < len(paths):
-                chunk, images, held = Chunk(start=position, end=position), [], 0
-                while chunk.end < len(paths) and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
-                    result = next(decoded)
-                    if isinstance(result, ImageError):
-                        chunk.failures.append((chunk.end, str(result)))
-                    else:
-                        chunk.indices.append(chunk.end)
-                        chunk.sizes.append(result.shape[:2])
-                        images.append(result)
-                        held += result.nbytes
-                    chunk.end += 1
-                chunk.features = self.describe(images)
-                position = chunk.end
-                yield chunk
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as decoders,
+            _precision(self.precision, self.device),
+        ):
+            decoded = self._decode_ahead(paths, decoders, lookahead=2 * chunk_images + 2 * self.workers)
+            previous: Chunk | None = None
+            for chunk, images in self._gather(len(paths), decoded, chunk_images):
+                chunk.features = self.describe_async(images)
+                if previous is not None:
+                    yield _collected(previous)
+                previous = chunk
+            if previous is not None:
+                yield _collected(previous)
+
+    def _gather(
+        self, count: int, decoded: Iterator[np.ndarray | ImageError], chunk_images: int
+    ) -> Iterator[tuple[Chunk, list[np.ndarray]]]:
+        position = 0
+        while position < count:
+            chunk, images, held = Chunk(start=position, end=position), [], 0
+            while chunk.end < count and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
+                result = next(decoded)
+                if isinstance(result, ImageError):
+                    chunk.failures.append((chunk.end, str(result)))
+                else:
+                    chunk.indices.append(chunk.end)
+                    chunk.sizes.append(result.shape[:2])
+                    images.append(result)
+                    held += result.nbytes
+                chunk.end += 1
+            position = chunk.end
+            yield chunk, images
 
     def describe(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
+        return self.describe_async(images).cpu().numpy()
+
+    def describe_async(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """As :meth:`describe`, but a tensor on the device that may still be being computed.
+
+        Subclasses change what an image's descriptor is by overriding this method.
+        """
         if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        pixels = [as_tensor(image, self.device) for image in images]
+            return torch.zeros((0, self.dim), device=self.device)
+        pixels = as_tensors(images, self.device)
         per_scale = [self._describe_at(pixels, scale) for scale in self.scales]
-        return combine_scales(per_scale, self.aggregate).cpu().numpy()
+        return combine_scales(per_scale, self.aggregate)
 
     def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
-        inputs = [to_input(image, resized_shape(*image.shape[1:], scale)) for image in pixels]
+        inputs = to_inputs(pixels, scale)
         if self.flip:
             inputs += [x.flip(-1) for x in inputs]
         shapes = [tuple(x.shape[1:]) for x in inputs]
         # Enough pixels for a full batch of 4:3 images at the largest scale; larger inputs go alone.
         budget = self.batch_size * max(self.scales) ** 2 * 4 // 3
-        pooled = torch.empty(len(inputs), self.network.layer_dims[self.layer], device=self.device)
-        for batch in plan_batches(shapes, self.batch_size, budget):
-            pooled[batch] = self._run([inputs[i] for i in batch])
+        batches = plan_batches(shapes, self.batch_size, budget)
+        pooled = torch.cat([self._run([inputs[i] for i in batch]) for batch in batches])
+        # Back from batch order to input order. Indexing with a Python list would copy the index
+        # from pageable memory, which makes the host wait for the GPU; to_device does not.
+        order = [i for batch in batches for i in batch]
+        pooled = pooled[to_device(np.argsort(order), self.device)]
         if self.flip:
             return combine_flips(pooled[: len(pixels)], pooled[len(pixels) :])
         return pooled
@@ -208,8 +238,10 @@ class Extractor:
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
+        if self.device.type == "cuda":
+            batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device):
-            feature_map, sizes = self.network(batch, self.layer, sizes)
+            feature_map, sizes = self._runner(batch, self.layer, sizes)
             return global_pool(feature_map.float(), sizes, self.pooling)
 
     def _decode_ahead(
@@ -237,21 +269,41 @@ class Extractor:
             return error
 
 
+def _collected(chunk: Chunk) -> Chunk:
+    chunk.features = chunk.features.cpu().numpy()  # waits for this chunk's work alone
+    return chunk
+
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG:
+    """The network as it runs: on CUDA in channels_last, in half precision a cast copy of it.
+
+    Casting the weights once beats autocast, which re-casts all 138M of them on every batch.
+    """
+    if device.type != "cuda":
+        return network
+    dtype = _HALF.get(precision)
+    runner = copy.deepcopy(network).to(dtype=dtype) if dtype else network
+    return runner.to(memory_format=torch.channels_last)
+
+
 @contextlib.contextmanager
 def _precision(precision: str, device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield
         return
-    # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here.
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here. Batch shapes repeat
+    # (same-size images, padding rounded up to 32 px), so cuDNN's autotuning pays for itself.
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.benchmark = True
     try:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
 
 
 def _device(name: str) -> torch.device:

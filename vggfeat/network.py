@@ -82,7 +82,9 @@ class DenseVGG(nn.Module):
                 sizes = sizes // 2  # floor, as MaxPool2d(2, 2) drops an odd last row or column
         if layer in self._stops:
             return x, sizes
-        if min(x.shape[-2:]) < 7 or (sizes is not None and int(sizes.min()) < 7):
+        # Only the batch's shape is checked: reading ``sizes`` would make the host wait for the GPU.
+        # Callers keep every image >= MIN_INPUT_SIDE (the Extractor refuses smaller scales).
+        if min(x.shape[-2:]) < 7:
             raise ValueError(f"fc6 needs a pool5 map of at least 7x7; inputs must be >= {MIN_INPUT_SIDE} px")
         if sizes is not None:
             x = x * valid_mask(sizes, x.shape[-2:], x.dtype)

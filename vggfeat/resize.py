@@ -35,17 +35,62 @@ def resized_shape(height: int, width: int, scale: int) -> tuple[int, int]:
 
 def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A uint8 image [3, H, W] as a normalised float32 network input [3, *shape]."""
-    pixels = image.unsqueeze(0).float()
+    return _resize_normalize(image.unsqueeze(0), shape)[0]
+
+
+def to_inputs(images: Sequence[torch.Tensor], scale: int) -> list[torch.Tensor]:
+    """uint8 images [3, H, W] as network inputs with smallest side ``scale``, in order.
+
+    Images of the same size are resized in one call: the same arithmetic, fewer kernel launches.
+    """
+    inputs: list[torch.Tensor | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[1:]), []).append(i)
+    for (height, width), members in by_size.items():
+        batch = torch.stack([images[i] for i in members])
+        for i, x in zip(members, _resize_normalize(batch, resized_shape(height, width, scale))):
+            inputs[i] = x
+    return inputs
+
+
+def _resize_normalize(pixels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    pixels = pixels.float()
     if tuple(pixels.shape[-2:]) != tuple(shape):
         pixels = F.interpolate(pixels, size=shape, mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1) * 255
-    return ((pixels - mean) / std)[0]
+    return (pixels - mean) / std
 
 
 def as_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """An (H, W, 3) uint8 array as a [3, H, W] uint8 tensor on ``device``."""
-    return torch.from_numpy(rgb).to(device).permute(2, 0, 1)
+    return as_tensors([rgb], device)[0]
+
+
+def as_tensors(images: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """(H, W, 3) uint8 arrays as [3, H, W] uint8 tensors on ``device``.
+
+    For a GPU the images travel together: packed into one pinned buffer and copied without
+    blocking, so the host goes on queueing work while earlier batches still run.
+    """
+    if device.type != "cuda":
+        return [torch.from_numpy(image).permute(2, 0, 1) for image in images]
+    host = torch.empty(sum(image.nbytes for image in images), dtype=torch.uint8, pin_memory=True)
+    offsets = np.cumsum([0] + [image.nbytes for image in images])
+    for image, start in zip(images, offsets):
+        host[start : start + image.nbytes].copy_(torch.from_numpy(image).view(-1))
+    packed = host.to(device, non_blocking=True)
+    return [
+        packed[start : start + image.nbytes].view(image.shape).permute(2, 0, 1)
+        for image, start in zip(images, offsets)
+    ]
+
+
+def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without making the host wait for the GPU (pinned copy)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(values))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 
 def pad_batch(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -58,11 +103,12 @@ def pad_batch(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     widths = [x.shape[2] for x in inputs]
     if len(set(heights)) == 1 and len(set(widths)) == 1:
         return torch.stack(list(inputs)), None
-    batch = inputs[0].new_zeros(len(inputs), 3, max(heights), max(widths))
+    # Padded shapes are rounded up to 32 px (the network's stride), so that mixed batches repeat a
+    # few shapes and cuDNN's per-shape autotuning is paid a few times, not once per batch.
+    batch = inputs[0].new_zeros(len(inputs), 3, _round_up(max(heights), 32), _round_up(max(widths), 32))
     for slot, x in zip(batch, inputs):
         slot[:, : x.shape[1], : x.shape[2]] = x
-    sizes = torch.tensor(list(zip(heights, widths)), device=batch.device)
-    return batch, sizes
+    return batch, to_device(np.array(list(zip(heights, widths))), batch.device)
 
 
 def plan_batches(
@@ -91,3 +137,7 @@ def plan_batches(
     if current:
         batches.append(current)
     return batches
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
