@@ -8,8 +8,12 @@ import click
 
 from .._version import __version__
 from ..errors import VggfeatError
+from .classify import classify
+from .describe import describe
 from .extract import extract
 from .info import info
+from .protocol import protocol
+from .svm import evaluate, predict, train_svm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,6 +24,12 @@ def cli() -> None:
 
 cli.add_command(extract)
 cli.add_command(info)
+cli.add_command(train_svm)
+cli.add_command(predict)
+cli.add_command(evaluate)
+cli.add_command(protocol)
+cli.add_command(describe)
+cli.add_command(classify)
 
 
 def main(argv: list[str] | None = None) -> None:

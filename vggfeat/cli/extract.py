@@ -9,18 +9,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import find_images, read_file_list
-from ..extractor import PAPER_SCALES, PRECISIONS, Extractor
+from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob
-from ..weights import ARCHITECTURES
-
-
-def _scales(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(q) for q in value.split(",") if q.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
+from . import options
 
 
 def _given_arguments() -> list[str]:
@@ -30,26 +22,26 @@ def _given_arguments() -> list[str]:
 
 @click.command()
 @click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
-@click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label'.")
-@click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder].")
-@click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
-@click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
-@click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
+@options.file_list
+@options.root
+@options.model
+@options.weights
+@options.seed
 @click.option("--layer", default="fc7", show_default=True, help="fc7, fc6, pool5, a conv layer such as conv5_3, or fc8 (class scores).")
 @click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]), help="Pooling of the dense map.")
-@click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=_scales, help="Smallest-side sizes Q, each >= 224.")
+@options.scales
 @click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack"]), help="Average the scales, or concatenate them.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Arithmetic in the network.")
+@options.device
+@options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Network inputs per batch [default: 32 on GPU, 4 on CPU].")
-@click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
-@click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
+@options.batch_size
+@options.workers
+@options.max_pixels
+@options.min_side
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, aggregate, flip, device,
             precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).

@@ -1,0 +1,132 @@
+"""SVM training time and peak memory on synthetic descriptors, vggfeat against a naive loop.
+
+    python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2 --mode vggfeat
+    python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 2 --mode naive
+
+Run each mode in its own process: the peak resident memory printed is the process's (ru_maxrss).
+The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
+extract` writes) and reused by later runs.
+
+Synthetic descriptors: class means m_k ~ N(0, 1) per dimension, x = relu(0.3 m_y + N(0, 1)), so
+about half the entries are zero (as after fc7's ReLU) and classes overlap per dimension.
+
+  vggfeat: features.load_features (chunked read straight into one float64 array), LinearSVM
+           normalising it in place, classes trained by --n-jobs threads on that one array.
+  naive:   what one writes from the h5py and scikit-learn docs: X = f["features"][:] (float32),
+           sklearn.preprocessing.normalize(X), then LinearSVC(C).fit(X, y == k) per class, which
+           converts X to float64 on every fit.
+
+Both train with a fixed C (no cross-validation). Only --train-classes of the classes are trained
+when a full run would take too long; every class is an independent binary problem on the same
+rows, so the full time is extrapolated linearly (printed as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def make_file(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, dim), dtype=np.float32)
+    labels = np.arange(rows) % classes
+    config = {"model": "synthetic", "weights_sha256": "0" * 64, "layer": "fc7", "pooling": "avg", "scales": [256],
+              "aggregate": "mean", "flip": True, "preprocessing": {}, "dim": dim, "precision": "fp32"}
+    temporary = path.with_name(path.name + ".tmp")
+    with h5py.File(temporary, "w") as f:
+        features = f.create_dataset("features", shape=(rows, dim), dtype=np.float32, chunks=(max(1, 2**18 // dim), dim))
+        for start in range(0, rows, 8192):
+            y = labels[start : start + 8192]
+            block = 0.3 * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32)
+            features[start : start + len(y)] = np.maximum(block, 0)
+        f.create_dataset("paths", data=[f"c{k:03d}/{i:07d}.jpg" for i, k in enumerate(labels)], dtype=h5py.string_dtype())
+        f["labels"] = labels.astype(np.int32)
+        f.create_dataset("classes", data=[f"c{k:03d}" for k in range(classes)], dtype=h5py.string_dtype())
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["complete"] = True
+    temporary.rename(path)
+
+
+def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float) -> dict:
+    from vggfeat.features import load_features
+    from vggfeat.svm import LinearSVM
+
+    began = time.perf_counter()
+    features = load_features(path)
+    loaded = time.perf_counter()
+    svm = LinearSVM(C=C, n_jobs=n_jobs, copy=False)
+    svm._check_params()
+    X = svm._prepare(features.X, copy=False)  # in place: the array load_features made for us
+    targets = features.labels[:, None] == np.arange(len(features.classes))[None, :]
+    prepared = time.perf_counter()
+    svm._fit_all(X, targets[:, :train_classes], C, None)  # the per-class fits LinearSVM.fit runs
+    trained = time.perf_counter()
+    return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared}
+
+
+def run_naive(path: Path, train_classes: int, C: float) -> dict:
+    from sklearn.preprocessing import normalize
+    from sklearn.svm import LinearSVC
+
+    began = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        X = f["features"][:]
+        y = f["labels"][:]
+    loaded = time.perf_counter()
+    X = normalize(X)
+    prepared = time.perf_counter()
+    for k in range(train_classes):
+        LinearSVC(C=C).fit(X, y == k)
+    trained = time.perf_counter()
+    return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--dim", type=int, required=True)
+    parser.add_argument("--classes", type=int, required=True)
+    parser.add_argument("--train-classes", type=int, help="classes actually trained [default: all]")
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--C", type=float, default=1.0)
+    parser.add_argument("--mode", choices=["vggfeat", "naive"], required=True)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path = args.workdir / f"synthetic-{args.rows}x{args.dim}x{args.classes}.h5"
+    if not path.exists():
+        t = time.perf_counter()
+        make_file(path, args.rows, args.dim, args.classes)
+        print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
+    trained = min(args.train_classes or args.classes, args.classes)
+    import sklearn.svm  # noqa: F401  (both modes import it; vggfeat also imports torch)
+    if args.mode == "vggfeat":
+        import vggfeat.svm  # noqa: F401
+    imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.mode == "vggfeat":
+        result = run_vggfeat(path, trained, args.n_jobs, args.C)
+    else:
+        result = run_naive(path, trained, args.C)
+    per_class = result["train_s"] / trained
+    result.update(
+        mode=args.mode, rows=args.rows, dim=args.dim, classes=args.classes, trained_classes=trained,
+        n_jobs=args.n_jobs if args.mode == "vggfeat" else 1, C=args.C,
+        train_s_per_class=per_class,
+        all_classes_s=(result["train_s"] if trained == args.classes else per_class * args.classes),
+        extrapolated=trained < args.classes,
+        rss_after_imports_gib=imported_rss,
+        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        matrix_float64_gib=args.rows * args.dim * 8 / 2**30,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

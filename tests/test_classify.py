@@ -1,0 +1,320 @@
+"""``vggfeat classify``: the paper's dense and multi-crop evaluation against direct computation.
+
+Dense classification at 224 is checked against torchvision's own VGG16 (seeded random weights).
+The averaging of softmaxes over flips, scales and crops is checked on a small VGG (torchvision's
+``VGG`` class with narrow conv and FC layers and a sharpened fc8, ~1000x cheaper than VGG16, whose
+posteriors are far from uniform), computed view by view straight from the network.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import VGG
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from imagefiles import BAD_FILES, write_bad_files, write_rgb
+from runhelpers import error_line, run_main
+from test_network import assert_close, reference_input
+import vggfeat.extractor
+from vggfeat import DenseVGG
+from vggfeat.architectures import make_features
+from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
+from vggfeat.predictions import Evaluation, match_labels, read_labels
+from vggfeat.resize import as_tensor, resized_shape, to_input
+from vggfeat.weights import WeightsInfo, load_vgg
+
+FAST = ["--weights", "random", "--seed", "0", "--scales", "224", "--no-flip", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_vgg():
+    """A torchvision VGG with 8-channel conv blocks (the last 512, as fc6 expects) and 64-unit fc6 and
+    fc7, made dense."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vgg = VGG(make_features([8, "M", 8, "M", 8, "M", 8, "M", 512, "M"]), num_classes=1000)
+        vgg.classifier[0], vgg.classifier[3], vgg.classifier[6] = nn.Linear(512 * 7 * 7, 64), nn.Linear(64, 64), nn.Linear(64, 1000)
+    vgg.eval().requires_grad_(False)
+    vgg.classifier[6].weight.mul_(30)  # scores differing by whole units between views
+    return DenseVGG(vgg, "vgg16", WeightsInfo("random", "small", 0))
+
+
+@pytest.fixture
+def small_network_for_cli(small_vgg, monkeypatch):
+    """``--model vgg16 --weights random`` in the CLI loads the small VGG."""
+    monkeypatch.setattr(vggfeat.extractor, "load_network", lambda model, weights="imagenet", seed=0: small_vgg)
+
+
+def write_half_noise(path, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Black on the left, noise on the right: views (flips, scales, crops) that a random network
+    scores clearly differently, so that the order of softmax and averaging shows."""
+    picture = np.zeros((height, width, 3), dtype=np.uint8)
+    picture[:, width // 2 :] = np.random.default_rng(seed).integers(0, 256, (height, width - width // 2, 3))
+    Image.fromarray(picture).save(path)
+    return picture
+
+
+def view_posterior(network: DenseVGG, x: torch.Tensor) -> torch.Tensor:
+    """softmax of the spatially averaged fc8 map of one network input [3, H, W], run alone."""
+    with torch.inference_mode():
+        scores, _ = network(x.unsqueeze(0), "fc8")
+    return scores.mean(dim=(2, 3))[0].softmax(dim=-1)
+
+
+# --------------------------------------------------------------------------- dense evaluation
+
+
+@pytest.fixture(scope="module")
+def image_224(tmp_path_factory):
+    path = tmp_path_factory.mktemp("classify") / "square.png"
+    write_rgb(path, 224, 224, seed=21)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_vgg16():
+    """torchvision's VGG16 (its own forward: avgpool, flatten, Linear) with random_vgg16's weights."""
+    return load_vgg("vgg16", "random", 0)[0]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_dense_at_224_is_torchvisions_softmax(random_vgg16, reference_vgg16, image_224, flip):
+    vgg = reference_vgg16
+    x = reference_input(image_224)
+    with torch.inference_mode():
+        logits = vgg(x)
+        expected = logits.softmax(dim=1)
+        if flip:
+            expected = (expected + vgg(x.flip(-1)).softmax(dim=1)) / 2
+    classifier = Classifier(random_vgg16, scales=[224], flip=flip, device="cpu")
+    probabilities = classifier.extract([image_224])
+    assert probabilities.shape == (1, 1000) and probabilities.dtype == np.float32
+    assert probabilities.sum() == pytest.approx(1, abs=1e-5)
+    assert_close(probabilities, expected.numpy(), 1e-4, "posteriors")
+    if not flip:  # the scores behind them, however close to uniform the posteriors of random weights
+        centred = np.log(probabilities[0]) - np.log(probabilities[0]).mean()
+        assert_close(centred, (logits[0] - logits[0].mean()).numpy(), 1e-4, "log-posteriors")
+
+
+def test_flips_and_scales_average_softmaxes(small_vgg, tmp_path):
+    path = tmp_path / "wide.png"
+    picture = write_half_noise(path, 224, 260, seed=5)
+    pixels = as_tensor(picture, torch.device("cpu"))
+    views = []
+    for scale in (224, 256):
+        x = to_input(pixels, resized_shape(224, 260, scale))
+        views += [x, x.flip(-1)]
+    expected = torch.stack([view_posterior(small_vgg, x) for x in views]).mean(dim=0).numpy()
+    probabilities = Classifier(small_vgg, scales=[224, 256], device="cpu").extract([path])[0]
+    assert_close(probabilities, expected, 1e-4, "average of 4 posteriors")
+    # Averaging the scores before one softmax would be a different classifier: the test can tell.
+    with torch.inference_mode():
+        scores = torch.stack([small_vgg(x.unsqueeze(0), "fc8")[0].mean(dim=(2, 3))[0] for x in views]).mean(dim=0)
+    assert np.abs(scores.softmax(dim=-1).numpy() - expected).max() > 0.05 * expected.max(), "weak test"
+
+
+def test_padded_batch_gives_each_image_its_posterior(small_vgg, tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 224 + 8 * i, 250 - 12 * i, seed=30 + i)
+    together = Classifier(small_vgg, scales=[224], device="cpu", batch_size=6).extract(paths)
+    alone = np.concatenate([Classifier(small_vgg, scales=[224], device="cpu").extract([p]) for p in paths])
+    assert_close(together, alone, 1e-5, "batched vs alone")
+
+
+# --------------------------------------------------------------------------- multi-crop
+
+
+def test_crop_grid_geometry():
+    height, width = 256, 341
+    crops = crop_grid((height, width))
+    assert len(crops) == 25 and len(set(crops)) == 25
+    assert all(0 <= top <= height - 224 and 0 <= left <= width - 224 for top, left in crops)
+    assert crops[0] == (0, 0) and crops[4] == (0, width - 224)
+    assert crops[20] == (height - 224, 0) and crops[24] == (height - 224, width - 224)
+    # The middle crop is torchvision's centre crop.
+    image = torch.arange(height * width).view(1, height, width)
+    top, left = crops[12]
+    assert torch.equal(image[:, top : top + 224, left : left + 224], TF.center_crop(image, [224, 224]))
+    # Evenly spaced: 5 positions along each side, steps differing by at most a pixel.
+    tops, lefts = sorted({t for t, _ in crops}), sorted({l for _, l in crops})
+    assert len(tops) == len(lefts) == 5
+    assert max(np.diff(lefts)) - min(np.diff(lefts)) <= 1 and max(np.diff(tops)) - min(np.diff(tops)) <= 1
+    assert crop_grid((224, 224)) == [(0, 0)] * 25
+    with pytest.raises(ValueError):
+        crop_grid((200, 300))
+
+
+def test_multi_crop_is_the_average_over_crops_and_flips(small_vgg, tmp_path):
+    path = tmp_path / "photo.png"
+    picture = write_half_noise(path, 240, 300, seed=6)
+    x = to_input(as_tensor(picture, torch.device("cpu")), resized_shape(240, 300, 256))
+    assert tuple(x.shape[1:]) == (256, 320)
+    crops = [x[:, t : t + 224, l : l + 224] for t, l in crop_grid((256, 320))]
+    assert all(tuple(crop.shape) == (3, 224, 224) for crop in crops)
+    expected = torch.stack([view_posterior(small_vgg, c) for c in crops + [c.flip(-1) for c in crops]]).mean(dim=0)
+    multi = Classifier(small_vgg, scales=[256], dense=False, multi_crop=True, device="cpu", batch_size=16)
+    probabilities = multi.extract([path])[0]
+    assert_close(probabilities, expected.numpy(), 1e-4, "50 crops")
+    dense = Classifier(small_vgg, scales=[256], device="cpu").extract([path])[0]
+    both = Classifier(small_vgg, scales=[256], multi_crop=True, device="cpu", batch_size=16).extract([path])[0]
+    assert_close(both, (dense + probabilities) / 2, 1e-5, "dense & multi-crop")
+    assert np.abs(dense - probabilities).max() > 0.05 * probabilities.max()  # different evaluations
+
+
+def test_nothing_to_evaluate_is_refused(small_vgg):
+    with pytest.raises(vggfeat.VggfeatError, match="dense, multi-crop"):
+        Classifier(small_vgg, dense=False, multi_crop=False, device="cpu")
+
+
+# --------------------------------------------------------------------------- labels and errors
+
+
+def test_read_labels_both_formats(tmp_path):
+    listing = tmp_path / "val.txt"
+    listing.write_text("# ILSVRC2012 style\nILSVRC2012_val_00000001.JPEG 65\n\nsub/b.png,970\nc d.jpg 0\n")
+    assert read_labels(listing) == {"ILSVRC2012_val_00000001.JPEG": 65, "sub/b.png": 970, "c d.jpg": 0}
+    assert match_labels(["x/ILSVRC2012_val_00000001.JPEG", "sub/b.png", "b.png", "e.jpg"], read_labels(listing)) == [
+        65, 970, None, None]
+    listing.write_text("a.jpg 3\nb.jpg cat\n")
+    with pytest.raises(vggfeat.VggfeatError, match=r"val.txt:2"):
+        read_labels(listing)
+    listing.write_text("a.jpg 3\na.jpg 4\n")
+    with pytest.raises(vggfeat.VggfeatError, match="twice"):
+        read_labels(listing)
+    listing.write_text("a.jpg 1000\n")
+    with pytest.raises(vggfeat.VggfeatError, match="0..999"):
+        read_labels(listing, classes=1000)
+
+
+def test_top1_top5_error_by_hand():
+    evaluation = Evaluation()
+    probabilities = np.array([0.30, 0.25, 0.15, 0.10, 0.08, 0.07, 0.05])  # class 0 first ... class 6 last
+    for truth in (0, 2, 4, 5):  # ranks 1, 3, 5, 6
+        evaluation.add(probabilities, truth)
+    assert evaluation.images == 4
+    assert evaluation.top1_error == 3 / 4  # only rank 1 is right
+    assert evaluation.top5_error == 1 / 4  # only rank 6 is outside the top 5
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    images = tmp_path / "images"
+    (images / "good").mkdir(parents=True)
+    write_rgb(images / "good" / "a.png", 224, 240, seed=1)
+    write_rgb(images / "good" / "b.jpg", 236, 224, seed=2)
+    write_rgb(images / "good" / "c.png", 224, 224, seed=3)
+    bad = {f"bad/{name}": reason for name, (_, reason) in BAD_FILES.items()}
+    write_bad_files(images / "bad")
+    return images, bad
+
+
+def test_cli_predictions_and_errors(small_network_for_cli, small_vgg, folder, tmp_path):
+    images, bad = folder
+    good = ["good/a.png", "good/b.jpg", "good/c.png"]
+    api = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract([images / p for p in good])
+    ranked = np.argsort(-api, axis=1)
+    # a: right at rank 1; b: rank 4 (top-5 only); c: last (wrong both ways); one listed file is missing.
+    labels = tmp_path / "val.txt"
+    labels.write_text(f"a.png {ranked[0, 0]}\nb.jpg,{ranked[1, 3]}\nc.png {ranked[2, -1]}\nbad/corrupt.jpg 1\nnone.png 2\n")
+    output = tmp_path / "predictions.csv"
+    code, out, err = run_main(["classify", images, output, *FAST, "--topk", "3", "--labels", labels])
+    assert code == 0, err
+    assert "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images" in out
+    assert "WARNING: random weights" in err and "Traceback" not in err
+    assert f"3 images classified, {len(bad)} failed" in err
+
+    rows = read_csv(output)
+    assert [row["path"] for row in rows] == sorted([*good, *bad])
+    categories = imagenet_categories()
+    for row in rows:
+        if row["path"] in bad:
+            assert bad[row["path"]] in row["error"].lower()
+            assert row["class_1"] == row["probability_1"] == ""
+            continue
+        i = good.index(row["path"])
+        assert row["error"] == ""
+        assert [int(row[f"class_{r}"]) for r in (1, 2, 3)] == ranked[i, :3].tolist()
+        assert [row[f"label_{r}"] for r in (1, 2, 3)] == [categories[c] for c in ranked[i, :3]]
+        probabilities = [float(row[f"probability_{r}"]) for r in (1, 2, 3)]
+        np.testing.assert_allclose(probabilities, api[i, ranked[i, :3]], atol=1e-6)
+        assert probabilities == sorted(probabilities, reverse=True)
+    by_path = {row["path"]: row for row in rows}
+    assert by_path["good/a.png"]["true_class"] == str(ranked[0, 0])
+    assert by_path["good/a.png"]["true_label"] == categories[ranked[0, 0]]
+    assert by_path["bad/corrupt.jpg"]["true_class"] == "1"
+    assert set(rows[0]) == {"path", "true_class", "true_label", "error",
+                            *(f"{field}_{r}" for r in (1, 2, 3) for field in ("class", "label", "probability"))}
+
+
+def test_cli_multi_crop_and_file_list(small_network_for_cli, small_vgg, folder, tmp_path):
+    images, _ = folder
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{images / 'good' / 'a.png'}\n{images / 'bad' / 'empty.jpg'}\n")
+    output = tmp_path / "crops.csv"
+    code, _, err = run_main(["classify", "--file-list", listing, output, *FAST, "--multi-crop", "--no-dense",
+                             "--batch-size", "25", "--topk", "1"])
+    assert code == 0, err
+    rows = read_csv(output)
+    assert [row["path"] for row in rows] == ["images/bad/empty.jpg", "images/good/a.png"]  # relative to the list
+    assert [row["error"] == "" for row in rows] == [False, True]
+    expected = Classifier(small_vgg, scales=[224], flip=False, dense=False, multi_crop=True, device="cpu")
+    probabilities = expected.extract([images / "good" / "a.png"])[0]
+    assert int(rows[1]["class_1"]) == int(probabilities.argmax())
+    assert float(rows[1]["probability_1"]) == pytest.approx(float(probabilities.max()), abs=1e-6)
+
+
+def test_cli_existing_output_is_kept_unless_overwrite(small_network_for_cli, folder, tmp_path):
+    images, _ = folder
+    output = tmp_path / "predictions.csv"
+    output.write_text("precious\n")
+    code, _, err = run_main(["classify", images, output, *FAST])
+    assert code == 2 and "--overwrite" in error_line(err)
+    assert output.read_text() == "precious\n"
+    code, _, err = run_main(["classify", images, output, *FAST, "--overwrite", "-q"])
+    assert code == 0, err
+    assert len(read_csv(output)) == 3 + len(BAD_FILES)
+    assert not list(tmp_path.glob(".predictions.csv.*"))  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing_folder", "out.csv"], "not found"),
+        (["IMAGES", "out.csv", "--no-dense"], "dense, multi-crop"),
+        (["IMAGES", "out.csv", "--topk", "1001"], "between 1 and 1000"),
+        (["IMAGES", "out.csv", "--topk", "0"], "--topk"),
+        (["IMAGES", "out.csv", "--scales", "200"], "224"),
+        (["IMAGES", "out.csv", "--labels", "nolabels.txt"], "labels file not found"),
+        (["IMAGES"], "IMAGES and OUTPUT"),
+    ],
+)
+def test_cli_user_errors(small_network_for_cli, folder, tmp_path, monkeypatch, args, message):
+    images, _ = folder
+    monkeypatch.chdir(tmp_path)
+    args = [str(images) if arg == "IMAGES" else arg for arg in args]
+    code, _, err = run_main(["classify", *FAST, *args])
+    assert code == 2
+    assert message in error_line(err)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_categories_are_torchvisions():
+    categories = imagenet_categories()
+    assert len(categories) == 1000 and categories[0] == "tench"
+    assert categories == torchvision.models.VGG19_Weights.IMAGENET1K_V1.meta["categories"]

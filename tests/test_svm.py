@@ -1,0 +1,218 @@
+"""LinearSVM (the estimator), model files (plain HDF5, checksummed) and the refusals of the SVM
+stage, on synthetic features files written with vggfeat's schema."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.svm import LinearSVC
+
+from svmhelpers import blobs, edit_config, set_attr, write_features
+from vggfeat import transfer
+from vggfeat.errors import VggfeatError
+from vggfeat.features import config_differences, load_features
+from vggfeat.svm import LinearSVM, load_model, save_model
+
+
+def test_fits_separable_data_and_chooses_C_by_cross_validation():
+    X, y, _, names = blobs(classes=3, per_class=12)
+    svm = LinearSVM(C_grid=(0.01, 1.0, 100.0), cv=3).fit(X, np.array(names)[y])
+    assert set(svm.cv_scores_) == {0.01, 1.0, 100.0}
+    assert svm.C_ in svm.cv_scores_ and svm.cv_scores_[svm.C_] == max(svm.cv_scores_.values())
+    assert list(svm.classes_) == names
+    assert svm.decision_function(X).shape == (36, 3)
+    assert svm.score(X, np.array(names)[y]) == 1.0
+
+
+def test_fixed_C_skips_cross_validation_and_matches_liblinear_one_vs_rest():
+    X, y, _, _ = blobs(classes=3, per_class=10)
+    svm = LinearSVM(C=0.5, normalize=False).fit(X, y)
+    assert svm.C_ == 0.5 and svm.cv_scores_ == {}
+    for k in range(3):  # each class is the binary LinearSVC a user would train
+        alone = LinearSVC(C=0.5, random_state=0).fit(X, np.where(y == k, 1, -1))
+        np.testing.assert_allclose(svm.coef_[k], alone.coef_[0], rtol=1e-6, atol=1e-8)
+
+
+def test_normalisation_makes_the_scale_of_each_descriptor_irrelevant():
+    X, y, _, _ = blobs()
+    scaled = X * np.random.default_rng(1).uniform(0.1, 10, size=(len(X), 1))
+    a = LinearSVM(C=1).fit(X, y).decision_function(X)
+    b = LinearSVM(C=1).fit(scaled, y).decision_function(scaled)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(LinearSVM(C=1, normalize=False).fit(scaled, y).decision_function(scaled), a, atol=1e-3)
+
+
+def test_copy_false_normalises_in_place_and_copy_true_leaves_X_alone():
+    X, y, _, _ = blobs()
+    X = X.astype(np.float64)
+    kept = X.copy()
+    LinearSVM(C=1).fit(X, y)
+    np.testing.assert_array_equal(X, kept)
+    LinearSVM(C=1, copy=False).fit(X, y)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0)
+
+
+def test_threads_give_the_same_model():
+    X, y, _, _ = blobs(classes=4)
+    one = LinearSVM(C=1, n_jobs=1).fit(X, y)
+    two = LinearSVM(C=1, n_jobs=2).fit(X, y)
+    np.testing.assert_array_equal(one.coef_, two.coef_)
+
+
+def test_multilabel_is_an_independent_binary_svm_per_label():
+    X, y, _, _ = blobs(classes=3, per_class=10)
+    Y = np.stack([y == 0, y >= 1, y == 2], axis=1)
+    svm = LinearSVM(C=1, multilabel=True).fit(X, Y, classes=["a", "b", "c"])
+    np.testing.assert_array_equal(svm.predict(X), Y)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    alone = LinearSVC(C=1, random_state=0).fit(Xn, np.where(Y[:, 1], 1, -1))
+    np.testing.assert_allclose(svm.coef_[1], alone.coef_[0], rtol=1e-6, atol=1e-8)
+
+
+def test_is_a_scikit_learn_estimator():
+    svm = LinearSVM(C=2.0, class_weight="balanced")
+    assert clone(svm).get_params() == svm.get_params()
+    X, y, _, _ = blobs()
+    assert LinearSVM(C=1, class_weight="balanced").fit(X, y).score(X, y) == 1.0
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"C": -1}, "C must be a positive number"),
+    ({"C_grid": ()}, "C grid must hold positive numbers"),
+    ({"cv": 1}, "cv must be an integer >= 2"),
+    ({"loss": "log"}, "unknown loss 'log'"),
+    ({"class_weight": "auto"}, "class_weight must be None or 'balanced'"),
+    ({"n_jobs": 0}, "n_jobs must be a positive integer"),
+])
+def test_bad_parameters_are_refused_clearly(params, message):
+    X, y, _, _ = blobs()
+    with pytest.raises(VggfeatError, match=message):
+        LinearSVM(**params).fit(X, y)
+
+
+def test_bad_training_data_is_refused_clearly():
+    X, y, _, _ = blobs(classes=3, per_class=4)
+    with pytest.raises(VggfeatError, match="class 2 has only 1 training example"):
+        LinearSVM(C=1).fit(X[:9], y[:9])
+    with pytest.raises(VggfeatError, match=r"only 4 training example\(s\); at least 5 \(one per cross-validation fold"):
+        LinearSVM(cv=5).fit(X, y)
+    with pytest.raises(VggfeatError, match="need at least 2 classes"):
+        LinearSVM(C=1).fit(X[:4], y[:4])
+    with pytest.raises(VggfeatError, match="12 descriptors but 11 labels"):
+        LinearSVM(C=1).fit(X, y[:11])
+    with pytest.raises(VggfeatError, match="NaN"):
+        LinearSVM(C=1).fit(np.where(X > 2, np.nan, X), y)
+    with pytest.raises(VggfeatError, match="class 'b' has no training example"):
+        LinearSVM(C=1, multilabel=True).fit(X, np.stack([y == 0, np.zeros_like(y, bool)], 1), classes=["a", "b"])
+    fitted = LinearSVM(C=1).fit(X, y)
+    with pytest.raises(VggfeatError, match="descriptors have 5 dimensions, the model expects 8"):
+        fitted.decision_function(X[:, :5])
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def trained(tmp_path):
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "train.h5", X, paths, y, names)
+    saved = transfer.train_svm(features, tmp_path / "model.h5", C=1.0)
+    return features, tmp_path / "model.h5", saved
+
+
+def test_model_file_is_plain_data_and_round_trips(tmp_path):
+    features, model, saved = trained(tmp_path)
+    with h5py.File(model, "r") as f:
+        assert set(f.keys()) == {"coef", "intercept", "classes"}
+        assert f["coef"].dtype == np.float64 and f["coef"].shape == (3, 8)
+        assert f.attrs["format"] == "vggfeat-linear-svm" and f.attrs["normalize"] and f.attrs["C_chosen"] == 1.0
+        for value in f.attrs.values():  # nothing that unpickles: strings and numbers only
+            assert isinstance(value, (str, bytes, np.generic, int, float, bool)), type(value)
+    loaded = load_model(model)
+    X = load_features(features).X
+    np.testing.assert_array_equal(loaded.svm.decision_function(X), saved.svm.decision_function(X))
+    assert loaded.extraction_configs == saved.extraction_configs
+    assert loaded.extraction_configs[0]["layer"] == "fc7"
+    assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
+
+
+@pytest.mark.parametrize("tamper", ["coef", "classes", "attr"])
+def test_tampered_model_is_refused(tmp_path, tamper):
+    _, model, _ = trained(tmp_path)
+    with h5py.File(model, "r+") as f:
+        if tamper == "coef":
+            f["coef"][0, 0] += 1e-9
+        elif tamper == "classes":
+            f["classes"][0] = "class9"
+        else:
+            f.attrs["normalize"] = False
+    with pytest.raises(VggfeatError, match="was modified or is damaged"):
+        load_model(model)
+
+
+def test_other_files_are_not_models(tmp_path):
+    features, _, _ = trained(tmp_path)
+    with pytest.raises(VggfeatError, match="not a vggfeat SVM model file"):
+        load_model(features)
+    with pytest.raises(VggfeatError, match="model file not found"):
+        load_model(tmp_path / "nope.h5")
+
+
+def test_features_of_another_configuration_are_refused_naming_the_difference(tmp_path):
+    features, model, _ = trained(tmp_path)
+    X, y, paths, names = blobs(seed=3)
+    other = write_features(tmp_path / "test.h5", X, paths, y, names, config={"layer": "fc6", "scales": [256, 384]})
+    with pytest.raises(VggfeatError, match=r"different configuration than the model: layer: fc7 expected, fc6 found; "
+                                           r"scales: \[224\] expected, \[256, 384\] found"):
+        transfer.predict(model, other)
+    # Precision and storage type do not change what a descriptor means: accepted.
+    same = write_features(tmp_path / "bf16.h5", X, paths, y, names, config={"precision": "bf16", "dtype": "float16"})
+    assert transfer.predict(model, same).scores.shape == (30, 3)
+
+
+def test_config_differences_lists_each_key():
+    a = {"layer": "fc7", "flip": True, "precision": "fp32"}
+    assert config_differences(a, {**a, "precision": "bf16"}) == []
+    assert config_differences(a, {**a, "flip": False, "layer": "fc6"}) == ["layer: fc7 expected, fc6 found",
+                                                                             "flip: true expected, false found"]
+
+
+def test_incomplete_and_foreign_features_files_are_refused(tmp_path):
+    X, y, paths, names = blobs()
+    incomplete = write_features(tmp_path / "part.h5", X, paths, y, names, complete=False)
+    with pytest.raises(VggfeatError, match="incomplete"):
+        load_features(incomplete)
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(VggfeatError, match="not an HDF5 file"):
+        load_features(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = [1]
+    with pytest.raises(VggfeatError, match="not a vggfeat features file"):
+        load_features(tmp_path / "other.h5")
+
+
+def test_fusion_matches_rows_by_path(tmp_path):
+    X, y, paths, names = blobs()
+    order = np.random.default_rng(0).permutation(len(paths))
+    a = write_features(tmp_path / "a.h5", X, paths, y, names)
+    b = write_features(tmp_path / "b.h5", 2 * X[order], [paths[i] for i in order], y[order], names, config={"model": "vgg19"})
+    fused = load_features([a, b])
+    assert fused.X.shape == (30, 16) and fused.paths == paths
+    np.testing.assert_allclose(fused.X[:, 8:], 2 * fused.X[:, :8], rtol=1e-6)
+    assert [c["model"] for c in fused.configs] == ["vgg16", "vgg19"]
+    c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)
+    with pytest.raises(VggfeatError, match="cannot fuse .* 10 path\\(s\\) are not in the second"):
+        load_features([a, c])
+
+
+def test_chunked_row_reads_are_exact(tmp_path, monkeypatch):
+    import vggfeat.features
+
+    monkeypatch.setattr(vggfeat.features, "_READ_BYTES", 3 * 8 * 4)  # 3 rows a chunk
+    X, y, paths, names = blobs()
+    f = write_features(tmp_path / "a.h5", X, paths, y, names)
+    picked = [paths[i] for i in (7, 2, 29, 3, 4, 5, 0)]
+    np.testing.assert_array_equal(load_features(f, paths=picked).X, X[[7, 2, 29, 3, 4, 5, 0]].astype(np.float32))
+    np.testing.assert_array_equal(load_features(f).X, X.astype(np.float32))  # consecutive rows: sliced reads
+    np.testing.assert_array_equal(load_features(f, paths=paths[4:13]).X, X[4:13].astype(np.float32))

@@ -1,0 +1,204 @@
+"""End to end: images -> ``ExtractionJob`` (seeded random VGG16) -> ``vggfeat train-svm``,
+``predict``, ``evaluate --report``, ``protocol caltech`` / ``voc``; and the refusals, each one
+``Error:`` line with exit code 2.
+
+The three classes (red stripes, green checks, blue rings) differ in colour and texture, so even
+random-weight fc7 descriptors separate them: the assertions are on real outcomes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from runhelpers import error_line, run_main
+from svmhelpers import LOOKS, edit_config, set_attr, write_look_folder
+from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat.features import load_features
+from vggfeat.svm import load_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, random_vgg16):
+    """train.h5 (6 images per class) and test.h5 (3 per class, other images), extracted for real."""
+    root = tmp_path_factory.mktemp("transfer")
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu")
+    files = {}
+    for name, per_class, seed in (("train", 6, 0), ("test", 3, 50)):
+        write_look_folder(root / name, per_class, start_seed=seed)
+        files[name] = root / f"{name}.h5"
+        ExtractionJob(extractor, find_images(root / name), files[name]).run()
+    return root, files
+
+
+def ok(args) -> str:
+    code, out, err = run_main(args)
+    assert code == 0, err
+    return out
+
+
+def refused(args) -> str:
+    code, _, err = run_main(args)
+    assert code == 2, err
+    return error_line(err)
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_predict_evaluate_with_a_report(data, tmp_path):
+    root, files = data
+    model = tmp_path / "model.svm.h5"
+    out = ok(["train-svm", files["train"], model, "--cv", "2", "--C-grid", "0.1,10"])
+    assert "trained 3 classes on 18 rows (4096-d, L2-normalised)" in out and "chosen by 2-fold CV" in out
+    saved = load_model(model)
+    assert saved.extraction_configs[0]["layer"] == "fc7" and saved.extraction_configs[0]["scales"] == [224]
+    assert saved.svm.C_ in (0.1, 10.0) and saved.svm.normalize
+
+    ok(["predict", model, files["test"], tmp_path / "predictions.csv"])
+    rows = read_csv(tmp_path / "predictions.csv")
+    assert [r["path"] for r in rows] == [f"{look}/img{i:02d}.png" for look in sorted(LOOKS) for i in range(3)]
+    assert list(rows[0]) == ["path", "predicted", *(f"score:{c}" for c in sorted(LOOKS))]
+    for r in rows:  # the predicted class is the best-scoring one, and it is right
+        scores = {c: float(r[f"score:{c}"]) for c in LOOKS}
+        assert r["predicted"] == max(scores, key=scores.get)
+    correct = sum(r["predicted"] == r["path"].split("/")[0] for r in rows)
+    assert correct >= 8, rows
+
+    out = ok(["evaluate", model, files["test"], "--report", tmp_path / "report"])
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(correct / 9)
+    assert f"accuracy                   {correct / 9:.4f}" in out
+    truth = np.array([r["path"].split("/")[0] for r in rows])
+    predicted = np.array([r["predicted"] for r in rows])
+    recalls = [np.mean(predicted[truth == c] == c) for c in sorted(LOOKS)]
+    assert metrics["mean_class_recall"] == pytest.approx(np.mean(recalls))
+    assert np.trace(np.array(metrics["confusion_matrix"])) == correct
+    table = read_csv(tmp_path / "report" / "per_class.csv")
+    assert [t["class"] for t in table] == sorted(LOOKS) and all(t["support"] == "3" for t in table)
+    assert "| class | support | recall |" in (tmp_path / "report" / "per_class.md").read_text()
+    png = (tmp_path / "report" / "confusion_matrix.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 5000
+
+
+def test_protocol_caltech(data, tmp_path):
+    _, files = data
+    out = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",
+              "--seed", "1", "--C", "10", "--json", tmp_path / "caltech.json"])
+    result = json.loads((tmp_path / "caltech.json").read_text())
+    assert [(s["train"], s["test"]) for s in result["splits"]] == [(9, 6), (9, 6)]
+    recalls = [s["mean_class_recall"] for s in result["splits"]]
+    assert result["mean_class_recall_mean"] == pytest.approx(np.mean(recalls))
+    assert result["mean_class_recall_std"] == pytest.approx(np.std(recalls, ddof=1))
+    assert result["mean_class_recall_mean"] >= 0.8
+    assert f"mean class recall: {100 * np.mean(recalls):.2f} ±" in out and "| split | train | test |" in out
+    again = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",
+                "--seed", "1", "--C", "10"])
+    assert again.splitlines()[-1] == out.splitlines()[-2]  # seeded: the same splits, the same numbers
+    out = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--splits", "1", "--C", "10",
+              "--exclude-class", "blue_rings"])
+    assert "2 classes" in out
+
+
+def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
+    root, files = data
+    # Labels by path, several per image: the look, plus 'warm' for red and 'cool' for green and blue.
+    csvs = {}
+    for name in ("train", "test"):
+        lines = ["path,label"]
+        for path in load_features(files[name]).paths:
+            look = path.split("/")[0]
+            lines.append(f"{path},{look};{'warm' if look == 'red_stripes' else 'cool'}")
+        csvs[name] = tmp_path / f"labels-{name}.csv"
+        csvs[name].write_text("\n".join(lines) + "\n")
+    labels = csvs["train"]
+    model = tmp_path / "ml.svm.h5"
+    # Fusion: the same file twice stands for two networks (Net-D & Net-E): 8192-d descriptors.
+    ok(["train-svm", "--features", files["train"], "--features", files["train"], model, "--labels", labels,
+        "--multilabel", "--C", "10"])  # random-weight descriptors are alike (cosine > 0.94): C=1 underfits
+    assert load_model(model).svm.n_features_in_ == 8192
+    ok(["predict", model, "--features", files["test"], "--features", files["test"], tmp_path / "p.csv"])
+    rows = read_csv(tmp_path / "p.csv")
+    assert sum(set(r["predicted"].split(";")) == {r["path"].split("/")[0], "warm" if r["path"].startswith("red") else "cool"}
+               for r in rows) >= 8
+    code, _, err = run_main(["predict", model, files["test"], tmp_path / "q.csv"])
+    assert code == 2 and "trained on 2 fused features file(s), got 1" in error_line(err)
+
+    # One CSV for both sets (the two folders use the same relative names, with the same labels).
+    out = ok(["protocol", "voc", files["train"], files["test"], "--labels", labels, "--C", "10", "--json", tmp_path / "voc.json"])
+    result = json.loads((tmp_path / "voc.json").read_text())
+    assert result["train_rows"] == 18 and result["test_rows"] == 9
+    assert sorted(row["class"] for row in result["per_class"]) == sorted([*LOOKS, "cool", "warm"])
+    assert result["map_area"] >= 0.8 and "mAP:" in out
+    assert result["map_area"] == pytest.approx(np.mean([row["ap_area"] for row in result["per_class"]]))
+
+    code, _, err = run_main(["evaluate", model, "--features", files["test"], "--features", files["test"],
+                             "--labels", csvs["test"], "--report", tmp_path / "ml-report"])
+    assert code == 0, err
+    assert (tmp_path / "ml-report" / "precision_recall.png").read_bytes().startswith(PNG)
+    metrics = json.loads((tmp_path / "ml-report" / "metrics.json").read_text())
+    assert metrics["task"] == "multi-label" and metrics["examples"] == 9 and metrics["map_area"] >= 0.8
+    assert "| class | support | ap_voc07_11pt | ap_area |" in (tmp_path / "ml-report" / "per_class.md").read_text()
+
+
+def test_refusals(data, tmp_path):
+    root, files = data
+    model = tmp_path / "model.h5"
+    ok(["train-svm", files["train"], model, "--C", "1"])
+    assert "already exists" in refused(["train-svm", files["train"], model, "--C", "1"])
+
+    other = tmp_path / "other-config.h5"
+    other.write_bytes(files["test"].read_bytes())
+    edit_config(other, layer="fc6", flip=True)
+    assert refused(["predict", model, other, tmp_path / "p.csv"]) == (
+        "Error: features extracted with a different configuration than the model: "
+        "layer: fc7 expected, fc6 found; flip: false expected, true found")
+    assert "different configuration" in refused(["evaluate", model, other])
+
+    tampered = tmp_path / "tampered.h5"
+    tampered.write_bytes(model.read_bytes())
+    with h5py.File(tampered, "r+") as f:
+        f["intercept"][0] = 5.0
+    assert "was modified or is damaged (checksum mismatch)" in refused(["evaluate", tampered, files["test"]])
+
+    incomplete = tmp_path / "incomplete.h5"
+    incomplete.write_bytes(files["test"].read_bytes())
+    set_attr(incomplete, "complete", False)
+    assert "is incomplete" in refused(["evaluate", model, incomplete])
+    assert "is incomplete" in refused(["train-svm", incomplete, tmp_path / "m2.h5"])
+
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("red_stripes/img00.png,red\nnot/there.png,red\nred_stripes/img01.png,blue\n")
+    assert "1 path(s) of" in refused(["train-svm", files["train"], tmp_path / "m3.h5", "--labels", unknown])
+    one = tmp_path / "one.csv"
+    one.write_text("red_stripes/img00.png,red\nred_stripes/img01.png,red\nred_stripes/img02.png,red\ngreen_checks/img00.png,green\n")
+    assert "class 'green' has only 1 training example(s)" in refused(
+        ["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--C", "1"])
+
+    empty = tmp_path / "empty-class.h5"
+    empty.write_bytes(files["train"].read_bytes())
+    with h5py.File(empty, "r+") as f:
+        labels = f["labels"][:]
+        del f["classes"]
+        f.create_dataset("classes", data=[*sorted(LOOKS), "zebras"], dtype=h5py.string_dtype())
+        f["labels"][:] = labels
+    assert "class 'zebras' has no image" in refused(["train-svm", empty, tmp_path / "m5.h5"])
+
+    fewer = tmp_path / "fewer.h5"
+    fewer.write_bytes(files["train"].read_bytes())
+    with h5py.File(fewer, "r+") as f:  # other images, other dimension: cannot be fused
+        paths = list(f["paths"].asstr()[:])
+        del f["paths"]
+        f.create_dataset("paths", data=[p.replace("img", "other") for p in paths], dtype=h5py.string_dtype())
+    assert "cannot fuse" in refused(["train-svm", "--features", files["train"], "--features", fewer, tmp_path / "m6.h5"])
+
+    assert "too few for 6 training images" in refused(["protocol", "caltech", files["train"], "--train-per-class", "6"])
+    assert "cannot exclude unknown class 'cats'" in refused(["protocol", "caltech", files["train"], "--exclude-class", "cats"])

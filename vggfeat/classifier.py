@@ -1,0 +1,152 @@
+"""Classify: the paper's ImageNet evaluation, on the extraction pipeline.
+
+:class:`Classifier` is an :class:`Extractor` whose descriptor is a vector of class probabilities, so
+decoding, resizing, batching and failures are those of ``vggfeat extract``. Underneath, the
+Extractor is set up to score single views: fc8 applied densely, its class-score map averaged over
+space, one score vector per scale and no flip. The classifier then does what the paper does:
+
+- **Dense evaluation** (Sec. 3.2): per scale Q, the class-score map of the whole image is spatially
+  averaged ("sum-pooled" in the paper) and put through a softmax; the posteriors of the image and
+  its horizontal flip are averaged, then those of the scales (Sec. 4.2).
+- **Multi-crop evaluation** (Sec. 4.3): per scale, a 5x5 grid of 224x224 crops of the rescaled
+  image and their flips, each through the network and a softmax; the posteriors are averaged.
+- **Both**: the average of the dense and the multi-crop posteriors ("multi-crop & dense", Table 5).
+
+The map is averaged, not summed, before the softmax: softmax(sum) = softmax(positions x mean) would
+make a larger image (more positions) more confident for the same evidence, and larger scales
+would outweigh smaller ones when their posteriors are averaged. Ranks within one view agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from .errors import VggfeatError
+from .extractor import PAPER_SCALES, Extractor
+from .network import MIN_INPUT_SIDE, DenseVGG
+from .resize import as_tensors, resized_shape, to_input
+from .weights import ARCHITECTURES
+
+CROP_SIZE = MIN_INPUT_SIDE  # the training crop, 224
+CROP_GRID = 5  # 5x5 crops per scale (Sec. 4.3: 150 crops over 3 scales, with flips)
+
+
+def crop_grid(shape: tuple[int, int], size: int = CROP_SIZE, grid: int = CROP_GRID) -> list[tuple[int, int]]:
+    """(top, left) of ``grid`` x ``grid`` crops of ``size`` x ``size`` spanning an image of ``shape``.
+
+    Row by row; the first and last crops of each row and column touch the image's edges, the others
+    are evenly spaced between them, rounded as torchvision's ``CenterCrop`` rounds, so the middle
+    crop of an odd grid is its centre crop.
+    """
+    height, width = shape
+    if min(height, width) < size:
+        raise ValueError(f"a {height}x{width} image is smaller than the {size}x{size} crops")
+
+    def offsets(extent: int) -> list[int]:
+        return [int(round(i * (extent - size) / (grid - 1))) if grid > 1 else int(round((extent - size) / 2))
+                for i in range(grid)]
+
+    return [(top, left) for top in offsets(height) for left in offsets(width)]
+
+
+def imagenet_categories(model: str = "vgg16") -> list[str]:
+    """The 1000 ImageNet class names in torchvision's order, from its weights metadata (offline)."""
+    return list(torchvision.models.get_model_weights(model if model in ARCHITECTURES else "vgg16")
+                .IMAGENET1K_V1.meta["categories"])
+
+
+class Classifier(Extractor):
+    """Class probabilities [n, classes] per image, by the paper's dense and/or multi-crop evaluation.
+
+    Args are those of :class:`Extractor` (no ``layer``, ``pooling`` or ``aggregate``: fc8, averaged,
+    softmax), plus:
+        flip: average the posteriors with those of the horizontally flipped image (or crops).
+        dense: the paper's dense evaluation.
+        multi_crop: the paper's multi-crop evaluation; with ``dense``, the two are averaged.
+    """
+
+    def __init__(
+        self,
+        model: str | DenseVGG = "vgg16",
+        *,
+        weights: str | os.PathLike = "imagenet",
+        seed: int = 0,
+        scales: Sequence[int] = PAPER_SCALES,
+        flip: bool = True,
+        dense: bool = True,
+        multi_crop: bool = False,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int | None = None,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
+    ) -> None:
+        if not (dense or multi_crop):
+            raise VggfeatError("nothing to evaluate: choose dense, multi-crop or both")
+        # Single views, one score vector per scale ("stack"), no flip: the softmax must come before
+        # any averaging over flips and scales.
+        super().__init__(
+            model, weights=weights, seed=seed, layer="fc8", pooling="avg", scales=scales, aggregate="stack",
+            flip=False, device=device, precision=precision, batch_size=batch_size, workers=workers,
+            max_pixels=max_pixels, min_side=min_side,
+        )
+        self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)
+
+    @property
+    def dim(self) -> int:
+        """Number of classes."""
+        return self.network.layer_dims["fc8"]
+
+    def categories(self) -> list[str]:
+        """Class names: ImageNet's for a 1000-class fc8, ``class_<i>`` otherwise (a fine-tuned fc8)."""
+        if self.dim == 1000:
+            return imagenet_categories(self.network.arch)
+        return [f"class_{i}" for i in range(self.dim)]
+
+    def config(self) -> dict:
+        config = {k: v for k, v in super().config().items() if k not in ("layer", "pooling", "aggregate")}
+        return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop,
+                "crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}" if self.multi_crop else None}
+
+    def describe_async(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3)."""
+        if not images:
+            return torch.zeros((0, self.dim))
+        posteriors = []
+        if self.dense:
+            posteriors.append(self.dense_posteriors(images))
+        if self.multi_crop:
+            posteriors.append(self.multi_crop_posteriors(images))
+        return torch.stack(posteriors).mean(dim=0)
+
+    def dense_posteriors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """[n, classes]: softmax of each spatially averaged class-score map, averaged over flips and scales."""
+        views = list(images)
+        if self.average_flips:
+            views += [np.ascontiguousarray(image[:, ::-1]) for image in images]
+        # The Extractor's own pipeline: per view, the fc8 map averaged over its valid area, per scale.
+        scores = super().describe_async(views).cpu().view(len(views), len(self.scales), self.dim)
+        flips = 2 if self.average_flips else 1
+        return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.dim).mean(dim=(0, 2))
+
+    def multi_crop_posteriors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """[n, classes]: softmax of each 224x224 crop (and flip), averaged over crops and scales."""
+        pixels = as_tensors(images, self.device)
+        per_scale = []
+        for scale in self.scales:
+            crops = []
+            for image in pixels:
+                x = to_input(image, resized_shape(*image.shape[1:], scale))
+                views = [x[:, top : top + CROP_SIZE, left : left + CROP_SIZE] for top, left in crop_grid(x.shape[1:])]
+                crops += (views + [view.flip(-1) for view in views]) if self.average_flips else views
+            # Every crop is 224x224: plain batches, and a 1x1 fc8 map per crop.
+            scores = torch.cat([self._run(crops[i : i + self.batch_size]) for i in range(0, len(crops), self.batch_size)])
+            per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.dim).mean(dim=1))
+        return torch.stack(per_scale).mean(dim=0).cpu()

@@ -1,0 +1,79 @@
+"""``vggfeat classify``: images in, ImageNet top-k predictions out (CSV), as the paper evaluates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..classifier import Classifier
+from ..discover import find_images, read_file_list
+from ..predictions import check_output, classify_images, read_labels
+from . import options
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
+@options.file_list
+@options.root
+@options.model
+@options.weights
+@options.seed
+@options.scales
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Average the posteriors with the horizontally flipped image's.")
+@click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
+@click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image.")
+@click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
+@options.device
+@options.precision
+@options.batch_size
+@options.workers
+@options.max_pixels
+@options.min_side
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+@options.quiet
+def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,
+             precision, batch_size, workers, max_pixels, min_side, overwrite, quiet) -> None:
+    """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
+
+    The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
+    whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
+    over the image and its flip and over the scales. Unusable files get a row with the reason.
+    """
+    if len(paths) != (1 if file_list else 2):
+        want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
+        raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
+    output = paths[-1]
+    check_output(output, overwrite)  # before any work
+    truth = read_labels(labels) if labels else None
+    images = read_file_list(file_list, root) if file_list else find_images(paths[0])
+    say = (lambda *a, **k: None) if quiet else (lambda text, **k: click.secho(text, err=True, **k))
+    say(f"{len(images):,} images; loading {model} ({weights})")
+    classifier = Classifier(
+        model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
+        device=device, precision=precision, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+        min_side=min_side,
+    )
+    if classifier.network.weights.is_random:
+        click.secho(f"WARNING: random weights (seed {seed}): these predictions are meaningless; "
+                    "use them for smoke tests only.", err=True, fg="yellow", bold=True)
+    how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
+    with tqdm(total=len(images), unit="img", disable=True if quiet else None, dynamic_ncols=True,
+              desc=f"{model} {how} Q={','.join(map(str, scales))}") as bar:
+        result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
+                                 progress=bar.update)
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    say(f"wrote {result.output}: {result.classified:,} images classified, {failed}, in {result.seconds:.1f} s "
+        f"on {classifier.device}")
+    for path, reason in result.first_failures:
+        say(f"  failed: {path}: {reason}")
+    evaluation = result.evaluation
+    if evaluation is not None:
+        # The result goes to stdout: it is what the command was asked for.
+        click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
+                   f"over {evaluation.images:,} labelled images ({how}, Q={','.join(map(str, scales))})")
+        if result.unlabelled or result.labelled_failed:
+            say(f"not counted: {result.unlabelled:,} images missing from {labels}, "
+                f"{result.labelled_failed:,} labelled images that failed")

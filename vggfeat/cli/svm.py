@@ -1,0 +1,118 @@
+"""``vggfeat train-svm``, ``predict`` and ``evaluate``: the linear-SVM stage over descriptor files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import transfer
+from ..errors import VggfeatError
+from ..svm import DEFAULT_C_GRID, LOSSES
+
+
+def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.1,1,10, got {value!r}") from None
+
+
+def split_files(paths: tuple[Path, ...], features: tuple[Path, ...], names: list[str]) -> tuple[list[Path], list[Path]]:
+    """``[FEATURES] OTHER...`` positionals, or ``--features`` (repeatable, fused) and ``OTHER...``."""
+    if features:
+        if len(paths) != len(names):
+            raise click.UsageError(f"expected {' '.join(names)} after --features, got {len(paths)} path(s)")
+        return list(features), list(paths)
+    if len(paths) != len(names) + 1:
+        raise click.UsageError(f"expected FEATURES {' '.join(names)}, got {len(paths)} path(s)")
+    return [paths[0]], list(paths[1:])
+
+
+def svm_options(command):
+    """The SVM's options, shared by train-svm and the protocols."""
+    options = [
+        click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), help="Fix C instead of choosing it by cross-validation."),
+        click.option("--C-grid", "C_grid", default=",".join(map(str, DEFAULT_C_GRID)), show_default=True, callback=floats,
+                     help="Values of C tried by cross-validation."),
+        click.option("--cv", default=3, show_default=True, type=click.IntRange(min=2), help="Cross-validation folds."),
+        click.option("--loss", default="squared_hinge", show_default=True, type=click.Choice(LOSSES)),
+        click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "balanced"]),
+                     help="'balanced' weighs each binary problem's positives and negatives equally (unbalanced data)."),
+        click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise descriptors first (the paper's)."),
+        click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Classes trained in parallel (each holds one liblinear copy of the data)."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds and the solver."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def svm_params(C, C_grid, cv, loss, class_weight, normalize, n_jobs, seed) -> dict:
+    return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
+            "normalize": normalize, "n_jobs": n_jobs, "random_state": seed}
+
+
+@click.command("train-svm")
+@click.argument("paths", nargs=-1, metavar="[FEATURES] MODEL", type=click.Path(path_type=Path))
+@click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat to fuse networks (same images).")
+@click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines instead of the file's own labels.")
+@click.option("--multilabel", is_flag=True, help="An independent binary SVM per label (VOC-style); labels from --labels.")
+@click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL.")
+@svm_options
+def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **options) -> None:
+    """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
+    files, (model,) = split_files(paths, features, ["MODEL"])
+    if model.exists() and not overwrite:
+        raise VggfeatError(f"{model} already exists; pass --overwrite to replace it")
+    saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, multilabel=multilabel, **svm_params(**options))
+    svm, training = saved.svm, saved.training
+    how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
+    click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
+               f"({svm.n_features_in_}-d{', L2-normalised' if svm.normalize else ''}); C={svm.C_:g} ({how}); wrote {model}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="MODEL [FEATURES] OUTPUT", type=click.Path(path_type=Path))
+@click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
+def predict(paths, features) -> None:
+    """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores."""
+    if not paths:
+        raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
+    files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
+    scored = transfer.predict(paths[0], files, output)
+    click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="MODEL [FEATURES]", type=click.Path(path_type=Path))
+@click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
+@click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines: the test rows and their truth.")
+@click.option("--report", type=click.Path(path_type=Path), help="Folder for metrics.json, per-class tables and plots.")
+def evaluate(paths, features, labels, report) -> None:
+    """Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, per-class AP, mAP."""
+    if not paths:
+        raise click.UsageError("expected MODEL [FEATURES]")
+    files, _ = split_files(paths[1:], features, [])
+    metrics, scored = transfer.evaluate(paths[0], files, labels)
+    lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
+    for key, name in (("accuracy", "accuracy"), ("mean_class_recall", "mean class recall"),
+                      ("map_voc07_11pt", "mAP (VOC2007 11-point)"), ("map_area", "mAP (area under PR curve)")):
+        if metrics.get(key) is not None:
+            lines.append(f"  {name:<26} {metrics[key]:.4f}")
+    click.echo("\n".join(lines))
+    if report:
+        from ..report import write_report  # matplotlib loads only when a report is asked for
+
+        written = write_report(report, metrics, scored.scores, _indicators(scored))
+        click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _indicators(scored: transfer.Scored):
+    if scored.multilabel:
+        return scored.targets
+    import numpy as np
+
+    return scored.targets[:, None] == np.arange(len(scored.classes))[None, :]

@@ -1,0 +1,87 @@
+"""Labels: the training or test targets of a features file, from its own /labels or from a CSV.
+
+A labels CSV has lines ``path,label``; a path may appear on several lines (one per label, for
+multi-label data such as VOC) or hold several labels separated by ``;``. A header line
+``path,label`` is allowed. Only the listed paths are used, and each must be in the features file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+
+
+@dataclass
+class Targets:
+    paths: list[str]  # rows to use, in this order
+    y: np.ndarray  # [N] class names (single-label) or [N, K] bool indicators (multi-label)
+    classes: list[str]
+
+
+def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """{path: [labels]} in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise VggfeatError(f"labels file not found: {path}")
+    labels: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip() or row[0].startswith("#"):
+                continue
+            if number == 1 and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
+            names = [name.strip() for cell in row[1:] for name in cell.split(";") if name.strip()]
+            labels.setdefault(row[0].strip(), []).extend(name for name in names if name not in labels.get(row[0].strip(), []))
+    if not labels:
+        raise VggfeatError(f"{path} holds no labels")
+    return labels
+
+
+def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], multilabel: bool, source: str = "the labels file") -> Targets:
+    """Targets for the paths in ``labels``; refuses paths that are not in ``available``."""
+    known = set(available)
+    missing = [p for p in labels if p not in known]
+    if missing:
+        raise VggfeatError(f"{len(missing)} path(s) of {source} are not in the features file (e.g. {missing[0]})")
+    paths = list(labels)
+    if multilabel:
+        classes = sorted({name for names in labels.values() for name in names})
+        column = {name: k for k, name in enumerate(classes)}
+        y = np.zeros((len(paths), len(classes)), dtype=bool)
+        for row, p in enumerate(paths):
+            y[row, [column[name] for name in labels[p]]] = True
+        return Targets(paths, y, classes)
+    several = [p for p in paths if len(labels[p]) > 1]
+    if several:
+        raise VggfeatError(f"{several[0]} has labels {', '.join(labels[several[0]])} in {source}; "
+                           "one label per path, or pass --multilabel")
+    y = np.array([labels[p][0] for p in paths], dtype=object)
+    return Targets(paths, y, sorted(set(y)))
+
+
+def targets_from_file(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str], multilabel: bool,
+                      exclude: Sequence[str] = ()) -> Targets:
+    """Targets from a features file's own /labels: its labelled rows, minus ``exclude`` classes."""
+    unknown = [name for name in exclude if name not in classes]
+    if unknown:
+        raise VggfeatError(f"cannot exclude unknown class {unknown[0]!r}; the file's classes are {', '.join(classes[:10])}"
+                           + (" …" if len(classes) > 10 else ""))
+    keep = np.array([k >= 0 and classes[k] not in exclude for k in labels], dtype=bool)
+    if not keep.any():
+        raise VggfeatError("no labelled rows in the features file: extract a labelled folder, or give --labels")
+    rows = np.flatnonzero(keep)
+    names = np.array(classes, dtype=object)[labels[rows]]
+    kept_classes = [c for c in classes if c not in exclude]
+    if multilabel:
+        y = names[:, None] == np.array(kept_classes, dtype=object)[None, :]
+        return Targets([paths[i] for i in rows], y, kept_classes)
+    return Targets([paths[i] for i in rows], names, kept_classes)

@@ -1,0 +1,137 @@
+"""Metrics as the paper reports them: mean class recall (Caltech) and per-class AP / mAP (VOC).
+
+Two average precisions, named for what they compute:
+
+- ``ap_voc07_11pt``: PASCAL VOC2007's 11-point interpolated AP, the mean over recall thresholds
+  t = 0, 0.1, ..., 1 of the highest precision at recall >= t (0 when never reached). The paper's
+  VOC-2007 numbers use this.
+- ``ap_area``: the area under the precision-recall curve after making precision monotone
+  (non-increasing in recall), the "all points" AP of VOC2010 onwards.
+
+Neither handles VOC's "difficult" flag: leave difficult images out of the test set instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import VggfeatError
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        raise VggfeatError("no test examples to score")
+    return float(np.mean(y_true == y_pred))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_classes, n_classes] counts: row = true class, column = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return matrix
+
+
+def class_recalls(confusion: np.ndarray) -> np.ndarray:
+    """Recall of each class (NaN for a class with no test example)."""
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+
+
+def mean_class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean over the classes present in ``y_true`` of their recall: the paper's Caltech metric,
+    insensitive to how many test images each class has."""
+    recalls = class_recalls(confusion_matrix(y_true, y_pred, n_classes))
+    if np.all(np.isnan(recalls)):
+        raise VggfeatError("no test examples to score")
+    return float(np.nanmean(recalls))
+
+
+def precision_recall(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each of the examples ranked by decreasing score.
+
+    Ties keep the input order (stable sort), as VOC's evaluation code does.
+    """
+    positive = np.asarray(positive, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.cumsum(positive[order])
+    ranks = np.arange(1, len(order) + 1)
+    total = positive.sum()
+    return hits / ranks, hits / max(total, 1)
+
+
+def ap_voc07_11pt(scores: np.ndarray, positive: np.ndarray) -> float:
+    """PASCAL VOC2007 11-point interpolated average precision (NaN without positives)."""
+    if not np.any(positive):
+        return float("nan")
+    precision, recall = precision_recall(scores, positive)
+    points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in np.linspace(0, 1, 11)]
+    return float(np.mean(points))
+
+
+def ap_area(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the precision-recall curve with monotone precision (VOC2010+), NaN without positives."""
+    if not np.any(positive):
+        return float("nan")
+    precision, recall = precision_recall(scores, positive)
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def single_label_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, mean class recall, confusion matrix and per-class AP of one-vs-rest ``scores`` [N, C]."""
+    y_pred = np.argmax(scores, axis=1)
+    confusion = confusion_matrix(y_true, y_pred, len(classes))
+    recalls = class_recalls(confusion)
+    predicted = confusion.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precisions = np.where(predicted > 0, np.diag(confusion) / np.maximum(predicted, 1), np.nan)
+    per_class = _per_class_ap(scores, np.arange(len(classes))[None, :] == np.asarray(y_true)[:, None], classes)
+    for row, recall, precision, support in zip(per_class, recalls, precisions, confusion.sum(axis=1)):
+        row.update(recall=_number(recall), precision=_number(precision))
+    return {
+        "task": "single-label",
+        "examples": int(len(y_true)),
+        "accuracy": accuracy(y_true, y_pred),
+        "mean_class_recall": mean_class_recall(y_true, y_pred, len(classes)),
+        **_means(per_class),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "classes": list(classes),
+    }
+
+
+def multilabel_metrics(Y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
+    """Per-class AP (both kinds) and their means over classes with a positive test example."""
+    per_class = _per_class_ap(scores, np.asarray(Y_true, dtype=bool), classes)
+    return {"task": "multi-label", "examples": int(len(Y_true)), **_means(per_class), "per_class": per_class,
+            "classes": list(classes)}
+
+
+def _per_class_ap(scores: np.ndarray, positive: np.ndarray, classes: list[str]) -> list[dict]:
+    return [
+        {
+            "class": name,
+            "support": int(positive[:, k].sum()),
+            "ap_voc07_11pt": _number(ap_voc07_11pt(scores[:, k], positive[:, k])),
+            "ap_area": _number(ap_area(scores[:, k], positive[:, k])),
+        }
+        for k, name in enumerate(classes)
+    ]
+
+
+def _means(per_class: list[dict]) -> dict:
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in per_class if row[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"map_voc07_11pt": mean("ap_voc07_11pt"), "map_area": mean("ap_area")}
+
+
+def _number(value: float) -> float | None:
+    """NaN (undefined, e.g. no positive example) becomes None, which JSON can hold."""
+    return None if np.isnan(value) else float(value)

@@ -1,0 +1,176 @@
+"""Predictions: an image set classified into a CSV file, and top-1/top-5 error against a label list.
+
+One row per image, in the image set's order: its path, the top-k classes (index, name, probability)
+and, for a file that could not be used, the reason. The file is written under a temporary name and
+renamed once complete, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .classifier import Classifier
+from .discover import ImageSet
+from .errors import VggfeatError
+
+
+@dataclass
+class Evaluation:
+    """Top-1 and top-5 error over the classified images that have a true label."""
+
+    images: int = 0
+    top1_wrong: int = 0
+    top5_wrong: int = 0
+
+    def add(self, probabilities: np.ndarray, truth: int) -> None:
+        top5 = _top(probabilities, 5)
+        self.images += 1
+        self.top1_wrong += int(top5[0] != truth)
+        self.top5_wrong += int(truth not in top5)
+
+    @property
+    def top1_error(self) -> float:
+        return self.top1_wrong / self.images if self.images else float("nan")
+
+    @property
+    def top5_error(self) -> float:
+        return self.top5_wrong / self.images if self.images else float("nan")
+
+
+@dataclass
+class ClassificationResult:
+    output: Path
+    classified: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    evaluation: Evaluation | None = None
+    labelled_failed: int = 0  # images with a true label that could not be classified: not in the error
+    unlabelled: int = 0  # classified images the label list does not name: not in the error
+    first_failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists (without ``overwrite``) or cannot be written."""
+    if output.is_dir():
+        raise VggfeatError(f"output {output} is a folder; give a file name such as predictions.csv")
+    if output.exists() and not overwrite:
+        raise VggfeatError(f"{output} exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise VggfeatError(f"folder of the output does not exist: {output.parent}")
+
+
+def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str, int]:
+    """An ImageNet-style validation list: ``filename label`` or ``filename,label`` per line.
+
+    Labels are class indices 0 .. classes-1 in torchvision's order (the order of the sorted WordNet
+    ids, as in the common ILSVRC2012 ``val.txt``); ``classes`` None checks only that they are >= 0
+    (:func:`classify_images` checks them against the network). Blank lines and ``#`` comments are
+    skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VggfeatError(f"labels file not found: {path}")
+    labels: dict[str, int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, label = line.rpartition("," if "," in line else " ")
+        name = name.strip()
+        try:
+            index = int(label)
+        except ValueError:
+            index = -1
+        if not name or index < 0 or (classes is not None and index >= classes):
+            allowed = f"0..{classes - 1}" if classes is not None else "a class index >= 0"
+            raise VggfeatError(f"{path}:{number}: expected 'filename label' with a label in {allowed}, got {line!r}")
+        if labels.get(name, index) != index:
+            raise VggfeatError(f"{path}:{number}: {name} is listed twice with different labels")
+        labels[name] = index
+    if not labels:
+        raise VggfeatError(f"labels file is empty: {path}")
+    return labels
+
+
+def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:
+    """The true label of each path: by the path itself, else by its file name (a flat list of
+    validation file names matched against images in subfolders); None where not listed."""
+    return [labels.get(path, labels.get(PurePosixPath(path).name)) for path in paths]
+
+
+def classify_images(
+    classifier: Classifier,
+    images: ImageSet,
+    output: str | os.PathLike,
+    topk: int = 5,
+    labels: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> ClassificationResult:
+    """Classify ``images`` and write ``output`` (CSV); with ``labels``, also count top-1/top-5 errors."""
+    output = Path(output)
+    check_output(output, overwrite)
+    if not 1 <= topk <= classifier.dim:
+        raise VggfeatError(f"--topk must be between 1 and {classifier.dim}, got {topk}")
+    if labels and max(labels.values()) >= classifier.dim:
+        raise VggfeatError(f"label {max(labels.values())} in the labels file, but the network has {classifier.dim} classes")
+    names = classifier.categories()
+    truth = match_labels(images.paths, labels) if labels is not None else None
+    result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
+    header = ["path", *(["true_class", "true_label"] if truth is not None else [])]
+    for rank in range(1, topk + 1):
+        header += [f"class_{rank}", f"label_{rank}", f"probability_{rank}"]
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    started = time.monotonic()
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow([*header, "error"])
+            for chunk in classifier.iter_chunks(images.files()):
+                rows = {i: p for i, p in zip(chunk.indices, chunk.features)}
+                reasons = dict(chunk.failures)
+                for i in range(chunk.start, chunk.end):
+                    row = [images.paths[i]]
+                    if truth is not None:
+                        row += ["", ""] if truth[i] is None else [truth[i], names[truth[i]]]
+                    if i in rows:
+                        for index in _top(rows[i], topk):
+                            row += [int(index), names[index], f"{rows[i][index]:.6f}"]
+                        row.append("")
+                        result.classified += 1
+                        _evaluate(result, rows[i], truth[i] if truth is not None else None)
+                    else:
+                        row += [""] * 3 * topk + [reasons[i]]
+                        result.failed += 1
+                        result.labelled_failed += int(truth is not None and truth[i] is not None)
+                        if len(result.first_failures) < 5:
+                            result.first_failures.append((images.paths[i], reasons[i]))
+                    writer.writerow(row)
+                if progress is not None:
+                    progress(chunk.end - chunk.start)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _evaluate(result: ClassificationResult, probabilities: np.ndarray, truth: int | None) -> None:
+    if result.evaluation is None:
+        return
+    if truth is None:
+        result.unlabelled += 1
+    else:
+        result.evaluation.add(probabilities, truth)
+
+
+def _top(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest probabilities, largest first (ties: lower index first)."""
+    return np.argsort(-probabilities, kind="stable")[:k]

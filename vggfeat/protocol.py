@@ -1,0 +1,144 @@
+"""The paper's evaluation protocols on descriptor files.
+
+- **Caltech-101/256** (:func:`caltech`): from one file of a labelled folder, each split draws N
+  random training images per class and up to M test images per class from the rest (seeded);
+  the score is the mean class recall, reported as mean ± standard deviation over the splits.
+- **VOC** (:func:`voc`): fixed train and test sets (two files, or one file and two path lists),
+  multi-label SVMs, mean average precision over the classes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import VggfeatError
+from .features import FeatureFile, load_features
+from .labels import Targets, read_labels_csv, targets_from_csv, targets_from_file
+from .metrics import accuracy, mean_class_recall, multilabel_metrics
+from .svm import LinearSVM
+from .transfer import _align
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # row indices into the labelled rows
+    test: np.ndarray
+
+
+def caltech_splits(labels: np.ndarray, n_classes: int, train_per_class: int, test_per_class: int | None,
+                   splits: int, seed: int, class_names: Sequence[str] | None = None) -> list[Split]:
+    """``splits`` random (train, test) row sets: N train and up to M test images per class (M=None: all the rest)."""
+    if train_per_class < 1 or (test_per_class is not None and test_per_class < 1) or splits < 1:
+        raise VggfeatError("train and test images per class and the number of splits must be positive")
+    names = class_names or [str(k) for k in range(n_classes)]
+    members = [np.flatnonzero(labels == k) for k in range(n_classes)]
+    for k, rows in enumerate(members):
+        if len(rows) <= train_per_class:
+            raise VggfeatError(f"class {names[k]!r} has {len(rows)} image(s): too few for {train_per_class} training "
+                               "images and at least one test image; lower --train-per-class or --exclude-class it")
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(splits):
+        train, test = [], []
+        for rows in members:
+            order = rng.permutation(rows)
+            train.append(order[:train_per_class])
+            test.append(order[train_per_class : None if test_per_class is None else train_per_class + test_per_class])
+        result.append(Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(test))))
+    return result
+
+
+def caltech(files, train_per_class: int = 30, test_per_class: int | None = 50, splits: int = 3, seed: int = 0,
+            exclude: Sequence[str] = (), **svm_params) -> dict:
+    """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each split's train set)."""
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    with FeatureFile(files[0]) as f:
+        targets = targets_from_file(f.paths, f.labels, f.classes, False, exclude)
+    features = load_features(files, paths=targets.paths)
+    classes = targets.classes
+    y = np.array([classes.index(name) for name in targets.y])
+    table = []
+    for number, split in enumerate(caltech_splits(y, len(classes), train_per_class, test_per_class, splits, seed, classes), 1):
+        svm = LinearSVM(**svm_params, copy=False).fit(features.X[split.train], y[split.train])
+        predicted = svm.predict(features.X[split.test])
+        table.append({
+            "split": number,
+            "train": int(len(split.train)),
+            "test": int(len(split.test)),
+            "C": svm.C_,
+            "mean_class_recall": mean_class_recall(y[split.test], predicted, len(classes)),
+            "accuracy": accuracy(y[split.test], predicted),
+        })
+    recalls = np.array([row["mean_class_recall"] for row in table])
+    return {
+        "protocol": "caltech",
+        "files": [str(f) for f in files],
+        "classes": len(classes),
+        "excluded_classes": list(exclude),
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "seed": seed,
+        "mean_class_recall_mean": float(recalls.mean()),
+        # Sample standard deviation over the splits (0 for a single split).
+        "mean_class_recall_std": float(recalls.std(ddof=1)) if len(recalls) > 1 else 0.0,
+        "splits": table,
+    }
+
+
+def voc(train_files, test_files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
+        test_paths: Sequence[str] | None = None, **svm_params) -> dict:
+    """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
+
+    Labels come from ``labels_csv`` (rows by path; the paths of each set taken from it) or from the
+    files' own single labels. ``train_paths`` / ``test_paths`` select rows when both sets share a file.
+    """
+    train = _voc_targets(train_files, labels_csv, train_paths, "training")
+    test = _voc_targets(test_files, labels_csv, test_paths, "test")
+    overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
+    if overlap:
+        raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {sorted(overlap)[0]})")
+    train_features = load_features(train_files, paths=train.paths)
+    svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
+    svm.fit(train_features.X, train.y, classes=train.classes)
+    configs = train_features.configs
+    del train_features
+    test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")
+    truth = _align(test, train.classes, multilabel=True)
+    metrics = multilabel_metrics(truth, svm.decision_function(test_features.X), train.classes)
+    return {"protocol": "voc", "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **metrics}
+
+
+def _voc_targets(files, labels_csv, paths, which: str) -> Targets:
+    with FeatureFile(files if isinstance(files, (str, os.PathLike)) else list(files)[0]) as first:
+        pass  # paths, labels and classes stay readable once closed; the descriptors are read later
+    if labels_csv is not None:
+        labels = read_labels_csv(labels_csv)
+        if paths is not None:
+            unlabelled = [p for p in paths if p not in labels]
+            if unlabelled:
+                raise VggfeatError(f"{len(unlabelled)} {which} path(s) have no label in {labels_csv} (e.g. {unlabelled[0]})")
+            labels = {p: labels[p] for p in paths}
+        else:
+            held = set(first.paths)
+            labels = {p: names for p, names in labels.items() if p in held}
+            if not labels:
+                raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
+        return targets_from_csv(labels, first.paths, multilabel=True, source=str(labels_csv))
+    targets = targets_from_file(first.paths, first.labels, first.classes, multilabel=True)
+    if paths is not None:
+        index = {p: i for i, p in enumerate(targets.paths)}
+        missing = [p for p in paths if p not in index]
+        if missing:
+            raise VggfeatError(f"{len(missing)} {which} path(s) are not labelled rows of the features file (e.g. {missing[0]})")
+        rows = [index[p] for p in paths]
+        targets = Targets(list(paths), targets.y[rows], targets.classes)
+    return targets
+
+
+def _same(a, b) -> bool:
+    as_list = lambda x: [os.path.abspath(f) for f in ([x] if isinstance(x, (str, os.PathLike)) else x)]  # noqa: E731
+    return as_list(a) == as_list(b)

@@ -1,0 +1,107 @@
+"""Evaluation reports: metrics.json, a per-class table (CSV and Markdown) and PNG plots.
+
+Plots: a confusion matrix normalised per true class (single-label; rows read as recall), and
+precision-recall curves per class (multi-label), each titled with its metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, none opened
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import precision_recall  # noqa: E402
+
+_COLUMNS = ("class", "support", "recall", "precision", "ap_voc07_11pt", "ap_area")
+
+
+def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray) -> list[Path]:
+    """Write the report files into ``folder`` (created if needed); returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md"]
+    written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    columns = [c for c in _COLUMNS if c in metrics["per_class"][0]]
+    with open(written[1], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(metrics["per_class"])
+    written[2].write_text(_markdown(metrics, columns))
+    if metrics["task"] == "single-label":
+        written.append(folder / "confusion_matrix.png")
+        plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], written[-1],
+                       f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
+    else:
+        written.append(folder / "precision_recall.png")
+        plot_precision_recall(scores, targets, metrics, written[-1])
+    return written
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtitle: str) -> None:
+    support = confusion.sum(axis=1, keepdims=True)
+    rates = confusion / np.maximum(support, 1)
+    n = len(classes)
+    size = max(6.0, min(24.0, 3.0 + 0.35 * n))
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 40:  # beyond that, names and counts would overlap: the colours still read
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix (rows normalised)\n{subtitle}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 7))
+    rows = [(k, row) for k, row in enumerate(metrics["per_class"]) if row["ap_area"] is not None]
+    rows.sort(key=lambda item: -item[1]["ap_area"])  # legend in order of AP, best first
+    for k, row in rows:
+        precision, recall = precision_recall(scores[:, k], targets[:, k])
+        ax.plot(np.concatenate([[0], recall]), np.concatenate([[precision[0]], precision]), linewidth=1.2,
+                label=f"{row['class']} (AP {row['ap_area']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Precision-recall per class\nmAP (area) {metrics['map_area']:.3f}, "
+                 f"mAP (VOC2007 11-point) {metrics['map_voc07_11pt']:.3f}")
+    if len(rows) <= 25:
+        ax.legend(fontsize=7, loc="lower left", ncol=1 if len(rows) <= 12 else 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _markdown(metrics: dict, columns: list[str]) -> str:
+    lines = [f"# Evaluation ({metrics['task']}, {metrics['examples']} examples)", ""]
+    for key in ("accuracy", "mean_class_recall", "map_voc07_11pt", "map_area"):
+        if metrics.get(key) is not None:
+            lines.append(f"- {key}: {metrics[key]:.4f}")
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "|".join("---" if c == "class" else "---:" for c in columns) + "|"]
+    for row in metrics["per_class"]:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,304 @@
+"""The paper's classifier: one-vs-rest linear SVMs on L2-normalised descriptors.
+
+:class:`LinearSVM` is a scikit-learn estimator (``fit`` / ``decision_function`` / ``predict``)
+training one binary :class:`sklearn.svm.LinearSVC` (liblinear) per class, or per label for
+multi-label data. C is chosen by k-fold cross-validation over a grid unless given.
+
+Memory: liblinear needs float64 rows and builds its own copy of the data for every fit. So the
+descriptors are made float64, C-contiguous and normalised once (in place with ``copy=False``),
+and every per-class and per-fold fit reads that one array: cross-validation folds are expressed as
+zero sample weights rather than copies of the rows, and at most ``n_jobs`` liblinear copies exist
+at a time (liblinear releases the GIL, so threads train classes in parallel).
+
+:func:`save_model` / :func:`load_model` store a model as plain HDF5 arrays and attributes (never a
+pickle) with a SHA-256 over the content, so an edited or damaged file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
+
+from ._version import __version__
+from .errors import VggfeatError
+from .metrics import ap_area, mean_class_recall
+
+DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
+LOSSES = ("squared_hinge", "hinge")
+MODEL_FORMAT = "vggfeat-linear-svm"
+MODEL_FORMAT_VERSION = 1
+_SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
+
+
+class LinearSVM(ClassifierMixin, BaseEstimator):
+    """One-vs-rest linear SVMs on (by default) L2-normalised descriptors.
+
+    Args:
+        C: the SVM's C; ``None`` chooses it from ``C_grid`` by ``cv``-fold cross-validation on the
+            training set (mean class recall for single-label data, mean area-AP for multi-label).
+        C_grid: candidate values of C (the smallest of equally good values wins).
+        cv: number of cross-validation folds.
+        loss: ``squared_hinge`` (LinearSVC's default, L2-SVM) or ``hinge``.
+        class_weight: ``None`` or ``"balanced"`` (per binary problem: positives and negatives weigh
+            as much in total; useful when a class has few images among many).
+        normalize: L2-normalise each descriptor first, as the paper does.
+        multilabel: ``y`` is an indicator matrix [N, K]; each label is an independent binary SVM.
+        n_jobs: classes trained at once (threads); each holds one liblinear copy of the data.
+        max_iter, tol: liblinear's stopping rule.
+        random_state: seed of the CV folds and of liblinear's dual coordinate order.
+        copy: ``False`` lets ``fit`` normalise a float64 C-contiguous ``X`` in place.
+    """
+
+    def __init__(self, C: float | None = None, *, C_grid=DEFAULT_C_GRID, cv: int = 3, loss: str = "squared_hinge",
+                 class_weight: str | None = None, normalize: bool = True, multilabel: bool = False, n_jobs: int = 1,
+                 max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0, copy: bool = True) -> None:
+        self.C, self.C_grid, self.cv, self.loss, self.class_weight = C, C_grid, cv, loss, class_weight
+        self.normalize, self.multilabel, self.n_jobs = normalize, multilabel, n_jobs
+        self.max_iter, self.tol, self.random_state, self.copy = max_iter, tol, random_state, copy
+
+    def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None) -> LinearSVM:
+        """Train on descriptors ``X`` [N, D] and labels ``y`` [N] (or indicators [N, K] if multilabel).
+
+        ``classes`` names the columns of a multi-label ``y`` (default 0..K-1).
+        """
+        self._check_params()
+        X = self._prepare(X, copy=self.copy)
+        targets = self._targets(y, len(X), classes)  # [N, K] bool
+        self.n_features_in_ = X.shape[1]
+        if self.C is None:
+            self.cv_scores_ = self._cross_validate(X, targets)
+            best = max(self.cv_scores_.values())
+            self.C_ = min(c for c, score in self.cv_scores_.items() if score >= best - 1e-12)
+        else:
+            self.cv_scores_, self.C_ = {}, float(self.C)
+        self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None)
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """SVM scores [N, K], one column per class; computed in row chunks, X is never copied whole."""
+        check_is_fitted(self, "coef_")
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise VggfeatError(f"descriptors have {X.shape[-1] if X.ndim else 0} dimensions, the model expects {self.n_features_in_}")
+        scores = np.empty((len(X), len(self.classes_)), dtype=np.float64)
+        for start in range(0, len(X), _SCORE_ROWS):
+            block = self._prepare(X[start : start + _SCORE_ROWS], copy=True)
+            scores[start : start + len(block)] = block @ self.coef_.T + self.intercept_
+        return scores
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class of each row (single-label), or an indicator matrix of positive scores (multi-label)."""
+        scores = self.decision_function(X)
+        if self.multilabel:
+            return scores > 0
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    # ------------------------------------------------------------------ training
+
+    def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None):
+        def fit_one(k: int) -> tuple[np.ndarray, float]:
+            svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
+                            class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
+                            random_state=self.random_state)
+            svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weights)
+            return svm.coef_[0], float(svm.intercept_[0])
+
+        with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
+            fitted = list(pool.map(fit_one, range(targets.shape[1])))
+        return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
+
+    def _cross_validate(self, X: np.ndarray, targets: np.ndarray) -> dict[float, float]:
+        if self.multilabel:
+            folds = KFold(self.cv, shuffle=True, random_state=self.random_state).split(X)
+        else:
+            folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state).split(X, targets.argmax(1))
+        folds = list(folds)
+        scores = {}
+        for C in sorted(float(c) for c in self.C_grid):
+            fold_scores = []
+            for train, held_out in folds:
+                weights = np.zeros(len(X))
+                weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
+                coef, intercept = self._fit_all(X, targets, C, weights)
+                fold_scores.append(self._score(X[held_out] @ coef.T + intercept, targets[held_out]))
+            scores[C] = float(np.mean(fold_scores))
+        return scores
+
+    def _score(self, scores: np.ndarray, targets: np.ndarray) -> float:
+        if self.multilabel:
+            aps = [ap_area(scores[:, k], targets[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
+            return float(np.mean(aps)) if aps else 0.0
+        return mean_class_recall(targets.argmax(1), scores.argmax(1), targets.shape[1])
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_params(self) -> None:
+        if self.C is not None and not (np.isfinite(self.C) and self.C > 0):
+            raise VggfeatError(f"C must be a positive number, got {self.C}")
+        if self.C is None:
+            grid = list(self.C_grid)
+            if not grid or not all(np.isfinite(c) and c > 0 for c in grid):
+                raise VggfeatError(f"the C grid must hold positive numbers, got {grid}")
+            if not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
+                raise VggfeatError(f"cv must be an integer >= 2, got {self.cv}")
+        if self.loss not in LOSSES:
+            raise VggfeatError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.class_weight not in (None, "balanced"):
+            raise VggfeatError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+        if not isinstance(self.n_jobs, (int, np.integer)) or self.n_jobs < 1:
+            raise VggfeatError(f"n_jobs must be a positive integer, got {self.n_jobs}")
+
+    def _prepare(self, X: np.ndarray, copy: bool) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise VggfeatError(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
+        out = np.array(X, dtype=np.float64, order="C", copy=copy or None)
+        # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
+        for start in range(0, len(out), _SCORE_ROWS):
+            block = out[start : start + _SCORE_ROWS]
+            if not np.isfinite(block).all():
+                raise VggfeatError("descriptors contain NaN or infinite values")
+            if self.normalize:
+                norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+                np.divide(block, norms, out=block, where=norms > 0)  # an all-zero descriptor stays zero
+        return out
+
+    def _targets(self, y, rows: int, classes: list[str] | None) -> np.ndarray:
+        y = np.asarray(y)
+        if len(y) != rows:
+            raise VggfeatError(f"{rows} descriptors but {len(y)} labels")
+        if self.multilabel:
+            if y.ndim != 2:
+                raise VggfeatError("multi-label targets must be an indicator matrix [rows, classes]")
+            targets = y.astype(bool)
+            self.classes_ = np.array(classes if classes is not None else range(y.shape[1]))
+            if len(self.classes_) != targets.shape[1]:
+                raise VggfeatError(f"{len(self.classes_)} class names for {targets.shape[1]} label columns")
+        else:
+            if y.ndim != 1:
+                raise VggfeatError("single-label targets must be one label per row (use multilabel=True for indicators)")
+            self.classes_, index = np.unique(y, return_inverse=True)
+            targets = index[:, None] == np.arange(len(self.classes_))[None, :]
+            if len(self.classes_) < 2:
+                raise VggfeatError(f"need at least 2 classes to train, got {len(self.classes_)}")
+        positives = targets.sum(axis=0)
+        fewest = 2 if self.C is not None else self.cv
+        for value, count in zip(self.classes_, positives):
+            name = repr(str(value)) if isinstance(value, str) else str(value)
+            if count == 0:
+                raise VggfeatError(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
+            if count < fewest:
+                need = "2" if self.C is not None else f"{self.cv} (one per cross-validation fold; or fix --C, or lower --cv)"
+                raise VggfeatError(f"class {name} has only {count} training example(s); at least {need} needed")
+            if count == rows:
+                raise VggfeatError(f"class {name} holds every training example: nothing to tell it from")
+        return targets
+
+
+# ---------------------------------------------------------------------- model files
+
+
+@dataclass
+class SavedModel:
+    svm: LinearSVM
+    extraction_configs: list[dict]  # one per fused features file, in order
+    training: dict = field(default_factory=dict)  # files, rows, date: for the record
+
+
+def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list[dict], training: dict | None = None) -> None:
+    """Write ``svm`` as plain HDF5 (datasets coef, intercept, classes; attributes) with a checksum."""
+    check_is_fitted(svm, "coef_")
+    path = Path(path)
+    attrs = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "vggfeat_version": __version__,
+        "sklearn_version": sklearn.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": json.dumps({key: _jsonable(value) for key, value in svm.get_params().items() if key != "copy"}, sort_keys=True),
+        "C_chosen": float(svm.C_),
+        "cv_scores": json.dumps({repr(c): s for c, s in svm.cv_scores_.items()}),
+        "normalize": bool(svm.normalize),
+        "multilabel": bool(svm.multilabel),
+        "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
+        "training": json.dumps(training or {}, sort_keys=True),
+    }
+    arrays = {
+        "coef": np.ascontiguousarray(svm.coef_, dtype=np.float64),
+        "intercept": np.asarray(svm.intercept_, dtype=np.float64),
+        "classes": np.array([str(c) for c in svm.classes_], dtype=object),
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    with h5py.File(temporary, "w") as f:
+        f["coef"], f["intercept"] = arrays["coef"], arrays["intercept"]
+        f.create_dataset("classes", data=list(arrays["classes"]), dtype=h5py.string_dtype("utf-8"))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["checksum"] = _checksum(f)
+    os.replace(temporary, path)
+
+
+def load_model(path: str | os.PathLike) -> SavedModel:
+    """Read a model file; refuse other files, other format versions and edited or damaged content."""
+    path = Path(path)
+    if not path.is_file():
+        raise VggfeatError(f"model file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != MODEL_FORMAT:
+                raise VggfeatError(f"{path} is not a vggfeat SVM model file")
+            if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
+                raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")
+            if f.attrs.get("checksum") != _checksum(f):
+                raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch); retrain the model")
+            params = json.loads(f.attrs["params"])
+            svm = LinearSVM(**{k: tuple(v) if k == "C_grid" else v for k, v in params.items()})
+            svm.coef_, svm.intercept_ = f["coef"][:], f["intercept"][:]
+            svm.classes_ = np.array(list(f["classes"].asstr()[:]))
+            svm.C_ = float(f.attrs["C_chosen"])
+            svm.cv_scores_ = {float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()}
+            svm.n_features_in_ = svm.coef_.shape[1]
+            saved = SavedModel(svm, json.loads(f.attrs["extraction_configs"]), json.loads(f.attrs["training"]))
+    except VggfeatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
+    if svm.coef_.shape != (len(svm.classes_), svm.n_features_in_) or svm.intercept_.shape != (len(svm.classes_),):
+        raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")
+    return saved
+
+
+def _checksum(f: h5py.File) -> str:
+    """SHA-256 over every dataset (name, dtype, shape, bytes) and every attribute but the checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(f.keys()):
+        data = f[name]
+        values = list(data.asstr()[:]) if h5py.check_string_dtype(data.dtype) else data[:]
+        digest.update(f"{name}|{data.dtype}|{data.shape}|".encode())
+        digest.update(json.dumps(values).encode() if isinstance(values, list) else np.ascontiguousarray(values).tobytes())
+    for key in sorted(k for k in f.attrs.keys() if k != "checksum"):
+        digest.update(f"{key}={_jsonable(f.attrs[key])!r};".encode())
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
