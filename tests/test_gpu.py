@@ -63,3 +63,20 @@ def test_gpu_extract_from_files_equals_cpu(random_vgg16, images, tmp_path):
     on_gpu = Extractor(random_vgg16, device="cuda", **options).extract(paths)
     on_cpu = Extractor(random_vgg16, device="cpu", **options).extract(paths)
     assert relative_error(on_gpu, on_cpu) < 1e-4
+
+
+def test_gpu_classify_from_files_equals_cpu(random_vgg16, images, tmp_path):
+    """Classify on the GPU file path (images uploaded by the decoding threads) matches the CPU."""
+    from PIL import Image
+
+    from vggfeat.classifier import Classifier
+
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(image).save(paths[-1])
+    options = dict(scales=[224], flip=True, multi_crop=True, batch_size=8)
+    on_gpu = Classifier(random_vgg16, device="cuda", **options).extract(paths)
+    on_cpu = Classifier(random_vgg16, device="cpu", **options).extract(paths)
+    random_vgg16.to("cpu")
+    assert relative_error(on_gpu, on_cpu) < 1e-3

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-AGGREGATIONS = ("mean", "stack")
+AGGREGATIONS = ("mean", "stack", "gem")
 
 
 def combine_flips(original: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
@@ -14,13 +14,17 @@ def combine_flips(original: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor
     return (original + flipped) / 2
 
 
-def combine_scales(per_scale: Sequence[torch.Tensor], method: str = "mean") -> torch.Tensor:
+def combine_scales(per_scale: Sequence[torch.Tensor], method: str = "mean", p: float = 3.0) -> torch.Tensor:
     """[N, D] descriptors at each scale: ``mean`` gives [N, D], ``stack`` gives [N, D x scales].
 
-    ``stack`` concatenates in the order the scales were given.
+    ``stack`` concatenates in the order the scales were given. ``gem`` is the power mean
+    (mean of x^p)^(1/p) over scales, as Radenović et al. combine multi-scale GeM descriptors; it
+    is meant for non-negative descriptors (pooled post-ReLU maps), negatives count as zero.
     """
     if method == "mean":
         return torch.stack(list(per_scale)).mean(dim=0)
+    if method == "gem":
+        return torch.stack(list(per_scale)).clamp(min=0).pow(p).mean(dim=0).pow(1.0 / p)
     if method == "stack":
         return torch.cat(list(per_scale), dim=1)
     raise ValueError(f"unknown aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")

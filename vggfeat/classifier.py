@@ -30,7 +30,7 @@ from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import VggfeatError
 from .extractor import PAPER_SCALES, Extractor
 from .network import MIN_INPUT_SIDE, DenseVGG
-from .resize import as_tensors, resized_shape, to_input
+from .resize import resized_shape, to_input
 from .weights import ARCHITECTURES
 
 CROP_SIZE = MIN_INPUT_SIDE  # the training crop, 224
@@ -130,7 +130,7 @@ class Classifier(Extractor):
         """[n, classes]: softmax of each spatially averaged class-score map, averaged over flips and scales."""
         views = list(images)
         if self.average_flips:
-            views += [np.ascontiguousarray(image[:, ::-1]) for image in images]
+            views += [_mirrored(image) for image in images]
         # The Extractor's own pipeline: per view, the fc8 map averaged over its valid area, per scale.
         scores = super().describe_async(views).cpu().view(len(views), len(self.scales), self.dim)
         flips = 2 if self.average_flips else 1
@@ -138,7 +138,7 @@ class Classifier(Extractor):
 
     def multi_crop_posteriors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """[n, classes]: softmax of each 224x224 crop (and flip), averaged over crops and scales."""
-        pixels = as_tensors(images, self.device)
+        pixels = self._on_device(images)
         per_scale = []
         for scale in self.scales:
             crops = []
@@ -150,3 +150,8 @@ class Classifier(Extractor):
             scores = torch.cat([self._run(crops[i : i + self.batch_size]) for i in range(0, len(crops), self.batch_size)])
             per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.dim).mean(dim=1))
         return torch.stack(per_scale).mean(dim=0).cpu()
+
+
+def _mirrored(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """The horizontal flip of a decoded image: an (H, W, 3) array, or a [3, H, W] tensor on a GPU."""
+    return image.flip(-1) if isinstance(image, torch.Tensor) else np.ascontiguousarray(image[:, ::-1])

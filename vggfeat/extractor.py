@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,17 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .aggregate import AGGREGATIONS, combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
-from .pooling import POOLINGS, global_pool
-from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
+from .pooling import ALIASES, GEM_P, POOLINGS, RETRIEVAL_POOLINGS, pool_map
+from .resize import RESIZE_RECIPE, RESIZE_SIDES, as_tensors, pad_batch, plan_batches, to_device, to_inputs
 from .weights import ARCHITECTURES
 
 PAPER_SCALES = (256, 384, 512)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+NORMALIZATIONS = ("auto", "none", "l2")
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
 
@@ -55,10 +58,19 @@ class Extractor:
         model: an architecture name (``vgg11`` ... ``vgg19_bn``) or a loaded :class:`DenseVGG`.
         weights: ``"imagenet"``, ``"random"`` or a state-dict file (ignored for a loaded network).
         seed: seed of ``"random"`` weights.
-        layer: ``fc7``, ``fc6``, ``pool5``, a conv layer such as ``conv5_3``, or ``fc8`` (class scores).
-        pooling: ``avg`` (the paper's) or ``max`` over the dense map.
+        layer: ``fc7``, ``fc6``, ``pool5``, a conv layer such as ``conv5_3``, or ``fc8`` (class scores);
+            None: ``fc7``, or ``conv5_3`` for the retrieval poolings ``gem`` and ``rmac``.
+        pooling: ``avg`` (the paper's; SPoC), ``max`` (MAC), ``gem`` (power mean, ``gem_p``) or
+            ``rmac`` (Tolias et al.'s regional MAC) over the dense map; ``mac``/``spoc`` are aliases.
         scales: smallest-side sizes Q, each >= 224.
-        aggregate: ``mean`` over scales, or ``stack`` (concatenate, dim x number of scales).
+        aggregate: ``mean`` over scales, ``stack`` (concatenate, dim x number of scales) or
+            ``gem`` (power mean over scales with ``gem_p``).
+        resize_side: ``short`` (the paper's: smallest side = Q) or ``long`` (largest side = Q, as
+            retrieval setups do; conv and pool layers only).
+        gem_p: the power of ``gem`` pooling and ``gem`` aggregation.
+        normalize: ``l2`` normalises each view's (scale's, flip's) descriptor before they are
+            combined, and the combined one; ``none`` keeps them as pooled (the paper's, for SVMs);
+            ``auto`` is ``l2`` for ``gem`` and ``rmac``, ``none`` otherwise.
         flip: average with the horizontally flipped image.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         precision: ``fp32``, ``tf32``, ``bf16`` or ``fp16`` arithmetic in the network.
@@ -74,7 +86,7 @@ class Extractor:
         *,
         weights: str | os.PathLike = "imagenet",
         seed: int = 0,
-        layer: str = "fc7",
+        layer: str | None = None,
         pooling: str = "avg",
         scales: Sequence[int] = PAPER_SCALES,
         aggregate: str = "mean",
@@ -85,10 +97,19 @@ class Extractor:
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
+        resize_side: str = "short",
+        gem_p: float = GEM_P,
+        normalize: str = "auto",
     ) -> None:
         self.device = _device(device)
         self.scales = _scales(scales)
-        _check_choice("pooling", pooling, POOLINGS)
+        pooling = ALIASES.get(pooling, pooling)
+        _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
+        _check_choice("resize side", resize_side, RESIZE_SIDES)
+        _check_choice("normalize", normalize, NORMALIZATIONS)
+        if not gem_p > 0:
+            raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
+        layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_choice("aggregate", aggregate, AGGREGATIONS)
         _check_choice("precision", precision, PRECISIONS)
         if precision in ("tf32", "fp16") and self.device.type != "cuda":
@@ -102,14 +123,24 @@ class Extractor:
         if layer not in layers:
             name = model.arch if isinstance(model, DenseVGG) else model
             raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
+        # Refused as a combination rather than failing image by image: with the long side at Q, any
+        # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
+        if resize_side == "long" and layer.startswith("fc"):
+            raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
+                               f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
+        if "gem" in (pooling, aggregate) and layer == "fc8":
+            raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self._runner = _runner(self.network, self.device, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
+        self.resize_side, self.gem_p = resize_side, float(gem_p)
+        self.normalize = ("l2" if pooling in RETRIEVAL_POOLINGS else "none") if normalize == "auto" else normalize
         self.precision = precision
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.max_pixels, self.min_side = max_pixels, min_side
+        self._thread = threading.local()  # per decoding thread: its upload stream
 
     @property
     def dim(self) -> int:
@@ -130,6 +161,10 @@ class Extractor:
             "scales": list(self.scales),
             "aggregate": self.aggregate,
             "flip": self.flip,
+            "resize_side": self.resize_side,
+            "normalize": self.normalize,
+            # Only when a GeM is used: files without the key then compare equal whatever p was.
+            **({"gem_p": self.gem_p} if "gem" in (self.pooling, self.aggregate) else {}),
             "precision": self.precision,
             "dim": self.dim,
             "max_pixels": self.max_pixels,
@@ -174,8 +209,8 @@ class Extractor:
                 yield _collected(previous)
 
     def _gather(
-        self, count: int, decoded: Iterator[np.ndarray | ImageError], chunk_images: int
-    ) -> Iterator[tuple[Chunk, list[np.ndarray]]]:
+        self, count: int, decoded: Iterator[np.ndarray | torch.Tensor | ImageError], chunk_images: int
+    ) -> Iterator[tuple[Chunk, list[np.ndarray | torch.Tensor]]]:
         position = 0
         while position < count:
             chunk, images, held = Chunk(start=position, end=position), [], 0
@@ -185,9 +220,9 @@ class Extractor:
                     chunk.failures.append((chunk.end, str(result)))
                 else:
                     chunk.indices.append(chunk.end)
-                    chunk.sizes.append(result.shape[:2])
+                    chunk.sizes.append(_height_width(result))
                     images.append(result)
-                    held += result.nbytes
+                    held += result.nbytes if isinstance(result, np.ndarray) else result.numel()
                 chunk.end += 1
             position = chunk.end
             yield chunk, images
@@ -203,12 +238,25 @@ class Extractor:
         """
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
-        pixels = as_tensors(images, self.device)
+        pixels = self._on_device(images)
         per_scale = [self._describe_at(pixels, scale) for scale in self.scales]
-        return combine_scales(per_scale, self.aggregate)
+        combined = combine_scales(per_scale, self.aggregate, self.gem_p)
+        # With normalize="l2" every view was L2-normalised before combining (so that no scale
+        # dominates by sheer magnitude), and the combination is too: R-MAC's and GeM's last step.
+        return F.normalize(combined, dim=1) if self.normalize == "l2" else combined
+
+    def _on_device(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+        """[3, H, W] uint8 tensors on the device, from arrays or from tensors uploaded by a decoder."""
+        if not isinstance(images[0], torch.Tensor):
+            return as_tensors(images, self.device)
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            for pixels in images:
+                pixels.record_stream(stream)  # made on an upload stream, used on this one
+        return list(images)
 
     def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
-        inputs = to_inputs(pixels, scale)
+        inputs = to_inputs(pixels, scale, self.resize_side)
         if self.flip:
             inputs += [x.flip(-1) for x in inputs]
         shapes = [tuple(x.shape[1:]) for x in inputs]
@@ -242,11 +290,12 @@ class Extractor:
             batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device):
             feature_map, sizes = self._runner(batch, self.layer, sizes)
-            return global_pool(feature_map.float(), sizes, self.pooling)
+            pooled = pool_map(feature_map.float(), sizes, self.pooling, self.gem_p)
+            return F.normalize(pooled, dim=1) if self.normalize == "l2" else pooled
 
     def _decode_ahead(
         self, paths: Sequence[str | os.PathLike], pool: ThreadPoolExecutor, lookahead: int
-    ) -> Iterator[np.ndarray | ImageError]:
+    ) -> Iterator[np.ndarray | torch.Tensor | ImageError]:
         pending: deque[Future] = deque()
         upcoming = iter(paths)
 
@@ -262,11 +311,26 @@ class Extractor:
             submit_next()
             yield future.result()
 
-    def _decode(self, path: Path) -> np.ndarray | ImageError:
+    def _decode(self, path: Path) -> np.ndarray | torch.Tensor | ImageError:
         try:
-            return decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
+            rgb = decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
         except ImageError as error:
             return error
+        if self.device.type != "cuda":
+            return rgb
+        # On a GPU the decoding thread also uploads, on a stream of its own: the copy from pageable
+        # memory then blocks only this thread, never the stream the network runs on.
+        stream = getattr(self._thread, "stream", None)
+        if stream is None:
+            stream = self._thread.stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
+        stream.synchronize()
+        return pixels
+
+
+def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[1:])
 
 
 def _collected(chunk: Chunk) -> Chunk:

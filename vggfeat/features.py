@@ -27,7 +27,10 @@ from .errors import VggfeatError
 # cosine of ~0.99999, well inside what an SVM tolerates), dtype (float16 storage only rounds),
 # weights name and seed (weights_sha256 identifies the parameters whatever their source),
 # max_pixels/min_side (which images are refused, not what the others give) and the device.
-MATCHING_KEYS = ("model", "weights_sha256", "layer", "pooling", "scales", "aggregate", "flip", "preprocessing", "dim")
+MATCHING_KEYS = ("model", "weights_sha256", "layer", "pooling", "scales", "aggregate", "flip", "preprocessing", "dim",
+                 "resize_side", "normalize", "gem_p")
+# What files written before a key existed were made with.
+_DEFAULTS = {"resize_side": "short", "normalize": "none"}
 _REQUIRED = ("features", "paths", "labels", "classes")
 _READ_BYTES = 64 * 2**20  # per chunk read from the file
 
@@ -172,8 +175,9 @@ def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCH
     """``["layer: fc7 expected, fc6 found", ...]`` for each of ``keys`` whose values differ."""
     differences = []
     for key in keys:
-        if expected.get(key) != actual.get(key):
-            differences.append(f"{key}: {_show(expected.get(key))} expected, {_show(actual.get(key))} found")
+        want, got = expected.get(key, _DEFAULTS.get(key)), actual.get(key, _DEFAULTS.get(key))
+        if want != got:
+            differences.append(f"{key}: {_show(want)} expected, {_show(got)} found")
     return differences
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 
 from .network import valid_mask
 
@@ -24,3 +28,116 @@ def global_pool(feature_map: torch.Tensor, sizes: torch.Tensor | None, method: s
         total = feature_map.masked_fill(~mask, 0).sum(dim=(2, 3))
         return total / (sizes[:, 0] * sizes[:, 1]).unsqueeze(1).to(total.dtype)
     return feature_map.masked_fill(~mask, float("-inf")).amax(dim=(2, 3))
+
+
+# --------------------------------------------------------------------------- retrieval poolings
+#
+# The off-the-shelf retrieval recipes for VGG16's post-ReLU conv5_3 (Razavian et al. 2016; Babenko &
+# Lempitsky 2015; Tolias et al. 2016; Radenović et al. 2018). Each is a function of one map
+# [C, H, W] -> [C]; :func:`pool_map` applies one to each image of a padded batch over its valid area.
+# MAC is ``max`` above and SPoC is ``avg``: the same numbers, so they keep those names in files.
+
+RETRIEVAL_POOLINGS = ("gem", "rmac")
+ALIASES = {"mac": "max", "spoc": "avg"}  # the retrieval literature's names for the same poolings
+GEM_P = 3.0  # Radenović et al.'s initial (and common off-the-shelf) power
+RMAC_LEVELS = 3
+RMAC_OVERLAP = 0.4
+_EPS = 1e-6
+
+
+def mac(x: torch.Tensor) -> torch.Tensor:
+    """Maximum activation of each channel of a map [C, H, W]."""
+    return x.amax(dim=(-2, -1))
+
+
+def spoc(x: torch.Tensor) -> torch.Tensor:
+    """Sum-pooled (here: averaged) channels of a map [C, H, W]; averaging keeps sizes comparable."""
+    return x.mean(dim=(-2, -1))
+
+
+def gem(x: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
+    """Generalised mean (mean of x^p)^(1/p) of each channel of a map [C, H, W].
+
+    p = 1 is SPoC, p -> inf tends to MAC. Activations are clamped to a small positive value first,
+    as Radenović et al. do, so that a fractional power of a zero (after ReLU) stays finite.
+    """
+    return x.clamp(min=_EPS).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tuple[int, int, int, int]]:
+    """Square regions (top, left, side, side) of Tolias et al.'s R-MAC on a ``height`` x ``width`` map.
+
+    A port of their ``rmac_regions.m``: at level l = 1..L the side is floor(2 min(H, W) / (l + 1)),
+    l regions along the short dimension and l + extra along the long one, the extra number (0..6)
+    chosen so that neighbouring regions overlap as close to 40 % as possible. Level 1 of a square
+    map is the whole map; a square gives 1 + 4 + 9 = 14 regions at L = 3.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"an empty {height}x{width} map has no regions")
+    side = min(height, width)
+    extra_h = extra_w = 0
+    if height != width:
+        steps = range(2, 8)  # candidate numbers of regions along the long dimension
+        step = (max(height, width) - side) / torch.tensor([s - 1 for s in steps], dtype=torch.float64)
+        overlap = (side**2 - side * step) / side**2
+        extra = int(torch.argmin((overlap - RMAC_OVERLAP).abs())) + 1
+        extra_h, extra_w = (0, extra) if height < width else (extra, 0)
+    regions = []
+    for level in range(1, levels + 1):
+        size = int(2 * side // (level + 1))
+        if size == 0:
+            continue
+        half = size // 2 - 1  # Tolias et al. place starts at floor(wl2 + k b) - wl2 with this offset
+        tops = _starts(height, size, level + extra_h, half)
+        lefts = _starts(width, size, level + extra_w, half)
+        regions += [(top, left, size, size) for top in tops for left in lefts]
+    return regions
+
+
+def _starts(extent: int, size: int, count: int, half: int) -> list[int]:
+    step = (extent - size) / (count - 1) if count > 1 else 0.0
+    return [int(math.floor(half + k * step)) - half for k in range(count)]
+
+
+def rmac(
+    x: torch.Tensor,
+    levels: int = RMAC_LEVELS,
+    whiten: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """R-MAC of a map [C, H, W] (Tolias et al. 2016): the sum of its regions' L2-normalised MACs, L2-normalised.
+
+    ``whiten`` (optional) maps regional vectors [R, C] to whitened ones [R, D] (e.g. a fitted
+    :class:`vggfeat.whitening.PCAWhitening`'s ``transform_tensor``); they are L2-normalised again
+    before the sum, as in the paper. Without it the result has C dimensions.
+    """
+    regional = torch.stack([x[:, top : top + h, left : left + w].amax(dim=(-2, -1))
+                            for top, left, h, w in rmac_regions(x.shape[-2], x.shape[-1], levels)])
+    regional = F.normalize(regional, dim=1, eps=_EPS)
+    if whiten is not None:
+        regional = F.normalize(whiten(regional), dim=1, eps=_EPS)
+    return F.normalize(regional.sum(dim=0), dim=0, eps=_EPS)
+
+
+def pool_map(
+    feature_map: torch.Tensor, sizes: torch.Tensor | None, method: str, p: float = GEM_P, levels: int = RMAC_LEVELS
+) -> torch.Tensor:
+    """Pool [B, C, H, W] to [B, C] with any pooling (``avg``, ``max``, ``gem``, ``rmac``) over valid areas.
+
+    ``gem`` is computed on the whole batch with the padding masked out. ``rmac`` needs each image's
+    own region grid, so it goes image by image over its valid (height, width); on a GPU reading
+    ``sizes`` waits for the batch once (only when the batch was padded).
+    """
+    method = ALIASES.get(method, method)
+    if method in POOLINGS:
+        return global_pool(feature_map, sizes, method)
+    if method == "gem":
+        powered = feature_map.clamp(min=_EPS).pow(p)
+        if sizes is None:
+            return powered.mean(dim=(2, 3)).pow(1.0 / p)
+        mask = valid_mask(sizes, feature_map.shape[-2:], torch.bool)
+        total = powered.masked_fill(~mask, 0).sum(dim=(2, 3))
+        return (total / (sizes[:, 0] * sizes[:, 1]).unsqueeze(1).to(total.dtype)).pow(1.0 / p)
+    if method == "rmac":
+        valid = [tuple(feature_map.shape[-2:])] * len(feature_map) if sizes is None else sizes.tolist()
+        return torch.stack([rmac(x[:, :h, :w], levels) for x, (h, w) in zip(feature_map, valid)])
+    raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLINGS + RETRIEVAL_POOLINGS)}")

@@ -7,6 +7,7 @@ side set to Q, the other side truncated as ``torchvision.transforms.Resize(Q)`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,8 +27,21 @@ RESIZE_RECIPE = {
 }
 
 
-def resized_shape(height: int, width: int, scale: int) -> tuple[int, int]:
-    """(height, width) after rescaling so that the smallest side equals ``scale``."""
+RESIZE_SIDES = ("short", "long")
+# With side="long" the short side may come out tiny (panoramas); it is kept at least this large,
+# the network's total stride, so that every layer up to pool5 still has a map to pool.
+MIN_RESIZED_SIDE = 32
+
+
+def resized_shape(height: int, width: int, scale: int, side: str = "short") -> tuple[int, int]:
+    """(height, width) after rescaling so that the smallest side (or with ``side="long"`` the
+    longest, as retrieval setups do) equals ``scale``; the other side is truncated."""
+    if side == "long":
+        if height >= width:
+            return scale, max(MIN_RESIZED_SIDE, int(scale * width / height))
+        return max(MIN_RESIZED_SIDE, int(scale * height / width)), scale
+    if side != "short":
+        raise ValueError(f"unknown resize side {side!r}; choose one of {', '.join(RESIZE_SIDES)}")
     if height <= width:
         return scale, int(scale * width / height)
     return int(scale * height / width), scale
@@ -38,8 +52,8 @@ def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return _resize_normalize(image.unsqueeze(0), shape)[0]
 
 
-def to_inputs(images: Sequence[torch.Tensor], scale: int) -> list[torch.Tensor]:
-    """uint8 images [3, H, W] as network inputs with smallest side ``scale``, in order.
+def to_inputs(images: Sequence[torch.Tensor], scale: int, side: str = "short") -> list[torch.Tensor]:
+    """uint8 images [3, H, W] as network inputs with smallest (or ``side="long"``: longest) side ``scale``, in order.
 
     Images of the same size are resized in one call: the same arithmetic, fewer kernel launches.
     """
@@ -49,7 +63,7 @@ def to_inputs(images: Sequence[torch.Tensor], scale: int) -> list[torch.Tensor]:
         by_size.setdefault(tuple(image.shape[1:]), []).append(i)
     for (height, width), members in by_size.items():
         batch = torch.stack([images[i] for i in members])
-        for i, x in zip(members, _resize_normalize(batch, resized_shape(height, width, scale))):
+        for i, x in zip(members, _resize_normalize(batch, resized_shape(height, width, scale, side))):
             inputs[i] = x
     return inputs
 
@@ -58,9 +72,17 @@ def _resize_normalize(pixels: torch.Tensor, shape: tuple[int, int]) -> torch.Ten
     pixels = pixels.float()
     if tuple(pixels.shape[-2:]) != tuple(shape):
         pixels = F.interpolate(pixels, size=shape, mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1) * 255
+    mean, std = _statistics(pixels.device)
     return (pixels - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them from Python lists each time would copy from pageable
+    # memory, which makes the host wait for the GPU.
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
 
 
 def as_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:

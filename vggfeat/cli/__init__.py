@@ -13,6 +13,7 @@ from .describe import describe
 from .extract import extract
 from .info import info
 from .protocol import protocol
+from .retrieval import export, index, retrieval_eval, search, whiten
 from .svm import evaluate, predict, train_svm
 
 
@@ -30,6 +31,11 @@ cli.add_command(evaluate)
 cli.add_command(protocol)
 cli.add_command(describe)
 cli.add_command(classify)
+cli.add_command(whiten)
+cli.add_command(index)
+cli.add_command(search)
+cli.add_command(retrieval_eval)
+cli.add_command(export)
 
 
 def main(argv: list[str] | None = None) -> None:

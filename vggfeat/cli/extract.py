@@ -27,10 +27,16 @@ def _given_arguments() -> list[str]:
 @options.model
 @options.weights
 @options.seed
-@click.option("--layer", default="fc7", show_default=True, help="fc7, fc6, pool5, a conv layer such as conv5_3, or fc8 (class scores).")
-@click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max"]), help="Pooling of the dense map.")
+@click.option("--layer", help="fc7, fc6, pool5, a conv layer such as conv5_3, or fc8 (class scores) [default: fc7; conv5_3 for gem, rmac].")
+@click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max", "gem", "rmac", "mac", "spoc"]),
+              help="Pooling of the dense map: avg (SPoC), max (MAC), gem (power mean), rmac (regional MAC); mac/spoc are aliases.")
 @options.scales
-@click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack"]), help="Average the scales, or concatenate them.")
+@options.resize_side
+@click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack", "gem"]),
+              help="Average the scales, concatenate them, or take their power mean (--gem-p).")
+@click.option("--gem-p", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Power of gem pooling and gem aggregation.")
+@click.option("--normalize", default="auto", show_default=True, type=click.Choice(["auto", "none", "l2"]),
+              help="L2-normalise each view before combining, and the result (auto: for gem and rmac).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
 @options.device
 @options.precision
@@ -42,8 +48,8 @@ def _given_arguments() -> list[str]:
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 @options.quiet
-def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, aggregate, flip, device,
-            precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
+def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, aggregate, gem_p, normalize, flip,
+            device, precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -60,7 +66,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
         flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        max_pixels=max_pixels, min_side=min_side,
+        max_pixels=max_pixels, min_side=min_side, resize_side=resize_side, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
         click.secho(f"WARNING: random weights (seed {seed}): these descriptors are not ImageNet features; "
@@ -71,7 +77,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,
-              desc=f"{model} {layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
+              desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
         try:
             result = job.run(progress=bar.update)
         except KeyboardInterrupt:

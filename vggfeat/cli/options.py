@@ -32,4 +32,6 @@ workers = click.option("--workers", type=click.IntRange(min=1), help="Image deco
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+resize_side = click.option("--resize-side", default="short", show_default=True, type=click.Choice(["short", "long"]),
+                           help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
 

@@ -1,0 +1,255 @@
+"""Whitening, index (NumPy and FAISS), search, retrieval metrics, export and montage, on synthetic
+descriptors written in the features file schema (no network needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagefiles import write_rgb
+from runhelpers import error_line, run_main
+from vggfeat.errors import VggfeatError
+from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available
+from vggfeat.montage import draw_montage, montage_size
+from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, read_ground_truth
+from vggfeat.search import search
+from vggfeat.whitening import PCAWhitening, l2_normalize
+
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed (pip install faiss-cpu)")
+CONFIG = {"model": "vgg16", "weights_sha256": "abc", "layer": "conv5_3", "pooling": "rmac", "scales": [224],
+          "aggregate": "mean", "flip": False, "preprocessing": {}, "dim": 16}
+
+
+def clustered(n_classes=4, per_class=6, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * 3
+    labels = np.repeat(np.arange(n_classes), per_class)
+    X = np.abs(centres[labels] + rng.normal(size=(len(labels), dim)))
+    return X.astype(np.float32), labels
+
+
+def write_features(path, X, labels, classes=None, config=CONFIG, root=""):
+    classes = classes or [f"c{i}" for i in range(max(labels) + 1)]
+    string = h5py.string_dtype("utf-8")
+    with h5py.File(path, "w") as f:
+        f["features"] = X
+        f.create_dataset("paths", data=[f"{classes[y] if y >= 0 else 'none'}/{i:03d}.jpg" for i, y in enumerate(labels)], dtype=string)
+        f["labels"] = np.asarray(labels, dtype=np.int32)
+        f.create_dataset("classes", data=classes, dtype=string)
+        f["sizes"] = np.zeros((len(X), 2), dtype=np.int32)
+        f.create_dataset("failed/paths", shape=(0,), dtype=string)
+        f.create_dataset("failed/errors", shape=(0,), dtype=string)
+        f.attrs["config"] = json.dumps({**config, "dim": X.shape[1]})
+        f.attrs["complete"] = True
+        f.attrs["input_root"] = str(root)
+    return path
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+def test_whitening_whitens_and_round_trips_through_hdf5(tmp_path):
+    X, _ = clustered(per_class=20)
+    whitening = PCAWhitening(dim=8).fit(X, config=CONFIG)
+    assert whitening.projection_.shape == (8, 16)
+    # The fitting set, projected, has identity covariance on the kept axes (before the last L2).
+    Z = (l2_normalize(X) - whitening.mean_) @ whitening.projection_.T
+    np.testing.assert_allclose(np.cov(Z.T, bias=True), np.eye(8), atol=1e-3)
+    Y = whitening.transform(X)
+    np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1, rtol=1e-5)
+    whitening.save(tmp_path / "w.h5")
+    with h5py.File(tmp_path / "w.h5", "r") as f:  # plain arrays, readable without vggfeat
+        assert set(f) == {"mean", "projection", "eigenvalues"}
+    loaded = PCAWhitening.load(tmp_path / "w.h5")
+    np.testing.assert_array_equal(loaded.transform(X), Y)
+    assert loaded.config_ == CONFIG
+    with pytest.raises(VggfeatError, match="layer: conv5_3 expected, fc7 found"):
+        loaded.check_config({**CONFIG, "layer": "fc7"})
+
+
+def test_whitening_refuses_bad_parameters():
+    X, _ = clustered()
+    with pytest.raises(VggfeatError, match="needs at least 31 descriptors"):
+        PCAWhitening(dim=30).fit(X[:10].repeat(3, axis=1))
+    with pytest.raises(VggfeatError, match="between 1 and"):
+        PCAWhitening(dim=17).fit(X)
+    with pytest.raises(VggfeatError, match="not fitted"):
+        PCAWhitening().transform(X)
+    with pytest.raises(VggfeatError, match="fitted on 16-d"):
+        PCAWhitening().fit(X).transform(X[:, :8])
+
+
+# --------------------------------------------------------------------------- index and search
+
+
+def test_numpy_exact_search_is_brute_force():
+    rng = np.random.default_rng(1)
+    V, Q = l2_normalize(rng.normal(size=(50, 8))), l2_normalize(rng.normal(size=(7, 8)))
+    scores, rows = exact_search(V, Q, 5)
+    full = Q @ V.T
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :5])
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("faiss", marks=needs_faiss)])
+def test_flat_index_round_trip_with_whitening(tmp_path, backend):
+    X, labels = clustered()
+    whitening = PCAWhitening(dim=10).fit(X, config=CONFIG)
+    paths = [f"img{i}.jpg" for i in range(len(X))]
+    index = build_index(X, paths, {**CONFIG, "dim": 16}, whitening=whitening, labels=labels, backend=backend)
+    assert index.backend == backend and index.dim == 10
+    index.save(tmp_path / "db.index")
+    loaded = VectorIndex.load(tmp_path / "db.index", backend=backend)
+    assert loaded.backend == backend and loaded.paths == paths and loaded.whitening is not None
+    results = search(loaded, X[:3], ["a", "b", "c"], k=4)
+    for i, result in enumerate(results):
+        assert result.paths[0] == paths[i]  # each row finds itself first
+        assert result.scores[0] == pytest.approx(1.0, abs=1e-5)
+        assert list(result.scores) == sorted(result.scores, reverse=True)
+    # The same answers whichever backend and whether loaded or fresh.
+    fresh = search(index, X[:3], ["a", "b", "c"], k=4)
+    assert [r.paths for r in fresh] == [r.paths for r in results]
+
+
+@needs_faiss
+def test_faiss_and_numpy_agree_and_approximate_indexes_find_near_duplicates(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1500, 32)).astype(np.float32)
+    queries = X[:20] + 0.01 * rng.normal(size=(20, 32)).astype(np.float32)
+    exact = build_index(X, [str(i) for i in range(len(X))], {**CONFIG, "dim": 32}, backend="numpy")
+    flat = build_index(X, [str(i) for i in range(len(X))], {**CONFIG, "dim": 32}, backend="faiss")
+    ns, nr = exact.search(exact.prepare(queries), 10)
+    fs, fr = flat.search(flat.prepare(queries), 10)
+    np.testing.assert_array_equal(nr, fr)
+    np.testing.assert_allclose(ns, fs, atol=1e-5)
+    for kind in ("hnsw", "ivfpq"):
+        approx = build_index(X, [str(i) for i in range(len(X))], {**CONFIG, "dim": 32}, kind=kind, nlist=8, m=8)
+        approx.save(tmp_path / f"{kind}.index")
+        loaded = VectorIndex.load(tmp_path / f"{kind}.index")
+        _, rows = loaded.search(loaded.prepare(queries), 5)
+        assert (rows[:, 0] == np.arange(20)).mean() >= 0.9, kind
+        assert search(loaded, queries[:2], ["a", "b"], k=3, qe=2)[0].paths  # reconstruct works for QE
+
+
+def test_compressed_index_without_faiss_is_a_clear_error(tmp_path, monkeypatch):
+    import vggfeat.index
+
+    monkeypatch.setattr(vggfeat.index, "faiss_available", lambda: False)
+    monkeypatch.setattr(vggfeat.index, "_faiss", lambda: (_ for _ in ()).throw(VggfeatError(vggfeat.index.FAISS_MISSING)))
+    X, _ = clustered()
+    with pytest.raises(VggfeatError, match="pip install 'vggfeat\\[retrieval\\]'"):
+        build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw")
+    index = build_index(X, [str(i) for i in range(len(X))], CONFIG)  # flat: the NumPy fallback
+    assert index.backend == "numpy"
+
+
+def test_query_expansion_pulls_in_the_query_class():
+    X, labels = clustered(n_classes=3, per_class=8, seed=4)
+    index = build_index(X, [str(i) for i in range(len(X))], CONFIG, backend="numpy")
+    plain = search(index, X[:1], ["q"], k=8)[0]
+    expanded = search(index, X[:1], ["q"], k=8, qe=3)[0]
+    precision = lambda r: np.mean(labels[r.rows] == labels[0])  # noqa: E731
+    assert precision(expanded) >= precision(plain)
+    assert expanded.paths[0] == "0"
+
+
+def test_mismatched_configuration_is_refused():
+    X, _ = clustered()
+    index = build_index(X, [str(i) for i in range(len(X))], CONFIG, backend="numpy")
+    with pytest.raises(VggfeatError, match="pooling: rmac expected, gem found"):
+        index.check_config({**CONFIG, "pooling": "gem"})
+    with pytest.raises(VggfeatError, match="whitening was fitted"):
+        build_index(X, [str(i) for i in range(len(X))], CONFIG, whitening=PCAWhitening(4).fit(X, {**CONFIG, "layer": "fc7"}))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_labelled_evaluation_leave_one_out_by_hand():
+    # Three 2-d points: two of class 0 along x, one of class 1 along y, one unlabelled near x.
+    X = l2_normalize(np.array([[1, 0.1], [1, 0.3], [0, 1], [1, 0.2]], dtype=np.float32))
+    labels = np.array([0, 0, 1, -1])
+    result = evaluate_labels(X, labels)
+    # Query 0 ranks: 3 (unlabelled), 1 (relevant), 2 -> AP 1/2; query 1 ranks 3, 0 -> AP 1/2.
+    # Query 2 (class 1) has no other image of its class: skipped.
+    assert result["queries"] == 2 and result["skipped_queries"] == 1
+    assert result["map"] == pytest.approx(0.5)
+    assert result["recall@1"] == 0 and result["recall@5"] == 1
+
+
+def test_oxford_ap_and_ground_truth_files(tmp_path):
+    # compute_ap: relevant at ranks 0 and 2 of 2 relevant -> (1 + 1)/4 + (1/2 + 2/3)/4.
+    assert compute_ap(np.array([0, 2]), 2) == pytest.approx(0.5 + (0.5 + 2 / 3) / 4)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    (gt / "a_1_query.txt").write_text("oxc1_q 1 2 3 4\n")
+    (gt / "a_1_good.txt").write_text("x\n")
+    (gt / "a_1_ok.txt").write_text("y\n")
+    (gt / "a_1_junk.txt").write_text("z\n")
+    truth = read_ground_truth(gt)
+    assert truth == [{"query": "q", "ok": ["x", "y"], "junk": ["z"]}]
+    X = l2_normalize(np.array([[1, 0], [0.9, 0.1], [0.95, 0.05], [0, 1], [0.5, 0.5]], dtype=np.float32))
+    paths = ["d/q.jpg", "d/x.jpg", "d/z.jpg", "d/y.jpg", "d/w.jpg"]
+    result = evaluate_ground_truth(X, paths, X, paths, truth)
+    # Ranking for q: q, z(junk, removed), x, w, y -> relevant ranks 1 and 3 (q itself is not ok).
+    assert result["map"] == pytest.approx(compute_ap(np.array([1, 3]), 2))
+    (tmp_path / "gt.json").write_text(json.dumps({"queries": truth}))
+    assert read_ground_truth(tmp_path / "gt.json") == truth
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_commands_whiten_index_search_eval_export(tmp_path):
+    X, labels = clustered(per_class=10)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    assert run_main(["whiten", "fit", db, tmp_path / "w.h5", "--dim", "8"])[0] == 0
+    code, out, err = run_main(["index", db, tmp_path / "db.index", "--whiten", tmp_path / "w.h5"])
+    assert code == 0, err
+    assert "8-d" in out
+    code, out, err = run_main(["search", tmp_path / "db.index", "--queries", db, "--k", "3", tmp_path / "r.csv"])
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 3 * len(X) and rows[0]["query"] == rows[0]["path"] and rows[0]["rank"] == "1"
+    code, out, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "w.h5", "--json", tmp_path / "m.json"])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["map"] > 0.6 and metrics["recall@1"] >= 0.9 and "mAP" in out
+    # A query file made differently is refused with the difference named.
+    other = write_features(tmp_path / "other.h5", X, labels, config={**CONFIG, "layer": "pool5"})
+    code, _, err = run_main(["search", tmp_path / "db.index", "--queries", other])
+    assert code == 2 and "layer: conv5_3 expected, pool5 found" in error_line(err)
+    code, _, err = run_main(["index", db, tmp_path / "db.index"])
+    assert code == 2 and "already exists" in error_line(err)
+    assert run_main(["export", db, "--to", "npy"])[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "db.npy"), X)
+    lines = list(csv.reader(open(tmp_path / "db.paths.csv")))
+    assert lines[0] == ["row", "path", "label"] and lines[1][2] == "c0"
+
+
+def test_export_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    X, labels = clustered()
+    db = write_features(tmp_path / "db.h5", X, np.where(np.arange(len(labels)) == 0, -1, labels))
+    code, _, err = run_main(["export", db, tmp_path / "out", "--to", "parquet"])
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["path", "label", "features"]
+    np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), X)
+    assert table["label"][0].as_py() is None
+    assert json.loads(table.schema.metadata[b"vggfeat_config"])["layer"] == "conv5_3"
+
+
+def test_montage_is_a_png_of_the_expected_size(tmp_path):
+    for i in range(3):
+        write_rgb(tmp_path / f"{i}.png", 120 + 20 * i, 90, seed=i)
+    hits = [[(tmp_path / "1.png", 0.9), (tmp_path / "2.png", 0.5), (tmp_path / "missing.png", 0.1)], [(tmp_path / "0.png", 0.7)]]
+    size = draw_montage([tmp_path / "0.png", tmp_path / "1.png"], hits, tmp_path / "m.png", tile=64)
+    assert size == montage_size(2, 4, 64)
+    with Image.open(tmp_path / "m.png") as image:
+        assert image.format == "PNG" and image.size == size

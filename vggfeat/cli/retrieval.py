@@ -1,0 +1,179 @@
+"""``vggfeat whiten``, ``index``, ``search``, ``retrieval-eval`` and ``export``: image search over descriptor files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import export as exporting
+from .. import retrieval
+from ..discover import find_images
+from ..errors import VggfeatError
+from ..features import FeatureFile, config_differences
+from ..index import BACKENDS, KINDS, VectorIndex, index_features
+from ..search import describe_images, read_queries, search as run_search, write_results
+from ..whitening import PCAWhitening, fit_whitening
+from . import options
+
+RESULT_SUFFIXES = (".csv", ".json")
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
+
+
+@click.group()
+def whiten() -> None:
+    """PCA-whitening of descriptors (learned, then applied by 'vggfeat index' and 'retrieval-eval')."""
+
+
+@whiten.command("fit")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--dim", type=click.IntRange(min=1), help="Keep this many dimensions [default: all the data supports].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def whiten_fit(features, output, dim, overwrite) -> None:
+    """Learn PCA-whitening on every descriptor of FEATURES; write it to OUTPUT (.h5, plain arrays)."""
+    _refuse_existing(output, overwrite)
+    fitted = fit_whitening(features, output, dim=dim)
+    click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
+
+
+@click.command("index")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--whiten", "whiten_file", type=click.Path(path_type=Path), help="Whitening from 'vggfeat whiten fit', applied to database and queries.")
+@click.option("--kind", default="flat", show_default=True, type=click.Choice(KINDS),
+              help="flat: exact; ivfpq: compressed, approximate (FAISS); hnsw: graph, approximate (FAISS).")
+@click.option("--nlist", type=click.IntRange(min=1), help="ivfpq: inverted lists [default: about 4 sqrt(rows)].")
+@click.option("--pq-m", type=click.IntRange(min=1), help="ivfpq: bytes per vector, must divide the dimension [default: dim / 8].")
+@click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1), help="ivfpq: lists searched per query.")
+@click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="hnsw: links per vector.")
+@click.option("--ef-search", default=128, show_default=True, type=click.IntRange(min=1), help="hnsw: candidates per query.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite) -> None:
+    """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
+    _refuse_existing(output, overwrite)
+    whitening = PCAWhitening.load(whiten_file) if whiten_file else None
+    built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
+                           hnsw_m=hnsw_m, ef_search=ef_search)
+    built.save(output)
+    how = f", whitened to {built.dim}-d" if whitening else ""
+    click.echo(f"wrote {output}: {kind} index of {built.rows:,} descriptors ({built.dim}-d{how})")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="INDEX [QUERY_IMAGES_OR_FOLDERS...] [OUTPUT.csv|.json]", type=click.Path(path_type=Path))
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="Query descriptors: a features file extracted as the database.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits per query.")
+@click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0), help="Average query expansion with the top N hits (0: off).")
+@click.option("--montage", type=click.Path(path_type=Path), help="Draw the queries and their top hits into this PNG.")
+@click.option("--montage-hits", default=8, show_default=True, type=click.IntRange(min=1), help="Hits per query in the montage.")
+@click.option("--montage-queries", default=10, show_default=True, type=click.IntRange(min=1), help="Most queries (rows) in the montage.")
+@click.option("--tile", default=160, show_default=True, type=click.IntRange(min=32), help="Montage cell size in pixels.")
+@click.option("--root", type=click.Path(path_type=Path), help="Folder of the database images [default: the one recorded at extraction].")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS), help="For a flat index: FAISS or NumPy.")
+@click.option("--weights", help="Weights file, when the database was described with one [default: as recorded].")
+@options.device
+@options.batch_size
+@options.workers
+def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
+           batch_size, workers) -> None:
+    """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
+
+    Query images are described exactly as the database was (the index records how); a query file
+    made differently is refused. OUTPUT (.csv or .json) receives query, rank, path, score.
+    """
+    if not paths:
+        raise click.UsageError("expected INDEX [QUERY_IMAGES...] [OUTPUT]")
+    index_file, rest = paths[0], list(paths[1:])
+    output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
+    if bool(rest) == bool(queries_file):
+        raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
+    db = VectorIndex.load(index_file, backend=backend)
+    query_files: list[Path] = []
+    if queries_file:
+        X, names = read_queries(db, queries_file)
+    else:
+        for path in rest:
+            if path.is_dir():
+                query_files += find_images(path).files()
+            elif path.is_file():
+                query_files.append(path)
+            else:
+                raise VggfeatError(f"query not found: {path}")
+        X, names, failures = describe_images(db, query_files, weights=weights, device=device, batch_size=batch_size, workers=workers)
+        for name, reason in failures:
+            click.secho(f"skipped query {name}: {reason}", err=True, fg="yellow")
+    results = run_search(db, X, names, k=k, qe=qe)
+    if output:
+        write_results(results, output)
+        click.echo(f"wrote {output}: {len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})")
+    else:
+        for result in results:
+            click.echo(f"query {result.query}")
+            for rank, (path, score) in enumerate(zip(result.paths, result.scores), start=1):
+                click.echo(f"  {rank:>3}  {score:.4f}  {path}")
+    if montage:
+        from ..montage import draw_montage  # PIL drawing only when asked for
+
+        base = Path(root) if root else Path(db.root or ".")
+        shown = results[:montage_queries]
+        queries = [Path(r.query) for r in shown] if not queries_file else [base / r.query for r in shown]
+        hits = [[(base / p, float(s)) for p, s in zip(r.paths[:montage_hits], r.scores[:montage_hits])] for r in shown]
+        width, height = draw_montage(queries, hits, montage, tile=tile)
+        click.echo(f"wrote {montage}: {len(shown)} queries with up to {montage_hits} hits ({width}x{height} px)")
+
+
+@click.command("retrieval-eval")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.option("--whiten", "whiten_file", type=click.Path(path_type=Path), help="Whitening from 'vggfeat whiten fit'.")
+@click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
+              help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk}.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out) -> None:
+    """mAP and recall@1/5/10 of FEATURES searched against itself.
+
+    Without --gt: every labelled image queries all others; same class = relevant (leave one out).
+    """
+    whitening = PCAWhitening.load(whiten_file) if whiten_file else None
+    with FeatureFile(features) as f:
+        if whitening is not None:
+            whitening.check_config(f.config, str(features))
+        X, labels, paths, config = retrieval.prepare(f.read(dtype="float32"), whitening), f.labels, f.paths, f.config
+    if ground_truth is None:
+        if queries_file:
+            raise click.UsageError("--queries goes with --gt")
+        result = retrieval.evaluate_labels(X, labels)
+    else:
+        Q, query_paths = X, paths
+        if queries_file:
+            with FeatureFile(queries_file) as q:
+                differences = config_differences(config, q.config)
+                if differences:
+                    raise VggfeatError(f"{queries_file} was extracted differently from {features}: {'; '.join(differences)}")
+                Q, query_paths = retrieval.prepare(q.read(dtype="float32"), whitening), q.paths
+        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, retrieval.read_ground_truth(ground_truth))
+    skipped = f", {result['skipped_queries']} without another image of their class skipped" if result.get("skipped_queries") else ""
+    click.echo(f"{result['protocol']}: {result['queries']:,} queries against {result['database']:,} images{skipped}")
+    click.echo(f"  mAP        {result['map']:.4f}")
+    for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
+        click.echo(f"  {key:<10} {result[key]:.4f}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@click.command("export")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.argument("output", required=False, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, type=click.Choice(exporting.FORMATS), help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+def export(features, output, to, overwrite) -> None:
+    """Write FEATURES as NumPy or Parquet files [default name: beside FEATURES]."""
+    written = exporting.export(features, to, output, overwrite=overwrite)
+    click.echo(f"wrote {', '.join(map(str, written))}")

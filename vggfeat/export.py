@@ -1,0 +1,79 @@
+"""Export: a descriptor file as NumPy ``.npy`` or Apache Parquet, for pipelines that do not read HDF5.
+
+- ``npy``: ``OUTPUT.npy`` holds the descriptors [N, D] as stored (float32 or float16) and
+  ``OUTPUT.paths.csv`` the rows: ``row,path,label`` (label: class name, empty when none).
+- ``parquet``: one table, a row per image: ``path`` (string), ``label`` (string, null when none),
+  ``features`` (fixed-size list of float32, D); the extraction configuration is the schema's
+  ``vggfeat_config`` metadata (JSON). Needs ``pyarrow`` (``pip install 'vggfeat[export]'``).
+
+Rows are copied in blocks, so files larger than memory export too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+from .features import FeatureFile
+
+FORMATS = ("npy", "parquet")
+_BLOCK_BYTES = 64 * 2**20
+
+
+def export(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
+    """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the files written."""
+    if to not in FORMATS:
+        raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    base = Path(output) if output else Path(features).with_suffix("")
+    if base.suffix.lower() in (".npy", ".parquet"):
+        base = base.with_suffix("")
+    targets = [base.with_name(base.name + ".npy"), base.with_name(base.name + ".paths.csv")] if to == "npy" else [base.with_name(base.name + ".parquet")]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    with FeatureFile(features) as f:
+        labels = [f.classes[y] if y >= 0 else "" for y in f.labels]
+        step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
+        if to == "npy":
+            _npy(f, targets[0], step)
+            with open(targets[1], "w", newline="") as out:
+                writer = csv.writer(out)
+                writer.writerow(["row", "path", "label"])
+                writer.writerows([row, path, label] for row, (path, label) in enumerate(zip(f.paths, labels)))
+        else:
+            _parquet(f, targets[0], labels, step)
+    return targets
+
+
+def _npy(f: FeatureFile, target: Path, step: int) -> None:
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=f.features.dtype, shape=(f.rows, f.dim))
+    for start in range(0, f.rows, step):
+        out[start : start + step] = f.features[start : start + step]
+    out.flush()
+    del out
+
+
+def _parquet(f: FeatureFile, target: Path, labels: list[str], step: int) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise VggfeatError("Parquet export needs pyarrow: pip install 'vggfeat[export]' (or pyarrow)") from None
+    schema = pa.schema(
+        [("path", pa.string()), ("label", pa.string()), ("features", pa.list_(pa.float32(), f.dim))],
+        metadata={"vggfeat_config": json.dumps(f.config, sort_keys=True)},
+    )
+    with pq.ParquetWriter(target, schema) as writer:
+        for start in range(0, max(f.rows, 1), step):
+            block = np.asarray(f.features[start : start + step], dtype=np.float32)
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel(), pa.float32()), f.dim)
+            writer.write_table(pa.table({
+                "path": pa.array(f.paths[start : start + step], pa.string()),
+                "label": pa.array([label or None for label in labels[start : start + step]], pa.string()),
+                "features": vectors,
+            }, schema=schema))

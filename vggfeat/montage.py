@@ -1,0 +1,87 @@
+"""Montage: one PNG with each query and its top hits, the score under each hit.
+
+One row per query: the query (framed) in the first column, then its hits in rank order. Every cell
+is ``tile`` x ``tile`` with the picture fitted inside it (aspect kept), and a caption band below
+with the file name and, for hits, the score. A hit whose file cannot be read gets a grey cell, so
+the picture is always drawn and its size depends only on the number of queries and hits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .decode import decode_image
+from .errors import ImageError
+
+CAPTION = 28  # px: two lines of PIL's default font
+GAP = 6
+QUERY_FRAME = (40, 110, 220)
+BACKGROUND = (255, 255, 255)
+
+
+def montage_size(rows: int, columns: int, tile: int) -> tuple[int, int]:
+    """(width, height) in pixels of a montage of ``rows`` queries with ``columns`` cells each (query + hits)."""
+    return GAP + columns * (tile + GAP), GAP + rows * (tile + CAPTION + GAP)
+
+
+def draw_montage(
+    queries: Sequence[str | os.PathLike],
+    hits: Sequence[Sequence[tuple[str | os.PathLike, float]]],
+    output: str | os.PathLike,
+    tile: int = 160,
+) -> tuple[int, int]:
+    """Draw ``queries`` (image files) and their ``hits`` ((image file, score) best first) into ``output`` (PNG).
+
+    Returns the (width, height) written, :func:`montage_size` of the queries and the most hits.
+    """
+    if len(queries) != len(hits):
+        raise ValueError(f"{len(queries)} queries but {len(hits)} lists of hits")
+    columns = 1 + max((len(h) for h in hits), default=0)
+    width, height = montage_size(len(queries), columns, tile)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for row, (query, row_hits) in enumerate(zip(queries, hits)):
+        top = GAP + row * (tile + CAPTION + GAP)
+        cells = [(query, "query")] + [(path, f"{score:.3f}") for path, score in row_hits]
+        for column, (path, label) in enumerate(cells):
+            left = GAP + column * (tile + GAP)
+            _paste(canvas, path, left, top, tile)
+            if column == 0:
+                draw.rectangle([left - 2, top - 2, left + tile + 1, top + tile + 1], outline=QUERY_FRAME, width=2)
+            name = _fit(Path(path).name, draw, font, tile)
+            draw.text((left, top + tile + 2), name, fill=(0, 0, 0), font=font)
+            draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else (0, 0, 0), font=font)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(output, format="PNG")
+    return width, height
+
+
+def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, tile: int) -> None:
+    try:
+        picture = Image.fromarray(decode_image(Path(path), min_side=1))
+    except (ImageError, OSError):
+        canvas.paste((200, 200, 200), (left, top, left + tile, top + tile))
+        return
+    picture.thumbnail((tile, tile), Image.Resampling.LANCZOS)
+    # Centred in its cell.
+    canvas.paste(picture, (left + (tile - picture.width) // 2, top + (tile - picture.height) // 2))
+
+
+def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def as_array(path: str | os.PathLike) -> np.ndarray:
+    """The montage as an RGB array (for checks)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

@@ -1,0 +1,165 @@
+"""Retrieval evaluation: mAP and recall@k of a descriptor file used as its own search database.
+
+Two protocols:
+
+- **Labelled** (:func:`evaluate_labels`): every labelled image queries all the others (leave one
+  out); the images of its class are relevant, every other row (other classes, unlabelled rows) is
+  not. AP is the non-interpolated average precision (mean of the precision at each relevant hit);
+  recall@k is the fraction of queries with at least one relevant image in their top k (the
+  metric-learning definition). Queries whose class has no other image are skipped and counted.
+- **Oxford/Paris ground truth** (:func:`evaluate_ground_truth`): per query, ``ok`` images (good +
+  ok) are relevant and ``junk`` images are removed from the ranking before scoring, and AP is the
+  trapezoidal one of the datasets' ``compute_ap``, so numbers compare with published ones. The
+  query is the whole query image (its bounding box, if any, is not used), searched against every row.
+
+Descriptors are compared as the index compares them: L2-normalised, optionally PCA-whitened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+from .whitening import PCAWhitening, l2_normalize
+
+RECALL_AT = (1, 5, 10)
+_SCORE_BYTES = 128 * 2**20
+
+
+def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
+    return whitening.transform(X) if whitening is not None else l2_normalize(X)
+
+
+def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT) -> dict:
+    """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, dtype=np.int64)
+    queries = np.flatnonzero((labels >= 0) & (counts[np.maximum(labels, 0)] > 1 if len(counts) else False))
+    if len(queries) == 0:
+        raise VggfeatError("no labelled image has another image of its class: nothing to retrieve")
+    aps, first_hit = [], []
+    block = max(1, _SCORE_BYTES // (4 * len(X)))
+    for start in range(0, len(queries), block):
+        rows = queries[start : start + block]
+        scores = X[rows] @ X.T
+        scores[np.arange(len(rows)), rows] = -np.inf  # the query itself is not a result
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]  # drop the query (ranked last)
+        relevant = labels[order] == labels[rows][:, None]
+        aps.append(_average_precision(relevant))
+        first_hit.append(np.where(relevant.any(axis=1), relevant.argmax(axis=1), np.inf))
+    first = np.concatenate(first_hit)
+    ap = np.concatenate(aps)
+    return {
+        "protocol": "labels (leave one out)",
+        "queries": int(len(queries)),
+        "skipped_queries": int((labels >= 0).sum() - len(queries)),
+        "database": int(len(X)),
+        "map": float(ap.mean()),
+        **{f"recall@{k}": float((first < k).mean()) for k in ks},
+    }
+
+
+def _average_precision(relevant: np.ndarray) -> np.ndarray:
+    """Non-interpolated AP of each row of a ranked relevance matrix [n, N]."""
+    hits = np.cumsum(relevant, axis=1)
+    precision = hits / np.arange(1, relevant.shape[1] + 1)
+    return (precision * relevant).sum(axis=1) / np.maximum(relevant.sum(axis=1), 1)
+
+
+def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
+    """The Oxford/Paris benchmark's AP: ``ranks`` (0-based, ascending) of the relevant images in a
+    ranking with junk removed; precision interpolated by the trapezoid between ranks."""
+    ap = 0.0
+    for j, rank in enumerate(ranks):
+        before = 1.0 if rank == 0 else j / rank
+        after = (j + 1) / (rank + 1)
+        ap += (before + after) / (2 * n_relevant)
+    return ap
+
+
+def evaluate_ground_truth(
+    X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str], truth: list[dict],
+    ks: Sequence[int] = RECALL_AT,
+) -> dict:
+    """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
+    by path or file name without extension, matched against ``paths`` (database) and ``query_paths``."""
+    database = _name_index(paths, "database")
+    queries = _name_index(query_paths, "queries")
+    aps, first = [], []
+    for item in truth:
+        q = _lookup(queries, item["query"], "query")
+        ok = np.array(sorted({_lookup(database, name, "ok image") for name in item["ok"]}), dtype=np.int64)
+        junk = np.array(sorted({_lookup(database, name, "junk image") for name in item.get("junk", [])}), dtype=np.int64)
+        if len(ok) == 0:
+            raise VggfeatError(f"query {item['query']} has no ok images")
+        order = np.argsort(-(X @ Q[q]), kind="stable")
+        order = order[~np.isin(order, junk)]
+        ranks = np.flatnonzero(np.isin(order, ok))
+        aps.append(compute_ap(ranks, len(ok)))
+        first.append(ranks[0])
+    first = np.array(first)
+    return {
+        "protocol": "ground truth (ok / junk)",
+        "queries": len(truth),
+        "database": int(len(X)),
+        "map": float(np.mean(aps)),
+        **{f"recall@{k}": float((first < k).mean()) for k in ks},
+        "ap_per_query": {item["query"]: float(ap) for item, ap in zip(truth, aps)},
+    }
+
+
+def read_ground_truth(path: str | os.PathLike) -> list[dict]:
+    """Ground truth from a JSON file ([{"query", "ok", "junk"}, ...], or {"queries": [...]}) or from
+    a folder of the Oxford/Paris files ``NAME_query.txt``, ``NAME_good.txt``, ``NAME_ok.txt``,
+    ``NAME_junk.txt`` (good and ok are both relevant; Oxford's ``oxc1_`` query prefix is dropped)."""
+    path = Path(path)
+    if path.is_dir():
+        truth = []
+        for query_file in sorted(path.glob("*_query.txt")):
+            stem = query_file.name[: -len("_query.txt")]
+            words = query_file.read_text().split()
+            if not words:
+                raise VggfeatError(f"{query_file} is empty")
+            lists = {kind: _lines(path / f"{stem}_{kind}.txt") for kind in ("good", "ok", "junk")}
+            truth.append({"query": words[0].removeprefix("oxc1_"), "ok": lists["good"] + lists["ok"], "junk": lists["junk"]})
+        if not truth:
+            raise VggfeatError(f"{path} holds no *_query.txt files (Oxford/Paris ground truth)")
+        return truth
+    if not path.is_file():
+        raise VggfeatError(f"ground truth not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
+    items = data.get("queries") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "query" in i and "ok" in i for i in items):
+        raise VggfeatError(f"{path}: expected a list of {{\"query\": ..., \"ok\": [...], \"junk\": [...]}}")
+    return items
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.is_file() else []
+
+
+def _name_index(paths: Sequence[str], what: str) -> dict[str, int]:
+    index: dict[str, int] = {}
+    stems: dict[str, list[int]] = {}
+    for row, path in enumerate(paths):
+        index[path] = row
+        stems.setdefault(Path(path).stem, []).append(row)
+    for stem, rows in stems.items():
+        if len(rows) == 1:
+            index.setdefault(stem, rows[0])
+    return index
+
+
+def _lookup(index: dict[str, int], name: str, what: str) -> int:
+    key = name if name in index else Path(name).stem
+    if key not in index:
+        raise VggfeatError(f"{what} {name} is not in the descriptors (or its name is ambiguous)")
+    return index[key]

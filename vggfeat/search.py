@@ -1,0 +1,130 @@
+"""Search: queries (image files, a folder, or a descriptors file) against a :class:`VectorIndex`.
+
+Query images are described by an :class:`Extractor` rebuilt from the index's recorded configuration
+(model, weights, layer, pooling, scales, resize side, ...), and that extractor's configuration is
+compared with the index's before any image is read, so a query is described exactly as the
+database was or refused. Descriptor files are checked the same way. Queries then go through the
+index's own whitening and L2-normalisation (:meth:`VectorIndex.prepare`).
+
+Average query expansion (``qe=N``, Chum et al. 2007): the query is replaced by the normalised sum
+of itself and its top N results, and searched again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+from .features import FeatureFile
+from .index import VectorIndex
+from .whitening import l2_normalize
+
+
+@dataclass
+class Result:
+    """The ranked hits of one query, best first."""
+
+    query: str
+    rows: np.ndarray  # [k] rows of the index
+    paths: list[str]
+    scores: np.ndarray  # [k] inner products of unit vectors (cosines)
+
+
+def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10, qe: int = 0) -> list[Result]:
+    """Search raw descriptors ``X`` [n, D] (as extracted); ``names`` label the queries in the results."""
+    if len(X) != len(names):
+        raise VggfeatError(f"{len(X)} query descriptors but {len(names)} names")
+    if qe < 0:
+        raise VggfeatError(f"query expansion needs N >= 0, got {qe}")
+    Q = index.prepare(X)
+    if qe and len(Q):
+        _, top = index.search(Q, qe)
+        expanded = index.reconstruct(np.where(top >= 0, top, 0).ravel()).reshape(len(Q), top.shape[1], -1)
+        expanded *= (top >= 0)[:, :, None]  # FAISS pads missing hits with -1
+        Q = l2_normalize(Q + expanded.sum(axis=1))
+    scores, rows = index.search(Q, k) if len(Q) else (np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int64))
+    results = []
+    for name, row_scores, row_ids in zip(names, scores, rows):
+        found = row_ids >= 0
+        results.append(Result(str(name), row_ids[found], [index.paths[i] for i in row_ids[found]], row_scores[found]))
+    return results
+
+
+def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, **runtime):
+    """An :class:`Extractor` that describes images as the index's database was described.
+
+    ``weights`` is needed when the database used a weights file (the index records only its name
+    and hash). ``runtime`` takes settings that do not change the numbers (device, batch_size,
+    workers, precision). The result is checked against the index: a mismatch raises.
+    """
+    from .extractor import Extractor  # torch loads only when images are to be described
+
+    config = index.config
+    name = str(config.get("weights", ""))
+    if weights is None:
+        if name == "random":
+            weights = "random"
+        elif name.startswith("imagenet"):
+            weights = "imagenet"
+        else:
+            raise VggfeatError(f"the database was described with weights from a file ({name}); pass --weights PATH")
+    keywords = {
+        "weights": weights, "seed": max(0, int(config.get("weights_seed", 0))), "layer": config["layer"],
+        "pooling": config["pooling"], "scales": config["scales"], "aggregate": config["aggregate"],
+        "flip": config["flip"], "max_pixels": config.get("max_pixels"), "min_side": config.get("min_side"),
+    }
+    # Keys that older files lack take the Extractor's defaults, which are what those files used.
+    for key in ("resize_side", "normalize", "gem_p"):
+        if config.get(key) is not None:
+            keywords[key] = config[key]
+    keywords = {key: value for key, value in keywords.items() if value is not None}
+    extractor = Extractor(config["model"], **keywords, **runtime)
+    index.check_config(extractor.config(), "query images")
+    return extractor
+
+
+def describe_images(index: VectorIndex, paths: Sequence[str | os.PathLike], extractor=None, **kwargs) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Describe query images for ``index``: (descriptors of the usable ones, their paths, failures).
+
+    ``extractor`` defaults to :func:`extractor_for` (``kwargs`` go to it); a given one is checked.
+    """
+    if extractor is None:
+        extractor = extractor_for(index, **kwargs)
+    else:
+        index.check_config(extractor.config(), "query images")
+    X = extractor.extract([Path(p) for p in paths], errors="nan")
+    usable = np.isfinite(X).all(axis=1)
+    failures = [(str(p), "could not be described (see 'vggfeat extract' for the reason)") for p, ok in zip(paths, usable) if not ok]
+    return X[usable], [str(p) for p, ok in zip(paths, usable) if ok], failures
+
+
+def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Descriptors and paths of a features file, refused unless extracted as the index's database."""
+    with FeatureFile(path) as f:
+        index.check_config(f.config, f"descriptors in {path}")
+        return f.read(dtype=np.float32), list(f.paths)
+
+
+def write_results(results: Sequence[Result], output: str | os.PathLike) -> None:
+    """``.csv``: query, rank, path, score per line; ``.json``: a list of {query, hits: [...]}."""
+    output = Path(output)
+    if output.suffix.lower() == ".json":
+        data = [{"query": r.query, "hits": [{"rank": i + 1, "path": p, "score": float(s)}
+                                            for i, (p, s) in enumerate(zip(r.paths, r.scores))]} for r in results]
+        output.write_text(json.dumps(data, indent=2) + "\n")
+        return
+    if output.suffix.lower() != ".csv":
+        raise VggfeatError(f"results go to a .csv or .json file, got {output.name}")
+    with open(output, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "path", "score"])
+        for r in results:
+            for i, (p, s) in enumerate(zip(r.paths, r.scores)):
+                writer.writerow([r.query, i + 1, p, f"{float(s):.6f}"])

@@ -1,0 +1,180 @@
+"""Whitening: PCA-whitening learned on a set of descriptors, the standard retrieval post-processing.
+
+Jégou & Chum (2012); used on MAC/R-MAC/GeM by Tolias et al. (2016) and Radenović et al. (2018).
+Descriptors are L2-normalised, centred on the fitting set's mean, projected on its principal
+axes, each axis divided by the square root of its variance (optionally keeping only the first
+``dim`` axes), and L2-normalised again, so that inner products between results are cosines in a
+space where every kept direction carries the same variance.
+
+Stored as plain arrays in HDF5 (``/mean``, ``/projection``, ``/eigenvalues``) with the extraction
+configuration of the descriptors it was fitted on, so that it is only ever applied to descriptors
+made the same way. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import VggfeatError
+from .features import config_differences
+
+FORMAT = "vggfeat-whitening"
+# Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
+# variance in the fitting set would otherwise be scaled up without bound.
+EIGENVALUE_FLOOR = 1e-8
+
+
+def l2_normalize(X: np.ndarray) -> np.ndarray:
+    """Rows of ``X`` scaled to unit length (zero rows stay zero), as float32."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, 1e-12)
+
+
+class PCAWhitening:
+    """PCA-whitening with optional dimensionality reduction, scikit-learn style.
+
+    Args:
+        dim: output dimension; None keeps every axis the fitting data supports (at most
+            min(D, N - 1)).
+        normalize_input: L2-normalise descriptors before fitting and transforming (the recipe's).
+
+    After :meth:`fit`: ``mean_`` [D], ``projection_`` [dim, D] (axes scaled by eigenvalue^-1/2),
+    ``eigenvalues_`` [dim], ``config_`` (the extraction configuration, when fitted from a file).
+    """
+
+    def __init__(self, dim: int | None = None, normalize_input: bool = True) -> None:
+        self.dim = dim
+        self.normalize_input = normalize_input
+
+    def fit(self, X: np.ndarray, config: dict | None = None) -> PCAWhitening:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise VggfeatError(f"whitening needs descriptors [N, D], got shape {X.shape}")
+        n, d = X.shape
+        if n < 2:
+            raise VggfeatError(f"whitening needs at least 2 descriptors, got {n}")
+        if not np.isfinite(X).all():
+            raise VggfeatError("descriptors hold NaN or infinite values; drop those rows first")
+        rank = min(d, n - 1)  # centring removes one degree of freedom
+        dim = rank if self.dim is None else int(self.dim)
+        if dim < 1 or dim > d:
+            raise VggfeatError(f"whitening dim must be between 1 and the descriptor dimension {d}, got {dim}")
+        if dim > rank:
+            raise VggfeatError(f"whitening to {dim} dimensions needs at least {dim + 1} descriptors, got {n}")
+        if self.normalize_input:
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        mean = X.mean(axis=0)
+        centred = X - mean
+        # The covariance's eigenvectors, largest first (eigh sorts ascending).
+        eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / n)
+        order = np.argsort(eigenvalues)[::-1][:dim]
+        eigenvalues = np.maximum(eigenvalues[order], EIGENVALUE_FLOOR * max(float(eigenvalues.max()), 1e-30))
+        self.mean_ = mean.astype(np.float32)
+        self.eigenvalues_ = eigenvalues.astype(np.float32)
+        self.projection_ = (eigenvectors[:, order] / np.sqrt(eigenvalues)).T.astype(np.float32)
+        self.config_ = dict(config) if config else {}
+        self.n_samples_ = n
+        return self
+
+    @property
+    def input_dim(self) -> int:
+        self._check_fitted()
+        return self.projection_.shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        self._check_fitted()
+        return self.projection_.shape[0]
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Whitened, L2-normalised descriptors [N, dim] float32."""
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.input_dim:
+            raise VggfeatError(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
+        if self.normalize_input:
+            X = l2_normalize(X)
+        return l2_normalize((X - self.mean_) @ self.projection_.T)
+
+    def transform_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        """As :meth:`transform` without the final normalisation, on a tensor's device (R-MAC regions)."""
+        self._check_fitted()
+        mean = torch.as_tensor(self.mean_, device=X.device, dtype=X.dtype)
+        projection = torch.as_tensor(self.projection_, device=X.device, dtype=X.dtype)
+        if self.normalize_input:
+            X = torch.nn.functional.normalize(X, dim=-1)
+        return (X - mean) @ projection.T
+
+    def check_config(self, config: dict, what: str = "these descriptors") -> None:
+        """Refuse descriptors extracted differently from those the whitening was fitted on."""
+        if not self.config_:
+            return
+        differences = config_differences(self.config_, config)
+        if differences:
+            raise VggfeatError(f"the whitening was fitted on descriptors extracted differently from {what}: "
+                               f"{'; '.join(differences)}")
+
+    # ------------------------------------------------------------------- plain HDF5
+
+    def save(self, path: str | os.PathLike) -> None:
+        with h5py.File(path, "w") as f:
+            self.write(f)
+
+    def write(self, group: h5py.Group) -> None:
+        """Write the arrays and parameters into an HDF5 group (a file, or a group of an index file)."""
+        self._check_fitted()
+        group["mean"] = self.mean_
+        group["projection"] = self.projection_
+        group["eigenvalues"] = self.eigenvalues_
+        group.attrs["format"] = FORMAT
+        group.attrs["normalize_input"] = self.normalize_input
+        group.attrs["n_samples"] = self.n_samples_
+        group.attrs["config"] = json.dumps(self.config_, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PCAWhitening:
+        path = Path(path)
+        if not path.is_file():
+            raise VggfeatError(f"whitening file not found: {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                return cls.read(f, str(path))
+        except OSError:
+            raise VggfeatError(f"{path} is not an HDF5 file") from None
+
+    @classmethod
+    def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
+        if group.attrs.get("format") != FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
+            raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
+        whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
+        whitening.mean_ = group["mean"][:].astype(np.float32)
+        whitening.projection_ = group["projection"][:].astype(np.float32)
+        whitening.eigenvalues_ = group["eigenvalues"][:].astype(np.float32)
+        whitening.dim = whitening.projection_.shape[0]
+        whitening.n_samples_ = int(group.attrs.get("n_samples", 0))
+        whitening.config_ = json.loads(group.attrs.get("config", "{}"))
+        if whitening.projection_.shape[1] != whitening.mean_.shape[0]:
+            raise VggfeatError(f"{name} is damaged: /projection and /mean disagree in dimension")
+        return whitening
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "projection_"):
+            raise VggfeatError("this PCAWhitening is not fitted yet; call fit(X) first")
+
+
+def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None) -> PCAWhitening:
+    """Fit a :class:`PCAWhitening` on every row of a features file and save it to ``output``."""
+    from .features import FeatureFile
+
+    with FeatureFile(features) as f:
+        X, config = f.read(dtype=np.float32), f.config
+    whitening = PCAWhitening(dim=dim).fit(X, config=config)
+    whitening.save(output)
+    return whitening
