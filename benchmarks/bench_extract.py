@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
-from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, resized_shape, to_input
+from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, to_inputs
 
 
 def make_jpegs(folder: Path, count: int) -> None:
@@ -48,7 +48,7 @@ def model_only(extractor: Extractor, files: list[Path]) -> float:
     from vggfeat.decode import decode_image
 
     pixels = [as_tensor(decode_image(f), extractor.device) for f in files]
-    inputs = {q: [to_input(p, resized_shape(*p.shape[1:], q)) for p in pixels] for q in extractor.scales}
+    inputs = {q: to_inputs(pixels, q, extractor.resize_side, extractor.crop) for q in extractor.scales}
     batches = {}
     for q, xs in inputs.items():
         xs = xs + [x.flip(-1) for x in xs] if extractor.flip else xs
@@ -100,7 +100,10 @@ def naive(extractor: Extractor, files: list[Path]) -> float:
             image = Image.open(f).convert("RGB")
             per_scale = []
             for q in extractor.scales:
-                x = normalize(v2.functional.resize(image, q)).unsqueeze(0).to(device)
+                resized = v2.functional.resize(image, q)
+                if extractor.crop:
+                    resized = v2.functional.center_crop(resized, extractor.crop)
+                x = normalize(resized).unsqueeze(0).to(device)
                 views = [x, x.flip(-1)] if extractor.flip else [x]
                 per_scale.append(torch.stack([global_pool(network(v, extractor.layer)[0], None) for v in views]).mean(0))
             torch.stack(per_scale).mean(0).cpu()
@@ -118,10 +121,12 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--scales", default="256,384,512")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     args = parser.parse_args()
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
-    extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision,
+                          batch_size=args.batch_size, center_crop=args.center_crop)
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}, flip, mean; precision {args.precision}; "
           f"batch {extractor.batch_size}; {args.count} JPEGs 500x375/375x500 "

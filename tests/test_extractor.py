@@ -337,3 +337,31 @@ def test_chunks_report_failures_and_sizes(random_vgg16, files):
     assert [index for index, _ in chunks[0].failures] == [0]
     assert chunks[1].indices == [1] and chunks[1].sizes == [(224, 224)] and not chunks[1].failures
     assert math.isfinite(float(chunks[1].features.sum()))
+
+
+# --------------------------------------------------------------------------- centre crop
+
+
+def test_center_crop_is_torchvision_resize_then_center_crop(random_vgg16, tmp_path):
+    """--scales 256 --center-crop: the descriptor of torchvision's Resize(256) + CenterCrop(224)."""
+    from torchvision.transforms import v2
+
+    write_rgb(tmp_path / "a.png", 300, 417, seed=5)  # odd margins: checks the crop's rounding
+    extractor = Extractor(random_vgg16, scales=[256], flip=False, center_crop=True, device="cpu")
+    descriptor = extractor.extract([tmp_path / "a.png"])
+    pipeline = v2.Compose([
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    x = pipeline(decode_image(tmp_path / "a.png")).unsqueeze(0)
+    assert x.shape == (1, 3, 224, 224)
+    with torch.inference_mode():
+        expected = random_vgg16(x, "fc7")[0].mean(dim=(2, 3)).numpy()
+    assert_close(descriptor, expected, 1e-4, "centre crop")
+    assert extractor.config()["center_crop"] is True
+    assert Extractor(random_vgg16, scales=[256], device="cpu").config()["center_crop"] is False
+
+
+def test_center_crop_refuses_long_side(random_vgg16):
+    with pytest.raises(VggfeatError, match="center-crop"):
+        Extractor(random_vgg16, layer="conv5_3", resize_side="long", center_crop=True, device="cpu")

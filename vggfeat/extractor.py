@@ -67,6 +67,8 @@ class Extractor:
             ``gem`` (power mean over scales with ``gem_p``).
         resize_side: ``short`` (the paper's: smallest side = Q) or ``long`` (largest side = Q, as
             retrieval setups do; conv and pool layers only).
+        center_crop: describe only the central 224x224 of the image resized to each Q (with
+            ``scales=[256]`` the common Resize(256) + CenterCrop(224) recipe); the fast setting.
         gem_p: the power of ``gem`` pooling and ``gem`` aggregation.
         normalize: ``l2`` normalises each view's (scale's, flip's) descriptor before they are
             combined, and the combined one; ``none`` keeps them as pooled (the paper's, for SVMs);
@@ -98,6 +100,7 @@ class Extractor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         resize_side: str = "short",
+        center_crop: bool = False,
         gem_p: float = GEM_P,
         normalize: str = "auto",
     ) -> None:
@@ -125,6 +128,9 @@ class Extractor:
             raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
         # Refused as a combination rather than failing image by image: with the long side at Q, any
         # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
+        if center_crop and resize_side == "long":
+            raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
+                               "it does not combine with --resize-side long")
         if resize_side == "long" and layer.startswith("fc"):
             raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
                                f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
@@ -135,6 +141,8 @@ class Extractor:
         self._runner = _runner(self.network, self.device, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.resize_side, self.gem_p = resize_side, float(gem_p)
+        # The common fast setting: one 224x224 view per scale instead of the whole image.
+        self.crop = MIN_INPUT_SIDE if center_crop else None
         self.normalize = ("l2" if pooling in RETRIEVAL_POOLINGS else "none") if normalize == "auto" else normalize
         self.precision = precision
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
@@ -162,6 +170,7 @@ class Extractor:
             "aggregate": self.aggregate,
             "flip": self.flip,
             "resize_side": self.resize_side,
+            "center_crop": self.crop is not None,
             "normalize": self.normalize,
             # Only when a GeM is used: files without the key then compare equal whatever p was.
             **({"gem_p": self.gem_p} if "gem" in (self.pooling, self.aggregate) else {}),
@@ -256,7 +265,7 @@ class Extractor:
         return list(images)
 
     def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
-        inputs = to_inputs(pixels, scale, self.resize_side)
+        inputs = to_inputs(pixels, scale, self.resize_side, self.crop)
         if self.flip:
             inputs += [x.flip(-1) for x in inputs]
         shapes = [tuple(x.shape[1:]) for x in inputs]

@@ -28,9 +28,9 @@ from .errors import VggfeatError
 # weights name and seed (weights_sha256 identifies the parameters whatever their source),
 # max_pixels/min_side (which images are refused, not what the others give) and the device.
 MATCHING_KEYS = ("model", "weights_sha256", "layer", "pooling", "scales", "aggregate", "flip", "preprocessing", "dim",
-                 "resize_side", "normalize", "gem_p")
+                 "resize_side", "normalize", "gem_p", "center_crop")
 # What files written before a key existed were made with.
-_DEFAULTS = {"resize_side": "short", "normalize": "none"}
+_DEFAULTS = {"resize_side": "short", "normalize": "none", "center_crop": False}
 _REQUIRED = ("features", "paths", "labels", "classes")
 _READ_BYTES = 64 * 2**20  # per chunk read from the file
 

@@ -52,10 +52,14 @@ def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return _resize_normalize(image.unsqueeze(0), shape)[0]
 
 
-def to_inputs(images: Sequence[torch.Tensor], scale: int, side: str = "short") -> list[torch.Tensor]:
+def to_inputs(
+    images: Sequence[torch.Tensor], scale: int, side: str = "short", crop: int | None = None
+) -> list[torch.Tensor]:
     """uint8 images [3, H, W] as network inputs with smallest (or ``side="long"``: longest) side ``scale``, in order.
 
-    Images of the same size are resized in one call: the same arithmetic, fewer kernel launches.
+    With ``crop``, each input is then its central ``crop`` x ``crop`` square, placed as
+    torchvision's ``CenterCrop`` places it. Images of the same size are resized in one call: the
+    same arithmetic, fewer kernel launches.
     """
     inputs: list[torch.Tensor | None] = [None] * len(images)
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -63,9 +67,21 @@ def to_inputs(images: Sequence[torch.Tensor], scale: int, side: str = "short") -
         by_size.setdefault(tuple(image.shape[1:]), []).append(i)
     for (height, width), members in by_size.items():
         batch = torch.stack([images[i] for i in members])
-        for i, x in zip(members, _resize_normalize(batch, resized_shape(height, width, scale, side))):
+        resized = _resize_normalize(batch, resized_shape(height, width, scale, side))
+        if crop is not None:
+            resized = center_crop(resized, crop)
+        for i, x in zip(members, resized):
             inputs[i] = x
     return inputs
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window of [..., H, W], rounded as torchvision's ``CenterCrop``."""
+    height, width = images.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f"a {height}x{width} input is smaller than the {size}x{size} crop")
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
 
 
 def _resize_normalize(pixels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -32,6 +32,7 @@ def _given_arguments() -> list[str]:
               help="Pooling of the dense map: avg (SPoC), max (MAC), gem (power mean), rmac (regional MAC); mac/spoc are aliases.")
 @options.scales
 @options.resize_side
+@click.option("--center-crop", is_flag=True, help="Only the central 224x224 of each resized image: the fast setting (--scales 224 or 256).")
 @click.option("--aggregate", default="mean", show_default=True, type=click.Choice(["mean", "stack", "gem"]),
               help="Average the scales, concatenate them, or take their power mean (--gem-p).")
 @click.option("--gem-p", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Power of gem pooling and gem aggregation.")
@@ -48,7 +49,7 @@ def _given_arguments() -> list[str]:
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 @options.quiet
-def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, aggregate, gem_p, normalize, flip,
+def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             device, precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
@@ -66,7 +67,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
         flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        max_pixels=max_pixels, min_side=min_side, resize_side=resize_side, gem_p=gem_p, normalize=normalize,
+        max_pixels=max_pixels, min_side=min_side, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
         click.secho(f"WARNING: random weights (seed {seed}): these descriptors are not ImageNet features; "

@@ -42,6 +42,8 @@ def info(file: Path, as_json: bool) -> None:
         f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
         f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {','.join(map(str, a.get('scales', [])))} "
         f"({a.get('aggregate')}); flip {'on' if a.get('flip') else 'off'}; precision {a.get('precision')}",
+        f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
+        + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else ""),
         f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version')}, "
         f"torch {a.get('torch_version')}, torchvision {a.get('torchvision_version')}",
     ]
