@@ -107,35 +107,9 @@ class Extractor:
         self.device = _device(device)
         self.scales = _scales(scales)
         pooling = ALIASES.get(pooling, pooling)
-        _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
-        _check_choice("resize side", resize_side, RESIZE_SIDES)
-        _check_choice("normalize", normalize, NORMALIZATIONS)
-        if not gem_p > 0:
-            raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
-        _check_choice("aggregate", aggregate, AGGREGATIONS)
-        _check_choice("precision", precision, PRECISIONS)
-        if precision in ("tf32", "fp16") and self.device.type != "cuda":
-            raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
-        if batch_size is not None and batch_size < 1:
-            raise VggfeatError(f"batch size must be at least 1, got {batch_size}")
-        if isinstance(model, str) and model not in ARCHITECTURES:
-            raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
-        # Checked before the weights load (a download, perhaps): a typo should cost nothing.
-        layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
-        if layer not in layers:
-            name = model.arch if isinstance(model, DenseVGG) else model
-            raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
-        # Refused as a combination rather than failing image by image: with the long side at Q, any
-        # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
-        if center_crop and resize_side == "long":
-            raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
-                               "it does not combine with --resize-side long")
-        if resize_side == "long" and layer.startswith("fc"):
-            raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
-                               f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
-        if "gem" in (pooling, aggregate) and layer == "fc8":
-            raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
+        _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
+                       normalize, gem_p, batch_size)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self._runner = _runner(self.network, self.device, precision)
@@ -240,7 +214,7 @@ class Extractor:
         """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
         return self.describe_async(images).cpu().numpy()
 
-    def describe_async(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """As :meth:`describe`, but a tensor on the device that may still be being computed.
 
         Subclasses change what an image's descriptor is by overriding this method.
@@ -377,6 +351,40 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def _check_options(
+    device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
+    resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | None,
+) -> None:
+    """Refuse bad options before any weights load (a download, perhaps): a typo should cost nothing."""
+    _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
+    _check_choice("aggregate", aggregate, AGGREGATIONS)
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("resize side", resize_side, RESIZE_SIDES)
+    _check_choice("normalize", normalize, NORMALIZATIONS)
+    if not gem_p > 0:
+        raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
+    if precision in ("tf32", "fp16") and device.type != "cuda":
+        raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
+    if batch_size is not None and batch_size < 1:
+        raise VggfeatError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(model, str) and model not in ARCHITECTURES:
+        raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
+    if layer not in layers:
+        name = model.arch if isinstance(model, DenseVGG) else model
+        raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
+    if center_crop and resize_side == "long":
+        raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
+                           "it does not combine with --resize-side long")
+    # Refused as a combination rather than failing image by image: with the long side at Q, any
+    # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
+    if resize_side == "long" and layer.startswith("fc"):
+        raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
+                           f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
+    if "gem" in (pooling, aggregate) and layer == "fc8":
+        raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
 
 
 def _device(name: str) -> torch.device:
