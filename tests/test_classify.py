@@ -20,18 +20,15 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from runhelpers import error_line, run_main
-from test_network import assert_close, reference_input
+from runhelpers import FAST, error_line, run_main
+from test_network import assert_close, image_224, reference_input, reference_vgg16  # noqa: F401 (fixtures)
 import vggfeat.extractor
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.predictions import Evaluation, match_labels, read_labels
 from vggfeat.resize import as_tensor, resized_shape, to_input
-from vggfeat.weights import WeightsInfo, load_vgg
-
-FAST = ["--weights", "random", "--seed", "0", "--scales", "224", "--no-flip", "--device", "cpu"]
-
+from vggfeat.weights import WeightsInfo
 
 @pytest.fixture(scope="module")
 def small_vgg():
@@ -69,19 +66,6 @@ def view_posterior(network: DenseVGG, x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- dense evaluation
-
-
-@pytest.fixture(scope="module")
-def image_224(tmp_path_factory):
-    path = tmp_path_factory.mktemp("classify") / "square.png"
-    write_rgb(path, 224, 224, seed=21)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference_vgg16():
-    """torchvision's VGG16 (its own forward: avgpool, flatten, Linear) with random_vgg16's weights."""
-    return load_vgg("vgg16", "random", 0)[0]
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -183,6 +167,8 @@ def test_read_labels_both_formats(tmp_path):
     assert read_labels(listing) == {"ILSVRC2012_val_00000001.JPEG": 65, "sub/b.png": 970, "c d.jpg": 0}
     assert match_labels(["x/ILSVRC2012_val_00000001.JPEG", "sub/b.png", "b.png", "e.jpg"], read_labels(listing)) == [
         65, 970, None, None]
+    listing.write_text("tabbed.jpg\t7\n")
+    assert read_labels(listing) == {"tabbed.jpg": 7}
     listing.write_text("a.jpg 3\nb.jpg cat\n")
     with pytest.raises(vggfeat.VggfeatError, match=r"val.txt:2"):
         read_labels(listing)
@@ -260,6 +246,16 @@ def test_cli_predictions_and_errors(small_network_for_cli, small_vgg, folder, tm
     assert by_path["bad/corrupt.jpg"]["true_class"] == "1"
     assert set(rows[0]) == {"path", "true_class", "true_label", "error",
                             *(f"{field}_{r}" for r in (1, 2, 3) for field in ("class", "label", "probability"))}
+
+
+def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, folder, tmp_path):
+    images, _ = folder
+    labels = tmp_path / "val.txt"
+    labels.write_text("elsewhere.png 3\n")
+    code, out, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "--labels", labels])
+    assert code == 0, err
+    assert "top-1 error" not in out and "nan" not in out
+    assert "no classified image is named in" in err
 
 
 def test_cli_multi_crop_and_file_list(small_network_for_cli, small_vgg, folder, tmp_path):

@@ -131,7 +131,7 @@ def test_too_small_input_is_refused():
 
 
 def backward_receptive_field(windows: list[tuple[int, int]]) -> int:
-    """The seed notes' rule, from one output unit back to the input: F = (F - 1) x stride + k."""
+    """The rule F(i) = (F(i+1) - 1) x stride + k, from one output unit back to the input."""
     field = 1
     for kernel, stride in reversed(windows):
         field = (field - 1) * stride + kernel
@@ -225,6 +225,7 @@ def test_cli_compare():
         (["vgg16", "--size", "big"], "384x512"),
         (["vgg16", "--compare"], "no MODELS"),
         (["--compare", "--kernels", "6"], "odd"),
+        (["--compare", "--kernels", ","], "such as 5,7"),
         (["vgg99"], "vgg99"),
         (["vgg16", "--json", "--markdown"], "one of"),
     ],

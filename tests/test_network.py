@@ -226,6 +226,7 @@ def test_padded_batch_gives_each_image_its_own_map(random_vgg16, layer):
         assert single_sizes is None
         h, w = single.shape[-2:]
         assert out_sizes[slot].tolist() == [h, w]
+        assert random_vgg16.map_size(layer, *images[slot].shape[1:]) == (h, w)  # the same, on the host
         assert_close(padded[slot, :, :h, :w], single[0], 1e-5, f"{layer}, image {slot} in a padded batch")
     if layer == "fc7":
         # Without masking, the padding would leak into the shorter image's map: masking matters here.

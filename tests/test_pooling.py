@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -84,15 +82,26 @@ def test_rmac_with_regional_whitening_applies_it_before_the_sum():
     np.testing.assert_allclose(whitened.numpy(), total / np.linalg.norm(total), rtol=1e-10)
 
 
+def test_rmac_regions_break_overlap_ties_as_matlab_does():
+    # On a 9x33 map, 5 and 6 level-1 regions overlap equally far from 40 % (1/3 and 7/15) in
+    # floating point too; rmac_regions.m's min takes the first, the smaller count.
+    assert [left for _, left, _, _ in rmac_regions(9, 33, 1)] == [0, 6, 12, 18, 24]
+    assert [top for top, _, _, _ in rmac_regions(33, 9, 1)] == [0, 6, 12, 18, 24]
+
+
+# Valid sizes as the network returns them (a tensor) or as the host knows them (array, list).
+SIZES = [[5, 8], [9, 6], [9, 8]]
+
+
+@pytest.mark.parametrize("as_given", [torch.tensor, np.array, list], ids=["tensor", "array", "list"])
 @pytest.mark.parametrize("method", ["avg", "max", "mac", "spoc", "gem", "rmac"])
-def test_batched_pooling_over_padded_maps_equals_each_map_alone(method):
+def test_batched_pooling_over_padded_maps_equals_each_map_alone(method, as_given):
     maps = [_map(4, 5, 8, seed=1), _map(4, 9, 6, seed=2), _map(4, 9, 8, seed=4)]
     batch = torch.zeros(3, 4, 9, 8, dtype=torch.float64)
     for slot, x in zip(batch, maps):
         slot[:, : x.shape[1], : x.shape[2]] = x + 0  # padding stays zero
     batch[0, :, 6:, :] = 50.0  # garbage in the padding must not leak into the first map's result
-    sizes = torch.tensor([[5, 8], [9, 6], [9, 8]])
-    together = pool_map(batch, sizes, method)
+    together = pool_map(batch, as_given(SIZES), method)
     for i, x in enumerate(maps):
         alone = pool_map(x.unsqueeze(0), None, method)[0]
         np.testing.assert_allclose(together[i].numpy(), alone.numpy(), rtol=1e-10, atol=1e-12)
@@ -106,6 +115,6 @@ def test_pool_map_agrees_with_global_pool_for_the_paper_poolings():
         pool_map(batch, None, "median")
 
 
-def test_gem_of_zeros_is_finite():
+def test_gem_and_rmac_of_zeros_are_finite():
     assert torch.isfinite(gem(torch.zeros(3, 4, 4), 3.0)).all()
-    assert math.isclose(rmac(torch.zeros(2, 4, 4)).sum().item(), 0.0, abs_tol=1e-9) or torch.isfinite(rmac(torch.zeros(2, 4, 4))).all()
+    assert torch.equal(rmac(torch.zeros(2, 4, 4)), torch.zeros(2))  # no division by a zero norm

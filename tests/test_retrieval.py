@@ -202,6 +202,24 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     assert read_ground_truth(tmp_path / "gt.json") == truth
 
 
+def test_evaluation_edge_cases_are_clear():
+    X = l2_normalize(np.eye(3, dtype=np.float32))
+    with pytest.raises(VggfeatError, match="nothing to retrieve"):
+        evaluate_labels(X, np.array([-1, -1, -1]))
+    # An ok image that is also junk is removed, as compute_ap.cpp skips junk first: the query
+    # then finds nothing, AP 0, never recalled.
+    paths = ["q.jpg", "a.jpg", "b.jpg"]
+    result = evaluate_ground_truth(X, paths, X, paths, [{"query": "q", "ok": ["a"], "junk": ["a"]}])
+    assert result["map"] == 0 and result["recall@10"] == 0
+
+
+def test_malformed_ground_truth_json_is_refused(tmp_path):
+    for data in ([], [{"query": "q", "ok": "a.jpg"}], {"queries": [{"ok": []}]}):
+        (tmp_path / "gt.json").write_text(json.dumps(data))
+        with pytest.raises(VggfeatError, match="expected a list of"):
+            read_ground_truth(tmp_path / "gt.json")
+
+
 # --------------------------------------------------------------------------- commands
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagefiles import smooth_rgb
+from imagefiles import smooth_rgb, write_corrupt
 from runhelpers import error_line, reusing_network, run_main
 from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
@@ -71,6 +71,12 @@ def test_mac_retrieves_near_duplicates_from_python(tmp_path, random_vgg16):
     index = build_index(X, paths, extractor.config(), backend="numpy")
     for result in search(index, X, paths, k=4):
         assert {p.split("/")[0] for p in result.paths} == {result.query.split("/")[0]}
+    # A query image that cannot be read is skipped with the decoder's reason.
+    broken = write_corrupt(tmp_path / "broken.jpg")
+    Q, described, failures = describe_images(index, [broken, images / paths[0]], extractor=extractor)
+    np.testing.assert_allclose(Q, X[:1], rtol=1e-5, atol=1e-6)
+    assert described == [str(images / paths[0])]
+    assert failures == [(str(broken), failures[0][1])] and "not an image" in failures[0][1].lower()
     # A query described differently is refused before any image is read.
     other = Extractor(random_vgg16, pooling="gem", scales=[224], resize_side="long", device="cpu")
     with pytest.raises(VggfeatError, match="pooling: max expected, gem found"):

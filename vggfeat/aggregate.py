@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .pooling import GEM_P
+
 AGGREGATIONS = ("mean", "stack", "gem")
 
 
@@ -14,7 +16,7 @@ def combine_flips(original: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor
     return (original + flipped) / 2
 
 
-def combine_scales(per_scale: Sequence[torch.Tensor], method: str = "mean", p: float = 3.0) -> torch.Tensor:
+def combine_scales(per_scale: Sequence[torch.Tensor], method: str = "mean", p: float = GEM_P) -> torch.Tensor:
     """[N, D] descriptors at each scale: ``mean`` gives [N, D], ``stack`` gives [N, D x scales].
 
     ``stack`` concatenates in the order the scales were given. ``gem`` is the power mean

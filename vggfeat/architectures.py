@@ -16,8 +16,6 @@ No ImageNet weights exist for these two; they serve ``vggfeat describe``. Build 
 
 from __future__ import annotations
 
-from typing import Union
-
 import torchvision
 from torch import nn
 from torchvision.models import VGG
@@ -33,7 +31,7 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 # cfg entries: output channels of a 3x3 conv, (channels, kernel) for another kernel size,
 # "M" for a 2x2 max pool, "LRN" for local response normalisation.
-Entry = Union[int, tuple[int, int], str]
+Entry = int | tuple[int, int] | str
 CFGS: dict[str, list[Entry]] = {
     "vgg11_lrn": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16_c": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M",

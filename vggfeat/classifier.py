@@ -115,7 +115,7 @@ class Classifier(Extractor):
         return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop,
                 "crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}" if self.multi_crop else None}
 
-    def describe_async(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3)."""
         if not images:
             return torch.zeros((0, self.dim))
@@ -126,7 +126,7 @@ class Classifier(Extractor):
             posteriors.append(self.multi_crop_posteriors(images))
         return torch.stack(posteriors).mean(dim=0)
 
-    def dense_posteriors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def dense_posteriors(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """[n, classes]: softmax of each spatially averaged class-score map, averaged over flips and scales."""
         views = list(images)
         if self.average_flips:
@@ -136,18 +136,24 @@ class Classifier(Extractor):
         flips = 2 if self.average_flips else 1
         return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.dim).mean(dim=(0, 2))
 
-    def multi_crop_posteriors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def multi_crop_posteriors(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """[n, classes]: softmax of each 224x224 crop (and flip), averaged over crops and scales."""
         pixels = self._on_device(images)
         per_scale = []
         for scale in self.scales:
-            crops = []
+            # (crop, mirrored?) per view, image by image. Crops are views into the resized image and
+            # mirrored copies are made batch by batch, so a chunk holds one resized copy per image.
+            views = []
             for image in pixels:
                 x = to_input(image, resized_shape(*image.shape[1:], scale))
-                views = [x[:, top : top + CROP_SIZE, left : left + CROP_SIZE] for top, left in crop_grid(x.shape[1:])]
-                crops += (views + [view.flip(-1) for view in views]) if self.average_flips else views
+                crops = [x[:, top : top + CROP_SIZE, left : left + CROP_SIZE] for top, left in crop_grid(x.shape[1:])]
+                views += [(crop, False) for crop in crops]
+                if self.average_flips:
+                    views += [(crop, True) for crop in crops]
             # Every crop is 224x224: plain batches, and a 1x1 fc8 map per crop.
-            scores = torch.cat([self._run(crops[i : i + self.batch_size]) for i in range(0, len(crops), self.batch_size)])
+            batches = [views[i : i + self.batch_size] for i in range(0, len(views), self.batch_size)]
+            scores = torch.cat([self._run([crop.flip(-1) if mirrored else crop for crop, mirrored in batch])
+                                for batch in batches])
             per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.dim).mean(dim=1))
         return torch.stack(per_scale).mean(dim=0).cpu()
 

@@ -272,8 +272,10 @@ class Extractor:
         if self.device.type == "cuda":
             batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device):
-            feature_map, sizes = self._runner(batch, self.layer, sizes)
-            pooled = pool_map(feature_map.float(), sizes, self.pooling, self.gem_p)
+            feature_map, _ = self._runner(batch, self.layer, sizes)
+            # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
+            map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
+            pooled = pool_map(feature_map.float(), map_sizes, self.pooling, self.gem_p)
             return F.normalize(pooled, dim=1) if self.normalize == "l2" else pooled
 
     def _decode_ahead(

@@ -118,31 +118,37 @@ class VectorIndex:
     # ------------------------------------------------------------------- file
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the index file, under a temporary name renamed once complete."""
         path = Path(path)
         temporary = path.with_name(path.name + ".tmp")
-        with h5py.File(temporary, "w") as f:
-            f.create_dataset("paths", data=self.paths, dtype=_STRING)
-            f["labels"] = np.asarray(self.labels, dtype=np.int32)
-            f.create_dataset("classes", data=self.classes, dtype=_STRING)
-            if self.kind == "flat":
-                f.create_dataset("vectors", data=self.vectors, chunks=(max(1, min(len(self.vectors), 2048)), self.vectors.shape[1]))
-            else:
-                f["faiss"] = _faiss().serialize_index(self.faiss_index)
-            if self.whitening is not None:
-                self.whitening.write(f.create_group("whitening"))
-            f.attrs.update({
-                "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "metric": "inner_product",
-                "dim": self.dim, "config": json.dumps(self.config, sort_keys=True), "root": self.root,
-                "params": json.dumps(self.params, sort_keys=True),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
-        os.replace(temporary, path)
+        try:
+            with h5py.File(temporary, "w") as f:
+                self._write(f)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _write(self, f: h5py.File) -> None:
+        f.create_dataset("paths", data=self.paths, dtype=_STRING)
+        f["labels"] = np.asarray(self.labels, dtype=np.int32)
+        f.create_dataset("classes", data=self.classes, dtype=_STRING)
+        if self.kind == "flat":
+            f.create_dataset("vectors", data=self.vectors, chunks=(max(1, min(len(self.vectors), 2048)), self.vectors.shape[1]))
+        else:
+            f["faiss"] = _faiss().serialize_index(self.faiss_index)
+        if self.whitening is not None:
+            self.whitening.write(f.create_group("whitening"))
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "metric": "inner_product",
+            "dim": self.dim, "config": json.dumps(self.config, sort_keys=True), "root": self.root,
+            "params": json.dumps(self.params, sort_keys=True),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto") -> VectorIndex:
         """Read an index file; ``backend`` for a flat index: ``faiss``, ``numpy``, or ``auto`` (FAISS if installed)."""
-        if backend not in BACKENDS:
-            raise VggfeatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        _check_backend(backend)
         path = Path(path)
         if not path.is_file():
             raise VggfeatError(f"index file not found: {path}")
@@ -167,7 +173,7 @@ class VectorIndex:
                 if not faiss_available():
                     raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
                 index.faiss_index = _faiss().deserialize_index(f["faiss"][:])
-        if index.kind == "flat" and (backend == "faiss" or (backend == "auto" and faiss_available())):
+        if index.kind == "flat" and _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
         index._apply_params()
@@ -206,8 +212,7 @@ def build_index(
     """
     if kind not in KINDS:
         raise VggfeatError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if backend not in BACKENDS:
-        raise VggfeatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _check_backend(backend)
     if len(X) != len(paths) or len(X) == 0:
         raise VggfeatError(f"need one descriptor per path and at least one row, got {len(X)} descriptors, {len(paths)} paths")
     if whitening is not None:
@@ -218,7 +223,7 @@ def build_index(
     vectors = index.prepare(X)
     if kind == "flat":
         index.vectors = vectors
-        if backend == "faiss" or (backend == "auto" and faiss_available()):
+        if _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(vectors)
     elif backend == "numpy":
         raise VggfeatError(f"a '{kind}' index needs FAISS; use --kind flat for the NumPy backend")
@@ -259,6 +264,16 @@ def exact_search(vectors: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray
         rows_out[start : start + block] = np.take_along_axis(top, order, axis=1)
         scores_out[start : start + block] = np.take_along_axis(top_scores, order, axis=1)
     return scores_out, rows_out
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise VggfeatError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _flat_uses_faiss(backend: str) -> bool:
+    """Whether a flat index searches with FAISS: asked for, or ``auto`` and installed."""
+    return backend == "faiss" or (backend == "auto" and faiss_available())
 
 
 def _flat_faiss(vectors: np.ndarray):

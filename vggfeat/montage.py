@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .decode import decode_image
@@ -22,6 +21,8 @@ CAPTION = 28  # px: two lines of PIL's default font
 GAP = 6
 QUERY_FRAME = (40, 110, 220)
 BACKGROUND = (255, 255, 255)
+TEXT = (0, 0, 0)
+UNREADABLE = (200, 200, 200)  # the cell of a file that cannot be read
 
 
 def montage_size(rows: int, columns: int, tile: int) -> tuple[int, int]:
@@ -55,8 +56,8 @@ def draw_montage(
             if column == 0:
                 draw.rectangle([left - 2, top - 2, left + tile + 1, top + tile + 1], outline=QUERY_FRAME, width=2)
             name = _fit(Path(path).name, draw, font, tile)
-            draw.text((left, top + tile + 2), name, fill=(0, 0, 0), font=font)
-            draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else (0, 0, 0), font=font)
+            draw.text((left, top + tile + 2), name, fill=TEXT, font=font)
+            draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else TEXT, font=font)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(output, format="PNG")
     return width, height
@@ -66,22 +67,18 @@ def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, ti
     try:
         picture = Image.fromarray(decode_image(Path(path), min_side=1))
     except (ImageError, OSError):
-        canvas.paste((200, 200, 200), (left, top, left + tile, top + tile))
+        canvas.paste(UNREADABLE, (left, top, left + tile, top + tile))
         return
     picture.thumbnail((tile, tile), Image.Resampling.LANCZOS)
     # Centred in its cell.
     canvas.paste(picture, (left + (tile - picture.width) // 2, top + (tile - picture.height) // 2))
 
 
-def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+def _fit(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """``text``, cut short with "..." where it is wider than ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
     return text + "..."
 
-
-def as_array(path: str | os.PathLike) -> np.ndarray:
-    """The montage as an RGB array (for checks)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))

@@ -98,6 +98,18 @@ class DenseVGG(nn.Module):
         return self.fc8(x), sizes
 
 
+    def map_size(self, layer: str, height: int, width: int) -> tuple[int, int]:
+        """Valid (height, width) of ``layer``'s map for a ``height`` x ``width`` input.
+
+        The size arithmetic of :meth:`forward` done on the host, so that pooling can know each
+        image's valid area without reading it back from the GPU.
+        """
+        stop = self._stops.get(layer, len(self.features) - 1)
+        pools = sum(isinstance(module, nn.MaxPool2d) for module in self.features[: stop + 1])
+        height, width = height >> pools, width >> pools  # repeated floor halving
+        return (height, width) if layer in self._stops else (height - 6, width - 6)
+
+
 def load_network(model: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> DenseVGG:
     """torchvision's ``model`` with the given weights (see :func:`vggfeat.weights.load_vgg`), made dense."""
     vgg, info = load_vgg(model, weights, seed)

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .network import valid_mask
+from .resize import to_device
 
 POOLINGS = ("avg", "max")
 
+# Each image's valid (height, width) in a padded batch of maps, [B, 2]: a tensor on the maps' device
+# (as the network returns it) or host-side values. R-MAC needs them on the host to lay out its
+# regions; host-side sizes spare the GPU synchronisation that reading a device tensor costs.
+Sizes = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
 
-def global_pool(feature_map: torch.Tensor, sizes: torch.Tensor | None, method: str = "avg") -> torch.Tensor:
+
+def global_pool(feature_map: torch.Tensor, sizes: Sizes | None, method: str = "avg") -> torch.Tensor:
     """Pool [B, C, H, W] to [B, C] over the top-left (height, width) of each map given by ``sizes``.
 
     ``avg`` is the paper's spatial average of the dense fc7 map; ``max`` takes the largest response.
@@ -21,13 +28,39 @@ def global_pool(feature_map: torch.Tensor, sizes: torch.Tensor | None, method: s
     """
     if method not in POOLINGS:
         raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLINGS)}")
-    if sizes is None:
-        return feature_map.mean(dim=(2, 3)) if method == "avg" else feature_map.amax(dim=(2, 3))
-    mask = valid_mask(sizes, feature_map.shape[-2:], torch.bool)
     if method == "avg":
-        total = feature_map.masked_fill(~mask, 0).sum(dim=(2, 3))
-        return total / (sizes[:, 0] * sizes[:, 1]).unsqueeze(1).to(total.dtype)
+        return _masked_mean(feature_map, sizes)
+    if sizes is None:
+        return feature_map.amax(dim=(2, 3))
+    mask = _valid(feature_map, _on_device(sizes, feature_map.device))
     return feature_map.masked_fill(~mask, float("-inf")).amax(dim=(2, 3))
+
+
+def _masked_mean(feature_map: torch.Tensor, sizes: Sizes | None) -> torch.Tensor:
+    """Mean of [B, C, H, W] over each map's valid area: [B, C]."""
+    if sizes is None:
+        return feature_map.mean(dim=(2, 3))
+    sizes = _on_device(sizes, feature_map.device)
+    total = feature_map.masked_fill(~_valid(feature_map, sizes), 0).sum(dim=(2, 3))
+    return total / (sizes[:, 0] * sizes[:, 1]).unsqueeze(1).to(total.dtype)
+
+
+def _valid(feature_map: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] boolean mask of each map's valid area."""
+    return valid_mask(sizes, feature_map.shape[-2:], torch.bool)
+
+
+def _on_device(sizes: Sizes, device: torch.device) -> torch.Tensor:
+    if isinstance(sizes, torch.Tensor):
+        return sizes
+    # A pinned, non-blocking copy: the host does not wait for the GPU.
+    return to_device(np.asarray(sizes, dtype=np.int64).reshape(-1, 2), device)
+
+
+def _on_host(sizes: Sizes) -> list[tuple[int, int]]:
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()  # from a GPU: waits until the batch's maps are computed
+    return [(int(height), int(width)) for height, width in sizes]
 
 
 # --------------------------------------------------------------------------- retrieval poolings
@@ -77,14 +110,11 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
     side = min(height, width)
     extra_h = extra_w = 0
     if height != width:
-        steps = range(2, 8)  # candidate numbers of regions along the long dimension
-        step = (max(height, width) - side) / torch.tensor([s - 1 for s in steps], dtype=torch.float64)
-        overlap = (side**2 - side * step) / side**2
-        extra = int(torch.argmin((overlap - RMAC_OVERLAP).abs())) + 1
+        extra = _level1_long_regions(side, max(height, width)) - 1
         extra_h, extra_w = (0, extra) if height < width else (extra, 0)
     regions = []
     for level in range(1, levels + 1):
-        size = int(2 * side // (level + 1))
+        size = 2 * side // (level + 1)
         if size == 0:
             continue
         half = size // 2 - 1  # Tolias et al. place starts at floor(wl2 + k b) - wl2 with this offset
@@ -92,6 +122,20 @@ def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tup
         lefts = _starts(width, size, level + extra_w, half)
         regions += [(top, left, size, size) for top in tops for left in lefts]
     return regions
+
+
+def _level1_long_regions(side: int, long_side: int) -> int:
+    """How many side x side regions (2..7) along the long side overlap closest to RMAC_OVERLAP.
+
+    rmac_regions.m's overlap of neighbours (side^2 - side x step) / side^2 for each count; ties go
+    to the smaller count, as MATLAB's ``min`` gives the first.
+    """
+
+    def overlap_error(count: int) -> float:
+        step = (long_side - side) / (count - 1)
+        return abs((side**2 - side * step) / side**2 - RMAC_OVERLAP)
+
+    return min(range(2, 8), key=overlap_error)
 
 
 def _starts(extent: int, size: int, count: int, half: int) -> list[int]:
@@ -119,25 +163,21 @@ def rmac(
 
 
 def pool_map(
-    feature_map: torch.Tensor, sizes: torch.Tensor | None, method: str, p: float = GEM_P, levels: int = RMAC_LEVELS
+    feature_map: torch.Tensor, sizes: Sizes | None, method: str, p: float = GEM_P, levels: int = RMAC_LEVELS
 ) -> torch.Tensor:
     """Pool [B, C, H, W] to [B, C] with any pooling (``avg``, ``max``, ``gem``, ``rmac``) over valid areas.
 
+    ``sizes`` [B, 2] is each map's valid (height, width), None when every map fills the batch.
     ``gem`` is computed on the whole batch with the padding masked out. ``rmac`` needs each image's
-    own region grid, so it goes image by image over its valid (height, width); on a GPU reading
-    ``sizes`` waits for the batch once (only when the batch was padded).
+    own region grid on the host, so it goes image by image; given ``sizes`` as a device tensor, the
+    host first waits for the batch (host-side sizes avoid that).
     """
     method = ALIASES.get(method, method)
     if method in POOLINGS:
         return global_pool(feature_map, sizes, method)
     if method == "gem":
-        powered = feature_map.clamp(min=_EPS).pow(p)
-        if sizes is None:
-            return powered.mean(dim=(2, 3)).pow(1.0 / p)
-        mask = valid_mask(sizes, feature_map.shape[-2:], torch.bool)
-        total = powered.masked_fill(~mask, 0).sum(dim=(2, 3))
-        return (total / (sizes[:, 0] * sizes[:, 1]).unsqueeze(1).to(total.dtype)).pow(1.0 / p)
+        return _masked_mean(feature_map.clamp(min=_EPS).pow(p), sizes).pow(1.0 / p)
     if method == "rmac":
-        valid = [tuple(feature_map.shape[-2:])] * len(feature_map) if sizes is None else sizes.tolist()
+        valid = [tuple(feature_map.shape[-2:])] * len(feature_map) if sizes is None else _on_host(sizes)
         return torch.stack([rmac(x[:, :h, :w], levels) for x, (h, w) in zip(feature_map, valid)])
     raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLINGS + RETRIEVAL_POOLINGS)}")

@@ -55,6 +55,21 @@ class ClassificationResult:
     unlabelled: int = 0  # classified images the label list does not name: not in the error
     first_failures: list[tuple[str, str]] = field(default_factory=list)
 
+    def count_classified(self, probabilities: np.ndarray, truth: int | None) -> None:
+        self.classified += 1
+        if self.evaluation is None:
+            return
+        if truth is None:
+            self.unlabelled += 1
+        else:
+            self.evaluation.add(probabilities, truth)
+
+    def count_failed(self, path: str, reason: str, labelled: bool) -> None:
+        self.failed += 1
+        self.labelled_failed += int(labelled)
+        if len(self.first_failures) < 5:
+            self.first_failures.append((path, reason))
+
 
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output that exists (without ``overwrite``) or cannot be written."""
@@ -82,8 +97,10 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        name, _, label = line.rpartition("," if "," in line else " ")
-        name = name.strip()
+        # The label is the last field: after the last comma, else after the last run of whitespace
+        # (file names may hold spaces).
+        fields = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
+        name, label = (fields[0].strip(), fields[1].strip()) if len(fields) == 2 else ("", "")
         try:
             index = int(label)
         except ValueError:
@@ -124,34 +141,26 @@ def classify_images(
     names = classifier.categories()
     truth = match_labels(images.paths, labels) if labels is not None else None
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    header = ["path", *(["true_class", "true_label"] if truth is not None else [])]
-    for rank in range(1, topk + 1):
-        header += [f"class_{rank}", f"label_{rank}", f"probability_{rank}"]
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     started = time.monotonic()
     try:
         with open(temporary, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
-            writer.writerow([*header, "error"])
+            writer.writerow(_header(topk, labelled=truth is not None))
             for chunk in classifier.iter_chunks(images.files()):
-                rows = {i: p for i, p in zip(chunk.indices, chunk.features)}
+                probabilities = dict(zip(chunk.indices, chunk.features))
                 reasons = dict(chunk.failures)
                 for i in range(chunk.start, chunk.end):
+                    label = truth[i] if truth is not None else None
                     row = [images.paths[i]]
                     if truth is not None:
-                        row += ["", ""] if truth[i] is None else [truth[i], names[truth[i]]]
-                    if i in rows:
-                        for index in _top(rows[i], topk):
-                            row += [int(index), names[index], f"{rows[i][index]:.6f}"]
-                        row.append("")
-                        result.classified += 1
-                        _evaluate(result, rows[i], truth[i] if truth is not None else None)
+                        row += ["", ""] if label is None else [label, names[label]]
+                    if i in probabilities:
+                        row += [*_top_cells(probabilities[i], topk, names), ""]
+                        result.count_classified(probabilities[i], label)
                     else:
                         row += [""] * 3 * topk + [reasons[i]]
-                        result.failed += 1
-                        result.labelled_failed += int(truth is not None and truth[i] is not None)
-                        if len(result.first_failures) < 5:
-                            result.first_failures.append((images.paths[i], reasons[i]))
+                        result.count_failed(images.paths[i], reasons[i], labelled=label is not None)
                     writer.writerow(row)
                 if progress is not None:
                     progress(chunk.end - chunk.start)
@@ -162,13 +171,19 @@ def classify_images(
     return result
 
 
-def _evaluate(result: ClassificationResult, probabilities: np.ndarray, truth: int | None) -> None:
-    if result.evaluation is None:
-        return
-    if truth is None:
-        result.unlabelled += 1
-    else:
-        result.evaluation.add(probabilities, truth)
+def _header(topk: int, labelled: bool) -> list[str]:
+    header = ["path", *(["true_class", "true_label"] if labelled else [])]
+    for rank in range(1, topk + 1):
+        header += [f"class_{rank}", f"label_{rank}", f"probability_{rank}"]
+    return [*header, "error"]
+
+
+def _top_cells(probabilities: np.ndarray, topk: int, names: Sequence[str]) -> list:
+    """(index, name, probability) of the ``topk`` most probable classes, flattened, best first."""
+    cells: list = []
+    for index in _top(probabilities, topk):
+        cells += [int(index), names[index], f"{probabilities[index]:.6f}"]
+    return cells
 
 
 def _top(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -32,14 +32,16 @@ _SCORE_BYTES = 128 * 2**20
 
 
 def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
+    """Raw descriptors as the index compares them: whitened (which L2-normalises), else L2-normalised."""
     return whitening.transform(X) if whitening is not None else l2_normalize(X)
 
 
 def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT) -> dict:
     """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none)."""
     labels = np.asarray(labels)
-    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, dtype=np.int64)
-    queries = np.flatnonzero((labels >= 0) & (counts[np.maximum(labels, 0)] > 1 if len(counts) else False))
+    labelled = np.flatnonzero(labels >= 0)
+    class_sizes = np.bincount(labels[labelled])
+    queries = labelled[class_sizes[labels[labelled]] > 1]  # a class of one has nothing to retrieve
     if len(queries) == 0:
         raise VggfeatError("no labelled image has another image of its class: nothing to retrieve")
     aps, first_hit = [], []
@@ -57,7 +59,7 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     return {
         "protocol": "labels (leave one out)",
         "queries": int(len(queries)),
-        "skipped_queries": int((labels >= 0).sum() - len(queries)),
+        "skipped_queries": int(len(labelled) - len(queries)),
         "database": int(len(X)),
         "map": float(ap.mean()),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
@@ -88,8 +90,8 @@ def evaluate_ground_truth(
 ) -> dict:
     """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
     by path or file name without extension, matched against ``paths`` (database) and ``query_paths``."""
-    database = _name_index(paths, "database")
-    queries = _name_index(query_paths, "queries")
+    database = _name_index(paths)
+    queries = _name_index(query_paths)
     aps, first = [], []
     for item in truth:
         q = _lookup(queries, item["query"], "query")
@@ -99,9 +101,9 @@ def evaluate_ground_truth(
             raise VggfeatError(f"query {item['query']} has no ok images")
         order = np.argsort(-(X @ Q[q]), kind="stable")
         order = order[~np.isin(order, junk)]
-        ranks = np.flatnonzero(np.isin(order, ok))
+        ranks = np.flatnonzero(np.isin(order, ok))  # empty when every ok image is also junk
         aps.append(compute_ap(ranks, len(ok)))
-        first.append(ranks[0])
+        first.append(ranks[0] if len(ranks) else np.inf)
     first = np.array(first)
     return {
         "protocol": "ground truth (ok / junk)",
@@ -137,16 +139,22 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
     except ValueError as error:
         raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
     items = data.get("queries") if isinstance(data, dict) else data
-    if not isinstance(items, list) or not all(isinstance(i, dict) and "query" in i and "ok" in i for i in items):
+    if not isinstance(items, list) or not items or not all(map(_is_ground_truth_item, items)):
         raise VggfeatError(f"{path}: expected a list of {{\"query\": ..., \"ok\": [...], \"junk\": [...]}}")
     return items
+
+
+def _is_ground_truth_item(item: object) -> bool:
+    return (isinstance(item, dict) and isinstance(item.get("query"), str) and isinstance(item.get("ok"), list)
+            and isinstance(item.get("junk", []), list))
 
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def _name_index(paths: Sequence[str], what: str) -> dict[str, int]:
+def _name_index(paths: Sequence[str]) -> dict[str, int]:
+    """Row of each path, and of each file name without extension that only one path has."""
     index: dict[str, int] = {}
     stems: dict[str, list[int]] = {}
     for row, path in enumerate(paths):

@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from .errors import VggfeatError
 from .features import FeatureFile
 from .index import VectorIndex
 from .whitening import l2_normalize
+
+if TYPE_CHECKING:
+    from .extractor import Extractor
 
 
 @dataclass
@@ -57,7 +61,7 @@ def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10,
     return results
 
 
-def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, **runtime):
+def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, **runtime) -> Extractor:
     """An :class:`Extractor` that describes images as the index's database was described.
 
     ``weights`` is needed when the database used a weights file (the index records only its name
@@ -90,7 +94,9 @@ def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, 
     return extractor
 
 
-def describe_images(index: VectorIndex, paths: Sequence[str | os.PathLike], extractor=None, **kwargs) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+def describe_images(
+    index: VectorIndex, paths: Sequence[str | os.PathLike], extractor: Extractor | None = None, **kwargs
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Describe query images for ``index``: (descriptors of the usable ones, their paths, failures).
 
     ``extractor`` defaults to :func:`extractor_for` (``kwargs`` go to it); a given one is checked.
@@ -99,10 +105,13 @@ def describe_images(index: VectorIndex, paths: Sequence[str | os.PathLike], extr
         extractor = extractor_for(index, **kwargs)
     else:
         index.check_config(extractor.config(), "query images")
-    X = extractor.extract([Path(p) for p in paths], errors="nan")
-    usable = np.isfinite(X).all(axis=1)
-    failures = [(str(p), "could not be described (see 'vggfeat extract' for the reason)") for p, ok in zip(paths, usable) if not ok]
-    return X[usable], [str(p) for p, ok in zip(paths, usable) if ok], failures
+    descriptors, described, failures = [], [], []
+    for chunk in extractor.iter_chunks([Path(p) for p in paths]):
+        descriptors.append(chunk.features)
+        described += [str(paths[i]) for i in chunk.indices]
+        failures += [(str(paths[i]), reason) for i, reason in chunk.failures]
+    X = np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
+    return X, described, failures
 
 
 def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import VggfeatError
-from .features import config_differences
+from .features import FeatureFile, config_differences
 
 FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
@@ -30,9 +30,9 @@ FORMAT = "vggfeat-whitening"
 EIGENVALUE_FLOOR = 1e-8
 
 
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Rows of ``X`` scaled to unit length (zero rows stay zero), as float32."""
-    X = np.asarray(X, dtype=np.float32)
+def l2_normalize(X: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Rows of ``X`` scaled to unit length (zero rows stay zero), as ``dtype``."""
+    X = np.asarray(X, dtype=dtype)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.maximum(norms, 1e-12)
 
@@ -54,6 +54,7 @@ class PCAWhitening:
         self.normalize_input = normalize_input
 
     def fit(self, X: np.ndarray, config: dict | None = None) -> PCAWhitening:
+        """Learn the whitening from descriptors ``X`` [N, D]; ``config``: how they were extracted."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise VggfeatError(f"whitening needs descriptors [N, D], got shape {X.shape}")
@@ -69,7 +70,7 @@ class PCAWhitening:
         if dim > rank:
             raise VggfeatError(f"whitening to {dim} dimensions needs at least {dim + 1} descriptors, got {n}")
         if self.normalize_input:
-            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            X = l2_normalize(X, np.float64)
         mean = X.mean(axis=0)
         centred = X - mean
         # The covariance's eigenvectors, largest first (eigh sorts ascending).
@@ -124,6 +125,7 @@ class PCAWhitening:
     # ------------------------------------------------------------------- plain HDF5
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write to an HDF5 file of its own (see :meth:`write`)."""
         with h5py.File(path, "w") as f:
             self.write(f)
 
@@ -140,6 +142,7 @@ class PCAWhitening:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
+        """Read a file written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
             raise VggfeatError(f"whitening file not found: {path}")
@@ -151,6 +154,7 @@ class PCAWhitening:
 
     @classmethod
     def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
+        """Read a group written by :meth:`write`; ``name`` names it in errors."""
         if group.attrs.get("format") != FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
             raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
         whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
@@ -171,8 +175,6 @@ class PCAWhitening:
 
 def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None) -> PCAWhitening:
     """Fit a :class:`PCAWhitening` on every row of a features file and save it to ``output``."""
-    from .features import FeatureFile
-
     with FeatureFile(features) as f:
         X, config = f.read(dtype=np.float32), f.config
     whitening = PCAWhitening(dim=dim).fit(X, config=config)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from ..classifier import Classifier
-from ..discover import find_images, read_file_list
-from ..predictions import check_output, classify_images, read_labels
+from ..predictions import ClassificationResult, check_output, classify_images, read_labels
 from . import options
 
 
 @click.command()
-@click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
+@options.images_and_output
 @options.file_list
 @options.root
 @options.model
@@ -32,7 +32,7 @@ from . import options
 @options.workers
 @options.max_pixels
 @options.min_side
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+@options.overwrite
 @options.quiet
 def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,
              precision, batch_size, workers, max_pixels, min_side, overwrite, quiet) -> None:
@@ -42,14 +42,11 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
     over the image and its flip and over the scales. Unusable files get a row with the reason.
     """
-    if len(paths) != (1 if file_list else 2):
-        want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
-        raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
-    output = paths[-1]
+    output = options.output_of(paths, file_list)
     check_output(output, overwrite)  # before any work
     truth = read_labels(labels) if labels else None
-    images = read_file_list(file_list, root) if file_list else find_images(paths[0])
-    say = (lambda *a, **k: None) if quiet else (lambda text, **k: click.secho(text, err=True, **k))
+    images = options.read_images(paths, file_list, root)
+    say = options.reporter(quiet)
     say(f"{len(images):,} images; loading {model} ({weights})")
     classifier = Classifier(
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
@@ -57,11 +54,11 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         min_side=min_side,
     )
     if classifier.network.weights.is_random:
-        click.secho(f"WARNING: random weights (seed {seed}): these predictions are meaningless; "
-                    "use them for smoke tests only.", err=True, fg="yellow", bold=True)
+        options.warn_random_weights(seed, "these predictions are meaningless")
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
+    setting = f"{how}, Q={','.join(map(str, scales))}"
     with tqdm(total=len(images), unit="img", disable=True if quiet else None, dynamic_ncols=True,
-              desc=f"{model} {how} Q={','.join(map(str, scales))}") as bar:
+              desc=f"{model} {setting}") as bar:
         result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
                                  progress=bar.update)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
@@ -69,11 +66,18 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         f"on {classifier.device}")
     for path, reason in result.first_failures:
         say(f"  failed: {path}: {reason}")
+    if result.evaluation is not None:
+        _report_errors(result, labels, setting, say)
+
+
+def _report_errors(result: ClassificationResult, labels: Path, setting: str, say: Callable[..., None]) -> None:
     evaluation = result.evaluation
-    if evaluation is not None:
+    if evaluation.images == 0:
+        say(f"no classified image is named in {labels}: no top-1/top-5 error to report", fg="yellow")
+    else:
         # The result goes to stdout: it is what the command was asked for.
         click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
-                   f"over {evaluation.images:,} labelled images ({how}, Q={','.join(map(str, scales))})")
-        if result.unlabelled or result.labelled_failed:
-            say(f"not counted: {result.unlabelled:,} images missing from {labels}, "
-                f"{result.labelled_failed:,} labelled images that failed")
+                   f"over {evaluation.images:,} labelled images ({setting})")
+    if result.unlabelled or result.labelled_failed:
+        say(f"not counted: {result.unlabelled:,} images missing from {labels}, "
+            f"{result.labelled_failed:,} labelled images that failed")

@@ -8,7 +8,7 @@ import click
 
 from ..architectures import ALL_ARCHITECTURES
 from ..errors import VggfeatError
-from ..summary import BYTES_PER_ELEMENT, NetworkSummary, compare_stacks, summarize
+from ..summary import BYTES_PER_ELEMENT, NetworkSummary, StackComparison, compare_stacks, summarize
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -23,9 +23,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 
 def _kernels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(k) for k in value.split(",") if k.strip())
+        kernels = tuple(int(k) for k in value.split(",") if k.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated odd integers such as 5,7, got {value!r}") from None
+        kernels = ()
+    if not kernels:
+        raise click.BadParameter(f"expected comma-separated odd integers such as 5,7, got {value!r}")
+    return kernels
 
 
 @click.command()
@@ -52,7 +55,7 @@ def describe(models, size, as_json, markdown, compare, kernels, channels) -> Non
         if as_json:
             click.echo(json.dumps([{**vars(row), "extra": row.extra} for row in rows], indent=2))
         else:
-            click.echo(_compare_table(rows, markdown))
+            click.echo(_compare_table(rows, channels, markdown))
         return
     summaries = [summarize(model, size) for model in (models or ALL_ARCHITECTURES)]
     if as_json:
@@ -88,9 +91,9 @@ def _overview_table(summaries: list[NetworkSummary], markdown: bool) -> str:
     return "\n".join([_heading(title, markdown), _table(headers, rows, markdown, left=2)])
 
 
-def _compare_table(rows, markdown: bool) -> str:
+def _compare_table(rows: list[StackComparison], channels: int, markdown: bool) -> str:
     title = (f"One kxk convolution against a stack of 3x3 convolutions with the same receptive field "
-             f"(C = {rows[0].channels if rows else '?'} channels in and out, weights without biases)")
+             f"(C = {channels} channels in and out, weights without biases)")
     headers = ["kernel", "3x3 layers", "receptive field", "kxk weights", "3x3 stack weights", "kxk needs", "ReLUs"]
     table = [[f"{r.kernel}x{r.kernel}", str(r.stack_layers), f"{r.receptive_field}x{r.receptive_field}",
               f"{r.kernel ** 2}C² = {r.single_weights:,}", f"{9 * r.stack_layers}C² = {r.stack_weights:,}",

@@ -1,13 +1,16 @@
 """Options shared by the commands that run the network (``extract``, ``classify``): one definition,
-so that the same option means the same thing, with the same default, everywhere."""
+so that the same option means the same thing, with the same default, everywhere; and the few steps
+those commands share (finding the images, reporting progress, warning about random weights)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from ..discover import ImageSet, find_images, read_file_list
 from ..extractor import PAPER_SCALES, PRECISIONS
 from ..weights import ARCHITECTURES
 
@@ -19,6 +22,7 @@ def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tupl
         raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
 
 
+images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label'.")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder].")
 model = click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
@@ -31,7 +35,33 @@ batch_size = click.option("--batch-size", type=click.IntRange(min=1), help="Netw
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
+overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 resize_side = click.option("--resize-side", default="short", show_default=True, type=click.Choice(["short", "long"]),
                            help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
 
+
+def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
+    """OUTPUT of the ``[IMAGES] OUTPUT`` arguments (IMAGES only without ``--file-list``), checked."""
+    if len(paths) != (1 if file_list else 2):
+        want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
+        raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
+    return paths[-1]
+
+
+def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None) -> ImageSet:
+    """The images of ``--file-list``, or under IMAGES (arguments checked by :func:`output_of`)."""
+    return read_file_list(file_list, root) if file_list else find_images(paths[0])
+
+
+def reporter(quiet: bool) -> Callable[..., None]:
+    """``say(text, **style)``: a progress line on stderr, or nothing with ``--quiet``."""
+    if quiet:
+        return lambda text, **style: None
+    return lambda text, **style: click.secho(text, err=True, **style)
+
+
+def warn_random_weights(seed: int, consequence: str) -> None:
+    """Said even with ``--quiet``: results of random weights must not pass for ImageNet ones."""
+    click.secho(f"WARNING: random weights (seed {seed}): {consequence}; use them for smoke tests only.",
+                err=True, fg="yellow", bold=True)

@@ -13,7 +13,7 @@ from ..discover import find_images
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
-from ..search import describe_images, read_queries, search as run_search, write_results
+from ..search import Result, describe_images, read_queries, search as run_search, write_results
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
 
@@ -94,18 +94,11 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
     db = VectorIndex.load(index_file, backend=backend)
-    query_files: list[Path] = []
     if queries_file:
         X, names = read_queries(db, queries_file)
     else:
-        for path in rest:
-            if path.is_dir():
-                query_files += find_images(path).files()
-            elif path.is_file():
-                query_files.append(path)
-            else:
-                raise VggfeatError(f"query not found: {path}")
-        X, names, failures = describe_images(db, query_files, weights=weights, device=device, batch_size=batch_size, workers=workers)
+        X, names, failures = describe_images(db, _query_files(rest), weights=weights, device=device,
+                                             batch_size=batch_size, workers=workers)
         for name, reason in failures:
             click.secho(f"skipped query {name}: {reason}", err=True, fg="yellow")
     results = run_search(db, X, names, k=k, qe=qe)
@@ -118,14 +111,32 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
             for rank, (path, score) in enumerate(zip(result.paths, result.scores), start=1):
                 click.echo(f"  {rank:>3}  {score:.4f}  {path}")
     if montage:
-        from ..montage import draw_montage  # PIL drawing only when asked for
+        # Database paths are relative to its image folder; a query file's are taken to be too.
+        base = root or Path(db.root or ".")
+        _write_montage(results[:montage_queries], montage, base, queries_in_database=bool(queries_file),
+                       hits=montage_hits, tile=tile)
 
-        base = Path(root) if root else Path(db.root or ".")
-        shown = results[:montage_queries]
-        queries = [Path(r.query) for r in shown] if not queries_file else [base / r.query for r in shown]
-        hits = [[(base / p, float(s)) for p, s in zip(r.paths[:montage_hits], r.scores[:montage_hits])] for r in shown]
-        width, height = draw_montage(queries, hits, montage, tile=tile)
-        click.echo(f"wrote {montage}: {len(shown)} queries with up to {montage_hits} hits ({width}x{height} px)")
+
+def _query_files(paths: list[Path]) -> list[Path]:
+    """Query image files: each given file, and every image under each given folder."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += find_images(path).files()
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VggfeatError(f"query not found: {path}")
+    return files
+
+
+def _write_montage(results: list[Result], output: Path, base: Path, queries_in_database: bool, hits: int, tile: int) -> None:
+    from ..montage import draw_montage  # PIL drawing only when asked for
+
+    queries = [base / r.query if queries_in_database else Path(r.query) for r in results]
+    shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
+    width, height = draw_montage(queries, shown, output, tile=tile)
+    click.echo(f"wrote {output}: {len(results)} queries with up to {hits} hits ({width}x{height} px)")
 
 
 @click.command("retrieval-eval")
