@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from runhelpers import FAST, error_line, run_main
-from test_network import assert_close, image_224, reference_input, reference_vgg16  # noqa: F401 (fixtures)
+from reference import assert_close, reference_input
 import vggfeat.extractor
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features

@@ -15,20 +15,10 @@ import torchvision.transforms.functional as TF
 
 import vggfeat.extractor
 from imagefiles import smooth_rgb, write_corrupt, write_rgb
+from reference import assert_close
 from vggfeat import Extractor, ImageError, VggfeatError, load_network
 from vggfeat.decode import decode_image
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, plan_batches, resized_shape, to_input
-
-
-def assert_close(actual, expected, rel=1e-5, what=""):
-    """|actual - expected| <= rel * (largest |expected|): a tolerance relative to the values' scale."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = float(np.abs(expected).max())
-    assert scale > 0, f"{what}: reference is all zeros, the comparison would prove nothing"
-    error = float(np.abs(actual - expected).max())
-    assert error <= rel * scale, f"{what}: max abs difference {error:.3g} > {rel} x scale {scale:.3g}"
 
 
 def one_at_a_time(extractor: Extractor, images) -> np.ndarray:

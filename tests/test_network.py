@@ -10,49 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torchvision.transforms import v2
 
 from imagefiles import write_rgb
+from reference import assert_close, reference_input
 from vggfeat import DenseVGG, Extractor
 from vggfeat.network import MIN_INPUT_SIDE, valid_mask
-from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD
-from vggfeat.weights import load_vgg
-
-
-def assert_close(actual, expected, rel=1e-4, what=""):
-    """|actual - expected| <= rel * (largest |expected|): a tolerance relative to the values' scale."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = float(np.abs(expected).max())
-    assert scale > 0, f"{what}: reference is all zeros, the comparison would prove nothing"
-    error = float(np.abs(actual - expected).max())
-    assert error <= rel * scale, f"{what}: max abs difference {error:.3g} > {rel} x scale {scale:.3g}"
-
-
-@pytest.fixture(scope="module")
-def reference_vgg16():
-    """torchvision's VGG16 (nn.Linear classifier) with the same seeded weights as ``random_vgg16``."""
-    vgg, _ = load_vgg("vgg16", "random", 0)
-    return vgg
-
-
-def reference_input(path) -> torch.Tensor:
-    """An image file as a [1, 3, H, W] input, by an independent torchvision pipeline (no resize)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-    transform = v2.Compose(
-        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
-    return transform(image).unsqueeze(0)
-
-
-@pytest.fixture(scope="module")
-def image_224(tmp_path_factory):
-    path = tmp_path_factory.mktemp("net") / "square.png"
-    write_rgb(path, 224, 224, seed=11)
-    return path
 
 
 # --------------------------------------------------------------------------- structure

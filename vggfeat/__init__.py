@@ -4,9 +4,8 @@ from .discover import ImageSet, find_images, read_file_list
 from .errors import ImageError, VggfeatError
 from .extractor import Extractor
 from .job import ExtractionJob
-from .network import DenseVGG, load_network
 from ._version import __version__
-
+from .network import DenseVGG, load_network
 
 __all__ = [
     "DenseVGG",
@@ -18,4 +17,5 @@ __all__ = [
     "find_images",
     "load_network",
     "read_file_list",
+    "__version__",
 ]
