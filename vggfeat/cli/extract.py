@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from ..discover import find_images, read_file_list
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob
 from . import options
@@ -21,7 +19,7 @@ def _given_arguments() -> list[str]:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
+@options.images_and_output
 @options.file_list
 @options.root
 @options.model
@@ -57,12 +55,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     averaged over scales and horizontal flips. Class labels come from first-level subfolders.
     A killed run resumes where it stopped when the same command is run again.
     """
-    if len(paths) != (1 if file_list else 2):
-        want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
-        raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
-    images = read_file_list(file_list, root) if file_list else find_images(paths[0])
-    output = paths[-1]
-    say = (lambda *a, **k: None) if quiet else (lambda text, **k: click.secho(text, err=True, **k))
+    output = options.output_of(paths, file_list)
+    images = options.read_images(paths, file_list, root)
+    say = options.reporter(quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
@@ -70,9 +65,8 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         max_pixels=max_pixels, min_side=min_side, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
-        click.secho(f"WARNING: random weights (seed {seed}): these descriptors are not ImageNet features; "
-                    "use them for smoke tests only. The output file records random_weights=True.",
-                    err=True, fg="yellow", bold=True)
+        options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
+                                          "random_weights=True)")
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                         provenance={"command": shlex.join(["vggfeat", *_given_arguments()])})
     if job.done:
