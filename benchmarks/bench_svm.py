@@ -16,6 +16,10 @@ about half the entries are zero (as after fc7's ReLU) and classes overlap per di
            sklearn.preprocessing.normalize(X), then LinearSVC(C).fit(X, y == k) per class, which
            converts X to float64 on every fit.
 
+load_s is not like for like: naive reads 1 x float32, vggfeat fills a float64 array twice that size
+(which naive makes on every fit instead). The first touch of that memory, not the HDF5 read, is most
+of vggfeat's load_s on a VM whose free memory is handed back to the host (see RESULTS.md).
+
 Both train with a fixed C (no cross-validation). Only --train-classes of the classes are trained
 when a full run would take too long; every class is an independent binary problem on the same
 rows, so the full time is extrapolated linearly (printed as such).

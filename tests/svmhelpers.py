@@ -20,14 +20,19 @@ CONFIG = {
 }
 
 
-def write_features(path, X, paths, labels, classes, config: dict | None = None, complete: bool = True) -> Path:
-    """A features file with the schema of ``vggfeat extract`` (without /sizes and /failed contents)."""
+def write_features(path, X, paths, labels, classes, config: dict | None = None, complete: bool = True,
+                   chunk_rows: int | None = None) -> Path:
+    """A features file with the schema of ``vggfeat extract`` (without /sizes and /failed contents).
+
+    ``chunk_rows``: store /features in chunks of that many full rows, as ``vggfeat extract`` does
+    (by default it is contiguous).
+    """
     path = Path(path)
     X = np.asarray(X, dtype=np.float32)
     config = {**CONFIG, "dim": X.shape[1], **(config or {})}
     string = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
-        f["features"] = X
+        f.create_dataset("features", data=X, chunks=(chunk_rows, X.shape[1]) if chunk_rows else None)
         f.create_dataset("paths", data=list(paths), dtype=string)
         f["labels"] = np.asarray(labels, dtype=np.int32)
         f.create_dataset("classes", data=list(classes), dtype=string)

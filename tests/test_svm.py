@@ -9,11 +9,12 @@ import pytest
 from sklearn.base import clone
 from sklearn.svm import LinearSVC
 
-from svmhelpers import blobs, edit_config, set_attr, write_features
+from svmhelpers import blobs, write_features
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
-from vggfeat.features import config_differences, load_features
-from vggfeat.svm import LinearSVM, load_model, save_model
+from vggfeat.features import FeatureFile, config_differences, load_features
+from vggfeat.labels import read_labels_csv
+from vggfeat.svm import LinearSVM, load_model
 
 
 def test_fits_separable_data_and_chooses_C_by_cross_validation():
@@ -85,6 +86,9 @@ def test_is_a_scikit_learn_estimator():
     ({"loss": "log"}, "unknown loss 'log'"),
     ({"class_weight": "auto"}, "class_weight must be None or 'balanced'"),
     ({"n_jobs": 0}, "n_jobs must be a positive integer"),
+    ({"max_iter": 0}, "max_iter must be a positive integer"),
+    ({"tol": -1e-4}, "tol must be a positive number"),
+    ({"C": "1"}, "C must be a positive number, got '1'"),
 ])
 def test_bad_parameters_are_refused_clearly(params, message):
     X, y, _, _ = blobs()
@@ -160,7 +164,7 @@ def test_other_files_are_not_models(tmp_path):
 
 
 def test_features_of_another_configuration_are_refused_naming_the_difference(tmp_path):
-    features, model, _ = trained(tmp_path)
+    _, model, _ = trained(tmp_path)
     X, y, paths, names = blobs(seed=3)
     other = write_features(tmp_path / "test.h5", X, paths, y, names, config={"layer": "fc6", "scales": [256, 384]})
     with pytest.raises(VggfeatError, match=r"different configuration than the model: layer: fc7 expected, fc6 found; "
@@ -216,3 +220,49 @@ def test_chunked_row_reads_are_exact(tmp_path, monkeypatch):
     np.testing.assert_array_equal(load_features(f, paths=picked).X, X[[7, 2, 29, 3, 4, 5, 0]].astype(np.float32))
     np.testing.assert_array_equal(load_features(f).X, X.astype(np.float32))  # consecutive rows: sliced reads
     np.testing.assert_array_equal(load_features(f, paths=paths[4:13]).X, X[4:13].astype(np.float32))
+
+
+def test_rows_read_in_any_order_with_repeats_and_into_any_dtype(tmp_path, monkeypatch):
+    import vggfeat.features
+
+    monkeypatch.setattr(vggfeat.features, "_READ_BYTES", 3 * 8 * 4)  # 3 rows a read
+    X, y, paths, names = blobs()
+    X32 = X.astype(np.float32)
+    with FeatureFile(write_features(tmp_path / "a.h5", X, paths, y, names)) as f:
+        rows = np.array([5, 5, 0, 29, 5, 6, 7, 8, 1])
+        np.testing.assert_array_equal(f.read(rows), X32[rows])
+        np.testing.assert_array_equal(f.read(dtype=np.float32), X32)  # straight into a float32 array
+        fused = np.zeros((9, 16))
+        f.read(np.arange(4, 13), out=fused[:, 8:])  # a column block of a wider matrix
+        np.testing.assert_array_equal(fused[:, 8:], X32[4:13])
+        assert f.read(np.array([], dtype=np.int64)).shape == (0, 8)
+        with pytest.raises(VggfeatError, match=r"row 30 is not in .*a\.h5 \(30 rows\)"):
+            f.read([1, 30])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7])
+def test_scattered_rows_of_a_chunked_file_are_read_exactly(tmp_path, monkeypatch, chunk_rows):
+    import vggfeat.features
+
+    monkeypatch.setattr(vggfeat.features, "_READ_BYTES", 9 * 8 * 4)  # spans of at most 9 rows (or one chunk)
+    X, y, paths, names = blobs(classes=5, per_class=20)
+    X32 = X.astype(np.float32)
+    rng = np.random.default_rng(chunk_rows)
+    with FeatureFile(write_features(tmp_path / "a.h5", X, paths, y, names, chunk_rows=chunk_rows)) as f:
+        for rows in (rng.choice(100, 40, replace=False), rng.choice(100, 60), np.array([99, 0, 50, 51, 98]),
+                     np.arange(3, 97, 5)):
+            np.testing.assert_array_equal(f.read(rows), X32[rows])
+
+
+def test_labels_outside_the_classes_are_refused_as_damage(tmp_path):
+    X, y, paths, names = blobs()
+    damaged = write_features(tmp_path / "a.h5", X, paths, np.where(y == 2, 3, y), names)
+    with pytest.raises(VggfeatError, match="is damaged: /labels holds indices outside /classes"):
+        load_features(damaged)
+
+
+def test_labels_csv_from_a_spreadsheet(tmp_path):
+    # A byte-order mark, a comment before the header, a label repeated within and across lines.
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("\ufeff# exported\npath,label\na.jpg,cat;cat\nb.jpg,dog\na.jpg,cat;tree\n".encode())
+    assert read_labels_csv(labels) == {"a.jpg": ["cat", "tree"], "b.jpg": ["dog"]}

@@ -55,7 +55,7 @@ def read_csv(path) -> list[dict]:
 
 
 def test_train_predict_evaluate_with_a_report(data, tmp_path):
-    root, files = data
+    _, files = data
     model = tmp_path / "model.svm.h5"
     out = ok(["train-svm", files["train"], model, "--cv", "2", "--C-grid", "0.1,10"])
     assert "trained 3 classes on 18 rows (4096-d, L2-normalised)" in out and "chosen by 2-fold CV" in out
@@ -109,7 +109,7 @@ def test_protocol_caltech(data, tmp_path):
 
 
 def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
-    root, files = data
+    _, files = data
     # Labels by path, several per image: the look, plus 'warm' for red and 'cool' for green and blue.
     csvs = {}
     for name in ("train", "test"):
@@ -150,7 +150,7 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
 
 
 def test_refusals(data, tmp_path):
-    root, files = data
+    _, files = data
     model = tmp_path / "model.h5"
     ok(["train-svm", files["train"], model, "--C", "1"])
     assert "already exists" in refused(["train-svm", files["train"], model, "--C", "1"])

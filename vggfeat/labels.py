@@ -20,27 +20,32 @@ from .errors import VggfeatError
 
 @dataclass
 class Targets:
+    """Which rows of a features file to use, and their labels."""
+
     paths: list[str]  # rows to use, in this order
     y: np.ndarray  # [N] class names (single-label) or [N, K] bool indicators (multi-label)
     classes: list[str]
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
-    """{path: [labels]} in file order."""
+    """{path: [labels]} in file order, each label once per path."""
     path = Path(path)
     if not path.is_file():
         raise VggfeatError(f"labels file not found: {path}")
     labels: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for number, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip() or row[0].startswith("#"):
                 continue
-            if number == 1 and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
-                continue
+            if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
+                continue  # the header, before any data line
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
                 raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
-            names = [name.strip() for cell in row[1:] for name in cell.split(";") if name.strip()]
-            labels.setdefault(row[0].strip(), []).extend(name for name in names if name not in labels.get(row[0].strip(), []))
+            known = labels.setdefault(row[0].strip(), [])
+            for name in (name.strip() for cell in row[1:] for name in cell.split(";")):
+                if name and name not in known:
+                    known.append(name)
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
     return labels
@@ -71,17 +76,49 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
 def targets_from_file(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str], multilabel: bool,
                       exclude: Sequence[str] = ()) -> Targets:
     """Targets from a features file's own /labels: its labelled rows, minus ``exclude`` classes."""
-    unknown = [name for name in exclude if name not in classes]
-    if unknown:
-        raise VggfeatError(f"cannot exclude unknown class {unknown[0]!r}; the file's classes are {', '.join(classes[:10])}"
-                           + (" …" if len(classes) > 10 else ""))
-    keep = np.array([k >= 0 and classes[k] not in exclude for k in labels], dtype=bool)
-    if not keep.any():
+    _check_excluded(exclude, classes, "the file's")
+    excluded = [k for k, name in enumerate(classes) if name in exclude]
+    rows = np.flatnonzero((labels >= 0) & ~np.isin(labels, excluded))
+    if not len(rows):
         raise VggfeatError("no labelled rows in the features file: extract a labelled folder, or give --labels")
-    rows = np.flatnonzero(keep)
     names = np.array(classes, dtype=object)[labels[rows]]
     kept_classes = [c for c in classes if c not in exclude]
     if multilabel:
         y = names[:, None] == np.array(kept_classes, dtype=object)[None, :]
         return Targets([paths[i] for i in rows], y, kept_classes)
     return Targets([paths[i] for i in rows], names, kept_classes)
+
+
+def exclude_classes(targets: Targets, exclude: Sequence[str], multilabel: bool) -> Targets:
+    """``targets`` without the ``exclude`` classes: their rows (single-label) or columns (multi-label)."""
+    _check_excluded(exclude, targets.classes, "the labels'")
+    keep = [k for k, c in enumerate(targets.classes) if c not in exclude]
+    kept_classes = [targets.classes[k] for k in keep]
+    if multilabel:
+        return Targets(targets.paths, targets.y[:, keep], kept_classes)
+    rows = [i for i, name in enumerate(targets.y) if name not in exclude]
+    return Targets([targets.paths[i] for i in rows], targets.y[rows], kept_classes)
+
+
+def align_to_classes(targets: Targets, classes: list[str], multilabel: bool) -> np.ndarray:
+    """Targets in a model's class order: [N] class indices, or [N, len(classes)] indicators.
+
+    Refuses a class of ``targets`` that is not in ``classes`` (the model could not score it).
+    """
+    unknown = [c for c in targets.classes if c not in classes]
+    if unknown:
+        raise VggfeatError(f"test class {unknown[0]!r} is not one of the model's {len(classes)} classes"
+                           f"{f' ({len(unknown)} unknown classes)' if len(unknown) > 1 else ''}")
+    column = {name: k for k, name in enumerate(classes)}
+    if multilabel:
+        aligned = np.zeros((len(targets.paths), len(classes)), dtype=bool)
+        aligned[:, [column[name] for name in targets.classes]] = targets.y
+        return aligned
+    return np.array([column[name] for name in targets.y], dtype=np.int64)
+
+
+def _check_excluded(exclude: Sequence[str], classes: Sequence[str], whose: str) -> None:
+    unknown = [name for name in exclude if name not in classes]
+    if unknown:
+        shown = ", ".join(classes[:10]) + (" …" if len(classes) > 10 else "")
+        raise VggfeatError(f"cannot exclude unknown class {unknown[0]!r}; {whose} classes are {shown}")

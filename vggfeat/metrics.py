@@ -19,6 +19,7 @@ from .errors import VggfeatError
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of examples whose predicted class is the true one."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         raise VggfeatError("no test examples to score")
@@ -32,20 +33,25 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return matrix
 
 
+def one_hot(indices: np.ndarray, n_classes: int) -> np.ndarray:
+    """[N, n_classes] bool indicators of class ``indices`` [N]."""
+    return np.asarray(indices)[:, None] == np.arange(n_classes)[None, :]
+
+
 def class_recalls(confusion: np.ndarray) -> np.ndarray:
     """Recall of each class (NaN for a class with no test example)."""
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+    return _share_of(np.diag(confusion), confusion.sum(axis=1))
+
+
+def class_precisions(confusion: np.ndarray) -> np.ndarray:
+    """Precision of each class (NaN for a class never predicted)."""
+    return _share_of(np.diag(confusion), confusion.sum(axis=0))
 
 
 def mean_class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Mean over the classes present in ``y_true`` of their recall: the paper's Caltech metric,
     insensitive to how many test images each class has."""
-    recalls = class_recalls(confusion_matrix(y_true, y_pred, n_classes))
-    if np.all(np.isnan(recalls)):
-        raise VggfeatError("no test examples to score")
-    return float(np.nanmean(recalls))
+    return _mean_recall(class_recalls(confusion_matrix(y_true, y_pred, n_classes)))
 
 
 def precision_recall(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,17 +93,14 @@ def single_label_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list[s
     y_pred = np.argmax(scores, axis=1)
     confusion = confusion_matrix(y_true, y_pred, len(classes))
     recalls = class_recalls(confusion)
-    predicted = confusion.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precisions = np.where(predicted > 0, np.diag(confusion) / np.maximum(predicted, 1), np.nan)
-    per_class = _per_class_ap(scores, np.arange(len(classes))[None, :] == np.asarray(y_true)[:, None], classes)
-    for row, recall, precision, support in zip(per_class, recalls, precisions, confusion.sum(axis=1)):
+    per_class = _per_class_ap(scores, one_hot(y_true, len(classes)), classes)
+    for row, recall, precision in zip(per_class, recalls, class_precisions(confusion)):
         row.update(recall=_number(recall), precision=_number(precision))
     return {
         "task": "single-label",
-        "examples": int(len(y_true)),
+        "examples": len(y_true),
         "accuracy": accuracy(y_true, y_pred),
-        "mean_class_recall": mean_class_recall(y_true, y_pred, len(classes)),
+        "mean_class_recall": _mean_recall(recalls),
         **_means(per_class),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
@@ -108,7 +111,7 @@ def single_label_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list[s
 def multilabel_metrics(Y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
     """Per-class AP (both kinds) and their means over classes with a positive test example."""
     per_class = _per_class_ap(scores, np.asarray(Y_true, dtype=bool), classes)
-    return {"task": "multi-label", "examples": int(len(Y_true)), **_means(per_class), "per_class": per_class,
+    return {"task": "multi-label", "examples": len(Y_true), **_means(per_class), "per_class": per_class,
             "classes": list(classes)}
 
 
@@ -130,6 +133,19 @@ def _means(per_class: list[dict]) -> dict:
         return float(np.mean(values)) if values else None
 
     return {"map_voc07_11pt": mean("ap_voc07_11pt"), "map_area": mean("ap_area")}
+
+
+def _share_of(counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """``counts / totals`` per class, NaN where the total is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+
+
+def _mean_recall(recalls: np.ndarray) -> float:
+    """Mean of the recalls of the classes with a test example (NaN marks the others)."""
+    if np.all(np.isnan(recalls)):
+        raise VggfeatError("no test examples to score")
+    return float(np.nanmean(recalls))
 
 
 def _number(value: float) -> float | None:

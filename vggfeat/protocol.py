@@ -16,11 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, load_features
-from .labels import Targets, read_labels_csv, targets_from_csv, targets_from_file
+from .features import FeatureFile, Files, file_list, load_features
+from .labels import (
+    Targets,
+    align_to_classes,
+    read_labels_csv,
+    targets_from_csv,
+    targets_from_file,
+)
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
-from .transfer import _align
+from .transfer import targets_of
+
+_PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
 
 @dataclass(frozen=True)
@@ -52,23 +60,23 @@ def caltech_splits(labels: np.ndarray, n_classes: int, train_per_class: int, tes
     return result
 
 
-def caltech(files, train_per_class: int = 30, test_per_class: int | None = 50, splits: int = 3, seed: int = 0,
+def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None = 50, splits: int = 3, seed: int = 0,
             exclude: Sequence[str] = (), **svm_params) -> dict:
     """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each split's train set)."""
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    with FeatureFile(files[0]) as f:
-        targets = targets_from_file(f.paths, f.labels, f.classes, False, exclude)
+    files = file_list(files)
+    targets = targets_of(files[0], exclude=exclude)
     features = load_features(files, paths=targets.paths)
     classes = targets.classes
-    y = np.array([classes.index(name) for name in targets.y])
+    y = align_to_classes(targets, classes, multilabel=False)
     table = []
     for number, split in enumerate(caltech_splits(y, len(classes), train_per_class, test_per_class, splits, seed, classes), 1):
+        # X[split.train] is a copy made for this fit alone: normalised in place.
         svm = LinearSVM(**svm_params, copy=False).fit(features.X[split.train], y[split.train])
-        predicted = svm.predict(features.X[split.test])
+        predicted = _predict_rows(svm, features.X, split.test)
         table.append({
             "split": number,
-            "train": int(len(split.train)),
-            "test": int(len(split.test)),
+            "train": len(split.train),
+            "test": len(split.test),
             "C": svm.C_,
             "mean_class_recall": mean_class_recall(y[split.test], predicted, len(classes)),
             "accuracy": accuracy(y[split.test], predicted),
@@ -89,7 +97,7 @@ def caltech(files, train_per_class: int = 30, test_per_class: int | None = 50, s
     }
 
 
-def voc(train_files, test_files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
+def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
         test_paths: Sequence[str] | None = None, **svm_params) -> dict:
     """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
 
@@ -100,45 +108,50 @@ def voc(train_files, test_files, labels_csv: str | os.PathLike | None = None, tr
     test = _voc_targets(test_files, labels_csv, test_paths, "test")
     overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
     if overlap:
-        raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {sorted(overlap)[0]})")
+        raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
     train_features = load_features(train_files, paths=train.paths)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
     svm.fit(train_features.X, train.y, classes=train.classes)
     configs = train_features.configs
     del train_features
     test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")
-    truth = _align(test, train.classes, multilabel=True)
+    truth = align_to_classes(test, train.classes, multilabel=True)
     metrics = multilabel_metrics(truth, svm.decision_function(test_features.X), train.classes)
     return {"protocol": "voc", "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **metrics}
 
 
-def _voc_targets(files, labels_csv, paths, which: str) -> Targets:
-    with FeatureFile(files if isinstance(files, (str, os.PathLike)) else list(files)[0]) as first:
-        pass  # paths, labels and classes stay readable once closed; the descriptors are read later
+def _predict_rows(svm: LinearSVM, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``svm.predict(X[rows])`` without copying ``X[rows]`` whole (the test rows can be GBs)."""
+    return np.concatenate([svm.predict(X[rows[start : start + _PREDICT_ROWS]]) for start in range(0, len(rows), _PREDICT_ROWS)])
+
+
+def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequence[str] | None, which: str) -> Targets:
+    """Multi-label targets of one set: the CSV's paths held by (or listed for) the set's file, or the file's own labels."""
+    with FeatureFile(file_list(files)[0]) as first:
+        held, labels, classes = first.paths, first.labels, first.classes
     if labels_csv is not None:
-        labels = read_labels_csv(labels_csv)
+        labels_by_path = read_labels_csv(labels_csv)
         if paths is not None:
-            unlabelled = [p for p in paths if p not in labels]
+            unlabelled = [p for p in paths if p not in labels_by_path]
             if unlabelled:
                 raise VggfeatError(f"{len(unlabelled)} {which} path(s) have no label in {labels_csv} (e.g. {unlabelled[0]})")
-            labels = {p: labels[p] for p in paths}
+            labels_by_path = {p: labels_by_path[p] for p in paths}
         else:
-            held = set(first.paths)
-            labels = {p: names for p, names in labels.items() if p in held}
-            if not labels:
+            in_file = set(held)
+            labels_by_path = {p: names for p, names in labels_by_path.items() if p in in_file}
+            if not labels_by_path:
                 raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
-        return targets_from_csv(labels, first.paths, multilabel=True, source=str(labels_csv))
-    targets = targets_from_file(first.paths, first.labels, first.classes, multilabel=True)
+        return targets_from_csv(labels_by_path, held, multilabel=True, source=str(labels_csv))
+    targets = targets_from_file(held, labels, classes, multilabel=True)
     if paths is not None:
         index = {p: i for i, p in enumerate(targets.paths)}
         missing = [p for p in paths if p not in index]
         if missing:
             raise VggfeatError(f"{len(missing)} {which} path(s) are not labelled rows of the features file (e.g. {missing[0]})")
-        rows = [index[p] for p in paths]
-        targets = Targets(list(paths), targets.y[rows], targets.classes)
+        targets = Targets(list(paths), targets.y[[index[p] for p in paths]], targets.classes)
     return targets
 
 
-def _same(a, b) -> bool:
-    as_list = lambda x: [os.path.abspath(f) for f in ([x] if isinstance(x, (str, os.PathLike)) else x)]  # noqa: E731
-    return as_list(a) == as_list(b)
+def _same(a: Files, b: Files) -> bool:
+    """Whether two file arguments name the same files, in the same order."""
+    return [os.path.abspath(f) for f in file_list(a)] == [os.path.abspath(f) for f in file_list(b)]

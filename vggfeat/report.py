@@ -26,25 +26,26 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
     """Write the report files into ``folder`` (created if needed); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md"]
-    written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics_json, table_csv, table_md = folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md"
+    metrics_json.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     columns = [c for c in _COLUMNS if c in metrics["per_class"][0]]
-    with open(written[1], "w", newline="") as f:
+    with open(table_csv, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(metrics["per_class"])
-    written[2].write_text(_markdown(metrics, columns))
+    table_md.write_text(_markdown(metrics, columns), encoding="utf-8")
     if metrics["task"] == "single-label":
-        written.append(folder / "confusion_matrix.png")
-        plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], written[-1],
+        plot = folder / "confusion_matrix.png"
+        plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
                        f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
     else:
-        written.append(folder / "precision_recall.png")
-        plot_precision_recall(scores, targets, metrics, written[-1])
-    return written
+        plot = folder / "precision_recall.png"
+        plot_precision_recall(scores, targets, metrics, plot)
+    return [metrics_json, table_csv, table_md, plot]
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtitle: str) -> None:
+    """The confusion matrix with each row divided by its true-class count (so rows read as recall)."""
     support = confusion.sum(axis=1, keepdims=True)
     rates = confusion / np.maximum(support, 1)
     n = len(classes)
@@ -69,6 +70,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
 
 
 def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path) -> None:
+    """One precision-recall curve per class with a positive example, best area-AP first in the legend."""
     fig, ax = plt.subplots(figsize=(8, 7))
     rows = [(k, row) for k, row in enumerate(metrics["per_class"]) if row["ap_area"] is not None]
     rows.sort(key=lambda item: -item[1]["ap_area"])  # legend in order of AP, best first

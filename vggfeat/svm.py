@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
 from .errors import VggfeatError
-from .metrics import ap_area, mean_class_recall
+from .metrics import ap_area, mean_class_recall, one_hot
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
@@ -133,7 +133,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 weights = np.zeros(len(X))
                 weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
                 coef, intercept = self._fit_all(X, targets, C, weights)
-                fold_scores.append(self._score(X[held_out] @ coef.T + intercept, targets[held_out]))
+                fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out]))
             scores[C] = float(np.mean(fold_scores))
         return scores
 
@@ -146,26 +146,30 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ checks
 
     def _check_params(self) -> None:
-        if self.C is not None and not (np.isfinite(self.C) and self.C > 0):
-            raise VggfeatError(f"C must be a positive number, got {self.C}")
+        if self.C is not None and not _is_positive_number(self.C):
+            raise VggfeatError(f"C must be a positive number, got {self.C!r}")
         if self.C is None:
             grid = list(self.C_grid)
-            if not grid or not all(np.isfinite(c) and c > 0 for c in grid):
+            if not grid or not all(_is_positive_number(c) for c in grid):
                 raise VggfeatError(f"the C grid must hold positive numbers, got {grid}")
-            if not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
-                raise VggfeatError(f"cv must be an integer >= 2, got {self.cv}")
+            if not _is_integer_at_least(self.cv, 2):
+                raise VggfeatError(f"cv must be an integer >= 2, got {self.cv!r}")
         if self.loss not in LOSSES:
             raise VggfeatError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.class_weight not in (None, "balanced"):
             raise VggfeatError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
-        if not isinstance(self.n_jobs, (int, np.integer)) or self.n_jobs < 1:
-            raise VggfeatError(f"n_jobs must be a positive integer, got {self.n_jobs}")
+        if not _is_integer_at_least(self.n_jobs, 1):
+            raise VggfeatError(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
+        if not _is_integer_at_least(self.max_iter, 1):
+            raise VggfeatError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not _is_positive_number(self.tol):
+            raise VggfeatError(f"tol must be a positive number, got {self.tol!r}")
 
     def _prepare(self, X: np.ndarray, copy: bool) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise VggfeatError(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
-        out = np.array(X, dtype=np.float64, order="C", copy=copy or None)
+        out = np.array(X, dtype=np.float64, order="C", copy=copy or None)  # None: copy only if X is not float64 C-order
         # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
         for start in range(0, len(out), _SCORE_ROWS):
             block = out[start : start + _SCORE_ROWS]
@@ -184,6 +188,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if y.ndim != 2:
                 raise VggfeatError("multi-label targets must be an indicator matrix [rows, classes]")
             targets = y.astype(bool)
+            if targets.shape[1] == 0:
+                raise VggfeatError("multi-label targets have no label column")
             self.classes_ = np.array(classes if classes is not None else range(y.shape[1]))
             if len(self.classes_) != targets.shape[1]:
                 raise VggfeatError(f"{len(self.classes_)} class names for {targets.shape[1]} label columns")
@@ -191,7 +197,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if y.ndim != 1:
                 raise VggfeatError("single-label targets must be one label per row (use multilabel=True for indicators)")
             self.classes_, index = np.unique(y, return_inverse=True)
-            targets = index[:, None] == np.arange(len(self.classes_))[None, :]
+            targets = one_hot(index, len(self.classes_))
             if len(self.classes_) < 2:
                 raise VggfeatError(f"need at least 2 classes to train, got {len(self.classes_)}")
         positives = targets.sum(axis=0)
@@ -236,19 +242,18 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
     }
-    arrays = {
-        "coef": np.ascontiguousarray(svm.coef_, dtype=np.float64),
-        "intercept": np.asarray(svm.intercept_, dtype=np.float64),
-        "classes": np.array([str(c) for c in svm.classes_], dtype=object),
-    }
     temporary = path.with_name(path.name + ".tmp")
-    with h5py.File(temporary, "w") as f:
-        f["coef"], f["intercept"] = arrays["coef"], arrays["intercept"]
-        f.create_dataset("classes", data=list(arrays["classes"]), dtype=h5py.string_dtype("utf-8"))
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        f.attrs["checksum"] = _checksum(f)
-    os.replace(temporary, path)
+    try:
+        with h5py.File(temporary, "w") as f:
+            f["coef"] = np.asarray(svm.coef_, dtype=np.float64)
+            f["intercept"] = np.asarray(svm.intercept_, dtype=np.float64)
+            f.create_dataset("classes", data=[str(c) for c in svm.classes_], dtype=h5py.string_dtype("utf-8"))
+            f.attrs.update(attrs)
+            f.attrs["checksum"] = _checksum(f)
+        os.replace(temporary, path)  # the model appears whole or not at all
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
@@ -289,13 +294,31 @@ def _checksum(f: h5py.File) -> str:
         values = list(data.asstr()[:]) if h5py.check_string_dtype(data.dtype) else data[:]
         digest.update(f"{name}|{data.dtype}|{data.shape}|".encode())
         digest.update(json.dumps(values).encode() if isinstance(values, list) else np.ascontiguousarray(values).tobytes())
-    for key in sorted(k for k in f.attrs.keys() if k != "checksum"):
+    for key in sorted(k for k in f.attrs if k != "checksum"):
         digest.update(f"{key}={_jsonable(f.attrs[key])!r};".encode())
     return digest.hexdigest()
 
 
+def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """``X[rows] @ coef.T + intercept`` a block of rows at a time, without copying ``X[rows]`` whole."""
+    scores = np.empty((len(rows), len(coef)), dtype=np.float64)
+    for start in range(0, len(rows), _SCORE_ROWS):
+        scores[start : start + _SCORE_ROWS] = X[rows[start : start + _SCORE_ROWS]] @ coef.T + intercept
+    return scores
+
+
+def _is_positive_number(value) -> bool:
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return is_number and bool(np.isfinite(value)) and value > 0
+
+
+def _is_integer_at_least(value, least: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
 def _jsonable(value):
-    if isinstance(value, (np.generic,)):
+    """HDF5 attribute values (numpy scalars and arrays, bytes) as plain JSON-able Python values."""
+    if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (tuple, list, np.ndarray)):
         return [_jsonable(v) for v in value]

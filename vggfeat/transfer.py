@@ -15,27 +15,35 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Features, load_features
-from .labels import Targets, read_labels_csv, targets_from_csv, targets_from_file
+from .features import FeatureFile, Files, file_list, load_features
+from .labels import (
+    Targets,
+    align_to_classes,
+    exclude_classes,
+    read_labels_csv,
+    targets_from_csv,
+    targets_from_file,
+)
 from .metrics import multilabel_metrics, single_label_metrics
 from .svm import LinearSVM, SavedModel, load_model, save_model
 
-Files = str | os.PathLike | Sequence[str | os.PathLike]
+
+def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
+               exclude: Sequence[str] = ()) -> Targets:
+    """The rows of ``features_file`` to use and their labels: those of a labels CSV, or the file's own."""
+    with FeatureFile(features_file) as f:
+        if labels_csv is None:
+            return targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
+        targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv))
+    return exclude_classes(targets, exclude, multilabel) if exclude else targets
 
 
 def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
                      exclude: Sequence[str] = ()) -> Targets:
     """Which rows train, and on what: a labels CSV, or the first features file's own labels."""
-    first = _as_list(files)[0]
-    with FeatureFile(first) as f:
-        paths, labels, classes = f.paths, f.labels, f.classes
-    if labels_csv is not None:
-        targets = targets_from_csv(read_labels_csv(labels_csv), paths, multilabel, source=str(labels_csv))
-        if exclude:
-            targets = _drop_classes(targets, exclude, multilabel)
-        return targets
-    targets = targets_from_file(paths, labels, classes, multilabel, exclude)
-    if not multilabel:
+    first = file_list(files)[0]
+    targets = targets_of(first, labels_csv, multilabel, exclude)
+    if labels_csv is None and not multilabel:
         present = set(targets.y)
         empty = [name for name in targets.classes if name not in present]
         if empty:
@@ -48,7 +56,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
               exclude: Sequence[str] = (), **svm_params) -> SavedModel:
     """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
     multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given."""
-    files = _as_list(files)
+    files = file_list(files)
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude)
     features = load_features(files, paths=targets.paths)
@@ -81,8 +89,9 @@ class Scored:
 def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[str] | None = None) -> Scored:
     """Scores of every row of ``files`` (or ``paths``), after checking they were extracted as the model's were."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
-    features = load_features(_as_list(files), paths=paths, expected_configs=saved.extraction_configs)
-    return _scored(saved, features)
+    features = load_features(files, paths=paths, expected_configs=saved.extraction_configs)
+    return Scored(features.paths, saved.svm.decision_function(features.X), [str(c) for c in saved.svm.classes_],
+                  saved.svm.multilabel)
 
 
 def predict(model: str | os.PathLike | SavedModel, files: Files, output_csv: str | os.PathLike | None = None) -> Scored:
@@ -96,14 +105,10 @@ def predict(model: str | os.PathLike | SavedModel, files: Files, output_csv: str
 def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: str | os.PathLike | None = None) -> tuple[dict, Scored]:
     """Metrics of the model on the labelled rows of ``files`` (or on the rows of ``labels_csv``)."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
-    files = _as_list(files)
+    files = file_list(files)
     multilabel, classes = saved.svm.multilabel, [str(c) for c in saved.svm.classes_]
-    with FeatureFile(files[0]) as f:
-        if labels_csv is not None:
-            targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv))
-        else:
-            targets = targets_from_file(f.paths, f.labels, f.classes, multilabel)
-    truth = _align(targets, classes, multilabel)
+    targets = targets_of(files[0], labels_csv, multilabel)
+    truth = align_to_classes(targets, classes, multilabel)
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
     if multilabel:
@@ -112,6 +117,7 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
 
 
 def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
+    """CSV: ``path, predicted, score:<class>...``; several predicted labels (multi-label) joined by ``;``."""
     with open(Path(path), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes)])
@@ -123,45 +129,8 @@ def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
             writer.writerow([p, predicted, *(f"{s:.6g}" for s in row)])
 
 
-def _scored(saved: SavedModel, features: Features) -> Scored:
-    return Scored(features.paths, saved.svm.decision_function(features.X), [str(c) for c in saved.svm.classes_],
-                  saved.svm.multilabel)
-
-
-def _align(targets: Targets, classes: list[str], multilabel: bool) -> np.ndarray:
-    """Test targets in the model's class order; refuse test classes the model does not know."""
-    unknown = [c for c in targets.classes if c not in classes]
-    if unknown:
-        raise VggfeatError(f"test class {unknown[0]!r} is not one of the model's {len(classes)} classes"
-                           f"{f' ({len(unknown)} unknown classes)' if len(unknown) > 1 else ''}")
-    if multilabel:
-        truth = np.zeros((len(targets.paths), len(classes)), dtype=bool)
-        for k, name in enumerate(targets.classes):
-            truth[:, classes.index(name)] = targets.y[:, k]
-        return truth
-    index = {name: k for k, name in enumerate(classes)}
-    return np.array([index[name] for name in targets.y], dtype=np.int64)
-
-
-def _drop_classes(targets: Targets, exclude: Sequence[str], multilabel: bool) -> Targets:
-    unknown = [c for c in exclude if c not in targets.classes]
-    if unknown:
-        raise VggfeatError(f"cannot exclude unknown class {unknown[0]!r}")
-    keep = [k for k, c in enumerate(targets.classes) if c not in exclude]
-    if multilabel:
-        return Targets(targets.paths, targets.y[:, keep], [targets.classes[k] for k in keep])
-    rows = [i for i, name in enumerate(targets.y) if name not in exclude]
-    return Targets([targets.paths[i] for i in rows], targets.y[rows], [targets.classes[k] for k in keep])
-
-
 def _positives(targets: Targets, svm: LinearSVM) -> np.ndarray:
+    """Training examples of each of the model's classes."""
     if svm.multilabel:
         return targets.y.sum(axis=0)
     return np.array([(targets.y == c).sum() for c in svm.classes_])
-
-
-def _as_list(files: Files) -> list:
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    if not files:
-        raise VggfeatError("give at least one features file")
-    return files

@@ -79,7 +79,7 @@ def voc(features, labels, train_list, test_list, json_out, **options) -> None:
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise VggfeatError(f"list not found: {path}")
-    paths = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    paths = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
     if not paths:
         raise VggfeatError(f"{path} lists no paths")
     return paths
@@ -87,5 +87,5 @@ def _read_list(path: Path) -> list[str]:
 
 def _write(path: Path | None, result: dict) -> None:
     if path:
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {path}")

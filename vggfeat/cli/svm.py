@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .. import transfer
 from ..errors import VggfeatError
+from ..metrics import one_hot
 from ..svm import DEFAULT_C_GRID, LOSSES
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """Click callback: ``"0.1,1,10"`` as a tuple of floats."""
     try:
         return tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -49,7 +52,9 @@ def svm_options(command):
     return command
 
 
-def svm_params(C, C_grid, cv, loss, class_weight, normalize, n_jobs, seed) -> dict:
+def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
+               n_jobs: int, seed: int) -> dict:
+    """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
             "normalize": normalize, "n_jobs": n_jobs, "random_state": seed}
 
@@ -110,9 +115,6 @@ def evaluate(paths, features, labels, report) -> None:
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
-def _indicators(scored: transfer.Scored):
-    if scored.multilabel:
-        return scored.targets
-    import numpy as np
-
-    return scored.targets[:, None] == np.arange(len(scored.classes))[None, :]
+def _indicators(scored: transfer.Scored) -> np.ndarray:
+    """[N, K] bool truth for the report's per-class curves."""
+    return scored.targets if scored.multilabel else one_hot(scored.targets, len(scored.classes))
