@@ -14,12 +14,8 @@ from . import options
 
 
 @click.command()
-@options.images_and_output
-@options.file_list
-@options.root
-@options.model
-@options.weights
-@options.seed
+@options.image_source
+@options.network
 @options.scales
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average the posteriors with the horizontally flipped image's.")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
@@ -28,10 +24,7 @@ from . import options
 @click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
 @options.device
 @options.precision
-@options.batch_size
-@options.workers
-@options.max_pixels
-@options.min_side
+@options.image_limits
 @options.overwrite
 @options.quiet
 def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,

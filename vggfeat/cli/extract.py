@@ -19,12 +19,8 @@ def _given_arguments() -> list[str]:
 
 
 @click.command()
-@options.images_and_output
-@options.file_list
-@options.root
-@options.model
-@options.weights
-@options.seed
+@options.image_source
+@options.network
 @click.option("--layer", help="fc7, fc6, pool5, a conv layer such as conv5_3, or fc8 (class scores) [default: fc7; conv5_3 for gem, rmac].")
 @click.option("--pooling", default="avg", show_default=True, type=click.Choice(["avg", "max", "gem", "rmac", "mac", "spoc"]),
               help="Pooling of the dense map: avg (SPoC), max (MAC), gem (power mean), rmac (regional MAC); mac/spoc are aliases.")
@@ -40,12 +36,9 @@ def _given_arguments() -> list[str]:
 @options.device
 @options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
-@options.batch_size
-@options.workers
-@options.max_pixels
-@options.min_side
+@options.image_limits
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+@options.overwrite
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             device, precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:

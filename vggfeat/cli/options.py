@@ -41,6 +41,21 @@ resize_side = click.option("--resize-side", default="short", show_default=True, 
                            help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
 
 
+def _together(*decorators: Callable) -> Callable:
+    """One decorator applying ``decorators`` as if stacked in this order (options keep their order)."""
+    def apply(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+# The groups every image-describing command takes, in --help order.
+image_source = _together(images_and_output, file_list, root)
+network = _together(model, weights, seed)
+image_limits = _together(batch_size, workers, max_pixels, min_side)
+
+
 def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
     """OUTPUT of the ``[IMAGES] OUTPUT`` arguments (IMAGES only without ``--file-list``), checked."""
     if len(paths) != (1 if file_list else 2):
