@@ -43,7 +43,8 @@ class Chunk:
     start: int
     end: int
     indices: list[int] = field(default_factory=list)  # images that succeeded, ascending
-    features: np.ndarray | None = None  # [len(indices), dim] float32
+    # [len(indices), dim] float32; a device tensor still being computed until the chunk is yielded
+    features: np.ndarray | torch.Tensor | None = None
     sizes: list[tuple[int, int]] = field(default_factory=list)  # their decoded (height, width)
     failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
 
