@@ -277,6 +277,7 @@ def one_image(tmp_path):
         (["extract", "{images}", "{out}", *NO_SCALES, "--scales", "200"], "scale 200 is below 224"),
         (["extract", "{images}", "{out}", *NO_SCALES, "--scales", "2x4"], "expected comma-separated integers"),
         (["extract", "{images}", "{out}", *FAST, "--dtype", "float64"], "Invalid value for '--dtype'"),
+        (["extract", "{images}", "{out}", *FAST, "--batch-size", "0"], "expected 'auto' or a positive integer, got '0'"),
         (["extract", "{empty}", "{out}", *FAST], "no images found"),
         (["extract", "{tmp}/nowhere", "{out}", *FAST], "input folder not found"),
         (["extract", "--file-list", "{tmp}/list.txt", "{out}", *FAST], "file list not found"),
@@ -286,7 +287,7 @@ def one_image(tmp_path):
         (["extract", "{images}", "{tmp}/no/such/folder/out.h5", *FAST], "folder of the output does not exist"),
         (["extract", "{images}", "{images}", *FAST], "is a folder"),
     ],
-    ids=["model", "layer", "small-scale", "bad-scales", "dtype", "empty-folder", "missing-input",
+    ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
          "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):

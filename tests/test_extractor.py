@@ -269,7 +269,8 @@ def test_to_input_matches_torchvision_resize_and_normalize():
         ({"aggregate": "concat"}, ["aggregate", "'concat'", "mean", "stack"]),
         ({"precision": "fp64"}, ["precision", "'fp64'", "fp32", "bf16"]),
         ({"precision": "fp16", "device": "cpu"}, ["fp16", "CUDA"]),
-        ({"batch_size": 0}, ["batch size"]),
+        ({"batch_size": 0}, ["batch size", "auto"]),
+        ({"batch_size": "big"}, ["batch size", "'big'"]),
         ({"device": "tpu"}, ["device", "tpu"]),
     ],
 )

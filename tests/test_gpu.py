@@ -80,3 +80,40 @@ def test_gpu_classify_from_files_equals_cpu(random_vgg16, images, tmp_path):
     on_cpu = Classifier(random_vgg16, device="cpu", **options).extract(paths)
     random_vgg16.to("cpu")
     assert relative_error(on_gpu, on_cpu) < 1e-3
+
+
+def test_auto_precision_and_batch_size_on_this_gpu(random_vgg16):
+    extractor = Extractor(random_vgg16, device="cuda", scales=[256, 384, 512])
+    random_vgg16.to("cpu")
+    assert extractor.precision == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp32")
+    assert 1 <= extractor.batch_size <= 256 and extractor.batch_pixels >= 512 * 683
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_auto_batch_memory_estimate_bounds_the_real_peak(random_vgg16, precision):
+    """A padded batch as large as --batch-size auto allows takes no more GPU memory than estimated."""
+    extractor = Extractor(random_vgg16, device="cuda", scales=[512], precision=precision)
+    shape = (512, 683)
+    count = min(extractor.batch_size, extractor.batch_pixels // (shape[0] * shape[1]))
+    # Mixed widths, so the batch is padded and masked: the costlier path.
+    inputs = [torch.randn(3, shape[0], shape[1] - 32 * (i % 2), device="cuda") for i in range(count)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    extractor._forward(inputs)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    itemsize = 2 if precision == "bf16" else 4
+    estimate = count * shape[0] * shape[1] * (2 * 128 * itemsize + 12)
+    random_vgg16.to("cpu")
+    print(f"{precision}: {count} inputs of {shape}: peak {peak / 2**30:.2f} GiB, estimate {estimate / 2**30:.2f} GiB")
+    assert peak <= estimate
+
+
+def test_huge_images_are_described_on_the_gpu(random_vgg16):
+    """The issue's memory cases: a 6000x4000 photo at Q=512 and a 224x8000 panorama."""
+    photo, panorama = smooth_rgb(4000, 6000, seed=1), smooth_rgb(8000, 224, seed=2)
+    extractor = Extractor(random_vgg16, device="cuda", scales=[256, 384, 512])
+    got = extractor.describe([photo, panorama])
+    random_vgg16.to("cpu")
+    assert got.shape == (2, 4096) and np.isfinite(got).all()

@@ -30,10 +30,15 @@ from .resize import RESIZE_RECIPE, RESIZE_SIDES, as_tensors, pad_batch, plan_bat
 from .weights import ARCHITECTURES
 
 PAPER_SCALES = (256, 384, 512)
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
+# --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
+# a batch that still does not fit is split), and hold at most GPU_AUTO_BATCH inputs.
+GPU_MEMORY_SHARE = 0.4
+GPU_AUTO_BATCH = 256
+CPU_AUTO_BATCH = 4
 
 
 @dataclass
@@ -76,8 +81,10 @@ class Extractor:
             ``auto`` is ``l2`` for ``gem`` and ``rmac``, ``none`` otherwise.
         flip: average with the horizontally flipped image.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
-        precision: ``fp32``, ``tf32``, ``bf16`` or ``fp16`` arithmetic in the network.
-        batch_size: most network inputs (an image at one scale, or its flip) per batch.
+        precision: ``fp32``, ``tf32``, ``bf16`` or ``fp16`` arithmetic in the network; ``auto``:
+            bf16 on GPUs with native bf16 (compute capability 8.0 and later), fp32 otherwise.
+        batch_size: most network inputs (an image at one scale, or its flip) per batch; ``auto``:
+            as many as fit a share of the GPU's free memory (at most 256), 4 on the CPU.
         workers: threads decoding images ahead of the network.
         max_pixels: larger images are refused unread (decompression-bomb guard).
         min_side: images with a smaller side are refused.
@@ -95,8 +102,8 @@ class Extractor:
         aggregate: str = "mean",
         flip: bool = True,
         device: str = "auto",
-        precision: str = "fp32",
-        batch_size: int | None = None,
+        precision: str = "auto",
+        batch_size: int | str | None = "auto",
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
@@ -113,17 +120,35 @@ class Extractor:
                        normalize, gem_p, batch_size)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
+        self.precision = precision = _resolve_precision(precision, self.device)
         self._runner = _runner(self.network, self.device, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.resize_side, self.gem_p = resize_side, float(gem_p)
         # The common fast setting: one 224x224 view per scale instead of the whole image.
         self.crop = MIN_INPUT_SIDE if center_crop else None
         self.normalize = ("l2" if pooling in RETRIEVAL_POOLINGS else "none") if normalize == "auto" else normalize
-        self.precision = precision
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        # Inputs and padded pixels per batch: both shrink if a batch ever runs out of GPU memory.
+        self.batch_size, self.batch_pixels = self._batch_limits(batch_size)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.max_pixels, self.min_side = max_pixels, min_side
         self._thread = threading.local()  # per decoding thread: its upload stream
+
+    def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
+        """(most inputs, most padded pixels) per batch."""
+        largest_input = max(self.scales) ** 2 * 4 // 3  # a 4:3 image at the largest scale
+        if isinstance(batch_size, int):
+            return batch_size, batch_size * largest_input
+        if self.device.type != "cuda":
+            # The CPU gains nothing from larger batches, and this keeps a batch under 1 GB.
+            return CPU_AUTO_BATCH, CPU_AUTO_BATCH * largest_input
+        free, _ = torch.cuda.mem_get_info(self.device)
+        itemsize = self._runner.fc6.weight.element_size()
+        # At the peak a layer's input and output are alive, held about twice over (the masked copy
+        # of a padded batch, cuDNN's workspace); the float32 resized input adds 12 bytes a pixel.
+        per_pixel = 2 * self.network.peak_values_per_pixel(self.layer) * itemsize + 12
+        pixels = int(GPU_MEMORY_SHARE * free / per_pixel)
+        smallest_input = self.crop**2 if self.crop else min(self.scales) ** 2
+        return max(1, min(GPU_AUTO_BATCH, pixels // smallest_input)), max(pixels, smallest_input)
 
     @property
     def dim(self) -> int:
@@ -185,12 +210,34 @@ class Extractor:
             decoded = self._decode_ahead(paths, decoders, lookahead=2 * chunk_images + 2 * self.workers)
             previous: Chunk | None = None
             for chunk, images in self._gather(len(paths), decoded, chunk_images):
-                chunk.features = self.describe_async(images)
+                chunk.features = self._describe_chunk(chunk, images)
                 if previous is not None:
                     yield _collected(previous)
                 previous = chunk
             if previous is not None:
                 yield _collected(previous)
+
+    def _describe_chunk(self, chunk: Chunk, images: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        try:
+            return self.describe_async(images)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        # Some image does not fit in GPU memory even alone: describe the chunk image by image and
+        # record those that do not fit as failed, rather than failing the run.
+        torch.cuda.empty_cache()
+        rows, kept = [], []
+        for index, size, image in zip(chunk.indices, chunk.sizes, images):
+            try:
+                rows.append(self.describe_async([image]))
+                kept.append((index, size))
+            except torch.cuda.OutOfMemoryError:
+                height, width = size
+                chunk.failures.append((index, f"a {width}x{height} image does not fit in GPU memory at Q={max(self.scales)}; "
+                                              "describe it with --device cpu or smaller --scales"))
+                torch.cuda.empty_cache()
+        chunk.failures.sort()
+        chunk.indices, chunk.sizes = [index for index, _ in kept], [size for _, size in kept]
+        return torch.cat(rows) if rows else torch.zeros((0, self.dim), device=self.device)
 
     def _gather(
         self, count: int, decoded: Iterator[np.ndarray | torch.Tensor | ImageError], chunk_images: int
@@ -244,9 +291,7 @@ class Extractor:
         if self.flip:
             inputs += [x.flip(-1) for x in inputs]
         shapes = [tuple(x.shape[1:]) for x in inputs]
-        # Enough pixels for a full batch of 4:3 images at the largest scale; larger inputs go alone.
-        budget = self.batch_size * max(self.scales) ** 2 * 4 // 3
-        batches = plan_batches(shapes, self.batch_size, budget)
+        batches = plan_batches(shapes, self.batch_size, self.batch_pixels)  # larger inputs go alone
         pooled = torch.cat([self._run([inputs[i] for i in batch]) for batch in batches])
         # Back from batch order to input order. Indexing with a Python list would copy the index
         # from pageable memory, which makes the host wait for the GPU; to_device does not.
@@ -263,9 +308,13 @@ class Extractor:
             if len(inputs) == 1:
                 raise
         # A batch that does not fit is split and retried rather than failing the run (outside the
-        # except block, so that the failed attempt's tensors are freed first).
+        # except block, so that the failed attempt's tensors are freed first), and later batches
+        # are planned no larger than the halves.
         torch.cuda.empty_cache()
         half = len(inputs) // 2
+        padded = len(inputs) * max(x.shape[1] for x in inputs) * max(x.shape[2] for x in inputs)
+        self.batch_size = min(self.batch_size, max(1, half))
+        self.batch_pixels = min(self.batch_pixels, padded // 2)
         return torch.cat([self._run(inputs[:half]), self._run(inputs[half:])])
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -327,6 +376,17 @@ def _collected(chunk: Chunk) -> Chunk:
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the GPU computes it natively (Ampere, compute capability 8.0, and later;
+    older GPUs only emulate it), fp32 elsewhere. bf16 keeps fp32's range, so activations cannot
+    overflow as they can in fp16."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return "bf16"
+    return "fp32"
+
+
 def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG:
     """The network as it runs: on CUDA in channels_last, in half precision a cast copy of it.
 
@@ -370,8 +430,8 @@ def _check_options(
         raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
     if precision in ("tf32", "fp16") and device.type != "cuda":
         raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
-    if batch_size is not None and batch_size < 1:
-        raise VggfeatError(f"batch size must be at least 1, got {batch_size}")
+    if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
+        raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
     if isinstance(model, str) and model not in ARCHITECTURES:
         raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
     layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)

@@ -110,6 +110,25 @@ class DenseVGG(nn.Module):
         return (height, width) if layer in self._stops else (height - 6, width - 6)
 
 
+    def peak_values_per_pixel(self, layer: str) -> float:
+        """Most activation values alive at once per input pixel on the way to ``layer``: a
+        convolution's input and output (in every VGG, conv1_2's 64 + 64 channels at full size).
+
+        Batches are sized from it: memory grows with the pixels of a batch, not its image count.
+        """
+        stop = self._stops.get(layer, len(self.features) - 1)
+        channels, area, peak = 3, 1.0, 0.0
+        for module in self.features[: stop + 1]:
+            if isinstance(module, nn.Conv2d):
+                peak = max(peak, (channels + module.out_channels) * area)
+                channels = module.out_channels
+            elif isinstance(module, nn.MaxPool2d):
+                area /= 4
+        if layer not in self._stops:  # fc6-fc8 run on the pool5 map
+            peak = max(peak, (channels + self.fc6.out_channels + self.fc7.out_channels) * area)
+        return peak
+
+
 def load_network(model: str = "vgg16", weights: str = "imagenet", seed: int = 0) -> DenseVGG:
     """torchvision's ``model`` with the given weights (see :func:`vggfeat.weights.load_vgg`), made dense."""
     vgg, info = load_vgg(model, weights, seed)

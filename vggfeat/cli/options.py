@@ -30,8 +30,24 @@ weights = click.option("--weights", default="imagenet", show_default=True, help=
 seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
 scales = click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales, help="Smallest-side sizes Q, each >= 224.")
 device = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-precision = click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Arithmetic in the network.")
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), help="Network inputs per batch [default: 32 on GPU, 4 on CPU].")
+precision = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
+                         help="Arithmetic in the network; auto: bf16 on GPUs that compute it natively (Ampere and later), else fp32.")
+
+
+def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise click.BadParameter(f"expected 'auto' or a positive integer, got {value!r}")
+    return size
+
+
+batch_size = click.option("--batch-size", default="auto", show_default=True, callback=parse_batch_size,
+                          help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory, 4 on the CPU.")
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")

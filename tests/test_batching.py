@@ -1,0 +1,94 @@
+"""Batch sizes and precision chosen for the device, and batches that run out of GPU memory.
+
+Running out of memory is simulated on the CPU (the network raises CUDA's own OutOfMemoryError for
+batches over a pixel limit), so CI checks that the run goes on and its numbers do not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imagefiles import smooth_rgb, write_rgb
+from reference import assert_close
+from vggfeat import Extractor, load_network
+
+SHAPES = [(224, 300), (300, 224), (240, 240), (224, 224), (260, 350), (224, 280)]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [smooth_rgb(h, w, seed=i) for i, (h, w) in enumerate(SHAPES)]
+
+
+def memory_limited(monkeypatch, extractor: Extractor, most_pixels: int) -> list[int]:
+    """Make ``extractor``'s network run out of memory on batches over ``most_pixels`` padded pixels;
+    returns the sizes of the batches that ran."""
+    ran: list[int] = []
+    forward = extractor._forward
+
+    def limited(inputs):
+        padded = len(inputs) * max(x.shape[1] for x in inputs) * max(x.shape[2] for x in inputs)
+        if padded > most_pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        ran.append(len(inputs))
+        return forward(inputs)
+
+    monkeypatch.setattr(extractor, "_forward", limited)
+    return ran
+
+
+def test_auto_precision_and_batch_size_on_the_cpu(random_vgg16):
+    extractor = Extractor(random_vgg16, device="cpu", scales=[256, 384])
+    assert extractor.precision == "fp32" and extractor.config()["precision"] == "fp32"
+    assert extractor.batch_size == 4 and extractor.batch_pixels == 4 * 384 * 512
+
+
+def test_an_explicit_batch_size_bounds_inputs_and_pixels(random_vgg16):
+    extractor = Extractor(random_vgg16, device="cpu", scales=[224, 448], batch_size=10)
+    assert extractor.batch_size == 10 and extractor.batch_pixels == 10 * (448 * 448 * 4 // 3)
+
+
+def test_peak_activation_estimate_follows_the_architecture():
+    # VGG16 (D): conv1_2 holds its 64-channel input and output at full size. VGG11 (A) has one conv
+    # in block 1 (3 -> 64), then block 2's 64 -> 128 at a quarter of the pixels.
+    vgg16, vgg11 = load_network("vgg16", "random"), load_network("vgg11", "random")
+    assert vgg16.peak_values_per_pixel("fc7") == 128 and vgg16.peak_values_per_pixel("conv1_1") == 67
+    assert vgg11.peak_values_per_pixel("fc7") == 67
+
+
+def test_a_batch_out_of_gpu_memory_is_split_and_later_batches_shrink(random_vgg16, images, monkeypatch):
+    expected = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=6).describe(images)
+    extractor = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=6)
+    ran = memory_limited(monkeypatch, extractor, most_pixels=3 * 240 * 240)
+    assert_close(extractor.describe(images), expected, 1e-5, "after splitting")
+    assert max(ran) <= 3 and extractor.batch_size <= 3
+    assert extractor.batch_pixels < 6 * (224 * 224 * 4 // 3)
+    assert extractor.describe(images).shape == expected.shape  # planned within the new limits
+
+
+def test_an_image_too_large_for_gpu_memory_alone_fails_and_the_rest_go_on(random_vgg16, tmp_path, monkeypatch):
+    paths = []
+    for i, (h, w) in enumerate([(224, 224), (224, 900), (240, 260)]):
+        paths.append(tmp_path / f"{i}.png")
+        write_rgb(paths[-1], h, w, seed=i)
+    expected = Extractor(random_vgg16, device="cpu", scales=[224], flip=False).extract([paths[0], paths[2]])
+    extractor = Extractor(random_vgg16, device="cpu", scales=[224], flip=False)
+    memory_limited(monkeypatch, extractor, most_pixels=224 * 600)
+    chunks = list(extractor.iter_chunks(paths))
+    assert [c.indices for c in chunks] == [[0, 2]]
+    assert chunks[0].sizes == [(224, 224), (240, 260)]
+    (index, reason), = chunks[0].failures
+    assert index == 1 and "900x224" in reason and "GPU memory" in reason and "--device cpu" in reason
+    assert_close(chunks[0].features, expected, 1e-5, "the images that fit")
+    got = extractor.extract(paths, errors="nan")
+    assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+
+
+def test_a_huge_photo_and_a_panorama_are_described(random_vgg16):
+    """A 6000x4000 photo is resized from its full size; a 224x8000 panorama runs as one dense map."""
+    photo, panorama = smooth_rgb(4000, 6000, seed=1), smooth_rgb(8000, 224, seed=2)
+    extractor = Extractor(random_vgg16, device="cpu", scales=[224], flip=False)
+    got = extractor.describe([photo, panorama])
+    assert got.shape == (2, 4096) and np.isfinite(got).all() and not np.allclose(got[0], got[1])
