@@ -8,15 +8,24 @@ in this one process, with random weights (speed does not depend on their values)
       shape, timed after a first pass that warms up cuDNN's autotuning;
   (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it);
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
-      fp32, batch of one, as a user would write it from torchvision.
+      fp32, batch of one, as a user would write it from torchvision;
+  (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
+      dataset with Resize(256), CenterCrop(224), Normalize, a DataLoader with 16 worker processes
+      and pinned memory, torchvision's VGG16 up to fc7 (autocast in --precision if not fp32).
+For (b) it also samples, every 50 ms, the GPU's utilisation and this process's resident memory:
+host memory that stays flat while files stream through is the point of the design.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +35,8 @@ from torchvision.transforms import v2
 
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
-from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, to_inputs
+from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
+from vggfeat.weights import load_vgg
 
 
 def make_jpegs(folder: Path, count: int) -> None:
@@ -44,50 +54,105 @@ def synchronize(device: torch.device) -> None:
 
 
 def model_only(extractor: Extractor, files: list[Path]) -> float:
-    """Images/s of the network alone on the very inputs vggfeat builds, already on the device."""
+    """Images/s of the network alone on the very inputs vggfeat builds, already on the device, in
+    the batches vggfeat plans for them."""
     from vggfeat.decode import decode_image
 
     pixels = [as_tensor(decode_image(f), extractor.device) for f in files]
-    inputs = {q: to_inputs(pixels, q, extractor.resize_side, extractor.crop) for q in extractor.scales}
-    batches = {}
-    for q, xs in inputs.items():
-        xs = xs + [x.flip(-1) for x in xs] if extractor.flip else xs
-        by_shape: dict[tuple, list] = {}
-        for x in xs:
-            by_shape.setdefault(tuple(x.shape), []).append(x)
-        batches[q] = [torch.stack(group[i : i + extractor.batch_size])
-                      for group in by_shape.values() for i in range(0, len(group), extractor.batch_size)]
+    batches = []
+    for q in extractor.scales:
+        inputs = to_inputs(pixels, q, extractor.resize_side, extractor.crop)
+        inputs = inputs + [x.flip(-1) for x in inputs] if extractor.flip else inputs
+        plan = plan_batches([tuple(x.shape[1:]) for x in inputs], extractor.batch_size, extractor.batch_pixels)
+        batches += [[inputs[i] for i in batch] for batch in plan]
     for timed in (False, True):  # the first pass warms up cuDNN's autotuning for every shape
         synchronize(extractor.device)
         began = time.perf_counter()
-        for q in extractor.scales:
-            for batch in batches[q]:
-                extractor._forward(list(batch))
+        for batch in batches:
+            extractor._forward(batch)
         synchronize(extractor.device)
     return len(files) / (time.perf_counter() - began)
 
 
-def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, float | None]:
-    """Images/s from files to a complete HDF5, and the mean GPU utilisation meanwhile."""
-    images = find_images(folder)
-    output = folder.parent / "bench.h5"
-    job = ExtractionJob(extractor, images, output, overwrite=True)
-    samples: list[int] = []
-    done = threading.Event()
+@dataclass
+class Samples:
+    gpu_busy: list[int] = field(default_factory=list)  # percent
+    rss: list[int] = field(default_factory=list)  # bytes
+
+    def report(self) -> str:
+        busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
+        if not self.rss:
+            return busy
+        early = max(self.rss[: max(1, len(self.rss) // 4)])
+        return f"{busy}; host memory {early / 2**20:,.0f} MiB in the first quarter, {max(self.rss) / 2**20:,.0f} MiB at most"
+
+
+@contextlib.contextmanager
+def sampled(device: torch.device) -> Iterator[Samples]:
+    """GPU utilisation and resident memory of this process, every 50 ms, while the block runs."""
+    samples, done = Samples(), threading.Event()
+    page = os.sysconf("SC_PAGE_SIZE")
 
     def sample() -> None:
         while not done.wait(0.05):
-            samples.append(torch.cuda.utilization(extractor.device))
+            if device.type == "cuda":
+                samples.gpu_busy.append(torch.cuda.utilization(device))
+            with open("/proc/self/statm") as statm:
+                samples.rss.append(int(statm.read().split()[1]) * page)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    if extractor.device.type == "cuda":
-        sampler.start()
-    began = time.perf_counter()
-    job.run()
-    rate = len(images) / (time.perf_counter() - began)
-    done.set()
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
+
+
+def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples]:
+    """Images/s from files to a complete HDF5, and what was sampled meanwhile."""
+    images = find_images(folder)
+    output = folder.parent / "bench.h5"
+    job = ExtractionJob(extractor, images, output, overwrite=True)
+    with sampled(extractor.device) as samples:
+        began = time.perf_counter()
+        job.run()
+        rate = len(images) / (time.perf_counter() - began)
     output.unlink()
-    return rate, (sum(samples) / len(samples) if samples else None)
+    return rate, samples
+
+
+class Files(torch.utils.data.Dataset):
+    """The dataset a user writes for an image folder: PIL decoding and a torchvision transform."""
+
+    def __init__(self, files: list[Path], transform) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def dataloader_recipe(files: list[Path], device: torch.device, precision: str, batch_size: int, workers: int) -> float:
+    """Images/s of the common DataLoader recipe: Resize(256), CenterCrop(224), VGG16 up to fc7."""
+    vgg, _ = load_vgg("vgg16", "random", 0)
+    vgg.classifier = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU: fc7 features
+    vgg = vgg.eval().to(device)
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(256, antialias=True), v2.CenterCrop(224),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    loader = torch.utils.data.DataLoader(Files(files, transform), batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    synchronize(device)
+    began = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=half, enabled=half is not None):
+        for batch in loader:
+            vgg(batch.to(device, non_blocking=True)).float().cpu()
+    synchronize(device)
+    return len(files) / (time.perf_counter() - began)
 
 
 def naive(extractor: Extractor, files: list[Path]) -> float:
@@ -118,31 +183,43 @@ def main() -> None:
     parser.add_argument("--model-only-count", type=int, default=512,
                         help="images for model only, whose inputs are all held on the device at once")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--scales", default="256,384,512")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads")
+    parser.add_argument("--decoder", default="pil", choices=["pil", "torchvision"])
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
+    parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
+    parser.add_argument("--dataloader-workers", type=int, default=16)
+    parser.add_argument("--dataloader-batch", type=int, default=256)
     args = parser.parse_args()
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
-    extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, center_crop=args.center_crop)
+    extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
+                          batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
+                          center_crop=args.center_crop)
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device {name}; vgg16 fc7, Q={args.scales}, flip, mean; precision {args.precision}; "
-          f"batch {extractor.batch_size}; {args.count} JPEGs 500x375/375x500 "
-          f"(model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+    print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
+          f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
+          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {args.decoder} decoding threads; {args.count} JPEGs "
+          f"500x375/375x500 (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         make_jpegs(folder, args.count)
         files = sorted(folder.iterdir())
         a = model_only(extractor, files[: args.model_only_count])
-        b, utilisation = end_to_end(extractor, folder)
+        b, samples = end_to_end(extractor, folder)
         c = naive(extractor, files[: args.naive_count or args.count])
+        if args.dataloader:
+            d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)
     print(f"(a) model only       {a:9.2f} images/s")
-    busy = f"; GPU busy {utilisation:.0f}% of the time" if utilisation is not None else ""
-    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{busy}")
+    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{samples.report()}")
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
+    if args.dataloader:
+        print(f"(d) DataLoader       {d:9.2f} images/s   vggfeat is {b / d:5.1f}x faster "
+              f"({args.dataloader_workers} workers, batch {args.dataloader_batch}, Resize 256 + CenterCrop 224, no flip)")
 
 
 if __name__ == "__main__":

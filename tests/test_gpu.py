@@ -117,3 +117,32 @@ def test_huge_images_are_described_on_the_gpu(random_vgg16):
     got = extractor.describe([photo, panorama])
     random_vgg16.to("cpu")
     assert got.shape == (2, 4096) and np.isfinite(got).all()
+
+
+def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images, tmp_path):
+    """--decoder torchvision on the GPU (nvJPEG): pixels within a few levels of PIL's, the same
+    descriptors within a stated tolerance, and a truncated file in the batch recorded, not fatal."""
+    from PIL import Image
+
+    from imagefiles import write_truncated_jpeg
+    from vggfeat.decode import decode_image
+    from vggfeat.jpeg import decode_jpegs, read_jpeg
+
+    paths = []
+    for i, image in enumerate(images * 6):  # more than one decoding group
+        paths.append(tmp_path / f"{i:02d}.jpg")
+        Image.fromarray(image).save(paths[-1], quality=90)
+    paths.insert(3, write_truncated_jpeg(tmp_path / "truncated.jpg"))
+    for path in paths[:2]:
+        on_gpu = decode_jpegs([read_jpeg(path, 10**9, 32)], torch.device("cuda"))[0]
+        difference = np.abs(on_gpu.permute(1, 2, 0).cpu().numpy().astype(int) - decode_image(path)).max()
+        print(f"nvJPEG vs PIL: largest pixel difference {difference}")
+        assert difference <= 8
+    options = dict(device="cuda", scales=[224, 320], precision="fp32", batch_size=8)
+    by_nvjpeg = Extractor(random_vgg16, decoder="torchvision", **options).extract(paths, errors="nan")
+    by_pil = Extractor(random_vgg16, **options).extract(paths, errors="nan")
+    random_vgg16.to("cpu")
+    assert np.isnan(by_nvjpeg[3]).all() and np.isnan(by_pil[3]).all()
+    good = np.isfinite(by_pil).all(axis=1)
+    print(f"nvJPEG vs PIL: min descriptor cosine {cosine(by_nvjpeg[good], by_pil[good]).min():.6f}")
+    assert cosine(by_nvjpeg[good], by_pil[good]).min() > 0.9999

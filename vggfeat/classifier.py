@@ -82,9 +82,10 @@ class Classifier(Extractor):
         dense: bool = True,
         multi_crop: bool = False,
         device: str = "auto",
-        precision: str = "fp32",
-        batch_size: int | None = None,
+        precision: str = "auto",
+        batch_size: int | str | None = "auto",
         workers: int | None = None,
+        decoder: str = "pil",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
@@ -95,7 +96,7 @@ class Classifier(Extractor):
         super().__init__(
             model, weights=weights, seed=seed, layer="fc8", pooling="avg", scales=scales, aggregate="stack",
             flip=False, device=device, precision=precision, batch_size=batch_size, workers=workers,
-            max_pixels=max_pixels, min_side=min_side,
+            decoder=decoder, max_pixels=max_pixels, min_side=min_side,
         )
         self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)
 

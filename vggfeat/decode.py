@@ -48,12 +48,7 @@ def decode_image(
     try:
         with Image.open(path) as image:
             # The header gives the size before any pixel is decoded: refuse bombs here.
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image is {width}x{height} ({width * height:,} pixels), over the limit of "
-                    f"{max_pixels:,} (decompression-bomb guard; raise --max-pixels to allow it)"
-                )
+            check_pixels(*image.size, max_pixels)
             image.load()
             image = _upright(image)
             rgb = _to_rgb(image)
@@ -69,9 +64,23 @@ def decode_image(
         raise ImageError(_reason(error)) from None
 
     height, width = rgb.shape[:2]
+    check_min_side(width, height, min_side)
+    return rgb
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image larger than ``max_pixels`` (known from its header, before decoding)."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} ({width * height:,} pixels), over the limit of "
+            f"{max_pixels:,} (decompression-bomb guard; raise --max-pixels to allow it)"
+        )
+
+
+def check_min_side(width: int, height: int, min_side: int) -> None:
+    """Refuse an image whose smallest side is below ``min_side``."""
     if min(height, width) < min_side:
         raise ImageError(f"image is {width}x{height}; the smallest side must be at least {min_side} px")
-    return rgb
 
 
 def _reason(error: BaseException) -> str:

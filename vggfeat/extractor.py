@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import threading
 from collections import deque
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from .aggregate import AGGREGATIONS, combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
 from .errors import ImageError, VggfeatError
+from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
 from .pooling import ALIASES, GEM_P, POOLINGS, RETRIEVAL_POOLINGS, pool_map
 from .resize import RESIZE_RECIPE, RESIZE_SIDES, as_tensors, pad_batch, plan_batches, to_device, to_inputs
@@ -32,6 +34,9 @@ from .weights import ARCHITECTURES
 PAPER_SCALES = (256, 384, 512)
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
+DECODERS = ("pil", "torchvision")
+# Files per decoding task with decoder="torchvision": one batched decode call.
+JPEG_GROUP = 32
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -86,6 +91,8 @@ class Extractor:
         batch_size: most network inputs (an image at one scale, or its flip) per batch; ``auto``:
             as many as fit a share of the GPU's free memory (at most 256), 4 on the CPU.
         workers: threads decoding images ahead of the network.
+        decoder: ``pil``, or ``torchvision``: JPEGs decoded in batches by torchvision, on the GPU
+            (nvJPEG) when the network is there; other files, and any it rejects, by PIL.
         max_pixels: larger images are refused unread (decompression-bomb guard).
         min_side: images with a smaller side are refused.
     """
@@ -105,6 +112,7 @@ class Extractor:
         precision: str = "auto",
         batch_size: int | str | None = "auto",
         workers: int | None = None,
+        decoder: str = "pil",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         resize_side: str = "short",
@@ -118,6 +126,7 @@ class Extractor:
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
                        normalize, gem_p, batch_size)
+        _check_choice("decoder", decoder, DECODERS)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -130,6 +139,7 @@ class Extractor:
         # Inputs and padded pixels per batch: both shrink if a batch ever runs out of GPU memory.
         self.batch_size, self.batch_pixels = self._batch_limits(batch_size)
         self.workers = workers or min(8, os.cpu_count() or 1)
+        self.decoder = decoder
         self.max_pixels, self.min_side = max_pixels, min_side
         self._thread = threading.local()  # per decoding thread: its upload stream
 
@@ -178,6 +188,8 @@ class Extractor:
             "dim": self.dim,
             "max_pixels": self.max_pixels,
             "min_side": self.min_side,
+            # Only when not PIL's: nvJPEG's pixels may differ from libjpeg's by a level or two.
+            **({"decoder": f"{self.decoder} on {self.device.type}"} if self.decoder != "pil" else {}),
             "preprocessing": {**DECODE_RECIPE, **RESIZE_RECIPE},
         }
 
@@ -277,14 +289,18 @@ class Extractor:
         return F.normalize(combined, dim=1) if self.normalize == "l2" else combined
 
     def _on_device(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
-        """[3, H, W] uint8 tensors on the device, from arrays or from tensors uploaded by a decoder."""
-        if not isinstance(images[0], torch.Tensor):
-            return as_tensors(images, self.device)
+        """[3, H, W] uint8 tensors on the device, from arrays or from tensors a decoder made there."""
+        tensors = list(images)
         if self.device.type == "cuda":
             stream = torch.cuda.current_stream(self.device)
-            for pixels in images:
-                pixels.record_stream(stream)  # made on an upload stream, used on this one
-        return list(images)
+            for pixels in tensors:
+                if isinstance(pixels, torch.Tensor):
+                    pixels.record_stream(stream)  # made on a decoding thread's stream, used on this one
+        arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]
+        if arrays:
+            for i, pixels in zip(arrays, as_tensors([images[i] for i in arrays], self.device)):
+                tensors[i] = pixels
+        return tensors
 
     def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
         inputs = to_inputs(pixels, scale, self.resize_side, self.crop)
@@ -331,20 +347,43 @@ class Extractor:
     def _decode_ahead(
         self, paths: Sequence[str | os.PathLike], pool: ThreadPoolExecutor, lookahead: int
     ) -> Iterator[np.ndarray | torch.Tensor | ImageError]:
+        # Files go to the decoding threads in groups: torchvision decodes a group in one batch.
+        group = 1 if self.decoder == "pil" else JPEG_GROUP
         pending: deque[Future] = deque()
         upcoming = iter(paths)
 
         def submit_next() -> None:
-            path = next(upcoming, None)
-            if path is not None:
-                pending.append(pool.submit(self._decode, Path(path)))
+            files = [Path(path) for path in itertools.islice(upcoming, group)]
+            if files:
+                pending.append(pool.submit(self._decode_group, files))
 
-        for _ in range(lookahead):
+        for _ in range(-(-lookahead // group)):
             submit_next()
         while pending:
             future = pending.popleft()
             submit_next()
-            yield future.result()
+            yield from future.result()
+
+    def _decode_group(self, paths: list[Path]) -> list[np.ndarray | torch.Tensor | ImageError]:
+        if self.decoder == "pil":
+            return [self._decode(path) for path in paths]
+        results: list = [None] * len(paths)
+        jpegs: list[tuple[int, EncodedJpeg]] = []
+        for i, path in enumerate(paths):
+            try:
+                jpeg = read_jpeg(path, self.max_pixels, self.min_side)
+            except ImageError as error:
+                results[i] = error
+                continue
+            if jpeg is None:
+                results[i] = self._decode(path)
+            else:
+                jpegs.append((i, jpeg))
+        with self._upload_stream():
+            decoded = decode_jpegs([jpeg for _, jpeg in jpegs], self.device)
+        for (i, jpeg), pixels in zip(jpegs, decoded):
+            results[i] = pixels if pixels is not None else self._decode(jpeg.path)  # PIL decides
+        return results
 
     def _decode(self, path: Path) -> np.ndarray | torch.Tensor | ImageError:
         try:
@@ -353,15 +392,27 @@ class Extractor:
             return error
         if self.device.type != "cuda":
             return rgb
-        # On a GPU the decoding thread also uploads, on a stream of its own: the copy from pageable
-        # memory then blocks only this thread, never the stream the network runs on.
+        with self._upload_stream():
+            return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
+
+    @contextlib.contextmanager
+    def _upload_stream(self) -> Iterator[None]:
+        """On a GPU, run the block on this decoding thread's own stream, and wait for it.
+
+        Uploads from pageable memory then block only this thread, never the stream the network
+        runs on. Decoders get memory that only this stream has used, after its earlier work is
+        done: nvJPEG's hardware decoder is known to write its output before the work queued ahead
+        of it on its stream has run (pytorch/vision#9606).
+        """
+        if self.device.type != "cuda":
+            yield
+            return
         stream = getattr(self._thread, "stream", None)
         if stream is None:
             stream = self._thread.stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
-            pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
+            yield
         stream.synchronize()
-        return pixels
 
 
 def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:

@@ -24,11 +24,11 @@ from . import options
 @click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
 @options.device
 @options.precision
-@options.image_limits
+@options.image_pipeline
 @options.overwrite
 @options.quiet
 def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,
-             precision, batch_size, workers, max_pixels, min_side, overwrite, quiet) -> None:
+             precision, batch_size, workers, decoder, max_pixels, min_side, overwrite, quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
@@ -43,7 +43,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     say(f"{len(images):,} images; loading {model} ({weights})")
     classifier = Classifier(
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
-        device=device, precision=precision, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+        device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, max_pixels=max_pixels,
         min_side=min_side,
     )
     if classifier.network.weights.is_random:

@@ -36,12 +36,12 @@ def _given_arguments() -> list[str]:
 @options.device
 @options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
-@options.image_limits
+@options.image_pipeline
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @options.overwrite
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, max_pixels, min_side, part_size, overwrite, quiet) -> None:
+            device, precision, dtype, batch_size, workers, decoder, max_pixels, min_side, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -54,7 +54,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
-        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder,
         max_pixels=max_pixels, min_side=min_side, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:

@@ -11,7 +11,7 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import PAPER_SCALES, PRECISIONS
+from ..extractor import DECODERS, PAPER_SCALES, PRECISIONS
 from ..weights import ARCHITECTURES
 
 
@@ -46,9 +46,11 @@ def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> 
     return size
 
 
-batch_size = click.option("--batch-size", default="auto", show_default=True, callback=parse_batch_size,
+batch_size = click.option("--batch-size", default="auto", show_default=True, metavar="auto|N", callback=parse_batch_size,
                           help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory, 4 on the CPU.")
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
+decoder = click.option("--decoder", default="pil", show_default=True, type=click.Choice(DECODERS),
+                       help="torchvision: JPEGs decoded in batches, on the GPU (nvJPEG) with --device cuda; other files by PIL.")
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
@@ -69,7 +71,7 @@ def _together(*decorators: Callable) -> Callable:
 # The groups every image-describing command takes, in --help order.
 image_source = _together(images_and_output, file_list, root)
 network = _together(model, weights, seed)
-image_limits = _together(batch_size, workers, max_pixels, min_side)
+image_pipeline = _together(batch_size, workers, decoder, max_pixels, min_side)
 
 
 def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:

@@ -1,0 +1,89 @@
+"""Batched JPEG decoding with torchvision (nvJPEG on a GPU; libjpeg-turbo on the CPU, as here).
+
+On the CPU torchvision's decoder is the same libjpeg-turbo as PIL's, so ``--decoder torchvision``
+must give exactly PIL's pixels, failures and reasons, whatever mix of files a batch holds.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from imagefiles import write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
+from reference import assert_close
+from vggfeat import Extractor, ImageError
+from vggfeat.decode import decode_image
+from vggfeat.extractor import JPEG_GROUP
+from vggfeat.jpeg import decode_jpegs, read_jpeg
+
+
+def test_only_jpegs_torchvision_decodes_like_pil_are_sent_to_it(tmp_path):
+    write_rgb(tmp_path / "rgb.jpg", 60, 80)
+    write_gray(tmp_path / "gray.jpg")
+    write_rgb(tmp_path / "rgb.png", 60, 80)
+    write_cmyk_jpeg(tmp_path / "cmyk.jpg")
+    write_exif_rotated(tmp_path / "rotated.jpg", 6)
+    (tmp_path / "note.jpg").write_text("not an image")
+    for name in ("rgb.jpg", "gray.jpg"):
+        assert read_jpeg(tmp_path / name, 10**9, 32) is not None, name
+    for name in ("rgb.png", "cmyk.jpg", "rotated.jpg", "note.jpg", "missing.jpg"):
+        assert read_jpeg(tmp_path / name, 10**9, 32) is None, name  # PIL's to decode or to explain
+
+
+def test_size_limits_are_checked_from_the_header(tmp_path):
+    write_rgb(tmp_path / "rgb.jpg", 60, 80)
+    with pytest.raises(ImageError, match="80x60 .*over the limit of 4,000"):
+        read_jpeg(tmp_path / "rgb.jpg", 4000, 32)
+    with pytest.raises(ImageError, match="smallest side must be at least 64"):
+        read_jpeg(tmp_path / "rgb.jpg", 10**9, 64)
+
+
+def test_a_bad_file_does_not_fail_its_batch(tmp_path):
+    names = ["0.jpg", "truncated.jpg", "1.jpg", "2.jpg"]
+    for i, name in enumerate(names):
+        write_rgb(tmp_path / name, 50 + i, 70, seed=i, fmt="JPEG")
+    write_truncated_jpeg(tmp_path / "truncated.jpg")
+    decoded = decode_jpegs([read_jpeg(tmp_path / name, 10**9, 32) for name in names], "cpu")
+    assert decoded[1] is None
+    for name, pixels in zip(names, decoded):
+        if name != "truncated.jpg":
+            assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
+
+
+def decoded_stage(extractor: Extractor, paths) -> list:
+    with ThreadPoolExecutor(2) as pool:
+        return list(extractor._decode_ahead(paths, pool, lookahead=8))
+
+
+def test_torchvision_decoder_gives_pils_pixels_failures_and_reasons(random_vgg16, tmp_path):
+    odd = write_odd_files(tmp_path / "odd")
+    bad = write_bad_files(tmp_path / "bad")
+    plain = [tmp_path / f"plain{i}.jpg" for i in range(JPEG_GROUP + 3)]  # more than one group
+    for i, path in enumerate(plain):
+        write_rgb(path, 40 + i, 60, seed=i, fmt="JPEG")
+    paths = sorted([*(o.path for o in odd.values()), *bad.values(), *plain])
+    by_pil = decoded_stage(Extractor(random_vgg16, device="cpu", scales=[224]), paths)
+    by_torchvision = decoded_stage(Extractor(random_vgg16, device="cpu", scales=[224], decoder="torchvision"), paths)
+    assert len(by_torchvision) == len(paths)
+    for path, a, b in zip(paths, by_pil, by_torchvision):
+        if isinstance(a, ImageError):
+            assert isinstance(b, ImageError) and str(b) == str(a), path.name
+        else:
+            b = b.permute(1, 2, 0).numpy() if not isinstance(b, np.ndarray) else b
+            assert np.array_equal(a, b), path.name
+
+
+def test_torchvision_decoder_end_to_end_equals_pil(random_vgg16, tmp_path):
+    paths = [tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "c.jpg"]
+    write_rgb(paths[0], 230, 300, seed=1, fmt="JPEG")
+    write_rgb(paths[1], 240, 240, seed=2)
+    write_truncated_jpeg(paths[2])
+    options = dict(device="cpu", scales=[224], flip=False, layer="conv1_1")
+    pil = Extractor(random_vgg16, **options)
+    torchvision = Extractor(random_vgg16, decoder="torchvision", **options)
+    by_torchvision, by_pil = torchvision.extract(paths, errors="nan"), pil.extract(paths, errors="nan")
+    assert_close(by_torchvision[:2], by_pil[:2], 0, "descriptors")
+    assert np.isnan(by_torchvision[2]).all() and np.isnan(by_pil[2]).all()
+    assert "decoder" not in pil.config() and torchvision.config()["decoder"] == "torchvision on cpu"

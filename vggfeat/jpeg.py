@@ -1,0 +1,70 @@
+"""Decode JPEG files in batches with torchvision: nvJPEG when the network is on a GPU.
+
+The decoded pixels then start on the device, and the host only reads bytes. Only files that
+torchvision decodes to what :func:`vggfeat.decode.decode_image` gives are sent to it: baseline or
+progressive JPEGs in YCbCr or grayscale, without an EXIF rotation. CMYK JPEGs, rotated photos,
+other formats, and any file torchvision rejects are decoded by PIL instead, which also words the
+error of a file that nobody can read: one bad file never fails its batch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from .decode import check_min_side, check_pixels
+
+# PIL's modes of JPEGs that torchvision converts to RGB as PIL does (CMYK and YCCK it does not).
+_MODES = ("RGB", "L")
+_ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
+
+
+@dataclass
+class EncodedJpeg:
+    """A JPEG file's bytes, checked to be torchvision's to decode."""
+
+    path: Path
+    data: torch.Tensor  # uint8 [n], the whole file
+
+
+def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg | None:
+    """The bytes of ``path`` if it is a JPEG for torchvision, or None: a file for PIL to decode.
+
+    Raises :class:`~vggfeat.errors.ImageError` when the header's size is refused, as
+    :func:`~vggfeat.decode.decode_image` would.
+    """
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            if image.format != "JPEG" or image.mode not in _MODES or image.getexif().get(_ORIENTATION, 1) != 1:
+                return None
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - unreadable or odd: PIL's decoder gives the reason
+        return None
+    check_pixels(width, height, max_pixels)
+    check_min_side(width, height, min_side)
+    return EncodedJpeg(Path(path), torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def decode_jpegs(files: list[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
+    """RGB uint8 [3, H, W] of each file on ``device``, decoded in one batch; None for a file that
+    torchvision rejects."""
+    if not files:
+        return []
+    try:
+        return list(decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    # One bad file fails the batched call: decode them one by one to tell which.
+    decoded: list[torch.Tensor | None] = []
+    for f in files:
+        try:
+            decoded.append(decode_jpeg(f.data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            decoded.append(None)
+    return decoded
