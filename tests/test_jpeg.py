@@ -6,17 +6,16 @@ must give exactly PIL's pixels, failures and reasons, whatever mix of files a ba
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
+import torch
 
 from imagefiles import write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
 from reference import assert_close
 from vggfeat import Extractor, ImageError
 from vggfeat.decode import decode_image
-from vggfeat.extractor import JPEG_GROUP
 from vggfeat.jpeg import decode_jpegs, read_jpeg
+from vggfeat.reading import JPEG_GROUP, ImageReader
 
 
 def test_only_jpegs_torchvision_decodes_like_pil_are_sent_to_it(tmp_path):
@@ -52,20 +51,20 @@ def test_a_bad_file_does_not_fail_its_batch(tmp_path):
             assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
 
 
-def decoded_stage(extractor: Extractor, paths) -> list:
-    with ThreadPoolExecutor(2) as pool:
-        return list(extractor._decode_ahead(paths, pool, lookahead=8))
+def decoded(decoder: str, paths) -> list:
+    reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=10**9, min_side=32)
+    with reader.read(paths, lookahead=8) as results:
+        return list(results)
 
 
-def test_torchvision_decoder_gives_pils_pixels_failures_and_reasons(random_vgg16, tmp_path):
+def test_torchvision_decoder_gives_pils_pixels_failures_and_reasons(tmp_path):
     odd = write_odd_files(tmp_path / "odd")
     bad = write_bad_files(tmp_path / "bad")
     plain = [tmp_path / f"plain{i}.jpg" for i in range(JPEG_GROUP + 3)]  # more than one group
     for i, path in enumerate(plain):
         write_rgb(path, 40 + i, 60, seed=i, fmt="JPEG")
     paths = sorted([*(o.path for o in odd.values()), *bad.values(), *plain])
-    by_pil = decoded_stage(Extractor(random_vgg16, device="cpu", scales=[224]), paths)
-    by_torchvision = decoded_stage(Extractor(random_vgg16, device="cpu", scales=[224], decoder="torchvision"), paths)
+    by_pil, by_torchvision = decoded("pil", paths), decoded("torchvision", paths)
     assert len(by_torchvision) == len(paths)
     for path, a, b in zip(paths, by_pil, by_torchvision):
         if isinstance(a, ImageError):

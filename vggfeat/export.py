@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
+from .store import written_atomically
 
 FORMATS = ("npy", "parquet")
 _BLOCK_BYTES = 64 * 2**20
@@ -39,14 +40,17 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
     with FeatureFile(features) as f:
         labels = [f.classes[y] if y >= 0 else "" for y in f.labels]
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
+        # Each file appears whole or not at all: an interrupted export leaves the old ones intact.
         if to == "npy":
-            _npy(f, targets[0], step)
-            with open(targets[1], "w", newline="") as out:
+            with written_atomically(targets[0]) as temporary:
+                _npy(f, temporary, step)
+            with written_atomically(targets[1]) as temporary, open(temporary, "w", newline="") as out:
                 writer = csv.writer(out)
                 writer.writerow(["row", "path", "label"])
                 writer.writerows([row, path, label] for row, (path, label) in enumerate(zip(f.paths, labels)))
         else:
-            _parquet(f, targets[0], labels, step)
+            with written_atomically(targets[0]) as temporary:
+                _parquet(f, temporary, labels, step)
     return targets
 
 

@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import os
-import threading
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .aggregate import AGGREGATIONS, combine_flips, combine_scales
-from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
+from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
-from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
 from .pooling import ALIASES, GEM_P, POOLINGS, RETRIEVAL_POOLINGS, pool_map
+from .reading import DECODERS, ImageReader
 from .resize import RESIZE_RECIPE, RESIZE_SIDES, as_tensors, pad_batch, plan_batches, to_device, to_inputs
 from .weights import ARCHITECTURES
 
 PAPER_SCALES = (256, 384, 512)
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
-DECODERS = ("pil", "torchvision")
-# Files per decoding task with decoder="torchvision": one batched decode call.
-JPEG_GROUP = 32
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -141,7 +133,6 @@ class Extractor:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.decoder = decoder
         self.max_pixels, self.min_side = max_pixels, min_side
-        self._thread = threading.local()  # per decoding thread: its upload stream
 
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
         """(most inputs, most padded pixels) per batch."""
@@ -215,11 +206,11 @@ class Extractor:
         chunk's work has been queued, so a GPU never waits for the host between chunks.
         """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
+        reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side)
         with (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as decoders,
+            reader.read(paths, lookahead=2 * chunk_images + 2 * self.workers) as decoded,
             _precision(self.precision, self.device),
         ):
-            decoded = self._decode_ahead(paths, decoders, lookahead=2 * chunk_images + 2 * self.workers)
             previous: Chunk | None = None
             for chunk, images in self._gather(len(paths), decoded, chunk_images):
                 chunk.features = self._describe_chunk(chunk, images)
@@ -343,76 +334,6 @@ class Extractor:
             map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
             pooled = pool_map(feature_map.float(), map_sizes, self.pooling, self.gem_p)
             return F.normalize(pooled, dim=1) if self.normalize == "l2" else pooled
-
-    def _decode_ahead(
-        self, paths: Sequence[str | os.PathLike], pool: ThreadPoolExecutor, lookahead: int
-    ) -> Iterator[np.ndarray | torch.Tensor | ImageError]:
-        # Files go to the decoding threads in groups: torchvision decodes a group in one batch.
-        group = 1 if self.decoder == "pil" else JPEG_GROUP
-        pending: deque[Future] = deque()
-        upcoming = iter(paths)
-
-        def submit_next() -> None:
-            files = [Path(path) for path in itertools.islice(upcoming, group)]
-            if files:
-                pending.append(pool.submit(self._decode_group, files))
-
-        for _ in range(-(-lookahead // group)):
-            submit_next()
-        while pending:
-            future = pending.popleft()
-            submit_next()
-            yield from future.result()
-
-    def _decode_group(self, paths: list[Path]) -> list[np.ndarray | torch.Tensor | ImageError]:
-        if self.decoder == "pil":
-            return [self._decode(path) for path in paths]
-        results: list = [None] * len(paths)
-        jpegs: list[tuple[int, EncodedJpeg]] = []
-        for i, path in enumerate(paths):
-            try:
-                jpeg = read_jpeg(path, self.max_pixels, self.min_side)
-            except ImageError as error:
-                results[i] = error
-                continue
-            if jpeg is None:
-                results[i] = self._decode(path)
-            else:
-                jpegs.append((i, jpeg))
-        with self._upload_stream():
-            decoded = decode_jpegs([jpeg for _, jpeg in jpegs], self.device)
-        for (i, jpeg), pixels in zip(jpegs, decoded):
-            results[i] = pixels if pixels is not None else self._decode(jpeg.path)  # PIL decides
-        return results
-
-    def _decode(self, path: Path) -> np.ndarray | torch.Tensor | ImageError:
-        try:
-            rgb = decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
-        except ImageError as error:
-            return error
-        if self.device.type != "cuda":
-            return rgb
-        with self._upload_stream():
-            return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
-
-    @contextlib.contextmanager
-    def _upload_stream(self) -> Iterator[None]:
-        """On a GPU, run the block on this decoding thread's own stream, and wait for it.
-
-        Uploads from pageable memory then block only this thread, never the stream the network
-        runs on. Decoders get memory that only this stream has used, after its earlier work is
-        done: nvJPEG's hardware decoder is known to write its output before the work queued ahead
-        of it on its stream has run (pytorch/vision#9606).
-        """
-        if self.device.type != "cuda":
-            yield
-            return
-        stream = getattr(self._thread, "stream", None)
-        if stream is None:
-            stream = self._thread.stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            yield
-        stream.synchronize()
 
 
 def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:

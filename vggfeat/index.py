@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
+from .store import written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT = "vggfeat-index"
@@ -119,14 +120,8 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index file, under a temporary name renamed once complete."""
-        path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
-        try:
-            with h5py.File(temporary, "w") as f:
-                self._write(f)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:
+            self._write(f)
 
     def _write(self, f: h5py.File) -> None:
         f.create_dataset("paths", data=self.paths, dtype=_STRING)

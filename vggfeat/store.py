@@ -19,9 +19,12 @@ flushed to disk and renamed, so a part either exists whole or not at all, whatev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +143,26 @@ def write_json(path: Path, data: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
     replace_durably(temporary, path)
+
+
+@contextlib.contextmanager
+def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
+    """A new temporary file beside ``path`` for the block to write; renamed over ``path`` only when
+    the block completes. ``path`` then holds the old file or the whole new one, never a part, and
+    the temporary name is one no other file had."""
+    path = Path(path)
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:  # created here, so no one else's; with the umask's permissions, as the final file gets
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield temporary
+        replace_durably(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def replace_durably(source: Path, destination: Path) -> None:

@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._version import __version__
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
+from .store import written_atomically
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
@@ -242,18 +243,12 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
     }
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(temporary, "w") as f:
-            f["coef"] = np.asarray(svm.coef_, dtype=np.float64)
-            f["intercept"] = np.asarray(svm.intercept_, dtype=np.float64)
-            f.create_dataset("classes", data=[str(c) for c in svm.classes_], dtype=h5py.string_dtype("utf-8"))
-            f.attrs.update(attrs)
-            f.attrs["checksum"] = _checksum(f)
-        os.replace(temporary, path)  # the model appears whole or not at all
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:  # whole or not at all
+        f["coef"] = np.asarray(svm.coef_, dtype=np.float64)
+        f["intercept"] = np.asarray(svm.intercept_, dtype=np.float64)
+        f.create_dataset("classes", data=[str(c) for c in svm.classes_], dtype=h5py.string_dtype("utf-8"))
+        f.attrs.update(attrs)
+        f.attrs["checksum"] = _checksum(f)
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:

@@ -23,6 +23,7 @@ import torch
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
+from .store import written_atomically
 
 FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
@@ -125,8 +126,8 @@ class PCAWhitening:
     # ------------------------------------------------------------------- plain HDF5
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to an HDF5 file of its own (see :meth:`write`)."""
-        with h5py.File(path, "w") as f:
+        """Write to an HDF5 file of its own (see :meth:`write`), whole or not at all."""
+        with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:
             self.write(f)
 
     def write(self, group: h5py.Group) -> None:

@@ -11,7 +11,8 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import DECODERS, PAPER_SCALES, PRECISIONS
+from ..extractor import PAPER_SCALES, PRECISIONS
+from ..reading import DECODERS
 from ..weights import ARCHITECTURES
 
 

@@ -1,0 +1,55 @@
+"""Files vggfeat writes appear whole or not at all: an interrupted write keeps the old file."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import vggfeat.export
+from svmhelpers import write_features
+from vggfeat.export import export
+from vggfeat.store import written_atomically
+
+
+def test_a_completed_write_replaces_the_file_with_normal_permissions(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    (tmp_path / "out.bin.tmp").write_bytes(b"a user's file with the name a naive writer would use")
+    with written_atomically(target) as temporary:
+        assert temporary.parent == tmp_path and temporary.exists() and temporary != target
+        temporary.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert (tmp_path / "out.bin.tmp").read_bytes().startswith(b"a user's file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.bin.tmp"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), written_atomically(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_an_export_that_fails_midway_keeps_the_previous_export(tmp_path, monkeypatch):
+    X = np.arange(24, dtype=np.float32).reshape(6, 4)
+    db = write_features(tmp_path / "db.h5", X, [f"{i}.jpg" for i in range(6)], np.zeros(6, dtype=int), ["a"])
+    export(db, "npy")
+    before = np.load(tmp_path / "db.npy")
+
+    def failing(f, target, step):
+        target.write_bytes(b"half an array")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(vggfeat.export, "_npy", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export(db, "npy", overwrite=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "db.npy"), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.npy", "db.paths.csv"]
