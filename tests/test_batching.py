@@ -42,7 +42,7 @@ def memory_limited(monkeypatch, extractor: Extractor, most_pixels: int) -> list[
 def test_auto_precision_and_batch_size_on_the_cpu(random_vgg16):
     extractor = Extractor(random_vgg16, device="cpu", scales=[256, 384])
     assert extractor.precision == "fp32" and extractor.config()["precision"] == "fp32"
-    assert extractor.batch_size == 4 and extractor.batch_pixels == 4 * 384 * 512
+    assert extractor.batch_size == 16 and extractor.batch_pixels == 16 * 224 * 224
 
 
 def test_an_explicit_batch_size_bounds_inputs_and_pixels(random_vgg16):

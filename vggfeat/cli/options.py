@@ -48,7 +48,7 @@ def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 
 batch_size = click.option("--batch-size", default="auto", show_default=True, metavar="auto|N", callback=parse_batch_size,
-                          help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory, 4 on the CPU.")
+                          help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory; on the CPU, up to 16 of 224x224.")
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
 decoder = click.option("--decoder", default="pil", show_default=True, type=click.Choice(DECODERS),
                        help="torchvision: JPEGs decoded in batches, on the GPU (nvJPEG) with --device cuda; other files by PIL.")
