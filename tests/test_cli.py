@@ -32,6 +32,7 @@ from runhelpers import (
 )
 import vggfeat.job
 from vggfeat import Extractor
+from vggfeat.reading import ImageReader
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
 NO_SCALES = [option for option in FAST if option not in ("--scales", "224")]
@@ -238,8 +239,8 @@ def test_resume_with_another_configuration_is_refused(tmp_path, monkeypatch):
     assert folder_state(work) == kept and not output.exists()
 
     decoded = []
-    real = Extractor._decode
-    monkeypatch.setattr(Extractor, "_decode", lambda self, path: decoded.append(path.name) or real(self, path))
+    real = ImageReader._decode
+    monkeypatch.setattr(ImageReader, "_decode", lambda self, path: decoded.append(path.name) or real(self, path))
     code, _, err = run_main([*base, "--layer", "conv1_2", "--overwrite"])
     assert code == 0, err
     assert "resuming" not in err and len(decoded) == 3  # started over

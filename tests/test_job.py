@@ -19,6 +19,7 @@ import vggfeat.job
 from runhelpers import assert_same_output, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
+from vggfeat.reading import ImageReader
 from vggfeat.store import FORMAT_VERSION
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
@@ -59,15 +60,15 @@ def reference(labelled, random_vgg16, tmp_path_factory):
     return output, read_output(output)
 
 
-def count_decodes(monkeypatch, extractor) -> list[str]:
-    """Record the name of every file ``extractor`` decodes from now on."""
-    decoded, real = [], extractor._decode
+def count_decodes(monkeypatch) -> list[str]:
+    """Record the name of every file decoded from now on."""
+    decoded, real = [], ImageReader._decode
 
-    def decode(path):
+    def decode(reader, path):
         decoded.append(path.name)
-        return real(path)
+        return real(reader, path)
 
-    monkeypatch.setattr(extractor, "_decode", decode)
+    monkeypatch.setattr(ImageReader, "_decode", decode)
     return decoded
 
 
@@ -189,7 +190,7 @@ def test_resume_after_a_crash_recomputes_only_missing_images(tmp_path, labelled,
     monkeypatch.undo()
 
     # `first` is still alive: its failed run must have let go of the lock.
-    decoded = count_decodes(monkeypatch, extractor)
+    decoded = count_decodes(monkeypatch)
     second = ExtractionJob(extractor, images, output, part_images=PART)
     assert (second.done, second.total) == (4, 6)
     result = second.run()
@@ -211,7 +212,7 @@ def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, refere
     stale = work / "part-000000000002-000000000004.h5.tmp"
     assert stale.exists() and [p.name for p in work.glob("part-*.h5")] == ["part-000000000000-000000000002.h5"]
 
-    decoded = count_decodes(monkeypatch, extractor)
+    decoded = count_decodes(monkeypatch)
     job = ExtractionJob(extractor, images, output, part_images=PART)
     assert job.done == 2 and not stale.exists()
     job.run()
@@ -236,7 +237,7 @@ def test_kill_during_assembly_then_rerun_assembles(tmp_path, labelled, reference
     assert not output.exists() and (work / "output.h5.tmp").exists()
     assert len(list(work.glob("part-*.h5"))) == 3
 
-    decoded = count_decodes(monkeypatch, extractor)
+    decoded = count_decodes(monkeypatch)
     job = ExtractionJob(extractor, images, output, part_images=PART)
     assert job.done == job.total == 6
     result = job.run()

@@ -237,8 +237,9 @@ class Extractor:
                 kept.append((index, size))
             except torch.cuda.OutOfMemoryError:
                 height, width = size
-                chunk.failures.append((index, f"a {width}x{height} image does not fit in GPU memory at Q={max(self.scales)}; "
-                                              "describe it with --device cpu or smaller --scales"))
+                reason = (f"a {width}x{height} image does not fit in GPU memory at Q={max(self.scales)}; "
+                          "describe it with --device cpu or smaller --scales")
+                chunk.failures.append((index, reason))
                 torch.cuda.empty_cache()
         chunk.failures.sort()
         chunk.indices, chunk.sizes = [index for index, _ in kept], [size for _, size in kept]
