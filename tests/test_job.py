@@ -320,3 +320,32 @@ def test_unknown_dtype_and_foreign_parts_folder_are_refused(tmp_path, extractor)
         ExtractionJob(extractor, images, tmp_path / "out.h5", overwrite=True)
     assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
     assert (foreign / "mine.txt").read_text() == "not vggfeat's"
+
+
+def test_a_run_killed_after_its_output_was_in_place_is_finished_by_the_same_command(
+    tmp_path, labelled, reference, extractor, monkeypatch
+):
+    root, _ = labelled
+    images = find_images(root)
+    output = tmp_path / "out.h5"
+    work = output.with_name("out.h5.parts")
+
+    def killed(job):
+        raise KeyboardInterrupt  # after the output's rename, before its work folder is removed
+
+    monkeypatch.setattr(ExtractionJob, "_remove_work", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    assert output.exists() and work.exists()
+
+    other = Extractor(extractor.network, scales=[224], flip=False, device="cpu", layer="conv1_2")
+    with pytest.raises(VggfeatError, match="already exists"):  # another job's output is never replaced
+        ExtractionJob(other, images, output, part_images=PART)
+
+    decoded = count_decodes(monkeypatch)
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert job.done == job.total == 6
+    job.run()
+    assert decoded == [] and not work.exists()
+    assert_same_output(read_output(output), reference[1])

@@ -71,8 +71,6 @@ class ExtractionJob:
         self.provenance = provenance or {}
         if self.output.is_dir():
             raise VggfeatError(f"output {self.output} is a folder; name an .h5 file")
-        if self.output.exists() and not overwrite:
-            raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
         if not self.output.parent.is_dir():
             raise VggfeatError(f"folder of the output does not exist: {self.output.parent}")
         self.manifest = {
@@ -81,6 +79,10 @@ class ExtractionJob:
             "dtype": dtype,
             "images": {"count": len(images), "sha256": images.digest()},
         }
+        # A run killed after renaming its output into place, before removing its work folder, is
+        # finished: the same command then just assembles the parts again and tidies up.
+        if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
+            raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
         self._lock = self._open_work_folder(overwrite)
         self.parts = list_parts(self.work)
         self.done = sum(part.end - part.start for part in self.parts)
@@ -101,7 +103,7 @@ class ExtractionJob:
             temporary = self.work / "output.h5.tmp"
             rows, failed = assemble(self.parts, self.images, temporary, self._attrs(), self.dtype, self.extractor.dim)
             replace_durably(temporary, self.output)
-            shutil.rmtree(self.work)
+            self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
@@ -141,6 +143,25 @@ class ExtractionJob:
         if expect_none and gaps:
             raise RuntimeError(f"images {gaps} were not described")  # a bug, not a user error
         return gaps
+
+    def _finished_but_left_its_work(self) -> bool:
+        """Is the output complete, made by this very job, with its work folder still there?"""
+        try:
+            manifest = json.loads((self.work / "manifest.json").read_text())
+            with h5py.File(self.output, "r") as f:
+                attrs = dict(f.attrs)
+        except (OSError, ValueError):
+            return False
+        made_here = attrs.get("config") == json.dumps({**self.manifest["config"], "dtype": self.dtype}, sort_keys=True)
+        same_images = attrs.get("images_sha256") == self.manifest["images"]["sha256"]
+        return bool(attrs.get("complete")) and made_here and same_images and not _differences(manifest, self.manifest)
+
+    def _remove_work(self) -> None:
+        # The manifest goes last: a folder half removed by a kill is still recognised as ours.
+        for part in self.work.glob("part-*"):
+            part.unlink()
+        (self.work / "manifest.json").unlink()
+        shutil.rmtree(self.work)
 
     def _open_work_folder(self, overwrite: bool):
         manifest_file = self.work / "manifest.json"
@@ -198,6 +219,7 @@ class ExtractionJob:
             "dtype": self.dtype,
             "input_root": str(self.images.root),
             "images_found": self.total,
+            "images_sha256": self.manifest["images"]["sha256"],
             "device": str(self.extractor.device),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": json.dumps({**config, "dtype": self.dtype}, sort_keys=True),
