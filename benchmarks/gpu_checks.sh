@@ -7,11 +7,12 @@
 #   bash benchmarks/gpu_checks.sh paper      # paper setting, PIL and nvJPEG decoding
 #   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop, with the DataLoader recipe
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
+#   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 
-case ${1:?name a step: tests, paper, single or precision} in
+case ${1:?name a step: tests, paper, single, precision or pooling} in
 tests)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
@@ -24,7 +25,9 @@ single)
         --naive-count 64 --workers 16 --decoder torchvision --dataloader ;;
 precision)
     $python benchmarks/bench_precision.py --device cuda --precisions bf16,fp16,tf32 --per-class 100 ;;
+pooling)
+    $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: tests, paper, single or precision" >&2
+    echo "unknown step $1: tests, paper, single, precision or pooling" >&2
     exit 2 ;;
 esac

@@ -146,3 +146,13 @@ def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images
     good = np.isfinite(by_pil).all(axis=1)
     print(f"nvJPEG vs PIL: min descriptor cosine {cosine(by_nvjpeg[good], by_pil[good]).min():.6f}")
     assert cosine(by_nvjpeg[good], by_pil[good]).min() > 0.9999
+
+
+def test_rmac_on_the_gpu_equals_the_cpu():
+    from vggfeat.pooling import pool_map
+
+    maps = torch.relu(torch.randn(6, 512, 20, 27, generator=torch.Generator().manual_seed(0)))
+    sizes = [(20, 27), (14, 27), (20, 27), (20, 19), (14, 27), (20, 27)]
+    on_cpu = pool_map(maps, sizes, "rmac")
+    on_gpu = pool_map(maps.cuda(), sizes, "rmac").cpu()
+    assert torch.allclose(on_gpu, on_cpu, atol=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggfeat.pooling import gem, global_pool, mac, pool_map, rmac, rmac_regions, spoc
+from vggfeat.pooling import gem, global_pool, mac, pool_map, rmac, rmac_by_size, rmac_regions, spoc
 
 
 def _map(channels=5, height=7, width=9, seed=0) -> torch.Tensor:
@@ -118,3 +118,14 @@ def test_pool_map_agrees_with_global_pool_for_the_paper_poolings():
 def test_gem_and_rmac_of_zeros_are_finite():
     assert torch.isfinite(gem(torch.zeros(3, 4, 4), 3.0)).all()
     assert torch.equal(rmac(torch.zeros(2, 4, 4)), torch.zeros(2))  # no division by a zero norm
+
+
+def test_rmac_of_maps_grouped_by_size_equals_each_map_alone():
+    """The GPU's R-MAC (maps of one valid size pooled together) gives each map's own R-MAC."""
+    maps = [_map(4, 5, 8, seed=1), _map(4, 9, 6, seed=2), _map(4, 5, 8, seed=3), _map(4, 9, 8, seed=4)]
+    batch = torch.full((4, 4, 9, 8), 50.0, dtype=torch.float64)  # padding garbage must not leak
+    for slot, x in zip(batch, maps):
+        slot[:, : x.shape[1], : x.shape[2]] = x
+    together = rmac_by_size(batch, [tuple(x.shape[1:]) for x in maps])
+    for i, x in enumerate(maps):
+        np.testing.assert_allclose(together[i].numpy(), rmac(x).numpy(), rtol=1e-12)
