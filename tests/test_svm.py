@@ -79,6 +79,22 @@ def test_is_a_scikit_learn_estimator():
     assert LinearSVM(C=1, class_weight="balanced").fit(X, y).score(X, y) == 1.0
 
 
+def test_balanced_class_weights_count_only_the_rows_trained_on():
+    """A cross-validation fold trains with held-out rows at weight 0: "balanced" must count the
+    training rows only, so the fit equals scikit-learn's on the training rows alone."""
+    X, y, _, _ = blobs(classes=3, per_class=12)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    targets = np.eye(3, dtype=bool)[y]
+    trained = np.arange(len(y)) % 3 != 0
+    trained[np.flatnonzero(y == 0)[:6]] = False  # folds change the class balance
+    svm = LinearSVM(C=1, class_weight="balanced")
+    coef, intercept = svm._fit_all(X, targets, 1.0, trained.astype(float))
+    alone = LinearSVC(C=1, class_weight="balanced", random_state=0).fit(X[trained], np.where(y[trained] == 0, 1, -1))
+    np.testing.assert_allclose(coef[0], alone.coef_[0], rtol=1e-5, atol=1e-7)
+    whole = LinearSVC(C=1, class_weight="balanced", random_state=0).fit(X, np.where(y == 0, 1, -1))
+    np.testing.assert_allclose(svm._fit_all(X, targets, 1.0, None)[0][0], whole.coef_[0], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("params, message", [
     ({"C": -1}, "C must be a positive number"),
     ({"C_grid": ()}, "C grid must hold positive numbers"),
