@@ -39,10 +39,15 @@ from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches,
 from vggfeat.weights import load_vgg
 
 
-def make_jpegs(folder: Path, count: int) -> None:
+def make_jpegs(folder: Path, count: int, varied: bool = False) -> None:
+    """500x375 and 375x500 JPEGs in turn; ``varied``: long side 500, short side 300..500 and either
+    orientation at random, as in PASCAL VOC (many batch shapes: cuDNN autotunes each)."""
     rng = np.random.default_rng(0)
     for i in range(count):
         height, width = (375, 500) if i % 2 == 0 else (500, 375)
+        if varied:
+            short = int(rng.integers(300, 501))
+            height, width = (short, 500) if rng.random() < 0.7 else (500, short)
         low = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
         picture = Image.fromarray(low).resize((width, height), Image.BILINEAR)
         picture.save(folder / f"{i:06d}.jpg", quality=90)
@@ -190,6 +195,7 @@ def main() -> None:
     parser.add_argument("--decoder", default="pil", choices=["pil", "torchvision"])
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
@@ -203,11 +209,11 @@ def main() -> None:
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {args.decoder} decoding threads; {args.count} JPEGs "
-          f"500x375/375x500 (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
-        make_jpegs(folder, args.count)
+        make_jpegs(folder, args.count, args.varied_sizes)
         files = sorted(folder.iterdir())
         a = model_only(extractor, files[: args.model_only_count])
         b, samples = end_to_end(extractor, folder)
