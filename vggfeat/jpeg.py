@@ -22,6 +22,7 @@ from .decode import check_min_side, check_pixels
 # PIL's modes of JPEGs that torchvision converts to RGB as PIL does (CMYK and YCCK it does not).
 _MODES = ("RGB", "L")
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
+_SOI = b"\xff\xd8\xff"  # how every JPEG file starts
 
 
 @dataclass
@@ -39,7 +40,11 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
     :func:`~vggfeat.decode.decode_image` would.
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            start = file.read(len(_SOI))
+            if start != _SOI:  # not a JPEG: read no further
+                return None
+            data = start + file.read()
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             if image.format != "JPEG" or image.mode not in _MODES or image.getexif().get(_ORIENTATION, 1) != 1:
                 return None
