@@ -112,7 +112,7 @@ class DenseVGG(nn.Module):
 
     def peak_values_per_pixel(self, layer: str) -> float:
         """Most activation values alive at once per input pixel on the way to ``layer``: a
-        convolution's input and output (in every VGG, conv1_2's 64 + 64 channels at full size).
+        convolution's input and output (from VGG13 on, conv1_2's 64 + 64 channels at full size).
 
         Batches are sized from it: memory grows with the pixels of a batch, not its image count.
         """
