@@ -271,3 +271,19 @@ def test_montage_is_a_png_of_the_expected_size(tmp_path):
     assert size == montage_size(2, 4, 64)
     with Image.open(tmp_path / "m.png") as image:
         assert image.format == "PNG" and image.size == size
+
+
+def test_montage_of_a_query_file_finds_its_images_in_its_own_folder(tmp_path, monkeypatch):
+    import vggfeat.montage
+
+    X, labels = clustered(per_class=3)
+    db = write_features(tmp_path / "db.h5", X, labels, root=tmp_path / "database")
+    queries = write_features(tmp_path / "q.h5", X[:2], labels[:2], root=tmp_path / "elsewhere")
+    assert run_main(["index", db, tmp_path / "db.index"])[0] == 0
+    drawn = {}
+    monkeypatch.setattr(vggfeat.montage, "draw_montage",
+                        lambda queries, hits, output, tile: drawn.update(queries=queries, hits=hits) or (1, 1))
+    code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "m.png"])
+    assert code == 0, err
+    assert drawn["queries"] == [tmp_path / "elsewhere" / "c0/000.jpg", tmp_path / "elsewhere" / "c0/001.jpg"]
+    assert all(path.parent.parent == tmp_path / "database" for path, _ in drawn["hits"][0])

@@ -60,6 +60,7 @@ class FeatureFile:
             self.labels: np.ndarray = self._file["labels"][:].astype(np.int64)
             self.classes: list[str] = list(self._file["classes"].asstr()[:])
             self.config: dict = json.loads(self._file.attrs["config"])
+            self.root: str = str(self._file.attrs.get("input_root", ""))  # the folder paths are relative to
         except VggfeatError:
             self._file.close()
             raise

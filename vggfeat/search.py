@@ -114,11 +114,12 @@ def describe_images(
     return X, described, failures
 
 
-def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
-    """Descriptors and paths of a features file, refused unless extracted as the index's database."""
+def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarray, list[str], Path]:
+    """Descriptors and paths of a features file, and the folder its paths are relative to;
+    refused unless extracted as the index's database."""
     with FeatureFile(path) as f:
         index.check_config(f.config, f"descriptors in {path}")
-        return f.read(dtype=np.float32), list(f.paths)
+        return f.read(dtype=np.float32), list(f.paths), Path(f.root or ".")
 
 
 def write_results(results: Sequence[Result], output: str | os.PathLike) -> None:

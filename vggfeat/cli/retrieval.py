@@ -94,8 +94,9 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
     db = VectorIndex.load(index_file, backend=backend)
+    query_root = None  # query images given as files: their names are their paths
     if queries_file:
-        X, names = read_queries(db, queries_file)
+        X, names, query_root = read_queries(db, queries_file)
     else:
         X, names, failures = describe_images(db, _query_files(rest), weights=weights, device=device,
                                              batch_size=batch_size, workers=workers)
@@ -111,10 +112,9 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
             for rank, (path, score) in enumerate(zip(result.paths, result.scores), start=1):
                 click.echo(f"  {rank:>3}  {score:.4f}  {path}")
     if montage:
-        # Database paths are relative to its image folder; a query file's are taken to be too.
+        # Database paths are relative to its image folder, a query file's to the folder it recorded.
         base = root or Path(db.root or ".")
-        _write_montage(results[:montage_queries], montage, base, queries_in_database=bool(queries_file),
-                       hits=montage_hits, tile=tile)
+        _write_montage(results[:montage_queries], montage, base, query_root, hits=montage_hits, tile=tile)
 
 
 def _query_files(paths: list[Path]) -> list[Path]:
@@ -130,10 +130,10 @@ def _query_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _write_montage(results: list[Result], output: Path, base: Path, queries_in_database: bool, hits: int, tile: int) -> None:
+def _write_montage(results: list[Result], output: Path, base: Path, query_root: Path | None, hits: int, tile: int) -> None:
     from ..montage import draw_montage  # PIL drawing only when asked for
 
-    queries = [base / r.query if queries_in_database else Path(r.query) for r in results]
+    queries = [query_root / r.query if query_root else Path(r.query) for r in results]
     shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
     width, height = draw_montage(queries, shown, output, tile=tile)
     click.echo(f"wrote {output}: {len(results)} queries with up to {hits} hits ({width}x{height} px)")
