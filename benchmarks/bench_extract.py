@@ -161,7 +161,9 @@ def dataloader_recipe(files: list[Path], device: torch.device, precision: str, b
 
 
 def naive(extractor: Extractor, files: list[Path]) -> float:
-    network, device = extractor.network, extractor.device
+    # torchvision's VGG as loaded, in its default memory layout (vggfeat's own runs channels_last).
+    device = extractor.device
+    network = load_network("vgg16", "random", 0).to(device)
     normalize = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     synchronize(device)
     began = time.perf_counter()

@@ -329,8 +329,7 @@ class Extractor:
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
-        if self.device.type == "cuda":
-            batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
+        batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device):
             feature_map, _ = self._runner(batch, self.layer, sizes)
             # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
@@ -363,13 +362,12 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG:
-    """The network as it runs: on CUDA in channels_last, in half precision a cast copy of it.
+    """The network as it runs: in channels_last, and on CUDA in half precision a cast copy of it.
 
+    channels_last suits cuDNN's and oneDNN's convolutions (VGG16 on 2 CPU cores: 1.56x faster).
     Casting the weights once beats autocast, which re-casts all 138M of them on every batch.
     """
-    if device.type != "cuda":
-        return network
-    dtype = _HALF.get(precision)
+    dtype = _HALF.get(precision) if device.type == "cuda" else None
     runner = copy.deepcopy(network).to(dtype=dtype) if dtype else network
     return runner.to(memory_format=torch.channels_last)
 
