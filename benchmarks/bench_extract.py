@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--scales", default="256,384,512")
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads")
-    parser.add_argument("--decoder", default="pil", choices=["pil", "torchvision"])
+    parser.add_argument("--decoder", default="pil", choices=["pil", "torchvision", "nvjpeg"])
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")

@@ -17,13 +17,14 @@ tests)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
     $python benchmarks/bench_extract.py --count 4096 --naive-count 32
+    $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --decoder nvjpeg
     $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --decoder torchvision
     $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --varied-sizes ;;
 single)
     $python benchmarks/bench_extract.py --scales 224 --center-crop --count 20000 --model-only-count 4096 \
         --naive-count 64 --workers 16 --dataloader
     $python benchmarks/bench_extract.py --scales 224 --center-crop --no-flip --count 20000 --model-only-count 4096 \
-        --naive-count 64 --workers 16 --decoder torchvision --dataloader ;;
+        --naive-count 64 --workers 16 --decoder nvjpeg --dataloader ;;
 precision)
     $python benchmarks/bench_precision.py --device cuda --precisions bf16,fp16,tf32 --per-class 100 ;;
 pooling)

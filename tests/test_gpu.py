@@ -120,8 +120,9 @@ def test_huge_images_are_described_on_the_gpu(random_vgg16):
 
 
 def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images, tmp_path):
-    """--decoder torchvision on the GPU (nvJPEG): pixels within a few levels of PIL's, the same
-    descriptors within a stated tolerance, and a truncated file in the batch recorded, not fatal."""
+    """--decoder nvjpeg: pixels within a few levels of PIL's, the same descriptors within a stated
+    tolerance, and a truncated file in the batch recorded, not fatal. --decoder torchvision
+    (libjpeg-turbo on the CPU, uploaded) gives PIL's descriptors."""
     from PIL import Image
 
     from imagefiles import write_truncated_jpeg
@@ -139,11 +140,14 @@ def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images
         print(f"nvJPEG vs PIL: largest pixel difference {difference}")
         assert difference <= 8
     options = dict(device="cuda", scales=[224, 320], precision="fp32", batch_size=8)
-    by_nvjpeg = Extractor(random_vgg16, decoder="torchvision", **options).extract(paths, errors="nan")
+    by_nvjpeg = Extractor(random_vgg16, decoder="nvjpeg", **options).extract(paths, errors="nan")
     by_pil = Extractor(random_vgg16, **options).extract(paths, errors="nan")
+    by_libjpeg = Extractor(random_vgg16, decoder="torchvision", **options).extract(paths, errors="nan")
     random_vgg16.to("cpu")
-    assert np.isnan(by_nvjpeg[3]).all() and np.isnan(by_pil[3]).all()
     good = np.isfinite(by_pil).all(axis=1)
+    assert not good[3] and np.isnan(by_nvjpeg[3]).all() and np.isnan(by_libjpeg[3]).all()
+    assert good.sum() == len(paths) - 1 and np.isfinite(by_nvjpeg[good]).all()
+    assert relative_error(by_libjpeg[good], by_pil[good]) < 1e-5
     print(f"nvJPEG vs PIL: min descriptor cosine {cosine(by_nvjpeg[good], by_pil[good]).min():.6f}")
     assert cosine(by_nvjpeg[good], by_pil[good]).min() > 0.9999
 

@@ -1,4 +1,4 @@
-"""Batched JPEG decoding with torchvision (nvJPEG on a GPU; libjpeg-turbo on the CPU, as here).
+"""Batched JPEG decoding with torchvision (libjpeg-turbo on the CPU; nvJPEG on a GPU: test_gpu.py).
 
 On the CPU torchvision's decoder is the same libjpeg-turbo as PIL's, so ``--decoder torchvision``
 must give exactly PIL's pixels, failures and reasons, whatever mix of files a batch holds.
@@ -12,7 +12,7 @@ import torch
 
 from imagefiles import write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
 from reference import assert_close
-from vggfeat import Extractor, ImageError
+from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import decode_image
 from vggfeat.jpeg import decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP, ImageReader
@@ -85,4 +85,9 @@ def test_torchvision_decoder_end_to_end_equals_pil(random_vgg16, tmp_path):
     by_torchvision, by_pil = torchvision.extract(paths, errors="nan"), pil.extract(paths, errors="nan")
     assert_close(by_torchvision[:2], by_pil[:2], 0, "descriptors")
     assert np.isnan(by_torchvision[2]).all() and np.isnan(by_pil[2]).all()
-    assert "decoder" not in pil.config() and torchvision.config()["decoder"] == "torchvision on cpu"
+    assert "decoder" not in pil.config() and torchvision.config()["decoder"] == "torchvision"
+
+
+def test_nvjpeg_needs_a_gpu(random_vgg16):
+    with pytest.raises(VggfeatError, match="nvjpeg decodes on a CUDA device"):
+        Extractor(random_vgg16, device="cpu", decoder="nvjpeg")

@@ -84,8 +84,9 @@ class Extractor:
             as many as fit a share of the GPU's free memory (at most 256); on the CPU up to 16,
             as many as 16 inputs of 224x224 hold in pixels.
         workers: threads decoding images ahead of the network.
-        decoder: ``pil``, or ``torchvision``: JPEGs decoded in batches by torchvision, on the GPU
-            (nvJPEG) when the network is there; other files, and any it rejects, by PIL.
+        decoder: ``pil``; ``torchvision``: JPEGs decoded in batches by torchvision on the CPU
+            (PIL's pixels, faster); ``nvjpeg``: the same on the GPU (CUDA only). Other files, and
+            any that torchvision rejects, go to PIL.
         max_pixels: larger images are refused unread (decompression-bomb guard).
         min_side: images with a smaller side are refused.
     """
@@ -120,6 +121,8 @@ class Extractor:
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
                        normalize, gem_p, batch_size)
         _check_choice("decoder", decoder, DECODERS)
+        if decoder == "nvjpeg" and self.device.type != "cuda":
+            raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -181,8 +184,8 @@ class Extractor:
             "dim": self.dim,
             "max_pixels": self.max_pixels,
             "min_side": self.min_side,
-            # Only when not PIL's: nvJPEG's pixels may differ from libjpeg's by a level or two.
-            **({"decoder": f"{self.decoder} on {self.device.type}"} if self.decoder != "pil" else {}),
+            # Only when not PIL: nvJPEG's pixels may differ from libjpeg-turbo's by a level or two.
+            **({"decoder": self.decoder} if self.decoder != "pil" else {}),
             "preprocessing": {**DECODE_RECIPE, **RESIZE_RECIPE},
         }
 

@@ -1,6 +1,7 @@
-"""Decode JPEG files in batches with torchvision: nvJPEG when the network is on a GPU.
+"""Decode JPEG files in batches with torchvision: its libjpeg-turbo on the CPU, or nvJPEG on a GPU.
 
-The decoded pixels then start on the device, and the host only reads bytes. Only files that
+On the CPU it is PIL's own libjpeg-turbo without PIL's per-image overhead; on a GPU the pixels
+start on the device and the host only reads bytes. Only files that
 torchvision decodes to what :func:`vggfeat.decode.decode_image` gives are sent to it: baseline or
 progressive JPEGs in YCbCr or grayscale, without an EXIF rotation. CMYK JPEGs, rotated photos,
 other formats, and any file torchvision rejects are decoded by PIL instead, which also words the
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from .decode import check_min_side, check_pixels
 
@@ -58,9 +58,15 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
 
 def decode_jpegs(files: list[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
     """RGB uint8 [3, H, W] of each file on ``device``, decoded in one batch; None for a file that
-    torchvision rejects."""
+    torchvision rejects (and for every file should a torchvision no longer have the decoder)."""
     if not files:
         return []
+    try:
+        # Deprecated since torchvision 0.29 in favour of TorchCodec's: imported here, so that its
+        # removal costs this decoder only.
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return [None] * len(files)
     try:
         return list(decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device))
     except RuntimeError:

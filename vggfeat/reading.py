@@ -1,8 +1,14 @@
 """Read: image files become decoded pixels, in threads, ahead of the network and in order.
 
-Each file becomes an RGB uint8 array (PIL, on the CPU), a [3, H, W] uint8 tensor already on the
-GPU, or the :class:`ImageError` saying why it cannot be used. On a GPU the decoding threads also
-upload (or decode there, with ``decoder="torchvision"``) on streams of their own.
+Each file becomes an RGB uint8 array (PIL), a [3, H, W] uint8 tensor (torchvision's decoders, or
+any image on its way to a GPU), or the :class:`ImageError` saying why it cannot be used. Decoders:
+
+- ``pil``: Pillow, for every file.
+- ``torchvision``: JPEGs in batches by torchvision's libjpeg-turbo on the CPU (PIL's pixels
+  exactly, at about half PIL's cost per image); other files by PIL.
+- ``nvjpeg``: JPEGs in batches by torchvision on the GPU (nvJPEG); other files by PIL.
+
+On a GPU the decoding threads also upload (or decode there) on streams of their own.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from .decode import decode_image
 from .errors import ImageError
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
-DECODERS = ("pil", "torchvision")
-# Files per decoding task with decoder="torchvision": one batched decode call.
+DECODERS = ("pil", "torchvision", "nvjpeg")
+# Files per decoding task with torchvision's decoders: one batched decode call.
 JPEG_GROUP = 32
 
 Decoded = np.ndarray | torch.Tensor | ImageError
@@ -77,8 +83,11 @@ class ImageReader:
                 results[i] = self._decode(path)
             else:
                 jpegs.append((i, jpeg))
+        on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
         with self._own_stream():
-            decoded = decode_jpegs([jpeg for _, jpeg in jpegs], self.device)
+            decoded = decode_jpegs([jpeg for _, jpeg in jpegs], on)
+            if on != self.device:
+                decoded = [None if pixels is None else pixels.to(self.device) for pixels in decoded]
         for (i, jpeg), pixels in zip(jpegs, decoded):
             results[i] = pixels if pixels is not None else self._decode(jpeg.path)  # PIL decides
         return results
