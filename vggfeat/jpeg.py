@@ -1,11 +1,11 @@
 """Decode JPEG files in batches with torchvision: its libjpeg-turbo on the CPU, or nvJPEG on a GPU.
 
 On the CPU it is PIL's own libjpeg-turbo without PIL's per-image overhead; on a GPU the pixels
-start on the device and the host only reads bytes. Only files that
-torchvision decodes to what :func:`vggfeat.decode.decode_image` gives are sent to it: baseline or
-progressive JPEGs in YCbCr or grayscale, without an EXIF rotation. CMYK JPEGs, rotated photos,
-other formats, and any file torchvision rejects are decoded by PIL instead, which also words the
-error of a file that nobody can read: one bad file never fails its batch.
+start on the device and the host only reads bytes. Only files that torchvision decodes to what
+:func:`vggfeat.decode.decode_image` gives are sent to it: baseline or progressive JPEGs in YCbCr
+or grayscale, without an EXIF rotation. CMYK JPEGs, rotated photos, other formats, and any file
+torchvision rejects are decoded by PIL instead, which also words the error of a file that nobody
+can read: one bad file never fails its batch.
 """
 
 from __future__ import annotations
