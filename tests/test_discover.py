@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vggfeat.discover import NO_LABEL, find_images, read_file_list
+from vggfeat.discover import NO_LABEL, ImageSet, find_images, read_file_list
 from vggfeat.errors import VggfeatError
 
 
@@ -287,3 +289,17 @@ def test_list_digest_follows_labels_not_line_order(tmp_path):
     renamed_class = read_file_list(write_list(tmp_path / "5.txt", "a.jpg,x", "b.jpg,w", "c.jpg"))
     assert shuffled.digest() == base.digest()
     assert len({base.digest(), relabelled.digest(), unlabelled.digest(), renamed_class.digest()}) == 4
+
+
+def test_files_are_made_as_they_are_used_not_held():
+    """A collection's paths as Path objects on demand: tens of millions of them would not fit."""
+    paths = tuple(f"c{i % 10}/{i:08d}.jpg" for i in range(200_000))
+    images = ImageSet(Path("/collection"), paths, np.zeros(len(paths), dtype=np.int32), ("c",))
+    tracemalloc.start()
+    files = images.files()
+    part = files[1000:3000]
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert held < 100_000  # bytes: a view, not 200,000 Path objects (about 65 MB)
+    assert len(files) == 200_000 and files[5] == Path("/collection/c5/00000005.jpg")
+    assert len(part) == 2000 and list(part)[0] == Path("/collection/c0/00001000.jpg") == part[0]
