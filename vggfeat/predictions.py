@@ -19,6 +19,7 @@ import numpy as np
 from .classifier import Classifier
 from .discover import ImageSet
 from .errors import VggfeatError
+from .store import written_atomically
 
 
 @dataclass
@@ -141,32 +142,27 @@ def classify_images(
     names = classifier.categories()
     truth = match_labels(images.paths, labels) if labels is not None else None
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     started = time.monotonic()
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(_header(topk, labelled=truth is not None))
-            for chunk in classifier.iter_chunks(images.files()):
-                probabilities = dict(zip(chunk.indices, chunk.features))
-                reasons = dict(chunk.failures)
-                for i in range(chunk.start, chunk.end):
-                    label = truth[i] if truth is not None else None
-                    row = [images.paths[i]]
-                    if truth is not None:
-                        row += ["", ""] if label is None else [label, names[label]]
-                    if i in probabilities:
-                        row += [*_top_cells(probabilities[i], topk, names), ""]
-                        result.count_classified(probabilities[i], label)
-                    else:
-                        row += [""] * 3 * topk + [reasons[i]]
-                        result.count_failed(images.paths[i], reasons[i], labelled=label is not None)
-                    writer.writerow(row)
-                if progress is not None:
-                    progress(chunk.end - chunk.start)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with written_atomically(output) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(_header(topk, labelled=truth is not None))
+        for chunk in classifier.iter_chunks(images.files()):
+            probabilities = dict(zip(chunk.indices, chunk.features))
+            reasons = dict(chunk.failures)
+            for i in range(chunk.start, chunk.end):
+                label = truth[i] if truth is not None else None
+                row = [images.paths[i]]
+                if truth is not None:
+                    row += ["", ""] if label is None else [label, names[label]]
+                if i in probabilities:
+                    row += [*_top_cells(probabilities[i], topk, names), ""]
+                    result.count_classified(probabilities[i], label)
+                else:
+                    row += [""] * 3 * topk + [reasons[i]]
+                    result.count_failed(images.paths[i], reasons[i], labelled=label is not None)
+                writer.writerow(row)
+            if progress is not None:
+                progress(chunk.end - chunk.start)
     result.seconds = time.monotonic() - started
     return result
 
