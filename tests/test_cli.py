@@ -117,6 +117,9 @@ def test_exit_message_counts_failures(mixed):
     assert re.search(r"wrote .*out\.h5: 18 descriptors \(64-d float32\), 6 failed", mixed["stderr"]), mixed["stderr"]
     assert "WARNING: random weights" in mixed["stderr"]
     assert "Traceback" not in mixed["stderr"]
+    # What the auto settings chose is said before the work starts.
+    assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ pil decoding threads",
+                     mixed["stderr"]), mixed["stderr"]
 
 
 def test_cli_writes_what_the_api_returns(mixed, random_vgg16):

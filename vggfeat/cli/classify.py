@@ -48,6 +48,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
+    say(options.describe_settings(classifier))
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
     with tqdm(total=len(images), unit="img", disable=True if quiet else None, dynamic_ncols=True,

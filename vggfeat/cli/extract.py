@@ -62,6 +62,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
                                           "random_weights=True)")
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                         provenance={"command": shlex.join(["vggfeat", *_given_arguments()])})
+    say(options.describe_settings(extractor))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,

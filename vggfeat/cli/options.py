@@ -11,7 +11,7 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import PAPER_SCALES, PRECISIONS
+from ..extractor import PAPER_SCALES, PRECISIONS, Extractor
 from ..reading import DECODERS
 from ..weights import ARCHITECTURES
 
@@ -94,6 +94,12 @@ def reporter(quiet: bool) -> Callable[..., None]:
     if quiet:
         return lambda text, **style: None
     return lambda text, **style: click.secho(text, err=True, **style)
+
+
+def describe_settings(extractor: Extractor) -> str:
+    """What the auto settings chose, for the line before the progress bar."""
+    return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
+            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding threads")
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
