@@ -114,17 +114,31 @@ def sampled(device: torch.device) -> Iterator[Samples]:
         sampler.join()
 
 
-def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples]:
-    """Images/s from files to a complete HDF5, and what was sampled meanwhile."""
+def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples, int]:
+    """Images/s from files to a complete HDF5, what was sampled meanwhile, and how many distinct
+    batch shapes the network saw (cuDNN autotunes each one on a GPU)."""
     images = find_images(folder)
     output = folder.parent / "bench.h5"
     job = ExtractionJob(extractor, images, output, overwrite=True)
+    shapes: set[tuple[int, int, int]] = set()
+    forward = extractor._forward
+
+    def recorded(inputs: list[torch.Tensor]) -> torch.Tensor:
+        heights, widths = {x.shape[1] for x in inputs}, {x.shape[2] for x in inputs}
+        height, width = max(heights), max(widths)
+        if len(heights) > 1 or len(widths) > 1:  # padded, and rounded up to 32 as pad_batch does
+            height, width = -(-height // 32) * 32, -(-width // 32) * 32
+        shapes.add((len(inputs), height, width))
+        return forward(inputs)
+
+    extractor._forward = recorded
     with sampled(extractor.device) as samples:
         began = time.perf_counter()
         job.run()
         rate = len(images) / (time.perf_counter() - began)
+    del extractor._forward
     output.unlink()
-    return rate, samples
+    return rate, samples, len(shapes)
 
 
 class Files(torch.utils.data.Dataset):
@@ -218,12 +232,13 @@ def main() -> None:
         make_jpegs(folder, args.count, args.varied_sizes)
         files = sorted(folder.iterdir())
         a = model_only(extractor, files[: args.model_only_count])
-        b, samples = end_to_end(extractor, folder)
+        b, samples, shapes = end_to_end(extractor, folder)
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:
             d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)
     print(f"(a) model only       {a:9.2f} images/s")
-    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{samples.report()}")
+    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{samples.report()}; "
+          f"{shapes} distinct batch shapes")
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
     if args.dataloader:
         print(f"(d) DataLoader       {d:9.2f} images/s   vggfeat is {b / d:5.1f}x faster "
