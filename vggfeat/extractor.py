@@ -119,10 +119,7 @@ class Extractor:
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                       normalize, gem_p, batch_size)
-        _check_choice("decoder", decoder, DECODERS)
-        if decoder == "nvjpeg" and self.device.type != "cuda":
-            raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
+                       normalize, gem_p, batch_size, decoder)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -394,7 +391,7 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
 
 def _check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
-    resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | None,
+    resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
 ) -> None:
     """Refuse bad options before any weights load (a download, perhaps): a typo should cost nothing."""
     _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
@@ -406,6 +403,9 @@ def _check_options(
         raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
     if precision in ("tf32", "fp16") and device.type != "cuda":
         raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
+    _check_choice("decoder", decoder, DECODERS)
+    if decoder == "nvjpeg" and device.type != "cuda":
+        raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
     if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
     if isinstance(model, str) and model not in ARCHITECTURES:
