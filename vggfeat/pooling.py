@@ -209,6 +209,6 @@ def pool_map(
         valid = [tuple(feature_map.shape[-2:])] * len(feature_map) if sizes is None else _on_host(sizes)
         if feature_map.is_cuda:  # a kernel per region, not per region and image
             return rmac_by_size(feature_map, valid, levels)
-        # On the CPU one map at a time is faster (1.25x on 2 cores, benchmarks/bench_pooling.py).
+        # On the CPU one map at a time is faster (1.1-1.6x on 2 cores, benchmarks/bench_pooling.py).
         return torch.stack([rmac(x[:, :h, :w], levels) for x, (h, w) in zip(feature_map, valid)])
     raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLINGS + RETRIEVAL_POOLINGS)}")
