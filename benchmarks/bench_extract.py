@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+import vggfeat.extractor
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
@@ -212,10 +213,12 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
+    parser.add_argument("--no-autotune", action="store_true", help="cuDNN heuristics instead of autotuning each batch shape")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
     args = parser.parse_args()
+    vggfeat.extractor.CUDNN_AUTOTUNE = not args.no_autotune
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
@@ -225,7 +228,7 @@ def main() -> None:
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {args.decoder} decoding threads; {args.count} JPEGs "
-          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()

@@ -59,6 +59,17 @@ class ImageSet:
         """The images' paths, made one at a time as they are used (see :class:`ImageFiles`)."""
         return ImageFiles(self.root, self.paths)
 
+    def shard(self, index: int, count: int) -> ImageSet:
+        """The ``index``-th (1-based) of ``count`` contiguous blocks of this set, as equal as can be.
+
+        The blocks cover every image exactly once and keep the set's classes, so descriptor files of
+        all shards merge into the file one run would write (``vggfeat merge``).
+        """
+        if not 1 <= index <= count:
+            raise VggfeatError(f"shard {index}/{count}: shards are numbered 1 to {count}")
+        start, end = len(self) * (index - 1) // count, len(self) * index // count
+        return ImageSet(self.root, self.paths[start:end], self.labels[start:end], self.classes)
+
     def digest(self) -> str:
         """SHA-256 of the ordered paths and labels: a resumed run must see the same set."""
         hasher = hashlib.sha256()

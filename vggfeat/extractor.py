@@ -36,6 +36,9 @@ CHUNK_BYTES = 512 * 2**20
 GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
+# cuDNN autotuning on a GPU: every new batch shape is first timed over cuDNN's algorithms. It pays
+# when shapes repeat; bench_extract.py --varied-sizes --no-autotune measures it when they do not.
+CUDNN_AUTOTUNE = True
 
 
 @dataclass
@@ -382,7 +385,7 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
     # (same-size images, padding rounded up to 32 px), so cuDNN's autotuning pays for itself.
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = CUDNN_AUTOTUNE
     try:
         yield
     finally:

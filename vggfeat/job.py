@@ -48,7 +48,9 @@ class ExtractionJob:
 
     Construction checks everything that can be checked before work starts (existing output,
     a different interrupted run, another run writing the same output) and raises
-    :class:`VggfeatError`; :meth:`run` then does the work.
+    :class:`VggfeatError`; :meth:`run` then does the work. With ``shard=(k, n)`` only the k-th of n
+    blocks of ``images`` is described (:meth:`ImageSet.shard`); :func:`vggfeat.merge.merge_shards`
+    joins the n files.
     """
 
     def __init__(
@@ -62,10 +64,14 @@ class ExtractionJob:
         part_images: int = 4096,
         part_seconds: float = 60.0,
         provenance: dict | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        self.extractor, self.images, self.dtype = extractor, images, dtype
+        # A shard describes its block of the collection; its file records which one, for the merge.
+        self.collection, self.shard = images, shard
+        self.images = images.shard(*shard) if shard else images
+        self.extractor, self.dtype = extractor, dtype
         self.output = Path(output)
         self.work = self.output.with_name(self.output.name + ".parts")
         self.part_images, self.part_seconds = part_images, part_seconds
@@ -78,8 +84,10 @@ class ExtractionJob:
             "format_version": FORMAT_VERSION,
             "config": extractor.config(),
             "dtype": dtype,
-            "images": {"count": len(images), "sha256": images.digest()},
+            "images": {"count": len(self.images), "sha256": self.images.digest()},
         }
+        if shard:
+            self.manifest["shard"] = list(shard)
         # A run killed after renaming its output into place, before removing its work folder, is
         # finished: the same command then just assembles the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
@@ -234,6 +242,9 @@ class ExtractionJob:
             "config": json.dumps({**config, "dtype": self.dtype}, sort_keys=True),
             **self.provenance,
         }
+        if self.shard:
+            attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
+                         collection_sha256=self.collection.digest())
         return attrs
 
 
@@ -247,10 +258,16 @@ def _differences(previous: dict, current: dict) -> list[str]:
             found.append(f"{key}: {_show(before.get(key))} then, {_show(now.get(key))} now")
     if previous.get("dtype") != current["dtype"]:
         found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
+    if previous.get("shard") != current.get("shard"):
+        found.append(f"shard: {_shard(previous)} then, {_shard(current)} now")
     if previous.get("images") != current["images"]:
         count = previous.get("images", {}).get("count")
         found.append(f"image set: {count} files then, {current['images']['count']} now (or other names or labels)")
     return found
+
+
+def _shard(manifest: dict) -> str:
+    return "{}/{}".format(*manifest["shard"]) if manifest.get("shard") else "none"
 
 
 def _show(value) -> str:

@@ -11,7 +11,9 @@ The output file (read it with plain h5py)::
     /failed/errors   UTF-8 [F], why
     attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
-                     and "config": all of the extraction configuration as JSON.
+                     and "config": all of the extraction configuration as JSON; a shard
+                     (``extract --shard``) adds shard_index, shard_count, collection_images
+                     and collection_sha256; a merged file merged_from and merge_command.
 
 A part holds the results of a contiguous range of images; it is written under a temporary name,
 flushed to disk and renamed, so a part either exists whole or not at all, whatever kills the run.
@@ -24,7 +26,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,19 +87,8 @@ def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict
         with h5py.File(part.path, "r") as f:
             rows += f["indices"].shape[0]
             failed += f["failed_indices"].shape[0]
-    chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     with h5py.File(destination, "w") as out:
-        # maxshape lets a chunk be larger than the data: with no usable image (rows == 0) HDF5 would
-        # otherwise refuse the chunked dataset.
-        features = out.create_dataset(
-            "features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim)
-        )
-        paths = out.create_dataset("paths", shape=(rows,), dtype=_STRING)
-        labels = out.create_dataset("labels", shape=(rows,), dtype=np.int32)
-        sizes = out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32)
-        failed_paths = out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING)
-        failed_errors = out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING)
-        out.create_dataset("classes", data=list(images.classes), dtype=_STRING)
+        features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(out, rows, failed, dim, dtype, images.classes)
         row = fail = 0
         for part in parts:
             with h5py.File(part.path, "r") as f:
@@ -111,11 +102,33 @@ def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict
                 failed_paths[fail : fail + len(bad)] = [images.paths[i] for i in bad]
                 failed_errors[fail : fail + len(bad)] = f["failed_errors"].asstr()[:]
                 row, fail = row + n, fail + len(bad)
-        for key, value in attrs.items():
-            out.attrs[key] = value
-        out.attrs["format_version"] = FORMAT_VERSION
-        out.attrs["complete"] = True
+        mark_complete(out, attrs)
     return rows, failed
+
+
+def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
+    """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths, failed errors)."""
+    chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+    # maxshape lets a chunk be larger than the data: with no usable image (rows == 0) HDF5 would
+    # otherwise refuse the chunked dataset.
+    features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim))
+    out.create_dataset("classes", data=list(classes), dtype=_STRING)
+    return (
+        features,
+        out.create_dataset("paths", shape=(rows,), dtype=_STRING),
+        out.create_dataset("labels", shape=(rows,), dtype=np.int32),
+        out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32),
+        out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING),
+        out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING),
+    )
+
+
+def mark_complete(out: h5py.File, attrs: dict) -> None:
+    """Write the attributes, ``complete`` last: readers refuse a file without it."""
+    for key, value in attrs.items():
+        out.attrs[key] = value
+    out.attrs["format_version"] = FORMAT_VERSION
+    out.attrs["complete"] = True
 
 
 def read_info(path: Path, max_failures: int = 5) -> dict:

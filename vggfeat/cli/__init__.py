@@ -12,6 +12,7 @@ from .classify import classify
 from .describe import describe
 from .extract import extract
 from .info import info
+from .merge import merge
 from .protocol import protocol
 from .retrieval import export, index, retrieval_eval, search, whiten
 from .svm import evaluate, predict, train_svm
@@ -24,6 +25,7 @@ def cli() -> None:
 
 
 cli.add_command(extract)
+cli.add_command(merge)
 cli.add_command(info)
 cli.add_command(train_svm)
 cli.add_command(predict)

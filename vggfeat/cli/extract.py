@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 
 import click
@@ -13,9 +12,17 @@ from ..job import DTYPES, ExtractionJob
 from . import options
 
 
-def _given_arguments() -> list[str]:
-    obj = click.get_current_context().find_root().obj
-    return obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:]
+def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise click.BadParameter(f"expected K/N such as 1/4, got {value!r}") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise click.BadParameter(f"expected K/N with 1 <= K <= N (shards are numbered from 1), got {value!r}")
+    return shard
 
 
 @click.command()
@@ -37,11 +44,13 @@ def _given_arguments() -> list[str]:
 @options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
 @options.image_pipeline
+@click.option("--shard", metavar="K/N", callback=parse_shard,
+              help="Describe only the K-th of N equal blocks of the images (one per GPU or machine); 'vggfeat merge' joins the N files.")
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @options.overwrite
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, decoder, max_pixels, min_side, part_size, overwrite, quiet) -> None:
+            device, precision, dtype, batch_size, workers, decoder, max_pixels, min_side, shard, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -60,8 +69,10 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
-    job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
-                        provenance={"command": shlex.join(["vggfeat", *_given_arguments()])})
+    job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
+                        provenance={"command": options.command_line()})
+    if shard:
+        say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
     say(options.describe_settings(extractor))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
@@ -78,5 +89,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
         f"{result.computed:,} images in {result.seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}")
+    if shard:
+        say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")

@@ -47,8 +47,13 @@ def info(file: Path, as_json: bool) -> None:
         f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version')}, "
         f"torch {a.get('torch_version')}, torchvision {a.get('torchvision_version')}",
     ]
+    if "shard_index" in a:
+        lines.append(f"  shard        {a['shard_index']} of {a['shard_count']} (the collection has {a['collection_images']:,} images; "
+                     "'vggfeat merge' joins all shards)")
     if a.get("command"):
         lines.append(f"  command      {a['command']}")
+    if a.get("merge_command"):
+        lines.append(f"  merged       by {a['merge_command']}")
     click.echo("\n".join(lines))
     if a.get("random_weights"):
         click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)

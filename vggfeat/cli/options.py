@@ -4,6 +4,8 @@ those commands share (finding the images, reporting progress, warning about rand
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,6 +89,12 @@ def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
 def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None) -> ImageSet:
     """The images of ``--file-list``, or under IMAGES (arguments checked by :func:`output_of`)."""
     return read_file_list(file_list, root) if file_list else find_images(paths[0])
+
+
+def command_line() -> str:
+    """The command as given, for the files to record what made them."""
+    obj = click.get_current_context().find_root().obj
+    return shlex.join(["vggfeat", *(obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:])])
 
 
 def reporter(quiet: bool) -> Callable[..., None]:

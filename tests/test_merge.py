@@ -1,0 +1,209 @@
+"""Shards and merging: ``extract --shard K/N`` on N GPUs or machines, then ``vggfeat merge``, gives the
+file one run over the whole collection gives; a merge that could give anything else is refused
+before a byte is written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import vggfeat.job
+
+from runhelpers import FAST, assert_same_output, error_line, read_output, reusing_network, run_main, write_labelled_folder
+from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
+from vggfeat.merge import merge_shards
+
+CHEAP = "conv1_1"  # merging is bookkeeping: the first layer is enough and ~50x cheaper than fc7
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labelled")
+    write_labelled_folder(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def extractor(random_vgg16):
+    return Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer=CHEAP)
+
+
+@pytest.fixture(scope="module")
+def whole(labelled, extractor, tmp_path_factory):
+    """One run over the whole collection: what the merged shards must equal."""
+    output = tmp_path_factory.mktemp("whole") / "whole.h5"
+    ExtractionJob(extractor, find_images(labelled), output).run()
+    return read_output(output)
+
+
+def write_shards(folder, root, extractor, count: int, **options) -> list:
+    paths = []
+    for index in range(1, count + 1):
+        path = folder / f"shard{index}of{count}.h5"
+        ExtractionJob(extractor, find_images(root), path, shard=(index, count), **options).run()
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def three_shards(labelled, extractor, tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), labelled, extractor, 3)
+
+
+# --------------------------------------------------------------------------- what a user relies on
+
+
+@pytest.mark.parametrize("images", [1, 5, 6, 7, 100])
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+def test_shards_cover_every_image_once_in_order(labelled, images, count):
+    collection = find_images(labelled)
+    collection = type(collection)(collection.root, tuple(f"{i:03d}.jpg" for i in range(images)),
+                                  np.zeros(images, dtype=np.int32), ("only",))
+    shards = [collection.shard(index, count) for index in range(1, count + 1)]
+    assert sum((shard.paths for shard in shards), ()) == collection.paths
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert all(shard.classes == collection.classes for shard in shards)
+
+
+def test_merged_shards_equal_one_run(three_shards, whole, tmp_path):
+    result = merge_shards(reversed(three_shards), tmp_path / "merged.h5")  # any order
+    assert (result.rows, result.failed, result.shards) == (5, 1, 3)
+    merged = read_output(tmp_path / "merged.h5")
+    # Batches differ between shards and the whole run; the descriptors agree to float rounding.
+    assert_same_output(merged, whole, atol=1e-5)
+    for key in ("images_found", "images_sha256", "input_root", "model", "weights_sha256"):
+        assert merged["attrs"][key] == whole["attrs"][key], key
+    assert not {"shard_index", "shard_count", "collection_images", "collection_sha256"} & set(merged["attrs"])
+    assert json.loads(merged["attrs"]["merged_from"]) == [path.name for path in three_shards]
+
+
+def test_a_shard_file_is_an_ordinary_features_file_of_its_block(three_shards, whole):
+    second = read_output(three_shards[1])
+    assert second["paths"] == whole["paths"][1:3]  # images 2 and 3 of 6 (broken.jpg is the first)
+    assert (second["attrs"]["shard_index"], second["attrs"]["shard_count"]) == (2, 3)
+    assert second["attrs"]["collection_images"] == 6 and second["attrs"]["images_found"] == 2
+    assert second["attrs"]["collection_sha256"] == whole["attrs"]["images_sha256"]
+
+
+def test_more_shards_than_images_gives_empty_shards_that_merge(labelled, extractor, whole, tmp_path):
+    shards = write_shards(tmp_path, labelled, extractor, 8)
+    assert read_output(shards[0])["features"].shape == (0, whole["features"].shape[1])
+    merge_shards(shards, tmp_path / "merged.h5")
+    assert_same_output(read_output(tmp_path / "merged.h5"), whole, atol=1e-5)
+
+
+def test_a_killed_shard_resumes_as_that_shard_only(labelled, extractor, three_shards, tmp_path, monkeypatch):
+    output, real_write_part = tmp_path / "s.h5", vggfeat.job.write_part
+
+    def die_on_second_part(folder, start, *args):
+        if start > 0:
+            raise RuntimeError("simulated kill")
+        return real_write_part(folder, start, *args)
+
+    monkeypatch.setattr(vggfeat.job, "write_part", die_on_second_part)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        ExtractionJob(extractor, find_images(labelled), output, shard=(3, 3), part_images=1).run()
+    monkeypatch.undo()
+    with pytest.raises(VggfeatError, match=r"shard: 3/3 then, 2/3 now"):
+        ExtractionJob(extractor, find_images(labelled), output, shard=(2, 3), part_images=1)
+    result = ExtractionJob(extractor, find_images(labelled), output, shard=(3, 3), part_images=1).run()
+    assert result.computed == 1  # of its 2 images, one was in the part written before the kill
+    assert_same_output(read_output(output), read_output(three_shards[2]))
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def refused(shards, output, match: str, **options) -> None:
+    with pytest.raises(VggfeatError, match=match):
+        merge_shards(shards, output, **options)
+
+
+def test_missing_or_repeated_shards_are_refused(three_shards, tmp_path):
+    output = tmp_path / "merged.h5"
+    refused(three_shards[:2], output, r"missing shard 3/3: a merge needs all 3")
+    refused([*three_shards, three_shards[0]], output, r"shard 1/3 given more than once")
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_shards_of_other_runs_are_refused(labelled, extractor, random_vgg16, three_shards, tmp_path):
+    other_layer = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_2")
+    (tmp_path / "layer").mkdir()
+    refused([*three_shards[:2], write_shards(tmp_path / "layer", labelled, other_layer, 3)[2]], tmp_path / "m.h5",
+            r"differ in extraction configuration")
+    (tmp_path / "count").mkdir()
+    refused([*three_shards[:2], write_shards(tmp_path / "count", labelled, extractor, 4)[3]], tmp_path / "m.h5",
+            r"differ in shard count")
+    fewer = tmp_path / "fewer"
+    write_labelled_folder(fewer)
+    (fewer / "top.png").unlink()
+    (tmp_path / "images").mkdir()
+    refused([*three_shards[:2], write_shards(tmp_path / "images", fewer, extractor, 3)[2]], tmp_path / "m.h5",
+            r"differ in image collection")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_whole_incomplete_and_foreign_files_are_refused(labelled, extractor, three_shards, tmp_path):
+    whole = tmp_path / "whole.h5"
+    ExtractionJob(extractor, find_images(labelled), whole).run()
+    refused([whole, *three_shards[1:]], tmp_path / "m.h5", r"whole.h5 is not a shard")
+    incomplete = tmp_path / "incomplete.h5"
+    incomplete.write_bytes(three_shards[0].read_bytes())
+    with h5py.File(incomplete, "r+") as f:
+        f.attrs["complete"] = False
+    refused([incomplete, *three_shards[1:]], tmp_path / "m.h5", r"incomplete")
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    refused([tmp_path / "notes.h5"], tmp_path / "m.h5", r"notes.h5 is not an HDF5 file")
+    refused([tmp_path / "absent.h5"], tmp_path / "m.h5", r"shard file not found")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_an_existing_output_is_kept_unless_overwrite(three_shards, whole, tmp_path):
+    output = tmp_path / "merged.h5"
+    output.write_text("the user's file")
+    refused(three_shards, output, r"already exists; pass --overwrite")
+    refused(three_shards, three_shards[2], r"is one of the shards", overwrite=True)
+    assert output.read_text() == "the user's file"
+    merge_shards(three_shards, output, overwrite=True)
+    assert_same_output(read_output(output), whole, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # no temporary left
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_extract_shards_then_merge_at_the_command_line(labelled, random_vgg16, tmp_path):
+    with reusing_network(random_vgg16):
+        for index in (1, 2):
+            code, _, err = run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2"])
+            assert code == 0, err
+            assert f"shard {index}/2: 3 of the 6 images" in err and "vggfeat merge" in err
+        code, _, err = run_main(["extract", labelled, tmp_path / "whole.h5", *FAST, "-q"])
+        assert code == 0, err
+    code, _, err = run_main(["merge", tmp_path / "s2.h5", tmp_path / "s1.h5", tmp_path / "merged.h5"])
+    assert code == 0 and "5 descriptors from 2 shards, 1 failed" in err, err
+    assert_same_output(read_output(tmp_path / "merged.h5"), read_output(tmp_path / "whole.h5"), atol=1e-5)
+    code, out, _ = run_main(["info", tmp_path / "s1.h5"])
+    assert code == 0 and "shard        1 of 2 (the collection has 6 images" in out
+    code, out, _ = run_main(["info", tmp_path / "merged.h5"])
+    assert code == 0 and "of 6 images found" in out and "merged       by vggfeat merge" in out
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0/4", "1 <= K <= N"), ("5/4", "1 <= K <= N"), ("2", "expected K/N"), ("a/b", "expected K/N"),
+])
+def test_bad_shard_options_are_refused_before_work(labelled, tmp_path, value, message):
+    code, _, err = run_main(["extract", labelled, tmp_path / "s.h5", *FAST, "--shard", value])
+    assert code == 2 and message in error_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_without_an_output_is_refused(three_shards):
+    code, _, err = run_main(["merge", three_shards[0]])
+    assert code == 2 and "expected the shard files and then OUTPUT" in error_line(err)
+    code, _, err = run_main(["merge", *three_shards])  # forgot OUTPUT: the last shard would be replaced
+    assert code == 2 and "already exists" in error_line(err)

@@ -1,0 +1,147 @@
+"""Merge: the files of all shards of one collection (``vggfeat extract --shard K/N``) into the file
+that one run over the whole collection writes.
+
+Shards are contiguous blocks of the sorted image set, so the merged rows are the shards' rows in
+shard order. Everything is checked before a byte is written: every shard from 1 to N exactly once,
+complete, of the same collection and the same extraction configuration. Rows are copied a block at a
+time, so memory stays small whatever the collection's size, and the output appears only when whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+from .errors import VggfeatError
+from .store import create_datasets, mark_complete, written_atomically
+
+SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
+_BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output: Path
+    rows: int
+    failed: int
+    shards: int
+
+
+def merge_shards(
+    shards: Sequence[str | os.PathLike], output: str | os.PathLike, *, overwrite: bool = False, provenance: dict | None = None
+) -> MergeResult:
+    """Write ``output`` from the descriptor files of all shards of one extraction, in any order."""
+    output = Path(output)
+    paths = [Path(shard) for shard in shards]
+    _check_output(output, paths, overwrite)
+    files: list[h5py.File] = []
+    try:
+        files.extend(_open_shard(path) for path in paths)
+        files.sort(key=lambda f: int(f.attrs["shard_index"]))
+        first = files[0]
+        _check_together(files)
+        rows = sum(f["features"].shape[0] for f in files)
+        failed = sum(f["failed/paths"].shape[0] for f in files)
+        dim, dtype = first["features"].shape[1], first["features"].dtype
+        with written_atomically(output) as temporary, h5py.File(temporary, "w") as out:
+            classes = list(first["classes"].asstr()[:])
+            targets = create_datasets(out, rows, failed, dim, dtype.name, classes)
+            _copy_rows(files, targets, block=max(1, _BLOCK_BYTES // (dim * dtype.itemsize)))
+            mark_complete(out, _merged_attrs(files, paths, provenance or {}))
+    finally:
+        for f in files:
+            f.close()
+    return MergeResult(output, rows, failed, len(files))
+
+
+def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    if not inputs:
+        raise VggfeatError("no shard files given")
+    if output.is_dir():
+        raise VggfeatError(f"output {output} is a folder; name an .h5 file")
+    if not output.parent.is_dir():
+        raise VggfeatError(f"folder of the output does not exist: {output.parent}")
+    if output.exists():
+        if any(path.exists() and path.samefile(output) for path in inputs):
+            raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")
+        if not overwrite:
+            raise VggfeatError(f"{output} already exists; pass --overwrite to replace it")
+
+
+def _open_shard(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise VggfeatError(f"shard file not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise VggfeatError(f"{path} is not an HDF5 file") from None
+    missing = [name for name in ("features", "paths", "labels", "sizes", "classes", "failed/paths") if name not in f]
+    problem = (
+        f"is not a vggfeat features file (no {', '.join(missing)})" if missing or "config" not in f.attrs
+        else "is incomplete: finish its extraction (run the same command again) first" if not f.attrs.get("complete", False)
+        else "is not a shard: it was not written with --shard" if any(key not in f.attrs for key in SHARD_ATTRS)
+        else None
+    )
+    if problem:
+        f.close()
+        raise VggfeatError(f"{path} {problem}")
+    return f
+
+
+def _check_together(files: list[h5py.File]) -> None:
+    """All shards 1..N once each, of one collection, made alike; raises naming what differs."""
+    first = files[0]
+    for key in ("shard_count", "collection_sha256", "config"):
+        for f in files[1:]:
+            if f.attrs[key] != first.attrs[key]:
+                what = "extraction configuration" if key == "config" else "image collection" if key == "collection_sha256" else "shard count"
+                raise VggfeatError(f"{f.filename} and {first.filename} differ in {what}: they are not shards of one extraction")
+    count = int(first.attrs["shard_count"])
+    indices = [int(f.attrs["shard_index"]) for f in files]
+    duplicated = sorted({i for i in indices if indices.count(i) > 1})
+    missing = sorted(set(range(1, count + 1)) - set(indices))
+    if duplicated:
+        raise VggfeatError(f"shard {', '.join(f'{i}/{count}' for i in duplicated)} given more than once")
+    if missing:
+        raise VggfeatError(f"missing shard {', '.join(f'{i}/{count}' for i in missing)}: a merge needs all {count}")
+    described = sum(f["features"].shape[0] + f["failed/paths"].shape[0] for f in files)
+    if described != int(first.attrs["collection_images"]):
+        raise VggfeatError(f"the shards hold {described:,} images, the collection {int(first.attrs['collection_images']):,}: "
+                           "a shard file is damaged")
+
+
+def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int) -> None:
+    features, paths, labels, sizes, failed_paths, failed_errors = targets
+    row = fail = 0
+    for f in files:
+        n = f["features"].shape[0]
+        for start in range(0, n, block):
+            end = min(start + block, n)
+            features[row + start : row + end] = f["features"][start:end]
+            paths[row + start : row + end] = f["paths"][start:end]
+            labels[row + start : row + end] = f["labels"][start:end]
+            sizes[row + start : row + end] = f["sizes"][start:end]
+        bad = f["failed/paths"].shape[0]
+        failed_paths[fail : fail + bad] = f["failed/paths"][:]
+        failed_errors[fail : fail + bad] = f["failed/errors"][:]
+        row, fail = row + n, fail + bad
+
+
+def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict) -> dict:
+    """The first shard's attributes, made those of the whole collection."""
+    attrs = {key: value for key, value in files[0].attrs.items() if key not in SHARD_ATTRS and key != "complete"}
+    devices = sorted({str(f.attrs.get("device", "")) for f in files})
+    attrs.update(
+        images_found=int(files[0].attrs["collection_images"]),
+        images_sha256=files[0].attrs["collection_sha256"],
+        device=", ".join(devices),
+        created=min(str(f.attrs.get("created", "")) for f in files),
+        merged_from=json.dumps(sorted(path.name for path in paths)),
+        **provenance,
+    )
+    return attrs
