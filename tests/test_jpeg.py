@@ -1,10 +1,14 @@
 """Batched JPEG decoding with torchvision (libjpeg-turbo on the CPU; nvJPEG on a GPU: test_gpu.py).
 
 On the CPU torchvision's decoder is the same libjpeg-turbo as PIL's, so ``--decoder torchvision``
-must give exactly PIL's pixels, failures and reasons, whatever mix of files a batch holds.
+must give exactly PIL's pixels, failures and reasons, whatever mix of files a batch holds. Every
+test runs with each library that can do the decoding: TorchCodec (used when installed) and
+torchvision.io (deprecated since torchvision 0.29, used otherwise).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -12,10 +16,24 @@ import torch
 
 from imagefiles import write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
 from reference import assert_close
+from runhelpers import FAST, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import decode_image
+import vggfeat.jpeg
 from vggfeat.jpeg import decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP, ImageReader
+
+@pytest.fixture(autouse=True, params=list(vggfeat.jpeg.LIBRARIES))
+def library(request, monkeypatch):
+    """Decode with this library only (or skip where it cannot decode)."""
+    monkeypatch.setattr(vggfeat.jpeg, "LIBRARIES", {request.param: vggfeat.jpeg.LIBRARIES[request.param]})
+    vggfeat.jpeg.decoder_library.cache_clear()
+    vggfeat.jpeg.batch_decoder.cache_clear()
+    if vggfeat.jpeg.decoder_library() == "none":
+        pytest.skip(f"{request.param} cannot decode JPEGs here")
+    yield request.param
+    vggfeat.jpeg.decoder_library.cache_clear()
+    vggfeat.jpeg.batch_decoder.cache_clear()
 
 
 def test_only_jpegs_torchvision_decodes_like_pil_are_sent_to_it(tmp_path):
@@ -91,3 +109,31 @@ def test_torchvision_decoder_end_to_end_equals_pil(random_vgg16, tmp_path):
 def test_nvjpeg_needs_a_gpu(random_vgg16):
     with pytest.raises(VggfeatError, match="nvjpeg decodes on a CUDA device"):
         Extractor(random_vgg16, device="cpu", decoder="nvjpeg")
+
+
+def test_the_chosen_library_decodes(library, tmp_path, monkeypatch):
+    module, calls = importlib.import_module(vggfeat.jpeg.LIBRARIES[library]), []
+    real = module.decode_jpeg
+    monkeypatch.setattr(module, "decode_jpeg", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    write_rgb(tmp_path / "a.jpg", 40, 60, fmt="JPEG")
+    (pixels,) = decode_jpegs([read_jpeg(tmp_path / "a.jpg", 10**9, 32)], torch.device("cpu"))
+    assert calls == [1] and np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / "a.jpg"))
+
+
+def test_without_a_decoding_library_the_decoder_options_are_refused(random_vgg16, monkeypatch):
+    monkeypatch.setattr(vggfeat.jpeg, "LIBRARIES", {})
+    vggfeat.jpeg.decoder_library.cache_clear()
+    with pytest.raises(VggfeatError, match=r"--decoder torchvision needs TorchCodec \(pip install torchcodec\)"):
+        Extractor(random_vgg16, device="cpu", decoder="torchvision")
+    Extractor(random_vgg16, device="cpu", decoder="pil")  # PIL needs neither
+
+
+def test_the_file_and_the_terminal_say_which_library_decoded(library, random_vgg16, tmp_path):
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "a.jpg", 230, 240, fmt="JPEG")
+    with reusing_network(random_vgg16):
+        code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--decoder", "torchvision"])
+    assert code == 0, err
+    used = vggfeat.jpeg.decoder_library()
+    assert used.startswith(f"{library} ") and f"torchvision decoding threads ({used})" in err
+    assert read_output(tmp_path / "out.h5")["attrs"]["decoder_library"] == used

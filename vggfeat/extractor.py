@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .aggregate import AGGREGATIONS, combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
+from .jpeg import decoder_library
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
 from .pooling import ALIASES, GEM_P, POOLINGS, RETRIEVAL_POOLINGS, pool_map
 from .reading import DECODERS, ImageReader
@@ -409,6 +410,9 @@ def _check_options(
     _check_choice("decoder", decoder, DECODERS)
     if decoder == "nvjpeg" and device.type != "cuda":
         raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
+    if decoder != "pil" and decoder_library() == "none":
+        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that still "
+                           "decodes images (before its removal of torchvision.io.decode_jpeg); or use --decoder pil")
     if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
     if isinstance(model, str) and model not in ARCHITECTURES:

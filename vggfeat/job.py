@@ -29,6 +29,7 @@ from ._version import __version__
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
+from .jpeg import decoder_library
 from .store import FORMAT_VERSION, assemble, list_parts, replace_durably, write_json, write_part
 
 DTYPES = ("float32", "float16")
@@ -242,6 +243,8 @@ class ExtractionJob:
             "config": json.dumps({**config, "dtype": self.dtype}, sort_keys=True),
             **self.provenance,
         }
+        if self.extractor.decoder != "pil":
+            attrs["decoder_library"] = decoder_library()
         if self.shard:
             attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
                          collection_sha256=self.collection.digest())

@@ -1,5 +1,9 @@
 """Decode JPEG files in batches with torchvision: its libjpeg-turbo on the CPU, or nvJPEG on a GPU.
 
+The decoder is TorchCodec's ``decode_jpeg`` when TorchCodec is installed (``pip install
+torchcodec``): torchvision's successor, to which torchvision 0.29 deprecated its own, which is used
+otherwise. Both take the same bytes and give the same pixels on the CPU.
+
 On the CPU it is PIL's own libjpeg-turbo without PIL's per-image overhead; on a GPU the pixels
 start on the device and the host only reads bytes. Only files that torchvision decodes to what
 :func:`vggfeat.decode.decode_image` gives are sent to it: baseline or progressive JPEGs in YCbCr
@@ -10,7 +14,10 @@ can read: one bad file never fails its batch.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,24 +65,52 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
 
 def decode_jpegs(files: list[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
     """RGB uint8 [3, H, W] of each file on ``device``, decoded in one batch; None for a file that
-    torchvision rejects (and for every file should a torchvision no longer have the decoder)."""
-    if not files:
-        return []
-    try:
-        # Deprecated since torchvision 0.29 in favour of TorchCodec's: imported here, so that its
-        # removal costs this decoder only.
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
+    the decoder rejects (and for every file where neither TorchCodec nor torchvision has one)."""
+    decode = batch_decoder()
+    if not files or decode is None:
         return [None] * len(files)
     try:
-        return list(decode_jpeg([f.data for f in files], mode=ImageReadMode.RGB, device=device))
+        return list(decode([f.data for f in files], device))
     except RuntimeError:
         pass
     # One bad file fails the batched call: decode them one by one to tell which.
     decoded: list[torch.Tensor | None] = []
     for f in files:
         try:
-            decoded.append(decode_jpeg(f.data, mode=ImageReadMode.RGB, device=device))
+            decoded.append(decode([f.data], device)[0])
         except RuntimeError:
             decoded.append(None)
     return decoded
+
+
+# The libraries that can decode JPEG batches, and their module with decode_jpeg, in order of
+# preference: TorchCodec (0.16 and later), then torchvision, which deprecated its own in 0.29.
+LIBRARIES = {"torchcodec": "torchcodec.decoders", "torchvision": "torchvision.io"}
+
+
+@functools.cache
+def batch_decoder() -> Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]] | None:
+    """``decode(datas, device)``: the batched JPEG decoder of :func:`decoder_library`, or None."""
+    name = decoder_library().split()[0]
+    if name == "torchcodec":
+        from torchcodec.decoders import decode_jpeg
+
+        return lambda datas, device: decode_jpeg(datas, mode="RGB", device=device)
+    if name == "torchvision":
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return lambda datas, device: decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    return None
+
+
+@functools.cache
+def decoder_library() -> str:
+    """The first of :data:`LIBRARIES` that can decode here, with its version; "none" if neither."""
+    for name, decoders in LIBRARIES.items():
+        try:
+            module = importlib.import_module(name)
+            importlib.import_module(decoders).decode_jpeg  # noqa: B018
+        except (ImportError, OSError, RuntimeError, AttributeError):  # absent, too old, or built for another torch
+            continue
+        return f"{name} {module.__version__}"
+    return "none"

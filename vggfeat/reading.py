@@ -4,9 +4,10 @@ Each file becomes an RGB uint8 array (PIL), a [3, H, W] uint8 tensor (torchvisio
 any image on its way to a GPU), or the :class:`ImageError` saying why it cannot be used. Decoders:
 
 - ``pil``: Pillow, for every file.
-- ``torchvision``: JPEGs in batches by torchvision's libjpeg-turbo on the CPU (PIL's pixels
-  exactly, at about half PIL's cost per image); other files by PIL.
-- ``nvjpeg``: JPEGs in batches by torchvision on the GPU (nvJPEG); other files by PIL.
+- ``torchvision``: JPEGs in batches by libjpeg-turbo on the CPU, through TorchCodec or
+  torchvision (:mod:`vggfeat.jpeg`): PIL's pixels exactly, at about half PIL's cost per image;
+  other files by PIL.
+- ``nvjpeg``: JPEGs in batches on the GPU (nvJPEG), the same way; other files by PIL.
 
 On a GPU the decoding threads also upload (or decode there) on streams of their own.
 """

@@ -14,6 +14,7 @@ import click
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
 from ..extractor import PAPER_SCALES, PRECISIONS, Extractor
+from ..jpeg import decoder_library
 from ..reading import DECODERS
 from ..weights import ARCHITECTURES
 
@@ -107,7 +108,8 @@ def reporter(quiet: bool) -> Callable[..., None]:
 def describe_settings(extractor: Extractor) -> str:
     """What the auto settings chose, for the line before the progress bar."""
     return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
-            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding threads")
+            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding threads"
+            + (f" ({decoder_library()})" if extractor.decoder != "pil" else ""))
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:

@@ -1,0 +1,87 @@
+"""JPEG decoding cost per image: PIL (the default decoder) against the batched decoders, in one run.
+
+    python benchmarks/bench_decode.py --count 64 --passes 3
+
+Writes ``--count`` 500x375 JPEGs, then times, on one thread, each way vggfeat can turn such a file
+into RGB pixels: PIL (``decode_image``: open, EXIF, convert, copy), and ``--decoder torchvision``
+(header check in ``read_jpeg``, then ``decode_jpegs`` in groups of 32) through each library that can
+decode here (TorchCodec, torchvision.io). Checks that every way gives PIL's pixels, and prints the
+milliseconds per image and how many cores of this speed 5,000 images/s would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import vggfeat.jpeg
+from vggfeat.decode import decode_image
+from vggfeat.jpeg import decode_jpegs, read_jpeg
+from vggfeat.reading import JPEG_GROUP
+
+
+def make_jpegs(folder: Path, count: int) -> list[Path]:
+    rng, paths = np.random.default_rng(0), []
+    for i in range(count):
+        low = rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(low).resize((500, 375), Image.BILINEAR).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def by_pil(paths: list[Path]) -> list[np.ndarray]:
+    return [decode_image(path) for path in paths]
+
+
+def by_batches(paths: list[Path]) -> list[np.ndarray]:
+    pixels = []
+    for start in range(0, len(paths), JPEG_GROUP):
+        jpegs = [read_jpeg(path, 10**9, 1) for path in paths[start : start + JPEG_GROUP]]
+        pixels += [x.permute(1, 2, 0).numpy() for x in decode_jpegs(jpegs, torch.device("cpu"))]
+    return pixels
+
+
+def milliseconds_per_image(decode: Callable[[list[Path]], list[np.ndarray]], paths: list[Path], passes: int) -> float:
+    decode(paths)  # warm-up: file cache, imports
+    began = time.perf_counter()
+    for _ in range(passes):
+        decode(paths)
+    return 1000 * (time.perf_counter() - began) / (passes * len(paths))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--passes", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.count)
+        reference = by_pil(paths)
+        results = {"PIL": milliseconds_per_image(by_pil, paths, args.passes)}
+        for library, module in dict(vggfeat.jpeg.LIBRARIES).items():
+            vggfeat.jpeg.LIBRARIES = {library: module}
+            vggfeat.jpeg.decoder_library.cache_clear()
+            vggfeat.jpeg.batch_decoder.cache_clear()
+            name = vggfeat.jpeg.decoder_library()
+            if name == "none":
+                print(f"{library}: cannot decode here, skipped")
+                continue
+            assert all(np.array_equal(a, b) for a, b in zip(by_batches(paths), reference)), f"{name} differs from PIL"
+            results[name] = milliseconds_per_image(by_batches, paths, args.passes)
+    print(f"{args.count} JPEGs of 500x375, one thread, mean of {args.passes} passes; all give PIL's pixels")
+    for name, ms in results.items():
+        print(f"  {name:32s} {ms:6.2f} ms per image  {results['PIL'] / ms:4.2f}x PIL  "
+              f"{5000 * ms / 1000:4.1f} cores for 5,000 images/s")
+
+
+if __name__ == "__main__":
+    main()
