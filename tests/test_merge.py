@@ -6,14 +6,15 @@ before a byte is written.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import h5py
 import numpy as np
 import pytest
 
+from runhelpers import (FAST, assert_same_output, command, error_line, read_output, reusing_network, run_main, run_process,
+                        write_labelled_folder)
 import vggfeat.job
-
-from runhelpers import FAST, assert_same_output, error_line, read_output, reusing_network, run_main, write_labelled_folder
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
 from vggfeat.merge import merge_shards
 
@@ -207,3 +208,17 @@ def test_merge_without_an_output_is_refused(three_shards):
     assert code == 2 and "expected the shard files and then OUTPUT" in error_line(err)
     code, _, err = run_main(["merge", *three_shards])  # forgot OUTPUT: the last shard would be replaced
     assert code == 2 and "already exists" in error_line(err)
+
+
+def test_shards_run_at_once_in_separate_processes_then_merge(labelled, tmp_path):
+    """The intended use: one process per GPU (here both on the CPU), side by side on one folder."""
+    running = [subprocess.Popen(command(["extract", labelled, tmp_path / f"s{k}.h5", *FAST, "--shard", f"{k}/2", "-q"]),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    for process in running:
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+    assert run_process(["extract", labelled, tmp_path / "whole.h5", *FAST, "-q"]).returncode == 0
+    merged = run_process(["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"])
+    assert merged.returncode == 0, merged.stderr
+    assert_same_output(read_output(tmp_path / "merged.h5"), read_output(tmp_path / "whole.h5"), atol=1e-5)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["merged.h5", "s1.h5", "s2.h5", "whole.h5"]
