@@ -38,7 +38,9 @@ GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
 # cuDNN autotuning on a GPU: every new batch shape is first timed over cuDNN's algorithms. It pays
-# when shapes repeat; bench_extract.py --varied-sizes --no-autotune measures it when they do not.
+# when shapes repeat (images of a few sizes). With varied sizes, the number of inputs per batch
+# varies too, and many batches are a new shape (bench_extract.py --varied-sizes counts them); what
+# autotuning costs then is to be measured: benchmarks/gpu_checks.sh shapes runs with and without it.
 CUDNN_AUTOTUNE = True
 
 
@@ -382,8 +384,7 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield
         return
-    # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here. Batch shapes repeat
-    # (same-size images, padding rounded up to 32 px), so cuDNN's autotuning pays for itself.
+    # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here.
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.benchmark = CUDNN_AUTOTUNE

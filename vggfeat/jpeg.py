@@ -1,8 +1,7 @@
-"""Decode JPEG files in batches with torchvision: its libjpeg-turbo on the CPU, or nvJPEG on a GPU.
+"""Decode JPEG files in batches: libjpeg-turbo on the CPU, or nvJPEG on a GPU.
 
-The decoder is TorchCodec's ``decode_jpeg`` when TorchCodec is installed (``pip install
-torchcodec``): torchvision's successor, to which torchvision 0.29 deprecated its own, which is used
-otherwise. Both take the same bytes and give the same pixels on the CPU.
+The library is TorchCodec when it is installed (``pip install torchcodec``), else torchvision.io,
+which torchvision 0.29 deprecated in TorchCodec's favour. Both give PIL's pixels on the CPU.
 
 On the CPU it is PIL's own libjpeg-turbo without PIL's per-image overhead; on a GPU the pixels
 start on the device and the host only reads bytes. Only files that torchvision decodes to what
