@@ -71,8 +71,10 @@ def test_shards_cover_every_image_once_in_order(labelled, images, count):
 
 
 def test_merged_shards_equal_one_run(three_shards, whole, tmp_path):
-    result = merge_shards(reversed(three_shards), tmp_path / "merged.h5")  # any order
+    reported = []
+    result = merge_shards(reversed(three_shards), tmp_path / "merged.h5", progress=lambda *p: reported.append(p))  # any order
     assert (result.rows, result.failed, result.shards) == (5, 1, 3)
+    assert sum(rows for rows, _ in reported) == 5 and {total for _, total in reported} == {5}
     merged = read_output(tmp_path / "merged.h5")
     # Batches differ between shards and the whole run; the descriptors agree to float rounding.
     assert_same_output(merged, whole, atol=1e-5)

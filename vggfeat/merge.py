@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,15 @@ class MergeResult:
 
 
 def merge_shards(
-    shards: Sequence[str | os.PathLike], output: str | os.PathLike, *, overwrite: bool = False, provenance: dict | None = None
+    shards: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    provenance: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MergeResult:
-    """Write ``output`` from the descriptor files of all shards of one extraction, in any order."""
+    """Write ``output`` from the descriptor files of all shards of one extraction, in any order;
+    ``progress(rows, total)`` after each block of ``rows`` copied, of ``total``."""
     output = Path(output)
     paths = [Path(shard) for shard in shards]
     _check_output(output, paths, overwrite)
@@ -51,7 +57,8 @@ def merge_shards(
         with written_atomically(output) as temporary, h5py.File(temporary, "w") as out:
             classes = list(first["classes"].asstr()[:])
             targets = create_datasets(out, rows, failed, dim, dtype.name, classes)
-            _copy_rows(files, targets, block=max(1, _BLOCK_BYTES // (dim * dtype.itemsize)))
+            block = max(1, _BLOCK_BYTES // (dim * dtype.itemsize))
+            _copy_rows(files, targets, block, lambda copied: progress(copied, rows) if progress else None)
             mark_complete(out, _merged_attrs(files, paths, provenance or {}))
     finally:
         for f in files:
@@ -115,7 +122,7 @@ def _check_together(files: list[h5py.File]) -> None:
                            "a shard file is damaged")
 
 
-def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int) -> None:
+def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int, progress: Callable[[int], None]) -> None:
     features, paths, labels, sizes, failed_paths, failed_errors = targets
     row = fail = 0
     for f in files:
@@ -126,6 +133,7 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
             paths[row + start : row + end] = f["paths"][start:end]
             labels[row + start : row + end] = f["labels"][start:end]
             sizes[row + start : row + end] = f["sizes"][start:end]
+            progress(end - start)
         bad = f["failed/paths"].shape[0]
         failed_paths[fail : fail + bad] = f["failed/paths"][:]
         failed_errors[fail : fail + bad] = f["failed/errors"][:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from ..merge import merge_shards
 from . import options
@@ -13,7 +14,8 @@ from . import options
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="SHARDS... OUTPUT", type=click.Path(path_type=Path))
 @options.overwrite
-def merge(paths: tuple[Path, ...], overwrite: bool) -> None:
+@options.quiet
+def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
     """Join the files of all N shards of one extraction (any order) into OUTPUT.
 
     OUTPUT holds the rows one run over the whole collection would write, in the same order. All
@@ -22,7 +24,13 @@ def merge(paths: tuple[Path, ...], overwrite: bool) -> None:
     if len(paths) < 2:
         raise click.UsageError("expected the shard files and then OUTPUT")
     *shards, output = paths
-    result = merge_shards(shards, output, overwrite=overwrite,
-                          provenance={"merge_command": options.command_line()})
+    with tqdm(unit="row", desc=f"merging into {output.name}", disable=True if quiet else None, dynamic_ncols=True) as bar:
+
+        def progress(rows: int, total: int) -> None:
+            bar.total = total
+            bar.update(rows)
+
+        result = merge_shards(shards, output, overwrite=overwrite, progress=progress,
+                              provenance={"merge_command": options.command_line()})
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    click.secho(f"wrote {result.output}: {result.rows:,} descriptors from {result.shards} shards, {failed}", err=True)
+    options.reporter(quiet)(f"wrote {result.output}: {result.rows:,} descriptors from {result.shards} shards, {failed}")
