@@ -87,7 +87,7 @@ def _open_shard(path: Path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError:
         raise VggfeatError(f"{path} is not an HDF5 file") from None
-    missing = [name for name in ("features", "paths", "labels", "sizes", "classes", "failed/paths") if name not in f]
+    missing = [name for name in ("features", "paths", "labels", "sizes", "classes", "failed/paths", "failed/errors") if name not in f]
     problem = (
         f"is not a vggfeat features file (no {', '.join(missing)})" if missing or "config" not in f.attrs
         else "is incomplete: finish its extraction (run the same command again) first" if not f.attrs.get("complete", False)
