@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
 from .errors import VggfeatError
+from .store import open_hdf5
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -42,13 +42,8 @@ class FeatureFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            hint = " (an extraction is still running or was interrupted)" if self.path.with_name(self.path.name + ".parts").is_dir() else ""
-            raise VggfeatError(f"features file not found: {self.path}{hint}")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError:
-            raise VggfeatError(f"{self.path} is not an HDF5 file") from None
+        hint = " (an extraction is still running or was interrupted)" if self.path.with_name(self.path.name + ".parts").is_dir() else ""
+        self._file = open_hdf5(self.path, "features", hint)
         try:
             missing = [name for name in _REQUIRED if name not in self._file]
             if missing or "config" not in self._file.attrs:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import written_atomically
+from .store import open_hdf5, written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT = "vggfeat-index"
@@ -145,13 +145,7 @@ class VectorIndex:
         """Read an index file; ``backend`` for a flat index: ``faiss``, ``numpy``, or ``auto`` (FAISS if installed)."""
         _check_backend(backend)
         path = Path(path)
-        if not path.is_file():
-            raise VggfeatError(f"index file not found: {path}")
-        try:
-            f = h5py.File(path, "r")
-        except OSError:
-            raise VggfeatError(f"{path} is not an HDF5 file") from None
-        with f:
+        with open_hdf5(path, "index") as f:
             if f.attrs.get("format") != FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
             index = cls(

@@ -30,7 +30,7 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .jpeg import decoder_library
-from .store import FORMAT_VERSION, assemble, list_parts, replace_durably, write_json, write_part
+from .store import FORMAT_VERSION, assemble, check_output_path, list_parts, replace_durably, write_json, write_part
 
 DTYPES = ("float32", "float16")
 
@@ -77,10 +77,7 @@ class ExtractionJob:
         self.work = self.output.with_name(self.output.name + ".parts")
         self.part_images, self.part_seconds = part_images, part_seconds
         self.provenance = provenance or {}
-        if self.output.is_dir():
-            raise VggfeatError(f"output {self.output} is a folder; name an .h5 file")
-        if not self.output.parent.is_dir():
-            raise VggfeatError(f"folder of the output does not exist: {self.output.parent}")
+        check_output_path(self.output)
         self.manifest = {
             "format_version": FORMAT_VERSION,
             "config": extractor.config(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 
 from .errors import VggfeatError
-from .store import create_datasets, mark_complete, written_atomically
+from .store import check_output_path, create_datasets, mark_complete, open_hdf5, written_atomically
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
@@ -69,10 +69,7 @@ def merge_shards(
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
     if not inputs:
         raise VggfeatError("no shard files given")
-    if output.is_dir():
-        raise VggfeatError(f"output {output} is a folder; name an .h5 file")
-    if not output.parent.is_dir():
-        raise VggfeatError(f"folder of the output does not exist: {output.parent}")
+    check_output_path(output)
     if output.exists():
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")
@@ -81,12 +78,7 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
 
 
 def _open_shard(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise VggfeatError(f"shard file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise VggfeatError(f"{path} is not an HDF5 file") from None
+    f = open_hdf5(path, "shard")
     missing = [name for name in ("features", "paths", "labels", "sizes", "classes", "failed/paths", "failed/errors") if name not in f]
     problem = (
         f"is not a vggfeat features file (no {', '.join(missing)})" if missing or "config" not in f.attrs

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from .discover import ImageSet
+from .errors import VggfeatError
 
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
@@ -155,6 +156,25 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
 def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:
     """Rows with a label, counted a block at a time: the memory taken does not grow with the file."""
     return sum(int((labels[start : start + step] >= 0).sum()) for start in range(0, labels.shape[0], step))
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output path that names a folder, or whose folder does not exist."""
+    if path.is_dir():
+        raise VggfeatError(f"output {path} is a folder; name an .h5 file")
+    if not path.parent.is_dir():
+        raise VggfeatError(f"folder of the output does not exist: {path.parent}")
+
+
+def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
+    """``path`` opened read-only, or a one-line error: ``{what} file not found`` (plus ``hint``) or
+    not an HDF5 file."""
+    if not path.is_file():
+        raise VggfeatError(f"{what} file not found: {path}{hint}")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        raise VggfeatError(f"{path} is not an HDF5 file") from None
 
 
 def write_json(path: Path, data: dict) -> None:
