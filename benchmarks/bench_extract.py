@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vggfeat.extractor
+import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
@@ -44,14 +46,21 @@ def make_jpegs(folder: Path, count: int, varied: bool = False) -> None:
     """500x375 and 375x500 JPEGs in turn; ``varied``: long side 500, short side 300..500 and either
     orientation at random, as in PASCAL VOC (many batch shapes: cuDNN autotunes each)."""
     rng = np.random.default_rng(0)
+    sizes = []
     for i in range(count):
         height, width = (375, 500) if i % 2 == 0 else (500, 375)
         if varied:
             short = int(rng.integers(300, 501))
             height, width = (short, 500) if rng.random() < 0.7 else (500, short)
-        low = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
+        sizes.append((height, width, rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)))
+
+    def save(i: int) -> None:
+        height, width, low = sizes[i]
         picture = Image.fromarray(low).resize((width, height), Image.BILINEAR)
         picture.save(folder / f"{i:06d}.jpg", quality=90)
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow encodes without holding the GIL
+        list(pool.map(save, range(count)))
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,13 +93,19 @@ def model_only(extractor: Extractor, files: list[Path]) -> float:
 class Samples:
     gpu_busy: list[int] = field(default_factory=list)  # percent
     rss: list[int] = field(default_factory=list)  # bytes
+    seconds: float = 0.0  # the whole run
+    decode_wait: float = 0.0  # the main thread waiting for decoded images
+    gpu_wait: float = 0.0  # the main thread waiting for the GPU's results
 
     def report(self) -> str:
         busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
+        waits = (f"; main thread waited for decoding {self.decode_wait / self.seconds:.0%} and for results "
+                 f"{self.gpu_wait / self.seconds:.0%} of the run")
         if not self.rss:
-            return busy
+            return busy + waits
         early = max(self.rss[: max(1, len(self.rss) // 4)])
-        return f"{busy}; host memory {early / 2**20:,.0f} MiB in the first quarter, {max(self.rss) / 2**20:,.0f} MiB at most"
+        return (f"{busy}{waits}; host memory {early / 2**20:,.0f} MiB in the first quarter, "
+                f"{max(self.rss) / 2**20:,.0f} MiB at most")
 
 
 @contextlib.contextmanager
@@ -133,13 +148,45 @@ def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples, int]
         return forward(inputs)
 
     extractor._forward = recorded
-    with sampled(extractor.device) as samples:
+    with sampled(extractor.device) as samples, waits_timed(samples):
         began = time.perf_counter()
         job.run()
-        rate = len(images) / (time.perf_counter() - began)
+        samples.seconds = time.perf_counter() - began
     del extractor._forward
     output.unlink()
-    return rate, samples, len(shapes)
+    return len(images) / samples.seconds, samples, len(shapes)
+
+
+@contextlib.contextmanager
+def waits_timed(samples: Samples) -> Iterator[None]:
+    """Time the main thread spends waiting for decoded images and for the GPU's results: what is
+    left of the run is the host's own work (queueing GPU work, bookkeeping, HDF5 writes)."""
+    ahead, collected = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected
+
+    def timed_ahead(reader, *args):
+        decoded = ahead(reader, *args)
+        while True:
+            began = time.perf_counter()
+            try:
+                result = next(decoded)
+            except StopIteration:
+                return
+            finally:
+                samples.decode_wait += time.perf_counter() - began
+            yield result
+
+    def timed_collected(chunk):
+        began = time.perf_counter()
+        try:
+            return collected(chunk)
+        finally:
+            samples.gpu_wait += time.perf_counter() - began
+
+    vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = timed_ahead, timed_collected
+    try:
+        yield
+    finally:
+        vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = ahead, collected
 
 
 class Files(torch.utils.data.Dataset):
