@@ -34,7 +34,7 @@ def test_gpu_fp32_equals_cpu(random_vgg16, images):
 
 
 def test_gpu_batched_equals_one_at_a_time(random_vgg16, images):
-    extractor = Extractor(random_vgg16, device="cuda", scales=[256, 384], flip=True, batch_size=16)
+    extractor = Extractor(random_vgg16, device="cuda", scales=[256, 384], flip=True, batch_size=16, precision="fp32")
     batched = extractor.describe(images)
     alone = np.concatenate([extractor.describe([image]) for image in images])
     random_vgg16.to("cpu")
@@ -59,7 +59,7 @@ def test_gpu_extract_from_files_equals_cpu(random_vgg16, images, tmp_path):
     for i, image in enumerate(images * 3):
         paths.append(tmp_path / f"{i:02d}.png")
         Image.fromarray(image).save(paths[-1])
-    options = dict(scales=[224], flip=True, batch_size=4)
+    options = dict(scales=[224], flip=True, batch_size=4, precision="fp32")
     on_gpu = Extractor(random_vgg16, device="cuda", **options).extract(paths)
     on_cpu = Extractor(random_vgg16, device="cpu", **options).extract(paths)
     assert relative_error(on_gpu, on_cpu) < 1e-4
@@ -75,7 +75,7 @@ def test_gpu_classify_from_files_equals_cpu(random_vgg16, images, tmp_path):
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i:02d}.png")
         Image.fromarray(image).save(paths[-1])
-    options = dict(scales=[224], flip=True, multi_crop=True, batch_size=8)
+    options = dict(scales=[224], flip=True, multi_crop=True, batch_size=8, precision="fp32")
     on_gpu = Classifier(random_vgg16, device="cuda", **options).extract(paths)
     on_cpu = Classifier(random_vgg16, device="cpu", **options).extract(paths)
     random_vgg16.to("cpu")
