@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import os
+import pstats
 import tempfile
 import threading
 import time
@@ -130,9 +132,9 @@ def sampled(device: torch.device) -> Iterator[Samples]:
         sampler.join()
 
 
-def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples, int]:
+def end_to_end(extractor: Extractor, folder: Path, profile: bool = False) -> tuple[float, Samples, int]:
     """Images/s from files to a complete HDF5, what was sampled meanwhile, and how many distinct
-    batch shapes the network saw (cuDNN autotunes each one on a GPU)."""
+    batch shapes the network saw. ``profile``: print where the main thread's time went (cProfile)."""
     images = find_images(folder)
     output = folder.parent / "bench.h5"
     job = ExtractionJob(extractor, images, output, overwrite=True)
@@ -148,10 +150,16 @@ def end_to_end(extractor: Extractor, folder: Path) -> tuple[float, Samples, int]
         return forward(inputs)
 
     extractor._forward = recorded
+    profiler = cProfile.Profile() if profile else None
     with sampled(extractor.device) as samples, waits_timed(samples):
         began = time.perf_counter()
+        if profiler:
+            profiler.enable()
         job.run()
         samples.seconds = time.perf_counter() - began
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     del extractor._forward
     output.unlink()
     return len(images) / samples.seconds, samples, len(shapes)
@@ -261,6 +269,7 @@ def main() -> None:
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
     parser.add_argument("--no-autotune", action="store_true", help="cuDNN heuristics instead of autotuning each batch shape")
+    parser.add_argument("--profile", action="store_true", help="print the main thread's profile of (b)")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
@@ -282,7 +291,7 @@ def main() -> None:
         make_jpegs(folder, args.count, args.varied_sizes)
         files = sorted(folder.iterdir())
         a = model_only(extractor, files[: args.model_only_count])
-        b, samples, shapes = end_to_end(extractor, folder)
+        b, samples, shapes = end_to_end(extractor, folder, args.profile)
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:
             d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import vggfeat.extractor
 from vggfeat import Extractor, find_images
 from vggfeat.svm import LinearSVM
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="bf16", help="compared with fp32, e.g. bf16,fp16,tf32")
     parser.add_argument("--scales", default="256,384,512")
     args = parser.parse_args()
+    vggfeat.extractor.CUDNN_AUTOTUNE = False  # no speed measured here; fp32 autotuning takes minutes
     scales = [int(q) for q in args.scales.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.images

@@ -20,7 +20,7 @@ from runhelpers import FAST, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import decode_image
 import vggfeat.jpeg
-from vggfeat.jpeg import decode_jpegs, read_jpeg
+from vggfeat.jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP, ImageReader
 
 @pytest.fixture(autouse=True, params=list(vggfeat.jpeg.LIBRARIES))
@@ -61,12 +61,23 @@ def test_a_bad_file_does_not_fail_its_batch(tmp_path):
     names = ["0.jpg", "truncated.jpg", "1.jpg", "2.jpg"]
     for i, name in enumerate(names):
         write_rgb(tmp_path / name, 50 + i, 70, seed=i, fmt="JPEG")
-    write_truncated_jpeg(tmp_path / "truncated.jpg")
-    decoded = decode_jpegs([read_jpeg(tmp_path / name, 10**9, 32) for name in names], "cpu")
+    truncated = write_truncated_jpeg(tmp_path / "truncated.jpg")
+    files = [read_jpeg(tmp_path / name, 10**9, 32) for name in names]
+    files[1] = EncodedJpeg(truncated, torch.frombuffer(bytearray(truncated.read_bytes()), dtype=torch.uint8))
+    decoded = decode_jpegs(files, "cpu")
     assert decoded[1] is None
     for name, pixels in zip(names, decoded):
         if name != "truncated.jpg":
             assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
+
+
+def test_a_truncated_jpeg_goes_to_pil(tmp_path):
+    """nvJPEG decodes a truncated file without an error; PIL, which refuses it, decides instead."""
+    assert read_jpeg(write_truncated_jpeg(tmp_path / "truncated.jpg"), 10**9, 32) is None
+    whole = tmp_path / "whole.jpg"
+    write_rgb(whole, 50, 70, seed=0, fmt="JPEG")
+    whole.write_bytes(whole.read_bytes() + b"\r\n")  # trailing bytes after the end marker are common
+    assert read_jpeg(whole, 10**9, 32) is not None
 
 
 def decoded(decoder: str, paths) -> list:

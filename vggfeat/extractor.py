@@ -37,11 +37,14 @@ CHUNK_BYTES = 512 * 2**20
 GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
-# cuDNN autotuning on a GPU: every new batch shape is first timed over cuDNN's algorithms. It pays
-# when shapes repeat (images of a few sizes). With varied sizes, the number of inputs per batch
-# varies too, and many batches are a new shape (bench_extract.py --varied-sizes counts them); what
-# autotuning costs then is to be measured: benchmarks/gpu_checks.sh shapes runs with and without it.
+# cuDNN autotuning on a GPU: a new batch shape is first timed over cuDNN's algorithms, seconds per
+# shape for VGG16's large batches. Measured on an H100 (RESULTS.md): it made the network 1.33x
+# faster on images of two sizes, but images of varied sizes make ~90 shapes per 4096 images, and
+# timing them all took many minutes. So only full batches are autotuned, whose shapes recur, and
+# at most AUTOTUNED_SHAPES of them (see Extractor._autotunes); other batches run cuDNN's heuristic
+# choice. False turns autotuning off altogether.
 CUDNN_AUTOTUNE = True
+AUTOTUNED_SHAPES = 8
 
 
 @dataclass
@@ -140,6 +143,7 @@ class Extractor:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.decoder = decoder
         self.max_pixels, self.min_side = max_pixels, min_side
+        self._autotuned: set[tuple[int, int, int]] = set()  # batch shapes cuDNN has autotuned
 
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
         """(most inputs, most padded pixels) per batch."""
@@ -333,10 +337,26 @@ class Extractor:
         self.batch_pixels = min(self.batch_pixels, padded // 2)
         return torch.cat([self._run(inputs[:half]), self._run(inputs[half:])])
 
+    def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
+        """Whether cuDNN autotunes this batch: only a full one, with as many inputs of its size as
+        the batch limits allow, and only the first AUTOTUNED_SHAPES such shapes. A full batch's
+        shape recurs whenever images of that size do, so the tuning pays; a batch of left-over
+        inputs has a count, hence a shape, that may never come again. Never with nvJPEG decoding,
+        which hung on an H100 while cuDNN autotuned (torchvision 0.26)."""
+        if not CUDNN_AUTOTUNE or self.device.type != "cuda" or self.decoder == "nvjpeg":
+            return False
+        height, width = max(x.shape[1] for x in inputs), max(x.shape[2] for x in inputs)
+        if len(inputs) != min(self.batch_size, self.batch_pixels // (height * width)):
+            return False
+        shape = (len(inputs), height, width)
+        if shape not in self._autotuned and len(self._autotuned) < AUTOTUNED_SHAPES:
+            self._autotuned.add(shape)
+        return shape in self._autotuned
+
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
         batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
-        with torch.inference_mode(), _precision(self.precision, self.device):
+        with torch.inference_mode(), _precision(self.precision, self.device, self._autotunes(inputs)):
             feature_map, _ = self._runner(batch, self.layer, sizes)
             # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
             map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
@@ -379,7 +399,7 @@ def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG
 
 
 @contextlib.contextmanager
-def _precision(precision: str, device: torch.device) -> Iterator[None]:
+def _precision(precision: str, device: torch.device, autotune: bool = False) -> Iterator[None]:
     if device.type != "cuda":
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield
@@ -387,7 +407,7 @@ def _precision(precision: str, device: torch.device) -> Iterator[None]:
     # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here.
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.benchmark = CUDNN_AUTOTUNE
+    torch.backends.cudnn.benchmark = autotune
     try:
         yield
     finally:

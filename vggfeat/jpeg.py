@@ -29,6 +29,7 @@ from .decode import check_min_side, check_pixels
 _MODES = ("RGB", "L")
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
+_EOI = b"\xff\xd9"  # and how a whole one ends
 
 
 @dataclass
@@ -51,6 +52,10 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
             if start != _SOI:  # not a JPEG: read no further
                 return None
             data = start + file.read()
+        # nvJPEG decodes a truncated file without an error (the missing rows come out grey): one
+        # that does not end as a JPEG ends goes to PIL, which refuses it or reads it as it is.
+        if not data.rstrip(b"\x00\r\n ").endswith(_EOI):
+            return None
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             if image.format != "JPEG" or image.mode not in _MODES or image.getexif().get(_ORIENTATION, 1) != 1:
                 return None
