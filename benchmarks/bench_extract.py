@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--scales", default="256,384,512")
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads")
-    parser.add_argument("--decoder", default="pil", choices=["pil", "torchvision", "nvjpeg"])
+    parser.add_argument("--decoder", default="auto", choices=["auto", "pil", "torchvision", "nvjpeg"])
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
@@ -283,7 +283,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
-          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {args.decoder} decoding threads; {args.count} JPEGs "
+          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding threads; {args.count} JPEGs "
           f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

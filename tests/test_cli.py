@@ -118,7 +118,7 @@ def test_exit_message_counts_failures(mixed):
     assert "WARNING: random weights" in mixed["stderr"]
     assert "Traceback" not in mixed["stderr"]
     # What the auto settings chose is said before the work starts.
-    assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ pil decoding threads",
+    assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ (pil|torchvision) decoding threads",
                      mixed["stderr"]), mixed["stderr"]
 
 

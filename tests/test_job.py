@@ -62,13 +62,13 @@ def reference(labelled, random_vgg16, tmp_path_factory):
 
 def count_decodes(monkeypatch) -> list[str]:
     """Record the name of every file decoded from now on."""
-    decoded, real = [], ImageReader._decode
+    decoded, real = [], ImageReader._decode_group
 
-    def decode(reader, path):
-        decoded.append(path.name)
-        return real(reader, path)
+    def decode(reader, paths):
+        decoded.extend(path.name for path in paths)
+        return real(reader, paths)
 
-    monkeypatch.setattr(ImageReader, "_decode", decode)
+    monkeypatch.setattr(ImageReader, "_decode_group", decode)
     return decoded
 
 

@@ -109,12 +109,14 @@ def test_torchvision_decoder_end_to_end_equals_pil(random_vgg16, tmp_path):
     write_rgb(paths[1], 240, 240, seed=2)
     write_truncated_jpeg(paths[2])
     options = dict(device="cpu", scales=[224], flip=False, layer="conv1_1")
-    pil = Extractor(random_vgg16, **options)
-    torchvision = Extractor(random_vgg16, decoder="torchvision", **options)
+    pil = Extractor(random_vgg16, decoder="pil", **options)
+    torchvision = Extractor(random_vgg16, **options)  # the default where a library decodes
+    assert torchvision.decoder == "torchvision"
     by_torchvision, by_pil = torchvision.extract(paths, errors="nan"), pil.extract(paths, errors="nan")
     assert_close(by_torchvision[:2], by_pil[:2], 0, "descriptors")
     assert np.isnan(by_torchvision[2]).all() and np.isnan(by_pil[2]).all()
-    assert "decoder" not in pil.config() and torchvision.config()["decoder"] == "torchvision"
+    # The same pixels: files of either decoder resume and merge with each other.
+    assert pil.config() == torchvision.config()
 
 
 def test_nvjpeg_needs_a_gpu(random_vgg16):
@@ -137,6 +139,7 @@ def test_without_a_decoding_library_the_decoder_options_are_refused(random_vgg16
     with pytest.raises(VggfeatError, match=r"--decoder torchvision needs TorchCodec \(pip install torchcodec\)"):
         Extractor(random_vgg16, device="cpu", decoder="torchvision")
     Extractor(random_vgg16, device="cpu", decoder="pil")  # PIL needs neither
+    assert Extractor(random_vgg16, device="cpu").decoder == "pil"  # and auto falls back to it
 
 
 def test_the_file_and_the_terminal_say_which_library_decoded(library, random_vgg16, tmp_path):

@@ -85,7 +85,7 @@ class Classifier(Extractor):
         precision: str = "auto",
         batch_size: int | str | None = "auto",
         workers: int | None = None,
-        decoder: str = "pil",
+        decoder: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:

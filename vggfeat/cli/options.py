@@ -53,9 +53,10 @@ def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> 
 batch_size = click.option("--batch-size", default="auto", show_default=True, metavar="auto|N", callback=parse_batch_size,
                           help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory; on the CPU, up to 16 of 224x224.")
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
-decoder = click.option("--decoder", default="pil", show_default=True, type=click.Choice(DECODERS),
-                       help="torchvision: JPEGs decoded in batches by torchvision on the CPU (PIL's pixels, faster); "
-                            "nvjpeg: the same on the GPU; other files by PIL.")
+decoder = click.option("--decoder", default="auto", show_default=True, type=click.Choice(("auto", *DECODERS)),
+                       help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
+                            "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
+                            "torchvision can decode, else pil.")
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
