@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
+from imagefiles import smooth_rgb, write_bad_files, write_cmyk_jpeg, write_exif_rotated, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
 from reference import assert_close
 from runhelpers import FAST, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
@@ -47,6 +47,26 @@ def test_only_jpegs_torchvision_decodes_like_pil_are_sent_to_it(tmp_path):
         assert read_jpeg(tmp_path / name, 10**9, 32) is not None, name
     for name in ("rgb.png", "cmyk.jpg", "rotated.jpg", "note.jpg", "missing.jpg"):
         assert read_jpeg(tmp_path / name, 10**9, 32) is None, name  # PIL's to decode or to explain
+
+
+def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):
+    """read_jpeg walks the markers itself (no Pillow header parse in every decoding thread)."""
+    from PIL import Image
+
+    write_rgb(tmp_path / "progressive.jpg", 60, 80, progressive=True)
+    write_exif_rotated(tmp_path / "upright.jpg", 1)  # an EXIF block saying "as stored"
+    first, second = (Image.fromarray(smooth_rgb(60, 80, seed=i)) for i in range(2))
+    first.save(tmp_path / "pair.jpg", format="MPO", save_all=True, append_images=[second])
+    (tmp_path / "garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x02" + bytes(range(256)) + b"\xff\xd9")
+    for name in ("progressive.jpg", "upright.jpg"):
+        jpeg = read_jpeg(tmp_path / name, 10**9, 32)
+        assert jpeg is not None, name
+        (pixels,) = decode_jpegs([jpeg], torch.device("cpu"))
+        assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
+    with Image.open(tmp_path / "pair.jpg") as pair:
+        assert pair.format == "MPO"
+    for name in ("pair.jpg", "garbled.jpg"):  # Pillow's to open as it does, or to explain
+        assert read_jpeg(tmp_path / name, 10**9, 32) is None, name
 
 
 def test_size_limits_are_checked_from_the_header(tmp_path):

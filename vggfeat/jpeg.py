@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .decode import check_min_side, check_pixels
 
-# PIL's modes of JPEGs that torchvision converts to RGB as PIL does (CMYK and YCCK it does not).
-_MODES = ("RGB", "L")
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
 _EOI = b"\xff\xd9"  # and how a whole one ends
@@ -52,19 +48,82 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
             if start != _SOI:  # not a JPEG: read no further
                 return None
             data = start + file.read()
-        # nvJPEG decodes a truncated file without an error (the missing rows come out grey): one
-        # that does not end as a JPEG ends goes to PIL, which refuses it or reads it as it is.
-        if not data.rstrip(b"\x00\r\n ").endswith(_EOI):
-            return None
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            if image.format != "JPEG" or image.mode not in _MODES or image.getexif().get(_ORIENTATION, 1) != 1:
-                return None
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - unreadable or odd: PIL's decoder gives the reason
+    except OSError:  # PIL's decoder gives the reason
         return None
+    # nvJPEG decodes a truncated file without an error (the missing rows come out grey): one
+    # that does not end as a JPEG ends goes to PIL, which refuses it or reads it as it is.
+    if not data.rstrip(b"\x00\r\n ").endswith(_EOI):
+        return None
+    size = _plain_jpeg_size(data)
+    if size is None:
+        return None
+    width, height = size
     check_pixels(width, height, max_pixels)
     check_min_side(width, height, min_side)
     return EncodedJpeg(Path(path), torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+# Frame types libjpeg-turbo decodes as PIL does: baseline, extended and progressive Huffman.
+_PLAIN_FRAMES = {0xC0, 0xC1, 0xC2}
+_OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that torchvision decodes to PIL's pixels: an 8-bit baseline or
+    progressive frame of 1 (gray) or 3 (YCbCr) components, with no EXIF rotation and not a
+    multi-picture file. None for anything else, and for whatever cannot be parsed.
+
+    A walk over the markers up to the scan, instead of Pillow's header parsing: this runs in every
+    decoding thread for every file, holding the GIL, and the network's host work needs it too.
+    """
+    size, position = None, 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : position + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
+        if marker in _PLAIN_FRAMES:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3) or size is not None:
+                return None
+            size = int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
+        elif marker in _OTHER_FRAMES:
+            return None
+        elif marker == 0xE1 and segment.startswith(b"Exif\0\0") and _exif_orientation(segment[6:]) != 1:
+            return None
+        elif marker == 0xE2 and segment.startswith(b"MPF\0"):  # Pillow opens these as MPO
+            return None
+        position += 2 + length
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of an EXIF block's first directory: 1 (upright) when absent, None
+    when the block cannot be read."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    directory = int.from_bytes(tiff[4:8], order)
+    if directory + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[directory : directory + 2], order)
+    for entry in range(directory + 2, directory + 2 + 12 * count, 12):
+        if entry + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[entry : entry + 2], order) == _ORIENTATION:
+            return int.from_bytes(tiff[entry + 8 : entry + 10], order)
+    return 1
 
 
 def decode_jpegs(files: list[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
