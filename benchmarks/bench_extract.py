@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
+import gzip
 import os
-import pstats
+import shutil
 import tempfile
 import threading
 import time
@@ -132,9 +132,9 @@ def sampled(device: torch.device) -> Iterator[Samples]:
         sampler.join()
 
 
-def end_to_end(extractor: Extractor, folder: Path, profile: bool = False) -> tuple[float, Samples, int]:
+def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) -> tuple[float, Samples, int]:
     """Images/s from files to a complete HDF5, what was sampled meanwhile, and how many distinct
-    batch shapes the network saw. ``profile``: print where the main thread's time went (cProfile)."""
+    batch shapes the network saw. ``profile``: a trace file to write (see :func:`profiled`)."""
     images = find_images(folder)
     output = folder.parent / "bench.h5"
     job = ExtractionJob(extractor, images, output, overwrite=True)
@@ -150,19 +150,31 @@ def end_to_end(extractor: Extractor, folder: Path, profile: bool = False) -> tup
         return forward(inputs)
 
     extractor._forward = recorded
-    profiler = cProfile.Profile() if profile else None
-    with sampled(extractor.device) as samples, waits_timed(samples):
+    profiling = profiled(profile) if profile else contextlib.nullcontext()
+    with sampled(extractor.device) as samples, waits_timed(samples), profiling:
         began = time.perf_counter()
-        if profiler:
-            profiler.enable()
         job.run()
         samples.seconds = time.perf_counter() - began
-    if profiler:
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     del extractor._forward
     output.unlink()
     return len(images) / samples.seconds, samples, len(shapes)
+
+
+@contextlib.contextmanager
+def profiled(trace: Path) -> Iterator[None]:
+    """torch.profiler over the block: the host's time per operator and CUDA call (a blocking
+    cudaMalloc or synchronisation shows here), printed; the timeline, gzipped, to ``trace``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as profiler:
+        yield
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    raw = trace.with_suffix("")
+    profiler.export_chrome_trace(str(raw))
+    with open(raw, "rb") as source, gzip.open(trace, "wb") as target:
+        shutil.copyfileobj(source, target)
+    raw.unlink()
 
 
 @contextlib.contextmanager
@@ -269,7 +281,8 @@ def main() -> None:
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
     parser.add_argument("--no-autotune", action="store_true", help="cuDNN heuristics instead of autotuning each batch shape")
-    parser.add_argument("--profile", action="store_true", help="print the main thread's profile of (b)")
+    parser.add_argument("--profile", type=Path, metavar="TRACE.json.gz",
+                        help="profile (b) with torch.profiler: print its table, write its timeline here")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)

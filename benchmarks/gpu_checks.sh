@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of the GPU-throughput work, in the order to run them on a lent
-# GPU machine (each step fits one 10-minute command). Results go to RESULTS.md by hand, with the
-# device, the command and the date.
+# GPU machine. Results go to RESULTS.md by hand, with the device, the command and the date.
+# Durations seen on an H100 (fourth session): every bench_extract run in the paper setting takes
+# 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
+# give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py
-#   bash benchmarks/gpu_checks.sh paper      # paper setting, PIL and nvJPEG decoding
-#   bash benchmarks/gpu_checks.sh shapes     # varied image sizes, with and without cuDNN autotuning
+#   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
+#   bash benchmarks/gpu_checks.sh paper      # paper setting, default decoder, with and without autotuning
+#   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
+#   bash benchmarks/gpu_checks.sh shapes     # varied image sizes: autotuning only full batches, and none
 #   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop, with the DataLoader recipe
+#   bash benchmarks/gpu_checks.sh profile    # single scale under torch.profiler: where the host's time goes
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+bench="$python benchmarks/bench_extract.py"
+single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: tests, paper, shapes, single, precision or pooling} in
+case ${1:?name a step: tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
 tests)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
-    $python benchmarks/bench_extract.py --count 4096 --naive-count 32
-    $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --decoder nvjpeg
-    $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --decoder torchvision ;;
+    $bench --count 4096 --naive-count 64
+    $bench --count 4096 --naive-count 8 --no-autotune ;;
+nvjpeg)
+    $bench --count 4096 --naive-count 8 --decoder nvjpeg
+    $bench --count 4096 --naive-count 8 --decoder pil ;;
 shapes)
-    $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --varied-sizes
-    $python benchmarks/bench_extract.py --count 4096 --naive-count 8 --varied-sizes --no-autotune ;;
+    $bench --count 4096 --naive-count 8 --varied-sizes
+    $bench --count 4096 --naive-count 8 --varied-sizes --no-autotune ;;
 single)
-    $python benchmarks/bench_extract.py --scales 224 --center-crop --count 20000 --model-only-count 4096 \
-        --naive-count 64 --workers 16 --dataloader
-    $python benchmarks/bench_extract.py --scales 224 --center-crop --no-flip --count 20000 --model-only-count 4096 \
-        --naive-count 64 --workers 16 --decoder nvjpeg --dataloader ;;
+    $bench $single --naive-count 64 --dataloader
+    $bench $single --naive-count 8 --decoder nvjpeg
+    $bench $single --naive-count 8 --no-flip ;;
+profile)
+    $bench --scales 224 --center-crop --count 4096 --model-only-count 1024 --workers 16 --naive-count 4 \
+        --profile "${OUT:-.}/single-scale-trace.json.gz" ;;
 precision)
     $python benchmarks/bench_precision.py --device cuda --precisions bf16,fp16,tf32 --per-class 100 ;;
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: tests, paper, shapes, single, precision or pooling" >&2
+    echo "unknown step $1: tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
     exit 2 ;;
 esac
