@@ -37,6 +37,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vggfeat.extractor
+import vggfeat.job
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
@@ -78,8 +79,7 @@ def model_only(extractor: Extractor, files: list[Path]) -> float:
     pixels = [as_tensor(decode_image(f), extractor.device) for f in files]
     batches = []
     for q in extractor.scales:
-        inputs = to_inputs(pixels, q, extractor.resize_side, extractor.crop)
-        inputs = inputs + [x.flip(-1) for x in inputs] if extractor.flip else inputs
+        inputs = to_inputs(pixels, q, extractor.resize_side, extractor.crop, extractor.flip)
         plan = plan_batches([tuple(x.shape[1:]) for x in inputs], extractor.batch_size, extractor.batch_pixels)
         batches += [[inputs[i] for i in batch] for batch in plan]
     for timed in (False, True):  # the first pass warms up cuDNN's autotuning for every shape
@@ -98,11 +98,12 @@ class Samples:
     seconds: float = 0.0  # the whole run
     decode_wait: float = 0.0  # the main thread waiting for decoded images
     gpu_wait: float = 0.0  # the main thread waiting for the GPU's results
+    assembling: float = 0.0  # the parts copied into the output file, after the last image
 
     def report(self) -> str:
         busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
         waits = (f"; main thread waited for decoding {self.decode_wait / self.seconds:.0%} and for results "
-                 f"{self.gpu_wait / self.seconds:.0%} of the run")
+                 f"{self.gpu_wait / self.seconds:.0%} of the run, assembled the file in {self.assembling / self.seconds:.0%}")
         if not self.rss:
             return busy + waits
         early = max(self.rss[: max(1, len(self.rss) // 4)])
@@ -179,9 +180,10 @@ def profiled(trace: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def waits_timed(samples: Samples) -> Iterator[None]:
-    """Time the main thread spends waiting for decoded images and for the GPU's results: what is
-    left of the run is the host's own work (queueing GPU work, bookkeeping, HDF5 writes)."""
-    ahead, collected = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected
+    """Time the main thread spends waiting for decoded images and for the GPU's results, and
+    assembling the output file at the end: what is left of the run is the host's own work
+    (queueing GPU work, bookkeeping, handing parts to the writing thread)."""
+    ahead, collected, assemble = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected, vggfeat.job.assemble
 
     def timed_ahead(reader, *args):
         decoded = ahead(reader, *args)
@@ -202,11 +204,20 @@ def waits_timed(samples: Samples) -> Iterator[None]:
         finally:
             samples.gpu_wait += time.perf_counter() - began
 
+    def timed_assemble(*args):
+        began = time.perf_counter()
+        try:
+            return assemble(*args)
+        finally:
+            samples.assembling += time.perf_counter() - began
+
     vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = timed_ahead, timed_collected
+    vggfeat.job.assemble = timed_assemble
     try:
         yield
     finally:
         vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = ahead, collected
+        vggfeat.job.assemble = assemble
 
 
 class Files(torch.utils.data.Dataset):

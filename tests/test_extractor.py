@@ -18,7 +18,7 @@ from imagefiles import smooth_rgb, write_corrupt, write_rgb
 from reference import assert_close
 from vggfeat import Extractor, ImageError, VggfeatError, load_network
 from vggfeat.decode import decode_image
-from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, plan_batches, resized_shape, to_input
+from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, plan_batches, resized_shape, to_input, to_inputs
 
 
 def one_at_a_time(extractor: Extractor, images) -> np.ndarray:
@@ -356,3 +356,19 @@ def test_center_crop_is_torchvision_resize_then_center_crop(random_vgg16, tmp_pa
 def test_center_crop_refuses_long_side(random_vgg16):
     with pytest.raises(VggfeatError, match="center-crop"):
         Extractor(random_vgg16, layer="conv5_3", resize_side="long", center_crop=True, device="cpu")
+
+
+def test_inputs_and_their_flips_come_in_order_whatever_the_sizes():
+    """to_inputs resizes and flips images of one size together; the order stays the images' own."""
+    sizes = [(240, 300), (300, 240), (240, 300), (256, 256), (300, 240)]
+    images = [torch.from_numpy(smooth_rgb(h, w, seed=i)).permute(2, 0, 1) for i, (h, w) in enumerate(sizes)]
+    for crop in (None, 224):
+        inputs = to_inputs(images, 256, crop=crop, flip=True)
+        assert len(inputs) == 2 * len(images)
+        for image, x, flipped in zip(images, inputs, inputs[len(images):]):
+            alone = to_inputs([image], 256, crop=crop)[0]
+            torch.testing.assert_close(x, alone)
+            torch.testing.assert_close(flipped, alone.flip(-1))
+        expected_shape = (3, 224, 224) if crop else (3, 256, 320)
+        assert inputs[0].shape == expected_shape and inputs[1].shape == (expected_shape[0], *expected_shape[:0:-1])
+    torch.testing.assert_close(to_inputs(images[:1], 256)[0], to_input(images[0], (256, 320)))

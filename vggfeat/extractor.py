@@ -308,9 +308,7 @@ class Extractor:
         return tensors
 
     def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
-        inputs = to_inputs(pixels, scale, self.resize_side, self.crop)
-        if self.flip:
-            inputs += [x.flip(-1) for x in inputs]
+        inputs = to_inputs(pixels, scale, self.resize_side, self.crop, self.flip)  # flipped ones after
         shapes = [tuple(x.shape[1:]) for x in inputs]
         batches = plan_batches(shapes, self.batch_size, self.batch_pixels)  # larger inputs go alone
         pooled = torch.cat([self._run([inputs[i] for i in batch]) for batch in batches])
