@@ -1,4 +1,4 @@
-"""JPEG decoding cost per image: PIL (the default decoder) against the batched decoders, in one run.
+"""JPEG decoding cost per image: PIL against the batched decoders (the default where a library can decode), in one run.
 
     python benchmarks/bench_decode.py --count 64 --passes 3
 
