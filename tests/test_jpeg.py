@@ -58,6 +58,10 @@ def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):
     first, second = (Image.fromarray(smooth_rgb(60, 80, seed=i)) for i in range(2))
     first.save(tmp_path / "pair.jpg", format="MPO", save_all=True, append_images=[second])
     (tmp_path / "garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x02" + bytes(range(256)) + b"\xff\xd9")
+    data = bytearray((tmp_path / "progressive.jpg").read_bytes())
+    frame = data.index(b"\xff\xc2")
+    data[frame + 5 : frame + 7] = b"\x00\x00"  # height 0: to be given by a DNL marker
+    (tmp_path / "no_height.jpg").write_bytes(bytes(data))
     for name in ("progressive.jpg", "upright.jpg"):
         jpeg = read_jpeg(tmp_path / name, 10**9, 32)
         assert jpeg is not None, name
@@ -65,7 +69,7 @@ def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):
         assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
     with Image.open(tmp_path / "pair.jpg") as pair:
         assert pair.format == "MPO"
-    for name in ("pair.jpg", "garbled.jpg"):  # Pillow's to open as it does, or to explain
+    for name in ("pair.jpg", "garbled.jpg", "no_height.jpg"):  # Pillow's to open as it does, or to explain
         assert read_jpeg(tmp_path / name, 10**9, 32) is None, name
 
 

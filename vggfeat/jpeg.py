@@ -98,6 +98,8 @@ def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3) or size is not None:
                 return None
             size = int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
+            if 0 in size:  # a height given later (DNL marker), which neither library reads
+                return None
         elif marker in _OTHER_FRAMES:
             return None
         elif marker == 0xE1 and segment.startswith(b"Exif\0\0") and _exif_orientation(segment[6:]) != 1:
