@@ -1,0 +1,98 @@
+"""How much decoding threads slow the main thread's Python: the GIL they hold, in one run.
+
+    python benchmarks/bench_gil.py --count 256 --workers 0,2,8,16
+
+On a GPU the main thread queues the network's work: a few small torch operations per image, each
+one Python that needs the GIL. This measures the rate of such operations (a flip of a small CPU
+tensor) in the main thread while vggfeat's ImageReader decodes JPEGs without pause in ``workers``
+threads, with each decoder; 0 workers is the baseline, measured in the same run. Threads compete
+for the CPU too: the rows "gil-free" run as many threads of work that holds no GIL (SHA-256 of
+large buffers), so what is left of the difference is the GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bench_extract import make_jpegs
+from vggfeat.jpeg import decoder_library
+from vggfeat.reading import ImageReader
+
+
+def operations_per_second(seconds: float) -> float:
+    small = torch.zeros(3, 8, 8)
+    done, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(100):
+            small.flip(-1)
+        done += 100
+    return done / seconds
+
+
+def meanwhile(work, threads: int, seconds: float) -> float:
+    """The main thread's operations/s while ``threads`` threads run ``work(stop)``."""
+    stop = threading.Event()
+    running = [threading.Thread(target=work, args=(stop,)) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    time.sleep(0.5)  # they are under way
+    try:
+        return operations_per_second(seconds)
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join()
+
+
+def decoding(files: list[Path], decoder: str, workers: int):
+    """Work for one thread that keeps an ImageReader of ``workers`` threads decoding ``files``."""
+
+    def decode_forever(stop: threading.Event) -> None:
+        reader = ImageReader(torch.device("cpu"), decoder, workers, max_pixels=10**9, min_side=32)
+        while not stop.is_set():
+            with reader.read(files, lookahead=2 * workers + 32) as decoded:
+                for _ in decoded:
+                    if stop.is_set():
+                        break
+
+    return decode_forever
+
+
+def hashing(stop: threading.Event) -> None:
+    data = bytes(2**22)
+    while not stop.is_set():
+        hashlib.sha256(data).digest()  # releases the GIL over large buffers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=256, help="JPEGs (500x375 / 375x500), decoded in a loop")
+    parser.add_argument("--workers", default="0,2,8,16", help="decoding threads to try; 0 is the baseline")
+    parser.add_argument("--decoders", default="pil,torchvision")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured per setting")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the flips' own threads would blur the figure
+    with tempfile.TemporaryDirectory() as tmp:
+        make_jpegs(Path(tmp), args.count)
+        files = sorted(Path(tmp).iterdir())
+        baseline = operations_per_second(args.seconds)
+        print(f"main thread alone: {baseline:,.0f} small torch operations/s (torchvision decoder: {decoder_library()})")
+        counts = [int(w) for w in args.workers.split(",") if int(w) > 0]
+        for name in ["gil-free", *args.decoders.split(",")]:
+            for count in counts:
+                if name == "gil-free":
+                    rate = meanwhile(hashing, count, args.seconds)
+                else:
+                    rate = meanwhile(decoding(files, name, count), 1, args.seconds)
+                print(f"{name:12} {count:3} threads: {rate:12,.0f} operations/s, {rate / baseline:6.1%} of alone")
+
+
+if __name__ == "__main__":
+    main()
