@@ -6,7 +6,9 @@ Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos)
 in this one process, with random weights (speed does not depend on their values):
   (a) model only: the network on inputs already resized and on the device, full batches of one
       shape, timed after a first pass that warms up cuDNN's autotuning;
-  (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it);
+  (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it),
+      with cuDNN autotuning on (as in runs of 50,000 images or more; --no-autotune: as in shorter
+      ones), its tuning already paid in (a)'s first pass;
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
       fp32, batch of one, as a user would write it from torchvision;
   (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
@@ -291,19 +293,19 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
-    parser.add_argument("--no-autotune", action="store_true", help="cuDNN heuristics instead of autotuning each batch shape")
+    parser.add_argument("--no-autotune", action="store_true",
+                        help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
     parser.add_argument("--profile", type=Path, metavar="TRACE.json.gz",
                         help="profile (b) with torch.profiler: print its table, write its timeline here")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
     args = parser.parse_args()
-    vggfeat.extractor.CUDNN_AUTOTUNE = not args.no_autotune
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
                           batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
-                          center_crop=args.center_crop)
+                          center_crop=args.center_crop, autotune="off" if args.no_autotune else "on")
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "

@@ -12,7 +12,7 @@ import torch
 
 from imagefiles import smooth_rgb, write_rgb
 from reference import assert_close
-from vggfeat import Extractor, load_network
+from vggfeat import Extractor, VggfeatError, load_network
 
 SHAPES = [(224, 300), (300, 224), (240, 240), (224, 224), (260, 350), (224, 280)]
 
@@ -92,3 +92,39 @@ def test_a_huge_photo_and_a_panorama_are_described(random_vgg16):
     extractor = Extractor(random_vgg16, device="cpu", scales=[224], flip=False)
     got = extractor.describe([photo, panorama])
     assert got.shape == (2, 4096) and np.isfinite(got).all() and not np.allclose(got[0], got[1])
+
+
+def test_cudnn_autotunes_only_full_batches_of_long_runs(random_vgg16, tmp_path, monkeypatch):
+    """Autotuning costs seconds per batch shape on a GPU: only full batches (whose shapes recur),
+    at most AUTOTUNED_SHAPES of them, never with nvJPEG; with "auto" only in long runs."""
+    import vggfeat.extractor
+
+    def batch(count: int, width: int = 224) -> list[torch.Tensor]:
+        return [torch.zeros(3, 224, width)] * count
+
+    def extractor(autotune: str, run: list | None = None) -> Extractor:
+        made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, autotune=autotune)
+        if run is not None:
+            list(made.iter_chunks(run))  # on the CPU: the run decides whether it autotunes
+        made.device = torch.device("cuda")  # _autotunes reads only the device's type: no GPU needed
+        return made
+
+    monkeypatch.setattr(vggfeat.extractor, "AUTOTUNE_MIN_IMAGES", 3)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 224, 230, seed=i)
+    assert not extractor("auto")._autotunes(batch(4))  # describe() alone is no long run
+    assert not extractor("auto", run=paths[:2])._autotunes(batch(4))
+    auto = extractor("auto", run=paths)
+    assert auto._autotunes(batch(4)) and not auto._autotunes(batch(3))  # a left-over batch is not tuned
+    tuned = [auto._autotunes(batch(4, 224 + extra)) for extra in range(1, 10)]
+    assert tuned == [True] * (vggfeat.extractor.AUTOTUNED_SHAPES - 1) + [False] * 2  # 224 was the first
+    assert auto._autotunes(batch(4)), "a shape already tuned stays tuned"
+
+    assert extractor("on")._autotunes(batch(4))
+    assert not extractor("off", run=paths)._autotunes(batch(4))
+    nvjpeg = extractor("on")
+    nvjpeg.decoder = "nvjpeg"  # (refused on the CPU)
+    assert not nvjpeg._autotunes(batch(4))  # it hung on an H100 while cuDNN autotuned
+    with pytest.raises(VggfeatError, match="unknown autotune 'always'"):
+        Extractor(random_vgg16, device="cpu", autotune="always")

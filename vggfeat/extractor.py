@@ -37,14 +37,16 @@ CHUNK_BYTES = 512 * 2**20
 GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
-# cuDNN autotuning on a GPU: a new batch shape is first timed over cuDNN's algorithms, seconds per
-# shape for VGG16's large batches. Measured on an H100 (RESULTS.md): it made the network 1.33x
-# faster on images of two sizes, but images of varied sizes make ~90 shapes per 4096 images, and
-# timing them all took many minutes. So only full batches are autotuned, whose shapes recur, and
-# at most AUTOTUNED_SHAPES of them (see Extractor._autotunes); other batches run cuDNN's heuristic
-# choice. False turns autotuning off altogether.
-CUDNN_AUTOTUNE = True
+# cuDNN autotuning on a GPU: a new batch shape is first timed over cuDNN's algorithms. Measured on
+# an H100 (RESULTS.md): it made the network 1.33x faster in the paper setting (211 -> 280 images/s),
+# but timing the six shapes of images of two sizes took over a minute, and images of varied sizes
+# (~90 shapes per 4096 images) many minutes. So only full batches are autotuned, whose shapes
+# recur, at most AUTOTUNED_SHAPES of them (Extractor._autotunes), and with autotune="auto" only in
+# runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
+# of tuning pays for itself. Other batches run cuDNN's heuristic choice.
+AUTOTUNES = ("auto", "on", "off")
 AUTOTUNED_SHAPES = 8
+AUTOTUNE_MIN_IMAGES = 50_000
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Extractor:
             any that the decoder rejects, go to PIL.
         max_pixels: larger images are refused unread (decompression-bomb guard).
         min_side: images with a smaller side are refused.
+        autotune: cuDNN's autotuning of full batches on a GPU (faster batches after seconds of
+            tuning per batch shape, up to 8 shapes): ``on``, ``off``, or ``auto``: on in calls of
+            :meth:`iter_chunks` (and the CLI's runs) over at least 50,000 images.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Extractor:
         center_crop: bool = False,
         gem_p: float = GEM_P,
         normalize: str = "auto",
+        autotune: str = "auto",
     ) -> None:
         self.device = _device(device)
         self.scales = _scales(scales)
@@ -130,6 +136,7 @@ class Extractor:
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
                        normalize, gem_p, batch_size, decoder)
+        _check_choice("autotune", autotune, AUTOTUNES)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -144,6 +151,8 @@ class Extractor:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.decoder = _resolve_decoder(decoder)
         self.max_pixels, self.min_side = max_pixels, min_side
+        self.autotune = autotune
+        self._autotuning = autotune == "on"  # for this run; iter_chunks decides "auto"
         self._autotuned: set[tuple[int, int, int]] = set()  # batch shapes cuDNN has autotuned
 
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
@@ -219,6 +228,8 @@ class Extractor:
         chunk's work has been queued, so a GPU never waits for the host between chunks.
         """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
+        if self.autotune == "auto":
+            self._autotuning = len(paths) >= AUTOTUNE_MIN_IMAGES
         reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side)
         with (
             reader.read(paths, lookahead=2 * chunk_images + 2 * self.workers) as decoded,
@@ -337,12 +348,12 @@ class Extractor:
         return torch.cat([self._run(inputs[:half]), self._run(inputs[half:])])
 
     def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether cuDNN autotunes this batch: only a full one, with as many inputs of its size as
-        the batch limits allow, and only the first AUTOTUNED_SHAPES such shapes. A full batch's
-        shape recurs whenever images of that size do, so the tuning pays; a batch of left-over
-        inputs has a count, hence a shape, that may never come again. Never with nvJPEG decoding,
-        which hung on an H100 while cuDNN autotuned (torchvision 0.26)."""
-        if not CUDNN_AUTOTUNE or self.device.type != "cuda" or self.decoder == "nvjpeg":
+        """Whether cuDNN autotunes this batch, in a run that autotunes: only a full one, with as
+        many inputs of its size as the batch limits allow, and only the first AUTOTUNED_SHAPES such
+        shapes. A full batch's shape recurs whenever images of that size do, so the tuning pays; a
+        batch of left-over inputs has a count, hence a shape, that may never come again. Never
+        with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26)."""
+        if not self._autotuning or self.device.type != "cuda" or self.decoder == "nvjpeg":
             return False
         height, width = max(x.shape[1] for x in inputs), max(x.shape[2] for x in inputs)
         if len(inputs) != min(self.batch_size, self.batch_pixels // (height * width)):

@@ -13,7 +13,7 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import PAPER_SCALES, PRECISIONS, Extractor
+from ..extractor import AUTOTUNES, PAPER_SCALES, PRECISIONS, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
 from ..weights import ARCHITECTURES
@@ -77,7 +77,10 @@ def _together(*decorators: Callable) -> Callable:
 # The groups every image-describing command takes, in --help order.
 image_source = _together(images_and_output, file_list, root)
 network = _together(model, weights, seed)
-image_pipeline = _together(batch_size, workers, decoder, max_pixels, min_side)
+autotune = click.option("--cudnn-autotune", "autotune", default="auto", show_default=True, type=click.Choice(AUTOTUNES),
+                        help="Time cuDNN's algorithms for full batches (GPU; seconds per batch shape, then faster). "
+                             "auto: in runs of 50,000 images or more.")
+image_pipeline = _together(batch_size, workers, decoder, max_pixels, min_side, autotune)
 
 
 def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
