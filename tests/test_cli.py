@@ -290,9 +290,11 @@ def one_image(tmp_path):
         (["extract", "{images}", "{images}", "{out}", *FAST], "expected IMAGES and OUTPUT, got 3 path(s)"),
         (["extract", "{images}", "{tmp}/no/such/folder/out.h5", *FAST], "folder of the output does not exist"),
         (["extract", "{images}", "{images}", *FAST], "is a folder"),
+        (["extract", "{images}", "{out}", *FAST, "--cudnn-autotune", "always"], "Invalid value for '--cudnn-autotune'"),
     ],
     ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
-         "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder"],
+         "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder",
+         "autotune"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):
     tmp = one_image
@@ -301,6 +303,21 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     assert code == 2, err
     assert message in error_line(err)
     assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
+
+
+def test_cudnn_autotune_reaches_the_extractor(one_image, monkeypatch):
+    seen, real = [], Extractor.__init__
+
+    def recorded(self, *args, **kwargs):
+        seen.append(kwargs["autotune"])
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Extractor, "__init__", recorded)
+    for choice in ("on", None):
+        given = ["--cudnn-autotune", choice] if choice else []
+        code, _, err = run_main(["extract", one_image / "images", one_image / "out.h5", *FAST, *given, "--overwrite"])
+        assert code == 0, err
+    assert seen == ["on", "auto"]
 
 
 def test_real_process_exit_code_and_one_line_error(tmp_path):
