@@ -73,9 +73,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def model_only(extractor: Extractor, files: list[Path]) -> float:
+def model_only(extractor: Extractor, files: list[Path]) -> tuple[float, float]:
     """Images/s of the network alone on the very inputs vggfeat builds, already on the device, in
-    the batches vggfeat plans for them."""
+    the batches vggfeat plans for them; and how many seconds longer the first pass took (cuDNN's
+    autotuning of each batch shape, and other first-time costs)."""
     from vggfeat.decode import decode_image
 
     pixels = [as_tensor(decode_image(f), extractor.device) for f in files]
@@ -84,13 +85,15 @@ def model_only(extractor: Extractor, files: list[Path]) -> float:
         inputs = to_inputs(pixels, q, extractor.resize_side, extractor.crop, extractor.flip)
         plan = plan_batches([tuple(x.shape[1:]) for x in inputs], extractor.batch_size, extractor.batch_pixels)
         batches += [[inputs[i] for i in batch] for batch in plan]
-    for timed in (False, True):  # the first pass warms up cuDNN's autotuning for every shape
+    passes = []
+    for _ in range(2):  # the first pass warms up: cuDNN's autotuning for every shape
         synchronize(extractor.device)
         began = time.perf_counter()
         for batch in batches:
             extractor._forward(batch)
         synchronize(extractor.device)
-    return len(files) / (time.perf_counter() - began)
+        passes.append(time.perf_counter() - began)
+    return len(files) / passes[1], passes[0] - passes[1]
 
 
 @dataclass
@@ -316,12 +319,12 @@ def main() -> None:
         folder.mkdir()
         make_jpegs(folder, args.count, args.varied_sizes)
         files = sorted(folder.iterdir())
-        a = model_only(extractor, files[: args.model_only_count])
+        a, first_pass = model_only(extractor, files[: args.model_only_count])
         b, samples, shapes = end_to_end(extractor, folder, args.profile)
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:
             d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)
-    print(f"(a) model only       {a:9.2f} images/s")
+    print(f"(a) model only       {a:9.2f} images/s   (its first pass took {first_pass:.1f} s longer: autotuning)")
     print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{samples.report()}; "
           f"{shapes} distinct batch shapes")
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
