@@ -135,8 +135,7 @@ class Extractor:
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                       normalize, gem_p, batch_size, decoder)
-        _check_choice("autotune", autotune, AUTOTUNES)
+                       normalize, gem_p, batch_size, decoder, autotune)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -435,6 +434,7 @@ def _precision(precision: str, device: torch.device, autotune: bool = False) -> 
 def _check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
     resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
+    autotune: str,
 ) -> None:
     """Refuse bad options before any weights load (a download, perhaps): a typo should cost nothing."""
     _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
@@ -447,6 +447,7 @@ def _check_options(
     if precision in ("tf32", "fp16") and device.type != "cuda":
         raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
     _check_choice("decoder", decoder, ("auto", *DECODERS))
+    _check_choice("autotune", autotune, AUTOTUNES)
     if decoder == "nvjpeg" and device.type != "cuda":
         raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
     if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
