@@ -8,7 +8,8 @@ in this one process, with random weights (speed does not depend on their values)
       shape, timed after a first pass that warms up cuDNN's autotuning;
   (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it),
       with cuDNN autotuning on (as in runs of 50,000 images or more; --no-autotune: as in shorter
-      ones), its tuning already paid in (a)'s first pass;
+      ones), its tuning already paid in (a)'s first pass; once per --decode-in given (threads,
+      processes: decoding threads against worker processes, their start included);
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
       fp32, batch of one, as a user would write it from torchvision;
   (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
@@ -282,7 +283,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--scales", default="256,384,512")
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
-    parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads")
+    parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads or processes")
+    parser.add_argument("--decode-in", default="threads", help="threads, processes or both (threads,processes): (b) for each")
     parser.add_argument("--decoder", default="auto", choices=["auto", "pil", "torchvision", "nvjpeg"])
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
@@ -297,13 +299,14 @@ def main() -> None:
     args = parser.parse_args()
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
+    places = args.decode_in.split(",")
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
-                          batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
+                          batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, decode_in=places[0],
                           center_crop=args.center_crop, autotune="off" if args.no_autotune else "on")
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
-          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding threads; {args.count} JPEGs "
+          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding workers; {args.count} JPEGs "
           f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -311,13 +314,18 @@ def main() -> None:
         make_jpegs(folder, args.count, args.varied_sizes)
         files = sorted(folder.iterdir())
         a, first_pass = model_only(extractor, files[: args.model_only_count])
-        b, samples, shapes = end_to_end(extractor, folder, args.profile)
+        runs = {}
+        for place in places:
+            extractor.decode_in = place
+            runs[place] = end_to_end(extractor, folder, args.profile)
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:
             d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)
     print(f"(a) model only       {a:9.2f} images/s   (its first pass took {first_pass:.1f} s longer: autotuning, first-time costs)")
-    print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only{samples.report()}; "
-          f"{shapes} distinct batch shapes")
+    for place, (b, samples, shapes) in runs.items():
+        print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only, decoding in {place}"
+              f"{samples.report()}; {shapes} distinct batch shapes")
+    b = max(b for b, _, _ in runs.values())  # the ratios below are the faster (b)'s
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
     if args.dataloader:
         print(f"(d) DataLoader       {d:9.2f} images/s   vggfeat is {b / d:5.1f}x faster "

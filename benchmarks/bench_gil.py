@@ -5,7 +5,8 @@
 On a GPU the main thread queues the network's work: a few small torch operations per image, each
 one Python that needs the GIL. This measures the rate of such operations (a flip of a small CPU
 tensor) in the main thread while vggfeat's ImageReader decodes JPEGs without pause in ``workers``
-threads, with each decoder; 0 workers is the baseline, measured in the same run. Threads compete
+threads, with each decoder (``DECODER:processes``: in worker processes instead); 0 workers is the
+baseline, measured in the same run. Threads compete
 for the CPU too: the rows "gil-free" run as many threads of work that holds no GIL (SHA-256 of
 large buffers), so what is left of the difference is the GIL.
 """
@@ -52,10 +53,13 @@ def meanwhile(work, threads: int, seconds: float) -> float:
 
 
 def decoding(files: list[Path], decoder: str, workers: int):
-    """Work for one thread that keeps an ImageReader of ``workers`` threads decoding ``files``."""
+    """Work for one thread that keeps an ImageReader of ``workers`` threads (``decoder`` ending in
+    ``:processes``: processes) decoding ``files``."""
+    decoder, _, where = decoder.partition(":")
 
     def decode_forever(stop: threading.Event) -> None:
-        reader = ImageReader(torch.device("cpu"), decoder, workers, max_pixels=10**9, min_side=32)
+        reader = ImageReader(torch.device("cpu"), decoder, workers, max_pixels=10**9, min_side=32,
+                             processes=where == "processes")
         while not stop.is_set():
             with reader.read(files, lookahead=2 * workers + 32) as decoded:
                 for _ in decoded:
@@ -75,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=256, help="JPEGs (500x375 / 375x500), decoded in a loop")
     parser.add_argument("--workers", default="0,2,8,16", help="decoding threads to try; 0 is the baseline")
-    parser.add_argument("--decoders", default="pil,torchvision")
+    parser.add_argument("--decoders", default="pil,torchvision,pil:processes,torchvision:processes")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured per setting")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the flips' own threads would blur the figure
@@ -91,7 +95,7 @@ def main() -> None:
                     rate = meanwhile(hashing, count, args.seconds)
                 else:
                     rate = meanwhile(decoding(files, name, count), 1, args.seconds)
-                print(f"{name:12} {count:3} threads: {rate:12,.0f} operations/s, {rate / baseline:6.1%} of alone")
+                print(f"{name:22} {count:3} workers: {rate:12,.0f} operations/s, {rate / baseline:6.1%} of alone")
 
 
 if __name__ == "__main__":

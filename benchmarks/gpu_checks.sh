@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_checks.sh paper      # paper setting, default decoder, with and without autotuning
 #   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
 #   bash benchmarks/gpu_checks.sh shapes     # varied image sizes: autotuning only full batches, and none
-#   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop, with the DataLoader recipe
+#   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop: threads against processes, DataLoader recipe
 #   bash benchmarks/gpu_checks.sh profile    # the GIL decoding threads take; single scale under torch.profiler
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
@@ -32,9 +32,9 @@ shapes)
     $bench --count 4096 --naive-count 8 --varied-sizes
     $bench --count 4096 --naive-count 8 --varied-sizes --no-autotune ;;
 single)
-    $bench $single --naive-count 64 --dataloader
+    $bench $single --naive-count 64 --dataloader --decode-in threads,processes
     $bench $single --naive-count 8 --decoder nvjpeg
-    $bench $single --naive-count 8 --no-flip ;;
+    $bench $single --naive-count 8 --no-flip --decode-in threads,processes ;;
 profile)
     $python benchmarks/bench_gil.py --count 256 --workers 2,8,16
     $bench --scales 224 --center-crop --count 4096 --model-only-count 1024 --workers 16 --naive-count 4 \

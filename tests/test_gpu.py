@@ -51,16 +51,18 @@ def test_reduced_precision_stays_close_to_fp32(random_vgg16, images, precision):
     assert cosine(reduced, reference).min() > 0.99
 
 
-def test_gpu_extract_from_files_equals_cpu(random_vgg16, images, tmp_path):
-    """The threaded, two-chunks-in-flight file path on the GPU gives the CPU's numbers, in order."""
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+def test_gpu_extract_from_files_equals_cpu(random_vgg16, images, tmp_path, decode_in):
+    """The file path on the GPU, two chunks in flight, decoded in threads or in processes (their
+    pixels uploaded from pinned memory), gives the CPU's numbers, in order."""
     from PIL import Image
 
     paths = []
-    for i, image in enumerate(images * 3):
-        paths.append(tmp_path / f"{i:02d}.png")
+    for i, image in enumerate(images * 12):  # PNGs and JPEGs, several groups of files
+        paths.append(tmp_path / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
         Image.fromarray(image).save(paths[-1])
     options = dict(scales=[224], flip=True, batch_size=4, precision="fp32")
-    on_gpu = Extractor(random_vgg16, device="cuda", **options).extract(paths)
+    on_gpu = Extractor(random_vgg16, device="cuda", decode_in=decode_in, **options).extract(paths)
     on_cpu = Extractor(random_vgg16, device="cpu", **options).extract(paths)
     assert relative_error(on_gpu, on_cpu) < 1e-4
 

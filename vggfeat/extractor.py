@@ -45,6 +45,7 @@ CPU_AUTO_BATCH = 16
 # runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
 # of tuning pays for itself. Other batches run cuDNN's heuristic choice.
 AUTOTUNES = ("auto", "on", "off")
+DECODE_IN = ("threads", "processes")
 AUTOTUNED_SHAPES = 8
 AUTOTUNE_MIN_IMAGES = 50_000
 
@@ -94,7 +95,10 @@ class Extractor:
         batch_size: most network inputs (an image at one scale, or its flip) per batch; ``auto``:
             as many as fit a share of the GPU's free memory (at most 256); on the CPU up to 16,
             as many as 16 inputs of 224x224 hold in pixels.
-        workers: threads decoding images ahead of the network.
+        workers: threads (or processes) decoding images ahead of the network.
+        decode_in: ``threads`` or ``processes``: worker processes hold no lock that the thread
+            queueing the network's work needs (Python's GIL), at the cost of starting them
+            (seconds, once per Python process) and of returning pixels through shared memory.
         decoder: ``auto``: ``torchvision`` where TorchCodec or torchvision can decode JPEGs, else
             ``pil``; ``pil``; ``torchvision``: JPEGs decoded in batches by libjpeg-turbo on the CPU
             (PIL's pixels, faster); ``nvjpeg``: the same on the GPU (CUDA only). Other files, and
@@ -122,6 +126,7 @@ class Extractor:
         batch_size: int | str | None = "auto",
         workers: int | None = None,
         decoder: str = "auto",
+        decode_in: str = "threads",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         resize_side: str = "short",
@@ -135,7 +140,7 @@ class Extractor:
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                       normalize, gem_p, batch_size, decoder, autotune)
+                       normalize, gem_p, batch_size, decoder, decode_in, autotune)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = _resolve_precision(precision, self.device)
@@ -149,6 +154,7 @@ class Extractor:
         self.batch_size, self.batch_pixels = self._batch_limits(batch_size)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.decoder = _resolve_decoder(decoder)
+        self.decode_in = decode_in
         self.max_pixels, self.min_side = max_pixels, min_side
         self.autotune = autotune
         self._autotuning = autotune == "on"  # for this run; iter_chunks decides "auto"
@@ -229,7 +235,8 @@ class Extractor:
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
         if self.autotune == "auto":
             self._autotuning = len(paths) >= AUTOTUNE_MIN_IMAGES
-        reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side)
+        reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side,
+                             processes=self.decode_in == "processes")
         with (
             reader.read(paths, lookahead=2 * chunk_images + 2 * self.workers) as decoded,
             _precision(self.precision, self.device),
@@ -434,7 +441,7 @@ def _precision(precision: str, device: torch.device, autotune: bool = False) -> 
 def _check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
     resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
-    autotune: str,
+    decode_in: str, autotune: str,
 ) -> None:
     """Refuse bad options before any weights load (a download, perhaps): a typo should cost nothing."""
     _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
@@ -448,6 +455,9 @@ def _check_options(
         raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
     _check_choice("decoder", decoder, ("auto", *DECODERS))
     _check_choice("autotune", autotune, AUTOTUNES)
+    _check_choice("place of decoding", decode_in, DECODE_IN)
+    if decoder == "nvjpeg" and decode_in == "processes":
+        raise VggfeatError("--decoder nvjpeg decodes on the GPU, from this process: use --decode-in threads")
     if decoder == "nvjpeg" and device.type != "cuda":
         raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
     if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":

@@ -1,4 +1,4 @@
-"""Read: image files become decoded pixels, in threads, ahead of the network and in order.
+"""Read: image files become decoded pixels, ahead of the network and in order.
 
 Each file becomes an RGB uint8 array (PIL), a [3, H, W] uint8 tensor (torchvision's decoders, or
 any image on its way to a GPU), or the :class:`ImageError` saying why it cannot be used. Decoders:
@@ -9,58 +9,76 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
   other files by PIL.
 - ``nvjpeg``: JPEGs in batches on the GPU (nvJPEG), the same way; other files by PIL.
 
-On a GPU the decoding threads also upload (or decode there) on streams of their own.
+Decoding runs in threads, or with ``processes`` in worker processes: there it holds no lock that
+the network's thread needs (Python's GIL, which threads share), and the pixels come back through
+shared memory, one block per group of files. On a GPU, threads upload (or decode there) on
+streams of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .decode import decode_image
-from .errors import ImageError
+from .errors import ImageError, VggfeatError
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
 DECODERS = ("pil", "torchvision", "nvjpeg")
-# Files per decoding task with torchvision's decoders: one batched decode call.
+# Files per decoding task with torchvision's decoders (one batched decode call), and with processes
+# (one block of shared memory back).
 JPEG_GROUP = 32
+# With processes: threads of this process that take the groups' pixels (and upload them to a GPU).
+RECEIVING_THREADS = 4
+# Worker processes start from a server process that has imported vggfeat once, rather than each
+# importing torch anew (seconds apiece); it holds no CUDA context or threads that a fork could copy.
+PROCESS_START = "forkserver"
 
 Decoded = np.ndarray | torch.Tensor | ImageError
 
 
 class ImageReader:
-    """Decodes files with ``workers`` threads for a network on ``device``; see :meth:`read`."""
+    """Decodes files with ``workers`` threads (or processes) for a network on ``device``; see :meth:`read`."""
 
-    def __init__(self, device: torch.device, decoder: str, workers: int, max_pixels: int, min_side: int) -> None:
-        self.device, self.decoder, self.workers = device, decoder, workers
+    def __init__(self, device: torch.device, decoder: str, workers: int, max_pixels: int, min_side: int,
+                 processes: bool = False) -> None:
+        self.device, self.decoder, self.workers, self.processes = device, decoder, workers, processes
         self.max_pixels, self.min_side = max_pixels, min_side
-        self._thread = threading.local()  # per decoding thread: its stream
+        self._thread = threading.local()  # per thread of this process: its stream
 
     @contextlib.contextmanager
     def read(self, paths: Sequence[str | os.PathLike], lookahead: int) -> Iterator[Iterator[Decoded]]:
         """The decoded ``paths``, in order, with up to ``lookahead`` files decoded ahead."""
+        if self.processes:
+            with _DecodingProcesses(self) as processes:
+                yield self._ahead(paths, processes.submit, lookahead)
+            return
         with ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as pool:
-            yield self._ahead(paths, pool, lookahead)
+            yield self._ahead(paths, lambda files: pool.submit(self._decode_group, files), lookahead)
 
-    def _ahead(self, paths: Sequence[str | os.PathLike], pool: ThreadPoolExecutor, lookahead: int) -> Iterator[Decoded]:
-        # Files go to the threads in groups: torchvision decodes a group in one batch.
-        group = 1 if self.decoder == "pil" else JPEG_GROUP
+    def _ahead(self, paths: Sequence[str | os.PathLike], submit: Callable[[list[Path]], Future],
+               lookahead: int) -> Iterator[Decoded]:
+        # Files go in groups: torchvision decodes a group in one batch, a process returns it in one block.
+        group = 1 if self.decoder == "pil" and not self.processes else JPEG_GROUP
         pending: deque[Future] = deque()
         upcoming = iter(paths)
 
         def submit_next() -> None:
             files = [Path(path) for path in itertools.islice(upcoming, group)]
             if files:
-                pending.append(pool.submit(self._decode_group, files))
+                pending.append(submit(files))
 
         for _ in range(-(-lookahead // group)):
             submit_next()
@@ -103,6 +121,22 @@ class ImageReader:
         with self._own_stream():
             return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
 
+    def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
+        """A worker process's group: [3, H, W] views of one block (on the GPU, one upload), or the errors."""
+        if self.device.type == "cuda":
+            with self._own_stream():
+                packed = packed.pin_memory().to(self.device, non_blocking=True)
+        results: list[Decoded] = []
+        start = 0
+        for outcome in outcomes:
+            if isinstance(outcome, str):
+                results.append(ImageError(outcome))
+                continue
+            height, width = outcome
+            results.append(packed[start : start + 3 * height * width].view(3, height, width))
+            start += 3 * height * width
+        return results
+
     @contextlib.contextmanager
     def _own_stream(self) -> Iterator[None]:
         """On a GPU, run the block on this thread's own stream, and wait for it.
@@ -121,3 +155,100 @@ class ImageReader:
         with torch.cuda.stream(stream):
             yield
         stream.synchronize()
+
+
+class _DecodingProcesses:
+    """``reader.workers`` processes decoding groups of files, and threads here taking their pixels.
+
+    A file that kills its worker process (a decoder's crash) would otherwise lose the whole pool's
+    work in progress: the groups it broke are decoded again file by file in a process of their
+    own, where only the culprit can fail, and it is recorded as failed.
+    """
+
+    def __init__(self, reader: ImageReader) -> None:
+        self.reader = reader
+        self.arguments = (reader.decoder, reader.max_pixels, reader.min_side)
+        self.context = multiprocessing.get_context(PROCESS_START)
+        if PROCESS_START == "forkserver":
+            self.context.set_forkserver_preload([__name__])
+        self.pool = self._pool(reader.workers)
+        self.receiving = ThreadPoolExecutor(RECEIVING_THREADS, thread_name_prefix="vggfeat-receive")
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _DecodingProcesses:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.receiving.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, files: list[Path]) -> Future[list[Decoded]]:
+        pool = self.pool
+        try:
+            decoding = pool.submit(_decode_packed, [str(f) for f in files], *self.arguments)
+        except BrokenProcessPool:  # broken by another group's file, and not restarted yet
+            decoding = None
+        return self.receiving.submit(self._received, files, pool, decoding)
+
+    def _received(self, files: list[Path], pool: ProcessPoolExecutor, decoding: Future | None) -> list[Decoded]:
+        try:
+            if decoding is not None:
+                return self.reader._unpack(*decoding.result())
+        except BrokenProcessPool:
+            pass
+        with self.lock:
+            if pool is self.pool:  # the first group to see it broken restarts it
+                pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._pool(self.reader.workers)
+            # One file at a time, alone in a process, so that a crash can only be its own file's.
+            results: list[Decoded] = []
+            alone = self._started(1)
+            for path in files:
+                try:
+                    results += self.reader._unpack(*alone.submit(_decode_packed, [str(path)], *self.arguments).result())
+                except BrokenProcessPool:
+                    results.append(ImageError("the decoder crashed on this file (its process died)"))
+                    alone.shutdown(wait=False)
+                    alone = self._started(1)
+            alone.shutdown(wait=True)
+            return results
+
+    def _started(self, workers: int) -> ProcessPoolExecutor:
+        """A pool whose process has been seen to start: were it to die whatever it is given, every
+        file would otherwise be recorded as one that crashed the decoder."""
+        pool = self._pool(workers)
+        try:
+            pool.submit(_worker_setup).result()
+        except BrokenProcessPool:
+            pool.shutdown(wait=False)
+            raise VggfeatError("decoding processes die as they start; decode in threads instead "
+                               "(--decode-in threads)") from None
+        return pool
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup)
+
+
+def _worker_setup() -> None:
+    # One thread each: the workers are already one per core. Ctrl-C is for the main process,
+    # which stops them; each would otherwise print a traceback of its own.
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: int
+                   ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
+    """In a worker process: the files' pixels, [3, H, W] each, one after another in one block of
+    shared memory (what a pickled tensor is sent as), and per file its (height, width) or why not."""
+    reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
+    decoded = reader._decode_group([Path(p) for p in paths])
+    images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
+              for d in decoded if not isinstance(d, ImageError)]
+    packed = torch.empty(sum(x.numel() for x in images), dtype=torch.uint8).share_memory_()
+    start = 0
+    for x in images:
+        packed[start : start + x.numel()].view(x.shape).copy_(x)
+        start += x.numel()
+    outcomes = [str(d) if isinstance(d, ImageError) else tuple(d.shape[1:]) if isinstance(d, torch.Tensor)
+                else d.shape[:2] for d in decoded]
+    return packed, outcomes

@@ -50,7 +50,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
 @options.overwrite
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, decoder, max_pixels, min_side, autotune, shard, part_size, overwrite, quiet) -> None:
+            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, shard, part_size, overwrite, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -63,7 +63,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
-        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder,
+        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
         max_pixels=max_pixels, min_side=min_side, autotune=autotune, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:

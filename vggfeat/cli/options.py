@@ -13,7 +13,7 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import AUTOTUNES, PAPER_SCALES, PRECISIONS, Extractor
+from ..extractor import AUTOTUNES, DECODE_IN, PAPER_SCALES, PRECISIONS, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
 from ..weights import ARCHITECTURES
@@ -52,7 +52,10 @@ def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 batch_size = click.option("--batch-size", default="auto", show_default=True, metavar="auto|N", callback=parse_batch_size,
                           help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory; on the CPU, up to 16 of 224x224.")
-workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: up to 8].")
+workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads or processes [default: up to 8].")
+decode_in = click.option("--decode-in", default="threads", show_default=True, type=click.Choice(DECODE_IN),
+                         help="processes: decoding holds no lock that the network's thread needs (faster on a GPU "
+                              "when the host is the limit), after seconds to start them.")
 decoder = click.option("--decoder", default="auto", show_default=True, type=click.Choice(("auto", *DECODERS)),
                        help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
                             "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
@@ -80,7 +83,7 @@ network = _together(model, weights, seed)
 autotune = click.option("--cudnn-autotune", "autotune", default="auto", show_default=True, type=click.Choice(AUTOTUNES),
                         help="Time cuDNN's algorithms for full batches (GPU; seconds per batch shape, then faster). "
                              "auto: in runs of 50,000 images or more.")
-image_pipeline = _together(batch_size, workers, decoder, max_pixels, min_side, autotune)
+image_pipeline = _together(batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune)
 
 
 def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
@@ -112,7 +115,7 @@ def reporter(quiet: bool) -> Callable[..., None]:
 def describe_settings(extractor: Extractor) -> str:
     """What the auto settings chose, for the line before the progress bar."""
     return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
-            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding threads"
+            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding {extractor.decode_in}"
             + (f" ({decoder_library()})" if extractor.decoder != "pil" else ""))
 
 

@@ -1,0 +1,126 @@
+"""Decoding in worker processes (``--decode-in processes``): what threads give, and safe with files
+that kill their decoder.
+
+Processes start from a fork server that imports vggfeat afresh; the crash tests fork this test
+process instead, so that the decoder they replace is the one the workers run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import vggfeat.reading
+from imagefiles import write_bad_files, write_odd_files, write_rgb
+from reference import assert_close
+from runhelpers import FAST, read_output, reusing_network, run_main
+from vggfeat import Extractor, ImageError, VggfeatError
+from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
+from vggfeat.jpeg import decoder_library
+from vggfeat.reading import JPEG_GROUP, ImageReader
+
+DECODERS = ["pil"] + ([] if decoder_library() == "none" else ["torchvision"])
+
+
+def decoded(paths, decoder: str = "pil", processes: bool = True) -> list:
+    reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32,
+                         processes=processes)
+    with reader.read(paths, lookahead=2 * JPEG_GROUP) as results:
+        return list(results)
+
+
+def as_hwc(pixels) -> np.ndarray:
+    return pixels if isinstance(pixels, np.ndarray) else pixels.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_processes_give_the_pixels_failures_and_reasons_of_threads(decoder, tmp_path):
+    odd = write_odd_files(tmp_path / "odd")
+    bad = write_bad_files(tmp_path / "bad")
+    plain = [tmp_path / f"plain{i}.jpg" for i in range(2 * JPEG_GROUP + 3)]  # several groups, the last one short
+    for i, path in enumerate(plain):
+        write_rgb(path, 40 + i, 60, seed=i, fmt="JPEG")
+    paths = sorted([*(o.path for o in odd.values()), *bad.values(), *plain])
+    in_threads, in_processes = decoded(paths, decoder, processes=False), decoded(paths, decoder)
+    assert len(in_processes) == len(paths)
+    for path, a, b in zip(paths, in_threads, in_processes):
+        if isinstance(a, ImageError):
+            assert isinstance(b, ImageError) and str(b) == str(a), path.name
+        else:
+            assert np.array_equal(as_hwc(a), as_hwc(b)), path.name
+
+
+def test_descriptors_and_the_written_file_are_those_of_threads(random_vgg16, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        write_rgb(images / f"{i}.jpg", 224 + 8 * i, 240, seed=i, fmt="JPEG")
+    write_rgb(images / "5.png", 230, 230, seed=5)
+    (images / "6.jpg").write_bytes(b"\xff\xd8\xff not a JPEG after all")
+    paths = sorted(images.iterdir())
+    options = dict(device="cpu", scales=[224], flip=False, layer="conv1_1")
+    in_threads = Extractor(random_vgg16, **options).extract(paths, errors="nan")
+    in_processes = Extractor(random_vgg16, decode_in="processes", **options).extract(paths, errors="nan")
+    assert_close(in_processes[:6], in_threads[:6], 0, "descriptors")
+    assert np.isnan(in_processes[6]).all()
+
+    with reusing_network(random_vgg16):
+        runs = {how: run_main(["extract", images, tmp_path / f"{how}.h5", *FAST, "--decode-in", how, "--workers", "2"])
+                for how in ("threads", "processes")}
+    for how, (code, _, err) in runs.items():
+        assert code == 0, err
+        assert f"2 torchvision decoding {how}" in err or f"2 pil decoding {how}" in err
+    threads, processes = read_output(tmp_path / "threads.h5"), read_output(tmp_path / "processes.h5")
+    assert np.array_equal(threads["features"], processes["features"])
+    assert threads["paths"] == processes["paths"] and threads["failed_errors"] == processes["failed_errors"]
+
+
+def test_nvjpeg_is_not_decoded_in_processes(random_vgg16):
+    with pytest.raises(VggfeatError, match="nvjpeg decodes on the GPU, from this process"):
+        Extractor(random_vgg16, device="cpu", decoder="nvjpeg", decode_in="processes")
+    with pytest.raises(VggfeatError, match="unknown place of decoding 'gpu'"):
+        Extractor(random_vgg16, device="cpu", decode_in="gpu")
+
+
+# What a decoder's crash looks like to the pool: the process dies. Module-level, so that a worker
+# forked from this process finds them by name.
+def decode_or_die(path, **limits):
+    if "crash" in os.path.basename(path):
+        os._exit(3)
+    return decode_image(path, **limits)
+
+
+def die() -> None:
+    os._exit(3)
+
+
+@pytest.fixture
+def forked_workers(monkeypatch):
+    monkeypatch.setattr(vggfeat.reading, "PROCESS_START", "fork")
+    return monkeypatch
+
+
+def test_a_file_that_kills_its_decoder_fails_alone(forked_workers, tmp_path):
+    forked_workers.setattr(vggfeat.reading, "decode_image", decode_or_die)
+    paths = [tmp_path / f"{i:03d}.png" for i in range(3 * JPEG_GROUP)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 32, 40 + i, seed=i)
+    paths[JPEG_GROUP + 5] = paths[JPEG_GROUP + 5].rename(tmp_path / "crash.png")
+    results = decoded(paths)
+    assert len(results) == len(paths)
+    for i, (path, result) in enumerate(zip(paths, results)):
+        if i == JPEG_GROUP + 5:
+            assert isinstance(result, ImageError) and "decoder crashed on this file" in str(result)
+        else:  # its own group's files included, and those of the groups that the crash broke
+            assert np.array_equal(as_hwc(result), decode_image(path)), path.name
+
+
+def test_processes_that_cannot_start_stop_the_run_with_a_message(forked_workers, tmp_path):
+    forked_workers.setattr(vggfeat.reading, "_worker_setup", die)
+    paths = [tmp_path / "a.png"]
+    write_rgb(paths[0], 40, 40)
+    with pytest.raises(VggfeatError, match="decoding processes die as they start"):
+        decoded(paths)
