@@ -26,6 +26,7 @@ import contextlib
 import gzip
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -291,12 +292,17 @@ def main() -> None:
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
     parser.add_argument("--no-autotune", action="store_true",
                         help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
+    parser.add_argument("--switch-interval", type=float, metavar="SECONDS",
+                        help="Python's GIL switch interval for the run (default 0.005): shorter bounds how long "
+                             "the main thread waits for the GIL after each torch call while decoding threads run Python")
     parser.add_argument("--profile", type=Path, metavar="TRACE.json.gz",
                         help="profile (b) with torch.profiler: print its table, write its timeline here")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
     places = args.decode_in.split(",")
@@ -307,7 +313,7 @@ def main() -> None:
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding workers; {args.count} JPEGs "
-          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()

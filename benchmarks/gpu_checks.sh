@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
 #   bash benchmarks/gpu_checks.sh shapes     # varied image sizes: autotuning only full batches, and none
 #   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop: threads against processes, DataLoader recipe
-#   bash benchmarks/gpu_checks.sh profile    # the GIL decoding threads take; single scale under torch.profiler
+#   bash benchmarks/gpu_checks.sh profile    # the GIL decoding threads take (switch interval); single scale under torch.profiler
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 set -euo pipefail
@@ -37,6 +37,9 @@ single)
     $bench $single --naive-count 8 --no-flip --decode-in threads,processes ;;
 profile)
     $python benchmarks/bench_gil.py --count 256 --workers 2,8,16
+    # Is the main thread queued behind decoding threads' Python after each torch call (a GIL convoy)?
+    # Then a shorter switch interval speeds threads up, and processes do not need it.
+    $bench $single --count 8192 --naive-count 4 --decode-in threads,processes --switch-interval 0.0002
     $bench --scales 224 --center-crop --count 4096 --model-only-count 1024 --workers 16 --naive-count 4 \
         --profile "${OUT:-.}/single-scale-trace.json.gz" ;;
 precision)
