@@ -44,7 +44,8 @@ JPEG_GROUP = 32
 RECEIVING_THREADS = 4
 # Worker processes start from a server process that has imported vggfeat once, rather than each
 # importing torch anew (seconds apiece); it holds no CUDA context or threads that a fork could copy.
-PROCESS_START = "forkserver"
+# Where there is no fork server (Windows), each starts afresh.
+PROCESS_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 Decoded = np.ndarray | torch.Tensor | ImageError
 
@@ -221,8 +222,8 @@ class _DecodingProcesses:
             pool.submit(_worker_setup).result()
         except BrokenProcessPool:
             pool.shutdown(wait=False)
-            raise VggfeatError("decoding processes die as they start; decode in threads instead "
-                               "(--decode-in threads)") from None
+            raise VggfeatError("decoding processes die as they start (a script that starts them must guard its "
+                               "code with if __name__ == '__main__'); or decode in threads (--decode-in threads)") from None
         return pool
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
