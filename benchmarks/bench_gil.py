@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import tempfile
 import threading
 import time
@@ -38,12 +39,16 @@ def operations_per_second(seconds: float) -> float:
 
 
 def meanwhile(work, threads: int, seconds: float) -> float:
-    """The main thread's operations/s while ``threads`` threads run ``work(stop)``."""
+    """The main thread's operations/s while ``threads`` threads run ``work(stop, started)``, from
+    when every one of them has started (decoding processes take seconds to)."""
     stop = threading.Event()
-    running = [threading.Thread(target=work, args=(stop,)) for _ in range(threads)]
+    started = [threading.Event() for _ in range(threads)]
+    running = [threading.Thread(target=work, args=(stop, ready)) for ready in started]
     for thread in running:
         thread.start()
-    time.sleep(0.5)  # they are under way
+    for ready in started:
+        ready.wait()
+    time.sleep(0.5)  # well under way
     try:
         return operations_per_second(seconds)
     finally:
@@ -57,20 +62,22 @@ def decoding(files: list[Path], decoder: str, workers: int):
     ``:processes``: processes) decoding ``files``."""
     decoder, _, where = decoder.partition(":")
 
-    def decode_forever(stop: threading.Event) -> None:
+    def decode_forever(stop: threading.Event, started: threading.Event) -> None:
         reader = ImageReader(torch.device("cpu"), decoder, workers, max_pixels=10**9, min_side=32,
                              processes=where == "processes")
-        while not stop.is_set():
-            with reader.read(files, lookahead=2 * workers + 32) as decoded:
-                for _ in decoded:
-                    if stop.is_set():
-                        break
+        # The files over and over, from one reader: processes start once.
+        with reader.read(itertools.cycle(files), lookahead=2 * workers + 64) as decoded:
+            for _ in decoded:
+                started.set()
+                if stop.is_set():
+                    break
 
     return decode_forever
 
 
-def hashing(stop: threading.Event) -> None:
+def hashing(stop: threading.Event, started: threading.Event) -> None:
     data = bytes(2**22)
+    started.set()
     while not stop.is_set():
         hashlib.sha256(data).digest()  # releases the GIL over large buffers
 
