@@ -243,7 +243,7 @@ def test_resume_with_another_configuration_is_refused(tmp_path, monkeypatch):
 
     decoded = []
     real = ImageReader._decode
-    monkeypatch.setattr(ImageReader, "_decode", lambda self, path: decoded.append(path.name) or real(self, path))
+    monkeypatch.setattr(ImageReader, "_decode", lambda self, path, *args: decoded.append(path.name) or real(self, path, *args))
     code, _, err = run_main([*base, "--layer", "conv1_2", "--overwrite"])
     assert code == 0, err
     assert "resuming" not in err and len(decoded) == 3  # started over

@@ -64,9 +64,9 @@ def count_decodes(monkeypatch) -> list[str]:
     """Record the name of every file decoded from now on."""
     decoded, real = [], ImageReader._decode_group
 
-    def decode(reader, paths):
+    def decode(reader, paths, *args, **kwargs):
         decoded.extend(path.name for path in paths)
-        return real(reader, paths)
+        return real(reader, paths, *args, **kwargs)
 
     monkeypatch.setattr(ImageReader, "_decode_group", decode)
     return decoded

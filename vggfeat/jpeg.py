@@ -34,6 +34,12 @@ class EncodedJpeg:
 
     path: Path
     data: torch.Tensor  # uint8 [n], the whole file
+    height: int = 0  # from its header
+    width: int = 0
+
+    @property
+    def decoded_bytes(self) -> int:
+        return 3 * self.height * self.width
 
 
 def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg | None:
@@ -60,7 +66,7 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
     width, height = size
     check_pixels(width, height, max_pixels)
     check_min_side(width, height, min_side)
-    return EncodedJpeg(Path(path), torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return EncodedJpeg(Path(path), torch.frombuffer(bytearray(data), dtype=torch.uint8), height, width)
 
 
 # Frame types libjpeg-turbo decodes as PIL does: baseline, extended and progressive Huffman.

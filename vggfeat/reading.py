@@ -12,12 +12,14 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
 Decoding runs in threads, or with ``processes`` in worker processes: there it holds no lock that
 the network's thread needs (Python's GIL, which threads share), and the pixels come back through
 shared memory, one block per group of files. On a GPU, threads upload (or decode there) on
-streams of their own.
+streams of their own. However large the images, the workers hold at most LOOKAHEAD_BYTES of
+decoded pixels ahead of the reader (:class:`Budget`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -42,6 +44,9 @@ DECODERS = ("pil", "torchvision", "nvjpeg")
 JPEG_GROUP = 32
 # With processes: threads of this process that take the groups' pixels (and upload them to a GPU).
 RECEIVING_THREADS = 4
+# Decoded pixels that the workers may hold ahead of the group being read (on the GPU, if the
+# network is there), besides that group: 1,900 images of 500x375, or 14 of 6000x4000.
+LOOKAHEAD_BYTES = 2**30
 # Worker processes start from a server process that has imported vggfeat once, rather than each
 # importing torch anew (seconds apiece); it holds no CUDA context or threads that a fork could copy.
 # Where there is no fork server (Windows), each starts afresh.
@@ -61,38 +66,51 @@ class ImageReader:
 
     @contextlib.contextmanager
     def read(self, paths: Sequence[str | os.PathLike], lookahead: int) -> Iterator[Iterator[Decoded]]:
-        """The decoded ``paths``, in order, with up to ``lookahead`` files decoded ahead."""
-        if self.processes:
-            with _DecodingProcesses(self) as processes:
-                yield self._ahead(paths, processes.submit, lookahead)
-            return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode") as pool:
-            yield self._ahead(paths, lambda files: pool.submit(self._decode_group, files), lookahead)
+        """The decoded ``paths``, in order, with up to ``lookahead`` files (and LOOKAHEAD_BYTES of
+        pixels) decoded ahead."""
+        budget = Budget(LOOKAHEAD_BYTES)
+        with contextlib.ExitStack() as stack:
+            if self.processes:
+                submit = stack.enter_context(_DecodingProcesses(self, budget)).submit
+            else:
+                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode")
+                stack.callback(pool.shutdown, cancel_futures=True)  # a reader that stops early waits for no more
+                submit = functools.partial(pool.submit, self._decode_group, budget=budget)
+            stack.callback(budget.close)  # first: no worker is left waiting for a reader gone
+            yield self._ahead(paths, submit, lookahead, budget)
 
-    def _ahead(self, paths: Sequence[str | os.PathLike], submit: Callable[[list[Path]], Future],
-               lookahead: int) -> Iterator[Decoded]:
+    def _ahead(self, paths: Sequence[str | os.PathLike], submit: Callable[[list[Path], int], Future],
+               lookahead: int, budget: Budget) -> Iterator[Decoded]:
         # Files go in groups: torchvision decodes a group in one batch, a process returns it in one block.
         group = 1 if self.decoder == "pil" and not self.processes else JPEG_GROUP
         pending: deque[Future] = deque()
-        upcoming = iter(paths)
+        upcoming, numbers = iter(paths), itertools.count()
 
         def submit_next() -> None:
             files = [Path(path) for path in itertools.islice(upcoming, group)]
             if files:
-                pending.append(submit(files))
+                pending.append(submit(files, next(numbers)))
 
         for _ in range(-(-lookahead // group)):
             submit_next()
+        number = 0
         while pending:
+            budget.reading(number)
             future = pending.popleft()
             submit_next()
-            yield from future.result()
+            results, held = future.result()
+            yield from results
+            budget.give_back(held)  # the reader holds them now, within its own bounds
+            number += 1
 
-    def _decode_group(self, paths: list[Path]) -> list[Decoded]:
+    def _decode_group(self, paths: list[Path], number: int, budget: Budget) -> tuple[list[Decoded], int]:
+        """The files' pixels, and how many bytes of the budget they took (group ``number``)."""
         if self.decoder == "pil":
-            return [self._decode(path) for path in paths]
+            decoded = [self._decode(path, number, budget) for path in paths]
+            return [pixels for pixels, _ in decoded], sum(held for _, held in decoded)
         results: list[Decoded | None] = [None] * len(paths)
         jpegs: list[tuple[int, EncodedJpeg]] = []
+        held = 0
         for i, path in enumerate(paths):
             try:
                 jpeg = read_jpeg(path, self.max_pixels, self.min_side)
@@ -100,27 +118,33 @@ class ImageReader:
                 results[i] = error
                 continue
             if jpeg is None:
-                results[i] = self._decode(path)
+                results[i], taken = self._decode(path, number, budget)
+                held += taken
             else:
                 jpegs.append((i, jpeg))
+        held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in jpegs))  # before they exist
         on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
         with self._own_stream():
             decoded = decode_jpegs([jpeg for _, jpeg in jpegs], on)
             if on != self.device:
                 decoded = [None if pixels is None else pixels.to(self.device) for pixels in decoded]
         for (i, jpeg), pixels in zip(jpegs, decoded):
-            results[i] = pixels if pixels is not None else self._decode(jpeg.path)  # PIL decides
-        return results
+            if pixels is None:  # PIL decides
+                pixels, taken = self._decode(jpeg.path, number, budget)
+                held += taken
+            results[i] = pixels
+        return results, held
 
-    def _decode(self, path: Path) -> Decoded:
+    def _decode(self, path: Path, number: int, budget: Budget) -> tuple[Decoded, int]:
         try:
             rgb = decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
         except ImageError as error:
-            return error
+            return error, 0
+        held = budget.take(number, rgb.nbytes)
         if self.device.type != "cuda":
-            return rgb
+            return rgb, held
         with self._own_stream():
-            return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
+            return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1), held
 
     def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
         """A worker process's group: [3, H, W] views of one block (on the GPU, one upload), or the errors."""
@@ -158,6 +182,45 @@ class ImageReader:
         stream.synchronize()
 
 
+class Budget:
+    """Bytes of decoded pixels that decoding workers may hold ahead of the reader.
+
+    A worker takes what an image will need before it decodes it (or uploads it), waiting while
+    the budget is spent; the reader gives a group's bytes back once it has read the group. The
+    group the reader waits for (``reading``) never waits, so reading always goes on, whatever the
+    image sizes: host and GPU memory stay bounded for photos of 24 megapixels as for thumbnails.
+    """
+
+    def __init__(self, limit: int | None) -> None:  # None: no limit
+        self.limit, self.held, self.next_read, self.closed = limit, 0, 0, False
+        self._changed = threading.Condition()
+
+    def take(self, number: int, nbytes: int) -> int:
+        """Wait until group ``number`` may hold ``nbytes`` more; returns ``nbytes``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed or self.limit is None or number <= self.next_read
+                                   or self.held + nbytes <= self.limit)
+            self.held += nbytes
+        return nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        with self._changed:
+            self.held -= nbytes
+            self._changed.notify_all()
+
+    def reading(self, number: int) -> None:
+        """The reader now waits for group ``number``."""
+        with self._changed:
+            self.next_read = number
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """The reader is gone: nobody waits any more."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+
 class _DecodingProcesses:
     """``reader.workers`` processes decoding groups of files, and threads here taking their pixels.
 
@@ -166,8 +229,8 @@ class _DecodingProcesses:
     own, where only the culprit can fail, and it is recorded as failed.
     """
 
-    def __init__(self, reader: ImageReader) -> None:
-        self.reader = reader
+    def __init__(self, reader: ImageReader, budget: Budget) -> None:
+        self.reader, self.budget = reader, budget
         self.arguments = (reader.decoder, reader.max_pixels, reader.min_side)
         self.context = multiprocessing.get_context(PROCESS_START)
         if PROCESS_START == "forkserver":
@@ -183,18 +246,19 @@ class _DecodingProcesses:
         self.receiving.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, files: list[Path]) -> Future[list[Decoded]]:
+    def submit(self, files: list[Path], number: int) -> Future[tuple[list[Decoded], int]]:
         pool = self.pool
         try:
             decoding = pool.submit(_decode_packed, [str(f) for f in files], *self.arguments)
         except BrokenProcessPool:  # broken by another group's file, and not restarted yet
             decoding = None
-        return self.receiving.submit(self._received, files, pool, decoding)
+        return self.receiving.submit(self._received, files, number, pool, decoding)
 
-    def _received(self, files: list[Path], pool: ProcessPoolExecutor, decoding: Future | None) -> list[Decoded]:
+    def _received(self, files: list[Path], number: int, pool: ProcessPoolExecutor, decoding: Future | None
+                  ) -> tuple[list[Decoded], int]:
         try:
             if decoding is not None:
-                return self.reader._unpack(*decoding.result())
+                return self._unpacked(number, *decoding.result())
         except BrokenProcessPool:
             pass
         with self.lock:
@@ -203,16 +267,24 @@ class _DecodingProcesses:
                 self.pool = self._pool(self.reader.workers)
             # One file at a time, alone in a process, so that a crash can only be its own file's.
             results: list[Decoded] = []
+            held = 0
             alone = self._started(1)
             for path in files:
                 try:
-                    results += self.reader._unpack(*alone.submit(_decode_packed, [str(path)], *self.arguments).result())
+                    decoded, taken = self._unpacked(number, *alone.submit(_decode_packed, [str(path)], *self.arguments).result())
+                    results += decoded
+                    held += taken
                 except BrokenProcessPool:
                     results.append(ImageError("the decoder crashed on this file (its process died)"))
                     alone.shutdown(wait=False)
                     alone = self._started(1)
             alone.shutdown(wait=True)
-            return results
+            return results, held
+
+    def _unpacked(self, number: int, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]
+                  ) -> tuple[list[Decoded], int]:
+        held = self.budget.take(number, packed.numel())
+        return self.reader._unpack(packed, outcomes), held
 
     def _started(self, workers: int) -> ProcessPoolExecutor:
         """A pool whose process has been seen to start: were it to die whatever it is given, every
@@ -242,7 +314,8 @@ def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: in
     """In a worker process: the files' pixels, [3, H, W] each, one after another in one block of
     shared memory (what a pickled tensor is sent as), and per file its (height, width) or why not."""
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
-    decoded = reader._decode_group([Path(p) for p in paths])
+    # The reading process bounds what its workers hold, one group's block at a time.
+    decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None))
     images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
               for d in decoded if not isinstance(d, ImageError)]
     packed = torch.empty(sum(x.numel() for x in images), dtype=torch.uint8).share_memory_()
