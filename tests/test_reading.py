@@ -181,3 +181,27 @@ def test_a_reader_that_stops_early_does_not_wait_for_the_rest(processes, tmp_pat
     reading.join(timeout=60)
     assert not reading.is_alive(), "the reader hung at its end: workers left waiting for budget"
     assert np.array_equal(as_hwc(first[0]), decode_image(paths[0]))
+
+
+def no_shared_memory(paths, *arguments):
+    raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+
+def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers, tmp_path):
+    forked_workers.setattr(vggfeat.reading, "_decode_packed", no_shared_memory)
+    paths = [tmp_path / "a.png"]
+    write_rgb(paths[0], 40, 40)
+    with pytest.raises(VggfeatError, match=r"a decoding process failed: RuntimeError: unable to allocate shared memory.*"
+                                           r"shared memory \(/dev/shm\), which may be too small"):
+        decoded(paths)
+
+
+def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
+    """Rather than record every file as one that crashed its decoder (a /dev/shm too small kills them all)."""
+    forked_workers.setattr(vggfeat.reading, "decode_image", decode_or_die)
+    forked_workers.setattr(vggfeat.reading, "MAX_CRASHES", 2)
+    paths = [tmp_path / f"crash{i}.png" for i in range(4)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 40, 40, seed=i)
+    with pytest.raises(VggfeatError, match="decoding processes died on 3 files"):
+        decoded(paths)

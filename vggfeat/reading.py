@@ -52,6 +52,11 @@ LOOKAHEAD_BYTES = 2**30
 # Where there is no fork server (Windows), each starts afresh.
 PROCESS_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
+# Files whose decoder may kill its process before the cause is more likely the processes' own.
+MAX_CRASHES = 10
+_SHARED_MEMORY = ("processes return pixels through shared memory (/dev/shm), which may be too small (in Docker, "
+                  "raise --shm-size); or decode in threads (--decode-in threads)")
+
 Decoded = np.ndarray | torch.Tensor | ImageError
 
 
@@ -238,6 +243,7 @@ class _DecodingProcesses:
         self.pool = self._pool(reader.workers)
         self.receiving = ThreadPoolExecutor(RECEIVING_THREADS, thread_name_prefix="vggfeat-receive")
         self.lock = threading.Lock()
+        self.crashes = 0
 
     def __enter__(self) -> _DecodingProcesses:
         return self
@@ -257,10 +263,13 @@ class _DecodingProcesses:
     def _received(self, files: list[Path], number: int, pool: ProcessPoolExecutor, decoding: Future | None
                   ) -> tuple[list[Decoded], int]:
         try:
-            if decoding is not None:
-                return self._unpacked(number, *decoding.result())
+            block = None if decoding is None else decoding.result()
         except BrokenProcessPool:
-            pass
+            block = None
+        except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
+            raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
+        if block is not None:
+            return self._unpacked(number, *block)
         with self.lock:
             if pool is self.pool:  # the first group to see it broken restarts it
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -276,6 +285,9 @@ class _DecodingProcesses:
                     held += taken
                 except BrokenProcessPool:
                     results.append(ImageError("the decoder crashed on this file (its process died)"))
+                    self.crashes += 1
+                    if self.crashes > MAX_CRASHES:
+                        raise VggfeatError(f"decoding processes died on {self.crashes} files; {_SHARED_MEMORY}") from None
                     alone.shutdown(wait=False)
                     alone = self._started(1)
             alone.shutdown(wait=True)
