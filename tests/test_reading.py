@@ -205,3 +205,20 @@ def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
         write_rgb(path, 40, 40, seed=i)
     with pytest.raises(VggfeatError, match="decoding processes died on 3 files"):
         decoded(paths)
+
+
+def test_large_images_come_back_in_blocks_of_bounded_size(forked_workers, tmp_path):
+    """A worker returns only what fits BLOCK_BYTES; the rest of its group follows, in order."""
+    forked_workers.setattr(vggfeat.reading, "BLOCK_BYTES", 2 * 60 * 80 * 3)  # two images of the largest size
+    blocks = []
+    real = vggfeat.reading._DecodingProcesses._unpacked
+    forked_workers.setattr(vggfeat.reading._DecodingProcesses, "_unpacked",
+                           lambda self, number, packed, outcomes: blocks.append(packed.numel()) or real(self, number, packed, outcomes))
+    paths = [tmp_path / f"{i:03d}.{'png' if i % 3 else 'jpg'}" for i in range(JPEG_GROUP + 9)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 40 + i % 21, 80, seed=i, fmt="JPEG" if i % 3 == 0 else None)
+    for decoder in DECODERS:
+        blocks.clear()
+        results = decoded(paths, decoder)
+        assert [np.array_equal(as_hwc(r), decode_image(p)) for r, p in zip(results, paths)] == [True] * len(paths)
+        assert len(blocks) >= len(paths) // 2 and max(blocks) <= 2 * 60 * 80 * 3

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .decode import decode_image
 from .errors import ImageError, VggfeatError
@@ -44,6 +45,8 @@ DECODERS = ("pil", "torchvision", "nvjpeg")
 JPEG_GROUP = 32
 # With processes: threads of this process that take the groups' pixels (and upload them to a GPU).
 RECEIVING_THREADS = 4
+# With processes: most decoded bytes a worker returns at once (a group's files beyond go next).
+BLOCK_BYTES = 64 * 2**20
 # Decoded pixels that the workers may hold ahead of the group being read (on the GPU, if the
 # network is there), besides that group: 1,900 images of 500x375, or 14 of 6000x4000.
 LOOKAHEAD_BYTES = 2**30
@@ -229,6 +232,8 @@ class Budget:
 class _DecodingProcesses:
     """``reader.workers`` processes decoding groups of files, and threads here taking their pixels.
 
+    A worker returns as many of a group's files as fit one block of BLOCK_BYTES (at least one), and
+    the thread taking them asks for the rest: memory stays bounded for large photos too.
     A file that kills its worker process (a decoder's crash) would otherwise lose the whole pool's
     work in progress: the groups it broke are decoded again file by file in a process of their
     own, where only the culprit can fail, and it is recorded as failed.
@@ -253,28 +258,41 @@ class _DecodingProcesses:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, files: list[Path], number: int) -> Future[tuple[list[Decoded], int]]:
+        return self.receiving.submit(self._received, files, number, *self._decoding(files))
+
+    def _decoding(self, files: list[Path]) -> tuple[ProcessPoolExecutor, Future | None]:
         pool = self.pool
         try:
-            decoding = pool.submit(_decode_packed, [str(f) for f in files], *self.arguments)
+            return pool, pool.submit(_decode_packed, [str(f) for f in files], *self.arguments)
         except BrokenProcessPool:  # broken by another group's file, and not restarted yet
-            decoding = None
-        return self.receiving.submit(self._received, files, number, pool, decoding)
+            return pool, None
 
     def _received(self, files: list[Path], number: int, pool: ProcessPoolExecutor, decoding: Future | None
                   ) -> tuple[list[Decoded], int]:
-        try:
-            block = None if decoding is None else decoding.result()
-        except BrokenProcessPool:
-            block = None
-        except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
-            raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
-        if block is not None:
-            return self._unpacked(number, *block)
+        results: list[Decoded] = []
+        held = 0
+        while True:
+            try:
+                block = None if decoding is None else decoding.result()
+            except BrokenProcessPool:
+                block = None
+            except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
+                raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
+            decoded, taken = (self._unpacked(number, *block) if block is not None
+                              else self._alone(files[len(results):], number, pool))
+            results += decoded
+            held += taken
+            if len(results) == len(files):
+                return results, held
+            pool, decoding = self._decoding(files[len(results):])  # the rest of the group
+
+    def _alone(self, files: list[Path], number: int, broken: ProcessPoolExecutor) -> tuple[list[Decoded], int]:
+        """After a worker's death: ``files`` one at a time, each alone in a process, so that a
+        crash can only be its own file's."""
         with self.lock:
-            if pool is self.pool:  # the first group to see it broken restarts it
-                pool.shutdown(wait=False, cancel_futures=True)
+            if broken is self.pool:  # the first group to see it broken restarts it
+                broken.shutdown(wait=False, cancel_futures=True)
                 self.pool = self._pool(self.reader.workers)
-            # One file at a time, alone in a process, so that a crash can only be its own file's.
             results: list[Decoded] = []
             held = 0
             alone = self._started(1)
@@ -323,11 +341,13 @@ def _worker_setup() -> None:
 
 def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: int
                    ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
-    """In a worker process: the files' pixels, [3, H, W] each, one after another in one block of
-    shared memory (what a pickled tensor is sent as), and per file its (height, width) or why not."""
+    """In a worker process: the pixels of the first of ``paths`` that fit BLOCK_BYTES (at least
+    one), [3, H, W] each, one after another in one block of shared memory (what a pickled tensor is
+    sent as); and per file decoded, its (height, width) or why not."""
+    files = [Path(p) for p in paths]
+    files = files[: _fitting(files)]
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
-    # The reading process bounds what its workers hold, one group's block at a time.
-    decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None))
+    decoded, _ = reader._decode_group(files, 0, Budget(None))  # bounded here by the block's size
     images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
               for d in decoded if not isinstance(d, ImageError)]
     packed = torch.empty(sum(x.numel() for x in images), dtype=torch.uint8).share_memory_()
@@ -338,3 +358,19 @@ def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: in
     outcomes = [str(d) if isinstance(d, ImageError) else tuple(d.shape[1:]) if isinstance(d, torch.Tensor)
                 else d.shape[:2] for d in decoded]
     return packed, outcomes
+
+
+def _fitting(files: list[Path]) -> int:
+    """How many of ``files``, from the first, fit BLOCK_BYTES decoded (at least one), by their
+    headers' sizes; a file whose header cannot be read counts as nothing (it will fail)."""
+    total = 0
+    for count, path in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - the decoder words the reason
+            continue
+        total += 3 * width * height
+        if count and total > BLOCK_BYTES:
+            return count
+    return len(files)
