@@ -5,6 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
+#   bash benchmarks/gpu_checks.sh processes  # first, if time is short: decoding processes against threads (< 10 min)
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
 #   bash benchmarks/gpu_checks.sh paper      # paper setting, default decoder, with and without autotuning
 #   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
@@ -19,7 +20,16 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
+case ${1:?name a step: processes, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
+processes)
+    # The fifth session's change, built without a GPU: its correctness on one, then whether it
+    # lifts the single-scale and paper settings, and whether threads suffer a GIL convoy. Each run
+    # has its own time limit, and a failure does not stop the next.
+    timeout 150 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg" || echo "(exit $?)"
+    timeout 120 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"
+    timeout 120 $bench $single --naive-count 4 --decode-in threads,processes --no-flip || echo "(exit $?)"
+    timeout 90 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"
+    timeout 200 $bench --count 4096 --naive-count 16 --decode-in threads,processes ;;
 tests)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
@@ -47,6 +57,6 @@ precision)
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
+    echo "unknown step $1: processes, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
     exit 2 ;;
 esac
