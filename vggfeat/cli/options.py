@@ -54,8 +54,8 @@ batch_size = click.option("--batch-size", default="auto", show_default=True, met
                           help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory; on the CPU, up to 16 of 224x224.")
 workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads or processes [default: up to 8].")
 decode_in = click.option("--decode-in", default="threads", show_default=True, type=click.Choice(DECODE_IN),
-                         help="processes: decoding holds no lock that the network's thread needs (faster on a GPU "
-                              "when the host is the limit), after seconds to start them.")
+                         help="processes: decoding shares no lock (Python's GIL) with the thread that drives the "
+                              "network; they take seconds to start.")
 decoder = click.option("--decoder", default="auto", show_default=True, type=click.Choice(("auto", *DECODERS)),
                        help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
                             "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
