@@ -30,6 +30,7 @@ from .weights import ARCHITECTURES
 PAPER_SCALES = (256, 384, 512)
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
+DECODE_IN = ("threads", "processes")
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -45,7 +46,6 @@ CPU_AUTO_BATCH = 16
 # runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
 # of tuning pays for itself. Other batches run cuDNN's heuristic choice.
 AUTOTUNES = ("auto", "on", "off")
-DECODE_IN = ("threads", "processes")
 AUTOTUNED_SHAPES = 8
 AUTOTUNE_MIN_IMAGES = 50_000
 
