@@ -222,3 +222,33 @@ def test_large_images_come_back_in_blocks_of_bounded_size(forked_workers, tmp_pa
         results = decoded(paths, decoder)
         assert [np.array_equal(as_hwc(r), decode_image(p)) for r, p in zip(results, paths)] == [True] * len(paths)
         assert len(blocks) >= len(paths) // 2 and max(blocks) <= 2 * 60 * 80 * 3
+
+
+@pytest.mark.skipif("torchvision" not in DECODERS, reason="no batched JPEG decoder here")
+def test_large_jpegs_are_decoded_a_block_at_a_time_within_the_budget(tmp_path, monkeypatch):
+    """A group of large photos is not decoded at once: batches of at most BLOCK_BYTES, each taken
+    from the budget before it is decoded, so other workers go on with theirs."""
+    image_bytes = 48 * 64 * 3
+    monkeypatch.setattr(vggfeat.reading, "BLOCK_BYTES", 2 * image_bytes)
+    monkeypatch.setattr(vggfeat.reading, "LOOKAHEAD_BYTES", 4 * image_bytes)
+    batches, decoded_count = [], []
+    real = vggfeat.reading.decode_jpegs
+
+    def decode_jpegs(jpegs, device):
+        batches.append(sum(j.decoded_bytes for j in jpegs))
+        decoded_count.append(len(jpegs))
+        return real(jpegs, device)
+
+    monkeypatch.setattr(vggfeat.reading, "decode_jpegs", decode_jpegs)
+    paths = [tmp_path / f"{i:03d}.jpg" for i in range(3 * JPEG_GROUP)]
+    for i, path in enumerate(paths):
+        write_rgb(path, 48, 64, seed=i, fmt="JPEG")
+    reader = ImageReader(torch.device("cpu"), "torchvision", workers=4, max_pixels=DEFAULT_MAX_PIXELS, min_side=32)
+    ahead = []
+    with reader.read(paths, lookahead=len(paths)) as results:
+        for i, pixels in enumerate(results):
+            assert np.array_equal(as_hwc(pixels), decode_image(paths[i])), paths[i].name
+            time.sleep(0.005)
+            ahead.append(sum(decoded_count) - (i + 1))
+    assert max(batches) <= 2 * image_bytes and sum(decoded_count) == len(paths)
+    assert max(ahead) <= JPEG_GROUP + 4  # the group being read, and the budget's 4 images

@@ -45,7 +45,7 @@ DECODERS = ("pil", "torchvision", "nvjpeg")
 JPEG_GROUP = 32
 # With processes: threads of this process that take the groups' pixels (and upload them to a GPU).
 RECEIVING_THREADS = 4
-# With processes: most decoded bytes a worker returns at once (a group's files beyond go next).
+# Most decoded bytes a worker decodes (with processes: returns) at once; a group's files beyond go next.
 BLOCK_BYTES = 64 * 2**20
 # Decoded pixels that the workers may hold ahead of the group being read (on the GPU, if the
 # network is there), besides that group: 1,900 images of 500x375, or 14 of 6000x4000.
@@ -130,17 +130,18 @@ class ImageReader:
                 held += taken
             else:
                 jpegs.append((i, jpeg))
-        held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in jpegs))  # before they exist
         on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
-        with self._own_stream():
-            decoded = decode_jpegs([jpeg for _, jpeg in jpegs], on)
-            if on != self.device:
-                decoded = [None if pixels is None else pixels.to(self.device) for pixels in decoded]
-        for (i, jpeg), pixels in zip(jpegs, decoded):
-            if pixels is None:  # PIL decides
-                pixels, taken = self._decode(jpeg.path, number, budget)
-                held += taken
-            results[i] = pixels
+        for batch in _blocks(jpegs, lambda item: item[1].decoded_bytes):
+            held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in batch))  # before they exist
+            with self._own_stream():
+                decoded = decode_jpegs([jpeg for _, jpeg in batch], on)
+                if on != self.device:
+                    decoded = [None if pixels is None else pixels.to(self.device) for pixels in decoded]
+            for (i, jpeg), pixels in zip(batch, decoded):
+                if pixels is None:  # PIL decides
+                    pixels, taken = self._decode(jpeg.path, number, budget)
+                    held += taken
+                results[i] = pixels
         return results, held
 
     def _decode(self, path: Path, number: int, budget: Budget) -> tuple[Decoded, int]:
@@ -344,8 +345,7 @@ def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: in
     """In a worker process: the pixels of the first of ``paths`` that fit BLOCK_BYTES (at least
     one), [3, H, W] each, one after another in one block of shared memory (what a pickled tensor is
     sent as); and per file decoded, its (height, width) or why not."""
-    files = [Path(p) for p in paths]
-    files = files[: _fitting(files)]
+    files = next(_blocks([Path(p) for p in paths], _header_bytes))  # by their headers' sizes
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
     decoded, _ = reader._decode_group(files, 0, Budget(None))  # bounded here by the block's size
     images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
@@ -360,17 +360,27 @@ def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: in
     return packed, outcomes
 
 
-def _fitting(files: list[Path]) -> int:
-    """How many of ``files``, from the first, fit BLOCK_BYTES decoded (at least one), by their
-    headers' sizes; a file whose header cannot be read counts as nothing (it will fail)."""
+def _header_bytes(path: Path) -> int:
+    """Decoded size by the header; 0 when it cannot be read (the decoder will say why)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - the decoder words the reason
+        return 0
+    return 3 * width * height
+
+
+def _blocks(items: list, nbytes: Callable[[object], int]) -> Iterator[list]:
+    """``items`` in consecutive runs of at most BLOCK_BYTES decoded (at least one item each): large
+    photos are decoded, and take their memory, a few at a time rather than a group at once."""
+    block: list = []
     total = 0
-    for count, path in enumerate(files):
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception:  # noqa: BLE001 - the decoder words the reason
-            continue
-        total += 3 * width * height
-        if count and total > BLOCK_BYTES:
-            return count
-    return len(files)
+    for item in items:
+        size = nbytes(item)
+        if block and total + size > BLOCK_BYTES:
+            yield block
+            block, total = [], 0
+        block.append(item)
+        total += size
+    if block:
+        yield block
