@@ -9,7 +9,7 @@ in this one process, with random weights (speed does not depend on their values)
   (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it),
       with cuDNN autotuning on (as in runs of 50,000 images or more; --no-autotune: as in shorter
       ones), its tuning already paid in (a)'s first pass; once per --decode-in given (threads,
-      processes: decoding threads against worker processes, their start included);
+      processes: decoding threads against worker processes, whose first start is timed apart);
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
       fp32, batch of one, as a user would write it from torchvision;
   (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
@@ -45,6 +45,7 @@ import vggfeat.job
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
+from vggfeat.reading import ImageReader
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
 from vggfeat.weights import load_vgg
 
@@ -68,6 +69,17 @@ def make_jpegs(folder: Path, count: int, varied: bool = False) -> None:
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow encodes without holding the GIL
         list(pool.map(save, range(count)))
+
+
+def process_start(extractor: Extractor, files: list[Path]) -> float:
+    """Seconds that the first decoding processes of this Python process take to start (the fork
+    server and its imports): paid once per run, so left out of (b), as a long run would amortise it."""
+    reader = ImageReader(extractor.device, extractor.decoder, extractor.workers, extractor.max_pixels,
+                         extractor.min_side, processes=True)
+    began = time.perf_counter()
+    with reader.read(files[:1], lookahead=1) as decoded:
+        list(decoded)
+    return time.perf_counter() - began
 
 
 def synchronize(device: torch.device) -> None:
@@ -306,6 +318,8 @@ def main() -> None:
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
     places = args.decode_in.split(",")
+    if "processes" in places and args.decoder == "nvjpeg":
+        parser.error("nvJPEG decodes in this process: --decode-in threads")
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
                           batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, decode_in=places[0],
                           center_crop=args.center_crop, autotune="off" if args.no_autotune else "on")
@@ -321,6 +335,8 @@ def main() -> None:
         files = sorted(folder.iterdir())
         a, first_pass = model_only(extractor, files[: args.model_only_count])
         runs = {}
+        if "processes" in places:
+            print(f"decoding processes started in {process_start(extractor, files):.1f} s (once per run; not in (b))")
         for place in places:
             extractor.decode_in = place
             runs[place] = end_to_end(extractor, folder, args.profile)
