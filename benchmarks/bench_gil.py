@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import sys
 import tempfile
 import threading
 import time
@@ -88,13 +89,19 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2,8,16", help="decoding threads to try; 0 is the baseline")
     parser.add_argument("--decoders", default="pil,torchvision,pil:processes,torchvision:processes")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured per setting")
+    parser.add_argument("--switch-interval", type=float, metavar="SECONDS",
+                        help="Python's GIL switch interval (default 0.005): how long a thread that wants the GIL "
+                             "waits before the one holding it is made to let go")
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     torch.set_num_threads(1)  # the flips' own threads would blur the figure
     with tempfile.TemporaryDirectory() as tmp:
         make_jpegs(Path(tmp), args.count)
         files = sorted(Path(tmp).iterdir())
         baseline = operations_per_second(args.seconds)
-        print(f"main thread alone: {baseline:,.0f} small torch operations/s (torchvision decoder: {decoder_library()})")
+        print(f"main thread alone: {baseline:,.0f} small torch operations/s (torchvision decoder: {decoder_library()}; "
+              f"GIL switch interval {sys.getswitchinterval():g} s)")
         counts = [int(w) for w in args.workers.split(",") if int(w) > 0]
         for name in ["gil-free", *args.decoders.split(",")]:
             for count in counts:
