@@ -1,5 +1,6 @@
-"""Decoding in worker processes (``--decode-in processes``): what threads give, and safe with files
-that kill their decoder.
+"""Reading ahead of the network: in worker processes (``--decode-in processes``) what threads give,
+safe with files that kill their decoder; and, threads or processes, no further ahead than a budget
+of decoded bytes, so that large photos cannot fill the memory.
 
 Processes start from a fork server that imports vggfeat afresh; the crash tests fork this test
 process instead, so that the decoder they replace is the one the workers run.
