@@ -18,7 +18,7 @@ from imagefiles import smooth_rgb, write_bad_files, write_cmyk_jpeg, write_exif_
 from reference import assert_close
 from runhelpers import FAST, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
-from vggfeat.decode import decode_image
+from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
 import vggfeat.jpeg
 from vggfeat.jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP, ImageReader
@@ -105,7 +105,7 @@ def test_a_truncated_jpeg_goes_to_pil(tmp_path):
 
 
 def decoded(decoder: str, paths) -> list:
-    reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=10**9, min_side=32)
+    reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32)
     with reader.read(paths, lookahead=8) as results:
         return list(results)
 
