@@ -273,12 +273,7 @@ class _DecodingProcesses:
         results: list[Decoded] = []
         held = 0
         while True:
-            try:
-                block = None if decoding is None else decoding.result()
-            except BrokenProcessPool:
-                block = None
-            except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
-                raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
+            block = _block(decoding)
             decoded, taken = (self._unpacked(number, *block) if block is not None
                               else self._alone(files[len(results):], number, pool))
             results += decoded
@@ -297,19 +292,22 @@ class _DecodingProcesses:
             results: list[Decoded] = []
             held = 0
             alone = self._started(1)
-            for path in files:
-                try:
-                    decoded, taken = self._unpacked(number, *alone.submit(_decode_packed, [str(path)], *self.arguments).result())
-                    results += decoded
-                    held += taken
-                except BrokenProcessPool:
+            try:
+                for path in files:
+                    block = _block(alone.submit(_decode_packed, [str(path)], *self.arguments))
+                    if block is not None:
+                        decoded, taken = self._unpacked(number, *block)
+                        results += decoded
+                        held += taken
+                        continue
                     results.append(ImageError("the decoder crashed on this file (its process died)"))
                     self.crashes += 1
                     if self.crashes > MAX_CRASHES:
-                        raise VggfeatError(f"decoding processes died on {self.crashes} files; {_SHARED_MEMORY}") from None
+                        raise VggfeatError(f"decoding processes died on {self.crashes} files; {_SHARED_MEMORY}")
                     alone.shutdown(wait=False)
                     alone = self._started(1)
-            alone.shutdown(wait=True)
+            finally:
+                alone.shutdown(wait=False)
             return results, held
 
     def _unpacked(self, number: int, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]
@@ -331,6 +329,18 @@ class _DecodingProcesses:
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup)
+
+
+def _block(decoding: Future | None) -> tuple[torch.Tensor, list] | None:
+    """A worker's result, or None if its process died (or the pool was broken before it was sent)."""
+    if decoding is None:
+        return None
+    try:
+        return decoding.result()
+    except BrokenProcessPool:
+        return None
+    except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
+        raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
 
 
 def _worker_setup() -> None:
