@@ -93,7 +93,8 @@ def model_only(extractor: Extractor, files: list[Path]) -> tuple[float, float]:
     autotuning of each batch shape, and other first-time costs)."""
     from vggfeat.decode import decode_image
 
-    pixels = [as_tensor(decode_image(f), extractor.device) for f in files]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # untimed set-up: seconds saved on GPU machines' time
+        pixels = [as_tensor(rgb, extractor.device) for rgb in pool.map(decode_image, files)]
     batches = []
     for q in extractor.scales:
         inputs = to_inputs(pixels, q, extractor.resize_side, extractor.crop, extractor.flip)
