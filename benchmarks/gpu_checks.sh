@@ -6,6 +6,7 @@
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
 #   bash benchmarks/gpu_checks.sh processes  # first, if time is short: decoding processes against threads (< 8 min)
+#   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
 #   bash benchmarks/gpu_checks.sh paper      # paper setting: threads and processes; without autotuning
 #   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
@@ -20,7 +21,7 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: processes, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
+case ${1:?name a step: processes, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
 processes)
     # The fifth session's change, built without a GPU: its correctness on one, then whether it lifts
     # the single-scale setting, and whether threads suffer a GIL convoy. Each run has its own time
@@ -31,6 +32,10 @@ processes)
     timeout 70 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"
     # nvJPEG leaves the host little decoding to do: with fewer threads, less contention for the GIL.
     timeout 70 $bench ${single/--workers 16/--workers 4} --naive-count 4 --decoder nvjpeg || echo "(exit $?)" ;;
+network)
+    # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
+    timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
+    timeout 250 $python benchmarks/bench_network.py --batch 24 --size 512x682 || echo "(exit $?)" ;;
 tests)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
@@ -58,6 +63,6 @@ precision)
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: processes, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
+    echo "unknown step $1: processes, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
     exit 2 ;;
 esac
