@@ -143,7 +143,7 @@ def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images
         assert difference <= 8
     options = dict(device="cuda", scales=[224, 320], precision="fp32", batch_size=8)
     by_nvjpeg = Extractor(random_vgg16, decoder="nvjpeg", **options).extract(paths, errors="nan")
-    by_pil = Extractor(random_vgg16, **options).extract(paths, errors="nan")
+    by_pil = Extractor(random_vgg16, decoder="pil", **options).extract(paths, errors="nan")  # not the default
     by_libjpeg = Extractor(random_vgg16, decoder="torchvision", **options).extract(paths, errors="nan")
     random_vgg16.to("cpu")
     good = np.isfinite(by_pil).all(axis=1)
