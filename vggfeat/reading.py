@@ -11,7 +11,7 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
 
 Decoding runs in threads, or with ``processes`` in worker processes: there it holds no lock that
 the network's thread needs (Python's GIL, which threads share), and the pixels come back through
-shared memory, one block per group of files. On a GPU, threads upload (or decode there) on
+shared memory, a group of files in one block (large photos in several). On a GPU, threads upload (or decode there) on
 streams of their own. However large the images, the workers hold at most LOOKAHEAD_BYTES of
 decoded pixels ahead of the reader (:class:`Budget`).
 """
