@@ -27,6 +27,7 @@ processes)
     # the single-scale setting, and whether threads suffer a GIL convoy. Each run has its own time
     # limit (under 8 minutes in all), and a failure does not stop the next. Then run `paper`.
     timeout 100 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg" || echo "(exit $?)"
+    timeout 60 $python benchmarks/bench_reader.py --images 8192 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
     timeout 110 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"
     timeout 110 $bench $single --naive-count 4 --decode-in threads,processes --no-flip || echo "(exit $?)"
     timeout 70 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"

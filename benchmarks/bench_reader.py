@@ -1,0 +1,73 @@
+"""Reading alone, without the network: how fast ImageReader delivers decoded images, in threads
+against processes, in one run.
+
+    python benchmarks/bench_reader.py --count 256 --images 4096 --workers 2,16 --device cuda
+
+The single-scale target (5,000 images/s end to end) needs the reader to deliver at least that
+much while the network runs. This makes ``--count`` 500x375 / 375x500 JPEGs, then reads
+``--images`` of them (the files over and over) with each decoder, in threads and in processes, with
+``--workers`` of each, on ``--device`` (on a GPU the pixels end there, uploaded by the reader's
+threads), and prints images/s and this process's CPU time per image (its threads included; the
+processes' own CPU is not). The processes' start is paid before the timing, as a long run
+amortises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench_extract import make_jpegs
+from vggfeat.jpeg import decoder_library
+from vggfeat.reading import ImageReader
+
+
+def read_all(reader: ImageReader, paths: list[Path], lookahead: int) -> int:
+    count = 0
+    with reader.read(paths, lookahead) as decoded:
+        for _ in decoded:
+            count += 1
+    if reader.device.type == "cuda":
+        torch.cuda.synchronize()
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=256, help="JPEGs made")
+    parser.add_argument("--images", type=int, default=2048, help="images read per setting")
+    parser.add_argument("--workers", default="2", help="comma-separated counts of threads or processes")
+    parser.add_argument("--decoders", default="pil,torchvision")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lookahead", type=int, default=1024, help="files decoded ahead (the extractor's: ~1,000 on a GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library() != "none"]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_jpegs(Path(tmp), args.count)
+        files = sorted(Path(tmp).iterdir())
+        paths = list(itertools.islice(itertools.cycle(files), args.images))
+        print(f"{args.images} reads of {args.count} JPEGs (500x375 / 375x500) onto {device}; "
+              f"batched decoder: {decoder_library()}")
+        for decoder in decoders:
+            for workers in (int(w) for w in args.workers.split(",")):
+                rates = {}
+                for processes in (False, True):
+                    reader = ImageReader(device, decoder, workers, max_pixels=10**9, min_side=32, processes=processes)
+                    read_all(reader, files[:workers], lookahead=workers)  # warm-up: start processes, streams
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    count = read_all(reader, paths, args.lookahead)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    rates[processes] = count / wall
+                    print(f"  {decoder:12} {workers:3} {'processes' if processes else 'threads  '}: "
+                          f"{count / wall:8.0f} images/s, this process's CPU {1e6 * cpu / count:6.0f} us an image")
+                print(f"  {decoder:12} {workers:3} processes / threads: {rates[True] / rates[False]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
