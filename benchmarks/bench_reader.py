@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench_extract import make_jpegs
+import vggfeat.reading
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
 
@@ -45,7 +46,11 @@ def main() -> None:
     parser.add_argument("--decoders", default="pil,torchvision")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lookahead", type=int, default=1024, help="files decoded ahead (the extractor's: ~1,000 on a GPU)")
+    parser.add_argument("--slots", choices=["auto", "on", "off"], default="auto",
+                        help="processes decode into reused slots of shared memory (auto: for a GPU) or fresh blocks")
     args = parser.parse_args()
+    if args.slots != "auto":
+        vggfeat.reading._reuses_slots = lambda device: args.slots == "on"
     device = torch.device(args.device)
     decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library() != "none"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +58,8 @@ def main() -> None:
         files = sorted(Path(tmp).iterdir())
         paths = list(itertools.islice(itertools.cycle(files), args.images))
         print(f"{args.images} reads of {args.count} JPEGs (500x375 / 375x500) onto {device}; "
-              f"batched decoder: {decoder_library()}")
+              f"batched decoder: {decoder_library()}; processes decode into "
+              f"{'reused slots' if vggfeat.reading._reuses_slots(device) else 'fresh blocks'}")
         for decoder in decoders:
             for workers in (int(w) for w in args.workers.split(",")):
                 rates = {}

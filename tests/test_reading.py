@@ -28,6 +28,14 @@ from vggfeat.reading import JPEG_GROUP, ImageReader
 DECODERS = ["pil"] + ([] if decoder_library() == "none" else ["torchvision"])
 
 
+@pytest.fixture(autouse=True, params=["fresh blocks", "slots"])
+def worker_memory(request, monkeypatch):
+    """Each test with workers sending fresh blocks of shared memory (the CPU's way) and decoding
+    into reused slots (a GPU's way, which would otherwise run only there)."""
+    monkeypatch.setattr(vggfeat.reading, "_reuses_slots", lambda device: request.param == "slots")
+    return request.param
+
+
 def decoded(paths, decoder: str = "pil", processes: bool = True) -> list:
     reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32,
                          processes=processes)
@@ -100,7 +108,7 @@ def decode_or_die(path, **limits):
     return decode_image(path, **limits)
 
 
-def die() -> None:
+def die(*slots) -> None:
     os._exit(3)
 
 
@@ -189,7 +197,7 @@ def no_shared_memory(paths, *arguments):
 
 
 def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers, tmp_path):
-    forked_workers.setattr(vggfeat.reading, "_decode_packed", no_shared_memory)
+    forked_workers.setattr(vggfeat.reading, "_decode_into", no_shared_memory)
     paths = [tmp_path / "a.png"]
     write_rgb(paths[0], 40, 40)
     with pytest.raises(VggfeatError, match=r"a decoding process failed: RuntimeError: unable to allocate shared memory.*"
@@ -208,21 +216,24 @@ def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
         decoded(paths)
 
 
-def test_large_images_come_back_in_blocks_of_bounded_size(forked_workers, tmp_path):
-    """A worker returns only what fits BLOCK_BYTES; the rest of its group follows, in order."""
-    forked_workers.setattr(vggfeat.reading, "BLOCK_BYTES", 2 * 60 * 80 * 3)  # two images of the largest size
+def test_groups_come_back_a_slot_at_a_time_and_larger_images_alone(forked_workers, tmp_path):
+    """A worker decodes only what fits its slot of shared memory; the rest of its group follows,
+    in order, and an image larger than a slot comes in a block of its own."""
+    slot = 2 * 60 * 80 * 3  # two images of the largest size but one
+    forked_workers.setattr(vggfeat.reading, "SLOT_BYTES", slot)
     blocks = []
-    real = vggfeat.reading._DecodingProcesses._unpacked
-    forked_workers.setattr(vggfeat.reading._DecodingProcesses, "_unpacked",
-                           lambda self, number, packed, outcomes: blocks.append(packed.numel()) or real(self, number, packed, outcomes))
+    real = vggfeat.reading._DecodingProcesses._copied
+    forked_workers.setattr(vggfeat.reading._DecodingProcesses, "_copied",
+                           lambda self, *block: blocks.append(real(self, *block)[0].numel()) or real(self, *block))
     paths = [tmp_path / f"{i:03d}.{'png' if i % 3 else 'jpg'}" for i in range(JPEG_GROUP + 9)]
     for i, path in enumerate(paths):
         write_rgb(path, 40 + i % 21, 80, seed=i, fmt="JPEG" if i % 3 == 0 else None)
+    write_rgb(paths[5], 200, 150, seed=5)  # larger than a slot
     for decoder in DECODERS:
         blocks.clear()
         results = decoded(paths, decoder)
         assert [np.array_equal(as_hwc(r), decode_image(p)) for r, p in zip(results, paths)] == [True] * len(paths)
-        assert len(blocks) >= len(paths) // 2 and max(blocks) <= 2 * 60 * 80 * 3
+        assert len(blocks) >= len(paths) // 2 and sorted(blocks)[-2] <= slot and max(blocks) == 200 * 150 * 3
 
 
 @pytest.mark.skipif("torchvision" not in DECODERS, reason="no batched JPEG decoder here")

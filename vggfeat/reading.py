@@ -11,7 +11,7 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
 
 Decoding runs in threads, or with ``processes`` in worker processes: there it holds no lock that
 the network's thread needs (Python's GIL, which threads share), and the pixels come back through
-shared memory, a group of files in one block (large photos in several). On a GPU, threads upload (or decode there) on
+shared memory made once and reused (a group of files at a time, large photos a few). On a GPU, threads upload (or decode there) on
 streams of their own. However large the images, the workers hold at most LOOKAHEAD_BYTES of
 decoded pixels ahead of the reader (:class:`Budget`).
 """
@@ -23,6 +23,7 @@ import functools
 import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 from collections import deque
@@ -43,10 +44,11 @@ DECODERS = ("pil", "torchvision", "nvjpeg")
 # Files per decoding task with torchvision's decoders (one batched decode call), and with processes
 # (one block of shared memory back).
 JPEG_GROUP = 32
-# With processes: threads of this process that take the groups' pixels (and upload them to a GPU).
-RECEIVING_THREADS = 4
-# Most decoded bytes a worker decodes (with processes: returns) at once; a group's files beyond go next.
+# Most decoded bytes a decoding thread decodes at once; a group's files beyond go next.
 BLOCK_BYTES = 64 * 2**20
+# With processes: most decoded bytes a worker sends at once, and for a GPU the size of the slots of
+# shared memory that workers decode into, one per worker and two more: a group of 500x375 images.
+SLOT_BYTES = 32 * 2**20
 # Decoded pixels that the workers may hold ahead of the group being read (on the GPU, if the
 # network is there), besides that group: 1,900 images of 500x375, or 14 of 6000x4000.
 LOOKAHEAD_BYTES = 2**30
@@ -131,7 +133,7 @@ class ImageReader:
             else:
                 jpegs.append((i, jpeg))
         on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
-        for batch in _blocks(jpegs, lambda item: item[1].decoded_bytes):
+        for batch in _blocks(jpegs, lambda item: item[1].decoded_bytes, BLOCK_BYTES):
             held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in batch))  # before they exist
             with self._own_stream():
                 decoded = decode_jpegs([jpeg for _, jpeg in batch], on)
@@ -233,10 +235,15 @@ class Budget:
 class _DecodingProcesses:
     """``reader.workers`` processes decoding groups of files, and threads here taking their pixels.
 
-    A worker returns as many of a group's files as fit one block of BLOCK_BYTES (at least one), and
-    the thread taking them asks for the rest: memory stays bounded for large photos too.
+    For a GPU, workers decode into slots: blocks of shared memory made once here and reused, as a
+    fresh block per group costs about as much as decoding it (page faults). A thread here takes a
+    free slot, has a worker decode as many of its group's files as the slot holds, copies them out
+    into pinned memory for the upload and frees the slot, until the group is done. Slots are never
+    held while waiting for the byte budget, so reading always goes on. On the CPU a copy out of a
+    slot would cost what it saves (measured with ``bench_reader.py``): workers send fresh blocks,
+    which the network reads where they lie.
     A file that kills its worker process (a decoder's crash) would otherwise lose the whole pool's
-    work in progress: the groups it broke are decoded again file by file in a process of their
+    work in progress: the files it broke are decoded again one at a time in a process of their
     own, where only the culprit can fail, and it is recorded as failed.
     """
 
@@ -246,8 +253,13 @@ class _DecodingProcesses:
         self.context = multiprocessing.get_context(PROCESS_START)
         if PROCESS_START == "forkserver":
             self.context.set_forkserver_preload([__name__])
+        count = reader.workers + 2  # a thread (and slot) for every worker, and two being copied out
+        self.slots = _slots(count) if _reuses_slots(reader.device) else []
+        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(len(self.slots)):
+            self.free.put(slot)
         self.pool = self._pool(reader.workers)
-        self.receiving = ThreadPoolExecutor(RECEIVING_THREADS, thread_name_prefix="vggfeat-receive")
+        self.receiving = ThreadPoolExecutor(count, thread_name_prefix="vggfeat-receive")
         self.lock = threading.Lock()
         self.crashes = 0
 
@@ -259,48 +271,60 @@ class _DecodingProcesses:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, files: list[Path], number: int) -> Future[tuple[list[Decoded], int]]:
-        return self.receiving.submit(self._received, files, number, *self._decoding(files))
+        return self.receiving.submit(self._received, files, number)
 
-    def _decoding(self, files: list[Path]) -> tuple[ProcessPoolExecutor, Future | None]:
-        pool = self.pool
-        try:
-            return pool, pool.submit(_decode_packed, [str(f) for f in files], *self.arguments)
-        except BrokenProcessPool:  # broken by another group's file, and not restarted yet
-            return pool, None
-
-    def _received(self, files: list[Path], number: int, pool: ProcessPoolExecutor, decoding: Future | None
-                  ) -> tuple[list[Decoded], int]:
+    def _received(self, files: list[Path], number: int) -> tuple[list[Decoded], int]:
         results: list[Decoded] = []
         held = 0
-        while True:
-            block = _block(decoding)
-            decoded, taken = (self._unpacked(number, *block) if block is not None
-                              else self._alone(files[len(results):], number, pool))
-            results += decoded
-            held += taken
-            if len(results) == len(files):
-                return results, held
-            pool, decoding = self._decoding(files[len(results):])  # the rest of the group
+        while len(results) < len(files):
+            blocks = self._decoded(files[len(results):])
+            for pixels, outcomes in blocks:  # the budget once the slot is free again
+                held += self.budget.take(number, pixels.numel())
+                results += self.reader._unpack(pixels, outcomes)
+        return results, held
 
-    def _alone(self, files: list[Path], number: int, broken: ProcessPoolExecutor) -> tuple[list[Decoded], int]:
+    def _decoded(self, files: list[Path]) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
+        """The first of ``files`` that a slot holds (at least one), decoded by a worker and copied
+        out of its slot: [(pixels, outcomes)], one block; after a worker's death, one per file."""
+        slot = self.free.get() if self.slots else None
+        try:
+            pool = self.pool
+            try:
+                block = _block(pool.submit(_decode_into, [str(f) for f in files], slot, *self.arguments))
+            except BrokenProcessPool:  # broken by another group's file, and not restarted yet
+                block = None
+            return [self._copied(slot, *block)] if block is not None else self._alone(files, slot, pool)
+        finally:
+            if slot is not None:
+                self.free.put(slot)
+
+    def _copied(self, slot: int | None, own: torch.Tensor | None, outcomes: list[tuple[int, int] | str]
+                ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
+        """The pixels out of the slot, or the block of their own that they came in; for a GPU, in
+        pinned memory, for the upload."""
+        cuda = self.reader.device.type == "cuda"
+        if own is not None:
+            return (own.pin_memory() if cuda else own), outcomes
+        pixels = self.slots[slot][: sum(3 * h * w for h, w in _sizes(outcomes))]
+        return (pixels.pin_memory() if cuda else pixels.clone()), outcomes
+
+    def _alone(self, files: list[Path], slot: int | None, broken: ProcessPoolExecutor
+               ) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
         """After a worker's death: ``files`` one at a time, each alone in a process, so that a
         crash can only be its own file's."""
         with self.lock:
             if broken is self.pool:  # the first group to see it broken restarts it
                 broken.shutdown(wait=False, cancel_futures=True)
                 self.pool = self._pool(self.reader.workers)
-            results: list[Decoded] = []
-            held = 0
+            blocks = []
             alone = self._started(1)
             try:
                 for path in files:
-                    block = _block(alone.submit(_decode_packed, [str(path)], *self.arguments))
+                    block = _block(alone.submit(_decode_into, [str(path)], slot, *self.arguments))
                     if block is not None:
-                        decoded, taken = self._unpacked(number, *block)
-                        results += decoded
-                        held += taken
+                        blocks.append(self._copied(slot, *block))
                         continue
-                    results.append(ImageError("the decoder crashed on this file (its process died)"))
+                    blocks.append((torch.empty(0, dtype=torch.uint8), ["the decoder crashed on this file (its process died)"]))
                     self.crashes += 1
                     if self.crashes > MAX_CRASHES:
                         raise VggfeatError(f"decoding processes died on {self.crashes} files; {_SHARED_MEMORY}")
@@ -308,19 +332,14 @@ class _DecodingProcesses:
                     alone = self._started(1)
             finally:
                 alone.shutdown(wait=False)
-            return results, held
-
-    def _unpacked(self, number: int, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]
-                  ) -> tuple[list[Decoded], int]:
-        held = self.budget.take(number, packed.numel())
-        return self.reader._unpack(packed, outcomes), held
+            return blocks
 
     def _started(self, workers: int) -> ProcessPoolExecutor:
         """A pool whose process has been seen to start: were it to die whatever it is given, every
         file would otherwise be recorded as one that crashed the decoder."""
         pool = self._pool(workers)
         try:
-            pool.submit(_worker_setup).result()
+            pool.submit(_worker_setup, self.slots).result()
         except BrokenProcessPool:
             pool.shutdown(wait=False)
             raise VggfeatError("decoding processes die as they start (a script that starts them must guard its "
@@ -328,13 +347,24 @@ class _DecodingProcesses:
         return pool
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup)
+        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup, initargs=(self.slots,))
 
 
-def _block(decoding: Future | None) -> tuple[torch.Tensor, list] | None:
+def _reuses_slots(device: torch.device) -> bool:
+    """Whether workers decode into reused slots (for a GPU) or fresh blocks (see _DecodingProcesses)."""
+    return device.type == "cuda"
+
+
+def _slots(count: int) -> list[torch.Tensor]:
+    try:
+        return [torch.empty(SLOT_BYTES, dtype=torch.uint8).share_memory_() for _ in range(count)]
+    except RuntimeError as error:
+        raise VggfeatError(f"no room for {count} x {SLOT_BYTES >> 20} MiB of shared memory ({error}); "
+                           f"{_SHARED_MEMORY}") from None
+
+
+def _block(decoding: Future) -> tuple[torch.Tensor | None, list] | None:
     """A worker's result, or None if its process died (or the pool was broken before it was sent)."""
-    if decoding is None:
-        return None
     try:
         return decoding.result()
     except BrokenProcessPool:
@@ -343,31 +373,43 @@ def _block(decoding: Future | None) -> tuple[torch.Tensor, list] | None:
         raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
 
 
-def _worker_setup() -> None:
+def _sizes(outcomes: list[tuple[int, int] | str]) -> list[tuple[int, int]]:
+    return [outcome for outcome in outcomes if not isinstance(outcome, str)]
+
+
+_SLOTS: list[torch.Tensor] = []  # in a worker process: the reading process's slots, if any
+
+
+def _worker_setup(slots: list[torch.Tensor]) -> None:
     # One thread each: the workers are already one per core. Ctrl-C is for the main process,
     # which stops them; each would otherwise print a traceback of its own.
+    global _SLOTS
+    _SLOTS = slots
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_packed(paths: list[str], decoder: str, max_pixels: int, min_side: int
-                   ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
-    """In a worker process: the pixels of the first of ``paths`` that fit BLOCK_BYTES (at least
-    one), [3, H, W] each, one after another in one block of shared memory (what a pickled tensor is
-    sent as); and per file decoded, its (height, width) or why not."""
-    files = next(_blocks([Path(p) for p in paths], _header_bytes))  # by their headers' sizes
+def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int
+                 ) -> tuple[torch.Tensor | None, list[tuple[int, int] | str]]:
+    """In a worker process: decode the first of ``paths`` that fit a slot (at least one) into slot
+    ``slot``, [3, H, W] each, one after another; return None (or, with no slot or for one image
+    larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
+    (height, width) or why not."""
+    files = next(_blocks([Path(p) for p in paths], _header_bytes, SLOT_BYTES))  # by their headers' sizes
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
-    decoded, _ = reader._decode_group(files, 0, Budget(None))  # bounded here by the block's size
+    decoded, _ = reader._decode_group(files, 0, Budget(None))  # bounded here by the slot's size
     images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
               for d in decoded if not isinstance(d, ImageError)]
-    packed = torch.empty(sum(x.numel() for x in images), dtype=torch.uint8).share_memory_()
+    total = sum(x.numel() for x in images)
+    own = None if slot is not None and total <= SLOT_BYTES else torch.empty(total, dtype=torch.uint8).share_memory_()
+    target = _SLOTS[slot] if own is None else own
     start = 0
     for x in images:
-        packed[start : start + x.numel()].view(x.shape).copy_(x)
+        target[start : start + x.numel()].view(x.shape).copy_(x)
         start += x.numel()
     outcomes = [str(d) if isinstance(d, ImageError) else tuple(d.shape[1:]) if isinstance(d, torch.Tensor)
                 else d.shape[:2] for d in decoded]
-    return packed, outcomes
+    return own, outcomes
 
 
 def _header_bytes(path: Path) -> int:
@@ -380,14 +422,14 @@ def _header_bytes(path: Path) -> int:
     return 3 * width * height
 
 
-def _blocks(items: list, nbytes: Callable[[object], int]) -> Iterator[list]:
-    """``items`` in consecutive runs of at most BLOCK_BYTES decoded (at least one item each): large
-    photos are decoded, and take their memory, a few at a time rather than a group at once."""
+def _blocks(items: list, nbytes: Callable[[object], int], limit: int) -> Iterator[list]:
+    """``items`` in consecutive runs of at most ``limit`` bytes decoded (at least one item each):
+    large photos are decoded, and take their memory, a few at a time rather than a group at once."""
     block: list = []
     total = 0
     for item in items:
         size = nbytes(item)
-        if block and total + size > BLOCK_BYTES:
+        if block and total + size > limit:
             yield block
             block, total = [], 0
         block.append(item)
