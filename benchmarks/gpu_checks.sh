@@ -5,7 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh processes  # first, if time is short: decoding processes against threads (< 8 min)
+#   bash benchmarks/gpu_checks.sh processes  # first, if time is short: decoding processes against threads (< 9 min)
 #   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
 #   bash benchmarks/gpu_checks.sh paper      # paper setting: threads and processes; without autotuning
@@ -24,15 +24,16 @@ single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --worke
 case ${1:?name a step: processes, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
 processes)
     # The fifth session's change, built without a GPU: its correctness on one, then whether it lifts
-    # the single-scale setting, and whether threads suffer a GIL convoy. Each run has its own time
-    # limit (under 8 minutes in all), and a failure does not stop the next. Then run `paper`.
-    timeout 100 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg" || echo "(exit $?)"
-    timeout 60 $python benchmarks/bench_reader.py --images 8192 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
-    timeout 110 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"
-    timeout 110 $bench $single --naive-count 4 --decode-in threads,processes --no-flip || echo "(exit $?)"
-    timeout 70 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"
+    # reading alone and the single-scale setting, and whether threads suffer a GIL convoy. Each run has
+    # its own time limit (under 9 minutes in all), and a failure does not stop the next. Then `paper`.
+    timeout 90 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg" || echo "(exit $?)"
+    timeout 50 $python benchmarks/bench_reader.py --images 8192 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
+    timeout 40 $python benchmarks/bench_reader.py --images 8192 --workers 16 --decoders torchvision --device cuda --slots off || echo "(exit $?)"
+    timeout 100 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"
+    timeout 100 $bench $single --naive-count 4 --decode-in threads,processes --no-flip || echo "(exit $?)"
+    timeout 60 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"
     # nvJPEG leaves the host little decoding to do: with fewer threads, less contention for the GIL.
-    timeout 70 $bench ${single/--workers 16/--workers 4} --naive-count 4 --decoder nvjpeg || echo "(exit $?)" ;;
+    timeout 60 $bench ${single/--workers 16/--workers 4} --naive-count 4 --decoder nvjpeg || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
