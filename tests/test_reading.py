@@ -264,3 +264,17 @@ def test_large_jpegs_are_decoded_a_block_at_a_time_within_the_budget(tmp_path, m
             ahead.append(sum(decoded_count) - (i + 1))
     assert max(batches) <= 2 * image_bytes and sum(decoded_count) == len(paths)
     assert max(ahead) <= JPEG_GROUP + 4  # the group being read, and the budget's 4 images
+
+
+def test_no_room_for_the_slots_stops_the_run_with_advice(tmp_path, monkeypatch):
+    monkeypatch.setattr(vggfeat.reading, "_reuses_slots", lambda device: True)
+
+    def full(self):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    paths = [tmp_path / "a.png"]
+    write_rgb(paths[0], 40, 40)
+    with pytest.raises(VggfeatError, match=r"no room for 4 x 32 MiB of shared memory .*No space left on device.*"
+                                           r"raise --shm-size"):
+        decoded(paths)
