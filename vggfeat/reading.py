@@ -158,10 +158,11 @@ class ImageReader:
             return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1), held
 
     def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
-        """A worker process's group: [3, H, W] views of one block (on the GPU, one upload), or the errors."""
+        """A worker process's block: [3, H, W] views of it, or the errors. For a GPU the block is in
+        pinned memory (_DecodingProcesses._copied), and goes there in one upload."""
         if self.device.type == "cuda":
             with self._own_stream():
-                packed = packed.pin_memory().to(self.device, non_blocking=True)
+                packed = packed.to(self.device, non_blocking=True)
         results: list[Decoded] = []
         start = 0
         for outcome in outcomes:
