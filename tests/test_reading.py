@@ -135,10 +135,8 @@ def test_a_file_that_kills_its_decoder_fails_alone(forked_workers, tmp_path):
 
 def test_processes_that_cannot_start_stop_the_run_with_a_message(forked_workers, tmp_path):
     forked_workers.setattr(vggfeat.reading, "_worker_setup", die)
-    paths = [tmp_path / "a.png"]
-    write_rgb(paths[0], 40, 40)
     with pytest.raises(VggfeatError, match="decoding processes die as they start"):
-        decoded(paths)
+        decoded(one_image(tmp_path))
 
 
 def counting_decodes(monkeypatch) -> list[str]:
@@ -192,17 +190,25 @@ def test_a_reader_that_stops_early_does_not_wait_for_the_rest(processes, tmp_pat
     assert np.array_equal(as_hwc(first[0]), decode_image(paths[0]))
 
 
+# What torch says when /dev/shm is full.
+SHM_FULL = "unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)"
+
+
+def one_image(tmp_path) -> list:
+    path = tmp_path / "a.png"
+    write_rgb(path, 40, 40)
+    return [path]
+
+
 def no_shared_memory(paths, *arguments):
-    raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+    raise RuntimeError(SHM_FULL)
 
 
 def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers, tmp_path):
     forked_workers.setattr(vggfeat.reading, "_decode_into", no_shared_memory)
-    paths = [tmp_path / "a.png"]
-    write_rgb(paths[0], 40, 40)
     with pytest.raises(VggfeatError, match=r"a decoding process failed: RuntimeError: unable to allocate shared memory.*"
                                            r"shared memory \(/dev/shm\), which may be too small"):
-        decoded(paths)
+        decoded(one_image(tmp_path))
 
 
 def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
@@ -269,12 +275,7 @@ def test_large_jpegs_are_decoded_a_block_at_a_time_within_the_budget(tmp_path, m
 def test_no_room_for_the_slots_stops_the_run_with_advice(tmp_path, monkeypatch):
     monkeypatch.setattr(vggfeat.reading, "_reuses_slots", lambda device: True)
 
-    def full(self):
-        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
-
-    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
-    paths = [tmp_path / "a.png"]
-    write_rgb(paths[0], 40, 40)
+    monkeypatch.setattr(torch.Tensor, "share_memory_", lambda self: no_shared_memory([]))
     with pytest.raises(VggfeatError, match=r"no room for 4 x 32 MiB of shared memory .*No space left on device.*"
                                            r"raise --shm-size"):
-        decoded(paths)
+        decoded(one_image(tmp_path))
