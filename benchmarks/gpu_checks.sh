@@ -26,7 +26,7 @@ processes)
     # The fifth session's change, built without a GPU: its correctness on one, then whether it lifts
     # reading alone and the single-scale setting, and whether threads suffer a GIL convoy. Each run has
     # its own time limit (under 9 minutes in all), and a failure does not stop the next. Then `paper`.
-    timeout 90 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg" || echo "(exit $?)"
+    timeout 90 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg or gpu_full" || echo "(exit $?)"
     timeout 50 $python benchmarks/bench_reader.py --images 8192 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
     timeout 40 $python benchmarks/bench_reader.py --images 8192 --workers 16 --decoders torchvision --device cuda --slots off || echo "(exit $?)"
     timeout 100 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"

@@ -67,6 +67,34 @@ def test_gpu_extract_from_files_equals_cpu(random_vgg16, images, tmp_path, decod
     assert relative_error(on_gpu, on_cpu) < 1e-4
 
 
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+def test_uploads_ahead_that_find_the_gpu_full_lose_no_image(random_vgg16, images, tmp_path, monkeypatch, decode_in):
+    """When the GPU has no room for an upload ahead of the network, its image stays on the host and
+    the network's thread uploads it: the same descriptors, no failure. Here every upload from a
+    reading thread finds the GPU full."""
+    import threading
+
+    from PIL import Image
+
+    upload = torch.Tensor.to
+
+    def full_for_readers(tensor, *args, **kwargs):
+        if threading.current_thread().name.startswith(("vggfeat-decode", "vggfeat-receive")):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return upload(tensor, *args, **kwargs)
+
+    paths = []
+    for i, image in enumerate(images * 6):
+        paths.append(tmp_path / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+        Image.fromarray(image).save(paths[-1])
+    options = dict(device="cuda", scales=[224], flip=True, batch_size=4, precision="fp32", decode_in=decode_in)
+    expected = Extractor(random_vgg16, **options).extract(paths)
+    monkeypatch.setattr(torch.Tensor, "to", full_for_readers)
+    got = Extractor(random_vgg16, **options).extract(paths)
+    random_vgg16.to("cpu")
+    assert relative_error(got, expected) < 1e-5
+
+
 def test_gpu_classify_from_files_equals_cpu(random_vgg16, images, tmp_path):
     """Classify on the GPU file path (images uploaded by the decoding threads) matches the CPU."""
     from PIL import Image

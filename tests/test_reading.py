@@ -8,6 +8,7 @@ process instead, so that the decoder they replace is the one the workers run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -279,3 +280,27 @@ def test_no_room_for_the_slots_stops_the_run_with_advice(tmp_path, monkeypatch):
     with pytest.raises(VggfeatError, match=r"no room for 4 x 32 MiB of shared memory .*No space left on device.*"
                                            r"raise --shm-size"):
         decoded(one_image(tmp_path))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_gpu_without_room_leaves_the_pixels_on_the_host(decoder, tmp_path, monkeypatch):
+    """An upload ahead of the network that runs out of GPU memory leaves the image on the host
+    (the network's thread uploads it with its batch, or records it as too large) rather than
+    failing the run. Here the GPU is one that is always full."""
+    upload = torch.Tensor.to
+
+    def always_full(tensor, *args, **kwargs):
+        if any(torch.device(arg).type == "cuda" for arg in args if isinstance(arg, (str, torch.device))):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return upload(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", always_full)
+    monkeypatch.setattr(ImageReader, "_own_stream", lambda self: contextlib.nullcontext())
+    paths = [tmp_path / f"{i}.jpg" for i in range(3)] + [tmp_path / "3.png"]
+    for i, path in enumerate(paths):
+        write_rgb(path, 40 + i, 60, seed=i, fmt="PNG" if path.suffix == ".png" else "JPEG")
+    reader = ImageReader(torch.device("cuda"), decoder, workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32)
+    with reader.read(paths, lookahead=8) as results:
+        for path, pixels in zip(paths, results, strict=True):
+            assert isinstance(pixels, torch.Tensor) and pixels.device.type == "cpu", path.name
+            assert np.array_equal(as_hwc(pixels), decode_image(path)), path.name

@@ -311,13 +311,16 @@ class Extractor:
         return F.normalize(combined, dim=1) if self.normalize == "l2" else combined
 
     def _on_device(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
-        """[3, H, W] uint8 tensors on the device, from arrays or from tensors a decoder made there."""
+        """[3, H, W] uint8 tensors on the device, from arrays, from tensors a decoder made there, or
+        from tensors that a decoder left on the host (the GPU had no room for them then)."""
         tensors = list(images)
         if self.device.type == "cuda":
             stream = torch.cuda.current_stream(self.device)
-            for pixels in tensors:
-                if isinstance(pixels, torch.Tensor):
+            for i, pixels in enumerate(tensors):
+                if isinstance(pixels, torch.Tensor) and pixels.is_cuda:
                     pixels.record_stream(stream)  # made on a decoding thread's stream, used on this one
+                elif isinstance(pixels, torch.Tensor):
+                    tensors[i] = pixels.to(self.device, non_blocking=pixels.is_pinned())
         arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]
         if arrays:
             for i, pixels in zip(arrays, as_tensors([images[i] for i in arrays], self.device)):

@@ -138,7 +138,7 @@ class ImageReader:
             with self._own_stream():
                 decoded = decode_jpegs([jpeg for _, jpeg in batch], on)
                 if on != self.device:
-                    decoded = [None if pixels is None else pixels.to(self.device) for pixels in decoded]
+                    decoded = [None if pixels is None else self._upload(pixels) for pixels in decoded]
             for (i, jpeg), pixels in zip(batch, decoded):
                 if pixels is None:  # PIL decides
                     pixels, taken = self._decode(jpeg.path, number, budget)
@@ -155,14 +155,14 @@ class ImageReader:
         if self.device.type != "cuda":
             return rgb, held
         with self._own_stream():
-            return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1), held
+            return self._upload(torch.from_numpy(rgb)).permute(2, 0, 1), held
 
     def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
         """A worker process's block: [3, H, W] views of it, or the errors. For a GPU the block is in
         pinned memory (_DecodingProcesses._copied), and goes there in one upload."""
         if self.device.type == "cuda":
             with self._own_stream():
-                packed = packed.to(self.device, non_blocking=True)
+                packed = self._upload(packed)
         results: list[Decoded] = []
         start = 0
         for outcome in outcomes:
@@ -173,6 +173,16 @@ class ImageReader:
             results.append(packed[start : start + 3 * height * width].view(3, height, width))
             start += 3 * height * width
         return results
+
+    def _upload(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` on the network's GPU; or left on the host when the GPU has no room for them
+        now, for the network's thread to upload with their batch (where a batch that does not fit
+        is split, and an image that does not fit alone is recorded as failed): an upload ahead of
+        the network must never fail the run."""
+        try:
+            return pixels.to(self.device, non_blocking=pixels.is_pinned())
+        except torch.cuda.OutOfMemoryError:
+            return pixels
 
     @contextlib.contextmanager
     def _own_stream(self) -> Iterator[None]:
