@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -104,11 +105,21 @@ def test_max_pixels_guard_uses_the_given_limit_before_decoding(tmp_path):
     assert "6000x6000" in message and "10,000,000" in message and "--max-pixels" in message
 
 
-def test_max_pixels_above_pillows_guard_is_honored(tmp_path, monkeypatch):
-    # Shrink Pillow's guard so the case is cheap: Pillow alone would refuse over 2 x 1000 pixels.
+def test_max_pixels_above_pillows_guard_is_honored_without_its_warning(tmp_path, monkeypatch):
+    # Shrink Pillow's guard so the case is cheap: Pillow alone would refuse over 2 x 1000 pixels,
+    # and warn of a "decompression bomb DOS attack" over 1000 (by default: a 95-megapixel scan).
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    expected = write_rgb(tmp_path / "a.png", 60, 60)  # 3600 pixels
-    np.testing.assert_array_equal(decode_image(tmp_path / "a.png", max_pixels=10_000), expected)
+    expected = write_rgb(tmp_path / "a.png", 60, 100)  # 6000 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        np.testing.assert_array_equal(decode_image(tmp_path / "a.png", max_pixels=10_000), expected)
+
+
+def test_a_bomb_past_pillows_guard_is_refused_with_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses over 2000 pixels, before vggfeat's check
+    write_rgb(tmp_path / "a.png", 60, 60)
+    with pytest.raises(ImageError, match="3,600 pixels.*over the limit of 1,500 .*--max-pixels"):
+        decode_image(tmp_path / "a.png", max_pixels=1500)
 
 
 def test_max_pixels_limit_is_inclusive(tmp_path):

@@ -60,8 +60,8 @@ def test_processes_give_the_pixels_failures_and_reasons_of_threads(decoder, tmp_
     assert len(in_processes) == len(paths)
     for path, a, b in zip(paths, in_threads, in_processes):
         if isinstance(a, ImageError) and "decompression-bomb guard" in str(a):
-            # Worded with or without the size, as Pillow's own guard, a global that earlier calls
-            # in this process may have raised, speaks first or not.
+            # With or without its width and height, as Pillow's own guard, a global that earlier
+            # calls in this process may have raised, speaks first or not.
             assert isinstance(b, ImageError) and "decompression-bomb guard" in str(b), path.name
         elif isinstance(a, ImageError):
             assert isinstance(b, ImageError) and str(b) == str(a), path.name

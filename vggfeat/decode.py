@@ -7,6 +7,7 @@ converted, not rejected; only files that cannot be decoded, or whose size is unu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,11 @@ def decode_image(
 
     Raises :class:`ImageError` with a one-line reason when the file cannot be used.
     """
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
-        # Pillow refuses images over twice its MAX_IMAGE_PIXELS inside Image.open, before our own
-        # check: lift its guard to what the caller explicitly allowed (it only ever goes up).
-        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Inside Image.open, before our own check, Pillow warns of a "decompression bomb DOS
+        # attack" over its MAX_IMAGE_PIXELS and refuses over twice that: lift its guard to what
+        # the caller explicitly allowed (it only ever goes up).
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as image:
             # The header gives the size before any pixel is decoded: refuse bombs here.
@@ -54,9 +56,11 @@ def decode_image(
             rgb = _to_rgb(image)
     except ImageError:
         raise
-    except Image.DecompressionBombError:  # Pillow's own guard, in Image.open, came first
+    except Image.DecompressionBombError as error:  # Pillow's own guard (raised by an earlier caller) came first
+        counted = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"has {int(counted[1]):,} pixels, " if counted else "is "
         raise ImageError(
-            f"image is over the limit of {max_pixels:,} pixels (decompression-bomb guard; raise --max-pixels to allow it)"
+            f"image {size}over the limit of {max_pixels:,} (decompression-bomb guard; raise --max-pixels to allow it)"
         ) from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
