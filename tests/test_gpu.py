@@ -79,7 +79,9 @@ def test_uploads_ahead_that_find_the_gpu_full_lose_no_image(random_vgg16, images
     upload = torch.Tensor.to
 
     def full_for_readers(tensor, *args, **kwargs):
-        if threading.current_thread().name.startswith(("vggfeat-decode", "vggfeat-receive")):
+        to_gpu = any(isinstance(arg, (str, torch.device)) and torch.device(arg).type == "cuda"
+                     for arg in (*args, kwargs.get("device")))
+        if to_gpu and threading.current_thread().name.startswith(("vggfeat-decode", "vggfeat-receive")):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return upload(tensor, *args, **kwargs)
 

@@ -290,7 +290,8 @@ def test_a_gpu_without_room_leaves_the_pixels_on_the_host(decoder, tmp_path, mon
     upload = torch.Tensor.to
 
     def always_full(tensor, *args, **kwargs):
-        if any(torch.device(arg).type == "cuda" for arg in args if isinstance(arg, (str, torch.device))):
+        if any(isinstance(arg, (str, torch.device)) and torch.device(arg).type == "cuda"
+               for arg in (*args, kwargs.get("device"))):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return upload(tensor, *args, **kwargs)
 
