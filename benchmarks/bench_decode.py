@@ -9,6 +9,12 @@ decode here (TorchCodec, torchvision.io). Checks that every way gives PIL's pixe
 milliseconds per image and how many cores of this speed 5,000 images/s would need. Also times the
 header check alone (Python that holds the GIL in every decoding thread): ``read_jpeg``'s marker
 walk against Pillow's header parse, which it replaced.
+
+``--draft Q`` also times what vggfeat does not do (yet): Pillow's draft mode, libjpeg's decoding
+at 1/2, 1/4 or 1/8 size in the DCT domain, to no less than Q on the smallest side; for large
+photos (``--size 4000x3000``), whose full decoding may leave a GPU waiting. ``--grain`` adds
+pixel noise, as a camera's photos have: smooth images cost little entropy decoding, which
+drafting does not reduce.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from vggfeat.jpeg import decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP
 
 
-def make_jpegs(folder: Path, count: int) -> list[Path]:
+def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (500, 375), grain: float = 0.0) -> list[Path]:
     rng, paths = np.random.default_rng(0), []
     for i in range(count):
         low = rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)
+        pixels = np.asarray(Image.fromarray(low).resize(size, Image.BILINEAR), dtype=np.float32)
+        if grain:
+            pixels += rng.normal(0, grain, pixels.shape).astype(np.float32)
         path = folder / f"{i:04d}.jpg"
-        Image.fromarray(low).resize((500, 375), Image.BILINEAR).save(path, quality=90)
+        Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)).save(path, quality=90)
         paths.append(path)
     return paths
 
@@ -50,6 +59,22 @@ def by_batches(paths: list[Path]) -> list[np.ndarray]:
         jpegs = [read_jpeg(path, 10**9, 1) for path in paths[start : start + JPEG_GROUP]]
         pixels += [x.permute(1, 2, 0).numpy() for x in decode_jpegs(jpegs, torch.device("cpu"))]
     return pixels
+
+
+def drafted(smallest_side: int) -> Callable[[list[Path]], list[np.ndarray]]:
+    """Pillow's draft mode: the smallest DCT scaling that keeps ``smallest_side`` (then RGB, a copy)."""
+
+    def decode(paths: list[Path]) -> list[np.ndarray]:
+        pixels = []
+        for path in paths:
+            with Image.open(path) as image:
+                width, height = image.size
+                factor = smallest_side / min(width, height)
+                image.draft("RGB", (int(width * factor), int(height * factor)))
+                pixels.append(np.array(image.convert("RGB"), dtype=np.uint8))
+        return pixels
+
+    return decode
 
 
 def pillow_header(data: bytes) -> tuple:
@@ -80,12 +105,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--size", default="500x375", help="width x height of the JPEGs")
+    parser.add_argument("--grain", type=float, default=0.0, help="pixel noise (std) [default: none]")
+    parser.add_argument("--draft", type=int, help="also time Pillow's draft mode down to this smallest side")
     args = parser.parse_args()
+    size = tuple(int(side) for side in args.size.split("x"))
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), args.count)
+        paths = make_jpegs(Path(tmp), args.count, size, args.grain)
         reference = by_pil(paths)
         results = {"PIL": milliseconds_per_image(by_pil, paths, args.passes)}
+        if args.draft:
+            shape = drafted(args.draft)(paths[:1])[0].shape
+            results[f"PIL drafted to {shape[1]}x{shape[0]}"] = milliseconds_per_image(drafted(args.draft), paths, args.passes)
         for library, module in dict(vggfeat.jpeg.LIBRARIES).items():
             vggfeat.jpeg.LIBRARIES = {library: module}
             vggfeat.jpeg.decoder_library.cache_clear()
@@ -99,7 +131,10 @@ def main() -> None:
         datas = [path.read_bytes() for path in paths]
         headers = {"Pillow's header parse": microseconds_per_header(pillow_header, datas, args.passes),
                    "read_jpeg's marker walk": microseconds_per_header(vggfeat.jpeg._plain_jpeg_size, datas, args.passes)}
-    print(f"{args.count} JPEGs of 500x375, one thread, mean of {args.passes} passes; all give PIL's pixels")
+    grain = f", grain {args.grain:g}" if args.grain else ""
+    drafts = " (drafted ones: fewer of them)" if args.draft else ""
+    print(f"{args.count} JPEGs of {args.size}{grain}, one thread, mean of {args.passes} passes; "
+          f"all give PIL's pixels{drafts}")
     for name, ms in results.items():
         print(f"  {name:32s} {ms:6.2f} ms per image  {results['PIL'] / ms:4.2f}x PIL  "
               f"{5000 * ms / 1000:4.1f} cores for 5,000 images/s")
