@@ -56,7 +56,7 @@ def decode_image(
             rgb = _to_rgb(image)
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:  # Pillow's own guard (raised by an earlier caller) came first
+    except Image.DecompressionBombError as error:  # Pillow's guard, in Image.open, came first: over twice its limit
         counted = re.search(r"\((\d+) pixels\)", str(error))
         size = f"has {int(counted[1]):,} pixels, " if counted else "is "
         raise ImageError(
