@@ -154,3 +154,25 @@ def error_line(stderr: str) -> str:
     assert len(errors) == 1, f"expected one 'Error:' line, got:\n{stderr}"
     assert lines[-1] == errors[0], f"the error must be the last line:\n{stderr}"
     return errors[0]
+
+
+# --------------------------------------------------------------------------- GPU memory
+
+
+def gpu_full_for(threads: tuple[str, ...] | None = None):
+    """A ``torch.Tensor.to`` for which the GPU is always full: copies to a CUDA device raise
+    OutOfMemoryError (only in threads whose names start with one of ``threads``, if given)."""
+    import threading
+
+    import torch
+
+    to = torch.Tensor.to
+
+    def full(tensor, *args, **kwargs):
+        to_gpu = any(isinstance(arg, (str, torch.device)) and torch.device(arg).type == "cuda"
+                     for arg in (*args, kwargs.get("device")))
+        if to_gpu and (threads is None or threading.current_thread().name.startswith(threads)):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return to(tensor, *args, **kwargs)
+
+    return full

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from imagefiles import smooth_rgb
+from runhelpers import gpu_full_for
 from vggfeat import Extractor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -72,18 +73,7 @@ def test_uploads_ahead_that_find_the_gpu_full_lose_no_image(random_vgg16, images
     """When the GPU has no room for an upload ahead of the network, its image stays on the host and
     the network's thread uploads it: the same descriptors, no failure. Here every upload from a
     reading thread finds the GPU full."""
-    import threading
-
     from PIL import Image
-
-    upload = torch.Tensor.to
-
-    def full_for_readers(tensor, *args, **kwargs):
-        to_gpu = any(isinstance(arg, (str, torch.device)) and torch.device(arg).type == "cuda"
-                     for arg in (*args, kwargs.get("device")))
-        if to_gpu and threading.current_thread().name.startswith(("vggfeat-decode", "vggfeat-receive")):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return upload(tensor, *args, **kwargs)
 
     paths = []
     for i, image in enumerate(images * 6):
@@ -91,7 +81,7 @@ def test_uploads_ahead_that_find_the_gpu_full_lose_no_image(random_vgg16, images
         Image.fromarray(image).save(paths[-1])
     options = dict(device="cuda", scales=[224], flip=True, batch_size=4, precision="fp32", decode_in=decode_in)
     expected = Extractor(random_vgg16, **options).extract(paths)
-    monkeypatch.setattr(torch.Tensor, "to", full_for_readers)
+    monkeypatch.setattr(torch.Tensor, "to", gpu_full_for(threads=("vggfeat-decode", "vggfeat-receive")))
     got = Extractor(random_vgg16, **options).extract(paths)
     random_vgg16.to("cpu")
     assert relative_error(got, expected) < 1e-5

@@ -20,7 +20,7 @@ import torch
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
-from runhelpers import FAST, read_output, reusing_network, run_main
+from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
 from vggfeat.jpeg import decoder_library
@@ -287,15 +287,7 @@ def test_a_gpu_without_room_leaves_the_pixels_on_the_host(decoder, tmp_path, mon
     """An upload ahead of the network that runs out of GPU memory leaves the image on the host
     (the network's thread uploads it with its batch, or records it as too large) rather than
     failing the run. Here the GPU is one that is always full."""
-    upload = torch.Tensor.to
-
-    def always_full(tensor, *args, **kwargs):
-        if any(isinstance(arg, (str, torch.device)) and torch.device(arg).type == "cuda"
-               for arg in (*args, kwargs.get("device"))):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return upload(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", always_full)
+    monkeypatch.setattr(torch.Tensor, "to", gpu_full_for())
     monkeypatch.setattr(ImageReader, "_own_stream", lambda self: contextlib.nullcontext())
     paths = [tmp_path / f"{i}.jpg" for i in range(3)] + [tmp_path / "3.png"]
     for i, path in enumerate(paths):

@@ -317,9 +317,11 @@ class Extractor:
         if self.device.type == "cuda":
             stream = torch.cuda.current_stream(self.device)
             for i, pixels in enumerate(tensors):
-                if isinstance(pixels, torch.Tensor) and pixels.is_cuda:
+                if not isinstance(pixels, torch.Tensor):
+                    continue  # an array: uploaded below, with the others
+                if pixels.is_cuda:
                     pixels.record_stream(stream)  # made on a decoding thread's stream, used on this one
-                elif isinstance(pixels, torch.Tensor):
+                else:
                     tensors[i] = pixels.to(self.device, non_blocking=pixels.is_pinned())
         arrays = [i for i, image in enumerate(images) if isinstance(image, np.ndarray)]
         if arrays:
