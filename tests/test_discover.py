@@ -94,6 +94,45 @@ def test_paths_are_posix_relative_and_sorted(tmp_path):
     assert found.classes == ("C", "a", "b")
 
 
+def test_linked_class_folders_are_followed(tmp_path):
+    # A collection made of links to where its classes lie: none of its images may be left out.
+    touch(tmp_path / "storage", "cat/c1.jpg", "dog/d1.jpg", "dog/puppies/p1.jpg")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "cats").symlink_to(tmp_path / "storage" / "cat")
+    (tmp_path / "set" / "dogs").symlink_to(tmp_path / "storage" / "dog", target_is_directory=True)
+    touch(tmp_path / "set", "birds/b1.jpg")
+    found = find_images(tmp_path / "set")
+    assert found.paths == ("birds/b1.jpg", "cats/c1.jpg", "dogs/d1.jpg", "dogs/puppies/p1.jpg")
+    assert labels_by_path(found) == {"birds/b1.jpg": "birds", "cats/c1.jpg": "cats", "dogs/d1.jpg": "dogs",
+                                     "dogs/puppies/p1.jpg": "dogs"}
+
+
+def test_a_loop_of_links_is_walked_once(tmp_path):
+    touch(tmp_path, "a/1.jpg", "b/2.jpg")
+    (tmp_path / "a" / "up").symlink_to(tmp_path)  # a link to a folder it lies in
+    (tmp_path / "b" / "to_a").symlink_to(tmp_path / "a")
+    (tmp_path / "a" / "to_b").symlink_to(tmp_path / "b")  # a -> b -> a
+    found = find_images(tmp_path)
+    # Every file once per way to it that does not go round a loop.
+    assert found.paths == ("a/1.jpg", "a/to_b/2.jpg", "b/2.jpg", "b/to_a/1.jpg")
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypatch):
+    touch(tmp_path, "cat/c1.jpg", "dog/d1.jpg")
+    scandir = os.scandir
+
+    def refusing(path):  # what a folder without read permission does for a user who is not root
+        if Path(path).name == "dog":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(VggfeatError, match="cannot list 1 folder") as caught:
+        find_images(tmp_path)
+    assert f"{tmp_path / 'dog'}: Permission denied" in str(caught.value)
+    assert "--file-list" in str(caught.value)
+
+
 def test_order_does_not_depend_on_creation_order(tmp_path):
     names = [f"c{i % 3}/img{i:02d}.jpg" for i in range(12)]
     touch(tmp_path / "one", *names)

@@ -82,7 +82,9 @@ def find_images(root: str | Path) -> ImageSet:
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
 
     Hidden files and folders (names starting with ``.``, such as macOS ``._`` resource forks) are
-    skipped.
+    skipped. Links to folders are followed, as torchvision's ImageFolder does (collections are
+    often a folder of links to where the images lie), except a link back into a folder it is in.
+    A folder that cannot be listed is an error, not a silent gap in the set.
     """
     root = Path(root)
     if not root.exists():
@@ -90,12 +92,26 @@ def find_images(root: str | Path) -> ImageSet:
     if not root.is_dir():
         raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
     found: list[str] = []
-    for folder, subfolders, filenames in os.walk(root):
+    unlisted: list[OSError] = []
+    # Each folder walked: the real folders it lies in, itself included, to tell a loop of links.
+    within = {str(root): {os.path.realpath(root)}}
+    for folder, subfolders, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in within[folder]:
+                continue  # a loop: pruned below
+            within[os.path.join(folder, name)] = within[folder] | {real}
+        subfolders[:] = [name for name in subfolders if os.path.join(folder, name) in within]
         relative = Path(folder).relative_to(root)
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((relative / name).as_posix())
+    if unlisted:
+        names = "; ".join(f"{error.filename}: {error.strerror or error}" for error in unlisted[:3])
+        more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
+        raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
+                           "permissions, or name the images to describe with --file-list")
     if not found:
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
