@@ -9,6 +9,7 @@ conv1_1``, ~50 times cheaper than fc7.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -325,6 +326,26 @@ def test_real_process_exit_code_and_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"Error: input folder not found: {tmp_path / 'nowhere'}"]
     assert result.stdout == ""
+
+
+def test_a_collection_named_in_latin1_is_described(tmp_path):
+    # Folder and file names from a system that wrote them in Latin-1: not UTF-8, as HDF5 needs.
+    images = tmp_path / os.fsdecode("fotos-été".encode("latin-1"))
+    try:
+        (images / os.fsdecode("chèvre".encode("latin-1"))).mkdir(parents=True)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (images / "chèvre").mkdir()
+    write_rgb(images / os.fsdecode("chèvre".encode("latin-1")) / "1.png", 224, 230, seed=1)
+    write_rgb(images / "chèvre" / "2.png", 224, 224, seed=2)
+    output = tmp_path / "out.h5"
+    code, _, err = run_main(["extract", images, output, *CHEAP])
+    assert code == 0, err
+    data = read_output(output)
+    assert data["paths"] == ["ch\\xe8vre/1.png", "chèvre/2.png"]
+    assert data["classes"] == ["ch\\xe8vre", "chèvre"]
+    assert data["attrs"]["input_root"] == str(tmp_path / "fotos-\\xe9t\\xe9")
+    assert [tuple(s) for s in data["sizes"].tolist()] == [(224, 230), (224, 224)]
 
 
 # --------------------------------------------------------------------------- --file-list

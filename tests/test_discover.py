@@ -176,6 +176,48 @@ def test_folder_without_images(tmp_path, contents):
     assert str(tmp_path) in str(caught.value) and ".jpg" in str(caught.value)
 
 
+def latin1(text: str) -> str:
+    """``text`` as a Latin-1 file name reads on a UTF-8 system: its bytes as os.walk gives them."""
+    return os.fsdecode(text.encode("latin-1"))
+
+
+def test_names_that_are_not_utf8_are_shown_escaped_and_open_their_files(tmp_path):
+    try:
+        touch(tmp_path, f"{latin1('chèvre')}/{latin1('café')}.jpg", "chèvre/café.jpg")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    found = find_images(tmp_path)
+    # Valid UTF-8 everywhere a name is written (HDF5, CSV, the terminal), in sorted order.
+    assert found.paths == ("ch\\xe8vre/caf\\xe9.jpg", "chèvre/café.jpg")
+    assert found.classes == ("ch\\xe8vre", "chèvre")
+    assert found.labels.tolist() == [0, 1]
+    assert found.digest()  # hashes UTF-8 text
+    # Yet each opens its own file, also through a shard.
+    assert found.file(0) == tmp_path / latin1("chèvre") / f"{latin1('café')}.jpg"
+    assert all(path.is_file() for path in found.files())
+    assert found.shard(1, 2).files()[0] == found.file(0)
+
+
+def test_a_file_list_that_is_not_utf8_names_its_files(tmp_path):
+    try:
+        touch(tmp_path, f"{latin1('café')}.jpg")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (tmp_path / "list.txt").write_bytes("café.jpg,bœuf\n".encode("cp1252"))
+    found = read_file_list(tmp_path / "list.txt")
+    assert found.paths == ("caf\\xe9.jpg",) and found.classes == ("b\\x9cuf",)
+    assert found.file(0).is_file()
+
+
+def test_a_name_that_is_not_utf8_and_its_escaped_text_cannot_both_be_described(tmp_path):
+    try:
+        touch(tmp_path, f"{latin1('café')}.jpg", "caf\\xe9.jpg")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with pytest.raises(VggfeatError, match=r"two files are named caf\\xe9\.jpg"):
+        find_images(tmp_path)
+
+
 # --------------------------------------------------------------------------- file lists
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +21,20 @@ NO_LABEL = -1
 
 
 class ImageFiles(Sequence[Path]):
-    """``root / path`` for each of ``paths``, made when indexed: a list of a collection's Path
-    objects would take about 330 MiB per million files; slices are views of the same kind."""
+    """The file of each of ``paths`` under ``root``, made when indexed: a list of a collection's
+    Path objects would take about 330 MiB per million files; slices are views of the same kind."""
 
-    def __init__(self, root: Path, paths: tuple[str, ...]) -> None:
-        self.root, self.paths = root, paths
+    def __init__(self, root: Path, paths: tuple[str, ...], file_names: Mapping[str, str]) -> None:
+        self.root, self.paths, self.file_names = root, paths, file_names
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return ImageFiles(self.root, self.paths[index])
-        return self.root / self.paths[index]
+            return ImageFiles(self.root, self.paths[index], self.file_names)
+        path = self.paths[index]
+        return self.root / self.file_names.get(path, path)
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,27 @@ class ImageSet:
     """Image files under ``root`` with their labels, sorted by path.
 
     ``paths`` are relative to ``root`` with ``/`` separators (absolute for list entries outside
-    ``root``); ``labels[i]`` indexes ``classes`` or is -1.
+    ``root``); ``labels[i]`` indexes ``classes`` or is -1. Paths and classes are valid UTF-8, as
+    HDF5 files, CSV files and terminals need: the bytes of a file name that are not (a name
+    written in another encoding, such as Latin-1) appear as ``\\xNN``; ``file_names`` maps such
+    a path to the name that opens the file.
     """
 
     root: Path
     paths: tuple[str, ...]
     labels: np.ndarray
     classes: tuple[str, ...]
+    file_names: Mapping[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def file(self, index: int) -> Path:
-        return self.root / self.paths[index]
+        return self.files()[index]
 
     def files(self) -> ImageFiles:
-        """The images' paths, made one at a time as they are used (see :class:`ImageFiles`)."""
-        return ImageFiles(self.root, self.paths)
+        """The images' files, made one at a time as they are used (see :class:`ImageFiles`)."""
+        return ImageFiles(self.root, self.paths, self.file_names)
 
     def shard(self, index: int, count: int) -> ImageSet:
         """The ``index``-th (1-based) of ``count`` contiguous blocks of this set, as equal as can be.
@@ -68,7 +73,7 @@ class ImageSet:
         if not 1 <= index <= count:
             raise VggfeatError(f"shard {index}/{count}: shards are numbered 1 to {count}")
         start, end = len(self) * (index - 1) // count, len(self) * index // count
-        return ImageSet(self.root, self.paths[start:end], self.labels[start:end], self.classes)
+        return ImageSet(self.root, self.paths[start:end], self.labels[start:end], self.classes, self.file_names)
 
     def digest(self) -> str:
         """SHA-256 of the ordered paths and labels: a resumed run must see the same set."""
@@ -116,9 +121,8 @@ def find_images(root: str | Path) -> ImageSet:
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
         )
-    found.sort()
     class_of = {path: path.split("/", 1)[0] if "/" in path else None for path in found}
-    return _labelled(root, found, class_of)
+    return _labelled(root, class_of)
 
 
 def read_file_list(list_file: str | Path, root: str | Path | None = None) -> ImageSet:
@@ -132,18 +136,20 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         raise VggfeatError(f"file list not found: {list_file}")
     root = Path(root) if root is not None else list_file.parent
     class_of: dict[str, str | None] = {}
-    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    # Bytes that are not UTF-8 are kept (as os.walk keeps them): they may be a file's name.
+    lines = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         path, label = _split_entry(line, root)
         path = _relative_to(Path(path), root)
         if path in class_of and class_of[path] != label:
-            raise VggfeatError(f"{list_file}:{number}: {path} is listed twice with different labels")
+            raise VggfeatError(f"{list_file}:{number}: {as_utf8(path)} is listed twice with different labels")
         class_of[path] = label
     if not class_of:
         raise VggfeatError(f"file list is empty: {list_file}")
-    return _labelled(root, sorted(class_of), class_of)
+    return _labelled(root, class_of)
 
 
 def _split_entry(line: str, root: Path) -> tuple[str, str | None]:
@@ -163,8 +169,26 @@ def _relative_to(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _labelled(root: Path, paths: list[str], class_of: dict[str, str | None]) -> ImageSet:
+def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
+    """The set of ``class_of``'s files (named as the file system names them) and their classes."""
+    file_names = {}
+    for path, name in [(p, n) for p, n in class_of.items() if not (p.isascii() and (n is None or n.isascii()))]:
+        shown = as_utf8(path)
+        if shown != path:
+            if shown in class_of:
+                raise VggfeatError(f"two files are named {shown}: one in other bytes than UTF-8, one with that "
+                                   "text; rename one")
+            file_names[shown] = path
+            del class_of[path]
+        class_of[shown] = None if name is None else as_utf8(name)
     classes = sorted({name for name in class_of.values() if name is not None})
     index = {name: i for i, name in enumerate(classes)}
+    paths = sorted(class_of)
     labels = np.array([index.get(class_of[path], NO_LABEL) for path in paths], dtype=np.int32)
-    return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes))
+    return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes), file_names=file_names)
+
+
+def as_utf8(text: str) -> str:
+    """``text`` with the bytes that Python decoded as lone surrogates (what the file system gives
+    for a name that is not UTF-8) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .discover import as_utf8
 from .errors import VggfeatError
 from .features import FeatureFile
 from .index import VectorIndex
@@ -108,8 +109,9 @@ def describe_images(
     descriptors, described, failures = [], [], []
     for chunk in extractor.iter_chunks([Path(p) for p in paths]):
         descriptors.append(chunk.features)
-        described += [str(paths[i]) for i in chunk.indices]
-        failures += [(str(paths[i]), reason) for i, reason in chunk.failures]
+        # Names to print and write: valid UTF-8 (see ImageSet), whatever bytes name the files.
+        described += [as_utf8(str(paths[i])) for i in chunk.indices]
+        failures += [(as_utf8(str(paths[i])), reason) for i, reason in chunk.failures]
     X = np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
     return X, described, failures
 

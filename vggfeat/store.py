@@ -33,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .discover import ImageSet
+from .discover import ImageSet, as_utf8
 from .errors import VggfeatError
 
 FORMAT_VERSION = 1
@@ -125,9 +125,10 @@ def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str
 
 
 def mark_complete(out: h5py.File, attrs: dict) -> None:
-    """Write the attributes, ``complete`` last: readers refuse a file without it."""
+    """Write the attributes, ``complete`` last: readers refuse a file without it. Text is written
+    as valid UTF-8 (a folder or command line may name files in other bytes)."""
     for key, value in attrs.items():
-        out.attrs[key] = value
+        out.attrs[key] = as_utf8(value) if isinstance(value, str) else value
     out.attrs["format_version"] = FORMAT_VERSION
     out.attrs["complete"] = True
 
