@@ -8,6 +8,7 @@ conv1_1``, ~50 times cheaper than fc7.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -45,14 +46,15 @@ def cached_network(random_vgg16):
         yield
 
 
-def crash_on_part(monkeypatch, number: int) -> None:
-    """Make the ``number``-th part write (1-based) raise, like a run killed at that moment."""
+def crash_on_part(monkeypatch, number: int, error: Exception | None = None) -> None:
+    """Make the ``number``-th part write (1-based) raise ``error``, by default like a run killed at
+    that moment."""
     real, calls = vggfeat.job.write_part, []
 
     def write_part(*args):
         calls.append(args[1:3])
         if len(calls) == number:
-            raise RuntimeError("simulated crash")
+            raise error or RuntimeError("simulated crash")
         return real(*args)
 
     monkeypatch.setattr(vggfeat.job, "write_part", write_part)
@@ -195,6 +197,23 @@ def test_resume_after_kill_9(tmp_path):
     assert_same_output(read_output(output), read_output(reference))
     assert read_output(output)["failed_paths"] == ["img02x.png"]
     assert read_output(output)["attrs"]["command"].endswith("--no-flip --device cpu --part-size 1")
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 4)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "1"]
+    crash_on_part(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device", str(work / "part.tmp")))
+    code, _, err = run_main(args)
+    monkeypatch.undo()
+    assert code == 1
+    assert error_line(err) == (f"Error: [Errno 28] No space left on device: '{work / 'part.tmp'}'; finished parts "
+                               f"are kept in {work}: run the same command to resume")
+    assert len(list(work.glob("part-*.h5"))) == 2 and not output.exists()
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming: 2 of 4 images" in err, err
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
 # --------------------------------------------------------------------------- refusals

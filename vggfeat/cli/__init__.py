@@ -41,7 +41,8 @@ cli.add_command(export)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; every user error ends in one ``Error:`` line and exit code 2."""
+    """Run the CLI; every user error ends in one ``Error:`` line and exit code 2, an error of the
+    system (OSError) in one line and exit code 1."""
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # The arguments travel in ctx.obj so that files record the command actually given.
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error.format_message(), error.exit_code)
     except (KeyboardInterrupt, click.Abort):
         _fail("interrupted", 130)
+    except OSError as error:  # the system's refusal (a full disk, a file that cannot be written): no traceback
+        _fail(str(error), 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

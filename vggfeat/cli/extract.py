@@ -85,6 +85,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
             click.secho(f"interrupted: finished parts are kept in {job.work}; run the same command to resume",
                         err=True, fg="yellow")
             sys.exit(130)
+        except OSError as error:  # a full disk, say: what is done is kept
+            bar.close()
+            raise OSError(f"{error}; finished parts are kept in {job.work}: run the same command to resume") from error
     rate = result.computed / result.seconds if result.seconds > 0 else 0.0
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
