@@ -113,25 +113,31 @@ class ImageReader:
             budget.give_back(held)  # the reader holds them now, within its own bounds
             number += 1
 
-    def _decode_group(self, paths: list[Path], number: int, budget: Budget) -> tuple[list[Decoded], int]:
-        """The files' pixels, and how many bytes of the budget they took (group ``number``)."""
-        if self.decoder == "pil":
-            decoded = [self._decode(path, number, budget) for path in paths]
-            return [pixels for pixels, _ in decoded], sum(held for _, held in decoded)
-        results: list[Decoded | None] = [None] * len(paths)
+    def _decode_group(self, paths: list[Path], number: int, budget: Budget, limit: int | None = None
+                      ) -> tuple[list[Decoded], int]:
+        """The files' pixels, and how many bytes of the budget they took (group ``number``). With a
+        ``limit``, only the first files whose pixels it holds (at least one), by their headers."""
+        results: list[Decoded | None] = []
         jpegs: list[tuple[int, EncodedJpeg]] = []
-        held = 0
-        for i, path in enumerate(paths):
+        held = total = 0
+        for path in paths:
             try:
-                jpeg = read_jpeg(path, self.max_pixels, self.min_side)
+                jpeg = None if self.decoder == "pil" else read_jpeg(path, self.max_pixels, self.min_side)
             except ImageError as error:
-                results[i] = error
+                results.append(error)
                 continue
+            if limit is not None:
+                nbytes = _header_bytes(path) if jpeg is None else jpeg.decoded_bytes
+                if results and total + nbytes > limit:
+                    break
+                total += nbytes
             if jpeg is None:
-                results[i], taken = self._decode(path, number, budget)
+                pixels, taken = self._decode(path, number, budget)
+                results.append(pixels)
                 held += taken
             else:
-                jpegs.append((i, jpeg))
+                jpegs.append((len(results), jpeg))
+                results.append(None)
         on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
         for batch in _blocks(jpegs, lambda item: item[1].decoded_bytes, BLOCK_BYTES):
             held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in batch))  # before they exist
@@ -406,9 +412,8 @@ def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: i
     ``slot``, [3, H, W] each, one after another; return None (or, with no slot or for one image
     larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
     (height, width) or why not."""
-    files = next(_blocks([Path(p) for p in paths], _header_bytes, SLOT_BYTES))  # by their headers' sizes
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
-    decoded, _ = reader._decode_group(files, 0, Budget(None))  # bounded here by the slot's size
+    decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
     images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
               for d in decoded if not isinstance(d, ImageError)]
     total = sum(x.numel() for x in images)
