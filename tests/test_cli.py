@@ -216,6 +216,23 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monke
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
+def test_a_disk_full_as_the_output_is_assembled_costs_no_image(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 2)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vggfeat.job, "assemble", full)
+    code, _, err = run_main(args)
+    assert code == 1 and "No space left on device" in error_line(err)
+    monkeypatch.undo()
+    code, _, err = run_main(args)
+    assert code == 0, err
+    assert "resuming: 2 of 2 images" in err
+    assert "2 descriptors (64-d float32), 0 failed; every image was described by the interrupted run" in err
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -90,8 +90,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
             raise OSError(f"{error}; finished parts are kept in {job.work}: run the same command to resume") from error
     rate = result.computed / result.seconds if result.seconds > 0 else 0.0
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
-        f"{result.computed:,} images in {result.seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}")
+    work = (f"{result.computed:,} images in {result.seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}"
+            if result.computed else "every image was described by the interrupted run")
+    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
