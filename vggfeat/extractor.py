@@ -17,20 +17,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .aggregate import AGGREGATIONS, combine_flips, combine_scales
+from .aggregate import combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .errors import ImageError, VggfeatError
-from .jpeg import decoder_library
-from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims, load_network
-from .pooling import ALIASES, GEM_P, POOLINGS, RETRIEVAL_POOLINGS, pool_map
-from .reading import DECODERS, ImageReader
-from .resize import RESIZE_RECIPE, RESIZE_SIDES, as_tensors, pad_batch, plan_batches, to_device, to_inputs
-from .weights import ARCHITECTURES
+from .errors import ImageError
+from .network import MIN_INPUT_SIDE, DenseVGG, load_network
+from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
+from .reading import ImageReader
+from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
+from .settings import (
+    check_choice,
+    check_options,
+    check_scales,
+    resolve_decoder,
+    resolve_device,
+    resolve_precision,
+)
 
 PAPER_SCALES = (256, 384, 512)
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-NORMALIZATIONS = ("auto", "none", "l2")
-DECODE_IN = ("threads", "processes")
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -45,7 +48,6 @@ CPU_AUTO_BATCH = 16
 # recur, at most AUTOTUNED_SHAPES of them (Extractor._autotunes), and with autotune="auto" only in
 # runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
 # of tuning pays for itself. Other batches run cuDNN's heuristic choice.
-AUTOTUNES = ("auto", "on", "off")
 AUTOTUNED_SHAPES = 8
 AUTOTUNE_MIN_IMAGES = 50_000
 
@@ -135,15 +137,15 @@ class Extractor:
         normalize: str = "auto",
         autotune: str = "auto",
     ) -> None:
-        self.device = _device(device)
-        self.scales = _scales(scales)
+        self.device = resolve_device(device)
+        self.scales = check_scales(scales)
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
-        _check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
+        check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
                        normalize, gem_p, batch_size, decoder, decode_in, autotune)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
-        self.precision = precision = _resolve_precision(precision, self.device)
+        self.precision = precision = resolve_precision(precision, self.device)
         self._runner = _runner(self.network, self.device, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.resize_side, self.gem_p = resize_side, float(gem_p)
@@ -153,7 +155,7 @@ class Extractor:
         # Inputs and padded pixels per batch: both shrink if a batch ever runs out of GPU memory.
         self.batch_size, self.batch_pixels = self._batch_limits(batch_size)
         self.workers = workers or min(8, os.cpu_count() or 1)
-        self.decoder = _resolve_decoder(decoder)
+        self.decoder = resolve_decoder(decoder)
         self.decode_in = decode_in
         self.max_pixels, self.min_side = max_pixels, min_side
         self.autotune = autotune
@@ -217,7 +219,7 @@ class Extractor:
         ``errors="raise"`` raises :class:`ImageError` naming the first unusable file;
         ``errors="nan"`` fills its row with NaN instead.
         """
-        _check_choice("errors", errors, ("raise", "nan"))
+        check_choice("errors", errors, ("raise", "nan"))
         result = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         for chunk in self.iter_chunks(paths):
             if chunk.failures and errors == "raise":
@@ -397,25 +399,6 @@ def _collected(chunk: Chunk) -> Chunk:
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the GPU computes it natively (Ampere, compute capability 8.0, and later;
-    older GPUs only emulate it), fp32 elsewhere. bf16 keeps fp32's range, so activations cannot
-    overflow as they can in fp16."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
-        return "bf16"
-    return "fp32"
-
-
-def _resolve_decoder(decoder: str) -> str:
-    """``auto``: JPEGs in batches by libjpeg-turbo where a library can (PIL's pixels, at less host
-    time per image: 1.7x the images/s end to end on an H100, RESULTS.md), else PIL."""
-    if decoder != "auto":
-        return decoder
-    return "pil" if decoder_library() == "none" else "torchvision"
-
-
 def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG:
     """The network as it runs: in channels_last, and on CUDA in half precision a cast copy of it.
 
@@ -441,78 +424,3 @@ def _precision(precision: str, device: torch.device, autotune: bool = False) -> 
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
-
-
-def _check_options(
-    device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
-    resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
-    decode_in: str, autotune: str,
-) -> None:
-    """Refuse bad options before any weights load (a download, perhaps): a typo should cost nothing."""
-    _check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
-    _check_choice("aggregate", aggregate, AGGREGATIONS)
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("resize side", resize_side, RESIZE_SIDES)
-    _check_choice("normalize", normalize, NORMALIZATIONS)
-    if not gem_p > 0:
-        raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
-    if precision in ("tf32", "fp16") and device.type != "cuda":
-        raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
-    _check_choice("decoder", decoder, ("auto", *DECODERS))
-    _check_choice("autotune", autotune, AUTOTUNES)
-    _check_choice("place of decoding", decode_in, DECODE_IN)
-    if decoder == "nvjpeg" and decode_in == "processes":
-        raise VggfeatError("--decoder nvjpeg decodes on the GPU, from this process: use --decode-in threads")
-    if decoder == "nvjpeg" and device.type != "cuda":
-        raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
-    if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
-        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that still "
-                           "decodes images (before its removal of torchvision.io.decode_jpeg); or use --decoder pil")
-    if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
-        raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
-    if isinstance(model, str) and model not in ARCHITECTURES:
-        raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
-    layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
-    if layer not in layers:
-        name = model.arch if isinstance(model, DenseVGG) else model
-        raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
-    if center_crop and resize_side == "long":
-        raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
-                           "it does not combine with --resize-side long")
-    # Refused as a combination rather than failing image by image: with the long side at Q, any
-    # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
-    if resize_side == "long" and layer.startswith("fc"):
-        raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
-                           f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
-    if "gem" in (pooling, aggregate) and layer == "fc8":
-        raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise VggfeatError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use --device cpu")
-    return device
-
-
-def _scales(scales: Sequence[int]) -> tuple[int, ...]:
-    scales = tuple(int(q) for q in scales)
-    if not scales:
-        raise VggfeatError("give at least one scale")
-    if min(scales) < MIN_INPUT_SIDE:
-        raise VggfeatError(
-            f"scale {min(scales)} is below {MIN_INPUT_SIDE}: fc6 needs a 7x7 pool5 map, so Q must be >= {MIN_INPUT_SIDE}"
-        )
-    if len(set(scales)) != len(scales):
-        raise VggfeatError(f"scales repeat: {','.join(map(str, scales))}")
-    return scales
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

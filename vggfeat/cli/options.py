@@ -13,9 +13,10 @@ import click
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
-from ..extractor import AUTOTUNES, DECODE_IN, PAPER_SCALES, PRECISIONS, Extractor
+from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
+from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS
 from ..weights import ARCHITECTURES
 
 

@@ -1,0 +1,120 @@
+"""The options of an extraction: checked before anything loads, and resolved for the device.
+
+A typo in an option should cost nothing: :func:`check_options` refuses bad values and
+combinations before any weights load (a download, perhaps). ``auto`` choices are resolved here,
+from the device and the libraries installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .aggregate import AGGREGATIONS
+from .errors import VggfeatError
+from .jpeg import decoder_library
+from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims
+from .pooling import POOLINGS, RETRIEVAL_POOLINGS
+from .reading import DECODERS
+from .resize import RESIZE_SIDES
+from .weights import ARCHITECTURES
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+NORMALIZATIONS = ("auto", "none", "l2")
+DECODE_IN = ("threads", "processes")
+AUTOTUNES = ("auto", "on", "off")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the GPU computes it natively (Ampere, compute capability 8.0, and later;
+    older GPUs only emulate it), fp32 elsewhere. bf16 keeps fp32's range, so activations cannot
+    overflow as they can in fp16."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return "bf16"
+    return "fp32"
+
+
+def resolve_decoder(decoder: str) -> str:
+    """``auto``: JPEGs in batches by libjpeg-turbo where a library can (PIL's pixels, at less host
+    time per image: 1.7x the images/s end to end on an H100, RESULTS.md), else PIL."""
+    if decoder != "auto":
+        return decoder
+    return "pil" if decoder_library() == "none" else "torchvision"
+
+
+def check_options(
+    device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
+    resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
+    decode_in: str, autotune: str,
+) -> None:
+    """Refuse bad options, and combinations of them, with a message saying what to do instead."""
+    check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
+    check_choice("aggregate", aggregate, AGGREGATIONS)
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("resize side", resize_side, RESIZE_SIDES)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    if not gem_p > 0:
+        raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
+    if precision in ("tf32", "fp16") and device.type != "cuda":
+        raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
+    check_choice("decoder", decoder, ("auto", *DECODERS))
+    check_choice("autotune", autotune, AUTOTUNES)
+    check_choice("place of decoding", decode_in, DECODE_IN)
+    if decoder == "nvjpeg" and decode_in == "processes":
+        raise VggfeatError("--decoder nvjpeg decodes on the GPU, from this process: use --decode-in threads")
+    if decoder == "nvjpeg" and device.type != "cuda":
+        raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
+    if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
+        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that still "
+                           "decodes images (before its removal of torchvision.io.decode_jpeg); or use --decoder pil")
+    if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
+        raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
+    if isinstance(model, str) and model not in ARCHITECTURES:
+        raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
+    layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
+    if layer not in layers:
+        name = model.arch if isinstance(model, DenseVGG) else model
+        raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
+    if center_crop and resize_side == "long":
+        raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
+                           "it does not combine with --resize-side long")
+    # Refused as a combination rather than failing image by image: with the long side at Q, any
+    # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
+    if resize_side == "long" and layer.startswith("fc"):
+        raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
+                           f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
+    if "gem" in (pooling, aggregate) and layer == "fc8":
+        raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VggfeatError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
+    scales = tuple(int(q) for q in scales)
+    if not scales:
+        raise VggfeatError("give at least one scale")
+    if min(scales) < MIN_INPUT_SIDE:
+        raise VggfeatError(
+            f"scale {min(scales)} is below {MIN_INPUT_SIDE}: fc6 needs a 7x7 pool5 map, so Q must be >= {MIN_INPUT_SIDE}"
+        )
+    if len(set(scales)) != len(scales):
+        raise VggfeatError(f"scales repeat: {','.join(map(str, scales))}")
+    return scales
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
