@@ -98,16 +98,22 @@ def find_images(root: str | Path) -> ImageSet:
         raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
     found: list[str] = []
     unlisted: list[OSError] = []
-    # Each folder walked: the real folders it lies in, itself included, to tell a loop of links.
-    within = {str(root): {os.path.realpath(root)}}
+    # Each folder still to walk: its real path, and the real folders it lies in (itself included),
+    # to tell a loop of links.
+    real_root = os.path.realpath(root)
+    within = {str(root): (real_root, {real_root})}
     for folder, subfolders, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        real_folder, chain = within.pop(folder)
+        kept = []
         for name in subfolders:
-            real = os.path.realpath(os.path.join(folder, name))
-            if real in within[folder]:
-                continue  # a loop: pruned below
-            within[os.path.join(folder, name)] = within[folder] | {real}
-        subfolders[:] = [name for name in subfolders if os.path.join(folder, name) in within]
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                continue
+            real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_folder, name)
+            if real not in chain:  # else a loop
+                within[path] = real, chain | {real}
+                kept.append(name)
+        subfolders[:] = kept
         relative = Path(folder).relative_to(root)
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
