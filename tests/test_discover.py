@@ -94,6 +94,14 @@ def test_paths_are_posix_relative_and_sorted(tmp_path):
     assert found.classes == ("C", "a", "b")
 
 
+def test_progress_counts_every_image_found(tmp_path):
+    touch(tmp_path, "a/1.jpg", "a/2.png", "a/notes.txt", "b/c/3.jpg", "4.jpg")
+    counts = []
+    found = find_images(tmp_path, progress=counts.append)
+    assert sum(counts) == len(found) == 4
+    assert len(counts) == 4  # one call a folder: the root, a, b, b/c
+
+
 def test_linked_class_folders_are_followed(tmp_path):
     # A collection made of links to where its classes lie: none of its images may be left out.
     touch(tmp_path / "storage", "cat/c1.jpg", "dog/d1.jpg", "dog/puppies/p1.jpg")

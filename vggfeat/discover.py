@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +83,9 @@ class ImageSet:
         return hasher.hexdigest()
 
 
-def find_images(root: str | Path) -> ImageSet:
+def find_images(root: str | Path, progress: Callable[[int], object] | None = None) -> ImageSet:
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
+    ``progress(n)`` is called with the number of images found in each folder, as it is walked.
 
     Hidden files and folders (names starting with ``.``, such as macOS ``._`` resource forks) are
     skipped. Links to folders are followed, as torchvision's ImageFolder does (collections are
@@ -115,9 +116,12 @@ def find_images(root: str | Path) -> ImageSet:
                 kept.append(name)
         subfolders[:] = kept
         relative = Path(folder).relative_to(root)
+        before = len(found)
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((relative / name).as_posix())
+        if progress is not None:
+            progress(len(found) - before)
     if unlisted:
         names = "; ".join(f"{error.filename}: {error.strerror or error}" for error in unlisted[:3])
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""

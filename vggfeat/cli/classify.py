@@ -38,7 +38,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     output = options.output_of(paths, file_list)
     check_output(output, overwrite)  # before any work
     truth = read_labels(labels) if labels else None
-    images = options.read_images(paths, file_list, root)
+    images = options.read_images(paths, file_list, root, quiet)
     say = options.reporter(quiet)
     say(f"{len(images):,} images; loading {model} ({weights})")
     classifier = Classifier(

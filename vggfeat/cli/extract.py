@@ -58,7 +58,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     A killed run resumes where it stopped when the same command is run again.
     """
     output = options.output_of(paths, file_list)
-    images = options.read_images(paths, file_list, root)
+    images = options.read_images(paths, file_list, root, quiet)
     say = options.reporter(quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
     extractor = Extractor(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
@@ -95,9 +96,17 @@ def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
     return paths[-1]
 
 
-def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None) -> ImageSet:
-    """The images of ``--file-list``, or under IMAGES (arguments checked by :func:`output_of`)."""
-    return read_file_list(file_list, root) if file_list else find_images(paths[0])
+def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, quiet: bool = False) -> ImageSet:
+    """The images of ``--file-list``, or under IMAGES (arguments checked by :func:`output_of`).
+
+    Walking a large tree takes a while (a minute for ten million files on a local disk, more on a
+    network file system): after two seconds, a counter shows that it goes on.
+    """
+    if file_list:
+        return read_file_list(file_list, root)
+    with tqdm(unit=" images", desc=f"finding images in {paths[0]}", delay=2, disable=True if quiet else None,
+              dynamic_ncols=True) as bar:
+        return find_images(paths[0], progress=bar.update)
 
 
 def command_line() -> str:
