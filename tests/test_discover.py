@@ -293,10 +293,20 @@ def test_list_absolute_paths_inside_a_relatively_given_root(tmp_path, monkeypatc
 
 
 def test_list_comma_in_file_name(tmp_path):
-    touch(tmp_path, "a,b.jpg", "c,d.jpg")
-    listing = write_list(tmp_path / "list.txt", "a,b.jpg", "c,d.jpg,cat")
+    listing = write_list(tmp_path / "list.txt", "a,b.jpg", "c,d.jpg,cat", "x,y/e.PNG", "f.jpg,animals/cat", "g,dog")
     found = read_file_list(listing)
-    assert labels_by_path(found) == {"a,b.jpg": None, "c,d.jpg": "cat"}
+    assert labels_by_path(found) == {"a,b.jpg": None, "c,d.jpg": "cat", "x,y/e.PNG": None,
+                                     "f.jpg": "animals/cat", "g": "dog"}
+
+
+def test_a_long_list_is_read_without_a_look_at_each_file(tmp_path, monkeypatch):
+    # On a network file system, a look per file would cost a round trip per line before any work.
+    listing = write_list(tmp_path / "list.txt", *[f"/data/{i}.jpg,cat" for i in range(100)], "a,b.jpg")
+    looks = []
+    stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: looks.append(path) or stat(path, *args, **kwargs))
+    assert len(read_file_list(listing)) == 101
+    assert len(looks) <= 2, looks  # the list file itself
 
 
 def test_list_duplicates(tmp_path):

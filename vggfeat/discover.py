@@ -139,12 +139,16 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     """Images named in a text file, one per line: ``path`` or ``path,label``.
 
     Relative paths are taken from ``root`` (default: the list file's folder). Blank lines and lines
-    starting with ``#`` are skipped. Rows are sorted by path, as for a folder.
+    starting with ``#`` are skipped. A line that ends with an image extension is a path, commas and
+    all (a file name may hold one); any other is split at its last comma. Rows are sorted by path,
+    as for a folder. Nothing is read from the disk but the list: a list of ten million files on a
+    network file system would otherwise cost ten million round trips before any work.
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise VggfeatError(f"file list not found: {list_file}")
     root = Path(root) if root is not None else list_file.parent
+    inside = root.absolute().as_posix().rstrip("/") + "/"  # absolute paths under root are kept relative to it
     class_of: dict[str, str | None] = {}
     # Bytes that are not UTF-8 are kept (as os.walk keeps them): they may be a file's name.
     lines = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
@@ -152,8 +156,10 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        path, label = _split_entry(line, root)
-        path = _relative_to(Path(path), root)
+        path, label = _split_entry(line)
+        path = Path(path).as_posix()
+        if path.startswith(inside):
+            path = path[len(inside) :]
         if path in class_of and class_of[path] != label:
             raise VggfeatError(f"{list_file}:{number}: {as_utf8(path)} is listed twice with different labels")
         class_of[path] = label
@@ -162,21 +168,11 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     return _labelled(root, class_of)
 
 
-def _split_entry(line: str, root: Path) -> tuple[str, str | None]:
-    # A comma may be part of a file name: only split when the whole line is not itself a file.
-    if "," in line and not (root / line).exists():
-        path, label = line.rsplit(",", 1)
-        return path.strip(), label.strip() or None
-    return line, None
-
-
-def _relative_to(path: Path, root: Path) -> str:
-    if not path.is_absolute():
-        return path.as_posix()
-    try:
-        return path.relative_to(root.absolute()).as_posix()
-    except ValueError:
-        return path.as_posix()
+def _split_entry(line: str) -> tuple[str, str | None]:
+    if "," not in line or line.lower().endswith(IMAGE_EXTENSIONS):
+        return line, None
+    path, label = line.rsplit(",", 1)
+    return path.strip(), label.strip() or None
 
 
 def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
