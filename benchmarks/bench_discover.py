@@ -13,7 +13,6 @@ system each look is a round trip. Seconds for ten million files are extrapolated
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from collections.abc import Callable

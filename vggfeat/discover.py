@@ -107,9 +107,9 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
         real_folder, chain = within.pop(folder)
         kept = []
         for name in subfolders:
-            path = os.path.join(folder, name)
             if name.startswith("."):
                 continue
+            path = os.path.join(folder, name)
             real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_folder, name)
             if real not in chain:  # else a loop
                 within[path] = real, chain | {real}
@@ -178,7 +178,7 @@ def _split_entry(line: str) -> tuple[str, str | None]:
 def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
     """The set of ``class_of``'s files (named as the file system names them) and their classes."""
     file_names = {}
-    for path, name in [(p, n) for p, n in class_of.items() if not (p.isascii() and (n is None or n.isascii()))]:
+    for path, name in [(p, n) for p, n in class_of.items() if _not_utf8(p) or (n is not None and _not_utf8(n))]:
         shown = as_utf8(path)
         if shown != path:
             if shown in class_of:
@@ -198,3 +198,7 @@ def as_utf8(text: str) -> str:
     """``text`` with the bytes that Python decoded as lone surrogates (what the file system gives
     for a name that is not UTF-8) written as ``\\xNN``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _not_utf8(text: str) -> bool:
+    return not text.isascii() and as_utf8(text) != text
