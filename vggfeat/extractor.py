@@ -24,14 +24,7 @@ from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .reading import ImageReader
 from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
-from .settings import (
-    check_choice,
-    check_options,
-    check_scales,
-    resolve_decoder,
-    resolve_device,
-    resolve_precision,
-)
+from .settings import check_choice, check_options, check_scales, resolve_decoder, resolve_device, resolve_precision
 
 PAPER_SCALES = (256, 384, 512)
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
@@ -142,7 +135,7 @@ class Extractor:
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                       normalize, gem_p, batch_size, decoder, decode_in, autotune)
+                      normalize, gem_p, batch_size, decoder, decode_in, autotune)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = resolve_precision(precision, self.device)
