@@ -11,9 +11,9 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
 
 Decoding runs in threads, or with ``processes`` in worker processes: there it holds no lock that
 the network's thread needs (Python's GIL, which threads share), and the pixels come back through
-shared memory made once and reused (a group of files at a time, large photos a few). On a GPU, threads upload (or decode there) on
-streams of their own. However large the images, the workers hold at most LOOKAHEAD_BYTES of
-decoded pixels ahead of the reader (:class:`Budget`).
+shared memory made once and reused (a group of files at a time, large photos a few). On a GPU,
+threads upload (or decode there) on streams of their own. However large the images, the workers
+hold at most LOOKAHEAD_BYTES of decoded pixels ahead of the reader (:class:`Budget`).
 """
 
 from __future__ import annotations
