@@ -160,6 +160,19 @@ def test_float16_output(tmp_path, labelled, reference, extractor):
     assert not np.array_equal(half, full)  # really rounded to float16
 
 
+def test_parts_of_a_float16_run_take_half_the_disk(tmp_path, labelled, extractor, monkeypatch):
+    root, _ = labelled
+    output = tmp_path / "half.h5"
+    monkeypatch.setattr(vggfeat.job, "assemble", lambda *args: (_ for _ in ()).throw(RuntimeError("stop before assembly")))
+    with pytest.raises(RuntimeError, match="stop before"):
+        ExtractionJob(extractor, find_images(root), output, dtype="float16", part_images=PART).run()
+    parts = sorted(output.with_name("half.h5.parts").glob("part-*.h5"))
+    assert parts
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            assert f["features"].dtype == np.float16
+
+
 def test_folder_of_only_bad_files_gives_an_empty_file(tmp_path, extractor):
     write_bad_files(tmp_path / "bad")
     output = tmp_path / "out.h5"
