@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -231,6 +232,24 @@ def test_a_disk_full_as_the_output_is_assembled_costs_no_image(tmp_path, monkeyp
     assert code == 0, err
     assert "resuming: 2 of 2 images" in err
     assert "2 descriptors (64-d float32), 0 failed; every image was described by the interrupted run" in err
+
+
+def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 4)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1"]
+    interrupted_run(monkeypatch, args, after_parts=2)
+    # conv1_1 in float32: 64 values of 4 bytes per row, plus at most 128 bytes of path and the like;
+    # resumed with 2 of 4 images done, the run writes 2 rows of parts and then 4 of output.
+    row, usage = 64 * 4 + vggfeat.job._ROW_EXTRAS, shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6 * row - 1))
+    code, _, err = run_main([*args, "--quiet"])  # said even with --quiet
+    assert code == 0, err
+    assert (f"WARNING: this run needs up to {6 * row / 1024:.1f} KiB more disk (its parts, then the output "
+            f"assembled beside them) and {(6 * row - 1) / 1024:.1f} KiB is free in {tmp_path}; --dtype float16 "
+            "halves it.") in " ".join(err.split())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * row))
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "fresh.h5", *CHEAP])
+    assert code == 0 and "more disk" not in err, err
 
 
 # --------------------------------------------------------------------------- refusals

@@ -33,6 +33,8 @@ from .jpeg import decoder_library
 from .store import FORMAT_VERSION, assemble, check_output_path, list_parts, replace_durably, write_json, write_part
 
 DTYPES = ("float32", "float16")
+# Bytes per row besides the descriptor, generously: path, label, size, part index.
+_ROW_EXTRAS = 128
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ class ExtractionJob:
     @property
     def total(self) -> int:
         return len(self.images)
+
+    def disk_needed(self) -> int:
+        """Bytes of disk the run still needs at its peak: parts for the images no part holds, then
+        the assembled output beside all the parts. An upper bound: a failed image takes no row."""
+        row = self.extractor.dim * np.dtype(self.dtype).itemsize + _ROW_EXTRAS
+        return (self.total - self.done + self.total) * row
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
@@ -76,6 +77,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(options.describe_settings(extractor))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
+    _warn_if_the_disk_is_short(job, dtype)
     with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,
               desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
         try:
@@ -97,3 +99,14 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
+    """Said even with ``--quiet``, before the work: a full disk after days of it costs the assembly."""
+    needed, free = job.disk_needed(), shutil.disk_usage(job.work).free
+    if needed > free:
+        halve = "; --dtype float16 halves it" if dtype == "float32" else ""
+        click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk (its parts, then the output "
+                    f"assembled beside them) and {options.size_text(free)} is free in {job.work.parent}{halve}. If the "
+                    "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
+                    err=True, fg="yellow", bold=True)

@@ -133,3 +133,11 @@ def warn_random_weights(seed: int, consequence: str) -> None:
     """Said even with ``--quiet``: results of random weights must not pass for ImageNet ones."""
     click.secho(f"WARNING: random weights (seed {seed}): {consequence}; use them for smoke tests only.",
                 err=True, fg="yellow", bold=True)
+
+
+def size_text(count: int) -> str:
+    """``count`` bytes for people: 1.5 GiB, 12.0 MiB, 100 B."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
