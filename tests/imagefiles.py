@@ -10,6 +10,7 @@ JPEG); for bad files, the path written.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -263,6 +264,12 @@ def write_bomb_png(path, side: int = 20000) -> Path:
     return Path(path)
 
 
+def write_fifo(path) -> Path:
+    """A named pipe with an image's name: a read would wait for a writer that never comes."""
+    os.mkfifo(path)
+    return Path(path)
+
+
 @lru_cache(maxsize=4)
 def _bomb_bytes(side: int) -> bytes:
     row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
@@ -292,6 +299,7 @@ BAD_FILES = {
     "notes.png": (write_text, "not an image"),
     "tiny.png": (write_tiny, "smallest side"),
     "bomb.png": (write_bomb_png, "limit"),
+    "pipe.jpg": (write_fifo, "not a regular file"),
 }
 
 

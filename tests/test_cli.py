@@ -118,7 +118,7 @@ def test_bad_files_fail_odd_files_are_described(mixed):
 
 
 def test_exit_message_counts_failures(mixed):
-    assert re.search(r"wrote .*out\.h5: 18 descriptors \(64-d float32\), 6 failed", mixed["stderr"]), mixed["stderr"]
+    assert re.search(rf"wrote .*out\.h5: 18 descriptors \(64-d float32\), {len(BAD_FILES)} failed", mixed["stderr"]), mixed["stderr"]
     assert "WARNING: random weights" in mixed["stderr"]
     assert "Traceback" not in mixed["stderr"]
     # What the auto settings chose is said before the work starts.
@@ -454,10 +454,10 @@ def test_info_text(mixed):
     code, out, err = run_main(["info", mixed["output"]])
     assert code == 0, err
     assert re.search(r": complete$", out.splitlines()[0])
-    assert re.search(r"rows\s+18 \(18 labelled\) of 24 images found", out)
+    assert re.search(rf"rows\s+18 \(18 labelled\) of {18 + len(BAD_FILES)} images found", out)
     assert re.search(r"descriptor\s+64-d float32", out)
     assert re.search(r"classes\s+3: bad, good, odd", out)
-    assert re.search(r"failed\s+6\b", out)
+    assert re.search(rf"failed\s+{len(BAD_FILES)}\b", out)
     assert re.search(r"model\s+vgg16\s+weights random", out)
     assert re.search(r"layer\s+conv1_1, avg-pooled; scales 224 \(mean\); flip off", out)
     assert "WARNING: made with random weights" in out
@@ -466,7 +466,7 @@ def test_info_text(mixed):
     assert [path for path, _ in shown] == failed[:5]
     for path, reason in shown:
         assert mixed["bad"][path] in reason.lower()
-    assert "… and 1 more in /failed" in out
+    assert f"… and {len(BAD_FILES) - 5} more in /failed" in out
 
 
 def test_info_json(mixed):
@@ -474,7 +474,7 @@ def test_info_json(mixed):
     assert code == 0, err
     summary = json.loads(out)
     assert summary["complete"] is True
-    assert (summary["rows"], summary["dim"], summary["dtype"], summary["failed"]) == (18, 64, "float32", 6)
+    assert (summary["rows"], summary["dim"], summary["dtype"], summary["failed"]) == (18, 64, "float32", len(BAD_FILES))
     assert summary["classes"] == ["bad", "good", "odd"] and summary["labelled"] == 18
     assert [path for path, _ in summary["first_failures"]] == sorted(mixed["bad"])[:5]
     assert all(reason for _, reason in summary["first_failures"])

@@ -7,8 +7,11 @@ converted, not rejected; only files that cannot be decoded, or whose size is unu
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -48,7 +51,7 @@ def decode_image(
         # the caller explicitly allowed (it only ever goes up).
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as file, Image.open(file) as image:
             # The header gives the size before any pixel is decoded: refuse bombs here.
             check_pixels(*image.size, max_pixels)
             image.load()
@@ -70,6 +73,20 @@ def decode_image(
     height, width = rgb.shape[:2]
     check_min_side(width, height, min_side)
     return rgb
+
+
+def open_image_file(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading, or :class:`ImageError` if it is not a regular file: a FIFO or a
+    device named like an image would make a read wait, or go on, for ever."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO otherwise waits for a writer
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ImageError("not a regular file (a folder, FIFO or device)")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .decode import check_min_side, check_pixels
+from .decode import check_min_side, check_pixels, open_image_file
 
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
@@ -45,11 +45,11 @@ class EncodedJpeg:
 def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg | None:
     """The bytes of ``path`` if it is a JPEG for torchvision, or None: a file for PIL to decode.
 
-    Raises :class:`~vggfeat.errors.ImageError` when the header's size is refused, as
-    :func:`~vggfeat.decode.decode_image` would.
+    Raises :class:`~vggfeat.errors.ImageError` when it is not a regular file or its header's size is
+    refused, as :func:`~vggfeat.decode.decode_image` would.
     """
     try:
-        with open(path, "rb") as file:
+        with open_image_file(path) as file:
             start = file.read(len(_SOI))
             if start != _SOI:  # not a JPEG: read no further
                 return None

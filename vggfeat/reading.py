@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import decode_image
+from .decode import decode_image, open_image_file
 from .errors import ImageError, VggfeatError
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
@@ -431,7 +431,7 @@ def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: i
 def _header_bytes(path: Path) -> int:
     """Decoded size by the header; 0 when it cannot be read (the decoder will say why)."""
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as file, Image.open(file) as image:
             width, height = image.size
     except Exception:  # noqa: BLE001 - the decoder words the reason
         return 0
