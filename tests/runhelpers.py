@@ -10,6 +10,7 @@ import contextlib
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -154,6 +155,26 @@ def error_line(stderr: str) -> str:
     assert len(errors) == 1, f"expected one 'Error:' line, got:\n{stderr}"
     assert lines[-1] == errors[0], f"the error must be the last line:\n{stderr}"
     return errors[0]
+
+
+def process_state(process: int) -> tuple[str, int]:
+    """(state, parent) of ``process`` from /proc; ("", 0) if there is no such process."""
+    try:
+        fields = (Path("/proc") / str(process) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "", 0
+    return fields[0], int(fields[1])
+
+
+def running(process: int, wait: float = 10.0) -> bool:
+    """Whether ``process`` still runs after up to ``wait`` seconds for it to end. A zombie has
+    ended (only its parent's wait for it is missing)."""
+    deadline = time.monotonic() + wait
+    while process_state(process)[0] not in ("", "Z"):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # --------------------------------------------------------------------------- GPU memory

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -27,10 +28,12 @@ from runhelpers import (
     assert_same_output,
     command,
     error_line,
+    process_state,
     read_output,
     reusing_network,
     run_main,
     run_process,
+    running,
     write_plain_folder,
 )
 import vggfeat.job
@@ -198,6 +201,44 @@ def test_resume_after_kill_9(tmp_path):
     assert_same_output(read_output(output), read_output(reference))
     assert read_output(output)["failed_paths"] == ["img02x.png"]
     assert read_output(output)["attrs"]["command"].endswith("--no-flip --device cpu --part-size 1")
+
+
+def test_sigterm_stops_the_run_keeping_its_parts_and_its_workers_go(tmp_path):
+    write_plain_folder(tmp_path / "images", 6)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    # A batch system's time limit: SIGTERM, in a run with decoding processes to stop too.
+    args = ["extract", tmp_path / "images", output, *FAST, "--part-size", "1", "--decode-in", "processes"]
+    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(work.glob("part-*.h5")):
+            assert process.poll() is None, f"the run ended before a part was seen:\n{process.stderr.read()}"
+            assert time.monotonic() < deadline, "no part after 180 s"
+            time.sleep(0.01)
+        workers = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == f"terminated: finished parts are kept in {work}; run the same command to resume", stderr
+    assert "Traceback" not in stderr and not output.exists()
+    assert len(list(work.glob("part-*.h5"))) >= 1
+    assert len(workers) >= 2 and not any(map(running, workers)), "processes outlived the run"
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming:" in err, err
+
+
+def children(process: int) -> list[int]:
+    """The processes started by ``process``, and by those (decoding workers come from a server)."""
+    found, parents = [], {process}
+    for _ in range(3):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in parents and process_state(int(entry.name))[1] in parents:
+                found.append(int(entry.name))
+                parents.add(int(entry.name))
+    return found
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monkeypatch):

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +24,7 @@ import torch
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
-from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main
+from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main, running
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
 from vggfeat.jpeg import decoder_library
@@ -138,6 +142,39 @@ def test_processes_that_cannot_start_stop_the_run_with_a_message(forked_workers,
     forked_workers.setattr(vggfeat.reading, "_worker_setup", die)
     with pytest.raises(VggfeatError, match="decoding processes die as they start"):
         decoded(one_image(tmp_path))
+
+
+# A reading process with its decoding processes started, then killed as kill -9 (or a batch
+# system's time limit) kills: no chance to stop its workers.
+KILLED_READER = """
+import os, signal, sys, torch
+from vggfeat.reading import Budget, ImageReader, _DecodingProcesses
+reader = ImageReader(torch.device("cpu"), "pil", 2, max_pixels=10**8, min_side=32, processes=True)
+workers = _DecodingProcesses(reader, Budget(None))
+for _ in range(4):
+    workers.pool.submit(os.getpid).result()
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, workers.pool._processes)))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_decoding_processes_end_when_the_reading_process_is_killed(tmp_path, worker_memory):
+    if worker_memory == "slots":
+        pytest.skip("the same processes either way")
+    listed, errors = tmp_path / "workers", tmp_path / "stderr"
+    with open(errors, "w") as stderr:  # not a pipe: workers that outlive the reader would hold it open
+        reader = subprocess.run([sys.executable, "-c", KILLED_READER, listed], stdout=subprocess.DEVNULL,
+                                stderr=stderr, timeout=120)
+    assert reader.returncode == -signal.SIGKILL, errors.read_text()
+    workers = [int(pid) for pid in listed.read_text().split()]
+    assert workers
+    try:
+        assert not any(map(running, workers)), "decoding processes outlived their reader"
+    finally:
+        for process in filter(running, workers):
+            os.kill(process, signal.SIGKILL)
 
 
 def counting_decodes(monkeypatch) -> list[str]:

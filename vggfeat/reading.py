@@ -24,8 +24,10 @@ import itertools
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -356,7 +358,7 @@ class _DecodingProcesses:
         file would otherwise be recorded as one that crashed the decoder."""
         pool = self._pool(workers)
         try:
-            pool.submit(_worker_setup, self.slots).result()
+            pool.submit(_worker_setup, self.slots, os.getpid()).result()
         except BrokenProcessPool:
             pool.shutdown(wait=False)
             raise VggfeatError("decoding processes die as they start (a script that starts them must guard its "
@@ -364,7 +366,8 @@ class _DecodingProcesses:
         return pool
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup, initargs=(self.slots,))
+        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup,
+                                   initargs=(self.slots, os.getpid()))
 
 
 def _reuses_slots(device: torch.device) -> bool:
@@ -397,13 +400,44 @@ def _sizes(outcomes: list[tuple[int, int] | str]) -> list[tuple[int, int]]:
 _SLOTS: list[torch.Tensor] = []  # in a worker process: the reading process's slots, if any
 
 
-def _worker_setup(slots: list[torch.Tensor]) -> None:
+def _worker_setup(slots: list[torch.Tensor], reading_process: int) -> None:
     # One thread each: the workers are already one per core. Ctrl-C is for the main process,
     # which stops them; each would otherwise print a traceback of its own.
     global _SLOTS
     _SLOTS = slots
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not any(thread.name == _WATCH for thread in threading.enumerate()):
+        threading.Thread(target=_exit_after, args=(reading_process,), name=_WATCH, daemon=True).start()
+
+
+_WATCH = "vggfeat-watch-reader"
+
+
+def _exit_after(process: int) -> None:
+    """In a worker: end once ``process``, the reading one, has ended. A reading process that is
+    killed (kill -9, a batch system's time limit) cannot stop its workers, which would otherwise
+    wait for work for ever, each holding its memory."""
+    try:
+        descriptor = os.pidfd_open(process)  # readable once the process has ended (Linux 5.3 on)
+    except (AttributeError, OSError):
+        descriptor = None
+    if descriptor is not None:
+        select.select([descriptor], [], [])
+    else:
+        while _running(process):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _running(process: int) -> bool:
+    try:
+        os.kill(process, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: the reading process's number was reused
+        return False
+    return True
 
 
 def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int

@@ -13,6 +13,7 @@ from .describe import describe
 from .extract import extract
 from .info import info
 from .merge import merge
+from .options import Terminated, stopping_on_sigterm
 from .protocol import protocol
 from .retrieval import export, index, retrieval_eval, search, whiten
 from .svm import evaluate, predict, train_svm
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # The arguments travel in ctx.obj so that files record the command actually given.
-        code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
+        with stopping_on_sigterm():
+            code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
     except VggfeatError as error:
         _fail(str(error), 2)
     except click.UsageError as error:
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error.format_message() + hint, 2)
     except click.ClickException as error:
         _fail(error.format_message(), error.exit_code)
+    except Terminated:
+        _fail("terminated", 143)
     except (KeyboardInterrupt, click.Abort):
         _fail("interrupted", 130)
     except OSError as error:  # the system's refusal (a full disk, a file that cannot be written): no traceback

@@ -82,11 +82,12 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
               desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
         try:
             result = job.run(progress=bar.update)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (options.Terminated)
             bar.close()
-            click.secho(f"interrupted: finished parts are kept in {job.work}; run the same command to resume",
-                        err=True, fg="yellow")
-            sys.exit(130)
+            terminated = isinstance(stop, options.Terminated)
+            click.secho(f"{'terminated' if terminated else 'interrupted'}: finished parts are kept in {job.work}; "
+                        "run the same command to resume", err=True, fg="yellow")
+            sys.exit(143 if terminated else 130)
         except OSError as error:  # a full disk, say: what is done is kept
             bar.close()
             raise OSError(f"{error}; finished parts are kept in {job.work}: run the same command to resume") from error

@@ -4,9 +4,12 @@ those commands share (finding the images, reporting progress, warning about rand
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -107,6 +110,28 @@ def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
     with tqdm(unit=" images", desc=f"finding images in {paths[0]}", delay=2, disable=True if quiet else None,
               dynamic_ncols=True) as bar:
         return find_images(paths[0], progress=bar.update)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which batch systems send at a job's time limit (and ``kill`` by default): the
+    command stops as Ctrl-C stops it, keeping what is done, rather than dying where it stands."""
+
+
+@contextlib.contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while the block runs."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command_line() -> str:
