@@ -9,6 +9,7 @@ conv1_1``, ~50 times cheaper than fc7.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from runhelpers import (
     run_main,
     run_process,
     running,
+    write_labelled_folder,
     write_plain_folder,
 )
 import vggfeat.job
@@ -291,6 +293,56 @@ def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monk
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * row))
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "fresh.h5", *CHEAP])
     assert code == 0 and "more disk" not in err, err
+
+
+# --------------------------------------------------------------------------- file systems without locks
+
+NO_LOCKS = "No locks available"  # what NFS without its lock daemon answers (ENOLCK)
+
+
+def lockless_commands(folder) -> list[list]:
+    """extract, then the commands that read its file and write others, in a folder of ``folder``."""
+    write_labelled_folder(folder / "images")
+    features, model = folder / "out.h5", folder / "model.svm.h5"
+    return [["extract", folder / "images", features, *CHEAP], ["info", features],
+            ["train-svm", features, model, "--C", "1"], ["predict", model, features, folder / "predicted.csv"]]
+
+
+def test_a_file_system_without_locks_is_used_all_the_same(tmp_path, monkeypatch):
+    real_file = h5py.File
+
+    def file(*args, locking=None, **kwargs):  # HDF5 on such a file system: every locked open fails
+        if locking is not False:
+            raise OSError(errno.ENOLCK, "Unable to synchronously open file (unable to lock file, errno = 37, "
+                                        f"error message = '{NO_LOCKS}')")
+        return real_file(*args, locking=locking, **kwargs)
+
+    def flock(*args):
+        raise OSError(errno.ENOLCK, NO_LOCKS)
+
+    monkeypatch.setattr(h5py, "File", file)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    said = []
+    for args in lockless_commands(tmp_path):
+        code, _, err = run_main(args)
+        assert code == 0, err
+        said.append(" ".join(err.split()))
+    assert f"the file system of {tmp_path / 'out.h5.parts'} has no locks ({NO_LOCKS})" in said[0]
+    monkeypatch.undo()
+    assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="builds a library that takes locks away (needs a C compiler)")
+def test_a_file_system_without_locks_for_real_hdf5(tmp_path):
+    # flock() answers ENOLCK for every file, in Python's fcntl and in the HDF5 library alike.
+    source, library = tmp_path / "nolocks.c", tmp_path / "nolocks.so"
+    source.write_text("#include <errno.h>\nint flock(int fd, int operation) { errno = ENOLCK; return -1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", library, source], check=True)
+    environment = {**os.environ, "LD_PRELOAD": str(library)}
+    for args in lockless_commands(tmp_path):
+        done = subprocess.run(command(args), capture_output=True, text=True, env=environment, timeout=180)
+        assert done.returncode == 0, done.stderr
+    assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
 
 
 # --------------------------------------------------------------------------- refusals

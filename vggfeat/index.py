@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import open_hdf5, written_atomically
+from .store import open_h5, open_hdf5, written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT = "vggfeat-index"
@@ -120,7 +120,7 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index file, under a temporary name renamed once complete."""
-        with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:
+        with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self._write(f)
 
     def _write(self, f: h5py.File) -> None:
@@ -233,7 +233,7 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     """:func:`build_index` on every row of a features file (its paths, labels, classes, input root)."""
     with FeatureFile(features) as f:
         X, paths, labels, classes, config = f.read(dtype=np.float32), f.paths, f.labels, f.classes, f.config
-    with h5py.File(features, "r") as f:
+    with open_h5(features) as f:
         root = str(f.attrs.get("input_root", ""))
     return build_index(X, paths, config, labels=labels, classes=classes, root=root, **kwargs)
 

@@ -30,7 +30,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .jpeg import decoder_library
-from .store import FORMAT_VERSION, assemble, check_output_path, list_parts, replace_durably, write_json, write_part
+from .store import (FORMAT_VERSION, assemble, check_output_path, list_parts, open_h5, replace_durably, write_json,
+                    write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -92,6 +93,8 @@ class ExtractionJob:
         # finished: the same command then just assembles the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
             raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
+        # Why no lock keeps a second run from writing the same output at once, if none can.
+        self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)
         self.parts = list_parts(self.work)
         self.done = sum(part.end - part.start for part in self.parts)
@@ -172,7 +175,7 @@ class ExtractionJob:
         """Is the output complete, made by this very job, with its work folder still there?"""
         try:
             manifest = json.loads((self.work / "manifest.json").read_text())
-            with h5py.File(self.output, "r") as f:
+            with open_h5(self.output) as f:
                 attrs = dict(f.attrs)
         except (OSError, ValueError):
             return False
@@ -200,6 +203,8 @@ class ExtractionJob:
         except BlockingIOError:
             lock.close()
             raise VggfeatError(f"another vggfeat run is writing {self.output} (lock held on {self.work}/lock)") from None
+        except OSError as error:  # a file system without locks (NFS without its lock daemon): go on without
+            self.unlocked_because = error.strerror or str(error)
         try:
             self._adopt_or_clear(manifest_file, overwrite)
         except BaseException:

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 
 from .errors import VggfeatError
-from .store import check_output_path, create_datasets, mark_complete, open_hdf5, written_atomically
+from .store import check_output_path, create_datasets, mark_complete, open_h5, open_hdf5, written_atomically
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
@@ -54,7 +54,7 @@ def merge_shards(
         rows = sum(f["features"].shape[0] for f in files)
         failed = sum(f["failed/paths"].shape[0] for f in files)
         dim, dtype = first["features"].shape[1], first["features"].dtype
-        with written_atomically(output) as temporary, h5py.File(temporary, "w") as out:
+        with written_atomically(output) as temporary, open_h5(temporary, "w") as out:
             classes = list(first["classes"].asstr()[:])
             targets = create_datasets(out, rows, failed, dim, dtype.name, classes)
             block = max(1, _BLOCK_BYTES // (dim * dtype.itemsize))

@@ -61,7 +61,7 @@ def write_part(
     """Atomically write the results of images ``[start, end)`` (global ``indices``)."""
     final = folder / f"part-{start:012d}-{end:012d}.h5"
     temporary = final.with_name(final.name + ".tmp")
-    with h5py.File(temporary, "w") as part:
+    with open_h5(temporary, "w") as part:
         part["features"] = features
         part["indices"] = np.asarray(indices, dtype=np.int64)
         part["sizes"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
@@ -85,14 +85,14 @@ def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict
     """Write the output file from ``parts``, which must cover every image once; returns (rows, failed)."""
     rows = failed = 0
     for part in parts:
-        with h5py.File(part.path, "r") as f:
+        with open_h5(part.path) as f:
             rows += f["indices"].shape[0]
             failed += f["failed_indices"].shape[0]
-    with h5py.File(destination, "w") as out:
+    with open_h5(destination, "w") as out:
         features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(out, rows, failed, dim, dtype, images.classes)
         row = fail = 0
         for part in parts:
-            with h5py.File(part.path, "r") as f:
+            with open_h5(part.path) as f:
                 indices = f["indices"][:]
                 n = len(indices)
                 features[row : row + n] = f["features"][:].astype(dtype)
@@ -135,7 +135,7 @@ def mark_complete(out: h5py.File, attrs: dict) -> None:
 
 def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         attrs = {key: _plain(value) for key, value in f.attrs.items()}
         return {
             "path": str(path),
@@ -167,13 +167,30 @@ def check_output_path(path: Path) -> None:
         raise VggfeatError(f"folder of the output does not exist: {path.parent}")
 
 
+def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """``h5py.File(path, mode)``, also on file systems without locks (NFS without its lock daemon,
+    some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
+
+    vggfeat writes only new files under temporary names, which no other process opens: they take
+    no lock. A file that is read takes HDF5's shared lock where the file system has locks.
+    """
+    if mode != "r":
+        return h5py.File(path, mode, locking=False)
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if "unable to lock file" not in str(error):
+            raise
+    return h5py.File(path, "r", locking=False)
+
+
 def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
     """``path`` opened read-only, or a one-line error: ``{what} file not found`` (plus ``hint``) or
     not an HDF5 file."""
     if not path.is_file():
         raise VggfeatError(f"{what} file not found: {path}{hint}")
     try:
-        return h5py.File(path, "r")
+        return open_h5(path)
     except OSError:
         raise VggfeatError(f"{path} is not an HDF5 file") from None
 

@@ -35,7 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._version import __version__
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
-from .store import written_atomically
+from .store import open_h5, written_atomically
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
@@ -243,7 +243,7 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
     }
-    with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:  # whole or not at all
+    with written_atomically(path) as temporary, open_h5(temporary, "w") as f:  # whole or not at all
         f["coef"] = np.asarray(svm.coef_, dtype=np.float64)
         f["intercept"] = np.asarray(svm.intercept_, dtype=np.float64)
         f.create_dataset("classes", data=[str(c) for c in svm.classes_], dtype=h5py.string_dtype("utf-8"))
@@ -257,7 +257,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     if not path.is_file():
         raise VggfeatError(f"model file not found: {path}")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if f.attrs.get("format") != MODEL_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat SVM model file")
             if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:

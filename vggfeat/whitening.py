@@ -23,7 +23,7 @@ import torch
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import written_atomically
+from .store import open_h5, written_atomically
 
 FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
@@ -127,7 +127,7 @@ class PCAWhitening:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an HDF5 file of its own (see :meth:`write`), whole or not at all."""
-        with written_atomically(path) as temporary, h5py.File(temporary, "w") as f:
+        with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self.write(f)
 
     def write(self, group: h5py.Group) -> None:
@@ -148,7 +148,7 @@ class PCAWhitening:
         if not path.is_file():
             raise VggfeatError(f"whitening file not found: {path}")
         try:
-            with h5py.File(path, "r") as f:
+            with open_h5(path) as f:
                 return cls.read(f, str(path))
         except OSError:
             raise VggfeatError(f"{path} is not an HDF5 file") from None

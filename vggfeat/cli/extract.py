@@ -78,6 +78,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     _warn_if_the_disk_is_short(job, dtype)
+    if job.unlocked_because:
+        say(f"note: the file system of {job.work} has no locks ({job.unlocked_because}): nothing stops a second run "
+            "on the same output while this one runs", fg="yellow")
     with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,
               desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
         try:
