@@ -332,6 +332,19 @@ def test_a_file_system_without_locks_is_used_all_the_same(tmp_path, monkeypatch)
     assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
 
 
+def test_a_file_that_cannot_be_read_is_not_called_a_foreign_one(tmp_path, monkeypatch):
+    features = tmp_path / "out.h5"
+    assert run_main(lockless_commands(tmp_path)[0])[0] == 0
+
+    def file(path, *args, **kwargs):
+        raise OSError(errno.EACCES, f"Unable to synchronously open file (unable to open file: name = '{path}', "
+                                    "errno = 13, error message = 'Permission denied')")
+
+    monkeypatch.setattr(h5py, "File", file)
+    code, _, err = run_main(["train-svm", features, tmp_path / "model.h5"])
+    assert code == 1 and "Permission denied" in error_line(err) and "not an HDF5 file" not in err
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="builds a library that takes locks away (needs a C compiler)")
 def test_a_file_system_without_locks_for_real_hdf5(tmp_path):
     # flock() answers ENOLCK for every file, in Python's fcntl and in the HDF5 library alike.

@@ -191,7 +191,9 @@ def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
         raise VggfeatError(f"{what} file not found: {path}{hint}")
     try:
         return open_h5(path)
-    except OSError:
+    except OSError as error:
+        if error.errno is not None:  # the system's refusal (permissions, I/O), not the file's content
+            raise
         raise VggfeatError(f"{path} is not an HDF5 file") from None
 
 
