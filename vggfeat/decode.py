@@ -7,9 +7,11 @@ converted, not rejected; only files that cannot be decoded, or whose size is unu
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +36,13 @@ DECODE_RECIPE = {
 
 _WHITE = (255, 255, 255, 255)
 
+# Errors of the storage, not of the file (a network file system's or a FUSE mount's timeout, a
+# stale handle, a dropped connection): such a read is tried again after each delay (seconds).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+                              errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH,
+                              errno.EAGAIN})
+READ_RETRY_DELAYS = (0.5, 2.0)
+
 
 def decode_image(
     path: str | Path,
@@ -51,12 +60,7 @@ def decode_image(
         # the caller explicitly allowed (it only ever goes up).
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with open_image_file(path) as file, Image.open(file) as image:
-            # The header gives the size before any pixel is decoded: refuse bombs here.
-            check_pixels(*image.size, max_pixels)
-            image.load()
-            image = _upright(image)
-            rgb = _to_rgb(image)
+        rgb = _read_rgb(path, max_pixels)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:  # Pillow's guard, in Image.open, came first: over twice its limit
@@ -73,6 +77,28 @@ def decode_image(
     height, width = rgb.shape[:2]
     check_min_side(width, height, min_side)
     return rgb
+
+
+def _read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
+    """The pixels, or the error of the last try: a read that the storage failed for a moment is
+    tried again (READ_RETRY_DELAYS), so that one timeout of a network file system or of an object
+    store's mount costs no image."""
+    for delay in READ_RETRY_DELAYS:
+        try:
+            return _read_rgb_once(path, max_pixels)
+        except OSError as error:
+            if error.errno not in TRANSIENT_ERRNOS:
+                raise
+        time.sleep(delay)
+    return _read_rgb_once(path, max_pixels)
+
+
+def _read_rgb_once(path: str | Path, max_pixels: int) -> np.ndarray:
+    with open_image_file(path) as file, Image.open(file) as image:
+        # The header gives the size before any pixel is decoded: refuse bombs here.
+        check_pixels(*image.size, max_pixels)
+        image.load()
+        return _to_rgb(_upright(image))
 
 
 def open_image_file(path: str | Path) -> BinaryIO:
