@@ -330,6 +330,24 @@ def test_chunks_report_failures_and_sizes(random_vgg16, files):
     assert math.isfinite(float(chunks[1].features.sum()))
 
 
+def test_an_image_whose_descriptor_is_not_finite_fails_alone(random_vgg16, files, monkeypatch):
+    good, corrupt = files
+    extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224], flip=False, device="cpu")
+    clean = extractor.extract(good)
+    real = Extractor.describe_async
+
+    def overflowing(self, images):  # as fp16 arithmetic that overflows on the second image
+        features = real(self, images).clone()
+        features[1:2, 5] = float("inf")
+        return features
+
+    monkeypatch.setattr(Extractor, "describe_async", overflowing)
+    [chunk] = list(extractor.iter_chunks([good[0], corrupt, good[1]]))
+    assert chunk.indices == [0] and chunk.sizes == [(224, 224)] and np.array_equal(chunk.features, clean[:1])
+    assert [index for index, _ in chunk.failures] == [1, 2]
+    assert "NaN or infinite" in chunk.failures[1][1] and "--precision" in chunk.failures[1][1]
+
+
 # --------------------------------------------------------------------------- centre crop
 
 

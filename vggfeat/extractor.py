@@ -41,6 +41,8 @@ CPU_AUTO_BATCH = 16
 # recur, at most AUTOTUNED_SHAPES of them (Extractor._autotunes), and with autotune="auto" only in
 # runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
 # of tuning pays for itself. Other batches run cuDNN's heuristic choice.
+NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
+              "--precision bf16 or fp32)")
 AUTOTUNED_SHAPES = 8
 AUTOTUNE_MIN_IMAGES = 50_000
 
@@ -385,7 +387,17 @@ def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
 
 
 def _collected(chunk: Chunk) -> Chunk:
-    chunk.features = chunk.features.cpu().numpy()  # waits for this chunk's work alone
+    """The chunk with its descriptors on the host; an image whose descriptor is not finite (fp16
+    arithmetic can overflow) becomes a failure, not a row that every later stage would refuse."""
+    features = chunk.features.cpu().numpy()  # waits for this chunk's work alone
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        chunk.failures += [(index, NOT_FINITE) for index, ok in zip(chunk.indices, finite) if not ok]
+        chunk.failures.sort()
+        chunk.indices = [index for index, ok in zip(chunk.indices, finite) if ok]
+        chunk.sizes = [size for size, ok in zip(chunk.sizes, finite) if ok]
+        features = features[finite]
+    chunk.features = features
     return chunk
 
 
