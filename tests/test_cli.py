@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -162,6 +163,18 @@ def test_dtype_float16(tmp_path, mixed):
 # --------------------------------------------------------------------------- kill -9 and resume
 
 
+def started_until_a_part(args: list, work) -> subprocess.Popen:
+    """``vggfeat ARGS`` in a process of its own, once it has written a first part into ``work``."""
+    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(work.glob("part-*.h5")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no part after 180 s, or the run ended before one was seen:\n{process.communicate()[1]}")
+        time.sleep(0.01)
+    return process
+
+
 def test_resume_after_kill_9(tmp_path):
     images = tmp_path / "images"
     write_plain_folder(images, 5)
@@ -171,14 +184,8 @@ def test_resume_after_kill_9(tmp_path):
     # fc7 on the CPU: slow enough (a part every 0.1 to 1 s) to be caught between parts.
     options = [*FAST, "--part-size", "1"]
 
-    process = subprocess.Popen(command(["extract", images, output, *options]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = started_until_a_part(["extract", images, output, *options], work)
     try:
-        deadline = time.monotonic() + 180
-        while not list(work.glob("part-*.h5")):
-            assert process.poll() is None, f"the run ended before a part was seen:\n{process.stderr.read()}"
-            assert time.monotonic() < deadline, "no part after 180 s"
-            time.sleep(0.01)
         assert not output.exists()
         process.send_signal(signal.SIGKILL)
     finally:
@@ -210,13 +217,8 @@ def test_sigterm_stops_the_run_keeping_its_parts_and_its_workers_go(tmp_path):
     output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
     # A batch system's time limit: SIGTERM, in a run with decoding processes to stop too.
     args = ["extract", tmp_path / "images", output, *FAST, "--part-size", "1", "--decode-in", "processes"]
-    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = started_until_a_part(args, work)
     try:
-        deadline = time.monotonic() + 180
-        while not list(work.glob("part-*.h5")):
-            assert process.poll() is None, f"the run ended before a part was seen:\n{process.stderr.read()}"
-            assert time.monotonic() < deadline, "no part after 180 s"
-            time.sleep(0.01)
         workers = children(process.pid)
         process.send_signal(signal.SIGTERM)
         stderr = process.communicate(timeout=60)[1]
@@ -241,6 +243,37 @@ def children(process: int) -> list[int]:
                 found.append(int(entry.name))
                 parents.add(int(entry.name))
     return found
+
+
+# A reading process with its decoding processes started, then killed as kill -9 (or a batch
+# system's time limit) kills: no chance to stop its workers.
+KILLED_READER = """
+import os, signal, sys, torch
+from vggfeat.reading import Budget, ImageReader, _DecodingProcesses
+reader = ImageReader(torch.device("cpu"), "pil", 2, max_pixels=10**8, min_side=32, processes=True)
+workers = _DecodingProcesses(reader, Budget(None))
+for _ in range(4):
+    workers.pool.submit(os.getpid).result()
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, workers.pool._processes)))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_decoding_processes_end_when_the_reading_process_is_killed(tmp_path):
+    listed, errors = tmp_path / "workers", tmp_path / "stderr"
+    with open(errors, "w") as stderr:  # not a pipe: workers that outlive the reader would hold it open
+        reader = subprocess.run([sys.executable, "-c", KILLED_READER, listed], stdout=subprocess.DEVNULL,
+                                stderr=stderr, timeout=120)
+    assert reader.returncode == -signal.SIGKILL, errors.read_text()
+    workers = [int(pid) for pid in listed.read_text().split()]
+    assert workers
+    try:
+        assert not any(map(running, workers)), "decoding processes outlived their reader"
+    finally:
+        for process in filter(running, workers):
+            os.kill(process, signal.SIGKILL)
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monkeypatch):

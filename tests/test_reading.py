@@ -11,12 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +23,7 @@ import vggfeat.jpeg
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
-from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main, running
+from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS, READ_RETRY_DELAYS, decode_image
 from vggfeat.jpeg import decoder_library
@@ -181,39 +177,6 @@ def test_a_read_that_the_storage_fails_for_a_moment_is_tried_again(decoder, tmp_
     # Tried again after each delay, and no more (a JPEG is first read for libjpeg-turbo, then by PIL).
     assert 99 - failing["c.jpg"] == 1 + len(READ_RETRY_DELAYS) + (decoder != "pil")
     assert set(waits) == set(READ_RETRY_DELAYS)
-
-
-# A reading process with its decoding processes started, then killed as kill -9 (or a batch
-# system's time limit) kills: no chance to stop its workers.
-KILLED_READER = """
-import os, signal, sys, torch
-from vggfeat.reading import Budget, ImageReader, _DecodingProcesses
-reader = ImageReader(torch.device("cpu"), "pil", 2, max_pixels=10**8, min_side=32, processes=True)
-workers = _DecodingProcesses(reader, Budget(None))
-for _ in range(4):
-    workers.pool.submit(os.getpid).result()
-with open(sys.argv[1], "w") as f:
-    f.write(" ".join(map(str, workers.pool._processes)))
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-def test_decoding_processes_end_when_the_reading_process_is_killed(tmp_path, worker_memory):
-    if worker_memory == "slots":
-        pytest.skip("the same processes either way")
-    listed, errors = tmp_path / "workers", tmp_path / "stderr"
-    with open(errors, "w") as stderr:  # not a pipe: workers that outlive the reader would hold it open
-        reader = subprocess.run([sys.executable, "-c", KILLED_READER, listed], stdout=subprocess.DEVNULL,
-                                stderr=stderr, timeout=120)
-    assert reader.returncode == -signal.SIGKILL, errors.read_text()
-    workers = [int(pid) for pid in listed.read_text().split()]
-    assert workers
-    try:
-        assert not any(map(running, workers)), "decoding processes outlived their reader"
-    finally:
-        for process in filter(running, workers):
-            os.kill(process, signal.SIGKILL)
 
 
 def counting_decodes(monkeypatch) -> list[str]:

@@ -29,6 +29,9 @@ from .settings import check_choice, check_options, check_scales, resolve_decoder
 PAPER_SCALES = (256, 384, 512)
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
+# Why an image whose descriptor came out NaN or infinite is recorded as failed.
+NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
+              "--precision bf16 or fp32)")
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
 # a batch that still does not fit is split), and hold at most GPU_AUTO_BATCH inputs.
 GPU_MEMORY_SHARE = 0.4
@@ -41,8 +44,6 @@ CPU_AUTO_BATCH = 16
 # recur, at most AUTOTUNED_SHAPES of them (Extractor._autotunes), and with autotune="auto" only in
 # runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
 # of tuning pays for itself. Other batches run cuDNN's heuristic choice.
-NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
-              "--precision bf16 or fp32)")
 AUTOTUNED_SHAPES = 8
 AUTOTUNE_MIN_IMAGES = 50_000
 

@@ -433,9 +433,7 @@ def _exit_after(process: int) -> None:
 def _running(process: int) -> bool:
     try:
         os.kill(process, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's: the reading process's number was reused
+    except (ProcessLookupError, PermissionError):  # gone; or its number reused by someone else's
         return False
     return True
 
