@@ -7,7 +7,9 @@ Plain functions, no pytest magic, so any test file can ``from runhelpers import 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +19,9 @@ import h5py
 import numpy as np
 import pytest
 
+import vggfeat.decode
 import vggfeat.extractor
+import vggfeat.jpeg
 from imagefiles import write_corrupt, write_exif_rotated, write_rgb
 
 # The cheapest honest configuration: random weights, one scale, no flip; on the CPU, so that
@@ -68,6 +72,25 @@ def write_plain_folder(root, count: int, start_seed: int = 0, height: int = 224,
         write_rgb(path, height, width + 4 * i, seed=start_seed + i)
         paths.append(path)
     return paths
+
+
+def flaky_storage(monkeypatch, failing: dict[str, int]) -> list[float]:
+    """Reads of the files named in ``failing`` fail with EIO that many times first, as on a network
+    file system's or an object store mount's timeout; returns the waits between tries."""
+    real, waits = vggfeat.decode.open_image_file, []
+
+    def open_image_file(path):
+        name = os.path.basename(path)
+        if failing.get(name, 0) > 0:
+            failing[name] -= 1
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real(path)
+
+    for module in (vggfeat.decode, vggfeat.jpeg):
+        monkeypatch.setattr(module, "open_image_file", open_image_file)
+    monkeypatch.setattr(vggfeat.decode.time, "sleep", waits.append)
+    return waits
+
 
 
 # --------------------------------------------------------------------------- output files

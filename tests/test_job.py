@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 import vggfeat.job
-from runhelpers import assert_same_output, read_output, write_labelled_folder, write_plain_folder
+from runhelpers import assert_same_output, flaky_storage, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
@@ -211,6 +211,26 @@ def test_resume_after_a_crash_recomputes_only_missing_images(tmp_path, labelled,
     assert (result.rows, result.failed, result.computed) == (5, 1, 2)
     assert_same_output(read_output(output), reference[1])
     assert not work.exists()
+
+
+def test_a_run_stops_when_the_storage_goes_away_recording_none_of_its_images_as_failed(tmp_path, extractor, monkeypatch):
+    files = write_plain_folder(tmp_path / "images", 12)
+    images = find_images(tmp_path / "images")
+    ExtractionJob(extractor, images, tmp_path / "reference.h5", part_images=PART).run()
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    monkeypatch.setattr(vggfeat.job, "STORAGE_FAILURES_TO_STOP", 4)
+    # From the seventh image on, every read fails, however often tried: a file system gone away.
+    flaky_storage(monkeypatch, {path.name: 10**6 for path in files[6:]})
+    with pytest.raises(OSError, match=r"the last 4 images in a row could not be read \(storage error "
+                                      r"\(Input/output error\), 3 tries\): their storage seems to be unavailable"):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    # The parts hold the images before it, and no image that the storage failed to give.
+    assert sorted(path.name for path in work.glob("part-*.h5")) == [
+        f"part-{start:012d}-{start + 2:012d}.h5" for start in (0, 2, 4)]
+    monkeypatch.undo()  # the storage is back: the same job describes the rest
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert job.done == 6 and job.run().failed == 0
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
 def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, reference, extractor, monkeypatch):

@@ -9,7 +9,6 @@ process instead, so that the decoder they replace is the one the workers run.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 import time
@@ -18,12 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import vggfeat.decode
-import vggfeat.jpeg
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
-from runhelpers import FAST, gpu_full_for, read_output, reusing_network, run_main
+from runhelpers import FAST, flaky_storage, gpu_full_for, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS, READ_RETRY_DELAYS, decode_image
 from vggfeat.jpeg import decoder_library
@@ -143,24 +140,6 @@ def test_processes_that_cannot_start_stop_the_run_with_a_message(forked_workers,
         decoded(one_image(tmp_path))
 
 
-def flaky_storage(monkeypatch, failing: dict[str, int]) -> list[float]:
-    """Reads of the files named in ``failing`` fail with EIO that many times first, as on a network
-    file system's or an object store mount's timeout; returns the waits between tries."""
-    real, waits = vggfeat.decode.open_image_file, []
-
-    def open_image_file(path):
-        name = os.path.basename(path)
-        if failing.get(name, 0) > 0:
-            failing[name] -= 1
-            raise OSError(errno.EIO, "Input/output error", str(path))
-        return real(path)
-
-    for module in (vggfeat.decode, vggfeat.jpeg):
-        monkeypatch.setattr(module, "open_image_file", open_image_file)
-    monkeypatch.setattr(vggfeat.decode.time, "sleep", waits.append)
-    return waits
-
-
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_a_read_that_the_storage_fails_for_a_moment_is_tried_again(decoder, tmp_path, monkeypatch):
     paths = [tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "c.jpg"]
@@ -173,7 +152,7 @@ def test_a_read_that_the_storage_fails_for_a_moment_is_tried_again(decoder, tmp_
     for expected, result in zip(clean[:2], results[:2]):  # the same pixels as if nothing had failed
         assert np.array_equal(as_hwc(result), as_hwc(expected))
     # Always failing: recorded as the storage's error once the tries are spent.
-    assert isinstance(results[2], ImageError) and "Input/output error" in str(results[2])
+    assert isinstance(results[2], ImageError) and str(results[2]) == "storage error (Input/output error), 3 tries"
     # Tried again after each delay, and no more (a JPEG is first read for libjpeg-turbo, then by PIL).
     assert 99 - failing["c.jpg"] == 1 + len(READ_RETRY_DELAYS) + (decoder != "pil")
     assert set(waits) == set(READ_RETRY_DELAYS)

@@ -42,6 +42,8 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EC
                               errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH,
                               errno.EAGAIN})
 READ_RETRY_DELAYS = (0.5, 2.0)
+# How the reason of an image that the storage failed to give starts (ExtractionJob stops on a run of them).
+STORAGE_ERROR = "storage error"
 
 
 def decode_image(
@@ -72,6 +74,8 @@ def decode_image(
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as error:
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            raise ImageError(f"{STORAGE_ERROR} ({error.strerror}), {1 + len(READ_RETRY_DELAYS)} tries") from None
         raise ImageError(_reason(error)) from None
 
     height, width = rgb.shape[:2]

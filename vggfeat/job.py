@@ -9,6 +9,7 @@ existing file is only ever replaced by a complete one, and only with ``overwrite
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +29,8 @@ import torchvision
 from ._version import __version__
 from .discover import ImageSet
 from .errors import VggfeatError
-from .extractor import Extractor
+from .decode import STORAGE_ERROR
+from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
 from .store import (FORMAT_VERSION, assemble, check_output_path, list_parts, open_h5, replace_durably, write_json,
                     write_part)
@@ -36,6 +38,9 @@ from .store import (FORMAT_VERSION, assemble, check_output_path, list_parts, ope
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
+# Images in a row that the storage fails to give (each tried 3 times) before a run stops, rather
+# than record every image as failed while a file system is away.
+STORAGE_FAILURES_TO_STOP = 64
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ class ExtractionJob:
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
 
     def _fill(self, offset: int, files: list[Path], progress: Callable[[int], None] | None) -> None:
-        pending: list = []
+        pending: list[Chunk] = []
         start, since = offset, time.monotonic()
         # Parts smaller than the extractor's default chunk need chunks of that size, or a part would
         # hold a whole chunk (16 images or more) whatever part_images says.
@@ -136,16 +141,38 @@ class ExtractionJob:
         # write (0.05-0.2 s with its fsync) would otherwise stall a fast GPU once per part.
         with ThreadPoolExecutor(1, thread_name_prefix="vggfeat-write") as writer:
             writing: Future | None = None
+
+            def commit(chunks: list[Chunk]) -> None:
+                nonlocal writing, start, since
+                if chunks:
+                    end = offset + chunks[-1].end
+                    if writing is not None:
+                        writing.result()  # the previous part is on disk (or its error raised here)
+                    writing = writer.submit(self._commit, start, end, chunks, offset)
+                    start, since = end, time.monotonic()
+
+            unread = 0  # images in a row, up to the last one, that the storage failed to give
             for chunk in self.extractor.iter_chunks(files, chunk_images=chunk_images):
                 pending.append(chunk)
                 if progress:
                     progress(chunk.end - chunk.start)
-                end = offset + chunk.end
-                if end - start >= self.part_images or time.monotonic() - since >= self.part_seconds or end == offset + len(files):
+                unread = _unread_run(chunk, unread)
+                # Chunks whose every image the storage failed to give wait for the next: if the
+                # storage has gone away, the run stops before they are recorded as failed.
+                ready = pending[: len(pending) - _unread_chunks(pending)]
+                if unread >= STORAGE_FAILURES_TO_STOP:
+                    commit(ready)
                     if writing is not None:
-                        writing.result()  # the previous part is on disk (or its error raised here)
-                    writing = writer.submit(self._commit, start, end, pending, offset)
-                    pending, start, since = [], end, time.monotonic()
+                        writing.result()
+                    raise OSError(errno.EIO, f"the last {unread} images in a row could not be read "
+                                             f"({chunk.failures[-1][1]}): their storage seems to be unavailable")
+                end = offset + chunk.end
+                if end == offset + len(files):
+                    ready = pending
+                elif end - start < self.part_images and time.monotonic() - since < self.part_seconds:
+                    continue
+                commit(ready)
+                pending = pending[len(ready):]
             if writing is not None:
                 writing.result()
 
@@ -260,6 +287,24 @@ class ExtractionJob:
             attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
                          collection_sha256=self.collection.digest())
         return attrs
+
+
+def _unread_run(chunk: Chunk, run: int) -> int:
+    """``run`` images in a row that the storage failed to give, before ``chunk``: how many after it."""
+    reasons = dict(chunk.failures)
+    for index in range(chunk.start, chunk.end):
+        run = run + 1 if reasons.get(index, "").startswith(STORAGE_ERROR) else 0
+    return run
+
+
+def _unread_chunks(chunks: list[Chunk]) -> int:
+    """How many of the last ``chunks`` have only images that the storage failed to give."""
+    count = 0
+    for chunk in reversed(chunks):
+        if chunk.indices or not all(reason.startswith(STORAGE_ERROR) for _, reason in chunk.failures):
+            break
+        count += 1
+    return count
 
 
 def _differences(previous: dict, current: dict) -> list[str]:
