@@ -282,6 +282,16 @@ def test_bad_options_raise_clear_errors(random_vgg16, options, words):
         assert word in message, f"{word!r} not in {message!r}"
 
 
+def test_a_gpu_that_is_not_there_is_refused_by_name(random_vgg16, monkeypatch):
+    if not torch.cuda.is_available():  # as on a machine with two GPUs
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    count = torch.cuda.device_count()
+    with pytest.raises(VggfeatError, match=rf"cuda:{count} asked for, but this machine has {count} GPU\(s\): "
+                                           rf"cuda:0 to cuda:{count - 1}"):
+        Extractor(random_vgg16, device=f"cuda:{count}")
+
+
 def test_unknown_errors_mode_is_refused(random_vgg16):
     with pytest.raises(VggfeatError, match="errors"):
         Extractor(random_vgg16, scales=[224], device="cpu").extract([], errors="skip")

@@ -99,6 +99,9 @@ def resolve_device(name: str) -> torch.device:
         raise VggfeatError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise VggfeatError(f"device {name} asked for, but this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
     return device
 
 
