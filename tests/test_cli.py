@@ -40,6 +40,7 @@ from runhelpers import (
     write_plain_folder,
 )
 import vggfeat.job
+from vggfeat.cli import options
 from vggfeat import Extractor
 from vggfeat.reading import ImageReader
 
@@ -274,6 +275,19 @@ def test_decoding_processes_end_when_the_reading_process_is_killed(tmp_path):
     finally:
         for process in filter(running, workers):
             os.kill(process, signal.SIGKILL)
+
+
+def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 3)
+    monkeypatch.setattr(options, "LOG_EVERY", 0.0)  # a line at every update (a minute apart in a real log)
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1",
+                             "--batch-size", "1"])
+    assert code == 0, err
+    assert "\r" not in err  # stderr is a file here: no bar redrawn over itself
+    lines = re.findall(r"^vgg16 conv1_1 Q=224: (\d) of 3 images \((\d+\.\d)%\), [\d.,]+ images/s, about \d+ (?:s|min) left$",
+                       err, flags=re.MULTILINE)
+    assert lines and lines[-1] == ("3", "100.0"), err
+    assert "finding images in" in err
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monkeypatch):

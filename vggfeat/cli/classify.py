@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..classifier import Classifier
 from ..predictions import ClassificationResult, check_output, classify_images, read_labels
@@ -51,8 +50,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     say(options.describe_settings(classifier))
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
-    with tqdm(total=len(images), unit="img", disable=True if quiet else None, dynamic_ncols=True,
-              desc=f"{model} {setting}") as bar:
+    with options.progress_bar(quiet, total=len(images), unit="images", desc=f"{model} {setting}") as bar:
         result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
                                  progress=bar.update)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)

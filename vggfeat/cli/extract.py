@@ -6,7 +6,6 @@ import shutil
 import sys
 
 import click
-from tqdm import tqdm
 
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob
@@ -81,8 +80,8 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if job.unlocked_because:
         say(f"note: the file system of {job.work} has no locks ({job.unlocked_because}): nothing stops a second run "
             "on the same output while this one runs", fg="yellow")
-    with tqdm(total=job.total, initial=job.done, unit="img", disable=True if quiet else None,
-              desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}", dynamic_ncols=True) as bar:
+    with options.progress_bar(quiet, total=job.total, initial=job.done, unit="images",
+                              desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}") as bar:
         try:
             result = job.run(progress=bar.update)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (options.Terminated)

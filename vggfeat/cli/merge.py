@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..merge import merge_shards
 from . import options
@@ -24,7 +23,7 @@ def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
     if len(paths) < 2:
         raise click.UsageError("expected the shard files and then OUTPUT")
     *shards, output = paths
-    with tqdm(unit="row", desc=f"merging into {output.name}", disable=True if quiet else None, dynamic_ncols=True) as bar:
+    with options.progress_bar(quiet, unit="rows", desc=f"merging into {output.name}") as bar:
 
         def progress(rows: int, total: int) -> None:
             bar.total = total

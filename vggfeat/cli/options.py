@@ -9,8 +9,10 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -107,9 +109,60 @@ def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
     """
     if file_list:
         return read_file_list(file_list, root)
-    with tqdm(unit=" images", desc=f"finding images in {paths[0]}", delay=2, disable=True if quiet else None,
-              dynamic_ncols=True) as bar:
+    with progress_bar(quiet, unit="images", desc=f"finding images in {paths[0]}", delay=2) as bar:
         return find_images(paths[0], progress=bar.update)
+
+
+# Without a terminal (a batch job's log file), progress is a line this often (seconds), not a bar
+# redrawn ten times a second into the file, nor nothing for days.
+LOG_EVERY = 60.0
+
+
+def progress_bar(quiet: bool, **bar: Any) -> tqdm | ProgressLines:
+    """A tqdm bar (``bar``: its options) on a terminal; in a log file, :class:`ProgressLines`;
+    nothing with ``--quiet``."""
+    if quiet or sys.stderr.isatty():
+        return tqdm(disable=quiet, dynamic_ncols=True, **bar)
+    return ProgressLines(bar.get("total"), bar.get("initial", 0), bar.get("unit", "it"), bar.get("desc", ""))
+
+
+class ProgressLines:
+    """tqdm's ``update`` for a log file: a line of progress, rate and time left every LOG_EVERY seconds."""
+
+    def __init__(self, total: int | None, initial: int, unit: str, desc: str) -> None:
+        self.total, self.n, self.initial, self.unit, self.desc = total, initial, initial, unit, desc
+        self.started = self.said = time.monotonic()
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        now = time.monotonic()
+        if now - self.said >= LOG_EVERY:
+            self.said = now
+            click.echo(self.line(now), err=True)
+
+    def line(self, now: float) -> str:
+        rate = (self.n - self.initial) / max(now - self.started, 1e-9)
+        if not self.total:
+            return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.1f} {self.unit}/s"
+        left = f", about {_duration((self.total - self.n) / rate)} left" if rate > 0 else ""
+        return (f"{self.desc}: {self.n:,} of {self.total:,} {self.unit} ({100 * self.n / self.total:.1f}%), "
+                f"{rate:,.1f} {self.unit}/s{left}")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes} min" if minutes else f"{round(seconds)} s"
 
 
 class Terminated(KeyboardInterrupt):
