@@ -22,6 +22,7 @@ import pytest
 import vggfeat.decode
 import vggfeat.extractor
 import vggfeat.jpeg
+import vggfeat.job
 from imagefiles import write_corrupt, write_exif_rotated, write_rgb
 
 # The cheapest honest configuration: random weights, one scale, no flip; on the CPU, so that
@@ -90,6 +91,32 @@ def flaky_storage(monkeypatch, failing: dict[str, int]) -> list[float]:
         monkeypatch.setattr(module, "open_image_file", open_image_file)
     monkeypatch.setattr(vggfeat.decode.time, "sleep", waits.append)
     return waits
+
+
+
+# --------------------------------------------------------------------------- interrupted runs
+
+
+def crash_on_part(monkeypatch, number: int, error: Exception | None = None) -> None:
+    """Make the ``number``-th part write (1-based) raise ``error``, by default like a run killed at
+    that moment."""
+    real, calls = vggfeat.job.write_part, []
+
+    def write_part(*args):
+        calls.append(args[1:3])
+        if len(calls) == number:
+            raise error or RuntimeError("simulated crash")
+        return real(*args)
+
+    monkeypatch.setattr(vggfeat.job, "write_part", write_part)
+
+
+def interrupted_run(monkeypatch, args: list, after_parts: int = 1) -> None:
+    """Run ``vggfeat ARGS`` in this process and let it die after ``after_parts`` parts."""
+    crash_on_part(monkeypatch, after_parts + 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main(args)
+    monkeypatch.undo()
 
 
 

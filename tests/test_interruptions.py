@@ -1,0 +1,279 @@
+"""What an extraction survives: kill -9 and SIGTERM, a full disk, its storage going away, and file
+systems without locks; each time the same command resumes without losing or repeating a row.
+
+Runs are in this process through ``vggfeat.cli.main`` with the session's random VGG16, except where
+a real process must be killed or must run under another C library (``LD_PRELOAD``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from imagefiles import write_corrupt
+from runhelpers import (
+    FAST,
+    assert_same_output,
+    command,
+    crash_on_part,
+    error_line,
+    interrupted_run,
+    process_state,
+    read_output,
+    reusing_network,
+    run_main,
+    running,
+    write_labelled_folder,
+    write_plain_folder,
+)
+import vggfeat.job
+
+CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
+
+
+@pytest.fixture(autouse=True)
+def cached_network(random_vgg16):
+    with reusing_network(random_vgg16):
+        yield
+
+
+# --------------------------------------------------------------------------- kills, signals and full disks
+
+
+def started_until_a_part(args: list, work) -> subprocess.Popen:
+    """``vggfeat ARGS`` in a process of its own, once it has written a first part into ``work``."""
+    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(work.glob("part-*.h5")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no part after 180 s, or the run ended before one was seen:\n{process.communicate()[1]}")
+        time.sleep(0.01)
+    return process
+
+
+def test_resume_after_kill_9(tmp_path):
+    images = tmp_path / "images"
+    write_plain_folder(images, 5)
+    write_corrupt(images / "img02x.png")  # a failure in the middle
+    output, reference = tmp_path / "out.h5", tmp_path / "reference.h5"
+    work = tmp_path / "out.h5.parts"
+    # fc7 on the CPU: slow enough (a part every 0.1 to 1 s) to be caught between parts.
+    options = [*FAST, "--part-size", "1"]
+
+    process = started_until_a_part(["extract", images, output, *options], work)
+    try:
+        assert not output.exists()
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not output.exists()
+    done = len(list(work.glob("part-*.h5")))
+    assert 1 <= done < 6, f"{done} parts: the kill came too late to test resuming"
+
+    resumed = subprocess.Popen(command(["extract", images, output, *options]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The uninterrupted run, in this process while the other one starts (same options, same parts).
+    code, _, err = run_main(["extract", images, reference, *options])
+    assert code == 0, err
+    stderr = resumed.communicate(timeout=180)[1]
+    assert resumed.returncode == 0, stderr
+    assert f"resuming: {done} of 6 images were done by an interrupted run" in stderr
+    assert re.search(rf"5 descriptors .*1 failed; {6 - done} images in", stderr), stderr
+    assert not work.exists()
+    assert_same_output(read_output(output), read_output(reference))
+    assert read_output(output)["failed_paths"] == ["img02x.png"]
+    assert read_output(output)["attrs"]["command"].endswith("--no-flip --device cpu --part-size 1")
+
+
+def test_sigterm_stops_the_run_keeping_its_parts_and_its_workers_go(tmp_path):
+    write_plain_folder(tmp_path / "images", 6)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    # A batch system's time limit: SIGTERM, in a run with decoding processes to stop too.
+    args = ["extract", tmp_path / "images", output, *FAST, "--part-size", "1", "--decode-in", "processes"]
+    process = started_until_a_part(args, work)
+    try:
+        workers = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == f"terminated: finished parts are kept in {work}; run the same command to resume", stderr
+    assert "Traceback" not in stderr and not output.exists()
+    assert len(list(work.glob("part-*.h5"))) >= 1
+    assert len(workers) >= 2 and not any(map(running, workers)), "processes outlived the run"
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming:" in err, err
+
+
+def children(process: int) -> list[int]:
+    """The processes started by ``process``, and by those (decoding workers come from a server)."""
+    found, parents = [], {process}
+    for _ in range(3):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in parents and process_state(int(entry.name))[1] in parents:
+                found.append(int(entry.name))
+                parents.add(int(entry.name))
+    return found
+
+
+# A reading process with its decoding processes started, then killed as kill -9 (or a batch
+# system's time limit) kills: no chance to stop its workers.
+KILLED_READER = """
+import os, signal, sys, torch
+from vggfeat.reading import Budget, ImageReader, _DecodingProcesses
+reader = ImageReader(torch.device("cpu"), "pil", 2, max_pixels=10**8, min_side=32, processes=True)
+workers = _DecodingProcesses(reader, Budget(None))
+for _ in range(4):
+    workers.pool.submit(os.getpid).result()
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, workers.pool._processes)))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_decoding_processes_end_when_the_reading_process_is_killed(tmp_path):
+    listed, errors = tmp_path / "workers", tmp_path / "stderr"
+    with open(errors, "w") as stderr:  # not a pipe: workers that outlive the reader would hold it open
+        reader = subprocess.run([sys.executable, "-c", KILLED_READER, listed], stdout=subprocess.DEVNULL,
+                                stderr=stderr, timeout=120)
+    assert reader.returncode == -signal.SIGKILL, errors.read_text()
+    workers = [int(pid) for pid in listed.read_text().split()]
+    assert workers
+    try:
+        assert not any(map(running, workers)), "decoding processes outlived their reader"
+    finally:
+        for process in filter(running, workers):
+            os.kill(process, signal.SIGKILL)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 4)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "1"]
+    crash_on_part(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device", str(work / "part.tmp")))
+    code, _, err = run_main(args)
+    monkeypatch.undo()
+    assert code == 1
+    assert error_line(err) == (f"Error: [Errno 28] No space left on device: '{work / 'part.tmp'}'; finished parts "
+                               f"are kept in {work}: run the same command to resume")
+    assert len(list(work.glob("part-*.h5"))) == 2 and not output.exists()
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming: 2 of 4 images" in err, err
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+
+
+def test_a_disk_full_as_the_output_is_assembled_costs_no_image(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 2)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vggfeat.job, "assemble", full)
+    code, _, err = run_main(args)
+    assert code == 1 and "No space left on device" in error_line(err)
+    monkeypatch.undo()
+    code, _, err = run_main(args)
+    assert code == 0, err
+    assert "resuming: 2 of 2 images" in err
+    assert "2 descriptors (64-d float32), 0 failed; every image was described by the interrupted run" in err
+
+
+def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monkeypatch):
+    write_plain_folder(tmp_path / "images", 4)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1"]
+    interrupted_run(monkeypatch, args, after_parts=2)
+    # conv1_1 in float32: 64 values of 4 bytes per row, plus at most 128 bytes of path and the like;
+    # resumed with 2 of 4 images done, the run writes 2 rows of parts and then 4 of output.
+    row, usage = 64 * 4 + vggfeat.job._ROW_EXTRAS, shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6 * row - 1))
+    code, _, err = run_main([*args, "--quiet"])  # said even with --quiet
+    assert code == 0, err
+    assert (f"WARNING: this run needs up to {6 * row / 1024:.1f} KiB more disk (its parts, then the output "
+            f"assembled beside them) and {(6 * row - 1) / 1024:.1f} KiB is free in {tmp_path}; --dtype float16 "
+            "halves it.") in " ".join(err.split())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * row))
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "fresh.h5", *CHEAP])
+    assert code == 0 and "more disk" not in err, err
+
+
+# --------------------------------------------------------------------------- file systems without locks
+
+NO_LOCKS = "No locks available"  # what NFS without its lock daemon answers (ENOLCK)
+
+
+def lockless_commands(folder) -> list[list]:
+    """extract, then the commands that read its file and write others, in a folder of ``folder``."""
+    write_labelled_folder(folder / "images")
+    features, model = folder / "out.h5", folder / "model.svm.h5"
+    return [["extract", folder / "images", features, *CHEAP], ["info", features],
+            ["train-svm", features, model, "--C", "1"], ["predict", model, features, folder / "predicted.csv"]]
+
+
+def test_a_file_system_without_locks_is_used_all_the_same(tmp_path, monkeypatch):
+    real_file = h5py.File
+
+    def file(*args, locking=None, **kwargs):  # HDF5 on such a file system: every locked open fails
+        if locking is not False:
+            raise OSError(errno.ENOLCK, "Unable to synchronously open file (unable to lock file, errno = 37, "
+                                        f"error message = '{NO_LOCKS}')")
+        return real_file(*args, locking=locking, **kwargs)
+
+    def flock(*args):
+        raise OSError(errno.ENOLCK, NO_LOCKS)
+
+    monkeypatch.setattr(h5py, "File", file)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    said = []
+    for args in lockless_commands(tmp_path):
+        code, _, err = run_main(args)
+        assert code == 0, err
+        said.append(" ".join(err.split()))
+    assert f"the file system of {tmp_path / 'out.h5.parts'} has no locks ({NO_LOCKS})" in said[0]
+    monkeypatch.undo()
+    assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
+
+
+def test_a_file_that_cannot_be_read_is_not_called_a_foreign_one(tmp_path, monkeypatch):
+    features = tmp_path / "out.h5"
+    assert run_main(lockless_commands(tmp_path)[0])[0] == 0
+
+    def file(path, *args, **kwargs):
+        raise OSError(errno.EACCES, f"Unable to synchronously open file (unable to open file: name = '{path}', "
+                                    "errno = 13, error message = 'Permission denied')")
+
+    monkeypatch.setattr(h5py, "File", file)
+    code, _, err = run_main(["train-svm", features, tmp_path / "model.h5"])
+    assert code == 1 and "Permission denied" in error_line(err) and "not an HDF5 file" not in err
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="builds a library that takes locks away (needs a C compiler)")
+def test_a_file_system_without_locks_for_real_hdf5(tmp_path):
+    # flock() answers ENOLCK for every file, in Python's fcntl and in the HDF5 library alike.
+    source, library = tmp_path / "nolocks.c", tmp_path / "nolocks.so"
+    source.write_text("#include <errno.h>\nint flock(int fd, int operation) { errno = ENOLCK; return -1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", library, source], check=True)
+    environment = {**os.environ, "LD_PRELOAD": str(library)}
+    for args in lockless_commands(tmp_path):
+        done = subprocess.run(command(args), capture_output=True, text=True, env=environment, timeout=180)
+        assert done.returncode == 0, done.stderr
+    assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
