@@ -115,7 +115,11 @@ class ExtractionJob:
         return (self.total - self.done + self.total) * row
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
-        """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk."""
+        """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk.
+
+        Raises OSError, keeping the finished parts, when the disk fills or when the images' storage
+        fails STORAGE_FAILURES_TO_STOP of them in a row: the same job then resumes.
+        """
         began = time.perf_counter()
         try:
             files = self.images.files()
