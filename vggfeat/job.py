@@ -315,10 +315,7 @@ def _differences(previous: dict, current: dict) -> list[str]:
     found = []
     if previous.get("format_version") != current["format_version"]:
         found.append(f"work folder format {previous.get('format_version')} vs {current['format_version']}")
-    before, now = previous.get("config", {}), current["config"]
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            found.append(f"{key}: {_show(before.get(key))} then, {_show(now.get(key))} now")
+    found += config_changes(previous.get("config", {}), current["config"])
     if previous.get("dtype") != current["dtype"]:
         found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
     if previous.get("shard") != current.get("shard"):
@@ -327,6 +324,12 @@ def _differences(previous: dict, current: dict) -> list[str]:
         count = previous.get("images", {}).get("count")
         found.append(f"image set: {count} files then, {current['images']['count']} now (or other names or labels)")
     return found
+
+
+def config_changes(before: dict, now: dict) -> list[str]:
+    """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that differs."""
+    return [f"{key}: {_show(before.get(key))} then, {_show(now.get(key))} now"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 
 
 def _shard(manifest: dict) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import click
 
+from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob
+from ..retry import retry_failed
 from . import options
 
 
@@ -48,9 +51,12 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="Describe only the K-th of N equal blocks of the images (one per GPU or machine); 'vggfeat merge' joins the N files.")
 @click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
 @options.overwrite
+@click.option("--retry-failed", is_flag=True,
+              help="Describe again the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, shard, part_size, overwrite, quiet) -> None:
+            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, shard, part_size, overwrite,
+            retry_failed, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -58,6 +64,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     A killed run resumes where it stopped when the same command is run again.
     """
     output = options.output_of(paths, file_list)
+    if retry_failed and overwrite:
+        raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images described again; --overwrite "
+                               "describes every image anew: choose one")
     images = options.read_images(paths, file_list, root, quiet)
     say = options.reporter(quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
@@ -69,6 +78,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
+    if retry_failed:
+        _retry(extractor, images, output, dtype, shard, quiet)
+        return
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
                         provenance={"command": options.command_line()})
     if shard:
@@ -113,3 +125,17 @@ def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
                     f"assembled beside them) and {options.size_text(free)} is free in {job.work.parent}{halve}. If the "
                     "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
                     err=True, fg="yellow", bold=True)
+
+
+def _retry(extractor: Extractor, images: ImageSet, output: Path, dtype: str, shard: tuple[int, int] | None,
+           quiet: bool) -> None:
+    say = options.reporter(quiet)
+    with options.progress_bar(quiet, unit="images", desc="failed images") as bar:
+        result = retry_failed(extractor, images, output, dtype=dtype, shard=shard, progress=bar.update,
+                              provenance={"retry_command": options.command_line()})
+    if not result.retried:
+        say(f"{result.output} lists no failed image: nothing to retry")
+        return
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {result.recovered:,} of the "
+        f"{result.retried:,} images that had failed are described now ({result.seconds:.1f} s)")

@@ -1,0 +1,108 @@
+"""``extract --retry-failed``: the images a finished run recorded as failed are described again,
+and the file becomes the one a run without those failures writes."""
+
+from __future__ import annotations
+
+import pytest
+
+import vggfeat.retry
+from imagefiles import write_corrupt
+from runhelpers import (
+    FAST,
+    assert_same_output,
+    error_line,
+    flaky_storage,
+    read_output,
+    reusing_network,
+    run_main,
+    write_labelled_folder,
+    write_plain_folder,
+)
+from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat.retry import retry_failed
+
+CHEAP = [*FAST, "--layer", "conv1_1"]
+
+
+@pytest.fixture(autouse=True)
+def cached_network(random_vgg16):
+    with reusing_network(random_vgg16):
+        yield
+
+
+def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_path, monkeypatch):
+    write_labelled_folder(tmp_path / "images")  # its broken.jpg fails whatever happens
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+    assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
+    flaky_storage(monkeypatch, {"a.png": 10**6, "turned.jpg": 10**6})  # away while these were read
+    assert run_main(args)[0] == 0
+    monkeypatch.undo()
+    assert sorted(read_output(tmp_path / "out.h5")["failed_paths"]) == ["broken.jpg", "cats/a.png", "dogs/turned.jpg"]
+
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0, err
+    assert "5 descriptors (64-d float32), 1 failed; 2 of the 3 images that had failed are described now" in err
+    retried, reference = read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5")
+    assert_same_output(retried, reference)
+    assert retried["attrs"]["retry_command"].endswith("--retry-failed") and "failures_retried" in retried["attrs"]
+    assert retried["attrs"]["command"] == reference["attrs"]["command"].replace("reference.h5", "out.h5")
+    code, _, err = run_main([*args, "--retry-failed"])  # broken.jpg is still broken
+    assert code == 0 and "1 of the 1 images" not in err and "0 of the 1 images that had failed" in err, err
+    write_plain_folder(tmp_path / "clean", 2)
+    assert run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *CHEAP])[0] == 0
+    clean = (tmp_path / "clean.h5").read_bytes()
+    code, _, err = run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *CHEAP, "--retry-failed"])
+    assert code == 0 and "lists no failed image: nothing to retry" in err and (tmp_path / "clean.h5").read_bytes() == clean
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 1000])
+def test_new_rows_go_where_a_run_without_failures_puts_them(tmp_path, random_vgg16, monkeypatch, block_rows):
+    files = write_plain_folder(tmp_path / "images", 9)
+    write_corrupt(tmp_path / "images" / "img04x.png")  # fails again
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+    images = find_images(tmp_path / "images")
+    ExtractionJob(extractor, images, tmp_path / "reference.h5").run()
+    flaky_storage(monkeypatch, {files[i].name: 10**6 for i in (0, 3, 4, 8)})  # first, middle, around a failure, last
+    ExtractionJob(extractor, images, tmp_path / "out.h5").run()
+    monkeypatch.undo()
+    monkeypatch.setattr(vggfeat.retry, "BLOCK_ROWS", block_rows)
+    result = retry_failed(extractor, images, tmp_path / "out.h5")
+    assert (result.retried, result.recovered, result.rows, result.failed) == (5, 4, 9, 1)
+    assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
+
+
+def test_a_file_whose_every_image_had_failed(tmp_path, random_vgg16, monkeypatch):
+    files = write_plain_folder(tmp_path / "images", 3)
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+    images = find_images(tmp_path / "images")
+    ExtractionJob(extractor, images, tmp_path / "reference.h5").run()
+    flaky_storage(monkeypatch, {path.name: 10**6 for path in files})
+    assert ExtractionJob(extractor, images, tmp_path / "out.h5").run().rows == 0
+    monkeypatch.undo()
+    assert retry_failed(extractor, images, tmp_path / "out.h5").recovered == 3
+    assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
+
+
+def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp_path):
+    write_plain_folder(tmp_path / "images", 2)
+    write_corrupt(tmp_path / "images" / "bad.png")
+    output = tmp_path / "out.h5"
+    args = ["extract", tmp_path / "images", output, *CHEAP]
+    assert run_main(args)[0] == 0
+    before = output.read_bytes()
+    refusals = [
+        (["extract", tmp_path / "images", output, *FAST, "--layer", "conv1_2", "--retry-failed"],
+         "was made with other options (layer: conv1_1 then, conv1_2 now"),
+        ([*args, "--retry-failed", "--dtype", "float16"], "dtype: float32 then, float16 now"),
+        ([*args, "--retry-failed", "--overwrite"], "choose one"),
+        (["extract", tmp_path / "images", tmp_path / "none.h5", *CHEAP, "--retry-failed"], "output file not found"),
+    ]
+    write_plain_folder(tmp_path / "more", 3)
+    refusals.append((["extract", tmp_path / "more", output, *CHEAP, "--retry-failed"], "describes another set of images"))
+    for refused, words in refusals:
+        code, _, err = run_main(refused)
+        assert code == 2 and words in error_line(err), err
+    (tmp_path / "out.h5.parts").mkdir()
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 2 and "run it to its end" in error_line(err)
+    assert output.read_bytes() == before
