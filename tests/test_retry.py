@@ -55,7 +55,7 @@ def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_p
     assert code == 0 and "lists no failed image: nothing to retry" in err and (tmp_path / "clean.h5").read_bytes() == clean
 
 
-@pytest.mark.parametrize("block_rows", [1, 3, 1000])
+@pytest.mark.parametrize("block_rows", [1, 3, 1000])  # of the old file's rows copied at a time
 def test_new_rows_go_where_a_run_without_failures_puts_them(tmp_path, random_vgg16, monkeypatch, block_rows):
     files = write_plain_folder(tmp_path / "images", 9)
     write_corrupt(tmp_path / "images" / "img04x.png")  # fails again
@@ -65,7 +65,7 @@ def test_new_rows_go_where_a_run_without_failures_puts_them(tmp_path, random_vgg
     flaky_storage(monkeypatch, {files[i].name: 10**6 for i in (0, 3, 4, 8)})  # first, middle, around a failure, last
     ExtractionJob(extractor, images, tmp_path / "out.h5").run()
     monkeypatch.undo()
-    monkeypatch.setattr(vggfeat.retry, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(vggfeat.retry, "BLOCK_BYTES", block_rows * 64 * 4)  # conv1_1: 64 float32 values a row
     result = retry_failed(extractor, images, tmp_path / "out.h5")
     assert (result.retried, result.recovered, result.rows, result.failed) == (5, 4, 9, 1)
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))

@@ -26,7 +26,7 @@ from .extractor import Extractor
 from .job import config_changes
 from .store import create_datasets, mark_complete, open_h5, open_hdf5, written_atomically
 
-BLOCK_ROWS = 65_536  # rows of the old file copied at a time
+BLOCK_BYTES = 64 * 2**20  # of the old file's descriptors copied at a time
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def _rewrite(old: h5py.File, out: h5py.File, rows: list[_Row], failures: list[tu
     features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(
         out, count + len(rows), len(failures), dim, dtype, list(old["classes"].asstr()[:]))
     written = taken = 0
-    for start in range(0, max(count, 1), BLOCK_ROWS):
-        end = min(start + BLOCK_ROWS, count)
+    block_rows = max(1, BLOCK_BYTES // (dim * np.dtype(dtype).itemsize))
+    for start in range(0, max(count, 1), block_rows):
+        end = min(start + block_rows, count)
         block_paths = list(old["paths"].asstr()[start:end])
         # New rows up to this block's last path go in it; the last block takes all that are left.
         upto = taken
