@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import VggfeatError
-from .store import open_hdf5
+from .store import open_features_file
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -43,13 +43,8 @@ class FeatureFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         hint = " (an extraction is still running or was interrupted)" if self.path.with_name(self.path.name + ".parts").is_dir() else ""
-        self._file = open_hdf5(self.path, "features", hint)
+        self._file = open_features_file(self.path, "features", hint, _REQUIRED)
         try:
-            missing = [name for name in _REQUIRED if name not in self._file]
-            if missing or "config" not in self._file.attrs:
-                raise VggfeatError(f"{self.path} is not a vggfeat features file (no {', '.join(missing) or 'config attribute'})")
-            if not bool(self._file.attrs.get("complete", False)):
-                raise VggfeatError(f"{self.path} is incomplete (complete=False): finish or redo the extraction first")
             self.features = self._file["features"]
             self.paths: list[str] = list(self._file["paths"].asstr()[:])
             self.labels: np.ndarray = self._file["labels"][:].astype(np.int64)

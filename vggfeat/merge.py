@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 
 from .errors import VggfeatError
-from .store import check_output_path, create_datasets, mark_complete, open_h5, open_hdf5, written_atomically
+from .store import check_output_path, create_datasets, mark_complete, open_features_file, open_h5, written_atomically
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
@@ -78,17 +78,10 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
 
 
 def _open_shard(path: Path) -> h5py.File:
-    f = open_hdf5(path, "shard")
-    missing = [name for name in ("features", "paths", "labels", "sizes", "classes", "failed/paths", "failed/errors") if name not in f]
-    problem = (
-        f"is not a vggfeat features file (no {', '.join(missing)})" if missing or "config" not in f.attrs
-        else "is incomplete: finish its extraction (run the same command again) first" if not f.attrs.get("complete", False)
-        else "is not a shard: it was not written with --shard" if any(key not in f.attrs for key in SHARD_ATTRS)
-        else None
-    )
-    if problem:
+    f = open_features_file(path, "shard")
+    if any(key not in f.attrs for key in SHARD_ATTRS):
         f.close()
-        raise VggfeatError(f"{path} {problem}")
+        raise VggfeatError(f"{path} is not a shard: it was not written with --shard")
     return f
 
 

@@ -24,7 +24,7 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .job import config_changes
-from .store import create_datasets, mark_complete, open_h5, open_hdf5, written_atomically
+from .store import create_datasets, mark_complete, open_features_file, open_h5, written_atomically
 
 BLOCK_BYTES = 64 * 2**20  # of the old file's descriptors copied at a time
 
@@ -69,7 +69,7 @@ def retry_failed(
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
                            "end (the same command without --retry-failed) first")
-    with open_hdf5(output, "output") as old:
+    with open_features_file(output, "output") as old:
         _check_made_alike(old, extractor, images, dtype, output)
         failed = [_index_of(images, path) for path in old["failed/paths"].asstr()[:]]
         if not failed:  # nothing to do: the file stays as it is
@@ -94,11 +94,7 @@ def retry_failed(
 
 
 def _check_made_alike(f: h5py.File, extractor: Extractor, images: ImageSet, dtype: str, output: Path) -> None:
-    """Refuse ``f`` unless complete and made of ``images`` with ``extractor``'s options and ``dtype``."""
-    if "config" not in f.attrs or any(name not in f for name in ("features", "paths", "failed/paths")):
-        raise VggfeatError(f"{output} is not a vggfeat features file")
-    if not f.attrs.get("complete", False):
-        raise VggfeatError(f"{output} is incomplete")
+    """Refuse ``f`` unless made of ``images`` with ``extractor``'s options and ``dtype``."""
     changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); retry with those that made it")

@@ -39,6 +39,8 @@ from .errors import VggfeatError
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
+# The datasets of the schema above, all of which a finished extraction writes.
+SCHEMA_DATASETS = ("features", "paths", "labels", "classes", "sizes", "failed/paths", "failed/errors")
 _CHUNK_BYTES = 2**20  # rows per HDF5 chunk: about 1 MiB, good for reading rows in order or in slices
 
 
@@ -165,6 +167,22 @@ def check_output_path(path: Path) -> None:
         raise VggfeatError(f"output {path} is a folder; name an .h5 file")
     if not path.parent.is_dir():
         raise VggfeatError(f"folder of the output does not exist: {path.parent}")
+
+
+def open_features_file(path: Path, what: str = "features", hint: str = "",
+                       required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
+    """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
+    the ``required`` datasets; otherwise a one-line error (see :func:`open_hdf5`)."""
+    f = open_hdf5(path, what, hint)
+    missing = [name for name in required if name not in f]
+    problem = (f"is not a vggfeat features file (no {', '.join(missing) or 'config attribute'})"
+               if missing or "config" not in f.attrs
+               else "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
+               if not f.attrs.get("complete", False) else None)
+    if problem:
+        f.close()
+        raise VggfeatError(f"{path} {problem}")
+    return f
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
