@@ -160,14 +160,22 @@ def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) 
     output = folder.parent / "bench.h5"
     job = ExtractionJob(extractor, images, output, overwrite=True)
     shapes: set[tuple[int, ...]] = set()
-    # The batches as the network receives them: padded, as cuDNN sees (and autotunes) them.
-    hook = extractor._runner.register_forward_pre_hook(lambda module, args: shapes.add(tuple(args[0].shape)))
+    pad_batch = vggfeat.extractor.pad_batch
+
+    def recorded(inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, sizes = pad_batch(inputs)
+        shapes.add(tuple(batch.shape))  # the batches as the network gets them, as cuDNN autotunes them
+        return batch, sizes
+
+    vggfeat.extractor.pad_batch = recorded
     profiling = profiled(profile) if profile else contextlib.nullcontext()
-    with sampled(extractor.device) as samples, waits_timed(samples), profiling:
-        began = time.perf_counter()
-        job.run()
-        samples.seconds = time.perf_counter() - began
-    hook.remove()
+    try:
+        with sampled(extractor.device) as samples, waits_timed(samples), profiling:
+            began = time.perf_counter()
+            job.run()
+            samples.seconds = time.perf_counter() - began
+    finally:
+        vggfeat.extractor.pad_batch = pad_batch
     output.unlink()
     return len(images) / samples.seconds, samples, len(shapes)
 
@@ -305,6 +313,7 @@ def main() -> None:
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
     parser.add_argument("--no-autotune", action="store_true",
                         help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
+    parser.add_argument("--compile", action="store_true", help="the network through torch.compile, in (a) and (b)")
     parser.add_argument("--switch-interval", type=float, metavar="SECONDS",
                         help="Python's GIL switch interval for the run (default 0.005): shorter bounds how long "
                              "the main thread waits for the GIL after each torch call while decoding threads run Python")
@@ -323,12 +332,13 @@ def main() -> None:
         parser.error("nvJPEG decodes in this process: --decode-in threads")
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
                           batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, decode_in=places[0],
-                          center_crop=args.center_crop, autotune="off" if args.no_autotune else "on")
+                          center_crop=args.center_crop, autotune="off" if args.no_autotune else "on",
+                          compile="on" if args.compile else "off")
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding workers; {args.count} JPEGs "
-          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()

@@ -6,6 +6,8 @@ batches over a pixel limit), so CI checks that the run goes on and its numbers d
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -94,37 +96,115 @@ def test_a_huge_photo_and_a_panorama_are_described(random_vgg16):
     assert got.shape == (2, 4096) and np.isfinite(got).all() and not np.allclose(got[0], got[1])
 
 
-def test_cudnn_autotunes_only_full_batches_of_long_runs(random_vgg16, tmp_path, monkeypatch):
-    """Autotuning costs seconds per batch shape on a GPU: only full batches (whose shapes recur),
-    at most AUTOTUNED_SHAPES of them, never with nvJPEG; with "auto" only in long runs."""
+def long_run_extractor(random_vgg16, monkeypatch):
+    """Extractors as at the start of a run over ``run`` images (a long run: 3 or more), by default
+    as if on a GPU: whether a batch is autotuned or compiled reads only the device's type."""
     import vggfeat.extractor
 
-    def batch(count: int, width: int = 224) -> list[torch.Tensor]:
-        return [torch.zeros(3, 224, width)] * count
+    monkeypatch.setattr(vggfeat.extractor, "LONG_RUN_IMAGES", 3)
 
-    def extractor(autotune: str, run: list | None = None) -> Extractor:
-        made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, autotune=autotune)
+    def extractor(run: int | None = None, cuda: bool = True, **options) -> Extractor:
+        made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, **options)
+        if cuda:
+            made.device = torch.device("cuda")
         if run is not None:
-            list(made.iter_chunks(run))  # on the CPU: the run decides whether it autotunes
-        made.device = torch.device("cuda")  # _autotunes reads only the device's type: no GPU needed
+            made._plan_tuning(run)  # as iter_chunks does
         return made
 
-    monkeypatch.setattr(vggfeat.extractor, "AUTOTUNE_MIN_IMAGES", 3)
-    paths = [tmp_path / f"{i}.png" for i in range(3)]
-    for i, path in enumerate(paths):
-        write_rgb(path, 224, 230, seed=i)
-    assert not extractor("auto")._autotunes(batch(4))  # describe() alone is no long run
-    assert not extractor("auto", run=paths[:2])._autotunes(batch(4))
-    auto = extractor("auto", run=paths)
+    return extractor
+
+
+def tuning_batch(count: int, width: int = 224) -> list[torch.Tensor]:
+    return [torch.zeros(3, 224, width)] * count
+
+
+def test_cudnn_autotunes_only_full_batches_of_long_runs(random_vgg16, monkeypatch):
+    """Autotuning costs seconds per batch shape on a GPU: only full batches (whose shapes recur),
+    at most TUNED_SHAPES of them, never with nvJPEG; with "auto" only in long runs."""
+    import vggfeat.extractor
+
+    extractor = long_run_extractor(random_vgg16, monkeypatch)
+    batch = tuning_batch
+    assert not extractor(autotune="auto")._autotunes(batch(4))  # describe() alone is no long run
+    assert not extractor(2, autotune="auto")._autotunes(batch(4))
+    auto = extractor(3, autotune="auto")
     assert auto._autotunes(batch(4)) and not auto._autotunes(batch(3))  # a left-over batch is not tuned
     tuned = [auto._autotunes(batch(4, 224 + extra)) for extra in range(1, 10)]
-    assert tuned == [True] * (vggfeat.extractor.AUTOTUNED_SHAPES - 1) + [False] * 2  # 224 was the first
+    assert tuned == [True] * (vggfeat.extractor.TUNED_SHAPES - 1) + [False] * 2  # 224 was the first
     assert auto._autotunes(batch(4)), "a shape already tuned stays tuned"
 
-    assert extractor("on")._autotunes(batch(4))
-    assert not extractor("off", run=paths)._autotunes(batch(4))
-    nvjpeg = extractor("on")
+    assert extractor(autotune="on")._autotunes(batch(4))
+    assert not extractor(3, autotune="off")._autotunes(batch(4))
+    nvjpeg = extractor(autotune="on")
     nvjpeg.decoder = "nvjpeg"  # (refused on the CPU)
     assert not nvjpeg._autotunes(batch(4))  # it hung on an H100 while cuDNN autotuned
     with pytest.raises(VggfeatError, match="unknown autotune 'always'"):
         Extractor(random_vgg16, device="cpu", autotune="always")
+
+
+def compiled_batches(monkeypatch, extractor: Extractor, fail: bool = False) -> list[int]:
+    """Record the sizes of the batches ``extractor`` runs compiled; torch.compile is replaced by a
+    stand-in that runs the network as it is (or, with ``fail``, fails as a missing compiler does)."""
+    ran: list[int] = []
+
+    def compiled(network, **options):
+        assert options == {"dynamic": False}
+
+        def run(batch, layer, sizes):
+            if fail:
+                raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+            ran.append(len(batch))
+            return network(batch, layer, sizes)
+        return run
+
+    monkeypatch.setattr(torch, "compile", compiled)
+    return ran
+
+
+def test_compiles_full_batches_of_long_runs_on_a_gpu(random_vgg16, monkeypatch, images):
+    """torch.compile costs seconds per batch shape: as autotuning, only full batches of long runs,
+    and with "auto" only on a GPU (on the CPU it gained nothing measurable). Batches that are not
+    compiled give the very same descriptors."""
+    extractor = long_run_extractor(random_vgg16, monkeypatch)
+    batch = tuning_batch
+    auto = extractor(3, compile="auto")
+    assert auto._compiling
+    assert not extractor(2, compile="auto")._compiling
+    assert not extractor(3, cuda=False, compile="auto")._compiling
+    assert not extractor(3, compile="off")._compiling
+    assert extractor(cuda=False, compile="on")._compiling
+    with pytest.raises(VggfeatError, match="unknown compile 'always'"):
+        Extractor(random_vgg16, device="cpu", compile="always")
+
+    on = extractor(cuda=False, compile="on")
+    ran = compiled_batches(monkeypatch, on)
+    plain = extractor(cuda=False, compile="off").describe(images[:5])
+    on.batch_size = 2
+    assert_close(on.describe(images[:5]), plain, 1e-5, "batches of 2 (compiled) and 1 (not)")
+    assert ran and set(ran) == {2}, "only full batches are compiled"
+    assert auto._recurring(batch(4))
+
+
+def test_a_failed_compile_warns_and_runs_uncompiled_or_stops_when_asked_for(random_vgg16, monkeypatch, images):
+    extractor = long_run_extractor(random_vgg16, monkeypatch)
+    plain = extractor(cuda=False, compile="off").describe(images[:4])
+    auto = extractor(3, cuda=False, compile="auto")
+    auto._compiling = True  # as on a GPU
+    compiled_batches(monkeypatch, auto, fail=True)
+    with pytest.warns(UserWarning, match="torch.compile failed .*C compiler.*; the network runs uncompiled"):
+        assert_close(auto.describe(images[:4]), plain, 1e-5, "uncompiled after the failure")
+    assert not auto._compiling, "tried once, not per batch"
+    on = extractor(cuda=False, compile="on")
+    compiled_batches(monkeypatch, on, fail=True)
+    with pytest.raises(VggfeatError, match=r"torch.compile failed .*; run without it \(--compile off\)"):
+        on.describe(images[:4])
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on the CPU needs a C++ compiler")
+def test_the_compiled_network_gives_the_descriptors_of_the_plain_one(images):
+    """The real torch.compile (Inductor), on the CPU: the same numbers as the network run plainly."""
+    network = load_network("vgg11", "random", 0)
+    plain = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="off").describe(images[:4])
+    compiled = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="on")
+    assert_close(compiled.describe(images[:4]), plain, 1e-4, "compiled")
+    assert compiled._compiled is not None and compiled._compiling

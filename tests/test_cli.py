@@ -235,10 +235,11 @@ def one_image(tmp_path):
         (["extract", "{images}", "{tmp}/no/such/folder/out.h5", *FAST], "folder of the output does not exist"),
         (["extract", "{images}", "{images}", *FAST], "is a folder"),
         (["extract", "{images}", "{out}", *FAST, "--cudnn-autotune", "always"], "Invalid value for '--cudnn-autotune'"),
+        (["extract", "{images}", "{out}", *FAST, "--compile", "yes"], "Invalid value for '--compile'"),
     ],
     ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
          "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder",
-         "autotune"],
+         "autotune", "compile"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):
     tmp = one_image
@@ -249,19 +250,18 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
 
 
-def test_cudnn_autotune_reaches_the_extractor(one_image, monkeypatch):
+def test_cudnn_autotune_and_compile_reach_the_extractor(one_image, monkeypatch):
     seen, real = [], Extractor.__init__
 
     def recorded(self, *args, **kwargs):
-        seen.append(kwargs["autotune"])
+        seen.append((kwargs["autotune"], kwargs["compile"]))
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(Extractor, "__init__", recorded)
-    for choice in ("on", None):
-        given = ["--cudnn-autotune", choice] if choice else []
+    for given in (["--cudnn-autotune", "on", "--compile", "off"], []):
         code, _, err = run_main(["extract", one_image / "images", one_image / "out.h5", *FAST, *given, "--overwrite"])
         assert code == 0, err
-    assert seen == ["on", "auto"]
+    assert seen == [("on", "off"), ("auto", "auto")]
 
 
 def test_real_process_exit_code_and_one_line_error(tmp_path):

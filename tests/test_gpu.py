@@ -182,3 +182,56 @@ def test_rmac_on_the_gpu_equals_the_cpu():
     on_cpu = pool_map(maps, sizes, "rmac")
     on_gpu = pool_map(maps.cuda(), sizes, "rmac").cpu()
     assert torch.allclose(on_gpu, on_cpu, atol=1e-6)
+
+
+def test_a_chunk_is_collected_without_waiting_for_the_next_chunks_work(random_vgg16, monkeypatch):
+    """Two chunks are in flight: collecting the first must wait for its own work alone. A copy to
+    the host queued only when it is collected waits for the second chunk's work as well, and the
+    GPU then idles while the host gathers the third (GPU busy 53%, RESULTS.md)."""
+    import time
+
+    import vggfeat.extractor
+
+    extractor = Extractor(random_vgg16, device="cuda", scales=[224], flip=False)
+    torch.cuda._sleep(1000)  # CUDA's lazy start, outside the timing
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    torch.cuda._sleep(int(1e9))
+    torch.cuda.synchronize()
+    chunk_seconds = time.perf_counter() - began
+
+    def slow_chunk(chunk, images):  # each chunk's work: the GPU busy for chunk_seconds
+        torch.cuda._sleep(int(1e9))
+        return torch.ones(len(images), extractor.dim, device="cuda")
+
+    monkeypatch.setattr(extractor, "_describe_chunk", slow_chunk)
+    monkeypatch.setattr(vggfeat.extractor, "ImageReader", ArraysReader)
+    chunks = extractor.iter_chunks(list(range(3)), chunk_images=1)
+    began = time.perf_counter()
+    first = next(chunks)
+    waited = time.perf_counter() - began
+    rest = list(chunks)
+    random_vgg16.to("cpu")
+    assert [c.start for c in [first, *rest]] == [0, 1, 2] and first.features.shape == (1, extractor.dim)
+    assert waited < 1.5 * chunk_seconds, f"waited {waited:.2f} s for the first chunk, whose work takes {chunk_seconds:.2f} s"
+
+
+class ArraysReader:
+    """An ImageReader stand-in: every path is one small image, decoded at once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def read(self, paths, lookahead):
+        import contextlib
+        return contextlib.nullcontext(iter([smooth_rgb(224, 224, seed=0)] * len(paths)))
+
+
+def test_the_compiled_network_gives_the_plain_ones_descriptors_on_the_gpu(random_vgg16, images):
+    options = dict(device="cuda", scales=[256], center_crop=True, batch_size=2, precision="fp32")
+    plain = Extractor(random_vgg16, compile="off", **options).describe(images[:5])
+    compiled = Extractor(random_vgg16, compile="on", **options)
+    got = compiled.describe(images[:5])  # two full batches compiled, the last one not
+    random_vgg16.to("cpu")
+    assert compiled._compiled is not None and compiled._compiling
+    assert relative_error(got, plain) < 1e-4

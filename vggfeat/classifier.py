@@ -90,6 +90,7 @@ class Classifier(Extractor):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         autotune: str = "auto",
+        compile: str = "auto",
     ) -> None:
         if not (dense or multi_crop):
             raise VggfeatError("nothing to evaluate: choose dense, multi-crop or both")
@@ -99,6 +100,7 @@ class Classifier(Extractor):
             model, weights=weights, seed=seed, layer="fc8", pooling="avg", scales=scales, aggregate="stack",
             flip=False, device=device, precision=precision, batch_size=batch_size, workers=workers,
             decoder=decoder, decode_in=decode_in, max_pixels=max_pixels, min_side=min_side, autotune=autotune,
+            compile=compile,
         )
         self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)
 

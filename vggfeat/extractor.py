@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from .aggregate import combine_flips, combine_scales
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .errors import ImageError
+from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .reading import ImageReader
@@ -37,15 +38,18 @@ NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 
 GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
-# cuDNN autotuning on a GPU: a new batch shape is first timed over cuDNN's algorithms. Measured on
-# an H100 (RESULTS.md): it made the network 1.33x faster in the paper setting (211 -> 280 images/s),
-# but timing the six shapes of images of two sizes took over a minute, and images of varied sizes
-# (~90 shapes per 4096 images) many minutes. So only full batches are autotuned, whose shapes
-# recur, at most AUTOTUNED_SHAPES of them (Extractor._autotunes), and with autotune="auto" only in
-# runs of AUTOTUNE_MIN_IMAGES or more: at 1.2 ms saved per image, about where a minute and a half
-# of tuning pays for itself. Other batches run cuDNN's heuristic choice.
-AUTOTUNED_SHAPES = 8
-AUTOTUNE_MIN_IMAGES = 50_000
+# Tuning for a batch shape, on a GPU, measured on an H100 (RESULTS.md):
+# - cuDNN autotuning times cuDNN's algorithms: the network 1.33x faster in the paper setting
+#   (211 -> 280 images/s), but the six shapes of images of two sizes took over a minute to time,
+#   and images of varied sizes (~90 shapes per 4096 images) many minutes;
+# - torch.compile: the network 1.66x faster again (280 -> 465 images/s; 1.63x at 224x224), for
+#   about 7 s of compiling per shape.
+# So only full batches are tuned, whose shapes recur, at most TUNED_SHAPES of them
+# (Extractor._recurring), and with "auto" only in runs of LONG_RUN_IMAGES or more, about where
+# the time saved per image (1.2 ms, then 1.6 ms) repays the tuning. Other batches run uncompiled,
+# with cuDNN's heuristic choice.
+TUNED_SHAPES = 8
+LONG_RUN_IMAGES = 50_000
 
 
 @dataclass
@@ -55,8 +59,10 @@ class Chunk:
     start: int
     end: int
     indices: list[int] = field(default_factory=list)  # images that succeeded, ascending
-    # [len(indices), dim] float32; a device tensor still being computed until the chunk is yielded
+    # [len(indices), dim] float32; until the chunk is yielded, a tensor that may still be being
+    # computed (or copied to the host), ready once ``ready`` has happened
     features: np.ndarray | torch.Tensor | None = None
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # their decoded (height, width)
     failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
 
@@ -106,6 +112,10 @@ class Extractor:
         autotune: cuDNN's autotuning of full batches on a GPU (faster batches after seconds of
             tuning per batch shape, up to 8 shapes): ``on``, ``off``, or ``auto``: on in calls of
             :meth:`iter_chunks` (and the CLI's runs) over at least 50,000 images.
+        compile: run full batches through ``torch.compile`` (each convolution's bias and ReLU
+            become one pass over its output): faster batches on a GPU after seconds of compiling
+            per batch shape, up to 8 shapes; ``on``, ``off``, or ``auto``: on a GPU, as ``autotune``.
+            Where compiling fails (no C compiler for Triton, say), ``auto`` warns and runs uncompiled.
     """
 
     def __init__(
@@ -132,13 +142,14 @@ class Extractor:
         gem_p: float = GEM_P,
         normalize: str = "auto",
         autotune: str = "auto",
+        compile: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.scales = check_scales(scales)
         pooling = ALIASES.get(pooling, pooling)
         layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
         check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                      normalize, gem_p, batch_size, decoder, decode_in, autotune)
+                      normalize, gem_p, batch_size, decoder, decode_in, autotune, compile)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = resolve_precision(precision, self.device)
@@ -154,9 +165,11 @@ class Extractor:
         self.decoder = resolve_decoder(decoder)
         self.decode_in = decode_in
         self.max_pixels, self.min_side = max_pixels, min_side
-        self.autotune = autotune
-        self._autotuning = autotune == "on"  # for this run; iter_chunks decides "auto"
-        self._autotuned: set[tuple[int, int, int]] = set()  # batch shapes cuDNN has autotuned
+        self.autotune, self.compile = autotune, compile
+        # For this run (iter_chunks decides "auto"), and the full batch shapes tuned so far.
+        self._autotuning, self._compiling = autotune == "on", compile == "on"
+        self._tuned: set[tuple[int, int, int]] = set()
+        self._compiled: torch.nn.Module | None = None
 
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
         """(most inputs, most padded pixels) per batch."""
@@ -231,8 +244,7 @@ class Extractor:
         chunk's work has been queued, so a GPU never waits for the host between chunks.
         """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
-        if self.autotune == "auto":
-            self._autotuning = len(paths) >= AUTOTUNE_MIN_IMAGES
+        self._plan_tuning(len(paths))
         reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side,
                              processes=self.decode_in == "processes")
         with (
@@ -241,12 +253,20 @@ class Extractor:
         ):
             previous: Chunk | None = None
             for chunk, images in self._gather(len(paths), decoded, chunk_images):
-                chunk.features = self._describe_chunk(chunk, images)
+                chunk.features, chunk.ready = _copy_to_host(self._describe_chunk(chunk, images))
                 if previous is not None:
                     yield _collected(previous)
                 previous = chunk
             if previous is not None:
                 yield _collected(previous)
+
+    def _plan_tuning(self, images: int) -> None:
+        """Whether a run over ``images`` autotunes and compiles, where the options say ``auto``."""
+        long_run = images >= LONG_RUN_IMAGES
+        if self.autotune == "auto":
+            self._autotuning = long_run
+        if self.compile == "auto":
+            self._compiling = long_run and self.device.type == "cuda"  # on the CPU: 1.03x (RESULTS.md)
 
     def _describe_chunk(self, chunk: Chunk, images: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         try:
@@ -356,41 +376,81 @@ class Extractor:
         self.batch_pixels = min(self.batch_pixels, padded // 2)
         return torch.cat([self._run(inputs[:half]), self._run(inputs[half:])])
 
-    def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether cuDNN autotunes this batch, in a run that autotunes: only a full one, with as
-        many inputs of its size as the batch limits allow, and only the first AUTOTUNED_SHAPES such
-        shapes. A full batch's shape recurs whenever images of that size do, so the tuning pays; a
-        batch of left-over inputs has a count, hence a shape, that may never come again. Never
-        with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26)."""
-        if not self._autotuning or self.device.type != "cuda" or self.decoder == "nvjpeg":
-            return False
+    def _recurring(self, inputs: list[torch.Tensor]) -> bool:
+        """Whether a batch is worth tuning for: a full one, with as many inputs of its size as the
+        batch limits allow, and only the first TUNED_SHAPES such shapes. A full batch's shape
+        recurs whenever images of that size do, so the tuning pays; a batch of left-over inputs
+        has a count, hence a shape, that may never come again."""
         height, width = max(x.shape[1] for x in inputs), max(x.shape[2] for x in inputs)
         if len(inputs) != min(self.batch_size, self.batch_pixels // (height * width)):
             return False
         shape = (len(inputs), height, width)
-        if shape not in self._autotuned and len(self._autotuned) < AUTOTUNED_SHAPES:
-            self._autotuned.add(shape)
-        return shape in self._autotuned
+        if shape not in self._tuned and len(self._tuned) < TUNED_SHAPES:
+            self._tuned.add(shape)
+        return shape in self._tuned
+
+    def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
+        """Whether cuDNN autotunes this batch. Never with nvJPEG decoding, which hung on an H100
+        while cuDNN autotuned (torchvision 0.26)."""
+        if not self._autotuning or self.device.type != "cuda" or self.decoder == "nvjpeg":
+            return False
+        return self._recurring(inputs)
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
         batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device, self._autotunes(inputs)):
-            feature_map, _ = self._runner(batch, self.layer, sizes)
+            compiled = self._compiling and self._recurring(inputs)
+            feature_map = self._network(batch, sizes, compiled)
             # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
             map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
             pooled = pool_map(feature_map.float(), map_sizes, self.pooling, self.gem_p)
             return F.normalize(pooled, dim=1) if self.normalize == "l2" else pooled
+
+    def _network(self, batch: torch.Tensor, sizes: torch.Tensor | None, compiled: bool) -> torch.Tensor:
+        """The layer's map of a batch, by the compiled network or the plain one."""
+        if compiled:
+            if self._compiled is None:
+                # One graph per shape (no dynamic shapes): only full batches come here, few shapes.
+                self._compiled = torch.compile(self._runner, dynamic=False)
+            try:
+                return self._compiled(batch, self.layer, sizes)[0]
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - compiling can fail in many ways; the network cannot
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                if self.compile == "on":
+                    raise VggfeatError(f"torch.compile failed ({reason}); run without it (--compile off)") from error
+                warnings.warn(f"torch.compile failed ({reason}); the network runs uncompiled", stacklevel=2)
+                self._compiling = False
+        return self._runner(batch, self.layer, sizes)[0]
 
 
 def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
     return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[1:])
 
 
+def _copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A host copy of a device tensor, queued right behind the work that computes it, and the
+    event that says it is done. A copy queued when the results are wanted, after the next chunk's
+    work, would make the host wait for that work too, and the GPU then idle while the host
+    gathers the chunk after it (measured: GPU busy 53% of a run limited by neither)."""
+    if features.device.type != "cuda":
+        return features, None
+    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(features.device))
+    return host, ready
+
+
 def _collected(chunk: Chunk) -> Chunk:
     """The chunk with its descriptors on the host; an image whose descriptor is not finite (fp16
     arithmetic can overflow) becomes a failure, not a row that every later stage would refuse."""
-    features = chunk.features.cpu().numpy()  # waits for this chunk's work alone
+    if chunk.ready is not None:
+        chunk.ready.synchronize()  # this chunk's work and copy alone
+        chunk.ready = None
+    features = chunk.features.numpy()
     finite = np.isfinite(features).all(axis=1)
     if not finite.all():
         chunk.failures += [(index, NOT_FINITE) for index, ok in zip(chunk.indices, finite) if not ok]

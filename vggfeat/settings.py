@@ -48,7 +48,7 @@ def resolve_decoder(decoder: str) -> str:
 def check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
     resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
-    decode_in: str, autotune: str,
+    decode_in: str, autotune: str, compile: str,
 ) -> None:
     """Refuse bad options, and combinations of them, with a message saying what to do instead."""
     check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
@@ -62,6 +62,7 @@ def check_options(
         raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
     check_choice("decoder", decoder, ("auto", *DECODERS))
     check_choice("autotune", autotune, AUTOTUNES)
+    check_choice("compile", compile, AUTOTUNES)
     check_choice("place of decoding", decode_in, DECODE_IN)
     if decoder == "nvjpeg" and decode_in == "processes":
         raise VggfeatError("--decoder nvjpeg decodes on the GPU, from this process: use --decode-in threads")

@@ -55,7 +55,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="Describe again the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, shard, part_size, overwrite,
+            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
@@ -73,7 +73,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
         flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
-        max_pixels=max_pixels, min_side=min_side, autotune=autotune, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
+        max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
