@@ -74,8 +74,9 @@ def make_jpegs(folder: Path, count: int, varied: bool = False) -> None:
 def process_start(extractor: Extractor, files: list[Path]) -> float:
     """Seconds that the first decoding processes of this Python process take to start (the fork
     server and its imports): paid once per run, so left out of (b), as a long run would amortise it."""
-    reader = ImageReader(extractor.device, extractor.decoder, extractor.workers, extractor.max_pixels,
-                         extractor.min_side, processes=True)
+    extractor.decode_in = "processes"
+    reader = ImageReader(extractor.device, extractor.decoder, extractor.plan_run(len(files)).workers,
+                         extractor.max_pixels, extractor.min_side, processes=True)
     began = time.perf_counter()
     with reader.read(files[:1], lookahead=1) as decoded:
         list(decoded)
@@ -337,7 +338,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
-          f"inputs / {extractor.batch_pixels:,} pixels; {extractor.workers} {extractor.decoder} decoding workers; {args.count} JPEGs "
+          f"inputs / {extractor.batch_pixels:,} pixels; {args.workers or 'default'} {extractor.decoder} decoding workers; {args.count} JPEGs "
           f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

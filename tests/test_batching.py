@@ -7,6 +7,7 @@ batches over a pixel limit), so CI checks that the run goes on and its numbers d
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def long_run_extractor(random_vgg16, monkeypatch):
         if cuda:
             made.device = torch.device("cuda")
         if run is not None:
-            made._plan_tuning(run)  # as iter_chunks does
+            made._start_run(run)  # as iter_chunks does
         return made
 
     return extractor
@@ -198,6 +199,33 @@ def test_a_failed_compile_warns_and_runs_uncompiled_or_stops_when_asked_for(rand
     compiled_batches(monkeypatch, on, fail=True)
     with pytest.raises(VggfeatError, match=r"torch.compile failed .*; run without it \(--compile off\)"):
         on.describe(images[:4])
+
+
+def test_long_gpu_runs_decode_in_processes_where_shared_memory_has_room(random_vgg16, monkeypatch):
+    """decode_in="auto" (the CLI's default): processes only where their seconds of starting pay
+    (long runs on a GPU), never with nvJPEG (it decodes in this process), and not where /dev/shm
+    is too small for their slots (Docker's 64 MiB); workers by default as measured."""
+    import vggfeat.extractor
+
+    extractor = long_run_extractor(random_vgg16, monkeypatch)
+    monkeypatch.setattr(vggfeat.extractor.os, "cpu_count", lambda: 32)
+    long_run = extractor(decode_in="auto").plan_run(3)
+    assert long_run.processes and long_run.workers == vggfeat.extractor.PROCESS_WORKERS == 16
+    assert long_run.autotune and long_run.compile
+    short = extractor(decode_in="auto").plan_run(2)
+    assert not short.processes and short.workers == vggfeat.extractor.THREAD_WORKERS == 8
+    assert not (short.autotune or short.compile)
+    assert not extractor(cuda=False, decode_in="auto").plan_run(3).processes
+    assert not extractor(decode_in="threads").plan_run(3).processes
+    assert extractor(cuda=False, decode_in="processes").plan_run(2).processes
+    assert extractor(decode_in="auto", workers=3).plan_run(3).workers == 3
+    nvjpeg = extractor(decode_in="auto")
+    nvjpeg.decoder = "nvjpeg"  # (refused on the CPU)
+    assert not nvjpeg.plan_run(3).processes
+    monkeypatch.setattr(vggfeat.reading.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**26))
+    assert not extractor(decode_in="auto").plan_run(3).processes, "64 MiB of /dev/shm"
+    monkeypatch.setattr(vggfeat.extractor.os, "cpu_count", lambda: 4)
+    assert extractor(decode_in="processes").plan_run(3).workers == 4, "no more than the cores"
 
 
 @pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on the CPU needs a C++ compiler")

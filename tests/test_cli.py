@@ -250,18 +250,18 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
 
 
-def test_cudnn_autotune_and_compile_reach_the_extractor(one_image, monkeypatch):
+def test_autotune_compile_and_decode_in_reach_the_extractor(one_image, monkeypatch):
     seen, real = [], Extractor.__init__
 
     def recorded(self, *args, **kwargs):
-        seen.append((kwargs["autotune"], kwargs["compile"]))
+        seen.append((kwargs["autotune"], kwargs["compile"], kwargs["decode_in"]))
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(Extractor, "__init__", recorded)
-    for given in (["--cudnn-autotune", "on", "--compile", "off"], []):
+    for given in (["--cudnn-autotune", "on", "--compile", "off", "--decode-in", "threads"], []):
         code, _, err = run_main(["extract", one_image / "images", one_image / "out.h5", *FAST, *given, "--overwrite"])
         assert code == 0, err
-    assert seen == [("on", "off"), ("auto", "auto")]
+    assert seen == [("on", "off", "threads"), ("auto", "auto", "auto")]
 
 
 def test_real_process_exit_code_and_one_line_error(tmp_path):

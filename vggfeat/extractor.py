@@ -23,7 +23,7 @@ from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
-from .reading import ImageReader
+from .reading import ImageReader, shared_memory_holds
 from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
 from .settings import check_choice, check_options, check_scales, resolve_decoder, resolve_device, resolve_precision
 
@@ -38,6 +38,10 @@ NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 
 GPU_MEMORY_SHARE = 0.4
 GPU_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 16
+# Decoding workers by default: threads beyond 8 slow reading down (16 cores of an H100 machine:
+# 4,088 images/s with 8, 3,366 with 16), processes do not (3,224 with 8, 4,220 with 16).
+THREAD_WORKERS = 8
+PROCESS_WORKERS = 16
 # Tuning for a batch shape, on a GPU, measured on an H100 (RESULTS.md):
 # - cuDNN autotuning times cuDNN's algorithms: the network 1.33x faster in the paper setting
 #   (211 -> 280 images/s), but the six shapes of images of two sizes took over a minute to time,
@@ -50,6 +54,16 @@ CPU_AUTO_BATCH = 16
 # with cuDNN's heuristic choice.
 TUNED_SHAPES = 8
 LONG_RUN_IMAGES = 50_000
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a run over a number of images goes, where the options leave it to the run (``auto``)."""
+
+    processes: bool  # decoding in worker processes (else threads)
+    workers: int
+    autotune: bool  # cuDNN autotuning of full batches
+    compile: bool  # torch.compile of full batches
 
 
 @dataclass
@@ -99,10 +113,14 @@ class Extractor:
         batch_size: most network inputs (an image at one scale, or its flip) per batch; ``auto``:
             as many as fit a share of the GPU's free memory (at most 256); on the CPU up to 16,
             as many as 16 inputs of 224x224 hold in pixels.
-        workers: threads (or processes) decoding images ahead of the network.
+        workers: threads (or processes) decoding images ahead of the network; None: up to 8
+            threads, or 16 processes, no more than the CPU's cores.
         decode_in: ``threads`` or ``processes``: worker processes hold no lock that the thread
             queueing the network's work needs (Python's GIL), at the cost of starting them
-            (seconds, once per Python process) and of returning pixels through shared memory.
+            (seconds, once per Python process) and of returning pixels through shared memory;
+            ``auto``: processes in long runs on a GPU, as ``autotune``, where shared memory has
+            room (the CLI's default: a script that starts processes must guard its code with
+            ``if __name__ == "__main__"``).
         decoder: ``auto``: ``torchvision`` where TorchCodec or torchvision can decode JPEGs, else
             ``pil``; ``pil``; ``torchvision``: JPEGs decoded in batches by libjpeg-turbo on the CPU
             (PIL's pixels, faster); ``nvjpeg``: the same on the GPU (CUDA only). Other files, and
@@ -161,7 +179,7 @@ class Extractor:
         self.normalize = ("l2" if pooling in RETRIEVAL_POOLINGS else "none") if normalize == "auto" else normalize
         # Inputs and padded pixels per batch: both shrink if a batch ever runs out of GPU memory.
         self.batch_size, self.batch_pixels = self._batch_limits(batch_size)
-        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.workers = workers
         self.decoder = resolve_decoder(decoder)
         self.decode_in = decode_in
         self.max_pixels, self.min_side = max_pixels, min_side
@@ -244,11 +262,11 @@ class Extractor:
         chunk's work has been queued, so a GPU never waits for the host between chunks.
         """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
-        self._plan_tuning(len(paths))
-        reader = ImageReader(self.device, self.decoder, self.workers, self.max_pixels, self.min_side,
-                             processes=self.decode_in == "processes")
+        plan = self._start_run(len(paths))
+        reader = ImageReader(self.device, self.decoder, plan.workers, self.max_pixels, self.min_side,
+                             processes=plan.processes)
         with (
-            reader.read(paths, lookahead=2 * chunk_images + 2 * self.workers) as decoded,
+            reader.read(paths, lookahead=2 * chunk_images + 2 * plan.workers) as decoded,
             _precision(self.precision, self.device),
         ):
             previous: Chunk | None = None
@@ -260,13 +278,26 @@ class Extractor:
             if previous is not None:
                 yield _collected(previous)
 
-    def _plan_tuning(self, images: int) -> None:
-        """Whether a run over ``images`` autotunes and compiles, where the options say ``auto``."""
+    def plan_run(self, images: int) -> RunPlan:
+        """How a run over ``images`` images goes: where the options say ``auto``, long runs (50,000
+        images or more) autotune, and on a GPU compile and decode in processes, whose fixed costs
+        (minutes of tuning, seconds of starting) they repay."""
         long_run = images >= LONG_RUN_IMAGES
-        if self.autotune == "auto":
-            self._autotuning = long_run
-        if self.compile == "auto":
-            self._compiling = long_run and self.device.type == "cuda"  # on the CPU: 1.03x (RESULTS.md)
+        long_gpu_run = long_run and self.device.type == "cuda"
+        processes = self.decode_in == "processes" or (
+            self.decode_in == "auto" and long_gpu_run and self.decoder != "nvjpeg"
+            and shared_memory_holds(self.workers or PROCESS_WORKERS))
+        workers = self.workers or min(PROCESS_WORKERS if processes else THREAD_WORKERS, os.cpu_count() or 1)
+        return RunPlan(
+            processes=processes, workers=workers,
+            autotune=self.autotune == "on" or (self.autotune == "auto" and long_run),
+            compile=self.compile == "on" or (self.compile == "auto" and long_gpu_run),  # CPU: 1.03x (RESULTS.md)
+        )
+
+    def _start_run(self, images: int) -> RunPlan:
+        plan = self.plan_run(images)
+        self._autotuning, self._compiling = plan.autotune, plan.compile
+        return plan
 
     def _describe_chunk(self, chunk: Chunk, images: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         try:
@@ -422,7 +453,7 @@ class Extractor:
                 if self.compile == "on":
                     raise VggfeatError(f"torch.compile failed ({reason}); run without it (--compile off)") from error
                 warnings.warn(f"torch.compile failed ({reason}); the network runs uncompiled", stacklevel=2)
-                self._compiling = False
+                self._compiling, self.compile = False, "off"  # nor in later runs
         return self._runner(batch, self.layer, sizes)[0]
 
 

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import queue
 import select
+import shutil
 import signal
 import threading
 import time
@@ -368,6 +369,16 @@ class _DecodingProcesses:
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup,
                                    initargs=(self.slots, os.getpid()))
+
+
+def shared_memory_holds(workers: int) -> bool:
+    """Whether shared memory (/dev/shm) has room for the slots of ``workers`` decoding processes
+    and as much again (Docker gives containers 64 MiB unless told otherwise)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return False
+    return free >= 2 * (workers + 2) * SLOT_BYTES
 
 
 def _reuses_slots(device: torch.device) -> bool:

@@ -22,7 +22,7 @@ from .weights import ARCHITECTURES
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
-DECODE_IN = ("threads", "processes")
+DECODE_IN = ("auto", "threads", "processes")
 AUTOTUNES = ("auto", "on", "off")
 
 

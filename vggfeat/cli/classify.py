@@ -47,7 +47,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
-    say(options.describe_settings(classifier))
+    say(options.describe_settings(classifier, len(images)))
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
     with options.progress_bar(quiet, total=len(images), unit="images", desc=f"{model} {setting}") as bar:

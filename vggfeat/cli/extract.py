@@ -85,7 +85,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
                         provenance={"command": options.command_line()})
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
-    say(options.describe_settings(extractor))
+    say(options.describe_settings(extractor, job.total - job.done))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     _warn_if_the_disk_is_short(job, dtype)

@@ -59,10 +59,12 @@ def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 batch_size = click.option("--batch-size", default="auto", show_default=True, metavar="auto|N", callback=parse_batch_size,
                           help="Network inputs per batch; auto: as many as fit a share of the GPU's free memory; on the CPU, up to 16 of 224x224.")
-workers = click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads or processes [default: up to 8].")
-decode_in = click.option("--decode-in", default="threads", show_default=True, type=click.Choice(DECODE_IN),
+workers = click.option("--workers", type=click.IntRange(min=1),
+                       help="Image decoding threads or processes [default: up to 8 threads, or 16 processes].")
+decode_in = click.option("--decode-in", default="auto", show_default=True, type=click.Choice(DECODE_IN),
                          help="processes: decoding shares no lock (Python's GIL) with the thread that drives the "
-                              "network; they take seconds to start.")
+                              "network; they take seconds to start, and pass pixels through /dev/shm. auto: "
+                              "processes on a GPU in runs of 50,000 images or more.")
 decoder = click.option("--decoder", default="auto", show_default=True, type=click.Choice(("auto", *DECODERS)),
                        help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
                             "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
@@ -203,11 +205,15 @@ def reporter(quiet: bool) -> Callable[..., None]:
     return lambda text, **style: click.secho(text, err=True, **style)
 
 
-def describe_settings(extractor: Extractor) -> str:
-    """What the auto settings chose, for the line before the progress bar."""
+def describe_settings(extractor: Extractor, images: int) -> str:
+    """What the auto settings chose for a run over ``images``, for the line before the progress bar."""
+    plan = extractor.plan_run(images)
+    tuning = [name for name, on in (("cuDNN autotuning", plan.autotune and extractor.device.type == "cuda"),
+                                    ("torch.compile", plan.compile)) if on]
     return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
-            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {extractor.workers} {extractor.decoder} decoding {extractor.decode_in}"
-            + (f" ({decoder_library()})" if extractor.decoder != "pil" else ""))
+            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
+            f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
+            + "".join(f", {name}" for name in tuning))
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
