@@ -449,7 +449,7 @@ class Extractor:
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as error:  # noqa: BLE001 - compiling can fail in many ways; the network cannot
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
                 if self.compile == "on":
                     raise VggfeatError(f"torch.compile failed ({reason}); run without it (--compile off)") from error
                 warnings.warn(f"torch.compile failed ({reason}); the network runs uncompiled", stacklevel=2)

@@ -97,7 +97,7 @@ def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict
             with open_h5(part.path) as f:
                 indices = f["indices"][:]
                 n = len(indices)
-                features[row : row + n] = f["features"][:].astype(dtype)
+                features[row : row + n] = f["features"][:].astype(dtype, copy=False)  # parts are in dtype already
                 paths[row : row + n] = [images.paths[i] for i in indices]
                 labels[row : row + n] = images.labels[indices]
                 sizes[row : row + n] = f["sizes"][:]
