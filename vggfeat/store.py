@@ -175,14 +175,14 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     the ``required`` datasets; otherwise a one-line error (see :func:`open_hdf5`)."""
     f = open_hdf5(path, what, hint)
     missing = [name for name in required if name not in f]
-    problem = (f"is not a vggfeat features file (no {', '.join(missing) or 'config attribute'})"
-               if missing or "config" not in f.attrs
-               else "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
-               if not f.attrs.get("complete", False) else None)
-    if problem:
-        f.close()
-        raise VggfeatError(f"{path} {problem}")
-    return f
+    if missing or "config" not in f.attrs:
+        problem = f"is not a vggfeat features file (no {', '.join(missing) or 'config attribute'})"
+    elif not f.attrs.get("complete", False):
+        problem = "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
+    else:
+        return f
+    f.close()
+    raise VggfeatError(f"{path} {problem}")
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
