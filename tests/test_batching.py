@@ -104,12 +104,13 @@ def long_run_extractor(random_vgg16, monkeypatch):
 
     monkeypatch.setattr(vggfeat.extractor, "LONG_RUN_IMAGES", 3)
 
-    def extractor(run: int | None = None, cuda: bool = True, **options) -> Extractor:
+    def extractor(run: int | None = None, cuda: bool = True, decoder: str | None = None, **options) -> Extractor:
         made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, **options)
         if cuda:
             made.device = torch.device("cuda")
-        if run is not None:
-            made._start_run(run)  # as iter_chunks does
+        if decoder:
+            made.decoder = decoder  # (nvjpeg is refused on the CPU)
+        made._start_run(run or 0)  # as iter_chunks does, or the constructor on that device
         return made
 
     return extractor
@@ -136,8 +137,7 @@ def test_cudnn_autotunes_only_full_batches_of_long_runs(random_vgg16, monkeypatc
 
     assert extractor(autotune="on")._autotunes(batch(4))
     assert not extractor(3, autotune="off")._autotunes(batch(4))
-    nvjpeg = extractor(autotune="on")
-    nvjpeg.decoder = "nvjpeg"  # (refused on the CPU)
+    nvjpeg = extractor(autotune="on", decoder="nvjpeg")
     assert not nvjpeg._autotunes(batch(4))  # it hung on an H100 while cuDNN autotuned
     with pytest.raises(VggfeatError, match="unknown autotune 'always'"):
         Extractor(random_vgg16, device="cpu", autotune="always")
@@ -219,8 +219,7 @@ def test_long_gpu_runs_decode_in_processes_where_shared_memory_has_room(random_v
     assert not extractor(decode_in="threads").plan_run(3).processes
     assert extractor(cuda=False, decode_in="processes").plan_run(2).processes
     assert extractor(decode_in="auto", workers=3).plan_run(3).workers == 3
-    nvjpeg = extractor(decode_in="auto")
-    nvjpeg.decoder = "nvjpeg"  # (refused on the CPU)
+    nvjpeg = extractor(decode_in="auto", decoder="nvjpeg")
     assert not nvjpeg.plan_run(3).processes
     monkeypatch.setattr(vggfeat.reading.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**26))
     assert not extractor(decode_in="auto").plan_run(3).processes, "64 MiB of /dev/shm"

@@ -62,7 +62,7 @@ class RunPlan:
 
     processes: bool  # decoding in worker processes (else threads)
     workers: int
-    autotune: bool  # cuDNN autotuning of full batches
+    autotune: bool  # cuDNN autotuning of full batches (GPU)
     compile: bool  # torch.compile of full batches
 
 
@@ -184,10 +184,9 @@ class Extractor:
         self.decode_in = decode_in
         self.max_pixels, self.min_side = max_pixels, min_side
         self.autotune, self.compile = autotune, compile
-        # For this run (iter_chunks decides "auto"), and the full batch shapes tuned so far.
-        self._autotuning, self._compiling = autotune == "on", compile == "on"
-        self._tuned: set[tuple[int, int, int]] = set()
+        self._tuned: set[tuple[int, int, int]] = set()  # full batch shapes tuned so far
         self._compiled: torch.nn.Module | None = None
+        self._start_run(0)  # describe() outside a run: "auto" tunes nothing
 
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
         """(most inputs, most padded pixels) per batch."""
@@ -283,18 +282,21 @@ class Extractor:
         images or more) autotune, and on a GPU compile and decode in processes, whose fixed costs
         (minutes of tuning, seconds of starting) they repay."""
         long_run = images >= LONG_RUN_IMAGES
-        long_gpu_run = long_run and self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
+        long_gpu_run = long_run and cuda
         processes = self.decode_in == "processes" or (
             self.decode_in == "auto" and long_gpu_run and self.decoder != "nvjpeg"
             and shared_memory_holds(self.workers or PROCESS_WORKERS))
         workers = self.workers or min(PROCESS_WORKERS if processes else THREAD_WORKERS, os.cpu_count() or 1)
         return RunPlan(
             processes=processes, workers=workers,
-            autotune=self.autotune == "on" or (self.autotune == "auto" and long_run),
+            # Never with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26).
+            autotune=cuda and self.decoder != "nvjpeg" and (self.autotune == "on" or (self.autotune == "auto" and long_run)),
             compile=self.compile == "on" or (self.compile == "auto" and long_gpu_run),  # CPU: 1.03x (RESULTS.md)
         )
 
     def _start_run(self, images: int) -> RunPlan:
+        """The plan of a run over ``images``, whose tuning the batches then follow."""
         plan = self.plan_run(images)
         self._autotuning, self._compiling = plan.autotune, plan.compile
         return plan
@@ -421,18 +423,14 @@ class Extractor:
         return shape in self._tuned
 
     def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether cuDNN autotunes this batch. Never with nvJPEG decoding, which hung on an H100
-        while cuDNN autotuned (torchvision 0.26)."""
-        if not self._autotuning or self.device.type != "cuda" or self.decoder == "nvjpeg":
-            return False
-        return self._recurring(inputs)
+        """Whether cuDNN autotunes this batch."""
+        return self._autotuning and self._recurring(inputs)
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
         batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
         with torch.inference_mode(), _precision(self.precision, self.device, self._autotunes(inputs)):
-            compiled = self._compiling and self._recurring(inputs)
-            feature_map = self._network(batch, sizes, compiled)
+            feature_map = self._network(batch, sizes, compiled=self._compiling and self._recurring(inputs))
             # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
             map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
             pooled = pool_map(feature_map.float(), map_sizes, self.pooling, self.gem_p)

@@ -208,8 +208,7 @@ def reporter(quiet: bool) -> Callable[..., None]:
 def describe_settings(extractor: Extractor, images: int) -> str:
     """What the auto settings chose for a run over ``images``, for the line before the progress bar."""
     plan = extractor.plan_run(images)
-    tuning = [name for name, on in (("cuDNN autotuning", plan.autotune and extractor.device.type == "cuda"),
-                                    ("torch.compile", plan.compile)) if on]
+    tuning = [name for name, on in (("cuDNN autotuning", plan.autotune), ("torch.compile", plan.compile)) if on]
     return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
             f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
