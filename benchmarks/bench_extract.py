@@ -41,7 +41,6 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vggfeat.extractor
-import vggfeat.job
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
@@ -119,12 +118,12 @@ class Samples:
     seconds: float = 0.0  # the whole run
     decode_wait: float = 0.0  # the main thread waiting for decoded images
     gpu_wait: float = 0.0  # the main thread waiting for the GPU's results
-    assembling: float = 0.0  # the parts copied into the output file, after the last image
+    tail: float = 0.0  # from the last image described to the complete output file
 
     def report(self) -> str:
         busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
         waits = (f"; main thread waited for decoding {self.decode_wait / self.seconds:.0%} and for results "
-                 f"{self.gpu_wait / self.seconds:.0%} of the run, assembled the file in {self.assembling / self.seconds:.0%}")
+                 f"{self.gpu_wait / self.seconds:.0%} of the run; the file was complete {self.tail:.2f} s after the last image ({self.tail / self.seconds:.0%})")
         if not self.rss:
             return busy + waits
         early = max(self.rss[: max(1, len(self.rss) // 4)])
@@ -172,9 +171,15 @@ def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) 
     profiling = profiled(profile) if profile else contextlib.nullcontext()
     try:
         with sampled(extractor.device) as samples, waits_timed(samples), profiling:
-            began = time.perf_counter()
-            job.run()
-            samples.seconds = time.perf_counter() - began
+            began = last = time.perf_counter()
+
+            def described(_: int) -> None:
+                nonlocal last
+                last = time.perf_counter()
+
+            job.run(described)
+            ended = time.perf_counter()
+            samples.seconds, samples.tail = ended - began, ended - last
     finally:
         vggfeat.extractor.pad_batch = pad_batch
     output.unlink()
@@ -200,10 +205,10 @@ def profiled(trace: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def waits_timed(samples: Samples) -> Iterator[None]:
-    """Time the main thread spends waiting for decoded images and for the GPU's results, and
-    assembling the output file at the end: what is left of the run is the host's own work
-    (queueing GPU work, bookkeeping, handing parts to the writing thread)."""
-    ahead, collected, assemble = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected, vggfeat.job.assemble
+    """Time the main thread spends waiting for decoded images and for the GPU's results: what is
+    left of the run, less its tail, is the host's own work (queueing GPU work, bookkeeping, handing
+    parts to the writing thread)."""
+    ahead, collected = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected
 
     def timed_ahead(reader, *args):
         decoded = ahead(reader, *args)
@@ -224,20 +229,11 @@ def waits_timed(samples: Samples) -> Iterator[None]:
         finally:
             samples.gpu_wait += time.perf_counter() - began
 
-    def timed_assemble(*args):
-        began = time.perf_counter()
-        try:
-            return assemble(*args)
-        finally:
-            samples.assembling += time.perf_counter() - began
-
     vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = timed_ahead, timed_collected
-    vggfeat.job.assemble = timed_assemble
     try:
         yield
     finally:
         vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = ahead, collected
-        vggfeat.job.assemble = assemble
 
 
 class Files(torch.utils.data.Dataset):

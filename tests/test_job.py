@@ -20,7 +20,7 @@ from runhelpers import assert_same_output, flaky_storage, read_output, write_lab
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
-from vggfeat.store import FORMAT_VERSION
+from vggfeat.store import FORMAT_VERSION, OutputFile
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
 CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper
@@ -98,7 +98,8 @@ def test_file_schema(fc7_file, labelled, random_vgg16):
     with h5py.File(path, "r") as f:
         features = f["features"]
         assert features.dtype == np.float32 and features.shape == (5, dim)
-        assert features.chunks is not None and features.chunks[1] == dim and 1 <= features.chunks[0] <= 5
+        # Chunked by whole rows; sized for the 6 images found, before the one that fails was cut.
+        assert features.chunks is not None and features.chunks[1] == dim and 1 <= features.chunks[0] <= 6
         assert np.isfinite(features[:]).all() and (features[:] >= 0).all()  # fc7 is after a ReLU
         assert len({row.tobytes() for row in features[:]}) == 5, "every image must have its own descriptor"
 
@@ -163,8 +164,8 @@ def test_float16_output(tmp_path, labelled, reference, extractor):
 def test_parts_of_a_float16_run_take_half_the_disk(tmp_path, labelled, extractor, monkeypatch):
     root, _ = labelled
     output = tmp_path / "half.h5"
-    monkeypatch.setattr(vggfeat.job, "assemble", lambda *args: (_ for _ in ()).throw(RuntimeError("stop before assembly")))
-    with pytest.raises(RuntimeError, match="stop before"):
+    die_before_the_output_is_complete(monkeypatch)
+    with pytest.raises(RuntimeError, match="as the output is completed"):
         ExtractionJob(extractor, find_images(root), output, dtype="float16", part_images=PART).run()
     parts = sorted(output.with_name("half.h5.parts").glob("part-*.h5"))
     assert parts
@@ -253,18 +254,22 @@ def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, refere
     assert_same_output(read_output(output), reference[1])
 
 
-def test_kill_during_assembly_then_rerun_assembles(tmp_path, labelled, reference, extractor, monkeypatch):
+def die_before_the_output_is_complete(monkeypatch) -> None:
+    """Make the run die after its last part, as its output file is being completed."""
+    def finish(output, attrs):
+        output._file.attrs["half"] = "written"
+        raise RuntimeError("simulated kill as the output is completed")
+
+    monkeypatch.setattr(OutputFile, "finish", finish)
+
+
+def test_kill_before_the_output_is_complete_then_rerun_writes_it(tmp_path, labelled, reference, extractor, monkeypatch):
     root, _ = labelled
     images = find_images(root)
     output = tmp_path / "out.h5"
     work = output.with_name("out.h5.parts")
-
-    def dies_while_assembling(parts, images, destination, *args):
-        destination.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # half-written garbage
-        raise RuntimeError("simulated kill during assembly")
-
-    monkeypatch.setattr(vggfeat.job, "assemble", dies_while_assembling)
-    with pytest.raises(RuntimeError, match="assembly"):
+    die_before_the_output_is_complete(monkeypatch)
+    with pytest.raises(RuntimeError, match="as the output is completed"):
         ExtractionJob(extractor, images, output, part_images=PART).run()
     monkeypatch.undo()
     assert not output.exists() and (work / "output.h5.tmp").exists()
@@ -277,6 +282,22 @@ def test_kill_during_assembly_then_rerun_assembles(tmp_path, labelled, reference
     assert decoded == [] and result.computed == 0 and (result.rows, result.failed) == (5, 1)
     assert_same_output(read_output(output), reference[1])
     assert not work.exists()
+
+
+def test_a_resumed_run_fills_a_gap_between_parts_in_image_order(tmp_path, labelled, reference, extractor, monkeypatch):
+    root, _ = labelled
+    images = find_images(root)  # 6 files: parts [0,2) [2,4) [4,6); [4,6) holds the one that fails
+    output = tmp_path / "out.h5"
+    die_before_the_output_is_complete(monkeypatch)
+    with pytest.raises(RuntimeError, match="as the output is completed"):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    (tmp_path / "out.h5.parts" / "part-000000000002-000000000004.h5").unlink()
+
+    decoded = count_decodes(monkeypatch)
+    result = ExtractionJob(extractor, images, output, part_images=PART).run()
+    assert len(decoded) == 2 and (result.rows, result.failed, result.computed) == (5, 1, 2)
+    assert_same_output(read_output(output), reference[1])
 
 
 def test_an_existing_output_is_replaced_only_by_a_complete_one(tmp_path, extractor, monkeypatch):

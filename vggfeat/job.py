@@ -1,9 +1,9 @@
 """A resumable extraction of an image set into one HDF5 file.
 
 Work goes to ``OUTPUT.parts/`` beside the output: a manifest of the configuration and image set,
-then parts, each committed atomically. Killed at any moment, the same command finds the parts,
-recomputes only the images that no part holds, and assembles the output under a temporary name
-that is renamed into place when complete. The output's name is never written until then, so an
+then parts, each committed atomically and appended to the output, written under a temporary name
+that is renamed into place when complete. Killed at any moment, the same command finds the parts,
+recomputes only the images that no part holds, and writes the output again from all the parts. The output's name is never written until then, so an
 existing file is only ever replaced by a complete one, and only with ``overwrite``.
 """
 
@@ -32,7 +32,7 @@ from .errors import VggfeatError
 from .decode import STORAGE_ERROR
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, assemble, check_output_path, list_parts, open_h5, replace_durably, write_json,
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, list_parts, open_h5, replace_durably, write_json,
                     write_part)
 
 DTYPES = ("float32", "float16")
@@ -95,7 +95,7 @@ class ExtractionJob:
         if shard:
             self.manifest["shard"] = list(shard)
         # A run killed after renaming its output into place, before removing its work folder, is
-        # finished: the same command then just assembles the parts again and tidies up.
+        # finished: the same command then just writes the output from the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
             raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
         # Why no lock keeps a second run from writing the same output at once, if none can.
@@ -109,27 +109,32 @@ class ExtractionJob:
         return len(self.images)
 
     def disk_needed(self) -> int:
-        """Bytes of disk the run still needs at its peak: parts for the images no part holds, then
-        the assembled output beside all the parts. An upper bound: a failed image takes no row."""
+        """Bytes of disk the run still needs at its peak: parts for the images no part holds, and
+        the output beside all the parts. An upper bound: a failed image takes no row."""
         row = self.extractor.dim * np.dtype(self.dtype).itemsize + _ROW_EXTRAS
         return (self.total - self.done + self.total) * row
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
-        """Describe the images no part holds yet, then assemble the output; ``progress(n)`` after each chunk.
+        """Describe the images no part holds yet, completing the output; ``progress(n)`` after each chunk.
 
         Raises OSError, keeping the finished parts, when the disk fills or when the images' storage
         fails STORAGE_FAILURES_TO_STOP of them in a row: the same job then resumes.
         """
         began = time.perf_counter()
         try:
-            files = self.images.files()
-            for start, end in self._gaps():
-                self._fill(start, files[start:end], progress)
-            self.parts = list_parts(self.work)
-            self._gaps(expect_none=True)
-            temporary = self.work / "output.h5.tmp"
-            rows, failed = assemble(self.parts, self.images, temporary, self._attrs(), self.dtype, self.extractor.dim)
-            replace_durably(temporary, self.output)
+            self._interrupted = list(self.parts)
+            self._output = OutputFile(self.work / "output.h5.tmp", self.images, self.extractor.dim, self.dtype)
+            try:
+                files = self.images.files()
+                for start, end in self._gaps():
+                    self._fill(start, files[start:end], progress)
+                self.parts = list_parts(self.work)
+                self._gaps(expect_none=True)
+                self._output.extend(self._interrupted)  # those after the last gap
+                rows, failed = self._output.finish(self._attrs())
+            finally:
+                self._output.close()
+            replace_durably(self._output.path, self.output)
             self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()
@@ -187,6 +192,9 @@ class ExtractionJob:
         sizes = [size for chunk in chunks for size in chunk.sizes]
         failures = [(offset + i, reason) for chunk in chunks for i, reason in chunk.failures]
         self.parts.append(write_part(self.work, start, end, features, indices, sizes, failures))
+        # Here, on the writing thread, so that no copying is left for after the last image.
+        self._output.extend(self._interrupted)  # an interrupted run's parts before this one
+        self._output.append(start, end, features, indices, np.asarray(sizes, dtype=np.int32).reshape(-1, 2), failures)
 
     def _gaps(self, expect_none: bool = False) -> list[tuple[int, int]]:
         gaps, position = [], 0

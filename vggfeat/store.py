@@ -83,46 +83,78 @@ def list_parts(folder: Path) -> list[Part]:
     return sorted(parts, key=lambda part: part.start)
 
 
-def assemble(parts: list[Part], images: ImageSet, destination: Path, attrs: dict, dtype: str, dim: int) -> tuple[int, int]:
-    """Write the output file from ``parts``, which must cover every image once; returns (rows, failed)."""
-    rows = failed = 0
-    for part in parts:
-        with open_h5(part.path) as f:
-            rows += f["indices"].shape[0]
-            failed += f["failed_indices"].shape[0]
-    with open_h5(destination, "w") as out:
-        features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(out, rows, failed, dim, dtype, images.classes)
-        row = fail = 0
-        for part in parts:
-            with open_h5(part.path) as f:
-                indices = f["indices"][:]
-                n = len(indices)
-                features[row : row + n] = f["features"][:].astype(dtype, copy=False)  # parts are in dtype already
-                paths[row : row + n] = [images.paths[i] for i in indices]
-                labels[row : row + n] = images.labels[indices]
-                sizes[row : row + n] = f["sizes"][:]
-                bad = f["failed_indices"][:]
-                failed_paths[fail : fail + len(bad)] = [images.paths[i] for i in bad]
-                failed_errors[fail : fail + len(bad)] = f["failed_errors"].asstr()[:]
-                row, fail = row + n, fail + len(bad)
-        mark_complete(out, attrs)
-    return rows, failed
+class OutputFile:
+    """The output file, written a contiguous range of images at a time, in image order.
+
+    An extraction appends each part as it commits it, so that the file is all but written when
+    the last image is described; parts that come out of order (a resumed run fills the gaps
+    between an interrupted run's parts) are appended from disk once every image before them is
+    in. :meth:`finish` makes the file complete; until then it is only a temporary file to remove.
+    """
+
+    def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:
+        self.images, self.path = images, path
+        self.next = self.rows = self.failed = 0  # the first image not yet in; rows and failures written
+        self._file = open_h5(path, "w")
+        # Sized for every image both described and failed; finish() cuts them to what was written.
+        self._datasets = create_datasets(self._file, len(images), len(images), dim, dtype, images.classes)
+
+    def append(self, start: int, end: int, features: np.ndarray, indices: np.ndarray, sizes: np.ndarray,
+               failures: Sequence[tuple[int, str]]) -> None:
+        """Add the results of images ``[start, end)``, which must come next."""
+        if start != self.next:
+            raise RuntimeError(f"images from {start} appended, {self.next} expected")  # a bug, not a user error
+        features_out, paths, labels, sizes_out, failed_paths, failed_errors = self._datasets
+        rows = slice(self.rows, self.rows + len(indices))
+        features_out[rows] = features
+        paths[rows] = [self.images.paths[i] for i in indices]
+        labels[rows] = self.images.labels[np.asarray(indices, dtype=np.int64)]
+        sizes_out[rows] = sizes
+        failed = slice(self.failed, self.failed + len(failures))
+        failed_paths[failed] = [self.images.paths[i] for i, _ in failures]
+        failed_errors[failed] = [reason for _, reason in failures]
+        self.next, self.rows, self.failed = end, rows.stop, failed.stop
+        # The kernel writes the rows out now, on the caller's (writing) thread, rather than in the
+        # flush before the output is renamed into place, after the last image.
+        with open(self.path, "rb") as f:
+            os.fsync(f.fileno())
+
+    def extend(self, parts: Sequence[Part]) -> None:
+        """Append, from disk, each of ``parts`` that comes next, in turn, until one is missing."""
+        for part in sorted(parts, key=lambda part: part.start):
+            if part.start == self.next:
+                with open_h5(part.path) as f:
+                    failures = list(zip(f["failed_indices"][:].tolist(), f["failed_errors"].asstr()[:]))
+                    self.append(part.start, part.end, f["features"][:], f["indices"][:], f["sizes"][:], failures)
+
+    def finish(self, attrs: dict) -> tuple[int, int]:
+        """Cut the datasets to what was written, mark the file complete and close it; returns (rows, failed)."""
+        if self.next != len(self.images):
+            raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
+        for dataset in self._datasets:
+            dataset.resize(self.failed if dataset.name.startswith("/failed/") else self.rows, axis=0)
+        mark_complete(self._file, attrs)
+        self.close()
+        return self.rows, self.failed
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
     """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths, failed errors)."""
     chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-    # maxshape lets a chunk be larger than the data: with no usable image (rows == 0) HDF5 would
-    # otherwise refuse the chunked dataset.
+    # Resizable (maxshape), so that a file can be sized for every image and cut to those written;
+    # that also lets a chunk be larger than the data, which HDF5 otherwise refuses (rows == 0).
     features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim))
     out.create_dataset("classes", data=list(classes), dtype=_STRING)
     return (
         features,
-        out.create_dataset("paths", shape=(rows,), dtype=_STRING),
-        out.create_dataset("labels", shape=(rows,), dtype=np.int32),
-        out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32),
-        out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING),
-        out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING),
+        out.create_dataset("paths", shape=(rows,), dtype=_STRING, maxshape=(None,)),
+        out.create_dataset("labels", shape=(rows,), dtype=np.int32, maxshape=(None,)),
+        out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32, maxshape=(None, 2)),
+        out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING, maxshape=(None,)),
+        out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING, maxshape=(None,)),
     )
 
 
