@@ -216,6 +216,37 @@ def test_a_chunk_is_collected_without_waiting_for_the_next_chunks_work(random_vg
     assert waited < 1.5 * chunk_seconds, f"waited {waited:.2f} s for the first chunk, whose work takes {chunk_seconds:.2f} s"
 
 
+@pytest.mark.parametrize("describer", ["extractor", "classifier"])
+def test_describing_queues_the_gpus_work_without_waiting_for_it(random_vgg16, images, describer):
+    """iter_chunks overlaps a chunk's work with gathering the next only if describe_async returns
+    before the GPU is done: a host copy inside it (Classifier.describe_async had one) serialises
+    the run. The GPU is kept busy first, so any wait shows as the length of that sleep."""
+    import time
+
+    from vggfeat.classifier import Classifier
+
+    options = dict(device="cuda", scales=[224, 256], batch_size=4)
+    if describer == "classifier":
+        model = Classifier(random_vgg16, multi_crop=True, **options)
+    else:
+        model = Extractor(random_vgg16, center_crop=True, **options)
+    on_gpu = [torch.from_numpy(image).permute(2, 0, 1).contiguous().cuda() for image in images[:4]]
+    expected = model.describe_async(on_gpu).cpu()  # also the warm-up: CUDA's and cuDNN's first calls
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    torch.cuda._sleep(int(1e9))
+    torch.cuda.synchronize()
+    sleep_seconds = time.perf_counter() - began
+
+    torch.cuda._sleep(int(1e9))
+    began = time.perf_counter()
+    described = model.describe_async(on_gpu)
+    queued_in = time.perf_counter() - began
+    assert described.is_cuda and torch.allclose(described.cpu(), expected)
+    random_vgg16.to("cpu")
+    assert queued_in < 0.5 * sleep_seconds, f"describe_async took {queued_in:.2f} s behind a {sleep_seconds:.2f} s GPU sleep"
+
+
 class ArraysReader:
     """An ImageReader stand-in: every path is one small image, decoded at once."""
 

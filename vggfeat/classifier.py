@@ -121,9 +121,11 @@ class Classifier(Extractor):
                 "crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}" if self.multi_crop else None}
 
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3)."""
+        """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3),
+        on the device and perhaps still being computed: a run copies them to the host behind the
+        chunk's work (``Extractor.iter_chunks``), without waiting for it."""
         if not images:
-            return torch.zeros((0, self.dim))
+            return torch.zeros((0, self.dim), device=self.device)
         posteriors = []
         if self.dense:
             posteriors.append(self.dense_posteriors(images))
@@ -137,7 +139,7 @@ class Classifier(Extractor):
         if self.average_flips:
             views += [_mirrored(image) for image in images]
         # The Extractor's own pipeline: per view, the fc8 map averaged over its valid area, per scale.
-        scores = super().describe_async(views).cpu().view(len(views), len(self.scales), self.dim)
+        scores = super().describe_async(views).float().view(len(views), len(self.scales), self.dim)
         flips = 2 if self.average_flips else 1
         return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.dim).mean(dim=(0, 2))
 
@@ -160,7 +162,7 @@ class Classifier(Extractor):
             scores = torch.cat([self._run([crop.flip(-1) if mirrored else crop for crop, mirrored in batch])
                                 for batch in batches])
             per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.dim).mean(dim=1))
-        return torch.stack(per_scale).mean(dim=0).cpu()
+        return torch.stack(per_scale).mean(dim=0)
 
 
 def _mirrored(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
