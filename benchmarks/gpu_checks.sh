@@ -5,7 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh processes  # first, if time is short: decoding processes against threads (< 9 min)
+#   bash benchmarks/gpu_checks.sh first      # first, if time is short: the latest changes measured (< 9 min)
 #   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
 #   bash benchmarks/gpu_checks.sh paper      # paper setting: threads and processes; without autotuning
@@ -21,19 +21,14 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: processes, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
-processes)
-    # The fifth session's change, built without a GPU: its correctness on one, then whether it lifts
-    # reading alone and the single-scale setting, and whether threads suffer a GIL convoy. Each run has
-    # its own time limit (under 9 minutes in all), and a failure does not stop the next. Then `paper`.
-    timeout 90 $python -m pytest -q -ra tests/test_gpu.py -k "from_files or nvjpeg or gpu_full" || echo "(exit $?)"
-    timeout 50 $python benchmarks/bench_reader.py --images 8192 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
-    timeout 40 $python benchmarks/bench_reader.py --images 8192 --workers 16 --decoders torchvision --device cuda --slots off || echo "(exit $?)"
-    timeout 100 $bench $single --naive-count 4 --decode-in threads,processes || echo "(exit $?)"
-    timeout 100 $bench $single --naive-count 4 --decode-in threads,processes --no-flip || echo "(exit $?)"
-    timeout 60 $bench $single --naive-count 4 --switch-interval 0.0002 || echo "(exit $?)"
-    # nvJPEG leaves the host little decoding to do: with fewer threads, less contention for the GIL.
-    timeout 60 $bench ${single/--workers 16/--workers 4} --naive-count 4 --decoder nvjpeg || echo "(exit $?)" ;;
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
+first)
+    # The tenth session's changes, built without a GPU, measured first: the output written as the run
+    # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
+    # classify's pipelining. Each run has its own time limit (under 9 minutes in all).
+    timeout 60 $python benchmarks/bench_store.py --images 40000 || echo "(exit $?)"
+    timeout 120 $python -m pytest -q -ra tests/test_gpu.py -k "queues or collected" || echo "(exit $?)"
+    timeout 300 $bench ${single/20000/40000} --naive-count 4 --decode-in processes --compile || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
@@ -68,6 +63,6 @@ precision)
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: processes, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
     exit 2 ;;
 esac
