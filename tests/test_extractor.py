@@ -340,6 +340,19 @@ def test_chunks_report_failures_and_sizes(random_vgg16, files):
     assert math.isfinite(float(chunks[1].features.sum()))
 
 
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_chunks_are_the_same_however_many_are_in_flight(random_vgg16, files, in_flight, monkeypatch):
+    good, corrupt = files
+    paths = [good[0], corrupt, good[1], good[0], good[1]]
+    extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224], flip=False, device="cpu")
+    expected = list(extractor.iter_chunks(paths, chunk_images=1))
+    monkeypatch.setattr(vggfeat.extractor, "CHUNKS_IN_FLIGHT", in_flight)
+    chunks = list(extractor.iter_chunks(paths, chunk_images=1))
+    assert [(c.start, c.end, c.indices, c.failures) for c in chunks] == [
+        (c.start, c.end, c.indices, c.failures) for c in expected]
+    assert all(np.array_equal(c.features, e.features) for c, e in zip(chunks, expected))
+
+
 def test_an_image_whose_descriptor_is_not_finite_fails_alone(random_vgg16, files, monkeypatch):
     good, corrupt = files
     extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224], flip=False, device="cpu")

@@ -7,6 +7,7 @@ the HDF5 job use exactly this object, so the API returns the numbers the CLI wri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import os
@@ -54,6 +55,11 @@ PROCESS_WORKERS = 16
 # with cuDNN's heuristic choice.
 TUNED_SHAPES = 8
 LONG_RUN_IMAGES = 50_000
+# Chunks whose work is queued before the oldest is collected: with 2, the GPU works on one chunk
+# while the host gathers the next, and idles whenever gathering takes longer than that chunk's
+# work. More absorb the host's uneven pace (decoding stalls, the writing thread) for the GPU
+# memory of their inputs; benchmarks/bench_extract.py --chunks-in-flight measures it.
+CHUNKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,8 @@ class Extractor:
         """Describe ``paths`` in consecutive chunks, in order.
 
         Threads decode ahead of the network. A chunk's results are collected only after the next
-        chunk's work has been queued, so a GPU never waits for the host between chunks.
+        chunk's work (CHUNKS_IN_FLIGHT - 1 chunks) has been queued, so a GPU never waits for the
+        host between chunks.
         """
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
         plan = self._start_run(len(paths))
@@ -268,14 +275,14 @@ class Extractor:
             reader.read(paths, lookahead=2 * chunk_images + 2 * plan.workers) as decoded,
             _precision(self.precision, self.device),
         ):
-            previous: Chunk | None = None
+            queued: collections.deque[Chunk] = collections.deque()
             for chunk, images in self._gather(len(paths), decoded, chunk_images):
                 chunk.features, chunk.ready = _copy_to_host(self._describe_chunk(chunk, images))
-                if previous is not None:
-                    yield _collected(previous)
-                previous = chunk
-            if previous is not None:
-                yield _collected(previous)
+                queued.append(chunk)
+                if len(queued) >= CHUNKS_IN_FLIGHT:
+                    yield _collected(queued.popleft())
+            while queued:
+                yield _collected(queued.popleft())
 
     def plan_run(self, images: int) -> RunPlan:
         """How a run over ``images`` images goes: where the options say ``auto``, long runs (50,000

@@ -1,10 +1,11 @@
 """A resumable extraction of an image set into one HDF5 file.
 
 Work goes to ``OUTPUT.parts/`` beside the output: a manifest of the configuration and image set,
-then parts, each committed atomically and appended to the output, written under a temporary name
-that is renamed into place when complete. Killed at any moment, the same command finds the parts,
-recomputes only the images that no part holds, and writes the output again from all the parts. The output's name is never written until then, so an
-existing file is only ever replaced by a complete one, and only with ``overwrite``.
+then parts, each committed atomically and appended to the output, which is written under a
+temporary name and renamed into place when complete. Killed at any moment, the same command finds
+the parts, recomputes only the images that no part holds, and writes the output again from all
+the parts. The output's name is never written until then, so an existing file is only ever
+replaced by a complete one, and only with ``overwrite``.
 """
 
 from __future__ import annotations
