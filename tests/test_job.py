@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torchvision
 
 import vggfeat.job
+import vggfeat.store
 from runhelpers import assert_same_output, flaky_storage, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
@@ -185,6 +187,25 @@ def test_folder_of_only_bad_files_gives_an_empty_file(tmp_path, extractor):
 
 
 # --------------------------------------------------------------------------- resume
+
+
+def test_a_run_writes_its_output_as_it_goes_reading_no_part_back(tmp_path, labelled, reference, extractor, monkeypatch):
+    """Each part is appended to the output as it is committed: after the last image only closing
+    the file is left, where copying every part into it took 7-9% of a fast GPU run."""
+    root, _ = labelled
+    opened, real = [], vggfeat.store.open_h5
+
+    def open_h5(path, mode="r"):
+        opened.append((Path(path).name, mode))
+        return real(path, mode)
+
+    monkeypatch.setattr(vggfeat.store, "open_h5", open_h5)
+    monkeypatch.setattr(vggfeat.job, "open_h5", open_h5)
+    ExtractionJob(extractor, find_images(root), tmp_path / "out.h5", part_images=PART).run()
+    assert [name for name, mode in opened if mode == "r"] == []
+    assert sorted(name for name, _ in opened) == ["output.h5.tmp", *sorted(
+        f"part-{start:012d}-{start + 2:012d}.h5.tmp" for start in (0, 2, 4))]
+    assert_same_output(read_output(tmp_path / "out.h5"), reference[1])
 
 
 def test_resume_after_a_crash_recomputes_only_missing_images(tmp_path, labelled, reference, extractor, monkeypatch):
