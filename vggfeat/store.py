@@ -56,9 +56,9 @@ def write_part(
     start: int,
     end: int,
     features: np.ndarray,
-    indices: list[int],
-    sizes: list[tuple[int, int]],
-    failures: list[tuple[int, str]],
+    indices: Sequence[int] | np.ndarray,
+    sizes: Sequence[tuple[int, int]] | np.ndarray,
+    failures: Sequence[tuple[int, str]],
 ) -> Part:
     """Atomically write the results of images ``[start, end)`` (global ``indices``)."""
     final = folder / f"part-{start:012d}-{end:012d}.h5"
@@ -99,8 +99,8 @@ class OutputFile:
         # Sized for every image both described and failed; finish() cuts them to what was written.
         self._datasets = create_datasets(self._file, len(images), len(images), dim, dtype, images.classes)
 
-    def append(self, start: int, end: int, features: np.ndarray, indices: np.ndarray, sizes: np.ndarray,
-               failures: Sequence[tuple[int, str]]) -> None:
+    def append(self, start: int, end: int, features: np.ndarray, indices: Sequence[int] | np.ndarray,
+               sizes: Sequence[tuple[int, int]] | np.ndarray, failures: Sequence[tuple[int, str]]) -> None:
         """Add the results of images ``[start, end)``, which must come next."""
         if start != self.next:
             raise RuntimeError(f"images from {start} appended, {self.next} expected")  # a bug, not a user error
