@@ -26,8 +26,8 @@ first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
     # classify's pipelining. Each run has its own time limit (under 9 minutes in all).
-    timeout 60 $python benchmarks/bench_store.py --images 40000 || echo "(exit $?)"
-    timeout 120 $python -m pytest -q -ra tests/test_gpu.py -k "queues or collected" || echo "(exit $?)"
+    timeout 40 $python benchmarks/bench_store.py --images 40000 || echo "(exit $?)"
+    timeout 100 $python -m pytest -q -ra tests/test_gpu.py -k "queues or collected" || echo "(exit $?)"
     timeout 200 $bench ${single/20000/40000} --naive-count 4 --decode-in processes --compile || echo "(exit $?)"
     # Does a third chunk in flight absorb the host's uneven pace (ninth session: GPU busy 77%)?
     timeout 200 $bench ${single/20000/40000} --naive-count 4 --decode-in processes --compile --chunks-in-flight 3 || echo "(exit $?)" ;;
