@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench_extract import make_jpegs
-import vggfeat.reading
+import vggfeat.processes
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
 
@@ -50,7 +50,7 @@ def main() -> None:
                         help="processes decode into reused slots of shared memory (auto: for a GPU) or fresh blocks")
     args = parser.parse_args()
     if args.slots != "auto":
-        vggfeat.reading._reuses_slots = lambda device: args.slots == "on"
+        vggfeat.processes._reuses_slots = lambda device: args.slots == "on"
     device = torch.device(args.device)
     decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library() != "none"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def main() -> None:
         paths = list(itertools.islice(itertools.cycle(files), args.images))
         print(f"{args.images} reads of {args.count} JPEGs (500x375 / 375x500) onto {device}; "
               f"batched decoder: {decoder_library()}; processes decode into "
-              f"{'reused slots' if vggfeat.reading._reuses_slots(device) else 'fresh blocks'}")
+              f"{'reused slots' if vggfeat.processes._reuses_slots(device) else 'fresh blocks'}")
         for decoder in decoders:
             for workers in (int(w) for w in args.workers.split(",")):
                 rates = {}

@@ -221,7 +221,7 @@ def test_long_gpu_runs_decode_in_processes_where_shared_memory_has_room(random_v
     assert extractor(decode_in="auto", workers=3).plan_run(3).workers == 3
     nvjpeg = extractor(decode_in="auto", decoder="nvjpeg")
     assert not nvjpeg.plan_run(3).processes
-    monkeypatch.setattr(vggfeat.reading.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**26))
+    monkeypatch.setattr(vggfeat.processes.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**26))
     assert not extractor(decode_in="auto").plan_run(3).processes, "64 MiB of /dev/shm"
     monkeypatch.setattr(vggfeat.extractor.os, "cpu_count", lambda: 4)
     assert extractor(decode_in="processes").plan_run(3).workers == 4, "no more than the cores"

@@ -138,9 +138,10 @@ def children(process: int) -> list[int]:
 # system's time limit) kills: no chance to stop its workers.
 KILLED_READER = """
 import os, signal, sys, torch
-from vggfeat.reading import Budget, ImageReader, _DecodingProcesses
+from vggfeat.processes import DecodingProcesses
+from vggfeat.reading import Budget, ImageReader
 reader = ImageReader(torch.device("cpu"), "pil", 2, max_pixels=10**8, min_side=32, processes=True)
-workers = _DecodingProcesses(reader, Budget(None))
+workers = DecodingProcesses(reader, Budget(None))
 for _ in range(4):
     workers.pool.submit(os.getpid).result()
 with open(sys.argv[1], "w") as f:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import vggfeat.processes
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
@@ -33,7 +34,7 @@ DECODERS = ["pil"] + ([] if decoder_library() == "none" else ["torchvision"])
 def worker_memory(request, monkeypatch):
     """Each test with workers sending fresh blocks of shared memory (the CPU's way) and decoding
     into reused slots (a GPU's way, which would otherwise run only there)."""
-    monkeypatch.setattr(vggfeat.reading, "_reuses_slots", lambda device: request.param == "slots")
+    monkeypatch.setattr(vggfeat.processes, "_reuses_slots", lambda device: request.param == "slots")
     return request.param
 
 
@@ -115,7 +116,7 @@ def die(*slots) -> None:
 
 @pytest.fixture
 def forked_workers(monkeypatch):
-    monkeypatch.setattr(vggfeat.reading, "PROCESS_START", "fork")
+    monkeypatch.setattr(vggfeat.processes, "PROCESS_START", "fork")
     return monkeypatch
 
 
@@ -135,7 +136,7 @@ def test_a_file_that_kills_its_decoder_fails_alone(forked_workers, tmp_path):
 
 
 def test_processes_that_cannot_start_stop_the_run_with_a_message(forked_workers, tmp_path):
-    forked_workers.setattr(vggfeat.reading, "_worker_setup", die)
+    forked_workers.setattr(vggfeat.processes, "_worker_setup", die)
     with pytest.raises(VggfeatError, match="decoding processes die as they start"):
         decoded(one_image(tmp_path))
 
@@ -224,7 +225,7 @@ def no_shared_memory(paths, *arguments):
 
 
 def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers, tmp_path):
-    forked_workers.setattr(vggfeat.reading, "_decode_into", no_shared_memory)
+    forked_workers.setattr(vggfeat.processes, "_decode_into", no_shared_memory)
     with pytest.raises(VggfeatError, match=r"a decoding process failed: RuntimeError: unable to allocate shared memory.*"
                                            r"shared memory \(/dev/shm\), which may be too small"):
         decoded(one_image(tmp_path))
@@ -233,7 +234,7 @@ def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers
 def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
     """Rather than record every file as one that crashed its decoder (a /dev/shm too small kills them all)."""
     forked_workers.setattr(vggfeat.reading, "decode_image", decode_or_die)
-    forked_workers.setattr(vggfeat.reading, "MAX_CRASHES", 2)
+    forked_workers.setattr(vggfeat.processes, "MAX_CRASHES", 2)
     paths = [tmp_path / f"crash{i}.png" for i in range(4)]
     for i, path in enumerate(paths):
         write_rgb(path, 40, 40, seed=i)
@@ -245,10 +246,10 @@ def test_groups_come_back_a_slot_at_a_time_and_larger_images_alone(forked_worker
     """A worker decodes only what fits its slot of shared memory; the rest of its group follows,
     in order, and an image larger than a slot comes in a block of its own."""
     slot = 2 * 60 * 80 * 3  # two images of the largest size but one
-    forked_workers.setattr(vggfeat.reading, "SLOT_BYTES", slot)
+    forked_workers.setattr(vggfeat.processes, "SLOT_BYTES", slot)
     blocks = []
-    real = vggfeat.reading._DecodingProcesses._copied
-    forked_workers.setattr(vggfeat.reading._DecodingProcesses, "_copied",
+    real = vggfeat.processes.DecodingProcesses._copied
+    forked_workers.setattr(vggfeat.processes.DecodingProcesses, "_copied",
                            lambda self, *block: blocks.append(real(self, *block)[0].numel()) or real(self, *block))
     paths = [tmp_path / f"{i:03d}.{'png' if i % 3 else 'jpg'}" for i in range(JPEG_GROUP + 9)]
     for i, path in enumerate(paths):
@@ -292,7 +293,7 @@ def test_large_jpegs_are_decoded_a_block_at_a_time_within_the_budget(tmp_path, m
 
 
 def test_no_room_for_the_slots_stops_the_run_with_advice(tmp_path, monkeypatch):
-    monkeypatch.setattr(vggfeat.reading, "_reuses_slots", lambda device: True)
+    monkeypatch.setattr(vggfeat.processes, "_reuses_slots", lambda device: True)
 
     monkeypatch.setattr(torch.Tensor, "share_memory_", lambda self: no_shared_memory([]))
     with pytest.raises(VggfeatError, match=r"no room for 4 x 32 MiB of shared memory .*No space left on device.*"

@@ -24,7 +24,8 @@ from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
-from .reading import ImageReader, shared_memory_holds
+from .processes import shared_memory_holds
+from .reading import ImageReader
 from .resize import RESIZE_RECIPE, as_tensors, pad_batch, plan_batches, to_device, to_inputs
 from .settings import check_choice, check_options, check_scales, resolve_decoder, resolve_device, resolve_precision
 

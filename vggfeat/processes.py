@@ -1,0 +1,262 @@
+"""Decode in worker processes: groups of files become pixels in shared memory, for the reader.
+
+Worker processes hold no lock that the network's thread needs (Python's GIL, which threads in
+one process share). Their pixels come back through shared memory: for a GPU, slots made once and
+reused (a group of files at a time, large photos a few); on the CPU, a fresh block per group. A
+worker decodes with :class:`vggfeat.reading.ImageReader`'s own code, so pixels and errors are
+those of decoding threads. A file that kills its worker (a decoder's crash) is found and recorded
+as failed; workers end when the reading process does, however it ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import select
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ImageError, VggfeatError
+from .reading import Budget, Decoded, ImageReader
+
+# Most decoded bytes a worker sends at once, and for a GPU the size of the slots of shared memory
+# that workers decode into, one per worker and two more: a group of 500x375 images.
+SLOT_BYTES = 32 * 2**20
+# Worker processes start from a server process that has imported vggfeat once, rather than each
+# importing torch anew (seconds apiece); it holds no CUDA context or threads that a fork could copy.
+# Where there is no fork server (Windows), each starts afresh.
+PROCESS_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+# Files whose decoder may kill its process before the cause is more likely the processes' own.
+MAX_CRASHES = 10
+_SHARED_MEMORY = ("processes return pixels through shared memory (/dev/shm), which may be too small (in Docker, "
+                  "raise --shm-size); or decode in threads (--decode-in threads)")
+
+
+class DecodingProcesses:
+    """``reader.workers`` processes decoding groups of files, and threads here taking their pixels.
+
+    For a GPU, workers decode into slots: blocks of shared memory made once here and reused, as a
+    fresh block per group costs about as much as decoding it (page faults). A thread here takes a
+    free slot, has a worker decode as many of its group's files as the slot holds, copies them out
+    into pinned memory for the upload and frees the slot, until the group is done. Slots are never
+    held while waiting for the byte budget, so reading always goes on. On the CPU a copy out of a
+    slot would cost what it saves (measured with ``bench_reader.py``): workers send fresh blocks,
+    which the network reads where they lie.
+    A file that kills its worker process (a decoder's crash) would otherwise lose the whole pool's
+    work in progress: the files it broke are decoded again one at a time in a process of their
+    own, where only the culprit can fail, and it is recorded as failed.
+    """
+
+    def __init__(self, reader: ImageReader, budget: Budget) -> None:
+        self.reader, self.budget = reader, budget
+        self.arguments = (reader.decoder, reader.max_pixels, reader.min_side)
+        self.context = multiprocessing.get_context(PROCESS_START)
+        if PROCESS_START == "forkserver":
+            self.context.set_forkserver_preload([__name__])
+        count = reader.workers + 2  # a thread (and slot) for every worker, and two being copied out
+        self.slots = _slots(count) if _reuses_slots(reader.device) else []
+        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(len(self.slots)):
+            self.free.put(slot)
+        self.pool = self._pool(reader.workers)
+        self.receiving = ThreadPoolExecutor(count, thread_name_prefix="vggfeat-receive")
+        self.lock = threading.Lock()
+        self.crashes = 0
+
+    def __enter__(self) -> DecodingProcesses:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.receiving.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, files: list[Path], number: int) -> Future[tuple[list[Decoded], int]]:
+        return self.receiving.submit(self._received, files, number)
+
+    def _received(self, files: list[Path], number: int) -> tuple[list[Decoded], int]:
+        results: list[Decoded] = []
+        held = 0
+        while len(results) < len(files):
+            blocks = self._decoded(files[len(results):])
+            for pixels, outcomes in blocks:  # the budget once the slot is free again
+                held += self.budget.take(number, pixels.numel())
+                results += self.reader._unpack(pixels, outcomes)
+        return results, held
+
+    def _decoded(self, files: list[Path]) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
+        """The first of ``files`` that a slot holds (at least one), decoded by a worker and copied
+        out of its slot: [(pixels, outcomes)], one block; after a worker's death, one per file."""
+        slot = self.free.get() if self.slots else None
+        try:
+            pool = self.pool
+            try:
+                block = _block(pool.submit(_decode_into, [str(f) for f in files], slot, *self.arguments))
+            except BrokenProcessPool:  # broken by another group's file, and not restarted yet
+                block = None
+            return [self._copied(slot, *block)] if block is not None else self._alone(files, slot, pool)
+        finally:
+            if slot is not None:
+                self.free.put(slot)
+
+    def _copied(self, slot: int | None, own: torch.Tensor | None, outcomes: list[tuple[int, int] | str]
+                ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
+        """The pixels out of the slot, or the block of their own that they came in; for a GPU, in
+        pinned memory, for the upload."""
+        cuda = self.reader.device.type == "cuda"
+        if own is not None:
+            return (own.pin_memory() if cuda else own), outcomes
+        pixels = self.slots[slot][: sum(3 * h * w for h, w in _sizes(outcomes))]
+        return (pixels.pin_memory() if cuda else pixels.clone()), outcomes
+
+    def _alone(self, files: list[Path], slot: int | None, broken: ProcessPoolExecutor
+               ) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
+        """After a worker's death: ``files`` one at a time, each alone in a process, so that a
+        crash can only be its own file's."""
+        with self.lock:
+            if broken is self.pool:  # the first group to see it broken restarts it
+                broken.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._pool(self.reader.workers)
+            blocks = []
+            alone = self._started(1)
+            try:
+                for path in files:
+                    block = _block(alone.submit(_decode_into, [str(path)], slot, *self.arguments))
+                    if block is not None:
+                        blocks.append(self._copied(slot, *block))
+                        continue
+                    blocks.append((torch.empty(0, dtype=torch.uint8), ["the decoder crashed on this file (its process died)"]))
+                    self.crashes += 1
+                    if self.crashes > MAX_CRASHES:
+                        raise VggfeatError(f"decoding processes died on {self.crashes} files; {_SHARED_MEMORY}")
+                    alone.shutdown(wait=False)
+                    alone = self._started(1)
+            finally:
+                alone.shutdown(wait=False)
+            return blocks
+
+    def _started(self, workers: int) -> ProcessPoolExecutor:
+        """A pool whose process has been seen to start: were it to die whatever it is given, every
+        file would otherwise be recorded as one that crashed the decoder."""
+        pool = self._pool(workers)
+        try:
+            pool.submit(_worker_setup, self.slots, os.getpid()).result()
+        except BrokenProcessPool:
+            pool.shutdown(wait=False)
+            raise VggfeatError("decoding processes die as they start (a script that starts them must guard its "
+                               "code with if __name__ == '__main__'); or decode in threads (--decode-in threads)") from None
+        return pool
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=self.context, initializer=_worker_setup,
+                                   initargs=(self.slots, os.getpid()))
+
+
+def shared_memory_holds(workers: int) -> bool:
+    """Whether shared memory (/dev/shm) has room for the slots of ``workers`` decoding processes
+    and as much again (Docker gives containers 64 MiB unless told otherwise)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return False
+    return free >= 2 * (workers + 2) * SLOT_BYTES
+
+
+def _reuses_slots(device: torch.device) -> bool:
+    """Whether workers decode into reused slots (for a GPU) or fresh blocks (see DecodingProcesses)."""
+    return device.type == "cuda"
+
+
+def _slots(count: int) -> list[torch.Tensor]:
+    try:
+        return [torch.empty(SLOT_BYTES, dtype=torch.uint8).share_memory_() for _ in range(count)]
+    except RuntimeError as error:
+        raise VggfeatError(f"no room for {count} x {SLOT_BYTES >> 20} MiB of shared memory ({error}); "
+                           f"{_SHARED_MEMORY}") from None
+
+
+def _block(decoding: Future) -> tuple[torch.Tensor | None, list] | None:
+    """A worker's result, or None if its process died (or the pool was broken before it was sent)."""
+    try:
+        return decoding.result()
+    except BrokenProcessPool:
+        return None
+    except Exception as error:  # a file's trouble is an ImageError in the block; this is the processes'
+        raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
+
+
+def _sizes(outcomes: list[tuple[int, int] | str]) -> list[tuple[int, int]]:
+    return [outcome for outcome in outcomes if not isinstance(outcome, str)]
+
+
+_SLOTS: list[torch.Tensor] = []  # in a worker process: the reading process's slots, if any
+
+
+def _worker_setup(slots: list[torch.Tensor], reading_process: int) -> None:
+    # One thread each: the workers are already one per core. Ctrl-C is for the main process,
+    # which stops them; each would otherwise print a traceback of its own.
+    global _SLOTS
+    _SLOTS = slots
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not any(thread.name == _WATCH for thread in threading.enumerate()):
+        threading.Thread(target=_exit_after, args=(reading_process,), name=_WATCH, daemon=True).start()
+
+
+_WATCH = "vggfeat-watch-reader"
+
+
+def _exit_after(process: int) -> None:
+    """In a worker: end once ``process``, the reading one, has ended. A reading process that is
+    killed (kill -9, a batch system's time limit) cannot stop its workers, which would otherwise
+    wait for work for ever, each holding its memory."""
+    try:
+        descriptor = os.pidfd_open(process)  # readable once the process has ended (Linux 5.3 on)
+    except (AttributeError, OSError):
+        descriptor = None
+    if descriptor is not None:
+        select.select([descriptor], [], [])
+    else:
+        while _running(process):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _running(process: int) -> bool:
+    try:
+        os.kill(process, 0)
+    except (ProcessLookupError, PermissionError):  # gone; or its number reused by someone else's
+        return False
+    return True
+
+
+def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int
+                 ) -> tuple[torch.Tensor | None, list[tuple[int, int] | str]]:
+    """In a worker process: decode the first of ``paths`` that fit a slot (at least one) into slot
+    ``slot``, [3, H, W] each, one after another; return None (or, with no slot or for one image
+    larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
+    (height, width) or why not."""
+    reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
+    decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
+    images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
+              for d in decoded if not isinstance(d, ImageError)]
+    total = sum(x.numel() for x in images)
+    own = None if slot is not None and total <= SLOT_BYTES else torch.empty(total, dtype=torch.uint8).share_memory_()
+    target = _SLOTS[slot] if own is None else own
+    start = 0
+    for x in images:
+        target[start : start + x.numel()].view(x.shape).copy_(x)
+        start += x.numel()
+    outcomes = [str(d) if isinstance(d, ImageError) else tuple(d.shape[1:]) if isinstance(d, torch.Tensor)
+                else d.shape[:2] for d in decoded]
+    return own, outcomes
+
