@@ -380,7 +380,7 @@ def test_info_on_an_interrupted_run(tmp_path, monkeypatch):
     assert code == 2
     line = error_line(err)
     assert "is not written yet" in line and str(tmp_path / "out.h5.parts") in line
-    assert "run the same extract command to finish it" in line
+    assert "has done 1 of 2 images" in line and "run the same extract command to finish it" in line
     # Doing so finishes it.
     code, _, err = run_main(args)
     assert code == 0 and "resuming: 1 of 2" in err

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import VggfeatError
-from .store import open_features_file
+from .store import open_features_file, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -42,7 +42,7 @@ class FeatureFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        hint = " (an extraction is still running or was interrupted)" if self.path.with_name(self.path.name + ".parts").is_dir() else ""
+        hint = " (an extraction is still running or was interrupted)" if work_folder(self.path).is_dir() else ""
         self._file = open_features_file(self.path, "features", hint, _REQUIRED)
         try:
             self.features = self._file["features"]

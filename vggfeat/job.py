@@ -33,8 +33,8 @@ from .errors import VggfeatError
 from .decode import STORAGE_ERROR
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, list_parts, open_h5, replace_durably, write_json,
-                    write_part)
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, list_parts, open_h5, replace_durably, work_folder,
+                    write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -83,7 +83,7 @@ class ExtractionJob:
         self.images = images.shard(*shard) if shard else images
         self.extractor, self.dtype = extractor, dtype
         self.output = Path(output)
-        self.work = self.output.with_name(self.output.name + ".parts")
+        self.work = work_folder(self.output)
         self.part_images, self.part_seconds = part_images, part_seconds
         self.provenance = provenance or {}
         check_output_path(self.output)

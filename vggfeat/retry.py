@@ -24,7 +24,7 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .job import config_changes
-from .store import create_datasets, mark_complete, open_features_file, open_h5, written_atomically
+from .store import create_datasets, mark_complete, open_features_file, open_h5, work_folder, written_atomically
 
 BLOCK_BYTES = 64 * 2**20  # of the old file's descriptors copied at a time
 
@@ -65,7 +65,7 @@ def retry_failed(
     began = time.perf_counter()
     output = Path(output)
     images = images.shard(*shard) if shard else images
-    work = output.with_name(output.name + ".parts")
+    work = work_folder(output)
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
                            "end (the same command without --retry-failed) first")

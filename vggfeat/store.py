@@ -73,6 +73,22 @@ def write_part(
     return Part(start, end, final)
 
 
+def work_folder(output: Path) -> Path:
+    """Where an extraction into ``output`` keeps its work (manifest and parts) until it is done."""
+    return output.with_name(output.name + ".parts")
+
+
+def work_progress(output: Path) -> tuple[int, int] | None:
+    """(images its finished parts hold, images in all) of the extraction into ``output`` that is
+    running or was interrupted; None where there is none, or its manifest is not written yet."""
+    work = work_folder(output)
+    try:
+        total = int(json.loads((work / "manifest.json").read_text())["images"]["count"])
+        return sum(part.end - part.start for part in list_parts(work)), total
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def list_parts(folder: Path) -> list[Part]:
     """The finished parts in ``folder``, by start."""
     parts = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
-from ..store import read_info
+from ..store import read_info, work_folder, work_progress
 
 
 @click.command()
@@ -16,11 +16,13 @@ from ..store import read_info
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def info(file: Path, as_json: bool) -> None:
     """Show rows, dimension, classes, failures, provenance and whether FILE is complete."""
-    parts = file.with_name(file.name + ".parts")
     if not file.exists():
-        if parts.is_dir():
-            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction keeps its work in {parts}; "
-                               "run the same extract command to finish it")
+        work = work_folder(file)
+        if work.is_dir():
+            progress = work_progress(file)
+            done = f" has done {progress[0]:,} of {progress[1]:,} images and" if progress else ""
+            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction{done} keeps its work in "
+                               f"{work}; run the same extract command to finish it")
         raise VggfeatError(f"file not found: {file}")
     try:
         summary = read_info(file)
