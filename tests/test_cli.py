@@ -250,6 +250,15 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
 
 
+@pytest.mark.parametrize("command", ["extract", "classify"])
+def test_scales_and_device_are_checked_before_the_images_are_looked_for(tmp_path, command):
+    """Finding millions of images takes minutes on a network file system: a typo must not wait for it."""
+    for option, message in ((["--scales", "200"], "scale 200 is below 224"),
+                            (["--device", "cuda:99"], "device cuda:99 asked for")):
+        code, _, err = run_main([command, tmp_path / "nowhere", tmp_path / "out.file", *option])
+        assert code == 2 and message in error_line(err)
+
+
 def test_autotune_compile_and_decode_in_reach_the_extractor(one_image, monkeypatch):
     seen, real = [], Extractor.__init__
 

@@ -22,15 +22,28 @@ from ..discover import ImageSet, find_images, read_file_list
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS
+from ..errors import VggfeatError
+from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, resolve_device
 from ..weights import ARCHITECTURES
 
 
+# The scales and the device are checked as the command line is read, before the images are found
+# (minutes for millions of files on a network file system): a typo there should cost nothing.
 def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(q) for q in value.split(",") if q.strip())
+        return check_scales([int(q) for q in value.split(",") if q.strip()])
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
+    except VggfeatError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        resolve_device(value)
+    except VggfeatError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
 
 
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
@@ -40,7 +53,7 @@ model = click.option("--model", default="vgg16", show_default=True, type=click.C
 weights = click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
 seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
 scales = click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales, help="Smallest-side sizes Q, each >= 224.")
-device = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+device = click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 precision = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
                          help="Arithmetic in the network; auto: bf16 on GPUs that compute it natively (Ampere and later), else fp32.")
 
