@@ -3,10 +3,13 @@ stage, on synthetic features files written with vggfeat's schema."""
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from svmhelpers import blobs, write_features
@@ -25,6 +28,21 @@ def test_fits_separable_data_and_chooses_C_by_cross_validation():
     assert list(svm.classes_) == names
     assert svm.decision_function(X).shape == (36, 3)
     assert svm.score(X, np.array(names)[y]) == 1.0
+
+
+def test_fits_that_stop_at_max_iter_are_counted_and_warned_about_once():
+    """Not one liblinear warning per fit (tens in a cross-validation): one, with the count and the Cs."""
+    X, y, _, _ = blobs(classes=3, per_class=10, spread=2.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        svm = LinearSVM(C_grid=(1.0, 100.0), cv=2, max_iter=1).fit(X, y)
+    convergence = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert svm.n_fits_ == 3 * 2 * 2 + 3 and svm.n_unconverged_ == svm.n_fits_  # one iteration never suffices here
+    assert len(convergence) == 1
+    assert "max_iter=1 before converging in 15 of 15 fits (C = 1, 100)" in str(convergence[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert LinearSVM(C=1).fit(X, y).n_unconverged_ == 0
 
 
 def test_fixed_C_skips_cross_validation_and_matches_liblinear_one_vs_rest():

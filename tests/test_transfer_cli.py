@@ -89,6 +89,14 @@ def test_train_predict_evaluate_with_a_report(data, tmp_path):
     assert png.startswith(PNG) and len(png) > 5000
 
 
+def test_warnings_reach_the_terminal_as_one_line_each(data, tmp_path):
+    _, files = data
+    code, out, err = run_main(["train-svm", files["train"], tmp_path / "model.svm.h5", "--C", "1", "--max-iter", "1"])
+    assert code == 0 and "trained 3 classes" in out
+    assert err.splitlines() == ["warning: liblinear reached max_iter=1 before converging in 3 of 3 fits (C = 1); those "
+                                "SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"]
+
+
 def test_protocol_caltech(data, tmp_path):
     _, files = data
     out = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ import h5py
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
@@ -58,7 +60,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         normalize: L2-normalise each descriptor first, as the paper does.
         multilabel: ``y`` is an indicator matrix [N, K]; each label is an independent binary SVM.
         n_jobs: classes trained at once (threads); each holds one liblinear copy of the data.
-        max_iter, tol: liblinear's stopping rule.
+        max_iter, tol: liblinear's stopping rule. Fits that reach ``max_iter`` before ``tol`` are
+            counted in ``n_unconverged_`` (of ``n_fits_``), and ``fit`` warns once about them
+            (ConvergenceWarning), rather than liblinear once per fit.
         random_state: seed of the CV folds and of liblinear's dual coordinate order.
         copy: ``False`` lets ``fit`` normalise a float64 C-contiguous ``X`` in place.
     """
@@ -79,13 +83,24 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         X = self._prepare(X, copy=self.copy)
         targets = self._targets(y, len(X), classes)  # [N, K] bool
         self.n_features_in_ = X.shape[1]
-        if self.C is None:
-            self.cv_scores_ = self._cross_validate(X, targets)
-            best = max(self.cv_scores_.values())
-            self.C_ = min(c for c, score in self.cv_scores_.items() if score >= best - 1e-12)
-        else:
-            self.cv_scores_, self.C_ = {}, float(self.C)
-        self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None)
+        fits: list[tuple[float, bool]] = []  # (C, converged) of every liblinear fit
+        with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if self.C is None:
+                self.cv_scores_ = self._cross_validate(X, targets, fits)
+                best = max(self.cv_scores_.values())
+                self.C_ = min(c for c, score in self.cv_scores_.items() if score >= best - 1e-12)
+            else:
+                self.cv_scores_, self.C_ = {}, float(self.C)
+            self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None, fits)
+        self.n_fits_ = len(fits)
+        self.n_unconverged_ = sum(not converged for _, converged in fits)
+        if self.n_unconverged_:
+            values = ", ".join(f"{c:g}" for c in sorted({c for c, converged in fits if not converged}))
+            warnings.warn(ConvergenceWarning(
+                f"liblinear reached max_iter={self.max_iter} before converging in {self.n_unconverged_} of "
+                f"{self.n_fits_} fits (C = {values}); those SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"),
+                stacklevel=2)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -109,19 +124,24 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ training
 
-    def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None):
+    def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
+                 fits: list[tuple[float, bool]] | None = None):
+        """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``; each fit's
+        (C, converged) is added to ``fits``."""
         def fit_one(k: int) -> tuple[np.ndarray, float]:
             svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
                             class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
                             random_state=self.random_state)
             svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weights)
+            if fits is not None:
+                fits.append((C, svm.n_iter_ < self.max_iter))  # liblinear's own test of convergence
             return svm.coef_[0], float(svm.intercept_[0])
 
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
 
-    def _cross_validate(self, X: np.ndarray, targets: np.ndarray) -> dict[float, float]:
+    def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: list[tuple[float, bool]]) -> dict[float, float]:
         if self.multilabel:
             folds = KFold(self.cv, shuffle=True, random_state=self.random_state).split(X)
         else:
@@ -133,7 +153,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             for train, held_out in folds:
                 weights = np.zeros(len(X))
                 weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
-                coef, intercept = self._fit_all(X, targets, C, weights)
+                coef, intercept = self._fit_all(X, targets, C, weights, fits)
                 fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out]))
             scores[C] = float(np.mean(fold_scores))
         return scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # The arguments travel in ctx.obj so that files record the command actually given.
-        with stopping_on_sigterm():
+        with stopping_on_sigterm(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
     except VggfeatError as error:
         _fail(str(error), 2)
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # the system's refusal (a full disk, a file that cannot be written): no traceback
         _fail(str(error), 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """A warning as one line for the terminal: what happened, not where in the code it was said."""
+    click.secho(f"warning: {message}", err=True, fg="yellow")
 
 
 def _fail(message: str, code: int) -> None:

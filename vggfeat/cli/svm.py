@@ -43,6 +43,8 @@ def svm_options(command):
         click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "balanced"]),
                      help="'balanced' weighs each binary problem's positives and negatives equally (unbalanced data)."),
         click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise descriptors first (the paper's)."),
+        click.option("--max-iter", default=2000, show_default=True, type=click.IntRange(min=1),
+                     help="Most iterations of liblinear per fit (a warning says if some fits reach it)."),
         click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Classes trained in parallel (each holds one liblinear copy of the data)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds and the solver."),
@@ -53,10 +55,10 @@ def svm_options(command):
 
 
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
-               n_jobs: int, seed: int) -> dict:
+               max_iter: int, n_jobs: int, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
-            "normalize": normalize, "n_jobs": n_jobs, "random_state": seed}
+            "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "random_state": seed}
 
 
 @click.command("train-svm")
