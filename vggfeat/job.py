@@ -28,9 +28,9 @@ import torch
 import torchvision
 
 from ._version import __version__
+from .decode import STORAGE_ERROR
 from .discover import ImageSet
 from .errors import VggfeatError
-from .decode import STORAGE_ERROR
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
 from .store import (FORMAT_VERSION, OutputFile, check_output_path, list_parts, open_h5, replace_durably, work_folder,

@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, find_images, read_file_list
+from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..errors import VggfeatError
 from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, resolve_device
 from ..weights import ARCHITECTURES
 
