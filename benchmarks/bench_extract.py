@@ -2,7 +2,8 @@
 
     python benchmarks/bench_extract.py --count 256 --device cuda --precision fp32
 
-Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos), then measures
+Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos; --content photo,
+texture that costs as much to decode as VOC's photos, or smooth, cheaper), then measures
 in this one process, with random weights (speed does not depend on their values):
   (a) model only: the network on inputs already resized and on the device, full batches of one
       shape, timed after a first pass that warms up cuDNN's autotuning;
@@ -49,25 +50,70 @@ from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches,
 from vggfeat.weights import load_vgg
 
 
-def make_jpegs(folder: Path, count: int, varied: bool = False) -> None:
-    """500x375 and 375x500 JPEGs in turn; ``varied``: long side 500, short side 300..500 and either
-    orientation at random, as in PASCAL VOC (many batch shapes: cuDNN autotunes each)."""
+# Content of the generated JPEGs. "photo": texture with the 1/f amplitude spectrum of natural
+# images, which encodes at quality 90 to ~90 KB at 500x375, the average size of PASCAL VOC 2007's
+# JPEGs (9,963 of them in ~0.9 GB of tar files); it takes 2.4x as long to decode here as "smooth"
+# (~30 KB), whose entropy-coded data is small: the content of the earlier sessions' figures.
+CONTENTS = ("photo", "smooth")
+_PHOTO_SPECTRUM = 1.1  # amplitude ~ 1/f**1.1; 1.2 gives ~75 KB, 1.3 ~57 KB
+
+
+def make_jpegs(folder: Path, count: int, varied: bool = False, content: str = "photo") -> list[Path]:
+    """``count`` JPEGs of ``content``: 500x375 and 375x500 in turn; ``varied``: long side 500, short
+    side 300..500 and either orientation at random, as in PASCAL VOC (many batch shapes: cuDNN
+    autotunes each). Returns them in name order."""
+    if content not in CONTENTS:
+        raise ValueError(f"content {content!r}: choose one of {', '.join(CONTENTS)}")
     rng = np.random.default_rng(0)
-    sizes = []
+    texture = _texture(rng, 1536, 2048) if content == "photo" else None
+    pictures = []
     for i in range(count):
         height, width = (375, 500) if i % 2 == 0 else (500, 375)
         if varied:
             short = int(rng.integers(300, 501))
             height, width = (short, 500) if rng.random() < 0.7 else (500, short)
-        sizes.append((height, width, rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)))
+        if texture is None:
+            low = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
+            pictures.append((height, width, low))
+        else:  # a window of the texture at random, in its own contrast and colour
+            top, left = rng.integers(0, texture.shape[0] - height + 1), rng.integers(0, texture.shape[1] - width + 1)
+            pictures.append((top, left, height, width, rng.uniform(30, 60), rng.uniform(90, 160, 3)))
 
     def save(i: int) -> None:
-        height, width, low = sizes[i]
-        picture = Image.fromarray(low).resize((width, height), Image.BILINEAR)
+        if texture is None:
+            height, width, low = pictures[i]
+            picture = Image.fromarray(low).resize((width, height), Image.BILINEAR)
+        else:
+            top, left, height, width, contrast, colour = pictures[i]
+            window = texture[top : top + height, left : left + width]
+            picture = Image.fromarray(np.clip(colour + contrast * window, 0, 255).astype(np.uint8))
         picture.save(folder / f"{i:06d}.jpg", quality=90)
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow encodes without holding the GIL
         list(pool.map(save, range(count)))
+    return sorted(folder.glob("*.jpg"))
+
+
+def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Colour noise with a natural image's 1/f amplitude spectrum, zero mean and unit deviation,
+    [height, width, 3] float32; the channels share most of their content, as a photo's do."""
+    frequency = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    frequency[0, 0] = 1.0
+    amplitude = frequency**-_PHOTO_SPECTRUM
+    shape = amplitude.shape
+
+    def noise() -> np.ndarray:
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+    shared = noise()
+    channels = [np.fft.irfft2((shared + 0.6 * noise()) * amplitude, s=(height, width)) for _ in range(3)]
+    texture = np.stack(channels, axis=-1)
+    return ((texture - texture.mean()) / texture.std()).astype(np.float32)
+
+
+def jpeg_kilobytes(files: list[Path]) -> float:
+    """The average size of ``files`` in KB, printed with each benchmark's setting."""
+    return sum(f.stat().st_size for f in files) / max(len(files), 1) / 1e3
 
 
 def process_start(extractor: Extractor, files: list[Path]) -> float:
@@ -308,6 +354,9 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
+    parser.add_argument("--content", choices=CONTENTS, default="photo",
+                        help="photo: texture that decodes as slowly as VOC's photos; smooth: cheap to decode, "
+                             "as in the figures before 2026-11-23 [default: %(default)s]")
     parser.add_argument("--no-autotune", action="store_true",
                         help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
     parser.add_argument("--compile", action="store_true", help="the network through torch.compile, in (a) and (b)")
@@ -342,8 +391,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
-        make_jpegs(folder, args.count, args.varied_sizes)
-        files = sorted(folder.iterdir())
+        started = time.perf_counter()
+        files = make_jpegs(folder, args.count, args.varied_sizes, args.content)
+        print(f"{len(files)} {args.content} JPEGs, {jpeg_kilobytes(files):.0f} KB on average, "
+              f"made in {time.perf_counter() - started:.0f} s")
         a, first_pass = model_only(extractor, files[: args.model_only_count])
         runs = {}
         if "processes" in places:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench_extract import make_jpegs
+from bench_extract import CONTENTS, jpeg_kilobytes, make_jpegs
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
 
@@ -92,14 +92,15 @@ def main() -> None:
     parser.add_argument("--switch-interval", type=float, metavar="SECONDS",
                         help="Python's GIL switch interval (default 0.005): how long a thread that wants the GIL "
                              "waits before the one holding it is made to let go")
+    parser.add_argument("--content", choices=CONTENTS, default="photo", help="of the JPEGs (see bench_extract.py)")
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     torch.set_num_threads(1)  # the flips' own threads would blur the figure
     with tempfile.TemporaryDirectory() as tmp:
-        make_jpegs(Path(tmp), args.count)
-        files = sorted(Path(tmp).iterdir())
+        files = make_jpegs(Path(tmp), args.count, content=args.content)
         baseline = operations_per_second(args.seconds)
+        print(f"{args.count} {args.content} JPEGs, {jpeg_kilobytes(files):.0f} KB on average")
         print(f"main thread alone: {baseline:,.0f} small torch operations/s (torchvision decoder: {decoder_library()}; "
               f"GIL switch interval {sys.getswitchinterval():g} s)")
         counts = [int(w) for w in args.workers.split(",") if int(w) > 0]

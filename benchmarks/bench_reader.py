@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench_extract import make_jpegs
+from bench_extract import CONTENTS, jpeg_kilobytes, make_jpegs
 import vggfeat.processes
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
@@ -48,16 +48,17 @@ def main() -> None:
     parser.add_argument("--lookahead", type=int, default=1024, help="files decoded ahead (the extractor's: ~1,000 on a GPU)")
     parser.add_argument("--slots", choices=["auto", "on", "off"], default="auto",
                         help="processes decode into reused slots of shared memory (auto: for a GPU) or fresh blocks")
+    parser.add_argument("--content", choices=CONTENTS, default="photo", help="of the JPEGs (see bench_extract.py)")
     args = parser.parse_args()
     if args.slots != "auto":
         vggfeat.processes._reuses_slots = lambda device: args.slots == "on"
     device = torch.device(args.device)
     decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library() != "none"]
     with tempfile.TemporaryDirectory() as tmp:
-        make_jpegs(Path(tmp), args.count)
-        files = sorted(Path(tmp).iterdir())
+        files = make_jpegs(Path(tmp), args.count, content=args.content)
         paths = list(itertools.islice(itertools.cycle(files), args.images))
-        print(f"{args.images} reads of {args.count} JPEGs (500x375 / 375x500) onto {device}; "
+        print(f"{args.images} reads of {args.count} {args.content} JPEGs (500x375 / 375x500, "
+              f"{jpeg_kilobytes(files):.0f} KB on average) onto {device}; "
               f"batched decoder: {decoder_library()}; processes decode into "
               f"{'reused slots' if vggfeat.processes._reuses_slots(device) else 'fresh blocks'}")
         for decoder in decoders:
