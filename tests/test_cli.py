@@ -259,6 +259,30 @@ def test_scales_and_device_are_checked_before_the_images_are_looked_for(tmp_path
         assert code == 2 and message in error_line(err)
 
 
+@pytest.mark.parametrize("command, option, message", [
+    ("extract", ["--layer", "fc6", "--resize-side", "long"], "--resize-side long works with conv and pool layers"),
+    ("extract", ["--pooling", "gem", "--layer", "fc8"], "gem pooling/aggregation needs non-negative"),
+    ("extract", ["--decoder", "nvjpeg", "--device", "cpu"], "--decoder nvjpeg decodes on a CUDA device"),
+    ("classify", ["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+    ("classify", ["--no-dense"], "nothing to evaluate"),
+    ("extract", [], "exists; pass --overwrite"),
+    ("classify", [], "exists; pass --overwrite"),
+], ids=["resize-long-fc6", "gem-fc8", "nvjpeg-cpu", "fp16-cpu", "nothing-to-evaluate", "extract-output", "classify-output"])
+def test_options_and_existing_outputs_are_refused_before_the_images_are_looked_for(one_image, monkeypatch, command,
+                                                                                   option, message):
+    """Combinations of options, and an output there already, are refused without finding the images first."""
+    def looked_for(*args, **kwargs):
+        raise AssertionError("the images were looked for")
+
+    monkeypatch.setattr(options, "find_images", looked_for)
+    output = one_image / ("out.h5" if command == "extract" else "out.csv")
+    if not option:
+        output.write_text("a user's file")
+    code, _, err = run_main([command, one_image / "images", output, *FAST, *option])
+    assert code == 2 and message in error_line(err), err
+    assert output.read_text() == "a user's file" if not option else not output.exists()
+
+
 def test_autotune_compile_and_decode_in_reach_the_extractor(one_image, monkeypatch):
     seen, real = [], Extractor.__init__
 

@@ -83,6 +83,24 @@ class ImageSet:
         return hasher.hexdigest()
 
 
+def check_folder(root: str | Path) -> Path:
+    """``root``, once it is known to be a folder: refused at once, before anything that takes longer."""
+    root = Path(root)
+    if not root.exists():
+        raise VggfeatError(f"input folder not found: {root}")
+    if not root.is_dir():
+        raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
+    return root
+
+
+def check_file_list(list_file: str | Path) -> Path:
+    """``list_file``, once it is known to be a file: refused at once, before anything that takes longer."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise VggfeatError(f"file list not found: {list_file}")
+    return list_file
+
+
 def find_images(root: str | Path, progress: Callable[[int], object] | None = None) -> ImageSet:
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
     ``progress(n)`` is called with the number of images found in each folder, as it is walked.
@@ -92,11 +110,7 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     often a folder of links to where the images lie), except a link back into a folder it is in.
     A folder that cannot be listed is an error, not a silent gap in the set.
     """
-    root = Path(root)
-    if not root.exists():
-        raise VggfeatError(f"input folder not found: {root}")
-    if not root.is_dir():
-        raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
+    root = check_folder(root)
     found: list[str] = []
     unlisted: list[OSError] = []
     # Each folder still to walk: its real path, and the real folders it lies in (itself included),
@@ -144,9 +158,7 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     as for a folder. Nothing is read from the disk but the list: a list of ten million files on a
     network file system would otherwise cost ten million round trips before any work.
     """
-    list_file = Path(list_file)
-    if not list_file.is_file():
-        raise VggfeatError(f"file list not found: {list_file}")
+    list_file = check_file_list(list_file)
     root = Path(root) if root is not None else list_file.parent
     inside = root.absolute().as_posix().rstrip("/") + "/"  # absolute paths under root are kept relative to it
     class_of: dict[str, str | None] = {}

@@ -44,6 +44,19 @@ _ROW_EXTRAS = 128
 STORAGE_FAILURES_TO_STOP = 64
 
 
+_ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse at once, before the images are found and the network loads, an output that
+    :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
+    exists (without ``overwrite``) and has no work folder beside it, which may show that this very
+    extraction wrote it (the job decides)."""
+    check_output_path(output)
+    if output.exists() and not overwrite and not work_folder(output).exists():
+        raise VggfeatError(_ALREADY_EXISTS.format(output))
+
+
 @dataclass(frozen=True)
 class JobResult:
     output: Path
@@ -98,7 +111,7 @@ class ExtractionJob:
         # A run killed after renaming its output into place, before removing its work folder, is
         # finished: the same command then just writes the output from the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
-            raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
+            raise VggfeatError(_ALREADY_EXISTS.format(self.output))
         # Why no lock keeps a second run from writing the same output at once, if none can.
         self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)

@@ -35,11 +35,12 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     over the image and its flip and over the scales. Unusable files get a row with the reason.
     """
     output = options.output_of(paths, file_list)
-    check_output(output, overwrite)  # before any work
+    # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options.
+    check_output(output, overwrite)
     truth = read_labels(labels) if labels else None
-    images = options.read_images(paths, file_list, root, quiet)
+    options.check_source(paths, file_list)
     say = options.reporter(quiet)
-    say(f"{len(images):,} images; loading {model} ({weights})")
+    say(f"loading {model} ({weights})")
     classifier = Classifier(
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
         device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
@@ -47,6 +48,8 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
+    images = options.read_images(paths, file_list, root, quiet)
+    say(f"{len(images):,} images")
     say(options.describe_settings(classifier, len(images)))
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"

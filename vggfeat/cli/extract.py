@@ -10,7 +10,7 @@ import click
 
 from ..discover import ImageSet
 from ..extractor import Extractor
-from ..job import DTYPES, ExtractionJob
+from ..job import DTYPES, ExtractionJob, check_output
 from ..retry import retry_failed
 from . import options
 
@@ -67,9 +67,14 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if retry_failed and overwrite:
         raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images described again; --overwrite "
                                "describes every image anew: choose one")
-    images = options.read_images(paths, file_list, root, quiet)
+    # What can be refused is refused before the images are found (minutes for millions of files on
+    # a network file system): the output, the options (checked as the network is built; its
+    # weights, if downloaded, stay in torchvision's cache) and whether IMAGES exists.
+    if not retry_failed:
+        check_output(output, overwrite)
+    options.check_source(paths, file_list)
     say = options.reporter(quiet)
-    say(f"{len(images):,} images, {len(images.classes)} classes; loading {model} ({weights})")
+    say(f"loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
         flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
@@ -78,6 +83,8 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
+    images = options.read_images(paths, file_list, root, quiet)
+    say(f"{len(images):,} images, {len(images.classes)} classes")
     if retry_failed:
         _retry(extractor, images, output, dtype, shard, quiet)
         return

@@ -18,7 +18,7 @@ import click
 from tqdm import tqdm
 
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from ..discover import ImageSet, find_images, read_file_list
+from ..discover import ImageSet, check_file_list, check_folder, find_images, read_file_list
 from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
@@ -117,6 +117,14 @@ def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
         want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
         raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
     return paths[-1]
+
+
+def check_source(paths: tuple[Path, ...], file_list: Path | None) -> None:
+    """The folder of IMAGES, or the --file-list, exists: said at once, before the network loads."""
+    if file_list:
+        check_file_list(file_list)
+    else:
+        check_folder(paths[0])
 
 
 def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, quiet: bool = False) -> ImageSet:
