@@ -42,8 +42,6 @@ _ROW_EXTRAS = 128
 # Images in a row that the storage fails to give (each tried 3 times) before a run stops, rather
 # than record every image as failed while a file system is away.
 STORAGE_FAILURES_TO_STOP = 64
-
-
 _ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
 
 
