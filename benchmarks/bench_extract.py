@@ -16,14 +16,17 @@ in this one process, with random weights (speed does not depend on their values)
   (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
       dataset with Resize(256), CenterCrop(224), Normalize, a DataLoader with 16 worker processes
       and pinned memory, torchvision's VGG16 up to fc7 (autocast in --precision if not fp32).
-For (b) it also samples, every 50 ms, the GPU's utilisation and this process's resident memory:
-host memory that stays flat while files stream through is the point of the design.
+With --cold the JPEGs are dropped from the page cache before (b), (c) and (d), which then read
+them from the disk. For (b) it also samples, every 50 ms, the GPU's utilisation and this
+process's resident memory: host memory that stays flat while files stream through is the point
+of the design.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gzip
 import os
 import shutil
@@ -114,6 +117,31 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def jpeg_kilobytes(files: list[Path]) -> float:
     """The average size of ``files`` in KB, printed with each benchmark's setting."""
     return sum(f.stat().st_size for f in files) / max(len(files), 1) / 1e3
+
+
+def evict(files: list[Path]) -> None:
+    """Drop ``files`` from the page cache, so that the next reads come from the disk, as they do
+    in a collection larger than memory. Needs no privileges; has no effect on tmpfs, whose files
+    live in memory (see :func:`file_system`)."""
+    for path in files:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # only clean pages can be dropped
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+
+
+def file_system(folder: Path) -> str:
+    """The type and device of the file system holding ``folder`` (Linux), for the record."""
+    try:
+        mounts = [line.split()[:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown file system"
+    folder = str(folder.resolve())
+    device, point, kind = max((m for m in mounts if folder == m[1] or folder.startswith(m[1].rstrip("/") + "/")),
+                              key=lambda m: len(m[1]), default=("?", "?", "unknown"))
+    return f"{kind} ({device} on {point})"
 
 
 def process_start(extractor: Extractor, files: list[Path]) -> float:
@@ -354,6 +382,9 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the JPEGs from the page cache before each measure that reads them ((b), (c), "
+                             "(d)): read from the disk, not memory (put them on a disk with TMPDIR; not tmpfs)")
     parser.add_argument("--content", choices=CONTENTS, default="photo",
                         help="photo: texture that decodes as slowly as VOC's photos; smooth: cheap to decode, "
                              "as in the figures before 2026-11-23 [default: %(default)s]")
@@ -394,16 +425,21 @@ def main() -> None:
         started = time.perf_counter()
         files = make_jpegs(folder, args.count, args.varied_sizes, args.content)
         print(f"{len(files)} {args.content} JPEGs, {jpeg_kilobytes(files):.0f} KB on average, "
-              f"made in {time.perf_counter() - started:.0f} s")
+              f"made in {time.perf_counter() - started:.0f} s, on {file_system(folder)}; read "
+              f"{'cold (dropped from the page cache before each measure)' if args.cold else 'from the page cache'}")
+        cold = functools.partial(evict, files) if args.cold else lambda: None
         a, first_pass = model_only(extractor, files[: args.model_only_count])
         runs = {}
         if "processes" in places:
             print(f"decoding processes started in {process_start(extractor, files):.1f} s (once per run; not in (b))")
         for place in places:
             extractor.decode_in = place
+            cold()
             runs[place] = end_to_end(extractor, folder, args.profile)
+        cold()
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:
+            cold()
             d = dataloader_recipe(files, extractor.device, extractor.precision, args.dataloader_batch, args.dataloader_workers)
     print(f"(a) model only       {a:9.2f} images/s   (its first pass took {first_pass:.1f} s longer: autotuning, first-time costs)")
     for place, (b, samples, shapes) in runs.items():
