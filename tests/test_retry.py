@@ -19,6 +19,7 @@ from runhelpers import (
     write_plain_folder,
 )
 from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat.cli import options
 from vggfeat.retry import retry_failed
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
@@ -83,7 +84,7 @@ def test_a_file_whose_every_image_had_failed(tmp_path, random_vgg16, monkeypatch
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
 
 
-def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp_path):
+def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 2)
     write_corrupt(tmp_path / "images" / "bad.png")
     output = tmp_path / "out.h5"
@@ -103,6 +104,10 @@ def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp
         code, _, err = run_main(refused)
         assert code == 2 and words in error_line(err), err
     (tmp_path / "out.h5.parts").mkdir()
-    code, _, err = run_main([*args, "--retry-failed"])
-    assert code == 2 and "run it to its end" in error_line(err)
+    with monkeypatch.context() as patch:  # refused before the images are looked for
+        patch.setattr(options, "find_images", lambda *args, **kwargs: pytest.fail("the images were looked for"))
+        code, _, err = run_main([*args, "--retry-failed"])
+        assert code == 2 and "run it to its end" in error_line(err)
+        code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "none.h5", *CHEAP, "--retry-failed"])
+        assert code == 2 and "output file not found" in error_line(err)
     assert output.read_bytes() == before

@@ -47,6 +47,17 @@ class _Row:
     size: tuple[int, int]
 
 
+def check_retry(output: Path) -> None:
+    """Refuse at once, before the images are found and the network loads, an ``output`` that
+    cannot be retried: its extraction is not finished (its work folder is there), or it is not a
+    complete descriptor file."""
+    work = work_folder(output)
+    if work.exists():
+        raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
+                           "end (the same command without --retry-failed) first")
+    open_features_file(output, "output").close()
+
+
 def retry_failed(
     extractor: Extractor,
     images: ImageSet,
@@ -65,10 +76,7 @@ def retry_failed(
     began = time.perf_counter()
     output = Path(output)
     images = images.shard(*shard) if shard else images
-    work = work_folder(output)
-    if work.exists():
-        raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
-                           "end (the same command without --retry-failed) first")
+    check_retry(output)
     with open_features_file(output, "output") as old:
         _check_made_alike(old, extractor, images, dtype, output)
         failed = [_index_of(images, path) for path in old["failed/paths"].asstr()[:]]

@@ -11,7 +11,7 @@ import click
 from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
-from ..retry import retry_failed
+from ..retry import check_retry, retry_failed
 from . import options
 
 
@@ -70,7 +70,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, the options (checked as the network is built; its
     # weights, if downloaded, stay in torchvision's cache) and whether IMAGES exists.
-    if not retry_failed:
+    if retry_failed:
+        check_retry(output)
+    else:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
