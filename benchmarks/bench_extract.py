@@ -3,7 +3,7 @@
     python benchmarks/bench_extract.py --count 256 --device cuda --precision fp32
 
 Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos; --content photo,
-texture that costs as much to decode as VOC's photos, or smooth, cheaper), then measures
+a texture that encodes to the size of VOC's photos, or smooth, cheaper to decode), then measures
 in this one process, with random weights (speed does not depend on their values):
   (a) model only: the network on inputs already resized and on the device, full batches of one
       shape, timed after a first pass that warms up cuDNN's autotuning;
@@ -386,8 +386,8 @@ def main() -> None:
                         help="drop the JPEGs from the page cache before each measure that reads them ((b), (c), "
                              "(d)): read from the disk, not memory (put them on a disk with TMPDIR; not tmpfs)")
     parser.add_argument("--content", choices=CONTENTS, default="photo",
-                        help="photo: texture that decodes as slowly as VOC's photos; smooth: cheap to decode, "
-                             "as in the figures before 2026-11-23 [default: %(default)s]")
+                        help="photo: texture the size of VOC's photos once encoded (~90 KB at 500x375); smooth: "
+                             "~30 KB, cheaper to decode, as in the figures before 2026-11-23 [default: %(default)s]")
     parser.add_argument("--no-autotune", action="store_true",
                         help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
     parser.add_argument("--compile", action="store_true", help="the network through torch.compile, in (a) and (b)")
