@@ -47,15 +47,18 @@ class _Row:
     size: tuple[int, int]
 
 
-def check_retry(output: Path) -> None:
-    """Refuse at once, before the images are found and the network loads, an ``output`` that
-    cannot be retried: its extraction is not finished (its work folder is there), or it is not a
-    complete descriptor file."""
+def check_retry(output: Path, extractor: Extractor, dtype: str) -> None:
+    """Refuse, before the images are found, an ``output`` that cannot be retried: its extraction
+    is not finished (its work folder is there), it is not a complete descriptor file, or it was
+    made with other options than ``extractor``'s and ``dtype``."""
     work = work_folder(output)
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
                            "end (the same command without --retry-failed) first")
-    open_features_file(output, "output").close()
+    with open_features_file(output, "output") as f:
+        changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
+    if changes:
+        raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); retry with those that made it")
 
 
 def retry_failed(
@@ -76,9 +79,11 @@ def retry_failed(
     began = time.perf_counter()
     output = Path(output)
     images = images.shard(*shard) if shard else images
-    check_retry(output)
+    check_retry(output, extractor, dtype)
     with open_features_file(output, "output") as old:
-        _check_made_alike(old, extractor, images, dtype, output)
+        if old.attrs.get("images_sha256") != images.digest():
+            raise VggfeatError(f"{output} describes another set of images ({int(old.attrs.get('images_found', -1)):,} "
+                               f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
         failed = [_index_of(images, path) for path in old["failed/paths"].asstr()[:]]
         if not failed:  # nothing to do: the file stays as it is
             return RetryResult(output, 0, 0, old["features"].shape[0], 0, time.perf_counter() - began)
@@ -99,16 +104,6 @@ def retry_failed(
             mark_complete(out, attrs)
         total = old["features"].shape[0] + len(rows)
     return RetryResult(output, len(failed), len(rows), total, len(still_failed), time.perf_counter() - began)
-
-
-def _check_made_alike(f: h5py.File, extractor: Extractor, images: ImageSet, dtype: str, output: Path) -> None:
-    """Refuse ``f`` unless made of ``images`` with ``extractor``'s options and ``dtype``."""
-    changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
-    if changes:
-        raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); retry with those that made it")
-    if f.attrs.get("images_sha256") != images.digest():
-        raise VggfeatError(f"{output} describes another set of images ({int(f.attrs.get('images_found', -1)):,} then, "
-                           f"{len(images):,} now, or other names or labels); retry with the images that made it")
 
 
 def _index_of(images: ImageSet, path: str) -> int:

@@ -70,9 +70,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, the options (checked as the network is built; its
     # weights, if downloaded, stay in torchvision's cache) and whether IMAGES exists.
-    if retry_failed:
-        check_retry(output)
-    else:
+    if not retry_failed:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
@@ -85,6 +83,8 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
+    if retry_failed:
+        check_retry(output, extractor, dtype)
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes")
     if retry_failed:
