@@ -68,8 +68,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images described again; --overwrite "
                                "describes every image anew: choose one")
     # What can be refused is refused before the images are found (minutes for millions of files on
-    # a network file system): the output, the options (checked as the network is built; its
-    # weights, if downloaded, stay in torchvision's cache) and whether IMAGES exists.
+    # a network file system): the output, whether IMAGES exists, the options (checked as the
+    # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry,
+    # whether the output was made with them.
     if not retry_failed:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
