@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 
 import vggfeat.jpeg
+from bench_extract import jpeg_kilobytes
+from bench_extract import make_jpegs as make_photos
 from vggfeat.decode import decode_image
 from vggfeat.jpeg import decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP
@@ -108,11 +110,16 @@ def main() -> None:
     parser.add_argument("--size", default="500x375", help="width x height of the JPEGs")
     parser.add_argument("--grain", type=float, default=0.0, help="pixel noise (std) [default: none]")
     parser.add_argument("--draft", type=int, help="also time Pillow's draft mode down to this smallest side")
+    parser.add_argument("--photo", action="store_true",
+                        help="bench_extract.py's photo-like JPEGs instead (500x375 and 375x500; --size and --grain unused)")
     args = parser.parse_args()
+    if args.photo and (args.size != "500x375" or args.grain):
+        parser.error("--photo makes 500x375 and 375x500 JPEGs of their own texture: no --size or --grain")
     size = tuple(int(side) for side in args.size.split("x"))
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), args.count, size, args.grain)
+        paths = make_photos(Path(tmp), args.count) if args.photo else make_jpegs(Path(tmp), args.count, size, args.grain)
+        kilobytes = jpeg_kilobytes(paths)
         reference = by_pil(paths)
         results = {"PIL": milliseconds_per_image(by_pil, paths, args.passes)}
         if args.draft:
@@ -133,7 +140,8 @@ def main() -> None:
                    "read_jpeg's marker walk": microseconds_per_header(vggfeat.jpeg._plain_jpeg_size, datas, args.passes)}
     grain = f", grain {args.grain:g}" if args.grain else ""
     drafts = " (drafted ones: fewer of them)" if args.draft else ""
-    print(f"{args.count} JPEGs of {args.size}{grain}, one thread, mean of {args.passes} passes; "
+    kind = "photo-like JPEGs of 500x375 and 375x500" if args.photo else f"JPEGs of {args.size}{grain}"
+    print(f"{args.count} {kind} ({kilobytes:.0f} KB on average), one thread, mean of {args.passes} passes; "
           f"all give PIL's pixels{drafts}")
     for name, ms in results.items():
         print(f"  {name:32s} {ms:6.2f} ms per image  {results['PIL'] / ms:4.2f}x PIL  "

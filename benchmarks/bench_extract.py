@@ -55,8 +55,8 @@ from vggfeat.weights import load_vgg
 
 # Content of the generated JPEGs. "photo": texture with the 1/f amplitude spectrum of natural
 # images, which encodes at quality 90 to ~90 KB at 500x375, the average size of PASCAL VOC 2007's
-# JPEGs (9,963 of them in ~0.9 GB of tar files); it takes 2.4x as long to decode here as "smooth"
-# (~30 KB), whose entropy-coded data is small: the content of the earlier sessions' figures.
+# JPEGs (9,963 of them in ~0.9 GB of tar files); it costs 1.2-1.4x as much to decode here as
+# "smooth" (~30 KB), whose entropy-coded data is small: the content of the earlier sessions' figures.
 CONTENTS = ("photo", "smooth")
 _PHOTO_SPECTRUM = 1.1  # amplitude ~ 1/f**1.1; 1.2 gives ~75 KB, 1.3 ~57 KB
 

@@ -27,7 +27,7 @@ first)
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
     # classify's pipelining; with them, the GPU-memory cases of the issue, never yet run on a GPU (a
     # 6000x4000 photo and a 224x8000 panorama; the auto batch's memory estimate). The JPEGs are
-    # photo-like since the twelfth session (2.4x the decoding work of the smooth ones the ninth
+    # photo-like since the twelfth session (1.4x the decoding cost of the smooth ones the ninth
     # session measured; `single` measures both). Each run has its own time limit (9 minutes in all).
     timeout 30 $python benchmarks/bench_store.py --images 40000 || echo "(exit $?)"
     timeout 110 $python -m pytest -q -s -ra tests/test_gpu.py -k "queues or collected or huge or estimate" || echo "(exit $?)"
