@@ -242,12 +242,15 @@ def _running(process: int) -> bool:
 def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int
                  ) -> tuple[torch.Tensor | None, list[tuple[int, int] | str]]:
     """In a worker process: decode the first of ``paths`` that fit a slot (at least one) into slot
-    ``slot``, [3, H, W] each, one after another; return None (or, with no slot or for one image
+    ``slot``, (H, W, 3) each, one after another; return None (or, with no slot or for one image
     larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
     (height, width) or why not."""
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
     decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
-    images = [torch.from_numpy(d).permute(2, 0, 1) if isinstance(d, np.ndarray) else d
+    # (height, width, 3), as both PIL and libjpeg-turbo lay pixels out: a plain copy. Into [3, H, W]
+    # it would be a transposing one, 8x slower (180 against 22 us a 500x375 image, a sixth of a
+    # worker's time an image); the reader views them as [3, H, W] (_unpack), as threads' are.
+    images = [torch.from_numpy(d) if isinstance(d, np.ndarray) else d.permute(1, 2, 0)
               for d in decoded if not isinstance(d, ImageError)]
     total = sum(x.numel() for x in images)
     own = None if slot is not None and total <= SLOT_BYTES else torch.empty(total, dtype=torch.uint8).share_memory_()

@@ -149,8 +149,9 @@ class ImageReader:
             return self._upload(torch.from_numpy(rgb)).permute(2, 0, 1), held
 
     def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
-        """A worker process's block: [3, H, W] views of it, or the errors. For a GPU the block is in
-        pinned memory (DecodingProcesses._copied), and goes there in one upload."""
+        """A worker process's block, images laid out (H, W, 3) one after another: [3, H, W] views
+        of it, or the errors. For a GPU the block is in pinned memory (DecodingProcesses._copied),
+        and goes there in one upload."""
         if self.device.type == "cuda":
             with self._own_stream():
                 packed = self._upload(packed, pinned=True)
@@ -161,7 +162,7 @@ class ImageReader:
                 results.append(ImageError(outcome))
                 continue
             height, width = outcome
-            results.append(packed[start : start + 3 * height * width].view(3, height, width))
+            results.append(packed[start : start + 3 * height * width].view(height, width, 3).permute(2, 0, 1))
             start += 3 * height * width
         return results
 
