@@ -18,8 +18,9 @@ in this one process, with random weights (speed does not depend on their values)
       and pinned memory, torchvision's VGG16 up to fc7 (autocast in --precision if not fp32).
 With --cold the JPEGs are dropped from the page cache before (b), (c) and (d), which then read
 them from the disk. For (b) it also samples, every 50 ms, the GPU's utilisation and this
-process's resident memory: host memory that stays flat while files stream through is the point
-of the design.
+process's resident memory (host memory that stays flat while files stream through is the point
+of the design), and gives the CPU cores busy on average, the machine's and this process's: with
+decoding processes, the rest is theirs, and all cores busy means decoding is short of CPU.
 """
 
 from __future__ import annotations
@@ -193,9 +194,14 @@ class Samples:
     decode_wait: float = 0.0  # the main thread waiting for decoded images
     gpu_wait: float = 0.0  # the main thread waiting for the GPU's results
     tail: float = 0.0  # from the last image described to the complete output file
+    cpus_busy: float = 0.0  # the machine's cores, all processes: cores' worth busy on average
+    own_cpu: float = 0.0  # this process's share of that (its threads; not decoding processes)
 
     def report(self) -> str:
         busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
+        # Whether decoding has the CPUs it needs: all cores busy means it is short of them.
+        busy += (f"; CPU cores busy {self.cpus_busy:.1f} of {os.cpu_count()} on average, {self.own_cpu:.1f} of "
+                 f"them this process's")
         waits = (f"; main thread waited for decoding {self.decode_wait / self.seconds:.0%} and for results "
                  f"{self.gpu_wait / self.seconds:.0%} of the run; the file was complete {self.tail:.2f} s after the last image ({self.tail / self.seconds:.0%})")
         if not self.rss:
@@ -207,7 +213,8 @@ class Samples:
 
 @contextlib.contextmanager
 def sampled(device: torch.device) -> Iterator[Samples]:
-    """GPU utilisation and resident memory of this process, every 50 ms, while the block runs."""
+    """GPU utilisation and resident memory of this process, every 50 ms, while the block runs;
+    and the CPU cores busy over the block (the machine's, and this process's)."""
     samples, done = Samples(), threading.Event()
     page = os.sysconf("SC_PAGE_SIZE")
 
@@ -220,11 +227,25 @@ def sampled(device: torch.device) -> Iterator[Samples]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    began, machine, own = time.perf_counter(), machine_cpu_seconds(), time.process_time()
     try:
         yield samples
     finally:
         done.set()
         sampler.join()
+        seconds = time.perf_counter() - began
+        samples.cpus_busy = (machine_cpu_seconds() - machine) / seconds
+        samples.own_cpu = (time.process_time() - own) / seconds
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds that all cores have spent busy since boot (Linux's /proc/stat; 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, idle, iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    except (OSError, ValueError):
+        return 0.0
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) -> tuple[float, Samples, int]:

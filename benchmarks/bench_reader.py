@@ -7,22 +7,24 @@ The single-scale target (5,000 images/s end to end) needs the reader to deliver 
 much while the network runs. This makes ``--count`` 500x375 / 375x500 JPEGs, then reads
 ``--images`` of them (the files over and over) with each decoder, in threads and in processes, with
 ``--workers`` of each, on ``--device`` (on a GPU the pixels end there, uploaded by the reader's
-threads), and prints images/s and this process's CPU time per image (its threads included; the
-processes' own CPU is not). The processes' start is paid before the timing, as a long run
-amortises it.
+threads), and prints images/s, this process's CPU time per image (its threads included; the
+processes' own CPU is not) and the whole machine's (every process's: with the workers'; Linux),
+with the cores busy on average: all of them busy means reading is short of CPU. The processes'
+start is paid before the timing, as a long run amortises it.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench_extract import CONTENTS, jpeg_kilobytes, make_jpegs
+from bench_extract import CONTENTS, jpeg_kilobytes, machine_cpu_seconds, make_jpegs
 import vggfeat.processes
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
@@ -67,12 +69,14 @@ def main() -> None:
                 for processes in (False, True):
                     reader = ImageReader(device, decoder, workers, max_pixels=10**9, min_side=32, processes=processes)
                     read_all(reader, files[:workers], lookahead=workers)  # warm-up: start processes, streams
-                    wall, cpu = time.perf_counter(), time.process_time()
+                    wall, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu_seconds()
                     count = read_all(reader, paths, args.lookahead)
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    machine = machine_cpu_seconds() - machine
                     rates[processes] = count / wall
                     print(f"  {decoder:12} {workers:3} {'processes' if processes else 'threads  '}: "
-                          f"{count / wall:8.0f} images/s, this process's CPU {1e6 * cpu / count:6.0f} us an image")
+                          f"{count / wall:8.0f} images/s, this process's CPU {1e6 * cpu / count:6.0f} us an image, "
+                          f"the machine's {1e6 * machine / count:6.0f} us ({machine / wall:.1f} of {os.cpu_count()} cores busy)")
                 print(f"  {decoder:12} {workers:3} processes / threads: {rates[True] / rates[False]:.2f}x")
 
 
