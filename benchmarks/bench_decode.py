@@ -8,7 +8,9 @@ into RGB pixels: PIL (``decode_image``: open, EXIF, convert, copy), and ``--deco
 decode here (TorchCodec, torchvision.io). Checks that every way gives PIL's pixels, and prints the
 milliseconds per image and how many cores of this speed 5,000 images/s would need. Also times the
 header check alone (Python that holds the GIL in every decoding thread): ``read_jpeg``'s marker
-walk against Pillow's header parse, which it replaced.
+walk against Pillow's header parse, which it replaced; and the copy of the decoded pixels into a
+reused block of memory, as a decoding process makes (``vggfeat.processes``): in the layout they
+were decoded in, (H, W, 3), against transposed to [3, H, W], as processes did before 2026-11-23.
 
 ``--draft Q`` also times what vggfeat does not do (yet): Pillow's draft mode, libjpeg's decoding
 at 1/2, 1/4 or 1/8 size in the DCT domain, to no less than Q on the smallest side; for large
@@ -95,6 +97,20 @@ def microseconds_per_header(check: Callable[[bytes], object], datas: list[bytes]
     return 1e6 * best
 
 
+def microseconds_per_copy(images: list[torch.Tensor], transposed: bool, passes: int) -> float:
+    """The copy of decoded [3, H, W] images (laid out (H, W, 3), as decoders make them) into one
+    reused block, one after another: as they lie, or transposed to [3, H, W] (best of the passes)."""
+    block = torch.empty(max(x.numel() for x in images), dtype=torch.uint8)
+    best = float("inf")
+    for _ in range(passes):
+        began = time.perf_counter()
+        for x in images:
+            source = x if transposed else x.permute(1, 2, 0)
+            block[: x.numel()].view(source.shape).copy_(source)
+        best = min(best, (time.perf_counter() - began) / len(images))
+    return 1e6 * best
+
+
 def milliseconds_per_image(decode: Callable[[list[Path]], list[np.ndarray]], paths: list[Path], passes: int) -> float:
     decode(paths)  # warm-up: file cache, imports
     began = time.perf_counter()
@@ -138,6 +154,9 @@ def main() -> None:
         datas = [path.read_bytes() for path in paths]
         headers = {"Pillow's header parse": microseconds_per_header(pillow_header, datas, args.passes),
                    "read_jpeg's marker walk": microseconds_per_header(vggfeat.jpeg._plain_jpeg_size, datas, args.passes)}
+        decoded = [torch.from_numpy(rgb).permute(2, 0, 1) for rgb in reference]
+        copies = {"as decoded, (H, W, 3)": microseconds_per_copy(decoded, False, args.passes),
+                  "transposed to [3, H, W]": microseconds_per_copy(decoded, True, args.passes)}
     grain = f", grain {args.grain:g}" if args.grain else ""
     drafts = " (drafted ones: fewer of them)" if args.draft else ""
     kind = "photo-like JPEGs of 500x375 and 375x500" if args.photo else f"JPEGs of {args.size}{grain}"
@@ -149,6 +168,9 @@ def main() -> None:
     print("header check alone (best of the passes):")
     for name, us in headers.items():
         print(f"  {name:32s} {us:6.1f} us per file")
+    print("decoded pixels copied into a reused block, as a decoding process does (best of the passes):")
+    for name, us in copies.items():
+        print(f"  {name:32s} {us:6.1f} us per image")
 
 
 if __name__ == "__main__":

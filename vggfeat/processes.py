@@ -248,8 +248,8 @@ def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: i
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
     decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
     # (height, width, 3), as both PIL and libjpeg-turbo lay pixels out: a plain copy. Into [3, H, W]
-    # it would be a transposing one, 8x slower (180 against 22 us a 500x375 image, a sixth of a
-    # worker's time an image); the reader views them as [3, H, W] (_unpack), as threads' are.
+    # it would be a transposing one, 7x slower (bench_decode.py: 170-178 against 23-24 us a
+    # 500x375 image, a sixth of a worker's time); the reader views them as [3, H, W] (_unpack).
     images = [torch.from_numpy(d) if isinstance(d, np.ndarray) else d.permute(1, 2, 0)
               for d in decoded if not isinstance(d, ImageError)]
     total = sum(x.numel() for x in images)
