@@ -46,6 +46,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vggfeat.extractor
+import vggfeat.processes
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, find_images, load_network
 from vggfeat.pooling import global_pool
@@ -419,6 +420,9 @@ def main() -> None:
                              "the main thread waits for the GIL after each torch call while decoding threads run Python")
     parser.add_argument("--profile", type=Path, metavar="TRACE.json.gz",
                         help="profile (b) with torch.profiler: print its table, write its timeline here")
+    parser.add_argument("--worker-niceness", default=str(vggfeat.processes.WORKER_NICENESS),
+                        help="decoding processes' priority below this process's (Unix niceness); comma-separated "
+                             "values: (b) with processes for each [default: %(default)s]")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
@@ -453,10 +457,15 @@ def main() -> None:
         runs = {}
         if "processes" in places:
             print(f"decoding processes started in {process_start(extractor, files):.1f} s (once per run; not in (b))")
+        nicenesses = [int(n) for n in args.worker_niceness.split(",")]
         for place in places:
             extractor.decode_in = place
-            cold()
-            runs[place] = end_to_end(extractor, folder, args.profile)
+            for niceness in nicenesses if place == "processes" else [None]:
+                if niceness is not None:
+                    vggfeat.processes.WORKER_NICENESS = niceness
+                cold()
+                runs[place if niceness is None else f"processes at niceness +{niceness}"] = end_to_end(
+                    extractor, folder, args.profile)
         cold()
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:

@@ -6,7 +6,8 @@ On a GPU the main thread queues the network's work: a few small torch operations
 one Python that needs the GIL. This measures the rate of such operations (a flip of a small CPU
 tensor) in the main thread while vggfeat's ImageReader decodes JPEGs without pause in ``workers``
 threads, with each decoder (``DECODER:processes``: in worker processes instead); 0 workers is the
-baseline, measured in the same run. Threads compete
+baseline, measured in the same run; decoding processes run at ``--worker-niceness`` below this
+process's priority (vggfeat's default, and others to compare). Threads compete
 for the CPU too: the rows "gil-free" run as many threads of work that holds no GIL (SHA-256 of
 large buffers), so what is left of the difference is the GIL.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench_extract import CONTENTS, jpeg_kilobytes, make_jpegs
+import vggfeat.processes
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import ImageReader
 
@@ -93,6 +95,9 @@ def main() -> None:
                         help="Python's GIL switch interval (default 0.005): how long a thread that wants the GIL "
                              "waits before the one holding it is made to let go")
     parser.add_argument("--content", choices=CONTENTS, default="photo", help="of the JPEGs (see bench_extract.py)")
+    parser.add_argument("--worker-niceness", default=str(vggfeat.processes.WORKER_NICENESS),
+                        help="decoding processes' priority below this process's (Unix niceness); comma-separated "
+                             "values are each measured [default: %(default)s]")
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
@@ -104,13 +109,18 @@ def main() -> None:
         print(f"main thread alone: {baseline:,.0f} small torch operations/s (torchvision decoder: {decoder_library()}; "
               f"GIL switch interval {sys.getswitchinterval():g} s)")
         counts = [int(w) for w in args.workers.split(",") if int(w) > 0]
+        nicenesses = [int(n) for n in args.worker_niceness.split(",")]
         for name in ["gil-free", *args.decoders.split(",")]:
-            for count in counts:
-                if name == "gil-free":
-                    rate = meanwhile(hashing, count, args.seconds)
-                else:
-                    rate = meanwhile(decoding(files, name, count), 1, args.seconds)
-                print(f"{name:22} {count:3} workers: {rate:12,.0f} operations/s, {rate / baseline:6.1%} of alone")
+            for niceness in nicenesses if name.endswith(":processes") else [None]:
+                if niceness is not None:
+                    vggfeat.processes.WORKER_NICENESS = niceness
+                label = name if niceness is None else f"{name} +{niceness}"
+                for count in counts:
+                    if name == "gil-free":
+                        rate = meanwhile(hashing, count, args.seconds)
+                    else:
+                        rate = meanwhile(decoding(files, name, count), 1, args.seconds)
+                    print(f"{label:26} {count:3} workers: {rate:12,.0f} operations/s, {rate / baseline:6.1%} of alone")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,38 @@ def test_describing_queues_the_gpus_work_without_waiting_for_it(random_vgg16, im
     assert queued_in < 0.5 * sleep_seconds, f"describe_async took {queued_in:.2f} s behind a {sleep_seconds:.2f} s GPU sleep"
 
 
+def test_the_host_waits_for_the_gpu_asleep():
+    """Waiting for a chunk's results, and a decoding thread for its upload, must leave the core to
+    decoding: CUDA otherwise spins while it waits (with few processes on many cores)."""
+    import time
+
+    from vggfeat.decode import DEFAULT_MAX_PIXELS
+    from vggfeat.extractor import _copy_to_host
+    from vggfeat.reading import ImageReader
+
+    def waited(block) -> tuple[float, float]:  # (seconds, this thread's CPU seconds)
+        torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        block()
+        return time.perf_counter() - wall, time.thread_time() - cpu
+
+    def chunk_results() -> None:
+        torch.cuda._sleep(int(1e9))
+        _, ready = _copy_to_host(torch.ones(4, 8, device="cuda"))
+        ready.synchronize()
+
+    reader = ImageReader(torch.device("cuda"), "pil", 1, DEFAULT_MAX_PIXELS, 32)
+
+    def upload() -> None:
+        with reader._own_stream():
+            torch.cuda._sleep(int(1e9))
+
+    torch.cuda._sleep(1000)  # CUDA's lazy start, outside the timing
+    for block in (chunk_results, upload):
+        seconds, cpu = waited(block)
+        assert seconds > 0.1 and cpu < 0.2 * seconds, f"{block.__name__}: {cpu:.2f} s of CPU in {seconds:.2f} s"
+
+
 class ArraysReader:
     """An ImageReader stand-in: every path is one small image, decoded at once."""
 

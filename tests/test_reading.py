@@ -102,6 +102,17 @@ def test_nvjpeg_is_not_decoded_in_processes(random_vgg16):
         Extractor(random_vgg16, device="cpu", decode_in="gpu")
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="Unix scheduling priorities")
+def test_workers_give_way_to_the_reading_process_where_cores_are_short():
+    """Workers decode at a lower priority than the process they decode for, whose threads queue
+    the GPU's work: where every core is busy, the GPU would otherwise wait for them."""
+    reader = ImageReader(torch.device("cpu"), "pil", workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32,
+                         processes=True)
+    with vggfeat.processes.DecodingProcesses(reader, vggfeat.reading.Budget(None)) as workers:
+        niceness = {workers.pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result() for _ in range(4)}
+    assert niceness == {min(os.getpriority(os.PRIO_PROCESS, 0) + vggfeat.processes.WORKER_NICENESS, 19)}
+
+
 # What a decoder's crash looks like to the pool: the process dies. Module-level, so that a worker
 # forked from this process finds them by name.
 def decode_or_die(path, **limits):

@@ -476,7 +476,10 @@ def _copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Even
         return features, None
     host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
     host.copy_(features, non_blocking=True)
-    ready = torch.cuda.Event()
+    # Waited for asleep (a blocking event): otherwise CUDA spins while it waits, with one process
+    # on a machine of many cores, and the main thread waits for results a quarter of a run or
+    # more (RESULTS.md): a core that decoding needs.
+    ready = torch.cuda.Event(blocking=True)
     ready.record(torch.cuda.current_stream(features.device))
     return host, ready
 

@@ -195,7 +195,9 @@ class ImageReader:
             stream = self._thread.stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
             yield
-        stream.synchronize()
+        done = torch.cuda.Event(blocking=True)
+        done.record(stream)
+        done.synchronize()  # asleep: stream.synchronize() would spin (see extractor._copy_to_host)
 
 
 class Budget:
