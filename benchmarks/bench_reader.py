@@ -51,7 +51,10 @@ def main() -> None:
     parser.add_argument("--slots", choices=["auto", "on", "off"], default="auto",
                         help="processes decode into reused slots of shared memory (auto: for a GPU) or fresh blocks")
     parser.add_argument("--content", choices=CONTENTS, default="photo", help="of the JPEGs (see bench_extract.py)")
+    parser.add_argument("--worker-niceness", type=int, default=vggfeat.processes.WORKER_NICENESS,
+                        help="decoding processes' priority below this process's (Unix niceness) [default: %(default)s]")
     args = parser.parse_args()
+    vggfeat.processes.WORKER_NICENESS = args.worker_niceness
     if args.slots != "auto":
         vggfeat.processes._reuses_slots = lambda device: args.slots == "on"
     device = torch.device(args.device)
@@ -62,7 +65,8 @@ def main() -> None:
         print(f"{args.images} reads of {args.count} {args.content} JPEGs (500x375 / 375x500, "
               f"{jpeg_kilobytes(files):.0f} KB on average) onto {device}; "
               f"batched decoder: {decoder_library()}; processes decode into "
-              f"{'reused slots' if vggfeat.processes._reuses_slots(device) else 'fresh blocks'}")
+              f"{'reused slots' if vggfeat.processes._reuses_slots(device) else 'fresh blocks'}, at niceness "
+              f"+{args.worker_niceness}")
         for decoder in decoders:
             for workers in (int(w) for w in args.workers.split(",")):
                 rates = {}
