@@ -193,11 +193,12 @@ class ImageReader:
         stream = getattr(self._thread, "stream", None)
         if stream is None:
             stream = self._thread.stream = torch.cuda.Stream(self.device)
+            # Waited on asleep: stream.synchronize() would spin (see extractor._copy_to_host).
+            self._thread.done = torch.cuda.Event(blocking=True)
         with torch.cuda.stream(stream):
             yield
-        done = torch.cuda.Event(blocking=True)
-        done.record(stream)
-        done.synchronize()  # asleep: stream.synchronize() would spin (see extractor._copy_to_host)
+        self._thread.done.record(stream)
+        self._thread.done.synchronize()
 
 
 class Budget:
