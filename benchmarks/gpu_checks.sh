@@ -13,6 +13,7 @@
 #   bash benchmarks/gpu_checks.sh shapes     # varied image sizes: autotuning only full batches, and none
 #   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop: threads against processes, DataLoader recipe
 #   bash benchmarks/gpu_checks.sh profile    # the GIL decoding threads take (switch interval); single scale under torch.profiler
+#   bash benchmarks/gpu_checks.sh spy        # what holds the GIL in a single-scale run (py-spy, carried in .whl/)
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 set -euo pipefail
@@ -21,7 +22,7 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling} in
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, profile, spy, precision or pooling} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -71,11 +72,20 @@ profile)
     $bench $single --count 8192 --naive-count 4 --decode-in threads,processes --switch-interval 0.0002
     $bench --scales 224 --center-crop --count 4096 --model-only-count 1024 --workers 16 --naive-count 4 \
         --profile "${OUT:-.}/single-scale-trace.json.gz" ;;
+spy)
+    # py-spy samples the thread holding the GIL: where the main thread, which queues the GPU's work,
+    # competes with the reading process's other threads. No internet there: the wheel comes in .whl/
+    # (carry it; `pip download` as the device README says, py-spy 0.4.3).
+    $python -m pip install -q --no-index --no-deps --target /tmp/spy .whl/py_spy-*.whl
+    /tmp/spy/bin/py-spy record --gil --threads --format raw -r 200 -o "${OUT:-.}/gil.txt" -- \
+        $bench ${single/20000/40000} --model-only-count 256 --naive-count 1 --decode-in processes --compile
+    $python benchmarks/spy_summary.py "${OUT:-.}/gil.txt" --without make_jpegs --without model_only \
+        --without naive --without _find_and_load --without process_start ;;
 precision)
     $python benchmarks/bench_precision.py --device cuda --precisions bf16,fp16,tf32 --per-class 100 ;;
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, profile, precision or pooling" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, profile, spy, precision or pooling" >&2
     exit 2 ;;
 esac
