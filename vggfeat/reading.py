@@ -82,7 +82,9 @@ class ImageReader:
         upcoming, numbers = iter(paths), itertools.count()
 
         def submit_next() -> None:
-            files = [Path(path) for path in itertools.islice(upcoming, group)]
+            # Path objects as they come (an ImageSet's files are): making each anew would be work,
+            # per file, for the thread that queues the GPU's work.
+            files = [path if isinstance(path, Path) else Path(path) for path in itertools.islice(upcoming, group)]
             if files:
                 pending.append(submit(files, next(numbers)))
 
