@@ -227,7 +227,7 @@ def _lower_priority(reading_process: int, niceness: int) -> None:
     """Let the reading process's threads go first where every core is busy. Workers decode as a
     batch job does; the reading process queues the GPU's work, which waits while it is not
     scheduled (``bench_gil.py --workers 2,3 --worker-niceness 10,0`` on 2 cores: with workers
-    decoding, the main thread kept 40-60% of its speed alone at the same priority, 72-86% at +10)."""
+    decoding, the main thread kept 41-57% of its speed alone at the same priority, 57-86% at +10)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, min(os.getpriority(os.PRIO_PROCESS, reading_process) + niceness, 19))
     except (AttributeError, OSError):  # no such call (Windows), or a process gone: decoding goes on as it is
