@@ -33,8 +33,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, list_parts, open_h5, replace_durably, work_folder,
-                    write_json, write_part)
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, images_held, list_parts, open_h5, replace_durably,
+                    work_folder, write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -114,7 +114,7 @@ class ExtractionJob:
         self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)
         self.parts = list_parts(self.work)
-        self.done = sum(part.end - part.start for part in self.parts)
+        self.done = images_held(self.parts)
 
     @property
     def total(self) -> int:

@@ -84,9 +84,14 @@ def work_progress(output: Path) -> tuple[int, int] | None:
     work = work_folder(output)
     try:
         total = int(json.loads((work / "manifest.json").read_text())["images"]["count"])
-        return sum(part.end - part.start for part in list_parts(work)), total
+        return images_held(list_parts(work)), total
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def images_held(parts: Sequence[Part]) -> int:
+    """Images that ``parts`` hold, described or failed."""
+    return sum(part.end - part.start for part in parts)
 
 
 def list_parts(folder: Path) -> list[Part]:
