@@ -127,18 +127,18 @@ def test_cudnn_autotunes_only_full_batches_of_long_runs(random_vgg16, monkeypatc
 
     extractor = long_run_extractor(random_vgg16, monkeypatch)
     batch = tuning_batch
-    assert not extractor(autotune="auto")._autotunes(batch(4))  # describe() alone is no long run
-    assert not extractor(2, autotune="auto")._autotunes(batch(4))
+    assert not extractor(autotune="auto")._tuning(batch(4))[0]  # describe() alone is no long run
+    assert not extractor(2, autotune="auto")._tuning(batch(4))[0]
     auto = extractor(3, autotune="auto")
-    assert auto._autotunes(batch(4)) and not auto._autotunes(batch(3))  # a left-over batch is not tuned
-    tuned = [auto._autotunes(batch(4, 224 + extra)) for extra in range(1, 10)]
+    assert auto._tuning(batch(4))[0] and not auto._tuning(batch(3))[0]  # a left-over batch is not tuned
+    tuned = [auto._tuning(batch(4, 224 + extra))[0] for extra in range(1, 10)]
     assert tuned == [True] * (vggfeat.extractor.TUNED_SHAPES - 1) + [False] * 2  # 224 was the first
-    assert auto._autotunes(batch(4)), "a shape already tuned stays tuned"
+    assert auto._tuning(batch(4))[0], "a shape already tuned stays tuned"
 
-    assert extractor(autotune="on")._autotunes(batch(4))
-    assert not extractor(3, autotune="off")._autotunes(batch(4))
+    assert extractor(autotune="on")._tuning(batch(4))[0]
+    assert not extractor(3, autotune="off")._tuning(batch(4))[0]
     nvjpeg = extractor(autotune="on", decoder="nvjpeg")
-    assert not nvjpeg._autotunes(batch(4))  # it hung on an H100 while cuDNN autotuned
+    assert not nvjpeg._tuning(batch(4))[0]  # it hung on an H100 while cuDNN autotuned
     with pytest.raises(VggfeatError, match="unknown autotune 'always'"):
         Extractor(random_vgg16, device="cpu", autotune="always")
 

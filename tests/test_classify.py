@@ -20,9 +20,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from runhelpers import FAST, error_line, run_main
+from runhelpers import FAST, error_line, flaky_storage, run_main
 from reference import assert_close, reference_input
 import vggfeat.extractor
+import vggfeat.predictions
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
@@ -286,6 +287,27 @@ def test_cli_existing_output_is_kept_unless_overwrite(small_network_for_cli, fol
     assert code == 0, err
     assert len(read_csv(output)) == 3 + len(BAD_FILES)
     assert not list(tmp_path.glob(".predictions.csv.*"))  # no temporary file left
+
+
+def test_cli_stops_when_the_storage_goes_away_writing_no_predictions(small_network_for_cli, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        write_rgb(images / f"{i}.png", 224, 230, seed=i)
+    output = tmp_path / "predictions.csv"
+    monkeypatch.setattr(vggfeat.predictions, "STORAGE_FAILURES_TO_STOP", 3)
+    flaky_storage(monkeypatch, {f"{i}.png": 10**6 for i in range(4, 8)})  # gone after the fourth image
+    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    assert code == 1
+    assert "could not be read (storage error (Input/output error), 3 tries): their storage seems to be unavailable" in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("*predictions.csv*")), "no file of images all failed, nor a temporary one"
+    # One file the storage fails to give is a failed row, not a stop.
+    monkeypatch.undo()
+    flaky_storage(monkeypatch, {"5.png": 10**6})
+    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    assert code == 0, err
+    assert [row["error"] != "" for row in read_csv(output)] == [i == 5 for i in range(8)]
 
 
 @pytest.mark.parametrize(

@@ -430,15 +430,17 @@ class Extractor:
             self._tuned.add(shape)
         return shape in self._tuned
 
-    def _autotunes(self, inputs: list[torch.Tensor]) -> bool:
-        """Whether cuDNN autotunes this batch."""
-        return self._autotuning and self._recurring(inputs)
+    def _tuning(self, inputs: list[torch.Tensor]) -> tuple[bool, bool]:
+        """Whether cuDNN autotunes this batch, and whether it runs compiled: only a recurring one."""
+        recurring = self._recurring(inputs)
+        return self._autotuning and recurring, self._compiling and recurring
 
     def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         batch, sizes = pad_batch(inputs)
         batch = batch.to(dtype=self._runner.fc6.weight.dtype, memory_format=torch.channels_last)
-        with torch.inference_mode(), _precision(self.precision, self.device, self._autotunes(inputs)):
-            feature_map = self._network(batch, sizes, compiled=self._compiling and self._recurring(inputs))
+        autotune, compiled = self._tuning(inputs)
+        with torch.inference_mode(), _precision(self.precision, self.device, autotune):
+            feature_map = self._network(batch, sizes, compiled)
             # Each image's valid map size, worked out on the host: R-MAC plans its regions with it.
             map_sizes = None if sizes is None else [self.network.map_size(self.layer, *x.shape[1:]) for x in inputs]
             pooled = pool_map(feature_map.float(), map_sizes, self.pooling, self.gem_p)

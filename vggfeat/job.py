@@ -175,7 +175,7 @@ class ExtractionJob:
                 pending.append(chunk)
                 if progress:
                     progress(chunk.end - chunk.start)
-                unread = _unread_run(chunk, unread)
+                unread = unread_in_a_row(chunk, unread)
                 # Chunks whose every image the storage failed to give wait for the next: if the
                 # storage has gone away, the run stops before they are recorded as failed.
                 ready = pending[: len(pending) - _unread_chunks(pending)]
@@ -183,8 +183,7 @@ class ExtractionJob:
                     commit(ready)
                     if writing is not None:
                         writing.result()
-                    raise OSError(errno.EIO, f"the last {unread} images in a row could not be read "
-                                             f"({chunk.failures[-1][1]}): their storage seems to be unavailable")
+                    raise storage_gone(unread, chunk)
                 end = offset + chunk.end
                 if end == offset + len(files):
                     ready = pending
@@ -309,12 +308,18 @@ class ExtractionJob:
         return attrs
 
 
-def _unread_run(chunk: Chunk, run: int) -> int:
+def unread_in_a_row(chunk: Chunk, run: int) -> int:
     """``run`` images in a row that the storage failed to give, before ``chunk``: how many after it."""
     reasons = dict(chunk.failures)
     for index in range(chunk.start, chunk.end):
         run = run + 1 if reasons.get(index, "").startswith(STORAGE_ERROR) else 0
     return run
+
+
+def storage_gone(unread: int, chunk: Chunk) -> OSError:
+    """The error that stops a run after ``unread`` images in a row, up to ``chunk``'s last, that the storage failed to give."""
+    return OSError(errno.EIO, f"the last {unread} images in a row could not be read ({chunk.failures[-1][1]}): "
+                              "their storage seems to be unavailable")
 
 
 def _unread_chunks(chunks: list[Chunk]) -> int:

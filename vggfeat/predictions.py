@@ -19,6 +19,7 @@ import numpy as np
 from .classifier import Classifier
 from .discover import ImageSet
 from .errors import VggfeatError
+from .job import STORAGE_FAILURES_TO_STOP, storage_gone, unread_in_a_row
 from .store import written_atomically
 
 
@@ -132,7 +133,11 @@ def classify_images(
     overwrite: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> ClassificationResult:
-    """Classify ``images`` and write ``output`` (CSV); with ``labels``, also count top-1/top-5 errors."""
+    """Classify ``images`` and write ``output`` (CSV); with ``labels``, also count top-1/top-5 errors.
+
+    Raises OSError, writing no ``output``, when the images' storage fails STORAGE_FAILURES_TO_STOP
+    of them in a row: a file system gone away, rather than a file of images all failed.
+    """
     output = Path(output)
     check_output(output, overwrite)
     if not 1 <= topk <= classifier.dim:
@@ -146,7 +151,11 @@ def classify_images(
     with written_atomically(output) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(_header(topk, labelled=truth is not None))
+        unread = 0  # images in a row, up to the last one, that the storage failed to give
         for chunk in classifier.iter_chunks(images.files()):
+            unread = unread_in_a_row(chunk, unread)
+            if unread >= STORAGE_FAILURES_TO_STOP:
+                raise storage_gone(unread, chunk)
             probabilities = dict(zip(chunk.indices, chunk.features))
             reasons = dict(chunk.failures)
             for i in range(chunk.start, chunk.end):
