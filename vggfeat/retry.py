@@ -47,18 +47,19 @@ class _Row:
     size: tuple[int, int]
 
 
-def check_retry(output: Path, extractor: Extractor, dtype: str) -> None:
-    """Refuse, before the images are found, an ``output`` that cannot be retried: its extraction
-    is not finished (its work folder is there), it is not a complete descriptor file, or it was
-    made with other options than ``extractor``'s and ``dtype``."""
+def check_rewritable(output: Path, extractor: Extractor, dtype: str, option: str = "--retry-failed") -> None:
+    """Refuse, before the images are found, an ``output`` that ``option`` cannot rewrite: its
+    extraction is not finished (its work folder is there), it is not a complete descriptor file,
+    or it was made with other options than ``extractor``'s and ``dtype``."""
     work = work_folder(output)
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
-                           "end (the same command without --retry-failed) first")
+                           f"end (the same command without {option}) first")
     with open_features_file(output, "output") as f:
         changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
     if changes:
-        raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); retry with those that made it")
+        raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
+                           "options that made it")
 
 
 def retry_failed(
@@ -79,7 +80,7 @@ def retry_failed(
     began = time.perf_counter()
     output = Path(output)
     images = images.shard(*shard) if shard else images
-    check_retry(output, extractor, dtype)
+    check_rewritable(output, extractor, dtype)
     with open_features_file(output, "output") as old:
         if old.attrs.get("images_sha256") != images.digest():
             raise VggfeatError(f"{output} describes another set of images ({int(old.attrs.get('images_found', -1)):,} "

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
-from ..retry import check_retry, retry_failed
+from ..retry import check_rewritable, retry_failed
+from ..update import OutputUpdate
 from . import options
+
+R = TypeVar("R")
 
 
 def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -53,10 +58,13 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
 @options.overwrite
 @click.option("--retry-failed", is_flag=True,
               help="Describe again the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
+@click.option("--update", is_flag=True,
+              help="Bring OUTPUT, made by the same command, up to date with IMAGES: describe only the images it does not "
+                   "hold (added since), leave out those no longer found, and rewrite it.")
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
-            retry_failed, quiet) -> None:
+            retry_failed, update, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
     The defaults give the paper's descriptor: VGG16 fc7, applied densely at Q = 256, 384, 512,
@@ -67,11 +75,15 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if retry_failed and overwrite:
         raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images described again; --overwrite "
                                "describes every image anew: choose one")
+    for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
+        if update and given:
+            raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
+    rewrite = "--retry-failed" if retry_failed else "--update" if update else None
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
     # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry,
     # whether the output was made with them.
-    if not retry_failed:
+    if not rewrite:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
@@ -84,17 +96,33 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
-    if retry_failed:
-        check_retry(output, extractor, dtype)
+    if rewrite:
+        check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes")
     if retry_failed:
         _retry(extractor, images, output, dtype, shard, quiet)
         return
+    if update:
+        _update(extractor, images, output, dtype, part_size, quiet)
+        return
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
                         provenance={"command": options.command_line()})
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
+    _announce(job, extractor, dtype, say)
+    result = _running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
+        f"{_work_done(result.computed, result.seconds, extractor)}")
+    if shard:
+        say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
+    if result.failed:
+        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def _announce(job: ExtractionJob, extractor: Extractor, dtype: str, say: Callable[..., None]) -> None:
+    """What the job will do, before it does it."""
     say(options.describe_settings(extractor, job.total - job.done))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
@@ -102,10 +130,13 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if job.unlocked_because:
         say(f"note: the file system of {job.work} has no locks ({job.unlocked_because}): nothing stops a second run "
             "on the same output while this one runs", fg="yellow")
-    with options.progress_bar(quiet, total=job.total, initial=job.done, unit="images",
-                              desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}") as bar:
+
+
+def _running(job: ExtractionJob, run: Callable[..., R], quiet: bool, desc: str) -> R:
+    """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work is kept."""
+    with options.progress_bar(quiet, total=job.total, initial=job.done, unit="images", desc=desc) as bar:
         try:
-            result = job.run(progress=bar.update)
+            return run(progress=bar.update)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (options.Terminated)
             bar.close()
             terminated = isinstance(stop, options.Terminated)
@@ -115,15 +146,13 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         except OSError as error:  # a full disk, say: what is done is kept
             bar.close()
             raise OSError(f"{error}; finished parts are kept in {job.work}: run the same command to resume") from error
-    rate = result.computed / result.seconds if result.seconds > 0 else 0.0
-    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    work = (f"{result.computed:,} images in {result.seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}"
-            if result.computed else "every image was described by the interrupted run")
-    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {work}")
-    if shard:
-        say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
-    if result.failed:
-        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def _work_done(computed: int, seconds: float, extractor: Extractor) -> str:
+    if not computed:
+        return "every image was described by the interrupted run"
+    rate = computed / seconds if seconds > 0 else 0.0
+    return f"{computed:,} images in {seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}"
 
 
 def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
@@ -149,3 +178,23 @@ def _retry(extractor: Extractor, images: ImageSet, output: Path, dtype: str, sha
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {result.recovered:,} of the "
         f"{result.retried:,} images that had failed are described now ({result.seconds:.1f} s)")
+
+
+def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, part_size: int, quiet: bool) -> None:
+    say = options.reporter(quiet)
+    update = OutputUpdate(extractor, images, output, dtype=dtype, part_images=part_size,
+                          provenance={"update_command": options.command_line()})
+    if update.unchanged:
+        update.run()
+        say(f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
+        return
+    say(f"{update.added:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
+    if update.job:
+        _announce(update.job, extractor, dtype, say)
+        result = _running(update.job, update.run, quiet, desc="new images")
+    else:
+        result = update.run()
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    work = _work_done(result.computed, result.seconds, extractor) if result.added else "no image to describe"
+    say(f"updated {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
+        f"{result.added:,} images added, {result.dropped:,} left out; {work}")

@@ -1,0 +1,188 @@
+"""``extract --update``: a finished file brought up to date with a collection that grew and lost
+files, describing only the images it did not hold; the file becomes the one a fresh run writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import pytest
+
+import vggfeat.decode
+import vggfeat.jpeg
+import vggfeat.update
+from imagefiles import write_corrupt, write_rgb
+from runhelpers import (
+    FAST,
+    assert_same_output,
+    crash_on_part,
+    error_line,
+    read_output,
+    reusing_network,
+    run_main,
+    write_labelled_folder,
+    write_plain_folder,
+)
+from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat.cli import options
+from vggfeat.update import OutputUpdate
+
+CHEAP = [*FAST, "--layer", "conv1_1"]
+
+
+@pytest.fixture(autouse=True)
+def cached_network(random_vgg16):
+    with reusing_network(random_vgg16):
+        yield
+
+
+def decoded_files(monkeypatch) -> list[str]:
+    """folder/name of the image files opened from now on (some twice: a PNG is looked at as a JPEG first)."""
+    real, names = vggfeat.decode.open_image_file, []
+
+    def open_image_file(path):
+        names.append("/".join(Path(path).parts[-2:]))
+        return real(path)
+
+    for module in (vggfeat.decode, vggfeat.jpeg):
+        monkeypatch.setattr(module, "open_image_file", open_image_file)
+    return names
+
+
+def grow_and_prune(root) -> None:
+    """A new class, new images in an old class (one of them corrupt), an image gone, one more failing."""
+    (root / "birds").mkdir()
+    write_rgb(root / "birds" / "e.png", 224, 236, seed=7)
+    write_rgb(root / "cats" / "new.jpg", 230, 224, seed=8)
+    write_corrupt(root / "cats" / "torn.jpg")
+    (root / "dogs" / "c.png").unlink()
+
+
+def test_an_update_describes_only_the_new_images_and_writes_what_a_fresh_run_writes(tmp_path, monkeypatch):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_labelled_folder(root)
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    grow_and_prune(root)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+
+    read = decoded_files(monkeypatch)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0, err
+    assert sorted(set(read)) == ["birds/e.png", "cats/new.jpg", "cats/torn.jpg"], "only the images the file did not hold"
+    assert "3 images that" in err and "1 that it holds no longer found" in err
+    assert "updated" in err and "6 descriptors (64-d float32), 2 failed; 3 images added, 1 left out" in err
+    # Labels follow the classes as they are now: birds came first, so cats and dogs moved up one.
+    updated, reference = read_output(output), read_output(tmp_path / "reference.h5")
+    assert_same_output(updated, reference)
+    assert updated["attrs"]["images_sha256"] == reference["attrs"]["images_sha256"]
+    assert updated["attrs"]["update_command"].endswith("--update") and "updated" in updated["attrs"]
+    assert not list(tmp_path.glob("out.h5.*")) and not list(tmp_path.glob(".out.h5*")), "no staging file left"
+
+    before = output.read_bytes()
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "is up to date: it holds every one of the 8 images" in err, err
+    assert output.read_bytes() == before
+
+
+def test_a_killed_update_resumes_and_the_file_is_untouched_until_it_is_done(tmp_path, monkeypatch):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 3)
+    args = ["extract", root, output, *CHEAP, "--part-size", "1"]
+    assert run_main(args)[0] == 0
+    write_plain_folder(root / "more", 3, start_seed=10)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+    before = output.read_bytes()
+
+    crash_on_part(monkeypatch, 2)  # killed after describing one of the three new images
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main([*args, "--update"])
+    monkeypatch.undo()
+    assert output.read_bytes() == before
+    read = decoded_files(monkeypatch)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "resuming: 1 of 3 images were done by an interrupted run" in err, err
+    assert sorted(set(read)) == ["more/img01.png", "more/img02.png"]
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+    assert not (tmp_path / "out.h5.new-images.h5").exists()
+    assert not (tmp_path / "out.h5.new-images.h5.parts").exists()
+
+
+def test_an_update_killed_after_describing_the_new_images_does_not_describe_them_again(tmp_path, monkeypatch):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    write_plain_folder(root / "more", 2, start_seed=10)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+
+    def killed(self):
+        raise RuntimeError("killed before the rewrite")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OutputUpdate, "_rewrite", killed)
+        with pytest.raises(RuntimeError, match="killed before the rewrite"):
+            run_main([*args, "--update"])
+    assert (tmp_path / "out.h5.new-images.h5").exists()
+    read = decoded_files(monkeypatch)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "every image was described by the interrupted run" in err, err
+    assert read == []
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+    assert not (tmp_path / "out.h5.new-images.h5").exists()
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 1000])
+def test_rows_of_files_gone_in_runs_are_left_out_a_block_at_a_time(tmp_path, random_vgg16, monkeypatch, block_rows):
+    root = tmp_path / "images"
+    files = write_plain_folder(root, 12)
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+    ExtractionJob(extractor, find_images(root), tmp_path / "out.h5").run()
+    for gone in (*files[1:7], files[11]):  # a long run of rows gone (read around, not over), and the last
+        gone.unlink()
+    write_rgb(root / "img05b.png", 224, 240, seed=20)  # one new, among the gone
+    images = find_images(root)
+    ExtractionJob(extractor, images, tmp_path / "reference.h5").run()
+    monkeypatch.setattr(vggfeat.update, "BLOCK_BYTES", block_rows * 64 * 4)  # conv1_1: 64 float32 values a row
+    monkeypatch.setattr(vggfeat.update, "PATH_BLOCK", max(1, block_rows))
+    result = OutputUpdate(extractor, images, tmp_path / "out.h5").run()
+    assert (result.rows, result.failed, result.added, result.dropped, result.computed) == (6, 0, 1, 7, 1)
+    assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
+
+
+def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    assert run_main(["extract", root, tmp_path / "shard.h5", *CHEAP, "--shard", "1/2"])[0] == 0
+    write_plain_folder(root / "more", 1, start_seed=10)
+    staging = tmp_path / "out.h5.new-images.h5"
+    staging.write_text("someone's file")
+    code, _, err = run_main([*args, "--update"])
+    assert code == 2 and "out.h5.new-images.h5 exists and is not an update of" in error_line(err), err
+    assert staging.read_text() == "someone's file"
+    staging.unlink()
+    code, _, err = run_main(["extract", root, tmp_path / "shard.h5", *CHEAP, "--update"])
+    assert code == 2 and "is shard 1/2 of an extraction" in error_line(err), err
+
+    before = output.read_bytes()
+    refusals = [
+        ([*args, "--update", "--overwrite"], "it takes no --overwrite"),
+        ([*args, "--update", "--retry-failed"], "it takes no --retry-failed"),
+        ([*args, "--update", "--shard", "1/2"], "it takes no --shard"),
+        (["extract", root, output, *FAST, "--layer", "conv1_2", "--update"],
+         "made with other options (layer: conv1_1 then, conv1_2 now); give --update the options that made it"),
+        (["extract", root, tmp_path / "none.h5", *CHEAP, "--update"], "output file not found"),
+    ]
+    # Refused before the images are looked for.
+    monkeypatch.setattr(options, "find_images", lambda *args, **kwargs: pytest.fail("the images were looked for"))
+    for refused, words in refusals:
+        code, _, err = run_main(refused)
+        assert code == 2 and words in error_line(err), err
+    (tmp_path / "out.h5.parts").mkdir()
+    code, _, err = run_main([*args, "--update"])
+    assert code == 2 and "the same command without --update) first" in error_line(err)
+    assert output.read_bytes() == before
+    with h5py.File(output) as f:
+        assert "updated" not in f.attrs

@@ -1,0 +1,193 @@
+"""Update: bring a finished extraction's file up to date with its images, describing only those it
+does not hold yet.
+
+A collection grows, and loses files; describing all of it again would cost hours or days. The file
+is checked to be one that the same options made. The images it holds neither as a row nor as a
+failure are described by an ordinary :class:`~vggfeat.job.ExtractionJob` into a staging file beside
+it (``OUTPUT.new-images.h5``; a killed update resumes there). Then the file is written anew, a block
+of rows at a time: its rows and the new ones in path order, without those of images no longer
+found, every label as the image set gives it now. It replaces the old file only once it is whole.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .discover import ImageSet
+from .errors import VggfeatError
+from .extractor import Extractor
+from .job import ExtractionJob
+from .retry import check_rewritable
+from .store import create_datasets, mark_complete, open_features_file, open_h5, work_folder, written_atomically
+
+STAGING_SUFFIX = ".new-images.h5"
+BLOCK_BYTES = 64 * 2**20  # of descriptors written at a time
+PATH_BLOCK = 2**16  # paths read from a file at a time
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    output: Path
+    rows: int
+    failed: int
+    added: int  # images the file did not hold: described by this update or an interrupted one
+    dropped: int  # images the file held (as rows or failures) that are no longer found
+    computed: int  # images described by this run
+    seconds: float
+
+
+class OutputUpdate:
+    """Update ``output``, made by ``extractor`` with ``dtype``, to hold exactly ``images``.
+
+    Construction reads which images are new (:attr:`added`) and which are gone (:attr:`dropped`),
+    refusing a file that another command made; :attr:`job` is the extraction of the new images
+    (None where there are none, or where an interrupted update described them all already);
+    :meth:`run` describes them and rewrites ``output``.
+    """
+
+    def __init__(self, extractor: Extractor, images: ImageSet, output: str | os.PathLike, *, dtype: str = "float32",
+                 part_images: int = 4096, provenance: dict | None = None) -> None:
+        self.output, self.images, self.provenance = Path(output), images, provenance or {}
+        check_rewritable(self.output, extractor, dtype, "--update")
+        with open_features_file(self.output, "output") as old:
+            if "shard_index" in old.attrs:
+                raise VggfeatError(f"{self.output} is shard {old.attrs['shard_index']}/{old.attrs['shard_count']} of an "
+                                   "extraction: update the file that 'vggfeat merge' makes of the shards")
+            self._old_rows, gone_rows = _locate(images.paths, old["paths"])
+            self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
+            self.unchanged = old.attrs.get("images_sha256") == images.digest()
+        new = np.flatnonzero((self._old_rows < 0) & (self._old_failed < 0))
+        self.added, self.dropped = len(new), gone_rows + gone_failed
+        self.staging = self.output.with_name(self.output.name + STAGING_SUFFIX)
+        self._new_images = ImageSet(images.root, tuple(images.paths[i] for i in new), images.labels[new],
+                                    images.classes, images.file_names)
+        self.job: ExtractionJob | None = None
+        if self.added and not self._staged(extractor, dtype):
+            # overwrite: a staging file or work folder of an earlier, different update is this
+            # update's own (checked in _staged), and is replaced.
+            self.job = ExtractionJob(extractor, self._new_images, self.staging, overwrite=True, dtype=dtype,
+                                     part_images=part_images, provenance={**self.provenance, "update_of": self.output.name})
+
+    def _staged(self, extractor: Extractor, dtype: str) -> bool:
+        """Whether the staging file holds the new images already (an update killed after describing
+        them); refuses a file there that no update of ``output`` wrote."""
+        if not self.staging.exists() or work_folder(self.staging).exists():
+            return False  # where its job was killed before it removed its work: the job tidies up
+        attrs = _attributes(self.staging)
+        if attrs.get("update_of") != self.output.name or not attrs.get("complete"):
+            raise VggfeatError(f"{self.staging} exists and is not an update of {self.output}: move it away or remove it")
+        return (attrs.get("images_sha256") == self._new_images.digest()
+                and attrs.get("config") == json.dumps({**extractor.config(), "dtype": dtype}, sort_keys=True))
+
+    def run(self, progress: Callable[[int], None] | None = None) -> UpdateResult:
+        """Describe the new images (``progress(n)`` after each chunk) and write ``output`` anew.
+
+        Raises OSError, keeping the finished parts, as :meth:`ExtractionJob.run` does; the same
+        update then resumes.
+        """
+        began = time.perf_counter()
+        computed = self.job.run(progress).computed if self.job else 0
+        if self.unchanged:
+            with open_features_file(self.output, "output") as old:
+                rows, failed = old["features"].shape[0], old["failed/paths"].shape[0]
+        else:
+            rows, failed = self._rewrite()
+        if self.staging.exists() and _attributes(self.staging).get("update_of") == self.output.name:
+            self.staging.unlink()  # a leftover of an update killed after its rename, too
+        return UpdateResult(self.output, rows, failed, self.added, self.dropped, computed, time.perf_counter() - began)
+
+    def _rewrite(self) -> tuple[int, int]:
+        images = self.images
+        with (
+            open_features_file(self.output, "output") as old,
+            open_features_file(self.staging) if self.added else contextlib.nullcontext() as new,
+            written_atomically(self.output) as temporary,
+            open_h5(temporary, "w") as out,
+        ):
+            # Per file: where each image is among its rows, and among its failures (-1: not there).
+            sources = [(old, self._old_rows, self._old_failed)]
+            if new is not None:
+                sources.append((new, _locate(images.paths, new["paths"])[0], _locate(images.paths, new["failed/paths"])[0]))
+            rows = np.flatnonzero(np.logical_or.reduce([found >= 0 for _, found, _ in sources]))
+            failures = sorted(failure for f, _, failed in sources for failure in _reasons(f, failed))
+            dim, dtype = old["features"].shape[1], old["features"].dtype
+            features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(
+                out, len(rows), len(failures), dim, dtype.name, images.classes)
+            step = max(1, BLOCK_BYTES // (dim * dtype.itemsize))
+            for start in range(0, len(rows), step):
+                block = rows[start : start + step]
+                written = slice(start, start + len(block))
+                features[written] = _gather(block, [(f["features"], found) for f, found, _ in sources])
+                sizes[written] = _gather(block, [(f["sizes"], found) for f, found, _ in sources])
+                paths[written] = [images.paths[i] for i in block]
+                labels[written] = images.labels[block]
+            failed_paths[:] = [images.paths[i] for i, _ in failures]
+            failed_errors[:] = [reason for _, reason in failures]
+            attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
+            attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
+                         updated=datetime.now(timezone.utc).isoformat(timespec="seconds"), **self.provenance)
+            mark_complete(out, attrs)
+        return len(rows), len(failures)
+
+
+def _locate(paths: Sequence[str], dataset: h5py.Dataset) -> tuple[np.ndarray, int]:
+    """For each of the sorted ``paths``, the row of ``dataset`` (sorted paths) that names it, or -1;
+    and how many of the dataset's rows name none of them. Read a block at a time."""
+    where = np.full(len(paths), -1, dtype=np.int64)
+    missing = 0
+    for start in range(0, dataset.shape[0], PATH_BLOCK):
+        for row, path in enumerate(dataset.asstr()[start : start + PATH_BLOCK], start):
+            i = bisect.bisect_left(paths, path)
+            if i < len(paths) and paths[i] == path:
+                where[i] = row
+            else:
+                missing += 1
+    return where, missing
+
+
+def _reasons(f: h5py.File, failed_rows: np.ndarray) -> list[tuple[int, str]]:
+    """(image, reason) of the images that ``f`` lists as failed, at ``failed_rows`` (-1: not there)."""
+    images = np.flatnonzero(failed_rows >= 0)
+    errors = f["failed/errors"].asstr()[:]
+    return [(int(i), errors[failed_rows[i]]) for i in images]
+
+
+def _gather(block: np.ndarray, sources: list[tuple[h5py.Dataset, np.ndarray]]) -> np.ndarray:
+    """The values of ``block``'s images, each from the source whose rows (-1: not there) hold it."""
+    parts, order = [], []
+    for dataset, rows in sources:
+        mine = rows[block] >= 0
+        if mine.any():
+            parts.append(_take(dataset, rows[block][mine]))
+            order.append(np.flatnonzero(mine))
+    values = np.concatenate(parts)
+    return values[np.argsort(np.concatenate(order), kind="stable")]
+
+
+def _take(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``dataset[rows]`` for increasing rows: one slice read where they lie close together (rows of
+    images no longer found, between them, are read and left), else HDF5's selection of each."""
+    low, high = int(rows[0]), int(rows[-1]) + 1
+    if high - low <= 2 * len(rows):
+        return dataset[low:high][rows - low]
+    return dataset[rows]
+
+
+def _attributes(path: Path) -> dict:
+    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one."""
+    try:
+        with open_h5(path) as f:
+            return dict(f.attrs)
+    except OSError:
+        return {}
