@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-import vggfeat.retry
+import vggfeat.update
 from imagefiles import write_corrupt
 from runhelpers import (
     FAST,
+    crash_on_part,
     assert_same_output,
     error_line,
     flaky_storage,
@@ -66,7 +67,7 @@ def test_new_rows_go_where_a_run_without_failures_puts_them(tmp_path, random_vgg
     flaky_storage(monkeypatch, {files[i].name: 10**6 for i in (0, 3, 4, 8)})  # first, middle, around a failure, last
     ExtractionJob(extractor, images, tmp_path / "out.h5").run()
     monkeypatch.undo()
-    monkeypatch.setattr(vggfeat.retry, "BLOCK_BYTES", block_rows * 64 * 4)  # conv1_1: 64 float32 values a row
+    monkeypatch.setattr(vggfeat.update, "BLOCK_BYTES", block_rows * 64 * 4)  # conv1_1: 64 float32 values a row
     result = retry_failed(extractor, images, tmp_path / "out.h5")
     assert (result.retried, result.recovered, result.rows, result.failed) == (5, 4, 9, 1)
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
@@ -110,3 +111,23 @@ def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp
     code, _, err = run_main([*args, "--retry-failed"])
     assert code == 2 and "run it to its end" in error_line(err)
     assert output.read_bytes() == before
+
+
+def test_a_killed_retry_resumes_where_it_stopped(tmp_path, monkeypatch):
+    files = write_plain_folder(tmp_path / "images", 4)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1"]
+    assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
+    flaky_storage(monkeypatch, {path.name: 10**6 for path in files[1:]})
+    assert run_main(args)[0] == 0
+    monkeypatch.undo()
+    before = (tmp_path / "out.h5").read_bytes()
+    crash_on_part(monkeypatch, 2)  # killed after describing one of the three again
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main([*args, "--retry-failed"])
+    monkeypatch.undo()
+    assert (tmp_path / "out.h5").read_bytes() == before
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "resuming: 1 of 3 images were done by an interrupted run" in err, err
+    assert "3 of the 3 images that had failed are described now" in err
+    assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]

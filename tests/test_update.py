@@ -146,7 +146,7 @@ def test_rows_of_files_gone_in_runs_are_left_out_a_block_at_a_time(tmp_path, ran
     monkeypatch.setattr(vggfeat.update, "BLOCK_BYTES", block_rows * 64 * 4)  # conv1_1: 64 float32 values a row
     monkeypatch.setattr(vggfeat.update, "PATH_BLOCK", max(1, block_rows))
     result = OutputUpdate(extractor, images, tmp_path / "out.h5").run()
-    assert (result.rows, result.failed, result.added, result.dropped, result.computed) == (6, 0, 1, 7, 1)
+    assert (result.rows, result.failed, result.described, result.dropped, result.computed) == (6, 0, 1, 7, 1)
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
 
 

@@ -1,10 +1,11 @@
-"""Update: bring a finished extraction's file up to date with its images, describing only those it
-does not hold yet.
+"""Update: a finished extraction's file rewritten with some images described (again), the rest
+copied: those it does not hold yet (``--update``: a collection grew, and lost files), or those it
+lists as failed (``--retry-failed``: the storage was away for a while, files were repaired since).
 
-A collection grows, and loses files; describing all of it again would cost hours or days. The file
-is checked to be one that the same options made. The images it holds neither as a row nor as a
-failure are described by an ordinary :class:`~vggfeat.job.ExtractionJob` into a staging file beside
-it (``OUTPUT.new-images.h5``; a killed update resumes there). Then the file is written anew, a block
+Describing a whole collection again would cost hours or days. The file is checked to be one that
+the same options made. The images to describe go through an ordinary
+:class:`~vggfeat.job.ExtractionJob` into a staging file beside it (``OUTPUT.new-images.h5``,
+``OUTPUT.retried-images.h5``), where a killed update resumes. Then the file is written anew, a block
 of rows at a time: its rows and the new ones in path order, without those of images no longer
 found, every label as the image set gives it now. It replaces the old file only once it is whole.
 """
@@ -27,11 +28,16 @@ import numpy as np
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
-from .job import ExtractionJob
-from .retry import check_rewritable
+from .job import ExtractionJob, config_changes
+from .settings import check_choice
 from .store import create_datasets, mark_complete, open_features_file, open_h5, work_folder, written_atomically
 
-STAGING_SUFFIX = ".new-images.h5"
+# What an update describes: the images the file does not hold, or those it lists as failed; the
+# option that asks for it, where its work goes, and the attribute that dates it.
+MODES = {
+    "new": ("--update", ".new-images.h5", "updated"),
+    "failed": ("--retry-failed", ".retried-images.h5", "failures_retried"),
+}
 BLOCK_BYTES = 64 * 2**20  # of descriptors written at a time
 PATH_BLOCK = 2**16  # paths read from a file at a time
 
@@ -41,42 +47,54 @@ class UpdateResult:
     output: Path
     rows: int
     failed: int
-    added: int  # images the file did not hold: described by this update or an interrupted one
+    described: int  # images the file did not hold (or had failed): described by this update or an interrupted one
     dropped: int  # images the file held (as rows or failures) that are no longer found
     computed: int  # images described by this run
     seconds: float
 
 
 class OutputUpdate:
-    """Update ``output``, made by ``extractor`` with ``dtype``, to hold exactly ``images``.
+    """Rewrite ``output``, made by ``extractor`` with ``dtype``, with images of ``images`` described:
+    ``describe="new"``, those it does not hold, leaving out those no longer found (it then holds
+    exactly ``images``); ``"failed"``, those it lists as failed (``images`` must be its image set).
 
-    Construction reads which images are new (:attr:`added`) and which are gone (:attr:`dropped`),
-    refusing a file that another command made; :attr:`job` is the extraction of the new images
-    (None where there are none, or where an interrupted update described them all already);
-    :meth:`run` describes them and rewrites ``output``.
+    Construction reads which images to describe (:attr:`described`) and which are gone
+    (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the extraction
+    of the images to describe (None where there are none, or where an interrupted update described
+    them all already); :meth:`run` describes them and rewrites ``output``.
     """
 
-    def __init__(self, extractor: Extractor, images: ImageSet, output: str | os.PathLike, *, dtype: str = "float32",
-                 part_images: int = 4096, provenance: dict | None = None) -> None:
+    def __init__(self, extractor: Extractor, images: ImageSet, output: str | os.PathLike, *, describe: str = "new",
+                 dtype: str = "float32", part_images: int = 4096, provenance: dict | None = None) -> None:
         self.output, self.images, self.provenance = Path(output), images, provenance or {}
-        check_rewritable(self.output, extractor, dtype, "--update")
+        check_choice("describe", describe, tuple(MODES))
+        _, suffix, self._dated = MODES[describe]
+        check_rewritable(self.output, extractor, dtype, describe)
         with open_features_file(self.output, "output") as old:
-            if "shard_index" in old.attrs:
+            if describe == "new" and "shard_index" in old.attrs:
                 raise VggfeatError(f"{self.output} is shard {old.attrs['shard_index']}/{old.attrs['shard_count']} of an "
                                    "extraction: update the file that 'vggfeat merge' makes of the shards")
+            same_images = old.attrs.get("images_sha256") == images.digest()
+            if describe == "failed" and not same_images:
+                raise VggfeatError(f"{self.output} describes another set of images ({int(old.attrs.get('images_found', -1)):,} "
+                                   f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
-            self.unchanged = old.attrs.get("images_sha256") == images.digest()
-        new = np.flatnonzero((self._old_rows < 0) & (self._old_failed < 0))
-        self.added, self.dropped = len(new), gone_rows + gone_failed
-        self.staging = self.output.with_name(self.output.name + STAGING_SUFFIX)
-        self._new_images = ImageSet(images.root, tuple(images.paths[i] for i in new), images.labels[new],
-                                    images.classes, images.file_names)
+        if describe == "new":
+            chosen = np.flatnonzero((self._old_rows < 0) & (self._old_failed < 0))
+        else:
+            chosen = np.flatnonzero(self._old_failed >= 0)
+            self._old_failed[chosen] = -1  # their new outcome replaces the old one
+        self.described, self.dropped = len(chosen), gone_rows + gone_failed
+        self.unchanged = same_images and not self.described  # nothing to describe, nothing to relabel
+        self.staging = self.output.with_name(self.output.name + suffix)
+        self._chosen = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen],
+                                images.classes, images.file_names)
         self.job: ExtractionJob | None = None
-        if self.added and not self._staged(extractor, dtype):
+        if self.described and not self._staged(extractor, dtype):
             # overwrite: a staging file or work folder of an earlier, different update is this
             # update's own (checked in _staged), and is replaced.
-            self.job = ExtractionJob(extractor, self._new_images, self.staging, overwrite=True, dtype=dtype,
+            self.job = ExtractionJob(extractor, self._chosen, self.staging, overwrite=True, dtype=dtype,
                                      part_images=part_images, provenance={**self.provenance, "update_of": self.output.name})
 
     def _staged(self, extractor: Extractor, dtype: str) -> bool:
@@ -87,11 +105,11 @@ class OutputUpdate:
         attrs = _attributes(self.staging)
         if attrs.get("update_of") != self.output.name or not attrs.get("complete"):
             raise VggfeatError(f"{self.staging} exists and is not an update of {self.output}: move it away or remove it")
-        return (attrs.get("images_sha256") == self._new_images.digest()
+        return (attrs.get("images_sha256") == self._chosen.digest()
                 and attrs.get("config") == json.dumps({**extractor.config(), "dtype": dtype}, sort_keys=True))
 
     def run(self, progress: Callable[[int], None] | None = None) -> UpdateResult:
-        """Describe the new images (``progress(n)`` after each chunk) and write ``output`` anew.
+        """Describe the chosen images (``progress(n)`` after each chunk) and write ``output`` anew.
 
         Raises OSError, keeping the finished parts, as :meth:`ExtractionJob.run` does; the same
         update then resumes.
@@ -105,13 +123,13 @@ class OutputUpdate:
             rows, failed = self._rewrite()
         if self.staging.exists() and _attributes(self.staging).get("update_of") == self.output.name:
             self.staging.unlink()  # a leftover of an update killed after its rename, too
-        return UpdateResult(self.output, rows, failed, self.added, self.dropped, computed, time.perf_counter() - began)
+        return UpdateResult(self.output, rows, failed, self.described, self.dropped, computed, time.perf_counter() - began)
 
     def _rewrite(self) -> tuple[int, int]:
         images = self.images
         with (
             open_features_file(self.output, "output") as old,
-            open_features_file(self.staging) if self.added else contextlib.nullcontext() as new,
+            open_features_file(self.staging) if self.described else contextlib.nullcontext() as new,
             written_atomically(self.output) as temporary,
             open_h5(temporary, "w") as out,
         ):
@@ -136,9 +154,26 @@ class OutputUpdate:
             failed_errors[:] = [reason for _, reason in failures]
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
             attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
-                         updated=datetime.now(timezone.utc).isoformat(timespec="seconds"), **self.provenance)
+                         **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
             mark_complete(out, attrs)
         return len(rows), len(failures)
+
+
+def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: str) -> None:
+    """Refuse, before the images are found, an ``output`` that an update (``describe``: see
+    :class:`OutputUpdate`) cannot rewrite: its extraction is not finished (its work folder is
+    there), it is not a complete descriptor file, or it was made with other options than
+    ``extractor``'s and ``dtype``."""
+    option = MODES[describe][0]
+    work = work_folder(output)
+    if work.exists():
+        raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
+                           f"end (the same command without {option}) first")
+    with open_features_file(output, "output") as f:
+        changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
+    if changes:
+        raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
+                           "options that made it")
 
 
 def _locate(paths: Sequence[str], dataset: h5py.Dataset) -> tuple[np.ndarray, int]:

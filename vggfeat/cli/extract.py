@@ -13,8 +13,7 @@ import click
 from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
-from ..retry import check_rewritable, retry_failed
-from ..update import OutputUpdate
+from ..update import OutputUpdate, check_rewritable
 from . import options
 
 R = TypeVar("R")
@@ -78,11 +77,11 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
         if update and given:
             raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
-    rewrite = "--retry-failed" if retry_failed else "--update" if update else None
+    rewrite = "failed" if retry_failed else "new" if update else None  # what an update of OUTPUT describes
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
-    # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry,
-    # whether the output was made with them.
+    # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry or
+    # an update, whether the output was made with them.
     if not rewrite:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
@@ -100,11 +99,8 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes")
-    if retry_failed:
-        _retry(extractor, images, output, dtype, shard, quiet)
-        return
-    if update:
-        _update(extractor, images, output, dtype, part_size, quiet)
+    if rewrite:
+        _update(extractor, images.shard(*shard) if shard else images, output, dtype, part_size, quiet, rewrite)
         return
     job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
                         provenance={"command": options.command_line()})
@@ -166,35 +162,29 @@ def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
                     err=True, fg="yellow", bold=True)
 
 
-def _retry(extractor: Extractor, images: ImageSet, output: Path, dtype: str, shard: tuple[int, int] | None,
-           quiet: bool) -> None:
-    say = options.reporter(quiet)
-    with options.progress_bar(quiet, unit="images", desc="failed images") as bar:
-        result = retry_failed(extractor, images, output, dtype=dtype, shard=shard, progress=bar.update,
-                              provenance={"retry_command": options.command_line()})
-    if not result.retried:
-        say(f"{result.output} lists no failed image: nothing to retry")
-        return
-    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {result.recovered:,} of the "
-        f"{result.retried:,} images that had failed are described now ({result.seconds:.1f} s)")
-
-
-def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, part_size: int, quiet: bool) -> None:
-    say = options.reporter(quiet)
-    update = OutputUpdate(extractor, images, output, dtype=dtype, part_images=part_size,
-                          provenance={"update_command": options.command_line()})
+def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, part_size: int, quiet: bool,
+            describe: str) -> None:
+    """--update (``describe="new"``) or --retry-failed (``"failed"``)."""
+    say, retry = options.reporter(quiet), describe == "failed"
+    update = OutputUpdate(extractor, images, output, describe=describe, dtype=dtype, part_images=part_size,
+                          provenance={"retry_command" if retry else "update_command": options.command_line()})
     if update.unchanged:
-        update.run()
-        say(f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
+        update.run()  # removes what a killed update may have left
+        say(f"{output} lists no failed image: nothing to retry" if retry else
+            f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
         return
-    say(f"{update.added:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
+    if not retry:
+        say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
         _announce(update.job, extractor, dtype, say)
-        result = _running(update.job, update.run, quiet, desc="new images")
+        result = _running(update.job, update.run, quiet, desc="failed images" if retry else "new images")
     else:
         result = update.run()
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    work = _work_done(result.computed, result.seconds, extractor) if result.added else "no image to describe"
-    say(f"updated {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
-        f"{result.added:,} images added, {result.dropped:,} left out; {work}")
+    if retry:  # every failure was described again: those left failed again
+        outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
+    else:
+        outcome = f"{result.described:,} images added, {result.dropped:,} left out"
+    work = _work_done(result.computed, result.seconds, extractor) if result.described else "no image to describe"
+    say(f"{'wrote' if retry else 'updated'} {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), "
+        f"{failed}; {outcome}; {work}")
