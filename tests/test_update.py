@@ -78,6 +78,10 @@ def test_an_update_describes_only_the_new_images_and_writes_what_a_fresh_run_wri
     assert updated["attrs"]["images_sha256"] == reference["attrs"]["images_sha256"]
     assert updated["attrs"]["update_command"].endswith("--update") and "updated" in updated["attrs"]
     assert not list(tmp_path.glob("out.h5.*")) and not list(tmp_path.glob(".out.h5*")), "no staging file left"
+    code, out, _ = run_main(["info", output])
+    line = next(line for line in out.splitlines() if line.startswith("  updated "))
+    assert code == 0 and line.startswith(f"  updated      {updated['attrs']['updated']} by vggfeat extract ")
+    assert line.endswith(" --update")
 
     before = output.read_bytes()
     code, _, err = run_main([*args, "--update"])
@@ -99,6 +103,8 @@ def test_a_killed_update_resumes_and_the_file_is_untouched_until_it_is_done(tmp_
         run_main([*args, "--update"])
     monkeypatch.undo()
     assert output.read_bytes() == before
+    code, out, _ = run_main(["info", output])
+    assert code == 0 and "under way    --update, running or interrupted: 1 of 3 images described" in out
     read = decoded_files(monkeypatch)
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "resuming: 1 of 3 images were done by an interrupted run" in err, err

@@ -9,6 +9,7 @@ import click
 
 from ..errors import VggfeatError
 from ..store import read_info, work_folder, work_progress
+from ..update import MODES
 
 
 @click.command()
@@ -56,6 +57,15 @@ def info(file: Path, as_json: bool) -> None:
         lines.append(f"  command      {a['command']}")
     if a.get("merge_command"):
         lines.append(f"  merged       by {a['merge_command']}")
+    if a.get("retry_command"):
+        lines.append(f"  retried      {a.get('failures_retried')} by {a['retry_command']}")
+    if a.get("update_command"):
+        lines.append(f"  updated      {a.get('updated')} by {a['update_command']}")
+    for option, suffix, _ in MODES.values():
+        progress = work_progress(file.with_name(file.name + suffix))
+        if progress:
+            lines.append(click.style(f"  under way    {option}, running or interrupted: {progress[0]:,} of {progress[1]:,} "
+                                     "images described; the same command finishes it", fg="yellow"))
     click.echo("\n".join(lines))
     if a.get("random_weights"):
         click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)
