@@ -98,8 +98,8 @@ class OutputUpdate:
                                      part_images=part_images, provenance={**self.provenance, "update_of": self.output.name})
 
     def _staged(self, extractor: Extractor, dtype: str) -> bool:
-        """Whether the staging file holds the new images already (an update killed after describing
-        them); refuses a file there that no update of ``output`` wrote."""
+        """Whether the staging file holds the chosen images already (an update killed after
+        describing them); refuses a file there that no update of ``output`` wrote."""
         if not self.staging.exists() or work_folder(self.staging).exists():
             return False  # where its job was killed before it removed its work: the job tidies up
         attrs = _attributes(self.staging)
