@@ -3,6 +3,7 @@ files, describing only the images it did not hold; the file becomes the one a fr
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import h5py
@@ -114,7 +115,7 @@ def test_a_killed_update_resumes_and_the_file_is_untouched_until_it_is_done(tmp_
     assert not (tmp_path / "out.h5.new-images.h5.parts").exists()
 
 
-def test_an_update_killed_after_describing_the_new_images_does_not_describe_them_again(tmp_path, monkeypatch):
+def test_an_update_stopped_after_describing_the_new_images_does_not_describe_them_again(tmp_path, monkeypatch):
     root, output = tmp_path / "images", tmp_path / "out.h5"
     write_plain_folder(root, 2)
     args = ["extract", root, output, *CHEAP]
@@ -122,14 +123,17 @@ def test_an_update_killed_after_describing_the_new_images_does_not_describe_them
     write_plain_folder(root / "more", 2, start_seed=10)
     assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
 
-    def killed(self):
-        raise RuntimeError("killed before the rewrite")
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(OutputUpdate, "_rewrite", killed)
-        with pytest.raises(RuntimeError, match="killed before the rewrite"):
-            run_main([*args, "--update"])
-    assert (tmp_path / "out.h5.new-images.h5").exists()
+        patch.setattr(OutputUpdate, "_rewrite", disk_full)
+        code, _, err = run_main([*args, "--update"])
+    staging = tmp_path / "out.h5.new-images.h5"
+    assert code == 1 and error_line(err) == (
+        f"Error: [Errno 28] No space left on device; finished parts are kept in {staging}.parts, then the images "
+        f"described in {staging}: run the same command to resume"), err
+    assert staging.exists()
     read = decoded_files(monkeypatch)
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "every image was described by the interrupted run" in err, err

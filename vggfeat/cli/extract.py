@@ -128,20 +128,22 @@ def _announce(job: ExtractionJob, extractor: Extractor, dtype: str, say: Callabl
             "on the same output while this one runs", fg="yellow")
 
 
-def _running(job: ExtractionJob, run: Callable[..., R], quiet: bool, desc: str) -> R:
-    """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work is kept."""
+def _running(job: ExtractionJob, run: Callable[..., R], quiet: bool, desc: str, kept: str = "") -> R:
+    """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work
+    is kept: ``kept``, or in the job's work folder."""
+    kept = kept or f"finished parts are kept in {job.work}"
     with options.progress_bar(quiet, total=job.total, initial=job.done, unit="images", desc=desc) as bar:
         try:
             return run(progress=bar.update)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (options.Terminated)
             bar.close()
             terminated = isinstance(stop, options.Terminated)
-            click.secho(f"{'terminated' if terminated else 'interrupted'}: finished parts are kept in {job.work}; "
-                        "run the same command to resume", err=True, fg="yellow")
+            click.secho(f"{'terminated' if terminated else 'interrupted'}: {kept}; run the same command to resume",
+                        err=True, fg="yellow")
             sys.exit(143 if terminated else 130)
         except OSError as error:  # a full disk, say: what is done is kept
             bar.close()
-            raise OSError(f"{error}; finished parts are kept in {job.work}: run the same command to resume") from error
+            raise OSError(f"{error}; {kept}: run the same command to resume") from error
 
 
 def _work_done(computed: int, seconds: float, extractor: Extractor) -> str:
@@ -177,7 +179,9 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
         say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
         _announce(update.job, extractor, dtype, say)
-        result = _running(update.job, update.run, quiet, desc="failed images" if retry else "new images")
+        # Stopped while the images are described, or after, while the file is written anew.
+        kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
+        result = _running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
     else:
         result = update.run()
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
