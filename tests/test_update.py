@@ -183,7 +183,8 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
         ([*args, "--update", "--shard", "1/2"], "it takes no --shard"),
         (["extract", root, output, *FAST, "--layer", "conv1_2", "--update"],
          "made with other options (layer: conv1_1 then, conv1_2 now); give --update the options that made it"),
-        (["extract", root, tmp_path / "none.h5", *CHEAP, "--update"], "output file not found"),
+        (["extract", root, tmp_path / "none.h5", *CHEAP, "--update"],
+         f"output file not found: {tmp_path / 'none.h5'} (the same command without --update makes it)"),
     ]
     # Refused before the images are looked for.
     monkeypatch.setattr(options, "find_images", lambda *args, **kwargs: pytest.fail("the images were looked for"))

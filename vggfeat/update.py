@@ -169,7 +169,7 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
                            f"end (the same command without {option}) first")
-    with open_features_file(output, "output") as f:
+    with open_features_file(output, "output", hint=f" (the same command without {option} makes it)") as f:
         changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
