@@ -4,10 +4,12 @@ files, describing only the images it did not hold; the file becomes the one a fr
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import h5py
 import pytest
+import torch
 
 import vggfeat.decode
 import vggfeat.jpeg
@@ -78,6 +80,8 @@ def test_an_update_describes_only_the_new_images_and_writes_what_a_fresh_run_wri
     assert_same_output(updated, reference)
     assert updated["attrs"]["images_sha256"] == reference["attrs"]["images_sha256"]
     assert updated["attrs"]["update_command"].endswith("--update") and "updated" in updated["attrs"]
+    made_with = json.loads(updated["attrs"]["updated_with"])
+    assert made_with["torch_version"] == torch.__version__ and made_with["device"] == "cpu"
     assert not list(tmp_path.glob("out.h5.*")) and not list(tmp_path.glob(".out.h5*")), "no staging file left"
     code, out, _ = run_main(["info", output])
     line = next(line for line in out.splitlines() if line.startswith("  updated "))

@@ -13,7 +13,9 @@ The output file (read it with plain h5py)::
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
                      and "config": all of the extraction configuration as JSON; a shard
                      (``extract --shard``) adds shard_index, shard_count, collection_images
-                     and collection_sha256; a merged file merged_from and merge_command.
+                     and collection_sha256; a merged file merged_from and merge_command; an
+                     updated file (``extract --update``) updated, update_command and updated_with,
+                     a retried one failures_retried, retry_command and failures_retried_with.
 
 A part holds the results of a contiguous range of images; it is written under a temporary name,
 flushed to disk and renamed, so a part either exists whole or not at all, whatever kills the run.

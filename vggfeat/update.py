@@ -38,6 +38,8 @@ MODES = {
     "new": ("--update", ".new-images.h5", "updated"),
     "failed": ("--retry-failed", ".retried-images.h5", "failures_retried"),
 }
+# What made the rows an update adds, recorded as "updated_with" (or "failures_retried_with").
+MADE_WITH = ("vggfeat_version", "torch_version", "torchvision_version", "h5py_version", "device", "decoder_library")
 BLOCK_BYTES = 64 * 2**20  # of descriptors written at a time
 PATH_BLOCK = 2**16  # paths read from a file at a time
 
@@ -155,6 +157,8 @@ class OutputUpdate:
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
             attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
                          **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
+            if new is not None:  # the file's other attributes say how its first rows were made
+                attrs[f"{self._dated}_with"] = json.dumps({key: str(new.attrs[key]) for key in MADE_WITH if key in new.attrs})
             mark_complete(out, attrs)
         return len(rows), len(failures)
 
