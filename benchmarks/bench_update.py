@@ -17,7 +17,6 @@ Files go to --workdir (default: a temporary folder in the working directory), re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 
 from vggfeat import Extractor
 from vggfeat.discover import ImageSet
+from vggfeat.job import config_json
 from vggfeat.store import create_datasets, mark_complete, open_h5
 from vggfeat.update import OutputUpdate
 
@@ -60,7 +60,7 @@ def write_file(path: Path, images: ImageSet, extractor: Extractor, dtype: str) -
             sizes[written] = np.full((len(block), 2), 375, dtype=np.int32)
         failed_paths[:] = [images.paths[i] for i in np.flatnonzero(failed)]
         failed_errors[:] = ["image file is truncated"] * int(failed.sum())
-        mark_complete(out, {"config": json.dumps({**extractor.config(), "dtype": dtype}, sort_keys=True),
+        mark_complete(out, {"config": config_json(extractor.config(), dtype),
                             "images_sha256": images.digest(), "images_found": len(images)})
 
 

@@ -225,7 +225,7 @@ class ExtractionJob:
                 attrs = dict(f.attrs)
         except (OSError, ValueError):
             return False
-        made_here = attrs.get("config") == json.dumps({**self.manifest["config"], "dtype": self.dtype}, sort_keys=True)
+        made_here = attrs.get("config") == config_json(self.manifest["config"], self.dtype)
         same_images = attrs.get("images_sha256") == self.manifest["images"]["sha256"]
         return bool(attrs.get("complete")) and made_here and same_images and not _differences(manifest, self.manifest)
 
@@ -297,7 +297,7 @@ class ExtractionJob:
             "images_sha256": self.manifest["images"]["sha256"],
             "device": str(self.extractor.device),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": json.dumps({**config, "dtype": self.dtype}, sort_keys=True),
+            "config": config_json(config, self.dtype),
             **self.provenance,
         }
         if self.extractor.decoder != "pil":
@@ -306,6 +306,11 @@ class ExtractionJob:
             attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
                          collection_sha256=self.collection.digest())
         return attrs
+
+
+def config_json(config: dict, dtype: str) -> str:
+    """The ``config`` attribute of a file that an extractor of ``config`` writes as ``dtype``: compared as text."""
+    return json.dumps({**config, "dtype": dtype}, sort_keys=True)
 
 
 def unread_in_a_row(chunk: Chunk, run: int) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
-from .job import ExtractionJob, config_changes
+from .job import ExtractionJob, config_changes, config_json
 from .settings import check_choice
 from .store import create_datasets, mark_complete, open_features_file, open_h5, work_folder, written_atomically
 
@@ -108,7 +108,7 @@ class OutputUpdate:
         if attrs.get("update_of") != self.output.name or not attrs.get("complete"):
             raise VggfeatError(f"{self.staging} exists and is not an update of {self.output}: move it away or remove it")
         return (attrs.get("images_sha256") == self._chosen.digest()
-                and attrs.get("config") == json.dumps({**extractor.config(), "dtype": dtype}, sort_keys=True))
+                and attrs.get("config") == config_json(extractor.config(), dtype))
 
     def run(self, progress: Callable[[int], None] | None = None) -> UpdateResult:
         """Describe the chosen images (``progress(n)`` after each chunk) and write ``output`` anew.
