@@ -193,7 +193,28 @@ def test_extract_shards_then_merge_at_the_command_line(labelled, random_vgg16, t
     code, out, _ = run_main(["info", tmp_path / "s1.h5"])
     assert code == 0 and "shard        1 of 2 (the collection has 6 images" in out
     code, out, _ = run_main(["info", tmp_path / "merged.h5"])
-    assert code == 0 and "of 6 images found" in out and "merged       by vggfeat merge" in out
+    assert code == 0 and "of 6 images found" in out and "merged       from 2 shards by vggfeat merge" in out
+
+
+def test_a_merged_file_says_how_each_shard_was_made(labelled, random_vgg16, tmp_path):
+    """A retry of one shard's failures is that shard's, not the whole file's."""
+    with reusing_network(random_vgg16):
+        for index in (1, 2):
+            assert run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2", "-q"])[0] == 0
+        with h5py.File(tmp_path / "s2.h5", "r+") as f:  # as a retry of shard 2 records it
+            f.attrs.update(retry_command="vggfeat extract ... --shard 2/2 --retry-failed", failures_retried="2026-11-23")
+    assert run_main(["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"])[0] == 0
+    attrs = read_output(tmp_path / "merged.h5")["attrs"]
+    shards = json.loads(attrs["shards"])
+    assert [(s["shard"], s["file"], s["command"].split("--shard ")[1][:3]) for s in shards] == [(1, "s1.h5", "1/2"), (2, "s2.h5", "2/2")]
+    assert "retry_command" not in attrs and "retry_command" not in shards[0] and shards[1]["failures_retried"] == "2026-11-23"
+    assert "command" not in attrs  # the shards' commands differ (--shard K/N): none is the file's
+    assert attrs["vggfeat_version"] == shards[0]["vggfeat_version"]  # alike in all shards: the file's
+    code, out, _ = run_main(["info", tmp_path / "merged.h5"])
+    assert code == 0, out
+    assert "commands     one per shard ('vggfeat info --json' lists them); shard 1's: vggfeat extract" in out
+    assert "merged       from 2 shards by vggfeat merge" in out
+    assert "retried      shard 2/2: 2026-11-23 by vggfeat extract ... --shard 2/2 --retry-failed" in out
 
 
 @pytest.mark.parametrize("value, message", [

@@ -18,9 +18,14 @@ from pathlib import Path
 import h5py
 
 from .errors import VggfeatError
-from .store import check_output_path, create_datasets, mark_complete, open_features_file, open_h5, written_atomically
+from .store import check_output_path, create_datasets, mark_complete, open_features_file, open_h5, plain_value, written_atomically
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
+# What says how one shard was made: by which command, when, on what, and a retry of its failed
+# images. The merged file keeps each shard's in ``shards``, and at its top level only what all
+# shards agree on (one command run on several devices, say), so that no shard's passes for all.
+PROVENANCE = ("command", "created", "device", "vggfeat_version", "torch_version", "torchvision_version", "h5py_version",
+              "decoder_library", "failures_retried", "retry_command", "failures_retried_with")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
 
 
@@ -126,15 +131,19 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
 
 
 def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict) -> dict:
-    """The first shard's attributes, made those of the whole collection."""
-    attrs = {key: value for key, value in files[0].attrs.items() if key not in SHARD_ATTRS and key != "complete"}
-    devices = sorted({str(f.attrs.get("device", "")) for f in files})
+    """The shards' common attributes, made those of the whole collection, and each one's provenance."""
+    first = files[0]
+    attrs = {key: value for key, value in first.attrs.items() if key not in (*SHARD_ATTRS, *PROVENANCE, "complete")}
+    made = [{key: plain_value(f.attrs[key]) for key in PROVENANCE if key in f.attrs} for f in files]
+    attrs.update({key: value for key, value in made[0].items() if all(m.get(key) == value for m in made[1:])})
     attrs.update(
-        images_found=int(files[0].attrs["collection_images"]),
-        images_sha256=files[0].attrs["collection_sha256"],
-        device=", ".join(devices),
-        created=min(str(f.attrs.get("created", "")) for f in files),
+        images_found=int(first.attrs["collection_images"]),
+        images_sha256=first.attrs["collection_sha256"],
+        device=", ".join(sorted({m.get("device", "") for m in made})),
+        created=min(m.get("created", "") for m in made),
         merged_from=json.dumps(sorted(path.name for path in paths)),
+        shards=json.dumps([{"shard": int(f.attrs["shard_index"]), "file": Path(f.filename).name, **m}
+                           for f, m in zip(files, made)]),
         **provenance,
     )
     return attrs

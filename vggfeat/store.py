@@ -13,7 +13,8 @@ The output file (read it with plain h5py)::
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
                      and "config": all of the extraction configuration as JSON; a shard
                      (``extract --shard``) adds shard_index, shard_count, collection_images
-                     and collection_sha256; a merged file merged_from and merge_command; an
+                     and collection_sha256; a merged file merged_from, merge_command and shards
+                     (how each shard was made: its command, date, versions, device, retry); an
                      updated file (``extract --update``) updated, update_command and updated_with,
                      a retried one failures_retried, retry_command and failures_retried_with.
 
@@ -193,7 +194,7 @@ def mark_complete(out: h5py.File, attrs: dict) -> None:
 def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_h5(path) as f:
-        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        attrs = {key: plain_value(value) for key, value in f.attrs.items()}
         return {
             "path": str(path),
             "complete": bool(attrs.get("complete", False)),
@@ -308,7 +309,8 @@ def replace_durably(source: Path, destination: Path) -> None:
         os.close(directory)
 
 
-def _plain(value):
+def plain_value(value: object) -> object:
+    """An HDF5 attribute's value as JSON holds it: str, a list, or a Python number."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.ndarray):

@@ -47,18 +47,24 @@ def info(file: Path, as_json: bool) -> None:
         f"({a.get('aggregate')}); flip {'on' if a.get('flip') else 'off'}; precision {a.get('precision')}",
         f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
         + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else ""),
-        f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version')}, "
-        f"torch {a.get('torch_version')}, torchvision {a.get('torchvision_version')}",
+        f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
+        f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
     ]
     if "shard_index" in a:
         lines.append(f"  shard        {a['shard_index']} of {a['shard_count']} (the collection has {a['collection_images']:,} images; "
                      "'vggfeat merge' joins all shards)")
+    shards = json.loads(a.get("shards", "[]"))  # of a merged file: how each was made
     if a.get("command"):
         lines.append(f"  command      {a['command']}")
+    elif shards:
+        lines.append(f"  commands     one per shard ('vggfeat info --json' lists them); shard 1's: {shards[0].get('command')}")
     if a.get("merge_command"):
-        lines.append(f"  merged       by {a['merge_command']}")
+        lines.append(f"  merged       from {len(shards) or 'the'} shards by {a['merge_command']}")
     if a.get("retry_command"):
         lines.append(f"  retried      {a.get('failures_retried')} by {a['retry_command']}")
+    for shard in shards:
+        if shard.get("retry_command"):
+            lines.append(f"  retried      shard {shard['shard']}/{len(shards)}: {shard.get('failures_retried')} by {shard['retry_command']}")
     if a.get("update_command"):
         lines.append(f"  updated      {a.get('updated')} by {a['update_command']}")
     for option, suffix, _ in MODES.values():
