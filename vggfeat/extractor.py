@@ -169,6 +169,9 @@ class Extractor:
         autotune: str = "auto",
         compile: str = "auto",
     ) -> None:
+        # Everything but the device, as given: MultiDeviceJob builds this extractor again on each
+        # of its devices, in a process of its own.
+        self.arguments = {name: value for name, value in locals().items() if name not in ("self", "device")}
         self.device = resolve_device(device)
         self.scales = check_scales(scales)
         pooling = ALIASES.get(pooling, pooling)

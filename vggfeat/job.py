@@ -11,7 +11,6 @@ replaced by a complete one, and only with ``overwrite``.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -33,8 +32,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, images_held, list_parts, open_h5, replace_durably,
-                    work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, images_held, list_parts, lock_folder, open_h5,
+                    replace_durably, shards_folder, work_folder, write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -48,10 +47,10 @@ _ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse at once, before the images are found and the network loads, an output that
     :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
-    exists (without ``overwrite``) and has no work folder beside it, which may show that this very
-    extraction wrote it (the job decides)."""
+    exists (without ``overwrite``) and has no work or shards folder beside it, which may show that
+    this very extraction wrote it (the job decides)."""
     check_output_path(output)
-    if output.exists() and not overwrite and not work_folder(output).exists():
+    if output.exists() and not overwrite and not work_folder(output).exists() and not shards_folder(output).exists():
         raise VggfeatError(_ALREADY_EXISTS.format(output))
 
 
@@ -123,8 +122,7 @@ class ExtractionJob:
     def disk_needed(self) -> int:
         """Bytes of disk the run still needs at its peak: parts for the images no part holds, and
         the output beside all the parts. An upper bound: a failed image takes no row."""
-        row = self.extractor.dim * np.dtype(self.dtype).itemsize + _ROW_EXTRAS
-        return (self.total - self.done + self.total) * row
+        return (self.total - self.done + self.total) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe the images no part holds yet, completing the output; ``progress(n)`` after each chunk.
@@ -243,14 +241,7 @@ class ExtractionJob:
         if self.work.exists() and not manifest_file.is_file() and set(os.listdir(self.work)) - {"lock"}:
             raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
         self.work.mkdir(exist_ok=True)
-        lock = open(self.work / "lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise VggfeatError(f"another vggfeat run is writing {self.output} (lock held on {self.work}/lock)") from None
-        except OSError as error:  # a file system without locks (NFS without its lock daemon): go on without
-            self.unlocked_because = error.strerror or str(error)
+        lock, self.unlocked_because = lock_folder(self.work, self.output)
         try:
             self._adopt_or_clear(manifest_file, overwrite)
         except BaseException:
@@ -306,6 +297,11 @@ class ExtractionJob:
             attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
                          collection_sha256=self.collection.digest())
         return attrs
+
+
+def disk_per_row(dim: int, dtype: str) -> int:
+    """Bytes of disk that a row of ``dim`` values of ``dtype`` takes, in a part or an output."""
+    return dim * np.dtype(dtype).itemsize + _ROW_EXTRAS
 
 
 def config_json(config: dict, dtype: str) -> str:

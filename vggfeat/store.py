@@ -25,11 +25,13 @@ flushed to disk and renamed, so a part either exists whole or not at all, whatev
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
+from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,26 @@ def write_part(
 def work_folder(output: Path) -> Path:
     """Where an extraction into ``output`` keeps its work (manifest and parts) until it is done."""
     return output.with_name(output.name + ".parts")
+
+
+def shards_folder(output: Path) -> Path:
+    """Where an extraction on several devices into ``output`` keeps its shards until they are merged."""
+    return output.with_name(output.name + ".shards")
+
+
+def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
+    """(the open lock file of ``folder``, held while open; why it could not be locked, or None).
+    A second run writing ``output`` meanwhile is refused; on a file system without locks (NFS
+    without its lock daemon) the run goes on unlocked, and says why."""
+    lock = open(folder / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise VggfeatError(f"another vggfeat run is writing {output} (lock held on {folder}/lock)") from None
+    except OSError as error:
+        return lock, error.strerror or str(error)
+    return lock, None
 
 
 def work_progress(output: Path) -> tuple[int, int] | None:

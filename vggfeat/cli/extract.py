@@ -13,6 +13,7 @@ import click
 from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
+from ..multidevice import MultiDeviceJob
 from ..update import OutputUpdate, check_rewritable
 from . import options
 
@@ -47,7 +48,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--normalize", default="auto", show_default=True, type=click.Choice(["auto", "none", "l2"]),
               help="L2-normalise each view before combining, and the result (auto: for gem and rmac).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
-@options.device
+@options.devices
 @options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
 @options.image_pipeline
@@ -62,7 +63,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
                    "hold (added since), leave out those no longer found, and rewrite it.")
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            device, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
+            devices, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, update, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
@@ -77,6 +78,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
         if update and given:
             raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
+    for given, name in ((shard, "--shard"), (update, "--update"), (retry_failed, "--retry-failed")):
+        if given and len(devices) > 1:
+            raise click.UsageError(f"{name} runs on one device; several devices describe a shard each and merge them themselves")
     rewrite = "failed" if retry_failed else "new" if update else None  # what an update of OUTPUT describes
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
@@ -89,7 +93,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(f"loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
-        flip=flip, device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
+        flip=flip, device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
         max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
@@ -102,24 +106,30 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if rewrite:
         _update(extractor, images.shard(*shard) if shard else images, output, dtype, part_size, quiet, rewrite)
         return
-    job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
-                        provenance={"command": options.command_line()})
+    provenance = {"command": options.command_line()}
+    if len(devices) > 1:
+        job = MultiDeviceJob(extractor, devices, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
+                             provenance=provenance)
+    else:
+        job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
+                            provenance=provenance)
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
-    _announce(job, extractor, dtype, say)
+    _announce(job, extractor, dtype, say, devices)
     result = _running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
-        f"{_work_done(result.computed, result.seconds, extractor)}")
+        f"{_work_done(result.computed, result.seconds, ', '.join(devices) if len(devices) > 1 else str(extractor.device))}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
 
 
-def _announce(job: ExtractionJob, extractor: Extractor, dtype: str, say: Callable[..., None]) -> None:
+def _announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: str, say: Callable[..., None],
+              devices: tuple[str, ...] = ()) -> None:
     """What the job will do, before it does it."""
-    say(options.describe_settings(extractor, job.total - job.done))
+    say(options.describe_settings(extractor, job.total - job.done, devices))
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     _warn_if_the_disk_is_short(job, dtype)
@@ -128,7 +138,7 @@ def _announce(job: ExtractionJob, extractor: Extractor, dtype: str, say: Callabl
             "on the same output while this one runs", fg="yellow")
 
 
-def _running(job: ExtractionJob, run: Callable[..., R], quiet: bool, desc: str, kept: str = "") -> R:
+def _running(job: ExtractionJob | MultiDeviceJob, run: Callable[..., R], quiet: bool, desc: str, kept: str = "") -> R:
     """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work
     is kept: ``kept``, or in the job's work folder."""
     kept = kept or f"finished parts are kept in {job.work}"
@@ -146,11 +156,11 @@ def _running(job: ExtractionJob, run: Callable[..., R], quiet: bool, desc: str, 
             raise OSError(f"{error}; {kept}: run the same command to resume") from error
 
 
-def _work_done(computed: int, seconds: float, extractor: Extractor) -> str:
+def _work_done(computed: int, seconds: float, device: str) -> str:
     if not computed:
         return "every image was described by the interrupted run"
     rate = computed / seconds if seconds > 0 else 0.0
-    return f"{computed:,} images in {seconds:.1f} s ({rate:.1f} images/s) on {extractor.device}"
+    return f"{computed:,} images in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
 
 
 def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
@@ -189,6 +199,6 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
         outcome = f"{result.described:,} images added, {result.dropped:,} left out"
-    work = _work_done(result.computed, result.seconds, extractor) if result.described else "no image to describe"
+    work = _work_done(result.computed, result.seconds, str(extractor.device)) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), "
         f"{failed}; {outcome}; {work}")

@@ -46,6 +46,13 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def check_devices(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    devices = tuple(name.strip() for name in value.split(","))
+    for name in devices:
+        check_device(ctx, param, name)
+    return devices
+
+
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all).")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder].")
@@ -54,6 +61,9 @@ weights = click.option("--weights", default="imagenet", show_default=True, help=
 seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
 scales = click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales, help="Smallest-side sizes Q, each >= 224.")
 device = click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
+devices = click.option("--device", "devices", default="auto", show_default=True, callback=check_devices,
+                       help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, describe a shard of the images "
+                            "each, in a process of their own, and are merged into OUTPUT.")
 precision = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
                          help="Arithmetic in the network; auto: bf16 on GPUs that compute it natively (Ampere and later), else fp32.")
 
@@ -226,11 +236,13 @@ def reporter(quiet: bool) -> Callable[..., None]:
     return lambda text, **style: click.secho(text, err=True, **style)
 
 
-def describe_settings(extractor: Extractor, images: int) -> str:
-    """What the auto settings chose for a run over ``images``, for the line before the progress bar."""
-    plan = extractor.plan_run(images)
+def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...] = ()) -> str:
+    """What the auto settings chose for a run over ``images``, for the line before the progress bar;
+    with several ``devices``, for each one's process, over its share of the images."""
+    plan = extractor.plan_run(images // max(1, len(devices)))
     tuning = [name for name, on in (("cuDNN autotuning", plan.autotune), ("torch.compile", plan.compile)) if on]
-    return (f"on {extractor.device}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
+    where = f"{', '.join(devices)} (a process each)" if len(devices) > 1 else extractor.device
+    return (f"on {where}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
             f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
             + "".join(f", {name}" for name in tuning))

@@ -1,0 +1,148 @@
+"""``extract --device A,B``: a process per device describes a shard each, and the shards are merged
+into OUTPUT; the file equals one run's, a stopped or failed run keeps its work and resumes, and
+nothing that is not the run's own is written over. Here the devices are the CPU, twice.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+
+import pytest
+
+from runhelpers import (FAST, assert_same_output, crash_on_part, error_line, read_output, reusing_network, run_main,
+                        write_labelled_folder, write_plain_folder)
+from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
+from vggfeat.multidevice import MultiDeviceJob
+from vggfeat.store import shards_folder, work_progress
+
+CHEAP = [*FAST, "--layer", "conv1_1"]
+TWO_CPUS = ["--device", "cpu,cpu"]  # after FAST's --device cpu: the last one counts
+
+
+@pytest.fixture(autouse=True)
+def cached_network(random_vgg16):
+    with reusing_network(random_vgg16):  # in this process; each device's process builds its own
+        yield
+
+
+def cheap_extractor(**options) -> Extractor:
+    return Extractor("vgg16", weights="random", scales=[224], flip=False, device="cpu", layer="conv1_1", **options)
+
+
+def test_two_devices_write_the_file_one_run_writes(tmp_path):
+    write_labelled_folder(tmp_path / "images")
+    assert run_main(["extract", tmp_path / "images", tmp_path / "one.h5", *CHEAP, "-q"])[0] == 0
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "two.h5", *CHEAP, *TWO_CPUS])
+    assert code == 0, err
+    assert "on cpu, cpu (a process each)" in err
+    assert "wrote " in err and "5 descriptors (64-d float32), 1 failed; 6 images in" in err and "on cpu, cpu" in err
+    two, one = read_output(tmp_path / "two.h5"), read_output(tmp_path / "one.h5")
+    assert_same_output(two, one, atol=1e-5)
+    assert two["attrs"]["command"].endswith("--device cpu,cpu")  # the same command made every shard
+    assert [shard["shard"] for shard in json.loads(two["attrs"]["shards"])] == [1, 2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]  # no shards left
+
+
+def test_a_shard_that_dies_stops_the_others_which_keep_their_work(tmp_path):
+    """Shard 2's process is killed (kill -9, the out-of-memory killer); shard 1 stops, keeping its
+    finished parts, and the same job run again describes only what they do not hold."""
+    write_plain_folder(tmp_path / "images", 24)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    slow = Extractor("vgg16", weights="random", scales=[224], flip=False, device="cpu")  # fc7: seconds per shard
+    reported = []
+
+    def kill_shard_2_midway(images: int) -> None:
+        reported.append(images)
+        if sum(reported) >= 8 and sum(reported) - images < 8:  # about 4 images into each shard
+            [process] = [p for p in multiprocessing.active_children() if p.name == "vggfeat-shard-2-of-2"]
+            os.kill(process.pid, signal.SIGKILL)
+
+    with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: its process ended with exit code -9 before finishing. "
+                                           r"The other shards stopped; their work is kept in .*out.h5.shards: run the same"):
+        MultiDeviceJob(slow, ["cpu", "cpu"], images, output, part_images=1).run(progress=kill_shard_2_midway)
+    assert not output.exists()
+    held = [(work_progress(shards_folder(output) / f"shard-{k}-of-2.h5") or (0, 0))[0] for k in (1, 2)]
+    assert 0 < held[0] < 12, held  # shard 1 stopped midway, keeping its finished parts
+    result = MultiDeviceJob(slow, ["cpu", "cpu"], images, output, part_images=1).run()
+    assert result.computed == 24 - sum(held) and result.rows == 24
+    assert_same_output(read_output(output), _one_run(slow, images, tmp_path), atol=1e-4)
+    assert not shards_folder(output).exists()
+
+
+def test_a_shard_file_of_other_options_is_not_replaced_without_overwrite(tmp_path):
+    write_plain_folder(tmp_path / "images", 2)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    shards_folder(output).mkdir()
+    foreign = shards_folder(output) / "shard-2-of-2.h5"
+    ExtractionJob(cheap_extractor(min_side=8), images, foreign, shard=(2, 2)).run()
+    before = foreign.read_bytes()
+    with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: .*shard-2-of-2.h5 already exists; pass --overwrite"):
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).run()
+    assert foreign.read_bytes() == before and not output.exists()
+    MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output, overwrite=True).run()
+    assert_same_output(read_output(output), _one_run(cheap_extractor(), images, tmp_path), atol=1e-5)
+
+
+def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
+    """A finished shard is not described again, an interrupted one only where its parts end."""
+    write_plain_folder(tmp_path / "images", 6)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    extractor = cheap_extractor()
+    shards = shards_folder(output)
+    shards.mkdir()
+    ExtractionJob(extractor, images, shards / "shard-1-of-2.h5", shard=(1, 2)).run()
+    crash_on_part(monkeypatch, 2)  # as a kill after shard 2's first part
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ExtractionJob(extractor, images, shards / "shard-2-of-2.h5", shard=(2, 2), part_images=1).run()
+    monkeypatch.undo()
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert (job.done, job.total) == (4, 6)
+    result = job.run()
+    assert (result.rows, result.failed, result.computed) == (6, 0, 2)
+    assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
+
+
+def _one_run(extractor: Extractor, images, folder) -> dict:
+    ExtractionJob(extractor, images, folder / "one.h5").run()
+    return read_output(folder / "one.h5")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_a_folder_that_is_not_the_runs_own_is_refused_untouched(tmp_path):
+    write_plain_folder(tmp_path / "images", 2)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    shards = shards_folder(output)
+    shards.mkdir()
+    (shards / "notes.txt").write_text("mine")
+    with pytest.raises(VggfeatError, match=r"out.h5.shards exists but is not a vggfeat shards folder"):
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    (shards / "notes.txt").unlink()
+    (shards / "shard-1-of-3.h5").write_text("a run on three devices")
+    with pytest.raises(VggfeatError, match=r"holds the shards of an interrupted run on 3 devices: resume it on 3 devices"):
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert (shards / "shard-1-of-3.h5").read_text() == "a run on three devices"
+    output.write_text("the user's")
+    with pytest.raises(VggfeatError, match=r"out.h5 already exists; pass --overwrite"):
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert output.read_text() == "the user's"
+    with pytest.raises(VggfeatError, match=r"make the extractor from an architecture name"):
+        MultiDeviceJob(Extractor(cheap_extractor().network, device="cpu", layer="conv1_1"), ["cpu", "cpu"], images, output)
+
+
+@pytest.mark.parametrize("option", [["--shard", "1/2"], ["--update"], ["--retry-failed"]])
+def test_options_of_one_device_are_refused_with_several(tmp_path, option):
+    write_plain_folder(tmp_path / "images", 1)
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, *TWO_CPUS, *option])
+    assert code == 2 and f"{option[0]} runs on one device" in error_line(err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images"]
+
+
+def test_a_bad_device_in_the_list_is_refused_before_work(tmp_path):
+    write_plain_folder(tmp_path / "images", 1)
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--device", "cpu,gpu9"])
+    assert code == 2 and "unknown device 'gpu9'" in error_line(err)
