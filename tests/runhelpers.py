@@ -227,6 +227,30 @@ def running(process: int, wait: float = 10.0) -> bool:
     return False
 
 
+def started_until_a_part(args: list, work, parts: str = "part-*.h5") -> subprocess.Popen:
+    """``vggfeat ARGS`` in a process of its own, once it has written a first part into ``work``
+    (a file matching ``parts`` there)."""
+    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(work.glob(parts)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no part after 180 s, or the run ended before one was seen:\n{process.communicate()[1]}")
+        time.sleep(0.01)
+    return process
+
+
+def children(process: int) -> list[int]:
+    """The processes started by ``process``, and by those (decoding workers come from a server)."""
+    found, parents = [], {process}
+    for _ in range(3):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in parents and process_state(int(entry.name))[1] in parents:
+                found.append(int(entry.name))
+                parents.add(int(entry.name))
+    return found
+
+
 # --------------------------------------------------------------------------- GPU memory
 
 

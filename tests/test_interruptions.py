@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -25,15 +24,16 @@ from imagefiles import write_corrupt
 from runhelpers import (
     FAST,
     assert_same_output,
+    children,
     command,
     crash_on_part,
     error_line,
     interrupted_run,
-    process_state,
     read_output,
     reusing_network,
     run_main,
     running,
+    started_until_a_part,
     write_labelled_folder,
     write_plain_folder,
 )
@@ -50,18 +50,6 @@ def cached_network(random_vgg16):
 
 
 # --------------------------------------------------------------------------- kills, signals and full disks
-
-
-def started_until_a_part(args: list, work) -> subprocess.Popen:
-    """``vggfeat ARGS`` in a process of its own, once it has written a first part into ``work``."""
-    process = subprocess.Popen(command(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not list(work.glob("part-*.h5")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no part after 180 s, or the run ended before one was seen:\n{process.communicate()[1]}")
-        time.sleep(0.01)
-    return process
 
 
 def test_resume_after_kill_9(tmp_path):
@@ -121,17 +109,6 @@ def test_sigterm_stops_the_run_keeping_its_parts_and_its_workers_go(tmp_path):
     assert len(workers) >= 2 and not any(map(running, workers)), "processes outlived the run"
     code, _, err = run_main(args)
     assert code == 0 and "resuming:" in err, err
-
-
-def children(process: int) -> list[int]:
-    """The processes started by ``process``, and by those (decoding workers come from a server)."""
-    found, parents = [], {process}
-    for _ in range(3):
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in parents and process_state(int(entry.name))[1] in parents:
-                found.append(int(entry.name))
-                parents.add(int(entry.name))
-    return found
 
 
 # A reading process with its decoding processes started, then killed as kill -9 (or a batch

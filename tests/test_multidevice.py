@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from runhelpers import (FAST, assert_same_output, crash_on_part, error_line, read_output, reusing_network, run_main,
-                        write_labelled_folder, write_plain_folder)
+from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, reusing_network, run_main,
+                        running, started_until_a_part, write_labelled_folder, write_plain_folder)
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
 from vggfeat.multidevice import MultiDeviceJob
 from vggfeat.store import shards_folder, work_progress
@@ -103,6 +103,44 @@ def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
     result = job.run()
     assert (result.rows, result.failed, result.computed) == (6, 0, 2)
     assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
+
+
+def test_sigterm_stops_every_shard_keeping_their_parts(tmp_path):
+    """A batch system's time limit: SIGTERM to the command stops every device's process."""
+    write_plain_folder(tmp_path / "images", 12)
+    output, shards = tmp_path / "out.h5", tmp_path / "out.h5.shards"
+    args = ["extract", tmp_path / "images", output, *FAST, *TWO_CPUS, "--part-size", "1"]
+    process = started_until_a_part(args, shards, parts="*.parts/part-*.h5")
+    try:
+        shard_processes = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines()[-1] == f"terminated: finished parts are kept in {shards}; run the same command to resume"
+    assert "Traceback" not in stderr and not output.exists()
+    assert len(shard_processes) >= 2 and not any(map(running, shard_processes)), "processes outlived the run"
+    held = sum((work_progress(shards / f"shard-{k}-of-2.h5") or (0, 0))[0] for k in (1, 2))
+    code, _, err = run_main(args)
+    assert code == 0 and f"resuming: {held:,} of 12 images were done" in err and f"{12 - held:,} images in" in err, err
+
+
+def test_shards_stop_when_the_command_is_killed(tmp_path):
+    """kill -9 of the command (no chance to stop them): its shards' processes stop by themselves."""
+    write_plain_folder(tmp_path / "images", 12)
+    shards = tmp_path / "out.h5.shards"
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, *TWO_CPUS, "--part-size", "1"]
+    process = started_until_a_part(args, shards, parts="*.parts/part-*.h5")
+    shard_processes = children(process.pid)
+    process.kill()
+    process.communicate()
+    try:
+        assert len(shard_processes) >= 2 and not any(running(pid, wait=30) for pid in shard_processes)
+    finally:
+        for pid in filter(running, shard_processes):
+            os.kill(pid, signal.SIGKILL)
+    assert run_main(args)[0] == 0  # and the run resumes
 
 
 def _one_run(extractor: Extractor, images, folder) -> dict:

@@ -4,6 +4,7 @@ from .discover import ImageSet, find_images, read_file_list
 from .errors import ImageError, VggfeatError
 from .extractor import Extractor
 from .job import ExtractionJob
+from .multidevice import MultiDeviceJob
 from ._version import __version__
 from .network import DenseVGG, load_network
 
@@ -13,6 +14,7 @@ __all__ = [
     "Extractor",
     "ImageError",
     "ImageSet",
+    "MultiDeviceJob",
     "VggfeatError",
     "find_images",
     "load_network",
