@@ -31,9 +31,9 @@ import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
-from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import h5py
 import numpy as np
