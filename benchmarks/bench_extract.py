@@ -11,6 +11,8 @@ in this one process, with random weights (speed does not depend on their values)
       with cuDNN autotuning on (as in runs of 50,000 images or more; --no-autotune: as in shorter
       ones), its tuning already paid in (a)'s first pass; once per --decode-in given (threads,
       processes: decoding threads against worker processes, whose first start is timed apart);
+      with --processes-per-device N, also in N processes sharing the device, a shard each
+      (MultiDeviceJob): is one process's host side (its GIL) what keeps the GPU waiting?
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
       fp32, batch of one, as a user would write it from torchvision;
   (d) with --dataloader: the common torchvision recipe for one view per image, an ImageFolder-style
@@ -48,7 +50,7 @@ from torchvision.transforms import v2
 import vggfeat.extractor
 import vggfeat.processes
 import vggfeat.reading
-from vggfeat import ExtractionJob, Extractor, find_images, load_network
+from vggfeat import ExtractionJob, Extractor, MultiDeviceJob, find_images, load_network
 from vggfeat.pooling import global_pool
 from vggfeat.reading import ImageReader
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
@@ -195,11 +197,13 @@ class Samples:
     decode_wait: float = 0.0  # the main thread waiting for decoded images
     gpu_wait: float = 0.0  # the main thread waiting for the GPU's results
     tail: float = 0.0  # from the last image described to the complete output file
+    steady: float = 0.0  # images/s from 10% to 90% of the images described: without start-up or end
     cpus_busy: float = 0.0  # the machine's cores, all processes: cores' worth busy on average
     own_cpu: float = 0.0  # this process's share of that (its threads; not decoding processes)
 
     def report(self) -> str:
-        busy = f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
+        busy = f"; {self.steady:,.0f} images/s from 10% to 90% of the images" if self.steady else ""
+        busy += f"; GPU busy {np.mean(self.gpu_busy):.0f}% of the time" if self.gpu_busy else ""
         # Whether decoding has the CPUs it needs: all cores busy means it is short of them.
         busy += (f"; CPU cores busy {self.cpus_busy:.1f} of {os.cpu_count()} on average, {self.own_cpu:.1f} of "
                  f"them this process's")
@@ -249,12 +253,21 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) -> tuple[float, Samples, int]:
+def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None, processes: int = 1) -> tuple[float, Samples, int]:
     """Images/s from files to a complete HDF5, what was sampled meanwhile, and how many distinct
-    batch shapes the network saw. ``profile``: a trace file to write (see :func:`profiled`)."""
+    batch shapes the network saw. ``profile``: a trace file to write (see :func:`profiled`).
+    ``processes`` > 1: that many processes on the device, a shard each (MultiDeviceJob, as
+    ``--device cuda:0,cuda:0`` runs), each with a reading process of its own, and its own GIL;
+    their start, network and compiling are in the run's time, not in its 10-90% rate."""
     images = find_images(folder)
     output = folder.parent / "bench.h5"
-    job = ExtractionJob(extractor, images, output, overwrite=True)
+    if processes > 1:
+        arguments = {**extractor.arguments, "model": "vgg16", "weights": "random", "seed": 0, "decode_in": extractor.decode_in,
+                     "workers": extractor.workers and max(1, extractor.workers // processes)}
+        job = MultiDeviceJob(Extractor(**arguments, device=str(extractor.device)), [str(extractor.device)] * processes,
+                             images, output, overwrite=True)
+    else:
+        job = ExtractionJob(extractor, images, output, overwrite=True)
     shapes: set[tuple[int, ...]] = set()
     pad_batch = vggfeat.extractor.pad_batch
 
@@ -268,14 +281,20 @@ def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None) 
     try:
         with sampled(extractor.device) as samples, waits_timed(samples), profiling:
             began = last = time.perf_counter()
+            done, marks = 0, {}  # images described: the time when 10% and 90% of them were
 
-            def described(_: int) -> None:
-                nonlocal last
-                last = time.perf_counter()
+            def described(count: int) -> None:
+                nonlocal last, done
+                last, done = time.perf_counter(), done + count
+                for share in (0.1, 0.9):
+                    if done >= share * len(images):
+                        marks.setdefault(share, (last, done))
 
             job.run(described)
             ended = time.perf_counter()
             samples.seconds, samples.tail = ended - began, ended - last
+            (t10, n10), (t90, n90) = marks[0.1], marks[0.9]
+            samples.steady = (n90 - n10) / (t90 - t10) if n90 > n10 else 0.0  # 0: too few chunks to tell
     finally:
         vggfeat.extractor.pad_batch = pad_batch
     output.unlink()
@@ -423,6 +442,8 @@ def main() -> None:
     parser.add_argument("--worker-niceness", default=str(vggfeat.processes.WORKER_NICENESS),
                         help="decoding processes' priority below this process's (Unix niceness); comma-separated "
                              "values: (b) with processes for each [default: %(default)s]")
+    parser.add_argument("--processes-per-device", type=int, default=1, metavar="N",
+                        help="also (b) with N processes on the device, a shard each (--device X,X), after the last --decode-in")
     parser.add_argument("--dataloader", action="store_true", help="also measure (d), the DataLoader recipe")
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
@@ -466,6 +487,10 @@ def main() -> None:
                 cold()
                 runs[place if niceness is None else f"processes at niceness +{niceness}"] = end_to_end(
                     extractor, folder, args.profile)
+        if args.processes_per_device > 1:
+            cold()
+            runs[f"{extractor.decode_in}, in {args.processes_per_device} processes on the device, a shard each"] = end_to_end(
+                extractor, folder, processes=args.processes_per_device)
         cold()
         c = naive(extractor, files[: args.naive_count or args.count])
         if args.dataloader:

@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_checks.sh nvjpeg     # paper setting, nvJPEG and PIL decoding
 #   bash benchmarks/gpu_checks.sh shapes     # varied image sizes: autotuning only full batches, and none
 #   bash benchmarks/gpu_checks.sh single     # --scales 224 --center-crop: threads against processes, DataLoader recipe
+#   bash benchmarks/gpu_checks.sh processes  # single scale in one process against two on the one GPU (--device cuda:0,cuda:0)
 #   bash benchmarks/gpu_checks.sh profile    # the GIL decoding threads take (switch interval); single scale under torch.profiler
 #   bash benchmarks/gpu_checks.sh spy        # what holds the GIL in a single-scale run (py-spy, carried in .whl/)
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
@@ -22,7 +23,7 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, profile, spy, precision or pooling} in
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision or pooling} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -65,6 +66,11 @@ single)
     $bench $single --naive-count 64 --dataloader --decode-in threads,processes
     $bench $single --naive-count 8 --decoder nvjpeg
     $bench $single --naive-count 8 --no-flip --decode-in threads,processes ;;
+processes)
+    # If one reading process's host side (its GIL) keeps the GPU waiting, two processes on the one
+    # GPU, a shard each with 8 decoding processes, may feed it faster: compare the 10-90% rates
+    # (the second run's total also holds its processes' start and compiling, ~10-20 s).
+    timeout 400 $bench ${single/20000/40000} --naive-count 2 --decode-in processes --compile --processes-per-device 2 || echo "(exit $?)" ;;
 profile)
     $python benchmarks/bench_gil.py --count 256 --workers 2,8,16
     # Is the main thread queued behind decoding threads' Python after each torch call (a GIL convoy)?
@@ -86,6 +92,6 @@ precision)
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, profile, spy, precision or pooling" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision or pooling" >&2
     exit 2 ;;
 esac
