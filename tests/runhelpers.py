@@ -10,6 +10,7 @@ import contextlib
 import errno
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,6 +239,23 @@ def started_until_a_part(args: list, work, parts: str = "part-*.h5") -> subproce
             pytest.fail(f"no part after 180 s, or the run ended before one was seen:\n{process.communicate()[1]}")
         time.sleep(0.01)
     return process
+
+
+def terminated(args: list, work, parts: str = "part-*.h5") -> list[int]:
+    """The processes that ``vggfeat ARGS`` had started when sent SIGTERM, as a batch system does at
+    a time limit, once it had written a first part; checks that it stopped as it should."""
+    process = started_until_a_part(args, work, parts)
+    try:
+        started = children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == f"terminated: finished parts are kept in {work}; run the same command to resume", stderr
+    assert "Traceback" not in stderr
+    return started
 
 
 def children(process: int) -> list[int]:
