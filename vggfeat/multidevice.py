@@ -116,13 +116,17 @@ class MultiDeviceJob:
         context = multiprocessing.get_context("spawn")  # no forked copies of CUDA's or the threads' state
         messages = context.Queue()
         count, arguments = len(self.devices), {**self.extractor.arguments, "workers": self.extractor.workers}
+        config, digest = config_json(self.extractor.config(), self.dtype), self.images.digest()
+        # shard: ("done", images described) or (how it ended, why). A shard that an earlier run
+        # finished needs no process, nor a network loaded for it (its process would check again).
+        outcomes: dict[int, tuple[str, object]] = {
+            k: ("done", 0) for k, path in enumerate(self.shard_files, start=1) if _finished(path, config, digest, (k, count))}
         processes = {
             k: context.Process(target=_describe_shard, name=f"vggfeat-shard-{k}-of-{count}", args=(
                 arguments, device, self.images, path, (k, count), self.dtype, self.part_images, self.overwrite,
                 self.provenance, messages))
-            for k, (device, path) in enumerate(zip(self.devices, self.shard_files), start=1)
+            for k, (device, path) in enumerate(zip(self.devices, self.shard_files), start=1) if k not in outcomes
         }
-        outcomes: dict[int, tuple[str, object]] = {}  # shard: ("done", images described) or (how it ended, why)
         try:
             for process in processes.values():
                 process.start()
@@ -218,7 +222,7 @@ def _describe_shard(arguments: dict, device: str, images: ImageSet, output: Path
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         extractor = Extractor(**arguments, device=device)
-        if _finished(output, extractor, dtype, images, shard):
+        if _finished(output, config_json(extractor.config(), dtype), images.digest(), shard):
             messages.put((k, "done", 0))
             return
         job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
@@ -234,14 +238,14 @@ def _describe_shard(arguments: dict, device: str, images: ImageSet, output: Path
         messages.put((k, "failed", f"{type(error).__name__}: {error}"))
 
 
-def _finished(output: Path, extractor: Extractor, dtype: str, images: ImageSet, shard: tuple[int, int]) -> bool:
-    """Is ``output`` this very shard, complete (written by an earlier, interrupted run)?"""
+def _finished(output: Path, config: str, digest: str, shard: tuple[int, int]) -> bool:
+    """Is ``output`` this very shard (of the collection of ``digest``, made with the ``config``
+    attribute ``config``), complete: written by an earlier, interrupted run?"""
     if not output.exists():
         return False
     with open_h5(output) as f:
         attrs = dict(f.attrs)
-    return (bool(attrs.get("complete")) and attrs.get("config") == config_json(extractor.config(), dtype)
-            and attrs.get("collection_sha256") == images.digest()
+    return (bool(attrs.get("complete")) and attrs.get("config") == config and attrs.get("collection_sha256") == digest
             and (attrs.get("shard_index"), attrs.get("shard_count")) == shard)
 
 
