@@ -3,6 +3,7 @@
 import pytest
 
 from imagefiles import write_rgb
+from runhelpers import reusing_network
 from vggfeat import load_network
 from vggfeat.weights import load_vgg
 
@@ -11,6 +12,14 @@ from vggfeat.weights import load_vgg
 def random_vgg16():
     """torchvision's VGG16 with seeded random weights, made dense (seed 0)."""
     return load_network("vgg16", "random", seed=0)
+
+
+@pytest.fixture
+def cached_network(random_vgg16):
+    """The CLI's ``--weights random --seed 0`` VGG16 is ``random_vgg16``, in this process (a module
+    uses it with ``pytestmark = pytest.mark.usefixtures("cached_network")``)."""
+    with reusing_network(random_vgg16):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,7 @@ CHEAP = [*FAST, "--layer", "conv1_1"]
 NO_SCALES = [option for option in FAST if option not in ("--scales", "224")]
 
 
-@pytest.fixture(autouse=True)
-def cached_network(random_vgg16):
-    with reusing_network(random_vgg16):
-        yield
+pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 def folder_state(folder) -> dict:

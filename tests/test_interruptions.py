@@ -29,7 +29,6 @@ from runhelpers import (
     error_line,
     interrupted_run,
     read_output,
-    reusing_network,
     run_main,
     running,
     started_until_a_part,
@@ -43,10 +42,7 @@ import vggfeat.store
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
 
 
-@pytest.fixture(autouse=True)
-def cached_network(random_vgg16):
-    with reusing_network(random_vgg16):
-        yield
+pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 # --------------------------------------------------------------------------- kills, signals and full disks

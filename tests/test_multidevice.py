@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, reusing_network, run_main,
+from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, run_main,
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
 from vggfeat.multidevice import MultiDeviceJob
@@ -22,10 +22,7 @@ CHEAP = [*FAST, "--layer", "conv1_1"]
 TWO_CPUS = ["--device", "cpu,cpu"]  # after FAST's --device cpu: the last one counts
 
 
-@pytest.fixture(autouse=True)
-def cached_network(random_vgg16):
-    with reusing_network(random_vgg16):  # in this process; each device's process builds its own
-        yield
+pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 def cheap_extractor(**options) -> Extractor:

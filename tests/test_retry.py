@@ -14,7 +14,6 @@ from runhelpers import (
     error_line,
     flaky_storage,
     read_output,
-    reusing_network,
     run_main,
     write_labelled_folder,
     write_plain_folder,
@@ -26,10 +25,7 @@ from vggfeat.retry import retry_failed
 CHEAP = [*FAST, "--layer", "conv1_1"]
 
 
-@pytest.fixture(autouse=True)
-def cached_network(random_vgg16):
-    with reusing_network(random_vgg16):
-        yield
+pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_path, monkeypatch):

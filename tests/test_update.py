@@ -21,7 +21,6 @@ from runhelpers import (
     crash_on_part,
     error_line,
     read_output,
-    reusing_network,
     run_main,
     write_labelled_folder,
     write_plain_folder,
@@ -33,10 +32,7 @@ from vggfeat.update import OutputUpdate
 CHEAP = [*FAST, "--layer", "conv1_1"]
 
 
-@pytest.fixture(autouse=True)
-def cached_network(random_vgg16):
-    with reusing_network(random_vgg16):
-        yield
+pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 def decoded_files(monkeypatch) -> list[str]:
