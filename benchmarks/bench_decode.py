@@ -12,16 +12,17 @@ walk against Pillow's header parse, which it replaced; and the copy of the decod
 reused block of memory, as a decoding process makes (``vggfeat.processes``): in the layout they
 were decoded in, (H, W, 3), against transposed to [3, H, W], as processes did before 2026-11-23.
 
-``--draft Q`` also times what vggfeat does not do (yet): Pillow's draft mode, libjpeg's decoding
-at 1/2, 1/4 or 1/8 size in the DCT domain, to no less than Q on the smallest side; for large
-photos (``--size 4000x3000``), whose full decoding may leave a GPU waiting. ``--grain`` adds
+``--draft Q`` also times ``--jpeg-draft`` (``decode_image_reduced``): Pillow's draft mode,
+libjpeg's decoding at 1/2, 1/4 or 1/8 size in the DCT domain, to no less than what Q needs; for
+large photos (``--size 4000x3000``), whose full decoding may leave a GPU waiting. ``--grain`` adds
 pixel noise, as a camera's photos have: smooth images cost little entropy decoding, which
-drafting does not reduce.
+drafting does not reduce. ``bench_draft.py`` measures how much drafted descriptors differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import tempfile
 import time
@@ -35,9 +36,10 @@ from PIL import Image
 import vggfeat.jpeg
 from bench_extract import jpeg_kilobytes
 from bench_extract import make_jpegs as make_photos
-from vggfeat.decode import decode_image
+from vggfeat.decode import decode_image, decode_image_reduced
 from vggfeat.jpeg import decode_jpegs, read_jpeg
 from vggfeat.reading import JPEG_GROUP
+from vggfeat.resize import jpeg_reduction
 
 
 def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (500, 375), grain: float = 0.0) -> list[Path]:
@@ -65,20 +67,10 @@ def by_batches(paths: list[Path]) -> list[np.ndarray]:
     return pixels
 
 
-def drafted(smallest_side: int) -> Callable[[list[Path]], list[np.ndarray]]:
-    """Pillow's draft mode: the smallest DCT scaling that keeps ``smallest_side`` (then RGB, a copy)."""
-
-    def decode(paths: list[Path]) -> list[np.ndarray]:
-        pixels = []
-        for path in paths:
-            with Image.open(path) as image:
-                width, height = image.size
-                factor = smallest_side / min(width, height)
-                image.draft("RGB", (int(width * factor), int(height * factor)))
-                pixels.append(np.array(image.convert("RGB"), dtype=np.uint8))
-        return pixels
-
-    return decode
+def drafted(scale: int) -> Callable[[list[Path]], list[np.ndarray]]:
+    """``--jpeg-draft`` for Q = ``scale``: the largest DCT scaling that keeps the resized shape."""
+    reduction = functools.partial(jpeg_reduction, scales=(scale,), side="short")
+    return lambda paths: [decode_image_reduced(path, reduction)[0] for path in paths]
 
 
 def pillow_header(data: bytes) -> tuple:
@@ -125,7 +117,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--size", default="500x375", help="width x height of the JPEGs")
     parser.add_argument("--grain", type=float, default=0.0, help="pixel noise (std) [default: none]")
-    parser.add_argument("--draft", type=int, help="also time Pillow's draft mode down to this smallest side")
+    parser.add_argument("--draft", type=int, metavar="Q", help="also time --jpeg-draft for this scale")
     parser.add_argument("--photo", action="store_true",
                         help="bench_extract.py's photo-like JPEGs instead (500x375 and 375x500; --size and --grain unused)")
     args = parser.parse_args()

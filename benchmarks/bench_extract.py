@@ -72,7 +72,7 @@ def make_jpegs(folder: Path, count: int, varied: bool = False, content: str = "p
     if content not in CONTENTS:
         raise ValueError(f"content {content!r}: choose one of {', '.join(CONTENTS)}")
     rng = np.random.default_rng(0)
-    texture = _texture(rng, 1536, 2048) if content == "photo" else None
+    texture = photo_texture(rng, 1536, 2048) if content == "photo" else None
     pictures = []
     for i in range(count):
         height, width = (375, 500) if i % 2 == 0 else (500, 375)
@@ -101,7 +101,7 @@ def make_jpegs(folder: Path, count: int, varied: bool = False, content: str = "p
     return sorted(folder.glob("*.jpg"))
 
 
-def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def photo_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Colour noise with a natural image's 1/f amplitude spectrum, zero mean and unit deviation,
     [height, width, 3] float32; the channels share most of their content, as a photo's do."""
     frequency = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])

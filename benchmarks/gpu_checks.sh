@@ -17,13 +17,14 @@
 #   bash benchmarks/gpu_checks.sh spy        # what holds the GIL in a single-scale run (py-spy, carried in .whl/)
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
+#   bash benchmarks/gpu_checks.sh draft      # --jpeg-draft: 12 Mpx photos read by 16 threads and processes, whole and drafted
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision or pooling} in
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling or draft} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -91,7 +92,11 @@ precision)
     $python benchmarks/bench_precision.py --device cuda --precisions bf16,fp16,tf32 --per-class 100 ;;
 pooling)
     $python benchmarks/bench_pooling.py --device cuda --batch 64 --repeats 20 ;;
+draft)
+    # Camera photos leave the GPU waiting for decoding: how many a second 16 cores read whole and
+    # drafted, and the drafted descriptors' cosine to whole ones (random weights, paper setting).
+    timeout 400 $python benchmarks/bench_draft.py --count 64 --workers 16 --describe 8 --device cuda || echo "(exit $?)" ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision or pooling" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling or draft" >&2
     exit 2 ;;
 esac

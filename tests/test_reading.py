@@ -23,7 +23,7 @@ from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
 from runhelpers import FAST, flaky_storage, gpu_full_for, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
-from vggfeat.decode import DEFAULT_MAX_PIXELS, READ_RETRY_DELAYS, decode_image
+from vggfeat.decode import DEFAULT_MAX_PIXELS, READ_RETRY_DELAYS, decode_image, decode_image_reduced
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import JPEG_GROUP, ImageReader
 
@@ -115,10 +115,10 @@ def test_workers_give_way_to_the_reading_process_where_cores_are_short():
 
 # What a decoder's crash looks like to the pool: the process dies. Module-level, so that a worker
 # forked from this process finds them by name.
-def decode_or_die(path, **limits):
+def decode_or_die(path, reduction, **limits):
     if "crash" in os.path.basename(path):
         os._exit(3)
-    return decode_image(path, **limits)
+    return decode_image_reduced(path, reduction, **limits)
 
 
 def die(*slots) -> None:
@@ -132,7 +132,7 @@ def forked_workers(monkeypatch):
 
 
 def test_a_file_that_kills_its_decoder_fails_alone(forked_workers, tmp_path):
-    forked_workers.setattr(vggfeat.reading, "decode_image", decode_or_die)
+    forked_workers.setattr(vggfeat.reading, "decode_image_reduced", decode_or_die)
     paths = [tmp_path / f"{i:03d}.png" for i in range(3 * JPEG_GROUP)]
     for i, path in enumerate(paths):
         write_rgb(path, 32, 40 + i, seed=i)
@@ -171,10 +171,11 @@ def test_a_read_that_the_storage_fails_for_a_moment_is_tried_again(decoder, tmp_
 
 
 def counting_decodes(monkeypatch) -> list[str]:
-    """Names of the files PIL has decoded so far (in threads: this process's decode_image)."""
+    """Names of the files PIL has decoded so far (in threads: this process's decode_image_reduced)."""
     names = []
-    real = vggfeat.reading.decode_image
-    monkeypatch.setattr(vggfeat.reading, "decode_image", lambda path, **limits: names.append(path.name) or real(path, **limits))
+    real = vggfeat.reading.decode_image_reduced
+    monkeypatch.setattr(vggfeat.reading, "decode_image_reduced",
+                        lambda path, reduction, **limits: names.append(path.name) or real(path, reduction, **limits))
     return names
 
 
@@ -244,7 +245,7 @@ def test_processes_without_shared_memory_stop_the_run_with_advice(forked_workers
 
 def test_processes_dying_on_many_files_stop_the_run(forked_workers, tmp_path):
     """Rather than record every file as one that crashed its decoder (a /dev/shm too small kills them all)."""
-    forked_workers.setattr(vggfeat.reading, "decode_image", decode_or_die)
+    forked_workers.setattr(vggfeat.reading, "decode_image_reduced", decode_or_die)
     forked_workers.setattr(vggfeat.processes, "MAX_CRASHES", 2)
     paths = [tmp_path / f"crash{i}.png" for i in range(4)]
     for i, path in enumerate(paths):

@@ -15,7 +15,7 @@ from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index
 from vggfeat.montage import montage_size
-from vggfeat.search import describe_images, search
+from vggfeat.search import describe_images, extractor_for, search
 
 RETRIEVAL = ["--weights", "random", "--seed", "0", "--layer", "conv5_3", "--scales", "224", "--resize-side", "long",
              "--device", "cpu", "--quiet"]
@@ -123,3 +123,12 @@ def test_index_refuses_query_images_when_the_weights_file_is_unknown(tmp_path):
     index = VectorIndex(paths=["x"], config={"weights": "file:mine.pth", "model": "vgg16"}, vectors=np.ones((1, 4), np.float32))
     with pytest.raises(VggfeatError, match="pass --weights PATH"):
         describe_images(index, [tmp_path / "q.png"])
+
+
+@pytest.mark.parametrize("options", [{"center_crop": True}, {"jpeg_draft": True}])
+def test_query_images_are_described_as_the_database_was(random_vgg16, options):
+    database = Extractor(random_vgg16, scales=[256], device="cpu", **options)
+    index = VectorIndex(paths=["x"], config=database.config(), vectors=np.ones((1, database.dim), np.float32))
+    with reusing_network(random_vgg16):
+        queries = extractor_for(index, device="cpu")
+    assert queries.config() == database.config()

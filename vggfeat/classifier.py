@@ -87,6 +87,7 @@ class Classifier(Extractor):
         workers: int | None = None,
         decoder: str = "auto",
         decode_in: str = "threads",
+        jpeg_draft: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         autotune: str = "auto",
@@ -99,7 +100,7 @@ class Classifier(Extractor):
         super().__init__(
             model, weights=weights, seed=seed, layer="fc8", pooling="avg", scales=scales, aggregate="stack",
             flip=False, device=device, precision=precision, batch_size=batch_size, workers=workers,
-            decoder=decoder, decode_in=decode_in, max_pixels=max_pixels, min_side=min_side, autotune=autotune,
+            decoder=decoder, decode_in=decode_in, jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune,
             compile=compile,
         )
         self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decode import Reduction
 from .errors import ImageError, VggfeatError
-from .reading import Budget, Decoded, ImageReader
+from .reading import Budget, Decoded, ImageReader, Reduced
 
 # Most decoded bytes a worker sends at once, and for a GPU the size of the slots of shared memory
 # that workers decode into, one per worker and two more: a group of 500x375 images.
@@ -62,7 +63,7 @@ class DecodingProcesses:
 
     def __init__(self, reader: ImageReader, budget: Budget) -> None:
         self.reader, self.budget = reader, budget
-        self.arguments = (reader.decoder, reader.max_pixels, reader.min_side)
+        self.arguments = (reader.decoder, reader.max_pixels, reader.min_side, reader.reduction)
         self.context = multiprocessing.get_context(PROCESS_START)
         if PROCESS_START == "forkserver":
             self.context.set_forkserver_preload([__name__])
@@ -96,7 +97,7 @@ class DecodingProcesses:
                 results += self.reader._unpack(pixels, outcomes)
         return results, held
 
-    def _decoded(self, files: list[Path]) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
+    def _decoded(self, files: list[Path]) -> list[tuple[torch.Tensor, list[tuple[int, ...] | str]]]:
         """The first of ``files`` that a slot holds (at least one), decoded by a worker and copied
         out of its slot: [(pixels, outcomes)], one block; after a worker's death, one per file."""
         slot = self.free.get() if self.slots else None
@@ -111,8 +112,8 @@ class DecodingProcesses:
             if slot is not None:
                 self.free.put(slot)
 
-    def _copied(self, slot: int | None, own: torch.Tensor | None, outcomes: list[tuple[int, int] | str]
-                ) -> tuple[torch.Tensor, list[tuple[int, int] | str]]:
+    def _copied(self, slot: int | None, own: torch.Tensor | None, outcomes: list[tuple[int, ...] | str]
+                ) -> tuple[torch.Tensor, list[tuple[int, ...] | str]]:
         """The pixels out of the slot, or the block of their own that they came in; for a GPU, in
         pinned memory, for the upload."""
         cuda = self.reader.device.type == "cuda"
@@ -122,7 +123,7 @@ class DecodingProcesses:
         return (pixels.pin_memory() if cuda else pixels.clone()), outcomes
 
     def _alone(self, files: list[Path], slot: int | None, broken: ProcessPoolExecutor
-               ) -> list[tuple[torch.Tensor, list[tuple[int, int] | str]]]:
+               ) -> list[tuple[torch.Tensor, list[tuple[int, ...] | str]]]:
         """After a worker's death: ``files`` one at a time, each alone in a process, so that a
         crash can only be its own file's."""
         with self.lock:
@@ -201,8 +202,9 @@ def _block(decoding: Future) -> tuple[torch.Tensor | None, list] | None:
         raise VggfeatError(f"a decoding process failed: {type(error).__name__}: {error}; {_SHARED_MEMORY}") from error
 
 
-def _sizes(outcomes: list[tuple[int, int] | str]) -> list[tuple[int, int]]:
-    return [outcome for outcome in outcomes if not isinstance(outcome, str)]
+def _sizes(outcomes: list[tuple[int, ...] | str]) -> list[tuple[int, int]]:
+    """The (height, width) of each image's pixels in a block."""
+    return [outcome[:2] for outcome in outcomes if not isinstance(outcome, str)]
 
 
 _SLOTS: list[torch.Tensor] = []  # in a worker process: the reading process's slots, if any
@@ -258,19 +260,26 @@ def _running(process: int) -> bool:
     return True
 
 
-def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int
-                 ) -> tuple[torch.Tensor | None, list[tuple[int, int] | str]]:
+def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int,
+                 reduction: Reduction | None) -> tuple[torch.Tensor | None, list[tuple[int, ...] | str]]:
     """In a worker process: decode the first of ``paths`` that fit a slot (at least one) into slot
     ``slot``, (H, W, 3) each, one after another; return None (or, with no slot or for one image
     larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
-    (height, width) or why not."""
-    reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side)
+    (height, width), followed by its full size if it was decoded smaller, or why not."""
+    reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side, reduction=reduction)
     decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
     # (height, width, 3), as both PIL and libjpeg-turbo lay pixels out: a plain copy. Into [3, H, W]
     # it would be a transposing one, 7x slower (bench_decode.py: 170-178 against 23-24 us a
     # 500x375 image, a sixth of a worker's time); the reader views them as [3, H, W] (_unpack).
-    images = [torch.from_numpy(d) if isinstance(d, np.ndarray) else d.permute(1, 2, 0)
-              for d in decoded if not isinstance(d, ImageError)]
+    images, outcomes = [], []
+    for d in decoded:
+        if isinstance(d, ImageError):
+            outcomes.append(str(d))
+            continue
+        pixels = d.pixels if isinstance(d, Reduced) else d
+        image = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels.permute(1, 2, 0)
+        images.append(image)
+        outcomes.append((*image.shape[:2], *d.full_size) if isinstance(d, Reduced) else tuple(image.shape[:2]))
     total = sum(x.numel() for x in images)
     own = None if slot is not None and total <= SLOT_BYTES else torch.empty(total, dtype=torch.uint8).share_memory_()
     target = _SLOTS[slot] if own is None else own
@@ -278,7 +287,5 @@ def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: i
     for x in images:
         target[start : start + x.numel()].view(x.shape).copy_(x)
         start += x.numel()
-    outcomes = [str(d) if isinstance(d, ImageError) else tuple(d.shape[1:]) if isinstance(d, torch.Tensor)
-                else d.shape[:2] for d in decoded]
     return own, outcomes
 

@@ -9,6 +9,10 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
   other files by PIL.
 - ``nvjpeg``: JPEGs in batches on the GPU (nvJPEG), the same way; other files by PIL.
 
+With a ``reduction`` (``--jpeg-draft``), a JPEG large enough is decoded by PIL at a half, a quarter
+or an eighth of its size (libjpeg's DCT scaling) and comes as :class:`Reduced`, which keeps its
+full size.
+
 Decoding runs in threads, or with ``processes`` in worker processes (:mod:`vggfeat.processes`),
 which hold no lock that the network's thread needs. On a GPU, threads upload (or decode there) on
 streams of their own. However large the images, the workers hold at most LOOKAHEAD_BYTES of
@@ -26,12 +30,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .decode import decode_image, open_image_file
+from .decode import Reduction, decode_image_reduced, open_image_file
 from .errors import ImageError
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
@@ -45,16 +50,28 @@ BLOCK_BYTES = 64 * 2**20
 # network is there), besides that group: 1,900 images of 500x375, or 14 of 6000x4000.
 LOOKAHEAD_BYTES = 2**30
 
-Decoded = np.ndarray | torch.Tensor | ImageError
+
+class Reduced(NamedTuple):
+    """An image that libjpeg decoded smaller than it is (``--jpeg-draft``)."""
+
+    pixels: np.ndarray | torch.Tensor  # as any decoded image's, at the reduced size
+    full_size: tuple[int, int]  # the image's upright (height, width)
+
+
+Decoded = np.ndarray | torch.Tensor | Reduced | ImageError
 
 
 class ImageReader:
-    """Decodes files with ``workers`` threads (or processes) for a network on ``device``; see :meth:`read`."""
+    """Decodes files with ``workers`` threads (or processes) for a network on ``device``; see :meth:`read`.
+
+    ``reduction(height, width)``: by how much (1, 2, 4 or 8) a JPEG of that size may be decoded
+    smaller; None decodes every image whole.
+    """
 
     def __init__(self, device: torch.device, decoder: str, workers: int, max_pixels: int, min_side: int,
-                 processes: bool = False) -> None:
+                 processes: bool = False, reduction: Reduction | None = None) -> None:
         self.device, self.decoder, self.workers, self.processes = device, decoder, workers, processes
-        self.max_pixels, self.min_side = max_pixels, min_side
+        self.max_pixels, self.min_side, self.reduction = max_pixels, min_side, reduction
         self._thread = threading.local()  # per thread of this process: its stream
 
     @contextlib.contextmanager
@@ -113,11 +130,14 @@ class ImageReader:
             except ImageError as error:
                 results.append(error)
                 continue
+            factor = 1 if jpeg is None or self.reduction is None else self.reduction(jpeg.height, jpeg.width)
             if limit is not None:
-                nbytes = _header_bytes(path) if jpeg is None else jpeg.decoded_bytes
+                nbytes = _header_bytes(path) if jpeg is None else jpeg.decoded_bytes // factor**2
                 if results and total + nbytes > limit:
                     break
                 total += nbytes
+            if factor > 1:
+                jpeg = None  # the batched decoders decode whole images only: PIL decodes it smaller
             if jpeg is None:
                 pixels, taken = self._decode(path, number, budget)
                 results.append(pixels)
@@ -141,19 +161,21 @@ class ImageReader:
 
     def _decode(self, path: Path, number: int, budget: Budget) -> tuple[Decoded, int]:
         try:
-            rgb = decode_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
+            rgb, full_size = decode_image_reduced(path, self.reduction, max_pixels=self.max_pixels,
+                                                  min_side=self.min_side)
         except ImageError as error:
             return error, 0
         held = budget.take(number, rgb.nbytes)
-        if self.device.type != "cuda":
-            return rgb, held
-        with self._own_stream():
-            return self._upload(torch.from_numpy(rgb)).permute(2, 0, 1), held
+        pixels = rgb
+        if self.device.type == "cuda":
+            with self._own_stream():
+                pixels = self._upload(torch.from_numpy(rgb)).permute(2, 0, 1)
+        return (pixels if full_size == rgb.shape[:2] else Reduced(pixels, full_size)), held
 
-    def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, int] | str]) -> list[Decoded]:
+    def _unpack(self, packed: torch.Tensor, outcomes: list[tuple[int, ...] | str]) -> list[Decoded]:
         """A worker process's block, images laid out (H, W, 3) one after another: [3, H, W] views
-        of it, or the errors. For a GPU the block is in pinned memory (DecodingProcesses._copied),
-        and goes there in one upload."""
+        of it, or the errors; an outcome (H, W, full height, full width) is a :class:`Reduced`. For
+        a GPU the block is in pinned memory (DecodingProcesses._copied), and goes there in one upload."""
         if self.device.type == "cuda":
             with self._own_stream():
                 packed = self._upload(packed, pinned=True)
@@ -163,8 +185,9 @@ class ImageReader:
             if isinstance(outcome, str):
                 results.append(ImageError(outcome))
                 continue
-            height, width = outcome
-            results.append(packed[start : start + 3 * height * width].view(height, width, 3).permute(2, 0, 1))
+            height, width = outcome[:2]
+            pixels = packed[start : start + 3 * height * width].view(height, width, 3).permute(2, 0, 1)
+            results.append(Reduced(pixels, outcome[2:]) if len(outcome) > 2 else pixels)
             start += 3 * height * width
         return results
 

@@ -47,6 +47,21 @@ def resized_shape(height: int, width: int, scale: int, side: str = "short") -> t
     return int(scale * height / width), scale
 
 
+# The fractions of its size that libjpeg can decode a JPEG at (Pillow's draft mode), largest first.
+JPEG_REDUCTIONS = (8, 4, 2)
+
+
+def jpeg_reduction(height: int, width: int, scales: Sequence[int], side: str = "short") -> int:
+    """The largest of 8, 4 or 2 by which an image of (``height``, ``width``) may be decoded smaller
+    (each side rounded up, as libjpeg does) and still hold its resized shape at every scale, so that
+    the resize only ever shrinks it; 1 when none may."""
+    needed = resized_shape(height, width, max(scales), side)
+    for factor in JPEG_REDUCTIONS:
+        if -(-height // factor) >= needed[0] and -(-width // factor) >= needed[1]:
+            return factor
+    return 1
+
+
 def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A uint8 image [3, H, W] as a normalised float32 network input [3, *shape]."""
     return _resize_normalize(image.unsqueeze(0), shape)[0]

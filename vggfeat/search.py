@@ -86,7 +86,7 @@ def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, 
         "flip": config["flip"], "max_pixels": config.get("max_pixels"), "min_side": config.get("min_side"),
     }
     # Keys that older files lack take the Extractor's defaults, which are what those files used.
-    for key in ("resize_side", "normalize", "gem_p"):
+    for key in ("resize_side", "center_crop", "normalize", "gem_p", "jpeg_draft"):
         if config.get(key) is not None:
             keywords[key] = config[key]
     keywords = {key: value for key, value in keywords.items() if value is not None}

@@ -6,7 +6,7 @@ The output file (read it with plain h5py)::
     /paths           UTF-8 [N], relative to the input root, sorted
     /labels          int32 [N], index into /classes, -1 where the image has no class
     /classes         UTF-8 [C]
-    /sizes           int32 [N, 2], decoded (height, width), EXIF orientation applied
+    /sizes           int32 [N, 2], decoded (height, width), EXIF orientation applied (the full size, drafted or not)
     /failed/paths    UTF-8 [F], files that could not be used
     /failed/errors   UTF-8 [F], why
     attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,

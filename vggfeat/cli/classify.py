@@ -27,7 +27,8 @@ from . import options
 @options.overwrite
 @options.quiet
 def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,
-             precision, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, overwrite, quiet) -> None:
+             precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, overwrite,
+             quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
@@ -44,7 +45,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     classifier = Classifier(
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
         device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
-        max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
+        jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")

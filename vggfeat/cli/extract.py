@@ -63,7 +63,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
                    "hold (added since), leave out those no longer found, and rewrite it.")
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
-            devices, precision, dtype, batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
+            devices, precision, dtype, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, update, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
 
@@ -94,7 +94,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
         flip=flip, device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
-        max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
+        jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
     if extractor.network.weights.is_random:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "

@@ -92,6 +92,9 @@ decoder = click.option("--decoder", default="auto", show_default=True, type=clic
                        help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
                             "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
                             "torchvision can decode, else pil.")
+jpeg_draft = click.option("--jpeg-draft", is_flag=True,
+                          help="Decode large JPEGs at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling), never below the "
+                               "largest Q: camera photos decode several times faster; descriptors differ slightly.")
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
@@ -118,7 +121,8 @@ autotune = click.option("--cudnn-autotune", "autotune", default="auto", show_def
 compile_network = click.option("--compile", "compile", default="auto", show_default=True, type=click.Choice(AUTOTUNES),
                                 help="Run full batches through torch.compile (GPU: 1.6x faster batches after seconds of "
                                      "compiling per batch shape). auto: on a GPU, in runs of 50,000 images or more.")
-image_pipeline = _together(batch_size, workers, decoder, decode_in, max_pixels, min_side, autotune, compile_network)
+image_pipeline = _together(batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune,
+                           compile_network)
 
 
 def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
@@ -245,7 +249,7 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
     return (f"on {where}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
             f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
-            + "".join(f", {name}" for name in tuning))
+            + (", JPEG draft" if extractor.jpeg_draft else "") + "".join(f", {name}" for name in tuning))
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
