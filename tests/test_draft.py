@@ -178,6 +178,8 @@ def test_extract_with_jpeg_draft_writes_full_sizes_and_resumes_only_as_drafted(p
         written = read_output(output)
         assert json.loads(written["attrs"]["config"])["jpeg_draft"] is True
         assert written["sizes"].tolist() == [[1200, 1600], [1600, 1200], [375, 500], [1200, 1600]]
+        code, out, _ = run_main(["info", output])
+        assert code == 0 and "large JPEGs drafted (--jpeg-draft)" in out
         # Its update must draft too: the same command without the option is refused.
         code, _, err = run_main([*args, "--update"])
         assert code != 0 and "jpeg_draft" in err

@@ -46,7 +46,8 @@ def info(file: Path, as_json: bool) -> None:
         f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {','.join(map(str, a.get('scales', [])))} "
         f"({a.get('aggregate')}); flip {'on' if a.get('flip') else 'off'}; precision {a.get('precision')}",
         f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
-        + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else ""),
+        + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
+        + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
         f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
         f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
     ]
