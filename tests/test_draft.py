@@ -12,7 +12,7 @@ import torch
 
 from imagefiles import write_exif_rotated, write_rgb
 from runhelpers import FAST, read_output, reusing_network, run_main
-from vggfeat import Extractor
+from vggfeat import Extractor, ImageError
 from vggfeat.decode import decode_image, decode_image_reduced
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import JPEG_GROUP, ImageReader, Reduced
@@ -91,8 +91,6 @@ def test_other_images_are_decoded_whole(photos, name):
 
 
 def test_limits_apply_to_the_full_size(photos):
-    from vggfeat.errors import ImageError
-
     with pytest.raises(ImageError, match="1600x1200"):
         decode_image_reduced(photos["large"], REDUCTION, max_pixels=1_000_000)
 
