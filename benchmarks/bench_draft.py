@@ -65,11 +65,12 @@ def images_per_second(paths: list[Path], decoder: str, workers: int, processes: 
 def input_differences(path: Path, scales: tuple[int, ...], reduction) -> list[tuple[float, float]]:
     """(mean, largest) difference in 0..255 levels of the network input at each scale."""
     whole = torch.from_numpy(decode_image(path)).permute(2, 0, 1)
-    drafted = torch.from_numpy(decode_image_reduced(path, reduction)[0]).permute(2, 0, 1)
+    pixels, full_size = decode_image_reduced(path, reduction)
+    drafted = torch.from_numpy(pixels).permute(2, 0, 1)
     levels = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
     out = []
     for scale in scales:
-        difference = ((to_inputs([whole], scale)[0] - to_inputs([drafted], scale)[0]) * levels).abs()
+        difference = ((to_inputs([whole], scale)[0] - to_inputs([drafted], scale, sizes=[full_size])[0]) * levels).abs()
         out.append((float(difference.mean()), float(difference.max())))
     return out
 

@@ -159,6 +159,29 @@ def test_drafted_network_inputs_differ_by_about_a_level(photos):
         assert ((a - b) * levels).abs().mean() < 0.5, scale
 
 
+def test_drafted_images_are_resized_to_whole_decodings_shapes(tmp_path, random_vgg16, monkeypatch):
+    """Sides that are not multiples of the factor: 1200x1603 drafted by 2 is 600x802, whose own
+    aspect would give Q=512 a 512x684 input; the whole image's is 512x683, and so is the drafted one's."""
+    path = tmp_path / "odd.jpg"
+    write_rgb(path, 1200, 1603, seed=4)
+    pixels, full_size = decode_image_reduced(path, functools.partial(jpeg_reduction, scales=PAPER, side="short"))
+    drafted, whole = torch.from_numpy(pixels).permute(2, 0, 1), torch.zeros(3, *full_size, dtype=torch.uint8)
+    for scale in PAPER:
+        expected = to_inputs([whole], scale)[0].shape
+        assert to_inputs([drafted], scale)[0].shape != expected  # what the drafted pixels alone would give
+        assert to_inputs([drafted], scale, sizes=[full_size])[0].shape == expected
+    shapes = []
+
+    def recording(images, scale, *args, **kwargs):
+        inputs = to_inputs(images, scale, *args, **kwargs)
+        shapes.extend(tuple(x.shape[1:]) for x in inputs)
+        return inputs
+
+    monkeypatch.setattr("vggfeat.extractor.to_inputs", recording)
+    Extractor(random_vgg16, scales=PAPER, device="cpu", jpeg_draft=True).extract([path])
+    assert shapes == [(256, 341), (256, 341), (384, 512), (384, 512), (512, 683), (512, 683)]  # and flips
+
+
 def test_the_option_is_recorded_and_compared(described, random_vgg16):
     whole = Extractor(random_vgg16, scales=[256], device="cpu")
     drafted = Extractor(random_vgg16, scales=[256], device="cpu", jpeg_draft=True)

@@ -359,8 +359,8 @@ def test_an_image_whose_descriptor_is_not_finite_fails_alone(random_vgg16, files
     clean = extractor.extract(good)
     real = Extractor.describe_async
 
-    def overflowing(self, images):  # as fp16 arithmetic that overflows on the second image
-        features = real(self, images).clone()
+    def overflowing(self, images, sizes=None):  # as fp16 arithmetic that overflows on the second image
+        features = real(self, images, sizes).clone()
         features[1:2, 5] = float("inf")
         return features
 

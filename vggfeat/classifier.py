@@ -121,39 +121,45 @@ class Classifier(Extractor):
         return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop,
                 "crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}" if self.multi_crop else None}
 
-    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
+                       sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3),
         on the device and perhaps still being computed: a run copies them to the host behind the
-        chunk's work (``Extractor.iter_chunks``), without waiting for it."""
+        chunk's work (``Extractor.iter_chunks``), without waiting for it. ``sizes`` as for
+        :meth:`Extractor.describe_async`."""
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
         posteriors = []
         if self.dense:
-            posteriors.append(self.dense_posteriors(images))
+            posteriors.append(self.dense_posteriors(images, sizes))
         if self.multi_crop:
-            posteriors.append(self.multi_crop_posteriors(images))
+            posteriors.append(self.multi_crop_posteriors(images, sizes))
         return torch.stack(posteriors).mean(dim=0)
 
-    def dense_posteriors(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    def dense_posteriors(self, images: Sequence[np.ndarray | torch.Tensor],
+                         sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """[n, classes]: softmax of each spatially averaged class-score map, averaged over flips and scales."""
         views = list(images)
         if self.average_flips:
             views += [_mirrored(image) for image in images]
+            sizes = list(sizes) * 2 if sizes else None
         # The Extractor's own pipeline: per view, the fc8 map averaged over its valid area, per scale.
-        scores = super().describe_async(views).float().view(len(views), len(self.scales), self.dim)
+        scores = super().describe_async(views, sizes).float().view(len(views), len(self.scales), self.dim)
         flips = 2 if self.average_flips else 1
         return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.dim).mean(dim=(0, 2))
 
-    def multi_crop_posteriors(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    def multi_crop_posteriors(self, images: Sequence[np.ndarray | torch.Tensor],
+                              sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """[n, classes]: softmax of each 224x224 crop (and flip), averaged over crops and scales."""
         pixels = self._on_device(images)
+        sizes = sizes or [tuple(image.shape[1:]) for image in pixels]
         per_scale = []
         for scale in self.scales:
             # (crop, mirrored?) per view, image by image. Crops are views into the resized image and
             # mirrored copies are made batch by batch, so a chunk holds one resized copy per image.
             views = []
-            for image in pixels:
-                x = to_input(image, resized_shape(*image.shape[1:], scale))
+            for image, size in zip(pixels, sizes):
+                x = to_input(image, resized_shape(*size, scale))
                 crops = [x[:, top : top + CROP_SIZE, left : left + CROP_SIZE] for top, left in crop_grid(x.shape[1:])]
                 views += [(crop, False) for crop in crops]
                 if self.average_flips:

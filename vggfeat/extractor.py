@@ -324,7 +324,7 @@ class Extractor:
 
     def _describe_chunk(self, chunk: Chunk, images: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         try:
-            return self.describe_async(images)
+            return self.describe_async(images, chunk.sizes)
         except torch.cuda.OutOfMemoryError:
             pass
         # Some image does not fit in GPU memory even alone: describe the chunk image by image and
@@ -333,7 +333,7 @@ class Extractor:
         rows, kept = [], []
         for index, size, image in zip(chunk.indices, chunk.sizes, images):
             try:
-                rows.append(self.describe_async([image]))
+                rows.append(self.describe_async([image], [size]))
                 kept.append((index, size))
             except torch.cuda.OutOfMemoryError:
                 height, width = size
@@ -372,15 +372,18 @@ class Extractor:
         """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
         return self.describe_async(images).cpu().numpy()
 
-    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
+                       sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """As :meth:`describe`, but a tensor on the device that may still be being computed.
+        ``sizes``: each image's (height, width) before ``jpeg_draft`` decoded it smaller, which
+        sets its resized shapes (see :func:`~vggfeat.resize.to_inputs`).
 
         Subclasses change what an image's descriptor is by overriding this method.
         """
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
         pixels = self._on_device(images)
-        per_scale = [self._describe_at(pixels, scale) for scale in self.scales]
+        per_scale = [self._describe_at(pixels, scale, sizes) for scale in self.scales]
         combined = combine_scales(per_scale, self.aggregate, self.gem_p)
         # With normalize="l2" every view was L2-normalised before combining (so that no scale
         # dominates by sheer magnitude), and the combination is too: R-MAC's and GeM's last step.
@@ -405,8 +408,8 @@ class Extractor:
                 tensors[i] = pixels
         return tensors
 
-    def _describe_at(self, pixels: list[torch.Tensor], scale: int) -> torch.Tensor:
-        inputs = to_inputs(pixels, scale, self.resize_side, self.crop, self.flip)  # flipped ones after
+    def _describe_at(self, pixels: list[torch.Tensor], scale: int, sizes: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+        inputs = to_inputs(pixels, scale, self.resize_side, self.crop, self.flip, sizes)  # flipped ones after
         shapes = [tuple(x.shape[1:]) for x in inputs]
         batches = plan_batches(shapes, self.batch_size, self.batch_pixels)  # larger inputs go alone
         pooled = torch.cat([self._run([inputs[i] for i in batch]) for batch in batches])

@@ -68,21 +68,25 @@ def to_input(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def to_inputs(
-    images: Sequence[torch.Tensor], scale: int, side: str = "short", crop: int | None = None, flip: bool = False
+    images: Sequence[torch.Tensor], scale: int, side: str = "short", crop: int | None = None, flip: bool = False,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> list[torch.Tensor]:
     """uint8 images [3, H, W] as network inputs with smallest (or ``side="long"``: longest) side ``scale``, in order.
 
     With ``crop``, each input is then its central ``crop`` x ``crop`` square, placed as
     torchvision's ``CenterCrop`` places it. With ``flip``, the horizontally flipped inputs follow,
     in the same order (2 x len(images) inputs). Images of the same size are resized and flipped
-    together: the same arithmetic, fewer operations per image for the host to queue.
+    together: the same arithmetic, fewer operations per image for the host to queue. ``sizes``
+    are the images' (height, width) before a decoder made them smaller (``jpeg_draft``): each is
+    resized to the shape that its whole size gives, as if it had been decoded whole.
     """
     count = len(images)
     inputs: list[torch.Tensor | None] = [None] * (2 * count if flip else count)
-    by_size: dict[tuple[int, int], list[int]] = {}
+    by_size: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
     for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape[1:]), []).append(i)
-    for (height, width), members in by_size.items():
+        shape = tuple(image.shape[1:])
+        by_size.setdefault((shape, tuple(sizes[i]) if sizes else shape), []).append(i)
+    for (_, (height, width)), members in by_size.items():
         batch = torch.stack([images[i] for i in members])
         resized = _resize_normalize(batch, resized_shape(height, width, scale, side))
         if crop is not None:
