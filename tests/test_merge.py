@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 from runhelpers import (FAST, assert_same_output, command, error_line, read_output, reusing_network, run_main, run_process,
                         write_labelled_folder)
 import vggfeat.job
-from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
+from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
+from vggfeat.discover import ShardOf
 from vggfeat.merge import merge_shards
 
 CHEAP = "conv1_1"  # merging is bookkeeping: the first layer is enough and ~50x cheaper than fc7
@@ -45,7 +47,7 @@ def write_shards(folder, root, extractor, count: int, **options) -> list:
     paths = []
     for index in range(1, count + 1):
         path = folder / f"shard{index}of{count}.h5"
-        ExtractionJob(extractor, find_images(root), path, shard=(index, count), **options).run()
+        ExtractionJob(extractor, find_images(root).shard(index, count), path, **options).run()
         paths.append(path)
     return paths
 
@@ -68,6 +70,21 @@ def test_shards_cover_every_image_once_in_order(labelled, images, count):
     assert sum((shard.paths for shard in shards), ()) == collection.paths
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     assert all(shard.classes == collection.classes for shard in shards)
+
+
+def test_a_shard_holds_its_block_and_knows_its_collection():
+    """What a process describing a shard is sent: its block's images only, and what its file must
+    record of the whole collection for the merge."""
+    names = {f"{i}\\xe9.jpg": f"{i}\udce9.jpg" for i in (1, 5)}  # two names that are not UTF-8
+    collection = ImageSet(Path("/data"), tuple(f"{i}\\xe9.jpg" for i in range(8)), np.arange(8, dtype=np.int32) % 2,
+                          ("a", "b"), names)
+    shard = collection.shard(2, 2)
+    assert shard.paths == collection.paths[4:] and shard.labels.tolist() == [0, 1, 0, 1]
+    assert shard.file_names == {"5\\xe9.jpg": "5\udce9.jpg"} and shard.file(1) == Path("/data/5\udce9.jpg")
+    assert shard.shard_of == ShardOf(2, 2, 8, collection.digest()) and collection.shard_of is None
+    assert shard.digest() != collection.digest()  # its own file's images_sha256: the block's
+    with pytest.raises(VggfeatError, match="shard 2/2 already"):
+        shard.shard(1, 2)
 
 
 def test_merged_shards_equal_one_run(three_shards, whole, tmp_path):
@@ -109,11 +126,11 @@ def test_a_killed_shard_resumes_as_that_shard_only(labelled, extractor, three_sh
 
     monkeypatch.setattr(vggfeat.job, "write_part", die_on_second_part)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        ExtractionJob(extractor, find_images(labelled), output, shard=(3, 3), part_images=1).run()
+        ExtractionJob(extractor, find_images(labelled).shard(3, 3), output, part_images=1).run()
     monkeypatch.undo()
     with pytest.raises(VggfeatError, match=r"shard: 3/3 then, 2/3 now"):
-        ExtractionJob(extractor, find_images(labelled), output, shard=(2, 3), part_images=1)
-    result = ExtractionJob(extractor, find_images(labelled), output, shard=(3, 3), part_images=1).run()
+        ExtractionJob(extractor, find_images(labelled).shard(2, 3), output, part_images=1)
+    result = ExtractionJob(extractor, find_images(labelled).shard(3, 3), output, part_images=1).run()
     assert result.computed == 1  # of its 2 images, one was in the part written before the kill
     assert_same_output(read_output(output), read_output(three_shards[2]))
 

@@ -43,6 +43,24 @@ def test_two_devices_write_the_file_one_run_writes(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]  # no shards left
 
 
+def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
+    """Not the whole list of images to each device's process (10 million paths are about 1 GiB of
+    memory in each), nor a digest of the whole collection to work out again there."""
+    write_plain_folder(tmp_path / "images", 7)
+    images, sent = find_images(tmp_path / "images"), []
+    start = multiprocessing.context.SpawnProcess.start
+
+    def recording_start(process):
+        sent.append(process._args[2])
+        start(process)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", recording_start)
+    MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, tmp_path / "out.h5").run()
+    assert [shard.paths for shard in sent] == [images.paths[:3], images.paths[3:]]
+    assert [shard.shard_of.index for shard in sent] == [1, 2]
+    assert {shard.shard_of.collection_sha256 for shard in sent} == {images.digest()}
+
+
 def test_a_shard_that_dies_stops_the_others_which_keep_their_work(tmp_path):
     """Shard 2's process is killed (kill -9, the out-of-memory killer); shard 1 stops, keeping its
     finished parts, and the same job run again describes only what they do not hold."""
@@ -74,7 +92,7 @@ def test_a_shard_file_of_other_options_is_not_replaced_without_overwrite(tmp_pat
     images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
     shards_folder(output).mkdir()
     foreign = shards_folder(output) / "shard-2-of-2.h5"
-    ExtractionJob(cheap_extractor(min_side=8), images, foreign, shard=(2, 2)).run()
+    ExtractionJob(cheap_extractor(min_side=8), images.shard(2, 2), foreign).run()
     before = foreign.read_bytes()
     with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: .*shard-2-of-2.h5 already exists; pass --overwrite"):
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).run()
@@ -90,10 +108,10 @@ def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
     extractor = cheap_extractor()
     shards = shards_folder(output)
     shards.mkdir()
-    ExtractionJob(extractor, images, shards / "shard-1-of-2.h5", shard=(1, 2)).run()
+    ExtractionJob(extractor, images.shard(1, 2), shards / "shard-1-of-2.h5").run()
     crash_on_part(monkeypatch, 2)  # as a kill after shard 2's first part
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ExtractionJob(extractor, images, shards / "shard-2-of-2.h5", shard=(2, 2), part_images=1).run()
+        ExtractionJob(extractor, images.shard(2, 2), shards / "shard-2-of-2.h5", part_images=1).run()
     monkeypatch.undo()
     job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     assert (job.done, job.total) == (4, 6)

@@ -38,6 +38,17 @@ class ImageFiles(Sequence[Path]):
 
 
 @dataclass(frozen=True)
+class ShardOf:
+    """Which block of which collection an image set is (:meth:`ImageSet.shard`): what a shard's
+    descriptor file records so that ``vggfeat merge`` can check that its shards are all of one."""
+
+    index: int
+    count: int
+    collection_images: int
+    collection_sha256: str
+
+
+@dataclass(frozen=True)
 class ImageSet:
     """Image files under ``root`` with their labels, sorted by path.
 
@@ -45,7 +56,7 @@ class ImageSet:
     ``root``); ``labels[i]`` indexes ``classes`` or is -1. Paths and classes are valid UTF-8, as
     HDF5 files, CSV files and terminals need: the bytes of a file name that are not (a name
     written in another encoding, such as Latin-1) appear as ``\\xNN``; ``file_names`` maps such
-    a path to the name that opens the file.
+    a path to the name that opens the file. ``shard_of`` is set on a block of a collection.
     """
 
     root: Path
@@ -53,6 +64,7 @@ class ImageSet:
     labels: np.ndarray
     classes: tuple[str, ...]
     file_names: Mapping[str, str] = field(default_factory=dict)
+    shard_of: ShardOf | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,19 +80,29 @@ class ImageSet:
         """The ``index``-th (1-based) of ``count`` contiguous blocks of this set, as equal as can be.
 
         The blocks cover every image exactly once and keep the set's classes, so descriptor files of
-        all shards merge into the file one run would write (``vggfeat merge``).
+        all shards merge into the file one run would write (``vggfeat merge``). A block holds only
+        its own images and what it needs to know of the whole (:class:`ShardOf`): what a process
+        that describes it is sent, whatever the collection's size.
         """
+        if self.shard_of is not None:
+            raise VggfeatError(f"this image set is shard {self.shard_of.index}/{self.shard_of.count} already")
         if not 1 <= index <= count:
             raise VggfeatError(f"shard {index}/{count}: shards are numbered 1 to {count}")
         start, end = len(self) * (index - 1) // count, len(self) * index // count
-        return ImageSet(self.root, self.paths[start:end], self.labels[start:end], self.classes, self.file_names)
+        paths = self.paths[start:end]
+        file_names = {path: self.file_names[path] for path in paths if path in self.file_names} if self.file_names else {}
+        return ImageSet(self.root, paths, self.labels[start:end], self.classes, file_names,
+                        ShardOf(index, count, len(self), self.digest()))
 
     def digest(self) -> str:
-        """SHA-256 of the ordered paths and labels: a resumed run must see the same set."""
-        hasher = hashlib.sha256()
-        for path, label in zip(self.paths, self.labels.tolist()):
-            hasher.update(f"{path}\t{self.classes[label] if label >= 0 else ''}\n".encode())
-        return hasher.hexdigest()
+        """SHA-256 of the ordered paths and labels: a resumed run must see the same set. Worked
+        out once (a second or so per ten million images)."""
+        if "_digest" not in self.__dict__:
+            hasher = hashlib.sha256()
+            for path, label in zip(self.paths, self.labels.tolist()):
+                hasher.update(f"{path}\t{self.classes[label] if label >= 0 else ''}\n".encode())
+            object.__setattr__(self, "_digest", hasher.hexdigest())  # frozen: the set does not change
+        return self.__dict__["_digest"]
 
 
 def check_folder(root: str | Path) -> Path:

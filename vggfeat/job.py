@@ -68,9 +68,9 @@ class ExtractionJob:
 
     Construction checks everything that can be checked before work starts (existing output,
     a different interrupted run, another run writing the same output) and raises
-    :class:`VggfeatError`; :meth:`run` then does the work. With ``shard=(k, n)`` only the k-th of n
-    blocks of ``images`` is described (:meth:`ImageSet.shard`); :func:`vggfeat.merge.merge_shards`
-    joins the n files.
+    :class:`VggfeatError`; :meth:`run` then does the work. Where ``images`` is a block of a
+    collection (``collection.shard(k, n)``), the file records which one, and
+    :func:`vggfeat.merge.merge_shards` joins the files of the n blocks.
     """
 
     def __init__(
@@ -84,14 +84,10 @@ class ExtractionJob:
         part_images: int = 4096,
         part_seconds: float = 60.0,
         provenance: dict | None = None,
-        shard: tuple[int, int] | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        # A shard describes its block of the collection; its file records which one, for the merge.
-        self.collection, self.shard = images, shard
-        self.images = images.shard(*shard) if shard else images
-        self.extractor, self.dtype = extractor, dtype
+        self.images, self.extractor, self.dtype = images, extractor, dtype
         self.output = Path(output)
         self.work = work_folder(self.output)
         self.part_images, self.part_seconds = part_images, part_seconds
@@ -103,8 +99,8 @@ class ExtractionJob:
             "dtype": dtype,
             "images": {"count": len(self.images), "sha256": self.images.digest()},
         }
-        if shard:
-            self.manifest["shard"] = list(shard)
+        if images.shard_of:
+            self.manifest["shard"] = [images.shard_of.index, images.shard_of.count]
         # A run killed after renaming its output into place, before removing its work folder, is
         # finished: the same command then just writes the output from the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
@@ -293,9 +289,10 @@ class ExtractionJob:
         }
         if self.extractor.decoder != "pil":
             attrs["decoder_library"] = decoder_library()
-        if self.shard:
-            attrs.update(shard_index=self.shard[0], shard_count=self.shard[1], collection_images=len(self.collection),
-                         collection_sha256=self.collection.digest())
+        if self.images.shard_of:  # for the merge
+            shard = self.images.shard_of
+            attrs.update(shard_index=shard.index, shard_count=shard.count, collection_images=shard.collection_images,
+                         collection_sha256=shard.collection_sha256)
         return attrs
 
 

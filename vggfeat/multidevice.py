@@ -1,5 +1,5 @@
 """One extraction on several devices (``vggfeat extract --device cuda:0,cuda:1``): a process per
-device describes one shard of the images, an :class:`ExtractionJob` with ``shard=(k, n)``, into
+device describes one shard of the images, an :class:`ExtractionJob` of ``images.shard(k, n)``, into
 ``OUTPUT.shards/``; the shards are then merged into ``OUTPUT`` (:func:`merge_shards`).
 
 It does in one command what ``--shard K/N`` on each GPU and ``vggfeat merge`` do, with the same
@@ -116,15 +116,17 @@ class MultiDeviceJob:
         context = multiprocessing.get_context("spawn")  # no forked copies of CUDA's or the threads' state
         messages = context.Queue()
         count, arguments = len(self.devices), {**self.extractor.arguments, "workers": self.extractor.workers}
-        config, digest = config_json(self.extractor.config(), self.dtype), self.images.digest()
+        config = config_json(self.extractor.config(), self.dtype)
+        # Each process is sent its shard's images only: not ten million paths to each of eight.
+        shards = {k: self.images.shard(k, count) for k in range(1, count + 1)}
         # shard: ("done", images described) or (how it ended, why). A shard that an earlier run
         # finished needs no process, nor a network loaded for it (its process would check again).
         outcomes: dict[int, tuple[str, object]] = {
-            k: ("done", 0) for k, path in enumerate(self.shard_files, start=1) if _finished(path, config, digest, (k, count))}
+            k: ("done", 0) for k, path in enumerate(self.shard_files, start=1) if _finished(path, config, shards[k])}
         processes = {
             k: context.Process(target=_describe_shard, name=f"vggfeat-shard-{k}-of-{count}", args=(
-                arguments, device, self.images, path, (k, count), self.dtype, self.part_images, self.overwrite,
-                self.provenance, messages))
+                arguments, device, shards[k], path, self.dtype, self.part_images, self.overwrite, self.provenance,
+                messages))
             for k, (device, path) in enumerate(zip(self.devices, self.shard_files), start=1) if k not in outcomes
         }
         try:
@@ -210,11 +212,11 @@ class MultiDeviceJob:
 # --------------------------------------------------------------------------- in each device's process
 
 
-def _describe_shard(arguments: dict, device: str, images: ImageSet, output: Path, shard: tuple[int, int], dtype: str,
-                    part_images: int, overwrite: bool, provenance: dict, messages) -> None:
+def _describe_shard(arguments: dict, device: str, shard: ImageSet, output: Path, dtype: str, part_images: int,
+                    overwrite: bool, provenance: dict, messages) -> None:
     """One shard into ``output``; says on ``messages`` (shard, kind, value) how it goes: "progress"
     (images), then "done" (images described), "failed" (why) or "stopped"."""
-    k = shard[0]
+    k = shard.shard_of.index
     # Ctrl-C is for the parent, which stops every shard alike (SIGTERM); SIGTERM stops this one as
     # Ctrl-C stops a single run, keeping its parts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -222,11 +224,11 @@ def _describe_shard(arguments: dict, device: str, images: ImageSet, output: Path
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         extractor = Extractor(**arguments, device=device)
-        if _finished(output, config_json(extractor.config(), dtype), images.digest(), shard):
+        if _finished(output, config_json(extractor.config(), dtype), shard):
             messages.put((k, "done", 0))
             return
-        job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
-                            provenance=provenance, shard=shard)
+        job = ExtractionJob(extractor, shard, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
+                            provenance=provenance)
         result = job.run(progress=lambda n: messages.put((k, "progress", n)))
         messages.put((k, "done", result.computed))
     except KeyboardInterrupt:
@@ -238,15 +240,17 @@ def _describe_shard(arguments: dict, device: str, images: ImageSet, output: Path
         messages.put((k, "failed", f"{type(error).__name__}: {error}"))
 
 
-def _finished(output: Path, config: str, digest: str, shard: tuple[int, int]) -> bool:
-    """Is ``output`` this very shard (of the collection of ``digest``, made with the ``config``
-    attribute ``config``), complete: written by an earlier, interrupted run?"""
+def _finished(output: Path, config: str, shard: ImageSet) -> bool:
+    """Is ``output`` this very ``shard`` of its collection, made with the ``config`` attribute
+    ``config``, complete: written by an earlier, interrupted run?"""
     if not output.exists():
         return False
     with open_h5(output) as f:
         attrs = dict(f.attrs)
-    return (bool(attrs.get("complete")) and attrs.get("config") == config and attrs.get("collection_sha256") == digest
-            and (attrs.get("shard_index"), attrs.get("shard_count")) == shard)
+    made_of = shard.shard_of
+    return (bool(attrs.get("complete")) and attrs.get("config") == config
+            and (attrs.get("collection_sha256"), attrs.get("shard_index"), attrs.get("shard_count"))
+            == (made_of.collection_sha256, made_of.index, made_of.count))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -103,15 +103,16 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{len(images):,} images, {len(images.classes)} classes")
+    described = images.shard(*shard) if shard else images
     if rewrite:
-        _update(extractor, images.shard(*shard) if shard else images, output, dtype, part_size, quiet, rewrite)
+        _update(extractor, described, output, dtype, part_size, quiet, rewrite)
         return
     provenance = {"command": options.command_line()}
     if len(devices) > 1:
         job = MultiDeviceJob(extractor, devices, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                              provenance=provenance)
     else:
-        job = ExtractionJob(extractor, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size, shard=shard,
+        job = ExtractionJob(extractor, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                             provenance=provenance)
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
