@@ -2,8 +2,9 @@
 
     python benchmarks/bench_extract.py --count 256 --device cuda --precision fp32
 
-Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos; --content photo,
-a texture that encodes to the size of VOC's photos, or smooth, cheaper to decode), then measures
+Makes its own JPEG set (500x375 and 375x500, like PASCAL VOC and Caltech photos, or --size 4000x3000
+for camera photos, with which --jpeg-draft matters; --content photo, a texture that encodes to the
+size of VOC's photos, or smooth, cheaper to decode), then measures
 in this one process, with random weights (speed does not depend on their values):
   (a) model only: the network on inputs already resized and on the device, full batches of one
       shape, timed after a first pass that warms up cuDNN's autotuning;
@@ -65,17 +66,20 @@ CONTENTS = ("photo", "smooth")
 _PHOTO_SPECTRUM = 1.1  # amplitude ~ 1/f**1.1; 1.2 gives ~75 KB, 1.3 ~57 KB
 
 
-def make_jpegs(folder: Path, count: int, varied: bool = False, content: str = "photo") -> list[Path]:
-    """``count`` JPEGs of ``content``: 500x375 and 375x500 in turn; ``varied``: long side 500, short
-    side 300..500 and either orientation at random, as in PASCAL VOC (many batch shapes: cuDNN
-    autotunes each). Returns them in name order."""
+def make_jpegs(folder: Path, count: int, varied: bool = False, content: str = "photo",
+               size: tuple[int, int] = (500, 375)) -> list[Path]:
+    """``count`` JPEGs of ``content``: ``size`` (width, height) and its transpose in turn; ``varied``:
+    long side 500, short side 300..500 and either orientation at random, as in PASCAL VOC (many
+    batch shapes: cuDNN autotunes each). Returns them in name order."""
     if content not in CONTENTS:
         raise ValueError(f"content {content!r}: choose one of {', '.join(CONTENTS)}")
     rng = np.random.default_rng(0)
-    texture = photo_texture(rng, 1536, 2048) if content == "photo" else None
+    long, short = max(size), min(size)
+    # Windows of one texture at random: it is larger than the pictures so that they differ.
+    texture = photo_texture(rng, max(1536, long * 5 // 4), max(2048, long * 5 // 4)) if content == "photo" else None
     pictures = []
     for i in range(count):
-        height, width = (375, 500) if i % 2 == 0 else (500, 375)
+        height, width = (short, long) if i % 2 == 0 else (long, short)
         if varied:
             short = int(rng.integers(300, 501))
             height, width = (short, 500) if rng.random() < 0.7 else (500, short)
@@ -423,6 +427,10 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
+    parser.add_argument("--size", default="500x375", type=lambda v: tuple(int(side) for side in v.split("x")),
+                        help="width x height of the JPEGs, made in both orientations (4000x3000: camera photos) "
+                             "[default: %(default)s]")
+    parser.add_argument("--jpeg-draft", action="store_true", help="(b) with --jpeg-draft: large JPEGs decoded smaller")
     parser.add_argument("--cold", action="store_true",
                         help="drop the JPEGs from the page cache before each measure that reads them ((b), (c), "
                              "(d)): read from the disk, not memory (put them on a disk with TMPDIR; not tmpfs)")
@@ -458,18 +466,18 @@ def main() -> None:
         parser.error("nvJPEG decodes in this process: --decode-in threads")
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
                           batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, decode_in=places[0],
-                          center_crop=args.center_crop, autotune="off" if args.no_autotune else "on",
+                          center_crop=args.center_crop, jpeg_draft=args.jpeg_draft, autotune="off" if args.no_autotune else "on",
                           compile="on" if args.compile else "off")
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {args.workers or 'default'} {extractor.decoder} decoding workers; {args.count} JPEGs "
-          f"{'of varied sizes' if args.varied_sizes else '500x375/375x500'}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', {args.chunks_in_flight} chunks in flight'}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '{0}x{1}/{1}x{0}'.format(*args.size)}{', JPEG draft' if args.jpeg_draft else ''}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', {args.chunks_in_flight} chunks in flight'}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         started = time.perf_counter()
-        files = make_jpegs(folder, args.count, args.varied_sizes, args.content)
+        files = make_jpegs(folder, args.count, args.varied_sizes, args.content, args.size)
         print(f"{len(files)} {args.content} JPEGs, {jpeg_kilobytes(files):.0f} KB on average, "
               f"made in {time.perf_counter() - started:.0f} s, on {file_system(folder)}; read "
               f"{'cold (dropped from the page cache before each measure)' if args.cold else 'from the page cache'}")

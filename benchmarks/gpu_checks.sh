@@ -18,13 +18,14 @@
 #   bash benchmarks/gpu_checks.sh precision  # cosine and SVM accuracy of bf16/fp16/tf32 against fp32
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 #   bash benchmarks/gpu_checks.sh draft      # --jpeg-draft: 12 Mpx photos read by 16 threads and processes, whole and drafted
+#   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling or draft} in
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft or camera} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -96,7 +97,14 @@ draft)
     # Camera photos leave the GPU waiting for decoding: how many a second 16 cores read whole and
     # drafted, and the drafted descriptors' cosine to whole ones (random weights, paper setting).
     timeout 400 $python benchmarks/bench_draft.py --count 64 --workers 16 --describe 8 --device cuda || echo "(exit $?)" ;;
+camera)
+    # What a run over camera photos gets end to end, whole and drafted, against the network alone
+    # on the same inputs (the resized shapes are the same either way). Making the 512 photos takes
+    # about a minute of each run.
+    camera="--size 4000x3000 --count 512 --model-only-count 128 --naive-count 4 --decode-in processes --workers 16"
+    timeout 280 $bench $camera || echo "(exit $?)"
+    timeout 280 $bench $camera --jpeg-draft || echo "(exit $?)" ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling or draft" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft or camera" >&2
     exit 2 ;;
 esac
