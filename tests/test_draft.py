@@ -15,7 +15,7 @@ from runhelpers import FAST, read_output, reusing_network, run_main
 from vggfeat import Extractor, ImageError
 from vggfeat.decode import decode_image, decode_image_reduced
 from vggfeat.jpeg import decoder_library
-from vggfeat.reading import JPEG_GROUP, ImageReader, Reduced
+from vggfeat.reading import JPEG_GROUP, Budget, ImageReader, Reduced
 from vggfeat.resize import IMAGENET_STD, jpeg_reduction, to_inputs
 
 DECODERS = ["pil"] + ([] if decoder_library() == "none" else ["torchvision"])
@@ -118,6 +118,16 @@ def test_the_reader_gives_large_jpegs_reduced_with_their_full_size(photos, decod
         pixels = pixels if isinstance(pixels, np.ndarray) else pixels.permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(pixels, expected)
         assert got_size == full_size
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_worker_fills_its_slot_by_the_drafted_size(photos, decoder):
+    """A decoding process decodes as many files as its slot of shared memory holds, reckoned by
+    their headers: a drafted JPEG by its drafted size (300x400 here), not its full one (1200x1600)."""
+    reader = ImageReader(torch.device("cpu"), decoder, 1, 10**8, 32, reduction=REDUCTION)
+    two_drafted = 2 * 3 * 300 * 400  # less than one whole photo's bytes
+    decoded, _ = reader._decode_group([photos["large"], photos["turned"], photos["png"]], 0, Budget(None), two_drafted)
+    assert [type(d) for d in decoded] == [Reduced, Reduced]  # and the PNG, whole, waits for the next slot
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ class ImageReader:
                 continue
             factor = 1 if jpeg is None or self.reduction is None else self.reduction(jpeg.height, jpeg.width)
             if limit is not None:
-                nbytes = _header_bytes(path) if jpeg is None else jpeg.decoded_bytes // factor**2
+                nbytes = _header_bytes(path, self.reduction) if jpeg is None else jpeg.decoded_bytes // factor**2
                 if results and total + nbytes > limit:
                     break
                 total += nbytes
@@ -265,14 +265,17 @@ class Budget:
             self._changed.notify_all()
 
 
-def _header_bytes(path: Path) -> int:
-    """Decoded size by the header; 0 when it cannot be read (the decoder will say why)."""
+def _header_bytes(path: Path, reduction: Reduction | None) -> int:
+    """Decoded size by the header, a JPEG's as ``reduction`` has it decoded smaller; 0 when it
+    cannot be read (the decoder will say why)."""
     try:
         with open_image_file(path) as file, Image.open(file) as image:
             width, height = image.size
+            drafted = reduction is not None and image.format in ("JPEG", "MPO")  # what Pillow's draft mode scales
     except Exception:  # noqa: BLE001 - the decoder words the reason
         return 0
-    return 3 * width * height
+    factor = reduction(height, width) if drafted else 1
+    return 3 * -(-width // factor) * -(-height // factor)
 
 
 def _blocks(items: list, nbytes: Callable[[object], int], limit: int) -> Iterator[list]:
