@@ -17,6 +17,11 @@ libjpeg's decoding at 1/2, 1/4 or 1/8 size in the DCT domain, to no less than wh
 large photos (``--size 4000x3000``), whose full decoding may leave a GPU waiting. ``--grain`` adds
 pixel noise, as a camera's photos have: smooth images cost little entropy decoding, which
 drafting does not reduce. ``bench_draft.py`` measures how much drafted descriptors differ.
+
+``--scaled SIDE`` also times libjpeg-turbo's scaled decoding by any factor M/8 (through simplejpeg,
+which vggfeat does not use or install: ``pip install simplejpeg``), whole and to the smallest
+scaled size whose sides are SIDE or more: could a factor between 1/2 and 1, which Pillow's draft
+mode lacks, speed up the single-scale setting's 500x375 JPEGs (SIDE 224)?
 """
 
 from __future__ import annotations
@@ -111,6 +116,13 @@ def milliseconds_per_image(decode: Callable[[list[Path]], list[np.ndarray]], pat
     return 1000 * (time.perf_counter() - began) / (passes * len(paths))
 
 
+def turbo_scaled(side: int) -> Callable[[list[Path]], list[np.ndarray]]:
+    """simplejpeg's decoding to the smallest M/8 scaling whose sides are ``side`` or more (0: whole)."""
+    import simplejpeg
+
+    return lambda paths: [simplejpeg.decode_jpeg(path.read_bytes(), min_height=side, min_width=side) for path in paths]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=64)
@@ -118,6 +130,8 @@ def main() -> None:
     parser.add_argument("--size", default="500x375", help="width x height of the JPEGs")
     parser.add_argument("--grain", type=float, default=0.0, help="pixel noise (std) [default: none]")
     parser.add_argument("--draft", type=int, metavar="Q", help="also time --jpeg-draft for this scale")
+    parser.add_argument("--scaled", type=int, metavar="SIDE",
+                        help="also time simplejpeg (libjpeg-turbo, M/8 scaling) whole and scaled to sides >= SIDE")
     parser.add_argument("--photo", action="store_true",
                         help="bench_extract.py's photo-like JPEGs instead (500x375 and 375x500; --size and --grain unused)")
     args = parser.parse_args()
@@ -133,6 +147,11 @@ def main() -> None:
         if args.draft:
             shape = drafted(args.draft)(paths[:1])[0].shape
             results[f"PIL drafted to {shape[1]}x{shape[0]}"] = milliseconds_per_image(drafted(args.draft), paths, args.passes)
+        if args.scaled:
+            results["simplejpeg whole"] = milliseconds_per_image(turbo_scaled(0), paths, args.passes)
+            shape = turbo_scaled(args.scaled)(paths[:1])[0].shape
+            results[f"simplejpeg scaled to {shape[1]}x{shape[0]}"] = milliseconds_per_image(turbo_scaled(args.scaled), paths,
+                                                                                             args.passes)
         for library, module in dict(vggfeat.jpeg.LIBRARIES).items():
             vggfeat.jpeg.LIBRARIES = {library: module}
             vggfeat.jpeg.decoder_library.cache_clear()
@@ -150,7 +169,7 @@ def main() -> None:
         copies = {"as decoded, (H, W, 3)": microseconds_per_copy(decoded, False, args.passes),
                   "transposed to [3, H, W]": microseconds_per_copy(decoded, True, args.passes)}
     grain = f", grain {args.grain:g}" if args.grain else ""
-    drafts = " (drafted ones: fewer of them)" if args.draft else ""
+    drafts = " (drafted and scaled ones: fewer of them)" if args.draft or args.scaled else ""
     kind = "photo-like JPEGs of 500x375 and 375x500" if args.photo else f"JPEGs of {args.size}{grain}"
     print(f"{args.count} {kind} ({kilobytes:.0f} KB on average), one thread, mean of {args.passes} passes; "
           f"all give PIL's pixels{drafts}")
