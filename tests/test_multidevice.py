@@ -15,7 +15,7 @@ import pytest
 from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, run_main,
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
-from vggfeat.multidevice import MultiDeviceJob
+from vggfeat.multidevice import MultiDeviceJob, block_count
 from vggfeat.store import shards_folder, work_progress
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
@@ -51,7 +51,7 @@ def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
     start = multiprocessing.context.SpawnProcess.start
 
     def recording_start(process):
-        sent.append(process._args[2])
+        sent.append(process._args[3][1])  # its first block: (k, images, file)
         start(process)
 
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", recording_start)
@@ -72,7 +72,7 @@ def test_a_shard_that_dies_stops_the_others_which_keep_their_work(tmp_path):
     def kill_shard_2_midway(images: int) -> None:
         reported.append(images)
         if sum(reported) >= 8 and sum(reported) - images < 8:  # about 4 images into each shard
-            [process] = [p for p in multiprocessing.active_children() if p.name == "vggfeat-shard-2-of-2"]
+            [process] = [p for p in multiprocessing.active_children() if p.name == "vggfeat-device-2-of-2"]
             os.kill(process.pid, signal.SIGKILL)
 
     with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: its process ended with exit code -9 before finishing. "
@@ -117,6 +117,49 @@ def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
     assert (job.done, job.total) == (4, 6)
     result = job.run()
     assert (result.rows, result.failed, result.computed) == (6, 0, 2)
+    assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
+
+
+@pytest.mark.parametrize(("images", "devices", "blocks"), [
+    (100, 2, 2), (10**6, 8, 8), (1_599_999, 8, 8), (1_600_000, 8, 16), (2 * 10**6, 8, 16), (10**7, 8, 64),
+    (10**7, 3, 24), (10**9, 8, 64)])
+def test_large_collections_get_several_blocks_per_device(images, devices, blocks):
+    """At least BLOCK_IMAGES (100,000) images a block, 8 blocks per device at most, the same number for each."""
+    assert block_count(images, devices) == blocks
+
+
+def test_a_device_that_is_done_takes_the_next_block(tmp_path, monkeypatch):
+    """12 images in 6 blocks on two devices: each process takes blocks until none is left; the
+    file is the one a single run writes."""
+    monkeypatch.setattr("vggfeat.multidevice.BLOCK_IMAGES", 2)
+    write_plain_folder(tmp_path / "images", 12)
+    output = tmp_path / "out.h5"
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, *TWO_CPUS])
+    assert code == 0, err
+    assert "6 blocks of 2 images or more: each device takes the next one left as it finishes one" in err
+    assert "12 descriptors (64-d float32), 0 failed; 12 images in" in err
+    merged = read_output(output)
+    assert sorted(shard["shard"] for shard in json.loads(merged["attrs"]["shards"])) == [1, 2, 3, 4, 5, 6]
+    assert_same_output(merged, _one_run(cheap_extractor(), find_images(tmp_path / "images"), tmp_path), atol=1e-5)
+    assert not shards_folder(output).exists()
+
+
+def test_a_run_resumes_in_its_blocks_on_another_number_of_devices(tmp_path, monkeypatch):
+    """Interrupted in 4 blocks (one finished, one in parts), resumed on 3 devices: its blocks are
+    kept, and each image is described once."""
+    write_plain_folder(tmp_path / "images", 8)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    extractor, shards = cheap_extractor(), shards_folder(output)
+    shards.mkdir()
+    ExtractionJob(extractor, images.shard(1, 4), shards / "shard-1-of-4.h5").run()
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ExtractionJob(extractor, images.shard(3, 4), shards / "shard-3-of-4.h5", part_images=1).run()
+    monkeypatch.undo()
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu", "cpu"], images, output)
+    assert (job.blocks, job.done) == (4, 3)
+    result = job.run()
+    assert (result.rows, result.computed) == (8, 5)
     assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
 
 
@@ -168,9 +211,16 @@ def test_a_folder_that_is_not_the_runs_own_is_refused_untouched(tmp_path):
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     (shards / "notes.txt").unlink()
     (shards / "shard-1-of-3.h5").write_text("a run on three devices")
-    with pytest.raises(VggfeatError, match=r"holds the shards of an interrupted run on 3 devices: resume it on 3 devices"):
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)  # its 3 blocks, adopted: not replaced
+    with pytest.raises(VggfeatError, match=r"shard 1/3 on cpu: .*shard-1-of-3.h5 already exists; pass --overwrite"):
+        job.run()
+    (shards / "shard-1-of-2.h5").write_text("a run on two devices")
+    with pytest.raises(VggfeatError, match=r"holds the shards of interrupted runs in 2 and 3 blocks: pass --overwrite"):
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     assert (shards / "shard-1-of-3.h5").read_text() == "a run on three devices"
+    assert (shards / "shard-1-of-2.h5").read_text() == "a run on two devices"
+    for name in ("shard-1-of-2.h5", "shard-1-of-3.h5"):
+        (shards / name).unlink()
     output.write_text("the user's")
     with pytest.raises(VggfeatError, match=r"out.h5 already exists; pass --overwrite"):
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)

@@ -1,11 +1,15 @@
-"""One extraction on several devices (``vggfeat extract --device cuda:0,cuda:1``): a process per
-device describes one shard of the images, an :class:`ExtractionJob` of ``images.shard(k, n)``, into
-``OUTPUT.shards/``; the shards are then merged into ``OUTPUT`` (:func:`merge_shards`).
+"""One extraction on several devices (``vggfeat extract --device cuda:0,cuda:1``): the images are
+cut into blocks, a process per device describes a block at a time, an :class:`ExtractionJob` of
+``images.shard(k, n)``, into ``OUTPUT.shards/``, and the blocks are then merged into ``OUTPUT``
+(:func:`merge_shards`).
 
 It does in one command what ``--shard K/N`` on each GPU and ``vggfeat merge`` do, with the same
-files and the same guarantees: each shard resumes from its own parts, a finished shard is not
-described again, and ``OUTPUT`` appears only when whole. Shards are equal blocks of the sorted
-images, so the slowest device sets the pace.
+files and the same guarantees: each block resumes from its own parts, a finished block is not
+described again, and ``OUTPUT`` appears only when whole. Large collections get several blocks per
+device (:func:`block_count`): each process starts with a block of its own and then takes the next
+one that no process has taken, so a faster device, or one whose images are smaller, does more of
+them rather than wait for the slowest. A resumed run keeps the interrupted run's blocks, on any
+number of devices.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ from .network import DenseVGG
 from .store import check_output_path, lock_folder, open_h5, shards_folder, work_progress
 
 _SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.h5(\.parts)?$")
+# A device gets several blocks only where each holds this many images or more: every block costs a
+# few seconds (its decoding processes' start, its own file), and runs shorter than about this do
+# without cuDNN's autotuning and torch.compile (Extractor.plan_run).
+BLOCK_IMAGES = 100_000
+# Blocks per device at most: the last block's images are the most that a device may wait for the
+# others at the end, an eighth of its share here.
+MAX_BLOCKS_PER_DEVICE = 8
 # Seconds that a shard's process has, once told to stop, to stop where its work is kept (its
 # parts are written whole or not at all, so a kill then loses at most the part under way).
 STOP_SECONDS = 60.0
@@ -47,8 +58,8 @@ class MultiDeviceJob:
     ``extractor`` must name its architecture rather than hold a loaded network. Where
     ``extractor.workers`` is None, it is set to each process's share of the CPU's cores.
     Construction refuses what :class:`ExtractionJob` refuses, and a shards folder that is not this
-    extraction's; :meth:`run` does the work and raises :class:`VggfeatError` if a shard fails, once
-    the others have stopped, keeping their work.
+    extraction's; :meth:`run` does the work and raises :class:`VggfeatError` if a block fails, once
+    the other processes have stopped, keeping their work.
     """
 
     def __init__(
@@ -79,7 +90,9 @@ class MultiDeviceJob:
         if extractor.workers is None:  # the cores are shared by the processes' decoding
             cores = max(1, (os.cpu_count() or 1) // count)
             extractor.workers = min(extractor.plan_run(len(images) // count).workers, cores)
-        self.shard_files = [self.work / f"shard-{k}-of-{count}.h5" for k in range(1, count + 1)]
+        # An interrupted run's blocks are kept, whatever its number of devices.
+        self.blocks = self._interrupted_blocks() or block_count(len(images), count)
+        self.shard_files = [self.work / f"shard-{k}-of-{self.blocks}.h5" for k in range(1, self.blocks + 1)]
         if self.output.exists() and not overwrite and not self._merged_but_left_its_shards():
             raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
         self._lock = self._open_work_folder()
@@ -111,59 +124,63 @@ class MultiDeviceJob:
         return JobResult(self.output, rows, failed, computed, time.perf_counter() - began)
 
     def _describe_shards(self, progress: Callable[[int], None] | None) -> int:
-        """Run a process per shard; the images they described. Any failure, or a stop (Ctrl-C,
-        SIGTERM), stops them all."""
+        """Describe every block no file holds yet, a process per device; the images they
+        described. Any failure, or a stop (Ctrl-C, SIGTERM), stops them all."""
         context = multiprocessing.get_context("spawn")  # no forked copies of CUDA's or the threads' state
-        messages = context.Queue()
-        count, arguments = len(self.devices), {**self.extractor.arguments, "workers": self.extractor.workers}
+        messages, blocks = context.Queue(), self.blocks
+        arguments = {**self.extractor.arguments, "workers": self.extractor.workers}
         config = config_json(self.extractor.config(), self.dtype)
-        # Each process is sent its shard's images only: not ten million paths to each of eight.
-        shards = {k: self.images.shard(k, count) for k in range(1, count + 1)}
-        # shard: ("done", images described) or (how it ended, why). A shard that an earlier run
-        # finished needs no process, nor a network loaded for it (its process would check again).
-        outcomes: dict[int, tuple[str, object]] = {
-            k: ("done", 0) for k, path in enumerate(self.shard_files, start=1) if _finished(path, config, shards[k])}
-        processes = {
-            k: context.Process(target=_describe_shard, name=f"vggfeat-shard-{k}-of-{count}", args=(
-                arguments, device, shards[k], path, self.dtype, self.part_images, self.overwrite, self.provenance,
+        # A block that an earlier run finished needs no process, nor a network loaded for it. Each
+        # process is sent its blocks' images only: not ten million paths to each of eight.
+        shards = [(k, self.images.shard(k, blocks), path) for k, path in enumerate(self.shard_files, start=1)]
+        todo = [(k, shard, path) for k, shard, path in shards if not _finished(path, config, shard)]
+        devices = self.devices[: len(todo)]
+        # Each process starts with a block of its own (the d-th device the d-th block left), then
+        # takes from ``tasks`` the next block that none has taken, until it takes a None.
+        tasks = context.Queue()
+        for task in [*todo[len(devices):], *[None] * len(devices)]:
+            tasks.put(task)
+        processes = [
+            context.Process(target=_describe_blocks, name=f"vggfeat-device-{d + 1}-of-{len(devices)}", args=(
+                d, arguments, device, first, tasks, self.dtype, self.part_images, self.overwrite, self.provenance,
                 messages))
-            for k, (device, path) in enumerate(zip(self.devices, self.shard_files), start=1) if k not in outcomes
-        }
+            for d, (device, first) in enumerate(zip(devices, todo))
+        ]
+        # Per process: the block it is on; once it has ended, ("done", None) or (how, why).
+        on = {d: first[0] for d, first in enumerate(todo[: len(devices)])}
+        ended: dict[int, tuple[str, object]] = {}
+        computed = 0
+
+        def take(message: tuple) -> None:
+            nonlocal computed
+            d, kind, value = message
+            if kind == "progress":
+                if progress:
+                    progress(value)
+            elif kind == "block":
+                on[d] = value
+            elif kind == "described":
+                computed += value
+            else:
+                ended[d] = (kind, value)
+
         try:
-            for process in processes.values():
+            for process in processes:
                 process.start()
-            while len(outcomes) < count and not any(kind != "done" for kind, _ in outcomes.values()):
-                self._receive(messages, processes, outcomes, progress)
-        except BaseException:  # Ctrl-C or SIGTERM here: every shard stops, keeping its parts
-            _stop(processes.values(), tell=True)
+            while len(ended) < len(processes) and all(kind == "done" for kind, _ in ended.values()):
+                _receive(messages, processes, ended, take)
+        except BaseException:  # Ctrl-C or SIGTERM here: every process stops, keeping its parts
+            _stop(processes, tell=True)
             raise
-        _stop(processes.values(), tell=len(outcomes) < count)  # after a failure, the others stop
-        failures = [f"shard {k}/{count} on {self.devices[k - 1]}: {why}" for k, (kind, why) in sorted(outcomes.items())
+        finally:
+            tasks.cancel_join_thread()  # blocks left untaken after a failure: nothing to wait for
+        _stop(processes, tell=len(ended) < len(processes))  # after a failure, the others stop
+        failures = [f"shard {on[d]}/{blocks} on {devices[d]}: {why}" for d, (kind, why) in sorted(ended.items())
                     if kind != "done"]
         if failures:
             raise VggfeatError(f"{'; '.join(failures)}. The other shards stopped; their work is kept in {self.work}: "
                                "run the same command to resume")
-        return sum(int(described) for _, described in outcomes.values())
-
-    def _receive(self, messages, processes: dict, outcomes: dict, progress: Callable[[int], None] | None) -> None:
-        """Take the shards' messages for up to a poll's time; a process that ended without saying
-        how (killed, out of memory) has failed."""
-        def take(message: tuple[int, str, object]) -> None:
-            k, kind, value = message
-            if kind != "progress":
-                outcomes[k] = (kind, value)
-            elif progress:
-                progress(value)
-
-        with contextlib.suppress(queue.Empty):
-            take(messages.get(timeout=_POLL_SECONDS))
-        ended = [k for k, process in processes.items() if k not in outcomes and process.exitcode is not None]
-        if ended:  # its last words went into the queue before it ended: they are read first
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    take(messages.get_nowait())
-            for k in ended:
-                outcomes.setdefault(k, ("failed", f"its process ended with exit code {processes[k].exitcode} before finishing"))
+        return computed
 
     def _held(self, path: Path) -> int:
         """Images that a shard's file (finished) or its parts (interrupted) hold."""
@@ -189,64 +206,105 @@ class MultiDeviceJob:
                 and attrs.get("images_sha256") == self.images.digest()
                 and attrs.get("merged_from") == json.dumps(sorted(path.name for path in self.shard_files)))
 
+    def _interrupted_blocks(self) -> int | None:
+        """The number of blocks of the interrupted run whose shards the folder holds, if all are of one."""
+        counts = {int(match[2]) for match in map(_SHARD_FILE.match, _entries(self.work)) if match}
+        return counts.pop() if len(counts) == 1 else None
+
     def _open_work_folder(self):
         """The shards folder, made or adopted, and locked. Only a folder of shard files (and their
-        work) is ours; shards of a run on another number of devices are removed only with --overwrite."""
+        work) is ours; shards of runs in another number of blocks are removed only with --overwrite."""
         self.work.mkdir(exist_ok=True)
-        entries = set(os.listdir(self.work)) - {"lock"}
+        entries = _entries(self.work)
         if any(not _SHARD_FILE.match(entry) for entry in entries):
             raise VggfeatError(f"{self.work} exists but is not a vggfeat shards folder; move it away or remove it")
         lock, self.unlocked_because = lock_folder(self.work, self.output)
-        others = sorted(entry for entry in entries if int(_SHARD_FILE.match(entry)[2]) != len(self.devices))
+        others = sorted(entry for entry in entries if int(_SHARD_FILE.match(entry)[2]) != self.blocks)
         if others and not self.overwrite:
             lock.close()
-            count = int(_SHARD_FILE.match(others[0])[2])
-            raise VggfeatError(f"{self.work} holds the shards of an interrupted run on {count} devices: resume it on "
-                               f"{count} devices, or pass --overwrite to discard it")
+            counts = sorted({int(_SHARD_FILE.match(entry)[2]) for entry in entries})
+            raise VggfeatError(f"{self.work} holds the shards of interrupted runs in {' and '.join(map(str, counts))} "
+                               "blocks: pass --overwrite to discard them")
         for entry in others:
             path = self.work / entry
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         return lock
 
 
+def block_count(images: int, devices: int) -> int:
+    """How many blocks a run of ``images`` on ``devices`` cuts them into: one per device, or for a
+    large collection as many per device as hold BLOCK_IMAGES each, MAX_BLOCKS_PER_DEVICE at most.
+    A multiple of ``devices``, so that equal devices finish together."""
+    return devices * max(1, min(MAX_BLOCKS_PER_DEVICE, images // (devices * BLOCK_IMAGES)))
+
+
+def _entries(folder: Path) -> set[str]:
+    """The names in ``folder`` but its lock; none if it does not exist."""
+    try:
+        return set(os.listdir(folder)) - {"lock"}
+    except FileNotFoundError:
+        return set()
+
+
+def _receive(messages, processes: list, ended: dict, take: Callable[[tuple], None]) -> None:
+    """Take the processes' messages for up to a poll's time; a process that ended without saying
+    how (killed, out of memory) has failed."""
+    with contextlib.suppress(queue.Empty):
+        take(messages.get(timeout=_POLL_SECONDS))
+    gone = [d for d, process in enumerate(processes) if d not in ended and process.exitcode is not None]
+    if gone:  # their last words went into the queue before they ended: they are read first
+        with contextlib.suppress(queue.Empty):
+            while True:
+                take(messages.get_nowait())
+        for d in gone:
+            ended.setdefault(d, ("failed", f"its process ended with exit code {processes[d].exitcode} before finishing"))
+
+
 # --------------------------------------------------------------------------- in each device's process
 
 
-def _describe_shard(arguments: dict, device: str, shard: ImageSet, output: Path, dtype: str, part_images: int,
-                    overwrite: bool, provenance: dict, messages) -> None:
-    """One shard into ``output``; says on ``messages`` (shard, kind, value) how it goes: "progress"
-    (images), then "done" (images described), "failed" (why) or "stopped"."""
-    k = shard.shard_of.index
-    # Ctrl-C is for the parent, which stops every shard alike (SIGTERM); SIGTERM stops this one as
-    # Ctrl-C stops a single run, keeping its parts.
+def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int, ImageSet, Path], tasks, dtype: str,
+                     part_images: int, overwrite: bool, provenance: dict, messages) -> None:
+    """Process ``number``: block ``first``, then each block that ``tasks`` gives, until a None;
+    (k, block's images, its file) each. Says on ``messages`` (number, kind, value) how it goes:
+    ("block", k) as it starts one, "progress" (images), "described" (a block's images described),
+    then "done", "failed" (why) or "stopped"."""
+    # Ctrl-C is for the parent, which stops every process alike (SIGTERM); SIGTERM stops this one
+    # as Ctrl-C stops a single run, keeping its parts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         extractor = Extractor(**arguments, device=device)
-        if _finished(output, config_json(extractor.config(), dtype), shard):
-            messages.put((k, "done", 0))
-            return
-        job = ExtractionJob(extractor, shard, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
-                            provenance=provenance)
-        result = job.run(progress=lambda n: messages.put((k, "progress", n)))
-        messages.put((k, "done", result.computed))
+        config = config_json(extractor.config(), dtype)
+        task = first
+        while task is not None:
+            k, shard, output = task
+            messages.put((number, "block", k))
+            if not _finished(output, config, shard):  # an earlier run may have finished it since
+                job = ExtractionJob(extractor, shard, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
+                                    provenance=provenance)
+                result = job.run(progress=lambda n: messages.put((number, "progress", n)))
+                messages.put((number, "described", result.computed))
+            task = tasks.get()
+        messages.put((number, "done", None))
     except KeyboardInterrupt:
-        messages.put((k, "stopped", "stopped (SIGTERM)"))
+        messages.put((number, "stopped", "stopped (SIGTERM)"))
     except (VggfeatError, OSError) as error:
-        messages.put((k, "failed", str(error)))
+        messages.put((number, "failed", str(error)))
     except Exception as error:  # a bug: its traceback, on the terminal, is what a report needs
         traceback.print_exc()
-        messages.put((k, "failed", f"{type(error).__name__}: {error}"))
+        messages.put((number, "failed", f"{type(error).__name__}: {error}"))
 
 
 def _finished(output: Path, config: str, shard: ImageSet) -> bool:
     """Is ``output`` this very ``shard`` of its collection, made with the ``config`` attribute
     ``config``, complete: written by an earlier, interrupted run?"""
-    if not output.exists():
+    try:
+        with open_h5(output) as f:
+            attrs = dict(f.attrs)
+    except OSError:  # none there, or not an HDF5 file: its job refuses to replace it without --overwrite
         return False
-    with open_h5(output) as f:
-        attrs = dict(f.attrs)
     made_of = shard.shard_of
     return (bool(attrs.get("complete")) and attrs.get("config") == config
             and (attrs.get("collection_sha256"), attrs.get("shard_index"), attrs.get("shard_count"))
@@ -259,14 +317,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_when_orphaned(parent: int) -> None:
-    """A shard whose parent was killed (kill -9) stops, keeping its parts, rather than run on unseen."""
+    """A process whose parent was killed (kill -9) stops, keeping its parts, rather than run on unseen."""
     while os.getppid() == parent:
         time.sleep(_POLL_SECONDS)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop(processes, tell: bool) -> None:
-    """Wait for the shards' processes to end, having told those still running to stop (``tell``);
+    """Wait for the devices' processes to end, having told those still running to stop (``tell``);
     kill one that will not."""
     for process in processes:
         if tell and process.is_alive():

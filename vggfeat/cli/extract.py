@@ -131,6 +131,9 @@ def _announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: 
               devices: tuple[str, ...] = ()) -> None:
     """What the job will do, before it does it."""
     say(options.describe_settings(extractor, job.total - job.done, devices))
+    if isinstance(job, MultiDeviceJob) and job.blocks > len(devices):
+        say(f"{job.blocks} blocks of {job.total // job.blocks:,} images or more: each device takes the next one left "
+            "as it finishes one")
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
     _warn_if_the_disk_is_short(job, dtype)

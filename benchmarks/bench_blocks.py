@@ -1,0 +1,75 @@
+"""Several devices on uneven work: one block per device against blocks taken in turn, in one run.
+
+    python benchmarks/bench_blocks.py --count 64 --devices cpu,cpu
+
+``extract --device A,B`` cuts the sorted images into blocks. Where the images' cost differs along
+the sorted order (a folder of panoramas, one of thumbnails; or devices of different speeds), one
+equal block per device leaves the others waiting for the slowest. This makes ``--count`` JPEGs
+whose first half are 4:1 panoramas (about three times the network's work of the rest at a scale Q)
+and second half 4:3 photos, then times :class:`MultiDeviceJob` over them twice: with one block per
+device (the baseline: what every run did before the seventeenth session), and with
+``--blocks-per-device`` blocks each, taken in turn. Random weights; each run's processes start,
+load the network and merge the blocks within its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import vggfeat.multidevice
+from vggfeat import Extractor, MultiDeviceJob, find_images
+
+
+def make_jpegs(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        width, height = (1500, 375) if i < count // 2 else (500, 375)
+        low = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((width, height), Image.BILINEAR).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def timed(extractor: Extractor, devices: list[str], folder: Path, blocks_per_device: int) -> tuple[float, int]:
+    """Seconds of a run with ``blocks_per_device`` blocks each, and the blocks it had."""
+    images = find_images(folder)
+    vggfeat.multidevice.BLOCK_IMAGES = max(1, len(images) // (len(devices) * blocks_per_device))
+    output = folder.parent / "out.h5"
+    job = MultiDeviceJob(extractor, devices, images, output, overwrite=True)
+    began = time.perf_counter()
+    job.run()
+    seconds = time.perf_counter() - began
+    output.unlink()
+    return seconds, job.blocks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--devices", default="cpu,cpu")
+    parser.add_argument("--blocks-per-device", type=int, default=8)
+    parser.add_argument("--scales", default="256")
+    parser.add_argument("--workers", type=int, default=1, help="decoding threads of each device's process")
+    args = parser.parse_args()
+    devices = args.devices.split(",")
+    scales = [int(q) for q in args.scales.split(",")]
+    extractor = Extractor("vgg16", weights="random", scales=scales, flip=False, device=devices[0], workers=args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        make_jpegs(folder, args.count)
+        one, one_blocks = timed(extractor, devices, folder, 1)
+        taken, blocks = timed(extractor, devices, folder, args.blocks_per_device)
+    print(f"{args.count} JPEGs (first half 1500x375, second half 500x375), vgg16 fc7, Q={args.scales}, no flip, "
+          f"on {', '.join(devices)}")
+    print(f"  {f'one block per device ({one_blocks} blocks)':36s} {one:7.1f} s  {args.count / one:6.2f} images/s")
+    print(f"  {f'blocks taken in turn ({blocks} blocks)':36s} {taken:7.1f} s  {args.count / taken:6.2f} images/s  "
+          f"{one / taken:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
