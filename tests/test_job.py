@@ -397,6 +397,24 @@ def test_unknown_dtype_and_foreign_parts_folder_are_refused(tmp_path, extractor)
     assert (foreign / "mine.txt").read_text() == "not vggfeat's"
 
 
+def test_a_run_killed_as_it_wrote_its_manifest_resumes(tmp_path, extractor, monkeypatch):
+    """Killed between the manifest's temporary file and its rename (SIGTERM to a device's process
+    of a multi-device run, as another device's failure stops it): the folder is still the run's."""
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "one.png", 224, 224)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+
+    def killed(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vggfeat.store, "replace_durably", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ExtractionJob(extractor, images, output)
+    monkeypatch.undo()
+    assert sorted(path.name for path in (tmp_path / "out.h5.parts").iterdir()) == ["lock", "manifest.json.tmp"]
+    assert ExtractionJob(extractor, images, output).run().rows == 1
+
+
 def test_a_run_killed_after_its_output_was_in_place_is_finished_by_the_same_command(
     tmp_path, labelled, reference, extractor, monkeypatch
 ):

@@ -232,9 +232,9 @@ class ExtractionJob:
 
     def _open_work_folder(self, overwrite: bool):
         manifest_file = self.work / "manifest.json"
-        # Only ever write into a folder that is ours: a manifest, or only the lock of a run killed
-        # before it wrote one.
-        if self.work.exists() and not manifest_file.is_file() and set(os.listdir(self.work)) - {"lock"}:
+        # Only ever write into a folder that is ours: a manifest, or only the lock (and the
+        # manifest's temporary file) of a run killed before it wrote one.
+        if self.work.exists() and not manifest_file.is_file() and set(os.listdir(self.work)) - {"lock", "manifest.json.tmp"}:
             raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
         self.work.mkdir(exist_ok=True)
         lock, self.unlocked_because = lock_folder(self.work, self.output)
