@@ -9,7 +9,8 @@ whose first half are 4:1 panoramas (about three times the network's work of the 
 and second half 4:3 photos, then times :class:`MultiDeviceJob` over them twice: with one block per
 device (the baseline: what every run did before the seventeenth session), and with
 ``--blocks-per-device`` blocks each, taken in turn. Random weights; each run's processes start,
-load the network and merge the blocks within its time.
+load the network and merge the blocks within its time. ``--even``: all images 500x375, where
+blocks can only cost (each pays its own start): what they cost.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import vggfeat.multidevice
 from vggfeat import Extractor, MultiDeviceJob, find_images
 
 
-def make_jpegs(folder: Path, count: int) -> None:
+def make_jpegs(folder: Path, count: int, even: bool) -> None:
     rng = np.random.default_rng(0)
     for i in range(count):
-        width, height = (1500, 375) if i < count // 2 else (500, 375)
+        width, height = (1500, 375) if i < count // 2 and not even else (500, 375)
         low = rng.integers(0, 256, (height // 25, width // 25, 3), dtype=np.uint8)
         Image.fromarray(low).resize((width, height), Image.BILINEAR).save(folder / f"{i:05d}.jpg", quality=90)
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--blocks-per-device", type=int, default=8)
     parser.add_argument("--scales", default="256")
     parser.add_argument("--workers", type=int, default=1, help="decoding threads of each device's process")
+    parser.add_argument("--even", action="store_true", help="every image 500x375: the blocks' own cost")
     args = parser.parse_args()
     devices = args.devices.split(",")
     scales = [int(q) for q in args.scales.split(",")]
@@ -61,10 +63,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
-        make_jpegs(folder, args.count)
+        make_jpegs(folder, args.count, args.even)
         one, one_blocks = timed(extractor, devices, folder, 1)
         taken, blocks = timed(extractor, devices, folder, args.blocks_per_device)
-    print(f"{args.count} JPEGs (first half 1500x375, second half 500x375), vgg16 fc7, Q={args.scales}, no flip, "
+    sizes = "all 500x375" if args.even else "first half 1500x375, second half 500x375"
+    print(f"{args.count} JPEGs ({sizes}), vgg16 fc7, Q={args.scales}, no flip, "
           f"on {', '.join(devices)}")
     print(f"  {f'one block per device ({one_blocks} blocks)':36s} {one:7.1f} s  {args.count / one:6.2f} images/s")
     print(f"  {f'blocks taken in turn ({blocks} blocks)':36s} {taken:7.1f} s  {args.count / taken:6.2f} images/s  "
