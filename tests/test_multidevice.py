@@ -14,6 +14,7 @@ import pytest
 
 from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, run_main,
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
+import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
 from vggfeat.multidevice import MultiDeviceJob, block_count
 from vggfeat.store import shards_folder, work_progress
@@ -142,6 +143,19 @@ def test_a_device_that_is_done_takes_the_next_block(tmp_path, monkeypatch):
     assert sorted(shard["shard"] for shard in json.loads(merged["attrs"]["shards"])) == [1, 2, 3, 4, 5, 6]
     assert_same_output(merged, _one_run(cheap_extractor(), find_images(tmp_path / "images"), tmp_path), atol=1e-5)
     assert not shards_folder(output).exists()
+
+
+def test_the_disk_a_run_needs_is_twice_its_rows_less_those_done(tmp_path):
+    """Its parts and each block's file beside them, then the blocks' files and the merged output:
+    two copies at most, never three (the warning before the run would otherwise cry wolf)."""
+    write_plain_folder(tmp_path / "images", 4)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    row = 64 * 4 + vggfeat.job._ROW_EXTRAS  # conv1_1, float32
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert job.disk_needed() == 8 * row
+    job._lock.close()
+    ExtractionJob(cheap_extractor(), images.shard(1, 2), shards_folder(output) / "shard-1-of-2.h5").run()
+    assert MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).disk_needed() == 6 * row
 
 
 def test_a_run_resumes_in_its_blocks_on_another_number_of_devices(tmp_path, monkeypatch):

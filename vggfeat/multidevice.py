@@ -103,9 +103,10 @@ class MultiDeviceJob:
         return len(self.images)
 
     def disk_needed(self) -> int:
-        """Bytes of disk the run still needs at its peak: parts for the images no shard holds yet,
-        each shard written beside its parts, and the merged output beside all the shards."""
-        return (self.total - self.done + 2 * self.total) * disk_per_row(self.extractor.dim, self.dtype)
+        """Bytes of disk the run still needs at its peak, an upper bound: twice the rows, less
+        those its parts hold already. Each block's file is written beside its parts, which go once
+        it is whole; the merged output is written beside the blocks' files: either way, two copies."""
+        return (2 * self.total - self.done) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe every shard no file holds yet, each on its device, then merge them into the
