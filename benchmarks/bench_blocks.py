@@ -56,10 +56,13 @@ def main() -> None:
     parser.add_argument("--scales", default="256")
     parser.add_argument("--workers", type=int, default=1, help="decoding threads of each device's process")
     parser.add_argument("--even", action="store_true", help="every image 500x375: the blocks' own cost")
+    parser.add_argument("--center-crop", action="store_true", help="the single-scale setting's crop (with --scales 224)")
+    parser.add_argument("--decode-in", default="threads", choices=["threads", "processes"])
     args = parser.parse_args()
     devices = args.devices.split(",")
     scales = [int(q) for q in args.scales.split(",")]
-    extractor = Extractor("vgg16", weights="random", scales=scales, flip=False, device=devices[0], workers=args.workers)
+    extractor = Extractor("vgg16", weights="random", scales=scales, flip=False, device=devices[0], workers=args.workers,
+                          center_crop=args.center_crop, decode_in=args.decode_in)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
@@ -67,7 +70,7 @@ def main() -> None:
         one, one_blocks = timed(extractor, devices, folder, 1)
         taken, blocks = timed(extractor, devices, folder, args.blocks_per_device)
     sizes = "all 500x375" if args.even else "first half 1500x375, second half 500x375"
-    print(f"{args.count} JPEGs ({sizes}), vgg16 fc7, Q={args.scales}, no flip, "
+    print(f"{args.count} JPEGs ({sizes}), vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, no flip, "
           f"on {', '.join(devices)}")
     print(f"  {f'one block per device ({one_blocks} blocks)':36s} {one:7.1f} s  {args.count / one:6.2f} images/s")
     print(f"  {f'blocks taken in turn ({blocks} blocks)':36s} {taken:7.1f} s  {args.count / taken:6.2f} images/s  "

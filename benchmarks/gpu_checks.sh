@@ -19,13 +19,14 @@
 #   bash benchmarks/gpu_checks.sh pooling    # batched R-MAC against region by region
 #   bash benchmarks/gpu_checks.sh draft      # --jpeg-draft: 12 Mpx photos read by 16 threads and processes, whole and drafted
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
+#   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft or camera} in
+case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -104,7 +105,14 @@ camera)
     camera="--size 4000x3000 --count 512 --model-only-count 128 --naive-count 4 --decode-in processes --workers 16"
     timeout 280 $bench $camera || echo "(exit $?)"
     timeout 280 $bench $camera --jpeg-draft || echo "(exit $?)" ;;
+blocks)
+    # Each block of a multi-device run starts its own reader (decoding processes, slots) and file,
+    # and the pipeline refills behind it. Single scale, even work, two processes on the one GPU:
+    # 2 blocks against 16 of 1,024 images; the difference over 14 blocks is one block's cost, to
+    # weigh against the 20 s that a 100,000-image block (BLOCK_IMAGES) lasts at 5,000 images/s.
+    timeout 400 $python benchmarks/bench_blocks.py --devices cuda:0,cuda:0 --even --count 16384 --scales 224 \
+        --center-crop --workers 8 --decode-in processes || echo "(exit $?)" ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft or camera" >&2
+    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
     exit 2 ;;
 esac
