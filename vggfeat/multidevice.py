@@ -14,11 +14,12 @@ number of devices.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import re
 import shutil
 import signal
@@ -128,60 +129,40 @@ class MultiDeviceJob:
         """Describe every block no file holds yet, a process per device; the images they
         described. Any failure, or a stop (Ctrl-C, SIGTERM), stops them all."""
         context = multiprocessing.get_context("spawn")  # no forked copies of CUDA's or the threads' state
-        messages, blocks = context.Queue(), self.blocks
         arguments = {**self.extractor.arguments, "workers": self.extractor.workers}
         config = config_json(self.extractor.config(), self.dtype)
         # A block that an earlier run finished needs no process, nor a network loaded for it. Each
         # process is sent its blocks' images only: not ten million paths to each of eight.
-        shards = [(k, self.images.shard(k, blocks), path) for k, path in enumerate(self.shard_files, start=1)]
+        shards = [(k, self.images.shard(k, self.blocks), path) for k, path in enumerate(self.shard_files, start=1)]
         todo = [(k, shard, path) for k, shard, path in shards if not _finished(path, config, shard)]
         devices = self.devices[: len(todo)]
         # Each process starts with a block of its own (the d-th device the d-th block left), then
-        # takes from ``tasks`` the next block that none has taken, until it takes a None.
-        tasks = context.Queue()
-        for task in [*todo[len(devices):], *[None] * len(devices)]:
-            tasks.put(task)
+        # asks for the next block that none has taken, until it is given None. Each has a pipe of
+        # its own: a process killed as it writes (the out-of-memory killer) can block no other's
+        # messages, as it could those of a queue they all share.
+        pipes = [context.Pipe() for _ in devices]
         processes = [
             context.Process(target=_describe_blocks, name=f"vggfeat-device-{d + 1}-of-{len(devices)}", args=(
-                d, arguments, device, first, tasks, self.dtype, self.part_images, self.overwrite, self.provenance,
-                messages))
-            for d, (device, first) in enumerate(zip(devices, todo))
+                d, arguments, device, first, child, self.dtype, self.part_images, self.overwrite, self.provenance))
+            for d, (device, first, (_, child)) in enumerate(zip(devices, todo, pipes))
         ]
-        # Per process: the block it is on; once it has ended, ("done", None) or (how, why).
-        on = {d: first[0] for d, first in enumerate(todo[: len(devices)])}
-        ended: dict[int, tuple[str, object]] = {}
-        computed = 0
-
-        def take(message: tuple) -> None:
-            nonlocal computed
-            d, kind, value = message
-            if kind == "progress":
-                if progress:
-                    progress(value)
-            elif kind == "block":
-                on[d] = value
-            elif kind == "described":
-                computed += value
-            else:
-                ended[d] = (kind, value)
-
+        run = _Run(processes, [ours for ours, _ in pipes], [first[0] for first in todo], todo[len(devices):], progress)
         try:
-            for process in processes:
+            for process, (_, child) in zip(processes, pipes):
                 process.start()
-            while len(ended) < len(processes) and all(kind == "done" for kind, _ in ended.values()):
-                _receive(messages, processes, ended, take)
+                child.close()  # the process's end is its own now: its end of file is the process's end
+            while len(run.ended) < len(processes) and all(kind == "done" for kind, _ in run.ended.values()):
+                run.receive()
         except BaseException:  # Ctrl-C or SIGTERM here: every process stops, keeping its parts
             _stop(processes, tell=True)
             raise
-        finally:
-            tasks.cancel_join_thread()  # blocks left untaken after a failure: nothing to wait for
-        _stop(processes, tell=len(ended) < len(processes))  # after a failure, the others stop
-        failures = [f"shard {on[d]}/{blocks} on {devices[d]}: {why}" for d, (kind, why) in sorted(ended.items())
+        _stop(processes, tell=len(run.ended) < len(processes))  # after a failure, the others stop
+        failures = [f"shard {run.on[d]}/{self.blocks} on {devices[d]}: {why}" for d, (kind, why) in sorted(run.ended.items())
                     if kind != "done"]
         if failures:
             raise VggfeatError(f"{'; '.join(failures)}. The other shards stopped; their work is kept in {self.work}: "
                                "run the same command to resume")
-        return computed
+        return run.computed
 
     def _held(self, path: Path) -> int:
         """Images that a shard's file (finished) or its parts (interrupted) hold."""
@@ -247,55 +228,83 @@ def _entries(folder: Path) -> set[str]:
         return set()
 
 
-def _receive(messages, processes: list, ended: dict, take: Callable[[tuple], None]) -> None:
-    """Take the processes' messages for up to a poll's time; a process that ended without saying
-    how (killed, out of memory) has failed."""
-    with contextlib.suppress(queue.Empty):
-        take(messages.get(timeout=_POLL_SECONDS))
-    gone = [d for d, process in enumerate(processes) if d not in ended and process.exitcode is not None]
-    if gone:  # their last words went into the queue before they ended: they are read first
-        with contextlib.suppress(queue.Empty):
-            while True:
-                take(messages.get_nowait())
-        for d in gone:
-            ended.setdefault(d, ("failed", f"its process ended with exit code {processes[d].exitcode} before finishing"))
+class _Run:
+    """The parent's side of the devices' processes: their messages, and the blocks left to give."""
+
+    def __init__(self, processes: list, connections: list, first_blocks: list[int], left: list,
+                 progress: Callable[[int], None] | None) -> None:
+        self.processes, self.connections, self.left, self.progress = processes, connections, collections.deque(left), progress
+        self.on = dict(enumerate(first_blocks))  # per process, the block it is on
+        self.ended: dict[int, tuple[str, object]] = {}  # per process: ("done", None) or (how, why)
+        self.computed = 0
+
+    def receive(self) -> None:
+        """Take the messages of up to a poll's time; a process that ended without saying how
+        (killed, out of memory) has failed."""
+        open_ones = {self.connections[d]: d for d in range(len(self.processes)) if d not in self.ended}
+        for connection in multiprocessing.connection.wait(list(open_ones), timeout=_POLL_SECONDS):
+            d = open_ones[connection]
+            try:
+                kind, value = connection.recv()
+            except (EOFError, OSError):
+                self.processes[d].join(_POLL_SECONDS)  # ended: its exit code, if it has one yet
+                self.ended[d] = ("failed", f"its process ended with exit code {self.processes[d].exitcode} before finishing")
+                continue
+            if kind == "progress":
+                if self.progress:
+                    self.progress(value)
+            elif kind == "block":
+                self.on[d] = value
+            elif kind == "described":
+                self.computed += value
+            elif kind == "next":
+                with contextlib.suppress(OSError):  # it died meanwhile: its end of file follows
+                    connection.send(self.left.popleft() if self.left else None)
+            else:
+                self.ended[d] = (kind, value)
 
 
 # --------------------------------------------------------------------------- in each device's process
 
 
-def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int, ImageSet, Path], tasks, dtype: str,
-                     part_images: int, overwrite: bool, provenance: dict, messages) -> None:
-    """Process ``number``: block ``first``, then each block that ``tasks`` gives, until a None;
-    (k, block's images, its file) each. Says on ``messages`` (number, kind, value) how it goes:
-    ("block", k) as it starts one, "progress" (images), "described" (a block's images described),
-    then "done", "failed" (why) or "stopped"."""
+def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int, ImageSet, Path], parent,
+                     dtype: str, part_images: int, overwrite: bool, provenance: dict) -> None:
+    """Process ``number``: block ``first``, (k, its images, its file), then each block that
+    ``parent``, its end of a pipe to the parent process, gives it when asked, until None. Says
+    there (kind, value) how it goes: ("block", k) as it starts one, ("progress", images),
+    ("described", images) once one is done, ("next", None) to ask for the next; last "done",
+    "failed" (why) or "stopped"."""
     # Ctrl-C is for the parent, which stops every process alike (SIGTERM); SIGTERM stops this one
     # as Ctrl-C stops a single run, keeping its parts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+    def say(kind: str, value: object) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone (killed): there is nobody to tell
+            parent.send((kind, value))
+
     try:
         extractor = Extractor(**arguments, device=device)
         config = config_json(extractor.config(), dtype)
         task = first
         while task is not None:
             k, shard, output = task
-            messages.put((number, "block", k))
+            say("block", k)
             if not _finished(output, config, shard):  # an earlier run may have finished it since
                 job = ExtractionJob(extractor, shard, output, overwrite=overwrite, dtype=dtype, part_images=part_images,
                                     provenance=provenance)
-                result = job.run(progress=lambda n: messages.put((number, "progress", n)))
-                messages.put((number, "described", result.computed))
-            task = tasks.get()
-        messages.put((number, "done", None))
-    except KeyboardInterrupt:
-        messages.put((number, "stopped", "stopped (SIGTERM)"))
+                say("described", job.run(progress=lambda n: say("progress", n)).computed)
+            say("next", None)
+            task = parent.recv()
+        say("done", None)
+    except (KeyboardInterrupt, EOFError):  # SIGTERM; or the parent gone as it was asked for a block
+        say("stopped", "stopped (SIGTERM)")
     except (VggfeatError, OSError) as error:
-        messages.put((number, "failed", str(error)))
+        say("failed", str(error))
     except Exception as error:  # a bug: its traceback, on the terminal, is what a report needs
         traceback.print_exc()
-        messages.put((number, "failed", f"{type(error).__name__}: {error}"))
+        say("failed", f"{type(error).__name__}: {error}")
 
 
 def _finished(output: Path, config: str, shard: ImageSet) -> bool:
