@@ -146,7 +146,8 @@ class MultiDeviceJob:
                 d, arguments, device, first, child, self.dtype, self.part_images, self.overwrite, self.provenance))
             for d, (device, first, (_, child)) in enumerate(zip(devices, todo, pipes))
         ]
-        run = _Run(processes, [ours for ours, _ in pipes], [first[0] for first in todo], todo[len(devices):], progress)
+        run = _Run(processes, [ours for ours, _ in pipes], [k for k, _, _ in todo[: len(devices)]], todo[len(devices):],
+                   progress)
         try:
             for process, (_, child) in zip(processes, pipes):
                 process.start()
