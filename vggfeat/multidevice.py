@@ -38,9 +38,10 @@ from .network import DenseVGG
 from .store import check_output_path, lock_folder, open_h5, shards_folder, work_progress
 
 _SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.h5(\.parts)?$")
-# A device gets several blocks only where each holds this many images or more: every block costs a
-# few seconds (its decoding processes' start, its own file), and runs shorter than about this do
-# without cuDNN's autotuning and torch.compile (Extractor.plan_run).
+# A device gets several blocks only where each holds this many images or more: every block pays
+# its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet
+# measured on a GPU), and runs shorter than about this do without cuDNN's autotuning and
+# torch.compile (Extractor.plan_run).
 BLOCK_IMAGES = 100_000
 # Blocks per device at most: the last block's images are the most that a device may wait for the
 # others at the end, an eighth of its share here.
