@@ -83,8 +83,10 @@ def test_a_shard_holds_its_block_and_knows_its_collection():
     assert shard.file_names == {"5\\xe9.jpg": "5\udce9.jpg"} and shard.file(1) == Path("/data/5\udce9.jpg")
     assert shard.shard_of == ShardOf(2, 2, 8, collection.digest()) and collection.shard_of is None
     assert shard.digest() != collection.digest()  # its own file's images_sha256: the block's
-    with pytest.raises(VggfeatError, match="shard 2/2 already"):
-        shard.shard(1, 2)
+    # A machine's shard cut again for its GPUs: blocks of the shard, whose collection the shard is.
+    block = shard.shard(2, 2)
+    assert block.paths == collection.paths[6:] and block.file(1) == Path("/data/7\\xe9.jpg")
+    assert block.shard_of == ShardOf(2, 2, 4, shard.digest())
 
 
 def test_merged_shards_equal_one_run(three_shards, whole, tmp_path):

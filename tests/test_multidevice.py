@@ -145,6 +145,31 @@ def test_a_device_that_is_done_takes_the_next_block(tmp_path, monkeypatch):
     assert not shards_folder(output).exists()
 
 
+def test_a_machines_shard_on_several_devices_merges_with_the_other_shards(tmp_path, monkeypatch):
+    """Several machines of several GPUs: --shard K/N with --device A,B writes the file of shard
+    K/N that one device writes, its blocks cut from the shard; 'merge' joins it with the others
+    into the file of one run."""
+    monkeypatch.setattr("vggfeat.multidevice.BLOCK_IMAGES", 2)
+    write_plain_folder(tmp_path / "images", 16)
+    shard = ["extract", tmp_path / "images", *CHEAP]
+    code, _, err = run_main([*shard, tmp_path / "first.h5", "--shard", "1/2", *TWO_CPUS])
+    assert code == 0, err
+    assert "shard 1/2: 8 of the 16 images" in err and "on cpu, cpu (a process each)" in err
+    assert "4 blocks of 2 images or more" in err and "8 descriptors (64-d float32), 0 failed" in err
+    assert run_main([*shard, tmp_path / "second.h5", "--shard", "2/2", "-q"])[0] == 0
+    first = read_output(tmp_path / "first.h5")
+    collection = find_images(tmp_path / "images")
+    assert (first["attrs"]["shard_index"], first["attrs"]["shard_count"]) == (1, 2)
+    assert (first["attrs"]["collection_images"], first["attrs"]["collection_sha256"]) == (16, collection.digest())
+    assert first["attrs"]["images_sha256"] == collection.shard(1, 2).digest()
+    assert sorted(shard["shard"] for shard in json.loads(first["attrs"]["shards"])) == [1, 2, 3, 4]
+    (tmp_path / "one shard").mkdir()
+    assert_same_output(first, _one_run(cheap_extractor(), collection.shard(1, 2), tmp_path / "one shard"), atol=1e-5)
+    code, _, err = run_main(["merge", tmp_path / "second.h5", tmp_path / "first.h5", tmp_path / "out.h5"])
+    assert code == 0, err
+    assert_same_output(read_output(tmp_path / "out.h5"), _one_run(cheap_extractor(), collection, tmp_path), atol=1e-5)
+
+
 def test_the_disk_a_run_needs_is_twice_its_rows_less_those_done(tmp_path):
     """Its parts and each block's file beside them, then the blocks' files and the merged output:
     two copies at most, never three (the warning before the run would otherwise cry wolf)."""
@@ -243,7 +268,7 @@ def test_a_folder_that_is_not_the_runs_own_is_refused_untouched(tmp_path):
         MultiDeviceJob(Extractor(cheap_extractor().network, device="cpu", layer="conv1_1"), ["cpu", "cpu"], images, output)
 
 
-@pytest.mark.parametrize("option", [["--shard", "1/2"], ["--update"], ["--retry-failed"]])
+@pytest.mark.parametrize("option", [["--update"], ["--retry-failed"]])
 def test_options_of_one_device_are_refused_with_several(tmp_path, option):
     write_plain_folder(tmp_path / "images", 1)
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, *TWO_CPUS, *option])

@@ -82,10 +82,10 @@ class ImageSet:
         The blocks cover every image exactly once and keep the set's classes, so descriptor files of
         all shards merge into the file one run would write (``vggfeat merge``). A block holds only
         its own images and what it needs to know of the whole (:class:`ShardOf`): what a process
-        that describes it is sent, whatever the collection's size.
+        that describes it is sent, whatever the collection's size. A block of a shard is a block of
+        that shard: its :class:`ShardOf` names the shard as its collection (a machine's shard cut
+        into blocks for its devices, which :class:`vggfeat.multidevice.MultiDeviceJob` merges back).
         """
-        if self.shard_of is not None:
-            raise VggfeatError(f"this image set is shard {self.shard_of.index}/{self.shard_of.count} already")
         if not 1 <= index <= count:
             raise VggfeatError(f"shard {index}/{count}: shards are numbered 1 to {count}")
         start, end = len(self) * (index - 1) // count, len(self) * index // count

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 
+from .discover import ShardOf
 from .errors import VggfeatError
 from .store import check_output_path, create_datasets, mark_complete, open_features_file, open_h5, plain_value, written_atomically
 
@@ -44,9 +45,12 @@ def merge_shards(
     overwrite: bool = False,
     provenance: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    shard_of: ShardOf | None = None,
 ) -> MergeResult:
     """Write ``output`` from the descriptor files of all shards of one extraction, in any order;
-    ``progress(rows, total)`` after each block of ``rows`` copied, of ``total``."""
+    ``progress(rows, total)`` after each block of ``rows`` copied, of ``total``. ``shard_of``: the
+    set they were cut from is itself that shard of a collection (``extract --shard K/N`` on several
+    devices), and ``output`` is written as that shard's file, for a merge with the others."""
     output = Path(output)
     paths = [Path(shard) for shard in shards]
     _check_output(output, paths, overwrite)
@@ -64,7 +68,7 @@ def merge_shards(
             targets = create_datasets(out, rows, failed, dim, dtype.name, classes)
             block = max(1, _BLOCK_BYTES // (dim * dtype.itemsize))
             _copy_rows(files, targets, block, lambda copied: progress(copied, rows) if progress else None)
-            mark_complete(out, _merged_attrs(files, paths, provenance or {}))
+            mark_complete(out, _merged_attrs(files, paths, provenance or {}, shard_of))
     finally:
         for f in files:
             f.close()
@@ -130,8 +134,9 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         row, fail = row + n, fail + bad
 
 
-def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict) -> dict:
-    """The shards' common attributes, made those of the whole collection, and each one's provenance."""
+def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict, shard_of: ShardOf | None) -> dict:
+    """The shards' common attributes, made those of the whole collection (or of the shard it is,
+    ``shard_of``), and each one's provenance."""
     first = files[0]
     attrs = {key: value for key, value in first.attrs.items() if key not in (*SHARD_ATTRS, *PROVENANCE, "complete")}
     made = [{key: plain_value(f.attrs[key]) for key in PROVENANCE if key in f.attrs} for f in files]
@@ -146,4 +151,7 @@ def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict) -
                            for f, m in zip(files, made)]),
         **provenance,
     )
+    if shard_of:
+        attrs.update(shard_index=shard_of.index, shard_count=shard_of.count, collection_images=shard_of.collection_images,
+                     collection_sha256=shard_of.collection_sha256)
     return attrs

@@ -54,6 +54,8 @@ _POLL_SECONDS = 1.0
 
 class MultiDeviceJob:
     """Extract ``images`` with ``extractor``'s options on each of ``devices`` at once into ``output``.
+    Where ``images`` is a shard of a collection (``--shard K/N`` on each of several machines),
+    ``output`` is that shard's file, as one device would write it.
 
     ``extractor`` is built on the first device (it checks the options and fetches the weights once,
     before the processes start); each process builds its own from ``extractor.arguments``, so
@@ -118,7 +120,7 @@ class MultiDeviceJob:
             computed = 0
             if not self._merged_but_left_its_shards():
                 computed = self._describe_shards(progress)
-                merge_shards(self.shard_files, self.output, overwrite=self.overwrite)
+                merge_shards(self.shard_files, self.output, overwrite=self.overwrite, shard_of=self.images.shard_of)
             with open_h5(self.output) as f:
                 rows, failed = f["features"].shape[0], f["failed/paths"].shape[0]
             shutil.rmtree(self.work)

@@ -78,9 +78,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
         if update and given:
             raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
-    for given, name in ((shard, "--shard"), (update, "--update"), (retry_failed, "--retry-failed")):
+    for given, name in ((update, "--update"), (retry_failed, "--retry-failed")):
         if given and len(devices) > 1:
-            raise click.UsageError(f"{name} runs on one device; several devices describe a shard each and merge them themselves")
+            raise click.UsageError(f"{name} runs on one device")
     rewrite = "failed" if retry_failed else "new" if update else None  # what an update of OUTPUT describes
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
@@ -109,7 +109,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         return
     provenance = {"command": options.command_line()}
     if len(devices) > 1:
-        job = MultiDeviceJob(extractor, devices, images, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
+        job = MultiDeviceJob(extractor, devices, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                              provenance=provenance)
     else:
         job = ExtractionJob(extractor, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
