@@ -285,11 +285,11 @@ def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None, 
     try:
         with sampled(extractor.device) as samples, waits_timed(samples), profiling:
             began = last = time.perf_counter()
-            done, marks = 0, {}  # images described: the time when 10% and 90% of them were
+            done, calls, marks = 0, 0, {}  # images described: the time when 10% and 90% of them were
 
             def described(count: int) -> None:
-                nonlocal last, done
-                last, done = time.perf_counter(), done + count
+                nonlocal last, done, calls
+                last, done, calls = time.perf_counter(), done + count, calls + 1
                 for share in (0.1, 0.9):
                     if done >= share * len(images):
                         marks.setdefault(share, (last, done))
@@ -298,7 +298,9 @@ def end_to_end(extractor: Extractor, folder: Path, profile: Path | None = None, 
             ended = time.perf_counter()
             samples.seconds, samples.tail = ended - began, ended - last
             (t10, n10), (t90, n90) = marks[0.1], marks[0.9]
-            samples.steady = (n90 - n10) / (t90 - t10) if n90 > n10 else 0.0  # 0: too few chunks to tell
+            # 0: too few chunks to tell. A chunk is reported once the next one's work is queued, so
+            # the last two come together: with a handful of chunks the rate would be theirs alone.
+            samples.steady = (n90 - n10) / (t90 - t10) if n90 > n10 and calls >= 5 else 0.0
     finally:
         vggfeat.extractor.pad_batch = pad_batch
     output.unlink()

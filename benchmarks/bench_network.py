@@ -6,12 +6,18 @@ The fourth session measured the network at about 120 TFLOP/s on an H100 in bf16 
 small share of the chip's peak: VGG's first layers move more bytes than they compute, and each
 ReLU is a pass of its own over the activations. This times, on random inputs of one batch shape
 (channels_last, in --precision, as vggfeat runs them), the forward up to fc7 run as:
-  eager     vggfeat's DenseVGG, as the extractor runs it (the baseline);
+  eager     vggfeat's DenseVGG, as the extractor runs it, its weights cast once to --precision;
+  fp32      the same network in fp32, whatever --precision says;
+  autocast  the fp32 network under torch.autocast to --precision, which casts the weights anew for
+            every batch (how vggfeat ran bf16 on the CPU until the eighteenth session);
   fused     each convolution and its ReLU as one cuDNN call (torch.cudnn_convolution_relu; CUDA);
   compiled  torch.compile of the eager forward (its compilation untimed);
   graph     the eager forward captured once as a CUDA graph and replayed (CUDA).
 Each variant's fc7 map is checked against eager's (largest difference, relative to eager's largest
-value), then timed over --repeats batches after warm-up; images/s and TFLOP/s are printed.
+value), then timed over --repeats batches after warm-up; images/s and TFLOP/s are printed, and the
+speed against the first variant given (the baseline of the run).
+
+    python benchmarks/bench_network.py --device cpu --precision bf16 --variants fp32,autocast,eager --batch 16
 """
 
 from __future__ import annotations
@@ -130,11 +136,12 @@ def main() -> None:
     torch.backends.cudnn.benchmark = not args.no_autotune
 
     network = load_network("vgg16", "random", 0).to(device)
-    runner = _runner(network, device, precision)  # cast and channels_last, as the extractor runs it
+    runner = _runner(network, precision)  # cast and channels_last, as the extractor runs it
+    single = _runner(network, "fp32")
     dtype = runner.fc6.weight.dtype
     x = torch.randn(shape, device=device).to(dtype=dtype, memory_format=torch.channels_last)
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=not cuda and precision == "bf16"):
+    with torch.inference_mode():
         flops = conv_flops(runner, x)
         tuning = f", cuDNN autotuning {'off' if args.no_autotune else 'on'}" if cuda else ""
         print(f"device {name}; vgg16 up to fc7, batch {list(shape)}, {precision}, channels_last{tuning}; "
@@ -143,12 +150,19 @@ def main() -> None:
         reference = eager(x).float()
         scale = reference.abs().max().item()
         baseline = None
+        fp32 = lambda inputs: single(inputs.float(), "fc7")[0]  # noqa: E731
+
+        def autocast(inputs: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=HALF.get(precision, torch.float32), enabled=precision in HALF):
+                return single(inputs.float(), "fc7")[0]
+
         for variant in variants:
-            if variant not in ("eager", "fused", "compiled", "graph"):
+            if variant not in ("eager", "fp32", "autocast", "fused", "compiled", "graph"):
                 parser.error(f"unknown variant {variant!r}")
             try:  # one variant's failure (an op this build lacks, say) should not cost the others' figures
-                forward = {"eager": lambda: eager, "fused": lambda: fused_forward(runner),
-                           "compiled": lambda: torch.compile(eager), "graph": lambda: graphed(eager, x)}[variant]()
+                forward = {"eager": lambda: eager, "fp32": lambda: fp32, "autocast": lambda: autocast,
+                           "fused": lambda: fused_forward(runner), "compiled": lambda: torch.compile(eager),
+                           "graph": lambda: graphed(eager, x)}[variant]()
                 difference = (forward(x).float() - reference).abs().max().item() / scale  # compiles, untimed
                 seconds = timed(forward, x, args.repeats, device)
             except Exception as error:  # noqa: BLE001

@@ -156,6 +156,22 @@ def test_batchnorm_padded_batch_gives_each_image_its_own_map(random_vgg11_bn):
             assert (unmasked[slot, :, :h, :w] - alone[0]).abs().max() > 1e-3 * alone.abs().max()
 
 
+@pytest.mark.parametrize("network", ["random_vgg16", "random_vgg11_bn"])
+def test_bf16_on_the_cpu_agrees_with_fp32(network, mixed_images, padding_spy, request):
+    """--precision bf16 on a CPU (3-4x faster where it has AMX, RESULTS.md): every image's descriptor
+    within the issue's cosine of 0.999 to fp32's, batches padded, BatchNorm too; the file records it."""
+    network = request.getfixturevalue(network)
+    options = {"scales": [224, 256], "flip": True, "batch_size": 8, "device": "cpu"}
+    exact, half = Extractor(network, **options), Extractor(network, precision="bf16", **options)
+    expected, actual = exact.describe(mixed_images), half.describe(mixed_images)
+    assert any(padding_spy)
+    assert actual.dtype == np.float32 and np.isfinite(actual).all()
+    cosine = (actual * expected).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.999, cosine
+    assert np.abs(actual - expected).max() > 0, "bf16 gave fp32's numbers: it did not run in bf16"
+    assert (exact.config()["precision"], half.config()["precision"]) == ("fp32", "bf16")
+
+
 # --------------------------------------------------------------------------- flips, scales, aggregation
 
 

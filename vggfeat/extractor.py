@@ -188,7 +188,7 @@ class Extractor:
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = resolve_precision(precision, self.device)
-        self._runner = _runner(self.network, self.device, precision)
+        self._runner = _runner(self.network, precision)
         self.layer, self.pooling, self.aggregate, self.flip = layer, pooling, aggregate, bool(flip)
         self.resize_side, self.gem_p = resize_side, float(gem_p)
         # The common fast setting: one 224x224 view per scale instead of the whole image.
@@ -527,13 +527,14 @@ def _collected(chunk: Chunk) -> Chunk:
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG:
-    """The network as it runs: in channels_last, and on CUDA in half precision a cast copy of it.
+def _runner(network: DenseVGG, precision: str) -> DenseVGG:
+    """The network as it runs: in channels_last, and in half precision a cast copy of it.
 
     channels_last suits cuDNN's and oneDNN's convolutions (VGG16 on 2 CPU cores: 1.56x faster).
-    Casting the weights once beats autocast, which re-casts all 138M of them on every batch.
+    Casting the weights once beats autocast, which re-casts all 138M of them on every batch (the
+    paper's setting on a CPU with AMX, bf16: 1.23x faster end to end, RESULTS.md).
     """
-    dtype = _HALF.get(precision) if device.type == "cuda" else None
+    dtype = _HALF.get(precision)
     runner = copy.deepcopy(network).to(dtype=dtype) if dtype else network
     return runner.to(memory_format=torch.channels_last)
 
@@ -541,8 +542,7 @@ def _runner(network: DenseVGG, device: torch.device, precision: str) -> DenseVGG
 @contextlib.contextmanager
 def _precision(precision: str, device: torch.device, autotune: bool = False) -> Iterator[None]:
     if device.type != "cuda":
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            yield
+        yield
         return
     # PyTorch lets cuDNN use TF32 by default; "fp32" means full fp32 here.
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark

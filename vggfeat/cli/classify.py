@@ -52,6 +52,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{len(images):,} images")
     say(options.describe_settings(classifier, len(images)))
+    options.advise_precision(classifier, precision, say)
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
     with options.progress_bar(quiet, total=len(images), unit="images", desc=f"{model} {setting}") as bar:

@@ -117,6 +117,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
     _announce(job, extractor, dtype, say, devices)
+    options.advise_precision(extractor, precision, say)
     result = _running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "

@@ -23,7 +23,7 @@ from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, resolve_device
+from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_computes_bf16, resolve_device
 from ..weights import ARCHITECTURES
 
 
@@ -250,6 +250,13 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
             f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
             + (", JPEG draft" if extractor.jpeg_draft else "") + "".join(f", {name}" for name in tuning))
+
+
+def advise_precision(extractor: Extractor, precision: str, say: Callable[..., None]) -> None:
+    """Where fp32 was chosen by default on a CPU that computes bf16 in hardware, say what bf16 gives."""
+    if precision == "auto" and extractor.device.type == "cpu" and extractor.precision == "fp32" and cpu_computes_bf16():
+        say("note: this CPU computes bf16 in hardware (AMX): --precision bf16 runs the network 3-4x faster, its "
+            "descriptors within a cosine of 0.99999 of fp32's (README, Speed)")
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
