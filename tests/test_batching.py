@@ -103,6 +103,7 @@ def long_run_extractor(random_vgg16, monkeypatch):
     import vggfeat.extractor
 
     monkeypatch.setattr(vggfeat.extractor, "LONG_RUN_IMAGES", 3)
+    monkeypatch.setattr(vggfeat.extractor, "CPU_COMPILE_IMAGES", 3)
 
     def extractor(run: int | None = None, cuda: bool = True, decoder: str | None = None, **options) -> Extractor:
         made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, **options)
@@ -164,14 +165,16 @@ def compiled_batches(monkeypatch, extractor: Extractor, fail: bool = False) -> l
 
 def test_compiles_full_batches_of_long_runs_on_a_gpu(random_vgg16, monkeypatch, images):
     """torch.compile costs seconds per batch shape: as autotuning, only full batches of long runs,
-    and with "auto" only on a GPU (on the CPU it gained nothing measurable). Batches that are not
-    compiled give the very same descriptors."""
+    and with "auto" only on a GPU, or on a CPU in bf16 (in fp32 it gained nothing measurable there).
+    Batches that are not compiled give the very same descriptors."""
     extractor = long_run_extractor(random_vgg16, monkeypatch)
     batch = tuning_batch
     auto = extractor(3, compile="auto")
     assert auto._compiling
     assert not extractor(2, compile="auto")._compiling
     assert not extractor(3, cuda=False, compile="auto")._compiling
+    assert extractor(3, cuda=False, compile="auto", precision="bf16")._compiling
+    assert not extractor(2, cuda=False, compile="auto", precision="bf16")._compiling
     assert not extractor(3, compile="off")._compiling
     assert extractor(cuda=False, compile="on")._compiling
     with pytest.raises(VggfeatError, match="unknown compile 'always'"):

@@ -57,6 +57,10 @@ PROCESS_WORKERS = 16
 # with cuDNN's heuristic choice.
 TUNED_SHAPES = 8
 LONG_RUN_IMAGES = 50_000
+# On a CPU, torch.compile pays in bf16 only: with AMX, the network 1.24-1.37x faster and one crop
+# 1.41x end to end, for about 15 s of compiling per shape, repaid within a thousand images or so a
+# shape; in fp32 the network is 1.03x faster (RESULTS.md). With "auto", runs of this many images.
+CPU_COMPILE_IMAGES = 5_000
 # Chunks whose work is queued before the oldest is collected: with 2, the GPU works on one chunk
 # while the host gathers the next, and idles whenever gathering takes longer than that chunk's
 # work. More absorb the host's uneven pace (decoding stalls, the writing thread) for the GPU
@@ -145,7 +149,8 @@ class Extractor:
             :meth:`iter_chunks` (and the CLI's runs) over at least 50,000 images.
         compile: run full batches through ``torch.compile`` (each convolution's bias and ReLU
             become one pass over its output): faster batches on a GPU after seconds of compiling
-            per batch shape, up to 8 shapes; ``on``, ``off``, or ``auto``: on a GPU, as ``autotune``.
+            per batch shape, up to 8 shapes; ``on``, ``off``, or ``auto``: on a GPU, as ``autotune``;
+            on a CPU, in bf16 only (in fp32 it gains nothing there), in runs of 5,000 images or more.
             Where compiling fails (no C compiler for Triton, say), ``auto`` warns and runs uncompiled.
     """
 
@@ -301,7 +306,8 @@ class Extractor:
     def plan_run(self, images: int) -> RunPlan:
         """How a run over ``images`` images goes: where the options say ``auto``, long runs (50,000
         images or more) autotune, and on a GPU compile and decode in processes, whose fixed costs
-        (minutes of tuning, seconds of starting) they repay."""
+        (minutes of tuning, seconds of starting) they repay; on a CPU, runs in bf16 of 5,000 images
+        or more compile."""
         long_run = images >= LONG_RUN_IMAGES
         cuda = self.device.type == "cuda"
         long_gpu_run = long_run and cuda
@@ -313,7 +319,8 @@ class Extractor:
             processes=processes, workers=workers,
             # Never with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26).
             autotune=cuda and self.decoder != "nvjpeg" and (self.autotune == "on" or (self.autotune == "auto" and long_run)),
-            compile=self.compile == "on" or (self.compile == "auto" and long_gpu_run),  # CPU: 1.03x (RESULTS.md)
+            compile=self.compile == "on" or (self.compile == "auto" and (long_gpu_run or (
+                not cuda and self.precision == "bf16" and images >= CPU_COMPILE_IMAGES))),
         )
 
     def _start_run(self, images: int) -> RunPlan:
