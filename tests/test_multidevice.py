@@ -157,6 +157,10 @@ def test_a_machines_shard_on_several_devices_merges_with_the_other_shards(tmp_pa
     assert "shard 1/2: 8 of the 16 images" in err and "on cpu, cpu (a process each)" in err
     assert "4 blocks of 2 images or more" in err and "8 descriptors (64-d float32), 0 failed" in err
     assert run_main([*shard, tmp_path / "second.h5", "--shard", "2/2", "-q"])[0] == 0
+    # A collection smaller than its shards: an empty one, written and merged as any other.
+    write_plain_folder(tmp_path / "one", 1)
+    code, _, err = run_main(["extract", tmp_path / "one", tmp_path / "empty.h5", *CHEAP, "--shard", "1/2", *TWO_CPUS])
+    assert code == 0 and "0 descriptors (64-d float32), 0 failed; no image to describe" in err, err
     first = read_output(tmp_path / "first.h5")
     collection = find_images(tmp_path / "images")
     assert (first["attrs"]["shard_index"], first["attrs"]["shard_count"]) == (1, 2)
