@@ -20,13 +20,14 @@
 #   bash benchmarks/gpu_checks.sh draft      # --jpeg-draft: 12 Mpx photos read by 16 threads and processes, whole and drafted
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
+#   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
+case ${1:?name a step: first, reading, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -42,6 +43,15 @@ first)
     timeout 240 $bench ${single/20000/40000} --naive-count 4 --decode-in processes --compile --worker-niceness 10,0 || echo "(exit $?)"
     # Does a third chunk in flight absorb the host's uneven pace (ninth session: GPU busy 77%)?
     timeout 160 $bench ${single/20000/40000} --naive-count 4 --decode-in processes --compile --chunks-in-flight 3 || echo "(exit $?)" ;;
+reading)
+    # The ninth session read 4,220 photos/s with 16 decoding processes, about a third of what 16
+    # cores decode at one core's rate (bench_decode, this machine). Is the ceiling the decoder, or
+    # what is around it (reading files, the processes' copies and hand-over, the upload)? One core's
+    # cost per photo, then reading alone, threads against processes, onto the GPU and left on the
+    # host; bench_reader also says how many cores were busy and this process's CPU per image.
+    timeout 90 $python benchmarks/bench_decode.py --count 64 --passes 3 --photo || echo "(exit $?)"
+    timeout 150 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
+    timeout 90 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision --device cpu || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
@@ -113,6 +123,6 @@ blocks)
     timeout 400 $python benchmarks/bench_blocks.py --devices cuda:0,cuda:0 --even --count 16384 --scales 224 \
         --center-crop --workers 8 --decode-in processes || echo "(exit $?)" ;;
 *)
-    echo "unknown step $1: first, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
+    echo "unknown step $1: first, reading, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
     exit 2 ;;
 esac
