@@ -120,8 +120,9 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     options.advise_precision(extractor, precision, say)
     result = _running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; "
-        f"{_work_done(result.computed, result.seconds, ', '.join(devices) if len(devices) > 1 else str(extractor.device)) if job.total else 'no image to describe'}")
+    where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
+    work = _work_done(result.computed, result.seconds, where) if job.total else "no image to describe"  # an empty shard
+    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
