@@ -17,7 +17,7 @@ from runhelpers import (FAST, assert_same_output, children, crash_on_part, error
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
 from vggfeat.multidevice import MultiDeviceJob, block_count
-from vggfeat.store import shards_folder, work_progress
+from vggfeat.store import shards_folder, work_folder, work_progress
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
 TWO_CPUS = ["--device", "cpu,cpu"]  # after FAST's --device cpu: the last one counts
@@ -204,6 +204,51 @@ def test_a_run_resumes_in_its_blocks_on_another_number_of_devices(tmp_path, monk
     result = job.run()
     assert (result.rows, result.computed) == (8, 5)
     assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
+
+
+def test_a_run_on_several_devices_resumes_on_one(tmp_path):
+    """A batch system gives the next job one GPU: the same command on one device goes on with the
+    interrupted run's blocks, one after another, rather than describe every image again beside them."""
+    write_plain_folder(tmp_path / "images", 8)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    shards = shards_folder(output)
+    shards.mkdir()
+    ExtractionJob(cheap_extractor(), images.shard(1, 4), shards / "shard-1-of-4.h5").run()
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
+    assert code == 0, err
+    assert "the interrupted run on several devices goes on here, its 4 blocks one after another" in err
+    assert "resuming: 2 of 8 images were done by an interrupted run" in err and "6 images in" in err
+    assert_same_output(read_output(output), _one_run(cheap_extractor(), images, tmp_path), atol=1e-5)
+    assert not shards.exists() and not work_folder(output).exists()
+
+
+def test_a_run_on_a_number_of_devices_its_work_cannot_take_is_refused_or_discarded(tmp_path, monkeypatch):
+    """A run interrupted on one device keeps parts of the whole collection, which blocks cannot
+    take: several devices refuse it, saying how to resume it, and --overwrite discards it. An
+    ExtractionJob refuses the blocks of a run on several devices in the same way."""
+    write_plain_folder(tmp_path / "images", 4)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ExtractionJob(cheap_extractor(), images, output, part_images=1).run()
+    monkeypatch.undo()
+    args = ["extract", tmp_path / "images", output, *CHEAP, *TWO_CPUS]
+    code, _, err = run_main(args)
+    assert code == 2 and "out.h5.parts holds a run on one device that was interrupted: run the same command on one " \
+                          "device to resume it, or pass --overwrite to discard it" in error_line(err)
+    assert work_progress(output) == (1, 4) and not output.exists()
+    code, _, err = run_main([*args, "--overwrite"])
+    assert code == 0 and "4 images in" in err, err
+    assert not work_folder(output).exists() and not shards_folder(output).exists()
+
+    output.unlink()
+    shards_folder(output).mkdir()
+    ExtractionJob(cheap_extractor(), images.shard(2, 2), shards_folder(output) / "shard-2-of-2.h5").run()
+    with pytest.raises(VggfeatError, match=r"out.h5.shards holds a run on several devices that was interrupted: resume it "
+                                           r"with MultiDeviceJob, on any number of devices, or pass overwrite"):
+        ExtractionJob(cheap_extractor(), images, output)
+    ExtractionJob(cheap_extractor(), images, output, overwrite=True).run()
+    assert not shards_folder(output).exists() and read_output(output)["paths"] == list(images.paths)
 
 
 def test_sigterm_stops_every_shard_keeping_their_parts(tmp_path):

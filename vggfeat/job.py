@@ -32,8 +32,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, images_held, list_parts, lock_folder, open_h5,
-                    replace_durably, shards_folder, work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, discard_work, images_held, interrupted_on_several,
+                    list_parts, lock_folder, open_h5, replace_durably, shards_folder, work_folder, write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -105,6 +105,11 @@ class ExtractionJob:
         # finished: the same command then just writes the output from the parts again and tidies up.
         if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
             raise VggfeatError(_ALREADY_EXISTS.format(self.output))
+        if interrupted_on_several(self.output):  # one run here would describe its images again beside it
+            if not overwrite:
+                raise VggfeatError(f"{shards_folder(self.output)} holds a run on several devices that was interrupted: "
+                                   "resume it with MultiDeviceJob, on any number of devices, or pass overwrite to discard it")
+            discard_work(shards_folder(self.output), self.output)
         # Why no lock keeps a second run from writing the same output at once, if none can.
         self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)

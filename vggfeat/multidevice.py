@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import shutil
 import signal
 import threading
@@ -35,9 +34,9 @@ from .extractor import Extractor
 from .job import DTYPES, ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import merge_shards
 from .network import DenseVGG
-from .store import check_output_path, lock_folder, open_h5, shards_folder, work_progress
+from .store import (SHARD_FILE, check_output_path, discard_work, interrupted_on_one, interrupted_on_several, lock_folder,
+                    open_h5, shards_folder, work_folder, work_progress)
 
-_SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.h5(\.parts)?$")
 # A device gets several blocks only where each holds this many images or more: every block pays
 # its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet
 # measured on a GPU), and runs shorter than about this do without cuDNN's autotuning and
@@ -55,7 +54,9 @@ _POLL_SECONDS = 1.0
 class MultiDeviceJob:
     """Extract ``images`` with ``extractor``'s options on each of ``devices`` at once into ``output``.
     Where ``images`` is a shard of a collection (``--shard K/N`` on each of several machines),
-    ``output`` is that shard's file, as one device would write it.
+    ``output`` is that shard's file, as one device would write it. One device is enough to resume
+    an interrupted run; an interrupted run on one device (``OUTPUT.parts``) is refused, and
+    discarded with ``overwrite``.
 
     ``extractor`` is built on the first device (it checks the options and fetches the weights once,
     before the processes start); each process builds its own from ``extractor.arguments``, so
@@ -78,8 +79,9 @@ class MultiDeviceJob:
         part_images: int = 4096,
         provenance: dict | None = None,
     ) -> None:
-        if len(devices) < 2:
-            raise VggfeatError("a multi-device extraction needs two devices or more; ExtractionJob runs on one")
+        if len(devices) < 2 and not interrupted_on_several(Path(output)):
+            raise VggfeatError("a multi-device extraction needs two devices or more (or one, to resume one); "
+                               "ExtractionJob runs on one")
         if isinstance(extractor.arguments["model"], DenseVGG):
             raise VggfeatError("each device's process builds its own network: make the extractor from an architecture "
                                "name (and weights), not from a loaded network")
@@ -99,6 +101,11 @@ class MultiDeviceJob:
         self.shard_files = [self.work / f"shard-{k}-of-{self.blocks}.h5" for k in range(1, self.blocks + 1)]
         if self.output.exists() and not overwrite and not self._merged_but_left_its_shards():
             raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
+        if interrupted_on_one(self.output):  # its parts cannot be cut into blocks
+            if not overwrite:
+                raise VggfeatError(f"{work_folder(self.output)} holds a run on one device that was interrupted: run the "
+                                   "same command on one device to resume it, or pass --overwrite to discard it")
+            discard_work(work_folder(self.output), self.output)
         self._lock = self._open_work_folder()
         self.done = sum(self._held(path) for path in self.shard_files)
 
@@ -194,7 +201,7 @@ class MultiDeviceJob:
 
     def _interrupted_blocks(self) -> int | None:
         """The number of blocks of the interrupted run whose shards the folder holds, if all are of one."""
-        counts = {int(match[2]) for match in map(_SHARD_FILE.match, _entries(self.work)) if match}
+        counts = {int(match[2]) for match in map(SHARD_FILE.match, _entries(self.work)) if match}
         return counts.pop() if len(counts) == 1 else None
 
     def _open_work_folder(self):
@@ -202,13 +209,13 @@ class MultiDeviceJob:
         work) is ours; shards of runs in another number of blocks are removed only with --overwrite."""
         self.work.mkdir(exist_ok=True)
         entries = _entries(self.work)
-        if any(not _SHARD_FILE.match(entry) for entry in entries):
+        if any(not SHARD_FILE.match(entry) for entry in entries):
             raise VggfeatError(f"{self.work} exists but is not a vggfeat shards folder; move it away or remove it")
         lock, self.unlocked_because = lock_folder(self.work, self.output)
-        others = sorted(entry for entry in entries if int(_SHARD_FILE.match(entry)[2]) != self.blocks)
+        others = sorted(entry for entry in entries if int(SHARD_FILE.match(entry)[2]) != self.blocks)
         if others and not self.overwrite:
             lock.close()
-            counts = sorted({int(_SHARD_FILE.match(entry)[2]) for entry in entries})
+            counts = sorted({int(SHARD_FILE.match(entry)[2]) for entry in entries})
             raise VggfeatError(f"{self.work} holds the shards of interrupted runs in {' and '.join(map(str, counts))} "
                                "blocks: pass --overwrite to discard them")
         for entry in others:

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from .errors import VggfeatError
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
+# A block's file in a shards folder (multidevice), or the folder of its parts.
+SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.h5(\.parts)?$")
 # The datasets of the schema above, all of which a finished extraction writes.
 SCHEMA_DATASETS = ("features", "paths", "labels", "classes", "sizes", "failed/paths", "failed/errors")
 _CHUNK_BYTES = 2**20  # rows per HDF5 chunk: about 1 MiB, good for reading rows in order or in slices
@@ -86,6 +89,28 @@ def work_folder(output: Path) -> Path:
 def shards_folder(output: Path) -> Path:
     """Where an extraction on several devices into ``output`` keeps its shards until they are merged."""
     return output.with_name(output.name + ".shards")
+
+
+def interrupted_on_one(output: Path) -> bool:
+    """Whether ``OUTPUT.parts/`` holds a run on one device (ExtractionJob) that was interrupted."""
+    return (work_folder(output) / "manifest.json").is_file()
+
+
+def interrupted_on_several(output: Path) -> bool:
+    """Whether ``OUTPUT.shards/`` holds a run on several devices (MultiDeviceJob) that was interrupted."""
+    try:
+        return any(SHARD_FILE.match(entry) for entry in os.listdir(shards_folder(output)))
+    except FileNotFoundError:
+        return False
+
+
+def discard_work(folder: Path, output: Path) -> None:
+    """Remove an interrupted run's work folder (``--overwrite``); refused while a run holds its lock."""
+    lock, _ = lock_folder(folder, output)
+    try:
+        shutil.rmtree(folder)
+    finally:
+        lock.close()
 
 
 def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:

@@ -14,6 +14,7 @@ from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
 from ..multidevice import MultiDeviceJob
+from ..store import interrupted_on_several
 from ..update import OutputUpdate, check_rewritable
 from . import options
 
@@ -108,7 +109,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         _update(extractor, described, output, dtype, part_size, quiet, rewrite)
         return
     provenance = {"command": options.command_line()}
-    if len(devices) > 1:
+    if len(devices) > 1 or (interrupted_on_several(output) and not overwrite):  # one device resumes it too
         job = MultiDeviceJob(extractor, devices, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
                              provenance=provenance)
     else:
@@ -133,7 +134,9 @@ def _announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: 
               devices: tuple[str, ...] = ()) -> None:
     """What the job will do, before it does it."""
     say(options.describe_settings(extractor, job.total - job.done, devices))
-    if isinstance(job, MultiDeviceJob) and job.blocks > len(devices):
+    if isinstance(job, MultiDeviceJob) and len(devices) == 1:
+        say(f"the interrupted run on several devices goes on here, its {job.blocks} blocks one after another")
+    elif isinstance(job, MultiDeviceJob) and job.blocks > len(devices):
         say(f"{job.blocks} blocks of {job.total // job.blocks:,} images or more: each device takes the next one left "
             "as it finishes one")
     if job.done:
