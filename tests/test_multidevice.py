@@ -214,6 +214,9 @@ def test_a_run_on_several_devices_resumes_on_one(tmp_path):
     shards = shards_folder(output)
     shards.mkdir()
     ExtractionJob(cheap_extractor(), images.shard(1, 4), shards / "shard-1-of-4.h5").run()
+    code, _, err = run_main(["info", output])
+    assert code == 2 and ("out.h5 is not written yet: an interrupted or running extraction on several devices has "
+                          "finished 1 of its 4 blocks, and holds 2 images") in error_line(err)
     code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
     assert code == 0, err
     assert "the interrupted run on several devices goes on here, its 4 blocks one after another" in err

@@ -34,8 +34,8 @@ from .extractor import Extractor
 from .job import DTYPES, ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import merge_shards
 from .network import DenseVGG
-from .store import (SHARD_FILE, check_output_path, discard_work, interrupted_on_one, interrupted_on_several, lock_folder,
-                    open_h5, shards_folder, work_folder, work_progress)
+from .store import (SHARD_FILE, check_output_path, discard_work, images_in_block, interrupted_on_one,
+                    interrupted_on_several, lock_folder, open_h5, shards_folder, work_folder)
 
 # A device gets several blocks only where each holds this many images or more: every block pays
 # its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet
@@ -107,7 +107,7 @@ class MultiDeviceJob:
                                    "same command on one device to resume it, or pass --overwrite to discard it")
             discard_work(work_folder(self.output), self.output)
         self._lock = self._open_work_folder()
-        self.done = sum(self._held(path) for path in self.shard_files)
+        self.done = sum(images_in_block(path) for path in self.shard_files)
 
     @property
     def total(self) -> int:
@@ -174,17 +174,6 @@ class MultiDeviceJob:
             raise VggfeatError(f"{'; '.join(failures)}. The other shards stopped; their work is kept in {self.work}: "
                                "run the same command to resume")
         return run.computed
-
-    def _held(self, path: Path) -> int:
-        """Images that a shard's file (finished) or its parts (interrupted) hold."""
-        if path.exists():
-            try:
-                with open_h5(path) as f:
-                    return f["features"].shape[0] + f["failed/paths"].shape[0] if f.attrs.get("complete") else 0
-            except (OSError, KeyError):
-                return 0
-        progress = work_progress(path)
-        return progress[0] if progress else 0
 
     def _merged_but_left_its_shards(self) -> bool:
         """Is the output the merge of this folder's shards, killed before it removed them?"""

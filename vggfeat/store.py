@@ -104,6 +104,33 @@ def interrupted_on_several(output: Path) -> bool:
         return False
 
 
+def shards_progress(output: Path) -> tuple[int, int, int] | None:
+    """(blocks finished, blocks, images that their files and parts hold) of the run on several
+    devices into ``output`` that is running or was interrupted; None where there is none."""
+    try:
+        names = [name for name in os.listdir(shards_folder(output)) if SHARD_FILE.match(name)]
+    except FileNotFoundError:
+        return None
+    if not names:
+        return None
+    blocks = max(int(SHARD_FILE.match(name)[2]) for name in names)
+    files = [shards_folder(output) / f"shard-{k}-of-{blocks}.h5" for k in range(1, blocks + 1)]
+    finished = sum(1 for path in files if path.exists() and images_in_block(path))
+    return finished, blocks, sum(map(images_in_block, files))
+
+
+def images_in_block(path: Path) -> int:
+    """Images that a block's file (finished) or its parts (interrupted) hold."""
+    if path.exists():
+        try:
+            with open_h5(path) as f:
+                return f["features"].shape[0] + f["failed/paths"].shape[0] if f.attrs.get("complete") else 0
+        except (OSError, KeyError):
+            return 0
+    progress = work_progress(path)
+    return progress[0] if progress else 0
+
+
 def discard_work(folder: Path, output: Path) -> None:
     """Remove an interrupted run's work folder (``--overwrite``); refused while a run holds its lock."""
     lock, _ = lock_folder(folder, output)

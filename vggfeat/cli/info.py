@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
-from ..store import read_info, work_folder, work_progress
+from ..store import read_info, shards_folder, shards_progress, work_folder, work_progress
 from ..update import MODES
 
 
@@ -24,6 +24,12 @@ def info(file: Path, as_json: bool) -> None:
             done = f" has done {progress[0]:,} of {progress[1]:,} images and" if progress else ""
             raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction{done} keeps its work in "
                                f"{work}; run the same extract command to finish it")
+        blocks = shards_progress(file)
+        if blocks:
+            finished, count, held = blocks
+            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction on several devices has "
+                               f"finished {finished} of its {count} blocks, and holds {held:,} images, in "
+                               f"{shards_folder(file)}; run the same extract command, on any number of devices, to finish it")
         raise VggfeatError(f"file not found: {file}")
     try:
         summary = read_info(file)
