@@ -7,6 +7,7 @@ from the device and the libraries installed.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 
 import torch
@@ -37,12 +38,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has AMX (Intel Xeon of the 4th generation and later), whose tiles compute
-    bf16 matrix products in hardware: there the network runs 3-4x faster in bf16 than in fp32
-    (RESULTS.md). ``auto`` precision stays fp32 on a CPU; the CLI says so where bf16 would pay."""
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; a torch without it: no
-    return bool(has_amx()) if has_amx else False
+def cpu_bf16_speed() -> str:
+    """How bf16 compares with fp32 on this CPU: ``faster`` with AMX (Intel Xeon of the 4th
+    generation and later), whose tiles compute bf16 matrix products: the network 3-4x as fast;
+    ``slower`` on other x86 CPUs, where it is converted from and to fp32: 0.15-0.71x as fast, AVX2
+    to AVX512-BF16 (RESULTS.md); ``unknown`` elsewhere (ARM's own bf16 instructions, untried).
+    ``auto`` precision stays fp32 on a CPU; the CLI says which way bf16 would go."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "unknown"
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; a torch without it: unknown
+    if has_amx is None:
+        return "unknown"
+    return "faster" if has_amx() else "slower"
 
 
 def resolve_decoder(decoder: str) -> str:

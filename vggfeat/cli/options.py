@@ -23,7 +23,7 @@ from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_computes_bf16, resolve_device
+from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, resolve_device
 from ..weights import ARCHITECTURES
 
 
@@ -254,10 +254,17 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
 
 
 def advise_precision(extractor: Extractor, precision: str, say: Callable[..., None]) -> None:
-    """Where fp32 was chosen by default on a CPU that computes bf16 in hardware, say what bf16 gives."""
-    if precision == "auto" and extractor.device.type == "cpu" and extractor.precision == "fp32" and cpu_computes_bf16():
+    """On a CPU, which way bf16 goes: where fp32 was the default and bf16 is faster, say so; where
+    bf16 was asked for and is slower, warn."""
+    if extractor.device.type != "cpu":
+        return
+    speed = cpu_bf16_speed()
+    if precision == "auto" and speed == "faster":
         say("note: this CPU computes bf16 in hardware (AMX): --precision bf16 runs the network 3-4x faster, its "
             "descriptors within a cosine of 0.99999 of fp32's (README, Speed)")
+    elif extractor.precision == "bf16" and speed == "slower":
+        say("WARNING: this CPU has no AMX, so bf16 is converted from and to fp32: the network runs several times "
+            "slower than in fp32 (README, Speed); --precision fp32 is faster here", fg="yellow")
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
