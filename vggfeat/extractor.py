@@ -28,7 +28,8 @@ from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
 from .reading import ImageReader, Reduced
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
-from .settings import check_choice, check_options, check_scales, resolve_decoder, resolve_device, resolve_precision
+from .settings import (check_choice, check_options, check_scales, cpu_bf16_speed, resolve_decoder, resolve_device,
+                       resolve_precision)
 
 PAPER_SCALES = (256, 384, 512)
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
@@ -57,9 +58,10 @@ PROCESS_WORKERS = 16
 # with cuDNN's heuristic choice.
 TUNED_SHAPES = 8
 LONG_RUN_IMAGES = 50_000
-# On a CPU, torch.compile pays in bf16 only: with AMX, the network 1.24-1.37x faster and one crop
-# 1.41x end to end, for about 15 s of compiling per shape, repaid within a thousand images or so a
-# shape; in fp32 the network is 1.03x faster (RESULTS.md). With "auto", runs of this many images.
+# On a CPU, torch.compile pays in bf16 with AMX (measured there only): the network 1.24-1.37x
+# faster and one crop 1.41x end to end, for about 15 s of compiling per shape, repaid within a
+# thousand images or so a shape; in fp32 the network is 1.03x faster (RESULTS.md). With "auto",
+# runs of this many images.
 CPU_COMPILE_IMAGES = 5_000
 # Chunks whose work is queued before the oldest is collected: with 2, the GPU works on one chunk
 # while the host gathers the next, and idles whenever gathering takes longer than that chunk's
@@ -150,7 +152,7 @@ class Extractor:
         compile: run full batches through ``torch.compile`` (each convolution's bias and ReLU
             become one pass over its output): faster batches on a GPU after seconds of compiling
             per batch shape, up to 8 shapes; ``on``, ``off``, or ``auto``: on a GPU, as ``autotune``;
-            on a CPU, in bf16 only (in fp32 it gains nothing there), in runs of 5,000 images or more.
+            on a CPU with AMX, in bf16 only (in fp32 it gains nothing there), in runs of 5,000 images or more.
             Where compiling fails (no C compiler for Triton, say), ``auto`` warns and runs uncompiled.
     """
 
@@ -320,7 +322,7 @@ class Extractor:
             # Never with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26).
             autotune=cuda and self.decoder != "nvjpeg" and (self.autotune == "on" or (self.autotune == "auto" and long_run)),
             compile=self.compile == "on" or (self.compile == "auto" and (long_gpu_run or (
-                not cuda and self.precision == "bf16" and images >= CPU_COMPILE_IMAGES))),
+                not cuda and self.precision == "bf16" and images >= CPU_COMPILE_IMAGES and cpu_bf16_speed() == "faster"))),
         )
 
     def _start_run(self, images: int) -> RunPlan:
