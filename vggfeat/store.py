@@ -115,8 +115,8 @@ def shards_progress(output: Path) -> tuple[int, int, int] | None:
         return None
     blocks = max(int(SHARD_FILE.match(name)[2]) for name in names)
     files = [shards_folder(output) / f"shard-{k}-of-{blocks}.h5" for k in range(1, blocks + 1)]
-    finished = sum(1 for path in files if path.exists() and images_in_block(path))
-    return finished, blocks, sum(map(images_in_block, files))
+    held = [images_in_block(path) for path in files]
+    return sum(1 for path, images in zip(files, held) if path.exists() and images), blocks, sum(held)
 
 
 def images_in_block(path: Path) -> int:
