@@ -11,6 +11,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, run_main,
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
@@ -48,16 +49,18 @@ def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
     """Not the whole list of images to each device's process (10 million paths are about 1 GiB of
     memory in each), nor a digest of the whole collection to work out again there."""
     write_plain_folder(tmp_path / "images", 7)
-    images, sent = find_images(tmp_path / "images"), []
+    images, sent, threads = find_images(tmp_path / "images"), [], []
     start = multiprocessing.context.SpawnProcess.start
 
     def recording_start(process):
         sent.append(process._args[3][1])  # its first block: (k, images, file)
+        threads.append(process._args[-1])
         start(process)
 
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", recording_start)
     MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, tmp_path / "out.h5").run()
     assert [shard.paths for shard in sent] == [images.paths[:3], images.paths[3:]]
+    assert threads == [max(1, torch.get_num_threads() // 2)] * 2  # the CPU's cores shared, not each all of them
     assert [shard.shard_of.index for shard in sent] == [1, 2]
     assert {shard.shard_of.collection_sha256 for shard in sent} == {images.digest()}
 

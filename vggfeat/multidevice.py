@@ -28,12 +28,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .job import DTYPES, ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import merge_shards
 from .network import DenseVGG
+from .settings import resolve_device
 from .store import (SHARD_FILE, check_output_path, discard_work, images_in_block, interrupted_on_one,
                     interrupted_on_several, lock_folder, open_h5, shards_folder, work_folder)
 
@@ -151,9 +154,14 @@ class MultiDeviceJob:
         # its own: a process killed as it writes (the out-of-memory killer) can block no other's
         # messages, as it could those of a queue they all share.
         pipes = [context.Pipe() for _ in devices]
+        # Processes on the CPU share its cores: each would otherwise run the network on all of them
+        # (two on 2 cores, 48 crops: 15.7-16.5 s, against 14.7 s with a core each).
+        on_cpu = sum(resolve_device(device).type == "cpu" for device in devices)
+        threads = max(1, torch.get_num_threads() // on_cpu) if on_cpu else None
         processes = [
             context.Process(target=_describe_blocks, name=f"vggfeat-device-{d + 1}-of-{len(devices)}", args=(
-                d, arguments, device, first, child, self.dtype, self.part_images, self.overwrite, self.provenance))
+                d, arguments, device, first, child, self.dtype, self.part_images, self.overwrite, self.provenance,
+                threads))
             for d, (device, first, (_, child)) in enumerate(zip(devices, todo, pipes))
         ]
         run = _Run(processes, [ours for ours, _ in pipes], [k for k, _, _ in todo[: len(devices)]], todo[len(devices):],
@@ -268,9 +276,10 @@ class _Run:
 
 
 def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int, ImageSet, Path], parent,
-                     dtype: str, part_images: int, overwrite: bool, provenance: dict) -> None:
+                     dtype: str, part_images: int, overwrite: bool, provenance: dict, threads: int | None) -> None:
     """Process ``number``: block ``first``, (k, its images, its file), then each block that
-    ``parent``, its end of a pipe to the parent process, gives it when asked, until None. Says
+    ``parent``, its end of a pipe to the parent process, gives it when asked, until None; on the
+    CPU, with ``threads`` of its own for the network. Says
     there (kind, value) how it goes: ("block", k) as it starts one, ("progress", images),
     ("described", images) once one is done, ("next", None) to ask for the next; last "done",
     "failed" (why) or "stopped"."""
@@ -279,6 +288,8 @@ def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    if threads and resolve_device(device).type == "cpu":
+        torch.set_num_threads(threads)
 
     def say(kind: str, value: object) -> None:
         with contextlib.suppress(OSError):  # the parent is gone (killed): there is nobody to tell
