@@ -295,7 +295,7 @@ BAD_FILES = {
     # file name: (writer, a word the ImageError message must contain, lower case)
     "corrupt.jpg": (write_corrupt, "not an image"),
     "truncated.jpg": (write_truncated_jpeg, "truncated"),
-    "empty.jpg": (write_empty, "not an image"),
+    "empty.jpg": (write_empty, "empty file"),
     "notes.png": (write_text, "not an image"),
     "tiny.png": (write_tiny, "smallest side"),
     "bomb.png": (write_bomb_png, "limit"),

@@ -137,12 +137,15 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
 
 
 def open_image_file(path: str | Path) -> BinaryIO:
-    """``path`` opened for reading, or :class:`ImageError` if it is not a regular file: a FIFO or a
-    device named like an image would make a read wait, or go on, for ever."""
+    """``path`` opened for reading, or :class:`ImageError` if it is not a regular file (a FIFO or a
+    device named like an image would make a read wait, or go on, for ever) or is empty."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO otherwise waits for a writer
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
             raise ImageError("not a regular file (a folder, FIFO or device)")
+        if status.st_size == 0:  # a download or copy that wrote nothing: say so, not "not an image"
+            raise ImageError("empty file (0 bytes)")
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:
@@ -169,6 +172,8 @@ def _reason(error: BaseException) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if type(error).__name__ == "UnidentifiedImageError" or message.startswith("cannot identify image file"):
         return "not an image, or a format Pillow cannot read"
+    if message.startswith("image file is truncated"):  # Pillow's words for a file cut short, in any format
+        return f"truncated: the file ends before the image does, as an interrupted download or copy leaves it ({message})"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
