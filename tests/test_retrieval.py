@@ -250,6 +250,26 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     assert lines[0] == ["row", "path", "label"] and lines[1][2] == "c0"
 
 
+def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    assert run_main(["index", db, tmp_path / "db.index"])[0] == 0
+    for name in ("r.csv", "m.png", "m.json"):
+        (tmp_path / name).write_text("mine")
+    search = ["search", tmp_path / "db.index", "--queries", db, tmp_path / "r.csv"]
+    code, _, err = run_main(search)
+    assert code == 2 and "r.csv already exists; pass --overwrite" in error_line(err)
+    code, _, err = run_main(["search", tmp_path / "db.index", "--queries", db, "--montage", tmp_path / "m.png"])
+    assert code == 2 and "m.png already exists; pass --overwrite" in error_line(err)
+    code, _, err = run_main(["retrieval-eval", db, "--json", tmp_path / "m.json"])
+    assert code == 2 and "m.json already exists; pass --overwrite" in error_line(err)
+    assert all((tmp_path / name).read_text() == "mine" for name in ("r.csv", "m.png", "m.json"))
+    assert run_main([*search, "--overwrite"])[0] == 0
+    assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 10 * len(X)
+    assert run_main(["retrieval-eval", db, "--json", tmp_path / "m.json", "--overwrite"])[0] == 0
+    assert json.loads((tmp_path / "m.json").read_text())["queries"] == len(X)
+
+
 def test_export_parquet(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     X, labels = clustered()

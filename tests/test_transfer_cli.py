@@ -157,6 +157,43 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
     assert "| class | support | ap_voc07_11pt | ap_area |" in (tmp_path / "ml-report" / "per_class.md").read_text()
 
 
+def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path):
+    """predict's CSV, evaluate's report and a protocol's --json: an existing file is refused before
+    any work and left as it was; --overwrite replaces it, whole."""
+    _, files = data
+    model = tmp_path / "model.h5"
+    ok(["train-svm", files["train"], model, "--C", "1"])
+    report = tmp_path / "report"
+    report.mkdir()
+    kept = {path: f"the user's own {path.name}\n" for path in
+            (tmp_path / "predictions.csv", report / "per_class.csv", tmp_path / "caltech.json")}
+    for path, text in kept.items():
+        path.write_text(text)
+    caltech = ["protocol", "caltech", files["train"], "--train-per-class", "3", "--splits", "1", "--C", "1",
+               "--json", tmp_path / "caltech.json"]
+    assert refused(["predict", model, files["test"], tmp_path / "predictions.csv"]) == (
+        f"Error: {tmp_path / 'predictions.csv'} already exists; pass --overwrite to replace it")
+    assert refused(["evaluate", model, files["test"], "--report", report]) == (
+        f"Error: {report} already holds a report (per_class.csv); pass --overwrite to replace it, or name another folder")
+    assert "caltech.json already exists; pass --overwrite" in refused(caltech)
+    assert {path: path.read_text() for path in kept} == kept
+    assert sorted(p.name for p in report.iterdir()) == ["per_class.csv"]  # nothing written beside it either
+
+    ok(["predict", model, files["test"], tmp_path / "predictions.csv", "--overwrite"])
+    ok(["evaluate", model, files["test"], "--report", report, "--overwrite"])
+    ok([*caltech, "--overwrite"])
+    assert len(read_csv(tmp_path / "predictions.csv")) == 9
+    assert [t["class"] for t in read_csv(report / "per_class.csv")] == sorted(LOOKS)
+    assert json.loads((tmp_path / "caltech.json").read_text())["splits"][0]["train"] == 9
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind
+    # A report folder with files of its own, but none of a report's, takes the report.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    ok(["evaluate", model, files["test"], "--report", other])
+    assert (other / "notes.txt").read_text() == "mine" and (other / "metrics.json").exists()
+
+
 def test_refusals(data, tmp_path):
     _, files = data
     model = tmp_path / "model.h5"

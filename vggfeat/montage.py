@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .decode import decode_image
 from .errors import ImageError
+from .store import written_atomically
 
 CAPTION = 28  # px: two lines of PIL's default font
 GAP = 6
@@ -59,7 +60,8 @@ def draw_montage(
             draw.text((left, top + tile + 2), name, fill=TEXT, font=font)
             draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else TEXT, font=font)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(output, format="PNG")
+    with written_atomically(output) as temporary:
+        canvas.save(temporary, format="PNG")
     return width, height
 
 

@@ -20,7 +20,7 @@ from .classifier import Classifier
 from .discover import ImageSet
 from .errors import VggfeatError
 from .job import STORAGE_FAILURES_TO_STOP, storage_gone, unread_in_a_row
-from .store import written_atomically
+from .store import check_new_file, written_atomically
 
 
 @dataclass
@@ -71,16 +71,6 @@ class ClassificationResult:
         self.labelled_failed += int(labelled)
         if len(self.first_failures) < 5:
             self.first_failures.append((path, reason))
-
-
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output that exists (without ``overwrite``) or cannot be written."""
-    if output.is_dir():
-        raise VggfeatError(f"output {output} is a folder; give a file name such as predictions.csv")
-    if output.exists() and not overwrite:
-        raise VggfeatError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise VggfeatError(f"folder of the output does not exist: {output.parent}")
 
 
 def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str, int]:
@@ -139,7 +129,7 @@ def classify_images(
     of them in a row: a file system gone away, rather than a file of images all failed.
     """
     output = Path(output)
-    check_output(output, overwrite)
+    check_new_file(output, overwrite)
     if not 1 <= topk <= classifier.dim:
         raise VggfeatError(f"--topk must be between 1 and {classifier.dim}, got {topk}")
     if labels and max(labels.values()) >= classifier.dim:

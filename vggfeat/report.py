@@ -7,41 +7,62 @@ precision-recall curves per class (multi-label), each titled with its metric.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display needed, none opened
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .metrics import precision_recall  # noqa: E402
+from .metrics import precision_recall
+from .store import write_text_file, written_atomically
 
 _COLUMNS = ("class", "support", "recall", "precision", "ap_voc07_11pt", "ap_area")
 
 
-def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray) -> list[Path]:
-    """Write the report files into ``folder`` (created if needed); returns their paths."""
+def report_files(folder: str | os.PathLike, multilabel: bool) -> list[Path]:
+    """The files that :func:`write_report` writes into ``folder`` for a single- or multi-label task."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics_json, table_csv, table_md = folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md"
-    metrics_json.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    plot = "precision_recall.png" if multilabel else "confusion_matrix.png"
+    return [folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md", folder / plot]
+
+
+def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray) -> list[Path]:
+    """Write the report files into ``folder`` (created if needed), each whole or not at all;
+    returns their paths (:func:`report_files`)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    multilabel = metrics["task"] != "single-label"
+    metrics_json, table_csv, table_md, plot = report_files(folder, multilabel)
+    write_text_file(metrics_json, json.dumps(metrics, indent=2) + "\n")
     columns = [c for c in _COLUMNS if c in metrics["per_class"][0]]
-    with open(table_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(metrics["per_class"])
-    table_md.write_text(_markdown(metrics, columns), encoding="utf-8")
-    if metrics["task"] == "single-label":
-        plot = folder / "confusion_matrix.png"
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(metrics["per_class"])
+    write_text_file(table_csv, table.getvalue())
+    write_text_file(table_md, _markdown(metrics, columns))
+    if multilabel:
+        plot_precision_recall(scores, targets, metrics, plot)
+    else:
         plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
                        f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
-    else:
-        plot = folder / "precision_recall.png"
-        plot_precision_recall(scores, targets, metrics, plot)
     return [metrics_json, table_csv, table_md, plot]
+
+
+def _pyplot():
+    """matplotlib's pyplot, imported only when a plot is drawn, for files only (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with written_atomically(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtitle: str) -> None:
@@ -50,7 +71,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
     rates = confusion / np.maximum(support, 1)
     n = len(classes)
     size = max(6.0, min(24.0, 3.0 + 0.35 * n))
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig, ax = _pyplot().subplots(figsize=(size, size * 0.9))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= 40:  # beyond that, names and counts would overlap: the colours still read
@@ -65,13 +86,12 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
     ax.set_ylabel("true class")
     ax.set_title(f"Confusion matrix (rows normalised)\n{subtitle}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path) -> None:
     """One precision-recall curve per class with a positive example, best area-AP first in the legend."""
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig, ax = _pyplot().subplots(figsize=(8, 7))
     rows = [(k, row) for k, row in enumerate(metrics["per_class"]) if row["ap_area"] is not None]
     rows.sort(key=lambda item: -item[1]["ap_area"])  # legend in order of AP, best first
     for k, row in rows:
@@ -88,8 +108,7 @@ def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict
     if len(rows) <= 25:
         ax.legend(fontsize=7, loc="lower left", ncol=1 if len(rows) <= 12 else 2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _markdown(metrics: dict, columns: list[str]) -> str:

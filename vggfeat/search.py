@@ -26,6 +26,7 @@ from .discover import as_utf8
 from .errors import VggfeatError
 from .features import FeatureFile
 from .index import VectorIndex
+from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
 
 if TYPE_CHECKING:
@@ -130,11 +131,11 @@ def write_results(results: Sequence[Result], output: str | os.PathLike) -> None:
     if output.suffix.lower() == ".json":
         data = [{"query": r.query, "hits": [{"rank": i + 1, "path": p, "score": float(s)}
                                             for i, (p, s) in enumerate(zip(r.paths, r.scores))]} for r in results]
-        output.write_text(json.dumps(data, indent=2) + "\n")
+        write_text_file(output, json.dumps(data, indent=2) + "\n")
         return
     if output.suffix.lower() != ".csv":
         raise VggfeatError(f"results go to a .csv or .json file, got {output.name}")
-    with open(output, "w", newline="") as f:
+    with written_atomically(output) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "rank", "path", "score"])
         for r in results:

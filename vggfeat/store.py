@@ -299,6 +299,17 @@ def check_output_path(path: Path) -> None:
         raise VggfeatError(f"folder of the output does not exist: {path.parent}")
 
 
+def check_new_file(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
+    that exists, unless ``overwrite``: no command replaces a file unasked."""
+    if path.is_dir():
+        raise VggfeatError(f"output {path} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise VggfeatError(f"folder of the output does not exist: {path.parent}")
+    if path.exists() and not overwrite:
+        raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
+
+
 def open_features_file(path: Path, what: str = "features", hint: str = "",
                        required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
@@ -369,6 +380,12 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
         replace_durably(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text_file(path: str | os.PathLike, text: str) -> None:
+    """``text`` into ``path`` as UTF-8, whole or not at all (see :func:`written_atomically`)."""
+    with written_atomically(path) as temporary:
+        temporary.write_text(text, encoding="utf-8", newline="")  # as given: a CSV's \r\n stays one
 
 
 def replace_durably(source: Path, destination: Path) -> None:

@@ -10,7 +10,6 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from .labels import (
     targets_from_file,
 )
 from .metrics import multilabel_metrics, single_label_metrics
+from .store import written_atomically
 from .svm import LinearSVM, SavedModel, load_model, save_model
 
 
@@ -118,7 +118,7 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
 
 def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
     """CSV: ``path, predicted, score:<class>...``; several predicted labels (multi-label) joined by ``;``."""
-    with open(Path(path), "w", newline="", encoding="utf-8") as f:
+    with written_atomically(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes)])
         for p, row in zip(scored.paths, scored.scores):

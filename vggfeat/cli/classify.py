@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..classifier import Classifier
-from ..predictions import ClassificationResult, check_output, classify_images, read_labels
+from ..predictions import ClassificationResult, classify_images, read_labels
+from ..store import check_new_file
 from . import options
 
 
@@ -37,7 +38,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     """
     output = options.output_of(paths, file_list)
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options.
-    check_output(output, overwrite)
+    check_new_file(output, overwrite)
     truth = read_labels(labels) if labels else None
     options.check_source(paths, file_list)
     say = options.reporter(quiet)

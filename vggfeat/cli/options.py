@@ -5,6 +5,7 @@ those commands share (finding the images, reporting progress, warning about rand
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import signal
 import sys
@@ -23,6 +24,7 @@ from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
+from ..store import check_new_file, write_text_file
 from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, resolve_device
 from ..weights import ARCHITECTURES
 
@@ -110,6 +112,26 @@ def _together(*decorators: Callable) -> Callable:
             command = decorator(command)
         return command
     return apply
+
+
+# Results also written as JSON (the evaluations), refused over an existing file unless asked.
+json_output = _together(
+    click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing --json file."),
+)
+
+
+def check_json_output(path: Path | None, overwrite: bool) -> None:
+    """Refuse, before the work, a --json file that exists (unless ``overwrite``) or cannot be written."""
+    if path:
+        check_new_file(path, overwrite)
+
+
+def write_json_output(path: Path | None, result: dict) -> None:
+    """``result`` into ``path`` (--json), if given, whole or not at all."""
+    if path:
+        write_text_file(path, json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {path}")
 
 
 # The groups every image-describing command takes, in --help order.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from .. import protocol as protocols
 from ..errors import VggfeatError
+from . import options
 from .svm import svm_options, svm_params
 
 
@@ -24,15 +24,16 @@ def protocol() -> None:
               help="Most test images per class (M), from the rest; 0 for all the rest.")
 @click.option("--splits", default=3, show_default=True, type=click.IntRange(min=1), help="Random splits.")
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+@options.json_output
 @svm_options
-def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, **options) -> None:
+def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, **svm) -> None:
     """Caltech-101/256: per split, N random training and up to M test images per class; mean class recall.
 
     FEATURES: one file of a labelled folder, or several of the same images to fuse.
     """
+    options.check_json_output(json_out, overwrite)
     result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
-                               exclude=exclude_class, **svm_params(**options))
+                               exclude=exclude_class, **svm_params(**svm))
     click.echo(f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
                f"{'up to ' + str(test_per_class) if test_per_class else 'all other'} test images per class, "
                f"{splits} split(s), seed {result['seed']}")
@@ -42,7 +43,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
         click.echo(f"| {row['split']} | {row['train']} | {row['test']} | {row['C']:g} | {row['mean_class_recall']:.4f} | {row['accuracy']:.4f} |")
     click.echo(f"mean class recall: {100 * result['mean_class_recall_mean']:.2f} ± {100 * result['mean_class_recall_std']:.2f} %"
                " (mean ± sample std over splits)")
-    _write(json_out, result)
+    options.write_json_output(json_out, result)
 
 
 @protocol.command()
@@ -50,9 +51,9 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines (several labels per path allowed).")
 @click.option("--train-list", type=click.Path(path_type=Path), help="Training paths, one a line (when one file holds both sets).")
 @click.option("--test-list", type=click.Path(path_type=Path), help="Test paths, one a line.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+@options.json_output
 @svm_options
-def voc(features, labels, train_list, test_list, json_out, **options) -> None:
+def voc(features, labels, train_list, test_list, json_out, overwrite, **svm) -> None:
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list.
@@ -64,7 +65,8 @@ def voc(features, labels, train_list, test_list, json_out, **options) -> None:
         train_paths, test_paths = _read_list(train_list), _read_list(test_list)
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
-    result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, **svm_params(**options))
+    options.check_json_output(json_out, overwrite)
+    result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, **svm_params(**svm))
     click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
     click.echo("| class | positives | AP (VOC2007 11-point) | AP (area) |")
@@ -73,7 +75,7 @@ def voc(features, labels, train_list, test_list, json_out, **options) -> None:
         cells = [f"{row[k]:.4f}" if row[k] is not None else "–" for k in ("ap_voc07_11pt", "ap_area")]
         click.echo(f"| {row['class']} | {row['support']} | {cells[0]} | {cells[1]} |")
     click.echo(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
-    _write(json_out, result)
+    options.write_json_output(json_out, result)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -83,9 +85,3 @@ def _read_list(path: Path) -> list[str]:
     if not paths:
         raise VggfeatError(f"{path} lists no paths")
     return paths
-
-
-def _write(path: Path | None, result: dict) -> None:
-    if path:
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        click.echo(f"wrote {path}")

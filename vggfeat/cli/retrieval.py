@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,15 +13,11 @@ from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
+from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
 
 RESULT_SUFFIXES = (".csv", ".json")
-
-
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
 
 
 @click.group()
@@ -37,7 +32,7 @@ def whiten() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def whiten_fit(features, output, dim, overwrite) -> None:
     """Learn PCA-whitening on every descriptor of FEATURES; write it to OUTPUT (.h5, plain arrays)."""
-    _refuse_existing(output, overwrite)
+    check_new_file(output, overwrite)
     fitted = fit_whitening(features, output, dim=dim)
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
 
@@ -56,7 +51,7 @@ def whiten_fit(features, output, dim, overwrite) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
-    _refuse_existing(output, overwrite)
+    check_new_file(output, overwrite)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
                            hnsw_m=hnsw_m, ef_search=ef_search)
@@ -80,8 +75,9 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @options.device
 @options.batch_size
 @options.workers
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or --montage file.")
 def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
-           batch_size, workers) -> None:
+           batch_size, workers, overwrite) -> None:
     """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
 
     Query images are described exactly as the database was (the index records how); a query file
@@ -93,6 +89,9 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
+    for written in (output, montage):  # refused before the queries are described
+        if written:
+            check_new_file(written, overwrite)
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
@@ -145,12 +144,13 @@ def _write_montage(results: list[Result], output: Path, base: Path, query_root: 
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
               help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk}.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
-def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out) -> None:
+@options.json_output
+def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, overwrite) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself.
 
     Without --gt: every labelled image queries all others; same class = relevant (leave one out).
     """
+    options.check_json_output(json_out, overwrite)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     with FeatureFile(features) as f:
         if whitening is not None:
@@ -174,9 +174,7 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out) 
     click.echo(f"  mAP        {result['map']:.4f}")
     for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
         click.echo(f"  {key:<10} {result[key]:.4f}")
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-        click.echo(f"wrote {json_out}")
+    options.write_json_output(json_out, result)
 
 
 @click.command("export")

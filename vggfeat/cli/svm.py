@@ -10,7 +10,9 @@ import numpy as np
 from .. import transfer
 from ..errors import VggfeatError
 from ..metrics import one_hot
-from ..svm import DEFAULT_C_GRID, LOSSES
+from ..report import report_files, write_report
+from ..store import check_new_file
+from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -84,11 +86,13 @@ def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **o
 @click.command()
 @click.argument("paths", nargs=-1, metavar="MODEL [FEATURES] OUTPUT", type=click.Path(path_type=Path))
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
-def predict(paths, features) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def predict(paths, features, overwrite) -> None:
     """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores."""
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
+    check_new_file(output, overwrite)
     scored = transfer.predict(paths[0], files, output)
     click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each")
 
@@ -98,12 +102,16 @@ def predict(paths, features) -> None:
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines: the test rows and their truth.")
 @click.option("--report", type=click.Path(path_type=Path), help="Folder for metrics.json, per-class tables and plots.")
-def evaluate(paths, features, labels, report) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier report in the --report folder.")
+def evaluate(paths, features, labels, report, overwrite) -> None:
     """Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, per-class AP, mAP."""
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES]")
     files, _ = split_files(paths[1:], features, [])
-    metrics, scored = transfer.evaluate(paths[0], files, labels)
+    model = load_model(paths[0])
+    if report:
+        _check_report_folder(report, model.svm.multilabel, overwrite)
+    metrics, scored = transfer.evaluate(model, files, labels)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
     for key, name in (("accuracy", "accuracy"), ("mean_class_recall", "mean class recall"),
                       ("map_voc07_11pt", "mAP (VOC2007 11-point)"), ("map_area", "mAP (area under PR curve)")):
@@ -111,10 +119,19 @@ def evaluate(paths, features, labels, report) -> None:
             lines.append(f"  {name:<26} {metrics[key]:.4f}")
     click.echo("\n".join(lines))
     if report:
-        from ..report import write_report  # matplotlib loads only when a report is asked for
-
         written = write_report(report, metrics, scored.scores, _indicators(scored))
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool) -> None:
+    """Refuse, before the work, a report folder that is a file, or that holds an earlier report's
+    files (unless ``overwrite``): they were named by no one."""
+    if folder.exists() and not folder.is_dir():
+        raise VggfeatError(f"--report {folder} is a file; name a folder")
+    earlier = [path.name for path in report_files(folder, multilabel) if path.exists()]
+    if earlier and not overwrite:
+        raise VggfeatError(f"{folder} already holds a report ({', '.join(earlier)}); pass --overwrite to replace "
+                           "it, or name another folder")
 
 
 def _indicators(scored: transfer.Scored) -> np.ndarray:
