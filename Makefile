@@ -1,4 +1,4 @@
-# make demo   describe a generated image set end to end (demo/features.h5)
+# make demo   describe a generated image set end to end (demo/features.h5), then train SVMs on it
 # make test   run the tests
 # make clean  remove demo output and caches (keeps .venv)
 #

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end: make a small labelled image set, describe it with the paper's defaults
-# (VGG16 fc7, dense, Q = 256,384,512 averaged, flips averaged) into demo/features.h5, show the file.
+# (VGG16 fc7, dense, Q = 256,384,512 averaged, flips averaged) into demo/features.h5, show the file,
+# then train and score linear SVMs on the descriptors (demo/model.svm.h5, demo/predictions.csv).
 #
 # Uses the ImageNet weights when they are in torch's cache or download.pytorch.org answers within
 # 5 s; otherwise says so and uses --weights random --seed 0 (a smoke test, not real features).
@@ -60,3 +61,11 @@ fi
 set -x
 time "$vggfeat" extract "$DEMO/images" "$DEMO/features.h5" --weights "$WEIGHTS" --seed 0 --overwrite
 "$vggfeat" info "$DEMO/features.h5"
+# The transfer stage: linear SVMs on the descriptors, scored on held-out images (the paper's
+# Caltech protocol, at the demo's size: 2 training images a class, the rest tested, 3 splits),
+# then one model on every image and its predictions. C is fixed: 4 images a class are too few to
+# choose it by cross-validation.
+"$vggfeat" protocol caltech "$DEMO/features.h5" --train-per-class 2 --test-per-class 0 --splits 3 --C 1
+"$vggfeat" train-svm "$DEMO/features.h5" "$DEMO/model.svm.h5" --C 1 --overwrite
+"$vggfeat" predict "$DEMO/model.svm.h5" "$DEMO/features.h5" "$DEMO/predictions.csv" --overwrite
+head -4 "$DEMO/predictions.csv"

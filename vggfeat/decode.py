@@ -173,7 +173,7 @@ def _reason(error: BaseException) -> str:
     if type(error).__name__ == "UnidentifiedImageError" or message.startswith("cannot identify image file"):
         return "not an image, or a format Pillow cannot read"
     if message.startswith("image file is truncated"):  # Pillow's words for a file cut short, in any format
-        return f"truncated: the file ends before the image does, as an interrupted download or copy leaves it ({message})"
+        return "truncated: the file ends before the image does (an interrupted download or copy?)"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
