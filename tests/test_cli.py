@@ -115,6 +115,7 @@ def test_dtype_float16(tmp_path, mixed):
     write_rgb(images / "good" / "g1.png", 224, 240, seed=1)  # the same picture as mixed's good/g1.png
     code, _, err = run_main(["extract", images, output, *CHEAP, "--dtype", "float16"])
     assert code == 0, err
+    assert "1 image, 1 class\n" in err and ": 1 descriptor (64-d float16), 0 failed; 1 image in " in err  # in the singular
     with h5py.File(output, "r") as f:
         assert f["features"].dtype == np.float16 and f["features"].chunks == (1, 64)
         assert f.attrs["dtype"] == "float16"

@@ -51,7 +51,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
     images = options.read_images(paths, file_list, root, quiet)
-    say(f"{len(images):,} images")
+    say(options.counted(len(images), "image"))
     say(options.describe_settings(classifier, len(images)))
     options.advise_precision(classifier, precision, say)
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
@@ -60,7 +60,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
                                  progress=bar.update)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {result.classified:,} images classified, {failed}, in {result.seconds:.1f} s "
+    say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}, in {result.seconds:.1f} s "
         f"on {classifier.device}")
     for path, reason in result.first_failures:
         say(f"  failed: {path}: {reason}")

@@ -103,7 +103,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if rewrite:
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
-    say(f"{len(images):,} images, {len(images.classes)} classes")
+    say(f"{options.counted(len(images), 'image')}, {options.counted(len(images.classes), 'class', 'classes')}")
     described = images.shard(*shard) if shard else images
     if rewrite:
         _update(extractor, described, output, dtype, part_size, quiet, rewrite)
@@ -123,7 +123,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
     work = _work_done(result.computed, result.seconds, where) if job.total else "no image to describe"  # an empty shard
-    say(f"wrote {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), {failed}; {work}")
+    say(f"wrote {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
@@ -169,7 +169,7 @@ def _work_done(computed: int, seconds: float, device: str) -> str:
     if not computed:
         return "every image was described by the interrupted run"
     rate = computed / seconds if seconds > 0 else 0.0
-    return f"{computed:,} images in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
+    return f"{options.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
 
 
 def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
@@ -207,7 +207,7 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
     if retry:  # every failure was described again: those left failed again
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
-        outcome = f"{result.described:,} images added, {result.dropped:,} left out"
+        outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
     work = _work_done(result.computed, result.seconds, str(extractor.device)) if result.described else "no image to describe"
-    say(f"{'wrote' if retry else 'updated'} {result.output}: {result.rows:,} descriptors ({extractor.dim}-d {dtype}), "
+    say(f"{'wrote' if retry else 'updated'} {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), "
         f"{failed}; {outcome}; {work}")

@@ -32,4 +32,4 @@ def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
         result = merge_shards(shards, output, overwrite=overwrite, progress=progress,
                               provenance={"merge_command": options.command_line()})
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    options.reporter(quiet)(f"wrote {result.output}: {result.rows:,} descriptors from {result.shards} shards, {failed}")
+    options.reporter(quiet)(f"wrote {result.output}: {options.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}")

@@ -295,6 +295,11 @@ def warn_random_weights(seed: int, consequence: str) -> None:
                 err=True, fg="yellow", bold=True)
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """``count`` things for people: "1 image", "2,048 images" (``plural``: where not noun + s)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def size_text(count: int) -> str:
     """``count`` bytes for people: 1.5 GiB, 12.0 MiB, 100 B."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
