@@ -21,13 +21,14 @@
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
 #   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
+#   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2 min)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
-case ${1:?name a step: first, reading, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
+case ${1:?name a step: first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
 first)
     # The tenth session's changes, built without a GPU, measured first: the output written as the run
     # goes (the ninth session's 40,000-image runs spent 7-9% assembling it after the last image), and
@@ -52,6 +53,17 @@ reading)
     timeout 90 $python benchmarks/bench_decode.py --count 64 --passes 3 --photo || echo "(exit $?)"
     timeout 150 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 8,16 --decoders torchvision --device cuda || echo "(exit $?)"
     timeout 90 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision --device cpu || echo "(exit $?)" ;;
+gpudecode)
+    # If reading is the ceiling because 16 cores cannot decode 5,000 photos a second: could the GPU
+    # decode them? torchvision's nvJPEG (--decoder nvjpeg) against nvImageCodec's backends, its
+    # hardware JPEG engines first, from memory. nvImageCodec is not on the machine: its wheels come
+    # in .whl/ (carry it): `pip download` as the device README says, nvidia-nvimgcodec-cu13 0.9.0.20
+    # and nvidia-nvjpeg 13.3.2.43 (29 MB together). Its wheel's nvidia/__init__.py would hide the
+    # machine's other nvidia.* packages: removed, the folder joins theirs as a namespace.
+    $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/nvidia_nvimgcodec_cu13-*.whl .whl/nvidia_nvjpeg-*.whl && rm -f /tmp/site/nvidia/__init__.py
+    PYTHONPATH=$PYTHONPATH:/tmp/site timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 \
+        --rounds 5 || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
@@ -123,6 +135,6 @@ blocks)
     timeout 400 $python benchmarks/bench_blocks.py --devices cuda:0,cuda:0 --even --count 16384 --scales 224 \
         --center-crop --workers 8 --decode-in processes || echo "(exit $?)" ;;
 *)
-    echo "unknown step $1: first, reading, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
+    echo "unknown step $1: first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
     exit 2 ;;
 esac
