@@ -115,7 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=512, help="JPEGs made")
     parser.add_argument("--batch", type=int, default=256, help="JPEGs per decode call")
-    parser.add_argument("--rounds", type=int, default=5, help="timed passes over the JPEGs")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes over the JPEGs on the GPU")
+    parser.add_argument("--cpu-rounds", type=int, default=1, help="timed passes over the JPEGs on the CPU")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device) if torch.cuda.is_available() and args.device.startswith("cuda") else None
@@ -127,7 +128,7 @@ def main() -> None:
         kilobytes = jpeg_kilobytes(paths)
     where = torch.cuda.get_device_name(device) if device is not None else "no GPU: the CPU ways only"
     print(f"{args.count} photo-like JPEGs (500x375 / 375x500, {kilobytes:.0f} KB on average) from memory, batches of "
-          f"{args.batch}, {args.rounds} rounds; {where}; torch {torch.__version__}")
+          f"{args.batch}, {args.rounds} rounds ({args.cpu_rounds} on the CPU); {where}; torch {torch.__version__}")
 
     ways: list[tuple[str, Callable[[], Decode], torch.device | None]] = [
         ("torchvision, one CPU thread (libjpeg-turbo)", torchvision_cpu, None),
@@ -142,7 +143,7 @@ def main() -> None:
         ]
     for name, make, on in ways:
         try:
-            rate, cpu_us, first = timed(make(), datas, args.batch, args.rounds, on)
+            rate, cpu_us, first = timed(make(), datas, args.batch, args.rounds if on else args.cpu_rounds, on)
         except Exception as error:  # noqa: BLE001 - a way that cannot run here is reported, the others go on
             print(f"  {name:<52} cannot run here: {type(error).__name__}: {str(error).strip().splitlines()[0][:160]}")
             continue
