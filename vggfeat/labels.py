@@ -25,6 +25,8 @@ class Targets:
     paths: list[str]  # rows to use, in this order
     y: np.ndarray  # [N] class names (single-label) or [N, K] bool indicators (multi-label)
     classes: list[str]
+    # Multi-label only: [N, K] bool, the rows that class k's SVM and AP leave out (VOC's "difficult").
+    ignore: np.ndarray | None = None
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -8,7 +8,8 @@ Two average precisions, named for what they compute:
 - ``ap_area``: the area under the precision-recall curve after making precision monotone
   (non-increasing in recall), the "all points" AP of VOC2010 onwards.
 
-Neither handles VOC's "difficult" flag: leave difficult images out of the test set instead.
+With multi-label targets, rows may be ignored per class (:func:`multilabel_metrics`): VOC's
+"difficult" images, left out of that class's AP only.
 """
 
 from __future__ import annotations
@@ -108,23 +109,30 @@ def single_label_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list[s
     }
 
 
-def multilabel_metrics(Y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
-    """Per-class AP (both kinds) and their means over classes with a positive test example."""
-    per_class = _per_class_ap(scores, np.asarray(Y_true, dtype=bool), classes)
+def multilabel_metrics(Y_true: np.ndarray, scores: np.ndarray, classes: list[str], ignore: np.ndarray | None = None) -> dict:
+    """Per-class AP (both kinds) and their means over classes with a positive test example.
+    ``ignore`` [N, K] bool leaves row i out of class k's AP where set, as VOC's evaluation leaves
+    out an image that is "difficult" for the class; each class then also says how many it left out."""
+    per_class = _per_class_ap(scores, np.asarray(Y_true, dtype=bool), classes, ignore)
     return {"task": "multi-label", "examples": len(Y_true), **_means(per_class), "per_class": per_class,
             "classes": list(classes)}
 
 
-def _per_class_ap(scores: np.ndarray, positive: np.ndarray, classes: list[str]) -> list[dict]:
-    return [
-        {
+def _per_class_ap(scores: np.ndarray, positive: np.ndarray, classes: list[str], ignore: np.ndarray | None = None
+                  ) -> list[dict]:
+    rows = []
+    for k, name in enumerate(classes):
+        kept = slice(None) if ignore is None else ~np.asarray(ignore[:, k], dtype=bool)
+        row = {
             "class": name,
-            "support": int(positive[:, k].sum()),
-            "ap_voc07_11pt": _number(ap_voc07_11pt(scores[:, k], positive[:, k])),
-            "ap_area": _number(ap_area(scores[:, k], positive[:, k])),
+            "support": int(positive[kept, k].sum()),
+            "ap_voc07_11pt": _number(ap_voc07_11pt(scores[kept, k], positive[kept, k])),
+            "ap_area": _number(ap_area(scores[kept, k], positive[kept, k])),
         }
-        for k, name in enumerate(classes)
-    ]
+        if ignore is not None:
+            row["ignored"] = int(np.count_nonzero(ignore[:, k]))
+        rows.append(row)
+    return rows
 
 
 def _means(per_class: list[dict]) -> dict:

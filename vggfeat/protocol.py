@@ -3,8 +3,8 @@
 - **Caltech-101/256** (:func:`caltech`): from one file of a labelled folder, each split draws N
   random training images per class and up to M test images per class from the rest (seeded);
   the score is the mean class recall, reported as mean ± standard deviation over the splits.
-- **VOC** (:func:`voc`): fixed train and test sets (two files, or one file and two path lists),
-  multi-label SVMs, mean average precision over the classes.
+- **VOC** (:func:`voc`): fixed train and test sets (two files, or one file and two path lists, or
+  a VOC devkit's image sets), multi-label SVMs, mean average precision over the classes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import targets_of
+from .voc import read_image_set, targets_of_set
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
@@ -98,31 +99,52 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
 
 
 def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
-        test_paths: Sequence[str] | None = None, **svm_params) -> dict:
+        test_paths: Sequence[str] | None = None, *, devkit: str | os.PathLike | None = None, train_set: str = "trainval",
+        test_set: str = "test", **svm_params) -> dict:
     """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
 
     Labels come from ``labels_csv`` (rows by path; the paths of each set taken from it) or from the
     files' own single labels. ``train_paths`` / ``test_paths`` select rows when both sets share a file.
+    With ``devkit``, a VOC devkit folder (VOCdevkit/VOC2007), the sets are its image sets
+    ``train_set`` and ``test_set`` with their labels, and an image "difficult" for a class is left
+    out of that class's SVM and AP, as VOC's evaluation leaves it out (:mod:`vggfeat.voc`).
     """
-    train = _voc_targets(train_files, labels_csv, train_paths, "training")
-    test = _voc_targets(test_files, labels_csv, test_paths, "test")
+    if devkit is not None:
+        if labels_csv is not None or train_paths is not None or test_paths is not None:
+            raise VggfeatError("a VOC devkit gives the sets and their labels: no labels file or path lists with it")
+        train = _devkit_targets(train_files, devkit, train_set, "training")
+        test = _devkit_targets(test_files, devkit, test_set, "test")
+    else:
+        train = _voc_targets(train_files, labels_csv, train_paths, "training")
+        test = _voc_targets(test_files, labels_csv, test_paths, "test")
     overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
     if overlap:
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
     train_features = load_features(train_files, paths=train.paths)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
-    svm.fit(train_features.X, train.y, classes=train.classes)
+    svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore)
     configs = train_features.configs
     del train_features
     test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")
     truth = align_to_classes(test, train.classes, multilabel=True)
-    metrics = multilabel_metrics(truth, svm.decision_function(test_features.X), train.classes)
-    return {"protocol": "voc", "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **metrics}
+    ignore = None
+    if test.ignore is not None:  # in the model's class order, as the truth
+        ignore = align_to_classes(Targets(test.paths, test.ignore, test.classes), train.classes, multilabel=True)
+    metrics = multilabel_metrics(truth, svm.decision_function(test_features.X), train.classes, ignore)
+    sets = {"devkit": str(devkit), "train_set": train_set, "test_set": test_set} if devkit is not None else {}
+    return {"protocol": "voc", **sets, "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **metrics}
 
 
 def _predict_rows(svm: LinearSVM, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``svm.predict(X[rows])`` without copying ``X[rows]`` whole (the test rows can be GBs)."""
     return np.concatenate([svm.predict(X[rows[start : start + _PREDICT_ROWS]]) for start in range(0, len(rows), _PREDICT_ROWS)])
+
+
+def _devkit_targets(files: Files, devkit: str | os.PathLike, image_set: str, which: str) -> Targets:
+    """The devkit's image set ``image_set`` as rows of the set's features file."""
+    with FeatureFile(file_list(files)[0]) as first:
+        held = first.paths
+    return targets_of_set(read_image_set(devkit, image_set), held, which)
 
 
 def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequence[str] | None, which: str) -> Targets:

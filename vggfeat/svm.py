@@ -74,25 +74,30 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.normalize, self.multilabel, self.n_jobs = normalize, multilabel, n_jobs
         self.max_iter, self.tol, self.random_state, self.copy = max_iter, tol, random_state, copy
 
-    def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None) -> LinearSVM:
+    def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None, ignore: np.ndarray | None = None
+            ) -> LinearSVM:
         """Train on descriptors ``X`` [N, D] and labels ``y`` [N] (or indicators [N, K] if multilabel).
 
-        ``classes`` names the columns of a multi-label ``y`` (default 0..K-1).
+        ``classes`` names the columns of a multi-label ``y`` (default 0..K-1). ``ignore`` [N, K]
+        bool (multi-label only) leaves row i out of class k's SVM, and out of its score in the
+        cross-validation, where ``ignore[i, k]``: VOC's "difficult" images (weighed 0, so X is not
+        copied; ``class_weight="balanced"`` still counts them among the negatives).
         """
         self._check_params()
         X = self._prepare(X, copy=self.copy)
         targets = self._targets(y, len(X), classes)  # [N, K] bool
+        ignore = self._ignored(ignore, targets.shape)
         self.n_features_in_ = X.shape[1]
         fits: list[tuple[float, bool]] = []  # (C, converged) of every liblinear fit
         with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.C is None:
-                self.cv_scores_ = self._cross_validate(X, targets, fits)
+                self.cv_scores_ = self._cross_validate(X, targets, fits, ignore)
                 best = max(self.cv_scores_.values())
                 self.C_ = min(c for c, score in self.cv_scores_.items() if score >= best - 1e-12)
             else:
                 self.cv_scores_, self.C_ = {}, float(self.C)
-            self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None, fits)
+            self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None, fits, ignore)
         self.n_fits_ = len(fits)
         self.n_unconverged_ = sum(not converged for _, converged in fits)
         if self.n_unconverged_:
@@ -125,14 +130,17 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ training
 
     def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
-                 fits: list[tuple[float, bool]] | None = None):
-        """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``; each fit's
-        (C, converged) is added to ``fits``."""
+                 fits: list[tuple[float, bool]] | None = None, ignore: np.ndarray | None = None):
+        """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``, without the
+        rows that ``ignore`` marks for it; each fit's (C, converged) is added to ``fits``."""
         def fit_one(k: int) -> tuple[np.ndarray, float]:
             svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
                             class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
                             random_state=self.random_state)
-            svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weights)
+            weighed = weights
+            if ignore is not None and ignore[:, k].any():  # a row weighing 0 adds nothing to the SVM's loss
+                weighed = np.where(ignore[:, k], 0.0, 1.0 if weights is None else weights)
+            svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weighed)
             if fits is not None:
                 fits.append((C, svm.n_iter_ < self.max_iter))  # liblinear's own test of convergence
             return svm.coef_[0], float(svm.intercept_[0])
@@ -141,7 +149,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
 
-    def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: list[tuple[float, bool]]) -> dict[float, float]:
+    def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: list[tuple[float, bool]],
+                        ignore: np.ndarray | None = None) -> dict[float, float]:
         if self.multilabel:
             folds = KFold(self.cv, shuffle=True, random_state=self.random_state).split(X)
         else:
@@ -153,14 +162,17 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             for train, held_out in folds:
                 weights = np.zeros(len(X))
                 weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
-                coef, intercept = self._fit_all(X, targets, C, weights, fits)
-                fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out]))
+                coef, intercept = self._fit_all(X, targets, C, weights, fits, ignore)
+                fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out],
+                                               None if ignore is None else ignore[held_out]))
             scores[C] = float(np.mean(fold_scores))
         return scores
 
-    def _score(self, scores: np.ndarray, targets: np.ndarray) -> float:
+    def _score(self, scores: np.ndarray, targets: np.ndarray, ignore: np.ndarray | None = None) -> float:
         if self.multilabel:
-            aps = [ap_area(scores[:, k], targets[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
+            kept = np.ones(targets.shape, dtype=bool) if ignore is None else ~ignore
+            aps = [ap_area(scores[kept[:, k], k], targets[kept[:, k], k]) for k in range(targets.shape[1])
+                   if targets[kept[:, k], k].any()]
             return float(np.mean(aps)) if aps else 0.0
         return mean_class_recall(targets.argmax(1), scores.argmax(1), targets.shape[1])
 
@@ -200,6 +212,17 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
                 np.divide(block, norms, out=block, where=norms > 0)  # an all-zero descriptor stays zero
         return out
+
+    def _ignored(self, ignore, shape: tuple[int, int]) -> np.ndarray | None:
+        """``ignore`` checked: None, or [N, K] bool for a multi-label fit."""
+        if ignore is None:
+            return None
+        if not self.multilabel:
+            raise VggfeatError("rows to ignore per class go with multi-label targets (multilabel=True)")
+        ignore = np.asarray(ignore, dtype=bool)
+        if ignore.shape != shape:
+            raise VggfeatError(f"ignore must be [rows, classes] = {list(shape)}, got {list(ignore.shape)}")
+        return ignore
 
     def _targets(self, y, rows: int, classes: list[str] | None) -> np.ndarray:
         y = np.asarray(y)

@@ -51,14 +51,27 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines (several labels per path allowed).")
 @click.option("--train-list", type=click.Path(path_type=Path), help="Training paths, one a line (when one file holds both sets).")
 @click.option("--test-list", type=click.Path(path_type=Path), help="Test paths, one a line.")
+@click.option("--voc-devkit", type=click.Path(path_type=Path),
+              help="A VOC devkit folder (VOCdevkit/VOC2007): the sets, their labels and their difficult images from its "
+                   "ImageSets/Main, in place of --labels and the lists.")
+@click.option("--train-set", default="trainval", show_default=True, help="With --voc-devkit: the training image set.")
+@click.option("--test-set", default="test", show_default=True, help="With --voc-devkit: the test image set.")
 @options.json_output
 @svm_options
-def voc(features, labels, train_list, test_list, json_out, overwrite, **svm) -> None:
+def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, json_out, overwrite, **svm) -> None:
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
-    FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list.
+    FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
+    one file of its JPEGImages (or two: TRAIN.h5 TEST.h5). An image that the devkit marks difficult
+    for a class is left out of that class's SVM and AP, as VOC's own evaluation does.
     """
-    if len(features) == 2 and not (train_list or test_list):
+    if voc_devkit:
+        if labels or train_list or test_list:
+            raise click.UsageError("--voc-devkit gives the sets and their labels: no --labels, --train-list or --test-list")
+        if len(features) > 2:
+            raise click.UsageError("with --voc-devkit, give one features file holding both sets, or TRAIN.h5 TEST.h5")
+        train_files, test_files, train_paths, test_paths = features[0], features[-1], None, None
+    elif len(features) == 2 and not (train_list or test_list):
         train_files, test_files, train_paths, test_paths = features[0], features[1], None, None
     elif len(features) == 1 and train_list and test_list:
         train_files = test_files = features[0]
@@ -66,14 +79,18 @@ def voc(features, labels, train_list, test_list, json_out, overwrite, **svm) -> 
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
     options.check_json_output(json_out, overwrite)
-    result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, **svm_params(**svm))
-    click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images, "
+    result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit,
+                           train_set=train_set, test_set=test_set, **svm_params(**svm))
+    sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out per class)" if voc_devkit else ""
+    click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
-    click.echo("| class | positives | AP (VOC2007 11-point) | AP (area) |")
-    click.echo("|---|---:|---:|---:|")
+    ignored = "ignored" in result["per_class"][0]
+    click.echo(f"| class | positives |{' difficult |' if ignored else ''} AP (VOC2007 11-point) | AP (area) |")
+    click.echo(f"|---|---:|{'---:|' if ignored else ''}---:|---:|")
     for row in result["per_class"]:
         cells = [f"{row[k]:.4f}" if row[k] is not None else "–" for k in ("ap_voc07_11pt", "ap_area")]
-        click.echo(f"| {row['class']} | {row['support']} | {cells[0]} | {cells[1]} |")
+        difficult = f" {row['ignored']} |" if ignored else ""
+        click.echo(f"| {row['class']} | {row['support']} |{difficult} {cells[0]} | {cells[1]} |")
     click.echo(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
     options.write_json_output(json_out, result)
 

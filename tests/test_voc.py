@@ -1,0 +1,140 @@
+"""PASCAL VOC's image sets from a devkit folder, and its "difficult" images: left out of their
+class's SVM and average precision only, as VOC's evaluation (VOCevalcls) leaves them out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runhelpers import error_line, run_main
+from svmhelpers import write_features
+from vggfeat.errors import VggfeatError
+from vggfeat.metrics import ap_voc07_11pt, multilabel_metrics
+from vggfeat.svm import LinearSVM
+from vggfeat.voc import read_image_set, targets_of_set
+
+CLASSES = ("cat", "dog")
+
+
+def write_devkit(root, sets: dict[str, dict[str, dict[str, int]]]):
+    """``sets``: {set name: {image id: {class: 1, -1 or 0}}} as ImageSets/Main's files."""
+    folder = root / "ImageSets" / "Main"
+    folder.mkdir(parents=True)
+    for name, images in sets.items():
+        (folder / f"{name}.txt").write_text("".join(f"{image}\n" for image in images))
+        for cls in CLASSES:
+            # The devkit's own format: the label right-aligned in two places ("%s %2d").
+            (folder / f"{cls}_{name}.txt").write_text("".join(f"{image} {labels[cls]:2d}\n" for image, labels in images.items()))
+    return root
+
+
+def test_an_image_set_is_read_with_its_difficult_images(tmp_path):
+    devkit = write_devkit(tmp_path / "VOC2007", {"test": {"000001": {"cat": 1, "dog": -1}, "000002": {"cat": 0, "dog": 1}}})
+    voc = read_image_set(devkit, "test")
+    assert voc.ids == ["000001", "000002"] and voc.classes == ["cat", "dog"]
+    assert voc.labels.tolist() == [[1, -1], [0, 1]]
+    # Rows found by file name, whatever folder the features file was extracted from.
+    targets = targets_of_set(voc, ["JPEGImages/000002.jpg", "JPEGImages/000001.jpg", "JPEGImages/000003.jpg"], "test")
+    assert targets.paths == ["JPEGImages/000001.jpg", "JPEGImages/000002.jpg"]
+    assert targets.y.tolist() == [[True, False], [False, True]]
+    assert targets.ignore.tolist() == [[False, False], [True, False]]
+
+
+def test_what_is_not_a_devkit_set_is_refused_clearly(tmp_path):
+    with pytest.raises(VggfeatError, match=r"is not a VOC devkit folder: it has no ImageSets/Main"):
+        read_image_set(tmp_path, "test")
+    devkit = write_devkit(tmp_path / "VOC2007", {"trainval": {"000001": {"cat": 1, "dog": -1}}})
+    with pytest.raises(VggfeatError, match=r"has no image set 'test' .*; its sets: trainval"):
+        read_image_set(devkit, "test")
+    (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 -1\n000009  1\n")
+    with pytest.raises(VggfeatError, match=r"dog_trainval.txt, line 2: an id not in the set: '000009  1'"):
+        read_image_set(devkit, "trainval")
+    (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 yes\n")
+    with pytest.raises(VggfeatError, match=r"line 1: expected 'id label', label 1, -1 or 0"):
+        read_image_set(devkit, "trainval")
+    voc = read_image_set(write_devkit(tmp_path / "other", {"test": {"000001": {"cat": 1, "dog": -1}}}), "test")
+    with pytest.raises(VggfeatError, match=r"1 of the 1 test images are not in the features file \(e.g. 000001\)"):
+        targets_of_set(voc, ["000002.jpg"], "test")
+
+
+def test_a_difficult_image_leaves_its_own_classs_ap_only():
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.9], [0.2, 0.2]])
+    truth = np.array([[True, False], [False, True], [True, True], [False, False]])
+    ignore = np.zeros_like(truth)
+    ignore[1, 0] = True  # the second image is difficult for class 0: a high-scoring negative there otherwise
+    metrics = multilabel_metrics(truth, scores, ["a", "b"], ignore)
+    kept = [0, 2, 3]
+    assert metrics["per_class"][0]["ap_voc07_11pt"] == pytest.approx(ap_voc07_11pt(scores[kept, 0], truth[kept, 0]))
+    assert metrics["per_class"][0]["ap_voc07_11pt"] == pytest.approx(1.0)
+    assert multilabel_metrics(truth, scores, ["a", "b"])["per_class"][0]["ap_voc07_11pt"] < 0.99  # counted, it costs
+    assert metrics["per_class"][1] == {**multilabel_metrics(truth, scores, ["a", "b"])["per_class"][1], "ignored": 0}
+    assert (metrics["per_class"][0]["ignored"], metrics["per_class"][0]["support"]) == (1, 2)
+
+
+def test_a_row_ignored_for_a_class_is_left_out_of_that_classs_svm_only():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6))
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1)
+    ignore = np.zeros_like(Y)
+    ignore[:8, 0] = True
+    params = dict(C=1.0, multilabel=True, tol=1e-10, max_iter=100_000, normalize=False)
+    with_ignore = LinearSVM(**params).fit(X, Y, ignore=ignore)
+    without_rows = LinearSVM(**params).fit(X[8:], Y[8:])  # class 0's problem without those rows
+    plain = LinearSVM(**params).fit(X, Y)
+    np.testing.assert_allclose(with_ignore.coef_[0], without_rows.coef_[0], atol=1e-6)
+    np.testing.assert_allclose(with_ignore.intercept_[0], without_rows.intercept_[0], atol=1e-6)
+    np.testing.assert_array_equal(with_ignore.coef_[1], plain.coef_[1])  # the other class trains on every row
+    assert not np.allclose(with_ignore.coef_[0], plain.coef_[0], atol=1e-3)
+    with pytest.raises(VggfeatError, match="multi-label"):
+        LinearSVM(C=1.0).fit(X, Y[:, 0], ignore=ignore)
+
+
+def test_protocol_voc_from_a_devkit(tmp_path):
+    """Cats and dogs in clusters; each test set's difficult image of a class sits in that class's
+    cluster but is not a positive: VOC leaves it out of the class's AP, where it would otherwise be
+    a false positive ranked first."""
+    rng = np.random.default_rng(1)
+    centres = {"cat": np.array([4.0, 0, 0, 0]), "dog": np.array([0, 4.0, 0, 0]), None: np.array([0, 0, 4.0, 0])}
+    sets, rows = {}, []
+    for name, start, count in (("trainval", 0, 30), ("test", 100, 15)):
+        images = {}
+        for i in range(count):
+            image, kind = f"{start + i:06d}", (None, "cat", "dog")[i % 3]
+            labels = {cls: 1 if cls == kind else -1 for cls in CLASSES}
+            if i in (4, 5):  # a cat-like image difficult for cat, a dog-like one for dog
+                labels[kind] = 0
+            images[image] = labels
+            rows.append((f"JPEGImages/{image}.jpg", centres[kind] + 0.3 * rng.standard_normal(4)))
+        sets[name] = images
+    devkit = write_devkit(tmp_path / "VOCdevkit" / "VOC2007", sets)
+    features = write_features(tmp_path / "voc07.h5", np.array([x for _, x in rows]), [p for p, _ in rows],
+                              np.full(len(rows), -1), [])
+
+    code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--json", tmp_path / "voc.json"])
+    assert code == 0, err
+    result = json.loads((tmp_path / "voc.json").read_text())
+    assert (result["train_rows"], result["test_rows"], result["train_set"], result["test_set"]) == (30, 15, "trainval", "test")
+    assert [(row["class"], row["support"], row["ignored"]) for row in result["per_class"]] == [("cat", 4, 1), ("dog", 4, 1)]
+    assert result["map_voc07_11pt"] == pytest.approx(1.0)  # each difficult image left out of its class's ranking
+    assert "(trainval / test of" in out and "| class | positives | difficult |" in out and "| cat | 4 | 1 |" in out
+
+    # The same sets without the difficult flags (difficult images as negatives) rank them first.
+    lines = {"train": [], "test": []}
+    for name, which in (("trainval", "train"), ("test", "test")):
+        for image, labels in sets[name].items():
+            lines[which].append(f"JPEGImages/{image}.jpg")
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("".join(f"JPEGImages/{image}.jpg,{';'.join(c for c in CLASSES if labels[c] == 1) or 'none'}\n"
+                                  for images in sets.values() for image, labels in images.items()))
+    for which in lines:
+        (tmp_path / f"{which}.txt").write_text("\n".join(lines[which]) + "\n")
+    code, _, err = run_main(["protocol", "voc", features, "--labels", labels_csv, "--train-list", tmp_path / "train.txt",
+                             "--test-list", tmp_path / "test.txt", "--C", "1", "--json", tmp_path / "plain.json"])
+    assert code == 0, err
+    plain = {row["class"]: row["ap_voc07_11pt"] for row in json.loads((tmp_path / "plain.json").read_text())["per_class"]}
+    assert plain["cat"] < 0.95 and plain["dog"] < 0.95
+
+    code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--labels", labels_csv])
+    assert code == 2 and "--voc-devkit gives the sets and their labels" in error_line(err)

@@ -1,0 +1,86 @@
+"""PASCAL VOC's classification image sets, read from a devkit folder such as ``VOCdevkit/VOC2007``.
+
+``ImageSets/Main/<set>.txt`` lists a set's image ids (``train``, ``val``, ``trainval``, ``test``);
+``ImageSets/Main/<class>_<set>.txt`` gives each of them a label for the class: 1 (present), -1
+(absent) or 0, "difficult": the class appears only in objects marked difficult. VOC's evaluation
+(the devkit's VOCevalcls) leaves an image out of a class's average precision where it is difficult
+for that class, and counts it for the other classes; vggfeat does the same, and also leaves it out
+of that class's SVM training (:attr:`vggfeat.labels.Targets.ignore`).
+
+Images are matched to a features file's rows by file name without extension (``000005`` is
+``000005.jpg``, or ``JPEGImages/000005.jpg``), so the file may have been extracted from
+``JPEGImages`` or from the devkit folder itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import VggfeatError
+from .labels import Targets
+
+IMAGE_SETS = Path("ImageSets", "Main")
+LABELS = {"1": 1, "-1": -1, "0": 0}  # as the class files write them
+
+
+@dataclass(frozen=True)
+class VocSet:
+    """One image set: its ids, the classes, and each id's label per class (1, -1 or 0, difficult)."""
+
+    ids: list[str]
+    classes: list[str]
+    labels: np.ndarray  # [len(ids), len(classes)] int8
+
+
+def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
+    """The image set ``name`` of the devkit folder ``devkit`` (VOCdevkit/VOC2007, say)."""
+    folder = Path(devkit) / IMAGE_SETS
+    if not folder.is_dir():
+        raise VggfeatError(f"{devkit} is not a VOC devkit folder: it has no {IMAGE_SETS} (give VOCdevkit/VOC2007, say)")
+    listing = folder / f"{name}.txt"
+    suffix = f"_{name}.txt"
+    classes = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
+    if not listing.is_file() or not classes:
+        sets = sorted(path.stem for path in folder.glob("*.txt") if "_" not in path.stem)
+        raise VggfeatError(f"{folder} has no image set {name!r} with class files <class>{suffix}; "
+                           f"its sets: {', '.join(sets) or 'none'}")
+    ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    row = {image: i for i, image in enumerate(ids)}
+    labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
+    for k, name_k in enumerate(classes):
+        path = folder / f"{name_k}{suffix}"
+        seen = 0
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in LABELS or fields[0] not in row:
+                why = "an id not in the set" if len(fields) == 2 and fields[1] in LABELS else "expected 'id label', label 1, -1 or 0"
+                raise VggfeatError(f"{path}, line {number}: {why}: {line.strip()!r}")
+            labels[row[fields[0]], k] = LABELS[fields[1]]
+            seen += 1
+        if seen != len(ids):
+            raise VggfeatError(f"{path} labels {seen} images, its set {listing.name} lists {len(ids)}")
+    return VocSet(ids, classes, labels)
+
+
+def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str) -> Targets:
+    """The set's images as rows of a features file whose paths are ``paths``: positives, and the
+    difficult images to ignore per class."""
+    by_id: dict[str, str] = {}
+    for path in paths:
+        image = PurePosixPath(path).stem
+        if image in by_id:
+            raise VggfeatError(f"two rows of the {which} features file are image {image}: {by_id[image]} and {path}")
+        by_id[image] = path
+    missing = [image for image in voc_set.ids if image not in by_id]
+    if missing:
+        raise VggfeatError(f"{len(missing)} of the {len(voc_set.ids)} {which} images are not in the features file "
+                           f"(e.g. {missing[0]}): extract JPEGImages whole, or name the file that holds them")
+    return Targets([by_id[image] for image in voc_set.ids], voc_set.labels == 1, list(voc_set.classes),
+                   ignore=voc_set.labels == 0)
