@@ -138,3 +138,41 @@ def test_protocol_voc_from_a_devkit(tmp_path):
 
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--labels", labels_csv])
     assert code == 2 and "--voc-devkit gives the sets and their labels" in error_line(err)
+
+
+def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):
+    """VOC2012's test labels are withheld: the scores go to result files for VOC's evaluation
+    server, one per class, a line '<id> <score>' per test image, and nothing is written over."""
+    rng = np.random.default_rng(2)
+    trainval = {f"2008_{i:06d}": {"cat": 1 if i % 2 else -1, "dog": -1 if i % 2 else 1} for i in range(12)}
+    test_ids = [f"2009_{i:06d}" for i in range(5)]
+    devkit = write_devkit(tmp_path / "VOC2012", {"trainval": trainval})
+    (devkit / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{image}\n" for image in test_ids))
+    paths = [f"{image}.jpg" for image in [*trainval, *test_ids]]
+    X = rng.standard_normal((len(paths), 4))
+    features = write_features(tmp_path / "voc12.h5", X, paths, np.full(len(paths), -1), [])
+
+    code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1"])
+    assert code == 2 and "test set 'test' of" in error_line(err) and "pass a results folder (--results)" in error_line(err)
+    results = tmp_path / "results"
+    code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--results", results,
+                               "--json", tmp_path / "voc12.json"])
+    assert code == 0, err
+    assert "wrote 2 result files into" in out and "mAP" not in out
+    svm = LinearSVM(C=1.0, multilabel=True).fit(X[:12], np.array([[v["cat"] == 1, v["dog"] == 1] for v in trainval.values()]))
+    expected = svm.decision_function(X[12:])
+    for k, cls in enumerate(CLASSES):
+        lines = (results / f"comp1_cls_test_{cls}.txt").read_text().splitlines()
+        assert [line.split()[0] for line in lines] == test_ids
+        np.testing.assert_allclose([float(line.split()[1]) for line in lines], expected[:, k], atol=1e-6)
+    assert json.loads((tmp_path / "voc12.json").read_text())["results"] == [
+        str(results / f"comp1_cls_test_{cls}.txt") for cls in CLASSES]
+
+    before = (results / "comp1_cls_test_cat.txt").read_text()
+    code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "10", "--results", results])
+    assert code == 2 and "already holds result files (comp1_cls_test_cat.txt, ...); pass --overwrite" in error_line(err)
+    assert (results / "comp1_cls_test_cat.txt").read_text() == before
+    code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "10", "--results", results,
+                             "--overwrite"])
+    assert code == 0, err
+    assert (results / "comp1_cls_test_cat.txt").read_text() != before

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import targets_of
-from .voc import read_image_set, targets_of_set
+from .voc import read_image_set, result_files, targets_of_set, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
@@ -100,20 +101,35 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
 
 def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
         test_paths: Sequence[str] | None = None, *, devkit: str | os.PathLike | None = None, train_set: str = "trainval",
-        test_set: str = "test", **svm_params) -> dict:
+        test_set: str = "test", results: str | os.PathLike | None = None, overwrite: bool = False, **svm_params) -> dict:
     """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
 
     Labels come from ``labels_csv`` (rows by path; the paths of each set taken from it) or from the
     files' own single labels. ``train_paths`` / ``test_paths`` select rows when both sets share a file.
     With ``devkit``, a VOC devkit folder (VOCdevkit/VOC2007), the sets are its image sets
     ``train_set`` and ``test_set`` with their labels, and an image "difficult" for a class is left
-    out of that class's SVM and AP, as VOC's evaluation leaves it out (:mod:`vggfeat.voc`).
+    out of that class's SVM and AP, as VOC's evaluation leaves it out (:mod:`vggfeat.voc`). With
+    ``results`` too, a folder, the test set's scores are written there as VOC's result files for its
+    evaluation server (:func:`vggfeat.voc.write_results`; existing ones only with ``overwrite``): the
+    only outcome for a test set whose labels are withheld (VOC2012's), which gets no metrics.
     """
     if devkit is not None:
         if labels_csv is not None or train_paths is not None or test_paths is not None:
             raise VggfeatError("a VOC devkit gives the sets and their labels: no labels file or path lists with it")
         train = _devkit_targets(train_files, devkit, train_set, "training")
         test = _devkit_targets(test_files, devkit, test_set, "test")
+        if not train.classes:
+            raise VggfeatError(f"the training set {train_set!r} of {devkit} has no labels (no <class>_{train_set}.txt)")
+        if not test.classes and results is None:
+            raise VggfeatError(f"the test set {test_set!r} of {devkit} has no labels (withheld, as VOC2012's): pass a "
+                               "results folder (--results) to write its scores for VOC's evaluation server")
+        if results is not None:
+            existing = [path.name for path in result_files(results, test_set, train.classes) if path.exists()]
+            if existing and not overwrite:
+                raise VggfeatError(f"{results} already holds result files ({existing[0]}, ...); pass --overwrite to "
+                                   "replace them, or name another folder")
+    elif results is not None:
+        raise VggfeatError("result files name VOC's image ids: they need a VOC devkit (--voc-devkit)")
     else:
         train = _voc_targets(train_files, labels_csv, train_paths, "training")
         test = _voc_targets(test_files, labels_csv, test_paths, "test")
@@ -126,13 +142,22 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     configs = train_features.configs
     del train_features
     test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")
-    truth = align_to_classes(test, train.classes, multilabel=True)
-    ignore = None
-    if test.ignore is not None:  # in the model's class order, as the truth
-        ignore = align_to_classes(Targets(test.paths, test.ignore, test.classes), train.classes, multilabel=True)
-    metrics = multilabel_metrics(truth, svm.decision_function(test_features.X), train.classes, ignore)
+    scores = svm.decision_function(test_features.X)
+    outcome: dict = {}
+    if results is not None:
+        ids = [PurePosixPath(path).stem for path in test.paths]
+        written = write_results(results, test_set, ids, train.classes, scores)
+        outcome["results"] = [str(path) for path in written]
+    if test.classes:
+        truth = align_to_classes(test, train.classes, multilabel=True)
+        ignore = None
+        if test.ignore is not None:  # in the model's class order, as the truth
+            ignore = align_to_classes(Targets(test.paths, test.ignore, test.classes), train.classes, multilabel=True)
+        outcome.update(multilabel_metrics(truth, scores, train.classes, ignore))
+    else:
+        outcome["classes"] = list(train.classes)
     sets = {"devkit": str(devkit), "train_set": train_set, "test_set": test_set} if devkit is not None else {}
-    return {"protocol": "voc", **sets, "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **metrics}
+    return {"protocol": "voc", **sets, "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **outcome}
 
 
 def _predict_rows(svm: LinearSVM, X: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .labels import Targets
+from .store import write_text_file
 
 IMAGE_SETS = Path("ImageSets", "Main")
 LABELS = {"1": 1, "-1": -1, "0": 0}  # as the class files write them
@@ -30,7 +31,8 @@ LABELS = {"1": 1, "-1": -1, "0": 0}  # as the class files write them
 
 @dataclass(frozen=True)
 class VocSet:
-    """One image set: its ids, the classes, and each id's label per class (1, -1 or 0, difficult)."""
+    """One image set: its ids, the classes, and each id's label per class (1, -1 or 0, difficult);
+    no classes for a set whose labels are withheld (VOC2012's test set)."""
 
     ids: list[str]
     classes: list[str]
@@ -44,11 +46,11 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
         raise VggfeatError(f"{devkit} is not a VOC devkit folder: it has no {IMAGE_SETS} (give VOCdevkit/VOC2007, say)")
     listing = folder / f"{name}.txt"
     suffix = f"_{name}.txt"
-    classes = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
-    if not listing.is_file() or not classes:
+    if not listing.is_file():
         sets = sorted(path.stem for path in folder.glob("*.txt") if "_" not in path.stem)
-        raise VggfeatError(f"{folder} has no image set {name!r} with class files <class>{suffix}; "
-                           f"its sets: {', '.join(sets) or 'none'}")
+        raise VggfeatError(f"{folder} has no image set {name!r} ({listing.name}); its sets: {', '.join(sets) or 'none'}")
+    # A set without class files is one whose labels are withheld (VOC2012's test set): ids only.
+    classes = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
     ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
     row = {image: i for i, image in enumerate(ids)}
     labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
@@ -84,3 +86,20 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str) -> Targets
                            f"(e.g. {missing[0]}): extract JPEGImages whole, or name the file that holds them")
     return Targets([by_id[image] for image in voc_set.ids], voc_set.labels == 1, list(voc_set.classes),
                    ignore=voc_set.labels == 0)
+
+
+def result_files(folder: str | os.PathLike, image_set: str, classes: Sequence[str]) -> list[Path]:
+    """The files of VOC's classification results for ``image_set``, one per class, in ``folder``:
+    ``comp1_cls_<set>_<class>.txt``, as the evaluation server takes them (in results/VOC2012/Main/)."""
+    return [Path(folder) / f"comp1_cls_{image_set}_{name}.txt" for name in classes]
+
+
+def write_results(folder: str | os.PathLike, image_set: str, ids: Sequence[str], classes: Sequence[str],
+                  scores: np.ndarray) -> list[Path]:
+    """Write ``scores`` [len(ids), len(classes)] as VOC's result files (:func:`result_files`), a
+    line ``<id> <score>`` per image, each file whole or not at all; returns them."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    files = result_files(folder, image_set, classes)
+    for k, path in enumerate(files):
+        write_text_file(path, "".join(f"{image} {score:.6f}\n" for image, score in zip(ids, scores[:, k])))
+    return files

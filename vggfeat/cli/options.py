@@ -114,11 +114,9 @@ def _together(*decorators: Callable) -> Callable:
     return apply
 
 
-# Results also written as JSON (the evaluations), refused over an existing file unless asked.
-json_output = _together(
-    click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here."),
-    click.option("--overwrite", is_flag=True, help="Replace an existing --json file."),
-)
+# Results also written as JSON (the evaluations), refused over an existing file unless --overwrite.
+json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+overwrite_json = click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 
 
 def check_json_output(path: Path | None, overwrite: bool) -> None:

@@ -25,6 +25,7 @@ def protocol() -> None:
 @click.option("--splits", default=3, show_default=True, type=click.IntRange(min=1), help="Random splits.")
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
 @options.json_output
+@options.overwrite_json
 @svm_options
 def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, **svm) -> None:
     """Caltech-101/256: per split, N random training and up to M test images per class; mean class recall.
@@ -56,9 +57,13 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
                    "ImageSets/Main, in place of --labels and the lists.")
 @click.option("--train-set", default="trainval", show_default=True, help="With --voc-devkit: the training image set.")
 @click.option("--test-set", default="test", show_default=True, help="With --voc-devkit: the test image set.")
+@click.option("--results", type=click.Path(path_type=Path),
+              help="With --voc-devkit: also write the test scores here as VOC's result files for its evaluation server "
+                   "(comp1_cls_<set>_<class>.txt); all there is for a test set without labels (VOC2012's).")
 @options.json_output
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --results files.")
 @svm_options
-def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, json_out, overwrite, **svm) -> None:
+def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, results, json_out, overwrite, **svm) -> None:
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
@@ -80,10 +85,16 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
     options.check_json_output(json_out, overwrite)
     result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit,
-                           train_set=train_set, test_set=test_set, **svm_params(**svm))
+                           train_set=train_set, test_set=test_set, results=results, overwrite=overwrite, **svm_params(**svm))
     sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out per class)" if voc_devkit else ""
     click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
+    if results:
+        click.echo(f"wrote {len(result['results'])} result files into {results} (comp1_cls_{test_set}_<class>.txt): "
+                   "VOC's evaluation server takes them in results/VOC2012/Main/")
+    if "per_class" not in result:  # a test set without labels: the result files are all there is
+        options.write_json_output(json_out, result)
+        return
     ignored = "ignored" in result["per_class"][0]
     click.echo(f"| class | positives |{' difficult |' if ignored else ''} AP (VOC2007 11-point) | AP (area) |")
     click.echo(f"|---|---:|{'---:|' if ignored else ''}---:|---:|")

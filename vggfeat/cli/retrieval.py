@@ -145,6 +145,7 @@ def _write_montage(results: list[Result], output: Path, base: Path, query_root: 
               help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk}.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
 @options.json_output
+@options.overwrite_json
 def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, overwrite) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself.
 
