@@ -1,6 +1,7 @@
-"""Options shared by the commands that run the network (``extract``, ``classify``): one definition,
-so that the same option means the same thing, with the same default, everywhere; and the few steps
-those commands share (finding the images, reporting progress, warning about random weights)."""
+"""Options shared by the commands that run the network (``extract``, ``classify``), and the
+evaluations' ``--json``: one definition, so that the same option means the same thing, with the
+same default, everywhere; and the few steps those commands share (finding the images, reporting
+progress, warning about random weights, writing results)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
 from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..store import check_new_file, write_text_file
 from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, resolve_device
+from ..store import check_new_file, write_text_file
 from ..weights import ARCHITECTURES
 
 

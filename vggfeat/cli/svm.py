@@ -74,8 +74,7 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **options) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
     files, (model,) = split_files(paths, features, ["MODEL"])
-    if model.exists() and not overwrite:
-        raise VggfeatError(f"{model} already exists; pass --overwrite to replace it")
+    check_new_file(model, overwrite)
     saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, multilabel=multilabel, **svm_params(**options))
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
