@@ -49,7 +49,7 @@ def test_what_is_not_a_devkit_set_is_refused_clearly(tmp_path):
     with pytest.raises(VggfeatError, match=r"has no image set 'test' .*; its sets: trainval"):
         read_image_set(devkit, "test")
     (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 -1\n000009  1\n")
-    with pytest.raises(VggfeatError, match=r"dog_trainval.txt, line 2: an id not in the set: '000009  1'"):
+    with pytest.raises(VggfeatError, match=r"dog_trainval.txt, line 2: an id not in the set: '000009 1'"):
         read_image_set(devkit, "trainval")
     (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 yes\n")
     with pytest.raises(VggfeatError, match=r"line 1: expected 'id label', label 1, -1 or 0"):
@@ -148,6 +148,9 @@ def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):
     test_ids = [f"2009_{i:06d}" for i in range(5)]
     devkit = write_devkit(tmp_path / "VOC2012", {"trainval": trainval})
     (devkit / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{image}\n" for image in test_ids))
+    assert read_image_set(devkit, "test").classes == []  # no class files
+    (devkit / "ImageSets" / "Main" / "cat_test.txt").write_text("".join(f"{image}\n" for image in test_ids))
+    assert read_image_set(devkit, "test").classes == []  # class files of ids alone
     paths = [f"{image}.jpg" for image in [*trainval, *test_ids]]
     X = rng.standard_normal((len(paths), 4))
     features = write_features(tmp_path / "voc12.h5", X, paths, np.full(len(paths), -1), [])

@@ -49,25 +49,25 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
     if not listing.is_file():
         sets = sorted(path.stem for path in folder.glob("*.txt") if "_" not in path.stem)
         raise VggfeatError(f"{folder} has no image set {name!r} ({listing.name}); its sets: {', '.join(sets) or 'none'}")
-    # A set without class files is one whose labels are withheld (VOC2012's test set): ids only.
     classes = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
     ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
     row = {image: i for i, image in enumerate(ids)}
     labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
     for k, name_k in enumerate(classes):
         path = folder / f"{name_k}{suffix}"
-        seen = 0
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
+        lines = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+        if lines and all(len(fields) == 1 for _, fields in lines):
+            return VocSet(ids, [], np.zeros((len(ids), 0), dtype=np.int8))  # ids without labels: withheld
+        for number, fields in lines:
             if len(fields) != 2 or fields[1] not in LABELS or fields[0] not in row:
                 why = "an id not in the set" if len(fields) == 2 and fields[1] in LABELS else "expected 'id label', label 1, -1 or 0"
-                raise VggfeatError(f"{path}, line {number}: {why}: {line.strip()!r}")
+                raise VggfeatError(f"{path}, line {number}: {why}: {' '.join(fields)!r}")
             labels[row[fields[0]], k] = LABELS[fields[1]]
-            seen += 1
-        if seen != len(ids):
-            raise VggfeatError(f"{path} labels {seen} images, its set {listing.name} lists {len(ids)}")
+        if len(lines) != len(ids):
+            raise VggfeatError(f"{path} labels {len(lines)} images, its set {listing.name} lists {len(ids)}")
+    # A set without class files, or whose class files list ids alone, is one whose labels are
+    # withheld (VOC2012's test set): its ids only.
     return VocSet(ids, classes, labels)
 
 
