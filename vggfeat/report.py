@@ -49,20 +49,18 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
     return [metrics_json, table_csv, table_md, plot]
 
 
-def _pyplot():
-    """matplotlib's pyplot, imported only when a plot is drawn, for files only (no display)."""
-    import matplotlib
+def _figure(width: float, height: float):
+    """A matplotlib figure for a file alone: no pyplot, so no display backend is chosen or
+    changed (a notebook's stays as it is), and matplotlib loads only when a plot is drawn."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
 
 
-def _save(fig, path: Path) -> None:
+def _save(figure, path: Path) -> None:
     with written_atomically(path) as temporary:
-        fig.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtitle: str) -> None:
@@ -71,7 +69,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
     rates = confusion / np.maximum(support, 1)
     n = len(classes)
     size = max(6.0, min(24.0, 3.0 + 0.35 * n))
-    fig, ax = _pyplot().subplots(figsize=(size, size * 0.9))
+    fig, ax = _figure(size, size * 0.9)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= 40:  # beyond that, names and counts would overlap: the colours still read
@@ -91,7 +89,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
 
 def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path) -> None:
     """One precision-recall curve per class with a positive example, best area-AP first in the legend."""
-    fig, ax = _pyplot().subplots(figsize=(8, 7))
+    fig, ax = _figure(8, 7)
     rows = [(k, row) for k, row in enumerate(metrics["per_class"]) if row["ap_area"] is not None]
     rows.sort(key=lambda item: -item[1]["ap_area"])  # legend in order of AP, best first
     for k, row in rows:
