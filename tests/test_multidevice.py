@@ -15,8 +15,9 @@ import torch
 
 from runhelpers import (FAST, assert_same_output, children, crash_on_part, error_line, read_output, run_main,
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
+from imagefiles import write_rgb
 import vggfeat.job
-from vggfeat import ExtractionJob, Extractor, VggfeatError, find_images
+from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.multidevice import MultiDeviceJob, block_count
 from vggfeat.store import shards_folder, work_folder, work_progress
 
@@ -323,12 +324,75 @@ def test_a_folder_that_is_not_the_runs_own_is_refused_untouched(tmp_path):
         MultiDeviceJob(Extractor(cheap_extractor().network, device="cpu", layer="conv1_1"), ["cpu", "cpu"], images, output)
 
 
-@pytest.mark.parametrize("option", [["--update"], ["--retry-failed"]])
-def test_options_of_one_device_are_refused_with_several(tmp_path, option):
-    write_plain_folder(tmp_path / "images", 1)
-    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, *TWO_CPUS, *option])
-    assert code == 2 and f"{option[0]} runs on one device" in error_line(err)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["images"]
+def test_an_update_on_several_devices_writes_what_a_fresh_run_writes(tmp_path):
+    """A collection of millions that grew: its new images are described on every GPU."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 3)
+    assert run_main(["extract", root, output, *CHEAP, "-q"])[0] == 0
+    write_plain_folder(root / "more", 4, start_seed=10)
+    (root / "img01.png").unlink()
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP, "-q"])[0] == 0
+    code, _, err = run_main(["extract", root, output, *CHEAP, *TWO_CPUS, "--update"])
+    assert code == 0, err
+    assert "on cpu, cpu (a process each)" in err and "4 images added, 1 left out; 4 images in" in err and "on cpu, cpu" in err
+    updated = read_output(output)
+    assert_same_output(updated, read_output(tmp_path / "reference.h5"), atol=1e-5)
+    assert json.loads(updated["attrs"]["updated_with"])["device"] == "cpu"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]  # nothing left
+
+
+def test_a_retry_on_several_devices_describes_the_repaired_images(tmp_path):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    for name in ("x.png", "y.png", "z.png"):
+        (root / name).write_text("not yet an image")
+    assert run_main(["extract", root, output, *CHEAP, "-q"])[0] == 0
+    for i, name in enumerate(("x.png", "y.png")):
+        write_rgb(root / name, 224, 230, seed=20 + i)  # repaired since
+    code, _, err = run_main(["extract", root, output, *CHEAP, *TWO_CPUS, "--retry-failed"])
+    assert code == 0, err
+    assert "2 of the 3 images that had failed are described now" in err
+    assert read_output(output)["failed_paths"] == ["z.png"]
+    assert_same_output(read_output(output), _one_run(cheap_extractor(), find_images(root), tmp_path), atol=1e-5)
+
+
+def test_an_update_interrupted_on_several_devices_goes_on_on_one(tmp_path):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    assert run_main(["extract", root, output, *CHEAP, "-q"])[0] == 0
+    write_plain_folder(root / "more", 4, start_seed=10)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP, "-q"])[0] == 0
+    # As a run on two devices leaves it when killed with one of its two blocks done.
+    images, staging = find_images(root), tmp_path / "out.h5.new-images.h5"
+    chosen = [i for i, path in enumerate(images.paths) if path.startswith("more/")]  # what the update describes
+    new_images = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen], images.classes)
+    shards_folder(staging).mkdir()
+    ExtractionJob(cheap_extractor(), new_images.shard(1, 2), shards_folder(staging) / "shard-1-of-2.h5",
+                  provenance={"update_of": output.name}).run()
+    code, _, err = run_main(["extract", root, output, *CHEAP, "--update"])
+    assert code == 0, err
+    assert "the interrupted run on several devices goes on here, its 2 blocks one after another" in err
+    assert "resuming: 2 of 4 images were done by an interrupted run" in err and "4 images added, 0 left out; 2 images in" in err
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"), atol=1e-5)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]
+
+
+def test_an_update_interrupted_on_one_device_is_finished_on_one(tmp_path, monkeypatch):
+    """Its parts cover the new images as one run cuts them, which blocks cannot take: several
+    devices would have to discard them."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    args = ["extract", root, output, *CHEAP, "--part-size", "1"]
+    assert run_main([*args, "-q"])[0] == 0
+    write_plain_folder(root / "more", 3, start_seed=10)
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main([*args, "--update"])
+    monkeypatch.undo()
+    code, _, err = run_main([*args, *TWO_CPUS, "--update"])
+    assert code == 2 and "this --update was interrupted on one device: run it on one device to finish it" in error_line(err)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "resuming: 1 of 3 images were done by an interrupted run" in err, err
 
 
 def test_a_bad_device_in_the_list_is_refused_before_work(tmp_path):

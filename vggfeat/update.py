@@ -4,8 +4,9 @@ lists as failed (``--retry-failed``: the storage was away for a while, files wer
 
 Describing a whole collection again would cost hours or days. The file is checked to be one that
 the same options made. The images to describe go through an ordinary
-:class:`~vggfeat.job.ExtractionJob` into a staging file beside it (``OUTPUT.new-images.h5``,
-``OUTPUT.retried-images.h5``), where a killed update resumes. Then the file is written anew, a block
+:class:`~vggfeat.job.ExtractionJob` (on several devices, a :class:`~vggfeat.multidevice.MultiDeviceJob`)
+into a staging file beside it (``OUTPUT.new-images.h5``, ``OUTPUT.retried-images.h5``), where a
+killed update resumes. Then the file is written anew, a block
 of rows at a time: its rows and the new ones in path order, without those of images no longer
 found, every label as the image set gives it now. It replaces the old file only once it is whole.
 """
@@ -29,8 +30,10 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, config_json
+from .multidevice import MultiDeviceJob
 from .settings import check_choice
-from .store import create_datasets, mark_complete, open_features_file, open_h5, work_folder, written_atomically
+from .store import (create_datasets, interrupted_on_one, interrupted_on_several, mark_complete, open_features_file, open_h5,
+                    shards_folder, work_folder, written_atomically)
 
 # What an update describes: the images the file does not hold, or those it lists as failed; the
 # option that asks for it, where its work goes, and the attribute that dates it.
@@ -63,14 +66,17 @@ class OutputUpdate:
     Construction reads which images to describe (:attr:`described`) and which are gone
     (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the extraction
     of the images to describe (None where there are none, or where an interrupted update described
-    them all already); :meth:`run` describes them and rewrites ``output``.
+    them all already): on ``devices``, if two or more are given, a :class:`MultiDeviceJob`, which
+    also goes on with an update interrupted on several devices, on any number of them; :meth:`run`
+    describes them and rewrites ``output``.
     """
 
     def __init__(self, extractor: Extractor, images: ImageSet, output: str | os.PathLike, *, describe: str = "new",
-                 dtype: str = "float32", part_images: int = 4096, provenance: dict | None = None) -> None:
+                 dtype: str = "float32", part_images: int = 4096, provenance: dict | None = None,
+                 devices: Sequence[str] = ()) -> None:
         self.output, self.images, self.provenance = Path(output), images, provenance or {}
         check_choice("describe", describe, tuple(MODES))
-        _, suffix, self._dated = MODES[describe]
+        option, suffix, self._dated = MODES[describe]
         check_rewritable(self.output, extractor, dtype, describe)
         with open_features_file(self.output, "output") as old:
             if describe == "new" and "shard_index" in old.attrs:
@@ -92,17 +98,24 @@ class OutputUpdate:
         self.staging = self.output.with_name(self.output.name + suffix)
         self._chosen = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen],
                                 images.classes, images.file_names)
-        self.job: ExtractionJob | None = None
+        self.job: ExtractionJob | MultiDeviceJob | None = None
         if self.described and not self._staged(extractor, dtype):
             # overwrite: a staging file or work folder of an earlier, different update is this
-            # update's own (checked in _staged), and is replaced.
-            self.job = ExtractionJob(extractor, self._chosen, self.staging, overwrite=True, dtype=dtype,
-                                     part_images=part_images, provenance={**self.provenance, "update_of": self.output.name})
+            # update's own (checked in _staged), and is replaced; the same update's work is resumed.
+            job = dict(overwrite=True, dtype=dtype, part_images=part_images,
+                       provenance={**self.provenance, "update_of": self.output.name})
+            if len(devices) > 1 or interrupted_on_several(self.staging):
+                if interrupted_on_one(self.staging):  # its parts cannot be cut into blocks: they would be lost
+                    raise VggfeatError(f"this {option} was interrupted on one device: run it on one device "
+                                       f"to finish it (its work is in {work_folder(self.staging)})")
+                self.job = MultiDeviceJob(extractor, devices or [str(extractor.device)], self._chosen, self.staging, **job)
+            else:
+                self.job = ExtractionJob(extractor, self._chosen, self.staging, **job)
 
     def _staged(self, extractor: Extractor, dtype: str) -> bool:
         """Whether the staging file holds the chosen images already (an update killed after
         describing them); refuses a file there that no update of ``output`` wrote."""
-        if not self.staging.exists() or work_folder(self.staging).exists():
+        if not self.staging.exists() or work_folder(self.staging).exists() or shards_folder(self.staging).exists():
             return False  # where its job was killed before it removed its work: the job tidies up
         attrs = _attributes(self.staging)
         if attrs.get("update_of") != self.output.name or not attrs.get("complete"):

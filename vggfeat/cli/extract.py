@@ -79,9 +79,6 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
         if update and given:
             raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
-    for given, name in ((update, "--update"), (retry_failed, "--retry-failed")):
-        if given and len(devices) > 1:
-            raise click.UsageError(f"{name} runs on one device")
     rewrite = "failed" if retry_failed else "new" if update else None  # what an update of OUTPUT describes
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
@@ -106,7 +103,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(f"{options.counted(len(images), 'image')}, {options.counted(len(images.classes), 'class', 'classes')}")
     described = images.shard(*shard) if shard else images
     if rewrite:
-        _update(extractor, described, output, dtype, part_size, quiet, rewrite)
+        _update(extractor, described, output, dtype, part_size, quiet, rewrite, devices)
         return
     provenance = {"command": options.command_line()}
     if len(devices) > 1 or (interrupted_on_several(output) and not overwrite):  # one device resumes it too
@@ -184,11 +181,12 @@ def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
 
 
 def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, part_size: int, quiet: bool,
-            describe: str) -> None:
-    """--update (``describe="new"``) or --retry-failed (``"failed"``)."""
+            describe: str, devices: tuple[str, ...]) -> None:
+    """--update (``describe="new"``) or --retry-failed (``"failed"``), on ``devices``."""
     say, retry = options.reporter(quiet), describe == "failed"
     update = OutputUpdate(extractor, images, output, describe=describe, dtype=dtype, part_images=part_size,
-                          provenance={"retry_command" if retry else "update_command": options.command_line()})
+                          provenance={"retry_command" if retry else "update_command": options.command_line()},
+                          devices=devices)
     if update.unchanged:
         update.run()  # removes what a killed update may have left
         say(f"{output} lists no failed image: nothing to retry" if retry else
@@ -197,7 +195,7 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
     if not retry:
         say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
-        _announce(update.job, extractor, dtype, say)
+        _announce(update.job, extractor, dtype, say, devices)
         # Stopped while the images are described, or after, while the file is written anew.
         kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
         result = _running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
@@ -208,6 +206,7 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
         outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
-    work = _work_done(result.computed, result.seconds, str(extractor.device)) if result.described else "no image to describe"
+    where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
+    work = _work_done(result.computed, result.seconds, where) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), "
         f"{failed}; {outcome}; {work}")
