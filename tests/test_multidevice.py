@@ -369,6 +369,9 @@ def test_an_update_interrupted_on_several_devices_goes_on_on_one(tmp_path):
     shards_folder(staging).mkdir()
     ExtractionJob(cheap_extractor(), new_images.shard(1, 2), shards_folder(staging) / "shard-1-of-2.h5",
                   provenance={"update_of": output.name}).run()
+    code, out, _ = run_main(["info", output])
+    assert code == 0 and ("under way    --update on several devices, running or interrupted: 2 images described, "
+                          "1 of 2 blocks finished; the same command, on any number of devices, finishes it") in out
     code, _, err = run_main(["extract", root, output, *CHEAP, "--update"])
     assert code == 0, err
     assert "the interrupted run on several devices goes on here, its 2 blocks one after another" in err

@@ -75,10 +75,15 @@ def info(file: Path, as_json: bool) -> None:
     if a.get("update_command"):
         lines.append(f"  updated      {a.get('updated')} by {a['update_command']}")
     for option, suffix, _ in MODES.values():
-        progress = work_progress(file.with_name(file.name + suffix))
+        staging = file.with_name(file.name + suffix)
+        progress, blocks = work_progress(staging), shards_progress(staging)
         if progress:
             lines.append(click.style(f"  under way    {option}, running or interrupted: {progress[0]:,} of {progress[1]:,} "
                                      "images described; the same command finishes it", fg="yellow"))
+        elif blocks:
+            lines.append(click.style(f"  under way    {option} on several devices, running or interrupted: {blocks[2]:,} "
+                                     f"images described, {blocks[0]} of {blocks[1]} blocks finished; the same command, "
+                                     "on any number of devices, finishes it", fg="yellow"))
     click.echo("\n".join(lines))
     if a.get("random_weights"):
         click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)
