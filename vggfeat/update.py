@@ -6,9 +6,9 @@ Describing a whole collection again would cost hours or days. The file is checke
 the same options made. The images to describe go through an ordinary
 :class:`~vggfeat.job.ExtractionJob` (on several devices, a :class:`~vggfeat.multidevice.MultiDeviceJob`)
 into a staging file beside it (``OUTPUT.new-images.h5``, ``OUTPUT.retried-images.h5``), where a
-killed update resumes. Then the file is written anew, a block
-of rows at a time: its rows and the new ones in path order, without those of images no longer
-found, every label as the image set gives it now. It replaces the old file only once it is whole.
+killed update resumes. Then the file is written anew, a block of rows at a time: its rows and the
+new ones in path order, without those of images no longer found, every label as the image set
+gives it now. It replaces the old file only once it is whole.
 """
 
 from __future__ import annotations
