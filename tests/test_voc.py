@@ -136,6 +136,16 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     plain = {row["class"]: row["ap_voc07_11pt"] for row in json.loads((tmp_path / "plain.json").read_text())["per_class"]}
     assert plain["cat"] < 0.95 and plain["dog"] < 0.95
 
+    # Two networks' files of the same images are fused (here the same file twice: the same SVMs, scaled).
+    code, _, err = run_main(["protocol", "voc", features, features, "--voc-devkit", devkit, "--C", "1",
+                             "--json", tmp_path / "fused.json"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "fused.json").read_text())["map_voc07_11pt"] == pytest.approx(1.0)
+    partial = write_features(tmp_path / "partial.h5", np.array([x for _, x in rows[:-1]]), [p for p, _ in rows[:-1]],
+                             np.full(len(rows) - 1, -1), [])
+    code, _, err = run_main(["protocol", "voc", features, partial, "--voc-devkit", devkit, "--C", "1"])
+    assert code == 2 and "cannot fuse" in error_line(err) and "not in the second (e.g. JPEGImages/000114.jpg)" in error_line(err)
+
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--labels", labels_csv])
     assert code == 2 and "--voc-devkit gives the sets and their labels" in error_line(err)
 

@@ -67,15 +67,15 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
-    one file of its JPEGImages (or two: TRAIN.h5 TEST.h5). An image that the devkit marks difficult
-    for a class is left out of that class's SVM and AP, as VOC's own evaluation does.
+    a file of its JPEGImages, which holds both sets, or several of the same images to fuse (Net-D &
+    Net-E). An image that the devkit marks difficult for a class is left out of that class's SVM
+    and AP, as VOC's own evaluation does.
     """
     if voc_devkit:
         if labels or train_list or test_list:
             raise click.UsageError("--voc-devkit gives the sets and their labels: no --labels, --train-list or --test-list")
-        if len(features) > 2:
-            raise click.UsageError("with --voc-devkit, give one features file holding both sets, or TRAIN.h5 TEST.h5")
-        train_files, test_files, train_paths, test_paths = features[0], features[-1], None, None
+        train_files = test_files = list(features)  # each holds both sets; several are fused
+        train_paths = test_paths = None
     elif len(features) == 2 and not (train_list or test_list):
         train_files, test_files, train_paths, test_paths = features[0], features[1], None, None
     elif len(features) == 1 and train_list and test_list:
