@@ -291,10 +291,10 @@ def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:
     return sum(int((labels[start : start + step] >= 0).sum()) for start in range(0, labels.shape[0], step))
 
 
-def check_output_path(path: Path) -> None:
+def check_output_path(path: Path, kind: str = "an .h5 file") -> None:
     """Refuse an output path that names a folder, or whose folder does not exist."""
     if path.is_dir():
-        raise VggfeatError(f"output {path} is a folder; name an .h5 file")
+        raise VggfeatError(f"output {path} is a folder; name {kind}")
     if not path.parent.is_dir():
         raise VggfeatError(f"folder of the output does not exist: {path.parent}")
 
@@ -302,10 +302,7 @@ def check_output_path(path: Path) -> None:
 def check_new_file(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
     that exists, unless ``overwrite``: no command replaces a file unasked."""
-    if path.is_dir():
-        raise VggfeatError(f"output {path} is a folder; name a file")
-    if not path.parent.is_dir():
-        raise VggfeatError(f"folder of the output does not exist: {path.parent}")
+    check_output_path(path, "a file")
     if path.exists() and not overwrite:
         raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
 
