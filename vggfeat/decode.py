@@ -139,14 +139,18 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
 def open_image_file(path: str | Path) -> BinaryIO:
     """``path`` opened for reading, or :class:`ImageError` if it is not a regular file (a FIFO or a
     device named like an image would make a read wait, or go on, for ever) or is empty."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO otherwise waits for a writer
+    # Opening a FIFO otherwise waits for a writer. Windows has neither FIFOs nor O_NONBLOCK, and
+    # needs O_BINARY (untested there).
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    descriptor = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise ImageError("not a regular file (a folder, FIFO or device)")
         if status.st_size == 0:  # a download or copy that wrote nothing: say so, not "not an image"
             raise ImageError("empty file (0 bytes)")
-        os.set_blocking(descriptor, True)
+        if nonblocking:
+            os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:
         os.close(descriptor)

@@ -25,7 +25,6 @@ flushed to disk and renamed, so a part either exists whole or not at all, whatev
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -146,13 +145,28 @@ def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
     without its lock daemon) the run goes on unlocked, and says why."""
     lock = open(folder / "lock", "w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_exclusively(lock)
     except BlockingIOError:
         lock.close()
         raise VggfeatError(f"another vggfeat run is writing {output} (lock held on {folder}/lock)") from None
     except OSError as error:
         return lock, error.strerror or str(error)
     return lock, None
+
+
+def _lock_exclusively(file: IO) -> None:
+    """Lock ``file`` for this process, or raise BlockingIOError if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a lock on the file's first byte instead (untested there)
+        import msvcrt
+
+        try:
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        except PermissionError:  # what a byte another process holds gives
+            raise BlockingIOError from None
+        return
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def work_progress(output: Path) -> tuple[int, int] | None:
