@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from svmhelpers import blobs, write_features
-from vggfeat import transfer
+from vggfeat import protocol, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
@@ -78,6 +78,18 @@ def test_threads_give_the_same_model():
     one = LinearSVM(C=1, n_jobs=1).fit(X, y)
     two = LinearSVM(C=1, n_jobs=2).fit(X, y)
     np.testing.assert_array_equal(one.coef_, two.coef_)
+
+
+def test_training_says_how_far_its_fits_have_got(tmp_path):
+    """Minutes a fit on large sets: the commands show a bar over them, told by each fit as it ends."""
+    X, y, paths, names = blobs(classes=4)
+    seen = []
+    svm = LinearSVM(C_grid=(0.1, 1.0), cv=2, n_jobs=2).fit(X, y, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(done, 4 * (2 * 2 + 1)) for done in range(1, 21)] and svm.n_fits_ == 20  # per class: 2 C x 2 folds, + 1
+    file = write_features(tmp_path / "f.h5", X, paths, y, names)
+    seen.clear()
+    protocol.caltech(file, train_per_class=4, test_per_class=2, splits=3, C=1.0, progress=lambda *fit: seen.append(fit))
+    assert seen == [(done, 3 * 4) for done in range(1, 13)]  # 4 classes a split, one fit each, over the 3 splits
 
 
 def test_multilabel_is_an_independent_binary_svm_per_label():

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -63,8 +63,9 @@ def caltech_splits(labels: np.ndarray, n_classes: int, train_per_class: int, tes
 
 
 def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None = 50, splits: int = 3, seed: int = 0,
-            exclude: Sequence[str] = (), **svm_params) -> dict:
-    """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each split's train set)."""
+            exclude: Sequence[str] = (), progress: Callable[[int, int], None] | None = None, **svm_params) -> dict:
+    """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each
+    split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
     targets = targets_of(files[0], exclude=exclude)
     features = load_features(files, paths=targets.paths)
@@ -72,8 +73,11 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     y = align_to_classes(targets, classes, multilabel=False)
     table = []
     for number, split in enumerate(caltech_splits(y, len(classes), train_per_class, test_per_class, splits, seed, classes), 1):
-        # X[split.train] is a copy made for this fit alone: normalised in place.
-        svm = LinearSVM(**svm_params, copy=False).fit(features.X[split.train], y[split.train])
+        # X[split.train] is a copy made for this fit alone: normalised in place. Each split makes
+        # as many fits: the progress of all is that of this one, after those before it.
+        of_split = None if progress is None else (
+            lambda done, total, before=number - 1: progress(before * total + done, splits * total))
+        svm = LinearSVM(**svm_params, copy=False).fit(features.X[split.train], y[split.train], progress=of_split)
         predicted = _predict_rows(svm, features.X, split.test)
         table.append({
             "split": number,
@@ -101,7 +105,8 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
 
 def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
         test_paths: Sequence[str] | None = None, *, devkit: str | os.PathLike | None = None, train_set: str = "trainval",
-        test_set: str = "test", results: str | os.PathLike | None = None, overwrite: bool = False, **svm_params) -> dict:
+        test_set: str = "test", results: str | os.PathLike | None = None, overwrite: bool = False,
+        progress: Callable[[int, int], None] | None = None, **svm_params) -> dict:
     """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
 
     Labels come from ``labels_csv`` (rows by path; the paths of each set taken from it) or from the
@@ -112,6 +117,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     ``results`` too, a folder, the test set's scores are written there as VOC's result files for its
     evaluation server (:func:`vggfeat.voc.write_results`; existing ones only with ``overwrite``): the
     only outcome for a test set whose labels are withheld (VOC2012's), which gets no metrics.
+    ``progress`` as :meth:`LinearSVM.fit` takes it.
     """
     if devkit is not None:
         if labels_csv is not None or train_paths is not None or test_paths is not None:
@@ -138,7 +144,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
     train_features = load_features(train_files, paths=train.paths)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
-    svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore)
+    svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore, progress=progress)
     configs = train_features.configs
     del train_features
     test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,21 +76,24 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.normalize, self.multilabel, self.n_jobs = normalize, multilabel, n_jobs
         self.max_iter, self.tol, self.random_state, self.copy = max_iter, tol, random_state, copy
 
-    def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None, ignore: np.ndarray | None = None
-            ) -> LinearSVM:
+    def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None, ignore: np.ndarray | None = None,
+            progress: Callable[[int, int], None] | None = None) -> LinearSVM:
         """Train on descriptors ``X`` [N, D] and labels ``y`` [N] (or indicators [N, K] if multilabel).
 
         ``classes`` names the columns of a multi-label ``y`` (default 0..K-1). ``ignore`` [N, K]
         bool (multi-label only) leaves row i out of class k's SVM, and out of its score in the
         cross-validation, where ``ignore[i, k]``: VOC's "difficult" images (weighed 0, so X is not
         copied; ``class_weight="balanced"`` still counts them among the negatives).
+        ``progress(fits done, fits in all)`` is called as each liblinear fit ends (one per class,
+        and per C and fold in the cross-validation): minutes each on large sets.
         """
         self._check_params()
         X = self._prepare(X, copy=self.copy)
         targets = self._targets(y, len(X), classes)  # [N, K] bool
         ignore = self._ignored(ignore, targets.shape)
         self.n_features_in_ = X.shape[1]
-        fits: list[tuple[float, bool]] = []  # (C, converged) of every liblinear fit
+        per_class = 1 + (0 if self.C is not None else len(self.C_grid) * self.cv)
+        fits = _Fits(targets.shape[1] * per_class, progress)  # (C, converged) of every liblinear fit
         with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.C is None:
@@ -98,10 +103,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             else:
                 self.cv_scores_, self.C_ = {}, float(self.C)
             self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None, fits, ignore)
-        self.n_fits_ = len(fits)
-        self.n_unconverged_ = sum(not converged for _, converged in fits)
+        self.n_fits_ = len(fits.done)
+        self.n_unconverged_ = sum(not converged for _, converged in fits.done)
         if self.n_unconverged_:
-            values = ", ".join(f"{c:g}" for c in sorted({c for c, converged in fits if not converged}))
+            values = ", ".join(f"{c:g}" for c in sorted({c for c, converged in fits.done if not converged}))
             warnings.warn(ConvergenceWarning(
                 f"liblinear reached max_iter={self.max_iter} before converging in {self.n_unconverged_} of "
                 f"{self.n_fits_} fits (C = {values}); those SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"),
@@ -130,7 +135,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ training
 
     def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
-                 fits: list[tuple[float, bool]] | None = None, ignore: np.ndarray | None = None):
+                 fits: _Fits | None = None, ignore: np.ndarray | None = None):
         """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``, without the
         rows that ``ignore`` marks for it; each fit's (C, converged) is added to ``fits``."""
         def fit_one(k: int) -> tuple[np.ndarray, float]:
@@ -142,14 +147,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 weighed = np.where(ignore[:, k], 0.0, 1.0 if weights is None else weights)
             svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weighed)
             if fits is not None:
-                fits.append((C, svm.n_iter_ < self.max_iter))  # liblinear's own test of convergence
+                fits.add(C, svm.n_iter_ < self.max_iter)  # liblinear's own test of convergence
             return svm.coef_[0], float(svm.intercept_[0])
 
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
 
-    def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: list[tuple[float, bool]],
+    def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,
                         ignore: np.ndarray | None = None) -> dict[float, float]:
         if self.multilabel:
             folds = KFold(self.cv, shuffle=True, random_state=self.random_state).split(X)
@@ -256,6 +261,21 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if count == rows:
                 raise VggfeatError(f"class {name} holds every training example: nothing to tell it from")
         return targets
+
+
+class _Fits:
+    """The (C, converged) of every liblinear fit of one training, from its threads; ``progress``
+    is told of each, with the number the training makes in all."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.done: list[tuple[float, bool]] = []
+        self.total, self.progress, self.lock = total, progress, threading.Lock()
+
+    def add(self, C: float, converged: bool) -> None:
+        with self.lock:
+            self.done.append((C, converged))
+            if self.progress is not None:
+                self.progress(len(self.done), self.total)
 
 
 # ---------------------------------------------------------------------- model files

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,15 +53,16 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
 
 
 def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labels_csv: str | os.PathLike | None = None,
-              exclude: Sequence[str] = (), **svm_params) -> SavedModel:
+              exclude: Sequence[str] = (), progress: Callable[[int, int], None] | None = None, **svm_params) -> SavedModel:
     """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
-    multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given."""
+    multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given; ``progress`` as
+    :meth:`LinearSVM.fit` takes it."""
     files = file_list(files)
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude)
     features = load_features(files, paths=targets.paths)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
-    svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None)
+    svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, progress=progress)
     training = {
         "files": [str(f) for f in files],
         "rows": len(targets.paths),

@@ -9,7 +9,7 @@ import click
 from .. import protocol as protocols
 from ..errors import VggfeatError
 from . import options
-from .svm import svm_options, svm_params
+from .svm import fits_progress, svm_options, svm_params
 
 
 @click.group()
@@ -33,8 +33,9 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
     FEATURES: one file of a labelled folder, or several of the same images to fuse.
     """
     options.check_json_output(json_out, overwrite)
-    result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
-                               exclude=exclude_class, **svm_params(**svm))
+    with fits_progress() as progress:
+        result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
+                                   exclude=exclude_class, progress=progress, **svm_params(**svm))
     click.echo(f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
                f"{'up to ' + str(test_per_class) if test_per_class else 'all other'} test images per class, "
                f"{splits} split(s), seed {result['seed']}")
@@ -84,8 +85,9 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
     options.check_json_output(json_out, overwrite)
-    result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit,
-                           train_set=train_set, test_set=test_set, results=results, overwrite=overwrite, **svm_params(**svm))
+    with fits_progress() as progress:
+        result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
+                               test_set=test_set, results=results, overwrite=overwrite, progress=progress, **svm_params(**svm))
     sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out per class)" if voc_devkit else ""
     click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -13,6 +15,7 @@ from ..metrics import one_hot
 from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
+from .options import progress_bar
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -56,6 +59,18 @@ def svm_options(command):
     return command
 
 
+@contextlib.contextmanager
+def fits_progress() -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over a training's liblinear fits (minutes each on large sets), for its
+    ``progress(fits done, fits in all)``."""
+    with progress_bar(False, total=None, unit="fits", desc="training SVMs") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
+
+
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
                max_iter: int, n_jobs: int, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
@@ -71,11 +86,13 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL.")
 @svm_options
-def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **options) -> None:
+def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **svm) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
     files, (model,) = split_files(paths, features, ["MODEL"])
     check_new_file(model, overwrite)
-    saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, multilabel=multilabel, **svm_params(**options))
+    with fits_progress() as progress:
+        saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, multilabel=multilabel,
+                                   progress=progress, **svm_params(**svm))
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
     click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
