@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import h5py
 import numpy as np
@@ -136,6 +137,17 @@ def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
                        err, flags=re.MULTILINE)
     assert lines and lines[-1] == ("3", "100.0"), err
     assert "finding images in" in err
+
+
+def test_a_terminal_that_says_it_has_no_columns_gets_lines_rather_than_an_invisible_bar(monkeypatch):
+    """tqdm draws nothing at 0 columns, which some containers' and CI runners' terminals report."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(options, "_columns", lambda: 0)
+    assert isinstance(options.progress_bar(False, total=3, unit="images"), options.ProgressLines)
+    monkeypatch.setattr(options, "_columns", lambda: 100)
+    bar = options.progress_bar(False, total=3, unit="images")
+    assert not isinstance(bar, options.ProgressLines)
+    bar.close()
 
 
 # --------------------------------------------------------------------------- refusals
