@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import h5py
 import numpy as np
@@ -95,6 +96,19 @@ def test_warnings_reach_the_terminal_as_one_line_each(data, tmp_path):
     assert code == 0 and "trained 3 classes" in out
     assert err.splitlines() == ["warning: liblinear reached max_iter=1 before converging in 3 of 3 fits (C = 1); those "
                                 "SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"]
+
+
+def test_training_shows_its_fits_progress_and_a_refusal_none(data, tmp_path, monkeypatch):
+    from vggfeat.cli import options
+
+    _, files = data
+    monkeypatch.setattr(options, "LOG_EVERY", 0.0)  # a line at every fit (a minute apart in a real log)
+    code, _, err = run_main(["train-svm", files["train"], tmp_path / "m.h5", "--cv", "2", "--C-grid", "0.1,10"])
+    assert code == 0, err
+    counts = re.findall(r"^training SVMs: (\d+) of 15 fits \(", err, flags=re.MULTILINE)  # 3 classes x (2 C x 2 folds + 1)
+    assert counts == [str(n) for n in range(1, 16)], err
+    code, _, err = run_main(["train-svm", files["train"], tmp_path / "m2.h5", "--exclude-class", "nothing-such"])
+    assert code == 2 and "training SVMs" not in err
 
 
 def test_protocol_caltech(data, tmp_path):

@@ -62,13 +62,20 @@ def svm_options(command):
 @contextlib.contextmanager
 def fits_progress() -> Iterator[Callable[[int, int], None]]:
     """A progress bar over a training's liblinear fits (minutes each on large sets), for its
-    ``progress(fits done, fits in all)``."""
-    with progress_bar(False, total=None, unit="fits", desc="training SVMs") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    ``progress(fits done, fits in all)``; drawn from the first fit on, so that a command refused
+    before (its labels, its files) shows none."""
+    bars: list = []
 
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(progress_bar(False, total=total, unit="fits", desc="training SVMs"))
+        bars[0].update(done - bars[0].n)
+
+    try:
         yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
