@@ -120,6 +120,18 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     assert result["map_voc07_11pt"] == pytest.approx(1.0)  # each difficult image left out of its class's ranking
     assert "(trainval / test of" in out and "| class | positives | difficult |" in out and "| cat | 4 | 1 |" in out
 
+    # train-svm and evaluate with the devkit: the protocol's model and numbers, step by step.
+    model = tmp_path / "voc.svm.h5"
+    code, out, err = run_main(["train-svm", features, model, "--voc-devkit", devkit, "--C", "1"])
+    assert code == 0, err
+    assert "trained 2 labels on 30 rows" in out
+    code, out, err = run_main(["evaluate", model, features, "--voc-devkit", devkit, "--report", tmp_path / "report"])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["per_class"] == result["per_class"] and metrics["examples"] == 15
+    code, _, err = run_main(["evaluate", model, features, "--voc-devkit", devkit, "--voc-set", "none-such"])
+    assert code == 2 and "has no image set 'none-such'" in error_line(err)
+
     # The same sets without the difficult flags (difficult images as negatives) rank them first.
     lines = {"train": [], "test": []}
     for name, which in (("trainval", "train"), ("test", "test")):

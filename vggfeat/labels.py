@@ -97,7 +97,8 @@ def exclude_classes(targets: Targets, exclude: Sequence[str], multilabel: bool) 
     keep = [k for k, c in enumerate(targets.classes) if c not in exclude]
     kept_classes = [targets.classes[k] for k in keep]
     if multilabel:
-        return Targets(targets.paths, targets.y[:, keep], kept_classes)
+        ignore = None if targets.ignore is None else targets.ignore[:, keep]
+        return Targets(targets.paths, targets.y[:, keep], kept_classes, ignore)
     rows = [i for i, name in enumerate(targets.y) if name not in exclude]
     return Targets([targets.paths[i] for i in rows], targets.y[rows], kept_classes)
 

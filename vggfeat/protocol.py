@@ -28,7 +28,7 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import targets_of
-from .voc import read_image_set, result_files, targets_of_set, write_results
+from .voc import result_files, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
@@ -122,8 +122,8 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     if devkit is not None:
         if labels_csv is not None or train_paths is not None or test_paths is not None:
             raise VggfeatError("a VOC devkit gives the sets and their labels: no labels file or path lists with it")
-        train = _devkit_targets(train_files, devkit, train_set, "training")
-        test = _devkit_targets(test_files, devkit, test_set, "test")
+        train = targets_of(file_list(train_files)[0], voc=(devkit, train_set))
+        test = targets_of(file_list(test_files)[0], voc=(devkit, test_set))
         if not train.classes:
             raise VggfeatError(f"the training set {train_set!r} of {devkit} has no labels (no <class>_{train_set}.txt)")
         if not test.classes and results is None:
@@ -169,13 +169,6 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
 def _predict_rows(svm: LinearSVM, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``svm.predict(X[rows])`` without copying ``X[rows]`` whole (the test rows can be GBs)."""
     return np.concatenate([svm.predict(X[rows[start : start + _PREDICT_ROWS]]) for start in range(0, len(rows), _PREDICT_ROWS)])
-
-
-def _devkit_targets(files: Files, devkit: str | os.PathLike, image_set: str, which: str) -> Targets:
-    """The devkit's image set ``image_set`` as rows of the set's features file."""
-    with FeatureFile(file_list(files)[0]) as first:
-        held = first.paths
-    return targets_of_set(read_image_set(devkit, image_set), held, which)
 
 
 def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequence[str] | None, which: str) -> Targets:

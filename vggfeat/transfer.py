@@ -26,24 +26,32 @@ from .labels import (
 from .metrics import multilabel_metrics, single_label_metrics
 from .store import written_atomically
 from .svm import LinearSVM, SavedModel, load_model, save_model
+from .voc import read_image_set, targets_of_set
 
 
 def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
-               exclude: Sequence[str] = ()) -> Targets:
-    """The rows of ``features_file`` to use and their labels: those of a labels CSV, or the file's own."""
+               exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None) -> Targets:
+    """The rows of ``features_file`` to use and their labels: those of a labels CSV, of a VOC
+    devkit's image set (``voc``: (devkit folder, set name); multi-label, with the images difficult
+    for each class as :attr:`Targets.ignore`, and no classes where its labels are withheld), or the
+    file's own."""
     with FeatureFile(features_file) as f:
-        if labels_csv is None:
+        if voc is not None:
+            targets = targets_of_set(read_image_set(*voc), f.paths, voc[1])
+        elif labels_csv is None:
             return targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
-        targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv))
+        else:
+            targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv))
     return exclude_classes(targets, exclude, multilabel) if exclude else targets
 
 
 def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
-                     exclude: Sequence[str] = ()) -> Targets:
-    """Which rows train, and on what: a labels CSV, or the first features file's own labels."""
+                     exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None) -> Targets:
+    """Which rows train, and on what: a labels CSV, a VOC devkit's image set, or the first
+    features file's own labels."""
     first = file_list(files)[0]
-    targets = targets_of(first, labels_csv, multilabel, exclude)
-    if labels_csv is None and not multilabel:
+    targets = _labelled(targets_of(first, labels_csv, multilabel, exclude, voc), voc)
+    if labels_csv is None and voc is None and not multilabel:
         present = set(targets.y)
         empty = [name for name in targets.classes if name not in present]
         if empty:
@@ -53,20 +61,26 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
 
 
 def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labels_csv: str | os.PathLike | None = None,
-              exclude: Sequence[str] = (), progress: Callable[[int, int], None] | None = None, **svm_params) -> SavedModel:
+              exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None,
+              progress: Callable[[int, int], None] | None = None, **svm_params) -> SavedModel:
     """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
     multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given; ``progress`` as
-    :meth:`LinearSVM.fit` takes it."""
+    :meth:`LinearSVM.fit` takes it. With ``voc`` ((devkit folder, image set)), the labels are the
+    set's, multi-label, and an image difficult for a class is left out of that class's SVM."""
     files = file_list(files)
+    if voc is not None:
+        svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
-    targets = training_targets(files, labels_csv, multilabel, exclude)
+    targets = training_targets(files, labels_csv, multilabel, exclude, voc)
     features = load_features(files, paths=targets.paths)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
-    svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, progress=progress)
+    svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
+            progress=progress)
+    labels = f"VOC devkit {voc[0]}, set {voc[1]}" if voc is not None else str(labels_csv) if labels_csv else "stored"
     training = {
         "files": [str(f) for f in files],
         "rows": len(targets.paths),
-        "labels": str(labels_csv) if labels_csv else "stored",
+        "labels": labels,
         "excluded_classes": list(exclude),
         "examples_per_class": dict(zip(map(str, svm.classes_), map(int, _positives(targets, svm)))),
     }
@@ -103,17 +117,24 @@ def predict(model: str | os.PathLike | SavedModel, files: Files, output_csv: str
     return scored
 
 
-def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: str | os.PathLike | None = None) -> tuple[dict, Scored]:
-    """Metrics of the model on the labelled rows of ``files`` (or on the rows of ``labels_csv``)."""
+def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: str | os.PathLike | None = None,
+             voc: tuple[str | os.PathLike, str] | None = None) -> tuple[dict, Scored]:
+    """Metrics of the model on the labelled rows of ``files`` (or on the rows of ``labels_csv``, or
+    of a VOC devkit's image set ``voc``: (devkit folder, set name), whose difficult images are left
+    out of their class's AP)."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
     files = file_list(files)
     multilabel, classes = saved.svm.multilabel, [str(c) for c in saved.svm.classes_]
-    targets = targets_of(files[0], labels_csv, multilabel)
+    if voc is not None and not multilabel:
+        raise VggfeatError("a VOC devkit's labels are multi-label: evaluate a model trained on them (train-svm --voc-devkit)")
+    targets = _labelled(targets_of(files[0], labels_csv, multilabel, voc=voc), voc)
     truth = align_to_classes(targets, classes, multilabel)
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
     if multilabel:
-        return multilabel_metrics(truth, scored.scores, classes), scored
+        ignore = None if targets.ignore is None else align_to_classes(
+            Targets(targets.paths, targets.ignore, targets.classes), classes, multilabel=True)
+        return multilabel_metrics(truth, scored.scores, classes, ignore), scored
     return single_label_metrics(truth, scored.scores, classes), scored
 
 
@@ -128,6 +149,13 @@ def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
             else:
                 predicted = scored.classes[int(np.argmax(row))]
             writer.writerow([p, predicted, *(f"{s:.6g}" for s in row)])
+
+
+def _labelled(targets: Targets, voc: tuple[str | os.PathLike, str] | None) -> Targets:
+    """``targets``, refused where they come from a VOC image set whose labels are withheld."""
+    if voc is not None and not targets.classes:
+        raise VggfeatError(f"the image set {voc[1]!r} of {voc[0]} has no labels (withheld, as VOC2012's test set)")
+    return targets
 
 
 def _positives(targets: Targets, svm: LinearSVM) -> np.ndarray:

@@ -91,14 +91,20 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines instead of the file's own labels.")
 @click.option("--multilabel", is_flag=True, help="An independent binary SVM per label (VOC-style); labels from --labels.")
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
+@click.option("--voc-devkit", type=click.Path(path_type=Path),
+              help="Labels from a VOC devkit folder's image set (--voc-set), multi-label; its difficult images are left "
+                   "out of their class's SVM.")
+@click.option("--voc-set", default="trainval", show_default=True, help="With --voc-devkit: the image set to train on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL.")
 @svm_options
-def train_svm(paths, features, labels, multilabel, exclude_class, overwrite, **svm) -> None:
+def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, overwrite, **svm) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
     files, (model,) = split_files(paths, features, ["MODEL"])
+    voc = _voc_labels(voc_devkit, voc_set, labels)
     check_new_file(model, overwrite)
+    multilabel = multilabel or voc is not None
     with fits_progress() as progress:
-        saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, multilabel=multilabel,
+        saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, multilabel=multilabel,
                                    progress=progress, **svm_params(**svm))
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
@@ -125,16 +131,21 @@ def predict(paths, features, overwrite) -> None:
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines: the test rows and their truth.")
 @click.option("--report", type=click.Path(path_type=Path), help="Folder for metrics.json, per-class tables and plots.")
+@click.option("--voc-devkit", type=click.Path(path_type=Path),
+              help="The test rows and their truth from a VOC devkit folder's image set (--voc-set); its difficult "
+                   "images are left out of their class's AP.")
+@click.option("--voc-set", default="test", show_default=True, help="With --voc-devkit: the image set to score.")
 @click.option("--overwrite", is_flag=True, help="Replace the files of an earlier report in the --report folder.")
-def evaluate(paths, features, labels, report, overwrite) -> None:
+def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) -> None:
     """Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, per-class AP, mAP."""
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES]")
     files, _ = split_files(paths[1:], features, [])
+    voc = _voc_labels(voc_devkit, voc_set, labels)
     model = load_model(paths[0])
     if report:
         _check_report_folder(report, model.svm.multilabel, overwrite)
-    metrics, scored = transfer.evaluate(model, files, labels)
+    metrics, scored = transfer.evaluate(model, files, labels, voc=voc)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
     for key, name in (("accuracy", "accuracy"), ("mean_class_recall", "mean class recall"),
                       ("map_voc07_11pt", "mAP (VOC2007 11-point)"), ("map_area", "mAP (area under PR curve)")):
@@ -144,6 +155,15 @@ def evaluate(paths, features, labels, report, overwrite) -> None:
     if report:
         written = write_report(report, metrics, scored.scores, _indicators(scored))
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _voc_labels(devkit: Path | None, image_set: str, labels: Path | None) -> tuple[Path, str] | None:
+    """(devkit, image set) where --voc-devkit is given, which takes no --labels."""
+    if devkit is None:
+        return None
+    if labels is not None:
+        raise click.UsageError("--voc-devkit gives the labels: no --labels with it")
+    return devkit, image_set
 
 
 def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool) -> None:
