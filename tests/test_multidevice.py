@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from runhelpers import (FAST, assert_same_output, children, crash_on_part, error
 from imagefiles import write_rgb
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
+from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
 from vggfeat.store import shards_folder, work_folder, work_progress
 
@@ -44,6 +46,21 @@ def test_two_devices_write_the_file_one_run_writes(tmp_path):
     assert two["attrs"]["command"].endswith("--device cpu,cpu")  # the same command made every shard
     assert [shard["shard"] for shard in json.loads(two["attrs"]["shards"])] == [1, 2]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]  # no shards left
+
+
+def test_a_classifiers_posteriors_are_written_on_several_devices_as_descriptors_are(tmp_path):
+    """Each process builds the extractor's own class: a Classifier's posteriors, not fc8's scores."""
+    write_plain_folder(tmp_path / "images", 3)
+    classifier = Classifier("vgg16", weights="random", scales=[224], flip=False, device="cpu")
+    result = MultiDeviceJob(classifier, ["cpu", "cpu"], find_images(tmp_path / "images"), tmp_path / "p.h5").run()
+    assert (result.rows, result.failed) == (3, 0)
+    data = read_output(tmp_path / "p.h5")
+    expected = classifier.extract([tmp_path / "images" / path for path in data["paths"]])
+    np.testing.assert_allclose(data["features"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(data["features"].sum(axis=1), 1.0, atol=1e-5)  # probabilities
+    assert data["attrs"]["dense"] and not data["attrs"]["multi_crop"] and data["features"].shape[1] == 1000
+    code, out, _ = run_main(["info", tmp_path / "p.h5"])
+    assert code == 0 and "  posteriors   dense evaluation (softmax of fc8); scales 224; flip off; precision fp32" in out
 
 
 def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):

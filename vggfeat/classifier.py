@@ -93,6 +93,9 @@ class Classifier(Extractor):
         autotune: str = "auto",
         compile: str = "auto",
     ) -> None:
+        # Everything but the device, as given: MultiDeviceJob builds this classifier again on each
+        # of its devices (Extractor.arguments would be the extractor's underneath).
+        arguments = {name: value for name, value in locals().items() if name not in ("self", "device", "__class__")}
         if not (dense or multi_crop):
             raise VggfeatError("nothing to evaluate: choose dense, multi-crop or both")
         # Single views, one score vector per scale ("stack"), no flip: the softmax must come before
@@ -104,6 +107,7 @@ class Classifier(Extractor):
             compile=compile,
         )
         self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)
+        self.arguments = arguments
 
     @property
     def dim(self) -> int:
@@ -118,8 +122,9 @@ class Classifier(Extractor):
 
     def config(self) -> dict:
         config = {k: v for k, v in super().config().items() if k not in ("layer", "pooling", "aggregate")}
-        return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop,
-                "crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}" if self.multi_crop else None}
+        # No None values: a descriptor file keeps the configuration as HDF5 attributes too.
+        crops = {"crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}"} if self.multi_crop else {}
+        return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop, **crops}
 
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
                        sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:

@@ -62,8 +62,9 @@ class MultiDeviceJob:
     discarded with ``overwrite``.
 
     ``extractor`` is built on the first device (it checks the options and fetches the weights once,
-    before the processes start); each process builds its own from ``extractor.arguments``, so
-    ``extractor`` must name its architecture rather than hold a loaded network. Where
+    before the processes start); each process builds its own, of its class (an :class:`Extractor`
+    or a :class:`~vggfeat.classifier.Classifier`), from ``extractor.arguments``, so ``extractor``
+    must name its architecture rather than hold a loaded network. Where
     ``extractor.workers`` is None, it is set to each process's share of the CPU's cores.
     Construction refuses what :class:`ExtractionJob` refuses, and a shards folder that is not this
     extraction's; :meth:`run` does the work and raises :class:`VggfeatError` if a block fails, once
@@ -160,8 +161,8 @@ class MultiDeviceJob:
         threads = max(1, torch.get_num_threads() // on_cpu) if on_cpu else None
         processes = [
             context.Process(target=_describe_blocks, name=f"vggfeat-device-{d + 1}-of-{len(devices)}", args=(
-                d, arguments, device, first, child, self.dtype, self.part_images, self.overwrite, self.provenance,
-                threads))
+                d, type(self.extractor), arguments, device, first, child, self.dtype, self.part_images, self.overwrite,
+                self.provenance, threads))
             for d, (device, first, (_, child)) in enumerate(zip(devices, todo, pipes))
         ]
         run = _Run(processes, [ours for ours, _ in pipes], [k for k, _, _ in todo[: len(devices)]], todo[len(devices):],
@@ -275,9 +276,10 @@ class _Run:
 # --------------------------------------------------------------------------- in each device's process
 
 
-def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int, ImageSet, Path], parent,
-                     dtype: str, part_images: int, overwrite: bool, provenance: dict, threads: int | None) -> None:
-    """Process ``number``: block ``first``, (k, its images, its file), then each block that
+def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device: str, first: tuple[int, ImageSet, Path],
+                     parent, dtype: str, part_images: int, overwrite: bool, provenance: dict, threads: int | None) -> None:
+    """Process ``number``: with a ``kind`` (Extractor or Classifier) of ``arguments`` on ``device``,
+    block ``first``, (k, its images, its file), then each block that
     ``parent``, its end of a pipe to the parent process, gives it when asked, until None; on the
     CPU, with ``threads`` of its own for the network. Says
     there (kind, value) how it goes: ("block", k) as it starts one, ("progress", images),
@@ -296,7 +298,7 @@ def _describe_blocks(number: int, arguments: dict, device: str, first: tuple[int
             parent.send((kind, value))
 
     try:
-        extractor = Extractor(**arguments, device=device)
+        extractor = kind(**arguments, device=device)
         config = config_json(extractor.config(), dtype)
         task = first
         while task is not None:

@@ -12,6 +12,16 @@ from ..store import read_info, shards_folder, shards_progress, work_folder, work
 from ..update import MODES
 
 
+def _network_line(a: dict) -> str:
+    """What the network computed: a layer's pooled map (extract), or class posteriors (classify)."""
+    scales, flip, precision = ",".join(map(str, a.get("scales", []))), "on" if a.get("flip") else "off", a.get("precision")
+    if "dense" in a:
+        how = " + ".join(name for name, on in (("dense", a.get("dense")), ("multi-crop", a.get("multi_crop"))) if on)
+        return f"  posteriors   {how} evaluation (softmax of fc8); scales {scales}; flip {flip}; precision {precision}"
+    return (f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {scales} ({a.get('aggregate')}); "
+            f"flip {flip}; precision {precision}")
+
+
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
@@ -49,8 +59,7 @@ def info(file: Path, as_json: bool) -> None:
         f"  classes      {len(classes)}{': ' + shown if classes else ''}",
         f"  failed       {summary['failed']:,}",
         f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
-        f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {','.join(map(str, a.get('scales', [])))} "
-        f"({a.get('aggregate')}); flip {'on' if a.get('flip') else 'off'}; precision {a.get('precision')}",
+        _network_line(a),
         f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
         + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
         + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
