@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from runhelpers import FAST, error_line, flaky_storage, run_main
+from runhelpers import FAST, crash_on_part, error_line, flaky_storage, read_output, run_main
 from reference import assert_close, reference_input
 import vggfeat.extractor
 import vggfeat.predictions
@@ -247,6 +247,34 @@ def test_cli_predictions_and_errors(small_network_for_cli, small_vgg, folder, tm
     assert by_path["bad/corrupt.jpg"]["true_class"] == "1"
     assert set(rows[0]) == {"path", "true_class", "true_label", "error",
                             *(f"{field}_{r}" for r in (1, 2, 3) for field in ("class", "label", "probability"))}
+
+
+def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, small_vgg, folder, tmp_path, monkeypatch):
+    """For millions of images: every posterior kept, as extract keeps descriptors, and a killed run
+    goes on where it stopped."""
+    images, bad = folder
+    good = ["good/a.png", "good/b.jpg", "good/c.png"]
+    api = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract([images / p for p in good])
+    ranked = np.argsort(-api, axis=1)
+    labels = tmp_path / "val.txt"
+    labels.write_text(f"a.png {ranked[0, 0]}\nb.jpg,{ranked[1, 3]}\nc.png {ranked[2, -1]}\nbad/corrupt.jpg 1\n")
+    output, args = tmp_path / "posteriors.h5", ["classify", images, tmp_path / "posteriors.h5", *FAST, "--part-size", "1"]
+    crash_on_part(monkeypatch, 3)  # killed after two parts
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_main(args)
+    monkeypatch.undo()
+    monkeypatch.setattr(vggfeat.extractor, "load_network", lambda model, weights="imagenet", seed=0: small_vgg)
+    code, out, err = run_main([*args, "--labels", labels])
+    assert code == 0, err
+    assert "resuming: 2 of" in err and f"the posteriors of 3 images (1000 classes), {len(bad)} failed" in err
+    assert "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images" in out  # as the CSV's (test above)
+    assert "not counted: 0 images missing from" in err and "1 labelled image that failed" in err
+    data = read_output(output)
+    assert data["paths"] == good and data["failed_paths"] == sorted(bad)
+    np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
+    assert data["attrs"]["dense"] and data["attrs"]["command"].startswith("vggfeat classify")
+    code, _, err = run_main(["classify", images, tmp_path / "p.csv", *FAST, "--device", "cpu,cpu"])
+    assert code == 2 and "several devices write the posteriors into an HDF5 file: name OUTPUT .h5" in error_line(err)
 
 
 def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, folder, tmp_path):

@@ -71,7 +71,7 @@ def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
     start = multiprocessing.context.SpawnProcess.start
 
     def recording_start(process):
-        sent.append(process._args[3][1])  # its first block: (k, images, file)
+        sent.append(process._args[4][1])  # its first block: (k, images, file)
         threads.append(process._args[-1])
         start(process)
 

@@ -8,9 +8,15 @@ from pathlib import Path
 import click
 
 from ..classifier import Classifier
-from ..predictions import ClassificationResult, classify_images, read_labels
-from ..store import check_new_file
+from ..discover import ImageSet
+from ..job import ExtractionJob, check_output
+from ..multidevice import MultiDeviceJob
+from ..predictions import ClassificationResult, Evaluation, classify_images, match_labels, read_labels
+from ..store import check_new_file, interrupted_on_several, open_features_file
 from . import options
+from .extract import announce, running, work_done
+
+ERROR_ROWS = 8192  # posteriors read at a time to count the errors
 
 
 @click.command()
@@ -22,40 +28,57 @@ from . import options
 @click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image.")
 @click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
-@options.device
+@click.option("--device", "devices", default="auto", show_default=True, callback=options.check_devices,
+              help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, for an OUTPUT .h5.")
 @options.precision
 @options.image_pipeline
+@options.part_size
 @options.overwrite
 @options.quiet
-def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, device,
-             precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, overwrite,
-             quiet) -> None:
+def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
+             precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, part_size,
+             overwrite, quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
     whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
     over the image and its flip and over the scales. Unusable files get a row with the reason.
+
+    An OUTPUT .h5 holds every image's posteriors instead, as 'vggfeat extract' writes descriptors:
+    for millions of images, on several devices, and resumed where a killed run stopped.
     """
     output = options.output_of(paths, file_list)
+    posteriors_file = output.suffix.lower() == ".h5"
+    if len(devices) > 1 and not posteriors_file:
+        raise click.UsageError("several devices write the posteriors into an HDF5 file: name OUTPUT .h5")
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options.
-    check_new_file(output, overwrite)
+    if posteriors_file:
+        check_output(output, overwrite)  # or the run that left its work beside it goes on
+    else:
+        check_new_file(output, overwrite)
     truth = read_labels(labels) if labels else None
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
     say(f"loading {model} ({weights})")
     classifier = Classifier(
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
-        device=device, precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
+        device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
         jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
-    say(options.describe_settings(classifier, len(images)))
-    options.advise_precision(classifier, precision, say)
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
+    if posteriors_file:
+        _into_posteriors_file(classifier, images, output, devices, part_size, overwrite, quiet, precision,
+                              f"{model} {setting}")
+        if truth is not None:
+            _report_errors(_errors_of_file(output, truth), labels, setting, say)
+        return
+    say(options.describe_settings(classifier, len(images)))
+    options.advise_precision(classifier, precision, say)
     with options.progress_bar(quiet, total=len(images), unit="images", desc=f"{model} {setting}") as bar:
         result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
                                  progress=bar.update)
@@ -68,6 +91,40 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         _report_errors(result, labels, setting, say)
 
 
+def _into_posteriors_file(classifier: Classifier, images: ImageSet, output: Path, devices: tuple[str, ...],
+                          part_size: int, overwrite: bool, quiet: bool, precision: str, desc: str) -> None:
+    """The posteriors of ``images`` into ``output`` by an extraction job of ``classifier``: its parts,
+    resume and devices are extract's."""
+    say = options.reporter(quiet)
+    job_options = dict(overwrite=overwrite, part_images=part_size, provenance={"command": options.command_line()})
+    if len(devices) > 1 or (interrupted_on_several(output) and not overwrite):
+        job = MultiDeviceJob(classifier, devices, images, output, **job_options)
+    else:
+        job = ExtractionJob(classifier, images, output, **job_options)
+    announce(job, classifier, "float32", say, devices)
+    options.advise_precision(classifier, precision, say)
+    result = running(job, job.run, quiet, desc=desc)
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    where = ", ".join(devices) if len(devices) > 1 else str(classifier.device)
+    work = work_done(result.computed, result.seconds, where) if job.total else "no image to classify"
+    say(f"wrote {result.output}: the posteriors of {options.counted(result.rows, 'image')} ({classifier.dim} classes), "
+        f"{failed}; {work}")
+
+
+def _errors_of_file(output: Path, truth: dict[str, int]) -> ClassificationResult:
+    """Top-1 and top-5 error of a posteriors file's rows against ``truth``, a block of rows at a time."""
+    result = ClassificationResult(output, evaluation=Evaluation())
+    with open_features_file(output) as f:
+        paths, failed = f["paths"].asstr(), f["failed/paths"].asstr()[:]
+        for start in range(0, f["features"].shape[0], ERROR_ROWS):
+            block = f["features"][start : start + ERROR_ROWS]
+            for probabilities, label in zip(block, match_labels(paths[start : start + len(block)], truth)):
+                result.count_classified(probabilities, label)
+    result.labelled_failed = sum(label is not None for label in match_labels(failed, truth))
+    result.failed = len(failed)
+    return result
+
+
 def _report_errors(result: ClassificationResult, labels: Path, setting: str, say: Callable[..., None]) -> None:
     evaluation = result.evaluation
     if evaluation.images == 0:
@@ -77,5 +134,5 @@ def _report_errors(result: ClassificationResult, labels: Path, setting: str, say
         click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
                    f"over {evaluation.images:,} labelled images ({setting})")
     if result.unlabelled or result.labelled_failed:
-        say(f"not counted: {result.unlabelled:,} images missing from {labels}, "
-            f"{result.labelled_failed:,} labelled images that failed")
+        say(f"not counted: {options.counted(result.unlabelled, 'image')} missing from {labels}, "
+            f"{options.counted(result.labelled_failed, 'labelled image')} that failed")

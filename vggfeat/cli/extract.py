@@ -55,7 +55,7 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
 @options.image_pipeline
 @click.option("--shard", metavar="K/N", callback=parse_shard,
               help="Describe only the K-th of N equal blocks of the images (one per GPU or machine); 'vggfeat merge' joins the N files.")
-@click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Images per committed part: the most a kill can cost.")
+@options.part_size
 @options.overwrite
 @click.option("--retry-failed", is_flag=True,
               help="Describe again the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
@@ -114,12 +114,12 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
                             provenance=provenance)
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
-    _announce(job, extractor, dtype, say, devices)
+    announce(job, extractor, dtype, say, devices)
     options.advise_precision(extractor, precision, say)
-    result = _running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
+    result = running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
-    work = _work_done(result.computed, result.seconds, where) if job.total else "no image to describe"  # an empty shard
+    work = work_done(result.computed, result.seconds, where) if job.total else "no image to describe"  # an empty shard
     say(f"wrote {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
@@ -127,7 +127,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
 
 
-def _announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: str, say: Callable[..., None],
+def announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: str, say: Callable[..., None],
               devices: tuple[str, ...] = ()) -> None:
     """What the job will do, before it does it."""
     say(options.describe_settings(extractor, job.total - job.done, devices))
@@ -144,7 +144,7 @@ def _announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: 
             "on the same output while this one runs", fg="yellow")
 
 
-def _running(job: ExtractionJob | MultiDeviceJob, run: Callable[..., R], quiet: bool, desc: str, kept: str = "") -> R:
+def running(job: ExtractionJob | MultiDeviceJob, run: Callable[..., R], quiet: bool, desc: str, kept: str = "") -> R:
     """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work
     is kept: ``kept``, or in the job's work folder."""
     kept = kept or f"finished parts are kept in {job.work}"
@@ -162,7 +162,7 @@ def _running(job: ExtractionJob | MultiDeviceJob, run: Callable[..., R], quiet: 
             raise OSError(f"{error}; {kept}: run the same command to resume") from error
 
 
-def _work_done(computed: int, seconds: float, device: str) -> str:
+def work_done(computed: int, seconds: float, device: str) -> str:
     if not computed:
         return "every image was described by the interrupted run"
     rate = computed / seconds if seconds > 0 else 0.0
@@ -195,10 +195,10 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
     if not retry:
         say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
-        _announce(update.job, extractor, dtype, say, devices)
+        announce(update.job, extractor, dtype, say, devices)
         # Stopped while the images are described, or after, while the file is written anew.
         kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
-        result = _running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
+        result = running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
     else:
         result = update.run()
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
@@ -207,6 +207,6 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
     else:
         outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
     where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
-    work = _work_done(result.computed, result.seconds, where) if result.described else "no image to describe"
+    work = work_done(result.computed, result.seconds, where) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), "
         f"{failed}; {outcome}; {work}")

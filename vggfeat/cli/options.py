@@ -102,6 +102,8 @@ jpeg_draft = click.option("--jpeg-draft", is_flag=True,
 max_pixels = click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help="Refuse larger images unread (decompression bombs).")
 min_side = click.option("--min-side", default=DEFAULT_MIN_SIDE, show_default=True, type=click.IntRange(min=1), help="Refuse images with a smaller side.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+part_size = click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1),
+                         help="Images per committed part (of an HDF5 OUTPUT): the most a kill can cost.")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 resize_side = click.option("--resize-side", default="short", show_default=True, type=click.Choice(["short", "long"]),
                            help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
