@@ -9,6 +9,7 @@ posteriors are far from uniform), computed view by view straight from the networ
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,14 +212,23 @@ def folder(tmp_path):
     return images, bad
 
 
+GOOD = ["good/a.png", "good/b.jpg", "good/c.png"]
+
+
+def labels_by_rank(small_vgg, images, folder) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(the API's posteriors of the GOOD images, their classes by rank, a labels file): a is right
+    at rank 1, b at rank 4 (top-5 only), c last (wrong both ways); one listed file is missing."""
+    api = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract([images / p for p in GOOD])
+    ranked = np.argsort(-api, axis=1)
+    labels = folder / "val.txt"
+    labels.write_text(f"a.png {ranked[0, 0]}\nb.jpg,{ranked[1, 3]}\nc.png {ranked[2, -1]}\nbad/corrupt.jpg 1\nnone.png 2\n")
+    return api, ranked, labels
+
+
 def test_cli_predictions_and_errors(small_network_for_cli, small_vgg, folder, tmp_path):
     images, bad = folder
-    good = ["good/a.png", "good/b.jpg", "good/c.png"]
-    api = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract([images / p for p in good])
-    ranked = np.argsort(-api, axis=1)
-    # a: right at rank 1; b: rank 4 (top-5 only); c: last (wrong both ways); one listed file is missing.
-    labels = tmp_path / "val.txt"
-    labels.write_text(f"a.png {ranked[0, 0]}\nb.jpg,{ranked[1, 3]}\nc.png {ranked[2, -1]}\nbad/corrupt.jpg 1\nnone.png 2\n")
+    good = GOOD
+    api, ranked, labels = labels_by_rank(small_vgg, images, tmp_path)
     output = tmp_path / "predictions.csv"
     code, out, err = run_main(["classify", images, output, *FAST, "--topk", "3", "--labels", labels])
     assert code == 0, err
@@ -253,11 +263,7 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     """For millions of images: every posterior kept, as extract keeps descriptors, and a killed run
     goes on where it stopped."""
     images, bad = folder
-    good = ["good/a.png", "good/b.jpg", "good/c.png"]
-    api = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract([images / p for p in good])
-    ranked = np.argsort(-api, axis=1)
-    labels = tmp_path / "val.txt"
-    labels.write_text(f"a.png {ranked[0, 0]}\nb.jpg,{ranked[1, 3]}\nc.png {ranked[2, -1]}\nbad/corrupt.jpg 1\n")
+    api, _, labels = labels_by_rank(small_vgg, images, tmp_path)
     output, args = tmp_path / "posteriors.h5", ["classify", images, tmp_path / "posteriors.h5", *FAST, "--part-size", "1"]
     crash_on_part(monkeypatch, 3)  # killed after two parts
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -270,7 +276,7 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     assert "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images" in out  # as the CSV's (test above)
     assert "not counted: 0 images missing from" in err and "1 labelled image that failed" in err
     data = read_output(output)
-    assert data["paths"] == good and data["failed_paths"] == sorted(bad)
+    assert data["paths"] == GOOD and data["failed_paths"] == sorted(bad)
     np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
     assert data["attrs"]["dense"] and data["attrs"]["command"].startswith("vggfeat classify")
     code, _, err = run_main(["classify", images, tmp_path / "p.csv", *FAST, "--device", "cpu,cpu"])

@@ -26,7 +26,7 @@ ERROR_ROWS = 8192  # posteriors read at a time to count the errors
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average the posteriors with the horizontally flipped image's.")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
 @click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
-@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image.")
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image (CSV; an .h5 holds them all).")
 @click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
 @click.option("--device", "devices", default="auto", show_default=True, callback=options.check_devices,
               help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, for an OUTPUT .h5.")
