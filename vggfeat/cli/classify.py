@@ -1,4 +1,4 @@
-"""``vggfeat classify``: images in, ImageNet top-k predictions out (CSV), as the paper evaluates."""
+"""``vggfeat classify``: images in, ImageNet top-k predictions out (CSV), or every posterior (.h5), as the paper evaluates."""
 
 from __future__ import annotations
 
