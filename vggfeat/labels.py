@@ -120,6 +120,14 @@ def align_to_classes(targets: Targets, classes: list[str], multilabel: bool) -> 
     return np.array([column[name] for name in targets.y], dtype=np.int64)
 
 
+def align_ignored(targets: Targets, classes: list[str]) -> np.ndarray | None:
+    """Multi-label ``targets``' rows to ignore per class in a model's class order, as
+    :func:`align_to_classes` orders their truth; None where none are."""
+    if targets.ignore is None:
+        return None
+    return align_to_classes(Targets(targets.paths, targets.ignore, targets.classes), classes, multilabel=True)
+
+
 def _check_excluded(exclude: Sequence[str], classes: Sequence[str], whose: str) -> None:
     unknown = [name for name in exclude if name not in classes]
     if unknown:

@@ -20,6 +20,7 @@ from .errors import VggfeatError
 from .features import FeatureFile, Files, file_list, load_features
 from .labels import (
     Targets,
+    align_ignored,
     align_to_classes,
     read_labels_csv,
     targets_from_csv,
@@ -156,10 +157,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
         outcome["results"] = [str(path) for path in written]
     if test.classes:
         truth = align_to_classes(test, train.classes, multilabel=True)
-        ignore = None
-        if test.ignore is not None:  # in the model's class order, as the truth
-            ignore = align_to_classes(Targets(test.paths, test.ignore, test.classes), train.classes, multilabel=True)
-        outcome.update(multilabel_metrics(truth, scores, train.classes, ignore))
+        outcome.update(multilabel_metrics(truth, scores, train.classes, align_ignored(test, train.classes)))
     else:
         outcome["classes"] = list(train.classes)
     sets = {"devkit": str(devkit), "train_set": train_set, "test_set": test_set} if devkit is not None else {}

@@ -17,6 +17,7 @@ from .errors import VggfeatError
 from .features import FeatureFile, Files, file_list, load_features
 from .labels import (
     Targets,
+    align_ignored,
     align_to_classes,
     exclude_classes,
     read_labels_csv,
@@ -132,9 +133,7 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
     if multilabel:
-        ignore = None if targets.ignore is None else align_to_classes(
-            Targets(targets.paths, targets.ignore, targets.classes), classes, multilabel=True)
-        return multilabel_metrics(truth, scored.scores, classes, ignore), scored
+        return multilabel_metrics(truth, scored.scores, classes, align_ignored(targets, classes)), scored
     return single_label_metrics(truth, scored.scores, classes), scored
 
 

@@ -9,12 +9,11 @@ import click
 
 from ..classifier import Classifier
 from ..discover import ImageSet
-from ..job import ExtractionJob, check_output
-from ..multidevice import MultiDeviceJob
+from ..job import check_output
 from ..predictions import ClassificationResult, Evaluation, classify_images, match_labels, read_labels
-from ..store import check_new_file, interrupted_on_several, open_features_file
+from ..store import check_new_file, open_features_file
 from . import options
-from .extract import announce, running, work_done
+from .extract import announce, extraction_job, running, work_done
 
 ERROR_ROWS = 8192  # posteriors read at a time to count the errors
 
@@ -96,11 +95,7 @@ def _into_posteriors_file(classifier: Classifier, images: ImageSet, output: Path
     """The posteriors of ``images`` into ``output`` by an extraction job of ``classifier``: its parts,
     resume and devices are extract's."""
     say = options.reporter(quiet)
-    job_options = dict(overwrite=overwrite, part_images=part_size, provenance={"command": options.command_line()})
-    if len(devices) > 1 or (interrupted_on_several(output) and not overwrite):
-        job = MultiDeviceJob(classifier, devices, images, output, **job_options)
-    else:
-        job = ExtractionJob(classifier, images, output, **job_options)
+    job = extraction_job(classifier, images, output, devices, overwrite=overwrite, part_images=part_size)
     announce(job, classifier, "float32", say, devices)
     options.advise_precision(classifier, precision, say)
     result = running(job, job.run, quiet, desc=desc)

@@ -6,7 +6,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -105,13 +105,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if rewrite:
         _update(extractor, described, output, dtype, part_size, quiet, rewrite, devices)
         return
-    provenance = {"command": options.command_line()}
-    if len(devices) > 1 or (interrupted_on_several(output) and not overwrite):  # one device resumes it too
-        job = MultiDeviceJob(extractor, devices, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
-                             provenance=provenance)
-    else:
-        job = ExtractionJob(extractor, described, output, overwrite=overwrite, dtype=dtype, part_images=part_size,
-                            provenance=provenance)
+    job = extraction_job(extractor, described, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size)
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
     announce(job, extractor, dtype, say, devices)
@@ -125,6 +119,17 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def extraction_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], **job: Any
+                   ) -> ExtractionJob | MultiDeviceJob:
+    """The job that writes ``output`` on ``devices``: a :class:`MultiDeviceJob` on several, or to go
+    on with a run interrupted on several (one device resumes it too); else an :class:`ExtractionJob`.
+    ``job``: their keyword arguments (overwrite, dtype, part_images), and the command as provenance."""
+    job = {**job, "provenance": {"command": options.command_line()}}
+    if len(devices) > 1 or (interrupted_on_several(output) and not job.get("overwrite")):
+        return MultiDeviceJob(extractor, devices, images, output, **job)
+    return ExtractionJob(extractor, images, output, **job)
 
 
 def announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: str, say: Callable[..., None],
