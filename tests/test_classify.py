@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from runhelpers import FAST, crash_on_part, error_line, flaky_storage, read_output, run_main
+from runhelpers import FAST, assert_same_output, crash_on_part, error_line, flaky_storage, read_output, run_main
 from reference import assert_close, reference_input
 import vggfeat.extractor
 import vggfeat.predictions
@@ -279,8 +279,39 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     assert data["paths"] == GOOD and data["failed_paths"] == sorted(bad)
     np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
     assert data["attrs"]["dense"] and data["attrs"]["command"].startswith("vggfeat classify")
-    code, _, err = run_main(["classify", images, tmp_path / "p.csv", *FAST, "--device", "cpu,cpu"])
-    assert code == 2 and "several devices write the posteriors into an HDF5 file: name OUTPUT .h5" in error_line(err)
+
+
+def test_cli_posteriors_file_in_shards_updated_and_retried(small_network_for_cli, small_vgg, folder, tmp_path):
+    """A posteriors file is kept as extract's files are: written in shards that 'vggfeat merge'
+    joins, brought up to date with a grown collection, its failures retried, each equal to a fresh
+    run's file."""
+    images, bad = folder
+    shards = [tmp_path / f"shard{k}.h5" for k in (1, 2)]
+    for k, shard in enumerate(shards, 1):
+        code, _, err = run_main(["classify", images, shard, *FAST, "--shard", f"{k}/2", "-q"])
+        assert code == 0, err
+    output = tmp_path / "posteriors.h5"
+    code, _, err = run_main(["merge", *shards, output])
+    assert code == 0, err
+    fresh = tmp_path / "fresh.h5"
+    assert run_main(["classify", images, fresh, *FAST, "-q"])[0] == 0
+    assert_same_output(read_output(output), read_output(fresh))
+
+    write_rgb(images / "good" / "d.png", 230, 224, seed=4)  # the collection grows and loses a file
+    (images / "bad" / "empty.jpg").unlink()
+    code, _, err = run_main(["classify", images, output, *FAST, "--update"])
+    assert code == 0, err
+    assert "updated" in err and "the posteriors of 4 images (1000 classes)" in err and "1 image added, 1 left out" in err
+    (images / "bad" / "corrupt.jpg").write_bytes((images / "good" / "b.jpg").read_bytes())  # repaired
+    code, _, err = run_main(["classify", images, output, *FAST, "--retry-failed"])
+    assert code == 0, err
+    assert "1 of the " in err and "images that had failed are described now" in err
+    assert run_main(["classify", images, fresh, *FAST, "-q", "--overwrite"])[0] == 0
+    data = read_output(output)
+    assert data["paths"] == ["bad/corrupt.jpg", *GOOD, "good/d.png"]
+    assert_same_output(data, read_output(fresh))
+    code, _, err = run_main(["classify", images, output, *FAST, "--update", "--flip"])
+    assert code == 2 and "made with other options (flip: false then, true now)" in error_line(err)
 
 
 def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, folder, tmp_path):
@@ -354,6 +385,12 @@ def test_cli_stops_when_the_storage_goes_away_writing_no_predictions(small_netwo
         (["IMAGES", "out.csv", "--scales", "200"], "224"),
         (["IMAGES", "out.csv", "--labels", "nolabels.txt"], "labels file not found"),
         (["IMAGES"], "IMAGES and OUTPUT"),
+        (["IMAGES", "out.csv", "--device", "cpu,cpu"], "several devices: for an OUTPUT .h5"),
+        (["IMAGES", "out.csv", "--shard", "1/2"], "--shard: for an OUTPUT .h5"),
+        (["IMAGES", "out.csv", "--update"], "--update: for an OUTPUT .h5"),
+        (["IMAGES", "out.csv", "--retry-failed"], "--retry-failed: for an OUTPUT .h5"),
+        (["IMAGES", "out.h5", "--update", "--shard", "1/2"], "it takes no --shard"),
+        (["IMAGES", "out.h5", "--update"], "(the same command without --update makes it)"),
     ],
 )
 def test_cli_user_errors(small_network_for_cli, folder, tmp_path, monkeypatch, args, message):

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from ..classifier import Classifier
-from ..discover import ImageSet
 from ..job import check_output
 from ..predictions import ClassificationResult, Evaluation, classify_images, match_labels, read_labels
 from ..store import check_new_file, open_features_file
+from ..update import check_rewritable
 from . import options
-from .extract import announce, extraction_job, running, work_done
+from .extract import write_output
 
 ERROR_ROWS = 8192  # posteriors read at a time to count the errors
 
@@ -31,12 +31,15 @@ ERROR_ROWS = 8192  # posteriors read at a time to count the errors
               help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, for an OUTPUT .h5.")
 @options.precision
 @options.image_pipeline
+@options.shard
 @options.part_size
 @options.overwrite
+@options.retry_failed
+@options.update
 @options.quiet
 def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
-             precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, part_size,
-             overwrite, quiet) -> None:
+             precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard,
+             part_size, overwrite, retry_failed, update, quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
@@ -44,17 +47,22 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     over the image and its flip and over the scales. Unusable files get a row with the reason.
 
     An OUTPUT .h5 holds every image's posteriors instead, as 'vggfeat extract' writes descriptors:
-    for millions of images, on several devices, and resumed where a killed run stopped.
+    for millions of images, on several devices, in shards, resumed where a killed run stopped, and
+    updated or retried as extract's files are.
     """
     output = options.output_of(paths, file_list)
     posteriors_file = output.suffix.lower() == ".h5"
-    if len(devices) > 1 and not posteriors_file:
-        raise click.UsageError("several devices write the posteriors into an HDF5 file: name OUTPUT .h5")
-    # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options.
-    if posteriors_file:
-        check_output(output, overwrite)  # or the run that left its work beside it goes on
-    else:
+    rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
+    # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options
+    # (and, for a retry or an update, whether the output was made with them).
+    if not posteriors_file:
+        for given, name in ((len(devices) > 1, "several devices"), (shard, "--shard"), (retry_failed, "--retry-failed"),
+                            (update, "--update")):
+            if given:
+                raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written in one pass on one device)")
         check_new_file(output, overwrite)
+    elif not rewrite:
+        check_output(output, overwrite)  # or the run that left its work beside it goes on
     truth = read_labels(labels) if labels else None
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
@@ -66,13 +74,15 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
+    if rewrite:
+        check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
     how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
     setting = f"{how}, Q={','.join(map(str, scales))}"
     if posteriors_file:
-        _into_posteriors_file(classifier, images, output, devices, part_size, overwrite, quiet, precision,
-                              f"{model} {setting}")
+        write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
+                     part_size=part_size, overwrite=overwrite, quiet=quiet, precision=precision, desc=f"{model} {setting}")
         if truth is not None:
             _report_errors(_errors_of_file(output, truth), labels, setting, say)
         return
@@ -88,22 +98,6 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         say(f"  failed: {path}: {reason}")
     if result.evaluation is not None:
         _report_errors(result, labels, setting, say)
-
-
-def _into_posteriors_file(classifier: Classifier, images: ImageSet, output: Path, devices: tuple[str, ...],
-                          part_size: int, overwrite: bool, quiet: bool, precision: str, desc: str) -> None:
-    """The posteriors of ``images`` into ``output`` by an extraction job of ``classifier``: its parts,
-    resume and devices are extract's."""
-    say = options.reporter(quiet)
-    job = extraction_job(classifier, images, output, devices, overwrite=overwrite, part_images=part_size)
-    announce(job, classifier, "float32", say, devices)
-    options.advise_precision(classifier, precision, say)
-    result = running(job, job.run, quiet, desc=desc)
-    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    where = ", ".join(devices) if len(devices) > 1 else str(classifier.device)
-    work = work_done(result.computed, result.seconds, where) if job.total else "no image to classify"
-    say(f"wrote {result.output}: the posteriors of {options.counted(result.rows, 'image')} ({classifier.dim} classes), "
-        f"{failed}; {work}")
 
 
 def _errors_of_file(output: Path, truth: dict[str, int]) -> ClassificationResult:

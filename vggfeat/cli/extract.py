@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..classifier import Classifier
 from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import DTYPES, ExtractionJob, check_output
@@ -19,19 +20,6 @@ from ..update import OutputUpdate, check_rewritable
 from . import options
 
 R = TypeVar("R")
-
-
-def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    index, _, count = value.partition("/")
-    try:
-        shard = int(index), int(count)
-    except ValueError:
-        raise click.BadParameter(f"expected K/N such as 1/4, got {value!r}") from None
-    if not 1 <= shard[0] <= shard[1]:
-        raise click.BadParameter(f"expected K/N with 1 <= K <= N (shards are numbered from 1), got {value!r}")
-    return shard
 
 
 @click.command()
@@ -53,15 +41,11 @@ def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -
 @options.precision
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Stored type of /features.")
 @options.image_pipeline
-@click.option("--shard", metavar="K/N", callback=parse_shard,
-              help="Describe only the K-th of N equal blocks of the images (one per GPU or machine); 'vggfeat merge' joins the N files.")
+@options.shard
 @options.part_size
 @options.overwrite
-@click.option("--retry-failed", is_flag=True,
-              help="Describe again the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
-@click.option("--update", is_flag=True,
-              help="Bring OUTPUT, made by the same command, up to date with IMAGES: describe only the images it does not "
-                   "hold (added since), leave out those no longer found, and rewrite it.")
+@options.retry_failed
+@options.update
 @options.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             devices, precision, dtype, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
@@ -73,13 +57,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     A killed run resumes where it stopped when the same command is run again.
     """
     output = options.output_of(paths, file_list)
-    if retry_failed and overwrite:
-        raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images described again; --overwrite "
-                               "describes every image anew: choose one")
-    for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
-        if update and given:
-            raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
-    rewrite = "failed" if retry_failed else "new" if update else None  # what an update of OUTPUT describes
+    rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
     # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry or
@@ -101,24 +79,47 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(f"{options.counted(len(images), 'image')}, {options.counted(len(images.classes), 'class', 'classes')}")
+    write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
+                 overwrite=overwrite, quiet=quiet, precision=precision,
+                 desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
+
+
+def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *,
+                 shard: tuple[int, int] | None, rewrite: str | None, dtype: str, part_size: int, overwrite: bool,
+                 quiet: bool, precision: str, desc: str) -> None:
+    """``extractor``'s rows of ``images`` (or of its ``shard``) into the HDF5 ``output`` on
+    ``devices``, and what was done said: a run (resumed if it was interrupted) or, with ``rewrite``,
+    an update (:func:`update_output`). ``desc`` names the run on its progress bar."""
+    say = options.reporter(quiet)
     described = images.shard(*shard) if shard else images
     if rewrite:
-        _update(extractor, described, output, dtype, part_size, quiet, rewrite, devices)
+        update_output(extractor, described, output, devices, describe=rewrite, dtype=dtype, part_size=part_size,
+                      quiet=quiet, precision=precision)
         return
     job = extraction_job(extractor, described, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size)
     if shard:
         say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
     announce(job, extractor, dtype, say, devices)
     options.advise_precision(extractor, precision, say)
-    result = running(job, job.run, quiet, desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
+    result = running(job, job.run, quiet, desc=desc)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
-    work = work_done(result.computed, result.seconds, where) if job.total else "no image to describe"  # an empty shard
-    say(f"wrote {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), {failed}; {work}")
+    work = work_done(result.computed, result.seconds, _where(extractor, devices)) if job.total else "no image to describe"  # an empty shard
+    say(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def rows_held(extractor: Extractor, rows: int, dtype: str) -> str:
+    """What a file of ``rows`` rows by ``extractor`` holds, in words."""
+    if isinstance(extractor, Classifier):
+        return f"the posteriors of {options.counted(rows, 'image')} ({extractor.dim} classes)"
+    return f"{options.counted(rows, 'descriptor')} ({extractor.dim}-d {dtype})"
+
+
+def _where(extractor: Extractor, devices: tuple[str, ...]) -> str:
+    return ", ".join(devices) if len(devices) > 1 else str(extractor.device)
 
 
 def extraction_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], **job: Any
@@ -185,9 +186,9 @@ def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
                     err=True, fg="yellow", bold=True)
 
 
-def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, part_size: int, quiet: bool,
-            describe: str, devices: tuple[str, ...]) -> None:
-    """--update (``describe="new"``) or --retry-failed (``"failed"``), on ``devices``."""
+def update_output(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, describe: str,
+                  dtype: str, part_size: int, quiet: bool, precision: str) -> None:
+    """--update (``describe="new"``) or --retry-failed (``"failed"``) of ``output``, on ``devices``."""
     say, retry = options.reporter(quiet), describe == "failed"
     update = OutputUpdate(extractor, images, output, describe=describe, dtype=dtype, part_images=part_size,
                           provenance={"retry_command" if retry else "update_command": options.command_line()},
@@ -201,6 +202,7 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
         say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
         announce(update.job, extractor, dtype, say, devices)
+        options.advise_precision(extractor, precision, say)
         # Stopped while the images are described, or after, while the file is written anew.
         kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
         result = running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
@@ -211,7 +213,5 @@ def _update(extractor: Extractor, images: ImageSet, output: Path, dtype: str, pa
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
         outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
-    where = ", ".join(devices) if len(devices) > 1 else str(extractor.device)
-    work = work_done(result.computed, result.seconds, where) if result.described else "no image to describe"
-    say(f"{'wrote' if retry else 'updated'} {result.output}: {options.counted(result.rows, 'descriptor')} ({extractor.dim}-d {dtype}), "
-        f"{failed}; {outcome}; {work}")
+    work = work_done(result.computed, result.seconds, _where(extractor, devices)) if result.described else "no image to describe"
+    say(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {outcome}; {work}")

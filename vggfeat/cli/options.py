@@ -105,6 +105,41 @@ overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing 
 part_size = click.option("--part-size", default=4096, show_default=True, type=click.IntRange(min=1),
                          help="Images per committed part (of an HDF5 OUTPUT): the most a kill can cost.")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise click.BadParameter(f"expected K/N such as 1/4, got {value!r}") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise click.BadParameter(f"expected K/N with 1 <= K <= N (shards are numbered from 1), got {value!r}")
+    return shard
+
+
+# Running an HDF5 OUTPUT's job in blocks (--shard), or rewriting a finished one (rewrite_of).
+shard = click.option("--shard", metavar="K/N", callback=parse_shard,
+                     help="Only the K-th of N equal blocks of the images (one per GPU or machine); 'vggfeat merge' joins the N files.")
+retry_failed = click.option("--retry-failed", is_flag=True,
+                            help="Run again on the images that OUTPUT, made by the same command, lists as failed, and rewrite it.")
+update = click.option("--update", is_flag=True,
+                      help="Bring OUTPUT, made by the same command, up to date with IMAGES: run only on the images it does not "
+                           "hold (added since), leave out those no longer found, and rewrite it.")
+
+
+def rewrite_of(overwrite: bool, retry_failed: bool, update: bool, shard: tuple[int, int] | None) -> str | None:
+    """What a rewrite of OUTPUT runs on (:class:`~vggfeat.update.OutputUpdate`'s ``describe``):
+    "failed" for --retry-failed, "new" for --update, None for neither; their conflicts refused."""
+    if retry_failed and overwrite:
+        raise click.UsageError("--retry-failed rewrites OUTPUT with its failed images done again; --overwrite "
+                               "does every image anew: choose one")
+    for given, name in ((overwrite, "--overwrite"), (retry_failed, "--retry-failed"), (shard, "--shard")):
+        if update and given:
+            raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
+    return "failed" if retry_failed else "new" if update else None
 resize_side = click.option("--resize-side", default="short", show_default=True, type=click.Choice(["short", "long"]),
                            help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
 
