@@ -38,6 +38,7 @@ from runhelpers import (
 )
 import vggfeat.job
 import vggfeat.store
+from vggfeat.cli.options import size_text
 
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
 
@@ -147,22 +148,27 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monke
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
-def test_a_disk_full_as_the_output_is_written_costs_no_image(tmp_path, monkeypatch):
+def test_a_disk_full_as_rows_are_written_costs_only_the_part_under_way(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 2)
-    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+    output = tmp_path / "out.h5"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "1"]
+    append, calls = vggfeat.store.OutputFile.append, []
 
-    def full(*_):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full_the_second_time(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(*args)
 
-    # The run's one part is on disk; the output it was being appended to is not.
-    monkeypatch.setattr(vggfeat.store.OutputFile, "append", full)
+    monkeypatch.setattr(vggfeat.store.OutputFile, "append", full_the_second_time)
     code, _, err = run_main(args)
     assert code == 1 and "No space left on device" in error_line(err)
     monkeypatch.undo()
     code, _, err = run_main(args)
     assert code == 0, err
-    assert "resuming: 2 of 2 images" in err
-    assert "2 descriptors (64-d float32), 0 failed; every image was described by the interrupted run" in err
+    assert "resuming: 1 of 2 images" in err and "2 descriptors (64-d float32), 0 failed; 1 image in" in err
+    assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
 def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monkeypatch):
@@ -170,15 +176,14 @@ def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monk
     args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1"]
     interrupted_run(monkeypatch, args, after_parts=2)
     # conv1_1 in float32: 64 values of 4 bytes per row, plus at most 128 bytes of path and the like;
-    # resumed with 2 of 4 images done, the run writes 2 rows of parts and 4 of output.
+    # resumed with 2 of 4 images done, the run writes the 2 rows left.
     row, usage = 64 * 4 + vggfeat.job._ROW_EXTRAS, shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6 * row - 1))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2 * row - 1))
     code, _, err = run_main([*args, "--quiet"])  # said even with --quiet
     assert code == 0, err
-    assert (f"WARNING: this run needs up to {6 * row / 1024:.1f} KiB more disk (its parts, and the output "
-            f"written beside them) and {(6 * row - 1) / 1024:.1f} KiB is free in {tmp_path}; --dtype float16 "
-            "halves it.") in " ".join(err.split())
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * row))
+    assert (f"WARNING: this run needs up to {size_text(2 * row)} more disk and {size_text(2 * row - 1)} "
+            f"is free in {tmp_path}; --dtype float16 halves it.") in " ".join(err.split())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4 * row))
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "fresh.h5", *CHEAP])
     assert code == 0 and "more disk" not in err, err
 

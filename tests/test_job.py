@@ -22,7 +22,7 @@ from runhelpers import assert_same_output, flaky_storage, read_output, write_lab
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
-from vggfeat.store import FORMAT_VERSION, OutputFile
+from vggfeat.store import FORMAT_VERSION, OutputFile, write_part
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
 CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper
@@ -163,17 +163,26 @@ def test_float16_output(tmp_path, labelled, reference, extractor):
     assert not np.array_equal(half, full)  # really rounded to float16
 
 
-def test_parts_of_a_float16_run_take_half_the_disk(tmp_path, labelled, extractor, monkeypatch):
+def test_each_descriptor_is_on_disk_once_while_a_run_goes_on(tmp_path, labelled, extractor, monkeypatch):
+    """The parts record where their rows are in the output being written, and hold no copy of
+    them: the disk a run takes is its output's, not twice that."""
     root, _ = labelled
     output = tmp_path / "half.h5"
     die_before_the_output_is_complete(monkeypatch)
     with pytest.raises(RuntimeError, match="as the output is completed"):
         ExtractionJob(extractor, find_images(root), output, dtype="float16", part_images=PART).run()
-    parts = sorted(output.with_name("half.h5.parts").glob("part-*.h5"))
-    assert parts
+    work = output.with_name("half.h5.parts")
+    parts = sorted(work.glob("part-*.h5"))
+    assert len(parts) == 3
+    rows = 0
     for part in parts:
         with h5py.File(part, "r") as f:
-            assert f["features"].dtype == np.float16
+            assert "features" not in f and f.attrs["first_row"] == rows
+            rows += f["indices"].shape[0]
+    assert rows == 5  # the sixth image failed
+    with h5py.File(work / "rows.h5", "r") as f:
+        assert f["features"].dtype == np.float16 and f["features"].shape == (6, 64)  # a row for every image
+        assert np.isfinite(f["features"][:5]).all() and np.abs(f["features"][:5]).sum(axis=1).min() > 0
 
 
 def test_folder_of_only_bad_files_gives_an_empty_file(tmp_path, extractor):
@@ -189,22 +198,26 @@ def test_folder_of_only_bad_files_gives_an_empty_file(tmp_path, extractor):
 # --------------------------------------------------------------------------- resume
 
 
-def test_a_run_writes_its_output_as_it_goes_reading_no_part_back(tmp_path, labelled, reference, extractor, monkeypatch):
-    """Each part is appended to the output as it is committed: after the last image only closing
-    the file is left, where copying every part into it took 7-9% of a fast GPU run."""
+def test_a_run_writes_its_rows_as_it_goes_and_none_again(tmp_path, labelled, reference, extractor, monkeypatch):
+    """Each part's rows go into the output as it is committed, and only there: after the last
+    image no descriptor is copied, where copying every part into the output took 7-9% of a fast
+    GPU run."""
     root, _ = labelled
-    opened, real = [], vggfeat.store.open_h5
+    events, append, finish = [], OutputFile.append, OutputFile.finish
 
-    def open_h5(path, mode="r"):
-        opened.append((Path(path).name, mode))
-        return real(path, mode)
+    def appended(output, start, end, features):
+        events.append(("rows", len(features)))
+        return append(output, start, end, features)
 
-    monkeypatch.setattr(vggfeat.store, "open_h5", open_h5)
-    monkeypatch.setattr(vggfeat.job, "open_h5", open_h5)
+    def finished(output, parts, attrs):
+        events.append(("finish", None))
+        return finish(output, parts, attrs)
+
+    monkeypatch.setattr(OutputFile, "append", appended)
+    monkeypatch.setattr(OutputFile, "finish", finished)
     ExtractionJob(extractor, find_images(root), tmp_path / "out.h5", part_images=PART).run()
-    assert [name for name, mode in opened if mode == "r"] == []
-    assert sorted(name for name, _ in opened) == ["output.h5.tmp", *sorted(
-        f"part-{start:012d}-{start + 2:012d}.h5.tmp" for start in (0, 2, 4))]
+    assert [event for event, _ in events] == ["rows", "rows", "rows", "finish"]
+    assert sum(rows for event, rows in events if event == "rows") == 5  # each row once
     assert_same_output(read_output(tmp_path / "out.h5"), reference[1])
 
 
@@ -277,8 +290,9 @@ def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, refere
 
 def die_before_the_output_is_complete(monkeypatch) -> None:
     """Make the run die after its last part, as its output file is being completed."""
-    def finish(output, attrs):
+    def finish(output, parts, attrs):
         output._file.attrs["half"] = "written"
+        output._file["paths"] = ["half written"]
         raise RuntimeError("simulated kill as the output is completed")
 
     monkeypatch.setattr(OutputFile, "finish", finish)
@@ -293,7 +307,7 @@ def test_kill_before_the_output_is_complete_then_rerun_writes_it(tmp_path, label
     with pytest.raises(RuntimeError, match="as the output is completed"):
         ExtractionJob(extractor, images, output, part_images=PART).run()
     monkeypatch.undo()
-    assert not output.exists() and (work / "output.h5.tmp").exists()
+    assert not output.exists() and (work / "rows.h5").exists()
     assert len(list(work.glob("part-*.h5"))) == 3
 
     decoded = count_decodes(monkeypatch)
@@ -305,7 +319,7 @@ def test_kill_before_the_output_is_complete_then_rerun_writes_it(tmp_path, label
     assert not work.exists()
 
 
-def test_a_resumed_run_fills_a_gap_between_parts_in_image_order(tmp_path, labelled, reference, extractor, monkeypatch):
+def test_a_part_removed_by_hand_is_described_again_with_those_after_it(tmp_path, labelled, reference, extractor, monkeypatch):
     root, _ = labelled
     images = find_images(root)  # 6 files: parts [0,2) [2,4) [4,6); [4,6) holds the one that fails
     output = tmp_path / "out.h5"
@@ -315,10 +329,68 @@ def test_a_resumed_run_fills_a_gap_between_parts_in_image_order(tmp_path, labell
     monkeypatch.undo()
     (tmp_path / "out.h5.parts" / "part-000000000002-000000000004.h5").unlink()
 
+    # The rows of the part after the gap followed those lost: it is described again too.
+    decoded = count_decodes(monkeypatch)
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert job.done == 2
+    result = job.run()
+    assert len(decoded) == 4 and (result.rows, result.failed, result.computed) == (5, 1, 4)
+    assert_same_output(read_output(output), reference[1])
+    assert "half" not in read_output(output)["attrs"]  # nothing of the killed completion is left
+
+
+@pytest.mark.parametrize("rows_file", ["broken", "removed"])
+def test_rows_broken_as_the_output_is_completed_are_read_back_and_lost_ones_described_again(
+        tmp_path, labelled, reference, extractor, monkeypatch, rows_file):
+    """A kill as the run completes its output may leave the file's metadata broken, never the rows
+    written before: they are read back from its bytes. Rows whose file is gone are described again."""
+    root, _ = labelled
+    images = find_images(root)
+    output, rows = tmp_path / "out.h5", tmp_path / "out.h5.parts" / "rows.h5"
+    die_before_the_output_is_complete(monkeypatch)
+    with pytest.raises(RuntimeError, match="as the output is completed"):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    if rows_file == "broken":
+        with open(rows, "r+b") as f:
+            f.write(bytes(2048))  # the superblock and the root group: HDF5 cannot open it
+        with pytest.raises(OSError):
+            h5py.File(rows, "r")
+    else:
+        rows.unlink()
+
+    decoded = count_decodes(monkeypatch)
+    job = ExtractionJob(extractor, images, output, part_images=PART)
+    result = job.run()
+    assert len(decoded) == (0 if rows_file == "broken" else 6) and result.computed == len(decoded)
+    assert_same_output(read_output(output), reference[1])
+
+
+def test_parts_holding_their_descriptors_fill_the_output_in_image_order(tmp_path, labelled, reference, extractor, monkeypatch):
+    """An interrupted run of an earlier vggfeat kept every part's descriptors in the part, and no
+    output: a resumed run takes them in, and fills a gap between them, in image order."""
+    root, _ = labelled
+    images = find_images(root)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    die_before_the_output_is_complete(monkeypatch)
+    with pytest.raises(RuntimeError, match="as the output is completed"):
+        ExtractionJob(extractor, images, output, part_images=PART).run()
+    monkeypatch.undo()
+    expected = reference[1]
+    for part in work.glob("part-*.h5"):
+        with h5py.File(part, "r") as f:
+            indices, sizes = f["indices"][:], f["sizes"][:]
+            failures = list(zip(f["failed_indices"][:].tolist(), f["failed_errors"].asstr()[:]))
+        rows = [expected["paths"].index(images.paths[i]) for i in indices]
+        part.unlink()
+        write_part(work, *map(int, part.name[5:-3].split("-")), expected["features"][rows], indices, sizes, failures)
+    (work / "rows.h5").unlink()
+    (work / "part-000000000002-000000000004.h5").unlink()
+
     decoded = count_decodes(monkeypatch)
     result = ExtractionJob(extractor, images, output, part_images=PART).run()
     assert len(decoded) == 2 and (result.rows, result.failed, result.computed) == (5, 1, 2)
-    assert_same_output(read_output(output), reference[1])
+    assert_same_output(read_output(output), expected)
 
 
 def test_an_existing_output_is_replaced_only_by_a_complete_one(tmp_path, extractor, monkeypatch):

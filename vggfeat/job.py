@@ -1,11 +1,13 @@
 """A resumable extraction of an image set into one HDF5 file.
 
 Work goes to ``OUTPUT.parts/`` beside the output: a manifest of the configuration and image set,
-then parts, each committed atomically and appended to the output, which is written under a
-temporary name and renamed into place when complete. Killed at any moment, the same command finds
-the parts, recomputes only the images that no part holds, and writes the output again from all
-the parts. The output's name is never written until then, so an existing file is only ever
-replaced by a complete one, and only with ``overwrite``.
+the output being written (``rows.h5``, a :class:`~vggfeat.store.OutputFile`: each part's
+descriptors go there, flushed to disk, and nowhere else), and parts, each committed atomically
+after its rows, recording which images it holds and where their rows are. Killed at any moment,
+the same command finds the parts and the rows, describes only the images that no part holds, and
+completes the output, which is renamed into place when whole. The output's name is never written
+until then, so an existing file is only ever replaced by a complete one, and only with
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, discard_work, images_held, interrupted_on_several,
-                    list_parts, lock_folder, open_h5, replace_durably, shards_folder, work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, OutputFile, check_output_path, discard_work, holds_rows, images_held, interrupted_on_several,
+                    list_parts, lock_folder, open_h5, recover_rows, replace_durably, shards_folder, usable_parts, work_folder, write_json,
+                    write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -102,8 +105,9 @@ class ExtractionJob:
         if images.shard_of:
             self.manifest["shard"] = [images.shard_of.index, images.shard_of.count]
         # A run killed after renaming its output into place, before removing its work folder, is
-        # finished: the same command then just writes the output from the parts again and tidies up.
-        if self.output.exists() and not overwrite and not self._finished_but_left_its_work():
+        # finished: the same command then just tidies up.
+        self._finished = self.output.exists() and not overwrite and self._finished_but_left_its_work()
+        if self.output.exists() and not overwrite and not self._finished:
             raise VggfeatError(_ALREADY_EXISTS.format(self.output))
         if interrupted_on_several(self.output):  # one run here would describe its images again beside it
             if not overwrite:
@@ -113,7 +117,15 @@ class ExtractionJob:
         # Why no lock keeps a second run from writing the same output at once, if none can.
         self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)
+        self.rows_file = self.work / "rows.h5"
         self.parts = list_parts(self.work)
+        if self.parts and not self._finished:
+            # Rows lost with their file (removed by hand), or written after a part removed by hand,
+            # are described again; those of a file that a kill broke as the run completed it are
+            # read back from its bytes.
+            kept = (holds_rows(self.rows_file, images, extractor.dim, dtype)
+                    or recover_rows(self.rows_file, self.parts, images, extractor.dim, dtype))
+            self.parts = usable_parts(self.parts, kept)
         self.done = images_held(self.parts)
 
     @property
@@ -121,9 +133,9 @@ class ExtractionJob:
         return len(self.images)
 
     def disk_needed(self) -> int:
-        """Bytes of disk the run still needs at its peak: parts for the images no part holds, and
-        the output beside all the parts. An upper bound: a failed image takes no row."""
-        return (self.total - self.done + self.total) * disk_per_row(self.extractor.dim, self.dtype)
+        """Bytes of disk the run still needs: the rows of the images no part holds (each
+        descriptor is on disk once). An upper bound: a failed image takes no row."""
+        return (self.total - self.done) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe the images no part holds yet, completing the output; ``progress(n)`` after each chunk.
@@ -133,21 +145,29 @@ class ExtractionJob:
         """
         began = time.perf_counter()
         try:
-            self._interrupted = list(self.parts)
-            self._output = OutputFile(self.work / "output.h5.tmp", self.images, self.extractor.dim, self.dtype)
-            try:
-                files = self.images.files()
-                for start, end in self._gaps():
-                    self._fill(start, files[start:end], progress)
-                self._output.extend(self._interrupted)  # those after the last gap
-                rows, failed = self._output.finish(self._attrs())  # refuses an output missing any image
-            finally:
-                self._output.close()
-            replace_durably(self._output.path, self.output)
+            if self._finished:
+                with open_h5(self.output) as f:
+                    rows, failed = f["features"].shape[0], f["failed/paths"].shape[0]
+            else:
+                rows, failed = self._write_output(progress)
             self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
+
+    def _write_output(self, progress: Callable[[int], None] | None) -> tuple[int, int]:
+        self._interrupted = list(self.parts)
+        self._output = OutputFile(self.rows_file, self.images, self.extractor.dim, self.dtype)
+        try:
+            files = self.images.files()
+            for start, end in self._gaps():
+                self._fill(start, files[start:end], progress)
+            self._output.extend(self._interrupted)  # those after the last gap
+            rows, failed = self._output.finish(self.parts, self._attrs())  # refuses an output missing any image
+        finally:
+            self._output.close()
+        replace_durably(self._output.path, self.output)
+        return rows, failed
 
     def _fill(self, offset: int, files: list[Path], progress: Callable[[int], None] | None) -> None:
         pending: list[Chunk] = []
@@ -199,10 +219,11 @@ class ExtractionJob:
         indices = np.array([offset + i for chunk in chunks for i in chunk.indices], dtype=np.int64)
         sizes = np.array([size for chunk in chunks for size in chunk.sizes], dtype=np.int32).reshape(-1, 2)
         failures = [(offset + i, reason) for chunk in chunks for i, reason in chunk.failures]
-        self.parts.append(write_part(self.work, start, end, features, indices, sizes, failures))
-        # Here, on the writing thread, so that no copying is left for after the last image.
         self._output.extend(self._interrupted)  # an interrupted run's parts before this one
-        self._output.append(start, end, features, indices, sizes, failures)
+        # The rows on disk first: a part records rows that are there.
+        first_row = self._output.append(start, end, features)
+        self.parts.append(write_part(self.work, start, end, None, indices, sizes, failures, first_row,
+                                     self._output.byte_offset(first_row)))
 
     def _gaps(self) -> list[tuple[int, int]]:
         gaps, position = [], 0

@@ -119,8 +119,8 @@ class MultiDeviceJob:
 
     def disk_needed(self) -> int:
         """Bytes of disk the run still needs at its peak, an upper bound: twice the rows, less
-        those its parts hold already. Each block's file is written beside its parts, which go once
-        it is whole; the merged output is written beside the blocks' files: either way, two copies."""
+        those its blocks hold already. A block's rows are on disk once, in its file; the merged
+        output is written beside the blocks' files: two copies at the end."""
         return (2 * self.total - self.done) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:

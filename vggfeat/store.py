@@ -1,4 +1,4 @@
-"""Store: descriptors go to HDF5 in crash-safe parts, then into one file with a fixed schema.
+"""Store: descriptors go to one HDF5 file with a fixed schema, recorded in crash-safe parts as they go.
 
 The output file (read it with plain h5py)::
 
@@ -18,8 +18,10 @@ The output file (read it with plain h5py)::
                      updated file (``extract --update``) updated, update_command and updated_with,
                      a retried one failures_retried, retry_command and failures_retried_with.
 
-A part holds the results of a contiguous range of images; it is written under a temporary name,
-flushed to disk and renamed, so a part either exists whole or not at all, whatever kills the run.
+A part records the results of a contiguous range of images (which images were described, where
+their rows are in the output being written, their sizes, the failures); it is written under a
+temporary name, flushed to disk and renamed, so a part either exists whole or not at all, whatever
+kills the run. The rows it records are on disk before it is (:class:`OutputFile`).
 """
 
 from __future__ import annotations
@@ -62,16 +64,25 @@ def write_part(
     folder: Path,
     start: int,
     end: int,
-    features: np.ndarray,
+    features: np.ndarray | None,
     indices: Sequence[int] | np.ndarray,
     sizes: Sequence[tuple[int, int]] | np.ndarray,
     failures: Sequence[tuple[int, str]],
+    first_row: int | None = None,
+    byte_offset: int | None = None,
 ) -> Part:
-    """Atomically write the results of images ``[start, end)`` (global ``indices``)."""
+    """Atomically write the results of images ``[start, end)`` (global ``indices``): their
+    ``features``, or, where those are in the output's rows already (:class:`OutputFile`), the
+    ``first_row`` of them there, and the ``byte_offset`` of that row in its file where known."""
     final = folder / f"part-{start:012d}-{end:012d}.h5"
     temporary = final.with_name(final.name + ".tmp")
     with open_h5(temporary, "w") as part:
-        part["features"] = features
+        if features is None:
+            part.attrs["first_row"] = first_row
+            if byte_offset is not None:
+                part.attrs["byte_offset"] = byte_offset
+        else:
+            part["features"] = features
         part["indices"] = np.asarray(indices, dtype=np.int64)
         part["sizes"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
         part["failed_indices"] = np.asarray([i for i, _ in failures], dtype=np.int64)
@@ -196,75 +207,214 @@ def list_parts(folder: Path) -> list[Part]:
 
 
 class OutputFile:
-    """The output file, written a contiguous range of images at a time, in image order.
+    """The output file of an extraction, in its work folder (``rows.h5``) until it is complete.
 
-    An extraction appends each part as it commits it, so that the file is all but written when
-    the last image is described; parts that come out of order (a resumed run fills the gaps
-    between an interrupted run's parts) are appended from disk once every image before them is
-    in. :meth:`finish` makes the file complete; until then it is only a temporary file to remove.
+    Its /features dataset is allocated whole when the file is made, a row for every image (the
+    disk is taken as rows are written, where the file system keeps sparse files), and while the
+    run goes on nothing but rows of descriptors is written into it, each part's rows flushed to
+    disk before the part that records them is written. No metadata of the file changes, so a
+    killed run leaves a file that opens again with every recorded row in it, and the parts keep
+    only which images they hold, where their rows are, their sizes and failures: the disk holds
+    each descriptor once. :meth:`finish` writes the rest from the parts (paths, labels, sizes,
+    failures), cuts /features to the rows written and marks the file complete.
     """
 
     def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:
+        """Open the file at ``path`` that holds rows for ``images`` (a resumed run's), or make one."""
         self.images, self.path = images, path
-        self.next = self.rows = self.failed = 0  # the first image not yet in; rows and failures written
-        self._file = open_h5(path, "w")
-        # Sized for every image both described and failed; finish() cuts them to what was written.
-        self._datasets = create_datasets(self._file, len(images), len(images), dim, dtype, images.classes)
+        self.next = self.rows = 0  # the first image not yet in; rows written
+        self._file = _rows_file(path, images, dim, dtype, "r+") or self._created(dim, dtype)
+        self._features = self._file["features"]
+        self._offset = _raw_offset(self._features)
 
-    def append(self, start: int, end: int, features: np.ndarray, indices: Sequence[int] | np.ndarray,
-               sizes: Sequence[tuple[int, int]] | np.ndarray, failures: Sequence[tuple[int, str]]) -> None:
-        """Add the results of images ``[start, end)``, which must come next."""
+    def byte_offset(self, row: int) -> int | None:
+        """Where ``row`` lies in the file (None if unknown): rows can be read back from it without
+        HDF5, should a kill as the run completed the file break its metadata (:func:`recover_rows`)."""
+        return None if self._offset is None else self._offset + row * self._features.shape[1] * self._features.dtype.itemsize
+
+    def _created(self, dim: int, dtype: str) -> h5py.File:
+        f = open_h5(self.path, "w")
+        rows = len(self.images)
+        chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
+        # Every chunk allocated now (and no fill written: the file stays sparse), so that writing
+        # rows changes nothing but rows; resizable, to be cut to the rows written.
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_chunk((chunk_rows, dim))
+        plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        space = h5py.h5s.create_simple((rows, dim), (h5py.h5s.UNLIMITED, dim))
+        h5py.h5d.create(f.id, b"features", h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=plist)
+        f.attrs["images_sha256"] = self.images.digest()
+        self._flush(f)
+        return f
+
+    def append(self, start: int, end: int, features: np.ndarray) -> int:
+        """Write the descriptors of images ``[start, end)``, which must come next, to disk; returns
+        the row of the first."""
         if start != self.next:
             raise RuntimeError(f"images from {start} appended, {self.next} expected")  # a bug, not a user error
-        features_out, paths, labels, sizes_out, failed_paths, failed_errors = self._datasets
-        rows = slice(self.rows, self.rows + len(indices))
-        features_out[rows] = features
-        paths[rows] = [self.images.paths[i] for i in indices]
-        labels[rows] = self.images.labels[np.asarray(indices, dtype=np.int64)]
-        sizes_out[rows] = sizes
-        failed = slice(self.failed, self.failed + len(failures))
-        failed_paths[failed] = [self.images.paths[i] for i, _ in failures]
-        failed_errors[failed] = [reason for _, reason in failures]
-        self.next, self.rows, self.failed = end, rows.stop, failed.stop
-        # The kernel writes the rows out now, on the caller's (writing) thread, rather than in the
-        # flush before the output is renamed into place, after the last image.
-        with open(self.path, "rb") as f:
-            os.fsync(f.fileno())
+        first = self.rows
+        self._features[first : first + len(features)] = features
+        self._flush(self._file)
+        self.next, self.rows = end, first + len(features)
+        return first
 
     def extend(self, parts: Sequence[Part]) -> None:
-        """Append, from disk, each of ``parts`` that comes next, in turn, until one is missing."""
+        """Take in each of ``parts`` that comes next, in turn, until one is missing: the rows of a
+        part written by :meth:`append` are in the file; a part that holds its descriptors (an
+        earlier vggfeat's) has them written."""
         for part in sorted(parts, key=lambda part: part.start):
             if part.start == self.next:
                 with open_h5(part.path) as f:
-                    failures = list(zip(f["failed_indices"][:].tolist(), f["failed_errors"].asstr()[:]))
-                    self.append(part.start, part.end, f["features"][:], f["indices"][:], f["sizes"][:], failures)
+                    if "features" in f:
+                        self.append(part.start, part.end, f["features"][:])
+                    elif f.attrs["first_row"] == self.rows:
+                        self.next, self.rows = part.end, self.rows + f["indices"].shape[0]
+                    else:  # a bug, not a user error
+                        raise RuntimeError(f"{part.path.name} has rows from {f.attrs['first_row']}, {self.rows} expected")
 
-    def finish(self, attrs: dict) -> tuple[int, int]:
-        """Cut the datasets to what was written, mark the file complete and close it; returns (rows, failed)."""
+    def finish(self, parts: Sequence[Part], attrs: dict) -> tuple[int, int]:
+        """Write what ``parts`` (all of them) hold besides descriptors, cut /features to the rows
+        written, mark the file complete and close it; returns (rows, failed)."""
         if self.next != len(self.images):
             raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
-        for dataset in self._datasets:
-            dataset.resize(self.failed if dataset.name.startswith("/failed/") else self.rows, axis=0)
+        for name in set(self._file) - {"features"}:  # what a run killed as it finished the file wrote
+            del self._file[name]
+        self._file.attrs.clear()
+        paths, labels, sizes = _rows_datasets(self._file, self.rows, self.images.classes)
+        failures: list[tuple[int, str]] = []
+        row = 0
+        for part in sorted(parts, key=lambda part: part.start):
+            with open_h5(part.path) as f:
+                indices = f["indices"][:]
+                written = slice(row, row + len(indices))
+                paths[written] = [self.images.paths[i] for i in indices]
+                labels[written] = self.images.labels[indices]
+                sizes[written] = f["sizes"][:]
+                failures.extend(zip(f["failed_indices"][:].tolist(), f["failed_errors"].asstr()[:]))
+            row = written.stop
+        self._file.create_dataset("failed/paths", data=[self.images.paths[i] for i, _ in failures], dtype=_STRING, maxshape=(None,))
+        self._file.create_dataset("failed/errors", data=[reason for _, reason in failures], dtype=_STRING, maxshape=(None,))
+        # The last change to /features (of its dataspace and chunk index, which the rows depend
+        # on), so that a kill before it leaves their file as the run left it.
+        self._features.resize(self.rows, axis=0)
         mark_complete(self._file, attrs)
         self.close()
-        return self.rows, self.failed
+        return self.rows, len(failures)
 
     def close(self) -> None:
         self._file.close()
+
+    @staticmethod
+    def _flush(f: h5py.File) -> None:
+        f.flush()  # HDF5's caches to the kernel, then the kernel's to the disk
+        with open(f.filename, "rb") as file:
+            os.fsync(file.fileno())
+
+
+def usable_parts(parts: Sequence[Part], rows_kept: bool) -> list[Part]:
+    """Those of ``parts`` that an :class:`OutputFile` can take in: those that hold their
+    descriptors (an earlier vggfeat's), and those whose rows are in the file (``rows_kept``: it
+    is there) where they were written, after every image before them. The others are removed,
+    so that their images are described again: the rows of a part after a missing one (removed by
+    hand) would follow rows that may change."""
+    kept, next_image, rows = [], 0, 0
+    for part in sorted(parts, key=lambda part: part.start):
+        with open_h5(part.path) as f:
+            holds_features, first_row, images = "features" in f, f.attrs.get("first_row"), f["indices"].shape[0]
+        in_order = part.start == next_image
+        if holds_features or (rows_kept and in_order and first_row == rows):
+            kept.append(part)
+            if in_order:
+                next_image, rows = part.end, rows + images
+        else:
+            part.path.unlink()
+    return kept
+
+
+def recover_rows(path: Path, parts: Sequence[Part], images: ImageSet, dim: int, dtype: str) -> bool:
+    """Make ``path`` a file of rows for ``images`` again from its bytes, where HDF5 cannot open it
+    (broken by a kill as the run completed it), with the rows of those of ``parts`` that record
+    where theirs lie; returns whether it did. Its rows were written, and flushed to disk, before
+    each part was; completing the file changes its metadata, never those rows."""
+    placed = []
+    for part in parts:
+        with open_h5(part.path) as f:
+            if "byte_offset" in f.attrs:
+                placed.append((int(f.attrs["first_row"]), int(f.attrs["byte_offset"]), f["indices"].shape[0]))
+    if not path.exists() or not placed:
+        return False
+    recovered = path.with_name(path.name + ".tmp")  # removed with the work folder's other leftovers if killed
+    output = OutputFile(recovered, images, dim, dtype)
+    try:
+        with open(path, "rb") as raw:
+            for first_row, offset, rows in placed:
+                raw.seek(offset)
+                values = np.frombuffer(raw.read(rows * dim * np.dtype(dtype).itemsize), dtype=dtype)
+                if values.size != rows * dim:
+                    return False  # the file is shorter than its rows: not one to recover
+                output._features[first_row : first_row + rows] = values.reshape(rows, dim)
+        OutputFile._flush(output._file)
+    finally:
+        output.close()
+    replace_durably(recovered, path)
+    return True
+
+
+def _raw_offset(features: h5py.Dataset) -> int | None:
+    """Where row 0 of ``features`` lies in its file, if its rows lie there one after another (its
+    chunks allocated in order when it was made); None otherwise."""
+    try:
+        chunks = features.id.get_num_chunks()
+        first, last = features.id.get_chunk_info(0), features.id.get_chunk_info(chunks - 1)
+    except (AttributeError, ValueError, RuntimeError):  # no chunk (no row), or an HDF5 without the call
+        return None
+    in_order = first.chunk_offset[0] == 0 and last.chunk_offset[0] == (chunks - 1) * features.chunks[0]
+    if in_order and last.byte_offset - first.byte_offset == (chunks - 1) * first.size:
+        return first.byte_offset
+    return None
+
+
+def holds_rows(path: Path, images: ImageSet, dim: int, dtype: str) -> bool:
+    """Whether ``path`` is an :class:`OutputFile` of rows for ``images`` (that a killed run left)."""
+    f = _rows_file(path, images, dim, dtype, "r")
+    if f is not None:
+        f.close()
+    return f is not None
+
+
+def _rows_file(path: Path, images: ImageSet, dim: int, dtype: str, mode: str) -> h5py.File | None:
+    try:
+        f = open_h5(path, mode)
+    except OSError:  # none, or not a whole HDF5 file (killed as it was made)
+        return None
+    features = f.get("features")
+    if (isinstance(features, h5py.Dataset) and features.shape == (len(images), dim) and features.dtype == dtype
+            and f.attrs.get("images_sha256") == images.digest()):
+        return f
+    f.close()
+    return None
+
+
+def _rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
+    """The schema's datasets of one value per row, and /classes, in ``out``: (paths, labels, sizes)."""
+    out.create_dataset("classes", data=list(classes), dtype=_STRING)
+    return (
+        out.create_dataset("paths", shape=(rows,), dtype=_STRING, maxshape=(None,)),
+        out.create_dataset("labels", shape=(rows,), dtype=np.int32, maxshape=(None,)),
+        out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32, maxshape=(None, 2)),
+    )
 
 
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
     """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths, failed errors)."""
     chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-    # Resizable (maxshape), so that a file can be sized for every image and cut to those written;
-    # that also lets a chunk be larger than the data, which HDF5 otherwise refuses (rows == 0).
+    # Resizable (maxshape), so that a file can be cut to fewer rows; that also lets a chunk be
+    # larger than the data, which HDF5 otherwise refuses (rows == 0).
     features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim))
-    out.create_dataset("classes", data=list(classes), dtype=_STRING)
     return (
         features,
-        out.create_dataset("paths", shape=(rows,), dtype=_STRING, maxshape=(None,)),
-        out.create_dataset("labels", shape=(rows,), dtype=np.int32, maxshape=(None,)),
-        out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32, maxshape=(None, 2)),
+        *_rows_datasets(out, rows, classes),
         out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING, maxshape=(None,)),
         out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING, maxshape=(None,)),
     )

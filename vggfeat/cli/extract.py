@@ -180,8 +180,8 @@ def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
     needed, free = job.disk_needed(), shutil.disk_usage(job.work).free
     if needed > free:
         halve = "; --dtype float16 halves it" if dtype == "float32" else ""
-        click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk (its parts, and the output "
-                    f"written beside them) and {options.size_text(free)} is free in {job.work.parent}{halve}. If the "
+        click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk and {options.size_text(free)} "
+                    f"is free in {job.work.parent}{halve}. If the "
                     "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
                     err=True, fg="yellow", bold=True)
 
