@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from runhelpers import (FAST, assert_same_output, children, crash_on_part, error
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
 from imagefiles import write_rgb
 import vggfeat.job
+import vggfeat.store
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
@@ -195,17 +197,62 @@ def test_a_machines_shard_on_several_devices_merges_with_the_other_shards(tmp_pa
     assert_same_output(read_output(tmp_path / "out.h5"), _one_run(cheap_extractor(), collection, tmp_path), atol=1e-5)
 
 
-def test_the_disk_a_run_needs_is_twice_its_rows_less_those_done(tmp_path):
-    """Its parts and each block's file beside them, then the blocks' files and the merged output:
-    two copies at most, never three (the warning before the run would otherwise cry wolf)."""
+def test_the_disk_a_run_needs_is_its_rows_and_one_block_less_those_done(tmp_path):
+    """Each row once, in its block's file, then in the merged file, where a block's rows are for a
+    moment in both (the warning before the run would otherwise cry wolf)."""
     write_plain_folder(tmp_path / "images", 4)
     images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
     row = 64 * 4 + vggfeat.job._ROW_EXTRAS  # conv1_1, float32
     job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
-    assert job.disk_needed() == 8 * row
+    assert job.disk_needed() == (4 + 2) * row
     job._lock.close()
     ExtractionJob(cheap_extractor(), images.shard(1, 2), shards_folder(output) / "shard-1-of-2.h5").run()
-    assert MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).disk_needed() == 6 * row
+    assert MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).disk_needed() == (2 + 2) * row
+
+
+@pytest.mark.parametrize("merged_file", ["kept", "broken", "removed"])
+def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp_path, monkeypatch, merged_file):
+    """A block's rows go into the merged file before its own file is written anew without them:
+    killed between two blocks, the run goes on merging; the merged file broken by a kill as it
+    was completed gives its rows back from its bytes; removed, its blocks are described again."""
+    write_plain_folder(tmp_path / "images", 6)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    shards = shards_folder(output)
+    shards.mkdir()
+    for k in (1, 2):
+        ExtractionJob(cheap_extractor(), images.shard(k, 2), shards / f"shard-{k}-of-2.h5").run()
+    whole = (shards / "shard-1-of-2.h5").stat().st_size
+    append, appended = vggfeat.store.OutputFile.append, []
+
+    def killed_on_the_second_block(*args):
+        appended.append(args)
+        if len(appended) == 2:
+            raise RuntimeError("simulated kill")
+        return append(*args)
+
+    monkeypatch.setattr(vggfeat.store.OutputFile, "append", killed_on_the_second_block)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        MultiDeviceJob(cheap_extractor(), ["cpu"], images, output).run()
+    monkeypatch.undo()
+    with h5py.File(shards / "shard-1-of-2.h5", "r") as f:  # its rows are in the merged file only
+        assert f["features"].shape == (0, 64) and f.attrs["first_row"] == 0 and f.attrs["rows"] == 3
+    assert whole - (shards / "shard-1-of-2.h5").stat().st_size >= 3 * 64 * 4  # its rows' bytes are gone
+    merged = shards / "merged-of-2.h5"
+    if merged_file == "broken":
+        with open(merged, "r+b") as f:
+            f.write(bytes(2048))
+    elif merged_file == "removed":
+        merged.unlink()
+
+    job = MultiDeviceJob(cheap_extractor(), ["cpu"], images, output)
+    assert job.done == (3 if merged_file == "removed" else 6)
+    result = job.run()
+    assert result.computed == (3 if merged_file == "removed" else 0)
+    ExtractionJob(cheap_extractor(), images, tmp_path / "one.h5").run()
+    data = read_output(output)
+    assert not {"first_row", "rows", "byte_offset"} & set(data["attrs"])
+    assert_same_output(data, read_output(tmp_path / "one.h5"))
+    assert not shards.exists()
 
 
 def test_a_run_resumes_in_its_blocks_on_another_number_of_devices(tmp_path, monkeypatch):

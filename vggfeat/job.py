@@ -124,7 +124,7 @@ class ExtractionJob:
             # are described again; those of a file that a kill broke as the run completed it are
             # read back from its bytes.
             kept = (holds_rows(self.rows_file, images, extractor.dim, dtype)
-                    or recover_rows(self.rows_file, self.parts, images, extractor.dim, dtype))
+                    or recover_rows(self.rows_file, [part.path for part in self.parts], images, extractor.dim, dtype))
             self.parts = usable_parts(self.parts, kept)
         self.done = images_held(self.parts)
 

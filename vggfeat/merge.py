@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 
-from .discover import ShardOf
+from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
-from .store import check_output_path, create_datasets, mark_complete, open_features_file, open_h5, plain_value, written_atomically
+from .store import (PLACED_ATTRS, OutputFile, RowsBlock, block_rows, check_output_path, create_datasets, holds_rows, mark_complete,
+                    open_features_file, open_h5, place_rows, plain_value, recover_rows, replace_durably, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -75,6 +76,98 @@ def merge_shards(
     return MergeResult(output, rows, failed, len(files))
 
 
+def merge_blocks(blocks: Sequence[Path], output: Path, images: ImageSet, *, shard_of: ShardOf | None = None) -> MergeResult:
+    """:func:`merge_shards` of the files of the blocks 1..N that a run on several devices cut
+    ``images`` into (:class:`~vggfeat.multidevice.MultiDeviceJob`), in its work folder, with each
+    descriptor on disk once. Each block's rows go into the folder's ``merged-of-N.h5`` (an
+    :class:`OutputFile` of ``images``, taken up again after a kill), flushed, before the block's
+    file is written anew without them, recording where they are: the disk holds every row once,
+    and one block's twice for a moment. The rest is then written from the blocks' files, and the
+    merged file, complete, is renamed to ``output``: by then the blocks' files are small."""
+    blocks = list(blocks)
+    merged = merged_file(blocks)
+    files: list[h5py.File] = []
+    try:
+        files.extend(_open_shard(path) for path in blocks)
+        _check_together(files)
+        dim, dtype = files[0]["features"].shape[1], files[0]["features"].dtype
+        if any("first_row" in f.attrs for f in files) and not holds_rows(merged, images, dim, dtype.name):
+            raise RuntimeError(f"blocks merged into {merged} by a killed run, which is not there")  # keep_merged's to see to
+        output_file = OutputFile(merged, images, dim, dtype.name)
+        try:
+            step, start = max(1, _BLOCK_BYTES // (dim * dtype.itemsize)), 0
+            for k, f in enumerate(files):
+                held = block_rows(f)
+                end = start + held + f["failed/paths"].shape[0]
+                if "first_row" in f.attrs:  # merged by a killed run
+                    output_file.taken(start, end, int(f.attrs["first_row"]), held, blocks[k].name)
+                else:
+                    first = output_file.append(start, end, (f["features"][row : row + step] for row in range(0, held, step)))
+                    f.close()
+                    files[k] = _without_rows(blocks[k], first, held, output_file.byte_offset(first))
+                start = end
+            rows, failed = output_file.complete(_described(files, step), _merged_attrs(files, blocks, {}, shard_of))
+        finally:
+            output_file.close()
+        replace_durably(merged, output)
+    finally:
+        for f in files:
+            f.close()
+    return MergeResult(output, rows, failed, len(files))
+
+
+def keep_merged(blocks: Sequence[Path], images: ImageSet, dim: int, dtype: str) -> list[Path]:
+    """Before the blocks of a run on several devices are described: the rows of blocks that a
+    killed :func:`merge_blocks` merged, read back from the merged file's bytes if HDF5 cannot open
+    it (broken by a kill as it was completed); returns the files of those whose rows are lost
+    (the merged file removed by hand), which are removed, so that their images are described again."""
+    merged = [path for path in blocks if path.exists() and _placed(path)]
+    if not merged or holds_rows(merged_file(blocks), images, dim, dtype) or recover_rows(merged_file(blocks), merged, images, dim, dtype):
+        return []
+    for path in merged:
+        path.unlink()
+    return merged
+
+
+def _placed(path: Path) -> bool:
+    try:
+        with open_h5(path) as f:
+            return "first_row" in f.attrs
+    except OSError:
+        return False
+
+
+def merged_file(blocks: Sequence[Path]) -> Path:
+    """The file that :func:`merge_blocks` merges ``blocks`` into."""
+    return blocks[0].with_name(f"merged-of-{len(blocks)}.h5")
+
+
+def _without_rows(path: Path, first_row: int, rows: int, byte_offset: int | None) -> h5py.File:
+    """Write block file ``path`` anew with no row of descriptors (its /features cut to none),
+    recording where its ``rows`` are (:func:`place_rows`); returns it, opened."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open_h5(path) as f, open_h5(temporary, "w") as out:
+        for name in ("paths", "labels", "classes", "sizes", "failed"):
+            f.copy(f[name], out, name)
+        features = f["features"]
+        out.create_dataset("features", shape=(0, features.shape[1]), dtype=features.dtype, maxshape=(None, features.shape[1]))
+        out.attrs.update(f.attrs)
+        place_rows(out, first_row, rows, byte_offset)
+    replace_durably(temporary, path)
+    return _open_shard(path)
+
+
+def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
+    """The rows (paths, labels, sizes) and failures of the blocks' ``files``, ``step`` rows at a time."""
+    for f in files:
+        rows = block_rows(f)
+        for start in range(0, max(rows, 1), step):
+            last = start + step >= rows
+            yield RowsBlock(f["paths"].asstr()[start : start + step], f["labels"][start : start + step],
+                            f["sizes"][start : start + step], f["failed/paths"].asstr()[:] if last else [],
+                            f["failed/errors"].asstr()[:] if last else [])
+
+
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
     if not inputs:
         raise VggfeatError("no shard files given")
@@ -110,7 +203,7 @@ def _check_together(files: list[h5py.File]) -> None:
         raise VggfeatError(f"shard {', '.join(f'{i}/{count}' for i in duplicated)} given more than once")
     if missing:
         raise VggfeatError(f"missing shard {', '.join(f'{i}/{count}' for i in missing)}: a merge needs all {count}")
-    described = sum(f["features"].shape[0] + f["failed/paths"].shape[0] for f in files)
+    described = sum(block_rows(f) + f["failed/paths"].shape[0] for f in files)
     if described != int(first.attrs["collection_images"]):
         raise VggfeatError(f"the shards hold {described:,} images, the collection {int(first.attrs['collection_images']):,}: "
                            "a shard file is damaged")
@@ -138,7 +231,7 @@ def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict, s
     """The shards' common attributes, made those of the whole collection (or of the shard it is,
     ``shard_of``), and each one's provenance."""
     first = files[0]
-    attrs = {key: value for key, value in first.attrs.items() if key not in (*SHARD_ATTRS, *PROVENANCE, "complete")}
+    attrs = {key: value for key, value in first.attrs.items() if key not in (*SHARD_ATTRS, *PROVENANCE, *PLACED_ATTRS, "complete")}
     made = [{key: plain_value(f.attrs[key]) for key in PROVENANCE if key in f.attrs} for f in files]
     attrs.update({key: value for key, value in made[0].items() if all(m.get(key) == value for m in made[1:])})
     attrs.update(

@@ -1,7 +1,7 @@
 """One extraction on several devices (``vggfeat extract --device cuda:0,cuda:1``): the images are
 cut into blocks, a process per device describes a block at a time, an :class:`ExtractionJob` of
 ``images.shard(k, n)``, into ``OUTPUT.shards/``, and the blocks are then merged into ``OUTPUT``
-(:func:`merge_shards`).
+(:func:`merge_blocks`: each descriptor on disk once, as a run on one device has it).
 
 It does in one command what ``--shard K/N`` on each GPU and ``vggfeat merge`` do, with the same
 files and the same guarantees: each block resumes from its own parts, a finished block is not
@@ -34,7 +34,7 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
 from .job import DTYPES, ExtractionJob, JobResult, config_json, disk_per_row
-from .merge import merge_shards
+from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device
 from .store import (SHARD_FILE, check_output_path, discard_work, images_in_block, interrupted_on_one,
@@ -111,6 +111,7 @@ class MultiDeviceJob:
                                    "same command on one device to resume it, or pass --overwrite to discard it")
             discard_work(work_folder(self.output), self.output)
         self._lock = self._open_work_folder()
+        keep_merged(self.shard_files, images, extractor.dim, dtype)  # or describe again blocks whose merged rows are lost
         self.done = sum(images_in_block(path) for path in self.shard_files)
 
     @property
@@ -118,10 +119,10 @@ class MultiDeviceJob:
         return len(self.images)
 
     def disk_needed(self) -> int:
-        """Bytes of disk the run still needs at its peak, an upper bound: twice the rows, less
-        those its blocks hold already. A block's rows are on disk once, in its file; the merged
-        output is written beside the blocks' files: two copies at the end."""
-        return (2 * self.total - self.done) * disk_per_row(self.extractor.dim, self.dtype)
+        """Bytes of disk the run still needs at its peak, an upper bound: the rows of the images
+        no block holds yet, and one block's rows twice, as its rows are merged before its file is
+        written anew without them (:func:`merge_blocks`)."""
+        return (self.total - self.done + -(-self.total // self.blocks)) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe every shard no file holds yet, each on its device, then merge them into the
@@ -131,7 +132,7 @@ class MultiDeviceJob:
             computed = 0
             if not self._merged_but_left_its_shards():
                 computed = self._describe_shards(progress)
-                merge_shards(self.shard_files, self.output, overwrite=self.overwrite, shard_of=self.images.shard_of)
+                merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
             with open_h5(self.output) as f:
                 rows, failed = f["features"].shape[0], f["failed/paths"].shape[0]
             shutil.rmtree(self.work)
@@ -216,7 +217,7 @@ class MultiDeviceJob:
             counts = sorted({int(SHARD_FILE.match(entry)[2]) for entry in entries})
             raise VggfeatError(f"{self.work} holds the shards of interrupted runs in {' and '.join(map(str, counts))} "
                                "blocks: pass --overwrite to discard them")
-        for entry in others:
+        for entry in sorted(set(others) | {entry for entry in entries if entry.endswith(".tmp")}):  # and a killed writer's
             path = self.work / entry
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         return lock

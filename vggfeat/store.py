@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -46,8 +46,9 @@ from .errors import VggfeatError
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
-# A block's file in a shards folder (multidevice), or the folder of its parts.
-SHARD_FILE = re.compile(r"^shard-(\d+)-of-(\d+)\.h5(\.parts)?$")
+# A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
+# are merged into; their temporary files.
+SHARD_FILE = re.compile(r"^(?:shard-(\d+)|merged)-of-(\d+)\.h5(\.parts|\.tmp)?$")
 # The datasets of the schema above, all of which a finished extraction writes.
 SCHEMA_DATASETS = ("features", "paths", "labels", "classes", "sizes", "failed/paths", "failed/errors")
 _CHUNK_BYTES = 2**20  # rows per HDF5 chunk: about 1 MiB, good for reading rows in order or in slices
@@ -78,9 +79,7 @@ def write_part(
     temporary = final.with_name(final.name + ".tmp")
     with open_h5(temporary, "w") as part:
         if features is None:
-            part.attrs["first_row"] = first_row
-            if byte_offset is not None:
-                part.attrs["byte_offset"] = byte_offset
+            place_rows(part, first_row, len(indices), byte_offset)
         else:
             part["features"] = features
         part["indices"] = np.asarray(indices, dtype=np.int64)
@@ -134,7 +133,7 @@ def images_in_block(path: Path) -> int:
     if path.exists():
         try:
             with open_h5(path) as f:
-                return f["features"].shape[0] + f["failed/paths"].shape[0] if f.attrs.get("complete") else 0
+                return block_rows(f) + f["failed/paths"].shape[0] if f.attrs.get("complete") else 0
         except (OSError, KeyError):
             return 0
     progress = work_progress(path)
@@ -206,6 +205,17 @@ def list_parts(folder: Path) -> list[Part]:
     return sorted(parts, key=lambda part: part.start)
 
 
+@dataclass(frozen=True)
+class RowsBlock:
+    """Of consecutive rows of an output: their paths, labels and sizes; and the failures among
+    their images (paths and errors)."""
+    paths: Sequence[str]
+    labels: np.ndarray
+    sizes: np.ndarray
+    failed_paths: Sequence[str]
+    failed_errors: Sequence[str]
+
+
 class OutputFile:
     """The output file of an extraction, in its work folder (``rows.h5``) until it is complete.
 
@@ -248,16 +258,25 @@ class OutputFile:
         self._flush(f)
         return f
 
-    def append(self, start: int, end: int, features: np.ndarray) -> int:
-        """Write the descriptors of images ``[start, end)``, which must come next, to disk; returns
-        the row of the first."""
+    def append(self, start: int, end: int, features: np.ndarray | Iterable[np.ndarray]) -> int:
+        """Write the descriptors of images ``[start, end)``, which must come next (an array, or
+        arrays of consecutive rows), to disk; returns the row of the first."""
         if start != self.next:
             raise RuntimeError(f"images from {start} appended, {self.next} expected")  # a bug, not a user error
-        first = self.rows
-        self._features[first : first + len(features)] = features
+        row = self.rows
+        for block in [features] if isinstance(features, np.ndarray) else features:
+            self._features[row : row + len(block)] = block
+            row += len(block)
         self._flush(self._file)
-        self.next, self.rows = end, first + len(features)
+        first, self.next, self.rows = self.rows, end, row
         return first
+
+    def taken(self, start: int, end: int, first_row: int, rows: int, name: str) -> None:
+        """Take in images ``[start, end)`` whose ``rows`` rows were written from ``first_row`` by an
+        earlier :meth:`append` (a killed run's), as ``name`` records."""
+        if (start, first_row) != (self.next, self.rows):  # a bug, not a user error
+            raise RuntimeError(f"{name} has images from {start}, rows from {first_row}; {self.next}, {self.rows} expected")
+        self.next, self.rows = end, self.rows + rows
 
     def extend(self, parts: Sequence[Part]) -> None:
         """Take in each of ``parts`` that comes next, in turn, until one is missing: the rows of a
@@ -268,39 +287,48 @@ class OutputFile:
                 with open_h5(part.path) as f:
                     if "features" in f:
                         self.append(part.start, part.end, f["features"][:])
-                    elif f.attrs["first_row"] == self.rows:
-                        self.next, self.rows = part.end, self.rows + f["indices"].shape[0]
-                    else:  # a bug, not a user error
-                        raise RuntimeError(f"{part.path.name} has rows from {f.attrs['first_row']}, {self.rows} expected")
+                    else:
+                        self.taken(part.start, part.end, int(f.attrs["first_row"]), f["indices"].shape[0], part.path.name)
 
     def finish(self, parts: Sequence[Part], attrs: dict) -> tuple[int, int]:
-        """Write what ``parts`` (all of them) hold besides descriptors, cut /features to the rows
-        written, mark the file complete and close it; returns (rows, failed)."""
+        """:meth:`complete` with what ``parts`` (all of them) hold besides descriptors."""
+        def blocks() -> Iterator[RowsBlock]:
+            for part in sorted(parts, key=lambda part: part.start):
+                with open_h5(part.path) as f:
+                    indices, failed = f["indices"][:], f["failed_indices"][:]
+                    yield RowsBlock([self.images.paths[i] for i in indices], self.images.labels[indices], f["sizes"][:],
+                                    [self.images.paths[i] for i in failed], list(f["failed_errors"].asstr()[:]))
+        return self.complete(blocks(), attrs)
+
+    def complete(self, blocks: Iterable[RowsBlock], attrs: dict) -> tuple[int, int]:
+        """Write the rows' paths, labels and sizes, and the failures, from ``blocks`` in row order,
+        cut /features to the rows written, mark the file complete with ``attrs`` and close it;
+        returns (rows, failed)."""
         if self.next != len(self.images):
             raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
-        for name in set(self._file) - {"features"}:  # what a run killed as it finished the file wrote
+        for name in set(self._file) - {"features"}:  # what a run killed as it completed the file wrote
             del self._file[name]
         self._file.attrs.clear()
         paths, labels, sizes = _rows_datasets(self._file, self.rows, self.images.classes)
-        failures: list[tuple[int, str]] = []
+        failed_paths: list[str] = []
+        failed_errors: list[str] = []
         row = 0
-        for part in sorted(parts, key=lambda part: part.start):
-            with open_h5(part.path) as f:
-                indices = f["indices"][:]
-                written = slice(row, row + len(indices))
-                paths[written] = [self.images.paths[i] for i in indices]
-                labels[written] = self.images.labels[indices]
-                sizes[written] = f["sizes"][:]
-                failures.extend(zip(f["failed_indices"][:].tolist(), f["failed_errors"].asstr()[:]))
+        for block in blocks:
+            written = slice(row, row + len(block.paths))
+            paths[written], labels[written], sizes[written] = block.paths, block.labels, block.sizes
+            failed_paths.extend(block.failed_paths)
+            failed_errors.extend(block.failed_errors)
             row = written.stop
-        self._file.create_dataset("failed/paths", data=[self.images.paths[i] for i, _ in failures], dtype=_STRING, maxshape=(None,))
-        self._file.create_dataset("failed/errors", data=[reason for _, reason in failures], dtype=_STRING, maxshape=(None,))
+        if row != self.rows:
+            raise RuntimeError(f"{row} rows described, {self.rows} written")  # a bug
+        self._file.create_dataset("failed/paths", data=failed_paths, dtype=_STRING, maxshape=(None,))
+        self._file.create_dataset("failed/errors", data=failed_errors, dtype=_STRING, maxshape=(None,))
         # The last change to /features (of its dataspace and chunk index, which the rows depend
         # on), so that a kill before it leaves their file as the run left it.
         self._features.resize(self.rows, axis=0)
         mark_complete(self._file, attrs)
         self.close()
-        return self.rows, len(failures)
+        return self.rows, len(failed_paths)
 
     def close(self) -> None:
         self._file.close()
@@ -332,16 +360,30 @@ def usable_parts(parts: Sequence[Part], rows_kept: bool) -> list[Part]:
     return kept
 
 
-def recover_rows(path: Path, parts: Sequence[Part], images: ImageSet, dim: int, dtype: str) -> bool:
+def block_rows(f: h5py.File) -> int:
+    """The rows of a descriptor file: of its /features, or those it placed in a merged file."""
+    return int(f.attrs["rows"]) if "first_row" in f.attrs else f["features"].shape[0]
+
+
+PLACED_ATTRS = ("first_row", "rows", "byte_offset")  # what place_rows records
+
+
+def place_rows(f: h5py.File, first_row: int, rows: int, byte_offset: int | None) -> None:
+    """Record in ``f`` (a part, or a block's file) that its ``rows`` rows are in an
+    :class:`OutputFile` from ``first_row``, at ``byte_offset`` of its file where known."""
+    f.attrs.update(first_row=first_row, rows=rows, **({} if byte_offset is None else {"byte_offset": byte_offset}))
+
+
+def recover_rows(path: Path, records: Sequence[Path], images: ImageSet, dim: int, dtype: str) -> bool:
     """Make ``path`` a file of rows for ``images`` again from its bytes, where HDF5 cannot open it
-    (broken by a kill as the run completed it), with the rows of those of ``parts`` that record
-    where theirs lie; returns whether it did. Its rows were written, and flushed to disk, before
-    each part was; completing the file changes its metadata, never those rows."""
+    (broken by a kill as the run completed it), with the rows that ``records`` (parts, or blocks'
+    files) place there (:func:`place_rows`); returns whether it did. Their rows were written, and
+    flushed to disk, before they were; completing the file changes its metadata, never those rows."""
     placed = []
-    for part in parts:
-        with open_h5(part.path) as f:
+    for record in records:
+        with open_h5(record) as f:
             if "byte_offset" in f.attrs:
-                placed.append((int(f.attrs["first_row"]), int(f.attrs["byte_offset"]), f["indices"].shape[0]))
+                placed.append((int(f.attrs["first_row"]), int(f.attrs["byte_offset"]), int(f.attrs["rows"])))
     if not path.exists() or not placed:
         return False
     recovered = path.with_name(path.name + ".tmp")  # removed with the work folder's other leftovers if killed
