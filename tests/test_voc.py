@@ -12,8 +12,8 @@ from runhelpers import error_line, run_main
 from svmhelpers import write_features
 from vggfeat.errors import VggfeatError
 from vggfeat.metrics import ap_voc07_11pt, multilabel_metrics
-from vggfeat.svm import LinearSVM
-from vggfeat.voc import read_image_set, targets_of_set
+from vggfeat.svm import LinearSVM, load_model
+from vggfeat.voc import DIFFICULT, read_image_set, targets_of_set, train_difficult
 
 CLASSES = ("cat", "dog")
 
@@ -91,10 +91,9 @@ def test_a_row_ignored_for_a_class_is_left_out_of_that_classs_svm_only():
         LinearSVM(C=1.0).fit(X, Y[:, 0], ignore=ignore)
 
 
-def test_protocol_voc_from_a_devkit(tmp_path):
-    """Cats and dogs in clusters; each test set's difficult image of a class sits in that class's
-    cluster but is not a positive: VOC leaves it out of the class's AP, where it would otherwise be
-    a false positive ranked first."""
+def clustered_devkit(tmp_path):
+    """Cats and dogs in clusters; in each set, a cat-like image difficult for cat and a dog-like
+    one difficult for dog. Returns (devkit, features file, sets, rows)."""
     rng = np.random.default_rng(1)
     centres = {"cat": np.array([4.0, 0, 0, 0]), "dog": np.array([0, 4.0, 0, 0]), None: np.array([0, 0, 4.0, 0])}
     sets, rows = {}, []
@@ -111,7 +110,14 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     devkit = write_devkit(tmp_path / "VOCdevkit" / "VOC2007", sets)
     features = write_features(tmp_path / "voc07.h5", np.array([x for _, x in rows]), [p for p, _ in rows],
                               np.full(len(rows), -1), [])
+    return devkit, features, sets, rows
 
+
+def test_protocol_voc_from_a_devkit(tmp_path):
+    """Each test set's difficult image of a class sits in that class's cluster but is not a
+    positive: VOC leaves it out of the class's AP, where it would otherwise be a false positive
+    ranked first."""
+    devkit, features, sets, rows = clustered_devkit(tmp_path)
     code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--json", tmp_path / "voc.json"])
     assert code == 0, err
     result = json.loads((tmp_path / "voc.json").read_text())
@@ -160,6 +166,43 @@ def test_protocol_voc_from_a_devkit(tmp_path):
 
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--labels", labels_csv])
     assert code == 2 and "--voc-devkit gives the sets and their labels" in error_line(err)
+
+
+@pytest.mark.parametrize("difficult", DIFFICULT)
+def test_difficult_training_images_left_out_negatives_or_positives_as_chosen(tmp_path, difficult):
+    """The paper does not say how its SVMs took VOC's difficult images; the devkit's example
+    classifier takes them as negatives, others as positives. The test set's are left out of the
+    AP whatever the choice."""
+    devkit, features, sets, rows = clustered_devkit(tmp_path)
+    train, test = read_image_set(devkit, "trainval"), read_image_set(devkit, "test")
+    paths = [path for path, _ in rows]
+    X = np.array([x for _, x in rows])
+    positives, difficult_images = train.labels == 1, train.labels == 0
+    fitted = {"ignore": dict(Y=positives, ignore=difficult_images), "negative": dict(Y=positives, ignore=None),
+              "positive": dict(Y=positives | difficult_images, ignore=None)}[difficult]
+    targets = train_difficult(targets_of_set(train, paths, "training"), difficult)
+    np.testing.assert_array_equal(targets.y, fitted["Y"])
+    assert (targets.ignore is None) == (fitted["ignore"] is None)
+    svm = LinearSVM(C=1.0, multilabel=True).fit(X[:30], fitted["Y"], classes=list(CLASSES), ignore=fitted["ignore"])
+    scores = svm.decision_function(X[30:])
+    expected = multilabel_metrics(test.labels == 1, scores, list(CLASSES), test.labels == 0)
+
+    code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--voc-difficult", difficult, "--C", "1",
+                               "--results", tmp_path / "results", "--json", tmp_path / "voc.json"])
+    assert code == 0, err
+    for k, cls in enumerate(CLASSES):  # the test scores of SVMs trained so
+        lines = (tmp_path / "results" / f"comp1_cls_test_{cls}.txt").read_text().splitlines()
+        np.testing.assert_allclose([float(line.split()[1]) for line in lines], scores[:, k], atol=1e-6)
+    result = json.loads((tmp_path / "voc.json").read_text())
+    assert result["difficult_in_training"] == difficult
+    assert result["per_class"] == expected["per_class"]
+    assert {"ignore": "left out in its training", "negative": "negatives in", "positive": "positives in"}[difficult] in out
+    code, out, err = run_main(["train-svm", features, tmp_path / "m.h5", "--voc-devkit", devkit, "--voc-difficult",
+                               difficult, "--C", "1"])
+    assert code == 0, err
+    assert load_model(tmp_path / "m.h5").training["labels"].endswith(f"difficult images: {difficult}")
+    code, _, err = run_main(["train-svm", features, tmp_path / "n.h5", "--voc-difficult", difficult])
+    assert code == 2 and "--voc-difficult is for the difficult images of a VOC devkit's sets" in error_line(err)
 
 
 def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):

@@ -29,7 +29,7 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import targets_of
-from .voc import result_files, write_results
+from .voc import result_files, train_difficult, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
@@ -106,7 +106,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
 
 def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | None = None, train_paths: Sequence[str] | None = None,
         test_paths: Sequence[str] | None = None, *, devkit: str | os.PathLike | None = None, train_set: str = "trainval",
-        test_set: str = "test", results: str | os.PathLike | None = None, overwrite: bool = False,
+        test_set: str = "test", difficult: str = "ignore", results: str | os.PathLike | None = None, overwrite: bool = False,
         progress: Callable[[int, int], None] | None = None, **svm_params) -> dict:
     """Train multi-label SVMs on the train set, report per-class AP and mAP on the test set.
 
@@ -114,7 +114,8 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     files' own single labels. ``train_paths`` / ``test_paths`` select rows when both sets share a file.
     With ``devkit``, a VOC devkit folder (VOCdevkit/VOC2007), the sets are its image sets
     ``train_set`` and ``test_set`` with their labels, and an image "difficult" for a class is left
-    out of that class's SVM and AP, as VOC's evaluation leaves it out (:mod:`vggfeat.voc`). With
+    out of that class's AP, as VOC's evaluation leaves it out (:mod:`vggfeat.voc`), and out of its
+    SVM, or a negative or a positive there (``difficult``: :func:`vggfeat.voc.train_difficult`). With
     ``results`` too, a folder, the test set's scores are written there as VOC's result files for its
     evaluation server (:func:`vggfeat.voc.write_results`; existing ones only with ``overwrite``): the
     only outcome for a test set whose labels are withheld (VOC2012's), which gets no metrics.
@@ -123,7 +124,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     if devkit is not None:
         if labels_csv is not None or train_paths is not None or test_paths is not None:
             raise VggfeatError("a VOC devkit gives the sets and their labels: no labels file or path lists with it")
-        train = targets_of(file_list(train_files)[0], voc=(devkit, train_set))
+        train = train_difficult(targets_of(file_list(train_files)[0], voc=(devkit, train_set)), difficult)
         test = targets_of(file_list(test_files)[0], voc=(devkit, test_set))
         if not train.classes:
             raise VggfeatError(f"the training set {train_set!r} of {devkit} has no labels (no <class>_{train_set}.txt)")
@@ -160,7 +161,8 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
         outcome.update(multilabel_metrics(truth, scores, train.classes, align_ignored(test, train.classes)))
     else:
         outcome["classes"] = list(train.classes)
-    sets = {"devkit": str(devkit), "train_set": train_set, "test_set": test_set} if devkit is not None else {}
+    sets = ({"devkit": str(devkit), "train_set": train_set, "test_set": test_set, "difficult_in_training": difficult}
+            if devkit is not None else {})
     return {"protocol": "voc", **sets, "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **outcome}
 
 

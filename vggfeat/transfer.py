@@ -27,7 +27,7 @@ from .labels import (
 from .metrics import multilabel_metrics, single_label_metrics
 from .store import written_atomically
 from .svm import LinearSVM, SavedModel, load_model, save_model
-from .voc import read_image_set, targets_of_set
+from .voc import read_image_set, targets_of_set, train_difficult
 
 
 def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
@@ -47,11 +47,13 @@ def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike |
 
 
 def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
-                     exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None) -> Targets:
-    """Which rows train, and on what: a labels CSV, a VOC devkit's image set, or the first
-    features file's own labels."""
+                     exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None,
+                     difficult: str = "ignore") -> Targets:
+    """Which rows train, and on what: a labels CSV, a VOC devkit's image set (its difficult
+    images as :func:`~vggfeat.voc.train_difficult` takes them), or the first features file's own
+    labels."""
     first = file_list(files)[0]
-    targets = _labelled(targets_of(first, labels_csv, multilabel, exclude, voc), voc)
+    targets = train_difficult(_labelled(targets_of(first, labels_csv, multilabel, exclude, voc), voc), difficult)
     if labels_csv is None and voc is None and not multilabel:
         present = set(targets.y)
         empty = [name for name in targets.classes if name not in present]
@@ -62,22 +64,24 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
 
 
 def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labels_csv: str | os.PathLike | None = None,
-              exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None,
+              exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None, difficult: str = "ignore",
               progress: Callable[[int, int], None] | None = None, **svm_params) -> SavedModel:
     """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
     multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given; ``progress`` as
     :meth:`LinearSVM.fit` takes it. With ``voc`` ((devkit folder, image set)), the labels are the
-    set's, multi-label, and an image difficult for a class is left out of that class's SVM."""
+    set's, multi-label, and an image difficult for a class is left out of that class's SVM, or
+    is a negative or a positive there (``difficult``: :func:`~vggfeat.voc.train_difficult`)."""
     files = file_list(files)
     if voc is not None:
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
-    targets = training_targets(files, labels_csv, multilabel, exclude, voc)
+    targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
     features = load_features(files, paths=targets.paths)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
             progress=progress)
-    labels = f"VOC devkit {voc[0]}, set {voc[1]}" if voc is not None else str(labels_csv) if labels_csv else "stored"
+    labels = (f"VOC devkit {voc[0]}, set {voc[1]}, difficult images: {difficult}" if voc is not None
+              else str(labels_csv) if labels_csv else "stored")
     training = {
         "files": [str(f) for f in files],
         "rows": len(targets.paths),

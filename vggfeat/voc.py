@@ -23,10 +23,12 @@ import numpy as np
 
 from .errors import VggfeatError
 from .labels import Targets
+from .settings import check_choice
 from .store import write_text_file
 
 IMAGE_SETS = Path("ImageSets", "Main")
 LABELS = {"1": 1, "-1": -1, "0": 0}  # as the class files write them
+DIFFICULT = ("ignore", "negative", "positive")  # what a difficult image is in training (train_difficult)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str) -> Targets
                            f"(e.g. {missing[0]}): extract JPEGImages whole, or name the file that holds them")
     return Targets([by_id[image] for image in voc_set.ids], voc_set.labels == 1, list(voc_set.classes),
                    ignore=voc_set.labels == 0)
+
+
+def train_difficult(targets: Targets, difficult: str) -> Targets:
+    """Training ``targets`` of an image set whose difficult images (``targets.ignore``) are, for
+    their class: left out of its SVM (``"ignore"``, as VOC's evaluation leaves them out of its AP),
+    negatives (``"negative"``, as the devkit's example classifier takes them: a label above 0 is
+    positive) or positives (``"positive"``). The test set's are left out of the AP whatever this says."""
+    check_choice("difficult", difficult, DIFFICULT)
+    if difficult == "ignore" or targets.ignore is None:
+        return targets
+    positives = targets.y | targets.ignore if difficult == "positive" else targets.y
+    return Targets(targets.paths, positives, targets.classes)
 
 
 def result_files(folder: str | os.PathLike, image_set: str, classes: Sequence[str]) -> list[Path]:

@@ -9,7 +9,7 @@ import click
 from .. import protocol as protocols
 from ..errors import VggfeatError
 from . import options
-from .svm import fits_progress, svm_options, svm_params
+from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
 
 
 @click.group()
@@ -58,20 +58,23 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
                    "ImageSets/Main, in place of --labels and the lists.")
 @click.option("--train-set", default="trainval", show_default=True, help="With --voc-devkit: the training image set.")
 @click.option("--test-set", default="test", show_default=True, help="With --voc-devkit: the test image set.")
+@voc_difficult
 @click.option("--results", type=click.Path(path_type=Path),
               help="With --voc-devkit: also write the test scores here as VOC's result files for its evaluation server "
                    "(comp1_cls_<set>_<class>.txt); all there is for a test set without labels (VOC2012's).")
 @options.json_output
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --results files.")
 @svm_options
-def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, results, json_out, overwrite, **svm) -> None:
+def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, voc_difficult, results, json_out, overwrite,
+        **svm) -> None:
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
     a file of its JPEGImages, which holds both sets, or several of the same images to fuse (Net-D &
-    Net-E). An image that the devkit marks difficult for a class is left out of that class's SVM
-    and AP, as VOC's own evaluation does.
+    Net-E). An image that the devkit marks difficult for a class is left out of that class's AP,
+    as VOC's own evaluation does, and of its SVM (see --voc-difficult).
     """
+    difficult = difficult_in_training(voc_devkit, voc_difficult)
     if voc_devkit:
         if labels or train_list or test_list:
             raise click.UsageError("--voc-devkit gives the sets and their labels: no --labels, --train-list or --test-list")
@@ -87,8 +90,11 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     options.check_json_output(json_out, overwrite)
     with fits_progress() as progress:
         result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
-                               test_set=test_set, results=results, overwrite=overwrite, progress=progress, **svm_params(**svm))
-    sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out per class)" if voc_devkit else ""
+                               test_set=test_set, difficult=difficult, results=results, overwrite=overwrite, progress=progress,
+                               **svm_params(**svm))
+    in_training = {"ignore": "left out", "negative": "negatives", "positive": "positives"}[difficult]
+    sets = (f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out of each class's AP, {in_training} "
+            "in its training)") if voc_devkit else ""
     click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
     if results:

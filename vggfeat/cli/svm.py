@@ -15,6 +15,7 @@ from ..metrics import one_hot
 from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
+from ..voc import DIFFICULT
 from .options import progress_bar
 
 
@@ -35,6 +36,12 @@ def split_files(paths: tuple[Path, ...], features: tuple[Path, ...], names: list
     if len(paths) != len(names) + 1:
         raise click.UsageError(f"expected FEATURES {' '.join(names)}, got {len(paths)} path(s)")
     return [paths[0]], list(paths[1:])
+
+
+voc_difficult = click.option(
+    "--voc-difficult", type=click.Choice(DIFFICULT),
+    help="With --voc-devkit: a difficult image, in training, is left out of its class's SVM (ignore, the default, as "
+         "VOC's evaluation leaves it out of the AP), a negative (as the devkit's example classifier takes it) or a positive.")
 
 
 def svm_options(command):
@@ -95,17 +102,19 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
               help="Labels from a VOC devkit folder's image set (--voc-set), multi-label; its difficult images are left "
                    "out of their class's SVM.")
 @click.option("--voc-set", default="trainval", show_default=True, help="With --voc-devkit: the image set to train on.")
+@voc_difficult
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL.")
 @svm_options
-def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, overwrite, **svm) -> None:
+def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, voc_difficult, overwrite, **svm) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
+    difficult = difficult_in_training(voc_devkit, voc_difficult)
     check_new_file(model, overwrite)
     multilabel = multilabel or voc is not None
     with fits_progress() as progress:
-        saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, multilabel=multilabel,
-                                   progress=progress, **svm_params(**svm))
+        saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
+                                   multilabel=multilabel, progress=progress, **svm_params(**svm))
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
     click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
@@ -155,6 +164,13 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
     if report:
         written = write_report(report, metrics, scored.scores, _indicators(scored))
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def difficult_in_training(devkit: Path | None, difficult: str | None) -> str:
+    """--voc-difficult's choice ("ignore" unless given), which only a VOC devkit's sets take."""
+    if difficult is not None and devkit is None:
+        raise click.UsageError("--voc-difficult is for the difficult images of a VOC devkit's sets: give --voc-devkit")
+    return difficult or "ignore"
 
 
 def _voc_labels(devkit: Path | None, image_set: str, labels: Path | None) -> tuple[Path, str] | None:
