@@ -35,8 +35,8 @@ from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
 from .store import (FORMAT_VERSION, OutputFile, check_output_path, discard_work, holds_rows, images_held, interrupted_on_several,
-                    list_parts, lock_folder, open_h5, recover_rows, replace_durably, shards_folder, usable_parts, work_folder, write_json,
-                    write_part)
+                    list_parts, lock_folder, open_h5, recover_rows, replace_durably, rows_and_failures, shards_folder, usable_parts,
+                    work_folder, write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -145,11 +145,7 @@ class ExtractionJob:
         """
         began = time.perf_counter()
         try:
-            if self._finished:
-                with open_h5(self.output) as f:
-                    rows, failed = f["features"].shape[0], f["failed/paths"].shape[0]
-            else:
-                rows, failed = self._write_output(progress)
+            rows, failed = rows_and_failures(self.output) if self._finished else self._write_output(progress)
             self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()

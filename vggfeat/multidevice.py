@@ -38,7 +38,7 @@ from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device
 from .store import (SHARD_FILE, check_output_path, discard_work, images_in_block, interrupted_on_one,
-                    interrupted_on_several, lock_folder, open_h5, shards_folder, work_folder)
+                    interrupted_on_several, lock_folder, open_h5, rows_and_failures, shards_folder, work_folder)
 
 # A device gets several blocks only where each holds this many images or more: every block pays
 # its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet
@@ -133,8 +133,7 @@ class MultiDeviceJob:
             if not self._merged_but_left_its_shards():
                 computed = self._describe_shards(progress)
                 merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
-            with open_h5(self.output) as f:
-                rows, failed = f["features"].shape[0], f["failed/paths"].shape[0]
+            rows, failed = rows_and_failures(self.output)
             shutil.rmtree(self.work)
         finally:
             self._lock.close()

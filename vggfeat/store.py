@@ -360,6 +360,12 @@ def usable_parts(parts: Sequence[Part], rows_kept: bool) -> list[Part]:
     return kept
 
 
+def rows_and_failures(path: Path) -> tuple[int, int]:
+    """The rows and the failures of the complete descriptor file ``path``."""
+    with open_features_file(path, "output") as f:
+        return f["features"].shape[0], f["failed/paths"].shape[0]
+
+
 def block_rows(f: h5py.File) -> int:
     """The rows of a descriptor file: of its /features, or those it placed in a merged file."""
     return int(f.attrs["rows"]) if "first_row" in f.attrs else f["features"].shape[0]

@@ -33,7 +33,7 @@ from .job import ExtractionJob, config_changes, config_json
 from .multidevice import MultiDeviceJob
 from .settings import check_choice
 from .store import (create_datasets, interrupted_on_one, interrupted_on_several, mark_complete, open_features_file, open_h5,
-                    shards_folder, work_folder, written_atomically)
+                    rows_and_failures, shards_folder, work_folder, written_atomically)
 
 # What an update describes: the images the file does not hold, or those it lists as failed; the
 # option that asks for it, where its work goes, and the attribute that dates it.
@@ -132,8 +132,7 @@ class OutputUpdate:
         began = time.perf_counter()
         computed = self.job.run(progress).computed if self.job else 0
         if self.unchanged:
-            with open_features_file(self.output, "output") as old:
-                rows, failed = old["features"].shape[0], old["failed/paths"].shape[0]
+            rows, failed = rows_and_failures(self.output)
         else:
             rows, failed = self._rewrite()
         if self.staging.exists() and _attributes(self.staging).get("update_of") == self.output.name:
