@@ -539,8 +539,9 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """``h5py.File(path, mode)``, also on file systems without locks (NFS without its lock daemon,
     some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
 
-    vggfeat writes only new files under temporary names, which no other process opens: they take
-    no lock. A file that is read takes HDF5's shared lock where the file system has locks.
+    vggfeat writes only new files under temporary names, and a run's own files in its work folder,
+    which its lock keeps (:func:`lock_folder`): no other process opens them, and they take no
+    HDF5 lock. A file that is read takes HDF5's shared lock where the file system has locks.
     """
     if mode != "r":
         return h5py.File(path, mode, locking=False)
