@@ -31,6 +31,7 @@ from runhelpers import (
 )
 from vggfeat.cli import options
 from vggfeat import Extractor
+from vggfeat import settings
 from vggfeat.reading import ImageReader
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
@@ -325,6 +326,21 @@ def test_the_cpu_run_says_which_way_bf16_goes(one_image, monkeypatch, speed, giv
         assert code == 0, err
         advice = [line for line in err.splitlines() if "this CPU" in line]
         assert len(advice) == (1 if said else 0) and (said is None or said in advice[0]), err
+
+
+@pytest.mark.parametrize("flags, speed", [("fpu sse avx2 avx512f amx_bf16 amx_tile amx_int8", "faster"),
+                                           ("fpu sse avx2 avx512f avx512_bf16", "slower"), (None, "unknown")])
+def test_which_way_bf16_goes_comes_from_the_cpus_flags(tmp_path, monkeypatch, flags, speed):
+    """From the flags Linux lists (an x86 CPU); where there are none, from torch's own check, or
+    unknown without one."""
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags:
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n")
+    monkeypatch.setattr(settings.platform, "machine", lambda: "x86_64")
+    read_flags = settings.cpu_flags
+    monkeypatch.setattr(settings, "cpu_flags", lambda: read_flags(cpuinfo))
+    monkeypatch.delattr(settings.torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert settings.cpu_bf16_speed() == speed
 
 
 def test_real_process_exit_code_and_one_line_error(tmp_path):

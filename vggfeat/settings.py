@@ -46,10 +46,25 @@ def cpu_bf16_speed() -> str:
     ``auto`` precision stays fp32 on a CPU; the CLI says which way bf16 would go."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "unknown"
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; a torch without it: unknown
+    flags = cpu_flags()
+    if flags is not None:  # Linux lists AMX where both the CPU and the kernel support it
+        return "faster" if "amx_bf16" in flags else "slower"
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # elsewhere, torch's private check, if it has one
     if has_amx is None:
         return "unknown"
     return "faster" if has_amx() else "slower"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags as Linux lists them; None where there is no such list."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
 
 
 def resolve_decoder(decoder: str) -> str:
