@@ -116,17 +116,16 @@ def merge_blocks(blocks: Sequence[Path], output: Path, images: ImageSet, *, shar
     return MergeResult(output, rows, failed, len(files))
 
 
-def keep_merged(blocks: Sequence[Path], images: ImageSet, dim: int, dtype: str) -> list[Path]:
+def keep_merged(blocks: Sequence[Path], images: ImageSet, dim: int, dtype: str) -> None:
     """Before the blocks of a run on several devices are described: the rows of blocks that a
-    killed :func:`merge_blocks` merged, read back from the merged file's bytes if HDF5 cannot open
-    it (broken by a kill as it was completed); returns the files of those whose rows are lost
-    (the merged file removed by hand), which are removed, so that their images are described again."""
+    killed :func:`merge_blocks` merged are read back from the merged file's bytes if HDF5 cannot
+    open it (broken by a kill as it was completed); the files of blocks whose rows are lost (the
+    merged file removed by hand) are removed, so that their images are described again."""
     merged = [path for path in blocks if path.exists() and _placed(path)]
-    if not merged or holds_rows(merged_file(blocks), images, dim, dtype) or recover_rows(merged_file(blocks), merged, images, dim, dtype):
-        return []
-    for path in merged:
-        path.unlink()
-    return merged
+    if merged and not (holds_rows(merged_file(blocks), images, dim, dtype)
+                       or recover_rows(merged_file(blocks), merged, images, dim, dtype)):
+        for path in merged:
+            path.unlink()
 
 
 def _placed(path: Path) -> bool:
