@@ -388,16 +388,16 @@ def recover_rows(path: Path, records: Sequence[Path], images: ImageSet, dim: int
     placed = []
     for record in records:
         with open_h5(record) as f:
-            if "byte_offset" in f.attrs:
-                placed.append((int(f.attrs["first_row"]), int(f.attrs["byte_offset"]), int(f.attrs["rows"])))
-    if not path.exists() or not placed:
-        return False
+            if "first_row" in f.attrs:
+                placed.append((int(f.attrs["first_row"]), f.attrs.get("byte_offset"), int(f.attrs["rows"])))
+    if not path.exists() or not placed or any(offset is None for _, offset, _ in placed):
+        return False  # nothing to recover, or rows whose place in the file is unknown
     recovered = path.with_name(path.name + ".tmp")  # removed with the work folder's other leftovers if killed
     output = OutputFile(recovered, images, dim, dtype)
     try:
         with open(path, "rb") as raw:
             for first_row, offset, rows in placed:
-                raw.seek(offset)
+                raw.seek(int(offset))
                 values = np.frombuffer(raw.read(rows * dim * np.dtype(dtype).itemsize), dtype=dtype)
                 if values.size != rows * dim:
                     return False  # the file is shorter than its rows: not one to recover
