@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import vggfeat.decode
+import vggfeat.job
 import vggfeat.jpeg
 import vggfeat.update
 from imagefiles import write_corrupt, write_rgb
@@ -88,6 +90,21 @@ def test_an_update_describes_only_the_new_images_and_writes_what_a_fresh_run_wri
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "is up to date: it holds every one of the 8 images" in err, err
     assert output.read_bytes() == before
+
+
+def test_an_update_warns_when_the_disk_cannot_hold_the_file_written_anew(tmp_path, monkeypatch):
+    """The images it describes, and the whole file written anew beside the old one."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 3)
+    args = ["extract", root, output, *CHEAP, "--update"]
+    assert run_main(args[:-1])[0] == 0
+    row, usage = 64 * 4 + vggfeat.job._ROW_EXTRAS, shutil.disk_usage(tmp_path)  # conv1_1, float32
+    for images, free, warned in ((4, 5 * row, False), (5, 6 * row - 1, True)):  # 1 row described, all written anew
+        write_rgb(root / f"new{images}.png", 224, 240, seed=images)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path, free=free: usage._replace(free=free))
+        code, _, err = run_main(args)
+        assert code == 0, err
+        assert ("WARNING: this run needs up to" in err) == warned, err
 
 
 def test_a_killed_update_resumes_and_the_file_is_untouched_until_it_is_done(tmp_path, monkeypatch):

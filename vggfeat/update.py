@@ -29,7 +29,7 @@ import numpy as np
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
-from .job import ExtractionJob, config_changes, config_json
+from .job import ExtractionJob, config_changes, config_json, disk_per_row
 from .multidevice import MultiDeviceJob
 from .settings import check_choice
 from .store import (create_datasets, interrupted_on_one, interrupted_on_several, mark_complete, open_features_file, open_h5,
@@ -96,6 +96,7 @@ class OutputUpdate:
         self.described, self.dropped = len(chosen), gone_rows + gone_failed
         self.unchanged = same_images and not self.described  # nothing to describe, nothing to relabel
         self.staging = self.output.with_name(self.output.name + suffix)
+        self._row_bytes = disk_per_row(extractor.dim, dtype)
         self._chosen = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen],
                                 images.classes, images.file_names)
         self.job: ExtractionJob | MultiDeviceJob | None = None
@@ -111,6 +112,11 @@ class OutputUpdate:
                 self.job = MultiDeviceJob(extractor, devices or [str(extractor.device)], self._chosen, self.staging, **job)
             else:
                 self.job = ExtractionJob(extractor, self._chosen, self.staging, **job)
+
+    def disk_needed(self) -> int:
+        """Bytes of disk the update still needs at its peak, an upper bound: the rows of the images
+        it describes (:attr:`job`), and the file written anew beside the old one, a row per image."""
+        return (self.job.disk_needed() if self.job else 0) + len(self.images) * self._row_bytes
 
     def _staged(self, extractor: Extractor, dtype: str) -> bool:
         """Whether the staging file holds the chosen images already (an update killed after

@@ -134,8 +134,9 @@ def extraction_job(extractor: Extractor, images: ImageSet, output: Path, devices
 
 
 def announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: str, say: Callable[..., None],
-              devices: tuple[str, ...] = ()) -> None:
-    """What the job will do, before it does it."""
+              devices: tuple[str, ...] = (), disk_needed: int | None = None) -> None:
+    """What the job will do, before it does it; ``disk_needed``: bytes of disk for more than the
+    job itself (an update), if not ``job.disk_needed()``."""
     say(options.describe_settings(extractor, job.total - job.done, devices))
     if isinstance(job, MultiDeviceJob) and len(devices) == 1:
         say(f"the interrupted run on several devices goes on here, its {job.blocks} blocks one after another")
@@ -144,7 +145,7 @@ def announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: s
             "as it finishes one")
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
-    _warn_if_the_disk_is_short(job, dtype)
+    warn_if_the_disk_is_short(job.disk_needed() if disk_needed is None else disk_needed, job.output.parent, dtype)
     if job.unlocked_because:
         say(f"note: the file system of {job.work} has no locks ({job.unlocked_because}): nothing stops a second run "
             "on the same output while this one runs", fg="yellow")
@@ -175,13 +176,14 @@ def work_done(computed: int, seconds: float, device: str) -> str:
     return f"{options.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
 
 
-def _warn_if_the_disk_is_short(job: ExtractionJob, dtype: str) -> None:
-    """Said even with ``--quiet``, before the work: a full disk after days of it costs the run's end."""
-    needed, free = job.disk_needed(), shutil.disk_usage(job.work).free
+def warn_if_the_disk_is_short(needed: int, folder: Path, dtype: str) -> None:
+    """That ``needed`` bytes are more than ``folder``'s disk has free; said even with ``--quiet``,
+    before the work: a full disk after days of it costs the run's end."""
+    free = shutil.disk_usage(folder).free
     if needed > free:
         halve = "; --dtype float16 halves it" if dtype == "float32" else ""
         click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk and {options.size_text(free)} "
-                    f"is free in {job.work.parent}{halve}. If the "
+                    f"is free in {folder}{halve}. If the "
                     "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
                     err=True, fg="yellow", bold=True)
 
@@ -201,12 +203,13 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     if not retry:
         say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
     if update.job:
-        announce(update.job, extractor, dtype, say, devices)
+        announce(update.job, extractor, dtype, say, devices, disk_needed=update.disk_needed())
         options.advise_precision(extractor, precision, say)
         # Stopped while the images are described, or after, while the file is written anew.
         kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
         result = running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
     else:
+        warn_if_the_disk_is_short(update.disk_needed(), output.parent, dtype)
         result = update.run()
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     if retry:  # every failure was described again: those left failed again
