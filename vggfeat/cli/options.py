@@ -140,6 +140,8 @@ def rewrite_of(overwrite: bool, retry_failed: bool, update: bool, shard: tuple[i
         if update and given:
             raise click.UsageError(f"--update brings OUTPUT up to date with all of IMAGES; it takes no {name}")
     return "failed" if retry_failed else "new" if update else None
+
+
 resize_side = click.option("--resize-side", default="short", show_default=True, type=click.Choice(["short", "long"]),
                            help="Q sets the short side (the paper's) or the long side (retrieval; conv/pool layers only).")
 
