@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.discover import ImageSet
-from vggfeat.store import OutputFile, replace_durably, write_part
+from vggfeat.output import OutputFile
+from vggfeat.store import replace_durably, write_part
 
 
 def collection(folder: Path, count: int) -> ImageSet:

@@ -37,7 +37,7 @@ from runhelpers import (
     write_plain_folder,
 )
 import vggfeat.job
-import vggfeat.store
+import vggfeat.output
 from vggfeat.cli.options import size_text
 
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
@@ -152,7 +152,7 @@ def test_a_disk_full_as_rows_are_written_costs_only_the_part_under_way(tmp_path,
     write_plain_folder(tmp_path / "images", 2)
     output = tmp_path / "out.h5"
     args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "1"]
-    append, calls = vggfeat.store.OutputFile.append, []
+    append, calls = vggfeat.output.OutputFile.append, []
 
     def full_the_second_time(*args):
         calls.append(args)
@@ -160,7 +160,7 @@ def test_a_disk_full_as_rows_are_written_costs_only_the_part_under_way(tmp_path,
             raise OSError(errno.ENOSPC, "No space left on device")
         return append(*args)
 
-    monkeypatch.setattr(vggfeat.store.OutputFile, "append", full_the_second_time)
+    monkeypatch.setattr(vggfeat.output.OutputFile, "append", full_the_second_time)
     code, _, err = run_main(args)
     assert code == 1 and "No space left on device" in error_line(err)
     monkeypatch.undo()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -22,7 +21,8 @@ from runhelpers import assert_same_output, flaky_storage, read_output, write_lab
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
-from vggfeat.store import FORMAT_VERSION, OutputFile, write_part
+from vggfeat.output import OutputFile
+from vggfeat.store import FORMAT_VERSION, write_part
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
 CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper

@@ -19,7 +19,7 @@ from runhelpers import (FAST, assert_same_output, children, crash_on_part, error
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
 from imagefiles import write_rgb
 import vggfeat.job
-import vggfeat.store
+import vggfeat.output
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
@@ -222,7 +222,7 @@ def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp
     for k in (1, 2):
         ExtractionJob(cheap_extractor(), images.shard(k, 2), shards / f"shard-{k}-of-2.h5").run()
     whole = (shards / "shard-1-of-2.h5").stat().st_size
-    append, appended = vggfeat.store.OutputFile.append, []
+    append, appended = vggfeat.output.OutputFile.append, []
 
     def killed_on_the_second_block(*args):
         appended.append(args)
@@ -230,7 +230,7 @@ def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp
             raise RuntimeError("simulated kill")
         return append(*args)
 
-    monkeypatch.setattr(vggfeat.store.OutputFile, "append", killed_on_the_second_block)
+    monkeypatch.setattr(vggfeat.output.OutputFile, "append", killed_on_the_second_block)
     with pytest.raises(RuntimeError, match="simulated kill"):
         MultiDeviceJob(cheap_extractor(), ["cpu"], images, output).run()
     monkeypatch.undo()

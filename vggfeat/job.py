@@ -34,9 +34,9 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
 from .jpeg import decoder_library
-from .store import (FORMAT_VERSION, OutputFile, check_output_path, discard_work, holds_rows, images_held, interrupted_on_several,
-                    list_parts, lock_folder, open_h5, recover_rows, replace_durably, rows_and_failures, shards_folder, usable_parts,
-                    work_folder, write_json, write_part)
+from .output import OutputFile, holds_rows, recover_rows, usable_parts
+from .store import (FORMAT_VERSION, check_output_path, discard_work, images_held, interrupted_on_several, list_parts, lock_folder,
+                    open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
 DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.

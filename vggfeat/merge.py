@@ -19,8 +19,9 @@ import h5py
 
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
-from .store import (PLACED_ATTRS, OutputFile, RowsBlock, block_rows, check_output_path, create_datasets, holds_rows, mark_complete,
-                    open_features_file, open_h5, place_rows, plain_value, recover_rows, replace_durably, written_atomically)
+from .output import OutputFile, RowsBlock, holds_rows, recover_rows
+from .store import (PLACED_ATTRS, block_rows, check_output_path, create_datasets, mark_complete, open_features_file, open_h5,
+                    place_rows, plain_value, replace_durably, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed

@@ -21,7 +21,7 @@ The output file (read it with plain h5py)::
 A part records the results of a contiguous range of images (which images were described, where
 their rows are in the output being written, their sizes, the failures); it is written under a
 temporary name, flushed to disk and renamed, so a part either exists whole or not at all, whatever
-kills the run. The rows it records are on disk before it is (:class:`OutputFile`).
+kills the run. The rows it records are on disk before it is (:class:`vggfeat.output.OutputFile`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -40,11 +40,11 @@ from typing import IO
 import h5py
 import numpy as np
 
-from .discover import ImageSet, as_utf8
+from .discover import as_utf8
 from .errors import VggfeatError
 
 FORMAT_VERSION = 1
-_STRING = h5py.string_dtype("utf-8")
+STRING = h5py.string_dtype("utf-8")  # of every text dataset
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
 # are merged into; their temporary files.
@@ -85,7 +85,7 @@ def write_part(
         part["indices"] = np.asarray(indices, dtype=np.int64)
         part["sizes"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
         part["failed_indices"] = np.asarray([i for i, _ in failures], dtype=np.int64)
-        part.create_dataset("failed_errors", data=[reason for _, reason in failures], dtype=_STRING)
+        part.create_dataset("failed_errors", data=[reason for _, reason in failures], dtype=STRING)
     replace_durably(temporary, final)
     return Part(start, end, final)
 
@@ -205,161 +205,6 @@ def list_parts(folder: Path) -> list[Part]:
     return sorted(parts, key=lambda part: part.start)
 
 
-@dataclass(frozen=True)
-class RowsBlock:
-    """Of consecutive rows of an output: their paths, labels and sizes; and the failures among
-    their images (paths and errors)."""
-    paths: Sequence[str]
-    labels: np.ndarray
-    sizes: np.ndarray
-    failed_paths: Sequence[str]
-    failed_errors: Sequence[str]
-
-
-class OutputFile:
-    """The output file of an extraction, in its work folder (``rows.h5``) until it is complete.
-
-    Its /features dataset is allocated whole when the file is made, a row for every image (the
-    disk is taken as rows are written, where the file system keeps sparse files), and while the
-    run goes on nothing but rows of descriptors is written into it, each part's rows flushed to
-    disk before the part that records them is written. No metadata of the file changes, so a
-    killed run leaves a file that opens again with every recorded row in it, and the parts keep
-    only which images they hold, where their rows are, their sizes and failures: the disk holds
-    each descriptor once. :meth:`finish` writes the rest from the parts (paths, labels, sizes,
-    failures), cuts /features to the rows written and marks the file complete.
-    """
-
-    def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:
-        """Open the file at ``path`` that holds rows for ``images`` (a resumed run's), or make one."""
-        self.images, self.path = images, path
-        self.next = self.rows = 0  # the first image not yet in; rows written
-        self._file = _rows_file(path, images, dim, dtype, "r+") or self._created(dim, dtype)
-        self._features = self._file["features"]
-        self._offset = _raw_offset(self._features)
-
-    def byte_offset(self, row: int) -> int | None:
-        """Where ``row`` lies in the file (None if unknown): rows can be read back from it without
-        HDF5, should a kill as the run completed the file break its metadata (:func:`recover_rows`)."""
-        return None if self._offset is None else self._offset + row * self._features.shape[1] * self._features.dtype.itemsize
-
-    def _created(self, dim: int, dtype: str) -> h5py.File:
-        f = open_h5(self.path, "w")
-        rows = len(self.images)
-        chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
-        # Every chunk allocated now (and no fill written: the file stays sparse), so that writing
-        # rows changes nothing but rows; resizable, to be cut to the rows written.
-        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        plist.set_chunk((chunk_rows, dim))
-        plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        space = h5py.h5s.create_simple((rows, dim), (h5py.h5s.UNLIMITED, dim))
-        h5py.h5d.create(f.id, b"features", h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=plist)
-        f.attrs["images_sha256"] = self.images.digest()
-        self._flush(f)
-        return f
-
-    def append(self, start: int, end: int, features: np.ndarray | Iterable[np.ndarray]) -> int:
-        """Write the descriptors of images ``[start, end)``, which must come next (an array, or
-        arrays of consecutive rows), to disk; returns the row of the first."""
-        if start != self.next:
-            raise RuntimeError(f"images from {start} appended, {self.next} expected")  # a bug, not a user error
-        row = self.rows
-        for block in [features] if isinstance(features, np.ndarray) else features:
-            self._features[row : row + len(block)] = block
-            row += len(block)
-        self._flush(self._file)
-        first, self.next, self.rows = self.rows, end, row
-        return first
-
-    def taken(self, start: int, end: int, first_row: int, rows: int, name: str) -> None:
-        """Take in images ``[start, end)`` whose ``rows`` rows were written from ``first_row`` by an
-        earlier :meth:`append` (a killed run's), as ``name`` records."""
-        if (start, first_row) != (self.next, self.rows):  # a bug, not a user error
-            raise RuntimeError(f"{name} has images from {start}, rows from {first_row}; {self.next}, {self.rows} expected")
-        self.next, self.rows = end, self.rows + rows
-
-    def extend(self, parts: Sequence[Part]) -> None:
-        """Take in each of ``parts`` that comes next, in turn, until one is missing: the rows of a
-        part written by :meth:`append` are in the file; a part that holds its descriptors (an
-        earlier vggfeat's) has them written."""
-        for part in sorted(parts, key=lambda part: part.start):
-            if part.start == self.next:
-                with open_h5(part.path) as f:
-                    if "features" in f:
-                        self.append(part.start, part.end, f["features"][:])
-                    else:
-                        self.taken(part.start, part.end, int(f.attrs["first_row"]), f["indices"].shape[0], part.path.name)
-
-    def finish(self, parts: Sequence[Part], attrs: dict) -> tuple[int, int]:
-        """:meth:`complete` with what ``parts`` (all of them) hold besides descriptors."""
-        def blocks() -> Iterator[RowsBlock]:
-            for part in sorted(parts, key=lambda part: part.start):
-                with open_h5(part.path) as f:
-                    indices, failed = f["indices"][:], f["failed_indices"][:]
-                    yield RowsBlock([self.images.paths[i] for i in indices], self.images.labels[indices], f["sizes"][:],
-                                    [self.images.paths[i] for i in failed], list(f["failed_errors"].asstr()[:]))
-        return self.complete(blocks(), attrs)
-
-    def complete(self, blocks: Iterable[RowsBlock], attrs: dict) -> tuple[int, int]:
-        """Write the rows' paths, labels and sizes, and the failures, from ``blocks`` in row order,
-        cut /features to the rows written, mark the file complete with ``attrs`` and close it;
-        returns (rows, failed)."""
-        if self.next != len(self.images):
-            raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
-        for name in set(self._file) - {"features"}:  # what a run killed as it completed the file wrote
-            del self._file[name]
-        self._file.attrs.clear()
-        paths, labels, sizes = _rows_datasets(self._file, self.rows, self.images.classes)
-        failed_paths: list[str] = []
-        failed_errors: list[str] = []
-        row = 0
-        for block in blocks:
-            written = slice(row, row + len(block.paths))
-            paths[written], labels[written], sizes[written] = block.paths, block.labels, block.sizes
-            failed_paths.extend(block.failed_paths)
-            failed_errors.extend(block.failed_errors)
-            row = written.stop
-        if row != self.rows:
-            raise RuntimeError(f"{row} rows described, {self.rows} written")  # a bug
-        self._file.create_dataset("failed/paths", data=failed_paths, dtype=_STRING, maxshape=(None,))
-        self._file.create_dataset("failed/errors", data=failed_errors, dtype=_STRING, maxshape=(None,))
-        # The last change to /features (of its dataspace and chunk index, which the rows depend
-        # on), so that a kill before it leaves their file as the run left it.
-        self._features.resize(self.rows, axis=0)
-        mark_complete(self._file, attrs)
-        self.close()
-        return self.rows, len(failed_paths)
-
-    def close(self) -> None:
-        self._file.close()
-
-    @staticmethod
-    def _flush(f: h5py.File) -> None:
-        f.flush()  # HDF5's caches to the kernel, then the kernel's to the disk
-        with open(f.filename, "rb") as file:
-            os.fsync(file.fileno())
-
-
-def usable_parts(parts: Sequence[Part], rows_kept: bool) -> list[Part]:
-    """Those of ``parts`` that an :class:`OutputFile` can take in: those that hold their
-    descriptors (an earlier vggfeat's), and those whose rows are in the file (``rows_kept``: it
-    is there) where they were written, after every image before them. The others are removed,
-    so that their images are described again: the rows of a part after a missing one (removed by
-    hand) would follow rows that may change."""
-    kept, next_image, rows = [], 0, 0
-    for part in sorted(parts, key=lambda part: part.start):
-        with open_h5(part.path) as f:
-            holds_features, first_row, images = "features" in f, f.attrs.get("first_row"), f["indices"].shape[0]
-        in_order = part.start == next_image
-        if holds_features or (rows_kept and in_order and first_row == rows):
-            kept.append(part)
-            if in_order:
-                next_image, rows = part.end, rows + images
-        else:
-            part.path.unlink()
-    return kept
-
-
 def rows_and_failures(path: Path) -> tuple[int, int]:
     """The rows and the failures of the complete descriptor file ``path``."""
     with open_features_file(path, "output") as f:
@@ -376,79 +221,20 @@ PLACED_ATTRS = ("first_row", "rows", "byte_offset")  # what place_rows records
 
 def place_rows(f: h5py.File, first_row: int, rows: int, byte_offset: int | None) -> None:
     """Record in ``f`` (a part, or a block's file) that its ``rows`` rows are in an
-    :class:`OutputFile` from ``first_row``, at ``byte_offset`` of its file where known."""
+    :class:`~vggfeat.output.OutputFile` from ``first_row``, at ``byte_offset`` of its file where known."""
     f.attrs.update(first_row=first_row, rows=rows, **({} if byte_offset is None else {"byte_offset": byte_offset}))
 
 
-def recover_rows(path: Path, records: Sequence[Path], images: ImageSet, dim: int, dtype: str) -> bool:
-    """Make ``path`` a file of rows for ``images`` again from its bytes, where HDF5 cannot open it
-    (broken by a kill as the run completed it), with the rows that ``records`` (parts, or blocks'
-    files) place there (:func:`place_rows`); returns whether it did. Their rows were written, and
-    flushed to disk, before they were; completing the file changes its metadata, never those rows."""
-    placed = []
-    for record in records:
-        with open_h5(record) as f:
-            if "first_row" in f.attrs:
-                placed.append((int(f.attrs["first_row"]), f.attrs.get("byte_offset"), int(f.attrs["rows"])))
-    if not path.exists() or not placed or any(offset is None for _, offset, _ in placed):
-        return False  # nothing to recover, or rows whose place in the file is unknown
-    recovered = path.with_name(path.name + ".tmp")  # removed with the work folder's other leftovers if killed
-    output = OutputFile(recovered, images, dim, dtype)
-    try:
-        with open(path, "rb") as raw:
-            for first_row, offset, rows in placed:
-                raw.seek(int(offset))
-                values = np.frombuffer(raw.read(rows * dim * np.dtype(dtype).itemsize), dtype=dtype)
-                if values.size != rows * dim:
-                    return False  # the file is shorter than its rows: not one to recover
-                output._features[first_row : first_row + rows] = values.reshape(rows, dim)
-        OutputFile._flush(output._file)
-    finally:
-        output.close()
-    replace_durably(recovered, path)
-    return True
+def chunk_rows(rows: int, dim: int, dtype: str) -> int:
+    """Rows of ``dim`` values of ``dtype`` per HDF5 chunk of a file of ``rows`` rows."""
+    return max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
 
 
-def _raw_offset(features: h5py.Dataset) -> int | None:
-    """Where row 0 of ``features`` lies in its file, if its rows lie there one after another (its
-    chunks allocated in order when it was made); None otherwise."""
-    try:
-        chunks = features.id.get_num_chunks()
-        first, last = features.id.get_chunk_info(0), features.id.get_chunk_info(chunks - 1)
-    except (AttributeError, ValueError, RuntimeError):  # no chunk (no row), or an HDF5 without the call
-        return None
-    in_order = first.chunk_offset[0] == 0 and last.chunk_offset[0] == (chunks - 1) * features.chunks[0]
-    if in_order and last.byte_offset - first.byte_offset == (chunks - 1) * first.size:
-        return first.byte_offset
-    return None
-
-
-def holds_rows(path: Path, images: ImageSet, dim: int, dtype: str) -> bool:
-    """Whether ``path`` is an :class:`OutputFile` of rows for ``images`` (that a killed run left)."""
-    f = _rows_file(path, images, dim, dtype, "r")
-    if f is not None:
-        f.close()
-    return f is not None
-
-
-def _rows_file(path: Path, images: ImageSet, dim: int, dtype: str, mode: str) -> h5py.File | None:
-    try:
-        f = open_h5(path, mode)
-    except OSError:  # none, or not a whole HDF5 file (killed as it was made)
-        return None
-    features = f.get("features")
-    if (isinstance(features, h5py.Dataset) and features.shape == (len(images), dim) and features.dtype == dtype
-            and f.attrs.get("images_sha256") == images.digest()):
-        return f
-    f.close()
-    return None
-
-
-def _rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
+def rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
     """The schema's datasets of one value per row, and /classes, in ``out``: (paths, labels, sizes)."""
-    out.create_dataset("classes", data=list(classes), dtype=_STRING)
+    out.create_dataset("classes", data=list(classes), dtype=STRING)
     return (
-        out.create_dataset("paths", shape=(rows,), dtype=_STRING, maxshape=(None,)),
+        out.create_dataset("paths", shape=(rows,), dtype=STRING, maxshape=(None,)),
         out.create_dataset("labels", shape=(rows,), dtype=np.int32, maxshape=(None,)),
         out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32, maxshape=(None, 2)),
     )
@@ -456,15 +242,15 @@ def _rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h
 
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
     """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths, failed errors)."""
-    chunk_rows = max(1, min(max(rows, 1), _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     # Resizable (maxshape), so that a file can be cut to fewer rows; that also lets a chunk be
     # larger than the data, which HDF5 otherwise refuses (rows == 0).
-    features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows, dim), maxshape=(None, dim))
+    features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows(rows, dim, dtype), dim),
+                                  maxshape=(None, dim))
     return (
         features,
-        *_rows_datasets(out, rows, classes),
-        out.create_dataset("failed/paths", shape=(failed,), dtype=_STRING, maxshape=(None,)),
-        out.create_dataset("failed/errors", shape=(failed,), dtype=_STRING, maxshape=(None,)),
+        *rows_datasets(out, rows, classes),
+        out.create_dataset("failed/paths", shape=(failed,), dtype=STRING, maxshape=(None,)),
+        out.create_dataset("failed/errors", shape=(failed,), dtype=STRING, maxshape=(None,)),
     )
 
 
