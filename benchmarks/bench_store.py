@@ -60,7 +60,8 @@ def run(folder: Path, images: ImageSet, dim: int, dtype: str, part_images: int) 
             if way == "copies":
                 parts.append(write_part(work, start, end, features, indices, sizes, failures))
             else:
-                parts.append(write_part(work, start, end, None, indices, sizes, failures, first_row, output.byte_offset(first_row)))
+                parts.append(write_part(work, start, end, None, indices, sizes, failures, first_row,
+                                        output.chunks_of(first_row, len(indices))))
         per_part = (time.perf_counter() - began) / len(ranges)
         disk = sum(path.stat().st_blocks * 512 for path in work.iterdir())
         began = time.perf_counter()

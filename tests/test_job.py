@@ -19,9 +19,9 @@ import vggfeat.job
 import vggfeat.store
 from runhelpers import assert_same_output, flaky_storage, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from vggfeat import ExtractionJob, Extractor, VggfeatError, __version__, find_images
+from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
-from vggfeat.output import OutputFile
+from vggfeat.output import OutputFile, recover_rows
 from vggfeat.store import FORMAT_VERSION, write_part
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
@@ -360,13 +360,35 @@ def test_rows_broken_as_the_output_is_completed_are_read_back_and_lost_ones_desc
         rows.unlink()
     if rows_file.endswith("unknown place"):  # (an HDF5 that could not say): no row is read back
         with h5py.File(tmp_path / "out.h5.parts" / "part-000000000002-000000000004.h5", "r+") as f:
-            del f.attrs["byte_offset"]
+            del f["chunk_offsets"]
 
     decoded = count_decodes(monkeypatch)
     job = ExtractionJob(extractor, images, output, part_images=PART)
     result = job.run()
     assert len(decoded) == (0 if rows_file == "broken" else 6) and result.computed == len(decoded)
     assert_same_output(read_output(output), reference[1])
+
+
+def test_rows_are_read_back_chunk_by_chunk_where_each_part_says_they_lie(tmp_path):
+    """HDF5 puts its chunk index between the chunks it allocates (every 60 or so): the rows of a
+    broken file are read back a chunk at a time, from where each part recorded its chunks."""
+    n, dim = 20_000, 4096
+    images = ImageSet(tmp_path, tuple(f"{i:05d}.jpg" for i in range(n)), np.full(n, -1), ())
+    rows_file, rng = tmp_path / "rows.h5", np.random.default_rng(0)
+    output, parts = OutputFile(rows_file, images, dim, "float16"), []
+    for start, end in ((0, 1000), (1000, 9000), (9000, 9001)):  # 128 rows a chunk: the second spans 63
+        first = output.append(start, end, rng.standard_normal((end - start, dim)).astype(np.float16))
+        parts.append(write_part(tmp_path, start, end, None, np.arange(start, end), np.zeros((end - start, 2)), [], first,
+                                output.chunks_of(first, end - start)))
+    written = output._features[:9001]
+    output.close()
+    with h5py.File(parts[1].path, "r") as f:
+        assert f.attrs["chunk_rows"] == 128 and np.diff(f["chunk_offsets"][:]).max() > 128 * dim * 2, "no gap to test"
+    with open(rows_file, "r+b") as f:
+        f.write(bytes(2048))
+    assert recover_rows(rows_file, [part.path for part in parts], images, dim, "float16")
+    with h5py.File(rows_file, "r") as f:
+        np.testing.assert_array_equal(f["features"][:9001], written)
 
 
 def test_parts_holding_their_descriptors_fill_the_output_in_image_order(tmp_path, labelled, reference, extractor, monkeypatch):

@@ -219,7 +219,7 @@ class ExtractionJob:
         # The rows on disk first: a part records rows that are there.
         first_row = self._output.append(start, end, features)
         self.parts.append(write_part(self.work, start, end, None, indices, sizes, failures, first_row,
-                                     self._output.byte_offset(first_row)))
+                                     self._output.chunks_of(first_row, len(indices))))
 
     def _gaps(self) -> list[tuple[int, int]]:
         gaps, position = [], 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
@@ -105,7 +106,7 @@ def merge_blocks(blocks: Sequence[Path], output: Path, images: ImageSet, *, shar
                 else:
                     first = output_file.append(start, end, (f["features"][row : row + step] for row in range(0, held, step)))
                     f.close()
-                    files[k] = _without_rows(blocks[k], first, held, output_file.byte_offset(first))
+                    files[k] = _without_rows(blocks[k], first, held, output_file.chunks_of(first, held))
                 start = end
             rows, failed = output_file.complete(_described(files, step), _merged_attrs(files, blocks, {}, shard_of))
         finally:
@@ -142,7 +143,7 @@ def merged_file(blocks: Sequence[Path]) -> Path:
     return blocks[0].with_name(f"merged-of-{len(blocks)}.h5")
 
 
-def _without_rows(path: Path, first_row: int, rows: int, byte_offset: int | None) -> h5py.File:
+def _without_rows(path: Path, first_row: int, rows: int, chunks: tuple[int, np.ndarray] | None) -> h5py.File:
     """Write block file ``path`` anew with no row of descriptors (its /features cut to none),
     recording where its ``rows`` are (:func:`place_rows`); returns it, opened."""
     temporary = path.with_name(path.name + ".tmp")
@@ -152,7 +153,7 @@ def _without_rows(path: Path, first_row: int, rows: int, byte_offset: int | None
         features = f["features"]
         out.create_dataset("features", shape=(0, features.shape[1]), dtype=features.dtype, maxshape=(None, features.shape[1]))
         out.attrs.update(f.attrs)
-        place_rows(out, first_row, rows, byte_offset)
+        place_rows(out, first_row, rows, chunks)
     replace_durably(temporary, path)
     return _open_shard(path)
 

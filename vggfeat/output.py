@@ -50,12 +50,19 @@ class OutputFile:
         self.next = self.rows = 0  # the first image not yet in; rows written
         self._file = _rows_file(path, images, dim, dtype, "r+") or self._created(dim, dtype)
         self._features = self._file["features"]
-        self._offset = _raw_offset(self._features)
 
-    def byte_offset(self, row: int) -> int | None:
-        """Where ``row`` lies in the file (None if unknown): rows can be read back from it without
-        HDF5, should a kill as the run completed the file break its metadata (:func:`recover_rows`)."""
-        return None if self._offset is None else self._offset + row * self._features.shape[1] * self._features.dtype.itemsize
+    def chunks_of(self, first_row: int, rows: int) -> tuple[int, np.ndarray] | None:
+        """(rows per HDF5 chunk, the byte offset in the file of each chunk that rows ``[first_row,
+        first_row + rows)`` lie in), so that they can be read back without HDF5 should a kill as
+        the run completed the file break its metadata (:func:`recover_rows`); None where HDF5
+        cannot say."""
+        per_chunk = self._features.chunks[0]
+        chunks = range(first_row // per_chunk, (first_row + rows - 1) // per_chunk + 1) if rows else range(0)
+        try:
+            infos = [self._features.id.get_chunk_info_by_coord((k * per_chunk, 0)) for k in chunks]
+        except (AttributeError, RuntimeError, ValueError):  # an HDF5 without the call
+            return None
+        return per_chunk, np.array([info.byte_offset for info in infos], dtype=np.int64)
 
     def _created(self, dim: int, dtype: str) -> h5py.File:
         f = open_h5(self.path, "w")
@@ -183,19 +190,23 @@ def recover_rows(path: Path, records: Sequence[Path], images: ImageSet, dim: int
     for record in records:
         with open_h5(record) as f:
             if "first_row" in f.attrs:
-                placed.append((int(f.attrs["first_row"]), f.attrs.get("byte_offset"), int(f.attrs["rows"])))
-    if not path.exists() or not placed or any(offset is None for _, offset, _ in placed):
-        return False  # nothing to recover, or rows whose place in the file is unknown
+                if "chunk_offsets" not in f:
+                    return False  # rows whose place in the file is unknown
+                placed.append((int(f.attrs["first_row"]), int(f.attrs["rows"]), int(f.attrs["chunk_rows"]), f["chunk_offsets"][:]))
+    if not path.exists() or not placed:
+        return False
+    row_bytes = dim * np.dtype(dtype).itemsize
     recovered = path.with_name(path.name + ".tmp")  # removed with the work folder's other leftovers if killed
     output = OutputFile(recovered, images, dim, dtype)
     try:
         with open(path, "rb") as raw:
-            for first_row, offset, rows in placed:
-                raw.seek(int(offset))
-                values = np.frombuffer(raw.read(rows * dim * np.dtype(dtype).itemsize), dtype=dtype)
-                if values.size != rows * dim:
-                    return False  # the file is shorter than its rows: not one to recover
-                output._features[first_row : first_row + rows] = values.reshape(rows, dim)
+            for first_row, rows, per_chunk, offsets in placed:
+                for start, end, position in _runs(first_row, rows, per_chunk, offsets, row_bytes):
+                    raw.seek(position)
+                    values = np.frombuffer(raw.read((end - start) * row_bytes), dtype=dtype)
+                    if values.size != (end - start) * dim:
+                        return False  # the file is shorter than its rows: not one to recover
+                    output._features[start:end] = values.reshape(-1, dim)
         OutputFile._flush(output._file)
     finally:
         output.close()
@@ -203,18 +214,12 @@ def recover_rows(path: Path, records: Sequence[Path], images: ImageSet, dim: int
     return True
 
 
-def _raw_offset(features: h5py.Dataset) -> int | None:
-    """Where row 0 of ``features`` lies in its file, if its rows lie there one after another (its
-    chunks allocated in order when it was made); None otherwise."""
-    try:
-        chunks = features.id.get_num_chunks()
-        first, last = features.id.get_chunk_info(0), features.id.get_chunk_info(chunks - 1)
-    except (AttributeError, ValueError, RuntimeError):  # no chunk (no row), or an HDF5 without the call
-        return None
-    in_order = first.chunk_offset[0] == 0 and last.chunk_offset[0] == (chunks - 1) * features.chunks[0]
-    if in_order and last.byte_offset - first.byte_offset == (chunks - 1) * first.size:
-        return first.byte_offset
-    return None
+def _runs(first_row: int, rows: int, per_chunk: int, offsets: np.ndarray, row_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """(first row, end row, byte position in the file) of each run of rows ``[first_row, first_row +
+    rows)`` that lies in one chunk, the chunks of ``per_chunk`` rows being at ``offsets``."""
+    for k, offset in enumerate(offsets, start=first_row // per_chunk):
+        start, end = max(first_row, k * per_chunk), min(first_row + rows, (k + 1) * per_chunk)
+        yield start, end, int(offset) + (start - k * per_chunk) * row_bytes
 
 
 def holds_rows(path: Path, images: ImageSet, dim: int, dtype: str) -> bool:

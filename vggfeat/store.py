@@ -70,16 +70,16 @@ def write_part(
     sizes: Sequence[tuple[int, int]] | np.ndarray,
     failures: Sequence[tuple[int, str]],
     first_row: int | None = None,
-    byte_offset: int | None = None,
+    chunks: tuple[int, np.ndarray] | None = None,
 ) -> Part:
     """Atomically write the results of images ``[start, end)`` (global ``indices``): their
-    ``features``, or, where those are in the output's rows already (:class:`OutputFile`), the
-    ``first_row`` of them there, and the ``byte_offset`` of that row in its file where known."""
+    ``features``, or, where those are in the output's rows already, the ``first_row`` of them
+    there and, where known, the ``chunks`` they lie in (:func:`place_rows`)."""
     final = folder / f"part-{start:012d}-{end:012d}.h5"
     temporary = final.with_name(final.name + ".tmp")
     with open_h5(temporary, "w") as part:
         if features is None:
-            place_rows(part, first_row, len(indices), byte_offset)
+            place_rows(part, first_row, len(indices), chunks)
         else:
             part["features"] = features
         part["indices"] = np.asarray(indices, dtype=np.int64)
@@ -216,13 +216,17 @@ def block_rows(f: h5py.File) -> int:
     return int(f.attrs["rows"]) if "first_row" in f.attrs else f["features"].shape[0]
 
 
-PLACED_ATTRS = ("first_row", "rows", "byte_offset")  # what place_rows records
+PLACED_ATTRS = ("first_row", "rows", "chunk_rows")  # the attributes place_rows records
 
 
-def place_rows(f: h5py.File, first_row: int, rows: int, byte_offset: int | None) -> None:
+def place_rows(f: h5py.File, first_row: int, rows: int, chunks: tuple[int, np.ndarray] | None) -> None:
     """Record in ``f`` (a part, or a block's file) that its ``rows`` rows are in an
-    :class:`~vggfeat.output.OutputFile` from ``first_row``, at ``byte_offset`` of its file where known."""
-    f.attrs.update(first_row=first_row, rows=rows, **({} if byte_offset is None else {"byte_offset": byte_offset}))
+    :class:`~vggfeat.output.OutputFile` from ``first_row``; and, where known, ``chunks``: (rows per
+    HDF5 chunk, the byte offset in that file of each chunk they lie in, from the first)."""
+    f.attrs.update(first_row=first_row, rows=rows)
+    if chunks is not None:
+        f.attrs["chunk_rows"] = chunks[0]
+        f.create_dataset("chunk_offsets", data=np.asarray(chunks[1], dtype=np.int64))
 
 
 def chunk_rows(rows: int, dim: int, dtype: str) -> int:
