@@ -62,6 +62,8 @@ class OutputFile:
             infos = [self._features.id.get_chunk_info_by_coord((k * per_chunk, 0)) for k in chunks]
         except (AttributeError, RuntimeError, ValueError):  # an HDF5 without the call
             return None
+        if any(info.byte_offset is None for info in infos):  # not allocated: not a file this class made
+            return None
         return per_chunk, np.array([info.byte_offset for info in infos], dtype=np.int64)
 
     def _created(self, dim: int, dtype: str) -> h5py.File:
