@@ -196,7 +196,9 @@ def test_difficult_training_images_left_out_negatives_or_positives_as_chosen(tmp
     result = json.loads((tmp_path / "voc.json").read_text())
     assert result["difficult_in_training"] == difficult
     assert result["per_class"] == expected["per_class"]
-    assert {"ignore": "left out in its training", "negative": "negatives in", "positive": "positives in"}[difficult] in out
+    assert {"ignore": "difficult images left out of each class's SVM and AP",
+            "negative": "difficult images negatives in each class's SVM, left out of its AP",
+            "positive": "difficult images positives in each class's SVM, left out of its AP"}[difficult] in out
     code, out, err = run_main(["train-svm", features, tmp_path / "m.h5", "--voc-devkit", devkit, "--voc-difficult",
                                difficult, "--C", "1"])
     assert code == 0, err

@@ -92,9 +92,9 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
                                test_set=test_set, difficult=difficult, results=results, overwrite=overwrite, progress=progress,
                                **svm_params(**svm))
-    in_training = {"ignore": "left out", "negative": "negatives", "positive": "positives"}[difficult]
-    sets = (f" ({train_set} / {test_set} of {voc_devkit}; difficult images left out of each class's AP, {in_training} "
-            "in its training)") if voc_devkit else ""
+    difficult_images = {"ignore": "left out of each class's SVM and AP", "negative": "negatives in each class's SVM, left out of its AP",
+                        "positive": "positives in each class's SVM, left out of its AP"}[difficult]
+    sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images {difficult_images})" if voc_devkit else ""
     click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
     if results:
