@@ -11,7 +11,9 @@ in this one process, with random weights (speed does not depend on their values)
   (b) vggfeat end to end: files on disk to a complete HDF5 (ExtractionJob, as the CLI runs it),
       with cuDNN autotuning on (as in runs of 50,000 images or more; --no-autotune: as in shorter
       ones), its tuning already paid in (a)'s first pass; once per --decode-in given (threads,
-      processes: decoding threads against worker processes, whose first start is timed apart);
+      processes: decoding threads against worker processes, whose first start is timed apart), and
+      per --decoder given (torchvision,nvimgcodec: the CPU's libjpeg-turbo against the GPU's JPEG
+      engines; the GPU's decoders in threads, whatever --decode-in says);
       with --processes-per-device N, also in N processes sharing the device, a shard each
       (MultiDeviceJob): is one process's host side (its GIL) what keeps the GPU waiting?
   (c) naive baseline: per image, per scale, per flip, PIL decoding and torchvision transforms,
@@ -49,12 +51,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vggfeat.extractor
+import vggfeat.gpujpeg
 import vggfeat.processes
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, MultiDeviceJob, find_images, load_network
 from vggfeat.pooling import global_pool
-from vggfeat.reading import ImageReader
+from vggfeat.reading import DECODERS, GPU_DECODERS, ImageReader
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
+from vggfeat.settings import resolve_decoder
 from vggfeat.weights import load_vgg
 
 
@@ -156,7 +160,8 @@ def process_start(extractor: Extractor, files: list[Path]) -> float:
     """Seconds that the first decoding processes of this Python process take to start (the fork
     server and its imports): paid once per run, so left out of (b), as a long run would amortise it."""
     extractor.decode_in = "processes"
-    reader = ImageReader(extractor.device, extractor.decoder, extractor.plan_run(len(files)).workers,
+    decoder = "torchvision" if extractor.decoder in GPU_DECODERS else extractor.decoder  # they decode in threads
+    reader = ImageReader(extractor.device, decoder, extractor.plan_run(len(files)).workers,
                          extractor.max_pixels, extractor.min_side, processes=True)
     began = time.perf_counter()
     with reader.read(files[:1], lookahead=1) as decoded:
@@ -425,7 +430,7 @@ def main() -> None:
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--workers", type=int, default=None, help="vggfeat's decoding threads or processes")
     parser.add_argument("--decode-in", default="threads", help="threads, processes or both (threads,processes): (b) for each")
-    parser.add_argument("--decoder", default="auto", choices=["auto", "pil", "torchvision", "nvjpeg"])
+    parser.add_argument("--decoder", default="auto", help=f"{', '.join(DECODERS)} or auto; several (comma-separated): (b) for each")
     parser.add_argument("--center-crop", action="store_true", help="the fast single-view setting (all three measures crop)")
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--varied-sizes", action="store_true", help="VOC-like image sizes instead of two")
@@ -463,11 +468,14 @@ def main() -> None:
     vggfeat.extractor.CHUNKS_IN_FLIGHT = args.chunks_in_flight
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
-    places = args.decode_in.split(",")
-    if "processes" in places and args.decoder == "nvjpeg":
-        parser.error("nvJPEG decodes in this process: --decode-in threads")
+    places, decoders = args.decode_in.split(","), args.decoder.split(",")
+    for decoder in set(decoders) - {"auto", *DECODERS}:
+        parser.error(f"unknown decoder {decoder}")
+    if "nvimgcodec" in decoders and vggfeat.gpujpeg.version() is None:
+        parser.error(f"nvImageCodec is not installed: {vggfeat.gpujpeg.install_command()}")
     extractor = Extractor(network, scales=scales, device=args.device, precision=args.precision, flip=not args.no_flip,
-                          batch_size=args.batch_size, workers=args.workers, decoder=args.decoder, decode_in=places[0],
+                          batch_size=args.batch_size, workers=args.workers, decoder=decoders[0],
+                          decode_in="threads" if decoders[0] in GPU_DECODERS else places[0],
                           center_crop=args.center_crop, jpeg_draft=args.jpeg_draft, autotune="off" if args.no_autotune else "on",
                           compile="on" if args.compile else "off")
     name = torch.cuda.get_device_name() if extractor.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -489,13 +497,15 @@ def main() -> None:
         if "processes" in places:
             print(f"decoding processes started in {process_start(extractor, files):.1f} s (once per run; not in (b))")
         nicenesses = [int(n) for n in args.worker_niceness.split(",")]
-        for place in places:
-            extractor.decode_in = place
+        # The GPU's decoders decode from this process, in threads, whatever --decode-in says.
+        for decoder, place in ((d, p) for d in decoders for p in (["threads"] if d in GPU_DECODERS else places)):
+            extractor.decoder, extractor.decode_in = resolve_decoder(decoder), place
+            named = f" ({extractor.decoder})" if len(decoders) > 1 else ""
             for niceness in nicenesses if place == "processes" else [None]:
                 if niceness is not None:
                     vggfeat.processes.WORKER_NICENESS = niceness
                 cold()
-                runs[place if niceness is None else f"processes at niceness +{niceness}"] = end_to_end(
+                runs[(place if niceness is None else f"processes at niceness +{niceness}") + named] = end_to_end(
                     extractor, folder, args.profile)
         if args.processes_per_device > 1:
             cold()

@@ -27,7 +27,8 @@ import torch
 from bench_extract import CONTENTS, jpeg_kilobytes, machine_cpu_seconds, make_jpegs
 import vggfeat.processes
 from vggfeat.jpeg import decoder_library
-from vggfeat.reading import ImageReader
+from vggfeat.reading import GPU_DECODERS, ImageReader
+from vggfeat.settings import decoder_library_of
 
 
 def read_all(reader: ImageReader, paths: list[Path], lookahead: int) -> int:
@@ -58,7 +59,7 @@ def main() -> None:
     if args.slots != "auto":
         vggfeat.processes._reuses_slots = lambda device: args.slots == "on"
     device = torch.device(args.device)
-    decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library() != "none"]
+    decoders = [d for d in args.decoders.split(",") if d == "pil" or decoder_library_of(d) != "none"]
     with tempfile.TemporaryDirectory() as tmp:
         files = make_jpegs(Path(tmp), args.count, content=args.content)
         paths = list(itertools.islice(itertools.cycle(files), args.images))
@@ -70,7 +71,7 @@ def main() -> None:
         for decoder in decoders:
             for workers in (int(w) for w in args.workers.split(",")):
                 rates = {}
-                for processes in (False, True):
+                for processes in (False,) if decoder in GPU_DECODERS else (False, True):  # those decode from this process
                     reader = ImageReader(device, decoder, workers, max_pixels=10**9, min_side=32, processes=processes)
                     read_all(reader, files[:workers], lookahead=workers)  # warm-up: start processes, streams
                     wall, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu_seconds()
@@ -81,7 +82,8 @@ def main() -> None:
                     print(f"  {decoder:12} {workers:3} {'processes' if processes else 'threads  '}: "
                           f"{count / wall:8.0f} images/s, this process's CPU {1e6 * cpu / count:6.0f} us an image, "
                           f"the machine's {1e6 * machine / count:6.0f} us ({machine / wall:.1f} of {os.cpu_count()} cores busy)")
-                print(f"  {decoder:12} {workers:3} processes / threads: {rates[True] / rates[False]:.2f}x")
+                if True in rates:
+                    print(f"  {decoder:12} {workers:3} processes / threads: {rates[True] / rates[False]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the issue's open targets, then why (< 9.6 min)
+#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the issue's open targets, then why (< 9.75 min)
 #   bash benchmarks/gpu_checks.sh first      # first, if time is short: the latest changes measured (< 9 min)
 #   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
@@ -29,21 +29,35 @@ python=${PYTHON:-python3}
 bench="$python benchmarks/bench_extract.py"
 single="--scales 224 --center-crop --count 20000 --model-only-count 4096 --workers 16"
 
+# nvImageCodec (--decoder nvimgcodec) is not on the machine and cannot be downloaded there: its
+# wheels come in .whl/ (carry it): `pip download` as the device README says, nvidia-nvimgcodec-cu13
+# 0.9.0.20 and nvidia-nvjpeg 13.3.2.43 (29 MB together), installed into /tmp/site. Its wheel's
+# nvidia/__init__.py would hide the machine's other nvidia.* packages: removed, the folder joins
+# theirs as a namespace.
+install_nvimgcodec() {
+    $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/nvidia_nvimgcodec_cu13-*.whl .whl/nvidia_nvjpeg-*.whl && rm -f /tmp/site/nvidia/__init__.py \
+        || echo "(nvImageCodec not installed: is .whl/ carried?)"
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
+}
+
 case ${1:?name a step: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
-    # one: the issue's open targets first, then the two questions on reading's ceiling, each step
-    # with its own limit (9.6 minutes in all; run with timeout_s 600, and OUT set for the log).
-    # 1. GPU memory: a 6000x4000 photo at Q=512 and a 224x8000 panorama, never yet run on a GPU.
-    timeout 110 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected" || echo "(exit $?)"
+    # one: the issue's open targets first, then what decides the single-scale target, each step with
+    # its own limit (9.75 minutes in all; run with timeout_s 600, and OUT set for the log).
+    install_nvimgcodec
+    # 1. GPU memory: a 6000x4000 photo at Q=512 and a 224x8000 panorama, never yet run on a GPU; and
+    #    the GPU's decoders against PIL (--decoder nvimgcodec never yet run on a GPU).
+    timeout 130 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected or gpu_decoders" || echo "(exit $?)"
     # 2. Single scale, 5,000 images/s end to end on photo-like JPEGs (the ninth session: 4,812-4,850
-    #    on smooth ones); (b) says how many cores were busy.
-    timeout 240 $bench ${single/20000/40000} --naive-count 2 --decode-in processes --compile || echo "(exit $?)"
-    # 3. Is reading's ceiling the decoding (one core's cost per photo, against 16 processes' rate)?
-    timeout 40 $python benchmarks/bench_decode.py --count 64 --passes 2 --photo || echo "(exit $?)"
-    timeout 60 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision --device cuda || echo "(exit $?)"
-    # 4. Could the GPU's JPEG engines decode instead (needs .whl/, as for gpudecode)?
-    timeout 90 bash "$0" gpudecode || echo "(exit $?)"
+    #    on smooth ones, decoded by 16 processes), against the GPU's JPEG engines (nvImageCodec, in
+    #    threads), in one run; (b) says how many cores were busy.
+    timeout 270 $bench ${single/20000/40000} --naive-count 2 --decode-in processes --compile --decoder torchvision,nvimgcodec || echo "(exit $?)"
+    # 3. Reading alone, onto the GPU: 16 processes' libjpeg-turbo against nvImageCodec in 16 threads.
+    timeout 80 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision,nvimgcodec --device cuda || echo "(exit $?)"
+    # 4. Decoding alone, from memory: torchvision's nvJPEG against each of nvImageCodec's backends.
+    timeout 80 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 --rounds 5 || echo "(exit $?)"
     # 5. The writing thread per part on this machine's disk, each descriptor written once (the
     #    twentieth session's change), against the 0.82 s that 4,096 images take at 5,000 images/s.
     timeout 25 $python benchmarks/bench_store.py --images 20000 || echo "(exit $?)" ;;
@@ -74,14 +88,9 @@ reading)
 gpudecode)
     # If reading is the ceiling because 16 cores cannot decode 5,000 photos a second: could the GPU
     # decode them? torchvision's nvJPEG (--decoder nvjpeg) against nvImageCodec's backends, its
-    # hardware JPEG engines first, from memory. nvImageCodec is not on the machine: its wheels come
-    # in .whl/ (carry it): `pip download` as the device README says, nvidia-nvimgcodec-cu13 0.9.0.20
-    # and nvidia-nvjpeg 13.3.2.43 (29 MB together). Its wheel's nvidia/__init__.py would hide the
-    # machine's other nvidia.* packages: removed, the folder joins theirs as a namespace.
-    $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-        .whl/nvidia_nvimgcodec_cu13-*.whl .whl/nvidia_nvjpeg-*.whl && rm -f /tmp/site/nvidia/__init__.py
-    PYTHONPATH=$PYTHONPATH:/tmp/site timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 \
-        --rounds 5 || echo "(exit $?)" ;;
+    # hardware JPEG engines first, from memory.
+    install_nvimgcodec
+    timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 --rounds 5 || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"

@@ -141,37 +141,47 @@ def test_huge_images_are_described_on_the_gpu(random_vgg16):
     assert got.shape == (2, 4096) and np.isfinite(got).all()
 
 
-def test_nvjpeg_decoder_matches_pil_and_survives_a_bad_file(random_vgg16, images, tmp_path):
-    """--decoder nvjpeg: pixels within a few levels of PIL's, the same descriptors within a stated
-    tolerance, and a truncated file in the batch recorded, not fatal. --decoder torchvision
-    (libjpeg-turbo on the CPU, uploaded) gives PIL's descriptors."""
+@pytest.mark.parametrize("decoder", ["nvjpeg", "nvimgcodec"])
+def test_gpu_decoders_match_pil_and_survive_a_bad_file(decoder, random_vgg16, images, tmp_path):
+    """--decoder nvjpeg and nvimgcodec: pixels within a few levels of PIL's, the same descriptors
+    within a stated tolerance, and a truncated file in the batch recorded, not fatal. --decoder
+    torchvision (libjpeg-turbo on the CPU, uploaded) gives PIL's descriptors."""
     from PIL import Image
 
+    import vggfeat.gpujpeg
     from imagefiles import write_truncated_jpeg
     from vggfeat.decode import decode_image
     from vggfeat.jpeg import decode_jpegs, read_jpeg
 
+    if decoder == "nvimgcodec" and vggfeat.gpujpeg.version() is None:
+        pytest.skip(f"nvImageCodec is not installed: {vggfeat.gpujpeg.install_command()}")
     paths = []
     for i, image in enumerate(images * 6):  # more than one decoding group
         paths.append(tmp_path / f"{i:02d}.jpg")
         Image.fromarray(image).save(paths[-1], quality=90)
     paths.insert(3, write_truncated_jpeg(tmp_path / "truncated.jpg"))
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    decode = vggfeat.gpujpeg.BatchDecoder(cuda) if decoder == "nvimgcodec" else None
     for path in paths[:2]:
-        on_gpu = decode_jpegs([read_jpeg(path, 10**9, 32)], torch.device("cuda"))[0]
+        on_gpu = decode_jpegs([read_jpeg(path, 10**9, 32)], cuda, decode)[0]
+        torch.cuda.synchronize()
+        assert on_gpu.device == cuda
         difference = np.abs(on_gpu.permute(1, 2, 0).cpu().numpy().astype(int) - decode_image(path)).max()
-        print(f"nvJPEG vs PIL: largest pixel difference {difference}")
+        print(f"{decoder} vs PIL: largest pixel difference {difference}")
         assert difference <= 8
     options = dict(device="cuda", scales=[224, 320], precision="fp32", batch_size=8)
-    by_nvjpeg = Extractor(random_vgg16, decoder="nvjpeg", **options).extract(paths, errors="nan")
+    on_the_gpu = Extractor(random_vgg16, decoder=decoder, **options)
+    by_gpu = on_the_gpu.extract(paths, errors="nan")
+    assert on_the_gpu.config()["decoder"] == decoder  # its pixels are not PIL's: recorded
     by_pil = Extractor(random_vgg16, decoder="pil", **options).extract(paths, errors="nan")  # not the default
     by_libjpeg = Extractor(random_vgg16, decoder="torchvision", **options).extract(paths, errors="nan")
     random_vgg16.to("cpu")
     good = np.isfinite(by_pil).all(axis=1)
-    assert not good[3] and np.isnan(by_nvjpeg[3]).all() and np.isnan(by_libjpeg[3]).all()
-    assert good.sum() == len(paths) - 1 and np.isfinite(by_nvjpeg[good]).all()
+    assert not good[3] and np.isnan(by_gpu[3]).all() and np.isnan(by_libjpeg[3]).all()
+    assert good.sum() == len(paths) - 1 and np.isfinite(by_gpu[good]).all()
     assert relative_error(by_libjpeg[good], by_pil[good]) < 1e-5
-    print(f"nvJPEG vs PIL: min descriptor cosine {cosine(by_nvjpeg[good], by_pil[good]).min():.6f}")
-    assert cosine(by_nvjpeg[good], by_pil[good]).min() > 0.9999
+    print(f"{decoder} vs PIL: min descriptor cosine {cosine(by_gpu[good], by_pil[good]).min():.6f}")
+    assert cosine(by_gpu[good], by_pil[good]).min() > 0.9999
 
 
 def test_rmac_on_the_gpu_equals_the_cpu():

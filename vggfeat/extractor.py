@@ -26,7 +26,7 @@ from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
-from .reading import ImageReader, Reduced
+from .reading import GPU_DECODERS, ImageReader, Reduced
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
 from .settings import (check_choice, check_options, check_scales, cpu_bf16_speed, resolve_decoder, resolve_device,
                        resolve_precision)
@@ -137,8 +137,10 @@ class Extractor:
             ``if __name__ == "__main__"``).
         decoder: ``auto``: ``torchvision`` where TorchCodec or torchvision can decode JPEGs, else
             ``pil``; ``pil``; ``torchvision``: JPEGs decoded in batches by libjpeg-turbo on the CPU
-            (PIL's pixels, faster); ``nvjpeg``: the same on the GPU (CUDA only). Other files, and
-            any that the decoder rejects, go to PIL.
+            (PIL's pixels, faster); ``nvjpeg``: the same on the GPU (CUDA only);
+            ``nvimgcodec``: on the GPU's hardware JPEG engines where it has them, else with CUDA
+            (NVIDIA's nvImageCodec, installed apart). Other files, and any that the decoder
+            rejects, go to PIL.
         jpeg_draft: decode a JPEG at a half, a quarter or an eighth of its size (libjpeg's DCT
             scaling, Pillow's draft mode) where it still holds its resized shape at the largest
             scale: a camera's 12-megapixel photos decode several times faster, and the GPU gets
@@ -258,8 +260,8 @@ class Extractor:
             "dim": self.dim,
             "max_pixels": self.max_pixels,
             "min_side": self.min_side,
-            # Only nvJPEG's pixels may differ from PIL's (by a level or two); torchvision's are PIL's.
-            **({"decoder": self.decoder} if self.decoder == "nvjpeg" else {}),
+            # Only the GPU's decoders' pixels may differ from PIL's (by a level or two); torchvision's are PIL's.
+            **({"decoder": self.decoder} if self.decoder in GPU_DECODERS else {}),
             # Only when drafting: files made before the option compare equal to whole decoding.
             **({"jpeg_draft": True} if self.jpeg_draft else {}),
             "preprocessing": {**DECODE_RECIPE, **RESIZE_RECIPE},
@@ -314,7 +316,7 @@ class Extractor:
         cuda = self.device.type == "cuda"
         long_gpu_run = long_run and cuda
         processes = self.decode_in == "processes" or (
-            self.decode_in == "auto" and long_gpu_run and self.decoder != "nvjpeg"
+            self.decode_in == "auto" and long_gpu_run and self.decoder not in GPU_DECODERS
             and shared_memory_holds(self.workers or PROCESS_WORKERS))
         workers = self.workers or min(PROCESS_WORKERS if processes else THREAD_WORKERS, os.cpu_count() or 1)
         return RunPlan(

@@ -33,8 +33,8 @@ from .decode import STORAGE_ERROR
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Chunk, Extractor
-from .jpeg import decoder_library
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
+from .settings import decoder_library_of
 from .store import (FORMAT_VERSION, check_output_path, discard_work, images_held, interrupted_on_several, list_parts, lock_folder,
                     open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
@@ -310,7 +310,7 @@ class ExtractionJob:
             **self.provenance,
         }
         if self.extractor.decoder != "pil":
-            attrs["decoder_library"] = decoder_library()
+            attrs["decoder_library"] = decoder_library_of(self.extractor.decoder)
         if self.images.shard_of:  # for the merge
             shard = self.images.shard_of
             attrs.update(shard_index=shard.index, shard_count=shard.count, collection_images=shard.collection_images,

@@ -134,21 +134,29 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return 1
 
 
-def decode_jpegs(files: list[EncodedJpeg], device: torch.device) -> list[torch.Tensor | None]:
+def decode_jpegs(files: list[EncodedJpeg], device: torch.device,
+                 decode: Callable[[list[torch.Tensor]], list[torch.Tensor | None]] | None = None
+                 ) -> list[torch.Tensor | None]:
     """RGB uint8 [3, H, W] of each file on ``device``, decoded in one batch; None for a file that
-    the decoder rejects (and for every file where neither TorchCodec nor torchvision has one)."""
-    decode = batch_decoder()
-    if not files or decode is None:
-        return [None] * len(files)
+    the decoder rejects (and for every file where neither TorchCodec nor torchvision has one).
+    ``decode``: another batched decoder of the files' bytes, onto ``device`` (a
+    :class:`vggfeat.gpujpeg.BatchDecoder`); else that of :func:`decoder_library`."""
+    if decode is None:
+        library = batch_decoder()
+        if library is None:
+            return [None] * len(files)
+        decode = functools.partial(library, device=device)
+    if not files:
+        return []
     try:
-        return list(decode([f.data for f in files], device))
+        return list(decode([f.data for f in files]))
     except RuntimeError:
         pass
     # One bad file fails the batched call: decode them one by one to tell which.
     decoded: list[torch.Tensor | None] = []
     for f in files:
         try:
-            decoded.append(decode([f.data], device)[0])
+            decoded.append(decode([f.data])[0])
         except RuntimeError:
             decoded.append(None)
     return decoded

@@ -8,6 +8,8 @@ any image on its way to a GPU), or the :class:`ImageError` saying why it cannot 
   torchvision (:mod:`vggfeat.jpeg`): PIL's pixels exactly, at about half PIL's cost per image;
   other files by PIL.
 - ``nvjpeg``: JPEGs in batches on the GPU (nvJPEG), the same way; other files by PIL.
+- ``nvimgcodec``: JPEGs in batches on the GPU's hardware JPEG engines where it has them, else with
+  CUDA (nvImageCodec, :mod:`vggfeat.gpujpeg`); other files by PIL.
 
 With a ``reduction`` (``--jpeg-draft``), a JPEG large enough is decoded by PIL at a half, a quarter
 or an eighth of its size (libjpeg's DCT scaling) and comes as :class:`Reduced`, which keeps its
@@ -38,9 +40,12 @@ from PIL import Image
 
 from .decode import Reduction, decode_image_reduced, open_image_file
 from .errors import ImageError
+from .gpujpeg import BatchDecoder
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
-DECODERS = ("pil", "torchvision", "nvjpeg")
+DECODERS = ("pil", "torchvision", "nvjpeg", "nvimgcodec")
+# The decoders whose pixels start on the GPU, decoded from this process.
+GPU_DECODERS = ("nvjpeg", "nvimgcodec")
 # Files per decoding task with torchvision's decoders (one batched decode call), and with processes
 # (one block of shared memory back).
 JPEG_GROUP = 32
@@ -72,7 +77,7 @@ class ImageReader:
                  processes: bool = False, reduction: Reduction | None = None) -> None:
         self.device, self.decoder, self.workers, self.processes = device, decoder, workers, processes
         self.max_pixels, self.min_side, self.reduction = max_pixels, min_side, reduction
-        self._thread = threading.local()  # per thread of this process: its stream
+        self._thread = threading.local()  # per thread of this process: its stream (and nvImageCodec decoder)
 
     @contextlib.contextmanager
     def read(self, paths: Sequence[str | os.PathLike], lookahead: int) -> Iterator[Iterator[Decoded]]:
@@ -145,11 +150,11 @@ class ImageReader:
             else:
                 jpegs.append((len(results), jpeg))
                 results.append(None)
-        on = self.device if self.decoder == "nvjpeg" else torch.device("cpu")
+        on = self.device if self.decoder in GPU_DECODERS else torch.device("cpu")
         for batch in _blocks(jpegs, lambda item: item[1].decoded_bytes, BLOCK_BYTES):
             held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in batch))  # before they exist
             with self._own_stream():
-                decoded = decode_jpegs([jpeg for _, jpeg in batch], on)
+                decoded = self._decode_jpegs([jpeg for _, jpeg in batch], on)
                 if on != self.device:
                     decoded = [None if pixels is None else self._upload(pixels) for pixels in decoded]
             for (i, jpeg), pixels in zip(batch, decoded):
@@ -158,6 +163,15 @@ class ImageReader:
                     held += taken
                 results[i] = pixels
         return results, held
+
+    def _decode_jpegs(self, jpegs: list[EncodedJpeg], on: torch.device) -> list[torch.Tensor | None]:
+        """The JPEGs' pixels on ``on``, decoded in one batch; None for those the decoder rejects."""
+        if self.decoder != "nvimgcodec":
+            return decode_jpegs(jpegs, on)
+        decoder = getattr(self._thread, "decoder", None)
+        if decoder is None:
+            decoder = self._thread.decoder = BatchDecoder(on)
+        return decode_jpegs(jpegs, on, decoder)
 
     def _decode(self, path: Path, number: int, budget: Budget) -> tuple[Decoded, int]:
         try:

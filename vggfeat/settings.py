@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import torch
 
 from .aggregate import AGGREGATIONS
+from . import gpujpeg
 from .errors import VggfeatError
 from .jpeg import decoder_library
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims
 from .pooling import POOLINGS, RETRIEVAL_POOLINGS
-from .reading import DECODERS
+from .reading import DECODERS, GPU_DECODERS
 from .resize import RESIZE_SIDES
 from .weights import ARCHITECTURES
 
@@ -75,6 +76,13 @@ def resolve_decoder(decoder: str) -> str:
     return "pil" if decoder_library() == "none" else "torchvision"
 
 
+def decoder_library_of(decoder: str) -> str:
+    """The library, with its version, that ``decoder`` (not ``pil``) decodes JPEGs with."""
+    if decoder == "nvimgcodec":
+        return gpujpeg.version() or "none"
+    return decoder_library()
+
+
 def check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
     resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
@@ -94,10 +102,13 @@ def check_options(
     check_choice("autotune", autotune, AUTOTUNES)
     check_choice("compile", compile, AUTOTUNES)
     check_choice("place of decoding", decode_in, DECODE_IN)
-    if decoder == "nvjpeg" and decode_in == "processes":
-        raise VggfeatError("--decoder nvjpeg decodes on the GPU, from this process: use --decode-in threads")
-    if decoder == "nvjpeg" and device.type != "cuda":
-        raise VggfeatError("--decoder nvjpeg decodes on a CUDA device; use torchvision or pil on the CPU")
+    if decoder in GPU_DECODERS and decode_in == "processes":
+        raise VggfeatError(f"--decoder {decoder} decodes on the GPU, from this process: use --decode-in threads")
+    if decoder in GPU_DECODERS and device.type != "cuda":
+        raise VggfeatError(f"--decoder {decoder} decodes on a CUDA device; use torchvision or pil on the CPU")
+    if decoder == "nvimgcodec" and gpujpeg.version() is None:
+        raise VggfeatError(f"--decoder nvimgcodec needs NVIDIA's nvImageCodec, which is not installed: "
+                           f"{gpujpeg.install_command()}; or use --decoder nvjpeg or torchvision")
     if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
         raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that still "
                            "decodes images (before its removal of torchvision.io.decode_jpeg); or use --decoder pil")

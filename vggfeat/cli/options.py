@@ -24,9 +24,8 @@ from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, check_file_list, check_folder, find_images, read_file_list
 from ..errors import VggfeatError
 from ..extractor import PAPER_SCALES, Extractor
-from ..jpeg import decoder_library
 from ..reading import DECODERS
-from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, resolve_device
+from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, decoder_library_of, resolve_device
 from ..store import check_new_file, write_text_file
 from ..weights import ARCHITECTURES
 
@@ -94,8 +93,8 @@ decode_in = click.option("--decode-in", default="auto", show_default=True, type=
                               "processes on a GPU in runs of 50,000 images or more.")
 decoder = click.option("--decoder", default="auto", show_default=True, type=click.Choice(("auto", *DECODERS)),
                        help="torchvision: JPEGs decoded in batches by libjpeg-turbo on the CPU (PIL's pixels, faster); "
-                            "nvjpeg: the same on the GPU; other files by PIL. auto: torchvision where TorchCodec or "
-                            "torchvision can decode, else pil.")
+                            "nvjpeg: the same on the GPU; nvimgcodec: on the GPU's JPEG engines (nvImageCodec, installed "
+                            "apart); other files by PIL. auto: torchvision where TorchCodec or torchvision can decode, else pil.")
 jpeg_draft = click.option("--jpeg-draft", is_flag=True,
                           help="Decode large JPEGs at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling), never below the "
                                "largest Q: camera photos decode several times faster; descriptors differ slightly.")
@@ -319,7 +318,7 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
     where = f"{', '.join(devices)} (a process each)" if len(devices) > 1 else extractor.device
     return (f"on {where}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
-            f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library()})" if extractor.decoder != "pil" else "")
+            f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library_of(extractor.decoder)})" if extractor.decoder != "pil" else "")
             + (", JPEG draft" if extractor.jpeg_draft else "") + "".join(f", {name}" for name in tuning))
 
 
