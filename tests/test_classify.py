@@ -9,6 +9,7 @@ posteriors are far from uniform), computed view by view straight from the networ
 from __future__ import annotations
 
 import csv
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,12 @@ from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from runhelpers import FAST, assert_same_output, crash_on_part, error_line, flaky_storage, read_output, run_main
 from reference import assert_close, reference_input
 import vggfeat.extractor
+import vggfeat.job
 import vggfeat.predictions
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
-from vggfeat.predictions import Evaluation, match_labels, read_labels
+from vggfeat.predictions import Evaluation, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.weights import WeightsInfo
 
@@ -184,12 +186,24 @@ def test_read_labels_both_formats(tmp_path):
 
 def test_top1_top5_error_by_hand():
     evaluation = Evaluation()
-    probabilities = np.array([0.30, 0.25, 0.15, 0.10, 0.08, 0.07, 0.05])  # class 0 first ... class 6 last
+    probabilities = np.array([[0.30, 0.25, 0.15, 0.10, 0.08, 0.07, 0.05]])  # class 0 first ... class 6 last
     for truth in (0, 2, 4, 5):  # ranks 1, 3, 5, 6
-        evaluation.add(probabilities, truth)
+        evaluation.add(top_classes(probabilities, 5)[0], truth)
     assert evaluation.images == 4
     assert evaluation.top1_error == 3 / 4  # only rank 1 is right
     assert evaluation.top5_error == 1 / 4  # only rank 6 is outside the top 5
+
+
+def test_top_classes_are_those_of_a_stable_sort_ties_included():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((300, 50), dtype=np.float32)
+    probabilities[::3, 10:20] = 0.5  # ties inside the top k, across the k-th place, and below it
+    probabilities[1::3, [3, 7, 40]] = 2.0
+    probabilities[2::7] = 0.25  # every class tied
+    for k in (1, 5, 11, 50, 60):
+        expected = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(top_classes(probabilities, k), expected), k
+    assert top_classes(probabilities[:0], 5).shape == (0, 5)
 
 
 # --------------------------------------------------------------------------- the command
@@ -360,19 +374,84 @@ def test_cli_stops_when_the_storage_goes_away_writing_no_predictions(small_netwo
     for i in range(8):
         write_rgb(images / f"{i}.png", 224, 230, seed=i)
     output = tmp_path / "predictions.csv"
-    monkeypatch.setattr(vggfeat.predictions, "STORAGE_FAILURES_TO_STOP", 3)
-    flaky_storage(monkeypatch, {f"{i}.png": 10**6 for i in range(4, 8)})  # gone after the fourth image
-    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vggfeat.job, "STORAGE_FAILURES_TO_STOP", 3)
+        flaky_storage(patch, {f"{i}.png": 10**6 for i in range(4, 8)})  # gone after the fourth image
+        code, _, err = run_main(["classify", images, output, *FAST, "-q", "--part-size", "2"])
     assert code == 1
     assert "could not be read (storage error (Input/output error), 3 tries): their storage seems to be unavailable" in err
-    assert "Traceback" not in err
-    assert not list(tmp_path.glob("*predictions.csv*")), "no file of images all failed, nor a temporary one"
-    # One file the storage fails to give is a failed row, not a stop.
-    monkeypatch.undo()
+    assert "run the same command to resume" in err and "Traceback" not in err
+    assert not output.exists() and not list(tmp_path.glob(".predictions.csv*")), "no CSV of images all failed, nor a temporary one"
+    # One file the storage fails to give is a failed row, not a stop; the images described go on.
     flaky_storage(monkeypatch, {"5.png": 10**6})
-    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    code, _, err = run_main(["classify", images, output, *FAST, "--part-size", "2"])
     assert code == 0, err
+    assert "resuming: 4 of 8 images were done by an interrupted run" in err
     assert [row["error"] != "" for row in read_csv(output)] == [i == 5 for i in range(8)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "predictions.csv"]  # no posteriors left
+
+
+def killed_before_its_csv(args: list) -> None:
+    """Run ``vggfeat classify ARGS`` in this process and let it die once its images are described,
+    before its CSV is written."""
+    def killed(*_, **__):
+        raise RuntimeError("killed before the CSV")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="killed before the CSV"):
+        patch.setattr(importlib.import_module("vggfeat.cli.classify"), "write_predictions", killed)  # the module, not the command
+        run_main(["classify", *args])
+
+
+def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cli, small_vgg, folder, tmp_path, monkeypatch):
+    """Killed while the images are described, or after, before the CSV is written: the same command
+    goes on from what was done and writes the CSV one run writes."""
+    images, bad = folder
+    _, _, labels = labels_by_rank(small_vgg, images, tmp_path)
+    fresh, output = tmp_path / "fresh.csv", tmp_path / "predictions.csv"
+    args = [*FAST, "--part-size", "1", "--topk", "2", "--labels", labels]
+    code, fresh_out, _ = run_main(["classify", images, fresh, *args])
+    assert code == 0
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
+        crash_on_part(patch, 3)  # killed after two parts
+        run_main(["classify", images, output, *args])
+    assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5.parts").is_dir()
+    killed_before_its_csv([images, output, *args])  # resumed, then killed
+    assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5").is_file()
+    code, out, err = run_main(["classify", images, output, *args])
+    assert code == 0, err
+    assert "the posteriors of every image were described by an interrupted run" in err
+    assert out == fresh_out and "top-1 error 66.67%" in out
+    assert read_csv(output) == read_csv(fresh)
+    assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
+
+
+def test_the_api_writes_the_csv_of_the_command(small_network_for_cli, small_vgg, folder, tmp_path):
+    images, bad = folder
+    assert run_main(["classify", images, tmp_path / "cli.csv", *FAST, "-q", "--no-flip", "--scales", "224"])[0] == 0
+    classifier = Classifier(small_vgg, scales=[224], flip=False, device="cpu")
+    result = vggfeat.predictions.classify_images(classifier, vggfeat.find_images(images), tmp_path / "api.csv", topk=5)
+    assert (result.classified, result.failed) == (3, len(bad)) and result.seconds > 0
+    assert read_csv(tmp_path / "api.csv") == read_csv(tmp_path / "cli.csv")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["api.csv", "cli.csv", "images"]
+
+
+def test_cli_a_csvs_posteriors_are_its_own(small_network_for_cli, folder, tmp_path, monkeypatch):
+    """Posteriors left for this CSV with other images are described again; a file by that name that
+    classify did not make for this CSV is left alone, and the run refused."""
+    images, _ = folder
+    output = tmp_path / "predictions.csv"
+    posteriors = tmp_path / "predictions.csv.posteriors.h5"
+    assert run_main(["classify", images, posteriors, *FAST, "-q"])[0] == 0  # a user's own .h5
+    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    assert code == 2 and f"{posteriors} exists and was not made for {output}" in error_line(err)
+    assert posteriors.is_file() and not output.exists()
+    posteriors.unlink()
+    killed_before_its_csv([images, output, *FAST, "-q"])
+    write_rgb(images / "good" / "d.png", 224, 224, seed=4)  # the collection grew before the rerun
+    code, _, err = run_main(["classify", images, output, *FAST])
+    assert code == 0, err
+    assert "interrupted run" not in err and f"{3 + 1} images classified" in err
+    assert [row["path"] for row in read_csv(output) if not row["error"]] == [*GOOD, "good/d.png"]
 
 
 @pytest.mark.parametrize(
@@ -385,7 +464,6 @@ def test_cli_stops_when_the_storage_goes_away_writing_no_predictions(small_netwo
         (["IMAGES", "out.csv", "--scales", "200"], "224"),
         (["IMAGES", "out.csv", "--labels", "nolabels.txt"], "labels file not found"),
         (["IMAGES"], "IMAGES and OUTPUT"),
-        (["IMAGES", "out.csv", "--device", "cpu,cpu"], "several devices: for an OUTPUT .h5"),
         (["IMAGES", "out.csv", "--shard", "1/2"], "--shard: for an OUTPUT .h5"),
         (["IMAGES", "out.csv", "--update"], "--update: for an OUTPUT .h5"),
         (["IMAGES", "out.csv", "--retry-failed"], "--retry-failed: for an OUTPUT .h5"),

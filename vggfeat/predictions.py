@@ -1,8 +1,13 @@
 """Predictions: an image set classified into a CSV file, and top-1/top-5 error against a label list.
 
 One row per image, in the image set's order: its path, the top-k classes (index, name, probability)
-and, for a file that could not be used, the reason. The file is written under a temporary name and
-renamed once complete, so a crash never leaves a half-written file under the final name.
+and, for a file that could not be used, the reason.
+
+The posteriors are first described into ``OUTPUT.posteriors.h5`` beside the CSV, by the job that
+``vggfeat extract`` runs (:class:`~vggfeat.job.ExtractionJob`, or on several devices
+:class:`~vggfeat.multidevice.MultiDeviceJob`): a killed run resumes from its parts. The CSV is then
+written from that file (:func:`write_predictions`) under a temporary name, renamed once complete,
+and the posteriors file removed: a crash never leaves a half-written CSV under the final name.
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import h5py
 import numpy as np
 
 from .classifier import Classifier
 from .discover import ImageSet
 from .errors import VggfeatError
-from .job import STORAGE_FAILURES_TO_STOP, storage_gone, unread_in_a_row
-from .store import check_new_file, written_atomically
+from .job import ExtractionJob, config_json
+from .store import check_new_file, open_features_file, open_h5, shards_folder, work_folder, written_atomically
 
 
 @dataclass
@@ -31,8 +37,9 @@ class Evaluation:
     top1_wrong: int = 0
     top5_wrong: int = 0
 
-    def add(self, probabilities: np.ndarray, truth: int) -> None:
-        top5 = _top(probabilities, 5)
+    def add(self, top: np.ndarray, truth: int) -> None:
+        """One image: its classes ranked, best first (5 or more), and its true class."""
+        top5 = top[:5]
         self.images += 1
         self.top1_wrong += int(top5[0] != truth)
         self.top5_wrong += int(truth not in top5)
@@ -57,14 +64,15 @@ class ClassificationResult:
     unlabelled: int = 0  # classified images the label list does not name: not in the error
     first_failures: list[tuple[str, str]] = field(default_factory=list)
 
-    def count_classified(self, probabilities: np.ndarray, truth: int | None) -> None:
+    def count_classified(self, top: np.ndarray, truth: int | None) -> None:
+        """One image classified: its classes ranked, best first (5 or more), and its true class."""
         self.classified += 1
         if self.evaluation is None:
             return
         if truth is None:
             self.unlabelled += 1
         else:
-            self.evaluation.add(probabilities, truth)
+            self.evaluation.add(top, truth)
 
     def count_failed(self, path: str, reason: str, labelled: bool) -> None:
         self.failed += 1
@@ -114,6 +122,39 @@ def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | Non
     return [labels.get(path, labels.get(PurePosixPath(path).name)) for path in paths]
 
 
+# Posteriors read, ranked and written at a time.
+BLOCK_ROWS = 8192
+
+
+def posteriors_file_of(output: str | os.PathLike) -> Path:
+    """Where the posteriors of a CSV ``output`` are kept until it is written: ``OUTPUT.posteriors.h5``
+    (and, while they are described, its work folder ``OUTPUT.posteriors.h5.parts``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".posteriors.h5")
+
+
+def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet) -> bool:
+    """Whether the posteriors file of ``output`` is whole, made by ``classifier`` over ``images``: a
+    run killed after describing the images, before its CSV was written, left it. A complete one made
+    otherwise, by a run of this command with other options or images, is removed. Raises
+    :class:`VggfeatError` for a file of that name that this command did not make."""
+    posteriors = posteriors_file_of(output)
+    if not posteriors.is_file() or work_folder(posteriors).exists() or shards_folder(posteriors).exists():
+        return False  # none, or the job's to resume
+    try:
+        with open_h5(posteriors) as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        attrs = {}
+    if attrs.get("posteriors_of") != output.name:
+        raise VggfeatError(f"{posteriors} exists and was not made for {output}: move it away, or remove it")
+    if (attrs.get("complete") and attrs.get("config") == config_json(classifier.config(), "float32")
+            and attrs.get("images_sha256") == images.digest()):
+        return True
+    posteriors.unlink()
+    return False
+
+
 def classify_images(
     classifier: Classifier,
     images: ImageSet,
@@ -122,48 +163,123 @@ def classify_images(
     labels: dict[str, int] | None = None,
     overwrite: bool = False,
     progress: Callable[[int], object] | None = None,
+    part_images: int = 4096,
 ) -> ClassificationResult:
     """Classify ``images`` and write ``output`` (CSV); with ``labels``, also count top-1/top-5 errors.
 
-    Raises OSError, writing no ``output``, when the images' storage fails STORAGE_FAILURES_TO_STOP
-    of them in a row: a file system gone away, rather than a file of images all failed.
+    A killed call resumes where it stopped when called again with the same arguments (its work is
+    kept beside ``output``, see :func:`posteriors_file_of`; ``part_images``: images per part).
+    Raises OSError, writing no ``output`` but keeping that work, when the images' storage fails
+    STORAGE_FAILURES_TO_STOP of them in a row: a file system gone away, rather than a file of
+    images all failed.
     """
     output = Path(output)
     check_new_file(output, overwrite)
+    check_prediction_options(classifier, topk, labels)
+    started = time.monotonic()
+    if not posteriors_ready(output, classifier, images):
+        posteriors = posteriors_file_of(output)
+        ExtractionJob(classifier, images, posteriors, overwrite=overwrite, part_images=part_images,
+                      provenance={"posteriors_of": output.name}).run(progress)
+    result = write_predictions(output, classifier.categories(), topk, labels, overwrite)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def check_prediction_options(classifier: Classifier, topk: int, labels: dict[str, int] | None) -> None:
+    """Refuse a ``topk`` or ``labels`` that do not fit ``classifier``'s classes."""
     if not 1 <= topk <= classifier.dim:
         raise VggfeatError(f"--topk must be between 1 and {classifier.dim}, got {topk}")
     if labels and max(labels.values()) >= classifier.dim:
         raise VggfeatError(f"label {max(labels.values())} in the labels file, but the network has {classifier.dim} classes")
-    names = classifier.categories()
-    truth = match_labels(images.paths, labels) if labels is not None else None
+
+
+def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int = 5,
+                      labels: dict[str, int] | None = None, overwrite: bool = False) -> ClassificationResult:
+    """``output`` (CSV) from its posteriors file (:func:`posteriors_file_of`), which is then
+    removed: the ``topk`` classes of each image by ``names``, its reason if it failed, and with
+    ``labels`` its true class, top-1/top-5 errors counted."""
+    output = Path(output)
+    posteriors = posteriors_file_of(output)
+    check_new_file(output, overwrite)
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    started = time.monotonic()
-    with written_atomically(output) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+    with (open_features_file(posteriors, "posteriors") as f, written_atomically(output) as temporary,
+          open(temporary, "w", newline="", encoding="utf-8") as file):
         writer = csv.writer(file)
-        writer.writerow(_header(topk, labelled=truth is not None))
-        unread = 0  # images in a row, up to the last one, that the storage failed to give
-        for chunk in classifier.iter_chunks(images.files()):
-            unread = unread_in_a_row(chunk, unread)
-            if unread >= STORAGE_FAILURES_TO_STOP:
-                raise storage_gone(unread, chunk)
-            probabilities = dict(zip(chunk.indices, chunk.features))
-            reasons = dict(chunk.failures)
-            for i in range(chunk.start, chunk.end):
-                label = truth[i] if truth is not None else None
-                row = [images.paths[i]]
-                if truth is not None:
-                    row += ["", ""] if label is None else [label, names[label]]
-                if i in probabilities:
-                    row += [*_top_cells(probabilities[i], topk, names), ""]
-                    result.count_classified(probabilities[i], label)
-                else:
-                    row += [""] * 3 * topk + [reasons[i]]
-                    result.count_failed(images.paths[i], reasons[i], labelled=label is not None)
-                writer.writerow(row)
-            if progress is not None:
-                progress(chunk.end - chunk.start)
-    result.seconds = time.monotonic() - started
+        writer.writerow(_header(topk, labelled=labels is not None))
+        for row in _rows_in_order(f, result, labels, names, topk):
+            writer.writerow(row)
+    posteriors.unlink()
     return result
+
+
+def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: Sequence[str]) -> ClassificationResult:
+    """Top-1 and top-5 error of a posteriors file's images (an .h5 that ``vggfeat classify``
+    wrote) against ``labels``, a block of rows at a time."""
+    result = ClassificationResult(Path(posteriors), evaluation=Evaluation())
+    with open_features_file(Path(posteriors), "posteriors") as f:
+        for _ in _rows_in_order(f, result, labels, names, topk=0):
+            pass
+    return result
+
+
+def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str, int] | None,
+                   names: Sequence[str], topk: int) -> Iterator[list]:
+    """The CSV rows of a posteriors file's images, classified and failed, in path order (that of
+    the image set), counted into ``result``."""
+    failed_paths, reasons = f["failed/paths"].asstr()[:], f["failed/errors"].asstr()[:]
+    failed = 0  # failures written
+    ranked = max(topk, 5) if labels is not None else topk  # the errors need the top 5
+
+    def failures_before(path: str | None) -> Iterator[list]:
+        nonlocal failed
+        while failed < len(failed_paths) and (path is None or failed_paths[failed] < path):
+            path_failed, reason = failed_paths[failed], reasons[failed]
+            label = _label_of(path_failed, labels)
+            result.count_failed(path_failed, reason, labelled=label is not None)
+            yield [path_failed, *_truth_cells(label, labels, names), *[""] * 3 * topk, reason]
+            failed += 1
+
+    for start in range(0, f["features"].shape[0], BLOCK_ROWS):
+        block = f["features"][start : start + BLOCK_ROWS]
+        paths = f["paths"].asstr()[start : start + len(block)]
+        for path, probabilities, top in zip(paths, block, top_classes(block, ranked)):
+            yield from failures_before(path)
+            label = _label_of(path, labels)
+            result.count_classified(top, label)
+            cells = [cell for index in top[:topk] for cell in (int(index), names[index], f"{probabilities[index]:.6f}")]
+            yield [path, *_truth_cells(label, labels, names), *cells, ""]
+    yield from failures_before(None)
+
+
+def _label_of(path: str, labels: dict[str, int] | None) -> int | None:
+    return None if labels is None else match_labels([path], labels)[0]
+
+
+def _truth_cells(label: int | None, labels: dict[str, int] | None, names: Sequence[str]) -> list:
+    if labels is None:
+        return []
+    return ["", ""] if label is None else [label, names[label]]
+
+
+def top_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """[n, k]: indices of each row's ``k`` largest probabilities, largest first, ties to the lower
+    index (as a stable sort of each row). A partition finds them; only rows with a tie at the k-th
+    place are sorted whole."""
+    n, classes = probabilities.shape
+    k = min(k, classes)
+    if n == 0 or k == classes:
+        return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-probabilities, k - 1, axis=1)[:, k - 1 : k]
+    candidates = probabilities >= kth
+    exact = candidates.sum(axis=1) == k  # no tie at the k-th place: the candidates are the top k
+    top = np.empty((n, k), dtype=np.int64)
+    # Candidates in index order, then by probability (stable: ties stay in index order).
+    indices = np.nonzero(candidates[exact])[1].reshape(-1, k)
+    values = np.take_along_axis(probabilities[exact], indices, axis=1)
+    top[exact] = np.take_along_axis(indices, np.argsort(-values, axis=1, kind="stable"), axis=1)
+    top[~exact] = np.argsort(-probabilities[~exact], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def _header(topk: int, labelled: bool) -> list[str]:
@@ -171,16 +287,3 @@ def _header(topk: int, labelled: bool) -> list[str]:
     for rank in range(1, topk + 1):
         header += [f"class_{rank}", f"label_{rank}", f"probability_{rank}"]
     return [*header, "error"]
-
-
-def _top_cells(probabilities: np.ndarray, topk: int, names: Sequence[str]) -> list:
-    """(index, name, probability) of the ``topk`` most probable classes, flattened, best first."""
-    cells: list = []
-    for index in _top(probabilities, topk):
-        cells += [int(index), names[index], f"{probabilities[index]:.6f}"]
-    return cells
-
-
-def _top(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest probabilities, largest first (ties: lower index first)."""
-    return np.argsort(-probabilities, kind="stable")[:k]

@@ -9,13 +9,12 @@ import click
 
 from ..classifier import Classifier
 from ..job import check_output
-from ..predictions import ClassificationResult, Evaluation, classify_images, match_labels, read_labels
-from ..store import check_new_file, open_features_file
+from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, posteriors_file_of, posteriors_ready,
+                           read_labels, write_predictions)
+from ..store import check_new_file
 from ..update import check_rewritable
 from . import options
-from .extract import write_output
-
-ERROR_ROWS = 8192  # posteriors read at a time to count the errors
+from .extract import run_job, run_on, work_done, write_output
 
 
 @click.command()
@@ -27,8 +26,7 @@ ERROR_ROWS = 8192  # posteriors read at a time to count the errors
 @click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image (CSV; an .h5 holds them all).")
 @click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
-@click.option("--device", "devices", default="auto", show_default=True, callback=options.check_devices,
-              help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, for an OUTPUT .h5.")
+@options.devices
 @options.precision
 @options.image_pipeline
 @options.shard
@@ -45,10 +43,10 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
     whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
     over the image and its flip and over the scales. Unusable files get a row with the reason.
+    The posteriors are first kept in OUTPUT.posteriors.h5, from which a killed run resumes.
 
     An OUTPUT .h5 holds every image's posteriors instead, as 'vggfeat extract' writes descriptors:
-    for millions of images, on several devices, in shards, resumed where a killed run stopped, and
-    updated or retried as extract's files are.
+    for millions of images, in shards, and updated or retried as extract's files are.
     """
     output = options.output_of(paths, file_list)
     posteriors_file = output.suffix.lower() == ".h5"
@@ -56,10 +54,9 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options
     # (and, for a retry or an update, whether the output was made with them).
     if not posteriors_file:
-        for given, name in ((len(devices) > 1, "several devices"), (shard, "--shard"), (retry_failed, "--retry-failed"),
-                            (update, "--update")):
+        for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
-                raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written in one pass on one device)")
+                raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
         check_new_file(output, overwrite)
     elif not rewrite:
         check_output(output, overwrite)  # or the run that left its work beside it goes on
@@ -84,34 +81,25 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
                      part_size=part_size, overwrite=overwrite, quiet=quiet, precision=precision, desc=f"{model} {setting}")
         if truth is not None:
-            _report_errors(_errors_of_file(output, truth), labels, setting, say)
+            _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    say(options.describe_settings(classifier, len(images)))
-    options.advise_precision(classifier, precision, say)
-    with options.progress_bar(quiet, total=len(images), unit="images", desc=f"{model} {setting}") as bar:
-        result = classify_images(classifier, images, output, topk=topk, labels=truth, overwrite=overwrite,
-                                 progress=bar.update)
+    check_prediction_options(classifier, topk, truth)
+    work = ""
+    if posteriors_ready(output, classifier, images):
+        say(f"the posteriors of every image were described by an interrupted run ({posteriors_file_of(output)})")
+    else:
+        # Into OUTPUT.posteriors.h5 first, as into an .h5 OUTPUT: a killed run resumes from its parts.
+        job = run_job(classifier, images, posteriors_file_of(output), devices, overwrite=overwrite, dtype="float32",
+                      part_size=part_size, quiet=quiet, precision=precision, desc=f"{model} {setting}",
+                      provenance={"posteriors_of": output.name})
+        work = "; " + work_done(job.computed, job.seconds, run_on(classifier, devices))
+    result = write_predictions(output, classifier.categories(), topk, truth, overwrite)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}, in {result.seconds:.1f} s "
-        f"on {classifier.device}")
+    say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
         say(f"  failed: {path}: {reason}")
     if result.evaluation is not None:
         _report_errors(result, labels, setting, say)
-
-
-def _errors_of_file(output: Path, truth: dict[str, int]) -> ClassificationResult:
-    """Top-1 and top-5 error of a posteriors file's rows against ``truth``, a block of rows at a time."""
-    result = ClassificationResult(output, evaluation=Evaluation())
-    with open_features_file(output) as f:
-        paths, failed = f["paths"].asstr(), f["failed/paths"].asstr()[:]
-        for start in range(0, f["features"].shape[0], ERROR_ROWS):
-            block = f["features"][start : start + ERROR_ROWS]
-            for probabilities, label in zip(block, match_labels(paths[start : start + len(block)], truth)):
-                result.count_classified(probabilities, label)
-    result.labelled_failed = sum(label is not None for label in match_labels(failed, truth))
-    result.failed = len(failed)
-    return result
 
 
 def _report_errors(result: ClassificationResult, labels: Path, setting: str, say: Callable[..., None]) -> None:

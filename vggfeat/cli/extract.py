@@ -13,7 +13,7 @@ import click
 from ..classifier import Classifier
 from ..discover import ImageSet
 from ..extractor import Extractor
-from ..job import DTYPES, ExtractionJob, check_output
+from ..job import DTYPES, ExtractionJob, JobResult, check_output
 from ..multidevice import MultiDeviceJob
 from ..store import interrupted_on_several
 from ..update import OutputUpdate, check_rewritable
@@ -96,19 +96,30 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
         update_output(extractor, described, output, devices, describe=rewrite, dtype=dtype, part_size=part_size,
                       quiet=quiet, precision=precision)
         return
-    job = extraction_job(extractor, described, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size)
     if shard:
-        say(f"shard {shard[0]}/{shard[1]}: {job.total:,} of the {len(images):,} images")
-    announce(job, extractor, dtype, say, devices)
-    options.advise_precision(extractor, precision, say)
-    result = running(job, job.run, quiet, desc=desc)
+        say(f"shard {shard[0]}/{shard[1]}: {len(described):,} of the {len(images):,} images")
+    result = run_job(extractor, described, output, devices, overwrite=overwrite, dtype=dtype, part_size=part_size,
+                     quiet=quiet, precision=precision, desc=desc)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    work = work_done(result.computed, result.seconds, _where(extractor, devices)) if job.total else "no image to describe"  # an empty shard
+    work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     say(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+
+
+def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, overwrite: bool,
+            dtype: str, part_size: int, quiet: bool, precision: str, desc: str, provenance: dict | None = None) -> JobResult:
+    """The job that writes ``extractor``'s rows of ``images`` into ``output`` on ``devices`` (resuming
+    an interrupted one), announced and run under a progress bar named ``desc``; ``provenance``:
+    attributes for the file besides the command."""
+    job = extraction_job(extractor, images, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size,
+                         provenance=provenance or {})
+    say = options.reporter(quiet)
+    announce(job, extractor, dtype, say, devices)
+    options.advise_precision(extractor, precision, say)
+    return running(job, job.run, quiet, desc=desc)
 
 
 def rows_held(extractor: Extractor, rows: int, dtype: str) -> str:
@@ -118,7 +129,8 @@ def rows_held(extractor: Extractor, rows: int, dtype: str) -> str:
     return f"{options.counted(rows, 'descriptor')} ({extractor.dim}-d {dtype})"
 
 
-def _where(extractor: Extractor, devices: tuple[str, ...]) -> str:
+def run_on(extractor: Extractor, devices: tuple[str, ...]) -> str:
+    """The devices a run goes on, in words."""
     return ", ".join(devices) if len(devices) > 1 else str(extractor.device)
 
 
@@ -126,8 +138,9 @@ def extraction_job(extractor: Extractor, images: ImageSet, output: Path, devices
                    ) -> ExtractionJob | MultiDeviceJob:
     """The job that writes ``output`` on ``devices``: a :class:`MultiDeviceJob` on several, or to go
     on with a run interrupted on several (one device resumes it too); else an :class:`ExtractionJob`.
-    ``job``: their keyword arguments (overwrite, dtype, part_images), and the command as provenance."""
-    job = {**job, "provenance": {"command": options.command_line()}}
+    ``job``: their keyword arguments (overwrite, dtype, part_images, provenance), the command added
+    to its provenance."""
+    job = {**job, "provenance": {"command": options.command_line(), **job.get("provenance", {})}}
     if len(devices) > 1 or (interrupted_on_several(output) and not job.get("overwrite")):
         return MultiDeviceJob(extractor, devices, images, output, **job)
     return ExtractionJob(extractor, images, output, **job)
@@ -216,5 +229,5 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
         outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
-    work = work_done(result.computed, result.seconds, _where(extractor, devices)) if result.described else "no image to describe"
+    work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {outcome}; {work}")
