@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import vggfeat.gpujpeg
+import vggfeat.reading
 from imagefiles import write_bad_files, write_gray, write_odd_files, write_rgb, write_truncated_jpeg
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS
@@ -99,3 +100,13 @@ def test_without_nvimgcodec_the_message_says_what_to_install(random_vgg16, monke
                       "auto", "nvimgcodec", "threads", "auto", "auto")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     assert vggfeat.gpujpeg.install_command() == "pip install nvidia-nvimgcodec-cu12 nvidia-nvjpeg-cu12"
+
+
+def test_a_decoder_that_cannot_start_stops_the_run_saying_why(tmp_path, monkeypatch):
+    def cannot_start(device):
+        raise RuntimeError("no JPEG engine answered")
+
+    monkeypatch.setattr(vggfeat.reading, "BatchDecoder", cannot_start)
+    write_rgb(tmp_path / "a.jpg", 40, 60, fmt="JPEG")
+    with pytest.raises(VggfeatError, match="nvImageCodec cannot decode on cpu: no JPEG engine answered; use --decoder torchvision"):
+        decoded("nvimgcodec", [tmp_path / "a.jpg"])

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from .decode import Reduction, decode_image_reduced, open_image_file
-from .errors import ImageError
+from .errors import ImageError, VggfeatError
 from .gpujpeg import BatchDecoder
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
@@ -170,7 +170,10 @@ class ImageReader:
             return decode_jpegs(jpegs, on)
         decoder = getattr(self._thread, "decoder", None)
         if decoder is None:
-            decoder = self._thread.decoder = BatchDecoder(on)
+            try:
+                decoder = self._thread.decoder = BatchDecoder(on)
+            except RuntimeError as error:  # a library that loads but cannot start on this GPU: stop, saying why
+                raise VggfeatError(f"nvImageCodec cannot decode on {on}: {error}; use --decoder torchvision") from error
         return decode_jpegs(jpegs, on, decoder)
 
     def _decode(self, path: Path, number: int, budget: Budget) -> tuple[Decoded, int]:

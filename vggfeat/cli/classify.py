@@ -11,7 +11,7 @@ from ..classifier import Classifier
 from ..job import check_output
 from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, posteriors_file_of, posteriors_ready,
                            read_labels, write_predictions)
-from ..store import check_new_file
+from ..store import check_new_file, rows_and_failures
 from ..update import check_rewritable
 from . import options
 from .extract import run_job, run_on, work_done, write_output
@@ -93,7 +93,9 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
                       part_size=part_size, quiet=quiet, precision=precision, desc=f"{model} {setting}",
                       provenance={"posteriors_of": output.name})
         work = "; " + work_done(job.computed, job.seconds, run_on(classifier, devices))
-    result = write_predictions(output, classifier.categories(), topk, truth, overwrite)
+    with options.progress_bar(quiet, total=rows_and_failures(posteriors_file_of(output))[0], unit="images",
+                              desc=f"writing {output.name}") as bar:
+        result = write_predictions(output, classifier.categories(), topk, truth, overwrite, progress=bar.update)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
