@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from runhelpers import FAST, assert_same_output, crash_on_part, error_line, flaky_storage, read_output, run_main
 from reference import assert_close, reference_input
+import vggfeat.cli.options
 import vggfeat.extractor
 import vggfeat.job
 import vggfeat.predictions
@@ -479,6 +480,16 @@ def test_cli_user_errors(small_network_for_cli, folder, tmp_path, monkeypatch, a
     assert code == 2
     assert message in error_line(err)
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("output", ["out.csv", "out.h5"])
+def test_cli_labels_beyond_the_classes_are_refused_before_the_images_are_found(small_network_for_cli, folder, tmp_path,
+                                                                              monkeypatch, output):
+    images, _ = folder
+    (tmp_path / "val.txt").write_text("a.png 1000\n")
+    monkeypatch.setattr(vggfeat.cli.options, "read_images", lambda *args: pytest.fail("the images were searched"))
+    code, _, err = run_main(["classify", images, tmp_path / output, *FAST, "--labels", tmp_path / "val.txt"])
+    assert code == 2 and "label 1000 in the labels file, but the network has 1000 classes" in error_line(err)
 
 
 def test_categories_are_torchvisions():

@@ -186,9 +186,9 @@ def classify_images(
     return result
 
 
-def check_prediction_options(classifier: Classifier, topk: int, labels: dict[str, int] | None) -> None:
-    """Refuse a ``topk`` or ``labels`` that do not fit ``classifier``'s classes."""
-    if not 1 <= topk <= classifier.dim:
+def check_prediction_options(classifier: Classifier, topk: int | None, labels: dict[str, int] | None) -> None:
+    """Refuse a ``topk`` (None: none asked) or ``labels`` that do not fit ``classifier``'s classes."""
+    if topk is not None and not 1 <= topk <= classifier.dim:
         raise VggfeatError(f"--topk must be between 1 and {classifier.dim}, got {topk}")
     if labels and max(labels.values()) >= classifier.dim:
         raise VggfeatError(f"label {max(labels.values())} in the labels file, but the network has {classifier.dim} classes")

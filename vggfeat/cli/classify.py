@@ -71,6 +71,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")
+    check_prediction_options(classifier, None if posteriors_file else topk, truth)
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
@@ -83,7 +84,6 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         if truth is not None:
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    check_prediction_options(classifier, topk, truth)
     work = ""
     if posteriors_ready(output, classifier, images):
         say(f"the posteriors of every image were described by an interrupted run ({posteriors_file_of(output)})")
