@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -493,7 +494,7 @@ def main() -> None:
               f"{'cold (dropped from the page cache before each measure)' if args.cold else 'from the page cache'}")
         cold = functools.partial(evict, files) if args.cold else lambda: None
         a, first_pass = model_only(extractor, files[: args.model_only_count])
-        runs = {}
+        runs, failures = {}, {}
         if "processes" in places:
             print(f"decoding processes started in {process_start(extractor, files):.1f} s (once per run; not in (b))")
         nicenesses = [int(n) for n in args.worker_niceness.split(",")]
@@ -505,8 +506,12 @@ def main() -> None:
                 if niceness is not None:
                     vggfeat.processes.WORKER_NICENESS = niceness
                 cold()
-                runs[(place if niceness is None else f"processes at niceness +{niceness}") + named] = end_to_end(
-                    extractor, folder, args.profile)
+                name = (place if niceness is None else f"processes at niceness +{niceness}") + named
+                try:
+                    runs[name] = end_to_end(extractor, folder, args.profile)
+                except Exception as error:  # noqa: BLE001 - one way that fails here is reported, the others measured
+                    failures[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+                    traceback.print_exc()
         if args.processes_per_device > 1:
             cold()
             runs[f"{extractor.decode_in}, in {args.processes_per_device} processes on the device, a shard each"] = end_to_end(
@@ -520,6 +525,8 @@ def main() -> None:
     for place, (b, samples, shapes) in runs.items():
         print(f"(b) vggfeat e2e      {b:9.2f} images/s   {b / a:6.1%} of model only, decoding in {place}"
               f"{samples.report()}; {shapes} distinct batch shapes")
+    for place, failure in failures.items():
+        print(f"(b) vggfeat e2e      failed, decoding in {place}: {failure}")
     b = max(b for b, _, _ in runs.values())  # the ratios below are the faster (b)'s
     print(f"(c) naive loop       {c:9.2f} images/s   vggfeat is {b / c:5.1f}x faster")
     if args.dataloader:
