@@ -416,8 +416,13 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
         crash_on_part(patch, 3)  # killed after two parts
         run_main(["classify", images, output, *args])
     assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5.parts").is_dir()
+    code, _, err = run_main(["info", output])
+    assert code == 2 and ("predictions.csv is not written yet: an interrupted or running classification has done 2 of "
+                          f"{3 + len(bad)} images and keeps its work in") in error_line(err)
     killed_before_its_csv([images, output, *args])  # resumed, then killed
     assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5").is_file()
+    code, _, err = run_main(["info", output])
+    assert code == 2 and "its images are described, in" in error_line(err) and "to write it" in error_line(err)
     code, out, err = run_main(["classify", images, output, *args])
     assert code == 0, err
     assert "the posteriors of every image were described by an interrupted run" in err

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
+from ..predictions import posteriors_file_of
 from ..store import read_info, shards_folder, shards_progress, work_folder, work_progress
 from ..update import MODES
 
@@ -22,24 +23,36 @@ def _network_line(a: dict) -> str:
             f"flip {flip}; precision {precision}")
 
 
+def _not_written_yet(output: Path, command: str) -> str | None:
+    """How far the run writing ``output`` got, by its work; None where there is none."""
+    run = "extraction" if command == "extract" else "classification"
+    work = work_folder(output)
+    if work.is_dir():
+        progress = work_progress(output)
+        done = f" has done {progress[0]:,} of {progress[1]:,} images and" if progress else ""
+        return f"an interrupted or running {run}{done} keeps its work in {work}; run the same {command} command to finish it"
+    blocks = shards_progress(output)
+    if blocks:
+        finished, count, held = blocks
+        return (f"an interrupted or running {run} on several devices has finished {finished} of its {count} blocks, and "
+                f"holds {held:,} images, in {shards_folder(output)}; run the same {command} command, on any number of "
+                "devices, to finish it")
+    if command == "classify" and output.is_file():
+        return f"its images are described, in {output}; run the same {command} command to write it"
+    return None
+
+
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def info(file: Path, as_json: bool) -> None:
     """Show rows, dimension, classes, failures, provenance and whether FILE is complete."""
     if not file.exists():
-        work = work_folder(file)
-        if work.is_dir():
-            progress = work_progress(file)
-            done = f" has done {progress[0]:,} of {progress[1]:,} images and" if progress else ""
-            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction{done} keeps its work in "
-                               f"{work}; run the same extract command to finish it")
-        blocks = shards_progress(file)
-        if blocks:
-            finished, count, held = blocks
-            raise VggfeatError(f"{file} is not written yet: an interrupted or running extraction on several devices has "
-                               f"finished {finished} of its {count} blocks, and holds {held:,} images, in "
-                               f"{shards_folder(file)}; run the same extract command, on any number of devices, to finish it")
+        # A file whose run is under way or was interrupted: an extraction's (or classify's .h5), or
+        # the posteriors of classify's CSV.
+        for output, command in ((file, "extract"), (posteriors_file_of(file), "classify")):
+            if (why := _not_written_yet(output, command)) is not None:
+                raise VggfeatError(f"{file} is not written yet: {why}")
         raise VggfeatError(f"file not found: {file}")
     try:
         summary = read_info(file)
