@@ -1,0 +1,84 @@
+"""Writing classify's CSV from its posteriors file: rows/s, and the ranking of classes against a sort.
+
+    python benchmarks/bench_predictions.py --images 100000
+
+Since the twenty-first session ``classify IMAGES OUT.csv`` describes the posteriors into
+``OUT.csv.posteriors.h5`` first (a killed run resumes), then writes the CSV from that file after
+the last image, while the GPU has nothing left to do: this part of the run must be short. Makes a
+file of ``--images`` random posteriors over 1,000 classes (a failure every 1,000 images), then, in
+one run:
+  (a) ranking alone, a block of 8,192 rows at a time: the top 5 of each row by a stable sort of
+      each row (the way the CSV was written before, image by image), by one stable sort of the
+      block, and by ``predictions.top_classes`` (a partition, then a sort of the 5);
+  (b) ``predictions.write_predictions``: the whole CSV, with and without a label list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vggfeat.predictions import BLOCK_ROWS, posteriors_file_of, top_classes, write_predictions
+from vggfeat.store import STRING
+
+
+def make_posteriors(output: Path, images: int, classes: int = 1000) -> None:
+    """A complete posteriors file for the CSV ``output``, as classify leaves it, of random rows."""
+    rng = np.random.default_rng(0)
+    with h5py.File(posteriors_file_of(output), "w") as f:
+        features = f.create_dataset("features", (images, classes), dtype="float32", chunks=(256, classes))
+        for start in range(0, images, BLOCK_ROWS):
+            block = rng.random((min(BLOCK_ROWS, images - start), classes), dtype=np.float32) ** 8
+            features[start : start + len(block)] = block / block.sum(axis=1, keepdims=True)
+        f.create_dataset("paths", data=[f"val/{i:09d}.JPEG" for i in range(images)], dtype=STRING)
+        f.create_dataset("labels", data=np.full(images, -1, dtype=np.int32))
+        f.create_dataset("classes", data=[], dtype=STRING)
+        f.create_dataset("sizes", data=np.zeros((images, 2), dtype=np.int32))
+        failed = [f"val/{i:09d}x.JPEG" for i in range(0, images, 1000)]
+        f.create_dataset("failed/paths", data=failed, dtype=STRING)
+        f.create_dataset("failed/errors", data=["truncated"] * len(failed), dtype=STRING)
+        f.attrs.update(config="{}", complete=True, posteriors_of=output.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    args = parser.parse_args()
+    names = [f"class {i}" for i in range(1000)]
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "predictions.csv"
+        make_posteriors(output, args.images)
+        with h5py.File(posteriors_file_of(output), "r") as f:
+            block = f["features"][:BLOCK_ROWS]
+        ways = {
+            "stable sort of each row (before)": lambda: np.stack([np.argsort(-row, kind="stable")[:5] for row in block]),
+            "one stable sort of the block": lambda: np.argsort(-block, axis=1, kind="stable")[:, :5],
+            "top_classes (partition, then the 5)": lambda: top_classes(block, 5),
+        }
+        expected = ways["stable sort of each row (before)"]()
+        print(f"(a) the top 5 of {len(block):,} rows of 1,000 classes")
+        for name, rank in ways.items():
+            began = time.perf_counter()
+            top = rank()
+            seconds = time.perf_counter() - began
+            same = "same classes" if np.array_equal(top, expected) else "DIFFERENT classes"
+            print(f"    {name:<40} {len(block) / seconds:10,.0f} rows/s; {same}")
+        labels = {f"val/{i:09d}.JPEG": i % 1000 for i in range(0, args.images, 2)}
+        print(f"(b) the CSV of {args.images:,} images (and {args.images // 1000} failures)")
+        for labelled in (None, labels):
+            began = time.perf_counter()
+            result = write_predictions(output, names, 5, labelled, overwrite=True)
+            seconds = time.perf_counter() - began
+            print(f"    {'with' if labelled else 'without'} a label list: {args.images / seconds:10,.0f} rows/s, "
+                  f"{output.stat().st_size / args.images:.0f} bytes a row ({result.classified:,} classified)")
+            if labelled is None:
+                make_posteriors(output, args.images)  # write_predictions removed it
+
+
+if __name__ == "__main__":
+    main()
