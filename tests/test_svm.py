@@ -17,7 +17,8 @@ from vggfeat import protocol, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
-from vggfeat.svm import LinearSVM, load_model
+from vggfeat.settings import available_memory
+from vggfeat.svm import LinearSVM, load_model, training_memory
 
 
 def test_fits_separable_data_and_chooses_C_by_cross_validation():
@@ -312,3 +313,36 @@ def test_labels_csv_from_a_spreadsheet(tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_bytes("\ufeff# exported\npath,label\na.jpg,cat;cat\nb.jpg,dog\na.jpg,cat;tree\n".encode())
     assert read_labels_csv(labels) == {"a.jpg": ["cat", "tree"], "b.jpg": ["dog"]}
+
+
+def test_training_that_would_not_fit_in_memory_is_warned_of_before_its_rows_are_read(tmp_path, monkeypatch):
+    X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
+    X[:, 8:] = 0  # half zeros, as fc7's after its ReLU: liblinear keeps only the others
+    features = write_features(tmp_path / "f.h5", X, paths, labels, names)
+    needed = training_memory(60, 16, n_jobs=2, nonzero_fraction=0.5)
+    assert needed == 60 * 16 * 8 + 2 * 60 * (8 + 2) * 16
+    read = []
+    monkeypatch.setattr(transfer, "load_features", lambda *args, **kwargs: read.append(1) or load_features(*args, **kwargs))
+    monkeypatch.setattr(transfer, "available_memory", lambda: needed - 1)
+    with pytest.warns(RuntimeWarning, match=r"training on 60 rows of 16-d needs about 0.0 GiB of memory .* for each of "
+                                             r"2 classes trained at once.* Train fewer classes at once \(n_jobs, --n-jobs\)") as caught:
+        transfer.train_svm(features, C=1.0, n_jobs=2)
+    assert read == [1] and len(caught) == 1
+    for available in (needed, None):  # enough, or not known
+        monkeypatch.setattr(transfer, "available_memory", lambda: available)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            transfer.train_svm(features, C=1.0, n_jobs=2)
+
+
+def test_available_memory_is_linuxs_estimate_within_its_containers_limit(tmp_path):
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    meminfo.write_text("MemTotal:       2000 kB\nMemFree:         500 kB\nMemAvailable:   1000 kB\n")
+    assert available_memory(str(meminfo), str(cgroup)) == 1000 * 1024  # no cgroup files
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("500000\n")
+    (cgroup / "memory.current").write_text("100000\n")
+    assert available_memory(str(meminfo), str(cgroup)) == 400_000
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory(str(meminfo), str(cgroup)) == 1000 * 1024
+    assert available_memory(str(tmp_path / "none"), str(tmp_path / "none")) is None

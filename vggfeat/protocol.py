@@ -28,7 +28,7 @@ from .labels import (
 )
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
-from .transfer import targets_of
+from .transfer import targets_of, warn_if_memory_is_short
 from .voc import result_files, train_difficult, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
@@ -69,6 +69,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
     targets = targets_of(files[0], exclude=exclude)
+    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1))
     features = load_features(files, paths=targets.paths)
     classes = targets.classes
     y = align_to_classes(targets, classes, multilabel=False)
@@ -144,6 +145,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
     if overlap:
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
+    warn_if_memory_is_short(train_files, len(train.paths), svm_params.get("n_jobs", 1))
     train_features = load_features(train_files, paths=train.paths)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
     svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore, progress=progress)

@@ -48,6 +48,16 @@ MODEL_FORMAT_VERSION = 1
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
 
 
+def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0) -> int:
+    """Bytes that training on ``rows`` descriptors of ``dim`` holds at its peak: the descriptors as
+    float64, once, and the copy that liblinear makes of them for each fit under way (``n_jobs``), a
+    16-byte node per non-zero value and two more per row. Against the peaks measured (RESULTS.md,
+    bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
+    (10.0), the rest the process's own (torch and the other imports)."""
+    liblinear_copy = rows * (round(dim * nonzero_fraction) + 2) * 16
+    return rows * dim * 8 + n_jobs * liblinear_copy
+
+
 class LinearSVM(ClassifierMixin, BaseEstimator):
     """One-vs-rest linear SVMs on (by default) L2-normalised descriptors.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,12 @@ from .labels import (
     targets_from_file,
 )
 from .metrics import multilabel_metrics, single_label_metrics
-from .store import written_atomically
-from .svm import LinearSVM, SavedModel, load_model, save_model
+from .settings import available_memory
+from .store import open_h5, written_atomically
+from .svm import LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_image_set, targets_of_set, train_difficult
+
+SAMPLE_ROWS = 1024  # rows read to see how many of a file's values are zeros (liblinear keeps the others)
 
 
 def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
@@ -76,6 +80,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
+    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1))
     features = load_features(files, paths=targets.paths)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
@@ -93,6 +98,31 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     if model_path is not None:
         save_model(model_path, svm, features.configs, training)
     return saved
+
+
+def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1) -> None:
+    """Warn, before the descriptors are read, when training on ``rows`` of ``files`` needs more
+    memory than this process has (:func:`~vggfeat.svm.training_memory`): killed by the system after
+    hours of fits, a run says nothing. The share of zeros is that of each file's first rows."""
+    available = available_memory()
+    if available is None or rows == 0:
+        return
+    dim, nonzero = 0, 0.0
+    for name in file_list(files):
+        try:
+            with open_h5(name) as f:
+                sample = f["features"][:SAMPLE_ROWS]
+        except (OSError, KeyError):
+            return  # load_features says what is wrong with the file
+        dim += sample.shape[1]
+        nonzero += np.count_nonzero(sample) / max(1, sample.shape[0])
+    needed = training_memory(rows, dim, n_jobs, nonzero / max(1, dim))
+    if needed > available:
+        fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 else ""
+        warnings.warn(f"training on {rows:,} rows of {dim:,}-d needs about {needed / 2**30:.1f} GiB of memory (the "
+                      f"descriptors as float64, and liblinear's copy of them for each of {n_jobs} class"
+                      f"{'es' if n_jobs > 1 else ''} trained at once), and {available / 2**30:.1f} GiB is available: the "
+                      f"system may stop it before it ends. Train {fewer}on fewer rows", RuntimeWarning, stacklevel=3)
 
 
 @dataclass
