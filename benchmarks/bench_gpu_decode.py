@@ -6,7 +6,8 @@ backends, the hardware JPEG engines of an A100/H100/H200 among them, in one run.
 Could decoding on the GPU lift the single-scale setting (``--scales 224 --center-crop``) past the
 5,000 images/s that 16 cores of CPU decoding do not reach? The ninth session's torchvision nvJPEG
 was no faster end to end than decoding on the CPU. nvImageCodec (``pip install
-nvidia-nvimgcodec-cu13 nvidia-nvjpeg``; vggfeat neither uses nor installs it yet) can decode on the
+nvidia-nvimgcodec-cu13 nvidia-nvjpeg``; vggfeat's ``--decoder nvimgcodec`` since the twenty-first
+session, not installed with it) can decode on the
 GPU's hardware JPEG engines (``HW_GPU_ONLY``), which take no CUDA cores and no CPU; also with CUDA
 (``GPU_ONLY``), with CPU Huffman decoding and CUDA (``HYBRID_CPU_GPU``), or on the CPU
 (``CPU_ONLY``, the baseline for the CPU's share: libjpeg-turbo).
