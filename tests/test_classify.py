@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import vggfeat.predictions
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
+from vggfeat.cli.options import size_text
 from vggfeat.predictions import Evaluation, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.weights import WeightsInfo
@@ -439,6 +441,17 @@ def test_the_api_writes_the_csv_of_the_command(small_network_for_cli, small_vgg,
     assert (result.classified, result.failed) == (3, len(bad)) and result.seconds > 0
     assert read_csv(tmp_path / "api.csv") == read_csv(tmp_path / "cli.csv")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["api.csv", "cli.csv", "images"]
+
+
+def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for_cli, folder, tmp_path, monkeypatch):
+    images, bad = folder
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    code, _, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "-q"])
+    assert code == 0, err
+    needed = (3 + len(bad)) * (1000 * 4 + vggfeat.job._ROW_EXTRAS)  # a float32 posterior an image, at most
+    assert f"WARNING: this run needs up to {size_text(needed)} more disk and 1000 B is free" in " ".join(err.split())
+    assert "--dtype" not in err  # classify has none
 
 
 def test_cli_a_csvs_posteriors_are_its_own(small_network_for_cli, folder, tmp_path, monkeypatch):

@@ -158,7 +158,7 @@ def announce(job: ExtractionJob | MultiDeviceJob, extractor: Extractor, dtype: s
             "as it finishes one")
     if job.done:
         say(f"resuming: {job.done:,} of {job.total:,} images were done by an interrupted run")
-    warn_if_the_disk_is_short(job.disk_needed() if disk_needed is None else disk_needed, job.output.parent, dtype)
+    warn_if_the_disk_is_short(job.disk_needed() if disk_needed is None else disk_needed, job.output.parent, extractor, dtype)
     if job.unlocked_because:
         say(f"note: the file system of {job.work} has no locks ({job.unlocked_because}): nothing stops a second run "
             "on the same output while this one runs", fg="yellow")
@@ -189,12 +189,13 @@ def work_done(computed: int, seconds: float, device: str) -> str:
     return f"{options.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
 
 
-def warn_if_the_disk_is_short(needed: int, folder: Path, dtype: str) -> None:
+def warn_if_the_disk_is_short(needed: int, folder: Path, extractor: Extractor, dtype: str) -> None:
     """That ``needed`` bytes are more than ``folder``'s disk has free; said even with ``--quiet``,
     before the work: a full disk after days of it costs the run's end."""
     free = shutil.disk_usage(folder).free
     if needed > free:
-        halve = "; --dtype float16 halves it" if dtype == "float32" else ""
+        # classify keeps its posteriors in float32, and has no --dtype.
+        halve = "; --dtype float16 halves it" if dtype == "float32" and not isinstance(extractor, Classifier) else ""
         click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk and {options.size_text(free)} "
                     f"is free in {folder}{halve}. If the "
                     "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
@@ -222,7 +223,7 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         kept = f"finished parts are kept in {update.job.work}, then the images described in {update.staging}"
         result = running(update.job, update.run, quiet, desc="failed images" if retry else "new images", kept=kept)
     else:
-        warn_if_the_disk_is_short(update.disk_needed(), output.parent, dtype)
+        warn_if_the_disk_is_short(update.disk_needed(), output.parent, extractor, dtype)
         result = update.run()
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     if retry:  # every failure was described again: those left failed again
