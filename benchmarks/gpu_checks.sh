@@ -96,6 +96,7 @@ network)
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
     timeout 250 $python benchmarks/bench_network.py --batch 24 --size 512x682 || echo "(exit $?)" ;;
 tests)
+    install_nvimgcodec  # for --decoder nvimgcodec's test (skipped without it)
     $python -m pytest -q -s -ra tests/test_gpu.py ;;
 paper)
     $bench --count 4096 --naive-count 64 --decode-in threads,processes
