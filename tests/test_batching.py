@@ -223,8 +223,8 @@ def test_long_gpu_runs_decode_in_processes_where_shared_memory_has_room(random_v
     assert not extractor(decode_in="threads").plan_run(3).processes
     assert extractor(cuda=False, decode_in="processes").plan_run(2).processes
     assert extractor(decode_in="auto", workers=3).plan_run(3).workers == 3
-    nvjpeg = extractor(decode_in="auto", decoder="nvjpeg")
-    assert not nvjpeg.plan_run(3).processes
+    for decoder in ("nvjpeg", "nvimgcodec"):  # they decode on the GPU, from this process
+        assert not extractor(decode_in="auto", decoder=decoder).plan_run(3).processes, decoder
     monkeypatch.setattr(vggfeat.processes.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**26))
     assert not extractor(decode_in="auto").plan_run(3).processes, "64 MiB of /dev/shm"
     monkeypatch.setattr(vggfeat.extractor.os, "cpu_count", lambda: 4)
