@@ -56,8 +56,9 @@ session)
     timeout 270 $bench ${single/20000/40000} --naive-count 2 --decode-in processes --compile --decoder torchvision,nvimgcodec || echo "(exit $?)"
     # 3. Reading alone, onto the GPU: 16 processes' libjpeg-turbo against nvImageCodec in 16 threads.
     timeout 80 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision,nvimgcodec --device cuda || echo "(exit $?)"
-    # 4. Decoding alone, from memory: torchvision's nvJPEG against each of nvImageCodec's backends.
-    timeout 80 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 --rounds 5 || echo "(exit $?)"
+    # 4. Decoding alone, from memory: torchvision's nvJPEG against each of nvImageCodec's backends and
+    #    vggfeat's decoder, in calls of 32 (vggfeat's JPEG_GROUP) and of 256.
+    timeout 80 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 3 || echo "(exit $?)"
     # 5. The writing thread per part on this machine's disk, each descriptor written once (the
     #    twentieth session's change), against the 0.82 s that 4,096 images take at 5,000 images/s.
     timeout 25 $python benchmarks/bench_store.py --images 20000 || echo "(exit $?)" ;;
@@ -90,7 +91,7 @@ gpudecode)
     # decode them? torchvision's nvJPEG (--decoder nvjpeg) against nvImageCodec's backends, its
     # hardware JPEG engines first, from memory.
     install_nvimgcodec
-    timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 256 --rounds 5 || echo "(exit $?)" ;;
+    timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 5 || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
