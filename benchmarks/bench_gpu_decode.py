@@ -14,10 +14,10 @@ GPU's hardware JPEG engines (``HW_GPU_ONLY``), which take no CUDA cores and no C
 
 Makes ``--count`` photo-like 500x375 / 375x500 JPEGs (``bench_extract.make_jpegs``), holds their
 bytes in memory (decoding alone: no file reading), then decodes them in batches of ``--batch`` (each
-of several on the GPU: vggfeat's decoding threads call with 32 files) with each way that works here,
-vggfeat's own ``--decoder nvimgcodec`` among them, ``--rounds`` times after one warm-up round, and prints images/s, this
-process's CPU per image, and how the pixels compare with PIL's (largest and mean difference, in
-levels). A way that cannot start here (no GPU, no hardware engine, no library) says why and is
+of several on the GPU: vggfeat's decoding threads call with 32 files) with each way that works
+here, vggfeat's own ``--decoder nvimgcodec`` among them, ``--rounds`` times after one warm-up
+round, and prints images/s, this process's CPU per image, and how the pixels compare with PIL's
+(largest and mean difference, in levels). A way that cannot start here (no GPU, no hardware engine, no library) says why and is
 skipped. Without a GPU only the CPU ways run: a check of the script, not a figure.
 """
 
