@@ -244,9 +244,9 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     for start in range(0, f["features"].shape[0], BLOCK_ROWS):
         block = f["features"][start : start + BLOCK_ROWS]
         paths = f["paths"].asstr()[start : start + len(block)]
-        for path, probabilities, top in zip(paths, block, top_classes(block, ranked)):
+        truth = match_labels(paths, labels) if labels is not None else [None] * len(paths)
+        for path, label, probabilities, top in zip(paths, truth, block, top_classes(block, ranked)):
             yield from failures_before(path)
-            label = _label_of(path, labels)
             result.count_classified(top, label)
             cells = [cell for index in top[:topk] for cell in (int(index), names[index], f"{probabilities[index]:.6f}")]
             yield [path, *_truth_cells(label, labels, names), *cells, ""]
