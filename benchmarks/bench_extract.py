@@ -448,6 +448,9 @@ def main() -> None:
     parser.add_argument("--no-autotune", action="store_true",
                         help="cuDNN's heuristics, as runs of fewer than 50,000 images have [default: autotuning, as longer runs]")
     parser.add_argument("--compile", action="store_true", help="the network through torch.compile, in (a) and (b)")
+    parser.add_argument("--jpeg-group", type=int, default=vggfeat.reading.JPEG_GROUP,
+                        help="files per decoding call of a thread (a batch of the GPU's decoders), or per process's "
+                             "block [default: %(default)s]")
     parser.add_argument("--chunks-in-flight", type=int, default=vggfeat.extractor.CHUNKS_IN_FLIGHT,
                         help="chunks whose work is queued before the oldest is collected, in (b) [default: %(default)s]")
     parser.add_argument("--switch-interval", type=float, metavar="SECONDS",
@@ -467,6 +470,7 @@ def main() -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     vggfeat.extractor.CHUNKS_IN_FLIGHT = args.chunks_in_flight
+    vggfeat.reading.JPEG_GROUP = args.jpeg_group
     scales = [int(q) for q in args.scales.split(",")]
     network = load_network("vgg16", "random", 0)
     places, decoders = args.decode_in.split(","), args.decoder.split(",")
@@ -483,7 +487,7 @@ def main() -> None:
     print(f"device {name}; vgg16 fc7, Q={args.scales}{', centre crop' if args.center_crop else ''}, "
           f"{'no flip' if args.no_flip else 'flip'}, mean; precision {extractor.precision}; batch {extractor.batch_size} "
           f"inputs / {extractor.batch_pixels:,} pixels; {args.workers or 'default'} {extractor.decoder} decoding workers; {args.count} JPEGs "
-          f"{'of varied sizes' if args.varied_sizes else '{0}x{1}/{1}x{0}'.format(*args.size)}{', JPEG draft' if args.jpeg_draft else ''}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', {args.chunks_in_flight} chunks in flight'}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
+          f"{'of varied sizes' if args.varied_sizes else '{0}x{1}/{1}x{0}'.format(*args.size)}{', JPEG draft' if args.jpeg_draft else ''}{', no autotuning' if args.no_autotune else ''}{', torch.compile' if args.compile else ''}{f', {args.chunks_in_flight} chunks in flight'}{f', {args.jpeg_group} files a decoding call' if args.jpeg_group != parser.get_default('jpeg_group') else ''}{f', GIL switch interval {sys.getswitchinterval():g} s' if args.switch_interval else ''} (model only on {min(args.count, args.model_only_count)}, naive on {args.naive_count or args.count})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()

@@ -23,6 +23,7 @@
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
 #   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
 #   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2 min)
+#   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 10 min)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -41,7 +42,7 @@ install_nvimgcodec() {
     export PYTHONPATH=$PYTHONPATH:/tmp/site
 }
 
-case ${1:?name a step: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
+case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
     # one: the open targets first, then what decides the single-scale target, each step with
@@ -92,6 +93,16 @@ gpudecode)
     # hardware JPEG engines first, from memory.
     install_nvimgcodec
     timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 5 || echo "(exit $?)" ;;
+nvimgcodec)
+    # After a session whose engines decode faster in calls of 256 than of 32 (gpudecode): single scale
+    # with --decoder nvimgcodec, its threads calling with 32, 128 and 256 files, 8 and 16 threads.
+    install_nvimgcodec
+    for group in 32 128 256; do
+        for workers in 8 16; do
+            timeout 150 $bench ${single/--workers 16/--workers $workers} --naive-count 1 --decoder nvimgcodec --compile \
+                --jpeg-group $group || echo "(exit $?)"
+        done
+    done ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
