@@ -5,7 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the issue's open targets, then why (< 9.75 min)
+#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the issue's open targets, then why (< 9.2 min)
 #   bash benchmarks/gpu_checks.sh first      # first, if time is short: the latest changes measured (< 9 min)
 #   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
@@ -46,7 +46,7 @@ case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, 
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
     # one: the issue's open targets first, then what decides the single-scale target, each step with
-    # its own limit (9.75 minutes in all; run with timeout_s 600, and OUT set for the log).
+    # its own limit (9.2 minutes in all; run with timeout_s 600, and OUT set for the log).
     install_nvimgcodec
     # 1. GPU memory: a 6000x4000 photo at Q=512 and a 224x8000 panorama, never yet run on a GPU; and
     #    the GPU's decoders against PIL (--decoder nvimgcodec never yet run on a GPU).
@@ -56,10 +56,10 @@ session)
     #    threads), in one run; (b) says how many cores were busy.
     timeout 270 $bench ${single/20000/40000} --naive-count 2 --decode-in processes --compile --decoder torchvision,nvimgcodec || echo "(exit $?)"
     # 3. Reading alone, onto the GPU: 16 processes' libjpeg-turbo against nvImageCodec in 16 threads.
-    timeout 80 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision,nvimgcodec --device cuda || echo "(exit $?)"
+    timeout 60 $python benchmarks/bench_reader.py --count 512 --images 16384 --workers 16 --decoders torchvision,nvimgcodec --device cuda || echo "(exit $?)"
     # 4. Decoding alone, from memory: torchvision's nvJPEG against each of nvImageCodec's backends and
     #    vggfeat's decoder, in calls of 32 (vggfeat's JPEG_GROUP) and of 256.
-    timeout 80 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 3 || echo "(exit $?)"
+    timeout 60 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 3 || echo "(exit $?)"
     # 5. The writing thread per part on this machine's disk, each descriptor written once (the
     #    twentieth session's change), against the 0.82 s that 4,096 images take at 5,000 images/s.
     timeout 25 $python benchmarks/bench_store.py --images 20000 || echo "(exit $?)" ;;
