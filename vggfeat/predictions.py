@@ -170,8 +170,8 @@ def classify_images(
     A killed call resumes where it stopped when called again with the same arguments (its work is
     kept beside ``output``, see :func:`posteriors_file_of`; ``part_images``: images per part).
     Raises OSError, writing no ``output`` but keeping that work, when the images' storage fails
-    STORAGE_FAILURES_TO_STOP of them in a row: a file system gone away, rather than a file of
-    images all failed.
+    :data:`~vggfeat.job.STORAGE_FAILURES_TO_STOP` of them in a row: a file system gone away,
+    rather than a file of images all failed.
     """
     output = Path(output)
     check_new_file(output, overwrite)
