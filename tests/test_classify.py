@@ -454,6 +454,17 @@ def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for
     assert "--dtype" not in err  # classify has none
 
 
+def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_network_for_cli, folder, tmp_path):
+    """Posteriors kept in an .h5 (merged from shards, say) give the CSV that classify writes, and stay."""
+    images, _ = folder
+    posteriors = tmp_path / "posteriors.h5"
+    assert run_main(["classify", images, posteriors, *FAST, "-q"])[0] == 0
+    assert run_main(["classify", images, tmp_path / "direct.csv", *FAST, "-q", "--topk", "3"])[0] == 0
+    result = vggfeat.predictions.write_predictions(tmp_path / "from_h5.csv", imagenet_categories(), 3, posteriors=posteriors)
+    assert read_csv(tmp_path / "from_h5.csv") == read_csv(tmp_path / "direct.csv") and result.classified == 3
+    assert posteriors.is_file()
+
+
 def test_cli_a_csvs_posteriors_are_its_own(small_network_for_cli, folder, tmp_path, monkeypatch):
     """Posteriors left for this CSV with other images are described again; a file by that name that
     classify did not make for this CSV is left alone, and the run refused."""

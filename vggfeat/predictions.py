@@ -196,21 +196,24 @@ def check_prediction_options(classifier: Classifier, topk: int | None, labels: d
 
 def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int = 5,
                       labels: dict[str, int] | None = None, overwrite: bool = False,
-                      progress: Callable[[int], object] | None = None) -> ClassificationResult:
+                      progress: Callable[[int], object] | None = None,
+                      posteriors: str | os.PathLike | None = None) -> ClassificationResult:
     """``output`` (CSV) from its posteriors file (:func:`posteriors_file_of`), which is then
-    removed: the ``topk`` classes of each image by ``names``, its reason if it failed, and with
-    ``labels`` its true class, top-1/top-5 errors counted; ``progress(n)`` after each block of
-    classified images (about 50,000 rows/s on a slow CPU core)."""
+    removed, or from ``posteriors`` (an .h5 that ``vggfeat classify`` wrote, kept): the ``topk``
+    classes of each image by ``names``, its reason if it failed, and with ``labels`` its true
+    class, top-1/top-5 errors counted; ``progress(n)`` after each block of classified images
+    (about 50,000 rows/s on a slow CPU core)."""
     output = Path(output)
-    posteriors = posteriors_file_of(output)
+    source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    with (open_features_file(posteriors, "posteriors") as f, written_atomically(output) as temporary,
+    with (open_features_file(source, "posteriors") as f, written_atomically(output) as temporary,
           open(temporary, "w", newline="", encoding="utf-8") as file):
         writer = csv.writer(file)
         writer.writerow(_header(topk, labelled=labels is not None))
         writer.writerows(_rows_in_order(f, result, labels, names, topk, progress))
-    posteriors.unlink()
+    if posteriors is None:  # this CSV's own, kept only until it is written
+        source.unlink()
     return result
 
 
