@@ -241,9 +241,8 @@ class ExtractionJob:
                 attrs = dict(f.attrs)
         except (OSError, ValueError):
             return False
-        made_here = attrs.get("config") == config_json(self.manifest["config"], self.dtype)
-        same_images = attrs.get("images_sha256") == self.manifest["images"]["sha256"]
-        return bool(attrs.get("complete")) and made_here and same_images and not _differences(manifest, self.manifest)
+        made_here = holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
+        return made_here and not _differences(manifest, self.manifest)
 
     def _remove_work(self) -> None:
         # The manifest goes last: a folder half removed by a kill is still recognised as ours.
@@ -326,6 +325,13 @@ def disk_per_row(dim: int, dtype: str) -> int:
 def config_json(config: dict, dtype: str) -> str:
     """The ``config`` attribute of a file that an extractor of ``config`` writes as ``dtype``: compared as text."""
     return json.dumps({**config, "dtype": dtype}, sort_keys=True)
+
+
+def holds_job(attrs: dict, config: dict, dtype: str, images_sha256: str) -> bool:
+    """Whether a file's ``attrs`` say it is complete, written as ``dtype`` by an extractor of
+    ``config`` over the images whose digest is ``images_sha256``."""
+    return (bool(attrs.get("complete")) and attrs.get("config") == config_json(config, dtype)
+            and attrs.get("images_sha256") == images_sha256)
 
 
 def unread_in_a_row(chunk: Chunk, run: int) -> int:

@@ -25,8 +25,8 @@ import numpy as np
 from .classifier import Classifier
 from .discover import ImageSet
 from .errors import VggfeatError
-from .job import ExtractionJob, config_json
-from .store import check_new_file, open_features_file, open_h5, shards_folder, work_folder, written_atomically
+from .job import ExtractionJob, holds_job
+from .store import check_new_file, file_attributes, open_features_file, shards_folder, work_folder, written_atomically
 
 
 @dataclass
@@ -141,15 +141,10 @@ def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet) -> 
     posteriors = posteriors_file_of(output)
     if not posteriors.is_file() or work_folder(posteriors).exists() or shards_folder(posteriors).exists():
         return False  # none, or the job's to resume
-    try:
-        with open_h5(posteriors) as f:
-            attrs = dict(f.attrs)
-    except OSError:
-        attrs = {}
+    attrs = file_attributes(posteriors)
     if attrs.get("posteriors_of") != output.name:
         raise VggfeatError(f"{posteriors} exists and was not made for {output}: move it away, or remove it")
-    if (attrs.get("complete") and attrs.get("config") == config_json(classifier.config(), "float32")
-            and attrs.get("images_sha256") == images.digest()):
+    if holds_job(attrs, classifier.config(), "float32", images.digest()):
         return True
     posteriors.unlink()
     return False

@@ -343,6 +343,15 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     return h5py.File(path, "r", locking=False)
 
 
+def file_attributes(path: Path) -> dict:
+    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one."""
+    try:
+        with open_h5(path) as f:
+            return dict(f.attrs)
+    except OSError:
+        return {}
+
+
 def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
     """``path`` opened read-only, or a one-line error: ``{what} file not found`` (plus ``hint``) or
     not an HDF5 file."""

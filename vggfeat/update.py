@@ -29,11 +29,11 @@ import numpy as np
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
-from .job import ExtractionJob, config_changes, config_json, disk_per_row
+from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
 from .settings import check_choice
-from .store import (create_datasets, interrupted_on_one, interrupted_on_several, mark_complete, open_features_file, open_h5,
-                    rows_and_failures, shards_folder, work_folder, written_atomically)
+from .store import (create_datasets, file_attributes, interrupted_on_one, interrupted_on_several, mark_complete,
+                    open_features_file, open_h5, rows_and_failures, shards_folder, work_folder, written_atomically)
 
 # What an update describes: the images the file does not hold, or those it lists as failed; the
 # option that asks for it, where its work goes, and the attribute that dates it.
@@ -123,11 +123,10 @@ class OutputUpdate:
         describing them); refuses a file there that no update of ``output`` wrote."""
         if not self.staging.exists() or work_folder(self.staging).exists() or shards_folder(self.staging).exists():
             return False  # where its job was killed before it removed its work: the job tidies up
-        attrs = _attributes(self.staging)
+        attrs = file_attributes(self.staging)
         if attrs.get("update_of") != self.output.name or not attrs.get("complete"):
             raise VggfeatError(f"{self.staging} exists and is not an update of {self.output}: move it away or remove it")
-        return (attrs.get("images_sha256") == self._chosen.digest()
-                and attrs.get("config") == config_json(extractor.config(), dtype))
+        return holds_job(attrs, extractor.config(), dtype, self._chosen.digest())
 
     def run(self, progress: Callable[[int], None] | None = None) -> UpdateResult:
         """Describe the chosen images (``progress(n)`` after each chunk) and write ``output`` anew.
@@ -141,7 +140,7 @@ class OutputUpdate:
             rows, failed = rows_and_failures(self.output)
         else:
             rows, failed = self._rewrite()
-        if self.staging.exists() and _attributes(self.staging).get("update_of") == self.output.name:
+        if self.staging.exists() and file_attributes(self.staging).get("update_of") == self.output.name:
             self.staging.unlink()  # a leftover of an update killed after its rename, too
         return UpdateResult(self.output, rows, failed, self.described, self.dropped, computed, time.perf_counter() - began)
 
@@ -240,11 +239,3 @@ def _take(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         return dataset[low:high][rows - low]
     return dataset[rows]
 
-
-def _attributes(path: Path) -> dict:
-    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one."""
-    try:
-        with open_h5(path) as f:
-            return dict(f.attrs)
-    except OSError:
-        return {}
