@@ -10,7 +10,10 @@ one run:
   (a) ranking alone, a block of 8,192 rows at a time: the top 5 of each row by a stable sort of
       each row (the way the CSV was written before, image by image), by one stable sort of the
       block, and by ``predictions.top_classes`` (a partition, then a sort of the 5);
-  (b) ``predictions.write_predictions``: the whole CSV, with and without a label list.
+  (b) ``predictions.write_predictions``: the whole CSV, with and without a label list, from a file
+      of every posterior (the baseline; the twenty-first session's) and from one of each image's
+      top 5 classes (``Classifier(keep_top=5)``, what the command keeps since the twenty-second),
+      with the bytes a row that each file takes.
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ from vggfeat.predictions import BLOCK_ROWS, posteriors_file_of, top_classes, wri
 from vggfeat.store import STRING
 
 
-def make_posteriors(output: Path, images: int, classes: int = 1000) -> None:
-    """A complete posteriors file for the CSV ``output``, as classify leaves it, of random rows."""
+def make_posteriors(output: Path, images: int, classes: int = 1000, keep_top: int | None = None) -> None:
+    """A complete posteriors file for the CSV ``output``, as classify leaves it, of random rows:
+    every posterior, or with ``keep_top`` each image's top classes (as ``Classifier`` keeps them)."""
     rng = np.random.default_rng(0)
+    dim = classes if keep_top is None else 2 * keep_top
     with h5py.File(posteriors_file_of(output), "w") as f:
-        features = f.create_dataset("features", (images, classes), dtype="float32", chunks=(256, classes))
+        features = f.create_dataset("features", (images, dim), dtype="float32", chunks=(max(256, 2**20 // (4 * dim)), dim))
         for start in range(0, images, BLOCK_ROWS):
             block = rng.random((min(BLOCK_ROWS, images - start), classes), dtype=np.float32) ** 8
-            features[start : start + len(block)] = block / block.sum(axis=1, keepdims=True)
+            block /= block.sum(axis=1, keepdims=True)
+            if keep_top is not None:
+                top = np.argsort(-block, axis=1, kind="stable")[:, :keep_top]
+                block = np.concatenate([np.take_along_axis(block, top, axis=1), top.astype(np.float32)], axis=1)
+            features[start : start + len(block)] = block
         f.create_dataset("paths", data=[f"val/{i:09d}.JPEG" for i in range(images)], dtype=STRING)
         f.create_dataset("labels", data=np.full(images, -1, dtype=np.int32))
         f.create_dataset("classes", data=[], dtype=STRING)
@@ -43,6 +52,8 @@ def make_posteriors(output: Path, images: int, classes: int = 1000) -> None:
         f.create_dataset("failed/paths", data=failed, dtype=STRING)
         f.create_dataset("failed/errors", data=["truncated"] * len(failed), dtype=STRING)
         f.attrs.update(config="{}", complete=True, posteriors_of=output.name)
+        if keep_top is not None:
+            f.attrs["keep_top"] = keep_top
 
 
 def main() -> None:
@@ -70,14 +81,19 @@ def main() -> None:
             print(f"    {name:<40} {len(block) / seconds:10,.0f} rows/s; {same}")
         labels = {f"val/{i:09d}.JPEG": i % 1000 for i in range(0, args.images, 2)}
         print(f"(b) the CSV of {args.images:,} images (and {args.images // 1000} failures)")
-        for labelled in (None, labels):
-            began = time.perf_counter()
-            result = write_predictions(output, names, 5, labelled, overwrite=True)
-            seconds = time.perf_counter() - began
-            print(f"    {'with' if labelled else 'without'} a label list: {args.images / seconds:10,.0f} rows/s, "
-                  f"{output.stat().st_size / args.images:.0f} bytes a row ({result.classified:,} classified)")
-            if labelled is None:
-                make_posteriors(output, args.images)  # write_predictions removed it
+        csvs = []
+        for keep_top, kind in ((None, "every posterior"), (5, "the top 5 classes")):
+            for labelled in (None, labels):
+                make_posteriors(output, args.images, keep_top=keep_top)  # write_predictions removes it
+                kept = posteriors_file_of(output).stat().st_size
+                began = time.perf_counter()
+                result = write_predictions(output, names, 5, labelled, overwrite=True)
+                seconds = time.perf_counter() - began
+                csvs.append(output.read_bytes())
+                print(f"    from {kind} ({kept / args.images:,.0f} bytes an image), {'with' if labelled else 'without'} a "
+                      f"label list: {args.images / seconds:10,.0f} rows/s, {output.stat().st_size / args.images:.0f} bytes "
+                      f"a CSV row ({result.classified:,} classified)")
+        print(f"    the same CSVs from either file: {csvs[:2] == csvs[2:]}")
 
 
 if __name__ == "__main__":

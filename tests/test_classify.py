@@ -8,6 +8,7 @@ posteriors are far from uniform), computed view by view straight from the networ
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import shutil
@@ -207,6 +208,41 @@ def test_top_classes_are_those_of_a_stable_sort_ties_included():
         expected = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         assert np.array_equal(top_classes(probabilities, k), expected), k
     assert top_classes(probabilities[:0], 5).shape == (0, 5)
+
+
+def test_kept_top_classes_are_the_posteriors_ranked_ties_included(small_vgg, tmp_path):
+    """keep_top: an image's top classes and their probabilities, exactly those of its whole
+    posterior ranked as a CSV ranks them, ties to the lower class."""
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        write_half_noise(path, 224, 240 + 16 * i, seed=40 + i)
+    tied = copy.deepcopy(small_vgg)
+    fc8 = tied.fc8  # a 1x1 convolution
+    best = Classifier(small_vgg, scales=[224], device="cpu").extract(paths).argsort(axis=1)[:, ::-1]
+    for image in range(3):  # each image's best class scored again by a higher class, another's by a lower one
+        for copy_to, copy_from in ((999 - image, best[image, 0]), (image, best[image, 2])):
+            fc8.weight[copy_to], fc8.bias[copy_to] = fc8.weight[copy_from], fc8.bias[copy_from]
+    whole = Classifier(tied, scales=[224], device="cpu").extract(paths)
+    kept = Classifier(tied, scales=[224], device="cpu", keep_top=6)
+    rows = kept.extract(paths)
+    assert kept.dim == 12 and rows.shape == (3, 12) and kept.config()["keep_top"] == 6
+    expected = top_classes(whole, 6)
+    assert np.array_equal(rows[:, 6:], expected) and np.array_equal(rows[:, :6], np.take_along_axis(whole, expected, 1))
+    assert (np.diff(rows[:, :6], axis=1) == 0).any(), "no tie among the top classes: a weak test"
+    assert Classifier(tied, scales=[224], device="cpu", keep_top=5000).keep_top == 1000  # all of them
+    with pytest.raises(vggfeat.VggfeatError, match="keep_top"):
+        Classifier(tied, scales=[224], device="cpu", keep_top=0)
+
+
+def test_kept_classes_too_few_for_the_csv_are_refused(small_vgg, folder, tmp_path):
+    images, _ = folder
+    classifier = Classifier(small_vgg, scales=[224], flip=False, device="cpu", keep_top=3)
+    found = vggfeat.find_images(images)
+    for topk, labels, needed in ((4, None, 4), (3, {"a.png": 1}, 5)):
+        with pytest.raises(vggfeat.VggfeatError, match=f"keeps the top 3 classes of each image; {needed} are needed"):
+            vggfeat.predictions.classify_images(classifier, found, tmp_path / "out.csv", topk=topk, labels=labels)
+    result = vggfeat.predictions.classify_images(classifier, found, tmp_path / "out.csv", topk=3)
+    assert result.classified == 3 and not list(tmp_path.glob("out.csv.*"))
 
 
 # --------------------------------------------------------------------------- the command
@@ -425,6 +461,8 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5").is_file()
     code, _, err = run_main(["info", output])
     assert code == 2 and "its images are described, in" in error_line(err) and "to write it" in error_line(err)
+    code, out, _ = run_main(["info", tmp_path / "predictions.csv.posteriors.h5"])  # only what the CSV needs
+    assert code == 0 and "10-d float32" in out and "the top 5 classes of each image kept" in out
     code, out, err = run_main(["classify", images, output, *args])
     assert code == 0, err
     assert "the posteriors of every image were described by an interrupted run" in err
@@ -449,7 +487,7 @@ def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     code, _, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "-q"])
     assert code == 0, err
-    needed = (3 + len(bad)) * (1000 * 4 + vggfeat.job._ROW_EXTRAS)  # a float32 posterior an image, at most
+    needed = (3 + len(bad)) * (2 * 5 * 4 + vggfeat.job._ROW_EXTRAS)  # the top 5 classes an image, float32, at most
     assert f"WARNING: this run needs up to {size_text(needed)} more disk and 1000 B is free" in " ".join(err.split())
     assert "--dtype" not in err  # classify has none
 

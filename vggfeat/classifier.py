@@ -69,6 +69,10 @@ class Classifier(Extractor):
         flip: average the posteriors with those of the horizontally flipped image (or crops).
         dense: the paper's dense evaluation.
         multi_crop: the paper's multi-crop evaluation; with ``dense``, the two are averaged.
+        keep_top: keep only each image's ``keep_top`` most probable classes (all of them where it
+            is the number of classes or more): rows of ``2 * k`` values, the k probabilities, best
+            first, then their class indices, ties to the lower index. A CSV of the top classes
+            needs no more, and its posteriors then take 100 times less disk (``classify``).
     """
 
     def __init__(
@@ -92,12 +96,15 @@ class Classifier(Extractor):
         min_side: int = DEFAULT_MIN_SIDE,
         autotune: str = "auto",
         compile: str = "auto",
+        keep_top: int | None = None,
     ) -> None:
         # Everything but the device, as given: MultiDeviceJob builds this classifier again on each
         # of its devices (Extractor.arguments would be the extractor's underneath).
         arguments = {name: value for name, value in locals().items() if name not in ("self", "device", "__class__")}
         if not (dense or multi_crop):
             raise VggfeatError("nothing to evaluate: choose dense, multi-crop or both")
+        if keep_top is not None and (isinstance(keep_top, bool) or not isinstance(keep_top, int) or keep_top < 1):
+            raise VggfeatError(f"keep_top must be a whole number of classes, 1 or more (or None for all), got {keep_top!r}")
         # Single views, one score vector per scale ("stack"), no flip: the softmax must come before
         # any averaging over flips and scales.
         super().__init__(
@@ -107,31 +114,38 @@ class Classifier(Extractor):
             compile=compile,
         )
         self.average_flips, self.dense, self.multi_crop = bool(flip), bool(dense), bool(multi_crop)
+        self.keep_top = None if keep_top is None else min(keep_top, self.classes)
         self.arguments = arguments
 
     @property
-    def dim(self) -> int:
+    def classes(self) -> int:
         """Number of classes."""
         return self.network.layer_dims["fc8"]
 
+    @property
+    def dim(self) -> int:
+        """Values per image: a probability per class, or with ``keep_top`` k probabilities and k classes."""
+        return self.classes if self.keep_top is None else 2 * self.keep_top
+
     def categories(self) -> list[str]:
         """Class names: ImageNet's for a 1000-class fc8, ``class_<i>`` otherwise (a fine-tuned fc8)."""
-        if self.dim == 1000:
+        if self.classes == 1000:
             return imagenet_categories(self.network.arch)
-        return [f"class_{i}" for i in range(self.dim)]
+        return [f"class_{i}" for i in range(self.classes)]
 
     def config(self) -> dict:
         config = {k: v for k, v in super().config().items() if k not in ("layer", "pooling", "aggregate")}
         # No None values: a descriptor file keeps the configuration as HDF5 attributes too.
         crops = {"crops": f"{CROP_GRID}x{CROP_GRID} of {CROP_SIZE}x{CROP_SIZE}"} if self.multi_crop else {}
-        return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop, **crops}
+        kept = {"keep_top": self.keep_top} if self.keep_top is not None else {}
+        return {**config, "flip": self.average_flips, "dense": self.dense, "multi_crop": self.multi_crop, **crops, **kept}
 
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
                        sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
-        """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3),
-        on the device and perhaps still being computed: a run copies them to the host behind the
-        chunk's work (``Extractor.iter_chunks``), without waiting for it. ``sizes`` as for
-        :meth:`Extractor.describe_async`."""
+        """Class probabilities [len(images), classes] float32 of decoded RGB uint8 images (H, W, 3)
+        (with ``keep_top``, [len(images), 2k]: see the class), on the device and perhaps still being
+        computed: a run copies them to the host behind the chunk's work (``Extractor.iter_chunks``),
+        without waiting for it. ``sizes`` as for :meth:`Extractor.describe_async`."""
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
         posteriors = []
@@ -139,7 +153,13 @@ class Classifier(Extractor):
             posteriors.append(self.dense_posteriors(images, sizes))
         if self.multi_crop:
             posteriors.append(self.multi_crop_posteriors(images, sizes))
-        return torch.stack(posteriors).mean(dim=0)
+        posteriors = torch.stack(posteriors).mean(dim=0)
+        if self.keep_top is None:
+            return posteriors
+        # A stable sort, not topk, whose order of ties is not defined: ties go to the lower class,
+        # as predictions.top_classes ranks a whole row. Indices below 2**24 are exact in float32.
+        probabilities, indices = posteriors.sort(dim=1, descending=True, stable=True)
+        return torch.cat([probabilities[:, : self.keep_top], indices[:, : self.keep_top].float()], dim=1)
 
     def dense_posteriors(self, images: Sequence[np.ndarray | torch.Tensor],
                          sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -149,9 +169,9 @@ class Classifier(Extractor):
             views += [_mirrored(image) for image in images]
             sizes = list(sizes) * 2 if sizes else None
         # The Extractor's own pipeline: per view, the fc8 map averaged over its valid area, per scale.
-        scores = super().describe_async(views, sizes).float().view(len(views), len(self.scales), self.dim)
+        scores = super().describe_async(views, sizes).float().view(len(views), len(self.scales), self.classes)
         flips = 2 if self.average_flips else 1
-        return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.dim).mean(dim=(0, 2))
+        return scores.softmax(dim=-1).view(flips, len(images), len(self.scales), self.classes).mean(dim=(0, 2))
 
     def multi_crop_posteriors(self, images: Sequence[np.ndarray | torch.Tensor],
                               sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -173,7 +193,7 @@ class Classifier(Extractor):
             batches = [views[i : i + self.batch_size] for i in range(0, len(views), self.batch_size)]
             scores = torch.cat([self._run([crop.flip(-1) if mirrored else crop for crop, mirrored in batch])
                                 for batch in batches])
-            per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.dim).mean(dim=1))
+            per_scale.append(scores.float().softmax(dim=-1).view(len(images), -1, self.classes).mean(dim=1))
         return torch.stack(per_scale).mean(dim=0)
 
 

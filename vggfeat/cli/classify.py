@@ -9,8 +9,8 @@ import click
 
 from ..classifier import Classifier
 from ..job import check_output
-from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, posteriors_file_of, posteriors_ready,
-                           read_labels, write_predictions)
+from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, keep_top_for, posteriors_file_of,
+                           posteriors_ready, read_labels, write_predictions)
 from ..store import check_new_file, rows_and_failures
 from ..update import check_rewritable
 from . import options
@@ -43,7 +43,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     The defaults are the paper's dense evaluation with VGG16: fc8 as a 1x1 convolution over the
     whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
     over the image and its flip and over the scales. Unusable files get a row with the reason.
-    The posteriors are first kept in OUTPUT.posteriors.h5, from which a killed run resumes.
+    Each image's top classes are first kept in OUTPUT.posteriors.h5, from which a killed run resumes.
 
     An OUTPUT .h5 holds every image's posteriors instead, as 'vggfeat extract' writes descriptors:
     for millions of images, in shards, and updated or retried as extract's files are.
@@ -68,6 +68,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
         device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
         jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
+        keep_top=None if posteriors_file else keep_top_for(topk),  # a CSV's posteriors: only what it needs
     )
     if classifier.network.weights.is_random:
         options.warn_random_weights(seed, "these predictions are meaningless")

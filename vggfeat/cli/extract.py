@@ -124,8 +124,10 @@ def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple
 
 def rows_held(extractor: Extractor, rows: int, dtype: str) -> str:
     """What a file of ``rows`` rows by ``extractor`` holds, in words."""
+    if isinstance(extractor, Classifier) and extractor.keep_top is not None:
+        return f"the top {extractor.keep_top} classes of {options.counted(rows, 'image')} (of {extractor.classes})"
     if isinstance(extractor, Classifier):
-        return f"the posteriors of {options.counted(rows, 'image')} ({extractor.dim} classes)"
+        return f"the posteriors of {options.counted(rows, 'image')} ({extractor.classes} classes)"
     return f"{options.counted(rows, 'descriptor')} ({extractor.dim}-d {dtype})"
 
 

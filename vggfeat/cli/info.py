@@ -18,7 +18,8 @@ def _network_line(a: dict) -> str:
     scales, flip, precision = ",".join(map(str, a.get("scales", []))), "on" if a.get("flip") else "off", a.get("precision")
     if "dense" in a:
         how = " + ".join(name for name, on in (("dense", a.get("dense")), ("multi-crop", a.get("multi_crop"))) if on)
-        return f"  posteriors   {how} evaluation (softmax of fc8); scales {scales}; flip {flip}; precision {precision}"
+        kept = f"; the top {a['keep_top']} classes of each image kept" if "keep_top" in a else ""
+        return f"  posteriors   {how} evaluation (softmax of fc8){kept}; scales {scales}; flip {flip}; precision {precision}"
     return (f"  layer        {a.get('layer')}, {a.get('pooling')}-pooled; scales {scales} ({a.get('aggregate')}); "
             f"flip {flip}; precision {precision}")
 
