@@ -492,15 +492,44 @@ def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for
     assert "--dtype" not in err  # classify has none
 
 
-def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_network_for_cli, folder, tmp_path):
-    """Posteriors kept in an .h5 (merged from shards, say) give the CSV that classify writes, and stay."""
-    images, _ = folder
+def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_network_for_cli, small_vgg, folder, tmp_path):
+    """Posteriors kept in an .h5 (merged from shards, say) give the CSV that classify writes, and
+    stay: from Python, and with 'vggfeat export --to csv'."""
+    images, bad = folder
+    _, _, labels = labels_by_rank(small_vgg, images, tmp_path)
     posteriors = tmp_path / "posteriors.h5"
     assert run_main(["classify", images, posteriors, *FAST, "-q"])[0] == 0
-    assert run_main(["classify", images, tmp_path / "direct.csv", *FAST, "-q", "--topk", "3"])[0] == 0
-    result = vggfeat.predictions.write_predictions(tmp_path / "from_h5.csv", imagenet_categories(), 3, posteriors=posteriors)
-    assert read_csv(tmp_path / "from_h5.csv") == read_csv(tmp_path / "direct.csv") and result.classified == 3
+    code, direct_out, direct_err = run_main(["classify", images, tmp_path / "direct.csv", *FAST, "--topk", "3", "--labels", labels])
+    assert code == 0
+    result = vggfeat.predictions.write_predictions(tmp_path / "api.csv", imagenet_categories(), 3, labels=read_labels(labels),
+                                                   posteriors=posteriors)
+    assert read_csv(tmp_path / "api.csv") == read_csv(tmp_path / "direct.csv") and result.classified == 3
+    code, out, err = run_main(["export", posteriors, "--to", "csv", "--topk", "3", "--labels", labels])
+    assert code == 0, err
+    assert read_csv(tmp_path / "posteriors.csv") == read_csv(tmp_path / "direct.csv")
+    assert out == direct_out and "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images (dense, Q=224)" in out
+    assert f"wrote {tmp_path / 'posteriors.csv'}: 3 images classified, {len(bad)} failed" in err
     assert posteriors.is_file()
+    code, _, err = run_main(["export", posteriors, "--to", "csv"])
+    assert code == 2 and "already exists" in error_line(err)
+    code, _, err = run_main(["export", posteriors, tmp_path / "all.csv", "--to", "csv", "--topk", "1001"])
+    assert code == 2 and "--topk must be between 1 and 1000" in error_line(err) and not (tmp_path / "all.csv").exists()
+    code, _, err = run_main(["export", posteriors, tmp_path / "x.npy", "--to", "npy", "--topk", "3"])
+    assert code == 2 and "--topk and --labels go with --to csv" in err
+
+
+def test_export_to_csv_takes_classifys_posteriors_only(small_network_for_cli, folder, tmp_path):
+    images, _ = folder
+    descriptors = tmp_path / "descriptors.h5"
+    assert run_main(["extract", images, descriptors, *FAST, "-q"])[0] == 0
+    code, _, err = run_main(["export", descriptors, "--to", "csv"])
+    assert code == 2 and "holds descriptors, not the posteriors that 'vggfeat classify' writes" in error_line(err)
+    with pytest.raises(vggfeat.VggfeatError, match="holds descriptors"):
+        vggfeat.predictions.write_predictions(tmp_path / "out.csv", imagenet_categories(), posteriors=descriptors)
+    killed_before_its_csv([images, tmp_path / "p.csv", *FAST, "-q"])  # a CSV run's own file, of top classes
+    code, _, err = run_main(["export", tmp_path / "p.csv.posteriors.h5", "--to", "csv"])
+    assert code == 2 and "run that command again to write it" in error_line(err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["descriptors.h5", "images", "p.csv.posteriors.h5"]
 
 
 def test_cli_a_csvs_posteriors_are_its_own(small_network_for_cli, folder, tmp_path, monkeypatch):

@@ -61,6 +61,12 @@ def imagenet_categories(model: str = "vgg16") -> list[str]:
                 .IMAGENET1K_V1.meta["categories"])
 
 
+def category_names(model: str, classes: int) -> list[str]:
+    """Class names of ``model``'s fc8 of ``classes`` outputs: ImageNet's for 1000, ``class_<i>``
+    otherwise (a fine-tuned fc8)."""
+    return imagenet_categories(model) if classes == 1000 else [f"class_{i}" for i in range(classes)]
+
+
 class Classifier(Extractor):
     """Class probabilities [n, classes] per image, by the paper's dense and/or multi-crop evaluation.
 
@@ -129,9 +135,7 @@ class Classifier(Extractor):
 
     def categories(self) -> list[str]:
         """Class names: ImageNet's for a 1000-class fc8, ``class_<i>`` otherwise (a fine-tuned fc8)."""
-        if self.classes == 1000:
-            return imagenet_categories(self.network.arch)
-        return [f"class_{i}" for i in range(self.classes)]
+        return category_names(self.network.arch, self.classes)
 
     def config(self) -> dict:
         config = {k: v for k, v in super().config().items() if k not in ("layer", "pooling", "aggregate")}

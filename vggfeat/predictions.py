@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
-from .classifier import Classifier
+from .classifier import Classifier, category_names
 from .discover import ImageSet
 from .errors import VggfeatError
 from .job import ExtractionJob, holds_job
@@ -227,7 +227,7 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
     with (open_features_file(source, "posteriors") as f, written_atomically(output) as temporary,
           open(temporary, "w", newline="", encoding="utf-8") as file):
-        _check_kept(f, source, topk, labels, len(names))
+        _check_posteriors(f, source, topk, labels, len(names))
         writer = csv.writer(file)
         writer.writerow(_header(topk, labelled=labels is not None))
         writer.writerows(_rows_in_order(f, result, labels, names, topk, progress))
@@ -241,7 +241,7 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
     wrote) against ``labels``, a block of rows at a time."""
     result = ClassificationResult(Path(posteriors), evaluation=Evaluation())
     with open_features_file(Path(posteriors), "posteriors") as f:
-        _check_kept(f, posteriors, 0, labels, len(names))
+        _check_posteriors(f, posteriors, 0, labels, len(names))
         for _ in _rows_in_order(f, result, labels, names, topk=0):
             pass
     return result
@@ -285,12 +285,32 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     yield from failures_before(None)
 
 
-def _check_kept(f: h5py.File, path: str | os.PathLike, topk: int, labels: dict[str, int] | None, classes: int) -> None:
-    """Refuse a file of each image's top classes (of ``classes``) that keeps fewer than ``topk``, or
-    than the 5 that the errors against ``labels`` need."""
+def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: dict[str, int] | None, classes: int) -> None:
+    """Refuse a file that is not classify's posteriors of ``classes`` classes, and one of each
+    image's top classes that keeps fewer than ``topk``, or than the 5 that the errors against
+    ``labels`` need."""
+    if "dense" not in f.attrs:
+        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes")
+    if topk > classes:
+        raise VggfeatError(f"--topk must be between 1 and {classes}, got {topk}")
     kept, needed = f.attrs.get("keep_top"), classes_needed(topk, labels is not None, classes)
+    if kept is None and f["features"].shape[1] != classes:
+        raise VggfeatError(f"{path} holds the posteriors of {f['features'].shape[1]} classes, not of {classes}")
     if kept is not None and kept < needed:
         raise VggfeatError(f"{path} keeps the top {kept} classes of each image; {needed} are needed")
+
+
+def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:
+    """The class names of a file of every posterior that ``vggfeat classify`` wrote into an .h5;
+    a CSV run's own file of top classes is refused (its command writes its CSV)."""
+    with open_features_file(Path(posteriors), "posteriors") as f:
+        attrs = dict(f.attrs)
+    if "dense" not in attrs:
+        raise VggfeatError(f"{posteriors} holds descriptors, not the posteriors that 'vggfeat classify' writes")
+    if "keep_top" in attrs:
+        raise VggfeatError(f"{posteriors} holds the top classes that a 'vggfeat classify' run keeps until it writes its "
+                           "CSV: run that command again to write it")
+    return category_names(str(attrs["model"]), int(attrs["dim"]))
 
 
 def _label_of(path: str, labels: dict[str, int] | None) -> int | None:

@@ -77,8 +77,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
-    how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
-    setting = f"{how}, Q={','.join(map(str, scales))}"
+    setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:
         write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
                      part_size=part_size, overwrite=overwrite, quiet=quiet, precision=precision, desc=f"{model} {setting}")
@@ -94,9 +93,24 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
                       part_size=part_size, quiet=quiet, precision=precision, desc=f"{model} {setting}",
                       provenance={"posteriors_of": output.name})
         work = "; " + work_done(job.computed, job.seconds, run_on(classifier, devices))
-    with options.progress_bar(quiet, total=rows_and_failures(posteriors_file_of(output))[0], unit="images",
+    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting, work=work)
+
+
+def setting_of(dense: bool, multi_crop: bool, scales) -> str:
+    """The evaluation, in words: ``dense + multi-crop, Q=256,384,512``."""
+    how = " + ".join(name for name, on in (("dense", dense), ("multi-crop", multi_crop)) if on)
+    return f"{how}, Q={','.join(map(str, scales))}"
+
+
+def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: Path | None,
+              overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "") -> None:
+    """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
+    classify wrote), under a progress bar; say what it holds, and the errors against ``truth``
+    (read from ``labels``)."""
+    say = options.reporter(quiet)
+    with options.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
-        result = write_predictions(output, classifier.categories(), topk, truth, overwrite, progress=bar.update)
+        result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:

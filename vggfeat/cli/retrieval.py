@@ -1,4 +1,5 @@
-"""``vggfeat whiten``, ``index``, ``search``, ``retrieval-eval`` and ``export``: image search over descriptor files."""
+"""``vggfeat whiten``, ``index``, ``search``, ``retrieval-eval`` and ``export``: image search over descriptor files,
+and descriptor (or posteriors) files for other tools."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from ..discover import find_images
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
+from ..predictions import posteriors_categories, read_labels
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
 from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
+from .classify import setting_of, write_csv
 
 RESULT_SUFFIXES = (".csv", ".json")
 
@@ -181,9 +184,25 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
 @click.command("export")
 @click.argument("features", type=click.Path(path_type=Path))
 @click.argument("output", required=False, type=click.Path(path_type=Path))
-@click.option("--to", "to", required=True, type=click.Choice(exporting.FORMATS), help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet.")
+@click.option("--to", "to", required=True, type=click.Choice((*exporting.FORMATS, "csv")),
+              help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; csv: the top classes of a posteriors "
+                   "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV.")
+@click.option("--topk", type=click.IntRange(min=1), help="With --to csv: classes written per image [default: 5].")
+@click.option("--labels", type=click.Path(path_type=Path), help="With --to csv: an ImageNet-style list 'filename label': report top-1/top-5 error.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
-def export(features, output, to, overwrite) -> None:
-    """Write FEATURES as NumPy or Parquet files [default name: beside FEATURES]."""
-    written = exporting.export(features, to, output, overwrite=overwrite)
-    click.echo(f"wrote {', '.join(map(str, written))}")
+@options.quiet
+def export(features, output, to, topk, labels, overwrite, quiet) -> None:
+    """Write FEATURES as NumPy or Parquet files, or a posteriors file as CSV [default name: beside FEATURES]."""
+    if to != "csv":
+        if topk is not None or labels is not None:
+            raise click.UsageError("--topk and --labels go with --to csv")
+        written = exporting.export(features, to, output, overwrite=overwrite)
+        click.echo(f"wrote {', '.join(map(str, written))}")
+        return
+    output = output or features.with_suffix(".csv")
+    check_new_file(output, overwrite)
+    truth = read_labels(labels) if labels else None
+    names = posteriors_categories(features)
+    with FeatureFile(features) as f:
+        setting = setting_of(f.config.get("dense"), f.config.get("multi_crop"), f.config.get("scales", []))
+    write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features)
