@@ -327,7 +327,7 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     assert code == 0, err
     assert "resuming: 2 of" in err and f"the posteriors of 3 images (1000 classes), {len(bad)} failed" in err
     assert "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images" in out  # as the CSV's (test above)
-    assert "not counted: 0 images missing from" in err and "1 labelled image that failed" in err
+    assert "not counted: 0 images without a label in" in err and "1 labelled image that failed" in err
     data = read_output(output)
     assert data["paths"] == GOOD and data["failed_paths"] == sorted(bad)
     np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
@@ -374,7 +374,7 @@ def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, 
     code, out, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "--labels", labels])
     assert code == 0, err
     assert "top-1 error" not in out and "nan" not in out
-    assert "no classified image is named in" in err
+    assert "no classified image has a label in" in err
 
 
 def test_cli_multi_crop_and_file_list(small_network_for_cli, small_vgg, folder, tmp_path):
@@ -469,6 +469,30 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert out == fresh_out and "top-1 error 66.67%" in out
     assert read_csv(output) == read_csv(fresh)
     assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
+
+
+def test_cli_labels_from_imagenet_class_folders(small_network_for_cli, small_vgg, folder, tmp_path):
+    """--labels folders: ImageFolder's layout of ImageNet's validation set, a folder per WordNet id,
+    whose sorted order is the classes' order. Here a list's labels are the folders: the 3 images
+    under test, and a missing file for each other class."""
+    images, _ = folder
+    _, ranked, _ = labels_by_rank(small_vgg, images, tmp_path)
+    classes = {"good/a.png": ranked[0, 0], "good/b.jpg": ranked[1, 3], "good/c.png": ranked[2, -1]}
+    wordnet_id = "n{:08d}".format  # sorted as the class indices are
+    missing = sorted(set(range(1000)) - set(classes.values()))
+    listing = tmp_path / "val.txt"
+    listing.write_text("".join([*(f"images/{path},{wordnet_id(c)}\n" for path, c in classes.items()),
+                                *(f"gone/{c}.JPEG,{wordnet_id(c)}\n" for c in missing)]))
+    code, out, err = run_main(["classify", "--file-list", listing, tmp_path / "p.csv", *FAST, "--labels", "folders"])
+    assert code == 0, err
+    assert "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images" in out
+    assert f"{len(missing)} labelled images that failed" in err
+    rows = {row["path"]: row for row in read_csv(tmp_path / "p.csv")}
+    assert all(rows[f"images/{path}"]["true_class"] == str(c) for path, c in classes.items())
+    listing.write_text(f"images/good/a.png,{wordnet_id(1)}\nimages/good/b.jpg,cat\n")
+    code, _, err = run_main(["classify", "--file-list", listing, tmp_path / "q.csv", *FAST, "--labels", "folders"])
+    assert code == 2 and "ImageNet's 1000 WordNet ids (n01440764, ...), each with an image; found 2 classes, 'cat' among them" in error_line(err)
+    assert not (tmp_path / "q.csv").exists()
 
 
 def test_the_api_writes_the_csv_of_the_command(small_network_for_cli, small_vgg, folder, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,25 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
     if not labels:
         raise VggfeatError(f"labels file is empty: {path}")
     return labels
+
+
+# ImageNet's class folders are its WordNet ids (n01440764 ...): sorted, they are torchvision's class order.
+WORDNET_ID = re.compile(r"n\d{8}")
+IMAGENET_CLASSES = 1000
+
+
+def folder_labels(images: ImageSet) -> dict[str, int]:
+    """The true class of each image of ``images`` by its class folder (or its label in a list), where
+    those are ImageNet's 1000 WordNet ids, as ImageFolder's layout of the validation set has them:
+    their sorted order is torchvision's class order. Images outside them get none."""
+    names = images.classes
+    others = [name for name in names if not WORDNET_ID.fullmatch(name)]
+    if len(names) != IMAGENET_CLASSES or others:
+        found = f"{len(names)} classes" + (f", {others[0]!r} among them" if others else "")
+        raise VggfeatError(f"--labels folders needs the images' classes (first-level folders, or a list's labels) to be "
+                           f"ImageNet's {IMAGENET_CLASSES} WordNet ids (n01440764, ...), each with an image; found {found}. "
+                           "Otherwise pass a label list")
+    return {path: int(label) for path, label in zip(images.paths, images.labels) if label >= 0}
 
 
 def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:

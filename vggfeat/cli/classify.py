@@ -9,12 +9,16 @@ import click
 
 from ..classifier import Classifier
 from ..job import check_output
-from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, keep_top_for, posteriors_file_of,
-                           posteriors_ready, read_labels, write_predictions)
+from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, folder_labels, keep_top_for,
+                           posteriors_file_of, posteriors_ready, read_labels, write_predictions)
 from ..store import check_new_file, rows_and_failures
 from ..update import check_rewritable
 from . import options
 from .extract import run_job, run_on, work_done, write_output
+
+
+# --labels folders: the true classes are the images' class folders (ImageNet's WordNet ids).
+FOLDERS = "folders"
 
 
 @click.command()
@@ -25,7 +29,9 @@ from .extract import run_job, run_on, work_done, write_output
 @click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
 @click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Classes written per image (CSV; an .h5 holds them all).")
-@click.option("--labels", type=click.Path(path_type=Path), help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999: report top-1/top-5 error.")
+@click.option("--labels", type=click.Path(),
+              help="ImageNet-style list 'filename label' (or 'filename,label'), label 0..999, or 'folders': the class "
+                   "folders are ImageNet's WordNet ids (ImageFolder's layout); report top-1/top-5 error.")
 @options.devices
 @options.precision
 @options.image_pipeline
@@ -60,7 +66,8 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         check_new_file(output, overwrite)
     elif not rewrite:
         check_output(output, overwrite)  # or the run that left its work beside it goes on
-    truth = read_labels(labels) if labels else None
+    by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
+    truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
     say(f"loading {model} ({weights})")
@@ -77,6 +84,9 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
+    if by_folders:
+        truth = folder_labels(images)
+        check_prediction_options(classifier, None, truth)
     setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:
         write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
@@ -102,7 +112,7 @@ def setting_of(dense: bool, multi_crop: bool, scales) -> str:
     return f"{how}, Q={','.join(map(str, scales))}"
 
 
-def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: Path | None,
+def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
               overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "") -> None:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
     classify wrote), under a progress bar; say what it holds, and the errors against ``truth``
@@ -119,14 +129,15 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
         _report_errors(result, labels, setting, say)
 
 
-def _report_errors(result: ClassificationResult, labels: Path, setting: str, say: Callable[..., None]) -> None:
+def _report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> None:
     evaluation = result.evaluation
+    labels = "the class folders" if labels == FOLDERS else labels
     if evaluation.images == 0:
-        say(f"no classified image is named in {labels}: no top-1/top-5 error to report", fg="yellow")
+        say(f"no classified image has a label in {labels}: no top-1/top-5 error to report", fg="yellow")
     else:
         # The result goes to stdout: it is what the command was asked for.
         click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
                    f"over {evaluation.images:,} labelled images ({setting})")
     if result.unlabelled or result.labelled_failed:
-        say(f"not counted: {options.counted(result.unlabelled, 'image')} missing from {labels}, "
+        say(f"not counted: {options.counted(result.unlabelled, 'image')} without a label in {labels}, "
             f"{options.counted(result.labelled_failed, 'labelled image')} that failed")

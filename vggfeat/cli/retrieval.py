@@ -188,7 +188,7 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
               help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; csv: the top classes of a posteriors "
                    "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV.")
 @click.option("--topk", type=click.IntRange(min=1), help="With --to csv: classes written per image [default: 5].")
-@click.option("--labels", type=click.Path(path_type=Path), help="With --to csv: an ImageNet-style list 'filename label': report top-1/top-5 error.")
+@click.option("--labels", type=click.Path(), help="With --to csv: an ImageNet-style list 'filename label': report top-1/top-5 error.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @options.quiet
 def export(features, output, to, topk, labels, overwrite, quiet) -> None:
