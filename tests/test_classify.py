@@ -34,7 +34,7 @@ from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.cli.options import size_text
-from vggfeat.predictions import Evaluation, match_labels, read_labels, top_classes
+from vggfeat.predictions import Evaluation, folder_labels, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.weights import WeightsInfo
 
@@ -471,6 +471,15 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
 
 
+def test_folder_labels_are_the_sorted_wordnet_ids():
+    ids = [f"n{i:08d}" for i in range(1000)]
+    assert folder_labels(["a.JPEG", "b.JPEG", "c.JPEG"], [3, -1, 999], ids) == {"a.JPEG": 3, "c.JPEG": 999}
+    for names, message in ((ids[:999], "found 999 classes"), ([*ids[:999], "dog"], "'dog' among them"),
+                           (ids[::-1], "sorted order")):
+        with pytest.raises(vggfeat.VggfeatError, match=message):
+            folder_labels(["a.JPEG"], [0], names)
+
+
 def test_cli_labels_from_imagenet_class_folders(small_network_for_cli, small_vgg, folder, tmp_path):
     """--labels folders: ImageFolder's layout of ImageNet's validation set, a folder per WordNet id,
     whose sorted order is the classes' order. Here a list's labels are the folders: the 3 images
@@ -489,6 +498,13 @@ def test_cli_labels_from_imagenet_class_folders(small_network_for_cli, small_vgg
     assert f"{len(missing)} labelled images that failed" in err
     rows = {row["path"]: row for row in read_csv(tmp_path / "p.csv")}
     assert all(rows[f"images/{path}"]["true_class"] == str(c) for path, c in classes.items())
+    # The same from every posterior kept in an .h5 (whose classes are those folders), exported.
+    assert run_main(["classify", "--file-list", listing, tmp_path / "p.h5", *FAST, "-q"])[0] == 0
+    code, exported_out, err = run_main(["export", tmp_path / "p.h5", tmp_path / "e.csv", "--to", "csv", "--labels", "folders"])
+    assert code == 0, err
+    assert exported_out == out
+    exported = read_csv(tmp_path / "e.csv")
+    assert [row for row in exported if not row["error"]] == [row for row in rows.values() if not row["error"]]
     listing.write_text(f"images/good/a.png,{wordnet_id(1)}\nimages/good/b.jpg,cat\n")
     code, _, err = run_main(["classify", "--file-list", listing, tmp_path / "q.csv", *FAST, "--labels", "folders"])
     assert code == 2 and "ImageNet's 1000 WordNet ids (n01440764, ...), each with an image; found 2 classes, 'cat' among them" in error_line(err)

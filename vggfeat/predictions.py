@@ -125,18 +125,20 @@ WORDNET_ID = re.compile(r"n\d{8}")
 IMAGENET_CLASSES = 1000
 
 
-def folder_labels(images: ImageSet) -> dict[str, int]:
-    """The true class of each image of ``images`` by its class folder (or its label in a list), where
-    those are ImageNet's 1000 WordNet ids, as ImageFolder's layout of the validation set has them:
-    their sorted order is torchvision's class order. Images outside them get none."""
-    names = images.classes
+def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[str]) -> dict[str, int]:
+    """The true class of each of ``paths`` by its class folder (or its label in a list), ``labels``
+    indexing ``names`` (-1: none), where those are ImageNet's 1000 WordNet ids, as ImageFolder's
+    layout of the validation set has them: their sorted order is torchvision's class order (an
+    :class:`ImageSet`'s classes, and a descriptor file's, are sorted)."""
     others = [name for name in names if not WORDNET_ID.fullmatch(name)]
     if len(names) != IMAGENET_CLASSES or others:
         found = f"{len(names)} classes" + (f", {others[0]!r} among them" if others else "")
         raise VggfeatError(f"--labels folders needs the images' classes (first-level folders, or a list's labels) to be "
                            f"ImageNet's {IMAGENET_CLASSES} WordNet ids (n01440764, ...), each with an image; found {found}. "
                            "Otherwise pass a label list")
-    return {path: int(label) for path, label in zip(images.paths, images.labels) if label >= 0}
+    if list(names) != sorted(names):
+        raise VggfeatError("--labels folders needs the classes in their sorted order")
+    return {path: int(label) for path, label in zip(paths, labels) if label >= 0}
 
 
 def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:

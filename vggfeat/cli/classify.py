@@ -85,7 +85,7 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
     if by_folders:
-        truth = folder_labels(images)
+        truth = folder_labels(images.paths, images.labels, images.classes)
         check_prediction_options(classifier, None, truth)
     setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:

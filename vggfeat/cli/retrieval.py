@@ -13,12 +13,12 @@ from ..discover import find_images
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
-from ..predictions import posteriors_categories, read_labels
+from ..predictions import folder_labels, posteriors_categories, read_labels
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
 from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
-from .classify import setting_of, write_csv
+from .classify import FOLDERS, setting_of, write_csv
 
 RESULT_SUFFIXES = (".csv", ".json")
 
@@ -188,7 +188,9 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
               help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; csv: the top classes of a posteriors "
                    "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV.")
 @click.option("--topk", type=click.IntRange(min=1), help="With --to csv: classes written per image [default: 5].")
-@click.option("--labels", type=click.Path(), help="With --to csv: an ImageNet-style list 'filename label': report top-1/top-5 error.")
+@click.option("--labels", type=click.Path(),
+              help="With --to csv: an ImageNet-style list 'filename label', or 'folders' (the file's classes are ImageNet's "
+                   "WordNet ids): report top-1/top-5 error.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @options.quiet
 def export(features, output, to, topk, labels, overwrite, quiet) -> None:
@@ -201,8 +203,10 @@ def export(features, output, to, topk, labels, overwrite, quiet) -> None:
         return
     output = output or features.with_suffix(".csv")
     check_new_file(output, overwrite)
-    truth = read_labels(labels) if labels else None
+    truth = read_labels(labels) if labels and labels != FOLDERS else None
     names = posteriors_categories(features)
     with FeatureFile(features) as f:
         setting = setting_of(f.config.get("dense"), f.config.get("multi_crop"), f.config.get("scales", []))
+        if labels == FOLDERS:
+            truth = folder_labels(f.paths, f.labels, f.classes)
     write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features)
