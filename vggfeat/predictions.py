@@ -187,9 +187,9 @@ def classify_images(
 ) -> ClassificationResult:
     """Classify ``images`` and write ``output`` (CSV); with ``labels``, also count top-1/top-5 errors.
 
-    A ``classifier`` made with ``keep_top=keep_top_for(topk)`` keeps only what the CSV needs
-    while the images are described (about 110 bytes of disk an image, against 4 KB for every posterior); one that
-    keeps fewer classes than ``topk``, or than 5 with ``labels``, is refused.
+    A ``classifier`` made with ``keep_top=keep_top_for(topk)`` keeps only what the CSV needs while
+    the images are described (about 110 bytes of disk an image, against 4 KB for every
+    posterior); one that keeps fewer classes than ``topk``, or than 5 with ``labels``, is refused.
     A killed call resumes where it stopped when called again with the same arguments (its work is
     kept beside ``output``, see :func:`posteriors_file_of`; ``part_images``: images per part).
     Raises OSError, writing no ``output`` but keeping that work, when the images' storage fails
@@ -311,8 +311,7 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
     """Refuse a file that is not classify's posteriors of ``classes`` classes, and one of each
     image's top classes that keeps fewer than ``topk``, or than the 5 that the errors against
     ``labels`` need."""
-    if "dense" not in f.attrs:
-        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes")
+    _refuse_descriptors(f.attrs, path)
     if topk > classes:
         raise VggfeatError(f"--topk must be between 1 and {classes}, got {topk}")
     kept, needed = f.attrs.get("keep_top"), classes_needed(topk, labels is not None, classes)
@@ -327,12 +326,16 @@ def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:
     a CSV run's own file of top classes is refused (its command writes its CSV)."""
     with open_features_file(Path(posteriors), "posteriors") as f:
         attrs = dict(f.attrs)
-    if "dense" not in attrs:
-        raise VggfeatError(f"{posteriors} holds descriptors, not the posteriors that 'vggfeat classify' writes")
+    _refuse_descriptors(attrs, posteriors)
     if "keep_top" in attrs:
         raise VggfeatError(f"{posteriors} holds the top classes that a 'vggfeat classify' run keeps until it writes its "
                            "CSV: run that command again to write it")
     return category_names(str(attrs["model"]), int(attrs["dim"]))
+
+
+def _refuse_descriptors(attrs, path: str | os.PathLike) -> None:
+    if "dense" not in attrs:  # set by the Classifier's configuration only
+        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes")
 
 
 def _label_of(path: str, labels: dict[str, int] | None) -> int | None:

@@ -15,7 +15,7 @@ from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
 from ..predictions import folder_labels, posteriors_categories, read_labels
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
-from ..store import check_new_file
+from ..store import check_new_file, file_attributes
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
 from .classify import FOLDERS, setting_of, write_csv
@@ -205,8 +205,9 @@ def export(features, output, to, topk, labels, overwrite, quiet) -> None:
     check_new_file(output, overwrite)
     truth = read_labels(labels) if labels and labels != FOLDERS else None
     names = posteriors_categories(features)
-    with FeatureFile(features) as f:
-        setting = setting_of(f.config.get("dense"), f.config.get("multi_crop"), f.config.get("scales", []))
-        if labels == FOLDERS:
+    attrs = file_attributes(features)
+    setting = setting_of(attrs.get("dense"), attrs.get("multi_crop"), attrs.get("scales", []))
+    if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
+        with FeatureFile(features) as f:
             truth = folder_labels(f.paths, f.labels, f.classes)
     write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features)
