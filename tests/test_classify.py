@@ -558,6 +558,42 @@ def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_net
     assert code == 2 and "--topk and --labels go with --to csv" in err
 
 
+def test_networks_fused_by_averaging_their_posteriors(small_vgg, folder, tmp_path, monkeypatch):
+    """The paper's ConvNet fusion (Sec. 4.4): two networks' posteriors over the same images,
+    averaged, ranked; files of other images, or of top classes only, do not fuse."""
+    images, bad = folder
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        other = copy.deepcopy(small_vgg)
+        other.fc8.weight.copy_(torch.randn_like(other.fc8.weight) * other.fc8.weight.std())
+    networks = {0: small_vgg, 1: other}  # by --seed
+    monkeypatch.setattr(vggfeat.extractor, "load_network", lambda model, weights="imagenet", seed=0: networks[seed])
+    fast = [arg for arg in FAST if arg not in ("--seed", "0")]
+    for seed in (0, 1):
+        assert run_main(["classify", images, tmp_path / f"{seed}.h5", *fast, "--seed", str(seed), "-q"])[0] == 0
+    code, out, err = run_main(["export", tmp_path / "0.h5", tmp_path / "fused.csv", "--to", "csv", "--fuse", tmp_path / "1.h5"])
+    assert code == 0, err
+    good = [images / path for path in GOOD]
+    fused = np.mean([Classifier(networks[seed], scales=[224], flip=False, device="cpu").extract(good) for seed in (0, 1)], axis=0)
+    alone = Classifier(small_vgg, scales=[224], flip=False, device="cpu").extract(good)
+    rows = [row for row in read_csv(tmp_path / "fused.csv") if not row["error"]]
+    assert [row["path"] for row in rows] == GOOD and len(read_csv(tmp_path / "fused.csv")) == 3 + len(bad)
+    for row, expected, single in zip(rows, fused, alone):
+        top = top_classes(expected[None], 5)[0]
+        assert [int(row[f"class_{r}"]) for r in range(1, 6)] == top.tolist()
+        np.testing.assert_allclose([float(row[f"probability_{r}"]) for r in range(1, 6)], expected[top], atol=2e-6)
+        assert not np.allclose(expected, single, atol=1e-4), "the second network changed nothing: a weak test"
+    (images / "good" / "c.png").unlink()  # other images
+    assert run_main(["classify", images, tmp_path / "fewer.h5", *fast, "--seed", "1", "-q"])[0] == 0
+    code, _, err = run_main(["export", tmp_path / "0.h5", tmp_path / "x.csv", "--to", "csv", "--fuse", tmp_path / "fewer.h5"])
+    assert code == 2 and "holds the posteriors of 2 images over 1000 classes" in error_line(err)
+    killed_before_its_csv([images, tmp_path / "p.csv", *fast, "--seed", "0", "-q"])  # a CSV run's own file, of top classes
+    with pytest.raises(vggfeat.VggfeatError, match="keeps each image's top classes only"):
+        vggfeat.predictions.write_predictions(tmp_path / "x.csv", imagenet_categories(), posteriors=tmp_path / "0.h5",
+                                              fuse=[tmp_path / "p.csv.posteriors.h5"])
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_export_to_csv_takes_classifys_posteriors_only(small_network_for_cli, folder, tmp_path):
     images, _ = folder
     descriptors = tmp_path / "descriptors.h5"

@@ -15,6 +15,7 @@ CSV under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -237,22 +238,28 @@ def keep_top_for(topk: int) -> int:
 def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int = 5,
                       labels: dict[str, int] | None = None, overwrite: bool = False,
                       progress: Callable[[int], object] | None = None,
-                      posteriors: str | os.PathLike | None = None) -> ClassificationResult:
+                      posteriors: str | os.PathLike | None = None,
+                      fuse: Sequence[str | os.PathLike] = ()) -> ClassificationResult:
     """``output`` (CSV) from its posteriors file (:func:`posteriors_file_of`), which is then
     removed, or from ``posteriors`` (an .h5 that ``vggfeat classify`` wrote, kept): the ``topk``
     classes of each image by ``names``, its reason if it failed, and with ``labels`` its true
     class, top-1/top-5 errors counted; ``progress(n)`` after each block of classified images
-    (about 50,000 rows/s on a slow CPU core)."""
+    (about 50,000 rows/s on a slow CPU core). ``fuse``: files of every posterior of other networks
+    over the same images, averaged with them (the paper's ConvNet fusion, Sec. 4.4)."""
     output = Path(output)
     source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    with (open_features_file(source, "posteriors") as f, written_atomically(output) as temporary,
-          open(temporary, "w", newline="", encoding="utf-8") as file):
+    with contextlib.ExitStack() as files:
+        f = files.enter_context(open_features_file(source, "posteriors"))
         _check_posteriors(f, source, topk, labels, len(names))
-        writer = csv.writer(file)
+        fused = [files.enter_context(open_features_file(Path(path), "posteriors")) for path in fuse]
+        for other, path in zip(fused, fuse):
+            _check_fused(f, source, other, path)
+        temporary = files.enter_context(written_atomically(output))
+        writer = csv.writer(files.enter_context(open(temporary, "w", newline="", encoding="utf-8")))
         writer.writerow(_header(topk, labelled=labels is not None))
-        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress))
+        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused))
     if posteriors is None:  # this CSV's own, kept only until it is written
         source.unlink()
     return result
@@ -270,9 +277,10 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
 
 
 def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str, int] | None,
-                   names: Sequence[str], topk: int, progress: Callable[[int], object] | None = None) -> Iterator[list]:
+                   names: Sequence[str], topk: int, progress: Callable[[int], object] | None = None,
+                   fused: Sequence[h5py.File] = ()) -> Iterator[list]:
     """The CSV rows of a posteriors file's images, classified and failed, in path order (that of
-    the image set), counted into ``result``."""
+    the image set), counted into ``result``; their posteriors averaged with those of ``fused``."""
     failed_paths, reasons = f["failed/paths"].asstr()[:], f["failed/errors"].asstr()[:]
     failed = 0  # failures written
     ranked = classes_needed(topk, labels is not None, len(names))
@@ -290,6 +298,12 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     for start in range(0, f["features"].shape[0], BLOCK_ROWS):
         block = f["features"][start : start + BLOCK_ROWS]
         paths = f["paths"].asstr()[start : start + len(block)]
+        for other in fused:
+            if not np.array_equal(other["paths"].asstr()[start : start + len(block)], paths):
+                raise VggfeatError(f"{other.filename} and {f.filename} hold other images from row {start:,} on: "
+                                   "only files of the same images (and failures) fuse")
+            block = block + other["features"][start : start + len(block)]
+        block = block / (1 + len(fused)) if fused else block
         truth = match_labels(paths, labels) if labels is not None else [None] * len(paths)
         if kept is None:
             top = top_classes(block, ranked)
@@ -319,6 +333,21 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
         raise VggfeatError(f"{path} holds the posteriors of {f['features'].shape[1]} classes, not of {classes}")
     if kept is not None and kept < needed:
         raise VggfeatError(f"{path} keeps the top {kept} classes of each image; {needed} are needed")
+
+
+def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_path: str | os.PathLike) -> None:
+    """Refuse to fuse with the posteriors file ``path`` one that is not of every posterior of as
+    many classes over the same images."""
+    _refuse_descriptors(other.attrs, other_path)
+    for file, name in ((f, path), (other, other_path)):
+        if "keep_top" in file.attrs:
+            raise VggfeatError(f"{name} keeps each image's top classes only; fusing averages every posterior")
+    (rows, classes), (other_rows, other_classes) = f["features"].shape, other["features"].shape
+    if (other_rows, other_classes) != (rows, classes):
+        raise VggfeatError(f"{other_path} holds the posteriors of {other_rows:,} images over {other_classes} classes, "
+                           f"{path} of {rows:,} over {classes}: only files of the same images fuse")
+    if other.attrs.get("images_sha256") != f.attrs.get("images_sha256"):
+        raise VggfeatError(f"{other_path} and {path} were made of other images: only files of the same images fuse")
 
 
 def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:

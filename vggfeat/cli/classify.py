@@ -113,14 +113,16 @@ def setting_of(dense: bool, multi_crop: bool, scales) -> str:
 
 
 def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
-              overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "") -> None:
+              overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
+              fuse: tuple[Path, ...] = ()) -> None:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
-    classify wrote), under a progress bar; say what it holds, and the errors against ``truth``
-    (read from ``labels``)."""
+    classify wrote; fused with the files ``fuse``), under a progress bar; say what it holds, and
+    the errors against ``truth`` (read from ``labels``)."""
     say = options.reporter(quiet)
     with options.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
-        result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors)
+        result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
+                                   fuse=fuse)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:

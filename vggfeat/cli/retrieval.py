@@ -191,13 +191,16 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
 @click.option("--labels", type=click.Path(),
               help="With --to csv: an ImageNet-style list 'filename label', or 'folders' (the file's classes are ImageNet's "
                    "WordNet ids): report top-1/top-5 error.")
+@click.option("--fuse", multiple=True, type=click.Path(path_type=Path),
+              help="With --to csv: the posteriors of another network over the same images (classify --model vgg19, "
+                   "say), averaged with FEATURES' (the paper's ConvNet fusion); repeat for more.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @options.quiet
-def export(features, output, to, topk, labels, overwrite, quiet) -> None:
+def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
     """Write FEATURES as NumPy or Parquet files, or a posteriors file as CSV [default name: beside FEATURES]."""
     if to != "csv":
-        if topk is not None or labels is not None:
-            raise click.UsageError("--topk and --labels go with --to csv")
+        if topk is not None or labels is not None or fuse:
+            raise click.UsageError("--topk, --labels and --fuse go with --to csv")
         written = exporting.export(features, to, output, overwrite=overwrite)
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
@@ -207,7 +210,10 @@ def export(features, output, to, topk, labels, overwrite, quiet) -> None:
     names = posteriors_categories(features)
     attrs = file_attributes(features)
     setting = setting_of(attrs.get("dense"), attrs.get("multi_crop"), attrs.get("scales", []))
+    if fuse:
+        models = [attrs.get("model"), *(file_attributes(path).get("model") for path in fuse)]
+        setting += f"; {' + '.join(map(str, models))} fused"
     if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
         with FeatureFile(features) as f:
             truth = folder_labels(f.paths, f.labels, f.classes)
-    write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features)
+    write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features, fuse=fuse)
