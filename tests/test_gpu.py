@@ -99,9 +99,15 @@ def test_gpu_classify_from_files_equals_cpu(random_vgg16, images, tmp_path):
         Image.fromarray(image).save(paths[-1])
     options = dict(scales=[224], flip=True, multi_crop=True, batch_size=8, precision="fp32")
     on_gpu = Classifier(random_vgg16, device="cuda", **options).extract(paths)
+    kept = Classifier(random_vgg16, device="cuda", keep_top=5, **options).extract(paths)  # a CSV's: sorted on the GPU
     on_cpu = Classifier(random_vgg16, device="cpu", **options).extract(paths)
     random_vgg16.to("cpu")
     assert relative_error(on_gpu, on_cpu) < 1e-3
+    # Each image's 5 best classes and their probabilities, best first (ranks of near-equal
+    # probabilities may differ between two runs: compared by value).
+    classes = kept[:, 5:].astype(np.int64)
+    np.testing.assert_allclose(kept[:, :5], np.take_along_axis(on_gpu, classes, axis=1), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(kept[:, :5], -np.sort(-on_gpu, axis=1)[:, :5], rtol=0, atol=1e-6)
 
 
 def test_auto_precision_and_batch_size_on_this_gpu(random_vgg16):
