@@ -335,7 +335,7 @@ def waits_timed(samples: Samples) -> Iterator[None]:
     """Time the main thread spends waiting for decoded images and for the GPU's results: what is
     left of the run, less its tail, is the host's own work (queueing GPU work, bookkeeping, handing
     parts to the writing thread)."""
-    ahead, collected = vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected
+    ahead, collected = vggfeat.reading.ImageReader._ahead, vggfeat.extractor.collected
 
     def timed_ahead(reader, *args):
         decoded = ahead(reader, *args)
@@ -356,11 +356,11 @@ def waits_timed(samples: Samples) -> Iterator[None]:
         finally:
             samples.gpu_wait += time.perf_counter() - began
 
-    vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = timed_ahead, timed_collected
+    vggfeat.reading.ImageReader._ahead, vggfeat.extractor.collected = timed_ahead, timed_collected
     try:
         yield
     finally:
-        vggfeat.reading.ImageReader._ahead, vggfeat.extractor._collected = ahead, collected
+        vggfeat.reading.ImageReader._ahead, vggfeat.extractor.collected = ahead, collected
 
 
 class Files(torch.utils.data.Dataset):

@@ -269,7 +269,7 @@ def test_the_host_waits_for_the_gpu_asleep():
     import time
 
     from vggfeat.decode import DEFAULT_MAX_PIXELS
-    from vggfeat.extractor import _copy_to_host
+    from vggfeat.chunks import copy_to_host
     from vggfeat.reading import ImageReader
 
     def waited(block) -> tuple[float, float]:  # (seconds, this thread's CPU seconds)
@@ -280,7 +280,7 @@ def test_the_host_waits_for_the_gpu_asleep():
 
     def chunk_results() -> None:
         torch.cuda._sleep(int(1e9))
-        _, ready = _copy_to_host(torch.ones(4, 8, device="cuda"))
+        _, ready = copy_to_host(torch.ones(4, 8, device="cuda"))
         ready.synchronize()
 
     reader = ImageReader(torch.device("cuda"), "pil", 1, DEFAULT_MAX_PIXELS, 32)

@@ -14,29 +14,25 @@ import functools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .aggregate import combine_flips, combine_scales
+from .chunks import Chunk, collected, copy_to_host, gather_chunks
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
-from .reading import GPU_DECODERS, ImageReader, Reduced
+from .reading import GPU_DECODERS, ImageReader
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
 from .settings import (check_choice, check_options, check_scales, cpu_bf16_speed, resolve_decoder, resolve_device,
                        resolve_precision)
 
 PAPER_SCALES = (256, 384, 512)
-# Decoded images held at once per chunk; bounds host memory whatever the image sizes.
-CHUNK_BYTES = 512 * 2**20
-# Why an image whose descriptor came out NaN or infinite is recorded as failed.
-NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
-              "--precision bf16 or fp32)")
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
 # a batch that still does not fit is split), and hold at most GPU_AUTO_BATCH inputs.
 GPU_MEMORY_SHARE = 0.4
@@ -78,21 +74,6 @@ class RunPlan:
     workers: int
     autotune: bool  # cuDNN autotuning of full batches (GPU)
     compile: bool  # torch.compile of full batches
-
-
-@dataclass
-class Chunk:
-    """Descriptors of consecutive images ``[start, end)`` of an :meth:`Extractor.iter_chunks` call."""
-
-    start: int
-    end: int
-    indices: list[int] = field(default_factory=list)  # images that succeeded, ascending
-    # [len(indices), dim] float32; until the chunk is yielded, a tensor that may still be being
-    # computed (or copied to the host), ready once ``ready`` has happened
-    features: np.ndarray | torch.Tensor | None = None
-    ready: torch.cuda.Event | None = field(default=None, repr=False)
-    sizes: list[tuple[int, int]] = field(default_factory=list)  # their decoded (height, width)
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
 
 
 class Extractor:
@@ -299,13 +280,13 @@ class Extractor:
             _precision(self.precision, self.device),
         ):
             queued: collections.deque[Chunk] = collections.deque()
-            for chunk, images in self._gather(len(paths), decoded, chunk_images):
-                chunk.features, chunk.ready = _copy_to_host(self._describe_chunk(chunk, images))
+            for chunk, images in gather_chunks(len(paths), decoded, chunk_images):
+                chunk.features, chunk.ready = copy_to_host(self._describe_chunk(chunk, images))
                 queued.append(chunk)
                 if len(queued) >= CHUNKS_IN_FLIGHT:
-                    yield _collected(queued.popleft())
+                    yield collected(queued.popleft())
             while queued:
-                yield _collected(queued.popleft())
+                yield collected(queued.popleft())
 
     def plan_run(self, images: int) -> RunPlan:
         """How a run over ``images`` images goes: where the options say ``auto``, long runs (50,000
@@ -355,29 +336,6 @@ class Extractor:
         chunk.failures.sort()
         chunk.indices, chunk.sizes = [index for index, _ in kept], [size for _, size in kept]
         return torch.cat(rows) if rows else torch.zeros((0, self.dim), device=self.device)
-
-    def _gather(
-        self, count: int, decoded: Iterator[np.ndarray | torch.Tensor | ImageError], chunk_images: int
-    ) -> Iterator[tuple[Chunk, list[np.ndarray | torch.Tensor]]]:
-        position = 0
-        while position < count:
-            chunk, images, held = Chunk(start=position, end=position), [], 0
-            while chunk.end < count and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
-                result = next(decoded)
-                if isinstance(result, ImageError):
-                    chunk.failures.append((chunk.end, str(result)))
-                else:
-                    chunk.indices.append(chunk.end)
-                    if isinstance(result, Reduced):  # decoded smaller: its size is the whole image's
-                        chunk.sizes.append(result.full_size)
-                        result = result.pixels
-                    else:
-                        chunk.sizes.append(_height_width(result))
-                    images.append(result)
-                    held += result.nbytes if isinstance(result, np.ndarray) else result.numel()
-                chunk.end += 1
-            position = chunk.end
-            yield chunk, images
 
     def describe(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
@@ -494,45 +452,6 @@ class Extractor:
                 warnings.warn(f"torch.compile failed ({reason}); the network runs uncompiled", stacklevel=2)
                 self._compiling, self.compile = False, "off"  # nor in later runs
         return self._runner(batch, self.layer, sizes)[0]
-
-
-def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
-    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[1:])
-
-
-def _copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """A host copy of a device tensor, queued right behind the work that computes it, and the
-    event that says it is done. A copy queued when the results are wanted, after the next chunk's
-    work, would make the host wait for that work too, and the GPU then idle while the host
-    gathers the chunk after it (measured: GPU busy 53% of a run limited by neither)."""
-    if features.device.type != "cuda":
-        return features, None
-    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
-    host.copy_(features, non_blocking=True)
-    # Waited for asleep (a blocking event): otherwise CUDA spins while it waits, with one process
-    # on a machine of many cores, and the main thread waits for results a quarter of a run or
-    # more (RESULTS.md): a core that decoding needs.
-    ready = torch.cuda.Event(blocking=True)
-    ready.record(torch.cuda.current_stream(features.device))
-    return host, ready
-
-
-def _collected(chunk: Chunk) -> Chunk:
-    """The chunk with its descriptors on the host; an image whose descriptor is not finite (fp16
-    arithmetic can overflow) becomes a failure, not a row that every later stage would refuse."""
-    if chunk.ready is not None:
-        chunk.ready.synchronize()  # this chunk's work and copy alone
-        chunk.ready = None
-    features = chunk.features.numpy()
-    finite = np.isfinite(features).all(axis=1)
-    if not finite.all():
-        chunk.failures += [(index, NOT_FINITE) for index, ok in zip(chunk.indices, finite) if not ok]
-        chunk.failures.sort()
-        chunk.indices = [index for index, ok in zip(chunk.indices, finite) if ok]
-        chunk.sizes = [size for size, ok in zip(chunk.sizes, finite) if ok]
-        features = features[finite]
-    chunk.features = features
-    return chunk
 
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}

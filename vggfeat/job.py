@@ -32,7 +32,8 @@ from ._version import __version__
 from .decode import STORAGE_ERROR
 from .discover import ImageSet
 from .errors import VggfeatError
-from .extractor import Chunk, Extractor
+from .chunks import Chunk
+from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .store import (FORMAT_VERSION, check_output_path, discard_work, images_held, interrupted_on_several, list_parts, lock_folder,

@@ -235,7 +235,7 @@ class ImageReader:
         stream = getattr(self._thread, "stream", None)
         if stream is None:
             stream = self._thread.stream = torch.cuda.Stream(self.device)
-            # Waited on asleep: stream.synchronize() would spin (see extractor._copy_to_host).
+            # Waited on asleep: stream.synchronize() would spin (see chunks.copy_to_host).
             self._thread.done = torch.cuda.Event(blocking=True)
         with torch.cuda.stream(stream):
             yield

@@ -1,0 +1,103 @@
+"""Chunks: a run's images in consecutive pieces of work, from the reader to the host.
+
+:meth:`vggfeat.extractor.Extractor.iter_chunks` gathers the decoded images of each chunk from
+the reader (:func:`gather_chunks`), queues the chunk's work on the device, queues a copy of its
+descriptors to the host right behind that work (:func:`copy_to_host`), and hands chunks on in
+order once their copy is done (:func:`collected`), while later chunks' work is under way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ImageError
+from .reading import Reduced
+
+# Decoded images held at once per chunk; bounds host memory whatever the image sizes.
+CHUNK_BYTES = 512 * 2**20
+# Why an image whose descriptor came out NaN or infinite is recorded as failed.
+NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
+              "--precision bf16 or fp32)")
+
+
+@dataclass
+class Chunk:
+    """Descriptors of consecutive images ``[start, end)`` of an :meth:`Extractor.iter_chunks` call."""
+
+    start: int
+    end: int
+    indices: list[int] = field(default_factory=list)  # images that succeeded, ascending
+    # [len(indices), dim] float32; until the chunk is yielded, a tensor that may still be being
+    # computed (or copied to the host), ready once ``ready`` has happened
+    features: np.ndarray | torch.Tensor | None = None
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # their decoded (height, width)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
+
+
+def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Reduced | ImageError], chunk_images: int
+                  ) -> Iterator[tuple[Chunk, list[np.ndarray | torch.Tensor]]]:
+    """The ``count`` images that ``decoded`` gives, in chunks of ``chunk_images`` at most (fewer
+    where their pixels reach CHUNK_BYTES): each chunk, its failures recorded, with its images."""
+    position = 0
+    while position < count:
+        chunk, images, held = Chunk(start=position, end=position), [], 0
+        while chunk.end < count and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
+            result = next(decoded)
+            if isinstance(result, ImageError):
+                chunk.failures.append((chunk.end, str(result)))
+            else:
+                chunk.indices.append(chunk.end)
+                if isinstance(result, Reduced):  # decoded smaller: its size is the whole image's
+                    chunk.sizes.append(result.full_size)
+                    result = result.pixels
+                else:
+                    chunk.sizes.append(_height_width(result))
+                images.append(result)
+                held += result.nbytes if isinstance(result, np.ndarray) else result.numel()
+            chunk.end += 1
+        position = chunk.end
+        yield chunk, images
+
+
+def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[1:])
+
+
+def copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A host copy of a device tensor, queued right behind the work that computes it, and the
+    event that says it is done. A copy queued when the results are wanted, after the next chunk's
+    work, would make the host wait for that work too, and the GPU then idle while the host
+    gathers the chunk after it (measured: GPU busy 53% of a run limited by neither)."""
+    if features.device.type != "cuda":
+        return features, None
+    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    # Waited for asleep (a blocking event): otherwise CUDA spins while it waits, with one process
+    # on a machine of many cores, and the main thread waits for results a quarter of a run or
+    # more (RESULTS.md): a core that decoding needs.
+    ready = torch.cuda.Event(blocking=True)
+    ready.record(torch.cuda.current_stream(features.device))
+    return host, ready
+
+
+def collected(chunk: Chunk) -> Chunk:
+    """The chunk with its descriptors on the host; an image whose descriptor is not finite (fp16
+    arithmetic can overflow) becomes a failure, not a row that every later stage would refuse."""
+    if chunk.ready is not None:
+        chunk.ready.synchronize()  # this chunk's work and copy alone
+        chunk.ready = None
+    features = chunk.features.numpy()
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        chunk.failures += [(index, NOT_FINITE) for index, ok in zip(chunk.indices, finite) if not ok]
+        chunk.failures.sort()
+        chunk.indices = [index for index, ok in zip(chunk.indices, finite) if ok]
+        chunk.sizes = [size for size, ok in zip(chunk.sizes, finite) if ok]
+        features = features[finite]
+    chunk.features = features
+    return chunk
