@@ -555,7 +555,7 @@ def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_net
     code, _, err = run_main(["export", posteriors, tmp_path / "all.csv", "--to", "csv", "--topk", "1001"])
     assert code == 2 and "--topk must be between 1 and 1000" in error_line(err) and not (tmp_path / "all.csv").exists()
     code, _, err = run_main(["export", posteriors, tmp_path / "x.npy", "--to", "npy", "--topk", "3"])
-    assert code == 2 and "--topk and --labels go with --to csv" in err
+    assert code == 2 and "--topk, --labels and --fuse go with --to csv" in err
 
 
 def test_networks_fused_by_averaging_their_posteriors(small_vgg, folder, tmp_path, monkeypatch):
