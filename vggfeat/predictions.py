@@ -126,13 +126,18 @@ WORDNET_ID = re.compile(r"n\d{8}")
 IMAGENET_CLASSES = 1000
 
 
+def are_imagenet_folders(names: Sequence[str]) -> bool:
+    """Whether class names are ImageNet's 1000 WordNet ids, as its validation set's folders are."""
+    return len(names) == IMAGENET_CLASSES and all(WORDNET_ID.fullmatch(name) for name in names)
+
+
 def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[str]) -> dict[str, int]:
     """The true class of each of ``paths`` by its class folder (or its label in a list), ``labels``
     indexing ``names`` (-1: none), where those are ImageNet's 1000 WordNet ids, as ImageFolder's
     layout of the validation set has them: their sorted order is torchvision's class order (an
     :class:`ImageSet`'s classes, and a descriptor file's, are sorted)."""
-    others = [name for name in names if not WORDNET_ID.fullmatch(name)]
-    if len(names) != IMAGENET_CLASSES or others:
+    if not are_imagenet_folders(names):
+        others = [name for name in names if not WORDNET_ID.fullmatch(name)]
         found = f"{len(names)} classes" + (f", {others[0]!r} among them" if others else "")
         raise VggfeatError(f"--labels folders needs the images' classes (first-level folders, or a list's labels) to be "
                            f"ImageNet's {IMAGENET_CLASSES} WordNet ids (n01440764, ...), each with an image; found {found}. "

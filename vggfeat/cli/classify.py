@@ -9,8 +9,8 @@ import click
 
 from ..classifier import Classifier
 from ..job import check_output
-from ..predictions import (ClassificationResult, check_prediction_options, evaluate_file, folder_labels, keep_top_for,
-                           posteriors_file_of, posteriors_ready, read_labels, write_predictions)
+from ..predictions import (ClassificationResult, are_imagenet_folders, check_prediction_options, evaluate_file, folder_labels,
+                           keep_top_for, posteriors_file_of, posteriors_ready, read_labels, write_predictions)
 from ..store import check_new_file, rows_and_failures
 from ..update import check_rewritable
 from . import options
@@ -87,6 +87,8 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes)
         check_prediction_options(classifier, None, truth)
+    elif truth is None and are_imagenet_folders(images.classes):
+        say("note: the images' classes are ImageNet's WordNet ids: --labels folders reports the top-1/top-5 error")
     setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:
         write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
