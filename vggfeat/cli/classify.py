@@ -9,9 +9,11 @@ import click
 
 from ..classifier import Classifier
 from ..job import check_output
+from ..features import FeatureFile
 from ..predictions import (ClassificationResult, are_imagenet_folders, check_prediction_options, evaluate_file, folder_labels,
-                           keep_top_for, posteriors_file_of, posteriors_ready, read_labels, write_predictions)
-from ..store import check_new_file, rows_and_failures
+                           keep_top_for, posteriors_categories, posteriors_file_of, posteriors_ready, read_labels,
+                           write_predictions)
+from ..store import check_new_file, file_attributes, rows_and_failures
 from ..update import check_rewritable
 from . import options
 from .extract import run_job, run_on, work_done, write_output
@@ -131,6 +133,24 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
         say(f"  failed: {path}: {reason}")
     if result.evaluation is not None:
         _report_errors(result, labels, setting, say)
+
+
+def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fuse: tuple[Path, ...], overwrite: bool,
+               quiet: bool) -> None:
+    """``vggfeat export POSTERIORS --to csv``: the CSV that classify writes, from every posterior
+    that ``classify IMAGES OUT.h5`` kept, fused with those of ``fuse``."""
+    check_new_file(output, overwrite)
+    truth = read_labels(labels) if labels and labels != FOLDERS else None
+    names = posteriors_categories(posteriors)
+    attrs = file_attributes(posteriors)
+    setting = setting_of(attrs.get("dense"), attrs.get("multi_crop"), attrs.get("scales", []))
+    if fuse:
+        models = [attrs.get("model"), *(file_attributes(path).get("model") for path in fuse)]
+        setting += f"; {' + '.join(map(str, models))} fused"
+    if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
+        with FeatureFile(posteriors) as f:
+            truth = folder_labels(f.paths, f.labels, f.classes)
+    write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
 
 
 def _report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> None:

@@ -13,12 +13,11 @@ from ..discover import find_images
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
-from ..predictions import folder_labels, posteriors_categories, read_labels
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
-from ..store import check_new_file, file_attributes
+from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
-from .classify import FOLDERS, setting_of, write_csv
+from .classify import export_csv
 
 RESULT_SUFFIXES = (".csv", ".json")
 
@@ -204,16 +203,4 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
         written = exporting.export(features, to, output, overwrite=overwrite)
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
-    output = output or features.with_suffix(".csv")
-    check_new_file(output, overwrite)
-    truth = read_labels(labels) if labels and labels != FOLDERS else None
-    names = posteriors_categories(features)
-    attrs = file_attributes(features)
-    setting = setting_of(attrs.get("dense"), attrs.get("multi_crop"), attrs.get("scales", []))
-    if fuse:
-        models = [attrs.get("model"), *(file_attributes(path).get("model") for path in fuse)]
-        setting += f"; {' + '.join(map(str, models))} fused"
-    if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
-        with FeatureFile(features) as f:
-            truth = folder_labels(f.paths, f.labels, f.classes)
-    write_csv(output, names, topk or 5, truth, labels, overwrite, quiet, setting, posteriors=features, fuse=fuse)
+    export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
