@@ -36,10 +36,10 @@ FAST = ["--weights", "random", "--seed", "0", "--scales", "224", "--no-flip", "-
 
 def write_labelled_folder(root) -> dict:
     """Two classes (``cats/``, ``dogs/``), a root-level image (label -1), an EXIF-rotated JPEG and a
-    corrupt file, written under ``root``.
+    corrupt file in a class, written under ``root``.
 
     Returns {"rows": [(relative path, class name or None, (height, width))] in sorted order,
-    "failed": [relative path], "classes": [...]}: what the output file must hold.
+    "failed": [(relative path, class name)], "classes": [...]}: what the output file must hold.
     """
     root = Path(root)
     (root / "cats").mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def write_labelled_folder(root) -> dict:
     # Stored 224 high x 256 wide, orientation 6: shown (and decoded) 256 high x 224 wide.
     write_exif_rotated(root / "dogs" / "turned.jpg", orientation=6, height=224, width=256)
     write_rgb(root / "top.png", 224, 232, seed=4)
-    write_corrupt(root / "broken.jpg")
+    write_corrupt(root / "dogs" / "broken.jpg")
     return {
         "rows": [
             ("cats/a.png", "cats", (224, 240)),
@@ -59,7 +59,7 @@ def write_labelled_folder(root) -> dict:
             ("dogs/turned.jpg", "dogs", (256, 224)),
             ("top.png", None, (224, 232)),
         ],
-        "failed": ["broken.jpg"],
+        "failed": [("dogs/broken.jpg", "dogs")],
         "classes": ["cats", "dogs"],
     }
 
@@ -135,6 +135,7 @@ def read_output(path) -> dict:
             "sizes": f["sizes"][:],
             "failed_paths": list(f["failed/paths"].asstr()[:]),
             "failed_errors": list(f["failed/errors"].asstr()[:]),
+            "failed_labels": f["failed/labels"][:].tolist(),
             "attrs": dict(f.attrs),
         }
 
@@ -151,6 +152,7 @@ def assert_same_output(actual: dict, expected: dict, atol: float = 1e-6) -> None
     np.testing.assert_allclose(actual["features"], expected["features"], rtol=0, atol=atol)
     assert actual["failed_paths"] == expected["failed_paths"]
     assert actual["failed_errors"] == expected["failed_errors"]
+    assert actual["failed_labels"] == expected["failed_labels"]
     assert actual["attrs"]["complete"] and expected["attrs"]["complete"]
     assert actual["attrs"]["config"] == expected["attrs"]["config"]
 

@@ -115,8 +115,9 @@ def test_file_schema(fc7_file, labelled, random_vgg16):
         assert [tuple(size) for size in f["sizes"][:].tolist()] == [row[2] for row in expected["rows"]]
         assert tuple(f["sizes"][3]) == (256, 224)  # EXIF orientation 6: the stored 224x256 turned upright
 
-        assert list(f["failed/paths"].asstr()[:]) == ["broken.jpg"]
+        assert list(f["failed/paths"].asstr()[:]) == [path for path, _ in expected["failed"]] == ["dogs/broken.jpg"]
         assert "not an image" in f["failed/errors"].asstr()[0]
+        assert f["failed/labels"].dtype == np.int32 and f["failed/labels"][:].tolist() == [1]  # dogs
 
         a = f.attrs
         assert a["format_version"] == FORMAT_VERSION

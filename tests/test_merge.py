@@ -18,6 +18,7 @@ from runhelpers import (FAST, assert_same_output, command, error_line, read_outp
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.discover import ShardOf
+from vggfeat.features import FeatureFile
 from vggfeat.merge import merge_shards
 
 CHEAP = "conv1_1"  # merging is bookkeeping: the first layer is enough and ~50x cheaper than fc7
@@ -105,7 +106,8 @@ def test_merged_shards_equal_one_run(three_shards, whole, tmp_path):
 
 def test_a_shard_file_is_an_ordinary_features_file_of_its_block(three_shards, whole):
     second = read_output(three_shards[1])
-    assert second["paths"] == whole["paths"][1:3]  # images 2 and 3 of 6 (broken.jpg is the first)
+    assert second["paths"] == whole["paths"][2:3]  # the 3rd and 4th of 6 images: dogs/broken.jpg, dogs/c.png
+    assert (second["failed_paths"], second["failed_labels"]) == (["dogs/broken.jpg"], [1])
     assert (second["attrs"]["shard_index"], second["attrs"]["shard_count"]) == (2, 3)
     assert second["attrs"]["collection_images"] == 6 and second["attrs"]["images_found"] == 2
     assert second["attrs"]["collection_sha256"] == whole["attrs"]["images_sha256"]
@@ -193,6 +195,23 @@ def test_an_existing_output_is_kept_unless_overwrite(three_shards, whole, tmp_pa
     merge_shards(three_shards, output, overwrite=True)
     assert_same_output(read_output(output), whole, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # no temporary left
+
+
+def test_shards_written_before_failures_kept_their_labels_merge(three_shards, whole, tmp_path):
+    """/failed/labels was added to the schema later: shards without it merge, their failures'
+    labels unknown (-1), and the merged file reads as any other."""
+    shards = []
+    for path in three_shards:
+        shards.append(tmp_path / path.name)
+        shards[-1].write_bytes(path.read_bytes())
+        with h5py.File(shards[-1], "r+") as f:
+            del f["failed/labels"]
+    merge_shards(shards, tmp_path / "merged.h5")
+    merged = read_output(tmp_path / "merged.h5")
+    assert (merged["failed_paths"], merged["failed_labels"]) == (whole["failed_paths"], [-1]) and whole["failed_labels"] == [1]
+    with FeatureFile(shards[1]) as old, FeatureFile(three_shards[1]) as new:
+        assert [(paths, labels.tolist()) for paths, labels in (old.failed(), new.failed())] == [(["dogs/broken.jpg"], [-1]),
+                                                                                                  (["dogs/broken.jpg"], [1])]
 
 
 # --------------------------------------------------------------------------- the commands

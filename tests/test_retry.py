@@ -29,13 +29,14 @@ pytestmark = pytest.mark.usefixtures("cached_network")
 
 
 def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_path, monkeypatch):
-    write_labelled_folder(tmp_path / "images")  # its broken.jpg fails whatever happens
+    write_labelled_folder(tmp_path / "images")  # its dogs/broken.jpg fails whatever happens
     args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
     assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
     flaky_storage(monkeypatch, {"a.png": 10**6, "turned.jpg": 10**6})  # away while these were read
     assert run_main(args)[0] == 0
     monkeypatch.undo()
-    assert sorted(read_output(tmp_path / "out.h5")["failed_paths"]) == ["broken.jpg", "cats/a.png", "dogs/turned.jpg"]
+    failed = read_output(tmp_path / "out.h5")
+    assert (failed["failed_paths"], failed["failed_labels"]) == (["cats/a.png", "dogs/broken.jpg", "dogs/turned.jpg"], [0, 1, 1])
 
     code, _, err = run_main([*args, "--retry-failed"])
     assert code == 0, err
@@ -44,7 +45,7 @@ def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_p
     assert_same_output(retried, reference)
     assert retried["attrs"]["retry_command"].endswith("--retry-failed") and "failures_retried" in retried["attrs"]
     assert retried["attrs"]["command"] == reference["attrs"]["command"].replace("reference.h5", "out.h5")
-    code, _, err = run_main([*args, "--retry-failed"])  # broken.jpg is still broken
+    code, _, err = run_main([*args, "--retry-failed"])  # dogs/broken.jpg is still broken
     assert code == 0 and "1 of the 1 images" not in err and "0 of the 1 images that had failed" in err, err
     write_plain_folder(tmp_path / "clean", 2)
     assert run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *CHEAP])[0] == 0

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import VggfeatError
-from .store import open_features_file, work_folder
+from .store import failed_labels, open_features_file, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -71,6 +71,11 @@ class FeatureFile:
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+    def failed(self) -> tuple[list[str], np.ndarray]:
+        """The paths and labels (-1: none) of the images that could not be described; read from the
+        file on each call, as a few readers need them."""
+        return list(self._file["failed/paths"].asstr()[:]), failed_labels(self._file)
 
     def read(self, rows: np.ndarray | None = None, out: np.ndarray | None = None, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
         """Descriptors of ``rows`` (all by default, in the given order) into ``out`` or a new array.

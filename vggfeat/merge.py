@@ -21,8 +21,8 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .store import (PLACED_ATTRS, block_rows, check_output_path, create_datasets, mark_complete, open_features_file, open_h5,
-                    place_rows, plain_value, replace_durably, written_atomically)
+from .store import (PLACED_ATTRS, block_rows, check_output_path, create_datasets, failed_labels, mark_complete,
+                    open_features_file, open_h5, place_rows, plain_value, replace_durably, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -166,7 +166,7 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
             last = start + step >= rows
             yield RowsBlock(f["paths"].asstr()[start : start + step], f["labels"][start : start + step],
                             f["sizes"][start : start + step], f["failed/paths"].asstr()[:] if last else [],
-                            f["failed/errors"].asstr()[:] if last else [])
+                            f["failed/errors"].asstr()[:] if last else [], failed_labels(f) if last else np.zeros(0))
 
 
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -211,7 +211,7 @@ def _check_together(files: list[h5py.File]) -> None:
 
 
 def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int, progress: Callable[[int], None]) -> None:
-    features, paths, labels, sizes, failed_paths, failed_errors = targets
+    features, paths, labels, sizes, failed_paths, failed_errors, labels_of_failed = targets
     row = fail = 0
     for f in files:
         n = f["features"].shape[0]
@@ -225,6 +225,7 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         bad = f["failed/paths"].shape[0]
         failed_paths[fail : fail + bad] = f["failed/paths"][:]
         failed_errors[fail : fail + bad] = f["failed/errors"][:]
+        labels_of_failed[fail : fail + bad] = failed_labels(f)
         row, fail = row + n, fail + bad
 
 

@@ -23,18 +23,19 @@ import h5py
 import numpy as np
 
 from .discover import ImageSet
-from .store import STRING, Part, chunk_rows, mark_complete, open_h5, replace_durably, rows_datasets
+from .store import Part, chunk_rows, failed_datasets, mark_complete, open_h5, replace_durably, rows_datasets
 
 
 @dataclass(frozen=True)
 class RowsBlock:
     """Of consecutive rows of an output: their paths, labels and sizes; and the failures among
-    their images (paths and errors)."""
+    their images (paths, errors and labels)."""
     paths: Sequence[str]
     labels: np.ndarray
     sizes: np.ndarray
     failed_paths: Sequence[str]
     failed_errors: Sequence[str]
+    failed_labels: np.ndarray
 
 
 class OutputFile:
@@ -120,7 +121,8 @@ class OutputFile:
                 with open_h5(part.path) as f:
                     indices, failed = f["indices"][:], f["failed_indices"][:]
                     yield RowsBlock([self.images.paths[i] for i in indices], self.images.labels[indices], f["sizes"][:],
-                                    [self.images.paths[i] for i in failed], list(f["failed_errors"].asstr()[:]))
+                                    [self.images.paths[i] for i in failed], list(f["failed_errors"].asstr()[:]),
+                                    self.images.labels[failed])
         return self.complete(blocks(), attrs)
 
     def complete(self, blocks: Iterable[RowsBlock], attrs: dict) -> tuple[int, int]:
@@ -135,17 +137,20 @@ class OutputFile:
         paths, labels, sizes = rows_datasets(self._file, self.rows, self.images.classes)
         failed_paths: list[str] = []
         failed_errors: list[str] = []
+        failed_labels: list[np.ndarray] = []
         row = 0
         for block in blocks:
             written = slice(row, row + len(block.paths))
             paths[written], labels[written], sizes[written] = block.paths, block.labels, block.sizes
             failed_paths.extend(block.failed_paths)
             failed_errors.extend(block.failed_errors)
+            failed_labels.append(block.failed_labels)
             row = written.stop
         if row != self.rows:
             raise RuntimeError(f"{row} rows described, {self.rows} written")  # a bug
-        self._file.create_dataset("failed/paths", data=failed_paths, dtype=STRING, maxshape=(None,))
-        self._file.create_dataset("failed/errors", data=failed_errors, dtype=STRING, maxshape=(None,))
+        failed = failed_datasets(self._file, len(failed_paths))
+        if failed_paths:
+            failed[0][:], failed[1][:], failed[2][:] = failed_paths, failed_errors, np.concatenate(failed_labels)
         # The last change to /features (of its dataspace and chunk index, which the rows depend
         # on), so that a kill before it leaves their file as the run left it.
         self._features.resize(self.rows, axis=0)

@@ -9,6 +9,8 @@ The output file (read it with plain h5py)::
     /sizes           int32 [N, 2], decoded (height, width), EXIF orientation applied (the full size, drafted or not)
     /failed/paths    UTF-8 [F], files that could not be used
     /failed/errors   UTF-8 [F], why
+    /failed/labels   int32 [F], as /labels (files written before it was added lack it: read it
+                     with :func:`failed_labels`)
     attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
                      and "config": all of the extraction configuration as JSON; a shard
@@ -49,7 +51,8 @@ _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
 # are merged into; their temporary files.
 SHARD_FILE = re.compile(r"^(?:shard-(\d+)|merged)-of-(\d+)\.h5(\.parts|\.tmp)?$")
-# The datasets of the schema above, all of which a finished extraction writes.
+# The datasets of the schema above that every finished extraction holds; /failed/labels is not
+# among them, as files written before it was added lack it.
 SCHEMA_DATASETS = ("features", "paths", "labels", "classes", "sizes", "failed/paths", "failed/errors")
 _CHUNK_BYTES = 2**20  # rows per HDF5 chunk: about 1 MiB, good for reading rows in order or in slices
 
@@ -245,7 +248,8 @@ def rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5
 
 
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
-    """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths, failed errors)."""
+    """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths,
+    failed errors, failed labels)."""
     # Resizable (maxshape), so that a file can be cut to fewer rows; that also lets a chunk be
     # larger than the data, which HDF5 otherwise refuses (rows == 0).
     features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows(rows, dim, dtype), dim),
@@ -253,9 +257,25 @@ def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str
     return (
         features,
         *rows_datasets(out, rows, classes),
+        *failed_datasets(out, failed),
+    )
+
+
+def failed_datasets(out: h5py.File, failed: int) -> tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """/failed's datasets in ``out``, sized: (paths, errors, labels)."""
+    return (
         out.create_dataset("failed/paths", shape=(failed,), dtype=STRING, maxshape=(None,)),
         out.create_dataset("failed/errors", shape=(failed,), dtype=STRING, maxshape=(None,)),
+        out.create_dataset("failed/labels", shape=(failed,), dtype=np.int32, maxshape=(None,)),
     )
+
+
+def failed_labels(f: h5py.File) -> np.ndarray:
+    """The labels of the images that ``f`` lists as failed (-1: none); -1 for each in a file written
+    before /failed/labels was added."""
+    if "failed/labels" in f:
+        return f["failed/labels"][:].astype(np.int64)
+    return np.full(f["failed/paths"].shape[0], -1, dtype=np.int64)
 
 
 def mark_complete(out: h5py.File, attrs: dict) -> None:

@@ -159,7 +159,7 @@ class OutputUpdate:
             rows = np.flatnonzero(np.logical_or.reduce([found >= 0 for _, found, _ in sources]))
             failures = sorted(failure for f, _, failed in sources for failure in _reasons(f, failed))
             dim, dtype = old["features"].shape[1], old["features"].dtype
-            features, paths, labels, sizes, failed_paths, failed_errors = create_datasets(
+            features, paths, labels, sizes, failed_paths, failed_errors, failed_labels = create_datasets(
                 out, len(rows), len(failures), dim, dtype.name, images.classes)
             step = max(1, BLOCK_BYTES // (dim * dtype.itemsize))
             for start in range(0, len(rows), step):
@@ -171,6 +171,7 @@ class OutputUpdate:
                 labels[written] = images.labels[block]
             failed_paths[:] = [images.paths[i] for i, _ in failures]
             failed_errors[:] = [reason for _, reason in failures]
+            failed_labels[:] = images.labels[[i for i, _ in failures]]
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
             attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
                          **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
