@@ -454,6 +454,9 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
         crash_on_part(patch, 3)  # killed after two parts
         run_main(["classify", images, output, *args])
     assert not output.exists() and (tmp_path / "predictions.csv.posteriors.h5.parts").is_dir()
+    code, _, err = run_main(["classify", images, output, *args[:-4], "--topk", "7"])  # keeps 7 classes, not 5
+    assert code == 2 and "interrupted run with a different configuration (dim: 10 then, 14 now; keep_top (--topk, " \
+                         "5 at least): 5 then, 7 now)" in error_line(err)
     code, _, err = run_main(["info", output])
     assert code == 2 and ("predictions.csv is not written yet: an interrupted or running classification has done 2 of "
                           f"{3 + len(bad)} images and keeps its work in") in error_line(err)

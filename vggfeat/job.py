@@ -374,10 +374,14 @@ def _differences(previous: dict, current: dict) -> list[str]:
     return found
 
 
+# The option that sets a configuration key, where its name does not say it.
+_OPTION_OF_KEY = {"keep_top": "--topk, 5 at least"}
+
+
 def config_changes(before: dict, now: dict) -> list[str]:
     """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that differs."""
-    return [f"{key}: {_show(before.get(key))} then, {_show(now.get(key))} now"
-            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    return [f"{key}{f' ({_OPTION_OF_KEY[key]})' if key in _OPTION_OF_KEY else ''}: {_show(before.get(key))} then, "
+            f"{_show(now.get(key))} now" for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 
 
 def _shard(manifest: dict) -> str:
