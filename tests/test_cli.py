@@ -30,6 +30,7 @@ from runhelpers import (
     write_plain_folder,
 )
 from vggfeat.cli import options
+from vggfeat.cli.info import _failed_classes
 from vggfeat import Extractor
 from vggfeat import settings
 from vggfeat.reading import ImageReader
@@ -424,7 +425,7 @@ def test_info_text(mixed):
     assert re.search(rf"rows\s+18 \(18 labelled\) of {18 + len(BAD_FILES)} images found", out)
     assert re.search(r"descriptor\s+64-d float32", out)
     assert re.search(r"classes\s+3: bad, good, odd", out)
-    assert re.search(rf"failed\s+{len(BAD_FILES)}\b", out)
+    assert re.search(rf"failed\s+{len(BAD_FILES)} \({len(BAD_FILES)} labelled: bad {len(BAD_FILES)}\)$", out, flags=re.MULTILINE)
     assert re.search(r"model\s+vgg16\s+weights random", out)
     assert re.search(r"layer\s+conv1_1, avg-pooled; scales 224 \(mean\); flip off", out)
     assert "WARNING: made with random weights" in out
@@ -436,6 +437,12 @@ def test_info_text(mixed):
     assert f"… and {len(BAD_FILES) - 5} more in /failed" in out
 
 
+def test_info_counts_the_failures_of_each_class_the_most_first():
+    by_class = {"dogs": 3, "ants": 2, "cats": 2, "eels": 1}
+    assert _failed_classes(by_class) == " (8 labelled: dogs 3, ants 2, cats 2, … 1 more class)"
+    assert _failed_classes({"cats": 1}) == " (1 labelled: cats 1)" and _failed_classes({}) == ""
+
+
 def test_info_json(mixed):
     code, out, err = run_main(["info", "--json", mixed["output"]])
     assert code == 0, err
@@ -443,6 +450,7 @@ def test_info_json(mixed):
     assert summary["complete"] is True
     assert (summary["rows"], summary["dim"], summary["dtype"], summary["failed"]) == (18, 64, "float32", len(BAD_FILES))
     assert summary["classes"] == ["bad", "good", "odd"] and summary["labelled"] == 18
+    assert summary["failed_by_class"] == {"bad": len(BAD_FILES)}
     assert [path for path, _ in summary["first_failures"]] == sorted(mixed["bad"])[:5]
     assert all(reason for _, reason in summary["first_failures"])
     a = summary["attrs"]

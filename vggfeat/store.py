@@ -300,12 +300,22 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
             "classes": list(f["classes"].asstr()[:]),
             "labelled": _labelled(f["labels"]),
             "failed": f["failed/paths"].shape[0],
+            "failed_by_class": _failed_by_class(f),
             "first_failures": [
                 [p, e]
                 for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
             ],
             "attrs": attrs,
         }
+
+
+def _failed_by_class(f: h5py.File) -> dict[str, int]:
+    """{class: images of it that failed}, most first (ties in class order); none where the file
+    does not keep its failures' labels."""
+    labels = failed_labels(f)
+    counts = np.bincount(labels[labels >= 0], minlength=f["classes"].shape[0])
+    classes = f["classes"].asstr()[:]
+    return {str(classes[i]): int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
 
 
 def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:

@@ -11,6 +11,7 @@ from ..errors import VggfeatError
 from ..predictions import posteriors_file_of
 from ..store import read_info, shards_folder, shards_progress, work_folder, work_progress
 from ..update import MODES
+from . import options
 
 
 def _network_line(a: dict) -> str:
@@ -43,6 +44,15 @@ def _not_written_yet(output: Path, command: str) -> str | None:
     return None
 
 
+def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
+    """`` (4 labelled: dogs 3, cats 1)``: the failures of each class, the most first."""
+    if not by_class:
+        return ""
+    most = [f"{name} {count:,}" for name, count in list(by_class.items())[:shown]]
+    more = [f"… {options.counted(len(by_class) - shown, 'more class', 'more classes')}"] if len(by_class) > shown else []
+    return f" ({sum(by_class.values()):,} labelled: {', '.join(most + more)})"
+
+
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
@@ -71,7 +81,7 @@ def info(file: Path, as_json: bool) -> None:
         f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled) of {a.get('images_found', '?'):,} images found",
         f"  descriptor   {summary['dim']}-d {summary['dtype']}",
         f"  classes      {len(classes)}{': ' + shown if classes else ''}",
-        f"  failed       {summary['failed']:,}",
+        f"  failed       {summary['failed']:,}{_failed_classes(summary['failed_by_class'])}",
         f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
         _network_line(a),
         f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
