@@ -166,7 +166,8 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
             last = start + step >= rows
             yield RowsBlock(f["paths"].asstr()[start : start + step], f["labels"][start : start + step],
                             f["sizes"][start : start + step], f["failed/paths"].asstr()[:] if last else [],
-                            f["failed/errors"].asstr()[:] if last else [], failed_labels(f) if last else np.zeros(0))
+                            f["failed/errors"].asstr()[:] if last else [],
+                            failed_labels(f) if last else np.zeros(0, dtype=np.int64))
 
 
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
