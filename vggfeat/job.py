@@ -380,8 +380,12 @@ _OPTION_OF_KEY = {"keep_top": "--topk, 5 at least"}
 
 def config_changes(before: dict, now: dict) -> list[str]:
     """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that differs."""
-    return [f"{key}{f' ({_OPTION_OF_KEY[key]})' if key in _OPTION_OF_KEY else ''}: {_show(before.get(key))} then, "
-            f"{_show(now.get(key))} now" for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    return [f"{_with_option(key)}: {_show(before.get(key))} then, {_show(now.get(key))} now"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
+
+def _with_option(key: str) -> str:
+    return f"{key} ({_OPTION_OF_KEY[key]})" if key in _OPTION_OF_KEY else key
 
 
 def _shard(manifest: dict) -> str:
