@@ -210,8 +210,9 @@ def test_shards_written_before_failures_kept_their_labels_merge(three_shards, wh
     merged = read_output(tmp_path / "merged.h5")
     assert (merged["failed_paths"], merged["failed_labels"]) == (whole["failed_paths"], [-1]) and whole["failed_labels"] == [1]
     with FeatureFile(shards[1]) as old, FeatureFile(three_shards[1]) as new:
-        assert [(paths, labels.tolist()) for paths, labels in (old.failed(), new.failed())] == [(["dogs/broken.jpg"], [-1]),
-                                                                                                  (["dogs/broken.jpg"], [1])]
+        assert [(failed.paths, failed.labels.tolist()) for failed in (old.failed(), new.failed())] == [(["dogs/broken.jpg"], [-1]),
+                                                                                                         (["dogs/broken.jpg"], [1])]
+        assert old.failed().reasons == new.failed().reasons == whole["failed_errors"] and whole["failed_errors"][0]
 
 
 # --------------------------------------------------------------------------- the commands

@@ -33,7 +33,8 @@ def clustered(n_classes=4, per_class=6, dim=16, seed=0):
     return X.astype(np.float32), labels
 
 
-def write_features(path, X, labels, classes=None, config=CONFIG, root=""):
+def write_features(path, X, labels, classes=None, config=CONFIG, root="", failed=()):
+    """A descriptor file of ``X``; ``failed``: (path, reason, label) of images that could not be described."""
     classes = classes or [f"c{i}" for i in range(max(labels) + 1)]
     string = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
@@ -42,8 +43,10 @@ def write_features(path, X, labels, classes=None, config=CONFIG, root=""):
         f["labels"] = np.asarray(labels, dtype=np.int32)
         f.create_dataset("classes", data=classes, dtype=string)
         f["sizes"] = np.zeros((len(X), 2), dtype=np.int32)
-        f.create_dataset("failed/paths", shape=(0,), dtype=string)
-        f.create_dataset("failed/errors", shape=(0,), dtype=string)
+        failed_paths, reasons, failed_labels = zip(*failed) if failed else ((), (), ())
+        f.create_dataset("failed/paths", data=list(failed_paths), shape=(len(failed),), dtype=string)
+        f.create_dataset("failed/errors", data=list(reasons), shape=(len(failed),), dtype=string)
+        f.create_dataset("failed/labels", data=np.asarray(failed_labels, dtype=np.int32), shape=(len(failed),))
         f.attrs["config"] = json.dumps({**config, "dim": X.shape[1]})
         f.attrs["complete"] = True
         f.attrs["input_root"] = str(root)
@@ -248,6 +251,7 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "db.npy"), X)
     lines = list(csv.reader(open(tmp_path / "db.paths.csv")))
     assert lines[0] == ["row", "path", "label"] and lines[1][2] == "c0"
+    assert list(csv.reader(open(tmp_path / "db.failed.csv"))) == [["path", "label", "reason"]]  # none failed
 
 
 def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):
@@ -273,9 +277,14 @@ def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):
 def test_export_parquet(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     X, labels = clustered()
-    db = write_features(tmp_path / "db.h5", X, np.where(np.arange(len(labels)) == 0, -1, labels))
-    code, _, err = run_main(["export", db, tmp_path / "out", "--to", "parquet"])
+    failed = [("c1/broken.jpg", "cannot identify image file", 1), ("x/empty.png", "empty file", -1)]
+    db = write_features(tmp_path / "db.h5", X, np.where(np.arange(len(labels)) == 0, -1, labels), failed=failed)
+    code, out, err = run_main(["export", db, tmp_path / "out", "--to", "parquet"])
     assert code == 0, err
+    assert out.strip() == f"wrote {tmp_path / 'out.parquet'}, {tmp_path / 'out.failed.csv'}"
+    # The failures, with their class as the rows' labels are written.
+    assert list(csv.reader(open(tmp_path / "out.failed.csv"))) == [
+        ["path", "label", "reason"], ["c1/broken.jpg", "c1", "cannot identify image file"], ["x/empty.png", "", "empty file"]]
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column_names == ["path", "label", "features"]
     np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), X)

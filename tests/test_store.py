@@ -52,4 +52,4 @@ def test_an_export_that_fails_midway_keeps_the_previous_export(tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         export(db, "npy", overwrite=True)
     np.testing.assert_array_equal(np.load(tmp_path / "db.npy"), before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.h5", "db.npy", "db.paths.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.failed.csv", "db.h5", "db.npy", "db.paths.csv"]

@@ -6,6 +6,10 @@
   ``features`` (fixed-size list of float32, D); the extraction configuration is the schema's
   ``vggfeat_config`` metadata (JSON). Needs ``pyarrow`` (``pip install 'vggfeat[export]'``).
 
+Either way ``OUTPUT.failed.csv`` lists the images that could not be described: ``path,label,reason``
+(a header alone when none failed; it is always written, so that no earlier export's list is left
+beside new rows).
+
 Rows are copied in blocks, so files larger than memory export too.
 """
 
@@ -33,12 +37,13 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
     base = Path(output) if output else Path(features).with_suffix("")
     if base.suffix.lower() in (".npy", ".parquet"):
         base = base.with_suffix("")
-    targets = [base.with_name(base.name + ".npy"), base.with_name(base.name + ".paths.csv")] if to == "npy" else [base.with_name(base.name + ".parquet")]
+    suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
+    targets = [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     with FeatureFile(features) as f:
-        labels = [f.classes[y] if y >= 0 else "" for y in f.labels]
+        labels = _class_names(f.labels, f.classes)
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
         # Each file appears whole or not at all: an interrupted export leaves the old ones intact.
         if to == "npy":
@@ -51,7 +56,16 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         else:
             with written_atomically(targets[0]) as temporary:
                 _parquet(f, temporary, labels, step)
+        failed = f.failed()
+        with written_atomically(targets[-1]) as temporary, open(temporary, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["path", "label", "reason"])
+            writer.writerows(zip(failed.paths, _class_names(failed.labels, f.classes), failed.reasons))
     return targets
+
+
+def _class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
+    return [classes[y] if y >= 0 else "" for y in labels]
 
 
 def _npy(f: FeatureFile, target: Path, step: int) -> None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,14 @@ _DEFAULTS = {"resize_side": "short", "normalize": "none", "center_crop": False}
 _REQUIRED = ("features", "paths", "labels", "classes")
 Files = str | os.PathLike | Sequence[str | os.PathLike]  # one features file, or several to fuse
 _READ_BYTES = 8 * 2**20  # per HDF5 read: a buffer that stays small (and cache-warm) whatever the file size
+
+
+class Failures(NamedTuple):
+    """The images of a file that could not be described, in path order."""
+
+    paths: list[str]
+    reasons: list[str]
+    labels: np.ndarray  # int64, an index into the file's classes; -1: none (or not recorded, in older files)
 
 
 class FeatureFile:
@@ -72,10 +81,10 @@ class FeatureFile:
     def dim(self) -> int:
         return self.features.shape[1]
 
-    def failed(self) -> tuple[list[str], np.ndarray]:
-        """The paths and labels (-1: none) of the images that could not be described; read from the
-        file on each call, as a few readers need them."""
-        return list(self._file["failed/paths"].asstr()[:]), failed_labels(self._file)
+    def failed(self) -> Failures:
+        """The images that could not be described; read from the file on each call, as a few readers need them."""
+        return Failures(list(self._file["failed/paths"].asstr()[:]), list(self._file["failed/errors"].asstr()[:]),
+                        failed_labels(self._file))
 
     def read(self, rows: np.ndarray | None = None, out: np.ndarray | None = None, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
         """Descriptors of ``rows`` (all by default, in the given order) into ``out`` or a new array.

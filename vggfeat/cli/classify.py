@@ -150,8 +150,8 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
         setting += f"; {' + '.join(map(str, models))} fused"
     if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
         with FeatureFile(posteriors) as f:
-            failed_paths, failed_labels = f.failed()
-            truth = folder_labels([*f.paths, *failed_paths], np.concatenate([f.labels, failed_labels]), f.classes)
+            failed = f.failed()
+            truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes)
     write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
 
 
