@@ -599,6 +599,98 @@ def test_networks_fused_by_averaging_their_posteriors(small_vgg, folder, tmp_pat
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.fixture
+def two_networks(small_vgg, monkeypatch) -> list:
+    """``--model vgg16,vgg19`` loads the small VGG as vgg16 and, as vgg19, one with another fc8;
+    returns the (model, weights) that each load was given."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        other = copy.deepcopy(small_vgg)
+        other.fc8.weight.copy_(torch.randn_like(other.fc8.weight) * other.fc8.weight.std())
+    other.arch, other.weights = "vgg19", WeightsInfo("random", "other", 0)
+    networks, loaded = {"vgg16": small_vgg, "vgg19": other}, []
+
+    def load_network(model, weights="imagenet", seed=0):
+        loaded.append((model, str(weights)))
+        return networks[model]
+
+    monkeypatch.setattr(vggfeat.extractor, "load_network", load_network)
+    return loaded
+
+
+def test_cli_fuses_several_models_in_one_run_as_export_fuses_their_files(two_networks, small_vgg, folder, tmp_path):
+    """``--model vgg16,vgg19`` writes the CSV, and reports the errors, that classifying into an .h5
+    with each model and exporting the first fused with the second give; killed while the second
+    model describes the images, it goes on from there."""
+    images, bad = folder
+    _, _, labels = labels_by_rank(small_vgg, images, tmp_path)
+    args = [*FAST, "--labels", labels, "--part-size", "1"]
+    for model in ("vgg16", "vgg19"):
+        assert run_main(["classify", images, tmp_path / f"{model}.h5", *FAST, "--model", model, "-q"])[0] == 0
+    code, by_export, err = run_main(["export", tmp_path / "vgg16.h5", tmp_path / "export.csv", "--to", "csv",
+                                     "--labels", labels, "--fuse", tmp_path / "vgg19.h5"])
+    assert code == 0, err
+    assert "vgg16 + vgg19 fused" in by_export
+    output = tmp_path / "fused.csv"
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
+        crash_on_part(patch, 3 + len(bad) + 2)  # a part an image: vgg16's, then vgg19's first one
+        run_main(["classify", images, output, *args, "--model", "vgg16,vgg19"])
+    assert (tmp_path / "fused.csv.vgg16.posteriors.h5").is_file() and (tmp_path / "fused.csv.vgg19.posteriors.h5.parts").is_dir()
+    code, _, err = run_main(["info", output])
+    assert code == 2 and (f"fused.csv is not written yet, the posteriors of its networks: vgg16: its images are described, "
+                          f"in {tmp_path / 'fused.csv.vgg16.posteriors.h5'}; run the same classify command to write it; vgg19: "
+                          f"an interrupted or running classification has done 1 of {3 + len(bad)} images") in error_line(err)
+    two_networks.clear()
+    code, out, err = run_main(["classify", images, output, *args, "--model", "vgg16,vgg19"])
+    assert code == 0, err
+    assert two_networks == [("vgg16", "random"), ("vgg19", "random")]
+    assert "vgg16: the posteriors of every image were described by an interrupted run" in err
+    assert f"vgg19: {3 + len(bad) - 1} images in" in err  # all but its first, and none of vgg16's again
+    assert out == by_export
+    assert output.read_bytes() == (tmp_path / "export.csv").read_bytes()
+    assert not list(tmp_path.glob("fused.csv.*"))  # every network's posteriors removed with their work
+
+
+def test_the_api_fuses_classifiers_as_the_command(two_networks, small_vgg, folder, tmp_path):
+    images, _ = folder
+    assert run_main(["classify", images, tmp_path / "cli.csv", *FAST, "--model", "vgg16,vgg19", "-q"])[0] == 0
+    classifiers = [Classifier(model, weights="random", scales=[224], flip=False, device="cpu") for model in ("vgg16", "vgg19")]
+    vggfeat.predictions.classify_images(classifiers, vggfeat.find_images(images), tmp_path / "api.csv")
+    assert (tmp_path / "api.csv").read_bytes() == (tmp_path / "cli.csv").read_bytes()
+    with pytest.raises(vggfeat.VggfeatError, match="each network fuses once, got vgg16, vgg16"):
+        vggfeat.predictions.classify_images([classifiers[0]] * 2, vggfeat.find_images(images), tmp_path / "x.csv")
+    top = Classifier("vgg19", weights="random", scales=[224], flip=False, device="cpu", keep_top=5)
+    with pytest.raises(vggfeat.VggfeatError, match="fused networks keep every posterior"):
+        vggfeat.predictions.classify_images([classifiers[0], top], vggfeat.find_images(images), tmp_path / "x.csv")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["api.csv", "cli.csv", "images"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["out.h5", "--model", "vgg16,vgg19"], "networks fuse into a CSV OUTPUT; for every posterior, classify into an .h5"),
+        (["out.csv", "--model", "vgg16,vgg16"], "each model once, got 'vgg16,vgg16'"),
+        (["out.csv", "--model", "vgg16,vgg20"], "'vgg20': choose from vgg11"),
+        (["out.csv", "--model", "vgg16,vgg19", "--weights", "d.pth"], "one weights file per model (2, comma-separated"),
+    ],
+)
+def test_cli_fusion_user_errors(two_networks, folder, tmp_path, monkeypatch, args, message):
+    images, _ = folder
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["classify", *FAST, images, *args])
+    assert code == 2 and message in error_line(err)
+    assert two_networks == [] and sorted(path.name for path in tmp_path.iterdir()) == ["images"]
+
+
+def test_cli_fused_models_take_a_weights_file_each(two_networks, folder, tmp_path):
+    images, _ = folder
+    weights = [tmp_path / "d.pth", tmp_path / "e.pth"]
+    code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST[2:], "--model", "vgg16,vgg19",
+                             "--weights", ",".join(map(str, weights)), "-q"])
+    assert code == 0, err
+    assert two_networks == [("vgg16", str(weights[0])), ("vgg19", str(weights[1]))]
+
+
 def test_export_to_csv_takes_classifys_posteriors_only(small_network_for_cli, folder, tmp_path):
     images, _ = folder
     descriptors = tmp_path / "descriptors.h5"

@@ -157,19 +157,44 @@ def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | Non
 BLOCK_ROWS = 8192
 
 
-def posteriors_file_of(output: str | os.PathLike) -> Path:
+def posteriors_file_of(output: str | os.PathLike, model: str | None = None) -> Path:
     """Where the posteriors of a CSV ``output`` are kept until it is written: ``OUTPUT.posteriors.h5``
-    (and, while they are described, its work folder ``OUTPUT.posteriors.h5.parts``)."""
+    (and, while they are described, its work folder ``OUTPUT.posteriors.h5.parts``); those of
+    ``model``, one of several networks fused, in ``OUTPUT.<model>.posteriors.h5``."""
     output = Path(output)
-    return output.with_name(output.name + ".posteriors.h5")
+    return output.with_name(f"{output.name}{'.' + model if model else ''}.posteriors.h5")
 
 
-def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet) -> bool:
-    """Whether the posteriors file of ``output`` is whole, made by ``classifier`` over ``images``: a
-    run killed after describing the images, before its CSV was written, left it. A complete one made
-    otherwise, by a run of this command with other options or images, is removed. Raises
-    :class:`VggfeatError` for a file of that name that this command did not make."""
-    posteriors = posteriors_file_of(output)
+def posteriors_files_of(output: str | os.PathLike, classifiers: Sequence[Classifier]) -> list[Path]:
+    """The posteriors files of a CSV ``output`` of ``classifiers``, one each (see :func:`posteriors_file_of`)."""
+    if len(classifiers) == 1:
+        return [posteriors_file_of(output)]
+    return [posteriors_file_of(output, classifier.network.arch) for classifier in classifiers]
+
+
+def check_fused_classifiers(classifiers: Sequence[Classifier]) -> None:
+    """Refuse networks that a CSV cannot fuse: none, one model twice, other classes, or a classifier
+    that keeps each image's top classes only (fusing averages every posterior)."""
+    if not classifiers:
+        raise VggfeatError("no classifier given")
+    models = [classifier.network.arch for classifier in classifiers]
+    if len(set(models)) < len(models):
+        raise VggfeatError(f"each network fuses once, got {', '.join(models)}")
+    if len(classifiers) > 1:
+        if len({classifier.classes for classifier in classifiers}) > 1:
+            raise VggfeatError("networks of different classes do not fuse: "
+                               + ", ".join(f"{c.network.arch} has {c.classes}" for c in classifiers))
+        if any(classifier.keep_top is not None for classifier in classifiers):
+            raise VggfeatError("fused networks keep every posterior: make them with keep_top=None")
+
+
+def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet, posteriors: Path | None = None) -> bool:
+    """Whether the posteriors file of ``output`` (or ``posteriors``, one of several networks' files
+    for it) is whole, made by ``classifier`` over ``images``: a run killed after describing the
+    images, before its CSV was written, left it. A complete one made otherwise, by a run of this
+    command with other options or images, is removed. Raises :class:`VggfeatError` for a file of
+    that name that this command did not make."""
+    posteriors = posteriors or posteriors_file_of(output)
     if not posteriors.is_file() or work_folder(posteriors).exists() or shards_folder(posteriors).exists():
         return False  # none, or the job's to resume
     attrs = file_attributes(posteriors)
@@ -182,7 +207,7 @@ def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet) -> 
 
 
 def classify_images(
-    classifier: Classifier,
+    classifier: Classifier | Sequence[Classifier],
     images: ImageSet,
     output: str | os.PathLike,
     topk: int = 5,
@@ -196,6 +221,9 @@ def classify_images(
     A ``classifier`` made with ``keep_top=keep_top_for(topk)`` keeps only what the CSV needs while
     the images are described (about 110 bytes of disk an image, against 4 KB for every
     posterior); one that keeps fewer classes than ``topk``, or than 5 with ``labels``, is refused.
+    Several classifiers (``[Classifier("vgg16"), Classifier("vgg19")]``, each with every posterior)
+    are fused: their posteriors are averaged, the paper's ConvNet fusion (Sec. 4.4), one network's
+    images described after the other's (``progress`` counts each network's).
     A killed call resumes where it stopped when called again with the same arguments (its work is
     kept beside ``output``, see :func:`posteriors_file_of`; ``part_images``: images per part).
     Raises OSError, writing no ``output`` but keeping that work, when the images' storage fails
@@ -203,14 +231,19 @@ def classify_images(
     rather than a file of images all failed.
     """
     output = Path(output)
+    classifiers = [classifier] if isinstance(classifier, Classifier) else list(classifier)
     check_new_file(output, overwrite)
-    check_prediction_options(classifier, topk, labels)
+    check_fused_classifiers(classifiers)
+    for each in classifiers:
+        check_prediction_options(each, topk, labels)
     started = time.monotonic()
-    if not posteriors_ready(output, classifier, images):
-        posteriors = posteriors_file_of(output)
-        ExtractionJob(classifier, images, posteriors, overwrite=overwrite, part_images=part_images,
-                      provenance={"posteriors_of": output.name}).run(progress)
-    result = write_predictions(output, classifier.categories(), topk, labels, overwrite)
+    files = posteriors_files_of(output, classifiers)
+    for each, posteriors in zip(classifiers, files):
+        if not posteriors_ready(output, each, images, posteriors):
+            ExtractionJob(each, images, posteriors, overwrite=overwrite, part_images=part_images,
+                          provenance={"posteriors_of": output.name}).run(progress)
+    result = write_predictions(output, classifiers[0].categories(), topk, labels, overwrite, posteriors=files[0],
+                               fuse=files[1:], remove=True)
     result.seconds = time.monotonic() - started
     return result
 
@@ -244,13 +277,14 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
                       labels: dict[str, int] | None = None, overwrite: bool = False,
                       progress: Callable[[int], object] | None = None,
                       posteriors: str | os.PathLike | None = None,
-                      fuse: Sequence[str | os.PathLike] = ()) -> ClassificationResult:
+                      fuse: Sequence[str | os.PathLike] = (), remove: bool = False) -> ClassificationResult:
     """``output`` (CSV) from its posteriors file (:func:`posteriors_file_of`), which is then
-    removed, or from ``posteriors`` (an .h5 that ``vggfeat classify`` wrote, kept): the ``topk``
-    classes of each image by ``names``, its reason if it failed, and with ``labels`` its true
-    class, top-1/top-5 errors counted; ``progress(n)`` after each block of classified images
-    (about 50,000 rows/s on a slow CPU core). ``fuse``: files of every posterior of other networks
-    over the same images, averaged with them (the paper's ConvNet fusion, Sec. 4.4)."""
+    removed, or from ``posteriors`` (an .h5 that ``vggfeat classify`` wrote, kept unless
+    ``remove``): the ``topk`` classes of each image by ``names``, its reason if it failed, and
+    with ``labels`` its true class, top-1/top-5 errors counted; ``progress(n)`` after each block
+    of classified images (about 50,000 rows/s on a slow CPU core). ``fuse``: files of every
+    posterior of other networks over the same images, averaged with them (the paper's ConvNet
+    fusion, Sec. 4.4), removed with ``posteriors`` where ``remove``."""
     output = Path(output)
     source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
@@ -265,8 +299,9 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
         writer = csv.writer(files.enter_context(open(temporary, "w", newline="", encoding="utf-8")))
         writer.writerow(_header(topk, labelled=labels is not None))
         writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused))
-    if posteriors is None:  # this CSV's own, kept only until it is written
-        source.unlink()
+    if posteriors is None or remove:  # this CSV's own, kept only until it is written
+        for path in (source, *fuse):
+            Path(path).unlink()
     return result
 
 

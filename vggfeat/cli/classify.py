@@ -11,9 +11,9 @@ import numpy as np
 from ..classifier import Classifier
 from ..job import check_output
 from ..features import FeatureFile
-from ..predictions import (ClassificationResult, are_imagenet_folders, check_prediction_options, evaluate_file, folder_labels,
-                           keep_top_for, posteriors_categories, posteriors_file_of, posteriors_ready, read_labels,
-                           write_predictions)
+from ..predictions import (ClassificationResult, are_imagenet_folders, check_fused_classifiers, check_prediction_options,
+                           evaluate_file, folder_labels, keep_top_for, posteriors_categories, posteriors_file_of,
+                           posteriors_files_of, posteriors_ready, read_labels, write_predictions)
 from ..store import check_new_file, file_attributes, rows_and_failures
 from ..update import check_rewritable
 from . import options
@@ -26,7 +26,7 @@ FOLDERS = "folders"
 
 @click.command()
 @options.image_source
-@options.network
+@options.networks
 @options.scales
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average the posteriors with the horizontally flipped image's.")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
@@ -44,7 +44,7 @@ FOLDERS = "folders"
 @options.retry_failed
 @options.update
 @options.quiet
-def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
+def classify(paths, file_list, root, models, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
              precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard,
              part_size, overwrite, retry_failed, update, quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
@@ -53,6 +53,8 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     whole image at Q = 256, 384, 512, each class-score map averaged, softmax, posteriors averaged
     over the image and its flip and over the scales. Unusable files get a row with the reason.
     Each image's top classes are first kept in OUTPUT.posteriors.h5, from which a killed run resumes.
+    Several models (--model vgg16,vgg19) are fused: each image's posteriors are averaged over them,
+    each model's kept in OUTPUT.<model>.posteriors.h5 until the CSV is written.
 
     An OUTPUT .h5 holds every image's posteriors instead, as 'vggfeat extract' writes descriptors:
     for millions of images, in shards, and updated or retried as extract's files are.
@@ -62,6 +64,10 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options
     # (and, for a retry or an update, whether the output was made with them).
+    if posteriors_file and len(models) > 1:
+        raise click.UsageError(f"--model {','.join(models)}: networks fuse into a CSV OUTPUT; for every posterior, classify "
+                               f"into an .h5 with each model, then 'vggfeat export A.h5 --to csv --fuse B.h5'")
+    weights_files = options.weights_of(models, weights)
     if not posteriors_file:
         for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
@@ -73,42 +79,57 @@ def classify(paths, file_list, root, model, weights, seed, scales, flip, dense, 
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list)
     say = options.reporter(quiet)
-    say(f"loading {model} ({weights})")
-    classifier = Classifier(
-        model, weights=weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
-        device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
-        jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
-        keep_top=None if posteriors_file else keep_top_for(topk),  # a CSV's posteriors: only what it needs
-    )
-    if classifier.network.weights.is_random:
+    classifiers = []
+    for model, model_weights in zip(models, weights_files):
+        say(f"loading {model} ({model_weights})")
+        classifiers.append(Classifier(
+            model, weights=model_weights, seed=seed, scales=scales, flip=flip, dense=dense, multi_crop=multi_crop,
+            device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder,
+            decode_in=decode_in, jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune,
+            compile=compile,
+            # A CSV's posteriors: only what it needs; every posterior where networks are averaged.
+            keep_top=None if posteriors_file or len(models) > 1 else keep_top_for(topk),
+        ))
+        check_prediction_options(classifiers[-1], None if posteriors_file else topk, truth)
+    check_fused_classifiers(classifiers)
+    if any(each.network.weights.is_random for each in classifiers):
         options.warn_random_weights(seed, "these predictions are meaningless")
-    check_prediction_options(classifier, None if posteriors_file else topk, truth)
+    classifier = classifiers[0]
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes)
-        check_prediction_options(classifier, None, truth)
+        for each in classifiers:
+            check_prediction_options(each, None, truth)
     elif truth is None and are_imagenet_folders(images.classes):
         say("note: the images' classes are ImageNet's WordNet ids: --labels folders reports the top-1/top-5 error")
     setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:
         write_output(classifier, images, output, devices, shard=shard, rewrite=rewrite, dtype="float32",
-                     part_size=part_size, overwrite=overwrite, quiet=quiet, precision=precision, desc=f"{model} {setting}")
+                     part_size=part_size, overwrite=overwrite, quiet=quiet, precision=precision,
+                     desc=f"{models[0]} {setting}")
         if truth is not None:
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    work = ""
-    if posteriors_ready(output, classifier, images):
-        say(f"the posteriors of every image were described by an interrupted run ({posteriors_file_of(output)})")
-    else:
+    files, work = posteriors_files_of(output, classifiers), []
+    for number, (each, posteriors) in enumerate(zip(classifiers, files), 1):
+        named = f"{each.network.arch}: " if len(classifiers) > 1 else ""
+        if posteriors_ready(output, each, images, posteriors):
+            say(f"{named}the posteriors of every image were described by an interrupted run ({posteriors})")
+            continue
+        if named:
+            say(f"{each.network.arch}, network {number} of {len(classifiers)} fused")
         # Into OUTPUT.posteriors.h5 first, as into an .h5 OUTPUT: a killed run resumes from its parts.
-        job = run_job(classifier, images, posteriors_file_of(output), devices, overwrite=overwrite, dtype="float32",
-                      part_size=part_size, quiet=quiet, precision=precision, desc=f"{model} {setting}",
+        job = run_job(each, images, posteriors, devices, overwrite=overwrite, dtype="float32", part_size=part_size,
+                      quiet=quiet, precision=precision, desc=f"{each.network.arch} {setting}",
                       provenance={"posteriors_of": output.name})
-        work = "; " + work_done(job.computed, job.seconds, run_on(classifier, devices))
-    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting, work=work)
+        work.append(named + work_done(job.computed, job.seconds, run_on(each, devices)))
+    if len(classifiers) > 1:
+        setting += f"; {' + '.join(models)} fused"
+    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+              work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:
@@ -119,15 +140,15 @@ def setting_of(dense: bool, multi_crop: bool, scales) -> str:
 
 def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
               overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
-              fuse: tuple[Path, ...] = ()) -> None:
+              fuse: tuple[Path, ...] = (), remove: bool = False) -> None:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
-    classify wrote; fused with the files ``fuse``), under a progress bar; say what it holds, and
-    the errors against ``truth`` (read from ``labels``)."""
+    classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
+    under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``)."""
     say = options.reporter(quiet)
     with options.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
         result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
-                                   fuse=fuse)
+                                   fuse=fuse, remove=remove)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:

@@ -11,6 +11,7 @@ from ..errors import VggfeatError
 from ..predictions import posteriors_file_of
 from ..store import read_info, shards_folder, shards_progress, work_folder, work_progress
 from ..update import MODES
+from ..weights import ARCHITECTURES
 from . import options
 
 
@@ -64,6 +65,10 @@ def info(file: Path, as_json: bool) -> None:
         for output, command in ((file, "extract"), (posteriors_file_of(file), "classify")):
             if (why := _not_written_yet(output, command)) is not None:
                 raise VggfeatError(f"{file} is not written yet: {why}")
+        fused = [f"{model}: {why}" for model in ARCHITECTURES  # a CSV of several networks: each one's posteriors
+                 if (why := _not_written_yet(posteriors_file_of(file, model), "classify")) is not None]
+        if fused:
+            raise VggfeatError(f"{file} is not written yet, the posteriors of its networks: {'; '.join(fused)}")
         raise VggfeatError(f"file not found: {file}")
     try:
         summary = read_info(file)

@@ -56,6 +56,29 @@ def check_devices(ctx: click.Context, param: click.Parameter, value: str) -> tup
     return devices
 
 
+def parse_models(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    models = tuple(name.strip() for name in value.split(","))
+    unknown = [name for name in models if name not in ARCHITECTURES]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(map(repr, unknown))}: choose from {', '.join(ARCHITECTURES)}")
+    if len(set(models)) < len(models):
+        raise click.BadParameter(f"each model once, got {value!r}")
+    return models
+
+
+def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
+    """The ``--weights`` of each of ``models``: 'imagenet' or 'random' for all, or one file each (comma-separated)."""
+    if len(models) == 1:
+        return (weights,)
+    if weights in ("imagenet", "random"):
+        return (weights,) * len(models)
+    files = tuple(name.strip() for name in weights.split(","))
+    if len(files) != len(models):
+        raise click.BadParameter(f"one weights file per model ({len(models)}, comma-separated in the order of --model), "
+                                 f"or imagenet or random for all; got {weights!r}", param_hint="'--weights'")
+    return files
+
+
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all).")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder].")
@@ -175,6 +198,12 @@ def write_json_output(path: Path | None, result: dict) -> None:
 # The groups every image-describing command takes, in --help order.
 image_source = _together(images_and_output, file_list, root)
 network = _together(model, weights, seed)
+# classify's: several models are fused.
+models = click.option("--model", "models", default="vgg16", show_default=True, callback=parse_models,
+                      help=f"VGG configuration ({', '.join(ARCHITECTURES)}); several, comma-separated (vgg16,vgg19), "
+                           "have their posteriors averaged, the paper's ConvNet fusion (a CSV OUTPUT only; "
+                           "--weights: imagenet, random, or a file each, comma-separated).")
+networks = _together(models, weights, seed)
 autotune = click.option("--cudnn-autotune", "autotune", default="auto", show_default=True, type=click.Choice(AUTOTUNES),
                         help="Time cuDNN's algorithms for full batches (GPU; seconds per batch shape, then faster). "
                              "auto: in runs of 50,000 images or more.")
