@@ -682,6 +682,16 @@ def test_cli_fusion_user_errors(two_networks, folder, tmp_path, monkeypatch, arg
     assert two_networks == [] and sorted(path.name for path in tmp_path.iterdir()) == ["images"]
 
 
+def test_cli_fusion_refuses_a_networks_file_it_did_not_make_before_any_work(two_networks, folder, tmp_path, monkeypatch):
+    images, _ = folder
+    foreign = tmp_path / "out.csv.vgg19.posteriors.h5"
+    assert run_main(["classify", images, foreign, *FAST, "--model", "vgg19", "-q"])[0] == 0  # a user's own file
+    monkeypatch.setattr(importlib.import_module("vggfeat.cli.classify"), "run_job", lambda *_, **__: pytest.fail("a network ran"))
+    code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST, "--model", "vgg16,vgg19", "-q"])
+    assert code == 2 and f"{foreign} exists and was not made for {tmp_path / 'out.csv'}" in error_line(err)
+    assert foreign.is_file() and sorted(path.name for path in tmp_path.iterdir()) == ["images", foreign.name]
+
+
 def test_cli_fused_models_take_a_weights_file_each(two_networks, folder, tmp_path):
     images, _ = folder
     weights = [tmp_path / "d.pth", tmp_path / "e.pth"]

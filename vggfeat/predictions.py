@@ -238,8 +238,9 @@ def classify_images(
         check_prediction_options(each, topk, labels)
     started = time.monotonic()
     files = posteriors_files_of(output, classifiers)
-    for each, posteriors in zip(classifiers, files):
-        if not posteriors_ready(output, each, images, posteriors):
+    ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
+    for each, posteriors, described in zip(classifiers, files, ready):
+        if not described:
             ExtractionJob(each, images, posteriors, overwrite=overwrite, part_images=part_images,
                           provenance={"posteriors_of": output.name}).run(progress)
     result = write_predictions(output, classifiers[0].categories(), topk, labels, overwrite, posteriors=files[0],

@@ -114,9 +114,11 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
     files, work = posteriors_files_of(output, classifiers), []
-    for number, (each, posteriors) in enumerate(zip(classifiers, files), 1):
+    # Every network's file checked before any works: one that classify did not make is refused now.
+    ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
+    for number, (each, posteriors, described) in enumerate(zip(classifiers, files, ready), 1):
         named = f"{each.network.arch}: " if len(classifiers) > 1 else ""
-        if posteriors_ready(output, each, images, posteriors):
+        if described:
             say(f"{named}the posteriors of every image were described by an interrupted run ({posteriors})")
             continue
         if named:
