@@ -13,7 +13,10 @@ one run:
   (b) ``predictions.write_predictions``: the whole CSV, with and without a label list, from a file
       of every posterior (the baseline; the twenty-first session's) and from one of each image's
       top 5 classes (``Classifier(keep_top=5)``, what the command keeps since the twenty-second),
-      with the bytes a row that each file takes.
+      with the bytes a row that each file takes;
+  (c) the CSV of two networks' files fused (``fuse=``, as ``classify --model vgg16,vgg19`` writes
+      it): of the same failures, and of failures that the networks disagree on (half of the
+      second's are rows of the first), which the fusion reads without the files' paths whole.
 """
 
 from __future__ import annotations
@@ -30,12 +33,19 @@ from vggfeat.predictions import BLOCK_ROWS, posteriors_file_of, top_classes, wri
 from vggfeat.store import STRING
 
 
-def make_posteriors(output: Path, images: int, classes: int = 1000, keep_top: int | None = None) -> None:
-    """A complete posteriors file for the CSV ``output``, as classify leaves it, of random rows:
-    every posterior, or with ``keep_top`` each image's top classes (as ``Classifier`` keeps them)."""
-    rng = np.random.default_rng(0)
+def make_posteriors(output: Path, images: int, classes: int = 1000, keep_top: int | None = None,
+                    target: Path | None = None, failed_too: int | None = None, seed: int = 0) -> None:
+    """A complete posteriors file for the CSV ``output`` (at ``target``, by default its own), as
+    classify leaves it, of random rows: every posterior, or with ``keep_top`` each image's top
+    classes (as ``Classifier`` keeps them). A failure every 1,000 images; with ``failed_too``,
+    every 2,000th from that one is also a failure, not a row (another network's failures)."""
+    rng = np.random.default_rng(seed)
     dim = classes if keep_top is None else 2 * keep_top
-    with h5py.File(posteriors_file_of(output), "w") as f:
+    rows = [f"val/{i:09d}.JPEG" for i in range(images) if failed_too is None or i % 2000 != failed_too]
+    images = len(rows)
+    failed = sorted([f"val/{i:09d}x.JPEG" for i in range(0, images, 1000)]
+                    + [f"val/{i:09d}.JPEG" for i in range(failed_too or 0, images, 2000) if failed_too is not None])
+    with h5py.File(target or posteriors_file_of(output), "w") as f:
         features = f.create_dataset("features", (images, dim), dtype="float32", chunks=(max(256, 2**20 // (4 * dim)), dim))
         for start in range(0, images, BLOCK_ROWS):
             block = rng.random((min(BLOCK_ROWS, images - start), classes), dtype=np.float32) ** 8
@@ -44,14 +54,13 @@ def make_posteriors(output: Path, images: int, classes: int = 1000, keep_top: in
                 top = np.argsort(-block, axis=1, kind="stable")[:, :keep_top]
                 block = np.concatenate([np.take_along_axis(block, top, axis=1), top.astype(np.float32)], axis=1)
             features[start : start + len(block)] = block
-        f.create_dataset("paths", data=[f"val/{i:09d}.JPEG" for i in range(images)], dtype=STRING)
+        f.create_dataset("paths", data=rows, dtype=STRING)
         f.create_dataset("labels", data=np.full(images, -1, dtype=np.int32))
         f.create_dataset("classes", data=[], dtype=STRING)
         f.create_dataset("sizes", data=np.zeros((images, 2), dtype=np.int32))
-        failed = [f"val/{i:09d}x.JPEG" for i in range(0, images, 1000)]
         f.create_dataset("failed/paths", data=failed, dtype=STRING)
         f.create_dataset("failed/errors", data=["truncated"] * len(failed), dtype=STRING)
-        f.attrs.update(config="{}", complete=True, posteriors_of=output.name)
+        f.attrs.update(config="{}", complete=True, posteriors_of=output.name, dense=True, model=f"net{seed}")
         if keep_top is not None:
             f.attrs["keep_top"] = keep_top
 
@@ -94,6 +103,16 @@ def main() -> None:
                       f"label list: {args.images / seconds:10,.0f} rows/s, {output.stat().st_size / args.images:.0f} bytes "
                       f"a CSV row ({result.classified:,} classified)")
         print(f"    the same CSVs from either file: {csvs[:2] == csvs[2:]}")
+        print("(c) the CSV of two networks' files fused, without a label list")
+        first, second = Path(folder) / "first.h5", Path(folder) / "second.h5"
+        make_posteriors(output, args.images, target=first)
+        for failed_too, kind in ((None, "the same failures"), (1000, "failures the networks disagree on")):
+            make_posteriors(output, args.images, target=second, failed_too=failed_too, seed=1)
+            began = time.perf_counter()
+            result = write_predictions(output, names, 5, overwrite=True, posteriors=first, fuse=[second])
+            seconds = time.perf_counter() - began
+            print(f"    {kind}: {args.images / seconds:10,.0f} rows/s ({result.classified:,} classified, "
+                  f"{result.failed:,} failed)")
 
 
 if __name__ == "__main__":

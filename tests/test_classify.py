@@ -591,7 +591,7 @@ def test_networks_fused_by_averaging_their_posteriors(small_vgg, folder, tmp_pat
     (images / "good" / "c.png").unlink()  # other images
     assert run_main(["classify", images, tmp_path / "fewer.h5", *fast, "--seed", "1", "-q"])[0] == 0
     code, _, err = run_main(["export", tmp_path / "0.h5", tmp_path / "x.csv", "--to", "csv", "--fuse", tmp_path / "fewer.h5"])
-    assert code == 2 and "holds the posteriors of 2 images over 1000 classes" in error_line(err)
+    assert code == 2 and "holds the posteriors of 9 images over 1000 classes" in error_line(err)
     killed_before_its_csv([images, tmp_path / "p.csv", *fast, "--seed", "0", "-q"])  # a CSV run's own file, of top classes
     with pytest.raises(vggfeat.VggfeatError, match="keeps each image's top classes only"):
         vggfeat.predictions.write_predictions(tmp_path / "x.csv", imagenet_categories(), posteriors=tmp_path / "0.h5",
@@ -649,6 +649,30 @@ def test_cli_fuses_several_models_in_one_run_as_export_fuses_their_files(two_net
     assert out == by_export
     assert output.read_bytes() == (tmp_path / "export.csv").read_bytes()
     assert not list(tmp_path.glob("fused.csv.*"))  # every network's posteriors removed with their work
+
+
+def test_an_image_that_one_network_failed_is_failed_in_the_fusion(two_networks, folder, tmp_path, monkeypatch):
+    """Networks may disagree on which images failed (storage that failed one run's reads, say): the
+    fusion fails an image that any network failed, naming it, and averages the others."""
+    images, bad = folder
+    for model, unreadable in (("vgg16", "c.png"), ("vgg19", "b.jpg")):
+        with pytest.MonkeyPatch.context() as patch:
+            flaky_storage(patch, {unreadable: 100})
+            assert run_main(["classify", images, tmp_path / f"{model}.h5", *FAST, "--model", model, "-q"])[0] == 0
+    code, _, err = run_main(["export", tmp_path / "vgg16.h5", tmp_path / "fused.csv", "--to", "csv",
+                             "--fuse", tmp_path / "vgg19.h5"])
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'fused.csv'}: 1 image classified, {2 + len(bad)} failed" in err
+    rows = {row["path"]: row for row in read_csv(tmp_path / "fused.csv")}
+    assert list(rows) == sorted([*GOOD, *bad])
+    assert rows["good/b.jpg"]["error"].startswith("vgg19: ") and "input/output error" in rows["good/b.jpg"]["error"].lower()
+    assert rows["good/c.png"]["error"].startswith("vgg16: ")
+    assert all(not rows[path]["error"].startswith("vgg") and bad[path] in rows[path]["error"].lower() for path in bad)
+    fused = np.mean([Classifier(model, weights="random", scales=[224], flip=False, device="cpu").extract([images / "good" / "a.png"])
+                     for model in ("vgg16", "vgg19")], axis=0)[0]
+    top = top_classes(fused[None], 5)[0]
+    assert [int(rows["good/a.png"][f"class_{r}"]) for r in range(1, 6)] == top.tolist()
+    np.testing.assert_allclose([float(rows["good/a.png"][f"probability_{r}"]) for r in range(1, 6)], fused[top], atol=2e-6)
 
 
 def test_the_api_fuses_classifiers_as_the_command(two_networks, small_vgg, folder, tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 from .classifier import Classifier, category_names
 from .discover import ImageSet
 from .errors import VggfeatError
+from .fusion import FusedPosteriors
 from .job import ExtractionJob, holds_job
 from .store import check_new_file, file_attributes, open_features_file, shards_folder, work_folder, written_atomically
 
@@ -321,8 +322,10 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
                    names: Sequence[str], topk: int, progress: Callable[[int], object] | None = None,
                    fused: Sequence[h5py.File] = ()) -> Iterator[list]:
     """The CSV rows of a posteriors file's images, classified and failed, in path order (that of
-    the image set), counted into ``result``; their posteriors averaged with those of ``fused``."""
-    failed_paths, reasons = f["failed/paths"].asstr()[:], f["failed/errors"].asstr()[:]
+    the image set), counted into ``result``; their posteriors averaged with those of ``fused``,
+    where an image that any of them failed is failed (:mod:`vggfeat.fusion`)."""
+    posteriors = FusedPosteriors([f, *fused])
+    failed_paths, reasons = posteriors.failed_paths, posteriors.reasons
     failed = 0  # failures written
     ranked = classes_needed(topk, labels is not None, len(names))
 
@@ -336,15 +339,9 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
             failed += 1
 
     kept = f.attrs.get("keep_top")  # a file of each image's top classes, not of every posterior
-    for start in range(0, f["features"].shape[0], BLOCK_ROWS):
-        block = f["features"][start : start + BLOCK_ROWS]
-        paths = f["paths"].asstr()[start : start + len(block)]
-        for other in fused:
-            if not np.array_equal(other["paths"].asstr()[start : start + len(block)], paths):
-                raise VggfeatError(f"{other.filename} and {f.filename} hold other images from row {start:,} on: "
-                                   "only files of the same images (and failures) fuse")
-            block = block + other["features"][start : start + len(block)]
-        block = block / (1 + len(fused)) if fused else block
+    rows = f["features"].shape[0]
+    for start in range(0, rows, BLOCK_ROWS):
+        paths, block = posteriors.rows(start, min(start + BLOCK_ROWS, rows))
         truth = match_labels(paths, labels) if labels is not None else [None] * len(paths)
         if kept is None:
             top = top_classes(block, ranked)
@@ -358,7 +355,7 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
                      for cell in (int(index), names[index], f"{probability:.6f}")]
             yield [path, *_truth_cells(label, labels, names), *cells, ""]
         if progress is not None:
-            progress(len(block))
+            progress(min(BLOCK_ROWS, rows - start))
     yield from failures_before(None)
 
 
@@ -378,15 +375,16 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
 
 def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_path: str | os.PathLike) -> None:
     """Refuse to fuse with the posteriors file ``path`` one that is not of every posterior of as
-    many classes over the same images."""
+    many classes over the same images (each a row or a failure: networks may disagree on which failed)."""
     _refuse_descriptors(other.attrs, other_path)
     for file, name in ((f, path), (other, other_path)):
         if "keep_top" in file.attrs:
             raise VggfeatError(f"{name} keeps each image's top classes only; fusing averages every posterior")
-    (rows, classes), (other_rows, other_classes) = f["features"].shape, other["features"].shape
-    if (other_rows, other_classes) != (rows, classes):
-        raise VggfeatError(f"{other_path} holds the posteriors of {other_rows:,} images over {other_classes} classes, "
-                           f"{path} of {rows:,} over {classes}: only files of the same images fuse")
+    (images, classes), (other_images, other_classes) = (
+        (file["features"].shape[0] + file["failed/paths"].shape[0], file["features"].shape[1]) for file in (f, other))
+    if (other_images, other_classes) != (images, classes):
+        raise VggfeatError(f"{other_path} holds the posteriors of {other_images:,} images over {other_classes} classes, "
+                           f"{path} of {images:,} over {classes}: only files of the same images fuse")
     if other.attrs.get("images_sha256") != f.attrs.get("images_sha256"):
         raise VggfeatError(f"{other_path} and {path} were made of other images: only files of the same images fuse")
 
