@@ -716,6 +716,17 @@ def test_cli_fusion_refuses_a_networks_file_it_did_not_make_before_any_work(two_
     assert foreign.is_file() and sorted(path.name for path in tmp_path.iterdir()) == ["images", foreign.name]
 
 
+def test_cli_names_the_work_that_a_run_with_other_networks_left(two_networks, folder, tmp_path):
+    images, _ = folder
+    output = tmp_path / "out.csv"
+    killed_before_its_csv([images, output, *FAST, "-q"])  # VGG16 alone
+    code, _, err = run_main(["classify", images, output, *FAST, "--model", "vgg16,vgg19"])
+    assert code == 0, err
+    left = tmp_path / "out.csv.posteriors.h5"
+    assert f"note: {left} was left by an interrupted run of this CSV with other --model networks" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.csv", left.name]  # not removed unasked
+
+
 def test_cli_fused_models_take_a_weights_file_each(two_networks, folder, tmp_path):
     images, _ = folder
     weights = [tmp_path / "d.pth", tmp_path / "e.pth"]

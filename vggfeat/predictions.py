@@ -33,6 +33,7 @@ from .errors import VggfeatError
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, holds_job
 from .store import check_new_file, file_attributes, open_features_file, shards_folder, work_folder, written_atomically
+from .weights import ARCHITECTURES
 
 
 @dataclass
@@ -171,6 +172,14 @@ def posteriors_files_of(output: str | os.PathLike, classifiers: Sequence[Classif
     if len(classifiers) == 1:
         return [posteriors_file_of(output)]
     return [posteriors_file_of(output, classifier.network.arch) for classifier in classifiers]
+
+
+def other_networks_work(output: str | os.PathLike, files: Sequence[Path]) -> list[Path]:
+    """What interrupted runs of the CSV ``output`` with other networks than those of ``files`` (its
+    posteriors files now) left beside it: posteriors files and their work folders."""
+    candidates = [posteriors_file_of(output), *(posteriors_file_of(output, model) for model in ARCHITECTURES)]
+    return [path for file in candidates if file not in files
+            for path in (file, work_folder(file), shards_folder(file)) if path.exists()]
 
 
 def check_fused_classifiers(classifiers: Sequence[Classifier]) -> None:

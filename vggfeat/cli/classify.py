@@ -12,8 +12,8 @@ from ..classifier import Classifier
 from ..job import check_output
 from ..features import FeatureFile
 from ..predictions import (ClassificationResult, are_imagenet_folders, check_fused_classifiers, check_prediction_options,
-                           evaluate_file, folder_labels, keep_top_for, posteriors_categories, posteriors_file_of,
-                           posteriors_files_of, posteriors_ready, read_labels, write_predictions)
+                           evaluate_file, folder_labels, keep_top_for, other_networks_work, posteriors_categories,
+                           posteriors_file_of, posteriors_files_of, posteriors_ready, read_labels, write_predictions)
 from ..store import check_new_file, file_attributes, rows_and_failures
 from ..update import check_rewritable
 from . import options
@@ -114,6 +114,9 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
     files, work = posteriors_files_of(output, classifiers), []
+    for path in other_networks_work(output, files):
+        say(f"note: {path} was left by an interrupted run of this CSV with other --model networks; remove it if it "
+            "is not needed", fg="yellow")
     # Every network's file checked before any works: one that classify did not make is refused now.
     ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
     for number, (each, posteriors, described) in enumerate(zip(classifiers, files, ready), 1):
