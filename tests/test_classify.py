@@ -537,6 +537,18 @@ def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for
     assert "--dtype" not in err  # classify has none
 
 
+def test_cli_fused_networks_are_all_counted_in_the_first_disk_warning(two_networks, folder, tmp_path, monkeypatch):
+    images, bad = folder
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    code, _, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "--model", "vgg16,vgg19", "-q"])
+    assert code == 0, err
+    per_network = (3 + len(bad)) * (1000 * 4 + vggfeat.job._ROW_EXTRAS)  # every posterior, float32, at most
+    warnings = [" ".join(line.split()) for line in err.splitlines() if line.startswith("WARNING: this run needs")]
+    assert [warning.split(" more disk")[0] for warning in warnings] == [
+        f"WARNING: this run needs up to {size_text(2 * per_network)}", f"WARNING: this run needs up to {size_text(per_network)}"]
+
+
 def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_network_for_cli, small_vgg, folder, tmp_path):
     """Posteriors kept in an .h5 (merged from shards, say) give the CSV that classify writes, and
     stay: from Python, and with 'vggfeat export --to csv'."""

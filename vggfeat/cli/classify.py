@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ..classifier import Classifier
-from ..job import check_output
+from ..job import check_output, disk_per_row
 from ..features import FeatureFile
 from ..predictions import (ClassificationResult, are_imagenet_folders, check_fused_classifiers, check_prediction_options,
                            evaluate_file, folder_labels, keep_top_for, other_networks_work, posteriors_categories,
@@ -127,9 +127,12 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
         if named:
             say(f"{each.network.arch}, network {number} of {len(classifiers)} fused")
         # Into OUTPUT.posteriors.h5 first, as into an .h5 OUTPUT: a killed run resumes from its parts.
+        # The networks after this one need their disk too: the warning comes before hours of work.
+        after = sum(len(images) * disk_per_row(other.dim, "float32")
+                    for other, done in zip(classifiers[number:], ready[number:]) if not done)
         job = run_job(each, images, posteriors, devices, overwrite=overwrite, dtype="float32", part_size=part_size,
                       quiet=quiet, precision=precision, desc=f"{each.network.arch} {setting}",
-                      provenance={"posteriors_of": output.name})
+                      provenance={"posteriors_of": output.name}, disk_after=after)
         work.append(named + work_done(job.computed, job.seconds, run_on(each, devices)))
     if len(classifiers) > 1:
         setting += f"; {' + '.join(models)} fused"

@@ -110,14 +110,16 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
 
 
 def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, overwrite: bool,
-            dtype: str, part_size: int, quiet: bool, precision: str, desc: str, provenance: dict | None = None) -> JobResult:
+            dtype: str, part_size: int, quiet: bool, precision: str, desc: str, provenance: dict | None = None,
+            disk_after: int = 0) -> JobResult:
     """The job that writes ``extractor``'s rows of ``images`` into ``output`` on ``devices`` (resuming
     an interrupted one), announced and run under a progress bar named ``desc``; ``provenance``:
-    attributes for the file besides the command."""
+    attributes for the file besides the command; ``disk_after``: bytes of disk that the work after
+    this job needs too (counted in the disk warning)."""
     job = extraction_job(extractor, images, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size,
                          provenance=provenance or {})
     say = options.reporter(quiet)
-    announce(job, extractor, dtype, say, devices)
+    announce(job, extractor, dtype, say, devices, disk_needed=job.disk_needed() + disk_after)
     options.advise_precision(extractor, precision, say)
     return running(job, job.run, quiet, desc=desc)
 
