@@ -257,6 +257,30 @@ def test_fusion_matches_rows_by_path(tmp_path):
         load_features([a, c])
 
 
+def test_files_that_do_not_fuse_because_one_failed_images_say_how_to_describe_them(tmp_path):
+    """Two networks' files of the same images, where the second could not read two of them as it
+    was made: the refusal names the failure and --retry-failed, either way round."""
+    X, y, paths, names = blobs()
+    a = write_features(tmp_path / "a.h5", X, paths, y, names)
+    kept = [i for i in range(len(paths)) if i not in (3, 17)]
+    e = write_features(tmp_path / "e.h5", X[kept], [paths[i] for i in kept], y[kept], names, config={"model": "vgg19"})
+    with h5py.File(e, "r+") as f:
+        for name, values in (("paths", [paths[3], paths[17]]), ("errors", ["Input/output error", "Input/output error"])):
+            del f[f"failed/{name}"]
+            f.create_dataset(f"failed/{name}", data=values, dtype=h5py.string_dtype("utf-8"))
+    hint = f"they failed in {e} ({paths[3]}: Input/output error): once they can be read, 'vggfeat extract IMAGES {e} --retry-failed'"
+    with pytest.raises(VggfeatError, match="2 path\\(s\\) are not in the second") as refused:
+        load_features([a, e])
+    assert hint in str(refused.value)
+    with pytest.raises(VggfeatError, match="they hold different images") as refused:
+        load_features([e, a])
+    assert f"they failed in {e} ({paths[3]}:" in str(refused.value)
+    c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)  # other images: no hint
+    with pytest.raises(VggfeatError) as refused:
+        load_features([a, c])
+    assert "--retry-failed" not in str(refused.value)
+
+
 def test_chunked_row_reads_are_exact(tmp_path, monkeypatch):
     import vggfeat.features
 

@@ -252,12 +252,24 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
     if missing:
         if reference is not None:
             raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are "
-                               f"not in the second (e.g. {missing[0]})")
+                               f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing)}")
         raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
     if whole and reference is not None and len(f.paths) != len(reference.paths):
+        extra = sorted(set(f.paths) - set(reference.paths))
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
-                           "they hold different images")
+                           f"they hold different images{_retry_hint(reference, extra)}")
     return np.array([index[path] for path in wanted], dtype=np.int64)
+
+
+def _retry_hint(f: FeatureFile, paths: list[str]) -> str:
+    """Where ``paths``, images that ``f`` lacks, all failed in ``f`` (a file that could not be read
+    as it was made, say): how to describe them, so that the files fuse."""
+    failed = f.failed()
+    reasons = dict(zip(failed.paths, failed.reasons))
+    if not paths or any(path not in reasons for path in paths):
+        return ""
+    return (f"; they failed in {f.path} ({paths[0]}: {reasons[paths[0]]}): once they can be read, 'vggfeat extract "
+            f"IMAGES {f.path} --retry-failed', with the options that made it, describes them")
 
 
 def _is_run(rows: np.ndarray) -> bool:
