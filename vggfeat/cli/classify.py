@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from ..classifier import Classifier
+from ..discover import ImageSet
 from ..job import check_output, disk_per_row
 from ..features import FeatureFile
 from ..predictions import (ClassificationResult, are_imagenet_folders, check_fused_classifiers, check_prediction_options,
@@ -113,7 +114,22 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
         if truth is not None:
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    files, work = posteriors_files_of(output, classifiers), []
+    files = posteriors_files_of(output, classifiers)
+    work = describe_posteriors(classifiers, images, output, files, devices, setting, overwrite=overwrite,
+                               part_size=part_size, quiet=quiet, precision=precision)
+    if len(classifiers) > 1:
+        setting += f"; {' + '.join(models)} fused"
+    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+              work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+
+
+def describe_posteriors(classifiers: list[Classifier], images: ImageSet, output: Path, files: list[Path],
+                        devices: tuple[str, ...], setting: str, *, overwrite: bool, part_size: int, quiet: bool,
+                        precision: str) -> list[str]:
+    """Each network's posteriors of ``images`` into its file of ``files`` beside the CSV ``output``,
+    one network after the other, as into an .h5 OUTPUT (a killed run resumes from their parts);
+    returns what was done, in words."""
+    say, work = options.reporter(quiet), []
     for path in other_networks_work(output, files):
         say(f"note: {path} was left by an interrupted run of this CSV with other --model networks; remove it if it "
             "is not needed", fg="yellow")
@@ -126,7 +142,6 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
             continue
         if named:
             say(f"{each.network.arch}, network {number} of {len(classifiers)} fused")
-        # Into OUTPUT.posteriors.h5 first, as into an .h5 OUTPUT: a killed run resumes from its parts.
         # The networks after this one need their disk too: the warning comes before hours of work.
         after = sum(len(images) * disk_per_row(other.dim, "float32")
                     for other, done in zip(classifiers[number:], ready[number:]) if not done)
@@ -134,10 +149,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
                       quiet=quiet, precision=precision, desc=f"{each.network.arch} {setting}",
                       provenance={"posteriors_of": output.name}, disk_after=after)
         work.append(named + work_done(job.computed, job.seconds, run_on(each, devices)))
-    if len(classifiers) > 1:
-        setting += f"; {' + '.join(models)} fused"
-    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
-              work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+    return work
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:
