@@ -21,11 +21,11 @@ CONFIG = {
 
 
 def write_features(path, X, paths, labels, classes, config: dict | None = None, complete: bool = True,
-                   chunk_rows: int | None = None) -> Path:
-    """A features file with the schema of ``vggfeat extract`` (without /sizes and /failed contents).
+                   chunk_rows: int | None = None, failed: dict[str, str] | None = None) -> Path:
+    """A features file with the schema of ``vggfeat extract`` (without /sizes contents).
 
     ``chunk_rows``: store /features in chunks of that many full rows, as ``vggfeat extract`` does
-    (by default it is contiguous).
+    (by default it is contiguous). ``failed``: the images it could not describe, path to reason.
     """
     path = Path(path)
     X = np.asarray(X, dtype=np.float32)
@@ -37,8 +37,9 @@ def write_features(path, X, paths, labels, classes, config: dict | None = None, 
         f["labels"] = np.asarray(labels, dtype=np.int32)
         f.create_dataset("classes", data=list(classes), dtype=string)
         f["sizes"] = np.full((len(X), 2), 224, dtype=np.int32)
-        f.create_dataset("failed/paths", shape=(0,), dtype=string)
-        f.create_dataset("failed/errors", shape=(0,), dtype=string)
+        failed = dict(sorted((failed or {}).items()))
+        f.create_dataset("failed/paths", data=list(failed), shape=(len(failed),), dtype=string)
+        f.create_dataset("failed/errors", data=list(failed.values()), shape=(len(failed),), dtype=string)
         f.attrs["config"] = json.dumps(config, sort_keys=True)
         f.attrs["complete"] = complete
         f.attrs["format_version"] = 1

@@ -281,6 +281,20 @@ def test_files_that_do_not_fuse_because_one_failed_images_say_how_to_describe_th
     assert "--retry-failed" not in str(refused.value)
 
 
+def test_a_labelled_image_that_the_features_file_failed_is_left_out_with_a_warning(tmp_path):
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "a.h5", X[1:], paths[1:], y[1:], names, failed={paths[0]: "empty file"})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{path},{names[label]}\n" for path, label in zip(paths, y)))
+    with pytest.warns(RuntimeWarning, match=f"1 image\\(s\\) of {labels} are left out: the features file could not "
+                                            f"describe them \\(e.g. {paths[0]}: empty file\\)"):
+        saved = transfer.train_svm(features, labels_csv=labels)
+    assert saved.training["rows"] == len(paths) - 1
+    labels.write_text(labels.read_text() + "not/there.jpg,x\n")  # not an image of the file at all: refused
+    with pytest.raises(VggfeatError, match="1 path\\(s\\) of .* are not in the features file \\(e.g. not/there.jpg\\)"):
+        transfer.train_svm(features, labels_csv=labels)
+
+
 def test_chunked_row_reads_are_exact(tmp_path, monkeypatch):
     import vggfeat.features
 

@@ -55,6 +55,31 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_predict_writes_the_images_without_a_descriptor_with_their_reason(data, tmp_path):
+    """A test set's failed images are rows of predict's CSV too, in path order, as classify writes
+    them: an image never silently missing from the predictions."""
+    root, files = data
+    model = tmp_path / "m.h5"
+    ok(["train-svm", files["train"], model])
+    test = tmp_path / "test.h5"
+    test.write_bytes(files["test"].read_bytes())
+    failed = ["a_first.jpg", "green_checks/zz_truncated.jpg"]
+    with h5py.File(test, "r+") as f:
+        for name, values in (("paths", failed), ("errors", ["not an image", "truncated file"]), ("labels", [-1, 1])):
+            del f[f"failed/{name}"]
+            f.create_dataset(f"failed/{name}", data=values, dtype=h5py.string_dtype("utf-8") if name != "labels" else "int32")
+    out = ok(["predict", model, test, tmp_path / "p.csv"])
+    assert out.strip() == (f"wrote {tmp_path / 'p.csv'}: 9 rows, 3 class scores each; 2 images without a descriptor "
+                           "(failed), with their reason")
+    rows = read_csv(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == sorted([r["path"] for r in rows]) and len(rows) == 11
+    by_path = {r["path"]: r for r in rows}
+    assert [(by_path[p]["predicted"], by_path[p]["score:green_checks"], by_path[p]["error"]) for p in failed] == [
+        ("", "", "not an image"), ("", "", "truncated file")]
+    ok(["predict", model, files["test"], tmp_path / "q.csv"])  # the same rows, but for the failures
+    assert [r for r in rows if not r["error"]] == read_csv(tmp_path / "q.csv")
+
+
 def test_train_predict_evaluate_with_a_report(data, tmp_path):
     _, files = data
     model = tmp_path / "model.svm.h5"
@@ -67,7 +92,8 @@ def test_train_predict_evaluate_with_a_report(data, tmp_path):
     ok(["predict", model, files["test"], tmp_path / "predictions.csv"])
     rows = read_csv(tmp_path / "predictions.csv")
     assert [r["path"] for r in rows] == [f"{look}/img{i:02d}.png" for look in sorted(LOOKS) for i in range(3)]
-    assert list(rows[0]) == ["path", "predicted", *(f"score:{c}" for c in sorted(LOOKS))]
+    assert list(rows[0]) == ["path", "predicted", *(f"score:{c}" for c in sorted(LOOKS)), "error"]
+    assert all(r["error"] == "" for r in rows)
     for r in rows:  # the predicted class is the best-scoring one, and it is right
         scores = {c: float(r[f"score:{c}"]) for c in LOOKS}
         assert r["predicted"] == max(scores, key=scores.get)

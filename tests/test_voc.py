@@ -168,6 +168,26 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     assert code == 2 and "--voc-devkit gives the sets and their labels" in error_line(err)
 
 
+def test_images_of_a_set_that_the_features_file_could_not_describe_are_left_out_with_a_warning(tmp_path):
+    """A corrupt JPEG of the test set is a failure of the file, not a row: the protocol runs on the
+    others and says so, where it would refuse an image the file does not know."""
+    devkit, _, sets, rows = clustered_devkit(tmp_path)
+    failed = "JPEGImages/000107.jpg"  # a test image
+    kept = [(path, x) for path, x in rows if path != failed]
+    features = write_features(tmp_path / "failed.h5", np.array([x for _, x in kept]), [p for p, _ in kept],
+                              np.full(len(kept), -1), [], failed={failed: "truncated JPEG"})
+    code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--json", tmp_path / "voc.json"])
+    assert code == 0, err
+    assert ("warning: 1 image(s) of the test set are left out: the features file could not describe them "
+            f"(e.g. {failed}: truncated JPEG)") in err
+    result = json.loads((tmp_path / "voc.json").read_text())
+    assert (result["train_rows"], result["test_rows"]) == (30, 14)
+    partial = write_features(tmp_path / "partial.h5", np.array([x for _, x in kept]), [p for p, _ in kept],
+                             np.full(len(kept), -1), [])  # the image is not even a failure: other images
+    code, _, err = run_main(["protocol", "voc", partial, "--voc-devkit", devkit, "--C", "1"])
+    assert code == 2 and "1 of the 15 test images are not in the features file (e.g. 000107)" in error_line(err)
+
+
 @pytest.mark.parametrize("difficult", DIFFICULT)
 def test_difficult_training_images_left_out_negatives_or_positives_as_chosen(tmp_path, difficult):
     """The paper does not say how its SVMs took VOC's difficult images; the devkit's example

@@ -2,14 +2,16 @@
 
 A labels CSV has lines ``path,label``; a path may appear on several lines (one per label, for
 multi-label data such as VOC) or hold several labels separated by ``;``. A header line
-``path,label`` is allowed. Only the listed paths are used, and each must be in the features file.
+``path,label`` is allowed. Only the listed paths are used, and each must be in the features file,
+or among the images it could not describe (left out, with a warning).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +55,19 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     return labels
 
 
-def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], multilabel: bool, source: str = "the labels file") -> Targets:
-    """Targets for the paths in ``labels``; refuses paths that are not in ``available``."""
+def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], multilabel: bool, source: str = "the labels file",
+                     failed: Mapping[str, str] | None = None) -> Targets:
+    """Targets for the paths in ``labels``; refuses paths that are not in ``available``, but for
+    those that the file could not describe (``failed``: path to reason), which are left out with a
+    warning."""
     known = set(available)
     missing = [p for p in labels if p not in known]
-    if missing:
+    left_out = [p for p in missing if p in (failed or {})]
+    if len(left_out) < len(missing):
+        missing = [p for p in missing if p not in set(left_out)]
         raise VggfeatError(f"{len(missing)} path(s) of {source} are not in the features file (e.g. {missing[0]})")
-    paths = list(labels)
+    warn_left_out(left_out, failed or {}, source)
+    paths = [p for p in labels if p in known]
     if multilabel:
         classes = sorted({name for names in labels.values() for name in names})
         column = {name: k for k, name in enumerate(classes)}
@@ -73,6 +81,13 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
                            "one label per path, or pass --multilabel")
     y = np.array([labels[p][0] for p in paths], dtype=object)
     return Targets(paths, y, sorted(set(y)))
+
+
+def warn_left_out(left_out: Sequence[str], failed: Mapping[str, str], source: str) -> None:
+    """That the images ``left_out`` of ``source`` are, as the features file could not describe them."""
+    if left_out:
+        warnings.warn(f"{len(left_out):,} image(s) of {source} are left out: the features file could not describe them "
+                      f"(e.g. {left_out[0]}: {failed[left_out[0]]})", RuntimeWarning, stacklevel=3)
 
 
 def targets_from_file(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str], multilabel: bool,

@@ -7,10 +7,11 @@ file or several to fuse (the paper's Net-D & Net-E: descriptors side by side, ro
 from __future__ import annotations
 
 import csv
+import heapq
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,12 +42,15 @@ def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike |
     for each class as :attr:`Targets.ignore`, and no classes where its labels are withheld), or the
     file's own."""
     with FeatureFile(features_file) as f:
+        failed = f.failed()
+        failed_reasons = dict(zip(failed.paths, failed.reasons))  # images listed but not described: left out, said
         if voc is not None:
-            targets = targets_of_set(read_image_set(*voc), f.paths, voc[1])
+            targets = targets_of_set(read_image_set(*voc), f.paths, voc[1], failed_reasons)
         elif labels_csv is None:
             return targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
         else:
-            targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv))
+            targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv),
+                                       failed=failed_reasons)
     return exclude_classes(targets, exclude, multilabel) if exclude else targets
 
 
@@ -134,6 +138,7 @@ class Scored:
     classes: list[str]
     multilabel: bool
     targets: np.ndarray | None = None  # [N] class index (single-label) or [N, K] bool
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): images of the files without a descriptor
 
 
 def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[str] | None = None) -> Scored:
@@ -144,9 +149,23 @@ def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[s
                   saved.svm.multilabel)
 
 
+def failures_of(files: Files) -> list[tuple[str, str]]:
+    """(path, reason) of the images that ``files`` could not describe, in path order (the first
+    file's reason where several failed one)."""
+    reasons: dict[str, str] = {}
+    for name in file_list(files):
+        with FeatureFile(name) as f:
+            failed = f.failed()
+        for path, reason in zip(failed.paths, failed.reasons):
+            reasons.setdefault(path, reason)
+    return sorted(reasons.items())
+
+
 def predict(model: str | os.PathLike | SavedModel, files: Files, output_csv: str | os.PathLike | None = None) -> Scored:
-    """Score ``files``; with ``output_csv``, write ``path, predicted, score:<class>...`` per row."""
+    """Score ``files``; with ``output_csv``, write ``path, predicted, score:<class>..., error`` per
+    image: a row per descriptor, and one per image the files could not describe, with the reason."""
     scored = score(model, files)
+    scored.failed = failures_of(files)
     if output_csv is not None:
         write_predictions(output_csv, scored)
     return scored
@@ -172,16 +191,21 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
 
 
 def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
-    """CSV: ``path, predicted, score:<class>...``; several predicted labels (multi-label) joined by ``;``."""
+    """CSV: ``path, predicted, score:<class>..., error``; several predicted labels (multi-label)
+    joined by ``;``; the images without a descriptor (``scored.failed``) in their place by path,
+    empty but for the reason, as ``vggfeat classify`` writes them."""
+    rows = ((p, row, "") for p, row in zip(scored.paths, scored.scores))
+    failures = ((p, None, reason) for p, reason in scored.failed)
     with written_atomically(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes)])
-        for p, row in zip(scored.paths, scored.scores):
-            if scored.multilabel:
-                predicted = ";".join(c for c, s in zip(scored.classes, row) if s > 0)
+        writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes), "error"])
+        for p, row, reason in heapq.merge(rows, failures, key=lambda image: image[0]):  # both in path order
+            if row is None:
+                writer.writerow([p, "", *[""] * len(scored.classes), reason])
+            elif scored.multilabel:
+                writer.writerow([p, ";".join(c for c, s in zip(scored.classes, row) if s > 0), *(f"{s:.6g}" for s in row), ""])
             else:
-                predicted = scored.classes[int(np.argmax(row))]
-            writer.writerow([p, predicted, *(f"{s:.6g}" for s in row)])
+                writer.writerow([p, scored.classes[int(np.argmax(row))], *(f"{s:.6g}" for s in row), ""])
 
 
 def _labelled(targets: Targets, voc: tuple[str | os.PathLike, str] | None) -> Targets:

@@ -15,14 +15,14 @@ Images are matched to a features file's rows by file name without extension (``0
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .errors import VggfeatError
-from .labels import Targets
+from .labels import Targets, warn_left_out
 from .settings import check_choice
 from .store import write_text_file
 
@@ -73,21 +73,25 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
     return VocSet(ids, classes, labels)
 
 
-def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str) -> Targets:
+def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str, failed: Mapping[str, str] | None = None) -> Targets:
     """The set's images as rows of a features file whose paths are ``paths``: positives, and the
-    difficult images to ignore per class."""
+    difficult images to ignore per class. Images that the file could not describe (``failed``:
+    path to reason) are left out, with a warning."""
     by_id: dict[str, str] = {}
     for path in paths:
         image = PurePosixPath(path).stem
         if image in by_id:
             raise VggfeatError(f"two rows of the {which} features file are image {image}: {by_id[image]} and {path}")
         by_id[image] = path
-    missing = [image for image in voc_set.ids if image not in by_id]
+    failed_ids = {PurePosixPath(path).stem: path for path in failed or {}}
+    missing = [image for image in voc_set.ids if image not in by_id and image not in failed_ids]
     if missing:
         raise VggfeatError(f"{len(missing)} of the {len(voc_set.ids)} {which} images are not in the features file "
                            f"(e.g. {missing[0]}): extract JPEGImages whole, or name the file that holds them")
-    return Targets([by_id[image] for image in voc_set.ids], voc_set.labels == 1, list(voc_set.classes),
-                   ignore=voc_set.labels == 0)
+    warn_left_out([failed_ids[image] for image in voc_set.ids if image not in by_id], failed or {}, f"the {which} set")
+    kept = np.array([image in by_id for image in voc_set.ids], dtype=bool)
+    return Targets([by_id[image] for image in voc_set.ids if image in by_id], voc_set.labels[kept] == 1,
+                   list(voc_set.classes), ignore=voc_set.labels[kept] == 0)
 
 
 def train_difficult(targets: Targets, difficult: str) -> Targets:

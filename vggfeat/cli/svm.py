@@ -126,13 +126,15 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def predict(paths, features, overwrite) -> None:
-    """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores."""
+    """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores
+    (and the images FEATURES could not describe, with the reason)."""
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     check_new_file(output, overwrite)
     scored = transfer.predict(paths[0], files, output)
-    click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each")
+    failed = f"; {len(scored.failed):,} images without a descriptor (failed), with their reason" if scored.failed else ""
+    click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each{failed}")
 
 
 @click.command()
