@@ -55,9 +55,10 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_predict_writes_the_images_without_a_descriptor_with_their_reason(data, tmp_path):
+def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path):
     """A test set's failed images are rows of predict's CSV too, in path order, as classify writes
-    them: an image never silently missing from the predictions."""
+    them, and evaluate says how many labelled ones it could not score: an image never silently
+    missing from the results."""
     root, files = data
     model = tmp_path / "m.h5"
     ok(["train-svm", files["train"], model])
@@ -78,6 +79,10 @@ def test_predict_writes_the_images_without_a_descriptor_with_their_reason(data, 
         ("", "", "not an image"), ("", "", "truncated file")]
     ok(["predict", model, files["test"], tmp_path / "q.csv"])  # the same rows, but for the failures
     assert [r for r in rows if not r["error"]] == read_csv(tmp_path / "q.csv")
+    code, out, err = run_main(["evaluate", model, test])  # the labelled failure is not scored, and said so
+    assert code == 0 and "9 test rows" in out
+    assert (f"warning: 1 image(s) labelled in {test} are left out: the features file could not describe them "
+            "(e.g. green_checks/zz_truncated.jpg: truncated file)") in err
 
 
 def test_train_predict_evaluate_with_a_report(data, tmp_path):

@@ -66,7 +66,7 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
     if len(left_out) < len(missing):
         missing = [p for p in missing if p not in set(left_out)]
         raise VggfeatError(f"{len(missing)} path(s) of {source} are not in the features file (e.g. {missing[0]})")
-    warn_left_out(left_out, failed or {}, source)
+    warn_left_out(left_out, failed or {}, f"of {source}")
     paths = [p for p in labels if p in known]
     if multilabel:
         classes = sorted({name for names in labels.values() for name in names})
@@ -84,9 +84,9 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
 
 
 def warn_left_out(left_out: Sequence[str], failed: Mapping[str, str], source: str) -> None:
-    """That the images ``left_out`` of ``source`` are, as the features file could not describe them."""
+    """That the images ``left_out`` (``of source``, say) are, as the features file could not describe them."""
     if left_out:
-        warnings.warn(f"{len(left_out):,} image(s) of {source} are left out: the features file could not describe them "
+        warnings.warn(f"{len(left_out):,} image(s) {source} are left out: the features file could not describe them "
                       f"(e.g. {left_out[0]}: {failed[left_out[0]]})", RuntimeWarning, stacklevel=3)
 
 

@@ -25,6 +25,7 @@ from .labels import (
     read_labels_csv,
     targets_from_csv,
     targets_from_file,
+    warn_left_out,
 )
 from .metrics import multilabel_metrics, single_label_metrics
 from .settings import available_memory
@@ -47,6 +48,9 @@ def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike |
         if voc is not None:
             targets = targets_of_set(read_image_set(*voc), f.paths, voc[1], failed_reasons)
         elif labels_csv is None:
+            labelled = [path for path, label in zip(failed.paths, failed.labels)
+                        if label >= 0 and f.classes[label] not in exclude]
+            warn_left_out(labelled, failed_reasons, f"labelled in {features_file}")
             return targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
         else:
             targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv),

@@ -88,7 +88,7 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str, failed: Ma
     if missing:
         raise VggfeatError(f"{len(missing)} of the {len(voc_set.ids)} {which} images are not in the features file "
                            f"(e.g. {missing[0]}): extract JPEGImages whole, or name the file that holds them")
-    warn_left_out([failed_ids[image] for image in voc_set.ids if image not in by_id], failed or {}, f"the {which} set")
+    warn_left_out([failed_ids[image] for image in voc_set.ids if image not in by_id], failed or {}, f"of the {which} set")
     kept = np.array([image in by_id for image in voc_set.ids], dtype=bool)
     return Targets([by_id[image] for image in voc_set.ids if image in by_id], voc_set.labels[kept] == 1,
                    list(voc_set.classes), ignore=voc_set.labels[kept] == 0)
