@@ -60,13 +60,11 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
     """Targets for the paths in ``labels``; refuses paths that are not in ``available``, but for
     those that the file could not describe (``failed``: path to reason), which are left out with a
     warning."""
-    known = set(available)
-    missing = [p for p in labels if p not in known]
-    left_out = [p for p in missing if p in (failed or {})]
-    if len(left_out) < len(missing):
-        missing = [p for p in missing if p not in set(left_out)]
+    known, failed = set(available), failed or {}
+    missing = [p for p in labels if p not in known and p not in failed]
+    if missing:
         raise VggfeatError(f"{len(missing)} path(s) of {source} are not in the features file (e.g. {missing[0]})")
-    warn_left_out(left_out, failed or {}, f"of {source}")
+    warn_left_out([p for p in labels if p not in known], failed, f"of {source}")
     paths = [p for p in labels if p in known]
     if multilabel:
         classes = sorted({name for names in labels.values() for name in names})
