@@ -71,7 +71,7 @@ def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path
             f.create_dataset(f"failed/{name}", data=values, dtype=h5py.string_dtype("utf-8") if name != "labels" else "int32")
     out = ok(["predict", model, test, tmp_path / "p.csv"])
     assert out.strip() == (f"wrote {tmp_path / 'p.csv'}: 9 rows, 3 class scores each; 2 images without a descriptor "
-                           "(failed), with their reason")
+                           "(failed), with the reason")
     rows = read_csv(tmp_path / "p.csv")
     assert [r["path"] for r in rows] == sorted([r["path"] for r in rows]) and len(rows) == 11
     by_path = {r["path"]: r for r in rows}

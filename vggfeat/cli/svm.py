@@ -16,7 +16,7 @@ from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 from ..voc import DIFFICULT
-from .options import progress_bar
+from .options import counted, progress_bar
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -133,7 +133,7 @@ def predict(paths, features, overwrite) -> None:
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     check_new_file(output, overwrite)
     scored = transfer.predict(paths[0], files, output)
-    failed = f"; {len(scored.failed):,} images without a descriptor (failed), with their reason" if scored.failed else ""
+    failed = f"; {counted(len(scored.failed), 'image')} without a descriptor (failed), with the reason" if scored.failed else ""
     click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each{failed}")
 
 
