@@ -25,6 +25,7 @@ from .labels import (
     read_labels_csv,
     targets_from_csv,
     targets_from_file,
+    warn_left_out,
 )
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
@@ -176,7 +177,8 @@ def _predict_rows(svm: LinearSVM, X: np.ndarray, rows: np.ndarray) -> np.ndarray
 def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequence[str] | None, which: str) -> Targets:
     """Multi-label targets of one set: the CSV's paths held by (or listed for) the set's file, or the file's own labels."""
     with FeatureFile(file_list(files)[0]) as first:
-        held, labels, classes = first.paths, first.labels, first.classes
+        held, labels, classes, failed = first.paths, first.labels, first.classes, first.failed()
+    failed_reasons = dict(zip(failed.paths, failed.reasons))  # listed images not described: left out, said
     if labels_csv is not None:
         labels_by_path = read_labels_csv(labels_csv)
         if paths is not None:
@@ -189,14 +191,16 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
             labels_by_path = {p: names for p, names in labels_by_path.items() if p in in_file}
             if not labels_by_path:
                 raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
-        return targets_from_csv(labels_by_path, held, multilabel=True, source=str(labels_csv))
+        return targets_from_csv(labels_by_path, held, multilabel=True, source=str(labels_csv), failed=failed_reasons)
     targets = targets_from_file(held, labels, classes, multilabel=True)
     if paths is not None:
         index = {p: i for i, p in enumerate(targets.paths)}
-        missing = [p for p in paths if p not in index]
+        missing = [p for p in paths if p not in index and p not in failed_reasons]
         if missing:
             raise VggfeatError(f"{len(missing)} {which} path(s) are not labelled rows of the features file (e.g. {missing[0]})")
-        targets = Targets(list(paths), targets.y[[index[p] for p in paths]], targets.classes)
+        warn_left_out([p for p in paths if p not in index], failed_reasons, f"of the {which} list")
+        paths = [p for p in paths if p in index]
+        targets = Targets(paths, targets.y[[index[p] for p in paths]], targets.classes)
     return targets
 
 
