@@ -3,6 +3,7 @@ stage, on synthetic features files written with vggfeat's schema."""
 
 from __future__ import annotations
 
+import csv
 import warnings
 
 import h5py
@@ -257,28 +258,41 @@ def test_fusion_matches_rows_by_path(tmp_path):
         load_features([a, c])
 
 
-def test_files_that_do_not_fuse_because_one_failed_images_say_how_to_describe_them(tmp_path):
+def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path):
     """Two networks' files of the same images, where the second could not read two of them as it
-    was made: the refusal names the failure and --retry-failed, either way round."""
+    was made: fused, the others are used and the two are counted in a warning; asked for by path,
+    they are refused with --retry-failed named; files of other images are refused."""
     X, y, paths, names = blobs()
     a = write_features(tmp_path / "a.h5", X, paths, y, names)
     kept = [i for i in range(len(paths)) if i not in (3, 17)]
-    e = write_features(tmp_path / "e.h5", X[kept], [paths[i] for i in kept], y[kept], names, config={"model": "vgg19"})
-    with h5py.File(e, "r+") as f:
-        for name, values in (("paths", [paths[3], paths[17]]), ("errors", ["Input/output error", "Input/output error"])):
-            del f[f"failed/{name}"]
-            f.create_dataset(f"failed/{name}", data=values, dtype=h5py.string_dtype("utf-8"))
-    hint = f"they failed in {e} ({paths[3]}: Input/output error): once they can be read, 'vggfeat extract IMAGES {e} --retry-failed'"
+    e = write_features(tmp_path / "e.h5", X[kept], [paths[i] for i in kept], y[kept], names, config={"model": "vgg19"},
+                       failed={paths[3]: "Input/output error", paths[17]: "Input/output error"})
+    warning = (f"2 image\\(s\\) of {a} are left out, having no descriptor \\(e.g. {paths[3]}: failed in {e}: "
+               "Input/output error\\)")
+    with pytest.warns(RuntimeWarning, match=warning):
+        fused = load_features([a, e])
+    assert fused.paths == [paths[i] for i in kept] and fused.X.shape == (len(kept), 16)
+    np.testing.assert_array_equal(fused.X[:, 8:], X[kept].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the first file's own rows are all described by the second
+        assert load_features([e, a]).paths == fused.paths
+    with pytest.warns(RuntimeWarning, match=warning):
+        saved = transfer.train_svm([a, e], C=1.0)
+    assert saved.training["rows"] == len(kept)
+    with pytest.warns(RuntimeWarning, match=warning):
+        transfer.predict(saved, [a, e], tmp_path / "p.csv")
+    rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert len(rows) == len(paths) and rows[paths[3]]["error"] == f"failed in {e}: Input/output error"
+    assert rows[paths[3]]["predicted"] == "" and rows[paths[4]]["predicted"] and rows[paths[4]]["error"] == ""
     with pytest.raises(VggfeatError, match="2 path\\(s\\) are not in the second") as refused:
-        load_features([a, e])
-    assert hint in str(refused.value)
-    with pytest.raises(VggfeatError, match="they hold different images") as refused:
-        load_features([e, a])
-    assert f"they failed in {e} ({paths[3]}:" in str(refused.value)
-    c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)  # other images: no hint
-    with pytest.raises(VggfeatError) as refused:
+        load_features([a, e], paths=paths)
+    assert (f"they failed in {e} ({paths[3]}: Input/output error): once they can be read, 'vggfeat extract IMAGES {e} "
+            "--retry-failed'") in str(refused.value)
+    c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)  # other images
+    with pytest.raises(VggfeatError, match="10 path\\(s\\) are not in the second"):
         load_features([a, c])
-    assert "--retry-failed" not in str(refused.value)
+    with pytest.raises(VggfeatError, match="they hold different images"):
+        load_features([c, a])
 
 
 def test_a_labelled_image_that_the_features_file_failed_is_left_out_with_a_warning(tmp_path):
@@ -286,8 +300,8 @@ def test_a_labelled_image_that_the_features_file_failed_is_left_out_with_a_warni
     features = write_features(tmp_path / "a.h5", X[1:], paths[1:], y[1:], names, failed={paths[0]: "empty file"})
     labels = tmp_path / "labels.csv"
     labels.write_text("".join(f"{path},{names[label]}\n" for path, label in zip(paths, y)))
-    with pytest.warns(RuntimeWarning, match=f"1 image\\(s\\) of {labels} are left out: the features file could not "
-                                            f"describe them \\(e.g. {paths[0]}: empty file\\)"):
+    with pytest.warns(RuntimeWarning, match=f"1 image\\(s\\) of {labels} are left out, having no descriptor "
+                                            f"\\(e.g. {paths[0]}: empty file\\)"):
         saved = transfer.train_svm(features, labels_csv=labels)
     assert saved.training["rows"] == len(paths) - 1
     labels.write_text(labels.read_text() + "not/there.jpg,x\n")  # not an image of the file at all: refused

@@ -81,7 +81,7 @@ def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path
     assert [r for r in rows if not r["error"]] == read_csv(tmp_path / "q.csv")
     code, out, err = run_main(["evaluate", model, test])  # the labelled failure is not scored, and said so
     assert code == 0 and "9 test rows" in out
-    assert (f"warning: 1 image(s) labelled in {test} are left out: the features file could not describe them "
+    assert (f"warning: 1 image(s) labelled in {test} are left out, having no descriptor "
             "(e.g. green_checks/zz_truncated.jpg: truncated file)") in err
 
 

@@ -178,7 +178,7 @@ def test_images_of_a_set_that_the_features_file_could_not_describe_are_left_out_
                               np.full(len(kept), -1), [], failed={failed: "truncated JPEG"})
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--json", tmp_path / "voc.json"])
     assert code == 0, err
-    assert ("warning: 1 image(s) of the test set are left out: the features file could not describe them "
+    assert ("warning: 1 image(s) of the test set are left out, having no descriptor "
             f"(e.g. {failed}: truncated JPEG)") in err
     result = json.loads((tmp_path / "voc.json").read_text())
     assert (result["train_rows"], result["test_rows"]) == (30, 14)
@@ -191,7 +191,7 @@ def test_images_of_a_set_that_the_features_file_could_not_describe_are_left_out_
     code, _, err = run_main(["protocol", "voc", features, "--labels", labels_csv, "--train-list", tmp_path / "train.txt",
                              "--test-list", tmp_path / "test.txt", "--C", "1", "--json", tmp_path / "listed.json"])
     assert code == 0, err
-    assert f"1 image(s) of {labels_csv} are left out: the features file could not describe them" in err
+    assert f"1 image(s) of {labels_csv} are left out, having no descriptor" in err
     assert json.loads((tmp_path / "listed.json").read_text())["test_rows"] == 14
     # And with the file's own labels (here the clusters' kinds) for the listed paths.
     kinds = [("cat", "dog", "none").index(next((c for c in CLASSES if labels[c] == 1), "none"))
@@ -202,7 +202,7 @@ def test_images_of_a_set_that_the_features_file_could_not_describe_are_left_out_
     code, _, err = run_main(["protocol", "voc", labelled, "--train-list", tmp_path / "train.txt", "--test-list",
                              tmp_path / "test.txt", "--C", "1", "--json", tmp_path / "own.json"])
     assert code == 0, err
-    assert f"1 image(s) of the test list are left out: the features file could not describe them (e.g. {failed}" in err
+    assert f"1 image(s) of the test list are left out, having no descriptor (e.g. {failed}" in err
     assert json.loads((tmp_path / "own.json").read_text())["test_rows"] == 14
     partial = write_features(tmp_path / "partial.h5", np.array([x for _, x in kept]), [p for p, _ in kept],
                              np.full(len(kept), -1), [])  # the image is not even a failure: other images

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import VggfeatError
+from .labels import warn_left_out
 from .store import failed_labels, open_features_file, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
@@ -183,7 +184,8 @@ def load_features(
 
     ``paths`` restricts (and orders) the rows; every one must be in every file. Fusing needs the
     files to hold the same images: the first file's rows set the order, and the others are matched
-    to them by path, so files extracted from the same set in any order fuse correctly.
+    to them by path, so files extracted from the same set in any order fuse correctly. Without
+    ``paths``, an image that another file could not describe is left out, with a warning.
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
     """
@@ -195,7 +197,12 @@ def load_features(
         if expected_configs is not None:
             check_configs(expected_configs, [f.config for f in opened], expected_by)
         first = opened[0]
-        wanted = list(first.paths) if paths is None else list(paths)
+        if paths is None:  # the images that every file describes
+            failures = fused_failures(files)
+            warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
+            wanted = [path for path in first.paths if path not in failures]
+        else:
+            wanted = list(paths)
         rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None) for f in opened]
         X = np.empty((len(wanted), sum(f.dim for f in opened)), dtype=dtype)
         column = 0
@@ -214,6 +221,18 @@ def load_features(
     finally:
         for f in opened:
             f.close()
+
+
+def fused_failures(files: Files) -> dict[str, str]:
+    """The images that a file after the first could not describe: path to ``"failed in FILE: reason"``. Fused
+    with the first, such an image has no descriptor: it is left out."""
+    failures: dict[str, str] = {}
+    for name in file_list(files)[1:]:
+        with FeatureFile(name) as f:
+            failed = f.failed()
+        for path, reason in zip(failed.paths, failed.reasons):
+            failures.setdefault(path, f"failed in {name}: {reason}")
+    return failures
 
 
 def file_list(files: Files) -> list[str | os.PathLike]:
@@ -254,11 +273,15 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
             raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are "
                                f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing)}")
         raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
-    if whole and reference is not None and len(f.paths) != len(reference.paths):
-        extra = sorted(set(f.paths) - set(reference.paths))
+    if whole and reference is not None and _images(f) != _images(reference):
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
-                           f"they hold different images{_retry_hint(reference, extra)}")
+                           "they hold different images")
     return np.array([index[path] for path in wanted], dtype=np.int64)
+
+
+def _images(f: FeatureFile) -> set[str]:
+    """Every image of a file: described (its rows) or not (its failures)."""
+    return {*f.paths, *f.failed().paths}
 
 
 def _retry_hint(f: FeatureFile, paths: list[str]) -> str:

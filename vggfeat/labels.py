@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,14 @@ class Targets:
     classes: list[str]
     # Multi-label only: [N, K] bool, the rows that class k's SVM and AP leave out (VOC's "difficult").
     ignore: np.ndarray | None = None
+
+    def without(self, paths: Container[str]) -> Targets:
+        """These targets but for the rows of ``paths`` (itself where none is one of them)."""
+        kept = np.array([path not in paths for path in self.paths], dtype=bool)
+        if kept.all():
+            return self
+        return Targets([path for path, keep in zip(self.paths, kept) if keep], self.y[kept], self.classes,
+                       None if self.ignore is None else self.ignore[kept])
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -82,9 +90,9 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
 
 
 def warn_left_out(left_out: Sequence[str], failed: Mapping[str, str], source: str) -> None:
-    """That the images ``left_out`` (``of source``, say) are, as the features file could not describe them."""
+    """That the images ``left_out`` (``of source``, say) are, as they have no descriptor (``failed``: path to why)."""
     if left_out:
-        warnings.warn(f"{len(left_out):,} image(s) {source} are left out: the features file could not describe them "
+        warnings.warn(f"{len(left_out):,} image(s) {source} are left out, having no descriptor "
                       f"(e.g. {left_out[0]}: {failed[left_out[0]]})", RuntimeWarning, stacklevel=3)
 
 

@@ -29,7 +29,7 @@ from .labels import (
 )
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
-from .transfer import targets_of, warn_if_memory_is_short
+from .transfer import described_by_all, targets_of, warn_if_memory_is_short
 from .voc import result_files, train_difficult, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
@@ -69,7 +69,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each
     split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
-    targets = targets_of(files[0], exclude=exclude)
+    targets = targets_of(files, exclude=exclude)
     warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1))
     features = load_features(files, paths=targets.paths)
     classes = targets.classes
@@ -126,8 +126,8 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     if devkit is not None:
         if labels_csv is not None or train_paths is not None or test_paths is not None:
             raise VggfeatError("a VOC devkit gives the sets and their labels: no labels file or path lists with it")
-        train = train_difficult(targets_of(file_list(train_files)[0], voc=(devkit, train_set)), difficult)
-        test = targets_of(file_list(test_files)[0], voc=(devkit, test_set))
+        train = train_difficult(targets_of(train_files, voc=(devkit, train_set)), difficult)
+        test = targets_of(test_files, voc=(devkit, test_set))
         if not train.classes:
             raise VggfeatError(f"the training set {train_set!r} of {devkit} has no labels (no <class>_{train_set}.txt)")
         if not test.classes and results is None:
@@ -191,7 +191,8 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
             labels_by_path = {p: names for p, names in labels_by_path.items() if p in in_file}
             if not labels_by_path:
                 raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
-        return targets_from_csv(labels_by_path, held, multilabel=True, source=str(labels_csv), failed=failed_reasons)
+        return described_by_all(targets_from_csv(labels_by_path, held, multilabel=True, source=str(labels_csv),
+                                                 failed=failed_reasons), files)
     targets = targets_from_file(held, labels, classes, multilabel=True)
     if paths is not None:
         index = {p: i for i, p in enumerate(targets.paths)}
@@ -201,7 +202,7 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
         warn_left_out([p for p in paths if p not in index], failed_reasons, f"of the {which} list")
         paths = [p for p in paths if p in index]
         targets = Targets(paths, targets.y[[index[p] for p in paths]], targets.classes)
-    return targets
+    return described_by_all(targets, files)
 
 
 def _same(a: Files, b: Files) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Files, file_list, load_features
+from .features import FeatureFile, Files, file_list, fused_failures, load_features
 from .labels import (
     Targets,
     align_ignored,
@@ -36,13 +36,15 @@ from .voc import read_image_set, targets_of_set, train_difficult
 SAMPLE_ROWS = 1024  # rows read to see how many of a file's values are zeros (liblinear keeps the others)
 
 
-def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
+def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
                exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None) -> Targets:
-    """The rows of ``features_file`` to use and their labels: those of a labels CSV, of a VOC
+    """The rows of the first of ``files`` to use and their labels: those of a labels CSV, of a VOC
     devkit's image set (``voc``: (devkit folder, set name); multi-label, with the images difficult
     for each class as :attr:`Targets.ignore`, and no classes where its labels are withheld), or the
-    file's own."""
-    with FeatureFile(features_file) as f:
+    file's own. Images that it, or another of ``files`` (fused with it), could not describe are
+    left out, with a warning."""
+    first = file_list(files)[0]
+    with FeatureFile(first) as f:
         failed = f.failed()
         failed_reasons = dict(zip(failed.paths, failed.reasons))  # images listed but not described: left out, said
         if voc is not None:
@@ -50,12 +52,22 @@ def targets_of(features_file: str | os.PathLike, labels_csv: str | os.PathLike |
         elif labels_csv is None:
             labelled = [path for path, label in zip(failed.paths, failed.labels)
                         if label >= 0 and f.classes[label] not in exclude]
-            warn_left_out(labelled, failed_reasons, f"labelled in {features_file}")
-            return targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
+            warn_left_out(labelled, failed_reasons, f"labelled in {first}")
+            targets = targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
         else:
             targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv),
                                        failed=failed_reasons)
-    return exclude_classes(targets, exclude, multilabel) if exclude else targets
+    if exclude and (voc is not None or labels_csv is not None):
+        targets = exclude_classes(targets, exclude, multilabel)
+    return described_by_all(targets, files)
+
+
+def described_by_all(targets: Targets, files: Files) -> Targets:
+    """``targets`` of the first of ``files`` without the images that another (fused with it) could
+    not describe, with a warning."""
+    failures = fused_failures(files)
+    warn_left_out([path for path in targets.paths if path in failures], failures, f"of {file_list(files)[0]}")
+    return targets.without(failures)
 
 
 def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
@@ -65,7 +77,7 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
     images as :func:`~vggfeat.voc.train_difficult` takes them), or the first features file's own
     labels."""
     first = file_list(files)[0]
-    targets = train_difficult(_labelled(targets_of(first, labels_csv, multilabel, exclude, voc), voc), difficult)
+    targets = train_difficult(_labelled(targets_of(files, labels_csv, multilabel, exclude, voc), voc), difficult)
     if labels_csv is None and voc is None and not multilabel:
         present = set(targets.y)
         empty = [name for name in targets.classes if name not in present]
@@ -154,14 +166,13 @@ def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[s
 
 
 def failures_of(files: Files) -> list[tuple[str, str]]:
-    """(path, reason) of the images that ``files`` could not describe, in path order (the first
-    file's reason where several failed one)."""
-    reasons: dict[str, str] = {}
-    for name in file_list(files):
-        with FeatureFile(name) as f:
-            failed = f.failed()
-        for path, reason in zip(failed.paths, failed.reasons):
-            reasons.setdefault(path, reason)
+    """(path, reason) of the images that ``files`` could not describe, in path order: the first
+    file's, then those that another failed (``"failed in FILE: reason"``)."""
+    with FeatureFile(file_list(files)[0]) as f:
+        failed = f.failed()
+    reasons = dict(zip(failed.paths, failed.reasons))
+    for path, reason in fused_failures(files).items():
+        reasons.setdefault(path, reason)
     return sorted(reasons.items())
 
 
@@ -185,7 +196,7 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     multilabel, classes = saved.svm.multilabel, [str(c) for c in saved.svm.classes_]
     if voc is not None and not multilabel:
         raise VggfeatError("a VOC devkit's labels are multi-label: evaluate a model trained on them (train-svm --voc-devkit)")
-    targets = _labelled(targets_of(files[0], labels_csv, multilabel, voc=voc), voc)
+    targets = _labelled(targets_of(files, labels_csv, multilabel, voc=voc), voc)
     truth = align_to_classes(targets, classes, multilabel)
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
