@@ -193,6 +193,16 @@ def test_images_of_a_set_that_the_features_file_could_not_describe_are_left_out_
     assert code == 0, err
     assert f"1 image(s) of {labels_csv} are left out, having no descriptor" in err
     assert json.loads((tmp_path / "listed.json").read_text())["test_rows"] == 14
+    # The same CSV with a file for each set, which serves both.
+    test_rows = [(path, x) for path, x in kept if path.startswith("JPEGImages/0001")]
+    train = write_features(tmp_path / "train.h5", np.array([x for _, x in rows[:30]]), [p for p, _ in rows[:30]],
+                           np.full(30, -1), [])
+    test = write_features(tmp_path / "test.h5", np.array([x for _, x in test_rows]), [p for p, _ in test_rows],
+                          np.full(len(test_rows), -1), [], failed={failed: "truncated JPEG"})
+    code, _, err = run_main(["protocol", "voc", train, test, "--labels", labels_csv, "--C", "1", "--json", tmp_path / "two.json"])
+    assert code == 0, err
+    assert f"1 image(s) of {labels_csv} are left out, having no descriptor (e.g. {failed}: truncated JPEG)" in err
+    assert json.loads((tmp_path / "two.json").read_text())["test_rows"] == 14
     # And with the file's own labels (here the clusters' kinds) for the listed paths.
     kinds = [("cat", "dog", "none").index(next((c for c in CLASSES if labels[c] == 1), "none"))
              for images in sets.values() for labels in images.values()]

@@ -187,7 +187,8 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
                 raise VggfeatError(f"{len(unlabelled)} {which} path(s) have no label in {labels_csv} (e.g. {unlabelled[0]})")
             labels_by_path = {p: labels_by_path[p] for p in paths}
         else:
-            in_file = set(held)
+            # The CSV labels both sets: this set's paths are its file's images, failed ones too.
+            in_file = {*held, *failed_reasons}
             labels_by_path = {p: names for p, names in labels_by_path.items() if p in in_file}
             if not labels_by_path:
                 raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
