@@ -11,6 +11,7 @@ that change what a descriptor means (:data:`MATCHING_KEYS`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -198,7 +199,7 @@ def load_features(
             check_configs(expected_configs, [f.config for f in opened], expected_by)
         first = opened[0]
         if paths is None:  # the images that every file describes
-            failures = fused_failures(files)
+            failures = _failures_of(opened[1:])
             warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
             wanted = [path for path in first.paths if path not in failures]
         else:
@@ -226,12 +227,16 @@ def load_features(
 def fused_failures(files: Files) -> dict[str, str]:
     """The images that a file after the first could not describe: path to ``"failed in FILE: reason"``. Fused
     with the first, such an image has no descriptor: it is left out."""
+    with contextlib.ExitStack() as stack:
+        return _failures_of([stack.enter_context(FeatureFile(name)) for name in file_list(files)[1:]])
+
+
+def _failures_of(others: Sequence[FeatureFile]) -> dict[str, str]:
     failures: dict[str, str] = {}
-    for name in file_list(files)[1:]:
-        with FeatureFile(name) as f:
-            failed = f.failed()
+    for f in others:
+        failed = f.failed()
         for path, reason in zip(failed.paths, failed.reasons):
-            failures.setdefault(path, f"failed in {name}: {reason}")
+            failures.setdefault(path, f"failed in {f.path}: {reason}")
     return failures
 
 
