@@ -76,6 +76,18 @@ def test_a_csv_of_predictions_is_written_on_several_devices_as_on_one(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.csv", "two.csv"]
 
 
+def test_networks_fused_on_several_devices_write_the_csv_of_one_device(tmp_path):
+    """``classify --model A,B --device cpu,cpu``: each network's processes in turn, one CSV."""
+    write_plain_folder(tmp_path / "images", 3)
+    args = ["classify", tmp_path / "images", *FAST, "--scales", "224", "--no-flip", "--model", "vgg11,vgg13", "-q"]
+    assert run_main([*args, tmp_path / "one.csv"])[0] == 0
+    code, _, err = run_main([*args, tmp_path / "two.csv", *TWO_CPUS])
+    assert code == 0, err
+    one, two = ((tmp_path / name).read_text().splitlines() for name in ("one.csv", "two.csv"))
+    assert len(two) == 4 and [row.split(",")[:2] for row in two] == [row.split(",")[:2] for row in one]  # path, class_1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.csv", "two.csv"]
+
+
 def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
     """Not the whole list of images to each device's process (10 million paths are about 1 GiB of
     memory in each), nor a digest of the whole collection to work out again there."""
