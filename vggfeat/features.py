@@ -47,6 +47,9 @@ class Failures(NamedTuple):
     reasons: list[str]
     labels: np.ndarray  # int64, an index into the file's classes; -1: none (or not recorded, in older files)
 
+    def reasons_by_path(self) -> dict[str, str]:
+        return dict(zip(self.paths, self.reasons))
+
 
 class FeatureFile:
     """One complete descriptor file, opened read-only; use as a context manager or call :meth:`close`."""
@@ -292,8 +295,7 @@ def _images(f: FeatureFile) -> set[str]:
 def _retry_hint(f: FeatureFile, paths: list[str]) -> str:
     """Where ``paths``, images that ``f`` lacks, all failed in ``f`` (a file that could not be read
     as it was made, say): how to describe them, so that the files fuse."""
-    failed = f.failed()
-    reasons = dict(zip(failed.paths, failed.reasons))
+    reasons = f.failed().reasons_by_path()
     if not paths or any(path not in reasons for path in paths):
         return ""
     return (f"; they failed in {f.path} ({paths[0]}: {reasons[paths[0]]}): once they can be read, 'vggfeat extract "

@@ -178,7 +178,7 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
     """Multi-label targets of one set: the CSV's paths held by (or listed for) the set's file, or the file's own labels."""
     with FeatureFile(file_list(files)[0]) as first:
         held, labels, classes, failed = first.paths, first.labels, first.classes, first.failed()
-    failed_reasons = dict(zip(failed.paths, failed.reasons))  # listed images not described: left out, said
+    failed_reasons = failed.reasons_by_path()  # listed images not described: left out, said
     if labels_csv is not None:
         labels_by_path = read_labels_csv(labels_csv)
         if paths is not None:

@@ -46,7 +46,7 @@ def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multil
     first = file_list(files)[0]
     with FeatureFile(first) as f:
         failed = f.failed()
-        failed_reasons = dict(zip(failed.paths, failed.reasons))  # images listed but not described: left out, said
+        failed_reasons = failed.reasons_by_path()  # images listed but not described: left out, said
         if voc is not None:
             targets = targets_of_set(read_image_set(*voc), f.paths, voc[1], failed_reasons)
         elif labels_csv is None:
@@ -169,8 +169,7 @@ def failures_of(files: Files) -> list[tuple[str, str]]:
     """(path, reason) of the images that ``files`` could not describe, in path order: the first
     file's, then those that another failed (``"failed in FILE: reason"``)."""
     with FeatureFile(file_list(files)[0]) as f:
-        failed = f.failed()
-    reasons = dict(zip(failed.paths, failed.reasons))
+        reasons = f.failed().reasons_by_path()
     for path, reason in fused_failures(files).items():
         reasons.setdefault(path, reason)
     return sorted(reasons.items())
