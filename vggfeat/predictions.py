@@ -31,7 +31,7 @@ from .classifier import Classifier, category_names
 from .discover import ImageSet
 from .errors import VggfeatError
 from .fusion import FusedPosteriors
-from .job import ExtractionJob, holds_job
+from .job import ExtractionJob, disk_per_row, holds_job
 from .store import check_new_file, file_attributes, open_features_file, shards_folder, work_folder, written_atomically
 from .weights import ARCHITECTURES
 
@@ -216,6 +216,33 @@ def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet, pos
     return False
 
 
+@dataclass(frozen=True)
+class NetworkRun:
+    """One network's turn in describing the posteriors of a CSV's images (:func:`describe_posteriors`)."""
+
+    classifier: Classifier
+    posteriors: Path  # its posteriors file
+    number: int  # 1, 2 ... of the networks fused
+    described: bool  # its file is whole, left by an interrupted run: nothing to run
+    disk_after: int  # bytes of disk that the networks after it still need
+
+
+def describe_posteriors(classifiers: Sequence[Classifier], images: ImageSet, output: Path,
+                        run: Callable[[NetworkRun], object]) -> list[Path]:
+    """Each of ``classifiers``' posteriors of ``images`` into its file beside the CSV ``output``
+    (:func:`posteriors_files_of`), one network after the other: ``run(network)`` runs the job that
+    writes one (resuming an interrupted one), or, where ``network.described``, says so. Every
+    network's file is checked before any runs, so that a file of that name that classify did not
+    make is refused at once (:func:`posteriors_ready`). Returns the files."""
+    files = posteriors_files_of(output, classifiers)
+    ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
+    for number, (each, posteriors, described) in enumerate(zip(classifiers, files, ready), 1):
+        after = sum(len(images) * disk_per_row(other.dim, "float32")
+                    for other, done in zip(classifiers[number:], ready[number:]) if not done)
+        run(NetworkRun(each, posteriors, number, described, after))
+    return files
+
+
 def classify_images(
     classifier: Classifier | Sequence[Classifier],
     images: ImageSet,
@@ -247,12 +274,13 @@ def classify_images(
     for each in classifiers:
         check_prediction_options(each, topk, labels)
     started = time.monotonic()
-    files = posteriors_files_of(output, classifiers)
-    ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
-    for each, posteriors, described in zip(classifiers, files, ready):
-        if not described:
-            ExtractionJob(each, images, posteriors, overwrite=overwrite, part_images=part_images,
+
+    def run(network: NetworkRun) -> None:
+        if not network.described:
+            ExtractionJob(network.classifier, images, network.posteriors, overwrite=overwrite, part_images=part_images,
                           provenance={"posteriors_of": output.name}).run(progress)
+
+    files = describe_posteriors(classifiers, images, output, run)
     result = write_predictions(output, classifiers[0].categories(), topk, labels, overwrite, posteriors=files[0],
                                fuse=files[1:], remove=True)
     result.seconds = time.monotonic() - started

@@ -10,11 +10,12 @@ import numpy as np
 
 from ..classifier import Classifier
 from ..discover import ImageSet
-from ..job import check_output, disk_per_row
+from ..job import check_output
 from ..features import FeatureFile
-from ..predictions import (ClassificationResult, are_imagenet_folders, check_fused_classifiers, check_prediction_options,
-                           evaluate_file, folder_labels, keep_top_for, other_networks_work, posteriors_categories,
-                           posteriors_file_of, posteriors_files_of, posteriors_ready, read_labels, write_predictions)
+from ..predictions import (ClassificationResult, NetworkRun, are_imagenet_folders, check_fused_classifiers,
+                           check_prediction_options, describe_posteriors, evaluate_file, folder_labels, keep_top_for,
+                           other_networks_work, posteriors_categories, posteriors_file_of, posteriors_files_of,
+                           read_labels, write_predictions)
 from ..store import check_new_file, file_attributes, rows_and_failures
 from ..update import check_rewritable
 from . import options
@@ -114,42 +115,41 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
         if truth is not None:
             _report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    files = posteriors_files_of(output, classifiers)
-    work = describe_posteriors(classifiers, images, output, files, devices, setting, overwrite=overwrite,
-                               part_size=part_size, quiet=quiet, precision=precision)
+    files, work = describe_networks(classifiers, images, output, devices, setting, overwrite=overwrite,
+                                    part_size=part_size, quiet=quiet, precision=precision)
     if len(classifiers) > 1:
         setting += f"; {' + '.join(models)} fused"
     write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
               work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
 
 
-def describe_posteriors(classifiers: list[Classifier], images: ImageSet, output: Path, files: list[Path],
-                        devices: tuple[str, ...], setting: str, *, overwrite: bool, part_size: int, quiet: bool,
-                        precision: str) -> list[str]:
-    """Each network's posteriors of ``images`` into its file of ``files`` beside the CSV ``output``,
-    one network after the other, as into an .h5 OUTPUT (a killed run resumes from their parts);
-    returns what was done, in words."""
+def describe_networks(classifiers: list[Classifier], images: ImageSet, output: Path, devices: tuple[str, ...],
+                      setting: str, *, overwrite: bool, part_size: int, quiet: bool, precision: str
+                      ) -> tuple[list[Path], list[str]]:
+    """Each network's posteriors of ``images`` beside the CSV ``output`` (:func:`describe_posteriors`),
+    each network's job run as extract runs one, on ``devices``; returns their files and what was
+    done, in words."""
     say, work = options.reporter(quiet), []
+
+    def run(network: NetworkRun) -> None:
+        arch = network.classifier.network.arch
+        named = f"{arch}: " if len(classifiers) > 1 else ""
+        if network.described:
+            say(f"{named}the posteriors of every image were described by an interrupted run ({network.posteriors})")
+            return
+        if named:
+            say(f"{arch}, network {network.number} of {len(classifiers)} fused")
+        # The networks after this one need their disk too: the warning comes before hours of work.
+        job = run_job(network.classifier, images, network.posteriors, devices, overwrite=overwrite, dtype="float32",
+                      part_size=part_size, quiet=quiet, precision=precision, desc=f"{arch} {setting}",
+                      provenance={"posteriors_of": output.name}, disk_after=network.disk_after)
+        work.append(named + work_done(job.computed, job.seconds, run_on(network.classifier, devices)))
+
+    files = posteriors_files_of(output, classifiers)
     for path in other_networks_work(output, files):
         say(f"note: {path} was left by an interrupted run of this CSV with other --model networks; remove it if it "
             "is not needed", fg="yellow")
-    # Every network's file checked before any works: one that classify did not make is refused now.
-    ready = [posteriors_ready(output, each, images, posteriors) for each, posteriors in zip(classifiers, files)]
-    for number, (each, posteriors, described) in enumerate(zip(classifiers, files, ready), 1):
-        named = f"{each.network.arch}: " if len(classifiers) > 1 else ""
-        if described:
-            say(f"{named}the posteriors of every image were described by an interrupted run ({posteriors})")
-            continue
-        if named:
-            say(f"{each.network.arch}, network {number} of {len(classifiers)} fused")
-        # The networks after this one need their disk too: the warning comes before hours of work.
-        after = sum(len(images) * disk_per_row(other.dim, "float32")
-                    for other, done in zip(classifiers[number:], ready[number:]) if not done)
-        job = run_job(each, images, posteriors, devices, overwrite=overwrite, dtype="float32", part_size=part_size,
-                      quiet=quiet, precision=precision, desc=f"{each.network.arch} {setting}",
-                      provenance={"posteriors_of": output.name}, disk_after=after)
-        work.append(named + work_done(job.computed, job.seconds, run_on(each, devices)))
-    return work
+    return describe_posteriors(classifiers, images, output, run), work
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:
