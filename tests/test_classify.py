@@ -34,7 +34,7 @@ from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.cli.options import size_text
-from vggfeat.predictions import Evaluation, folder_labels, match_labels, read_labels, top_classes
+from vggfeat.predictions import Evaluation, folder_labels, imagenet_wordnet_ids, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.weights import WeightsInfo
 
@@ -474,24 +474,32 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
 
 
-def test_folder_labels_are_the_sorted_wordnet_ids():
-    ids = [f"n{i:08d}" for i in range(1000)]
+def test_folder_labels_are_imagenets_wordnet_ids_all_or_some():
+    ids = imagenet_wordnet_ids()
+    # Torchvision's class order, in which its weights' category names are (two of them: both cranes).
+    assert len(set(ids)) == 1000 and ids == sorted(ids)
+    assert [ids[i] for i in (0, 1, 134, 517, 999)] == ["n01440764", "n01443537", "n02012849", "n03126707", "n15075141"]
+    names = imagenet_categories()
+    assert [names[i] for i in (0, 1, 134, 517, 999)] == ["tench", "goldfish", "crane bird", "crane", "toilet tissue"]
     assert folder_labels(["a.JPEG", "b.JPEG", "c.JPEG"], [3, -1, 999], ids) == {"a.JPEG": 3, "c.JPEG": 999}
-    for names, message in ((ids[:999], "found 999 classes"), ([*ids[:999], "dog"], "'dog' among them"),
-                           (ids[::-1], "sorted order")):
+    # Some classes only (Imagenette's folders, say): each is its place among the 1000.
+    assert folder_labels(["a.JPEG", "b.JPEG", "c.JPEG"], [0, 1, -1], ["n15075141", "n01443537"]) == {"a.JPEG": 999, "b.JPEG": 1}
+    for names, classes, message in (([*ids[:9], "dog"], 1000, "'dog' is not one of ImageNet's 1000 classes"),
+                                    (["n00000001"], 1000, "'n00000001' is not one of"), ([], 1000, "no class found"),
+                                    (ids, 10, "the network has 10: pass a label list")):
         with pytest.raises(vggfeat.VggfeatError, match=message):
-            folder_labels(["a.JPEG"], [0], names)
+            folder_labels(["a.JPEG"], [0], names, classes)
 
 
 def test_cli_labels_from_imagenet_class_folders(small_network_for_cli, small_vgg, folder, tmp_path):
     """--labels folders: ImageFolder's layout of ImageNet's validation set, a folder per WordNet id,
-    whose sorted order is the classes' order. Here a list's labels are the folders: the 3 images
-    under test, and a missing file for each other class."""
+    all 1000 or some of them. Here a list's labels are the folders: the 3 images under test, and
+    two missing files of other classes."""
     images, _ = folder
     _, ranked, _ = labels_by_rank(small_vgg, images, tmp_path)
     classes = {"good/a.png": ranked[0, 0], "good/b.jpg": ranked[1, 3], "good/c.png": ranked[2, -1]}
-    wordnet_id = "n{:08d}".format  # sorted as the class indices are
-    missing = sorted(set(range(1000)) - set(classes.values()))
+    wordnet_id = imagenet_wordnet_ids().__getitem__
+    missing = sorted(set(range(10)) - set(classes.values()))[:2]  # some classes only, as Imagenette's 10
     listing = tmp_path / "val.txt"
     listing.write_text("".join([*(f"images/{path},{wordnet_id(c)}\n" for path, c in classes.items()),
                                 *(f"gone/{c}.JPEG,{wordnet_id(c)}\n" for c in missing)]))
@@ -512,7 +520,7 @@ def test_cli_labels_from_imagenet_class_folders(small_network_for_cli, small_vgg
     assert read_csv(tmp_path / "e.csv") == list(rows.values())
     listing.write_text(f"images/good/a.png,{wordnet_id(1)}\nimages/good/b.jpg,cat\n")
     code, _, err = run_main(["classify", "--file-list", listing, tmp_path / "q.csv", *FAST, "--labels", "folders"])
-    assert code == 2 and "ImageNet's 1000 WordNet ids (n01440764, ...), each with an image; found 2 classes, 'cat' among them" in error_line(err)
+    assert code == 2 and "ImageNet's WordNet ids (n01440764, ...), all 1000 or some of them: 'cat' is not one of" in error_line(err)
     assert not (tmp_path / "q.csv").exists()
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import h5py
@@ -124,29 +125,40 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
 
 
 # ImageNet's class folders are its WordNet ids (n01440764 ...): sorted, they are torchvision's class order.
-WORDNET_ID = re.compile(r"n\d{8}")
 IMAGENET_CLASSES = 1000
 
 
+@functools.cache
+def imagenet_wordnet_ids() -> list[str]:
+    """ImageNet's 1000 WordNet ids (``n01440764``, ...) in torchvision's class order: sorted, as
+    ILSVRC2012 numbers its classes and ImageFolder orders the validation set's folders."""
+    return (resources.files(__package__) / "imagenet_wordnet_ids.txt").read_text(encoding="ascii").split()
+
+
 def are_imagenet_folders(names: Sequence[str]) -> bool:
-    """Whether class names are ImageNet's 1000 WordNet ids, as its validation set's folders are."""
-    return len(names) == IMAGENET_CLASSES and all(WORDNET_ID.fullmatch(name) for name in names)
+    """Whether class names are ImageNet WordNet ids: its validation set's folders, or some of them
+    (a subset such as Imagenette's 10 classes)."""
+    known = set(imagenet_wordnet_ids())
+    return bool(names) and all(name in known for name in names)
 
 
-def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[str]) -> dict[str, int]:
+def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[str],
+                  classes: int = IMAGENET_CLASSES) -> dict[str, int]:
     """The true class of each of ``paths`` by its class folder (or its label in a list), ``labels``
-    indexing ``names`` (-1: none), where those are ImageNet's 1000 WordNet ids, as ImageFolder's
-    layout of the validation set has them: their sorted order is torchvision's class order (an
-    :class:`ImageSet`'s classes, and a descriptor file's, are sorted)."""
-    if not are_imagenet_folders(names):
-        others = [name for name in names if not WORDNET_ID.fullmatch(name)]
-        found = f"{len(names)} classes" + (f", {others[0]!r} among them" if others else "")
+    indexing ``names`` (-1: none), where those are ImageNet WordNet ids (all 1000, as ImageFolder's
+    layout of the validation set has them, or any of them): each id's class is its place among
+    the 1000 (:func:`imagenet_wordnet_ids`). ``classes``: the network's, which must be ImageNet's."""
+    if classes != IMAGENET_CLASSES:
+        raise VggfeatError(f"--labels folders names ImageNet's classes, but the network has {classes}: pass a label list")
+    index = {wordnet_id: number for number, wordnet_id in enumerate(imagenet_wordnet_ids())}
+    others = [name for name in names if name not in index]
+    if others or not names:
+        found = f"{others[0]!r} is not one of ImageNet's {IMAGENET_CLASSES} classes" if others else "no class found"
         raise VggfeatError(f"--labels folders needs the images' classes (first-level folders, or a list's labels) to be "
-                           f"ImageNet's {IMAGENET_CLASSES} WordNet ids (n01440764, ...), each with an image; found {found}. "
+                           f"ImageNet's WordNet ids (n01440764, ...), all {IMAGENET_CLASSES} or some of them: {found}. "
                            "Otherwise pass a label list")
-    if list(names) != sorted(names):
-        raise VggfeatError("--labels folders needs the classes in their sorted order")
-    return {path: int(label) for path, label in zip(paths, labels) if label >= 0}
+    classes = [index[name] for name in names]
+    return {path: classes[label] for path, label in zip(paths, labels) if label >= 0}
 
 
 def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:

@@ -102,7 +102,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     images = options.read_images(paths, file_list, root, quiet)
     say(options.counted(len(images), "image"))
     if by_folders:
-        truth = folder_labels(images.paths, images.labels, images.classes)
+        truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)
         for each in classifiers:
             check_prediction_options(each, None, truth)
     elif truth is None and are_imagenet_folders(images.classes):
@@ -192,7 +192,8 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
     if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
         with FeatureFile(posteriors) as f:
             failed = f.failed()
-            truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes)
+            truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes,
+                                  len(names))
     write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
 
 
