@@ -140,6 +140,14 @@ def test_training_shows_its_fits_progress_and_a_refusal_none(data, tmp_path, mon
     assert counts == [str(n) for n in range(1, 16)], err
     code, _, err = run_main(["train-svm", files["train"], tmp_path / "m2.h5", "--exclude-class", "nothing-such"])
     assert code == 2 and "training SVMs" not in err
+    # --quiet, for a script's log: the result and the warnings, no progress.
+    code, out, err = run_main(["train-svm", files["train"], tmp_path / "m3.h5", "--cv", "2", "--C-grid", "0.1,10",
+                               "--max-iter", "1", "-q"])
+    assert code == 0 and "trained 3 classes" in out
+    assert err.startswith("warning: liblinear reached max_iter=1") and "training SVMs" not in err
+    for protocol in (["caltech", files["train"], "--train-per-class", "3", "--splits", "1"], ["voc", files["train"], files["test"]]):
+        code, out, err = run_main(["protocol", *protocol, "--C", "1", "-q"])
+        assert code == 0 and "training SVMs" not in err and out, err
 
 
 def test_protocol_caltech(data, tmp_path):

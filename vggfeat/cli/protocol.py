@@ -27,13 +27,13 @@ def protocol() -> None:
 @options.json_output
 @options.overwrite_json
 @svm_options
-def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, **svm) -> None:
+def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, quiet, **svm) -> None:
     """Caltech-101/256: per split, N random training and up to M test images per class; mean class recall.
 
     FEATURES: one file of a labelled folder, or several of the same images to fuse.
     """
     options.check_json_output(json_out, overwrite)
-    with fits_progress() as progress:
+    with fits_progress(quiet) as progress:
         result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
                                    exclude=exclude_class, progress=progress, **svm_params(**svm))
     click.echo(f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
@@ -66,7 +66,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --results files.")
 @svm_options
 def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, voc_difficult, results, json_out, overwrite,
-        **svm) -> None:
+        quiet, **svm) -> None:
     """VOC-style: multi-label SVMs on a training set, per-class AP and mAP on a test set.
 
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
@@ -88,7 +88,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
     options.check_json_output(json_out, overwrite)
-    with fits_progress() as progress:
+    with fits_progress(quiet) as progress:
         result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
                                test_set=test_set, difficult=difficult, results=results, overwrite=overwrite, progress=progress,
                                **svm_params(**svm))

@@ -16,7 +16,7 @@ from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 from ..voc import DIFFICULT
-from .options import counted, progress_bar
+from .options import counted, progress_bar, quiet
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -45,7 +45,7 @@ voc_difficult = click.option(
 
 
 def svm_options(command):
-    """The SVM's options, shared by train-svm and the protocols."""
+    """The SVM's options, shared by train-svm and the protocols (and --quiet, for their fits' progress bar)."""
     options = [
         click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), help="Fix C instead of choosing it by cross-validation."),
         click.option("--C-grid", "C_grid", default=",".join(map(str, DEFAULT_C_GRID)), show_default=True, callback=floats,
@@ -60,6 +60,7 @@ def svm_options(command):
         click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Classes trained in parallel (each holds one liblinear copy of the data)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds and the solver."),
+        quiet,
     ]
     for option in reversed(options):
         command = option(command)
@@ -67,15 +68,15 @@ def svm_options(command):
 
 
 @contextlib.contextmanager
-def fits_progress() -> Iterator[Callable[[int, int], None]]:
+def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
     """A progress bar over a training's liblinear fits (minutes each on large sets), for its
     ``progress(fits done, fits in all)``; drawn from the first fit on, so that a command refused
-    before (its labels, its files) shows none."""
+    before (its labels, its files) shows none; none at all where ``quiet``."""
     bars: list = []
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(progress_bar(False, total=total, unit="fits", desc="training SVMs"))
+            bars.append(progress_bar(quiet, total=total, unit="fits", desc="training SVMs"))
         bars[0].update(done - bars[0].n)
 
     try:
@@ -105,14 +106,15 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 @voc_difficult
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL.")
 @svm_options
-def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, voc_difficult, overwrite, **svm) -> None:
+def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, voc_difficult, overwrite, quiet,
+              **svm) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
     check_new_file(model, overwrite)
     multilabel = multilabel or voc is not None
-    with fits_progress() as progress:
+    with fits_progress(quiet) as progress:
         saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
                                    multilabel=multilabel, progress=progress, **svm_params(**svm))
     svm, training = saved.svm, saved.training
