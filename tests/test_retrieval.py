@@ -18,7 +18,9 @@ from vggfeat.index import VectorIndex, build_index, exact_search, faiss_availabl
 from vggfeat.montage import draw_montage, montage_size
 from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, read_ground_truth
 from vggfeat.search import search
-from vggfeat.whitening import PCAWhitening, l2_normalize
+import vggfeat.features
+import vggfeat.whitening
+from vggfeat.whitening import PCAWhitening, fit_whitening, l2_normalize
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed (pip install faiss-cpu)")
 CONFIG = {"model": "vgg16", "weights_sha256": "abc", "layer": "conv5_3", "pooling": "rmac", "scales": [224],
@@ -73,6 +75,34 @@ def test_whitening_whitens_and_round_trips_through_hdf5(tmp_path):
     assert loaded.config_ == CONFIG
     with pytest.raises(VggfeatError, match="layer: conv5_3 expected, fc7 found"):
         loaded.check_config({**CONFIG, "layer": "fc7"})
+
+
+def test_whitening_fitted_in_blocks_is_the_whole_sets(tmp_path, monkeypatch):
+    """A features file of millions of fc7 rows is fitted a block at a time (what the host holds
+    does not grow with it), to the whitening of all its rows at once."""
+    X, labels = clustered(per_class=30)
+    X[:, 0] += 1000  # a mean far from zero costs no precision
+    monkeypatch.setattr(vggfeat.whitening, "_BLOCK_BYTES", 8 * 16 * 7)  # 7 rows a block: 18 blocks
+    for normalize in (True, False):
+        whitening = PCAWhitening(dim=8, normalize_input=normalize).fit(X)
+        Y = l2_normalize(X, np.float64) if normalize else X.astype(np.float64)
+        eigenvalues = np.linalg.eigvalsh(np.cov(Y.T, bias=True))[::-1][:8]
+        np.testing.assert_allclose(whitening.mean_, Y.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(whitening.eigenvalues_, eigenvalues, rtol=1e-4)
+        Z = (Y - whitening.mean_) @ whitening.projection_.T  # identity covariance on the kept axes
+        np.testing.assert_allclose(np.cov(Z.T, bias=True), np.eye(8), atol=1e-3)
+    write_features(tmp_path / "db.h5", X, labels)
+    reads, done = [], []
+    read = vggfeat.features.FeatureFile.read
+    monkeypatch.setattr(vggfeat.features.FeatureFile, "read", lambda self, rows=None, **kw: reads.append(len(rows)) or read(self, rows, **kw))
+    fitted = fit_whitening(tmp_path / "db.h5", tmp_path / "w.h5", dim=8, progress=done.append)
+    assert max(reads) == 7 and sum(reads) == len(X) and sum(done) == len(X)
+    whole = PCAWhitening(dim=8).fit(X)
+    sample = fitted.transform(X), whole.transform(X)  # the same up to each axis's sign
+    np.testing.assert_allclose(sample[0] @ sample[0].T, sample[1] @ sample[1].T, atol=1e-5)
+    X[100, 3] = np.nan  # in the 15th block
+    with pytest.raises(VggfeatError, match="NaN or infinite"):
+        PCAWhitening().fit(X)
 
 
 def test_whitening_refuses_bad_parameters():

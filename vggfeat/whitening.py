@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
@@ -29,6 +31,10 @@ FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
 # variance in the fitting set would otherwise be scaled up without bound.
 EIGENVALUE_FLOOR = 1e-8
+# Descriptors per block of a fit, in bytes of float64: the covariance of 1M x 4096 fc7 descriptors
+# is fitted in 64 MiB pieces (2048 rows, enough for each product to outweigh adding its D x D
+# result), where the whole set would take 32 GiB.
+_BLOCK_BYTES = 64 * 2**20
 
 
 def l2_normalize(X: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -56,33 +62,41 @@ class PCAWhitening:
 
     def fit(self, X: np.ndarray, config: dict | None = None) -> PCAWhitening:
         """Learn the whitening from descriptors ``X`` [N, D]; ``config``: how they were extracted."""
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(X)
         if X.ndim != 2:
             raise VggfeatError(f"whitening needs descriptors [N, D], got shape {X.shape}")
-        n, d = X.shape
-        if n < 2:
-            raise VggfeatError(f"whitening needs at least 2 descriptors, got {n}")
-        if not np.isfinite(X).all():
-            raise VggfeatError("descriptors hold NaN or infinite values; drop those rows first")
-        rank = min(d, n - 1)  # centring removes one degree of freedom
-        dim = rank if self.dim is None else int(self.dim)
-        if dim < 1 or dim > d:
-            raise VggfeatError(f"whitening dim must be between 1 and the descriptor dimension {d}, got {dim}")
-        if dim > rank:
-            raise VggfeatError(f"whitening to {dim} dimensions needs at least {dim + 1} descriptors, got {n}")
-        if self.normalize_input:
-            X = l2_normalize(X, np.float64)
-        mean = X.mean(axis=0)
-        centred = X - mean
+        step = _block_rows(X.shape[1])
+        return self.fit_blocks((X[start : start + step] for start in range(0, len(X), step)), *X.shape, config=config)
+
+    def fit_blocks(self, blocks: Iterable[np.ndarray], rows: int, dim: int, config: dict | None = None) -> PCAWhitening:
+        """As :meth:`fit`, from ``rows`` descriptors of ``dim`` given a block at a time (a file's,
+        read in blocks): the host holds one block and a D x D covariance, never all N x D."""
+        if rows < 2:
+            raise VggfeatError(f"whitening needs at least 2 descriptors, got {rows}")
+        rank = min(dim, rows - 1)  # centring removes one degree of freedom
+        kept = rank if self.dim is None else int(self.dim)
+        if kept < 1 or kept > dim:
+            raise VggfeatError(f"whitening dim must be between 1 and the descriptor dimension {dim}, got {kept}")
+        if kept > rank:
+            raise VggfeatError(f"whitening to {kept} dimensions needs at least {kept + 1} descriptors, got {rows}")
+        moments = _Moments(dim)
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float64)
+            if not np.isfinite(block).all():
+                raise VggfeatError("descriptors hold NaN or infinite values; drop those rows first")
+            moments.add(l2_normalize(block, np.float64) if self.normalize_input else block)
+        if moments.rows != rows:
+            raise VggfeatError(f"whitening was given {moments.rows} descriptors, expecting {rows}")
+        mean, covariance = moments.mean_and_covariance()
         # The covariance's eigenvectors, largest first (eigh sorts ascending).
-        eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / n)
-        order = np.argsort(eigenvalues)[::-1][:dim]
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        order = np.argsort(eigenvalues)[::-1][:kept]
         eigenvalues = np.maximum(eigenvalues[order], EIGENVALUE_FLOOR * max(float(eigenvalues.max()), 1e-30))
         self.mean_ = mean.astype(np.float32)
         self.eigenvalues_ = eigenvalues.astype(np.float32)
         self.projection_ = (eigenvectors[:, order] / np.sqrt(eigenvalues)).T.astype(np.float32)
         self.config_ = dict(config) if config else {}
-        self.n_samples_ = n
+        self.n_samples_ = rows
         return self
 
     @property
@@ -174,10 +188,52 @@ class PCAWhitening:
             raise VggfeatError("this PCAWhitening is not fitted yet; call fit(X) first")
 
 
-def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None) -> PCAWhitening:
-    """Fit a :class:`PCAWhitening` on every row of a features file and save it to ``output``."""
+class _Moments:
+    """The mean and covariance of rows added a block at a time, in float64. Sums are taken about
+    the first block's mean, so that a mean far from zero costs no precision in the covariance.
+    Each block's X^T X is BLAS's symmetric rank-k update (dsyrk) into the upper triangle, in
+    place: half the multiply-adds of a matrix product, and no D x D temporary per block."""
+
+    def __init__(self, dim: int) -> None:
+        self.rows, self.shift = 0, None
+        self.sum, self.upper = np.zeros(dim), np.zeros((dim, dim), order="F")
+
+    def add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        if self.shift is None:
+            self.shift = block.mean(axis=0)
+        centred = block - self.shift  # C-ordered: its transpose is the Fortran matrix dsyrk reads, uncopied
+        self.rows += len(block)
+        self.sum += centred.sum(axis=0)
+        self.upper = blas.dsyrk(1.0, centred.T, beta=1.0, c=self.upper, trans=0, lower=0, overwrite_c=1)
+
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        offset = self.sum / self.rows
+        upper = np.triu(self.upper)
+        scatter = upper + np.triu(upper, 1).T
+        return self.shift + offset, scatter / self.rows - np.outer(offset, offset)
+
+
+def _block_rows(dim: int) -> int:
+    """Rows per block of a whitening's fit: a float64 block of about _BLOCK_BYTES."""
+    return max(1, _BLOCK_BYTES // (8 * max(1, dim)))
+
+
+def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None,
+                  progress: Callable[[int], object] | None = None) -> PCAWhitening:
+    """Fit a :class:`PCAWhitening` on every row of a features file, read in blocks (host memory
+    does not grow with the file), and save it to ``output``; ``progress(rows)`` after each block."""
     with FeatureFile(features) as f:
-        X, config = f.read(dtype=np.float32), f.config
-    whitening = PCAWhitening(dim=dim).fit(X, config=config)
+        step = _block_rows(f.dim)
+
+        def blocks() -> Iterator[np.ndarray]:
+            for start in range(0, f.rows, step):
+                block = f.read(np.arange(start, min(start + step, f.rows)), dtype=np.float32)
+                yield block
+                if progress:
+                    progress(len(block))
+
+        whitening = PCAWhitening(dim=dim).fit_blocks(blocks(), f.rows, f.dim, config=f.config)
     whitening.save(output)
     return whitening

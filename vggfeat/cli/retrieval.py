@@ -32,10 +32,17 @@ def whiten() -> None:
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--dim", type=click.IntRange(min=1), help="Keep this many dimensions [default: all the data supports].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def whiten_fit(features, output, dim, overwrite) -> None:
-    """Learn PCA-whitening on every descriptor of FEATURES; write it to OUTPUT (.h5, plain arrays)."""
+@options.quiet
+def whiten_fit(features, output, dim, overwrite, quiet) -> None:
+    """Learn PCA-whitening on every descriptor of FEATURES; write it to OUTPUT (.h5, plain arrays).
+
+    FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
+    """
     check_new_file(output, overwrite)
-    fitted = fit_whitening(features, output, dim=dim)
+    with FeatureFile(features) as f:
+        rows = f.rows
+    with options.progress_bar(quiet, total=rows, unit="descriptors", desc="fitting the whitening") as bar:
+        fitted = fit_whitening(features, output, dim=dim, progress=bar.update)
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
 
 

@@ -1,0 +1,122 @@
+"""PCA-whitening fit from a features file: time and peak memory, in blocks against the whole array.
+
+    python benchmarks/bench_whitening.py --rows 50000 --dim 4096
+
+Writes a synthetic float32 features file with the vggfeat schema (as `vggfeat extract` writes it)
+to --workdir, then fits the whitening on it twice, each in a process of its own so that the peak
+resident memory printed (ru_maxrss) is that fit's:
+
+  vggfeat: whitening.fit_whitening, which reads the file in blocks and adds each block's
+           float64 moments (host memory: a block and a D x D covariance).
+  whole:   the fit as vggfeat made it before (and as one writes it from NumPy): the whole file
+           read as float32, converted to one float64 array, L2-normalised, centred (a second
+           N x D copy), then X^T X / N.
+
+Both end in the same eigendecomposition of a D x D covariance. The two whitenings are compared by
+the Gram matrix of a sample of whitened rows (inner products do not depend on the eigenvectors'
+signs): the largest absolute difference is printed.
+
+Synthetic descriptors: x = relu(0.3 m_y + N(0, 1)) for 100 class means m_k ~ N(0, 1), about half
+the entries zero, as after fc7's ReLU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def make_file(path: Path, rows: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((100, dim), dtype=np.float32)
+    labels = np.arange(rows) % 100
+    config = {"model": "synthetic", "weights_sha256": "0" * 64, "layer": "fc7", "pooling": "avg", "scales": [256],
+              "aggregate": "mean", "flip": True, "preprocessing": {}, "dim": dim, "precision": "fp32"}
+    temporary = path.with_name(path.name + ".tmp")
+    with h5py.File(temporary, "w") as f:
+        features = f.create_dataset("features", shape=(rows, dim), dtype=np.float32, chunks=(max(1, 2**18 // dim), dim))
+        for start in range(0, rows, 8192):
+            y = labels[start : start + 8192]
+            features[start : start + len(y)] = np.maximum(0.3 * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32), 0)
+        f.create_dataset("paths", data=[f"c{k:03d}/{i:07d}.jpg" for i, k in enumerate(labels)], dtype=h5py.string_dtype())
+        f["labels"] = labels.astype(np.int32)
+        f.create_dataset("classes", data=[f"c{k:03d}" for k in range(100)], dtype=h5py.string_dtype())
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["complete"] = True
+    temporary.rename(path)
+
+
+def fit_whole(features: Path, output: Path) -> None:
+    """The whole-array fit, as vggfeat made it before the blocks."""
+    from vggfeat.whitening import EIGENVALUE_FLOOR, PCAWhitening, l2_normalize
+
+    with h5py.File(features, "r") as f:
+        X = f["features"][:]
+    X = l2_normalize(np.asarray(X, dtype=np.float64), np.float64)
+    mean = X.mean(axis=0)
+    centred = X - mean
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(X))
+    order = np.argsort(eigenvalues)[::-1][: min(X.shape[1], len(X) - 1)]
+    eigenvalues = np.maximum(eigenvalues[order], EIGENVALUE_FLOOR * eigenvalues.max())
+    whitening = PCAWhitening()
+    whitening.mean_, whitening.eigenvalues_ = mean.astype(np.float32), eigenvalues.astype(np.float32)
+    whitening.projection_ = (eigenvectors[:, order] / np.sqrt(eigenvalues)).T.astype(np.float32)
+    whitening.config_, whitening.n_samples_ = {}, len(X)
+    whitening.save(output)
+
+
+def child(mode: str, features: Path, output: Path) -> None:
+    from vggfeat.whitening import fit_whitening
+
+    started = time.perf_counter()
+    if mode == "vggfeat":
+        fit_whitening(features, output)
+    else:
+        fit_whole(features, output)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def gram_difference(features: Path, first: Path, second: Path, sample: int = 500) -> float:
+    from vggfeat.whitening import PCAWhitening
+
+    with h5py.File(features, "r") as f:
+        X = f["features"][:sample]
+    a, b = PCAWhitening.load(first).transform(X), PCAWhitening.load(second).transform(X)
+    return float(np.abs(a @ a.T - b @ b.T).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=4096)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-whitening"))
+    parser.add_argument("--child", choices=["vggfeat", "whole"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
+    if args.child:
+        child(args.child, features, args.workdir / f"{args.child}.h5")
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if not features.exists():
+        make_file(features, args.rows, args.dim)
+    print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
+    for mode in ("whole", "vggfeat"):
+        run = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
+                              "--workdir", str(args.workdir), "--child", mode], capture_output=True, text=True, check=True)
+        result = json.loads(run.stdout.splitlines()[-1])
+        print(f"{mode:>8}: {result['seconds']:7.1f} s, peak resident memory {result['peak_rss_mib']:,.0f} MiB")
+    difference = gram_difference(features, args.workdir / "whole.h5", args.workdir / "vggfeat.h5")
+    print(f"largest difference between the two whitenings' inner products of 500 rows: {difference:.2e}")
+
+
+if __name__ == "__main__":
+    main()
