@@ -14,7 +14,8 @@ from PIL import Image
 from imagefiles import write_rgb
 from runhelpers import error_line, run_main
 from vggfeat.errors import VggfeatError
-from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available
+import vggfeat.index
+from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available, index_features
 from vggfeat.montage import draw_montage, montage_size
 from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, read_ground_truth
 from vggfeat.search import search
@@ -169,6 +170,33 @@ def test_faiss_and_numpy_agree_and_approximate_indexes_find_near_duplicates(tmp_
         assert search(loaded, queries[:2], ["a", "b"], k=3, qe=2)[0].paths  # reconstruct works for QE
 
 
+@pytest.mark.parametrize("kind", ["flat", pytest.param("ivfpq", marks=needs_faiss), pytest.param("hnsw", marks=needs_faiss)])
+def test_an_index_is_built_a_block_at_a_time_from_its_file(tmp_path, monkeypatch, kind):
+    """A features file of millions of rows is read, whitened and added in blocks (the host holds
+    the index, not every raw descriptor beside it): the index of the whole array at once."""
+    rng = np.random.default_rng(5)
+    X = np.abs(rng.normal(size=(1200, 16))).astype(np.float32)
+    labels = np.arange(len(X)) % 3
+    db = write_features(tmp_path / "db.h5", X, labels)
+    whitening = PCAWhitening(dim=8).fit(X, config=CONFIG)
+    whole = build_index(X, [f"{i}" for i in range(len(X))], CONFIG, kind=kind, whitening=whitening, nlist=4, m=4)
+    monkeypatch.setattr(vggfeat.index, "_BLOCK_BYTES", 4 * 16 * 100)  # 100 rows a block
+    reads, done = [], []
+    read = vggfeat.features.FeatureFile.read
+    monkeypatch.setattr(vggfeat.features.FeatureFile, "read", lambda self, rows=None, **kw: reads.append(len(rows)) or read(self, rows, **kw))
+    blocks = index_features(db, kind=kind, whitening=whitening, nlist=4, m=4, progress=done.append)
+    assert done == [100] * 12 and max(reads[-12:]) == 100 and sum(reads[-12:]) == len(X)
+    assert reads[:-12] == ([] if kind != "ivfpq" else [len(X)])  # ivfpq: its training sample, all 1200 here
+    assert blocks.rows == len(X) and blocks.dim == 8 and blocks.labels.tolist() == labels.tolist()
+    queries = whole.prepare(X[:50])
+    if kind == "flat":
+        np.testing.assert_array_equal(blocks.vectors, whole.vectors)
+    else:  # the same training and vectors; an HNSW graph grown in blocks may link a little differently
+        _, rows = blocks.search(queries, 5)
+        _, expected_rows = whole.search(queries, 5)
+        assert (rows[:, 0] == expected_rows[:, 0]).mean() >= (1.0 if kind == "ivfpq" else 0.95)
+
+
 def test_compressed_index_without_faiss_is_a_clear_error(tmp_path, monkeypatch):
     import vggfeat.index
 
@@ -262,7 +290,7 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     assert run_main(["whiten", "fit", db, tmp_path / "w.h5", "--dim", "8"])[0] == 0
     code, out, err = run_main(["index", db, tmp_path / "db.index", "--whiten", tmp_path / "w.h5"])
     assert code == 0, err
-    assert "8-d" in out
+    assert "flat index of 40 descriptors (16-d, whitened to 8-d)" in out
     code, out, err = run_main(["search", tmp_path / "db.index", "--queries", db, "--k", "3", tmp_path / "r.csv"])
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,7 @@ KINDS = ("flat", "ivfpq", "hnsw")
 BACKENDS = ("auto", "faiss", "numpy")
 _STRING = h5py.string_dtype("utf-8")
 _SCORE_BYTES = 256 * 2**20  # NumPy search: size of one block of query x database scores
+_BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
 
 
@@ -192,50 +194,81 @@ def build_index(
     nprobe: int = 16,
     hnsw_m: int = 32,
     ef_search: int = 128,
+    progress: Callable[[int], object] | None = None,
 ) -> VectorIndex:
     """Index descriptors ``X`` [N, D] (raw, as extracted) of ``paths``, made with ``config``.
 
     ``ivfpq``: ``nlist`` inverted lists (default about 4 sqrt(N)), ``m`` bytes per vector (default
     d / 8, must divide d), ``nprobe`` lists searched. ``hnsw``: ``hnsw_m`` links per node,
-    ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not.
+    ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not. The rows are prepared
+    (whitened, L2-normalised) and added a block at a time, ``progress(rows)`` after each.
     """
     if kind not in KINDS:
         raise VggfeatError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
     _check_backend(backend)
+    X = X if hasattr(X, "shape") else np.asarray(X, dtype=np.float32)  # an array, or a file's rows (index_features)
+    if X.ndim != 2:
+        raise VggfeatError(f"need descriptors [N, D], got shape {X.shape}")
     if len(X) != len(paths) or len(X) == 0:
         raise VggfeatError(f"need one descriptor per path and at least one row, got {len(X)} descriptors, {len(paths)} paths")
     if whitening is not None:
         whitening.check_config(config, "the indexed descriptors")
+    if kind != "flat" and backend == "numpy":
+        raise VggfeatError(f"a '{kind}' index needs FAISS; use --kind flat for the NumPy backend")
     index = VectorIndex(paths=list(paths), config=dict(config), kind=kind, whitening=whitening, root=root,
                         labels=np.full(len(paths), -1) if labels is None else np.asarray(labels),
                         classes=list(classes or []))
-    vectors = index.prepare(X)
+    # Rows read (from a file, where X is one) and prepared a block at a time: the host holds the
+    # index being built and one block, not every raw descriptor beside it.
+    dim = whitening.output_dim if whitening is not None else X.shape[1]
+    step = max(1, _BLOCK_BYTES // (4 * X.shape[1]))
+    blocks = ((start, index.prepare(X[start : start + step])) for start in range(0, len(X), step))
     if kind == "flat":
-        index.vectors = vectors
+        index.vectors = np.empty((len(X), dim), dtype=np.float32)
+        for start, vectors in blocks:
+            index.vectors[start : start + len(vectors)] = vectors
+            if progress:
+                progress(len(vectors))
         if _flat_uses_faiss(backend):
-            index.faiss_index = _flat_faiss(vectors)
-    elif backend == "numpy":
-        raise VggfeatError(f"a '{kind}' index needs FAISS; use --kind flat for the NumPy backend")
-    elif kind == "ivfpq":
-        index.faiss_index, index.params = _ivfpq(vectors, nlist, m, nprobe)
+            index.faiss_index = _flat_faiss(index.vectors)
     else:
-        faiss = _faiss()
-        index.faiss_index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.faiss_index.add(vectors)
-        index.params = {"hnsw_m": hnsw_m, "ef_search": ef_search}
-    index.backend = "faiss" if index.faiss_index is not None else "numpy"
-    if kind != "flat":
+        if kind == "ivfpq":
+            index.faiss_index, index.params = _ivfpq(X, index.prepare, dim, nlist, m, nprobe)
+        else:
+            faiss = _faiss()
+            index.faiss_index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.params = {"hnsw_m": hnsw_m, "ef_search": ef_search}
+        for _, vectors in blocks:
+            index.faiss_index.add(vectors)
+            if progress:
+                progress(len(vectors))
         index._apply_params()
+    index.backend = "faiss" if index.faiss_index is not None else "numpy"
     return index
 
 
 def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
-    """:func:`build_index` on every row of a features file (its paths, labels, classes, input root)."""
-    with FeatureFile(features) as f:
-        X, paths, labels, classes, config = f.read(dtype=np.float32), f.paths, f.labels, f.classes, f.config
+    """:func:`build_index` on every row of a features file (its paths, labels, classes, input root),
+    read a block at a time."""
     with open_h5(features) as f:
         root = str(f.attrs.get("input_root", ""))
-    return build_index(X, paths, config, labels=labels, classes=classes, root=root, **kwargs)
+    with FeatureFile(features) as f:
+        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=root, **kwargs)
+
+
+class _Rows:
+    """A features file's descriptors as :func:`build_index` reads them: ``len``, ``shape`` and
+    float32 rows by slice or by sorted indices, read from the file when asked for."""
+
+    def __init__(self, f: FeatureFile) -> None:
+        self.file, self.shape, self.ndim = f, (f.rows, f.dim), 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        rows = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
+        return self.file.read(rows, dtype=np.float32)
 
 
 def exact_search(vectors: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,9 +305,12 @@ def _flat_faiss(vectors: np.ndarray):
     return index
 
 
-def _ivfpq(vectors: np.ndarray, nlist: int | None, m: int | None, nprobe: int):
+def _ivfpq(X: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], d: int, nlist: int | None, m: int | None,
+           nprobe: int):
+    """An IVF-PQ index of the raw descriptors ``X`` (``d`` once ``prepare``d), trained on a sample
+    of them, with nothing added yet; and its parameters."""
     faiss = _faiss()
-    n, d = vectors.shape
+    n = len(X)
     # FAISS wants ~39 training points per list and 256 per PQ centroid set (8-bit codes).
     nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
     m = m or max(1, d // 8)
@@ -283,11 +319,10 @@ def _ivfpq(vectors: np.ndarray, nlist: int | None, m: int | None, nprobe: int):
     if n < max(256, 39 * nlist):
         raise VggfeatError(f"an ivfpq index with {nlist} lists needs at least {max(256, 39 * nlist)} rows to train, "
                            f"got {n}; use --kind flat (exact) for a database this small")
-    index = faiss.index_factory(d, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
     # k-means cost grows with rows x lists: a random sample of 64 rows per list (and enough for the
     # 256 centroids of each PQ sub-quantizer) trains as well as the whole set.
     sample = min(n, max(64 * nlist, 16_384))
     rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False)) if sample < n else slice(None)
-    index.train(np.ascontiguousarray(vectors[rows]))
-    index.add(vectors)
+    index = faiss.index_factory(d, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(prepare(X[rows])))
     return index, {"nlist": nlist, "m": m, "nprobe": min(nprobe, nlist)}

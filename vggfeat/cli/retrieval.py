@@ -39,9 +39,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
     FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
     """
     check_new_file(output, overwrite)
-    with FeatureFile(features) as f:
-        rows = f.rows
-    with options.progress_bar(quiet, total=rows, unit="descriptors", desc="fitting the whitening") as bar:
+    with options.progress_bar(quiet, total=_rows_of(features), unit="descriptors", desc="fitting the whitening") as bar:
         fitted = fit_whitening(features, output, dim=dim, progress=bar.update)
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
 
@@ -58,15 +56,17 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="hnsw: links per vector.")
 @click.option("--ef-search", default=128, show_default=True, type=click.IntRange(min=1), help="hnsw: candidates per query.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite) -> None:
+@options.quiet
+def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, quiet) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
     check_new_file(output, overwrite)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
-    built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
-                           hnsw_m=hnsw_m, ef_search=ef_search)
+    with options.progress_bar(quiet, total=_rows_of(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
+        built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
+                               hnsw_m=hnsw_m, ef_search=ef_search, progress=bar.update)
     built.save(output)
-    how = f", whitened to {built.dim}-d" if whitening else ""
-    click.echo(f"wrote {output}: {kind} index of {built.rows:,} descriptors ({built.dim}-d{how})")
+    dims = f"{whitening.input_dim}-d, whitened to {built.dim}-d" if whitening else f"{built.dim}-d"
+    click.echo(f"wrote {output}: {kind} index of {built.rows:,} descriptors ({dims})")
 
 
 @click.command()
@@ -212,3 +212,9 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
     export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
+
+
+def _rows_of(features: Path) -> int:
+    """The rows of a features file, for a progress bar over them (refusing what is not one)."""
+    with FeatureFile(features) as f:
+        return f.rows

@@ -1,20 +1,22 @@
-"""PCA-whitening fit from a features file: time and peak memory, in blocks against the whole array.
+"""Whitening fit and index build from a features file: time and peak memory, in blocks against the whole array.
 
-    python benchmarks/bench_whitening.py --rows 50000 --dim 4096
+    python benchmarks/bench_build_memory.py --rows 50000 --dim 4096
 
 Writes a synthetic float32 features file with the vggfeat schema (as `vggfeat extract` writes it)
-to --workdir, then fits the whitening on it twice, each in a process of its own so that the peak
-resident memory printed (ru_maxrss) is that fit's:
+to --workdir, then runs each step twice, each run in a process of its own so that the peak
+resident memory printed (ru_maxrss) is that run's:
 
-  vggfeat: whitening.fit_whitening, which reads the file in blocks and adds each block's
-           float64 moments (host memory: a block and a D x D covariance).
-  whole:   the fit as vggfeat made it before (and as one writes it from NumPy): the whole file
-           read as float32, converted to one float64 array, L2-normalised, centred (a second
-           N x D copy), then X^T X / N.
+  whiten, vggfeat: whitening.fit_whitening, which reads the file in blocks and adds each block's
+                   float64 moments (host memory: a block and a D x D covariance).
+  whiten, whole:   the fit as vggfeat made it before (and as one writes it from NumPy): the whole
+                   file read as float32, converted to one float64 array, L2-normalised, centred (a
+                   second N x D copy), then X^T X / N. Both end in the same eigendecomposition.
+  flat/hnsw, vggfeat: index.index_features, which reads, L2-normalises and adds a block at a time.
+  flat/hnsw, whole:   as vggfeat did before (and as one writes it from FAISS's docs): the whole file
+                   read, L2-normalised into a second array, added to the FAISS index at once.
 
-Both end in the same eigendecomposition of a D x D covariance. The two whitenings are compared by
-the Gram matrix of a sample of whitened rows (inner products do not depend on the eigenvectors'
-signs): the largest absolute difference is printed.
+The two whitenings are compared by the Gram matrix of a sample of whitened rows (inner products do
+not depend on the eigenvectors' signs): the largest absolute difference is printed.
 
 Synthetic descriptors: x = relu(0.3 m_y + N(0, 1)) for 100 class means m_k ~ N(0, 1), about half
 the entries zero, as after fc7's ReLU.
@@ -73,14 +75,30 @@ def fit_whole(features: Path, output: Path) -> None:
     whitening.save(output)
 
 
-def child(mode: str, features: Path, output: Path) -> None:
+def index_whole(features: Path, kind: str) -> None:
+    """The index as vggfeat built it before the blocks."""
+    import faiss
+
+    from vggfeat.whitening import l2_normalize
+
+    with h5py.File(features, "r") as f:
+        X = f["features"][:]
+    vectors = l2_normalize(X)
+    index = faiss.IndexFlatIP(X.shape[1]) if kind == "flat" else faiss.IndexHNSWFlat(X.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(vectors)
+
+
+def child(step: str, mode: str, features: Path, output: Path) -> None:
+    from vggfeat.index import index_features
     from vggfeat.whitening import fit_whitening
 
     started = time.perf_counter()
-    if mode == "vggfeat":
-        fit_whitening(features, output)
+    if step == "whiten":
+        fit_whitening(features, output) if mode == "vggfeat" else fit_whole(features, output)
+    elif mode == "vggfeat":
+        index_features(features, kind=step, backend="faiss")
     else:
-        fit_whole(features, output)
+        index_whole(features, step)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -99,21 +117,27 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-whitening"))
-    parser.add_argument("--child", choices=["vggfeat", "whole"], help=argparse.SUPPRESS)
+    parser.add_argument("--steps", default="whiten,flat,hnsw", help="Of whiten, flat, hnsw (FAISS indexes).")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
     if args.child:
-        child(args.child, features, args.workdir / f"{args.child}.h5")
+        step, mode = args.child
+        child(step, mode, features, args.workdir / f"{mode}.h5")
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not features.exists():
         make_file(features, args.rows, args.dim)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
-    for mode in ("whole", "vggfeat"):
-        run = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
-                              "--workdir", str(args.workdir), "--child", mode], capture_output=True, text=True, check=True)
-        result = json.loads(run.stdout.splitlines()[-1])
-        print(f"{mode:>8}: {result['seconds']:7.1f} s, peak resident memory {result['peak_rss_mib']:,.0f} MiB")
+    steps = args.steps.split(",")
+    for step in steps:
+        for mode in ("whole", "vggfeat"):
+            run = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
+                                  "--workdir", str(args.workdir), "--child", step, mode], capture_output=True, text=True, check=True)
+            result = json.loads(run.stdout.splitlines()[-1])
+            print(f"{step:>6}, {mode:>7}: {result['seconds']:7.1f} s, peak resident memory {result['peak_rss_mib']:,.0f} MiB")
+    if "whiten" not in steps:
+        return
     difference = gram_difference(features, args.workdir / "whole.h5", args.workdir / "vggfeat.h5")
     print(f"largest difference between the two whitenings' inner products of 500 rows: {difference:.2e}")
 
