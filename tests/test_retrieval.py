@@ -291,6 +291,16 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     code, out, err = run_main(["index", db, tmp_path / "db.index", "--whiten", tmp_path / "w.h5"])
     assert code == 0, err
     assert "flat index of 40 descriptors (16-d, whitened to 8-d)" in out
+    # info knows vggfeat's other files: what they hold and what they were made from.
+    code, out, err = run_main(["info", tmp_path / "db.index"])
+    assert code == 0 and out.splitlines()[:3] == [f"{tmp_path / 'db.index'}: a vggfeat index (flat), for 'vggfeat search'",
+                                                  "  rows         40 (40 labelled), 4 classes",
+                                                  "  vectors      8-d unit vectors, whitened from 16-d"], err
+    assert "descriptors  vgg16 (None weights) conv5_3, rmac-pooled, scales 224, 16-d" in out
+    code, out, _ = run_main(["info", tmp_path / "w.h5"])
+    assert code == 0 and "a vggfeat whitening, 16-d -> 8-d, fitted on 40 descriptors (L2-normalised first)" in out
+    code, out, _ = run_main(["info", tmp_path / "w.h5", "--json"])
+    assert code == 0 and json.loads(out)["output_dim"] == 8
     code, out, err = run_main(["search", tmp_path / "db.index", "--queries", db, "--k", "3", tmp_path / "r.csv"])
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))

@@ -178,6 +178,20 @@ class VectorIndex:
             self.faiss_index.hnsw.efSearch = int(self.params["ef_search"])
 
 
+def index_summary(path: str | os.PathLike) -> dict:
+    """What an index file holds, read from its attributes and shapes (no vector is read): for ``vggfeat info``."""
+    with open_hdf5(Path(path), "index") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
+        return {
+            "format": FORMAT, "path": str(path), "kind": str(f.attrs["kind"]), "rows": f["paths"].shape[0],
+            "dim": int(f.attrs["dim"]), "labelled": int((f["labels"][:] >= 0).sum()), "classes": f["classes"].shape[0],
+            "whitened_from": f["whitening/projection"].shape[1] if "whitening" in f else None,
+            "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),
+            "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
+        }
+
+
 def build_index(
     X: np.ndarray,
     paths: list[str],

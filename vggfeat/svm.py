@@ -324,6 +324,17 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         f.attrs["checksum"] = _checksum(f)
 
 
+def model_summary(path: str | os.PathLike) -> dict:
+    """What a model file holds, for ``vggfeat info``: :func:`load_model`'s checks, then its
+    classes, dimension, C and training record."""
+    saved = load_model(path)
+    svm = saved.svm
+    return {"format": MODEL_FORMAT, "path": str(path), "classes": [str(c) for c in svm.classes_],
+            "multilabel": bool(svm.multilabel), "dim": int(svm.n_features_in_), "C": svm.C_,
+            "C_by_cross_validation": bool(svm.cv_scores_), "normalize": bool(svm.normalize),
+            "extraction_configs": saved.extraction_configs, "training": saved.training}
+
+
 def load_model(path: str | os.PathLike) -> SavedModel:
     """Read a model file; refuse other files, other format versions and edited or damaged content."""
     path = Path(path)

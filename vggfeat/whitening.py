@@ -25,7 +25,7 @@ from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import open_h5, written_atomically
+from .store import open_h5, open_hdf5, written_atomically
 
 FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
@@ -186,6 +186,17 @@ class PCAWhitening:
     def _check_fitted(self) -> None:
         if not hasattr(self, "projection_"):
             raise VggfeatError("this PCAWhitening is not fitted yet; call fit(X) first")
+
+
+def whitening_summary(path: str | os.PathLike) -> dict:
+    """What a whitening file holds, read from its attributes and shapes: for ``vggfeat info``."""
+    with open_hdf5(Path(path), "whitening") as f:
+        if f.attrs.get("format") != FORMAT or "projection" not in f:
+            raise VggfeatError(f"{path} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
+        output_dim, input_dim = f["projection"].shape
+        return {"format": FORMAT, "path": str(path), "input_dim": input_dim, "output_dim": output_dim,
+                "n_samples": int(f.attrs.get("n_samples", 0)), "normalize_input": bool(f.attrs["normalize_input"]),
+                "config": json.loads(f.attrs.get("config", "{}"))}
 
 
 class _Moments:

@@ -8,10 +8,13 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
+from ..index import FORMAT as INDEX_FORMAT, index_summary
 from ..predictions import posteriors_file_of
-from ..store import read_info, shards_folder, shards_progress, work_folder, work_progress
+from ..store import file_attributes, plain_value, read_info, shards_folder, shards_progress, work_folder, work_progress
+from ..svm import MODEL_FORMAT, model_summary
 from ..update import MODES
 from ..weights import ARCHITECTURES
+from ..whitening import FORMAT as WHITENING_FORMAT, whitening_summary
 from . import options
 
 
@@ -45,6 +48,11 @@ def _not_written_yet(output: Path, command: str) -> str | None:
     return None
 
 
+def _first(names: list[str], shown: int = 8) -> str:
+    """``a, b, c, … (5 more)``: the first names of a list."""
+    return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     """`` (4 labelled: dogs 3, cats 1)``: the failures of each class, the most first."""
     if not by_class:
@@ -54,11 +62,52 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     return f" ({sum(by_class.values()):,} labelled: {', '.join(most + more)})"
 
 
+def _descriptors_line(config: dict) -> str:
+    """How the descriptors that a file was made from were extracted, in one line."""
+    return (f"  descriptors  {config.get('model')} ({config.get('weights')} weights) {config.get('layer')}, "
+            f"{config.get('pooling')}-pooled, scales {','.join(map(str, config.get('scales', [])))}, {config.get('dim')}-d")
+
+
+def _index_lines(summary: dict) -> list[str]:
+    vectors = f"{summary['dim']}-d unit vectors" + (f", whitened from {summary['whitened_from']}-d" if summary["whitened_from"] else "")
+    params = ", ".join(f"{key} {value}" for key, value in summary["params"].items())
+    return [f"{summary['path']}: a vggfeat index ({summary['kind']}{', ' + params if params else ''}), for 'vggfeat search'",
+            f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled), {summary['classes']} classes",
+            f"  vectors      {vectors}", _descriptors_line(summary["config"]),
+            f"  made         {summary['created']}" + (f"; images under {summary['root']}" if summary["root"] else "")]
+
+
+def _whitening_lines(summary: dict) -> list[str]:
+    return [f"{summary['path']}: a vggfeat whitening, {summary['input_dim']}-d -> {summary['output_dim']}-d, fitted on "
+            f"{summary['n_samples']:,} descriptors{' (L2-normalised first)' if summary['normalize_input'] else ''}",
+            _descriptors_line(summary["config"])]
+
+
+def _model_lines(summary: dict) -> list[str]:
+    classes, training = summary["classes"], summary["training"]
+    labels = "the file's own" if training.get("labels") == "stored" else training.get("labels")
+    how = "by cross-validation" if summary["C_by_cross_validation"] else "fixed"
+    return [f"{summary['path']}: a vggfeat linear SVM model, {'multi-label' if summary['multilabel'] else 'one-vs-rest'}",
+            f"  classes      {len(classes)}: {_first(classes)}",
+            f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how})",
+            f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: "
+            f"{labels}",
+            *map(_descriptors_line, summary["extraction_configs"])]
+
+
+# The other files that vggfeat writes, by their "format" attribute: how to read and show each.
+OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (whitening_summary, _whitening_lines),
+               MODEL_FORMAT: (model_summary, _model_lines)}
+
+
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def info(file: Path, as_json: bool) -> None:
-    """Show rows, dimension, classes, failures, provenance and whether FILE is complete."""
+    """Show rows, dimension, classes, failures, provenance and whether FILE is complete.
+
+    FILE is a descriptor (or posteriors) file, or an index, a whitening or an SVM model file.
+    """
     if not file.exists():
         # A file whose run is under way or was interrupted: an extraction's (or classify's .h5), or
         # the posteriors of classify's CSV.
@@ -70,6 +119,11 @@ def info(file: Path, as_json: bool) -> None:
         if fused:
             raise VggfeatError(f"{file} is not written yet, the posteriors of its networks: {'; '.join(fused)}")
         raise VggfeatError(f"file not found: {file}")
+    show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
+    if show_other:  # an index, a whitening or an SVM model
+        summary = show_other[0](file)
+        click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(show_other[1](summary)))
+        return
     try:
         summary = read_info(file)
     except (OSError, KeyError, IndexError, ValueError, TypeError) as error:
@@ -80,12 +134,11 @@ def info(file: Path, as_json: bool) -> None:
     a = summary["attrs"]
     state = click.style("complete", fg="green") if summary["complete"] else click.style("INCOMPLETE", fg="red", bold=True)
     classes = summary["classes"]
-    shown = ", ".join(classes[:8]) + (f", … ({len(classes) - 8} more)" if len(classes) > 8 else "")
     lines = [
         f"{file}: {state}",
         f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled) of {a.get('images_found', '?'):,} images found",
         f"  descriptor   {summary['dim']}-d {summary['dtype']}",
-        f"  classes      {len(classes)}{': ' + shown if classes else ''}",
+        f"  classes      {len(classes)}{': ' + _first(classes) if classes else ''}",
         f"  failed       {summary['failed']:,}{_failed_classes(summary['failed_by_class'])}",
         f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
         _network_line(a),
