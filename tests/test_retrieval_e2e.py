@@ -73,7 +73,9 @@ def test_mac_retrieves_near_duplicates_from_python(tmp_path, random_vgg16):
         assert {p.split("/")[0] for p in result.paths} == {result.query.split("/")[0]}
     # A query image that cannot be read is skipped with the decoder's reason.
     broken = write_corrupt(tmp_path / "broken.jpg")
-    Q, described, failures = describe_images(index, [broken, images / paths[0]], extractor=extractor)
+    done = []  # the failed image counted with the described: a progress bar reaches its end
+    Q, described, failures = describe_images(index, [broken, images / paths[0]], extractor=extractor, progress=done.append)
+    assert sum(done) == 2
     np.testing.assert_allclose(Q, X[:1], rtol=1e-5, atol=1e-6)
     assert described == [str(images / paths[0])]
     assert failures == [(str(broken), failures[0][1])] and "not an image" in failures[0][1].lower()

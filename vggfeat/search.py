@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,11 +97,13 @@ def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, 
 
 
 def describe_images(
-    index: VectorIndex, paths: Sequence[str | os.PathLike], extractor: Extractor | None = None, **kwargs
+    index: VectorIndex, paths: Sequence[str | os.PathLike], extractor: Extractor | None = None,
+    progress: Callable[[int], object] | None = None, **kwargs
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Describe query images for ``index``: (descriptors of the usable ones, their paths, failures).
 
     ``extractor`` defaults to :func:`extractor_for` (``kwargs`` go to it); a given one is checked.
+    ``progress(images)`` after each chunk of images, described or failed.
     """
     if extractor is None:
         extractor = extractor_for(index, **kwargs)
@@ -113,6 +115,8 @@ def describe_images(
         # Names to print and write: valid UTF-8 (see ImageSet), whatever bytes name the files.
         described += [as_utf8(str(paths[i])) for i in chunk.indices]
         failures += [(as_utf8(str(paths[i])), reason) for i, reason in chunk.failures]
+        if progress:
+            progress(len(chunk.indices) + len(chunk.failures))
     X = np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
     return X, described, failures
 

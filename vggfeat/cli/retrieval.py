@@ -85,8 +85,9 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @options.batch_size
 @options.workers
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or --montage file.")
+@options.quiet
 def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
-           batch_size, workers, overwrite) -> None:
+           batch_size, workers, overwrite, quiet) -> None:
     """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
 
     Query images are described exactly as the database was (the index records how); a query file
@@ -106,8 +107,10 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     if queries_file:
         X, names, query_root = read_queries(db, queries_file)
     else:
-        X, names, failures = describe_images(db, _query_files(rest), weights=weights, device=device,
-                                             batch_size=batch_size, workers=workers)
+        queries = _query_files(rest)
+        with options.progress_bar(quiet, total=len(queries), unit="images", desc="describing the queries") as bar:
+            X, names, failures = describe_images(db, queries, weights=weights, device=device, batch_size=batch_size,
+                                                 workers=workers, progress=bar.update)
         for name, reason in failures:
             click.secho(f"skipped query {name}: {reason}", err=True, fg="yellow")
     results = run_search(db, X, names, k=k, qe=qe)
