@@ -104,6 +104,10 @@ def test_whitening_fitted_in_blocks_is_the_whole_sets(tmp_path, monkeypatch):
     X[100, 3] = np.nan  # in the 15th block
     with pytest.raises(VggfeatError, match="NaN or infinite"):
         PCAWhitening().fit(X)
+    with pytest.raises(VggfeatError, match="given 7 descriptors, expecting 120"):
+        PCAWhitening(dim=4).fit_blocks([X[:7]], len(X), 16)
+    with pytest.raises(VggfeatError, match="whitening of 16-d descriptors was given a block of shape \\(7, 8\\)"):
+        PCAWhitening(dim=4).fit_blocks([X[:7, :8]], len(X), 16)
 
 
 def test_whitening_refuses_bad_parameters():
@@ -296,11 +300,14 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     assert code == 0 and out.splitlines()[:3] == [f"{tmp_path / 'db.index'}: a vggfeat index (flat), for 'vggfeat search'",
                                                   "  rows         40 (40 labelled), 4 classes",
                                                   "  vectors      8-d unit vectors, whitened from 16-d"], err
-    assert "descriptors  vgg16 (None weights) conv5_3, rmac-pooled, scales 224, 16-d" in out
+    assert "descriptors  vgg16 conv5_3, rmac-pooled, scales 224, 16-d" in out
     code, out, _ = run_main(["info", tmp_path / "w.h5"])
     assert code == 0 and "a vggfeat whitening, 16-d -> 8-d, fitted on 40 descriptors (L2-normalised first)" in out
     code, out, _ = run_main(["info", tmp_path / "w.h5", "--json"])
     assert code == 0 and json.loads(out)["output_dim"] == 8
+    PCAWhitening(dim=4).fit(X).save(tmp_path / "python.h5")  # from Python, its descriptors unnamed
+    code, out, _ = run_main(["info", tmp_path / "python.h5"])
+    assert code == 0 and out.splitlines()[1] == "  descriptors  their extraction is not recorded"
     code, out, err = run_main(["search", tmp_path / "db.index", "--queries", db, "--k", "3", tmp_path / "r.csv"])
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))

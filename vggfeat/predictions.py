@@ -157,8 +157,8 @@ def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[s
         raise VggfeatError(f"--labels folders needs the images' classes (first-level folders, or a list's labels) to be "
                            f"ImageNet's WordNet ids (n01440764, ...), all {IMAGENET_CLASSES} or some of them: {found}. "
                            "Otherwise pass a label list")
-    classes = [index[name] for name in names]
-    return {path: classes[label] for path, label in zip(paths, labels) if label >= 0}
+    class_of = [index[name] for name in names]
+    return {path: class_of[label] for path, label in zip(paths, labels) if label >= 0}
 
 
 def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:

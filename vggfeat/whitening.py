@@ -82,6 +82,8 @@ class PCAWhitening:
         moments = _Moments(dim)
         for block in blocks:
             block = np.asarray(block, dtype=np.float64)
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise VggfeatError(f"whitening of {dim}-d descriptors was given a block of shape {block.shape}")
             if not np.isfinite(block).all():
                 raise VggfeatError("descriptors hold NaN or infinite values; drop those rows first")
             moments.add(l2_normalize(block, np.float64) if self.normalize_input else block)

@@ -64,8 +64,11 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
 
 def _descriptors_line(config: dict) -> str:
     """How the descriptors that a file was made from were extracted, in one line."""
-    return (f"  descriptors  {config.get('model')} ({config.get('weights')} weights) {config.get('layer')}, "
-            f"{config.get('pooling')}-pooled, scales {','.join(map(str, config.get('scales', [])))}, {config.get('dim')}-d")
+    if not config:  # fitted from arrays in Python, without their configuration
+        return "  descriptors  their extraction is not recorded"
+    weights = f" ({config['weights']} weights)" if "weights" in config else ""
+    return (f"  descriptors  {config.get('model')}{weights} {config.get('layer')}, {config.get('pooling')}-pooled, "
+            f"scales {','.join(map(str, config.get('scales', [])))}, {config.get('dim')}-d")
 
 
 def _index_lines(summary: dict) -> list[str]:
@@ -90,8 +93,7 @@ def _model_lines(summary: dict) -> list[str]:
     return [f"{summary['path']}: a vggfeat linear SVM model, {'multi-label' if summary['multilabel'] else 'one-vs-rest'}",
             f"  classes      {len(classes)}: {_first(classes)}",
             f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how})",
-            f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: "
-            f"{labels}",
+            f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}",
             *map(_descriptors_line, summary["extraction_configs"])]
 
 
