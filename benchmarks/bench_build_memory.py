@@ -35,25 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-
-def make_file(path: Path, rows: int, dim: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    means = rng.standard_normal((100, dim), dtype=np.float32)
-    labels = np.arange(rows) % 100
-    config = {"model": "synthetic", "weights_sha256": "0" * 64, "layer": "fc7", "pooling": "avg", "scales": [256],
-              "aggregate": "mean", "flip": True, "preprocessing": {}, "dim": dim, "precision": "fp32"}
-    temporary = path.with_name(path.name + ".tmp")
-    with h5py.File(temporary, "w") as f:
-        features = f.create_dataset("features", shape=(rows, dim), dtype=np.float32, chunks=(max(1, 2**18 // dim), dim))
-        for start in range(0, rows, 8192):
-            y = labels[start : start + 8192]
-            features[start : start + len(y)] = np.maximum(0.3 * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32), 0)
-        f.create_dataset("paths", data=[f"c{k:03d}/{i:07d}.jpg" for i, k in enumerate(labels)], dtype=h5py.string_dtype())
-        f["labels"] = labels.astype(np.int32)
-        f.create_dataset("classes", data=[f"c{k:03d}" for k in range(100)], dtype=h5py.string_dtype())
-        f.attrs["config"] = json.dumps(config)
-        f.attrs["complete"] = True
-    temporary.rename(path)
+from bench_svm import make_file  # the same synthetic fc7-like descriptors, in the vggfeat schema
 
 
 def fit_whole(features: Path, output: Path) -> None:
@@ -127,7 +109,7 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not features.exists():
-        make_file(features, args.rows, args.dim)
+        make_file(features, args.rows, args.dim, classes=100)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
     steps = args.steps.split(",")
     for step in steps:
