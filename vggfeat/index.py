@@ -264,10 +264,8 @@ def build_index(
 def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     """:func:`build_index` on every row of a features file (its paths, labels, classes, input root),
     read a block at a time."""
-    with open_h5(features) as f:
-        root = str(f.attrs.get("input_root", ""))
     with FeatureFile(features) as f:
-        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=root, **kwargs)
+        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root, **kwargs)
 
 
 class _Rows:

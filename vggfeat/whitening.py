@@ -24,8 +24,8 @@ import torch
 from scipy.linalg import blas
 
 from .errors import VggfeatError
-from .features import FeatureFile, config_differences
-from .store import open_h5, open_hdf5, written_atomically
+from .features import config_differences
+from .store import open_features_file, open_h5, open_hdf5, written_atomically
 
 FORMAT = "vggfeat-whitening"
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
@@ -236,17 +236,20 @@ def _block_rows(dim: int) -> int:
 def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None,
                   progress: Callable[[int], object] | None = None) -> PCAWhitening:
     """Fit a :class:`PCAWhitening` on every row of a features file, read in blocks (host memory
-    does not grow with the file), and save it to ``output``; ``progress(rows)`` after each block."""
-    with FeatureFile(features) as f:
-        step = _block_rows(f.dim)
+    does not grow with the file: neither its descriptors nor its paths are read whole), and save
+    it to ``output``; ``progress(rows)`` after each block."""
+    with open_features_file(Path(features), required=("features",)) as f:
+        descriptors, config = f["features"], json.loads(f.attrs["config"])
+        rows, width = descriptors.shape
+        step = _block_rows(width)
 
         def blocks() -> Iterator[np.ndarray]:
-            for start in range(0, f.rows, step):
-                block = f.read(np.arange(start, min(start + step, f.rows)), dtype=np.float32)
+            for start in range(0, rows, step):
+                block = descriptors[start : start + step]
                 yield block
                 if progress:
                     progress(len(block))
 
-        whitening = PCAWhitening(dim=dim).fit_blocks(blocks(), f.rows, f.dim, config=f.config)
+        whitening = PCAWhitening(dim=dim).fit_blocks(blocks(), rows, width, config=config)
     whitening.save(output)
     return whitening

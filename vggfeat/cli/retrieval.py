@@ -14,7 +14,7 @@ from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import BACKENDS, KINDS, VectorIndex, index_features
 from ..search import Result, describe_images, read_queries, search as run_search, write_results
-from ..store import check_new_file
+from ..store import check_new_file, open_features_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import options
 from .classify import export_csv
@@ -218,6 +218,7 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
 
 
 def _rows_of(features: Path) -> int:
-    """The rows of a features file, for a progress bar over them (refusing what is not one)."""
-    with FeatureFile(features) as f:
-        return f.rows
+    """The rows of a features file, for a progress bar over them (refusing what is not one): its
+    shape only, where FeatureFile would read every path."""
+    with open_features_file(features, required=("features",)) as f:
+        return f["features"].shape[0]
