@@ -1,4 +1,4 @@
-"""Whitening fit and index build from a features file: time and peak memory, in blocks against the whole array.
+"""Whitening fit, index build and SVM scoring of a features file: time and peak memory, in blocks against the whole array.
 
     python benchmarks/bench_build_memory.py --rows 50000 --dim 4096
 
@@ -14,6 +14,11 @@ resident memory printed (ru_maxrss) is that run's:
   flat/hnsw, vggfeat: index.index_features, which reads, L2-normalises and adds a block at a time.
   flat/hnsw, whole:   as vggfeat did before (and as one writes it from FAISS's docs): the whole file
                    read, L2-normalised into a second array, added to the FAISS index at once.
+  predict, vggfeat: transfer.score (what predict and evaluate score with), which reads and scores
+                   the descriptors a block at a time.
+  predict, whole:   as vggfeat did before: load_features (every row into one float64 array), then
+                   the model's decision_function. The model: a linear SVM of the file's 100 classes
+                   trained on its first 1000 rows, once, in --workdir.
 
 The two whitenings are compared by the Gram matrix of a sample of whitened rows (inner products do
 not depend on the eigenvectors' signs): the largest absolute difference is printed.
@@ -70,13 +75,31 @@ def index_whole(features: Path, kind: str) -> None:
     index.add(vectors)
 
 
+def make_model(features: Path, model: Path) -> None:
+    """A linear SVM for the file's descriptors (trained on its first 1000 rows: scoring is measured)."""
+    from vggfeat.features import FeatureFile
+    from vggfeat.svm import LinearSVM, save_model
+
+    with FeatureFile(features) as f:
+        svm = LinearSVM(C=1.0).fit(f.read(np.arange(1000)), f.labels[:1000])
+        save_model(model, svm, [f.config])
+
+
 def child(step: str, mode: str, features: Path, output: Path) -> None:
+    from vggfeat import transfer
+    from vggfeat.features import load_features
     from vggfeat.index import index_features
     from vggfeat.whitening import fit_whitening
 
     started = time.perf_counter()
     if step == "whiten":
         fit_whitening(features, output) if mode == "vggfeat" else fit_whole(features, output)
+    elif step == "predict":
+        model = output.with_name("model.h5")
+        if mode == "vggfeat":
+            transfer.score(model, features)
+        else:  # as vggfeat scored before: every descriptor read into one float64 array first
+            transfer.load_model(model).svm.decision_function(load_features(features).X)
     elif mode == "vggfeat":
         index_features(features, kind=step, backend="faiss")
     else:
@@ -99,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-whitening"))
-    parser.add_argument("--steps", default="whiten,flat,hnsw", help="Of whiten, flat, hnsw (FAISS indexes).")
+    parser.add_argument("--steps", default="whiten,flat,hnsw,predict", help="Of whiten, flat, hnsw (FAISS indexes), predict.")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
@@ -112,6 +135,8 @@ def main() -> None:
         make_file(features, args.rows, args.dim, classes=100)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
     steps = args.steps.split(",")
+    if "predict" in steps and not (args.workdir / "model.h5").exists():
+        make_model(features, args.workdir / "model.h5")
     for step in steps:
         for mode in ("whole", "vggfeat"):
             run = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),

@@ -14,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from svmhelpers import blobs, write_features
+import vggfeat.features
 from vggfeat import protocol, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
@@ -256,6 +257,27 @@ def test_fusion_matches_rows_by_path(tmp_path):
     c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)
     with pytest.raises(VggfeatError, match="cannot fuse .* 10 path\\(s\\) are not in the second"):
         load_features([a, c])
+
+
+def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, monkeypatch):
+    """A collection of millions is scored without its descriptors held whole (1M fc7 rows: 32 GiB
+    as float64): the scores of blocks of rows, fused files matched by path, are the scores of all."""
+    X, y, paths, names = blobs()
+    order = np.random.default_rng(1).permutation(len(paths))
+    a = write_features(tmp_path / "a.h5", X, paths, y, names)
+    b = write_features(tmp_path / "b.h5", 2 * X[order], [paths[i] for i in order], y[order], names, config={"model": "vgg19"})
+    saved = transfer.train_svm([a, b], C=1.0)
+    expected = saved.svm.decision_function(load_features([a, b]).X)
+    monkeypatch.setattr(vggfeat.features, "TRANSFORM_BYTES", 8 * 16 * 4)  # 4 rows of 16 float64 a block
+    blocks = []
+    decision_function = saved.svm.decision_function
+    monkeypatch.setattr(saved.svm, "decision_function", lambda block: blocks.append(len(block)) or decision_function(block))
+    scored = transfer.predict(saved, [a, b])
+    assert blocks == [4] * 7 + [2] and scored.paths == paths
+    np.testing.assert_allclose(scored.scores, expected, rtol=1e-12)
+    _, picked = transfer.evaluate(saved, [a, b])  # the labelled rows, in blocks too
+    np.testing.assert_allclose(picked.scores, expected, rtol=1e-12)
+    assert transfer.score(saved, [a, b], paths=[]).scores.shape == (0, 3)
 
 
 def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path):

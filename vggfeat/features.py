@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +38,7 @@ _DEFAULTS = {"resize_side": "short", "normalize": "none", "center_crop": False}
 _REQUIRED = ("features", "paths", "labels", "classes")
 Files = str | os.PathLike | Sequence[str | os.PathLike]  # one features file, or several to fuse
 _READ_BYTES = 8 * 2**20  # per HDF5 read: a buffer that stays small (and cache-warm) whatever the file size
+TRANSFORM_BYTES = 64 * 2**20  # load_features(transform=...): descriptors read and transformed at a time
 
 
 class Failures(NamedTuple):
@@ -183,6 +184,7 @@ def load_features(
     dtype: npt.DTypeLike = np.float64,
     expected_configs: Sequence[dict] | None = None,
     expected_by: str = "the model",
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Features:
     """Read one file, or several fused by path (their descriptors concatenated per image).
 
@@ -192,6 +194,10 @@ def load_features(
     ``paths``, an image that another file could not describe is left out, with a warning.
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
+
+    With ``transform`` (a model's ``decision_function``, say), ``X`` is ``transform`` of the rows,
+    read and transformed a block at a time (about TRANSFORM_BYTES of ``dtype``): the descriptors
+    are never held whole, whatever the file's size.
     """
     files = file_list(files)
     opened = []
@@ -208,11 +214,15 @@ def load_features(
         else:
             wanted = list(paths)
         rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None) for f in opened]
-        X = np.empty((len(wanted), sum(f.dim for f in opened)), dtype=dtype)
-        column = 0
-        for f, rows in zip(opened, rows_per_file):
-            f.read(rows, out=X[:, column : column + f.dim])
-            column += f.dim
+        width = sum(f.dim for f in opened)
+        if transform is None:
+            X = _read_fused(opened, rows_per_file, np.empty((len(wanted), width), dtype=dtype))
+        else:
+            step, blocks = max(1, TRANSFORM_BYTES // (np.dtype(dtype).itemsize * width)), []
+            for start in range(0, max(1, len(wanted)), step):  # once, for no row: transform gives its shape
+                rows = [each[start : start + step] for each in rows_per_file]
+                blocks.append(transform(_read_fused(opened, rows, np.empty((len(rows[0]), width), dtype=dtype))))
+            X = np.concatenate(blocks)
         first_rows = rows_per_file[0]
         return Features(
             X=X,
@@ -225,6 +235,15 @@ def load_features(
     finally:
         for f in opened:
             f.close()
+
+
+def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
+    """The ``rows_per_file`` of each of the ``opened`` files, side by side in ``out``."""
+    column = 0
+    for f, rows in zip(opened, rows_per_file):
+        f.read(rows, out=out[:, column : column + f.dim])
+        column += f.dim
+    return out
 
 
 def fused_failures(files: Files) -> dict[str, str]:

@@ -158,11 +158,13 @@ class Scored:
 
 
 def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[str] | None = None) -> Scored:
-    """Scores of every row of ``files`` (or ``paths``), after checking they were extracted as the model's were."""
+    """Scores of every row of ``files`` (or ``paths``), after checking they were extracted as the
+    model's were; the descriptors are read and scored a block at a time, so that memory grows with
+    the scores (classes a row), not with the descriptors."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
-    features = load_features(files, paths=paths, expected_configs=saved.extraction_configs)
-    return Scored(features.paths, saved.svm.decision_function(features.X), [str(c) for c in saved.svm.classes_],
-                  saved.svm.multilabel)
+    scores = load_features(files, paths=paths, expected_configs=saved.extraction_configs,
+                           transform=saved.svm.decision_function)
+    return Scored(scores.paths, scores.X, [str(c) for c in saved.svm.classes_], saved.svm.multilabel)
 
 
 def failures_of(files: Files) -> list[tuple[str, str]]:
