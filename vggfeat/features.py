@@ -3,7 +3,8 @@
 :class:`FeatureFile` opens one file and refuses anything that is not a complete vggfeat file;
 :func:`load_features` reads one or several files (fused row by row, matched by path) into a
 :class:`Features` bundle. Descriptors are read in row chunks straight into the array the caller
-keeps, so the file's float32/float16 data is never held twice in memory.
+keeps, so the file's float32/float16 data is never held twice in memory; or, with ``transform``
+(an SVM's scores), a block of rows at a time, so that they are never held whole.
 
 :func:`config_differences` says, in words, how two extraction configurations differ in the keys
 that change what a descriptor means (:data:`MATCHING_KEYS`).
