@@ -33,7 +33,7 @@ import vggfeat.predictions
 from vggfeat import DenseVGG
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
-from vggfeat.cli.options import size_text
+from vggfeat.cli.common import size_text
 from vggfeat.predictions import Evaluation, folder_labels, imagenet_wordnet_ids, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.weights import WeightsInfo

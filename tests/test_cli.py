@@ -29,7 +29,7 @@ from runhelpers import (
     run_process,
     write_plain_folder,
 )
-from vggfeat.cli import options
+from vggfeat.cli import common, options
 from vggfeat.cli.info import _failed_classes
 from vggfeat import Extractor
 from vggfeat import settings
@@ -130,7 +130,7 @@ def test_dtype_float16(tmp_path, mixed):
 
 def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 3)
-    monkeypatch.setattr(options, "LOG_EVERY", 0.0)  # a line at every update (a minute apart in a real log)
+    monkeypatch.setattr(common, "LOG_EVERY", 0.0)  # a line at every update (a minute apart in a real log)
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1",
                              "--batch-size", "1"])
     assert code == 0, err
@@ -144,11 +144,11 @@ def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
 def test_a_terminal_that_says_it_has_no_columns_gets_lines_rather_than_an_invisible_bar(monkeypatch):
     """tqdm draws nothing at 0 columns, which some containers' and CI runners' terminals report."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    monkeypatch.setattr(options, "_columns", lambda: 0)
-    assert isinstance(options.progress_bar(False, total=3, unit="images"), options.ProgressLines)
-    monkeypatch.setattr(options, "_columns", lambda: 100)
-    bar = options.progress_bar(False, total=3, unit="images")
-    assert not isinstance(bar, options.ProgressLines)
+    monkeypatch.setattr(common, "_columns", lambda: 0)
+    assert isinstance(common.progress_bar(False, total=3, unit="images"), common.ProgressLines)
+    monkeypatch.setattr(common, "_columns", lambda: 100)
+    bar = common.progress_bar(False, total=3, unit="images")
+    assert not isinstance(bar, common.ProgressLines)
     bar.close()
 
 

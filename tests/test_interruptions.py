@@ -38,7 +38,7 @@ from runhelpers import (
 )
 import vggfeat.job
 import vggfeat.output
-from vggfeat.cli.options import size_text
+from vggfeat.cli.common import size_text
 
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
 

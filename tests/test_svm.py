@@ -19,7 +19,7 @@ from vggfeat import protocol, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
-from vggfeat.settings import available_memory
+from vggfeat.host import available_memory
 from vggfeat.svm import LinearSVM, load_model, training_memory
 
 

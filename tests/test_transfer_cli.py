@@ -134,10 +134,10 @@ def test_warnings_reach_the_terminal_as_one_line_each(data, tmp_path):
 
 
 def test_training_shows_its_fits_progress_and_a_refusal_none(data, tmp_path, monkeypatch):
-    from vggfeat.cli import options
+    from vggfeat.cli import common
 
     _, files = data
-    monkeypatch.setattr(options, "LOG_EVERY", 0.0)  # a line at every fit (a minute apart in a real log)
+    monkeypatch.setattr(common, "LOG_EVERY", 0.0)  # a line at every fit (a minute apart in a real log)
     code, _, err = run_main(["train-svm", files["train"], tmp_path / "m.h5", "--cv", "2", "--C-grid", "0.1,10"])
     assert code == 0, err
     counts = re.findall(r"^training SVMs: (\d+) of 15 fits \(", err, flags=re.MULTILINE)  # 3 classes x (2 C x 2 folds + 1)

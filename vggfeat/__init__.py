@@ -1,12 +1,25 @@
 """vggfeat: very deep VGG descriptors without fine-tuning, stored in HDF5."""
 
-from .discover import ImageSet, find_images, read_file_list
-from .errors import ImageError, VggfeatError
-from .extractor import Extractor
-from .job import ExtractionJob
-from .multidevice import MultiDeviceJob
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._version import __version__
-from .network import DenseVGG, load_network
+from .errors import ImageError, VggfeatError
+
+# The public names that need torch are imported on first use (PEP 562), so that ``import vggfeat``,
+# and with it every ``vggfeat`` command that reads files only, does not pay torch's import (~2 s).
+_LAZY_NAMES = {
+    "DenseVGG": "network",
+    "ExtractionJob": "job",
+    "Extractor": "extractor",
+    "ImageSet": "discover",
+    "MultiDeviceJob": "multidevice",
+    "find_images": "discover",
+    "load_network": "network",
+    "read_file_list": "discover",
+}
 
 __all__ = [
     "DenseVGG",
@@ -21,3 +34,15 @@ __all__ = [
     "read_file_list",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES})

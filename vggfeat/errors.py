@@ -1,4 +1,8 @@
-"""The two kinds of trouble vggfeat reports instead of a traceback."""
+"""The two kinds of trouble vggfeat reports instead of a traceback, and the commonest check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class VggfeatError(Exception):
@@ -13,3 +17,9 @@ class ImageError(Exception):
 
     Extraction records the message under ``/failed`` and goes on with the next image.
     """
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse ``value`` of the option ``name`` unless it is one of ``choices``."""
+    if value not in choices:
+        raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

@@ -31,10 +31,9 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import open_h5, open_hdf5, written_atomically
+from .store import INDEX_FORMAT, open_h5, open_hdf5, written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
-FORMAT = "vggfeat-index"
 FORMAT_VERSION = 1
 KINDS = ("flat", "ivfpq", "hnsw")
 BACKENDS = ("auto", "faiss", "numpy")
@@ -136,7 +135,7 @@ class VectorIndex:
         if self.whitening is not None:
             self.whitening.write(f.create_group("whitening"))
         f.attrs.update({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "metric": "inner_product",
+            "format": INDEX_FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "metric": "inner_product",
             "dim": self.dim, "config": json.dumps(self.config, sort_keys=True), "root": self.root,
             "params": json.dumps(self.params, sort_keys=True),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -148,7 +147,7 @@ class VectorIndex:
         _check_backend(backend)
         path = Path(path)
         with open_hdf5(path, "index") as f:
-            if f.attrs.get("format") != FORMAT:
+            if f.attrs.get("format") != INDEX_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
             index = cls(
                 paths=list(f["paths"].asstr()[:]), config=json.loads(f.attrs["config"]), kind=str(f.attrs["kind"]),
@@ -181,10 +180,10 @@ class VectorIndex:
 def index_summary(path: str | os.PathLike) -> dict:
     """What an index file holds, read from its attributes and shapes (no vector is read): for ``vggfeat info``."""
     with open_hdf5(Path(path), "index") as f:
-        if f.attrs.get("format") != FORMAT:
+        if f.attrs.get("format") != INDEX_FORMAT:
             raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
         return {
-            "format": FORMAT, "path": str(path), "kind": str(f.attrs["kind"]), "rows": f["paths"].shape[0],
+            "format": INDEX_FORMAT, "path": str(path), "kind": str(f.attrs["kind"]), "rows": f["paths"].shape[0],
             "dim": int(f.attrs["dim"]), "labelled": int((f["labels"][:] >= 0).sum()), "classes": f["classes"].shape[0],
             "whitened_from": f["whitening/projection"].shape[1] if "whitening" in f else None,
             "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),

@@ -33,7 +33,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
-from .store import check_new_file, file_attributes, open_features_file, shards_folder, work_folder, written_atomically
+from .store import (check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder, work_folder,
+                    written_atomically)
 from .weights import ARCHITECTURES
 
 
@@ -169,14 +170,6 @@ def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | Non
 
 # Posteriors read, ranked and written at a time.
 BLOCK_ROWS = 8192
-
-
-def posteriors_file_of(output: str | os.PathLike, model: str | None = None) -> Path:
-    """Where the posteriors of a CSV ``output`` are kept until it is written: ``OUTPUT.posteriors.h5``
-    (and, while they are described, its work folder ``OUTPUT.posteriors.h5.parts``); those of
-    ``model``, one of several networks fused, in ``OUTPUT.<model>.posteriors.h5``."""
-    output = Path(output)
-    return output.with_name(f"{output.name}{'.' + model if model else ''}.posteriors.h5")
 
 
 def posteriors_files_of(output: str | os.PathLike, classifiers: Sequence[Classifier]) -> list[Path]:

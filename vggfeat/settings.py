@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from .aggregate import AGGREGATIONS
 from . import gpujpeg
-from .errors import VggfeatError
+from .errors import VggfeatError, check_choice
+from .host import cpu_flags
 from .jpeg import decoder_library
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims
 from .pooling import POOLINGS, RETRIEVAL_POOLINGS
@@ -55,38 +55,6 @@ def cpu_bf16_speed() -> str:
     if has_amx is None:
         return "unknown"
     return "faster" if has_amx() else "slower"
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags as Linux lists them; None where there is no such list."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return None
-
-
-def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes of memory this process can still take without swapping, as Linux estimates it
-    (MemAvailable), and within its container's limit (cgroup v2); None where neither is known."""
-    limits = []
-    try:
-        with open(meminfo, encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("MemAvailable:"):
-                    limits.append(int(line.split()[1]) * 1024)  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # a container's limit, which MemAvailable (the host's) does not know of
-        limit = (Path(cgroup) / "memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(int(limit) - int((Path(cgroup) / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return max(0, min(limits)) if limits else None
 
 
 def resolve_decoder(decoder: str) -> str:
@@ -179,8 +147,3 @@ def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
     if len(set(scales)) != len(scales):
         raise VggfeatError(f"scales repeat: {','.join(map(str, scales))}")
     return scales
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

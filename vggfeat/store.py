@@ -46,6 +46,10 @@ from .discover import as_utf8
 from .errors import VggfeatError
 
 FORMAT_VERSION = 1
+# The "format" attribute of vggfeat's other files, by which 'vggfeat info' tells them apart.
+INDEX_FORMAT = "vggfeat-index"
+WHITENING_FORMAT = "vggfeat-whitening"
+SVM_MODEL_FORMAT = "vggfeat-linear-svm"
 STRING = h5py.string_dtype("utf-8")  # of every text dataset
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
@@ -93,6 +97,14 @@ def write_part(
     return Part(start, end, final)
 
 
+# What an update describes: the images the file does not hold, or those it lists as failed; the
+# option that asks for it, where its work goes, and the attribute that dates it.
+UPDATE_MODES = {
+    "new": ("--update", ".new-images.h5", "updated"),
+    "failed": ("--retry-failed", ".retried-images.h5", "failures_retried"),
+}
+
+
 def work_folder(output: Path) -> Path:
     """Where an extraction into ``output`` keeps its work (manifest and parts) until it is done."""
     return output.with_name(output.name + ".parts")
@@ -101,6 +113,14 @@ def work_folder(output: Path) -> Path:
 def shards_folder(output: Path) -> Path:
     """Where an extraction on several devices into ``output`` keeps its shards until they are merged."""
     return output.with_name(output.name + ".shards")
+
+
+def posteriors_file_of(output: str | os.PathLike, model: str | None = None) -> Path:
+    """Where the posteriors of a CSV ``output`` are kept until it is written: ``OUTPUT.posteriors.h5``
+    (and, while they are described, its work folder ``OUTPUT.posteriors.h5.parts``); those of
+    ``model``, one of several networks fused, in ``OUTPUT.<model>.posteriors.h5``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}{'.' + model if model else ''}.posteriors.h5")
 
 
 def interrupted_on_one(output: Path) -> bool:

@@ -39,11 +39,10 @@ from sklearn.utils.validation import check_is_fitted
 from ._version import __version__
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
-from .store import open_h5, written_atomically
+from .store import SVM_MODEL_FORMAT, open_h5, written_atomically
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
-MODEL_FORMAT = "vggfeat-linear-svm"
 MODEL_FORMAT_VERSION = 1
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
 
@@ -303,7 +302,7 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
     check_is_fitted(svm, "coef_")
     path = Path(path)
     attrs = {
-        "format": MODEL_FORMAT,
+        "format": SVM_MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "vggfeat_version": __version__,
         "sklearn_version": sklearn.__version__,
@@ -329,7 +328,7 @@ def model_summary(path: str | os.PathLike) -> dict:
     classes, dimension, C and training record."""
     saved = load_model(path)
     svm = saved.svm
-    return {"format": MODEL_FORMAT, "path": str(path), "classes": [str(c) for c in svm.classes_],
+    return {"format": SVM_MODEL_FORMAT, "path": str(path), "classes": [str(c) for c in svm.classes_],
             "multilabel": bool(svm.multilabel), "dim": int(svm.n_features_in_), "C": svm.C_,
             "C_by_cross_validation": bool(svm.cv_scores_), "normalize": bool(svm.normalize),
             "extraction_configs": saved.extraction_configs, "training": saved.training}
@@ -342,7 +341,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         raise VggfeatError(f"model file not found: {path}")
     try:
         with open_h5(path) as f:
-            if f.attrs.get("format") != MODEL_FORMAT:
+            if f.attrs.get("format") != SVM_MODEL_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat SVM model file")
             if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
                 raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")

@@ -28,7 +28,7 @@ from .labels import (
     warn_left_out,
 )
 from .metrics import multilabel_metrics, single_label_metrics
-from .settings import available_memory
+from .host import available_memory
 from .store import open_h5, written_atomically
 from .svm import LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_image_set, targets_of_set, train_difficult

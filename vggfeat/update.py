@@ -27,20 +27,13 @@ import h5py
 import numpy as np
 
 from .discover import ImageSet
-from .errors import VggfeatError
+from .errors import VggfeatError, check_choice
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
-from .settings import check_choice
-from .store import (create_datasets, file_attributes, interrupted_on_one, interrupted_on_several, mark_complete,
+from .store import (UPDATE_MODES, create_datasets, file_attributes, interrupted_on_one, interrupted_on_several, mark_complete,
                     open_features_file, open_h5, rows_and_failures, shards_folder, work_folder, written_atomically)
 
-# What an update describes: the images the file does not hold, or those it lists as failed; the
-# option that asks for it, where its work goes, and the attribute that dates it.
-MODES = {
-    "new": ("--update", ".new-images.h5", "updated"),
-    "failed": ("--retry-failed", ".retried-images.h5", "failures_retried"),
-}
 # What made the rows an update adds, recorded as "updated_with" (or "failures_retried_with").
 MADE_WITH = ("vggfeat_version", "torch_version", "torchvision_version", "h5py_version", "device", "decoder_library")
 BLOCK_BYTES = 64 * 2**20  # of descriptors written at a time
@@ -75,8 +68,8 @@ class OutputUpdate:
                  dtype: str = "float32", part_images: int = 4096, provenance: dict | None = None,
                  devices: Sequence[str] = ()) -> None:
         self.output, self.images, self.provenance = Path(output), images, provenance or {}
-        check_choice("describe", describe, tuple(MODES))
-        option, suffix, self._dated = MODES[describe]
+        check_choice("describe", describe, tuple(UPDATE_MODES))
+        option, suffix, self._dated = UPDATE_MODES[describe]
         check_rewritable(self.output, extractor, dtype, describe)
         with open_features_file(self.output, "output") as old:
             if describe == "new" and "shard_index" in old.attrs:
@@ -186,7 +179,7 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     :class:`OutputUpdate`) cannot rewrite: its extraction is not finished (its work folder is
     there), it is not a complete descriptor file, or it was made with other options than
     ``extractor``'s and ``dtype``."""
-    option = MODES[describe][0]
+    option = UPDATE_MODES[describe][0]
     work = work_folder(output)
     if work.exists():
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "

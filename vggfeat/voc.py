@@ -21,9 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import VggfeatError
+from .errors import VggfeatError, check_choice
 from .labels import Targets, warn_left_out
-from .settings import check_choice
 from .store import write_text_file
 
 IMAGE_SETS = Path("ImageSets", "Main")

@@ -17,17 +17,19 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import torch
 from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import config_differences
-from .store import open_features_file, open_h5, open_hdf5, written_atomically
+from .store import WHITENING_FORMAT, open_features_file, open_h5, open_hdf5, written_atomically
 
-FORMAT = "vggfeat-whitening"
+if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
+    import torch
+
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
 # variance in the fitting set would otherwise be scaled up without bound.
 EIGENVALUE_FLOOR = 1e-8
@@ -123,6 +125,8 @@ class PCAWhitening:
 
     def transform_tensor(self, X: torch.Tensor) -> torch.Tensor:
         """As :meth:`transform` without the final normalisation, on a tensor's device (R-MAC regions)."""
+        import torch  # already imported by whoever holds a tensor
+
         self._check_fitted()
         mean = torch.as_tensor(self.mean_, device=X.device, dtype=X.dtype)
         projection = torch.as_tensor(self.projection_, device=X.device, dtype=X.dtype)
@@ -152,7 +156,7 @@ class PCAWhitening:
         group["mean"] = self.mean_
         group["projection"] = self.projection_
         group["eigenvalues"] = self.eigenvalues_
-        group.attrs["format"] = FORMAT
+        group.attrs["format"] = WHITENING_FORMAT
         group.attrs["normalize_input"] = self.normalize_input
         group.attrs["n_samples"] = self.n_samples_
         group.attrs["config"] = json.dumps(self.config_, sort_keys=True)
@@ -172,7 +176,7 @@ class PCAWhitening:
     @classmethod
     def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
         """Read a group written by :meth:`write`; ``name`` names it in errors."""
-        if group.attrs.get("format") != FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
+        if group.attrs.get("format") != WHITENING_FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
             raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
         whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
         whitening.mean_ = group["mean"][:].astype(np.float32)
@@ -193,10 +197,10 @@ class PCAWhitening:
 def whitening_summary(path: str | os.PathLike) -> dict:
     """What a whitening file holds, read from its attributes and shapes: for ``vggfeat info``."""
     with open_hdf5(Path(path), "whitening") as f:
-        if f.attrs.get("format") != FORMAT or "projection" not in f:
+        if f.attrs.get("format") != WHITENING_FORMAT or "projection" not in f:
             raise VggfeatError(f"{path} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
         output_dim, input_dim = f["projection"].shape
-        return {"format": FORMAT, "path": str(path), "input_dim": input_dim, "output_dim": output_dim,
+        return {"format": WHITENING_FORMAT, "path": str(path), "input_dim": input_dim, "output_dim": output_dim,
                 "n_samples": int(f.attrs.get("n_samples", 0)), "normalize_input": bool(f.attrs["normalize_input"]),
                 "config": json.loads(f.attrs.get("config", "{}"))}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
@@ -9,37 +10,65 @@ import click
 
 from .._version import __version__
 from ..errors import VggfeatError
-from .classify import classify
-from .describe import describe
-from .extract import extract
-from .info import info
-from .merge import merge
-from .options import Terminated, stopping_on_sigterm
-from .protocol import protocol
-from .retrieval import export, index, retrieval_eval, search, whiten
-from .svm import evaluate, predict, train_svm
+from .common import Terminated, stopping_on_sigterm
+
+# Each command: its module, its function and the first sentence of its help (for 'vggfeat --help';
+# tests/test_cli.py checks it against the command). A command's module, and torch with it, is imported
+# only when that command runs or shows its own help, so 'vggfeat --help' and 'vggfeat info' start at once.
+COMMANDS = {
+    "extract": ("extract", "extract",
+                "Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5)."),
+    "merge": ("merge", "merge", "Join the files of all N shards of one extraction (any order) into OUTPUT."),
+    "info": ("info", "info",
+             "Show rows, dimension, classes, failures, provenance and whether FILE is complete."),
+    "train-svm": ("svm", "train_svm",
+                  "Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."),
+    "predict": ("svm", "predict", "Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted "
+                "class(es), scores (and the images FEATURES could not describe, with the reason)."),
+    "evaluate": ("svm", "evaluate", "Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, "
+                 "per-class AP, mAP."),
+    "protocol": ("protocol", "protocol",
+                 "The paper's evaluation protocols (Caltech-101/256 splits, VOC mAP) on descriptor files."),
+    "describe": ("describe", "describe", "Per layer of each of MODELS: output shape, activations, weights, "
+                 "multiply-adds, receptive field."),
+    "classify": ("classify", "classify", "Classify every image under IMAGES (or in --file-list) into OUTPUT "
+                 "(.csv): top-k ImageNet classes."),
+    "whiten": ("retrieval", "whiten", "PCA-whitening of descriptors (learned, then applied by 'vggfeat index' "
+               "and 'retrieval-eval')."),
+    "index": ("retrieval", "index", "Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' "
+              "(inner product of unit vectors)."),
+    "search": ("search", "search", "Search INDEX with query images (files or folders) or --queries; print or "
+               "write ranked paths and scores."),
+    "retrieval-eval": ("retrieval", "retrieval_eval", "mAP and recall@1/5/10 of FEATURES searched against itself."),
+    "export": ("retrieval", "export", "Write FEATURES as NumPy or Parquet files, or a posteriors file as CSV "
+               "[default name: beside FEATURES]."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported when asked for (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, function, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), function)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The listing from the table, not from the commands: listing must not import them.
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, click.Command(name, help=help).get_short_help_str(limit)) for name, (_, _, help) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vggfeat")
 def cli() -> None:
     """Very deep VGG descriptors without fine-tuning (Simonyan & Zisserman, 2014), in HDF5."""
-
-
-cli.add_command(extract)
-cli.add_command(merge)
-cli.add_command(info)
-cli.add_command(train_svm)
-cli.add_command(predict)
-cli.add_command(evaluate)
-cli.add_command(protocol)
-cli.add_command(describe)
-cli.add_command(classify)
-cli.add_command(whiten)
-cli.add_command(index)
-cli.add_command(search)
-cli.add_command(retrieval_eval)
-cli.add_command(export)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from ..predictions import (ClassificationResult, NetworkRun, are_imagenet_folder
                            read_labels, write_predictions)
 from ..store import check_new_file, file_attributes, rows_and_failures
 from ..update import check_rewritable
-from . import options
+from . import common, options
 from .extract import run_job, run_on, work_done, write_output
 
 
@@ -42,10 +42,10 @@ FOLDERS = "folders"
 @options.image_pipeline
 @options.shard
 @options.part_size
-@options.overwrite
+@common.overwrite
 @options.retry_failed
 @options.update
-@options.quiet
+@common.quiet
 def classify(paths, file_list, root, models, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
              precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard,
              part_size, overwrite, retry_failed, update, quiet) -> None:
@@ -80,7 +80,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list)
-    say = options.reporter(quiet)
+    say = common.reporter(quiet)
     classifiers = []
     for model, model_weights in zip(models, weights_files):
         say(f"loading {model} ({model_weights})")
@@ -100,7 +100,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
-    say(options.counted(len(images), "image"))
+    say(common.counted(len(images), "image"))
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)
         for each in classifiers:
@@ -129,7 +129,7 @@ def describe_networks(classifiers: list[Classifier], images: ImageSet, output: P
     """Each network's posteriors of ``images`` beside the CSV ``output`` (:func:`describe_posteriors`),
     each network's job run as extract runs one, on ``devices``; returns their files and what was
     done, in words."""
-    say, work = options.reporter(quiet), []
+    say, work = common.reporter(quiet), []
 
     def run(network: NetworkRun) -> None:
         arch = network.classifier.network.arch
@@ -164,13 +164,13 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
     classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
     under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``)."""
-    say = options.reporter(quiet)
-    with options.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
+    say = common.reporter(quiet)
+    with common.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
         result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
                                    fuse=fuse, remove=remove)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {options.counted(result.classified, 'image')} classified, {failed}{work}")
+    say(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
         say(f"  failed: {path}: {reason}")
     if result.evaluation is not None:
@@ -207,5 +207,5 @@ def _report_errors(result: ClassificationResult, labels: str, setting: str, say:
         click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
                    f"over {evaluation.images:,} labelled images ({setting})")
     if result.unlabelled or result.labelled_failed:
-        say(f"not counted: {options.counted(result.unlabelled, 'image')} without a label in {labels}, "
-            f"{options.counted(result.labelled_failed, 'labelled image')} that failed")
+        say(f"not counted: {common.counted(result.unlabelled, 'image')} without a label in {labels}, "
+            f"{common.counted(result.labelled_failed, 'labelled image')} that failed")

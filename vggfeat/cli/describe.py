@@ -9,7 +9,7 @@ import click
 from ..architectures import ALL_ARCHITECTURES
 from ..errors import VggfeatError
 from ..summary import BYTES_PER_ELEMENT, NetworkSummary, StackComparison, compare_stacks, summarize
-from . import options
+from . import common
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -73,13 +73,13 @@ def _layer_table(summary: NetworkSummary, markdown: bool) -> str:
     title = (f"{summary.model} (configuration {summary.configuration}, {summary.weight_layers} weight layers), "
              f"input 3x{height}x{width}; activations float32 ({BYTES_PER_ELEMENT} bytes); MACs = multiply-adds")
     headers = ["layer", "type", "output CxHxW", "activations", "memory", "weights", "MACs", "RF", "stride"]
-    rows = [[layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.activations:,}", options.size_text(layer.bytes),
+    rows = [[layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.activations:,}", common.size_text(layer.bytes),
              f"{layer.weights:,}", f"{layer.macs:,}", f"{layer.receptive_field}", f"{layer.stride}"]
             for layer in summary.layers]
-    rows.append(["total", "", "", f"{summary.activations:,}", options.size_text(summary.bytes), f"{summary.weights:,}",
+    rows.append(["total", "", "", f"{summary.activations:,}", common.size_text(summary.bytes), f"{summary.weights:,}",
                  f"{summary.macs:,}", "", ""])
     totals = (f"{summary.weights:,} weights ({summary.weights / 1e6:.0f} M); {summary.macs:,} multiply-adds "
-              f"({summary.macs / 1e9:.2f} G MACs); {summary.activations:,} activations ({options.size_text(summary.bytes)})")
+              f"({summary.macs / 1e9:.2f} G MACs); {summary.activations:,} activations ({common.size_text(summary.bytes)})")
     return "\n".join([_heading(title, markdown), _table(headers, rows, markdown, left=2), totals])
 
 

@@ -17,7 +17,7 @@ from ..job import DTYPES, ExtractionJob, JobResult, check_output
 from ..multidevice import MultiDeviceJob
 from ..store import interrupted_on_several
 from ..update import OutputUpdate, check_rewritable
-from . import options
+from . import common, options
 
 R = TypeVar("R")
 
@@ -43,10 +43,10 @@ R = TypeVar("R")
 @options.image_pipeline
 @options.shard
 @options.part_size
-@options.overwrite
+@common.overwrite
 @options.retry_failed
 @options.update
-@options.quiet
+@common.quiet
 def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             devices, precision, dtype, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, update, quiet) -> None:
@@ -65,7 +65,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if not rewrite:
         check_output(output, overwrite)
     options.check_source(paths, file_list)
-    say = options.reporter(quiet)
+    say = common.reporter(quiet)
     say(f"loading {model} ({weights})")
     extractor = Extractor(
         model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
@@ -78,7 +78,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if rewrite:
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
-    say(f"{options.counted(len(images), 'image')}, {options.counted(len(images.classes), 'class', 'classes')}")
+    say(f"{common.counted(len(images), 'image')}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
                  overwrite=overwrite, quiet=quiet, precision=precision,
                  desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
@@ -90,7 +90,7 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     """``extractor``'s rows of ``images`` (or of its ``shard``) into the HDF5 ``output`` on
     ``devices``, and what was done said: a run (resumed if it was interrupted) or, with ``rewrite``,
     an update (:func:`update_output`). ``desc`` names the run on its progress bar."""
-    say = options.reporter(quiet)
+    say = common.reporter(quiet)
     described = images.shard(*shard) if shard else images
     if rewrite:
         update_output(extractor, described, output, devices, describe=rewrite, dtype=dtype, part_size=part_size,
@@ -118,7 +118,7 @@ def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple
     this job needs too (counted in the disk warning)."""
     job = extraction_job(extractor, images, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size,
                          provenance=provenance or {})
-    say = options.reporter(quiet)
+    say = common.reporter(quiet)
     announce(job, extractor, dtype, say, devices, disk_needed=job.disk_needed() + disk_after)
     options.advise_precision(extractor, precision, say)
     return running(job, job.run, quiet, desc=desc)
@@ -127,10 +127,10 @@ def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple
 def rows_held(extractor: Extractor, rows: int, dtype: str) -> str:
     """What a file of ``rows`` rows by ``extractor`` holds, in words."""
     if isinstance(extractor, Classifier) and extractor.keep_top is not None:
-        return f"the top {extractor.keep_top} classes of {options.counted(rows, 'image')} (of {extractor.classes})"
+        return f"the top {extractor.keep_top} classes of {common.counted(rows, 'image')} (of {extractor.classes})"
     if isinstance(extractor, Classifier):
-        return f"the posteriors of {options.counted(rows, 'image')} ({extractor.classes} classes)"
-    return f"{options.counted(rows, 'descriptor')} ({extractor.dim}-d {dtype})"
+        return f"the posteriors of {common.counted(rows, 'image')} ({extractor.classes} classes)"
+    return f"{common.counted(rows, 'descriptor')} ({extractor.dim}-d {dtype})"
 
 
 def run_on(extractor: Extractor, devices: tuple[str, ...]) -> str:
@@ -144,7 +144,7 @@ def extraction_job(extractor: Extractor, images: ImageSet, output: Path, devices
     on with a run interrupted on several (one device resumes it too); else an :class:`ExtractionJob`.
     ``job``: their keyword arguments (overwrite, dtype, part_images, provenance), the command added
     to its provenance."""
-    job = {**job, "provenance": {"command": options.command_line(), **job.get("provenance", {})}}
+    job = {**job, "provenance": {"command": common.command_line(), **job.get("provenance", {})}}
     if len(devices) > 1 or (interrupted_on_several(output) and not job.get("overwrite")):
         return MultiDeviceJob(extractor, devices, images, output, **job)
     return ExtractionJob(extractor, images, output, **job)
@@ -172,12 +172,12 @@ def running(job: ExtractionJob | MultiDeviceJob, run: Callable[..., R], quiet: b
     """``run(progress=...)`` under a progress bar over ``job``'s images; a stop says where its work
     is kept: ``kept``, or in the job's work folder."""
     kept = kept or f"finished parts are kept in {job.work}"
-    with options.progress_bar(quiet, total=job.total, initial=job.done, unit="images", desc=desc) as bar:
+    with common.progress_bar(quiet, total=job.total, initial=job.done, unit="images", desc=desc) as bar:
         try:
             return run(progress=bar.update)
-        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (options.Terminated)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (common.Terminated)
             bar.close()
-            terminated = isinstance(stop, options.Terminated)
+            terminated = isinstance(stop, common.Terminated)
             click.secho(f"{'terminated' if terminated else 'interrupted'}: {kept}; run the same command to resume",
                         err=True, fg="yellow")
             sys.exit(143 if terminated else 130)
@@ -190,7 +190,7 @@ def work_done(computed: int, seconds: float, device: str) -> str:
     if not computed:
         return "every image was described by the interrupted run"
     rate = computed / seconds if seconds > 0 else 0.0
-    return f"{options.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
+    return f"{common.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
 
 
 def warn_if_the_disk_is_short(needed: int, folder: Path, extractor: Extractor, dtype: str) -> None:
@@ -200,7 +200,7 @@ def warn_if_the_disk_is_short(needed: int, folder: Path, extractor: Extractor, d
     if needed > free:
         # classify keeps its posteriors in float32, and has no --dtype.
         halve = "; --dtype float16 halves it" if dtype == "float32" and not isinstance(extractor, Classifier) else ""
-        click.secho(f"WARNING: this run needs up to {options.size_text(needed)} more disk and {options.size_text(free)} "
+        click.secho(f"WARNING: this run needs up to {common.size_text(needed)} more disk and {common.size_text(free)} "
                     f"is free in {folder}{halve}. If the "
                     "disk fills, the run stops, keeping its finished parts: free space and run the same command.",
                     err=True, fg="yellow", bold=True)
@@ -209,9 +209,9 @@ def warn_if_the_disk_is_short(needed: int, folder: Path, extractor: Extractor, d
 def update_output(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, describe: str,
                   dtype: str, part_size: int, quiet: bool, precision: str) -> None:
     """--update (``describe="new"``) or --retry-failed (``"failed"``) of ``output``, on ``devices``."""
-    say, retry = options.reporter(quiet), describe == "failed"
+    say, retry = common.reporter(quiet), describe == "failed"
     update = OutputUpdate(extractor, images, output, describe=describe, dtype=dtype, part_images=part_size,
-                          provenance={"retry_command" if retry else "update_command": options.command_line()},
+                          provenance={"retry_command" if retry else "update_command": common.command_line()},
                           devices=devices)
     if update.unchanged:
         update.run()  # removes what a killed update may have left
@@ -233,6 +233,6 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     if retry:  # every failure was described again: those left failed again
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
-        outcome = f"{options.counted(result.described, 'image')} added, {result.dropped:,} left out"
+        outcome = f"{common.counted(result.described, 'image')} added, {result.dropped:,} left out"
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {outcome}; {work}")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
 import click
 
 from ..errors import VggfeatError
-from ..index import FORMAT as INDEX_FORMAT, index_summary
-from ..predictions import posteriors_file_of
-from ..store import file_attributes, plain_value, read_info, shards_folder, shards_progress, work_folder, work_progress
-from ..svm import MODEL_FORMAT, model_summary
-from ..update import MODES
-from ..weights import ARCHITECTURES
-from ..whitening import FORMAT as WHITENING_FORMAT, whitening_summary
-from . import options
+from ..index import index_summary
+from ..store import (INDEX_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
+                     posteriors_file_of, read_info, shards_folder, shards_progress, work_folder, work_progress)
+from ..whitening import whitening_summary
+from . import common
 
 
 def _network_line(a: dict) -> str:
@@ -48,6 +46,13 @@ def _not_written_yet(output: Path, command: str) -> str | None:
     return None
 
 
+def _fused_models(output: Path) -> list[str]:
+    """The networks whose posteriors (or their work) lie beside ``output``, a CSV of several fused."""
+    prefix, suffix = f"{output.name}.", ".posteriors.h5"
+    names = (path.name for path in output.parent.glob(f"{glob.escape(output.name)}.*.posteriors.h5*"))
+    return sorted({name[len(prefix):name.index(suffix)] for name in names})
+
+
 def _first(names: list[str], shown: int = 8) -> str:
     """``a, b, c, … (5 more)``: the first names of a list."""
     return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
@@ -58,7 +63,7 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     if not by_class:
         return ""
     most = [f"{name} {count:,}" for name, count in list(by_class.items())[:shown]]
-    more = [f"… {options.counted(len(by_class) - shown, 'more class', 'more classes')}"] if len(by_class) > shown else []
+    more = [f"… {common.counted(len(by_class) - shown, 'more class', 'more classes')}"] if len(by_class) > shown else []
     return f" ({sum(by_class.values()):,} labelled: {', '.join(most + more)})"
 
 
@@ -97,9 +102,15 @@ def _model_lines(summary: dict) -> list[str]:
             *map(_descriptors_line, summary["extraction_configs"])]
 
 
+def _model_summary(file: Path) -> dict:
+    from ..svm import model_summary  # scikit-learn's import (a second or more) for a model file only
+
+    return model_summary(file)
+
+
 # The other files that vggfeat writes, by their "format" attribute: how to read and show each.
 OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (whitening_summary, _whitening_lines),
-               MODEL_FORMAT: (model_summary, _model_lines)}
+               SVM_MODEL_FORMAT: (_model_summary, _model_lines)}
 
 
 @click.command()
@@ -116,7 +127,7 @@ def info(file: Path, as_json: bool) -> None:
         for output, command in ((file, "extract"), (posteriors_file_of(file), "classify")):
             if (why := _not_written_yet(output, command)) is not None:
                 raise VggfeatError(f"{file} is not written yet: {why}")
-        fused = [f"{model}: {why}" for model in ARCHITECTURES  # a CSV of several networks: each one's posteriors
+        fused = [f"{model}: {why}" for model in _fused_models(file)  # a CSV of several networks: each one's posteriors
                  if (why := _not_written_yet(posteriors_file_of(file, model), "classify")) is not None]
         if fused:
             raise VggfeatError(f"{file} is not written yet, the posteriors of its networks: {'; '.join(fused)}")
@@ -138,7 +149,8 @@ def info(file: Path, as_json: bool) -> None:
     classes = summary["classes"]
     lines = [
         f"{file}: {state}",
-        f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled) of {a.get('images_found', '?'):,} images found",
+        f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled)"
+        + (f" of {int(a['images_found']):,} images found" if "images_found" in a else ""),  # a file vggfeat did not write may lack it
         f"  descriptor   {summary['dim']}-d {summary['dtype']}",
         f"  classes      {len(classes)}{': ' + _first(classes) if classes else ''}",
         f"  failed       {summary['failed']:,}{_failed_classes(summary['failed_by_class'])}",
@@ -167,7 +179,7 @@ def info(file: Path, as_json: bool) -> None:
             lines.append(f"  retried      shard {shard['shard']}/{len(shards)}: {shard.get('failures_retried')} by {shard['retry_command']}")
     if a.get("update_command"):
         lines.append(f"  updated      {a.get('updated')} by {a['update_command']}")
-    for option, suffix, _ in MODES.values():
+    for option, suffix, _ in UPDATE_MODES.values():
         staging = file.with_name(file.name + suffix)
         progress, blocks = work_progress(staging), shards_progress(staging)
         if progress:

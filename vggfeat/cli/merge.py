@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from ..merge import merge_shards
-from . import options
+from . import common
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="SHARDS... OUTPUT", type=click.Path(path_type=Path))
-@options.overwrite
-@options.quiet
+@common.overwrite
+@common.quiet
 def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
     """Join the files of all N shards of one extraction (any order) into OUTPUT.
 
@@ -23,13 +23,13 @@ def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
     if len(paths) < 2:
         raise click.UsageError("expected the shard files and then OUTPUT")
     *shards, output = paths
-    with options.progress_bar(quiet, unit="rows", desc=f"merging into {output.name}") as bar:
+    with common.progress_bar(quiet, unit="rows", desc=f"merging into {output.name}") as bar:
 
         def progress(rows: int, total: int) -> None:
             bar.total = total
             bar.update(rows)
 
         result = merge_shards(shards, output, overwrite=overwrite, progress=progress,
-                              provenance={"merge_command": options.command_line()})
+                              provenance={"merge_command": common.command_line()})
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    options.reporter(quiet)(f"wrote {result.output}: {options.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}")
+    common.reporter(quiet)(f"wrote {result.output}: {common.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}")

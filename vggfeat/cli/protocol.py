@@ -8,7 +8,7 @@ import click
 
 from .. import protocol as protocols
 from ..errors import VggfeatError
-from . import options
+from . import common
 from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
 
 
@@ -24,15 +24,15 @@ def protocol() -> None:
               help="Most test images per class (M), from the rest; 0 for all the rest.")
 @click.option("--splits", default=3, show_default=True, type=click.IntRange(min=1), help="Random splits.")
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
-@options.json_output
-@options.overwrite_json
+@common.json_output
+@common.overwrite_json
 @svm_options
 def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, quiet, **svm) -> None:
     """Caltech-101/256: per split, N random training and up to M test images per class; mean class recall.
 
     FEATURES: one file of a labelled folder, or several of the same images to fuse.
     """
-    options.check_json_output(json_out, overwrite)
+    common.check_json_output(json_out, overwrite)
     with fits_progress(quiet) as progress:
         result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
                                    exclude=exclude_class, progress=progress, **svm_params(**svm))
@@ -45,7 +45,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
         click.echo(f"| {row['split']} | {row['train']} | {row['test']} | {row['C']:g} | {row['mean_class_recall']:.4f} | {row['accuracy']:.4f} |")
     click.echo(f"mean class recall: {100 * result['mean_class_recall_mean']:.2f} ± {100 * result['mean_class_recall_std']:.2f} %"
                " (mean ± sample std over splits)")
-    options.write_json_output(json_out, result)
+    common.write_json_output(json_out, result)
 
 
 @protocol.command()
@@ -62,7 +62,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 @click.option("--results", type=click.Path(path_type=Path),
               help="With --voc-devkit: also write the test scores here as VOC's result files for its evaluation server "
                    "(comp1_cls_<set>_<class>.txt); all there is for a test set without labels (VOC2012's).")
-@options.json_output
+@common.json_output
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --results files.")
 @svm_options
 def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set, voc_difficult, results, json_out, overwrite,
@@ -87,7 +87,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         train_paths, test_paths = _read_list(train_list), _read_list(test_list)
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
-    options.check_json_output(json_out, overwrite)
+    common.check_json_output(json_out, overwrite)
     with fits_progress(quiet) as progress:
         result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
                                test_set=test_set, difficult=difficult, results=results, overwrite=overwrite, progress=progress,
@@ -101,7 +101,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         click.echo(f"wrote {len(result['results'])} result files into {results} (comp1_cls_{test_set}_<class>.txt): "
                    "VOC's evaluation server takes them in results/VOC2012/Main/")
     if "per_class" not in result:  # a test set without labels: the result files are all there is
-        options.write_json_output(json_out, result)
+        common.write_json_output(json_out, result)
         return
     ignored = "ignored" in result["per_class"][0]
     click.echo(f"| class | positives |{' difficult |' if ignored else ''} AP (VOC2007 11-point) | AP (area) |")
@@ -111,7 +111,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         difficult = f" {row['ignored']} |" if ignored else ""
         click.echo(f"| {row['class']} | {row['support']} |{difficult} {cells[0]} | {cells[1]} |")
     click.echo(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
-    options.write_json_output(json_out, result)
+    common.write_json_output(json_out, result)
 
 
 def _read_list(path: Path) -> list[str]:

@@ -16,7 +16,7 @@ from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 from ..voc import DIFFICULT
-from .options import counted, progress_bar, quiet
+from .common import counted, progress_bar, quiet
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:

@@ -1,0 +1,64 @@
+"""The ``vggfeat`` command itself: its list of commands, and the commands that only read and write
+files, which start without importing torch (two to seven seconds on a small machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+
+from runhelpers import run_main
+from svmhelpers import blobs, write_features
+from vggfeat.cli import COMMANDS, cli
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_the_list_of_commands_says_what_each_command_says_of_itself(name):
+    command = cli.get_command(click.Context(cli), name)
+    assert command.name == name
+    assert click.Command(name, help=COMMANDS[name][2]).get_short_help_str(1000) == command.get_short_help_str(1000)
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_refused():
+    code, out, _ = run_main(["--help"])
+    assert code == 0
+    listed = out[out.index("Commands:"):].splitlines()[1:]
+    assert [line.split()[0] for line in listed if line.strip()] == list(COMMANDS)
+    code, _, err = run_main(["extrakt"])
+    assert code == 2 and "No such command 'extrakt'" in err
+
+
+# Every command in one process: the modules that each imported stay imported.
+FILE_COMMANDS = """
+import contextlib, io, json, sys
+from vggfeat.cli import main
+
+for args in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args)
+        except SystemExit as exit_:
+            if exit_.code:
+                sys.exit(f"vggfeat {' '.join(args)} exited with {exit_.code}")
+print(json.dumps([name for name in ("torch", "torchvision") if name in sys.modules]))
+"""
+
+
+def test_commands_that_read_files_do_not_import_torch(tmp_path):
+    X, labels, paths, classes = blobs(dim=16)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    whitening, index, model = tmp_path / "whitening.h5", tmp_path / "index.h5", tmp_path / "model.h5"
+    runs = [
+        ["--help"], ["merge", "--help"], ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
+        ["whiten", "fit", features, whitening, "-q"], ["index", features, index, "--whiten", whitening, "-q"],
+        ["retrieval-eval", features], ["train-svm", features, model, "--C", "1", "-q"],
+        ["evaluate", model, features], ["info", whitening], ["info", index], ["info", model],
+    ]
+    runs = [[str(arg) for arg in args] for args in runs]
+    result = subprocess.run([sys.executable, "-c", FILE_COMMANDS, json.dumps(runs)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

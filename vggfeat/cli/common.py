@@ -1,0 +1,152 @@
+"""What every command shares, without torch: progress bars (and progress lines in log files),
+stopping on SIGTERM, the --quiet, --overwrite and --json options, and numbers for people. Commands
+that only read files (info, train-svm, predict, index, ...) import this and not :mod:`.options`, the
+network's options, so that they start without importing torch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from ..store import check_new_file, write_text_file
+
+overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
+quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+# Results also written as JSON (the evaluations), refused over an existing file unless --overwrite.
+json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+overwrite_json = click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+
+
+def check_json_output(path: Path | None, overwrite: bool) -> None:
+    """Refuse, before the work, a --json file that exists (unless ``overwrite``) or cannot be written."""
+    if path:
+        check_new_file(path, overwrite)
+
+
+def write_json_output(path: Path | None, result: dict) -> None:
+    """``result`` into ``path`` (--json), if given, whole or not at all."""
+    if path:
+        write_text_file(path, json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {path}")
+
+
+# Without a terminal (a batch job's log file), progress is a line this often (seconds), not a bar
+# redrawn ten times a second into the file, nor nothing for days.
+LOG_EVERY = 60.0
+
+
+def progress_bar(quiet: bool, **bar: Any) -> tqdm | ProgressLines:
+    """A tqdm bar (``bar``: its options) on a terminal; in a log file, or on a terminal that says
+    it has no columns (some containers' and CI runners' pseudo-terminals, where tqdm would draw
+    nothing at all), :class:`ProgressLines`; nothing with ``--quiet``."""
+    if quiet or (sys.stderr.isatty() and _columns() > 0):
+        return tqdm(disable=quiet, dynamic_ncols=True, **bar)
+    return ProgressLines(bar.get("total"), bar.get("initial", 0), bar.get("unit", "it"), bar.get("desc", ""))
+
+
+def _columns() -> int:
+    """The width of the terminal that stderr is, as the terminal says (0 where it does not)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
+class ProgressLines:
+    """tqdm's ``update`` for a log file: a line of progress, rate and time left every LOG_EVERY seconds."""
+
+    def __init__(self, total: int | None, initial: int, unit: str, desc: str) -> None:
+        self.total, self.n, self.initial, self.unit, self.desc = total, initial, initial, unit, desc
+        self.started = self.said = time.monotonic()
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        now = time.monotonic()
+        if now - self.said >= LOG_EVERY:
+            self.said = now
+            click.echo(self.line(now), err=True)
+
+    def line(self, now: float) -> str:
+        rate = (self.n - self.initial) / max(now - self.started, 1e-9)
+        if not self.total:
+            return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.1f} {self.unit}/s"
+        left = f", about {_duration((self.total - self.n) / rate)} left" if rate > 0 else ""
+        return (f"{self.desc}: {self.n:,} of {self.total:,} {self.unit} ({100 * self.n / self.total:.1f}%), "
+                f"{rate:,.1f} {self.unit}/s{left}")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes} min" if minutes else f"{round(seconds)} s"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which batch systems send at a job's time limit (and ``kill`` by default): the
+    command stops as Ctrl-C stops it, keeping what is done, rather than dying where it stands."""
+
+
+@contextlib.contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while the block runs."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def command_line() -> str:
+    """The command as given, for the files to record what made them."""
+    obj = click.get_current_context().find_root().obj
+    return shlex.join(["vggfeat", *(obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:])])
+
+
+def reporter(quiet: bool) -> Callable[..., None]:
+    """``say(text, **style)``: a progress line on stderr, or nothing with ``--quiet``."""
+    if quiet:
+        return lambda text, **style: None
+    return lambda text, **style: click.secho(text, err=True, **style)
+
+
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """``count`` things for people: "1 image", "2,048 images" (``plural``: where not noun + s)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def size_text(count: int) -> str:
+    """``count`` bytes for people: 1.5 GiB, 12.0 MiB, 100 B."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"

@@ -1,0 +1,98 @@
+"""``vggfeat search``: an index searched with query images, described as its database was, or
+with a file of query descriptors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..discover import find_images
+from ..errors import VggfeatError
+from ..index import BACKENDS, VectorIndex
+from ..search import Result, describe_images, read_queries, search as run_search, write_results
+from ..store import check_new_file
+from . import common, options
+
+RESULT_SUFFIXES = (".csv", ".json")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="INDEX [QUERY_IMAGES_OR_FOLDERS...] [OUTPUT.csv|.json]", type=click.Path(path_type=Path))
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="Query descriptors: a features file extracted as the database.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits per query.")
+@click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0), help="Average query expansion with the top N hits (0: off).")
+@click.option("--montage", type=click.Path(path_type=Path), help="Draw the queries and their top hits into this PNG.")
+@click.option("--montage-hits", default=8, show_default=True, type=click.IntRange(min=1), help="Hits per query in the montage.")
+@click.option("--montage-queries", default=10, show_default=True, type=click.IntRange(min=1), help="Most queries (rows) in the montage.")
+@click.option("--tile", default=160, show_default=True, type=click.IntRange(min=32), help="Montage cell size in pixels.")
+@click.option("--root", type=click.Path(path_type=Path), help="Folder of the database images [default: the one recorded at extraction].")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS), help="For a flat index: FAISS or NumPy.")
+@click.option("--weights", help="Weights file, when the database was described with one [default: as recorded].")
+@options.device
+@options.batch_size
+@options.workers
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or --montage file.")
+@common.quiet
+def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
+           batch_size, workers, overwrite, quiet) -> None:
+    """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
+
+    Query images are described exactly as the database was (the index records how); a query file
+    made differently is refused. OUTPUT (.csv or .json) receives query, rank, path, score.
+    """
+    if not paths:
+        raise click.UsageError("expected INDEX [QUERY_IMAGES...] [OUTPUT]")
+    index_file, rest = paths[0], list(paths[1:])
+    output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
+    if bool(rest) == bool(queries_file):
+        raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
+    for written in (output, montage):  # refused before the queries are described
+        if written:
+            check_new_file(written, overwrite)
+    db = VectorIndex.load(index_file, backend=backend)
+    query_root = None  # query images given as files: their names are their paths
+    if queries_file:
+        X, names, query_root = read_queries(db, queries_file)
+    else:
+        queries = _query_files(rest)
+        with common.progress_bar(quiet, total=len(queries), unit="images", desc="describing the queries") as bar:
+            X, names, failures = describe_images(db, queries, weights=weights, device=device, batch_size=batch_size,
+                                                 workers=workers, progress=bar.update)
+        for name, reason in failures:
+            click.secho(f"skipped query {name}: {reason}", err=True, fg="yellow")
+    results = run_search(db, X, names, k=k, qe=qe)
+    if output:
+        write_results(results, output)
+        click.echo(f"wrote {output}: {len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})")
+    else:
+        for result in results:
+            click.echo(f"query {result.query}")
+            for rank, (path, score) in enumerate(zip(result.paths, result.scores), start=1):
+                click.echo(f"  {rank:>3}  {score:.4f}  {path}")
+    if montage:
+        # Database paths are relative to its image folder, a query file's to the folder it recorded.
+        base = root or Path(db.root or ".")
+        _write_montage(results[:montage_queries], montage, base, query_root, hits=montage_hits, tile=tile)
+
+
+def _query_files(paths: list[Path]) -> list[Path]:
+    """Query image files: each given file, and every image under each given folder."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += find_images(path).files()
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VggfeatError(f"query not found: {path}")
+    return files
+
+
+def _write_montage(results: list[Result], output: Path, base: Path, query_root: Path | None, hits: int, tile: int) -> None:
+    from ..montage import draw_montage  # PIL drawing only when asked for
+
+    queries = [query_root / r.query if query_root else Path(r.query) for r in results]
+    shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
+    width, height = draw_montage(queries, shown, output, tile=tile)
+    click.echo(f"wrote {output}: {len(results)} queries with up to {hits} hits ({width}x{height} px)")
