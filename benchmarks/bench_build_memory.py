@@ -19,6 +19,9 @@ resident memory printed (ru_maxrss) is that run's:
   predict, whole:   as vggfeat did before: load_features (every row into one float64 array), then
                    the model's decision_function. The model: a linear SVM of the file's 100 classes
                    trained on its first 1000 rows, once, in --workdir.
+  csv, vggfeat:    transfer.write_predictions, predict's CSV written as each block is scored.
+  csv, whole:      as vggfeat wrote it before: transfer.predict (the scores of every row, scored in
+                   blocks), then the CSV from them.
 
 The two whitenings are compared by the Gram matrix of a sample of whitened rows (inner products do
 not depend on the eigenvectors' signs): the largest absolute difference is printed.
@@ -30,6 +33,7 @@ the entries zero, as after fc7's ReLU.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import resource
 import subprocess
@@ -85,6 +89,15 @@ def make_model(features: Path, model: Path) -> None:
         save_model(model, svm, [f.config])
 
 
+def write_csv_whole(path: Path, scored) -> None:
+    """predict's CSV as vggfeat wrote it before: from every row's scores, held at once."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes), "error"])
+        for p, row in zip(scored.paths, scored.scores):
+            writer.writerow([p, scored.classes[int(np.argmax(row))], *(f"{s:.6g}" for s in row), ""])
+
+
 def child(step: str, mode: str, features: Path, output: Path) -> None:
     from vggfeat import transfer
     from vggfeat.features import load_features
@@ -100,6 +113,12 @@ def child(step: str, mode: str, features: Path, output: Path) -> None:
             transfer.score(model, features)
         else:  # as vggfeat scored before: every descriptor read into one float64 array first
             transfer.load_model(model).svm.decision_function(load_features(features).X)
+    elif step == "csv":
+        model = output.with_name("model.h5")
+        if mode == "vggfeat":
+            transfer.write_predictions(output.with_suffix(".csv"), model, features)
+        else:
+            write_csv_whole(output.with_suffix(".csv"), transfer.predict(model, features))
     elif mode == "vggfeat":
         index_features(features, kind=step, backend="faiss")
     else:
@@ -122,7 +141,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-whitening"))
-    parser.add_argument("--steps", default="whiten,flat,hnsw,predict", help="Of whiten, flat, hnsw (FAISS indexes), predict.")
+    parser.add_argument("--steps", default="whiten,flat,hnsw,predict,csv",
+                        help="Of whiten, flat, hnsw (FAISS indexes), predict, csv.")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
@@ -135,7 +155,7 @@ def main() -> None:
         make_file(features, args.rows, args.dim, classes=100)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
     steps = args.steps.split(",")
-    if "predict" in steps and not (args.workdir / "model.h5").exists():
+    if {"predict", "csv"} & set(steps) and not (args.workdir / "model.h5").exists():
         make_model(features, args.workdir / "model.h5")
     for step in steps:
         for mode in ("whole", "vggfeat"):
@@ -143,6 +163,9 @@ def main() -> None:
                                   "--workdir", str(args.workdir), "--child", step, mode], capture_output=True, text=True, check=True)
             result = json.loads(run.stdout.splitlines()[-1])
             print(f"{step:>6}, {mode:>7}: {result['seconds']:7.1f} s, peak resident memory {result['peak_rss_mib']:,.0f} MiB")
+    if "csv" in steps:
+        same = (args.workdir / "whole.csv").read_bytes() == (args.workdir / "vggfeat.csv").read_bytes()
+        print(f"the two CSVs are the same, byte for byte: {same}")
     if "whiten" not in steps:
         return
     difference = gram_difference(features, args.workdir / "whole.h5", args.workdir / "vggfeat.h5")

@@ -278,6 +278,15 @@ def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, 
     _, picked = transfer.evaluate(saved, [a, b])  # the labelled rows, in blocks too
     np.testing.assert_allclose(picked.scores, expected, rtol=1e-12)
     assert transfer.score(saved, [a, b], paths=[]).scores.shape == (0, 3)
+    # predict's CSV is written as the blocks are scored: neither descriptors nor scores held whole.
+    blocks.clear()
+    progress = []
+    written = transfer.write_predictions(tmp_path / "p.csv", saved, [a, b], progress=progress.append)
+    assert blocks == [4] * 7 + [2] and progress == blocks and written.rows == len(paths)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [row["path"] for row in rows] == paths
+    np.testing.assert_allclose([[float(row[f"score:{c}"]) for c in names] for row in rows], expected, rtol=1e-5)
+    assert [row["predicted"] for row in rows] == [names[k] for k in expected.argmax(axis=1)]
 
 
 def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path):
@@ -302,7 +311,8 @@ def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path)
         saved = transfer.train_svm([a, e], C=1.0)
     assert saved.training["rows"] == len(kept)
     with pytest.warns(RuntimeWarning, match=warning):
-        transfer.predict(saved, [a, e], tmp_path / "p.csv")
+        written = transfer.write_predictions(tmp_path / "p.csv", saved, [a, e])
+    assert (written.rows, written.failed) == (len(kept), 2)
     rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "p.csv"))}
     assert len(rows) == len(paths) and rows[paths[3]]["error"] == f"failed in {e}: Input/output error"
     assert rows[paths[3]]["predicted"] == "" and rows[paths[4]]["predicted"] and rows[paths[4]]["error"] == ""

@@ -4,7 +4,8 @@
 :func:`load_features` reads one or several files (fused row by row, matched by path) into a
 :class:`Features` bundle. Descriptors are read in row chunks straight into the array the caller
 keeps, so the file's float32/float16 data is never held twice in memory; or, with ``transform``
-(an SVM's scores), a block of rows at a time, so that they are never held whole.
+(an SVM's scores), a block of rows at a time, so that they are never held whole;
+:func:`read_blocks` gives those blocks to a caller that writes each one's results.
 
 :func:`config_differences` says, in words, how two extraction configurations differ in the keys
 that change what a descriptor means (:data:`MATCHING_KEYS`).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -39,7 +40,7 @@ _DEFAULTS = {"resize_side": "short", "normalize": "none", "center_crop": False}
 _REQUIRED = ("features", "paths", "labels", "classes")
 Files = str | os.PathLike | Sequence[str | os.PathLike]  # one features file, or several to fuse
 _READ_BYTES = 8 * 2**20  # per HDF5 read: a buffer that stays small (and cache-warm) whatever the file size
-TRANSFORM_BYTES = 64 * 2**20  # load_features(transform=...): descriptors read and transformed at a time
+TRANSFORM_BYTES = 64 * 2**20  # read_blocks, load_features(transform=...): descriptors read at a time
 
 
 class Failures(NamedTuple):
@@ -197,14 +198,65 @@ def load_features(
     descriptor is read.
 
     With ``transform`` (a model's ``decision_function``, say), ``X`` is ``transform`` of the rows,
-    read and transformed a block at a time (about TRANSFORM_BYTES of ``dtype``): the descriptors
-    are never held whole, whatever the file's size.
+    read and transformed a block at a time (see :func:`read_blocks`): the descriptors are never
+    held whole, whatever the file's size.
     """
-    files = file_list(files)
-    opened = []
-    try:
-        for name in files:
-            opened.append(FeatureFile(name))
+    with _fused(files, paths, expected_configs, expected_by) as fused:
+        if transform is None:
+            X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))
+        else:
+            X = np.concatenate([transform(block) for _, block in fused.blocks(dtype)])
+        first, first_rows = fused.opened[0], fused.rows_per_file[0]
+        return Features(
+            X=X,
+            paths=fused.paths,
+            labels=first.labels[first_rows],
+            classes=first.classes,
+            configs=[f.config for f in fused.opened],
+            sources=[str(f.path) for f in fused.opened],
+        )
+
+
+def read_blocks(
+    files: Files,
+    dtype: npt.DTypeLike = np.float64,
+    expected_configs: Sequence[dict] | None = None,
+    expected_by: str = "the model",
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(paths, descriptors) of the rows :func:`load_features` reads, a block of about
+    TRANSFORM_BYTES of ``dtype`` at a time (one empty block where there is no row), so that a
+    caller that writes what it makes of each block never holds the descriptors, nor its results,
+    whole. The files are open until the blocks run out (or the iterator is closed)."""
+    with _fused(files, None, expected_configs, expected_by) as fused:
+        yield from fused.blocks(dtype)
+
+
+@dataclass
+class _Fused:
+    """Open files matched by path: the rows of each file that make each of ``paths``."""
+
+    opened: list[FeatureFile]
+    paths: list[str]
+    rows_per_file: list[np.ndarray]
+
+    @property
+    def width(self) -> int:
+        return sum(f.dim for f in self.opened)
+
+    def blocks(self, dtype: npt.DTypeLike) -> Iterator[tuple[list[str], np.ndarray]]:
+        step = max(1, TRANSFORM_BYTES // (np.dtype(dtype).itemsize * self.width))
+        for start in range(0, max(1, len(self.paths)), step):  # once, for no row: a transform gives its shape
+            rows = [each[start : start + step] for each in self.rows_per_file]
+            block = _read_fused(self.opened, rows, np.empty((len(rows[0]), self.width), dtype=dtype))
+            yield self.paths[start : start + step], block
+
+
+@contextlib.contextmanager
+def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence[dict] | None,
+           expected_by: str) -> Iterator[_Fused]:
+    """``files`` opened, checked against ``expected_configs`` and matched by path (see :func:`load_features`)."""
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(FeatureFile(name)) for name in file_list(files)]
         if expected_configs is not None:
             check_configs(expected_configs, [f.config for f in opened], expected_by)
         first = opened[0]
@@ -214,28 +266,7 @@ def load_features(
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
-        rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None) for f in opened]
-        width = sum(f.dim for f in opened)
-        if transform is None:
-            X = _read_fused(opened, rows_per_file, np.empty((len(wanted), width), dtype=dtype))
-        else:
-            step, blocks = max(1, TRANSFORM_BYTES // (np.dtype(dtype).itemsize * width)), []
-            for start in range(0, max(1, len(wanted)), step):  # once, for no row: transform gives its shape
-                rows = [each[start : start + step] for each in rows_per_file]
-                blocks.append(transform(_read_fused(opened, rows, np.empty((len(rows[0]), width), dtype=dtype))))
-            X = np.concatenate(blocks)
-        first_rows = rows_per_file[0]
-        return Features(
-            X=X,
-            paths=wanted,
-            labels=first.labels[first_rows],
-            classes=first.classes,
-            configs=[f.config for f in opened],
-            sources=[str(f.path) for f in opened],
-        )
-    finally:
-        for f in opened:
-            f.close()
+        yield _Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None) for f in opened])
 
 
 def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:

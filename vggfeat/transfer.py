@@ -10,13 +10,14 @@ import csv
 import heapq
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Files, file_list, fused_failures, load_features
+from .features import FeatureFile, Files, file_list, fused_failures, load_features, read_blocks
 from .labels import (
     Targets,
     align_ignored,
@@ -177,14 +178,55 @@ def failures_of(files: Files) -> list[tuple[str, str]]:
     return sorted(reasons.items())
 
 
-def predict(model: str | os.PathLike | SavedModel, files: Files, output_csv: str | os.PathLike | None = None) -> Scored:
-    """Score ``files``; with ``output_csv``, write ``path, predicted, score:<class>..., error`` per
-    image: a row per descriptor, and one per image the files could not describe, with the reason."""
+def predict(model: str | os.PathLike | SavedModel, files: Files) -> Scored:
+    """The scores of every row of ``files``, and the images that they could not describe
+    (``failed``); :func:`write_predictions` writes them as a CSV without holding them."""
     scored = score(model, files)
     scored.failed = failures_of(files)
-    if output_csv is not None:
-        write_predictions(output_csv, scored)
     return scored
+
+
+@dataclass
+class WrittenPredictions:
+    """What :func:`write_predictions` wrote: a row per descriptor (``rows``), one per image without one."""
+
+    path: Path
+    rows: int
+    classes: list[str]
+    failed: int
+
+
+def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedModel, files: Files,
+                      progress: Callable[[int], object] | None = None) -> WrittenPredictions:
+    """CSV: ``path, predicted, score:<class>..., error`` for every row of ``files``, scored and
+    written a block of rows at a time (10 million rows of 1,000 classes are 80 GB of scores); several
+    predicted labels (multi-label) joined by ``;``; the images without a descriptor in their place by
+    path, empty but for the reason, as ``vggfeat classify`` writes them. ``progress(rows)`` after
+    each block."""
+    saved = model if isinstance(model, SavedModel) else load_model(model)
+    classes, multilabel = [str(c) for c in saved.svm.classes_], saved.svm.multilabel
+    failed = failures_of(files)
+    written = 0
+
+    def scored_rows() -> Iterator[tuple[str, np.ndarray | None, str]]:
+        nonlocal written
+        for paths, X in read_blocks(files, expected_configs=saved.extraction_configs):
+            yield from ((p, row, "") for p, row in zip(paths, saved.svm.decision_function(X)))
+            written += len(paths)
+            if progress is not None:
+                progress(len(paths))
+
+    with written_atomically(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "predicted", *(f"score:{c}" for c in classes), "error"])
+        failures = ((p, None, reason) for p, reason in failed)
+        for p, row, reason in heapq.merge(scored_rows(), failures, key=lambda image: image[0]):  # both in path order
+            if row is None:
+                writer.writerow([p, "", *[""] * len(classes), reason])
+            else:
+                predicted = ";".join(c for c, s in zip(classes, row) if s > 0) if multilabel else classes[int(np.argmax(row))]
+                writer.writerow([p, predicted, *(f"{s:.6g}" for s in row), ""])
+    return WrittenPredictions(Path(path), written, classes, len(failed))
 
 
 def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: str | os.PathLike | None = None,
@@ -204,24 +246,6 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     if multilabel:
         return multilabel_metrics(truth, scored.scores, classes, align_ignored(targets, classes)), scored
     return single_label_metrics(truth, scored.scores, classes), scored
-
-
-def write_predictions(path: str | os.PathLike, scored: Scored) -> None:
-    """CSV: ``path, predicted, score:<class>..., error``; several predicted labels (multi-label)
-    joined by ``;``; the images without a descriptor (``scored.failed``) in their place by path,
-    empty but for the reason, as ``vggfeat classify`` writes them."""
-    rows = ((p, row, "") for p, row in zip(scored.paths, scored.scores))
-    failures = ((p, None, reason) for p, reason in scored.failed)
-    with written_atomically(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "predicted", *(f"score:{c}" for c in scored.classes), "error"])
-        for p, row, reason in heapq.merge(rows, failures, key=lambda image: image[0]):  # both in path order
-            if row is None:
-                writer.writerow([p, "", *[""] * len(scored.classes), reason])
-            elif scored.multilabel:
-                writer.writerow([p, ";".join(c for c, s in zip(scored.classes, row) if s > 0), *(f"{s:.6g}" for s in row), ""])
-            else:
-                writer.writerow([p, scored.classes[int(np.argmax(row))], *(f"{s:.6g}" for s in row), ""])
 
 
 def _labelled(targets: Targets, voc: tuple[str | os.PathLike, str] | None) -> Targets:

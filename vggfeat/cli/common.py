@@ -20,7 +20,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from ..store import check_new_file, write_text_file
+from ..store import check_new_file, open_features_file, write_text_file
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -41,6 +41,13 @@ def write_json_output(path: Path | None, result: dict) -> None:
     if path:
         write_text_file(path, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {path}")
+
+
+def feature_rows(features: Path) -> int:
+    """The rows of a features file, for a progress bar over them (refusing what is not one): its
+    shape only, where FeatureFile would read every path."""
+    with open_features_file(features, required=("features",)) as f:
+        return f["features"].shape[0]
 
 
 # Without a terminal (a batch job's log file), progress is a line this often (seconds), not a bar

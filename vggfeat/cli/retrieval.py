@@ -13,7 +13,7 @@ from .. import retrieval
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, index_features
-from ..store import check_new_file, open_features_file
+from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import common
 
@@ -34,7 +34,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
     FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
     """
     check_new_file(output, overwrite)
-    with common.progress_bar(quiet, total=_rows_of(features), unit="descriptors", desc="fitting the whitening") as bar:
+    with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc="fitting the whitening") as bar:
         fitted = fit_whitening(features, output, dim=dim, progress=bar.update)
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
 
@@ -56,7 +56,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
     check_new_file(output, overwrite)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
-    with common.progress_bar(quiet, total=_rows_of(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
+    with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
         built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
                                hnsw_m=hnsw_m, ef_search=ef_search, progress=bar.update)
     built.save(output)
@@ -131,10 +131,3 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
     from .classify import export_csv  # the classifier's modules, torch with them, for a posteriors file only
 
     export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
-
-
-def _rows_of(features: Path) -> int:
-    """The rows of a features file, for a progress bar over them (refusing what is not one): its
-    shape only, where FeatureFile would read every path."""
-    with open_features_file(features, required=("features",)) as f:
-        return f["features"].shape[0]

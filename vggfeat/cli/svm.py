@@ -16,7 +16,7 @@ from ..report import report_files, write_report
 from ..store import check_new_file
 from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 from ..voc import DIFFICULT
-from .common import counted, progress_bar, quiet
+from .common import counted, feature_rows, progress_bar, quiet
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -127,16 +127,19 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
 @click.argument("paths", nargs=-1, metavar="MODEL [FEATURES] OUTPUT", type=click.Path(path_type=Path))
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat as for train-svm.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def predict(paths, features, overwrite) -> None:
+@quiet
+def predict(paths, features, overwrite, quiet) -> None:
     """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores
     (and the images FEATURES could not describe, with the reason)."""
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     check_new_file(output, overwrite)
-    scored = transfer.predict(paths[0], files, output)
-    failed = f"; {counted(len(scored.failed), 'image')} without a descriptor (failed), with the reason" if scored.failed else ""
-    click.echo(f"wrote {output}: {len(scored.paths):,} rows, {len(scored.classes)} class scores each{failed}")
+    model = load_model(paths[0])
+    with progress_bar(quiet, total=feature_rows(files[0]), unit="rows", desc="scoring") as bar:
+        written = transfer.write_predictions(output, model, files, progress=bar.update)
+    failed = f"; {counted(written.failed, 'image')} without a descriptor (failed), with the reason" if written.failed else ""
+    click.echo(f"wrote {output}: {written.rows:,} rows, {len(written.classes)} class scores each{failed}")
 
 
 @click.command()
