@@ -46,7 +46,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_startup-"))
     workdir.mkdir(parents=True, exist_ok=True)
     features, index, model = workdir / "features.h5", workdir / "index.h5", workdir / "model.h5"
-    make_file(features, rows=1000, dim=64, classes=10)
+    make_file(features, rows=5000, dim=64, classes=10)
     for prepare in (["index", features, index, "-q", "--overwrite"], ["train-svm", features, model, "--C", "1", "-q", "--overwrite"]):
         subprocess.run([sys.executable, "-c", NOW, *map(str, prepare)], check=True, capture_output=True)
     commands = [["--help"], ["info", features], ["info", index], ["info", model], ["train-svm", "--help"],

@@ -13,6 +13,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
+from runhelpers import run_main
 from svmhelpers import blobs, write_features
 import vggfeat.features
 from vggfeat import protocol, transfer
@@ -222,6 +223,22 @@ def test_features_of_another_configuration_are_refused_naming_the_difference(tmp
     # Precision and storage type do not change what a descriptor means: accepted.
     same = write_features(tmp_path / "bf16.h5", X, paths, y, names, config={"precision": "bf16", "dtype": "float16"})
     assert transfer.predict(model, same).scores.shape == (30, 3)
+
+
+def test_a_features_file_without_failures_recorded_is_trained_on_and_scored(tmp_path):
+    """A file written by other code than vggfeat's, with the required datasets but no /failed group:
+    no image failed."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "own.h5", X, paths, y, names)
+    with h5py.File(features, "r+") as f:
+        del f["failed"]
+    saved = transfer.train_svm(features, C=1.0)
+    written = transfer.write_predictions(tmp_path / "p.csv", saved, features)
+    assert (written.rows, written.failed) == (len(paths), 0)
+    metrics, _ = transfer.evaluate(saved, features)
+    assert metrics["accuracy"] == 1.0
+    code, out, _ = run_main(["info", features])
+    assert code == 0 and "  failed       0" in out
 
 
 def test_config_differences_lists_each_key():

@@ -90,7 +90,10 @@ class FeatureFile:
         return self.features.shape[1]
 
     def failed(self) -> Failures:
-        """The images that could not be described; read from the file on each call, as a few readers need them."""
+        """The images that could not be described; read from the file on each call, as a few readers
+        need them. None in a file without /failed (one written by other code than vggfeat's)."""
+        if "failed" not in self._file:
+            return Failures([], [], np.empty(0, dtype=np.int64))
         return Failures(list(self._file["failed/paths"].asstr()[:]), list(self._file["failed/errors"].asstr()[:]),
                         failed_labels(self._file))
 
