@@ -311,10 +311,6 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_h5(path) as f:
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
-        return {"path": str(path), "complete": bool(attrs.get("complete", False)), "rows": f["features"].shape[0],
-                    "dim": f["features"].shape[1], "dtype": str(f["features"].dtype),
-                    "classes": list(f["classes"].asstr()[:]), "labelled": _labelled(f["labels"]), "failed": 0,
-                    "failed_by_class": {}, "first_failures": [], "attrs": attrs}
         return {
             "path": str(path),
             "complete": bool(attrs.get("complete", False)),
