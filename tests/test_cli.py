@@ -484,3 +484,8 @@ def test_info_on_missing_and_foreign_files(tmp_path):
         f["something"] = np.zeros(3)
     code, _, err = run_main(["info", tmp_path / "other.h5"])
     assert code == 2 and "is not a readable vggfeat features file" in error_line(err)
+    code, _, err = run_main(["info", tmp_path])
+    assert code == 2 and error_line(err) == f"Error: {tmp_path} is a folder: give a file that vggfeat wrote"
+    (tmp_path / "out.h5.parts").mkdir()
+    code, _, err = run_main(["info", tmp_path / "out.h5.parts"])
+    assert code == 2 and f"'vggfeat info {tmp_path / 'out.h5'}' says how far it got" in error_line(err)

@@ -10,7 +10,7 @@ import sys
 import click
 import pytest
 
-from runhelpers import run_main
+from runhelpers import error_line, run_main
 from svmhelpers import blobs, write_features
 from vggfeat.cli import COMMANDS, cli
 
@@ -62,3 +62,21 @@ def test_commands_that_read_files_do_not_import_torch(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("args, error", [
+    (["train-svm", ".", "m.h5"], "features file not found: ."),
+    (["predict", ".", "f.h5", "p.csv"], "model file not found: ."),
+    (["retrieval-eval", "."], "features file not found: ."),
+    (["export", ".", "--to", "npy"], "features file not found: ."),
+    (["export", ".", "--to", "csv"], "posteriors file not found: ."),
+    (["whiten", "fit", ".", "w.h5"], "features file not found: ."),
+    (["index", ".", "i.h5"], "features file not found: ."),
+    (["info", "."], ". is a folder: give a file that vggfeat wrote"),
+])
+def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypatch, args, error):
+    """'.' (a name without a name, to pathlib) included: no traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(args)
+    assert code == 2 and error_line(err) == f"Error: {error}"
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -34,6 +34,8 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
     """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the files written."""
     if to not in FORMATS:
         raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
+        raise VggfeatError(f"features file not found: {features}")
     base = Path(output) if output else Path(features).with_suffix("")
     if base.suffix.lower() in (".npy", ".parquet"):
         base = base.with_suffix("")

@@ -59,7 +59,8 @@ class FeatureFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        hint = " (an extraction is still running or was interrupted)" if work_folder(self.path).is_dir() else ""
+        running = not self.path.exists() and work_folder(self.path).is_dir()  # (a folder such as "." has no work folder)
+        hint = " (an extraction is still running or was interrupted)" if running else ""
         self._file = open_features_file(self.path, "features", hint, _REQUIRED)
         try:
             self.features = self._file["features"]

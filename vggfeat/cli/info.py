@@ -121,6 +121,11 @@ def info(file: Path, as_json: bool) -> None:
 
     FILE is a descriptor (or posteriors) file, or an index, a whitening or an SVM model file.
     """
+    if file.is_dir():
+        output = file.with_suffix("") if file.suffix in (".parts", ".shards") else None
+        if output is not None:  # a run's work folder (work_folder, shards_folder)
+            raise VggfeatError(f"{file} is the work of a run writing {output}: 'vggfeat info {output}' says how far it got")
+        raise VggfeatError(f"{file} is a folder: give a file that vggfeat wrote")
     if not file.exists():
         # A file whose run is under way or was interrupted: an extraction's (or classify's .h5), or
         # the posteriors of classify's CSV.
@@ -140,7 +145,7 @@ def info(file: Path, as_json: bool) -> None:
     try:
         summary = read_info(file)
     except (OSError, KeyError, IndexError, ValueError, TypeError) as error:
-        raise VggfeatError(f"{file} is not a readable vggfeat features file ({error})") from None
+        raise VggfeatError(f"{file} is not a readable vggfeat features file ({' '.join(str(error).split())})") from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

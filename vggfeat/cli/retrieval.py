@@ -130,4 +130,6 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
         return
     from .classify import export_csv  # the classifier's modules, torch with them, for a posteriors file only
 
+    if not features.is_file():  # before its name makes the CSV's (a folder such as "." has none)
+        raise VggfeatError(f"posteriors file not found: {features}")
     export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
