@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from ._version import __version__
+from .discover import ImageSet, find_images, read_file_list
 from .errors import ImageError, VggfeatError
 
 # The public names that need torch are imported on first use (PEP 562), so that ``import vggfeat``,
@@ -14,11 +14,8 @@ _LAZY_NAMES = {
     "DenseVGG": "network",
     "ExtractionJob": "job",
     "Extractor": "extractor",
-    "ImageSet": "discover",
     "MultiDeviceJob": "multidevice",
-    "find_images": "discover",
     "load_network": "network",
-    "read_file_list": "discover",
 }
 
 __all__ = [
@@ -36,7 +33,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _LAZY_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
@@ -45,4 +42,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_NAMES})
+    return sorted(__all__)
