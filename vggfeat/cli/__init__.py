@@ -13,7 +13,7 @@ from ..errors import VggfeatError
 from .common import Terminated, stopping_on_sigterm
 
 # Each command: its module, its function and the first sentence of its help (for 'vggfeat --help';
-# tests/test_cli.py checks it against the command). A command's module, and torch with it, is imported
+# tests/test_commands.py checks it against the command). A command's module, and torch with it, is imported
 # only when that command runs or shows its own help, so 'vggfeat --help' and 'vggfeat info' start at once.
 COMMANDS = {
     "extract": ("extract", "extract",
