@@ -68,7 +68,16 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vggfeat")
 def cli() -> None:
-    """Very deep VGG descriptors without fine-tuning (Simonyan & Zisserman, 2014), in HDF5."""
+    """Very deep VGG descriptors without fine-tuning (Simonyan & Zisserman, 2014), in HDF5.
+
+    \b
+    vggfeat extract ./images out.h5        # VGG16 fc7, Q = 256,384,512, flips: the paper's descriptor
+    vggfeat info out.h5                    # what a file holds, and how far a run got
+    vggfeat train-svm out.h5 model.h5      # linear SVMs on the class folders' labels
+    vggfeat predict model.h5 new.h5 p.csv  # scores and predicted classes
+
+    'vggfeat COMMAND --help' tells more of each.
+    """
 
 
 def main(argv: list[str] | None = None) -> None:
