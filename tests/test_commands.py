@@ -4,6 +4,7 @@ files, which start without importing torch (two to seven seconds on a small mach
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,14 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
     code, _, err = run_main(args)
     assert code == 2 and error_line(err) == f"Error: {error}"
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_commands_and_options_complete_on_tab():
+    """The completion the README gives for bash (click's), without importing every command."""
+    complete = [sys.executable, "-c", "from vggfeat.cli import main; main()"]
+    for words, expected in (("vggfeat in", ["info", "index"]), ("vggfeat info --", ["--json", "--help"])):
+        env = {**os.environ, "_VGGFEAT_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        result = subprocess.run(complete, capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert [line.split(",", 1)[1] for line in result.stdout.splitlines()] == expected
