@@ -118,7 +118,6 @@ part_size = click.option("--part-size", default=4096, show_default=True, type=cl
                          help="Images per committed part (of an HDF5 OUTPUT): the most a kill can cost.")
 
 
-
 def parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
