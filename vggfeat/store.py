@@ -311,6 +311,7 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_h5(path) as f:
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
+        recorded = "failed" in f  # a file written by other code than vggfeat's may record no failures
         return {
             "path": str(path),
             "complete": bool(attrs.get("complete", False)),
@@ -319,13 +320,12 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
             "dtype": str(f["features"].dtype),
             "classes": list(f["classes"].asstr()[:]),
             "labelled": _labelled(f["labels"]),
-            # A file written by other code than vggfeat's may have no /failed: none recorded.
-            "failed": f["failed/paths"].shape[0] if "failed" in f else 0,
-            "failed_by_class": _failed_by_class(f) if "failed" in f else {},
+            "failed": f["failed/paths"].shape[0] if recorded else 0,
+            "failed_by_class": _failed_by_class(f) if recorded else {},
             "first_failures": [
                 [p, e]
                 for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
-            ] if "failed" in f else [],
+            ] if recorded else [],
             "attrs": attrs,
         }
 
