@@ -206,6 +206,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
     saved = model if isinstance(model, SavedModel) else load_model(model)
     classes, multilabel = [str(c) for c in saved.svm.classes_], saved.svm.multilabel
     failed = failures_of(files)
+    class_names = np.asarray(classes)  # a multi-label row's positive classes by mask
     score_text = ",".join(["%.6g"] * len(classes))  # a row's scores in one formatting: 1.7x csv's value by value
     written = 0
 
@@ -214,7 +215,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
         for paths, X in read_blocks(files, expected_configs=saved.extraction_configs):
             scores = saved.svm.decision_function(X)
             if multilabel:
-                predicted = [";".join(np.asarray(classes)[positive]) for positive in scores > 0]
+                predicted = [";".join(class_names[positive]) for positive in scores > 0]
             else:
                 predicted = [classes[k] for k in scores.argmax(axis=1)]
             yield from zip(paths, predicted, scores)
@@ -226,8 +227,9 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", *(f"score:{c}" for c in classes), "error"])
         failures = ((p, None, reason) for p, reason in failed)
+        # Both in path order; a failure has no prediction, only its reason.
         for p, predicted, scores_or_reason in heapq.merge(scored_rows(), failures, key=lambda image: image[0]):
-            if predicted is None:  # both in path order
+            if predicted is None:
                 writer.writerow([p, "", *[""] * len(classes), scores_or_reason])
             else:
                 writer.writerow([p, predicted, *(score_text % tuple(scores_or_reason)).split(","), ""])
