@@ -56,8 +56,9 @@ import vggfeat.gpujpeg
 import vggfeat.processes
 import vggfeat.reading
 from vggfeat import ExtractionJob, Extractor, MultiDeviceJob, find_images, load_network
+from vggfeat.choices import DECODERS
 from vggfeat.pooling import global_pool
-from vggfeat.reading import DECODERS, GPU_DECODERS, ImageReader
+from vggfeat.reading import GPU_DECODERS, ImageReader
 from vggfeat.resize import IMAGENET_MEAN, IMAGENET_STD, as_tensor, plan_batches, to_inputs
 from vggfeat.settings import resolve_decoder
 from vggfeat.weights import load_vgg

@@ -1,13 +1,16 @@
 """How long a ``vggfeat`` command takes to start: each command as the CLI runs it now (its module
-imported when it runs) against every command imported first, as the CLI did before.
+imported when it runs, torch only where it runs the network) against every command imported first,
+with the modules that run jobs, as the CLI did before.
 
     python benchmarks/bench_startup.py --repeats 5
 
 Each run is a fresh process (``python -c``, the interpreter of this script), timed from start to
 exit, its median over --repeats printed. The commands: ``--help``; ``info`` on a small features
 file, an index and an SVM model (written to --workdir first); ``train-svm --help``; ``extract
---help``, which needs torch either way. The baseline runs the same command after importing every
-command's module, which is what the CLI did before each command was imported on its own.
+--help``, ``classify --help`` and ``search --help``, whose modules imported torch before their
+options were declared apart from it (vggfeat.choices). The baseline runs the same command after
+importing every command's module and the modules that run extraction jobs at the terminal, which
+is what the CLI did before.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_svm import make_file  # noqa: E402
 
 NOW = "from vggfeat.cli import main; main()"
-EAGER = ("from vggfeat.cli import COMMANDS, cli, main; [cli.get_command(None, name) for name in COMMANDS]; main()")
+EAGER = ("from vggfeat.cli import COMMANDS, cli, main, jobs, posteriors; [cli.get_command(None, name) for name in COMMANDS]; "
+         "main()")
 
 
 def seconds(code: str, args: list[str], repeats: int) -> float:
@@ -50,7 +54,7 @@ def main() -> None:
     for prepare in (["index", features, index, "-q", "--overwrite"], ["train-svm", features, model, "--C", "1", "-q", "--overwrite"]):
         subprocess.run([sys.executable, "-c", NOW, *map(str, prepare)], check=True, capture_output=True)
     commands = [["--help"], ["info", features], ["info", index], ["info", model], ["train-svm", "--help"],
-                ["extract", "--help"]]
+                ["extract", "--help"], ["classify", "--help"], ["search", "--help"]]
     print(f"{'command':<40} {'now':>8} {'all first':>10} {'ratio':>6}")
     for command in commands:
         command = list(map(str, command))

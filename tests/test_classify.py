@@ -437,7 +437,7 @@ def killed_before_its_csv(args: list) -> None:
         raise RuntimeError("killed before the CSV")
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="killed before the CSV"):
-        patch.setattr(importlib.import_module("vggfeat.cli.classify"), "write_predictions", killed)  # the module, not the command
+        patch.setattr(importlib.import_module("vggfeat.cli.posteriors"), "write_predictions", killed)
         run_main(["classify", *args])
 
 
@@ -730,7 +730,7 @@ def test_cli_fusion_refuses_a_networks_file_it_did_not_make_before_any_work(two_
     images, _ = folder
     foreign = tmp_path / "out.csv.vgg19.posteriors.h5"
     assert run_main(["classify", images, foreign, *FAST, "--model", "vgg19", "-q"])[0] == 0  # a user's own file
-    monkeypatch.setattr(importlib.import_module("vggfeat.cli.classify"), "run_job", lambda *_, **__: pytest.fail("a network ran"))
+    monkeypatch.setattr(importlib.import_module("vggfeat.cli.posteriors"), "run_job", lambda *_, **__: pytest.fail("a network ran"))
     code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST, "--model", "vgg16,vgg19", "-q"])
     assert code == 2 and f"{foreign} exists and was not made for {tmp_path / 'out.csv'}" in error_line(err)
     assert foreign.is_file() and sorted(path.name for path in tmp_path.iterdir()) == ["images", foreign.name]

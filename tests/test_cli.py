@@ -321,7 +321,7 @@ def test_the_cpu_run_says_which_way_bf16_goes(one_image, monkeypatch, speed, giv
     """fp32 stays the CPU's default (the issue's). Where AMX makes bf16 3-4x faster the run says so,
     unless a precision was asked for by name; where bf16 was asked for on an x86 CPU without AMX,
     several times slower than fp32 there, it warns."""
-    monkeypatch.setattr(options, "cpu_bf16_speed", lambda: speed)
+    monkeypatch.setattr(settings, "cpu_bf16_speed", lambda: speed)
     for command, output in (("extract", "out.h5"), ("classify", "out.csv")):
         code, _, err = run_main([command, one_image / "images", one_image / output, *FAST, *given, "--overwrite"])
         assert code == 0, err

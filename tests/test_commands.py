@@ -1,5 +1,6 @@
-"""The ``vggfeat`` command itself: its list of commands, and the commands that only read and write
-files, which start without importing torch (two to seven seconds on a small machine)."""
+"""The ``vggfeat`` command itself: its list of commands, and what starts without importing torch
+(two to seven seconds on a small machine): every command's --help, and the commands that only read
+and write files."""
 
 from __future__ import annotations
 
@@ -48,12 +49,12 @@ print(json.dumps([name for name in ("torch", "torchvision") if name in sys.modul
 """
 
 
-def test_commands_that_read_files_do_not_import_torch(tmp_path):
+def test_help_and_commands_that_read_files_do_not_import_torch(tmp_path):
     X, labels, paths, classes = blobs(dim=16)
     features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
     whitening, index, model = tmp_path / "whitening.h5", tmp_path / "index.h5", tmp_path / "model.h5"
     runs = [
-        ["--help"], ["merge", "--help"], ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
+        ["--help"], *([name, "--help"] for name in COMMANDS), ["protocol", "voc", "--help"], ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
         ["whiten", "fit", features, whitening, "-q"], ["index", features, index, "--whiten", whitening, "-q"],
         ["retrieval-eval", features], ["train-svm", features, model, "--C", "1", "-q"],
         ["evaluate", model, features], ["info", whitening], ["info", index], ["info", model],
@@ -86,7 +87,8 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
 def test_commands_and_options_complete_on_tab():
     """The completion the README gives for bash (click's), without importing every command."""
     complete = [sys.executable, "-c", "from vggfeat.cli import main; main()"]
-    for words, expected in (("vggfeat in", ["info", "index"]), ("vggfeat info --", ["--json", "--help"])):
+    for words, expected in (("vggfeat in", ["info", "index"]), ("vggfeat info --", ["--json", "--help"]),
+                            ("vggfeat extract --center", ["--center-crop"])):
         env = {**os.environ, "_VGGFEAT_COMPLETE": "bash_complete", "COMP_WORDS": words,
                "COMP_CWORD": str(len(words.split()) - 1)}
         result = subprocess.run(complete, capture_output=True, text=True, env=env, timeout=120)

@@ -16,11 +16,12 @@ import torchvision
 from torch import nn
 
 from runhelpers import error_line, run_main
-from vggfeat.architectures import ALL_ARCHITECTURES, PAPER_ORDER, build_vgg
+from vggfeat.architectures import build_vgg
+from vggfeat.choices import ALL_ARCHITECTURES, ARCHITECTURES, PAPER_ORDER
 from vggfeat.errors import VggfeatError
 from vggfeat.network import DenseVGG
 from vggfeat.summary import compare_stacks, receptive_field, summarize
-from vggfeat.weights import ARCHITECTURES, WeightsInfo
+from vggfeat.weights import WeightsInfo
 
 # Simonyan & Zisserman, Table 2: "Number of parameters (in millions)".
 TABLE_2 = {"vgg11": 133, "vgg11_lrn": 133, "vgg13": 133, "vgg16_c": 134, "vgg16": 138, "vgg19": 144}

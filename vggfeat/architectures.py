@@ -20,8 +20,8 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG
 
+from .choices import ALL_ARCHITECTURES, ARCHITECTURES
 from .errors import VggfeatError
-from .weights import ARCHITECTURES
 
 # Krizhevsky et al. (2012), Sec. 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, with
 # b = a / (k + alpha * sum of a^2 over n channels)^beta, applied after the ReLU. Simonyan & Zisserman,
@@ -43,8 +43,6 @@ PAPER_NAMES = {
     "vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16_c": "C", "vgg16": "D", "vgg19": "E",
     "vgg11_bn": "A + BN", "vgg13_bn": "B + BN", "vgg16_bn": "D + BN", "vgg19_bn": "E + BN",
 }
-PAPER_ORDER = ("vgg11", "vgg11_lrn", "vgg13", "vgg16_c", "vgg16", "vgg19")
-ALL_ARCHITECTURES = (*PAPER_ORDER, "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
 
 
 def build_vgg(name: str) -> VGG:

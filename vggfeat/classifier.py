@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torchvision
 
+from .choices import ARCHITECTURES, PAPER_SCALES
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import VggfeatError
-from .extractor import PAPER_SCALES, Extractor
+from .extractor import Extractor
 from .network import MIN_INPUT_SIDE, DenseVGG
 from .resize import resized_shape, to_input
-from .weights import ARCHITECTURES
 
 CROP_SIZE = MIN_INPUT_SIDE  # the training crop, 224
 CROP_GRID = 5  # 5x5 crops per scale (Sec. 4.3: 150 crops over 3 scales, with flips)

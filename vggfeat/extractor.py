@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .aggregate import combine_flips, combine_scales
+from .choices import PAPER_SCALES
 from .chunks import Chunk, collected, copy_to_host, gather_chunks
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
@@ -32,7 +33,6 @@ from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_b
 from .settings import (check_choice, check_options, check_scales, cpu_bf16_speed, resolve_decoder, resolve_device,
                        resolve_precision)
 
-PAPER_SCALES = (256, 384, 512)
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
 # a batch that still does not fit is split), and hold at most GPU_AUTO_BATCH inputs.
 GPU_MEMORY_SHARE = 0.4

@@ -29,6 +29,7 @@ import torch
 import torchvision
 
 from ._version import __version__
+from .choices import DTYPES
 from .decode import STORAGE_ERROR
 from .discover import ImageSet
 from .errors import VggfeatError
@@ -39,7 +40,6 @@ from .settings import decoder_library_of
 from .store import (FORMAT_VERSION, check_output_path, discard_work, images_held, interrupted_on_several, list_parts, lock_folder,
                     open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
-DTYPES = ("float32", "float16")
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
 # Images in a row that the storage fails to give (each tried 3 times) before a run stops, rather

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
+from .choices import DTYPES
 from .discover import ImageSet
 from .errors import VggfeatError
 from .extractor import Extractor
-from .job import DTYPES, ExtractionJob, JobResult, config_json, disk_per_row
+from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device

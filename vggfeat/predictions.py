@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
+from .choices import ARCHITECTURES
 from .classifier import Classifier, category_names
 from .discover import ImageSet
 from .errors import VggfeatError
@@ -35,7 +36,6 @@ from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .store import (check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder, work_folder,
                     written_atomically)
-from .weights import ARCHITECTURES
 
 
 @dataclass

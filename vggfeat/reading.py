@@ -43,7 +43,6 @@ from .errors import ImageError, VggfeatError
 from .gpujpeg import BatchDecoder
 from .jpeg import EncodedJpeg, decode_jpegs, read_jpeg
 
-DECODERS = ("pil", "torchvision", "nvjpeg", "nvimgcodec")
 # The decoders whose pixels start on the GPU, decoded from this process.
 GPU_DECODERS = ("nvjpeg", "nvimgcodec")
 # Files per decoding task with torchvision's decoders (one batched decode call), and with processes

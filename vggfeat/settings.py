@@ -13,20 +13,17 @@ from collections.abc import Sequence
 import torch
 
 from .aggregate import AGGREGATIONS
+from .choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PRECISIONS
 from . import gpujpeg
 from .errors import VggfeatError, check_choice
 from .host import cpu_flags
 from .jpeg import decoder_library
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims
 from .pooling import POOLINGS, RETRIEVAL_POOLINGS
-from .reading import DECODERS, GPU_DECODERS
+from .reading import GPU_DECODERS
 from .resize import RESIZE_SIDES
-from .weights import ARCHITECTURES
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NORMALIZATIONS = ("auto", "none", "l2")
-DECODE_IN = ("auto", "threads", "processes")
-AUTOTUNES = ("auto", "on", "off")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

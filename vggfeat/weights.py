@@ -20,9 +20,8 @@ import torchvision
 from safetensors import SafetensorError
 from torchvision.models import VGG
 
+from .choices import ARCHITECTURES
 from .errors import VggfeatError
-
-ARCHITECTURES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 
 
 @dataclass(frozen=True)

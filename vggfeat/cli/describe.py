@@ -6,10 +6,14 @@ import json
 
 import click
 
-from ..architectures import ALL_ARCHITECTURES
+from typing import TYPE_CHECKING
+
+from ..choices import ALL_ARCHITECTURES
 from ..errors import VggfeatError
-from ..summary import BYTES_PER_ELEMENT, NetworkSummary, StackComparison, compare_stacks, summarize
 from . import common
+
+if TYPE_CHECKING:
+    from ..summary import NetworkSummary, StackComparison
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -47,6 +51,8 @@ def describe(models, size, as_json, markdown, compare, kernels, channels) -> Non
     variants: the totals of its Table 2. Everything is computed from the models as built (on the
     meta device, no weights allocated), not typed in.
     """
+    from ..summary import compare_stacks, summarize  # torch (the models are built), which --help needs not
+
     if as_json and markdown:
         raise VggfeatError("choose one of --json and --markdown")
     if compare:
@@ -69,6 +75,8 @@ def describe(models, size, as_json, markdown, compare, kernels, channels) -> Non
 
 
 def _layer_table(summary: NetworkSummary, markdown: bool) -> str:
+    from ..summary import BYTES_PER_ELEMENT
+
     height, width = summary.input_size
     title = (f"{summary.model} (configuration {summary.configuration}, {summary.weight_layers} weight layers), "
              f"input 3x{height}x{width}; activations float32 ({BYTES_PER_ELEMENT} bytes); MACs = multiply-adds")

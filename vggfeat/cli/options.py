@@ -8,22 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALES, PRECISIONS
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..discover import ImageSet, check_file_list, check_folder, find_images, read_file_list
 from ..errors import VggfeatError
-from ..extractor import PAPER_SCALES, Extractor
-from ..reading import DECODERS
-from ..settings import AUTOTUNES, DECODE_IN, PRECISIONS, check_scales, cpu_bf16_speed, decoder_library_of, resolve_device
-from ..weights import ARCHITECTURES
 from .common import progress_bar
+
+if TYPE_CHECKING:
+    from ..extractor import Extractor
+
+# Nothing here imports torch at the top (vggfeat.choices): a command's --help starts at once. The
+# functions that need vggfeat.settings, and torch with it, import it when they run.
 
 
 # The scales and the device are checked as the command line is read, before the images are found
 # (minutes for millions of files on a network file system): a typo there should cost nothing.
 def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    from ..settings import check_scales
+
     try:
         return check_scales([int(q) for q in value.split(",") if q.strip()])
     except ValueError:
@@ -33,6 +39,8 @@ def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..settings import resolve_device
+
     try:
         resolve_device(value)
     except VggfeatError as error:
@@ -217,6 +225,8 @@ def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
 def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...] = ()) -> str:
     """What the auto settings chose for a run over ``images``, for the line before the progress bar;
     with several ``devices``, for each one's process, over its share of the images."""
+    from ..settings import decoder_library_of
+
     plan = extractor.plan_run(images // max(1, len(devices)))
     tuning = [name for name, on in (("cuDNN autotuning", plan.autotune), ("torch.compile", plan.compile)) if on]
     where = f"{', '.join(devices)} (a process each)" if len(devices) > 1 else extractor.device
@@ -229,6 +239,8 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
 def advise_precision(extractor: Extractor, precision: str, say: Callable[..., None]) -> None:
     """On a CPU, which way bf16 goes: where fp32 was the default and bf16 is faster, say so; where
     bf16 was asked for and is slower, warn."""
+    from ..settings import cpu_bf16_speed
+
     if extractor.device.type != "cpu":
         return
     speed = cpu_bf16_speed()

@@ -128,7 +128,7 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
         written = exporting.export(features, to, output, overwrite=overwrite)
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
-    from .classify import export_csv  # the classifier's modules, torch with them, for a posteriors file only
+    from .posteriors import export_csv  # the classifier's modules, torch with them, for a posteriors file only
 
     if not features.is_file():  # before its name makes the CSV's (a folder such as "." has none)
         raise VggfeatError(f"posteriors file not found: {features}")

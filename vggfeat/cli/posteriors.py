@@ -1,0 +1,103 @@
+"""``classify``'s outputs at the terminal: each network's posteriors described, the CSV written
+from them (by ``classify``, or ``export --to csv``), and the top-1/top-5 errors reported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..classifier import Classifier
+from ..discover import ImageSet
+from ..features import FeatureFile
+from ..predictions import (ClassificationResult, NetworkRun, describe_posteriors, folder_labels, other_networks_work,
+                           posteriors_categories, posteriors_file_of, posteriors_files_of, read_labels,
+                           write_predictions)
+from ..store import check_new_file, file_attributes, rows_and_failures
+from . import common
+from .classify import FOLDERS, setting_of
+from .jobs import run_job, run_on, work_done
+
+
+def describe_networks(classifiers: list[Classifier], images: ImageSet, output: Path, devices: tuple[str, ...],
+                      setting: str, *, overwrite: bool, part_size: int, quiet: bool, precision: str
+                      ) -> tuple[list[Path], list[str]]:
+    """Each network's posteriors of ``images`` beside the CSV ``output`` (:func:`describe_posteriors`),
+    each network's job run as extract runs one, on ``devices``; returns their files and what was
+    done, in words."""
+    say, work = common.reporter(quiet), []
+
+    def run(network: NetworkRun) -> None:
+        arch = network.classifier.network.arch
+        named = f"{arch}: " if len(classifiers) > 1 else ""
+        if network.described:
+            say(f"{named}the posteriors of every image were described by an interrupted run ({network.posteriors})")
+            return
+        if named:
+            say(f"{arch}, network {network.number} of {len(classifiers)} fused")
+        # The networks after this one need their disk too: the warning comes before hours of work.
+        job = run_job(network.classifier, images, network.posteriors, devices, overwrite=overwrite, dtype="float32",
+                      part_size=part_size, quiet=quiet, precision=precision, desc=f"{arch} {setting}",
+                      provenance={"posteriors_of": output.name}, disk_after=network.disk_after)
+        work.append(named + work_done(job.computed, job.seconds, run_on(network.classifier, devices)))
+
+    files = posteriors_files_of(output, classifiers)
+    for path in other_networks_work(output, files):
+        say(f"note: {path} was left by an interrupted run of this CSV with other --model networks; remove it if it "
+            "is not needed", fg="yellow")
+    return describe_posteriors(classifiers, images, output, run), work
+
+
+def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
+              overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
+              fuse: tuple[Path, ...] = (), remove: bool = False) -> None:
+    """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
+    classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
+    under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``)."""
+    say = common.reporter(quiet)
+    with common.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
+                              desc=f"writing {output.name}") as bar:
+        result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
+                                   fuse=fuse, remove=remove)
+    failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    say(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
+    for path, reason in result.first_failures:
+        say(f"  failed: {path}: {reason}")
+    if result.evaluation is not None:
+        report_errors(result, labels, setting, say)
+
+
+def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fuse: tuple[Path, ...], overwrite: bool,
+               quiet: bool) -> None:
+    """``vggfeat export POSTERIORS --to csv``: the CSV that classify writes, from every posterior
+    that ``classify IMAGES OUT.h5`` kept, fused with those of ``fuse``."""
+    check_new_file(output, overwrite)
+    truth = read_labels(labels) if labels and labels != FOLDERS else None
+    names = posteriors_categories(posteriors)
+    attrs = file_attributes(posteriors)
+    setting = setting_of(attrs.get("dense"), attrs.get("multi_crop"), attrs.get("scales", []))
+    if fuse:
+        models = [attrs.get("model"), *(file_attributes(path).get("model") for path in fuse)]
+        setting += f"; {' + '.join(map(str, models))} fused"
+    if labels == FOLDERS:  # the file's classes, with its paths and labels (10 million paths: a GB of memory)
+        with FeatureFile(posteriors) as f:
+            failed = f.failed()
+            truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes,
+                                  len(names))
+    write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
+
+
+def report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> None:
+    evaluation = result.evaluation
+    labels = "the class folders" if labels == FOLDERS else labels
+    if evaluation.images == 0:
+        say(f"no classified image has a label in {labels}: no top-1/top-5 error to report", fg="yellow")
+    else:
+        # The result goes to stdout: it is what the command was asked for.
+        click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
+                   f"over {evaluation.images:,} labelled images ({setting})")
+    if result.unlabelled or result.labelled_failed:
+        say(f"not counted: {common.counted(result.unlabelled, 'image')} without a label in {labels}, "
+            f"{common.counted(result.labelled_failed, 'labelled image')} that failed")
