@@ -327,9 +327,10 @@ def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path)
     with pytest.warns(RuntimeWarning, match=warning):
         saved = transfer.train_svm([a, e], C=1.0)
     assert saved.training["rows"] == len(kept)
+    progress = []
     with pytest.warns(RuntimeWarning, match=warning):
-        written = transfer.write_predictions(tmp_path / "p.csv", saved, [a, e])
-    assert (written.rows, written.failed) == (len(kept), 2)
+        written = transfer.write_predictions(tmp_path / "p.csv", saved, [a, e], progress=progress.append)
+    assert (written.rows, written.failed) == (len(kept), 2) and sum(progress) == len(paths)  # every CSV row counted
     rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "p.csv"))}
     assert len(rows) == len(paths) and rows[paths[3]]["error"] == f"failed in {e}: Input/output error"
     assert rows[paths[3]]["predicted"] == "" and rows[paths[4]]["predicted"] and rows[paths[4]]["error"] == ""

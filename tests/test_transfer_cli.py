@@ -55,10 +55,13 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path):
+def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path, monkeypatch):
     """A test set's failed images are rows of predict's CSV too, in path order, as classify writes
-    them, and evaluate says how many labelled ones it could not score: an image never silently
-    missing from the results."""
+    them (and its progress counts them), and evaluate says how many labelled ones it could not
+    score: an image never silently missing from the results."""
+    from vggfeat.cli import common
+
+    monkeypatch.setattr(common, "LOG_EVERY", 0.0)  # a progress line at every update
     root, files = data
     model = tmp_path / "m.h5"
     ok(["train-svm", files["train"], model])
@@ -69,7 +72,8 @@ def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path
         for name, values in (("paths", failed), ("errors", ["not an image", "truncated file"]), ("labels", [-1, 1])):
             del f[f"failed/{name}"]
             f.create_dataset(f"failed/{name}", data=values, dtype=h5py.string_dtype("utf-8") if name != "labels" else "int32")
-    out = ok(["predict", model, test, tmp_path / "p.csv"])
+    code, out, err = run_main(["predict", model, test, tmp_path / "p.csv"])
+    assert code == 0 and re.findall(r"^scoring: (\d+) of (\d+) rows", err, flags=re.MULTILINE)[-1] == ("11", "11"), err
     assert out.strip() == (f"wrote {tmp_path / 'p.csv'}: 9 rows, 3 class scores each; 2 images without a descriptor "
                            "(failed), with the reason")
     rows = read_csv(tmp_path / "p.csv")

@@ -202,7 +202,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
     written a block of rows at a time (10 million rows of 1,000 classes are 80 GB of scores); several
     predicted labels (multi-label) joined by ``;``; the images without a descriptor in their place by
     path, empty but for the reason, as ``vggfeat classify`` writes them. ``progress(rows)`` after
-    each block."""
+    each block, and each failure's row: in all, the first file's rows and failures."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
     classes, multilabel = [str(c) for c in saved.svm.classes_], saved.svm.multilabel
     failed = failures_of(files)
@@ -231,6 +231,8 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
         for p, predicted, scores_or_reason in heapq.merge(scored_rows(), failures, key=lambda image: image[0]):
             if predicted is None:
                 writer.writerow([p, "", *[""] * len(classes), scores_or_reason])
+                if progress is not None:
+                    progress(1)
             else:
                 writer.writerow([p, predicted, *(score_text % tuple(scores_or_reason)).split(","), ""])
     return WrittenPredictions(Path(path), written, classes, len(failed))

@@ -43,11 +43,12 @@ def write_json_output(path: Path | None, result: dict) -> None:
         click.echo(f"wrote {path}")
 
 
-def feature_rows(features: Path) -> int:
+def feature_rows(features: Path, failed: bool = False) -> int:
     """The rows of a features file, for a progress bar over them (refusing what is not one): its
-    shape only, where FeatureFile would read every path."""
+    shape only, where FeatureFile would read every path. ``failed``: and the images it lists as
+    failed (a CSV has a row for each)."""
     with open_features_file(features, required=("features",)) as f:
-        return f["features"].shape[0]
+        return f["features"].shape[0] + (f["failed/paths"].shape[0] if failed and "failed/paths" in f else 0)
 
 
 # Without a terminal (a batch job's log file), progress is a line this often (seconds), not a bar

@@ -136,7 +136,7 @@ def predict(paths, features, overwrite, quiet) -> None:
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     check_new_file(output, overwrite)
     model = load_model(paths[0])
-    with progress_bar(quiet, total=feature_rows(files[0]), unit="rows", desc="scoring") as bar:
+    with progress_bar(quiet, total=feature_rows(files[0], failed=True), unit="rows", desc="scoring") as bar:
         written = transfer.write_predictions(output, model, files, progress=bar.update)
     failed = f"; {counted(written.failed, 'image')} without a descriptor (failed), with the reason" if written.failed else ""
     click.echo(f"wrote {output}: {written.rows:,} rows, {len(written.classes)} class scores each{failed}")
