@@ -4,6 +4,7 @@ stage, on synthetic features files written with vggfeat's schema."""
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 
 import h5py
@@ -448,3 +449,27 @@ def test_available_memory_is_linuxs_estimate_within_its_containers_limit(tmp_pat
     (cgroup / "memory.max").write_text("max\n")
     assert available_memory(str(meminfo), str(cgroup)) == 1000 * 1024
     assert available_memory(str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+def test_predictions_csv_is_the_text_of_csv_writer_for_any_file_or_class_name(tmp_path):
+    """predict writes its rows in one formatting, not through csv.writer: a name with a comma, a
+    quote or a line break must come out quoted as csv.writer quotes it, so that every CSV reader
+    gets the names back."""
+    X, y, _, _ = blobs()
+    names = ["big, cats", 'dogs "small"', "fish\nand chips"]
+    odd_names = ("a,b", 'say "hi"')
+    paths = [f"{names[k]}/{i:03d} {odd_names[i % 2]}.png" for i, k in enumerate(y)]
+    assert paths == sorted(paths)  # a file's rows are in path order
+    features = write_features(tmp_path / "f.h5", X, paths, y, names, failed={"zz, failed.png": 'a "bad" file'})
+    saved = transfer.train_svm(features, C=1.0)
+    written = transfer.write_predictions(tmp_path / "p.csv", saved, features)
+    scores = saved.svm.decision_function(load_features(features).X)
+    expected = io.StringIO()
+    writer = csv.writer(expected)
+    writer.writerow(["path", "predicted", *(f"score:{name}" for name in names), "error"])
+    writer.writerows([path, names[k], *("%.6g" % s for s in row), ""] for path, k, row in zip(paths, scores.argmax(axis=1), scores))
+    writer.writerow(["zz, failed.png", "", "", "", "", 'a "bad" file'])
+    assert (tmp_path / "p.csv").read_bytes().decode("utf-8") == expected.getvalue()
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="", encoding="utf-8")))
+    assert [row["path"] for row in rows] == [*paths, "zz, failed.png"] and written.rows == len(paths)
+    assert {row["predicted"] for row in rows[:-1]} <= set(names)
