@@ -94,3 +94,15 @@ def test_commands_and_options_complete_on_tab():
         result = subprocess.run(complete, capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
         assert [line.split(",", 1)[1] for line in result.stdout.splitlines()] == expected
+
+
+def test_file_names_with_control_characters_print_on_one_line(tmp_path):
+    """A file name may hold a line break or a terminal escape sequence: printed, it is escaped as
+    Python writes it, so that it can neither split a line of output nor act on the terminal."""
+    X, labels, paths, classes = blobs(dim=4)
+    odd = "zz/bad\nname\x1b[2J.png"
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes, failed={odd: "truncated\rfile"})
+    code, out, _ = run_main(["info", features])
+    assert code == 0 and "  failed: zz/bad\\nname\\x1b[2J.png: truncated\\rfile\n" in out
+    code, _, err = run_main(["info", tmp_path / "new\nfile.h5"])
+    assert code == 2 and err.count("\n") == 1 and "new\\nfile.h5" in err

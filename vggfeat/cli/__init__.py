@@ -10,7 +10,7 @@ import click
 
 from .._version import __version__
 from ..errors import VggfeatError
-from .common import Terminated, stopping_on_sigterm
+from .common import Terminated, printable, stopping_on_sigterm
 
 # Each command: its module, its function and the first sentence of its help (for 'vggfeat --help';
 # tests/test_commands.py checks it against the command). A command's module, and torch with it, is imported
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     """A warning as one line for the terminal: what happened, not where in the code it was said."""
-    click.secho(f"warning: {message}", err=True, fg="yellow")
+    click.secho(f"warning: {printable(str(message))}", err=True, fg="yellow")
 
 
 def _fail(message: str, code: int) -> None:
-    click.secho(f"Error: {message}", err=True, fg="red")
+    click.secho(f"Error: {printable(message)}", err=True, fg="red")
     sys.exit(code)

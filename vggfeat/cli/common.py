@@ -30,6 +30,14 @@ json_output = click.option("--json", "json_out", type=click.Path(path_type=Path)
 overwrite_json = click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 
 
+def printable(name: str) -> str:
+    """A file name (or a reason naming one) as one line of a terminal: control characters, such as
+    a line break or an escape sequence in a file's name, written as Python escapes (``\\n``)."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
+
+
 def check_json_output(path: Path | None, overwrite: bool) -> None:
     """Refuse, before the work, a --json file that exists (unless ``overwrite``) or cannot be written."""
     if path:

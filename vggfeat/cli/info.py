@@ -198,6 +198,6 @@ def info(file: Path, as_json: bool) -> None:
     if a.get("random_weights"):
         click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)
     for path, error in summary["first_failures"]:
-        click.echo(f"  failed: {path}: {error}")
+        click.echo(f"  failed: {common.printable(path)}: {common.printable(error)}")
     if summary["failed"] > len(summary["first_failures"]):
         click.echo(f"  … and {summary['failed'] - len(summary['first_failures']):,} more in /failed")

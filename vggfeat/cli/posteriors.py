@@ -64,7 +64,7 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     say(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
-        say(f"  failed: {path}: {reason}")
+        say(f"  failed: {common.printable(path)}: {common.printable(reason)}")
     if result.evaluation is not None:
         report_errors(result, labels, setting, say)
 

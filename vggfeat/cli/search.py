@@ -60,16 +60,16 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
             X, names, failures = describe_images(db, queries, weights=weights, device=device, batch_size=batch_size,
                                                  workers=workers, progress=bar.update)
         for name, reason in failures:
-            click.secho(f"skipped query {name}: {reason}", err=True, fg="yellow")
+            click.secho(f"skipped query {common.printable(str(name))}: {common.printable(reason)}", err=True, fg="yellow")
     results = run_search(db, X, names, k=k, qe=qe)
     if output:
         write_results(results, output)
         click.echo(f"wrote {output}: {len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})")
     else:
         for result in results:
-            click.echo(f"query {result.query}")
+            click.echo(f"query {common.printable(str(result.query))}")
             for rank, (path, score) in enumerate(zip(result.paths, result.scores), start=1):
-                click.echo(f"  {rank:>3}  {score:.4f}  {path}")
+                click.echo(f"  {rank:>3}  {score:.4f}  {common.printable(path)}")
     if montage:
         # Database paths are relative to its image folder, a query file's to the folder it recorded.
         base = root or Path(db.root or ".")
