@@ -246,12 +246,14 @@ def one_image(tmp_path):
         (["extract", "{images}", "{images}", "{out}", *FAST], "expected IMAGES and OUTPUT, got 3 path(s)"),
         (["extract", "{images}", "{tmp}/no/such/folder/out.h5", *FAST], "folder of the output does not exist"),
         (["extract", "{images}", "{images}", *FAST], "is a folder"),
+        (["extract", "{images}", "{tmp}/out.csv", *FAST], "out.csv names a .csv file, but descriptor files are "
+                                                          "HDF5: name it out.h5"),
         (["extract", "{images}", "{out}", *FAST, "--cudnn-autotune", "always"], "Invalid value for '--cudnn-autotune'"),
         (["extract", "{images}", "{out}", *FAST, "--compile", "yes"], "Invalid value for '--compile'"),
     ],
     ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
          "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder",
-         "autotune", "compile"],
+         "output-is-csv", "autotune", "compile"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):
     tmp = one_image
@@ -259,7 +261,7 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     code, out, err = run_main(args)
     assert code == 2, err
     assert message in error_line(err)
-    assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists()
+    assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists() and not (tmp / "out.csv").exists()
 
 
 @pytest.mark.parametrize("command", ["extract", "classify"])

@@ -270,6 +270,9 @@ def test_merge_without_an_output_is_refused(three_shards):
     assert code == 2 and "expected the shard files and then OUTPUT" in error_line(err)
     code, _, err = run_main(["merge", *three_shards])  # forgot OUTPUT: the last shard would be replaced
     assert code == 2 and "already exists" in error_line(err)
+    code, _, err = run_main(["merge", *three_shards, three_shards[0].with_name("merged.csv")])
+    assert code == 2 and "merged.csv names a .csv file, but descriptor files are HDF5: name it merged.h5" in error_line(err)
+    assert not three_shards[0].with_name("merged.csv").exists()
 
 
 def test_shards_run_at_once_in_separate_processes_then_merge(labelled, tmp_path):

@@ -37,8 +37,8 @@ from .chunks import Chunk
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
 from .settings import decoder_library_of
-from .store import (FORMAT_VERSION, check_output_path, discard_work, images_held, interrupted_on_several, list_parts, lock_folder,
-                    open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, check_descriptor_output, discard_work, images_held, interrupted_on_several, list_parts,
+                    lock_folder, open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
@@ -53,7 +53,7 @@ def check_output(output: Path, overwrite: bool) -> None:
     :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
     exists (without ``overwrite``) and has no work or shards folder beside it, which may show that
     this very extraction wrote it (the job decides)."""
-    check_output_path(output)
+    check_descriptor_output(output)
     if output.exists() and not overwrite and not work_folder(output).exists() and not shards_folder(output).exists():
         raise VggfeatError(_ALREADY_EXISTS.format(output))
 
@@ -96,7 +96,7 @@ class ExtractionJob:
         self.work = work_folder(self.output)
         self.part_images, self.part_seconds = part_images, part_seconds
         self.provenance = provenance or {}
-        check_output_path(self.output)
+        check_descriptor_output(self.output)
         self.manifest = {
             "format_version": FORMAT_VERSION,
             "config": extractor.config(),

@@ -21,7 +21,7 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .store import (PLACED_ATTRS, block_rows, check_output_path, create_datasets, failed_labels, mark_complete,
+from .store import (PLACED_ATTRS, block_rows, check_descriptor_output, create_datasets, failed_labels, mark_complete,
                     open_features_file, open_h5, place_rows, plain_value, replace_durably, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
@@ -173,7 +173,7 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
     if not inputs:
         raise VggfeatError("no shard files given")
-    check_output_path(output)
+    check_descriptor_output(output)
     if output.exists():
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")

@@ -38,7 +38,7 @@ from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device
-from .store import (SHARD_FILE, check_output_path, discard_work, images_in_block, interrupted_on_one,
+from .store import (SHARD_FILE, check_descriptor_output, discard_work, images_in_block, interrupted_on_one,
                     interrupted_on_several, lock_folder, open_h5, rows_and_failures, shards_folder, work_folder)
 
 # A device gets several blocks only where each holds this many images or more: every block pays
@@ -96,7 +96,7 @@ class MultiDeviceJob:
         self.output, self.work = Path(output), shards_folder(Path(output))
         self.overwrite, self.dtype, self.part_images = overwrite, dtype, part_images
         self.provenance = provenance or {}
-        check_output_path(self.output)
+        check_descriptor_output(self.output)
         count = len(self.devices)
         if extractor.workers is None:  # the cores are shared by the processes' decoding
             cores = max(1, (os.cpu_count() or 1) // count)

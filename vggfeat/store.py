@@ -344,12 +344,25 @@ def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:
     return sum(int((labels[start : start + step] >= 0).sum()) for start in range(0, labels.shape[0], step))
 
 
+# Names of the formats that a user may mean instead of HDF5: a descriptor file named so is a slip
+# (an HDF5 file called out.csv), refused before the work.
+OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pt", ".pth", ".jpg", ".jpeg", ".png")
+
+
 def check_output_path(path: Path, kind: str = "an .h5 file") -> None:
     """Refuse an output path that names a folder, or whose folder does not exist."""
     if path.is_dir():
         raise VggfeatError(f"output {path} is a folder; name {kind}")
     if not path.parent.is_dir():
         raise VggfeatError(f"folder of the output does not exist: {path.parent}")
+
+
+def check_descriptor_output(path: Path) -> None:
+    """:func:`check_output_path` for a descriptor file (HDF5), refusing too a name of another format."""
+    check_output_path(path)
+    if path.suffix.lower() in OTHER_FORMATS:
+        raise VggfeatError(f"output {path} names a {path.suffix} file, but descriptor files are HDF5: name it "
+                           f"{path.with_suffix('.h5').name} ('vggfeat export' then writes NumPy or Parquet files)")
 
 
 def check_new_file(path: Path, overwrite: bool) -> None:
