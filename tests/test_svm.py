@@ -388,6 +388,23 @@ def test_rows_read_in_any_order_with_repeats_and_into_any_dtype(tmp_path, monkey
         assert f.read(np.array([], dtype=np.int64)).shape == (0, 8)
         with pytest.raises(VggfeatError, match=r"row 30 is not in .*a\.h5 \(30 rows\)"):
             f.read([1, 30])
+        assert f.failed().paths == [] and "paths" not in vars(f)  # 10 million paths: a GB, read only when asked for
+        assert f.paths == paths
+
+
+def test_a_features_file_whose_paths_are_not_text_or_not_utf8_is_refused(tmp_path):
+    X, y, paths, names = blobs()
+    numbers = write_features(tmp_path / "numbers.h5", X, paths, y, names)
+    with h5py.File(numbers, "r+") as f:
+        del f["paths"]
+        f["paths"] = np.arange(len(paths))
+    with pytest.raises(VggfeatError, match="numbers.h5 is not a readable vggfeat features file \\(/paths is not a list of text\\)"):
+        FeatureFile(numbers)
+    latin1 = write_features(tmp_path / "latin1.h5", X, paths, y, names)
+    with h5py.File(latin1, "r+") as f:
+        f["paths"][0] = "caf\xe9.png".encode("latin-1")
+    with FeatureFile(latin1) as f, pytest.raises(VggfeatError, match="latin1.h5 is not a readable vggfeat features file"):
+        f.paths
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 7])

@@ -14,6 +14,7 @@ that change what a descriptor means (:data:`MATCHING_KEYS`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
@@ -64,7 +66,9 @@ class FeatureFile:
         self._file = open_features_file(self.path, "features", hint, _REQUIRED)
         try:
             self.features = self._file["features"]
-            self.paths: list[str] = list(self._file["paths"].asstr()[:])
+            self._paths = self._file["paths"]
+            if self._paths.ndim != 1 or h5py.check_string_dtype(self._paths.dtype) is None:
+                raise TypeError("/paths is not a list of text")
             self.labels: np.ndarray = self._file["labels"][:].astype(np.int64)
             self.classes: list[str] = list(self._file["classes"].asstr()[:])
             self.config: dict = json.loads(self._file.attrs["config"])
@@ -75,12 +79,21 @@ class FeatureFile:
         except (KeyError, ValueError, TypeError) as error:
             self._file.close()
             raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({error})") from None
-        if self.features.ndim != 2 or self.features.shape[0] != len(self.paths) or len(self.labels) != len(self.paths):
+        if self.features.ndim != 2 or not self.features.shape[0] == len(self._paths) == len(self.labels):
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /features, /paths and /labels disagree in length")
         if len(self.labels) and (self.labels.min() < -1 or self.labels.max() >= len(self.classes)):
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /labels holds indices outside /classes ({len(self.classes)} classes)")
+
+    @functools.cached_property
+    def paths(self) -> list[str]:
+        """Each row's image path, read when first asked for: 10 million paths are about a GB and
+        seconds, which the readers of failures or descriptors alone need not spend."""
+        try:
+            return list(self._paths.asstr()[:])
+        except UnicodeDecodeError as error:
+            raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({error})") from None
 
     @property
     def rows(self) -> int:
