@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-
-from typing import TYPE_CHECKING
 
 from ..choices import ALL_ARCHITECTURES
 from ..errors import VggfeatError
