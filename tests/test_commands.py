@@ -13,7 +13,7 @@ import click
 import pytest
 
 from runhelpers import error_line, run_main
-from svmhelpers import blobs, write_features
+from svmhelpers import blobs, set_attr, write_features
 from vggfeat.cli import COMMANDS, cli
 
 
@@ -106,3 +106,30 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
     assert code == 0 and "  failed: zz/bad\\nname\\x1b[2J.png: truncated\\rfile\n" in out
     code, _, err = run_main(["info", tmp_path / "new\nfile.h5"])
     assert code == 2 and err.count("\n") == 1 and "new\\nfile.h5" in err
+
+
+def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
+    """Arguments swapped, or the wrong file picked: the error says what the file given is."""
+    X, labels, paths, classes = blobs(dim=16)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    posteriors = write_features(tmp_path / "posteriors.h5", X, paths, labels, classes)
+    set_attr(posteriors, "dense", True)
+    model, index, whitening = tmp_path / "model.h5", tmp_path / "index.h5", tmp_path / "whitening.h5"
+    for args in (["train-svm", features, model, "--C", "1"], ["index", features, index], ["whiten", "fit", features, whitening]):
+        assert run_main([*args, "-q"])[0] == 0
+    (tmp_path / "notes.csv").write_text("path,label\n")
+    for args, error in [
+        (["predict", features, model, "p.csv"], f"{features} is not a vggfeat SVM model file: it is a descriptor file "
+                                                "(made by 'vggfeat extract')"),
+        (["predict", posteriors, model, "p.csv"], f"{posteriors} is not a vggfeat SVM model file: it is a posteriors "
+                                                  "file (made by 'vggfeat classify')"),
+        (["train-svm", model, "m.h5"], f"{model} is not a vggfeat features file: it is an SVM model (made by 'vggfeat "
+                                       "train-svm')"),
+        (["whiten", "fit", index, "w.h5"], f"{index} is not a vggfeat features file: it is an index (made by 'vggfeat "
+                                           "index')"),
+        (["index", features, "i.h5", "--whiten", model], f"{model} is not a vggfeat whitening (made by 'vggfeat whiten "
+                                                         "fit'): it is an SVM model (made by 'vggfeat train-svm')"),
+        (["info", tmp_path / "notes.csv"], f"{tmp_path / 'notes.csv'} is not an HDF5 file"),
+    ]:
+        code, _, err = run_main([str(arg) for arg in args])
+        assert code == 2 and error_line(err) == f"Error: {error}", err

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import INDEX_FORMAT, open_h5, open_hdf5, written_atomically
+from .store import INDEX_FORMAT, kind_of, open_h5, open_hdf5, written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT_VERSION = 1
@@ -148,7 +148,7 @@ class VectorIndex:
         path = Path(path)
         with open_hdf5(path, "index") as f:
             if f.attrs.get("format") != INDEX_FORMAT:
-                raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
+                raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
             index = cls(
                 paths=list(f["paths"].asstr()[:]), config=json.loads(f.attrs["config"]), kind=str(f.attrs["kind"]),
                 labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
@@ -181,7 +181,7 @@ def index_summary(path: str | os.PathLike) -> dict:
     """What an index file holds, read from its attributes and shapes (no vector is read): for ``vggfeat info``."""
     with open_hdf5(Path(path), "index") as f:
         if f.attrs.get("format") != INDEX_FORMAT:
-            raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index')")
+            raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
         return {
             "format": INDEX_FORMAT, "path": str(path), "kind": str(f.attrs["kind"]), "rows": f["paths"].shape[0],
             "dim": int(f.attrs["dim"]), "labelled": int((f["labels"][:] >= 0).sum()), "classes": f["classes"].shape[0],

@@ -309,7 +309,7 @@ def mark_complete(out: h5py.File, attrs: dict) -> None:
 
 def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
-    with open_h5(path) as f:
+    with open_hdf5(path, "features") as f:
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
         recorded = "failed" in f  # a file written by other code than vggfeat's may record no failures
         return {
@@ -373,6 +373,18 @@ def check_new_file(path: Path, overwrite: bool) -> None:
         raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
 
 
+def kind_of(group: h5py.Group) -> str:
+    """``": it is ..."``, what vggfeat file ``group`` (an open file) is, for the error of a command
+    given the wrong one (arguments swapped, say); "" for a file that is none of vggfeat's."""
+    kinds = {SVM_MODEL_FORMAT: "an SVM model (made by 'vggfeat train-svm')", INDEX_FORMAT: "an index (made by 'vggfeat index')",
+             WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')"}
+    kind = kinds.get(plain_value(group.attrs.get("format")))
+    if kind is None and "features" in group and "config" in group.attrs:
+        kind = ("a posteriors file (made by 'vggfeat classify')" if "dense" in group.attrs else
+                "a descriptor file (made by 'vggfeat extract')")
+    return f": it is {kind}" if kind else ""
+
+
 def open_features_file(path: Path, what: str = "features", hint: str = "",
                        required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
@@ -380,7 +392,7 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     f = open_hdf5(path, what, hint)
     missing = [name for name in required if name not in f]
     if missing or "config" not in f.attrs:
-        problem = f"is not a vggfeat features file (no {', '.join(missing) or 'config attribute'})"
+        problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
     elif not f.attrs.get("complete", False):
         problem = "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
     else:

@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._version import __version__
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
-from .store import SVM_MODEL_FORMAT, open_h5, written_atomically
+from .store import SVM_MODEL_FORMAT, kind_of, open_h5, written_atomically
 
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
@@ -342,7 +342,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     try:
         with open_h5(path) as f:
             if f.attrs.get("format") != SVM_MODEL_FORMAT:
-                raise VggfeatError(f"{path} is not a vggfeat SVM model file")
+                raise VggfeatError(f"{path} is not a vggfeat SVM model file{kind_of(f)}")
             if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
                 raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")
             if f.attrs.get("checksum") != _checksum(f):

@@ -25,7 +25,7 @@ from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import config_differences
-from .store import WHITENING_FORMAT, open_features_file, open_h5, open_hdf5, written_atomically
+from .store import WHITENING_FORMAT, kind_of, open_features_file, open_h5, open_hdf5, written_atomically
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
     import torch
@@ -177,7 +177,7 @@ class PCAWhitening:
     def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
         """Read a group written by :meth:`write`; ``name`` names it in errors."""
         if group.attrs.get("format") != WHITENING_FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
-            raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
+            raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit'){kind_of(group)}")
         whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
         whitening.mean_ = group["mean"][:].astype(np.float32)
         whitening.projection_ = group["projection"][:].astype(np.float32)
@@ -198,7 +198,7 @@ def whitening_summary(path: str | os.PathLike) -> dict:
     """What a whitening file holds, read from its attributes and shapes: for ``vggfeat info``."""
     with open_hdf5(Path(path), "whitening") as f:
         if f.attrs.get("format") != WHITENING_FORMAT or "projection" not in f:
-            raise VggfeatError(f"{path} is not a vggfeat whitening (made by 'vggfeat whiten fit')")
+            raise VggfeatError(f"{path} is not a vggfeat whitening (made by 'vggfeat whiten fit'){kind_of(f)}")
         output_dim, input_dim = f["projection"].shape
         return {"format": WHITENING_FORMAT, "path": str(path), "input_dim": input_dim, "output_dim": output_dim,
                 "n_samples": int(f.attrs.get("n_samples", 0)), "normalize_input": bool(f.attrs["normalize_input"]),
