@@ -248,12 +248,14 @@ def one_image(tmp_path):
         (["extract", "{images}", "{images}", *FAST], "is a folder"),
         (["extract", "{images}", "{tmp}/out.csv", *FAST], "out.csv names a .csv file, but descriptor files are "
                                                           "HDF5: name it out.h5"),
+        (["classify", "{images}", "{tmp}/out.hdf5", *FAST], "OUTPUT out.hdf5: name it .csv (each image's top classes) "
+                                                             "or .h5 (every posterior)"),
         (["extract", "{images}", "{out}", *FAST, "--cudnn-autotune", "always"], "Invalid value for '--cudnn-autotune'"),
         (["extract", "{images}", "{out}", *FAST, "--compile", "yes"], "Invalid value for '--compile'"),
     ],
     ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
          "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder",
-         "output-is-csv", "autotune", "compile"],
+         "output-is-csv", "classify-output-is-hdf5", "autotune", "compile"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):
     tmp = one_image
@@ -261,7 +263,7 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
     code, out, err = run_main(args)
     assert code == 2, err
     assert message in error_line(err)
-    assert not (tmp / "out.h5").exists() and not (tmp / "out.h5.parts").exists() and not (tmp / "out.csv").exists()
+    assert [path.name for path in tmp.iterdir() if path.name.startswith("out")] == []
 
 
 @pytest.mark.parametrize("command", ["extract", "classify"])

@@ -57,6 +57,8 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     from .posteriors import describe_networks, report_errors, write_csv
 
     output = options.output_of(paths, file_list)
+    if output.suffix.lower() not in (".csv", ".h5"):  # a CSV called out.hdf5 or out.json would mislead
+        raise click.UsageError(f"OUTPUT {output.name}: name it .csv (each image's top classes) or .h5 (every posterior)")
     posteriors_file = output.suffix.lower() == ".h5"
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options
