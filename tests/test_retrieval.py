@@ -14,6 +14,7 @@ from PIL import Image
 from imagefiles import write_rgb
 from runhelpers import error_line, run_main
 from vggfeat.errors import VggfeatError
+from vggfeat.export import export
 import vggfeat.index
 from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available, index_features
 from vggfeat.montage import draw_montage, montage_size
@@ -325,6 +326,25 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     lines = list(csv.reader(open(tmp_path / "db.paths.csv")))
     assert lines[0] == ["row", "path", "label"] and lines[1][2] == "c0"
     assert list(csv.reader(open(tmp_path / "db.failed.csv"))) == [["path", "label", "reason"]]  # none failed
+
+
+def test_export_takes_its_format_from_the_outputs_name_and_refuses_a_name_of_another(tmp_path):
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    code, out, _ = run_main(["export", db, tmp_path / "e.npy"])
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'e.npy'}, {tmp_path / 'e.paths.csv'}, {tmp_path / 'e.failed.csv'}"
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), X)
+    for args, error in [
+        ([tmp_path / "f.parquet", "--to", "npy"], "OUTPUT f.parquet names a .parquet file, but --to npy: name it f.npy, or leave "
+                                                  "--to out"),
+        ([tmp_path / "f.csv", "--to", "parquet"], "OUTPUT f.csv names a .csv file, but --to parquet: name it f.parquet"),
+        ([tmp_path / "f"], "which format? --to npy, parquet or csv, or an OUTPUT named .npy, .parquet or .csv"),
+    ]:
+        code, _, err = run_main(["export", db, *args])
+        assert code == 2 and error in error_line(err)
+    with pytest.raises(VggfeatError, match="f.parquet names a .parquet file, but the export is to npy: name it f.npy"):
+        export(db, "npy", tmp_path / "f.parquet")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["db.h5", "e.failed.csv", "e.npy", "e.paths.csv"]
 
 
 def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):

@@ -38,6 +38,9 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         raise VggfeatError(f"features file not found: {features}")
     base = Path(output) if output else Path(features).with_suffix("")
     if base.suffix.lower() in (".npy", ".parquet"):
+        if base.suffix.lower() != f".{to}":
+            raise VggfeatError(f"{base.name} names a {base.suffix} file, but the export is to {to}: name it "
+                               f"{base.with_suffix('.' + to).name}")
         base = base.with_suffix("")
     suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
     targets = [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]

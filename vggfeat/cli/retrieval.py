@@ -107,8 +107,8 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
 @click.command("export")
 @click.argument("features", type=click.Path(path_type=Path))
 @click.argument("output", required=False, type=click.Path(path_type=Path))
-@click.option("--to", "to", required=True, type=click.Choice((*exporting.FORMATS, "csv")),
-              help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; either with OUTPUT.failed.csv (the "
+@click.option("--to", "to", type=click.Choice((*exporting.FORMATS, "csv")),
+              help="[default: OUTPUT's suffix, .npy, .parquet or .csv] npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; either with OUTPUT.failed.csv (the "
                    "images that could not be described); csv: the top classes of a posteriors "
                    "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV.")
 @click.option("--topk", type=click.IntRange(min=1), help="With --to csv: classes written per image [default: 5].")
@@ -122,6 +122,13 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
 @common.quiet
 def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
     """Write FEATURES as NumPy or Parquet files, or a posteriors file as CSV [default name: beside FEATURES]."""
+    named = {".npy": "npy", ".parquet": "parquet", ".csv": "csv"}.get(output.suffix.lower()) if output else None
+    to = to or named
+    if to is None:
+        raise click.UsageError("which format? --to npy, parquet or csv, or an OUTPUT named .npy, .parquet or .csv")
+    if named and named != to:
+        raise click.UsageError(f"OUTPUT {output.name} names a {output.suffix} file, but --to {to}: name it "
+                               f"{output.with_suffix('.' + to).name}, or leave --to out")
     if to != "csv":
         if topk is not None or labels is not None or fuse:
             raise click.UsageError("--topk, --labels and --fuse go with --to csv")
