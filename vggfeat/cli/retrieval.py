@@ -108,9 +108,10 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, 
 @click.argument("features", type=click.Path(path_type=Path))
 @click.argument("output", required=False, type=click.Path(path_type=Path))
 @click.option("--to", "to", type=click.Choice((*exporting.FORMATS, "csv")),
-              help="[default: OUTPUT's suffix, .npy, .parquet or .csv] npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; either with OUTPUT.failed.csv (the "
+              help="npy: OUTPUT.npy + OUTPUT.paths.csv; parquet: OUTPUT.parquet; either with OUTPUT.failed.csv (the "
                    "images that could not be described); csv: the top classes of a posteriors "
-                   "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV.")
+                   "file (vggfeat classify OUT.h5, shards merged) as classify writes a CSV. [default: by OUTPUT's "
+                   "name: .npy, .parquet or .csv]")
 @click.option("--topk", type=click.IntRange(min=1), help="With --to csv: classes written per image [default: 5].")
 @click.option("--labels", type=click.Path(),
               help="With --to csv: an ImageNet-style list 'filename label', or 'folders' (the file's classes are ImageNet's "
