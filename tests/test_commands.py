@@ -133,3 +133,17 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
     ]:
         code, _, err = run_main([str(arg) for arg in args])
         assert code == 2 and error_line(err) == f"Error: {error}", err
+
+
+@pytest.mark.parametrize("args, error", [
+    (["train-svm", "{features}", "model.pkl"], "output model.pkl names a .pkl file, but SVM models are HDF5: name it model.h5"),
+    (["index", "{features}", "index.json"], "output index.json names a .json file, but indexes are HDF5: name it index.h5"),
+    (["whiten", "fit", "{features}", "w.npz"], "output w.npz names a .npz file, but whitenings are HDF5: name it w.h5"),
+])
+def test_an_hdf5_output_named_as_another_format_is_refused(tmp_path, monkeypatch, args, error):
+    X, labels, paths, classes = blobs(dim=4)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main([arg.format(features=features) for arg in args])
+    assert code == 2 and error_line(err) == f"Error: {error}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["features.h5"]

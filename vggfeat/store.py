@@ -344,8 +344,8 @@ def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:
     return sum(int((labels[start : start + step] >= 0).sum()) for start in range(0, labels.shape[0], step))
 
 
-# Names of the formats that a user may mean instead of HDF5: a descriptor file named so is a slip
-# (an HDF5 file called out.csv), refused before the work.
+# Names of the formats that a user may mean instead of HDF5: an HDF5 output named so is a slip (an
+# HDF5 file called out.csv, or model.pkl), refused before the work.
 OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pt", ".pth", ".jpg", ".jpeg", ".png")
 
 
@@ -360,15 +360,22 @@ def check_output_path(path: Path, kind: str = "an .h5 file") -> None:
 def check_descriptor_output(path: Path) -> None:
     """:func:`check_output_path` for a descriptor file (HDF5), refusing too a name of another format."""
     check_output_path(path)
+    _check_hdf5_name(path, "descriptor files", " ('vggfeat export' then writes NumPy or Parquet files)")
+
+
+def _check_hdf5_name(path: Path, what: str, hint: str = "") -> None:
     if path.suffix.lower() in OTHER_FORMATS:
-        raise VggfeatError(f"output {path} names a {path.suffix} file, but descriptor files are HDF5: name it "
-                           f"{path.with_suffix('.h5').name} ('vggfeat export' then writes NumPy or Parquet files)")
+        raise VggfeatError(f"output {path} names a {path.suffix} file, but {what} are HDF5: name it "
+                           f"{path.with_suffix('.h5').name}{hint}")
 
 
-def check_new_file(path: Path, overwrite: bool) -> None:
+def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
-    that exists, unless ``overwrite``: no command replaces a file unasked."""
+    that exists, unless ``overwrite``: no command replaces a file unasked. ``hdf5``: what the file
+    is ("SVM models"), an HDF5 file, which a name of another format must not pass for."""
     check_output_path(path, "a file")
+    if hdf5:
+        _check_hdf5_name(path, hdf5)
     if path.exists() and not overwrite:
         raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
 

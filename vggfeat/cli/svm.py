@@ -112,7 +112,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
-    check_new_file(model, overwrite)
+    check_new_file(model, overwrite, hdf5="SVM models")
     multilabel = multilabel or voc is not None
     with fits_progress(quiet) as progress:
         saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
