@@ -1,6 +1,6 @@
 """The ``vggfeat`` command itself: its list of commands, and what starts without importing torch
-(two to seven seconds on a small machine): every command's --help, and the commands that only read
-and write files."""
+(two to seven seconds on a small machine) or scikit-learn (one or two): every command's --help,
+and the commands that only read and write files."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def test_help_lists_every_command_and_an_unknown_one_is_refused():
     assert code == 2 and "No such command 'extrakt'" in err
 
 
-# Every command in one process: the modules that each imported stay imported.
-FILE_COMMANDS = """
+# Commands in one process: the modules that each imported stay imported; it prints those of torch,
+# torchvision and scikit-learn that it holds at the end.
+IN_ONE_PROCESS = """
 import contextlib, io, json, sys
 from vggfeat.cli import main
 
@@ -45,25 +46,34 @@ for args in json.loads(sys.argv[1]):
         except SystemExit as exit_:
             if exit_.code:
                 sys.exit(f"vggfeat {' '.join(args)} exited with {exit_.code}")
-print(json.dumps([name for name in ("torch", "torchvision") if name in sys.modules]))
+print(json.dumps([name for name in ("torch", "torchvision", "sklearn") if name in sys.modules]))
 """
 
 
-def test_help_and_commands_that_read_files_do_not_import_torch(tmp_path):
+def heavy_modules_imported(runs: list[list]) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", IN_ONE_PROCESS, json.dumps([[str(arg) for arg in args] for args in runs])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_help_imports_neither_torch_nor_scikit_learn():
+    helps = [["--help"], *([name, "--help"] for name in COMMANDS), ["protocol", "caltech", "--help"], ["protocol", "voc", "--help"],
+             ["whiten", "fit", "--help"]]
+    assert heavy_modules_imported(helps) == []
+
+
+def test_commands_that_read_files_do_not_import_torch(tmp_path):
     X, labels, paths, classes = blobs(dim=16)
     features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
     whitening, index, model = tmp_path / "whitening.h5", tmp_path / "index.h5", tmp_path / "model.h5"
     runs = [
-        ["--help"], *([name, "--help"] for name in COMMANDS), ["protocol", "voc", "--help"], ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
+        ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
         ["whiten", "fit", features, whitening, "-q"], ["index", features, index, "--whiten", whitening, "-q"],
         ["retrieval-eval", features], ["train-svm", features, model, "--C", "1", "-q"],
         ["evaluate", model, features], ["info", whitening], ["info", index], ["info", model],
     ]
-    runs = [[str(arg) for arg in args] for args in runs]
-    result = subprocess.run([sys.executable, "-c", FILE_COMMANDS, json.dumps(runs)], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == []
+    assert heavy_modules_imported(runs) == ["sklearn"]  # the SVM's
 
 
 @pytest.mark.parametrize("args, error", [

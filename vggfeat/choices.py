@@ -1,8 +1,9 @@
-"""The values that options take: architectures, scales, precisions, decoders, stored dtypes.
+"""The values that options take: architectures, scales, precisions, decoders, stored dtypes, the
+SVM's C values and losses.
 
-They live apart from the modules that use them, which import torch (seconds), so that the
-commands' options are declared without it: ``vggfeat extract --help``, a mistyped option and
-shell completion answer at once.
+They live apart from the modules that use them, which import torch or scikit-learn (seconds), so
+that the commands' options are declared without them: ``vggfeat extract --help``, a mistyped
+option and shell completion answer at once.
 """
 
 # torchvision's VGGs: the configurations with ImageNet weights.
@@ -20,3 +21,7 @@ DECODE_IN = ("auto", "threads", "processes")
 AUTOTUNES = ("auto", "on", "off")
 # The stored type of /features.
 DTYPES = ("float32", "float16")
+
+# The linear SVM's: the values of C that cross-validation tries, and liblinear's losses.
+DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
+LOSSES = ("squared_hinge", "hinge")

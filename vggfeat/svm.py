@@ -37,12 +37,11 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
+from .choices import DEFAULT_C_GRID, LOSSES
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
 from .store import SVM_MODEL_FORMAT, kind_of, open_h5, written_atomically
 
-DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
-LOSSES = ("squared_hinge", "hinge")
 MODEL_FORMAT_VERSION = 1
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
 

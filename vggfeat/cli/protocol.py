@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from .. import protocol as protocols
 from ..errors import VggfeatError
 from . import common
 from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
@@ -32,6 +31,8 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 
     FEATURES: one file of a labelled folder, or several of the same images to fuse.
     """
+    from .. import protocol as protocols  # scikit-learn, which --help needs not
+
     common.check_json_output(json_out, overwrite)
     with fits_progress(quiet) as progress:
         result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
@@ -74,6 +75,8 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     Net-E). An image that the devkit marks difficult for a class is left out of that class's AP,
     as VOC's own evaluation does, and of its SVM (see --voc-difficult).
     """
+    from .. import protocol as protocols  # scikit-learn, which --help needs not
+
     difficult = difficult_in_training(voc_devkit, voc_difficult)
     if voc_devkit:
         if labels or train_list or test_list:

@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
-from .. import transfer
+from ..choices import DEFAULT_C_GRID, LOSSES
 from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..report import report_files, write_report
 from ..store import check_new_file
-from ..svm import DEFAULT_C_GRID, LOSSES, load_model
 from ..voc import DIFFICULT
 from .common import counted, feature_rows, progress_bar, quiet
+
+if TYPE_CHECKING:
+    from ..transfer import Scored
+
+# scikit-learn (a second or more to import) comes with vggfeat.transfer and vggfeat.svm, which the
+# commands import when they run: their --help, and a mistyped option, need none of it.
 
 
 def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -109,6 +115,8 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, voc_set, voc_difficult, overwrite, quiet,
               **svm) -> None:
     """Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."""
+    from .. import transfer
+
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
@@ -131,6 +139,9 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
 def predict(paths, features, overwrite, quiet) -> None:
     """Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted class(es), scores
     (and the images FEATURES could not describe, with the reason)."""
+    from .. import transfer
+    from ..svm import load_model
+
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
@@ -154,6 +165,9 @@ def predict(paths, features, overwrite, quiet) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the files of an earlier report in the --report folder.")
 def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) -> None:
     """Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, per-class AP, mAP."""
+    from .. import transfer
+    from ..svm import load_model
+
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES]")
     files, _ = split_files(paths[1:], features, [])
@@ -200,6 +214,6 @@ def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool) -> Non
                            "it, or name another folder")
 
 
-def _indicators(scored: transfer.Scored) -> np.ndarray:
+def _indicators(scored: Scored) -> np.ndarray:
     """[N, K] bool truth for the report's per-class curves."""
     return scored.targets if scored.multilabel else one_hot(scored.targets, len(scored.classes))
