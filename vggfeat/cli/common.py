@@ -35,7 +35,7 @@ def printable(name: str) -> str:
     a line break or an escape sequence in a file's name, written as Python escapes (``\\n``)."""
     if name.isprintable():
         return name
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def check_json_output(path: Path | None, overwrite: bool) -> None:
