@@ -76,6 +76,15 @@ def test_commands_that_read_files_do_not_import_torch(tmp_path):
     assert heavy_modules_imported(runs) == ["sklearn"]  # the SVM's
 
 
+def test_info_shows_a_model_without_scikit_learn(tmp_path):
+    """Reading the model file needs only h5py: 'info model.h5' starts as fast as 'info features.h5'."""
+    X, labels, paths, classes = blobs(dim=16)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    model = tmp_path / "model.h5"
+    assert run_main(["train-svm", features, model, "--C", "1", "-q"])[0] == 0
+    assert heavy_modules_imported([["info", model], ["info", model, "--json"]]) == []
+
+
 @pytest.mark.parametrize("args, error", [
     (["train-svm", ".", "m.h5"], "features file not found: ."),
     (["predict", ".", "f.h5", "p.csv"], "model file not found: ."),

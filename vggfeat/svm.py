@@ -11,12 +11,11 @@ zero sample weights rather than copies of the rows, and at most ``n_jobs`` libli
 at a time (liblinear releases the GIL, so threads train classes in parallel).
 
 :func:`save_model` / :func:`load_model` store a model as plain HDF5 arrays and attributes (never a
-pickle) with a SHA-256 over the content, so an edited or damaged file is refused.
+pickle) with a SHA-256 over the content, so an edited or damaged file is refused (:mod:`vggfeat.modelfile`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -25,9 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
-import h5py
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -40,9 +37,8 @@ from ._version import __version__
 from .choices import DEFAULT_C_GRID, LOSSES
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
-from .store import SVM_MODEL_FORMAT, kind_of, open_h5, written_atomically
+from .modelfile import jsonable, read_model_file, write_model_file
 
-MODEL_FORMAT_VERSION = 1
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
 
 
@@ -297,83 +293,33 @@ class SavedModel:
 
 
 def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list[dict], training: dict | None = None) -> None:
-    """Write ``svm`` as plain HDF5 (datasets coef, intercept, classes; attributes) with a checksum."""
+    """Write ``svm`` as a plain HDF5 model file (:mod:`vggfeat.modelfile`), whole or not at all."""
     check_is_fitted(svm, "coef_")
-    path = Path(path)
-    attrs = {
-        "format": SVM_MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
+    write_model_file(path, svm.coef_, svm.intercept_, svm.classes_, {
         "vggfeat_version": __version__,
         "sklearn_version": sklearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "params": json.dumps({key: _jsonable(value) for key, value in svm.get_params().items() if key != "copy"}, sort_keys=True),
+        "params": json.dumps({key: jsonable(value) for key, value in svm.get_params().items() if key != "copy"}, sort_keys=True),
         "C_chosen": float(svm.C_),
         "cv_scores": json.dumps({repr(c): s for c, s in svm.cv_scores_.items()}),
         "normalize": bool(svm.normalize),
         "multilabel": bool(svm.multilabel),
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
-    }
-    with written_atomically(path) as temporary, open_h5(temporary, "w") as f:  # whole or not at all
-        f["coef"] = np.asarray(svm.coef_, dtype=np.float64)
-        f["intercept"] = np.asarray(svm.intercept_, dtype=np.float64)
-        f.create_dataset("classes", data=[str(c) for c in svm.classes_], dtype=h5py.string_dtype("utf-8"))
-        f.attrs.update(attrs)
-        f.attrs["checksum"] = _checksum(f)
-
-
-def model_summary(path: str | os.PathLike) -> dict:
-    """What a model file holds, for ``vggfeat info``: :func:`load_model`'s checks, then its
-    classes, dimension, C and training record."""
-    saved = load_model(path)
-    svm = saved.svm
-    return {"format": SVM_MODEL_FORMAT, "path": str(path), "classes": [str(c) for c in svm.classes_],
-            "multilabel": bool(svm.multilabel), "dim": int(svm.n_features_in_), "C": svm.C_,
-            "C_by_cross_validation": bool(svm.cv_scores_), "normalize": bool(svm.normalize),
-            "extraction_configs": saved.extraction_configs, "training": saved.training}
+    })
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
-    """Read a model file; refuse other files, other format versions and edited or damaged content."""
-    path = Path(path)
-    if not path.is_file():
-        raise VggfeatError(f"model file not found: {path}")
+    """Read a model file (:func:`~vggfeat.modelfile.read_model_file` refuses other files, other
+    format versions and edited or damaged content) into a fitted :class:`LinearSVM`."""
+    model = read_model_file(path)
     try:
-        with open_h5(path) as f:
-            if f.attrs.get("format") != SVM_MODEL_FORMAT:
-                raise VggfeatError(f"{path} is not a vggfeat SVM model file{kind_of(f)}")
-            if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
-                raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")
-            if f.attrs.get("checksum") != _checksum(f):
-                raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch); retrain the model")
-            params = json.loads(f.attrs["params"])
-            svm = LinearSVM(**{k: tuple(v) if k == "C_grid" else v for k, v in params.items()})
-            svm.coef_, svm.intercept_ = f["coef"][:], f["intercept"][:]
-            svm.classes_ = np.array(list(f["classes"].asstr()[:]))
-            svm.C_ = float(f.attrs["C_chosen"])
-            svm.cv_scores_ = {float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()}
-            svm.n_features_in_ = svm.coef_.shape[1]
-            saved = SavedModel(svm, json.loads(f.attrs["extraction_configs"]), json.loads(f.attrs["training"]))
-    except VggfeatError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as error:
+        svm = LinearSVM(**{k: tuple(v) if k == "C_grid" else v for k, v in model.params.items()})
+    except TypeError as error:  # a parameter this LinearSVM does not take
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
-    if svm.coef_.shape != (len(svm.classes_), svm.n_features_in_) or svm.intercept_.shape != (len(svm.classes_),):
-        raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")
-    return saved
-
-
-def _checksum(f: h5py.File) -> str:
-    """SHA-256 over every dataset (name, dtype, shape, bytes) and every attribute but the checksum."""
-    digest = hashlib.sha256()
-    for name in sorted(f.keys()):
-        data = f[name]
-        values = list(data.asstr()[:]) if h5py.check_string_dtype(data.dtype) else data[:]
-        digest.update(f"{name}|{data.dtype}|{data.shape}|".encode())
-        digest.update(json.dumps(values).encode() if isinstance(values, list) else np.ascontiguousarray(values).tobytes())
-    for key in sorted(k for k in f.attrs if k != "checksum"):
-        digest.update(f"{key}={_jsonable(f.attrs[key])!r};".encode())
-    return digest.hexdigest()
+    svm.coef_, svm.intercept_, svm.classes_ = model.coef, model.intercept, np.array(model.classes)
+    svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
+    return SavedModel(svm, model.extraction_configs, model.training)
 
 
 def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
@@ -391,14 +337,3 @@ def _is_positive_number(value) -> bool:
 
 def _is_integer_at_least(value, least: int) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
-
-
-def _jsonable(value):
-    """HDF5 attribute values (numpy scalars and arrays, bytes) as plain JSON-able Python values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, list, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode()
-    return value

@@ -10,6 +10,7 @@ import click
 
 from ..errors import VggfeatError
 from ..index import index_summary
+from ..modelfile import model_summary
 from ..store import (INDEX_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
                      posteriors_file_of, read_info, shards_folder, shards_progress, work_folder, work_progress)
 from ..whitening import whitening_summary
@@ -102,15 +103,9 @@ def _model_lines(summary: dict) -> list[str]:
             *map(_descriptors_line, summary["extraction_configs"])]
 
 
-def _model_summary(file: Path) -> dict:
-    from ..svm import model_summary  # scikit-learn's import (a second or more) for a model file only
-
-    return model_summary(file)
-
-
 # The other files that vggfeat writes, by their "format" attribute: how to read and show each.
 OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (whitening_summary, _whitening_lines),
-               SVM_MODEL_FORMAT: (_model_summary, _model_lines)}
+               SVM_MODEL_FORMAT: (model_summary, _model_lines)}
 
 
 @click.command()

@@ -1,0 +1,109 @@
+"""An SVM model file: plain HDF5 arrays and attributes (never a pickle) with a SHA-256 over them.
+
+Reading and writing the file needs neither scikit-learn nor the estimator, so ``vggfeat info``
+shows a model without importing scikit-learn (a second or more); :mod:`vggfeat.svm` builds its
+:class:`~vggfeat.svm.LinearSVM` from what :func:`read_model_file` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import VggfeatError
+from .store import SVM_MODEL_FORMAT, kind_of, open_h5, written_atomically
+
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds, checked: the weights, the class names and the attributes (JSON
+    attributes decoded)."""
+
+    coef: np.ndarray  # [classes, dim] float64
+    intercept: np.ndarray  # [classes] float64
+    classes: list[str]
+    params: dict  # the estimator's parameters (normalize, multilabel, ...)
+    C: float  # the C it was trained with
+    cv_scores: dict[float, float]  # C -> cross-validation score; empty where C was given
+    extraction_configs: list[dict]  # one per fused features file, in order
+    training: dict  # files, rows, labels, date: for the record
+
+
+def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.ndarray, classes: list[str],
+                     attrs: dict) -> None:
+    """Write the arrays and ``attrs`` (plain values) to ``path``, whole or not at all, with a checksum."""
+    with written_atomically(Path(path)) as temporary, open_h5(temporary, "w") as f:
+        f["coef"] = np.asarray(coef, dtype=np.float64)
+        f["intercept"] = np.asarray(intercept, dtype=np.float64)
+        f.create_dataset("classes", data=[str(c) for c in classes], dtype=h5py.string_dtype("utf-8"))
+        f.attrs.update({"format": SVM_MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **attrs})
+        f.attrs["checksum"] = _checksum(f)
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """Read a model file; refuse other files, other format versions and edited or damaged content."""
+    path = Path(path)
+    if not path.is_file():
+        raise VggfeatError(f"model file not found: {path}")
+    try:
+        with open_h5(path) as f:
+            if f.attrs.get("format") != SVM_MODEL_FORMAT:
+                raise VggfeatError(f"{path} is not a vggfeat SVM model file{kind_of(f)}")
+            if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
+                raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")
+            if f.attrs.get("checksum") != _checksum(f):
+                raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch); retrain the model")
+            model = ModelFile(
+                coef=f["coef"][:], intercept=f["intercept"][:], classes=list(f["classes"].asstr()[:]),
+                params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
+                cv_scores={float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()},
+                extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]))
+    except VggfeatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
+    classes = len(model.classes)
+    if model.coef.ndim != 2 or len(model.coef) != classes or model.intercept.shape != (classes,):
+        raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")
+    return model
+
+
+def model_summary(path: str | os.PathLike) -> dict:
+    """What a model file holds, for ``vggfeat info``: :func:`read_model_file`'s checks, then its
+    classes, dimension, C and training record."""
+    model = read_model_file(path)
+    return {"format": SVM_MODEL_FORMAT, "path": str(path), "classes": model.classes,
+            "multilabel": bool(model.params.get("multilabel")), "dim": int(model.coef.shape[1]), "C": model.C,
+            "C_by_cross_validation": bool(model.cv_scores), "normalize": bool(model.params.get("normalize")), "extraction_configs": model.extraction_configs, "training": model.training}
+
+
+def jsonable(value):
+    """HDF5 attribute values (numpy scalars and arrays, bytes) as plain JSON-able Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _checksum(f: h5py.File) -> str:
+    """SHA-256 over every dataset (name, dtype, shape, bytes) and every attribute but the checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(f.keys()):
+        data = f[name]
+        values = list(data.asstr()[:]) if h5py.check_string_dtype(data.dtype) else data[:]
+        digest.update(f"{name}|{data.dtype}|{data.shape}|".encode())
+        digest.update(json.dumps(values).encode() if isinstance(values, list) else np.ascontiguousarray(values).tobytes())
+    for key in sorted(k for k in f.attrs if k != "checksum"):
+        digest.update(f"{key}={jsonable(f.attrs[key])!r};".encode())
+    return digest.hexdigest()
