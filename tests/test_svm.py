@@ -151,7 +151,7 @@ def test_bad_training_data_is_refused_clearly():
     X, y, _, _ = blobs(classes=3, per_class=4)
     with pytest.raises(VggfeatError, match="class 2 has only 1 training example"):
         LinearSVM(C=1).fit(X[:9], y[:9])
-    with pytest.raises(VggfeatError, match=r"only 4 training example\(s\); at least 5 \(one per cross-validation fold"):
+    with pytest.raises(VggfeatError, match=r"only 4 training example\(s\); at least 5, one per cross-validation fold \(or fix --C"):
         LinearSVM(cv=5).fit(X, y)
     with pytest.raises(VggfeatError, match="need at least 2 classes"):
         LinearSVM(C=1).fit(X[:4], y[:4])

@@ -260,8 +260,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if count == 0:
                 raise VggfeatError(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
             if count < fewest:
-                need = "2" if self.C is not None else f"{self.cv} (one per cross-validation fold; or fix --C, or lower --cv)"
-                raise VggfeatError(f"class {name} has only {count} training example(s); at least {need} needed")
+                need = "2" if self.C is not None else f"{self.cv}, one per cross-validation fold (or fix --C, or lower --cv)"
+                raise VggfeatError(f"class {name} has only {count} training example(s); at least {need} needed; "
+                                   "leave it out (--exclude-class) or add images")
             if count == rows:
                 raise VggfeatError(f"class {name} holds every training example: nothing to tell it from")
         return targets
