@@ -177,6 +177,29 @@ def test_protocol_caltech(data, tmp_path):
     assert "2 classes" in out
 
 
+def test_evaluate_leaves_out_the_classes_that_training_excluded(data, tmp_path):
+    """Caltech-101's way: BACKGROUND_Google left out of training is left out of the test rows too,
+    said, rather than refused as a class the model does not know."""
+    _, files = data
+    model = tmp_path / "m.h5"
+    ok(["train-svm", files["train"], model, "--C", "10", "--exclude-class", "blue_rings", "-q"])
+    code, out, err = run_main(["evaluate", model, files["test"]])
+    assert code == 0, err
+    assert "warning: 3 test rows of 'blue_rings' left out: the model was trained without it (--exclude-class)" in err
+    assert out.splitlines()[0] == "single-label, 6 test rows, 2 classes"
+    # Multi-label: the class's column is left out, every row stays.
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{path},{path.split('/')[0]}\n" for path in load_features(files["train"]).paths))
+    test_labels = tmp_path / "test-labels.csv"
+    test_labels.write_text("".join(f"{path},{path.split('/')[0]}\n" for path in load_features(files["test"]).paths))
+    ok(["train-svm", files["train"], tmp_path / "ml.h5", "--labels", labels, "--multilabel", "--C", "10",
+        "--exclude-class", "blue_rings", "-q"])
+    code, out, err = run_main(["evaluate", tmp_path / "ml.h5", files["test"], "--labels", test_labels])
+    assert code == 0, err
+    assert "warning: 'blue_rings' left out: the model was trained without it (--exclude-class)" in err
+    assert out.splitlines()[0] == "multi-label, 9 test rows, 2 classes"
+
+
 def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
     _, files = data
     # Labels by path, several per image: the look, plus 'warm' for red and 'cool' for green and blue.

@@ -258,7 +258,7 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     multilabel, classes = saved.svm.multilabel, [str(c) for c in saved.svm.classes_]
     if voc is not None and not multilabel:
         raise VggfeatError("a VOC devkit's labels are multi-label: evaluate a model trained on them (train-svm --voc-devkit)")
-    targets = _labelled(targets_of(files, labels_csv, multilabel, voc=voc), voc)
+    targets = _without_excluded(_labelled(targets_of(files, labels_csv, multilabel, voc=voc), voc), saved, multilabel)
     truth = align_to_classes(targets, classes, multilabel)
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
@@ -272,6 +272,20 @@ def _labelled(targets: Targets, voc: tuple[str | os.PathLike, str] | None) -> Ta
     if voc is not None and not targets.classes:
         raise VggfeatError(f"the image set {voc[1]!r} of {voc[0]} has no labels (withheld, as VOC2012's test set)")
     return targets
+
+
+def _without_excluded(targets: Targets, saved: SavedModel, multilabel: bool) -> Targets:
+    """``targets`` without the classes that the model's training left out (train-svm
+    --exclude-class, as Caltech-101's BACKGROUND_Google), with a warning: the model cannot score them."""
+    excluded = [name for name in saved.training.get("excluded_classes", []) if name in targets.classes]
+    if not excluded:
+        return targets
+    kept = exclude_classes(targets, excluded, multilabel)
+    left_out = len(targets.paths) - len(kept.paths)
+    rows = f"{left_out:,} test row{'s' if left_out != 1 else ''} of " if not multilabel else ""
+    warnings.warn(f"{rows}{', '.join(map(repr, excluded))} left out: the model was trained without "
+                  f"{'them' if len(excluded) > 1 else 'it'} (--exclude-class)", RuntimeWarning, stacklevel=3)
+    return kept
 
 
 def _positives(targets: Targets, svm: LinearSVM) -> np.ndarray:
