@@ -60,6 +60,7 @@ def test_near_duplicates_retrieve_each_other_first(tmp_path, random_vgg16):
         assert listed[0] == "b/crop.png" and {p.split("/")[0] for p in listed} == {"b"}
         with Image.open(tmp_path / "m.png") as montage:
             assert montage.format == "PNG" and montage.size == montage_size(1, 4, 64)
+        assert out.splitlines()[-1] == f"wrote {tmp_path / 'm.png'}: 1 query, 3 hits each (286x104 px)"  # --k 3 of 8
 
 
 def test_mac_retrieves_near_duplicates_from_python(tmp_path, random_vgg16):

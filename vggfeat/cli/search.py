@@ -95,4 +95,7 @@ def _write_montage(results: list[Result], output: Path, base: Path, query_root: 
     queries = [query_root / r.query if query_root else Path(r.query) for r in results]
     shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
     width, height = draw_montage(queries, shown, output, tile=tile)
-    click.echo(f"wrote {output}: {len(results)} queries with up to {hits} hits ({width}x{height} px)")
+    most = max(map(len, shown), default=0)  # fewer than asked for where --k or the index holds fewer
+    up_to = "" if all(len(row) == most for row in shown) else "up to "
+    click.echo(f"wrote {output}: {common.counted(len(results), 'query', 'queries')}, {up_to}{common.counted(most, 'hit')} "
+               f"each ({width}x{height} px)")
