@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -169,6 +170,57 @@ def test_a_disk_full_as_rows_are_written_costs_only_the_part_under_way(tmp_path,
     assert "resuming: 1 of 2 images" in err and "2 descriptors (64-d float32), 0 failed; 1 image in" in err
     assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+
+
+def _file_size_limit(limit: int):
+    """For a process whose files cannot grow past ``limit`` bytes: its writes there fail (EFBIG) as
+    on a full disk, in the HDF5 library too, instead of killing it (SIGXFSZ)."""
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limited
+
+
+@pytest.mark.parametrize("limit, every_row_kept", [(8 * 1024, False), (28 * 1024, True)])
+def test_a_full_disk_under_hdf5_ends_the_process_cleanly_and_the_run_resumes(tmp_path, limit, every_row_kept):
+    """For real, in HDF5 (the tests above make Python's writes fail): rows that cannot be written
+    (8 KiB: the first part's), or the file that cannot be completed (28 KiB: every row is written).
+    One error line, exit code 1, not the crash with which HDF5 ends a process that holds a file it
+    could not flush (h5py issue 914); then the same command finishes the file."""
+    write_plain_folder(tmp_path / "images", 40)
+    output = tmp_path / "out.h5"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "4"]
+    full = subprocess.run(command(args), capture_output=True, text=True, timeout=120, preexec_fn=_file_size_limit(limit))
+    assert full.returncode == 1, full.stderr
+    assert error_line(full.stderr) == (f"Error: [Errno 27] File too large: '{output}.parts/rows.h5'; finished parts are "
+                                       f"kept in {output}.parts: run the same command to resume")
+    assert "Exception ignored" not in full.stderr and not output.exists()
+    resumed = subprocess.run(command(args), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ("every image was described by the interrupted run" in resumed.stderr) == every_row_kept, resumed.stderr
+    assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+
+
+@pytest.mark.parametrize("limit", [8 * 1024, 28 * 1024])
+def test_a_full_disk_on_several_devices_or_in_a_merge_ends_in_one_line(tmp_path, limit):
+    """On several devices, the processes' own files fail (8 KiB) or the merged file does (28 KiB);
+    'vggfeat merge' of shard files too. One line each time, and the same command then finishes."""
+    write_plain_folder(tmp_path / "images", 40)
+    output = tmp_path / "out.h5"
+    args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "4", "--device", "cpu,cpu"]
+    full = subprocess.run(command(args), capture_output=True, text=True, timeout=180, preexec_fn=_file_size_limit(limit))
+    assert "[Errno 27] File too large" in error_line(full.stderr) and "Exception ignored" not in full.stderr
+    assert full.returncode in (1, 2) and not output.exists()  # 2: a device's process said why it stopped
+    assert run_main(args)[0] == 0
+    for k in (1, 2):
+        assert run_main(["extract", tmp_path / "images", tmp_path / f"s{k}.h5", *CHEAP, "--shard", f"{k}/2"])[0] == 0
+    merge = ["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"]
+    full = subprocess.run(command(merge), capture_output=True, text=True, timeout=120, preexec_fn=_file_size_limit(limit))
+    assert full.returncode == 1 and error_line(full.stderr) == f"Error: [Errno 27] File too large: '{tmp_path / 'merged.h5'}'"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "s1.h5", "s2.h5"]  # nothing left
+    assert run_main(merge)[0] == 0
+    assert_same_output(read_output(tmp_path / "merged.h5"), read_output(output))
 
 
 def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ from .chunks import Chunk
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
 from .settings import decoder_library_of
-from .store import (FORMAT_VERSION, check_descriptor_output, discard_work, images_held, interrupted_on_several, list_parts,
+from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held, interrupted_on_several, list_parts,
                     lock_folder, open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
@@ -146,7 +146,8 @@ class ExtractionJob:
         """
         began = time.perf_counter()
         try:
-            rows, failed = rows_and_failures(self.output) if self._finished else self._write_output(progress)
+            with as_system_errors():  # HDF5's "file write failed" under a full disk may be a RuntimeError
+                rows, failed = rows_and_failures(self.output) if self._finished else self._write_output(progress)
             self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()
@@ -161,8 +162,9 @@ class ExtractionJob:
                 self._fill(start, files[start:end], progress)
             self._output.extend(self._interrupted)  # those after the last gap
             rows, failed = self._output.finish(self.parts, self._attrs())  # refuses an output missing any image
-        finally:
-            self._output.close()
+        except BaseException:
+            self._output.abandon()
+            raise
         replace_durably(self._output.path, self.output)
         return rows, failed
 

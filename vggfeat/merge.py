@@ -109,8 +109,9 @@ def merge_blocks(blocks: Sequence[Path], output: Path, images: ImageSet, *, shar
                     files[k] = _without_rows(blocks[k], first, held, output_file.chunks_of(first, held))
                 start = end
             rows, failed = output_file.complete(_described(files, step), _merged_attrs(files, blocks, {}, shard_of))
-        finally:
-            output_file.close()
+        except BaseException:
+            output_file.abandon()
+            raise
         replace_durably(merged, output)
     finally:
         for f in files:

@@ -38,8 +38,9 @@ from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device
-from .store import (SHARD_FILE, check_descriptor_output, discard_work, images_in_block, interrupted_on_one,
-                    interrupted_on_several, lock_folder, open_h5, rows_and_failures, shards_folder, work_folder)
+from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, close_hdf5_files_or_exit, discard_work,
+                    images_in_block, interrupted_on_one, interrupted_on_several, lock_folder, open_h5, open_hdf5_files,
+                    rows_and_failures, shards_folder, work_folder)
 
 # A device gets several blocks only where each holds this many images or more: every block pays
 # its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet
@@ -131,10 +132,11 @@ class MultiDeviceJob:
         began = time.perf_counter()
         try:
             computed = 0
-            if not self._merged_but_left_its_shards():
-                computed = self._describe_shards(progress)
-                merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
-            rows, failed = rows_and_failures(self.output)
+            with as_system_errors():  # HDF5's "file write failed" under a full disk may be a RuntimeError
+                if not self._merged_but_left_its_shards():
+                    computed = self._describe_shards(progress)
+                    merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
+                rows, failed = rows_and_failures(self.output)
             shutil.rmtree(self.work)
         finally:
             self._lock.close()
@@ -298,6 +300,14 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
         with contextlib.suppress(OSError):  # the parent is gone (killed): there is nobody to tell
             parent.send((kind, value))
 
+    def end(how: str, why: object) -> None:
+        """Say how the process ended; the parent then stops the others with SIGTERM, which must not cut
+        this one's saying, or its exit, short."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say(how, why)
+        close_hdf5_files_or_exit(but=files_before, code=0)  # a file it could not close (a full disk) would crash its exit
+
+    files_before = open_hdf5_files()
     try:
         extractor = kind(**arguments, device=device)
         config = config_json(extractor.config(), dtype)
@@ -311,14 +321,14 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
                 say("described", job.run(progress=lambda n: say("progress", n)).computed)
             say("next", None)
             task = parent.recv()
-        say("done", None)
+        end("done", None)
     except (KeyboardInterrupt, EOFError):  # SIGTERM; or the parent gone as it was asked for a block
-        say("stopped", "stopped (SIGTERM)")
+        end("stopped", "stopped (SIGTERM)")
     except (VggfeatError, OSError) as error:
-        say("failed", str(error))
+        end("failed", str(error))
     except Exception as error:  # a bug: its traceback, on the terminal, is what a report needs
         traceback.print_exc()
-        say("failed", f"{type(error).__name__}: {error}")
+        end("failed", f"{type(error).__name__}: {error}")
 
 
 def _finished(output: Path, config: str, shard: ImageSet) -> bool:

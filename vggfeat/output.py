@@ -14,6 +14,7 @@ cannot open, but never its rows, which :func:`recover_rows` reads back from its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class OutputFile:
     the module): :meth:`append` the rows of the images in order, or :meth:`taken` those a killed
     run appended, then :meth:`complete` it (:meth:`finish` from an extraction's parts).
     Its /features dataset takes the disk as rows are written, where the file system keeps sparse
-    files."""
+    files. Rows are written past HDF5's chunk cache (:func:`~vggfeat.store.open_h5`), so that a
+    full disk fails the :meth:`append` that meets it, and the process, when it ends, ends cleanly."""
 
     def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:
         """Open the file at ``path`` that holds rows for ``images`` (a resumed run's), or make one."""
@@ -68,7 +70,7 @@ class OutputFile:
         return per_chunk, np.array([info.byte_offset for info in infos], dtype=np.int64)
 
     def _created(self, dim: int, dtype: str) -> h5py.File:
-        f = open_h5(self.path, "w")
+        f = open_h5(self.path, "w", chunk_cache=False)
         rows = len(self.images)
         # Every chunk allocated now (and no fill written: the file stays sparse), so that writing
         # rows changes nothing but rows; resizable, to be cut to the rows written.
@@ -131,6 +133,10 @@ class OutputFile:
         returns (rows, failed)."""
         if self.next != len(self.images):
             raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
+        # With HDF5's chunk cache: the blocks' paths, labels and sizes fill each chunk a part at a time.
+        self._file.close()
+        self._file = open_h5(self.path, "r+")
+        self._features = self._file["features"]
         for name in set(self._file) - {"features"}:  # what a run killed as it completed the file wrote
             del self._file[name]
         self._file.attrs.clear()
@@ -160,6 +166,13 @@ class OutputFile:
 
     def close(self) -> None:
         self._file.close()
+
+    def abandon(self) -> None:
+        """Close the file after a failure. Closing flushes what a failed write left in HDF5's caches:
+        under a full disk that fails again, and the first error says why. The rows that parts
+        record are on disk already."""
+        with contextlib.suppress(Exception):
+            self._file.close()
 
     @staticmethod
     def _flush(f: h5py.File) -> None:
@@ -239,7 +252,7 @@ def holds_rows(path: Path, images: ImageSet, dim: int, dtype: str) -> bool:
 
 def _rows_file(path: Path, images: ImageSet, dim: int, dtype: str, mode: str) -> h5py.File | None:
     try:
-        f = open_h5(path, mode)
+        f = open_h5(path, mode, chunk_cache=False)
     except OSError:  # none, or not a whole HDF5 file (killed as it was made)
         return None
     features = f.get("features")

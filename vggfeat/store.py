@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,22 +409,75 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     raise VggfeatError(f"{path} {problem}")
 
 
-def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+def open_h5(path: str | os.PathLike, mode: str = "r", chunk_cache: bool = True) -> h5py.File:
     """``h5py.File(path, mode)``, also on file systems without locks (NFS without its lock daemon,
     some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
 
     vggfeat writes only new files under temporary names, and a run's own files in its work folder,
     which its lock keeps (:func:`lock_folder`): no other process opens them, and they take no
     HDF5 lock. A file that is read takes HDF5's shared lock where the file system has locks.
+
+    Without ``chunk_cache``, each write of a dataset's rows goes to the file at once, and a failed
+    one (a full disk) raises there, leaving nothing unwritten in HDF5's cache: a file whose cache
+    could not be flushed fails to close, and HDF5 then crashes the process as it exits (h5py
+    issue 914).
     """
     if mode != "r":
-        return h5py.File(path, mode, locking=False)
+        return h5py.File(path, mode, locking=False, **({} if chunk_cache else {"rdcc_nbytes": 0}))
     try:
         return h5py.File(path, "r")
     except OSError as error:
         if "unable to lock file" not in str(error):
             raise
     return h5py.File(path, "r", locking=False)
+
+
+# How HDF5 names the system call that failed under its error (h5py raises it as a RuntimeError or
+# an OSError without errno): "... filename = 'x.h5', ..., errno = 28, error message = 'No space ...'".
+_FAILED_CALL = re.compile(r"filename = '(?P<file>[^']*)'.*?errno = (?P<errno>\d+), error message = '(?P<message>[^']*)'",
+                          re.DOTALL)
+
+
+def system_error(error: Exception) -> OSError | None:
+    """The system's refusal behind ``error`` (a full disk, an I/O error) as an OSError that says
+    it in one line, ``[Errno 28] No space left on device: 'x.h5'``; None where ``error`` is no such
+    refusal (a bug, say)."""
+    failed = _FAILED_CALL.search(str(error))
+    if isinstance(error, (OSError, RuntimeError)) and failed is not None and failed["errno"] != "0":
+        return OSError(int(failed["errno"]), failed["message"], failed["file"])
+    return error if isinstance(error, OSError) and error.errno is not None else None
+
+
+@contextlib.contextmanager
+def as_system_errors() -> Iterator[None]:
+    """Raise the system's refusal behind an HDF5 error (:func:`system_error`) as that OSError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        refusal = system_error(error)
+        if refusal is None or refusal is error:
+            raise
+        raise refusal from error
+
+
+def open_hdf5_files() -> set[int]:
+    """The identifiers of the HDF5 files that this process holds open."""
+    return {file.id for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)}
+
+
+def close_hdf5_files_or_exit(but: set[int], code: int) -> None:
+    """Close the HDF5 files this process holds open, ``but`` those (:func:`open_hdf5_files`), as a
+    process that failed ends. Where one cannot be closed, a write through HDF5's caches failed (a
+    full disk), and HDF5 would crash the process as it exits (h5py issue 914): the process ends at
+    once with exit code ``code``, without the exit's clean-up. Whatever a run finished is on disk."""
+    for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        if file.id not in but:
+            try:
+                h5py.File(file).close()  # its datasets first, as h5py closes a file
+            except Exception:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
 
 
 def file_attributes(path: Path) -> dict:
@@ -470,6 +524,11 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         replace_durably(temporary, path)
+    except (OSError, RuntimeError) as error:
+        refusal = system_error(error)
+        if refusal is None or refusal.filename != str(temporary):
+            raise
+        raise OSError(refusal.errno, refusal.strerror, str(path)) from error  # the file as the user named it
     finally:
         temporary.unlink(missing_ok=True)
 

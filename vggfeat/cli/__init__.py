@@ -83,33 +83,60 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every user error ends in one ``Error:`` line and exit code 2, an error of the
     system (OSError) in one line and exit code 1."""
+    store = _hdf5_store()
+    files_before = store.open_hdf5_files() if store else set()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # The arguments travel in ctx.obj so that files record the command actually given.
         with stopping_on_sigterm(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
             code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
-    except VggfeatError as error:
-        _fail(str(error), 2)
-    except click.UsageError as error:
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-        _fail(error.format_message() + hint, 2)
-    except click.ClickException as error:
-        _fail(error.format_message(), error.exit_code)
-    except Terminated:
-        _fail("terminated", 143)
-    except (KeyboardInterrupt, click.Abort):
-        _fail("interrupted", 130)
-    except OSError as error:  # the system's refusal (a full disk, a file that cannot be written): no traceback
-        _fail(str(error), 1)
+    except BaseException as error:
+        failure = _failure(error)
+        if failure is None:
+            raise
+        message, code = failure
+        click.secho(f"Error: {printable(message)}", err=True, fg="red")
+        # Here, while the error holds the failed command's objects: an HDF5 file it could not close
+        # (a full disk) crashes the process when they are freed, or as it exits (h5py issue 914).
+        store = _hdf5_store()
+        if store:
+            store.close_hdf5_files_or_exit(but=files_before, code=code)
+        sys.exit(code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _failure(error: BaseException) -> tuple[str, int] | None:
+    """The line and the exit code that ``error`` ends the command with; None for an exit, and for
+    a bug, whose traceback is what a report needs."""
+    if isinstance(error, VggfeatError):
+        return str(error), 2
+    if isinstance(error, click.UsageError):
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+        return error.format_message() + hint, 2
+    if isinstance(error, click.ClickException):
+        return error.format_message(), error.exit_code
+    if isinstance(error, Terminated):
+        return "terminated", 143
+    if isinstance(error, (KeyboardInterrupt, click.Abort)):
+        return "interrupted", 130
+    if isinstance(error, (OSError, RuntimeError)):  # the system's refusal (a full disk, a file that cannot be written)
+        store = _hdf5_store()
+        refusal = store.system_error(error) if store else None  # HDF5's, as "[Errno 28] No space left on device: 'x.h5'"
+        if refusal is not None or isinstance(error, OSError):
+            return str(refusal or error), 1
+    return None
+
+
+def _hdf5_store():
+    """:mod:`vggfeat.store`, where a command has imported h5py (not for --help, say); else None."""
+    if "h5py" not in sys.modules:
+        return None
+    from .. import store
+
+    return store
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     """A warning as one line for the terminal: what happened, not where in the code it was said."""
     click.secho(f"warning: {printable(str(message))}", err=True, fg="yellow")
-
-
-def _fail(message: str, code: int) -> None:
-    click.secho(f"Error: {printable(message)}", err=True, fg="red")
-    sys.exit(code)
