@@ -3,15 +3,18 @@ time from the last described image to a complete output file.
 
     python benchmarks/bench_store.py --images 40000 --dim 4096 --part-images 4096 [--dtype float16]
 
-Runs both ways in one process, on the same parts (random descriptors, 1 in 100 images failed):
+Runs the three ways in one process, on the same parts (random descriptors, 1 in 100 images failed):
 
   copies: each part holds its descriptors, and its rows are also written into the output as it is
           committed (vggfeat before the twentieth session): two copies of every row on disk
           until the parts are removed.
   once:   each part's rows are written into the output, flushed, and the part records only where
           they are (vggfeat now): one copy.
+  buffered: as once, the output opened with HDF5's sieve buffer and chunk cache, as vggfeat
+          opened it before the twenty-eighth session (it now writes without them, so that a
+          full disk fails the write that meets it: vggfeat.store.open_h5).
 
-Both tails end with the file completed, flushed to disk and renamed into place, as an
+Each tail ends with the file completed, flushed to disk and renamed into place, as an
 extraction's does. It prints the disk each way takes just before its tail (blocks in use, not
 the files' apparent sizes), the writing thread's seconds per part (a GPU run keeps up as long as
 that is under the time it takes to describe a part: 4,096 images at 5,000 images/s, 0.82 s) and
@@ -27,11 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+import vggfeat.output
 from vggfeat.discover import ImageSet
 from vggfeat.output import OutputFile
-from vggfeat.store import replace_durably, write_part
+from vggfeat.store import open_h5, replace_durably, write_part
 
 
 def collection(folder: Path, count: int) -> ImageSet:
@@ -50,9 +55,11 @@ def run(folder: Path, images: ImageSet, dim: int, dtype: str, part_images: int) 
     block = np.random.default_rng(0).random((part_images, dim), dtype=np.float32).astype(dtype)
     ranges = [(start, min(start + part_images, len(images))) for start in range(0, len(images), part_images)]
     figures = {}
-    for way in ("copies", "once"):
+    for way in ("copies", "once", "buffered"):
         work = folder / way
         work.mkdir()
+        # HDF5's buffers: h5py's defaults, which vggfeat.store.open_h5 turns off for the files it writes.
+        vggfeat.output.open_h5 = open_h5 if way != "buffered" else lambda path, mode="r": h5py.File(path, mode, locking=False)
         output, parts, began = OutputFile(work / "rows.h5", images, dim, dtype), [], time.perf_counter()
         for start, end in ranges:
             features, indices, sizes, failures = part_contents(start, end, block)
@@ -87,7 +94,7 @@ def main() -> None:
         shutil.rmtree(folder)
     print(f"{args.images:,} images, {args.dim}-d {args.dtype}, parts of {args.part_images:,}")
     for way, figure in figures.items():
-        print(f"  {way:6}: disk before the tail {figure['disk'] / 2**20:,.1f} MiB ({figure['disk'] / figure['output']:.2f}x the output), "
+        print(f"  {way:8}: disk before the tail {figure['disk'] / 2**20:,.1f} MiB ({figure['disk'] / figure['output']:.2f}x the output), "
               f"writing thread {figure['per part']:.3f} s per part, tail {figure['tail']:.3f} s")
 
 

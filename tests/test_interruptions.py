@@ -223,6 +223,24 @@ def test_a_full_disk_on_several_devices_or_in_a_merge_ends_in_one_line(tmp_path,
     assert_same_output(read_output(tmp_path / "merged.h5"), read_output(output))
 
 
+def test_a_full_disk_fails_the_files_made_from_descriptors_in_one_line(tmp_path):
+    """An SVM model, a whitening, an index, an export: nothing is left of the file, and no crash."""
+    write_plain_folder(tmp_path / "images", 20)
+    features = tmp_path / "out.h5"
+    assert run_main(["extract", tmp_path / "images", features, *CHEAP])[0] == 0
+    with h5py.File(features, "r+") as f:  # two classes, for the SVM
+        f["labels"][:] = [0, 1] * 10
+        del f["classes"]
+        f["classes"] = ["a", "b"]
+    for args, written in ((["train-svm", features, "--C", "1", "--cv", "2"], "model.h5"), (["whiten", "fit", features], "w.h5"),
+                          (["index", features], "index.h5"), (["export", features], "x.npy")):
+        full = subprocess.run(command([*args, tmp_path / written]), capture_output=True, text=True, timeout=120,
+                              preexec_fn=_file_size_limit(2048))
+        assert full.returncode == 1, full.stderr
+        assert error_line(full.stderr).startswith("Error: [Errno 27] File too large") and "Exception" not in full.stderr
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5"], args
+
+
 def test_a_run_the_disk_cannot_hold_is_warned_of_before_it_starts(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 4)
     args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--part-size", "1"]

@@ -146,7 +146,7 @@ class ExtractionJob:
         """
         began = time.perf_counter()
         try:
-            with as_system_errors():  # HDF5's "file write failed" under a full disk may be a RuntimeError
+            with as_system_errors(self.rows_file):  # HDF5's "file write failed" under a full disk may be a RuntimeError
                 rows, failed = rows_and_failures(self.output) if self._finished else self._write_output(progress)
             self._remove_work()
         finally:  # also when the run fails, so that a new job in this process can resume it

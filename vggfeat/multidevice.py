@@ -38,7 +38,7 @@ from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .settings import resolve_device
-from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, close_hdf5_files_or_exit, discard_work,
+from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, discard_work, exit_if_hdf5_files_open,
                     images_in_block, interrupted_on_one, interrupted_on_several, lock_folder, open_h5, open_hdf5_files,
                     rows_and_failures, shards_folder, work_folder)
 
@@ -305,7 +305,8 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
         this one's saying, or its exit, short."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say(how, why)
-        close_hdf5_files_or_exit(but=files_before, code=0)  # a file it could not close (a full disk) would crash its exit
+        if how == "failed":  # a file that a full disk kept from closing would crash its exit
+            exit_if_hdf5_files_open(but=files_before, code=0)
 
     files_before = open_hdf5_files()
     try:

@@ -44,8 +44,8 @@ class OutputFile:
     the module): :meth:`append` the rows of the images in order, or :meth:`taken` those a killed
     run appended, then :meth:`complete` it (:meth:`finish` from an extraction's parts).
     Its /features dataset takes the disk as rows are written, where the file system keeps sparse
-    files. Rows are written past HDF5's chunk cache (:func:`~vggfeat.store.open_h5`), so that a
-    full disk fails the :meth:`append` that meets it, and the process, when it ends, ends cleanly."""
+    files. Rows go to the file as they are written (:func:`~vggfeat.store.open_h5`): a full disk
+    fails the :meth:`append` that meets it, and nothing else."""
 
     def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:
         """Open the file at ``path`` that holds rows for ``images`` (a resumed run's), or make one."""
@@ -70,7 +70,7 @@ class OutputFile:
         return per_chunk, np.array([info.byte_offset for info in infos], dtype=np.int64)
 
     def _created(self, dim: int, dtype: str) -> h5py.File:
-        f = open_h5(self.path, "w", chunk_cache=False)
+        f = open_h5(self.path, "w")
         rows = len(self.images)
         # Every chunk allocated now (and no fill written: the file stays sparse), so that writing
         # rows changes nothing but rows; resizable, to be cut to the rows written.
@@ -133,10 +133,6 @@ class OutputFile:
         returns (rows, failed)."""
         if self.next != len(self.images):
             raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
-        # With HDF5's chunk cache: the blocks' paths, labels and sizes fill each chunk a part at a time.
-        self._file.close()
-        self._file = open_h5(self.path, "r+")
-        self._features = self._file["features"]
         for name in set(self._file) - {"features"}:  # what a run killed as it completed the file wrote
             del self._file[name]
         self._file.attrs.clear()
@@ -252,7 +248,7 @@ def holds_rows(path: Path, images: ImageSet, dim: int, dtype: str) -> bool:
 
 def _rows_file(path: Path, images: ImageSet, dim: int, dtype: str, mode: str) -> h5py.File | None:
     try:
-        f = open_h5(path, mode, chunk_cache=False)
+        f = open_h5(path, mode)
     except OSError:  # none, or not a whole HDF5 file (killed as it was made)
         return None
     features = f.get("features")

@@ -409,7 +409,7 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     raise VggfeatError(f"{path} {problem}")
 
 
-def open_h5(path: str | os.PathLike, mode: str = "r", chunk_cache: bool = True) -> h5py.File:
+def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """``h5py.File(path, mode)``, also on file systems without locks (NFS without its lock daemon,
     some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
 
@@ -417,13 +417,24 @@ def open_h5(path: str | os.PathLike, mode: str = "r", chunk_cache: bool = True) 
     which its lock keeps (:func:`lock_folder`): no other process opens them, and they take no
     HDF5 lock. A file that is read takes HDF5's shared lock where the file system has locks.
 
-    Without ``chunk_cache``, each write of a dataset's rows goes to the file at once, and a failed
-    one (a full disk) raises there, leaving nothing unwritten in HDF5's cache: a file whose cache
-    could not be flushed fails to close, and HDF5 then crashes the process as it exits (h5py
-    issue 914).
+    A file opened to write ("w" or "r+") has neither sieve buffer nor chunk cache: each write of a
+    dataset goes to the file at once, and one that fails (a full disk) raises there, leaving no data
+    unwritten in HDF5's buffers. HDF5 cannot close a file whose buffers it could not flush, and
+    crashes the process as it exits (h5py issue 914). vggfeat writes rows in blocks, which the
+    buffers would not speed up (``benchmarks/bench_store.py``).
     """
+    if mode in ("w", "r+"):
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py.File's default
+        fapl.set_file_locking(False, True)
+        fapl.set_sieve_buf_size(0)
+        cache = list(fapl.get_cache())
+        fapl.set_cache(*cache[:2], 0, cache[3])  # no bytes of chunk cache
+        name = os.fsencode(path)
+        fid = h5py.h5f.create(name, h5py.h5f.ACC_TRUNC, fapl=fapl) if mode == "w" else h5py.h5f.open(name, h5py.h5f.ACC_RDWR, fapl=fapl)
+        return h5py.File(fid, locking=False)
     if mode != "r":
-        return h5py.File(path, mode, locking=False, **({} if chunk_cache else {"rdcc_nbytes": 0}))
+        raise ValueError(f"mode {mode!r}: vggfeat opens files with 'r', 'r+' or 'w'")
     try:
         return h5py.File(path, "r")
     except OSError as error:
@@ -433,28 +444,31 @@ def open_h5(path: str | os.PathLike, mode: str = "r", chunk_cache: bool = True) 
 
 
 # How HDF5 names the system call that failed under its error (h5py raises it as a RuntimeError or
-# an OSError without errno): "... filename = 'x.h5', ..., errno = 28, error message = 'No space ...'".
-_FAILED_CALL = re.compile(r"filename = '(?P<file>[^']*)'.*?errno = (?P<errno>\d+), error message = '(?P<message>[^']*)'",
-                          re.DOTALL)
+# an OSError without errno): "... filename = 'x.h5', ..., errno = 28, error message = 'No space ...'",
+# or without the file's name.
+_FAILED_CALL = re.compile(r"filename = '(?P<file>[^']*)'.*?errno = (?P<errno>\d+),", re.DOTALL)
+_FAILED_CALL_IN_A_FILE = re.compile(r"errno = (?P<errno>\d+),")
 
 
-def system_error(error: Exception) -> OSError | None:
+def system_error(error: Exception, file: str | os.PathLike | None = None) -> OSError | None:
     """The system's refusal behind ``error`` (a full disk, an I/O error) as an OSError that says
-    it in one line, ``[Errno 28] No space left on device: 'x.h5'``; None where ``error`` is no such
-    refusal (a bug, say)."""
-    failed = _FAILED_CALL.search(str(error))
+    it in one line, ``[Errno 28] No space left on device: 'x.h5'`` (``file``, where HDF5 does not
+    name it); None where ``error`` is no such refusal (a bug, say)."""
+    failed = _FAILED_CALL.search(str(error)) or _FAILED_CALL_IN_A_FILE.search(str(error))
     if isinstance(error, (OSError, RuntimeError)) and failed is not None and failed["errno"] != "0":
-        return OSError(int(failed["errno"]), failed["message"], failed["file"])
+        number = int(failed["errno"])
+        named = failed.groupdict().get("file") or (None if file is None else str(file))
+        return OSError(number, os.strerror(number), named)
     return error if isinstance(error, OSError) and error.errno is not None else None
 
 
 @contextlib.contextmanager
-def as_system_errors() -> Iterator[None]:
+def as_system_errors(file: str | os.PathLike | None = None) -> Iterator[None]:
     """Raise the system's refusal behind an HDF5 error (:func:`system_error`) as that OSError."""
     try:
         yield
     except (OSError, RuntimeError) as error:
-        refusal = system_error(error)
+        refusal = system_error(error, file)
         if refusal is None or refusal is error:
             raise
         raise refusal from error
@@ -465,19 +479,16 @@ def open_hdf5_files() -> set[int]:
     return {file.id for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)}
 
 
-def close_hdf5_files_or_exit(but: set[int], code: int) -> None:
-    """Close the HDF5 files this process holds open, ``but`` those (:func:`open_hdf5_files`), as a
-    process that failed ends. Where one cannot be closed, a write through HDF5's caches failed (a
-    full disk), and HDF5 would crash the process as it exits (h5py issue 914): the process ends at
-    once with exit code ``code``, without the exit's clean-up. Whatever a run finished is on disk."""
-    for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
-        if file.id not in but:
-            try:
-                h5py.File(file).close()  # its datasets first, as h5py closes a file
-            except Exception:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+def exit_if_hdf5_files_open(but: set[int], code: int) -> None:
+    """As a process ends on a system's refusal (a full disk): where it holds an HDF5 file open, ``but``
+    those (:func:`open_hdf5_files`), end it at once, with exit code ``code`` and without the exit's
+    clean-up. Such a file is one that HDF5 failed to close, having failed to write it; HDF5 crashes
+    the process as it exits, or as the file is touched again (h5py issue 914). Whatever a run
+    finished is on disk already."""
+    if any(file.id not in but for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def file_attributes(path: Path) -> dict:
@@ -526,7 +537,7 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
         replace_durably(temporary, path)
     except (OSError, RuntimeError) as error:
         refusal = system_error(error)
-        if refusal is None or refusal.filename != str(temporary):
+        if refusal is None or refusal.filename not in (None, str(temporary)):
             raise
         raise OSError(refusal.errno, refusal.strerror, str(path)) from error  # the file as the user named it
     finally:

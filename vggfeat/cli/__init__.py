@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         message, code = failure
         click.secho(f"Error: {printable(message)}", err=True, fg="red")
-        # Here, while the error holds the failed command's objects: an HDF5 file it could not close
-        # (a full disk) crashes the process when they are freed, or as it exits (h5py issue 914).
+        # Here, while the error holds the failed command's objects: an HDF5 file that a full disk
+        # kept from closing crashes the process when they are freed, or as it exits (h5py issue 914).
+        # Only in the process of a command (argv from sys.argv), not in a caller's (tests, say).
         store = _hdf5_store()
-        if store:
-            store.close_hdf5_files_or_exit(but=files_before, code=code)
+        if store and code == 1 and argv is None:
+            store.exit_if_hdf5_files_open(but=files_before, code=code)
         sys.exit(code)
     sys.exit(code if isinstance(code, int) else 0)
 
