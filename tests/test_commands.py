@@ -128,7 +128,7 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
 
 
 def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
-    """Arguments swapped, or the wrong file picked: the error says what the file given is."""
+    """Arguments swapped, the wrong file picked, or one cut short: the error says what the file given is."""
     X, labels, paths, classes = blobs(dim=16)
     features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
     posteriors = write_features(tmp_path / "posteriors.h5", X, paths, labels, classes)
@@ -137,6 +137,8 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
     for args in (["train-svm", features, model, "--C", "1"], ["index", features, index], ["whiten", "fit", features, whitening]):
         assert run_main([*args, "-q"])[0] == 0
     (tmp_path / "notes.csv").write_text("path,label\n")
+    cut_short = tmp_path / "cut.h5"
+    cut_short.write_bytes(features.read_bytes()[:2000])
     for args, error in [
         (["predict", features, model, "p.csv"], f"{features} is not a vggfeat SVM model file: it is a descriptor file "
                                                 "(made by 'vggfeat extract')"),
@@ -149,6 +151,8 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
         (["index", features, "i.h5", "--whiten", model], f"{model} is not a vggfeat whitening (made by 'vggfeat whiten "
                                                          "fit'): it is an SVM model (made by 'vggfeat train-svm')"),
         (["info", tmp_path / "notes.csv"], f"{tmp_path / 'notes.csv'} is not an HDF5 file"),
+        *(([command, cut_short, *rest], f"{cut_short} is a damaged HDF5 file (cut short, or still being written or copied?)")
+          for command, *rest in (["info"], ["train-svm", "m.h5"], ["evaluate", features], ["search", "q.jpg"])),
     ]:
         code, _, err = run_main([str(arg) for arg in args])
         assert code == 2 and error_line(err) == f"Error: {error}", err

@@ -211,7 +211,7 @@ def test_a_full_disk_on_several_devices_or_in_a_merge_ends_in_one_line(tmp_path,
     args = ["extract", tmp_path / "images", output, *CHEAP, "--part-size", "4", "--device", "cpu,cpu"]
     full = subprocess.run(command(args), capture_output=True, text=True, timeout=180, preexec_fn=_file_size_limit(limit))
     assert "[Errno 27] File too large" in error_line(full.stderr) and "Exception ignored" not in full.stderr
-    assert full.returncode in (1, 2) and not output.exists()  # 2: a device's process said why it stopped
+    assert full.returncode == 1 and not output.exists()
     assert run_main(args)[0] == 0
     for k in (1, 2):
         assert run_main(["extract", tmp_path / "images", tmp_path / f"s{k}.h5", *CHEAP, "--shard", f"{k}/2"])[0] == 0

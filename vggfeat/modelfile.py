@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from .errors import VggfeatError
-from .store import SVM_MODEL_FORMAT, kind_of, open_h5, written_atomically
+from .store import SVM_MODEL_FORMAT, kind_of, open_h5, open_hdf5, written_atomically
 
 MODEL_FORMAT_VERSION = 1
 
@@ -51,10 +51,8 @@ def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.nd
 def read_model_file(path: str | os.PathLike) -> ModelFile:
     """Read a model file; refuse other files, other format versions and edited or damaged content."""
     path = Path(path)
-    if not path.is_file():
-        raise VggfeatError(f"model file not found: {path}")
     try:
-        with open_h5(path) as f:
+        with open_hdf5(path, "model") as f:
             if f.attrs.get("format") != SVM_MODEL_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat SVM model file{kind_of(f)}")
             if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:

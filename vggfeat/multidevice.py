@@ -182,6 +182,8 @@ class MultiDeviceJob:
         _stop(processes, tell=len(run.ended) < len(processes))  # after a failure, the others stop
         failures = [f"shard {run.on[d]}/{self.blocks} on {devices[d]}: {why}" for d, (kind, why) in sorted(run.ended.items())
                     if kind != "done"]
+        if any(kind == "refused" for kind, _ in run.ended.values()):  # the system's: a full disk, say
+            raise OSError(f"{'; '.join(failures)}. The other shards stopped")  # as ExtractionJob.run raises it
         if failures:
             raise VggfeatError(f"{'; '.join(failures)}. The other shards stopped; their work is kept in {self.work}: "
                                "run the same command to resume")
@@ -287,7 +289,7 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
     CPU, with ``threads`` of its own for the network. Says
     there (kind, value) how it goes: ("block", k) as it starts one, ("progress", images),
     ("described", images) once one is done, ("next", None) to ask for the next; last "done",
-    "failed" (why) or "stopped"."""
+    "failed" (why), "refused" (the system's refusal: a full disk, say) or "stopped"."""
     # Ctrl-C is for the parent, which stops every process alike (SIGTERM); SIGTERM stops this one
     # as Ctrl-C stops a single run, keeping its parts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -305,7 +307,7 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
         this one's saying, or its exit, short."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say(how, why)
-        if how == "failed":  # a file that a full disk kept from closing would crash its exit
+        if how == "refused":  # a file that a full disk kept from closing would crash its exit
             exit_if_hdf5_files_open(but=files_before, code=0)
 
     files_before = open_hdf5_files()
@@ -325,8 +327,10 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
         end("done", None)
     except (KeyboardInterrupt, EOFError):  # SIGTERM; or the parent gone as it was asked for a block
         end("stopped", "stopped (SIGTERM)")
-    except (VggfeatError, OSError) as error:
+    except VggfeatError as error:
         end("failed", str(error))
+    except OSError as error:
+        end("refused", str(error))
     except Exception as error:  # a bug: its traceback, on the terminal, is what a report needs
         traceback.print_exc()
         end("failed", f"{type(error).__name__}: {error}")

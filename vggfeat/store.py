@@ -510,7 +510,13 @@ def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
     except OSError as error:
         if error.errno is not None:  # the system's refusal (permissions, I/O), not the file's content
             raise
-        raise VggfeatError(f"{path} is not an HDF5 file") from None
+        with open(path, "rb") as file:
+            damaged = file.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE  # HDF5's start, HDF5 cannot read the rest
+        raise VggfeatError(f"{path} is a damaged HDF5 file (cut short, or still being written or copied?)" if damaged
+                           else f"{path} is not an HDF5 file") from None
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (without a user block)
 
 
 def write_json(path: Path, data: dict) -> None:

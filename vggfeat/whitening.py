@@ -165,13 +165,8 @@ class PCAWhitening:
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
         """Read a file written by :meth:`save`."""
         path = Path(path)
-        if not path.is_file():
-            raise VggfeatError(f"whitening file not found: {path}")
-        try:
-            with open_h5(path) as f:
-                return cls.read(f, str(path))
-        except OSError:
-            raise VggfeatError(f"{path} is not an HDF5 file") from None
+        with open_hdf5(path, "whitening") as f:
+            return cls.read(f, str(path))
 
     @classmethod
     def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
