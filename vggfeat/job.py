@@ -37,8 +37,9 @@ from .chunks import Chunk
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
 from .settings import decoder_library_of
-from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held, interrupted_on_several, list_parts,
-                    lock_folder, open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held,
+                    interrupted_on_several, list_parts, lock_folder, open_h5, replace_durably, rows_and_failures,
+                    shards_folder, work_folder, write_json, write_part)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128

@@ -431,7 +431,10 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         cache = list(fapl.get_cache())
         fapl.set_cache(*cache[:2], 0, cache[3])  # no bytes of chunk cache
         name = os.fsencode(path)
-        fid = h5py.h5f.create(name, h5py.h5f.ACC_TRUNC, fapl=fapl) if mode == "w" else h5py.h5f.open(name, h5py.h5f.ACC_RDWR, fapl=fapl)
+        if mode == "w":
+            fid = h5py.h5f.create(name, h5py.h5f.ACC_TRUNC, fapl=fapl)
+        else:
+            fid = h5py.h5f.open(name, h5py.h5f.ACC_RDWR, fapl=fapl)
         return h5py.File(fid, locking=False)
     if mode != "r":
         raise ValueError(f"mode {mode!r}: vggfeat opens files with 'r', 'r+' or 'w'")
@@ -447,14 +450,14 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
 # an OSError without errno): "... filename = 'x.h5', ..., errno = 28, error message = 'No space ...'",
 # or without the file's name.
 _FAILED_CALL = re.compile(r"filename = '(?P<file>[^']*)'.*?errno = (?P<errno>\d+),", re.DOTALL)
-_FAILED_CALL_IN_A_FILE = re.compile(r"errno = (?P<errno>\d+),")
+_FAILED_CALL_UNNAMED = re.compile(r"errno = (?P<errno>\d+),")
 
 
 def system_error(error: Exception, file: str | os.PathLike | None = None) -> OSError | None:
     """The system's refusal behind ``error`` (a full disk, an I/O error) as an OSError that says
     it in one line, ``[Errno 28] No space left on device: 'x.h5'`` (``file``, where HDF5 does not
     name it); None where ``error`` is no such refusal (a bug, say)."""
-    failed = _FAILED_CALL.search(str(error)) or _FAILED_CALL_IN_A_FILE.search(str(error))
+    failed = _FAILED_CALL.search(str(error)) or _FAILED_CALL_UNNAMED.search(str(error))
     if isinstance(error, (OSError, RuntimeError)) and failed is not None and failed["errno"] != "0":
         number = int(failed["errno"])
         named = failed.groupdict().get("file") or (None if file is None else str(file))
