@@ -383,6 +383,12 @@ def test_export_parquet(tmp_path):
     np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), X)
     assert table["label"][0].as_py() is None
     assert json.loads(table.schema.metadata[b"vggfeat_config"])["layer"] == "conv5_3"
+    # The same file to NumPy beside it: the same failures, whose list the two exports share.
+    assert run_main(["export", db, tmp_path / "out.npy"])[0] == 0
+    (tmp_path / "out.failed.csv").write_text("path,label,reason\nmine.jpg,,kept\n")  # another list: not replaced
+    code, _, err = run_main(["export", db, tmp_path / "out.npy"])
+    assert code == 2 and "out.failed.csv already exist(s)" in error_line(err) and "out.npy" in error_line(err)
+    assert (tmp_path / "out.failed.csv").read_text() == "path,label,reason\nmine.jpg,,kept\n"
 
 
 def test_montage_is_a_png_of_the_expected_size(tmp_path):

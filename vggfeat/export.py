@@ -8,7 +8,7 @@
 
 Either way ``OUTPUT.failed.csv`` lists the images that could not be described: ``path,label,reason``
 (a header alone when none failed; it is always written, so that no earlier export's list is left
-beside new rows).
+beside new rows). Exports to both formats share it.
 
 Rows are copied in blocks, so files larger than memory export too.
 """
@@ -16,6 +16,7 @@ Rows are copied in blocks, so files larger than memory export too.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,9 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         base = base.with_suffix("")
     suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
     targets = [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]
-    existing = [str(t) for t in targets if t.exists()]
+    failed_csv = _failed_csv(features)
+    # The failures of an export to the other format, the same list: no file of the user's to lose.
+    existing = [str(t) for t in targets if t.exists() and not (t == targets[-1] and t.read_bytes() == failed_csv)]
     if existing and not overwrite:
         raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     with FeatureFile(features) as f:
@@ -61,12 +64,20 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         else:
             with written_atomically(targets[0]) as temporary:
                 _parquet(f, temporary, labels, step)
-        failed = f.failed()
-        with written_atomically(targets[-1]) as temporary, open(temporary, "w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["path", "label", "reason"])
-            writer.writerows(zip(failed.paths, _class_names(failed.labels, f.classes), failed.reasons))
+    with written_atomically(targets[-1]) as temporary:
+        temporary.write_bytes(failed_csv)
     return targets
+
+
+def _failed_csv(features: str | os.PathLike) -> bytes:
+    """The CSV of the images that ``features`` could not describe: ``path,label,reason``."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "label", "reason"])
+    with FeatureFile(features) as f:
+        failed = f.failed()
+        writer.writerows(zip(failed.paths, _class_names(failed.labels, f.classes), failed.reasons))
+    return text.getvalue().encode()
 
 
 def _class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
