@@ -45,12 +45,12 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         base = base.with_suffix("")
     suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
     targets = [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]
-    failed_csv = _failed_csv(features)
-    # The failures of an export to the other format, the same list: no file of the user's to lose.
-    existing = [str(t) for t in targets if t.exists() and not (t == targets[-1] and t.read_bytes() == failed_csv)]
-    if existing and not overwrite:
-        raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     with FeatureFile(features) as f:
+        failed_csv = _failed_csv(f)
+        # The failures of an export to the other format, the same list: no file of the user's to lose.
+        existing = [str(t) for t in targets if t.exists() and not (t == targets[-1] and t.read_bytes() == failed_csv)]
+        if existing and not overwrite:
+            raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
         labels = _class_names(f.labels, f.classes)
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
         # Each file appears whole or not at all: an interrupted export leaves the old ones intact.
@@ -69,14 +69,13 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
     return targets
 
 
-def _failed_csv(features: str | os.PathLike) -> bytes:
-    """The CSV of the images that ``features`` could not describe: ``path,label,reason``."""
+def _failed_csv(f: FeatureFile) -> bytes:
+    """The CSV of the images that ``f`` could not describe: ``path,label,reason``."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["path", "label", "reason"])
-    with FeatureFile(features) as f:
-        failed = f.failed()
-        writer.writerows(zip(failed.paths, _class_names(failed.labels, f.classes), failed.reasons))
+    failed = f.failed()
+    writer.writerows(zip(failed.paths, _class_names(failed.labels, f.classes), failed.reasons))
     return text.getvalue().encode()
 
 
