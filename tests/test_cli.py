@@ -419,6 +419,25 @@ def test_file_list_with_root(tmp_path):
     assert data["labels"].tolist() == [0, 1] and data["failed_paths"] == []
 
 
+
+def test_a_file_list_none_of_whose_files_is_there_is_refused_before_the_run(tmp_path):
+    """Paths relative to another folder than the list's (no --root), or a storage not mounted: one
+    line naming where they were looked for, not a run that records every image as failed."""
+    (tmp_path / "pictures").mkdir()
+    write_rgb(tmp_path / "pictures" / "039.png", 224, 224, seed=1)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.txt").write_text("".join(f"pictures/{i:03d}.png,c{i % 2}\n" for i in range(40)))
+    output = tmp_path / "out.h5"
+    code, _, err = run_main(["extract", "--file-list", tmp_path / "lists" / "train.txt", output, *CHEAP])
+    assert code == 2 and not output.exists() and not (tmp_path / "out.h5.parts").exists()
+    assert (f"none of the files of {tmp_path / 'lists' / 'train.txt'} is there (looked for 16 of its 40, spread over it, "
+            f"e.g. {tmp_path / 'lists' / 'pictures' / '000.png'}); its relative paths are taken from "
+            f"{tmp_path / 'lists'} (the list's folder; --root names another)") in err
+    # With the root they are relative to, the one file there is described and the others recorded as failed.
+    code, _, err = run_main(["extract", "--file-list", tmp_path / "lists" / "train.txt", "--root", tmp_path, output, *CHEAP])
+    assert code == 0, err
+    assert "1 descriptor" in err and "39 failed" in err
+
 # --------------------------------------------------------------------------- info
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggfeat.discover import NO_LABEL, ImageSet, find_images, read_file_list
+from vggfeat.discover import NO_LABEL, ImageSet, check_listed_files, find_images, read_file_list
 from vggfeat.errors import VggfeatError
 
 
@@ -291,6 +291,23 @@ def test_list_absolute_paths_inside_a_relatively_given_root(tmp_path, monkeypatc
     assert relative.paths == absolute.paths == ("a.jpg",)
     assert relative.digest() == absolute.digest()
 
+
+def test_a_list_is_refused_only_where_none_of_the_files_looked_for_is_there(tmp_path):
+    """16 files spread over the list are looked for, not all of them: a list of millions of files
+    on a network file system starts at once. One there is enough; the others fail in the run."""
+    listing = write_list(tmp_path / "list.txt", *[f"{i:04d}.jpg" for i in range(1000)])
+    found = read_file_list(listing)
+    with pytest.raises(VggfeatError, match=r"none of the files of .*list.txt is there \(looked for 16 of its 1,000"):
+        check_listed_files(found, listing)
+    touch(tmp_path, "0999.jpg")  # the last file: spread over the list, the look reaches it
+    check_listed_files(found, listing)
+    os.remove(tmp_path / "0999.jpg")
+    touch(tmp_path, "0500.jpg")  # between the files looked for: not seen
+    with pytest.raises(VggfeatError, match="none of the files"):
+        check_listed_files(found, listing)
+    absolute = write_list(tmp_path / "absolute.txt", "/not/mounted/a.jpg", "/not/mounted/b.jpg")
+    with pytest.raises(VggfeatError, match=r"\(looked for each of its 2, e.g. /not/mounted/a.jpg\); is their storage mounted\?$"):
+        check_listed_files(read_file_list(absolute), absolute)
 
 def test_list_comma_in_file_name(tmp_path):
     listing = write_list(tmp_path / "list.txt", "a,b.jpg", "c,d.jpg,cat", "x,y/e.PNG", "f.jpg,animals/cat", "g,dog")

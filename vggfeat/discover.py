@@ -18,6 +18,8 @@ from .errors import VggfeatError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 NO_LABEL = -1
+# Files of a list looked for before a run (check_listed_files): a round trip each on a network file system.
+LISTED_FILES_LOOKED_FOR = 16
 
 
 class ImageFiles(Sequence[Path]):
@@ -200,6 +202,27 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     if not class_of:
         raise VggfeatError(f"file list is empty: {list_file}")
     return _labelled(root, class_of)
+
+
+def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int = LISTED_FILES_LOOKED_FOR) -> None:
+    """Refuse a list none of whose files is there, by ``looked_for`` of them spread over it.
+
+    A list of paths relative to another folder than its root (the list's folder unless given), or
+    of a storage that is not mounted, would otherwise have every image recorded as failed, hours
+    later for millions of files; a list of which some files are missing is described as usual,
+    each missing file recorded as failed.
+    """
+    count = len(images.paths)
+    sampled = range(count) if count <= looked_for else sorted({k * (count - 1) // (looked_for - 1) for k in range(looked_for)})
+    if any(os.path.exists(images.file(k)) for k in sampled):
+        return
+    example = as_utf8(os.path.abspath(images.file(sampled[0])))
+    which = f"each of its {count:,}" if len(sampled) == count else f"{len(sampled)} of its {count:,}, spread over it"
+    relative = [k for k in sampled if not os.path.isabs(images.paths[k])]
+    whose = "--root" if Path(images.root) != Path(list_file).parent else "the list's folder; --root names another"
+    where = (f"its relative paths are taken from {os.path.abspath(images.root)} ({whose}): is that the folder they "
+             "are relative to, and is its storage mounted?" if relative else "is their storage mounted?")
+    raise VggfeatError(f"none of the files of {list_file} is there (looked for {which}, e.g. {example}); {where}")
 
 
 def _split_entry(line: str) -> tuple[str, str | None]:

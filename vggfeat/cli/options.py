@@ -14,7 +14,7 @@ import click
 
 from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALES, PRECISIONS
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from ..discover import ImageSet, check_file_list, check_folder, find_images, read_file_list
+from ..discover import ImageSet, check_file_list, check_folder, check_listed_files, find_images, read_file_list
 from ..errors import VggfeatError
 from .common import progress_bar
 
@@ -211,13 +211,16 @@ def check_source(paths: tuple[Path, ...], file_list: Path | None) -> None:
 
 
 def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, quiet: bool = False) -> ImageSet:
-    """The images of ``--file-list``, or under IMAGES (arguments checked by :func:`output_of`).
+    """The images of ``--file-list`` (refused where none of them is there), or under IMAGES
+    (arguments checked by :func:`output_of`).
 
     Walking a large tree takes a while (a minute for ten million files on a local disk, more on a
     network file system): after two seconds, a counter shows that it goes on.
     """
     if file_list:
-        return read_file_list(file_list, root)
+        images = read_file_list(file_list, root)
+        check_listed_files(images, file_list)
+        return images
     with progress_bar(quiet, unit="images", desc=f"finding images in {paths[0]}", delay=2) as bar:
         return find_images(paths[0], progress=bar.update)
 
