@@ -31,6 +31,7 @@ from runhelpers import (
 )
 from vggfeat.cli import common, options
 from vggfeat.cli.info import _failed_classes
+from vggfeat.store import _failures_by_reason, reason_kind
 from vggfeat import Extractor
 from vggfeat import settings
 from vggfeat.reading import ImageReader
@@ -458,12 +459,40 @@ def test_info_text(mixed):
     for path, reason in shown:
         assert mixed["bad"][path] in reason.lower()
     assert f"… and {len(BAD_FILES) - 5} more in /failed" in out
+    # All of them, by reason, most first: the first five in path order may not show what most failed of.
+    by_reason = out.split("  failures by reason:\n")[1].splitlines()
+    assert by_reason[0] == "    2  not an image, or a format Pillow cannot read"  # corrupt.jpg and notes.png
+    assert by_reason[-1] == "    1  for 1 other reason ('vggfeat info --json' lists it)"
+    assert sum(int(line.split()[0]) for line in by_reason) == len(BAD_FILES)
 
 
 def test_info_counts_the_failures_of_each_class_the_most_first():
     by_class = {"dogs": 3, "ants": 2, "cats": 2, "eels": 1}
     assert _failed_classes(by_class) == " (8 labelled: dogs 3, ants 2, cats 2, … 1 more class)"
     assert _failed_classes({"cats": 1}) == " (1 labelled: cats 1)" and _failed_classes({}) == ""
+
+
+def test_failures_are_counted_by_their_kind_of_reason(tmp_path):
+    """What is particular to a file (its name in an OS error, its size) is left out of the kind; a
+    kind whose reasons are all the same is shown as that reason."""
+    assert reason_kind("image is 10x12; the smallest side must be at least 32 px") == \
+        "image is NxN; the smallest side must be at least N px"
+    assert reason_kind("PermissionError: [Errno 13] Permission denied: '/data/a b.jpg'") == \
+        "PermissionError: [Errno N] Permission denied: '…'"
+    reasons = ["empty file (0 bytes)", "image is 10x12; the smallest side must be at least 32 px",
+               "PermissionError: [Errno 13] Permission denied: '/a.jpg'", "empty file (0 bytes)",
+               "image is 20x8; the smallest side must be at least 32 px", "PermissionError: [Errno 13] Permission denied: '/b.jpg'",
+               "PermissionError: [Errno 13] Permission denied: '/c.jpg'"]
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("errors", data=reasons, dtype=h5py.string_dtype())
+        by_reason = _failures_by_reason(f["errors"], step=2)  # blocks of 2: counted across them
+    assert by_reason == [
+        {"reason": "PermissionError: [Errno N] Permission denied: '…'", "failures": 3,
+         "example": "PermissionError: [Errno 13] Permission denied: '/a.jpg'"},
+        {"reason": "empty file (0 bytes)", "failures": 2, "example": "empty file (0 bytes)"},
+        {"reason": "image is NxN; the smallest side must be at least N px", "failures": 2,
+         "example": "image is 10x12; the smallest side must be at least 32 px"},
+    ]
 
 
 def test_info_json(mixed):
@@ -476,6 +505,9 @@ def test_info_json(mixed):
     assert summary["failed_by_class"] == {"bad": len(BAD_FILES)}
     assert [path for path, _ in summary["first_failures"]] == sorted(mixed["bad"])[:5]
     assert all(reason for _, reason in summary["first_failures"])
+    assert summary["failures_by_reason"][0] == {"reason": "not an image, or a format Pillow cannot read", "failures": 2,
+                                                "example": "not an image, or a format Pillow cannot read"}
+    assert sum(entry["failures"] for entry in summary["failures_by_reason"]) == len(BAD_FILES)
     a = summary["attrs"]
     assert (a["model"], a["weights"], a["layer"], a["scales"]) == ("vgg16", "random", "conv1_1", [224])
     assert a["random_weights"] is True and a["complete"] is True and len(a["weights_sha256"]) == 64

@@ -327,6 +327,7 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
                 [p, e]
                 for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
             ] if recorded else [],
+            "failures_by_reason": _failures_by_reason(f["failed/errors"]) if recorded else [],
             "attrs": attrs,
         }
 
@@ -338,6 +339,28 @@ def _failed_by_class(f: h5py.File) -> dict[str, int]:
     counts = np.bincount(labels[labels >= 0], minlength=f["classes"].shape[0])
     classes = f["classes"].asstr()[:]
     return {str(classes[i]): int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
+
+
+def reason_kind(reason: str) -> str:
+    """A failure's reason without what is particular to its file: quoted names (an OS error's path)
+    as '…', numbers (sizes, pixels, error numbers) as N; ``image is NxN; the smallest side must be
+    at least N px``."""
+    return re.sub(r"\d+(,\d{3})*", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason))
+
+
+def _failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
+    """[{"reason", "failures", "example"}] by kind of reason (:func:`reason_kind`), most first, ties
+    by reason, read a block at a time: how a collection's millions of failures divide. "reason" is
+    the reason itself where all of its kind are the same, else the kind; "example", the first."""
+    by_kind: dict[str, dict] = {}
+    for start in range(0, errors.shape[0], step):
+        for reason in errors.asstr()[start : start + step]:
+            kind = reason_kind(reason)
+            entry = by_kind.setdefault(kind, {"reason": reason, "failures": 0, "example": reason})
+            entry["failures"] += 1
+            if entry["reason"] != reason:
+                entry["reason"] = kind
+    return sorted(by_kind.values(), key=lambda entry: (-entry["failures"], entry["reason"]))
 
 
 def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:

@@ -46,7 +46,7 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
-        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first")
+        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first, and counts them by reason")
 
 
 def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, overwrite: bool,
