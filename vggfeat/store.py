@@ -28,6 +28,7 @@ kills the run. The rows it records are on disk before it is (:class:`vggfeat.out
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -341,25 +342,36 @@ def _failed_by_class(f: h5py.File) -> dict[str, int]:
     return {str(classes[i]): int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"\d+(?:,\d{3})*")
+
+
 def reason_kind(reason: str) -> str:
     """A failure's reason without what is particular to its file: quoted names (an OS error's path)
     as '…', numbers (sizes, pixels, error numbers) as N; ``image is NxN; the smallest side must be
     at least N px``."""
-    return re.sub(r"\d+(,\d{3})*", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason))
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))
 
 
 def _failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
     """[{"reason", "failures", "example"}] by kind of reason (:func:`reason_kind`), most first, ties
     by reason, read a block at a time: how a collection's millions of failures divide. "reason" is
     the reason itself where all of its kind are the same, else the kind; "example", the first."""
-    by_kind: dict[str, dict] = {}
+    # Each reason as HDF5 gives it (bytes) counted first, in the order they first come: most
+    # failures share a few reasons, whose kinds are then made once each.
+    counts: collections.Counter[bytes] = collections.Counter()
     for start in range(0, errors.shape[0], step):
-        for reason in errors.asstr()[start : start + step]:
-            kind = reason_kind(reason)
-            entry = by_kind.setdefault(kind, {"reason": reason, "failures": 0, "example": reason})
-            entry["failures"] += 1
-            if entry["reason"] != reason:
-                entry["reason"] = kind
+        counts.update(errors[start : start + step].tolist())
+    by_kind: dict[str, dict] = {}
+    for encoded, failures in counts.items():
+        reason = encoded.decode("utf-8", "backslashreplace")
+        kind = reason_kind(reason)
+        entry = by_kind.get(kind)
+        if entry is None:
+            by_kind[kind] = {"reason": reason, "failures": failures, "example": reason}
+        else:
+            entry["failures"] += failures
+            entry["reason"] = kind  # reasons of this kind differ
     return sorted(by_kind.values(), key=lambda entry: (-entry["failures"], entry["reason"]))
 
 
