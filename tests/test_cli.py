@@ -31,7 +31,7 @@ from runhelpers import (
 )
 from vggfeat.cli import common, options
 from vggfeat.cli.info import _failed_classes
-from vggfeat.store import _failures_by_reason, reason_kind
+from vggfeat.store import failures_by_reason, reason_kind
 from vggfeat import Extractor
 from vggfeat import settings
 from vggfeat.reading import ImageReader
@@ -95,6 +95,10 @@ def test_exit_message_counts_failures(mixed):
     assert re.search(rf"wrote .*out\.h5: 18 descriptors \(64-d float32\), {len(BAD_FILES)} failed", mixed["stderr"]), mixed["stderr"]
     assert "WARNING: random weights" in mixed["stderr"]
     assert "Traceback" not in mixed["stderr"]
+    # What they were, counted by reason, most first.
+    by_reason = mixed["stderr"].split("failures by reason (listed in /failed of the file; 'vggfeat info ")[1].splitlines()[1:]
+    assert by_reason[0] == "    2  not an image, or a format Pillow cannot read"
+    assert sum(int(line.split()[0]) for line in by_reason) == len(BAD_FILES)
     # What the auto settings chose is said before the work starts.
     assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ (pil|torchvision) decoding threads",
                      mixed["stderr"]), mixed["stderr"]
@@ -485,7 +489,7 @@ def test_failures_are_counted_by_their_kind_of_reason(tmp_path):
                "PermissionError: [Errno 13] Permission denied: '/c.jpg'"]
     with h5py.File(tmp_path / "f.h5", "w") as f:
         f.create_dataset("errors", data=reasons, dtype=h5py.string_dtype())
-        by_reason = _failures_by_reason(f["errors"], step=2)  # blocks of 2: counted across them
+        by_reason = failures_by_reason(f["errors"], step=2)  # blocks of 2: counted across them
     assert by_reason == [
         {"reason": "PermissionError: [Errno N] Permission denied: '…'", "failures": 3,
          "example": "PermissionError: [Errno 13] Permission denied: '/a.jpg'"},

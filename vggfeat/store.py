@@ -328,7 +328,7 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
                 [p, e]
                 for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
             ] if recorded else [],
-            "failures_by_reason": _failures_by_reason(f["failed/errors"]) if recorded else [],
+            "failures_by_reason": failures_by_reason(f["failed/errors"]) if recorded else [],
             "attrs": attrs,
         }
 
@@ -353,7 +353,7 @@ def reason_kind(reason: str) -> str:
     return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))
 
 
-def _failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
+def failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
     """[{"reason", "failures", "example"}] by kind of reason (:func:`reason_kind`), most first, ties
     by reason, read a block at a time: how a collection's millions of failures divide. "reason" is
     the reason itself where all of its kind are the same, else the kind; "example", the first."""

@@ -38,6 +38,19 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
+def reason_lines(by_reason: list[dict], shown: int = 5) -> list[str]:
+    """Failures counted by kind of reason, most first (``store.failures_by_reason``), a line each
+    for the first ``shown`` and one for the others: what a collection's failures were, which the
+    first few in path order need not show."""
+    width = len(f"{by_reason[0]['failures']:,}")
+    lines = [f"    {entry['failures']:>{width},}  {printable(entry['reason'])}" for entry in by_reason[:shown]]
+    if len(by_reason) > shown:
+        others, kinds = sum(entry["failures"] for entry in by_reason[shown:]), len(by_reason) - shown
+        lines.append(f"    {others:>{width},}  for {kinds:,} other reason{'s' if kinds > 1 else ''} ('vggfeat info --json' "
+                     f"lists {'them' if kinds > 1 else 'it'})")
+    return lines
+
+
 def check_json_output(path: Path | None, overwrite: bool) -> None:
     """Refuse, before the work, a --json file that exists (unless ``overwrite``) or cannot be written."""
     if path:

@@ -196,18 +196,4 @@ def info(file: Path, as_json: bool) -> None:
         click.echo(f"  failed: {common.printable(path)}: {common.printable(error)}")
     if summary["failed"] > len(summary["first_failures"]):
         click.echo(f"  … and {summary['failed'] - len(summary['first_failures']):,} more in /failed")
-        _echo_reasons(summary["failures_by_reason"])
-
-
-def _echo_reasons(by_reason: list[dict], shown: int = 5) -> None:
-    """The failures counted by their kind of reason, most first (``read_info``'s failures_by_reason):
-    what the first failures, in path order, need not show of a large collection's."""
-    width = len(f"{by_reason[0]['failures']:,}")
-    click.echo("  failures by reason:")
-    for entry in by_reason[:shown]:
-        click.echo(f"    {entry['failures']:>{width},}  {common.printable(entry['reason'])}")
-    if len(by_reason) > shown:
-        others = sum(entry["failures"] for entry in by_reason[shown:])
-        kinds = len(by_reason) - shown
-        click.echo(f"    {others:>{width},}  for {kinds:,} other reason{'s' if kinds > 1 else ''} ('vggfeat info --json' lists "
-                   f"{'them' if kinds > 1 else 'it'})")
+        click.echo("\n".join(["  failures by reason:", *common.reason_lines(summary["failures_by_reason"])]))

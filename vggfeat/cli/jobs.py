@@ -17,7 +17,7 @@ from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import ExtractionJob, JobResult
 from ..multidevice import MultiDeviceJob
-from ..store import interrupted_on_several
+from ..store import interrupted_on_several, read_info
 from ..update import OutputUpdate
 from . import common, options
 
@@ -46,7 +46,8 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
-        say(f"failures are listed in /failed of the file; 'vggfeat info {result.output}' shows the first, and counts them by reason")
+        say("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' shows the first):",
+                       *common.reason_lines(read_info(result.output, max_failures=0)["failures_by_reason"])]))
 
 
 def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, overwrite: bool,
