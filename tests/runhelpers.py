@@ -133,6 +133,7 @@ def read_output(path) -> dict:
             "labels": f["labels"][:],
             "classes": list(f["classes"].asstr()[:]),
             "sizes": f["sizes"][:],
+            "read_after": f["read_after"][:] if "read_after" in f else None,
             "failed_paths": list(f["failed/paths"].asstr()[:]),
             "failed_errors": list(f["failed/errors"].asstr()[:]),
             "failed_labels": f["failed/labels"][:].tolist(),
@@ -147,6 +148,10 @@ def assert_same_output(actual: dict, expected: dict, atol: float = 1e-6) -> None
     assert actual["classes"] == expected["classes"]
     np.testing.assert_array_equal(actual["labels"], expected["labels"])
     np.testing.assert_array_equal(actual["sizes"], expected["sizes"])
+    # When each row's file was read after differs from run to run; whether it is known does not.
+    assert (actual["read_after"] is None) == (expected["read_after"] is None)
+    if expected["read_after"] is not None:
+        np.testing.assert_array_equal(np.isfinite(actual["read_after"]), np.isfinite(expected["read_after"]))
     assert actual["features"].shape == expected["features"].shape
     assert actual["features"].dtype == expected["features"].dtype
     np.testing.assert_allclose(actual["features"], expected["features"], rtol=0, atol=atol)

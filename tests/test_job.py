@@ -210,9 +210,9 @@ def test_a_run_writes_its_rows_as_it_goes_and_none_again(tmp_path, labelled, ref
         events.append(("rows", len(features)))
         return append(output, start, end, features)
 
-    def finished(output, parts, attrs):
+    def finished(output, parts, attrs, read_after):
         events.append(("finish", None))
-        return finish(output, parts, attrs)
+        return finish(output, parts, attrs, read_after)
 
     monkeypatch.setattr(OutputFile, "append", appended)
     monkeypatch.setattr(OutputFile, "finish", finished)
@@ -247,6 +247,9 @@ def test_resume_after_a_crash_recomputes_only_missing_images(tmp_path, labelled,
     assert (result.rows, result.failed, result.computed) == (5, 1, 2)
     assert_same_output(read_output(output), reference[1])
     assert not work.exists()
+    # Every row's file was read after the first run began: the resumed run keeps that time.
+    assert second.manifest["started"] == first.manifest["started"]
+    assert set(read_output(output)["read_after"]) == {first.manifest["started"]}
 
 
 def test_a_run_stops_when_the_storage_goes_away_recording_none_of_its_images_as_failed(tmp_path, extractor, monkeypatch):
@@ -291,7 +294,7 @@ def test_stale_tmp_part_of_a_killed_writer_is_ignored(tmp_path, labelled, refere
 
 def die_before_the_output_is_complete(monkeypatch) -> None:
     """Make the run die after its last part, as its output file is being completed."""
-    def finish(output, parts, attrs):
+    def finish(output, parts, attrs, read_after):
         output._file.attrs["half"] = "written"
         output._file["paths"] = ["half written"]
         raise RuntimeError("simulated kill as the output is completed")

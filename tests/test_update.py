@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -91,6 +92,39 @@ def test_an_update_describes_only_the_new_images_and_writes_what_a_fresh_run_wri
     assert code == 0 and "is up to date: it holds every one of the 8 images" in err, err
     assert output.read_bytes() == before
 
+
+
+def test_an_update_describes_again_the_images_whose_file_changed_since_it_was_read(tmp_path, monkeypatch):
+    """A photo edited or replaced after the run that described it: its file's modification time is
+    after that run began, which the file keeps for each row (/read_after)."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_labelled_folder(root)
+    args = ["extract", root, output, *CHEAP]
+    began = time.time()
+    assert run_main(args)[0] == 0
+    first = read_output(output)["read_after"]
+    assert len(set(first)) == 1 and began <= first[0] <= time.time()  # the run's start, before any image was read
+    write_rgb(root / "cats" / "a.png", 224, 240, seed=99)  # another picture under the same name
+    read = decoded_files(monkeypatch)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0, err
+    assert sorted(set(read)) == ["cats/a.png"], "only the changed file"
+    assert "0 images that" in err and "does not hold, 1 whose file changed since it was described, 0 that" in err
+    assert "0 images added, 1 described again, 0 left out" in err
+    updated = read_output(output)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+    assert_same_output(updated, read_output(tmp_path / "reference.h5"))
+    again = updated["read_after"][updated["paths"].index("cats/a.png")]
+    assert again > first[0] and sorted(set(updated["read_after"])) == [first[0], again]  # the others' rows kept
+    read.clear()
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "is up to date" in err and not read, err  # nothing changed since
+    # A file written before vggfeat kept /read_after: a change cannot be seen there.
+    with h5py.File(output, "r+") as f:
+        del f["read_after"]
+    write_rgb(root / "dogs" / "c.png", 224, 224, seed=98)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "is up to date" in err and not read, err
 
 def test_an_update_warns_when_the_disk_cannot_hold_the_file_written_anew(tmp_path, monkeypatch):
     """The images it describes, and the whole file written anew beside the old one."""

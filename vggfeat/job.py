@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import time
@@ -103,6 +104,9 @@ class ExtractionJob:
             "config": extractor.config(),
             "dtype": dtype,
             "images": {"count": len(self.images), "sha256": self.images.digest()},
+            # Before any image is read: a resumed run keeps its first start (_adopt_or_clear), so
+            # that every row's file is known to have been read after it (the output's /read_after).
+            "started": time.time(),
         }
         if images.shard_of:
             self.manifest["shard"] = [images.shard_of.index, images.shard_of.count]
@@ -162,7 +166,8 @@ class ExtractionJob:
             for start, end in self._gaps():
                 self._fill(start, files[start:end], progress)
             self._output.extend(self._interrupted)  # those after the last gap
-            rows, failed = self._output.finish(self.parts, self._attrs())  # refuses an output missing any image
+            # refuses an output missing any image
+            rows, failed = self._output.finish(self.parts, self._attrs(), self.manifest.get("started", math.nan))
         except BaseException:
             self._output.abandon()
             raise
@@ -287,6 +292,8 @@ class ExtractionJob:
                 for entry in self.work.iterdir():
                     if entry.name != "lock":
                         entry.unlink()
+            else:  # NaN where the run began before vggfeat recorded when
+                self.manifest["started"] = previous.get("started", math.nan)
         for stale in self.work.glob("*.tmp"):  # left by a killed writer; never renamed, so never used
             stale.unlink()
         if not manifest_file.exists():

@@ -22,7 +22,8 @@ from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .store import (PLACED_ATTRS, block_rows, check_descriptor_output, create_datasets, failed_labels, mark_complete,
-                    open_features_file, open_h5, place_rows, plain_value, replace_durably, written_atomically)
+                    open_features_file, open_h5, place_rows, plain_value, read_after, replace_durably,
+                    written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -149,8 +150,9 @@ def _without_rows(path: Path, first_row: int, rows: int, chunks: tuple[int, np.n
     recording where its ``rows`` are (:func:`place_rows`); returns it, opened."""
     temporary = path.with_name(path.name + ".tmp")
     with open_h5(path) as f, open_h5(temporary, "w") as out:
-        for name in ("paths", "labels", "classes", "sizes", "failed"):
-            f.copy(f[name], out, name)
+        for name in ("paths", "labels", "classes", "sizes", "read_after", "failed"):
+            if name in f:  # read_after: not in a file of an earlier vggfeat
+                f.copy(f[name], out, name)
         features = f["features"]
         out.create_dataset("features", shape=(0, features.shape[1]), dtype=features.dtype, maxshape=(None, features.shape[1]))
         out.attrs.update(f.attrs)
@@ -160,13 +162,14 @@ def _without_rows(path: Path, first_row: int, rows: int, chunks: tuple[int, np.n
 
 
 def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
-    """The rows (paths, labels, sizes) and failures of the blocks' ``files``, ``step`` rows at a time."""
+    """The rows (paths, labels, sizes, read_after) and failures of the blocks' ``files``, ``step`` rows at a time."""
     for f in files:
         rows = block_rows(f)
         for start in range(0, max(rows, 1), step):
             last = start + step >= rows
             yield RowsBlock(f["paths"].asstr()[start : start + step], f["labels"][start : start + step],
-                            f["sizes"][start : start + step], f["failed/paths"].asstr()[:] if last else [],
+                            f["sizes"][start : start + step], read_after(f, start, min(start + step, rows)),
+                            f["failed/paths"].asstr()[:] if last else [],
                             f["failed/errors"].asstr()[:] if last else [],
                             failed_labels(f) if last else np.zeros(0, dtype=np.int64))
 
@@ -213,7 +216,7 @@ def _check_together(files: list[h5py.File]) -> None:
 
 
 def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int, progress: Callable[[int], None]) -> None:
-    features, paths, labels, sizes, failed_paths, failed_errors, labels_of_failed = targets
+    features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, labels_of_failed = targets
     row = fail = 0
     for f in files:
         n = f["features"].shape[0]
@@ -223,6 +226,7 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
             paths[row + start : row + end] = f["paths"][start:end]
             labels[row + start : row + end] = f["labels"][start:end]
             sizes[row + start : row + end] = f["sizes"][start:end]
+            read_after_rows[row + start : row + end] = read_after(f, start, end)
             progress(end - start)
         bad = f["failed/paths"].shape[0]
         failed_paths[fail : fail + bad] = f["failed/paths"][:]

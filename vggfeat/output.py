@@ -29,11 +29,12 @@ from .store import Part, chunk_rows, failed_datasets, mark_complete, open_h5, re
 
 @dataclass(frozen=True)
 class RowsBlock:
-    """Of consecutive rows of an output: their paths, labels and sizes; and the failures among
-    their images (paths, errors and labels)."""
+    """Of consecutive rows of an output: their paths, labels, sizes and when their files were read
+    after (/read_after); and the failures among their images (paths, errors and labels)."""
     paths: Sequence[str]
     labels: np.ndarray
     sizes: np.ndarray
+    read_after: np.ndarray
     failed_paths: Sequence[str]
     failed_errors: Sequence[str]
     failed_labels: np.ndarray
@@ -116,27 +117,28 @@ class OutputFile:
                     else:
                         self.taken(part.start, part.end, int(f.attrs["first_row"]), f["indices"].shape[0], part.path.name)
 
-    def finish(self, parts: Sequence[Part], attrs: dict) -> tuple[int, int]:
-        """:meth:`complete` with what ``parts`` (all of them) hold besides descriptors."""
+    def finish(self, parts: Sequence[Part], attrs: dict, read_after: float) -> tuple[int, int]:
+        """:meth:`complete` with what ``parts`` (all of them) hold besides descriptors, every row's
+        file read after the time ``read_after`` (NaN: not known)."""
         def blocks() -> Iterator[RowsBlock]:
             for part in sorted(parts, key=lambda part: part.start):
                 with open_h5(part.path) as f:
                     indices, failed = f["indices"][:], f["failed_indices"][:]
                     yield RowsBlock([self.images.paths[i] for i in indices], self.images.labels[indices], f["sizes"][:],
-                                    [self.images.paths[i] for i in failed], list(f["failed_errors"].asstr()[:]),
-                                    self.images.labels[failed])
+                                    np.full(len(indices), read_after), [self.images.paths[i] for i in failed],
+                                    list(f["failed_errors"].asstr()[:]), self.images.labels[failed])
         return self.complete(blocks(), attrs)
 
     def complete(self, blocks: Iterable[RowsBlock], attrs: dict) -> tuple[int, int]:
-        """Write the rows' paths, labels and sizes, and the failures, from ``blocks`` in row order,
-        cut /features to the rows written, mark the file complete with ``attrs`` and close it;
-        returns (rows, failed)."""
+        """Write the rows' paths, labels, sizes and read_after, and the failures, from ``blocks`` in
+        row order, cut /features to the rows written, mark the file complete with ``attrs`` and
+        close it; returns (rows, failed)."""
         if self.next != len(self.images):
             raise RuntimeError(f"the output holds images up to {self.next} of {len(self.images)}")  # a bug
         for name in set(self._file) - {"features"}:  # what a run killed as it completed the file wrote
             del self._file[name]
         self._file.attrs.clear()
-        paths, labels, sizes = rows_datasets(self._file, self.rows, self.images.classes)
+        paths, labels, sizes, read_after = rows_datasets(self._file, self.rows, self.images.classes)
         failed_paths: list[str] = []
         failed_errors: list[str] = []
         failed_labels: list[np.ndarray] = []
@@ -144,6 +146,7 @@ class OutputFile:
         for block in blocks:
             written = slice(row, row + len(block.paths))
             paths[written], labels[written], sizes[written] = block.paths, block.labels, block.sizes
+            read_after[written] = block.read_after
             failed_paths.extend(block.failed_paths)
             failed_errors.extend(block.failed_errors)
             failed_labels.append(block.failed_labels)

@@ -7,6 +7,9 @@ The output file (read it with plain h5py)::
     /labels          int32 [N], index into /classes, -1 where the image has no class
     /classes         UTF-8 [C]
     /sizes           int32 [N, 2], decoded (height, width), EXIF orientation applied (the full size, drafted or not)
+    /read_after      float64 [N], Unix time (s) that each row's file was read after: when the run that
+                     described it began; NaN where not known (files written before it was added).
+                     ``extract --update`` describes again the images whose file changed since.
     /failed/paths    UTF-8 [F], files that could not be used
     /failed/errors   UTF-8 [F], why
     /failed/labels   int32 [F], as /labels (files written before it was added lack it: read it
@@ -260,18 +263,27 @@ def chunk_rows(rows: int, dim: int, dtype: str) -> int:
 
 
 def rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
-    """The schema's datasets of one value per row, and /classes, in ``out``: (paths, labels, sizes)."""
+    """The schema's datasets of one value per row, and /classes, in ``out``: (paths, labels, sizes,
+    read_after)."""
     out.create_dataset("classes", data=list(classes), dtype=STRING)
     return (
         out.create_dataset("paths", shape=(rows,), dtype=STRING, maxshape=(None,)),
         out.create_dataset("labels", shape=(rows,), dtype=np.int32, maxshape=(None,)),
         out.create_dataset("sizes", shape=(rows, 2), dtype=np.int32, maxshape=(None, 2)),
+        out.create_dataset("read_after", shape=(rows,), dtype=np.float64, maxshape=(None,), fillvalue=np.nan),
     )
 
 
+def read_after(f: h5py.File, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """/read_after of rows ``start:stop`` of ``f``: NaN (not known) for a file written before it was added."""
+    if "read_after" in f:
+        return f["read_after"][start:stop]
+    return np.full(len(range(*slice(start, stop).indices(f["paths"].shape[0]))), np.nan)
+
+
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
-    """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, failed paths,
-    failed errors, failed labels)."""
+    """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, read_after, failed
+    paths, failed errors, failed labels)."""
     # Resizable (maxshape), so that a file can be cut to fewer rows; that also lets a chunk be
     # larger than the data, which HDF5 otherwise refuses (rows == 0).
     features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows(rows, dim, dtype), dim),

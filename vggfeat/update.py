@@ -1,6 +1,7 @@
 """Update: a finished extraction's file rewritten with some images described (again), the rest
-copied: those it does not hold yet (``--update``: a collection grew, and lost files), or those it
-lists as failed (``--retry-failed``: the storage was away for a while, files were repaired since).
+copied: those it does not hold yet, and those whose file changed since it was read (``--update``:
+a collection grew, lost files, and some were edited or replaced), or those it lists as failed
+(``--retry-failed``: the storage was away for a while, files were repaired since).
 
 Describing a whole collection again would cost hours or days. The file is checked to be one that
 the same options made. The images to describe go through an ordinary
@@ -19,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,12 +34,14 @@ from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
 from .store import (UPDATE_MODES, create_datasets, file_attributes, interrupted_on_one, interrupted_on_several, mark_complete,
-                    open_features_file, open_h5, rows_and_failures, shards_folder, work_folder, written_atomically)
+                    open_features_file, open_h5, read_after, rows_and_failures, shards_folder, work_folder,
+                    written_atomically)
 
 # What made the rows an update adds, recorded as "updated_with" (or "failures_retried_with").
 MADE_WITH = ("vggfeat_version", "torch_version", "torchvision_version", "h5py_version", "device", "decoder_library")
 BLOCK_BYTES = 64 * 2**20  # of descriptors written at a time
 PATH_BLOCK = 2**16  # paths read from a file at a time
+STAT_THREADS, STAT_BLOCK = 16, 4096  # files looked at at once, and per task, for their modification times
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,16 @@ class UpdateResult:
     dropped: int  # images the file held (as rows or failures) that are no longer found
     computed: int  # images described by this run
     seconds: float
+    changed: int = 0  # of ``described``, images the file held whose file changed since it was read
 
 
 class OutputUpdate:
     """Rewrite ``output``, made by ``extractor`` with ``dtype``, with images of ``images`` described:
-    ``describe="new"``, those it does not hold, leaving out those no longer found (it then holds
-    exactly ``images``); ``"failed"``, those it lists as failed (``images`` must be its image set).
+    ``describe="new"``, those it does not hold and those whose file changed since it was read,
+    leaving out those no longer found (it then holds exactly ``images``); ``"failed"``, those it lists as failed (``images`` must be its image set).
 
-    Construction reads which images to describe (:attr:`described`) and which are gone
+    Construction reads which images to describe (:attr:`described`; of them, :attr:`changed`
+    were held, their file modified since: :func:`changed_files`) and which are gone
     (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the extraction
     of the images to describe (None where there are none, or where an interrupted update described
     them all already): on ``devices``, if two or more are given, a :class:`MultiDeviceJob`, which
@@ -81,7 +87,10 @@ class OutputUpdate:
                                    f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
+            changed = changed_files(images, self._old_rows, read_after(old)) if describe == "new" else []
+        self.changed = len(changed)  # images held whose file changed since it was read: described again
         if describe == "new":
+            self._old_rows[changed] = -1  # their new rows replace the old ones
             chosen = np.flatnonzero((self._old_rows < 0) & (self._old_failed < 0))
         else:
             chosen = np.flatnonzero(self._old_failed >= 0)
@@ -135,7 +144,8 @@ class OutputUpdate:
             rows, failed = self._rewrite()
         if self.staging.exists() and file_attributes(self.staging).get("update_of") == self.output.name:
             self.staging.unlink()  # a leftover of an update killed after its rename, too
-        return UpdateResult(self.output, rows, failed, self.described, self.dropped, computed, time.perf_counter() - began)
+        return UpdateResult(self.output, rows, failed, self.described, self.dropped, computed, time.perf_counter() - began,
+                            self.changed)
 
     def _rewrite(self) -> tuple[int, int]:
         images = self.images
@@ -152,14 +162,16 @@ class OutputUpdate:
             rows = np.flatnonzero(np.logical_or.reduce([found >= 0 for _, found, _ in sources]))
             failures = sorted(failure for f, _, failed in sources for failure in _reasons(f, failed))
             dim, dtype = old["features"].shape[1], old["features"].dtype
-            features, paths, labels, sizes, failed_paths, failed_errors, failed_labels = create_datasets(
+            features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, failed_labels = create_datasets(
                 out, len(rows), len(failures), dim, dtype.name, images.classes)
+            read_afters = [(read_after(f), found) for f, found, _ in sources]  # 8 bytes a row
             step = max(1, BLOCK_BYTES // (dim * dtype.itemsize))
             for start in range(0, len(rows), step):
                 block = rows[start : start + step]
                 written = slice(start, start + len(block))
                 features[written] = _gather(block, [(f["features"], found) for f, found, _ in sources])
                 sizes[written] = _gather(block, [(f["sizes"], found) for f, found, _ in sources])
+                read_after_rows[written] = _gather(block, read_afters)
                 paths[written] = [images.paths[i] for i in block]
                 labels[written] = images.labels[block]
             failed_paths[:] = [images.paths[i] for i, _ in failures]
@@ -189,6 +201,34 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
                            "options that made it")
+
+
+def changed_files(images: ImageSet, rows: np.ndarray, read_after: np.ndarray) -> np.ndarray:
+    """The indices of ``images`` held as rows (``rows``: the row of each, -1: none) whose file was
+    modified at or after the row's ``read_after``: since it was read, as far as its modification
+    time tells. None where that time is not known (NaN), nor where the file cannot be looked at
+    now: its row is kept, as it would be without this look.
+
+    A change is missed where the file keeps an older time (``cp -p``, ``rsync -t`` from a source
+    older than the run), or where a file server's clock lags this machine's by more than the time
+    from the run's start to the change (NTP keeps that under a second).
+    """
+    held = np.flatnonzero(rows >= 0)
+    since = read_after[rows[held]]
+    held, since = held[~np.isnan(since)], since[~np.isnan(since)]
+    files = images.files()
+
+    def modified(block: np.ndarray) -> np.ndarray:
+        times = np.full(len(block), -np.inf)
+        for k, i in enumerate(block):
+            with contextlib.suppress(OSError):
+                times[k] = os.stat(files[i]).st_mtime
+        return times
+
+    # Threads: on a network file system each look is a round trip, which they overlap.
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        times = np.concatenate([np.zeros(0), *pool.map(modified, np.array_split(held, -(-len(held) // STAT_BLOCK) or 1))])
+    return held[times >= since]
 
 
 def _locate(paths: Sequence[str], dataset: h5py.Dataset) -> tuple[np.ndarray, int]:

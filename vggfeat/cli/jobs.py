@@ -160,7 +160,9 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
             f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
         return
     if not retry:
-        say(f"{update.described:,} images that {output} does not hold, {update.dropped:,} that it holds no longer found")
+        changed = f", {update.changed:,} whose file changed since it was described" if update.changed else ""
+        say(f"{update.described - update.changed:,} images that {output} does not hold{changed}, {update.dropped:,} that "
+            "it holds no longer found")
     if update.job:
         announce(update.job, extractor, dtype, say, devices, disk_needed=update.disk_needed())
         options.advise_precision(extractor, precision, say)
@@ -174,6 +176,7 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     if retry:  # every failure was described again: those left failed again
         outcome = f"{result.described - result.failed:,} of the {result.described:,} images that had failed are described now"
     else:
-        outcome = f"{common.counted(result.described, 'image')} added, {result.dropped:,} left out"
+        again = f", {result.changed:,} described again" if result.changed else ""
+        outcome = f"{common.counted(result.described - result.changed, 'image')} added{again}, {result.dropped:,} left out"
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if result.described else "no image to describe"
     say(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {outcome}; {work}")
