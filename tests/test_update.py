@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -28,9 +29,9 @@ from runhelpers import (
     write_labelled_folder,
     write_plain_folder,
 )
-from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat import ExtractionJob, Extractor, ImageSet, find_images
 from vggfeat.cli import options
-from vggfeat.update import OutputUpdate
+from vggfeat.update import OutputUpdate, changed_files
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
 
@@ -125,6 +126,25 @@ def test_an_update_describes_again_the_images_whose_file_changed_since_it_was_re
     write_rgb(root / "dogs" / "c.png", 224, 224, seed=98)
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "is up to date" in err and not read, err
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_changed_files_are_those_modified_since_their_row_was_read(tmp_path, monkeypatch, remote):
+    """Looked at one by one, or by threads where a look takes as long as a file server's round trip."""
+    monkeypatch.setattr(vggfeat.update, "STAT_BLOCK", 2)  # several blocks of files
+    monkeypatch.setattr(vggfeat.update, "REMOTE_STAT_SECONDS", 0.0 if remote else 1.0)
+    names = [f"{i}.jpg" for i in range(7)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"old")
+    images = ImageSet(tmp_path, tuple(names), np.full(7, -1, dtype=np.int32), ())
+    read = time.time()  # the run began: every file was written before
+    for name in ("1.jpg", "4.jpg", "5.jpg", "6.jpg"):
+        (tmp_path / name).write_bytes(b"new")
+    (tmp_path / "2.jpg").unlink()  # cannot be looked at: its row is kept
+    rows = np.array([0, 1, 2, -1, 3, 4, 5])  # 3.jpg: not held (new to the file), so not changed
+    read_after = np.array([read, read, read, read, np.nan, read])  # 5.jpg's row: when it was read is not known
+    assert changed_files(images, rows, read_after).tolist() == [1, 4, 6]  # not 0 (as it was), 2, 3 nor 5
+    assert changed_files(images, np.full(7, -1), read_after).tolist() == []
 
 def test_an_update_warns_when_the_disk_cannot_hold_the_file_written_anew(tmp_path, monkeypatch):
     """The images it describes, and the whole file written anew beside the old one."""
