@@ -64,9 +64,9 @@ def write_file(path: Path, images: ImageSet, extractor: Extractor, dtype: str) -
     generator = np.random.default_rng(0)
     began = time.time()
     with open_h5(path, "w") as out:
-        features, paths, labels, sizes, read_after, failed_paths, failed_errors, _ = create_datasets(
+        features, paths, labels, sizes, read_after, failed_paths, failed_errors, _, failed_read_after = create_datasets(
             out, len(rows), int(failed.sum()), extractor.dim, dtype, images.classes)
-        read_after[:] = began
+        read_after[:], failed_read_after[:] = began, began
         for start in range(0, len(rows), BLOCK_ROWS):
             block = rows[start : start + BLOCK_ROWS]
             written = slice(start, start + len(block))

@@ -137,6 +137,7 @@ def read_output(path) -> dict:
             "failed_paths": list(f["failed/paths"].asstr()[:]),
             "failed_errors": list(f["failed/errors"].asstr()[:]),
             "failed_labels": f["failed/labels"][:].tolist(),
+            "failed_read_after": f["failed/read_after"][:] if "failed/read_after" in f else None,
             "attrs": dict(f.attrs),
         }
 
@@ -149,9 +150,10 @@ def assert_same_output(actual: dict, expected: dict, atol: float = 1e-6) -> None
     np.testing.assert_array_equal(actual["labels"], expected["labels"])
     np.testing.assert_array_equal(actual["sizes"], expected["sizes"])
     # When each row's file was read after differs from run to run; whether it is known does not.
-    assert (actual["read_after"] is None) == (expected["read_after"] is None)
-    if expected["read_after"] is not None:
-        np.testing.assert_array_equal(np.isfinite(actual["read_after"]), np.isfinite(expected["read_after"]))
+    for name in ("read_after", "failed_read_after"):
+        assert (actual[name] is None) == (expected[name] is None), name
+        if expected[name] is not None:
+            np.testing.assert_array_equal(np.isfinite(actual[name]), np.isfinite(expected[name]))
     assert actual["features"].shape == expected["features"].shape
     assert actual["features"].dtype == expected["features"].dtype
     np.testing.assert_allclose(actual["features"], expected["features"], rtol=0, atol=atol)

@@ -106,23 +106,26 @@ def test_an_update_describes_again_the_images_whose_file_changed_since_it_was_re
     first = read_output(output)["read_after"]
     assert len(set(first)) == 1 and began <= first[0] <= time.time()  # the run's start, before any image was read
     write_rgb(root / "cats" / "a.png", 224, 240, seed=99)  # another picture under the same name
+    write_rgb(root / "dogs" / "broken.jpg", 230, 230, seed=97)  # a failed file, repaired
     read = decoded_files(monkeypatch)
     code, _, err = run_main([*args, "--update"])
     assert code == 0, err
-    assert sorted(set(read)) == ["cats/a.png"], "only the changed file"
-    assert "0 images that" in err and "does not hold, 1 whose file changed since it was described, 0 that" in err
-    assert "0 images added, 1 described again, 0 left out" in err
+    assert sorted(set(read)) == ["cats/a.png", "dogs/broken.jpg"], "only the changed files"
+    assert "0 images that" in err and "does not hold, 2 whose file changed since it was read, 0 that" in err
+    assert "0 images added, 2 described again, 0 left out" in err
     updated = read_output(output)
+    assert updated["failed_paths"] == [] and "dogs/broken.jpg" in updated["paths"]
     assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
     assert_same_output(updated, read_output(tmp_path / "reference.h5"))
     again = updated["read_after"][updated["paths"].index("cats/a.png")]
     assert again > first[0] and sorted(set(updated["read_after"])) == [first[0], again]  # the others' rows kept
+    assert updated["read_after"][updated["paths"].index("dogs/broken.jpg")] == again
     read.clear()
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "is up to date" in err and not read, err  # nothing changed since
     # A file written before vggfeat kept /read_after: a change cannot be seen there.
     with h5py.File(output, "r+") as f:
-        del f["read_after"]
+        del f["read_after"], f["failed/read_after"]
     write_rgb(root / "dogs" / "c.png", 224, 224, seed=98)
     code, _, err = run_main([*args, "--update"])
     assert code == 0 and "is up to date" in err and not read, err

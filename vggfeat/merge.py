@@ -171,7 +171,8 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
                             f["sizes"][start : start + step], read_after(f, start, min(start + step, rows)),
                             f["failed/paths"].asstr()[:] if last else [],
                             f["failed/errors"].asstr()[:] if last else [],
-                            failed_labels(f) if last else np.zeros(0, dtype=np.int64))
+                            failed_labels(f) if last else np.zeros(0, dtype=np.int64),
+                            read_after(f, failed=True) if last else np.zeros(0))
 
 
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -216,7 +217,7 @@ def _check_together(files: list[h5py.File]) -> None:
 
 
 def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block: int, progress: Callable[[int], None]) -> None:
-    features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, labels_of_failed = targets
+    features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, labels_of_failed, failed_read_after = targets
     row = fail = 0
     for f in files:
         n = f["features"].shape[0]
@@ -232,6 +233,7 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         failed_paths[fail : fail + bad] = f["failed/paths"][:]
         failed_errors[fail : fail + bad] = f["failed/errors"][:]
         labels_of_failed[fail : fail + bad] = failed_labels(f)
+        failed_read_after[fail : fail + bad] = read_after(f, failed=True)
         row, fail = row + n, fail + bad
 
 

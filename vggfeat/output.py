@@ -30,7 +30,7 @@ from .store import Part, chunk_rows, failed_datasets, mark_complete, open_h5, re
 @dataclass(frozen=True)
 class RowsBlock:
     """Of consecutive rows of an output: their paths, labels, sizes and when their files were read
-    after (/read_after); and the failures among their images (paths, errors and labels)."""
+    after (/read_after); and the failures among their images (paths, errors, labels, read_after)."""
     paths: Sequence[str]
     labels: np.ndarray
     sizes: np.ndarray
@@ -38,6 +38,7 @@ class RowsBlock:
     failed_paths: Sequence[str]
     failed_errors: Sequence[str]
     failed_labels: np.ndarray
+    failed_read_after: np.ndarray
 
 
 class OutputFile:
@@ -126,7 +127,8 @@ class OutputFile:
                     indices, failed = f["indices"][:], f["failed_indices"][:]
                     yield RowsBlock([self.images.paths[i] for i in indices], self.images.labels[indices], f["sizes"][:],
                                     np.full(len(indices), read_after), [self.images.paths[i] for i in failed],
-                                    list(f["failed_errors"].asstr()[:]), self.images.labels[failed])
+                                    list(f["failed_errors"].asstr()[:]), self.images.labels[failed],
+                                    np.full(len(failed), read_after))
         return self.complete(blocks(), attrs)
 
     def complete(self, blocks: Iterable[RowsBlock], attrs: dict) -> tuple[int, int]:
@@ -142,6 +144,7 @@ class OutputFile:
         failed_paths: list[str] = []
         failed_errors: list[str] = []
         failed_labels: list[np.ndarray] = []
+        failed_read_after: list[np.ndarray] = []
         row = 0
         for block in blocks:
             written = slice(row, row + len(block.paths))
@@ -150,12 +153,14 @@ class OutputFile:
             failed_paths.extend(block.failed_paths)
             failed_errors.extend(block.failed_errors)
             failed_labels.append(block.failed_labels)
+            failed_read_after.append(block.failed_read_after)
             row = written.stop
         if row != self.rows:
             raise RuntimeError(f"{row} rows described, {self.rows} written")  # a bug
         failed = failed_datasets(self._file, len(failed_paths))
         if failed_paths:
-            failed[0][:], failed[1][:], failed[2][:] = failed_paths, failed_errors, np.concatenate(failed_labels)
+            failed[0][:], failed[1][:] = failed_paths, failed_errors
+            failed[2][:], failed[3][:] = np.concatenate(failed_labels), np.concatenate(failed_read_after)
         # The last change to /features (of its dataspace and chunk index, which the rows depend
         # on), so that a kill before it leaves their file as the run left it.
         self._features.resize(self.rows, axis=0)

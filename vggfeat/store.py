@@ -14,6 +14,7 @@ The output file (read it with plain h5py)::
     /failed/errors   UTF-8 [F], why
     /failed/labels   int32 [F], as /labels (files written before it was added lack it: read it
                      with :func:`failed_labels`)
+    /failed/read_after  float64 [F], as /read_after
     attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
                      and "config": all of the extraction configuration as JSON; a shard
@@ -274,16 +275,18 @@ def rows_datasets(out: h5py.File, rows: int, classes: Sequence[str]) -> tuple[h5
     )
 
 
-def read_after(f: h5py.File, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """/read_after of rows ``start:stop`` of ``f``: NaN (not known) for a file written before it was added."""
-    if "read_after" in f:
-        return f["read_after"][start:stop]
-    return np.full(len(range(*slice(start, stop).indices(f["paths"].shape[0]))), np.nan)
+def read_after(f: h5py.File, start: int = 0, stop: int | None = None, failed: bool = False) -> np.ndarray:
+    """/read_after of rows ``start:stop`` of ``f`` (``failed``: /failed/read_after of its failures):
+    NaN (not known) for a file written before it was added."""
+    name = "failed/read_after" if failed else "read_after"
+    if name in f:
+        return f[name][start:stop]
+    return np.full(len(range(*slice(start, stop).indices(f["failed/paths" if failed else "paths"].shape[0]))), np.nan)
 
 
 def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str, classes: Sequence[str]) -> tuple[h5py.Dataset, ...]:
     """The schema's datasets in ``out``, sized: (features, paths, labels, sizes, read_after, failed
-    paths, failed errors, failed labels)."""
+    paths, failed errors, failed labels, failed read_after)."""
     # Resizable (maxshape), so that a file can be cut to fewer rows; that also lets a chunk be
     # larger than the data, which HDF5 otherwise refuses (rows == 0).
     features = out.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(chunk_rows(rows, dim, dtype), dim),
@@ -295,12 +298,13 @@ def create_datasets(out: h5py.File, rows: int, failed: int, dim: int, dtype: str
     )
 
 
-def failed_datasets(out: h5py.File, failed: int) -> tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
-    """/failed's datasets in ``out``, sized: (paths, errors, labels)."""
+def failed_datasets(out: h5py.File, failed: int) -> tuple[h5py.Dataset, ...]:
+    """/failed's datasets in ``out``, sized: (paths, errors, labels, read_after)."""
     return (
         out.create_dataset("failed/paths", shape=(failed,), dtype=STRING, maxshape=(None,)),
         out.create_dataset("failed/errors", shape=(failed,), dtype=STRING, maxshape=(None,)),
         out.create_dataset("failed/labels", shape=(failed,), dtype=np.int32, maxshape=(None,)),
+        out.create_dataset("failed/read_after", shape=(failed,), dtype=np.float64, maxshape=(None,), fillvalue=np.nan),
     )
 
 

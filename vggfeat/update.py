@@ -64,9 +64,9 @@ class OutputUpdate:
     leaving out those no longer found (it then holds exactly ``images``); ``"failed"``, those it lists as failed (``images`` must be its image set).
 
     Construction reads which images to describe (:attr:`described`; of them, :attr:`changed`
-    were held, their file modified since: :func:`changed_files`) and which are gone
-    (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the extraction
-    of the images to describe (None where there are none, or where an interrupted update described
+    were held, as rows or failures, their file modified since: :func:`changed_files`) and which
+    are gone (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the
+    extraction of the images to describe (None where there are none, or where an interrupted update described
     them all already): on ``devices``, if two or more are given, a :class:`MultiDeviceJob`, which
     also goes on with an update interrupted on several devices, on any number of them; :meth:`run`
     describes them and rewrites ``output``.
@@ -89,10 +89,14 @@ class OutputUpdate:
                                    f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
-            changed = changed_files(images, self._old_rows, read_after(old)) if describe == "new" else []
-        self.changed = len(changed)  # images held whose file changed since it was read: described again
+            # Images held (as rows, or as failures) whose file changed since it was read: described again.
+            changed_rows, changed_failures = ((changed_files(images, self._old_rows, read_after(old)),
+                                               changed_files(images, self._old_failed, read_after(old, failed=True)))
+                                              if describe == "new" else ([], []))
+        self.changed = len(changed_rows) + len(changed_failures)
         if describe == "new":
-            self._old_rows[changed] = -1  # their new rows replace the old ones
+            self._old_rows[changed_rows] = -1  # their new outcomes replace the old ones
+            self._old_failed[changed_failures] = -1
             chosen = np.flatnonzero((self._old_rows < 0) & (self._old_failed < 0))
         else:
             chosen = np.flatnonzero(self._old_failed >= 0)
@@ -164,8 +168,8 @@ class OutputUpdate:
             rows = np.flatnonzero(np.logical_or.reduce([found >= 0 for _, found, _ in sources]))
             failures = sorted(failure for f, _, failed in sources for failure in _reasons(f, failed))
             dim, dtype = old["features"].shape[1], old["features"].dtype
-            features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, failed_labels = create_datasets(
-                out, len(rows), len(failures), dim, dtype.name, images.classes)
+            (features, paths, labels, sizes, read_after_rows, failed_paths, failed_errors, failed_labels,
+             failed_read_after) = create_datasets(out, len(rows), len(failures), dim, dtype.name, images.classes)
             read_afters = [(read_after(f), found) for f, found, _ in sources]  # 8 bytes a row
             step = max(1, BLOCK_BYTES // (dim * dtype.itemsize))
             for start in range(0, len(rows), step):
@@ -176,9 +180,10 @@ class OutputUpdate:
                 read_after_rows[written] = _gather(block, read_afters)
                 paths[written] = [images.paths[i] for i in block]
                 labels[written] = images.labels[block]
-            failed_paths[:] = [images.paths[i] for i, _ in failures]
-            failed_errors[:] = [reason for _, reason in failures]
-            failed_labels[:] = images.labels[[i for i, _ in failures]]
+            failed_paths[:] = [images.paths[i] for i, _, _ in failures]
+            failed_errors[:] = [reason for _, reason, _ in failures]
+            failed_labels[:] = images.labels[[i for i, _, _ in failures]]
+            failed_read_after[:] = [read for _, _, read in failures]
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
             attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
                          **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
@@ -206,10 +211,10 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
 
 
 def changed_files(images: ImageSet, rows: np.ndarray, read_after: np.ndarray) -> np.ndarray:
-    """The indices of ``images`` held as rows (``rows``: the row of each, -1: none) whose file was
-    modified at or after the row's ``read_after``: since it was read, as far as its modification
-    time tells. None where that time is not known (NaN), nor where the file cannot be looked at
-    now: its row is kept, as it would be without this look.
+    """The indices of ``images`` that a file holds (``rows``: the row, or failure, of each; -1:
+    none) whose file was modified at or after the row's ``read_after``: since it was read, as far
+    as its modification time tells. None where that time is not known (NaN), nor where the file
+    cannot be looked at now: its row is kept, as it would be without this look.
 
     A change is missed where the file keeps an older time (``cp -p``, ``rsync -t`` from a source
     older than the run), or where a file server's clock lags this machine's by more than the time
@@ -258,11 +263,11 @@ def _locate(paths: Sequence[str], dataset: h5py.Dataset) -> tuple[np.ndarray, in
     return where, missing
 
 
-def _reasons(f: h5py.File, failed_rows: np.ndarray) -> list[tuple[int, str]]:
-    """(image, reason) of the images that ``f`` lists as failed, at ``failed_rows`` (-1: not there)."""
+def _reasons(f: h5py.File, failed_rows: np.ndarray) -> list[tuple[int, str, float]]:
+    """(image, reason, read_after) of the images that ``f`` lists as failed, at ``failed_rows`` (-1: not there)."""
     images = np.flatnonzero(failed_rows >= 0)
-    errors = f["failed/errors"].asstr()[:]
-    return [(int(i), errors[failed_rows[i]]) for i in images]
+    errors, read = f["failed/errors"].asstr()[:], read_after(f, failed=True)
+    return [(int(i), errors[failed_rows[i]], float(read[failed_rows[i]])) for i in images]
 
 
 def _gather(block: np.ndarray, sources: list[tuple[h5py.Dataset, np.ndarray]]) -> np.ndarray:

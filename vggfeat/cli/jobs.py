@@ -160,7 +160,7 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
             f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
         return
     if not retry:
-        changed = f", {update.changed:,} whose file changed since it was described" if update.changed else ""
+        changed = f", {update.changed:,} whose file changed since it was read" if update.changed else ""
         say(f"{update.described - update.changed:,} images that {output} does not hold{changed}, {update.dropped:,} that "
             "it holds no longer found")
     if update.job:
