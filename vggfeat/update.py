@@ -61,15 +61,16 @@ class UpdateResult:
 class OutputUpdate:
     """Rewrite ``output``, made by ``extractor`` with ``dtype``, with images of ``images`` described:
     ``describe="new"``, those it does not hold and those whose file changed since it was read,
-    leaving out those no longer found (it then holds exactly ``images``); ``"failed"``, those it lists as failed (``images`` must be its image set).
+    leaving out those no longer found (it then holds exactly ``images``); ``"failed"``, those it
+    lists as failed (``images`` must be its image set).
 
     Construction reads which images to describe (:attr:`described`; of them, :attr:`changed`
     were held, as rows or failures, their file modified since: :func:`changed_files`) and which
     are gone (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the
-    extraction of the images to describe (None where there are none, or where an interrupted update described
-    them all already): on ``devices``, if two or more are given, a :class:`MultiDeviceJob`, which
-    also goes on with an update interrupted on several devices, on any number of them; :meth:`run`
-    describes them and rewrites ``output``.
+    extraction of the images to describe (None where there are none, or where an interrupted
+    update described them all already): on ``devices``, if two or more are given, a
+    :class:`MultiDeviceJob`, which also goes on with an update interrupted on several devices, on
+    any number of them; :meth:`run` describes them and rewrites ``output``.
     """
 
     def __init__(self, extractor: Extractor, images: ImageSet, output: str | os.PathLike, *, describe: str = "new",
