@@ -456,6 +456,9 @@ def test_info_text(mixed):
     assert re.search(rf"failed\s+{len(BAD_FILES)} \({len(BAD_FILES)} labelled: bad {len(BAD_FILES)}\)$", out, flags=re.MULTILINE)
     assert re.search(r"model\s+vgg16\s+weights random", out)
     assert re.search(r"layer\s+conv1_1, avg-pooled; scales 224 \(mean\); flip off", out)
+    # One run: its start, after which --update sees a file as changed.
+    assert re.search(r"^  read after   \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00; --update describes again files modified "
+                     r"since$", out, flags=re.MULTILINE), out
     assert "WARNING: made with random weights" in out
     shown = re.findall(r"^  failed: (.+?): (.+)$", out, flags=re.MULTILINE)
     failed = sorted(mixed["bad"])
@@ -512,9 +515,21 @@ def test_info_json(mixed):
     assert summary["failures_by_reason"][0] == {"reason": "not an image, or a format Pillow cannot read", "failures": 2,
                                                 "example": "not an image, or a format Pillow cannot read"}
     assert sum(entry["failures"] for entry in summary["failures_by_reason"]) == len(BAD_FILES)
+    earliest, latest = summary["read_after"]
+    assert earliest == latest and earliest <= summary["attrs"]["created"]  # one run, begun before it wrote the file
     a = summary["attrs"]
     assert (a["model"], a["weights"], a["layer"], a["scales"]) == ("vgg16", "random", "conv1_1", [224])
     assert a["random_weights"] is True and a["complete"] is True and len(a["weights_sha256"]) == 64
+
+
+def test_info_of_a_file_without_read_after_says_update_cannot_see_changed_files(mixed, tmp_path):
+    old = tmp_path / "old.h5"
+    old.write_bytes(mixed["output"].read_bytes())
+    with h5py.File(old, "r+") as f:  # as vggfeat wrote files before it kept when they were read
+        del f["read_after"], f["failed/read_after"]
+    code, out, err = run_main(["info", old])
+    assert code == 0, err
+    assert "  read after   not recorded (a file of an earlier vggfeat): --update cannot see files changed since" in out
 
 
 def test_info_on_an_interrupted_run(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
@@ -345,6 +346,7 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
                 for p, e in zip(f["failed/paths"].asstr()[:max_failures], f["failed/errors"].asstr()[:max_failures])
             ] if recorded else [],
             "failures_by_reason": failures_by_reason(f["failed/errors"]) if recorded else [],
+            "read_after": _read_after_range(f),
             "attrs": attrs,
         }
 
@@ -389,6 +391,19 @@ def failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
             entry["failures"] += failures
             entry["reason"] = kind  # reasons of this kind differ
     return sorted(by_kind.values(), key=lambda entry: (-entry["failures"], entry["reason"]))
+
+
+def _read_after_range(f: h5py.File, step: int = 2**20) -> list[str] | None:
+    """[earliest, latest] of the file's /read_after and /failed/read_after, as ISO dates (UTC),
+    read a block at a time; None where the file keeps none (written before they were added)."""
+    times = [f[name] for name in ("read_after", "failed/read_after") if name in f]
+    known = [block[~np.isnan(block)] for dataset in times for start in range(0, dataset.shape[0], step)
+             for block in [dataset[start : start + step]]]
+    known = [block for block in known if len(block)]
+    if not known:
+        return None
+    return [datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+            for value in (min(block.min() for block in known), max(block.max() for block in known))]
 
 
 def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:

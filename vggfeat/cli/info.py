@@ -59,6 +59,15 @@ def _first(names: list[str], shown: int = 8) -> str:
     return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
 
 
+def _read_after_line(read_after: list[str] | None) -> str:
+    """When the file's images were read: after which --update sees a file as changed."""
+    if read_after is None:
+        return "  read after   not recorded (a file of an earlier vggfeat): --update cannot see files changed since"
+    earliest, latest = read_after
+    when = earliest if earliest == latest else f"{earliest} to {latest}, each row its run's start"
+    return f"  read after   {when}; --update describes again files modified since"
+
+
 def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     """`` (4 labelled: dogs 3, cats 1)``: the failures of each class, the most first."""
     if not by_class:
@@ -161,6 +170,7 @@ def info(file: Path, as_json: bool) -> None:
         + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
         f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
         f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
+        _read_after_line(summary["read_after"]),
     ]
     if "shard_index" in a:
         lines.append(f"  shard        {a['shard_index']} of {a['shard_count']} (the collection has {a['collection_images']:,} images; "
