@@ -218,7 +218,7 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
         return
     example = as_utf8(os.path.abspath(images.file(sampled[0])))
     which = f"each of its {count:,}" if len(sampled) == count else f"{len(sampled)} of its {count:,}, spread over it"
-    relative = [k for k in sampled if not os.path.isabs(images.paths[k])]
+    relative = any(not os.path.isabs(images.paths[k]) for k in sampled)
     whose = "--root" if Path(images.root) != Path(list_file).parent else "the list's folder; --root names another"
     where = (f"its relative paths are taken from {os.path.abspath(images.root)} ({whose}): is that the folder they "
              "are relative to, and is its storage mounted?" if relative else "is their storage mounted?")

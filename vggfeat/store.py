@@ -396,14 +396,15 @@ def failures_by_reason(errors: h5py.Dataset, step: int = 2**18) -> list[dict]:
 def _read_after_range(f: h5py.File, step: int = 2**20) -> list[str] | None:
     """[earliest, latest] of the file's /read_after and /failed/read_after, as ISO dates (UTC),
     read a block at a time; None where the file keeps none (written before they were added)."""
-    times = [f[name] for name in ("read_after", "failed/read_after") if name in f]
-    known = [block[~np.isnan(block)] for dataset in times for start in range(0, dataset.shape[0], step)
-             for block in [dataset[start : start + step]]]
-    known = [block for block in known if len(block)]
-    if not known:
+    earliest, latest = np.inf, -np.inf
+    for dataset in (f[name] for name in ("read_after", "failed/read_after") if name in f):
+        for start in range(0, dataset.shape[0], step):
+            block = dataset[start : start + step]
+            if not np.isnan(block).all():
+                earliest, latest = min(earliest, np.nanmin(block)), max(latest, np.nanmax(block))
+    if earliest > latest:
         return None
-    return [datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
-            for value in (min(block.min() for block in known), max(block.max() for block in known))]
+    return [datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds") for value in (earliest, latest)]
 
 
 def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:

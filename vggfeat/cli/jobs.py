@@ -17,7 +17,7 @@ from ..discover import ImageSet
 from ..extractor import Extractor
 from ..job import ExtractionJob, JobResult
 from ..multidevice import MultiDeviceJob
-from ..store import interrupted_on_several, read_info
+from ..store import failures_by_reason, interrupted_on_several, open_features_file
 from ..update import OutputUpdate
 from . import common, options
 
@@ -47,7 +47,12 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
         say("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' shows the first):",
-                       *common.reason_lines(read_info(result.output, max_failures=0)["failures_by_reason"])]))
+                       *common.reason_lines(_failures_by_reason(result.output))]))
+
+
+def _failures_by_reason(output: Path) -> list[dict]:
+    with open_features_file(output) as f:
+        return failures_by_reason(f["failed/errors"])
 
 
 def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple[str, ...], *, overwrite: bool,
