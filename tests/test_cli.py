@@ -275,9 +275,19 @@ def test_user_errors_exit_2_with_one_line(one_image, args, message):
 def test_scales_and_device_are_checked_before_the_images_are_looked_for(tmp_path, command):
     """Finding millions of images takes minutes on a network file system: a typo must not wait for it."""
     for option, message in ((["--scales", "200"], "scale 200 is below 224"),
+                            (["--scales", "16"], "scale 16 is below 32"),
                             (["--device", "cuda:99"], "device cuda:99 asked for")):
         code, _, err = run_main([command, tmp_path / "nowhere", tmp_path / "out.file", *option])
         assert code == 2 and message in error_line(err)
+
+
+def test_a_conv_layer_takes_a_scale_below_224(one_image):
+    output = one_image / "out.h5"
+    code, _, err = run_main(["extract", one_image / "images", output, *NO_SCALES, "--layer", "conv1_1", "--scales", "48"])
+    assert code == 0, err
+    data = read_output(output)
+    assert data["features"].shape == (1, 64) and np.isfinite(data["features"]).all()
+    assert data["attrs"]["scales"].tolist() == [48]
 
 
 @pytest.mark.parametrize("command, option, message", [

@@ -278,7 +278,10 @@ def test_to_input_matches_torchvision_resize_and_normalize():
     "options, words",
     [
         ({"layer": "fc9"}, ["layer", "'fc9'", "fc7", "fc8", "conv5_3"]),
-        ({"scales": [200, 256]}, ["200", "224"]),
+        ({"scales": [200, 256]}, ["200", "224", "fc7", "conv5_3"]),
+        ({"scales": [200], "layer": "fc8"}, ["200", "224", "fc8"]),
+        ({"scales": [200], "layer": "conv5_3", "center_crop": True}, ["200", "--center-crop"]),
+        ({"scales": [16, 256], "layer": "conv5_3"}, ["16", "32", "stride"]),
         ({"scales": [256, 256]}, ["repeat", "256"]),
         ({"scales": []}, ["scale"]),
         ({"pooling": "median"}, ["pooling", "'median'", "avg", "max"]),
@@ -408,6 +411,24 @@ def test_center_crop_is_torchvision_resize_then_center_crop(random_vgg16, tmp_pa
     assert_close(descriptor, expected, 1e-4, "centre crop")
     assert extractor.config()["center_crop"] is True
     assert Extractor(random_vgg16, scales=[256], device="cpu").config()["center_crop"] is False
+
+
+def test_conv_layers_take_scales_below_224(random_vgg16, reference_vgg16, tmp_path):
+    """conv5_3 at Q=96: torchvision's VGG16 features up to conv5_3 (ReLU) on the image resized by
+    torchvision's Resize(96), averaged over the map, then over the image and its flip."""
+    from torchvision.transforms import v2
+
+    write_rgb(tmp_path / "a.png", 150, 260, seed=6)
+    extractor = Extractor(random_vgg16, layer="conv5_3", scales=[96], flip=True, device="cpu")
+    descriptor = extractor.extract([tmp_path / "a.png"])
+    pipeline = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize(96, antialias=True),
+                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = pipeline(decode_image(tmp_path / "a.png")).unsqueeze(0)
+    assert x.shape == (1, 3, 96, 166)  # a 6x10 conv5_3 map: smaller than fc6's 7x7 window
+    conv5_3 = reference_vgg16.features[:30]  # up to conv5_3 and its ReLU
+    with torch.inference_mode():
+        expected = (conv5_3(x).mean(dim=(2, 3)) + conv5_3(x.flip(-1)).mean(dim=(2, 3))).numpy() / 2
+    assert_close(descriptor, expected, 1e-4, "conv5_3 at Q=96")
 
 
 def test_center_crop_refuses_long_side(random_vgg16):

@@ -30,7 +30,7 @@ from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
 from .reading import GPU_DECODERS, ImageReader
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
-from .settings import (check_choice, check_options, check_scales, cpu_bf16_speed, resolve_decoder, resolve_device,
+from .settings import (check_choice, check_options, check_scales, default_layer, cpu_bf16_speed, resolve_decoder, resolve_device,
                        resolve_precision)
 
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -170,9 +170,9 @@ class Extractor:
         # of its devices, in a process of its own.
         self.arguments = {name: value for name, value in locals().items() if name not in ("self", "device")}
         self.device = resolve_device(device)
-        self.scales = check_scales(scales)
         pooling = ALIASES.get(pooling, pooling)
-        layer = layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
+        layer = default_layer(layer, pooling)
+        self.scales = check_scales(scales, layer, center_crop)
         check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
                       normalize, gem_p, batch_size, decoder, decode_in, autotune, compile)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)

@@ -83,7 +83,7 @@ class DenseVGG(nn.Module):
         if layer in self._stops:
             return x, sizes
         # Only the batch's shape is checked: reading ``sizes`` would make the host wait for the GPU.
-        # Callers keep every image >= MIN_INPUT_SIDE (the Extractor refuses smaller scales).
+        # Callers keep every image >= MIN_INPUT_SIDE (the Extractor refuses smaller scales for fc layers).
         if min(x.shape[-2:]) < 7:
             raise ValueError(f"fc6 needs a pool5 map of at least 7x7; inputs must be >= {MIN_INPUT_SIDE} px")
         if sizes is not None:

@@ -21,7 +21,7 @@ from .jpeg import decoder_library
 from .network import MIN_INPUT_SIDE, DenseVGG, layer_dims
 from .pooling import POOLINGS, RETRIEVAL_POOLINGS
 from .reading import GPU_DECODERS
-from .resize import RESIZE_SIDES
+from .resize import MIN_RESIZED_SIDE, RESIZE_SIDES
 
 NORMALIZATIONS = ("auto", "none", "l2")
 
@@ -133,14 +133,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
+def default_layer(layer: str | None, pooling: str) -> str:
+    """The layer described when none is given: conv5_3 for the retrieval poolings, else fc7."""
+    return layer or ("conv5_3" if pooling in RETRIEVAL_POOLINGS else "fc7")
+
+
+def check_scales(scales: Sequence[int], layer: str | None = None, center_crop: bool = False) -> tuple[int, ...]:
+    """``scales`` as ints, refused if empty, repeated or too small for ``layer`` (if given)."""
     scales = tuple(int(q) for q in scales)
     if not scales:
         raise VggfeatError("give at least one scale")
-    if min(scales) < MIN_INPUT_SIDE:
-        raise VggfeatError(
-            f"scale {min(scales)} is below {MIN_INPUT_SIDE}: fc6 needs a 7x7 pool5 map, so Q must be >= {MIN_INPUT_SIDE}"
-        )
     if len(set(scales)) != len(scales):
         raise VggfeatError(f"scales repeat: {','.join(map(str, scales))}")
+    smallest = min(scales)
+    if smallest < MIN_RESIZED_SIDE:
+        raise VggfeatError(f"scale {smallest} is below {MIN_RESIZED_SIDE}, the network's total stride: "
+                           f"pool5 would have no map to pool")
+    if smallest < MIN_INPUT_SIDE and center_crop:
+        raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: --center-crop takes the central "
+                           f"{MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}, so Q must be >= {MIN_INPUT_SIDE}")
+    # fc6 is a 7x7 window on the pool5 map; the conv and pool layers take any map of 1x1 or more.
+    if smallest < MIN_INPUT_SIDE and layer is not None and layer.startswith("fc"):
+        raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: {layer} needs fc6's 7x7 window on the "
+                           f"pool5 map, so Q must be >= {MIN_INPUT_SIDE}; conv and pool layers (e.g. --layer "
+                           f"conv5_3) take Q >= {MIN_RESIZED_SIDE}")
     return scales

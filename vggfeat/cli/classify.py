@@ -15,7 +15,7 @@ FOLDERS = "folders"
 @click.command()
 @options.image_source
 @options.networks
-@options.scales
+@options.class_scales
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average the posteriors with the horizontally flipped image's.")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="The paper's dense evaluation (whole image, fc8 as a convolution).")
 @click.option("--multi-crop", is_flag=True, help="Add the paper's multi-crop evaluation (5x5 crops of 224 per scale); with --dense the two are averaged.")
@@ -52,10 +52,12 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     from ..job import check_output
     from ..predictions import (are_imagenet_folders, check_fused_classifiers, check_prediction_options, evaluate_file,
                                folder_labels, keep_top_for, read_labels)
+    from ..settings import check_scales
     from ..update import check_rewritable
     from .jobs import write_output
     from .posteriors import describe_networks, report_errors, write_csv
 
+    check_scales(scales, "fc8")  # as in extract
     output = options.output_of(paths, file_list)
     if output.suffix.lower() not in (".csv", ".h5"):  # a CSV called out.hdf5 or out.json would mislead
         raise click.UsageError(f"OUTPUT {output.name}: name it .csv (each image's top classes) or .h5 (every posterior)")

@@ -45,9 +45,12 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
     from ..extractor import Extractor
     from ..job import check_output
+    from ..settings import check_scales, default_layer
     from ..update import check_rewritable
     from .jobs import write_output
 
+    # As the command line is read (see options.parse_scales), but --scales alone knows no layer.
+    check_scales(scales, default_layer(layer, pooling), center_crop)
     output = options.output_of(paths, file_list)
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # What can be refused is refused before the images are found (minutes for millions of files on
