@@ -147,11 +147,18 @@ def test_bad_parameters_are_refused_clearly(params, message):
         LinearSVM(**params).fit(X, y)
 
 
+def test_a_class_of_one_example_trains_with_a_fixed_C():
+    """An exemplar SVM: with C given nothing is cross-validated, so one positive is enough."""
+    X, y, _, _ = blobs(classes=3, per_class=4)
+    svm = LinearSVM(C=1).fit(X[:9], y[:9])  # class 2: only X[8]
+    assert svm.classes_.tolist() == [0, 1, 2]
+    assert svm.predict(X[8:9]).tolist() == [2]
+
+
 def test_bad_training_data_is_refused_clearly():
     X, y, _, _ = blobs(classes=3, per_class=4)
-    with pytest.raises(VggfeatError, match="class 2 has only 1 training example"):
-        LinearSVM(C=1).fit(X[:9], y[:9])
-    with pytest.raises(VggfeatError, match=r"only 4 training example\(s\); at least 5, one per cross-validation fold \(or fix --C"):
+    with pytest.raises(VggfeatError, match=r"class 0 has only 4 training example\(s\); at least 5, one per "
+                                           r"cross-validation fold, needed to choose C: fix --C, lower --cv"):
         LinearSVM(cv=5).fit(X, y)
     with pytest.raises(VggfeatError, match="need at least 2 classes"):
         LinearSVM(C=1).fit(X[:4], y[:4])

@@ -310,10 +310,12 @@ def test_refusals(data, tmp_path):
     one = tmp_path / "one.csv"
     one.write_text("red_stripes/img00.png,red\nred_stripes/img01.png,red\nred_stripes/img02.png,red\ngreen_checks/img00.png,green\n"
                    "blue_rings/img00.png,blue\nblue_rings/img01.png,blue\n")
-    assert ("class 'green' has only 1 training example(s); at least 2 needed; leave it out (--exclude-class) or add "
-            "images") in refused(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--C", "1"])
-    assert run_main(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--C", "1",
-                     "--exclude-class", "green", "-q"])[0] == 0  # as the message says
+    assert ("class 'green' has only 1 training example(s); at least 2, one per cross-validation fold, needed to "
+            "choose C: fix --C, lower --cv, leave the class out (--exclude-class) or add images"
+            ) in refused(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--cv", "2"])
+    for fix in (["--C", "1"], ["--exclude-class", "green"]):  # as the message says
+        assert run_main(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--cv", "2", *fix,
+                         "-q", "--overwrite"])[0] == 0
 
     empty = tmp_path / "empty-class.h5"
     empty.write_bytes(files["train"].read_bytes())

@@ -254,15 +254,15 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if len(self.classes_) < 2:
                 raise VggfeatError(f"need at least 2 classes to train, got {len(self.classes_)}")
         positives = targets.sum(axis=0)
-        fewest = 2 if self.C is not None else self.cv
         for value, count in zip(self.classes_, positives):
             name = repr(str(value)) if isinstance(value, str) else str(value)
             if count == 0:
                 raise VggfeatError(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
-            if count < fewest:
-                need = "2" if self.C is not None else f"{self.cv}, one per cross-validation fold (or fix --C, or lower --cv)"
-                raise VggfeatError(f"class {name} has only {count} training example(s); at least {need} needed; "
-                                   "leave it out (--exclude-class) or add images")
+            # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold.
+            if self.C is None and count < self.cv:
+                raise VggfeatError(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
+                                   "cross-validation fold, needed to choose C: fix --C, lower --cv, leave the class "
+                                   "out (--exclude-class) or add images")
             if count == rows:
                 raise VggfeatError(f"class {name} holds every training example: nothing to tell it from")
         return targets
