@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 import imagefiles
+import vggfeat.decode
 from imagefiles import (
     BAD_FILES,
     quadrant_colors,
+    quadrants,
+    smooth_rgb,
     write_animated_gif,
     write_bomb_png,
     write_cmyk_jpeg,
@@ -312,6 +316,58 @@ def test_lossless_formats_are_exact(tmp_path, name):
     decoded = decode_image(tmp_path / name)
     assert_rgb(decoded, 46, 58)
     np.testing.assert_array_equal(decoded, expected)
+
+
+def test_jpeg_2000_is_exact_and_avif_close(tmp_path):
+    expected = write_rgb(tmp_path / "a.jp2", 46, 58, seed=8)  # Pillow's default: reversible, lossless
+    np.testing.assert_array_equal(decode_image(tmp_path / "a.jp2"), expected)
+    if not features.check("avif"):
+        pytest.skip("this Pillow does not decode AVIF")
+    picture = smooth_rgb(48, 64, seed=9)
+    Image.fromarray(picture).save(tmp_path / "a.avif", quality=95)
+    decoded = decode_image(tmp_path / "a.avif")
+    assert_rgb(decoded, 48, 64)
+    assert np.abs(decoded.astype(int) - picture).mean() < 3.0
+
+
+def test_heic_decodes_upright_with_pillow_heif(tmp_path):
+    pytest.importorskip("pillow_heif")
+    assert vggfeat.decode.heif_plugin()  # registered: Pillow now also writes HEIC
+    picture = smooth_rgb(48, 64, seed=10)
+    Image.fromarray(picture).save(tmp_path / "a.HEIC", quality=95)
+    decoded = decode_image(tmp_path / "a.HEIC")
+    assert_rgb(decoded, 48, 64)
+    assert np.abs(decoded.astype(int) - picture).mean() < 3.0
+    # A phone's portrait photo: stored turned, with its rotation (HEIF's irot, which pillow-heif
+    # writes from the EXIF orientation, as phones write both); shown (and described) upright.
+    stored = quadrants(64, 96)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "r.heic", exif=exif.tobytes(), quality=95)
+    expected = np.rot90(stored, -1)  # turned 90 degrees clockwise
+    decoded = decode_image(tmp_path / "r.heic")
+    assert_rgb(decoded, 96, 64)
+    assert np.abs(quadrant_colors(decoded) - quadrant_colors(expected)).max() < 12
+
+
+@pytest.mark.parametrize("name, plugin, words", [
+    ("a.heic", "heif_plugin", "HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif; then --retry-failed)"),
+    ("a.avif", "features", "AVIF image: this Pillow does not decode AVIF"),
+])
+def test_a_format_this_installation_cannot_decode_says_what_to_install(tmp_path, monkeypatch, name, plugin, words):
+    """Without the decoder (pillow-heif; a Pillow with AVIF) the file fails with what to do, not
+    as 'not an image'; a file that is not one fails as before whatever is installed."""
+    imagefiles.write_corrupt(tmp_path / name)  # what Pillow cannot open, as it cannot open a format it lacks
+    if plugin == "heif_plugin":
+        monkeypatch.setattr(vggfeat.decode, "heif_plugin", lambda: False)
+    else:
+        monkeypatch.setattr(vggfeat.decode.features, "check", lambda feature: False)
+    with pytest.raises(ImageError, match=re.escape(words)):
+        decode_image(tmp_path / name)
+    monkeypatch.undo()
+    if plugin == "heif_plugin" and vggfeat.decode.heif_plugin() or plugin == "features" and features.check("avif"):
+        with pytest.raises(ImageError, match="not an image, or a format Pillow cannot read"):
+            decode_image(tmp_path / name)
 
 
 def test_uppercase_jpg_extension(tmp_path):

@@ -62,7 +62,8 @@ def test_folder_tree_classes_and_labels(tmp_path):
 
 
 def test_extensions_any_case_and_non_images_ignored(tmp_path):
-    images = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.GIF", "f.webp", "g.TIF", "h.tiff"]
+    images = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.GIF", "f.webp", "g.TIF", "h.tiff", "i.avif", "j.jp2", "k.HEIC",
+              "l.heif"]
     others = ["notes.txt", "a.jpg.txt", "drawing.svg", "features.h5", "raw.cr2", "jpg", "README"]
     touch(tmp_path, *images, *others)
     assert find_images(tmp_path).paths == tuple(sorted(images))

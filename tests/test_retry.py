@@ -54,6 +54,40 @@ def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_p
     assert code == 0 and "lists no failed image: nothing to retry" in err and (tmp_path / "clean.h5").read_bytes() == clean
 
 
+def test_phone_photos_fail_saying_what_to_install_and_are_described_once_it_is(tmp_path, monkeypatch):
+    """HEIC files without pillow-heif: each recorded as failed with the advice, then --retry-failed."""
+    pytest.importorskip("pillow_heif")
+    import numpy as np
+    from PIL import Image
+
+    from imagefiles import smooth_rgb
+    from vggfeat import decode
+
+    write_plain_folder(tmp_path / "images", 2)
+    assert decode.heif_plugin()  # registered, to write them
+    for name in ("phone/a.heic", "phone/b.HEIF"):
+        (tmp_path / "images" / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(smooth_rgb(240, 320, seed=len(name))).save(tmp_path / "images" / name, format="HEIF", quality=90)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+    assert run_main([*args[:2], tmp_path / "reference.h5", *CHEAP])[0] == 0
+    # Without the plugin: Pillow opens no HEIF file, and heif_plugin finds none to register.
+    monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "HEIF"])
+    monkeypatch.setattr(decode, "heif_plugin", lambda: False)
+    code, _, err = run_main(args)
+    assert code == 0, err
+    failed = read_output(tmp_path / "out.h5")
+    assert failed["failed_paths"] == ["phone/a.heic", "phone/b.HEIF"]
+    assert set(failed["failed_errors"]) == {"HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif; "
+                                            "then --retry-failed)"}
+    assert "2 failed" in err and "needs pillow-heif" in err
+    monkeypatch.undo()  # installed
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "2 of the 2 images that had failed are described now" in err, err
+    retried, reference = read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5")
+    assert_same_output(retried, reference)
+    assert len(reference["paths"]) == 4 and np.isfinite(reference["features"]).all()
+
+
 @pytest.mark.parametrize("block_rows", [1, 3, 1000])  # of the old file's rows copied at a time
 def test_new_rows_go_where_a_run_without_failures_puts_them(tmp_path, random_vgg16, monkeypatch, block_rows):
     files = write_plain_folder(tmp_path / "images", 9)

@@ -8,6 +8,7 @@ converted, not rejected; only files that cannot be decoded, or whose size is unu
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .errors import ImageError
 
@@ -49,6 +50,8 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EC
 READ_RETRY_DELAYS = (0.5, 2.0)
 # How the reason of an image that the storage failed to give starts (ExtractionJob stops on a run of them).
 STORAGE_ERROR = "storage error"
+# Phones' photos: Pillow opens them through the pillow-heif plugin, where it is installed.
+HEIF_EXTENSIONS = (".heic", ".heif")
 
 
 def decode_image(
@@ -97,6 +100,8 @@ def decode_image_reduced(
     except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as error:
         if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
             raise ImageError(f"{STORAGE_ERROR} ({error.strerror}), {1 + len(READ_RETRY_DELAYS)} tries") from None
+        if isinstance(error, UnidentifiedImageError):
+            raise ImageError(_format_not_decoded(path) or _reason(error)) from None
         raise ImageError(_reason(error)) from None
 
     height, width = full_size
@@ -136,9 +141,41 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
         return rgb, (width, height) if turned else (height, width)
 
 
+def _format_not_decoded(path: str | Path) -> str | None:
+    """Why a file that Pillow did not recognise is, by its extension, of a format that this
+    installation does not decode, and what to do; None if it is not."""
+    name = os.fspath(path).lower()
+    if _is_heif(path) and not heif_plugin():
+        return "HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif; then --retry-failed)"
+    if name.endswith(".avif") and not features.check("avif"):
+        return "AVIF image: this Pillow does not decode AVIF (a newer one does: pip install -U pillow; then --retry-failed)"
+    return None
+
+
+def _is_heif(path: str | Path) -> bool:
+    return os.fspath(path).lower().endswith(HEIF_EXTENSIONS)
+
+
+@functools.cache
+def heif_plugin() -> bool:
+    """Whether Pillow opens HEIC/HEIF files: pillow-heif, where installed, registered with Pillow
+    once per process, at its first such file (its import is not paid by collections without)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    # Its images come upright: libheif applies the file's rotation, and the plugin resets the
+    # EXIF orientation to 1, so that _upright does not turn them again.
+    pillow_heif.register_heif_opener()
+    return True
+
+
 def open_image_file(path: str | Path) -> BinaryIO:
     """``path`` opened for reading, or :class:`ImageError` if it is not a regular file (a FIFO or a
-    device named like an image would make a read wait, or go on, for ever) or is empty."""
+    device named like an image would make a read wait, or go on, for ever) or is empty. A HEIC/HEIF
+    file's plugin is registered first (:func:`heif_plugin`), as Pillow opens what this returns."""
+    if _is_heif(path):
+        heif_plugin()
     # Opening a FIFO otherwise waits for a writer. Windows has neither FIFOs nor O_NONBLOCK, and
     # needs O_BINARY (untested there).
     nonblocking = getattr(os, "O_NONBLOCK", 0)

@@ -16,7 +16,9 @@ import numpy as np
 
 from .errors import VggfeatError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
+# recorded as failed, saying so, rather than left out unseen.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".jp2", ".heic", ".heif")
 NO_LABEL = -1
 # Files of a list looked for before a run (check_listed_files): a round trip each on a network file system.
 LISTED_FILES_LOOKED_FOR = 16
