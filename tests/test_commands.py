@@ -33,6 +33,13 @@ def test_help_lists_every_command_and_an_unknown_one_is_refused():
     assert code == 2 and "No such command 'extrakt'" in err
 
 
+@pytest.mark.parametrize("args", [[], ["whiten"]])
+def test_a_group_alone_shows_its_help_as_click_does(args):
+    code, _, err = run_main(args)
+    assert code == 2
+    assert err.startswith("Usage: vggfeat") and "\nCommands:\n" in err and "Error" not in err and "\\n" not in err
+
+
 # Commands in one process: the modules that each imported stay imported; it prints those of torch,
 # torchvision and scikit-learn that it holds at the end.
 IN_ONE_PROCESS = """

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         with stopping_on_sigterm(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
             code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
+    except click.exceptions.NoArgsIsHelpError as error:  # 'vggfeat' or 'vggfeat whiten' alone: the help, as click shows it
+        click.echo(error.format_message(), err=True)
+        sys.exit(error.exit_code)
     except BaseException as error:
         failure = _failure(error)
         if failure is None:
