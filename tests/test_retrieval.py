@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import h5py
 import numpy as np
@@ -107,6 +108,19 @@ def test_whitening_fitted_in_blocks_is_the_whole_sets(tmp_path, monkeypatch):
         PCAWhitening(dim=4).fit_blocks([X[:7]], len(X), 16)
     with pytest.raises(VggfeatError, match="whitening of 16-d descriptors was given a block of shape \\(7, 8\\)"):
         PCAWhitening(dim=4).fit_blocks([X[:7, :8]], len(X), 16)
+
+
+def test_whitening_kept_to_as_many_dimensions_as_descriptors_allow_warns_that_it_ranks_nothing():
+    X, _ = clustered(per_class=20)  # 60 rows of 16-d
+    with pytest.warns(UserWarning, match=r"keeps 11 dimensions from 12 descriptors: .*a cosine of -1/11 between any two"):
+        whitening = PCAWhitening().fit(X[:12])
+    Y = whitening.transform(X[:12])
+    cosines = (Y @ Y.T)[~np.eye(12, dtype=bool)]
+    np.testing.assert_allclose(cosines, -1 / 11, atol=1e-4)  # what the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PCAWhitening().fit(X)  # 16 dimensions from 60 descriptors
+        PCAWhitening(dim=8).fit(X[:12])
 
 
 def test_whitening_refuses_bad_parameters():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +82,13 @@ class PCAWhitening:
             raise VggfeatError(f"whitening dim must be between 1 and the descriptor dimension {dim}, got {kept}")
         if kept > rank:
             raise VggfeatError(f"whitening to {kept} dimensions needs at least {kept + 1} descriptors, got {rows}")
+        if kept == rows - 1:
+            # N centred points span N - 1 directions: each scaled to unit variance, the points come
+            # out as a regular simplex, every pair at the same cosine.
+            warnings.warn(f"whitening keeps {kept} dimensions from {rows} descriptors: whitened, those descriptors are "
+                          f"all equally far apart (a cosine of -1/{kept} between any two), so a search among them ranks "
+                          f"nothing; fit it on many more descriptors than dimensions (a larger collection), or keep "
+                          f"fewer dimensions (--dim well below {rows})", stacklevel=2)
         moments = _Moments(dim)
         for block in blocks:
             block = np.asarray(block, dtype=np.float64)
