@@ -270,7 +270,7 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     (gt / "a_1_ok.txt").write_text("y\n")
     (gt / "a_1_junk.txt").write_text("z\n")
     truth = read_ground_truth(gt)
-    assert truth == [{"query": "q", "ok": ["x", "y"], "junk": ["z"]}]
+    assert truth == [{"query": "q", "ok": ["x", "y"], "junk": ["z"], "bbox": [1.0, 2.0, 3.0, 4.0]}]
     X = l2_normalize(np.array([[1, 0], [0.9, 0.1], [0.95, 0.05], [0, 1], [0.5, 0.5]], dtype=np.float32))
     paths = ["d/q.jpg", "d/x.jpg", "d/z.jpg", "d/y.jpg", "d/w.jpg"]
     result = evaluate_ground_truth(X, paths, X, paths, truth)
@@ -296,6 +296,14 @@ def test_malformed_ground_truth_json_is_refused(tmp_path):
         (tmp_path / "gt.json").write_text(json.dumps(data))
         with pytest.raises(VggfeatError, match="expected a list of"):
             read_ground_truth(tmp_path / "gt.json")
+    for box in ([1, 2, 3], [3, 2, 1, 4], [1, 4, 3, 2], ["a", 2, 3, 4], 5):
+        (tmp_path / "gt.json").write_text(json.dumps([{"query": "q", "ok": ["a"], "bbox": box}]))
+        with pytest.raises(VggfeatError, match=r"gt.json, query q: a bounding box is 4 numbers x1 y1 x2 y2"):
+            read_ground_truth(tmp_path / "gt.json")
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "a_query.txt").write_text("oxc1_q 1 2 0.5 4\n")
+    with pytest.raises(VggfeatError, match=r"a_query.txt: a bounding box is 4 numbers"):
+        read_ground_truth(tmp_path / "gt")
 
 
 # --------------------------------------------------------------------------- commands

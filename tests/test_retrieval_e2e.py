@@ -4,6 +4,7 @@ first; batched retrieval poolings equal one image at a time; query configuration
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index
 from vggfeat.montage import montage_size
-from vggfeat.search import describe_images, extractor_for, search
+from vggfeat.retrieval import evaluate_ground_truth, read_ground_truth
+from vggfeat.search import describe_crops, describe_images, extractor_for, search
 
 RETRIEVAL = ["--weights", "random", "--seed", "0", "--layer", "conv5_3", "--scales", "224", "--resize-side", "long",
              "--device", "cpu", "--quiet"]
@@ -133,5 +135,92 @@ def test_query_images_are_described_as_the_database_was(random_vgg16, options):
     database = Extractor(random_vgg16, scales=[256], device="cpu", **options)
     index = VectorIndex(paths=["x"], config=database.config(), vectors=np.ones((1, database.dim), np.float32))
     with reusing_network(random_vgg16):
-        queries = extractor_for(index, device="cpu")
+        queries = extractor_for(index.config, device="cpu")
     assert queries.config() == database.config()
+
+
+# --------------------------------------------------------------------------- query crops (Oxford/Paris protocol)
+
+
+def test_a_query_crop_is_described_as_the_cropped_picture_alone(tmp_path, random_vgg16):
+    """describe_crops equals describing a file of the crop PIL makes of the box (fractional corners
+    rounded as PIL rounds them, halves to even); a box past the image is clipped to it."""
+    picture = smooth_rgb(240, 320, seed=5)
+    Image.fromarray(picture).save(tmp_path / "q.png")
+    box, clipped = [30.5, 20.4, 250.5, 200.6], [100, 50, 400, 300]
+    with Image.open(tmp_path / "q.png") as image:
+        image.crop(box).save(tmp_path / "crop.png")
+        image.crop([100, 50, 320, 240]).save(tmp_path / "clipped.png")
+    extractor = Extractor(random_vgg16, pooling="gem", scales=[224], resize_side="long", device="cpu")
+    done = []
+    crops = describe_crops(extractor, [tmp_path / "q.png"] * 2, [box, clipped], progress=done.append)
+    expected = extractor.extract([tmp_path / "crop.png", tmp_path / "clipped.png"])
+    np.testing.assert_allclose(crops, expected, rtol=1e-5, atol=1e-6)
+    assert sum(done) == 2
+    whole = extractor.extract([tmp_path / "q.png"])
+    assert np.abs(crops[0] - whole[0]).max() > 1e-3  # the crop is not the whole image
+    for file, bad_box, words in ((tmp_path / "q.png", [400, 300, 500, 400], r"the box lies outside the image \(320x240\)"),
+                                 (tmp_path / "q.png", [0, 0, 20, 200], "image is 20x200; the smallest side must be at least 32"),
+                                 (write_corrupt(tmp_path / "broken.jpg"), box, "not an image")):
+        with pytest.raises(VggfeatError, match=rf"query {file} cropped to \[.*\]: {words}"):
+            describe_crops(extractor, [file], [bad_box])
+
+
+def write_landmarks(root):
+    """Three 'landmarks' (a, b, c), each a picture with its object in the middle, its crop and a
+    mirrored crop; queries: a and b, boxed on their objects. Returns the ground-truth folder."""
+    for name, seed in (("a", 41), ("b", 42), ("c", 43)):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        scene = smooth_rgb(240, 320, seed)
+        scene[:, :80] = scene[:, -80:] = 128  # around the object: what the other scenes share
+        Image.fromarray(scene).save(root / "images" / f"{name}_scene.png")
+        Image.fromarray(np.ascontiguousarray(scene[:, 80:240])).save(root / "images" / f"{name}_object.png")
+        Image.fromarray(np.ascontiguousarray(scene[:, 80:240][:, ::-1])).save(root / "images" / f"{name}_mirror.png")
+    gt = root / "gt"
+    gt.mkdir()
+    for name in ("a", "b"):
+        (gt / f"{name}_1_query.txt").write_text(f"oxc1_{name}_scene 80 0 240 240\n")
+        (gt / f"{name}_1_good.txt").write_text(f"{name}_object\n{name}_mirror\n")
+        (gt / f"{name}_1_junk.txt").write_text(f"{name}_scene\n")
+    return gt
+
+
+def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16):
+    gt = write_landmarks(tmp_path)
+    args = ["--weights", "random", "--seed", "0", "--layer", "conv5_3", "--pooling", "gem", "--scales", "224",
+            "--resize-side", "long", "--device", "cpu"]
+    with reusing_network(random_vgg16):
+        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", *args, "-q"])[0] == 0
+        code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu",
+                                   "--json", tmp_path / "cropped.json", "-q"])
+        assert code == 0, err
+        code, whole_out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt])
+        assert code == 0, err
+    assert out.splitlines()[0] == "ground truth (ok / junk): 2 queries (cropped to their boxes) against 9 images"
+    assert whole_out.splitlines()[0] == "ground truth (ok / junk): 2 queries against 9 images"
+    # What the command reports is the API's evaluation with the crops' descriptors.
+    from vggfeat.features import FeatureFile
+    from vggfeat.retrieval import prepare
+
+    with FeatureFile(tmp_path / "db.h5") as f:
+        X, paths, config = prepare(f.read(dtype="float32")), f.paths, f.config
+    extractor = Extractor(random_vgg16, **{key: value for key, value in config.items() if key in (
+        "layer", "pooling", "scales", "resize_side")}, device="cpu")
+    truth = read_ground_truth(gt)
+    Q = prepare(describe_crops(extractor, [tmp_path / "images" / f"{q}_scene.png" for q in ("a", "b")],
+                               [item["bbox"] for item in truth]))
+    expected = evaluate_ground_truth(X, paths, Q, ["a_scene", "b_scene"], truth)
+    reported = json.loads((tmp_path / "cropped.json").read_text())
+    assert reported["queries_cropped"] is True
+    assert reported["ap_per_query"] == pytest.approx(expected["ap_per_query"])
+    assert f"mAP        {expected['map']:.4f}" in out
+
+
+def test_crop_queries_needs_ground_truth_with_boxes(tmp_path):
+    gt = write_landmarks(tmp_path)
+    (gt / "b_1_query.txt").write_text("oxc1_b_scene\n")  # no box
+    for args, message in ((["--crop-queries"], "--crop-queries goes with --gt"),
+                          (["--gt", gt, "--crop-queries"], "--crop-queries: 1 query of the ground truth without a "
+                                                           "bounding box (e.g. b_scene)")):
+        code, _, err = run_main(["retrieval-eval", tmp_path / "nowhere.h5", *args])
+        assert code == 2 and message in error_line(err), err

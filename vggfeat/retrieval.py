@@ -10,7 +10,9 @@ Two protocols:
 - **Oxford/Paris ground truth** (:func:`evaluate_ground_truth`): per query, ``ok`` images (good +
   ok) are relevant and ``junk`` images are removed from the ranking before scoring, and AP is the
   trapezoidal one of the datasets' ``compute_ap``, so numbers compare with published ones. The
-  query is the whole query image (its bounding box, if any, is not used), searched against every row.
+  query is searched against every row; its descriptor is the whole query image's, or, as the
+  datasets' protocol has it, that of the image cropped to the query's bounding box
+  (:func:`vggfeat.search.describe_crops`, ``retrieval-eval --crop-queries``).
 
 Descriptors are compared as the index compares them: L2-normalised, optionally PCA-whitened.
 """
@@ -116,9 +118,11 @@ def evaluate_ground_truth(
 
 
 def read_ground_truth(path: str | os.PathLike) -> list[dict]:
-    """Ground truth from a JSON file ([{"query", "ok", "junk"}, ...], or {"queries": [...]}) or from
-    a folder of the Oxford/Paris files ``NAME_query.txt``, ``NAME_good.txt``, ``NAME_ok.txt``,
-    ``NAME_junk.txt`` (good and ok are both relevant; Oxford's ``oxc1_`` query prefix is dropped)."""
+    """Ground truth from a JSON file ([{"query", "ok", "junk", "bbox"}, ...], or {"queries": [...]})
+    or from a folder of the Oxford/Paris files ``NAME_query.txt`` (the query and its bounding box),
+    ``NAME_good.txt``, ``NAME_ok.txt``, ``NAME_junk.txt`` (good and ok are both relevant; Oxford's
+    ``oxc1_`` query prefix is dropped). "bbox", where given, is [x1, y1, x2, y2] in the query
+    image's pixels."""
     path = Path(path)
     if path.is_dir():
         truth = []
@@ -128,7 +132,10 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
             if not words:
                 raise VggfeatError(f"{query_file} is empty")
             lists = {kind: _lines(path / f"{stem}_{kind}.txt") for kind in ("good", "ok", "junk")}
-            truth.append({"query": words[0].removeprefix("oxc1_"), "ok": lists["good"] + lists["ok"], "junk": lists["junk"]})
+            item = {"query": words[0].removeprefix("oxc1_"), "ok": lists["good"] + lists["ok"], "junk": lists["junk"]}
+            if len(words) > 1:
+                item["bbox"] = _bbox(words[1:], query_file)
+            truth.append(item)
         if not truth:
             raise VggfeatError(f"{path} holds no *_query.txt files (Oxford/Paris ground truth)")
         return truth
@@ -141,7 +148,27 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
     items = data.get("queries") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items or not all(map(_is_ground_truth_item, items)):
         raise VggfeatError(f"{path}: expected a list of {{\"query\": ..., \"ok\": [...], \"junk\": [...]}}")
+    for item in items:
+        if "bbox" in item:
+            item["bbox"] = _bbox(item["bbox"], f"{path}, query {item['query']}")
     return items
+
+
+def _bbox(values: object, where: object) -> list[float]:
+    """A bounding box [x1, y1, x2, y2] (x1 < x2, y1 < y2), or a clear refusal naming ``where``."""
+    try:
+        box = [float(value) for value in values]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        raise VggfeatError(f"{where}: a bounding box is 4 numbers x1 y1 x2 y2 with x1 < x2 and y1 < y2, got {values!r}")
+    return box
+
+
+def query_rows(truth: list[dict], paths: Sequence[str]) -> list[int]:
+    """The row of ``paths`` of each query of ``truth``, matched as :func:`evaluate_ground_truth` matches them."""
+    queries = _name_index(paths)
+    return [_lookup(queries, item["query"], "query") for item in truth]
 
 
 def _is_ground_truth_item(item: object) -> bool:

@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .discover import as_utf8
-from .errors import VggfeatError
-from .features import FeatureFile
+from .errors import ImageError, VggfeatError
+from .features import FeatureFile, config_differences
 from .index import VectorIndex
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
 
 if TYPE_CHECKING:
     from .extractor import Extractor
+
+# Query crops decoded, held and described together.
+CROPS_PER_BATCH = 16
 
 
 @dataclass
@@ -63,16 +66,16 @@ def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10,
     return results
 
 
-def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, **runtime) -> Extractor:
-    """An :class:`Extractor` that describes images as the index's database was described.
+def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runtime) -> Extractor:
+    """An :class:`Extractor` that describes images as the descriptors of ``config`` (an index's or a
+    features file's recorded configuration) were described.
 
-    ``weights`` is needed when the database used a weights file (the index records only its name
-    and hash). ``runtime`` takes settings that do not change the numbers (device, batch_size,
-    workers, precision). The result is checked against the index: a mismatch raises.
+    ``weights`` is needed when they were made with a weights file (the configuration records only
+    its name and hash). ``runtime`` takes settings that do not change the numbers (device,
+    batch_size, workers, precision). The result is checked against ``config``: a mismatch raises.
     """
     from .extractor import Extractor  # torch loads only when images are to be described
 
-    config = index.config
     name = str(config.get("weights", ""))
     if weights is None:
         if name == "random":
@@ -92,8 +95,14 @@ def extractor_for(index: VectorIndex, weights: str | os.PathLike | None = None, 
             keywords[key] = config[key]
     keywords = {key: value for key, value in keywords.items() if value is not None}
     extractor = Extractor(config["model"], **keywords, **runtime)
-    index.check_config(extractor.config(), "query images")
+    _check_described_as(config, extractor)
     return extractor
+
+
+def _check_described_as(config: dict, extractor: Extractor) -> None:
+    differences = config_differences(config, extractor.config())
+    if differences:
+        raise VggfeatError(f"query images would be described differently from the database: {'; '.join(differences)}")
 
 
 def describe_images(
@@ -106,7 +115,7 @@ def describe_images(
     ``progress(images)`` after each chunk of images, described or failed.
     """
     if extractor is None:
-        extractor = extractor_for(index, **kwargs)
+        extractor = extractor_for(index.config, **kwargs)
     else:
         index.check_config(extractor.config(), "query images")
     descriptors, described, failures = [], [], []
@@ -119,6 +128,43 @@ def describe_images(
             progress(len(chunk.indices) + len(chunk.failures))
     X = np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
     return X, described, failures
+
+
+def describe_crops(
+    extractor: Extractor, files: Sequence[str | os.PathLike], boxes: Sequence[Sequence[float]],
+    progress: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """Descriptors [len(files), dim] of each image cropped to its box: the query of the Oxford and
+    Paris protocols, the object that the box holds rather than the whole picture.
+
+    A box is [x1, y1, x2, y2] in the upright image's pixels, rounded to whole pixels as PIL's crop
+    rounds it, and clipped to the image. An image that cannot be read, or whose crop is empty or
+    smaller than the extractor's ``min_side``, raises: an evaluation missing a query would not
+    compare with published numbers. ``progress(images)`` after each batch.
+    """
+    from .decode import check_min_side, decode_image
+
+    if len(files) != len(boxes):
+        raise VggfeatError(f"{len(files)} query images but {len(boxes)} boxes")
+    descriptors = []
+    for start in range(0, len(files), CROPS_PER_BATCH):
+        crops = []
+        for file, box in zip(files[start : start + CROPS_PER_BATCH], boxes[start : start + CROPS_PER_BATCH]):
+            try:
+                image = decode_image(file, max_pixels=extractor.max_pixels, min_side=1)
+                height, width = image.shape[:2]
+                x1, y1 = max(0, round(box[0])), max(0, round(box[1]))
+                x2, y2 = min(width, round(box[2])), min(height, round(box[3]))
+                if x2 <= x1 or y2 <= y1:
+                    raise ImageError(f"the box lies outside the image ({width}x{height})")
+                check_min_side(x2 - x1, y2 - y1, extractor.min_side)
+            except ImageError as error:
+                raise VggfeatError(f"query {as_utf8(str(file))} cropped to {list(box)}: {error}") from None
+            crops.append(np.ascontiguousarray(image[y1:y2, x1:x2]))
+        descriptors.append(extractor.describe(crops))
+        if progress:
+            progress(len(crops))
+    return np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
 
 
 def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarray, list[str], Path]:

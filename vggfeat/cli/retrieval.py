@@ -15,7 +15,7 @@ from ..features import FeatureFile, config_differences
 from ..index import KINDS, index_features
 from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
-from . import common
+from . import common, options
 
 @click.group()
 def whiten() -> None:
@@ -70,38 +70,79 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
               help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk}.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
+@click.option("--crop-queries", is_flag=True,
+              help="With --gt: describe each query image cropped to its bounding box, as the Oxford and Paris protocols do "
+                   "(the images and the network are needed) [default: the whole image's descriptor].")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="With --crop-queries: folder of the query images [default: the one recorded at extraction].")
+@click.option("--weights", help="With --crop-queries: weights file, when FEATURES were described with one [default: as recorded].")
+# Checked as the network is built: this command's other uses need no torch.
+@click.option("--device", default="auto", show_default=True, help="With --crop-queries: auto, cpu, cuda or cuda:N.")
+@options.batch_size
 @common.json_output
 @common.overwrite_json
-def retrieval_eval(features, whiten_file, ground_truth, queries_file, json_out, overwrite) -> None:
+@common.quiet
+def retrieval_eval(features, whiten_file, ground_truth, queries_file, crop_queries, root, weights, device, batch_size,
+                   json_out, overwrite, quiet) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself.
 
     Without --gt: every labelled image queries all others; same class = relevant (leave one out).
     """
+    for option, given in (("--queries", queries_file), ("--crop-queries", crop_queries)):
+        if given and ground_truth is None:
+            raise click.UsageError(f"{option} goes with --gt")
     common.check_json_output(json_out, overwrite)
+    truth = retrieval.read_ground_truth(ground_truth) if ground_truth else None
+    if crop_queries:
+        _check_boxes(truth)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     with FeatureFile(features) as f:
         if whitening is not None:
             whitening.check_config(f.config, str(features))
         X, labels, paths, config = retrieval.prepare(f.read(dtype="float32"), whitening), f.labels, f.paths, f.config
-    if ground_truth is None:
-        if queries_file:
-            raise click.UsageError("--queries goes with --gt")
+        query_paths, query_root = paths, Path(f.root)
+    if truth is None:
         result = retrieval.evaluate_labels(X, labels)
     else:
-        Q, query_paths = X, paths
+        Q = X
         if queries_file:
             with FeatureFile(queries_file) as q:
                 differences = config_differences(config, q.config)
                 if differences:
                     raise VggfeatError(f"{queries_file} was extracted differently from {features}: {'; '.join(differences)}")
-                Q, query_paths = retrieval.prepare(q.read(dtype="float32"), whitening), q.paths
-        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, retrieval.read_ground_truth(ground_truth))
+                query_paths, query_root = q.paths, Path(q.root)
+                if not crop_queries:
+                    Q = retrieval.prepare(q.read(dtype="float32"), whitening)
+        if crop_queries:
+            files = [(root or query_root) / query_paths[row] for row in retrieval.query_rows(truth, query_paths)]
+            crops = _describe_crops(files, [item["bbox"] for item in truth], config, quiet, weights=weights,
+                                    device=device, batch_size=batch_size)
+            Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
+        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth)
+        result["queries_cropped"] = crop_queries
     skipped = f", {result['skipped_queries']} without another image of their class skipped" if result.get("skipped_queries") else ""
-    click.echo(f"{result['protocol']}: {result['queries']:,} queries against {result['database']:,} images{skipped}")
+    cropped = " (cropped to their boxes)" if result.get("queries_cropped") else ""
+    click.echo(f"{result['protocol']}: {result['queries']:,} queries{cropped} against {result['database']:,} images{skipped}")
     click.echo(f"  mAP        {result['map']:.4f}")
     for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
         click.echo(f"  {key:<10} {result[key]:.4f}")
     common.write_json_output(json_out, result)
+
+
+def _check_boxes(truth: list[dict]) -> None:
+    unboxed = [item["query"] for item in truth if "bbox" not in item]
+    if unboxed:
+        raise VggfeatError(f"--crop-queries: {common.counted(len(unboxed), 'query', 'queries')} of the ground truth "
+                           f"without a bounding box (e.g. {unboxed[0]})")
+
+
+def _describe_crops(files: list[Path], boxes: list[list[float]], config: dict, quiet: bool, **runtime):
+    """Each query image cropped to its box, described by a network rebuilt from ``config``."""
+    from ..search import describe_crops, extractor_for  # torch, only for this
+
+    extractor = extractor_for(config, **runtime)
+    with common.progress_bar(quiet, total=len(files), unit="images", desc="describing the query crops") as bar:
+        return describe_crops(extractor, files, boxes, progress=bar.update)
 
 
 @click.command("export")
