@@ -68,7 +68,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @click.argument("features", type=click.Path(path_type=Path))
 @click.option("--whiten", "whiten_file", type=click.Path(path_type=Path), help="Whitening from 'vggfeat whiten fit'.")
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
-              help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk}.")
+              help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk, bbox}.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
 @click.option("--crop-queries", is_flag=True,
               help="With --gt: describe each query image cropped to its bounding box, as the Oxford and Paris protocols do "
