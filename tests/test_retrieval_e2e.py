@@ -224,3 +224,28 @@ def test_crop_queries_needs_ground_truth_with_boxes(tmp_path):
                                                            "bounding box (e.g. b_scene)")):
         code, _, err = run_main(["retrieval-eval", tmp_path / "nowhere.h5", *args])
         assert code == 2 and message in error_line(err), err
+
+
+def test_search_for_what_a_box_of_the_query_image_holds(tmp_path, random_vgg16):
+    write_landmarks(tmp_path)
+    query = tmp_path / "images" / "a_scene.png"
+    with reusing_network(random_vgg16):
+        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+        assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "-q"])[0] == 0
+        code, out, err = run_main(["search", tmp_path / "db.index", query, "--box", "80,0,240.4,240", "--k", "4",
+                                   tmp_path / "hits.csv", "-q"])
+        assert code == 0, err
+        index = VectorIndex.load(tmp_path / "db.index")
+        crop = describe_crops(extractor_for(index.config, device="cpu"), [query], [[80, 0, 240.4, 240]])
+        whole = describe_images(index, [query], device="cpu")[0]
+    expected = search(index, crop, [str(query)], k=4)[0]
+    rows = list(csv.DictReader(open(tmp_path / "hits.csv")))
+    assert [row["path"] for row in rows] == expected.paths
+    np.testing.assert_allclose([float(row["score"]) for row in rows], expected.scores, atol=1e-5)
+    whole = search(index, whole, [str(query)], k=4)[0]
+    assert not np.allclose(whole.scores, expected.scores, atol=1e-4)  # the box, not the whole image
+    for args, message in (([query, query, "--box", "1,2,3,4"], "--box crops one query image: give one image file"),
+                          ([query, "--box", "1,2,3"], "a bounding box is 4 numbers x1 y1 x2 y2"),
+                          ([query, "--box", "5,2,3,4"], "a bounding box is 4 numbers x1 y1 x2 y2")):
+        code, _, err = run_main(["search", tmp_path / "db.index", *args])
+        assert code == 2 and message in error_line(err), err

@@ -134,7 +134,7 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
             lists = {kind: _lines(path / f"{stem}_{kind}.txt") for kind in ("good", "ok", "junk")}
             item = {"query": words[0].removeprefix("oxc1_"), "ok": lists["good"] + lists["ok"], "junk": lists["junk"]}
             if len(words) > 1:
-                item["bbox"] = _bbox(words[1:], query_file)
+                item["bbox"] = check_box(words[1:], query_file)
             truth.append(item)
         if not truth:
             raise VggfeatError(f"{path} holds no *_query.txt files (Oxford/Paris ground truth)")
@@ -150,11 +150,11 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
         raise VggfeatError(f"{path}: expected a list of {{\"query\": ..., \"ok\": [...], \"junk\": [...]}}")
     for item in items:
         if "bbox" in item:
-            item["bbox"] = _bbox(item["bbox"], f"{path}, query {item['query']}")
+            item["bbox"] = check_box(item["bbox"], f"{path}, query {item['query']}")
     return items
 
 
-def _bbox(values: object, where: object) -> list[float]:
+def check_box(values: object, where: object) -> list[float]:
     """A bounding box [x1, y1, x2, y2] (x1 < x2, y1 < y2), or a clear refusal naming ``where``."""
     try:
         box = [float(value) for value in values]  # type: ignore[union-attr]

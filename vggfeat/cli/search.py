@@ -10,7 +10,9 @@ import click
 from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
-from ..search import Result, describe_images, read_queries, search as run_search, write_results
+from ..retrieval import check_box
+from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
+                      write_results)
 from ..store import check_new_file
 from . import common, options
 
@@ -20,6 +22,8 @@ RESULT_SUFFIXES = (".csv", ".json")
 @click.command()
 @click.argument("paths", nargs=-1, metavar="INDEX [QUERY_IMAGES_OR_FOLDERS...] [OUTPUT.csv|.json]", type=click.Path(path_type=Path))
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="Query descriptors: a features file extracted as the database.")
+@click.option("--box", callback=lambda ctx, param, value: _box(value), metavar="X1,Y1,X2,Y2",
+              help="Search for what this box of the one query image holds (pixels of the upright image), not the whole image.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits per query.")
 @click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0), help="Average query expansion with the top N hits (0: off).")
 @click.option("--montage", type=click.Path(path_type=Path), help="Draw the queries and their top hits into this PNG.")
@@ -34,7 +38,7 @@ RESULT_SUFFIXES = (".csv", ".json")
 @options.workers
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or --montage file.")
 @common.quiet
-def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
+def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
            batch_size, workers, overwrite, quiet) -> None:
     """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
 
@@ -47,6 +51,8 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
+    if box and (len(rest) != 1 or not rest[0].is_file()):
+        raise click.UsageError("--box crops one query image: give one image file")
     for written in (output, montage):  # refused before the queries are described
         if written:
             check_new_file(written, overwrite)
@@ -54,6 +60,9 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
         X, names, query_root = read_queries(db, queries_file)
+    elif box:
+        extractor = extractor_for(db.config, weights=weights, device=device, batch_size=batch_size, workers=workers)
+        X, names = describe_crops(extractor, rest, [box]), [str(rest[0])]
     else:
         queries = _query_files(rest)
         with common.progress_bar(quiet, total=len(queries), unit="images", desc="describing the queries") as bar:
@@ -74,6 +83,15 @@ def search(paths, queries_file, k, qe, montage, montage_hits, montage_queries, t
         # Database paths are relative to its image folder, a query file's to the folder it recorded.
         base = root or Path(db.root or ".")
         _write_montage(results[:montage_queries], montage, base, query_root, hits=montage_hits, tile=tile)
+
+
+def _box(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return check_box(value.split(","), "--box")
+    except VggfeatError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _query_files(paths: list[Path]) -> list[Path]:
