@@ -30,11 +30,11 @@ CONFIG = {"model": "vgg16", "weights_sha256": "abc", "layer": "conv5_3", "poolin
           "aggregate": "mean", "flip": False, "preprocessing": {}, "dim": 16}
 
 
-def clustered(n_classes=4, per_class=6, dim=16, seed=0):
+def clustered(n_classes=4, per_class=6, dim=16, seed=0, spread=1.0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes, dim)) * 3
     labels = np.repeat(np.arange(n_classes), per_class)
-    X = np.abs(centres[labels] + rng.normal(size=(len(labels), dim)))
+    X = np.abs(centres[labels] + spread * rng.normal(size=(len(labels), dim)))
     return X.astype(np.float32), labels
 
 
@@ -280,6 +280,37 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     assert read_ground_truth(tmp_path / "gt.json") == truth
 
 
+def test_query_expansion_in_the_evaluation_is_searchs():
+    """retrieval-eval --qe ranks as 'search --qe' does: each query replaced by the normalised sum of
+    itself and its top N, leave-one-out excluding the query's own row."""
+    X, labels = clustered(n_classes=3, per_class=5, spread=2.5, seed=3)
+    X = l2_normalize(X)
+    paths = [f"d/{i:02d}.jpg" for i in range(len(X))]
+    index = build_index(X, paths, CONFIG, backend="numpy")
+    truth = [{"query": "d/00", "ok": ["d/01", "d/02", "d/03"], "junk": ["d/00"]},
+             {"query": "d/07", "ok": ["d/05", "d/06", "d/08"], "junk": ["d/07", "d/13"]}]
+    for qe in (0, 2, 4):
+        result = evaluate_ground_truth(X, paths, X, paths, truth, qe=qe)
+        for item, hits in zip(truth, search(index, X[[0, 7]], ["d/00", "d/07"], k=len(X), qe=qe)):
+            ranked = [p[:-4] for p in hits.paths if p[:-4] not in item["junk"]]
+            ranks = np.flatnonzero(np.isin(ranked, item["ok"]))
+            assert result["ap_per_query"][item["query"]] == pytest.approx(compute_ap(ranks, len(item["ok"])))
+        # Leave one out: the expansion is the query's top N among the other rows.
+        expected = []
+        for i in range(len(X)):
+            scores = X @ X[i]
+            scores[i] = -np.inf
+            query = l2_normalize(X[i] + X[np.argsort(-scores, kind="stable")[:qe]].sum(axis=0, keepdims=True))[0]
+            scores = X @ query
+            scores[i] = -np.inf
+            relevant = labels[np.argsort(-scores, kind="stable")[:-1]] == labels[i]
+            expected.append(np.mean(np.cumsum(relevant)[relevant] / (np.flatnonzero(relevant) + 1)))
+        assert evaluate_labels(X, labels, qe=qe)["map"] == pytest.approx(np.mean(expected))
+    assert evaluate_labels(X, labels, qe=2)["map"] != pytest.approx(evaluate_labels(X, labels)["map"])  # it does something
+    with pytest.raises(VggfeatError, match="query expansion needs N >= 0, got -1"):
+        evaluate_labels(X, labels, qe=-1)
+
+
 def test_evaluation_edge_cases_are_clear():
     X = l2_normalize(np.eye(3, dtype=np.float32))
     with pytest.raises(VggfeatError, match="nothing to retrieve"):
@@ -337,6 +368,13 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["map"] > 0.6 and metrics["recall@1"] >= 0.9 and "mAP" in out
+    assert metrics["query_expansion"] == 0
+    code, out, err = run_main(["retrieval-eval", db, "--qe", "2", "--json", tmp_path / "qe.json"])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"labels (leave one out): {len(X)} queries (expanded with their top 2) against")
+    expanded = json.loads((tmp_path / "qe.json").read_text())
+    assert expanded["query_expansion"] == 2
+    assert expanded["map"] == pytest.approx(evaluate_labels(l2_normalize(X), labels, qe=2)["map"], rel=1e-6)
     # A query file made differently is refused with the difference named.
     other = write_features(tmp_path / "other.h5", X, labels, config={**CONFIG, "layer": "pool5"})
     code, _, err = run_main(["search", tmp_path / "db.index", "--queries", other])

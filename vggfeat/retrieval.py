@@ -38,8 +38,10 @@ def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
     return whitening.transform(X) if whitening is not None else l2_normalize(X)
 
 
-def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT) -> dict:
-    """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none)."""
+def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0) -> dict:
+    """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none);
+    ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`)."""
+    _check_qe(qe)
     labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     class_sizes = np.bincount(labels[labelled])
@@ -52,6 +54,9 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
         rows = queries[start : start + block]
         scores = X[rows] @ X.T
         scores[np.arange(len(rows)), rows] = -np.inf  # the query itself is not a result
+        if qe:
+            scores = expand_queries(X[rows], scores, X, qe) @ X.T
+            scores[np.arange(len(rows)), rows] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]  # drop the query (ranked last)
         relevant = labels[order] == labels[rows][:, None]
         aps.append(_average_precision(relevant))
@@ -63,9 +68,24 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
         "queries": int(len(queries)),
         "skipped_queries": int(len(labelled) - len(queries)),
         "database": int(len(X)),
+        "query_expansion": qe,
         "map": float(ap.mean()),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
     }
+
+
+def expand_queries(queries: np.ndarray, scores: np.ndarray, X: np.ndarray, n: int) -> np.ndarray:
+    """Average query expansion (Chum et al. 2007, as ``search --qe``): each of ``queries`` [m, d]
+    replaced by the L2-normalised sum of itself and the rows of ``X`` [N, d] of its ``n`` best
+    ``scores`` [m, N] (rows scored -inf, such as the query itself, are never among them)."""
+    n = min(n, int(np.isfinite(scores).sum(axis=1).min()))
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n else np.zeros((len(queries), 0), dtype=np.int64)
+    return l2_normalize(queries + X[top].sum(axis=1))
+
+
+def _check_qe(qe: int) -> None:
+    if not isinstance(qe, (int, np.integer)) or qe < 0:
+        raise VggfeatError(f"query expansion needs N >= 0, got {qe!r}")
 
 
 def _average_precision(relevant: np.ndarray) -> np.ndarray:
@@ -88,10 +108,13 @@ def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
 
 def evaluate_ground_truth(
     X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str], truth: list[dict],
-    ks: Sequence[int] = RECALL_AT,
+    ks: Sequence[int] = RECALL_AT, qe: int = 0,
 ) -> dict:
     """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
-    by path or file name without extension, matched against ``paths`` (database) and ``query_paths``."""
+    by path or file name without extension, matched against ``paths`` (database) and ``query_paths``.
+    ``qe``: average query expansion with each query's top ``qe`` rows, junk included, as a search
+    that knows no ground truth expands (:func:`expand_queries`)."""
+    _check_qe(qe)
     database = _name_index(paths)
     queries = _name_index(query_paths)
     aps, first = [], []
@@ -101,7 +124,10 @@ def evaluate_ground_truth(
         junk = np.array(sorted({_lookup(database, name, "junk image") for name in item.get("junk", [])}), dtype=np.int64)
         if len(ok) == 0:
             raise VggfeatError(f"query {item['query']} has no ok images")
-        order = np.argsort(-(X @ Q[q]), kind="stable")
+        query = Q[q : q + 1]
+        if qe:
+            query = expand_queries(query, query @ X.T, X, qe)
+        order = np.argsort(-(X @ query[0]), kind="stable")
         order = order[~np.isin(order, junk)]
         ranks = np.flatnonzero(np.isin(order, ok))  # empty when every ok image is also junk
         aps.append(compute_ap(ranks, len(ok)))
@@ -111,6 +137,7 @@ def evaluate_ground_truth(
         "protocol": "ground truth (ok / junk)",
         "queries": len(truth),
         "database": int(len(X)),
+        "query_expansion": qe,
         "map": float(np.mean(aps)),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
         "ap_per_query": {item["query"]: float(ap) for item, ap in zip(truth, aps)},

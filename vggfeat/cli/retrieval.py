@@ -70,6 +70,8 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
               help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk, bbox}.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
+@click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Average query expansion with each query's top N hits (0: off), as 'search --qe'.")
 @click.option("--crop-queries", is_flag=True,
               help="With --gt: describe each query image cropped to its bounding box, as the Oxford and Paris protocols do "
                    "(the images and the network are needed) [default: the whole image's descriptor].")
@@ -82,7 +84,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @common.json_output
 @common.overwrite_json
 @common.quiet
-def retrieval_eval(features, whiten_file, ground_truth, queries_file, crop_queries, root, weights, device, batch_size,
+def retrieval_eval(features, whiten_file, ground_truth, queries_file, qe, crop_queries, root, weights, device, batch_size,
                    json_out, overwrite, quiet) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself.
 
@@ -102,7 +104,7 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, crop_queri
         X, labels, paths, config = retrieval.prepare(f.read(dtype="float32"), whitening), f.labels, f.paths, f.config
         query_paths, query_root = paths, Path(f.root)
     if truth is None:
-        result = retrieval.evaluate_labels(X, labels)
+        result = retrieval.evaluate_labels(X, labels, qe=qe)
     else:
         Q = X
         if queries_file:
@@ -118,11 +120,13 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, crop_queri
             crops = _describe_crops(files, [item["bbox"] for item in truth], config, quiet, weights=weights,
                                     device=device, batch_size=batch_size)
             Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
-        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth)
+        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe)
         result["queries_cropped"] = crop_queries
     skipped = f", {result['skipped_queries']} without another image of their class skipped" if result.get("skipped_queries") else ""
-    cropped = " (cropped to their boxes)" if result.get("queries_cropped") else ""
-    click.echo(f"{result['protocol']}: {result['queries']:,} queries{cropped} against {result['database']:,} images{skipped}")
+    how = [what for what, done in (("cropped to their boxes", result.get("queries_cropped")),
+                                   (f"expanded with their top {qe}", qe)) if done]
+    how = f" ({', '.join(how)})" if how else ""
+    click.echo(f"{result['protocol']}: {result['queries']:,} queries{how} against {result['database']:,} images{skipped}")
     click.echo(f"  mAP        {result['map']:.4f}")
     for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
         click.echo(f"  {key:<10} {result[key]:.4f}")
