@@ -14,7 +14,8 @@ Two protocols:
   datasets' protocol has it, that of the image cropped to the query's bounding box
   (:func:`vggfeat.search.describe_crops`, ``retrieval-eval --crop-queries``).
 
-Descriptors are compared as the index compares them: L2-normalised, optionally PCA-whitened.
+Descriptors are compared as the index compares them: L2-normalised, optionally PCA-whitened. In
+either protocol a query may be expanded with its top hits first (``qe``), as ``search --qe`` does.
 """
 
 from __future__ import annotations
