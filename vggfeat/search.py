@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .decode import check_min_side, decode_image
 from .discover import as_utf8
 from .errors import ImageError, VggfeatError
 from .features import FeatureFile, config_differences
@@ -95,14 +96,10 @@ def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runt
             keywords[key] = config[key]
     keywords = {key: value for key, value in keywords.items() if value is not None}
     extractor = Extractor(config["model"], **keywords, **runtime)
-    _check_described_as(config, extractor)
-    return extractor
-
-
-def _check_described_as(config: dict, extractor: Extractor) -> None:
     differences = config_differences(config, extractor.config())
     if differences:
         raise VggfeatError(f"query images would be described differently from the database: {'; '.join(differences)}")
+    return extractor
 
 
 def describe_images(
@@ -142,8 +139,6 @@ def describe_crops(
     smaller than the extractor's ``min_side``, raises: an evaluation missing a query would not
     compare with published numbers. ``progress(images)`` after each batch.
     """
-    from .decode import check_min_side, decode_image
-
     if len(files) != len(boxes):
         raise VggfeatError(f"{len(files)} query images but {len(boxes)} boxes")
     descriptors = []
