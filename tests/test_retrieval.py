@@ -461,6 +461,27 @@ def test_montage_is_a_png_of_the_expected_size(tmp_path):
         assert image.format == "PNG" and image.size == size
 
 
+def test_montage_outlines_the_box_searched_for_on_its_query(tmp_path):
+    """search --box: the query's picture (200x100 in a 100 px cell: scale 1/2, 25 px down) with the
+    box outlined where it lies; a query without a box, and every hit, are left as they are."""
+    from vggfeat.montage import GAP, QUERY_BOX
+
+    Image.new("RGB", (200, 100), (90, 90, 90)).save(tmp_path / "q.png")
+    size = draw_montage([tmp_path / "q.png", tmp_path / "q.png"], [[(tmp_path / "q.png", 0.5)]] * 2, tmp_path / "m.png",
+                        tile=100, query_boxes=[[40, 20, 120, 80], None])
+    assert size == montage_size(2, 2, 100)
+    with Image.open(tmp_path / "m.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    left, top = GAP, GAP + 25  # the picture's corner in the first cell
+    box = pixels[top + 10 : top + 40, left + 20 : left + 60]  # the box, scaled by 1/2
+    assert (box[0, 5] == QUERY_BOX).all() and (box[10, 0] == QUERY_BOX).all() and (box[-1, 5] == QUERY_BOX).all()
+    assert (box[10, 10] == 90).all()  # inside: the picture
+    outlined = (pixels == QUERY_BOX).all(axis=2)
+    first_row = slice(0, GAP + 100)
+    assert outlined[first_row].sum() > 0 and not outlined[GAP + 100 :].any()  # not on the second query
+    assert not outlined[:, GAP + 100 + GAP :].any()  # nor on the hits
+
+
 def test_montage_of_a_query_file_finds_its_images_in_its_own_folder(tmp_path, monkeypatch):
     import vggfeat.montage
 
@@ -470,7 +491,7 @@ def test_montage_of_a_query_file_finds_its_images_in_its_own_folder(tmp_path, mo
     assert run_main(["index", db, tmp_path / "db.index"])[0] == 0
     drawn = {}
     monkeypatch.setattr(vggfeat.montage, "draw_montage",
-                        lambda queries, hits, output, tile: drawn.update(queries=queries, hits=hits) or (1, 1))
+                        lambda queries, hits, output, tile, query_boxes: drawn.update(queries=queries, hits=hits) or (1, 1))
     code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "m.png"])
     assert code == 0, err
     assert drawn["queries"] == [tmp_path / "elsewhere" / "c0/000.jpg", tmp_path / "elsewhere" / "c0/001.jpg"]

@@ -15,7 +15,7 @@ from runhelpers import error_line, reusing_network, run_main
 from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index
-from vggfeat.montage import montage_size
+from vggfeat.montage import QUERY_BOX, montage_size
 from vggfeat.retrieval import evaluate_ground_truth, read_ground_truth
 from vggfeat.search import describe_crops, describe_images, extractor_for, search
 
@@ -233,8 +233,10 @@ def test_search_for_what_a_box_of_the_query_image_holds(tmp_path, random_vgg16):
         assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
         assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "-q"])[0] == 0
         code, out, err = run_main(["search", tmp_path / "db.index", query, "--box", "80,0,240.4,240", "--k", "4",
-                                   tmp_path / "hits.csv", "-q"])
+                                   tmp_path / "hits.csv", "--montage", tmp_path / "m.png", "--tile", "64", "-q"])
         assert code == 0, err
+        with Image.open(tmp_path / "m.png") as montage:  # the box outlined on the query (tests/test_retrieval.py)
+            assert (np.asarray(montage.convert("RGB")) == QUERY_BOX).all(axis=2).any()
         index = VectorIndex.load(tmp_path / "db.index")
         crop = describe_crops(extractor_for(index.config, device="cpu"), [query], [[80, 0, 240.4, 240]])
         whole = describe_images(index, [query], device="cpu")[0]

@@ -21,6 +21,7 @@ from .store import written_atomically
 CAPTION = 28  # px: two lines of PIL's default font
 GAP = 6
 QUERY_FRAME = (40, 110, 220)
+QUERY_BOX = (250, 200, 0)  # the box of the query that was searched for (search --box)
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 UNREADABLE = (200, 200, 200)  # the cell of a file that cannot be read
@@ -36,26 +37,34 @@ def draw_montage(
     hits: Sequence[Sequence[tuple[str | os.PathLike, float]]],
     output: str | os.PathLike,
     tile: int = 160,
+    query_boxes: Sequence[Sequence[float] | None] | None = None,
 ) -> tuple[int, int]:
     """Draw ``queries`` (image files) and their ``hits`` ((image file, score) best first) into ``output`` (PNG).
 
-    Returns the (width, height) written, :func:`montage_size` of the queries and the most hits.
+    ``query_boxes``: for each query, None or the box [x1, y1, x2, y2] (in its image's pixels) that
+    was searched for, outlined on the query's picture. Returns the (width, height) written,
+    :func:`montage_size` of the queries and the most hits.
     """
     if len(queries) != len(hits):
         raise ValueError(f"{len(queries)} queries but {len(hits)} lists of hits")
+    query_boxes = query_boxes or [None] * len(queries)
     columns = 1 + max((len(h) for h in hits), default=0)
     width, height = montage_size(len(queries), columns, tile)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for row, (query, row_hits) in enumerate(zip(queries, hits)):
+    for row, (query, row_hits, box) in enumerate(zip(queries, hits, query_boxes)):
         top = GAP + row * (tile + CAPTION + GAP)
         cells = [(query, "query")] + [(path, f"{score:.3f}") for path, score in row_hits]
         for column, (path, label) in enumerate(cells):
             left = GAP + column * (tile + GAP)
-            _paste(canvas, path, left, top, tile)
+            placed = _paste(canvas, path, left, top, tile)
             if column == 0:
                 draw.rectangle([left - 2, top - 2, left + tile + 1, top + tile + 1], outline=QUERY_FRAME, width=2)
+                if box is not None and placed is not None:
+                    scale, x, y = placed
+                    draw.rectangle([x + box[0] * scale, y + box[1] * scale, x + box[2] * scale - 1, y + box[3] * scale - 1],
+                                   outline=QUERY_BOX, width=2)
             name = _fit(Path(path).name, draw, font, tile)
             draw.text((left, top + tile + 2), name, fill=TEXT, font=font)
             draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else TEXT, font=font)
@@ -65,15 +74,20 @@ def draw_montage(
     return width, height
 
 
-def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, tile: int) -> None:
+def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, tile: int) -> tuple[float, int, int] | None:
+    """The picture of ``path`` fitted into its cell; its scale and where its top-left corner went
+    (None: unreadable, a grey cell)."""
     try:
         picture = Image.fromarray(decode_image(Path(path), min_side=1))
     except (ImageError, OSError):
         canvas.paste(UNREADABLE, (left, top, left + tile, top + tile))
-        return
+        return None
+    width = picture.width
     picture.thumbnail((tile, tile), Image.Resampling.LANCZOS)
     # Centred in its cell.
-    canvas.paste(picture, (left + (tile - picture.width) // 2, top + (tile - picture.height) // 2))
+    x, y = left + (tile - picture.width) // 2, top + (tile - picture.height) // 2
+    canvas.paste(picture, (x, y))
+    return picture.width / width, x, y
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:

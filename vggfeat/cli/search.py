@@ -82,7 +82,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     if montage:
         # Database paths are relative to its image folder, a query file's to the folder it recorded.
         base = root or Path(db.root or ".")
-        _write_montage(results[:montage_queries], montage, base, query_root, hits=montage_hits, tile=tile)
+        _write_montage(results[:montage_queries], montage, base, query_root, hits=montage_hits, tile=tile, box=box)
 
 
 def _box(value: str | None) -> list[float] | None:
@@ -107,12 +107,13 @@ def _query_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _write_montage(results: list[Result], output: Path, base: Path, query_root: Path | None, hits: int, tile: int) -> None:
+def _write_montage(results: list[Result], output: Path, base: Path, query_root: Path | None, hits: int, tile: int,
+                   box: list[float] | None) -> None:
     from ..montage import draw_montage  # PIL drawing only when asked for
 
     queries = [query_root / r.query if query_root else Path(r.query) for r in results]
     shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
-    width, height = draw_montage(queries, shown, output, tile=tile)
+    width, height = draw_montage(queries, shown, output, tile=tile, query_boxes=[box] * len(queries))
     most = max(map(len, shown), default=0)  # fewer than asked for where --k or the index holds fewer
     up_to = "" if all(len(row) == most for row in shown) else "up to "
     click.echo(f"wrote {output}: {common.counted(len(results), 'query', 'queries')}, {up_to}{common.counted(most, 'hit')} "
