@@ -155,6 +155,6 @@ def check_scales(scales: Sequence[int], layer: str | None = None, center_crop: b
     # fc6 is a 7x7 window on the pool5 map; the conv and pool layers take any map of 1x1 or more.
     if smallest < MIN_INPUT_SIDE and layer is not None and layer.startswith("fc"):
         raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: {layer} needs fc6's 7x7 window on the "
-                           f"pool5 map, so Q must be >= {MIN_INPUT_SIDE}; conv and pool layers (e.g. --layer "
-                           f"conv5_3) take Q >= {MIN_RESIZED_SIDE}")
+                           f"pool5 map, so Q must be >= {MIN_INPUT_SIDE} (conv and pool layers, such as 'extract "
+                           f"--layer conv5_3' describes, take Q >= {MIN_RESIZED_SIDE})")
     return scales
