@@ -351,8 +351,9 @@ def test_heic_decodes_upright_with_pillow_heif(tmp_path):
 
 
 @pytest.mark.parametrize("name, plugin, words", [
-    ("a.heic", "heif_plugin", "HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif; then --retry-failed)"),
-    ("a.avif", "features", "AVIF image: this Pillow does not decode AVIF"),
+    ("a.heic", "heif_plugin", "HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif); then --retry-failed"),
+    ("a.avif", "features", "AVIF image: decoding it needs a Pillow that decodes AVIF (pip install -U pillow); then "
+                           "--retry-failed"),
 ])
 def test_a_format_this_installation_cannot_decode_says_what_to_install(tmp_path, monkeypatch, name, plugin, words):
     """Without the decoder (pillow-heif; a Pillow with AVIF) the file fails with what to do, not
@@ -368,6 +369,21 @@ def test_a_format_this_installation_cannot_decode_says_what_to_install(tmp_path,
     if plugin == "heif_plugin" and vggfeat.decode.heif_plugin() or plugin == "features" and features.check("avif"):
         with pytest.raises(ImageError, match="not an image, or a format Pillow cannot read"):
             decode_image(tmp_path / name)
+
+
+def test_images_of_a_format_not_decoded_here_are_counted_before_a_run(monkeypatch):
+    paths = ["a/1.HEIC", "a/2.heif", "b/3.avif", "b/4.jpg", "b/heic.png", "c/5.Heic"]
+    monkeypatch.setattr(vggfeat.decode, "heif_plugin", lambda: False)
+    monkeypatch.setattr(vggfeat.decode.features, "check", lambda feature: False)
+    assert vggfeat.decode.formats_not_decoded(paths) == [
+        "3 HEIC/HEIF image(s): decoding them needs pillow-heif (pip install pillow-heif); without it each is recorded "
+        "as failed",
+        "1 AVIF image(s): decoding them needs a Pillow that decodes AVIF (pip install -U pillow); without it each is "
+        "recorded as failed"]
+    assert vggfeat.decode.formats_not_decoded(["b/4.jpg"]) == []
+    monkeypatch.setattr(vggfeat.decode, "heif_plugin", lambda: True)
+    monkeypatch.setattr(vggfeat.decode.features, "check", lambda feature: True)
+    assert vggfeat.decode.formats_not_decoded(paths) == []
 
 
 def test_uppercase_jpg_extension(tmp_path):

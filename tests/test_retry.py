@@ -77,8 +77,10 @@ def test_phone_photos_fail_saying_what_to_install_and_are_described_once_it_is(t
     assert code == 0, err
     failed = read_output(tmp_path / "out.h5")
     assert failed["failed_paths"] == ["phone/a.heic", "phone/b.HEIF"]
-    assert set(failed["failed_errors"]) == {"HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif; "
-                                            "then --retry-failed)"}
+    assert set(failed["failed_errors"]) == {"HEIC/HEIF image: decoding it needs pillow-heif (pip install pillow-heif); "
+                                            "then --retry-failed"}
+    assert "WARNING: 2 HEIC/HEIF image(s): decoding them needs pillow-heif (pip install pillow-heif); without it each is " \
+           "recorded as failed" in err  # said before the run
     assert "2 failed" in err and "needs pillow-heif" in err
     monkeypatch.undo()  # installed
     code, _, err = run_main([*args, "--retry-failed"])

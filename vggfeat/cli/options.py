@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALES, PRECISIONS
-from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, formats_not_decoded
 from ..discover import ImageSet, check_file_list, check_folder, check_listed_files, find_images, read_file_list
 from ..errors import VggfeatError
 from .common import progress_bar
@@ -215,7 +215,8 @@ def check_source(paths: tuple[Path, ...], file_list: Path | None) -> None:
 
 def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, quiet: bool = False) -> ImageSet:
     """The images of ``--file-list`` (refused where none of them is there), or under IMAGES
-    (arguments checked by :func:`output_of`).
+    (arguments checked by :func:`output_of`); a warning for those of a format that this
+    installation does not decode (HEIC without pillow-heif).
 
     Walking a large tree takes a while (a minute for ten million files on a local disk, more on a
     network file system): after two seconds, a counter shows that it goes on.
@@ -223,9 +224,12 @@ def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
     if file_list:
         images = read_file_list(file_list, root)
         check_listed_files(images, file_list)
-        return images
-    with progress_bar(quiet, unit="images", desc=f"finding images in {paths[0]}", delay=2) as bar:
-        return find_images(paths[0], progress=bar.update)
+    else:
+        with progress_bar(quiet, unit="images", desc=f"finding images in {paths[0]}", delay=2) as bar:
+            images = find_images(paths[0], progress=bar.update)
+    for line in formats_not_decoded(images.paths):  # said even with --quiet: the run would fail them all
+        click.secho(f"WARNING: {line}", err=True, fg="yellow")
+    return images
 
 
 def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...] = ()) -> str:
