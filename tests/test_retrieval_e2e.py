@@ -216,6 +216,21 @@ def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16)
     assert f"mAP        {expected['map']:.4f}" in out
 
 
+def test_crop_queries_says_where_it_looked_for_query_images_not_found(tmp_path, random_vgg16):
+    gt = write_landmarks(tmp_path)
+    with reusing_network(random_vgg16):
+        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+    (tmp_path / "images").rename(tmp_path / "moved")
+    base = ["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu"]
+    code, _, err = run_main(base)
+    assert code == 2 and (f"2 query images not found (e.g. {tmp_path / 'images' / 'a_scene.png'}); they are looked for in "
+                          f"{tmp_path / 'images'}, where they were described: --root names another folder") in error_line(err)
+    code, _, err = run_main([*base, "--root", tmp_path / "elsewhere"])
+    assert code == 2 and f"is --root {tmp_path / 'elsewhere'} their folder?" in error_line(err)
+    with reusing_network(random_vgg16):
+        assert run_main([*base, "--root", tmp_path / "moved", "-q"])[0] == 0
+
+
 def test_crop_queries_needs_ground_truth_with_boxes(tmp_path):
     gt = write_landmarks(tmp_path)
     (gt / "b_1_query.txt").write_text("oxc1_b_scene\n")  # no box

@@ -117,6 +117,11 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, qe, crop_q
                     Q = retrieval.prepare(q.read(dtype="float32"), whitening)
         if crop_queries:
             files = [(root or query_root) / query_paths[row] for row in retrieval.query_rows(truth, query_paths)]
+            missing = [file for file in files if not file.exists()]
+            if missing:
+                where = (f"is --root {root} their folder?" if root else
+                         f"they are looked for in {query_root}, where they were described: --root names another folder")
+                raise VggfeatError(f"{common.counted(len(missing), 'query image')} not found (e.g. {missing[0]}); {where}")
             crops = _describe_crops(files, [item["bbox"] for item in truth], config, quiet, weights=weights,
                                     device=device, batch_size=batch_size)
             Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
