@@ -281,6 +281,14 @@ def test_scales_and_device_are_checked_before_the_images_are_looked_for(tmp_path
         assert code == 2 and message in error_line(err)
 
 
+def test_the_images_folder_is_recorded_whole_however_it_was_named(one_image, monkeypatch):
+    """A relative IMAGES is recorded as the folder it names (input_root), so that search's montage and
+    retrieval-eval --crop-queries find the images from any working folder."""
+    monkeypatch.chdir(one_image)
+    assert run_main(["extract", "images", "out.h5", *CHEAP, "-q"])[0] == 0
+    assert read_output(one_image / "out.h5")["attrs"]["input_root"] == str(one_image / "images")
+
+
 def test_a_conv_layer_takes_a_scale_below_224(one_image):
     output = one_image / "out.h5"
     code, _, err = run_main(["extract", one_image / "images", output, *NO_SCALES, "--layer", "conv1_1", "--scales", "48"])

@@ -311,7 +311,7 @@ class ExtractionJob:
             "random_weights": weights.is_random,
             "preprocessing": json.dumps(config["preprocessing"], sort_keys=True),
             "dtype": self.dtype,
-            "input_root": str(self.images.root),
+            "input_root": os.path.abspath(self.images.root),  # found again from another folder
             "images_found": self.total,
             "images_sha256": self.manifest["images"]["sha256"],
             "device": str(self.extractor.device),

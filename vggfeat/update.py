@@ -186,7 +186,7 @@ class OutputUpdate:
             failed_labels[:] = images.labels[[i for i, _, _ in failures]]
             failed_read_after[:] = [read for _, _, read in failures]
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
-            attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=str(images.root),
+            attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=os.path.abspath(images.root),
                          **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
             if new is not None:  # the file's other attributes say how its first rows were made
                 attrs[f"{self._dated}_with"] = json.dumps({key: str(new.attrs[key]) for key in MADE_WITH if key in new.attrs})
