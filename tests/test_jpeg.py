@@ -166,6 +166,18 @@ def test_without_a_decoding_library_the_decoder_options_are_refused(random_vgg16
     assert Extractor(random_vgg16, device="cpu").decoder == "pil"  # and auto falls back to it
 
 
+def test_a_torchvision_that_decodes_one_jpeg_a_call_is_not_used(monkeypatch):
+    """torchvision before 0.19 takes no list of JPEGs: each batch would fail, then each of its files."""
+    import torchvision
+
+    monkeypatch.setattr(vggfeat.jpeg, "LIBRARIES", {"torchvision": "torchvision.io"})
+    for version, used in (("0.17.2+cu121", "none"), ("0.19.0", "torchvision 0.19.0"), ("0.29.1+cu130", "torchvision 0.29.1+cu130")):
+        monkeypatch.setattr(torchvision, "__version__", version)
+        vggfeat.jpeg.decoder_library.cache_clear()
+        assert vggfeat.jpeg.decoder_library() == used
+    vggfeat.jpeg.decoder_library.cache_clear()
+
+
 def test_the_file_and_the_terminal_say_which_library_decoded(library, random_vgg16, tmp_path):
     (tmp_path / "images").mkdir()
     write_rgb(tmp_path / "images" / "a.jpg", 230, 240, fmt="JPEG")

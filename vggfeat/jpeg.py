@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,14 +183,25 @@ def batch_decoder() -> Callable[[list[torch.Tensor], torch.device], list[torch.T
     return None
 
 
+# torchvision decodes a list of JPEGs in one call from 0.19 on; before, each call is one image.
+TORCHVISION_BATCHES = (0, 19)
+
+
 @functools.cache
 def decoder_library() -> str:
-    """The first of :data:`LIBRARIES` that can decode here, with its version; "none" if neither."""
+    """The first of :data:`LIBRARIES` that can decode batches here, with its version; "none" if neither."""
     for name, decoders in LIBRARIES.items():
         try:
             module = importlib.import_module(name)
             importlib.import_module(decoders).decode_jpeg  # noqa: B018
         except (ImportError, OSError, RuntimeError, AttributeError):  # absent, too old, or built for another torch
             continue
+        if name == "torchvision" and _release(module.__version__) < TORCHVISION_BATCHES:
+            continue
         return f"{name} {module.__version__}"
     return "none"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(0, 17) of "0.17.2+cu121"."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])

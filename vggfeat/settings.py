@@ -96,8 +96,9 @@ def check_options(
         raise VggfeatError(f"--decoder nvimgcodec needs NVIDIA's nvImageCodec, which is not installed: "
                            f"{gpujpeg.install_command()}; or use --decoder nvjpeg or torchvision")
     if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
-        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that still "
-                           "decodes images (before its removal of torchvision.io.decode_jpeg); or use --decoder pil")
+        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that decodes "
+                           "JPEG batches (0.19 and later, before its removal of torchvision.io.decode_jpeg); or use "
+                           "--decoder pil")
     if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
     if isinstance(model, str) and model not in ARCHITECTURES:

@@ -211,7 +211,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise VggfeatError(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
-        out = np.array(X, dtype=np.float64, order="C", copy=copy or None)  # None: copy only if X is not float64 C-order
+        # asarray copies only where X is not float64 C-order already (NumPy 1's copy=False, 2's copy=None).
+        out = np.array(X, dtype=np.float64, order="C") if copy else np.ascontiguousarray(X, dtype=np.float64)
         # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
         for start in range(0, len(out), _SCORE_ROWS):
             block = out[start : start + _SCORE_ROWS]
