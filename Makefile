@@ -1,6 +1,8 @@
 # make demo   describe a generated image set end to end (demo/features.h5), then train SVMs on it
 # make test   run the tests
 # make clean  remove demo output and caches (keeps .venv)
+# make test-oldest  the tests with the oldest torch, torchvision and NumPy that pyproject.toml admits
+#                   (in .venv-oldest; several GB and a few minutes more; not run by CI)
 #
 # The first target that needs it creates .venv and installs vggfeat with its test extra; torch
 # from PyPI is the CUDA build (several GB, a few minutes), which also runs on CPU-only machines.
@@ -10,7 +12,7 @@ VENV ?= .venv
 # Written once the install succeeds; a newer pyproject.toml, or a missing stamp, reinstalls.
 STAMP := $(VENV)/.vggfeat-installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-oldest clean
 
 venv: $(STAMP)
 
@@ -24,6 +26,15 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q
+
+# The floor of pyproject.toml's ranges; torchcodec (the test extra) needs a newer torch, so the
+# test tools come one by one. Tests of optional libraries (TorchCodec, nvImageCodec) are skipped.
+# torch 2.2 has wheels for Python 3.8 to 3.12.
+OLDEST := torch==2.2.2 torchvision==0.17.2 "numpy<2" pytest faiss-cpu pyarrow pillow-heif
+test-oldest:
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install $(OLDEST) -e .
+	.venv-oldest/bin/python -m pytest -q
 
 clean:
 	rm -rf demo build .pytest_cache
