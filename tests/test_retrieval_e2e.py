@@ -187,10 +187,8 @@ def write_landmarks(root):
 
 def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16):
     gt = write_landmarks(tmp_path)
-    args = ["--weights", "random", "--seed", "0", "--layer", "conv5_3", "--pooling", "gem", "--scales", "224",
-            "--resize-side", "long", "--device", "cpu"]
     with reusing_network(random_vgg16):
-        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", *args, "-q"])[0] == 0
+        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
         code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu",
                                    "--json", tmp_path / "cropped.json", "-q"])
         assert code == 0, err
@@ -203,9 +201,8 @@ def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16)
     from vggfeat.retrieval import prepare
 
     with FeatureFile(tmp_path / "db.h5") as f:
-        X, paths, config = prepare(f.read(dtype="float32")), f.paths, f.config
-    extractor = Extractor(random_vgg16, **{key: value for key, value in config.items() if key in (
-        "layer", "pooling", "scales", "resize_side")}, device="cpu")
+        X, paths = prepare(f.read(dtype="float32")), f.paths
+    extractor = Extractor(random_vgg16, layer="conv5_3", pooling="gem", scales=[224], resize_side="long", device="cpu")
     truth = read_ground_truth(gt)
     Q = prepare(describe_crops(extractor, [tmp_path / "images" / f"{q}_scene.png" for q in ("a", "b")],
                                [item["bbox"] for item in truth]))
