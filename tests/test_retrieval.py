@@ -311,6 +311,55 @@ def test_query_expansion_in_the_evaluation_is_searchs():
         evaluate_labels(X, labels, qe=-1)
 
 
+def test_revisited_ground_truth_is_read_for_each_protocol(tmp_path):
+    """ROxford/RParis's gnd re-saved as JSON: images by index; easy, medium and hard as revisitop's
+    compute_map has them; a query with no relevant image under a protocol is left out and counted."""
+    revisited = {"imlist": ["a", "b", "c", "d", "q1", "q2"], "qimlist": ["q1", "q2"],
+                 "gnd": [{"easy": [0], "hard": [1], "junk": [2], "bbx": [1, 2, 30, 40]},
+                         {"easy": [], "hard": [3], "junk": []}]}
+    (tmp_path / "gnd.json").write_text(json.dumps(revisited))
+    expected = {"easy": [(["a"], ["c", "b"]), ([], ["d"])], "medium": [(["a", "b"], ["c"]), (["d"], [])],
+                "hard": [(["b"], ["c", "a"]), (["d"], [])]}
+    for protocol, items in expected.items():
+        truth = read_ground_truth(tmp_path / "gnd.json", protocol)
+        assert [(item["ok"], item["junk"]) for item in truth] == items, protocol
+        assert [item["query"] for item in truth] == ["q1", "q2"] and truth[0]["bbox"] == [1, 2, 30, 40]
+        assert "bbox" not in truth[1]
+    X = l2_normalize(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    paths = [f"{name}.jpg" for name in revisited["imlist"]]
+    result = evaluate_ground_truth(X, paths, X, paths, read_ground_truth(tmp_path / "gnd.json", "easy"))
+    assert result["queries"] == 1 and result["skipped_queries"] == 1 and list(result["ap_per_query"]) == ["q1"]
+    with pytest.raises(VggfeatError, match="is the revisited Oxford/Paris ground truth: choose its protocol"):
+        read_ground_truth(tmp_path / "gnd.json")
+    with pytest.raises(VggfeatError, match="unknown protocol 'medum'"):
+        read_ground_truth(tmp_path / "gnd.json", "medum")
+    (tmp_path / "plain.json").write_text(json.dumps([{"query": "q1", "ok": ["a"]}]))
+    with pytest.raises(VggfeatError, match="a protocol .* is the revisited Oxford/Paris ground truth's"):
+        read_ground_truth(tmp_path / "plain.json", "hard")
+    revisited["gnd"][1]["hard"] = [9]
+    (tmp_path / "gnd.json").write_text(json.dumps(revisited))
+    with pytest.raises(VggfeatError, match="query q2: easy, hard and junk are lists of imlist's indices"):
+        read_ground_truth(tmp_path / "gnd.json", "hard")
+
+
+def test_retrieval_eval_of_the_revisited_ground_truth_names_its_protocol(tmp_path):
+    X, labels = clustered(per_class=3)  # paths c0/000.jpg ... c3/011.jpg: stems 000 ... 011
+    db = write_features(tmp_path / "db.h5", X, labels)
+    names = [f"{i:03d}" for i in range(len(X))]
+    (tmp_path / "gnd.json").write_text(json.dumps({"imlist": names, "qimlist": ["000", "003"], "gnd": [
+        {"easy": [1], "hard": [2], "junk": [0]}, {"easy": [4, 5], "hard": [], "junk": [3]}]}))
+    code, out, err = run_main(["retrieval-eval", db, "--gt", tmp_path / "gnd.json", "--protocol", "hard",
+                               "--json", tmp_path / "hard.json"])
+    assert code == 0, err
+    assert out.splitlines()[0] == "revisited ground truth, hard: 1 query against 12 images, 1 without a relevant image skipped"
+    result = json.loads((tmp_path / "hard.json").read_text())
+    assert result["revisited_protocol"] == "hard" and list(result["ap_per_query"]) == ["000"]
+    code, _, err = run_main(["retrieval-eval", db, "--gt", tmp_path / "gnd.json"])
+    assert code == 2 and "choose its protocol, easy, medium or hard (--protocol)" in error_line(err)
+    code, _, err = run_main(["retrieval-eval", db, "--protocol", "hard"])
+    assert code == 2 and "--protocol goes with --gt" in error_line(err)
+
+
 def test_evaluation_edge_cases_are_clear():
     X = l2_normalize(np.eye(3, dtype=np.float32))
     with pytest.raises(VggfeatError, match="nothing to retrieve"):
@@ -320,6 +369,8 @@ def test_evaluation_edge_cases_are_clear():
     paths = ["q.jpg", "a.jpg", "b.jpg"]
     result = evaluate_ground_truth(X, paths, X, paths, [{"query": "q", "ok": ["a"], "junk": ["a"]}])
     assert result["map"] == 0 and result["recall@10"] == 0
+    with pytest.raises(VggfeatError, match="no query of the ground truth has an ok image"):
+        evaluate_ground_truth(X, paths, X, paths, [{"query": "q", "ok": [], "junk": ["a"]}])
 
 
 def test_malformed_ground_truth_json_is_refused(tmp_path):

@@ -118,13 +118,16 @@ def evaluate_ground_truth(
     _check_qe(qe)
     database = _name_index(paths)
     queries = _name_index(query_paths)
+    # A query with no relevant image (some of the revisited datasets' in their easy protocol) is
+    # left out of the means and counted, as the datasets' own evaluation leaves it out.
+    scored = [item for item in truth if item["ok"]]
+    if not scored:
+        raise VggfeatError("no query of the ground truth has an ok image: nothing to retrieve")
     aps, first = [], []
-    for item in truth:
+    for item in scored:
         q = _lookup(queries, item["query"], "query")
         ok = np.array(sorted({_lookup(database, name, "ok image") for name in item["ok"]}), dtype=np.int64)
         junk = np.array(sorted({_lookup(database, name, "junk image") for name in item.get("junk", [])}), dtype=np.int64)
-        if len(ok) == 0:
-            raise VggfeatError(f"query {item['query']} has no ok images")
         query = Q[q : q + 1]
         if qe:
             query = expand_queries(query, query @ X.T, X, qe)
@@ -136,23 +139,40 @@ def evaluate_ground_truth(
     first = np.array(first)
     return {
         "protocol": "ground truth (ok / junk)",
-        "queries": len(truth),
+        "queries": len(scored),
+        "skipped_queries": len(truth) - len(scored),
         "database": int(len(X)),
         "query_expansion": qe,
         "map": float(np.mean(aps)),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
-        "ap_per_query": {item["query"]: float(ap) for item, ap in zip(truth, aps)},
+        "ap_per_query": {item["query"]: float(ap) for item, ap in zip(scored, aps)},
     }
 
 
-def read_ground_truth(path: str | os.PathLike) -> list[dict]:
+# The revisited Oxford and Paris protocols (Radenović et al. 2018): which of a query's easy and
+# hard images are relevant, and which are left out of its ranking (with its junk).
+REVISITED_PROTOCOLS = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
+                       "hard": (("hard",), ("junk", "easy"))}
+
+
+def read_ground_truth(path: str | os.PathLike, protocol: str | None = None) -> list[dict]:
     """Ground truth from a JSON file ([{"query", "ok", "junk", "bbox"}, ...], or {"queries": [...]})
     or from a folder of the Oxford/Paris files ``NAME_query.txt`` (the query and its bounding box),
     ``NAME_good.txt``, ``NAME_ok.txt``, ``NAME_junk.txt`` (good and ok are both relevant; Oxford's
     ``oxc1_`` query prefix is dropped). "bbox", where given, is [x1, y1, x2, y2] in the query
-    image's pixels."""
+    image's pixels.
+
+    The revisited ROxford/RParis ground truth (its ``gnd_*.pkl`` re-saved as JSON, as it is:
+    ``{"imlist", "qimlist", "gnd": [{"easy", "hard", "junk", "bbx"}, ...]}``, images by index) is
+    read for one of its ``protocol``s: easy, medium or hard (:data:`REVISITED_PROTOCOLS`).
+    """
     path = Path(path)
+    if protocol is not None and protocol not in REVISITED_PROTOCOLS:
+        raise VggfeatError(f"unknown protocol {protocol!r}; choose one of {', '.join(REVISITED_PROTOCOLS)}")
+    not_revisited = f"a protocol (easy, medium, hard) is the revisited Oxford/Paris ground truth's; {path} is not it"
     if path.is_dir():
+        if protocol is not None:
+            raise VggfeatError(not_revisited)
         truth = []
         for query_file in sorted(path.glob("*_query.txt")):
             stem = query_file.name[: -len("_query.txt")]
@@ -167,12 +187,14 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
         if not truth:
             raise VggfeatError(f"{path} holds no *_query.txt files (Oxford/Paris ground truth)")
         return truth
-    if not path.is_file():
-        raise VggfeatError(f"ground truth not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
+    data = _read_json(path)
+    if _is_revisited(data):
+        if protocol is None:
+            raise VggfeatError(f"{path} is the revisited Oxford/Paris ground truth: choose its protocol, easy, medium "
+                               "or hard (--protocol)")
+        return _revisited(data, protocol, path)
+    if protocol is not None:
+        raise VggfeatError(not_revisited)
     items = data.get("queries") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items or not all(map(_is_ground_truth_item, items)):
         raise VggfeatError(f"{path}: expected a list of {{\"query\": ..., \"ok\": [...], \"junk\": [...]}}")
@@ -180,6 +202,39 @@ def read_ground_truth(path: str | os.PathLike) -> list[dict]:
         if "bbox" in item:
             item["bbox"] = check_box(item["bbox"], f"{path}, query {item['query']}")
     return items
+
+
+def _read_json(path: Path) -> object:
+    if not path.is_file():
+        raise VggfeatError(f"ground truth not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
+
+
+def _is_revisited(data: object) -> bool:
+    return isinstance(data, dict) and {"gnd", "imlist", "qimlist"} <= data.keys()
+
+
+def _revisited(data: dict, protocol: str, path: Path) -> list[dict]:
+    """The items of the revisited ground truth ``data`` for ``protocol``, images named."""
+    relevant, left_out = REVISITED_PROTOCOLS[protocol]
+    images, queries, gnd = data["imlist"], data["qimlist"], data["gnd"]
+    if not (isinstance(gnd, list) and isinstance(images, list) and isinstance(queries, list) and len(gnd) == len(queries)):
+        raise VggfeatError(f"{path}: expected lists imlist, qimlist and gnd, one gnd entry per query")
+    truth = []
+    for query, entry in zip(queries, gnd):
+        try:
+            named = {key: [images[i] for i in entry.get(key, [])] for key in ("easy", "hard", "junk")}
+        except (AttributeError, IndexError, TypeError):
+            raise VggfeatError(f"{path}, query {query}: easy, hard and junk are lists of imlist's indices") from None
+        item = {"query": query, "ok": [name for key in relevant for name in named[key]],
+                "junk": [name for key in left_out for name in named[key]]}
+        if "bbx" in entry:
+            item["bbox"] = check_box(entry["bbx"], f"{path}, query {query}")
+        truth.append(item)
+    return truth
 
 
 def check_box(values: object, where: object) -> list[float]:

@@ -69,6 +69,8 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @click.option("--whiten", "whiten_file", type=click.Path(path_type=Path), help="Whitening from 'vggfeat whiten fit'.")
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
               help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk, bbox}.")
+@click.option("--protocol", type=click.Choice(list(retrieval.REVISITED_PROTOCOLS)),
+              help="With the revisited ROxford/RParis --gt (its gnd_*.pkl re-saved as JSON): which images are relevant.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
 @click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0),
               help="Average query expansion with each query's top N hits (0: off), as 'search --qe'.")
@@ -84,17 +86,17 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @common.json_output
 @common.overwrite_json
 @common.quiet
-def retrieval_eval(features, whiten_file, ground_truth, queries_file, qe, crop_queries, root, weights, device, batch_size,
+def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, qe, crop_queries, root, weights, device, batch_size,
                    json_out, overwrite, quiet) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself.
 
     Without --gt: every labelled image queries all others; same class = relevant (leave one out).
     """
-    for option, given in (("--queries", queries_file), ("--crop-queries", crop_queries)):
+    for option, given in (("--protocol", protocol), ("--queries", queries_file), ("--crop-queries", crop_queries)):
         if given and ground_truth is None:
             raise click.UsageError(f"{option} goes with --gt")
     common.check_json_output(json_out, overwrite)
-    truth = retrieval.read_ground_truth(ground_truth) if ground_truth else None
+    truth = retrieval.read_ground_truth(ground_truth, protocol) if ground_truth else None
     if crop_queries:
         _check_boxes(truth)
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
@@ -127,11 +129,16 @@ def retrieval_eval(features, whiten_file, ground_truth, queries_file, qe, crop_q
             Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
         result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe)
         result["queries_cropped"] = crop_queries
-    skipped = f", {result['skipped_queries']} without another image of their class skipped" if result.get("skipped_queries") else ""
+    without = "another image of their class" if truth is None else "a relevant image"
+    skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
+    if protocol:
+        result["revisited_protocol"] = protocol
     how = [what for what, done in (("cropped to their boxes", result.get("queries_cropped")),
                                    (f"expanded with their top {qe}", qe)) if done]
     how = f" ({', '.join(how)})" if how else ""
-    click.echo(f"{result['protocol']}: {result['queries']:,} queries{how} against {result['database']:,} images{skipped}")
+    name = f"revisited ground truth, {protocol}" if protocol else result["protocol"]
+    click.echo(f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
+               f"{common.counted(result['database'], 'image')}{skipped}")
     click.echo(f"  mAP        {result['map']:.4f}")
     for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
         click.echo(f"  {key:<10} {result[key]:.4f}")
