@@ -336,10 +336,11 @@ def test_revisited_ground_truth_is_read_for_each_protocol(tmp_path):
     (tmp_path / "plain.json").write_text(json.dumps([{"query": "q1", "ok": ["a"]}]))
     with pytest.raises(VggfeatError, match="a protocol .* is the revisited Oxford/Paris ground truth's"):
         read_ground_truth(tmp_path / "plain.json", "hard")
-    revisited["gnd"][1]["hard"] = [9]
-    (tmp_path / "gnd.json").write_text(json.dumps(revisited))
-    with pytest.raises(VggfeatError, match="query q2: easy, hard and junk are lists of imlist's indices"):
-        read_ground_truth(tmp_path / "gnd.json", "hard")
+    for wrong in ([9], [-1], "3", [1.5]):
+        revisited["gnd"][1]["hard"] = wrong
+        (tmp_path / "gnd.json").write_text(json.dumps(revisited))
+        with pytest.raises(VggfeatError, match="query q2: easy, hard and junk are lists of imlist's indices"):
+            read_ground_truth(tmp_path / "gnd.json", "hard")
 
 
 def test_retrieval_eval_of_the_revisited_ground_truth_names_its_protocol(tmp_path):

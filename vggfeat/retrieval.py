@@ -225,10 +225,11 @@ def _revisited(data: dict, protocol: str, path: Path) -> list[dict]:
         raise VggfeatError(f"{path}: expected lists imlist, qimlist and gnd, one gnd entry per query")
     truth = []
     for query, entry in zip(queries, gnd):
-        try:
-            named = {key: [images[i] for i in entry.get(key, [])] for key in ("easy", "hard", "junk")}
-        except (AttributeError, IndexError, TypeError):
-            raise VggfeatError(f"{path}, query {query}: easy, hard and junk are lists of imlist's indices") from None
+        lists = [entry.get(key, []) for key in ("easy", "hard", "junk")] if isinstance(entry, dict) else [None]
+        if not all(isinstance(indices, list) and all(isinstance(i, int) and 0 <= i < len(images) for i in indices)
+                   for indices in lists):
+            raise VggfeatError(f"{path}, query {query}: easy, hard and junk are lists of imlist's indices")
+        named = {key: [images[i] for i in indices] for key, indices in zip(("easy", "hard", "junk"), lists)}
         item = {"query": query, "ok": [name for key in relevant for name in named[key]],
                 "junk": [name for key in left_out for name in named[key]]}
         if "bbx" in entry:
