@@ -19,7 +19,7 @@ from vggfeat.export import export
 import vggfeat.index
 from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available, index_features
 from vggfeat.montage import draw_montage, montage_size
-from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, read_ground_truth
+from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, precision_at, read_ground_truth
 from vggfeat.search import search
 import vggfeat.features
 import vggfeat.whitening
@@ -276,6 +276,10 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     result = evaluate_ground_truth(X, paths, X, paths, truth)
     # Ranking for q: q, z(junk, removed), x, w, y -> relevant ranks 1 and 3 (q itself is not ok).
     assert result["map"] == pytest.approx(compute_ap(np.array([1, 3]), 2))
+    # mP@k as revisitop's compute_map: k cut to the last relevant rank (4, 1-based): 0/1, 2/4, 2/4.
+    assert (result["mp@1"], result["mp@5"], result["mp@10"]) == (0, 0.5, 0.5)
+    assert [precision_at(np.array([0, 2]), k) for k in (1, 2, 5)] == [1, 0.5, pytest.approx(2 / 3)]
+    assert precision_at(np.array([], dtype=np.int64), 5) == 0
     (tmp_path / "gt.json").write_text(json.dumps({"queries": truth}))
     assert read_ground_truth(tmp_path / "gt.json") == truth
 
@@ -353,6 +357,8 @@ def test_retrieval_eval_of_the_revisited_ground_truth_names_its_protocol(tmp_pat
                                "--json", tmp_path / "hard.json"])
     assert code == 0, err
     assert out.splitlines()[0] == "revisited ground truth, hard: 1 query against 12 images, 1 without a relevant image skipped"
+    assert [line.split()[0] for line in out.splitlines()[1:8]] == ["mAP", "recall@1", "recall@5", "recall@10", "mP@1",
+                                                                   "mP@5", "mP@10"]
     result = json.loads((tmp_path / "hard.json").read_text())
     assert result["revisited_protocol"] == "hard" and list(result["ap_per_query"]) == ["000"]
     code, _, err = run_main(["retrieval-eval", db, "--gt", tmp_path / "gnd.json"])

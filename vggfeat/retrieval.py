@@ -96,6 +96,16 @@ def _average_precision(relevant: np.ndarray) -> np.ndarray:
     return (precision * relevant).sum(axis=1) / np.maximum(relevant.sum(axis=1), 1)
 
 
+def precision_at(ranks: np.ndarray, k: int) -> float:
+    """The share of relevant images among the first k of a ranking with junk removed (``ranks``:
+    0-based, ascending), k cut to the last relevant one's rank where it comes sooner: the revisited
+    datasets' mP@k (revisitop's compute_map); 0 for a query that finds none."""
+    if len(ranks) == 0:
+        return 0.0
+    first_k = min(int(ranks[-1]) + 1, k)
+    return float((ranks < first_k).sum() / first_k)
+
+
 def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
     """The Oxford/Paris benchmark's AP: ``ranks`` (0-based, ascending) of the relevant images in a
     ranking with junk removed; precision interpolated by the trapezoid between ranks."""
@@ -123,7 +133,7 @@ def evaluate_ground_truth(
     scored = [item for item in truth if item["ok"]]
     if not scored:
         raise VggfeatError("no query of the ground truth has an ok image: nothing to retrieve")
-    aps, first = [], []
+    aps, first, precisions = [], [], []
     for item in scored:
         q = _lookup(queries, item["query"], "query")
         ok = np.array(sorted({_lookup(database, name, "ok image") for name in item["ok"]}), dtype=np.int64)
@@ -136,6 +146,7 @@ def evaluate_ground_truth(
         ranks = np.flatnonzero(np.isin(order, ok))  # empty when every ok image is also junk
         aps.append(compute_ap(ranks, len(ok)))
         first.append(ranks[0] if len(ranks) else np.inf)
+        precisions.append([precision_at(ranks, k) for k in ks])
     first = np.array(first)
     return {
         "protocol": "ground truth (ok / junk)",
@@ -145,6 +156,7 @@ def evaluate_ground_truth(
         "query_expansion": qe,
         "map": float(np.mean(aps)),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
+        **{f"mp@{k}": float(mean) for k, mean in zip(ks, np.mean(precisions, axis=0))},
         "ap_per_query": {item["query"]: float(ap) for item, ap in zip(scored, aps)},
     }
 

@@ -140,8 +140,9 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     click.echo(f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
                f"{common.counted(result['database'], 'image')}{skipped}")
     click.echo(f"  mAP        {result['map']:.4f}")
-    for key in (f"recall@{k}" for k in retrieval.RECALL_AT):
-        click.echo(f"  {key:<10} {result[key]:.4f}")
+    for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT):
+        if key in result:  # mP@k: with ground truth
+            click.echo(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}")
     common.write_json_output(json_out, result)
 
 
