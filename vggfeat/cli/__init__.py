@@ -39,7 +39,7 @@ COMMANDS = {
               "(inner product of unit vectors)."),
     "search": ("search", "search", "Search INDEX with query images (files or folders) or --queries; print or "
                "write ranked paths and scores."),
-    "retrieval-eval": ("retrieval", "retrieval_eval", "mAP and recall@1/5/10 of FEATURES searched against itself."),
+    "retrieval-eval": ("retrieval", "retrieval_eval", "mAP and recall@1/5/10 of FEATURES searched against itself (with --gt, mP@1/5/10 too)."),
     "export": ("retrieval", "export", "Write FEATURES as NumPy or Parquet files, or a posteriors file as CSV "
                "[default name: beside FEATURES]."),
 }

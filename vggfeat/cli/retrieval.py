@@ -88,7 +88,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
 @common.quiet
 def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, qe, crop_queries, root, weights, device, batch_size,
                    json_out, overwrite, quiet) -> None:
-    """mAP and recall@1/5/10 of FEATURES searched against itself.
+    """mAP and recall@1/5/10 of FEATURES searched against itself (with --gt, mP@1/5/10 too).
 
     Without --gt: every labelled image queries all others; same class = relevant (leave one out).
     """
@@ -118,32 +118,31 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
                 if not crop_queries:
                     Q = retrieval.prepare(q.read(dtype="float32"), whitening)
         if crop_queries:
-            files = [(root or query_root) / query_paths[row] for row in retrieval.query_rows(truth, query_paths)]
-            missing = [file for file in files if not file.exists()]
-            if missing:
-                where = (f"is --root {root} their folder?" if root else
-                         f"they are looked for in {query_root}, where they were described: --root names another folder")
-                raise VggfeatError(f"{common.counted(len(missing), 'query image')} not found (e.g. {missing[0]}); {where}")
-            crops = _describe_crops(files, [item["bbox"] for item in truth], config, quiet, weights=weights,
-                                    device=device, batch_size=batch_size)
+            crops = _describe_crops(truth, query_paths, root, query_root, config, quiet, weights=weights, device=device,
+                                    batch_size=batch_size)
             Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
         result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe)
         result["queries_cropped"] = crop_queries
-    without = "another image of their class" if truth is None else "a relevant image"
-    skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
-    if protocol:
-        result["revisited_protocol"] = protocol
+        if protocol:
+            result["revisited_protocol"] = protocol
+    _show(result, labelled=truth is None)
+    common.write_json_output(json_out, result)
+
+
+def _show(result: dict, labelled: bool) -> None:
+    """An evaluation's result at the terminal: what was evaluated, then each measure."""
+    name = f"revisited ground truth, {result['revisited_protocol']}" if "revisited_protocol" in result else result["protocol"]
     how = [what for what, done in (("cropped to their boxes", result.get("queries_cropped")),
-                                   (f"expanded with their top {qe}", qe)) if done]
+                                   (f"expanded with their top {result['query_expansion']}", result["query_expansion"])) if done]
     how = f" ({', '.join(how)})" if how else ""
-    name = f"revisited ground truth, {protocol}" if protocol else result["protocol"]
+    without = "another image of their class" if labelled else "a relevant image"
+    skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
     click.echo(f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
                f"{common.counted(result['database'], 'image')}{skipped}")
     click.echo(f"  mAP        {result['map']:.4f}")
     for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT):
         if key in result:  # mP@k: with ground truth
             click.echo(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}")
-    common.write_json_output(json_out, result)
 
 
 def _check_boxes(truth: list[dict]) -> None:
@@ -153,13 +152,21 @@ def _check_boxes(truth: list[dict]) -> None:
                            f"without a bounding box (e.g. {unboxed[0]})")
 
 
-def _describe_crops(files: list[Path], boxes: list[list[float]], config: dict, quiet: bool, **runtime):
-    """Each query image cropped to its box, described by a network rebuilt from ``config``."""
+def _describe_crops(truth: list[dict], query_paths: list[str], root: Path | None, recorded_root: Path, config: dict,
+                    quiet: bool, **runtime):
+    """Each query image of ``truth`` (among ``query_paths``, under ``root`` or else where they were
+    described) cropped to its box, described by a network rebuilt from ``config``."""
     from ..search import describe_crops, extractor_for  # torch, only for this
 
+    files = [(root or recorded_root) / query_paths[row] for row in retrieval.query_rows(truth, query_paths)]
+    missing = [file for file in files if not file.exists()]
+    if missing:  # said before the network loads
+        where = (f"is --root {root} their folder?" if root else
+                 f"they are looked for in {recorded_root}, where they were described: --root names another folder")
+        raise VggfeatError(f"{common.counted(len(missing), 'query image')} not found (e.g. {missing[0]}); {where}")
     extractor = extractor_for(config, **runtime)
     with common.progress_bar(quiet, total=len(files), unit="images", desc="describing the query crops") as bar:
-        return describe_crops(extractor, files, boxes, progress=bar.update)
+        return describe_crops(extractor, files, [item["bbox"] for item in truth], progress=bar.update)
 
 
 @click.command("export")
