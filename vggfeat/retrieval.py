@@ -42,7 +42,7 @@ def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
 def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0) -> dict:
     """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none);
     ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`)."""
-    _check_qe(qe)
+    check_qe(qe)
     labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     class_sizes = np.bincount(labels[labelled])
@@ -84,7 +84,8 @@ def expand_queries(queries: np.ndarray, scores: np.ndarray, X: np.ndarray, n: in
     return l2_normalize(queries + X[top].sum(axis=1))
 
 
-def _check_qe(qe: int) -> None:
+def check_qe(qe: int) -> None:
+    """Refuse a query expansion that is not a count of hits (0: none)."""
     if not isinstance(qe, (int, np.integer)) or qe < 0:
         raise VggfeatError(f"query expansion needs N >= 0, got {qe!r}")
 
@@ -125,7 +126,7 @@ def evaluate_ground_truth(
     by path or file name without extension, matched against ``paths`` (database) and ``query_paths``.
     ``qe``: average query expansion with each query's top ``qe`` rows, junk included, as a search
     that knows no ground truth expands (:func:`expand_queries`)."""
-    _check_qe(qe)
+    check_qe(qe)
     database = _name_index(paths)
     queries = _name_index(query_paths)
     # A query with no relevant image (some of the revisited datasets' in their easy protocol) is

@@ -27,6 +27,7 @@ from .discover import as_utf8
 from .errors import ImageError, VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex
+from .retrieval import check_qe
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
 
@@ -51,8 +52,7 @@ def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10,
     """Search raw descriptors ``X`` [n, D] (as extracted); ``names`` label the queries in the results."""
     if len(X) != len(names):
         raise VggfeatError(f"{len(X)} query descriptors but {len(names)} names")
-    if qe < 0:
-        raise VggfeatError(f"query expansion needs N >= 0, got {qe}")
+    check_qe(qe)
     Q = index.prepare(X)
     if qe and len(Q):
         _, top = index.search(Q, qe)

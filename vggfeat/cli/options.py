@@ -84,10 +84,15 @@ root = click.option("--root", type=click.Path(path_type=Path), help="Folder that
 model = click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
 weights = click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
 seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
-scales = click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales,
-                      help="Smallest-side sizes Q, each >= 224 (>= 32 for conv and pool layers).")
-class_scales = click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales,
-                            help="Smallest-side sizes Q, each >= 224.")
+
+
+def _scales(help: str) -> Callable:
+    return click.option("--scales", default=",".join(map(str, PAPER_SCALES)), show_default=True, callback=parse_scales,
+                        help=help)
+
+
+scales = _scales("Smallest-side sizes Q, each >= 224 (>= 32 for conv and pool layers).")
+class_scales = _scales("Smallest-side sizes Q, each >= 224.")  # classify's: fc8 only
 device = click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 devices = click.option("--device", "devices", default="auto", show_default=True, callback=check_devices,
                        help="auto, cpu, cuda or cuda:N; several, such as cuda:0,cuda:1, describe a shard of the images "
