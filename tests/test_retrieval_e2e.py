@@ -159,8 +159,8 @@ def test_a_query_crop_is_described_as_the_cropped_picture_alone(tmp_path, random
     assert sum(done) == 2
     whole = extractor.extract([tmp_path / "q.png"])
     assert np.abs(crops[0] - whole[0]).max() > 1e-3  # the crop is not the whole image
-    for file, bad_box, words in ((tmp_path / "q.png", [400, 300, 500, 400], r"the box lies outside the image \(320x240\)"),
-                                 (tmp_path / "q.png", [0, 0, 20, 200], "image is 20x200; the smallest side must be at least 32"),
+    for file, bad_box, words in ((tmp_path / "q.png", [400, 300, 500, 400], r"the region lies outside the image \(320x240\)"),
+                                 (tmp_path / "q.png", [0, 0, 20, 200], "the region is 20x200 within the image; the smallest side must be at least 32"),
                                  (write_corrupt(tmp_path / "broken.jpg"), box, "not an image")):
         with pytest.raises(VggfeatError, match=rf"query {file} cropped to \[.*\]: {words}"):
             describe_crops(extractor, [file], [bad_box])

@@ -8,7 +8,7 @@ order once their copy is done (:func:`collected`), while later chunks' work is u
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from .errors import ImageError
 from .reading import Reduced
+from .regions import Region, crop
 
 # Decoded images held at once per chunk; bounds host memory whatever the image sizes.
 CHUNK_BYTES = 512 * 2**20
@@ -39,15 +40,25 @@ class Chunk:
     failures: list[tuple[int, str]] = field(default_factory=list)  # (image, reason)
 
 
-def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Reduced | ImageError], chunk_images: int
+def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Reduced | ImageError], chunk_images: int,
+                  regions: Sequence[Region | None] | None = None, min_side: int = 1
                   ) -> Iterator[tuple[Chunk, list[np.ndarray | torch.Tensor]]]:
     """The ``count`` images that ``decoded`` gives, in chunks of ``chunk_images`` at most (fewer
-    where their pixels reach CHUNK_BYTES): each chunk, its failures recorded, with its images."""
+    where their pixels reach CHUNK_BYTES): each chunk, its failures recorded, with its images, each
+    cropped to its region where ``regions`` gives one (a region too small for ``min_side`` fails)."""
     position = 0
     while position < count:
         chunk, images, held = Chunk(start=position, end=position), [], 0
         while chunk.end < count and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
             result = next(decoded)
+            region = regions[chunk.end] if regions is not None and not isinstance(result, ImageError) else None
+            if region is not None:
+                if isinstance(result, Reduced):  # never: --jpeg-draft does not take regions
+                    raise ValueError("a region of an image decoded smaller")
+                try:
+                    result = crop(result, region, min_side)
+                except ImageError as error:
+                    result = error
             if isinstance(result, ImageError):
                 chunk.failures.append((chunk.end, str(result)))
             else:

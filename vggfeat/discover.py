@@ -6,6 +6,7 @@ and most labelled collections follow); images directly in the root have label -1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
+from .regions import FRAGMENT, Regions, image_of, region_path, split_list_entry, split_region
 
 # .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
 # recorded as failed, saying so, rather than left out unseen.
@@ -37,8 +39,11 @@ class ImageFiles(Sequence[Path]):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return ImageFiles(self.root, self.paths[index], self.file_names)
-        path = self.paths[index]
-        return self.root / self.file_names.get(path, path)
+        return self.root / file_name(self.paths[index], self.file_names)
+
+    def regions(self) -> Regions:
+        """The region of its image that each path names (None: the whole image; see :mod:`vggfeat.regions`)."""
+        return Regions(self.paths)
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,14 @@ class ImageSet:
         return self.files()[index]
 
     def files(self) -> ImageFiles:
-        """The images' files, made one at a time as they are used (see :class:`ImageFiles`)."""
+        """The images' files, made one at a time as they are used (see :class:`ImageFiles`); a
+        region's is its image's file."""
         return ImageFiles(self.root, self.paths, self.file_names)
+
+    @functools.cached_property
+    def has_regions(self) -> bool:
+        """Whether some path names a region of an image (:mod:`vggfeat.regions`)."""
+        return any(FRAGMENT in path for path in self.paths)
 
     def shard(self, index: int, count: int) -> ImageSet:
         """The ``index``-th (1-based) of ``count`` contiguous blocks of this set, as equal as can be.
@@ -107,6 +118,12 @@ class ImageSet:
                 hasher.update(f"{path}\t{self.classes[label] if label >= 0 else ''}\n".encode())
             object.__setattr__(self, "_digest", hasher.hexdigest())  # frozen: the set does not change
         return self.__dict__["_digest"]
+
+
+def file_name(path: str, file_names: Mapping[str, str]) -> str:
+    """The name under the root of the file of ``path`` (of an :class:`ImageSet` with ``file_names``):
+    for a region, its image's file."""
+    return image_of(file_names.get(path, path))
 
 
 def check_folder(root: str | Path) -> Path:
@@ -176,7 +193,8 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
 
 
 def read_file_list(list_file: str | Path, root: str | Path | None = None) -> ImageSet:
-    """Images named in a text file, one per line: ``path`` or ``path,label``.
+    """Images named in a text file, one per line: ``path`` or ``path,label``; a path may name a
+    region of its image, ``path#xywh=X,Y,W,H`` (:mod:`vggfeat.regions`).
 
     Relative paths are taken from ``root`` (default: the list file's folder). Blank lines and lines
     starting with ``#`` are skipped. A line that ends with an image extension is a path, commas and
@@ -195,9 +213,15 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         if not line or line.startswith("#"):
             continue
         path, label = _split_entry(line)
+        try:
+            path, region = split_region(path)
+        except ValueError as error:
+            raise VggfeatError(f"{list_file}:{number}: {error}") from None
         path = Path(path).as_posix()
         if path.startswith(inside):
             path = path[len(inside) :]
+        if region is not None:  # written one way ("pixel:" left out), so that it is one path however listed
+            path = region_path(path, region)
         if path in class_of and class_of[path] != label:
             raise VggfeatError(f"{list_file}:{number}: {as_utf8(path)} is listed twice with different labels")
         class_of[path] = label
@@ -228,6 +252,9 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
 
 
 def _split_entry(line: str) -> tuple[str, str | None]:
+    region = split_list_entry(line)
+    if region is not None:
+        return region
     if "," not in line or line.lower().endswith(IMAGE_EXTENSIONS):
         return line, None
     path, label = line.rsplit(",", 1)

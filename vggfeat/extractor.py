@@ -29,6 +29,7 @@ from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
 from .reading import GPU_DECODERS, ImageReader
+from .regions import JPEG_DRAFT_REGIONS, Region
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
 from .settings import (check_choice, check_options, check_scales, default_layer, cpu_bf16_speed, resolve_decoder, resolve_device,
                        resolve_precision)
@@ -248,28 +249,35 @@ class Extractor:
             "preprocessing": {**DECODE_RECIPE, **RESIZE_RECIPE},
         }
 
-    def extract(self, paths: Sequence[str | os.PathLike], errors: str = "raise") -> np.ndarray:
-        """Descriptors [len(paths), dim] float32, in the order of ``paths``.
+    def extract(self, paths: Sequence[str | os.PathLike], errors: str = "raise",
+                regions: Sequence[Region | None] | None = None) -> np.ndarray:
+        """Descriptors [len(paths), dim] float32, in the order of ``paths``; of the region of each
+        image that ``regions`` gives, where it gives one (see :mod:`vggfeat.regions`).
 
         ``errors="raise"`` raises :class:`ImageError` naming the first unusable file;
         ``errors="nan"`` fills its row with NaN instead.
         """
         check_choice("errors", errors, ("raise", "nan"))
         result = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
-        for chunk in self.iter_chunks(paths):
+        for chunk in self.iter_chunks(paths, regions=regions):
             if chunk.failures and errors == "raise":
                 index, reason = chunk.failures[0]
                 raise ImageError(f"{paths[index]}: {reason}")
             result[chunk.indices] = chunk.features
         return result
 
-    def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None) -> Iterator[Chunk]:
-        """Describe ``paths`` in consecutive chunks, in order.
+    def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None,
+                    regions: Sequence[Region | None] | None = None) -> Iterator[Chunk]:
+        """Describe ``paths`` (or the region of each that ``regions`` gives) in consecutive chunks, in order.
 
         Threads decode ahead of the network. A chunk's results are collected only after the next
         chunk's work (CHUNKS_IN_FLIGHT - 1 chunks) has been queued, so a GPU never waits for the
         host between chunks.
         """
+        if regions is not None and len(regions) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(regions)} regions")
+        if regions is not None and self.jpeg_draft:
+            raise VggfeatError(JPEG_DRAFT_REGIONS)
         chunk_images = chunk_images or max(16, 2 * self.batch_size)
         plan = self._start_run(len(paths))
         reduction = functools.partial(jpeg_reduction, scales=self.scales, side=self.resize_side) if self.jpeg_draft else None
@@ -280,7 +288,7 @@ class Extractor:
             _precision(self.precision, self.device),
         ):
             queued: collections.deque[Chunk] = collections.deque()
-            for chunk, images in gather_chunks(len(paths), decoded, chunk_images):
+            for chunk, images in gather_chunks(len(paths), decoded, chunk_images, regions, self.min_side):
                 chunk.features, chunk.ready = copy_to_host(self._describe_chunk(chunk, images))
                 queued.append(chunk)
                 if len(queued) >= CHUNKS_IN_FLIGHT:

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from .errors import VggfeatError
 from .labels import warn_left_out
+from .regions import FRAGMENT, image_of
 from .store import failed_labels, open_features_file, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
@@ -277,13 +278,17 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         if expected_configs is not None:
             check_configs(expected_configs, [f.config for f in opened], expected_by)
         first = opened[0]
+        # The paper's image-and-box descriptor (I+B): regions fused with a file of whole images
+        # take their image's row from it.
+        by_image = [False] + _by_image(opened)
         if paths is None:  # the images that every file describes
-            failures = _failures_of(opened[1:])
+            failures = _failures_of_others(opened)
             warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
-        yield _Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None) for f in opened])
+        yield _Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
+                                      for f, whole in zip(opened, by_image)])
 
 
 def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
@@ -299,7 +304,27 @@ def fused_failures(files: Files) -> dict[str, str]:
     """The images that a file after the first could not describe: path to ``"failed in FILE: reason"``. Fused
     with the first, such an image has no descriptor: it is left out."""
     with contextlib.ExitStack() as stack:
-        return _failures_of([stack.enter_context(FeatureFile(name)) for name in file_list(files)[1:]])
+        return _failures_of_others([stack.enter_context(FeatureFile(name)) for name in file_list(files)])
+
+
+def _by_image(opened: Sequence[FeatureFile]) -> list[bool]:
+    """For each file after the first, whether it gives the regions of the first their image's row:
+    the first holds regions, it whole images (the paper's I+B)."""
+    regions = len(opened) > 1 and _holds_regions(opened[0])
+    return [regions and not _holds_regions(f) for f in opened[1:]]
+
+
+def _failures_of_others(opened: Sequence[FeatureFile]) -> dict[str, str]:
+    """:func:`fused_failures` of the ``opened`` files: paths as the first names them (a region of
+    the first whose image failed in a file of whole images, too)."""
+    by_image = _by_image(opened)
+    failures = _failures_of([f for f, whole in zip(opened[1:], by_image) if not whole])
+    image_failures = _failures_of([f for f, whole in zip(opened[1:], by_image) if whole])
+    if image_failures:
+        for path in [*opened[0].paths, *opened[0].failed().paths]:
+            if image_of(path) in image_failures:
+                failures.setdefault(path, image_failures[image_of(path)])
+    return failures
 
 
 def _failures_of(others: Sequence[FeatureFile]) -> dict[str, str]:
@@ -341,18 +366,28 @@ def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = 
             raise VggfeatError(f"features extracted with a different configuration than {what}{which}: {'; '.join(differences)}")
 
 
-def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, whole: bool) -> np.ndarray:
+def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, whole: bool, by_image: bool = False
+             ) -> np.ndarray:
+    """The row of ``f`` of each of ``wanted`` (``by_image``: of its image); ``whole``: ``f`` must
+    hold the images of ``reference``, no more, no fewer."""
     index = {path: row for row, path in enumerate(f.paths)}
+    if by_image:
+        wanted = [image_of(path) for path in wanted]
     missing = [path for path in wanted if path not in index]
     if missing:
         if reference is not None:
             raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are "
                                f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing)}")
         raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
-    if whole and reference is not None and _images(f) != _images(reference):
+    if whole and not by_image and reference is not None and _images(f) != _images(reference):
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
                            "they hold different images")
     return np.array([index[path] for path in wanted], dtype=np.int64)
+
+
+def _holds_regions(f: FeatureFile) -> bool:
+    """Whether a row or a failure of ``f`` is a region of an image (:mod:`vggfeat.regions`)."""
+    return any(FRAGMENT in path for path in f.paths) or any(FRAGMENT in path for path in f.failed().paths)
 
 
 def _images(f: FeatureFile) -> set[str]:

@@ -32,8 +32,9 @@ import torchvision
 from ._version import __version__
 from .choices import DTYPES
 from .decode import STORAGE_ERROR
-from .discover import ImageSet
+from .discover import ImageFiles, ImageSet
 from .errors import VggfeatError
+from .regions import JPEG_DRAFT_REGIONS
 from .chunks import Chunk
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
@@ -93,6 +94,8 @@ class ExtractionJob:
     ) -> None:
         if dtype not in DTYPES:
             raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        if extractor.jpeg_draft and images.has_regions:
+            raise VggfeatError(JPEG_DRAFT_REGIONS)
         self.images, self.extractor, self.dtype = images, extractor, dtype
         self.output = Path(output)
         self.work = work_folder(self.output)
@@ -174,7 +177,7 @@ class ExtractionJob:
         replace_durably(self._output.path, self.output)
         return rows, failed
 
-    def _fill(self, offset: int, files: list[Path], progress: Callable[[int], None] | None) -> None:
+    def _fill(self, offset: int, files: ImageFiles, progress: Callable[[int], None] | None) -> None:
         pending: list[Chunk] = []
         start, since = offset, time.monotonic()
         # Parts smaller than the extractor's default chunk need chunks of that size, or a part would
@@ -195,7 +198,9 @@ class ExtractionJob:
                     start, since = end, time.monotonic()
 
             unread = 0  # images in a row, up to the last one, that the storage failed to give
-            for chunk in self.extractor.iter_chunks(files, chunk_images=chunk_images):
+            # Regions are refused with --jpeg-draft (above), which then needs no region looked for.
+            regions = None if self.extractor.jpeg_draft else files.regions()
+            for chunk in self.extractor.iter_chunks(files, chunk_images=chunk_images, regions=regions):
                 pending.append(chunk)
                 if progress:
                     progress(chunk.end - chunk.start)

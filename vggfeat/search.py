@@ -22,20 +22,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .decode import check_min_side, decode_image
 from .discover import as_utf8
-from .errors import ImageError, VggfeatError
+from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex
+from .regions import from_corners
 from .retrieval import check_qe
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
 
 if TYPE_CHECKING:
     from .extractor import Extractor
-
-# Query crops decoded, held and described together.
-CROPS_PER_BATCH = 16
 
 
 @dataclass
@@ -135,30 +132,20 @@ def describe_crops(
     Paris protocols, the object that the box holds rather than the whole picture.
 
     A box is [x1, y1, x2, y2] in the upright image's pixels, rounded to whole pixels as PIL's crop
-    rounds it, and clipped to the image. An image that cannot be read, or whose crop is empty or
-    smaller than the extractor's ``min_side``, raises: an evaluation missing a query would not
-    compare with published numbers. ``progress(images)`` after each batch.
+    rounds it, and clipped to the image (:mod:`vggfeat.regions`). An image that cannot be read, or
+    whose crop is empty or smaller than the extractor's ``min_side``, raises: an evaluation missing
+    a query would not compare with published numbers. ``progress(images)`` after each chunk.
     """
     if len(files) != len(boxes):
         raise VggfeatError(f"{len(files)} query images but {len(boxes)} boxes")
     descriptors = []
-    for start in range(0, len(files), CROPS_PER_BATCH):
-        crops = []
-        for file, box in zip(files[start : start + CROPS_PER_BATCH], boxes[start : start + CROPS_PER_BATCH]):
-            try:
-                image = decode_image(file, max_pixels=extractor.max_pixels, min_side=1)
-                height, width = image.shape[:2]
-                x1, y1 = max(0, round(box[0])), max(0, round(box[1]))
-                x2, y2 = min(width, round(box[2])), min(height, round(box[3]))
-                if x2 <= x1 or y2 <= y1:
-                    raise ImageError(f"the box lies outside the image ({width}x{height})")
-                check_min_side(x2 - x1, y2 - y1, extractor.min_side)
-            except ImageError as error:
-                raise VggfeatError(f"query {as_utf8(str(file))} cropped to {list(box)}: {error}") from None
-            crops.append(np.ascontiguousarray(image[y1:y2, x1:x2]))
-        descriptors.append(extractor.describe(crops))
+    for chunk in extractor.iter_chunks(files, regions=[from_corners(box) for box in boxes]):
+        if chunk.failures:
+            index, reason = chunk.failures[0]
+            raise VggfeatError(f"query {as_utf8(str(files[index]))} cropped to {list(boxes[index])}: {reason}")
+        descriptors.append(chunk.features)
         if progress:
-            progress(len(crops))
+            progress(len(chunk.indices))
     return np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), dtype=np.float32)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .discover import ImageSet
+from .discover import ImageSet, file_name
 from .errors import VggfeatError, check_choice
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
@@ -226,7 +226,7 @@ def changed_files(images: ImageSet, rows: np.ndarray, read_after: np.ndarray) ->
     held, since = held[~np.isnan(since)], since[~np.isnan(since)]
     root = os.fspath(images.root)
     # Names as strings: a Path made per file would cost twice the look itself.
-    names = [os.path.join(root, images.file_names.get(images.paths[i], images.paths[i])) for i in held]
+    names = [os.path.join(root, file_name(images.paths[i], images.file_names)) for i in held]
     blocks = [names[start : start + STAT_BLOCK] for start in range(0, len(names), STAT_BLOCK)] or [[]]
     began = time.perf_counter()
     times = [_modified(blocks[0])]
