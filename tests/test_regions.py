@@ -9,6 +9,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from imagefiles import write_exif_rotated, write_rgb
 from runhelpers import FAST, crash_on_part, error_line, read_output, run_main
@@ -17,6 +18,7 @@ from vggfeat.decode import decode_image
 from vggfeat.discover import read_file_list
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.features import load_features
+from vggfeat.labels import read_labels_csv
 from vggfeat.regions import Region, crop, from_corners, split_region
 
 pytestmark = pytest.mark.usefixtures("cached_network")
@@ -215,3 +217,24 @@ def test_regions_fused_with_whole_images_stack_each_box_with_its_image(tmp_path)
     with pytest.raises(VggfeatError, match=r"cannot fuse .*boxes.h5 and .*lone.h5: 2 path\(s\) are not in the second "
                                            r"\(e.g. gone.jpg\)"):
         load_features([tmp_path / "boxes.h5", tmp_path / "lone.h5"])
+
+
+def test_a_labels_csv_names_regions_quoted_or_not(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text('path,label\na.jpg#xywh=1,2,3,4,walking;running\n"a.jpg#xywh=5,6,7,8",jumping\n'
+                      "b.jpg#xywh=pixel:0,0,9,9,walking\nc, d.jpg,walking\n")
+    assert read_labels_csv(labels) == {"a.jpg#xywh=1,2,3,4": ["walking", "running"], "a.jpg#xywh=5,6,7,8": ["jumping"],
+                                       "b.jpg#xywh=0,0,9,9": ["walking"], "c": ["d.jpg", "walking"]}
+
+
+def test_a_montage_shows_a_region_hit_as_its_box(tmp_path):
+    """search's picture of a hit that is a region: its box of the image, not the whole picture."""
+    from vggfeat.montage import GAP, draw_montage
+
+    picture = np.zeros((100, 200, 3), dtype=np.uint8)
+    picture[:, 100:] = 250  # the right half white, the left black
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    draw_montage([tmp_path / "a.png"], [[(f"{tmp_path / 'a.png'}#xywh=100,0,100,100", 0.5)]], tmp_path / "m.png", tile=50)
+    with Image.open(tmp_path / "m.png") as image:
+        hit = np.asarray(image.convert("RGB"))[GAP : GAP + 50, 2 * GAP + 50 : 2 * GAP + 100]
+    assert (hit > 240).all()  # the white box fills its cell

@@ -40,6 +40,11 @@ def test_an_image_set_is_read_with_its_difficult_images(tmp_path):
     assert targets.paths == ["JPEGImages/000001.jpg", "JPEGImages/000002.jpg"]
     assert targets.y.tolist() == [[True, False], [False, True]]
     assert targets.ignore.tolist() == [[False, False], [True, False]]
+    # A region of an image (vggfeat.regions) is not the image that the set labels.
+    beside = ["JPEGImages/000001.jpg", "JPEGImages/000002.jpg#xywh=0,0,40,40", "JPEGImages/000002.jpg"]
+    assert targets_of_set(voc, beside, "test").paths == ["JPEGImages/000001.jpg", "JPEGImages/000002.jpg"]
+    with pytest.raises(VggfeatError, match=r"1 of the 2 test images are not in the features file \(e.g. 000002\)"):
+        targets_of_set(voc, beside[:2], "test")
 
 
 def test_what_is_not_a_devkit_set_is_refused_clearly(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
+from .regions import FRAGMENT, region_path, split_region
 
 
 @dataclass
@@ -52,6 +53,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
                 continue
             if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
                 continue  # the header, before any data line
+            row = _region_joined(row)
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
                 raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
             known = labels.setdefault(row[0].strip(), [])
@@ -61,6 +63,18 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
     return labels
+
+
+def _region_joined(row: list[str]) -> list[str]:
+    """``row`` with a region's path written unquoted (``a.jpg#xywh=X,Y,W,H``, its box's commas
+    splitting it into cells) one cell again, as the file list and the features file write it."""
+    if FRAGMENT not in row[0] or len(row) < 4:
+        return row
+    try:
+        path, region = split_region(",".join(row[:4]).strip())
+    except ValueError:
+        return row  # quoted, or not a region: as it is
+    return [region_path(path, region), *row[4:]]
 
 
 def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], multilabel: bool, source: str = "the labels file",

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .decode import decode_image
 from .errors import ImageError
+from .regions import crop, split_region
 from .store import written_atomically
 
 CAPTION = 28  # px: two lines of PIL's default font
@@ -75,11 +76,13 @@ def draw_montage(
 
 
 def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, tile: int) -> tuple[float, int, int] | None:
-    """The picture of ``path`` fitted into its cell; its scale and where its top-left corner went
-    (None: unreadable, a grey cell)."""
+    """The picture of ``path`` (a region's: the box of its image) fitted into its cell; its scale
+    and where its top-left corner went (None: unreadable, a grey cell)."""
     try:
-        picture = Image.fromarray(decode_image(Path(path), min_side=1))
-    except (ImageError, OSError):
+        file, region = split_region(os.fspath(path))
+        pixels = decode_image(Path(file), min_side=1)
+        picture = Image.fromarray(pixels if region is None else crop(pixels, region, min_side=1))
+    except (ImageError, OSError, ValueError):
         canvas.paste(UNREADABLE, (left, top, left + tile, top + tile))
         return None
     width = picture.width

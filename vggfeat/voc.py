@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import VggfeatError, check_choice
 from .labels import Targets, warn_left_out
+from .regions import FRAGMENT
 from .store import write_text_file
 
 IMAGE_SETS = Path("ImageSets", "Main")
@@ -78,11 +79,13 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str, failed: Ma
     path to reason) are left out, with a warning."""
     by_id: dict[str, str] = {}
     for path in paths:
+        if FRAGMENT in path:  # a region (vggfeat.regions), not the image that VOC's set labels
+            continue
         image = PurePosixPath(path).stem
         if image in by_id:
             raise VggfeatError(f"two rows of the {which} features file are image {image}: {by_id[image]} and {path}")
         by_id[image] = path
-    failed_ids = {PurePosixPath(path).stem: path for path in failed or {}}
+    failed_ids = {PurePosixPath(path).stem: path for path in failed or {} if FRAGMENT not in path}
     missing = [image for image in voc_set.ids if image not in by_id and image not in failed_ids]
     if missing:
         raise VggfeatError(f"{len(missing)} of the {len(voc_set.ids)} {which} images are not in the features file "
