@@ -248,7 +248,7 @@ def test_difficult_training_images_left_out_negatives_or_positives_as_chosen(tmp
                                "--results", tmp_path / "results", "--json", tmp_path / "voc.json"])
     assert code == 0, err
     for k, cls in enumerate(CLASSES):  # the test scores of SVMs trained so
-        lines = (tmp_path / "results" / f"comp1_cls_test_{cls}.txt").read_text().splitlines()
+        lines = (tmp_path / "results" / f"comp2_cls_test_{cls}.txt").read_text().splitlines()
         np.testing.assert_allclose([float(line.split()[1]) for line in lines], scores[:, k], atol=1e-6)
     result = json.loads((tmp_path / "voc.json").read_text())
     assert result["difficult_in_training"] == difficult
@@ -289,17 +289,17 @@ def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):
     svm = LinearSVM(C=1.0, multilabel=True).fit(X[:12], np.array([[v["cat"] == 1, v["dog"] == 1] for v in trainval.values()]))
     expected = svm.decision_function(X[12:])
     for k, cls in enumerate(CLASSES):
-        lines = (results / f"comp1_cls_test_{cls}.txt").read_text().splitlines()
+        lines = (results / f"comp2_cls_test_{cls}.txt").read_text().splitlines()
         assert [line.split()[0] for line in lines] == test_ids
         np.testing.assert_allclose([float(line.split()[1]) for line in lines], expected[:, k], atol=1e-6)
     assert json.loads((tmp_path / "voc12.json").read_text())["results"] == [
-        str(results / f"comp1_cls_test_{cls}.txt") for cls in CLASSES]
+        str(results / f"comp2_cls_test_{cls}.txt") for cls in CLASSES]
 
-    before = (results / "comp1_cls_test_cat.txt").read_text()
+    before = (results / "comp2_cls_test_cat.txt").read_text()
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "10", "--results", results])
-    assert code == 2 and "already holds result files (comp1_cls_test_cat.txt, ...); pass --overwrite" in error_line(err)
-    assert (results / "comp1_cls_test_cat.txt").read_text() == before
+    assert code == 2 and "already holds result files (comp2_cls_test_cat.txt, ...); pass --overwrite" in error_line(err)
+    assert (results / "comp2_cls_test_cat.txt").read_text() == before
     code, _, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "10", "--results", results,
                              "--overwrite"])
     assert code == 0, err
-    assert (results / "comp1_cls_test_cat.txt").read_text() != before
+    assert (results / "comp2_cls_test_cat.txt").read_text() != before

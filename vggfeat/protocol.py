@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -30,7 +29,8 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import described_by_all, targets_of, warn_if_memory_is_short
-from .voc import result_files, train_difficult, write_results
+from .regions import FRAGMENT
+from .voc import read_set, result_files, train_difficult, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
 
@@ -120,7 +120,8 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     SVM, or a negative or a positive there (``difficult``: :func:`vggfeat.voc.train_difficult`). With
     ``results`` too, a folder, the test set's scores are written there as VOC's result files for its
     evaluation server (:func:`vggfeat.voc.write_results`; existing ones only with ``overwrite``): the
-    only outcome for a test set whose labels are withheld (VOC2012's), which gets no metrics.
+    only outcome for a test set whose labels are withheld (VOC2012's), which gets no metrics. Files
+    whose rows are regions (persons) are classified by the devkit's action sets (:func:`vggfeat.voc.read_set`).
     ``progress`` as :meth:`LinearSVM.fit` takes it.
     """
     if devkit is not None:
@@ -133,8 +134,9 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
         if not test.classes and results is None:
             raise VggfeatError(f"the test set {test_set!r} of {devkit} has no labels (withheld, as VOC2012's): pass a "
                                "results folder (--results) to write its scores for VOC's evaluation server")
+        persons = any(FRAGMENT in path for path in train.paths)  # regions: an action set's persons
         if results is not None:
-            existing = [path.name for path in result_files(results, test_set, train.classes) if path.exists()]
+            existing = [path.name for path in result_files(results, test_set, train.classes, persons) if path.exists()]
             if existing and not overwrite:
                 raise VggfeatError(f"{results} already holds result files ({existing[0]}, ...); pass --overwrite to "
                                    "replace them, or name another folder")
@@ -156,16 +158,15 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     scores = svm.decision_function(test_features.X)
     outcome: dict = {}
     if results is not None:
-        ids = [PurePosixPath(path).stem for path in test.paths]
-        written = write_results(results, test_set, ids, train.classes, scores)
+        written = write_results(results, read_set(devkit, test_set, test.paths), test_set, test.paths, train.classes, scores)
         outcome["results"] = [str(path) for path in written]
     if test.classes:
         truth = align_to_classes(test, train.classes, multilabel=True)
         outcome.update(multilabel_metrics(truth, scores, train.classes, align_ignored(test, train.classes)))
     else:
         outcome["classes"] = list(train.classes)
-    sets = ({"devkit": str(devkit), "train_set": train_set, "test_set": test_set, "difficult_in_training": difficult}
-            if devkit is not None else {})
+    sets = ({"devkit": str(devkit), "train_set": train_set, "test_set": test_set, "difficult_in_training": difficult,
+             "persons": persons} if devkit is not None else {})
     return {"protocol": "voc", **sets, "train_rows": len(train.paths), "test_rows": len(test.paths), "C": svm.C_, **outcome}
 
 

@@ -32,7 +32,7 @@ from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
 from .store import open_h5, written_atomically
 from .svm import LinearSVM, SavedModel, load_model, save_model, training_memory
-from .voc import read_image_set, targets_of_set, train_difficult
+from .voc import read_set, targets_of_set, train_difficult
 
 SAMPLE_ROWS = 1024  # rows read to see how many of a file's values are zeros (liblinear keeps the others)
 
@@ -49,7 +49,7 @@ def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multil
         failed = f.failed()
         failed_reasons = failed.reasons_by_path()  # images listed but not described: left out, said
         if voc is not None:
-            targets = targets_of_set(read_image_set(*voc), f.paths, voc[1], failed_reasons)
+            targets = targets_of_set(read_set(*voc, f.paths), f.paths, voc[1], failed_reasons)
         elif labels_csv is None:
             labelled = [path for path, label in zip(failed.paths, failed.labels)
                         if label >= 0 and f.classes[label] not in exclude]

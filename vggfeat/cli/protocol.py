@@ -62,7 +62,8 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
 @voc_difficult
 @click.option("--results", type=click.Path(path_type=Path),
               help="With --voc-devkit: also write the test scores here as VOC's result files for its evaluation server "
-                   "(comp1_cls_<set>_<class>.txt); all there is for a test set without labels (VOC2012's).")
+                   "(comp2_cls_<set>_<class>.txt; persons: comp10_action_<set>_<action>.txt); all there is for a test set "
+                   "without labels (VOC2012's).")
 @common.json_output
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --results files.")
 @svm_options
@@ -73,7 +74,9 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     FEATURES: TRAIN.h5 TEST.h5, or one file with --train-list and --test-list; with --voc-devkit,
     a file of its JPEGImages, which holds both sets, or several of the same images to fuse (Net-D &
     Net-E). An image that the devkit marks difficult for a class is left out of that class's AP,
-    as VOC's own evaluation does, and of its SVM (see --voc-difficult).
+    as VOC's own evaluation does, and of its SVM (see --voc-difficult). A file of persons' regions
+    ('protocol voc-persons') is classified by VOC2012's action sets, fused with a file of their
+    images whole to stack each box with its image.
     """
     from .. import protocol as protocols  # scikit-learn, which --help needs not
 
@@ -98,11 +101,13 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     difficult_images = {"ignore": "left out of each class's SVM and AP", "negative": "negatives in each class's SVM, left out of its AP",
                         "positive": "positives in each class's SVM, left out of its AP"}[difficult]
     sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images {difficult_images})" if voc_devkit else ""
-    click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test images{sets}, "
+    members = "persons" if result.get("persons") else "images"
+    click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test {members}{sets}, "
                f"{len(result['classes'])} classes, C={result['C']:g}")
     if results:
-        click.echo(f"wrote {len(result['results'])} result files into {results} (comp1_cls_{test_set}_<class>.txt): "
-                   "VOC's evaluation server takes them in results/VOC2012/Main/")
+        files, task = ("comp10_action", "Action") if result["persons"] else ("comp2_cls", "Main")
+        click.echo(f"wrote {len(result['results'])} result files into {results} ({files}_{test_set}_<class>.txt): "
+                   f"VOC's evaluation server takes them in results/VOC2012/{task}/")
     if "per_class" not in result:  # a test set without labels: the result files are all there is
         common.write_json_output(json_out, result)
         return
@@ -124,3 +129,31 @@ def _read_list(path: Path) -> list[str]:
     if not paths:
         raise VggfeatError(f"{path} lists no paths")
     return paths
+
+
+@protocol.command("voc-persons")
+@click.argument("devkit", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--set", "sets", multiple=True, default=("trainval", "test"), show_default=True,
+              help="Action set whose persons to list (repeatable); a set the devkit lacks is refused.")
+@click.option("--images", type=click.Path(path_type=Path),
+              help="Also list their images whole here, to stack each box with its image (the paper's I+B).")
+@click.option("--overwrite", is_flag=True, help="Replace existing lists.")
+def voc_persons(devkit, output, sets, images, overwrite) -> None:
+    """List the persons of VOC2012's action sets (DEVKIT: VOCdevkit/VOC2012) as regions, into OUTPUT.
+
+    Each line names a person's box of its image (JPEGImages/<id>.jpg#xywh=X,Y,W,H, from the
+    annotation), relative to OUTPUT's folder: 'vggfeat extract --file-list OUTPUT persons.h5' describes
+    them, and 'protocol voc persons.h5 --voc-devkit DEVKIT' classifies them by the action sets.
+    """
+    from ..store import check_new_file, write_text_file
+    from ..voc import person_lists
+
+    for path in (output, images) if images else (output,):
+        check_new_file(path, overwrite)
+    persons, whole = person_lists(devkit, sets, output.parent)
+    write_text_file(output, "".join(f"{line}\n" for line in persons))
+    if images:
+        write_text_file(images, "".join(f"{line}\n" for line in whole))
+    also = f", and their {len(whole):,} images whole into {images}" if images else ""
+    click.echo(f"wrote {output}: {len(persons):,} persons of {len(whole):,} images ({', '.join(sets)}){also}")
