@@ -46,11 +46,12 @@ case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, 
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
     # one: the open targets first, then what decides the single-scale target, each step with
-    # its own limit (9.2 minutes in all; run with timeout_s 600, and OUT set for the log).
+    # its own limit (9.5 minutes in all; run with timeout_s 600, and OUT set for the log).
     install_nvimgcodec
     # 1. GPU memory: a 6000x4000 photo at Q=512 and a 224x8000 panorama, never yet run on a GPU; and
-    #    the GPU's decoders against PIL (--decoder nvimgcodec never yet run on a GPU).
-    timeout 130 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected or gpu_decoders" || echo "(exit $?)"
+    #    the GPU's decoders against PIL (--decoder nvimgcodec never yet run on a GPU); regions cropped
+    #    from pixels decoded on the GPU (the thirty-first session's, never yet run on a GPU).
+    timeout 150 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected or gpu_decoders or regions" || echo "(exit $?)"
     # 2. Single scale, 5,000 images/s end to end on photo-like JPEGs (the ninth session: 4,812-4,850
     #    on smooth ones, decoded by 16 processes), against the GPU's JPEG engines (nvImageCodec, in
     #    threads), in one run; (b) says how many cores were busy.

@@ -147,6 +147,28 @@ def test_huge_images_are_described_on_the_gpu(random_vgg16):
     assert got.shape == (2, 4096) and np.isfinite(got).all()
 
 
+@pytest.mark.parametrize("decoder", ["torchvision", "nvjpeg"])
+def test_regions_of_images_decoded_on_the_gpu_equal_the_cpus(random_vgg16, images, tmp_path, decoder):
+    """Regions cropped from pixels that a decoding thread left on the GPU (nvJPEG's, or uploaded):
+    the CPU's descriptors of the same regions, many groups of files in flight."""
+    from PIL import Image
+
+    from vggfeat.regions import Region
+
+    paths, regions = [], []
+    for i, image in enumerate(images * 8):
+        paths.append(tmp_path / f"{i:02d}.jpg")
+        Image.fromarray(image).save(paths[-1], quality=95)
+        height, width = image.shape[:2]
+        regions.append(Region(i % 40, i % 30, width // 2 + i, height // 2 + i) if i % 3 else None)
+    options = dict(scales=[224], flip=True, batch_size=4, precision="fp32")
+    on_gpu = Extractor(random_vgg16, device="cuda", decoder=decoder, **options).extract(paths, regions=regions)
+    on_cpu = Extractor(random_vgg16, device="cpu", decoder="torchvision", **options).extract(paths, regions=regions)
+    random_vgg16.to("cpu")
+    print(f"regions, {decoder} on the GPU vs the CPU: min cosine {cosine(on_gpu, on_cpu).min():.6f}")
+    assert cosine(on_gpu, on_cpu).min() > (0.99999 if decoder == "torchvision" else 0.9999)
+
+
 @pytest.mark.parametrize("decoder", ["nvjpeg", "nvimgcodec"])
 def test_gpu_decoders_match_pil_and_survive_a_bad_file(decoder, random_vgg16, images, tmp_path):
     """--decoder nvjpeg and nvimgcodec: pixels within a few levels of PIL's, the same descriptors

@@ -56,9 +56,14 @@ def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Redu
                 if isinstance(result, Reduced):  # never: --jpeg-draft does not take regions
                     raise ValueError("a region of an image decoded smaller")
                 try:
-                    result = crop(result, region, min_side)
+                    cropped = crop(result, region, min_side)
                 except ImageError as error:
-                    result = error
+                    cropped = error
+                if isinstance(result, torch.Tensor) and result.is_cuda:
+                    # Copied on this thread's stream from memory that a decoding thread's stream
+                    # allocated: not to be reused there before the copy is done.
+                    result.record_stream(torch.cuda.current_stream(result.device))
+                result = cropped
             if isinstance(result, ImageError):
                 chunk.failures.append((chunk.end, str(result)))
             else:
