@@ -5,12 +5,15 @@ path as an image is by its own."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import vggfeat.decode
+import vggfeat.jpeg
 from imagefiles import write_exif_rotated, write_rgb
 from runhelpers import FAST, crash_on_part, error_line, read_output, run_main
 from vggfeat import Extractor
@@ -123,6 +126,24 @@ def test_a_region_row_is_the_descriptor_of_its_crop_alone(tmp_path, random_vgg16
     expected = extractor.describe([street, street[100:, 200:], street[30:230, 40:160], turned[50:150, 10:160]])
     np.testing.assert_allclose(written["features"], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.abs(written["features"][2] - written["features"][0]).max() > 1e-2  # a region is not its image
+
+
+def test_the_regions_of_an_image_decode_it_once(tmp_path, random_vgg16, monkeypatch):
+    root = tmp_path / "images"
+    write_people(root)
+    real, opened = vggfeat.decode.open_image_file, []
+    for module in (vggfeat.decode, vggfeat.jpeg):
+        monkeypatch.setattr(module, "open_image_file", lambda path: opened.append(Path(path).name) or real(path))
+    files = [root / "street.jpg"] * 3 + [root / "turned.png"] * 2 + [root / "street.jpg"]
+    regions = [Region(0, 0, 64, 64), None, Region(40, 30, 120, 200), Region(0, 0, 50, 50), Region(0, 0, 9, 9), None]
+    extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224], flip=False, device="cpu")
+    described = extractor.extract(files, regions=regions, errors="nan")
+    assert opened.count("street.jpg") == 2 and opened.count("turned.png") <= 2  # a PNG is looked at as a JPEG first
+    opened.clear()
+    street, turned = decode_image(root / "street.jpg"), decode_image(root / "turned.png")
+    expected = extractor.describe([street[:64, :64], street, street[30:230, 40:160], turned[:50, :50]])
+    np.testing.assert_allclose(described[[0, 1, 2, 3, 5]], np.vstack([expected, expected[1:2]]), rtol=1e-5, atol=1e-6)
+    assert np.isnan(described[4]).all()  # too small a region
 
 
 def test_regions_through_the_python_api_and_worker_processes(tmp_path, random_vgg16):

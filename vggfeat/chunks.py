@@ -8,7 +8,8 @@ order once their copy is done (:func:`collected`), while later chunks' work is u
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,26 @@ def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Redu
             chunk.end += 1
         position = chunk.end
         yield chunk, images
+
+
+def first_of_runs(paths: Iterable[Path]) -> Iterator[Path]:
+    """``paths`` without the repeats of a path right after it: an image's regions, side by side in
+    a run's sorted paths, need it decoded once (see :func:`each_of_runs`)."""
+    previous = None
+    for path in paths:
+        if path != previous:
+            yield path
+        previous = path
+
+
+def each_of_runs(decoded: Iterator, paths: Iterable[Path]) -> Iterator:
+    """For each of ``paths``, the image that ``decoded`` gives for :func:`first_of_runs` of them."""
+    previous, image = None, None
+    for path in paths:
+        if path != previous:
+            image = next(decoded)
+        previous = path
+        yield image
 
 
 def _height_width(image: np.ndarray | torch.Tensor) -> tuple[int, int]:

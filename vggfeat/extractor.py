@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .aggregate import combine_flips, combine_scales
 from .choices import PAPER_SCALES
-from .chunks import Chunk, collected, copy_to_host, gather_chunks
+from .chunks import Chunk, collected, copy_to_host, each_of_runs, first_of_runs, gather_chunks
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .errors import ImageError, VggfeatError
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
@@ -283,10 +283,14 @@ class Extractor:
         reduction = functools.partial(jpeg_reduction, scales=self.scales, side=self.resize_side) if self.jpeg_draft else None
         reader = ImageReader(self.device, self.decoder, plan.workers, self.max_pixels, self.min_side,
                              processes=plan.processes, reduction=reduction)
+        # Regions of one image are rows side by side: the image is decoded once for them all.
+        files = paths if regions is None else first_of_runs(paths)
         with (
-            reader.read(paths, lookahead=2 * chunk_images + 2 * plan.workers) as decoded,
+            reader.read(files, lookahead=2 * chunk_images + 2 * plan.workers) as decoded,
             _precision(self.precision, self.device),
         ):
+            if regions is not None:
+                decoded = each_of_runs(decoded, paths)
             queued: collections.deque[Chunk] = collections.deque()
             for chunk, images in gather_chunks(len(paths), decoded, chunk_images, regions, self.min_side):
                 chunk.features, chunk.ready = copy_to_host(self._describe_chunk(chunk, images))

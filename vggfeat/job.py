@@ -198,8 +198,7 @@ class ExtractionJob:
                     start, since = end, time.monotonic()
 
             unread = 0  # images in a row, up to the last one, that the storage failed to give
-            # Regions are refused with --jpeg-draft (above), which then needs no region looked for.
-            regions = None if self.extractor.jpeg_draft else files.regions()
+            regions = files.regions() if self.images.has_regions else None  # (not with --jpeg-draft: see __init__)
             for chunk in self.extractor.iter_chunks(files, chunk_images=chunk_images, regions=regions):
                 pending.append(chunk)
                 if progress:
