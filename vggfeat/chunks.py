@@ -9,8 +9,8 @@ order once their copy is done (:func:`collected`), while later chunks' work is u
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,9 +53,7 @@ def gather_chunks(count: int, decoded: Iterator[np.ndarray | torch.Tensor | Redu
         while chunk.end < count and chunk.end - chunk.start < chunk_images and held < CHUNK_BYTES:
             result = next(decoded)
             region = regions[chunk.end] if regions is not None and not isinstance(result, ImageError) else None
-            if region is not None:
-                if isinstance(result, Reduced):  # never: --jpeg-draft does not take regions
-                    raise ValueError("a region of an image decoded smaller")
+            if region is not None:  # (never of an image decoded smaller: --jpeg-draft takes no region)
                 try:
                     cropped = crop(result, region, min_side)
                 except ImageError as error:
