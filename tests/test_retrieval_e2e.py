@@ -258,6 +258,17 @@ def test_search_for_what_a_box_of_the_query_image_holds(tmp_path, random_vgg16):
     np.testing.assert_allclose([float(row["score"]) for row in rows], expected.scores, atol=1e-5)
     whole = search(index, whole, [str(query)], k=4)[0]
     assert not np.allclose(whole.scores, expected.scores, atol=1e-4)  # the box, not the whole image
+    # The same box as a region of the query image, beside the whole image: a query each.
+    with reusing_network(random_vgg16):
+        code, out, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,160,240", query, "--k", "4",
+                                   tmp_path / "both.csv", "--montage", tmp_path / "both.png", "-q"])
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "both.csv")))
+    assert [row["query"] for row in rows] == [f"{query}#xywh=80,0,160,240"] * 4 + [str(query)] * 4
+    assert [row["path"] for row in rows] == expected.paths + whole.paths
+    np.testing.assert_allclose([float(row["score"]) for row in rows[:4]], expected.scores, atol=1e-5)
+    code, _, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,0,240"])
+    assert code == 2 and "query " in error_line(err) and "the region is empty" in error_line(err), err
     for args, message in (([query, query, "--box", "1,2,3,4"], "--box crops one query image: give one image file"),
                           ([query, "--box", "1,2,3"], "a bounding box is 4 numbers x1 y1 x2 y2"),
                           ([query, "--box", "5,2,3,4"], "a bounding box is 4 numbers x1 y1 x2 y2")):

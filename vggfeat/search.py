@@ -26,7 +26,7 @@ from .discover import as_utf8
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex
-from .regions import from_corners
+from .regions import from_corners, split_region
 from .retrieval import check_qe
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
@@ -104,16 +104,22 @@ def describe_images(
     progress: Callable[[int], object] | None = None, **kwargs
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Describe query images for ``index``: (descriptors of the usable ones, their paths, failures).
+    A path may name a region of its image, ``query.jpg#xywh=X,Y,W,H`` (:mod:`vggfeat.regions`).
 
     ``extractor`` defaults to :func:`extractor_for` (``kwargs`` go to it); a given one is checked.
     ``progress(images)`` after each chunk of images, described or failed.
     """
+    try:
+        files, regions = zip(*(split_region(os.fspath(path)) for path in paths)) if paths else ((), ())
+    except ValueError as error:
+        raise VggfeatError(f"query {error}") from None
     if extractor is None:
         extractor = extractor_for(index.config, **kwargs)
     else:
         index.check_config(extractor.config(), "query images")
     descriptors, described, failures = [], [], []
-    for chunk in extractor.iter_chunks([Path(p) for p in paths]):
+    whole = all(region is None for region in regions)
+    for chunk in extractor.iter_chunks([Path(file) for file in files], regions=None if whole else regions):
         descriptors.append(chunk.features)
         # Names to print and write: valid UTF-8 (see ImageSet), whatever bytes name the files.
         described += [as_utf8(str(paths[i])) for i in chunk.indices]

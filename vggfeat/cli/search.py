@@ -10,6 +10,7 @@ import click
 from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
+from ..regions import FRAGMENT, image_of
 from ..retrieval import check_box
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
@@ -43,7 +44,9 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     """Search INDEX with query images (files or folders) or --queries; print or write ranked paths and scores.
 
     Query images are described exactly as the database was (the index records how); a query file
-    made differently is refused. OUTPUT (.csv or .json) receives query, rank, path, score.
+    made differently is refused. A query 'a.jpg#xywh=X,Y,W,H' is that box of a.jpg (its top-left
+    pixel, width and height), as --box is of one query. OUTPUT (.csv or .json) receives query, rank,
+    path, score.
     """
     if not paths:
         raise click.UsageError("expected INDEX [QUERY_IMAGES...] [OUTPUT]")
@@ -95,12 +98,13 @@ def _box(value: str | None) -> list[float] | None:
 
 
 def _query_files(paths: list[Path]) -> list[Path]:
-    """Query image files: each given file, and every image under each given folder."""
+    """Query image files: each given file (or region of one: ``a.jpg#xywh=X,Y,W,H``), and every
+    image under each given folder."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             files += find_images(path).files()
-        elif path.is_file():
+        elif path.is_file() or (FRAGMENT in str(path) and Path(image_of(str(path))).is_file()):
             files.append(path)
         else:
             raise VggfeatError(f"query not found: {path}")
