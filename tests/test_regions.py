@@ -259,3 +259,15 @@ def test_a_montage_shows_a_region_hit_as_its_box(tmp_path):
     with Image.open(tmp_path / "m.png") as image:
         hit = np.asarray(image.convert("RGB"))[GAP : GAP + 50, 2 * GAP + 50 : 2 * GAP + 100]
     assert (hit > 240).all()  # the white box fills its cell
+
+
+def test_a_file_whose_name_holds_the_fragment_is_an_image_of_its_own(tmp_path, random_vgg16):
+    """'#xywh=' in a file's own name, without a box after it, names no region: found in a folder,
+    that file is described whole, under its name."""
+    root = tmp_path / "images"
+    root.mkdir()
+    write_rgb(root / "odd#xywh=1,2,3,4.png", 120, 100, seed=1)
+    code, _, err = run_main(["extract", root, tmp_path / "out.h5", *CHEAP])
+    assert code == 0, err
+    written = read_output(tmp_path / "out.h5")
+    assert written["paths"] == ["odd#xywh=1,2,3,4.png"] and written["sizes"].tolist() == [[120, 100]]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
-from .regions import FRAGMENT, Regions, image_of, region_path, split_list_entry, split_region
+from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
 
 # .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
 # recorded as failed, saying so, rather than left out unseen.
@@ -89,7 +89,7 @@ class ImageSet:
     @functools.cached_property
     def has_regions(self) -> bool:
         """Whether some path names a region of an image (:mod:`vggfeat.regions`)."""
-        return any(FRAGMENT in path for path in self.paths)
+        return any(region_of(path) is not None for path in self.paths)
 
     def shard(self, index: int, count: int) -> ImageSet:
         """The ``index``-th (1-based) of ``count`` contiguous blocks of this set, as equal as can be.

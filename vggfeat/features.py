@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from .errors import VggfeatError
 from .labels import warn_left_out
-from .regions import FRAGMENT, image_of
+from .regions import image_of, region_of
 from .store import failed_labels, open_features_file, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
@@ -387,7 +387,7 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
 
 def _holds_regions(f: FeatureFile) -> bool:
     """Whether a row or a failure of ``f`` is a region of an image (:mod:`vggfeat.regions`)."""
-    return any(FRAGMENT in path for path in f.paths) or any(FRAGMENT in path for path in f.failed().paths)
+    return any(region_of(path) is not None for path in [*f.paths, *f.failed().paths])
 
 
 def _images(f: FeatureFile) -> set[str]:

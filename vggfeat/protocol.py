@@ -29,7 +29,7 @@ from .labels import (
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
 from .transfer import described_by_all, targets_of, warn_if_memory_is_short
-from .regions import FRAGMENT
+from .regions import region_of
 from .voc import read_set, result_files, train_difficult, write_results
 
 _PREDICT_ROWS = 8192  # test rows gathered from the descriptor matrix at a time
@@ -134,7 +134,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
         if not test.classes and results is None:
             raise VggfeatError(f"the test set {test_set!r} of {devkit} has no labels (withheld, as VOC2012's): pass a "
                                "results folder (--results) to write its scores for VOC's evaluation server")
-        persons = any(FRAGMENT in path for path in train.paths)  # regions: an action set's persons
+        persons = any(region_of(path) is not None for path in train.paths)  # regions: an action set's persons
         if results is not None:
             existing = [path.name for path in result_files(results, test_set, train.classes, persons) if path.exists()]
             if existing and not overwrite:

@@ -68,6 +68,17 @@ def split_list_entry(line: str) -> tuple[str, str | None] | None:
     return matched["path"], label or None
 
 
+def region_of(path: str) -> Region | None:
+    """The region that ``path`` names; None for a whole image: a path without a region's fragment,
+    or a file whose own name holds ``#xywh=`` without a box after it (``a#xywh=b.jpg``)."""
+    if FRAGMENT not in path:
+        return None
+    try:
+        return split_region(path)[1]
+    except ValueError:
+        return None
+
+
 class Regions(Sequence):
     """The region that each of ``paths`` names (None: the whole image), worked out when indexed."""
 
@@ -80,12 +91,12 @@ class Regions(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return Regions(self.paths[index])
-        return split_region(self.paths[index])[1]
+        return region_of(self.paths[index])
 
 
 def image_of(path: str) -> str:
     """The path of the image that ``path`` names or names a region of."""
-    return path.rpartition(FRAGMENT)[0] if FRAGMENT in path else path
+    return path.rpartition(FRAGMENT)[0] if region_of(path) is not None else path
 
 
 def region_path(path: str, region: Region) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import VggfeatError, check_choice
 from .labels import Targets, warn_left_out
-from .regions import FRAGMENT, Region, image_of, region_path
+from .regions import Region, image_of, region_of, region_path
 from .store import write_text_file
 
 IMAGE_SETS = Path("ImageSets", "Main")
@@ -72,7 +72,7 @@ def row_key(path: str) -> str:
 def read_set(devkit: str | os.PathLike, name: str, paths: Sequence[str]) -> VocSet:
     """The set ``name`` that the rows ``paths`` are classified by: an action set (persons) where
     they are regions of images, else an image set of the classification task."""
-    return read_action_set(devkit, name) if any(FRAGMENT in path for path in paths) else read_image_set(devkit, name)
+    return read_action_set(devkit, name) if any(region_of(path) is not None for path in paths) else read_image_set(devkit, name)
 
 
 def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
@@ -192,12 +192,12 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str, failed: Ma
     persons = voc_set.regions is not None  # else a region is not the image that the set labels
     by_key: dict[str, str] = {}
     for path in paths:
-        if (FRAGMENT in path) == persons:
+        if (region_of(path) is not None) == persons:
             key = row_key(path)
             if key in by_key:
                 raise VggfeatError(f"two rows of the {which} features file are {key}: {by_key[key]} and {path}")
             by_key[key] = path
-    failed_keys = {row_key(path): path for path in failed or {} if (FRAGMENT in path) == persons}
+    failed_keys = {row_key(path): path for path in failed or {} if (region_of(path) is not None) == persons}
     keys = voc_set.keys
     missing = [key for key in keys if key not in by_key and key not in failed_keys]
     if missing:

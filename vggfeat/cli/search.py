@@ -10,7 +10,7 @@ import click
 from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
-from ..regions import FRAGMENT, image_of
+from ..regions import image_of
 from ..retrieval import check_box
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
@@ -104,7 +104,7 @@ def _query_files(paths: list[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             files += find_images(path).files()
-        elif path.is_file() or (FRAGMENT in str(path) and Path(image_of(str(path))).is_file()):
+        elif path.is_file() or Path(image_of(str(path))).is_file():
             files.append(path)
         else:
             raise VggfeatError(f"query not found: {path}")
