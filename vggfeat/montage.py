@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .decode import decode_image
 from .errors import ImageError
-from .regions import crop, split_region
+from .regions import crop, file_and_region
 from .store import written_atomically
 
 CAPTION = 28  # px: two lines of PIL's default font
@@ -79,7 +79,7 @@ def _paste(canvas: Image.Image, path: str | os.PathLike, left: int, top: int, ti
     """The picture of ``path`` (a region's: the box of its image) fitted into its cell; its scale
     and where its top-left corner went (None: unreadable, a grey cell)."""
     try:
-        file, region = split_region(os.fspath(path))
+        file, region = file_and_region(path)
         pixels = decode_image(Path(file), min_side=1)
         picture = Image.fromarray(pixels if region is None else crop(pixels, region, min_side=1))
     except (ImageError, OSError, ValueError):

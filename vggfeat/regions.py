@@ -13,6 +13,7 @@ This module imports no torch: the file list is read before the network loads.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -77,6 +78,13 @@ def region_of(path: str) -> Region | None:
         return split_region(path)[1]
     except ValueError:
         return None
+
+
+def file_and_region(path: str | os.PathLike) -> tuple[str, Region | None]:
+    """The file that ``path`` names and the region of it: a file's own name (one there) is the whole
+    image, whatever it holds; else ``#xywh=X,Y,W,H`` names a region (ValueError if malformed)."""
+    text = os.fspath(path)
+    return (text, None) if os.path.isfile(text) else split_region(text)
 
 
 class Regions(Sequence):

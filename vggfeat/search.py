@@ -26,7 +26,7 @@ from .discover import as_utf8
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex
-from .regions import from_corners, split_region
+from .regions import file_and_region, from_corners
 from .retrieval import check_qe
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
@@ -110,7 +110,7 @@ def describe_images(
     ``progress(images)`` after each chunk of images, described or failed.
     """
     try:
-        files, regions = zip(*(split_region(os.fspath(path)) for path in paths)) if paths else ((), ())
+        files, regions = zip(*map(file_and_region, paths)) if paths else ((), ())
     except ValueError as error:
         raise VggfeatError(f"query {error}") from None
     if extractor is None:

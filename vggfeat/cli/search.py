@@ -10,7 +10,7 @@ import click
 from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
-from ..regions import image_of
+from ..regions import image_of, split_region
 from ..retrieval import check_box
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
@@ -107,6 +107,10 @@ def _query_files(paths: list[Path]) -> list[Path]:
         elif path.is_file() or Path(image_of(str(path))).is_file():
             files.append(path)
         else:
+            try:
+                split_region(str(path))
+            except ValueError as error:  # a region written wrong: say how
+                raise VggfeatError(f"query {error}") from None
             raise VggfeatError(f"query not found: {path}")
     return files
 
