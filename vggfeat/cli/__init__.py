@@ -28,7 +28,8 @@ COMMANDS = {
     "evaluate": ("svm", "evaluate", "Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, "
                  "per-class AP, mAP."),
     "protocol": ("protocol", "protocol",
-                 "The paper's evaluation protocols (Caltech-101/256 splits, VOC mAP) on descriptor files."),
+                 "The paper's evaluation protocols (Caltech-101/256 splits, VOC mAP of images or of persons' actions) "
+                 "on descriptor files."),
     "describe": ("describe", "describe", "Per layer of each of MODELS: output shape, activations, weights, "
                  "multiply-adds, receptive field."),
     "classify": ("classify", "classify", "Classify every image under IMAGES (or in --file-list) into OUTPUT "

@@ -13,7 +13,7 @@ from .svm import difficult_in_training, fits_progress, svm_options, svm_params, 
 
 @click.group()
 def protocol() -> None:
-    """The paper's evaluation protocols (Caltech-101/256 splits, VOC mAP) on descriptor files."""
+    """The paper's evaluation protocols (Caltech-101/256 splits, VOC mAP of images or of persons' actions) on descriptor files."""
 
 
 @protocol.command()
