@@ -280,15 +280,15 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         first = opened[0]
         # The paper's image-and-box descriptor (I+B): regions fused with a file of whole images
         # take their image's row from it.
-        by_image = [False] + _by_image(opened)
+        by_image = _by_image(opened)
         if paths is None:  # the images that every file describes
-            failures = _failures_of_others(opened)
+            failures = _failures_of_others(opened, by_image)
             warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
         yield _Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
-                                      for f, whole in zip(opened, by_image)])
+                                      for f, whole in zip(opened, [False, *by_image])])
 
 
 def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
@@ -304,7 +304,8 @@ def fused_failures(files: Files) -> dict[str, str]:
     """The images that a file after the first could not describe: path to ``"failed in FILE: reason"``. Fused
     with the first, such an image has no descriptor: it is left out."""
     with contextlib.ExitStack() as stack:
-        return _failures_of_others([stack.enter_context(FeatureFile(name)) for name in file_list(files)])
+        opened = [stack.enter_context(FeatureFile(name)) for name in file_list(files)]
+        return _failures_of_others(opened, _by_image(opened))
 
 
 def _by_image(opened: Sequence[FeatureFile]) -> list[bool]:
@@ -314,10 +315,9 @@ def _by_image(opened: Sequence[FeatureFile]) -> list[bool]:
     return [regions and not _holds_regions(f) for f in opened[1:]]
 
 
-def _failures_of_others(opened: Sequence[FeatureFile]) -> dict[str, str]:
-    """:func:`fused_failures` of the ``opened`` files: paths as the first names them (a region of
-    the first whose image failed in a file of whole images, too)."""
-    by_image = _by_image(opened)
+def _failures_of_others(opened: Sequence[FeatureFile], by_image: list[bool]) -> dict[str, str]:
+    """:func:`fused_failures` of the ``opened`` files (``by_image``: :func:`_by_image`'s): paths as
+    the first names them (a region of the first whose image failed in a file of whole images, too)."""
     failures = _failures_of([f for f, whole in zip(opened[1:], by_image) if not whole])
     image_failures = _failures_of([f for f, whole in zip(opened[1:], by_image) if whole])
     if image_failures:
