@@ -1,4 +1,4 @@
-"""VOC2012's action classification (the paper's appendix, Table 8): the persons of its action sets,
+"""VOC2012's action classification (the paper's appendix): the persons of its action sets,
 each a box of its image, described as regions, classified per action, scored by VOC's AP and
 written as the evaluation server's result files."""
 
