@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,8 @@ from vggfeat.discover import read_file_list
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.features import load_features
 from vggfeat.labels import read_labels_csv
-from vggfeat.regions import Region, crop, from_corners, split_region
+from vggfeat.regions import Region, count_regions, crop, from_corners, split_region
+from vggfeat.store import _count_regions
 
 pytestmark = pytest.mark.usefixtures("cached_network")
 
@@ -69,6 +71,16 @@ def test_a_list_with_a_malformed_region_is_refused_naming_its_line(tmp_path, lin
         read_file_list(listed)
 
 
+def test_regions_and_their_images_are_counted_across_blocks_of_rows(tmp_path):
+    """What extract and info say of a list or a file that holds regions: how many rows are regions,
+    of how many images, read in blocks that may split an image's regions."""
+    paths = ["a.jpg", "a.jpg#xywh=0,0,9,9", "a.jpg#xywh=5,5,9,9", "a.jpg#xywh=9,9,9,9", "b#xywh=c.jpg", "d.jpg#xywh=1,1,2,2"]
+    assert count_regions(paths) == (4, 2) and count_regions(paths[:1]) == (0, 0)
+    with h5py.File(tmp_path / "paths.h5", "w") as f:
+        f["paths"] = np.array([path.encode() for path in paths], dtype=object)
+        assert all(_count_regions(f["paths"], step) == (4, 2) for step in (1, 2, 3, 100))
+
+
 def test_a_box_by_its_corners_is_rounded_as_pil_crops():
     assert from_corners([30.5, 20.4, 250.5, 200.6]) == Region(30, 20, 220, 181)  # halves to even, as round()
     assert split_region("a.jpg") == ("a.jpg", None)
@@ -112,6 +124,9 @@ def test_a_region_row_is_the_descriptor_of_its_crop_alone(tmp_path, random_vgg16
     output = tmp_path / "regions.h5"
     code, _, err = run_main(["extract", "--file-list", listed, "--root", root, output, *CHEAP])
     assert code == 0, err
+    assert "1 image and 5 regions of 2 images, 2 classes" in err
+    code, out, _ = run_main(["info", output])
+    assert code == 0 and "rows         4 (4 labelled) of 6 listed\n  regions      3 rows are regions (path#xywh=X,Y,W,H) of 2 images" in out
     written = read_output(output)
     assert written["paths"] == ["street.jpg", "street.jpg#xywh=200,100,500,500", "street.jpg#xywh=40,30,120,200",
                                 "turned.png#xywh=10,50,150,100"]

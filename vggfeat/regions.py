@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -105,6 +105,27 @@ class Regions(Sequence):
 def image_of(path: str) -> str:
     """The path of the image that ``path`` names or names a region of."""
     return path.rpartition(FRAGMENT)[0] if region_of(path) is not None else path
+
+
+class RegionCount(NamedTuple):
+    """Of some rows' paths: how many name regions, and of how many images."""
+
+    regions: int
+    images: int
+
+
+def count_regions(paths: Iterable[str]) -> RegionCount:
+    """How many of ``paths``, in sorted order, name regions (:func:`region_of`), and of how many
+    images. Sorted, an image's regions are side by side: each run of them is one image."""
+    regions = images = 0
+    previous = None
+    for path in paths:
+        if FRAGMENT in path and region_of(path) is not None:
+            image = path.rpartition(FRAGMENT)[0]
+            regions += 1
+            images += image != previous
+            previous = image
+    return RegionCount(regions, images)
 
 
 def region_path(path: str, region: Region) -> str:

@@ -51,6 +51,7 @@ import numpy as np
 
 from .discover import as_utf8
 from .errors import VggfeatError
+from .regions import FRAGMENT, RegionCount, count_regions
 
 FORMAT_VERSION = 1
 # The "format" attribute of vggfeat's other files, by which 'vggfeat info' tells them apart.
@@ -347,8 +348,19 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
             ] if recorded else [],
             "failures_by_reason": failures_by_reason(f["failed/errors"]) if recorded else [],
             "read_after": _read_after_range(f),
+            "regions": _count_regions(f["paths"])._asdict(),
             "attrs": attrs,
         }
+
+
+def _count_regions(paths: h5py.Dataset, step: int = 2**18) -> RegionCount:
+    """How many rows name regions, and of how many images, read a block at a time."""
+    def blocks_with_regions() -> Iterator[str]:
+        for start in range(0, paths.shape[0], step):
+            block = paths[start : start + step].tolist()
+            if FRAGMENT.encode() in b"\n".join(block):  # most files hold none: one pass in C says so
+                yield from (path.decode("utf-8", "surrogateescape") for path in block)
+    return count_regions(blocks_with_regions())
 
 
 def _failed_by_class(f: h5py.File) -> dict[str, int]:

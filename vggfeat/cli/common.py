@@ -20,6 +20,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from ..regions import RegionCount
 from ..store import check_new_file, open_features_file, write_text_file
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
@@ -171,6 +172,16 @@ def reporter(quiet: bool) -> Callable[..., None]:
 def counted(count: int, noun: str, plural: str = "") -> str:
     """``count`` things for people: "1 image", "2,048 images" (``plural``: where not noun + s)."""
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def rows_counted(rows: int, regions: RegionCount) -> str:
+    """``rows`` of images and ``regions`` for people: "16 images", "16 regions of 8 images", "4
+    images and 16 regions of 8 images"."""
+    if not regions.regions:
+        return counted(rows, "image")
+    of_regions = f"{counted(regions.regions, 'region')} of {counted(regions.images, 'image')}"
+    whole = rows - regions.regions
+    return f"{counted(whole, 'image')} and {of_regions}" if whole else of_regions
 
 
 def size_text(count: int) -> str:

@@ -11,6 +11,7 @@ import click
 from ..errors import VggfeatError
 from ..index import index_summary
 from ..modelfile import model_summary
+from ..regions import RegionCount
 from ..store import (INDEX_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
                      posteriors_file_of, read_info, shards_folder, shards_progress, work_folder, work_progress)
 from ..whitening import whitening_summary
@@ -52,6 +53,14 @@ def _fused_models(output: Path) -> list[str]:
     prefix, suffix = f"{output.name}.", ".posteriors.h5"
     names = (path.name for path in output.parent.glob(f"{glob.escape(output.name)}.*.posteriors.h5*"))
     return sorted({name[len(prefix):name.index(suffix)] for name in names})
+
+
+def _regions_line(rows: int, regions: RegionCount) -> list[str]:
+    """The line that says which rows are regions of images (none for a file of whole images)."""
+    if not regions.regions:
+        return []
+    which = "all rows are" if regions.regions == rows else f"{regions.regions:,} rows are"
+    return [f"  regions      {which} regions (path#xywh=X,Y,W,H) of {common.counted(regions.images, 'image')}"]
 
 
 def _first(names: list[str], shown: int = 8) -> str:
@@ -159,7 +168,9 @@ def info(file: Path, as_json: bool) -> None:
     lines = [
         f"{file}: {state}",
         f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled)"
-        + (f" of {int(a['images_found']):,} images found" if "images_found" in a else ""),  # a file vggfeat did not write may lack it
+        + (f" of {int(a['images_found']):,} {'listed' if summary['regions']['regions'] else 'images found'}"
+           if "images_found" in a else ""),  # a file vggfeat did not write may lack it
+        *_regions_line(summary["rows"], RegionCount(**summary["regions"])),
         f"  descriptor   {summary['dim']}-d {summary['dtype']}",
         f"  classes      {len(classes)}{': ' + _first(classes) if classes else ''}",
         f"  failed       {summary['failed']:,}{_failed_classes(summary['failed_by_class'])}",
