@@ -181,6 +181,45 @@ def _file_size_limit(limit: int):
     return limited
 
 
+_JOB_TWICE = """
+import resource, sys
+from vggfeat import Extractor, find_images
+from vggfeat.job import ExtractionJob
+extractor = Extractor("vgg11", weights="random", seed=0, layer="conv1_1", scales=[64], flip=False, device="cpu")
+images, output, limit = find_images(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+try:
+    print("first:", ExtractionJob(extractor, images, output, part_images=4).run().rows)
+except OSError as error:
+    print("first:", error)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+try:
+    print("again:", ExtractionJob(extractor, images, output, part_images=4).run().rows)
+except Exception as error:
+    print("again:", type(error).__name__, error)
+"""
+
+
+def test_after_a_full_disk_the_api_refuses_a_second_run_in_the_process_and_a_new_process_resumes(tmp_path):
+    """Through the Python API, where the process goes on after the error: HDF5 cannot close, nor
+    open again, a file it failed to write, so a second job on that output in the process is refused
+    with the reason, rather than failing deep in HDF5 or truncating the rows; a new process resumes."""
+    write_plain_folder(tmp_path / "images", 40)
+    output = tmp_path / "out.h5"
+    script = [sys.executable, "-c", _JOB_TWICE, tmp_path / "images", output]
+    ran = subprocess.run([*script, str(8 * 1024)], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        f"first: [Errno 27] File too large: '{output}.parts/rows.h5'",
+        f"again: VggfeatError {output}.parts/rows.h5 is open in this process already: close it first. HDF5 cannot "
+        "close a file it failed to write (a full disk, say): a run stopped so resumes in a new process"]
+    resumed = subprocess.run([*script, str(2**40)], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and resumed.stdout.splitlines()[0] == "first: 40", resumed.stderr
+    assert sorted(read_output(output)["paths"]) == sorted(path.name for path in (tmp_path / "images").iterdir())
+
+
 @pytest.mark.parametrize("limit, every_row_kept", [(8 * 1024, False), (28 * 1024, True)])
 def test_a_full_disk_under_hdf5_ends_the_process_cleanly_and_the_run_resumes(tmp_path, limit, every_row_kept):
     """For real, in HDF5 (the tests above make Python's writes fail): rows that cannot be written

@@ -503,6 +503,9 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     buffers would not speed up (``benchmarks/bench_store.py``).
     """
     if mode in ("w", "r+"):
+        if _held_open(path):  # HDF5 would share that file's state, which may be that of a failed write
+            raise VggfeatError(f"{path} is open in this process already: close it first. HDF5 cannot close a file it "
+                               "failed to write (a full disk, say): a run stopped so resumes in a new process")
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py.File's default
         fapl.set_file_locking(False, True)
@@ -523,6 +526,14 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         if "unable to lock file" not in str(error):
             raise
     return h5py.File(path, "r", locking=False)
+
+
+def _held_open(path: str | os.PathLike) -> bool:
+    """Whether this process holds the HDF5 file ``path`` open."""
+    if not os.path.exists(path):
+        return False
+    held = (h5py.h5f.get_name(file) for file in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+    return any(os.path.exists(name) and os.path.samefile(name, path) for name in held)
 
 
 # How HDF5 names the system call that failed under its error (h5py raises it as a RuntimeError or
