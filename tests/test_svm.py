@@ -282,6 +282,14 @@ def test_fusion_matches_rows_by_path(tmp_path):
     c = write_features(tmp_path / "c.h5", X[:20], paths[:20], y[:20], names)
     with pytest.raises(VggfeatError, match="cannot fuse .* 10 path\\(s\\) are not in the second"):
         load_features([a, c])
+    # Made from different folders (a list's, the images' own): the error says so.
+    d = write_features(tmp_path / "d.h5", X, [path.split("/", 1)[1] for path in paths], y, names)
+    for file, root in ((a, "/data"), (d, "/data/images")):
+        with h5py.File(file, "r+") as f:
+            f.attrs["input_root"] = root
+    with pytest.raises(VggfeatError, match="cannot fuse .* 30 path\\(s\\) are not in the second .*; their paths are "
+                                           "relative to different folders \\(/data and /data/images\\)"):
+        load_features([a, d])
 
 
 def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, monkeypatch):

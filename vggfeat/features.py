@@ -377,7 +377,7 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
     if missing:
         if reference is not None:
             raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are "
-                               f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing)}")
+                               f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing) or _root_hint(reference, f)}")
         raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
     if whole and not by_image and reference is not None and _images(f) != _images(reference):
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
@@ -403,6 +403,14 @@ def _retry_hint(f: FeatureFile, paths: list[str]) -> str:
         return ""
     return (f"; they failed in {f.path} ({paths[0]}: {reasons[paths[0]]}): once they can be read, 'vggfeat extract "
             f"IMAGES {f.path} --retry-failed', with the options that made it, describes them")
+
+
+def _root_hint(reference: FeatureFile, f: FeatureFile) -> str:
+    """Where the two files' paths are relative to different folders: that, and how to make them fuse."""
+    if not reference.root or not f.root or reference.root == f.root:
+        return ""
+    return (f"; their paths are relative to different folders ({reference.root} and {f.root}): describe both "
+            "from the same one ('vggfeat extract --root' for a file list)")
 
 
 def _is_run(rows: np.ndarray) -> bool:
