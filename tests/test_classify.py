@@ -761,7 +761,9 @@ def test_export_to_csv_takes_classifys_posteriors_only(small_network_for_cli, fo
     descriptors = tmp_path / "descriptors.h5"
     assert run_main(["extract", images, descriptors, *FAST, "-q"])[0] == 0
     code, _, err = run_main(["export", descriptors, "--to", "csv"])
-    assert code == 2 and "holds descriptors, not the posteriors that 'vggfeat classify' writes" in error_line(err)
+    assert code == 2 and error_line(err) == (f"Error: {descriptors} holds descriptors, not the posteriors that 'vggfeat "
+                                             "classify' writes, of which a CSV is made (descriptors are exported as .npy or "
+                                             ".parquet)")
     with pytest.raises(vggfeat.VggfeatError, match="holds descriptors"):
         vggfeat.predictions.write_predictions(tmp_path / "out.csv", imagenet_categories(), posteriors=descriptors)
     killed_before_its_csv([images, tmp_path / "p.csv", *FAST, "-q"])  # a CSV run's own file, of top classes

@@ -445,7 +445,8 @@ def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:
 
 def _refuse_descriptors(attrs, path: str | os.PathLike) -> None:
     if "dense" not in attrs:  # set by the Classifier's configuration only
-        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes")
+        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes, of which a CSV "
+                           "is made (descriptors are exported as .npy or .parquet)")
 
 
 def _label_of(path: str, labels: dict[str, int] | None) -> int | None:
