@@ -99,7 +99,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
     images = options.read_images(paths, file_list, root, quiet)
-    say(common.counted(len(images), "image"))
+    say(common.images_counted(images))
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)
         for each in classifiers:

@@ -20,7 +20,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from ..regions import RegionCount
+from ..discover import ImageSet
+from ..regions import RegionCount, count_regions
 from ..store import check_new_file, open_features_file, write_text_file
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
@@ -174,13 +175,14 @@ def counted(count: int, noun: str, plural: str = "") -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
-def rows_counted(rows: int, regions: RegionCount) -> str:
-    """``rows`` of images and ``regions`` for people: "16 images", "16 regions of 8 images", "4
-    images and 16 regions of 8 images"."""
+def images_counted(images: ImageSet) -> str:
+    """An image set's size for people: "16 images", "16 regions of 8 images", "4 images and 16
+    regions of 8 images"."""
+    regions = count_regions(images.paths) if images.has_regions else RegionCount(0, 0)
     if not regions.regions:
-        return counted(rows, "image")
+        return counted(len(images), "image")
     of_regions = f"{counted(regions.regions, 'region')} of {counted(regions.images, 'image')}"
-    whole = rows - regions.regions
+    whole = len(images) - regions.regions
     return f"{counted(whole, 'image')} and {of_regions}" if whole else of_regions
 
 

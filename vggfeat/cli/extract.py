@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ..choices import DTYPES
-from ..regions import RegionCount, count_regions
 from . import common, options
 
 
@@ -74,8 +73,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     if rewrite:
         check_rewritable(output, extractor, dtype, rewrite)
     images = options.read_images(paths, file_list, root, quiet)
-    regions = count_regions(images.paths) if images.has_regions else RegionCount(0, 0)
-    say(f"{common.rows_counted(len(images), regions)}, {common.counted(len(images.classes), 'class', 'classes')}")
+    say(f"{common.images_counted(images)}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
                  overwrite=overwrite, quiet=quiet, precision=precision,
                  desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
