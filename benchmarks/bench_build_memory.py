@@ -22,6 +22,10 @@ resident memory printed (ru_maxrss) is that run's:
   csv, vggfeat:    transfer.write_predictions, predict's CSV written as each block is scored.
   csv, whole:      as vggfeat wrote it before: transfer.predict (the scores of every row, scored in
                    blocks), then the CSV from them.
+  scores, vggfeat: transfer.write_scores, predict's HDF5 output (scores.h5) written as each block
+                   is scored.
+  scores, whole:   the baseline for it is the CSV as vggfeat writes it (csv, vggfeat), run again;
+                   the two files' scores are compared (the CSV's have 6 significant digits).
 
 The two whitenings are compared by the Gram matrix of a sample of whitened rows (inner products do
 not depend on the eigenvectors' signs): the largest absolute difference is printed.
@@ -113,6 +117,12 @@ def child(step: str, mode: str, features: Path, output: Path) -> None:
             transfer.score(model, features)
         else:  # as vggfeat scored before: every descriptor read into one float64 array first
             transfer.load_model(model).svm.decision_function(load_features(features).X)
+    elif step == "scores":
+        model = output.with_name("model.h5")
+        if mode == "vggfeat":
+            transfer.write_scores(output.with_name("scores.h5"), model, features)
+        else:
+            transfer.write_predictions(output.with_name("scores.csv"), model, features)
     elif step == "csv":
         model = output.with_name("model.h5")
         if mode == "vggfeat":
@@ -125,6 +135,15 @@ def child(step: str, mode: str, features: Path, output: Path) -> None:
         index_whole(features, step)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def scores_difference(workdir: Path) -> float:
+    with open(workdir / "scores.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    from_csv = np.array([[float(value) for value in row[2:-1]] for row in rows[1:]])
+    with h5py.File(workdir / "scores.h5", "r") as f:
+        from_hdf5 = f["scores"][:].astype(np.float64)
+    return float((np.abs(from_csv - from_hdf5) / np.maximum(np.abs(from_hdf5), 1e-12)).max())
 
 
 def gram_difference(features: Path, first: Path, second: Path, sample: int = 500) -> float:
@@ -142,7 +161,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-whitening"))
     parser.add_argument("--steps", default="whiten,flat,hnsw,predict,csv",
-                        help="Of whiten, flat, hnsw (FAISS indexes), predict, csv.")
+                        help="Of whiten, flat, hnsw (FAISS indexes), predict, csv, scores.")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
@@ -155,7 +174,7 @@ def main() -> None:
         make_file(features, args.rows, args.dim, classes=100)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
     steps = args.steps.split(",")
-    if {"predict", "csv"} & set(steps) and not (args.workdir / "model.h5").exists():
+    if {"predict", "csv", "scores"} & set(steps) and not (args.workdir / "model.h5").exists():
         make_model(features, args.workdir / "model.h5")
     for step in steps:
         for mode in ("whole", "vggfeat"):
@@ -166,6 +185,8 @@ def main() -> None:
     if "csv" in steps:
         same = (args.workdir / "whole.csv").read_bytes() == (args.workdir / "vggfeat.csv").read_bytes()
         print(f"the two CSVs are the same, byte for byte: {same}")
+    if "scores" in steps:
+        print(f"largest relative difference between the CSV's scores and the HDF5 file's: {scores_difference(args.workdir):.2e}")
     if "whiten" not in steps:
         return
     difference = gram_difference(features, args.workdir / "whole.h5", args.workdir / "vggfeat.h5")

@@ -78,18 +78,21 @@ def test_commands_that_read_files_do_not_import_torch(tmp_path):
         ["info", features], ["export", features, tmp_path / "x", "--to", "npy"],
         ["whiten", "fit", features, whitening, "-q"], ["index", features, index, "--whiten", whitening, "-q"],
         ["retrieval-eval", features], ["train-svm", features, model, "--C", "1", "-q"],
-        ["evaluate", model, features], ["info", whitening], ["info", index], ["info", model],
+        ["evaluate", model, features], ["predict", model, features, tmp_path / "scores.h5", "-q"], ["info", whitening],
+        ["info", index], ["info", model], ["info", tmp_path / "scores.h5"],
     ]
     assert heavy_modules_imported(runs) == ["sklearn"]  # the SVM's
 
 
-def test_info_shows_a_model_without_scikit_learn(tmp_path):
-    """Reading the model file needs only h5py: 'info model.h5' starts as fast as 'info features.h5'."""
+def test_info_shows_a_model_and_a_scores_file_without_scikit_learn(tmp_path):
+    """Reading the model file, or predict's scores file, needs only h5py: 'info model.h5' starts as
+    fast as 'info features.h5'."""
     X, labels, paths, classes = blobs(dim=16)
     features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
     model = tmp_path / "model.h5"
     assert run_main(["train-svm", features, model, "--C", "1", "-q"])[0] == 0
-    assert heavy_modules_imported([["info", model], ["info", model, "--json"]]) == []
+    assert run_main(["predict", model, features, tmp_path / "scores.h5", "-q"])[0] == 0
+    assert heavy_modules_imported([["info", model], ["info", model, "--json"], ["info", tmp_path / "scores.h5"]]) == []
 
 
 @pytest.mark.parametrize("args, error", [

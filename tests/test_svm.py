@@ -322,6 +322,74 @@ def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, 
     assert [row["predicted"] for row in rows] == [names[k] for k in expected.argmax(axis=1)]
 
 
+def read_scores_file(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {"scores": f["scores"][:], "paths": list(f["paths"].asstr()[:]), "classes": list(f["classes"].asstr()[:]),
+                "predicted": f["predicted"][:], "failed": list(zip(f["failed/paths"].asstr()[:], f["failed/errors"].asstr()[:])),
+                "attrs": dict(f.attrs)}
+
+
+def test_a_scores_file_holds_what_the_csv_does_written_a_block_at_a_time(tmp_path, monkeypatch):
+    """predict's HDF5 output, for collections too large for a CSV: every row's scores (float32),
+    in the descriptors' order, the predicted class, and the images without a descriptor (here: one
+    that the fused second file failed), scored and written a block at a time as the CSV is."""
+    X, y, paths, names = blobs()
+    a = write_features(tmp_path / "a.h5", X, paths, y, names, failed={"zz.png": "not an image"})
+    kept = [i for i in range(len(paths)) if i != 3]
+    e = write_features(tmp_path / "e.h5", X[kept], [paths[i] for i in kept], y[kept], names, config={"model": "vgg19"},
+                       failed={paths[3]: "Input/output error", "zz.png": "not an image"})
+    with pytest.warns(RuntimeWarning):
+        transfer.train_svm([a, e], tmp_path / "model.h5", C=1.0)
+    monkeypatch.setattr(vggfeat.features, "TRANSFORM_BYTES", 8 * 16 * 4)  # 4 rows of 16 float64 a block
+    progress = []
+    with pytest.warns(RuntimeWarning):
+        written = transfer.write_scores(tmp_path / "s.h5", tmp_path / "model.h5", [a, e], progress=progress.append,
+                                        provenance={"command": "vggfeat predict ..."})
+        transfer.write_predictions(tmp_path / "p.csv", tmp_path / "model.h5", [a, e])
+    assert progress == [4] * 7 + [1, 2] and (written.rows, written.failed) == (len(kept), 2)
+    stored = read_scores_file(tmp_path / "s.h5")
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    scored = [row for row in rows if not row["error"]]
+    assert stored["paths"] == [row["path"] for row in scored] == [paths[i] for i in kept] and stored["classes"] == names
+    assert stored["scores"].dtype == np.float32
+    np.testing.assert_allclose(stored["scores"], [[float(row[f"score:{c}"]) for c in names] for row in scored], rtol=1e-5)
+    assert [names[k] for k in stored["predicted"]] == [row["predicted"] for row in scored]
+    assert stored["failed"] == [(paths[3], f"failed in {e}: Input/output error"), ("zz.png", "not an image")]
+    assert {key: stored["attrs"][key] for key in ("format", "multilabel", "model", "features", "command")} == {
+        "format": "vggfeat-scores", "multilabel": False, "model": str(tmp_path / "model.h5"),
+        "features": f'["{a}", "{e}"]', "command": "vggfeat predict ..."}
+    assert stored["attrs"]["model_checksum"] == load_model(tmp_path / "model.h5").checksum != ""
+    # Multi-label: /predicted holds each class scored above 0.
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{path},{names[k]};{names[(k + 1) % 3]}\n" for path, k in zip(paths, y)))
+    saved = transfer.train_svm(a, labels_csv=labels, multilabel=True, C=1.0)
+    transfer.write_scores(tmp_path / "m.h5", saved, a)
+    stored = read_scores_file(tmp_path / "m.h5")
+    assert stored["predicted"].dtype == bool and stored["attrs"]["multilabel"] and stored["attrs"]["model"] == ""
+    np.testing.assert_array_equal(stored["predicted"], stored["scores"] > 0)
+    assert stored["predicted"].sum(axis=1).tolist() == [2] * len(paths)
+
+
+def test_a_scores_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A scoring that fails midway (a damaged block, a full disk) leaves neither a scores file nor
+    a temporary one; an existing file is replaced only when the new one is whole."""
+    X, y, paths, names = blobs()
+    a = write_features(tmp_path / "a.h5", X, paths, y, names)
+    saved = transfer.train_svm(a, C=1.0)
+    monkeypatch.setattr(vggfeat.features, "TRANSFORM_BYTES", 8 * 16 * 4)
+    decision_function, blocks = saved.svm.decision_function, []
+
+    def failing(block):
+        blocks.append(len(block))
+        if len(blocks) == 3:
+            raise OSError(28, "No space left on device")
+        return decision_function(block)
+    monkeypatch.setattr(saved.svm, "decision_function", failing)
+    with pytest.raises(OSError, match="No space left"):
+        transfer.write_scores(tmp_path / "s.h5", saved, a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
 def test_images_that_one_fused_file_failed_are_left_out_with_a_warning(tmp_path):
     """Two networks' files of the same images, where the second could not read two of them as it
     was made: fused, the others are used and the two are counted in a warning; asked for by path,

@@ -83,6 +83,23 @@ def test_predict_and_evaluate_say_which_images_have_no_descriptor(data, tmp_path
         ("", "", "not an image"), ("", "", "truncated file")]
     ok(["predict", model, files["test"], tmp_path / "q.csv"])  # the same rows, but for the failures
     assert [r for r in rows if not r["error"]] == read_csv(tmp_path / "q.csv")
+    # Named .h5: the scores in HDF5, the failures beside them; 'info' says what it holds.
+    code, out, err = run_main(["predict", model, test, tmp_path / "s.h5"])
+    assert code == 0 and re.findall(r"^scoring: (\d+) of (\d+) rows", err, flags=re.MULTILINE)[-1] == ("11", "11"), err
+    assert out.strip() == (f"wrote {tmp_path / 's.h5'}: 9 rows, 3 class scores each; 2 images without a descriptor "
+                           "(failed), with the reason")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert list(f["paths"].asstr()[:]) == [r["path"] for r in rows if not r["error"]]
+        assert list(f["failed/paths"].asstr()[:]) == failed
+        classes = list(f["classes"].asstr()[:])
+        assert [classes[k] for k in f["predicted"][:]] == [r["predicted"] for r in rows if not r["error"]]
+    assert ok(["info", tmp_path / "s.h5"]).splitlines()[:5] == [
+        f"{tmp_path / 's.h5'}: a vggfeat scores file, one-vs-rest",
+        "  rows         9, 3 scores each (/scores); /predicted: the class of the highest score",
+        f"  classes      3: {', '.join(classes)}", "  failed       2 (no descriptor; /failed)",
+        f"  model        {model}, checksum {load_model(model).checksum[:16]}…"]
+    assert refused(["train-svm", tmp_path / "s.h5", tmp_path / "m2.h5"]).endswith(
+        "is not a vggfeat features file: it is a scores file (made by 'vggfeat predict')")
     code, out, err = run_main(["evaluate", model, test])  # the labelled failure is not scored, and said so
     assert code == 0 and "9 test rows" in out
     assert (f"warning: 1 image(s) labelled in {test} are left out, having no descriptor "

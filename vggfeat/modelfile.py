@@ -35,6 +35,7 @@ class ModelFile:
     cv_scores: dict[float, float]  # C -> cross-validation score; empty where C was given
     extraction_configs: list[dict]  # one per fused features file, in order
     training: dict  # files, rows, labels, date: for the record
+    checksum: str  # of its content (:func:`_checksum`): which model it is, for the files made with it
 
 
 def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.ndarray, classes: list[str],
@@ -63,7 +64,8 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
                 coef=f["coef"][:], intercept=f["intercept"][:], classes=list(f["classes"].asstr()[:]),
                 params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
                 cv_scores={float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()},
-                extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]))
+                extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]),
+                checksum=str(f.attrs["checksum"]))
     except VggfeatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:

@@ -58,6 +58,7 @@ FORMAT_VERSION = 1
 INDEX_FORMAT = "vggfeat-index"
 WHITENING_FORMAT = "vggfeat-whitening"
 SVM_MODEL_FORMAT = "vggfeat-linear-svm"
+SCORES_FORMAT = "vggfeat-scores"
 STRING = h5py.string_dtype("utf-8")  # of every text dataset
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
@@ -426,6 +427,7 @@ def _labelled(labels: h5py.Dataset, step: int = 2**20) -> int:
 
 # Names of the formats that a user may mean instead of HDF5: an HDF5 output named so is a slip (an
 # HDF5 file called out.csv, or model.pkl), refused before the work.
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pt", ".pth", ".jpg", ".jpeg", ".png")
 
 
@@ -464,7 +466,8 @@ def kind_of(group: h5py.Group) -> str:
     """``": it is ..."``, what vggfeat file ``group`` (an open file) is, for the error of a command
     given the wrong one (arguments swapped, say); "" for a file that is none of vggfeat's."""
     kinds = {SVM_MODEL_FORMAT: "an SVM model (made by 'vggfeat train-svm')", INDEX_FORMAT: "an index (made by 'vggfeat index')",
-             WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')"}
+             WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')",
+             SCORES_FORMAT: "a scores file (made by 'vggfeat predict')"}
     kind = kinds.get(plain_value(group.attrs.get("format")))
     if kind is None and "features" in group and "config" in group.attrs:
         kind = ("a posteriors file (made by 'vggfeat classify')" if "dense" in group.attrs else

@@ -292,6 +292,8 @@ class SavedModel:
     svm: LinearSVM
     extraction_configs: list[dict]  # one per fused features file, in order
     training: dict = field(default_factory=dict)  # files, rows, date: for the record
+    source: str = ""  # the model file it was read from, and its checksum: for the files made with it
+    checksum: str = ""
 
 
 def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list[dict], training: dict | None = None) -> None:
@@ -321,7 +323,7 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
     svm.coef_, svm.intercept_, svm.classes_ = model.coef, model.intercept, np.array(model.classes)
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
-    return SavedModel(svm, model.extraction_configs, model.training)
+    return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
 
 
 def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from .labels import (
 from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
 from .store import open_h5, written_atomically
+from .scoresfile import ScoresWriter
 from .svm import LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_set, targets_of_set, train_difficult
 
@@ -238,6 +239,27 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
             else:
                 f.write(scored_line % (_csv_field(p), _csv_field(predicted), *scores_or_reason))
     return WrittenPredictions(Path(path), written, classes, len(failed))
+
+
+def write_scores(path: str | os.PathLike, model: str | os.PathLike | SavedModel, files: Files,
+                 progress: Callable[[int], object] | None = None, provenance: dict | None = None) -> WrittenPredictions:
+    """The scores file ``path`` (HDF5, :mod:`vggfeat.scoresfile`): ``model``'s scores of every row
+    of ``files``, scored and written a block of rows at a time, whole or not at all; what a CSV of
+    millions of rows would be too slow to write and to read back. ``progress`` as for
+    :func:`write_predictions`; ``provenance``: attributes to record besides (the command, say)."""
+    saved = model if isinstance(model, SavedModel) else load_model(model)
+    classes = [str(c) for c in saved.svm.classes_]
+    failed = failures_of(files)
+    with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
+        writer = ScoresWriter(f, classes, saved.svm.multilabel)
+        for paths, X in read_blocks(files, expected_configs=saved.extraction_configs):
+            writer.append(paths, saved.svm.decision_function(X))
+            if progress is not None:
+                progress(len(paths))
+        writer.finish(failed, saved.source, saved.checksum, [os.fspath(name) for name in file_list(files)], provenance)
+    if progress is not None and failed:
+        progress(len(failed))
+    return WrittenPredictions(Path(path), writer.rows, classes, len(failed))
 
 
 def _csv_field(text: str) -> str:

@@ -23,8 +23,9 @@ COMMANDS = {
              "Show rows, dimension, classes, failures, provenance and whether FILE is complete."),
     "train-svm": ("svm", "train_svm",
                   "Train one-vs-rest linear SVMs on FEATURES (an HDF5 file from 'vggfeat extract') and write MODEL."),
-    "predict": ("svm", "predict", "Score every row of FEATURES with MODEL; write OUTPUT (.csv): path, predicted "
-                "class(es), scores (and the images FEATURES could not describe, with the reason)."),
+    "predict": ("svm", "predict", "Score every row of FEATURES with MODEL; write OUTPUT: a CSV of path, predicted "
+                "class(es), scores (and the images FEATURES could not describe, with the reason), or, named .h5, the "
+                "scores in HDF5."),
     "evaluate": ("svm", "evaluate", "Score MODEL on the labelled rows of FEATURES: accuracy, mean class recall, "
                  "per-class AP, mAP."),
     "protocol": ("protocol", "protocol",

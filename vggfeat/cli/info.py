@@ -12,7 +12,8 @@ from ..errors import VggfeatError
 from ..index import index_summary
 from ..modelfile import model_summary
 from ..regions import RegionCount
-from ..store import (INDEX_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
+from ..scoresfile import scores_summary
+from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
                      posteriors_file_of, read_info, shards_folder, shards_progress, work_folder, work_progress)
 from ..whitening import whitening_summary
 from . import common
@@ -121,9 +122,24 @@ def _model_lines(summary: dict) -> list[str]:
             *map(_descriptors_line, summary["extraction_configs"])]
 
 
+def _scores_lines(summary: dict) -> list[str]:
+    classes = summary["classes"]
+    predicted = "each class scored above 0" if summary["multilabel"] else "the class of the highest score"
+    model = f"{summary['model'] or '(not from a file)'}" + (f", checksum {summary['model_checksum'][:16]}…"
+                                                            if summary["model_checksum"] else "")
+    return [f"{summary['path']}: a vggfeat scores file, {'multi-label' if summary['multilabel'] else 'one-vs-rest'}",
+            f"  rows         {summary['rows']:,}, {len(classes)} scores each (/scores); /predicted: {predicted}",
+            f"  classes      {len(classes)}: {_first(classes)}",
+            f"  failed       {summary['failed']:,} (no descriptor; /failed)",
+            f"  model        {model}",
+            f"  features     {', '.join(summary['features'])}",
+            f"  made         {summary['created']} with vggfeat {summary['vggfeat_version']}",
+            *([f"  command      {summary['command']}"] if summary["command"] else [])]
+
+
 # The other files that vggfeat writes, by their "format" attribute: how to read and show each.
 OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (whitening_summary, _whitening_lines),
-               SVM_MODEL_FORMAT: (model_summary, _model_lines)}
+               SVM_MODEL_FORMAT: (model_summary, _model_lines), SCORES_FORMAT: (scores_summary, _scores_lines)}
 
 
 @click.command()
