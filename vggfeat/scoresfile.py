@@ -11,10 +11,9 @@ read a slice at a time)::
                      multi-label: bool [N, C], each class whose score is above 0
     /failed/paths    UTF-8 [F], the images without a descriptor (in the file, or in one fused with it)
     /failed/errors   UTF-8 [F], why
-    attributes       format ("vggfeat-scores"), format_version, multilabel, model (its file; "" for one
-                     not read from a file),
-                     model_checksum, features (the files, in order), created, vggfeat_version, and
-                     command where a command wrote it
+    attributes       format ("vggfeat-scores"), format_version, multilabel, model (its file; "" for
+                     one not read from a file), model_checksum, features (the files, in order),
+                     created, vggfeat_version, and command where a command wrote it
 """
 
 from __future__ import annotations
