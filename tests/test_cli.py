@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 
 import h5py
@@ -21,6 +22,8 @@ import pytest
 from imagefiles import BAD_FILES, write_bad_files, write_odd_files, write_rgb
 from runhelpers import (
     FAST,
+    assert_same_output,
+    command,
     error_line,
     interrupted_run,
     read_output,
@@ -425,6 +428,21 @@ def test_file_list_paths_and_labels(tmp_path):
     assert data["labels"].tolist() == [-1, 0, 0]
     assert [tuple(s) for s in data["sizes"].tolist()] == [(224, 224), (224, 230), (240, 224)]
     assert data["failed_paths"] == ["imgs/missing.png"] and data["failed_errors"] == ["file not found"]
+
+
+def test_a_file_list_piped_to_standard_input_gives_the_rows_of_the_list_file(tmp_path):
+    """``find ... | vggfeat extract --file-list - out.h5``, in a real process with a real pipe: the
+    paths relative to the working folder, the rows those of the same list given as a file."""
+    write_plain_folder(tmp_path / "images", 3)
+    listing = "".join(f"images/{path.name},{'ab'[k % 2]}\n" for k, path in enumerate(sorted((tmp_path / "images").iterdir())))
+    (tmp_path / "list.txt").write_text(listing)
+    args = ["extract", "--file-list", "-", tmp_path / "piped.h5", *CHEAP, "--model", "vgg11"]
+    piped = subprocess.run(command(args), input=listing, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert "3 images, 2 classes" in piped.stderr
+    as_file = ["extract", "--file-list", tmp_path / "list.txt", tmp_path / "listed.h5", *CHEAP, "--model", "vgg11"]
+    assert run_process(as_file).returncode == 0
+    assert_same_output(read_output(tmp_path / "piped.h5"), read_output(tmp_path / "listed.h5"))
 
 
 def test_file_list_with_root(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -291,6 +293,38 @@ def test_list_absolute_paths_inside_a_relatively_given_root(tmp_path, monkeypatc
     absolute = read_file_list(tmp_path / "root" / "list.txt")
     assert relative.paths == absolute.paths == ("a.jpg",)
     assert relative.digest() == absolute.digest()
+
+
+class _Piped(io.TextIOWrapper):
+    """Standard input from a pipe: bytes, not a terminal."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_list_on_standard_input_is_read_as_a_list_file_from_the_working_folder(tmp_path, monkeypatch):
+    """``find images -name '*.jpg' | vggfeat extract --file-list - out.h5``: "-" is standard input,
+    its relative paths taken from the working folder (or --root), the same set as from a file; a
+    terminal there is refused at once rather than waited on."""
+    touch(tmp_path, "photos/a.jpg", "photos/b,1.jpg")
+    listing = write_list(tmp_path / "list.txt", "photos/b,1.jpg", "photos/a.jpg,cat", "photos/a.jpg#xywh=1,2,3,4")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", _Piped(io.BytesIO(listing.read_bytes())))
+    found = read_file_list("-")
+    assert found.root == Path(".") and found.digest() == read_file_list(listing).digest()
+    check_listed_files(found, "-")
+    monkeypatch.setattr(sys, "stdin", _Piped(io.BytesIO(b"a.jpg\n")))
+    assert read_file_list("-", root=tmp_path / "photos").file(0) == tmp_path / "photos" / "a.jpg"
+    monkeypatch.setattr(sys, "stdin", _Piped(io.BytesIO(b"x.jpg\nbad.jpg#xywh=1,2\n")))
+    with pytest.raises(VggfeatError, match=r"^standard input:2: bad.jpg#xywh=1,2: a region is"):
+        read_file_list("-")
+    monkeypatch.setattr(sys, "stdin", _Piped(io.BytesIO(b"missing/x.jpg\n")))
+    with pytest.raises(VggfeatError, match=r"^none of the files of standard input is there .*\(the working folder; "
+                                           r"--root names another\)"):
+        check_listed_files(read_file_list("-"), "-")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    with pytest.raises(VggfeatError, match=r"^--file-list - reads the list from standard input, here a terminal: pipe"):
+        read_file_list("-")
 
 
 def test_a_list_is_refused_only_where_none_of_the_files_looked_for_is_there(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 NO_LABEL = -1
 # Files of a list looked for before a run (check_listed_files): a round trip each on a network file system.
 LISTED_FILES_LOOKED_FOR = 16
+STDIN = Path("-")  # --file-list -: the list is read from standard input
 
 
 class ImageFiles(Sequence[Path]):
@@ -137,9 +139,13 @@ def check_folder(root: str | Path) -> Path:
 
 
 def check_file_list(list_file: str | Path) -> Path:
-    """``list_file``, once it is known to be a file: refused at once, before anything that takes longer."""
+    """``list_file``, once it is known to be a file (or "-", standard input, once it is known not to
+    be a terminal): refused at once, before anything that takes longer."""
     list_file = Path(list_file)
-    if not list_file.is_file():
+    if list_file == STDIN and sys.stdin.isatty():  # it would wait for lines typed in
+        raise VggfeatError("--file-list - reads the list from standard input, here a terminal: pipe the list in "
+                           "(find images -name '*.jpg' | vggfeat extract --file-list - out.h5)")
+    if list_file != STDIN and not list_file.is_file():
         raise VggfeatError(f"file list not found: {list_file}")
     return list_file
 
@@ -196,18 +202,21 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     """Images named in a text file, one per line: ``path`` or ``path,label``; a path may name a
     region of its image, ``path#xywh=X,Y,W,H`` (:mod:`vggfeat.regions`).
 
-    Relative paths are taken from ``root`` (default: the list file's folder). Blank lines and lines
-    starting with ``#`` are skipped. A line that ends with an image extension is a path, commas and
-    all (a file name may hold one); any other is split at its last comma. Rows are sorted by path,
-    as for a folder. Nothing is read from the disk but the list: a list of ten million files on a
-    network file system would otherwise cost ten million round trips before any work.
+    ``list_file`` "-" is standard input (``find images -name '*.jpg' | vggfeat extract --file-list -
+    out.h5``). Relative paths are taken from ``root`` (default: the list file's folder; the working
+    folder for standard input). Blank lines and lines starting with ``#`` are skipped. A line that
+    ends with an image extension is a path, commas and all (a file name may hold one); any other is
+    split at its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
+    but the list: a list of ten million files on a network file system would otherwise cost ten
+    million round trips before any work.
     """
     list_file = check_file_list(list_file)
-    root = Path(root) if root is not None else list_file.parent
+    root = Path(root) if root is not None else list_folder(list_file)
     inside = root.absolute().as_posix().rstrip("/") + "/"  # absolute paths under root are kept relative to it
     class_of: dict[str, str | None] = {}
     # Bytes that are not UTF-8 are kept (as os.walk keeps them): they may be a file's name.
-    lines = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
+    listed = sys.stdin.buffer.read() if list_file == STDIN else list_file.read_bytes()
+    lines = listed.decode("utf-8-sig", errors="surrogateescape").splitlines()
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -216,18 +225,29 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         try:
             path, region = split_region(path)
         except ValueError as error:
-            raise VggfeatError(f"{list_file}:{number}: {error}") from None
+            raise VggfeatError(f"{list_name(list_file)}:{number}: {error}") from None
         path = Path(path).as_posix()
         if path.startswith(inside):
             path = path[len(inside) :]
         if region is not None:  # written one way ("pixel:" left out), so that it is one path however listed
             path = region_path(path, region)
         if path in class_of and class_of[path] != label:
-            raise VggfeatError(f"{list_file}:{number}: {as_utf8(path)} is listed twice with different labels")
+            raise VggfeatError(f"{list_name(list_file)}:{number}: {as_utf8(path)} is listed twice with different labels")
         class_of[path] = label
     if not class_of:
-        raise VggfeatError(f"file list is empty: {list_file}")
+        raise VggfeatError(f"file list is empty: {list_name(list_file)}")
     return _labelled(root, class_of)
+
+
+def list_name(list_file: str | Path) -> str:
+    """``list_file`` as messages name it: its path, or "standard input" for "-"."""
+    return "standard input" if Path(list_file) == STDIN else str(list_file)
+
+
+def list_folder(list_file: str | Path) -> Path:
+    """The folder that the relative paths of ``list_file`` are taken from by default: its own, or
+    the working folder for standard input ("-")."""
+    return Path(".") if Path(list_file) == STDIN else Path(list_file).parent
 
 
 def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int = LISTED_FILES_LOOKED_FOR) -> None:
@@ -245,10 +265,11 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
     example = as_utf8(os.path.abspath(images.file(sampled[0])))
     which = f"each of its {count:,}" if len(sampled) == count else f"{len(sampled)} of its {count:,}, spread over it"
     relative = any(not os.path.isabs(images.paths[k]) for k in sampled)
-    whose = "--root" if Path(images.root) != Path(list_file).parent else "the list's folder; --root names another"
+    default = "the working folder" if Path(list_file) == STDIN else "the list's folder"
+    whose = "--root" if Path(images.root) != list_folder(list_file) else f"{default}; --root names another"
     where = (f"its relative paths are taken from {os.path.abspath(images.root)} ({whose}): is that the folder they "
              "are relative to, and is its storage mounted?" if relative else "is their storage mounted?")
-    raise VggfeatError(f"none of the files of {list_file} is there (looked for {which}, e.g. {example}); {where}")
+    raise VggfeatError(f"none of the files of {list_name(list_file)} is there (looked for {which}, e.g. {example}); {where}")
 
 
 def _split_entry(line: str) -> tuple[str, str | None]:
