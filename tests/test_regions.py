@@ -125,8 +125,16 @@ def test_a_region_row_is_the_descriptor_of_its_crop_alone(tmp_path, random_vgg16
     code, _, err = run_main(["extract", "--file-list", listed, "--root", root, output, *CHEAP])
     assert code == 0, err
     assert "1 image and 5 regions of 2 images, 2 classes" in err
+    said = "rows         4 (4 labelled) of 6 listed\n  regions      3 rows are regions (path#xywh=X,Y,W,H) of 2 images"
     code, out, _ = run_main(["info", output])
-    assert code == 0 and "rows         4 (4 labelled) of 6 listed\n  regions      3 rows are regions (path#xywh=X,Y,W,H) of 2 images" in out
+    assert code == 0 and said in out
+    with h5py.File(output, "r") as f:  # counted once, as the file was completed
+        assert (f.attrs["regions"], f.attrs["region_images"]) == (3, 2)
+    counted = tmp_path / "counted.h5"
+    counted.write_bytes(output.read_bytes())
+    with h5py.File(counted, "r+") as f:  # a file without the count (other code's): counted by info
+        del f.attrs["regions"], f.attrs["region_images"]
+    assert said in run_main(["info", counted])[1]
     written = read_output(output)
     assert written["paths"] == ["street.jpg", "street.jpg#xywh=200,100,500,500", "street.jpg#xywh=40,30,120,200",
                                 "turned.png#xywh=10,50,150,100"]
