@@ -113,6 +113,30 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("args, output", [
+    (["train-svm", "features.h5", "features.h5"], "features.h5"),
+    (["predict", "model.h5", "features.h5", "features.h5"], "features.h5"),
+    (["predict", "model.h5", "features.h5", "./model.h5"], "model.h5"),
+    (["whiten", "fit", "features.h5", "features.h5"], "features.h5"),
+    (["index", "features.h5", "whitening.h5", "--whiten", "whitening.h5"], "whitening.h5"),
+    (["search", "index.h5", "--queries", "features.h5", "--montage", "index.h5"], "index.h5"),
+])
+def test_no_command_writes_over_one_of_its_inputs(tmp_path, monkeypatch, args, output):
+    """Not even with --overwrite, which replaces an earlier output: an input named as the output is
+    a slip of the keyboard that would lose it; refused before any work, the input untouched."""
+    X, labels, paths, classes = blobs(dim=16)
+    monkeypatch.chdir(tmp_path)
+    write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    inputs = {name: tmp_path / name for name in ("features.h5", "model.h5", "labels.csv", "whitening.h5", "index.h5")}
+    for name in ("model.h5", "labels.csv", "whitening.h5", "index.h5"):
+        inputs[name].write_bytes(b"an input")
+    before = {name: path.read_bytes() for name, path in inputs.items()}
+    code, _, err = run_main([*args, "--overwrite"])
+    assert code == 2 and error_line(err) == (f"Error: {output} is an input of this command too: name another output "
+                                             "(--overwrite replaces outputs, never inputs)")
+    assert {name: path.read_bytes() for name, path in inputs.items()} == before
+
+
 def test_commands_and_options_complete_on_tab():
     """The completion the README gives for bash (click's), without importing every command."""
     complete = [sys.executable, "-c", "from vggfeat.cli import main; main()"]

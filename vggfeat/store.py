@@ -464,13 +464,19 @@ def _check_hdf5_name(path: Path, what: str, hint: str = "") -> None:
                            f"{path.with_suffix('.h5').name}{hint}")
 
 
-def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None) -> None:
+def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
+                   inputs: Sequence[str | os.PathLike | None] = ()) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
-    that exists, unless ``overwrite``: no command replaces a file unasked. ``hdf5``: what the file
-    is ("SVM models"), an HDF5 file, which a name of another format must not pass for."""
+    that exists, unless ``overwrite``: no command replaces a file unasked; nor, ever, one of the
+    command's ``inputs`` (a slip of the keyboard: ``predict model.h5 test.h5 test.h5``). ``hdf5``:
+    what the file is ("SVM models"), an HDF5 file, which a name of another format must not pass for."""
     check_output_path(path, "a file")
     if hdf5:
         _check_hdf5_name(path, hdf5)
+    if path.exists() and any(given is not None and os.path.exists(given) and os.path.samefile(path, given)
+                             for given in inputs):
+        raise VggfeatError(f"{path} is an input of this command too: name another output (--overwrite replaces "
+                           "outputs, never inputs)")
     if path.exists() and not overwrite:
         raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
 

@@ -73,7 +73,7 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
                quiet: bool) -> None:
     """``vggfeat export POSTERIORS --to csv``: the CSV that classify writes, from every posterior
     that ``classify IMAGES OUT.h5`` kept, fused with those of ``fuse``."""
-    check_new_file(output, overwrite)
+    check_new_file(output, overwrite, inputs=[posteriors, *fuse])
     truth = read_labels(labels) if labels and labels != FOLDERS else None
     names = posteriors_categories(posteriors)
     attrs = file_attributes(posteriors)

@@ -33,7 +33,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 
     FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
     """
-    check_new_file(output, overwrite, hdf5="whitenings")
+    check_new_file(output, overwrite, hdf5="whitenings", inputs=[features])
     with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc="fitting the whitening") as bar:
         fitted = fit_whitening(features, output, dim=dim, progress=bar.update)
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
@@ -54,7 +54,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @common.quiet
 def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, quiet) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
-    check_new_file(output, overwrite, hdf5="indexes")
+    check_new_file(output, overwrite, hdf5="indexes", inputs=[features, whiten_file])
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
         built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,

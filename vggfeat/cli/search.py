@@ -58,7 +58,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
         raise click.UsageError("--box crops one query image: give one image file")
     for written in (output, montage):  # refused before the queries are described
         if written:
-            check_new_file(written, overwrite)
+            check_new_file(written, overwrite, inputs=[index_file, queries_file, *rest])
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:

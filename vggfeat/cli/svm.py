@@ -120,7 +120,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
-    check_new_file(model, overwrite, hdf5="SVM models")
+    check_new_file(model, overwrite, hdf5="SVM models", inputs=files)
     multilabel = multilabel or voc is not None
     with fits_progress(quiet) as progress:
         saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
@@ -149,7 +149,7 @@ def predict(paths, features, overwrite, quiet) -> None:
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
-    check_new_file(output, overwrite)
+    check_new_file(output, overwrite, inputs=[paths[0], *files])
     model = load_model(paths[0])
     with progress_bar(quiet, total=feature_rows(files[0], failed=True), unit="rows", desc="scoring") as bar:
         if output.suffix.lower() in HDF5_SUFFIXES:
