@@ -120,6 +120,7 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
     (["whiten", "fit", "features.h5", "features.h5"], "features.h5"),
     (["index", "features.h5", "whitening.h5", "--whiten", "whitening.h5"], "whitening.h5"),
     (["search", "index.h5", "--queries", "features.h5", "--montage", "index.h5"], "index.h5"),
+    (["classify", "--file-list", "labels.csv", "labels.csv"], "labels.csv"),
 ])
 def test_no_command_writes_over_one_of_its_inputs(tmp_path, monkeypatch, args, output):
     """Not even with --overwrite, which replaces an earlier output: an input named as the output is

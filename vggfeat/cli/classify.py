@@ -73,7 +73,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
         for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
-        check_new_file(output, overwrite)
+        check_new_file(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
     elif not rewrite:
         check_output(output, overwrite)  # or the run that left its work beside it goes on
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
