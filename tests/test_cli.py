@@ -34,7 +34,7 @@ from runhelpers import (
 )
 from vggfeat.cli import common, options
 from vggfeat.cli.info import _failed_classes
-from vggfeat.store import failures_by_reason, reason_kind
+from vggfeat.fileinfo import failures_by_reason, reason_kind
 from vggfeat import Extractor
 from vggfeat import settings
 from vggfeat.reading import ImageReader

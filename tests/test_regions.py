@@ -24,7 +24,7 @@ from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.features import load_features
 from vggfeat.labels import read_labels_csv
 from vggfeat.regions import Region, count_regions, crop, from_corners, split_region
-from vggfeat.store import _count_regions
+from vggfeat.store import count_regions_in
 
 pytestmark = pytest.mark.usefixtures("cached_network")
 
@@ -78,7 +78,7 @@ def test_regions_and_their_images_are_counted_across_blocks_of_rows(tmp_path):
     assert count_regions(paths) == (4, 2) and count_regions(paths[:1]) == (0, 0)
     with h5py.File(tmp_path / "paths.h5", "w") as f:
         f["paths"] = np.array([path.encode() for path in paths], dtype=object)
-        assert all(_count_regions(f["paths"], step) == (4, 2) for step in (1, 2, 3, 100))
+        assert all(count_regions_in(f["paths"], step) == (4, 2) for step in (1, 2, 3, 100))
 
 
 def test_a_box_by_its_corners_is_rounded_as_pil_crops():

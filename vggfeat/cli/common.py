@@ -41,7 +41,7 @@ def printable(name: str) -> str:
 
 
 def reason_lines(by_reason: list[dict], shown: int = 5) -> list[str]:
-    """Failures counted by kind of reason, most first (``store.failures_by_reason``), a line each
+    """Failures counted by kind of reason, most first (``fileinfo.failures_by_reason``), a line each
     for the first ``shown`` and one for the others: what a collection's failures were, which the
     first few in path order need not show."""
     width = len(f"{by_reason[0]['failures']:,}")

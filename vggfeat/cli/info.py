@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
+from ..fileinfo import read_info
 from ..index import index_summary
 from ..modelfile import model_summary
 from ..regions import RegionCount
 from ..scoresfile import scores_summary
 from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
-                     posteriors_file_of, read_info, shards_folder, shards_progress, work_folder, work_progress)
+                     posteriors_file_of, shards_folder, shards_progress, work_folder, work_progress)
 from ..whitening import whitening_summary
 from . import common
 

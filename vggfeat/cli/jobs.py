@@ -15,9 +15,10 @@ import click
 from ..classifier import Classifier
 from ..discover import ImageSet
 from ..extractor import Extractor
+from ..fileinfo import failures_by_reason
 from ..job import ExtractionJob, JobResult
 from ..multidevice import MultiDeviceJob
-from ..store import failures_by_reason, interrupted_on_several, open_features_file
+from ..store import interrupted_on_several, open_features_file
 from ..update import OutputUpdate
 from . import common, options
 
