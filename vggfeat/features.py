@@ -29,7 +29,7 @@ import numpy.typing as npt
 from .errors import VggfeatError
 from .labels import warn_left_out
 from .regions import image_of, region_of
-from .store import failed_labels, open_features_file, work_folder
+from .store import failed_labels, open_features_file, read_after, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -74,6 +74,7 @@ class FeatureFile:
             self.classes: list[str] = list(self._file["classes"].asstr()[:])
             self.config: dict = json.loads(self._file.attrs["config"])
             self.root: str = str(self._file.attrs.get("input_root", ""))  # the folder paths are relative to
+            self.random_weights = bool(self._file.attrs.get("random_weights", False))  # not ImageNet features
         except VggfeatError:
             self._file.close()
             raise
@@ -103,6 +104,14 @@ class FeatureFile:
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+    def sizes(self) -> np.ndarray:
+        """Each row's decoded (height, width), [rows, 2] int32; zeros where the file keeps none."""
+        return self._file["sizes"][:] if "sizes" in self._file else np.zeros((self.rows, 2), dtype=np.int32)
+
+    def read_after(self) -> np.ndarray:
+        """Each row's /read_after (see :mod:`vggfeat.store`); NaN where the file keeps none."""
+        return read_after(self._file)
 
     def failed(self) -> Failures:
         """The images that could not be described; read from the file on each call, as a few readers
@@ -250,12 +259,14 @@ def read_blocks(
 
 
 @dataclass
-class _Fused:
-    """Open files matched by path: the rows of each file that make each of ``paths``."""
+class Fused:
+    """Open files matched by path: the rows of each file that make each of ``paths``; ``left_out``:
+    the images of the first that another could not describe, path to ``"failed in FILE: reason"``."""
 
     opened: list[FeatureFile]
     paths: list[str]
     rows_per_file: list[np.ndarray]
+    left_out: dict[str, str] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -271,7 +282,7 @@ class _Fused:
 
 @contextlib.contextmanager
 def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence[dict] | None,
-           expected_by: str) -> Iterator[_Fused]:
+           expected_by: str) -> Iterator[Fused]:
     """``files`` opened, checked against ``expected_configs`` and matched by path (see :func:`load_features`)."""
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(FeatureFile(name)) for name in file_list(files)]
@@ -281,14 +292,23 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         # The paper's image-and-box descriptor (I+B): regions fused with a file of whole images
         # take their image's row from it.
         by_image = _by_image(opened)
+        failures = {}
         if paths is None:  # the images that every file describes
             failures = _failures_of_others(opened, by_image)
             warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
-        yield _Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
-                                      for f, whole in zip(opened, [False, *by_image])])
+        yield Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
+                                     for f, whole in zip(opened, [False, *by_image])], failures)
+
+
+@contextlib.contextmanager
+def fused_files(files: Files) -> Iterator[Fused]:
+    """``files`` opened and matched by path as :func:`load_features` fuses them (the images that
+    every file describes, in the first's order): read a block at a time with ``.blocks(dtype)``."""
+    with _fused(files, None, None, "") as fused:
+        yield fused
 
 
 def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
@@ -345,7 +365,14 @@ def file_list(files: Files) -> list[str | os.PathLike]:
 
 
 def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCHING_KEYS) -> list[str]:
-    """``["layer: fc7 expected, fc6 found", ...]`` for each of ``keys`` whose values differ."""
+    """``["layer: fc7 expected, fc6 found", ...]`` for each of ``keys`` whose values differ; of
+    stacked descriptors (:mod:`vggfeat.stack`), for each file's part."""
+    if "stacked" in expected or "stacked" in actual:
+        want, got = expected.get("stacked", [expected]), actual.get("stacked", [actual])
+        if len(want) != len(got):
+            return [f"stacked: the descriptors of {len(want)} file(s) side by side expected, of {len(got)} found"]
+        return [f"stacked file {number}, {difference}" for number, (each, other) in enumerate(zip(want, got), 1)
+                for difference in config_differences(each, other, keys)]
     differences = []
     for key in keys:
         want, got = expected.get(key, _DEFAULTS.get(key)), actual.get(key, _DEFAULTS.get(key))

@@ -74,6 +74,10 @@ def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runt
     """
     from .extractor import Extractor  # torch loads only when images are to be described
 
+    if "stacked" in config:
+        raise VggfeatError("the database's descriptors are stacked from several files ('vggfeat stack'): describe the "
+                           "query images into such files (each as its database file was made), stack them alike, and "
+                           "pass the result as --queries")
     name = str(config.get("weights", ""))
     if weights is None:
         if name == "random":

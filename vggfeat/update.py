@@ -205,6 +205,9 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
         raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
                            f"end (the same command without {option}) first")
     with open_features_file(output, "output", hint=f" (the same command without {option} makes it)") as f:
+        if "stacked_from" in f.attrs:  # no one extraction makes its rows
+            raise VggfeatError(f"{output} is stacked from {', '.join(json.loads(f.attrs['stacked_from']))} ('vggfeat "
+                               f"stack'): run {option} on each of those, then stack them again")
         changes = config_changes(json.loads(f.attrs["config"]), {**extractor.config(), "dtype": dtype})
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "

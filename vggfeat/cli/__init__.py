@@ -19,6 +19,8 @@ COMMANDS = {
     "extract": ("extract", "extract",
                 "Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5)."),
     "merge": ("merge", "merge", "Join the files of all N shards of one extraction (any order) into OUTPUT."),
+    "stack": ("merge", "stack", "Stack the descriptors of the same images from two or more FILES side by side "
+              "into OUTPUT."),
     "info": ("info", "info",
              "Show rows, dimension, classes, failures, provenance and whether FILE is complete."),
     "train-svm": ("svm", "train_svm",

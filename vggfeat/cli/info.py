@@ -20,6 +20,27 @@ from ..whitening import whitening_summary
 from . import common
 
 
+def _extraction_lines(a: dict, read_after: list[str] | None) -> list[str]:
+    """How a file's rows were described: network, layer, resize, when and where."""
+    return [
+        f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
+        _network_line(a),
+        f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
+        + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
+        + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
+        f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
+        f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
+        _read_after_line(read_after),
+    ]
+
+
+def _stacked_lines(a: dict) -> list[str]:
+    """What a stacked file's rows are made of ('vggfeat stack')."""
+    return [_descriptors_line(json.loads(a["config"])),
+            f"  stacked      from {', '.join(json.loads(a['stacked_from']))} (rows matched by path)",
+            f"  made         {a.get('created')} with vggfeat {a.get('vggfeat_version')}"]
+
+
 def _network_line(a: dict) -> str:
     """What the network computed: a layer's pooled map (extract), or class posteriors (classify)."""
     scales, flip, precision = ",".join(map(str, a.get("scales", []))), "on" if a.get("flip") else "off", a.get("precision")
@@ -89,12 +110,20 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
 
 
 def _descriptors_line(config: dict) -> str:
-    """How the descriptors that a file was made from were extracted, in one line."""
+    """How the descriptors that a file was made from were extracted: a line, or one for each
+    network's part of stacked ones."""
     if not config:  # fitted from arrays in Python, without their configuration
         return "  descriptors  their extraction is not recorded"
+    first, *rest = _extraction(config)
+    return "\n".join([f"  descriptors  {first}", *(f"               {line}" for line in rest)])
+
+
+def _extraction(config: dict) -> list[str]:
+    if "stacked" in config:
+        return [f"{config.get('dim')}-d, stacked:", *(f"  {line}" for each in config["stacked"] for line in _extraction(each))]
     weights = f" ({config['weights']} weights)" if "weights" in config else ""
-    return (f"  descriptors  {config.get('model')}{weights} {config.get('layer')}, {config.get('pooling')}-pooled, "
-            f"scales {','.join(map(str, config.get('scales', [])))}, {config.get('dim')}-d")
+    return [f"{config.get('model')}{weights} {config.get('layer')}, {config.get('pooling')}-pooled, "
+            f"scales {','.join(map(str, config.get('scales', [])))}, {config.get('dim')}-d"]
 
 
 def _index_lines(summary: dict) -> list[str]:
@@ -191,14 +220,7 @@ def info(file: Path, as_json: bool) -> None:
         f"  descriptor   {summary['dim']}-d {summary['dtype']}",
         f"  classes      {len(classes)}{': ' + _first(classes) if classes else ''}",
         f"  failed       {summary['failed']:,}{_failed_classes(summary['failed_by_class'])}",
-        f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
-        _network_line(a),
-        f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
-        + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
-        + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
-        f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
-        f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
-        _read_after_line(summary["read_after"]),
+        *(_stacked_lines(a) if "stacked_from" in a else _extraction_lines(a, summary["read_after"])),
     ]
     if "shard_index" in a:
         lines.append(f"  shard        {a['shard_index']} of {a['shard_count']} (the collection has {a['collection_images']:,} images; "

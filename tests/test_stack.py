@@ -1,0 +1,120 @@
+"""``vggfeat stack``: the descriptors of the same images from several files side by side in one
+descriptor file (the paper's Net-D & Net-E, or I+B), which every command then reads as any other."""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from imagefiles import write_rgb
+from runhelpers import error_line, run_main
+from svmhelpers import blobs, write_features
+from vggfeat import transfer
+from vggfeat.features import FeatureFile, load_features
+from vggfeat.stack import stack_files
+
+
+@pytest.fixture
+def d_and_e(tmp_path):
+    """Two networks' files of the same images, the second in another row order, one image failed
+    in it: (d.h5, e.h5, the images' paths, labels, classes)."""
+    X, y, paths, names = blobs()
+    d = write_features(tmp_path / "d.h5", X, paths, y, names, failed={"zz.png": "not an image"})
+    order = [i for i in np.random.default_rng(1).permutation(len(paths)) if i != 4]
+    e = write_features(tmp_path / "e.h5", 2 * X[order] + 1, [paths[i] for i in order], y[order], names,
+                       config={"model": "vgg19"}, failed={paths[4]: "Input/output error", "zz.png": "not an image"})
+    return d, e, paths, y, names
+
+
+def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_path):
+    """Each row is the image's row of the first file then its row of the second (matched by path,
+    whatever their order), with the first's label; an image one file could not describe is a
+    failure, with the reason and its label; the configuration records both files'."""
+    d, e, paths, y, names = d_and_e
+    with pytest.warns(RuntimeWarning, match="1 image\\(s\\) of .* are left out"):
+        result = stack_files([d, e], tmp_path / "de.h5", provenance={"command": "vggfeat stack ..."})
+    assert (result.rows, result.failed, result.dim) == (len(paths) - 1, 2, 16)
+    with pytest.warns(RuntimeWarning):
+        fused = load_features([d, e])
+    with FeatureFile(tmp_path / "de.h5") as stacked:
+        assert stacked.paths == fused.paths == [p for i, p in enumerate(paths) if i != 4]
+        np.testing.assert_array_equal(stacked.read(), fused.X)
+        np.testing.assert_array_equal(stacked.labels, np.delete(y, 4))
+        assert stacked.classes == names and stacked.config["dim"] == 16
+        assert [c["model"] for c in stacked.config["stacked"]] == ["vgg16", "vgg19"]
+        failed = stacked.failed()
+        assert list(zip(failed.paths, failed.reasons, failed.labels.tolist())) == [
+            (paths[4], f"failed in {e}: Input/output error", int(y[4])), ("zz.png", "not an image", -1)]
+    with h5py.File(tmp_path / "de.h5", "r") as f:
+        assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
+
+
+def test_an_svm_on_a_stacked_file_is_the_svm_on_the_files_fused(d_and_e, tmp_path):
+    """train-svm on d.h5 and e.h5 fused (--features twice) and on their stacked file: the same
+    rows, the same model, the same scores; a model of one scores only files stacked alike."""
+    d, e, _, _, _ = d_and_e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the image that e.h5 failed, left out
+        stack_files([d, e], tmp_path / "de.h5")
+        fused = transfer.train_svm([d, e], C=1.0)
+        stacked = transfer.train_svm(tmp_path / "de.h5", C=1.0)
+        np.testing.assert_allclose(stacked.svm.coef_, fused.svm.coef_, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(transfer.score(stacked, tmp_path / "de.h5").scores, transfer.score(fused, [d, e]).scores,
+                                   rtol=1e-6, atol=1e-9)
+        stack_files([e, d], tmp_path / "ed.h5")
+    with pytest.raises(transfer.VggfeatError, match="features extracted with a different configuration than the model: "
+                                                    "stacked file 1, model: vgg16 expected, vgg19 found; stacked file 2, "
+                                                    "model: vgg19 expected, vgg16 found$"):
+        transfer.score(stacked, tmp_path / "ed.h5")
+    with pytest.raises(transfer.VggfeatError, match="stacked: the descriptors of 2 file\\(s\\) side by side expected, of 1 found"):
+        transfer.score(stacked, d)
+
+
+def test_regions_stacked_with_their_images(tmp_path):
+    """I+B in one file: each region's descriptor, then its image's; a region whose image failed in
+    the file of whole images is a failure."""
+    boxes = ["a.jpg#xywh=0,0,40,40", "a.jpg#xywh=10,10,40,40", "b.jpg#xywh=5,5,50,50", "c.jpg#xywh=1,1,40,40"]
+    B = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)
+    regions = write_features(tmp_path / "boxes.h5", B, boxes, [0, 1, 0, 1], ["run", "walk"])
+    images = write_features(tmp_path / "images.h5", [[10.0, 11.0], [20.0, 21.0]], ["a.jpg", "b.jpg"], [-1, -1], [],
+                            config={"model": "vgg19"}, failed={"c.jpg": "truncated"})
+    with pytest.warns(RuntimeWarning):
+        stack_files([regions, images], tmp_path / "ib.h5")
+    with FeatureFile(tmp_path / "ib.h5") as stacked:
+        assert stacked.paths == boxes[:3] and stacked.classes == ["run", "walk"]
+        np.testing.assert_array_equal(stacked.read(), np.hstack([B[:3], [[10, 11], [10, 11], [20, 21]]]))
+        assert stacked.failed().reasons == [f"failed in {images}: truncated"]
+
+
+def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatch):
+    """The command's line, info's account, an index searched with stacked queries; refused: one
+    file, an input as the output, query images (their descriptors would need every network), an
+    update of the stacked file."""
+    d, e, paths, _, _ = d_and_e
+    monkeypatch.chdir(tmp_path)
+    write_rgb(tmp_path / "query.png", 64, 64)
+    code, out, err = run_main(["stack", "d.h5", "e.h5", "de.h5"])
+    assert code == 0 and out == "wrote de.h5: 29 descriptors (16-d) from 2 files, 2 failed\n", err
+    code, out, _ = run_main(["info", "de.h5"])
+    assert code == 0 and ("  descriptors  16-d, stacked:\n"
+                          "                 vgg16 (random weights) fc7, avg-pooled, scales 224, 8-d\n"
+                          "                 vgg19 (random weights) fc7, avg-pooled, scales 224, 8-d\n"
+                          "  stacked      from d.h5, e.h5 (rows matched by path)\n") in out
+    assert run_main(["index", "de.h5", "de.index.h5", "-q"])[0] == 0
+    code, out, err = run_main(["search", "de.index.h5", "--queries", "de.h5", "--k", "1"])
+    assert code == 0 and out.splitlines()[:2] == [f"query {paths[0]}", f"    1  1.0000  {paths[0]}"], err
+    for args, error in (
+        (["stack", "d.h5", "de2.h5"], "expected two or more FILES and then OUTPUT (see 'vggfeat stack --help')"),
+        (["stack", "d.h5", "e.h5", "d.h5", "--overwrite"], "d.h5 is an input of this command too: name another output "
+                                                            "(--overwrite replaces outputs, never inputs)"),
+        (["search", "de.index.h5", "query.png"], "the database's descriptors are stacked from several files ('vggfeat "
+                                              "stack'): describe the query images into such files (each as its database "
+                                              "file was made), stack them alike, and pass the result as --queries"),
+        (["extract", ".", "de.h5", "--update", "--weights", "random", "--device", "cpu"],
+         "de.h5 is stacked from d.h5, e.h5 ('vggfeat stack'): run --update on each of those, then stack them again"),
+    ):
+        code, _, err = run_main(args)
+        assert code == 2 and error_line(err) == f"Error: {error}", args
