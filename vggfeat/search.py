@@ -72,12 +72,12 @@ def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runt
     its name and hash). ``runtime`` takes settings that do not change the numbers (device,
     batch_size, workers, precision). The result is checked against ``config``: a mismatch raises.
     """
-    from .extractor import Extractor  # torch loads only when images are to be described
-
     if "stacked" in config:
         raise VggfeatError("the database's descriptors are stacked from several files ('vggfeat stack'): describe the "
                            "query images into such files (each as its database file was made), stack them alike, and "
                            "pass the result as --queries")
+    from .extractor import Extractor  # torch loads only when images are to be described
+
     name = str(config.get("weights", ""))
     if weights is None:
         if name == "random":

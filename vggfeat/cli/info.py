@@ -119,6 +119,7 @@ def _descriptors_line(config: dict) -> str:
 
 
 def _extraction(config: dict) -> list[str]:
+    """An extraction's network, layer, pooling, scales and dimension; each part's, of stacked descriptors."""
     if "stacked" in config:
         return [f"{config.get('dim')}-d, stacked:", *(f"  {line}" for each in config["stacked"] for line in _extraction(each))]
     weights = f" ({config['weights']} weights)" if "weights" in config else ""
