@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 
 from imagefiles import write_rgb
-from runhelpers import error_line, run_main
+from runhelpers import FAST, error_line, reusing_network, run_main
 from svmhelpers import blobs, write_features
 from vggfeat import transfer
+from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, load_features
+from vggfeat.index import VectorIndex
+from vggfeat.search import describe_crops, describe_images, extractor_for
 from vggfeat.stack import stack_files
+
+CHEAP = [*FAST, "--layer", "conv3_1", "--quiet"]
 
 
 @pytest.fixture
@@ -91,11 +96,9 @@ def test_regions_stacked_with_their_images(tmp_path):
 
 def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatch):
     """The command's line, info's account, an index searched with stacked queries; refused: one
-    file, an input as the output, query images (their descriptors would need every network), an
-    update of the stacked file."""
+    file, an input as the output, an update of the stacked file."""
     d, e, paths, _, _ = d_and_e
     monkeypatch.chdir(tmp_path)
-    write_rgb(tmp_path / "query.png", 64, 64)
     code, out, err = run_main(["stack", "d.h5", "e.h5", "de.h5"])
     assert code == 0 and out == "wrote de.h5: 29 descriptors (16-d) from 2 files, 2 failed\n", err
     code, out, _ = run_main(["info", "de.h5"])
@@ -110,11 +113,54 @@ def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatc
         (["stack", "d.h5", "de2.h5"], "expected two or more FILES and then OUTPUT (see 'vggfeat stack --help')"),
         (["stack", "d.h5", "e.h5", "d.h5", "--overwrite"], "d.h5 is an input of this command too: name another output "
                                                             "(--overwrite replaces outputs, never inputs)"),
-        (["search", "de.index.h5", "query.png"], "the database's descriptors are stacked from several files ('vggfeat "
-                                              "stack'): describe the query images into such files (each as its database "
-                                              "file was made), stack them alike, and pass the result as --queries"),
         (["extract", ".", "de.h5", "--update", "--weights", "random", "--device", "cpu"],
          "de.h5 is stacked from d.h5, e.h5 ('vggfeat stack'): run --update on each of those, then stack them again"),
     ):
         code, _, err = run_main(args)
         assert code == 2 and error_line(err) == f"Error: {error}", args
+
+
+def test_query_images_of_a_stacked_index_are_described_by_each_network(tmp_path, monkeypatch, random_vgg16):
+    """D & E: a query image of a stacked index is described by each network, side by side, as the
+    database's row of that image; I+B: a query region is its box's descriptor, then its image's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for name, seed in (("a.jpg", 1), ("b.png", 2), ("c.png", 3)):
+        write_rgb(tmp_path / "photos" / name, 240, 300, seed=seed)
+    (tmp_path / "boxes.txt").write_text("a.jpg#xywh=10,20,150,200\nb.png#xywh=0,0,230,230\n")
+    with reusing_network(random_vgg16):
+        for args in (["extract", "photos", "d.h5", *CHEAP], ["extract", "photos", "e.h5", *CHEAP, "--model", "vgg11"],
+                     ["extract", "--file-list", "boxes.txt", "--root", "photos", "boxes.h5", *CHEAP],
+                     ["stack", "d.h5", "e.h5", "de.h5"], ["stack", "boxes.h5", "e.h5", "ib.h5"],
+                     ["index", "de.h5", "de.index.h5", "-q"], ["index", "ib.h5", "ib.index.h5", "-q"]):
+            code, _, err = run_main(args)
+            assert code == 0, (args, err)
+        code, out, err = run_main(["search", "de.index.h5", "photos/b.png", "--k", "1", "--device", "cpu"])
+        assert code == 0 and out.splitlines() == ["query photos/b.png", "    1  1.0000  b.png"], err
+        for stacked, queries, rows in (("de", ["photos/c.png", "photos/a.jpg"], ["c.png", "a.jpg"]),
+                                       ("ib", ["photos/b.png#xywh=0,0,230,230"], ["b.png#xywh=0,0,230,230"])):
+            index = VectorIndex.load(f"{stacked}.index.h5")
+            X, described, failures = describe_images(index, queries, device="cpu")
+            with FeatureFile(f"{stacked}.h5") as f:
+                expected = f.read([f.paths.index(path) for path in rows], dtype=np.float32)
+            assert described == queries and not failures
+            np.testing.assert_allclose(X, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        # retrieval-eval --crop-queries: a box of the query image, the whole image for the B part.
+        crops = describe_crops(extractor_for(index.config, device="cpu"), ["photos/b.png"], [[0, 0, 230, 230]])
+        np.testing.assert_allclose(crops, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    with FeatureFile("ib.h5") as f:
+        assert f.config["whole_image"] == [False, True] and "whole_image" not in FeatureFile("de.h5").config
+
+
+def test_a_stacked_database_made_with_weights_files_needs_one_for_each_before_a_network_loads():
+    recipe = {"layer": "fc7", "pooling": "avg", "scales": [256], "aggregate": "mean", "flip": True, "dim": 4096}
+    config = {"stacked": [{"model": "vgg16", "weights": "file:d.pth", **recipe},
+                          {"model": "vgg19", "weights": "imagenet:IMAGENET1K_V1", **recipe},
+                          {"model": "vgg19", "weights": "file:e.pth", **recipe}], "dim": 3 * 4096}
+    for weights, got in ((None, 0), ("d.pth", 1), (["d.pth", "e.pth", "f.pth"], 3)):
+        with pytest.raises(VggfeatError, match=f"stacked from 3 files, of which these were described with weights from "
+                                               f"a file \\(1: file:d.pth, 3: file:e.pth\\); pass --weights with one file for "
+                                               f"each, comma-separated in that order \\(got {got}\\)$"):
+            extractor_for(config, weights=weights)
+    with pytest.raises(VggfeatError, match="weights file not found: nowhere/d.pth"):  # in order: the first part's
+        extractor_for(config, weights="nowhere/d.pth, nowhere/e.pth", device="cpu")

@@ -261,12 +261,14 @@ def read_blocks(
 @dataclass
 class Fused:
     """Open files matched by path: the rows of each file that make each of ``paths``; ``left_out``:
-    the images of the first that another could not describe, path to ``"failed in FILE: reason"``."""
+    the images of the first that another could not describe, path to ``"failed in FILE: reason"``;
+    ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B)."""
 
     opened: list[FeatureFile]
     paths: list[str]
     rows_per_file: list[np.ndarray]
     left_out: dict[str, str] = field(default_factory=dict)
+    whole_image: list[bool] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -300,7 +302,7 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         else:
             wanted = list(paths)
         yield Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
-                                     for f, whole in zip(opened, [False, *by_image])], failures)
+                                     for f, whole in zip(opened, [False, *by_image])], failures, [False, *by_image])
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Search: queries (image files, a folder, or a descriptors file) against a :class:`VectorIndex`.
 
 Query images are described by an :class:`Extractor` rebuilt from the index's recorded configuration
-(model, weights, layer, pooling, scales, resize side, ...), and that extractor's configuration is
+(model, weights, layer, pooling, scales, resize side, ...), or for a stacked index (``vggfeat
+stack``) one per network side by side, and that extractor's configuration is
 compared with the index's before any image is read, so a query is described exactly as the
 database was or refused. Descriptor files are checked the same way. Queries then go through the
 index's own whitening and L2-normalisation (:meth:`VectorIndex.prepare`).
@@ -28,6 +29,7 @@ from .features import FeatureFile, config_differences
 from .index import VectorIndex
 from .regions import file_and_region, from_corners
 from .retrieval import check_qe
+from .stack import StackedExtractor
 from .store import write_text_file, written_atomically
 from .whitening import l2_normalize
 
@@ -64,26 +66,59 @@ def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10,
     return results
 
 
-def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runtime) -> Extractor:
+def extractor_for(config: dict, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None, **runtime
+                  ) -> Extractor | StackedExtractor:
     """An :class:`Extractor` that describes images as the descriptors of ``config`` (an index's or a
-    features file's recorded configuration) were described.
+    features file's recorded configuration) were described; for stacked descriptors
+    (:mod:`vggfeat.stack`), a :class:`StackedExtractor` of one per stacked file.
 
     ``weights`` is needed when they were made with a weights file (the configuration records only
-    its name and hash). ``runtime`` takes settings that do not change the numbers (device,
-    batch_size, workers, precision). The result is checked against ``config``: a mismatch raises.
+    its name and hash); of stacked descriptors, one file for each part made with one, in their
+    order, as a sequence or comma-separated. ``runtime`` takes settings that do not change the
+    numbers (device, batch_size, workers, precision). The result is checked against ``config``:
+    a mismatch raises.
     """
     if "stacked" in config:
-        raise VggfeatError("the database's descriptors are stacked from several files ('vggfeat stack'): describe the "
-                           "query images into such files (each as its database file was made), stack them alike, and "
-                           "pass the result as --queries")
+        # Every weights file is settled before a network loads.
+        files = _stacked_weights(config["stacked"], weights)
+        extractor = StackedExtractor([_extractor(part, file, runtime) for part, file in zip(config["stacked"], files)],
+                                     config.get("whole_image"))
+    else:
+        extractor = _extractor(config, weights, runtime)
+    differences = config_differences(config, extractor.config())
+    if differences:
+        raise VggfeatError(f"query images would be described differently from the database: {'; '.join(differences)}")
+    return extractor
+
+
+def _made_with_file(config: dict) -> bool:
+    name = str(config.get("weights", ""))
+    return name != "random" and not name.startswith("imagenet")
+
+
+def _stacked_weights(parts: Sequence[dict], weights: str | os.PathLike | Sequence[str | os.PathLike] | None
+                     ) -> list[str | os.PathLike | None]:
+    """The weights to give each stacked part's extractor: a file of ``weights`` for each made with one."""
+    needed = [number for number, part in enumerate(parts, 1) if _made_with_file(part)]
+    if isinstance(weights, (str, os.PathLike)):
+        weights = [name.strip() for name in str(weights).split(",")]
+    given = list(weights or [])
+    if len(given) != len(needed):
+        made = ", ".join(f"{number}: {parts[number - 1]['weights']}" for number in needed) or "none"
+        raise VggfeatError(f"the database's descriptors are stacked from {len(parts)} files, of which these were "
+                           f"described with weights from a file ({made}); pass --weights with one file for each, "
+                           f"comma-separated in that order (got {len(given)})")
+    files = dict(zip(needed, given))
+    return [files.get(number) for number in range(1, len(parts) + 1)]
+
+
+def _extractor(config: dict, weights: str | os.PathLike | None, runtime: dict) -> Extractor:
     from .extractor import Extractor  # torch loads only when images are to be described
 
-    name = str(config.get("weights", ""))
     if weights is None:
-        if name == "random":
-            weights = "random"
-        elif name.startswith("imagenet"):
-            weights = "imagenet"
+        name = str(config.get("weights", ""))
+        if not _made_with_file(config):
+            weights = "random" if name == "random" else "imagenet"
         else:
             raise VggfeatError(f"the database was described with weights from a file ({name}); pass --weights PATH")
     keywords = {
@@ -96,15 +131,11 @@ def extractor_for(config: dict, weights: str | os.PathLike | None = None, **runt
         if config.get(key) is not None:
             keywords[key] = config[key]
     keywords = {key: value for key, value in keywords.items() if value is not None}
-    extractor = Extractor(config["model"], **keywords, **runtime)
-    differences = config_differences(config, extractor.config())
-    if differences:
-        raise VggfeatError(f"query images would be described differently from the database: {'; '.join(differences)}")
-    return extractor
+    return Extractor(config["model"], **keywords, **runtime)
 
 
 def describe_images(
-    index: VectorIndex, paths: Sequence[str | os.PathLike], extractor: Extractor | None = None,
+    index: VectorIndex, paths: Sequence[str | os.PathLike], extractor: Extractor | StackedExtractor | None = None,
     progress: Callable[[int], object] | None = None, **kwargs
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Describe query images for ``index``: (descriptors of the usable ones, their paths, failures).
@@ -135,7 +166,7 @@ def describe_images(
 
 
 def describe_crops(
-    extractor: Extractor, files: Sequence[str | os.PathLike], boxes: Sequence[Sequence[float]],
+    extractor: Extractor | StackedExtractor, files: Sequence[str | os.PathLike], boxes: Sequence[Sequence[float]],
     progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Descriptors [len(files), dim] of each image cropped to its box: the query of the Oxford and

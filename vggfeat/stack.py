@@ -7,24 +7,38 @@ code read as any other: ``vggfeat stack d.h5 e.h5 de.h5``. Rows are matched by p
 ``train-svm --features d.h5 --features e.h5`` matches them (:func:`vggfeat.features.fused_files`);
 an image that another file could not describe is a failure of the stacked file, with the reason.
 Labels, classes and sizes are the first file's. The configuration records each file's:
-``{"stacked": [config, ...], "dim": D1 + D2 + ...}``; so a model trained on a stacked file scores
-only files stacked alike, and ``search`` takes query descriptors (``--queries``) stacked alike.
+``{"stacked": [config, ...], "dim": D1 + D2 + ...}`` (and for I+B ``"whole_image"``: which files
+hold whole images); so a model trained on a stacked file scores only files stacked alike, and
+``search`` takes query descriptors (``--queries``) stacked alike.
+
+:class:`StackedExtractor` describes images as such a file's rows, each network's descriptor side by
+side: ``search`` and ``retrieval-eval --crop-queries`` describe query images with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
 from .store import check_descriptor_output, check_new_file, create_datasets, mark_complete, open_h5, written_atomically
+
+if TYPE_CHECKING:  # torch loads only where images are described
+    from .chunks import Chunk
+    from .extractor import Extractor
+    from .regions import Region
+
+# Images that each network describes in turn before their descriptors are stacked: bounds the
+# descriptors held (and a progress bar's step).
+STACKED_CHUNK_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
             if failed:
                 failed_paths[:], failed_errors[:], failed_labels[:] = (list(column) for column in zip(*failed))
             mark_complete(out, {
-                "config": json.dumps({"stacked": [f.config for f in fused.opened], "dim": fused.width}, sort_keys=True),
+                "config": json.dumps(stacked_config([f.config for f in fused.opened], fused.whole_image), sort_keys=True),
                 "stacked_from": json.dumps([str(f.path) for f in fused.opened]),
                 "dtype": dtype, "input_root": first.root, "images_found": len(fused.paths) + len(failed),
                 "random_weights": any(f.random_weights for f in fused.opened),
@@ -88,3 +102,68 @@ def _failures(fused: Fused) -> list[tuple[str, str, int]]:
         failures += [(path, fused.left_out[path], int(label)) for path, label in zip(first.paths, first.labels)
                      if path in fused.left_out]
     return sorted(failures)
+
+
+def stacked_config(configs: Sequence[dict], whole_image: Sequence[bool]) -> dict:
+    """The configuration of descriptors stacked from those of ``configs``; ``whole_image``: for
+    each, whether it describes the first's regions by their whole image (I+B), recorded only then."""
+    config = {"stacked": list(configs), "dim": sum(int(each["dim"]) for each in configs)}
+    return {**config, "whole_image": list(whole_image)} if any(whole_image) else config
+
+
+class StackedExtractor:
+    """Describes images as a stacked file's rows (:func:`stack_files`): each of ``parts``'
+    descriptor side by side, ``whole_image[i]``: part ``i`` describes a region's whole image.
+
+    Built by :func:`vggfeat.search.extractor_for` from a stacked index's configuration, for query
+    images; it offers what those callers use of an :class:`~vggfeat.extractor.Extractor`
+    (``dim``, ``config()``, ``iter_chunks``). Each network describes a chunk of images in turn: an
+    image is decoded once per network.
+    """
+
+    def __init__(self, parts: Sequence[Extractor], whole_image: Sequence[bool] | None = None) -> None:
+        if len(parts) < 2:
+            raise ValueError("stacking takes two or more extractors")
+        self.parts = list(parts)
+        self.whole_image = list(whole_image) if whole_image is not None else [False] * len(self.parts)
+        if len(self.whole_image) != len(self.parts) or self.whole_image[0]:
+            raise ValueError(f"whole_image: one flag per part, the first False; got {whole_image}")
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in self.parts)
+
+    def config(self) -> dict:
+        return stacked_config([part.config() for part in self.parts], self.whole_image)
+
+    def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None,
+                    regions: Sequence[Region | None] | None = None) -> Iterator[Chunk]:
+        """As :meth:`Extractor.iter_chunks`: an image fails with the reason of the first network
+        that failed it; its sizes are the first network's (of its region, where it has one)."""
+        if regions is not None and len(regions) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(regions)} regions")
+        step = chunk_images or STACKED_CHUNK_IMAGES
+        for start in range(0, len(paths), step):
+            end = min(start + step, len(paths))
+            yield self._chunk(paths[start:end], None if regions is None else regions[start:end], start)
+
+    def _chunk(self, paths: Sequence[str | os.PathLike], regions: Sequence[Region | None] | None, start: int) -> Chunk:
+        from .chunks import Chunk
+
+        columns = [np.empty((len(paths), part.dim), dtype=np.float32) for part in self.parts]
+        described = np.ones(len(paths), dtype=bool)
+        failures: dict[int, str] = {}
+        sizes: dict[int, tuple[int, int]] = {}
+        for number, (part, whole, column) in enumerate(zip(self.parts, self.whole_image, columns)):
+            for chunk in part.iter_chunks(paths, regions=None if whole else regions):
+                column[chunk.indices] = chunk.features
+                for index, reason in chunk.failures:
+                    described[index] = False
+                    failures.setdefault(index, reason)
+                if number == 0:
+                    sizes.update(zip(chunk.indices, chunk.sizes))
+        indices = np.flatnonzero(described)
+        return Chunk(start, start + len(paths), indices=[start + int(i) for i in indices],
+                     features=np.hstack([column[indices] for column in columns]),
+                     sizes=[sizes[int(i)] for i in indices],
+                     failures=sorted((start + index, reason) for index, reason in failures.items()))

@@ -79,7 +79,8 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
                    "(the images and the network are needed) [default: the whole image's descriptor].")
 @click.option("--root", type=click.Path(path_type=Path),
               help="With --crop-queries: folder of the query images [default: the one recorded at extraction].")
-@click.option("--weights", help="With --crop-queries: weights file, when FEATURES were described with one [default: as recorded].")
+@click.option("--weights", help="With --crop-queries: weights file, when FEATURES were described with one (stacked: one for "
+                                "each file made with one, comma-separated) [default: as recorded].")
 # Checked as the network is built: this command's other uses need no torch.
 @click.option("--device", default="auto", show_default=True, help="With --crop-queries: auto, cpu, cuda or cuda:N.")
 @options.batch_size

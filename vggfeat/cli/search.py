@@ -33,7 +33,8 @@ RESULT_SUFFIXES = (".csv", ".json")
 @click.option("--tile", default=160, show_default=True, type=click.IntRange(min=32), help="Montage cell size in pixels.")
 @click.option("--root", type=click.Path(path_type=Path), help="Folder of the database images [default: the one recorded at extraction].")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS), help="For a flat index: FAISS or NumPy.")
-@click.option("--weights", help="Weights file, when the database was described with one [default: as recorded].")
+@click.option("--weights", help="Weights file, when the database was described with one; of a stacked database, one for "
+                                "each of its files made with one, comma-separated [default: as recorded].")
 @options.device
 @options.batch_size
 @options.workers
