@@ -63,6 +63,11 @@ def test_near_duplicates_retrieve_each_other_first(tmp_path, random_vgg16):
         with Image.open(tmp_path / "m.png") as montage:
             assert montage.format == "PNG" and montage.size == montage_size(1, 4, 64)
         assert out.splitlines()[-1] == f"wrote {tmp_path / 'm.png'}: 1 query, 3 hits each (286x104 px)"  # --k 3 of 8
+        # No query described: an error, not an empty result that reads as "no hits".
+        code, out, err = run_main(["search", tmp_path / "db.index", write_corrupt(tmp_path / "broken.jpg"),
+                                   tmp_path / "none.csv"])
+        assert code == 2 and not (tmp_path / "none.csv").exists() and err.startswith("skipped query ")
+        assert error_line(err) == "Error: no query image could be described (each is named above, with the reason)"
 
 
 def test_mac_retrieves_near_duplicates_from_python(tmp_path, random_vgg16):

@@ -74,6 +74,8 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
                                                  workers=workers, progress=bar.update)
         for name, reason in failures:
             click.secho(f"skipped query {common.printable(str(name))}: {common.printable(reason)}", err=True, fg="yellow")
+        if not names:  # nothing to search with: an empty result would pass for "no hits"
+            raise VggfeatError("no query image could be described (each is named above, with the reason)")
     results = run_search(db, X, names, k=k, qe=qe)
     if output:
         write_results(results, output)
