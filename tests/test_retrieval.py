@@ -197,7 +197,7 @@ def test_an_index_is_built_a_block_at_a_time_from_its_file(tmp_path, monkeypatch
     db = write_features(tmp_path / "db.h5", X, labels)
     whitening = PCAWhitening(dim=8).fit(X, config=CONFIG)
     whole = build_index(X, [f"{i}" for i in range(len(X))], CONFIG, kind=kind, whitening=whitening, nlist=4, m=4)
-    monkeypatch.setattr(vggfeat.index, "_BLOCK_BYTES", 4 * 16 * 100)  # 100 rows a block
+    monkeypatch.setattr(vggfeat.index, "BLOCK_BYTES", 4 * 16 * 100)  # 100 rows a block
     reads, done = [], []
     read = vggfeat.features.FeatureFile.read
     monkeypatch.setattr(vggfeat.features.FeatureFile, "read", lambda self, rows=None, **kw: reads.append(len(rows)) or read(self, rows, **kw))
@@ -218,7 +218,7 @@ def test_compressed_index_without_faiss_is_a_clear_error(tmp_path, monkeypatch):
     import vggfeat.index
 
     monkeypatch.setattr(vggfeat.index, "faiss_available", lambda: False)
-    monkeypatch.setattr(vggfeat.index, "_faiss", lambda: (_ for _ in ()).throw(VggfeatError(vggfeat.index.FAISS_MISSING)))
+    monkeypatch.setattr(vggfeat.index, "load_faiss", lambda: (_ for _ in ()).throw(VggfeatError(vggfeat.index.FAISS_MISSING)))
     X, _ = clustered()
     with pytest.raises(VggfeatError, match="pip install 'vggfeat\\[retrieval\\]'"):
         build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw")

@@ -9,7 +9,8 @@ Every vector is L2-normalised (after the optional PCA-whitening), so the inner p
   (``m`` bytes per vector), approximate; ``nprobe`` lists are visited per query.
 - ``hnsw``: FAISS HNSW graph over the full vectors: approximate, fast, not smaller.
 
-The index file is plain HDF5: ``/paths``, ``/labels``, ``/classes``, the database's extraction
+The index file is plain HDF5: ``/paths``, ``/labels``, ``/classes``, ``/read_after`` (when each
+row's image was described, for :mod:`vggfeat.indexupdate`), the database's extraction
 configuration (attribute ``config``), the whitening (group ``/whitening``, as ``vggfeat whiten``
 writes it), and either ``/vectors`` (flat) or ``/faiss``, FAISS's own serialisation of the index as
 bytes. Nothing is pickled. Queries must be described exactly as the database was:
@@ -39,7 +40,7 @@ KINDS = ("flat", "ivfpq", "hnsw")
 BACKENDS = ("auto", "faiss", "numpy")
 _STRING = h5py.string_dtype("utf-8")
 _SCORE_BYTES = 256 * 2**20  # NumPy search: size of one block of query x database scores
-_BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
+BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
 
 
@@ -51,7 +52,8 @@ def faiss_available() -> bool:
     return True
 
 
-def _faiss():
+def load_faiss():
+    """The ``faiss`` module; refused, saying how to install it, where it is not."""
     try:
         import faiss
     except ImportError:
@@ -72,6 +74,9 @@ class VectorIndex:
     root: str = ""  # folder the paths are relative to (for montages)
     params: dict = field(default_factory=dict)  # nlist, m, nprobe, ef_search ...
     vectors: np.ndarray | None = None  # flat: [N, d] float32, unit rows
+    # When each row's image was described (the descriptors file's /read_after), for update_index;
+    # None in an index built from arrays or before indexes kept it.
+    read_after: np.ndarray | None = None
     faiss_index: object | None = None
     backend: str = "numpy"
 
@@ -128,10 +133,12 @@ class VectorIndex:
         f.create_dataset("paths", data=self.paths, dtype=_STRING)
         f["labels"] = np.asarray(self.labels, dtype=np.int32)
         f.create_dataset("classes", data=self.classes, dtype=_STRING)
+        if self.read_after is not None:
+            f["read_after"] = np.asarray(self.read_after, dtype=np.float64)
         if self.kind == "flat":
             f.create_dataset("vectors", data=self.vectors, chunks=(max(1, min(len(self.vectors), 2048)), self.vectors.shape[1]))
         else:
-            f["faiss"] = _faiss().serialize_index(self.faiss_index)
+            f["faiss"] = load_faiss().serialize_index(self.faiss_index)
         if self.whitening is not None:
             self.whitening.write(f.create_group("whitening"))
         f.attrs.update({
@@ -154,6 +161,7 @@ class VectorIndex:
                 labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
                 whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
                 root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
+                read_after=f["read_after"][:] if "read_after" in f else None,
             )
             if index.kind == "flat":
                 index.vectors = f["vectors"][:]
@@ -162,17 +170,18 @@ class VectorIndex:
             else:
                 if not faiss_available():
                     raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
-                index.faiss_index = _faiss().deserialize_index(f["faiss"][:])
+                index.faiss_index = load_faiss().deserialize_index(f["faiss"][:])
         if index.kind == "flat" and _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
-        index._apply_params()
+        index.apply_params()
         return index
 
-    def _apply_params(self) -> None:
+    def apply_params(self) -> None:
+        """FAISS's search parameters from ``params`` (nprobe, efSearch), and IVF-PQ's direct map for ``reconstruct``."""
         if self.kind == "ivfpq":
             self.faiss_index.nprobe = int(self.params["nprobe"])
-            _faiss().extract_index_ivf(self.faiss_index).make_direct_map()  # for reconstruct (query expansion)
+            load_faiss().extract_index_ivf(self.faiss_index).make_direct_map()  # for reconstruct (query expansion)
         elif self.kind == "hnsw":
             self.faiss_index.hnsw.efSearch = int(self.params["ef_search"])
 
@@ -201,6 +210,7 @@ def build_index(
     labels: np.ndarray | None = None,
     classes: list[str] | None = None,
     root: str = "",
+    read_after: np.ndarray | None = None,
     backend: str = "auto",
     nlist: int | None = None,
     m: int | None = None,
@@ -215,6 +225,7 @@ def build_index(
     d / 8, must divide d), ``nprobe`` lists searched. ``hnsw``: ``hnsw_m`` links per node,
     ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not. The rows are prepared
     (whitened, L2-normalised) and added a block at a time, ``progress(rows)`` after each.
+    ``read_after``: when each row's image was described, which :func:`vggfeat.indexupdate.update_index` needs.
     """
     if kind not in KINDS:
         raise VggfeatError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -230,11 +241,11 @@ def build_index(
         raise VggfeatError(f"a '{kind}' index needs FAISS; use --kind flat for the NumPy backend")
     index = VectorIndex(paths=list(paths), config=dict(config), kind=kind, whitening=whitening, root=root,
                         labels=np.full(len(paths), -1) if labels is None else np.asarray(labels),
-                        classes=list(classes or []))
+                        classes=list(classes or []), read_after=read_after)
     # Rows read (from a file, where X is one) and prepared a block at a time: the host holds the
     # index being built and one block, not every raw descriptor beside it.
     dim = whitening.output_dim if whitening is not None else X.shape[1]
-    step = max(1, _BLOCK_BYTES // (4 * X.shape[1]))
+    step = max(1, BLOCK_BYTES // (4 * X.shape[1]))
     blocks = ((start, index.prepare(X[start : start + step])) for start in range(0, len(X), step))
     if kind == "flat":
         index.vectors = np.empty((len(X), dim), dtype=np.float32)
@@ -248,14 +259,14 @@ def build_index(
         if kind == "ivfpq":
             index.faiss_index, index.params = _ivfpq(X, index.prepare, dim, nlist, m, nprobe)
         else:
-            faiss = _faiss()
+            faiss = load_faiss()
             index.faiss_index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.params = {"hnsw_m": hnsw_m, "ef_search": ef_search}
         for _, vectors in blocks:
             index.faiss_index.add(vectors)
             if progress:
                 progress(len(vectors))
-        index._apply_params()
+        index.apply_params()
     index.backend = "faiss" if index.faiss_index is not None else "numpy"
     return index
 
@@ -264,7 +275,8 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     """:func:`build_index` on every row of a features file (its paths, labels, classes, input root),
     read a block at a time."""
     with FeatureFile(features) as f:
-        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root, **kwargs)
+        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
+                           read_after=f.read_after(), **kwargs)
 
 
 class _Rows:
@@ -310,7 +322,7 @@ def _flat_uses_faiss(backend: str) -> bool:
 
 
 def _flat_faiss(vectors: np.ndarray):
-    faiss = _faiss()
+    faiss = load_faiss()
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
@@ -320,7 +332,7 @@ def _ivfpq(X: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], d: int, n
            nprobe: int):
     """An IVF-PQ index of the raw descriptors ``X`` (``d`` once ``prepare``d), trained on a sample
     of them, with nothing added yet; and its parameters."""
-    faiss = _faiss()
+    faiss = load_faiss()
     n = len(X)
     # FAISS wants ~39 training points per list and 256 per PQ centroid set (8-bit codes).
     nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))

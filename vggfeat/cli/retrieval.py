@@ -17,6 +17,7 @@ from ..store import check_new_file
 from ..whitening import PCAWhitening, fit_whitening
 from . import common, options
 
+
 @click.group()
 def whiten() -> None:
     """PCA-whitening of descriptors (learned, then applied by 'vggfeat index' and 'retrieval-eval')."""
@@ -51,9 +52,15 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="hnsw: links per vector.")
 @click.option("--ef-search", default=128, show_default=True, type=click.IntRange(min=1), help="hnsw: candidates per query.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--update", is_flag=True,
+              help="Bring OUTPUT, an index of FEATURES, up to date with it after 'extract --update': add the new rows, "
+                   "drop those gone, replace those described again; its kind, parameters and whitening are kept.")
 @common.quiet
-def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, quiet) -> None:
+def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, update, quiet) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
+    if update:
+        _update_index(features, output, quiet)
+        return
     check_new_file(output, overwrite, hdf5="indexes", inputs=[features, whiten_file])
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
@@ -62,6 +69,31 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
     built.save(output)
     dims = f"{whitening.input_dim}-d, whitened to {built.dim}-d" if whitening else f"{built.dim}-d"
     click.echo(f"wrote {output}: {kind} index of {built.rows:,} descriptors ({dims})")
+
+
+def _update_index(features: Path, output: Path, quiet: bool) -> None:
+    from ..indexupdate import update_index
+
+    context = click.get_current_context()
+    given = [param.opts[0] for param in context.command.params if param.name not in ("features", "output", "update", "quiet")
+             and context.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--update keeps the index's own settings: drop {' and '.join(given)}, or build the index "
+                               "again without --update")
+    if not output.is_file():
+        raise VggfeatError(f"{output} not found: --update brings an existing index up to date")
+    with common.progress_bar(quiet, unit="descriptors", desc="updating the index") as bar:
+        done = update_index(output, features, progress=bar.update)
+    if not (done.added or done.removed or done.changed):
+        click.echo(f"{output} is up to date with {features}: {done.rows:,} descriptors")
+        return
+    how = {"ivfpq": " (every row added again, to the lists and codebooks it had learned)",
+           "hnsw": " (the graph built again: HNSW cannot remove a vector)"}.get(done.kind, "") if done.rebuilt else ""
+    click.echo(f"updated {output}: {done.added:,} added, {done.removed:,} removed, {done.changed:,} described again"
+               f"{how}; {done.rows:,} descriptors")
+    if done.lists_fit_rows:
+        click.secho(f"warning: the index's inverted lists suit about {done.lists_fit_rows:,} rows, and it holds "
+                    f"{done.rows:,}: build it again without --update for searches as fast as before", err=True, fg="yellow")
 
 
 @click.command("retrieval-eval")

@@ -1,0 +1,135 @@
+"""Index update: an index brought up to date with its descriptors file after ``extract --update``
+(or ``--retry-failed``), without building it again.
+
+Building an approximate index of millions of rows takes minutes (IVF-PQ's k-means, HNSW's graph;
+``benchmarks/RESULTS.md``); a collection that grew by a few thousand images should not pay that.
+The index keeps, for each row, when its image was described (the descriptors file's
+``/read_after``), so the update knows which rows are new, which images are gone, and which were
+described again since (a file edited or replaced):
+
+- only new rows: FAISS appends them to an IVF-PQ or HNSW index;
+- rows gone or described again: IVF-PQ keeps its trained lists and codebooks and adds every row
+  again (FAISS cannot renumber what it removes); HNSW, which cannot remove a vector from its
+  graph, is built again;
+- a flat index, which is its vectors and learns nothing, takes every row again.
+
+The index keeps its kind, parameters and whitening; its rows' paths, labels and classes become the
+descriptors file's. It is replaced only once the new one is whole.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VggfeatError
+from .features import FeatureFile
+from .index import BLOCK_BYTES, VectorIndex, index_summary, load_faiss
+
+
+@dataclass(frozen=True)
+class IndexUpdate:
+    """What :func:`update_index` did."""
+
+    output: Path
+    kind: str  # flat, ivfpq or hnsw
+    rows: int  # the index's rows now
+    added: int  # rows of images the index did not hold
+    removed: int  # rows of images the descriptors file no longer holds
+    changed: int  # rows of images described again since the index took them (replaced)
+    rebuilt: bool  # every row added again (IVF-PQ with its training kept; HNSW's graph anew; flat)
+    seconds: float
+    lists_fit_rows: int = 0  # IVF-PQ: rows its number of lists suits, where far fewer than it holds now
+
+
+def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
+                 progress: Callable[[int], object] | None = None) -> IndexUpdate:
+    """Bring the index file ``index_path`` up to date with the descriptors file ``features`` that
+    it was built from (see the module); ``progress(rows)`` after each block of rows added."""
+    started = time.monotonic()
+    index_path = Path(index_path)
+    kind = index_summary(index_path)["kind"]
+    index = VectorIndex.load(index_path, backend="numpy" if kind == "flat" else "auto")
+    if index.read_after is None:
+        raise VggfeatError(f"{index_path} does not record when its rows were described (it was built before indexes "
+                           "did, or from arrays): build it again without --update; later updates add only what changed")
+    with FeatureFile(features) as f:
+        index.check_config(f.config, f"descriptors in {features}")
+        if not f.rows:
+            raise VggfeatError(f"{features} holds no descriptors: there is nothing to index")
+        if os.path.abspath(index.root or ".") != os.path.abspath(f.root or "."):
+            raise VggfeatError(f"{index_path} holds images under {index.root or '.'}, {features} under {f.root or '.'}: "
+                               "an index is updated from the descriptors file it was built from")
+        stamps = f.read_after()
+        position = {path: row for row, path in enumerate(f.paths)}
+        rows_in_file = np.array([position.get(path, -1) for path in index.paths], dtype=np.int64)
+        present = rows_in_file >= 0
+        kept = present.copy()
+        kept[present] = _same_stamps(index.read_after[present], stamps[rows_in_file[present]])
+        held = np.zeros(f.rows, dtype=bool)
+        held[rows_in_file[kept]] = True
+        new_rows = np.flatnonzero(~held)
+        removed, changed = int((~present).sum()), int((present & ~kept).sum())
+        if not len(new_rows) and not removed:  # up to date: the file stays as it is
+            return IndexUpdate(index_path, kind, index.rows, 0, 0, 0, False, time.monotonic() - started)
+        # A flat index is its vectors: reading them all from the descriptors file costs what reading
+        # them from the index would (benchmarks/RESULTS.md).
+        rebuilt = kind == "flat" or bool(removed + changed)
+        if rebuilt:
+            _empty(index)
+            order = np.arange(f.rows)
+        else:
+            order = np.concatenate([rows_in_file, new_rows])
+        _add(index, f, order if rebuilt else new_rows, progress)
+        index.paths = [f.paths[row] for row in order]
+        index.labels, index.classes, index.read_after = f.labels[order], list(f.classes), stamps[order]
+    index.save(index_path)
+    return IndexUpdate(index_path, kind, index.rows, len(new_rows) - changed, removed, changed, rebuilt,
+                       time.monotonic() - started, _lists_fit_rows(index))
+
+
+def _same_stamps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise: the same time, or neither known (a file that keeps none)."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _empty(index: VectorIndex) -> None:
+    """``index`` with no vector, keeping what it learned: IVF-PQ's lists and codebooks."""
+    if index.kind == "flat":
+        index.vectors = np.zeros((0, index.dim), dtype=np.float32)
+    elif index.kind == "ivfpq":
+        index.faiss_index.reset()
+    else:
+        faiss = load_faiss()
+        index.faiss_index = faiss.IndexHNSWFlat(index.dim, int(index.params["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
+        index.apply_params()
+
+
+def _add(index: VectorIndex, f: FeatureFile, rows: np.ndarray, progress: Callable[[int], object] | None) -> None:
+    """The descriptors of ``f``'s ``rows``, prepared, added to ``index`` a block at a time."""
+    if index.kind == "flat":
+        held = len(index.vectors)
+        index.vectors = np.concatenate([index.vectors, np.empty((len(rows), index.dim), dtype=np.float32)])
+    step = max(1, BLOCK_BYTES // (4 * f.dim))
+    for start in range(0, len(rows), step):
+        vectors = index.prepare(f.read(rows[start : start + step], dtype=np.float32))
+        if index.kind == "flat":
+            index.vectors[held + start : held + start + len(vectors)] = vectors
+        else:
+            index.faiss_index.add(vectors)
+        if progress is not None:
+            progress(len(vectors))
+
+
+def _lists_fit_rows(index: VectorIndex) -> int:
+    """For IVF-PQ, the rows for which its number of lists is the default (about 4 sqrt(rows)),
+    where the index now holds 16 times as many or more (its lists grow long, searches slow); 0 else."""
+    if index.kind != "ivfpq":
+        return 0
+    fit = max(1, int((int(index.params["nlist"]) / 4) ** 2))
+    return fit if index.rows >= 16 * fit else 0
