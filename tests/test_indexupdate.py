@@ -16,6 +16,7 @@ from runhelpers import FAST, error_line, reusing_network, run_main
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index, faiss_available, index_features
 from vggfeat.indexupdate import update_index
+from vggfeat.whitening import PCAWhitening
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed (pip install faiss-cpu)")
 CONFIG = {"model": "vgg16", "weights_sha256": "abc", "layer": "conv5_3", "pooling": "gem", "scales": [224],
@@ -55,16 +56,20 @@ def vectors_by_path(index: VectorIndex) -> dict[str, np.ndarray]:
     return dict(zip(index.paths, index.reconstruct(np.arange(index.rows))))
 
 
-def test_a_flat_index_updated_is_the_one_built_anew(tmp_path):
+@pytest.mark.parametrize("whitened", [False, True])
+def test_a_flat_index_updated_is_the_one_built_anew(tmp_path, whitened):
     before, after = grown()
     write_described(tmp_path / "db.h5", before)
-    index_features(tmp_path / "db.h5", backend="numpy").save(tmp_path / "db.index")
+    whitening = PCAWhitening(dim=8).fit(np.array([row for row, _ in before.values()]), config=CONFIG) if whitened else None
+    index_features(tmp_path / "db.h5", backend="numpy", whitening=whitening).save(tmp_path / "db.index")
     write_described(tmp_path / "db.h5", after)  # after extract --update
     done = []
     result = update_index(tmp_path / "db.index", tmp_path / "db.h5", progress=done.append)
     assert (result.rows, result.added, result.removed, result.changed, result.rebuilt) == (2260, 300, 40, 25, True)
     assert sum(done) == 2260  # flat: every row, which costs what reading the index would
-    updated, anew = VectorIndex.load(tmp_path / "db.index"), index_features(tmp_path / "db.h5", backend="numpy")
+    updated = VectorIndex.load(tmp_path / "db.index")
+    anew = index_features(tmp_path / "db.h5", backend="numpy", whitening=whitening)  # the index keeps its whitening
+    assert updated.dim == (8 if whitened else 16)
     assert updated.paths == anew.paths and updated.labels.tolist() == anew.labels.tolist()
     np.testing.assert_array_equal(updated.vectors, anew.vectors)
     assert updated.read_after.tolist() == [after[path][1] for path in updated.paths]
@@ -124,6 +129,8 @@ def test_an_update_is_refused_for_another_descriptors_file_and_an_index_that_kee
     build_index(X, list(before), CONFIG).save(tmp_path / "arrays.index")
     with pytest.raises(VggfeatError, match="does not record when its rows were described .* build it again without --update"):
         update_index(tmp_path / "arrays.index", tmp_path / "db.h5")
+    assert "  update       not possible: it does not record when its rows were described (build it again)" in run_main(
+        ["info", tmp_path / "arrays.index"])[1]
 
 
 def test_index_update_after_extract_update_from_the_command_line(tmp_path, monkeypatch, random_vgg16):
@@ -145,7 +152,12 @@ def test_index_update_after_extract_update_from_the_command_line(tmp_path, monke
         assert code == 0 and out == "updated db.index: 1 added, 1 removed, 1 described again; 3 descriptors\n", err
         assert run_main(["index", "db.h5", "anew.index", "-q"])[0] == 0
         assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
+        code, out, _ = run_main(["info", "db.index"])
+    made = [line for line in out.splitlines() if line.startswith("  made")][0]
+    assert code == 0 and ", updated " in made and "  update       'vggfeat index FEATURES INDEX --update' after " \
+        "'extract --update'" in out
     updated, anew = VectorIndex.load("db.index"), VectorIndex.load("anew.index")
+    assert updated.created <= updated.updated and anew.updated == ""  # the build's date kept
     assert updated.paths == ["a/1.png", "b/3.png", "b/4.png"] == anew.paths
     np.testing.assert_array_equal(updated.vectors, anew.vectors)
     for args, error in (

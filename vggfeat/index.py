@@ -77,6 +77,8 @@ class VectorIndex:
     # When each row's image was described (the descriptors file's /read_after), for update_index;
     # None in an index built from arrays or before indexes kept it.
     read_after: np.ndarray | None = None
+    created: str = ""  # when it was built (ISO 8601, UTC); set on saving where empty
+    updated: str = ""  # when update_index last changed it
     faiss_index: object | None = None
     backend: str = "numpy"
 
@@ -145,7 +147,8 @@ class VectorIndex:
             "format": INDEX_FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "metric": "inner_product",
             "dim": self.dim, "config": json.dumps(self.config, sort_keys=True), "root": self.root,
             "params": json.dumps(self.params, sort_keys=True),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"updated": self.updated} if self.updated else {}),
         })
 
     @classmethod
@@ -162,6 +165,7 @@ class VectorIndex:
                 whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
                 root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
                 read_after=f["read_after"][:] if "read_after" in f else None,
+                created=str(f.attrs.get("created", "")), updated=str(f.attrs.get("updated", "")),
             )
             if index.kind == "flat":
                 index.vectors = f["vectors"][:]
@@ -197,6 +201,7 @@ def index_summary(path: str | os.PathLike) -> dict:
             "whitened_from": f["whitening/projection"].shape[1] if "whitening" in f else None,
             "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),
             "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
+            "updated": str(f.attrs.get("updated", "")), "updatable": "read_after" in f,
         }
 
 

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,7 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         _add(index, f, order if rebuilt else new_rows, progress)
         index.paths = [f.paths[row] for row in order]
         index.labels, index.classes, index.read_after = f.labels[order], list(f.classes), stamps[order]
+    index.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     index.save(index_path)
     return IndexUpdate(index_path, kind, index.rows, len(new_rows) - changed, removed, changed, rebuilt,
                        time.monotonic() - started, _lists_fit_rows(index))
