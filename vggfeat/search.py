@@ -103,8 +103,11 @@ def _stacked_weights(parts: Sequence[dict], weights: str | os.PathLike | Sequenc
     if isinstance(weights, (str, os.PathLike)):
         weights = [name.strip() for name in str(weights).split(",")]
     given = list(weights or [])
+    if given and not needed:
+        raise VggfeatError(f"none of the {len(parts)} files that the database's descriptors are stacked from was "
+                           "described with weights from a file: drop --weights")
     if len(given) != len(needed):
-        made = ", ".join(f"{number}: {parts[number - 1]['weights']}" for number in needed) or "none"
+        made = ", ".join(f"{number}: {parts[number - 1]['weights']}" for number in needed)
         raise VggfeatError(f"the database's descriptors are stacked from {len(parts)} files, of which these were "
                            f"described with weights from a file ({made}); pass --weights with one file for each, "
                            f"comma-separated in that order (got {len(given)})")
