@@ -164,6 +164,6 @@ def test_a_stacked_database_made_with_weights_files_needs_one_for_each_before_a_
             extractor_for(config, weights=weights)
     with pytest.raises(VggfeatError, match="none of the 2 files that the database's descriptors are stacked from was "
                                            "described with weights from a file: drop --weights$"):
-        extractor_for({"stacked": config["stacked"][1:], "dim": 2 * 4096}, weights="d.pth")
+        extractor_for({"stacked": [config["stacked"][1]] * 2, "dim": 2 * 4096}, weights="d.pth")
     with pytest.raises(VggfeatError, match="weights file not found: nowhere/d.pth"):  # in order: the first part's
         extractor_for(config, weights="nowhere/d.pth, nowhere/e.pth", device="cpu")
