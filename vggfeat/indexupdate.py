@@ -103,7 +103,7 @@ def _same_stamps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _empty(index: VectorIndex) -> None:
     """``index`` with no vector, keeping what it learned: IVF-PQ's lists and codebooks."""
     if index.kind == "flat":
-        index.vectors = np.zeros((0, index.dim), dtype=np.float32)
+        index.vectors = None  # _add makes them
     elif index.kind == "ivfpq":
         index.faiss_index.reset()
     else:
@@ -113,15 +113,15 @@ def _empty(index: VectorIndex) -> None:
 
 
 def _add(index: VectorIndex, f: FeatureFile, rows: np.ndarray, progress: Callable[[int], object] | None) -> None:
-    """The descriptors of ``f``'s ``rows``, prepared, added to ``index`` a block at a time."""
+    """The descriptors of ``f``'s ``rows``, prepared, added to ``index`` a block at a time (a flat
+    index's are all its vectors: :func:`update_index` always takes every row of it)."""
     if index.kind == "flat":
-        held = len(index.vectors)
-        index.vectors = np.concatenate([index.vectors, np.empty((len(rows), index.dim), dtype=np.float32)])
+        index.vectors = np.empty((len(rows), index.dim), dtype=np.float32)
     step = max(1, BLOCK_BYTES // (4 * f.dim))
     for start in range(0, len(rows), step):
         vectors = index.prepare(f.read(rows[start : start + step], dtype=np.float32))
         if index.kind == "flat":
-            index.vectors[held + start : held + start + len(vectors)] = vectors
+            index.vectors[start : start + len(vectors)] = vectors
         else:
             index.faiss_index.add(vectors)
         if progress is not None:
