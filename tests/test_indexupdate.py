@@ -121,6 +121,11 @@ def test_an_update_is_refused_for_another_descriptors_file_and_an_index_that_kee
         f.attrs["config"] = json.dumps({**CONFIG, "layer": "conv4_3"})
     with pytest.raises(VggfeatError, match="described differently from the indexed database: layer: conv5_3 expected"):
         update_index(tmp_path / "db.index", tmp_path / "db.h5")
+    (tmp_path / "db.h5").rename(tmp_path / "shard.h5")
+    with pytest.raises(VggfeatError, match=f"db.index was built from {tmp_path / 'db.h5'}, not .*shard.h5: an index is "
+                                           "updated from the descriptors file it was built from"):
+        update_index(tmp_path / "db.index", tmp_path / "shard.h5")
+    (tmp_path / "shard.h5").rename(tmp_path / "db.h5")
     with h5py.File(tmp_path / "db.h5", "a") as f:
         f.attrs.update({"config": json.dumps(CONFIG), "input_root": "/elsewhere"})
     with pytest.raises(VggfeatError, match="holds images under /photos, .* under /elsewhere: an index is updated from"):
@@ -154,7 +159,7 @@ def test_index_update_after_extract_update_from_the_command_line(tmp_path, monke
         assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
         code, out, _ = run_main(["info", "db.index"])
     made = [line for line in out.splitlines() if line.startswith("  made")][0]
-    assert code == 0 and ", updated " in made and "  update       'vggfeat index FEATURES INDEX --update' after " \
+    assert code == 0 and made.startswith("  made         20") and " from db.h5, updated " in made and "  update       'vggfeat index FEATURES INDEX --update' after " \
         "'extract --update'" in out
     updated, anew = VectorIndex.load("db.index"), VectorIndex.load("anew.index")
     assert updated.created <= updated.updated and anew.updated == ""  # the build's date kept

@@ -77,6 +77,7 @@ class VectorIndex:
     # When each row's image was described (the descriptors file's /read_after), for update_index;
     # None in an index built from arrays or before indexes kept it.
     read_after: np.ndarray | None = None
+    source: str = ""  # the descriptors file it was built from, where it was one
     created: str = ""  # when it was built (ISO 8601, UTC); set on saving where empty
     updated: str = ""  # when update_index last changed it
     faiss_index: object | None = None
@@ -149,6 +150,7 @@ class VectorIndex:
             "params": json.dumps(self.params, sort_keys=True),
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **({"updated": self.updated} if self.updated else {}),
+            **({"features": self.source} if self.source else {}),
         })
 
     @classmethod
@@ -165,7 +167,8 @@ class VectorIndex:
                 whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
                 root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
                 read_after=f["read_after"][:] if "read_after" in f else None,
-                created=str(f.attrs.get("created", "")), updated=str(f.attrs.get("updated", "")),
+                source=str(f.attrs.get("features", "")), created=str(f.attrs.get("created", "")),
+                updated=str(f.attrs.get("updated", "")),
             )
             if index.kind == "flat":
                 index.vectors = f["vectors"][:]
@@ -202,6 +205,7 @@ def index_summary(path: str | os.PathLike) -> dict:
             "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),
             "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
             "updated": str(f.attrs.get("updated", "")), "updatable": "read_after" in f,
+            "features": str(f.attrs.get("features", "")),
         }
 
 
@@ -280,8 +284,10 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     """:func:`build_index` on every row of a features file (its paths, labels, classes, input root),
     read a block at a time."""
     with FeatureFile(features) as f:
-        return build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
-                           read_after=f.read_after(), **kwargs)
+        index = build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
+                            read_after=f.read_after(), **kwargs)
+    index.source = str(features)
+    return index
 
 
 class _Rows:

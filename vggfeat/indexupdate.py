@@ -59,6 +59,10 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
     if index.read_after is None:
         raise VggfeatError(f"{index_path} does not record when its rows were described (it was built before indexes "
                            "did, or from arrays): build it again without --update; later updates add only what changed")
+    # A descriptors file of other images (a shard's, say) would take every other row out of the index.
+    if index.source and Path(index.source).name != Path(features).name:
+        raise VggfeatError(f"{index_path} was built from {index.source}, not {features}: an index is updated from the "
+                           "descriptors file it was built from (build it anew from another)")
     with FeatureFile(features) as f:
         index.check_config(f.config, f"descriptors in {features}")
         if not f.rows:

@@ -133,7 +133,8 @@ def _index_lines(summary: dict) -> list[str]:
     return [f"{summary['path']}: a vggfeat index ({summary['kind']}{', ' + params if params else ''}), for 'vggfeat search'",
             f"  rows         {summary['rows']:,} ({summary['labelled']:,} labelled), {summary['classes']} classes",
             f"  vectors      {vectors}", _descriptors_line(summary["config"]),
-            f"  made         {summary['created']}" + (f", updated {summary['updated']}" if summary["updated"] else "")
+            f"  made         {summary['created']}" + (f" from {summary['features']}" if summary["features"] else "")
+            + (f", updated {summary['updated']}" if summary["updated"] else "")
             + (f"; images under {summary['root']}" if summary["root"] else ""),
             "  update       " + ("'vggfeat index FEATURES INDEX --update' after 'extract --update'" if summary["updatable"] else
                                  "not possible: it does not record when its rows were described (build it again)")]
