@@ -83,12 +83,15 @@ def main() -> None:
     print("| index | update after `--update` | rows added | built anew (baseline) | speed-up | recall@10 updated | anew |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
-        db, grown_only = Path(folder) / "db.h5", Path(folder) / "grown.h5"
+        # One name in three folders: an index is updated only from a file of the name it was built from.
+        db, grown_only, changed_too = (Path(folder) / name / "db.h5" for name in ("before", "grown", "after"))
+        for path in (db, grown_only, changed_too):
+            path.parent.mkdir()
         write_file(db, X[before], [paths[i] for i in before], stamps[before])
         for kind in args.kinds.split(","):
             for label, file_after, rows_after, X_rows in (
                 ("grown only", grown_only, np.arange(rows), X),
-                ("grown, gone, changed", db.with_name("after.h5"), after, X_after),
+                ("grown, gone, changed", changed_too, after, X_after),
             ):
                 index_path = Path(folder) / f"{kind}.index"
                 backend = "numpy" if kind == "flat" else "auto"

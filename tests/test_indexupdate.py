@@ -70,6 +70,7 @@ def test_a_flat_index_updated_is_the_one_built_anew(tmp_path, whitened):
     updated = VectorIndex.load(tmp_path / "db.index")
     anew = index_features(tmp_path / "db.h5", backend="numpy", whitening=whitening)  # the index keeps its whitening
     assert updated.dim == (8 if whitened else 16)
+    assert VectorIndex.load(tmp_path / "db.index", vectors=False).vectors is None  # what the update reads
     assert updated.paths == anew.paths and updated.labels.tolist() == anew.labels.tolist()
     np.testing.assert_array_equal(updated.vectors, anew.vectors)
     assert updated.read_after.tolist() == [after[path][1] for path in updated.paths]

@@ -154,8 +154,9 @@ class VectorIndex:
         })
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "auto") -> VectorIndex:
-        """Read an index file; ``backend`` for a flat index: ``faiss``, ``numpy``, or ``auto`` (FAISS if installed)."""
+    def load(cls, path: str | os.PathLike, backend: str = "auto", vectors: bool = True) -> VectorIndex:
+        """Read an index file; ``backend`` for a flat index: ``faiss``, ``numpy``, or ``auto`` (FAISS if installed).
+        ``vectors=False``: without a flat index's vectors (its update takes them all anew)."""
         _check_backend(backend)
         path = Path(path)
         with open_hdf5(path, "index") as f:
@@ -171,14 +172,14 @@ class VectorIndex:
                 updated=str(f.attrs.get("updated", "")),
             )
             if index.kind == "flat":
-                index.vectors = f["vectors"][:]
+                index.vectors = f["vectors"][:] if vectors else None
             elif backend == "numpy":
                 raise VggfeatError(f"{path} is a compressed '{index.kind}' index, which only FAISS can search")
             else:
                 if not faiss_available():
                     raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
                 index.faiss_index = load_faiss().deserialize_index(f["faiss"][:])
-        if index.kind == "flat" and _flat_uses_faiss(backend):
+        if index.vectors is not None and _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
         index.apply_params()

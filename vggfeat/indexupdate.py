@@ -55,7 +55,8 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
     started = time.monotonic()
     index_path = Path(index_path)
     kind = index_summary(index_path)["kind"]
-    index = VectorIndex.load(index_path, backend="numpy" if kind == "flat" else "auto")
+    # A flat index's vectors are not read: it takes them all from the descriptors file (_add).
+    index = VectorIndex.load(index_path, backend="numpy" if kind == "flat" else "auto", vectors=False)
     if index.read_after is None:
         raise VggfeatError(f"{index_path} does not record when its rows were described (it was built before indexes "
                            "did, or from arrays): build it again without --update; later updates add only what changed")
@@ -105,12 +106,11 @@ def _same_stamps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _empty(index: VectorIndex) -> None:
-    """``index`` with no vector, keeping what it learned: IVF-PQ's lists and codebooks."""
-    if index.kind == "flat":
-        index.vectors = None  # _add makes them
-    elif index.kind == "ivfpq":
+    """``index`` with no vector, keeping what it learned: IVF-PQ's lists and codebooks (a flat
+    index's vectors were not read)."""
+    if index.kind == "ivfpq":
         index.faiss_index.reset()
-    else:
+    elif index.kind == "hnsw":
         faiss = load_faiss()
         index.faiss_index = faiss.IndexHNSWFlat(index.dim, int(index.params["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
         index.apply_params()
