@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
-from .index import BLOCK_BYTES, VectorIndex, index_summary, load_faiss
+from .index import BLOCK_BYTES, VectorIndex, load_faiss
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
     it was built from (see the module); ``progress(rows)`` after each block of rows added."""
     started = time.monotonic()
     index_path = Path(index_path)
-    kind = index_summary(index_path)["kind"]
     # A flat index's vectors are not read: it takes them all from the descriptors file (_add).
-    index = VectorIndex.load(index_path, backend="numpy" if kind == "flat" else "auto", vectors=False)
+    index = VectorIndex.load(index_path, vectors=False)
+    kind = index.kind
     if index.read_after is None:
         raise VggfeatError(f"{index_path} does not record when its rows were described (it was built before indexes "
                            "did, or from arrays): build it again without --update; later updates add only what changed")
