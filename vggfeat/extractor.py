@@ -220,6 +220,11 @@ class Extractor:
         per_scale = self.network.layer_dims[self.layer]
         return per_scale * len(self.scales) if self.aggregate == "stack" else per_scale
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the network has random weights (smoke tests only): said, and recorded in files."""
+        return self.network.weights.is_random
+
     def config(self) -> dict:
         """Everything that determines the numbers: written to files, compared on resume."""
         weights = self.network.weights

@@ -39,6 +39,7 @@ from .chunks import Chunk
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, recover_rows, usable_parts
 from .settings import decoder_library_of
+from .stack import flat_config
 from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held,
                     interrupted_on_several, list_parts, lock_folder, open_h5, replace_durably, rows_and_failures,
                     shards_folder, work_folder, write_json, write_part)
@@ -305,15 +306,15 @@ class ExtractionJob:
 
     def _attrs(self) -> dict:
         config = self.manifest["config"]
-        weights = self.extractor.network.weights
+        flat = flat_config(config)
         attrs = {
             "vggfeat_version": __version__,
             "torch_version": str(torch.__version__),
             "torchvision_version": torchvision.__version__,
             "h5py_version": h5py.__version__,
-            **{key: value for key, value in config.items() if key != "preprocessing"},
-            "random_weights": weights.is_random,
-            "preprocessing": json.dumps(config["preprocessing"], sort_keys=True),
+            **{key: value for key, value in flat.items() if key != "preprocessing"},
+            "random_weights": self.extractor.random_weights,
+            "preprocessing": json.dumps(flat["preprocessing"], sort_keys=True),
             "dtype": self.dtype,
             "input_root": os.path.abspath(self.images.root),  # found again from another folder
             "images_found": self.total,
@@ -393,7 +394,9 @@ _OPTION_OF_KEY = {"keep_top": "--topk, 5 at least"}
 
 
 def config_changes(before: dict, now: dict) -> list[str]:
-    """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that differs."""
+    """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that
+    differs (of several networks side by side, ``"model: vgg16,vgg19 then, vgg16 now"``)."""
+    before, now = flat_config(before), flat_config(now)
     return [f"{_with_option(key)}: {_show(before.get(key))} then, {_show(now.get(key))} now"
             for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 

@@ -70,7 +70,8 @@ def extractor_for(config: dict, weights: str | os.PathLike | Sequence[str | os.P
                   ) -> Extractor | StackedExtractor:
     """An :class:`Extractor` that describes images as the descriptors of ``config`` (an index's or a
     features file's recorded configuration) were described; for stacked descriptors
-    (:mod:`vggfeat.stack`), a :class:`StackedExtractor` of one per stacked file.
+    (:mod:`vggfeat.stack`), a :class:`~vggfeat.fused.FusedExtractor` of their networks where they
+    describe whole images alike, else a :class:`StackedExtractor` of one per stacked file.
 
     ``weights`` is needed when they were made with a weights file (the configuration records only
     its name and hash); of stacked descriptors, one file for each part made with one, in their
@@ -80,9 +81,16 @@ def extractor_for(config: dict, weights: str | os.PathLike | Sequence[str | os.P
     """
     if "stacked" in config:
         # Every weights file is settled before a network loads.
-        files = _stacked_weights(config["stacked"], weights)
-        extractor = StackedExtractor([_extractor(part, file, runtime) for part, file in zip(config["stacked"], files)],
-                                     config.get("whole_image"))
+        parts, files = config["stacked"], _stacked_weights(config["stacked"], weights)
+        if _networks_alike(config):  # read each image once for all the networks
+            from .fused import FusedExtractor
+
+            extractor = FusedExtractor([part["model"] for part in parts],
+                                       weights=[_weights(part, file) for part, file in zip(parts, files)],
+                                       **_keywords(parts[0]), **runtime)
+        else:
+            extractor = StackedExtractor([_extractor(part, file, runtime) for part, file in zip(parts, files)],
+                                         config.get("whole_image"))
     else:
         extractor = _extractor(config, weights, runtime)
     differences = config_differences(config, extractor.config())
@@ -115,17 +123,34 @@ def _stacked_weights(parts: Sequence[dict], weights: str | os.PathLike | Sequenc
     return [files.get(number) for number in range(1, len(parts) + 1)]
 
 
+def _networks_alike(config: dict) -> bool:
+    """Whether stacked descriptors are several networks' of whole images, described alike
+    (``extract --model vgg16,vgg19``, or ``vggfeat stack`` of files that such runs made)."""
+    network_keys = ("model", "weights", "weights_sha256", "weights_seed", "dim", "dtype", "precision")
+    first, *rest = ({key: value for key, value in part.items() if key not in network_keys} for part in config["stacked"])
+    return not any(config.get("whole_image", [])) and all(part == first for part in rest)
+
+
 def _extractor(config: dict, weights: str | os.PathLike | None, runtime: dict) -> Extractor:
     from .extractor import Extractor  # torch loads only when images are to be described
 
-    if weights is None:
-        name = str(config.get("weights", ""))
-        if not _made_with_file(config):
-            weights = "random" if name == "random" else "imagenet"
-        else:
-            raise VggfeatError(f"the database was described with weights from a file ({name}); pass --weights PATH")
+    return Extractor(config["model"], weights=_weights(config, weights), **_keywords(config), **runtime)
+
+
+def _weights(config: dict, weights: str | os.PathLike | None) -> str | os.PathLike:
+    """The weights that made the descriptors of ``config``: ``weights`` (a file), where they came from one."""
+    if weights is not None:
+        return weights
+    name = str(config.get("weights", ""))
+    if _made_with_file(config):
+        raise VggfeatError(f"the database was described with weights from a file ({name}); pass --weights PATH")
+    return "random" if name == "random" else "imagenet"
+
+
+def _keywords(config: dict) -> dict:
+    """The :class:`Extractor` keywords, weights aside, that describe images as ``config`` records."""
     keywords = {
-        "weights": weights, "seed": max(0, int(config.get("weights_seed", 0))), "layer": config["layer"],
+        "seed": max(0, int(config.get("weights_seed", 0))), "layer": config["layer"],
         "pooling": config["pooling"], "scales": config["scales"], "aggregate": config["aggregate"],
         "flip": config["flip"], "max_pixels": config.get("max_pixels"), "min_side": config.get("min_side"),
     }
@@ -133,8 +158,7 @@ def _extractor(config: dict, weights: str | os.PathLike | None, runtime: dict) -
     for key in ("resize_side", "center_crop", "normalize", "gem_p", "jpeg_draft"):
         if config.get(key) is not None:
             keywords[key] = config[key]
-    keywords = {key: value for key, value in keywords.items() if value is not None}
-    return Extractor(config["model"], **keywords, **runtime)
+    return {key: value for key, value in keywords.items() if value is not None}
 
 
 def describe_images(

@@ -111,6 +111,20 @@ def stacked_config(configs: Sequence[dict], whole_image: Sequence[bool]) -> dict
     return {**config, "whole_image": list(whole_image)} if any(whole_image) else config
 
 
+def flat_config(config: dict) -> dict:
+    """``config`` as one level of a file's attributes: of stacked descriptors, each key with the
+    value their parts share, or where they differ (the model, the weights) their values
+    comma-separated (``"vgg16,vgg19"``), and the whole's keys (its dimension)."""
+    if "stacked" not in config:
+        return config
+    parts = config["stacked"]
+    flat = {}
+    for key in dict.fromkeys(key for part in parts for key in part):
+        values = [part.get(key) for part in parts]
+        flat[key] = values[0] if all(value == values[0] for value in values) else ",".join(map(str, values))
+    return {**flat, **{key: value for key, value in config.items() if key != "stacked"}}
+
+
 class StackedExtractor:
     """Describes images as a stacked file's rows (:func:`stack_files`): each of ``parts``'
     descriptor side by side, ``whole_image[i]``: part ``i`` describes a region's whole image.

@@ -33,7 +33,7 @@ from . import common, options
 @options.retry_failed
 @options.update
 @common.quiet
-def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
+def extract(paths, file_list, root, models, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             devices, precision, dtype, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, update, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
@@ -44,6 +44,7 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     """
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
     from ..extractor import Extractor
+    from ..fused import FusedExtractor
     from ..job import check_output
     from ..settings import check_scales, default_layer
     from ..update import check_rewritable
@@ -61,13 +62,19 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
         check_output(output, overwrite)
     options.check_source(paths, file_list)
     say = common.reporter(quiet)
-    say(f"loading {model} ({weights})")
-    extractor = Extractor(
-        model, weights=weights, seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate,
-        flip=flip, device=devices[0], precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
-        jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile, resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
+    weights_each = options.weights_of(models, weights)
+    say(f"loading {', '.join(models)} ({weights})")
+    settings = dict(
+        seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate, flip=flip, device=devices[0],
+        precision=precision, batch_size=batch_size, workers=workers, decoder=decoder, decode_in=decode_in,
+        jpeg_draft=jpeg_draft, max_pixels=max_pixels, min_side=min_side, autotune=autotune, compile=compile,
+        resize_side=resize_side, center_crop=center_crop, gem_p=gem_p, normalize=normalize,
     )
-    if extractor.network.weights.is_random:
+    if len(models) > 1:
+        extractor = FusedExtractor(models, weights=weights_each, **settings)
+    else:
+        extractor = Extractor(models[0], weights=weights, **settings)
+    if extractor.random_weights:
         options.warn_random_weights(seed, "these descriptors are not ImageNet features (the file records "
                                           "random_weights=True)")
     if rewrite:
@@ -76,5 +83,5 @@ def extract(paths, file_list, root, model, weights, seed, layer, pooling, scales
     say(f"{common.images_counted(images)}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
                  overwrite=overwrite, quiet=quiet, precision=precision,
-                 desc=f"{model} {extractor.layer} Q={','.join(map(str, scales))}")
+                 desc=f"{'+'.join(models)} {extractor.layer} Q={','.join(map(str, scales))}")
 

@@ -23,7 +23,7 @@ from . import common
 def _extraction_lines(a: dict, read_after: list[str] | None) -> list[str]:
     """How a file's rows were described: network, layer, resize, when and where."""
     return [
-        f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…",
+        _models_line(a),
         _network_line(a),
         f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
         + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
@@ -32,6 +32,16 @@ def _extraction_lines(a: dict, read_after: list[str] | None) -> list[str]:
         f"torch {a.get('torch_version', 'per shard')}, torchvision {a.get('torchvision_version', 'per shard')}",
         _read_after_line(read_after),
     ]
+
+
+def _models_line(a: dict) -> str:
+    """The network and its weights; each network's, of descriptors side by side ('extract --model vgg16,vgg19')."""
+    config = json.loads(a.get("config", "{}"))
+    if "stacked" not in config:
+        return f"  model        {a.get('model')}  weights {a.get('weights')}  sha256 {str(a.get('weights_sha256'))[:16]}…"
+    models = [f"{part.get('model')} ({part.get('weights')} weights, sha256 {str(part.get('weights_sha256'))[:16]}…, "
+              f"{part.get('dim')}-d)" for part in config["stacked"]]
+    return f"  models       {', '.join(models)}, side by side"
 
 
 def _stacked_lines(a: dict) -> list[str]:

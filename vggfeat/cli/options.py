@@ -81,7 +81,11 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all); 'path#xywh=X,Y,W,H' names a region of the image (a box: top-left pixel, width, height). '-': standard input.")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder; for '-', the working folder].")
-model = click.option("--model", default="vgg16", show_default=True, type=click.Choice(ARCHITECTURES), help="VGG configuration: vgg16 is the paper's D, vgg19 its E.")
+model = click.option("--model", "models", default="vgg16", show_default=True, callback=parse_models,
+                     help=f"VGG configuration ({', '.join(ARCHITECTURES)}): vgg16 is the paper's D, vgg19 its E; several, "
+                          "comma-separated (vgg16,vgg19), give each image's descriptors side by side in one run, each "
+                          "image read once: the paper's D & E descriptor, as 'vggfeat stack' makes it of one file each "
+                          "(--weights: imagenet, random, or a file each, comma-separated).")
 weights = click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
 seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
 
