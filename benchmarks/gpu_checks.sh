@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_checks.sh draft      # --jpeg-draft: 12 Mpx photos read by 16 threads and processes, whole and drafted
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
+#   bash benchmarks/gpu_checks.sh fused      # two networks in one run, each image read once, against a run each (single scale)
 #   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
 #   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2 min)
 #   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 10 min)
@@ -175,6 +176,11 @@ blocks)
     # weigh against the 20 s that a 100,000-image block (BLOCK_IMAGES) lasts at 5,000 images/s.
     timeout 400 $python benchmarks/bench_blocks.py --devices cuda:0,cuda:0 --even --count 16384 --scales 224 \
         --center-crop --workers 8 --decode-in processes || echo "(exit $?)" ;;
+fused)
+    # extract --model vgg16,vgg19 against a run per network, where decoding weighs most: one 224
+    # crop with its flip, bf16 (on the CPU the network is nearly all the time: 1.04-1.06x).
+    timeout 400 $python benchmarks/bench_fused.py --count 8192 --scales 224 --center-crop --device cuda --repeat 2 \
+        || echo "(exit $?)" ;;
 *)
     echo "unknown step $1: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
     exit 2 ;;

@@ -17,7 +17,7 @@ from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, load_features
 from vggfeat.index import VectorIndex
 from vggfeat.search import describe_crops, describe_images, extractor_for
-from vggfeat.stack import stack_files
+from vggfeat.stack import stack_files, stacked_config
 
 CHEAP = [*FAST, "--layer", "conv3_1", "--quiet"]
 
@@ -76,6 +76,24 @@ def test_an_svm_on_a_stacked_file_is_the_svm_on_the_files_fused(d_and_e, tmp_pat
         transfer.score(stacked, tmp_path / "ed.h5")
     with pytest.raises(transfer.VggfeatError, match="stacked: the descriptors of 2 file\\(s\\) side by side expected, of 1 found"):
         transfer.score(stacked, d)
+
+
+def test_a_stacked_file_stacked_again_gives_its_parts_in_its_place(d_and_e, tmp_path):
+    """Stacking D & E with D is stacking D, E and D: one level of parts, which every reader
+    (search's query extractor, info) takes as any; for I+B, each part keeps whether it describes
+    whole images."""
+    d, e, _, _, _ = d_and_e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the image that e.h5 failed, left out
+        stack_files([d, e], tmp_path / "de.h5")
+        stack_files([tmp_path / "de.h5", d], tmp_path / "ded.h5")
+    with FeatureFile(tmp_path / "ded.h5") as f:
+        assert [part["model"] for part in f.config["stacked"]] == ["vgg16", "vgg19", "vgg16"] and f.config["dim"] == 24
+        assert "whole_image" not in f.config and f.read().shape[1] == 24
+    box, image, other = ({"model": name, "dim": 4} for name in ("box", "image", "other"))
+    regions_and_images = stacked_config([box, image], [False, True])
+    assert stacked_config([regions_and_images, other], [False, True]) == {
+        "stacked": [box, image, other], "dim": 12, "whole_image": [False, True, True]}
 
 
 def test_regions_stacked_with_their_images(tmp_path):

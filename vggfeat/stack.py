@@ -106,9 +106,17 @@ def _failures(fused: Fused) -> list[tuple[str, str, int]]:
 
 def stacked_config(configs: Sequence[dict], whole_image: Sequence[bool]) -> dict:
     """The configuration of descriptors stacked from those of ``configs``; ``whole_image``: for
-    each, whether it describes the first's regions by their whole image (I+B), recorded only then."""
-    config = {"stacked": list(configs), "dim": sum(int(each["dim"]) for each in configs)}
-    return {**config, "whole_image": list(whole_image)} if any(whole_image) else config
+    each, whether it describes the first's regions by their whole image (I+B), recorded only then.
+    Stacked ones among ``configs`` (a file of 'extract --model vgg16,vgg19', say) give their parts
+    in their place: stacking D & E with C is stacking D, E and C."""
+    parts: list[dict] = []
+    flags: list[bool] = []
+    for config, whole in zip(configs, whole_image, strict=True):
+        inner = config.get("stacked", [config])
+        parts += inner
+        flags += [whole or flag for flag in config.get("whole_image", [False] * len(inner))]
+    stacked = {"stacked": parts, "dim": sum(int(each["dim"]) for each in parts)}
+    return {**stacked, "whole_image": flags} if any(flags) else stacked
 
 
 def flat_config(config: dict) -> dict:
