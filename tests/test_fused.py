@@ -99,6 +99,14 @@ def test_a_fused_file_is_updated_and_refuses_other_networks(tmp_path, monkeypatc
     assert_same_output(updated, fresh)
 
 
+def test_every_weights_file_is_looked_for_before_a_network_loads(tmp_path):
+    (tmp_path / "d.pth").write_bytes(b"")
+    code, out, err = run_main(["extract", tmp_path, tmp_path / "de.h5", "--model", "vgg16,vgg19", "--weights",
+                             f"{tmp_path / 'd.pth'},{tmp_path / 'e.pth'}"])
+    assert code == 2 and f"Invalid value for '--weights': weights file not found: {tmp_path / 'e.pth'}" in error_line(err)
+    assert "loading" not in out + err
+
+
 def test_fused_descriptors_are_written_on_several_devices_as_on_one(tmp_path):
     """Each device's process builds the FusedExtractor again, every network of it."""
     write_plain_folder(tmp_path / "images", 3)

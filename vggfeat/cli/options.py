@@ -75,6 +75,9 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
     if len(files) != len(models):
         raise click.BadParameter(f"one weights file per model ({len(models)}, comma-separated in the order of --model), "
                                  f"or imagenet or random for all; got {weights!r}", param_hint="'--weights'")
+    missing = [name for name in files if not Path(name).is_file()]
+    if missing:  # before any network loads (and downloads its weights)
+        raise click.BadParameter(f"weights file not found: {', '.join(missing)}", param_hint="'--weights'")
     return files
 
 
