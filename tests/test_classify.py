@@ -750,6 +750,8 @@ def test_cli_names_the_work_that_a_run_with_other_networks_left(two_networks, fo
 def test_cli_fused_models_take_a_weights_file_each(two_networks, folder, tmp_path):
     images, _ = folder
     weights = [tmp_path / "d.pth", tmp_path / "e.pth"]
+    for each in weights:  # looked for before the (faked) loading
+        each.write_bytes(b"")
     code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST[2:], "--model", "vgg16,vgg19",
                              "--weights", ",".join(map(str, weights)), "-q"])
     assert code == 0, err
