@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
+from .archives import open_member, split_member
 from .errors import ImageError
 
 # PIL's own decompression-bomb threshold (2 x Image.MAX_IMAGE_PIXELS): a 13,000 x 13,000 image.
@@ -197,9 +198,13 @@ def heif_plugin() -> bool:
 def open_image_file(path: str | Path) -> BinaryIO:
     """``path`` opened for reading, or :class:`ImageError` if it is not a regular file (a FIFO or a
     device named like an image would make a read wait, or go on, for ever) or is empty. A HEIC/HEIF
-    file's plugin is registered first (:func:`heif_plugin`), as Pillow opens what this returns."""
+    file's plugin is registered first (:func:`heif_plugin`), as Pillow opens what this returns.
+    A member of a tar archive (``shard.tar/a.jpg``) is read from it (:mod:`vggfeat.archives`)."""
     if _is_heif(path):
         heif_plugin()
+    inside = split_member(path)
+    if inside is not None:
+        return open_member(*inside)
     # Opening a FIFO otherwise waits for a writer. Windows has neither FIFOs nor O_NONBLOCK, and
     # needs O_BINARY (untested there).
     nonblocking = getattr(os, "O_NONBLOCK", 0)

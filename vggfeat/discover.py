@@ -1,7 +1,9 @@
 """Find images: a folder tree or a list file becomes an :class:`ImageSet` in a fixed, sorted order.
 
 A folder's first-level subfolders are its classes (the ImageFolder convention that Caltech-101/256
-and most labelled collections follow); images directly in the root have label -1.
+and most labelled collections follow); images directly in the root have label -1. A tar archive's
+images are found as a folder's, ``shard.tar/a.jpg`` (:mod:`vggfeat.archives`), and take the
+class of the folder the archive lies in.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .archives import file_exists, is_archive, members
 from .errors import VggfeatError
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
 
@@ -154,13 +157,15 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
     ``progress(n)`` is called with the number of images found in each folder, as it is walked.
 
-    Hidden files and folders (names starting with ``.``, such as macOS ``._`` resource forks) are
-    skipped. Links to folders are followed, as torchvision's ImageFolder does (collections are
+    Tar archives (``.tar``) are looked into: each image in one is ``archive.tar/member``, labelled
+    by the folder the archive lies in. Hidden files and folders (names starting with ``.``, such as
+    macOS ``._`` resource forks) are skipped. Links to folders are followed, as torchvision's ImageFolder does (collections are
     often a folder of links to where the images lie), except a link back into a folder it is in.
     A folder that cannot be listed is an error, not a silent gap in the set.
     """
     root = check_folder(root)
     found: list[str] = []
+    top_archives: set[str] = set()
     unlisted: list[OSError] = []
     # Each folder still to walk: its real path, and the real folders it lies in (itself included),
     # to tell a loop of links.
@@ -181,8 +186,15 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
         relative = Path(folder).relative_to(root)
         before = len(found)
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((relative / name).as_posix())
+            elif is_archive(name):  # its images, as if the archive were a folder (but for their label)
+                archive = (relative / name).as_posix()
+                found += [f"{archive}/{member}" for member in members(os.path.join(folder, name)) if _is_image(member)]
+                if relative == Path("."):
+                    top_archives.add(name)
         if progress is not None:
             progress(len(found) - before)
     if unlisted:
@@ -194,8 +206,15 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
         )
-    class_of = {path: path.split("/", 1)[0] if "/" in path else None for path in found}
+    # A first-level folder is a class; an archive there is a file, whose images have none.
+    class_of = {path: first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None
+                for path in found}
     return _labelled(root, class_of)
+
+
+def _is_image(member: str) -> bool:
+    """Whether a member of an archive is an image that a walk finds: not hidden, nor in a hidden folder."""
+    return member.lower().endswith(IMAGE_EXTENSIONS) and not any(part.startswith(".") for part in member.split("/"))
 
 
 def read_file_list(list_file: str | Path, root: str | Path | None = None) -> ImageSet:
@@ -260,7 +279,7 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
     """
     count = len(images.paths)
     sampled = range(count) if count <= looked_for else sorted({k * (count - 1) // (looked_for - 1) for k in range(looked_for)})
-    if any(os.path.exists(images.file(k)) for k in sampled):
+    if any(file_exists(images.file(k)) for k in sampled):
         return
     example = as_utf8(os.path.abspath(images.file(sampled[0])))
     which = f"each of its {count:,}" if len(sampled) == count else f"{len(sampled)} of its {count:,}, spread over it"

@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .archives import modified
 from .discover import ImageSet, file_name
 from .errors import VggfeatError, check_choice
 from .extractor import Extractor
@@ -248,7 +249,7 @@ def _modified(files: list[str]) -> np.ndarray:
     times = np.full(len(files), -np.inf)
     for k, name in enumerate(files):
         with contextlib.suppress(OSError):
-            times[k] = os.stat(name).st_mtime
+            times[k] = modified(name)  # of its archive, for a member of one
     return times
 
 

@@ -10,6 +10,7 @@ import click
 
 from .. import export as exporting
 from .. import retrieval
+from ..archives import file_exists
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, index_features
@@ -192,7 +193,7 @@ def _describe_crops(truth: list[dict], query_paths: list[str], root: Path | None
     from ..search import describe_crops, extractor_for  # torch, only for this
 
     files = [(root or recorded_root) / query_paths[row] for row in retrieval.query_rows(truth, query_paths)]
-    missing = [file for file in files if not file.exists()]
+    missing = [file for file in files if not file_exists(file)]
     if missing:  # said before the network loads
         where = (f"is --root {root} their folder?" if root else
                  f"they are looked for in {recorded_root}, where they were described: --root names another folder")

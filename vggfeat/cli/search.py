@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..archives import file_exists
 from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
@@ -55,7 +56,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
-    if box and (len(rest) != 1 or not rest[0].is_file()):
+    if box and (len(rest) != 1 or not file_exists(rest[0])):
         raise click.UsageError("--box crops one query image: give one image file")
     for written in (output, montage):  # refused before the queries are described
         if written:
@@ -107,7 +108,7 @@ def _query_files(paths: list[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             files += find_images(path).files()
-        elif path.is_file() or Path(image_of(str(path))).is_file():
+        elif file_exists(path) or file_exists(image_of(str(path))):
             files.append(path)
         else:
             try:

@@ -1,0 +1,173 @@
+"""Images inside tar archives (``shard.tar/a.jpg``): found in a folder or named in a list, read in
+place, described as the same files unpacked; a bad member fails alone; an archive written anew
+is described again by ``--update``."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from imagefiles import write_corrupt, write_rgb
+from runhelpers import FAST, assert_same_output, error_line, read_output, run_main
+from vggfeat.archives import _plain_table, _tarfile_table, open_member
+from vggfeat.discover import find_images
+
+CHEAP = [*FAST, "--model", "vgg11", "--layer", "conv3_1", "--quiet"]
+
+
+def write_tar(archive: Path, folder: Path, names: list[str], **options) -> Path:
+    """``archive`` holding the files ``names`` of ``folder``, under those names."""
+    with tarfile.open(archive, "w", **options) as tar:
+        for name in names:
+            tar.add(folder / name, arcname=name, recursive=False)
+    return archive
+
+
+def write_collection(root: Path) -> None:
+    """``root/unpacked``: the images; ``root/packed``: the same, some in archives (one in a class
+    folder, one at the top), with a hidden image, a text file and a corrupt image in one."""
+    unpacked, packed = root / "unpacked", root / "packed"
+    for folder in (unpacked / "cats" / "batch" / "x", unpacked / "top", unpacked / "extra", packed / "cats"):
+        folder.mkdir(parents=True)
+    write_rgb(unpacked / "cats" / "a.png", 224, 240, seed=1)
+    write_rgb(unpacked / "cats" / "batch" / "x" / "b.png", 236, 224, seed=2)
+    write_rgb(unpacked / "cats" / "batch" / "c.jpg", 224, 250, seed=3)
+    write_corrupt(unpacked / "cats" / "batch" / "broken.jpg")
+    write_rgb(unpacked / "top" / "d.png", 230, 230, seed=4)
+    shutil.copy(unpacked / "cats" / "a.png", packed / "cats" / "a.png")
+    extra = unpacked / "extra"
+    write_rgb(extra / ".hidden.png", 224, 224, seed=5)
+    (extra / "notes.txt").write_text("not an image")
+    with tarfile.open(packed / "cats" / "batch.tar", "w") as tar:
+        for name in ("x/b.png", "c.jpg", "broken.jpg"):
+            tar.add(unpacked / "cats" / "batch" / name, arcname=name)
+        for name in (".hidden.png", "notes.txt"):
+            tar.add(extra / name, arcname=name)
+    write_tar(packed / "top.tar", unpacked / "top", ["d.png"])
+
+
+def test_images_in_archives_are_found_and_described_as_the_files_unpacked(tmp_path):
+    """Members are rows ``archive.tar/member``, labelled by the archive's folder (none at the top),
+    hidden and non-image members left out; descriptors, sizes and failures are those of the files
+    unpacked, read by decoding threads and by decoding processes alike."""
+    write_collection(tmp_path)
+    images = find_images(tmp_path / "packed")
+    assert list(images.paths) == ["cats/a.png", "cats/batch.tar/broken.jpg", "cats/batch.tar/c.jpg",
+                                  "cats/batch.tar/x/b.png", "top.tar/d.png"]
+    assert [images.classes[label] if label >= 0 else None for label in images.labels] == ["cats"] * 4 + [None]
+    for args in (["packed", "packed.h5"], ["packed", "processes.h5", "--decode-in", "processes", "--workers", "2"],
+                 ["unpacked", "unpacked.h5"]):
+        code, _, err = run_main(["extract", *(tmp_path / arg for arg in args[:2]), *args[2:], *CHEAP])
+        assert code == 0, err
+    packed, processes, unpacked = (read_output(tmp_path / name) for name in ("packed.h5", "processes.h5", "unpacked.h5"))
+    assert packed["paths"] == ["cats/a.png", "cats/batch.tar/c.jpg", "cats/batch.tar/x/b.png", "top.tar/d.png"]
+    assert unpacked["paths"] == ["cats/a.png", "cats/batch/c.jpg", "cats/batch/x/b.png", "top/d.png"]
+    for run in (packed, processes):
+        np.testing.assert_array_equal(run["features"], unpacked["features"])
+        np.testing.assert_array_equal(run["sizes"], unpacked["sizes"])
+        assert run["failed_paths"] == ["cats/batch.tar/broken.jpg"] and run["failed_errors"] == unpacked["failed_errors"]
+
+
+def test_a_list_names_members_of_archives_and_a_member_not_there_fails_alone(tmp_path):
+    write_collection(tmp_path)
+    listing = tmp_path / "packed" / "list.txt"
+    listing.write_text("cats/batch.tar/c.jpg,cat\ncats/batch.tar/gone.jpg,cat\ntop.tar/d.png#xywh=0,0,224,224,dog\n")
+    code, _, err = run_main(["extract", "--file-list", listing, tmp_path / "out.h5", *CHEAP])
+    assert code == 0, err
+    out = read_output(tmp_path / "out.h5")
+    assert out["paths"] == ["cats/batch.tar/c.jpg", "top.tar/d.png#xywh=0,0,224,224"] and out["classes"] == ["cat", "dog"]
+    assert out["failed_paths"] == ["cats/batch.tar/gone.jpg"]
+    assert out["failed_errors"] == [f"not in its archive {tmp_path / 'packed' / 'cats' / 'batch.tar'}"]
+
+
+def test_an_archive_written_anew_is_described_again_by_update(tmp_path):
+    """Its members' time is the archive's: rewritten, every member of it is described again; the
+    update's file is a fresh run's."""
+    write_collection(tmp_path)
+    packed = tmp_path / "packed"
+    assert run_main(["extract", packed, tmp_path / "out.h5", *CHEAP])[0] == 0
+    write_rgb(tmp_path / "unpacked" / "top" / "d.png", 224, 260, seed=7)  # another picture, the same name
+    write_tar(packed / "top.tar", tmp_path / "unpacked" / "top", ["d.png"])
+    later = os.stat(packed / "top.tar").st_mtime + 10  # a clock's tick past the first run's start, whatever its grain
+    os.utime(packed / "top.tar", (later, later))
+    code, out, err = run_main(["extract", packed, tmp_path / "out.h5", *FAST, "--model", "vgg11", "--layer", "conv3_1", "--update"])
+    assert code == 0, err
+    assert "1 whose file changed since it was read" in out + err, out + err
+    shutil.move(tmp_path / "out.h5", tmp_path / "updated.h5")
+    assert run_main(["extract", packed, tmp_path / "out.h5", *CHEAP])[0] == 0
+    updated, fresh = read_output(tmp_path / "updated.h5"), read_output(tmp_path / "out.h5")
+    assert updated["sizes"][-1].tolist() == [224, 260]
+    assert_same_output(updated, fresh)
+
+
+def test_a_compressed_archive_is_refused_as_the_images_are_found(tmp_path):
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "a.png", 224, 224)
+    write_tar(tmp_path / "plain.tar", tmp_path, ["a.png"])
+    (tmp_path / "images" / "shard.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP])
+    assert code == 2 and error_line(err).startswith(f"Error: cannot read the tar archive {tmp_path / 'images' / 'shard.tar'} (")
+    assert "uncompressed tar archives: unpack or repair it, or move it out of the folder" in error_line(err)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_member_that_the_archive_cuts_short_fails_alone(tmp_path):
+    """An interrupted copy: the members before the cut are read, the one it cuts fails, saying so."""
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        write_rgb(tmp_path / name, 224, 224, seed=seed)
+    whole = write_tar(tmp_path / "whole.tar", tmp_path, ["a.png", "b.png"]).read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        cut = tar.getmember("b.png").offset_data + 100
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cut.tar").write_bytes(whole[:cut])
+    assert run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP])[0] == 0
+    out = read_output(tmp_path / "out.h5")
+    assert out["paths"] == ["cut.tar/a.png"] and out["failed_paths"] == ["cut.tar/b.png"]
+    assert out["failed_errors"] == ["truncated: its archive ends before it does"]
+
+
+def test_members_with_long_names_and_a_leading_dot_slash_are_read_in_place(tmp_path):
+    """GNU and PAX archives (names over 100 characters), and ``tar -C dir -cf x.tar .``'s ``./``."""
+    long_name = "a" * 60 + "/" + "b" * 60 + ".jpg"
+    (tmp_path / long_name).parent.mkdir()
+    (tmp_path / long_name).write_bytes(b"\xff\xd8 the bytes")
+    for format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        archive = tmp_path / f"{format}.tar"
+        with tarfile.open(archive, "w", format=format) as tar:
+            tar.add(tmp_path / long_name, arcname="./" + long_name)
+        with open_member(str(archive), long_name) as file:
+            assert file.read() == b"\xff\xd8 the bytes"
+
+
+def test_plain_headers_are_read_as_tarfile_reads_them_and_other_archives_are_left_to_it(tmp_path):
+    """The fast reading of plain (ustar, v7) headers, GNU long names and PAX records gives
+    tarfile's table (names split into a prefix, not ASCII, long); archives with headers of other
+    kinds (a global PAX header), or cut short, are left to tarfile."""
+    names = ["a.jpg", "sub/b.png", "c" * 90 + "/" + "d" * 90 + ".jpg", "é" * 80 + ".jpg"]
+    for number, name in enumerate(names):
+        (tmp_path / "files" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "files" / name).write_bytes(bytes([number]) * (700 * number + 1))
+    os.symlink("a.jpg", tmp_path / "files" / "link.jpg")
+    read = [("sub", tarfile.USTAR_FORMAT), ("sub", tarfile.GNU_FORMAT), ("sub", tarfile.PAX_FORMAT)]
+    for number, (folder, format) in enumerate(read):
+        archive = write_tar(tmp_path / f"{number}.tar", tmp_path / "files", [folder, *names[: 3 if number == 0 else 4],
+                                                                           "link.jpg"], format=format)
+        table = _plain_table(str(archive))
+        assert table == _tarfile_table(str(archive)) and sorted(table) == sorted(names[: 3 if number == 0 else 4])
+    with tarfile.open(archive) as tar:
+        second, third = tar.getmember(names[1]), tar.getmember(names[2])
+    left = []
+    for length in (second.offset_data + 10, third.offset + 100):  # within a member's data; within a header
+        left.append(tmp_path / f"cut-{length}.tar")
+        left[-1].write_bytes(archive.read_bytes()[:length])
+    left.append(tmp_path / "global.tar")
+    with tarfile.open(left[-1], "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "a global header"}) as tar:
+        tar.add(tmp_path / "files" / "a.jpg", arcname="a.jpg")
+    for archive in left:
+        assert _plain_table(str(archive)) is None
+    assert list(_tarfile_table(str(left[-1]))) == ["a.jpg"]

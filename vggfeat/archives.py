@@ -1,0 +1,228 @@
+"""Images inside tar archives: ``shards/000123.tar/photos/cat.jpg`` names the member
+``photos/cat.jpg`` of the archive ``shards/000123.tar``.
+
+Collections of millions of images are often kept as tar files of thousands of images each
+(WebDataset's shards, ImageNet's archives of a class each): a file system copes with ten thousand
+large files better than with ten million small ones. vggfeat reads a member in place, at its
+offset in the archive, unpacking nothing: each process that reads from an archive first reads its
+table of members (the headers, not the data; kept for the archives read last), then each image
+in one read. An archive is a file that holds images, not a folder: its members take the label of
+the folder it lies in (none at the top). Only uncompressed archives (``.tar``) can be read at an
+offset; a compressed one is refused as it is found.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import tarfile
+import threading
+from typing import BinaryIO
+
+from .errors import ImageError, VggfeatError
+
+ARCHIVE_EXTENSION = ".tar"
+# Tables of members kept per process: paths come sorted, so readers work through an archive or
+# two at a time; a table of 10,000 members takes about 2 MB.
+TABLES_KEPT = 8
+
+# An archive's table, for the archive as it was (its modification time, size and inode).
+_Table = tuple[tuple[int, int, int], dict[str, tuple[int, int]]]
+_tables: collections.OrderedDict[str, _Table] = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def is_archive(name: str) -> bool:
+    """Whether a file's name is a tar archive's that vggfeat looks into."""
+    return name.lower().endswith(ARCHIVE_EXTENSION)
+
+
+def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(archive, member) where ``path`` names a member of a tar archive (a component that ends in
+    ``.tar`` and is a file, then the member's name), else None. Only paths with such a
+    component are looked at on the disk."""
+    parts = os.fspath(path).split("/")
+    for end, part in enumerate(parts[:-1], start=1):
+        if is_archive(part):
+            archive = "/".join(parts[:end])
+            if os.path.isfile(archive):  # a folder named like an archive is a folder
+                return archive, "/".join(parts[end:])
+    return None
+
+
+def file_exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file, or a member of an archive that is there (its table not read)."""
+    return os.path.isfile(path) or split_member(path) is not None
+
+
+def modified(path: str | os.PathLike) -> float:
+    """The modification time of ``path``'s file: of its archive, for a member (an archive written
+    anew changes every member as far as one can tell without reading them). OSError if neither
+    is there."""
+    inside = split_member(path)
+    return os.stat(inside[0] if inside else path).st_mtime
+
+
+def members(archive: str | os.PathLike) -> list[str]:
+    """The names of the regular files in ``archive``, in its order; VggfeatError, naming it, where
+    it is not an uncompressed tar archive or cannot be read to its end."""
+    try:
+        return list(_read_table(os.fspath(archive)))
+    except (tarfile.TarError, OSError) as error:
+        raise VggfeatError(f"cannot read the tar archive {archive} ({error}); vggfeat reads images from uncompressed "
+                           "tar archives: unpack or repair it, or move it out of the folder") from None
+
+
+def open_member(archive: str, member: str) -> BinaryIO:
+    """The bytes of ``member`` of ``archive``, to read as a file; ImageError where the archive
+    does not hold it, or ends before its end."""
+    try:
+        table = _table(archive)
+    except tarfile.TarError as error:
+        raise ImageError(f"its archive is not an uncompressed tar archive that can be read ({error})") from None
+    if member not in table:
+        raise ImageError(f"not in its archive {archive}")
+    offset, size = table[member]
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    with open(archive, "rb") as file:
+        file.seek(offset)
+        data = file.read(size)
+    if len(data) < size:
+        raise ImageError("truncated: its archive ends before it does")
+    return io.BytesIO(data)
+
+
+def _table(archive: str) -> dict[str, tuple[int, int]]:
+    """``archive``'s members: name -> (offset, size) of its data, read once while it is unchanged."""
+    status = os.stat(archive)
+    version = (status.st_mtime_ns, status.st_size, status.st_ino)
+    with _lock:
+        kept = _tables.get(archive)
+        if kept is not None and kept[0] == version:
+            _tables.move_to_end(archive)
+            return kept[1]
+    table = _read_table(archive)  # outside the lock: other threads read other archives meanwhile
+    with _lock:
+        _tables[archive] = (version, table)
+        _tables.move_to_end(archive)
+        while len(_tables) > TABLES_KEPT:
+            _tables.popitem(last=False)
+    return table
+
+
+def _read_table(archive: str) -> dict[str, tuple[int, int]]:
+    table = _plain_table(archive)
+    return _tarfile_table(archive) if table is None else table
+
+
+def _tarfile_table(archive: str) -> dict[str, tuple[int, int]]:
+    table: dict[str, tuple[int, int]] = {}
+    # "r:" reads only uncompressed archives: a compressed one cannot be read at an offset.
+    with tarfile.open(archive, mode="r:") as tar:
+        try:
+            for info in tar:
+                if info.isreg():
+                    table[_name(info.name)] = (info.offset_data, info.size)
+        except tarfile.ReadError:
+            if not table:
+                raise
+            # It ends within a member (an interrupted copy): those before it are read, and that one
+            # fails as it is read (open_member), as a truncated file would.
+    return table
+
+
+def _plain_table(archive: str) -> dict[str, tuple[int, int]] | None:
+    """The members of an archive of plain headers (ustar or v7), with the long names and PAX
+    records of GNU tar and Python's tarfile (which writes one for every file it adds: its time
+    has a fraction), read without tarfile's objects: 4x as fast as tarfile, 10 us a member
+    (``benchmarks/bench_archives.py``). None at a header of another kind, one that is not sound,
+    or where the archive is cut short: tarfile reads those."""
+    table: dict[str, tuple[int, int]] = {}
+    pending: dict[str, bytes] = {}  # what a long name's or PAX header says of the next member
+    with open(archive, "rb", buffering=0) as file:
+        descriptor, end = file.fileno(), os.fstat(file.fileno()).st_size
+        offset = 0
+        while offset < end:
+            header = os.pread(descriptor, tarfile.BLOCKSIZE, offset)
+            if header == bytes(tarfile.BLOCKSIZE):  # the end-of-archive blocks
+                break
+            member = _plain_member(header)
+            if member is None or offset + tarfile.BLOCKSIZE + member[1] > end:
+                return None
+            name, size, kind = member
+            data_offset = offset + tarfile.BLOCKSIZE
+            if kind in _TYPES_NEXT_NAMED:
+                said = _next_member(kind, os.pread(descriptor, size, data_offset))
+                if said is None:
+                    return None
+                pending.update(said)
+            else:
+                name, member_size = pending.get("path", name), int(pending.get("size", size))
+                pending.clear()
+                if data_offset + member_size > end:
+                    return None
+                if kind in _TYPES_REGULAR:
+                    table[_name(os.fsdecode(name))] = (data_offset, member_size)
+                size = member_size
+            offset = data_offset + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return table or None  # an empty file, or an empty archive: tarfile tells which
+
+
+# Type flags of a plain header: regular files; links, devices, folders and FIFOs (left out); a
+# GNU long name or a PAX header, which name the next member.
+_TYPES_REGULAR, _TYPES_OTHER, _TYPES_NEXT_NAMED = (b"0", b"\0", b"7"), (b"1", b"2", b"3", b"4", b"5", b"6"), (b"L", b"x")
+
+
+def _plain_member(header: bytes) -> tuple[bytes, int, bytes] | None:
+    """(name, size, type flag) of a plain header; None for any other."""
+    if len(header) < tarfile.BLOCKSIZE or header[124] & 0x80:  # cut short; a size in base 256
+        return None
+    try:
+        checksum = int(header[148:156].strip(b"\0 ") or b"-1", 8)
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        return None
+    if checksum != 256 + sum(header[:148]) + sum(header[156:]):  # the field counted as spaces
+        return None
+    kind = header[156:157]
+    if kind not in _TYPES_REGULAR and kind not in _TYPES_OTHER and kind not in _TYPES_NEXT_NAMED:
+        return None
+    name = header[:100].split(b"\0", 1)[0]
+    if header[257:265] == b"ustar\x0000":  # POSIX: a long name's first part is the prefix
+        prefix = header[345:500].split(b"\0", 1)[0]
+        name = prefix + b"/" + name if prefix else name
+    return name, size, kind
+
+
+def _next_member(kind: bytes, data: bytes) -> dict[str, bytes] | None:
+    """What a GNU long name (``L``) or a PAX header (``x``: records "LENGTH KEY=VALUE\n") says of
+    the next member: its ``path`` (as bytes of the file system's encoding, as a plain header's
+    name) and ``size``; None where it cannot be read."""
+    if kind == b"L":
+        return {"path": data.split(b"\0", 1)[0]}
+    said: dict[str, bytes] = {}
+    position = 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position)
+        try:
+            length = int(data[position:space])
+        except ValueError:
+            return None
+        key, equals, value = data[space + 1 : position + length - 1].partition(b"=")
+        if not equals or length <= 0:
+            return None
+        if key == b"path":  # UTF-8 in a PAX header
+            said["path"] = os.fsencode(value.decode("utf-8", "surrogateescape"))
+        elif key == b"size":
+            said["size"] = value
+        position += length
+    return said
+
+
+def _name(member: str) -> str:
+    """A member's name as paths give it: ``tar -C dir -cf x.tar .`` stores ``./a.jpg``."""
+    while member.startswith("./"):
+        member = member[2:]
+    return member
