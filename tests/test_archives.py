@@ -29,32 +29,34 @@ def write_tar(archive: Path, folder: Path, names: list[str], **options) -> Path:
 
 
 def write_collection(root: Path) -> None:
-    """``root/unpacked``: the images; ``root/packed``: the same, some in archives (one in a class
-    folder, one at the top), with a hidden image, a text file and a corrupt image in one."""
+    """``root/unpacked``: the images, in folders named like archives; ``root/packed``: the same,
+    some in archives (one in a class folder, one at the top), with a hidden image, a text file and
+    a corrupt image in one."""
     unpacked, packed = root / "unpacked", root / "packed"
-    for folder in (unpacked / "cats" / "batch" / "x", unpacked / "top", unpacked / "extra", packed / "cats"):
+    for folder in (unpacked / "cats" / "batch.tar" / "x", unpacked / "top.tar", unpacked / "extra", packed / "cats"):
         folder.mkdir(parents=True)
     write_rgb(unpacked / "cats" / "a.png", 224, 240, seed=1)
-    write_rgb(unpacked / "cats" / "batch" / "x" / "b.png", 236, 224, seed=2)
-    write_rgb(unpacked / "cats" / "batch" / "c.jpg", 224, 250, seed=3)
-    write_corrupt(unpacked / "cats" / "batch" / "broken.jpg")
-    write_rgb(unpacked / "top" / "d.png", 230, 230, seed=4)
+    write_rgb(unpacked / "cats" / "batch.tar" / "x" / "b.png", 236, 224, seed=2)
+    write_rgb(unpacked / "cats" / "batch.tar" / "c.jpg", 224, 250, seed=3)
+    write_corrupt(unpacked / "cats" / "batch.tar" / "broken.jpg")
+    write_rgb(unpacked / "top.tar" / "d.png", 230, 230, seed=4)
     shutil.copy(unpacked / "cats" / "a.png", packed / "cats" / "a.png")
     extra = unpacked / "extra"
     write_rgb(extra / ".hidden.png", 224, 224, seed=5)
     (extra / "notes.txt").write_text("not an image")
     with tarfile.open(packed / "cats" / "batch.tar", "w") as tar:
         for name in ("x/b.png", "c.jpg", "broken.jpg"):
-            tar.add(unpacked / "cats" / "batch" / name, arcname=name)
+            tar.add(unpacked / "cats" / "batch.tar" / name, arcname=name)
         for name in (".hidden.png", "notes.txt"):
             tar.add(extra / name, arcname=name)
-    write_tar(packed / "top.tar", unpacked / "top", ["d.png"])
+    write_tar(packed / "top.tar", unpacked / "top.tar", ["d.png"])
 
 
 def test_images_in_archives_are_found_and_described_as_the_files_unpacked(tmp_path):
     """Members are rows ``archive.tar/member``, labelled by the archive's folder (none at the top),
-    hidden and non-image members left out; descriptors, sizes and failures are those of the files
-    unpacked, read by decoding threads and by decoding processes alike."""
+    hidden and non-image members left out; rows, descriptors, sizes and failures are those of the
+    files unpacked into folders of the archives' names (a folder named like an archive is a
+    folder, and a class), read by decoding threads and by decoding processes alike."""
     write_collection(tmp_path)
     images = find_images(tmp_path / "packed")
     assert list(images.paths) == ["cats/a.png", "cats/batch.tar/broken.jpg", "cats/batch.tar/c.jpg",
@@ -65,8 +67,9 @@ def test_images_in_archives_are_found_and_described_as_the_files_unpacked(tmp_pa
         code, _, err = run_main(["extract", *(tmp_path / arg for arg in args[:2]), *args[2:], *CHEAP])
         assert code == 0, err
     packed, processes, unpacked = (read_output(tmp_path / name) for name in ("packed.h5", "processes.h5", "unpacked.h5"))
-    assert packed["paths"] == ["cats/a.png", "cats/batch.tar/c.jpg", "cats/batch.tar/x/b.png", "top.tar/d.png"]
-    assert unpacked["paths"] == ["cats/a.png", "cats/batch/c.jpg", "cats/batch/x/b.png", "top/d.png"]
+    assert packed["paths"] == unpacked["paths"] == ["cats/a.png", "cats/batch.tar/c.jpg", "cats/batch.tar/x/b.png",
+                                                    "top.tar/d.png"]
+    assert packed["labels"].tolist() == [0, 0, 0, -1] and unpacked["classes"] == ["cats", "top.tar"]
     for run in (packed, processes):
         np.testing.assert_array_equal(run["features"], unpacked["features"])
         np.testing.assert_array_equal(run["sizes"], unpacked["sizes"])
@@ -91,8 +94,8 @@ def test_an_archive_written_anew_is_described_again_by_update(tmp_path):
     write_collection(tmp_path)
     packed = tmp_path / "packed"
     assert run_main(["extract", packed, tmp_path / "out.h5", *CHEAP])[0] == 0
-    write_rgb(tmp_path / "unpacked" / "top" / "d.png", 224, 260, seed=7)  # another picture, the same name
-    write_tar(packed / "top.tar", tmp_path / "unpacked" / "top", ["d.png"])
+    write_rgb(tmp_path / "unpacked" / "top.tar" / "d.png", 224, 260, seed=7)  # another picture, the same name
+    write_tar(packed / "top.tar", tmp_path / "unpacked" / "top.tar", ["d.png"])
     later = os.stat(packed / "top.tar").st_mtime + 10  # a clock's tick past the first run's start, whatever its grain
     os.utime(packed / "top.tar", (later, later))
     code, out, err = run_main(["extract", packed, tmp_path / "out.h5", *FAST, "--model", "vgg11", "--layer", "conv3_1", "--update"])
