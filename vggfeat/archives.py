@@ -56,12 +56,22 @@ def file_exists(path: str | os.PathLike) -> bool:
     return os.path.isfile(path) or split_member(path) is not None
 
 
-def modified(path: str | os.PathLike) -> float:
+def modified(path: str | os.PathLike, archives: dict[str, float]) -> float:
     """The modification time of ``path``'s file: of its archive, for a member (an archive written
     anew changes every member as far as one can tell without reading them). OSError if neither
-    is there."""
-    inside = split_member(path)
-    return os.stat(inside[0] if inside else path).st_mtime
+    is there. ``archives``: the times of the archives looked at so far, added to, so that each is
+    looked at once for all its members."""
+    name = os.fspath(path)
+    for archive, time in archives.items():
+        if name.startswith(archive) and name[len(archive) : len(archive) + 1] == "/":
+            return time
+    inside = split_member(name)
+    if inside is None:
+        return os.stat(name).st_mtime
+    if len(archives) >= TABLES_KEPT:  # paths come sorted: the archives before are done with
+        archives.clear()
+    archives[inside[0]] = time = os.stat(inside[0]).st_mtime
+    return time
 
 
 def members(archive: str | os.PathLike) -> list[str]:

@@ -247,9 +247,10 @@ def changed_files(images: ImageSet, rows: np.ndarray, read_after: np.ndarray) ->
 def _modified(files: list[str]) -> np.ndarray:
     """The modification time of each of ``files``; -inf for a file that cannot be looked at."""
     times = np.full(len(files), -np.inf)
+    archives: dict[str, float] = {}  # a member's time is its archive's: looked at once
     for k, name in enumerate(files):
         with contextlib.suppress(OSError):
-            times[k] = modified(name)  # of its archive, for a member of one
+            times[k] = modified(name, archives)
     return times
 
 
