@@ -174,3 +174,19 @@ def test_plain_headers_are_read_as_tarfile_reads_them_and_other_archives_are_lef
     for archive in left:
         assert _plain_table(str(archive)) is None
     assert list(_tarfile_table(str(left[-1]))) == ["a.jpg"]
+
+
+def test_an_archive_given_as_images_is_the_folder_of_its_images(tmp_path):
+    """``extract shard.tar out.h5``: the rows are its members, labelled by their first-level folder
+    in it, as a folder's; a file of another kind is refused, naming what is taken."""
+    write_collection(tmp_path)
+    archive = tmp_path / "packed" / "cats" / "batch.tar"
+    code, _, err = run_main(["extract", archive, tmp_path / "out.h5", *CHEAP])
+    assert code == 0, err
+    out, unpacked = read_output(tmp_path / "out.h5"), find_images(tmp_path / "unpacked" / "cats" / "batch.tar")
+    assert out["paths"] == ["c.jpg", "x/b.png"] == [path for path in unpacked.paths if "broken" not in path]
+    assert out["classes"] == ["x"] and out["labels"].tolist() == [-1, 0] and out["failed_paths"] == ["broken.jpg"]
+    assert out["attrs"]["input_root"] == str(archive)
+    code, _, err = run_main(["extract", tmp_path / "packed" / "cats" / "a.png", tmp_path / "other.h5", *CHEAP])
+    assert code == 2 and error_line(err) == (f"Error: input is not a folder, nor a tar archive: {tmp_path / 'packed' / 'cats' / 'a.png'} "
+                                             "(use --file-list for a list of files)")

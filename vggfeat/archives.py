@@ -75,8 +75,8 @@ def modified(path: str | os.PathLike, archives: dict[str, float]) -> float:
 
 
 def members(archive: str | os.PathLike) -> list[str]:
-    """The names of the regular files in ``archive``, in its order; VggfeatError, naming it, where
-    it is not an uncompressed tar archive or cannot be read to its end."""
+    """The names of the regular files in ``archive``, in its order (of one cut short, those before
+    the cut); VggfeatError, naming it, where it is not an uncompressed tar archive."""
     try:
         return list(_read_table(os.fspath(archive)))
     except (tarfile.TarError, OSError) as error:

@@ -132,12 +132,13 @@ def file_name(path: str, file_names: Mapping[str, str]) -> str:
 
 
 def check_folder(root: str | Path) -> Path:
-    """``root``, once it is known to be a folder: refused at once, before anything that takes longer."""
+    """``root``, once it is known to be a folder (or a tar archive, a folder of its images):
+    refused at once, before anything that takes longer."""
     root = Path(root)
     if not root.exists():
         raise VggfeatError(f"input folder not found: {root}")
-    if not root.is_dir():
-        raise VggfeatError(f"input is not a folder: {root} (use --file-list for a list of files)")
+    if not root.is_dir() and not (root.is_file() and is_archive(root.name)):
+        raise VggfeatError(f"input is not a folder, nor a tar archive: {root} (use --file-list for a list of files)")
     return root
 
 
@@ -158,12 +159,33 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     ``progress(n)`` is called with the number of images found in each folder, as it is walked.
 
     Tar archives (``.tar``) are looked into: each image in one is ``archive.tar/member``, labelled
-    by the folder the archive lies in. Hidden files and folders (names starting with ``.``, such as
-    macOS ``._`` resource forks) are skipped. Links to folders are followed, as torchvision's ImageFolder does (collections are
-    often a folder of links to where the images lie), except a link back into a folder it is in.
-    A folder that cannot be listed is an error, not a silent gap in the set.
+    by the folder the archive lies in; ``root`` may be an archive, then the folder of its images
+    (``member``, labelled by their first-level folder in it). Hidden files and folders (names
+    starting with ``.``, such as macOS ``._`` resource forks) are skipped. Links to folders are
+    followed, as torchvision's ImageFolder does (collections are often a folder of links to where
+    the images lie), except a link back into a folder it is in. A folder that cannot be listed is
+    an error, not a silent gap in the set.
     """
     root = check_folder(root)
+    if root.is_file():  # an archive
+        found = [member for member in members(root) if _is_image(member)]
+        top_archives: set[str] = set()
+        if progress is not None:
+            progress(len(found))
+    else:
+        found, top_archives = _walk(root, progress)
+    if not found:
+        raise VggfeatError(
+            f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
+        )
+    # A first-level folder is a class; an archive there is a file, whose images have none.
+    class_of = {path: first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None
+                for path in found}
+    return _labelled(root, class_of)
+
+
+def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str]]:
+    """The images under the folder ``root`` (see :func:`find_images`), and the archives directly in it."""
     found: list[str] = []
     top_archives: set[str] = set()
     unlisted: list[OSError] = []
@@ -202,14 +224,7 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
         raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
                            "permissions, or name the images to describe with --file-list")
-    if not found:
-        raise VggfeatError(
-            f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
-        )
-    # A first-level folder is a class; an archive there is a file, whose images have none.
-    class_of = {path: first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None
-                for path in found}
-    return _labelled(root, class_of)
+    return found, top_archives
 
 
 def _is_image(member: str) -> bool:
