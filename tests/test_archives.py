@@ -190,3 +190,13 @@ def test_an_archive_given_as_images_is_the_folder_of_its_images(tmp_path):
     code, _, err = run_main(["extract", tmp_path / "packed" / "cats" / "a.png", tmp_path / "other.h5", *CHEAP])
     assert code == 2 and error_line(err) == (f"Error: input is not a folder, nor a tar archive: {tmp_path / 'packed' / 'cats' / 'a.png'} "
                                              "(use --file-list for a list of files)")
+
+
+def test_progress_counts_each_archives_images_as_it_is_read(tmp_path):
+    """A folder of thousands of archives takes a while to look into: each is counted as read."""
+    write_collection(tmp_path)
+    shutil.copy(tmp_path / "packed" / "top.tar", tmp_path / "packed" / "cats" / "more.tar")
+    counts = []
+    found = find_images(tmp_path / "packed", progress=counts.append)
+    assert sum(counts) == len(found) == 6
+    assert len(counts) == 5  # a call an archive (3), and one at the end of each folder (2)

@@ -217,6 +217,9 @@ def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[st
                 found += [f"{archive}/{member}" for member in members(os.path.join(folder, name)) if _is_image(member)]
                 if relative == Path("."):
                     top_archives.add(name)
+                if progress is not None:  # an archive's headers take a while to read: counted each
+                    progress(len(found) - before)
+                    before = len(found)
         if progress is not None:
             progress(len(found) - before)
     if unlisted:
