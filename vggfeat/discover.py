@@ -156,7 +156,7 @@ def check_file_list(list_file: str | Path) -> Path:
 
 def find_images(root: str | Path, progress: Callable[[int], object] | None = None) -> ImageSet:
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
-    ``progress(n)`` is called with the number of images found in each folder, as it is walked.
+    ``progress(n)`` is called with the number of images found in each folder (and archive), as it is walked.
 
     Tar archives (``.tar``) are looked into: each image in one is ``archive.tar/member``, labelled
     by the folder the archive lies in; ``root`` may be an archive, then the folder of its images
