@@ -44,7 +44,7 @@ class FusedExtractor(Extractor):
         self.others: list[Extractor] = []
         super().__init__(models[0], weights=weights_each[0], **options)
         shared = {key: value for key, value in options.items() if key != "device"}
-        self.arguments = {"model": models, "weights": weights_each, **shared}  # MultiDeviceJob builds it again so
+        self.arguments = {"model": models, "weights": weights_each, **shared}  # MultiDeviceJob builds it again from them
         self.others = [Extractor(name, weights=each, device=str(self.device), **shared)
                        for name, each in zip(models[1:], weights_each[1:])]
 
