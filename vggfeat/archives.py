@@ -46,7 +46,9 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
     for end, part in enumerate(parts[:-1], start=1):
         if is_archive(part):
             archive = "/".join(parts[:end])
-            if os.path.isfile(archive):  # a folder named like an archive is a folder
+            # A folder named like an archive is a folder. An archive whose table is kept is looked
+            # at as its member is read (_table): not twice.
+            if archive in _tables or os.path.isfile(archive):
                 return archive, "/".join(parts[end:])
     return None
 
