@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench_extract import jpeg_kilobytes, make_jpegs
+from bench_reader import read_all
 from vggfeat.extractor import Extractor
 from vggfeat.fused import FusedExtractor
 from vggfeat.reading import ImageReader
@@ -45,8 +46,7 @@ def read_alone(extractor: Extractor, files: list[Path]) -> int:
     plan = extractor.plan_run(len(files))
     reader = ImageReader(extractor.device, extractor.decoder, plan.workers, extractor.max_pixels, extractor.min_side,
                          processes=plan.processes)
-    with reader.read(files, lookahead=64 + 2 * plan.workers) as decoded:
-        return sum(1 for _ in decoded)
+    return read_all(reader, files, lookahead=64 + 2 * plan.workers)
 
 
 def main() -> None:
