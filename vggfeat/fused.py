@@ -65,7 +65,7 @@ class FusedExtractor(Extractor):
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
                        sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """Each network's descriptors of ``images``, side by side; the pixels go to the device once.
-        (Each network resizes them itself: a resize costs little beside a network.)"""
+        (Each network resizes them itself, as it batches them by its own limits.)"""
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
         pixels = self._on_device(images)
