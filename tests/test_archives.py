@@ -15,6 +15,7 @@ import numpy as np
 from imagefiles import write_corrupt, write_rgb
 from runhelpers import FAST, assert_same_output, error_line, read_output, run_main
 from vggfeat.archives import _plain_table, _tarfile_table, open_member
+import vggfeat.discover
 from vggfeat.discover import find_images
 
 CHEAP = [*FAST, "--model", "vgg11", "--layer", "conv3_1", "--quiet"]
@@ -200,3 +201,19 @@ def test_progress_counts_each_archives_images_as_it_is_read(tmp_path):
     found = find_images(tmp_path / "packed", progress=counts.append)
     assert sum(counts) == len(found) == 6
     assert len(counts) == 5  # a call an archive (3), and one at the end of each folder (2)
+
+
+def test_archives_read_at_once_where_reading_one_is_slow_give_the_same_images(tmp_path, monkeypatch):
+    """Where the first archive's headers read slowly (a file server's round trips), the others are
+    read by threads at once: the same images, the same counts."""
+    write_collection(tmp_path)
+    shutil.copy(tmp_path / "packed" / "top.tar", tmp_path / "packed" / "cats" / "more.tar")
+    one_by_one, counts = find_images(tmp_path / "packed"), []
+    monkeypatch.setattr(vggfeat.discover, "REMOTE_MEMBER_SECONDS", -1.0)  # any reading is slow
+    threads = []
+    real_pool = vggfeat.discover.ThreadPoolExecutor
+    monkeypatch.setattr(vggfeat.discover, "ThreadPoolExecutor", lambda workers: threads.append(workers) or real_pool(workers))
+    at_once = find_images(tmp_path / "packed", progress=counts.append)
+    assert threads == [vggfeat.discover.ARCHIVE_THREADS]
+    assert at_once.paths == one_by_one.paths and at_once.labels.tolist() == one_by_one.labels.tolist()
+    assert sum(counts) == 6 and len(counts) == 5

@@ -8,11 +8,15 @@ class of the folder the archive lies in.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 NO_LABEL = -1
 # Files of a list looked for before a run (check_listed_files): a round trip each on a network file system.
 LISTED_FILES_LOOKED_FOR = 16
+# Archives whose headers are read at once where reading the first one's took longer than this a
+# member (10 us on a local disk, parsed in Python: there threads would only take turns at the GIL).
+ARCHIVE_THREADS, REMOTE_MEMBER_SECONDS = 16, 100e-6
 STDIN = Path("-")  # --file-list -: the list is read from standard input
 
 
@@ -187,6 +194,7 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
 def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str]]:
     """The images under the folder ``root`` (see :func:`find_images`), and the archives directly in it."""
     found: list[str] = []
+    archives: list[tuple[str, str]] = []
     top_archives: set[str] = set()
     unlisted: list[OSError] = []
     # Each folder still to walk: its real path, and the real folders it lies in (itself included),
@@ -213,13 +221,9 @@ def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[st
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((relative / name).as_posix())
             elif is_archive(name):  # its images, as if the archive were a folder (but for their label)
-                archive = (relative / name).as_posix()
-                found += [f"{archive}/{member}" for member in members(os.path.join(folder, name)) if _is_image(member)]
+                archives.append(((relative / name).as_posix(), os.path.join(folder, name)))
                 if relative == Path("."):
                     top_archives.add(name)
-                if progress is not None:  # an archive's headers take a while to read: counted each
-                    progress(len(found) - before)
-                    before = len(found)
         if progress is not None:
             progress(len(found) - before)
     if unlisted:
@@ -227,7 +231,30 @@ def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[st
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
         raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
                            "permissions, or name the images to describe with --file-list")
-    return found, top_archives
+    return found + _archive_images(archives, progress), top_archives
+
+
+def _archive_images(archives: list[tuple[str, str]], progress: Callable[[int], object] | None) -> list[str]:
+    """The images in each of ``archives`` (its name under the root, its path), counted as each is
+    read: its headers take a while. Read ARCHIVE_THREADS at a time where the first one's took over
+    REMOTE_MEMBER_SECONDS a member: a file server's round trips, which threads overlap."""
+    def images_in(archive: tuple[str, str]) -> list[str]:
+        name, path = archive
+        return [f"{name}/{member}" for member in members(path) if _is_image(member)]
+
+    if not archives:
+        return []
+    began = time.perf_counter()
+    first = images_in(archives[0])
+    remote = (time.perf_counter() - began) / max(1, len(first)) > REMOTE_MEMBER_SECONDS
+    found: list[str] = []
+    with ThreadPoolExecutor(ARCHIVE_THREADS) if remote else contextlib.nullcontext() as pool:
+        rest = pool.map(images_in, archives[1:]) if remote else map(images_in, archives[1:])
+        for images in itertools.chain([first], rest):
+            found += images
+            if progress is not None:
+                progress(len(images))
+    return found
 
 
 def _is_image(member: str) -> bool:
