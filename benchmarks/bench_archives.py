@@ -1,7 +1,7 @@
 """Images read from tar archives in place against the same images as loose files, in one run:
-finding them (a walk of the folder; of the archives' headers, read by vggfeat's reader of plain
-headers against tarfile, the baseline) and reading them alone (decoding, no network), in threads
-and in processes.
+finding them (a walk of the folder; of the archives' headers, one archive after the other and 16
+at a time, read by vggfeat's reader of plain headers against tarfile, the baseline) and reading
+them alone (decoding, no network), in threads and in processes.
 
     python benchmarks/bench_archives.py --count 4096 --per-archive 1024 --workers 2
 
@@ -26,6 +26,7 @@ from bench_extract import jpeg_kilobytes, make_jpegs
 from bench_reader import read_all
 from vggfeat.archives import _plain_table, _tarfile_table
 from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+import vggfeat.discover
 from vggfeat.discover import find_images
 from vggfeat.reading import ImageReader
 
@@ -68,6 +69,12 @@ def main() -> None:
         assert len(found["loose"]) == len(found["packed"]) == args.count
         times = [fastest(lambda name=name: find_images(Path(work) / name), args.repeat) for name in ("loose", "packed")]
         print(f"| finding the images | {times[0]:.3f} s | {times[1]:.3f} s | {times[1] / times[0]:.2f} |")
+        # What reading archives' headers in threads (for a file server) would cost on this disk.
+        remote, vggfeat.discover.REMOTE_MEMBER_SECONDS = vggfeat.discover.REMOTE_MEMBER_SECONDS, -1.0
+        threaded = fastest(lambda: find_images(Path(work) / "packed"), args.repeat)
+        vggfeat.discover.REMOTE_MEMBER_SECONDS = remote
+        print(f"| finding, {vggfeat.discover.ARCHIVE_THREADS} archives at a time (threads, as for a file server) | | "
+              f"{threaded:.3f} s | {threaded / times[0]:.2f} |")
         archives = [str(path) for path in sorted((Path(work) / "packed").iterdir())]
         for name, read in (("tarfile", _tarfile_table), ("vggfeat's plain headers", _plain_table)):
             seconds = fastest(lambda read=read: [read(archive) for archive in archives], args.repeat)
