@@ -8,15 +8,23 @@ import gzip
 import os
 import shutil
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from imagefiles import write_corrupt, write_rgb
 from runhelpers import FAST, assert_same_output, error_line, read_output, run_main
-from vggfeat.archives import _plain_table, _tarfile_table, open_member
+import vggfeat.archives
+from vggfeat.archives import _plain_table, _tarfile_table, given, member_tables, members, open_member
+from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
 import vggfeat.discover
 from vggfeat.discover import find_images
+from vggfeat.errors import VggfeatError
+from vggfeat.reading import ImageReader
 
 CHEAP = [*FAST, "--model", "vgg11", "--layer", "conv3_1", "--quiet"]
 
@@ -217,3 +225,62 @@ def test_archives_read_at_once_where_reading_one_is_slow_give_the_same_images(tm
     assert threads == [vggfeat.discover.ARCHIVE_THREADS]
     assert at_once.paths == one_by_one.paths and at_once.labels.tolist() == one_by_one.labels.tolist()
     assert sum(counts) == 6 and len(counts) == 5
+
+
+def write_shard(tmp_path: Path, count: int = 3, name: str = "shard.tar") -> tuple[Path, list[str]]:
+    """An archive of ``count`` small PNGs (``tmp_path/files`` holds them loose), and their paths in it."""
+    folder = tmp_path / "files"
+    folder.mkdir(exist_ok=True)
+    names = [f"{i}.png" for i in range(count)]
+    for i, member in enumerate(names):
+        write_rgb(folder / member, 40 + i, 40, seed=i)
+    archive = write_tar(tmp_path / name, folder, names)
+    return archive, [f"{archive}/{member}" for member in names]
+
+
+def test_threads_reading_one_archive_read_its_table_once(tmp_path, monkeypatch):
+    """Decoding threads reach a new archive together (its files come in order): one reads its
+    headers, the others wait for that table rather than each reading it."""
+    archive, paths = write_shard(tmp_path)
+    reads, read_table = [], vggfeat.archives.read_table
+
+    def slow_read(path):
+        reads.append(path)
+        time.sleep(0.2)
+        return read_table(path)
+
+    monkeypatch.setattr(vggfeat.archives, "read_table", slow_read)
+    with ThreadPoolExecutor(8) as pool:
+        data = list(pool.map(lambda path: open_member(*path.rsplit("/", 1)).read(), paths * 4))
+    assert reads == [str(archive)]
+    assert data == [(tmp_path / "files" / path.rsplit("/", 1)[1]).read_bytes() for path in paths * 4]
+
+
+def test_decoding_processes_read_members_where_the_reading_process_found_them(tmp_path):
+    """Decoding processes do not each read every archive's headers (16 processes, 16 times): they
+    read each member where the reading process's table says it lies. Shown with headers spoilt
+    after that table was read, the archive's time and size kept: reading them now fails."""
+    archive, paths = write_shard(tmp_path)
+    assert set(member_tables(paths)[str(archive)][1]) == {"0.png", "1.png", "2.png"}  # read here, and kept
+    status = archive.stat()
+    with open(archive, "r+b") as file:
+        file.seek(148)  # the first header's checksum
+        file.write(b"bad sum!")
+    os.utime(archive, ns=(status.st_atime_ns, status.st_mtime_ns))
+    with pytest.raises(VggfeatError, match="cannot read the tar archive"):
+        members(archive)
+    reader = ImageReader(torch.device("cpu"), "pil", workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32,
+                         processes=True)
+    with reader.read(paths, lookahead=8) as results:
+        pixels = list(results)
+    for path, image in zip(paths, pixels):
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), decode_image(tmp_path / "files" / path.rsplit("/", 1)[1]))
+
+
+def test_a_member_placed_in_an_archive_since_written_anew_is_read_from_the_new_archive(tmp_path):
+    """Places given for an archive as it was are not used once it has changed: its table is read again."""
+    archive, paths = write_shard(tmp_path, count=2)
+    places = member_tables(paths)
+    write_tar(archive, tmp_path / "files", ["1.png", "0.png", "1.png"])  # other places, another size
+    with given(places):
+        assert open_member(str(archive), "0.png").read() == (tmp_path / "files" / "0.png").read_bytes()

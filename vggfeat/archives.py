@@ -4,9 +4,11 @@
 Collections of millions of images are often kept as tar files of thousands of images each
 (WebDataset's shards, ImageNet's archives of a class each): a file system copes with ten thousand
 large files better than with ten million small ones. vggfeat reads a member in place, at its
-offset in the archive, unpacking nothing: each process that reads from an archive first reads its
-table of members (the headers, not the data; kept for the archives read last), then each image
-in one read. An archive is a file that holds images, not a folder: its members take the label of
+offset in the archive, unpacking nothing: an archive's table of members (the headers, not the
+data) is read once, then each image in one read. A process reads each table once however many of
+its threads read the archive (kept for the archives read last); decoding processes are given
+their files' places by the process they decode for (:func:`member_tables`, :func:`given`), which
+had the table read once for them all: 16 processes would otherwise each read every table. An archive is a file that holds images, not a folder: its members take the label of
 the folder it lies in (none at the top). Only uncompressed archives (``.tar``) can be read at an
 offset; a compressed one is refused as it is found.
 """
@@ -14,10 +16,13 @@ offset; a compressed one is refused as it is found.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import tarfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import BinaryIO
 
 from .errors import ImageError, VggfeatError
@@ -27,9 +32,13 @@ ARCHIVE_EXTENSION = ".tar"
 # two at a time; a table of 10,000 members takes about 2 MB.
 TABLES_KEPT = 8
 
-# An archive's table, for the archive as it was (its modification time, size and inode).
-_Table = tuple[tuple[int, int, int], dict[str, tuple[int, int]]]
-_tables: collections.OrderedDict[str, _Table] = collections.OrderedDict()
+# An archive's table, for the archive as it was (its modification time, size and inode):
+# member -> (offset, size) of its data.
+Version = tuple[int, int, int]
+Table = tuple[Version, dict[str, tuple[int, int]]]
+_tables: collections.OrderedDict[str, Table] = collections.OrderedDict()
+_reading: dict[tuple[str, Version], Future] = {}  # tables being read, for the threads that want them meanwhile
+_given: dict[str, Table] = {}  # the places of the files that this process is decoding (given)
 _lock = threading.Lock()
 
 
@@ -48,7 +57,7 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
             archive = "/".join(parts[:end])
             # A folder named like an archive is a folder. An archive whose table is kept is looked
             # at as its member is read (_table): not twice.
-            if archive in _tables or os.path.isfile(archive):
+            if archive in _tables or archive in _given or os.path.isfile(archive):
                 return archive, "/".join(parts[end:])
     return None
 
@@ -80,7 +89,7 @@ def members(archive: str | os.PathLike) -> list[str]:
     """The names of the regular files in ``archive``, in its order (of one cut short, those before
     the cut); VggfeatError, naming it, where it is not an uncompressed tar archive."""
     try:
-        return list(_read_table(os.fspath(archive)))
+        return list(read_table(os.fspath(archive)))
     except (tarfile.TarError, OSError) as error:
         raise VggfeatError(f"cannot read the tar archive {archive} ({error}); vggfeat reads images from uncompressed "
                            "tar archives: unpack or repair it, or move it out of the folder") from None
@@ -89,16 +98,67 @@ def members(archive: str | os.PathLike) -> list[str]:
 def open_member(archive: str, member: str) -> BinaryIO:
     """The bytes of ``member`` of ``archive``, to read as a file; ImageError where the archive
     does not hold it, or ends before its end."""
+    given = _given.get(archive)
+    if given is not None and member in given[1]:
+        data = _read_member(archive, *given[1][member], version=given[0])
+        if data is not None:
+            return data  # else the archive was written anew since: its table is read again
     try:
-        table = _table(archive)
+        version, table = _table(archive)
     except tarfile.TarError as error:
         raise ImageError(f"its archive is not an uncompressed tar archive that can be read ({error})") from None
     if member not in table:
         raise ImageError(f"not in its archive {archive}")
-    offset, size = table[member]
+    data = _read_member(archive, *table[member])
+    assert data is not None
+    return data
+
+
+def member_tables(paths: Iterable[str], read: Callable[[str], dict[str, tuple[int, int]]] | None = None
+                  ) -> dict[str, Table]:
+    """The places of the members among ``paths``: their archives' tables, each cut down to the
+    members named, for a decoding process to read them by (:func:`given`) without reading the
+    tables itself. ``read(archive)`` reads a table that this process has not kept (another
+    process may read it, sparing this one's lock for Python's objects). An archive whose table
+    cannot be read is left out: the decoding process fails its members, saying why."""
+    tables: dict[str, Table | None] = {}
+    wanted: dict[str, Table] = {}
+    for path in paths:
+        inside = split_member(path)
+        if inside is None:
+            continue
+        archive, member = inside
+        if archive not in tables:
+            try:
+                tables[archive] = _table(archive, read)
+            except (tarfile.TarError, OSError):
+                tables[archive] = None
+                continue
+            wanted[archive] = (tables[archive][0], {})
+        table = tables[archive]
+        if table is not None and member in table[1]:
+            wanted[archive][1][member] = table[1][member]
+    return wanted
+
+
+@contextlib.contextmanager
+def given(tables: dict[str, Table]) -> Iterator[None]:
+    """Members of the archives in ``tables`` read at the places given there (:func:`member_tables`),
+    while the archives are as they were then, without this process reading their tables."""
+    _given.update(tables)
+    try:
+        yield
+    finally:
+        _given.clear()
+
+
+def _read_member(archive: str, offset: int, size: int, version: Version | None = None) -> BinaryIO | None:
+    """The member at ``offset``; None if the archive's version is not ``version`` (if given)."""
     if size == 0:
         raise ImageError("empty file (0 bytes)")
     with open(archive, "rb") as file:
+        if version is not None and _version(os.fstat(file.fileno())) != version:
+            return None
         file.seek(offset)
         data = file.read(size)
     if len(data) < size:
@@ -106,25 +166,43 @@ def open_member(archive: str, member: str) -> BinaryIO:
     return io.BytesIO(data)
 
 
-def _table(archive: str) -> dict[str, tuple[int, int]]:
-    """``archive``'s members: name -> (offset, size) of its data, read once while it is unchanged."""
-    status = os.stat(archive)
-    version = (status.st_mtime_ns, status.st_size, status.st_ino)
+def _version(status: os.stat_result) -> Version:
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
+def _table(archive: str, read: Callable[[str], dict[str, tuple[int, int]]] | None = None) -> Table:
+    """``archive``'s table, read once while it is unchanged, by one thread while others wait for it."""
+    version = _version(os.stat(archive))
     with _lock:
         kept = _tables.get(archive)
         if kept is not None and kept[0] == version:
             _tables.move_to_end(archive)
-            return kept[1]
-    table = _read_table(archive)  # outside the lock: other threads read other archives meanwhile
+            return kept
+        reading = _reading.get((archive, version))
+        mine = reading is None
+        if mine:
+            reading = _reading[archive, version] = Future()
+    if not mine:
+        return version, reading.result()
+    try:  # outside the lock: other threads read other archives meanwhile
+        table = (read or read_table)(archive)
+    except BaseException as error:
+        with _lock:
+            del _reading[archive, version]
+        reading.set_exception(error)
+        raise
     with _lock:
+        del _reading[archive, version]
         _tables[archive] = (version, table)
         _tables.move_to_end(archive)
         while len(_tables) > TABLES_KEPT:
             _tables.popitem(last=False)
-    return table
+    reading.set_result(table)
+    return version, table
 
 
-def _read_table(archive: str) -> dict[str, tuple[int, int]]:
+def read_table(archive: str) -> dict[str, tuple[int, int]]:
+    """``archive``'s members: name -> (offset, size) of their data, read from its headers."""
     table = _plain_table(archive)
     return _tarfile_table(archive) if table is None else table
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import archives
 from .decode import Reduction
 from .errors import ImageError, VggfeatError
 from .reading import Budget, Decoded, ImageReader, Reduced
@@ -88,26 +89,30 @@ class DecodingProcesses:
         return self.receiving.submit(self._received, files, number)
 
     def _received(self, files: list[Path], number: int) -> tuple[list[Decoded], int]:
+        names = [str(file) for file in files]
+        tables = archives.member_tables(names, self._read_table)
         results: list[Decoded] = []
         held = 0
         while len(results) < len(files):
-            blocks = self._decoded(files[len(results):])
+            blocks = self._decoded(names[len(results):], tables)
             for pixels, outcomes in blocks:  # the budget once the slot is free again
                 held += self.budget.take(number, pixels.numel())
                 results += self.reader._unpack(pixels, outcomes)
         return results, held
 
-    def _decoded(self, files: list[Path]) -> list[tuple[torch.Tensor, list[tuple[int, ...] | str]]]:
+    def _decoded(self, files: list[str], tables: dict[str, archives.Table]
+                 ) -> list[tuple[torch.Tensor, list[tuple[int, ...] | str]]]:
         """The first of ``files`` that a slot holds (at least one), decoded by a worker and copied
-        out of its slot: [(pixels, outcomes)], one block; after a worker's death, one per file."""
+        out of its slot: [(pixels, outcomes)], one block; after a worker's death, one per file.
+        ``tables``: where the files in archives lie in them (:func:`vggfeat.archives.member_tables`)."""
         slot = self.free.get() if self.slots else None
         try:
             pool = self.pool
             try:
-                block = _block(pool.submit(_decode_into, [str(f) for f in files], slot, *self.arguments))
+                block = _block(pool.submit(_decode_into, files, slot, *self.arguments, tables))
             except BrokenProcessPool:  # broken by another group's file, and not restarted yet
                 block = None
-            return [self._copied(slot, *block)] if block is not None else self._alone(files, slot, pool)
+            return [self._copied(slot, *block)] if block is not None else self._alone(files, slot, pool, tables)
         finally:
             if slot is not None:
                 self.free.put(slot)
@@ -122,7 +127,7 @@ class DecodingProcesses:
         pixels = self.slots[slot][: sum(3 * h * w for h, w in _sizes(outcomes))]
         return (pixels.pin_memory() if cuda else pixels.clone()), outcomes
 
-    def _alone(self, files: list[Path], slot: int | None, broken: ProcessPoolExecutor
+    def _alone(self, files: list[str], slot: int | None, broken: ProcessPoolExecutor, tables: dict[str, archives.Table]
                ) -> list[tuple[torch.Tensor, list[tuple[int, ...] | str]]]:
         """After a worker's death: ``files`` one at a time, each alone in a process, so that a
         crash can only be its own file's."""
@@ -134,7 +139,7 @@ class DecodingProcesses:
             alone = self._started(1)
             try:
                 for path in files:
-                    block = _block(alone.submit(_decode_into, [str(path)], slot, *self.arguments))
+                    block = _block(alone.submit(_decode_into, [path], slot, *self.arguments, tables))
                     if block is not None:
                         blocks.append(self._copied(slot, *block))
                         continue
@@ -147,6 +152,14 @@ class DecodingProcesses:
             finally:
                 alone.shutdown(wait=False)
             return blocks
+
+    def _read_table(self, archive: str) -> dict[str, tuple[int, int]]:
+        """An archive's table, read by a worker: parsing its headers would hold this process's
+        lock on Python's objects (the GIL), which the thread queueing the network's work needs."""
+        try:
+            return self.pool.submit(archives.read_table, archive).result()
+        except BrokenProcessPool:  # broken by a file; the group that saw it first restarts it
+            return archives.read_table(archive)
 
     def _started(self, workers: int) -> ProcessPoolExecutor:
         """A pool whose process has been seen to start: were it to die whatever it is given, every
@@ -261,13 +274,16 @@ def _running(process: int) -> bool:
 
 
 def _decode_into(paths: list[str], slot: int | None, decoder: str, max_pixels: int, min_side: int,
-                 reduction: Reduction | None) -> tuple[torch.Tensor | None, list[tuple[int, ...] | str]]:
+                 reduction: Reduction | None, tables: dict[str, archives.Table]
+                 ) -> tuple[torch.Tensor | None, list[tuple[int, ...] | str]]:
     """In a worker process: decode the first of ``paths`` that fit a slot (at least one) into slot
     ``slot``, (H, W, 3) each, one after another; return None (or, with no slot or for one image
     larger than a slot, the pixels in a fresh block of shared memory) and per file decoded its
-    (height, width), followed by its full size if it was decoded smaller, or why not."""
+    (height, width), followed by its full size if it was decoded smaller, or why not. Files in
+    archives are read where ``tables`` says they lie."""
     reader = ImageReader(torch.device("cpu"), decoder, 1, max_pixels, min_side, reduction=reduction)
-    decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
+    with archives.given(tables):
+        decoded, _ = reader._decode_group([Path(p) for p in paths], 0, Budget(None), limit=SLOT_BYTES)
     # (height, width, 3), as both PIL and libjpeg-turbo lay pixels out: a plain copy. Into [3, H, W]
     # it would be a transposing one, 7x slower (bench_decode.py: 170-178 against 23-24 us a
     # 500x375 image, a sixth of a worker's time); the reader views them as [3, H, W] (_unpack).
