@@ -284,3 +284,30 @@ def test_a_member_placed_in_an_archive_since_written_anew_is_read_from_the_new_a
     write_tar(archive, tmp_path / "files", ["1.png", "0.png", "1.png"])  # other places, another size
     with given(places):
         assert open_member(str(archive), "0.png").read() == (tmp_path / "files" / "0.png").read_bytes()
+
+
+def test_webdataset_samples_take_the_class_of_their_cls_file(tmp_path):
+    """A WebDataset shard's sample ``x.jpg`` with ``x.cls`` (holding ``281``) has that class, at the
+    top of the folder as in a class folder (whose class it overrides), or as IMAGES itself; a
+    sample without one, or with an empty one, has the class it would have otherwise."""
+    files = tmp_path / "files"
+    (files / "sub").mkdir(parents=True)
+    for name in ("k1.jpg", "k2.seg.png", "k3.jpg", "k5.jpg", "sub/k4.jpg"):
+        write_rgb(files / name, 40, 40)
+    for name, text in (("k1.cls", "3\n"), ("k2.cls", "7"), ("k5.cls", ""), ("sub/k4.cls", "3")):
+        (files / name).write_text(text)
+    names = ["k1.jpg", "k1.cls", "k2.seg.png", "k2.cls", "k3.jpg", "k5.jpg", "k5.cls", "sub/k4.jpg", "sub/k4.cls"]
+    (tmp_path / "shards" / "cats").mkdir(parents=True)
+    shard = write_tar(tmp_path / "shards" / "000000.tar", files, names)
+    shutil.copy(shard, tmp_path / "shards" / "cats" / "000001.tar")
+    found = find_images(tmp_path / "shards")
+    class_of = {path: found.classes[label] if label >= 0 else None for path, label in zip(found.paths, found.labels)}
+    assert class_of == {
+        "000000.tar/k1.jpg": "3", "000000.tar/k2.seg.png": "7", "000000.tar/k3.jpg": None, "000000.tar/k5.jpg": None,
+        "000000.tar/sub/k4.jpg": "3",
+        "cats/000001.tar/k1.jpg": "3", "cats/000001.tar/k2.seg.png": "7", "cats/000001.tar/k3.jpg": "cats",
+        "cats/000001.tar/k5.jpg": "cats", "cats/000001.tar/sub/k4.jpg": "3",
+    }
+    alone = find_images(shard)
+    assert [alone.classes[label] if label >= 0 else None for label in alone.labels] == ["3", "7", None, None, "3"]
+    assert alone.paths == ("k1.jpg", "k2.seg.png", "k3.jpg", "k5.jpg", "sub/k4.jpg")

@@ -28,6 +28,9 @@ from typing import BinaryIO
 from .errors import ImageError, VggfeatError
 
 ARCHIVE_EXTENSION = ".tar"
+# A WebDataset sample's class: a file of this extension holding its class index or name as text,
+# of at most CLASS_BYTES that count.
+CLASS_EXTENSION, CLASS_BYTES = ".cls", 256
 # Tables of members kept per process: paths come sorted, so readers work through an archive or
 # two at a time; a table of 10,000 members takes about 2 MB.
 TABLES_KEPT = 8
@@ -85,14 +88,41 @@ def modified(path: str | os.PathLike, archives: dict[str, float]) -> float:
     return time
 
 
-def members(archive: str | os.PathLike) -> list[str]:
-    """The names of the regular files in ``archive``, in its order (of one cut short, those before
-    the cut); VggfeatError, naming it, where it is not an uncompressed tar archive."""
+def members(archive: str | os.PathLike) -> dict[str, str | None]:
+    """The regular files in ``archive``, in its order (of one cut short, those before the cut),
+    each with its sample's class where it has one (:func:`sample_classes`); VggfeatError, naming
+    it, where it is not an uncompressed tar archive."""
     try:
-        return list(read_table(os.fspath(archive)))
+        table = read_table(os.fspath(archive))
+        classes = sample_classes(archive, table)
     except (tarfile.TarError, OSError) as error:
         raise VggfeatError(f"cannot read the tar archive {archive} ({error}); vggfeat reads images from uncompressed "
                            "tar archives: unpack or repair it, or move it out of the folder") from None
+    if not classes:
+        return dict.fromkeys(table)
+    return {member: classes.get(_sample_key(member)) for member in table}
+
+
+def sample_classes(archive: str | os.PathLike, table: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """The class of each sample of a WebDataset shard that has one: the text of its ``.cls`` file
+    (``n0123/x.cls`` for ``n0123/x.jpg``: a sample's files share the name up to its first dot), by
+    the sample's key (:func:`_sample_key`). An empty one gives none."""
+    files = [(member, place) for member, place in table.items() if member.lower().endswith(CLASS_EXTENSION)]
+    if not files:
+        return {}
+    classes = {}
+    with open(archive, "rb", buffering=0) as file:
+        for member, (offset, size) in files:
+            text = os.pread(file.fileno(), min(size, CLASS_BYTES), offset).decode("utf-8", "replace").strip()
+            if text:
+                classes[_sample_key(member)] = text
+    return classes
+
+
+def _sample_key(member: str) -> str:
+    """WebDataset's key of a member: its folder and its name up to the first dot (``a/x.seg.png``: ``a/x``)."""
+    folder, _, name = member.rpartition("/")
+    return f"{folder}/{name.split('.', 1)[0]}" if folder else name.split(".", 1)[0]
 
 
 def open_member(archive: str, member: str) -> BinaryIO:

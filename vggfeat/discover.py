@@ -3,7 +3,7 @@
 A folder's first-level subfolders are its classes (the ImageFolder convention that Caltech-101/256
 and most labelled collections follow); images directly in the root have label -1. A tar archive's
 images are found as a folder's, ``shard.tar/a.jpg`` (:mod:`vggfeat.archives`), and take the
-class of the folder the archive lies in.
+class of the folder the archive lies in, or their WebDataset sample's (its ``.cls`` file's text).
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
 
     Tar archives (``.tar``) are looked into: each image in one is ``archive.tar/member``, labelled
     by the folder the archive lies in; ``root`` may be an archive, then the folder of its images
-    (``member``, labelled by their first-level folder in it). Hidden files and folders (names
+    (``member``, labelled by their first-level folder in it). An image of a WebDataset shard whose
+    sample has a class (``x.cls`` beside ``x.jpg``, holding ``281``) takes that class instead. Hidden files and folders (names
     starting with ``.``, such as macOS ``._`` resource forks) are skipped. Links to folders are
     followed, as torchvision's ImageFolder does (collections are often a folder of links to where
     the images lie), except a link back into a folder it is in. A folder that cannot be listed is
@@ -175,24 +176,29 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     """
     root = check_folder(root)
     if root.is_file():  # an archive
-        found = [member for member in members(root) if _is_image(member)]
+        inside = members(root)
+        found = [member for member in inside if _is_image(member)]
+        sample_classes = {member: inside[member] for member in found if inside[member] is not None}
         top_archives: set[str] = set()
         if progress is not None:
             progress(len(found))
     else:
-        found, top_archives = _walk(root, progress)
+        found, top_archives, sample_classes = _walk(root, progress)
     if not found:
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
         )
-    # A first-level folder is a class; an archive there is a file, whose images have none.
-    class_of = {path: first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None
+    # A first-level folder is a class; an archive there is a file, whose images have none but
+    # their samples' own.
+    class_of = {path: sample_classes.get(path)
+                or (first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None)
                 for path in found}
     return _labelled(root, class_of)
 
 
-def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str]]:
-    """The images under the folder ``root`` (see :func:`find_images`), and the archives directly in it."""
+def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str], dict[str, str]]:
+    """The images under the folder ``root`` (see :func:`find_images`), the archives directly in
+    it, and the classes of the images in archives whose samples give theirs."""
     found: list[str] = []
     archives: list[tuple[str, str]] = []
     top_archives: set[str] = set()
@@ -231,30 +237,35 @@ def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[st
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
         raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
                            "permissions, or name the images to describe with --file-list")
-    return found + _archive_images(archives, progress), top_archives
+    in_archives, sample_classes = _archive_images(archives, progress)
+    return found + in_archives, top_archives, sample_classes
 
 
-def _archive_images(archives: list[tuple[str, str]], progress: Callable[[int], object] | None) -> list[str]:
+def _archive_images(archives: list[tuple[str, str]], progress: Callable[[int], object] | None
+                    ) -> tuple[list[str], dict[str, str]]:
     """The images in each of ``archives`` (its name under the root, its path), counted as each is
-    read: its headers take a while. Read ARCHIVE_THREADS at a time where the first one's took over
-    REMOTE_MEMBER_SECONDS a member: a file server's round trips, which threads overlap."""
-    def images_in(archive: tuple[str, str]) -> list[str]:
+    read: its headers take a while; and the classes their samples give. Read ARCHIVE_THREADS at a
+    time where the first one's took over REMOTE_MEMBER_SECONDS a member: a file server's round
+    trips, which threads overlap."""
+    def images_in(archive: tuple[str, str]) -> dict[str, str | None]:
         name, path = archive
-        return [f"{name}/{member}" for member in members(path) if _is_image(member)]
+        return {f"{name}/{member}": label for member, label in members(path).items() if _is_image(member)}
 
     if not archives:
-        return []
+        return [], {}
     began = time.perf_counter()
     first = images_in(archives[0])
     remote = (time.perf_counter() - began) / max(1, len(first)) > REMOTE_MEMBER_SECONDS
     found: list[str] = []
+    sample_classes: dict[str, str] = {}
     with ThreadPoolExecutor(ARCHIVE_THREADS) if remote else contextlib.nullcontext() as pool:
         rest = pool.map(images_in, archives[1:]) if remote else map(images_in, archives[1:])
         for images in itertools.chain([first], rest):
             found += images
+            sample_classes.update((path, label) for path, label in images.items() if label is not None)
             if progress is not None:
                 progress(len(images))
-    return found
+    return found, sample_classes
 
 
 def _is_image(member: str) -> bool:
