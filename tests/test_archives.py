@@ -20,7 +20,7 @@ from imagefiles import write_corrupt, write_rgb
 from runhelpers import FAST, assert_same_output, error_line, read_output, run_main
 import vggfeat.archives
 from vggfeat.archives import _plain_table, _tarfile_table, given, member_tables, members, open_member
-from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image
+from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image, open_image_file
 import vggfeat.discover
 from vggfeat.discover import find_images
 from vggfeat.errors import VggfeatError
@@ -311,3 +311,67 @@ def test_webdataset_samples_take_the_class_of_their_cls_file(tmp_path):
     alone = find_images(shard)
     assert [alone.classes[label] if label >= 0 else None for label in alone.labels] == ["3", "7", None, None, "3"]
     assert alone.paths == ("k1.jpg", "k2.seg.png", "k3.jpg", "k5.jpg", "sub/k4.jpg")
+
+
+def write_archive_of_archives(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """ImageNet's training set in small: ``train.tar`` holding ``n01.tar`` (two images), ``n02.tar``
+    (one) and an image; ``train/`` the same archives and image in a folder; ``unpacked/`` the
+    files unpacked into folders of the archives' names."""
+    unpacked, folder = tmp_path / "unpacked", tmp_path / "train"
+    for each in (unpacked / "n01.tar" / "sub", unpacked / "n02.tar", folder):
+        each.mkdir(parents=True)
+    write_rgb(unpacked / "n01.tar" / "a.jpg", 224, 240, seed=1)
+    write_rgb(unpacked / "n01.tar" / "sub" / "b.png", 236, 224, seed=2)
+    write_rgb(unpacked / "n02.tar" / "c.jpg", 224, 250, seed=3)
+    write_rgb(unpacked / "d.png", 230, 230, seed=4)
+    write_tar(folder / "n01.tar", unpacked / "n01.tar", ["a.jpg", "sub/b.png"], format=tarfile.GNU_FORMAT)
+    write_tar(folder / "n02.tar", unpacked / "n02.tar", ["c.jpg"])
+    shutil.copy(unpacked / "d.png", folder / "d.png")
+    return write_tar(tmp_path / "train.tar", folder, ["n01.tar", "d.png", "n02.tar"]), folder, unpacked
+
+
+def test_an_archive_of_archives_is_read_in_place_and_its_archives_may_be_classes(tmp_path):
+    """ImageNet's training set: an archive of an archive per class. Its images are found and read
+    in place, described as the files unpacked; with --archive-classes, the archives directly in
+    IMAGES are classes named after them, whether IMAGES is that archive or a folder of the
+    archives; without, their images have none."""
+    outer, folder, unpacked = write_archive_of_archives(tmp_path)
+    paths = ("d.png", "n01.tar/a.jpg", "n01.tar/sub/b.png", "n02.tar/c.jpg")
+    plain = find_images(outer)
+    assert plain.paths == paths and plain.labels.tolist() == [-1] * 4 and plain.classes == ()
+    for root in (outer, folder):
+        classed = find_images(root, archive_classes=True)
+        assert classed.paths == paths and classed.classes == ("n01", "n02") and classed.labels.tolist() == [-1, 0, 0, 1]
+    for args in (["train.tar", "packed.h5", "--archive-classes"],
+                 ["train.tar", "processes.h5", "--archive-classes", "--decode-in", "processes", "--workers", "2"],
+                 ["unpacked", "unpacked.h5"]):
+        code, _, err = run_main(["extract", *(tmp_path / arg for arg in args[:2]), *args[2:], *CHEAP])
+        assert code == 0, err
+    packed, processes, expected = (read_output(tmp_path / name) for name in ("packed.h5", "processes.h5", "unpacked.h5"))
+    for run in (packed, processes):
+        assert run["paths"] == expected["paths"] == list(paths) and run["classes"] == ["n01", "n02"]
+        assert run["labels"].tolist() == expected["labels"].tolist() == [-1, 0, 0, 1]
+        np.testing.assert_array_equal(run["features"], expected["features"])
+    code, _, err = run_main(["extract", tmp_path / "out.h5", "--file-list", tmp_path / "list.txt", "--archive-classes", *CHEAP])
+    assert code == 2 and "--archive-classes: for IMAGES (a list gives its images' classes)" in err
+
+
+def test_a_process_given_places_in_archives_inside_archives_reads_no_table(tmp_path, monkeypatch):
+    """Decoding processes are given the places of members of archives inside archives too, and
+    read them without reading any archive's headers."""
+    outer, _, unpacked = write_archive_of_archives(tmp_path)
+    names = ["n01.tar/a.jpg", "n01.tar/sub/b.png", "n02.tar/c.jpg", "d.png"]
+    places = member_tables([f"{outer}/{name}" for name in names])
+    assert sorted(places) == [str(outer), f"{outer}/n01.tar", f"{outer}/n02.tar"]
+    for inner in ("n01.tar", "n02.tar"):  # tarfile, for headers of other kinds, reads them alike
+        span = vggfeat.archives.read_table(str(outer))[inner]
+        assert _tarfile_table(str(outer), *span) == _plain_table(str(outer), *span)
+
+    def no_reading(archive):
+        raise AssertionError(f"read the table of {archive}")
+
+    monkeypatch.setattr(vggfeat.archives, "read_table", no_reading)
+    monkeypatch.setattr(vggfeat.archives, "_tables", type(vggfeat.archives._tables)())  # none kept: a fresh process
+    with given(places):
+        for name in names:
+            assert open_image_file(f"{outer}/{name}").read() == (unpacked / name).read_bytes()

@@ -8,9 +8,14 @@ offset in the archive, unpacking nothing: an archive's table of members (the hea
 data) is read once, then each image in one read. A process reads each table once however many of
 its threads read the archive (kept for the archives read last); decoding processes are given
 their files' places by the process they decode for (:func:`member_tables`, :func:`given`), which
-had the table read once for them all: 16 processes would otherwise each read every table. An archive is a file that holds images, not a folder: its members take the label of
-the folder it lies in (none at the top). Only uncompressed archives (``.tar``) can be read at an
-offset; a compressed one is refused as it is found.
+had the table read once for them all: 16 processes would otherwise each read every table.
+
+An archive is a file that holds images, not a folder: its members take the label of the folder
+it lies in (none at the top), or their WebDataset sample's (:func:`sample_classes`). An archive
+inside an archive (``train.tar/n0123.tar/x.jpg``: ImageNet's training set is an archive of an
+archive per class) is read in place as well, its members' offsets counted in the outermost file.
+Only uncompressed archives (``.tar``) can be read at an offset; a compressed one is refused as it
+is found.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ def sample_classes(archive: str | os.PathLike, table: dict[str, tuple[int, int]]
     if not files:
         return {}
     classes = {}
-    with open(archive, "rb", buffering=0) as file:
+    with open(_file_of(os.fspath(archive)), "rb", buffering=0) as file:
         for member, (offset, size) in files:
             text = os.pread(file.fileno(), min(size, CLASS_BYTES), offset).decode("utf-8", "replace").strip()
             if text:
@@ -128,12 +133,13 @@ def _sample_key(member: str) -> str:
 def open_member(archive: str, member: str) -> BinaryIO:
     """The bytes of ``member`` of ``archive``, to read as a file; ImageError where the archive
     does not hold it, or ends before its end."""
-    given = _given.get(archive)
-    if given is not None and member in given[1]:
-        data = _read_member(archive, *given[1][member], version=given[0])
-        if data is not None:
-            return data  # else the archive was written anew since: its table is read again
     try:
+        archive, member = _innermost(archive, member)
+        given = _given.get(archive)
+        if given is not None and member in given[1]:
+            data = _read_member(archive, *given[1][member], version=given[0])
+            if data is not None:
+                return data  # else the archive was written anew since: its table is read again
         version, table = _table(archive)
     except tarfile.TarError as error:
         raise ImageError(f"its archive is not an uncompressed tar archive that can be read ({error})") from None
@@ -157,7 +163,10 @@ def member_tables(paths: Iterable[str], read: Callable[[str], dict[str, tuple[in
         inside = split_member(path)
         if inside is None:
             continue
-        archive, member = inside
+        try:
+            archive, member = _innermost(*inside)
+        except (tarfile.TarError, OSError):
+            continue
         if archive not in tables:
             try:
                 tables[archive] = _table(archive, read)
@@ -186,7 +195,7 @@ def _read_member(archive: str, offset: int, size: int, version: Version | None =
     """The member at ``offset``; None if the archive's version is not ``version`` (if given)."""
     if size == 0:
         raise ImageError("empty file (0 bytes)")
-    with open(archive, "rb") as file:
+    with open(_file_of(archive), "rb") as file:
         if version is not None and _version(os.fstat(file.fileno())) != version:
             return None
         file.seek(offset)
@@ -202,7 +211,7 @@ def _version(status: os.stat_result) -> Version:
 
 def _table(archive: str, read: Callable[[str], dict[str, tuple[int, int]]] | None = None) -> Table:
     """``archive``'s table, read once while it is unchanged, by one thread while others wait for it."""
-    version = _version(os.stat(archive))
+    version = _version(os.stat(_file_of(archive)))
     with _lock:
         kept = _tables.get(archive)
         if kept is not None and kept[0] == version:
@@ -232,38 +241,82 @@ def _table(archive: str, read: Callable[[str], dict[str, tuple[int, int]]] | Non
 
 
 def read_table(archive: str) -> dict[str, tuple[int, int]]:
-    """``archive``'s members: name -> (offset, size) of their data, read from its headers."""
-    table = _plain_table(archive)
-    return _tarfile_table(archive) if table is None else table
+    """``archive``'s members: name -> (offset, size) of their data in its file (for an archive
+    inside an archive, in the outermost one's file), read from its headers."""
+    file, start, length = _span(archive)
+    table = _plain_table(file, start, length)
+    return _tarfile_table(file, start, length) if table is None else table
 
 
-def _tarfile_table(archive: str) -> dict[str, tuple[int, int]]:
+def _span(archive: str) -> tuple[str, int, int | None]:
+    """Where ``archive`` lies: (the file, the offset of its first byte, its length, None for the
+    whole file). An archive inside another (``train.tar/n0123.tar``) lies where its member's data does."""
+    inside = split_member(archive)
+    if inside is None:
+        return archive, 0, None
+    outer, inner = _innermost(*inside)
+    table = _table(outer)[1]
+    if inner not in table:
+        raise tarfile.ReadError(f"{inner} is not in {outer}")
+    offset, size = table[inner]
+    return _file_of(outer), offset, size
+
+
+def _innermost(archive: str, member: str) -> tuple[str, str]:
+    """(archive, member) of the innermost archive that holds ``member`` of ``archive``:
+    ``("train.tar/n0123.tar", "x.jpg")`` for ``("train.tar", "n0123.tar/x.jpg")``. Places given to
+    this process (:func:`given`) say so without the tables being read."""
+    if member in _given.get(archive, (None, {}))[1]:
+        return archive, member
+    parts = member.split("/")
+    for end, part in enumerate(parts[:-1], start=1):
+        if is_archive(part):
+            inner = "/".join(parts[:end])
+            if f"{archive}/{inner}" in _given or inner in _table(archive)[1]:
+                return _innermost(f"{archive}/{inner}", "/".join(parts[end:]))
+    return archive, member
+
+
+def _file_of(archive: str) -> str:
+    """The file that ``archive`` lies in: itself, or for one inside another the outermost's."""
+    inside = split_member(archive)
+    return archive if inside is None else inside[0]
+
+
+def _tarfile_table(file: str, start: int = 0, length: int | None = None) -> dict[str, tuple[int, int]]:
     table: dict[str, tuple[int, int]] = {}
-    # "r:" reads only uncompressed archives: a compressed one cannot be read at an offset.
-    with tarfile.open(archive, mode="r:") as tar:
-        try:
-            for info in tar:
-                if info.isreg():
-                    table[_name(info.name)] = (info.offset_data, info.size)
-        except tarfile.ReadError:
-            if not table:
-                raise
-            # It ends within a member (an interrupted copy): those before it are read, and that one
-            # fails as it is read (open_member), as a truncated file would.
+    # "r:" reads only uncompressed archives: a compressed one cannot be read at an offset. tarfile
+    # counts offsets from where the file is when it opens it.
+    with open(file, "rb") as raw:
+        raw.seek(start)
+        with tarfile.open(fileobj=raw, mode="r:") as tar:
+            try:
+                for info in tar:
+                    if length is not None and info.offset_data + info.size > start + length:
+                        break  # past an archive inside another: the outer one's next member
+                    if info.isreg():
+                        table[_name(info.name)] = (info.offset_data, info.size)
+            except tarfile.ReadError:
+                if not table:
+                    raise
+                # It ends within a member (an interrupted copy): those before it are read, and that
+                # one fails as it is read (open_member), as a truncated file would.
     return table
 
 
-def _plain_table(archive: str) -> dict[str, tuple[int, int]] | None:
+def _plain_table(file: str, start: int = 0, length: int | None = None) -> dict[str, tuple[int, int]] | None:
     """The members of an archive of plain headers (ustar or v7), with the long names and PAX
     records of GNU tar and Python's tarfile (which writes one for every file it adds: its time
     has a fraction), read without tarfile's objects: 4x as fast as tarfile, 10 us a member
     (``benchmarks/bench_archives.py``). None at a header of another kind, one that is not sound,
-    or where the archive is cut short: tarfile reads those."""
+    or where the archive is cut short: tarfile reads those. The archive is the ``length`` bytes
+    of ``file`` from ``start`` (None: to its end)."""
     table: dict[str, tuple[int, int]] = {}
     pending: dict[str, bytes] = {}  # what a long name's or PAX header says of the next member
-    with open(archive, "rb", buffering=0) as file:
-        descriptor, end = file.fileno(), os.fstat(file.fileno()).st_size
-        offset = 0
+    with open(file, "rb", buffering=0) as raw:
+        descriptor = raw.fileno()
+        end = os.fstat(descriptor).st_size if length is None else start + length
+        offset = start
         while offset < end:
             header = os.pread(descriptor, tarfile.BLOCKSIZE, offset)
             if header == bytes(tarfile.BLOCKSIZE):  # the end-of-archive blocks

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .archives import file_exists, is_archive, members
+from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
 from .errors import VggfeatError
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
 
@@ -161,14 +161,19 @@ def check_file_list(list_file: str | Path) -> Path:
     return list_file
 
 
-def find_images(root: str | Path, progress: Callable[[int], object] | None = None) -> ImageSet:
+def find_images(root: str | Path, progress: Callable[[int], object] | None = None, archive_classes: bool = False
+                ) -> ImageSet:
     """Every image file under ``root``, recursively; extensions are matched case-insensitively.
     ``progress(n)`` is called with the number of images found in each folder (and archive), as it is walked.
 
     Tar archives (``.tar``) are looked into: each image in one is ``archive.tar/member``, labelled
     by the folder the archive lies in; ``root`` may be an archive, then the folder of its images
-    (``member``, labelled by their first-level folder in it). An image of a WebDataset shard whose
-    sample has a class (``x.cls`` beside ``x.jpg``, holding ``281``) takes that class instead. Hidden files and folders (names
+    (``member``, labelled by their first-level folder in it). Archives inside archives are looked
+    into too (ImageNet's training set is an archive of an archive per class). With
+    ``archive_classes``, the archives directly in ``root`` are classes too, named after their
+    files (``n01440764.tar``: ``n01440764``), rather than files that have none. An image of a
+    WebDataset shard whose sample has a class (``x.cls`` beside ``x.jpg``, holding ``281``) takes
+    that class instead. Hidden files and folders (names
     starting with ``.``, such as macOS ``._`` resource forks) are skipped. Links to folders are
     followed, as torchvision's ImageFolder does (collections are often a folder of links to where
     the images lie), except a link back into a folder it is in. A folder that cannot be listed is
@@ -176,12 +181,9 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     """
     root = check_folder(root)
     if root.is_file():  # an archive
-        inside = members(root)
-        found = [member for member in inside if _is_image(member)]
-        sample_classes = {member: inside[member] for member in found if inside[member] is not None}
-        top_archives: set[str] = set()
-        if progress is not None:
-            progress(len(found))
+        in_root, top_archives = _archive_images("", str(root), progress)
+        found = list(in_root)
+        sample_classes = {path: label for path, label in in_root.items() if label is not None}
     else:
         found, top_archives, sample_classes = _walk(root, progress)
     if not found:
@@ -189,9 +191,13 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
         )
     # A first-level folder is a class; an archive there is a file, whose images have none but
-    # their samples' own.
-    class_of = {path: sample_classes.get(path)
-                or (first if "/" in path and (first := path.split("/", 1)[0]) not in top_archives else None)
+    # their samples' own (or with archive_classes, its name's).
+    def folder_class(first: str) -> str | None:
+        if first not in top_archives:
+            return first
+        return first[: -len(ARCHIVE_EXTENSION)] if archive_classes else None
+
+    class_of = {path: sample_classes.get(path) or (folder_class(path.split("/", 1)[0]) if "/" in path else None)
                 for path in found}
     return _labelled(root, class_of)
 
@@ -237,19 +243,18 @@ def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[st
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
         raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
                            "permissions, or name the images to describe with --file-list")
-    in_archives, sample_classes = _archive_images(archives, progress)
+    in_archives, sample_classes = _images_in_archives(archives, progress)
     return found + in_archives, top_archives, sample_classes
 
 
-def _archive_images(archives: list[tuple[str, str]], progress: Callable[[int], object] | None
-                    ) -> tuple[list[str], dict[str, str]]:
+def _images_in_archives(archives: list[tuple[str, str]], progress: Callable[[int], object] | None
+                        ) -> tuple[list[str], dict[str, str]]:
     """The images in each of ``archives`` (its name under the root, its path), counted as each is
     read: its headers take a while; and the classes their samples give. Read ARCHIVE_THREADS at a
     time where the first one's took over REMOTE_MEMBER_SECONDS a member: a file server's round
     trips, which threads overlap."""
     def images_in(archive: tuple[str, str]) -> dict[str, str | None]:
-        name, path = archive
-        return {f"{name}/{member}": label for member, label in members(path).items() if _is_image(member)}
+        return _archive_images(*archive)[0]
 
     if not archives:
         return [], {}
@@ -268,9 +273,35 @@ def _archive_images(archives: list[tuple[str, str]], progress: Callable[[int], o
     return found, sample_classes
 
 
+def _archive_images(name: str, path: str, progress: Callable[[int], object] | None = None
+                    ) -> tuple[dict[str, str | None], set[str]]:
+    """The images in the archive ``path`` (``name`` under the root; "" for the root), with their
+    samples' classes, and those of the archives inside it, each counted by ``progress`` as read;
+    and the names of the archives directly in it."""
+    found: dict[str, str | None] = {}
+    inside: set[str] = set()
+    images = 0
+    for member, label in members(path).items():
+        shown = f"{name}/{member}" if name else member
+        if _is_image(member):
+            found[shown] = label
+            images += 1
+        elif is_archive(member) and not _is_hidden(member):
+            found.update(_archive_images(shown, f"{path}/{member}", progress)[0])
+            if "/" not in member:
+                inside.add(member)
+    if progress is not None:
+        progress(images)
+    return found, inside
+
+
 def _is_image(member: str) -> bool:
     """Whether a member of an archive is an image that a walk finds: not hidden, nor in a hidden folder."""
-    return member.lower().endswith(IMAGE_EXTENSIONS) and not any(part.startswith(".") for part in member.split("/"))
+    return member.lower().endswith(IMAGE_EXTENSIONS) and not _is_hidden(member)
+
+
+def _is_hidden(member: str) -> bool:
+    return any(part.startswith(".") for part in member.split("/"))
 
 
 def read_file_list(list_file: str | Path, root: str | Path | None = None) -> ImageSet:

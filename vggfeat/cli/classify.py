@@ -32,7 +32,7 @@ FOLDERS = "folders"
 @options.retry_failed
 @options.update
 @common.quiet
-def classify(paths, file_list, root, models, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
+def classify(paths, file_list, root, archive_classes, models, weights, seed, scales, flip, dense, multi_crop, topk, labels, devices,
              precision, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard,
              part_size, overwrite, retry_failed, update, quiet) -> None:
     """Classify every image under IMAGES (or in --file-list) into OUTPUT (.csv): top-k ImageNet classes.
@@ -78,7 +78,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
         check_output(output, overwrite)  # or the run that left its work beside it goes on
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
-    options.check_source(paths, file_list)
+    options.check_source(paths, file_list, archive_classes)
     say = common.reporter(quiet)
     classifiers = []
     for model, model_weights in zip(models, weights_files):
@@ -98,7 +98,7 @@ def classify(paths, file_list, root, models, weights, seed, scales, flip, dense,
     classifier = classifiers[0]
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
-    images = options.read_images(paths, file_list, root, quiet)
+    images = options.read_images(paths, file_list, root, archive_classes, quiet)
     say(common.images_counted(images))
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)

@@ -33,7 +33,7 @@ from . import common, options
 @options.retry_failed
 @options.update
 @common.quiet
-def extract(paths, file_list, root, models, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
+def extract(paths, file_list, root, archive_classes, models, weights, seed, layer, pooling, scales, resize_side, center_crop, aggregate, gem_p, normalize, flip,
             devices, precision, dtype, batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune, compile, shard, part_size, overwrite,
             retry_failed, update, quiet) -> None:
     """Describe every image under IMAGES (or in --file-list) and write OUTPUT (.h5).
@@ -60,7 +60,7 @@ def extract(paths, file_list, root, models, weights, seed, layer, pooling, scale
     # an update, whether the output was made with them.
     if not rewrite:
         check_output(output, overwrite)
-    options.check_source(paths, file_list)
+    options.check_source(paths, file_list, archive_classes)
     say = common.reporter(quiet)
     weights_each = options.weights_of(models, weights)
     say(f"loading {', '.join(models)} ({weights})")
@@ -79,7 +79,7 @@ def extract(paths, file_list, root, models, weights, seed, layer, pooling, scale
                                           "random_weights=True)")
     if rewrite:
         check_rewritable(output, extractor, dtype, rewrite)
-    images = options.read_images(paths, file_list, root, quiet)
+    images = options.read_images(paths, file_list, root, archive_classes, quiet)
     say(f"{common.images_counted(images)}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
                  overwrite=overwrite, quiet=quiet, precision=precision,

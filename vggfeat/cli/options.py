@@ -190,7 +190,11 @@ def _together(*decorators: Callable) -> Callable:
 
 
 # The groups every image-describing command takes, in --help order.
-image_source = _together(images_and_output, file_list, root)
+archive_classes = click.option("--archive-classes", is_flag=True,
+                               help="The tar archives directly in IMAGES (or in the archive IMAGES) are classes, named "
+                                    "after them (n01440764.tar: n01440764), as ImageNet's training set comes; else "
+                                    "their images have none (but a WebDataset sample's .cls).")
+image_source = _together(images_and_output, file_list, root, archive_classes)
 network = _together(model, weights, seed)
 # classify's: several models are fused.
 models = click.option("--model", "models", default="vgg16", show_default=True, callback=parse_models,
@@ -217,15 +221,18 @@ def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
     return paths[-1]
 
 
-def check_source(paths: tuple[Path, ...], file_list: Path | None) -> None:
+def check_source(paths: tuple[Path, ...], file_list: Path | None, archive_classes: bool = False) -> None:
     """The folder of IMAGES, or the --file-list, exists: said at once, before the network loads."""
     if file_list:
+        if archive_classes:
+            raise click.UsageError("--archive-classes: for IMAGES (a list gives its images' classes)")
         check_file_list(file_list)
     else:
         check_folder(paths[0])
 
 
-def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, quiet: bool = False) -> ImageSet:
+def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | None, archive_classes: bool = False,
+                quiet: bool = False) -> ImageSet:
     """The images of ``--file-list`` (refused where none of them is there), or under IMAGES
     (arguments checked by :func:`output_of`); a warning for those of a format that this
     installation does not decode (HEIC without pillow-heif).
@@ -238,7 +245,7 @@ def read_images(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
         check_listed_files(images, file_list)
     else:
         with progress_bar(quiet, unit="images", desc=f"finding images in {paths[0]}", delay=2) as bar:
-            images = find_images(paths[0], progress=bar.update)
+            images = find_images(paths[0], progress=bar.update, archive_classes=archive_classes)
     for line in formats_not_decoded(images.paths):  # said even with --quiet: the run would fail them all
         click.secho(f"WARNING: {line}", err=True, fg="yellow")
     return images
