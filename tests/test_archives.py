@@ -375,3 +375,30 @@ def test_a_process_given_places_in_archives_inside_archives_reads_no_table(tmp_p
     with given(places):
         for name in names:
             assert open_image_file(f"{outer}/{name}").read() == (unpacked / name).read_bytes()
+
+
+def test_an_archive_of_archives_cut_short_gives_the_images_before_the_cut(tmp_path):
+    """A download of ImageNet's training set cut within its last class's archive: that archive's
+    member that the cut cuts fails, saying so; the rest are described."""
+    outer, _, _ = write_archive_of_archives(tmp_path)
+    with tarfile.open(outer) as tar:
+        start = tar.getmember("n02.tar").offset_data
+    with open(outer, "rb") as file:
+        file.seek(start)
+        with tarfile.open(fileobj=file) as inner:
+            cut = inner.getmember("c.jpg").offset_data + 100  # tarfile counts from where the file was
+    os.truncate(outer, cut)
+    assert run_main(["extract", outer, tmp_path / "out.h5", "--archive-classes", *CHEAP])[0] == 0
+    out = read_output(tmp_path / "out.h5")
+    assert out["paths"] == ["d.png", "n01.tar/a.jpg", "n01.tar/sub/b.png"] and out["failed_paths"] == ["n02.tar/c.jpg"]
+    assert out["failed_errors"] == ["truncated: its archive ends before it does"]
+
+
+def test_an_archive_inside_an_archive_that_cannot_be_read_is_named_with_its_remedy(tmp_path):
+    (tmp_path / "files").mkdir()
+    write_rgb(tmp_path / "files" / "a.png", 224, 224)
+    (tmp_path / "files" / "n01.tar").write_bytes(b"not an archive" * 100)
+    outer = write_tar(tmp_path / "train.tar", tmp_path / "files", ["a.png", "n01.tar"])
+    code, _, err = run_main(["extract", outer, tmp_path / "out.h5", *CHEAP])
+    assert code == 2 and error_line(err).startswith(f"Error: cannot read the tar archive {outer}/n01.tar (")
+    assert error_line(err).endswith(f"vggfeat reads images from uncompressed tar archives: repair or unpack {outer}")

@@ -101,8 +101,10 @@ def members(archive: str | os.PathLike) -> dict[str, str | None]:
         table = read_table(os.fspath(archive))
         classes = sample_classes(archive, table)
     except (tarfile.TarError, OSError) as error:
+        outer = _file_of(os.fspath(archive))
+        remedy = "unpack or repair it, or move it out of the folder" if outer == os.fspath(archive) else f"repair or unpack {outer}"
         raise VggfeatError(f"cannot read the tar archive {archive} ({error}); vggfeat reads images from uncompressed "
-                           "tar archives: unpack or repair it, or move it out of the folder") from None
+                           f"tar archives: {remedy}") from None
     if not classes:
         return dict.fromkeys(table)
     return {member: classes.get(_sample_key(member)) for member in table}
@@ -301,6 +303,11 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None) -> dict
                     raise
                 # It ends within a member (an interrupted copy): those before it are read, and that
                 # one fails as it is read (open_member), as a truncated file would.
+        if not table and start:  # tarfile takes a first header that is not one for the end, but at the file's start
+            raw.seek(start)
+            first = raw.read(tarfile.BLOCKSIZE)
+            if first != bytes(tarfile.BLOCKSIZE):
+                tarfile.TarInfo.frombuf(first, tarfile.ENCODING, "surrogateescape")  # raises what it finds wrong
     return table
 
 
