@@ -402,3 +402,20 @@ def test_an_archive_inside_an_archive_that_cannot_be_read_is_named_with_its_reme
     code, _, err = run_main(["extract", outer, tmp_path / "out.h5", *CHEAP])
     assert code == 2 and error_line(err).startswith(f"Error: cannot read the tar archive {outer}/n01.tar (")
     assert error_line(err).endswith(f"vggfeat reads images from uncompressed tar archives: repair or unpack {outer}")
+
+
+def test_an_update_without_archive_classes_is_refused_where_they_made_the_file(tmp_path):
+    """A file whose classes are its archives' records it: an update or a retry that forgot
+    --archive-classes would take every image's class away, and is refused, saying what to give;
+    with it, the classes stay."""
+    outer, _, _ = write_archive_of_archives(tmp_path)
+    output = tmp_path / "out.h5"
+    assert run_main(["extract", outer, output, "--archive-classes", *CHEAP])[0] == 0
+    for rewrite in ("--update", "--retry-failed"):
+        code, _, err = run_main(["extract", outer, output, rewrite, *CHEAP])
+        assert code == 2 and error_line(err) == (f"Error: {output}'s classes are the archives in its folder of images "
+                                                 "(--archive-classes): give --archive-classes again, or its images would lose them")
+    assert run_main(["extract", outer, output, "--update", "--archive-classes", *CHEAP])[0] == 0
+    out = read_output(output)
+    assert out["classes"] == ["n01", "n02"] and out["labels"].tolist() == [-1, 0, 0, 1]
+    assert run_main(["extract", outer, output, "--update", *CHEAP])[0] == 2  # the updated file records it too

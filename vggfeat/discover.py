@@ -9,6 +9,7 @@ class of the folder the archive lies in, or their WebDataset sample's (its ``.cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -77,7 +78,8 @@ class ImageSet:
     ``root``); ``labels[i]`` indexes ``classes`` or is -1. Paths and classes are valid UTF-8, as
     HDF5 files, CSV files and terminals need: the bytes of a file name that are not (a name
     written in another encoding, such as Latin-1) appear as ``\\xNN``; ``file_names`` maps such
-    a path to the name that opens the file. ``shard_of`` is set on a block of a collection.
+    a path to the name that opens the file. ``shard_of`` is set on a block of a collection;
+    ``archive_classes`` where the archives directly in ``root`` gave classes (:func:`find_images`).
     """
 
     root: Path
@@ -86,6 +88,7 @@ class ImageSet:
     classes: tuple[str, ...]
     file_names: Mapping[str, str] = field(default_factory=dict)
     shard_of: ShardOf | None = None
+    archive_classes: bool = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -119,7 +122,7 @@ class ImageSet:
         paths = self.paths[start:end]
         file_names = {path: self.file_names[path] for path in paths if path in self.file_names} if self.file_names else {}
         return ImageSet(self.root, paths, self.labels[start:end], self.classes, file_names,
-                        ShardOf(index, count, len(self), self.digest()))
+                        ShardOf(index, count, len(self), self.digest()), self.archive_classes)
 
     def digest(self) -> str:
         """SHA-256 of the ordered paths and labels: a resumed run must see the same set. Worked
@@ -199,7 +202,7 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
 
     class_of = {path: sample_classes.get(path) or (folder_class(path.split("/", 1)[0]) if "/" in path else None)
                 for path in found}
-    return _labelled(root, class_of)
+    return dataclasses.replace(_labelled(root, class_of), archive_classes=archive_classes)
 
 
 def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str], dict[str, str]]:

@@ -326,6 +326,8 @@ class ExtractionJob:
         }
         if self.extractor.decoder != "pil":
             attrs["decoder_library"] = decoder_library_of(self.extractor.decoder)
+        if self.images.archive_classes:  # which an update must find its images with (update.OutputUpdate)
+            attrs["archive_classes"] = True
         if self.images.shard_of:  # for the merge
             shard = self.images.shard_of
             attrs.update(shard_index=shard.index, shard_count=shard.count, collection_images=shard.collection_images,

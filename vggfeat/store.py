@@ -18,6 +18,7 @@ The output file (read it with plain h5py)::
     attributes       format_version, versions, model, weights, weights_sha256, layer, pooling,
                      scales, aggregate, flip, preprocessing, precision, dtype, created, complete,
                      regions and region_images (rows that are regions, of how many images),
+                     archive_classes (the archives in the images' folder were classes),
                      and "config": all of the extraction configuration as JSON; a shard
                      (``extract --shard``) adds shard_index, shard_count, collection_images
                      and collection_sha256; a merged file merged_from, merge_command and shards

@@ -85,6 +85,9 @@ class OutputUpdate:
             if describe == "new" and "shard_index" in old.attrs:
                 raise VggfeatError(f"{self.output} is shard {old.attrs['shard_index']}/{old.attrs['shard_count']} of an "
                                    "extraction: update the file that 'vggfeat merge' makes of the shards")
+            if old.attrs.get("archive_classes", False) and not images.archive_classes:
+                raise VggfeatError(f"{self.output}'s classes are the archives in its folder of images (--archive-classes): "
+                                   "give --archive-classes again, or its images would lose them")
             same_images = old.attrs.get("images_sha256") == images.digest()
             if describe == "failed" and not same_images:
                 raise VggfeatError(f"{self.output} describes another set of images ({int(old.attrs.get('images_found', -1)):,} "
@@ -187,6 +190,8 @@ class OutputUpdate:
             failed_labels[:] = images.labels[[i for i, _, _ in failures]]
             failed_read_after[:] = [read for _, _, read in failures]
             attrs = {key: value for key, value in old.attrs.items() if key != "complete"}
+            if images.archive_classes:
+                attrs["archive_classes"] = True
             attrs.update(images_found=len(images), images_sha256=images.digest(), input_root=os.path.abspath(images.root),
                          **{self._dated: datetime.now(timezone.utc).isoformat(timespec="seconds")}, **self.provenance)
             if new is not None:  # the file's other attributes say how its first rows were made
