@@ -206,8 +206,8 @@ def test_an_index_is_built_a_block_at_a_time_from_its_file(tmp_path, monkeypatch
     assert reads[:-12] == ([] if kind != "ivfpq" else [len(X)])  # ivfpq: its training sample, all 1200 here
     assert blocks.rows == len(X) and blocks.dim == 8 and blocks.labels.tolist() == labels.tolist()
     queries = whole.prepare(X[:50])
-    if kind == "flat":
-        np.testing.assert_array_equal(blocks.vectors, whole.vectors)
+    if kind == "flat":  # equal but for the last bits of float32 sums, which BLAS orders by the block's size
+        np.testing.assert_allclose(blocks.vectors, whole.vectors, rtol=0, atol=1e-6)
     else:  # the same training and vectors; an HNSW graph grown in blocks may link a little differently
         _, rows = blocks.search(queries, 5)
         _, expected_rows = whole.search(queries, 5)
