@@ -161,7 +161,7 @@ def test_bf16_on_the_cpu_agrees_with_fp32(network, mixed_images, padding_spy, re
     """--precision bf16 on a CPU (3-4x faster where it has AMX, RESULTS.md): every image's descriptor
     within the issue's cosine of 0.999 to fp32's, batches padded, BatchNorm too; the file records it."""
     network = request.getfixturevalue(network)
-    options = {"scales": [224, 256], "flip": True, "batch_size": 8, "device": "cpu"}
+    options = {"scales": [224], "flip": False, "batch_size": 8, "device": "cpu"}  # a padded batch of three
     exact, half = Extractor(network, **options), Extractor(network, precision="bf16", **options)
     expected, actual = exact.describe(mixed_images), half.describe(mixed_images)
     assert any(padding_spy)
