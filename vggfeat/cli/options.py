@@ -84,6 +84,10 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
 file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all); 'path#xywh=X,Y,W,H' names a region of the image (a box: top-left pixel, width, height). '-': standard input.")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder; for '-', the working folder].")
+archive_classes = click.option("--archive-classes", is_flag=True,
+                               help="The tar archives directly in IMAGES (or in the archive IMAGES) are classes, named "
+                                    "after them (n01440764.tar: n01440764), as ImageNet's training set comes; else "
+                                    "their images have none (but a WebDataset sample's .cls).")
 model = click.option("--model", "models", default="vgg16", show_default=True, callback=parse_models,
                      help=f"VGG configuration ({', '.join(ARCHITECTURES)}): vgg16 is the paper's D, vgg19 its E; several, "
                           "comma-separated (vgg16,vgg19), give each image's descriptors side by side in one run, each "
@@ -190,10 +194,6 @@ def _together(*decorators: Callable) -> Callable:
 
 
 # The groups every image-describing command takes, in --help order.
-archive_classes = click.option("--archive-classes", is_flag=True,
-                               help="The tar archives directly in IMAGES (or in the archive IMAGES) are classes, named "
-                                    "after them (n01440764.tar: n01440764), as ImageNet's training set comes; else "
-                                    "their images have none (but a WebDataset sample's .cls).")
 image_source = _together(images_and_output, file_list, root, archive_classes)
 network = _together(model, weights, seed)
 # classify's: several models are fused.
