@@ -23,6 +23,7 @@ import vggfeat.output
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
+from vggfeat.processes import process_context
 from vggfeat.store import shards_folder, work_folder, work_progress
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
@@ -93,14 +94,15 @@ def test_each_process_is_sent_its_shard_only(tmp_path, monkeypatch):
     memory in each), nor a digest of the whole collection to work out again there."""
     write_plain_folder(tmp_path / "images", 7)
     images, sent, threads = find_images(tmp_path / "images"), [], []
-    start = multiprocessing.context.SpawnProcess.start
+    device_process = process_context().Process
+    start = device_process.start
 
     def recording_start(process):
         sent.append(process._args[4][1])  # its first block: (k, images, file)
         threads.append(process._args[-1])
         start(process)
 
-    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", recording_start)
+    monkeypatch.setattr(device_process, "start", recording_start)
     MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, tmp_path / "out.h5").run()
     assert [shard.paths for shard in sent] == [images.paths[:3], images.paths[3:]]
     assert threads == [max(1, torch.get_num_threads() // 2)] * 2  # the CPU's cores shared, not each all of them

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 import torch
 import torch.hub
+import torchvision
 
 from vggfeat import VggfeatError
 from vggfeat.weights import imagenet_cache_file, load_vgg, state_dict_sha256
@@ -60,6 +61,26 @@ def test_random_is_seeded_and_recorded(vgg11):
     _, other_seed = load_vgg("vgg11", "random", 1)
     assert torch.equal(torch.rand(3), expected)
     assert other_seed.sha256 != info.sha256
+
+
+def test_random_weights_are_drawn_as_torchvision_draws_them():
+    """Each parameter from the distribution of torchvision's own initialisation (kaiming normal
+    convolutions, N(0, 0.01) fully connected layers, zero biases, BatchNorm at 1 and 0), and the
+    buffers as torchvision has them."""
+    vgg, _ = load_vgg("vgg11_bn", "random", 0)
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model("vgg11_bn", weights=None).state_dict()
+    ours = vgg.state_dict()
+    assert ours.keys() == reference.keys()
+    for name, tensor in ours.items():
+        expected = reference[name]
+        assert tensor.shape == expected.shape and tensor.dtype == expected.dtype, name
+        if tensor.dim() < 2:  # biases, BatchNorm's parameters and statistics
+            assert torch.equal(tensor, expected), name
+        else:
+            spread = 5 / tensor.numel() ** 0.5  # five standard errors of a mean (of a std, about 1/sqrt(2))
+            assert abs(tensor.mean()) < spread * expected.std(), name
+            assert tensor.std() == pytest.approx(expected.std().item(), rel=spread), name
 
 
 def test_batchnorm_models_hash():

@@ -37,6 +37,7 @@ from .extractor import Extractor
 from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
+from .processes import process_context
 from .settings import resolve_device
 from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, discard_work, exit_if_hdf5_files_open,
                     images_in_block, interrupted_on_one, interrupted_on_several, lock_folder, open_h5, open_hdf5_files,
@@ -145,7 +146,7 @@ class MultiDeviceJob:
     def _describe_shards(self, progress: Callable[[int], None] | None) -> int:
         """Describe every block no file holds yet, a process per device; the images they
         described. Any failure, or a stop (Ctrl-C, SIGTERM), stops them all."""
-        context = multiprocessing.get_context("spawn")  # no forked copies of CUDA's or the threads' state
+        context = process_context()  # no forked copies of CUDA's or the threads' state
         arguments = {**self.extractor.arguments, "workers": self.extractor.workers}
         config = config_json(self.extractor.config(), self.dtype)
         # A block that an earlier run finished needs no process, nor a network loaded for it. Each

@@ -33,10 +33,14 @@ from .reading import Budget, Decoded, ImageReader, Reduced
 # Most decoded bytes a worker sends at once, and for a GPU the size of the slots of shared memory
 # that workers decode into, one per worker and two more: a group of 500x375 images.
 SLOT_BYTES = 32 * 2**20
-# Worker processes start from a server process that has imported vggfeat once, rather than each
-# importing torch anew (seconds apiece); it holds no CUDA context or threads that a fork could copy.
-# Where there is no fork server (Windows), each starts afresh.
+# Decoding workers, and each device's process in a run on several, start from a server process
+# that has imported vggfeat once, rather than each importing torch and torchvision anew (6 s apiece
+# on 2 cores); it holds no CUDA context or threads that a fork could copy. Where there is no fork
+# server (Windows), each starts afresh.
 PROCESS_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+# What that server imports: the modules of every process's work. One list for all, as a process
+# has one fork server, which takes the list set when it starts.
+FORKSERVER_PRELOAD = ["vggfeat.processes", "vggfeat.multidevice", "vggfeat.classifier", "vggfeat.fused"]
 
 # Files whose decoder may kill its process before the cause is more likely the processes' own.
 MAX_CRASHES = 10
@@ -45,6 +49,14 @@ MAX_CRASHES = 10
 WORKER_NICENESS = 10
 _SHARED_MEMORY = ("processes return pixels through shared memory (/dev/shm), which may be too small (in Docker, "
                   "raise --shm-size); or decode in threads (--decode-in threads)")
+
+
+def process_context() -> multiprocessing.context.BaseContext:
+    """The context that vggfeat's processes start in (see PROCESS_START)."""
+    context = multiprocessing.get_context(PROCESS_START)
+    if PROCESS_START == "forkserver":
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return context
 
 
 class DecodingProcesses:
@@ -65,9 +77,7 @@ class DecodingProcesses:
     def __init__(self, reader: ImageReader, budget: Budget) -> None:
         self.reader, self.budget = reader, budget
         self.arguments = (reader.decoder, reader.max_pixels, reader.min_side, reader.reduction)
-        self.context = multiprocessing.get_context(PROCESS_START)
-        if PROCESS_START == "forkserver":
-            self.context.set_forkserver_preload([__name__])
+        self.context = process_context()
         count = reader.workers + 2  # a thread (and slot) for every worker, and two being copied out
         self.slots = _slots(count) if _reuses_slots(reader.device) else []
         self.free: queue.SimpleQueue[int] = queue.SimpleQueue()

@@ -2,7 +2,8 @@
 
 ``"imagenet"`` goes through torchvision's weights API (downloaded once into torch's hub cache, then
 reused); a path loads a torchvision-layout state dict (``.pth`` with ``weights_only=True``, or
-``.safetensors``); ``"random"`` seeds torchvision's own initialisation, for smoke tests only.
+``.safetensors``); ``"random"`` draws them from a seed as torchvision initialises a VGG, for smoke
+tests only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 import torchvision
 from safetensors import SafetensorError
+from torch import nn
 from torchvision.models import VGG
 
 from .choices import ARCHITECTURES
@@ -45,10 +47,7 @@ def load_vgg(model: str, weights: str | Path = "imagenet", seed: int = 0) -> tup
     if weights == "imagenet":
         vgg, name = _imagenet(model), f"imagenet:{_imagenet_enum(model)}"
     elif weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vgg = torchvision.models.get_model(model, weights=None)
-        name = "random"
+        vgg, name = _random(model, seed), "random"
     else:
         vgg, name = _from_file(model, Path(weights)), f"file:{Path(weights).name}"
     vgg.eval().requires_grad_(False)
@@ -69,6 +68,29 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
         # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
         hasher.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
     return hasher.hexdigest()
+
+
+def _random(model: str, seed: int) -> VGG:
+    """torchvision's ``model`` initialised as ``VGG.__init__`` initialises it, from ``seed``, but
+    without first running each layer's own initialisation, which that then replaces: the 100-million
+    uniform draws for fc6 it skips are half of a build's 2.3 s on 2 cores."""
+    with torch.device("meta"):
+        vgg = torchvision.models.get_model(model, weights=None, init_weights=False)
+    vgg.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in vgg.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+                module.reset_running_stats()
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+    return vgg
 
 
 def _imagenet_enum(model: str):
