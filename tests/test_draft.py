@@ -131,14 +131,15 @@ def test_a_worker_fills_its_slot_by_the_drafted_size(photos, decoder):
 
 
 @pytest.fixture(scope="module")
-def described(photos, random_vgg16):
+def described(photos):
     """The photos' chunk (descriptors and sizes), decoded whole and drafted, at Q=256 (a quarter's
-    size) and at Q=256,512 (a half's, resized to both)."""
-    paths = list(photos.values())
+    size) and, the large JPEGs only, at Q=256,512 (a half's, resized to both); by VGG11, half
+    VGG16's work."""
     out = {}
     for scales in [(256,), (256, 512)]:
+        paths = list(photos.values()) if scales == (256,) else [photos["large"], photos["turned"]]
         for draft in (False, True):
-            extractor = Extractor(random_vgg16, scales=scales, flip=False, device="cpu", jpeg_draft=draft)
+            extractor = Extractor("vgg11", weights="random", scales=scales, flip=False, device="cpu", jpeg_draft=draft)
             (chunk,) = extractor.iter_chunks(paths)
             out[scales, draft] = chunk
     return out
@@ -147,12 +148,12 @@ def described(photos, random_vgg16):
 @pytest.mark.parametrize("scales", [(256,), (256, 512)], ids=["Q256", "Q256,512"])
 def test_drafted_descriptors_are_close_to_whole_decodings(described, scales):
     whole, drafted = described[scales, False], described[scales, True]
-    assert drafted.sizes == whole.sizes == [(1200, 1600), (1600, 1200), (375, 500), (1200, 1600)]
+    assert drafted.sizes == whole.sizes == [(1200, 1600), (1600, 1200), (375, 500), (1200, 1600)][: len(whole.sizes)]
     a, b = whole.features, drafted.features
     cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert (cosine > 0.9999).all(), cosine
     np.testing.assert_array_equal(a[2:], b[2:])  # the small JPEG and the PNG: decoded whole either way
-    assert not np.array_equal(a[:2], b[:2])  # the large JPEGs were drafted
+    assert not np.array_equal(a[0], b[0]) and not np.array_equal(a[1], b[1])  # the large JPEGs were drafted
 
 
 def test_drafted_network_inputs_differ_by_about_a_level(photos):
@@ -188,7 +189,7 @@ def test_drafted_images_are_resized_to_whole_decodings_shapes(tmp_path, random_v
         return inputs
 
     monkeypatch.setattr("vggfeat.extractor.to_inputs", recording)
-    Extractor(random_vgg16, scales=PAPER, device="cpu", jpeg_draft=True).extract([path])
+    Extractor(random_vgg16, scales=PAPER, device="cpu", layer="conv1_1", jpeg_draft=True).extract([path])  # inputs only
     assert shapes == [(256, 341), (256, 341), (384, 512), (384, 512), (512, 683), (512, 683)]  # and flips
 
 

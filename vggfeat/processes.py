@@ -11,6 +11,7 @@ as failed; workers end when the reading process does, however it ends.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import queue
 import select
@@ -57,6 +58,14 @@ def process_context() -> multiprocessing.context.BaseContext:
     if PROCESS_START == "forkserver":
         context.set_forkserver_preload(FORKSERVER_PRELOAD)
     return context
+
+
+def start_process_server() -> None:
+    """Start the fork server now, so that what it imports (seconds) overlaps this process's own work
+    (its network loaded, the images found) rather than delay the first process it starts."""
+    process_context()
+    if PROCESS_START == "forkserver":
+        multiprocessing.forkserver.ensure_running()
 
 
 class DecodingProcesses:

@@ -52,6 +52,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..job import check_output
     from ..predictions import (are_imagenet_folders, check_fused_classifiers, check_prediction_options, evaluate_file,
                                folder_labels, keep_top_for, read_labels)
+    from ..processes import start_process_server
     from ..settings import check_scales
     from ..update import check_rewritable
     from .jobs import write_output
@@ -79,6 +80,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list, archive_classes)
+    if len(devices) > 1:  # a process per device to come
+        start_process_server()
     say = common.reporter(quiet)
     classifiers = []
     for model, model_weights in zip(models, weights_files):

@@ -46,6 +46,7 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     from ..extractor import Extractor
     from ..fused import FusedExtractor
     from ..job import check_output
+    from ..processes import start_process_server
     from ..settings import check_scales, default_layer
     from ..update import check_rewritable
     from .jobs import write_output
@@ -61,6 +62,8 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     if not rewrite:
         check_output(output, overwrite)
     options.check_source(paths, file_list, archive_classes)
+    if len(devices) > 1:  # a process per device to come
+        start_process_server()
     say = common.reporter(quiet)
     weights_each = options.weights_of(models, weights)
     say(f"loading {', '.join(models)} ({weights})")
