@@ -36,18 +36,21 @@ def smooth_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y = np.linspace(0.0, 1.0, height)[:, None]
     x = np.linspace(0.0, 1.0, width)[None, :]
-    channels = []
-    for _ in range(3):
+    picture = np.empty((height, width, 3), dtype=np.uint8)
+    for channel in range(3):
         fy, fx = rng.uniform(0.3, 1.5, size=2)
         phase = rng.uniform(0, 2 * np.pi)
-        value = np.sin(2 * np.pi * (fy * y + fx * x) + phase)
+        # sin(a + b) from the rows' a and the columns' b: no sine of every pixel
+        a, b = 2 * np.pi * fy * y + phase, 2 * np.pi * fx * x
+        value = np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b)
         for _ in range(3):
             cy, cx = rng.uniform(0, 1, size=2)
             radius = rng.uniform(0.15, 0.4)
-            value = value + rng.uniform(-1, 1) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius**2))
+            weight = rng.uniform(-1, 1)  # a Gaussian blob, the product of its row and column profiles
+            value += weight * (np.exp(-((y - cy) ** 2) / (2 * radius**2)) * np.exp(-((x - cx) ** 2) / (2 * radius**2)))
         value = (value - value.min()) / max(float(np.ptp(value)), 1e-9)
-        channels.append(16 + value * 223)
-    return np.stack(channels, axis=2).round().astype(np.uint8)
+        picture[..., channel] = np.round(16 + value * 223)  # 24-megapixel pictures: no float copy of all three
+    return picture
 
 
 def quadrants(height: int, width: int) -> np.ndarray:
