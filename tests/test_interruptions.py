@@ -72,13 +72,10 @@ def test_resume_after_kill_9(tmp_path):
     done = len(list(work.glob("part-*.h5")))
     assert 1 <= done < 6, f"{done} parts: the kill came too late to test resuming"
 
-    resumed = subprocess.Popen(command(["extract", images, output, *options]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # The uninterrupted run, in this process while the other one starts (same options, same parts).
-    code, _, err = run_main(["extract", images, reference, *options])
+    code, _, stderr = run_main(["extract", images, output, *options])  # resumed in another process: this one
+    assert code == 0, stderr
+    code, _, err = run_main(["extract", images, reference, *options])  # uninterrupted: the same options, the same parts
     assert code == 0, err
-    stderr = resumed.communicate(timeout=180)[1]
-    assert resumed.returncode == 0, stderr
     assert f"resuming: {done} of 6 images were done by an interrupted run" in stderr
     assert re.search(rf"5 descriptors .*1 failed; {6 - done} images in", stderr), stderr
     assert not work.exists()
@@ -234,9 +231,9 @@ def test_a_full_disk_under_hdf5_ends_the_process_cleanly_and_the_run_resumes(tmp
     assert error_line(full.stderr) == (f"Error: [Errno 27] File too large: '{output}.parts/rows.h5'; finished parts are "
                                        f"kept in {output}.parts: run the same command to resume")
     assert "Exception ignored" not in full.stderr and not output.exists()
-    resumed = subprocess.run(command(args), capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert ("every image was described by the interrupted run" in resumed.stderr) == every_row_kept, resumed.stderr
+    code, _, err = run_main(args)  # in another process: this one
+    assert code == 0, err
+    assert ("every image was described by the interrupted run" in err) == every_row_kept, err
     assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
