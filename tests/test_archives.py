@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from imagefiles import write_corrupt, write_rgb
-from runhelpers import FAST, assert_same_output, error_line, read_output, run_main
+from runhelpers import FAST, assert_same_output, error_line, interrupted_run, read_output, run_main
 import vggfeat.archives
 from vggfeat.archives import _plain_table, _tarfile_table, given, member_tables, members, open_member
 from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image, open_image_file
@@ -419,3 +419,15 @@ def test_an_update_without_archive_classes_is_refused_where_they_made_the_file(t
     out = read_output(output)
     assert out["classes"] == ["n01", "n02"] and out["labels"].tolist() == [-1, 0, 0, 1]
     assert run_main(["extract", outer, output, "--update", *CHEAP])[0] == 2  # the updated file records it too
+
+
+def test_a_run_interrupted_with_archive_classes_resumes_only_with_them(tmp_path, monkeypatch):
+    outer, _, _ = write_archive_of_archives(tmp_path)
+    output = tmp_path / "out.h5"
+    interrupted_run(monkeypatch, ["extract", outer, output, "--archive-classes", "--part-size", "1", *CHEAP])
+    code, _, err = run_main(["extract", outer, output, "--part-size", "1", *CHEAP])
+    assert code == 2 and "(--archive-classes: given then, not given now)" in error_line(err)
+    resumed = [arg for arg in ["extract", outer, output, "--archive-classes", "--part-size", "1", *CHEAP] if arg != "--quiet"]
+    code, _, err = run_main(resumed)
+    assert code == 0 and "resuming: 1 of 4 images were done" in err, err
+    assert read_output(output)["classes"] == ["n01", "n02"]

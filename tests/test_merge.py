@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from runhelpers import (FAST, assert_same_output, command, error_line, read_output, reusing_network, run_main, run_process,
+from runhelpers import (FAST, assert_same_output, command, error_line, read_output, reusing_network, run_main,
                         write_labelled_folder)
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
@@ -277,13 +277,14 @@ def test_merge_without_an_output_is_refused(three_shards):
 
 def test_shards_run_at_once_in_separate_processes_then_merge(labelled, tmp_path):
     """The intended use: one process per GPU (here both on the CPU), side by side on one folder."""
-    running = [subprocess.Popen(command(["extract", labelled, tmp_path / f"s{k}.h5", *FAST, "--shard", f"{k}/2", "-q"]),
+    options = [*FAST, "--layer", CHEAP, "-q"]
+    running = [subprocess.Popen(command(["extract", labelled, tmp_path / f"s{k}.h5", *options, "--shard", f"{k}/2"]),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
     for process in running:
         _, err = process.communicate(timeout=240)
         assert process.returncode == 0, err
-    assert run_process(["extract", labelled, tmp_path / "whole.h5", *FAST, "-q"]).returncode == 0
-    merged = run_process(["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"])
-    assert merged.returncode == 0, merged.stderr
+    assert run_main(["extract", labelled, tmp_path / "whole.h5", *options])[0] == 0
+    code, _, err = run_main(["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"])
+    assert code == 0, err
     assert_same_output(read_output(tmp_path / "merged.h5"), read_output(tmp_path / "whole.h5"), atol=1e-5)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["merged.h5", "s1.h5", "s2.h5", "whole.h5"]

@@ -107,7 +107,8 @@ class ExtractionJob:
             "format_version": FORMAT_VERSION,
             "config": extractor.config(),
             "dtype": dtype,
-            "images": {"count": len(self.images), "sha256": self.images.digest()},
+            "images": {"count": len(self.images), "sha256": self.images.digest(),
+                       **({"archive_classes": True} if images.archive_classes else {})},
             # Before any image is read: a resumed run keeps its first start (_adopt_or_clear), so
             # that every row's file is known to have been read after it (the output's /read_after).
             "started": time.time(),
@@ -385,9 +386,12 @@ def _differences(previous: dict, current: dict) -> list[str]:
         found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
     if previous.get("shard") != current.get("shard"):
         found.append(f"shard: {_shard(previous)} then, {_shard(current)} now")
-    if previous.get("images") != current["images"]:
-        count = previous.get("images", {}).get("count")
-        found.append(f"image set: {count} files then, {current['images']['count']} now (or other names or labels)")
+    then, now = previous.get("images", {}), current["images"]
+    if then.get("archive_classes", False) != now.get("archive_classes", False):  # every label differs: say why
+        found.append(f"--archive-classes: {'given' if then.get('archive_classes') else 'not given'} then, "
+                     f"{'given' if now.get('archive_classes') else 'not given'} now")
+    elif then != now:
+        found.append(f"image set: {then.get('count')} files then, {now['count']} now (or other names or labels)")
     return found
 
 
