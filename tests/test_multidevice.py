@@ -9,6 +9,8 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -491,3 +493,23 @@ def test_a_bad_device_in_the_list_is_refused_before_work(tmp_path):
     write_plain_folder(tmp_path / "images", 1)
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP, "--device", "cpu,gpu9"])
     assert code == 2 and "unknown device 'gpu9'" in error_line(err)
+
+
+_PRELOAD_QUERIES = """
+import importlib, torch
+from vggfeat.processes import FORKSERVER_PRELOAD
+asked, count = [], torch._C._cuda_getDeviceCount
+torch._C._cuda_getDeviceCount = lambda: asked.append(1) or count()
+for name in FORKSERVER_PRELOAD:
+    importlib.import_module(name)
+print(len(asked), torch.cuda.is_initialized())
+"""
+
+
+def test_the_fork_server_imports_without_touching_cuda():
+    """The devices' processes are forked from a server that imported FORKSERVER_PRELOAD: had an
+    import asked CUDA anything (torch.cuda.is_available() initialises its driver), each GPU's
+    process would inherit a driver that cannot work after a fork."""
+    ran = subprocess.run([sys.executable, "-c", _PRELOAD_QUERIES], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["0", "False"]
