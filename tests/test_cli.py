@@ -352,8 +352,8 @@ def test_the_cpu_run_says_which_way_bf16_goes(one_image, monkeypatch, speed, giv
     unless a precision was asked for by name; where bf16 was asked for on an x86 CPU without AMX,
     several times slower than fp32 there, it warns."""
     monkeypatch.setattr(settings, "cpu_bf16_speed", lambda: speed)
-    for name, output, options in (("extract", "out.h5", CHEAP), ("classify", "out.csv", FAST)):
-        code, _, err = run_main([name, one_image / "images", one_image / output, *options, *given, "--overwrite"])
+    for name, output, run_options in (("extract", "out.h5", CHEAP), ("classify", "out.csv", FAST)):
+        code, _, err = run_main([name, one_image / "images", one_image / output, *run_options, *given, "--overwrite"])
         assert code == 0, err
         advice = [line for line in err.splitlines() if "this CPU" in line]
         assert len(advice) == (1 if said else 0) and (said is None or said in advice[0]), err
