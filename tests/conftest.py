@@ -6,8 +6,6 @@ import pytest
 
 import vggfeat.extractor
 from imagefiles import write_rgb
-from runhelpers import reusing_network
-from vggfeat import load_network
 from vggfeat.weights import load_vgg
 
 # Random networks kept for the session's Extractors (about 0.5 GB each).
@@ -18,8 +16,8 @@ RANDOM_NETWORKS_KEPT = 4
 def random_networks_built_once():
     """An Extractor (and so the CLI in this process) given ``weights="random"`` reuses the network
     of that architecture and seed that the session built before: initialising 130-140 million
-    parameters takes 2.6 s on a 2-core machine, and the CLI's tests build hundreds. Extractors do
-    not change their network (a half-precision one runs a cast copy), as ``reusing_network`` relies on."""
+    parameters takes 1.9 s on a 2-core machine, and the CLI's tests build hundreds. Extractors do
+    not change their network (a half-precision one runs a cast copy), as this relies on."""
     real, built = vggfeat.extractor.load_network, collections.OrderedDict()
 
     def load(model, weights="imagenet", seed=0):
@@ -39,17 +37,11 @@ def random_networks_built_once():
 
 
 @pytest.fixture(scope="session")
-def random_vgg16():
-    """torchvision's VGG16 with seeded random weights, made dense (seed 0)."""
-    return load_network("vgg16", "random", seed=0)
-
-
-@pytest.fixture
-def cached_network(random_vgg16):
-    """The CLI's ``--weights random --seed 0`` VGG16 is ``random_vgg16``, in this process (a module
-    uses it with ``pytestmark = pytest.mark.usefixtures("cached_network")``)."""
-    with reusing_network(random_vgg16):
-        yield
+def random_vgg16(random_networks_built_once):
+    """torchvision's VGG16 with seeded random weights, made dense (seed 0): what an Extractor, and
+    so the CLI's ``--weights random --seed 0``, is given in this process (or, if the session has
+    built four others since, the same weights built again)."""
+    return vggfeat.extractor.load_network("vgg16", "random", 0)
 
 
 @pytest.fixture(scope="session")

@@ -167,22 +167,6 @@ def assert_same_output(actual: dict, expected: dict, atol: float = 1e-6) -> None
 # --------------------------------------------------------------------------- running the command
 
 
-@contextlib.contextmanager
-def reusing_network(network):
-    """Make ``Extractor("vgg16", weights="random", seed=0)`` (what the CLI builds for ``FAST``) reuse
-    ``network`` instead of initialising a new VGG16 (~3 s); any other request loads as usual."""
-    real = vggfeat.extractor.load_network
-
-    def load(model, weights="imagenet", seed=0):
-        if (model, str(weights), int(seed)) == ("vgg16", "random", 0):
-            return network
-        return real(model, weights, seed)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vggfeat.extractor, "load_network", load)
-        yield
-
-
 def run_main(args: list[str]) -> tuple[int, str, str]:
     """``vggfeat ARGS`` in this process: (exit code, stdout, stderr). Other exceptions propagate."""
     from vggfeat.cli import main

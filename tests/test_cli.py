@@ -27,7 +27,6 @@ from runhelpers import (
     error_line,
     interrupted_run,
     read_output,
-    reusing_network,
     run_main,
     run_process,
     write_plain_folder,
@@ -43,8 +42,6 @@ CHEAP = [*FAST, "--layer", "conv1_1"]
 NO_SCALES = [option for option in FAST if option not in ("--scales", "224")]
 
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 
 def folder_state(folder) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -54,7 +51,7 @@ def folder_state(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory, random_vgg16):
+def mixed(tmp_path_factory):
     """A folder of good images (one with a non-ASCII name), every bad file and every odd-but-valid
     image, extracted by the CLI."""
     root = tmp_path_factory.mktemp("mixed")
@@ -67,8 +64,7 @@ def mixed(tmp_path_factory, random_vgg16):
     odd = {f"odd/{name}": image.expected.shape[:2] for name, image in write_odd_files(images / "odd").items()}
     bad = {f"bad/{name}": BAD_FILES[name][1] for name in write_bad_files(images / "bad")}
     output = root / "out.h5"
-    with reusing_network(random_vgg16):
-        code, out, err = run_main(["extract", images, output, *CHEAP])
+    code, out, err = run_main(["extract", images, output, *CHEAP])
     return {"images": images, "output": output, "code": code, "stderr": err,
             "sizes": {**good, **odd}, "bad": bad}
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from imagefiles import write_exif_rotated, write_rgb
-from runhelpers import FAST, read_output, reusing_network, run_main
+from runhelpers import FAST, read_output, run_main
 from vggfeat import Extractor, ImageError
 from vggfeat.decode import decode_image, decode_image_reduced
 from vggfeat.jpeg import decoder_library
@@ -200,18 +200,17 @@ def test_the_option_is_recorded_and_compared(described, random_vgg16):
     assert drafted.config() == {**whole.config(), "jpeg_draft": True}
 
 
-def test_extract_with_jpeg_draft_writes_full_sizes_and_resumes_only_as_drafted(photos, tmp_path, random_vgg16):
+def test_extract_with_jpeg_draft_writes_full_sizes_and_resumes_only_as_drafted(photos, tmp_path):
     output = tmp_path / "out.h5"
     args = ["extract", "--file-list", tmp_path / "files.txt", output, *FAST, "--quiet"]
     (tmp_path / "files.txt").write_text("".join(f"{path}\n" for path in photos.values()))
-    with reusing_network(random_vgg16):
-        code, _, err = run_main([*args, "--jpeg-draft"])
-        assert code == 0, err
-        written = read_output(output)
-        assert json.loads(written["attrs"]["config"])["jpeg_draft"] is True
-        assert written["sizes"].tolist() == [[1200, 1600], [1600, 1200], [375, 500], [1200, 1600]]
-        code, out, _ = run_main(["info", output])
-        assert code == 0 and "large JPEGs drafted (--jpeg-draft)" in out
-        # Its update must draft too: the same command without the option is refused.
-        code, _, err = run_main([*args, "--update"])
-        assert code != 0 and "jpeg_draft" in err
+    code, _, err = run_main([*args, "--jpeg-draft"])
+    assert code == 0, err
+    written = read_output(output)
+    assert json.loads(written["attrs"]["config"])["jpeg_draft"] is True
+    assert written["sizes"].tolist() == [[1200, 1600], [1600, 1200], [375, 500], [1200, 1600]]
+    code, out, _ = run_main(["info", output])
+    assert code == 0 and "large JPEGs drafted (--jpeg-draft)" in out
+    # Its update must draft too: the same command without the option is refused.
+    code, _, err = run_main([*args, "--update"])
+    assert code != 0 and "jpeg_draft" in err

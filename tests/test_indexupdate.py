@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from imagefiles import write_rgb
-from runhelpers import FAST, error_line, reusing_network, run_main
+from runhelpers import FAST, error_line, run_main
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index, faiss_available, index_features
 from vggfeat.indexupdate import update_index
@@ -139,26 +139,25 @@ def test_an_update_is_refused_for_another_descriptors_file_and_an_index_that_kee
         ["info", tmp_path / "arrays.index"])[1]
 
 
-def test_index_update_after_extract_update_from_the_command_line(tmp_path, monkeypatch, random_vgg16):
+def test_index_update_after_extract_update_from_the_command_line(tmp_path, monkeypatch):
     """extract, index; the collection grows, an image is edited, one is removed; extract --update,
     index --update: the descriptors an index built anew holds, in the same place as the search finds them."""
     monkeypatch.chdir(tmp_path)
     for name, seed in (("a/1.png", 1), ("a/2.png", 2), ("b/3.png", 3)):
         (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
         write_rgb(tmp_path / "photos" / name, 120, 150, seed=seed)
-    with reusing_network(random_vgg16):
-        assert run_main(["extract", "photos", "db.h5", *CHEAP])[0] == 0
-        assert run_main(["index", "db.h5", "db.index", "-q"])[0] == 0
-        (tmp_path / "photos" / "a" / "2.png").unlink()
-        write_rgb(tmp_path / "photos" / "b" / "4.png", 130, 140, seed=4)
-        write_rgb(tmp_path / "photos" / "b" / "3.png", 120, 150, seed=33)  # edited since it was described
-        os.utime(tmp_path / "photos" / "b" / "3.png", (time.time() + 5, time.time() + 5))
-        assert run_main(["extract", "photos", "db.h5", "--update", *CHEAP])[0] == 0
-        code, out, err = run_main(["index", "db.h5", "db.index", "--update", "-q"])
-        assert code == 0 and out == "updated db.index: 1 added, 1 removed, 1 described again; 3 descriptors\n", err
-        assert run_main(["index", "db.h5", "anew.index", "-q"])[0] == 0
-        assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
-        code, out, _ = run_main(["info", "db.index"])
+    assert run_main(["extract", "photos", "db.h5", *CHEAP])[0] == 0
+    assert run_main(["index", "db.h5", "db.index", "-q"])[0] == 0
+    (tmp_path / "photos" / "a" / "2.png").unlink()
+    write_rgb(tmp_path / "photos" / "b" / "4.png", 130, 140, seed=4)
+    write_rgb(tmp_path / "photos" / "b" / "3.png", 120, 150, seed=33)  # edited since it was described
+    os.utime(tmp_path / "photos" / "b" / "3.png", (time.time() + 5, time.time() + 5))
+    assert run_main(["extract", "photos", "db.h5", "--update", *CHEAP])[0] == 0
+    code, out, err = run_main(["index", "db.h5", "db.index", "--update", "-q"])
+    assert code == 0 and out == "updated db.index: 1 added, 1 removed, 1 described again; 3 descriptors\n", err
+    assert run_main(["index", "db.h5", "anew.index", "-q"])[0] == 0
+    assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
+    code, out, _ = run_main(["info", "db.index"])
     made = [line for line in out.splitlines() if line.startswith("  made")][0]
     assert code == 0 and made.startswith("  made         20") and " from db.h5, updated " in made and "  update       'vggfeat index FEATURES INDEX --update' after " \
         "'extract --update'" in out

@@ -44,8 +44,6 @@ from vggfeat.cli.common import size_text
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
 
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 
 # --------------------------------------------------------------------------- kills, signals and full disks
 

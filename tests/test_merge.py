@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from runhelpers import (FAST, assert_same_output, command, error_line, read_output, reusing_network, run_main,
+from runhelpers import (FAST, assert_same_output, command, error_line, read_output, run_main,
                         write_labelled_folder)
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
@@ -218,14 +218,13 @@ def test_shards_written_before_failures_kept_their_labels_merge(three_shards, wh
 # --------------------------------------------------------------------------- the commands
 
 
-def test_extract_shards_then_merge_at_the_command_line(labelled, random_vgg16, tmp_path):
-    with reusing_network(random_vgg16):
-        for index in (1, 2):
-            code, _, err = run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2"])
-            assert code == 0, err
-            assert f"shard {index}/2: 3 of the 6 images" in err and "vggfeat merge" in err
-        code, _, err = run_main(["extract", labelled, tmp_path / "whole.h5", *FAST, "-q"])
+def test_extract_shards_then_merge_at_the_command_line(labelled, tmp_path):
+    for index in (1, 2):
+        code, _, err = run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2"])
         assert code == 0, err
+        assert f"shard {index}/2: 3 of the 6 images" in err and "vggfeat merge" in err
+    code, _, err = run_main(["extract", labelled, tmp_path / "whole.h5", *FAST, "-q"])
+    assert code == 0, err
     code, _, err = run_main(["merge", tmp_path / "s2.h5", tmp_path / "s1.h5", tmp_path / "merged.h5"])
     assert code == 0 and "5 descriptors from 2 shards, 1 failed" in err, err
     assert_same_output(read_output(tmp_path / "merged.h5"), read_output(tmp_path / "whole.h5"), atol=1e-5)
@@ -235,13 +234,12 @@ def test_extract_shards_then_merge_at_the_command_line(labelled, random_vgg16, t
     assert code == 0 and "of 6 images found" in out and "merged       from 2 shards by vggfeat merge" in out
 
 
-def test_a_merged_file_says_how_each_shard_was_made(labelled, random_vgg16, tmp_path):
+def test_a_merged_file_says_how_each_shard_was_made(labelled, tmp_path):
     """A retry of one shard's failures is that shard's, not the whole file's."""
-    with reusing_network(random_vgg16):
-        for index in (1, 2):
-            assert run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2", "-q"])[0] == 0
-        with h5py.File(tmp_path / "s2.h5", "r+") as f:  # as a retry of shard 2 records it
-            f.attrs.update(retry_command="vggfeat extract ... --shard 2/2 --retry-failed", failures_retried="2026-11-23")
+    for index in (1, 2):
+        assert run_main(["extract", labelled, tmp_path / f"s{index}.h5", *FAST, "--shard", f"{index}/2", "-q"])[0] == 0
+    with h5py.File(tmp_path / "s2.h5", "r+") as f:  # as a retry of shard 2 records it
+        f.attrs.update(retry_command="vggfeat extract ... --shard 2/2 --retry-failed", failures_retried="2026-11-23")
     assert run_main(["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"])[0] == 0
     attrs = read_output(tmp_path / "merged.h5")["attrs"]
     shards = json.loads(attrs["shards"])

@@ -32,8 +32,6 @@ CHEAP = [*FAST, "--layer", "conv1_1"]
 TWO_CPUS = ["--device", "cpu,cpu"]  # after FAST's --device cpu: the last one counts
 
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 
 def cheap_extractor(**options) -> Extractor:
     return Extractor("vgg16", weights="random", scales=[224], flip=False, device="cpu", layer="conv1_1", **options)

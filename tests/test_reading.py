@@ -21,7 +21,7 @@ import vggfeat.processes
 import vggfeat.reading
 from imagefiles import write_bad_files, write_odd_files, write_rgb
 from reference import assert_close
-from runhelpers import FAST, flaky_storage, gpu_full_for, read_output, reusing_network, run_main
+from runhelpers import FAST, flaky_storage, gpu_full_for, read_output, run_main
 from vggfeat import Extractor, ImageError, VggfeatError
 from vggfeat.decode import DEFAULT_MAX_PIXELS, READ_RETRY_DELAYS, decode_image, decode_image_reduced
 from vggfeat.jpeg import decoder_library
@@ -84,9 +84,8 @@ def test_descriptors_and_the_written_file_are_those_of_threads(random_vgg16, tmp
     assert_close(in_processes[:6], in_threads[:6], 0, "descriptors")
     assert np.isnan(in_processes[6]).all()
 
-    with reusing_network(random_vgg16):
-        runs = {how: run_main(["extract", images, tmp_path / f"{how}.h5", *FAST, "--decode-in", how, "--workers", "2"])
-                for how in ("threads", "processes")}
+    runs = {how: run_main(["extract", images, tmp_path / f"{how}.h5", *FAST, "--decode-in", how, "--workers", "2"])
+            for how in ("threads", "processes")}
     for how, (code, _, err) in runs.items():
         assert code == 0, err
         assert f"2 torchvision decoding {how}" in err or f"2 pil decoding {how}" in err

@@ -26,8 +26,6 @@ from vggfeat.labels import read_labels_csv
 from vggfeat.regions import Region, count_regions, crop, from_corners, split_region
 from vggfeat.store import count_regions_in
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 CHEAP = [*FAST, "--layer", "conv3_1"]
 
 
@@ -284,7 +282,7 @@ def test_a_montage_shows_a_region_hit_as_its_box(tmp_path):
     assert (hit > 240).all()  # the white box fills its cell
 
 
-def test_a_file_whose_name_holds_the_fragment_is_an_image_of_its_own(tmp_path, random_vgg16):
+def test_a_file_whose_name_holds_the_fragment_is_an_image_of_its_own(tmp_path):
     """'#xywh=' in a file's own name, without a box after it, names no region: found in a folder,
     that file is described whole, under its name."""
     root = tmp_path / "images"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from imagefiles import smooth_rgb, write_corrupt
-from runhelpers import error_line, reusing_network, run_main
+from runhelpers import error_line, run_main
 from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index
@@ -37,37 +37,36 @@ def write_near_duplicates(root) -> list[str]:
     return sorted(paths)
 
 
-def test_near_duplicates_retrieve_each_other_first(tmp_path, random_vgg16):
+def test_near_duplicates_retrieve_each_other_first(tmp_path):
     images = tmp_path / "photos"
     write_near_duplicates(images)
-    with reusing_network(random_vgg16):
-        code, _, err = run_main(["extract", images, tmp_path / "db.h5", "--pooling", "rmac", *RETRIEVAL])
-        assert code == 0, err
-        assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index"])[0] == 0
-        code, out, err = run_main(["search", tmp_path / "db.index", "--queries", tmp_path / "db.h5", "--k", "4",
-                                   tmp_path / "hits.csv"])
-        assert code == 0, err
-        rows = list(csv.DictReader(open(tmp_path / "hits.csv")))
-        for row in rows:
-            if row["rank"] in ("2", "3", "4"):  # rank 1 is the image itself; then its 3 duplicates
-                assert row["path"].split("/")[0] == row["query"].split("/")[0], row
-        code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5"])
-        assert code == 0, err
-        assert "mAP        1.0000" in out and "recall@1   1.0000" in out
-        # A query image, described as the database was (the index says how), and a montage.
-        code, out, err = run_main(["search", tmp_path / "db.index", images / "b" / "crop.png", "--k", "3",
-                                   "--montage", tmp_path / "m.png", "--tile", "64"])
-        assert code == 0, err
-        listed = [line.split()[-1] for line in out.splitlines() if line.startswith("  ")]
-        assert listed[0] == "b/crop.png" and {p.split("/")[0] for p in listed} == {"b"}
-        with Image.open(tmp_path / "m.png") as montage:
-            assert montage.format == "PNG" and montage.size == montage_size(1, 4, 64)
-        assert out.splitlines()[-1] == f"wrote {tmp_path / 'm.png'}: 1 query, 3 hits each (286x104 px)"  # --k 3 of 8
-        # No query described: an error, not an empty result that reads as "no hits".
-        code, out, err = run_main(["search", tmp_path / "db.index", write_corrupt(tmp_path / "broken.jpg"),
-                                   tmp_path / "none.csv"])
-        assert code == 2 and not (tmp_path / "none.csv").exists() and err.startswith("skipped query ")
-        assert error_line(err) == "Error: no query image could be described (each is named above, with the reason)"
+    code, _, err = run_main(["extract", images, tmp_path / "db.h5", "--pooling", "rmac", *RETRIEVAL])
+    assert code == 0, err
+    assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index"])[0] == 0
+    code, out, err = run_main(["search", tmp_path / "db.index", "--queries", tmp_path / "db.h5", "--k", "4",
+                               tmp_path / "hits.csv"])
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "hits.csv")))
+    for row in rows:
+        if row["rank"] in ("2", "3", "4"):  # rank 1 is the image itself; then its 3 duplicates
+            assert row["path"].split("/")[0] == row["query"].split("/")[0], row
+    code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5"])
+    assert code == 0, err
+    assert "mAP        1.0000" in out and "recall@1   1.0000" in out
+    # A query image, described as the database was (the index says how), and a montage.
+    code, out, err = run_main(["search", tmp_path / "db.index", images / "b" / "crop.png", "--k", "3",
+                               "--montage", tmp_path / "m.png", "--tile", "64"])
+    assert code == 0, err
+    listed = [line.split()[-1] for line in out.splitlines() if line.startswith("  ")]
+    assert listed[0] == "b/crop.png" and {p.split("/")[0] for p in listed} == {"b"}
+    with Image.open(tmp_path / "m.png") as montage:
+        assert montage.format == "PNG" and montage.size == montage_size(1, 4, 64)
+    assert out.splitlines()[-1] == f"wrote {tmp_path / 'm.png'}: 1 query, 3 hits each (286x104 px)"  # --k 3 of 8
+    # No query described: an error, not an empty result that reads as "no hits".
+    code, out, err = run_main(["search", tmp_path / "db.index", write_corrupt(tmp_path / "broken.jpg"),
+                               tmp_path / "none.csv"])
+    assert code == 2 and not (tmp_path / "none.csv").exists() and err.startswith("skipped query ")
+    assert error_line(err) == "Error: no query image could be described (each is named above, with the reason)"
 
 
 def test_mac_retrieves_near_duplicates_from_python(tmp_path, random_vgg16):
@@ -114,9 +113,8 @@ def test_resize_side_long_is_refused_for_fully_connected_layers(random_vgg16, tm
     with pytest.raises(VggfeatError, match="resize-side long works with conv and pool layers"):
         Extractor(random_vgg16, layer="fc7", resize_side="long", device="cpu")
     Image.fromarray(smooth_rgb(64, 64)).save(tmp_path / "x.png")
-    with reusing_network(random_vgg16):
-        code, _, err = run_main(["extract", tmp_path, tmp_path / "o.h5", "--weights", "random", "--resize-side", "long",
-                                 "--device", "cpu"])
+    code, _, err = run_main(["extract", tmp_path, tmp_path / "o.h5", "--weights", "random", "--resize-side", "long",
+                             "--device", "cpu"])
     assert code == 2 and "not fc7" in error_line(err)
 
 
@@ -139,8 +137,7 @@ def test_index_refuses_query_images_when_the_weights_file_is_unknown(tmp_path):
 def test_query_images_are_described_as_the_database_was(random_vgg16, options):
     database = Extractor(random_vgg16, scales=[256], device="cpu", **options)
     index = VectorIndex(paths=["x"], config=database.config(), vectors=np.ones((1, database.dim), np.float32))
-    with reusing_network(random_vgg16):
-        queries = extractor_for(index.config, device="cpu")
+    queries = extractor_for(index.config, device="cpu")
     assert queries.config() == database.config()
 
 
@@ -192,13 +189,12 @@ def write_landmarks(root):
 
 def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16):
     gt = write_landmarks(tmp_path)
-    with reusing_network(random_vgg16):
-        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
-        code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu",
-                                   "--json", tmp_path / "cropped.json", "-q"])
-        assert code == 0, err
-        code, whole_out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt])
-        assert code == 0, err
+    assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+    code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu",
+                               "--json", tmp_path / "cropped.json", "-q"])
+    assert code == 0, err
+    code, whole_out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt])
+    assert code == 0, err
     assert out.splitlines()[0] == "ground truth (ok / junk): 2 queries (cropped to their boxes) against 9 images"
     assert whole_out.splitlines()[0] == "ground truth (ok / junk): 2 queries against 9 images"
     # What the command reports is the API's evaluation with the crops' descriptors.
@@ -218,10 +214,9 @@ def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16)
     assert f"mAP        {expected['map']:.4f}" in out
 
 
-def test_crop_queries_says_where_it_looked_for_query_images_not_found(tmp_path, random_vgg16):
+def test_crop_queries_says_where_it_looked_for_query_images_not_found(tmp_path):
     gt = write_landmarks(tmp_path)
-    with reusing_network(random_vgg16):
-        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+    assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
     (tmp_path / "images").rename(tmp_path / "moved")
     base = ["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--crop-queries", "--device", "cpu"]
     code, _, err = run_main(base)
@@ -229,8 +224,7 @@ def test_crop_queries_says_where_it_looked_for_query_images_not_found(tmp_path, 
                           f"{tmp_path / 'images'}, where they were described: --root names another folder") in error_line(err)
     code, _, err = run_main([*base, "--root", tmp_path / "elsewhere"])
     assert code == 2 and f"is --root {tmp_path / 'elsewhere'} their folder?" in error_line(err)
-    with reusing_network(random_vgg16):
-        assert run_main([*base, "--root", tmp_path / "moved", "-q"])[0] == 0
+    assert run_main([*base, "--root", tmp_path / "moved", "-q"])[0] == 0
 
 
 def test_crop_queries_needs_ground_truth_with_boxes(tmp_path):
@@ -243,20 +237,19 @@ def test_crop_queries_needs_ground_truth_with_boxes(tmp_path):
         assert code == 2 and message in error_line(err), err
 
 
-def test_search_for_what_a_box_of_the_query_image_holds(tmp_path, random_vgg16):
+def test_search_for_what_a_box_of_the_query_image_holds(tmp_path):
     write_landmarks(tmp_path)
     query = tmp_path / "images" / "a_scene.png"
-    with reusing_network(random_vgg16):
-        assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
-        assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "-q"])[0] == 0
-        code, out, err = run_main(["search", tmp_path / "db.index", query, "--box", "80,0,240.4,240", "--k", "4",
-                                   tmp_path / "hits.csv", "--montage", tmp_path / "m.png", "--tile", "64", "-q"])
-        assert code == 0, err
-        with Image.open(tmp_path / "m.png") as montage:  # the box outlined on the query (tests/test_retrieval.py)
-            assert (np.asarray(montage.convert("RGB")) == QUERY_BOX).all(axis=2).any()
-        index = VectorIndex.load(tmp_path / "db.index")
-        crop = describe_crops(extractor_for(index.config, device="cpu"), [query], [[80, 0, 240.4, 240]])
-        whole = describe_images(index, [query], device="cpu")[0]
+    assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+    assert run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "-q"])[0] == 0
+    code, out, err = run_main(["search", tmp_path / "db.index", query, "--box", "80,0,240.4,240", "--k", "4",
+                               tmp_path / "hits.csv", "--montage", tmp_path / "m.png", "--tile", "64", "-q"])
+    assert code == 0, err
+    with Image.open(tmp_path / "m.png") as montage:  # the box outlined on the query (tests/test_retrieval.py)
+        assert (np.asarray(montage.convert("RGB")) == QUERY_BOX).all(axis=2).any()
+    index = VectorIndex.load(tmp_path / "db.index")
+    crop = describe_crops(extractor_for(index.config, device="cpu"), [query], [[80, 0, 240.4, 240]])
+    whole = describe_images(index, [query], device="cpu")[0]
     expected = search(index, crop, [str(query)], k=4)[0]
     rows = list(csv.DictReader(open(tmp_path / "hits.csv")))
     assert [row["path"] for row in rows] == expected.paths
@@ -264,9 +257,8 @@ def test_search_for_what_a_box_of_the_query_image_holds(tmp_path, random_vgg16):
     whole = search(index, whole, [str(query)], k=4)[0]
     assert not np.allclose(whole.scores, expected.scores, atol=1e-4)  # the box, not the whole image
     # The same box as a region of the query image, beside the whole image: a query each.
-    with reusing_network(random_vgg16):
-        code, out, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,160,240", query, "--k", "4",
-                                   tmp_path / "both.csv", "--montage", tmp_path / "both.png", "-q"])
+    code, out, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,160,240", query, "--k", "4",
+                               tmp_path / "both.csv", "--montage", tmp_path / "both.png", "-q"])
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "both.csv")))
     assert [row["query"] for row in rows] == [f"{query}#xywh=80,0,160,240"] * 4 + [str(query)] * 4

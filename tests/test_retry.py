@@ -25,8 +25,6 @@ from vggfeat.retry import retry_failed
 CHEAP = [*FAST, "--layer", "conv1_1"]
 
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 
 def test_images_failed_in_an_outage_are_described_once_the_storage_is_back(tmp_path, monkeypatch):
     write_labelled_folder(tmp_path / "images")  # its dogs/broken.jpg fails whatever happens

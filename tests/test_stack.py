@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imagefiles import write_rgb
-from runhelpers import FAST, error_line, reusing_network, run_main
+from runhelpers import FAST, error_line, run_main
 from svmhelpers import blobs, write_features
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
@@ -138,7 +138,7 @@ def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatc
         assert code == 2 and error_line(err) == f"Error: {error}", args
 
 
-def test_query_images_of_a_stacked_index_are_described_by_each_network(tmp_path, monkeypatch, random_vgg16):
+def test_query_images_of_a_stacked_index_are_described_by_each_network(tmp_path, monkeypatch):
     """D & E: a query image of a stacked index is described by each network, side by side, as the
     database's row of that image; I+B: a query region is its box's descriptor, then its image's."""
     monkeypatch.chdir(tmp_path)
@@ -146,26 +146,25 @@ def test_query_images_of_a_stacked_index_are_described_by_each_network(tmp_path,
     for name, seed in (("a.jpg", 1), ("b.png", 2), ("c.png", 3)):
         write_rgb(tmp_path / "photos" / name, 240, 300, seed=seed)
     (tmp_path / "boxes.txt").write_text("a.jpg#xywh=10,20,150,200\nb.png#xywh=0,0,230,230\n")
-    with reusing_network(random_vgg16):
-        for args in (["extract", "photos", "d.h5", *CHEAP], ["extract", "photos", "e.h5", *CHEAP, "--model", "vgg11"],
-                     ["extract", "--file-list", "boxes.txt", "--root", "photos", "boxes.h5", *CHEAP],
-                     ["stack", "d.h5", "e.h5", "de.h5"], ["stack", "boxes.h5", "e.h5", "ib.h5"],
-                     ["index", "de.h5", "de.index.h5", "-q"], ["index", "ib.h5", "ib.index.h5", "-q"]):
-            code, _, err = run_main(args)
-            assert code == 0, (args, err)
-        code, out, err = run_main(["search", "de.index.h5", "photos/b.png", "--k", "1", "--device", "cpu"])
-        assert code == 0 and out.splitlines() == ["query photos/b.png", "    1  1.0000  b.png"], err
-        for stacked, queries, rows in (("de", ["photos/c.png", "photos/a.jpg"], ["c.png", "a.jpg"]),
-                                       ("ib", ["photos/b.png#xywh=0,0,230,230"], ["b.png#xywh=0,0,230,230"])):
-            index = VectorIndex.load(f"{stacked}.index.h5")
-            X, described, failures = describe_images(index, queries, device="cpu")
-            with FeatureFile(f"{stacked}.h5") as f:
-                expected = f.read([f.paths.index(path) for path in rows], dtype=np.float32)
-            assert described == queries and not failures
-            np.testing.assert_allclose(X, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-        # retrieval-eval --crop-queries: a box of the query image, the whole image for the B part.
-        crops = describe_crops(extractor_for(index.config, device="cpu"), ["photos/b.png"], [[0, 0, 230, 230]])
-        np.testing.assert_allclose(crops, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    for args in (["extract", "photos", "d.h5", *CHEAP], ["extract", "photos", "e.h5", *CHEAP, "--model", "vgg11"],
+                 ["extract", "--file-list", "boxes.txt", "--root", "photos", "boxes.h5", *CHEAP],
+                 ["stack", "d.h5", "e.h5", "de.h5"], ["stack", "boxes.h5", "e.h5", "ib.h5"],
+                 ["index", "de.h5", "de.index.h5", "-q"], ["index", "ib.h5", "ib.index.h5", "-q"]):
+        code, _, err = run_main(args)
+        assert code == 0, (args, err)
+    code, out, err = run_main(["search", "de.index.h5", "photos/b.png", "--k", "1", "--device", "cpu"])
+    assert code == 0 and out.splitlines() == ["query photos/b.png", "    1  1.0000  b.png"], err
+    for stacked, queries, rows in (("de", ["photos/c.png", "photos/a.jpg"], ["c.png", "a.jpg"]),
+                                   ("ib", ["photos/b.png#xywh=0,0,230,230"], ["b.png#xywh=0,0,230,230"])):
+        index = VectorIndex.load(f"{stacked}.index.h5")
+        X, described, failures = describe_images(index, queries, device="cpu")
+        with FeatureFile(f"{stacked}.h5") as f:
+            expected = f.read([f.paths.index(path) for path in rows], dtype=np.float32)
+        assert described == queries and not failures
+        np.testing.assert_allclose(X, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # retrieval-eval --crop-queries: a box of the query image, the whole image for the B part.
+    crops = describe_crops(extractor_for(index.config, device="cpu"), ["photos/b.png"], [[0, 0, 230, 230]])
+    np.testing.assert_allclose(crops, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     with FeatureFile("ib.h5") as f:
         assert f.config["whole_image"] == [False, True] and "whole_image" not in FeatureFile("de.h5").config
 

@@ -36,8 +36,6 @@ from vggfeat.update import OutputUpdate, changed_files
 CHEAP = [*FAST, "--layer", "conv1_1"]
 
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 
 def decoded_files(monkeypatch) -> list[str]:
     """folder/name of the image files opened from now on (some twice: a PNG is looked at as a JPEG first)."""

@@ -19,8 +19,6 @@ from vggfeat.regions import Region
 from vggfeat.svm import LinearSVM
 from vggfeat.voc import read_action_set, row_key, targets_of_set
 
-pytestmark = pytest.mark.usefixtures("cached_network")
-
 # Each image: its objects, in annotation order, (name, xmin, ymin, xmax, ymax) in VOC's 1-based,
 # inclusive pixels, and, for a person of a set, its action.
 ANNOTATED = {
