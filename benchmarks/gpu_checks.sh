@@ -51,8 +51,9 @@ session)
     install_nvimgcodec
     # 1. GPU memory: a 6000x4000 photo at Q=512 and a 224x8000 panorama, never yet run on a GPU; and
     #    the GPU's decoders against PIL (--decoder nvimgcodec never yet run on a GPU); regions cropped
-    #    from pixels decoded on the GPU (the thirty-first session's, never yet run on a GPU).
-    timeout 150 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected or gpu_decoders or regions" || echo "(exit $?)"
+    #    from pixels decoded on the GPU (the thirty-first session's, never yet run on a GPU); two
+    #    devices' processes on the one GPU, forked from the fork server (the thirty-sixth session's).
+    timeout 150 $python -m pytest -q -s -ra tests/test_gpu.py -k "huge or estimate or collected or gpu_decoders or regions or two_processes" || echo "(exit $?)"
     # 2. Single scale, 5,000 images/s end to end on photo-like JPEGs (the ninth session: 4,812-4,850
     #    on smooth ones, decoded by 16 processes), against the GPU's JPEG engines (nvImageCodec, in
     #    threads), in one run; (b) says how many cores were busy.

@@ -336,3 +336,20 @@ def test_the_compiled_network_gives_the_plain_ones_descriptors_on_the_gpu(random
     random_vgg16.to("cpu")
     assert compiled._compiled is not None and compiled._compiling
     assert relative_error(got, plain) < 1e-4
+
+
+def test_two_processes_on_the_gpu_write_the_file_one_writes(images, tmp_path):
+    """``--device cuda:0,cuda:0``: each device's process, forked from the fork server that imported
+    vggfeat without touching CUDA, runs its own CUDA context and writes what one process writes."""
+    from PIL import Image
+
+    from runhelpers import assert_same_output, read_output, run_main
+
+    (tmp_path / "images").mkdir()
+    for i, image in enumerate(images * 2):
+        Image.fromarray(image).save(tmp_path / "images" / f"{i:02d}.jpg")
+    args = ["extract", tmp_path / "images", "--weights", "random", "--scales", "224", "--precision", "fp32", "-q"]
+    assert run_main([*args[:2], tmp_path / "one.h5", *args[2:], "--device", "cuda:0"])[0] == 0
+    code, _, err = run_main([*args[:2], tmp_path / "two.h5", *args[2:], "--device", "cuda:0,cuda:0"])
+    assert code == 0, err
+    assert_same_output(read_output(tmp_path / "two.h5"), read_output(tmp_path / "one.h5"), atol=1e-5)
