@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from imagefiles import smooth_rgb
-from runhelpers import gpu_full_for
+from runhelpers import assert_same_output, gpu_full_for, read_output, run_main
 from vggfeat import Extractor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -342,8 +342,6 @@ def test_two_processes_on_the_gpu_write_the_file_one_writes(images, tmp_path):
     """``--device cuda:0,cuda:0``: each device's process, forked from the fork server that imported
     vggfeat without touching CUDA, runs its own CUDA context and writes what one process writes."""
     from PIL import Image
-
-    from runhelpers import assert_same_output, read_output, run_main
 
     (tmp_path / "images").mkdir()
     for i, image in enumerate(images * 2):

@@ -387,9 +387,9 @@ def _differences(previous: dict, current: dict) -> list[str]:
     if previous.get("shard") != current.get("shard"):
         found.append(f"shard: {_shard(previous)} then, {_shard(current)} now")
     then, now = previous.get("images", {}), current["images"]
-    if then.get("archive_classes", False) != now.get("archive_classes", False):  # every label differs: say why
-        found.append(f"--archive-classes: {'given' if then.get('archive_classes') else 'not given'} then, "
-                     f"{'given' if now.get('archive_classes') else 'not given'} now")
+    given_then, given_now = (("given" if images.get("archive_classes") else "not given") for images in (then, now))
+    if given_then != given_now:  # every label differs: say why
+        found.append(f"--archive-classes: {given_then} then, {given_now} now")
     elif then != now:
         found.append(f"image set: {then.get('count')} files then, {now['count']} now (or other names or labels)")
     return found
