@@ -57,6 +57,48 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
 
 
+def test_files_that_label_an_image_differently_are_not_fused(d_and_e, tmp_path):
+    """One file's labels must not silently stand for another's: files whose labels of an image
+    differ (one made with --archive-classes and one without, say) are refused, naming an image,
+    by stack (which writes nothing) and by every reader that fuses files; the same labels under
+    another order of the classes fuse."""
+    d, e, paths, y, names = d_and_e
+    relabelled = y.copy()
+    relabelled[[7, 8]] = (y[[7, 8]] + 1) % len(names)
+    failed = {"zz.png": "not an image"}
+    other = write_features(tmp_path / "other.h5", 2 * blobs()[0], paths, relabelled, names, failed=failed)
+    refusal = (f"cannot fuse {d} and {other}: they label 2 image\\(s\\) differently \\(e.g. {paths[7]}: "
+               f"'{names[y[7]]}' in the first, '{names[relabelled[7]]}' in the second\\)")
+    with pytest.raises(VggfeatError, match=refusal), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zz.png, failed in both
+        stack_files([d, other], tmp_path / "de.h5")
+    assert not (tmp_path / "de.h5").exists()
+    with pytest.raises(VggfeatError, match=refusal):
+        transfer.train_svm([d, other], C=1.0)
+    reordered = write_features(tmp_path / "reordered.h5", blobs()[0], paths, len(names) - 1 - y, names[::-1],
+                               failed=failed)
+    fused = load_features([d, reordered])
+    assert fused.classes == names and [names[k] for k in fused.labels] == [names[k] for k in y]
+
+
+def test_an_unlabelled_file_takes_the_labels_of_the_file_stacked_with_it(tmp_path):
+    """A file described from a flat folder or a list has no classes: stacked with a labelled one
+    (in either order), every row and failure takes that file's labels and classes."""
+    X, y, paths, names = blobs()
+    unlabelled = write_features(tmp_path / "flat.h5", np.delete(X, 4, axis=0), np.delete(paths, 4), np.full(len(y) - 1, -1),
+                                [], failed={paths[4]: "not an image"})
+    labelled = write_features(tmp_path / "labelled.h5", X, paths, y, names, config={"model": "vgg19"})
+    for files in ([unlabelled, labelled], [labelled, unlabelled]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # paths[4], failed in the flat file
+            stack_files(files, tmp_path / "stacked.h5", overwrite=True)
+        with FeatureFile(tmp_path / "stacked.h5") as stacked:
+            assert stacked.classes == names and stacked.paths == list(np.delete(paths, 4))
+            np.testing.assert_array_equal(stacked.labels, np.delete(y, 4))
+            failed = stacked.failed()
+            assert failed.paths == [paths[4]] and failed.labels.tolist() == [y[4]]
+
+
 def test_an_svm_on_a_stacked_file_is_the_svm_on_the_files_fused(d_and_e, tmp_path):
     """train-svm on d.h5 and e.h5 fused (--features twice) and on their stacked file: the same
     rows, the same model, the same scores; a model of one scores only files stacked alike."""

@@ -233,12 +233,11 @@ def load_features(
             X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))
         else:
             X = np.concatenate([transform(block) for _, block in fused.blocks(dtype)])
-        first, first_rows = fused.opened[0], fused.rows_per_file[0]
         return Features(
             X=X,
             paths=fused.paths,
-            labels=first.labels[first_rows],
-            classes=first.classes,
+            labels=fused.labels,
+            classes=fused.classes,
             configs=[f.config for f in fused.opened],
             sources=[str(f.path) for f in fused.opened],
         )
@@ -262,17 +261,37 @@ def read_blocks(
 class Fused:
     """Open files matched by path: the rows of each file that make each of ``paths``; ``left_out``:
     the images of the first that another could not describe, path to ``"failed in FILE: reason"``;
-    ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B)."""
+    ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B);
+    ``labelling``: the file whose labels and classes the images take (:func:`_labelling`)."""
 
     opened: list[FeatureFile]
     paths: list[str]
     rows_per_file: list[np.ndarray]
     left_out: dict[str, str] = field(default_factory=dict)
     whole_image: list[bool] = field(default_factory=list)
+    labelling: int = 0
 
     @property
     def width(self) -> int:
         return sum(f.dim for f in self.opened)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.opened[self.labelling].classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each of ``paths``' label, an index into ``classes`` (-1: none)."""
+        return self.opened[self.labelling].labels[self.rows_per_file[self.labelling]]
+
+    def labels_of(self, paths: Sequence[str]) -> list[int]:
+        """The label of each of ``paths`` (described or failed) in the labelling file; -1 where it has none."""
+        f = self.opened[self.labelling]
+        failed = f.failed()
+        wanted = set(paths)
+        found = {path: int(label) for path, label in zip(f.paths, f.labels) if path in wanted}
+        found.update((path, int(label)) for path, label in zip(failed.paths, failed.labels) if path in wanted)
+        return [found.get(path, -1) for path in paths]
 
     def blocks(self, dtype: npt.DTypeLike) -> Iterator[tuple[list[str], np.ndarray]]:
         step = max(1, TRANSFORM_BYTES // (np.dtype(dtype).itemsize * self.width))
@@ -301,8 +320,38 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
-        yield Fused(opened, wanted, [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
-                                     for f, whole in zip(opened, [False, *by_image])], failures, [False, *by_image])
+        whole_image = [False, *by_image]
+        rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
+                         for f, whole in zip(opened, whole_image)]
+        yield Fused(opened, wanted, rows_per_file, failures, whole_image, _labelling(opened, rows_per_file, whole_image, wanted))
+
+
+def _labelling(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], whole_image: Sequence[bool],
+               paths: Sequence[str]) -> int:
+    """Which of the ``opened`` files gives the fused images (``paths``) their labels: the first
+    that has classes (one described from a flat folder or a list has none and takes the others').
+    Refuses files whose labels of the same image differ (one made with --archive-classes and one
+    without, say): one file's labels would silently stand for the other's. A file of whole images
+    fused with regions (``whole_image``) labels none: a region's label is its own."""
+    labelled = [number for number, f in enumerate(opened) if f.classes and not whole_image[number]]
+    if not labelled:
+        return 0
+    reference = opened[labelled[0]]
+    expected = reference.labels[rows_per_file[labelled[0]]]
+    index = {name: label for label, name in enumerate(reference.classes)}
+    for number in labelled[1:]:
+        f = opened[number]
+        # f's labels as indices into the reference's classes (-2: a class it lacks; the last: none)
+        as_reference = np.array([index.get(name, -2) for name in f.classes] + [-1], dtype=np.int64)
+        differ = np.flatnonzero(as_reference[f.labels[rows_per_file[number]]] != expected)
+        if len(differ):
+            row = differ[0]
+            raise VggfeatError(
+                f"cannot fuse {reference.path} and {f.path}: they label {len(differ)} image(s) differently (e.g. "
+                f"{paths[row]}: {_class_name(reference, expected[row])} in the first, "
+                f"{_class_name(f, f.labels[rows_per_file[number][row]])} in the second); describe both with the same "
+                "labelling (the same folder, --archive-classes given to both or neither)")
+    return labelled[0]
 
 
 @contextlib.contextmanager
@@ -412,6 +461,10 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
                            "they hold different images")
     return np.array([index[path] for path in wanted], dtype=np.int64)
+
+
+def _class_name(f: FeatureFile, label: int) -> str:
+    return f"'{f.classes[label]}'" if label >= 0 else "unlabelled"
 
 
 def _holds_regions(f: FeatureFile) -> bool:

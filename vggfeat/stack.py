@@ -6,7 +6,8 @@ I+B (each region's descriptor stacked with its image's), as one descriptor file 
 code read as any other: ``vggfeat stack d.h5 e.h5 de.h5``. Rows are matched by path as
 ``train-svm --features d.h5 --features e.h5`` matches them (:func:`vggfeat.features.fused_files`);
 an image that another file could not describe is a failure of the stacked file, with the reason.
-Labels, classes and sizes are the first file's. The configuration records each file's:
+Sizes are the first file's; labels and classes the first labelled file's (files that
+label an image differently are refused). The configuration records each file's:
 ``{"stacked": [config, ...], "dim": D1 + D2 + ...}`` (and for I+B ``"whole_image"``: which files
 hold whole images); so a model trained on a stacked file scores only files stacked alike, and
 ``search`` takes query descriptors (``--queries``) stacked alike.
@@ -63,18 +64,18 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
     check_descriptor_output(output)
     check_new_file(output, overwrite, inputs=names)
     with fused_files(names) as fused:
-        first, rows_of_first = fused.opened[0], fused.rows_per_file[0]
+        first, labels = fused.opened[0], fused.labels
         dtype = np.result_type(*(f.features.dtype for f in fused.opened)).name
         failed = _failures(fused)
         with written_atomically(output) as temporary, open_h5(temporary, "w") as out:
-            (features, paths, labels, sizes, read_after, failed_paths, failed_errors, failed_labels,
-             _) = create_datasets(out, len(fused.paths), len(failed), fused.width, dtype, first.classes)
+            (features, paths, labels_out, sizes, read_after, failed_paths, failed_errors, failed_labels,
+             _) = create_datasets(out, len(fused.paths), len(failed), fused.width, dtype, fused.classes)
             first_sizes, first_read_after = first.sizes(), first.read_after()
             start = 0
             for block_paths, X in fused.blocks(dtype):
-                rows = rows_of_first[start : start + len(block_paths)]
+                rows = fused.rows_per_file[0][start : start + len(block_paths)]
                 written = slice(start, start + len(block_paths))
-                features[written], paths[written], labels[written] = X, block_paths, first.labels[rows]
+                features[written], paths[written], labels_out[written] = X, block_paths, labels[written]
                 sizes[written], read_after[written] = first_sizes[rows], first_read_after[rows]
                 start = written.stop
                 if progress is not None:
@@ -96,12 +97,10 @@ def _failures(fused: Fused) -> list[tuple[str, str, int]]:
     """(path, reason, label) of the images that the stacked file has no row of, in path order: the
     first file's failures, and its images that another file could not describe."""
     first = fused.opened[0]
-    own = first.failed()
-    failures = list(zip(own.paths, own.reasons, own.labels.tolist()))
-    if fused.left_out:
-        failures += [(path, fused.left_out[path], int(label)) for path, label in zip(first.paths, first.labels)
-                     if path in fused.left_out]
-    return sorted(failures)
+    reasons = {path: fused.left_out[path] for path in first.paths if path in fused.left_out}
+    reasons.update(first.failed().reasons_by_path())
+    paths = sorted(reasons)
+    return list(zip(paths, [reasons[path] for path in paths], fused.labels_of(paths)))
 
 
 def stacked_config(configs: Sequence[dict], whole_image: Sequence[bool]) -> dict:
