@@ -220,7 +220,8 @@ def load_features(
     ``paths`` restricts (and orders) the rows; every one must be in every file. Fusing needs the
     files to hold the same images: the first file's rows set the order, and the others are matched
     to them by path, so files extracted from the same set in any order fuse correctly. Without
-    ``paths``, an image that another file could not describe is left out, with a warning.
+    ``paths``, an image that another file could not describe is left out, with a warning. Labels
+    are the first labelled file's; files that label an image differently are refused.
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
 
