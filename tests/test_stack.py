@@ -57,11 +57,12 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
 
 
-def test_files_that_label_an_image_differently_are_not_fused(d_and_e, tmp_path):
+def test_files_that_label_an_image_differently_are_not_fused_on_their_labels(d_and_e, tmp_path):
     """One file's labels must not silently stand for another's: files whose labels of an image
     differ (one made with --archive-classes and one without, say) are refused, naming an image,
-    by stack (which writes nothing) and by every reader that fuses files; the same labels under
-    another order of the classes fuse."""
+    by stack (which writes nothing) and by train-svm and evaluate on the files' own labels; with a
+    labels CSV, or to predict, the files' labels play no part and they fuse. The same labels
+    under another order of the classes fuse."""
     d, e, paths, y, names = d_and_e
     relabelled = y.copy()
     relabelled[[7, 8]] = (y[[7, 8]] + 1) % len(names)
@@ -75,10 +76,17 @@ def test_files_that_label_an_image_differently_are_not_fused(d_and_e, tmp_path):
     assert not (tmp_path / "de.h5").exists()
     with pytest.raises(VggfeatError, match=refusal):
         transfer.train_svm([d, other], C=1.0)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("".join(f"{path},{names[label]}\n" for path, label in zip(paths, y)))
+    model = transfer.train_svm([d, other], labels_csv=labels_csv, C=1.0)
+    assert len(transfer.predict(model, [d, other]).paths) == len(paths)
+    with pytest.raises(VggfeatError, match=refusal):
+        transfer.evaluate(model, [d, other])
     reordered = write_features(tmp_path / "reordered.h5", blobs()[0], paths, len(names) - 1 - y, names[::-1],
                                failed=failed)
-    fused = load_features([d, reordered])
-    assert fused.classes == names and [names[k] for k in fused.labels] == [names[k] for k in y]
+    stack_files([d, reordered], tmp_path / "reordered-stack.h5")
+    with FeatureFile(tmp_path / "reordered-stack.h5") as stacked:
+        assert stacked.classes == names and stacked.labels.tolist() == y.tolist()
 
 
 def test_an_unlabelled_file_takes_the_labels_of_the_file_stacked_with_it(tmp_path):

@@ -221,7 +221,7 @@ def load_features(
     files to hold the same images: the first file's rows set the order, and the others are matched
     to them by path, so files extracted from the same set in any order fuse correctly. Without
     ``paths``, an image that another file could not describe is left out, with a warning. Labels
-    are the first labelled file's; files that label an image differently are refused.
+    and classes are the first file's (:func:`check_labels_agree` checks the others').
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
 
@@ -234,11 +234,12 @@ def load_features(
             X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))
         else:
             X = np.concatenate([transform(block) for _, block in fused.blocks(dtype)])
+        first = fused.opened[0]
         return Features(
             X=X,
             paths=fused.paths,
-            labels=fused.labels,
-            classes=fused.classes,
+            labels=first.labels[fused.rows_per_file[0]],
+            classes=first.classes,
             configs=[f.config for f in fused.opened],
             sources=[str(f.path) for f in fused.opened],
         )
@@ -263,18 +264,25 @@ class Fused:
     """Open files matched by path: the rows of each file that make each of ``paths``; ``left_out``:
     the images of the first that another could not describe, path to ``"failed in FILE: reason"``;
     ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B);
-    ``labelling``: the file whose labels and classes the images take (:func:`_labelling`)."""
+    ``labelling``: the file whose labels and classes the images take."""
 
     opened: list[FeatureFile]
     paths: list[str]
     rows_per_file: list[np.ndarray]
     left_out: dict[str, str] = field(default_factory=dict)
     whole_image: list[bool] = field(default_factory=list)
-    labelling: int = 0
 
     @property
     def width(self) -> int:
         return sum(f.dim for f in self.opened)
+
+    @functools.cached_property
+    def labelling(self) -> int:
+        """Which file gives the images their labels: the first that has classes (one described
+        from a flat folder or a list has none and takes the others'). Refuses files whose labels
+        of the same image differ (one made with --archive-classes and one without, say): one
+        file's labels would silently stand for the other's."""
+        return _labelling(self.opened, self.rows_per_file, self.whole_image, self.paths)
 
     @property
     def classes(self) -> list[str]:
@@ -304,8 +312,9 @@ class Fused:
 
 @contextlib.contextmanager
 def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence[dict] | None,
-           expected_by: str) -> Iterator[Fused]:
-    """``files`` opened, checked against ``expected_configs`` and matched by path (see :func:`load_features`)."""
+           expected_by: str, say_left_out: bool = True) -> Iterator[Fused]:
+    """``files`` opened, checked against ``expected_configs`` and matched by path (see
+    :func:`load_features`); ``say_left_out``: warn of the images that another file failed."""
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(FeatureFile(name)) for name in file_list(files)]
         if expected_configs is not None:
@@ -317,23 +326,28 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         failures = {}
         if paths is None:  # the images that every file describes
             failures = _failures_of_others(opened, by_image)
-            warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
+            if say_left_out:
+                warn_left_out([path for path in first.paths if path in failures], failures, f"of {first.path}")
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
         whole_image = [False, *by_image]
         rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
                          for f, whole in zip(opened, whole_image)]
-        yield Fused(opened, wanted, rows_per_file, failures, whole_image, _labelling(opened, rows_per_file, whole_image, wanted))
+        yield Fused(opened, wanted, rows_per_file, failures, whole_image)
+
+
+def check_labels_agree(files: Files) -> None:
+    """Refuse fused ``files`` that label an image differently (see :attr:`Fused.labelling`), where
+    their own labels are trained or scored on."""
+    with _fused(files, None, None, "", say_left_out=False) as fused:
+        _labelling(fused.opened, fused.rows_per_file, fused.whole_image, fused.paths)
 
 
 def _labelling(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], whole_image: Sequence[bool],
                paths: Sequence[str]) -> int:
-    """Which of the ``opened`` files gives the fused images (``paths``) their labels: the first
-    that has classes (one described from a flat folder or a list has none and takes the others').
-    Refuses files whose labels of the same image differ (one made with --archive-classes and one
-    without, say): one file's labels would silently stand for the other's. A file of whole images
-    fused with regions (``whole_image``) labels none: a region's label is its own."""
+    """:attr:`Fused.labelling`. A file of whole images fused with regions (``whole_image``)
+    labels none: a region's label is its own."""
     labelled = [number for number, f in enumerate(opened) if f.classes and not whole_image[number]]
     if not labelled:
         return 0

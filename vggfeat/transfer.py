@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Files, file_list, fused_failures, load_features, read_blocks
+from .features import FeatureFile, Files, check_labels_agree, file_list, fused_failures, load_features, read_blocks
 from .labels import (
     Targets,
     align_ignored,
@@ -43,8 +43,8 @@ def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multil
     """The rows of the first of ``files`` to use and their labels: those of a labels CSV, of a VOC
     devkit's image set (``voc``: (devkit folder, set name); multi-label, with the images difficult
     for each class as :attr:`Targets.ignore`, and no classes where its labels are withheld), or the
-    file's own. Images that it, or another of ``files`` (fused with it), could not describe are
-    left out, with a warning."""
+    file's own (which fused files must agree on). Images that it, or another of ``files`` (fused
+    with it), could not describe are left out, with a warning."""
     first = file_list(files)[0]
     with FeatureFile(first) as f:
         failed = f.failed()
@@ -59,6 +59,8 @@ def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multil
         else:
             targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv),
                                        failed=failed_reasons)
+    if voc is None and labels_csv is None and len(file_list(files)) > 1:
+        check_labels_agree(files)  # the first's labels stand for every file's
     if exclude and (voc is not None or labels_csv is not None):
         targets = exclude_classes(targets, exclude, multilabel)
     return described_by_all(targets, files)
