@@ -62,7 +62,8 @@ def test_peak_activation_estimate_follows_the_architecture():
 
 
 def test_a_batch_out_of_gpu_memory_is_split_and_later_batches_shrink(images, monkeypatch):
-    settings = dict(weights="random", device="cpu", scales=[224], batch_size=6)  # VGG11: half VGG16's work
+    # VGG11 to conv3_1: a quarter of its work; batches are planned and split on the input's pixels
+    settings = dict(weights="random", device="cpu", scales=[224], batch_size=6, layer="conv3_1")
     expected = Extractor("vgg11", **settings).describe(images)
     extractor = Extractor("vgg11", **settings)
     ran = memory_limited(monkeypatch, extractor, most_pixels=3 * 240 * 240)
@@ -109,6 +110,7 @@ def long_run_extractor(random_vgg16, monkeypatch):
     monkeypatch.setattr(vggfeat.extractor, "cpu_bf16_speed", lambda: "faster")  # whatever this machine's CPU
 
     def extractor(run: int | None = None, cuda: bool = True, decoder: str | None = None, **options) -> Extractor:
+        options.setdefault("layer", "conv3_1")  # which batches are tuned reads the inputs alone
         made = Extractor(random_vgg16, device="cpu", scales=[224], batch_size=4, **options)
         if cuda:
             made.device = torch.device("cuda")
@@ -235,9 +237,12 @@ def test_long_gpu_runs_decode_in_processes_where_shared_memory_has_room(random_v
 
 @pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on the CPU needs a C++ compiler")
 def test_the_compiled_network_gives_the_descriptors_of_the_plain_one(images):
-    """The real torch.compile (Inductor), on the CPU: the same numbers as the network run plainly."""
+    """The real torch.compile (Inductor), on the CPU: the same numbers as the network run plainly.
+    Two images of one shape and their flips: two full batches of 2, one graph compiled (each
+    shape costs seconds of compiling; which batches are compiled is tested above)."""
     network = load_network("vgg11", "random", 0)
-    plain = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="off").describe(images[:4])
+    one_shape = [images[0], np.ascontiguousarray(images[0][::-1])]
+    plain = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="off").describe(one_shape)
     compiled = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="on")
-    assert_close(compiled.describe(images[:4]), plain, 1e-4, "compiled")
+    assert_close(compiled.describe(one_shape), plain, 1e-4, "compiled")
     assert compiled._compiled is not None and compiled._compiling
