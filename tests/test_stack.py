@@ -89,9 +89,10 @@ def test_files_that_label_an_image_differently_are_not_fused_on_their_labels(d_a
         assert stacked.classes == names and stacked.labels.tolist() == y.tolist()
 
 
-def test_an_unlabelled_file_takes_the_labels_of_the_file_stacked_with_it(tmp_path):
+def test_an_unlabelled_file_takes_the_labels_of_the_file_stacked_or_fused_with_it(tmp_path):
     """A file described from a flat folder or a list has no classes: stacked with a labelled one
-    (in either order), every row and failure takes that file's labels and classes."""
+    (in either order), every row and failure takes that file's labels and classes; train-svm on
+    them fused trains on those labels."""
     X, y, paths, names = blobs()
     unlabelled = write_features(tmp_path / "flat.h5", np.delete(X, 4, axis=0), np.delete(paths, 4), np.full(len(y) - 1, -1),
                                 [], failed={paths[4]: "not an image"})
@@ -105,6 +106,9 @@ def test_an_unlabelled_file_takes_the_labels_of_the_file_stacked_with_it(tmp_pat
             np.testing.assert_array_equal(stacked.labels, np.delete(y, 4))
             failed = stacked.failed()
             assert failed.paths == [paths[4]] and failed.labels.tolist() == [y[4]]
+    with pytest.warns(RuntimeWarning, match=f"1 image\\(s\\) labelled in {unlabelled} are left out"):
+        model = transfer.train_svm([unlabelled, labelled], C=1.0)
+    assert list(model.svm.classes_) == names and model.training["rows"] == len(paths) - 1
 
 
 def test_an_svm_on_a_stacked_file_is_the_svm_on_the_files_fused(d_and_e, tmp_path):

@@ -221,7 +221,7 @@ def load_features(
     files to hold the same images: the first file's rows set the order, and the others are matched
     to them by path, so files extracted from the same set in any order fuse correctly. Without
     ``paths``, an image that another file could not describe is left out, with a warning. Labels
-    and classes are the first file's (:func:`check_labels_agree` checks the others').
+    and classes are the first file's (:attr:`Fused.labelling` is the file that labels them all).
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
 
@@ -298,8 +298,9 @@ class Fused:
         f = self.opened[self.labelling]
         failed = f.failed()
         wanted = set(paths)
-        found = {path: int(label) for path, label in zip(f.paths, f.labels) if path in wanted}
-        found.update((path, int(label)) for path, label in zip(failed.paths, failed.labels) if path in wanted)
+        found = {path: int(label) for path, label in zip(failed.paths, failed.labels) if path in wanted}
+        if len(found) < len(wanted):  # (the first's own failures are all among its failures: no row is read)
+            found.update((path, int(label)) for path, label in zip(f.paths, f.labels) if path in wanted)
         return [found.get(path, -1) for path in paths]
 
     def blocks(self, dtype: npt.DTypeLike) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -337,13 +338,6 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
         yield Fused(opened, wanted, rows_per_file, failures, whole_image)
 
 
-def check_labels_agree(files: Files) -> None:
-    """Refuse fused ``files`` that label an image differently (see :attr:`Fused.labelling`), where
-    their own labels are trained or scored on."""
-    with _fused(files, None, None, "", say_left_out=False) as fused:
-        _labelling(fused.opened, fused.rows_per_file, fused.whole_image, fused.paths)
-
-
 def _labelling(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray], whole_image: Sequence[bool],
                paths: Sequence[str]) -> int:
     """:attr:`Fused.labelling`. A file of whole images fused with regions (``whole_image``)
@@ -370,10 +364,11 @@ def _labelling(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarray
 
 
 @contextlib.contextmanager
-def fused_files(files: Files) -> Iterator[Fused]:
+def fused_files(files: Files, say_left_out: bool = True) -> Iterator[Fused]:
     """``files`` opened and matched by path as :func:`load_features` fuses them (the images that
-    every file describes, in the first's order): read a block at a time with ``.blocks(dtype)``."""
-    with _fused(files, None, None, "") as fused:
+    every file describes, in the first's order): read a block at a time with ``.blocks(dtype)``;
+    ``say_left_out``: warn of the images that another file failed."""
+    with _fused(files, None, None, "", say_left_out) as fused:
         yield fused
 
 

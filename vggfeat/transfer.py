@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Files, check_labels_agree, file_list, fused_failures, load_features, read_blocks
+from .features import FeatureFile, Files, file_list, fused_failures, fused_files, load_features, read_blocks
 from .labels import (
     Targets,
     align_ignored,
@@ -43,27 +43,37 @@ def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multil
     """The rows of the first of ``files`` to use and their labels: those of a labels CSV, of a VOC
     devkit's image set (``voc``: (devkit folder, set name); multi-label, with the images difficult
     for each class as :attr:`Targets.ignore`, and no classes where its labels are withheld), or the
-    file's own (which fused files must agree on). Images that it, or another of ``files`` (fused
-    with it), could not describe are left out, with a warning."""
-    first = file_list(files)[0]
-    with FeatureFile(first) as f:
-        failed = f.failed()
-        failed_reasons = failed.reasons_by_path()  # images listed but not described: left out, said
+    files' own (:func:`_own_targets`). Images that it, or another of ``files`` (fused with it),
+    could not describe are left out, with a warning."""
+    if voc is None and labels_csv is None:
+        return _own_targets(files, multilabel, exclude)
+    with FeatureFile(file_list(files)[0]) as f:
+        failed_reasons = f.failed().reasons_by_path()  # images listed but not described: left out, said
         if voc is not None:
             targets = targets_of_set(read_set(*voc, f.paths), f.paths, voc[1], failed_reasons)
-        elif labels_csv is None:
-            labelled = [path for path, label in zip(failed.paths, failed.labels)
-                        if label >= 0 and f.classes[label] not in exclude]
-            warn_left_out(labelled, failed_reasons, f"labelled in {first}")
-            targets = targets_from_file(f.paths, f.labels, f.classes, multilabel, exclude)
         else:
             targets = targets_from_csv(read_labels_csv(labels_csv), f.paths, multilabel, source=str(labels_csv),
                                        failed=failed_reasons)
-    if voc is None and labels_csv is None and len(file_list(files)) > 1:
-        check_labels_agree(files)  # the first's labels stand for every file's
-    if exclude and (voc is not None or labels_csv is not None):
+    if exclude:
         targets = exclude_classes(targets, exclude, multilabel)
     return described_by_all(targets, files)
+
+
+def _own_targets(files: Files, multilabel: bool, exclude: Sequence[str]) -> Targets:
+    """The rows of the first of ``files`` and the labels that the files give them: the first
+    labelled file's, which the others must agree with (:attr:`~vggfeat.features.Fused.labelling`).
+    Labelled images that the first, or another file, could not describe are left out, with a warning."""
+    with fused_files(files, say_left_out=False) as fused:
+        first = fused.opened[0]
+        failed = first.failed()
+
+        def labelled(paths: list[str]) -> list[str]:
+            return [path for path, label in zip(paths, fused.labels_of(paths)) if label >= 0 and fused.classes[label] not in exclude]
+
+        warn_left_out(labelled(failed.paths), failed.reasons_by_path(), f"labelled in {first.path}")
+        if fused.left_out:
+            warn_left_out(labelled([path for path in first.paths if path in fused.left_out]), fused.left_out, f"of {first.path}")
+        return targets_from_file(fused.paths, fused.labels, fused.classes, multilabel, exclude)
 
 
 def described_by_all(targets: Targets, files: Files) -> Targets:
