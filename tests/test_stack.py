@@ -179,8 +179,8 @@ def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatc
                           "                 vgg19 (random weights) fc7, avg-pooled, scales 224, 8-d\n"
                           "  stacked      from d.h5, e.h5 (rows matched by path)\n") in out
     assert run_main(["index", "de.h5", "de.index.h5", "-q"])[0] == 0
-    code, out, err = run_main(["search", "de.index.h5", "--queries", "de.h5", "--k", "1"])
-    assert code == 0 and out.splitlines()[:2] == [f"query {paths[0]}", f"    1  1.0000  {paths[0]}"], err
+    code, out, err = run_main(["search", "de.index.h5", "--queries", "de.h5", "-k", "1"])  # -k: as --k
+    assert code == 0 and out.splitlines()[:3] == [f"query {paths[0]}", f"    1  1.0000  {paths[0]}", f"query {paths[1]}"], err
     for args, error in (
         (["stack", "d.h5", "de2.h5"], "expected two or more FILES and then OUTPUT (see 'vggfeat stack --help')"),
         (["stack", "d.h5", "e.h5", "d.h5", "--overwrite"], "d.h5 is an input of this command too: name another output "

@@ -26,7 +26,7 @@ RESULT_SUFFIXES = (".csv", ".json")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="Query descriptors: a features file extracted as the database.")
 @click.option("--box", callback=lambda ctx, param, value: _box(value), metavar="X1,Y1,X2,Y2",
               help="Search for what this box of the one query image holds (pixels of the upright image), not the whole image.")
-@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits per query.")
+@click.option("--k", "-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Hits per query.")
 @click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0), help="Average query expansion with the top N hits (0: off).")
 @click.option("--montage", type=click.Path(path_type=Path), help="Draw the queries and their top hits into this PNG.")
 @click.option("--montage-hits", default=8, show_default=True, type=click.IntRange(min=1), help="Hits per query in the montage.")
