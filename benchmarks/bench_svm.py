@@ -2,6 +2,7 @@
 
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2 --mode vggfeat
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 2 --mode naive
+    python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --device cpu
 
 Run each mode in its own process: the peak resident memory printed is the process's (ru_maxrss).
 The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
@@ -11,7 +12,9 @@ Synthetic descriptors: class means m_k ~ N(0, 1) per dimension, x = relu(0.3 m_y
 about half the entries are zero (as after fc7's ReLU) and classes overlap per dimension.
 
   vggfeat: features.load_features (chunked read straight into one float64 array), LinearSVM
-           normalising it in place, classes trained by --n-jobs threads on that one array.
+           normalising it in place, classes trained by --n-jobs threads on that one array; with
+           --solver lbfgs, every class at once by L-BFGS on --device (--train-classes ignored),
+           and the objective of its SVMs printed (liblinear's too: compare the two runs').
   naive:   what one writes from the h5py and scikit-learn docs: X = f["features"][:] (float32),
            sklearn.preprocessing.normalize(X), then LinearSVC(C).fit(X, y == k) per class, which
            converts X to float64 on every fit.
@@ -58,21 +61,24 @@ def make_file(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> N
     temporary.rename(path)
 
 
-def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float) -> dict:
+def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: str, device: str) -> dict:
     from vggfeat.features import load_features
+    from vggfeat.primal import primal_objective
     from vggfeat.svm import LinearSVM
 
     began = time.perf_counter()
     features = load_features(path)
     loaded = time.perf_counter()
-    svm = LinearSVM(C=C, n_jobs=n_jobs, copy=False)
+    svm = LinearSVM(C=C, n_jobs=n_jobs, solver=solver, device=device, copy=False)
     svm._check_params()
     X = svm._prepare(features.X, copy=False)  # in place: the array load_features made for us
-    targets = features.labels[:, None] == np.arange(len(features.classes))[None, :]
+    targets = (features.labels[:, None] == np.arange(len(features.classes))[None, :])[:, :train_classes]
     prepared = time.perf_counter()
-    svm._fit_all(X, targets[:, :train_classes], C, None)  # the per-class fits LinearSVM.fit runs
+    coef, intercept = svm._fit_all(X, targets, C, None)  # the fits LinearSVM.fit runs
     trained = time.perf_counter()
-    return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared}
+    objective = primal_objective(X, targets, C, np.ones(targets.shape), coef, intercept)
+    return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared,
+            "solver": solver, "objective_sum": float(objective.sum())}
 
 
 def run_naive(path: Path, train_classes: int, C: float) -> dict:
@@ -101,6 +107,8 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--C", type=float, default=1.0)
     parser.add_argument("--mode", choices=["vggfeat", "naive"], required=True)
+    parser.add_argument("--solver", choices=["liblinear", "lbfgs"], default="liblinear", help="vggfeat's solver")
+    parser.add_argument("--device", default="auto", help="where --solver lbfgs runs")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -109,13 +117,13 @@ def main() -> None:
         t = time.perf_counter()
         make_file(path, args.rows, args.dim, args.classes)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
-    trained = min(args.train_classes or args.classes, args.classes)
+    trained = min(args.train_classes or args.classes, args.classes) if args.solver == "liblinear" else args.classes
     import sklearn.svm  # noqa: F401  (both modes import it; vggfeat also imports torch)
     if args.mode == "vggfeat":
         import vggfeat.svm  # noqa: F401
     imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.mode == "vggfeat":
-        result = run_vggfeat(path, trained, args.n_jobs, args.C)
+        result = run_vggfeat(path, trained, args.n_jobs, args.C, args.solver, args.device)
     else:
         result = run_naive(path, trained, args.C)
     per_class = result["train_s"] / trained

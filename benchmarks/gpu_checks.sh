@@ -22,6 +22,7 @@
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
 #   bash benchmarks/gpu_checks.sh fused      # two networks in one run, each image read once, against a run each (single scale)
+#   bash benchmarks/gpu_checks.sh svm        # train-svm --solver lbfgs on the GPU against the CPU's solvers (< 9 min)
 #   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
 #   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2 min)
 #   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 10 min)
@@ -182,7 +183,15 @@ fused)
     # crop with its flip, bf16 (on the CPU the network is nearly all the time: 1.04-1.06x).
     timeout 400 $python benchmarks/bench_fused.py --count 8192 --scales 224 --center-crop --device cuda --repeat 2 \
         || echo "(exit $?)" ;;
+svm)
+    # train-svm --solver lbfgs on the GPU (float32) against the CPU's liblinear (10 of the 100
+    # classes, extrapolated) and lbfgs, 100,000 fc7-like rows; and the GPU test of its objective.
+    timeout 60 $python -m pytest -q -ra tests/test_gpu.py -k lbfgs || echo "(exit $?)"
+    for solver in "lbfgs --device cuda" "lbfgs --device cpu" "liblinear --train-classes 10"; do
+        timeout 240 $python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --mode vggfeat --solver $solver \
+            || echo "(exit $?)"
+    done ;;
 *)
-    echo "unknown step $1: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks" >&2
+    echo "unknown step $1: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm" >&2
     exit 2 ;;
 esac

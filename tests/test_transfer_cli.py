@@ -116,7 +116,7 @@ def test_train_predict_evaluate_with_a_report(data, tmp_path):
     assert saved.svm.C_ in (0.1, 10.0) and saved.svm.normalize
     info = ok(["info", model]).splitlines()
     assert info[:2] == [f"{model}: a vggfeat linear SVM model, one-vs-rest", f"  classes      3: {', '.join(sorted(LOOKS))}"]
-    assert info[2:4] == [f"  input        4096-d, L2-normalised; C = {saved.svm.C_:g} (by cross-validation)",
+    assert info[2:4] == [f"  input        4096-d, L2-normalised; C = {saved.svm.C_:g} (by cross-validation); solver liblinear",
                          f"  trained on   18 rows of {files['train']}; labels: the file's own"]
 
     ok(["predict", model, files["test"], tmp_path / "predictions.csv"])

@@ -25,3 +25,4 @@ DTYPES = ("float32", "float16")
 # The linear SVM's: the values of C that cross-validation tries, and liblinear's losses.
 DEFAULT_C_GRID = (0.1, 1.0, 10.0, 100.0)
 LOSSES = ("squared_hinge", "hinge")
+SOLVERS = ("liblinear", "lbfgs")

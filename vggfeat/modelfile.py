@@ -83,6 +83,7 @@ def model_summary(path: str | os.PathLike) -> dict:
     return {"format": SVM_MODEL_FORMAT, "path": str(path), "classes": model.classes,
             "multilabel": bool(model.params.get("multilabel")), "dim": int(model.coef.shape[1]), "C": model.C,
             "C_by_cross_validation": bool(model.cv_scores), "normalize": bool(model.params.get("normalize")),
+            "solver": model.params.get("solver", "liblinear"),
             "extraction_configs": model.extraction_configs, "training": model.training}
 
 

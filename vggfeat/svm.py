@@ -2,7 +2,8 @@
 
 :class:`LinearSVM` is a scikit-learn estimator (``fit`` / ``decision_function`` / ``predict``)
 training one binary :class:`sklearn.svm.LinearSVC` (liblinear) per class, or per label for
-multi-label data. C is chosen by k-fold cross-validation over a grid unless given.
+multi-label data, or (``solver="lbfgs"``) the same SVMs of every class at once by L-BFGS on the
+CPU or a GPU (:mod:`vggfeat.primal`). C is chosen by k-fold cross-validation over a grid unless given.
 
 Memory: liblinear needs float64 rows and builds its own copy of the data for every fit. So the
 descriptors are made float64, C-contiguous and normalised once (in place with ``copy=False``),
@@ -34,7 +35,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
-from .choices import DEFAULT_C_GRID, LOSSES
+from .choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from .errors import VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
@@ -42,12 +43,17 @@ from .modelfile import jsonable, read_model_file, write_model_file
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
 
 
-def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0) -> int:
+def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0, solver: str = "liblinear",
+                    classes: int = 2, on_gpu: bool = False) -> int:
     """Bytes that training on ``rows`` descriptors of ``dim`` holds at its peak: the descriptors as
     float64, once, and the copy that liblinear makes of them for each fit under way (``n_jobs``), a
     16-byte node per non-zero value and two more per row. Against the peaks measured (RESULTS.md,
     bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
-    (10.0), the rest the process's own (torch and the other imports)."""
+    (10.0), the rest the process's own (torch and the other imports). L-BFGS copies nothing here,
+    and holds about eight float64 values per row and class (signs, weights, margins and their
+    gradients), or three where it runs on a GPU (``on_gpu``: the others are there)."""
+    if solver == "lbfgs":
+        return rows * dim * 8 + rows * classes * 8 * (3 if on_gpu else 8)
     liblinear_copy = rows * (round(dim * nonzero_fraction) + 2) * 16
     return rows * dim * 8 + n_jobs * liblinear_copy
 
@@ -66,19 +72,25 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         normalize: L2-normalise each descriptor first, as the paper does.
         multilabel: ``y`` is an indicator matrix [N, K]; each label is an independent binary SVM.
         n_jobs: classes trained at once (threads); each holds one liblinear copy of the data.
-        max_iter, tol: liblinear's stopping rule. Fits that reach ``max_iter`` before ``tol`` are
+        max_iter, tol: the solver's stopping rule. Fits that reach ``max_iter`` before ``tol`` are
             counted in ``n_unconverged_`` (of ``n_fits_``), and ``fit`` warns once about them
             (ConvergenceWarning), rather than liblinear once per fit.
         random_state: seed of the CV folds and of liblinear's dual coordinate order.
+        solver: ``liblinear`` (a class at a time, each on its own copy of the data) or ``lbfgs``
+            (every class at once on the data as it is, by torch on ``device``: the same SVMs,
+            within the solvers' tolerance; squared hinge only; :mod:`vggfeat.primal`).
+        device: where ``lbfgs`` runs: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         copy: ``False`` lets ``fit`` normalise a float64 C-contiguous ``X`` in place.
     """
 
     def __init__(self, C: float | None = None, *, C_grid=DEFAULT_C_GRID, cv: int = 3, loss: str = "squared_hinge",
                  class_weight: str | None = None, normalize: bool = True, multilabel: bool = False, n_jobs: int = 1,
-                 max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0, copy: bool = True) -> None:
+                 max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0, solver: str = "liblinear",
+                 device: str = "auto", copy: bool = True) -> None:
         self.C, self.C_grid, self.cv, self.loss, self.class_weight = C, C_grid, cv, loss, class_weight
         self.normalize, self.multilabel, self.n_jobs = normalize, multilabel, n_jobs
         self.max_iter, self.tol, self.random_state, self.copy = max_iter, tol, random_state, copy
+        self.solver, self.device = solver, device
 
     def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None, ignore: np.ndarray | None = None,
             progress: Callable[[int, int], None] | None = None) -> LinearSVM:
@@ -87,9 +99,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         ``classes`` names the columns of a multi-label ``y`` (default 0..K-1). ``ignore`` [N, K]
         bool (multi-label only) leaves row i out of class k's SVM, and out of its score in the
         cross-validation, where ``ignore[i, k]``: VOC's "difficult" images (weighed 0, so X is not
-        copied; ``class_weight="balanced"`` still counts them among the negatives).
-        ``progress(fits done, fits in all)`` is called as each liblinear fit ends (one per class,
-        and per C and fold in the cross-validation): minutes each on large sets.
+        copied; nor does ``class_weight="balanced"`` count them).
+        ``progress(fits done, fits in all)`` is called as each class's fit ends (one per class,
+        and per C and fold in the cross-validation; with ``lbfgs``, every class's at once):
+        minutes each on large sets.
         """
         self._check_params()
         X = self._prepare(X, copy=self.copy)
@@ -112,7 +125,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         if self.n_unconverged_:
             values = ", ".join(f"{c:g}" for c in sorted({c for c, converged in fits.done if not converged}))
             warnings.warn(ConvergenceWarning(
-                f"liblinear reached max_iter={self.max_iter} before converging in {self.n_unconverged_} of "
+                f"{self.solver} reached max_iter={self.max_iter} before converging in {self.n_unconverged_} of "
                 f"{self.n_fits_} fits (C = {values}); those SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"),
                 stacklevel=2)
         return self
@@ -142,6 +155,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                  fits: _Fits | None = None, ignore: np.ndarray | None = None):
         """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``, without the
         rows that ``ignore`` marks for it; each fit's (C, converged) is added to ``fits``."""
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, targets, C, weights, fits, ignore)
+
         def fit_one(k: int) -> tuple[np.ndarray, float]:
             svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
                             class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
@@ -157,6 +173,23 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
+
+    def _fit_lbfgs(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
+                   fits: _Fits | None, ignore: np.ndarray | None):
+        from .primal import fit_primal
+
+        weighed = np.broadcast_to((np.ones(len(X)) if weights is None else weights)[:, None], targets.shape)
+        if ignore is not None:
+            weighed = np.where(ignore, 0.0, weighed)
+        if self.class_weight == "balanced":  # as LinearSVC weighs, counting rows by their weights
+            positives, total = (weighed * targets).sum(0), weighed.sum(0)
+            with np.errstate(divide="ignore", invalid="ignore"):  # (a branch np.where leaves unused)
+                weighed = weighed * np.where(targets, total / (2 * positives), total / (2 * (total - positives)))
+        coef, intercept, converged = fit_primal(X, targets, C, np.ascontiguousarray(weighed), max_iter=self.max_iter,
+                                                tol=self.tol, device=_torch_device(self.device))
+        for _ in range(targets.shape[1] if fits is not None else 0):
+            fits.add(C, converged)
+        return coef, intercept
 
     def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,
                         ignore: np.ndarray | None = None) -> dict[float, float]:
@@ -198,6 +231,11 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 raise VggfeatError(f"cv must be an integer >= 2, got {self.cv!r}")
         if self.loss not in LOSSES:
             raise VggfeatError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.solver not in SOLVERS:
+            raise VggfeatError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if self.solver == "lbfgs" and self.loss != "squared_hinge":
+            raise VggfeatError("the lbfgs solver trains the squared hinge loss (L2-SVM); the hinge loss, not "
+                               "differentiable, is liblinear's: use --solver liblinear")
         if self.class_weight not in (None, "balanced"):
             raise VggfeatError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
         if not _is_integer_at_least(self.n_jobs, 1):
@@ -332,6 +370,12 @@ def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept
     for start in range(0, len(rows), _SCORE_ROWS):
         scores[start : start + _SCORE_ROWS] = X[rows[start : start + _SCORE_ROWS]] @ coef.T + intercept
     return scores
+
+
+def _torch_device(name: str):
+    from .settings import resolve_device  # torch: imported where the lbfgs solver runs
+
+    return resolve_device(name)
 
 
 def _is_positive_number(value) -> bool:

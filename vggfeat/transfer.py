@@ -114,7 +114,8 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
-    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1))
+    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1), svm_params.get("solver", "liblinear"),
+                            len(targets.classes), svm_params.get("device", "auto"))
     features = load_features(files, paths=targets.paths)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
@@ -134,13 +135,19 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     return saved
 
 
-def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1) -> None:
+def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1, solver: str = "liblinear", classes: int = 2,
+                            device: str = "auto") -> None:
     """Warn, before the descriptors are read, when training on ``rows`` of ``files`` needs more
     memory than this process has (:func:`~vggfeat.svm.training_memory`): killed by the system after
     hours of fits, a run says nothing. The share of zeros is that of each file's first rows."""
     available = available_memory()
     if available is None or rows == 0:
         return
+    on_gpu = False
+    if solver == "lbfgs":
+        from .settings import resolve_device  # torch, which the solver imports anyway
+
+        on_gpu = resolve_device(device).type == "cuda"
     dim, nonzero = 0, 0.0
     for name in file_list(files):
         try:
@@ -150,12 +157,13 @@ def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1) -> None:
             return  # load_features says what is wrong with the file
         dim += sample.shape[1]
         nonzero += np.count_nonzero(sample) / max(1, sample.shape[0])
-    needed = training_memory(rows, dim, n_jobs, nonzero / max(1, dim))
+    needed = training_memory(rows, dim, n_jobs, nonzero / max(1, dim), solver, classes, on_gpu)
     if needed > available:
-        fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 else ""
+        fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 and solver == "liblinear" else ""
+        held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
+                if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
         warnings.warn(f"training on {rows:,} rows of {dim:,}-d needs about {needed / 2**30:.1f} GiB of memory (the "
-                      f"descriptors as float64, and liblinear's copy of them for each of {n_jobs} class"
-                      f"{'es' if n_jobs > 1 else ''} trained at once), and {available / 2**30:.1f} GiB is available: the "
+                      f"descriptors as float64, and {held}), and {available / 2**30:.1f} GiB is available: the "
                       f"system may stop it before it ends. Train {fewer}on fewer rows", RuntimeWarning, stacklevel=3)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from ..choices import DEFAULT_C_GRID, LOSSES
+from ..choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..report import report_files, write_report
@@ -62,9 +62,14 @@ def svm_options(command):
                      help="'balanced' weighs each binary problem's positives and negatives equally (unbalanced data)."),
         click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise descriptors first (the paper's)."),
         click.option("--max-iter", default=2000, show_default=True, type=click.IntRange(min=1),
-                     help="Most iterations of liblinear per fit (a warning says if some fits reach it)."),
+                     help="Most iterations of the solver per fit (a warning says if some fits reach it)."),
         click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="Classes trained in parallel (each holds one liblinear copy of the data)."),
+                     help="Classes trained in parallel by liblinear (each holds one liblinear copy of the data)."),
+        click.option("--solver", default="liblinear", show_default=True, type=click.Choice(SOLVERS),
+                     help="liblinear: a class at a time, each on its own copy of the descriptors; lbfgs: the same SVMs "
+                          "(squared hinge), every class at once on the descriptors as they are, on the CPU or a GPU "
+                          "(--device): for large sets."),
+        click.option("--device", default="auto", show_default=True, help="Where --solver lbfgs runs: auto, cpu, cuda or cuda:N."),
         click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds and the solver."),
         quiet,
     ]
@@ -93,10 +98,11 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
 
 
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
-               max_iter: int, n_jobs: int, seed: int) -> dict:
+               max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
-            "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "random_state": seed}
+            "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver, "device": device,
+            "random_state": seed}
 
 
 @click.command("train-svm")

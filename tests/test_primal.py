@@ -1,0 +1,135 @@
+"""``train-svm --solver lbfgs``: liblinear's SVMs, every class at once by L-BFGS in torch
+(:mod:`vggfeat.primal`). Its solutions are checked against liblinear's on the same problems: the
+objective that both minimise, per class, and the predictions."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+from sklearn.exceptions import ConvergenceWarning
+
+from runhelpers import run_main
+from svmhelpers import write_features
+from vggfeat import transfer
+from vggfeat.errors import VggfeatError
+from vggfeat.primal import primal_objective
+from vggfeat.svm import LinearSVM, training_memory
+
+TIGHT = {"tol": 1e-7, "max_iter": 20000}  # both solvers to the optimum, so that they can be compared
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    """600 non-negative descriptors of 4 classes that overlap (no SVM separates them), normalised."""
+    X, y = make_classification(600, 48, n_informative=12, n_classes=4, n_clusters_per_class=1, class_sep=0.8,
+                               random_state=0)
+    X = np.abs(X)
+    return X / np.linalg.norm(X, axis=1, keepdims=True), y
+
+
+def balanced(targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """LinearSVC's "balanced" weights of each row and class: the rows' weights, positives and
+    negatives of a class weighing as much in total."""
+    positives, total = (weights * targets).sum(0), weights.sum(0)
+    return weights * np.where(targets, total / (2 * positives), total / (2 * (total - positives)))
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+@pytest.mark.parametrize("C", [0.1, 10.0])
+def test_lbfgs_finds_the_svms_liblinear_finds(overlapping, class_weight, C):
+    """The same problem, the same optimum: each class's objective equal to liblinear's to 1e-6,
+    with cross-validation's held-out rows (weight 0) and balanced class weights; the same
+    predictions."""
+    X, y = overlapping
+    targets = np.eye(4, dtype=bool)[y]
+    held_out = np.arange(len(y)) % 3 == 0
+    for rows in (None, (~held_out).astype(float)):
+        fitted = {solver: LinearSVM(C=C, class_weight=class_weight, solver=solver, device="cpu", **TIGHT)
+                  ._fit_all(X, targets, C, rows) for solver in ("liblinear", "lbfgs")}
+        weights = np.ones(targets.shape) if rows is None else np.repeat(rows[:, None], 4, axis=1)
+        if class_weight:
+            weights = balanced(targets, weights)
+        objective = {solver: primal_objective(X, targets, C, weights, *fit) for solver, fit in fitted.items()}
+        np.testing.assert_allclose(objective["lbfgs"], objective["liblinear"], rtol=1e-6)
+        scores = {solver: X @ coef.T + intercept for solver, (coef, intercept) in fitted.items()}
+        assert (scores["lbfgs"].argmax(1) == scores["liblinear"].argmax(1)).mean() >= 0.99
+
+
+def test_lbfgs_multilabel_leaves_ignored_rows_out_of_their_class_and_chooses_c_as_liblinear(overlapping):
+    """Multi-label with VOC's difficult images (a row ignored for one class only) and C chosen by
+    cross-validation: the fit of every label and the scores of every C as liblinear's."""
+    X, y = overlapping
+    Y = np.stack([y == 0, y >= 2, y == 3], axis=1)
+    ignore = np.zeros(Y.shape, dtype=bool)
+    ignore[::7, 1] = True
+    fits = {solver: LinearSVM(multilabel=True, solver=solver, device="cpu", C_grid=(0.1, 10.0), **TIGHT)
+            .fit(X, Y, ignore=ignore) for solver in ("liblinear", "lbfgs")}
+    assert fits["lbfgs"].C_ == fits["liblinear"].C_
+    for C, score in fits["liblinear"].cv_scores_.items():
+        assert fits["lbfgs"].cv_scores_[C] == pytest.approx(score, abs=2e-3)
+    weights = np.where(ignore, 0.0, 1.0)
+    objective = {solver: primal_objective(X, Y, svm.C_, weights, svm.coef_, svm.intercept_) for solver, svm in fits.items()}
+    np.testing.assert_allclose(objective["lbfgs"], objective["liblinear"], rtol=1e-6)
+
+
+def test_lbfgs_that_stops_at_max_iter_is_warned_about(overlapping):
+    X, y = overlapping
+    with pytest.warns(ConvergenceWarning, match="lbfgs reached max_iter=2 before converging in 4 of 4 fits"):
+        svm = LinearSVM(C=10.0, solver="lbfgs", device="cpu", max_iter=2).fit(X, y)
+    assert svm.n_unconverged_ == 4
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"solver": "sgd"}, "unknown solver 'sgd'; choose one of liblinear, lbfgs"),
+    ({"solver": "lbfgs", "loss": "hinge"}, "the lbfgs solver trains the squared hinge loss .* use --solver liblinear"),
+    ({"solver": "lbfgs", "device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_solver_parameters_are_refused_clearly(overlapping, params, message):
+    with pytest.raises(VggfeatError, match=message):
+        LinearSVM(C=1.0, **params).fit(*overlapping)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_lbfgs_on_a_gpu_where_there_is_none_says_so(overlapping):
+    with pytest.raises(VggfeatError, match="device cuda asked for, but CUDA is not available here; use --device cpu"):
+        LinearSVM(C=1.0, solver="lbfgs", device="cuda").fit(*overlapping)
+
+
+def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapping, tmp_path):
+    X, y = overlapping
+    names = ["a", "b", "c", "d"]
+    features = write_features(tmp_path / "f.h5", X, [f"{names[k]}/{i:03d}.png" for i, k in enumerate(y)], y, names)
+    code, out, err = run_main(["train-svm", features, tmp_path / "m.h5", "--solver", "lbfgs", "--device", "cpu", "--C", "1",
+                               "--quiet"])
+    assert code == 0 and out.startswith("trained 4 classes on 600 rows"), err
+    saved = transfer.load_model(tmp_path / "m.h5")
+    assert (saved.svm.solver, saved.svm.device) == ("lbfgs", "cpu")
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert '"solver": "lbfgs"' in f.attrs["params"]
+    liblinear = transfer.train_svm(features, C=1.0, **TIGHT)
+    assert (saved.svm.predict(X) == liblinear.svm.predict(X)).mean() >= 0.99
+    code, out, _ = run_main(["info", tmp_path / "m.h5"])
+    assert code == 0 and "; C = 1 (fixed); solver lbfgs" in out
+    assert run_main(["predict", tmp_path / "m.h5", features, tmp_path / "p.csv"])[0] == 0
+
+
+def test_lbfgs_on_the_cpu_needs_no_copy_of_the_descriptors():
+    """Its peak: the float64 descriptors and eight values per row and class (three on a GPU), not
+    liblinear's 16-byte node per value for each class trained at once."""
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) == 1000 * 4096 * 8 + 1000 * 10 * 64
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) < training_memory(1000, 4096) / 2
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10, on_gpu=True) == 1000 * 4096 * 8 + 1000 * 10 * 24
+
+
+def test_lbfgs_training_that_would_not_fit_in_memory_is_warned_of(overlapping, tmp_path, monkeypatch):
+    X, y = overlapping
+    names = ["a", "b", "c", "d"]
+    features = write_features(tmp_path / "f.h5", X, [f"{names[k]}/{i:03d}.png" for i, k in enumerate(y)], y, names)
+    needed = training_memory(600, 48, solver="lbfgs", classes=4)
+    monkeypatch.setattr(transfer, "available_memory", lambda: needed - 1)
+    with pytest.warns(RuntimeWarning, match=r"training on 600 rows of 48-d needs about 0.0 GiB of memory \(the descriptors "
+                                             r"as float64, and the solver's values of each row and class \(4\)\)"):
+        transfer.train_svm(features, C=1.0, solver="lbfgs", device="cpu")
