@@ -14,7 +14,8 @@ about half the entries are zero (as after fc7's ReLU) and classes overlap per di
   vggfeat: features.load_features (chunked read straight into one float64 array), LinearSVM
            normalising it in place, classes trained by --n-jobs threads on that one array; with
            --solver lbfgs, every class at once by L-BFGS on --device (--train-classes ignored),
-           and the objective of its SVMs printed (liblinear's too: compare the two runs').
+           on float32 descriptors as train-svm reads them for it; the objective of the SVMs is
+           printed (liblinear's too: compare the two runs').
   naive:   what one writes from the h5py and scikit-learn docs: X = f["features"][:] (float32),
            sklearn.preprocessing.normalize(X), then LinearSVC(C).fit(X, y == k) per class, which
            converts X to float64 on every fit.
@@ -66,19 +67,21 @@ def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: s
     from vggfeat.primal import primal_objective
     from vggfeat.svm import LinearSVM
 
+    dtype = np.float32 if solver == "lbfgs" else np.float64  # as train-svm reads them for each solver
     began = time.perf_counter()
-    features = load_features(path)
+    features = load_features(path, dtype=dtype)
     loaded = time.perf_counter()
     svm = LinearSVM(C=C, n_jobs=n_jobs, solver=solver, device=device, copy=False)
     svm._check_params()
-    X = svm._prepare(features.X, copy=False)  # in place: the array load_features made for us
+    X = svm._prepare(features.X, copy=False, dtype=dtype)  # in place: the array load_features made for us
     targets = (features.labels[:, None] == np.arange(len(features.classes))[None, :])[:, :train_classes]
     prepared = time.perf_counter()
     coef, intercept = svm._fit_all(X, targets, C, None)  # the fits LinearSVM.fit runs
     trained = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the objective's float64 temporaries
     objective = primal_objective(X, targets, C, np.ones(targets.shape), coef, intercept)
     return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared,
-            "solver": solver, "objective_sum": float(objective.sum())}
+            "solver": solver, "objective_sum": float(objective.sum()), "peak_rss_training_gib": peak}
 
 
 def run_naive(path: Path, train_classes: int, C: float) -> dict:

@@ -75,6 +75,23 @@ def test_lbfgs_multilabel_leaves_ignored_rows_out_of_their_class_and_chooses_c_a
     np.testing.assert_allclose(objective["lbfgs"], objective["liblinear"], rtol=1e-6)
 
 
+def test_lbfgs_in_float32_reaches_float64s_objective(overlapping, monkeypatch):
+    """train-svm reads float32 for lbfgs (half the memory; a GPU computes in float32 anyway) and
+    the fit keeps it: each class's objective as float64's to 1e-4."""
+    X, y = overlapping
+    targets = np.eye(4, dtype=bool)[y]
+    fits = {dtype: LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(dtype), y) for dtype in (np.float32, np.float64)}
+    objective = {dtype: primal_objective(X, targets, 1.0, np.ones(targets.shape), svm.coef_, svm.intercept_)
+                 for dtype, svm in fits.items()}
+    np.testing.assert_allclose(objective[np.float32], objective[np.float64], rtol=1e-4)
+    prepared = []
+    prepare = LinearSVM._prepare
+    monkeypatch.setattr(LinearSVM, "_prepare", lambda self, X, **kw: prepared.append(prepare(self, X, **kw).dtype) or prepare(self, X, **kw))
+    LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(np.float32), y)
+    LinearSVM(C=1.0).fit(X.astype(np.float32), y)
+    assert prepared == [np.float32, np.float64]
+
+
 def test_lbfgs_that_stops_at_max_iter_is_warned_about(overlapping):
     X, y = overlapping
     with pytest.warns(ConvergenceWarning, match="lbfgs reached max_iter=2 before converging in 4 of 4 fits"):
@@ -117,11 +134,11 @@ def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapp
 
 
 def test_lbfgs_on_the_cpu_needs_no_copy_of_the_descriptors():
-    """Its peak: the float64 descriptors and eight values per row and class (three on a GPU), not
-    liblinear's 16-byte node per value for each class trained at once."""
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10) == 1000 * 4096 * 8 + 1000 * 10 * 64
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10) < training_memory(1000, 4096) / 2
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10, on_gpu=True) == 1000 * 4096 * 8 + 1000 * 10 * 24
+    """Its peak: the float32 descriptors and eight values per row and class (three on a GPU), not
+    float64 ones and liblinear's 16-byte node per value for each class trained at once."""
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) == 1000 * 4096 * 4 + 1000 * 10 * 64
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) < training_memory(1000, 4096) / 4
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10, on_gpu=True) == 1000 * 4096 * 4 + 1000 * 10 * 24
 
 
 def test_lbfgs_training_that_would_not_fit_in_memory_is_warned_of(overlapping, tmp_path, monkeypatch):
@@ -131,5 +148,5 @@ def test_lbfgs_training_that_would_not_fit_in_memory_is_warned_of(overlapping, t
     needed = training_memory(600, 48, solver="lbfgs", classes=4)
     monkeypatch.setattr(transfer, "available_memory", lambda: needed - 1)
     with pytest.warns(RuntimeWarning, match=r"training on 600 rows of 48-d needs about 0.0 GiB of memory \(the descriptors "
-                                             r"as float64, and the solver's values of each row and class \(4\)\)"):
+                                             r"as float32, and the solver's values of each row and class \(4\)\)"):
         transfer.train_svm(features, C=1.0, solver="lbfgs", device="cpu")

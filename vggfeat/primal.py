@@ -2,8 +2,8 @@
 
 liblinear (:mod:`vggfeat.svm`'s default) trains one class at a time on its own float64 copy of the
 descriptors, on the CPU. Here the one-vs-rest SVMs of all K classes are one problem whose parts
-are independent, solved together by torch's L-BFGS on the descriptors as they are (no copy on
-the CPU; one float32 copy on a GPU): each step is two matrix products of [N, D] by [D, K], which
+are independent, solved together by torch's L-BFGS on the descriptors as they are (float32, as
+train-svm reads them, or float64: no copy on the CPU; one float32 copy on a GPU): each step is two matrix products of [N, D] by [D, K], which
 a GPU does in milliseconds for a million rows.
 
 The problem is liblinear's L2-regularised L2-loss SVM (LinearSVC's ``squared_hinge``), the bias
@@ -23,6 +23,10 @@ import torch
 
 # The share of liblinear's tol at which L-BFGS stops (see fit_primal).
 LBFGS_TOL_SHARE = 0.1
+# Iterations between checks of convergence; and the objective's decrease over them, in units of
+# the float type's precision relative to it, under which L-BFGS has stalled.
+CHECK_EVERY = 25
+STALLED_EPS = 16
 
 
 def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray, *, max_iter: int, tol: float,
@@ -31,11 +35,13 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
     bool on ``X`` [N, D], with row-and-class weights ``weights`` [N, K] (see the module).
 
     Stops where the gradient's largest entry is a tenth of ``tol`` times its largest at zero, or
-    after ``max_iter`` iterations: then ``converged`` is False. (liblinear's primal solver stops on
+    the objective stalls at the float type's precision (float32's, on a GPU), or after about
+    ``max_iter`` iterations (a multiple of CHECK_EVERY): then ``converged`` is False. (liblinear's primal solver stops on
     the gradient's norm relative to zero's; L-BFGS at ``tol`` itself stopped 0.9% above the
-    objective liblinear reached, at a tenth of it 0.006% above: RESULTS.md, bench_svm.py.)
+    objective liblinear reached, at a tenth of it 0.005% above: RESULTS.md, bench_svm.py.)
     """
-    dtype = torch.float64 if device.type == "cpu" else torch.float32  # float64 on the CPU: X as it is, no copy
+    # On the CPU, X's own type (no copy); GPUs compute float32 fastest, and descriptors hold no more
+    dtype = torch.float64 if device.type == "cpu" and X.dtype == np.float64 else torch.float32
     rows = torch.as_tensor(X).to(device=device, dtype=dtype)
     signs = torch.as_tensor(np.where(targets, 1.0, -1.0)).to(device=device, dtype=dtype)
     weighed = torch.as_tensor(weights).to(device=device, dtype=dtype)
@@ -47,15 +53,12 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
         violations = torch.relu(1 - signs * margins)
         return 0.5 * (coef.square().sum() + intercept.square().sum()) + C * (weighed * violations.square()).sum()
 
-    def gradient_max() -> float:
+    def value_and_gradient() -> tuple[float, float]:
+        """The objective and its gradient's largest entry."""
         with torch.enable_grad():
-            grads = torch.autograd.grad(objective(), (coef, intercept))
-        return max(float(grad.abs().max()) for grad in grads)
-
-    tolerance = LBFGS_TOL_SHARE * tol * gradient_max()
-    optimizer = torch.optim.LBFGS([coef, intercept], lr=1, max_iter=max_iter, max_eval=2 * max_iter,
-                                  tolerance_grad=tolerance, tolerance_change=0, history_size=20,
-                                  line_search_fn="strong_wolfe")
+            value = objective()
+            grads = torch.autograd.grad(value, (coef, intercept))
+        return float(value.detach()), max(float(grad.abs().max()) for grad in grads)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -63,9 +66,20 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    converged = gradient_max() <= tolerance * (1 + 1e-6)
+    previous, gradient = value_and_gradient()
+    tolerance = LBFGS_TOL_SHARE * tol * gradient
+    optimizer = torch.optim.LBFGS([coef, intercept], lr=1, max_iter=CHECK_EVERY, tolerance_grad=tolerance,
+                                  tolerance_change=0, history_size=20, line_search_fn="strong_wolfe")
+    converged, iterations = False, 0
+    while not converged and iterations < max_iter:
+        with torch.enable_grad():
+            optimizer.step(closure)  # CHECK_EVERY iterations more, its history kept from the last
+        iterations = optimizer.state[coef]["n_iter"]
+        value, gradient = value_and_gradient()
+        # Converged: the gradient small enough, or the objective no longer going down by more than
+        # the float type tells apart (float32's 1e-7 of it: the sums of N x K terms stop there).
+        converged = gradient <= tolerance or previous - value <= STALLED_EPS * torch.finfo(dtype).eps * abs(value)
+        previous = value
     return coef.detach().double().cpu().numpy(), intercept.detach().double().cpu().numpy(), converged
 
 

@@ -28,7 +28,7 @@ from .labels import (
 )
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
 from .svm import LinearSVM
-from .transfer import described_by_all, targets_of, warn_if_memory_is_short
+from .transfer import described_by_all, targets_of, training_features
 from .regions import region_of
 from .voc import read_set, result_files, train_difficult, write_results
 
@@ -70,8 +70,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
     targets = targets_of(files, exclude=exclude)
-    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1))
-    features = load_features(files, paths=targets.paths)
+    features = training_features(files, targets, svm_params)
     classes = targets.classes
     y = align_to_classes(targets, classes, multilabel=False)
     table = []
@@ -148,8 +147,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
     if overlap:
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
-    warn_if_memory_is_short(train_files, len(train.paths), svm_params.get("n_jobs", 1))
-    train_features = load_features(train_files, paths=train.paths)
+    train_features = training_features(train_files, train, svm_params)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
     svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore, progress=progress)
     configs = train_features.configs

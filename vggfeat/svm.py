@@ -49,11 +49,12 @@ def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: floa
     float64, once, and the copy that liblinear makes of them for each fit under way (``n_jobs``), a
     16-byte node per non-zero value and two more per row. Against the peaks measured (RESULTS.md,
     bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
-    (10.0), the rest the process's own (torch and the other imports). L-BFGS copies nothing here,
-    and holds about eight float64 values per row and class (signs, weights, margins and their
-    gradients), or three where it runs on a GPU (``on_gpu``: the others are there)."""
+    (10.0), the rest the process's own (torch and the other imports). L-BFGS takes the descriptors
+    as float32 (train-svm reads them so) and copies nothing here, and holds about eight 8-byte
+    values per row and class (signs, weights, margins and their gradients), or three where it runs
+    on a GPU (``on_gpu``: the others are there)."""
     if solver == "lbfgs":
-        return rows * dim * 8 + rows * classes * 8 * (3 if on_gpu else 8)
+        return rows * dim * 4 + rows * classes * 8 * (3 if on_gpu else 8)
     liblinear_copy = rows * (round(dim * nonzero_fraction) + 2) * 16
     return rows * dim * 8 + n_jobs * liblinear_copy
 
@@ -105,7 +106,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         minutes each on large sets.
         """
         self._check_params()
-        X = self._prepare(X, copy=self.copy)
+        # lbfgs takes float32 as given (half the memory), liblinear float64 alone
+        lbfgs_float32 = self.solver == "lbfgs" and getattr(X, "dtype", None) == np.float32
+        X = self._prepare(X, copy=self.copy, dtype=np.float32 if lbfgs_float32 else np.float64)
         targets = self._targets(y, len(X), classes)  # [N, K] bool
         ignore = self._ignored(ignore, targets.shape)
         self.n_features_in_ = X.shape[1]
@@ -245,12 +248,12 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         if not _is_positive_number(self.tol):
             raise VggfeatError(f"tol must be a positive number, got {self.tol!r}")
 
-    def _prepare(self, X: np.ndarray, copy: bool) -> np.ndarray:
+    def _prepare(self, X: np.ndarray, copy: bool, dtype: type = np.float64) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise VggfeatError(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
-        # asarray copies only where X is not float64 C-order already (NumPy 1's copy=False, 2's copy=None).
-        out = np.array(X, dtype=np.float64, order="C") if copy else np.ascontiguousarray(X, dtype=np.float64)
+        # asarray copies only where X is not of dtype, C-order, already (NumPy 1's copy=False, 2's copy=None).
+        out = np.array(X, dtype=dtype, order="C") if copy else np.ascontiguousarray(X, dtype=dtype)
         # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
         for start in range(0, len(out), _SCORE_ROWS):
             block = out[start : start + _SCORE_ROWS]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
-from .features import FeatureFile, Files, file_list, fused_failures, fused_files, load_features, read_blocks
+from .features import FeatureFile, Features, Files, file_list, fused_failures, fused_files, load_features, read_blocks
 from .labels import (
     Targets,
     align_ignored,
@@ -114,9 +114,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
-    warn_if_memory_is_short(files, len(targets.paths), svm_params.get("n_jobs", 1), svm_params.get("solver", "liblinear"),
-                            len(targets.classes), svm_params.get("device", "auto"))
-    features = load_features(files, paths=targets.paths)
+    features = training_features(files, targets, svm_params)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
             progress=progress)
@@ -135,19 +133,28 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     return saved
 
 
-def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1, solver: str = "liblinear", classes: int = 2,
-                            device: str = "auto") -> None:
-    """Warn, before the descriptors are read, when training on ``rows`` of ``files`` needs more
-    memory than this process has (:func:`~vggfeat.svm.training_memory`): killed by the system after
-    hours of fits, a run says nothing. The share of zeros is that of each file's first rows."""
+def training_features(files: Files, targets: Targets, svm_params: dict) -> Features:
+    """The descriptors of ``targets``' rows as the solver of ``svm_params`` (:class:`LinearSVM`'s
+    keywords) trains on them: float64 for liblinear, float32 for lbfgs (half the memory; its GPU
+    computes in float32 anyway). First warns where they would not fit in memory."""
+    warn_if_memory_is_short(files, len(targets.paths), len(targets.classes), svm_params)
+    return load_features(files, paths=targets.paths, dtype=np.float32 if svm_params.get("solver") == "lbfgs" else np.float64)
+
+
+def warn_if_memory_is_short(files: Files, rows: int, classes: int, svm_params: dict) -> None:
+    """Warn, before the descriptors are read, when training on ``rows`` of ``files`` (``classes``
+    of them) with ``svm_params`` needs more memory than this process has
+    (:func:`~vggfeat.svm.training_memory`): killed by the system after hours of fits, a run says
+    nothing. The share of zeros is that of each file's first rows."""
     available = available_memory()
     if available is None or rows == 0:
         return
+    n_jobs, solver = svm_params.get("n_jobs", 1), svm_params.get("solver", "liblinear")
     on_gpu = False
     if solver == "lbfgs":
         from .settings import resolve_device  # torch, which the solver imports anyway
 
-        on_gpu = resolve_device(device).type == "cuda"
+        on_gpu = resolve_device(svm_params.get("device", "auto")).type == "cuda"
     dim, nonzero = 0, 0.0
     for name in file_list(files):
         try:
@@ -163,7 +170,7 @@ def warn_if_memory_is_short(files: Files, rows: int, n_jobs: int = 1, solver: st
         held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
                 if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
         warnings.warn(f"training on {rows:,} rows of {dim:,}-d needs about {needed / 2**30:.1f} GiB of memory (the "
-                      f"descriptors as float64, and {held}), and {available / 2**30:.1f} GiB is available: the "
+                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and {available / 2**30:.1f} GiB is available: the "
                       f"system may stop it before it ends. Train {fewer}on fewer rows", RuntimeWarning, stacklevel=3)
 
 
