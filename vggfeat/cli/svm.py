@@ -100,6 +100,8 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
                max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
+    if solver == "liblinear" and device != "auto":
+        raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
             "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver, "device": device,
             "random_state": seed}
