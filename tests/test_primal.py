@@ -80,13 +80,18 @@ def test_lbfgs_in_float32_reaches_float64s_objective(overlapping, monkeypatch):
     the fit keeps it: each class's objective as float64's to 1e-4."""
     X, y = overlapping
     targets = np.eye(4, dtype=bool)[y]
-    fits = {dtype: LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(dtype), y) for dtype in (np.float32, np.float64)}
+    fits = {dtype: LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(dtype), y)
+            for dtype in (np.float32, np.float64)}
     objective = {dtype: primal_objective(X, targets, 1.0, np.ones(targets.shape), svm.coef_, svm.intercept_)
                  for dtype, svm in fits.items()}
     np.testing.assert_allclose(objective[np.float32], objective[np.float64], rtol=1e-4)
-    prepared = []
-    prepare = LinearSVM._prepare
-    monkeypatch.setattr(LinearSVM, "_prepare", lambda self, X, **kw: prepared.append(prepare(self, X, **kw).dtype) or prepare(self, X, **kw))
+    prepared, prepare = [], LinearSVM._prepare
+
+    def recorded(self, X, **options):
+        prepared.append(prepare(self, X, **options).dtype)
+        return prepare(self, X, **options)
+
+    monkeypatch.setattr(LinearSVM, "_prepare", recorded)
     LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(np.float32), y)
     LinearSVM(C=1.0).fit(X.astype(np.float32), y)
     assert prepared == [np.float32, np.float64]

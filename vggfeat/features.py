@@ -234,11 +234,11 @@ def load_features(
             X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))
         else:
             X = np.concatenate([transform(block) for _, block in fused.blocks(dtype)])
-        first = fused.opened[0]
+        first, first_rows = fused.opened[0], fused.rows_per_file[0]
         return Features(
             X=X,
             paths=fused.paths,
-            labels=first.labels[fused.rows_per_file[0]],
+            labels=first.labels[first_rows],
             classes=first.classes,
             configs=[f.config for f in fused.opened],
             sources=[str(f.path) for f in fused.opened],
@@ -263,8 +263,7 @@ def read_blocks(
 class Fused:
     """Open files matched by path: the rows of each file that make each of ``paths``; ``left_out``:
     the images of the first that another could not describe, path to ``"failed in FILE: reason"``;
-    ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B);
-    ``labelling``: the file whose labels and classes the images take."""
+    ``whole_image``: for each file, whether it gives the first's regions their image's row (I+B)."""
 
     opened: list[FeatureFile]
     paths: list[str]
@@ -299,7 +298,7 @@ class Fused:
         failed = f.failed()
         wanted = set(paths)
         found = {path: int(label) for path, label in zip(failed.paths, failed.labels) if path in wanted}
-        if len(found) < len(wanted):  # (the first's own failures are all among its failures: no row is read)
+        if len(found) < len(wanted):  # (not for the first's failures labelled by the first: rows unread)
             found.update((path, int(label)) for path, label in zip(f.paths, f.labels) if path in wanted)
         return [found.get(path, -1) for path in paths]
 

@@ -3,8 +3,8 @@
 liblinear (:mod:`vggfeat.svm`'s default) trains one class at a time on its own float64 copy of the
 descriptors, on the CPU. Here the one-vs-rest SVMs of all K classes are one problem whose parts
 are independent, solved together by torch's L-BFGS on the descriptors as they are (float32, as
-train-svm reads them, or float64: no copy on the CPU; one float32 copy on a GPU): each step is two matrix products of [N, D] by [D, K], which
-a GPU does in milliseconds for a million rows.
+train-svm reads them, or float64: no copy on the CPU; one float32 copy on a GPU): each step is
+two matrix products of [N, D] by [D, K], which a GPU does in milliseconds for a million rows.
 
 The problem is liblinear's L2-regularised L2-loss SVM (LinearSVC's ``squared_hinge``), the bias
 being a weight on a constant feature 1 and regularised with the others, as liblinear does
@@ -36,9 +36,10 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
 
     Stops where the gradient's largest entry is a tenth of ``tol`` times its largest at zero, or
     the objective stalls at the float type's precision (float32's, on a GPU), or after about
-    ``max_iter`` iterations (a multiple of CHECK_EVERY): then ``converged`` is False. (liblinear's primal solver stops on
-    the gradient's norm relative to zero's; L-BFGS at ``tol`` itself stopped 0.9% above the
-    objective liblinear reached, at a tenth of it 0.005% above: RESULTS.md, bench_svm.py.)
+    ``max_iter`` iterations (a multiple of CHECK_EVERY): then ``converged`` is False.
+    (liblinear's primal solver stops on the gradient's norm relative to zero's; L-BFGS at ``tol``
+    itself stopped 0.9% above the objective liblinear reached, at a tenth of it 0.005% above:
+    RESULTS.md, bench_svm.py.)
     """
     # On the CPU, X's own type (no copy); GPUs compute float32 fastest, and descriptors hold no more
     dtype = torch.float64 if device.type == "cpu" and X.dtype == np.float64 else torch.float32

@@ -190,8 +190,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 weighed = weighed * np.where(targets, total / (2 * positives), total / (2 * (total - positives)))
         coef, intercept, converged = fit_primal(X, targets, C, np.ascontiguousarray(weighed), max_iter=self.max_iter,
                                                 tol=self.tol, device=_torch_device(self.device))
-        for _ in range(targets.shape[1] if fits is not None else 0):
-            fits.add(C, converged)
+        if fits is not None:
+            for _ in range(targets.shape[1]):  # every class's fit, ended together
+                fits.add(C, converged)
         return coef, intercept
 
     def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,

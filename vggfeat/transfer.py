@@ -68,7 +68,8 @@ def _own_targets(files: Files, multilabel: bool, exclude: Sequence[str]) -> Targ
         failed = first.failed()
 
         def labelled(paths: list[str]) -> list[str]:
-            return [path for path, label in zip(paths, fused.labels_of(paths)) if label >= 0 and fused.classes[label] not in exclude]
+            return [path for path, label in zip(paths, fused.labels_of(paths))
+                    if label >= 0 and fused.classes[label] not in exclude]
 
         warn_left_out(labelled(failed.paths), failed.reasons_by_path(), f"labelled in {first.path}")
         if fused.left_out:
@@ -170,7 +171,8 @@ def warn_if_memory_is_short(files: Files, rows: int, classes: int, svm_params: d
         held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
                 if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
         warnings.warn(f"training on {rows:,} rows of {dim:,}-d needs about {needed / 2**30:.1f} GiB of memory (the "
-                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and {available / 2**30:.1f} GiB is available: the "
+                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and "
+                      f"{available / 2**30:.1f} GiB is available: the "
                       f"system may stop it before it ends. Train {fewer}on fewer rows", RuntimeWarning, stacklevel=3)
 
 

@@ -162,7 +162,8 @@ def _model_lines(summary: dict) -> list[str]:
     how = "by cross-validation" if summary["C_by_cross_validation"] else "fixed"
     return [f"{summary['path']}: a vggfeat linear SVM model, {'multi-label' if summary['multilabel'] else 'one-vs-rest'}",
             f"  classes      {len(classes)}: {_first(classes)}",
-            f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how}); solver {summary['solver']}",
+            f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how}); "
+            f"solver {summary['solver']}",
             f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}",
             *map(_descriptors_line, summary["extraction_configs"])]
 
