@@ -3,6 +3,7 @@
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2 --mode vggfeat
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 2 --mode naive
     python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --device cpu
+    python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --cv [--cold]
 
 Run each mode in its own process: the peak resident memory printed is the process's (ru_maxrss).
 The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
@@ -24,7 +25,9 @@ load_s is not like for like: naive reads 1 x float32, vggfeat fills a float64 ar
 (which naive makes on every fit instead). The first touch of that memory, not the HDF5 read, is most
 of vggfeat's load_s on a VM whose free memory is handed back to the host (see RESULTS.md).
 
-Both train with a fixed C (no cross-validation). Only --train-classes of the classes are trained
+Both train with a fixed C (no cross-validation); with --cv, vggfeat's LinearSVM.fit chooses C
+from the default grid by 3-fold cross-validation and trains with it (with --cold, lbfgs starts
+every fit from zero rather than each C's fit of a fold where the last C's ended). Only --train-classes of the classes are trained
 when a full run would take too long; every class is an independent binary problem on the same
 rows, so the full time is extrapolated linearly (printed as such).
 """
@@ -60,6 +63,23 @@ def make_file(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> N
         f.attrs["config"] = json.dumps(config)
         f.attrs["complete"] = True
     temporary.rename(path)
+
+
+def run_cross_validated(path: Path, n_jobs: int, solver: str, device: str, cold: bool) -> dict:
+    from vggfeat.features import load_features
+    from vggfeat.svm import LinearSVM
+
+    began = time.perf_counter()
+    features = load_features(path, dtype=np.float32 if solver == "lbfgs" else np.float64)
+    loaded = time.perf_counter()
+    svm = LinearSVM(n_jobs=n_jobs, solver=solver, device=device, copy=False)
+    if cold:
+        fit_all = svm._fit_all
+        svm._fit_all = lambda *args, start=None, **options: fit_all(*args, **options)
+    svm.fit(features.X, features.labels)
+    trained = time.perf_counter()
+    return {"load_s": loaded - began, "train_s": trained - loaded, "solver": solver, "cold": cold, "C": svm.C_,
+            "cv_scores": svm.cv_scores_, "peak_rss_training_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: str, device: str) -> dict:
@@ -112,6 +132,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["vggfeat", "naive"], required=True)
     parser.add_argument("--solver", choices=["liblinear", "lbfgs"], default="liblinear", help="vggfeat's solver")
     parser.add_argument("--device", default="auto", help="where --solver lbfgs runs")
+    parser.add_argument("--cv", action="store_true", help="vggfeat: choose C by cross-validation (all classes)")
+    parser.add_argument("--cold", action="store_true", help="with --cv and lbfgs: every fit from zero")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +147,10 @@ def main() -> None:
     if args.mode == "vggfeat":
         import vggfeat.svm  # noqa: F401
     imported_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.mode == "vggfeat" and args.cv:
+        print(json.dumps({**run_cross_validated(path, args.n_jobs, args.solver, args.device, args.cold),
+                          "rows": args.rows, "dim": args.dim, "classes": args.classes}))
+        return
     if args.mode == "vggfeat":
         result = run_vggfeat(path, trained, args.n_jobs, args.C, args.solver, args.device)
     else:

@@ -4,6 +4,8 @@ objective that both minimise, per class, and the predictions."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import h5py
 import numpy as np
 import pytest
@@ -95,6 +97,23 @@ def test_lbfgs_in_float32_reaches_float64s_objective(overlapping, monkeypatch):
     LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X.astype(np.float32), y)
     LinearSVM(C=1.0).fit(X.astype(np.float32), y)
     assert prepared == [np.float32, np.float64]
+
+
+def test_lbfgs_starts_from_a_nearby_solution_and_ends_at_its_own(overlapping):
+    """Cross-validation starts each C's fit of a fold where the last C's ended: the same optimum
+    (the problem is strictly convex), and a start at the optimum is done at once."""
+    X, y = overlapping
+    targets = np.eye(4, dtype=bool)[y]
+    svm = LinearSVM(solver="lbfgs", device="cpu", **TIGHT)
+    weights = np.ones(targets.shape)
+    fresh = svm._fit_all(X, targets, 10.0, None)
+    nearby = svm._fit_all(X, targets, 10.0, None, start=svm._fit_all(X, targets, 1.0, None))
+    np.testing.assert_allclose(primal_objective(X, targets, 10.0, weights, *nearby),
+                               primal_objective(X, targets, 10.0, weights, *fresh), rtol=1e-6)
+    fits = []
+    again = svm._fit_all(X, targets, 10.0, None, SimpleNamespace(add=lambda C, converged: fits.append(converged)), start=fresh)
+    assert fits == [True] * 4
+    np.testing.assert_array_equal(again[0], fresh[0])  # not one step taken
 
 
 def test_lbfgs_that_stops_at_max_iter_is_warned_about(overlapping):

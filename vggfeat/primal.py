@@ -30,9 +30,11 @@ STALLED_EPS = 16
 
 
 def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray, *, max_iter: int, tol: float,
-               device: torch.device) -> tuple[np.ndarray, np.ndarray, bool]:
+               device: torch.device, start: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(coef [K, D], intercept [K], converged) of the squared-hinge SVMs of ``targets`` [N, K]
-    bool on ``X`` [N, D], with row-and-class weights ``weights`` [N, K] (see the module).
+    bool on ``X`` [N, D], with row-and-class weights ``weights`` [N, K] (see the module), from
+    zero or from ``start`` (coef, intercept): cross-validation starts each C where the last ended.
 
     Stops where the gradient's largest entry is a tenth of ``tol`` times its largest at zero, or
     the objective stalls at the float type's precision (float32's, on a GPU), or after about
@@ -67,11 +69,16 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
         loss.backward()
         return loss
 
-    previous, gradient = value_and_gradient()
+    _, gradient = value_and_gradient()  # at zero, whatever the start: the stopping rule's scale
     tolerance = LBFGS_TOL_SHARE * tol * gradient
+    if start is not None:
+        with torch.no_grad():
+            coef.copy_(torch.as_tensor(start[0]))
+            intercept.copy_(torch.as_tensor(start[1]))
+    previous, gradient = value_and_gradient()
     optimizer = torch.optim.LBFGS([coef, intercept], lr=1, max_iter=CHECK_EVERY, tolerance_grad=tolerance,
                                   tolerance_change=0, history_size=20, line_search_fn="strong_wolfe")
-    converged, iterations = False, 0
+    converged, iterations = gradient <= tolerance, 0  # (a start that is the solution already)
     while not converged and iterations < max_iter:
         with torch.enable_grad():
             optimizer.step(closure)  # CHECK_EVERY iterations more, its history kept from the last

@@ -155,11 +155,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ training
 
     def _fit_all(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
-                 fits: _Fits | None = None, ignore: np.ndarray | None = None):
+                 fits: _Fits | None = None, ignore: np.ndarray | None = None,
+                 start: tuple[np.ndarray, np.ndarray] | None = None):
         """(coef [K, D], intercept [K]) of one binary SVM per column of ``targets``, without the
-        rows that ``ignore`` marks for it; each fit's (C, converged) is added to ``fits``."""
+        rows that ``ignore`` marks for it; each fit's (C, converged) is added to ``fits``.
+        ``start``: where lbfgs starts from (a nearby problem's solution); liblinear starts afresh."""
         if self.solver == "lbfgs":
-            return self._fit_lbfgs(X, targets, C, weights, fits, ignore)
+            return self._fit_lbfgs(X, targets, C, weights, fits, ignore, start)
 
         def fit_one(k: int) -> tuple[np.ndarray, float]:
             svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
@@ -178,7 +180,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
 
     def _fit_lbfgs(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
-                   fits: _Fits | None, ignore: np.ndarray | None):
+                   fits: _Fits | None, ignore: np.ndarray | None, start: tuple[np.ndarray, np.ndarray] | None):
         from .primal import fit_primal
 
         weighed = np.broadcast_to((np.ones(len(X)) if weights is None else weights)[:, None], targets.shape)
@@ -189,7 +191,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             with np.errstate(divide="ignore", invalid="ignore"):  # (a branch np.where leaves unused)
                 weighed = weighed * np.where(targets, total / (2 * positives), total / (2 * (total - positives)))
         coef, intercept, converged = fit_primal(X, targets, C, np.ascontiguousarray(weighed), max_iter=self.max_iter,
-                                                tol=self.tol, device=_torch_device(self.device))
+                                                tol=self.tol, device=_torch_device(self.device), start=start)
         if fits is not None:
             for _ in range(targets.shape[1]):  # every class's fit, ended together
                 fits.add(C, converged)
@@ -203,12 +205,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state).split(X, targets.argmax(1))
         folds = list(folds)
         scores = {}
+        solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # each fold's at the last C: lbfgs starts there
         for C in sorted(float(c) for c in self.C_grid):
             fold_scores = []
-            for train, held_out in folds:
+            for fold, (train, held_out) in enumerate(folds):
                 weights = np.zeros(len(X))
                 weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
-                coef, intercept = self._fit_all(X, targets, C, weights, fits, ignore)
+                start = solutions.get(fold)
+                coef, intercept = solutions[fold] = self._fit_all(X, targets, C, weights, fits, ignore, start=start)
                 fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out],
                                                None if ignore is None else ignore[held_out]))
             scores[C] = float(np.mean(fold_scores))
