@@ -69,13 +69,13 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray
         loss.backward()
         return loss
 
-    _, gradient = value_and_gradient()  # at zero, whatever the start: the stopping rule's scale
+    previous, gradient = value_and_gradient()  # at zero, whatever the start: the stopping rule's scale
     tolerance = LBFGS_TOL_SHARE * tol * gradient
     if start is not None:
         with torch.no_grad():
             coef.copy_(torch.as_tensor(start[0]))
             intercept.copy_(torch.as_tensor(start[1]))
-    previous, gradient = value_and_gradient()
+        previous, gradient = value_and_gradient()
     optimizer = torch.optim.LBFGS([coef, intercept], lr=1, max_iter=CHECK_EVERY, tolerance_grad=tolerance,
                                   tolerance_change=0, history_size=20, line_search_fn="strong_wolfe")
     converged, iterations = gradient <= tolerance, 0  # (a start that is the solution already)

@@ -113,7 +113,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         ignore = self._ignored(ignore, targets.shape)
         self.n_features_in_ = X.shape[1]
         per_class = 1 + (0 if self.C is not None else len(self.C_grid) * self.cv)
-        fits = _Fits(targets.shape[1] * per_class, progress)  # (C, converged) of every liblinear fit
+        fits = _Fits(targets.shape[1] * per_class, progress)  # (C, converged) of every class's fit
         with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.C is None:
@@ -316,7 +316,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
 
 class _Fits:
-    """The (C, converged) of every liblinear fit of one training, from its threads; ``progress``
+    """The (C, converged) of every class's fit in one training, from its threads; ``progress``
     is told of each, with the number the training makes in all."""
 
     def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
