@@ -5,9 +5,11 @@ is described again by ``--update``."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import shutil
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -431,3 +433,66 @@ def test_a_run_interrupted_with_archive_classes_resumes_only_with_them(tmp_path,
     code, _, err = run_main(resumed)
     assert code == 0 and "resuming: 1 of 4 images were done" in err, err
     assert read_output(output)["classes"] == ["n01", "n02"]
+
+
+def pax_archive_of_size(path: Path, size: bytes) -> Path:
+    """An archive of one member, of 10,240 bytes, whose PAX record says its size is ``size`` (as
+    damaged data would: the record's checksum is the header's, which does not cover it)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.jpg")
+        info.size, info.pax_headers = 10240, {"size": "10240"}
+        tar.addfile(info, io.BytesIO(b"x" * 10240))
+    data = path.read_bytes()
+    at = data.index(b"size=10240")
+    path.write_bytes(data[:at] + b"size=" + size.rjust(5) + data[at + 10 :])
+    return path
+
+
+def test_a_damaged_size_in_a_pax_record_is_refused_or_read_as_tarfile_reads_it(tmp_path):
+    """The plain reader stopped with a ValueError at a size that is not a number, and went round for
+    ever at a negative one, which took it back to an earlier header."""
+    archive = pax_archive_of_size(tmp_path / "7x0.tar", b"7x0")
+    assert _plain_table(str(archive)) is None  # left to tarfile, which takes a size that is not a number as 0:
+    with pytest.warns(UserWarning, match="cannot be read past byte 1,536 of its 20,480"):  # the data is no header
+        assert vggfeat.archives.read_table(str(archive)) == {"a.jpg": (1536, 0)}  # and the member fails as empty
+    for size in (b"-51", b"-1536"):
+        archive = pax_archive_of_size(tmp_path / f"{size.decode()}.tar", size)
+        outcome = []  # read in a thread of its own, which a reader going round for ever would not hold up
+        reader = threading.Thread(target=lambda: outcome.extend(_outcome(read, str(archive)) for read in
+                                                                (_plain_table, vggfeat.archives.read_table)), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        assert len(outcome) == 2, f"reading {archive.name} did not end"
+        assert outcome[0] is None  # left to tarfile, whose size is refused
+        assert isinstance(outcome[1], tarfile.ReadError) and "a.jpg has a negative size" in str(outcome[1])
+    (tmp_path / "images").mkdir()
+    shutil.copy(tmp_path / "-1536.tar", tmp_path / "images" / "shard.tar")
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP])
+    assert code == 2 and error_line(err).startswith(f"Error: cannot read the tar archive {tmp_path / 'images' / 'shard.tar'} "
+                                                     "(a.jpg has a negative size (-1536): a damaged header)")
+
+
+def _outcome(function, *args):
+    """What ``function(*args)`` returns, or the exception it raises."""
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - the caller checks which
+        return error
+
+
+def test_a_damaged_header_that_ends_an_archive_early_is_warned_of(tmp_path):
+    """tarfile ends an archive at a header it cannot read, silently: the images after it would be
+    left out without a word."""
+    for number in range(4):
+        write_rgb(tmp_path / f"{number}.png", 64, 64, seed=number)
+    (tmp_path / "images").mkdir()
+    archive = write_tar(tmp_path / "images" / "shard.tar", tmp_path, [f"{number}.png" for number in range(4)])
+    with tarfile.open(archive) as tar:
+        third = tar.getmember("2.png").offset
+    data = bytearray(archive.read_bytes())
+    data[third + 10] ^= 0xFF  # its name: the checksum no longer matches
+    archive.write_bytes(bytes(data))
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP])
+    assert code == 0, err
+    assert read_output(tmp_path / "out.h5")["paths"] == ["shard.tar/0.png", "shard.tar/1.png"]
+    assert f"warning: the tar archive {archive} cannot be read past byte {third:,} of its {len(data):,}" in err

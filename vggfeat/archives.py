@@ -26,6 +26,7 @@ import io
 import os
 import tarfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import BinaryIO
@@ -247,7 +248,7 @@ def read_table(archive: str) -> dict[str, tuple[int, int]]:
     inside an archive, in the outermost one's file), read from its headers."""
     file, start, length = _span(archive)
     table = _plain_table(file, start, length)
-    return _tarfile_table(file, start, length) if table is None else table
+    return _tarfile_table(file, start, length, name=archive) if table is None else table
 
 
 def _span(archive: str) -> tuple[str, int, int | None]:
@@ -285,7 +286,11 @@ def _file_of(archive: str) -> str:
     return archive if inside is None else inside[0]
 
 
-def _tarfile_table(file: str, start: int = 0, length: int | None = None) -> dict[str, tuple[int, int]]:
+def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: str | None = None
+                   ) -> dict[str, tuple[int, int]]:
+    """As :func:`_plain_table`, by tarfile, for archives of any header; warns where a header it
+    cannot read (a damaged one) ends the archive before its end: the members after it, whose
+    names it cannot know, are left out (``name``: the archive, as the message names it)."""
     table: dict[str, tuple[int, int]] = {}
     # "r:" reads only uncompressed archives: a compressed one cannot be read at an offset. tarfile
     # counts offsets from where the file is when it opens it.
@@ -296,8 +301,13 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None) -> dict
                 for info in tar:
                     if length is not None and info.offset_data + info.size > start + length:
                         break  # past an archive inside another: the outer one's next member
+                    if info.size < 0:  # tarfile takes a PAX record's "size=-1536" as it is
+                        raise tarfile.ReadError(f"{info.name} has a negative size ({info.size}): a damaged header")
                     if info.isreg():
                         table[_name(info.name)] = (info.offset_data, info.size)
+                else:
+                    _warn_if_cut(raw, tar.offset, os.fstat(raw.fileno()).st_size if length is None else start + length,
+                                 name or file)
             except tarfile.ReadError:
                 if not table:
                     raise
@@ -309,6 +319,17 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None) -> dict
             if first != bytes(tarfile.BLOCKSIZE):
                 tarfile.TarInfo.frombuf(first, tarfile.ENCODING, "surrogateescape")  # raises what it finds wrong
     return table
+
+
+def _warn_if_cut(raw: BinaryIO, stopped: int, end: int, name: str) -> None:
+    """Warn where tarfile stopped reading at ``stopped`` short of ``end`` at a block that is not
+    the end of the archive (zeros): tarfile ends an archive silently at a header it cannot read."""
+    if stopped >= end:
+        return
+    raw.seek(stopped)
+    if raw.read(tarfile.BLOCKSIZE).strip(b"\0"):
+        warnings.warn(f"the tar archive {name} cannot be read past byte {stopped:,} of its {end:,} (a damaged or cut "
+                      "header): the images after it are left out; repair it, or unpack what can be read", stacklevel=2)
 
 
 def _plain_table(file: str, start: int = 0, length: int | None = None) -> dict[str, tuple[int, int]] | None:
@@ -364,7 +385,7 @@ def _plain_member(header: bytes) -> tuple[bytes, int, bytes] | None:
         size = int(header[124:136].strip(b"\0 ") or b"0", 8)
     except ValueError:
         return None
-    if checksum != 256 + sum(header[:148]) + sum(header[156:]):  # the field counted as spaces
+    if checksum != 256 + sum(header[:148]) + sum(header[156:]) or size < 0:  # the checksum counts its field as spaces
         return None
     kind = header[156:157]
     if kind not in _TYPES_REGULAR and kind not in _TYPES_OTHER and kind not in _TYPES_NEXT_NAMED:
@@ -396,6 +417,8 @@ def _next_member(kind: bytes, data: bytes) -> dict[str, bytes] | None:
         if key == b"path":  # UTF-8 in a PAX header
             said["path"] = os.fsencode(value.decode("utf-8", "surrogateescape"))
         elif key == b"size":
+            if not value.isdigit():  # a size that is not one (damaged): tarfile reads the archive
+                return None
             said["size"] = value
         position += length
     return said
