@@ -242,6 +242,16 @@ def write_truncated_jpeg(path, height: int = 96, width: int = 128) -> Path:
     return Path(path)
 
 
+def write_damaged_jpeg(path, height: int = 64, width: int = 96, seed: int = 0) -> np.ndarray:
+    """A JPEG with 30 bytes of junk before its end marker, as some cameras and uploads leave them:
+    libjpeg warns ("Corrupt JPEG data: 28 extraneous bytes before marker 0xd9") and decodes the
+    pixels of the same JPEG without them, which it returns."""
+    picture = write_rgb(path, height, width, seed, fmt="JPEG")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:-2] + b"\x12" * 30 + data[-2:])
+    return picture
+
+
 def write_empty(path) -> Path:
     """A 0-byte file."""
     Path(path).write_bytes(b"")

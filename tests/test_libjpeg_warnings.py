@@ -1,0 +1,78 @@
+"""libjpeg's warnings of damaged JPEGs are counted at the end of a command, not printed through
+its progress bar; everything else on standard error still reaches the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from imagefiles import write_damaged_jpeg, write_rgb
+from runhelpers import FAST, read_output, run_main
+from vggfeat.cli.libjpeg_warnings import LibjpegWarnings, libjpeg_warnings_counted
+from vggfeat.jpeg import batch_decoder, read_jpeg
+
+needs_batch_decoder = pytest.mark.skipif(batch_decoder() is None, reason="neither TorchCodec nor torchvision decodes JPEGs here")
+
+
+def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
+    counted = LibjpegWarnings()
+    with libjpeg_warnings_counted(counted):
+        os.write(2, b"Corrupt JPEG data: 28 extraneous bytes before marker 0xd9\n")
+        os.write(2, b"a library's own message\n")
+        # A process started meanwhile writes to the same pipe: its warnings are counted as well.
+        subprocess.run([sys.executable, "-c", "import os; os.write(2, b'Premature end of JPEG file\\n'); "
+                        "os.write(2, b'the child speaks\\n')"], check=True)
+        os.write(2, b" 50%|#####     |\r")  # another process's progress bar, a line ended by a carriage return
+        os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
+        os.write(2, b"Continue? ")  # a line not yet ended is not held back
+        os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
+    err = capfd.readouterr().err
+    assert "a library's own message\n" in err and "the child speaks\n" in err
+    assert " 50%|#####     |" in err and err.endswith("Continue? ")
+    assert "Corrupt JPEG" not in err and "Premature end" not in err
+    assert counted.count == 4
+    assert counted.first == "Corrupt JPEG data: 28 extraneous bytes before marker 0xd9"
+    assert "4 times" in counted.summary() and counted.first in counted.summary()
+    os.write(2, b"Corrupt JPEG data: bad Huffman code\n")  # after the command: descriptor 2 is the terminal again
+    assert capfd.readouterr().err == "Corrupt JPEG data: bad Huffman code\n"
+    assert counted.count == 4
+
+
+@needs_batch_decoder
+def test_the_decoding_librarys_own_warning_is_recognised(tmp_path, capfd):
+    write_damaged_jpeg(tmp_path / "damaged.jpg")
+    jpeg = read_jpeg(tmp_path / "damaged.jpg", max_pixels=10**8, min_side=1)
+    assert jpeg is not None  # it goes to TorchCodec or torchvision, whose libjpeg warns
+    counted = LibjpegWarnings()
+    with libjpeg_warnings_counted(counted):
+        pixels = batch_decoder()([jpeg.data], device=torch.device("cpu"))[0]
+    assert pixels.shape == (3, 64, 96)
+    assert counted.count == 1 and counted.first.startswith("Corrupt JPEG data: ")
+    assert "Corrupt JPEG" not in capfd.readouterr().err
+
+
+@needs_batch_decoder
+def test_extract_describes_damaged_jpegs_and_says_so_once_at_the_end(tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        write_damaged_jpeg(images / f"damaged{i}.jpg", seed=i)
+    write_rgb(images / "whole.jpg", 64, 96, fmt="JPEG")
+    code, _, err = run_main(["extract", images, tmp_path / "out.h5", *FAST, "--layer", "conv1_1", "--decoder", "torchvision"])
+    assert code == 0, err
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # nothing from libjpeg reached the terminal
+    out = read_output(tmp_path / "out.h5")
+    assert len(out["paths"]) == 4 and not out["failed_paths"]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("warning: libjpeg warned of damaged JPEG data 3 times (the first: 'Corrupt JPEG data: ")
+    # The junk lies after the image's data: the descriptors are those of the same JPEG without it.
+    (tmp_path / "clean").mkdir()
+    write_rgb(tmp_path / "clean" / "damaged0.jpg", 64, 96, seed=0, fmt="JPEG")
+    code, _, err = run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *FAST, "--layer", "conv1_1"])
+    assert code == 0 and "libjpeg" not in err
+    np.testing.assert_array_equal(read_output(tmp_path / "clean.h5")["features"][0], out["features"][0])
