@@ -496,3 +496,23 @@ def test_a_damaged_header_that_ends_an_archive_early_is_warned_of(tmp_path):
     assert code == 0, err
     assert read_output(tmp_path / "out.h5")["paths"] == ["shard.tar/0.png", "shard.tar/1.png"]
     assert f"warning: the tar archive {archive} cannot be read past byte {third:,} of its {len(data):,}" in err
+
+
+def test_a_member_whose_name_holds_a_nul_byte_is_left_out_saying_so(tmp_path):
+    """A damaged PAX record's name: HDF5 cannot store it, and the run stopped with a traceback as
+    it wrote its first rows."""
+    write_rgb(tmp_path / "a.png", 64, 64)
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "images").mkdir()
+    archive = tmp_path / "images" / "shard.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("aXb.png", "ok.png"):
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = len(data), {"path": name}
+            tar.addfile(info, io.BytesIO(data))
+    archive.write_bytes(archive.read_bytes().replace(b"path=aXb.png", b"path=a\0b.png"))
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP])
+    assert code == 0, err
+    assert read_output(tmp_path / "out.h5")["paths"] == ["shard.tar/ok.png"]
+    assert (f"warning: the tar archive {archive} has 1 member(s) whose name holds a NUL byte (a damaged header; the "
+            "first: 'a\\x00b.png'): left out") in err

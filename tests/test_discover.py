@@ -384,6 +384,15 @@ def test_list_windows_line_endings_and_byte_order_mark(tmp_path):
     assert found.classes == ("x", "y")
 
 
+def test_a_list_with_a_nul_byte_is_refused_naming_its_line(tmp_path):
+    """As ``find -print0`` writes one: no path holds one, and HDF5 could not store it (the run
+    stopped with a traceback)."""
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"a.jpg\nb.jpg\0c.jpg\0\n")
+    with pytest.raises(VggfeatError, match=r"list.txt:2: a NUL byte, which no path holds: .* \(find -print, not -print0\)"):
+        read_file_list(listing)
+
+
 def test_list_missing(tmp_path):
     with pytest.raises(VggfeatError, match="file list not found") as caught:
         read_file_list(tmp_path / "nope.txt")

@@ -248,7 +248,13 @@ def read_table(archive: str) -> dict[str, tuple[int, int]]:
     inside an archive, in the outermost one's file), read from its headers."""
     file, start, length = _span(archive)
     table = _plain_table(file, start, length)
-    return _tarfile_table(file, start, length, name=archive) if table is None else table
+    table = _tarfile_table(file, start, length, name=archive) if table is None else table
+    unnamed = [member for member in table if "\0" in member]
+    if unnamed:  # no path holds a NUL byte (nor can HDF5 store one): a damaged header's name
+        warnings.warn(f"the tar archive {archive} has {len(unnamed)} member(s) whose name holds a NUL byte (a damaged "
+                      f"header; the first: {unnamed[0]!r}): left out", stacklevel=2)
+        table = {member: place for member, place in table.items() if member not in unnamed}
+    return table
 
 
 def _span(archive: str) -> tuple[str, int, int | None]:

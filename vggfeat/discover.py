@@ -330,6 +330,9 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if "\0" in line:  # h5py cannot store it, nor can a file system name a file with it
+            raise VggfeatError(f"{list_name(list_file)}:{number}: a NUL byte, which no path holds: a list names one "
+                               "file a line (find -print, not -print0)")
         path, label = _split_entry(line)
         try:
             path, region = split_region(path)
