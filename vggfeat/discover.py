@@ -26,6 +26,7 @@ import numpy as np
 from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
 from .errors import VggfeatError
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
+from .textfiles import as_utf8, not_utf8
 
 # .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
 # recorded as failed, saying so, rather than left out unseen.
@@ -397,7 +398,7 @@ def _split_entry(line: str) -> tuple[str, str | None]:
 def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
     """The set of ``class_of``'s files (named as the file system names them) and their classes."""
     file_names = {}
-    for path, name in [(p, n) for p, n in class_of.items() if _not_utf8(p) or (n is not None and _not_utf8(n))]:
+    for path, name in [(p, n) for p, n in class_of.items() if not_utf8(p) or (n is not None and not_utf8(n))]:
         shown = as_utf8(path)
         if shown != path:
             if shown in class_of:
@@ -411,13 +412,3 @@ def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
     paths = sorted(class_of)
     labels = np.array([index.get(class_of[path], NO_LABEL) for path in paths], dtype=np.int32)
     return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes), file_names=file_names)
-
-
-def as_utf8(text: str) -> str:
-    """``text`` with the bytes that Python decoded as lone surrogates (what the file system gives
-    for a name that is not UTF-8) written as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _not_utf8(text: str) -> bool:
-    return not text.isascii() and as_utf8(text) != text

@@ -9,6 +9,7 @@ or among the images it could not describe (left out, with a warning).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from collections.abc import Container, Mapping, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .regions import FRAGMENT, region_path, split_region
+from .textfiles import as_utf8, check_utf8, read_text
 
 
 @dataclass
@@ -46,20 +48,20 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         raise VggfeatError(f"labels file not found: {path}")
     labels: dict[str, list[str]] = {}
-    # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip() or row[0].startswith("#"):
-                continue
-            if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
-                continue  # the header, before any data line
-            row = _region_joined(row)
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
-            known = labels.setdefault(row[0].strip(), [])
-            for name in (name.strip() for cell in row[1:] for name in cell.split(";")):
-                if name and name not in known:
-                    known.append(name)
+    rows = csv.reader(io.StringIO(read_text(path, names_files=True), newline=""))
+    for number, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip() or row[0].startswith("#"):
+            continue
+        if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
+            continue  # the header, before any data line
+        row = _region_joined(row)
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {as_utf8(','.join(row))!r}")
+        known = labels.setdefault(row[0].strip(), [])
+        for name in (name.strip() for cell in row[1:] for name in cell.split(";")):
+            check_utf8(name, path, number, "the label")
+            if name and name not in known:
+                known.append(name)
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
     return labels

@@ -36,6 +36,7 @@ from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .store import (check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder, work_folder,
                     written_atomically)
+from .textfiles import as_utf8, read_text
 
 
 @dataclass
@@ -102,7 +103,7 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
     if not path.is_file():
         raise VggfeatError(f"labels file not found: {path}")
     labels: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, names_files=True).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -116,9 +117,9 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
             index = -1
         if not name or index < 0 or (classes is not None and index >= classes):
             allowed = f"0..{classes - 1}" if classes is not None else "a class index >= 0"
-            raise VggfeatError(f"{path}:{number}: expected 'filename label' with a label in {allowed}, got {line!r}")
+            raise VggfeatError(f"{path}:{number}: expected 'filename label' with a label in {allowed}, got {as_utf8(line)!r}")
         if labels.get(name, index) != index:
-            raise VggfeatError(f"{path}:{number}: {name} is listed twice with different labels")
+            raise VggfeatError(f"{path}:{number}: {as_utf8(name)} is listed twice with different labels")
         labels[name] = index
     if not labels:
         raise VggfeatError(f"labels file is empty: {path}")

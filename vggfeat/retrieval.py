@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
+from .textfiles import read_text
 from .whitening import PCAWhitening, l2_normalize
 
 RECALL_AT = (1, 5, 10)
@@ -189,7 +190,7 @@ def read_ground_truth(path: str | os.PathLike, protocol: str | None = None) -> l
         truth = []
         for query_file in sorted(path.glob("*_query.txt")):
             stem = query_file.name[: -len("_query.txt")]
-            words = query_file.read_text().split()
+            words = read_text(query_file, names_files=True).split()
             if not words:
                 raise VggfeatError(f"{query_file} is empty")
             lists = {kind: _lines(path / f"{stem}_{kind}.txt") for kind in ("good", "ok", "junk")}
@@ -221,7 +222,7 @@ def _read_json(path: Path) -> object:
     if not path.is_file():
         raise VggfeatError(f"ground truth not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except ValueError as error:
         raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
 
@@ -274,7 +275,7 @@ def _is_ground_truth_item(item: object) -> bool:
 
 
 def _lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.is_file() else []
+    return read_text(path, names_files=True).split() if path.is_file() else []
 
 
 def _name_index(paths: Sequence[str]) -> dict[str, int]:

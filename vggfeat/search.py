@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .discover import as_utf8
+from .textfiles import as_utf8
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex

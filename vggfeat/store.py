@@ -49,7 +49,7 @@ from typing import IO
 import h5py
 import numpy as np
 
-from .discover import as_utf8
+from .textfiles import as_utf8
 from .errors import VggfeatError
 from .regions import FRAGMENT, RegionCount, count_regions
 

@@ -31,6 +31,7 @@ from .errors import VggfeatError, check_choice
 from .labels import Targets, warn_left_out
 from .regions import Region, image_of, region_of, region_path
 from .store import write_text_file
+from .textfiles import read_text
 
 IMAGE_SETS = Path("ImageSets", "Main")
 ACTION_SETS = Path("ImageSets", "Action")
@@ -86,12 +87,12 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
         sets = sorted(path.stem for path in folder.glob("*.txt") if "_" not in path.stem)
         raise VggfeatError(f"{folder} has no image set {name!r} ({listing.name}); its sets: {', '.join(sets) or 'none'}")
     classes = sorted(path.name[: -len(suffix)] for path in folder.glob(f"*{suffix}"))
-    ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text(listing).splitlines() if line.strip()]
     row = {image: i for i, image in enumerate(ids)}
     labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
     for k, name_k in enumerate(classes):
         path = folder / f"{name_k}{suffix}"
-        lines = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        lines = [(number, line.split()) for number, line in enumerate(read_text(path).splitlines(), 1)
                  if line.strip()]
         if lines and all(len(fields) == 1 for _, fields in lines):
             return VocSet(ids, [], np.zeros((len(ids), 0), dtype=np.int8))  # ids without labels: withheld
@@ -124,7 +125,7 @@ def read_action_set(devkit: str | os.PathLike, name: str) -> VocSet:
     persons, columns = None, {}
     for action in actions:
         path = folder / f"{action}{suffix}"
-        lines = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        lines = [(number, line.split()) for number, line in enumerate(read_text(path).splitlines(), 1)
                  if line.strip()]
         labelled = bool(lines) and len(lines[0][1]) == 3
         for number, fields in lines:

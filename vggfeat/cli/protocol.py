@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
+from ..textfiles import read_text
 from . import common
 from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
 
@@ -125,7 +126,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise VggfeatError(f"list not found: {path}")
-    paths = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    paths = [line.strip() for line in read_text(path, names_files=True).splitlines() if line.strip() and not line.startswith("#")]
     if not paths:
         raise VggfeatError(f"{path} lists no paths")
     return paths

@@ -1,0 +1,54 @@
+"""Text files that a user hands in are read as UTF-8, or refused naming the file, the line and the
+byte; names of files that are not UTF-8 still find their files. Before, such a file ended the
+command in a UnicodeDecodeError's traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from vggfeat.errors import VggfeatError
+from vggfeat.labels import read_labels_csv
+from vggfeat.predictions import read_labels
+from vggfeat.retrieval import read_ground_truth
+from vggfeat.textfiles import read_text
+from vggfeat.voc import read_image_set
+
+LATIN1_NAME = "caf\xe9.jpg".encode("latin-1")  # a name as an older system wrote it: not UTF-8
+
+
+def test_text_is_utf8_without_its_byte_order_mark_or_refused_naming_line_and_byte(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffa.jpg,chat\n".encode("utf-8"))
+    assert read_text(tmp_path / "bom.txt") == "a.jpg,chat\n"
+    (tmp_path / "latin1.txt").write_bytes(b"a.jpg\nb.jpg\n" + LATIN1_NAME + b"\n")
+    with pytest.raises(VggfeatError, match=r"latin1.txt, line 3: not UTF-8 text \(byte 0xe9\); save it as UTF-8"):
+        read_text(tmp_path / "latin1.txt")
+    assert read_text(tmp_path / "latin1.txt", names_files=True).splitlines()[2] == LATIN1_NAME.decode("utf-8", "surrogateescape")
+
+
+def test_a_labels_csv_names_files_in_any_bytes_but_its_labels_are_utf8(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"path,label\n" + LATIN1_NAME + b",cat\nb.jpg,dog\n")
+    assert read_labels_csv(labels) == {LATIN1_NAME.decode("utf-8", "surrogateescape"): ["cat"], "b.jpg": ["dog"]}
+    labels.write_bytes(b"a.jpg,cat\nb.jpg,caf\xe9\n")  # a spreadsheet's CSV saved in Latin-1
+    with pytest.raises(VggfeatError, match=r"labels.csv, line 2: the label 'caf\\\\xe9' is not UTF-8 text; save the file as UTF-8"):
+        read_labels_csv(labels)
+
+
+def test_an_imagenet_style_list_names_files_in_any_bytes(tmp_path):
+    listing = tmp_path / "val.txt"
+    listing.write_bytes(LATIN1_NAME + b" 3\n\xff\xfe 4\n")
+    assert read_labels(listing) == {LATIN1_NAME.decode("utf-8", "surrogateescape"): 3, "\udcff\udcfe": 4}
+    listing.write_bytes(b"a.jpg \xe9\n")
+    with pytest.raises(VggfeatError, match=r"val.txt:1: expected 'filename label' .* got 'a.jpg \\\\xe9'"):
+        read_labels(listing)
+
+
+def test_a_voc_set_or_a_ground_truth_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    sets = tmp_path / "VOC2007" / "ImageSets" / "Main"
+    sets.mkdir(parents=True)
+    (sets / "test.txt").write_bytes(b"000001\n\xff00002\n")
+    with pytest.raises(VggfeatError, match=r"test.txt, line 2: not UTF-8 text \(byte 0xff\)"):
+        read_image_set(tmp_path / "VOC2007", "test")
+    (tmp_path / "gt.json").write_bytes(b'[{"query": "caf\xe9.jpg", "ok": [], "junk": []}]')
+    with pytest.raises(VggfeatError, match=r"gt.json, line 1: not UTF-8 text \(byte 0xe9\)"):
+        read_ground_truth(tmp_path / "gt.json")

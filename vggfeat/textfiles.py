@@ -1,0 +1,44 @@
+"""Text files that a user hands in (label lists, image lists, ground truth): read as UTF-8, or
+refused naming the file, the line and the byte, rather than ending the command in a
+UnicodeDecodeError's traceback. Where a file's fields name files, bytes that are not UTF-8 are
+kept as the file system keeps them in names (Python's ``surrogateescape``, as :mod:`vggfeat.discover`
+reads folders and lists), so that such a name still finds its file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import VggfeatError
+
+
+def read_text(path: str | os.PathLike, *, names_files: bool = False) -> str:
+    """The text of ``path``: UTF-8, a byte-order mark at its start skipped (spreadsheet programs
+    write one). With ``names_files``, other bytes are kept (see the module), and the caller checks
+    with :func:`check_utf8` the fields that must be text."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        if names_files:
+            return data.decode("utf-8-sig", "surrogateescape")
+        line = data[: error.start].count(b"\n") + 1
+        raise VggfeatError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8") from None
+
+
+def check_utf8(text: str, path: str | os.PathLike, line: int, what: str) -> None:
+    """Refuse ``text`` (``what`` at ``line`` of ``path``) holding bytes that are not UTF-8 (read by
+    :func:`read_text` with ``names_files``): a class name, say, which HDF5 stores as UTF-8."""
+    if not_utf8(text):
+        raise VggfeatError(f"{path}, line {line}: {what} {as_utf8(text)!r} is not UTF-8 text; save the file as UTF-8")
+
+
+def as_utf8(text: str) -> str:
+    """``text`` with the bytes that Python decoded as lone surrogates (what the file system gives
+    for a name that is not UTF-8) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that are not UTF-8 (as lone surrogates)."""
+    return not text.isascii() and as_utf8(text) != text
