@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -176,7 +177,7 @@ def test_unreadable_file_is_refused(tmp_path, name, content):
     path.write_bytes(content)
     with pytest.raises(VggfeatError, match="cannot read weights") as raised:
         load_vgg("vgg11", path)
-    assert str(path) in str(raised.value)
+    assert str(path) in str(raised.value) and "weights_only" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -228,6 +229,18 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, how):
         load_vgg("vgg11", path)
     assert str(path) in str(raised.value)
     assert not marker.exists(), "unpickling ran code from the weights file"
+    # torch's message tells how to run the file's code; vggfeat's says what to save instead.
+    assert re.search(r"it holds Python objects \(\S+\), not only tensors, and vggfeat runs no pickled code", str(raised.value))
+    assert "weights_only" not in str(raised.value)
+
+
+def test_a_whole_model_saved_is_refused_saying_to_save_its_state_dict(tmp_path, vgg11):
+    torch.save(vgg11, tmp_path / "model.pth")
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", tmp_path / "model.pth")
+    assert str(raised.value) == (f"cannot read weights from {tmp_path / 'model.pth'}: it holds Python objects "
+                                 "(torchvision.models.vgg.VGG), not only tensors, and vggfeat runs no pickled code: save "
+                                 "the model's weights with torch.save(model.state_dict(), path)")
 
 
 # --------------------------------------------------------------------------- ImageNet: cache and offline

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,8 +119,9 @@ def _imagenet(model: str) -> VGG:
             "(smoke tests only)"
         ) from None
     except (RuntimeError, pickle.UnpicklingError, EOFError) as error:  # a damaged download or cached file
+        reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _short(error)
         raise VggfeatError(
-            f"the ImageNet weights of {model} failed to load ({_short(error)}); "
+            f"the ImageNet weights of {model} failed to load ({reason}); "
             f"if {imagenet_cache_file(model)} is damaged, delete it to download it again"
         ) from None
     return _with_state_dict(model, state_dict, source=str(imagenet_cache_file(model)))
@@ -135,7 +137,9 @@ def _from_file(model: str, path: Path) -> VGG:
             state_dict = load_file(str(path))
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, SafetensorError) as error:
+    except pickle.UnpicklingError as error:
+        raise VggfeatError(f"cannot read weights from {path}: {_refused_pickle(error)}") from None
+    except (RuntimeError, OSError, ValueError, EOFError, SafetensorError) as error:
         raise VggfeatError(
             f"cannot read weights from {path}: {_short(error)} "
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
@@ -158,6 +162,19 @@ def _with_state_dict(model: str, state_dict: Mapping[str, torch.Tensor], source:
     return vgg
 
 
-def _short(error: BaseException, limit: int = 200) -> str:
+def _refused_pickle(error: pickle.UnpicklingError) -> str:
+    """What torch.load(weights_only=True) refused, in a line. torch's own message says how to
+    load the file by running its pickled code, which vggfeat never does."""
+    text = " ".join(str(error).split())
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds Python objects ({found[1]}), not only tensors, and vggfeat runs no pickled code: save the "
+                "model's weights with torch.save(model.state_dict(), path)")
+    found = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
+    return (f"not a file of tensors ({_short(found[1]) if found else _short(error)}): damaged, or not a checkpoint "
+            "(expected a torchvision state dict saved with torch.save, or a .safetensors file)")
+
+
+def _short(error: BaseException | str, limit: int = 200) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
