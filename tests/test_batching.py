@@ -16,6 +16,7 @@ import torch
 from imagefiles import smooth_rgb, write_rgb
 from reference import assert_close
 from vggfeat import Extractor, VggfeatError, load_network
+from vggfeat.extractor import too_large_for_memory
 
 SHAPES = [(224, 300), (300, 224), (240, 240), (224, 224), (260, 350), (224, 280)]
 
@@ -25,16 +26,24 @@ def images():
     return [smooth_rgb(h, w, seed=i) for i, (h, w) in enumerate(SHAPES)]
 
 
-def memory_limited(monkeypatch, extractor: Extractor, most_pixels: int) -> list[int]:
-    """Make ``extractor``'s network run out of memory on batches over ``most_pixels`` padded pixels;
-    returns the sizes of the batches that ran."""
+# What running out of memory raises: on a GPU, and on the CPU (torch's allocator, no class of its own).
+OUT_OF_MEMORY = {
+    "gpu": lambda: torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"),
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                "memory: you tried to allocate 959997600000 bytes. Error code 12 (Cannot allocate memory)"),
+}
+
+
+def memory_limited(monkeypatch, extractor: Extractor, most_pixels: int, memory: str = "gpu") -> list[int]:
+    """Make ``extractor``'s network run out of ``memory`` on batches over ``most_pixels`` padded
+    pixels; returns the sizes of the batches that ran."""
     ran: list[int] = []
     forward = extractor._forward
 
     def limited(inputs):
         padded = len(inputs) * max(x.shape[1] for x in inputs) * max(x.shape[2] for x in inputs)
         if padded > most_pixels:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise OUT_OF_MEMORY[memory]()
         ran.append(len(inputs))
         return forward(inputs)
 
@@ -61,34 +70,52 @@ def test_peak_activation_estimate_follows_the_architecture():
     assert vgg11.peak_values_per_pixel("fc7") == 67
 
 
-def test_a_batch_out_of_gpu_memory_is_split_and_later_batches_shrink(images, monkeypatch):
+@pytest.mark.parametrize("memory", OUT_OF_MEMORY)
+def test_a_batch_out_of_memory_is_split_and_later_batches_shrink(images, monkeypatch, memory):
     # VGG11 to conv3_1: a quarter of its work; batches are planned and split on the input's pixels
     settings = dict(weights="random", device="cpu", scales=[224], batch_size=6, layer="conv3_1")
     expected = Extractor("vgg11", **settings).describe(images)
     extractor = Extractor("vgg11", **settings)
-    ran = memory_limited(monkeypatch, extractor, most_pixels=3 * 240 * 240)
+    ran = memory_limited(monkeypatch, extractor, most_pixels=3 * 240 * 240, memory=memory)
     assert_close(extractor.describe(images), expected, 1e-5, "after splitting")
     assert max(ran) <= 3 and extractor.batch_size <= 3
     assert extractor.batch_pixels < 6 * (224 * 224 * 4 // 3)
     assert extractor.describe(images).shape == expected.shape  # planned within the new limits
 
 
-def test_an_image_too_large_for_gpu_memory_alone_fails_and_the_rest_go_on(random_vgg16, tmp_path, monkeypatch):
+@pytest.mark.parametrize("memory", OUT_OF_MEMORY)
+def test_an_image_too_large_for_memory_alone_fails_and_the_rest_go_on(random_vgg16, tmp_path, monkeypatch, memory):
+    """On the CPU, an image resized to a huge --scales (100000) ended the run in the allocator's
+    RuntimeError."""
     paths = []
     for i, (h, w) in enumerate([(224, 224), (224, 900), (240, 260)]):
         paths.append(tmp_path / f"{i}.png")
         write_rgb(paths[-1], h, w, seed=i)
     expected = Extractor(random_vgg16, device="cpu", scales=[224], flip=False).extract([paths[0], paths[2]])
     extractor = Extractor(random_vgg16, device="cpu", scales=[224], flip=False)
-    memory_limited(monkeypatch, extractor, most_pixels=224 * 600)
+    memory_limited(monkeypatch, extractor, most_pixels=224 * 600, memory=memory)
     chunks = list(extractor.iter_chunks(paths))
     assert [c.indices for c in chunks] == [[0, 2]]
     assert chunks[0].sizes == [(224, 224), (240, 260)]
     (index, reason), = chunks[0].failures
-    assert index == 1 and "900x224" in reason and "GPU memory" in reason and "--device cpu" in reason
+    assert index == 1 and reason == "a 900x224 image does not fit in memory at Q=224; describe it with smaller --scales"
+    assert too_large_for_memory((224, 900), 224, on_gpu=True) == ("a 900x224 image does not fit in GPU memory at Q=224; "
+                                                                  "describe it with --device cpu or smaller --scales")
     assert_close(chunks[0].features, expected, 1e-5, "the images that fit")
     got = extractor.extract(paths, errors="nan")
     assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+
+
+def test_an_error_of_the_network_other_than_memory_still_stops_the_run(random_vgg16, tmp_path, monkeypatch):
+    write_rgb(tmp_path / "a.png", 224, 224)
+    extractor = Extractor(random_vgg16, device="cpu", scales=[224], flip=False)
+
+    def broken(inputs):
+        raise RuntimeError("a bug, not a lack of memory")
+
+    monkeypatch.setattr(extractor, "_forward", broken)
+    with pytest.raises(RuntimeError, match="a bug, not a lack of memory"):
+        list(extractor.iter_chunks([tmp_path / "a.png"]))
 
 
 def test_a_huge_photo_and_a_panorama_are_described():

@@ -334,9 +334,10 @@ class Extractor:
     def _describe_chunk(self, chunk: Chunk, images: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
         try:
             return self.describe_async(images, chunk.sizes)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        # Some image does not fit in GPU memory even alone: describe the chunk image by image and
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+            if not out_of_memory(error):
+                raise
+        # Some image does not fit in memory even alone: describe the chunk image by image and
         # record those that do not fit as failed, rather than failing the run.
         torch.cuda.empty_cache()
         rows, kept = [], []
@@ -344,11 +345,10 @@ class Extractor:
             try:
                 rows.append(self.describe_async([image], [size]))
                 kept.append((index, size))
-            except torch.cuda.OutOfMemoryError:
-                height, width = size
-                reason = (f"a {width}x{height} image does not fit in GPU memory at Q={max(self.scales)}; "
-                          "describe it with --device cpu or smaller --scales")
-                chunk.failures.append((index, reason))
+            except RuntimeError as error:
+                if not out_of_memory(error):
+                    raise
+                chunk.failures.append((index, too_large_for_memory(size, max(self.scales), self.device.type == "cuda")))
                 torch.cuda.empty_cache()
         chunk.failures.sort()
         chunk.indices, chunk.sizes = [index for index, _ in kept], [size for _, size in kept]
@@ -410,8 +410,8 @@ class Extractor:
     def _run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         try:
             return self._forward(inputs)
-        except torch.cuda.OutOfMemoryError:
-            if len(inputs) == 1:
+        except RuntimeError as error:
+            if len(inputs) == 1 or not out_of_memory(error):
                 raise
         # A batch that does not fit is split and retried rather than failing the run (outside the
         # except block, so that the failed attempt's tensors are freed first), and later batches
@@ -460,9 +460,9 @@ class Extractor:
                 self._compiled = torch.compile(self._runner, dynamic=False)
             try:
                 return self._compiled(batch, self.layer, sizes)[0]
-            except torch.cuda.OutOfMemoryError:
-                raise
             except Exception as error:  # noqa: BLE001 - compiling can fail in many ways; the network cannot
+                if out_of_memory(error):
+                    raise
                 reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
                 if self.compile == "on":
                     raise VggfeatError(f"torch.compile failed ({reason}); run without it (--compile off)") from error
@@ -472,6 +472,21 @@ class Extractor:
 
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def too_large_for_memory(size: tuple[int, int], scale: int, on_gpu: bool) -> str:
+    """The reason an image of ``size`` (height, width) failed: it does not fit in memory alone."""
+    height, width = size
+    return (f"a {width}x{height} image does not fit in {'GPU ' * on_gpu}memory at Q={scale}; describe it with "
+            f"{'--device cpu or ' * on_gpu}smaller --scales")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the device running out of memory: CUDA's OutOfMemoryError, or the
+    RuntimeError of the CPU's allocator (an image resized to a huge --scales, say), which
+    torch raises as no error class of its own."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "DefaultCPUAllocator" in str(error))
 
 
 def _runner(network: DenseVGG, precision: str) -> DenseVGG:
