@@ -62,6 +62,11 @@ def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):
     frame = data.index(b"\xff\xc2")
     data[frame + 5 : frame + 7] = b"\x00\x00"  # height 0: to be given by a DNL marker
     (tmp_path / "no_height.jpg").write_bytes(bytes(data))
+    # A damaged EXIF signature: Pillow keeps the image as stored; TorchCodec turned it anyway.
+    write_exif_rotated(tmp_path / "rotated.jpg", 6)
+    (tmp_path / "damaged_exif.jpg").write_bytes((tmp_path / "rotated.jpg").read_bytes().replace(b"Exif\0\0", b"Ex<f\0\0", 1))
+    with Image.open(tmp_path / "damaged_exif.jpg") as damaged:
+        assert not damaged.getexif()
     for name in ("progressive.jpg", "upright.jpg"):
         jpeg = read_jpeg(tmp_path / name, 10**9, 32)
         assert jpeg is not None, name
@@ -69,7 +74,7 @@ def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):
         assert np.array_equal(pixels.permute(1, 2, 0).numpy(), decode_image(tmp_path / name)), name
     with Image.open(tmp_path / "pair.jpg") as pair:
         assert pair.format == "MPO"
-    for name in ("pair.jpg", "garbled.jpg", "no_height.jpg"):  # Pillow's to open as it does, or to explain
+    for name in ("pair.jpg", "garbled.jpg", "no_height.jpg", "damaged_exif.jpg"):  # Pillow's to open as it does, or to explain
         assert read_jpeg(tmp_path / name, 10**9, 32) is None, name
 
 

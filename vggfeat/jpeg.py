@@ -109,8 +109,11 @@ def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
                 return None
         elif marker in _OTHER_FRAMES:
             return None
-        elif marker == 0xE1 and segment.startswith(b"Exif\0\0") and _exif_orientation(segment[6:]) != 1:
-            return None
+        elif marker == 0xE1 and (segment.startswith(b"Exif\0\0") or segment[6:8] in (b"II", b"MM")):
+            # Pillow reads an EXIF block only under its "Exif\0\0" signature; TorchCodec reads
+            # one past the first 6 bytes of any APP1 (a damaged signature too), and turns the image.
+            if not segment.startswith(b"Exif\0\0") or _exif_orientation(segment[6:]) != 1:
+                return None
         elif marker == 0xE2 and segment.startswith(b"MPF\0"):  # Pillow opens these as MPO
             return None
         position += 2 + length
