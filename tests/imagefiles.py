@@ -252,6 +252,20 @@ def write_damaged_jpeg(path, height: int = 64, width: int = 96, seed: int = 0) -
     return picture
 
 
+def write_damaged_exif(path, height: int = 64, width: int = 96) -> np.ndarray:
+    """A JPEG whose EXIF block says it holds more entries than it does: Pillow warns ("Corrupt EXIF
+    data. Expecting to read 12 bytes but only got 4.") and turns it by the orientation (6) that it
+    read before the damage; returns the upright picture."""
+    upright = write_exif_rotated(path, 6, height, width)
+    data = bytearray(Path(path).read_bytes())
+    tiff = data.index(b"Exif\0\0") + 6
+    order = "little" if data[tiff : tiff + 2] == b"II" else "big"
+    directory = tiff + int.from_bytes(data[tiff + 4 : tiff + 8], order)
+    data[directory : directory + 2] = (40).to_bytes(2, order)
+    Path(path).write_bytes(bytes(data))
+    return upright
+
+
 def write_empty(path) -> Path:
     """A 0-byte file."""
     Path(path).write_bytes(b"")

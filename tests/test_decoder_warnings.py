@@ -1,5 +1,6 @@
-"""libjpeg's warnings of damaged JPEGs are counted at the end of a command, not printed through
-its progress bar; everything else on standard error still reaches the terminal."""
+"""The decoding libraries' warnings of damaged files, which name no file, are kept off the
+terminal: libjpeg's are counted and said once at the end of a command (everything else on standard
+error still reaches the terminal), Pillow's of damaged EXIF blocks are not shown."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import write_damaged_jpeg, write_rgb
+from imagefiles import write_damaged_exif, write_damaged_jpeg, write_rgb
 from runhelpers import FAST, read_output, run_main
 from vggfeat.cli.libjpeg_warnings import LibjpegWarnings, libjpeg_warnings_counted
 from vggfeat.jpeg import batch_decoder, read_jpeg
@@ -76,3 +77,15 @@ def test_extract_describes_damaged_jpegs_and_says_so_once_at_the_end(tmp_path, c
     code, _, err = run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *FAST, "--layer", "conv1_1"])
     assert code == 0 and "libjpeg" not in err
     np.testing.assert_array_equal(read_output(tmp_path / "clean.h5")["features"][0], out["features"][0])
+
+
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+def test_pillows_warnings_of_damaged_exif_blocks_are_not_shown(tmp_path, capfd, decode_in):
+    (tmp_path / "images").mkdir()
+    upright = write_damaged_exif(tmp_path / "images" / "damaged.jpg")
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--layer", "conv1_1",
+                             "--decode-in", decode_in])
+    assert code == 0, err
+    assert "EXIF" not in err + capfd.readouterr().err
+    out = read_output(tmp_path / "out.h5")
+    assert out["paths"] == ["damaged.jpg"] and out["sizes"].tolist() == [list(upright.shape[:2])]

@@ -1,7 +1,9 @@
-"""The two kinds of trouble vggfeat reports instead of a traceback, and the commonest check."""
+"""The two kinds of trouble vggfeat reports instead of a traceback, the commonest check, and the
+warnings of other libraries that it keeps quiet."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 
@@ -23,3 +25,12 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     """Refuse ``value`` of the option ``name`` unless it is one of ``choices``."""
     if value not in choices:
         raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def quiet_pillow_metadata_warnings() -> None:
+    """Keep off the terminal what Pillow's TIFF plugin warns of each damaged EXIF block it reads
+    ("Corrupt EXIF data. Expecting to read 12 bytes but only got 4.", "Tag data larger than
+    file. Skipping tag 274"), naming no file: the image is decoded as Pillow reads it all the
+    same. For vggfeat's own processes (a command's, its decoding and device processes), whose
+    threads decode at once: warning filters are the process's, not a thread's."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
