@@ -193,6 +193,38 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
         assert code == 2 and error_line(err) == f"Error: {error}", err
 
 
+def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_path, monkeypatch):
+    """A flipped bit in HDF5's own structures (a bad disk, a bad copy): h5py raises RuntimeError
+    or KeyError, which ended these commands in a traceback."""
+    X, labels, paths, classes = blobs(dim=4)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    data = bytearray(features.read_bytes())
+    name = data.index(b"config\0")  # the name in the attribute's message, 8 bytes after its version
+    assert data[name - 8] == 1, "an HDF5 attribute message of another layout: find its version byte anew"
+    data[name - 8] = 0x7F
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(bytes(data))
+    for args, error in [(["info", damaged], f"Error: {damaged} is not a readable vggfeat features file ("),
+                        (["train-svm", damaged, tmp_path / "m.h5"], f"Error: {damaged} is a damaged HDF5 file (")]:
+        # A process of its own: HDF5 may crash on damage it does not check for.
+        result = subprocess.run([sys.executable, "-c", "from vggfeat.cli import main; main()", *map(str, args)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and error_line(result.stderr).startswith(error), result.stderr
+        assert "bad version number for attribute message" in result.stderr
+    set_attr(features, "config", "{damaged")  # the configuration's JSON: info shows it
+    code, _, err = run_main(["info", features])
+    assert code == 2 and error_line(err).startswith(f"Error: {features} is not a readable vggfeat features file (Expecting")
+    set_attr(features, "config", json.dumps({"model": "vgg16"}))
+
+    def failed(self):  # a part of the file read later, damaged: h5py's KeyError
+        return self._file["failed/no such dataset"]
+
+    monkeypatch.setattr("vggfeat.features.FeatureFile.failed", failed)
+    code, _, err = run_main(["train-svm", features, tmp_path / "m.h5", "--C", "1"])
+    assert code == 1 and error_line(err).startswith("Error: HDF5 cannot read a file given (Unable to ")
+    assert error_line(err).endswith("): is it damaged? 'vggfeat info FILE' reads each")
+
+
 @pytest.mark.parametrize("args, error", [
     (["train-svm", "{features}", "model.pkl"], "output model.pkl names a .pkl file, but SVM models are HDF5: name it model.h5"),
     (["index", "{features}", "index.json"], "output index.json names a .json file, but indexes are HDF5: name it index.h5"),

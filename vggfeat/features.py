@@ -78,7 +78,7 @@ class FeatureFile:
         except VggfeatError:
             self._file.close()
             raise
-        except (KeyError, ValueError, TypeError) as error:
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:  # RuntimeError: HDF5's structures damaged
             self._file.close()
             raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({error})") from None
         if self.features.ndim != 2 or not self.features.shape[0] == len(self._paths) == len(self.labels):

@@ -4,6 +4,7 @@ kind of reason, regions; for ``vggfeat info`` and the last lines of a run."""
 from __future__ import annotations
 
 import collections
+import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_hdf5(path, "features") as f:
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
+        for key in ("config", "shards", "stacked_from"):  # JSON that info shows: damaged, it fails here, the file named
+            json.loads(attrs.get(key, "{}"))
         recorded = "failed" in f  # a file written by other code than vggfeat's may record no failures
         return {
             "path": str(path),

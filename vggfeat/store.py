@@ -404,8 +404,13 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
     the ``required`` datasets; otherwise a one-line error (see :func:`open_hdf5`)."""
     f = open_hdf5(path, what, hint)
-    missing = [name for name in required if name not in f]
-    if missing or "config" not in f.attrs:
+    try:
+        missing = [name for name in required if name not in f]
+        has_config = "config" in f.attrs
+    except RuntimeError as error:  # HDF5's own structures damaged: a bad disk, a flipped bit
+        f.close()
+        raise VggfeatError(f"{path} is a damaged HDF5 file ({' '.join(str(error).split())})") from None
+    if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
     elif not f.attrs.get("complete", False):
         problem = "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
@@ -512,11 +517,11 @@ def exit_if_hdf5_files_open(but: set[int], code: int) -> None:
 
 
 def file_attributes(path: Path) -> dict:
-    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one."""
+    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one (damaged too)."""
     try:
         with open_h5(path) as f:
             return dict(f.attrs)
-    except OSError:
+    except (OSError, RuntimeError):
         return {}
 
 

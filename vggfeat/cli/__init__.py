@@ -138,7 +138,20 @@ def _failure(error: BaseException) -> tuple[str, int] | None:
         refusal = store.system_error(error) if store else None  # HDF5's, as "[Errno 28] No space left on device: 'x.h5'"
         if refusal is not None or isinstance(error, OSError):
             return str(refusal or error), 1
+    if isinstance(error, (KeyError, RuntimeError)) and _raised_in_h5py(error):
+        # HDF5 refusing its own structures as a file is read (a flipped bit, a bad copy), which
+        # the readers that open a file check but the later reads of a part of it do not.
+        reason = str(error.args[0] if isinstance(error, KeyError) and error.args else error)  # a KeyError's str quotes it
+        return f"HDF5 cannot read a file given ({' '.join(reason.split())}): is it damaged? 'vggfeat info FILE' reads each", 1
     return None
+
+
+def _raised_in_h5py(error: BaseException) -> bool:
+    """Whether ``error`` came from h5py's own code (its last frame), not from vggfeat's."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).startswith("h5py")
 
 
 def _hdf5_store():

@@ -219,7 +219,7 @@ def info(file: Path, as_json: bool) -> None:
         return
     try:
         summary = read_info(file)
-    except (OSError, KeyError, IndexError, ValueError, TypeError) as error:
+    except (OSError, KeyError, IndexError, ValueError, TypeError, RuntimeError) as error:  # RuntimeError: HDF5's, damaged
         raise VggfeatError(f"{file} is not a readable vggfeat features file ({' '.join(str(error).split())})") from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))

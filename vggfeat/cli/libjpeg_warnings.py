@@ -59,8 +59,8 @@ class LibjpegWarnings:
 
 
 @contextlib.contextmanager
-def libjpeg_warnings_counted(warnings: LibjpegWarnings) -> Iterator[None]:
-    """Within: libjpeg's warnings on descriptor 2 counted into ``warnings``, not printed (see the
+def libjpeg_warnings_counted(counted: LibjpegWarnings) -> Iterator[None]:
+    """Within: libjpeg's warnings on descriptor 2 counted into ``counted``, not printed (see the
     module). Where descriptor 2 cannot be redirected (closed, say), nothing changes."""
     try:
         terminal = os.dup(2)
@@ -69,7 +69,7 @@ def libjpeg_warnings_counted(warnings: LibjpegWarnings) -> Iterator[None]:
         return
     read_end, write_end = os.pipe()
     reached_end = threading.Event()
-    reader = threading.Thread(target=_pass_on, args=(read_end, terminal, warnings, reached_end), daemon=True,
+    reader = threading.Thread(target=_pass_on, args=(read_end, terminal, counted, reached_end), daemon=True,
                               name="vggfeat-stderr")
     reader.start()
     python_stderr = sys.stderr
@@ -80,7 +80,8 @@ def libjpeg_warnings_counted(warnings: LibjpegWarnings) -> Iterator[None]:
         # terminal (its width, colours) and nothing of it waits for the reader.
         sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(terminal), "w"), encoding=python_stderr.encoding,
                                       errors=python_stderr.errors, line_buffering=True)
-    crash_reports = faulthandler.is_enabled()  # python -X faulthandler: a crash's traceback, not read by a reader gone with it
+    # python -X faulthandler: a crash's traceback goes to the terminal, not to a reader that dies with the process.
+    crash_reports = faulthandler.is_enabled()
     if crash_reports:
         faulthandler.enable(file=terminal)
     os.dup2(write_end, 2)
@@ -107,7 +108,7 @@ def _writes_to_descriptor_2(stream: object) -> bool:
         return False
 
 
-def _pass_on(read_end: int, terminal: int, warnings: LibjpegWarnings, reached_end: threading.Event) -> None:
+def _pass_on(read_end: int, terminal: int, counted: LibjpegWarnings, reached_end: threading.Event) -> None:
     """The pipe's lines to the terminal but libjpeg's warnings, until every writer has closed it.
     Reads on whatever happens to the terminal: a writer must never wait on a full pipe."""
     pending = b""
@@ -124,8 +125,8 @@ def _pass_on(read_end: int, terminal: int, warnings: LibjpegWarnings, reached_en
                 if text == _END:
                     reached_end.set()
                 elif warning:
-                    warnings.count += 1
-                    warnings.first = warnings.first or warning[0].decode("ascii", "replace")
+                    counted.count += 1
+                    counted.first = counted.first or warning[0].decode("ascii", "replace")
                     passed.append(text[: warning.start()])
                 else:
                     passed.append(line)
