@@ -1,0 +1,196 @@
+"""Damaged inputs, many at a time: a script for developers (not a test that CI runs), that looks for
+the bad input which still ends a command in a traceback, hangs it, or gives other pixels by one
+decoder than by another. Each finding becomes a test of its own.
+
+    python tests/fuzz_inputs.py jpeg-routes --count 3000   # TorchCodec/torchvision's route against Pillow's, headers mutated
+    python tests/fuzz_inputs.py archives --count 3000      # archives' tables from mutated tar files: a table, or a tar error
+    python tests/fuzz_inputs.py hdf5 --count 80 -- info FILE  # a command on a descriptor file with bytes changed
+
+Every kind prints what it found and a count; the files stay under --workdir to reproduce them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import subprocess
+import sys
+import tarfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from imagefiles import write_rgb  # noqa: E402
+from runhelpers import command, read_output, run_main  # noqa: E402
+from vggfeat.archives import read_table  # noqa: E402
+from vggfeat.errors import ImageError, VggfeatError  # noqa: E402
+from vggfeat.reading import Budget, ImageReader, Reduced  # noqa: E402
+
+
+def mutated(data: bytes, rng: random.Random, within: int, changes: int = 3) -> bytes:
+    """``data`` with up to ``changes`` bytes changed, mostly in its first ``within`` bytes, and
+    cut short one time in five."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, changes)):
+        at = rng.randrange(min(len(data), within)) if rng.random() < 0.8 else rng.randrange(len(data))
+        data[at] = rng.choice([rng.randrange(256), 0, 1, 6, 0xFF, ord("-"), ord("9")])
+    return bytes(data[: rng.randrange(1, len(data))] if rng.random() < 0.2 else data)
+
+
+def jpeg_routes(count: int, rng: random.Random, workdir: Path) -> int:
+    """JPEGs (EXIF orientations, gray, progressive) with their headers mutated, decoded by the
+    batched decoder's route and by Pillow's: the same pixels, or both refuse."""
+    picture = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    sources = []
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        sources.append(_encoded(Image.fromarray(picture), exif=exif.tobytes()))
+    sources += [_encoded(Image.fromarray(picture).convert("L")), _encoded(Image.fromarray(picture), progressive=True)]
+    readers = [ImageReader(torch.device("cpu"), decoder, 1, 10**8, 16) for decoder in ("torchvision", "pil")]
+    found = 0
+    for number in range(count):
+        source = rng.choice(sources)
+        path = workdir / f"{number:05d}.jpg"
+        path.write_bytes(mutated(source, rng, source.find(b"\xff\xda"), changes=3))
+        batched, pillow = (_pixels(reader, path) for reader in readers)
+        if isinstance(batched, str) != isinstance(pillow, str) or (
+                not isinstance(batched, str) and not np.array_equal(batched, pillow)):
+            found += 1
+            print(f"{path}: {_shown(batched)} by the batched route, {_shown(pillow)} by Pillow's")
+    return found
+
+
+def _encoded(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def _pixels(reader: ImageReader, path: Path) -> np.ndarray | str:
+    """(H, W, 3) pixels of ``path`` as ``reader`` decodes it, or the reason it fails."""
+    result = reader._decode_group([path], 0, Budget(None))[0][0]
+    if isinstance(result, ImageError):
+        return str(result)
+    pixels = result.pixels if isinstance(result, Reduced) else result
+    pixels = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+    return pixels.transpose(1, 2, 0) if pixels.shape[0] == 3 and pixels.shape[-1] != 3 else pixels
+
+
+def _shown(outcome: np.ndarray | str) -> str:
+    return f"'{outcome}'" if isinstance(outcome, str) else f"pixels {outcome.shape}"
+
+
+def archives(count: int, rng: random.Random, workdir: Path) -> int:
+    """Tar archives (PAX, GNU, ustar; long names) with their headers mutated: each table read
+    within 10 s gives members of sound places, or a tar error; then a run over one of them in ten
+    ends without a traceback."""
+    payloads = [bytes(rng.randrange(256) for _ in range(rng.randint(10, 1500))) for _ in range(4)]
+    found = 0
+    for number in range(count):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=rng.choice([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])) as tar:
+            for i, payload in enumerate(payloads):
+                info = tarfile.TarInfo("long/" * rng.randint(0, 30) + f"{i}.jpg")
+                info.size, info.mtime = len(payload), 1.5e9 + rng.random()  # a fraction: a PAX record
+                tar.addfile(info, io.BytesIO(payload))
+        path = workdir / f"{number:05d}.tar"
+        path.write_bytes(mutated(buffer.getvalue(), rng, 3072, changes=6))
+        outcome: list = []
+        reader = threading.Thread(target=lambda: outcome.append(_table_or_error(path)), daemon=True)
+        reader.start()
+        reader.join(10)
+        problem = ("did not end in 10 s" if not outcome else
+                   f"raised {outcome[0]!r}" if isinstance(outcome[0], Exception) else
+                   f"gave a negative place {outcome[0]}" if any(min(place) < 0 for place in outcome[0].values()) else None)
+        if problem is None and number % 10 == 0:
+            problem = _run_ends_cleanly(path, workdir)
+        if problem is not None:
+            found += 1
+            print(f"{path}: {problem}")
+    return found
+
+
+def _table_or_error(path: Path) -> dict | Exception | None:
+    try:
+        return read_table(str(path))
+    except (tarfile.TarError, OSError):
+        return {}
+    except Exception as error:  # noqa: BLE001 - what this looks for
+        return error
+
+
+def _run_ends_cleanly(archive: Path, workdir: Path) -> str | None:
+    folder = workdir / archive.stem
+    folder.mkdir(exist_ok=True)
+    (folder / "shard.tar").write_bytes(archive.read_bytes())
+    output = workdir / f"{archive.stem}.h5"
+    code, _, err = run_main(["extract", folder, output, "--weights", "random", "--model", "vgg11", "--layer", "conv1_1",
+                             "--scales", "224", "--no-flip", "--min-side", "8", "--device", "cpu", "--quiet"])
+    if code not in (0, 2) or "Traceback" in err:
+        return f"extract ended with {code}: {err[-300:]}"
+    if code == 0 and len(read_output(output)["paths"]) > len(read_table(str(folder / "shard.tar"))):
+        return "more rows than members"
+    return None
+
+
+def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str]) -> int:
+    """``vggfeat ARGS`` (FILE: a labelled descriptor file of 6 images with up to 8 bytes changed),
+    each in a process of its own: exit 0, 1 or 2 in one line, never a traceback. A crash of HDF5
+    itself (a negative exit code) is counted apart: vggfeat cannot mend it."""
+    images = workdir / "images"
+    for i in range(6):
+        folder = images / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_rgb(folder / f"{i}.png", 40, 40, seed=i)
+    source = workdir / "source.h5"
+    assert run_main(["extract", images, source, "--weights", "random", "--model", "vgg11", "--layer", "conv1_1",
+                     "--scales", "224", "--min-side", "8", "--device", "cpu", "--quiet", "--overwrite"])[0] == 0
+    data, found, crashes = source.read_bytes(), 0, 0
+    for number in range(count):
+        path = workdir / f"{number:05d}.h5"
+        path.write_bytes(mutated(data, rng, len(data), changes=8))
+        result = subprocess.run(command([arg.replace("FILE", str(path)) for arg in args]), capture_output=True,
+                                cwd=workdir, timeout=300)
+        err = result.stderr.decode("utf-8", "replace")
+        if result.returncode < 0:
+            crashes += 1
+        elif result.returncode not in (0, 1, 2) or "Traceback" in err:
+            found += 1
+            print(f"{path}: exit {result.returncode}: {err[-400:]}")
+    print(f"HDF5 itself crashed on {crashes} of {count}")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "hdf5"])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
+    parser.epilog = "hdf5: after --, the command, FILE standing for the damaged file"
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    options = parser.parse_args(argv[:split])
+    options.args = argv[split + 1 :]
+    warnings.simplefilter("ignore", UserWarning)  # what damaged files are warned of: expected here, by the thousand
+    workdir = options.workdir / options.kind
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(options.seed)
+    if options.kind == "hdf5":
+        if "FILE" not in options.args:
+            raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
+        found = hdf5(options.count, rng, workdir, options.args)
+    else:
+        found = {"jpeg-routes": jpeg_routes, "archives": archives}[options.kind](options.count, rng, workdir)
+    print(f"{options.kind}: {found} of {options.count} found")
+
+
+if __name__ == "__main__":
+    main()
