@@ -214,6 +214,31 @@ def test_an_index_is_built_a_block_at_a_time_from_its_file(tmp_path, monkeypatch
         assert (rows[:, 0] == expected_rows[:, 0]).mean() >= (1.0 if kind == "ivfpq" else 0.95)
 
 
+@needs_faiss
+def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
+    """Its parameters' JSON, a parameter gone, FAISS's bytes cut short: each ended 'vggfeat
+    search' in a traceback (JSONDecodeError, KeyError, FAISS's RuntimeError)."""
+    X, _ = clustered()
+    build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw").save(tmp_path / "hnsw.index")
+    whole = (tmp_path / "hnsw.index").read_bytes()
+    for damage, reason in [(lambda f: f.attrs.__setitem__("params", "{broken"), "(Expecting property name"),
+                           (lambda f: f.attrs.__setitem__("params", "{}"), "(ef_search)"),
+                           (_cut_faiss_bytes, "(Error in ")]:
+        (tmp_path / "damaged.index").write_bytes(whole)
+        with h5py.File(tmp_path / "damaged.index", "r+") as f:
+            damage(f)
+        with pytest.raises(VggfeatError) as raised:
+            VectorIndex.load(tmp_path / "damaged.index")
+        assert str(raised.value).startswith(f"{tmp_path / 'damaged.index'} is a damaged index file {reason}")
+        assert str(raised.value).endswith("; build it again with 'vggfeat index'")
+
+
+def _cut_faiss_bytes(f: h5py.File) -> None:
+    serialized = f["faiss"][:]
+    del f["faiss"]
+    f["faiss"] = serialized[: len(serialized) // 2]
+
+
 def test_compressed_index_without_faiss_is_a_clear_error(tmp_path, monkeypatch):
     import vggfeat.index
 

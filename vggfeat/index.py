@@ -162,23 +162,32 @@ class VectorIndex:
         with open_hdf5(path, "index") as f:
             if f.attrs.get("format") != INDEX_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
-            index = cls(
-                paths=list(f["paths"].asstr()[:]), config=json.loads(f.attrs["config"]), kind=str(f.attrs["kind"]),
-                labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
-                whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
-                root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
-                read_after=f["read_after"][:] if "read_after" in f else None,
-                source=str(f.attrs.get("features", "")), created=str(f.attrs.get("created", "")),
-                updated=str(f.attrs.get("updated", "")),
-            )
-            if index.kind == "flat":
-                index.vectors = f["vectors"][:] if vectors else None
-            elif backend == "numpy":
-                raise VggfeatError(f"{path} is a compressed '{index.kind}' index, which only FAISS can search")
-            else:
-                if not faiss_available():
-                    raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
-                index.faiss_index = load_faiss().deserialize_index(f["faiss"][:])
+            try:
+                return cls._read(f, path, backend, vectors)
+            except (KeyError, ValueError, TypeError, RuntimeError) as error:  # HDF5's, JSON's or FAISS's refusal
+                reason = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args else error).split())
+                raise VggfeatError(f"{path} is a damaged index file ({reason[:300]}); build it again with "
+                                   "'vggfeat index'") from None
+
+    @classmethod
+    def _read(cls, f: h5py.File, path: Path, backend: str, vectors: bool) -> VectorIndex:
+        index = cls(
+            paths=list(f["paths"].asstr()[:]), config=json.loads(f.attrs["config"]), kind=str(f.attrs["kind"]),
+            labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
+            whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
+            root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
+            read_after=f["read_after"][:] if "read_after" in f else None,
+            source=str(f.attrs.get("features", "")), created=str(f.attrs.get("created", "")),
+            updated=str(f.attrs.get("updated", "")),
+        )
+        if index.kind == "flat":
+            index.vectors = f["vectors"][:] if vectors else None
+        elif backend == "numpy":
+            raise VggfeatError(f"{path} is a compressed '{index.kind}' index, which only FAISS can search")
+        else:
+            if not faiss_available():
+                raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
+            index.faiss_index = load_faiss().deserialize_index(f["faiss"][:])
         if index.vectors is not None and _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
