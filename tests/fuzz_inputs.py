@@ -5,6 +5,7 @@ decoder than by another. Each finding becomes a test of its own.
     python tests/fuzz_inputs.py jpeg-routes --count 3000   # TorchCodec/torchvision's route against Pillow's, headers mutated
     python tests/fuzz_inputs.py archives --count 3000      # archives' tables from mutated tar files: a table, or a tar error
     python tests/fuzz_inputs.py hdf5 --count 80 -- info FILE  # a command on a descriptor file with bytes changed
+    python tests/fuzz_inputs.py hdf5 --source model -- predict FILE SOURCE output.csv  # on a damaged SVM model
 
 Every kind prints what it found and a count; the files stay under --workdir to reproduce them.
 """
@@ -12,6 +13,7 @@ Every kind prints what it found and a count; the files stay under --workdir to r
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import random
 import subprocess
@@ -140,31 +142,52 @@ def _run_ends_cleanly(archive: Path, workdir: Path) -> str | None:
     return None
 
 
-def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str]) -> int:
-    """``vggfeat ARGS`` (FILE: a labelled descriptor file of 6 images with up to 8 bytes changed),
-    each in a process of its own: exit 0, 1 or 2 in one line, never a traceback. A crash of HDF5
-    itself (a negative exit code) is counted apart: vggfeat cannot mend it."""
+# How each kind of file --source names is made, from the descriptor file SOURCE (its 6 images labelled).
+SOURCES = {
+    "features": None,
+    "model": ["train-svm", "SOURCE", "FILE", "--C", "1"],
+    "whitening": ["whiten", "fit", "SOURCE", "FILE"],
+    "index": ["index", "SOURCE", "FILE"],
+    "scores": ["predict", "MODEL", "SOURCE", "FILE"],
+}
+
+
+def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_kind: str) -> int:
+    """``vggfeat ARGS`` (FILE: a file of kind ``source_kind`` from 6 images, up to 8 bytes changed;
+    SOURCE: their sound descriptor file; MODEL: a sound SVM model of them), each in a process of its
+    own: exit 0, 1 or 2 in one line, never a traceback. A crash of HDF5 itself (a negative exit code)
+    is counted apart: vggfeat cannot mend it."""
     images = workdir / "images"
     for i in range(6):
         folder = images / ("cats" if i % 2 else "dogs")
         folder.mkdir(parents=True, exist_ok=True)
         write_rgb(folder / f"{i}.png", 40, 40, seed=i)
-    source = workdir / "source.h5"
-    assert run_main(["extract", images, source, "--weights", "random", "--model", "vgg11", "--layer", "conv1_1",
-                     "--scales", "224", "--min-side", "8", "--device", "cpu", "--quiet", "--overwrite"])[0] == 0
-    data, found, crashes = source.read_bytes(), 0, 0
+    names = {"SOURCE": str(workdir / "source.h5"), "MODEL": str(workdir / "model.h5")}
+    made = [["extract", images, names["SOURCE"], "--weights", "random", "--model", "vgg11", "--layer", "conv1_1",
+             "--scales", "224", "--min-side", "8", "--device", "cpu", "--quiet", "--overwrite"],
+            ["train-svm", names["SOURCE"], names["MODEL"], "--C", "1", "--overwrite"]]
+    sound = workdir / f"sound-{source_kind}.h5"
+    sound.unlink(missing_ok=True)
+    made.append(SOURCES[source_kind] and [str(sound) if arg == "FILE" else names.get(arg, arg) for arg in SOURCES[source_kind]])
+    for arguments in filter(None, made):
+        code, _, err = run_main(arguments)
+        assert code == 0, err
+    data, found, exits = Path(names["SOURCE"] if source_kind == "features" else sound).read_bytes(), 0, collections.Counter()
     for number in range(count):
         path = workdir / f"{number:05d}.h5"
         path.write_bytes(mutated(data, rng, len(data), changes=8))
-        result = subprocess.run(command([arg.replace("FILE", str(path)) for arg in args]), capture_output=True,
-                                cwd=workdir, timeout=300)
+        for written in workdir.glob("output*"):  # what the last command wrote
+            written.unlink()
+        arguments = [str(path) if arg == "FILE" else names.get(arg, arg) for arg in args]
+        result = subprocess.run(command(arguments), capture_output=True, cwd=workdir, timeout=300)
         err = result.stderr.decode("utf-8", "replace")
-        if result.returncode < 0:
-            crashes += 1
-        elif result.returncode not in (0, 1, 2) or "Traceback" in err:
+        exits[result.returncode] += 1
+        if result.returncode >= 0 and (result.returncode not in (0, 1, 2) or "Traceback" in err):
             found += 1
             print(f"{path}: exit {result.returncode}: {err[-400:]}")
-    print(f"HDF5 itself crashed on {crashes} of {count}")
+        elif number < 3:  # what a run says: the arguments meant what they were meant to
+            print(f"{path}: exit {result.returncode}: {err.strip()[-200:]}")
+    print(f"exit codes (negative: HDF5 itself crashed, which vggfeat cannot mend): {dict(sorted(exits.items()))}")
     return found
 
 
@@ -174,7 +197,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
-    parser.epilog = "hdf5: after --, the command, FILE standing for the damaged file"
+    parser.add_argument("--source", choices=list(SOURCES), default="features", help="hdf5: the kind of file damaged")
+    parser.epilog = ("hdf5: after --, the command; FILE stands for the damaged file, SOURCE for the sound descriptor "
+                     "file, MODEL for a sound model of it; a file the command writes is best named output...")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     options = parser.parse_args(argv[:split])
@@ -186,7 +211,7 @@ def main() -> None:
     if options.kind == "hdf5":
         if "FILE" not in options.args:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
-        found = hdf5(options.count, rng, workdir, options.args)
+        found = hdf5(options.count, rng, workdir, options.args, options.source)
     else:
         found = {"jpeg-routes": jpeg_routes, "archives": archives}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")

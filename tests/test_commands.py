@@ -225,6 +225,27 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
     assert error_line(err).endswith("): is it damaged? 'vggfeat info FILE' reads each")
 
 
+def test_a_damaged_whitening_scores_or_index_file_is_named_not_a_traceback(tmp_path):
+    """JSON in their attributes damaged (a flipped bit): 'index --whiten', and 'info' of a whitening,
+    a scores file or an index, ended in a JSONDecodeError traceback (found by tests/fuzz_inputs.py)."""
+    X, labels, paths, classes = blobs(dim=4)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    made = {"whitening": ["whiten", "fit", features], "index": ["index", features], "SVM model": ["train-svm", features],
+            "scores": ["predict", tmp_path / "SVM model.h5", features]}
+    for kind, args in made.items():
+        code, _, err = run_main([*args, tmp_path / f"{kind}.h5", *(["--C", "1"] if kind == "SVM model" else [])])
+        assert code == 0, err
+    for kind, attribute in [("whitening", "config"), ("scores", "features"), ("index", "params")]:
+        set_attr(tmp_path / f"{kind}.h5", attribute, '{"damaged')
+    whitening = tmp_path / "whitening.h5"
+    for args, error in [(["index", features, tmp_path / "i.h5", "--whiten", whitening], f"{whitening} is a damaged whitening file ("),
+                        *((["info", tmp_path / f"{kind}.h5"], f"{tmp_path / f'{kind}.h5'} is a damaged {kind} file (")
+                          for kind in ("whitening", "scores", "index"))]:
+        code, _, err = run_main(args)
+        assert code == 2 and error_line(err).startswith(f"Error: {error}Unterminated string"), err
+    assert not (tmp_path / "i.h5").exists()
+
+
 @pytest.mark.parametrize("args, error", [
     (["train-svm", "{features}", "model.pkl"], "output model.pkl names a .pkl file, but SVM models are HDF5: name it model.h5"),
     (["index", "{features}", "index.json"], "output index.json names a .json file, but indexes are HDF5: name it index.h5"),

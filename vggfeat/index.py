@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import INDEX_FORMAT, kind_of, open_h5, open_hdf5, written_atomically
+from .store import INDEX_FORMAT, kind_of, open_h5, reading_hdf5, written_atomically
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT_VERSION = 1
@@ -159,15 +159,11 @@ class VectorIndex:
         ``vectors=False``: without a flat index's vectors (its update takes them all anew)."""
         _check_backend(backend)
         path = Path(path)
-        with open_hdf5(path, "index") as f:
+        # FAISS's refusal of its damaged bytes is a RuntimeError too
+        with reading_hdf5(path, "index", remedy="; build it again with 'vggfeat index'") as f:
             if f.attrs.get("format") != INDEX_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
-            try:
-                return cls._read(f, path, backend, vectors)
-            except (KeyError, ValueError, TypeError, RuntimeError) as error:  # HDF5's, JSON's or FAISS's refusal
-                reason = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args else error).split())
-                raise VggfeatError(f"{path} is a damaged index file ({reason[:300]}); build it again with "
-                                   "'vggfeat index'") from None
+            return cls._read(f, path, backend, vectors)
 
     @classmethod
     def _read(cls, f: h5py.File, path: Path, backend: str, vectors: bool) -> VectorIndex:
@@ -205,7 +201,7 @@ class VectorIndex:
 
 def index_summary(path: str | os.PathLike) -> dict:
     """What an index file holds, read from its attributes and shapes (no vector is read): for ``vggfeat info``."""
-    with open_hdf5(Path(path), "index") as f:
+    with reading_hdf5(Path(path), "index") as f:
         if f.attrs.get("format") != INDEX_FORMAT:
             raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
         return {

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from ._version import __version__
-from .store import FORMAT_VERSION, SCORES_FORMAT, STRING, open_hdf5
+from .store import FORMAT_VERSION, SCORES_FORMAT, STRING, reading_hdf5
 
 _CHUNK_BYTES = 2**20  # about 1 MiB of scores a chunk: good for reading rows in order or in slices
 
@@ -71,7 +71,7 @@ class ScoresWriter:
 
 def scores_summary(path: str | os.PathLike) -> dict:
     """What a scores file holds, for ``vggfeat info``."""
-    with open_hdf5(Path(path), "scores") as f:
+    with reading_hdf5(Path(path), "scores") as f:
         attrs = f.attrs
         return {"format": SCORES_FORMAT, "path": str(path), "rows": f["scores"].shape[0],
                 "classes": list(f["classes"].asstr()[:]), "multilabel": bool(attrs["multilabel"]),

@@ -544,6 +544,24 @@ def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (without a user block)
 
 
+@contextlib.contextmanager
+def reading_hdf5(path: Path, what: str, remedy: str = "") -> Iterator[h5py.File]:
+    """:func:`open_hdf5`'s file for the block, closed after it. Within it, what HDF5, JSON or a part
+    gone refuse (KeyError, ValueError, TypeError, RuntimeError: a flipped bit, a bad copy) ends in
+    one line naming the file, "is a damaged {what} file (...){remedy}", not in a traceback."""
+    with open_hdf5(path, what) as f:
+        try:
+            yield f
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise VggfeatError(f"{path} is a damaged {what} file ({refusal_reason(error)}){remedy}") from None
+
+
+def refusal_reason(error: Exception) -> str:
+    """``error``'s message on one line, at most 300 characters (a KeyError's not quoted)."""
+    reason = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    return " ".join(reason.split())[:300]
+
+
 def write_json(path: Path, data: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -26,7 +26,7 @@ from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import config_differences
-from .store import WHITENING_FORMAT, kind_of, open_features_file, open_h5, open_hdf5, written_atomically
+from .store import WHITENING_FORMAT, kind_of, open_features_file, open_h5, reading_hdf5, written_atomically
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
     import torch
@@ -173,7 +173,7 @@ class PCAWhitening:
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
         """Read a file written by :meth:`save`."""
         path = Path(path)
-        with open_hdf5(path, "whitening") as f:
+        with reading_hdf5(path, "whitening") as f:
             return cls.read(f, str(path))
 
     @classmethod
@@ -199,7 +199,7 @@ class PCAWhitening:
 
 def whitening_summary(path: str | os.PathLike) -> dict:
     """What a whitening file holds, read from its attributes and shapes: for ``vggfeat info``."""
-    with open_hdf5(Path(path), "whitening") as f:
+    with reading_hdf5(Path(path), "whitening") as f:
         if f.attrs.get("format") != WHITENING_FORMAT or "projection" not in f:
             raise VggfeatError(f"{path} is not a vggfeat whitening (made by 'vggfeat whiten fit'){kind_of(f)}")
         output_dim, input_dim = f["projection"].shape

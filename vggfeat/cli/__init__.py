@@ -141,8 +141,8 @@ def _failure(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, (KeyError, RuntimeError)) and _raised_in_h5py(error):
         # HDF5 refusing its own structures as a file is read (a flipped bit, a bad copy), which
         # the readers that open a file check but the later reads of a part of it do not.
-        reason = str(error.args[0] if isinstance(error, KeyError) and error.args else error)  # a KeyError's str quotes it
-        return f"HDF5 cannot read a file given ({' '.join(reason.split())}): is it damaged? 'vggfeat info FILE' reads each", 1
+        reason = _hdf5_store().refusal_reason(error)  # h5py raised it: imported
+        return f"HDF5 cannot read a file given ({reason}): is it damaged? 'vggfeat info FILE' reads each", 1
     return None
 
 
