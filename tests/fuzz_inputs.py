@@ -4,6 +4,7 @@ decoder than by another. Each finding becomes a test of its own.
 
     python tests/fuzz_inputs.py jpeg-routes --count 3000   # TorchCodec/torchvision's route against Pillow's, headers mutated
     python tests/fuzz_inputs.py archives --count 3000      # archives' tables from mutated tar files: a table, or a tar error
+    python tests/fuzz_inputs.py formats --count 3000       # PNG, GIF, BMP, TIFF, WebP, AVIF, JPEG 2000, HEIF mutated: pixels or a reason
     python tests/fuzz_inputs.py hdf5 --count 80 -- info FILE  # a command on a descriptor file with bytes changed
     python tests/fuzz_inputs.py hdf5 --source model -- predict FILE SOURCE output.csv  # on a damaged SVM model
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from imagefiles import write_rgb  # noqa: E402
 from runhelpers import command, read_output, run_main  # noqa: E402
 from vggfeat.archives import read_table  # noqa: E402
+from vggfeat.decode import decode_image  # noqa: E402
 from vggfeat.errors import ImageError, VggfeatError  # noqa: E402
 from vggfeat.reading import Budget, ImageReader, Reduced  # noqa: E402
 
@@ -87,6 +89,47 @@ def _pixels(reader: ImageReader, path: Path) -> np.ndarray | str:
 
 def _shown(outcome: np.ndarray | str) -> str:
     return f"'{outcome}'" if isinstance(outcome, str) else f"pixels {outcome.shape}"
+
+
+def formats(count: int, rng: random.Random, workdir: Path) -> int:
+    """Images of the other formats vggfeat reads (by Pillow and its plugins), mutated anywhere: each
+    decodes within 20 s to pixels or to an ImageError (a failure recorded for that image), never to
+    another exception, which would be the run's."""
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    sources = {}
+    for suffix, options in [(".png", {}), (".gif", {}), (".bmp", {}), (".tif", {"compression": "tiff_lzw"}),
+                            (".tiff", {}), (".webp", {}), (".avif", {}), (".jp2", {}), (".heic", {})]:
+        buffer = io.BytesIO()
+        try:
+            if suffix == ".heic":
+                import pillow_heif
+
+                pillow_heif.register_heif_opener()
+            picture.save(buffer, Image.registered_extensions()[suffix], **options)
+        except (KeyError, OSError, ImportError) as error:  # a format this Pillow cannot write
+            print(f"{suffix}: not fuzzed ({error})")
+            continue
+        sources[suffix] = buffer.getvalue()
+    found = 0
+    for number in range(count):
+        suffix = rng.choice(list(sources))
+        path = workdir / f"{number:05d}{suffix}"
+        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
+        outcome: list = []
+        decoding = threading.Thread(target=lambda: outcome.append(_decoded_or_error(path)), daemon=True)
+        decoding.start()
+        decoding.join(20)
+        if not outcome or isinstance(outcome[0], Exception):
+            found += 1
+            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
+    return found
+
+
+def _decoded_or_error(path: Path) -> np.ndarray | Exception | None:
+    try:
+        return decode_image(path)
+    except Exception as error:  # noqa: BLE001 - what this looks for
+        return None if isinstance(error, ImageError) else error
 
 
 def archives(count: int, rng: random.Random, workdir: Path) -> int:
@@ -193,7 +236,7 @@ def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "hdf5"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "hdf5"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
@@ -213,7 +256,7 @@ def main() -> None:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
         found = hdf5(options.count, rng, workdir, options.args, options.source)
     else:
-        found = {"jpeg-routes": jpeg_routes, "archives": archives}[options.kind](options.count, rng, workdir)
+        found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")
 
 

@@ -10,6 +10,7 @@ JPEG); for bad files, the path written.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -264,6 +265,35 @@ def write_damaged_exif(path, height: int = 64, width: int = 96) -> np.ndarray:
     data[directory : directory + 2] = (40).to_bytes(2, order)
     Path(path).write_bytes(bytes(data))
     return upright
+
+
+def write_damaged_avif_or_heic(path, height: int = 40, width: int = 56) -> Path:
+    """An AVIF whose image item's type is damaged, or a HEIC whose width says 754,974,784 (by
+    ``path``'s suffix): their decoders raise RuntimeError ("Missing or empty image item", "Security
+    limit exceeded"), not an OSError."""
+    buffer = io.BytesIO()
+    avif = Path(path).suffix.lower() == ".avif"
+    Image.fromarray(smooth_rgb(height, width)).save(buffer, "AVIF" if avif else "HEIF")
+    data = buffer.getvalue()
+    mark, damage = (b"av01", lambda at: b"av0-") if avif else (b"ispe", lambda at: b"ispe" + data[at + 4 : at + 8] + b"\x2d\0\0\x40")
+    assert data.count(mark) == 1, "an encoder writing another layout: find what to damage anew"
+    at = data.index(mark)
+    replaced = damage(at)
+    Path(path).write_bytes(data[:at] + replaced + data[at + len(replaced):])
+    return Path(path)
+
+
+def write_damaged_tiff(path, height: int = 40, width: int = 56) -> Path:
+    """An LZW-compressed TIFF with a byte of its data flipped: libtiff prints "tempfile.tif: Using
+    code not yet in table." to descriptor 2 and Pillow's decoder fails (its error -2)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        buffer, "TIFF", compression="tiff_lzw")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"II*\0" and int.from_bytes(data[4:8], "little") > 160, "the data no longer first: damage it anew"
+    data[148] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
 
 
 def write_empty(path) -> Path:

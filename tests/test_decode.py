@@ -20,6 +20,7 @@ from imagefiles import (
     write_animated_gif,
     write_bomb_png,
     write_cmyk_jpeg,
+    write_damaged_avif_or_heic,
     write_exif_rotated,
     write_gray,
     write_gray16_png,
@@ -348,6 +349,19 @@ def test_heic_decodes_upright_with_pillow_heif(tmp_path):
     decoded = decode_image(tmp_path / "r.heic")
     assert_rgb(decoded, 96, 64)
     assert np.abs(quadrant_colors(decoded) - quadrant_colors(expected)).max() < 12
+
+
+@pytest.mark.parametrize("name", ["a.avif", "a.heic"])
+def test_a_damaged_avif_or_heic_fails_alone(tmp_path, name):
+    """Their decoders raise RuntimeError for a damaged file, which ended the whole run in a
+    traceback (found by tests/fuzz_inputs.py formats): now the image fails with the reason."""
+    if name.endswith(".avif") and not features.check("avif"):
+        pytest.skip("this Pillow does not decode AVIF")
+    if name.endswith(".heic") and not vggfeat.decode.heif_plugin():
+        pytest.skip("pillow-heif is not installed")
+    write_damaged_avif_or_heic(tmp_path / name)
+    with pytest.raises(ImageError, match=r"^RuntimeError: .*(Missing or empty image item|Security limit exceeded)"):
+        decode_image(tmp_path / name)
 
 
 @pytest.mark.parametrize("name, plugin, words", [

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from .archives import open_member, split_member
 from .errors import ImageError
@@ -98,7 +98,10 @@ def decode_image_reduced(
         ) from None
     except FileNotFoundError:
         raise ImageError("file not found") from None
-    except (OSError, SyntaxError, ValueError, MemoryError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - the image's failure, not the run's
+        # Pillow and its plugins refuse a damaged file with errors of many kinds: OSError,
+        # SyntaxError, EOFError, ValueError, MemoryError; RuntimeError from the AVIF and HEIF
+        # decoders ("Missing or empty image item", a size over libheif's own limit).
         if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
             raise ImageError(f"{STORAGE_ERROR} ({error.strerror}), {1 + len(READ_RETRY_DELAYS)} tries") from None
         if isinstance(error, UnidentifiedImageError):
@@ -244,6 +247,9 @@ def _reason(error: BaseException) -> str:
         return "not an image, or a format Pillow cannot read"
     if message.startswith("image file is truncated"):  # Pillow's words for a file cut short, in any format
         return "truncated: the file ends before the image does (an interrupted download or copy?)"
+    code = re.fullmatch(r"decoder error (-?\d+)", message)  # a codec's status, its own message (libtiff's) on standard error
+    if code:
+        return f"damaged image data (Pillow's decoder error {code[1]}: {ImageFile.ERRORS.get(int(code[1]), 'unknown')})"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
