@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import write_damaged_exif, write_damaged_jpeg, write_rgb
+from imagefiles import write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb
 from runhelpers import FAST, read_output, run_main
-from vggfeat.cli.libjpeg_warnings import LibjpegWarnings, libjpeg_warnings_counted
+from vggfeat.cli.decoder_warnings import DecoderWarnings, decoder_warnings_counted
 from vggfeat.jpeg import batch_decoder, read_jpeg
 
 needs_batch_decoder = pytest.mark.skipif(batch_decoder() is None, reason="neither TorchCodec nor torchvision decodes JPEGs here")
 
 
 def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
-    counted = LibjpegWarnings()
-    with libjpeg_warnings_counted(counted):
+    counted = DecoderWarnings()
+    with decoder_warnings_counted(counted):
         os.write(2, b"Corrupt JPEG data: 28 extraneous bytes before marker 0xd9\n")
         os.write(2, b"a library's own message\n")
         # A process started meanwhile writes to the same pipe: its warnings are counted as well.
@@ -32,16 +32,19 @@ def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
         os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
         os.write(2, b"Continue? ")  # a line not yet ended is not held back
         os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
+        os.write(2, b"tempfile.tif: Using code not yet in table.\n")  # libtiff's, by Pillow
     err = capfd.readouterr().err
     assert "a library's own message\n" in err and "the child speaks\n" in err
     assert " 50%|#####     |" in err and err.endswith("Continue? ")
-    assert "Corrupt JPEG" not in err and "Premature end" not in err
-    assert counted.count == 4
-    assert counted.first == "Corrupt JPEG data: 28 extraneous bytes before marker 0xd9"
-    assert "4 times" in counted.summary() and counted.first in counted.summary()
+    assert "Corrupt JPEG" not in err and "Premature end" not in err and "tempfile.tif" not in err
+    assert counted.counts == {"libjpeg": 4, "libtiff": 1}
+    assert counted.first["libjpeg"] == "Corrupt JPEG data: 28 extraneous bytes before marker 0xd9"
+    jpeg, tiff = counted.summary()
+    assert jpeg.startswith(f"libjpeg warned of damaged JPEG data 4 times (the first: '{counted.first['libjpeg']}')")
+    assert tiff.startswith("libtiff reported damaged TIFF data once (the first: 'tempfile.tif: Using code not yet in table.')")
     os.write(2, b"Corrupt JPEG data: bad Huffman code\n")  # after the command: descriptor 2 is the terminal again
     assert capfd.readouterr().err == "Corrupt JPEG data: bad Huffman code\n"
-    assert counted.count == 4
+    assert counted.counts == {"libjpeg": 4, "libtiff": 1}
 
 
 @needs_batch_decoder
@@ -49,11 +52,11 @@ def test_the_decoding_librarys_own_warning_is_recognised(tmp_path, capfd):
     write_damaged_jpeg(tmp_path / "damaged.jpg")
     jpeg = read_jpeg(tmp_path / "damaged.jpg", max_pixels=10**8, min_side=1)
     assert jpeg is not None  # it goes to TorchCodec or torchvision, whose libjpeg warns
-    counted = LibjpegWarnings()
-    with libjpeg_warnings_counted(counted):
+    counted = DecoderWarnings()
+    with decoder_warnings_counted(counted):
         pixels = batch_decoder()([jpeg.data], device=torch.device("cpu"))[0]
     assert pixels.shape == (3, 64, 96)
-    assert counted.count == 1 and counted.first.startswith("Corrupt JPEG data: ")
+    assert counted.counts == {"libjpeg": 1} and counted.first["libjpeg"].startswith("Corrupt JPEG data: ")
     assert "Corrupt JPEG" not in capfd.readouterr().err
 
 
@@ -77,6 +80,20 @@ def test_extract_describes_damaged_jpegs_and_says_so_once_at_the_end(tmp_path, c
     code, _, err = run_main(["extract", tmp_path / "clean", tmp_path / "clean.h5", *FAST, "--layer", "conv1_1"])
     assert code == 0 and "libjpeg" not in err
     np.testing.assert_array_equal(read_output(tmp_path / "clean.h5")["features"][0], out["features"][0])
+
+
+def test_libtiffs_messages_are_counted_and_the_damaged_tiff_recorded(tmp_path, capfd):
+    (tmp_path / "images").mkdir()
+    write_damaged_tiff(tmp_path / "images" / "damaged.tif")
+    write_rgb(tmp_path / "images" / "whole.png", 40, 56)
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--layer", "conv1_1", "--min-side", "8"])
+    assert code == 0, err
+    assert "tempfile.tif" not in capfd.readouterr().err
+    out = read_output(tmp_path / "out.h5")
+    assert out["paths"] == ["whole.png"] and out["failed_paths"] == ["damaged.tif"]
+    assert out["failed_errors"] == ["damaged image data (Pillow's decoder error -2: decoding error)"]
+    assert err.strip().splitlines()[-1] == ("warning: libtiff reported damaged TIFF data once (the first: 'tempfile.tif: "
+                                            "Using code not yet in table.'); the files it could not decode are recorded as failed")
 
 
 @pytest.mark.parametrize("decode_in", ["threads", "processes"])

@@ -11,7 +11,7 @@ import click
 from .._version import __version__
 from ..errors import VggfeatError, quiet_pillow_metadata_warnings
 from .common import Terminated, printable, stopping_on_sigterm
-from .libjpeg_warnings import LibjpegWarnings, libjpeg_warnings_counted
+from .decoder_warnings import DecoderWarnings, decoder_warnings_counted
 
 # Each command: its module, its function and the first sentence of its help (for 'vggfeat --help';
 # tests/test_commands.py checks it against the command). A command's module, and torch with it, is imported
@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     system (OSError) in one line and exit code 1."""
     store = _hdf5_store()
     files_before = store.open_hdf5_files() if store else set()
-    libjpeg = LibjpegWarnings()
+    decoders = DecoderWarnings()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # The arguments travel in ctx.obj so that files record the command actually given.
-        with stopping_on_sigterm(), warnings.catch_warnings(), libjpeg_warnings_counted(libjpeg):
+        with stopping_on_sigterm(), warnings.catch_warnings(), decoder_warnings_counted(decoders):
             warnings.showwarning = _show_warning
             quiet_pillow_metadata_warnings()
             code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         if failure is None:
             raise
         message, code = failure
-        _say_libjpeg_warnings(libjpeg)
+        _say_decoder_warnings(decoders)
         click.secho(f"Error: {printable(message)}", err=True, fg="red")
         # Here, while the error holds the failed command's objects: an HDF5 file that a full disk
         # kept from closing crashes the process when they are freed, or as it exits (h5py issue 914).
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         if store and code == 1 and argv is None:
             store.exit_if_hdf5_files_open(but=files_before, code=code)
         sys.exit(code)
-    _say_libjpeg_warnings(libjpeg)
+    _say_decoder_warnings(decoders)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -163,9 +163,9 @@ def _hdf5_store():
     return store
 
 
-def _say_libjpeg_warnings(libjpeg: LibjpegWarnings) -> None:
-    if libjpeg.count:
-        _show_warning(libjpeg.summary(), UserWarning)
+def _say_decoder_warnings(decoders: DecoderWarnings) -> None:
+    for line in decoders.summary():
+        _show_warning(line, UserWarning)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:

@@ -1,15 +1,19 @@
-"""libjpeg's warnings about damaged JPEGs, counted rather than printed through the progress bar.
+"""The decoding libraries' messages of damaged files, counted rather than printed through the progress bar.
 
 torchvision and TorchCodec decode JPEGs with libjpeg-turbo, whose default handler prints each of
 its warnings straight to the process's standard error (file descriptor 2), naming no file:
 "Corrupt JPEG data: 767 extraneous bytes before marker 0xd9". Web collections hold such files by
 the thousand (most decode as well as any; some have grey blocks where the data is damaged), and
 Pillow decodes the same files as far as their data goes, silently; so does vggfeat, by either
-library. For a command's duration, descriptor 2 is a pipe whose reader drops those lines, counts
-them and passes everything else on unchanged (other libraries' messages, and the output of the
-processes that the command starts); Python's own output (the progress bar, warnings, errors)
-goes to the terminal directly, as before. The command ends with one line saying how many there
-were and what the first said.
+library. Pillow decodes compressed TIFFs with libtiff, whose handler prints the same way, naming
+every file "tempfile.tif" (Pillow's name for the data it hands over): "tempfile.tif: Using code not
+yet in table."; such a file fails, and its failure is recorded.
+
+For a command's duration, descriptor 2 is a pipe whose reader drops those lines, counts them and
+passes everything else on unchanged (other libraries' messages, and the output of the processes
+that the command starts); Python's own output (the progress bar, warnings, errors) goes to the
+terminal directly, as before. The command ends with a line for each library that spoke, saying
+how many times and what it said first.
 """
 
 from __future__ import annotations
@@ -22,18 +26,36 @@ import re
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# libjpeg(-turbo)'s warnings (its jerror.h, JWRN_*), as its output_message prints them.
-LIBJPEG_WARNING = re.compile(
-    rb"Corrupt JPEG data: .*|Premature end of JPEG file|Invalid SOS parameters for sequential JPEG"
-    rb"|Inconsistent progression sequence for component \d+ coefficient \d+|Unknown Adobe color transform code \d+"
-    rb"|Warning: unknown JFIF revision number \d+\.\d+|Application transferred too many scanlines"
+
+@dataclass(frozen=True)
+class DecoderLibrary:
+    """A library whose handler prints its messages of damaged files to descriptor 2."""
+
+    name: str
+    pattern: re.Pattern  # its lines, as its handler prints them
+    starts: tuple[bytes, ...]  # how they begin: a line not yet ended that may be one of them waits for its end
+    summary: str  # what its lines say, and what became of the files: "{name} {summary} {times} (the first: ...)"
+
+
+LIBRARIES = (
+    # libjpeg(-turbo)'s warnings (its jerror.h, JWRN_*), as its output_message prints them.
+    DecoderLibrary("libjpeg", re.compile(
+        rb"Corrupt JPEG data: .*|Premature end of JPEG file|Invalid SOS parameters for sequential JPEG"
+        rb"|Inconsistent progression sequence for component \d+ coefficient \d+|Unknown Adobe color transform code \d+"
+        rb"|Warning: unknown JFIF revision number \d+\.\d+|Application transferred too many scanlines"),
+        (b"Corrupt JPEG data: ", b"Premature end of JPEG", b"Invalid SOS ", b"Inconsistent progression ",
+         b"Unknown Adobe ", b"Warning: unknown JFIF ", b"Application transferred "),
+        "warned of damaged JPEG data {times} (the first: '{first}'); such files are described as far as their "
+        "data goes, as Pillow decodes them"),
+    # libtiff's errors and warnings ("%s: %s.\n", its module being the file's name), of Pillow's data.
+    DecoderLibrary("libtiff", re.compile(rb"tempfile\.tif: .*"), (b"tempfile.tif: ",),
+                   "reported damaged TIFF data {times} (the first: '{first}'); the files it could not decode are "
+                   "recorded as failed"),
 )
-_WARNING_AT_END = re.compile(rb"(?:" + LIBJPEG_WARNING.pattern + rb")\Z")
-# How they begin: a line not yet ended that may be one of them waits for its end.
-_WARNING_STARTS = (b"Corrupt JPEG data: ", b"Premature end of JPEG", b"Invalid SOS ", b"Inconsistent progression ",
-                   b"Unknown Adobe ", b"Warning: unknown JFIF ", b"Application transferred ")
+_WARNING_AT_END = re.compile(rb"(?:" + b"|".join(library.pattern.pattern for library in LIBRARIES) + rb")\Z")
+_WARNING_STARTS = tuple(start for library in LIBRARIES for start in library.starts)
 _LINE_ENDS = re.compile(rb"(?<=[\r\n])")
 # Written by this process through the pipe as the command ends: the reader has passed on all
 # that came before it once it reads this line.
@@ -43,24 +65,28 @@ END_WAIT_S = 5.0
 
 
 @dataclass
-class LibjpegWarnings:
-    """What the reader dropped: how many of libjpeg's warnings, and the first of them."""
+class DecoderWarnings:
+    """What the reader dropped: how many lines of each library (by name), and the first of each."""
 
-    count: int = 0
-    first: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
 
-    def summary(self) -> str:
-        """One line for the end of the command ('' where there were none)."""
-        if not self.count:
-            return ""
-        times = "once" if self.count == 1 else f"{self.count:,} times"
-        return (f"libjpeg warned of damaged JPEG data {times} (the first: '{self.first}'); such files are "
-                "described as far as their data goes, as Pillow decodes them")
+    def add(self, line: bytes) -> None:
+        library = next(library for library in LIBRARIES if library.pattern.fullmatch(line))
+        self.counts[library.name] = self.counts.get(library.name, 0) + 1
+        self.first.setdefault(library.name, line.decode("ascii", "replace"))
+
+    def summary(self) -> list[str]:
+        """A line for each library that spoke, for the end of the command."""
+        return [f"{library.name} " + library.summary.format(
+                    times="once" if self.counts[library.name] == 1 else f"{self.counts[library.name]:,} times",
+                    first=self.first[library.name])
+                for library in LIBRARIES if library.name in self.counts]
 
 
 @contextlib.contextmanager
-def libjpeg_warnings_counted(counted: LibjpegWarnings) -> Iterator[None]:
-    """Within: libjpeg's warnings on descriptor 2 counted into ``counted``, not printed (see the
+def decoder_warnings_counted(counted: DecoderWarnings) -> Iterator[None]:
+    """Within: the decoding libraries' lines on descriptor 2 counted into ``counted``, not printed (see the
     module). Where descriptor 2 cannot be redirected (closed, say), nothing changes."""
     try:
         terminal = os.dup(2)
@@ -108,8 +134,8 @@ def _writes_to_descriptor_2(stream: object) -> bool:
         return False
 
 
-def _pass_on(read_end: int, terminal: int, counted: LibjpegWarnings, reached_end: threading.Event) -> None:
-    """The pipe's lines to the terminal but libjpeg's warnings, until every writer has closed it.
+def _pass_on(read_end: int, terminal: int, counted: DecoderWarnings, reached_end: threading.Event) -> None:
+    """The pipe's lines to the terminal but the decoding libraries', until every writer has closed it.
     Reads on whatever happens to the terminal: a writer must never wait on a full pipe."""
     pending = b""
     with open(read_end, "rb", buffering=0) as pipe:
@@ -119,14 +145,13 @@ def _pass_on(read_end: int, terminal: int, counted: LibjpegWarnings, reached_end
             passed = []
             for line in lines:
                 text = line.rstrip(b"\r\n")
-                # libjpeg writes a warning and its line feed at once: at most a line not yet
+                # A library writes its message and the line feed at once: at most a line not yet
                 # ended (a prompt) comes before it.
                 warning = _WARNING_AT_END.search(text)
                 if text == _END:
                     reached_end.set()
                 elif warning:
-                    counted.count += 1
-                    counted.first = counted.first or warning[0].decode("ascii", "replace")
+                    counted.add(warning[0])
                     passed.append(text[: warning.start()])
                 else:
                     passed.append(line)
