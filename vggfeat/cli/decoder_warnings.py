@@ -6,8 +6,8 @@ its warnings straight to the process's standard error (file descriptor 2), namin
 the thousand (most decode as well as any; some have grey blocks where the data is damaged), and
 Pillow decodes the same files as far as their data goes, silently; so does vggfeat, by either
 library. Pillow decodes compressed TIFFs with libtiff, whose handler prints the same way, naming
-every file "tempfile.tif" (Pillow's name for the data it hands over): "tempfile.tif: Using code not
-yet in table."; such a file fails, and its failure is recorded.
+every file "tempfile.tif" (Pillow's name for the data it hands over) or a function of its own:
+"tempfile.tif: Using code not yet in table."; such a file fails, and its failure is recorded.
 
 For a command's duration, descriptor 2 is a pipe whose reader drops those lines, counts them and
 passes everything else on unchanged (other libraries' messages, and the output of the processes
@@ -49,8 +49,10 @@ LIBRARIES = (
          b"Unknown Adobe ", b"Warning: unknown JFIF ", b"Application transferred "),
         "warned of damaged JPEG data {times} (the first: '{first}'); such files are described as far as their "
         "data goes, as Pillow decodes them"),
-    # libtiff's errors and warnings ("%s: %s.\n", its module being the file's name), of Pillow's data.
-    DecoderLibrary("libtiff", re.compile(rb"tempfile\.tif: .*"), (b"tempfile.tif: ",),
+    # libtiff's errors and warnings ("%s: %s.\n"), of Pillow's data: their module is the file's
+    # name or the function that speaks ("TIFFFillStrip: Invalid strip byte count 0, strip 0.").
+    DecoderLibrary("libtiff", re.compile(rb"(?:tempfile\.tif|_?TIFF\w+|MissingRequired): .*"),
+                   (b"tempfile.tif: ", b"TIFF", b"_TIFF", b"MissingRequired: "),
                    "reported damaged TIFF data {times} (the first: '{first}'); the files it could not decode are "
                    "recorded as failed"),
 )
