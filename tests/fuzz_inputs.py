@@ -22,10 +22,12 @@ import sys
 import tarfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -132,6 +134,50 @@ def _decoded_or_error(path: Path) -> np.ndarray | Exception | None:
         return None if isinstance(error, ImageError) else error
 
 
+def weights(count: int, rng: random.Random, workdir: Path) -> int:
+    """Weights files as --weights takes them (torch.save's zip of a state dict, its legacy format,
+    .safetensors) with bytes changed: each is refused within 20 s with a VggfeatError (the line a
+    command ends in), never another exception. The tensors are VGG11's names at a tiny size: the
+    file's structures, not its numbers, are what is damaged (a sound file is refused as not fitting)."""
+    from safetensors.torch import save_file
+
+    from vggfeat.weights import load_vgg
+
+    names = torchvision.models.vgg11(weights=None).state_dict().keys()
+    state_dict = {name: torch.full((2,), float(i)) for i, name in enumerate(names)}
+    sources = {}
+    for suffix, save in [(".pth", lambda path: torch.save(state_dict, path)),
+                         (".pt", lambda path: torch.save(state_dict, path, _use_new_zipfile_serialization=False)),
+                         (".safetensors", lambda path: save_file(state_dict, str(path)))]:
+        save(workdir / f"sound{suffix}")
+        sources[suffix] = (workdir / f"sound{suffix}").read_bytes()
+    found = 0
+    for number in range(count):
+        suffix = rng.choice(list(sources))
+        path = workdir / f"{number:05d}{suffix}"
+        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
+        outcome: list = []
+        loading = threading.Thread(target=lambda: outcome.append(_refusal_or_error(lambda: load_vgg("vgg11", path))),
+                                   daemon=True)
+        loading.start()
+        loading.join(20)
+        if not outcome or outcome[0] is not None:
+            found += 1
+            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
+    return found
+
+
+def _refusal_or_error(load: Callable[[], object]) -> Exception | None:
+    """None where ``load`` is refused with a VggfeatError; else what it raised, or a note that it loaded."""
+    try:
+        load()
+    except VggfeatError:
+        return None
+    except Exception as error:  # noqa: BLE001 - what this looks for
+        return error
+    return AssertionError("loaded: tiny tensors should not fit VGG11")
+
+
 def archives(count: int, rng: random.Random, workdir: Path) -> int:
     """Tar archives (PAX, GNU, ustar; long names) with their headers mutated: each table read
     within 10 s gives members of sound places, or a tar error; then a run over one of them in ten
@@ -236,7 +282,7 @@ def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "hdf5"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "hdf5"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
@@ -256,7 +302,7 @@ def main() -> None:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
         found = hdf5(options.count, rng, workdir, options.args, options.source)
     else:
-        found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats}[options.kind](options.count, rng, workdir)
+        found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")
 
 

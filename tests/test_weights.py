@@ -6,12 +6,14 @@ Big temporary files (~0.5 GB each) are deleted as soon as their tests are done.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 import shutil
 import urllib.error
 import urllib.request
+import warnings
 
 import pytest
 import torch
@@ -178,6 +180,41 @@ def test_unreadable_file_is_refused(tmp_path, name, content):
     with pytest.raises(VggfeatError, match="cannot read weights") as raised:
         load_vgg("vgg11", path)
     assert str(path) in str(raised.value) and "weights_only" not in str(raised.value)
+
+
+def _damaged_beyond_torchs_words() -> bytes:
+    """A state dict in torch.save's legacy format with a byte changed, such that torch.load raises
+    neither RuntimeError, OSError, ValueError, EOFError nor UnpicklingError but an error of its parts
+    read as what they are not (AssertionError, KeyError, IndexError: found by tests/fuzz_inputs.py
+    weights); the first such byte, looked for as torch.load reads it."""
+    buffer = io.BytesIO()
+    torch.save({"features.0.weight": torch.zeros(2), "features.0.bias": torch.ones(2)}, buffer,
+               _use_new_zipfile_serialization=False)
+    sound = buffer.getvalue()
+    for at in range(len(sound)):
+        damaged = sound[:at] + b"\0" + sound[at + 1:]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's of an unusual pickle protocol, the byte being it
+                torch.load(io.BytesIO(damaged), weights_only=True)
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+            continue
+        except Exception:  # noqa: BLE001 - what is looked for
+            return damaged
+    pytest.skip("this torch reads every such damage with an error of its own words")
+
+
+def test_a_damaged_file_is_refused_in_a_line_whatever_torch_raises(tmp_path, empty_hub):
+    damaged = _damaged_beyond_torchs_words()
+    (tmp_path / "damaged.pth").write_bytes(damaged)
+    with pytest.raises(VggfeatError, match=r"^cannot read weights from .*damaged.pth: damaged \(\w+ in reading it: "):
+        load_vgg("vgg11", tmp_path / "damaged.pth")
+    cache = imagenet_cache_file("vgg11")  # a damaged download in torch's cache
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(damaged)
+    with pytest.raises(VggfeatError, match=r"^the ImageNet weights of vgg11 failed to load \(damaged \(\w+ in reading it: "):
+        load_vgg("vgg11", "imagenet")
+    assert not empty_hub
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,8 @@ def _imagenet(model: str) -> VGG:
             f"or pass --weights /path/to/{cache.name}; --weights random --seed 0 runs without them "
             "(smoke tests only)"
         ) from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:  # a damaged download or cached file
-        reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _short(error)
+    except Exception as error:  # noqa: BLE001 - a damaged download or cached file: see _unreadable
+        reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _unreadable(error)
         raise VggfeatError(
             f"the ImageNet weights of {model} failed to load ({reason}); "
             f"if {imagenet_cache_file(model)} is damaged, delete it to download it again"
@@ -139,9 +139,9 @@ def _from_file(model: str, path: Path) -> VGG:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise VggfeatError(f"cannot read weights from {path}: {_refused_pickle(error)}") from None
-    except (RuntimeError, OSError, ValueError, EOFError, SafetensorError) as error:
+    except Exception as error:  # noqa: BLE001 - see _unreadable
         raise VggfeatError(
-            f"cannot read weights from {path}: {_short(error)} "
+            f"cannot read weights from {path}: {_unreadable(error)} "
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
         ) from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
@@ -173,6 +173,15 @@ def _refused_pickle(error: pickle.UnpicklingError) -> str:
     found = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
     return (f"not a file of tensors ({_short(found[1]) if found else _short(error)}): damaged, or not a checkpoint "
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)")
+
+
+def _unreadable(error: Exception) -> str:
+    """Why a weights file could not be read, in a line. Reading a damaged file, torch.load (its
+    legacy format most) and safetensors raise errors of any kind: IndexError, struct.error,
+    AssertionError, KeyError, AttributeError from its parts read as what they are not."""
+    if isinstance(error, (RuntimeError, OSError, ValueError, EOFError, SafetensorError)):  # their messages are words
+        return _short(error)
+    return f"damaged ({type(error).__name__} in reading it: {_short(error)})"
 
 
 def _short(error: BaseException | str, limit: int = 200) -> str:
