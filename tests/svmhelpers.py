@@ -62,6 +62,19 @@ def set_attr(path, key: str, value) -> None:
         f.attrs[key] = value
 
 
+def misplace_a_chunk(path, name: str) -> None:
+    """Damage ``path`` so that a chunk of its chunked dataset ``name`` lies past the file's end:
+    the file opens, and reading that data raises h5py's OSError "Can't synchronously read data
+    (addr overflow ...)", of no errno (a flipped bit in HDF5's chunk index; a contiguous dataset's
+    address is checked as it is opened). The chunk: the first whose address is found once in the file."""
+    data = Path(path).read_bytes()
+    with h5py.File(path, "r") as f:
+        chunks = f[name].id
+        addresses = [chunks.get_chunk_info(i).byte_offset.to_bytes(8, "little") for i in range(chunks.get_num_chunks())]
+    address = next(address for address in addresses if data.count(address) == 1)
+    Path(path).write_bytes(data.replace(address, (len(data) + 10**6).to_bytes(8, "little")))
+
+
 def edit_config(path, **changes) -> None:
     with h5py.File(path, "r+") as f:
         config = json.loads(f.attrs["config"])

@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import click
+import h5py
 import pytest
 
 from runhelpers import error_line, run_main
-from svmhelpers import blobs, set_attr, write_features
+from svmhelpers import blobs, misplace_a_chunk, set_attr, write_features
 from vggfeat.cli import COMMANDS, cli
 
 
@@ -211,9 +212,11 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and error_line(result.stderr).startswith(error), result.stderr
         assert "bad version number for attribute message" in result.stderr
-    set_attr(features, "config", "{damaged")  # the configuration's JSON: info shows it
+    set_attr(features, "config", "{damaged")  # the configuration's JSON: info shows it, every reader takes it
     code, _, err = run_main(["info", features])
     assert code == 2 and error_line(err).startswith(f"Error: {features} is not a readable vggfeat features file (Expecting")
+    code, _, err = run_main(["whiten", "fit", features, tmp_path / "w.h5"])  # a traceback, found by tests/fuzz_inputs.py
+    assert code == 2 and error_line(err).startswith(f"Error: {features} is a damaged HDF5 file (Expecting")
     set_attr(features, "config", json.dumps({"model": "vgg16"}))
 
     def failed(self):  # a part of the file read later, damaged: h5py's KeyError
@@ -223,6 +226,14 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
     code, _, err = run_main(["train-svm", features, tmp_path / "m.h5", "--C", "1"])
     assert code == 1 and error_line(err).startswith("Error: HDF5 cannot read a file given (Unable to ")
     assert error_line(err).endswith("): is it damaged? 'vggfeat info FILE' reads each")
+    monkeypatch.undo()
+    with h5py.File(features, "r+") as f:  # in chunks, as vggfeat writes them
+        descriptors = f["features"][:]
+        del f["features"]
+        f.create_dataset("features", data=descriptors, chunks=(2, 4))
+    misplace_a_chunk(features, "features")  # h5py's OSError of no errno: it ended in its words alone, naming no file
+    code, _, err = run_main(["train-svm", features, tmp_path / "m.h5", "--C", "1"])
+    assert code == 1 and error_line(err).startswith("Error: HDF5 cannot read a file given (Can't synchronously read data")
 
 
 def test_a_damaged_whitening_scores_or_index_file_is_named_not_a_traceback(tmp_path):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from imagefiles import write_rgb
 from runhelpers import error_line, run_main
+from svmhelpers import misplace_a_chunk
 from vggfeat.errors import VggfeatError
 from vggfeat.export import export
 import vggfeat.index
@@ -217,7 +218,8 @@ def test_an_index_is_built_a_block_at_a_time_from_its_file(tmp_path, monkeypatch
 @needs_faiss
 def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
     """Its parameters' JSON, a parameter gone, FAISS's bytes cut short: each ended 'vggfeat
-    search' in a traceback (JSONDecodeError, KeyError, FAISS's RuntimeError)."""
+    search' in a traceback (JSONDecodeError, KeyError, FAISS's RuntimeError); the FAISS bytes' place
+    damaged ended it in h5py's line naming no file."""
     X, _ = clustered()
     build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw").save(tmp_path / "hnsw.index")
     whole = (tmp_path / "hnsw.index").read_bytes()
@@ -231,6 +233,10 @@ def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
             VectorIndex.load(tmp_path / "damaged.index")
         assert str(raised.value).startswith(f"{tmp_path / 'damaged.index'} is a damaged index file {reason}")
         assert str(raised.value).endswith("; build it again with 'vggfeat index'")
+    build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="flat").save(tmp_path / "flat.index")
+    misplace_a_chunk(tmp_path / "flat.index", "vectors")  # h5py's OSError, of no errno: it said only that, naming no file
+    with pytest.raises(VggfeatError, match=r"flat.index is a damaged index file \(Can't synchronously read data "):
+        VectorIndex.load(tmp_path / "flat.index")
 
 
 def _cut_faiss_bytes(f: h5py.File) -> None:

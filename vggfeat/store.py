@@ -407,9 +407,11 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     try:
         missing = [name for name in required if name not in f]
         has_config = "config" in f.attrs
-    except RuntimeError as error:  # HDF5's own structures damaged: a bad disk, a flipped bit
+        if has_config:  # which every reader takes as JSON
+            json.loads(f.attrs["config"])
+    except (RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or the JSON
         f.close()
-        raise VggfeatError(f"{path} is a damaged HDF5 file ({' '.join(str(error).split())})") from None
+        raise VggfeatError(f"{path} is a damaged HDF5 file ({refusal_reason(error)})") from None
     if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
     elif not f.attrs.get("complete", False):
@@ -547,12 +549,15 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (witho
 @contextlib.contextmanager
 def reading_hdf5(path: Path, what: str, remedy: str = "") -> Iterator[h5py.File]:
     """:func:`open_hdf5`'s file for the block, closed after it. Within it, what HDF5, JSON or a part
-    gone refuse (KeyError, ValueError, TypeError, RuntimeError: a flipped bit, a bad copy) ends in
-    one line naming the file, "is a damaged {what} file (...){remedy}", not in a traceback."""
+    gone refuse (KeyError, ValueError, TypeError, RuntimeError, an OSError that is not the system's:
+    a flipped bit, a bad copy) ends in one line naming the file, "is a damaged {what} file
+    (...){remedy}", not in a traceback."""
     with open_hdf5(path, what) as f:
         try:
             yield f
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:
+            if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal: an I/O error
+                raise
             raise VggfeatError(f"{path} is a damaged {what} file ({refusal_reason(error)}){remedy}") from None
 
 

@@ -136,11 +136,12 @@ def _failure(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, (OSError, RuntimeError)):  # the system's refusal (a full disk, a file that cannot be written)
         store = _hdf5_store()
         refusal = store.system_error(error) if store else None  # HDF5's, as "[Errno 28] No space left on device: 'x.h5'"
-        if refusal is not None or isinstance(error, OSError):
+        if refusal is not None or (isinstance(error, OSError) and not _raised_in_h5py(error)):
             return str(refusal or error), 1
-    if isinstance(error, (KeyError, RuntimeError)) and _raised_in_h5py(error):
+    if isinstance(error, (KeyError, RuntimeError, OSError)) and _raised_in_h5py(error):
         # HDF5 refusing its own structures as a file is read (a flipped bit, a bad copy), which
-        # the readers that open a file check but the later reads of a part of it do not.
+        # the readers that open a file check but the later reads of a part of it do not; an
+        # OSError of h5py's that is no refusal of the system's ("Can't synchronously read data").
         reason = _hdf5_store().refusal_reason(error)  # h5py raised it: imported
         return f"HDF5 cannot read a file given ({reason}): is it damaged? 'vggfeat info FILE' reads each", 1
     return None
