@@ -238,20 +238,22 @@ SOURCES = {
     "whitening": ["whiten", "fit", "SOURCE", "FILE"],
     "index": ["index", "SOURCE", "FILE"],
     "scores": ["predict", "MODEL", "SOURCE", "FILE"],
+    "posteriors": ["classify", "IMAGES", "FILE", "--weights", "random", "--model", "vgg11", "--scales", "224", "--min-side", "8",
+                   "--device", "cpu", "--quiet"],
 }
 
 
 def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_kind: str) -> int:
     """``vggfeat ARGS`` (FILE: a file of kind ``source_kind`` from 6 images, up to 8 bytes changed;
-    SOURCE: their sound descriptor file; MODEL: a sound SVM model of them), each in a process of its
-    own: exit 0, 1 or 2 in one line, never a traceback. A crash of HDF5 itself (a negative exit code)
-    is counted apart: vggfeat cannot mend it."""
+    SOURCE: their sound descriptor file; MODEL: a sound SVM model of them; IMAGES: their folder),
+    each in a process of its own: exit 0, 1 or 2 in one line, never a traceback. A crash of HDF5
+    itself (a negative exit code) is counted apart: vggfeat cannot mend it."""
     images = workdir / "images"
     for i in range(6):
         folder = images / ("cats" if i % 2 else "dogs")
         folder.mkdir(parents=True, exist_ok=True)
         write_rgb(folder / f"{i}.png", 40, 40, seed=i)
-    names = {"SOURCE": str(workdir / "source.h5"), "MODEL": str(workdir / "model.h5")}
+    names = {"SOURCE": str(workdir / "source.h5"), "MODEL": str(workdir / "model.h5"), "IMAGES": str(images)}
     made = [["extract", images, names["SOURCE"], "--weights", "random", "--model", "vgg11", "--layer", "conv1_1",
              "--scales", "224", "--min-side", "8", "--device", "cpu", "--quiet", "--overwrite"],
             ["train-svm", names["SOURCE"], names["MODEL"], "--C", "1", "--overwrite"]]
@@ -288,7 +290,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
     parser.add_argument("--source", choices=list(SOURCES), default="features", help="hdf5: the kind of file damaged")
     parser.epilog = ("hdf5: after --, the command; FILE stands for the damaged file, SOURCE for the sound descriptor "
-                     "file, MODEL for a sound model of it; a file the command writes is best named output...")
+                     "file, MODEL for a sound model of it, IMAGES for their folder; a file the command writes is best "
+                     "named output...")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     options = parser.parse_args(argv[:split])
