@@ -7,6 +7,7 @@ processes (kill -9) are in test_cli.py.
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime
 
 import h5py
@@ -323,7 +324,11 @@ def test_kill_before_the_output_is_complete_then_rerun_writes_it(tmp_path, label
     assert not work.exists()
 
 
-def test_a_part_removed_by_hand_is_described_again_with_those_after_it(tmp_path, labelled, reference, extractor, monkeypatch):
+@pytest.mark.parametrize("lost", ["removed by hand", "damaged"])
+def test_a_part_removed_by_hand_or_damaged_is_described_again_with_those_after_it(tmp_path, labelled, reference, extractor,
+                                                                                  monkeypatch, lost):
+    """A damaged part (a flipped bit on the disk) stopped the run that resumed, every time, in h5py's
+    OSError naming no file."""
     root, _ = labelled
     images = find_images(root)  # 6 files: parts [0,2) [2,4) [4,6); [4,6) holds the one that fails
     output = tmp_path / "out.h5"
@@ -331,11 +336,18 @@ def test_a_part_removed_by_hand_is_described_again_with_those_after_it(tmp_path,
     with pytest.raises(RuntimeError, match="as the output is completed"):
         ExtractionJob(extractor, images, output, part_images=PART).run()
     monkeypatch.undo()
-    (tmp_path / "out.h5.parts" / "part-000000000002-000000000004.h5").unlink()
+    part = tmp_path / "out.h5.parts" / "part-000000000002-000000000004.h5"
+    if lost == "removed by hand":
+        part.unlink()
+    else:
+        part.write_bytes(bytes(512) + part.read_bytes()[512:])  # its first sector zeroed
 
     # The rows of the part after the gap followed those lost: it is described again too.
     decoded = count_decodes(monkeypatch)
-    job = ExtractionJob(extractor, images, output, part_images=PART)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        job = ExtractionJob(extractor, images, output, part_images=PART)
+    assert [str(w.message).split(" (")[0] for w in warned] == ([f"{part} is damaged"] if lost == "damaged" else [])
     assert job.done == 2
     result = job.run()
     assert len(decoded) == 4 and (result.rows, result.failed, result.computed) == (5, 1, 4)

@@ -37,7 +37,7 @@ from .errors import VggfeatError
 from .regions import JPEG_DRAFT_REGIONS
 from .chunks import Chunk
 from .extractor import Extractor
-from .output import OutputFile, holds_rows, recover_rows, usable_parts
+from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .stack import flat_config
 from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held,
@@ -131,6 +131,7 @@ class ExtractionJob:
         self.rows_file = self.work / "rows.h5"
         self.parts = list_parts(self.work)
         if self.parts and not self._finished:
+            self.parts = readable_parts(self.parts)
             # Rows lost with their file (removed by hand), or written after a part removed by hand,
             # are described again; those of a file that a kill broke as the run completed it are
             # read back from its bytes.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ import h5py
 import numpy as np
 
 from .discover import ImageSet
-from .store import Part, chunk_rows, failed_datasets, mark_complete, open_h5, replace_durably, rows_datasets
+from .store import (Part, chunk_rows, failed_datasets, mark_complete, open_h5, refusal_reason, replace_durably, rows_datasets,
+                    system_error)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,28 @@ class OutputFile:
         f.flush()  # HDF5's caches to the kernel, then the kernel's to the disk
         with open(f.filename, "rb") as file:
             os.fsync(file.fileno())
+
+
+def readable_parts(parts: Sequence[Part]) -> list[Part]:
+    """Those of ``parts`` that HDF5 reads; each other (damaged on the disk: a flipped bit, a bad
+    sector) is removed with a warning, so that its images are described again, as those of a part
+    removed by hand (:func:`usable_parts`). A parts' file is written whole or not at all: a kill
+    leaves no such part."""
+    readable = []
+    for part in parts:
+        try:
+            with open_h5(part.path) as f:  # each image of the part is described or failed, once
+                held = np.concatenate([f["indices"][:], f["failed_indices"][:]])
+                if not np.array_equal(np.sort(held), np.arange(part.start, part.end)):
+                    raise ValueError(f"its {len(held)} images are not {part.start} to {part.end - 1}")
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            if system_error(error) is not None:  # the system's refusal (permissions, I/O): not the part's
+                raise
+            warnings.warn(f"{part.path} is damaged ({refusal_reason(error)}); its images are described again")
+            part.path.unlink()
+        else:
+            readable.append(part)
+    return readable
 
 
 def usable_parts(parts: Sequence[Part], rows_kept: bool) -> list[Part]:
