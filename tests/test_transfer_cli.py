@@ -318,8 +318,15 @@ def test_refusals(data, tmp_path):
     incomplete = tmp_path / "incomplete.h5"
     incomplete.write_bytes(files["test"].read_bytes())
     set_attr(incomplete, "complete", False)
-    assert "is incomplete" in refused(["evaluate", model, incomplete])
-    assert "is incomplete" in refused(["train-svm", incomplete, tmp_path / "m2.h5"])
+    assert refused(["evaluate", model, incomplete]) == (
+        f"Error: {incomplete} is incomplete (complete=False) and no run is under way into it: written so by other code "
+        "than vggfeat's, or damaged; extract it again (--overwrite)")
+    code, out, _ = run_main(["info", incomplete])
+    assert code == 0 and out.splitlines()[0] == (f"{incomplete}: INCOMPLETE (and no run is under way into it: written so "
+                                                 "by other code than vggfeat's, or damaged)")
+    (tmp_path / "incomplete.h5.parts").mkdir()  # a run's work folder beside it
+    assert refused(["train-svm", incomplete, tmp_path / "m2.h5"]).endswith(
+        "is incomplete (complete=False): finish its extraction (the same command resumes it) first")
 
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("red_stripes/img00.png,red\nnot/there.png,red\nred_stripes/img01.png,blue\n")

@@ -415,7 +415,10 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
     elif not f.attrs.get("complete", False):
-        problem = "is incomplete (complete=False): finish its extraction (the same command resumes it) first"
+        problem = ("is incomplete (complete=False): finish its extraction (the same command resumes it) first"
+                   if work_folder(path).is_dir() else  # vggfeat renames its files into place once they are whole
+                   "is incomplete (complete=False) and no run is under way into it: written so by other code than "
+                   "vggfeat's, or damaged; extract it again (--overwrite)")
     else:
         return f
     f.close()

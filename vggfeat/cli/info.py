@@ -226,6 +226,9 @@ def info(file: Path, as_json: bool) -> None:
         return
     a = summary["attrs"]
     state = click.style("complete", fg="green") if summary["complete"] else click.style("INCOMPLETE", fg="red", bold=True)
+    if not summary["complete"] and not work_folder(file).is_dir():  # vggfeat renames its files into place once whole
+        state += click.style(" (and no run is under way into it: written so by other code than vggfeat's, or damaged)",
+                             fg="red")
     classes = summary["classes"]
     lines = [
         f"{file}: {state}",
