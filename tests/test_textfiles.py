@@ -34,6 +34,21 @@ def test_a_labels_csv_names_files_in_any_bytes_but_its_labels_are_utf8(tmp_path)
         read_labels_csv(labels)
 
 
+def test_a_labels_csv_with_a_quote_not_closed_or_a_nul_byte_is_refused_naming_the_line(tmp_path):
+    """csv's refusal (a quote not closed took the rest of the file into one field, over its limit)
+    ended the command in a traceback; a NUL byte in a label failed only as the model was written."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text('a.jpg,cat\n"b.jpg",dog\nc.jpg,"cat\n' + "d.jpg,dog\n" * 20000)
+    with pytest.raises(VggfeatError, match=r"labels.csv, line 3: field larger than field limit \(131072\) \(a quote not closed\?\)"):
+        read_labels_csv(labels)
+    labels.write_text('a.jpg,"two\nlines"\nb.jpg\n')  # a row over two lines: the next one's line is the file's
+    with pytest.raises(VggfeatError, match=r"labels.csv, line 3: expected 'path,label', got 'b.jpg'"):
+        read_labels_csv(labels)
+    labels.write_bytes(b"a.jpg,cat\nb.jpg,d\0g\n")
+    with pytest.raises(VggfeatError, match=r"labels.csv, line 2: a NUL byte: not a text file"):
+        read_labels_csv(labels)
+
+
 def test_an_imagenet_style_list_names_files_in_any_bytes(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_bytes(LATIN1_NAME + b" 3\n\xff\xfe 4\n")

@@ -12,7 +12,7 @@ import csv
 import io
 import os
 import warnings
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
         raise VggfeatError(f"labels file not found: {path}")
     labels: dict[str, list[str]] = {}
     rows = csv.reader(io.StringIO(read_text(path, names_files=True), newline=""))
-    for number, row in enumerate(rows, start=1):
+    for number, row in _csv_rows(rows, path):
         if not row or not "".join(row).strip() or row[0].startswith("#"):
             continue
         if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
@@ -65,6 +65,18 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
     return labels
+
+
+def _csv_rows(rows: Iterator[list[str]], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line, row) of a CSV reader; its refusal (a field over its size limit: a quote opened and
+    never closed takes the rest of the file in) named with the file and the line where it began."""
+    number = 1
+    try:
+        for row in rows:
+            yield number, row
+            number = rows.line_num + 1
+    except csv.Error as error:
+        raise VggfeatError(f"{path}, line {number}: {error} (a quote not closed?)") from None
 
 
 def _region_joined(row: list[str]) -> list[str]:

@@ -14,9 +14,13 @@ from .errors import VggfeatError
 
 def read_text(path: str | os.PathLike, *, names_files: bool = False) -> str:
     """The text of ``path``: UTF-8, a byte-order mark at its start skipped (spreadsheet programs
-    write one). With ``names_files``, other bytes are kept (see the module), and the caller checks
+    write one); refused where it holds a NUL byte. With ``names_files``, other bytes are kept (see the module), and the caller checks
     with :func:`check_utf8` the fields that must be text."""
     data = Path(path).read_bytes()
+    if b"\0" in data:  # no text holds one, nor can a name; HDF5 cannot store it in a label
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise VggfeatError(f"{path}, line {line}: a NUL byte: not a text file (a binary one, or a list written by "
+                           "'find -print0'?)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
