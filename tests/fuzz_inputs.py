@@ -167,15 +167,78 @@ def weights(count: int, rng: random.Random, workdir: Path) -> int:
     return found
 
 
-def _refusal_or_error(load: Callable[[], object]) -> Exception | None:
-    """None where ``load`` is refused with a VggfeatError; else what it raised, or a note that it loaded."""
+def _refusal_or_error(load: Callable[[], object], loads: bool = False) -> Exception | None:
+    """None where ``load`` is refused with a VggfeatError (or, ``loads``, does not raise); else what
+    it raised, or a note that it loaded."""
     try:
         load()
     except VggfeatError:
         return None
     except Exception as error:  # noqa: BLE001 - what this looks for
         return error
-    return AssertionError("loaded: tiny tensors should not fit VGG11")
+    return None if loads else AssertionError("loaded: tiny tensors should not fit VGG11")
+
+
+def texts(count: int, rng: random.Random, workdir: Path) -> int:
+    """The text files a user hands in, with characters that parsers trip on put in, taken out or
+    changed (quotes, commas, line ends, '#', brackets, bytes that are not UTF-8): each parser reads
+    them or refuses them with a VggfeatError within 10 s, never another exception."""
+    from vggfeat.discover import read_file_list
+    from vggfeat.labels import read_labels_csv
+    from vggfeat.predictions import read_labels
+    from vggfeat.retrieval import read_ground_truth
+    from vggfeat.voc import read_image_set
+
+    for name in ("a.jpg", "b.jpg", "sub/c.jpg", "b, c.jpg"):
+        (workdir / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_rgb(workdir / "images" / name, 16, 16)
+    devkit, oxford = workdir / "VOC2007", workdir / "oxford"
+    (devkit / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (devkit / "ImageSets" / "Main" / "train.txt").write_text("000001\n000002\n000003\n")
+    oxford.mkdir(exist_ok=True)
+    for kind, text in [("good", "a\nb\n"), ("ok", "c\n"), ("junk", "d\n")]:
+        (oxford / f"all_souls_1_{kind}.txt").write_text(text)
+    kinds = {  # the file each is read from, its sound text, how it is read
+        "labels": ("labels.csv", 'path,label\na.jpg,cat\n"b, c.jpg",dog;cat\nsub/c.jpg#xywh=1,2,3,4,cat\n', read_labels_csv),
+        "imagenet list": ("val.txt", "a.jpg 3\nb.jpg,4\n# a comment\nsub/c.jpg 999\n", read_labels),
+        "file list": ("images/list.txt", "a.jpg\nb.jpg,cat\nsub/c.jpg#xywh=0,0,8,8,dog\nb, c.jpg\n", read_file_list),
+        "VOC set": ("VOC2007/ImageSets/Main/aeroplane_train.txt", "000001  1\n000002 -1\n000003  0\n",
+                    lambda path: read_image_set(devkit, "train")),
+        "ground truth": ("gt.json", '[{"query": "a.jpg", "ok": ["b.jpg"], "junk": [], "bbox": [1, 2, 30.5, 40]}, '
+                                    '{"query": "b.jpg", "ok": ["a.jpg"], "junk": ["sub/c.jpg"]}]', read_ground_truth),
+        "revisited": ("gnd.json", '{"imlist": ["a", "b"], "qimlist": ["q"], "gnd": [{"easy": [0], "hard": [1], "junk": [], '
+                                  '"bbx": [1, 2, 3, 4]}]}', lambda path: read_ground_truth(path, "medium")),
+        "Oxford query": ("oxford/all_souls_1_query.txt", "oxc1_all_souls_000013 136.5 34.1 648.5 955.7\n",
+                         lambda path: read_ground_truth(path.parent)),
+    }
+    tricky = [b'"', b",", b"\n", b"\r", b"#", b" ", b"\t", b";", b"[", b"]", b"{", b"}", b"-", b"9", b"0", b".", b"\xff",
+              b"\xc3", b"e", b"xywh=", b"nan", b"1e999", b"\\"]
+    found = 0
+    for number in range(count):
+        kind = rng.choice(list(kinds))
+        name, sound, read = kinds[kind]
+        data = bytearray(sound.encode())
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data) + 1)
+            what = rng.random()
+            if what < 0.4:
+                data[at:at] = rng.choice(tricky)
+            elif what < 0.7:
+                del data[at : at + rng.randint(1, 3)]
+            else:
+                data[at : at + 1] = rng.choice(tricky)
+        path = workdir / name
+        path.write_bytes(bytes(data))
+        outcome: list = []
+        reading = threading.Thread(target=lambda: outcome.append(_refusal_or_error(lambda: read(path), loads=True)), daemon=True)
+        reading.start()
+        reading.join(10)
+        if not outcome or outcome[0] is not None:
+            found += 1
+            kept = workdir / f"{number:05d}-{Path(name).name}"
+            kept.write_bytes(bytes(data))
+            print(f"{kind} {kept}: {'did not end in 10 s' if not outcome else f'raised {outcome[0]!r}'}")
+    return found
 
 
 def archives(count: int, rng: random.Random, workdir: Path) -> int:
@@ -284,7 +347,7 @@ def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "hdf5"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "hdf5"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
@@ -305,7 +368,8 @@ def main() -> None:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
         found = hdf5(options.count, rng, workdir, options.args, options.source)
     else:
-        found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights}[options.kind](options.count, rng, workdir)
+        found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights,
+                 "texts": texts}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")
 
 
