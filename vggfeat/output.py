@@ -190,7 +190,7 @@ class OutputFile:
 def readable_parts(parts: Sequence[Part]) -> list[Part]:
     """Those of ``parts`` that HDF5 reads; each other (damaged on the disk: a flipped bit, a bad
     sector) is removed with a warning, so that its images are described again, as those of a part
-    removed by hand (:func:`usable_parts`). A parts' file is written whole or not at all: a kill
+    removed by hand (:func:`usable_parts`). A part's file is written whole or not at all: a kill
     leaves no such part."""
     readable = []
     for part in parts:

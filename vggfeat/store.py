@@ -409,7 +409,7 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
         has_config = "config" in f.attrs
         if has_config:  # which every reader takes as JSON
             json.loads(f.attrs["config"])
-    except (RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or the JSON
+    except (RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
         f.close()
         raise VggfeatError(f"{path} is a damaged HDF5 file ({refusal_reason(error)})") from None
     if missing or not has_config:

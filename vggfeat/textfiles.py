@@ -14,8 +14,8 @@ from .errors import VggfeatError
 
 def read_text(path: str | os.PathLike, *, names_files: bool = False) -> str:
     """The text of ``path``: UTF-8, a byte-order mark at its start skipped (spreadsheet programs
-    write one); refused where it holds a NUL byte. With ``names_files``, other bytes are kept (see the module), and the caller checks
-    with :func:`check_utf8` the fields that must be text."""
+    write one); refused where it holds a NUL byte. With ``names_files``, other bytes are kept (see
+    the module), and the caller checks with :func:`check_utf8` the fields that must be text."""
     data = Path(path).read_bytes()
     if b"\0" in data:  # no text holds one, nor can a name; HDF5 cannot store it in a label
         line = data[: data.index(b"\0")].count(b"\n") + 1
