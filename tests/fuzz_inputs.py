@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from imagefiles import write_rgb  # noqa: E402
 from runhelpers import command, read_output, run_main  # noqa: E402
 from vggfeat.archives import read_table  # noqa: E402
+from vggfeat.cli.decoder_warnings import LIBRARIES  # noqa: E402
 from vggfeat.decode import decode_image  # noqa: E402
 from vggfeat.errors import ImageError, VggfeatError  # noqa: E402
 from vggfeat.reading import Budget, ImageReader, Reduced  # noqa: E402
@@ -97,6 +98,24 @@ def formats(count: int, rng: random.Random, workdir: Path) -> int:
     """Images of the other formats vggfeat reads (by Pillow and its plugins), mutated anywhere: each
     decodes within 20 s to pixels or to an ImageError (a failure recorded for that image), never to
     another exception, which would be the run's."""
+    sources = _image_sources()
+    found = 0
+    for number in range(count):
+        suffix = rng.choice(list(sources))
+        path = workdir / f"{number:05d}{suffix}"
+        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
+        outcome: list = []
+        decoding = threading.Thread(target=lambda: outcome.append(_decoded_or_error(path)), daemon=True)
+        decoding.start()
+        decoding.join(20)
+        if not outcome or isinstance(outcome[0], Exception):
+            found += 1
+            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
+    return found
+
+
+def _image_sources() -> dict[str, bytes]:
+    """A small picture encoded in each format vggfeat reads by Pillow that this Pillow writes, by suffix."""
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
     sources = {}
     for suffix, options in [(".png", {}), (".gif", {}), (".bmp", {}), (".tif", {"compression": "tiff_lzw"}),
@@ -112,19 +131,43 @@ def formats(count: int, rng: random.Random, workdir: Path) -> int:
             print(f"{suffix}: not fuzzed ({error})")
             continue
         sources[suffix] = buffer.getvalue()
-    found = 0
+    return sources
+
+
+def extract(count: int, rng: random.Random, workdir: Path, args: list[str]) -> int:
+    """``vggfeat extract`` (plus ARGS: --decode-in processes, --decoder pil, ...) in a process of
+    its own over ``count`` images of every format, JPEGs most, a byte or a few changed in each: it
+    ends with exit 0, every image a row or a failure, and no traceback or decoder's line on its
+    standard error."""
+    picture = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpegs = [_encoded(Image.fromarray(picture)), _encoded(Image.fromarray(picture), progressive=True),
+             _encoded(Image.fromarray(picture), exif=exif.tobytes())]
+    sources = list(_image_sources().items()) + [(".jpg", jpeg) for jpeg in jpegs] * 3
+    images = workdir / "images"
+    images.mkdir(exist_ok=True)
+    for old in images.iterdir():
+        old.unlink()
     for number in range(count):
-        suffix = rng.choice(list(sources))
-        path = workdir / f"{number:05d}{suffix}"
-        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
-        outcome: list = []
-        decoding = threading.Thread(target=lambda: outcome.append(_decoded_or_error(path)), daemon=True)
-        decoding.start()
-        decoding.join(20)
-        if not outcome or isinstance(outcome[0], Exception):
-            found += 1
-            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
-    return found
+        suffix, data = rng.choice(sources)
+        (images / f"{number:05d}{suffix}").write_bytes(mutated(data, rng, len(data), changes=3))
+    output = workdir / "out.h5"
+    result = subprocess.run(command(["extract", images, output, "--weights", "random", "--model", "vgg11", "--layer",
+                                     "conv1_1", "--scales", "224", "--no-flip", "--min-side", "8", "--device", "cpu",
+                                     "--overwrite", "--quiet", *args]), capture_output=True, timeout=1800)
+    err = result.stderr.decode("utf-8", "replace")
+    problems = [f"exit {result.returncode}"] if result.returncode != 0 else []
+    problems += [f"said {line!r}" for line in err.splitlines()
+                 if "Traceback" in line or any(library.pattern.fullmatch(line.encode()) for library in LIBRARIES)]
+    if result.returncode == 0:
+        out = read_output(output)
+        if len(out["paths"]) + len(out["failed_paths"]) != count:
+            problems.append(f"{len(out['paths'])} rows and {len(out['failed_paths'])} failures of {count} images")
+    print(err.strip()[-2000:])
+    for problem in problems:
+        print(f"{images}: {problem}")
+    return len(problems)
 
 
 def _decoded_or_error(path: Path) -> np.ndarray | Exception | None:
@@ -347,14 +390,14 @@ def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "hdf5"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "extract", "hdf5"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
     parser.add_argument("--source", choices=list(SOURCES), default="features", help="hdf5: the kind of file damaged")
-    parser.epilog = ("hdf5: after --, the command; FILE stands for the damaged file, SOURCE for the sound descriptor "
-                     "file, MODEL for a sound model of it, IMAGES for their folder; a file the command writes is best "
-                     "named output...")
+    parser.epilog = ("extract: after --, options of the run. hdf5: after --, the command; FILE stands for the damaged "
+                     "file, SOURCE for the sound descriptor file, MODEL for a sound model of it, IMAGES for their "
+                     "folder; a file the command writes is best named output...")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     options = parser.parse_args(argv[:split])
@@ -367,6 +410,8 @@ def main() -> None:
         if "FILE" not in options.args:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
         found = hdf5(options.count, rng, workdir, options.args, options.source)
+    elif options.kind == "extract":
+        found = extract(options.count, rng, workdir, options.args)
     else:
         found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights,
                  "texts": texts}[options.kind](options.count, rng, workdir)

@@ -296,6 +296,18 @@ def write_damaged_tiff(path, height: int = 40, width: int = 56) -> Path:
     return Path(path)
 
 
+def write_tiff_of_45_samples(path, height: int = 40, width: int = 56) -> Path:
+    """A TIFF whose header says 45 samples per pixel: Pillow logs "More samples per pixel than can be
+    decoded: 45" (an error record, which logging prints where no handler is set) and refuses it."""
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_rgb(height, width)).save(buffer, "TIFF")
+    samples = struct.pack("<HHIH", 277, 3, 1, 3)  # SamplesPerPixel, a SHORT, one of them: 3
+    data = buffer.getvalue()
+    assert data.count(samples) == 1, "Pillow wrote the tag otherwise: find it anew"
+    Path(path).write_bytes(data.replace(samples, struct.pack("<HHIH", 277, 3, 1, 45)))
+    return Path(path)
+
+
 def write_empty(path) -> Path:
     """A 0-byte file."""
     Path(path).write_bytes(b"")

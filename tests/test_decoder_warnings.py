@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb
-from runhelpers import FAST, read_output, run_main
+from imagefiles import write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb, write_tiff_of_45_samples
+from runhelpers import FAST, command, read_output, run_main
 from vggfeat.cli.decoder_warnings import DecoderWarnings, decoder_warnings_counted
 from vggfeat.jpeg import batch_decoder, read_jpeg
 
@@ -95,6 +95,19 @@ def test_libtiffs_messages_are_counted_and_the_damaged_tiff_recorded(tmp_path, c
     assert out["failed_errors"] == ["damaged image data (Pillow's decoder error -2: decoding error)"]
     assert err.strip().splitlines()[-1] == ("warning: libtiff reported damaged TIFF data once (the first: 'tempfile.tif: "
                                             "Using code not yet in table.'); the files it could not decode are recorded as failed")
+
+
+def test_pillows_log_records_of_files_it_refuses_are_not_shown(tmp_path):
+    """Logging's last resort printed Pillow's error record (naming no file) to the terminal."""
+    (tmp_path / "images").mkdir()
+    write_tiff_of_45_samples(tmp_path / "images" / "odd.tif")
+    write_rgb(tmp_path / "images" / "whole.png", 40, 56)
+    result = subprocess.run(command(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--layer", "conv1_1",
+                                     "--min-side", "8", "--quiet"]), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "samples per pixel" not in result.stderr.replace("failed: odd.tif", "")
+    out = read_output(tmp_path / "out.h5")
+    assert out["failed_paths"] == ["odd.tif"] and out["failed_errors"] == ["not an image, or a format Pillow cannot read"]
 
 
 @pytest.mark.parametrize("decode_in", ["threads", "processes"])

@@ -3,6 +3,7 @@ warnings of other libraries that it keeps quiet."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
@@ -27,10 +28,15 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def quiet_pillow_metadata_warnings() -> None:
-    """Keep off the terminal what Pillow's TIFF plugin warns of each damaged EXIF block it reads
-    ("Corrupt EXIF data. Expecting to read 12 bytes but only got 4.", "Tag data larger than
-    file. Skipping tag 274"), naming no file: the image is decoded as Pillow reads it all the
-    same. For vggfeat's own processes (a command's, its decoding and device processes), whose
-    threads decode at once: warning filters are the process's, not a thread's."""
+def quiet_pillow_messages() -> None:
+    """Keep off the terminal what Pillow's TIFF plugin says of damaged files, naming no file: its
+    warnings of each damaged EXIF block it reads ("Corrupt EXIF data. Expecting to read 12 bytes but
+    only got 4.", "Tag data larger than file. Skipping tag 274"), the image decoded as Pillow reads
+    it all the same; and what it logs before it refuses a file ("More samples per pixel than can be
+    decoded: 45"), which logging's last resort prints where no handler is set, the refusal being
+    the image's recorded failure. For vggfeat's own processes (a command's, its decoding and device
+    processes), whose threads decode at once: warning filters are the process's, not a thread's."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+    pillow = logging.getLogger("PIL")
+    if not any(isinstance(handler, logging.NullHandler) for handler in pillow.handlers):
+        pillow.addHandler(logging.NullHandler())
