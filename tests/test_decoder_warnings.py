@@ -28,24 +28,26 @@ def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
         # A process started meanwhile writes to the same pipe: its warnings are counted as well.
         subprocess.run([sys.executable, "-c", "import os; os.write(2, b'Premature end of JPEG file\\n'); "
                         "os.write(2, b'the child speaks\\n')"], check=True)
+        os.write(2, b"LZMAError: Corrupt input data\n")  # a Python error's last line (a process's traceback): passed on
         os.write(2, b" 50%|#####     |\r")  # another process's progress bar, a line ended by a carriage return
         os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
         os.write(2, b"Continue? ")  # a line not yet ended is not held back
         os.write(2, b"Corrupt JPEG data: bad Huffman code\n")
         os.write(2, b"tempfile.tif: Using code not yet in table.\n")  # libtiff's, by Pillow
         os.write(2, b"TIFFFillStrip: Invalid strip byte count 0, strip 0.\n")
+        os.write(2, b"LZWDecode: Not enough data at scanline 0 (short 1 bytes).\n")
     err = capfd.readouterr().err
-    assert "a library's own message\n" in err and "the child speaks\n" in err
+    assert "a library's own message\n" in err and "the child speaks\n" in err and "LZMAError: Corrupt input data\n" in err
     assert " 50%|#####     |" in err and err.endswith("Continue? ")
     assert "Corrupt JPEG" not in err and "Premature end" not in err and "tempfile.tif" not in err
-    assert counted.counts == {"libjpeg": 4, "libtiff": 2}
+    assert counted.counts == {"libjpeg": 4, "libtiff": 3}
     assert counted.first["libjpeg"] == "Corrupt JPEG data: 28 extraneous bytes before marker 0xd9"
     jpeg, tiff = counted.summary()
     assert jpeg.startswith(f"libjpeg warned of damaged JPEG data 4 times (the first: '{counted.first['libjpeg']}')")
-    assert tiff.startswith("libtiff reported damaged TIFF data 2 times (the first: 'tempfile.tif: Using code not yet in table.')")
+    assert tiff.startswith("libtiff reported damaged TIFF data 3 times (the first: 'tempfile.tif: Using code not yet in table.')")
     os.write(2, b"Corrupt JPEG data: bad Huffman code\n")  # after the command: descriptor 2 is the terminal again
     assert capfd.readouterr().err == "Corrupt JPEG data: bad Huffman code\n"
-    assert counted.counts == {"libjpeg": 4, "libtiff": 2}
+    assert counted.counts == {"libjpeg": 4, "libtiff": 3}
 
 
 @needs_batch_decoder

@@ -39,6 +39,10 @@ class DecoderLibrary:
     summary: str  # what its lines say, and what became of the files: "{name} {summary} {times} (the first: ...)"
 
 
+# libtiff's codecs, whose functions name themselves in its messages ("LZWDecode", "Fax3PreDecode").
+_TIFF_CODECS = (b"LZW", b"PackBits", b"Fax3", b"Fax4", b"ZIP", b"NeXT", b"Thunder", b"DumpMode", b"LogLuv", b"PixarLog",
+                b"Predictor", b"OJPEG", b"LERC", b"WebP", b"ZSTD", b"LZMA")
+
 LIBRARIES = (
     # libjpeg(-turbo)'s warnings (its jerror.h, JWRN_*), as its output_message prints them.
     DecoderLibrary("libjpeg", re.compile(
@@ -50,9 +54,11 @@ LIBRARIES = (
         "warned of damaged JPEG data {times} (the first: '{first}'); such files are described as far as their "
         "data goes, as Pillow decodes them"),
     # libtiff's errors and warnings ("%s: %s.\n"), of Pillow's data: their module is the file's
-    # name or the function that speaks ("TIFFFillStrip: Invalid strip byte count 0, strip 0.").
-    DecoderLibrary("libtiff", re.compile(rb"(?:tempfile\.tif|_?TIFF\w+|MissingRequired): .*"),
-                   (b"tempfile.tif: ", b"TIFF", b"_TIFF", b"MissingRequired: "),
+    # name, or the function that speaks ("TIFFFillStrip: Invalid strip byte count 0, strip 0.",
+    # "LZWDecode: Not enough data at scanline 0 (short 1 bytes).").
+    DecoderLibrary("libtiff", re.compile(rb"(?:tempfile\.tif|_?TIFF\w+|MissingRequired|(?:" + b"|".join(_TIFF_CODECS)
+                                         + rb")(?:Pre|Setup)?Decode\w*): .*"),
+                   (b"tempfile.tif: ", b"TIFF", b"_TIFF", b"MissingRequired: ", *_TIFF_CODECS),
                    "reported damaged TIFF data {times} (the first: '{first}'); the files it could not decode are "
                    "recorded as failed"),
 )
