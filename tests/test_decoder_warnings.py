@@ -50,6 +50,17 @@ def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
     assert counted.counts == {"libjpeg": 4, "libtiff": 3}
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="C's standard error by its glibc/musl name")
+def test_a_c_librarys_message_written_in_pieces_reaches_the_pipe_as_one_line():
+    """libtiff writes "module: ", the message and ".\n" apart: several decoding processes sharing the
+    pipe interleaved them, and a piece passed the filter ("Using code not yet in table.")."""
+    code = ("import ctypes, os; from vggfeat.errors import quiet_decoding_libraries; quiet_decoding_libraries(); "
+            "libc = ctypes.CDLL(None); stderr = ctypes.c_void_p.in_dll(libc, 'stderr'); "
+            "libc.fprintf(stderr, b'LZWDecode: '); os.write(2, b'[another process]'); libc.fprintf(stderr, b'Not enough data.\\n')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.stderr == b"[another process]LZWDecode: Not enough data.\n"
+
+
 @needs_batch_decoder
 def test_the_decoding_librarys_own_warning_is_recognised(tmp_path, capfd):
     write_damaged_jpeg(tmp_path / "damaged.jpg")

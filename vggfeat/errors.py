@@ -3,6 +3,7 @@ warnings of other libraries that it keeps quiet."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import warnings
 from collections.abc import Sequence
@@ -28,15 +29,39 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def quiet_pillow_messages() -> None:
-    """Keep off the terminal what Pillow's TIFF plugin says of damaged files, naming no file: its
-    warnings of each damaged EXIF block it reads ("Corrupt EXIF data. Expecting to read 12 bytes but
-    only got 4.", "Tag data larger than file. Skipping tag 274"), the image decoded as Pillow reads
-    it all the same; and what it logs before it refuses a file ("More samples per pixel than can be
-    decoded: 45"), which logging's last resort prints where no handler is set, the refusal being
-    the image's recorded failure. For vggfeat's own processes (a command's, its decoding and device
-    processes), whose threads decode at once: warning filters are the process's, not a thread's."""
+def quiet_decoding_libraries() -> None:
+    """Keep off the terminal what the decoding libraries say of damaged files, naming no file; for
+    vggfeat's own processes (a command's, its decoding and device processes).
+
+    Pillow's TIFF plugin warns of each damaged EXIF block it reads ("Corrupt EXIF data. Expecting to
+    read 12 bytes but only got 4.", "Tag data larger than file. Skipping tag 274"), the image decoded
+    as Pillow reads it all the same, and logs an error before it refuses a file ("More samples per
+    pixel than can be decoded: 45"), which logging's last resort prints where no handler is set, the
+    refusal being the image's recorded failure: both kept quiet (warning filters are the process's,
+    not a thread's). libtiff writes a message in three pieces ("%s: ", the message, ".\n"), each a
+    write of its own to an unbuffered standard error: C's standard error is made line-buffered, so
+    that a message reaches the command's filter (:mod:`vggfeat.cli.decoder_warnings`) whole, not
+    interleaved with another process's."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
     pillow = logging.getLogger("PIL")
     if not any(isinstance(handler, logging.NullHandler) for handler in pillow.handlers):
         pillow.addHandler(logging.NullHandler())
+    _line_buffered_c_stderr()
+
+
+def _line_buffered_c_stderr() -> None:
+    global _c_stderr_buffer
+    if _c_stderr_buffer is not None:  # once a process: C's stderr keeps using the buffer
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        buffer = ctypes.create_string_buffer(_LINE_BUFFER_BYTES)  # given none, glibc went on writing each call at once
+        if libc.setvbuf(ctypes.c_void_p.in_dll(libc, "stderr"), buffer, _IOLBF, _LINE_BUFFER_BYTES) == 0:
+            _c_stderr_buffer = buffer
+    except (OSError, ValueError, AttributeError):  # no C library to ask, or its stderr by another name (macOS): unchanged
+        pass
+
+
+_IOLBF = 1  # setvbuf's mode of line buffering (glibc, musl)
+_LINE_BUFFER_BYTES = 4096  # a line up to this long is one write, which a pipe takes whole
+_c_stderr_buffer: ctypes.Array | None = None  # kept for as long as the process lives: C's stderr writes into it

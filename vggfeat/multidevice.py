@@ -32,7 +32,7 @@ import torch
 
 from .choices import DTYPES
 from .discover import ImageSet
-from .errors import VggfeatError, quiet_pillow_messages
+from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
 from .job import ExtractionJob, JobResult, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
@@ -296,7 +296,7 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    quiet_pillow_messages()
+    quiet_decoding_libraries()
     if threads and resolve_device(device).type == "cpu":
         torch.set_num_threads(threads)
 

@@ -28,7 +28,7 @@ import torch
 
 from . import archives
 from .decode import Reduction
-from .errors import ImageError, VggfeatError, quiet_pillow_messages
+from .errors import ImageError, VggfeatError, quiet_decoding_libraries
 from .reading import Budget, Decoded, ImageReader, Reduced
 
 # Most decoded bytes a worker sends at once, and for a GPU the size of the slots of shared memory
@@ -248,7 +248,7 @@ def _worker_setup(slots: list[torch.Tensor], reading_process: int, niceness: int
     global _SLOTS
     _SLOTS = slots
     torch.set_num_threads(1)
-    quiet_pillow_messages()
+    quiet_decoding_libraries()
     _lower_priority(reading_process, niceness)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not any(thread.name == _WATCH for thread in threading.enumerate()):

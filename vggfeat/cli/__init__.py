@@ -9,7 +9,7 @@ import warnings
 import click
 
 from .._version import __version__
-from ..errors import VggfeatError, quiet_pillow_messages
+from ..errors import VggfeatError, quiet_decoding_libraries
 from .common import Terminated, printable, stopping_on_sigterm
 from .decoder_warnings import DecoderWarnings, decoder_warnings_counted
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         # The arguments travel in ctx.obj so that files record the command actually given.
         with stopping_on_sigterm(), warnings.catch_warnings(), decoder_warnings_counted(decoders):
             warnings.showwarning = _show_warning
-            quiet_pillow_messages()
+            quiet_decoding_libraries()
             code = cli.main(args=args, prog_name="vggfeat", standalone_mode=False, obj={"argv": args})
     except click.exceptions.NoArgsIsHelpError as error:  # 'vggfeat' or 'vggfeat whiten' alone: the help, as click shows it
         click.echo(error.format_message(), err=True)
