@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import random
 import subprocess
@@ -133,11 +134,11 @@ def _image_sources() -> dict[str, bytes]:
     return sources
 
 
-def extract(count: int, rng: random.Random, workdir: Path, args: list[str]) -> int:
+def extract(count: int, rng: random.Random, workdir: Path, args: list[str], in_tar: bool) -> int:
     """``vggfeat extract`` (plus ARGS: --decode-in processes, --decoder pil, ...) in a process of
-    its own over ``count`` images of every format, JPEGs most, a byte or a few changed in each: it
-    ends with exit 0, every image a row or a failure, and no traceback or decoder's line on its
-    standard error."""
+    its own over ``count`` images of every format, JPEGs most, a byte or a few changed in each (in a
+    tar archive, ``in_tar``): it ends with exit 0, every image a row or a failure, and no traceback
+    or decoder's line on its standard error."""
     picture = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -148,9 +149,17 @@ def extract(count: int, rng: random.Random, workdir: Path, args: list[str]) -> i
     images.mkdir(exist_ok=True)
     for old in images.iterdir():
         old.unlink()
-    for number in range(count):
-        suffix, data = rng.choice(sources)
-        (images / f"{number:05d}{suffix}").write_bytes(mutated(data, rng, len(data), changes=3))
+    with contextlib.ExitStack() as stack:
+        tar = stack.enter_context(tarfile.open(images / "shard.tar", "w")) if in_tar else None
+        for number in range(count):
+            suffix, data = rng.choice(sources)
+            data = mutated(data, rng, len(data), changes=3)
+            if tar is None:
+                (images / f"{number:05d}{suffix}").write_bytes(data)
+            else:
+                member = tarfile.TarInfo(f"{number:05d}{suffix}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
     output = workdir / "out.h5"
     result = subprocess.run(command(["extract", images, output, "--weights", "random", "--model", "vgg11", "--layer",
                                      "conv1_1", "--scales", "224", "--no-flip", "--min-side", "8", "--device", "cpu",
@@ -394,6 +403,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
     parser.add_argument("--source", choices=list(SOURCES), default="features", help="hdf5: the kind of file damaged")
+    parser.add_argument("--in-tar", action="store_true", help="extract: the images in a tar archive")
     parser.epilog = ("extract: after --, options of the run. hdf5: after --, the command; FILE stands for the damaged "
                      "file, SOURCE for the sound descriptor file, MODEL for a sound model of it, IMAGES for their "
                      "folder; a file the command writes is best named output...")
@@ -410,7 +420,7 @@ def main() -> None:
             raise VggfeatError("hdf5: give the command after --, with FILE for the damaged file: -- info FILE")
         found = hdf5(options.count, rng, workdir, options.args, options.source)
     elif options.kind == "extract":
-        found = extract(options.count, rng, workdir, options.args)
+        found = extract(options.count, rng, workdir, options.args, options.in_tar)
     else:
         found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights,
                  "texts": texts}[options.kind](options.count, rng, workdir)
