@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb, write_tiff_of_45_samples
+from imagefiles import write_bomb_png, write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb, write_tiff_of_45_samples
 from runhelpers import FAST, command, read_output, run_main
 from vggfeat.cli.decoder_warnings import DecoderWarnings, decoder_warnings_counted
 from vggfeat.jpeg import batch_decoder, read_jpeg
@@ -133,3 +133,18 @@ def test_pillows_warnings_of_damaged_exif_blocks_are_not_shown(tmp_path, capfd, 
     assert "EXIF" not in err + capfd.readouterr().err
     out = read_output(tmp_path / "out.h5")
     assert out["paths"] == ["damaged.jpg"] and out["sizes"].tolist() == [list(upright.shape[:2])]
+
+
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+def test_pillows_decompression_bomb_warning_is_not_shown(tmp_path, capfd, decode_in):
+    """Over Pillow's limit but under twice it, Pillow warns ("could be decompression bomb DOS
+    attack", naming no file) and vggfeat refuses the image, naming it: only the refusal is said."""
+    (tmp_path / "images").mkdir()
+    write_bomb_png(tmp_path / "images" / "bomb.png", side=14000)  # 196 M pixels
+    write_rgb(tmp_path / "images" / "whole.png", 40, 56)
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--layer", "conv1_1",
+                             "--min-side", "8", "--decode-in", decode_in])
+    assert code == 0, err
+    assert "decompression bomb DOS" not in err + capfd.readouterr().err
+    out = read_output(tmp_path / "out.h5")
+    assert out["failed_paths"] == ["bomb.png"] and out["failed_errors"][0].startswith("image is 14000x14000 (196,000,000 pixels), over")
