@@ -98,20 +98,34 @@ def formats(count: int, rng: random.Random, workdir: Path) -> int:
     """Images of the other formats vggfeat reads (by Pillow and its plugins), mutated anywhere: each
     decodes within 20 s to pixels or to an ImageError (a failure recorded for that image), never to
     another exception, which would be the run's."""
-    sources = _image_sources()
-    found = 0
+    sources, found = _image_sources(), 0
     for number in range(count):
-        suffix = rng.choice(list(sources))
-        path = workdir / f"{number:05d}{suffix}"
-        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
-        outcome: list = []
-        decoding = threading.Thread(target=lambda: outcome.append(_decoded_or_error(path)), daemon=True)
-        decoding.start()
-        decoding.join(20)
-        if not outcome or isinstance(outcome[0], Exception):
+        path = _mutated_source(sources, rng, workdir / f"{number:05d}")
+        problem = _problem(lambda: _decoded_or_error(path), seconds=20)
+        if problem is not None:
             found += 1
-            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
+            print(f"{path}: {problem}")
     return found
+
+
+def _mutated_source(sources: dict[str, bytes], rng: random.Random, stem: Path) -> Path:
+    """One of ``sources`` (by suffix) with up to 4 bytes changed anywhere, written to ``stem`` + its suffix."""
+    suffix = rng.choice(list(sources))
+    path = stem.with_name(stem.name + suffix)
+    path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
+    return path
+
+
+def _problem(check: Callable[[], Exception | None], seconds: float) -> str | None:
+    """What went wrong in ``check``, run in a thread of its own (a hang must not stop the fuzzing):
+    it did not end in ``seconds``, or the exception it returned; None where it returned None."""
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(check()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        return f"did not end in {seconds} s"
+    return None if outcome[0] is None else f"raised {outcome[0]!r}"
 
 
 def _image_sources() -> dict[str, bytes]:
@@ -178,11 +192,13 @@ def extract(count: int, rng: random.Random, workdir: Path, args: list[str], in_t
     return len(problems)
 
 
-def _decoded_or_error(path: Path) -> np.ndarray | Exception | None:
+def _decoded_or_error(path: Path) -> Exception | None:
+    """None where ``path`` decodes, or fails as an image does (ImageError); else what it raised."""
     try:
-        return decode_image(path)
+        decode_image(path)
     except Exception as error:  # noqa: BLE001 - what this looks for
         return None if isinstance(error, ImageError) else error
+    return None
 
 
 def weights(count: int, rng: random.Random, workdir: Path) -> int:
@@ -204,17 +220,11 @@ def weights(count: int, rng: random.Random, workdir: Path) -> int:
         sources[suffix] = (workdir / f"sound{suffix}").read_bytes()
     found = 0
     for number in range(count):
-        suffix = rng.choice(list(sources))
-        path = workdir / f"{number:05d}{suffix}"
-        path.write_bytes(mutated(sources[suffix], rng, len(sources[suffix]), changes=4))
-        outcome: list = []
-        loading = threading.Thread(target=lambda: outcome.append(_refusal_or_error(lambda: load_vgg("vgg11", path))),
-                                   daemon=True)
-        loading.start()
-        loading.join(20)
-        if not outcome or outcome[0] is not None:
+        path = _mutated_source(sources, rng, workdir / f"{number:05d}")
+        problem = _problem(lambda: _refusal_or_error(lambda: load_vgg("vgg11", path)), seconds=20)
+        if problem is not None:
             found += 1
-            print(f"{path}: {'did not end in 20 s' if not outcome else f'raised {outcome[0]!r}'}")
+            print(f"{path}: {problem}")
     return found
 
 
@@ -280,15 +290,12 @@ def texts(count: int, rng: random.Random, workdir: Path) -> int:
                 data[at : at + 1] = rng.choice(tricky)
         path = workdir / name
         path.write_bytes(bytes(data))
-        outcome: list = []
-        reading = threading.Thread(target=lambda: outcome.append(_refusal_or_error(lambda: read(path), loads=True)), daemon=True)
-        reading.start()
-        reading.join(10)
-        if not outcome or outcome[0] is not None:
+        problem = _problem(lambda: _refusal_or_error(lambda: read(path), loads=True), seconds=10)
+        if problem is not None:
             found += 1
             kept = workdir / f"{number:05d}-{Path(name).name}"
             kept.write_bytes(bytes(data))
-            print(f"{kind} {kept}: {'did not end in 10 s' if not outcome else f'raised {outcome[0]!r}'}")
+            print(f"{kind} {kept}: {problem}")
     return found
 
 
