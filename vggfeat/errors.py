@@ -38,12 +38,14 @@ def quiet_decoding_libraries() -> None:
     as Pillow reads it all the same, and logs an error before it refuses a file ("More samples per
     pixel than can be decoded: 45"), which logging's last resort prints where no handler is set, the
     refusal being the image's recorded failure: both kept quiet (warning filters are the process's,
-    not a thread's), as is its DecompressionBombWarning ("Image size (209193152 pixels) exceeds
+    not a thread's), as is Pillow's DecompressionBombWarning ("Image size (209193152 pixels) exceeds
     limit of 178956970 pixels, could be decompression bomb DOS attack."): vggfeat refuses each such
-    image itself, naming it (--max-pixels). libtiff writes a message in three pieces ("%s: ", the message, ".\n"), each a
-    write of its own to an unbuffered standard error: C's standard error is made line-buffered, so
-    that a message reaches the command's filter (:mod:`vggfeat.cli.decoder_warnings`) whole, not
-    interleaved with another process's."""
+    image itself, naming it (--max-pixels).
+
+    libtiff writes a message in three pieces ("%s: ", the message, ".\n"), each a write of its own
+    to an unbuffered standard error: C's standard error is made line-buffered, so that a message
+    reaches the command's filter (:mod:`vggfeat.cli.decoder_warnings`) whole, not interleaved with
+    another process's."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module=r"PIL\.Image")
     pillow = logging.getLogger("PIL")
