@@ -9,6 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from torchvision.models import vgg13
 
 from imagefiles import write_rgb
 from runhelpers import FAST, assert_same_output, error_line, read_output, run_main, write_labelled_folder, write_plain_folder
@@ -105,6 +107,19 @@ def test_every_weights_file_is_looked_for_before_a_network_loads(tmp_path):
                              f"{tmp_path / 'd.pth'},{tmp_path / 'e.pth'}"])
     assert code == 2 and f"Invalid value for '--weights': weights file not found: {tmp_path / 'e.pth'}" in error_line(err)
     assert "loading" not in out + err
+
+
+def test_each_network_takes_imagenet_random_or_a_file(tmp_path):
+    """'--weights random,FILE': a name or a file per network, in the order of --model (the help's
+    "imagenet, random, or a file each"); 'random,random' was looked for as two files."""
+    write_plain_folder(tmp_path / "images", 1)
+    torch.save(vgg13(weights=None).state_dict(), tmp_path / "b.pth")
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "ab.h5", *CHEAP, "--model", "vgg11,vgg13",
+                             "--weights", f"random,{tmp_path / 'b.pth'}"])
+    assert code == 0, err
+    assert run_main(["extract", tmp_path / "images", tmp_path / "rr.h5", *CHEAP, "--model", "vgg11,vgg13",
+                     "--weights", "random,random"])[0] == 0
+    assert read_output(tmp_path / "ab.h5")["attrs"]["weights"] == "random,file:b.pth"
 
 
 def test_fused_descriptors_are_written_on_several_devices_as_on_one(tmp_path):

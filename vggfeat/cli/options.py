@@ -65,20 +65,25 @@ def parse_models(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     return models
 
 
+NAMED_WEIGHTS = ("imagenet", "random")  # --weights that name no file
+
+
 def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
-    """The ``--weights`` of each of ``models``: 'imagenet' or 'random' for all, or one file each (comma-separated)."""
+    """The ``--weights`` of each of ``models``: 'imagenet' or 'random' for all, or one each
+    (comma-separated): 'imagenet', 'random' or a file."""
     if len(models) == 1:
         return (weights,)
-    if weights in ("imagenet", "random"):
+    if weights in NAMED_WEIGHTS:
         return (weights,) * len(models)
-    files = tuple(name.strip() for name in weights.split(","))
-    if len(files) != len(models):
-        raise click.BadParameter(f"one weights file per model ({len(models)}, comma-separated in the order of --model), "
-                                 f"or imagenet or random for all; got {weights!r}", param_hint="'--weights'")
-    missing = [name for name in files if not Path(name).is_file()]
+    each = tuple(name.strip() for name in weights.split(","))
+    if len(each) != len(models):
+        raise click.BadParameter(f"one weights per model ({len(models)}, comma-separated in the order of --model: "
+                                 f"imagenet, random or a file), or imagenet or random for all; got {weights!r}",
+                                 param_hint="'--weights'")
+    missing = [name for name in each if name not in NAMED_WEIGHTS and not Path(name).is_file()]
     if missing:  # before any network loads (and downloads its weights)
         raise click.BadParameter(f"weights file not found: {', '.join(missing)}", param_hint="'--weights'")
-    return files
+    return each
 
 
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
