@@ -256,10 +256,15 @@ def one_image(tmp_path):
                                                              "or .h5 (every posterior)"),
         (["extract", "{images}", "{out}", *FAST, "--cudnn-autotune", "always"], "Invalid value for '--cudnn-autotune'"),
         (["extract", "{images}", "{out}", *FAST, "--compile", "yes"], "Invalid value for '--compile'"),
+        # torch.manual_seed took -1 (recorded as "no seed", search rebuilt the network with seed 0),
+        # raised an OverflowError's ValueError past 2**64; scikit-learn takes 0 to 2**32 - 1.
+        (["extract", "{images}", "{out}", *FAST, "--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
+        (["extract", "{images}", "{out}", *FAST, "--seed", "99999999999999999999"], "not in the range 0<=x<=4294967295"),
+        (["train-svm", "{images}/a.png", "{out}", "--seed", "4294967296"], "not in the range 0<=x<=4294967295"),
     ],
     ids=["model", "layer", "small-scale", "bad-scales", "dtype", "batch-size", "empty-folder", "missing-input",
          "missing-file-list", "file-list-and-folder", "one-path", "three-paths", "no-output-folder", "output-is-folder",
-         "output-is-csv", "classify-output-is-hdf5", "autotune", "compile"],
+         "output-is-csv", "classify-output-is-hdf5", "autotune", "compile", "negative-seed", "huge-seed", "svm-seed"],
 )
 def test_user_errors_exit_2_with_one_line(one_image, args, message):
     tmp = one_image

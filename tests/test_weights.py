@@ -64,6 +64,9 @@ def test_random_is_seeded_and_recorded(vgg11):
     _, other_seed = load_vgg("vgg11", "random", 1)
     assert torch.equal(torch.rand(3), expected)
     assert other_seed.sha256 != info.sha256
+    for seed in (-1, 2**32):  # -1 is what a file records for weights of no seed
+        with pytest.raises(VggfeatError, match=f"seed {seed} of random weights: give one from 0 to 2"):
+            load_vgg("vgg11", "random", seed)
 
 
 def test_random_weights_are_drawn_as_torchvision_draws_them():

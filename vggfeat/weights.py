@@ -48,6 +48,8 @@ def load_vgg(model: str, weights: str | Path = "imagenet", seed: int = 0) -> tup
     if weights == "imagenet":
         vgg, name = _imagenet(model), f"imagenet:{_imagenet_enum(model)}"
     elif weights == "random":
+        if not 0 <= seed < 2**32:  # a file records -1 for weights of no seed
+            raise VggfeatError(f"seed {seed} of random weights: give one from 0 to 2**32 - 1")
         vgg, name = _random(model, seed), "random"
     else:
         vgg, name = _from_file(model, Path(weights)), f"file:{Path(weights).name}"

@@ -24,6 +24,10 @@ from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
 from ..store import check_new_file, open_features_file, write_text_file
 
+# The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
+# too, but a file records -1 for weights of no seed).
+SEEDS = click.IntRange(0, 2**32 - 1)
+
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 

@@ -16,6 +16,7 @@ from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALE
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, formats_not_decoded
 from ..discover import ImageSet, check_file_list, check_folder, check_listed_files, find_images, read_file_list
 from ..errors import VggfeatError
+from . import common
 from .common import progress_bar
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ model = click.option("--model", "models", default="vgg16", show_default=True, ca
                           "image read once: the paper's D & E descriptor, as 'vggfeat stack' makes it of one file each "
                           "(--weights: imagenet, random, or a file each, comma-separated).")
 weights = click.option("--weights", default="imagenet", show_default=True, help="'imagenet' (torchvision, downloaded once), a state-dict file (.pth or .safetensors), or 'random'.")
-seed = click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
+seed = click.option("--seed", default=0, show_default=True, type=common.SEEDS, help="Seed of --weights random.")
 
 
 def _scales(help: str) -> Callable:

@@ -16,7 +16,7 @@ from ..metrics import one_hot
 from ..report import report_files, write_report
 from ..store import HDF5_SUFFIXES, check_new_file
 from ..voc import DIFFICULT
-from .common import command_line, counted, feature_rows, progress_bar, quiet
+from .common import SEEDS, command_line, counted, feature_rows, progress_bar, quiet
 
 if TYPE_CHECKING:
     from ..transfer import Scored
@@ -70,7 +70,8 @@ def svm_options(command):
                           "(squared hinge), every class at once on the descriptors as they are, on the CPU or a GPU "
                           "(--device): for large sets."),
         click.option("--device", default="auto", show_default=True, help="Where --solver lbfgs runs: auto, cpu, cuda or cuda:N."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds and the solver."),
+        click.option("--seed", default=0, show_default=True, type=SEEDS,
+                     help="Seed of the cross-validation folds and the solver."),
         quiet,
     ]
     for option in reversed(options):
