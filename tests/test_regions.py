@@ -180,13 +180,18 @@ def test_regions_through_the_python_api_and_worker_processes(tmp_path, random_vg
         threads.extract(files, regions=regions[:1])
 
 
-def test_regions_are_refused_with_jpeg_draft_before_any_work(tmp_path):
+@pytest.mark.parametrize("devices", ["cpu", "cpu,cpu"])
+def test_regions_are_refused_with_jpeg_draft_before_any_work(tmp_path, devices):
+    """On several devices too, before their processes start (a device's process refused it, and the
+    command said to run it again to resume)."""
     root = tmp_path / "images"
     write_people(root)
-    listed = write_list(tmp_path / "regions.txt", ["street.jpg#xywh=40,30,120,200"])
-    code, _, err = run_main(["extract", "--file-list", listed, "--root", root, tmp_path / "out.h5", *CHEAP, "--jpeg-draft"])
-    assert code == 2 and "too small for a region of it: describe regions without --jpeg-draft" in error_line(err)
-    assert not (tmp_path / "out.h5").exists()
+    listed = write_list(tmp_path / "regions.txt", ["street.jpg#xywh=40,30,120,200", "street.jpg"])
+    code, _, err = run_main(["extract", "--file-list", listed, "--root", root, tmp_path / "out.h5", *CHEAP, "--jpeg-draft",
+                             "--device", devices])
+    assert error_line(err) == "Error: --jpeg-draft decodes a JPEG as small as its whole image allows, too small for a " \
+                              "region of it: describe regions without --jpeg-draft" and code == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "regions.txt"]
 
 
 def test_a_killed_run_of_regions_resumes_and_an_update_describes_again_the_regions_of_a_changed_image(
