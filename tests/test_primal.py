@@ -157,6 +157,7 @@ def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapp
     assert run_main(["predict", tmp_path / "m.h5", features, tmp_path / "p.csv"])[0] == 0
     code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda"])
     assert code == 2 and "--device cuda is where --solver lbfgs runs; liblinear runs on the CPU" in err
+    assert run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cpu", "--C", "1"])[0] == 0  # as liblinear runs
 
 
 def test_lbfgs_on_the_cpu_needs_no_copy_of_the_descriptors():

@@ -359,4 +359,9 @@ def test_refusals(data, tmp_path):
     assert "cannot fuse" in refused(["train-svm", "--features", files["train"], "--features", fewer, tmp_path / "m6.h5"])
 
     assert "too few for 6 training images" in refused(["protocol", "caltech", files["train"], "--train-per-class", "6"])
+    assert refused(["protocol", "caltech", files["train"], "--train-per-class", "2"]) == (  # said of "class 0"
+        "Error: 2 training images per class are too few to choose C by 3-fold cross-validation (one per fold): "
+        "fix --C, lower --cv or raise --train-per-class")
+    assert "expected no FEATURES path besides --features after --features, got 1 path(s)" in refused(
+        ["evaluate", model, files["test"], "--features", files["test"]])
     assert "cannot exclude unknown class 'cats'" in refused(["protocol", "caltech", files["train"], "--exclude-class", "cats"])

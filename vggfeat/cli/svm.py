@@ -37,7 +37,8 @@ def split_files(paths: tuple[Path, ...], features: tuple[Path, ...], names: list
     """``[FEATURES] OTHER...`` positionals, or ``--features`` (repeatable, fused) and ``OTHER...``."""
     if features:
         if len(paths) != len(names):
-            raise click.UsageError(f"expected {' '.join(names)} after --features, got {len(paths)} path(s)")
+            expected = " ".join(names) or "no FEATURES path besides --features"
+            raise click.UsageError(f"expected {expected} after --features, got {len(paths)} path(s)")
         return list(features), list(paths)
     if len(paths) != len(names) + 1:
         raise click.UsageError(f"expected FEATURES {' '.join(names)}, got {len(paths)} path(s)")
@@ -101,7 +102,7 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
                max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
-    if solver == "liblinear" and device != "auto":
+    if solver == "liblinear" and device not in ("auto", "cpu"):
         raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
             "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver, "device": device,
