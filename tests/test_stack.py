@@ -168,7 +168,7 @@ def test_regions_stacked_with_their_images(tmp_path):
 
 def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatch):
     """The command's line, info's account, an index searched with stacked queries; refused: one
-    file, an input as the output, an update of the stacked file."""
+    file, an input as the output, a file given twice, an update of the stacked file."""
     d, e, paths, _, _ = d_and_e
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["stack", "d.h5", "e.h5", "de.h5"])
@@ -185,6 +185,10 @@ def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatc
         (["stack", "d.h5", "de2.h5"], "expected two or more FILES and then OUTPUT (see 'vggfeat stack --help')"),
         (["stack", "d.h5", "e.h5", "d.h5", "--overwrite"], "d.h5 is an input of this command too: name another output "
                                                             "(--overwrite replaces outputs, never inputs)"),
+        (["stack", "d.h5", "./d.h5", "dd.h5"], "d.h5 is given twice: fused or stacked with itself, a file's "
+                                               "descriptors would be repeated side by side"),
+        (["train-svm", "--features", "e.h5", "--features", str(e), "m.h5"],
+         f"e.h5 and {e} are the same file: fused or stacked with itself, a file's descriptors would be repeated side by side"),
         (["extract", ".", "de.h5", "--update", "--weights", "random", "--device", "cpu"],
          "de.h5 is stacked from d.h5, e.h5 ('vggfeat stack'): run --update on each of those, then stack them again"),
     ):

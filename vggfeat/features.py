@@ -417,10 +417,19 @@ def _failures_of(others: Sequence[FeatureFile]) -> dict[str, str]:
 
 
 def file_list(files: Files) -> list[str | os.PathLike]:
-    """One features file or several (to fuse) as a list; refuses an empty one."""
+    """One features file or several (to fuse) as a list; refuses an empty one, and a file given twice."""
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     if not files:
         raise VggfeatError("give at least one features file")
+    seen: dict[tuple[int, int], str | os.PathLike] = {}
+    for name in files:
+        with contextlib.suppress(OSError):  # a file that is not there: its reader says so
+            status = os.stat(name)
+            first = seen.setdefault((status.st_dev, status.st_ino), name)
+            if first is not name:
+                twice = f"{name} is given twice" if str(first) == str(name) else f"{first} and {name} are the same file"
+                raise VggfeatError(f"{twice}: fused or stacked with itself, a file's descriptors would be repeated "
+                                   "side by side")
     return files
 
 
