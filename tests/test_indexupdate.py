@@ -169,6 +169,9 @@ def test_index_update_after_extract_update_from_the_command_line(tmp_path, monke
         (["index", "db.h5", "db.index", "--update", "--kind", "hnsw", "--whiten", "w.h5"],
          "--update keeps the index's own settings: drop --whiten and --kind, or build the index again without --update "
          "(see 'vggfeat index --help')"),
+        (["index", "db.h5", "db.index", "--update", "--nlist", "4", "--kind", "hnsw", "--whiten", "w.h5"],
+         "--update keeps the index's own settings: drop --whiten, --kind and --nlist, or build the index again "
+         "without --update (see 'vggfeat index --help')"),
         (["index", "db.h5", "none.index", "--update"], "none.index not found: --update brings an existing index up to date"),
     ):
         code, _, err = run_main(args)

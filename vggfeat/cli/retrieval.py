@@ -79,7 +79,8 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
     given = [param.opts[0] for param in context.command.params if param.name not in ("features", "output", "update", "quiet")
              and context.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
     if given:
-        raise click.UsageError(f"--update keeps the index's own settings: drop {' and '.join(given)}, or build the index "
+        listed = ", ".join(given[:-1]) + " and " * (len(given) > 1) + given[-1]
+        raise click.UsageError(f"--update keeps the index's own settings: drop {listed}, or build the index "
                                "again without --update")
     if not output.is_file():
         raise VggfeatError(f"{output} not found: --update brings an existing index up to date")
