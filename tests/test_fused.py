@@ -120,6 +120,9 @@ def test_each_network_takes_imagenet_random_or_a_file(tmp_path):
     assert run_main(["extract", tmp_path / "images", tmp_path / "rr.h5", *CHEAP, "--model", "vgg11,vgg13",
                      "--weights", "random,random"])[0] == 0
     assert read_output(tmp_path / "ab.h5")["attrs"]["weights"] == "random,file:b.pth"
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "a.h5", *CHEAP, "--weights", "random,random"])
+    assert code == 2 and error_line(err) == ("Error: Invalid value for '--weights': 2 weights for one model (vgg16): give "
+                                             "one, or as many models, comma-separated (--model vgg16,vgg19) (see 'vggfeat extract --help')")
 
 
 def test_fused_descriptors_are_written_on_several_devices_as_on_one(tmp_path):

@@ -73,6 +73,9 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
     """The ``--weights`` of each of ``models``: 'imagenet' or 'random' for all, or one each
     (comma-separated): 'imagenet', 'random' or a file."""
     if len(models) == 1:
+        if "," in weights and not Path(weights).is_file():  # a file's name may hold commas
+            raise click.BadParameter(f"{weights.count(',') + 1} weights for one model ({models[0]}): give one, or "
+                                     "as many models, comma-separated (--model vgg16,vgg19)", param_hint="'--weights'")
         return (weights,)
     if weights in NAMED_WEIGHTS:
         return (weights,) * len(models)
