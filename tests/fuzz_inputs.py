@@ -1,4 +1,4 @@
-"""Damaged inputs, many at a time: a script for developers (not a test that CI runs), that looks for
+"""Damaged inputs and odd options, many at a time: a script for developers (not a test that CI runs), that looks for
 the bad input which still ends a command in a traceback, hangs it, or gives other pixels by one
 decoder than by another. Each finding becomes a test of its own.
 
@@ -7,6 +7,8 @@ decoder than by another. Each finding becomes a test of its own.
     python tests/fuzz_inputs.py formats --count 3000       # PNG, GIF, BMP, TIFF, WebP, AVIF, JPEG 2000, HEIF mutated: pixels or a reason
     python tests/fuzz_inputs.py hdf5 --count 80 -- info FILE  # a command on a descriptor file with bytes changed
     python tests/fuzz_inputs.py hdf5 --source model -- predict FILE SOURCE output.csv  # on a damaged SVM model
+    python tests/fuzz_inputs.py options --count 600        # extract with options drawn at random, sound and not
+    python tests/fuzz_inputs.py commands --count 1500      # the other commands so, on sound files
 
 Every kind prints what it found and a count; the files stay under --workdir to reproduce them.
 """
@@ -17,7 +19,9 @@ import argparse
 import collections
 import contextlib
 import io
+import json
 import random
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -403,9 +407,238 @@ def hdf5(count: int, rng: random.Random, workdir: Path, args: list[str], source_
     return found
 
 
+# Each option of ``extract`` with the sound values it is tried with (a flag: None), and values it
+# must refuse in one line. An option is given one time in four, a value to refuse in one run of four.
+EXTRACT_OPTIONS: dict[str, list[str | None]] = {
+    "--model": ["vgg11", "vgg11_bn", "vgg11,vgg13", "vgg11,vgg11"],
+    "--weights": ["random", "random,random"],
+    "--seed": ["1", "4294967295"],
+    "--layer": ["fc7", "fc6", "fc8", "pool5", "conv5_2", "conv1_1", "pool1", "conv3_1"],
+    "--pooling": ["avg", "max", "gem", "rmac", "mac", "spoc"],
+    "--scales": ["224", "32", "32,64", "64,32", "224,240", "48"],
+    "--resize-side": ["short", "long"],
+    "--center-crop": [None],
+    "--aggregate": ["mean", "stack", "gem"],
+    "--gem-p": ["3", "0.5", "1e-6", "30", "1e9"],
+    "--normalize": ["auto", "none", "l2"],
+    "--no-flip": [None],
+    "--flip": [None],
+    "--device": ["cpu", "cpu,cpu"],
+    "--precision": ["auto", "fp32", "tf32", "bf16", "fp16"],
+    "--dtype": ["float32", "float16"],
+    "--batch-size": ["auto", "1", "3", "100000"],
+    "--workers": ["1", "2", "64"],
+    "--decoder": ["auto", "pil", "torchvision"],
+    "--decode-in": ["auto", "threads", "processes"],
+    "--jpeg-draft": [None],
+    "--max-pixels": ["1", "2000", "100000000"],
+    "--min-side": ["1", "8", "50", "100000"],
+    "--cudnn-autotune": ["auto", "on", "off"],
+    "--compile": ["auto", "off"],
+    "--shard": ["1/2", "2/2", "1/1", "1/100"],
+    "--part-size": ["1", "2", "4096"],
+    "--archive-classes": [None],
+    "--file-list": ["LIST", "REGIONS", "MISSING"],
+    "--root": ["IMAGES", "ELSEWHERE"],
+}
+EXTRACT_REFUSED: dict[str, list[str]] = {
+    "--seed": ["-1", "99999999999999999999"], "--model": ["vgg12", "vgg11,", ""], "--weights": ["missing.pth", "random,"], "--layer": ["conv9_9", "fc7,fc6", ""],
+    "--scales": ["0", "abc", ",", "32,32", "48,", "31"], "--gem-p": ["nan", "inf", "0", "-1"],
+    "--device": ["cuda", "cuda:3", "tpu", "cpu,"], "--batch-size": ["0", "-1", "x"], "--workers": ["0"],
+    "--decoder": ["nvjpeg", "nvimgcodec"], "--shard": ["3/2", "0/1", "x"], "--part-size": ["0"], "--file-list": ["-"],
+}
+
+
+def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
+    """``vggfeat extract`` with options drawn at random from :data:`EXTRACT_OPTIONS` and
+    :data:`EXTRACT_REFUSED` (and the images
+    as a folder, a tar archive or a list), in this process, each run on the output of the last
+    (or none): it ends in exit 0 with every image a row or a failure and finite descriptors, or in
+    one ``Error:`` line (exit 1 or 2), never in a traceback."""
+    import time
+
+    images = workdir / "images"
+    for folder in ("cats", "dogs"):
+        (images / folder).mkdir(parents=True, exist_ok=True)
+    for i, (height, width) in enumerate([(40, 52), (52, 40), (36, 300), (64, 64), (33, 33)]):
+        write_rgb(images / ("cats" if i % 2 else "dogs") / f"{i}.{'jpg' if i % 3 else 'png'}", height, width, seed=i)
+    (images / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.*"))
+    with tarfile.open(workdir / "images.tar", "w") as tar:
+        for name in paths:
+            tar.add(images / name, name)
+    lists = {"LIST": (workdir / "list.txt", "\n".join(paths) + "\n", len(paths)),
+             "REGIONS": (workdir / "regions.txt", "".join(f"{p}#xywh=2,3,30,30\n{p}\n" for p in paths), 2 * len(paths)),
+             "MISSING": (workdir / "missing.txt", "gone.jpg\n" + paths[0] + "\n", 2)}
+    for path, text, _ in lists.values():
+        path.write_text(text)
+    found = 0
+    for number in range(count):
+        arguments, listed = ["--quiet"], None
+        refused = rng.choice(list(EXTRACT_REFUSED)) if rng.random() < 1 / 4 else None
+        for option, values in EXTRACT_OPTIONS.items():
+            if option == refused or rng.random() < 1 / 4:
+                value = rng.choice(EXTRACT_REFUSED[option] if option == refused else values)
+                if option == "--file-list":
+                    listed = value
+                    value = str(lists[value][0]) if value in lists else value
+                elif option == "--root":
+                    value = str(images if value == "IMAGES" else workdir)
+                arguments += [option] if value is None else [option, value]
+        arguments = ["--weights", "random", "--model", "vgg11", "--device", "cpu", "--scales", "224", "--layer", "conv1_1",
+                     *arguments]
+        source = None if listed else rng.choice([images, workdir / "images.tar"])
+        output = workdir / "out.h5"
+        rewrite = rng.choice([None, None, "--overwrite", "--retry-failed", "--update"])  # on the last run's output
+        if rewrite is None:
+            shutil.rmtree(workdir / "out.h5.parts", ignore_errors=True)
+            output.unlink(missing_ok=True)
+        else:
+            arguments.append(rewrite)
+        argv = ["extract", *([source] if source else []), output, *arguments]
+        started = time.monotonic()
+        try:
+            code, out, err = run_main(argv)
+        except BaseException as error:  # noqa: BLE001 - what this looks for
+            found += 1
+            print(f"{number}: vggfeat {' '.join(map(str, argv))}\n  raised {error!r}")
+            continue
+        problems = []
+        lines = [line for line in err.splitlines() if line.strip()]
+        if code not in (0, 1, 2):
+            problems.append(f"exit {code}")
+        elif code and not (lines and lines[-1].startswith("Error: ")):
+            problems.append("no Error: line at the end")
+        elif code == 0:
+            expected = lists[listed][2] if listed in lists else len(paths)
+            if "--shard" not in arguments:
+                written = read_output(output)
+                if len(written["paths"]) + len(written["failed_paths"]) != expected:
+                    problems.append(f"{len(written['paths'])} rows, {len(written['failed_paths'])} failures of {expected}")
+                if not np.isfinite(written["features"]).all():
+                    problems.append("descriptors that are not finite")
+        seconds = time.monotonic() - started
+        if seconds > 120:
+            problems.append(f"took {seconds:.0f} s")
+        shown = lines[-1][:160] if lines else ""
+        print(f"{number}: exit {code} {seconds:.1f}s {' '.join(map(str, argv))}\n    {shown}")
+        for problem in problems:
+            found += 1
+            print(f"  PROBLEM: {problem}\n  {err[-1500:]}")
+    return found
+
+
+# The SVM options that train-svm and protocol caltech share.
+SVM_OPTIONS: dict[str, list[str | None]] = {
+    "--C": ["1", "1e-9", "1e9"], "--C-grid": ["0.1,1", "1", "1,1", "x", "0", "1e300", ""], "--cv": ["2", "3", "50", "1"],
+    "--loss": ["hinge", "squared_hinge"], "--class-weight": ["balanced", "none"], "--no-normalize": [None],
+    "--max-iter": ["1", "2000"], "--n-jobs": ["1", "2", "16"], "--solver": ["liblinear", "lbfgs"],
+    "--device": ["cpu", "auto", "cuda"], "--seed": ["3"], "--exclude-class": ["cats", "nope", "birds"],
+}
+# Each other command: its arguments (upper case: the sound files that commands() makes; OUT.x: a
+# new file) and its options with the values they are tried with, sound or not.
+COMMAND_OPTIONS: dict[str, tuple[list[str], dict[str, list[str | None]]]] = {
+    "train-svm": (["FEATURES", "OUT.h5"], {**SVM_OPTIONS, "--features": ["OTHER"], "--labels": ["LABELS", "MULTI"],
+                                             "--multilabel": [None], "--overwrite": [None]}),
+    "predict": (["MODEL", "FEATURES", "OUT.csv"], {"--features": ["OTHER", "FEATURES"], "--overwrite": [None]}),
+    "predict ": (["MODEL", "OTHER", "OUT.h5"], {"--overwrite": [None]}),
+    "evaluate": (["MODEL", "FEATURES"], {"--features": ["OTHER"], "--labels": ["LABELS", "MULTI"], "--report": ["OUT.d"],
+                                         "--overwrite": [None]}),
+    "index": (["FEATURES", "OUT.h5"], {"--whiten": ["WHITENING"], "--kind": ["flat", "ivfpq", "hnsw"],
+                                       "--nlist": ["1", "2", "1000"], "--pq-m": ["1", "8", "3", "64", "128"],
+                                       "--nprobe": ["1", "1000"], "--hnsw-m": ["2", "64"], "--ef-search": ["1"],
+                                       "--update": [None], "--overwrite": [None]}),
+    "search": (["INDEX", "QUERY"], {"--queries": ["FEATURES", "OTHER"], "--box": ["1,1,20,20", "0,0,0,0", "5,5,1,1", "1,2,3"],
+                                    "-k": ["1", "100"], "--qe": ["0", "3", "50"], "--montage": ["OUT.png"],
+                                    "--montage-hits": ["1", "30"], "--montage-queries": ["1"], "--tile": ["32", "300"],
+                                    "--root": ["IMAGES", "OUT.d"], "--backend": ["auto", "faiss", "numpy"],
+                                    "--device": ["cpu"], "--batch-size": ["1", "auto"], "--workers": ["1"],
+                                    "--overwrite": [None]}),
+    "search ": (["INDEX", "OUT.json"], {"--queries": ["FEATURES", "OTHER"], "-k": ["1", "100"], "--qe": ["2"],
+                                        "--overwrite": [None]}),
+    "export": (["FEATURES"], {"--to": ["npy", "parquet", "csv"], "--topk": ["1", "1000"], "--labels": ["folders", "LABELS"],
+                              "--fuse": ["FEATURES"], "--overwrite": [None]}),
+    "export ": (["FEATURES", "OUT.npy"], {"--to": ["npy", "parquet", "csv"], "--overwrite": [None]}),
+    "whiten fit": (["FEATURES", "OUT.h5"], {"--dim": ["1", "32", "64", "1000"], "--overwrite": [None]}),
+    "retrieval-eval": (["FEATURES"], {"--whiten": ["WHITENING"], "--qe": ["0", "2", "100"], "--json": ["OUT.json"],
+                                      "--gt": ["GROUND_TRUTH"], "--queries": ["OTHER", "FEATURES"], "--overwrite": [None]}),
+    "stack": (["FEATURES", "OTHER", "OUT.h5"], {"--overwrite": [None]}),
+    "stack ": (["FEATURES", "FEATURES", "OUT.h5"], {}),
+    "merge": (["SHARD1", "SHARD2", "OUT.h5"], {"--overwrite": [None]}),
+    "merge ": (["SHARD2", "OUT.h5"], {}),
+    "info": (["FEATURES"], {"--json": [None]}),
+    "info ": (["MODEL"], {"--json": [None]}),
+    "protocol caltech": (["FEATURES"], {**SVM_OPTIONS, "--train-per-class": ["1", "2", "30"],
+                                        "--test-per-class": ["0", "1", "50"], "--splits": ["1", "2"],
+                                        "--json": ["OUT.json"], "--overwrite": [None]}),
+}
+
+
+def commands(count: int, rng: random.Random, workdir: Path) -> int:
+    """The commands besides ``extract`` (:data:`COMMAND_OPTIONS`), with options drawn at random, on
+    sound files of 13 images in 3 classes (one failed), in this process: exit 0, or one ``Error:``
+    line (exit 1 or 2), never a traceback; each run's outputs kept for the next one time in three."""
+    images = workdir / "images"
+    for i in range(12):
+        folder = images / ("cats", "dogs", "birds")[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_rgb(folder / f"{i}.png", 40 + i, 48, seed=i)
+    (images / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    files = {name: str(workdir / f"{name.lower()}.h5") for name in ("FEATURES", "OTHER", "SHARD1", "SHARD2", "MODEL",
+                                                                     "INDEX", "WHITENING")}
+    files.update(IMAGES=str(images), QUERY=str(images / "dogs" / "1.png"), LABELS=str(workdir / "labels.csv"),
+                 MULTI=str(workdir / "multi.csv"), GROUND_TRUTH=str(workdir / "gt.json"))
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    Path(files["LABELS"]).write_text("path,label\n" + "".join(f"{p},{p.split('/')[0]}\n" for p in paths[:9]))
+    Path(files["MULTI"]).write_text("path,label\n" + "".join(f"{p},{p.split('/')[0]};{'cats' if i % 2 else 'big'}\n"
+                                                                 for i, p in enumerate(paths)))
+    Path(files["GROUND_TRUTH"]).write_text(json.dumps([{"query": paths[0], "ok": paths[1:3], "junk": [paths[3]]},
+                                                       {"query": paths[4], "ok": [paths[7]], "junk": []}]))
+    network = ["--weights", "random", "--model", "vgg11", "--scales", "32", "--device", "cpu", "--quiet", "--overwrite"]
+    for arguments in (["extract", images, files["FEATURES"], *network, "--layer", "conv1_1"],
+                      ["extract", images, files["OTHER"], *network, "--layer", "conv2_1"],
+                      ["extract", images, files["SHARD1"], *network, "--layer", "conv1_1", "--shard", "1/2"],
+                      ["extract", images, files["SHARD2"], *network, "--layer", "conv1_1", "--shard", "2/2"],
+                      ["train-svm", files["FEATURES"], files["MODEL"], "--C", "1", "--overwrite", "--quiet"],
+                      ["whiten", "fit", files["FEATURES"], files["WHITENING"], "--overwrite", "--quiet"],
+                      ["index", files["FEATURES"], files["INDEX"], "--overwrite", "--quiet"]):
+        code, _, err = run_main(arguments)
+        assert code == 0, err
+    outputs = workdir / "outputs"
+    found = 0
+    for number in range(count):
+        name = rng.choice(list(COMMAND_OPTIONS))
+        positional, table = COMMAND_OPTIONS[name]
+        if rng.random() < 2 / 3:
+            shutil.rmtree(outputs, ignore_errors=True)
+        outputs.mkdir(exist_ok=True)
+
+        def given(value: str | None) -> list[str]:
+            if value is None:
+                return []
+            return [str(outputs / value)] if value.startswith("OUT.") else [files.get(value, value)]
+
+        argv = [*name.split(), *[arg for value in positional for arg in given(value)]]
+        for option, values in table.items():
+            if rng.random() < 1 / 3:
+                argv += [option, *given(rng.choice(values))]
+        try:
+            code, out, err = run_main(argv)
+        except BaseException as error:  # noqa: BLE001 - what this looks for
+            found += 1
+            print(f"{number}: vggfeat {' '.join(argv)}\n  raised {error!r}")
+            continue
+        lines = [line for line in err.splitlines() if line.strip()]
+        print(f"{number}: exit {code} vggfeat {' '.join(argv)}\n    {lines[-1][:200] if lines else ''}")
+        if code not in (0, 1, 2) or (code and not (lines and lines[-1].startswith("Error: "))):
+            found += 1
+            print(f"  PROBLEM: exit {code}\n  {err[-1500:]}")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "extract", "hdf5"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "extract", "hdf5", "options", "commands"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
@@ -430,7 +663,7 @@ def main() -> None:
         found = extract(options.count, rng, workdir, options.args, options.in_tar)
     else:
         found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights,
-                 "texts": texts}[options.kind](options.count, rng, workdir)
+                 "texts": texts, "options": extract_options, "commands": commands}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")
 
 
