@@ -451,10 +451,11 @@ EXTRACT_REFUSED: dict[str, list[str]] = {
 
 def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
     """``vggfeat extract`` with options drawn at random from :data:`EXTRACT_OPTIONS` and
-    :data:`EXTRACT_REFUSED` (and the images
-    as a folder, a tar archive or a list), in this process, each run on the output of the last
-    (or none): it ends in exit 0 with every image a row or a failure and finite descriptors, or in
-    one ``Error:`` line (exit 1 or 2), never in a traceback."""
+    :data:`EXTRACT_REFUSED` (and the images as a folder, a tar archive or a list), in this process,
+    each run on the output of the last (or none), the images changed between runs one time in two
+    (added, removed, rewritten, a damaged one mended): it ends in exit 0 with every image a row or
+    a failure and finite descriptors, or in one ``Error:`` line (exit 1 or 2), never in a
+    traceback; and ``--update`` gives the file that a run anew gives."""
     import time
 
     images = workdir / "images"
@@ -463,16 +464,8 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
     for i, (height, width) in enumerate([(40, 52), (52, 40), (36, 300), (64, 64), (33, 33)]):
         write_rgb(images / ("cats" if i % 2 else "dogs") / f"{i}.{'jpg' if i % 3 else 'png'}", height, width, seed=i)
     (images / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.*"))
-    with tarfile.open(workdir / "images.tar", "w") as tar:
-        for name in paths:
-            tar.add(images / name, name)
-    lists = {"LIST": (workdir / "list.txt", "\n".join(paths) + "\n", len(paths)),
-             "REGIONS": (workdir / "regions.txt", "".join(f"{p}#xywh=2,3,30,30\n{p}\n" for p in paths), 2 * len(paths)),
-             "MISSING": (workdir / "missing.txt", "gone.jpg\n" + paths[0] + "\n", 2)}
-    for path, text, _ in lists.values():
-        path.write_text(text)
-    found = 0
+    lists = _image_sources_of(images, workdir)
+    found, last = 0, None
     for number in range(count):
         arguments, listed = ["--quiet"], None
         refused = rng.choice(list(EXTRACT_REFUSED)) if rng.random() < 1 / 4 else None
@@ -493,15 +486,16 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
         if rewrite is None:
             shutil.rmtree(workdir / "out.h5.parts", ignore_errors=True)
             output.unlink(missing_ok=True)
-        else:
-            arguments.append(rewrite)
+            last = None  # the command that wrote the output
         argv = ["extract", *([source] if source else []), output, *arguments]
+        if rewrite in ("--update", "--retry-failed") and last and rng.random() < 0.7:
+            argv, arguments, listed = last  # the command that made the output, as these are meant to be run
         started = time.monotonic()
         try:
-            code, out, err = run_main(argv)
+            code, out, err = run_main([*argv, *[rewrite] * bool(rewrite)])
         except BaseException as error:  # noqa: BLE001 - what this looks for
             found += 1
-            print(f"{number}: vggfeat {' '.join(map(str, argv))}\n  raised {error!r}")
+            print(f"{number}: vggfeat {' '.join(map(str, argv))} {rewrite or ''}\n  raised {error!r}")
             continue
         problems = []
         lines = [line for line in err.splitlines() if line.strip()]
@@ -509,23 +503,89 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
             problems.append(f"exit {code}")
         elif code and not (lines and lines[-1].startswith("Error: ")):
             problems.append("no Error: line at the end")
+        elif code == 0 and "--shard" in arguments:
+            last = None
         elif code == 0:
-            expected = lists[listed][2] if listed in lists else len(paths)
-            if "--shard" not in arguments:
-                written = read_output(output)
-                if len(written["paths"]) + len(written["failed_paths"]) != expected:
-                    problems.append(f"{len(written['paths'])} rows, {len(written['failed_paths'])} failures of {expected}")
-                if not np.isfinite(written["features"]).all():
-                    problems.append("descriptors that are not finite")
+            last = argv, arguments, listed
+            written = read_output(output)
+            if len(written["paths"]) + len(written["failed_paths"]) != lists.get(listed, lists["IMAGES"])[1]:
+                problems.append(f"{len(written['paths'])} rows, {len(written['failed_paths'])} failures of "
+                                f"{lists.get(listed, lists['IMAGES'])[1]}")
+            if not np.isfinite(written["features"]).all():
+                problems.append("descriptors that are not finite")
+            if rewrite == "--update":
+                problems += _differences_from_anew(argv, output, written, workdir / "anew.h5")
         seconds = time.monotonic() - started
         if seconds > 120:
             problems.append(f"took {seconds:.0f} s")
         shown = lines[-1][:160] if lines else ""
-        print(f"{number}: exit {code} {seconds:.1f}s {' '.join(map(str, argv))}\n    {shown}")
+        print(f"{number}: exit {code} {seconds:.1f}s {' '.join(map(str, argv))} {rewrite or ''}\n    {shown}")
         for problem in problems:
             found += 1
             print(f"  PROBLEM: {problem}\n  {err[-1500:]}")
+        if rng.random() < 1 / 2:
+            print(f"    images: {_change_images(images, rng, number)}")
+            lists = _image_sources_of(images, workdir)
     return found
+
+
+def _image_sources_of(images: Path, workdir: Path) -> dict[str, tuple[Path, int]]:
+    """The images under ``images`` also as a tar archive and as lists (by --file-list's values in
+    :data:`EXTRACT_OPTIONS`; IMAGES: the folder): each one's file and the rows it gives."""
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.*"))
+    with tarfile.open(workdir / "images.tar", "w") as tar:
+        for name in paths:
+            tar.add(images / name, name)
+    lists = {"LIST": (workdir / "list.txt", "\n".join(paths) + "\n", len(paths)),
+             "REGIONS": (workdir / "regions.txt", "".join(f"{p}#xywh=2,3,30,30\n{p}\n" for p in paths), 2 * len(paths)),
+             "MISSING": (workdir / "missing.txt", "gone.jpg\n" + paths[0] + "\n", 2)}
+    for path, text, _ in lists.values():
+        path.write_text(text)
+    return {"IMAGES": (images, len(paths)), **{name: (path, rows) for name, (path, _, rows) in lists.items()}}
+
+
+def _change_images(images: Path, rng: random.Random, number: int) -> str:
+    """One change to the images under ``images``, in words: an image added, removed (three kept),
+    rewritten with other pixels, or the damaged one mended or damaged again."""
+    paths = sorted(images.rglob("*.*"))
+    change = rng.choice(["added", "removed", "rewritten", "broken"])
+    if change == "removed" and len(paths) > 3:
+        path = rng.choice([p for p in paths if p.name != "broken.jpg"])
+        path.unlink()
+    elif change == "rewritten":
+        path = rng.choice(paths)
+        write_rgb(path.with_suffix(".png") if path.name == "broken.jpg" else path, 48, 44 + number % 20, seed=1000 + number)
+    elif change == "broken":
+        path = images / "dogs" / "broken.jpg"
+        if rng.random() < 0.5:
+            write_rgb(path, 40, 40, seed=number)
+        else:
+            path.write_bytes(b"\xff\xd8\xff not a jpeg")
+    else:
+        change, path = "added", images / rng.choice(["cats", "dogs"]) / f"new{number}.png"
+        write_rgb(path, 38 + number % 30, 50, seed=number)
+    return f"{path.relative_to(images)} {change}"
+
+
+def _differences_from_anew(argv: list, output: Path, updated: dict, anew: Path) -> list[str]:
+    """How the file that ``extract --update`` wrote into ``output`` (``updated``: read_output's)
+    differs from the one ``argv`` writes anew into ``anew``: other rows, failures or labels, descriptors beyond the tolerance of
+    batches made otherwise (of bf16's and float16's rounding, looser)."""
+    code, _, err = run_main([anew if arg == output else arg for arg in argv] + ["--overwrite"])
+    if code != 0:
+        return [f"the run anew exited {code}: {err.strip()[-300:]}"]
+    fresh = read_output(anew)
+    problems = [f"{key} differ from a run anew's" for key in ("paths", "labels", "classes", "failed_paths", "failed_labels")
+                if not np.array_equal(updated[key], fresh[key])]
+    if not problems and updated["features"].shape != fresh["features"].shape:
+        problems.append(f"descriptors {updated['features'].shape}, {fresh['features'].shape} anew")
+    elif not problems and fresh["features"].size:
+        loose = "bf16" in argv or "float16" in argv
+        scale = max(float(np.abs(fresh["features"]).max()), 1e-12)
+        worst = float(np.abs(updated["features"].astype(np.float64) - fresh["features"]).max()) / scale
+        if worst > (2e-2 if loose else 1e-4):
+            problems.append(f"descriptors differ from a run anew's by up to {worst:.2g} of the largest")
+    return problems
 
 
 # The SVM options that train-svm and protocol caltech share.
