@@ -6,6 +6,7 @@ processes (kill -9) are in test_cli.py.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from datetime import datetime
@@ -163,6 +164,22 @@ def test_float16_output(tmp_path, labelled, reference, extractor):
     full = reference[1]["features"]
     np.testing.assert_allclose(half, full, rtol=2e-3, atol=1e-4)
     assert not np.array_equal(half, full)  # really rounded to float16
+
+
+def test_an_image_whose_descriptor_float16_cannot_hold_fails_alone(tmp_path, labelled, reference, random_vgg16):
+    """Stored as float16 its values would be inf, which train-svm and index then refuse (the run over)."""
+    root, _ = labelled
+    loud = copy.deepcopy(random_vgg16)
+    with torch.no_grad():
+        loud.features[0].weight *= 1e6  # descriptors of 2.7e5 to 5e5 (the reference: 0.5 at most)
+    extractor = Extractor(loud, scales=[224], flip=False, device="cpu", layer=CHEAP)
+    result = ExtractionJob(extractor, find_images(root), tmp_path / "half.h5", dtype="float16", part_images=PART).run()
+    written = read_output(tmp_path / "half.h5")
+    assert result.rows == 0 and written["failed_paths"] == sorted(reference[1]["paths"] + reference[1]["failed_paths"])
+    assert written["failed_errors"].count("its descriptor holds values beyond float16's range (±65,504): store float32 "
+                                          "descriptors (--dtype float32)") == 5
+    full = ExtractionJob(extractor, find_images(root), tmp_path / "full.h5", part_images=PART).run()
+    assert full.rows == 5 and np.isfinite(read_output(tmp_path / "full.h5")["features"]).all()
 
 
 def test_each_descriptor_is_on_disk_once_while_a_run_goes_on(tmp_path, labelled, extractor, monkeypatch):

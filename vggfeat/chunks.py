@@ -24,6 +24,9 @@ CHUNK_BYTES = 512 * 2**20
 # Why an image whose descriptor came out NaN or infinite is recorded as failed.
 NOT_FINITE = ("its descriptor holds NaN or infinite values (an overflow of fp16 arithmetic? describe it with "
               "--precision bf16 or fp32)")
+# Why an image whose descriptor float16 cannot hold is recorded as failed (stored, it would be inf).
+BEYOND_FLOAT16 = (f"its descriptor holds values beyond float16's range (±{np.finfo(np.float16).max:,.0f}): store "
+                  "float32 descriptors (--dtype float32)")
 
 
 @dataclass
@@ -126,13 +129,18 @@ def collected(chunk: Chunk) -> Chunk:
     if chunk.ready is not None:
         chunk.ready.synchronize()  # this chunk's work and copy alone
         chunk.ready = None
-    features = chunk.features.numpy()
-    finite = np.isfinite(features).all(axis=1)
-    if not finite.all():
-        chunk.failures += [(index, NOT_FINITE) for index, ok in zip(chunk.indices, finite) if not ok]
-        chunk.failures.sort()
-        chunk.indices = [index for index, ok in zip(chunk.indices, finite) if ok]
-        chunk.sizes = [size for size, ok in zip(chunk.sizes, finite) if ok]
-        features = features[finite]
-    chunk.features = features
+    chunk.features = chunk.features.numpy()
+    keep_rows(chunk, np.isfinite(chunk.features).all(axis=1), NOT_FINITE)
     return chunk
+
+
+def keep_rows(chunk: Chunk, keep: np.ndarray, reason: str) -> None:
+    """Of the collected ``chunk``, the images where ``keep`` is False recorded as failed for
+    ``reason``, their rows dropped."""
+    if keep.all():
+        return
+    chunk.failures += [(index, reason) for index, ok in zip(chunk.indices, keep) if not ok]
+    chunk.failures.sort()
+    chunk.indices = [index for index, ok in zip(chunk.indices, keep) if ok]
+    chunk.sizes = [size for size, ok in zip(chunk.sizes, keep) if ok]
+    chunk.features = chunk.features[keep]

@@ -35,7 +35,7 @@ from .decode import STORAGE_ERROR
 from .discover import ImageFiles, ImageSet
 from .errors import VggfeatError
 from .regions import JPEG_DRAFT_REGIONS
-from .chunks import Chunk
+from .chunks import BEYOND_FLOAT16, Chunk, keep_rows
 from .extractor import Extractor
 from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
@@ -226,6 +226,9 @@ class ExtractionJob:
                 writing.result()
 
     def _commit(self, start: int, end: int, chunks: list, offset: int) -> None:
+        if self.dtype == "float16":  # a value float16 cannot hold would be stored as inf
+            for chunk in chunks:
+                keep_rows(chunk, np.abs(chunk.features).max(axis=1, initial=0) <= np.finfo(np.float16).max, BEYOND_FLOAT16)
         # Stored as the output will be: float16 parts take half the disk of float32 ones.
         features = np.concatenate([chunk.features for chunk in chunks]).astype(self.dtype, copy=False)
         indices = np.array([offset + i for chunk in chunks for i in chunk.indices], dtype=np.int64)
