@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import re
 
 import h5py
@@ -230,11 +231,12 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
         csvs[name].write_text("\n".join(lines) + "\n")
     labels = csvs["train"]
     model = tmp_path / "ml.svm.h5"
-    # Fusion: the same file twice stands for two networks (Net-D & Net-E): 8192-d descriptors.
-    ok(["train-svm", "--features", files["train"], "--features", files["train"], model, "--labels", labels,
+    # Fusion: a file and its copy stand for two networks (Net-D & Net-E): 8192-d descriptors.
+    copies = {name: shutil.copy(files[name], tmp_path / f"copy-{name}.h5") for name in ("train", "test")}
+    ok(["train-svm", "--features", files["train"], "--features", copies["train"], model, "--labels", labels,
         "--multilabel", "--C", "10"])  # random-weight descriptors are alike (cosine > 0.94): C=1 underfits
     assert load_model(model).svm.n_features_in_ == 8192
-    ok(["predict", model, "--features", files["test"], "--features", files["test"], tmp_path / "p.csv"])
+    ok(["predict", model, "--features", files["test"], "--features", copies["test"], tmp_path / "p.csv"])
     rows = read_csv(tmp_path / "p.csv")
     assert sum(set(r["predicted"].split(";")) == {r["path"].split("/")[0], "warm" if r["path"].startswith("red") else "cool"}
                for r in rows) >= 8
@@ -249,7 +251,7 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
     assert result["map_area"] >= 0.8 and "mAP:" in out
     assert result["map_area"] == pytest.approx(np.mean([row["ap_area"] for row in result["per_class"]]))
 
-    code, _, err = run_main(["evaluate", model, "--features", files["test"], "--features", files["test"],
+    code, _, err = run_main(["evaluate", model, "--features", files["test"], "--features", copies["test"],
                              "--labels", csvs["test"], "--report", tmp_path / "ml-report"])
     assert code == 0, err
     assert (tmp_path / "ml-report" / "precision_recall.png").read_bytes().startswith(PNG)

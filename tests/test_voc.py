@@ -4,6 +4,7 @@ class's SVM and average precision only, as VOC's evaluation (VOCevalcls) leaves 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -159,8 +160,9 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     plain = {row["class"]: row["ap_voc07_11pt"] for row in json.loads((tmp_path / "plain.json").read_text())["per_class"]}
     assert plain["cat"] < 0.95 and plain["dog"] < 0.95
 
-    # Two networks' files of the same images are fused (here the same file twice: the same SVMs, scaled).
-    code, _, err = run_main(["protocol", "voc", features, features, "--voc-devkit", devkit, "--C", "1",
+    # Two networks' files of the same images are fused (here a file and its copy: the same SVMs, scaled).
+    copy = shutil.copy(features, tmp_path / "copy.h5")
+    code, _, err = run_main(["protocol", "voc", features, copy, "--voc-devkit", devkit, "--C", "1",
                              "--json", tmp_path / "fused.json"])
     assert code == 0, err
     assert json.loads((tmp_path / "fused.json").read_text())["map_voc07_11pt"] == pytest.approx(1.0)
