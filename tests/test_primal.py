@@ -13,7 +13,7 @@ import torch
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 
-from runhelpers import run_main
+from runhelpers import error_line, run_main
 from svmhelpers import write_features
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
@@ -155,8 +155,11 @@ def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapp
     code, out, _ = run_main(["info", tmp_path / "m.h5"])
     assert code == 0 and "; C = 1 (fixed); solver lbfgs" in out
     assert run_main(["predict", tmp_path / "m.h5", features, tmp_path / "p.csv"])[0] == 0
-    code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda"])
+    code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda", "--solver", "liblinear"])
     assert code == 2 and "--device cuda is where --solver lbfgs runs; liblinear runs on the CPU" in err
+    if not torch.cuda.is_available():  # --solver auto: lbfgs, which a GPU is asked for
+        code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda"])
+        assert code == 2 and "device cuda asked for, but CUDA is not available here" in error_line(err)
     assert run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cpu", "--C", "1"])[0] == 0  # as liblinear runs
 
 

@@ -538,6 +538,26 @@ def test_training_that_would_not_fit_in_memory_is_warned_of_before_its_rows_are_
             transfer.train_svm(features, C=1.0, n_jobs=2)
 
 
+def test_solver_auto_is_liblinear_where_its_copies_fit_in_memory_else_lbfgs(tmp_path, monkeypatch):
+    """train-svm's default: liblinear's exact solution where it fits; where it would not and lbfgs
+    (float32, no copies) would, lbfgs, said in a warning; liblinear still for the hinge loss."""
+    X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
+    features = write_features(tmp_path / "f.h5", X, paths, labels, names)
+    liblinear, lbfgs = training_memory(60, 16), training_memory(60, 16, solver="lbfgs", classes=3)
+    assert lbfgs < liblinear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert transfer.train_svm(features, C=1.0, solver="auto").svm.solver == "liblinear"
+        monkeypatch.setattr(transfer, "available_memory", lambda: lbfgs)
+        with pytest.warns(RuntimeWarning, match=r"^liblinear would need about 0.0 GiB of memory for 60 rows of 16-d and "
+                                                 r"0.0 GiB is available: training with --solver lbfgs \(the same SVMs, "
+                                                 r"about 0.0 GiB\)$") as caught:
+            saved = transfer.train_svm(features, tmp_path / "m.h5", C=1.0, solver="auto", device="auto")
+    assert len(caught) == 1 and saved.svm.solver == "lbfgs" and load_model(tmp_path / "m.h5").svm.solver == "lbfgs"
+    with pytest.warns(RuntimeWarning, match=r"^training on 60 rows of 16-d needs about"):
+        assert transfer.train_svm(features, C=1.0, solver="auto", loss="hinge").svm.solver == "liblinear"
+
+
 def test_available_memory_is_linuxs_estimate_within_its_containers_limit(tmp_path):
     meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
     meminfo.write_text("MemTotal:       2000 kB\nMemFree:         500 kB\nMemAvailable:   1000 kB\n")

@@ -74,7 +74,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
         raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {svm.cv}-fold "
                            "cross-validation (one per fold): fix --C, lower --cv or raise --train-per-class")
     targets = targets_of(files, exclude=exclude)
-    features = training_features(files, targets, svm_params)
+    features, svm_params = training_features(files, targets, svm_params)
     classes = targets.classes
     y = align_to_classes(targets, classes, multilabel=False)
     table = []
@@ -151,7 +151,7 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     overlap = set(train.paths) & set(test.paths) if _same(train_files, test_files) else set()
     if overlap:
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
-    train_features = training_features(train_files, train, svm_params)
+    train_features, svm_params = training_features(train_files, train, svm_params)
     svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
     svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore, progress=progress)
     configs = train_features.configs

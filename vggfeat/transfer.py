@@ -115,7 +115,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
-    features = training_features(files, targets, svm_params)
+    features, svm_params = training_features(files, targets, svm_params)
     svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
             progress=progress)
@@ -134,46 +134,77 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     return saved
 
 
-def training_features(files: Files, targets: Targets, svm_params: dict) -> Features:
+def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple[Features, dict]:
     """The descriptors of ``targets``' rows as the solver of ``svm_params`` (:class:`LinearSVM`'s
     keywords) trains on them: float64 for liblinear, float32 for lbfgs (half the memory; its GPU
-    computes in float32 anyway). First warns where they would not fit in memory."""
-    warn_if_memory_is_short(files, len(targets.paths), len(targets.classes), svm_params)
-    return load_features(files, paths=targets.paths, dtype=np.float32 if svm_params.get("solver") == "lbfgs" else np.float64)
+    computes in float32 anyway); and ``svm_params`` with ``solver="auto"`` resolved
+    (:func:`solver_in_memory`), which also warns where they would not fit in memory."""
+    svm_params = solver_in_memory(files, len(targets.paths), len(targets.classes), svm_params)
+    dtype = np.float32 if svm_params["solver"] == "lbfgs" else np.float64
+    return load_features(files, paths=targets.paths, dtype=dtype), svm_params
 
 
-def warn_if_memory_is_short(files: Files, rows: int, classes: int, svm_params: dict) -> None:
-    """Warn, before the descriptors are read, when training on ``rows`` of ``files`` (``classes``
-    of them) with ``svm_params`` needs more memory than this process has
-    (:func:`~vggfeat.svm.training_memory`): killed by the system after hours of fits, a run says
-    nothing. The share of zeros is that of each file's first rows."""
+def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) -> dict:
+    """``svm_params`` with ``solver="auto"`` resolved, before the descriptors are read: lbfgs where a
+    GPU is asked for (``device``), or where liblinear's peak (:func:`~vggfeat.svm.training_memory`)
+    is more than the memory this process has and lbfgs's is less than liblinear's (it holds the
+    descriptors as float32 and copies nothing), said in a warning; else liblinear, which solves
+    the paper's SVMs exactly. Then warns where training on ``rows`` of ``files`` (``classes`` of
+    them) with that solver needs more memory than there is: killed by the system after hours of
+    fits, a run says nothing. The share of zeros is that of each file's first rows."""
+    solver, device = svm_params.get("solver", "liblinear"), svm_params.get("device", "auto")
+    if solver == "auto" and device not in ("auto", "cpu"):
+        solver = "lbfgs"
     available = available_memory()
-    if available is None or rows == 0:
-        return
-    n_jobs, solver = svm_params.get("n_jobs", 1), svm_params.get("solver", "liblinear")
-    on_gpu = False
-    if solver == "lbfgs":
-        from .settings import resolve_device  # torch, which the solver imports anyway
+    width = None if available is None or rows == 0 else _width_of(files)
+    if width is None:
+        return {**svm_params, "solver": "liblinear" if solver == "auto" else solver}
+    n_jobs = svm_params.get("n_jobs", 1)
 
-        on_gpu = resolve_device(svm_params.get("device", "auto")).type == "cuda"
+    def peak(solver: str) -> int:
+        on_gpu = False
+        if solver == "lbfgs":
+            from .settings import resolve_device  # torch, which the solver imports anyway
+
+            on_gpu = resolve_device(device).type == "cuda"
+        return training_memory(rows, width[0], n_jobs, width[1], solver, classes, on_gpu)
+
+    if solver == "auto":
+        solver = "liblinear"
+        if svm_params.get("loss", "squared_hinge") == "squared_hinge" and peak("liblinear") > available:
+            if peak("lbfgs") < peak("liblinear"):
+                solver = "lbfgs"
+                warnings.warn(f"liblinear would need about {_gib(peak('liblinear'))} of memory for {rows:,} rows of "
+                              f"{width[0]:,}-d and {_gib(available)} is available: training with --solver lbfgs (the "
+                              f"same SVMs, about {_gib(peak('lbfgs'))})", RuntimeWarning, stacklevel=3)
+    if peak(solver) > available:
+        fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 and solver == "liblinear" else ""
+        held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
+                if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
+        warnings.warn(f"training on {rows:,} rows of {width[0]:,}-d needs about {_gib(peak(solver))} of memory (the "
+                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and {_gib(available)} is "
+                      f"available: the system may stop it before it ends. Train {fewer}on fewer rows",
+                      RuntimeWarning, stacklevel=3)
+    return {**svm_params, "solver": solver}
+
+
+def _width_of(files: Files) -> tuple[int, float] | None:
+    """(the descriptors' dimension, the share of their values that are not zero) of ``files``
+    fused, from each one's first rows; None where a file cannot be read (load_features says why)."""
     dim, nonzero = 0, 0.0
     for name in file_list(files):
         try:
             with open_h5(name) as f:
                 sample = f["features"][:SAMPLE_ROWS]
         except (OSError, KeyError):
-            return  # load_features says what is wrong with the file
+            return None
         dim += sample.shape[1]
         nonzero += np.count_nonzero(sample) / max(1, sample.shape[0])
-    needed = training_memory(rows, dim, n_jobs, nonzero / max(1, dim), solver, classes, on_gpu)
-    if needed > available:
-        fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 and solver == "liblinear" else ""
-        held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
-                if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
-        warnings.warn(f"training on {rows:,} rows of {dim:,}-d needs about {needed / 2**30:.1f} GiB of memory (the "
-                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and "
-                      f"{available / 2**30:.1f} GiB is available: the "
-                      f"system may stop it before it ends. Train {fewer}on fewer rows", RuntimeWarning, stacklevel=3)
+    return dim, nonzero / max(1, dim)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 @dataclass

@@ -66,11 +66,13 @@ def svm_options(command):
                      help="Most iterations of the solver per fit (a warning says if some fits reach it)."),
         click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Classes trained in parallel by liblinear (each holds one liblinear copy of the data)."),
-        click.option("--solver", default="liblinear", show_default=True, type=click.Choice(SOLVERS),
+        click.option("--solver", default="auto", show_default=True, type=click.Choice(("auto", *SOLVERS)),
                      help="liblinear: a class at a time, each on its own copy of the descriptors; lbfgs: the same SVMs "
                           "(squared hinge), every class at once on the descriptors as they are, on the CPU or a GPU "
-                          "(--device): for large sets."),
-        click.option("--device", default="auto", show_default=True, help="Where --solver lbfgs runs: auto, cpu, cuda or cuda:N."),
+                          "(--device): for large sets. auto: liblinear where its copies fit in memory, else lbfgs (said); "
+                          "lbfgs with --device cuda."),
+        click.option("--device", default="auto", show_default=True,
+                     help="Where --solver lbfgs runs: auto, cpu, cuda or cuda:N (auto: CUDA where there is one)."),
         click.option("--seed", default=0, show_default=True, type=SEEDS,
                      help="Seed of the cross-validation folds and the solver."),
         quiet,
