@@ -39,6 +39,8 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
     whatever their order), with the first's label; an image one file could not describe is a
     failure, with the reason and its label; the configuration records both files'."""
     d, e, paths, y, names = d_and_e
+    with pytest.raises(VggfeatError, match=f"^{d} is given twice: fused or stacked with itself"):
+        stack_files([d, d], tmp_path / "dd.h5")  # the same object twice
     with pytest.warns(RuntimeWarning, match="1 image\\(s\\) of .* are left out"):
         result = stack_files([d, e], tmp_path / "de.h5", provenance={"command": "vggfeat stack ..."})
     assert (result.rows, result.failed, result.dim) == (len(paths) - 1, 2, 16)

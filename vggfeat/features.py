@@ -421,15 +421,17 @@ def file_list(files: Files) -> list[str | os.PathLike]:
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     if not files:
         raise VggfeatError("give at least one features file")
-    seen: dict[tuple[int, int], str | os.PathLike] = {}
-    for name in files:
+    seen: dict[tuple[int, int], int] = {}  # (device, inode): the first file's place in the list
+    for number, name in enumerate(files):
         with contextlib.suppress(OSError):  # a file that is not there: its reader says so
             status = os.stat(name)
-            first = seen.setdefault((status.st_dev, status.st_ino), name)
-            if first is not name:
+            key = status.st_dev, status.st_ino
+            if key in seen:
+                first = files[seen[key]]
                 twice = f"{name} is given twice" if str(first) == str(name) else f"{first} and {name} are the same file"
                 raise VggfeatError(f"{twice}: fused or stacked with itself, a file's descriptors would be repeated "
                                    "side by side")
+            seen[key] = number
     return files
 
 
