@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -46,6 +47,24 @@ CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 tim
 
 
 # --------------------------------------------------------------------------- kills, signals and full disks
+
+
+def test_sigterm_before_the_run_starts_ends_as_terminated(tmp_path):
+    """A SIGTERM as the command reads its list (or loads its network, finds the images) ends it as
+    one at work: 'terminated', exit 143; click had made it an abort ('interrupted', 130)."""
+    process = subprocess.Popen(command(["extract", "--file-list", "-", tmp_path / "out.h5", *CHEAP]),
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # until it waits for the list on its standard input
+            if "pipe_read" in Path(f"/proc/{process.pid}/wchan").read_text():
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143 and error_line(stderr) == "Error: terminated", stderr
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_resume_after_kill_9(tmp_path):

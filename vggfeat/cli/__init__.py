@@ -129,6 +129,8 @@ def _failure(error: BaseException) -> tuple[str, int] | None:
         return error.format_message() + hint, 2
     if isinstance(error, click.ClickException):
         return error.format_message(), error.exit_code
+    if isinstance(error, click.Abort) and isinstance(error.__cause__, Terminated):  # click makes a stop an abort
+        error = error.__cause__
     if isinstance(error, Terminated):
         return "terminated", 143
     if isinstance(error, (KeyboardInterrupt, click.Abort)):
