@@ -20,6 +20,7 @@ import collections
 import contextlib
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imagefiles import write_rgb  # noqa: E402
-from runhelpers import command, read_output, run_main  # noqa: E402
+from runhelpers import assert_same_output, command, read_output, run_main  # noqa: E402
 from vggfeat.archives import read_table  # noqa: E402
 from vggfeat.decode import decode_image  # noqa: E402
 from vggfeat.errors import ImageError, VggfeatError  # noqa: E402
@@ -628,6 +629,21 @@ COMMAND_OPTIONS: dict[str, tuple[list[str], dict[str, list[str | None]]]] = {
     "merge ": (["SHARD2", "OUT.h5"], {}),
     "info": (["FEATURES"], {"--json": [None]}),
     "info ": (["MODEL"], {"--json": [None]}),
+    "info  ": (["POSTERIORS"], {"--json": [None]}),
+    "export  ": (["POSTERIORS", "OUT.csv"], {"--topk": ["1", "3", "1000"], "--labels": ["folders", "LABELS"],
+                                            "--fuse": ["POSTERIORS", "FEATURES"], "--overwrite": [None]}),
+    "classify": (["IMAGES", "OUT.csv"], {"--model": ["vgg11", "vgg11,vgg13"], "--weights": ["random"], "--seed": ["1"],
+                                         "--scales": ["224", "224,256"], "--no-flip": [None], "--no-dense": [None],
+                                         "--topk": ["1", "5", "2000"], "--labels": ["LABELS"],
+                                         "--device": ["cpu", "cpu,cpu"], "--batch-size": ["1", "auto"],
+                                         "--min-side": ["1", "45"], "--shard": ["1/2"], "--part-size": ["1", "4096"],
+                                         "--overwrite": [None], "--retry-failed": [None], "--update": [None]}),
+    "classify ": (["IMAGES", "OUT.h5"], {"--model": ["vgg11"], "--weights": ["random"], "--scales": ["224"],
+                                         "--no-flip": [None], "--topk": ["1", "5"], "--device": ["cpu"]}),
+    "describe": (["vgg11"], {"--size": ["224", "384x512", "31", "0", "x", "100000"], "--json": [None],
+                             "--markdown": [None], "--compare": [None], "--kernels": ["5,7", "1", "x", "4"],
+                             "--channels": ["1", "64"]}),
+    "describe ": (["vgg16_c", "vgg11_lrn"], {"--size": ["224", "32x5000"], "--json": [None]}),
     "protocol caltech": (["FEATURES"], {**SVM_OPTIONS, "--train-per-class": ["1", "2", "30"],
                                         "--test-per-class": ["0", "1", "50"], "--splits": ["1", "2"],
                                         "--json": ["OUT.json"], "--overwrite": [None]}),
@@ -645,7 +661,7 @@ def commands(count: int, rng: random.Random, workdir: Path) -> int:
         write_rgb(folder / f"{i}.png", 40 + i, 48, seed=i)
     (images / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     files = {name: str(workdir / f"{name.lower()}.h5") for name in ("FEATURES", "OTHER", "SHARD1", "SHARD2", "MODEL",
-                                                                     "INDEX", "WHITENING")}
+                                                                     "INDEX", "WHITENING", "POSTERIORS")}
     files.update(IMAGES=str(images), QUERY=str(images / "dogs" / "1.png"), LABELS=str(workdir / "labels.csv"),
                  MULTI=str(workdir / "multi.csv"), GROUND_TRUTH=str(workdir / "gt.json"))
     paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
@@ -661,7 +677,9 @@ def commands(count: int, rng: random.Random, workdir: Path) -> int:
                       ["extract", images, files["SHARD2"], *network, "--layer", "conv1_1", "--shard", "2/2"],
                       ["train-svm", files["FEATURES"], files["MODEL"], "--C", "1", "--overwrite", "--quiet"],
                       ["whiten", "fit", files["FEATURES"], files["WHITENING"], "--overwrite", "--quiet"],
-                      ["index", files["FEATURES"], files["INDEX"], "--overwrite", "--quiet"]):
+                      ["index", files["FEATURES"], files["INDEX"], "--overwrite", "--quiet"],
+                      ["classify", images, files["POSTERIORS"], "--weights", "random", "--model", "vgg11", "--scales", "224",
+                       "--no-flip", "--device", "cpu", "--quiet", "--overwrite"]):
         code, _, err = run_main(arguments)
         assert code == 0, err
     outputs = workdir / "outputs"
@@ -696,9 +714,104 @@ def commands(count: int, rng: random.Random, workdir: Path) -> int:
     return found
 
 
+# The runs that kills() interrupts: extract's options (IMAGES and OUTPUT put first), and whether
+# the run is an --update of a file made before a few images were added.
+KILLED_RUNS: dict[str, tuple[list[str], bool]] = {
+    "threads": ([], False),
+    "processes": (["--decode-in", "processes", "--workers", "2"], False),
+    "two devices": (["--device", "cpu,cpu"], False),
+    "float16": (["--dtype", "float16", "--part-size", "1"], False),
+    "update": ([], True),
+    "update on two devices": (["--device", "cpu,cpu"], True),
+}
+
+
+def kills(count: int, rng: random.Random, workdir: Path) -> int:
+    """``vggfeat extract`` (:data:`KILLED_RUNS`) in a process of its own, killed (SIGKILL, or
+    SIGTERM as a scheduler stops a job) at a moment drawn at random, then the same command run to
+    its end: it exits 0 and writes the file an uninterrupted run writes (rows, descriptors,
+    failures), leaving no work folder behind and no process of the killed run running."""
+    import signal
+    import time
+
+    images = workdir / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    for i in range(36):
+        folder = images / ("cats", "dogs", "birds")[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_rgb(folder / f"{i:02d}.{'png' if i % 2 else 'jpg'}", 40 + i % 7, 56, seed=i)
+    (images / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    added = [images / "cats" / f"new{i}.png" for i in range(6)]
+    cheap = ["--weights", "random", "--model", "vgg11", "--layer", "conv1_1", "--scales", "64", "--device", "cpu",
+             "--part-size", "4", "--quiet"]
+    expected, durations, found = {}, {}, 0
+    for name, (options, update) in KILLED_RUNS.items():  # what an uninterrupted run writes, and how long it takes
+        for path in added:
+            path.unlink(missing_ok=True) if update else write_rgb(path, 44, 50, seed=99)
+        reference = workdir / f"reference-{name}.h5"
+        started = time.monotonic()
+        result = subprocess.run(command(["extract", images, reference, *cheap, *options, "--overwrite"]),
+                                capture_output=True, timeout=600)
+        assert result.returncode == 0, result.stderr.decode()
+        durations[name] = time.monotonic() - started
+        if update:  # the file before the images were added kept, then brought up to date
+            shutil.copy(reference, workdir / f"base-{name}.h5")
+            for path in added:
+                write_rgb(path, 44, 50, seed=99)
+            result = subprocess.run(command(["extract", images, reference, *cheap, *options, "--update"]),
+                                    capture_output=True, timeout=600)
+            assert result.returncode == 0, result.stderr.decode()
+        expected[name] = read_output(reference)
+    for number in range(count):
+        name = rng.choice(list(KILLED_RUNS))
+        options, update = KILLED_RUNS[name]
+        output = workdir / "out.h5"
+        for path in (output, workdir / "out.h5.parts", workdir / "out.h5.shards"):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        argv = ["extract", images, output, *cheap, *options]
+        for path in added:
+            path.unlink(missing_ok=True) if update else write_rgb(path, 44, 50, seed=99)
+        if update:
+            shutil.copy(workdir / f"base-{name}.h5", output)  # as made before the images were added
+            for path in added:
+                write_rgb(path, 44, 50, seed=99)
+            argv.append("--update")
+        how = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGTERM])
+        after = rng.uniform(0, durations[name] * 1.2)
+        killed = subprocess.Popen(command(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        time.sleep(after)
+        killed.send_signal(how)
+        _, err = killed.communicate(timeout=120)
+        problems = []
+        with contextlib.suppress(ProcessLookupError):
+            for _ in range(40):  # the killed run's processes (decoding, devices') see it gone and stop
+                os.killpg(killed.pid, 0)
+                time.sleep(0.5)
+            problems.append("processes of the killed run went on for 20 s")
+            os.killpg(killed.pid, signal.SIGKILL)
+        # A run that ended before the signal came is done: the same command again would be refused.
+        again = subprocess.run(command(argv), capture_output=True, text=True, timeout=600) if killed.returncode else killed
+        if again.returncode != 0:
+            problems.append(f"the same command again exited {again.returncode}: {again.stderr.strip()[-600:]}")
+        else:
+            try:
+                assert_same_output(read_output(output), expected[name], atol=0)
+            except AssertionError as error:
+                problems.append(f"not the uninterrupted run's file: {str(error)[:600]}")
+            left = [path.name for path in workdir.iterdir() if path.name.startswith("out.h5.")]
+            if left:
+                problems.append(f"left {left}")
+        print(f"{number}: {name}, {how.name} after {after:.1f} s (exit {killed.returncode}): "
+              f"{err.decode('utf-8', 'replace').strip().splitlines()[-1:] or ''}")
+        for problem in problems:
+            found += 1
+            print(f"  PROBLEM: {problem}")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "extract", "hdf5", "options", "commands"])
+    parser.add_argument("kind", choices=["jpeg-routes", "archives", "formats", "weights", "texts", "extract", "hdf5", "options", "commands", "kills"])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("fuzz-inputs"))
@@ -723,7 +836,7 @@ def main() -> None:
         found = extract(options.count, rng, workdir, options.args, options.in_tar)
     else:
         found = {"jpeg-routes": jpeg_routes, "archives": archives, "formats": formats, "weights": weights,
-                 "texts": texts, "options": extract_options, "commands": commands}[options.kind](options.count, rng, workdir)
+                 "texts": texts, "options": extract_options, "commands": commands, "kills": kills}[options.kind](options.count, rng, workdir)
     print(f"{options.kind}: {found} of {options.count} found")
 
 
