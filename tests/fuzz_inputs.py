@@ -9,6 +9,7 @@ decoder than by another. Each finding becomes a test of its own.
     python tests/fuzz_inputs.py hdf5 --source model -- predict FILE SOURCE output.csv  # on a damaged SVM model
     python tests/fuzz_inputs.py options --count 600        # extract with options drawn at random, sound and not
     python tests/fuzz_inputs.py commands --count 1500      # the other commands so, on sound files
+    python tests/fuzz_inputs.py kills --count 100          # extract killed at a random moment, then run again
 
 Every kind prints what it found and a count; the files stay under --workdir to reproduce them.
 """
