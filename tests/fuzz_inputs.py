@@ -24,10 +24,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -444,8 +446,8 @@ EXTRACT_OPTIONS: dict[str, list[str | None]] = {
     "--root": ["IMAGES", "ELSEWHERE"],
 }
 EXTRACT_REFUSED: dict[str, list[str]] = {
-    "--seed": ["-1", "99999999999999999999"], "--model": ["vgg12", "vgg11,", ""], "--weights": ["missing.pth", "random,"], "--layer": ["conv9_9", "fc7,fc6", ""],
-    "--scales": ["0", "abc", ",", "32,32", "48,", "31"], "--gem-p": ["nan", "inf", "0", "-1"],
+    "--seed": ["-1", "99999999999999999999"], "--model": ["vgg12", "vgg11,", ""], "--weights": ["missing.pth", "random,"],
+    "--layer": ["conv9_9", "fc7,fc6", ""], "--scales": ["0", "abc", ",", "32,32", "48,", "31"], "--gem-p": ["nan", "inf", "0", "-1"],
     "--device": ["cuda", "cuda:3", "tpu", "cpu,"], "--batch-size": ["0", "-1", "x"], "--workers": ["0"],
     "--decoder": ["nvjpeg", "nvimgcodec"], "--shard": ["3/2", "0/1", "x"], "--part-size": ["0"], "--file-list": ["-"],
 }
@@ -458,8 +460,6 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
     (added, removed, rewritten, a damaged one mended): it ends in exit 0 with every image a row or
     a failure and finite descriptors, or in one ``Error:`` line (exit 1 or 2), never in a
     traceback; and ``--update`` gives the file that a run anew gives."""
-    import time
-
     images = workdir / "images"
     for folder in ("cats", "dogs"):
         (images / folder).mkdir(parents=True, exist_ok=True)
@@ -732,9 +732,6 @@ def kills(count: int, rng: random.Random, workdir: Path) -> int:
     SIGTERM as a scheduler stops a job) at a moment drawn at random, then the same command run to
     its end: it exits 0 and writes the file an uninterrupted run writes (rows, descriptors,
     failures), leaving no work folder behind and no process of the killed run running."""
-    import signal
-    import time
-
     images = workdir / "images"
     shutil.rmtree(images, ignore_errors=True)
     for i in range(36):
