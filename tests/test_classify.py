@@ -715,7 +715,7 @@ def test_the_api_fuses_classifiers_as_the_command(two_networks, small_vgg, folde
         (["out.h5", "--model", "vgg16,vgg19"], "networks fuse into a CSV OUTPUT; for every posterior, classify into an .h5"),
         (["out.csv", "--model", "vgg16,vgg16"], "each model once, got 'vgg16,vgg16'"),
         (["out.csv", "--model", "vgg16,vgg20"], "'vgg20': choose from vgg11"),
-        (["out.csv", "--model", "vgg16,vgg19", "--weights", "d.pth"], "one weights file per model (2, comma-separated"),
+        (["out.csv", "--model", "vgg16,vgg19", "--weights", "d.pth"], "one weights per model (2, comma-separated"),
     ],
 )
 def test_cli_fusion_user_errors(two_networks, folder, tmp_path, monkeypatch, args, message):
