@@ -62,6 +62,15 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise VggfeatError(_ALREADY_EXISTS.format(output))
 
 
+def check_job(extractor: Extractor, images: ImageSet, dtype: str) -> None:
+    """Refuse, before any work, what no job (on one device or several) can do: an unknown
+    ``dtype``, regions of images with ``jpeg_draft`` (refused by each device's process too late)."""
+    if dtype not in DTYPES:
+        raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if extractor.jpeg_draft and images.has_regions:
+        raise VggfeatError(JPEG_DRAFT_REGIONS)
+
+
 @dataclass(frozen=True)
 class JobResult:
     output: Path
@@ -93,10 +102,7 @@ class ExtractionJob:
         part_seconds: float = 60.0,
         provenance: dict | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        if extractor.jpeg_draft and images.has_regions:
-            raise VggfeatError(JPEG_DRAFT_REGIONS)
+        check_job(extractor, images, dtype)
         self.images, self.extractor, self.dtype = images, extractor, dtype
         self.output = Path(output)
         self.work = work_folder(self.output)

@@ -30,15 +30,13 @@ from pathlib import Path
 
 import torch
 
-from .choices import DTYPES
 from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
-from .job import ExtractionJob, JobResult, config_json, disk_per_row
+from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
-from .regions import JPEG_DRAFT_REGIONS
 from .settings import resolve_device
 from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, discard_work, exit_if_hdf5_files_open,
                     images_in_block, interrupted_on_one, interrupted_on_several, lock_folder, open_h5, open_hdf5_files,
@@ -93,10 +91,7 @@ class MultiDeviceJob:
         if isinstance(extractor.arguments["model"], DenseVGG):
             raise VggfeatError("each device's process builds its own network: make the extractor from an architecture "
                                "name (and weights), not from a loaded network")
-        if dtype not in DTYPES:
-            raise VggfeatError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        if extractor.jpeg_draft and images.has_regions:  # here, not in a device's process
-            raise VggfeatError(JPEG_DRAFT_REGIONS)
+        check_job(extractor, images, dtype)  # here, not in each device's process
         self.extractor, self.devices, self.images = extractor, tuple(devices), images
         self.output, self.work = Path(output), shards_folder(Path(output))
         self.overwrite, self.dtype, self.part_images = overwrite, dtype, part_images

@@ -69,9 +69,9 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each
     split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
-    svm = LinearSVM(**svm_params)  # C and cv, or their defaults
-    if svm.C is None and train_per_class < svm.cv:  # else each split's fit refuses it, of "class 0"
-        raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {svm.cv}-fold "
+    settings = LinearSVM(**svm_params)  # C and cv, or their defaults
+    if settings.C is None and train_per_class < settings.cv:  # else each split's fit refuses it, of "class 0"
+        raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {settings.cv}-fold "
                            "cross-validation (one per fold): fix --C, lower --cv or raise --train-per-class")
     targets = targets_of(files, exclude=exclude)
     features, svm_params = training_features(files, targets, svm_params)
