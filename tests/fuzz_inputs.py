@@ -787,8 +787,8 @@ def kills(count: int, rng: random.Random, workdir: Path) -> int:
                 time.sleep(0.5)
             problems.append("processes of the killed run went on for 20 s")
             os.killpg(killed.pid, signal.SIGKILL)
-        # A run that ended before the signal came is done: the same command again would be refused.
-        again = subprocess.run(command(argv), capture_output=True, text=True, timeout=600) if killed.returncode else killed
+        # Also after a run that ended before the signal came: the same command again has nothing to do.
+        again = subprocess.run(command(argv), capture_output=True, text=True, timeout=600)
         if again.returncode != 0:
             problems.append(f"the same command again exited {again.returncode}: {again.stderr.strip()[-600:]}")
         else:

@@ -168,6 +168,11 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, monkeypatch):
     code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, "--layer", "conv1_2"])
     assert code == 2
     assert "already exists; pass --overwrite" in error_line(err)
+    assert "loading" not in err  # refused before the network loads
+    # The same command again (a script run twice, a run killed once its file was whole): nothing to do.
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
+    assert code == 0 and f"{output} already holds this extraction" in err and "nothing to do" in err
+    assert output.read_bytes() == before
     assert output.read_bytes() == before
 
     # An --overwrite run that dies leaves the old file as it was...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import warnings
 from datetime import datetime
 
@@ -24,7 +25,7 @@ from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
 from vggfeat.output import OutputFile, recover_rows
-from vggfeat.store import FORMAT_VERSION, write_part
+from vggfeat.store import FORMAT_VERSION, work_folder, write_part
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
 CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper
@@ -469,6 +470,38 @@ def test_an_existing_output_is_replaced_only_by_a_complete_one(tmp_path, extract
 
 
 # --------------------------------------------------------------------------- refusals and the lock
+
+
+def test_the_same_job_on_its_finished_output_is_already_done(tmp_path, labelled, reference, extractor, monkeypatch):
+    """A script run twice, or a run killed once its output was whole and its work removed: the same
+    job has nothing to do, and says so; any other job is refused as before."""
+    root, _ = labelled
+    output = tmp_path / "out.h5"
+    shutil.copy(reference[0], output)
+    before = output.read_bytes()
+    decoded = count_decodes(monkeypatch)
+    job = ExtractionJob(extractor, find_images(root), output, part_images=PART)
+    assert job.already_done and job.done == job.total == 6 and job.disk_needed() == 0
+    result = job.run()
+    assert (result.rows, result.failed, result.computed, result.already_done) == (5, 1, 0, True)
+    assert decoded == [] and output.read_bytes() == before and not work_folder(output).exists()
+
+    # The same names in another folder, another option, another image: another job.
+    shutil.copytree(root, tmp_path / "copy")
+    (tmp_path / "more").mkdir()
+    shutil.copytree(root, tmp_path / "more" / "images")
+    write_rgb(tmp_path / "more" / "images" / "cats" / "new.png", 224, 224)
+    other_layer = Extractor(extractor.network, scales=[224], flip=False, device="cpu", layer="conv1_2")
+    for other, images, dtype in [(extractor, find_images(tmp_path / "copy"), "float32"),
+                                 (other_layer, find_images(root), "float32"),
+                                 (extractor, find_images(root), "float16"),
+                                 (extractor, find_images(tmp_path / "more" / "images"), "float32")]:
+        with pytest.raises(VggfeatError, match="already exists; pass --overwrite"):
+            ExtractionJob(other, images, output, dtype=dtype)
+    assert output.read_bytes() == before and decoded == []
+    result = ExtractionJob(extractor, find_images(root), output, overwrite=True, part_images=PART).run()
+    assert (result.computed, result.already_done) == (6, False)
+    assert_same_output(read_output(output), reference[1])
 
 
 def test_a_second_job_on_the_same_output_is_refused(tmp_path, extractor):

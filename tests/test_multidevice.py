@@ -50,6 +50,14 @@ def test_two_devices_write_the_file_one_run_writes(tmp_path):
     assert [shard["shard"] for shard in json.loads(two["attrs"]["shards"])] == [1, 2]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]  # no shards left
 
+    # The same command again (a script run twice) has nothing to do, and says so: no process starts.
+    before = (tmp_path / "two.h5").read_bytes()
+    code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "two.h5", *CHEAP, *TWO_CPUS])
+    assert code == 0, err
+    assert f"{tmp_path / 'two.h5'} already holds this extraction (5 descriptors (64-d float32), 1 failed): nothing to do" in err
+    assert (tmp_path / "two.h5").read_bytes() == before and "shard" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]
+
 
 def test_a_classifiers_posteriors_are_written_on_several_devices_as_descriptors_are(tmp_path):
     """Each process builds the extractor's own class: a Classifier's posteriors, not fc8's scores."""
@@ -232,7 +240,11 @@ def test_the_disk_a_run_needs_is_its_rows_and_one_block_less_those_done(tmp_path
     assert job.disk_needed() == (4 + 2) * row
     job._lock.close()
     ExtractionJob(cheap_extractor(), images.shard(1, 2), shards_folder(output) / "shard-1-of-2.h5").run()
-    assert MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).disk_needed() == (2 + 2) * row
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert job.disk_needed() == (2 + 2) * row
+    job.run()
+    done = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)  # the same job again: nothing to do
+    assert done.already_done and done.disk_needed() == 0 and done.run().already_done
 
 
 @pytest.mark.parametrize("merged_file", ["kept", "broken", "removed"])

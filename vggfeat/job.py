@@ -40,9 +40,9 @@ from .extractor import Extractor
 from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .stack import flat_config
-from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, images_held,
-                    interrupted_on_several, list_parts, lock_folder, open_h5, replace_durably, rows_and_failures,
-                    shards_folder, work_folder, write_json, write_part)
+from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, file_attributes,
+                    images_held, interrupted_on_several, list_parts, lock_folder, open_h5, replace_durably,
+                    rows_and_failures, shards_folder, work_folder, write_json, write_part)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
@@ -52,14 +52,30 @@ STORAGE_FAILURES_TO_STOP = 64
 _ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
 
 
-def check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool, command: str | None = None) -> None:
     """Refuse at once, before the images are found and the network loads, an output that
     :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
     exists (without ``overwrite``) and has no work or shards folder beside it, which may show that
-    this very extraction wrote it (the job decides)."""
+    this very extraction wrote it (the job decides), nor was made by ``command`` (the command line
+    given, which the file records): this very extraction may have finished it, which the job tells
+    (:func:`holds_extraction`)."""
     check_descriptor_output(output)
     if output.exists() and not overwrite and not work_folder(output).exists() and not shards_folder(output).exists():
-        raise VggfeatError(_ALREADY_EXISTS.format(output))
+        attrs = file_attributes(output) if command is not None else {}
+        if not (attrs.get("complete") and attrs.get("command") == command):
+            raise VggfeatError(_ALREADY_EXISTS.format(output))
+
+
+def holds_extraction(output: Path, config: dict, dtype: str, images: ImageSet) -> bool:
+    """Whether ``output`` is complete, with no run's work beside it, written as ``dtype`` by an
+    extractor of ``config`` over ``images``, found in the same folder: the same extraction run
+    again (a script run twice, a run killed once its output was whole) has nothing to do. As a
+    resumed run trusts its parts, this trusts the file: images changed since are for ``--update``."""
+    if not output.is_file() or work_folder(output).exists() or shards_folder(output).exists():
+        return False
+    attrs = file_attributes(output)
+    return (holds_job(attrs, config, dtype, images.digest())
+            and attrs.get("input_root") == os.path.abspath(images.root))
 
 
 def check_job(extractor: Extractor, images: ImageSet, dtype: str) -> None:
@@ -78,6 +94,7 @@ class JobResult:
     failed: int
     computed: int  # images processed by this run (the rest came from an interrupted one)
     seconds: float
+    already_done: bool = False  # the output held this very extraction before the run: nothing was done
 
 
 class ExtractionJob:
@@ -121,6 +138,10 @@ class ExtractionJob:
         }
         if images.shard_of:
             self.manifest["shard"] = [images.shard_of.index, images.shard_of.count]
+        self.already_done = not overwrite and holds_extraction(self.output, self.manifest["config"], dtype, images)
+        if self.already_done:  # no work folder to lock, nothing to resume
+            self.unlocked_because, self.parts, self.done = None, [], self.total
+            return
         # A run killed after renaming its output into place, before removing its work folder, is
         # finished: the same command then just tidies up.
         self._finished = self.output.exists() and not overwrite and self._finished_but_left_its_work()
@@ -161,6 +182,8 @@ class ExtractionJob:
         Raises OSError, keeping the finished parts, when the disk fills or when the images' storage
         fails STORAGE_FAILURES_TO_STOP of them in a row: the same job then resumes.
         """
+        if self.already_done:
+            return JobResult(self.output, *rows_and_failures(self.output), 0, 0.0, already_done=True)
         began = time.perf_counter()
         try:
             with as_system_errors(self.rows_file):  # HDF5's "file write failed" under a full disk may be a RuntimeError

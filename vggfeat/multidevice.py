@@ -33,7 +33,7 @@ import torch
 from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
-from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row
+from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, holds_extraction
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
@@ -104,6 +104,10 @@ class MultiDeviceJob:
         # An interrupted run's blocks are kept, whatever its number of devices.
         self.blocks = self._interrupted_blocks() or block_count(len(images), count)
         self.shard_files = [self.work / f"shard-{k}-of-{self.blocks}.h5" for k in range(1, self.blocks + 1)]
+        self.already_done = not overwrite and holds_extraction(self.output, extractor.config(), dtype, images)
+        if self.already_done:  # no shards folder to lock, nothing to resume
+            self.unlocked_because, self.done = None, self.total
+            return
         if self.output.exists() and not overwrite and not self._merged_but_left_its_shards():
             raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
         if interrupted_on_one(self.output):  # its parts cannot be cut into blocks
@@ -123,11 +127,15 @@ class MultiDeviceJob:
         """Bytes of disk the run still needs at its peak, an upper bound: the rows of the images
         no block holds yet, and one block's rows twice, as its rows are merged before its file is
         written anew without them (:func:`merge_blocks`)."""
+        if self.already_done:
+            return 0
         return (self.total - self.done + -(-self.total // self.blocks)) * disk_per_row(self.extractor.dim, self.dtype)
 
     def run(self, progress: Callable[[int], None] | None = None) -> JobResult:
         """Describe every shard no file holds yet, each on its device, then merge them into the
         output; ``progress(n)`` as the shards' chunks are done."""
+        if self.already_done:
+            return JobResult(self.output, *rows_and_failures(self.output), 0, 0.0, already_done=True)
         began = time.perf_counter()
         try:
             computed = 0

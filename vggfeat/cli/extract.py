@@ -60,7 +60,7 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry or
     # an update, whether the output was made with them.
     if not rewrite:
-        check_output(output, overwrite)
+        check_output(output, overwrite, common.command_line())
     options.check_source(paths, file_list, archive_classes)
     if len(devices) > 1:  # a process per device to come
         start_process_server()

@@ -42,6 +42,10 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     result = run_job(extractor, described, output, devices, overwrite=overwrite, dtype=dtype, part_size=part_size,
                      quiet=quiet, precision=precision, desc=desc)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
+    if result.already_done:
+        say(f"{output} already holds this extraction ({rows_held(extractor, result.rows, dtype)}, {failed}): nothing to "
+            "do. --update describes the images added or changed since; --overwrite describes them all again")
+        return
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     say(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
     if shard:
@@ -65,6 +69,8 @@ def run_job(extractor: Extractor, images: ImageSet, output: Path, devices: tuple
     this job needs too (counted in the disk warning)."""
     job = extraction_job(extractor, images, output, devices, overwrite=overwrite, dtype=dtype, part_images=part_size,
                          provenance=provenance or {})
+    if job.already_done:
+        return job.run()
     say = common.reporter(quiet)
     announce(job, extractor, dtype, say, devices, disk_needed=job.disk_needed() + disk_after)
     options.advise_precision(extractor, precision, say)
