@@ -159,6 +159,20 @@ def test_a_terminal_that_says_it_has_no_columns_gets_lines_rather_than_an_invisi
 # --------------------------------------------------------------------------- refusals
 
 
+def test_the_same_command_after_images_were_added_points_to_update(tmp_path):
+    write_plain_folder(tmp_path / "images", 2)
+    output = tmp_path / "out.h5"
+    assert run_main(["extract", tmp_path / "images", output, *CHEAP, "-q"])[0] == 0
+    before = output.read_bytes()
+    write_plain_folder(tmp_path / "images", 3)
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])  # -q or not
+    assert code == 2 and output.read_bytes() == before
+    assert (f"{output} already exists, made with these options over other images of {tmp_path / 'images'} (2 then, 3 "
+            "now): --update describes those added or changed") in error_line(err)
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, "--update"])
+    assert code == 0 and "1 image added" in err, err
+
+
 def test_existing_output_is_kept_unless_overwrite(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 2)
     output = tmp_path / "out.h5"
@@ -167,8 +181,9 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, monkeypatch):
 
     code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP, "--layer", "conv1_2"])
     assert code == 2
-    assert "already exists; pass --overwrite" in error_line(err)
-    assert "loading" not in err  # refused before the network loads
+    assert error_line(err).endswith("out.h5 already exists, made with other options (layer: conv1_1 then, conv1_2 now); "
+                                    "pass --overwrite to replace it")
+    assert "2 images" not in err  # refused before the images are found
     # The same command again (a script run twice, a run killed once its file was whole): nothing to do.
     code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
     assert code == 0 and f"{output} already holds this extraction" in err and "nothing to do" in err

@@ -492,11 +492,13 @@ def test_the_same_job_on_its_finished_output_is_already_done(tmp_path, labelled,
     shutil.copytree(root, tmp_path / "more" / "images")
     write_rgb(tmp_path / "more" / "images" / "cats" / "new.png", 224, 224)
     other_layer = Extractor(extractor.network, scales=[224], flip=False, device="cpu", layer="conv1_2")
-    for other, images, dtype in [(extractor, find_images(tmp_path / "copy"), "float32"),
-                                 (other_layer, find_images(root), "float32"),
-                                 (extractor, find_images(root), "float16"),
-                                 (extractor, find_images(tmp_path / "more" / "images"), "float32")]:
-        with pytest.raises(VggfeatError, match="already exists; pass --overwrite"):
+    for other, images, dtype, refusal in [
+        (extractor, find_images(tmp_path / "copy"), "float32", "already exists; pass --overwrite"),
+        (other_layer, find_images(root), "float32", r"made with other options \(layer: conv1_1 then, conv1_2 now\)"),
+        (extractor, find_images(root), "float16", r"made with other options \(dtype: float32 then, float16 now\)"),
+        (extractor, find_images(tmp_path / "more" / "images"), "float32", "already exists; pass --overwrite"),
+    ]:
+        with pytest.raises(VggfeatError, match=refusal):
             ExtractionJob(other, images, output, dtype=dtype)
     assert output.read_bytes() == before and decoded == []
     result = ExtractionJob(extractor, find_images(root), output, overwrite=True, part_images=PART).run()

@@ -151,7 +151,8 @@ def test_a_shard_file_of_other_options_is_not_replaced_without_overwrite(tmp_pat
     foreign = shards_folder(output) / "shard-2-of-2.h5"
     ExtractionJob(cheap_extractor(min_side=8), images.shard(2, 2), foreign).run()
     before = foreign.read_bytes()
-    with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: .*shard-2-of-2.h5 already exists; pass --overwrite"):
+    with pytest.raises(VggfeatError, match=r"shard 2/2 on cpu: .*shard-2-of-2.h5 already exists, made with other options "
+                                             r"\(min_side: 8 then, 32 now\); pass --overwrite"):
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).run()
     assert foreign.read_bytes() == before and not output.exists()
     MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output, overwrite=True).run()

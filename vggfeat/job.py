@@ -52,18 +52,26 @@ STORAGE_FAILURES_TO_STOP = 64
 _ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
 
 
-def check_output(output: Path, overwrite: bool, command: str | None = None) -> None:
+def check_output(output: Path, overwrite: bool, images_root: Path | None = None) -> None:
     """Refuse at once, before the images are found and the network loads, an output that
     :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
     exists (without ``overwrite``) and has no work or shards folder beside it, which may show that
-    this very extraction wrote it (the job decides), nor was made by ``command`` (the command line
-    given, which the file records): this very extraction may have finished it, which the job tells
-    (:func:`holds_extraction`)."""
+    this very extraction wrote it (the job decides), unless it is a complete file made from
+    ``images_root`` (the folder of the images, or of a list's paths): this extraction may have
+    made it, to find done or to update (:func:`check_existing_output` tells once the network is
+    built, the job once the images are found)."""
     check_descriptor_output(output)
-    if output.exists() and not overwrite and not work_folder(output).exists() and not shards_folder(output).exists():
-        attrs = file_attributes(output) if command is not None else {}
-        if not (attrs.get("complete") and attrs.get("command") == command):
+    if _lone_file(output, overwrite):
+        attrs = file_attributes(output) if images_root is not None else {}
+        if not (attrs.get("complete") and attrs.get("input_root") == os.path.abspath(images_root)):
             raise VggfeatError(_ALREADY_EXISTS.format(output))
+
+
+def check_existing_output(output: Path, overwrite: bool, config: dict, dtype: str) -> None:
+    """Refuse, before the images are found, an output that exists with no work or shards folder
+    beside it (without ``overwrite``), made with other options than ``config`` and ``dtype``."""
+    if _lone_file(output, overwrite) and file_attributes(output).get("config") != config_json(config, dtype):
+        raise existing_output(output, config, dtype)
 
 
 def holds_extraction(output: Path, config: dict, dtype: str, images: ImageSet) -> bool:
@@ -71,11 +79,38 @@ def holds_extraction(output: Path, config: dict, dtype: str, images: ImageSet) -
     extractor of ``config`` over ``images``, found in the same folder: the same extraction run
     again (a script run twice, a run killed once its output was whole) has nothing to do. As a
     resumed run trusts its parts, this trusts the file: images changed since are for ``--update``."""
-    if not output.is_file() or work_folder(output).exists() or shards_folder(output).exists():
+    if not _lone_file(output, overwrite=False):
         return False
     attrs = file_attributes(output)
-    return (holds_job(attrs, config, dtype, images.digest())
-            and attrs.get("input_root") == os.path.abspath(images.root))
+    return holds_job(attrs, config, dtype, images.digest()) and attrs.get("input_root") == os.path.abspath(images.root)
+
+
+def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | None = None) -> VggfeatError:
+    """The refusal of an ``output`` that exists and does not hold this extraction, saying what
+    differs: the options, or (``images`` given) the images of the same folder (added since, say),
+    then pointing to ``--update`` (which takes a whole collection, not a shard)."""
+    attrs = file_attributes(output)
+    if not attrs.get("complete"):
+        return VggfeatError(_ALREADY_EXISTS.format(output))
+    if attrs.get("config") != config_json(config, dtype):
+        try:
+            changes = config_changes(json.loads(attrs["config"]), {**config, "dtype": dtype})
+        except (KeyError, TypeError, ValueError):  # not an extraction's file (or a damaged one)
+            changes = []
+        if changes:
+            return VggfeatError(f"{output} already exists, made with other options ({'; '.join(changes)}); pass "
+                                "--overwrite to replace it")
+    elif (images is not None and not images.shard_of and "images_found" in attrs
+          and attrs.get("input_root") == os.path.abspath(images.root)):
+        return VggfeatError(f"{output} already exists, made with these options over other images of {images.root} "
+                            f"({int(attrs['images_found']):,} then, {len(images):,} now): --update describes those added "
+                            "or changed and leaves out those gone; --overwrite describes them all again")
+    return VggfeatError(_ALREADY_EXISTS.format(output))
+
+
+def _lone_file(output: Path, overwrite: bool) -> bool:
+    """Does ``output`` exist, not to be overwritten, with no run's work or shards folder beside it?"""
+    return output.exists() and not overwrite and not work_folder(output).exists() and not shards_folder(output).exists()
 
 
 def check_job(extractor: Extractor, images: ImageSet, dtype: str) -> None:
@@ -146,7 +181,7 @@ class ExtractionJob:
         # finished: the same command then just tidies up.
         self._finished = self.output.exists() and not overwrite and self._finished_but_left_its_work()
         if self.output.exists() and not overwrite and not self._finished:
-            raise VggfeatError(_ALREADY_EXISTS.format(self.output))
+            raise existing_output(self.output, self.manifest["config"], dtype, images)
         if interrupted_on_several(self.output):  # one run here would describe its images again beside it
             if not overwrite:
                 raise VggfeatError(f"{shards_folder(self.output)} holds a run on several devices that was interrupted: "

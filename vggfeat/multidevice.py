@@ -33,7 +33,7 @@ import torch
 from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
-from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, holds_extraction
+from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
@@ -109,7 +109,7 @@ class MultiDeviceJob:
             self.unlocked_because, self.done = None, self.total
             return
         if self.output.exists() and not overwrite and not self._merged_but_left_its_shards():
-            raise VggfeatError(f"{self.output} already exists; pass --overwrite to replace it")
+            raise existing_output(self.output, extractor.config(), dtype, images)
         if interrupted_on_one(self.output):  # its parts cannot be cut into blocks
             if not overwrite:
                 raise VggfeatError(f"{work_folder(self.output)} holds a run on one device that was interrupted: run the "

@@ -45,7 +45,7 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
     from ..extractor import Extractor
     from ..fused import FusedExtractor
-    from ..job import check_output
+    from ..job import check_existing_output, check_output
     from ..processes import start_process_server
     from ..settings import check_scales, default_layer
     from ..update import check_rewritable
@@ -57,10 +57,11 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
-    # network is built; its weights, if downloaded, stay in torchvision's cache) and, for a retry or
-    # an update, whether the output was made with them.
+    # network is built; its weights, if downloaded, stay in torchvision's cache) and whether an
+    # existing output was made with them: for a retry or an update, which need it; otherwise, one
+    # made from these images, which the same command may find done (the job tells, once they are found).
     if not rewrite:
-        check_output(output, overwrite, common.command_line())
+        check_output(output, overwrite, options.images_root(paths, file_list, root))
     options.check_source(paths, file_list, archive_classes)
     if len(devices) > 1:  # a process per device to come
         start_process_server()
@@ -82,6 +83,8 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
                                           "random_weights=True)")
     if rewrite:
         check_rewritable(output, extractor, dtype, rewrite)
+    else:
+        check_existing_output(output, overwrite, extractor.config(), dtype)
     images = options.read_images(paths, file_list, root, archive_classes, quiet)
     say(f"{common.images_counted(images)}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,

@@ -14,7 +14,8 @@ import click
 
 from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALES, PRECISIONS
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, formats_not_decoded
-from ..discover import ImageSet, check_file_list, check_folder, check_listed_files, find_images, read_file_list
+from ..discover import (ImageSet, check_file_list, check_folder, check_listed_files, find_images, list_folder,
+                        read_file_list)
 from ..errors import VggfeatError
 from . import common
 from .common import progress_bar
@@ -228,6 +229,14 @@ def output_of(paths: tuple[Path, ...], file_list: Path | None) -> Path:
         want = "OUTPUT (images come from --file-list)" if file_list else "IMAGES and OUTPUT"
         raise click.UsageError(f"expected {want}, got {len(paths)} path(s)")
     return paths[-1]
+
+
+def images_root(paths: tuple[Path, ...], file_list: Path | None, root: Path | None) -> Path:
+    """The folder that the images' paths are relative to, and that a file of them records: IMAGES,
+    or a list's ``--root`` (by default, the list's own folder)."""
+    if not file_list:
+        return paths[0]
+    return root if root is not None else list_folder(file_list)
 
 
 def check_source(paths: tuple[Path, ...], file_list: Path | None, archive_classes: bool = False) -> None:
