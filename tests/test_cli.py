@@ -479,6 +479,13 @@ def test_file_list_with_root(tmp_path):
     data = read_output(output)
     assert data["paths"] == ["a.png", "b.png"] and data["classes"] == ["ant", "zebra"]
     assert data["labels"].tolist() == [0, 1] and data["failed_paths"] == []
+    before = output.read_bytes()
+    code, _, err = run_main(["extract", "--file-list", tmp_path / "lists" / "train.txt",  # again: nothing to do
+                             "--root", tmp_path / "pictures", output, *CHEAP, "-q"])
+    assert code == 0 and output.read_bytes() == before
+    code, _, err = run_main(["extract", "--file-list", tmp_path / "lists" / "train.txt", output, *CHEAP])
+    assert code == 2 and error_line(err).endswith("out.h5 already exists; pass --overwrite to replace it")
+    assert "loading" not in err  # another root: refused before the network loads
 
 
 
