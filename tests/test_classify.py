@@ -332,6 +332,14 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     assert data["paths"] == GOOD and data["failed_paths"] == sorted(bad)
     np.testing.assert_allclose(data["features"], api, rtol=0, atol=1e-6)
     assert data["attrs"]["dense"] and data["attrs"]["command"].startswith("vggfeat classify")
+    # The same command again has nothing to describe, and scores the file it finds.
+    before = output.read_bytes()
+    code, again, err = run_main([*args, "--labels", labels])
+    assert code == 0 and "already holds this extraction (the posteriors of 3 images" in err and again == out
+    assert output.read_bytes() == before
+    code, _, err = run_main([*args, "--flip"])  # other options: refused, saying which
+    assert code == 2 and error_line(err).endswith("made with other options (flip: false then, true now); pass --overwrite "
+                                                  "to replace it")
 
 
 def test_cli_posteriors_file_in_shards_updated_and_retried(small_network_for_cli, small_vgg, folder, tmp_path):

@@ -49,7 +49,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     """
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
     from ..classifier import Classifier
-    from ..job import check_output
+    from ..job import check_existing_output, check_output
     from ..predictions import (are_imagenet_folders, check_fused_classifiers, check_prediction_options, evaluate_file,
                                folder_labels, keep_top_for, read_labels)
     from ..processes import start_process_server
@@ -75,8 +75,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
             if given:
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
         check_new_file(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
-    elif not rewrite:
-        check_output(output, overwrite)  # or the run that left its work beside it goes on
+    elif not rewrite:  # or the run that left its work beside it goes on, or finds its file done
+        check_output(output, overwrite, options.images_root(paths, file_list, root))
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list, archive_classes)
@@ -101,6 +101,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     classifier = classifiers[0]
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
+    elif posteriors_file:
+        check_existing_output(output, overwrite, classifier.config(), "float32")
     images = options.read_images(paths, file_list, root, archive_classes, quiet)
     say(common.images_counted(images))
     if by_folders:
