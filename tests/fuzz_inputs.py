@@ -484,13 +484,14 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
                      *arguments]
         source = None if listed else rng.choice([images, workdir / "images.tar"])
         output = workdir / "out.h5"
-        rewrite = rng.choice([None, None, "--overwrite", "--retry-failed", "--update"])  # on the last run's output
+        # On the last run's output; "" runs again without a flag (done, or refused saying what differs).
+        rewrite = rng.choice([None, None, "--overwrite", "--retry-failed", "--update", ""])
         if rewrite is None:
             shutil.rmtree(workdir / "out.h5.parts", ignore_errors=True)
             output.unlink(missing_ok=True)
             last = None  # the command that wrote the output
         argv = ["extract", *([source] if source else []), output, *arguments]
-        if rewrite in ("--update", "--retry-failed") and last and rng.random() < 0.7:
+        if rewrite in ("--update", "--retry-failed", "") and last and rng.random() < 0.7:
             argv, arguments, listed = last  # the command that made the output, as these are meant to be run
         started = time.monotonic()
         try:
