@@ -286,3 +286,15 @@ def test_shards_run_at_once_in_separate_processes_then_merge(labelled, tmp_path)
     assert code == 0, err
     assert_same_output(read_output(tmp_path / "merged.h5"), read_output(tmp_path / "whole.h5"), atol=1e-5)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["merged.h5", "s1.h5", "s2.h5", "whole.h5"]
+
+    # The same command again (a pipeline run twice) has nothing to do; after a shard is made anew, it is refused.
+    merge = ["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"]
+    before = (tmp_path / "merged.h5").read_bytes()
+    code, _, err = run_main(merge)
+    assert code == 0 and f"{tmp_path / 'merged.h5'} already holds the merge of these shards (" in err
+    assert "nothing to do" in err and (tmp_path / "merged.h5").read_bytes() == before
+    with h5py.File(tmp_path / "s2.h5", "r+") as f:
+        f.attrs["created"] = "2031-01-01T00:00:00+00:00"
+    code, _, err = run_main(merge)
+    assert code == 2 and error_line(err).endswith("merged.h5 already exists; pass --overwrite to replace it")
+    assert (tmp_path / "merged.h5").read_bytes() == before

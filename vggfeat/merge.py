@@ -21,9 +21,9 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .store import (PLACED_ATTRS, block_rows, check_descriptor_output, create_datasets, failed_labels, mark_complete,
-                    open_features_file, open_h5, place_rows, plain_value, read_after, replace_durably,
-                    written_atomically)
+from .store import (PLACED_ATTRS, block_rows, check_descriptor_output, create_datasets, failed_labels, file_attributes,
+                    mark_complete, open_features_file, open_h5, place_rows, plain_value, read_after, replace_durably,
+                    rows_and_failures, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -40,6 +40,7 @@ class MergeResult:
     rows: int
     failed: int
     shards: int
+    already_done: bool = False  # the output was the merge of these very shards: nothing was written
 
 
 def merge_shards(
@@ -54,10 +55,13 @@ def merge_shards(
     """Write ``output`` from the descriptor files of all shards of one extraction, in any order;
     ``progress(rows, total)`` after each block of ``rows`` copied, of ``total``. ``shard_of``: the
     set they were cut from is itself that shard of a collection (``extract --shard K/N`` on several
-    devices), and ``output`` is written as that shard's file, for a merge with the others."""
+    devices), and ``output`` is written as that shard's file, for a merge with the others. An
+    ``output`` that is the merge of these very shards is left as it is (``already_done``)."""
     output = Path(output)
     paths = [Path(shard) for shard in shards]
-    _check_output(output, paths, overwrite)
+    if _check_output(output, paths, overwrite):
+        rows, failed = rows_and_failures(output)
+        return MergeResult(output, rows, failed, len(paths), already_done=True)
     files: list[h5py.File] = []
     try:
         files.extend(_open_shard(path) for path in paths)
@@ -175,7 +179,9 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
                             read_after(f, failed=True) if last else np.zeros(0))
 
 
-def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
+def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
+    """Refuse an ``output`` that cannot be written; True where it is the merge of these very
+    ``inputs`` (the same command run again): there is nothing to do."""
     if not inputs:
         raise VggfeatError("no shard files given")
     check_descriptor_output(output)
@@ -183,7 +189,29 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")
         if not overwrite:
+            if _merged_from(output, inputs):
+                return True
             raise VggfeatError(f"{output} already exists; pass --overwrite to replace it")
+    return False
+
+
+def _merged_from(output: Path, inputs: list[Path]) -> bool:
+    """Is ``output`` a complete merge of ``inputs`` as they are now: their names, and the shard
+    and provenance (the command, when it was made, a retry) that it recorded of each?"""
+    attrs = file_attributes(output)
+    if not attrs.get("complete") or attrs.get("merged_from") != json.dumps(sorted(path.name for path in inputs)):
+        return False
+    try:
+        recorded = json.loads(attrs["shards"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    now = []
+    for path in inputs:
+        shard = file_attributes(path)
+        if "shard_index" not in shard:
+            return False
+        now.append({"shard": int(shard["shard_index"]), "file": path.name, **_provenance(shard)})
+    return sorted(now, key=lambda entry: entry["shard"]) == recorded
 
 
 def _open_shard(path: Path) -> h5py.File:
@@ -242,7 +270,7 @@ def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict, s
     ``shard_of``), and each one's provenance."""
     first = files[0]
     attrs = {key: value for key, value in first.attrs.items() if key not in (*SHARD_ATTRS, *PROVENANCE, *PLACED_ATTRS, "complete")}
-    made = [{key: plain_value(f.attrs[key]) for key in PROVENANCE if key in f.attrs} for f in files]
+    made = [_provenance(f.attrs) for f in files]
     attrs.update({key: value for key, value in made[0].items() if all(m.get(key) == value for m in made[1:])})
     attrs.update(
         images_found=int(first.attrs["collection_images"]),
@@ -258,3 +286,8 @@ def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict, s
         attrs.update(shard_index=shard_of.index, shard_count=shard_of.count, collection_images=shard_of.collection_images,
                      collection_sha256=shard_of.collection_sha256)
     return attrs
+
+
+def _provenance(attrs) -> dict:
+    """What of a shard's attributes says how it was made (:data:`PROVENANCE`), as plain values."""
+    return {key: plain_value(attrs[key]) for key in PROVENANCE if key in attrs}

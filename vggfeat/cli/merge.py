@@ -34,7 +34,11 @@ def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
         result = merge_shards(shards, output, overwrite=overwrite, progress=progress,
                               provenance={"merge_command": common.command_line()})
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    common.reporter(quiet)(f"wrote {result.output}: {common.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}")
+    held = f"{common.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}"
+    if result.already_done:  # the same command again
+        common.reporter(quiet)(f"{result.output} already holds the merge of these shards ({held}): nothing to do")
+    else:
+        common.reporter(quiet)(f"wrote {result.output}: {held}")
 
 
 @click.command()
