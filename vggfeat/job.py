@@ -137,8 +137,9 @@ class ExtractionJob:
 
     Construction checks everything that can be checked before work starts (existing output,
     a different interrupted run, another run writing the same output) and raises
-    :class:`VggfeatError`; :meth:`run` then does the work. Where ``images`` is a block of a
-    collection (``collection.shard(k, n)``), the file records which one, and
+    :class:`VggfeatError`; :meth:`run` then does the work, or nothing where the output already
+    holds this very extraction (``already_done``: :func:`holds_extraction`). Where ``images`` is
+    a block of a collection (``collection.shard(k, n)``), the file records which one, and
     :func:`vggfeat.merge.merge_shards` joins the files of the n blocks.
     """
 

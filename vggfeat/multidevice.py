@@ -68,9 +68,10 @@ class MultiDeviceJob:
     or a :class:`~vggfeat.classifier.Classifier`), from ``extractor.arguments``, so ``extractor``
     must name its architecture rather than hold a loaded network. Where
     ``extractor.workers`` is None, it is set to each process's share of the CPU's cores.
-    Construction refuses what :class:`ExtractionJob` refuses, and a shards folder that is not this
-    extraction's; :meth:`run` does the work and raises :class:`VggfeatError` if a block fails, once
-    the other processes have stopped, keeping their work.
+    Construction refuses what :class:`ExtractionJob` refuses (and finds ``already_done`` what it
+    finds so), and a shards folder that is not this extraction's; :meth:`run` does the work and
+    raises :class:`VggfeatError` if a block fails, once the other processes have stopped, keeping
+    their work.
     """
 
     def __init__(
