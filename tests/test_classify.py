@@ -335,7 +335,7 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
     # The same command again has nothing to describe, and scores the file it finds.
     before = output.read_bytes()
     code, again, err = run_main([*args, "--labels", labels])
-    assert code == 0 and "already holds this extraction (the posteriors of 3 images" in err and again == out
+    assert code == 0 and "already holds this extraction: the posteriors of 3 images" in err and again == out
     assert output.read_bytes() == before
     code, _, err = run_main([*args, "--flip"])  # other options: refused, saying which
     assert code == 2 and error_line(err).endswith("made with other options (flip: false then, true now); pass --overwrite "

@@ -291,7 +291,7 @@ def test_shards_run_at_once_in_separate_processes_then_merge(labelled, tmp_path)
     merge = ["merge", tmp_path / "s1.h5", tmp_path / "s2.h5", tmp_path / "merged.h5"]
     before = (tmp_path / "merged.h5").read_bytes()
     code, _, err = run_main(merge)
-    assert code == 0 and f"{tmp_path / 'merged.h5'} already holds the merge of these shards (" in err
+    assert code == 0 and f"{tmp_path / 'merged.h5'} already holds the merge of these shards: 5 descriptors from 2 shards" in err
     assert "nothing to do" in err and (tmp_path / "merged.h5").read_bytes() == before
     with h5py.File(tmp_path / "s2.h5", "r+") as f:
         f.attrs["created"] = "2031-01-01T00:00:00+00:00"

@@ -54,7 +54,7 @@ def test_two_devices_write_the_file_one_run_writes(tmp_path):
     before = (tmp_path / "two.h5").read_bytes()
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "two.h5", *CHEAP, *TWO_CPUS])
     assert code == 0, err
-    assert f"{tmp_path / 'two.h5'} already holds this extraction (5 descriptors (64-d float32), 1 failed): nothing to do" in err
+    assert f"{tmp_path / 'two.h5'} already holds this extraction: 5 descriptors (64-d float32), 1 failed; nothing to do" in err
     assert (tmp_path / "two.h5").read_bytes() == before and "shard" not in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "one.h5", "two.h5"]
 

@@ -43,8 +43,8 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
                      quiet=quiet, precision=precision, desc=desc)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     if result.already_done:
-        say(f"{output} already holds this extraction ({rows_held(extractor, result.rows, dtype)}, {failed}): nothing to "
-            "do. --update describes the images added or changed since; --overwrite describes them all again")
+        say(f"{output} already holds this extraction: {rows_held(extractor, result.rows, dtype)}, {failed}; nothing to "
+            "do (--update describes the images added or changed since, --overwrite all of them again)")
         return
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     say(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
