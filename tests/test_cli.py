@@ -173,6 +173,22 @@ def test_the_same_command_after_images_were_added_points_to_update(tmp_path):
     assert code == 0 and "1 image added" in err, err
 
 
+def test_an_existing_output_whose_attributes_are_damaged_is_refused_in_one_line(tmp_path):
+    """h5py raises TypeError for an attribute whose string type is damaged (found by fuzz_inputs.py hdf5)."""
+    write_plain_folder(tmp_path / "images", 2)
+    output = tmp_path / "out.h5"
+    assert run_main(["extract", tmp_path / "images", output, *CHEAP, "-q"])[0] == 0
+    with h5py.File(output, "r+") as f:
+        f.attrs["note"] = np.bytes_(b"x" * 37)  # a fixed-length ASCII string: its type's bytes are found below
+    data = bytearray(output.read_bytes())
+    where = data.find(b"\x13\x01\x00\x00" + (37).to_bytes(4, "little"))
+    data[where + 1] = 0x71  # character set 7: none
+    output.write_bytes(bytes(data))
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
+    assert code == 2 and error_line(err).endswith("out.h5 already exists; pass --overwrite to replace it")
+    assert output.read_bytes() == bytes(data)
+
+
 def test_existing_output_is_kept_unless_overwrite(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 2)
     output = tmp_path / "out.h5"

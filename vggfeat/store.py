@@ -522,11 +522,12 @@ def exit_if_hdf5_files_open(but: set[int], code: int) -> None:
 
 
 def file_attributes(path: Path) -> dict:
-    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one (damaged too)."""
+    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one (damaged too: h5py
+    raises TypeError for an attribute whose type is damaged, "Unknown string encoding")."""
     try:
         with open_h5(path) as f:
             return dict(f.attrs)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, TypeError, ValueError):
         return {}
 
 
