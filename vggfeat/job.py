@@ -63,7 +63,7 @@ def check_output(output: Path, overwrite: bool, images_root: Path | None = None)
     check_descriptor_output(output)
     if _lone_file(output, overwrite):
         attrs = file_attributes(output) if images_root is not None else {}
-        if not (attrs.get("complete") and attrs.get("input_root") == os.path.abspath(images_root)):
+        if not (attrs.get("complete") and _made_from(attrs, images_root)):
             raise VggfeatError(_ALREADY_EXISTS.format(output))
 
 
@@ -82,7 +82,7 @@ def holds_extraction(output: Path, config: dict, dtype: str, images: ImageSet) -
     if not _lone_file(output, overwrite=False):
         return False
     attrs = file_attributes(output)
-    return holds_job(attrs, config, dtype, images.digest()) and attrs.get("input_root") == os.path.abspath(images.root)
+    return holds_job(attrs, config, dtype, images.digest()) and _made_from(attrs, images.root)
 
 
 def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | None = None) -> VggfeatError:
@@ -100,12 +100,16 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
         if changes:
             return VggfeatError(f"{output} already exists, made with other options ({'; '.join(changes)}); pass "
                                 "--overwrite to replace it")
-    elif (images is not None and not images.shard_of and "images_found" in attrs
-          and attrs.get("input_root") == os.path.abspath(images.root)):
+    elif images is not None and not images.shard_of and "images_found" in attrs and _made_from(attrs, images.root):
         return VggfeatError(f"{output} already exists, made with these options over other images of {images.root} "
                             f"({int(attrs['images_found']):,} then, {len(images):,} now): --update describes those added "
                             "or changed and leaves out those gone; --overwrite describes them all again")
     return VggfeatError(_ALREADY_EXISTS.format(output))
+
+
+def _made_from(attrs: dict, root: str | os.PathLike) -> bool:
+    """Do a file's ``attrs`` say it was made from images found in ``root`` (as the job records it)?"""
+    return attrs.get("input_root") == os.path.abspath(root)
 
 
 def _lone_file(output: Path, overwrite: bool) -> bool:
