@@ -482,6 +482,27 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
 
 
+def test_cli_an_existing_csv_refused_names_what_a_killed_run_left_beside_it(small_network_for_cli, folder, tmp_path):
+    """A run killed as it removed its posteriors, its CSV in place: the same command refuses the
+    CSV and names the file left (disk the user would not know of), which --overwrite takes up."""
+    images, _ = folder
+    output, fresh = tmp_path / "out.csv", tmp_path / "fresh.csv"
+    assert run_main(["classify", images, fresh, *FAST, "-q"])[0] == 0
+    killed_before_its_csv([images, output, *FAST, "-q"])
+    shutil.copy(fresh, output)  # the CSV in place, then killed
+    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    assert code == 2 and error_line(err) == (f"Error: {output} already exists; pass --overwrite to replace it (a killed run "
+                                             "left out.csv.posteriors.h5 beside it: --overwrite takes up what it described "
+                                             "with the same options; or remove it)")
+    code, _, err = run_main(["classify", images, output, *FAST, "--overwrite"])
+    assert code == 0 and "the posteriors of every image were described by an interrupted run" in err
+    assert read_csv(output) == read_csv(fresh)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fresh.csv", "images", "out.csv"]
+    shutil.copy(tmp_path / "out.csv", tmp_path / "out.csv.posteriors.h5")  # a user's own file of that name: not named
+    code, _, err = run_main(["classify", images, output, *FAST, "-q"])
+    assert code == 2 and error_line(err) == f"Error: {output} already exists; pass --overwrite to replace it"
+
+
 def test_folder_labels_are_imagenets_wordnet_ids_all_or_some():
     ids = imagenet_wordnet_ids()
     # Torchvision's class order, in which its weights' category names are (two of them: both cranes).

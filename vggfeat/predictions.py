@@ -180,6 +180,20 @@ def posteriors_files_of(output: str | os.PathLike, classifiers: Sequence[Classif
     return [posteriors_file_of(output, classifier.network.arch) for classifier in classifiers]
 
 
+def check_csv_output(output: Path, overwrite: bool, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """:func:`~vggfeat.store.check_new_file` for a CSV ``output``, whose refusal of an existing CSV
+    names the posteriors files and work folders that killed runs left beside it (a run killed as it
+    removed them, after its CSV was in place, or one with --overwrite killed before): the user
+    would not otherwise learn that they take disk, nor that --overwrite takes them up."""
+    check_new_file(output, overwrite=True, inputs=inputs)  # all but the refusal of an existing output
+    if output.exists() and not overwrite:
+        left = [path for path in other_networks_work(output, [])
+                if path.is_dir() or file_attributes(path).get("posteriors_of") == output.name]  # not a user's own file
+        beside = (f" (a killed run left {', '.join(path.name for path in left)} beside it: --overwrite takes up what it "
+                  f"described with the same options; or remove {'it' if len(left) == 1 else 'them'})") if left else ""
+        raise VggfeatError(f"{output} already exists; pass --overwrite to replace it{beside}")
+
+
 def other_networks_work(output: str | os.PathLike, files: Sequence[Path]) -> list[Path]:
     """What interrupted runs of the CSV ``output`` with other networks than those of ``files`` (its
     posteriors files now) left beside it: posteriors files and their work folders."""
@@ -275,7 +289,7 @@ def classify_images(
     """
     output = Path(output)
     classifiers = [classifier] if isinstance(classifier, Classifier) else list(classifier)
-    check_new_file(output, overwrite)
+    check_csv_output(output, overwrite)
     check_fused_classifiers(classifiers)
     for each in classifiers:
         check_prediction_options(each, topk, labels)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..store import check_new_file
 from . import common, options
 
 
@@ -50,8 +49,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
     from ..classifier import Classifier
     from ..job import check_existing_output, check_output
-    from ..predictions import (are_imagenet_folders, check_fused_classifiers, check_prediction_options, evaluate_file,
-                               folder_labels, keep_top_for, read_labels)
+    from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
+                               evaluate_file, folder_labels, keep_top_for, read_labels)
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..update import check_rewritable
@@ -74,7 +73,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
-        check_new_file(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
+        check_csv_output(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
     elif not rewrite:  # or the run that left its work beside it goes on, or finds its file done
         check_output(output, overwrite, options.images_root(paths, file_list, root))
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
