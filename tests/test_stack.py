@@ -3,6 +3,7 @@ descriptor file (the paper's Net-D & Net-E, or I+B), which every command then re
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import h5py
@@ -196,6 +197,33 @@ def test_the_stack_command_and_what_reads_its_file(d_and_e, tmp_path, monkeypatc
     ):
         code, _, err = run_main(args)
         assert code == 2 and error_line(err) == f"Error: {error}", args
+
+
+def test_the_same_stack_command_again_has_nothing_to_do_until_a_file_changes(d_and_e, tmp_path, monkeypatch):
+    """A script run twice: the stacked file of these very files, unchanged since, is left as it is
+    (exit 0); other files, another order or a file written anew since are refused, saying which."""
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["stack", "d.h5", "e.h5", "de.h5", "-q"])[0] == 0
+    made = (tmp_path / "de.h5").stat().st_mtime_ns
+    code, out, err = run_main(["stack", "d.h5", str(tmp_path / "e.h5"), "de.h5"])  # the same file, named otherwise
+    assert code == 0 and out == ("de.h5 already holds the stack of these files, unchanged since: 29 descriptors (16-d) "
+                                 "from 2 files, 2 failed; nothing to do\n"), err
+    assert (tmp_path / "de.h5").stat().st_mtime_ns == made
+    assert stack_files(["d.h5", "e.h5"], "de.h5").already_done
+    for args, error in (
+        (["e.h5", "d.h5"], "made from these files in another order (d.h5, e.h5)"),
+        (["d.h5", "d2.h5"], "made from other files (d.h5, e.h5)"),
+    ):
+        (tmp_path / "d2.h5").write_bytes((tmp_path / "e.h5").read_bytes())
+        code, _, err = run_main(["stack", *args, "de.h5"])
+        assert code == 2 and error_line(err) == f"Error: de.h5 already exists, {error}; pass --overwrite to replace it"
+    e = tmp_path / "e.h5"
+    e.write_bytes(e.read_bytes())  # written anew (as --update does), a second later
+    os.utime(e, ns=(e.stat().st_atime_ns, e.stat().st_mtime_ns + 10**9))
+    code, _, err = run_main(["stack", "d.h5", "e.h5", "de.h5"])
+    assert code == 2 and error_line(err) == ("Error: de.h5 already exists, made from e.h5 before it last changed; pass "
+                                             "--overwrite to replace it")
+    assert (tmp_path / "de.h5").stat().st_mtime_ns == made
 
 
 def test_query_images_of_a_stacked_index_are_described_by_each_network(tmp_path, monkeypatch):

@@ -30,7 +30,8 @@ import numpy as np
 
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
-from .store import check_descriptor_output, check_new_file, create_datasets, mark_complete, open_h5, written_atomically
+from .rerun import MADE_FROM, check_output, made_from
+from .store import check_descriptor_output, create_datasets, mark_complete, open_features_file, open_h5, written_atomically
 
 if TYPE_CHECKING:  # torch loads only where images are described
     from .chunks import Chunk
@@ -50,19 +51,26 @@ class StackResult:
     rows: int
     failed: int
     dim: int
+    already_done: bool = False  # the output was the stack of these very files, unchanged since: nothing was written
 
 
 def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = False,
                 progress: Callable[[int], object] | None = None, provenance: dict | None = None) -> StackResult:
     """Write the descriptors of two or more ``files`` side by side into the descriptor file
     ``output`` (see the module), a block of rows at a time, whole or not at all; ``progress(rows)``
-    after each block. ``provenance``: attributes to record besides (the command, say)."""
+    after each block. ``provenance``: attributes to record besides (the command, say). An
+    ``output`` that is the stack of these very files, unchanged since, is left as it is
+    (``already_done``; :mod:`vggfeat.rerun`)."""
     names = file_list(files)
     if len(names) < 2:
         raise ValueError("stacking takes two or more files")
     output = Path(output)
     check_descriptor_output(output)
-    check_new_file(output, overwrite, inputs=names)
+    made = made_from(names, {"command": "stack"})
+    if check_output(output, overwrite, made, inputs=names):
+        with open_features_file(output, "output") as f:
+            rows, dim = f["features"].shape
+            return StackResult(output, rows, f["failed/paths"].shape[0], dim, already_done=True)
     with fused_files(names) as fused:
         first, labels = fused.opened[0], fused.labels
         dtype = np.result_type(*(f.features.dtype for f in fused.opened)).name
@@ -88,7 +96,7 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
                 "dtype": dtype, "input_root": first.root, "images_found": len(fused.paths) + len(failed),
                 "random_weights": any(f.random_weights for f in fused.opened),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "vggfeat_version": __version__,
-                **(provenance or {}),
+                **({MADE_FROM: made} if made else {}), **(provenance or {}),
             })
     return StackResult(output, len(fused.paths), len(failed), fused.width)
 

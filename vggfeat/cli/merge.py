@@ -60,5 +60,8 @@ def stack(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
         result = stack_files(files, output, overwrite=overwrite, progress=bar.update,
                              provenance={"command": common.command_line()})
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    click.echo(f"wrote {result.output}: {common.counted(result.rows, 'descriptor')} ({result.dim}-d) from "
-               f"{len(files)} files, {failed}")
+    held = f"{common.counted(result.rows, 'descriptor')} ({result.dim}-d) from {len(files)} files, {failed}"
+    if result.already_done:  # the same command again
+        click.echo(f"{result.output} already holds the stack of these files, unchanged since: {held}; nothing to do")
+    else:
+        click.echo(f"wrote {result.output}: {held}")
