@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import re
 
@@ -19,8 +20,9 @@ import pytest
 
 from runhelpers import error_line, run_main
 from svmhelpers import LOOKS, edit_config, set_attr, write_look_folder
-from vggfeat import ExtractionJob, Extractor, find_images
+from vggfeat import ExtractionJob, Extractor, find_images, transfer
 from vggfeat.features import load_features
+from vggfeat.rerun import made_from
 from vggfeat.svm import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -297,11 +299,43 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
     assert (other / "notes.txt").read_text() == "mine" and (other / "metrics.json").exists()
 
 
+def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_changes(data, tmp_path, monkeypatch):
+    """A script run twice: the model of this command on these files, unchanged since, is left as it
+    is (exit 0; the same files named otherwise too); other options, files or labels changed since
+    are refused, saying which; a command given a folder (a VOC devkit) records nothing to compare."""
+    _, files = data
+    monkeypatch.chdir(files["train"].parent)
+    model = tmp_path / "model.h5"
+    ok(["train-svm", "train.h5", model, "--C", "1"])
+    made = model.stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transfer, "train_svm", lambda *_, **__: pytest.fail("trained again"))
+        for args in ([files["train"], model, "--C", "1"], ["--features", "train.h5", model, "--C", "1.0", "--normalize"]):
+            code, out, err = run_main(["train-svm", *args])
+            assert code == 0 and out == (f"{model} already holds the SVMs of this command on these files, unchanged since: "
+                                         "3 classes, C=1; nothing to do\n"), err
+        labels = tmp_path / "labels.csv"
+        lines = [f"{path},{path.split('/')[0]}\n" for path in load_features(files["train"]).paths]
+        labels.write_text("".join(lines))
+        for args, error in ((["train.h5", model, "--C", "2"], "made with other options (--C: 1.0 then, 2.0 now)"),
+                            (["test.h5", model, "--C", "1"], "made from other files (train.h5)"),
+                            (["train.h5", model, "--C", "1", "--labels", labels],
+                             f"made with other options (--labels: None then, {labels} now)")):
+            assert refused(["train-svm", *args]) == f"Error: {model} already exists, {error}; pass --overwrite to replace it"
+    ok(["train-svm", "train.h5", model, "--C", "1", "--labels", labels, "--overwrite"])
+    labels.write_text("".join([lines[-1].split(",")[0] + "," + lines[0].split(",")[1], *lines[:-1]]))  # one relabelled
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    assert refused(["train-svm", "train.h5", model, "--C", "1", "--labels", labels]) == (
+        f"Error: {model} already exists, made from labels.csv before it last changed; pass --overwrite to replace it")
+    assert model.stat().st_mtime_ns != made
+    assert made_from([files["train"], tmp_path], {}) is None  # a folder (VOC devkit): refused as existing, as before
+
+
 def test_refusals(data, tmp_path):
     _, files = data
     model = tmp_path / "model.h5"
     ok(["train-svm", files["train"], model, "--C", "1"])
-    assert "already exists" in refused(["train-svm", files["train"], model, "--C", "1"])
+    assert "already exists" in refused(["train-svm", files["train"], model, "--C", "2"])  # other options (the same: nothing to do)
 
     other = tmp_path / "other-config.h5"
     other.write_bytes(files["test"].read_bytes())

@@ -60,15 +60,18 @@ def _differences(output: Path, made: str | None) -> str:
     """``", made ..."``: how what ``output`` records differs from ``made``; "" where it records nothing."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
+        options = [f"--{key.replace('_', '-')}: {then['options'].get(key)} then, {now['options'].get(key)} now"
+                   for key in dict.fromkeys([*now["options"], *then["options"]])
+                   if then["options"].get(key) != now["options"].get(key)]
+        if options:
+            return f", made with other options ({'; '.join(options)})"
         paths_then, paths_now = ([entry[0] for entry in each["inputs"]] for each in (then, now))
         if paths_then != paths_now:
             order = " in another order" if sorted(paths_then) == sorted(paths_now) else ""
             return f", made from {'these' if order else 'other'} files{order} ({', '.join(Path(path).name for path in paths_then)})"
-        options = [f"--{key.replace('_', '-')}: {then['options'].get(key)} then, {value} now"
-                   for key, value in now["options"].items() if then["options"].get(key) != value]
-        if options:
-            return f", made with other options ({'; '.join(options)})"
         changed = [Path(entry[0]).name for entry, was in zip(now["inputs"], then["inputs"]) if entry != was]
+        if not changed:
+            return ""
         return f", made from {', '.join(changed)} before {'it' if len(changed) == 1 else 'they'} last changed"
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # records nothing, or something else
         return ""

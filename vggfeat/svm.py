@@ -342,8 +342,10 @@ class SavedModel:
     checksum: str = ""
 
 
-def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list[dict], training: dict | None = None) -> None:
-    """Write ``svm`` as a plain HDF5 model file (:mod:`vggfeat.modelfile`), whole or not at all."""
+def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list[dict], training: dict | None = None,
+               provenance: dict | None = None) -> None:
+    """Write ``svm`` as a plain HDF5 model file (:mod:`vggfeat.modelfile`), whole or not at all;
+    ``provenance``: attributes to record besides (the command, say)."""
     check_is_fitted(svm, "coef_")
     write_model_file(path, svm.coef_, svm.intercept_, svm.classes_, {
         "vggfeat_version": __version__,
@@ -356,6 +358,7 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "multilabel": bool(svm.multilabel),
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
+        **(provenance or {}),
     })
 
 

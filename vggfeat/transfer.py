@@ -104,10 +104,10 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
 
 def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labels_csv: str | os.PathLike | None = None,
               exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None, difficult: str = "ignore",
-              progress: Callable[[int, int], None] | None = None, **svm_params) -> SavedModel:
+              progress: Callable[[int, int], None] | None = None, provenance: dict | None = None, **svm_params) -> SavedModel:
     """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
-    multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given; ``progress`` as
-    :meth:`LinearSVM.fit` takes it. With ``voc`` ((devkit folder, image set)), the labels are the
+    multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given, with the
+    attributes ``provenance`` besides (the command, say); ``progress`` as :meth:`LinearSVM.fit` takes it. With ``voc`` ((devkit folder, image set)), the labels are the
     set's, multi-label, and an image difficult for a class is left out of that class's SVM, or
     is a negative or a positive there (``difficult``: :func:`~vggfeat.voc.train_difficult`)."""
     files = file_list(files)
@@ -130,7 +130,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     }
     saved = SavedModel(svm, features.configs, training)
     if model_path is not None:
-        save_model(model_path, svm, features.configs, training)
+        save_model(model_path, svm, features.configs, training, provenance)
     return saved
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
+from ..rerun import made_from
 from ..store import check_new_file, open_features_file, write_text_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
@@ -165,6 +166,24 @@ def command_line() -> str:
     """The command as given, for the files to record what made them."""
     obj = click.get_current_context().find_root().obj
     return shlex.join(["vggfeat", *(obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:])])
+
+
+def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str] = ()) -> str | None:
+    """How this command makes its output (:func:`vggfeat.rerun.made_from`), for the output to record
+    and the same command run again to find: its ``inputs`` (None: not given), its name and every
+    option but --overwrite, --quiet and ``leave_out`` (those that name ``inputs`` another way: the
+    same files as arguments or as --features), paths as real paths."""
+    context = click.get_current_context()
+    arguments = {param.name for param in context.command.params if isinstance(param, click.Argument)}
+    left_out = {*arguments, *leave_out, "overwrite", "quiet"}
+    options = {name: _plain(value) for name, value in context.params.items() if name not in left_out}
+    return made_from([path for path in inputs if path is not None], {"command": context.command.name, **options})
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Path):
+        return os.path.realpath(value)
+    return [_plain(each) for each in value] if isinstance(value, (tuple, list)) else value
 
 
 def reporter(quiet: bool) -> Callable[..., None]:

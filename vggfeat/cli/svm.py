@@ -13,10 +13,12 @@ import numpy as np
 from ..choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from ..errors import VggfeatError
 from ..metrics import one_hot
+from ..modelfile import read_model_file
 from ..report import report_files, write_report
+from ..rerun import MADE_FROM, check_output
 from ..store import HDF5_SUFFIXES, check_new_file
 from ..voc import DIFFICULT
-from .common import SEEDS, command_line, counted, feature_rows, progress_bar, quiet
+from .common import SEEDS, command_line, counted, feature_rows, made_by_this_command, progress_bar, quiet
 
 if TYPE_CHECKING:
     from ..transfer import Scored
@@ -132,11 +134,18 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
-    check_new_file(model, overwrite, hdf5="SVM models", inputs=files)
+    made = made_by_this_command([*files, labels, voc_devkit], leave_out=["features"])
+    if check_output(model, overwrite, made, inputs=files, hdf5="SVM models"):  # the same command again
+        held = read_model_file(model)  # a damaged one is refused: --overwrite
+        click.echo(f"{model} already holds the SVMs of this command on these files, unchanged since: "
+                   f"{counted(len(held.classes), 'label' if held.params.get('multilabel') else 'class', 'classes')}, "
+                   f"C={held.C:g}; nothing to do")
+        return
     multilabel = multilabel or voc is not None
     with fits_progress(quiet) as progress:
         saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
-                                   multilabel=multilabel, progress=progress, **svm_params(**svm))
+                                   multilabel=multilabel, progress=progress, **svm_params(**svm),
+                                   provenance={"command": command_line(), **({MADE_FROM: made} if made else {})})
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
     click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
