@@ -477,6 +477,32 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     assert list(csv.reader(open(tmp_path / "db.failed.csv"))) == [["path", "label", "reason"]]  # none failed
 
 
+def test_the_same_whiten_fit_and_index_commands_again_have_nothing_to_do(tmp_path):
+    """A script run twice: a whitening and an index made by the same command from these files,
+    unchanged since, are left as they are (exit 0); another option, or a whitening fitted anew
+    since, is refused, saying so."""
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    whitening, index = tmp_path / "w.h5", tmp_path / "db.index"
+    fit, build = ["whiten", "fit", db, whitening, "--dim", "4"], ["index", db, index, "--whiten", whitening]
+    assert run_main(fit)[0] == 0 and run_main(build)[0] == 0
+    made = [whitening.stat().st_mtime_ns, index.stat().st_mtime_ns]
+    code, out, err = run_main(fit)
+    assert code == 0 and out == (f"{whitening} already holds the whitening of this command on {db}, unchanged since: "
+                                 "16-d -> 4-d; nothing to do\n"), err
+    code, out, err = run_main(build)
+    assert code == 0 and out == (f"{index} already holds the index of this command on {db}, unchanged since: flat index "
+                                 "of 16 descriptors (4-d); nothing to do\n"), err
+    assert [whitening.stat().st_mtime_ns, index.stat().st_mtime_ns] == made
+    code, _, err = run_main([*build, "--kind", "hnsw"])
+    assert code == 2 and error_line(err) == (f"Error: {index} already exists, made with other options (--kind: flat then, "
+                                             "hnsw now); pass --overwrite to replace it")
+    assert run_main([*fit, "--overwrite"])[0] == 0
+    code, _, err = run_main(build)
+    assert code == 2 and error_line(err) == (f"Error: {index} already exists, made from w.h5 before it last changed; pass "
+                                             "--overwrite to replace it")
+
+
 def test_export_takes_its_format_from_the_outputs_name_and_refuses_a_name_of_another(tmp_path):
     X, labels = clustered(per_class=4)
     db = write_features(tmp_path / "db.h5", X, labels)

@@ -331,6 +331,23 @@ def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_cha
     assert made_from([files["train"], tmp_path], {}) is None  # a folder (VOC devkit): refused as existing, as before
 
 
+def test_the_same_scoring_into_an_h5_again_has_nothing_to_do_a_csv_records_nothing(data, tmp_path):
+    _, files = data
+    model, scores, csv_file = tmp_path / "model.h5", tmp_path / "scores.h5", tmp_path / "p.csv"
+    ok(["train-svm", files["train"], model, "--C", "1"])
+    for output in (scores, csv_file):
+        ok(["predict", model, files["test"], output])
+    made = scores.stat().st_mtime_ns
+    assert ok(["predict", model, files["test"], scores]) == (
+        f"{scores} already holds the scores of this command on these files, unchanged since: 9 rows, 3 class scores "
+        "each; nothing to do\n")
+    assert scores.stat().st_mtime_ns == made
+    assert refused(["predict", model, files["test"], csv_file]) == f"Error: {csv_file} already exists; pass --overwrite to replace it"
+    ok(["train-svm", files["train"], model, "--C", "2", "--overwrite"])
+    assert refused(["predict", model, files["test"], scores]) == (
+        f"Error: {scores} already exists, made from model.h5 before it last changed; pass --overwrite to replace it")
+
+
 def test_refusals(data, tmp_path):
     _, files = data
     model = tmp_path / "model.h5"

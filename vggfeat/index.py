@@ -127,10 +127,12 @@ class VectorIndex:
 
     # ------------------------------------------------------------------- file
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index file, under a temporary name renamed once complete."""
+    def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
+        """Write the index file, under a temporary name renamed once complete; ``provenance``:
+        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`)."""
         with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self._write(f)
+            f.attrs.update(provenance or {})
 
     def _write(self, f: h5py.File) -> None:
         f.create_dataset("paths", data=self.paths, dtype=_STRING)

@@ -1,5 +1,6 @@
-"""What a command's output records of how it was made, so that the same command run again on it
-has nothing to do (a script run twice, a requeued batch job) where it would refuse the output as
+"""What a command's output records of how it was made (``stack``'s, ``train-svm``'s, ``whiten
+fit``'s, ``index``'s, ``predict``'s into an .h5), so that the same command run again on it has
+nothing to do (a script run twice, a requeued batch job) where it would refuse the output as
 existing: its inputs as they were then (the real path, size and modification time of each: a file
 written anew since, by ``--update`` or ``--overwrite``, is another) and its options, compared whole.
 
@@ -60,7 +61,7 @@ def _differences(output: Path, made: str | None) -> str:
     """``", made ..."``: how what ``output`` records differs from ``made``; "" where it records nothing."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
-        options = [f"--{key.replace('_', '-')}: {then['options'].get(key)} then, {now['options'].get(key)} now"
+        options = [f"{key}: {then['options'].get(key)} then, {now['options'].get(key)} now"
                    for key in dict.fromkeys([*now["options"], *then["options"]])
                    if then["options"].get(key) != now["options"].get(key)]
         if options:

@@ -153,10 +153,12 @@ class PCAWhitening:
 
     # ------------------------------------------------------------------- plain HDF5
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write to an HDF5 file of its own (see :meth:`write`), whole or not at all."""
+    def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
+        """Write to an HDF5 file of its own (see :meth:`write`), whole or not at all; ``provenance``:
+        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`)."""
         with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self.write(f)
+            f.attrs.update(provenance or {})
 
     def write(self, group: h5py.Group) -> None:
         """Write the arrays and parameters into an HDF5 group (a file, or a group of an index file)."""
@@ -241,10 +243,10 @@ def _block_rows(dim: int) -> int:
 
 
 def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None,
-                  progress: Callable[[int], object] | None = None) -> PCAWhitening:
+                  progress: Callable[[int], object] | None = None, provenance: dict | None = None) -> PCAWhitening:
     """Fit a :class:`PCAWhitening` on every row of a features file, read in blocks (host memory
     does not grow with the file: neither its descriptors nor its paths are read whole), and save
-    it to ``output``; ``progress(rows)`` after each block."""
+    it to ``output`` (with the attributes ``provenance`` besides); ``progress(rows)`` after each block."""
     with open_features_file(Path(features), required=("features",)) as f:
         descriptors, config = f["features"], json.loads(f.attrs["config"])
         rows, width = descriptors.shape
@@ -258,5 +260,5 @@ def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: i
                     progress(len(block))
 
         whitening = PCAWhitening(dim=dim).fit_blocks(blocks(), rows, width, config=config)
-    whitening.save(output)
+    whitening.save(output, provenance)
     return whitening

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
-from ..rerun import made_from
+from ..rerun import MADE_FROM, made_from
 from ..store import check_new_file, open_features_file, write_text_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
@@ -172,12 +172,18 @@ def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str]
     """How this command makes its output (:func:`vggfeat.rerun.made_from`), for the output to record
     and the same command run again to find: its ``inputs`` (None: not given), its name and every
     option but --overwrite, --quiet and ``leave_out`` (those that name ``inputs`` another way: the
-    same files as arguments or as --features), paths as real paths."""
+    same files as arguments or as --features), by their flags, paths as real paths."""
     context = click.get_current_context()
-    arguments = {param.name for param in context.command.params if isinstance(param, click.Argument)}
-    left_out = {*arguments, *leave_out, "overwrite", "quiet"}
-    options = {name: _plain(value) for name, value in context.params.items() if name not in left_out}
+    left_out = {*leave_out, "overwrite", "quiet"}
+    options = {param.opts[0]: _plain(context.params[param.name]) for param in context.command.params
+               if isinstance(param, click.Option) and param.name not in left_out and param.name in context.params}
     return made_from([path for path in inputs if path is not None], {"command": context.command.name, **options})
+
+
+def provenance(made: str | None) -> dict:
+    """What an output records of how it was made: the command line, and ``made``
+    (:func:`made_by_this_command`) where there is one."""
+    return {"command": command_line(), **({MADE_FROM: made} if made else {})}
 
 
 def _plain(value: object) -> object:

@@ -13,9 +13,9 @@ from .. import retrieval
 from ..archives import file_exists
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
-from ..index import KINDS, index_features
-from ..store import check_new_file
-from ..whitening import PCAWhitening, fit_whitening
+from ..index import KINDS, index_features, index_summary
+from ..rerun import check_output
+from ..whitening import PCAWhitening, fit_whitening, whitening_summary
 from . import common, options
 
 
@@ -35,9 +35,14 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 
     FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
     """
-    check_new_file(output, overwrite, hdf5="whitenings", inputs=[features])
+    made = common.made_by_this_command([features])
+    if check_output(output, overwrite, made, inputs=[features], hdf5="whitenings"):  # the same command again
+        held = whitening_summary(output)
+        click.echo(f"{output} already holds the whitening of this command on {features}, unchanged since: "
+                   f"{held['input_dim']}-d -> {held['output_dim']}-d; nothing to do")
+        return
     with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc="fitting the whitening") as bar:
-        fitted = fit_whitening(features, output, dim=dim, progress=bar.update)
+        fitted = fit_whitening(features, output, dim=dim, progress=bar.update, provenance=common.provenance(made))
     click.echo(f"wrote {output}: {fitted.input_dim}-d -> {fitted.output_dim}-d whitening from {fitted.n_samples_:,} descriptors")
 
 
@@ -62,12 +67,17 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
     if update:
         _update_index(features, output, quiet)
         return
-    check_new_file(output, overwrite, hdf5="indexes", inputs=[features, whiten_file])
+    made = common.made_by_this_command([features, whiten_file])
+    if check_output(output, overwrite, made, inputs=[features, whiten_file], hdf5="indexes"):  # the same command again
+        held = index_summary(output)
+        click.echo(f"{output} already holds the index of this command on {features}, unchanged since: {held['kind']} index "
+                   f"of {held['rows']:,} descriptors ({held['dim']}-d); nothing to do")
+        return
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
     with common.progress_bar(quiet, total=common.feature_rows(features), unit="descriptors", desc=f"indexing ({kind})") as bar:
         built = index_features(features, kind=kind, whitening=whitening, nlist=nlist, m=pq_m, nprobe=nprobe,
                                hnsw_m=hnsw_m, ef_search=ef_search, progress=bar.update)
-    built.save(output)
+    built.save(output, common.provenance(made))
     dims = f"{whitening.input_dim}-d, whitened to {built.dim}-d" if whitening else f"{built.dim}-d"
     click.echo(f"wrote {output}: {kind} index of {built.rows:,} descriptors ({dims})")
 

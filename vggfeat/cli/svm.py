@@ -15,10 +15,11 @@ from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..modelfile import read_model_file
 from ..report import report_files, write_report
-from ..rerun import MADE_FROM, check_output
-from ..store import HDF5_SUFFIXES, check_new_file
+from ..scoresfile import scores_summary
+from ..rerun import check_output
+from ..store import HDF5_SUFFIXES
 from ..voc import DIFFICULT
-from .common import SEEDS, command_line, counted, feature_rows, made_by_this_command, progress_bar, quiet
+from .common import SEEDS, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
 
 if TYPE_CHECKING:
     from ..transfer import Scored
@@ -145,7 +146,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     with fits_progress(quiet) as progress:
         saved = transfer.train_svm(files, model, labels_csv=labels, exclude=exclude_class, voc=voc, difficult=difficult,
                                    multilabel=multilabel, progress=progress, **svm_params(**svm),
-                                   provenance={"command": command_line(), **({MADE_FROM: made} if made else {})})
+                                   provenance=provenance(made))
     svm, training = saved.svm, saved.training
     how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
     click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
@@ -170,11 +171,17 @@ def predict(paths, features, overwrite, quiet) -> None:
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
-    check_new_file(output, overwrite, inputs=[paths[0], *files])
+    scores_file = output.suffix.lower() in HDF5_SUFFIXES
+    made = made_by_this_command([paths[0], *files], leave_out=["features"]) if scores_file else None  # a CSV records nothing
+    if check_output(output, overwrite, made, inputs=[paths[0], *files]):  # the same command again
+        held = scores_summary(output)
+        click.echo(f"{output} already holds the scores of this command on these files, unchanged since: {held['rows']:,} "
+                   f"rows, {len(held['classes'])} class scores each; nothing to do")
+        return
     model = load_model(paths[0])
     with progress_bar(quiet, total=feature_rows(files[0], failed=True), unit="rows", desc="scoring") as bar:
-        if output.suffix.lower() in HDF5_SUFFIXES:
-            written = transfer.write_scores(output, model, files, progress=bar.update, provenance={"command": command_line()})
+        if scores_file:
+            written = transfer.write_scores(output, model, files, progress=bar.update, provenance=provenance(made))
         else:
             written = transfer.write_predictions(output, model, files, progress=bar.update)
     failed = f"; {counted(written.failed, 'image')} without a descriptor (failed), with the reason" if written.failed else ""
