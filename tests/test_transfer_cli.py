@@ -320,7 +320,7 @@ def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_cha
         for args, error in ((["train.h5", model, "--C", "2"], "made with other options (--C: 1.0 then, 2.0 now)"),
                             (["test.h5", model, "--C", "1"], "made from other files (train.h5)"),
                             (["train.h5", model, "--C", "1", "--labels", labels],
-                             f"made with other options (--labels: None then, {labels} now)")):
+                             f"made with other options (--labels: none then, {labels} now)")):
             assert refused(["train-svm", *args]) == f"Error: {model} already exists, {error}; pass --overwrite to replace it"
     ok(["train-svm", "train.h5", model, "--C", "1", "--labels", labels, "--overwrite"])
     labels.write_text("".join([lines[-1].split(",")[0] + "," + lines[0].split(",")[1], *lines[:-1]]))  # one relabelled

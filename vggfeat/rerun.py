@@ -61,7 +61,7 @@ def _differences(output: Path, made: str | None) -> str:
     """``", made ..."``: how what ``output`` records differs from ``made``; "" where it records nothing."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
-        options = [f"{key}: {then['options'].get(key)} then, {now['options'].get(key)} now"
+        options = [f"{key}: {_shown(then['options'].get(key))} then, {_shown(now['options'].get(key))} now"
                    for key in dict.fromkeys([*now["options"], *then["options"]])
                    if then["options"].get(key) != now["options"].get(key)]
         if options:
@@ -76,3 +76,7 @@ def _differences(output: Path, made: str | None) -> str:
         return f", made from {', '.join(changed)} before {'it' if len(changed) == 1 else 'they'} last changed"
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # records nothing, or something else
         return ""
+
+
+def _shown(value: object) -> str:
+    return "none" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
