@@ -61,6 +61,8 @@ def _differences(output: Path, made: str | None) -> str:
     """``", made ..."``: how what ``output`` records differs from ``made``; "" where it records nothing."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
+        if then["options"].get("command") != now["options"].get("command"):
+            return f", made by 'vggfeat {then['options']['command']}'"
         options = [f"{key}: {_shown(then['options'].get(key))} then, {_shown(now['options'].get(key))} now"
                    for key in dict.fromkeys([*now["options"], *then["options"]])
                    if then["options"].get(key) != now["options"].get(key)]

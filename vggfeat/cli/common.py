@@ -177,7 +177,11 @@ def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str]
     left_out = {*leave_out, "overwrite", "quiet"}
     options = {param.opts[0]: _plain(context.params[param.name]) for param in context.command.params
                if isinstance(param, click.Option) and param.name not in left_out and param.name in context.params}
-    return made_from([path for path in inputs if path is not None], {"command": context.command.name, **options})
+    names, each = [], context
+    while each.parent is not None:  # "whiten fit", not "fit"
+        names.append(each.command.name)
+        each = each.parent
+    return made_from([path for path in inputs if path is not None], {"command": " ".join(reversed(names)), **options})
 
 
 def provenance(made: str | None) -> dict:
