@@ -153,10 +153,19 @@ def test_index_update_after_extract_update_from_the_command_line(tmp_path, monke
     write_rgb(tmp_path / "photos" / "b" / "3.png", 120, 150, seed=33)  # edited since it was described
     os.utime(tmp_path / "photos" / "b" / "3.png", (time.time() + 5, time.time() + 5))
     assert run_main(["extract", "photos", "db.h5", "--update", *CHEAP])[0] == 0
+    code, _, err = run_main(["index", "db.h5", "db.index", "-q"])  # the build command again: pointed to --update
+    assert code == 2 and error_line(err) == ("Error: db.index already exists, made from db.h5 before it last changed: "
+                                             "'vggfeat index db.h5 db.index --update' brings it up to date, or --overwrite "
+                                             "replaces it")
     code, out, err = run_main(["index", "db.h5", "db.index", "--update", "-q"])
     assert code == 0 and out == "updated db.index: 1 added, 1 removed, 1 described again; 3 descriptors\n", err
+    code, out, err = run_main(["index", "db.h5", "db.index", "-q"])  # then finds it up to date
+    assert code == 0 and out.startswith("db.index already holds the index of this command on db.h5, unchanged since"), err
     assert run_main(["index", "db.h5", "anew.index", "-q"])[0] == 0
     assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
+    os.utime("db.h5", (time.time() + 9, time.time() + 9))  # rows the same, the file not: up to date, for the record too
+    assert run_main(["index", "db.h5", "db.index", "--update"])[1] == "db.index is up to date with db.h5: 3 descriptors\n"
+    assert run_main(["index", "db.h5", "db.index"])[1].startswith("db.index already holds the index of this command")
     code, out, _ = run_main(["info", "db.index"])
     made = [line for line in out.splitlines() if line.startswith("  made")][0]
     assert code == 0 and made.startswith("  made         20") and " from db.h5, updated " in made and "  update       'vggfeat index FEATURES INDEX --update' after " \

@@ -31,6 +31,8 @@ import numpy as np
 from .errors import VggfeatError
 from .features import FeatureFile
 from .index import BLOCK_BYTES, VectorIndex, load_faiss
+from .rerun import MADE_FROM, brought_up_to_date, fingerprint
+from .store import file_attributes, open_h5
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
     it was built from (see the module); ``progress(rows)`` after each block of rows added."""
     started = time.monotonic()
     index_path = Path(index_path)
+    # How the index records it was made, with the descriptors file as it is before it is read: the
+    # command that built it then finds it up to date (vggfeat.rerun).
+    recorded = file_attributes(index_path)
+    made = brought_up_to_date(recorded.get(MADE_FROM), fingerprint(features))
     # A flat index's vectors are not read: it takes them all from the descriptors file (_add).
     index = VectorIndex.load(index_path, vectors=False)
     kind = index.kind
@@ -81,7 +87,10 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         held[rows_in_file[kept]] = True
         new_rows = np.flatnonzero(~held)
         removed, changed = int((~present).sum()), int((present & ~kept).sum())
-        if not len(new_rows) and not removed:  # up to date: the file stays as it is
+        if not len(new_rows) and not removed:  # up to date: the file stays as it is, but for the record
+            if made is not None and made != recorded.get(MADE_FROM):
+                with open_h5(index_path, "r+") as out:
+                    out.attrs[MADE_FROM] = made
             return IndexUpdate(index_path, kind, index.rows, 0, 0, 0, False, time.monotonic() - started)
         # A flat index is its vectors: reading them all from the descriptors file costs what reading
         # them from the index would (benchmarks/RESULTS.md).
@@ -95,7 +104,7 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         index.paths = [f.paths[row] for row in order]
         index.labels, index.classes, index.read_after = f.labels[order], list(f.classes), stamps[order]
     index.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    index.save(index_path)
+    index.save(index_path, {key: recorded[key] for key in ("command",) if key in recorded} | ({MADE_FROM: made} if made else {}))
     return IndexUpdate(index_path, kind, index.rows, len(new_rows) - changed, removed, changed, rebuilt,
                        time.monotonic() - started, _lists_fit_rows(index))
 

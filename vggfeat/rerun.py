@@ -27,16 +27,33 @@ MADE_FROM = "made_from"
 def made_from(inputs: Sequence[str | os.PathLike], options: dict) -> str | None:
     """How an output of ``inputs`` (files) and ``options`` (plain values) is made, as recorded in
     it; None where an input is not a regular file (a folder, a device), which cannot be compared."""
-    entries = []
-    for path in inputs:
-        try:
-            status = os.stat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(status.st_mode):
-            return None
-        entries.append([os.path.realpath(path), status.st_size, status.st_mtime_ns])
+    entries = [fingerprint(path) for path in inputs]
+    if any(entry is None for entry in entries):
+        return None
     return json.dumps({"inputs": entries, "options": options}, sort_keys=True, default=str)
+
+
+def fingerprint(path: str | os.PathLike) -> list | None:
+    """[real path, size, modification time in ns] of the file ``path``; None for what is not a regular file."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [os.path.realpath(path), status.st_size, status.st_mtime_ns] if stat.S_ISREG(status.st_mode) else None
+
+
+def brought_up_to_date(made: str | None, entry: list | None) -> str | None:
+    """``made`` with the input of ``entry``'s path as ``entry`` (:func:`fingerprint`) says it is
+    now: what an output brought up to date with that input records (``index --update``); None
+    where ``made`` records nothing or not that input."""
+    try:
+        recorded = json.loads(made or "")
+        inputs = recorded["inputs"]
+        at = [each[0] for each in inputs].index(entry[0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    inputs[at] = entry
+    return json.dumps(recorded, sort_keys=True, default=str)
 
 
 def holds(output: Path, made: str | None) -> bool:
@@ -45,39 +62,45 @@ def holds(output: Path, made: str | None) -> bool:
 
 
 def check_output(output: Path, overwrite: bool, made: str | None, inputs: Sequence[str | os.PathLike | None] = (),
-                 hdf5: str | None = None) -> bool:
+                 hdf5: str | None = None, update: tuple[str | os.PathLike, str] | None = None) -> bool:
     """:func:`~vggfeat.store.check_new_file` for an output recorded as made (:func:`made_from`):
     True where ``output`` holds what ``made`` says (there is nothing to do); otherwise an existing
-    one is refused, saying what differs where it records how it was made."""
+    one is refused, saying what differs where it records how it was made. ``update``: (an input,
+    how the output is brought up to date with it), said where that input alone changed since."""
     check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs)  # all but the refusal of an existing output
     if overwrite or not output.exists():
         return False
     if holds(output, made):
         return True
-    raise VggfeatError(f"{output} already exists{_differences(output, made)}; pass --overwrite to replace it")
+    differences, changed = _differences(output, made)
+    if update is not None and changed == [os.path.realpath(update[0])]:
+        raise VggfeatError(f"{output} already exists{differences}: {update[1]}, or --overwrite replaces it")
+    raise VggfeatError(f"{output} already exists{differences}; pass --overwrite to replace it")
 
 
-def _differences(output: Path, made: str | None) -> str:
-    """``", made ..."``: how what ``output`` records differs from ``made``; "" where it records nothing."""
+def _differences(output: Path, made: str | None) -> tuple[str, list[str]]:
+    """``", made ..."``: how what ``output`` records differs from ``made`` ("" where it records
+    nothing), and the inputs that changed since where nothing else differs."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
         if then["options"].get("command") != now["options"].get("command"):
-            return f", made by 'vggfeat {then['options']['command']}'"
+            return f", made by 'vggfeat {then['options']['command']}'", []
         options = [f"{key}: {_shown(then['options'].get(key))} then, {_shown(now['options'].get(key))} now"
                    for key in dict.fromkeys([*now["options"], *then["options"]])
                    if then["options"].get(key) != now["options"].get(key)]
         if options:
-            return f", made with other options ({'; '.join(options)})"
+            return f", made with other options ({'; '.join(options)})", []
         paths_then, paths_now = ([entry[0] for entry in each["inputs"]] for each in (then, now))
         if paths_then != paths_now:
             order = " in another order" if sorted(paths_then) == sorted(paths_now) else ""
-            return f", made from {'these' if order else 'other'} files{order} ({', '.join(Path(path).name for path in paths_then)})"
-        changed = [Path(entry[0]).name for entry, was in zip(now["inputs"], then["inputs"]) if entry != was]
+            return f", made from {'these' if order else 'other'} files{order} ({', '.join(Path(path).name for path in paths_then)})", []
+        changed = [entry[0] for entry, was in zip(now["inputs"], then["inputs"]) if entry != was]
         if not changed:
-            return ""
-        return f", made from {', '.join(changed)} before {'it' if len(changed) == 1 else 'they'} last changed"
+            return "", []
+        names = ", ".join(Path(path).name for path in changed)
+        return f", made from {names} before {'it' if len(changed) == 1 else 'they'} last changed", changed
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # records nothing, or something else
-        return ""
+        return "", []
 
 
 def _shown(value: object) -> str:

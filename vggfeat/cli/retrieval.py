@@ -68,7 +68,8 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
         _update_index(features, output, quiet)
         return
     made = common.made_by_this_command([features, whiten_file])
-    if check_output(output, overwrite, made, inputs=[features, whiten_file], hdf5="indexes"):  # the same command again
+    if check_output(output, overwrite, made, inputs=[features, whiten_file], hdf5="indexes",
+                    update=(features, f"'vggfeat index {features} {output} --update' brings it up to date")):  # the same command again
         held = index_summary(output)
         click.echo(f"{output} already holds the index of this command on {features}, unchanged since: {held['kind']} index "
                    f"of {held['rows']:,} descriptors ({held['dim']}-d); nothing to do")
