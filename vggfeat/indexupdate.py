@@ -104,7 +104,8 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         index.paths = [f.paths[row] for row in order]
         index.labels, index.classes, index.read_after = f.labels[order], list(f.classes), stamps[order]
     index.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    index.save(index_path, {key: recorded[key] for key in ("command",) if key in recorded} | ({MADE_FROM: made} if made else {}))
+    kept = {key: recorded[key] for key in ("command",) if key in recorded}  # the command that built it
+    index.save(index_path, kept | ({MADE_FROM: made} if made else {}))
     return IndexUpdate(index_path, kind, index.rows, len(new_rows) - changed, removed, changed, rebuilt,
                        time.monotonic() - started, _lists_fit_rows(index))
 

@@ -15,8 +15,8 @@ from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..modelfile import read_model_file
 from ..report import report_files, write_report
-from ..scoresfile import scores_summary
 from ..rerun import check_output
+from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES
 from ..voc import DIFFICULT
 from .common import SEEDS, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
