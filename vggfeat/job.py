@@ -94,8 +94,13 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
         return VggfeatError(_ALREADY_EXISTS.format(output))
     if attrs.get("config") != config_json(config, dtype):
         try:
-            changes = config_changes(json.loads(attrs["config"]), {**config, "dtype": dtype})
-        except (KeyError, TypeError, ValueError):  # not an extraction's file (or a damaged one)
+            before = json.loads(attrs["config"])
+            if ("dense" in before) != ("dense" in config):  # posteriors (a Classifier's) against descriptors
+                made = ("a posteriors file (made by 'vggfeat classify')" if "dense" in before else
+                        "a descriptor file (made by 'vggfeat extract')")
+                return VggfeatError(f"{output} already exists: it is {made}; pass --overwrite to replace it")
+            changes = config_changes(before, {**config, "dtype": dtype})
+        except (KeyError, TypeError, ValueError, AttributeError):  # not an extraction's file (or a damaged one)
             changes = []
         if changes:
             return VggfeatError(f"{output} already exists, made with other options ({'; '.join(changes)}); pass "
