@@ -494,6 +494,8 @@ def test_the_same_whiten_fit_and_index_commands_again_have_nothing_to_do(tmp_pat
     assert code == 0 and out == (f"{index} already holds the index of this command on {db}, unchanged since: flat index "
                                  "of 16 descriptors (4-d); nothing to do\n"), err
     assert [whitening.stat().st_mtime_ns, index.stat().st_mtime_ns] == made
+    for path, args in ((whitening, fit), (index, build)):  # what made it
+        assert f"  command      vggfeat {' '.join(map(str, args))}\n" in run_main(["info", path])[1]
     code, _, err = run_main([*build, "--kind", "hnsw"])
     assert code == 2 and error_line(err) == (f"Error: {index} already exists, made with other options (--kind: flat then, "
                                              "hnsw now); pass --overwrite to replace it")

@@ -308,6 +308,7 @@ def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_cha
     model = tmp_path / "model.h5"
     ok(["train-svm", "train.h5", model, "--C", "1"])
     made = model.stat().st_mtime_ns
+    assert f"  command      vggfeat train-svm train.h5 {model} --C 1\n" in ok(["info", model])  # what made it
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transfer, "train_svm", lambda *_, **__: pytest.fail("trained again"))
         for args in ([files["train"], model, "--C", "1"], ["--features", "train.h5", model, "--C", "1.0", "--normalize"]):

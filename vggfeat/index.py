@@ -213,7 +213,7 @@ def index_summary(path: str | os.PathLike) -> dict:
             "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),
             "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
             "updated": str(f.attrs.get("updated", "")), "updatable": "read_after" in f,
-            "features": str(f.attrs.get("features", "")),
+            "features": str(f.attrs.get("features", "")), "command": str(f.attrs.get("command", "")),
         }
 
 

@@ -36,6 +36,7 @@ class ModelFile:
     extraction_configs: list[dict]  # one per fused features file, in order
     training: dict  # files, rows, labels, date: for the record
     checksum: str  # of its content (:func:`_checksum`): which model it is, for the files made with it
+    command: str = ""  # the command line that trained it, where one did
 
 
 def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.ndarray, classes: list[str],
@@ -65,7 +66,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
                 params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
                 cv_scores={float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()},
                 extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]),
-                checksum=str(f.attrs["checksum"]))
+                checksum=str(f.attrs["checksum"]), command=str(f.attrs.get("command", "")))
     except VggfeatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
@@ -84,7 +85,7 @@ def model_summary(path: str | os.PathLike) -> dict:
             "multilabel": bool(model.params.get("multilabel")), "dim": int(model.coef.shape[1]), "C": model.C,
             "C_by_cross_validation": bool(model.cv_scores), "normalize": bool(model.params.get("normalize")),
             "solver": model.params.get("solver", "liblinear"),
-            "extraction_configs": model.extraction_configs, "training": model.training}
+            "extraction_configs": model.extraction_configs, "training": model.training, "command": model.command}
 
 
 def jsonable(value):

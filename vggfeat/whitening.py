@@ -207,7 +207,7 @@ def whitening_summary(path: str | os.PathLike) -> dict:
         output_dim, input_dim = f["projection"].shape
         return {"format": WHITENING_FORMAT, "path": str(path), "input_dim": input_dim, "output_dim": output_dim,
                 "n_samples": int(f.attrs.get("n_samples", 0)), "normalize_input": bool(f.attrs["normalize_input"]),
-                "config": json.loads(f.attrs.get("config", "{}"))}
+                "config": json.loads(f.attrs.get("config", "{}")), "command": str(f.attrs.get("command", ""))}
 
 
 class _Moments:

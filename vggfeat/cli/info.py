@@ -147,13 +147,14 @@ def _index_lines(summary: dict) -> list[str]:
             + (f", updated {summary['updated']}" if summary["updated"] else "")
             + (f"; images under {summary['root']}" if summary["root"] else ""),
             "  update       " + ("'vggfeat index FEATURES INDEX --update' after 'extract --update'" if summary["updatable"] else
-                                 "not possible: it does not record when its rows were described (build it again)")]
+                                 "not possible: it does not record when its rows were described (build it again)"),
+            *_command_line(summary)]
 
 
 def _whitening_lines(summary: dict) -> list[str]:
     return [f"{summary['path']}: a vggfeat whitening, {summary['input_dim']}-d -> {summary['output_dim']}-d, fitted on "
             f"{summary['n_samples']:,} descriptors{' (L2-normalised first)' if summary['normalize_input'] else ''}",
-            _descriptors_line(summary["config"])]
+            _descriptors_line(summary["config"]), *_command_line(summary)]
 
 
 def _model_lines(summary: dict) -> list[str]:
@@ -165,7 +166,7 @@ def _model_lines(summary: dict) -> list[str]:
             f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how}); "
             f"solver {summary['solver']}",
             f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}",
-            *map(_descriptors_line, summary["extraction_configs"])]
+            *map(_descriptors_line, summary["extraction_configs"]), *_command_line(summary)]
 
 
 def _scores_lines(summary: dict) -> list[str]:
@@ -179,8 +180,12 @@ def _scores_lines(summary: dict) -> list[str]:
             f"  failed       {summary['failed']:,} (no descriptor; /failed)",
             f"  model        {model}",
             f"  features     {', '.join(summary['features'])}",
-            f"  made         {summary['created']} with vggfeat {summary['vggfeat_version']}",
-            *([f"  command      {summary['command']}"] if summary["command"] else [])]
+            f"  made         {summary['created']} with vggfeat {summary['vggfeat_version']}", *_command_line(summary)]
+
+
+def _command_line(summary: dict) -> list[str]:
+    """The line of the command that made a file, where it records one."""
+    return [f"  command      {summary['command']}"] if summary.get("command") else []
 
 
 # The other files that vggfeat writes, by their "format" attribute: how to read and show each.
