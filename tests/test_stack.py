@@ -218,7 +218,8 @@ def test_the_same_stack_command_again_has_nothing_to_do_until_a_file_changes(d_a
         code, _, err = run_main(["stack", *args, "de.h5"])
         assert code == 2 and error_line(err) == f"Error: de.h5 already exists, {error}; pass --overwrite to replace it"
     code, _, err = run_main(["train-svm", "d.h5", "de.h5", "--C", "1"])  # a slip: the stack named as a model
-    assert code == 2 and error_line(err) == "Error: de.h5 already exists, made by 'vggfeat stack'; pass --overwrite to replace it"
+    assert code == 2 and error_line(err) == ("Error: de.h5 already exists: it is a descriptor file (made by 'vggfeat "
+                                             "extract'); pass --overwrite to replace it")
     e = tmp_path / "e.h5"
     e.write_bytes(e.read_bytes())  # written anew (as --update does), a second later
     os.utime(e, ns=(e.stat().st_atime_ns, e.stat().st_mtime_ns + 10**9))

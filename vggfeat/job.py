@@ -40,31 +40,31 @@ from .extractor import Extractor
 from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .stack import flat_config
-from .store import (FORMAT_VERSION, as_system_errors, check_descriptor_output, discard_work, file_attributes,
-                    images_held, interrupted_on_several, list_parts, lock_folder, open_h5, replace_durably,
-                    rows_and_failures, shards_folder, work_folder, write_json, write_part)
+from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, as_system_errors, check_descriptor_output,
+                    discard_work, existing_kind, file_attributes, images_held, interrupted_on_several, list_parts,
+                    lock_folder, open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json,
+                    write_part)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
 # Images in a row that the storage fails to give (each tried 3 times) before a run stops, rather
 # than record every image as failed while a file system is away.
 STORAGE_FAILURES_TO_STOP = 64
-_ALREADY_EXISTS = "{} already exists; pass --overwrite to replace it"
 
 
-def check_output(output: Path, overwrite: bool, images_root: Path | None = None) -> None:
+def check_output(output: Path, overwrite: bool, images_root: Path | None = None, makes: str = DESCRIPTORS) -> None:
     """Refuse at once, before the images are found and the network loads, an output that
     :class:`ExtractionJob` would refuse: a folder, in a folder that does not exist, or a file that
     exists (without ``overwrite``) and has no work or shards folder beside it, which may show that
     this very extraction wrote it (the job decides), unless it is a complete file made from
     ``images_root`` (the folder of the images, or of a list's paths): this extraction may have
     made it, to find done or to update (:func:`check_existing_output` tells once the network is
-    built, the job once the images are found)."""
+    built, the job once the images are found). ``makes``: DESCRIPTORS, or POSTERIORS (classify's)."""
     check_descriptor_output(output)
     if _lone_file(output, overwrite):
         attrs = file_attributes(output) if images_root is not None else {}
         if not (attrs.get("complete") and _made_from(attrs, images_root)):
-            raise VggfeatError(_ALREADY_EXISTS.format(output))
+            raise VggfeatError(already_exists(output, makes))
 
 
 def check_existing_output(output: Path, overwrite: bool, config: dict, dtype: str) -> None:
@@ -89,17 +89,12 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
     """The refusal of an ``output`` that exists and does not hold this extraction, saying what
     differs: the options, or (``images`` given) the images of the same folder (added since, say),
     then pointing to ``--update`` (which takes a whole collection, not a shard)."""
-    attrs = file_attributes(output)
-    if not attrs.get("complete"):
-        return VggfeatError(_ALREADY_EXISTS.format(output))
+    attrs, makes = file_attributes(output), POSTERIORS if "dense" in config else DESCRIPTORS  # a Classifier's: "dense"
+    if not attrs.get("complete") or existing_kind(output, makes):  # or another kind of file: posteriors, an index, ...
+        return VggfeatError(already_exists(output, makes))
     if attrs.get("config") != config_json(config, dtype):
         try:
-            before = json.loads(attrs["config"])
-            if ("dense" in before) != ("dense" in config):  # posteriors (a Classifier's) against descriptors
-                made = ("a posteriors file (made by 'vggfeat classify')" if "dense" in before else
-                        "a descriptor file (made by 'vggfeat extract')")
-                return VggfeatError(f"{output} already exists: it is {made}; pass --overwrite to replace it")
-            changes = config_changes(before, {**config, "dtype": dtype})
+            changes = config_changes(json.loads(attrs["config"]), {**config, "dtype": dtype})
         except (KeyError, TypeError, ValueError, AttributeError):  # not an extraction's file (or a damaged one)
             changes = []
         if changes:
@@ -109,7 +104,7 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
         return VggfeatError(f"{output} already exists, made with these options over other images of {images.root} "
                             f"({int(attrs['images_found']):,} then, {len(images):,} now): --update describes those added "
                             "or changed and leaves out those gone; --overwrite describes them all again")
-    return VggfeatError(_ALREADY_EXISTS.format(output))
+    return VggfeatError(already_exists(output, makes))
 
 
 def _made_from(attrs: dict, root: str | os.PathLike) -> bool:

@@ -21,9 +21,9 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .store import (PLACED_ATTRS, block_rows, check_descriptor_output, create_datasets, failed_labels, file_attributes,
-                    mark_complete, open_features_file, open_h5, place_rows, plain_value, read_after, replace_durably,
-                    rows_and_failures, written_atomically)
+from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
+                    failed_labels, file_attributes, mark_complete, open_features_file, open_h5, place_rows, plain_value,
+                    read_after, replace_durably, rows_and_failures, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -191,7 +191,7 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
         if not overwrite:
             if _merged_from(output, inputs):
                 return True
-            raise VggfeatError(f"{output} already exists; pass --overwrite to replace it")
+            raise VggfeatError(already_exists(output, DESCRIPTORS))
     return False
 
 

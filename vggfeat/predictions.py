@@ -34,8 +34,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
-from .store import (check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder, work_folder,
-                    written_atomically)
+from .store import (already_exists, check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder,
+                    work_folder, written_atomically)
 from .textfiles import as_utf8, read_text
 
 
@@ -191,7 +191,7 @@ def check_csv_output(output: Path, overwrite: bool, inputs: Sequence[str | os.Pa
                 if path.is_dir() or file_attributes(path).get("posteriors_of") == output.name]  # not a user's own file
         beside = (f" (a killed run left {', '.join(path.name for path in left)} beside it: --overwrite takes up what it "
                   f"described with the same options; or remove {'it' if len(left) == 1 else 'them'})") if left else ""
-        raise VggfeatError(f"{output} already exists; pass --overwrite to replace it{beside}")
+        raise VggfeatError(f"{already_exists(output)}{beside}")
 
 
 def other_networks_work(output: str | os.PathLike, files: Sequence[Path]) -> list[Path]:

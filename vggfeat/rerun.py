@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import VggfeatError
-from .store import check_new_file, file_attributes
+from .store import already_exists, check_new_file, file_attributes
 
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"
@@ -61,18 +61,22 @@ def holds(output: Path, made: str | None) -> bool:
     return made is not None and output.is_file() and file_attributes(output).get(MADE_FROM) == made
 
 
-def check_output(output: Path, overwrite: bool, made: str | None, inputs: Sequence[str | os.PathLike | None] = (),
+def check_output(output: Path, overwrite: bool, made: str | None, makes: str, inputs: Sequence[str | os.PathLike | None] = (),
                  hdf5: str | None = None, update: tuple[str | os.PathLike, str] | None = None) -> bool:
-    """:func:`~vggfeat.store.check_new_file` for an output recorded as made (:func:`made_from`):
-    True where ``output`` holds what ``made`` says (there is nothing to do); otherwise an existing
-    one is refused, saying what differs where it records how it was made. ``update``: (an input,
-    how the output is brought up to date with it), said where that input alone changed since."""
+    """:func:`~vggfeat.store.check_new_file` for an output of the kind ``makes`` (one of
+    :data:`~vggfeat.store.KINDS`) recorded as made (:func:`made_from`): True where ``output`` holds
+    what ``made`` says (there is nothing to do); otherwise an existing one is refused, saying what
+    differs where it records how it was made, or what it is where it is another kind of file.
+    ``update``: (an input, how the output is brought up to date with it), said where that input
+    alone changed since."""
     check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs)  # all but the refusal of an existing output
     if overwrite or not output.exists():
         return False
     if holds(output, made):
         return True
     differences, changed = _differences(output, made)
+    if not differences:
+        raise VggfeatError(already_exists(output, makes))
     if update is not None and changed == [os.path.realpath(update[0])]:
         raise VggfeatError(f"{output} already exists{differences}: {update[1]}, or --overwrite replaces it")
     raise VggfeatError(f"{output} already exists{differences}; pass --overwrite to replace it")
@@ -80,11 +84,12 @@ def check_output(output: Path, overwrite: bool, made: str | None, inputs: Sequen
 
 def _differences(output: Path, made: str | None) -> tuple[str, list[str]]:
     """``", made ..."``: how what ``output`` records differs from ``made`` ("" where it records
-    nothing), and the inputs that changed since where nothing else differs."""
+    nothing, or was made by another command), and the inputs that changed since where nothing else
+    differs."""
     try:
         then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
-        if then["options"].get("command") != now["options"].get("command"):
-            return f", made by 'vggfeat {then['options']['command']}'", []
+        if then["options"].get("command") != now["options"].get("command"):  # another kind of file: said as such
+            return "", []
         options = [f"{key}: {_shown(then['options'].get(key))} then, {_shown(now['options'].get(key))} now"
                    for key in dict.fromkeys([*now["options"], *then["options"]])
                    if then["options"].get(key) != now["options"].get(key)]

@@ -31,7 +31,8 @@ import numpy as np
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
 from .rerun import MADE_FROM, check_output, made_from
-from .store import check_descriptor_output, create_datasets, mark_complete, open_features_file, open_h5, written_atomically
+from .store import (DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file, open_h5,
+                    written_atomically)
 
 if TYPE_CHECKING:  # torch loads only where images are described
     from .chunks import Chunk
@@ -67,7 +68,7 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
     output = Path(output)
     check_descriptor_output(output)
     made = made_from(names, {"command": "stack"})
-    if check_output(output, overwrite, made, inputs=names):
+    if check_output(output, overwrite, made, DESCRIPTORS, inputs=names):
         with open_features_file(output, "output") as f:
             rows, dim = f["features"].shape
             return StackResult(output, rows, f["failed/paths"].shape[0], dim, already_done=True)

@@ -59,6 +59,12 @@ INDEX_FORMAT = "vggfeat-index"
 WHITENING_FORMAT = "vggfeat-whitening"
 SVM_MODEL_FORMAT = "vggfeat-linear-svm"
 SCORES_FORMAT = "vggfeat-scores"
+# The kinds of vggfeat's files (:func:`kind_key`): each of the formats above, and the two that
+# extraction writes, which have none.
+DESCRIPTORS, POSTERIORS = "descriptors", "posteriors"
+KINDS = {SVM_MODEL_FORMAT: "an SVM model (made by 'vggfeat train-svm')", INDEX_FORMAT: "an index (made by 'vggfeat index')",
+         WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')", SCORES_FORMAT: "a scores file (made by 'vggfeat predict')",
+         POSTERIORS: "a posteriors file (made by 'vggfeat classify')", DESCRIPTORS: "a descriptor file (made by 'vggfeat extract')"}
 STRING = h5py.string_dtype("utf-8")  # of every text dataset
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
@@ -370,11 +376,13 @@ def _check_hdf5_name(path: Path, what: str, hint: str = "") -> None:
 
 
 def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
-                   inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+                   inputs: Sequence[str | os.PathLike | None] = (), makes: str | None = None) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
     that exists, unless ``overwrite``: no command replaces a file unasked; nor, ever, one of the
     command's ``inputs`` (a slip of the keyboard: ``predict model.h5 test.h5 test.h5``). ``hdf5``:
-    what the file is ("SVM models"), an HDF5 file, which a name of another format must not pass for."""
+    what the file is ("SVM models"), an HDF5 file, which a name of another format must not pass for.
+    The refusal says what an existing file is where it is a vggfeat file of another kind than the
+    command ``makes`` (:data:`KINDS`; None: none of them)."""
     check_output_path(path, "a file")
     if hdf5:
         _check_hdf5_name(path, hdf5)
@@ -383,20 +391,42 @@ def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
         raise VggfeatError(f"{path} is an input of this command too: name another output (--overwrite replaces "
                            "outputs, never inputs)")
     if path.exists() and not overwrite:
-        raise VggfeatError(f"{path} already exists; pass --overwrite to replace it")
+        raise VggfeatError(already_exists(path, makes))
+
+
+def already_exists(path: Path, makes: str | None = None) -> str:
+    """The refusal of an existing output ``path``, saying what it is where it is a vggfeat file of
+    another kind than the command ``makes``: a slip (``train-svm d.h5 e.h5``, meaning to fuse
+    them) that --overwrite would turn into hours of work lost."""
+    return f"{path} already exists{existing_kind(path, makes)}; pass --overwrite to replace it"
+
+
+def existing_kind(path: Path, makes: str | None = None) -> str:
+    """:func:`kind_of` the file ``path`` where it is of another kind than ``makes``; "" otherwise,
+    or where it cannot be read."""
+    try:
+        with open_h5(path) as f:
+            kind = kind_key(f)
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError):
+        return ""
+    return f": it is {KINDS[kind]}" if kind is not None and kind != makes else ""
+
+
+def kind_key(group: h5py.Group) -> str | None:
+    """Which of :data:`KINDS` ``group`` (an open file) is; None for a file that is none of vggfeat's."""
+    kind = plain_value(group.attrs.get("format"))
+    if isinstance(kind, str) and kind in KINDS:
+        return kind
+    if "features" in group and "config" in group.attrs:
+        return POSTERIORS if "dense" in group.attrs else DESCRIPTORS
+    return None
 
 
 def kind_of(group: h5py.Group) -> str:
     """``": it is ..."``, what vggfeat file ``group`` (an open file) is, for the error of a command
     given the wrong one (arguments swapped, say); "" for a file that is none of vggfeat's."""
-    kinds = {SVM_MODEL_FORMAT: "an SVM model (made by 'vggfeat train-svm')", INDEX_FORMAT: "an index (made by 'vggfeat index')",
-             WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')",
-             SCORES_FORMAT: "a scores file (made by 'vggfeat predict')"}
-    kind = kinds.get(plain_value(group.attrs.get("format")))
-    if kind is None and "features" in group and "config" in group.attrs:
-        kind = ("a posteriors file (made by 'vggfeat classify')" if "dense" in group.attrs else
-                "a descriptor file (made by 'vggfeat extract')")
-    return f": it is {kind}" if kind else ""
+    kind = kind_key(group)
+    return f": it is {KINDS[kind]}" if kind is not None else ""
 
 
 def open_features_file(path: Path, what: str = "features", hint: str = "",

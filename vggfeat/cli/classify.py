@@ -53,6 +53,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                                evaluate_file, folder_labels, keep_top_for, read_labels)
     from ..processes import start_process_server
     from ..settings import check_scales
+    from ..store import POSTERIORS
     from ..update import check_rewritable
     from .jobs import write_output
     from .posteriors import describe_networks, report_errors, write_csv
@@ -75,7 +76,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
         check_csv_output(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
     elif not rewrite:  # or the run that left its work beside it goes on, or finds its file done
-        check_output(output, overwrite, options.images_root(paths, file_list, root))
+        check_output(output, overwrite, options.images_root(paths, file_list, root), makes=POSTERIORS)
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list, archive_classes)

@@ -15,6 +15,7 @@ from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, index_features, index_summary
 from ..rerun import check_output
+from ..store import INDEX_FORMAT, WHITENING_FORMAT
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
 from . import common, options
 
@@ -36,7 +37,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
     FEATURES is read in blocks: memory grows with the dimension (a D x D covariance), not the rows.
     """
     made = common.made_by_this_command([features])
-    if check_output(output, overwrite, made, inputs=[features], hdf5="whitenings"):  # the same command again
+    if check_output(output, overwrite, made, WHITENING_FORMAT, inputs=[features], hdf5="whitenings"):  # the same command again
         held = whitening_summary(output)
         click.echo(f"{output} already holds the whitening of this command on {features}, unchanged since: "
                    f"{held['input_dim']}-d -> {held['output_dim']}-d; nothing to do")
@@ -68,7 +69,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
         _update_index(features, output, quiet)
         return
     made = common.made_by_this_command([features, whiten_file])
-    if check_output(output, overwrite, made, inputs=[features, whiten_file], hdf5="indexes",
+    if check_output(output, overwrite, made, INDEX_FORMAT, inputs=[features, whiten_file], hdf5="indexes",
                     update=(features, f"'vggfeat index {features} {output} --update' brings it up to date")):  # the same command again
         held = index_summary(output)
         click.echo(f"{output} already holds the index of this command on {features}, unchanged since: {held['kind']} index "

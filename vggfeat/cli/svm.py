@@ -17,7 +17,7 @@ from ..modelfile import read_model_file
 from ..report import report_files, write_report
 from ..rerun import check_output
 from ..scoresfile import scores_summary
-from ..store import HDF5_SUFFIXES
+from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
 from ..voc import DIFFICULT
 from .common import SEEDS, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
 
@@ -136,7 +136,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
     made = made_by_this_command([*files, labels, voc_devkit], leave_out=["features"])
-    if check_output(model, overwrite, made, inputs=files, hdf5="SVM models"):  # the same command again
+    if check_output(model, overwrite, made, SVM_MODEL_FORMAT, inputs=files, hdf5="SVM models"):  # the same command again
         held = read_model_file(model)  # a damaged one is refused: --overwrite
         click.echo(f"{model} already holds the SVMs of this command on these files, unchanged since: "
                    f"{counted(len(held.classes), 'label' if held.params.get('multilabel') else 'class', 'classes')}, "
@@ -173,7 +173,7 @@ def predict(paths, features, overwrite, quiet) -> None:
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     scores_file = output.suffix.lower() in HDF5_SUFFIXES
     made = made_by_this_command([paths[0], *files], leave_out=["features"]) if scores_file else None  # a CSV records nothing
-    if check_output(output, overwrite, made, inputs=[paths[0], *files]):  # the same command again
+    if check_output(output, overwrite, made, SCORES_FORMAT if scores_file else None, inputs=[paths[0], *files]):  # the same command again
         held = scores_summary(output)
         click.echo(f"{output} already holds the scores of this command on these files, unchanged since: {held['rows']:,} "
                    f"rows, {len(held['classes'])} class scores each; nothing to do")
