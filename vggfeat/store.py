@@ -63,8 +63,10 @@ SCORES_FORMAT = "vggfeat-scores"
 # extraction writes, which have none.
 DESCRIPTORS, POSTERIORS = "descriptors", "posteriors"
 KINDS = {SVM_MODEL_FORMAT: "an SVM model (made by 'vggfeat train-svm')", INDEX_FORMAT: "an index (made by 'vggfeat index')",
-         WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')", SCORES_FORMAT: "a scores file (made by 'vggfeat predict')",
-         POSTERIORS: "a posteriors file (made by 'vggfeat classify')", DESCRIPTORS: "a descriptor file (made by 'vggfeat extract')"}
+         WHITENING_FORMAT: "a whitening (made by 'vggfeat whiten fit')",
+         SCORES_FORMAT: "a scores file (made by 'vggfeat predict')",
+         POSTERIORS: "a posteriors file (made by 'vggfeat classify')",
+         DESCRIPTORS: "a descriptor file (made by 'vggfeat extract')"}
 STRING = h5py.string_dtype("utf-8")  # of every text dataset
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
 # A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
@@ -376,13 +378,14 @@ def _check_hdf5_name(path: Path, what: str, hint: str = "") -> None:
 
 
 def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
-                   inputs: Sequence[str | os.PathLike | None] = (), makes: str | None = None) -> None:
+                   inputs: Sequence[str | os.PathLike | None] = ()) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
     that exists, unless ``overwrite``: no command replaces a file unasked; nor, ever, one of the
     command's ``inputs`` (a slip of the keyboard: ``predict model.h5 test.h5 test.h5``). ``hdf5``:
     what the file is ("SVM models"), an HDF5 file, which a name of another format must not pass for.
-    The refusal says what an existing file is where it is a vggfeat file of another kind than the
-    command ``makes`` (:data:`KINDS`; None: none of them)."""
+    The refusal says what an existing file is where it is a vggfeat file: the commands that check
+    their outputs here write none (CSVs, JSON); those that write one refuse it with
+    :func:`already_exists`, naming the kind they make."""
     check_output_path(path, "a file")
     if hdf5:
         _check_hdf5_name(path, hdf5)
@@ -391,7 +394,7 @@ def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
         raise VggfeatError(f"{path} is an input of this command too: name another output (--overwrite replaces "
                            "outputs, never inputs)")
     if path.exists() and not overwrite:
-        raise VggfeatError(already_exists(path, makes))
+        raise VggfeatError(already_exists(path))
 
 
 def already_exists(path: Path, makes: str | None = None) -> str:
