@@ -31,7 +31,7 @@ import numpy as np
 from .errors import VggfeatError
 from .features import FeatureFile
 from .index import BLOCK_BYTES, VectorIndex, load_faiss
-from .rerun import MADE_FROM, brought_up_to_date, fingerprint
+from .rerun import MADE_FROM, brought_up_to_date, fingerprint, record
 from .store import file_attributes, open_h5
 
 
@@ -105,7 +105,7 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         index.labels, index.classes, index.read_after = f.labels[order], list(f.classes), stamps[order]
     index.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     kept = {key: recorded[key] for key in ("command",) if key in recorded}  # the command that built it
-    index.save(index_path, kept | ({MADE_FROM: made} if made else {}))
+    index.save(index_path, kept | record(made))
     return IndexUpdate(index_path, kind, index.rows, len(new_rows) - changed, removed, changed, rebuilt,
                        time.monotonic() - started, _lists_fit_rows(index))
 

@@ -56,25 +56,28 @@ def brought_up_to_date(made: str | None, entry: list | None) -> str | None:
     return json.dumps(recorded, sort_keys=True, default=str)
 
 
-def holds(output: Path, made: str | None) -> bool:
-    """Whether ``output`` records that it was made as ``made`` says (:func:`made_from`)."""
-    return made is not None and output.is_file() and file_attributes(output).get(MADE_FROM) == made
+def record(made: str | None) -> dict:
+    """The attribute an output records ``made`` (:func:`made_from`) in; none where it is None."""
+    return {MADE_FROM: made} if made else {}
 
 
-def check_output(output: Path, overwrite: bool, made: str | None, makes: str, inputs: Sequence[str | os.PathLike | None] = (),
-                 hdf5: str | None = None, update: tuple[str | os.PathLike, str] | None = None) -> bool:
+def check_output(output: Path, overwrite: bool, made: str | None, makes: str | None,
+                 inputs: Sequence[str | os.PathLike | None] = (), hdf5: str | None = None,
+                 update: tuple[str | os.PathLike, str] | None = None) -> bool:
     """:func:`~vggfeat.store.check_new_file` for an output of the kind ``makes`` (one of
-    :data:`~vggfeat.store.KINDS`) recorded as made (:func:`made_from`): True where ``output`` holds
-    what ``made`` says (there is nothing to do); otherwise an existing one is refused, saying what
-    differs where it records how it was made, or what it is where it is another kind of file.
+    :data:`~vggfeat.store.KINDS`; None: a CSV) recorded as made (:func:`made_from`): True where
+    ``output`` holds what ``made`` says (there is nothing to do); otherwise an existing one is
+    refused, saying what differs where it records how it was made, or what it is where it is
+    another kind of file.
     ``update``: (an input, how the output is brought up to date with it), said where that input
     alone changed since."""
     check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs)  # all but the refusal of an existing output
     if overwrite or not output.exists():
         return False
-    if holds(output, made):
+    recorded = file_attributes(output).get(MADE_FROM)
+    if made is not None and recorded == made:
         return True
-    differences, changed = _differences(output, made)
+    differences, changed = _differences(recorded, made)
     if not differences:
         raise VggfeatError(already_exists(output, makes))
     if update is not None and changed == [os.path.realpath(update[0])]:
@@ -82,12 +85,12 @@ def check_output(output: Path, overwrite: bool, made: str | None, makes: str, in
     raise VggfeatError(f"{output} already exists{differences}; pass --overwrite to replace it")
 
 
-def _differences(output: Path, made: str | None) -> tuple[str, list[str]]:
-    """``", made ..."``: how what ``output`` records differs from ``made`` ("" where it records
+def _differences(recorded: object, made: str | None) -> tuple[str, list[str]]:
+    """``", made ..."``: how what an output ``recorded`` differs from ``made`` ("" where it records
     nothing, or was made by another command), and the inputs that changed since where nothing else
     differs."""
     try:
-        then, now = json.loads(file_attributes(output)[MADE_FROM]), json.loads(made or "")
+        then, now = json.loads(recorded), json.loads(made or "")
         if then["options"].get("command") != now["options"].get("command"):  # another kind of file: said as such
             return "", []
         options = [f"{key}: {_shown(then['options'].get(key))} then, {_shown(now['options'].get(key))} now"

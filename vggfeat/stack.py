@@ -30,7 +30,7 @@ import numpy as np
 
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
-from .rerun import MADE_FROM, check_output, made_from
+from .rerun import check_output, made_from, record
 from .store import (DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file, open_h5,
                     written_atomically)
 
@@ -97,7 +97,7 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
                 "dtype": dtype, "input_root": first.root, "images_found": len(fused.paths) + len(failed),
                 "random_weights": any(f.random_weights for f in fused.opened),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "vggfeat_version": __version__,
-                **({MADE_FROM: made} if made else {}), **(provenance or {}),
+                **record(made), **(provenance or {}),
             })
     return StackResult(output, len(fused.paths), len(failed), fused.width)
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
-from ..rerun import MADE_FROM, made_from
+from ..rerun import made_from, record
 from ..store import check_new_file, open_features_file, write_text_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
@@ -187,7 +187,7 @@ def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str]
 def provenance(made: str | None) -> dict:
     """What an output records of how it was made: the command line, and ``made``
     (:func:`made_by_this_command`) where there is one."""
-    return {"command": command_line(), **({MADE_FROM: made} if made else {})}
+    return {"command": command_line(), **record(made)}
 
 
 def _plain(value: object) -> object:
