@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import h5py
@@ -149,6 +151,49 @@ def test_commands_and_options_complete_on_tab():
         result = subprocess.run(complete, capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
         assert [line.split(",", 1)[1] for line in result.stdout.splitlines()] == expected
+
+
+# A command line in a text: at a line's start, after a shell's '|', ';', '&&' or '$(', or in `...`.
+_COMMAND_LINE = re.compile(r"(?:^\s*|[|;]\s*|&&\s*|\$\(|[`'])vggfeat\s+([^|;&#`'\n]*)", re.MULTILINE)
+
+
+def _unknown_options(text: str) -> list[str]:
+    """The commands and options that the command lines in ``text`` give and the CLI does not have."""
+    context, unknown = click.Context(cli), []
+    for match in _COMMAND_LINE.finditer(text.replace("\\\n", " ")):  # a line continued, joined
+        command, words = cli, ["vggfeat", *match[1].split()]
+        while isinstance(command, click.Group) and len(words) > 1 and not words[1].startswith("-"):
+            if words[1].isupper():  # 'vggfeat COMMAND --help': a placeholder
+                break
+            command, words = command.get_command(context, words[1]), words[1:]
+            if command is None:
+                unknown.append(words[0])
+                break
+        else:
+            options = {option for param in command.get_params(context) for option in param.opts + param.secondary_opts}
+            unknown += [word for word in words[1:] if re.match(r"--?[a-z]", word) and word.split("=")[0] not in options]
+    return unknown
+
+
+def test_the_command_lines_that_the_readme_the_help_and_messages_give_are_real():
+    """Every command line a user may copy (the README's code, each command's help, the messages
+    that say what to run) names real commands and options."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert _unknown_options("\n".join(re.findall(r"```[a-z]*\n(.*?)```", readme, re.DOTALL))) == []
+    assert _unknown_options("\n".join(span.replace("\n", " ") for span in re.findall(r"`(vggfeat [^`]*)`", readme))) == []
+    context = click.Context(cli)
+    commands = [cli.get_command(context, name) for name in COMMANDS]
+    commands += [sub for command in commands if isinstance(command, click.Group) for sub in command.commands.values()]
+    helps = {command.name: "\n".join([command.help or "", *(getattr(param, "help", None) or "" for param in command.params)])
+             for command in commands}
+    assert {name: _unknown_options(text) for name, text in helps.items()} == {name: [] for name in helps}
+    sources = sorted((root / "vggfeat").rglob("*.py"))
+    messages = {str(path): "\n".join(re.findall(r"'(vggfeat [^'\n{]*)'", path.read_text(encoding="utf-8"))) for path in sources}
+    assert {path: _unknown_options(text) for path, text in messages.items()} == {path: [] for path in messages}
+    # What it finds, where a text gives a command or an option that is not there:
+    assert _unknown_options("vggfeat extract ./i o.h5 --scale 256\n'vggfeat whiten learn a b'\nvggfeat COMMAND --help") == [
+        "--scale", "learn"]
 
 
 def test_file_names_with_control_characters_print_on_one_line(tmp_path):
