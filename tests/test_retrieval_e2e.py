@@ -267,7 +267,8 @@ def test_search_for_what_a_box_of_the_query_image_holds(tmp_path):
     code, _, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,0,240"])
     assert code == 2 and "query " in error_line(err) and "the region is empty" in error_line(err), err
     for args, message in (([query, query, "--box", "1,2,3,4"], "--box crops one query image: give one image file"),
-                          ([query, "--box", "1,2,3"], "a bounding box is 4 numbers x1 y1 x2 y2"),
+                          ([query, "--box", "1,2,3"], "Invalid value for '--box': a bounding box is 4 numbers x1 y1 x2 y2 "
+                                                      "with x1 < x2 and y1 < y2, got '1,2,3'"),
                           ([query, "--box", "5,2,3,4"], "a bounding box is 4 numbers x1 y1 x2 y2")):
         code, _, err = run_main(["search", tmp_path / "db.index", *args])
         assert code == 2 and message in error_line(err), err

@@ -252,14 +252,16 @@ def _revisited(data: dict, protocol: str, path: Path) -> list[dict]:
     return truth
 
 
-def check_box(values: object, where: object) -> list[float]:
-    """A bounding box [x1, y1, x2, y2] (x1 < x2, y1 < y2), or a clear refusal naming ``where``."""
+def check_box(values: object, where: object = None, given: object = None) -> list[float]:
+    """A bounding box [x1, y1, x2, y2] (x1 < x2, y1 < y2), or a clear refusal naming ``where`` (if
+    any) and what was ``given`` (default: ``values``)."""
     try:
         box = [float(value) for value in values]  # type: ignore[union-attr]
     except (TypeError, ValueError):
         box = []
     if len(box) != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
-        raise VggfeatError(f"{where}: a bounding box is 4 numbers x1 y1 x2 y2 with x1 < x2 and y1 < y2, got {values!r}")
+        raise VggfeatError(f"{f'{where}: ' if where else ''}a bounding box is 4 numbers x1 y1 x2 y2 with x1 < x2 and y1 < y2, "
+                           f"got {values if given is None else given!r}")
     return box
 
 

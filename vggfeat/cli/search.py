@@ -96,7 +96,7 @@ def _box(value: str | None) -> list[float] | None:
     if value is None:
         return None
     try:
-        return check_box(value.split(","), "--box")
+        return check_box(value.split(","), given=value)  # click names the option
     except VggfeatError as error:
         raise click.BadParameter(str(error)) from None
 
