@@ -1,8 +1,14 @@
 """What a command's output records of how it was made (``stack``'s, ``train-svm``'s, ``whiten
-fit``'s, ``index``'s, ``predict``'s into an .h5), so that the same command run again on it has
-nothing to do (a script run twice, a requeued batch job) where it would refuse the output as
-existing: its inputs as they were then (the real path, size and modification time of each: a file
-written anew since, by ``--update`` or ``--overwrite``, is another) and its options, compared whole.
+fit``'s, ``index``'s, ``predict``'s), so that the same command run again on it has nothing to do
+(a script run twice, a requeued batch job) where it would refuse the output as existing: its
+inputs as they were then (the real path, size and modification time of each: a file written anew
+since, by ``--update`` or ``--overwrite``, is another) and its options, compared whole.
+
+An HDF5 output records it as an attribute. A CSV records it as an extended attribute of the file
+(``user.vggfeat.made_from``, as ``wget --xattr`` records where a file came from), with the CSV's own
+size and modification time then, so that a CSV changed since records nothing; where the file
+system keeps no extended attributes (or a copy dropped them), the CSV records nothing, and the
+command refuses it as before.
 
 A folder among the inputs is not looked into (a VOC devkit's annotations), so a command given one
 records nothing and is refused as before. Extraction and merge check their outputs their own way
@@ -22,6 +28,8 @@ from .store import already_exists, check_new_file, file_attributes
 
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"
+# The extended attribute of a CSV that records it (JSON: {"made_from": ..., "file": [size, mtime_ns]}).
+FILE_ATTRIBUTE = "user.vggfeat.made_from"
 
 
 def made_from(inputs: Sequence[str | os.PathLike], options: dict) -> str | None:
@@ -61,11 +69,38 @@ def record(made: str | None) -> dict:
     return {MADE_FROM: made} if made else {}
 
 
+def record_in_file(path: str | os.PathLike, made: str | None) -> bool:
+    """Record ``made`` in the extended attributes of the file ``path`` just written (a CSV); False
+    where there is nothing to record or the file system keeps no such attributes (or none on Windows
+    and macOS, where Python has no call for them)."""
+    if made is None or not hasattr(os, "setxattr"):
+        return False
+    try:
+        status = os.stat(path)
+        os.setxattr(path, FILE_ATTRIBUTE, json.dumps({MADE_FROM: made, "file": [status.st_size, status.st_mtime_ns]}).encode())
+    except OSError:  # ENOTSUP, or a file system's limit on their size
+        return False
+    return True
+
+
+def recorded_in_file(path: str | os.PathLike) -> str | None:
+    """What the file ``path`` records of how it was made (:func:`record_in_file`); None where it
+    records nothing, or has changed since (its size or modification time)."""
+    if not hasattr(os, "getxattr"):
+        return None
+    try:
+        recorded = json.loads(os.getxattr(path, FILE_ATTRIBUTE))
+        status = os.stat(path)
+        return recorded[MADE_FROM] if recorded["file"] == [status.st_size, status.st_mtime_ns] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_output(output: Path, overwrite: bool, made: str | None, makes: str | None,
                  inputs: Sequence[str | os.PathLike | None] = (), hdf5: str | None = None,
                  update: tuple[str | os.PathLike, str] | None = None) -> bool:
     """:func:`~vggfeat.store.check_new_file` for an output of the kind ``makes`` (one of
-    :data:`~vggfeat.store.KINDS`; None: a CSV) recorded as made (:func:`made_from`): True where
+    :data:`~vggfeat.store.KINDS`; None: a CSV, :func:`record_in_file`) recorded as made (:func:`made_from`): True where
     ``output`` holds what ``made`` says (there is nothing to do); otherwise an existing one is
     refused, saying what differs where it records how it was made, or what it is where it is
     another kind of file.
@@ -74,7 +109,7 @@ def check_output(output: Path, overwrite: bool, made: str | None, makes: str | N
     check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs)  # all but the refusal of an existing output
     if overwrite or not output.exists():
         return False
-    recorded = file_attributes(output).get(MADE_FROM)
+    recorded = recorded_in_file(output) if makes is None else file_attributes(output).get(MADE_FROM)
     if made is not None and recorded == made:
         return True
     differences, changed = _differences(recorded, made)
