@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import h5py
+import numpy as np
 import pytest
 
 from runhelpers import error_line, run_main
@@ -206,6 +207,33 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
     assert code == 0 and "  failed: zz/bad\\nname\\x1b[2J.png: truncated\\rfile\n" in out
     code, _, err = run_main(["info", tmp_path / "new\nfile.h5"])
     assert code == 2 and err.count("\n") == 1 and "new\\nfile.h5" in err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_descriptor_of_nan_or_infinities_is_refused_naming_its_row_and_image(tmp_path, dtype):
+    """Extraction records an image whose descriptor is not finite as failed: such a row is a damaged
+    file, which every command that reads descriptors refuses, naming the row and its image, where
+    results would have been NaN or meaningless, silently (retrieval-eval gave recall 1.0). Rows a
+    command does not read (left out by --labels) are not its concern."""
+    X, labels, paths, classes = blobs(dim=8)
+    model = tmp_path / "model.h5"
+    assert run_main(["train-svm", write_features(tmp_path / "good.h5", X, paths, labels, classes), model, "-q"])[0] == 0
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    with h5py.File(features, "r+") as f:
+        del f["features"]
+        f["features"] = np.where(np.arange(len(X))[:, None] == 13, np.float32(np.inf) if dtype == "float16" else np.nan,
+                                 X).astype(dtype)
+    error = (f"Error: {features} is damaged: the descriptor of row 13 ({paths[13]}) holds NaN or infinite values, which "
+             "extraction never writes (it records such an image as failed); describe the images again (extract --overwrite)")
+    for args in (["train-svm", features, tmp_path / "m.h5"], ["predict", model, features, tmp_path / "p.csv"],
+                 ["evaluate", model, features], ["index", features, tmp_path / "i.h5"],
+                 ["whiten", "fit", features, tmp_path / "w.h5"], ["retrieval-eval", features]):
+        code, _, err = run_main([str(arg) for arg in args])
+        assert code == 2 and error_line(err) == error, (args, err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["features.h5", "good.h5", "model.h5"]
+    labelled = tmp_path / "labels.csv"
+    labelled.write_text("".join(f"{path},{classes[label]}\n" for path, label in zip(paths, labels) if path != paths[13]))
+    assert run_main(["train-svm", features, tmp_path / "m.h5", "--labels", labelled, "-q"])[0] == 0
 
 
 def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):

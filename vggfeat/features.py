@@ -155,6 +155,7 @@ class FeatureFile:
             else:
                 self.features.read_direct(buffer, source, np.s_[: stop - start])
                 out[start:stop] = buffer[: stop - start]
+            self._check_finite(out[start:stop], first + start)
 
     def _read_gathered(self, rows: np.ndarray, out: np.ndarray, step: int) -> None:
         """Any rows, repeats allowed, placed where asked.
@@ -178,8 +179,19 @@ class FeatureFile:
                 stop = start + int(gaps[0]) + 1
             end = min((ordered[stop - 1] // unit + 1) * unit, self.rows)
             self.features.read_direct(buffer, np.s_[first:end], np.s_[: end - first])
+            self._check_finite(buffer[: end - first], first, wanted=ordered[start:stop] - first)
             out[order[start:stop]] = buffer[ordered[start:stop] - first]
             start = stop
+
+    def _check_finite(self, block: np.ndarray, first: int, wanted: np.ndarray | None = None) -> None:
+        """Refuse rows ``first, first + 1, ...`` of the file, read into ``block``, where one of them
+        (among ``wanted``, of the block's rows) holds NaN or an infinity (:func:`damaged_row`)."""
+        bad = not_finite_rows(block)
+        if wanted is not None:
+            bad = np.intersect1d(bad, wanted)
+        if len(bad):
+            row = first + int(bad[0])
+            raise damaged_row(self.path, row, self.paths[row])
 
     def close(self) -> None:
         self._file.close()
@@ -205,6 +217,22 @@ class Features:
     @property
     def dims(self) -> list[int]:
         return [int(config.get("dim", -1)) for config in self.configs]
+
+
+def not_finite_rows(block: np.ndarray) -> np.ndarray:
+    """The rows of ``block`` [n, d] that hold NaN or an infinity."""
+    if block.dtype == np.float16:  # numpy's isfinite is slow on float16: its exponent's bits, all set
+        return np.flatnonzero(((block.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1))
+    return np.flatnonzero(~np.isfinite(block).all(axis=1))
+
+
+def damaged_row(path: str | os.PathLike, row: int, image: str) -> VggfeatError:
+    """The refusal of a file whose descriptor of ``row`` (of ``image``) holds NaN or an infinity:
+    extraction records such an image as failed rather than write it, so the file is damaged (or was
+    written otherwise), and whatever is computed from it would be NaN or meaningless, silently."""
+    return VggfeatError(f"{path} is damaged: the descriptor of row {row} ({image}) holds NaN or infinite values, which "
+                        "extraction never writes (it records such an image as failed); describe the images again "
+                        "(extract --overwrite)")
 
 
 def load_features(

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from .errors import VggfeatError
-from .features import config_differences
+from .features import config_differences, damaged_row, not_finite_rows
 from .store import WHITENING_FORMAT, kind_of, open_features_file, open_h5, reading_hdf5, written_atomically
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
@@ -255,6 +255,9 @@ def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: i
         def blocks() -> Iterator[np.ndarray]:
             for start in range(0, rows, step):
                 block = descriptors[start : start + step]
+                bad = not_finite_rows(block)
+                if len(bad):
+                    raise damaged_row(features, start + int(bad[0]), f["paths"].asstr()[start + int(bad[0])])
                 yield block
                 if progress:
                     progress(len(block))

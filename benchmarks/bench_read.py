@@ -1,0 +1,80 @@
+"""Reading descriptors back (FeatureFile.read, which train-svm, predict, index and retrieval-eval use):
+with the check that every row read is finite against the same read without it, in one process.
+
+    python benchmarks/bench_read.py --rows 100000 --dim 4096 --dtype float32 --rounds 3
+
+Writes a features file once to --workdir (extract's chunking: about 1 MiB of rows a chunk), then,
+alternately, with and without the check (the check replaced by nothing): (a) every row, into a new
+float32 array, as retrieval-eval and the index read; (b) a random half of the rows, in order, as
+train-svm reads the rows its labels name (chunks with no wanted row skipped). Page cache warm (the
+file was just written, or read by the first round). Prints the best round of each, in MB/s of the
+file's bytes, and the check's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vggfeat import features as features_module
+from vggfeat.features import FeatureFile
+from vggfeat.store import STRING, chunk_rows
+
+
+def make_file(path: Path, rows: int, dim: int, dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    step = 8192
+    with h5py.File(path, "w") as f:
+        features = f.create_dataset("features", (rows, dim), dtype=dtype, chunks=(chunk_rows(rows, dim, dtype), dim))
+        for start in range(0, rows, step):
+            block = rng.random((min(step, rows - start), dim), dtype=np.float32)
+            features[start : start + len(block)] = np.maximum(block - 0.5, 0)  # half zeros, as after fc7's ReLU
+        f.create_dataset("paths", data=[f"c/{i:08d}.jpg" for i in range(rows)], dtype=STRING)
+        f["labels"] = np.zeros(rows, dtype=np.int32)
+        f.create_dataset("classes", data=["c"], dtype=STRING)
+        f["sizes"] = np.full((rows, 2), 375, dtype=np.int32)
+        f.create_dataset("failed/paths", shape=(0,), dtype=STRING)
+        f.create_dataset("failed/errors", shape=(0,), dtype=STRING)
+        f.attrs.update(config='{"model": "vgg16", "layer": "fc7", "dim": %d}' % dim, complete=True, format_version=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=4096)
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("."))
+    args = parser.parse_args()
+    path = args.workdir / f"bench-read-{args.rows}x{args.dim}-{args.dtype}.h5"
+    if not path.exists():
+        make_file(path, args.rows, args.dim, args.dtype)
+    half = np.sort(np.random.default_rng(1).choice(args.rows, args.rows // 2, replace=False))
+    checked = FeatureFile._check_finite
+    best: dict[tuple[str, str], float] = {}
+    with FeatureFile(path) as f:
+        file_bytes = f.rows * f.dim * f.features.dtype.itemsize
+        for _ in range(args.rounds):
+            for check in ("with the check", "without"):
+                features_module.FeatureFile._check_finite = checked if check == "with the check" else lambda *a, **k: None
+                for read, rows in (("every row", None), ("a random half", half)):
+                    started = time.perf_counter()
+                    f.read(rows, dtype=np.float32)
+                    seconds = time.perf_counter() - started
+                    best[read, check] = min(best.get((read, check), np.inf), seconds)
+    features_module.FeatureFile._check_finite = checked
+    print(f"{args.rows:,} rows x {args.dim} {args.dtype} ({file_bytes / 2**30:.2f} GiB); best of {args.rounds} rounds")
+    print("| read | with the check | without | the check's cost |")
+    print("| --- | ---: | ---: | ---: |")
+    for read, share in (("every row", 1.0), ("a random half", 0.5)):
+        on, off = best[read, "with the check"], best[read, "without"]
+        print(f"| {read} | {share * file_bytes / on / 1e6:,.0f} MB/s | {share * file_bytes / off / 1e6:,.0f} MB/s | "
+              f"{(on - off) / off:+.1%} |")
+
+
+if __name__ == "__main__":
+    main()
