@@ -349,6 +349,9 @@ def test_the_same_scoring_again_has_nothing_to_do_into_an_h5_or_a_csv(data, tmp_
     assert ok(["predict", model, "--features", files["test"], csv_file]) == (
         f"{csv_file} already holds the predictions of this command on these files, unchanged since; nothing to do\n")
     assert {output: output.stat().st_mtime_ns for output in made} == made
+    assert ok(["info", csv_file]) == (f"{csv_file}: written by vggfeat predict {model} {files['test']} {csv_file}\n"
+                                      f"  made from    {model} (unchanged since)\n"
+                                      f"               {files['test']} (unchanged since)\n")
     assert refused(["predict", model, files["train"], csv_file]) == (
         f"Error: {csv_file} already exists, made from other files (model.h5, test.h5); pass --overwrite to replace it")
     copied = tmp_path / "copy.csv"
@@ -362,6 +365,8 @@ def test_the_same_scoring_again_has_nothing_to_do_into_an_h5_or_a_csv(data, tmp_
     for output in (scores, csv_file):
         assert refused(["predict", model, files["test"], output]) == (
             f"Error: {output} already exists, made from model.h5 before it last changed; pass --overwrite to replace it")
+    assert f"  made from    {model} (changed since, or gone)\n" in ok(["info", csv_file])
+    assert refused(["info", copied]) == f"Error: {copied} is not an HDF5 file"  # a copy without them
 
 
 def test_refusals(data, tmp_path):

@@ -69,31 +69,47 @@ def record(made: str | None) -> dict:
     return {MADE_FROM: made} if made else {}
 
 
-def record_in_file(path: str | os.PathLike, made: str | None) -> bool:
-    """Record ``made`` in the extended attributes of the file ``path`` just written (a CSV); False
-    where there is nothing to record or the file system keeps no such attributes (or none on Windows
-    and macOS, where Python has no call for them)."""
+def record_in_file(path: str | os.PathLike, made: str | None, command: str | None = None) -> bool:
+    """Record ``made`` (and the ``command`` line, for ``info``) in the extended attributes of the
+    file ``path`` just written (a CSV); False where there is nothing to record or the file system
+    keeps no such attributes (or none on Windows and macOS, where Python has no call for them)."""
     if made is None or not hasattr(os, "setxattr"):
         return False
     try:
         status = os.stat(path)
-        os.setxattr(path, FILE_ATTRIBUTE, json.dumps({MADE_FROM: made, "file": [status.st_size, status.st_mtime_ns]}).encode())
+        record = {MADE_FROM: made, "command": command, "file": [status.st_size, status.st_mtime_ns]}
+        os.setxattr(path, FILE_ATTRIBUTE, json.dumps(record).encode())
     except OSError:  # ENOTSUP, or a file system's limit on their size
         return False
     return True
 
 
-def recorded_in_file(path: str | os.PathLike) -> str | None:
-    """What the file ``path`` records of how it was made (:func:`record_in_file`); None where it
-    records nothing, or has changed since (its size or modification time)."""
+def file_record(path: str | os.PathLike) -> dict | None:
+    """What the file ``path`` records of how it was made (:func:`record_in_file`): {"made_from",
+    "command", "changed": whether its size or modification time differ from those recorded}; None
+    where it records nothing."""
     if not hasattr(os, "getxattr"):
         return None
     try:
-        recorded = json.loads(os.getxattr(path, FILE_ATTRIBUTE))
+        record = json.loads(os.getxattr(path, FILE_ATTRIBUTE))
         status = os.stat(path)
-        return recorded[MADE_FROM] if recorded["file"] == [status.st_size, status.st_mtime_ns] else None
+        return {MADE_FROM: str(record[MADE_FROM]), "command": record.get("command"),
+                "changed": record["file"] != [status.st_size, status.st_mtime_ns]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def recorded_in_file(path: str | os.PathLike) -> str | None:
+    """What the file ``path`` records of how it was made; None where it records nothing, or has
+    changed since (:func:`file_record`)."""
+    record = file_record(path)
+    return record[MADE_FROM] if record and not record["changed"] else None
+
+
+def inputs_changed(made: str) -> list[tuple[str, bool]]:
+    """(real path, whether it changed since: size or modification time, or gone) of each input
+    that ``made`` records."""
+    return [(str(entry[0]), fingerprint(entry[0]) != entry) for entry in json.loads(made)["inputs"]]
 
 
 def check_output(output: Path, overwrite: bool, made: str | None, makes: str | None,

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import click
+import h5py
 
 from ..errors import VggfeatError
 from ..fileinfo import read_info
 from ..index import index_summary
 from ..modelfile import model_summary
 from ..regions import RegionCount
+from ..rerun import MADE_FROM, file_record, inputs_changed
 from ..scoresfile import scores_summary
 from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
                      posteriors_file_of, shards_folder, shards_progress, work_folder, work_progress)
@@ -193,13 +195,33 @@ OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (w
                SVM_MODEL_FORMAT: (model_summary, _model_lines), SCORES_FORMAT: (scores_summary, _scores_lines)}
 
 
+def _plain_file(file: Path, record: dict) -> dict:
+    """What a file of another format (a CSV) records of how it was made, and whether it and its
+    inputs changed since."""
+    inputs = inputs_changed(record[MADE_FROM])
+    return {"file": str(file), "command": record["command"], "changed_since": record["changed"],
+            "inputs": [{"path": path, "changed_since": changed} for path, changed in inputs]}
+
+
+def _plain_file_lines(file: Path, record: dict) -> list[str]:
+    summary = _plain_file(file, record)
+    changed = click.style("changed since it was written (its size or time differ)", fg="yellow")
+    lines = [f"{file}: written by {common.printable(summary['command'] or 'vggfeat')}"
+             + (f", {changed}" if summary["changed_since"] else "")]
+    for k, each in enumerate(summary["inputs"]):
+        since = click.style("changed since, or gone", fg="yellow") if each["changed_since"] else "unchanged since"
+        lines.append(f"  {'made from' if k == 0 else '':<12} {common.printable(each['path'])} ({since})")
+    return lines
+
+
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def info(file: Path, as_json: bool) -> None:
     """Show rows, dimension, classes, failures, provenance and whether FILE is complete.
 
-    FILE is a descriptor (or posteriors) file, or an index, a whitening or an SVM model file.
+    FILE is a descriptor (or posteriors) file, or an index, a whitening or an SVM model file; or
+    a CSV of predictions, which records the command that wrote it and from what files.
     """
     if file.is_dir():
         output = file.with_suffix("") if file.suffix in (".parts", ".shards") else None
@@ -217,6 +239,10 @@ def info(file: Path, as_json: bool) -> None:
         if fused:
             raise VggfeatError(f"{file} is not written yet, the posteriors of its networks: {'; '.join(fused)}")
         raise VggfeatError(f"file not found: {file}")
+    record = file_record(file) if not h5py.is_hdf5(file) else None
+    if record is not None:  # a CSV that records how it was made
+        click.echo(json.dumps(_plain_file(file, record), indent=2) if as_json else "\n".join(_plain_file_lines(file, record)))
+        return
     show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
     if show_other:  # an index, a whitening or an SVM model
         summary = show_other[0](file)

@@ -19,7 +19,7 @@ from ..rerun import check_output, record_in_file
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
 from ..voc import DIFFICULT
-from .common import SEEDS, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
+from .common import SEEDS, command_line, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
 
 if TYPE_CHECKING:
     from ..transfer import Scored
@@ -188,7 +188,7 @@ def predict(paths, features, overwrite, quiet) -> None:
             written = transfer.write_scores(output, model, files, progress=bar.update, provenance=provenance(made))
         else:
             written = transfer.write_predictions(output, model, files, progress=bar.update)
-            record_in_file(output, made)
+            record_in_file(output, made, command_line())
     failed = f"; {counted(written.failed, 'image')} without a descriptor (failed), with the reason" if written.failed else ""
     click.echo(f"wrote {output}: {written.rows:,} rows, {len(written.classes)} class scores each{failed}")
 
