@@ -104,7 +104,7 @@ class VectorIndex:
         if X.ndim != 2 or X.shape[1] != expected:
             raise VggfeatError(f"the index takes {expected}-d descriptors, got shape {X.shape}")
         if not np.isfinite(X).all():
-            raise VggfeatError("query descriptors hold NaN or infinite values")
+            raise VggfeatError("descriptors hold NaN or infinite values")
         return self.whitening.transform(X) if self.whitening is not None else l2_normalize(X)
 
     def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
