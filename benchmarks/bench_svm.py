@@ -9,7 +9,7 @@ Run each mode in its own process: the peak resident memory printed is the proces
 The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
 extract` writes) and reused by later runs.
 
-Synthetic descriptors: class means m_k ~ N(0, 1) per dimension, x = relu(0.3 m_y + N(0, 1)), so
+Synthetic descriptors: class means m_k ~ N(0, 1) per dimension, x = relu(s m_y + N(0, 1)) (s: --signal, 0.3), so
 about half the entries are zero (as after fc7's ReLU) and classes overlap per dimension.
 
   vggfeat: features.load_features (chunked read straight into one float64 array), LinearSVM
@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 
-def make_file(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> None:
+def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, dim), dtype=np.float32)
     labels = np.arange(rows) % classes
@@ -55,7 +55,7 @@ def make_file(path: Path, rows: int, dim: int, classes: int, seed: int = 0) -> N
         features = f.create_dataset("features", shape=(rows, dim), dtype=np.float32, chunks=(max(1, 2**18 // dim), dim))
         for start in range(0, rows, 8192):
             y = labels[start : start + 8192]
-            block = 0.3 * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32)
+            block = signal * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32)
             features[start : start + len(y)] = np.maximum(block, 0)
         f.create_dataset("paths", data=[f"c{k:03d}/{i:07d}.jpg" for i, k in enumerate(labels)], dtype=h5py.string_dtype())
         f["labels"] = labels.astype(np.int32)
@@ -134,13 +134,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="where --solver lbfgs runs")
     parser.add_argument("--cv", action="store_true", help="vggfeat: choose C by cross-validation (all classes)")
     parser.add_argument("--cold", action="store_true", help="with --cv and lbfgs: every fit from zero")
+    parser.add_argument("--signal", type=float, default=0.3,
+                        help="scale of the class means against the noise: lower, classes harder to tell apart")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    path = args.workdir / f"synthetic-{args.rows}x{args.dim}x{args.classes}.h5"
+    signal = "" if args.signal == 0.3 else f"-signal{args.signal:g}"
+    path = args.workdir / f"synthetic-{args.rows}x{args.dim}x{args.classes}{signal}.h5"
     if not path.exists():
         t = time.perf_counter()
-        make_file(path, args.rows, args.dim, args.classes)
+        make_file(path, args.rows, args.dim, args.classes, args.signal)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
     trained = min(args.train_classes or args.classes, args.classes) if args.solver == "liblinear" else args.classes
     import sklearn.svm  # noqa: F401  (both modes import it; vggfeat also imports torch)

@@ -32,10 +32,15 @@ from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
 from .store import open_h5, written_atomically
 from .scoresfile import ScoresWriter
-from .svm import LinearSVM, SavedModel, load_model, save_model, training_memory
+from .svm import DEFAULT_C_GRID, LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_set, targets_of_set, train_difficult
 
 SAMPLE_ROWS = 1024  # rows read to see how many of a file's values are zeros (liblinear keeps the others)
+# Rows x dimensions x classes x fits from which --solver auto trains with lbfgs on the CPU: 4 to 8
+# seconds of liblinear on this workplace's CPU (2-4e-8 s a unit: RESULTS.md), about as long as torch
+# takes to import; lbfgs was 1.6 to 6 times as fast from there (20,000 rows of 2 or 10 classes,
+# Caltech-101's size with C chosen by cross-validation).
+LBFGS_WORK = 2 * 10**8
 
 
 def targets_of(files: Files, labels_csv: str | os.PathLike | None = None, multilabel: bool = False,
@@ -145,23 +150,29 @@ def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple
 
 
 def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) -> dict:
-    """``svm_params`` with ``solver="auto"`` resolved, before the descriptors are read: lbfgs where a
-    GPU is asked for (``device``), or where liblinear's peak (:func:`~vggfeat.svm.training_memory`)
-    is more than the memory this process has and lbfgs's is less than liblinear's (it holds the
-    descriptors as float32 and copies nothing), said in a warning; else liblinear, which solves
-    the paper's SVMs exactly. Then warns where training on ``rows`` of ``files`` (``classes`` of
-    them) with that solver needs more memory than there is: killed by the system after hours of
-    fits, a run says nothing. The share of zeros is that of each file's first rows."""
+    """``svm_params`` with ``solver="auto"`` resolved, before the descriptors are read (the squared
+    hinge loss only: the hinge is liblinear's alone):
+    - lbfgs where a GPU is asked for (``device``);
+    - lbfgs on the CPU where the training is large enough (:data:`LBFGS_WORK`) that importing torch
+      (seconds) is small against it, and it holds no more memory than liblinear would: the same
+      SVMs, 1.6 to 6 times as fast (RESULTS.md, bench_svm.py). Not on a GPU unasked: not yet measured;
+    - lbfgs where liblinear's peak (:func:`~vggfeat.svm.training_memory`) is more than the memory
+      this process has and lbfgs's is less (it holds the descriptors as float32 and copies
+      nothing), said in a warning;
+    - else liblinear.
+    Then warns where training on ``rows`` of ``files`` (``classes`` of them) with that solver needs
+    more memory than there is: killed by the system after hours of fits, a run says nothing. The
+    share of zeros is that of each file's first rows."""
     solver, device = svm_params.get("solver", "liblinear"), svm_params.get("device", "auto")
+    squared_hinge = svm_params.get("loss", "squared_hinge") == "squared_hinge"
     if solver == "auto" and device not in ("auto", "cpu"):
         solver = "lbfgs"
-    available = available_memory()
-    width = None if available is None or rows == 0 else _width_of(files)
+    width = None if rows == 0 else _width_of(files)
     if width is None:
         return {**svm_params, "solver": "liblinear" if solver == "auto" else solver}
-    n_jobs = svm_params.get("n_jobs", 1)
+    available, n_jobs = available_memory(), svm_params.get("n_jobs", 1)
 
-    def peak(solver: str) -> int:
+    def peak(solver: str, device: str = device) -> int:
         on_gpu = False
         if solver == "lbfgs":
             from .settings import resolve_device  # torch, which the solver imports anyway
@@ -171,13 +182,17 @@ def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) ->
 
     if solver == "auto":
         solver = "liblinear"
-        if svm_params.get("loss", "squared_hinge") == "squared_hinge" and peak("liblinear") > available:
+        fits = 1 if svm_params.get("C") is not None else 1 + len(svm_params.get("C_grid", DEFAULT_C_GRID)) * svm_params.get("cv", 3)
+        if squared_hinge and available is not None and peak("liblinear") > available:
             if peak("lbfgs") < peak("liblinear"):
                 solver = "lbfgs"
                 warnings.warn(f"liblinear would need about {_gib(peak('liblinear'))} of memory for {rows:,} rows of "
                               f"{width[0]:,}-d and {_gib(available)} is available: training with --solver lbfgs (the "
                               f"same SVMs, about {_gib(peak('lbfgs'))})", RuntimeWarning, stacklevel=3)
-    if peak(solver) > available:
+        elif squared_hinge and rows * width[0] * classes * fits >= LBFGS_WORK and peak("lbfgs", "cpu") <= peak("liblinear"):
+            solver, device = "lbfgs", "cpu"
+            svm_params = {**svm_params, "device": device}
+    if available is not None and peak(solver) > available:
         fewer = "fewer classes at once (n_jobs, --n-jobs) or " if n_jobs > 1 and solver == "liblinear" else ""
         held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
                 if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
