@@ -28,7 +28,8 @@ from .store import already_exists, check_new_file, file_attributes
 
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"
-# The extended attribute of a CSV that records it (JSON: {"made_from": ..., "file": [size, mtime_ns]}).
+# The extended attribute of a CSV that records it (JSON: {"made_from": ..., "command": the command
+# line, "file": [the CSV's size, mtime_ns]}).
 FILE_ATTRIBUTE = "user.vggfeat.made_from"
 
 

@@ -153,12 +153,12 @@ def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) ->
     """``svm_params`` with ``solver="auto"`` resolved, before the descriptors are read (the squared
     hinge loss only: the hinge is liblinear's alone):
     - lbfgs where a GPU is asked for (``device``);
-    - lbfgs on the CPU where the training is large enough (:data:`LBFGS_WORK`) that importing torch
-      (seconds) is small against it, and it holds no more memory than liblinear would: the same
-      SVMs, 1.6 to 6 times as fast (RESULTS.md, bench_svm.py). Not on a GPU unasked: not yet measured;
     - lbfgs where liblinear's peak (:func:`~vggfeat.svm.training_memory`) is more than the memory
       this process has and lbfgs's is less (it holds the descriptors as float32 and copies
       nothing), said in a warning;
+    - lbfgs on the CPU where the training is large enough (:data:`LBFGS_WORK`) that importing torch
+      (seconds) is small against it, and it holds no more memory than liblinear would: the same
+      SVMs, 1.6 to 6 times as fast (RESULTS.md, bench_svm.py). Not on a GPU unasked: not yet measured;
     - else liblinear.
     Then warns where training on ``rows`` of ``files`` (``classes`` of them) with that solver needs
     more memory than there is: killed by the system after hours of fits, a run says nothing. The
