@@ -236,6 +236,23 @@ def test_a_descriptor_of_nan_or_infinities_is_refused_naming_its_row_and_image(t
     assert run_main(["train-svm", features, tmp_path / "m.h5", "--labels", labelled, "-q"])[0] == 0
 
 
+def test_a_flat_index_whose_vectors_were_changed_is_refused_naming_the_row(tmp_path):
+    """A flat index holds unit vectors (or zeros): one that is not was changed since it was
+    written, and search, retrieval-eval and info's rerun would have ranked by it silently."""
+    X, labels, paths, classes = blobs(dim=8)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    index = tmp_path / "index.h5"
+    assert run_main(["index", features, index, "-q"])[0] == 0
+    assert run_main(["search", index, "--queries", features])[0] == 0
+    for value in (0.5, np.nan):
+        with h5py.File(index, "r+") as f:
+            f["vectors"][7, 2] = value
+        code, _, err = run_main(["search", index, "--queries", features])
+        assert code == 2 and error_line(err).startswith(f"Error: {index} is damaged: the vector of row 7 ({paths[7]}) is "
+                                                        "not of unit length (squared norm "), err
+        assert error_line(err).endswith("); build it again with 'vggfeat index'")
+
+
 def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
     """Arguments swapped, the wrong file picked, or one cut short: the error says what the file given is."""
     X, labels, paths, classes = blobs(dim=16)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,6 +180,8 @@ class VectorIndex:
         )
         if index.kind == "flat":
             index.vectors = f["vectors"][:] if vectors else None
+            if index.vectors is not None:
+                _check_unit_rows(index.vectors, path, index.paths)
         elif backend == "numpy":
             raise VggfeatError(f"{path} is a compressed '{index.kind}' index, which only FAISS can search")
         else:
@@ -328,6 +330,20 @@ def exact_search(vectors: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray
         rows_out[start : start + block] = np.take_along_axis(top, order, axis=1)
         scores_out[start : start + block] = np.take_along_axis(top_scores, order, axis=1)
     return scores_out, rows_out
+
+
+def _check_unit_rows(vectors: np.ndarray, path: Path, paths: Sequence[str], step: int = 2**16) -> None:
+    """Refuse a flat index with a vector that is neither of unit length nor zero (a descriptor of
+    zeros stays one): its bytes were changed since it was written (no checksum covers them), and its
+    searches would rank by it, silently."""
+    for start in range(0, len(vectors), step):
+        block = vectors[start : start + step]
+        squared = np.einsum("ij,ij->i", block, block)
+        bad = np.flatnonzero(~((np.abs(squared - 1) < 1e-3) | (squared == 0)))  # NaN fails both
+        if len(bad):
+            row = start + int(bad[0])
+            raise VggfeatError(f"{path} is damaged: the vector of row {row} ({paths[row]}) is not of unit length "
+                               f"(squared norm {squared[bad[0]]:.6g}); build it again with 'vggfeat index'")
 
 
 def _check_backend(backend: str) -> None:
