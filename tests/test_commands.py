@@ -253,6 +253,29 @@ def test_a_flat_index_whose_vectors_were_changed_is_refused_naming_the_row(tmp_p
         assert error_line(err).endswith("); build it again with 'vggfeat index'")
 
 
+def test_a_whitening_changed_since_it_was_written_is_refused_by_its_checksum(tmp_path):
+    """A whitening's arrays are checksummed, on its own or in an index: one edited or damaged since
+    is refused wherever it is read, the same command run again included; one written before the
+    checksum was added is read as it is."""
+    X, labels, paths, classes = blobs(dim=8)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    whitening, index = tmp_path / "w.h5", tmp_path / "i.h5"
+    fit = ["whiten", "fit", features, whitening, "--dim", "4"]
+    assert run_main(fit)[0] == 0 and run_main(["index", features, index, "--whiten", whitening])[0] == 0
+    with h5py.File(whitening, "r+") as f, h5py.File(index, "r+") as g:
+        f["projection"][1, 2] += 1e-3
+        g["whitening/mean"][3] += 1e-3
+    remedy = "was modified or is damaged (checksum mismatch); make it again ('vggfeat whiten fit', or 'vggfeat index' for an index's)"
+    for args, damaged in ((fit, whitening), (["index", features, tmp_path / "j.h5", "--whiten", whitening], whitening),
+                          (["retrieval-eval", features, "--whiten", whitening], whitening),
+                          (["search", index, "--queries", features], f"{index}/whitening")):
+        code, _, err = run_main(args)
+        assert code == 2 and error_line(err) == f"Error: {damaged} {remedy}", (args, err)
+    with h5py.File(whitening, "r+") as f:
+        del f.attrs["checksum"]  # as written before it was added
+    assert run_main(["retrieval-eval", features, "--whiten", whitening])[0] == 0
+
+
 def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
     """Arguments swapped, the wrong file picked, or one cut short: the error says what the file given is."""
     X, labels, paths, classes = blobs(dim=16)

@@ -13,10 +13,11 @@ made the same way. Nothing is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,6 +167,7 @@ class PCAWhitening:
         group["mean"] = self.mean_
         group["projection"] = self.projection_
         group["eigenvalues"] = self.eigenvalues_
+        group.attrs["checksum"] = _checksum([group[name][:] for name in _ARRAYS], self.normalize_input)
         group.attrs["format"] = WHITENING_FORMAT
         group.attrs["normalize_input"] = self.normalize_input
         group.attrs["n_samples"] = self.n_samples_
@@ -184,9 +186,12 @@ class PCAWhitening:
         if group.attrs.get("format") != WHITENING_FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
             raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit'){kind_of(group)}")
         whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
-        whitening.mean_ = group["mean"][:].astype(np.float32)
-        whitening.projection_ = group["projection"][:].astype(np.float32)
-        whitening.eigenvalues_ = group["eigenvalues"][:].astype(np.float32)
+        arrays = [group[name][:] for name in _ARRAYS]
+        # Files written before the checksum was added have none: read as they are.
+        if "checksum" in group.attrs and group.attrs["checksum"] != _checksum(arrays, whitening.normalize_input):
+            raise VggfeatError(f"{name} was modified or is damaged (checksum mismatch); make it again ('vggfeat whiten "
+                               "fit', or 'vggfeat index' for an index's)")
+        whitening.mean_, whitening.projection_, whitening.eigenvalues_ = (array.astype(np.float32) for array in arrays)
         whitening.dim = whitening.projection_.shape[0]
         whitening.n_samples_ = int(group.attrs.get("n_samples", 0))
         whitening.config_ = json.loads(group.attrs.get("config", "{}"))
@@ -240,6 +245,19 @@ class _Moments:
 def _block_rows(dim: int) -> int:
     """Rows per block of a whitening's fit: a float64 block of about _BLOCK_BYTES."""
     return max(1, _BLOCK_BYTES // (8 * max(1, dim)))
+
+
+_ARRAYS = ("mean", "projection", "eigenvalues")  # a whitening's datasets, in its checksum's order
+
+
+def _checksum(arrays: Sequence[np.ndarray], normalize_input: bool) -> str:
+    """SHA-256 over a whitening's arrays as stored (dtype, shape, bytes) and whether it normalises
+    its input: what a damaged or edited file would change (16 MB for 4096 -> 512: 10 ms)."""
+    digest = hashlib.sha256(f"normalize_input={bool(normalize_input)};".encode())
+    for array in arrays:
+        digest.update(f"{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: int | None = None,

@@ -38,6 +38,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
     """
     made = common.made_by_this_command([features])
     if check_output(output, overwrite, made, WHITENING_FORMAT, inputs=[features], hdf5="whitenings"):  # the same command again
+        PCAWhitening.load(output)  # its checksum: one damaged since is not what this command made
         held = whitening_summary(output)
         click.echo(f"{output} already holds the whitening of this command on {features}, unchanged since: "
                    f"{held['input_dim']}-d -> {held['output_dim']}-d; nothing to do")
