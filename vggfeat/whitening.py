@@ -8,7 +8,7 @@ space where every kept direction carries the same variance.
 
 Stored as plain arrays in HDF5 (``/mean``, ``/projection``, ``/eigenvalues``) with the extraction
 configuration of the descriptors it was fitted on, so that it is only ever applied to descriptors
-made the same way. Nothing is pickled.
+made the same way, and a checksum of the arrays, so that one changed since is refused. Nothing is pickled.
 """
 
 from __future__ import annotations
