@@ -442,8 +442,10 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
         has_config = "config" in f.attrs
         if has_config:  # which every reader takes as JSON
             json.loads(f.attrs["config"])
-    except (RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
+    except (OSError, RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
         f.close()
+        if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error): as it is
+            raise
         raise VggfeatError(f"{path} is a damaged HDF5 file ({refusal_reason(error)})") from None
     if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
