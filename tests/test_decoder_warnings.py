@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from imagefiles import write_bomb_png, write_damaged_exif, write_damaged_jpeg, write_damaged_tiff, write_rgb, write_tiff_of_45_samples
 from runhelpers import FAST, command, read_output, run_main
+from vggfeat.cli import decoder_warnings
 from vggfeat.cli.decoder_warnings import DecoderWarnings, decoder_warnings_counted
 from vggfeat.jpeg import batch_decoder, read_jpeg
 
@@ -48,6 +50,23 @@ def test_the_warnings_are_counted_and_all_else_passes_on(capfd):
     os.write(2, b"Corrupt JPEG data: bad Huffman code\n")  # after the command: descriptor 2 is the terminal again
     assert capfd.readouterr().err == "Corrupt JPEG data: bad Huffman code\n"
     assert counted.counts == {"libjpeg": 4, "libtiff": 3}
+
+
+def test_the_lines_before_the_commands_end_are_out_before_it_goes_on(capfd, monkeypatch):
+    """The reader said the end was reached as it read the end's marker, before it had written the
+    lines read with it: the command's last lines on standard error (a decoding process's) came
+    after its own last words, or were lost as the process exited; and a loaded machine (the
+    whole test suite beside another) did so by itself."""
+    write = decoder_warnings._write
+
+    def write_late(terminal: int, data: bytes) -> None:
+        time.sleep(0.3)
+        write(terminal, data)
+
+    monkeypatch.setattr(decoder_warnings, "_write", write_late)
+    with decoder_warnings_counted(DecoderWarnings()):
+        os.write(2, b"the last line of a decoding process\n")
+    assert capfd.readouterr().err == "the last line of a decoding process\n"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="C's standard error by its glibc/musl name")

@@ -150,14 +150,14 @@ def _pass_on(read_end: int, terminal: int, counted: DecoderWarnings, reached_end
         while chunk := pipe.read(1 << 16):
             # Lines end in a line feed, or in a carriage return (a progress bar's update).
             *lines, pending = _LINE_ENDS.split(pending + chunk)
-            passed = []
+            passed, ended = [], False
             for line in lines:
                 text = line.rstrip(b"\r\n")
                 # A library writes its message and the line feed at once: at most a line not yet
                 # ended (a prompt) comes before it.
                 warning = _WARNING_AT_END.search(text)
                 if text == _END:
-                    reached_end.set()
+                    ended = True
                 elif warning:
                     counted.add(warning[0])
                     passed.append(text[: warning.start()])
@@ -168,6 +168,8 @@ def _pass_on(read_end: int, terminal: int, counted: DecoderWarnings, reached_end
                 passed.append(pending)
                 pending = b""
             _write(terminal, b"".join(passed))
+            if ended:  # once the lines before the end are out: the command's own last words come after them
+                reached_end.set()
         _write(terminal, pending)
     reached_end.set()
     with contextlib.suppress(OSError):
