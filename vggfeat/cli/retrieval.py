@@ -13,7 +13,7 @@ from .. import retrieval
 from ..archives import file_exists
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
-from ..index import KINDS, index_features, index_summary
+from ..index import KINDS, VectorIndex, index_features, index_summary
 from ..rerun import check_output
 from ..store import INDEX_FORMAT, WHITENING_FORMAT
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
@@ -72,6 +72,7 @@ def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_s
     made = common.made_by_this_command([features, whiten_file])
     if check_output(output, overwrite, made, INDEX_FORMAT, inputs=[features, whiten_file], hdf5="indexes",
                     update=(features, f"'vggfeat index {features} {output} --update' brings it up to date")):  # the same command again
+        VectorIndex.load(output)  # its whitening's checksum, a flat index's unit vectors: one damaged since is refused
         held = index_summary(output)
         click.echo(f"{output} already holds the index of this command on {features}, unchanged since: {held['kind']} index "
                    f"of {held['rows']:,} descriptors ({held['dim']}-d); nothing to do")
