@@ -30,7 +30,7 @@ import vggfeat.cli.options
 import vggfeat.extractor
 import vggfeat.job
 import vggfeat.predictions
-from vggfeat import DenseVGG
+from vggfeat import DenseVGG, rerun
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.cli.common import size_text
@@ -416,6 +416,39 @@ def test_cli_existing_output_is_kept_unless_overwrite(small_network_for_cli, fol
     assert code == 0, err
     assert len(read_csv(output)) == 3 + len(BAD_FILES)
     assert not list(tmp_path.glob(".predictions.csv.*"))  # no temporary file left
+
+
+def test_cli_the_same_csv_command_again_has_nothing_to_do_and_says_its_result_again(small_network_for_cli, small_vgg,
+                                                                                       folder, tmp_path, monkeypatch):
+    """A CSV records how it was made (its options, labels, weights and images): the same command
+    on the same images has nothing to do, before any network loads, and says its result again;
+    other options, or images added since, are refused saying so (--overwrite classified them all
+    anew, hours of a GPU's for a large collection)."""
+    images, bad = folder
+    _, _, labels = labels_by_rank(small_vgg, images, tmp_path)
+    output = tmp_path / "out.csv"
+    args = ["classify", images, output, *FAST, "--labels", labels, "-q"]
+    code, said, err = run_main(args)
+    assert code == 0 and said.startswith("top-1 error "), err
+    if rerun.recorded_in_file(output) is None:
+        pytest.skip("this file system keeps no extended attributes")
+    written = output.stat().st_mtime_ns
+    with monkeypatch.context() as patch:
+        patch.setattr(Classifier, "__init__", lambda *_, **__: pytest.fail("a network loaded"))
+        code, out, err = run_main(args)
+    count = 3 + len(bad)
+    assert code == 0 and out == (f"{output} already holds the classes of this command's {count} images, unchanged since; "
+                                 f"nothing to do\n{said}"), err
+    assert output.stat().st_mtime_ns == written
+    code, _, err = run_main([*args, "--topk", "3"])
+    assert code == 2 and error_line(err) == (f"Error: {output} already exists, made with other options (--topk: 5 then, 3 "
+                                             "now); pass --overwrite to replace it")
+    write_rgb(images / "good" / "d.png", 224, 224, seed=4)
+    code, _, err = run_main(args)
+    assert code == 2 and error_line(err).startswith(f"Error: {output} already exists, made with other options (images: "
+                                                    f"{count} in {images}, sha256 "), err
+    assert f" then, {count + 1} in {images}, sha256 " in error_line(err)
+    assert output.stat().st_mtime_ns == written
 
 
 def test_cli_stops_when_the_storage_goes_away_writing_no_predictions(small_network_for_cli, tmp_path, monkeypatch):

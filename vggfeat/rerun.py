@@ -29,7 +29,7 @@ from .store import already_exists, check_new_file, file_attributes
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"
 # The extended attribute of a CSV that records it (JSON: {"made_from": ..., "command": the command
-# line, "file": [the CSV's size, mtime_ns]}).
+# line, "said": its result's lines, "file": [the CSV's size, mtime_ns]}).
 FILE_ATTRIBUTE = "user.vggfeat.made_from"
 
 
@@ -70,15 +70,16 @@ def record(made: str | None) -> dict:
     return {MADE_FROM: made} if made else {}
 
 
-def record_in_file(path: str | os.PathLike, made: str | None, command: str | None = None) -> bool:
-    """Record ``made`` (and the ``command`` line, for ``info``) in the extended attributes of the
-    file ``path`` just written (a CSV); False where there is nothing to record or the file system
-    keeps no such attributes (or none on Windows and macOS, where Python has no call for them)."""
+def record_in_file(path: str | os.PathLike, made: str | None, command: str | None = None, said: Sequence[str] = ()) -> bool:
+    """Record ``made`` (and the ``command`` line, for ``info``; what the command ``said`` of its
+    result, to say again when run again) in the extended attributes of the file ``path`` just
+    written (a CSV); False where there is nothing to record or the file system keeps no such
+    attributes (or none on Windows and macOS, where Python has no call for them)."""
     if made is None or not hasattr(os, "setxattr"):
         return False
     try:
         status = os.stat(path)
-        record = {MADE_FROM: made, "command": command, "file": [status.st_size, status.st_mtime_ns]}
+        record = {MADE_FROM: made, "command": command, "said": list(said), "file": [status.st_size, status.st_mtime_ns]}
         os.setxattr(path, FILE_ATTRIBUTE, json.dumps(record).encode())
     except OSError:  # ENOTSUP, or a file system's limit on their size
         return False
@@ -87,14 +88,14 @@ def record_in_file(path: str | os.PathLike, made: str | None, command: str | Non
 
 def file_record(path: str | os.PathLike) -> dict | None:
     """What the file ``path`` records of how it was made (:func:`record_in_file`): {"made_from",
-    "command", "changed": whether its size or modification time differ from those recorded}; None
-    where it records nothing."""
+    "command", "said", "changed": whether its size or modification time differ from those
+    recorded}; None where it records nothing."""
     if not hasattr(os, "getxattr"):
         return None
     try:
         record = json.loads(os.getxattr(path, FILE_ATTRIBUTE))
         status = os.stat(path)
-        return {MADE_FROM: str(record[MADE_FROM]), "command": record.get("command"),
+        return {MADE_FROM: str(record[MADE_FROM]), "command": record.get("command"), "said": list(map(str, record.get("said", []))),
                 "changed": record["file"] != [status.st_size, status.st_mtime_ns]}
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from . import common, options
@@ -47,10 +50,11 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     for millions of images, in shards, and updated or retried as extract's files are.
     """
     # Imported here: torch comes with them, and the options above (--help, a typo) need none of it.
+    from .. import rerun
     from ..classifier import Classifier
     from ..job import check_existing_output, check_output
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
-                               evaluate_file, folder_labels, keep_top_for, read_labels)
+                               evaluate_file, folder_labels, keep_top_for, other_networks_work, read_labels)
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..store import POSTERIORS
@@ -70,16 +74,38 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         raise click.UsageError(f"--model {','.join(models)}: networks fuse into a CSV OUTPUT; for every posterior, classify "
                                f"into an .h5 with each model, then 'vggfeat export A.h5 --to csv --fuse B.h5'")
     weights_files = options.weights_of(models, weights)
+    # A CSV that records how it was made, with no run's work beside it: the same command run again
+    # has nothing to do where it is over the same images (known once they are found, below).
+    again = False
     if not posteriors_file:
         for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
-        check_csv_output(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
+        again = (not overwrite and output.is_file() and rerun.recorded_in_file(output) is not None
+                 and not other_networks_work(output, []))
+        if not again:
+            check_csv_output(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
     elif not rewrite:  # or the run that left its work beside it goes on, or finds its file done
         check_output(output, overwrite, options.images_root(paths, file_list, root), makes=POSTERIORS)
     by_folders = labels == FOLDERS  # known once the images are found ("./folders" is a file)
     truth = read_labels(labels) if labels and not by_folders else None
     options.check_source(paths, file_list, archive_classes)
+    # The labels and weights files, and the images themselves (their list or folder named as the
+    # images' root and digest), are what the CSV is made from.
+    made_of = [Path(labels) if truth is not None else None, *(Path(each) for each in weights_files if Path(each).is_file())]
+
+    def made(images) -> str | None:
+        held = f"{len(images):,} in {os.path.realpath(images.root)}, sha256 {images.digest()[:16]}"  # as a refusal shows them
+        return common.made_by_this_command(made_of, leave_out=["file_list", "root"], extra={"images": held})
+
+    if again:  # before any network loads
+        images = options.read_images(paths, file_list, root, archive_classes, quiet)
+        rerun.check_output(output, overwrite, made(images), None, inputs=[file_list, *made_of])  # refused where it differs
+        click.echo(f"{output} already holds the classes of this command's {common.counted(len(images), 'image')}, "
+                   "unchanged since; nothing to do")
+        for line in rerun.file_record(output)["said"]:
+            click.echo(line)
+        return
     if len(devices) > 1:  # a process per device to come
         start_process_server()
     say = common.reporter(quiet)
@@ -123,8 +149,9 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                                     part_size=part_size, quiet=quiet, precision=precision)
     if len(classifiers) > 1:
         setting += f"; {' + '.join(models)} fused"
-    write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
-              work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+    said = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+                     work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+    rerun.record_in_file(output, made(images), common.command_line(), said)
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:

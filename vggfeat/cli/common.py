@@ -168,11 +168,12 @@ def command_line() -> str:
     return shlex.join(["vggfeat", *(obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:])])
 
 
-def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str] = ()) -> str | None:
+def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str] = (), extra: dict | None = None) -> str | None:
     """How this command makes its output (:func:`vggfeat.rerun.made_from`), for the output to record
     and the same command run again to find: its ``inputs`` (None: not given), its name and every
     option but --overwrite, --quiet and ``leave_out`` (those that name ``inputs`` another way: the
-    same files as arguments or as --features), by their flags, paths as real paths."""
+    same files as arguments or as --features), by their flags, paths as real paths; and ``extra``
+    (what else it is made from: the images it describes, say)."""
     context = click.get_current_context()
     left_out = {*leave_out, "overwrite", "quiet"}
     options = {param.opts[0]: _plain(context.params[param.name]) for param in context.command.params
@@ -181,7 +182,8 @@ def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str]
     while each.parent is not None:  # "whiten fit", not "fit"
         names.append(each.command.name)
         each = each.parent
-    return made_from([path for path in inputs if path is not None], {"command": " ".join(reversed(names)), **options})
+    return made_from([path for path in inputs if path is not None],
+                     {"command": " ".join(reversed(names)), **options, **(extra or {})})
 
 
 def provenance(made: str | None) -> dict:

@@ -52,10 +52,11 @@ def describe_networks(classifiers: list[Classifier], images: ImageSet, output: P
 
 def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
               overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
-              fuse: tuple[Path, ...] = (), remove: bool = False) -> None:
+              fuse: tuple[Path, ...] = (), remove: bool = False) -> list[str]:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
     classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
-    under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``)."""
+    under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``):
+    the lines of the result on standard output, returned too."""
     say = common.reporter(quiet)
     with common.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
@@ -65,8 +66,7 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
     say(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
         say(f"  failed: {common.printable(path)}: {common.printable(reason)}")
-    if result.evaluation is not None:
-        report_errors(result, labels, setting, say)
+    return report_errors(result, labels, setting, say) if result.evaluation is not None else []
 
 
 def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fuse: tuple[Path, ...], overwrite: bool,
@@ -89,15 +89,18 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
     write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
 
 
-def report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> None:
-    evaluation = result.evaluation
+def report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> list[str]:
+    """Say the top-1/top-5 errors of ``result``; returns the lines of the result (standard output)."""
+    evaluation, said = result.evaluation, []
     labels = "the class folders" if labels == FOLDERS else labels
     if evaluation.images == 0:
         say(f"no classified image has a label in {labels}: no top-1/top-5 error to report", fg="yellow")
     else:
         # The result goes to stdout: it is what the command was asked for.
-        click.echo(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
-                   f"over {evaluation.images:,} labelled images ({setting})")
+        said.append(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
+                    f"over {evaluation.images:,} labelled images ({setting})")
+        click.echo(said[-1])
     if result.unlabelled or result.labelled_failed:
         say(f"not counted: {common.counted(result.unlabelled, 'image')} without a label in {labels}, "
             f"{common.counted(result.labelled_failed, 'labelled image')} that failed")
+    return said
