@@ -108,6 +108,14 @@ def recorded_in_file(path: str | os.PathLike) -> str | None:
     return record[MADE_FROM] if record and not record["changed"] else None
 
 
+def command_of(made: str | None) -> str | None:
+    """The command that ``made`` (:func:`made_from`) says made an output ("train-svm"); None if none."""
+    try:
+        return str(json.loads(made or "")["options"]["command"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def inputs_changed(made: str) -> list[tuple[str, bool]]:
     """(real path, whether it changed since: size or modification time, or gone) of each input
     that ``made`` records."""

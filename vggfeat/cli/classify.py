@@ -81,7 +81,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         for given, name in ((shard, "--shard"), (retry_failed, "--retry-failed"), (update, "--update")):
             if given:
                 raise click.UsageError(f"{name}: for an OUTPUT .h5 (a CSV is written whole, for every image)")
-        again = (not overwrite and output.is_file() and rerun.recorded_in_file(output) is not None
+        again = (not overwrite and output.is_file() and rerun.command_of(rerun.recorded_in_file(output)) == "classify"
                  and not other_networks_work(output, []))
         if not again:
             check_csv_output(output, overwrite, inputs=[file_list, None if labels == FOLDERS else labels])
