@@ -183,7 +183,7 @@ class PCAWhitening:
     @classmethod
     def read(cls, group: h5py.Group, name: str = "whitening") -> PCAWhitening:
         """Read a group written by :meth:`write`; ``name`` names it in errors."""
-        if group.attrs.get("format") != WHITENING_FORMAT or any(key not in group for key in ("mean", "projection", "eigenvalues")):
+        if group.attrs.get("format") != WHITENING_FORMAT or any(key not in group for key in _ARRAYS):
             raise VggfeatError(f"{name} is not a vggfeat whitening (made by 'vggfeat whiten fit'){kind_of(group)}")
         whitening = cls(normalize_input=bool(group.attrs["normalize_input"]))
         arrays = [group[name][:] for name in _ARRAYS]
