@@ -440,6 +440,8 @@ def test_cli_the_same_csv_command_again_has_nothing_to_do_and_says_its_result_ag
     assert code == 0 and out == (f"{output} already holds the classes of this command's {count} images, unchanged since; "
                                  f"nothing to do\n{said}"), err
     assert output.stat().st_mtime_ns == written
+    code, out, _ = run_main(["info", output])
+    assert code == 0 and f"\n  images       {count} in {images}, sha256 " in out and f"\n  result       {said}" in out
     code, _, err = run_main([*args, "--topk", "3"])
     assert code == 2 and error_line(err) == (f"Error: {output} already exists, made with other options (--topk: 5 then, 3 "
                                              "now); pass --overwrite to replace it")

@@ -199,8 +199,10 @@ def _plain_file(file: Path, record: dict) -> dict:
     """What a file of another format (a CSV) records of how it was made, and whether it and its
     inputs changed since."""
     inputs = inputs_changed(record[MADE_FROM])
+    images = json.loads(record[MADE_FROM])["options"].get("images")  # classify's: how many, where, their digest
     return {"file": str(file), "command": record["command"], "changed_since": record["changed"],
-            "inputs": [{"path": path, "changed_since": changed} for path, changed in inputs]}
+            "inputs": [{"path": path, "changed_since": changed} for path, changed in inputs],
+            **({"images": images} if images else {}), "result": record["said"]}
 
 
 def _plain_file_lines(file: Path, record: dict) -> list[str]:
@@ -208,9 +210,12 @@ def _plain_file_lines(file: Path, record: dict) -> list[str]:
     changed = click.style("changed since it was written (its size or time differ)", fg="yellow")
     lines = [f"{file}: written by {common.printable(summary['command'] or 'vggfeat')}"
              + (f", {changed}" if summary["changed_since"] else "")]
+    if "images" in summary:
+        lines.append(f"  {'images':<12} {common.printable(summary['images'])}")
     for k, each in enumerate(summary["inputs"]):
         since = click.style("changed since, or gone", fg="yellow") if each["changed_since"] else "unchanged since"
         lines.append(f"  {'made from' if k == 0 else '':<12} {common.printable(each['path'])} ({since})")
+    lines += [f"  {'result' if k == 0 else '':<12} {line}" for k, line in enumerate(summary["result"])]
     return lines
 
 
