@@ -644,6 +644,11 @@ def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_net
     assert posteriors.is_file()
     code, _, err = run_main(["export", posteriors, "--to", "csv"])
     assert code == 2 and "already exists" in error_line(err)
+    if rerun.recorded_in_file(tmp_path / "posteriors.csv") is not None:  # the same command again: its result again
+        assert "made with other options (" in error_line(err) and "; --topk: 3 then, none now)" in error_line(err)
+        code, again, err = run_main(["export", posteriors, "--to", "csv", "--topk", "3", "--labels", labels])
+        assert code == 0 and again == (f"{tmp_path / 'posteriors.csv'} already holds the CSV of this command on these "
+                                       f"files, unchanged since; nothing to do\n{out}"), err
     code, _, err = run_main(["export", posteriors, tmp_path / "all.csv", "--to", "csv", "--topk", "1001"])
     assert code == 2 and "--topk must be between 1 and 1000" in error_line(err) and not (tmp_path / "all.csv").exists()
     code, _, err = run_main(["export", posteriors, tmp_path / "x.npy", "--to", "npy", "--topk", "3"])

@@ -9,13 +9,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .. import rerun
 from ..classifier import Classifier
 from ..discover import ImageSet
 from ..features import FeatureFile
 from ..predictions import (ClassificationResult, NetworkRun, describe_posteriors, folder_labels, other_networks_work,
                            posteriors_categories, posteriors_file_of, posteriors_files_of, read_labels,
                            write_predictions)
-from ..store import check_new_file, file_attributes, rows_and_failures
+from ..store import file_attributes, rows_and_failures
 from . import common
 from .classify import FOLDERS, setting_of
 from .jobs import run_job, run_on, work_done
@@ -72,8 +73,15 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
 def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fuse: tuple[Path, ...], overwrite: bool,
                quiet: bool) -> None:
     """``vggfeat export POSTERIORS --to csv``: the CSV that classify writes, from every posterior
-    that ``classify IMAGES OUT.h5`` kept, fused with those of ``fuse``."""
-    check_new_file(output, overwrite, inputs=[posteriors, *fuse])
+    that ``classify IMAGES OUT.h5`` kept, fused with those of ``fuse``; the same command again on
+    its CSV, with these files unchanged, has nothing to do (:mod:`vggfeat.rerun`)."""
+    made = common.made_by_this_command([posteriors, *fuse, Path(labels) if labels and labels != FOLDERS else None],
+                                       leave_out=["fuse"])
+    if rerun.check_output(output, overwrite, made, None, inputs=[posteriors, *fuse]):
+        click.echo(f"{output} already holds the CSV of this command on these files, unchanged since; nothing to do")
+        for line in rerun.file_record(output)["said"]:
+            click.echo(line)
+        return
     truth = read_labels(labels) if labels and labels != FOLDERS else None
     names = posteriors_categories(posteriors)
     attrs = file_attributes(posteriors)
@@ -86,7 +94,8 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
             failed = f.failed()
             truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes,
                                   len(names))
-    write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
+    said = write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
+    rerun.record_in_file(output, made, common.command_line(), said)
 
 
 def report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> list[str]:
