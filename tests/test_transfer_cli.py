@@ -22,7 +22,7 @@ from runhelpers import error_line, run_main
 from svmhelpers import LOOKS, edit_config, set_attr, write_look_folder
 from vggfeat import ExtractionJob, Extractor, find_images, transfer
 from vggfeat.features import load_features
-from vggfeat.rerun import made_from, recorded_in_file
+from vggfeat.rerun import FILE_ATTRIBUTE, made_from, recorded_in_file
 from vggfeat.svm import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -367,6 +367,8 @@ def test_the_same_scoring_again_has_nothing_to_do_into_an_h5_or_a_csv(data, tmp_
             f"Error: {output} already exists, made from model.h5 before it last changed; pass --overwrite to replace it")
     assert f"  made from    {model} (changed since, or gone)\n" in ok(["info", csv_file])
     assert refused(["info", copied]) == f"Error: {copied} is not an HDF5 file"  # a copy without them
+    os.setxattr(copied, FILE_ATTRIBUTE, b'{"made_from": "[]", "file": [0, 0]}')  # a record damaged: none
+    assert refused(["info", copied]) == f"Error: {copied} is not an HDF5 file"
 
 
 def test_refusals(data, tmp_path):

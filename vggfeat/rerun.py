@@ -1,8 +1,9 @@
 """What a command's output records of how it was made (``stack``'s, ``train-svm``'s, ``whiten
-fit``'s, ``index``'s, ``predict``'s), so that the same command run again on it has nothing to do
-(a script run twice, a requeued batch job) where it would refuse the output as existing: its
-inputs as they were then (the real path, size and modification time of each: a file written anew
-since, by ``--update`` or ``--overwrite``, is another) and its options, compared whole.
+fit``'s, ``index``'s, ``predict``'s, and the CSVs of ``classify`` and ``export``), so that the same
+command run again on it has nothing to do (a script run twice, a requeued batch job) where it
+would refuse the output as existing: its inputs as they were then (the real path, size and
+modification time of each: a file written anew since, by ``--update`` or ``--overwrite``, is
+another) and its options, compared whole.
 
 An HDF5 output records it as an attribute. A CSV records it as an extended attribute of the file
 (``user.vggfeat.made_from``, as ``wget --xattr`` records where a file came from), with the CSV's own
@@ -94,8 +95,11 @@ def file_record(path: str | os.PathLike) -> dict | None:
         return None
     try:
         record = json.loads(os.getxattr(path, FILE_ATTRIBUTE))
+        made = json.loads(record[MADE_FROM])  # as made_from writes it: what a damaged one would not be
+        if not isinstance(made["options"], dict) or not all(isinstance(entry, list) and entry for entry in made["inputs"]):
+            return None
         status = os.stat(path)
-        return {MADE_FROM: str(record[MADE_FROM]), "command": record.get("command"), "said": list(map(str, record.get("said", []))),
+        return {MADE_FROM: record[MADE_FROM], "command": record.get("command"), "said": list(map(str, record.get("said", []))),
                 "changed": record["file"] != [status.st_size, status.st_mtime_ns]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
