@@ -1,7 +1,9 @@
 """Reading descriptors back (FeatureFile.read, which train-svm, predict, index and retrieval-eval use):
 with the check that every row read is finite against the same read without it, in one process.
+With --index-rows, also a flat index's load with its check of unit vectors against without, and a
+whitening's (4096 -> 512) load with its checksum against without.
 
-    python benchmarks/bench_read.py --rows 100000 --dim 4096 --dtype float32 --rounds 3
+    python benchmarks/bench_read.py --rows 100000 --dim 4096 --dtype float32 --rounds 3 [--index-rows 1000000]
 
 Writes a features file once to --workdir (extract's chunking: about 1 MiB of rows a chunk), then,
 alternately, with and without the check (the check replaced by nothing): (a) every row into a
@@ -22,9 +24,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vggfeat import features as features_module
+from vggfeat import features as features_module, index as index_module
 from vggfeat.features import FeatureFile
+from vggfeat.index import VectorIndex, build_index
 from vggfeat.store import STRING, chunk_rows
+from vggfeat.whitening import PCAWhitening
 
 
 def make_file(path: Path, rows: int, dim: int, dtype: str) -> None:
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--index-rows", type=int, default=0, help="also a flat index of this many 512-d vectors, and a whitening")
     parser.add_argument("--workdir", type=Path, default=Path("."))
     args = parser.parse_args()
     path = args.workdir / f"bench-read-{args.rows}x{args.dim}-{args.dtype}.h5"
@@ -77,6 +82,44 @@ def main() -> None:
         on, off = best[read, "with the check"], best[read, "without"]
         print(f"| {read} | {share * file_bytes / on / 1e6:,.0f} MB/s | {share * file_bytes / off / 1e6:,.0f} MB/s | "
               f"{(on - off) / off:+.1%} |")
+    if args.index_rows:
+        loads(args.workdir, args.index_rows, args.rounds)
+
+
+def loads(workdir: Path, rows: int, rounds: int) -> None:
+    """A flat index's load, with and without its check of unit vectors; a whitening's, with and
+    without its checksum (the check replaced by nothing, the checksum's attribute removed)."""
+    rng = np.random.default_rng(2)
+    index_file, whitening_file = workdir / f"bench-read-index-{rows}x512.h5", workdir / "bench-read-whitening.h5"
+    if not index_file.exists():
+        X = np.maximum(rng.standard_normal((rows, 512), dtype=np.float32), 0)
+        build_index(X, [f"{i:08d}.jpg" for i in range(rows)], {"dim": 512}, kind="flat", backend="numpy").save(index_file)
+    whitening = PCAWhitening(dim=512)
+    whitening.mean_ = rng.standard_normal(4096).astype(np.float32)
+    whitening.projection_ = rng.standard_normal((512, 4096)).astype(np.float32)
+    whitening.eigenvalues_ = rng.random(512).astype(np.float32)
+    whitening.n_samples_, whitening.config_ = 100_000, {}
+    whitening.save(whitening_file)
+    unchecked = whitening_file.with_name("bench-read-whitening-unchecked.h5")
+    unchecked.write_bytes(whitening_file.read_bytes())
+    with h5py.File(unchecked, "r+") as f:
+        del f.attrs["checksum"]  # as written before it was added: read without it
+    check = index_module._check_unit_rows
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, load in (("index, checked", lambda: VectorIndex.load(index_file, backend="numpy")),
+                           ("index, unchecked", lambda: VectorIndex.load(index_file, backend="numpy")),
+                           ("whitening, checked", lambda: PCAWhitening.load(whitening_file)),
+                           ("whitening, unchecked", lambda: PCAWhitening.load(unchecked))):
+            index_module._check_unit_rows = check if name != "index, unchecked" else lambda *a, **k: None
+            started = time.perf_counter()
+            load()
+            best[name] = min(best.get(name, np.inf), time.perf_counter() - started)
+    index_module._check_unit_rows = check
+    print("| load | with the check | without | the check's cost |\n| --- | ---: | ---: | ---: |")
+    for what, size in (("index", f"flat index, {rows:,} x 512"), ("whitening", "whitening, 4096 -> 512")):
+        on, off = best[f"{what}, checked"], best[f"{what}, unchecked"]
+        print(f"| {size} | {on:.3f} s | {off:.3f} s | {on - off:+.3f} s ({(on - off) / off:+.0%}) |")
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ _ARRAYS = ("mean", "projection", "eigenvalues")  # a whitening's datasets, in it
 
 def _checksum(arrays: Sequence[np.ndarray], normalize_input: bool) -> str:
     """SHA-256 over a whitening's arrays as stored (dtype, shape, bytes) and whether it normalises
-    its input: what a damaged or edited file would change (16 MB for 4096 -> 512: 10 ms)."""
+    its input: what a damaged or edited file would change (16 MB for 4096 -> 512: 7 ms here, RESULTS.md)."""
     digest = hashlib.sha256(f"normalize_input={bool(normalize_input)};".encode())
     for array in arrays:
         digest.update(f"{array.dtype}|{array.shape}|".encode())
