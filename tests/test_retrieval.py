@@ -20,6 +20,7 @@ from vggfeat.export import export
 import vggfeat.index
 from vggfeat.index import VectorIndex, build_index, exact_search, faiss_available, index_features
 from vggfeat.montage import draw_montage, montage_size
+from vggfeat.rerun import recorded_in_file
 from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, precision_at, read_ground_truth
 from vggfeat.search import search
 import vggfeat.features
@@ -566,6 +567,42 @@ def test_export_parquet(tmp_path):
     code, _, err = run_main(["export", db, tmp_path / "out.npy"])
     assert code == 2 and "out.failed.csv already exist(s)" in error_line(err) and "out.npy" in error_line(err)
     assert (tmp_path / "out.failed.csv").read_text() == "path,label,reason\nmine.jpg,,kept\n"
+
+
+def test_the_same_export_again_has_nothing_to_do_until_its_files_or_the_descriptors_change(tmp_path):
+    """A script run twice: an export whose files record (as a CSV does) that this command made them
+    from the descriptor file as it is now is left as it is; the other format beside it shares the
+    list of failures; an edited file, or descriptors written anew, are refused, saying which."""
+    pytest.importorskip("pyarrow")
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels, failed=[("c1/broken.jpg", "cannot identify image file", 1)])
+    npy, parquet = ["export", db, tmp_path / "e.npy"], ["export", db, tmp_path / "e", "--to", "parquet"]
+    assert run_main(npy)[0] == 0
+    if recorded_in_file(tmp_path / "e.npy") is None:
+        pytest.skip("this file system keeps no extended attributes")
+    assert run_main(parquet)[0] == 0  # the failures' list rewritten, the same
+    written = {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("e.*")}
+    assert sorted(written) == ["e.failed.csv", "e.npy", "e.parquet", "e.paths.csv"]
+    for args, files in ((npy, ["e.npy", "e.paths.csv", "e.failed.csv"]), (parquet, ["e.parquet", "e.failed.csv"])):
+        code, out, err = run_main(args)
+        assert code == 0 and out == (f"{', '.join(str(tmp_path / name) for name in files)} already hold the export of "
+                                     f"this command on {db}, unchanged since; nothing to do\n"), err
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("e.*")} == written
+    code, out, _ = run_main(["info", tmp_path / "e.npy"])
+    assert code == 0 and out.splitlines()[:2] == [f"{tmp_path / 'e.npy'}: written by vggfeat export {db} {tmp_path / 'e.npy'}",
+                                                 f"  made from    {db} (unchanged since)"]
+    with open(tmp_path / "e.paths.csv", "a") as f:
+        f.write("a row of the user's\n")
+    code, _, err = run_main(npy)
+    assert code == 2 and error_line(err) == f"Error: {tmp_path / 'e.paths.csv'} already exists; pass --overwrite to replace it"
+    write_features(db, X[::-1].copy(), labels)
+    code, _, err = run_main(parquet)
+    assert code == 2 and error_line(err) == (f"Error: {tmp_path / 'e.parquet'} already exists, made from db.h5 before it last "
+                                             "changed; pass --overwrite to replace it")
+    assert run_main([*parquet, "--overwrite"])[0] == 0
+    code, out, _ = run_main(parquet)
+    assert code == 0 and "nothing to do" in out
+    assert list(csv.reader(open(tmp_path / "e.failed.csv"))) == [["path", "label", "reason"]]  # the new file's (none)
 
 
 def test_montage_is_a_png_of_the_expected_size(tmp_path):

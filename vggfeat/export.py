@@ -33,18 +33,7 @@ _BLOCK_BYTES = 64 * 2**20
 
 def export(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
     """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the files written."""
-    if to not in FORMATS:
-        raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
-    if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
-        raise VggfeatError(f"features file not found: {features}")
-    base = Path(output) if output else Path(features).with_suffix("")
-    if base.suffix.lower() in (".npy", ".parquet"):
-        if base.suffix.lower() != f".{to}":
-            raise VggfeatError(f"{base.name} names a {base.suffix} file, but the export is to {to}: name it "
-                               f"{base.with_suffix('.' + to).name}")
-        base = base.with_suffix("")
-    suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
-    targets = [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]
+    targets = export_targets(features, to, output)
     with FeatureFile(features) as f:
         failed_csv = _failed_csv(f)
         # The failures of an export to the other format, the same list: no file of the user's to lose.
@@ -67,6 +56,23 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
     with written_atomically(targets[-1]) as temporary:
         temporary.write_bytes(failed_csv)
     return targets
+
+
+def export_targets(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None) -> list[Path]:
+    """The files that exporting ``features`` as ``to`` at ``output`` writes (see :func:`export`),
+    the list of failures last."""
+    if to not in FORMATS:
+        raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
+        raise VggfeatError(f"features file not found: {features}")
+    base = Path(output) if output else Path(features).with_suffix("")
+    if base.suffix.lower() in (".npy", ".parquet"):
+        if base.suffix.lower() != f".{to}":
+            raise VggfeatError(f"{base.name} names a {base.suffix} file, but the export is to {to}: name it "
+                               f"{base.with_suffix('.' + to).name}")
+        base = base.with_suffix("")
+    suffixes = (".npy", ".paths.csv") if to == "npy" else (".parquet",)
+    return [base.with_name(base.name + suffix) for suffix in (*suffixes, ".failed.csv")]
 
 
 def _failed_csv(f: FeatureFile) -> bytes:

@@ -226,7 +226,8 @@ def info(file: Path, as_json: bool) -> None:
     """Show rows, dimension, classes, failures, provenance and whether FILE is complete.
 
     FILE is a descriptor (or posteriors) file, or an index, a whitening or an SVM model file; or
-    a CSV of predictions, which records the command that wrote it and from what files.
+    a CSV of predictions or a file of 'vggfeat export', which records the command that wrote it
+    and from what files.
     """
     if file.is_dir():
         output = file.with_suffix("") if file.suffix in (".parts", ".shards") else None

@@ -14,7 +14,7 @@ from ..archives import file_exists
 from ..errors import VggfeatError
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, VectorIndex, index_features, index_summary
-from ..rerun import check_output
+from ..rerun import check_output, record_in_file, recorded_in_file
 from ..store import INDEX_FORMAT, WHITENING_FORMAT
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
 from . import common, options
@@ -247,7 +247,19 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
     if to != "csv":
         if topk is not None or labels is not None or fuse:
             raise click.UsageError("--topk, --labels and --fuse go with --to csv")
+        targets = exporting.export_targets(features, to, output)
+        # The same command again, on its files as it left them, has nothing to do (vggfeat.rerun). The
+        # list of failures is the same in either format, so it records the command without its format.
+        made = common.made_by_this_command([features], leave_out=["to"], extra={"--to": to})
+        failures_made = common.made_by_this_command([features], leave_out=["to"])
+        if (all(check_output(target, overwrite, made, None, inputs=[features]) for target in targets[:-1])
+                and recorded_in_file(targets[-1]) == failures_made):
+            click.echo(f"{', '.join(map(str, targets))} already hold the export of this command on {features}, "
+                       "unchanged since; nothing to do")
+            return
         written = exporting.export(features, to, output, overwrite=overwrite)
+        for target in written:
+            record_in_file(target, failures_made if target == written[-1] else made, common.command_line())
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
     from .posteriors import export_csv  # the classifier's modules, torch with them, for a posteriors file only
