@@ -605,6 +605,32 @@ def test_the_same_export_again_has_nothing_to_do_until_its_files_or_the_descript
     assert list(csv.reader(open(tmp_path / "e.failed.csv"))) == [["path", "label", "reason"]]  # the new file's (none)
 
 
+def test_the_same_search_into_a_file_again_has_nothing_to_do_until_a_file_or_an_option_changes(tmp_path):
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    index, results = tmp_path / "db.index", tmp_path / "r.json"
+    assert run_main(["index", db, index])[0] == 0
+    search = ["search", index, "--queries", db, results, "--backend", "numpy", "--k", "3"]
+    code, out, err = run_main(search)
+    assert code == 0 and out == f"wrote {results}: 16 queries x top 3 (numpy, flat)\n", err
+    if recorded_in_file(results) is None:
+        pytest.skip("this file system keeps no extended attributes")
+    written = results.stat().st_mtime_ns
+    code, out, err = run_main(search)
+    assert code == 0 and out == (f"{results} already holds the results of this command on these files, unchanged since: "
+                                 "16 queries x top 3 (numpy, flat); nothing to do\n"), err
+    assert results.stat().st_mtime_ns == written
+    code, _, err = run_main([*search[:-2], "--k", "4"])
+    assert code == 2 and error_line(err) == (f"Error: {results} already exists, made with other options (--k: 3 then, 4 now); "
+                                             "pass --overwrite to replace it")
+    assert run_main(["index", db, index, "--overwrite"])[0] == 0
+    code, _, err = run_main(search)
+    assert code == 2 and error_line(err) == (f"Error: {results} already exists, made from db.index before it last changed; "
+                                             "pass --overwrite to replace it")
+    code, _, err = run_main([*search, "--montage", tmp_path / "m.png"])  # drawn from the images too: not compared
+    assert code == 2 and error_line(err) == f"Error: {results} already exists; pass --overwrite to replace it"
+
+
 def test_montage_is_a_png_of_the_expected_size(tmp_path):
     for i in range(3):
         write_rgb(tmp_path / f"{i}.png", 120 + 20 * i, 90, seed=i)

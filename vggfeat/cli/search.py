@@ -15,6 +15,7 @@ from ..regions import image_of, split_region
 from ..retrieval import check_box
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
+from ..rerun import check_output, file_record, record_in_file
 from ..store import check_new_file
 from . import common, options
 
@@ -58,9 +59,17 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
     if box and (len(rest) != 1 or not file_exists(rest[0])):
         raise click.UsageError("--box crops one query image: give one image file")
-    for written in (output, montage):  # refused before the queries are described
-        if written:
-            check_new_file(written, overwrite, inputs=[index_file, queries_file, *rest])
+    inputs = [index_file, queries_file, *rest]
+    # The same command again on these files (a folder of queries: none), unchanged since, has
+    # nothing to do (vggfeat.rerun); a montage is drawn from the database's images too, which are not compared.
+    made = None if montage else common.made_by_this_command(
+        [*inputs, *(Path(each) for each in (weights or "").split(",") if Path(each).is_file())], leave_out=["queries_file"])
+    if output and check_output(output, overwrite, made, None, inputs=inputs):  # refused before the queries are described
+        held = "".join(f": {line}" for line in file_record(output)["said"])
+        click.echo(f"{output} already holds the results of this command on these files, unchanged since{held}; nothing to do")
+        return
+    if montage:
+        check_new_file(montage, overwrite, inputs=inputs)
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
@@ -80,7 +89,9 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     results = run_search(db, X, names, k=k, qe=qe)
     if output:
         write_results(results, output)
-        click.echo(f"wrote {output}: {len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})")
+        held = f"{len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})"
+        record_in_file(output, made, common.command_line(), [held])
+        click.echo(f"wrote {output}: {held}")
     else:
         for result in results:
             click.echo(f"query {common.printable(str(result.query))}")
