@@ -12,10 +12,10 @@ from ..discover import find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
 from ..regions import image_of, split_region
+from ..rerun import check_output, file_record, record_in_file
 from ..retrieval import check_box
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
-from ..rerun import check_output, file_record, record_in_file
 from ..store import check_new_file
 from . import common, options
 
