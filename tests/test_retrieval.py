@@ -459,6 +459,10 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["map"] > 0.6 and metrics["recall@1"] >= 0.9 and "mAP" in out
     assert metrics["query_expansion"] == 0
+    if recorded_in_file(tmp_path / "m.json") is not None:  # the same command again: nothing to do, the result said again
+        code, again, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "w.h5", "--json", tmp_path / "m.json"])
+        assert code == 0 and again.splitlines() == [f"{tmp_path / 'm.json'} already holds the results of this command on "
+                                                    "these files, unchanged since; nothing to do", *out.splitlines()[:-1]], err
     code, out, err = run_main(["retrieval-eval", db, "--qe", "2", "--json", tmp_path / "qe.json"])
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"labels (leave one out): {len(X)} queries (expanded with their top 2) against")

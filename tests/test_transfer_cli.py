@@ -192,6 +192,18 @@ def test_protocol_caltech(data, tmp_path):
     again = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",
                 "--seed", "1", "--C", "10"])
     assert again.splitlines()[-1] == out.splitlines()[-2]  # seeded: the same splits, the same numbers
+    # The same command again into its --json file, unchanged since: nothing to do; the result said again.
+    made = (tmp_path / "caltech.json").stat().st_mtime_ns
+    if recorded_in_file(tmp_path / "caltech.json") is not None:  # where the file system keeps extended attributes
+        again = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",
+                    "--seed", "1", "--C", "10", "--json", tmp_path / "caltech.json"])
+        assert again.splitlines() == [f"{tmp_path / 'caltech.json'} already holds the results of this command on these "
+                                      "files, unchanged since; nothing to do", *out.splitlines()[:-1]]
+        assert (tmp_path / "caltech.json").stat().st_mtime_ns == made
+        assert refused(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits",
+                        "2", "--seed", "2", "--C", "10", "--json", tmp_path / "caltech.json"]) == (
+            f"Error: {tmp_path / 'caltech.json'} already exists, made with other options (--seed: 1 then, 2 now); pass "
+            "--overwrite to replace it")
     out = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--splits", "1", "--C", "10",
               "--exclude-class", "blue_rings"])
     assert "2 classes" in out
@@ -252,6 +264,10 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
     assert sorted(row["class"] for row in result["per_class"]) == sorted([*LOOKS, "cool", "warm"])
     assert result["map_area"] >= 0.8 and "mAP:" in out
     assert result["map_area"] == pytest.approx(np.mean([row["ap_area"] for row in result["per_class"]]))
+    if recorded_in_file(tmp_path / "voc.json") is not None:  # the same command again: nothing to do
+        again = ok(["protocol", "voc", files["train"], files["test"], "--labels", labels, "--C", "10", "--json",
+                    tmp_path / "voc.json"])
+        assert again.splitlines()[1:] == out.splitlines()[:-1] and "nothing to do" in again.splitlines()[0]
 
     code, _, err = run_main(["evaluate", model, "--features", files["test"], "--features", copies["test"],
                              "--labels", csvs["test"], "--report", tmp_path / "ml-report"])

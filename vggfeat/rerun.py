@@ -1,9 +1,10 @@
 """What a command's output records of how it was made (``stack``'s, ``train-svm``'s, ``whiten
 fit``'s, ``index``'s, ``predict``'s, the CSVs of ``classify`` and ``export``, ``export``'s NumPy
-and Parquet files, and ``search``'s results), so that the same command run again on it has nothing
-to do (a script run twice, a requeued batch job) where it would refuse the output as existing: its
-inputs as they were then (the real path, size and modification time of each: a file written anew
-since, by ``--update`` or ``--overwrite``, is another) and its options, compared whole.
+and Parquet files, ``search``'s results, and the ``--json`` files of ``protocol`` and
+``retrieval-eval``), so that the same command run again on it has nothing to do (a script run
+twice, a requeued batch job) where it would refuse the output as existing: its inputs as they were
+then (the real path, size and modification time of each: a file written anew since, by
+``--update`` or ``--overwrite``, is another) and its options, compared whole.
 
 An HDF5 output records it as an attribute. Another file (a CSV) records it as an extended attribute
 (``user.vggfeat.made_from``, as ``wget --xattr`` records where a file came from), with the file's own

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
-from ..rerun import made_from, record
-from ..store import check_new_file, open_features_file, write_text_file
+from ..rerun import check_output, file_record, made_from, record, record_in_file
+from ..store import open_features_file, write_text_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
 # too, but a file records -1 for weights of no seed).
@@ -58,16 +58,25 @@ def reason_lines(by_reason: list[dict], shown: int = 5) -> list[str]:
     return lines
 
 
-def check_json_output(path: Path | None, overwrite: bool) -> None:
-    """Refuse, before the work, a --json file that exists (unless ``overwrite``) or cannot be written."""
-    if path:
-        check_new_file(path, overwrite)
+def json_again(path: Path | None, overwrite: bool, made: str | None, inputs: Sequence[Path | None]) -> bool:
+    """Before the work: True where the --json file ``path`` records that this very command made it
+    (``made``: :func:`made_by_this_command`) from its ``inputs``, unchanged since, having said so
+    and said its result again (:mod:`vggfeat.rerun`): there is nothing to do. Otherwise refuse one
+    that exists (unless ``overwrite``), saying what differs, or that cannot be written."""
+    if not path or not check_output(path, overwrite, made, None, inputs=inputs):
+        return False
+    click.echo(f"{path} already holds the results of this command on these files, unchanged since; nothing to do")
+    for line in file_record(path)["said"]:
+        click.echo(line)
+    return True
 
 
-def write_json_output(path: Path | None, result: dict) -> None:
-    """``result`` into ``path`` (--json), if given, whole or not at all."""
+def write_json_output(path: Path | None, result: dict, made: str | None = None, said: Sequence[str] = ()) -> None:
+    """``result`` into ``path`` (--json), if given, whole or not at all, recording ``made``
+    (:func:`json_again`) and the lines that ``said`` the result."""
     if path:
         write_text_file(path, json.dumps(result, indent=2) + "\n")
+        record_in_file(path, made, command_line(), said)
         click.echo(f"wrote {path}")
 
 

@@ -34,20 +34,23 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
     """
     from .. import protocol as protocols  # scikit-learn, which --help needs not
 
-    common.check_json_output(json_out, overwrite)
+    made = common.made_by_this_command(features)
+    if common.json_again(json_out, overwrite, made, features):
+        return
     with fits_progress(quiet) as progress:
         result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
                                    exclude=exclude_class, progress=progress, **svm_params(**svm))
-    click.echo(f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
-               f"{'up to ' + str(test_per_class) if test_per_class else 'all other'} test images per class, "
-               f"{splits} split(s), seed {result['seed']}")
-    click.echo("| split | train | test | C | mean class recall | accuracy |")
-    click.echo("|---:|---:|---:|---:|---:|---:|")
-    for row in result["splits"]:
-        click.echo(f"| {row['split']} | {row['train']} | {row['test']} | {row['C']:g} | {row['mean_class_recall']:.4f} | {row['accuracy']:.4f} |")
-    click.echo(f"mean class recall: {100 * result['mean_class_recall_mean']:.2f} ± {100 * result['mean_class_recall_std']:.2f} %"
-               " (mean ± sample std over splits)")
-    common.write_json_output(json_out, result)
+    said = [f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
+            f"{'up to ' + str(test_per_class) if test_per_class else 'all other'} test images per class, "
+            f"{splits} split(s), seed {result['seed']}",
+            "| split | train | test | C | mean class recall | accuracy |",
+            "|---:|---:|---:|---:|---:|---:|",
+            *(f"| {row['split']} | {row['train']} | {row['test']} | {row['C']:g} | {row['mean_class_recall']:.4f} | "
+              f"{row['accuracy']:.4f} |" for row in result["splits"]),
+            f"mean class recall: {100 * result['mean_class_recall_mean']:.2f} ± {100 * result['mean_class_recall_std']:.2f} %"
+            " (mean ± sample std over splits)"]
+    click.echo("\n".join(said))
+    common.write_json_output(json_out, result, made, said)
 
 
 @protocol.command()
@@ -94,7 +97,11 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         train_paths, test_paths = _read_list(train_list), _read_list(test_list)
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
-    common.check_json_output(json_out, overwrite)
+    # A devkit is a folder, which is not compared (vggfeat.rerun): a --json file of one is refused as before.
+    inputs = [*features, labels, train_list, test_list, voc_devkit]
+    made = common.made_by_this_command(inputs)
+    if common.json_again(json_out, overwrite, made, inputs):
+        return
     with fits_progress(quiet) as progress:
         result = protocols.voc(train_files, test_files, labels, train_paths, test_paths, devkit=voc_devkit, train_set=train_set,
                                test_set=test_set, difficult=difficult, results=results, overwrite=overwrite, progress=progress,
@@ -103,24 +110,23 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
                         "positive": "positives in each class's SVM, left out of its AP"}[difficult]
     sets = f" ({train_set} / {test_set} of {voc_devkit}; difficult images {difficult_images})" if voc_devkit else ""
     members = "persons" if result.get("persons") else "images"
-    click.echo(f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test {members}{sets}, "
-               f"{len(result['classes'])} classes, C={result['C']:g}")
+    said = [f"voc protocol: {result['train_rows']:,} training / {result['test_rows']:,} test {members}{sets}, "
+            f"{len(result['classes'])} classes, C={result['C']:g}"]
     if results:
         files, task = ("comp10_action", "Action") if result["persons"] else ("comp2_cls", "Main")
-        click.echo(f"wrote {len(result['results'])} result files into {results} ({files}_{test_set}_<class>.txt): "
-                   f"VOC's evaluation server takes them in results/VOC2012/{task}/")
-    if "per_class" not in result:  # a test set without labels: the result files are all there is
-        common.write_json_output(json_out, result)
-        return
-    ignored = "ignored" in result["per_class"][0]
-    click.echo(f"| class | positives |{' difficult |' if ignored else ''} AP (VOC2007 11-point) | AP (area) |")
-    click.echo(f"|---|---:|{'---:|' if ignored else ''}---:|---:|")
-    for row in result["per_class"]:
-        cells = [f"{row[k]:.4f}" if row[k] is not None else "–" for k in ("ap_voc07_11pt", "ap_area")]
-        difficult = f" {row['ignored']} |" if ignored else ""
-        click.echo(f"| {row['class']} | {row['support']} |{difficult} {cells[0]} | {cells[1]} |")
-    click.echo(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
-    common.write_json_output(json_out, result)
+        said.append(f"wrote {len(result['results'])} result files into {results} ({files}_{test_set}_<class>.txt): "
+                    f"VOC's evaluation server takes them in results/VOC2012/{task}/")
+    if "per_class" in result:  # not for a test set without labels: the result files are all there is
+        ignored = "ignored" in result["per_class"][0]
+        said += [f"| class | positives |{' difficult |' if ignored else ''} AP (VOC2007 11-point) | AP (area) |",
+                 f"|---|---:|{'---:|' if ignored else ''}---:|---:|"]
+        for row in result["per_class"]:
+            cells = [f"{row[k]:.4f}" if row[k] is not None else "–" for k in ("ap_voc07_11pt", "ap_area")]
+            difficult = f" {row['ignored']} |" if ignored else ""
+            said.append(f"| {row['class']} | {row['support']} |{difficult} {cells[0]} | {cells[1]} |")
+        said.append(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
+    click.echo("\n".join(said))
+    common.write_json_output(json_out, result, made, said)
 
 
 def _read_list(path: Path) -> list[str]:

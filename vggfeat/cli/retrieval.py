@@ -144,7 +144,12 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     for option, given in (("--protocol", protocol), ("--queries", queries_file), ("--crop-queries", crop_queries)):
         if given and ground_truth is None:
             raise click.UsageError(f"{option} goes with --gt")
-    common.check_json_output(json_out, overwrite)
+    # Queries cropped from their images, or a ground truth folder, are not compared (vggfeat.rerun):
+    # a --json file of such a run is refused as before.
+    inputs = [features, whiten_file, ground_truth, queries_file]
+    made = None if crop_queries else common.made_by_this_command(inputs)
+    if common.json_again(json_out, overwrite, made, inputs):
+        return
     truth = retrieval.read_ground_truth(ground_truth, protocol) if ground_truth else None
     if crop_queries:
         _check_boxes(truth)
@@ -174,24 +179,25 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
         result["queries_cropped"] = crop_queries
         if protocol:
             result["revisited_protocol"] = protocol
-    _show(result, labelled=truth is None)
-    common.write_json_output(json_out, result)
+    said = _shown(result, labelled=truth is None)
+    click.echo("\n".join(said))
+    common.write_json_output(json_out, result, made, said)
 
 
-def _show(result: dict, labelled: bool) -> None:
-    """An evaluation's result at the terminal: what was evaluated, then each measure."""
+def _shown(result: dict, labelled: bool) -> list[str]:
+    """An evaluation's result for the terminal, a line each: what was evaluated, then each measure."""
     name = f"revisited ground truth, {result['revisited_protocol']}" if "revisited_protocol" in result else result["protocol"]
     how = [what for what, done in (("cropped to their boxes", result.get("queries_cropped")),
                                    (f"expanded with their top {result['query_expansion']}", result["query_expansion"])) if done]
     how = f" ({', '.join(how)})" if how else ""
     without = "another image of their class" if labelled else "a relevant image"
     skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
-    click.echo(f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
-               f"{common.counted(result['database'], 'image')}{skipped}")
-    click.echo(f"  mAP        {result['map']:.4f}")
-    for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT):
-        if key in result:  # mP@k: with ground truth
-            click.echo(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}")
+    return [f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
+            f"{common.counted(result['database'], 'image')}{skipped}",
+            f"  mAP        {result['map']:.4f}",
+            *(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}"
+              for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT)
+              if key in result)]  # mP@k: with ground truth
 
 
 def _check_boxes(truth: list[dict]) -> None:
