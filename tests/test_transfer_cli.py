@@ -269,13 +269,22 @@ def test_multilabel_training_fusion_and_voc_protocol(data, tmp_path):
                     tmp_path / "voc.json"])
         assert again.splitlines()[1:] == out.splitlines()[:-1] and "nothing to do" in again.splitlines()[0]
 
-    code, _, err = run_main(["evaluate", model, "--features", files["test"], "--features", copies["test"],
-                             "--labels", csvs["test"], "--report", tmp_path / "ml-report"])
+    code, out, err = run_main(["evaluate", model, "--features", files["test"], "--features", copies["test"],
+                               "--labels", csvs["test"], "--report", tmp_path / "ml-report"])
     assert code == 0, err
     assert (tmp_path / "ml-report" / "precision_recall.png").read_bytes().startswith(PNG)
     metrics = json.loads((tmp_path / "ml-report" / "metrics.json").read_text())
     assert metrics["task"] == "multi-label" and metrics["examples"] == 9 and metrics["map_area"] >= 0.8
     assert "| class | support | ap_voc07_11pt | ap_area |" in (tmp_path / "ml-report" / "per_class.md").read_text()
+    if recorded_in_file(tmp_path / "ml-report" / "metrics.json") is not None:  # the same command again: nothing to do
+        evaluate = ["evaluate", model, "--features", files["test"], "--features", copies["test"], "--labels", csvs["test"],
+                    "--report", tmp_path / "ml-report"]
+        code, again, err = run_main(evaluate)
+        assert code == 0 and again.splitlines() == [
+            f"{tmp_path / 'ml-report'} already holds the report of this command on these files, unchanged since; nothing "
+            "to do", *out.splitlines()[:-1]], err
+        (tmp_path / "ml-report" / "per_class.md").write_text("my notes\n")
+        assert refused(evaluate).startswith(f"Error: {tmp_path / 'ml-report'} already holds a report (metrics.json, ")
 
 
 def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path):

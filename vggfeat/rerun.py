@@ -1,7 +1,7 @@
 """What a command's output records of how it was made (``stack``'s, ``train-svm``'s, ``whiten
 fit``'s, ``index``'s, ``predict``'s, the CSVs of ``classify`` and ``export``, ``export``'s NumPy
-and Parquet files, ``search``'s results, and the ``--json`` files of ``protocol`` and
-``retrieval-eval``), so that the same command run again on it has nothing to do (a script run
+and Parquet files, ``search``'s results, the ``--json`` files of ``protocol`` and
+``retrieval-eval``, and ``evaluate``'s report), so that the same command run again on it has nothing to do (a script run
 twice, a requeued batch job) where it would refuse the output as existing: its inputs as they were
 then (the real path, size and modification time of each: a file written anew since, by
 ``--update`` or ``--overwrite``, is another) and its options, compared whole.

@@ -15,7 +15,7 @@ from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..modelfile import read_model_file
 from ..report import report_files, write_report
-from ..rerun import check_output, record_in_file
+from ..rerun import check_output, file_record, record_in_file, recorded_in_file
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
 from ..voc import DIFFICULT
@@ -221,7 +221,15 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
     files, _ = split_files(paths[1:], features, [])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     model = load_model(paths[0])
+    # The same command again on these files, unchanged since, has nothing to do where each file of
+    # its report records so (vggfeat.rerun; a devkit, a folder, is not compared).
+    made = made_by_this_command([paths[0], *files, labels, voc_devkit], leave_out=["features"]) if report else None
     if report:
+        written = report_files(report, model.svm.multilabel)
+        if not overwrite and made is not None and all(recorded_in_file(path) == made for path in written):
+            click.echo(f"{report} already holds the report of this command on these files, unchanged since; nothing to do")
+            click.echo("\n".join(file_record(written[0])["said"]))
+            return
         _check_report_folder(report, model.svm.multilabel, overwrite)
     metrics, scored = transfer.evaluate(model, files, labels, voc=voc)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
@@ -232,6 +240,8 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
     click.echo("\n".join(lines))
     if report:
         written = write_report(report, metrics, scored.scores, _indicators(scored))
+        for path in written:
+            record_in_file(path, made, command_line(), lines)
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
