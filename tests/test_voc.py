@@ -11,6 +11,7 @@ import pytest
 
 from runhelpers import error_line, run_main
 from svmhelpers import write_features
+from vggfeat.rerun import recorded_in_file
 from vggfeat.errors import VggfeatError
 from vggfeat.metrics import ap_voc07_11pt, multilabel_metrics
 from vggfeat.svm import LinearSVM, load_model
@@ -143,6 +144,22 @@ def test_protocol_voc_from_a_devkit(tmp_path):
     assert metrics["per_class"] == result["per_class"] and metrics["examples"] == 15
     code, _, err = run_main(["evaluate", model, features, "--voc-devkit", devkit, "--voc-set", "none-such"])
     assert code == 2 and "has no image set 'none-such'" in error_line(err)
+
+    # The same commands again, with the devkit's set files unchanged since: nothing to do; a class file
+    # changed since is named.
+    again = {"protocol": ["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1", "--json", tmp_path / "voc.json"],
+             "train-svm": ["train-svm", features, model, "--voc-devkit", devkit, "--C", "1"],
+             "evaluate": ["evaluate", model, features, "--voc-devkit", devkit, "--report", tmp_path / "report"]}
+    if recorded_in_file(tmp_path / "voc.json") is not None:  # where the file system keeps extended attributes
+        for name, args in again.items():
+            code, out, err = run_main(args)
+            assert code == 0 and "nothing to do" in out.splitlines()[0], (name, err)
+        class_file = devkit / "ImageSets" / "Main" / "cat_test.txt"
+        class_file.write_text(class_file.read_text())  # written anew: its time changed
+        for name in ("protocol", "evaluate"):
+            code, _, err = run_main(again[name])
+            assert code == 2 and "made from cat_test.txt before it last changed" in error_line(err), (name, err)
+        assert run_main(again["train-svm"])[0] == 0  # made from the trainval set's files alone
 
     # The same sets without the difficult flags (difficult images as negatives) rank them first.
     lines = {"train": [], "test": []}

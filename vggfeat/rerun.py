@@ -12,8 +12,9 @@ size and modification time then, so that a file changed since records nothing; w
 system keeps no extended attributes (or a copy dropped them), the file records nothing, and the
 command refuses it as before.
 
-A folder among the inputs is not looked into (a VOC devkit's annotations), so a command given one
-records nothing and is refused as before. Extraction and merge check their outputs their own way
+A folder among the inputs is not looked into, so a command given one records nothing and is
+refused as before; a VOC devkit is given as the files its sets are read from
+(:func:`vggfeat.voc.set_files`). Extraction and merge check their outputs their own way
 (:func:`vggfeat.job.holds_extraction`, :mod:`vggfeat.merge`): their inputs are whole collections.
 """
 

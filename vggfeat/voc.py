@@ -19,6 +19,7 @@ box (:func:`person_lists` writes the file list that describes them).
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,18 @@ def read_set(devkit: str | os.PathLike, name: str, paths: Sequence[str]) -> VocS
     """The set ``name`` that the rows ``paths`` are classified by: an action set (persons) where
     they are regions of images, else an image set of the classification task."""
     return read_action_set(devkit, name) if any(region_of(path) is not None for path in paths) else read_image_set(devkit, name)
+
+
+def set_files(devkit: str | os.PathLike | None, name: str) -> list[Path]:
+    """The files of ``devkit`` that its set ``name`` is read from (:func:`read_set`): the image
+    set's list and class files, and the action set's files; none without a devkit. A command's
+    output records them (:mod:`vggfeat.rerun`), to find the set changed since; the annotations
+    that give persons' boxes are not among them."""
+    if devkit is None:
+        return []
+    name = glob.escape(name)
+    main, action = Path(devkit) / IMAGE_SETS, Path(devkit) / ACTION_SETS
+    return sorted([*main.glob(f"{name}.txt"), *main.glob(f"*_{name}.txt"), *action.glob(f"*_{name}.txt")])
 
 
 def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:

@@ -8,6 +8,7 @@ import click
 
 from ..errors import VggfeatError
 from ..textfiles import read_text
+from ..voc import set_files
 from . import common
 from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
 
@@ -97,9 +98,10 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
         train_paths, test_paths = _read_list(train_list), _read_list(test_list)
     else:
         raise click.UsageError("give TRAIN.h5 TEST.h5, or one features file with --train-list and --test-list")
-    # A devkit is a folder, which is not compared (vggfeat.rerun): a --json file of one is refused as before.
-    inputs = [*features, labels, train_list, test_list, voc_devkit]
-    made = common.made_by_this_command(inputs)
+    # The same command again has nothing to do where its --json file records these inputs unchanged
+    # (vggfeat.rerun); not with --results, whose files it does not compare.
+    inputs = [*features, labels, train_list, test_list, *set_files(voc_devkit, train_set), *set_files(voc_devkit, test_set)]
+    made = None if results else common.made_by_this_command(inputs)
     if common.json_again(json_out, overwrite, made, inputs):
         return
     with fits_progress(quiet) as progress:

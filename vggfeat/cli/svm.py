@@ -18,7 +18,7 @@ from ..report import report_files, write_report
 from ..rerun import check_output, file_record, record_in_file, recorded_in_file
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
-from ..voc import DIFFICULT
+from ..voc import DIFFICULT, set_files
 from .common import SEEDS, command_line, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     files, (model,) = split_files(paths, features, ["MODEL"])
     voc = _voc_labels(voc_devkit, voc_set, labels)
     difficult = difficult_in_training(voc_devkit, voc_difficult)
-    made = made_by_this_command([*files, labels, voc_devkit], leave_out=["features"])
+    made = made_by_this_command([*files, labels, *set_files(voc_devkit, voc_set)], leave_out=["features"])
     if check_output(model, overwrite, made, SVM_MODEL_FORMAT, inputs=files, hdf5="SVM models"):  # the same command again
         held = read_model_file(model)  # a damaged one is refused: --overwrite
         click.echo(f"{model} already holds the SVMs of this command on these files, unchanged since: "
@@ -222,14 +222,17 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
     voc = _voc_labels(voc_devkit, voc_set, labels)
     model = load_model(paths[0])
     # The same command again on these files, unchanged since, has nothing to do where each file of
-    # its report records so (vggfeat.rerun; a devkit, a folder, is not compared).
-    made = made_by_this_command([paths[0], *files, labels, voc_devkit], leave_out=["features"]) if report else None
+    # its report records so (vggfeat.rerun).
+    made = (made_by_this_command([paths[0], *files, labels, *set_files(voc_devkit, voc_set)], leave_out=["features"])
+            if report else None)
     if report:
         written = report_files(report, model.svm.multilabel)
         if not overwrite and made is not None and all(recorded_in_file(path) == made for path in written):
             click.echo(f"{report} already holds the report of this command on these files, unchanged since; nothing to do")
             click.echo("\n".join(file_record(written[0])["said"]))
             return
+        if not overwrite and recorded_in_file(written[0]) is not None:  # a report made otherwise: say how
+            check_output(written[0], overwrite, made, None)
         _check_report_folder(report, model.svm.multilabel, overwrite)
     metrics, scored = transfer.evaluate(model, files, labels, voc=voc)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
