@@ -19,6 +19,8 @@ import pytest
 from runhelpers import error_line, run_main
 from svmhelpers import blobs, misplace_a_chunk, set_attr, write_features
 from vggfeat.cli import COMMANDS, cli
+from vggfeat.errors import VggfeatError
+from vggfeat.features import FeatureFile
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -348,7 +350,12 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
         f.create_dataset("features", data=descriptors, chunks=(2, 4))
     misplace_a_chunk(features, "features")  # h5py's OSError of no errno: it ended in its words alone, naming no file
     code, _, err = run_main(["train-svm", features, tmp_path / "m.h5", "--C", "1"])
-    assert code == 1 and error_line(err).startswith("Error: HDF5 cannot read a file given (Can't synchronously read data")
+    assert code == 2 and error_line(err).startswith(f"Error: {features} is damaged: HDF5 cannot read its /features (Can't "
+                                                    "synchronously read data")
+    with pytest.raises(VggfeatError, match="is damaged: HDF5 cannot read its /features"), FeatureFile(features) as f:
+        f.read()
+    with pytest.raises(ZeroDivisionError), FeatureFile(features) as f:  # what is not HDF5's failure to read passes
+        f.rows / 0
 
 
 def test_a_damaged_whitening_scores_or_index_file_is_named_not_a_traceback(tmp_path):

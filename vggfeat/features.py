@@ -29,7 +29,7 @@ import numpy.typing as npt
 from .errors import VggfeatError
 from .labels import warn_left_out
 from .regions import image_of, region_of
-from .store import failed_labels, open_features_file, read_after, work_folder
+from .store import failed_labels, failed_read, open_features_file, read_after, refusal_reason, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -199,8 +199,12 @@ class FeatureFile:
     def __enter__(self) -> FeatureFile:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        unread = failed_read(error, self._file)
         self.close()
+        if unread is not None:  # said of the file, which HDF5's words do not name
+            raise VggfeatError(f"{self.path} is damaged: HDF5 cannot read its {unread} ({refusal_reason(error)}); a bad copy "
+                               "or disk?") from error
 
 
 @dataclass

@@ -600,6 +600,22 @@ def reading_hdf5(path: Path, what: str, remedy: str = "") -> Iterator[h5py.File]
             raise VggfeatError(f"{path} is a damaged {what} file ({refusal_reason(error)}){remedy}") from None
 
 
+def failed_read(error: BaseException | None, f: h5py.File) -> str | None:
+    """The name of the dataset of the open file ``f`` whose read ``error`` is HDF5's failure of
+    (a flipped bit, a bad copy: not the system's refusal, :func:`system_error`); else None."""
+    if not isinstance(error, (OSError, RuntimeError)) or system_error(error) is not None:
+        return None
+    name, frame = None, error.__traceback__
+    while frame is not None:  # to the innermost dataset that was reading
+        owner = frame.tb_frame.f_locals.get("self")
+        if isinstance(owner, h5py.Dataset):
+            with contextlib.suppress(Exception):  # one HDF5 cannot name: no name to give
+                if owner.file == f:
+                    name = owner.name
+        frame = frame.tb_next
+    return name
+
+
 def refusal_reason(error: Exception) -> str:
     """``error``'s message on one line, at most 300 characters (a KeyError's not quoted)."""
     reason = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
