@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vggfeat.pooling import gem, global_pool, mac, pool_map, rmac, rmac_by_size, rmac_regions, spoc
+from vggfeat.whitening import PCAWhitening
 
 
 def _map(channels=5, height=7, width=9, seed=0) -> torch.Tensor:
@@ -80,6 +81,20 @@ def test_rmac_with_regional_whitening_applies_it_before_the_sum():
         total += u / np.linalg.norm(u)
     assert whitened.shape == (3,)
     np.testing.assert_allclose(whitened.numpy(), total / np.linalg.norm(total), rtol=1e-10)
+
+
+def test_a_fitted_whitening_whitens_rmac_regions_on_their_device_as_it_whitens_descriptors():
+    """PCAWhitening.transform_tensor, R-MAC's regional whitening: the NumPy transform, but for the
+    final L2 normalisation (which R-MAC makes after it), on the tensor's device and dtype."""
+    descriptors = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
+    whitening = PCAWhitening(dim=3).fit(descriptors)
+    regions = torch.from_numpy(descriptors[:5])
+    whitened = whitening.transform_tensor(regions)
+    assert whitened.dtype == torch.float32 and whitened.shape == (5, 3)
+    np.testing.assert_allclose(torch.nn.functional.normalize(whitened, dim=1).numpy(), whitening.transform(descriptors[:5]),
+                               rtol=1e-5, atol=1e-6)
+    pooled = rmac(_map(channels=6, height=8, width=8, seed=2).float(), 2, whiten=whitening.transform_tensor)
+    assert pooled.shape == (3,) and pooled.norm().item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_rmac_regions_break_overlap_ties_as_matlab_does():
