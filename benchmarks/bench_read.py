@@ -1,7 +1,8 @@
 """Reading descriptors back (FeatureFile.read, which train-svm, predict, index and retrieval-eval use):
 with the check that every row read is finite against the same read without it, in one process.
-With --index-rows, also a flat index's load with its check of unit vectors against without, and a
-whitening's (4096 -> 512) load with its checksum against without.
+With --index-rows, also a flat index's load with its check of unit vectors against without, an
+IVF-PQ index's (FAISS's defaults for 512-d: 64-byte codes) with the checksum of its FAISS bytes
+against without, and a whitening's (4096 -> 512) load with its checksum against without.
 
     python benchmarks/bench_read.py --rows 100000 --dim 4096 --dtype float32 --rounds 3 [--index-rows 1000000]
 
@@ -87,28 +88,35 @@ def main() -> None:
 
 
 def loads(workdir: Path, rows: int, rounds: int) -> None:
-    """A flat index's load, with and without its check of unit vectors; a whitening's, with and
-    without its checksum (the check replaced by nothing, the checksum's attribute removed)."""
+    """A flat index's load, with and without its check of unit vectors; an IVF-PQ index's and a
+    whitening's, with and without their checksum (the check replaced by nothing, the checksum's
+    attribute removed)."""
     rng = np.random.default_rng(2)
     index_file, whitening_file = workdir / f"bench-read-index-{rows}x512.h5", workdir / "bench-read-whitening.h5"
-    if not index_file.exists():
+    ivfpq_file = workdir / f"bench-read-ivfpq-{rows}x512.h5"
+    if not index_file.exists() or not ivfpq_file.exists():
         X = np.maximum(rng.standard_normal((rows, 512), dtype=np.float32), 0)
-        build_index(X, [f"{i:08d}.jpg" for i in range(rows)], {"dim": 512}, kind="flat", backend="numpy").save(index_file)
+        paths = [f"{i:08d}.jpg" for i in range(rows)]
+        build_index(X, paths, {"dim": 512}, kind="flat", backend="numpy").save(index_file)
+        build_index(X, paths, {"dim": 512}, kind="ivfpq").save(ivfpq_file)
     whitening = PCAWhitening(dim=512)
     whitening.mean_ = rng.standard_normal(4096).astype(np.float32)
     whitening.projection_ = rng.standard_normal((512, 4096)).astype(np.float32)
     whitening.eigenvalues_ = rng.random(512).astype(np.float32)
     whitening.n_samples_, whitening.config_ = 100_000, {}
     whitening.save(whitening_file)
-    unchecked = whitening_file.with_name("bench-read-whitening-unchecked.h5")
-    unchecked.write_bytes(whitening_file.read_bytes())
-    with h5py.File(unchecked, "r+") as f:
-        del f.attrs["checksum"]  # as written before it was added: read without it
+    unchecked, ivfpq_unchecked = (path.with_name(path.stem + "-unchecked.h5") for path in (whitening_file, ivfpq_file))
+    for path, copy, attribute in ((whitening_file, unchecked, "checksum"), (ivfpq_file, ivfpq_unchecked, "faiss_sha256")):
+        copy.write_bytes(path.read_bytes())
+        with h5py.File(copy, "r+") as f:
+            del f.attrs[attribute]  # as written before it was added: read without it
     check = index_module._check_unit_rows
     best: dict[str, float] = {}
     for _ in range(rounds):
         for name, load in (("index, checked", lambda: VectorIndex.load(index_file, backend="numpy")),
                            ("index, unchecked", lambda: VectorIndex.load(index_file, backend="numpy")),
+                           ("ivfpq, checked", lambda: VectorIndex.load(ivfpq_file)),
+                           ("ivfpq, unchecked", lambda: VectorIndex.load(ivfpq_unchecked)),
                            ("whitening, checked", lambda: PCAWhitening.load(whitening_file)),
                            ("whitening, unchecked", lambda: PCAWhitening.load(unchecked))):
             index_module._check_unit_rows = check if name != "index, unchecked" else lambda *a, **k: None
@@ -117,7 +125,8 @@ def loads(workdir: Path, rows: int, rounds: int) -> None:
             best[name] = min(best.get(name, np.inf), time.perf_counter() - started)
     index_module._check_unit_rows = check
     print("| load | with the check | without | the check's cost |\n| --- | ---: | ---: | ---: |")
-    for what, size in (("index", f"flat index, {rows:,} x 512"), ("whitening", "whitening, 4096 -> 512")):
+    for what, size in (("index", f"flat index, {rows:,} x 512"), ("ivfpq", f"IVF-PQ index, {rows:,} x 512"),
+                       ("whitening", "whitening, 4096 -> 512")):
         on, off = best[f"{what}, checked"], best[f"{what}, unchecked"]
         print(f"| {size} | {on:.3f} s | {off:.3f} s | {on - off:+.3f} s ({(on - off) / off:+.0%}) |")
 

@@ -18,6 +18,7 @@ import pytest
 
 from runhelpers import error_line, run_main
 from svmhelpers import blobs, misplace_a_chunk, set_attr, write_features
+import vggfeat.cli
 from vggfeat.cli import COMMANDS, cli
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile
@@ -341,8 +342,12 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
 
     monkeypatch.setattr("vggfeat.features.FeatureFile.failed", failed)
     code, _, err = run_main(["train-svm", features, tmp_path / "m.h5", "--C", "1"])
-    assert code == 1 and error_line(err).startswith("Error: HDF5 cannot read a file given (Unable to ")
-    assert error_line(err).endswith("): is it damaged? 'vggfeat info FILE' reads each")
+    assert code == 2 and error_line(err).startswith(f"Error: {features} is damaged: HDF5 cannot read its /failed/no such "
+                                                    "dataset (Unable to ")
+    with h5py.File(features) as f, pytest.raises(KeyError) as raised:  # read by other code than FeatureFile's
+        f["failed/no such dataset"]
+    message, code = vggfeat.cli._failure(raised.value)
+    assert code == 1 and message.startswith("HDF5 cannot read a file given (Unable to synchronously open object")
     monkeypatch.undo()
     with h5py.File(features, "r+") as f:  # in chunks, as vggfeat writes them
         descriptors = f["features"][:]

@@ -226,7 +226,7 @@ def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
     whole = (tmp_path / "hnsw.index").read_bytes()
     for damage, reason in [(lambda f: f.attrs.__setitem__("params", "{broken"), "(Expecting property name"),
                            (lambda f: f.attrs.__setitem__("params", "{}"), "(ef_search)"),
-                           (_cut_faiss_bytes, "(Error in ")]:
+                           (_cut_faiss_bytes, "(Error in ")]:  # a file written before FAISS's bytes were checksummed
         (tmp_path / "damaged.index").write_bytes(whole)
         with h5py.File(tmp_path / "damaged.index", "r+") as f:
             damage(f)
@@ -234,6 +234,30 @@ def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
             VectorIndex.load(tmp_path / "damaged.index")
         assert str(raised.value).startswith(f"{tmp_path / 'damaged.index'} is a damaged index file {reason}")
         assert str(raised.value).endswith("; build it again with 'vggfeat index'")
+    # FAISS checks little of what it reads: IVF-PQ's bytes damaged gave wrong hits, or hits of no path
+    # (an IndexError). Their checksum refuses them; without one (an older file), hits past the paths are.
+    X, _ = clustered(per_class=64)  # 256 rows: what IVF-PQ's training takes
+    build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="ivfpq", nlist=2, m=4).save(tmp_path / "ivfpq.index")
+    whole = (tmp_path / "ivfpq.index").read_bytes()
+    for checksum in (True, False):
+        (tmp_path / "damaged.index").write_bytes(whole)
+        with h5py.File(tmp_path / "damaged.index", "r+") as f:
+            _change_faiss_bytes(f, at=-1, value=0x7F)  # the last list's last id, its highest byte
+            if not checksum:
+                del f.attrs["faiss_sha256"]
+        if checksum:
+            with pytest.raises(VggfeatError, match=r"damaged.index was modified or is damaged \(checksum mismatch of its FAISS "):
+                VectorIndex.load(tmp_path / "damaged.index")
+        else:
+            loaded = VectorIndex.load(tmp_path / "damaged.index")
+            with pytest.raises(VggfeatError, match=f"the index is damaged: FAISS found row .* of {len(X)}"):
+                search(loaded, X, [str(i) for i in range(len(X))], k=len(X))
+    with h5py.File(tmp_path / "damaged.index", "r+") as f:  # its paths and FAISS's vectors disagree in number
+        paths = f["paths"][:-1]
+        del f["paths"]
+        f["paths"] = paths
+    with pytest.raises(VggfeatError, match=f"its FAISS index holds {len(X)} vectors, its /paths {len(X) - 1}"):
+        VectorIndex.load(tmp_path / "damaged.index")
     build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="flat").save(tmp_path / "flat.index")
     misplace_a_chunk(tmp_path / "flat.index", "vectors")  # h5py's OSError, of no errno: it said only that, naming no file
     with pytest.raises(VggfeatError, match=r"flat.index is a damaged index file \(Can't synchronously read data "):
@@ -244,6 +268,14 @@ def _cut_faiss_bytes(f: h5py.File) -> None:
     serialized = f["faiss"][:]
     del f["faiss"]
     f["faiss"] = serialized[: len(serialized) // 2]
+    del f.attrs["faiss_sha256"]
+
+
+def _change_faiss_bytes(f: h5py.File, at: int, value: int) -> None:
+    serialized = f["faiss"][:]
+    serialized[at] = value
+    del f["faiss"]
+    f["faiss"] = serialized
 
 
 def test_compressed_index_without_faiss_is_a_clear_error(tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ import numpy.typing as npt
 from .errors import VggfeatError
 from .labels import warn_left_out
 from .regions import image_of, region_of
-from .store import failed_labels, failed_read, open_features_file, read_after, refusal_reason, work_folder
+from .store import (failed_labels, failed_read, open_features_file, read_after, refusal_reason, system_error,
+                    work_folder)
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -78,9 +79,11 @@ class FeatureFile:
         except VggfeatError:
             self._file.close()
             raise
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:  # RuntimeError: HDF5's structures damaged
+        except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:  # HDF5's structures damaged
             self._file.close()
-            raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({error})") from None
+            if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error)
+                raise
+            raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({refusal_reason(error)})") from None
         if self.features.ndim != 2 or not self.features.shape[0] == len(self._paths) == len(self.labels):
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /features, /paths and /labels disagree in length")

@@ -19,6 +19,7 @@ bytes. Nothing is pickled. Queries must be described exactly as the database was
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -115,6 +116,9 @@ class VectorIndex:
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if self.faiss_index is not None:
             scores, rows = self.faiss_index.search(Q, k)
+            if len(rows) and (rows.max() >= self.rows or rows.min() < -1):  # FAISS pads missing hits with -1
+                raise VggfeatError(f"the index is damaged: FAISS found row {rows.max() if rows.max() >= self.rows else rows.min()} "
+                                   f"of {self.rows}; build it again with 'vggfeat index'")
             return scores, rows.astype(np.int64)
         return exact_search(self.vectors, Q, k)
 
@@ -143,7 +147,9 @@ class VectorIndex:
         if self.kind == "flat":
             f.create_dataset("vectors", data=self.vectors, chunks=(max(1, min(len(self.vectors), 2048)), self.vectors.shape[1]))
         else:
-            f["faiss"] = load_faiss().serialize_index(self.faiss_index)
+            serialized = load_faiss().serialize_index(self.faiss_index)
+            f["faiss"] = serialized
+            f.attrs["faiss_sha256"] = hashlib.sha256(serialized).hexdigest()
         if self.whitening is not None:
             self.whitening.write(f.create_group("whitening"))
         f.attrs.update({
@@ -187,7 +193,16 @@ class VectorIndex:
         else:
             if not faiss_available():
                 raise VggfeatError(f"{path} is a '{index.kind}' index: {FAISS_MISSING}")
-            index.faiss_index = load_faiss().deserialize_index(f["faiss"][:])
+            serialized = f["faiss"][:]
+            # FAISS checks little of what it reads: damaged IVF-PQ bytes gave wrong hits, or rows of no
+            # path. Files written before the checksum was added have none: read as they are.
+            if "faiss_sha256" in f.attrs and f.attrs["faiss_sha256"] != hashlib.sha256(serialized).hexdigest():
+                raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch of its FAISS index); build it "
+                                   "again with 'vggfeat index'")
+            index.faiss_index = load_faiss().deserialize_index(serialized)
+            if index.faiss_index.ntotal != len(index.paths):
+                raise VggfeatError(f"{path} is damaged: its FAISS index holds {index.faiss_index.ntotal} vectors, its "
+                                   f"/paths {len(index.paths)}; build it again with 'vggfeat index'")
         if index.vectors is not None and _flat_uses_faiss(backend):
             index.faiss_index = _flat_faiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -601,17 +602,20 @@ def reading_hdf5(path: Path, what: str, remedy: str = "") -> Iterator[h5py.File]
 
 
 def failed_read(error: BaseException | None, f: h5py.File) -> str | None:
-    """The name of the dataset of the open file ``f`` whose read ``error`` is HDF5's failure of
-    (a flipped bit, a bad copy: not the system's refusal, :func:`system_error`); else None."""
-    if not isinstance(error, (OSError, RuntimeError)) or system_error(error) is not None:
+    """The name of the object of the open file ``f`` (a dataset read, or one opened by name) that
+    ``error`` is HDF5's failure to read (a flipped bit, a bad copy: not the system's refusal,
+    :func:`system_error`); else None."""
+    if not isinstance(error, (OSError, RuntimeError, KeyError)) or system_error(error) is not None:
         return None
     name, frame = None, error.__traceback__
-    while frame is not None:  # to the innermost dataset that was reading
-        owner = frame.tb_frame.f_locals.get("self")
-        if isinstance(owner, h5py.Dataset):
-            with contextlib.suppress(Exception):  # one HDF5 cannot name: no name to give
-                if owner.file == f:
-                    name = owner.name
+    while frame is not None:  # to the innermost object that was reading
+        local = frame.tb_frame.f_locals
+        owner, opened = local.get("self"), local.get("name")
+        with contextlib.suppress(Exception):  # one HDF5 cannot name: no name to give
+            if isinstance(owner, h5py.Dataset) and owner.file == f:
+                name = owner.name
+            elif isinstance(owner, h5py.Group) and isinstance(opened, str) and owner.file == f:
+                name = posixpath.join(owner.name, opened)
         frame = frame.tb_next
     return name
 
