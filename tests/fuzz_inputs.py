@@ -366,6 +366,7 @@ SOURCES = {
     "model": ["train-svm", "SOURCE", "FILE", "--C", "1"],
     "whitening": ["whiten", "fit", "SOURCE", "FILE"],
     "index": ["index", "SOURCE", "FILE"],
+    "hnsw": ["index", "SOURCE", "FILE", "--kind", "hnsw"],  # FAISS's bytes
     "scores": ["predict", "MODEL", "SOURCE", "FILE"],
     "posteriors": ["classify", "IMAGES", "FILE", "--weights", "random", "--model", "vgg11", "--scales", "224", "--min-side", "8",
                    "--device", "cpu", "--quiet"],
