@@ -306,6 +306,9 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
     assert refused(["evaluate", model, files["test"], "--report", report]) == (
         f"Error: {report} already holds a report (per_class.csv); pass --overwrite to replace it, or name another folder")
     assert "caltech.json already exists; pass --overwrite" in refused(caltech)
+    assert refused([*caltech[:-1], files["train"], "--overwrite"]) == (  # a slip that --overwrite made hours of work lost
+        f"Error: {files['train']} is an input of this command too: name another output (--overwrite replaces outputs, "
+        "never inputs)")
     assert {path: path.read_text() for path in kept} == kept
     assert sorted(p.name for p in report.iterdir()) == ["per_class.csv"]  # nothing written beside it either
 

@@ -11,9 +11,9 @@ import pytest
 
 from runhelpers import error_line, run_main
 from svmhelpers import write_features
-from vggfeat.rerun import recorded_in_file
 from vggfeat.errors import VggfeatError
 from vggfeat.metrics import ap_voc07_11pt, multilabel_metrics
+from vggfeat.rerun import recorded_in_file
 from vggfeat.svm import LinearSVM, load_model
 from vggfeat.voc import DIFFICULT, read_image_set, targets_of_set, train_difficult
 
