@@ -15,6 +15,7 @@ import pytest
 
 from runhelpers import (FAST, assert_same_output, command, error_line, read_output, run_main,
                         write_labelled_folder)
+from svmhelpers import misplace_a_chunk
 import vggfeat.job
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.discover import ShardOf
@@ -183,6 +184,11 @@ def test_whole_incomplete_and_foreign_files_are_refused(labelled, extractor, thr
     (tmp_path / "notes.h5").write_text("not hdf5")
     refused([tmp_path / "notes.h5"], tmp_path / "m.h5", r"notes.h5 is not an HDF5 file")
     refused([tmp_path / "absent.h5"], tmp_path / "m.h5", r"shard file not found")
+    damaged = tmp_path / "damaged.h5"  # a flipped bit in HDF5's index of its rows: found as they are copied
+    damaged.write_bytes(three_shards[1].read_bytes())
+    misplace_a_chunk(damaged, "features")
+    refused([three_shards[0], damaged, three_shards[2]], tmp_path / "m.h5",
+            r"damaged.h5 is damaged: HDF5 cannot read its /features \(Can't synchronously read data")
     assert not (tmp_path / "m.h5").exists()
 
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from .errors import VggfeatError
 from .labels import warn_left_out
 from .regions import image_of, region_of
-from .store import (failed_labels, failed_read, open_features_file, read_after, refusal_reason, system_error,
+from .store import (failed_labels, open_features_file, read_after, read_damage, refusal_reason, system_error,
                     work_folder)
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
@@ -203,11 +203,10 @@ class FeatureFile:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        unread = failed_read(error, self._file)
+        damage = read_damage(error, self._file)
         self.close()
-        if unread is not None:  # said of the file, which HDF5's words do not name
-            raise VggfeatError(f"{self.path} is damaged: HDF5 cannot read its {unread} ({refusal_reason(error)}); a bad copy "
-                               "or disk?") from error
+        if damage is not None:
+            raise damage from error
 
 
 @dataclass

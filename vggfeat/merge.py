@@ -23,7 +23,7 @@ from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
                     failed_labels, file_attributes, mark_complete, open_features_file, open_h5, place_rows, plain_value,
-                    read_after, replace_durably, rows_and_failures, written_atomically)
+                    read_after, read_damage, replace_durably, rows_and_failures, written_atomically)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -77,6 +77,11 @@ def merge_shards(
             block = max(1, _BLOCK_BYTES // (dim * dtype.itemsize))
             _copy_rows(files, targets, block, lambda copied: progress(copied, rows) if progress else None)
             mark_complete(out, _merged_attrs(files, paths, provenance or {}, shard_of))
+    except (OSError, RuntimeError, KeyError) as error:  # a shard HDF5 cannot read: named, while it is open
+        damage = next((found for f in files if (found := read_damage(error, f)) is not None), None)
+        if damage is not None:
+            raise damage from error
+        raise
     finally:
         for f in files:
             f.close()

@@ -601,10 +601,20 @@ def reading_hdf5(path: Path, what: str, remedy: str = "") -> Iterator[h5py.File]
             raise VggfeatError(f"{path} is a damaged {what} file ({refusal_reason(error)}){remedy}") from None
 
 
+def read_damage(error: BaseException | None, f: h5py.File) -> VggfeatError | None:
+    """Where ``error`` is HDF5's failure to read an object of the open file ``f`` (a flipped bit, a
+    bad copy: :func:`failed_read`), the one-line error that names the file and the object; else
+    None. Said while ``f`` is open: HDF5's own words name neither."""
+    unread = failed_read(error, f)
+    if unread is None:
+        return None
+    return VggfeatError(f"{f.filename} is damaged: HDF5 cannot read its {unread} ({refusal_reason(error)}); a bad copy or "
+                        "disk?")
+
+
 def failed_read(error: BaseException | None, f: h5py.File) -> str | None:
     """The name of the object of the open file ``f`` (a dataset read, or one opened by name) that
-    ``error`` is HDF5's failure to read (a flipped bit, a bad copy: not the system's refusal,
-    :func:`system_error`); else None."""
+    ``error`` is HDF5's failure to read (not the system's refusal, :func:`system_error`); else None."""
     if not isinstance(error, (OSError, RuntimeError, KeyError)) or system_error(error) is not None:
         return None
     name, frame = None, error.__traceback__
