@@ -370,6 +370,24 @@ def test_a_scores_file_holds_what_the_csv_does_written_a_block_at_a_time(tmp_pat
     assert stored["predicted"].sum(axis=1).tolist() == [2] * len(paths)
 
 
+def test_a_damaged_chunk_of_a_scores_file_is_refused_by_any_hdf5_reader(tmp_path):
+    """Scores files are read by the user's own code: each chunk of /scores and /predicted carries
+    HDF5's Fletcher-32 checksum, which h5py checks, so a flipped bit is an error, not another score."""
+    X, y, paths, names = blobs()
+    a = write_features(tmp_path / "a.h5", X, paths, y, names)
+    transfer.write_scores(tmp_path / "s.h5", transfer.train_svm(a, C=1.0), a)
+    with h5py.File(tmp_path / "s.h5") as f:
+        scores = f["scores"][:]
+        assert f["scores"].fletcher32 and f["predicted"].fletcher32
+        chunk = f["scores"].id.get_chunk_info(0)
+    data = bytearray((tmp_path / "s.h5").read_bytes())
+    data[chunk.byte_offset + 5] ^= 0x10  # a bit of the first row's second score
+    (tmp_path / "s.h5").write_bytes(bytes(data))
+    with h5py.File(tmp_path / "s.h5") as f, pytest.raises(OSError, match="filter returned failure during read"):
+        f["scores"][:]
+    assert scores.shape == (len(paths), len(names))
+
+
 def test_a_scores_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """A scoring that fails midway (a damaged block, a full disk) leaves neither a scores file nor
     a temporary one; an existing file is replaced only when the new one is whole."""
