@@ -116,9 +116,10 @@ class VectorIndex:
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if self.faiss_index is not None:
             scores, rows = self.faiss_index.search(Q, k)
-            if len(rows) and (rows.max() >= self.rows or rows.min() < -1):  # FAISS pads missing hits with -1
-                raise VggfeatError(f"the index is damaged: FAISS found row {rows.max() if rows.max() >= self.rows else rows.min()} "
-                                   f"of {self.rows}; build it again with 'vggfeat index'")
+            outside = rows[(rows >= self.rows) | (rows < -1)]  # FAISS pads missing hits with -1
+            if len(outside):  # what damaged bytes of an index without a checksum (an older one) gave
+                raise VggfeatError(f"the index is damaged: FAISS found row {outside[0]} of {self.rows}; build it again "
+                                   "with 'vggfeat index'")
             return scores, rows.astype(np.int64)
         return exact_search(self.vectors, Q, k)
 
