@@ -62,7 +62,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     inputs = [index_file, queries_file, *rest]
     # The same command again on these files (a folder of queries: none), unchanged since, has
     # nothing to do (vggfeat.rerun); a montage is drawn from the database's images too, which are not compared.
-    made = None if montage else common.made_by_this_command(
+    made = None if montage or not output else common.made_by_this_command(
         [*inputs, *(Path(each) for each in (weights or "").split(",") if Path(each).is_file())], leave_out=["queries_file"])
     if output and check_output(output, overwrite, made, None, inputs=inputs):  # refused before the queries are described
         held = "".join(f": {line}" for line in file_record(output)["said"])
