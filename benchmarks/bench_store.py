@@ -12,7 +12,7 @@ Runs the three ways in one process, on the same parts (random descriptors, 1 in 
           they are (vggfeat now): one copy.
   buffered: as once, the output opened with HDF5's sieve buffer and chunk cache, as vggfeat
           opened it before the twenty-eighth session (it now writes without them, so that a
-          full disk fails the write that meets it: vggfeat.store.open_h5).
+          full disk fails the write that meets it: vggfeat.files.open_h5).
 
 Each tail ends with the file completed, flushed to disk and renamed into place, as an
 extraction's does. It prints the disk each way takes just before its tail (blocks in use, not
@@ -36,7 +36,8 @@ import numpy as np
 import vggfeat.output
 from vggfeat.discover import ImageSet
 from vggfeat.output import OutputFile
-from vggfeat.store import open_h5, replace_durably, write_part
+from vggfeat.files import open_h5, replace_durably
+from vggfeat.parts import write_part
 
 
 def collection(folder: Path, count: int) -> ImageSet:
@@ -58,7 +59,7 @@ def run(folder: Path, images: ImageSet, dim: int, dtype: str, part_images: int) 
     for way in ("copies", "once", "buffered"):
         work = folder / way
         work.mkdir()
-        # HDF5's buffers: h5py's defaults, which vggfeat.store.open_h5 turns off for the files it writes.
+        # HDF5's buffers: h5py's defaults, which vggfeat.files.open_h5 turns off for the files it writes.
         vggfeat.output.open_h5 = open_h5 if way != "buffered" else lambda path, mode="r": h5py.File(path, mode, locking=False)
         output, parts, began = OutputFile(work / "rows.h5", images, dim, dtype), [], time.perf_counter()
         for start, end in ranges:

@@ -33,7 +33,8 @@ import numpy as np
 from vggfeat import Extractor
 from vggfeat.discover import ImageSet
 from vggfeat.job import config_json
-from vggfeat.store import create_datasets, mark_complete, open_h5
+from vggfeat.files import open_h5
+from vggfeat.store import create_datasets, mark_complete
 from vggfeat.update import OutputUpdate, _locate, changed_files
 
 CLASSES = 10

@@ -19,13 +19,14 @@ import torch
 import torchvision
 
 import vggfeat.job
-import vggfeat.store
+import vggfeat.files
 from runhelpers import assert_same_output, flaky_storage, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
 from vggfeat.output import OutputFile, recover_rows
-from vggfeat.store import FORMAT_VERSION, work_folder, write_part
+from vggfeat.parts import write_part
+from vggfeat.store import FORMAT_VERSION, work_folder
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
 CHEAP = "conv1_1"  # resume tests need exact bookkeeping, not deep features: the first layer is ~50x cheaper
@@ -572,7 +573,7 @@ def test_a_run_killed_as_it_wrote_its_manifest_resumes(tmp_path, extractor, monk
     def killed(source, destination):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vggfeat.store, "replace_durably", killed)
+    monkeypatch.setattr(vggfeat.files, "replace_durably", killed)
     with pytest.raises(KeyboardInterrupt):
         ExtractionJob(extractor, images, output)
     monkeypatch.undo()

@@ -26,7 +26,8 @@ from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_image
 from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
 from vggfeat.processes import process_context
-from vggfeat.store import shards_folder, work_folder, work_progress
+from vggfeat.parts import work_progress
+from vggfeat.store import shards_folder, work_folder
 
 CHEAP = [*FAST, "--layer", "conv1_1"]
 TWO_CPUS = ["--device", "cpu,cpu"]  # after FAST's --device cpu: the last one counts

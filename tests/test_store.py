@@ -11,7 +11,7 @@ import pytest
 import vggfeat.export
 from svmhelpers import write_features
 from vggfeat.export import export
-from vggfeat.store import written_atomically
+from vggfeat.files import written_atomically
 
 
 def test_a_completed_write_replaces_the_file_with_normal_permissions(tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
-from .store import written_atomically
+from .files import written_atomically
 
 FORMATS = ("npy", "parquet")
 _BLOCK_BYTES = 64 * 2**20

@@ -29,8 +29,8 @@ import numpy.typing as npt
 from .errors import VggfeatError
 from .labels import warn_left_out
 from .regions import image_of, region_of
-from .store import (failed_labels, open_features_file, read_after, read_damage, refusal_reason, system_error,
-                    work_folder)
+from .files import read_damage, refusal_reason, system_error
+from .store import failed_labels, open_features_file, read_after, work_folder
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a

@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 
 from .regions import RegionCount
-from .store import count_regions_in, failed_labels, open_hdf5, plain_value
+from .files import open_hdf5, plain_value
+from .store import count_regions_in, failed_labels
 
 
 def read_info(path: Path, max_failures: int = 5) -> dict:

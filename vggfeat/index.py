@@ -33,7 +33,8 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .store import INDEX_FORMAT, kind_of, open_h5, reading_hdf5, written_atomically
+from .files import open_h5, reading_hdf5, written_atomically
+from .store import INDEX_FORMAT, kind_of
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT_VERSION = 1

@@ -32,7 +32,7 @@ from .errors import VggfeatError
 from .features import FeatureFile
 from .index import BLOCK_BYTES, VectorIndex, load_faiss
 from .rerun import MADE_FROM, brought_up_to_date, fingerprint, record
-from .store import file_attributes, open_h5
+from .files import file_attributes, open_h5
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A resumable extraction of an image set into one HDF5 file.
 
 Work goes to ``OUTPUT.parts/`` beside the output: a manifest of the configuration and image set,
-the output being written (``rows.h5``, a :class:`~vggfeat.store.OutputFile`: each part's
+the output being written (``rows.h5``, a :class:`~vggfeat.output.OutputFile`: each part's
 descriptors go there, flushed to disk, and nowhere else), and parts, each committed atomically
 after its rows, recording which images it holds and where their rows are. Killed at any moment,
 the same command finds the parts and the rows, describes only the images that no part holds, and
@@ -40,10 +40,10 @@ from .extractor import Extractor
 from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .stack import flat_config
-from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, as_system_errors, check_descriptor_output,
-                    discard_work, existing_kind, file_attributes, images_held, interrupted_on_several, list_parts,
-                    lock_folder, open_h5, replace_durably, rows_and_failures, shards_folder, work_folder, write_json,
-                    write_part)
+from .files import as_system_errors, file_attributes, open_h5, replace_durably, write_json
+from .parts import discard_work, images_held, interrupted_on_several, list_parts, lock_folder, write_part
+from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, existing_kind,
+                    rows_and_failures, shards_folder, work_folder)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128

@@ -21,9 +21,9 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
+from .files import file_attributes, open_h5, plain_value, read_damage, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
-                    failed_labels, file_attributes, mark_complete, open_features_file, open_h5, place_rows, plain_value,
-                    read_after, read_damage, replace_durably, rows_and_failures, written_atomically)
+                    failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed

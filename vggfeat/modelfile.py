@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from .errors import VggfeatError
-from .store import SVM_MODEL_FORMAT, kind_of, open_h5, open_hdf5, written_atomically
+from .files import open_h5, open_hdf5, written_atomically
+from .store import SVM_MODEL_FORMAT, kind_of
 
 MODEL_FORMAT_VERSION = 1
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .decode import decode_image
 from .errors import ImageError
 from .regions import crop, file_and_region
-from .store import written_atomically
+from .files import written_atomically
 
 CAPTION = 28  # px: two lines of PIL's default font
 GAP = 6

@@ -38,9 +38,9 @@ from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
 from .settings import resolve_device
-from .store import (SHARD_FILE, as_system_errors, check_descriptor_output, discard_work, exit_if_hdf5_files_open,
-                    images_in_block, interrupted_on_one, interrupted_on_several, lock_folder, open_h5, open_hdf5_files,
-                    rows_and_failures, shards_folder, work_folder)
+from .files import as_system_errors, exit_if_hdf5_files_open, open_h5, open_hdf5_files
+from .parts import SHARD_FILE, discard_work, images_in_block, interrupted_on_one, interrupted_on_several, lock_folder
+from .store import check_descriptor_output, rows_and_failures, shards_folder, work_folder
 
 # A device gets several blocks only where each holds this many images or more: every block pays
 # its reader's start and its own file (0.2-0.33 s on the CPU, bench_blocks.py --even; not yet

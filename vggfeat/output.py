@@ -25,8 +25,9 @@ import h5py
 import numpy as np
 
 from .discover import ImageSet
-from .store import (Part, chunk_rows, failed_datasets, mark_complete, open_h5, refusal_reason, replace_durably, rows_datasets,
-                    system_error)
+from .files import open_h5, refusal_reason, replace_durably, system_error
+from .parts import Part
+from .store import chunk_rows, failed_datasets, mark_complete, rows_datasets
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class OutputFile:
     the module): :meth:`append` the rows of the images in order, or :meth:`taken` those a killed
     run appended, then :meth:`complete` it (:meth:`finish` from an extraction's parts).
     Its /features dataset takes the disk as rows are written, where the file system keeps sparse
-    files. Rows go to the file as they are written (:func:`~vggfeat.store.open_h5`): a full disk
+    files. Rows go to the file as they are written (:func:`~vggfeat.files.open_h5`): a full disk
     fails the :meth:`append` that meets it, and nothing else."""
 
     def __init__(self, path: Path, images: ImageSet, dim: int, dtype: str) -> None:

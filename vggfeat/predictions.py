@@ -34,8 +34,8 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
-from .store import (already_exists, check_new_file, file_attributes, open_features_file, posteriors_file_of, shards_folder,
-                    work_folder, written_atomically)
+from .files import file_attributes, written_atomically
+from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
 from .textfiles import as_utf8, read_text
 
 

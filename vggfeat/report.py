@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import precision_recall
-from .store import write_text_file, written_atomically
+from .files import write_text_file, written_atomically
 
 _COLUMNS = ("class", "support", "recall", "precision", "ap_voc07_11pt", "ap_area")
 

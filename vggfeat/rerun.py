@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import VggfeatError
-from .store import already_exists, check_new_file, file_attributes
+from .files import file_attributes
+from .store import already_exists, check_new_file
 
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"

@@ -29,7 +29,8 @@ import h5py
 import numpy as np
 
 from ._version import __version__
-from .store import FORMAT_VERSION, SCORES_FORMAT, STRING, reading_hdf5
+from .files import reading_hdf5
+from .store import FORMAT_VERSION, SCORES_FORMAT, STRING
 
 _CHUNK_BYTES = 2**20  # about 1 MiB of scores a chunk: good for reading rows in order or in slices
 # Each chunk of scores and predictions checksummed by HDF5's Fletcher-32 filter, which every HDF5

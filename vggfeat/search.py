@@ -30,7 +30,7 @@ from .index import VectorIndex
 from .regions import file_and_region, from_corners
 from .retrieval import check_qe
 from .stack import StackedExtractor
-from .store import write_text_file, written_atomically
+from .files import write_text_file, written_atomically
 from .whitening import l2_normalize
 
 if TYPE_CHECKING:

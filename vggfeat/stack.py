@@ -31,8 +31,8 @@ import numpy as np
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
 from .rerun import check_output, made_from, record
-from .store import (DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file, open_h5,
-                    written_atomically)
+from .files import open_h5, written_atomically
+from .store import DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file
 
 if TYPE_CHECKING:  # torch loads only where images are described
     from .chunks import Chunk

@@ -30,7 +30,7 @@ from .labels import (
 )
 from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
-from .store import open_h5, written_atomically
+from .files import open_h5, written_atomically
 from .scoresfile import ScoresWriter
 from .svm import DEFAULT_C_GRID, LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_set, targets_of_set, train_difficult

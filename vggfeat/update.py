@@ -34,9 +34,10 @@ from .errors import VggfeatError, check_choice
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
-from .store import (UPDATE_MODES, create_datasets, file_attributes, interrupted_on_one, interrupted_on_several, mark_complete,
-                    open_features_file, open_h5, read_after, rows_and_failures, shards_folder, work_folder,
-                    written_atomically)
+from .files import file_attributes, open_h5, written_atomically
+from .parts import interrupted_on_one, interrupted_on_several
+from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
+                    shards_folder, work_folder)
 
 # What made the rows an update adds, recorded as "updated_with" (or "failures_retried_with").
 MADE_WITH = ("vggfeat_version", "torch_version", "torchvision_version", "h5py_version", "device", "decoder_library")

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import VggfeatError, check_choice
 from .labels import Targets, warn_left_out
 from .regions import Region, image_of, region_of, region_path
-from .store import write_text_file
+from .files import write_text_file
 from .textfiles import read_text
 
 IMAGE_SETS = Path("ImageSets", "Main")

@@ -27,7 +27,8 @@ from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import config_differences, damaged_row, not_finite_rows
-from .store import WHITENING_FORMAT, kind_of, open_features_file, open_h5, reading_hdf5, written_atomically
+from .files import open_h5, reading_hdf5, written_atomically
+from .store import WHITENING_FORMAT, kind_of, open_features_file
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
     import torch

@@ -88,8 +88,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every user error ends in one ``Error:`` line and exit code 2, an error of the
     system (OSError) in one line and exit code 1."""
-    store = _hdf5_store()
-    files_before = store.open_hdf5_files() if store else set()
+    files = _hdf5_files()
+    files_before = files.open_hdf5_files() if files else set()
     decoders = DecoderWarnings()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         # Here, while the error holds the failed command's objects: an HDF5 file that a full disk
         # kept from closing crashes the process when they are freed, or as it exits (h5py issue 914).
         # Only in the process of a command (argv from sys.argv), not in a caller's (tests, say).
-        store = _hdf5_store()
-        if store and code == 1 and argv is None:
-            store.exit_if_hdf5_files_open(but=files_before, code=code)
+        files = _hdf5_files()
+        if files and code == 1 and argv is None:
+            files.exit_if_hdf5_files_open(but=files_before, code=code)
         sys.exit(code)
     _say_decoder_warnings(decoders)
     sys.exit(code if isinstance(code, int) else 0)
@@ -136,15 +136,15 @@ def _failure(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, (KeyboardInterrupt, click.Abort)):
         return "interrupted", 130
     if isinstance(error, (OSError, RuntimeError)):  # the system's refusal (a full disk, a file that cannot be written)
-        store = _hdf5_store()
-        refusal = store.system_error(error) if store else None  # HDF5's, as "[Errno 28] No space left on device: 'x.h5'"
+        files = _hdf5_files()
+        refusal = files.system_error(error) if files else None  # HDF5's, as "[Errno 28] No space left on device: 'x.h5'"
         if refusal is not None or (isinstance(error, OSError) and not _raised_in_h5py(error)):
             return str(refusal or error), 1
     if isinstance(error, (KeyError, RuntimeError, OSError)) and _raised_in_h5py(error):
         # HDF5 refusing its own structures as a file is read (a flipped bit, a bad copy), which
         # the readers that open a file check but the later reads of a part of it do not; an
         # OSError of h5py's that is no refusal of the system's ("Can't synchronously read data").
-        reason = _hdf5_store().refusal_reason(error)  # h5py raised it: imported
+        reason = _hdf5_files().refusal_reason(error)  # h5py raised it: imported
         return f"HDF5 cannot read a file given ({reason}): is it damaged? 'vggfeat info FILE' reads each", 1
     return None
 
@@ -157,13 +157,13 @@ def _raised_in_h5py(error: BaseException) -> bool:
     return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).startswith("h5py")
 
 
-def _hdf5_store():
-    """:mod:`vggfeat.store`, where a command has imported h5py (not for --help, say); else None."""
+def _hdf5_files():
+    """:mod:`vggfeat.files`, where a command has imported h5py (not for --help, say); else None."""
     if "h5py" not in sys.modules:
         return None
-    from .. import store
+    from .. import files
 
-    return store
+    return files
 
 
 def _say_decoder_warnings(decoders: DecoderWarnings) -> None:

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
 from ..rerun import check_output, file_record, made_from, record, record_in_file
-from ..store import open_features_file, write_text_file
+from ..files import write_text_file
+from ..store import open_features_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
 # too, but a file records -1 for weights of no seed).

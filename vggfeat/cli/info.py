@@ -16,8 +16,10 @@ from ..modelfile import model_summary
 from ..regions import RegionCount
 from ..rerun import MADE_FROM, file_record, inputs_changed
 from ..scoresfile import scores_summary
-from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, file_attributes, plain_value,
-                     posteriors_file_of, shards_folder, shards_progress, work_folder, work_progress)
+from ..files import file_attributes, plain_value
+from ..parts import shards_progress, work_progress
+from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, posteriors_file_of,
+                     shards_folder, work_folder)
 from ..whitening import whitening_summary
 from . import common
 

@@ -18,7 +18,8 @@ from ..extractor import Extractor
 from ..fileinfo import failures_by_reason
 from ..job import ExtractionJob, JobResult
 from ..multidevice import MultiDeviceJob
-from ..store import interrupted_on_several, open_features_file
+from ..parts import interrupted_on_several
+from ..store import open_features_file
 from ..update import OutputUpdate
 from . import common, options
 

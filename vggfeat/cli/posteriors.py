@@ -16,7 +16,8 @@ from ..features import FeatureFile
 from ..predictions import (ClassificationResult, NetworkRun, describe_posteriors, folder_labels, other_networks_work,
                            posteriors_categories, posteriors_file_of, posteriors_files_of, read_labels,
                            write_predictions)
-from ..store import file_attributes, rows_and_failures
+from ..files import file_attributes
+from ..store import rows_and_failures
 from . import common
 from .classify import FOLDERS, setting_of
 from .jobs import run_job, run_on, work_done

@@ -1,0 +1,174 @@
+"""Work in progress: an extraction's parts, the lock on its work folder, and how far it got.
+
+An extraction into ``OUTPUT`` keeps its work in ``OUTPUT.parts/`` (:func:`~vggfeat.store.work_folder`):
+a manifest of the images, the rows written so far, and one part file per range of images finished.
+A part is written under a temporary name, flushed to disk and renamed, so it exists whole or not at
+all, whatever kills the run; a run that resumes keeps the parts and describes the images that no
+part holds. A run on several devices keeps one such folder per block in ``OUTPUT.shards/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .errors import VggfeatError
+from .files import open_h5, replace_durably
+from .store import STRING, block_rows, place_rows, shards_folder, work_folder
+
+
+_PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
+
+
+# A block's file in a shards folder (multidevice), or the folder of its parts; the file the blocks
+# are merged into; their temporary files.
+SHARD_FILE = re.compile(r"^(?:shard-(\d+)|merged)-of-(\d+)\.h5(\.parts|\.tmp)?$")
+
+
+@dataclass(frozen=True)
+class Part:
+    start: int
+    end: int
+    path: Path
+
+
+def write_part(
+    folder: Path,
+    start: int,
+    end: int,
+    features: np.ndarray | None,
+    indices: Sequence[int] | np.ndarray,
+    sizes: Sequence[tuple[int, int]] | np.ndarray,
+    failures: Sequence[tuple[int, str]],
+    first_row: int | None = None,
+    chunks: tuple[int, np.ndarray] | None = None,
+) -> Part:
+    """Atomically write the results of images ``[start, end)`` (global ``indices``): their
+    ``features``, or, where those are in the output's rows already, the ``first_row`` of them
+    there and, where known, the ``chunks`` they lie in (:func:`place_rows`)."""
+    final = folder / f"part-{start:012d}-{end:012d}.h5"
+    temporary = final.with_name(final.name + ".tmp")
+    with open_h5(temporary, "w") as part:
+        if features is None:
+            place_rows(part, first_row, len(indices), chunks)
+        else:
+            part["features"] = features
+        part["indices"] = np.asarray(indices, dtype=np.int64)
+        part["sizes"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
+        part["failed_indices"] = np.asarray([i for i, _ in failures], dtype=np.int64)
+        part.create_dataset("failed_errors", data=[reason for _, reason in failures], dtype=STRING)
+    replace_durably(temporary, final)
+    return Part(start, end, final)
+
+
+def interrupted_on_one(output: Path) -> bool:
+    """Whether ``OUTPUT.parts/`` holds a run on one device (ExtractionJob) that was interrupted."""
+    return (work_folder(output) / "manifest.json").is_file()
+
+
+def interrupted_on_several(output: Path) -> bool:
+    """Whether ``OUTPUT.shards/`` holds a run on several devices (MultiDeviceJob) that was interrupted."""
+    try:
+        return any(SHARD_FILE.match(entry) for entry in os.listdir(shards_folder(output)))
+    except FileNotFoundError:
+        return False
+
+
+def shards_progress(output: Path) -> tuple[int, int, int] | None:
+    """(blocks finished, blocks, images that their files and parts hold) of the run on several
+    devices into ``output`` that is running or was interrupted; None where there is none."""
+    try:
+        names = [name for name in os.listdir(shards_folder(output)) if SHARD_FILE.match(name)]
+    except FileNotFoundError:
+        return None
+    if not names:
+        return None
+    blocks = max(int(SHARD_FILE.match(name)[2]) for name in names)
+    files = [shards_folder(output) / f"shard-{k}-of-{blocks}.h5" for k in range(1, blocks + 1)]
+    held = [images_in_block(path) for path in files]
+    return sum(1 for path, images in zip(files, held) if path.exists() and images), blocks, sum(held)
+
+
+def images_in_block(path: Path) -> int:
+    """Images that a block's file (finished) or its parts (interrupted) hold."""
+    if path.exists():
+        try:
+            with open_h5(path) as f:
+                return block_rows(f) + f["failed/paths"].shape[0] if f.attrs.get("complete") else 0
+        except (OSError, KeyError):
+            return 0
+    progress = work_progress(path)
+    return progress[0] if progress else 0
+
+
+def discard_work(folder: Path, output: Path) -> None:
+    """Remove an interrupted run's work folder (``--overwrite``); refused while a run holds its lock."""
+    lock, _ = lock_folder(folder, output)
+    try:
+        shutil.rmtree(folder)
+    finally:
+        lock.close()
+
+
+def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
+    """(the open lock file of ``folder``, held while open; why it could not be locked, or None).
+    A second run writing ``output`` meanwhile is refused; on a file system without locks (NFS
+    without its lock daemon) the run goes on unlocked, and says why."""
+    lock = open(folder / "lock", "w")
+    try:
+        _lock_exclusively(lock)
+    except BlockingIOError:
+        lock.close()
+        raise VggfeatError(f"another vggfeat run is writing {output} (lock held on {folder}/lock)") from None
+    except OSError as error:
+        return lock, error.strerror or str(error)
+    return lock, None
+
+
+def _lock_exclusively(file: IO) -> None:
+    """Lock ``file`` for this process, or raise BlockingIOError if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a lock on the file's first byte instead (untested there)
+        import msvcrt
+
+        try:
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        except PermissionError:  # what a byte another process holds gives
+            raise BlockingIOError from None
+        return
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def work_progress(output: Path) -> tuple[int, int] | None:
+    """(images its finished parts hold, images in all) of the extraction into ``output`` that is
+    running or was interrupted; None where there is none, or its manifest is not written yet."""
+    work = work_folder(output)
+    try:
+        total = int(json.loads((work / "manifest.json").read_text())["images"]["count"])
+        return images_held(list_parts(work)), total
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def images_held(parts: Sequence[Part]) -> int:
+    """Images that ``parts`` hold, described or failed."""
+    return sum(part.end - part.start for part in parts)
+
+
+def list_parts(folder: Path) -> list[Part]:
+    """The finished parts in ``folder``, by start."""
+    parts = []
+    for entry in folder.iterdir():
+        match = _PART_NAME.match(entry.name)
+        if match:
+            parts.append(Part(int(match[1]), int(match[2]), entry))
+    return sorted(parts, key=lambda part: part.start)
