@@ -155,7 +155,8 @@ def voc_persons(devkit, output, sets, images, overwrite) -> None:
     annotation), relative to OUTPUT's folder: 'vggfeat extract --file-list OUTPUT persons.h5' describes
     them, and 'protocol voc persons.h5 --voc-devkit DEVKIT' classifies them by the action sets.
     """
-    from ..store import check_new_file, write_text_file
+    from ..files import write_text_file
+    from ..store import check_new_file
     from ..voc import person_lists
 
     for path in (output, images) if images else (output,):
