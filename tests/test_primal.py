@@ -4,6 +4,9 @@ objective that both minimise, per class, and the predictions."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 import h5py
@@ -15,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from runhelpers import error_line, run_main
 from svmhelpers import write_features
-from vggfeat import transfer
+from vggfeat import primal, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.primal import primal_objective
 from vggfeat.svm import LinearSVM, training_memory
@@ -164,19 +167,85 @@ def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapp
 
 
 def test_lbfgs_on_the_cpu_needs_no_copy_of_the_descriptors():
-    """Its peak: the float32 descriptors and eight values per row and class (three on a GPU), not
-    float64 ones and liblinear's 16-byte node per value for each class trained at once."""
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10) == 1000 * 4096 * 4 + 1000 * 10 * 64
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10) < training_memory(1000, 4096) / 4
-    assert training_memory(1000, 4096, solver="lbfgs", classes=10, on_gpu=True) == 1000 * 4096 * 4 + 1000 * 10 * 24
+    """Its peak: the float32 descriptors, a byte per row and class for the targets and one for the
+    rows ignored, the solver's arrays of each class and one block of rows' values at a time (the
+    last two on the GPU where it runs there); not float64 descriptors and liblinear's 16-byte node
+    per value for each class trained at once."""
+    solving = 48 * 10 * 4097 * 4 + 24 * 1000 * 10 * 4
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) == 1000 * 4096 * 4 + 1000 * 10 * 2 + solving
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10) < training_memory(1000, 4096) / 3
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10, on_gpu=True) == 1000 * 4096 * 4 + 1000 * 10 * 2
+    # ImageNet's 1.28 million rows of 4,096-d and 1,000 classes: the descriptors and 3.3 GiB more
+    # (eight values of 8 bytes per row and class, as it held them whole before: 76 GiB)
+    assert training_memory(1_281_167, 4096, solver="lbfgs", classes=1000) - 1_281_167 * 4096 * 4 < 3.4 * 2**30
 
 
-def test_lbfgs_training_that_would_not_fit_in_memory_is_warned_of(overlapping, tmp_path, monkeypatch):
+def test_lbfgs_goes_through_the_rows_a_block_at_a_time(overlapping, monkeypatch):
+    """The objective and its gradient summed over blocks of rows (7 here, the last one short) are
+    those of the whole arrays, with rows held out, rows ignored for one class and balanced class
+    weights: what autograd gives for the objective of the module's formula."""
     X, y = overlapping
-    names = ["a", "b", "c", "d"]
-    features = write_features(tmp_path / "f.h5", X, [f"{names[k]}/{i:03d}.png" for i, k in enumerate(y)], y, names)
-    needed = training_memory(600, 48, solver="lbfgs", classes=4)
-    monkeypatch.setattr(transfer, "available_memory", lambda: needed - 1)
-    with pytest.warns(RuntimeWarning, match=r"training on 600 rows of 48-d needs about 0.0 GiB of memory \(the descriptors "
-                                             r"as float32, and the solver's values of each row and class \(4\)\)"):
-        transfer.train_svm(features, C=1.0, solver="lbfgs", device="cpu")
+    targets = np.eye(4, dtype=bool)[y]
+    row_weights = (np.arange(len(y)) % 3 != 0).astype(float)
+    ignore = np.zeros(targets.shape, dtype=bool)
+    ignore[::5, 2] = True
+    coef = torch.tensor(np.random.default_rng(0).standard_normal((4, X.shape[1])), requires_grad=True)
+    intercept = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.float64, requires_grad=True)
+    weights = balanced(targets, np.where(ignore, 0.0, row_weights[:, None]))
+    margins = torch.as_tensor(X) @ coef.T + intercept
+    violations = torch.relu(1 - torch.as_tensor(np.where(targets, 1.0, -1.0)) * margins)
+    whole = 0.5 * (coef.square().sum() + intercept.square().sum()) + 2.0 * (torch.as_tensor(weights) * violations**2).sum()
+    whole.backward()
+    monkeypatch.setattr(primal, "LBFGS_BLOCK_VALUES", 7 * 4)
+    problem = primal.Problem(X, targets, 2.0, row_weights, ignore, balanced=True, device=torch.device("cpu"))
+    assert problem.block == 7 and len(X) % 7
+    value, coef_gradient, intercept_gradient = problem.value_and_gradient(coef.detach(), intercept.detach())
+    assert float(value) == pytest.approx(float(whole), rel=1e-12)
+    np.testing.assert_allclose(coef_gradient, coef.grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(intercept_gradient, intercept.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_a_class_whose_positives_are_all_held_out_gets_the_svm_of_its_negatives(overlapping, class_weight):
+    """Cross-validation of a rare label can hold out all its positives in one fold. Both solvers
+    then give that class the SVM of its negatives alone (each scored below 0), at the same
+    optimum, and leave the other classes' SVMs as they are: lbfgs gave every class NaN with
+    balanced weights (0 x infinity), liblinear the SVM with its signs turned (it trains the one
+    side it is given as its positives)."""
+    X, y = overlapping
+    targets = np.eye(4, dtype=bool)[y]
+    row_weights = np.where(y == 3, 0.0, 1.0)
+    fitted = {solver: LinearSVM(C=1.0, class_weight=class_weight, solver=solver, device="cpu", **TIGHT)
+              ._fit_all(X, targets, 1.0, row_weights) for solver in ("liblinear", "lbfgs")}
+    weights = np.repeat(row_weights[:, None], 4, axis=1)
+    if class_weight:  # a class's positives and negatives weigh as much; one side alone, half its rows
+        weights[:, :3] = balanced(targets[:, :3], weights[:, :3])
+        weights[:, 3] *= 0.5
+    for solver, (coef, intercept) in fitted.items():
+        assert np.isfinite(coef).all() and np.isfinite(intercept).all()
+        assert (X[y != 3] @ coef[3] + intercept[3] < 0).all(), solver
+    objective = {solver: primal_objective(X, targets, 1.0, weights, *fit) for solver, fit in fitted.items()}
+    np.testing.assert_allclose(objective["lbfgs"], objective["liblinear"], rtol=1e-6)
+
+
+def test_lbfgs_holds_no_array_of_every_row_and_class(tmp_path):
+    """Training 1,000 classes on 30,000 rows (30 million row-and-class values): the process grows
+    by the targets and one block's arrays (training_memory's estimate), not by arrays of every
+    row and class (a float64 one alone is 229 MiB; it held eight)."""
+    script = tmp_path / "peak.py"
+    script.write_text(textwrap.dedent("""
+        import resource, warnings
+        import numpy as np
+        from vggfeat.svm import LinearSVM
+        rng = np.random.default_rng(0)
+        X = np.abs(rng.standard_normal((30000, 8), dtype=np.float32))
+        y = np.arange(30000) % 1000
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_iter=1: not converged
+            LinearSVM(C=1.0, solver="lbfgs", device="cpu", max_iter=1).fit(X[:2000], y[:2000])  # torch's start
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            LinearSVM(C=1.0, solver="lbfgs", device="cpu", max_iter=1).fit(X, y)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    """))
+    grown = int(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout)
+    assert grown < training_memory(30000, 8, solver="lbfgs", classes=1000) + 32 * 2**20 < 30000 * 1000 * 8

@@ -560,10 +560,10 @@ def test_solver_auto_is_lbfgs_on_the_cpu_for_training_large_enough(tmp_path, mon
     """Where importing torch is small against the training (rows x dims x classes x fits), lbfgs
     on the CPU, 1.6 to 6 times as fast (RESULTS.md), unless it would hold more memory than liblinear;
     never on a GPU unasked; liblinear for smaller ones, and for the hinge loss."""
-    X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
+    X, labels, paths, names = blobs(classes=3, per_class=20, dim=256)
     features = write_features(tmp_path / "f.h5", X, paths, labels, names)
     assert transfer.solver_in_memory(features, 60, 3, {"solver": "auto", "C": None})["solver"] == "liblinear"
-    monkeypatch.setattr(transfer, "LBFGS_WORK", 60 * 16 * 3 * 13)  # the default grid of 4 C, 3 folds, and the final fit
+    monkeypatch.setattr(transfer, "LBFGS_WORK", 60 * 256 * 3 * 13)  # the default grid of 4 C, 3 folds, and the final fit
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         chosen = transfer.solver_in_memory(features, 60, 3, {"solver": "auto", "device": "auto", "C": None})
@@ -571,7 +571,7 @@ def test_solver_auto_is_lbfgs_on_the_cpu_for_training_large_enough(tmp_path, mon
         assert transfer.solver_in_memory(features, 60, 3, {"solver": "auto", "C": 1.0})["solver"] == "liblinear"  # 1 fit
         assert transfer.solver_in_memory(features, 60, 3, {"solver": "auto", "C": None, "loss": "hinge"})["solver"] == "liblinear"
         assert transfer.solver_in_memory(features, 60, 3, {"solver": "liblinear", "C": None})["solver"] == "liblinear"
-        # 300 classes of 60 rows: lbfgs's values per row and class outweigh liblinear's copy of 16-d rows
+        # 300 classes of 60 rows: lbfgs's arrays of each class outweigh liblinear's copy of 256-d rows
         assert transfer.solver_in_memory(features, 60, 300, {"solver": "auto", "C": None})["solver"] == "liblinear"
         saved = transfer.train_svm(features, tmp_path / "m.h5", solver="auto")
     assert (saved.svm.solver, saved.svm.device) == ("lbfgs", "cpu") and load_model(tmp_path / "m.h5").svm.solver == "lbfgs"
@@ -580,20 +580,20 @@ def test_solver_auto_is_lbfgs_on_the_cpu_for_training_large_enough(tmp_path, mon
 def test_solver_auto_is_liblinear_where_its_copies_fit_in_memory_else_lbfgs(tmp_path, monkeypatch):
     """train-svm's default: liblinear's exact solution where it fits; where it would not and lbfgs
     (float32, no copies) would, lbfgs, said in a warning; liblinear still for the hinge loss."""
-    X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
+    X, labels, paths, names = blobs(classes=3, per_class=20, dim=256)
     features = write_features(tmp_path / "f.h5", X, paths, labels, names)
-    liblinear, lbfgs = training_memory(60, 16), training_memory(60, 16, solver="lbfgs", classes=3)
+    liblinear, lbfgs = training_memory(60, 256), training_memory(60, 256, solver="lbfgs", classes=3)
     assert lbfgs < liblinear
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert transfer.train_svm(features, C=1.0, solver="auto").svm.solver == "liblinear"
         monkeypatch.setattr(transfer, "available_memory", lambda: lbfgs)
-        with pytest.warns(RuntimeWarning, match=r"^liblinear would need about 0.0 GiB of memory for 60 rows of 16-d and "
+        with pytest.warns(RuntimeWarning, match=r"^liblinear would need about 0.0 GiB of memory for 60 rows of 256-d and "
                                                  r"0.0 GiB is available: training with --solver lbfgs \(the same SVMs, "
                                                  r"about 0.0 GiB\)$") as caught:
             saved = transfer.train_svm(features, tmp_path / "m.h5", C=1.0, solver="auto", device="auto")
     assert len(caught) == 1 and saved.svm.solver == "lbfgs" and load_model(tmp_path / "m.h5").svm.solver == "lbfgs"
-    with pytest.warns(RuntimeWarning, match=r"^training on 60 rows of 16-d needs about"):
+    with pytest.warns(RuntimeWarning, match=r"^training on 60 rows of 256-d needs about"):
         assert transfer.train_svm(features, C=1.0, solver="auto", loss="hinge").svm.solver == "liblinear"
 
 

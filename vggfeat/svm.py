@@ -41,6 +41,12 @@ from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
 
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
+# Values of a row and a class that the lbfgs solver computes at a time (vggfeat.primal), a block of
+# rows' of every class: a few arrays of 4 MiB in float32 on the CPU, not of [N, K] (ImageNet's 1.28
+# million rows of 1,000 classes: 5 GiB an array); 64 MiB on a GPU, whose every operation on a block
+# is a kernel launched.
+LBFGS_BLOCK_VALUES = 2**20
+LBFGS_GPU_BLOCK_VALUES = 2**24
 
 
 def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0, solver: str = "liblinear",
@@ -50,11 +56,15 @@ def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: floa
     16-byte node per non-zero value and two more per row. Against the peaks measured (RESULTS.md,
     bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
     (10.0), the rest the process's own (torch and the other imports). L-BFGS takes the descriptors
-    as float32 (train-svm reads them so) and copies nothing here, and holds about eight 8-byte
-    values per row and class (signs, weights, margins and their gradients), or three where it runs
-    on a GPU (``on_gpu``: the others are there)."""
+    as float32 (train-svm reads them so) and copies nothing here; it holds a byte per row and class
+    (the targets, and the rows ignored), its [classes, dim + 1] arrays (20 pairs of L-BFGS's history
+    and a few more) and a block of rows' values of each class at a time (:data:`LBFGS_BLOCK_VALUES`;
+    96 bytes each as measured, the leftovers of malloc's heap between blocks included, 20 without
+    them), those two in the GPU's memory where it runs there (``on_gpu``)."""
     if solver == "lbfgs":
-        return rows * dim * 4 + rows * classes * 8 * (3 if on_gpu else 8)
+        on_host = rows * dim * 4 + rows * classes * 2
+        solving = 48 * classes * (dim + 1) * 4 + 24 * min(rows * classes, LBFGS_BLOCK_VALUES) * 4
+        return on_host + (0 if on_gpu else solving)
     liblinear_copy = rows * (round(dim * nonzero_fraction) + 2) * 16
     return rows * dim * 8 + n_jobs * liblinear_copy
 
@@ -164,16 +174,25 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             return self._fit_lbfgs(X, targets, C, weights, fits, ignore, start)
 
         def fit_one(k: int) -> tuple[np.ndarray, float]:
-            svm = LinearSVC(C=C, loss=self.loss, dual="auto" if self.loss == "squared_hinge" else True,
-                            class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
-                            random_state=self.random_state)
             weighed = weights
             if ignore is not None and ignore[:, k].any():  # a row weighing 0 adds nothing to the SVM's loss
                 weighed = np.where(ignore[:, k], 0.0, 1.0 if weights is None else weights)
+            # A class whose rows that weigh are all negatives (its positives held out by a fold):
+            # liblinear trains the rows it is given as its positive class, so its SVM is that of
+            # the problem with every sign turned (the same problem: w and b negated). Balanced,
+            # the one side weighs half, as its rule gives, where sklearn's would divide by zero.
+            weighs = np.ones(len(X), dtype=bool) if weighed is None else np.asarray(weighed) > 0
+            one_sided = not (targets[:, k] & weighs).any()
+            balanced = self.class_weight == "balanced"
+            svm = LinearSVC(C=C / 2 if one_sided and balanced else C, loss=self.loss,
+                            dual="auto" if self.loss == "squared_hinge" else True,
+                            class_weight=None if one_sided else self.class_weight, max_iter=self.max_iter,
+                            tol=self.tol, random_state=self.random_state)
             svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weighed)
             if fits is not None:
                 fits.add(C, svm.n_iter_ < self.max_iter)  # liblinear's own test of convergence
-            return svm.coef_[0], float(svm.intercept_[0])
+            sign = -1 if one_sided else 1
+            return sign * svm.coef_[0], sign * float(svm.intercept_[0])
 
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
@@ -183,15 +202,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                    fits: _Fits | None, ignore: np.ndarray | None, start: tuple[np.ndarray, np.ndarray] | None):
         from .primal import fit_primal
 
-        weighed = np.broadcast_to((np.ones(len(X)) if weights is None else weights)[:, None], targets.shape)
-        if ignore is not None:
-            weighed = np.where(ignore, 0.0, weighed)
-        if self.class_weight == "balanced":  # as LinearSVC weighs, counting rows by their weights
-            positives, total = (weighed * targets).sum(0), weighed.sum(0)
-            with np.errstate(divide="ignore", invalid="ignore"):  # (a branch np.where leaves unused)
-                weighed = weighed * np.where(targets, total / (2 * positives), total / (2 * (total - positives)))
-        coef, intercept, converged = fit_primal(X, targets, C, np.ascontiguousarray(weighed), max_iter=self.max_iter,
-                                                tol=self.tol, device=_torch_device(self.device), start=start)
+        coef, intercept, converged = fit_primal(X, targets, C, weights, ignore, self.class_weight == "balanced",
+                                                max_iter=self.max_iter, tol=self.tol, device=_torch_device(self.device),
+                                                start=start)
         if fits is not None:
             for _ in range(targets.shape[1]):  # every class's fit, ended together
                 fits.add(C, converged)
@@ -213,18 +226,24 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 weights[train] = 1.0  # held-out rows weigh nothing: the same array serves every fold
                 start = solutions.get(fold)
                 coef, intercept = solutions[fold] = self._fit_all(X, targets, C, weights, fits, ignore, start=start)
-                fold_scores.append(self._score(_scores_of_rows(X, held_out, coef, intercept), targets[held_out],
+                fold_scores.append(self._score(X, held_out, coef, intercept, targets[held_out],
                                                None if ignore is None else ignore[held_out]))
             scores[C] = float(np.mean(fold_scores))
         return scores
 
-    def _score(self, scores: np.ndarray, targets: np.ndarray, ignore: np.ndarray | None = None) -> float:
-        if self.multilabel:
-            kept = np.ones(targets.shape, dtype=bool) if ignore is None else ~ignore
-            aps = [ap_area(scores[kept[:, k], k], targets[kept[:, k], k]) for k in range(targets.shape[1])
-                   if targets[kept[:, k], k].any()]
-            return float(np.mean(aps)) if aps else 0.0
-        return mean_class_recall(targets.argmax(1), scores.argmax(1), targets.shape[1])
+    def _score(self, X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray, targets: np.ndarray,
+               ignore: np.ndarray | None = None) -> float:
+        """The cross-validation's score of the SVMs (coef, intercept) on ``rows`` of ``X``, whose
+        ``targets`` are given: the mean AP over classes (multi-label), or the mean class recall."""
+        if not self.multilabel:  # each row's best class, a block at a time: no [rows, K] scores held
+            predicted = np.concatenate([_scores_of_rows(X, rows[start : start + _SCORE_ROWS], coef, intercept).argmax(1)
+                                        for start in range(0, len(rows), _SCORE_ROWS)])
+            return mean_class_recall(targets.argmax(1), predicted, targets.shape[1])
+        scores = _scores_of_rows(X, rows, coef, intercept)
+        kept = np.ones(targets.shape, dtype=bool) if ignore is None else ~ignore
+        aps = [ap_area(scores[kept[:, k], k], targets[kept[:, k], k]) for k in range(targets.shape[1])
+               if targets[kept[:, k], k].any()]
+        return float(np.mean(aps)) if aps else 0.0
 
     # ------------------------------------------------------------------ checks
 
