@@ -57,8 +57,7 @@ class Problem:
                                                                                              dtype=self.dtype)
         block_values = LBFGS_BLOCK_VALUES if device.type == "cpu" else LBFGS_GPU_BLOCK_VALUES
         self.C, self.block = C, max(1, block_values // targets.shape[1])
-        classes = targets.shape[1]
-        ones = torch.ones(classes, device=device, dtype=self.dtype)
+        ones = torch.ones(targets.shape[1], device=device, dtype=self.dtype)
         self.positive_weight, self.negative_weight = ones, ones
         if balanced:
             self.positive_weight, self.negative_weight = self._balanced()
