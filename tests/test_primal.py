@@ -200,7 +200,7 @@ def test_lbfgs_goes_through_the_rows_a_block_at_a_time(overlapping, monkeypatch)
     problem = primal.Problem(X, targets, 2.0, row_weights, ignore, balanced=True, device=torch.device("cpu"))
     assert problem.block == 7 and len(X) % 7
     value, coef_gradient, intercept_gradient = problem.value_and_gradient(coef.detach(), intercept.detach())
-    assert float(value) == pytest.approx(float(whole), rel=1e-12)
+    assert float(value) == pytest.approx(float(whole.detach()), rel=1e-12)
     np.testing.assert_allclose(coef_gradient, coef.grad, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(intercept_gradient, intercept.grad, rtol=1e-10, atol=1e-12)
 
