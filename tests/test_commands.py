@@ -359,6 +359,9 @@ def test_a_file_whose_hdf5_structures_are_damaged_is_named_not_a_traceback(tmp_p
                                                     "synchronously read data")
     with pytest.raises(VggfeatError, match="is damaged: HDF5 cannot read its /features"), FeatureFile(features) as f:
         f.read()
+    code, _, err = run_main(["whiten", "fit", features, tmp_path / "w.h5"])  # other code than FeatureFile's
+    assert code == 2 and error_line(err).startswith(f"Error: {features} is damaged: HDF5 cannot read its /features (Can't "
+                                                    "synchronously read data")
     with pytest.raises(ZeroDivisionError), FeatureFile(features) as f:  # what is not HDF5's failure to read passes
         f.rows / 0
 

@@ -29,6 +29,7 @@ from runhelpers import (
     write_labelled_folder,
     write_plain_folder,
 )
+from svmhelpers import misplace_a_chunk
 from vggfeat import ExtractionJob, Extractor, ImageSet, find_images
 from vggfeat.cli import options
 from vggfeat.update import OutputUpdate, changed_files
@@ -269,3 +270,11 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
     assert output.read_bytes() == before
     with h5py.File(output) as f:
         assert "updated" not in f.attrs
+    monkeypatch.undo()
+    (tmp_path / "out.h5.parts").rmdir()
+    misplace_a_chunk(output, "features")  # a flipped bit in HDF5's index of its rows: found as they are copied
+    before = output.read_bytes()
+    code, _, err = run_main([*args, "--update"])
+    assert code == 2 and error_line(err).startswith(f"Error: {output} is damaged: HDF5 cannot read its /features (Can't "
+                                                    "synchronously read data"), err
+    assert output.read_bytes() == before

@@ -16,7 +16,7 @@ import posixpath
 import re
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -176,6 +176,25 @@ def read_damage(error: BaseException | None, f: h5py.File) -> VggfeatError | Non
         return None
     return VggfeatError(f"{f.filename} is damaged: HDF5 cannot read its {unread} ({refusal_reason(error)}); a bad copy or "
                         "disk?")
+
+
+@contextlib.contextmanager
+def naming_damage(files: Sequence[h5py.File | None]) -> Iterator[None]:
+    """Within the block, HDF5's failure to read an object of one of ``files`` (open; a list may
+    grow within the block) ends in :func:`read_damage`'s one-line error, which names the file and
+    the object: HDF5's own words name neither."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError) as error:
+        damage = damage_in(error, files)
+        if damage is not None:
+            raise damage from error
+        raise
+
+
+def damage_in(error: BaseException, files: Sequence[h5py.File | None]) -> VggfeatError | None:
+    """:func:`read_damage` of the first of ``files`` (open) that ``error`` failed to read; else None."""
+    return next((found for f in files if f is not None and (found := read_damage(error, f)) is not None), None)
 
 
 def failed_read(error: BaseException | None, f: h5py.File) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .files import file_attributes, open_h5, plain_value, read_damage, replace_durably, written_atomically
+from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
                     failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
 
@@ -78,7 +78,7 @@ def merge_shards(
             _copy_rows(files, targets, block, lambda copied: progress(copied, rows) if progress else None)
             mark_complete(out, _merged_attrs(files, paths, provenance or {}, shard_of))
     except (OSError, RuntimeError, KeyError) as error:  # a shard HDF5 cannot read: named, while it is open
-        damage = next((found for f in files if (found := read_damage(error, f)) is not None), None)
+        damage = damage_in(error, files)
         if damage is not None:
             raise damage from error
         raise
