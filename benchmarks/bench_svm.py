@@ -2,12 +2,12 @@
 
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2 --mode vggfeat
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 2 --mode naive
-    python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --device cpu
+    python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --device cpu [--dtype float16]
     python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --cv [--cold]
 
 Run each mode in its own process: the peak resident memory printed is the process's (ru_maxrss).
 The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
-extract` writes) and reused by later runs.
+extract` writes, or --dtype float16) and reused by later runs.
 
 Synthetic descriptors: class means m_k ~ N(0, 1) per dimension, x = relu(s m_y + N(0, 1)) (s: --signal, 0.3), so
 about half the entries are zero (as after fc7's ReLU) and classes overlap per dimension.
@@ -15,7 +15,7 @@ about half the entries are zero (as after fc7's ReLU) and classes overlap per di
   vggfeat: features.load_features (chunked read straight into one float64 array), LinearSVM
            normalising it in place, classes trained by --n-jobs threads on that one array; with
            --solver lbfgs, every class at once by L-BFGS on --device (--train-classes ignored),
-           on float32 descriptors as train-svm reads them for it; the objective of the SVMs is
+           on float32 (float16) descriptors as train-svm reads them for it; the objective of the SVMs is
            printed (liblinear's too: compare the two runs').
   naive:   what one writes from the h5py and scikit-learn docs: X = f["features"][:] (float32),
            sklearn.preprocessing.normalize(X), then LinearSVC(C).fit(X, y == k) per class, which
@@ -44,7 +44,8 @@ import h5py
 import numpy as np
 
 
-def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3, seed: int = 0) -> None:
+def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3, seed: int = 0,
+              dtype: str = "float32") -> None:
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, dim), dtype=np.float32)
     labels = np.arange(rows) % classes
@@ -52,7 +53,7 @@ def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3
               "aggregate": "mean", "flip": True, "preprocessing": {}, "dim": dim, "precision": "fp32"}
     temporary = path.with_name(path.name + ".tmp")
     with h5py.File(temporary, "w") as f:
-        features = f.create_dataset("features", shape=(rows, dim), dtype=np.float32, chunks=(max(1, 2**18 // dim), dim))
+        features = f.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(max(1, 2**18 // dim), dim))
         for start in range(0, rows, 8192):
             y = labels[start : start + 8192]
             block = signal * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32)
@@ -65,12 +66,20 @@ def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3
     temporary.rename(path)
 
 
+def held_as(path: Path, solver: str) -> type:
+    """The type that train-svm reads the descriptors of ``path`` as for ``solver``: liblinear's
+    float64; for lbfgs float32, or float16 where the file holds float16."""
+    with h5py.File(path, "r") as f:
+        float16 = f["features"].dtype == np.float16
+    return np.float64 if solver != "lbfgs" else np.float16 if float16 else np.float32
+
+
 def run_cross_validated(path: Path, n_jobs: int, solver: str, device: str, cold: bool) -> dict:
     from vggfeat.features import load_features
     from vggfeat.svm import LinearSVM
 
     began = time.perf_counter()
-    features = load_features(path, dtype=np.float32 if solver == "lbfgs" else np.float64)
+    features = load_features(path, dtype=held_as(path, solver))
     loaded = time.perf_counter()
     svm = LinearSVM(n_jobs=n_jobs, solver=solver, device=device, copy=False)
     if cold:
@@ -87,7 +96,7 @@ def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: s
     from vggfeat.primal import primal_objective
     from vggfeat.svm import LinearSVM
 
-    dtype = np.float32 if solver == "lbfgs" else np.float64  # as train-svm reads them for each solver
+    dtype = held_as(path, solver)
     began = time.perf_counter()
     features = load_features(path, dtype=dtype)
     loaded = time.perf_counter()
@@ -136,14 +145,17 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="with --cv and lbfgs: every fit from zero")
     parser.add_argument("--signal", type=float, default=0.3,
                         help="scale of the class means against the noise: lower, classes harder to tell apart")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                        help="of the file's descriptors (extract --dtype): lbfgs holds float16 ones as float16")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     signal = "" if args.signal == 0.3 else f"-signal{args.signal:g}"
-    path = args.workdir / f"synthetic-{args.rows}x{args.dim}x{args.classes}{signal}.h5"
+    stored = "" if args.dtype == "float32" else f"-{args.dtype}"
+    path = args.workdir / f"synthetic-{args.rows}x{args.dim}x{args.classes}{signal}{stored}.h5"
     if not path.exists():
         t = time.perf_counter()
-        make_file(path, args.rows, args.dim, args.classes, args.signal)
+        make_file(path, args.rows, args.dim, args.classes, args.signal, dtype=args.dtype)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
     trained = min(args.train_classes or args.classes, args.classes) if args.solver == "liblinear" else args.classes
     import sklearn.svm  # noqa: F401  (both modes import it; vggfeat also imports torch)

@@ -102,6 +102,41 @@ def test_lbfgs_in_float32_reaches_float64s_objective(overlapping, monkeypatch):
     assert prepared == [np.float32, np.float64]
 
 
+def test_lbfgs_trains_a_float16_file_as_float16(overlapping, tmp_path, monkeypatch):
+    """Descriptors stored as float16 (``extract --dtype float16``) are held so, half float32's
+    memory, each block of rows computed in float32: the SVMs of the same values in float32 to
+    1e-3 of each class's objective, the same predictions. Not summed in float16 as they are
+    normalised: there a descriptor's sum of squares overflows at 65,504."""
+    X, y = overlapping
+    X16 = (X * 300).astype(np.float16)  # fc7-like magnitudes: a sum of squares in float16 would be inf
+    assert not np.isfinite(np.einsum("ij,ij->i", X16, X16)).all()
+    prepared, prepare = [], LinearSVM._prepare
+
+    def recorded(self, X, **options):
+        prepared.append(X.dtype)
+        held = prepare(self, X, **options)
+        prepared.append(held.dtype)
+        return held
+
+    monkeypatch.setattr(LinearSVM, "_prepare", recorded)
+    names = ["a", "b", "c", "d"]
+    features = write_features(tmp_path / "f.h5", X16, [f"{names[k]}/{i:03d}.png" for i, k in enumerate(y)], y, names)
+    with h5py.File(features, "r+") as f:
+        del f["features"]
+        f["features"] = X16
+    saved = transfer.train_svm(features, C=1.0, solver="lbfgs", device="cpu")
+    assert prepared == [np.float16, np.float16]
+    reference = LinearSVM(C=1.0, solver="lbfgs", device="cpu").fit(X16.astype(np.float32), y)
+    targets = np.eye(4, dtype=bool)[y]
+    unit = X16.astype(np.float64) / np.linalg.norm(X16.astype(np.float64), axis=1, keepdims=True)
+    objective = {name: primal_objective(unit, targets, 1.0, np.ones(targets.shape), svm.coef_, svm.intercept_)
+                 for name, svm in [("float16", saved.svm), ("float32", reference)]}
+    np.testing.assert_allclose(objective["float16"], objective["float32"], rtol=1e-3)
+    assert (saved.svm.decision_function(unit).argmax(1) == reference.decision_function(unit).argmax(1)).mean() >= 0.99
+    assert training_memory(1000, 4096, solver="lbfgs", classes=10, itemsize=2) == (
+        training_memory(1000, 4096, solver="lbfgs", classes=10) - 1000 * 4096 * 2)
+
+
 def test_lbfgs_starts_from_a_nearby_solution_and_ends_at_its_own(overlapping):
     """Cross-validation starts each C's fit of a fold where the last C's ended: the same optimum
     (the problem is strictly convex), and a start at the optimum is done at once."""

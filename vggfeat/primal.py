@@ -3,8 +3,9 @@
 liblinear (:mod:`vggfeat.svm`'s default) trains one class at a time on its own float64 copy of the
 descriptors, on the CPU. Here the one-vs-rest SVMs of all K classes are one problem whose parts
 are independent, solved together by torch's L-BFGS on the descriptors as they are (float32, as
-train-svm reads them, or float64: no copy on the CPU; one float32 copy on a GPU): each step is
-two matrix products of [N, D] by [D, K], which a GPU does in milliseconds for a million rows.
+train-svm reads them, float16, as it reads a float16 file, or float64: no copy on the CPU; one
+copy on a GPU, float32 or float16): each step is two matrix products of [N, D] by [D, K], in
+float32 at least, which a GPU does in milliseconds for a million rows.
 They go through the rows a block at a time (:class:`Problem`), so that the solver holds the
 targets as bool and a block's values of each class, not arrays of N x K values: for ImageNet's
 1.28 million rows of 1,000 classes, 5 GiB each in float32.
@@ -48,15 +49,20 @@ class Problem:
 
     def __init__(self, X: np.ndarray, targets: np.ndarray, C: float, row_weights: np.ndarray | None,
                  ignore: np.ndarray | None, balanced: bool, device: torch.device) -> None:
-        # On the CPU, X's own type (no copy); GPUs compute float32 fastest, and descriptors hold no more
+        # On the CPU, X's own type (no copy); GPUs compute float32 fastest, and descriptors hold no more.
+        # Float16 descriptors (a float16 file) stay so, each block computed in float32.
         self.dtype = torch.float64 if device.type == "cpu" and X.dtype == np.float64 else torch.float32
-        self.rows = torch.as_tensor(X).to(device=device, dtype=self.dtype)
+        held = torch.float16 if X.dtype == np.float16 else self.dtype
+        self.rows = torch.as_tensor(X).to(device=device, dtype=held)
         self.targets = torch.as_tensor(targets).to(device=device, dtype=torch.bool)
         self.kept = None if ignore is None else ~torch.as_tensor(ignore).to(device=device, dtype=torch.bool)
         self.row_weights = None if row_weights is None else torch.as_tensor(row_weights).to(device=device,
                                                                                              dtype=self.dtype)
+        # Rows per block: those of 2^20 values of each class (2^24 on a GPU); and of X's, where they
+        # are converted (float16), a copy of each block.
         block_values = LBFGS_BLOCK_VALUES if device.type == "cpu" else LBFGS_GPU_BLOCK_VALUES
-        self.C, self.block = C, max(1, block_values // targets.shape[1])
+        per_row = targets.shape[1] if held == self.dtype else max(targets.shape[1], X.shape[1])
+        self.C, self.block = C, max(1, block_values // per_row)
         ones = torch.ones(targets.shape[1], device=device, dtype=self.dtype)
         self.positive_weight, self.negative_weight = ones, ones
         if balanced:
@@ -73,7 +79,7 @@ class Problem:
                 weights.mul_(self.row_weights[start:stop, None])
             if self.kept is not None:
                 weights.mul_(self.kept[start:stop])
-            yield self.rows[start:stop], signs, weights
+            yield self.rows[start:stop].to(self.dtype), signs, weights
 
     def _balanced(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each class's weight of its positives and of its negatives, so that both weigh as much

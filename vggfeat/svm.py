@@ -50,19 +50,20 @@ LBFGS_GPU_BLOCK_VALUES = 2**24
 
 
 def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0, solver: str = "liblinear",
-                    classes: int = 2, on_gpu: bool = False) -> int:
+                    classes: int = 2, on_gpu: bool = False, itemsize: int = 4) -> int:
     """Bytes that training on ``rows`` descriptors of ``dim`` holds at its peak: the descriptors as
     float64, once, and the copy that liblinear makes of them for each fit under way (``n_jobs``), a
     16-byte node per non-zero value and two more per row. Against the peaks measured (RESULTS.md,
     bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
     (10.0), the rest the process's own (torch and the other imports). L-BFGS takes the descriptors
-    as float32 (train-svm reads them so) and copies nothing here; it holds a byte per row and class
+    as float32, or float16 (``itemsize`` 2: train-svm reads a float16 file so), and copies nothing
+    here; it holds a byte per row and class
     (the targets, and the rows ignored), its [classes, dim + 1] arrays (20 pairs of L-BFGS's history
     and a few more) and a block of rows' values of each class at a time (:data:`LBFGS_BLOCK_VALUES`;
     96 bytes each as measured, the leftovers of malloc's heap between blocks included, 20 without
     them), those two in the GPU's memory where it runs there (``on_gpu``)."""
     if solver == "lbfgs":
-        on_host = rows * dim * 4 + rows * classes * 2
+        on_host = rows * dim * itemsize + rows * classes * 2
         solving = 48 * classes * (dim + 1) * 4 + 24 * min(rows * classes, LBFGS_BLOCK_VALUES) * 4
         return on_host + (0 if on_gpu else solving)
     liblinear_copy = rows * (round(dim * nonzero_fraction) + 2) * 16
@@ -116,9 +117,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         minutes each on large sets.
         """
         self._check_params()
-        # lbfgs takes float32 as given (half the memory), liblinear float64 alone
-        lbfgs_float32 = self.solver == "lbfgs" and getattr(X, "dtype", None) == np.float32
-        X = self._prepare(X, copy=self.copy, dtype=np.float32 if lbfgs_float32 else np.float64)
+        # lbfgs takes float32 or float16 as given (a half or a quarter of the memory), liblinear float64 alone
+        held = getattr(X, "dtype", None) if self.solver == "lbfgs" else None
+        X = self._prepare(X, copy=self.copy, dtype=held if held in (np.float32, np.float16) else np.float64)
         targets = self._targets(y, len(X), classes)  # [N, K] bool
         ignore = self._ignored(ignore, targets.shape)
         self.n_features_in_ = X.shape[1]
@@ -283,9 +284,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             block = out[start : start + _SCORE_ROWS]
             if not np.isfinite(block).all():
                 raise VggfeatError("descriptors contain NaN or infinite values")
-            if self.normalize:
-                norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
-                np.divide(block, norms, out=block, where=norms > 0)  # an all-zero descriptor stays zero
+            if self.normalize:  # the sums of squares in float32 at least: float16's overflow at 65,504
+                norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.promote_types(block.dtype, np.float32)))
+                np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)  # an all-zero descriptor stays zero
         return out
 
     def _ignored(self, ignore, shape: tuple[int, int]) -> np.ndarray | None:

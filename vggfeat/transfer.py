@@ -142,10 +142,14 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
 def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple[Features, dict]:
     """The descriptors of ``targets``' rows as the solver of ``svm_params`` (:class:`LinearSVM`'s
     keywords) trains on them: float64 for liblinear, float32 for lbfgs (half the memory; its GPU
-    computes in float32 anyway); and ``svm_params`` with ``solver="auto"`` resolved
+    computes in float32 anyway), float16 where every file holds float16 (a quarter; each block of
+    rows computed in float32); and ``svm_params`` with ``solver="auto"`` resolved
     (:func:`solver_in_memory`), which also warns where they would not fit in memory."""
     svm_params = solver_in_memory(files, len(targets.paths), len(targets.classes), svm_params)
-    dtype = np.float32 if svm_params["solver"] == "lbfgs" else np.float64
+    dtype = np.float64
+    if svm_params["solver"] == "lbfgs":
+        width = _width_of(files)
+        dtype = np.float16 if width is not None and width[2] == 2 else np.float32
     return load_features(files, paths=targets.paths, dtype=dtype), svm_params
 
 
@@ -178,7 +182,7 @@ def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) ->
             from .settings import resolve_device  # torch, which the solver imports anyway
 
             on_gpu = resolve_device(device).type == "cuda"
-        return training_memory(rows, width[0], n_jobs, width[1], solver, classes, on_gpu)
+        return training_memory(rows, width[0], n_jobs, width[1], solver, classes, on_gpu, width[2])
 
     if solver == "auto":
         solver = "liblinear"
@@ -197,16 +201,17 @@ def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) ->
         held = (f"liblinear's copy of them for each of {n_jobs} class{'es' if n_jobs > 1 else ''} trained at once"
                 if solver == "liblinear" else f"the solver's values of each row and class ({classes})")
         warnings.warn(f"training on {rows:,} rows of {width[0]:,}-d needs about {_gib(peak(solver))} of memory (the "
-                      f"descriptors as float{32 if solver == 'lbfgs' else 64}, and {held}), and {_gib(available)} is "
+                      f"descriptors as float{width[2] * 8 if solver == 'lbfgs' else 64}, and {held}), and {_gib(available)} is "
                       f"available: the system may stop it before it ends. Train {fewer}on fewer rows",
                       RuntimeWarning, stacklevel=3)
     return {**svm_params, "solver": solver}
 
 
-def _width_of(files: Files) -> tuple[int, float] | None:
-    """(the descriptors' dimension, the share of their values that are not zero) of ``files``
-    fused, from each one's first rows; None where a file cannot be read (load_features says why)."""
-    dim, nonzero = 0, 0.0
+def _width_of(files: Files) -> tuple[int, float, int] | None:
+    """(the descriptors' dimension, the share of their values that are not zero, the bytes of each
+    as lbfgs holds them: 2 where every file's are float16, else 4) of ``files`` fused, from each
+    one's first rows; None where a file cannot be read (load_features says why)."""
+    dim, nonzero, float16 = 0, 0.0, True
     for name in file_list(files):
         try:
             with open_h5(name) as f:
@@ -215,7 +220,8 @@ def _width_of(files: Files) -> tuple[int, float] | None:
             return None
         dim += sample.shape[1]
         nonzero += np.count_nonzero(sample) / max(1, sample.shape[0])
-    return dim, nonzero / max(1, dim)
+        float16 &= sample.dtype == np.float16
+    return dim, nonzero / max(1, dim), 2 if float16 else 4
 
 
 def _gib(size: int) -> str:
