@@ -57,11 +57,11 @@ def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: floa
     bench_svm.py, 100,000 x 4,096, half zeros): 6.1 GiB with one job (6.9 measured), 9.2 with two
     (10.0), the rest the process's own (torch and the other imports). L-BFGS takes the descriptors
     as float32, or float16 (``itemsize`` 2: train-svm reads a float16 file so), and copies nothing
-    here; it holds a byte per row and class
-    (the targets, and the rows ignored), its [classes, dim + 1] arrays (20 pairs of L-BFGS's history
-    and a few more) and a block of rows' values of each class at a time (:data:`LBFGS_BLOCK_VALUES`;
-    96 bytes each as measured, the leftovers of malloc's heap between blocks included, 20 without
-    them), those two in the GPU's memory where it runs there (``on_gpu``)."""
+    here; it holds a byte per row and class (the targets, and the rows ignored), its [classes,
+    dim + 1] arrays (20 pairs of L-BFGS's history and a few more) and a block of rows' values of
+    each class at a time (:data:`LBFGS_BLOCK_VALUES`; 96 bytes each as measured, the leftovers of
+    malloc's heap between blocks included, 20 without them), those two in the GPU's memory where it
+    runs there (``on_gpu``)."""
     if solver == "lbfgs":
         on_host = rows * dim * itemsize + rows * classes * 2
         solving = 48 * classes * (dim + 1) * 4 + 24 * min(rows * classes, LBFGS_BLOCK_VALUES) * 4
