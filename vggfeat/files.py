@@ -25,7 +25,7 @@ import numpy as np
 from .errors import VggfeatError
 
 
-def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+def open_h5(path: str | os.PathLike, mode: str = "r", file_class: type[h5py.File] = h5py.File) -> h5py.File:
     """``h5py.File(path, mode)``, also on file systems without locks (NFS without its lock daemon,
     some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
 
@@ -58,11 +58,11 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     if mode != "r":
         raise ValueError(f"mode {mode!r}: vggfeat opens files with 'r', 'r+' or 'w'")
     try:
-        return h5py.File(path, "r")
+        return file_class(path, "r")
     except OSError as error:
         if "unable to lock file" not in str(error):
             raise
-    return h5py.File(path, "r", locking=False)
+    return file_class(path, "r", locking=False)
 
 
 def _held_open(path: str | os.PathLike) -> bool:
@@ -133,13 +133,13 @@ def file_attributes(path: Path) -> dict:
         return {}
 
 
-def open_hdf5(path: Path, what: str, hint: str = "") -> h5py.File:
-    """``path`` opened read-only, or a one-line error: ``{what} file not found`` (plus ``hint``) or
-    not an HDF5 file."""
+def open_hdf5(path: Path, what: str, hint: str = "", file_class: type[h5py.File] = h5py.File) -> h5py.File:
+    """``path`` opened read-only (as ``file_class``), or a one-line error: ``{what} file not found``
+    (plus ``hint``) or not an HDF5 file."""
     if not path.is_file():
         raise VggfeatError(f"{what} file not found: {path}{hint}")
     try:
-        return open_h5(path)
+        return open_h5(path, file_class=file_class)
     except OSError as error:
         if error.errno is not None:  # the system's refusal (permissions, I/O), not the file's content
             raise
@@ -178,23 +178,21 @@ def read_damage(error: BaseException | None, f: h5py.File) -> VggfeatError | Non
                         "disk?")
 
 
-@contextlib.contextmanager
-def naming_damage(files: Sequence[h5py.File | None]) -> Iterator[None]:
-    """Within the block, HDF5's failure to read an object of one of ``files`` (open; a list may
-    grow within the block) ends in :func:`read_damage`'s one-line error, which names the file and
-    the object: HDF5's own words name neither."""
-    try:
-        yield
-    except (OSError, RuntimeError, KeyError) as error:
-        damage = damage_in(error, files)
+class DamageNamingFile(h5py.File):
+    """An HDF5 file opened to be read whose ``with`` block, ending in HDF5's failure to read one of
+    its objects (a flipped bit, a bad copy), ends in :func:`read_damage`'s one-line error, which
+    names the file and the object: HDF5's own words name neither."""
+
+    def __exit__(self, *raised: object) -> None:
+        damage = read_damage(raised[1], self) if self.id.valid else None  # said while the file is open
+        super().__exit__(*raised)
         if damage is not None:
-            raise damage from error
-        raise
+            raise damage from raised[1]
 
 
-def damage_in(error: BaseException, files: Sequence[h5py.File | None]) -> VggfeatError | None:
+def damage_in(error: BaseException, files: Sequence[h5py.File]) -> VggfeatError | None:
     """:func:`read_damage` of the first of ``files`` (open) that ``error`` failed to read; else None."""
-    return next((found for f in files if f is not None and (found := read_damage(error, f)) is not None), None)
+    return next((found for f in files if (found := read_damage(error, f)) is not None), None)
 
 
 def failed_read(error: BaseException | None, f: h5py.File) -> str | None:

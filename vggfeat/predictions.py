@@ -34,7 +34,7 @@ from .discover import ImageSet
 from .errors import VggfeatError
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
-from .files import file_attributes, naming_damage, written_atomically
+from .files import file_attributes, written_atomically
 from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
 from .textfiles import as_utf8, read_text
 
@@ -348,13 +348,10 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
     source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
-    opened: list[h5py.File] = []  # as they open: HDF5's failure to read one names it
-    with contextlib.ExitStack() as files, naming_damage(opened):
+    with contextlib.ExitStack() as files:
         f = files.enter_context(open_features_file(source, "posteriors"))
-        opened.append(f)
         _check_posteriors(f, source, topk, labels, len(names))
         fused = [files.enter_context(open_features_file(Path(path), "posteriors")) for path in fuse]
-        opened.extend(fused)
         for other, path in zip(fused, fuse):
             _check_fused(f, source, other, path)
         temporary = files.enter_context(written_atomically(output))
@@ -371,7 +368,7 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
     """Top-1 and top-5 error of a posteriors file's images (an .h5 that ``vggfeat classify``
     wrote) against ``labels``, a block of rows at a time."""
     result = ClassificationResult(Path(posteriors), evaluation=Evaluation())
-    with open_features_file(Path(posteriors), "posteriors") as f, naming_damage([f]):
+    with open_features_file(Path(posteriors), "posteriors") as f:
         _check_posteriors(f, posteriors, 0, labels, len(names))
         for _ in _rows_in_order(f, result, labels, names, topk=0):
             pass

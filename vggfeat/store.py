@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .errors import VggfeatError
-from .files import open_h5, open_hdf5, plain_value, refusal_reason, system_error
+from .files import DamageNamingFile, open_h5, open_hdf5, plain_value, refusal_reason, system_error
 from .regions import FRAGMENT, RegionCount, count_regions
 from .textfiles import as_utf8
 
@@ -283,7 +283,7 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
                        required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
     the ``required`` datasets; otherwise a one-line error (see :func:`open_hdf5`)."""
-    f = open_hdf5(path, what, hint)
+    f = open_hdf5(path, what, hint, DamageNamingFile)  # a dataset HDF5 then fails to read is named
     try:
         missing = [name for name in required if name not in f]
         has_config = "config" in f.attrs

@@ -34,7 +34,7 @@ from .errors import VggfeatError, check_choice
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
-from .files import file_attributes, naming_damage, open_h5, written_atomically
+from .files import file_attributes, open_h5, written_atomically
 from .parts import interrupted_on_one, interrupted_on_several
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
                     shards_folder, work_folder)
@@ -82,7 +82,7 @@ class OutputUpdate:
         check_choice("describe", describe, tuple(UPDATE_MODES))
         option, suffix, self._dated = UPDATE_MODES[describe]
         check_rewritable(self.output, extractor, dtype, describe)
-        with open_features_file(self.output, "output") as old, naming_damage([old]):
+        with open_features_file(self.output, "output") as old:
             if describe == "new" and "shard_index" in old.attrs:
                 raise VggfeatError(f"{self.output} is shard {old.attrs['shard_index']}/{old.attrs['shard_count']} of an "
                                    "extraction: update the file that 'vggfeat merge' makes of the shards")
@@ -166,7 +166,6 @@ class OutputUpdate:
             open_features_file(self.staging) if self.described else contextlib.nullcontext() as new,
             written_atomically(self.output) as temporary,
             open_h5(temporary, "w") as out,
-            naming_damage([old, new]),
         ):
             # Per file: where each image is among its rows, and among its failures (-1: not there).
             sources = [(old, self._old_rows, self._old_failed)]

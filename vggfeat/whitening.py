@@ -27,7 +27,7 @@ from scipy.linalg import blas
 
 from .errors import VggfeatError
 from .features import config_differences, damaged_row, not_finite_rows
-from .files import naming_damage, open_h5, reading_hdf5, written_atomically
+from .files import open_h5, reading_hdf5, written_atomically
 from .store import WHITENING_FORMAT, kind_of, open_features_file
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
@@ -266,7 +266,7 @@ def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: i
     """Fit a :class:`PCAWhitening` on every row of a features file, read in blocks (host memory
     does not grow with the file: neither its descriptors nor its paths are read whole), and save
     it to ``output`` (with the attributes ``provenance`` besides); ``progress(rows)`` after each block."""
-    with open_features_file(Path(features), required=("features",)) as f, naming_damage([f]):
+    with open_features_file(Path(features), required=("features",)) as f:
         descriptors, config = f["features"], json.loads(f.attrs["config"])
         rows, width = descriptors.shape
         step = _block_rows(width)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
 from ..rerun import check_output, file_record, made_from, record, record_in_file
-from ..files import naming_damage, write_text_file
+from ..files import write_text_file
 from ..store import open_features_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
@@ -85,7 +85,7 @@ def feature_rows(features: Path, failed: bool = False) -> int:
     """The rows of a features file, for a progress bar over them (refusing what is not one): its
     shape only, where FeatureFile would read every path. ``failed``: and the images it lists as
     failed (a CSV has a row for each)."""
-    with open_features_file(features, required=("features",)) as f, naming_damage([f]):
+    with open_features_file(features, required=("features",)) as f:
         return f["features"].shape[0] + (f["failed/paths"].shape[0] if failed and "failed/paths" in f else 0)
 
 
