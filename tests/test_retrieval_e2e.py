@@ -16,6 +16,7 @@ from vggfeat import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index
 from vggfeat.montage import QUERY_BOX, montage_size
+from vggfeat.rerun import recorded_in_file
 from vggfeat.retrieval import evaluate_ground_truth, read_ground_truth
 from vggfeat.search import describe_crops, describe_images, extractor_for, search
 
@@ -195,6 +196,18 @@ def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16)
     assert code == 0, err
     code, whole_out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", gt])
     assert code == 0, err
+    # A ground truth folder is compared by its files: the same command again has nothing to do
+    # until one of them changes.
+    evaluation = ["retrieval-eval", tmp_path / "db.h5", "--gt", gt, "--json", tmp_path / "whole.json"]
+    assert run_main(evaluation)[0] == 0
+    if recorded_in_file(tmp_path / "whole.json") is not None:
+        code, again, err = run_main(evaluation)
+        assert code == 0 and again.startswith(f"{tmp_path / 'whole.json'} already holds the results of this command"), err
+        (gt / "b_1_junk.txt").write_text("b_scene\nc_scene\n")
+        code, _, err = run_main(evaluation)
+        assert code == 2 and error_line(err) == (f"Error: {tmp_path / 'whole.json'} already exists, made from gt before it "
+                                                 "last changed; pass --overwrite to replace it"), err
+        (gt / "b_1_junk.txt").write_text("b_scene\n")  # as it was, for what follows
     assert out.splitlines()[0] == "ground truth (ok / junk): 2 queries (cropped to their boxes) against 9 images"
     assert whole_out.splitlines()[0] == "ground truth (ok / junk): 2 queries against 9 images"
     # What the command reports is the API's evaluation with the crops' descriptors.

@@ -330,7 +330,7 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
 def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_changes(data, tmp_path, monkeypatch):
     """A script run twice: the model of this command on these files, unchanged since, is left as it
     is (exit 0; the same files named otherwise too); other options, files or labels changed since
-    are refused, saying which; a command given a folder (a VOC devkit) records nothing to compare."""
+    are refused, saying which."""
     _, files = data
     monkeypatch.chdir(files["train"].parent)
     model = tmp_path / "model.h5"
@@ -357,7 +357,27 @@ def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_cha
     assert refused(["train-svm", "train.h5", model, "--C", "1", "--labels", labels]) == (
         f"Error: {model} already exists, made from labels.csv before it last changed; pass --overwrite to replace it")
     assert model.stat().st_mtime_ns != made
-    assert made_from([files["train"], tmp_path], {}) is None  # a folder (VOC devkit): refused as existing, as before
+
+
+def test_a_folder_among_the_inputs_is_recorded_by_its_files(tmp_path):
+    """A folder (query images, a ground truth's files) is compared by the files in its tree: the
+    same files unchanged, the same record; one added, removed, written anew or renamed, another."""
+    (tmp_path / "gt" / "deeper").mkdir(parents=True)
+    (tmp_path / "gt" / "a_1_good.txt").write_text("x\n")
+    (tmp_path / "gt" / "deeper" / "a_1_query.txt").write_text("oxc1_q 1 2 3 4\n")
+    made = made_from([tmp_path / "gt"], {"command": "retrieval-eval"})
+    entry = json.loads(made)["inputs"][0]
+    assert entry[:3] == [os.path.realpath(tmp_path / "gt"), "folder", 2]
+    assert made_from([tmp_path / "gt"], {"command": "retrieval-eval"}) == made
+    records = [made]
+    for change in (lambda: (tmp_path / "gt" / "a_1_junk.txt").write_text("z\n"),
+                   lambda: (tmp_path / "gt" / "a_1_junk.txt").unlink(),  # as it was
+                   lambda: (tmp_path / "gt" / "a_1_good.txt").write_text("x\ny\n"),
+                   lambda: (tmp_path / "gt" / "deeper" / "a_1_query.txt").rename(tmp_path / "gt" / "deeper" / "b_1_query.txt")):
+        change()
+        records.append(made_from([tmp_path / "gt"], {"command": "retrieval-eval"}))
+    assert records[2] == made and len(set(records)) == 4
+    assert made_from([tmp_path / "gt", tmp_path / "absent"], {}) is None
 
 
 def test_the_same_scoring_again_has_nothing_to_do_into_an_h5_or_a_csv(data, tmp_path):

@@ -12,14 +12,17 @@ size and modification time then, so that a file changed since records nothing; w
 system keeps no extended attributes (or a copy dropped them), the file records nothing, and the
 command refuses it as before.
 
-A folder among the inputs is not looked into, so a command given one records nothing and is
-refused as before; a VOC devkit is given as the files its sets are read from
-(:func:`vggfeat.voc.set_files`). Extraction and merge check their outputs their own way
-(:func:`vggfeat.job.holds_extraction`, :mod:`vggfeat.merge`): their inputs are whole collections.
+A folder among the inputs (query images, a ground truth's files) is recorded by its files: how
+many, and a SHA-256 of each one's path in it, size and modification time; one added, removed or
+written anew since is a change. A VOC devkit is given as the files its sets are read from
+(:func:`vggfeat.voc.set_files`), not as its thousands of images. Extraction and merge check their
+outputs their own way (:func:`vggfeat.job.holds_extraction`, :mod:`vggfeat.merge`): their inputs
+are whole collections.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -47,12 +50,33 @@ def made_from(inputs: Sequence[str | os.PathLike], options: dict) -> str | None:
 
 
 def fingerprint(path: str | os.PathLike) -> list | None:
-    """[real path, size, modification time in ns] of the file ``path``; None for what is not a regular file."""
+    """[real path, size, modification time in ns] of the file ``path``; of a folder, [real path,
+    "folder", its files (in its tree), SHA-256 of (path in it, size, modification time) of each];
+    None for what is neither (or cannot be read)."""
     try:
         status = os.stat(path)
     except OSError:
         return None
-    return [os.path.realpath(path), status.st_size, status.st_mtime_ns] if stat.S_ISREG(status.st_mode) else None
+    if stat.S_ISREG(status.st_mode):
+        return [os.path.realpath(path), status.st_size, status.st_mtime_ns]
+    if not stat.S_ISDIR(status.st_mode):
+        return None
+    digest, files = hashlib.sha256(), 0
+    try:
+        for folder, subfolders, names in os.walk(path, onerror=_raise):  # not into links to folders
+            subfolders.sort()  # walked in order: the same tree, the same digest
+            for name in sorted(names):
+                entry = fingerprint(os.path.join(folder, name))
+                if entry is not None:
+                    digest.update(json.dumps([os.path.relpath(entry[0], os.path.realpath(path)), *entry[1:]]).encode() + b"\n")
+                    files += 1
+    except OSError:  # a folder in it that cannot be read: nothing to compare
+        return None
+    return [os.path.realpath(path), "folder", files, digest.hexdigest()]
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def brought_up_to_date(made: str | None, entry: list | None) -> str | None:

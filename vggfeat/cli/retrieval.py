@@ -144,8 +144,8 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     for option, given in (("--protocol", protocol), ("--queries", queries_file), ("--crop-queries", crop_queries)):
         if given and ground_truth is None:
             raise click.UsageError(f"{option} goes with --gt")
-    # Queries cropped from their images, or a ground truth folder, are not compared (vggfeat.rerun):
-    # a --json file of such a run is refused as before.
+    # Queries cropped from their images are not compared (vggfeat.rerun): a --json file of such a
+    # run is refused as before. A ground truth folder is compared by its files.
     inputs = [features, whiten_file, ground_truth, queries_file]
     made = None if crop_queries else common.made_by_this_command(inputs)
     if common.json_again(json_out, overwrite, made, inputs):

@@ -60,7 +60,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     if box and (len(rest) != 1 or not file_exists(rest[0])):
         raise click.UsageError("--box crops one query image: give one image file")
     inputs = [index_file, queries_file, *rest]
-    # The same command again on these files (a folder of queries: none), unchanged since, has
+    # The same command again on these files (a folder of queries: its files), unchanged since, has
     # nothing to do (vggfeat.rerun); a montage is drawn from the database's images too, which are not compared.
     made = None if montage or not output else common.made_by_this_command(
         [*inputs, *(Path(each) for each in (weights or "").split(",") if Path(each).is_file())], leave_out=["queries_file"])
