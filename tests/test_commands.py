@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,7 +294,17 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
     (tmp_path / "notes.csv").write_text("path,label\n")
     cut_short = tmp_path / "cut.h5"
     cut_short.write_bytes(features.read_bytes()[:2000])
+    integers, flat = tmp_path / "integers.h5", tmp_path / "flat.h5"  # another program's, whose readers would fail
+    for path, values in ((integers, X.astype(np.int32)), (flat, X[:, 0])):
+        shutil.copy(features, path)
+        with h5py.File(path, "r+") as f:
+            del f["features"]
+            f["features"] = values
     for args, error in [
+        (["index", integers, "i.h5"], f"{integers} is not a vggfeat features file (its /features holds int32 of shape "
+                                      f"({len(X)}, 16))"),
+        (["train-svm", flat, "m.h5"], f"{flat} is not a vggfeat features file (its /features holds float64 of shape "
+                                      f"({len(X)},))"),
         (["predict", features, model, "p.csv"], f"{features} is not a vggfeat SVM model file: it is a descriptor file "
                                                 "(made by 'vggfeat extract')"),
         (["predict", posteriors, model, "p.csv"], f"{posteriors} is not a vggfeat SVM model file: it is a posteriors "

@@ -289,13 +289,17 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
         has_config = "config" in f.attrs
         if has_config:  # which every reader takes as JSON
             json.loads(f.attrs["config"])
-    except (OSError, RuntimeError, ValueError, TypeError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
+        # HDF5's description of the descriptors, which every reader takes: damaged, it fails here
+        described = (f["features"].dtype, f["features"].shape) if "features" in f else None
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
         f.close()
         if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error): as it is
             raise
         raise VggfeatError(f"{path} is a damaged HDF5 file ({refusal_reason(error)})") from None
     if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
+    elif described is not None and (described[0].kind != "f" or len(described[1]) != 2):
+        problem = f"is not a vggfeat features file (its /features holds {described[0]} of shape {described[1]})"
     elif not f.attrs.get("complete", False):
         problem = ("is incomplete (complete=False): finish its extraction (the same command resumes it) first"
                    if work_folder(path).is_dir() else  # vggfeat renames its files into place once they are whole
