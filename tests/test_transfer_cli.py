@@ -377,6 +377,11 @@ def test_a_folder_among_the_inputs_is_recorded_by_its_files(tmp_path):
         change()
         records.append(made_from([tmp_path / "gt"], {"command": "retrieval-eval"}))
     assert records[2] == made and len(set(records)) == 4
+    # The command's own output written among those files (--json gt/results.json) is not one of them.
+    results = tmp_path / "gt" / "results.json"
+    before = made_from([tmp_path / "gt"], {}, outputs=[results])
+    results.write_text("{}")
+    assert made_from([tmp_path / "gt"], {}, outputs=[results]) == before != made_from([tmp_path / "gt"], {})
     assert made_from([tmp_path / "gt", tmp_path / "absent"], {}) is None
 
 

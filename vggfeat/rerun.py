@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .errors import VggfeatError
@@ -40,19 +40,21 @@ MADE_FROM = "made_from"
 FILE_ATTRIBUTE = "user.vggfeat.made_from"
 
 
-def made_from(inputs: Sequence[str | os.PathLike], options: dict) -> str | None:
-    """How an output of ``inputs`` (files) and ``options`` (plain values) is made, as recorded in
-    it; None where an input is not a regular file (a folder, a device), which cannot be compared."""
-    entries = [fingerprint(path) for path in inputs]
+def made_from(inputs: Sequence[str | os.PathLike], options: dict, outputs: Sequence[str | os.PathLike] = ()) -> str | None:
+    """How an output of ``inputs`` (files or folders) and ``options`` (plain values) is made, as
+    recorded in it; None where an input is neither (a device), which cannot be compared. The
+    command's ``outputs`` are not among a folder's files (results written among query images)."""
+    written = {os.path.realpath(path) for path in outputs}
+    entries = [fingerprint(path, written) for path in inputs]
     if any(entry is None for entry in entries):
         return None
     return json.dumps({"inputs": entries, "options": options}, sort_keys=True, default=str)
 
 
-def fingerprint(path: str | os.PathLike) -> list | None:
+def fingerprint(path: str | os.PathLike, leave_out: Collection[str] = ()) -> list | None:
     """[real path, size, modification time in ns] of the file ``path``; of a folder, [real path,
-    "folder", its files (in its tree), SHA-256 of (path in it, size, modification time) of each];
-    None for what is neither (or cannot be read)."""
+    "folder", its files (in its tree) but those of ``leave_out`` (real paths), SHA-256 of (path in
+    it, size, modification time) of each]; None for what is neither (or cannot be read)."""
     try:
         status = os.stat(path)
     except OSError:
@@ -67,7 +69,7 @@ def fingerprint(path: str | os.PathLike) -> list | None:
             subfolders.sort()  # walked in order: the same tree, the same digest
             for name in sorted(names):
                 entry = fingerprint(os.path.join(folder, name))
-                if entry is not None:
+                if entry is not None and entry[0] not in leave_out:
                     digest.update(json.dumps([os.path.relpath(entry[0], os.path.realpath(path)), *entry[1:]]).encode() + b"\n")
                     files += 1
     except OSError:  # a folder in it that cannot be read: nothing to compare

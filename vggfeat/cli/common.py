@@ -178,12 +178,14 @@ def command_line() -> str:
     return shlex.join(["vggfeat", *(obj["argv"] if isinstance(obj, dict) and "argv" in obj else sys.argv[1:])])
 
 
-def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str] = (), extra: dict | None = None) -> str | None:
+def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str] = (), extra: dict | None = None,
+                         outputs: Sequence[Path | None] = ()) -> str | None:
     """How this command makes its output (:func:`vggfeat.rerun.made_from`), for the output to record
     and the same command run again to find: its ``inputs`` (None: not given), its name and every
     option but --overwrite, --quiet and ``leave_out`` (those that name ``inputs`` another way: the
     same files as arguments or as --features), by their flags, paths as real paths; and ``extra``
-    (what else it is made from: the images it describes, say)."""
+    (what else it is made from: the images it describes, say). ``outputs``: the files it writes,
+    which a folder among ``inputs`` may hold."""
     context = click.get_current_context()
     left_out = {*leave_out, "overwrite", "quiet"}
     options = {param.opts[0]: _plain(context.params[param.name]) for param in context.command.params
@@ -193,7 +195,8 @@ def made_by_this_command(inputs: Sequence[Path | None], leave_out: Sequence[str]
         names.append(each.command.name)
         each = each.parent
     return made_from([path for path in inputs if path is not None],
-                     {"command": " ".join(reversed(names)), **options, **(extra or {})})
+                     {"command": " ".join(reversed(names)), **options, **(extra or {})},
+                     [path for path in outputs if path is not None])
 
 
 def provenance(made: str | None) -> dict:

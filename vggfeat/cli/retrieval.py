@@ -147,7 +147,7 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     # Queries cropped from their images are not compared (vggfeat.rerun): a --json file of such a
     # run is refused as before. A ground truth folder is compared by its files.
     inputs = [features, whiten_file, ground_truth, queries_file]
-    made = None if crop_queries else common.made_by_this_command(inputs)
+    made = None if crop_queries else common.made_by_this_command(inputs, outputs=[json_out])
     if common.json_again(json_out, overwrite, made, inputs):
         return
     truth = retrieval.read_ground_truth(ground_truth, protocol) if ground_truth else None

@@ -63,7 +63,8 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     # The same command again on these files (a folder of queries: its files), unchanged since, has
     # nothing to do (vggfeat.rerun); a montage is drawn from the database's images too, which are not compared.
     made = None if montage or not output else common.made_by_this_command(
-        [*inputs, *(Path(each) for each in (weights or "").split(",") if Path(each).is_file())], leave_out=["queries_file"])
+        [*inputs, *(Path(each) for each in (weights or "").split(",") if Path(each).is_file())], leave_out=["queries_file"],
+        outputs=[output])
     if output and check_output(output, overwrite, made, None, inputs=inputs):  # refused before the queries are described
         held = "".join(f": {line}" for line in file_record(output)["said"])
         click.echo(f"{output} already holds the results of this command on these files, unchanged since{held}; nothing to do")
