@@ -369,3 +369,7 @@ def test_lbfgs_svms_on_the_gpu_are_the_cpus():
                  for device, svm in fits.items()}
     np.testing.assert_allclose(objective["cuda"], objective["cpu"], rtol=1e-4)
     assert fits["cuda"].n_unconverged_ == 0
+    # Float16 descriptors (a float16 file) held so on the GPU too, each block computed in float32.
+    half = LinearSVM(C=1.0, solver="lbfgs", device="cuda").fit(X.astype(np.float16), y)
+    np.testing.assert_allclose(primal_objective(X, targets, 1.0, np.ones(targets.shape), half.coef_, half.intercept_),
+                               objective["cpu"], rtol=1e-3)
