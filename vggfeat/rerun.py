@@ -63,18 +63,18 @@ def fingerprint(path: str | os.PathLike, leave_out: Collection[str] = ()) -> lis
         return [os.path.realpath(path), status.st_size, status.st_mtime_ns]
     if not stat.S_ISDIR(status.st_mode):
         return None
-    digest, files = hashlib.sha256(), 0
+    root, digest, files = os.path.realpath(path), hashlib.sha256(), 0
     try:
         for folder, subfolders, names in os.walk(path, onerror=_raise):  # not into links to folders
             subfolders.sort()  # walked in order: the same tree, the same digest
             for name in sorted(names):
                 entry = fingerprint(os.path.join(folder, name))
                 if entry is not None and entry[0] not in leave_out:
-                    digest.update(json.dumps([os.path.relpath(entry[0], os.path.realpath(path)), *entry[1:]]).encode() + b"\n")
+                    digest.update(json.dumps([os.path.relpath(entry[0], root), *entry[1:]]).encode() + b"\n")
                     files += 1
     except OSError:  # a folder in it that cannot be read: nothing to compare
         return None
-    return [os.path.realpath(path), "folder", files, digest.hexdigest()]
+    return [root, "folder", files, digest.hexdigest()]
 
 
 def _raise(error: OSError) -> None:
@@ -149,10 +149,11 @@ def command_of(made: str | None) -> str | None:
         return None
 
 
-def inputs_changed(made: str) -> list[tuple[str, bool]]:
+def inputs_changed(made: str, output: str | os.PathLike) -> list[tuple[str, bool]]:
     """(real path, whether it changed since: size or modification time, or gone) of each input
-    that ``made`` records."""
-    return [(str(entry[0]), fingerprint(entry[0]) != entry) for entry in json.loads(made)["inputs"]]
+    that ``made`` records, of which ``output`` is the output (not counted among a folder's files)."""
+    written = {os.path.realpath(output)}
+    return [(str(entry[0]), fingerprint(entry[0], written) != entry) for entry in json.loads(made)["inputs"]]
 
 
 def check_output(output: Path, overwrite: bool, made: str | None, makes: str | None,

@@ -200,7 +200,7 @@ OTHER_FILES = {INDEX_FORMAT: (index_summary, _index_lines), WHITENING_FORMAT: (w
 def _plain_file(file: Path, record: dict) -> dict:
     """What a file of another format (a CSV) records of how it was made, and whether it and its
     inputs changed since."""
-    inputs = inputs_changed(record[MADE_FROM])
+    inputs = inputs_changed(record[MADE_FROM], file)
     images = json.loads(record[MADE_FROM])["options"].get("images")  # classify's: how many, where, their digest
     return {"file": str(file), "command": record["command"], "changed_since": record["changed"],
             "inputs": [{"path": path, "changed_since": changed} for path, changed in inputs],
