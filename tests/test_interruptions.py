@@ -352,11 +352,11 @@ def test_a_file_that_cannot_be_read_is_not_called_a_foreign_one(tmp_path, monkey
     features = tmp_path / "out.h5"
     assert run_main(lockless_commands(tmp_path)[0])[0] == 0
 
-    def file(path, *args, **kwargs):
+    def file(self, path, *args, **kwargs):  # every HDF5 file, vggfeat's kinds of it too (subclasses)
         raise OSError(errno.EACCES, f"Unable to synchronously open file (unable to open file: name = '{path}', "
                                     "errno = 13, error message = 'Permission denied')")
 
-    monkeypatch.setattr(h5py, "File", file)
+    monkeypatch.setattr(h5py.File, "__init__", file)
     code, _, err = run_main(["train-svm", features, tmp_path / "model.h5"])
     assert code == 1 and "Permission denied" in error_line(err) and "not an HDF5 file" not in err
 
