@@ -325,18 +325,18 @@ def lockless_commands(folder) -> list[list]:
 
 
 def test_a_file_system_without_locks_is_used_all_the_same(tmp_path, monkeypatch):
-    real_file = h5py.File
+    real_open = h5py.File.__init__
 
-    def file(*args, locking=None, **kwargs):  # HDF5 on such a file system: every locked open fails
-        if locking is not False:
+    def file(self, name, *args, locking=None, **kwargs):  # HDF5 on such a file system: every locked open fails
+        if locking is not False and isinstance(name, (str, os.PathLike)):  # (h5py's own File(id) opens nothing)
             raise OSError(errno.ENOLCK, "Unable to synchronously open file (unable to lock file, errno = 37, "
                                         f"error message = '{NO_LOCKS}')")
-        return real_file(*args, locking=locking, **kwargs)
+        real_open(self, name, *args, locking=locking, **kwargs)
 
     def flock(*args):
         raise OSError(errno.ENOLCK, NO_LOCKS)
 
-    monkeypatch.setattr(h5py, "File", file)
+    monkeypatch.setattr(h5py.File, "__init__", file)  # every HDF5 file, vggfeat's kinds of it too (subclasses)
     monkeypatch.setattr(fcntl, "flock", flock)
     said = []
     for args in lockless_commands(tmp_path):
