@@ -30,8 +30,9 @@ def open_h5(path: str | os.PathLike, mode: str = "r", file_class: type[h5py.File
     some Lustre and GPFS mounts), where HDF5's own lock fails every open ("unable to lock file").
 
     vggfeat writes only new files under temporary names, and a run's own files in its work folder,
-    which its lock keeps (:func:`lock_folder`): no other process opens them, and they take no
-    HDF5 lock. A file that is read takes HDF5's shared lock where the file system has locks.
+    which its lock keeps (:func:`~vggfeat.parts.lock_folder`): no other process opens them, and
+    they take no HDF5 lock. A file that is read takes HDF5's shared lock where the file system has
+    locks. ``file_class``: what a file read is opened as (:class:`DamageNamingFile`, say).
 
     A file opened to write ("w" or "r+") has neither sieve buffer nor chunk cache: each write of a
     dataset goes to the file at once, and one that fails (a full disk) raises there, leaving no data
@@ -77,8 +78,6 @@ def _held_open(path: str | os.PathLike) -> bool:
 # an OSError without errno): "... filename = 'x.h5', ..., errno = 28, error message = 'No space ...'",
 # or without the file's name.
 _FAILED_CALL = re.compile(r"filename = '(?P<file>[^']*)'.*?errno = (?P<errno>\d+),", re.DOTALL)
-
-
 _FAILED_CALL_UNNAMED = re.compile(r"errno = (?P<errno>\d+),")
 
 

@@ -53,7 +53,7 @@ def write_part(
 ) -> Part:
     """Atomically write the results of images ``[start, end)`` (global ``indices``): their
     ``features``, or, where those are in the output's rows already, the ``first_row`` of them
-    there and, where known, the ``chunks`` they lie in (:func:`place_rows`)."""
+    there and, where known, the ``chunks`` they lie in (:func:`~vggfeat.store.place_rows`)."""
     final = folder / f"part-{start:012d}-{end:012d}.h5"
     temporary = final.with_name(final.name + ".tmp")
     with open_h5(temporary, "w") as part:

@@ -282,7 +282,7 @@ def kind_of(group: h5py.Group) -> str:
 def open_features_file(path: Path, what: str = "features", hint: str = "",
                        required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
-    the ``required`` datasets; otherwise a one-line error (see :func:`open_hdf5`)."""
+    the ``required`` datasets; otherwise a one-line error (see :func:`~vggfeat.files.open_hdf5`)."""
     f = open_hdf5(path, what, hint, DamageNamingFile)  # a dataset HDF5 then fails to read is named
     try:
         missing = [name for name in required if name not in f]
