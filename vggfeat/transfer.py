@@ -145,10 +145,10 @@ def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple
     computes in float32 anyway), float16 where every file holds float16 (a quarter; each block of
     rows computed in float32); and ``svm_params`` with ``solver="auto"`` resolved
     (:func:`solver_in_memory`), which also warns where they would not fit in memory."""
-    svm_params = solver_in_memory(files, len(targets.paths), len(targets.classes), svm_params)
+    width = None if not targets.paths else _width_of(files)  # each file's first rows, read once
+    svm_params = _solver_for(width, len(targets.paths), len(targets.classes), svm_params)
     dtype = np.float64
     if svm_params["solver"] == "lbfgs":
-        width = _width_of(files)
         dtype = np.float16 if width is not None and width[2] == 2 else np.float32
     return load_features(files, paths=targets.paths, dtype=dtype), svm_params
 
@@ -167,11 +167,15 @@ def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) ->
     Then warns where training on ``rows`` of ``files`` (``classes`` of them) with that solver needs
     more memory than there is: killed by the system after hours of fits, a run says nothing. The
     share of zeros is that of each file's first rows."""
+    return _solver_for(None if rows == 0 else _width_of(files), rows, classes, svm_params)
+
+
+def _solver_for(width: tuple[int, float, int] | None, rows: int, classes: int, svm_params: dict) -> dict:
+    """:func:`solver_in_memory` for descriptors of ``width`` (:func:`_width_of`; None: unknown)."""
     solver, device = svm_params.get("solver", "liblinear"), svm_params.get("device", "auto")
     squared_hinge = svm_params.get("loss", "squared_hinge") == "squared_hinge"
     if solver == "auto" and device not in ("auto", "cpu"):
         solver = "lbfgs"
-    width = None if rows == 0 else _width_of(files)
     if width is None:
         return {**svm_params, "solver": "liblinear" if solver == "auto" else solver}
     available, n_jobs = available_memory(), svm_params.get("n_jobs", 1)
