@@ -49,6 +49,16 @@ def test_a_labels_csv_with_a_quote_not_closed_or_a_nul_byte_is_refused_naming_th
         read_labels_csv(labels)
 
 
+def test_a_labels_csv_comment_begins_its_line_and_a_quoted_path_may_begin_with_a_hash(tmp_path):
+    """A folder may hold '#1.jpg' (vggfeat describes it): its quoted line was dropped as a comment."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text('# made by hand\na.jpg,cat\n#b.jpg,dog\n"#1.jpg",dog\n')
+    assert read_labels_csv(labels) == {"a.jpg": ["cat"], "#1.jpg": ["dog"]}
+    labels.write_text("# a comment\na.jpg,cat\nb.jpg,;\n")  # no label among ';': a traceback at training
+    with pytest.raises(VggfeatError, match=r"labels.csv, line 3: expected 'path,label', got 'b.jpg,;'"):
+        read_labels_csv(labels)
+
+
 def test_an_imagenet_style_list_names_files_in_any_bytes(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_bytes(LATIN1_NAME + b" 3\n\xff\xfe 4\n")

@@ -2,7 +2,7 @@
 
 A labels CSV has lines ``path,label``; a path may appear on several lines (one per label, for
 multi-label data such as VOC) or hold several labels separated by ``;``. A header line
-``path,label`` is allowed. Only the listed paths are used, and each must be in the features file,
+``path,label`` is allowed, and comment lines (``#`` first; a path that begins with ``#`` is quoted). Only the listed paths are used, and each must be in the features file,
 or among the images it could not describe (left out, with a warning).
 """
 
@@ -48,19 +48,23 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         raise VggfeatError(f"labels file not found: {path}")
     labels: dict[str, list[str]] = {}
-    rows = csv.reader(io.StringIO(read_text(path, names_files=True), newline=""))
+    # A line that begins with '#' is a comment (kept as an empty line, so that lines keep their
+    # numbers); a path that begins with one is quoted ("#1.jpg",cat), as a cell that csv unquotes.
+    lines = io.StringIO(read_text(path, names_files=True), newline="")
+    rows = csv.reader("\n" if line.startswith("#") else line for line in lines)
     for number, row in _csv_rows(rows, path):
-        if not row or not "".join(row).strip() or row[0].startswith("#"):
+        if not row or not "".join(row).strip():
             continue
         if not labels and [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
             continue  # the header, before any data line
         row = _region_joined(row)
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+        names = [name.strip() for cell in row[1:] for name in cell.split(";") if name.strip()]
+        if not row[0].strip() or not names:  # (no label: "path,", "path,;")
             raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {as_utf8(','.join(row))!r}")
         known = labels.setdefault(row[0].strip(), [])
-        for name in (name.strip() for cell in row[1:] for name in cell.split(";")):
+        for name in names:
             check_utf8(name, path, number, "the label")
-            if name and name not in known:
+            if name not in known:
                 known.append(name)
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
