@@ -22,7 +22,7 @@ from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
 from vggfeat.host import available_memory
-from vggfeat.svm import LinearSVM, load_model, training_memory
+from vggfeat.svm import LinearSVM, load_model, save_model, training_memory
 
 
 def test_fits_separable_data_and_chooses_C_by_cross_validation():
@@ -197,6 +197,21 @@ def test_model_file_is_plain_data_and_round_trips(tmp_path):
     assert loaded.extraction_configs == saved.extraction_configs
     assert loaded.extraction_configs[0]["layer"] == "fc7"
     assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
+
+
+@pytest.mark.parametrize("classes", [[3, 7, 12], [0.5, 1.0, 2.5], ["3", "7", "12"]])
+def test_a_saved_model_predicts_the_classes_it_was_fitted_on_numbers_or_names(tmp_path, classes):
+    """The Python API's fit(X, [3, 7, 12]): a loaded model predicted '3', which equalled no label
+    (accuracy 0, silently) and made score() raise."""
+    X, y, _, _ = blobs()
+    labels = np.array(classes)[y]
+    svm = LinearSVM(C=1.0).fit(X, labels)
+    save_model(tmp_path / "model.h5", svm, [{}])
+    loaded = load_model(tmp_path / "model.h5").svm
+    assert loaded.predict(X).dtype == svm.predict(X).dtype
+    np.testing.assert_array_equal(loaded.predict(X), labels)
+    if labels.dtype.kind != "f":  # (scikit-learn's accuracy takes no fractional labels)
+        assert loaded.score(X, labels) == 1.0
 
 
 @pytest.mark.parametrize("tamper", ["coef", "classes", "attr"])

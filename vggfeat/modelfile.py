@@ -21,6 +21,9 @@ from .files import open_h5, open_hdf5, written_atomically
 from .store import SVM_MODEL_FORMAT, kind_of
 
 MODEL_FORMAT_VERSION = 1
+# Classes that were numbers (the Python API's fit(X, [3, 7, 12])) are stored as text, as names are,
+# with the attribute "classes_dtype", so that a loaded model predicts the numbers it was fitted on.
+NUMBER_CLASSES = ("int64", "float64")
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ModelFile:
     training: dict  # files, rows, labels, date: for the record
     checksum: str  # of its content (:func:`_checksum`): which model it is, for the files made with it
     command: str = ""  # the command line that trained it, where one did
+    classes_dtype: str = ""  # "int64" or "float64" where the classes were numbers (stored as text), else ""
 
 
 def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.ndarray, classes: list[str],
@@ -67,11 +71,14 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
                 params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
                 cv_scores={float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()},
                 extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]),
-                checksum=str(f.attrs["checksum"]), command=str(f.attrs.get("command", "")))
+                checksum=str(f.attrs["checksum"]), command=str(f.attrs.get("command", "")),
+                classes_dtype=str(f.attrs.get("classes_dtype", "")))
     except VggfeatError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
+    if model.classes_dtype not in ("", *NUMBER_CLASSES):
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file (classes of type {model.classes_dtype!r})")
     classes = len(model.classes)
     if model.coef.ndim != 2 or len(model.coef) != classes or model.intercept.shape != (classes,):
         raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")

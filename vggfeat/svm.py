@@ -378,8 +378,15 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "multilabel": bool(svm.multilabel),
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
+        **_classes_dtype(svm.classes_),
         **(provenance or {}),
     })
+
+
+def _classes_dtype(classes: np.ndarray) -> dict:
+    """The attribute that says ``classes`` are numbers (:data:`~vggfeat.modelfile.NUMBER_CLASSES`); none for names."""
+    kind = np.asarray(classes).dtype.kind
+    return {"classes_dtype": "int64"} if kind in "iu" else {"classes_dtype": "float64"} if kind == "f" else {}
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
@@ -390,7 +397,9 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         svm = LinearSVM(**{k: tuple(v) if k == "C_grid" else v for k, v in model.params.items()})
     except TypeError as error:  # a parameter this LinearSVM does not take
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
-    svm.coef_, svm.intercept_, svm.classes_ = model.coef, model.intercept, np.array(model.classes)
+    classes = np.array(model.classes)
+    svm.coef_, svm.intercept_ = model.coef, model.intercept
+    svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
 
