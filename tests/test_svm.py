@@ -199,6 +199,22 @@ def test_model_file_is_plain_data_and_round_trips(tmp_path):
     assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
 
 
+def test_an_excluded_class_multilabel_is_every_class_negative_from_own_labels_as_from_a_csv(tmp_path):
+    """The file's own labels dropped the excluded class's rows, which a labels CSV and evaluation
+    keep as every class's negatives: trained on other rows than it was evaluated on."""
+    X, y, paths, _ = blobs()
+    names = ["BACKGROUND", "cat", "dog"]
+    features = write_features(tmp_path / "train.h5", X, paths, y, names)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{path},{names[k]}\n" for path, k in zip(paths, y)))
+    own = transfer.train_svm(features, multilabel=True, exclude=["BACKGROUND"], C=1.0)
+    listed = transfer.train_svm(features, labels_csv=labels, multilabel=True, exclude=["BACKGROUND"], C=1.0)
+    assert own.training["rows"] == listed.training["rows"] == 30
+    assert list(own.svm.classes_) == ["cat", "dog"]
+    np.testing.assert_allclose(own.svm.coef_, listed.svm.coef_)
+    assert transfer.train_svm(features, exclude=["BACKGROUND"], C=1.0).training["rows"] == 20  # single-label: its rows out
+
+
 @pytest.mark.parametrize("classes", [[3, 7, 12], [0.5, 1.0, 2.5], ["3", "7", "12"]])
 def test_a_saved_model_predicts_the_classes_it_was_fitted_on_numbers_or_names(tmp_path, classes):
     """The Python API's fit(X, [3, 7, 12]): a loaded model predicted '3', which equalled no label

@@ -130,9 +130,11 @@ def warn_left_out(left_out: Sequence[str], failed: Mapping[str, str], source: st
 
 def targets_from_file(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str], multilabel: bool,
                       exclude: Sequence[str] = ()) -> Targets:
-    """Targets from a features file's own /labels: its labelled rows, minus ``exclude`` classes."""
+    """Targets from a features file's own /labels: its labelled rows, minus ``exclude`` classes
+    (their rows; multi-label, their columns: their rows are every class's negatives, as
+    :func:`exclude_classes` and evaluation take them)."""
     _check_excluded(exclude, classes, "the file's")
-    excluded = [k for k, name in enumerate(classes) if name in exclude]
+    excluded = [] if multilabel else [k for k, name in enumerate(classes) if name in exclude]
     rows = np.flatnonzero((labels >= 0) & ~np.isin(labels, excluded))
     if not len(rows):
         raise VggfeatError("no labelled rows in the features file: extract a labelled folder, or give --labels")

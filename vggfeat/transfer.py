@@ -74,7 +74,7 @@ def _own_targets(files: Files, multilabel: bool, exclude: Sequence[str]) -> Targ
 
         def labelled(paths: list[str]) -> list[str]:
             return [path for path, label in zip(paths, fused.labels_of(paths))
-                    if label >= 0 and fused.classes[label] not in exclude]
+                    if label >= 0 and (multilabel or fused.classes[label] not in exclude)]
 
         warn_left_out(labelled(failed.paths), failed.reasons_by_path(), f"labelled in {first.path}")
         if fused.left_out:
