@@ -195,6 +195,8 @@ def test_train_svm_with_lbfgs_writes_a_model_that_predict_and_info_read(overlapp
     assert run_main(["predict", tmp_path / "m.h5", features, tmp_path / "p.csv"])[0] == 0
     code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda", "--solver", "liblinear"])
     assert code == 2 and "--device cuda is where --solver lbfgs runs; liblinear runs on the CPU" in err
+    code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda", "--loss", "hinge"])
+    assert code == 2 and "--loss hinge is liblinear's, which runs on the CPU: leave out --device cuda" in err  # not "use liblinear"
     if not torch.cuda.is_available():  # --solver auto: lbfgs, which a GPU is asked for
         code, _, err = run_main(["train-svm", features, tmp_path / "m2.h5", "--device", "cuda"])
         assert code == 2 and "device cuda asked for, but CUDA is not available here" in error_line(err)

@@ -110,6 +110,9 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
     if solver == "liblinear" and device not in ("auto", "cpu"):
         raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
+    if loss == "hinge" and device not in ("auto", "cpu"):  # before auto picks lbfgs for the device
+        raise click.UsageError(f"--loss hinge is liblinear's, which runs on the CPU: leave out --device {device}, or "
+                               "train the squared hinge (--loss squared_hinge) with lbfgs on it")
     return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
             "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver, "device": device,
             "random_state": seed}
