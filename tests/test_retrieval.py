@@ -150,6 +150,25 @@ def test_numpy_exact_search_is_brute_force():
 
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("faiss", marks=needs_faiss)])
+def test_hits_of_equal_scores_come_by_row_and_a_top_k_begins_every_larger_one(backend):
+    """Exact duplicates in a collection score the same: NumPy's top-5 took any four of the five tied
+    ([1, 2, 3, 4, 6]), not the first five of its top-9, and FAISS ordered them [5, 4, 3, 2, 1]."""
+    V = np.zeros((10, 4), dtype=np.float32)
+    V[:, 0], V[0] = 1, [0, 1, 0, 0]  # rows 1 to 9 the same vector
+    index = build_index(V, [f"r{i}" for i in range(10)], {**CONFIG, "dim": 4}, backend=backend)
+    query = index.prepare(np.array([[1, 0, 0, 0]], dtype=np.float32))
+    assert index.search(query, 5)[1][0].tolist() == [1, 2, 3, 4, 5]
+    assert index.search(query, 9)[1][0].tolist() == list(range(1, 10))
+    rng = np.random.default_rng(3)  # ties on some queries only, the others as before
+    V = np.repeat(l2_normalize(rng.normal(size=(20, 8))), 3, axis=0)  # each vector three times
+    Q = l2_normalize(rng.normal(size=(6, 8)))
+    for k in (1, 2, 4, 7):
+        scores, rows = exact_search(V, Q, k)
+        best = np.lexsort((np.tile(np.arange(len(V)), (len(Q), 1)), -(Q @ V.T)), axis=1)[:, :k]
+        np.testing.assert_array_equal(rows, best)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("faiss", marks=needs_faiss)])
 def test_flat_index_round_trip_with_whitening(tmp_path, backend):
     X, labels = clustered()
     whitening = PCAWhitening(dim=10).fit(X, config=CONFIG)
@@ -187,6 +206,14 @@ def test_faiss_and_numpy_agree_and_approximate_indexes_find_near_duplicates(tmp_
         _, rows = loaded.search(loaded.prepare(queries), 5)
         assert (rows[:, 0] == np.arange(20)).mean() >= 0.9, kind
         assert search(loaded, queries[:2], ["a", "b"], k=3, qe=2)[0].paths  # reconstruct works for QE
+
+
+@needs_faiss
+def test_ivfpq_takes_by_default_the_largest_divisor_of_the_dimension_up_to_an_eighth():
+    """A 100-d whitening: the default --pq-m 12 (100 // 8) was refused as not dividing 100."""
+    X = np.random.default_rng(4).normal(size=(600, 100)).astype(np.float32)
+    index = build_index(X, [str(i) for i in range(len(X))], {**CONFIG, "dim": 100}, kind="ivfpq", nlist=2)
+    assert index.params["m"] == 10
 
 
 @pytest.mark.parametrize("kind", ["flat", pytest.param("ivfpq", marks=needs_faiss), pytest.param("hnsw", marks=needs_faiss)])

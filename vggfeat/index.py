@@ -121,7 +121,8 @@ class VectorIndex:
             if len(outside):  # what damaged bytes of an index without a checksum (an older one) gave
                 raise VggfeatError(f"the index is damaged: FAISS found row {outside[0]} of {self.rows}; build it again "
                                    "with 'vggfeat index'")
-            return scores, rows.astype(np.int64)
+            rows, scores = _best_first(rows.astype(np.int64), scores)
+            return scores, rows
         return exact_search(self.vectors, Q, k)
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
@@ -258,7 +259,7 @@ def build_index(
     """Index descriptors ``X`` [N, D] (raw, as extracted) of ``paths``, made with ``config``.
 
     ``ivfpq``: ``nlist`` inverted lists (default about 4 sqrt(N)), ``m`` bytes per vector (default
-    d / 8, must divide d), ``nprobe`` lists searched. ``hnsw``: ``hnsw_m`` links per node,
+    the largest divisor of d up to d / 8; must divide d), ``nprobe`` lists searched. ``hnsw``: ``hnsw_m`` links per node,
     ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not. The rows are prepared
     (whitened, L2-normalised) and added a block at a time, ``progress(rows)`` after each.
     ``read_after``: when each row's image was described, which :func:`vggfeat.indexupdate.update_index` needs.
@@ -342,11 +343,29 @@ def exact_search(vectors: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray
         scores = Q[start : start + block] @ vectors.T
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
         top_scores = np.take_along_axis(scores, top, axis=1)
-        # Best first; ties by row, so that NumPy and FAISS agree on equal scores as far as possible.
-        order = np.lexsort((top, -top_scores), axis=1)
-        rows_out[start : start + block] = np.take_along_axis(top, order, axis=1)
-        scores_out[start : start + block] = np.take_along_axis(top_scores, order, axis=1)
+        if k < scores.shape[1]:
+            _first_rows_of_ties(scores, top, top_scores)
+        rows_out[start : start + block], scores_out[start : start + block] = _best_first(top, top_scores)
     return scores_out, rows_out
+
+
+def _first_rows_of_ties(scores: np.ndarray, top: np.ndarray, top_scores: np.ndarray) -> None:
+    """``top`` (and ``top_scores``), the k best rows of each query's ``scores`` in any order, made
+    the k best with the lowest rows among those tied at the k-th score, in place: argpartition takes
+    any of them (exact duplicates in a collection score the same), and a top-5 would then not be the
+    first five of the top-10."""
+    kth = top_scores.min(axis=1)
+    for i in np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > top.shape[1]):  # rare: a tie at the k-th
+        above = np.flatnonzero(scores[i] > kth[i])
+        top[i] = np.concatenate([above, np.flatnonzero(scores[i] == kth[i])[: top.shape[1] - len(above)]])
+        top_scores[i] = scores[i, top[i]]
+
+
+def _best_first(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's hits by score, best first, those of equal scores by row: the order whichever
+    backend found them (FAISS's heap orders ties otherwise)."""
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _check_unit_rows(vectors: np.ndarray, path: Path, paths: Sequence[str], step: int = 2**16) -> None:
@@ -389,7 +408,8 @@ def _ivfpq(X: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], d: int, n
     n = len(X)
     # FAISS wants ~39 training points per list and 256 per PQ centroid set (8-bit codes).
     nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-    m = m or max(1, d // 8)
+    # The default: the most bytes per vector up to d / 8 that divides d (100-d: 10, not 12).
+    m = m or max(divisor for divisor in range(1, max(1, d // 8) + 1) if d % divisor == 0)
     if d % m:
         raise VggfeatError(f"--pq-m {m} must divide the dimension {d}")
     if n < max(256, 39 * nlist):

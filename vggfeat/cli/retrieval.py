@@ -55,7 +55,7 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @click.option("--kind", default="flat", show_default=True, type=click.Choice(KINDS),
               help="flat: exact; ivfpq: compressed, approximate (FAISS); hnsw: graph, approximate (FAISS).")
 @click.option("--nlist", type=click.IntRange(min=1), help="ivfpq: inverted lists [default: about 4 sqrt(rows)].")
-@click.option("--pq-m", type=click.IntRange(min=1), help="ivfpq: bytes per vector, must divide the dimension [default: dim / 8].")
+@click.option("--pq-m", type=click.IntRange(min=1), help="ivfpq: bytes per vector, must divide the dimension [default: the largest divisor up to dim / 8].")
 @click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1), help="ivfpq: lists searched per query.")
 @click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="hnsw: links per vector.")
 @click.option("--ef-search", default=128, show_default=True, type=click.IntRange(min=1), help="hnsw: candidates per query.")
