@@ -375,6 +375,20 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     assert read_ground_truth(tmp_path / "gt.json") == truth
 
 
+def test_two_boxes_of_one_query_image_are_two_queries_each_of_its_own_crop():
+    """--crop-queries' rows were matched to the ground truth by the image's name: both boxes of one
+    image were scored with the last box's crop (mAP 0.65 where each crop finds its own images)."""
+    X = l2_normalize(np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0], [0, 0, 1]], dtype=np.float32))
+    paths = ["a1.jpg", "a2.jpg", "b1.jpg", "b2.jpg", "scene.jpg"]
+    truth = [{"query": "scene", "ok": ["a1", "a2"], "junk": [], "bbox": [0, 0, 5, 5]},
+             {"query": "scene", "ok": ["b1", "b2"], "junk": [], "bbox": [5, 5, 9, 9]}]
+    crops = l2_normalize(np.array([[1, 0.05, 0], [0.05, 1, 0]], dtype=np.float32))  # object A's box, then B's
+    result = evaluate_ground_truth(X, paths, crops, None, truth)
+    assert result["map"] == 1.0 and result["ap_per_query"] == {"scene": 1.0, "scene (2)": 1.0}
+    with pytest.raises(ValueError, match="1 query rows for 2 queries"):
+        evaluate_ground_truth(X, paths, crops[:1], None, truth)
+
+
 def test_query_expansion_in_the_evaluation_is_searchs():
     """retrieval-eval --qe ranks as 'search --qe' does: each query replaced by the normalised sum of
     itself and its top N, leave-one-out excluding the query's own row."""

@@ -20,6 +20,7 @@ either protocol a query may be expanded with its top hits first (``qe``), as ``s
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections.abc import Sequence
@@ -120,24 +121,28 @@ def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
 
 
 def evaluate_ground_truth(
-    X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str], truth: list[dict],
+    X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str] | None, truth: list[dict],
     ks: Sequence[int] = RECALL_AT, qe: int = 0,
 ) -> dict:
     """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
-    by path or file name without extension, matched against ``paths`` (database) and ``query_paths``.
-    ``qe``: average query expansion with each query's top ``qe`` rows, junk included, as a search
-    that knows no ground truth expands (:func:`expand_queries`)."""
+    by path or file name without extension, matched against ``paths`` (database) and ``query_paths``
+    (None: ``Q`` holds a row for each item of ``truth``, in its order, as its query's box cropped:
+    two items may crop one image). ``qe``: average query expansion with each query's top ``qe`` rows,
+    junk included, as a search that knows no ground truth expands (:func:`expand_queries`).
+    ``ap_per_query`` names each query by its image, a query of an image named before with its
+    count (``"q (2)"``)."""
     check_qe(qe)
     database = _name_index(paths)
-    queries = _name_index(query_paths)
+    if query_paths is None and len(Q) != len(truth):
+        raise ValueError(f"{len(Q)} query rows for {len(truth)} queries of the ground truth")
+    rows = range(len(truth)) if query_paths is None else query_rows(truth, query_paths)
     # A query with no relevant image (some of the revisited datasets' in their easy protocol) is
     # left out of the means and counted, as the datasets' own evaluation leaves it out.
-    scored = [item for item in truth if item["ok"]]
+    scored = [(item, q) for item, q in zip(truth, rows) if item["ok"]]
     if not scored:
         raise VggfeatError("no query of the ground truth has an ok image: nothing to retrieve")
     aps, first, precisions = [], [], []
-    for item in scored:
-        q = _lookup(queries, item["query"], "query")
+    for item, q in scored:
         ok = np.array(sorted({_lookup(database, name, "ok image") for name in item["ok"]}), dtype=np.int64)
         junk = np.array(sorted({_lookup(database, name, "junk image") for name in item.get("junk", [])}), dtype=np.int64)
         query = Q[q : q + 1]
@@ -159,8 +164,18 @@ def evaluate_ground_truth(
         "map": float(np.mean(aps)),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
         **{f"mp@{k}": float(mean) for k, mean in zip(ks, np.mean(precisions, axis=0))},
-        "ap_per_query": {item["query"]: float(ap) for item, ap in zip(scored, aps)},
+        "ap_per_query": dict(zip(_numbered([item["query"] for item, _ in scored]), map(float, aps))),
     }
+
+
+def _numbered(names: list[str]) -> list[str]:
+    """``names``, each one named before with its count: ``["q", "q (2)"]``."""
+    seen: collections.Counter[str] = collections.Counter()
+    numbered = []
+    for name in names:
+        seen[name] += 1
+        numbered.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return numbered
 
 
 # The revisited Oxford and Paris protocols (Radenović et al. 2018): which of a query's easy and

@@ -174,7 +174,7 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
         if crop_queries:
             crops = _describe_crops(truth, query_paths, root, query_root, config, quiet, weights=weights, device=device,
                                     batch_size=batch_size)
-            Q, query_paths = retrieval.prepare(crops, whitening), [item["query"] for item in truth]
+            Q, query_paths = retrieval.prepare(crops, whitening), None  # a row for each item of truth: one image may hold two
         result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe)
         result["queries_cropped"] = crop_queries
         if protocol:
