@@ -33,6 +33,8 @@ DECODE_RECIPE = {
     "color": "RGB, 8 bits per channel",
     "orientation": "EXIF orientation applied",
     "alpha": "composited over white",
+    # 16-bit colour (PNG, TIFF) comes from Pillow 8 bits deep: its high byte, value // 256, at most
+    # one level from this. The text stays as files hold it: it is compared as they are matched.
     "high_bit_depth": "16-bit scaled to 8-bit (value / 257)",
     "frames": "first frame of animated or multi-page files",
 }
