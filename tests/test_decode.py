@@ -32,7 +32,7 @@ from imagefiles import (
     write_rgb16_png,
     write_rgba,
 )
-from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, decode_image
+from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, _to_rgb, decode_image
 from vggfeat.errors import ImageError
 
 
@@ -210,6 +210,16 @@ def test_dark_16bit_grayscale_is_not_mistaken_for_8bit(tmp_path):
     decoded = decode_image(tmp_path / "dark.png")
     assert_rgb(decoded, 40, 40)
     np.testing.assert_array_equal(decoded[0, ::10, 0], [0, 0, 1, 3])
+    with Image.open(tmp_path / "dark.png") as image:  # as Pillow 10 opens it: "I" (later ones, "I;16")
+        legacy = image.convert("I")
+        legacy.format = image.format
+        np.testing.assert_array_equal(_to_rgb(legacy)[0, ::10, 0], [0, 0, 1, 3])  # was [0, 128, 255, 255]
+
+
+def test_16bit_grayscale_transparent_value_is_white_as_alpha_over_white(tmp_path):
+    values = np.array([[0, 128, 255, 257 * 3]], dtype=np.uint16).repeat(40, axis=0).repeat(10, axis=1)
+    Image.fromarray(values).save(tmp_path / "clear.png", transparency=257 * 3)  # a tRNS chunk: one gray value
+    np.testing.assert_array_equal(decode_image(tmp_path / "clear.png")[0, ::10, 0], [0, 0, 1, 255])
 
 
 def test_16bit_rgb_is_scaled_to_8bit(tmp_path):

@@ -273,11 +273,16 @@ def _upright(image: Image.Image) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode.startswith("I;16"):
-        return _gray_to_rgb(_scale_to_8bit(np.asarray(image), bit_depth=16))
-    if mode == "I":  # 32-bit integer container: holds 8- or 16-bit data in practice
+    if mode.startswith("I;16") or mode == "I":
+        # "I", a 32-bit integer container, holds 8- or 16-bit data in practice: a PNG's is 16-bit
+        # gray (Pillow 10 opens it so, where later ones give I;16), however dark the image.
         pixels = np.asarray(image)
-        return _gray_to_rgb(_scale_to_8bit(pixels, bit_depth=8 if pixels.max(initial=0) <= 255 else 16))
+        sixteen = mode != "I" or image.format == "PNG" or pixels.max(initial=0) > 255
+        gray = _scale_to_8bit(pixels, bit_depth=16 if sixteen else 8)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):  # a PNG's one transparent gray value: white, as alpha over white
+            gray[pixels == transparent] = 255
+        return _gray_to_rgb(gray)
     if mode == "F":
         pixels = np.asarray(image, dtype=np.float64)
         scale = 255.0 if np.nanmax(pixels, initial=0.0) <= 1.0 else 1.0
