@@ -243,24 +243,31 @@ def test_lbfgs_goes_through_the_rows_a_block_at_a_time(overlapping, monkeypatch)
 
 
 @pytest.mark.parametrize("class_weight", [None, "balanced"])
-def test_a_class_whose_positives_are_all_held_out_gets_the_svm_of_its_negatives(overlapping, class_weight):
-    """Cross-validation of a rare label can hold out all its positives in one fold. Both solvers
-    then give that class the SVM of its negatives alone (each scored below 0), at the same
-    optimum, and leave the other classes' SVMs as they are: lbfgs gave every class NaN with
-    balanced weights (0 x infinity), liblinear the SVM with its signs turned (it trains the one
-    side it is given as its positives)."""
+@pytest.mark.parametrize("held_out", ["positives", "negatives"])
+def test_a_class_whose_positives_or_negatives_are_all_held_out_gets_the_svm_of_the_other_side(
+        overlapping, class_weight, held_out, capfd):
+    """Cross-validation of a rare label (or one of nearly every image) can hold out all its
+    positives (negatives) in one fold. Both solvers then give that class the SVM of the other side
+    alone (each scored below 0, above), at the same optimum, and leave the other classes' SVMs as
+    they are: lbfgs gave every class NaN with balanced weights (0 x infinity), liblinear the SVM
+    with its signs turned (it trains the one side it is given as its positives), and said on
+    standard error "class label 1 specified in weight is not found"."""
     X, y = overlapping
     targets = np.eye(4, dtype=bool)[y]
+    if held_out == "negatives":
+        targets[:, 3] = y != 3  # every row but class 3's, which are held out
     row_weights = np.where(y == 3, 0.0, 1.0)
     fitted = {solver: LinearSVM(C=1.0, class_weight=class_weight, solver=solver, device="cpu", **TIGHT)
               ._fit_all(X, targets, 1.0, row_weights) for solver in ("liblinear", "lbfgs")}
+    assert capfd.readouterr().err == ""  # liblinear's own warning, which no Python filter catches
     weights = np.repeat(row_weights[:, None], 4, axis=1)
     if class_weight:  # a class's positives and negatives weigh as much; one side alone, half its rows
         weights[:, :3] = balanced(targets[:, :3], weights[:, :3])
         weights[:, 3] *= 0.5
     for solver, (coef, intercept) in fitted.items():
         assert np.isfinite(coef).all() and np.isfinite(intercept).all()
-        assert (X[y != 3] @ coef[3] + intercept[3] < 0).all(), solver
+        scores = X[y != 3] @ coef[3] + intercept[3]
+        assert (scores < 0).all() if held_out == "positives" else (scores > 0).all(), solver
     objective = {solver: primal_objective(X, targets, 1.0, weights, *fit) for solver, fit in fitted.items()}
     np.testing.assert_allclose(objective["lbfgs"], objective["liblinear"], rtol=1e-6)
 

@@ -178,13 +178,20 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             weighed = weights
             if ignore is not None and ignore[:, k].any():  # a row weighing 0 adds nothing to the SVM's loss
                 weighed = np.where(ignore[:, k], 0.0, 1.0 if weights is None else weights)
-            # A class whose rows that weigh are all negatives (its positives held out by a fold):
-            # liblinear trains the rows it is given as its positive class, so its SVM is that of
-            # the problem with every sign turned (the same problem: w and b negated). Balanced,
-            # the one side weighs half, as its rule gives, where sklearn's would divide by zero.
+            # A class whose rows that weigh are all of one side (a fold holds out all its
+            # positives, or all its negatives): liblinear drops the rows that weigh nothing, and
+            # so the other class, saying so on standard error ("class label 1 specified in weight
+            # is not found"). The squared hinge's SVM is the primal solver's, which takes the
+            # problem as it is (the same objective).
             weighs = np.ones(len(X), dtype=bool) if weighed is None else np.asarray(weighed) > 0
-            one_sided = not (targets[:, k] & weighs).any()
             balanced = self.class_weight == "balanced"
+            if self.loss == "squared_hinge" and (targets[weighs, k].all() or not targets[weighs, k].any()):
+                return self._fit_one_sided(X, targets[:, k : k + 1], C, weighed, fits)
+            # The hinge's: liblinear trains the rows it is given as its positive class, so where
+            # they are all negatives its SVM is that of the problem with every sign turned (the
+            # same problem: w and b negated). Balanced, the one side weighs half, as its rule
+            # gives, where sklearn's would divide by zero.
+            one_sided = not (targets[:, k] & weighs).any()
             svm = LinearSVC(C=C / 2 if one_sided and balanced else C, loss=self.loss,
                             dual="auto" if self.loss == "squared_hinge" else True,
                             class_weight=None if one_sided else self.class_weight, max_iter=self.max_iter,
@@ -198,6 +205,18 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
+
+    def _fit_one_sided(self, X: np.ndarray, target: np.ndarray, C: float, weights: np.ndarray | None,
+                       fits: _Fits | None) -> tuple[np.ndarray, float]:
+        """(coef [D], intercept) of the squared-hinge SVM of ``target`` [N, 1], whose rows that
+        weigh are all of one side, by the primal solver on the CPU."""
+        from .primal import fit_primal  # torch: only for such a class
+
+        coef, intercept, converged = fit_primal(X, target, C, weights, None, self.class_weight == "balanced",
+                                                max_iter=self.max_iter, tol=self.tol, device=_torch_device("cpu"))
+        if fits is not None:
+            fits.add(C, converged)
+        return coef[0], float(intercept[0])
 
     def _fit_lbfgs(self, X: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None,
                    fits: _Fits | None, ignore: np.ndarray | None, start: tuple[np.ndarray, np.ndarray] | None):
