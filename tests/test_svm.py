@@ -199,6 +199,15 @@ def test_model_file_is_plain_data_and_round_trips(tmp_path):
     assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
 
 
+def test_multilabel_targets_other_than_0_and_1_are_refused():
+    """VOC's ground truth writes -1 for a negative: astype(bool) took it as a positive, silently."""
+    X, y, _, _ = blobs()
+    voc_style = np.where(np.eye(3, dtype=bool)[y], 1, -1)
+    with pytest.raises(VggfeatError, match=r"multi-label targets must be 0 or 1 \(or bool\), got \[-1, 1\]"):
+        LinearSVM(C=1.0, multilabel=True).fit(X, voc_style)
+    LinearSVM(C=1.0, multilabel=True).fit(X, (voc_style > 0).astype(np.int8))  # 0 and 1: trains
+
+
 def test_an_excluded_class_multilabel_is_every_class_negative_from_own_labels_as_from_a_csv(tmp_path):
     """The file's own labels dropped the excluded class's rows, which a labels CSV and evaluation
     keep as every class's negatives: trained on other rows than it was evaluated on."""

@@ -326,6 +326,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         if self.multilabel:
             if y.ndim != 2:
                 raise VggfeatError("multi-label targets must be an indicator matrix [rows, classes]")
+            if y.dtype != bool and not np.isin(y, (0, 1)).all():  # VOC's -1 (negative) would be taken as positive
+                raise VggfeatError(f"multi-label targets must be 0 or 1 (or bool), got {np.unique(y)[:5].tolist()}; "
+                                   "VOC's -1 (negative) is 0; its 0 (difficult) is left out by ignore=")
             targets = y.astype(bool)
             if targets.shape[1] == 0:
                 raise VggfeatError("multi-label targets have no label column")
