@@ -375,6 +375,21 @@ def test_oxford_ap_and_ground_truth_files(tmp_path):
     assert read_ground_truth(tmp_path / "gt.json") == truth
 
 
+def test_ground_truth_images_that_failed_are_relevant_images_not_retrieved_and_others_are_refused():
+    """Paris6k holds 20 damaged files, which extraction records as failed: an ok or junk list
+    naming one stopped the whole evaluation ("ok image ... is not in the descriptors")."""
+    X = l2_normalize(np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], dtype=np.float32))
+    paths = ["d/q.jpg", "d/x.jpg", "d/w.jpg", "d/y.jpg"]
+    truth = [{"query": "q", "ok": ["x", "broken", "y"], "junk": ["damaged"]}]
+    with pytest.warns(RuntimeWarning, match=r"2 image\(s\) of the ground truth have no descriptor, their files having "
+                                            r"failed \(e.g. broken\): ok, each counts as a relevant image not retrieved"):
+        result = evaluate_ground_truth(X, paths, X, paths, truth, failed_paths=["d/broken.jpg", "d/damaged.jpg"])
+    # Ranking for q: q, x, w, y -> relevant x and y at ranks 1 and 3, of 3 relevant images.
+    assert result["map"] == pytest.approx(compute_ap(np.array([1, 3]), 3))
+    with pytest.raises(VggfeatError, match="ok image broken is not in the descriptors"):
+        evaluate_ground_truth(X, paths, X, paths, truth)
+
+
 def test_two_boxes_of_one_query_image_are_two_queries_each_of_its_own_crop():
     """--crop-queries' rows were matched to the ground truth by the image's name: both boxes of one
     image were scored with the last box's crop (mAP 0.65 where each crop finds its own images)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
 
 def evaluate_ground_truth(
     X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str] | None, truth: list[dict],
-    ks: Sequence[int] = RECALL_AT, qe: int = 0,
+    ks: Sequence[int] = RECALL_AT, qe: int = 0, failed_paths: Sequence[str] = (),
 ) -> dict:
     """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
     by path or file name without extension, matched against ``paths`` (database) and ``query_paths``
@@ -130,9 +131,20 @@ def evaluate_ground_truth(
     two items may crop one image). ``qe``: average query expansion with each query's top ``qe`` rows,
     junk included, as a search that knows no ground truth expands (:func:`expand_queries`).
     ``ap_per_query`` names each query by its image, a query of an image named before with its
-    count (``"q (2)"``)."""
+    count (``"q (2)"``). An ok or junk image among ``failed_paths`` (the database's images that
+    could not be described: Paris6k's 20 damaged files) is, ok, a relevant image never retrieved,
+    as the benchmark's own evaluation counts one missing from its ranking, and junk, nothing;
+    said in a warning. Any other image not in the database is refused."""
     check_qe(qe)
-    database = _name_index(paths)
+    database, failed = _name_index(paths), _name_index(failed_paths)
+    missing: set[str] = set()
+
+    def rows_of(names: Sequence[str], what: str) -> np.ndarray:
+        """The rows of the images ``names`` held, without those that failed (added to ``missing``)."""
+        held = [name for name in names if _find(database, name) is not None or _find(failed, name) is None]
+        missing.update(name for name in names if name not in held)
+        return np.array(sorted({_lookup(database, name, what) for name in held}), dtype=np.int64)
+
     if query_paths is None and len(Q) != len(truth):
         raise ValueError(f"{len(Q)} query rows for {len(truth)} queries of the ground truth")
     rows = range(len(truth)) if query_paths is None else query_rows(truth, query_paths)
@@ -143,18 +155,22 @@ def evaluate_ground_truth(
         raise VggfeatError("no query of the ground truth has an ok image: nothing to retrieve")
     aps, first, precisions = [], [], []
     for item, q in scored:
-        ok = np.array(sorted({_lookup(database, name, "ok image") for name in item["ok"]}), dtype=np.int64)
-        junk = np.array(sorted({_lookup(database, name, "junk image") for name in item.get("junk", [])}), dtype=np.int64)
+        ok, junk = rows_of(item["ok"], "ok image"), rows_of(item.get("junk", []), "junk image")
+        relevant = len(ok) + len({_find(failed, name) for name in item["ok"] if name in missing})
         query = Q[q : q + 1]
         if qe:
             query = expand_queries(query, query @ X.T, X, qe)
         order = np.argsort(-(X @ query[0]), kind="stable")
         order = order[~np.isin(order, junk)]
         ranks = np.flatnonzero(np.isin(order, ok))  # empty when every ok image is also junk
-        aps.append(compute_ap(ranks, len(ok)))
+        aps.append(compute_ap(ranks, relevant))
         first.append(ranks[0] if len(ranks) else np.inf)
         precisions.append([precision_at(ranks, k) for k in ks])
     first = np.array(first)
+    if missing:
+        warnings.warn(f"{len(missing)} image(s) of the ground truth have no descriptor, their files having failed (e.g. "
+                      f"{sorted(missing)[0]}): ok, each counts as a relevant image not retrieved; junk, as nothing",
+                      RuntimeWarning, stacklevel=2)
     return {
         "protocol": "ground truth (ok / junk)",
         "queries": len(scored),
@@ -308,8 +324,13 @@ def _name_index(paths: Sequence[str]) -> dict[str, int]:
     return index
 
 
+def _find(index: dict[str, int], name: str) -> int | None:
+    """The row of ``name`` (a path, or a file name without extension) in ``index`` (:func:`_name_index`)."""
+    return index.get(name, index.get(Path(name).stem))
+
+
 def _lookup(index: dict[str, int], name: str, what: str) -> int:
-    key = name if name in index else Path(name).stem
-    if key not in index:
+    row = _find(index, name)
+    if row is None:
         raise VggfeatError(f"{what} {name} is not in the descriptors (or its name is ambiguous)")
-    return index[key]
+    return row

@@ -158,6 +158,7 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
         if whitening is not None:
             whitening.check_config(f.config, str(features))
         X, labels, paths, config = retrieval.prepare(f.read(dtype="float32"), whitening), f.labels, f.paths, f.config
+        failed_paths = f.failed().paths if truth is not None else []
         query_paths, query_root = paths, Path(f.root)
     if truth is None:
         result = retrieval.evaluate_labels(X, labels, qe=qe)
@@ -175,7 +176,7 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
             crops = _describe_crops(truth, query_paths, root, query_root, config, quiet, weights=weights, device=device,
                                     batch_size=batch_size)
             Q, query_paths = retrieval.prepare(crops, whitening), None  # a row for each item of truth: one image may hold two
-        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe)
+        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe, failed_paths=failed_paths)
         result["queries_cropped"] = crop_queries
         if protocol:
             result["revisited_protocol"] = protocol
