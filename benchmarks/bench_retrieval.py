@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--nlist", type=int, help="ivfpq lists [default: vggfeat's, about 4 sqrt(rows)]")
-    parser.add_argument("--pq-m", type=int, help="ivfpq bytes per vector [default: vggfeat's, dim / 8]")
+    parser.add_argument("--pq-m", type=int, help="ivfpq bytes per vector [default: vggfeat's, the largest divisor of dim up to dim / 8]")
     parser.add_argument("--kinds", default="numpy,flat,ivfpq,hnsw", help="numpy (flat, NumPy backend), flat (FAISS), ivfpq, hnsw")
     args = parser.parse_args()
 

@@ -259,8 +259,8 @@ def build_index(
     """Index descriptors ``X`` [N, D] (raw, as extracted) of ``paths``, made with ``config``.
 
     ``ivfpq``: ``nlist`` inverted lists (default about 4 sqrt(N)), ``m`` bytes per vector (default
-    the largest divisor of d up to d / 8; must divide d), ``nprobe`` lists searched. ``hnsw``: ``hnsw_m`` links per node,
-    ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not. The rows are prepared
+    the largest divisor of d up to d / 8; must divide d), ``nprobe`` lists searched. ``hnsw``:
+    ``hnsw_m`` links per node, ``ef_search`` candidates per query. Both need FAISS; ``flat`` does not. The rows are prepared
     (whitened, L2-normalised) and added a block at a time, ``progress(rows)`` after each.
     ``read_after``: when each row's image was described, which :func:`vggfeat.indexupdate.update_index` needs.
     """

@@ -2,8 +2,9 @@
 
 A labels CSV has lines ``path,label``; a path may appear on several lines (one per label, for
 multi-label data such as VOC) or hold several labels separated by ``;``. A header line
-``path,label`` is allowed, and comment lines (``#`` first; a path that begins with ``#`` is quoted). Only the listed paths are used, and each must be in the features file,
-or among the images it could not describe (left out, with a warning).
+``path,label`` is allowed, and comment lines (``#`` first; a path that begins with ``#`` is
+quoted). Only the listed paths are used, and each must be in the features file, or among the
+images it could not describe (left out, with a warning).
 """
 
 from __future__ import annotations
