@@ -183,6 +183,7 @@ def test_protocol_caltech(data, tmp_path):
     out = ok(["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "2",
               "--seed", "1", "--C", "10", "--json", tmp_path / "caltech.json"])
     result = json.loads((tmp_path / "caltech.json").read_text())
+    assert result["seed"] == 1 and "2 split(s), seed 1" in out  # --seed draws the splits (they were seed 0's)
     assert [(s["train"], s["test"]) for s in result["splits"]] == [(9, 6), (9, 6)]
     recalls = [s["mean_class_recall"] for s in result["splits"]]
     assert result["mean_class_recall_mean"] == pytest.approx(np.mean(recalls))

@@ -58,6 +58,11 @@ def test_what_is_not_a_devkit_set_is_refused_clearly(tmp_path):
     (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 -1\n000009  1\n")
     with pytest.raises(VggfeatError, match=r"dog_trainval.txt, line 2: an id not in the set: '000009 1'"):
         read_image_set(devkit, "trainval")
+    # Two lines of one id: the other image of the set, unlabelled, read as difficult (0), silently.
+    two = write_devkit(tmp_path / "two", {"trainval": {"000001": {"cat": 1, "dog": -1}, "000002": {"cat": -1, "dog": 1}}})
+    (two / "ImageSets" / "Main" / "cat_trainval.txt").write_text("000001  1\n000001  1\n")
+    with pytest.raises(VggfeatError, match=r"cat_trainval.txt, line 2: an id labelled on an earlier line: '000001 1'"):
+        read_image_set(two, "trainval")
     (devkit / "ImageSets" / "Main" / "dog_trainval.txt").write_text("000001 yes\n")
     with pytest.raises(VggfeatError, match=r"line 1: expected 'id label', label 1, -1 or 0"):
         read_image_set(devkit, "trainval")

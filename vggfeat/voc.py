@@ -109,12 +109,15 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
                  if line.strip()]
         if lines and all(len(fields) == 1 for _, fields in lines):
             return VocSet(ids, [], np.zeros((len(ids), 0), dtype=np.int8))  # ids without labels: withheld
+        labelled = set()
         for number, fields in lines:
-            if len(fields) != 2 or fields[1] not in LABELS or fields[0] not in row:
-                why = "an id not in the set" if len(fields) == 2 and fields[1] in LABELS else "expected 'id label', label 1, -1 or 0"
+            if len(fields) != 2 or fields[1] not in LABELS or fields[0] not in row or fields[0] in labelled:
+                why = ("expected 'id label', label 1, -1 or 0" if len(fields) != 2 or fields[1] not in LABELS else
+                       "an id not in the set" if fields[0] not in row else "an id labelled on an earlier line")
                 raise VggfeatError(f"{path}, line {number}: {why}: {' '.join(fields)!r}")
             labels[row[fields[0]], k] = LABELS[fields[1]]
-        if len(lines) != len(ids):
+            labelled.add(fields[0])
+        if len(lines) != len(ids):  # (0, unlabelled, would read as difficult)
             raise VggfeatError(f"{path} labels {len(lines)} images, its set {listing.name} lists {len(ids)}")
     # A set without class files, or whose class files list ids alone, is one whose labels are
     # withheld (VOC2012's test set): its ids only.

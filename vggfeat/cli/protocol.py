@@ -31,7 +31,8 @@ def protocol() -> None:
 def caltech(features, train_per_class, test_per_class, splits, exclude_class, json_out, overwrite, quiet, **svm) -> None:
     """Caltech-101/256: per split, N random training and up to M test images per class; mean class recall.
 
-    FEATURES: one file of a labelled folder, or several of the same images to fuse.
+    FEATURES: one file of a labelled folder, or several of the same images to fuse. --seed draws
+    the splits too.
     """
     from .. import protocol as protocols  # scikit-learn, which --help needs not
 
@@ -39,7 +40,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
     if common.json_again(json_out, overwrite, made, features):
         return
     with fits_progress(quiet) as progress:
-        result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits,
+        result = protocols.caltech(list(features), train_per_class, test_per_class or None, splits, seed=svm["seed"],
                                    exclude=exclude_class, progress=progress, **svm_params(**svm))
     said = [f"caltech protocol: {result['classes']} classes, {train_per_class} train / "
             f"{'up to ' + str(test_per_class) if test_per_class else 'all other'} test images per class, "
