@@ -38,6 +38,14 @@ def test_ap_voc07_11pt_by_hand():
     assert ap_voc07_11pt(SCORES, POSITIVE) == pytest.approx((6 * 1 + 5 * 2 / 3) / 11)
 
 
+def test_ap_voc07_11pt_counts_a_recall_of_exactly_0_6_as_the_devkit_does():
+    """The devkit's MATLAB thresholds (0:0.1:1) hold 0.6 as the double nearest it, which a recall
+    of 3 of 5 reaches; np.linspace's 0.6000000000000001 did not, lowering the AP by 0.04 here."""
+    positive = [1, 1, 1, 0, 0, 0, 0, 1, 1]  # 3 of 5 found at precision 1, then 4/8 and 5/9
+    scores = np.arange(len(positive))[::-1]
+    assert ap_voc07_11pt(scores, positive) == pytest.approx((7 * 1 + 4 * 5 / 9) / 11)  # t = 0 ... 0.6: 1
+
+
 def test_ap_of_a_perfect_and_of_a_reversed_ranking():
     assert ap_area([3, 2, 1], [1, 1, 0]) == pytest.approx(1.0)
     assert ap_voc07_11pt([3, 2, 1], [1, 1, 0]) == pytest.approx(1.0)

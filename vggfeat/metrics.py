@@ -68,12 +68,18 @@ def precision_recall(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarr
     return hits / ranks, hits / max(total, 1)
 
 
+# The recalls of the 11 points as the VOC devkit's MATLAB takes them (0:0.1:1, which counts from
+# both ends: 1 - 0.4 for 0.6): np.linspace's 0.6000000000000001 and 0.7000000000000001 would miss
+# a recall of exactly 0.6 or 0.7 (3 of 5 positives found), as the devkit does not.
+VOC07_RECALLS = np.concatenate([np.arange(6) * 0.1, 1 - np.arange(4, -1, -1) * 0.1])
+
+
 def ap_voc07_11pt(scores: np.ndarray, positive: np.ndarray) -> float:
     """PASCAL VOC2007 11-point interpolated average precision (NaN without positives)."""
     if not np.any(positive):
         return float("nan")
     precision, recall = precision_recall(scores, positive)
-    points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in np.linspace(0, 1, 11)]
+    points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in VOC07_RECALLS]
     return float(np.mean(points))
 
 
