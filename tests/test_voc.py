@@ -288,6 +288,16 @@ def test_difficult_training_images_left_out_negatives_or_positives_as_chosen(tmp
     assert code == 2 and "--voc-difficult is for the difficult images of a VOC devkit's sets" in error_line(err)
 
 
+def test_a_test_set_without_a_positive_says_its_map_is_undefined(tmp_path):
+    """Every AP undefined (no class with a positive test image): the summary ended in a TypeError."""
+    devkit, features, sets, _ = clustered_devkit(tmp_path)
+    for cls in CLASSES:
+        (devkit / "ImageSets" / "Main" / f"{cls}_test.txt").write_text("".join(f"{image} -1\n" for image in sets["test"]))
+    code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1"])
+    assert code == 0, err
+    assert "| cat | 0 | 0 | – | – |" in out and out.splitlines()[-1] == "mAP: – (no class has a positive test image)"
+
+
 def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):
     """VOC2012's test labels are withheld: the scores go to result files for VOC's evaluation
     server, one per class, a line '<id> <score>' per test image, and nothing is written over."""

@@ -127,7 +127,10 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
             cells = [f"{row[k]:.4f}" if row[k] is not None else "–" for k in ("ap_voc07_11pt", "ap_area")]
             difficult = f" {row['ignored']} |" if ignored else ""
             said.append(f"| {row['class']} | {row['support']} |{difficult} {cells[0]} | {cells[1]} |")
-        said.append(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
+        if result["map_area"] is None:  # no class with a test positive: every AP undefined
+            said.append("mAP: – (no class has a positive test image)")
+        else:
+            said.append(f"mAP: {100 * result['map_voc07_11pt']:.2f} % (VOC2007 11-point), {100 * result['map_area']:.2f} % (area)")
     click.echo("\n".join(said))
     common.write_json_output(json_out, result, made, said)
 
