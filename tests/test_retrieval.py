@@ -615,6 +615,9 @@ def test_export_takes_its_format_from_the_outputs_name_and_refuses_a_name_of_ano
     with pytest.raises(VggfeatError, match="f.parquet names a .parquet file, but the export is to npy: name it f.npy"):
         export(db, "npy", tmp_path / "f.parquet")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["db.h5", "e.failed.csv", "e.npy", "e.paths.csv"]
+    # Beside FEATURES, named after it whatever its name ends in: db.npy.h5 was refused as an OUTPUT not given.
+    named = write_features(tmp_path / "db.npy.h5", X, labels)
+    assert [path.name for path in export(named, "parquet")] == ["db.npy.parquet", "db.npy.failed.csv"]
 
 
 def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):

@@ -66,7 +66,7 @@ def export_targets(features: str | os.PathLike, to: str, output: str | os.PathLi
     if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
         raise VggfeatError(f"features file not found: {features}")
     base = Path(output) if output else Path(features).with_suffix("")
-    if base.suffix.lower() in (".npy", ".parquet"):
+    if output and base.suffix.lower() in (".npy", ".parquet"):  # (not of FEATURES' own name: db.npy.h5)
         if base.suffix.lower() != f".{to}":
             raise VggfeatError(f"{base.name} names a {base.suffix} file, but the export is to {to}: name it "
                                f"{base.with_suffix('.' + to).name}")
