@@ -134,7 +134,7 @@ def long_run_extractor(random_vgg16, monkeypatch):
 
     monkeypatch.setattr(vggfeat.extractor, "LONG_RUN_IMAGES", 3)
     monkeypatch.setattr(vggfeat.extractor, "CPU_COMPILE_IMAGES", 3)
-    monkeypatch.setattr(vggfeat.extractor, "cpu_bf16_speed", lambda: "faster")  # whatever this machine's CPU
+    monkeypatch.setattr(vggfeat.extractor, "cpu_bf16", lambda: "amx")  # whatever this machine's CPU
 
     def extractor(run: int | None = None, cuda: bool = True, decoder: str | None = None, **options) -> Extractor:
         options.setdefault("layer", "conv3_1")  # which batches are tuned reads the inputs alone

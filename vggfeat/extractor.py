@@ -31,7 +31,7 @@ from .processes import shared_memory_holds
 from .reading import GPU_DECODERS, ImageReader
 from .regions import JPEG_DRAFT_REGIONS, Region
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
-from .settings import (check_choice, check_options, check_scales, default_layer, cpu_bf16_speed, resolve_decoder, resolve_device,
+from .settings import (check_choice, check_options, check_scales, default_layer, cpu_bf16, resolve_decoder, resolve_device,
                        resolve_precision)
 
 # --batch-size auto: on a GPU, batches take at most this share of its free memory (an estimate:
@@ -322,7 +322,7 @@ class Extractor:
             # Never with nvJPEG decoding, which hung on an H100 while cuDNN autotuned (torchvision 0.26).
             autotune=cuda and self.decoder != "nvjpeg" and (self.autotune == "on" or (self.autotune == "auto" and long_run)),
             compile=self.compile == "on" or (self.compile == "auto" and (long_gpu_run or (
-                not cuda and self.precision == "bf16" and images >= CPU_COMPILE_IMAGES and cpu_bf16_speed() == "faster"))),
+                not cuda and self.precision == "bf16" and images >= CPU_COMPILE_IMAGES and cpu_bf16() == "amx"))),
         )
 
     def _start_run(self, images: int) -> RunPlan:

@@ -286,17 +286,19 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
 def advise_precision(extractor: Extractor, precision: str, say: Callable[..., None]) -> None:
     """On a CPU, which way bf16 goes: where fp32 was the default and bf16 is faster, say so; where
     bf16 was asked for and is slower, warn."""
-    from ..settings import cpu_bf16_speed
+    from ..settings import cpu_bf16
 
     if extractor.device.type != "cpu":
         return
-    speed = cpu_bf16_speed()
-    if precision == "auto" and speed == "faster":
-        say("note: this CPU computes bf16 in hardware (AMX): --precision bf16 runs the network 3-4x faster, its "
-            "descriptors within a cosine of 0.99999 of fp32's (README, Speed)")
-    elif extractor.precision == "bf16" and speed == "slower":
-        say("WARNING: this CPU has no AMX, so bf16 is converted from and to fp32: the network runs several times "
-            "slower than in fp32 (README, Speed); --precision fp32 is faster here", fg="yellow")
+    bf16 = cpu_bf16()
+    faster = {"amx": "AMX): --precision bf16 runs the network 3-4x faster",
+              "avx512_bf16": "AVX512-BF16): --precision bf16 runs the network about 2x faster"}
+    if precision == "auto" and bf16 in faster:
+        say(f"note: this CPU computes bf16 in hardware ({faster[bf16]}, its descriptors within a cosine of 0.99999 of "
+            "fp32's (README, Speed)")
+    elif extractor.precision == "bf16" and bf16 == "converted":
+        say("WARNING: this CPU has neither AMX nor AVX512-BF16, so bf16 is converted from and to fp32: the network runs "
+            "several times slower than in fp32 (README, Speed); --precision fp32 is faster here", fg="yellow")
 
 
 def warn_random_weights(seed: int, consequence: str) -> None:
