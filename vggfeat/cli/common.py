@@ -31,7 +31,7 @@ from ..store import open_features_file
 SEEDS = click.IntRange(0, 2**32 - 1)
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
-quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar, nor progress lines (what was done is said).")
 
 # Results also written as JSON (the evaluations), refused over an existing file unless --overwrite.
 json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
@@ -215,7 +215,13 @@ def reporter(quiet: bool) -> Callable[..., None]:
     """``say(text, **style)``: a progress line on stderr, or nothing with ``--quiet``."""
     if quiet:
         return lambda text, **style: None
-    return lambda text, **style: click.secho(text, err=True, **style)
+    return say_result
+
+
+def say_result(text: str, **style) -> None:
+    """What a command did (the file written, its failures), on stderr as its progress lines are,
+    and with ``--quiet`` too, which hides the progress alone: a batch job must learn what failed."""
+    click.secho(text, err=True, **style)
 
 
 def counted(count: int, noun: str, plural: str = "") -> str:

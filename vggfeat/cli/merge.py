@@ -36,9 +36,9 @@ def merge(paths: tuple[Path, ...], overwrite: bool, quiet: bool) -> None:
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     held = f"{common.counted(result.rows, 'descriptor')} from {result.shards} shards, {failed}"
     if result.already_done:  # the same command again
-        common.reporter(quiet)(f"{result.output} already holds the merge of these shards: {held}; nothing to do")
+        common.say_result(f"{result.output} already holds the merge of these shards: {held}; nothing to do")
     else:
-        common.reporter(quiet)(f"wrote {result.output}: {held}")
+        common.say_result(f"wrote {result.output}: {held}")
 
 
 @click.command()

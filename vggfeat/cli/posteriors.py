@@ -65,9 +65,9 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
         result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
                                    fuse=fuse, remove=remove)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
-    say(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
+    common.say_result(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
-        say(f"  failed: {common.printable(path)}: {common.printable(reason)}")
+        common.say_result(f"  failed: {common.printable(path)}: {common.printable(reason)}")
     return report_errors(result, labels, setting, say) if result.evaluation is not None else []
 
 
