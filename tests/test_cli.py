@@ -399,6 +399,18 @@ def test_the_cpu_run_says_which_way_bf16_goes(one_image, monkeypatch, speed, giv
         assert len(advice) == (1 if said else 0) and (said is None or said in advice[0]), err
 
 
+def test_a_folder_given_for_a_file_is_said_to_be_a_folder_and_a_missing_devkit_not_found(one_image):
+    """They were "not found", as if the folder were not there."""
+    images = one_image / "images"
+    for args, said in [(["extract", "--file-list", images, one_image / "o.h5"], "file list"),
+                       (["train-svm", images, one_image / "m.h5"], "features file"),
+                       (["export", images, "--to", "npy"], "features file")]:
+        code, _, err = run_main(args)
+        assert code == 2 and error_line(err) == f"Error: {images} is a folder, where a {said} was expected", err
+    code, _, err = run_main(["protocol", "voc-persons", one_image / "nowhere", one_image / "p.txt"])
+    assert code == 2 and error_line(err) == f"Error: VOC devkit folder not found: {one_image / 'nowhere'}", err
+
+
 def test_quiet_hides_the_progress_and_says_what_was_written_and_what_failed(one_image):
     """A batch job (the README's shard loop runs with -q) learnt nothing of the images that failed:
     -q hid the run's summary with its progress."""

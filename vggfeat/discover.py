@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
 from .textfiles import as_utf8, not_utf8
 
@@ -161,7 +161,7 @@ def check_file_list(list_file: str | Path) -> Path:
         raise VggfeatError("--file-list - reads the list from standard input, here a terminal: pipe the list in "
                            "(find images -name '*.jpg' | vggfeat extract --file-list - out.h5)")
     if list_file != STDIN and not list_file.is_file():
-        raise VggfeatError(f"file list not found: {list_file}")
+        raise VggfeatError(not_a_file(list_file, "file list"))
     return list_file
 
 

@@ -1,10 +1,11 @@
-"""The two kinds of trouble vggfeat reports instead of a traceback, the commonest check, and the
+"""The two kinds of trouble vggfeat reports instead of a traceback, the commonest checks, and the
 warnings of other libraries that it keeps quiet."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -21,6 +22,11 @@ class ImageError(Exception):
 
     Extraction records the message under ``/failed`` and goes on with the next image.
     """
+
+
+def not_a_file(path: str | os.PathLike, what: str) -> str:
+    """Why ``path``, which is not a file, is not the ``what`` asked for ("file list"): not found, or a folder."""
+    return f"{path} is a folder, where a {what} was expected" if os.path.isdir(path) else f"{what} not found: {path}"
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 from .features import FeatureFile
 from .files import written_atomically
 
@@ -64,7 +64,7 @@ def export_targets(features: str | os.PathLike, to: str, output: str | os.PathLi
     if to not in FORMATS:
         raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
-        raise VggfeatError(f"features file not found: {features}")
+        raise VggfeatError(not_a_file(features, "features file"))
     base = Path(output) if output else Path(features).with_suffix("")
     if output and base.suffix.lower() in (".npy", ".parquet"):  # (not of FEATURES' own name: db.npy.h5)
         if base.suffix.lower() != f".{to}":

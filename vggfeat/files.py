@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r", file_class: type[h5py.File] = h5py.File) -> h5py.File:
@@ -134,9 +134,9 @@ def file_attributes(path: Path) -> dict:
 
 def open_hdf5(path: Path, what: str, hint: str = "", file_class: type[h5py.File] = h5py.File) -> h5py.File:
     """``path`` opened read-only (as ``file_class``), or a one-line error: ``{what} file not found``
-    (plus ``hint``) or not an HDF5 file."""
+    (plus ``hint``), a folder, or not an HDF5 file."""
     if not path.is_file():
-        raise VggfeatError(f"{what} file not found: {path}{hint}")
+        raise VggfeatError(not_a_file(path, f"{what} file") + ("" if path.is_dir() else hint))
     try:
         return open_h5(path, file_class=file_class)
     except OSError as error:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 from .regions import FRAGMENT, region_path, split_region
 from .textfiles import as_utf8, check_utf8, read_text
 
@@ -47,7 +47,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     """{path: [labels]} in file order, each label once per path."""
     path = Path(path)
     if not path.is_file():
-        raise VggfeatError(f"labels file not found: {path}")
+        raise VggfeatError(not_a_file(path, "labels file"))
     labels: dict[str, list[str]] = {}
     # A line that begins with '#' is a comment (kept as an empty line, so that lines keep their
     # numbers); a path that begins with one is quoted ("#1.jpg",cat), as a cell that csv unquotes.

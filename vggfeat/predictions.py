@@ -31,7 +31,7 @@ import numpy as np
 from .choices import ARCHITECTURES
 from .classifier import Classifier, category_names
 from .discover import ImageSet
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .files import file_attributes, written_atomically
@@ -101,7 +101,7 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
     """
     path = Path(path)
     if not path.is_file():
-        raise VggfeatError(f"labels file not found: {path}")
+        raise VggfeatError(not_a_file(path, "labels file"))
     labels: dict[str, int] = {}
     for number, line in enumerate(read_text(path, names_files=True).splitlines(), start=1):
         line = line.strip()
