@@ -104,11 +104,27 @@ def members(archive: str | os.PathLike) -> dict[str, str | None]:
     except (tarfile.TarError, OSError) as error:
         outer = _file_of(os.fspath(archive))
         remedy = "unpack or repair it, or move it out of the folder" if outer == os.fspath(archive) else f"repair or unpack {outer}"
-        raise VggfeatError(f"cannot read the tar archive {archive} ({error}); vggfeat reads images from uncompressed "
+        why = _compression(outer) if outer == os.fspath(archive) else None
+        why = f"{why}-compressed, though named .tar" if why else str(error)  # tarfile said "bad checksum"
+        raise VggfeatError(f"cannot read the tar archive {archive} ({why}); vggfeat reads images from uncompressed "
                            f"tar archives: {remedy}") from None
     if not classes:
         return dict.fromkeys(table)
     return {member: classes.get(_sample_key(member)) for member in table}
+
+
+# The first bytes of the compressed files that a tar archive is often packed into.
+_COMPRESSIONS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _compression(file: str) -> str | None:
+    """The compression whose magic bytes ``file`` begins with, if one of :data:`_COMPRESSIONS`."""
+    try:
+        with open(file, "rb") as opened:
+            start = opened.read(6)
+    except OSError:
+        return None
+    return next((name for magic, name in _COMPRESSIONS.items() if start.startswith(magic)), None)
 
 
 def sample_classes(archive: str | os.PathLike, table: dict[str, tuple[int, int]]) -> dict[str, str]:
