@@ -415,11 +415,14 @@ def test_quiet_hides_the_progress_and_says_what_was_written_and_what_failed(one_
     """A batch job (the README's shard loop runs with -q) learnt nothing of the images that failed:
     -q hid the run's summary with its progress."""
     (one_image / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
-    code, out, err = run_main(["extract", one_image / "images", one_image / "out.h5", *CHEAP, "-q"])
+    code, out, err = run_main(["extract", one_image / "images", one_image / "out.h5", *CHEAP, "--center-crop", "-q"])
     assert code == 0, err
     said = [line for line in err.splitlines() if "WARNING: random weights" not in line]
     assert said[0].startswith(f"wrote {one_image / 'out.h5'}: 1 descriptor") and "1 failed" in said[0], err
     assert said[1].startswith("failures by reason") and len(said) == 3 and out == "", err
+    # info says the crop, which its lines showed as a dense file's.
+    code, out, err = run_main(["info", one_image / "out.h5"])
+    assert code == 0 and "  resize       short side = Q; its central 224 x 224 (--center-crop); per-view" in out, err
 
 
 @pytest.mark.parametrize("flags, speed", [("fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "amx"),

@@ -29,7 +29,9 @@ def _extraction_lines(a: dict, read_after: list[str] | None) -> list[str]:
     return [
         _models_line(a),
         _network_line(a),
-        f"  resize       {a.get('resize_side', 'short')} side = Q; per-view normalisation {a.get('normalize', 'none')}"
+        f"  resize       {a.get('resize_side', 'short')} side = Q"
+        + ("; its central 224 x 224 (--center-crop)" if a.get("center_crop") else "")
+        + f"; per-view normalisation {a.get('normalize', 'none')}"
         + (f"; GeM p = {a['gem_p']}" if "gem_p" in a else "")
         + ("; large JPEGs drafted (--jpeg-draft)" if a.get("jpeg_draft") else ""),
         f"  made         {a.get('created')} on {a.get('device')} with vggfeat {a.get('vggfeat_version', 'per shard')}, "
