@@ -6,6 +6,7 @@ before a byte is written.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -138,6 +139,18 @@ def test_a_killed_shard_resumes_as_that_shard_only(labelled, extractor, three_sh
     result = ExtractionJob(extractor, find_images(labelled).shard(3, 3), output, part_images=1).run()
     assert result.computed == 1  # of its 2 images, one was in the part written before the kill
     assert_same_output(read_output(output), read_output(three_shards[2]))
+
+
+def test_a_shard_of_a_collection_grown_since_is_refused_saying_so(labelled, extractor, tmp_path):
+    """A job array run again after the collection grew: the refusal was a bare "already exists"."""
+    root = tmp_path / "images"
+    shutil.copytree(labelled, root)
+    ExtractionJob(extractor, find_images(root).shard(1, 2), tmp_path / "s1.h5").run()
+    shutil.copy(next(root.rglob("*.png")), root / "added.png")
+    with pytest.raises(VggfeatError, match=r"s1.h5 already exists, made with these options as a shard of other images of "
+                                           r".*images \(the collection changed since it was cut into shards\): describe "
+                                           r"every shard again with --overwrite, or run 'vggfeat extract --update'"):
+        ExtractionJob(extractor, find_images(root).shard(1, 2), tmp_path / "s1.h5")
 
 
 # --------------------------------------------------------------------------- refusals

@@ -104,6 +104,10 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
         return VggfeatError(f"{output} already exists, made with these options over other images of {images.root} "
                             f"({int(attrs['images_found']):,} then, {len(images):,} now): --update describes those added "
                             "or changed and leaves out those gone; --overwrite describes them all again")
+    elif images is not None and images.shard_of and _made_from(attrs, images.root):
+        return VggfeatError(f"{output} already exists, made with these options as a shard of other images of {images.root} "
+                            "(the collection changed since it was cut into shards): describe every shard again with "
+                            "--overwrite, or run 'vggfeat extract --update' on the file merged from them")
     return VggfeatError(already_exists(output, makes))
 
 
