@@ -70,6 +70,16 @@ def test_truncated_jpeg_header_is_still_readable(tmp_path):
         decode_image(path)
 
 
+def test_a_jpeg_cut_in_its_headers_or_in_its_data_fails_for_the_same_reason(tmp_path):
+    """Cut in its headers, Pillow's "Truncated File Read" was the reason, an OSError's words."""
+    imagefiles.write_rgb(tmp_path / "full.jpg", 240, 260)
+    data = (tmp_path / "full.jpg").read_bytes()
+    for cut in (200, len(data) // 2):
+        (tmp_path / "cut.jpg").write_bytes(data[:cut])
+        with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
+            decode_image(tmp_path / "cut.jpg")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         decode_image(tmp_path / "nowhere.jpg")

@@ -247,7 +247,8 @@ def _reason(error: BaseException) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if type(error).__name__ == "UnidentifiedImageError" or message.startswith("cannot identify image file"):
         return "not an image, or a format Pillow cannot read"
-    if message.startswith("image file is truncated"):  # Pillow's words for a file cut short, in any format
+    # Pillow's words for a file cut short, in any format: in its data, or in its headers.
+    if message.startswith(("image file is truncated", "Truncated File Read")):
         return "truncated: the file ends before the image does (an interrupted download or copy?)"
     code = re.fullmatch(r"decoder error (-?\d+)", message)  # a codec's status, its own message (libtiff's) on standard error
     if code:
