@@ -6,6 +6,7 @@ batches over a pixel limit), so CI checks that the run goes on and its numbers d
 
 from __future__ import annotations
 
+import logging
 import shutil
 from types import SimpleNamespace
 
@@ -273,3 +274,5 @@ def test_the_compiled_network_gives_the_descriptors_of_the_plain_one(images):
     compiled = Extractor(network, device="cpu", scales=[224], batch_size=2, compile="on")
     assert_close(compiled.describe(one_shape), plain, 1e-4, "compiled")
     assert compiled._compiled is not None and compiled._compiling
+    # Inductor's "No CUDA runtime is found, using CUDA_HOME=..." (a torch log line) kept off the terminal.
+    assert logging.getLogger("torch.utils.cpp_extension").getEffectiveLevel() == logging.ERROR

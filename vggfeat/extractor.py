@@ -11,6 +11,7 @@ import collections
 import contextlib
 import copy
 import functools
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -458,6 +459,9 @@ class Extractor:
             if self._compiled is None:
                 # One graph per shape (no dynamic shapes): only full batches come here, few shapes.
                 self._compiled = torch.compile(self._runner, dynamic=False)
+                # Inductor's C++ compiler logs, on a machine without CUDA, "No CUDA runtime is found,
+                # using CUDA_HOME=..." to the terminal: nothing a run on the CPU needs to hear.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             try:
                 return self._compiled(batch, self.layer, sizes)[0]
             except Exception as error:  # noqa: BLE001 - compiling can fail in many ways; the network cannot
