@@ -99,7 +99,7 @@ def test_exit_message_counts_failures(mixed):
     assert by_reason[0] == "    2  not an image, or a format Pillow cannot read"
     assert sum(int(line.split()[0]) for line in by_reason) == len(BAD_FILES)
     # What the auto settings chose is said before the work starts.
-    assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ (pil|torchvision) decoding threads",
+    assert re.search(r"on cpu: precision fp32, batches of up to 16 inputs \(0\.8 Mpx\), \d+ (pil|torchvision) decoding threads?",
                      mixed["stderr"]), mixed["stderr"]
 
 

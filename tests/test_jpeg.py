@@ -9,6 +9,7 @@ torchvision.io (deprecated since torchvision 0.29, used otherwise).
 from __future__ import annotations
 
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -189,5 +190,5 @@ def test_the_file_and_the_terminal_say_which_library_decoded(library, tmp_path):
     code, _, err = run_main(["extract", tmp_path / "images", tmp_path / "out.h5", *FAST, "--decoder", "torchvision"])
     assert code == 0, err
     used = vggfeat.jpeg.decoder_library()
-    assert used.startswith(f"{library} ") and f"torchvision decoding threads ({used})" in err
+    assert used.startswith(f"{library} ") and re.search(rf"torchvision decoding threads? \({re.escape(used)}\)", err), err
     assert read_output(tmp_path / "out.h5")["attrs"]["decoder_library"] == used

@@ -664,7 +664,7 @@ def test_export_parquet(tmp_path):
     assert run_main(["export", db, tmp_path / "out.npy"])[0] == 0
     (tmp_path / "out.failed.csv").write_text("path,label,reason\nmine.jpg,,kept\n")  # another list: not replaced
     code, _, err = run_main(["export", db, tmp_path / "out.npy"])
-    assert code == 2 and "out.failed.csv already exist(s)" in error_line(err) and "out.npy" in error_line(err)
+    assert code == 2 and "out.failed.csv already exist; pass --overwrite" in error_line(err) and "out.npy" in error_line(err)
     assert (tmp_path / "out.failed.csv").read_text() == "path,label,reason\nmine.jpg,,kept\n"
 
 

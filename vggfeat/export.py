@@ -39,7 +39,8 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         # The failures of an export to the other format, the same list: no file of the user's to lose.
         existing = [str(t) for t in targets if t.exists() and not (t == targets[-1] and t.read_bytes() == failed_csv)]
         if existing and not overwrite:
-            raise VggfeatError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+            raise VggfeatError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite "
+                               "to replace")
         labels = _class_names(f.labels, f.classes)
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
         # Each file appears whole or not at all: an interrupted export leaves the old ones intact.

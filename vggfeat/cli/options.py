@@ -278,8 +278,9 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
     tuning = [name for name, on in (("cuDNN autotuning", plan.autotune), ("torch.compile", plan.compile)) if on]
     where = f"{', '.join(devices)} (a process each)" if len(devices) > 1 else extractor.device
     return (f"on {where}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
-            f"({extractor.batch_pixels / 1e6:.1f} Mpx), {plan.workers} {extractor.decoder} decoding "
-            f"{'processes' if plan.processes else 'threads'}" + (f" ({decoder_library_of(extractor.decoder)})" if extractor.decoder != "pil" else "")
+            f"({extractor.batch_pixels / 1e6:.1f} Mpx), "
+            + common.counted(plan.workers, f"{extractor.decoder} decoding {'process' if plan.processes else 'thread'}",
+                             f"{extractor.decoder} decoding processes" if plan.processes else "") + (f" ({decoder_library_of(extractor.decoder)})" if extractor.decoder != "pil" else "")
             + (", JPEG draft" if extractor.jpeg_draft else "") + "".join(f", {name}" for name in tuning))
 
 

@@ -93,7 +93,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     results = run_search(db, X, names, k=k, qe=qe)
     if output:
         write_results(results, output)
-        held = f"{len(results):,} queries x top {min(k, db.rows)} ({db.backend}, {db.kind})"
+        held = f"{common.counted(len(results), 'query', 'queries')} x top {min(k, db.rows)} ({db.backend}, {db.kind})"
         record_in_file(output, made, common.command_line(), [held])
         click.echo(f"wrote {output}: {held}")
     else:
