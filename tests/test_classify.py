@@ -36,6 +36,7 @@ from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.cli.common import size_text
 from vggfeat.predictions import Evaluation, folder_labels, imagenet_wordnet_ids, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
+from vggfeat.store import posteriors_file_of
 from vggfeat.weights import WeightsInfo
 
 @pytest.fixture(scope="module")
@@ -386,6 +387,22 @@ def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, 
     assert code == 0, err
     assert "top-1 error" not in out and "nan" not in out
     assert "no classified image has a label in" in err
+
+
+def test_a_label_list_naming_a_file_that_several_images_are_is_refused_before_the_work(small_network_for_cli, folder,
+                                                                                          tmp_path):
+    """'a.png 3' labelled good/a.png and other/a.png alike, the errors counted over both."""
+    images, _ = folder
+    (images / "other").mkdir()
+    shutil.copy(images / "good" / "a.png", images / "other" / "a.png")
+    labels = tmp_path / "val.txt"
+    labels.write_text("a.png 3\n")
+    code, _, err = run_main(["classify", images, tmp_path / "predictions.csv", *FAST, "--labels", labels])
+    assert code == 2 and error_line(err) == ("Error: the labels list names a.png, which more than one image is (good/a.png, "
+                                             "other/a.png): list the images by their paths, as the descriptor file holds them")
+    assert not (tmp_path / "predictions.csv").exists() and not posteriors_file_of(tmp_path / "predictions.csv").exists()
+    labels.write_text("good/a.png 3\nother/a.png 4\n")  # by their paths: each its own
+    assert match_labels(["good/a.png", "other/a.png", "good/b.jpg"], read_labels(labels)) == [3, 4, None]
 
 
 def test_cli_multi_crop_and_file_list(small_network_for_cli, small_vgg, folder, tmp_path):

@@ -163,10 +163,20 @@ def folder_labels(paths: Sequence[str], labels: Sequence[int], names: Sequence[s
     return {path: class_of[label] for path, label in zip(paths, labels) if label >= 0}
 
 
-def match_labels(paths: Sequence[str], labels: dict[str, int]) -> list[int | None]:
+def match_labels(paths: Sequence[str], labels: dict[str, int], by_name: dict[str, str] | None = None) -> list[int | None]:
     """The true label of each path: by the path itself, else by its file name (a flat list of
-    validation file names matched against images in subfolders); None where not listed."""
-    return [labels.get(path, labels.get(PurePosixPath(path).name)) for path in paths]
+    validation file names matched against images in subfolders); None where not listed. A file
+    name that two images have (cat/0.jpg, dog/0.jpg) is refused: which one it labels is unknown.
+    ``by_name``: the images matched by file name so far (name -> path), across calls."""
+    by_name = {} if by_name is None else by_name
+    truth = []
+    for path in paths:
+        name = PurePosixPath(path).name
+        if path not in labels and name in labels and by_name.setdefault(name, path) != path:
+            raise VggfeatError(f"the labels list names {name}, which more than one image is ({by_name[name]}, {path}): "
+                               "list the images by their paths, as the descriptor file holds them")
+        truth.append(labels.get(path, labels.get(name)))
+    return truth
 
 
 # Posteriors read, ranked and written at a time.
@@ -385,12 +395,13 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     failed_paths, reasons = posteriors.failed_paths, posteriors.reasons
     failed = 0  # failures written
     ranked = classes_needed(topk, labels is not None, len(names))
+    by_name: dict[str, str] = {}  # images labelled by their file name (match_labels)
 
     def failures_before(path: str | None) -> Iterator[list]:
         nonlocal failed
         while failed < len(failed_paths) and (path is None or failed_paths[failed] < path):
             path_failed, reason = failed_paths[failed], reasons[failed]
-            label = _label_of(path_failed, labels)
+            label = None if labels is None else match_labels([path_failed], labels, by_name)[0]
             result.count_failed(path_failed, reason, labelled=label is not None)
             yield [path_failed, *_truth_cells(label, labels, names), *[""] * 3 * topk, reason]
             failed += 1
@@ -399,7 +410,7 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     rows = f["features"].shape[0]
     for start in range(0, rows, BLOCK_ROWS):
         paths, block = posteriors.rows(start, min(start + BLOCK_ROWS, rows))
-        truth = match_labels(paths, labels) if labels is not None else [None] * len(paths)
+        truth = match_labels(paths, labels, by_name) if labels is not None else [None] * len(paths)
         if kept is None:
             top = top_classes(block, ranked)
             probabilities = np.take_along_axis(block, top, axis=1)
@@ -462,10 +473,6 @@ def _refuse_descriptors(attrs, path: str | os.PathLike) -> None:
     if "dense" not in attrs:  # set by the Classifier's configuration only
         raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes, of which a CSV "
                            "is made (descriptors are exported as .npy or .parquet)")
-
-
-def _label_of(path: str, labels: dict[str, int] | None) -> int | None:
-    return None if labels is None else match_labels([path], labels)[0]
 
 
 def _truth_cells(label: int | None, labels: dict[str, int] | None, names: Sequence[str]) -> list:

@@ -54,7 +54,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..classifier import Classifier
     from ..job import check_existing_output, check_output
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
-                               evaluate_file, folder_labels, keep_top_for, other_networks_work, read_labels)
+                               evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels)
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..store import POSTERIORS
@@ -135,7 +135,9 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)
         for each in classifiers:
             check_prediction_options(each, None, truth)
-    elif truth is None and are_imagenet_folders(images.classes):
+    elif truth is not None:
+        match_labels(images.paths, truth)  # a file name that several images have refused before the work
+    elif are_imagenet_folders(images.classes):
         say("note: the images' classes are ImageNet's WordNet ids: --labels folders reports the top-1/top-5 error")
     setting = setting_of(dense, multi_crop, scales)
     if posteriors_file:
