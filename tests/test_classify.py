@@ -701,6 +701,8 @@ def test_networks_fused_by_averaging_their_posteriors(small_vgg, folder, tmp_pat
     assert run_main(["classify", images, tmp_path / "fewer.h5", *fast, "--seed", "1", "-q"])[0] == 0
     code, _, err = run_main(["export", tmp_path / "0.h5", tmp_path / "x.csv", "--to", "csv", "--fuse", tmp_path / "fewer.h5"])
     assert code == 2 and "holds the posteriors of 9 images over 1000 classes" in error_line(err)
+    code, _, err = run_main(["export", tmp_path / "0.h5", tmp_path / "x.csv", "--to", "csv", "--fuse", tmp_path / "0.h5"])
+    assert code == 2 and f"--fuse {tmp_path / '0.h5'} is the posteriors file itself" in error_line(err)  # was fused, silently
     killed_before_its_csv([images, tmp_path / "p.csv", *fast, "--seed", "0", "-q"])  # a CSV run's own file, of top classes
     with pytest.raises(vggfeat.VggfeatError, match="keeps each image's top classes only"):
         vggfeat.predictions.write_predictions(tmp_path / "x.csv", imagenet_categories(), posteriors=tmp_path / "0.h5",

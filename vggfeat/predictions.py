@@ -443,7 +443,10 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
 
 def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_path: str | os.PathLike) -> None:
     """Refuse to fuse with the posteriors file ``path`` one that is not of every posterior of as
-    many classes over the same images (each a row or a failure: networks may disagree on which failed)."""
+    many classes over the same images (each a row or a failure: networks may disagree on which failed),
+    or that is ``path`` itself (given twice, by mistake: the average of a file and itself is it)."""
+    if os.path.realpath(path) == os.path.realpath(other_path):
+        raise VggfeatError(f"--fuse {other_path} is the posteriors file itself: fuse the file of another network")
     _refuse_descriptors(other.attrs, other_path)
     for file, name in ((f, path), (other, other_path)):
         if "keep_top" in file.attrs:
