@@ -145,12 +145,14 @@ def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
     assert "finding images in" in err
 
 
-def test_a_terminal_that_says_it_has_no_columns_gets_lines_rather_than_an_invisible_bar(monkeypatch):
-    """tqdm draws nothing at 0 columns, which some containers' and CI runners' terminals report."""
+def test_a_terminal_that_says_it_has_no_columns_or_rows_gets_lines_rather_than_an_invisible_bar(monkeypatch):
+    """tqdm draws nothing at 0 columns, or 0 rows, which some containers' and CI runners' terminals
+    report (`script` without `stty rows`)."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    monkeypatch.setattr(common, "_columns", lambda: 0)
-    assert isinstance(common.progress_bar(False, total=3, unit="images"), common.ProgressLines)
-    monkeypatch.setattr(common, "_columns", lambda: 100)
+    for columns, rows in ((0, 40), (100, 0)):
+        monkeypatch.setattr(common, "_terminal_size", lambda: (columns, rows))
+        assert isinstance(common.progress_bar(False, total=3, unit="images"), common.ProgressLines)
+    monkeypatch.setattr(common, "_terminal_size", lambda: (100, 40))
     bar = common.progress_bar(False, total=3, unit="images")
     assert not isinstance(bar, common.ProgressLines)
     bar.close()

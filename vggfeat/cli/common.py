@@ -96,19 +96,19 @@ LOG_EVERY = 60.0
 
 def progress_bar(quiet: bool, **bar: Any) -> tqdm | ProgressLines:
     """A tqdm bar (``bar``: its options) on a terminal; in a log file, or on a terminal that says
-    it has no columns (some containers' and CI runners' pseudo-terminals, where tqdm would draw
-    nothing at all), :class:`ProgressLines`; nothing with ``--quiet``."""
-    if quiet or (sys.stderr.isatty() and _columns() > 0):
+    it has no columns or no rows (some containers' and CI runners' pseudo-terminals, where tqdm
+    would draw nothing at all), :class:`ProgressLines`; nothing with ``--quiet``."""
+    if quiet or (sys.stderr.isatty() and min(_terminal_size()) > 0):
         return tqdm(disable=quiet, dynamic_ncols=True, **bar)
     return ProgressLines(bar.get("total"), bar.get("initial", 0), bar.get("unit", "it"), bar.get("desc", ""))
 
 
-def _columns() -> int:
-    """The width of the terminal that stderr is, as the terminal says (0 where it does not)."""
+def _terminal_size() -> tuple[int, int]:
+    """(columns, rows) of the terminal that stderr is, as the terminal says (0 where it does not)."""
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return tuple(os.get_terminal_size(sys.stderr.fileno()))
     except (OSError, ValueError):
-        return 0
+        return 0, 0
 
 
 class ProgressLines:
