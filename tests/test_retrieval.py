@@ -634,7 +634,7 @@ def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):
     code, _, err = run_main(["retrieval-eval", db, "--json", tmp_path / "m.json"])
     assert code == 2 and "m.json already exists; pass --overwrite" in error_line(err)
     # A montage is a PNG: named as OUTPUT, it replaced the results silently; named .jpg, it held PNG bytes.
-    for name, fix in (("r.csv", "r.png"), ("hits.jpg", "hits.png")):
+    for name, fix in (("new.csv", "new.png"), ("hits.jpg", "hits.png")):
         code, _, err = run_main(["search", tmp_path / "db.index", "--queries", db, tmp_path / "new.csv", "--montage", tmp_path / name])
         assert code == 2 and f"--montage {name}: a montage is a PNG; name it {fix}" in error_line(err)
     assert all((tmp_path / name).read_text() == "mine" for name in ("r.csv", "m.png", "m.json"))

@@ -70,10 +70,10 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
         click.echo(f"{output} already holds the results of this command on these files, unchanged since{held}; nothing to do")
         return
     if montage:
+        check_new_file(montage, overwrite, inputs=inputs)
         # Written as PNG: a hits.jpg of PNG bytes misleads, and a montage named as OUTPUT (r.csv) replaced it.
         if montage.suffix.lower() != ".png":
             raise click.UsageError(f"--montage {montage.name}: a montage is a PNG; name it {montage.with_suffix('.png').name}")
-        check_new_file(montage, overwrite, inputs=inputs)
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
