@@ -148,6 +148,38 @@ def test_safetensors_file_with_finetuned_fc8_loads(vgg11, saved_dir):
     assert info.sha256 == state_dict_sha256(state) != vgg11[1].sha256
 
 
+def test_a_float16_file_runs_in_float32_as_the_same_values_saved_as_float32(vgg11, saved_dir):
+    """Weights saved with .half() (half the file) made the network compute in float16 on the CPU,
+    its output file saying fp32. Also a .SAFETENSORS name in capitals: refused as damaged."""
+    from safetensors.torch import save_file
+
+    half = {name: value.half() for name, value in vgg11[0].state_dict().items()}
+    path = saved_dir / "half.SAFETENSORS"
+    save_file(half, str(path))
+    try:
+        vgg, info = load_vgg("vgg11", path)
+    finally:
+        path.unlink()
+    assert {value.dtype for value in vgg.state_dict().values()} == {torch.float32}
+    widened = {name: value.float() for name, value in half.items()}
+    assert all(torch.equal(vgg.state_dict()[name], value) for name, value in widened.items())
+    assert info.sha256 == state_dict_sha256(widened)  # as the same network's from a float32 file
+
+
+@pytest.mark.parametrize("content, said", [
+    ({"state_dict": {"features.0.weight": torch.zeros(1)}, "epoch": 3},
+     "it is a training checkpoint, its weights under 'state_dict': save them alone with "
+     "torch.save(checkpoint['state_dict'], path)"),
+    ({"module.features.0.weight": torch.zeros(1)}, "are named 'module.…' (saved from DataParallel"),
+])
+def test_a_checkpoint_or_dataparallel_file_is_refused_saying_what_to_save(tmp_path, content, said):
+    """Refused before as "does not hold a state dict" and "do not fit vgg11: Missing key(s)": no way out said."""
+    torch.save(content, tmp_path / "checkpoint.pth")
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", tmp_path / "checkpoint.pth")
+    assert said in str(raised.value)
+
+
 def test_other_architecture_is_refused(saved_dir):
     vgg19, _ = load_vgg("vgg19", "random", 0)
     path = saved_dir / "vgg19.pth"
@@ -351,6 +383,29 @@ def test_imagenet_damaged_cache_gives_a_clear_error(empty_hub):
         load_vgg("vgg11", "imagenet")
     assert not empty_hub
     assert str(cache) in str(raised.value) and "delete" in str(raised.value)
+
+
+def test_imagenet_download_that_fails_its_hash_says_so_and_that_nothing_was_kept(empty_hub, monkeypatch):
+    """It said to delete a cache file that torch.hub had not kept."""
+    def damaged(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0123abcd")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", damaged)
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", "imagenet")
+    assert "came damaged or incomplete (invalid hash value" in str(raised.value)
+    assert "nothing was kept: run again" in str(raised.value) and "delete" not in str(raised.value)
+
+
+def test_imagenet_cache_that_cannot_be_read_is_not_said_to_be_a_failed_download(empty_hub):
+    """A folder (or another user's file) at the cache's name was "could not download ... if offline"."""
+    cache = imagenet_cache_file("vgg11")
+    cache.mkdir(parents=True)
+    with pytest.raises(VggfeatError) as raised:
+        load_vgg("vgg11", "imagenet")
+    assert not empty_hub, "a download was attempted"
+    assert str(raised.value).startswith(f"cannot read the ImageNet weights of vgg11 at {cache} (")
+    assert "TORCH_HOME" in str(raised.value)
 
 
 def test_imagenet_cache_file_is_never_unpickled(empty_hub, tmp_path):

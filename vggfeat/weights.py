@@ -112,28 +112,39 @@ def _imagenet(model: str) -> VGG:
         # torchvision's weights API with torch.hub's cache, but weights_only=True: torch.hub would
         # otherwise unpickle whatever file sits in the cache.
         state_dict = enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-        cache = imagenet_cache_file(model)
-        raise VggfeatError(
-            f"could not download the ImageNet weights of {model} from {enum.url} ({_short(error)}). "
-            f"If this machine is offline, fetch that file elsewhere and put it at {cache}, "
-            f"or pass --weights /path/to/{cache.name}; --weights random --seed 0 runs without them "
-            "(smoke tests only)"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - a damaged download or cached file: see _unreadable
-        reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _unreadable(error)
-        raise VggfeatError(
-            f"the ImageNet weights of {model} failed to load ({reason}); "
-            f"if {imagenet_cache_file(model)} is damaged, delete it to download it again"
-        ) from None
+    except Exception as error:  # noqa: BLE001 - see _imagenet_refusal
+        raise _imagenet_refusal(model, enum.url, error) from None
     return _with_state_dict(model, state_dict, source=str(imagenet_cache_file(model)))
+
+
+def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
+    """Why the ImageNet weights of ``model`` did not load, and what to do: the download failed
+    (offline, say), or came damaged (torch.hub then keeps nothing), or the cached file is there
+    but cannot be read (another user's, say) or is damaged, or the cache cannot be written."""
+    cache = imagenet_cache_file(model)
+    fetch = (f"If this machine is offline, fetch that file elsewhere and put it at {cache}, or pass "
+             f"--weights /path/to/{cache.name}; --weights random --seed 0 runs without them (smoke tests only)")
+    if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError)):
+        return VggfeatError(f"could not download the ImageNet weights of {model} from {url} ({_short(error)}). {fetch}")
+    if not cache.is_file() and "hash" in str(error):  # torch.hub's check of the download, which it then deleted
+        return VggfeatError(f"the download of the ImageNet weights of {model} from {url} came damaged or incomplete "
+                            f"({_short(error)}); nothing was kept: run again. {fetch}")
+    if isinstance(error, OSError) and cache.exists():  # not read: a permission, a folder of that name
+        return VggfeatError(f"cannot read the ImageNet weights of {model} at {cache} ({_short(error)}): make it readable "
+                            "to this user, or point TORCH_HOME at a cache of your own")
+    if isinstance(error, OSError):  # the cache's folder cannot be made or written
+        return VggfeatError(f"cannot keep the ImageNet weights of {model} in torch's cache, {cache.parent} "
+                            f"({_short(error)}): point TORCH_HOME at a folder you can write, or pass --weights FILE")
+    reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _unreadable(error)
+    return VggfeatError(f"the ImageNet weights of {model} failed to load ({reason}); if {cache} is damaged, delete it to "
+                        "download it again")
 
 
 def _from_file(model: str, path: Path) -> VGG:
     if not path.is_file():
         raise VggfeatError(f"weights file not found: {path} (--weights takes 'imagenet', 'random' or a file)")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             state_dict = load_file(str(path))
@@ -147,7 +158,13 @@ def _from_file(model: str, path: Path) -> VGG:
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
         ) from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise VggfeatError(f"{path} does not hold a state dict of tensors (torchvision layout, e.g. features.0.weight)")
+        inside = next((key for key in ("state_dict", "model") if isinstance(state_dict, Mapping) and key in state_dict), None)
+        held = (f": it is a training checkpoint, its weights under {inside!r}: save them alone with "
+                f"torch.save(checkpoint[{inside!r}], path)") if inside else " (torchvision layout, e.g. features.0.weight)"
+        raise VggfeatError(f"{path} does not hold a state dict of tensors{held}")
+    if state_dict and all(name.startswith("module.") for name in state_dict):
+        raise VggfeatError(f"the weights in {path} are named 'module.…' (saved from DataParallel or DistributedDataParallel):"
+                           " save the network's own, torch.save(model.module.state_dict(), path)")
     return _with_state_dict(model, state_dict, source=str(path))
 
 
@@ -157,6 +174,9 @@ def _with_state_dict(model: str, state_dict: Mapping[str, torch.Tensor], source:
     num_classes = fc8.shape[0] if fc8 is not None and fc8.ndim == 2 else 1000
     with torch.device("meta"):  # no random initialisation of parameters about to be replaced
         vgg = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+    # Weights saved as float16 (half the file), bfloat16 or float64 are held as float32, exactly
+    # but for float64's: the network runs in the precision asked for (--precision), not the file's.
+    state_dict = {name: value.float() if value.is_floating_point() else value for name, value in state_dict.items()}
     try:
         vgg.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as error:
