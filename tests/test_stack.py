@@ -60,6 +60,24 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
 
 
+def test_a_stacked_row_was_read_after_the_earlier_of_its_files_runs(d_and_e, tmp_path):
+    """/read_after (what --update compares a file's time with) was the first file's alone: an image
+    changed between the second file's run and a later first one was not seen as changed."""
+    d, e, _, _, _ = d_and_e
+    started = {}
+    for name, times in ((d, lambda rows: 2000.0 + 10 * np.arange(rows)),
+                        (e, lambda rows: np.r_[5000.0, np.full(rows - 1, 1000.0)])):  # e ran first, but for a row
+        with h5py.File(name, "r+") as f:
+            f["read_after"] = times(f["paths"].shape[0])
+            started[name] = dict(zip(f["paths"].asstr()[:], f["read_after"][:]))
+    with pytest.warns(RuntimeWarning):
+        stack_files([d, e], tmp_path / "de.h5")
+    with FeatureFile(tmp_path / "de.h5") as stacked:
+        expected = [min(started[d][path], started[e][path]) for path in stacked.paths]
+        np.testing.assert_array_equal(stacked.read_after(), expected)
+        assert expected != [started[d][path] for path in stacked.paths]  # the first file's alone, as before
+
+
 def test_files_that_label_an_image_differently_are_not_fused_on_their_labels(d_and_e, tmp_path):
     """One file's labels must not silently stand for another's: files whose labels of an image
     differ (one made with --archive-classes and one without, say) are refused, naming an image,

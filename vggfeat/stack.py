@@ -79,13 +79,16 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
         with written_atomically(output) as temporary, open_h5(temporary, "w") as out:
             (features, paths, labels_out, sizes, read_after, failed_paths, failed_errors, failed_labels,
              _) = create_datasets(out, len(fused.paths), len(failed), fused.width, dtype, fused.classes)
-            first_sizes, first_read_after = first.sizes(), first.read_after()
+            # A row was described after the earliest of its parts' starts: a file changed since then
+            # is changed for the stacked row (--update; NaN, unknown, where a file keeps none).
+            first_sizes, each_read_after = first.sizes(), [f.read_after() for f in fused.opened]
             start = 0
             for block_paths, X in fused.blocks(dtype):
-                rows = fused.rows_per_file[0][start : start + len(block_paths)]
+                rows = [each[start : start + len(block_paths)] for each in fused.rows_per_file]
                 written = slice(start, start + len(block_paths))
                 features[written], paths[written], labels_out[written] = X, block_paths, labels[written]
-                sizes[written], read_after[written] = first_sizes[rows], first_read_after[rows]
+                sizes[written] = first_sizes[rows[0]]
+                read_after[written] = np.minimum.reduce([times[rows_k] for times, rows_k in zip(each_read_after, rows)])
                 start = written.stop
                 if progress is not None:
                     progress(len(block_paths))
