@@ -78,6 +78,9 @@ def test_whitening_whitens_and_round_trips_through_hdf5(tmp_path):
     loaded = PCAWhitening.load(tmp_path / "w.h5")
     np.testing.assert_array_equal(loaded.transform(X), Y)
     assert loaded.config_ == CONFIG
+    # A descriptor of zeros stays one, as l2_normalize keeps it: whitened, it was the unit vector of
+    # -mean, ranked by every query as a real image is.
+    assert not loaded.transform(np.zeros((1, 16))).any() and loaded.transform(X[:1]).any()
     with pytest.raises(VggfeatError, match="layer: conv5_3 expected, fc7 found"):
         loaded.check_config({**CONFIG, "layer": "fc7"})
 

@@ -131,7 +131,11 @@ class PCAWhitening:
             raise VggfeatError(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
         if self.normalize_input:
             X = l2_normalize(X)
-        return l2_normalize((X - self.mean_) @ self.projection_.T)
+        whitened = l2_normalize((X - self.mean_) @ self.projection_.T)
+        # A descriptor of zeros (nothing the layer responded to) stays one, as without whitening
+        # (l2_normalize): centred, it would be the unit vector of -mean, close to other such images.
+        whitened[~X.any(axis=1)] = 0
+        return whitened
 
     def transform_tensor(self, X: torch.Tensor) -> torch.Tensor:
         """As :meth:`transform` without the final normalisation, on a tensor's device (R-MAC regions)."""
