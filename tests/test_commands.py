@@ -104,13 +104,13 @@ def test_info_shows_a_model_and_a_scores_file_without_scikit_learn(tmp_path):
 
 
 @pytest.mark.parametrize("args, error", [
-    (["train-svm", ".", "m.h5"], "features file not found: ."),
-    (["predict", ".", "f.h5", "p.csv"], "model file not found: ."),
-    (["retrieval-eval", "."], "features file not found: ."),
-    (["export", ".", "--to", "npy"], "features file not found: ."),
-    (["export", ".", "--to", "csv"], "posteriors file not found: ."),
-    (["whiten", "fit", ".", "w.h5"], "features file not found: ."),
-    (["index", ".", "i.h5"], "features file not found: ."),
+    (["train-svm", ".", "m.h5"], ". is a folder, where a features file was expected"),
+    (["predict", ".", "f.h5", "p.csv"], ". is a folder, where a model file was expected"),
+    (["retrieval-eval", "."], ". is a folder, where a features file was expected"),
+    (["export", ".", "--to", "npy"], ". is a folder, where a features file was expected"),
+    (["export", ".", "--to", "csv"], ". is a folder, where a posteriors file was expected"),
+    (["whiten", "fit", ".", "w.h5"], ". is a folder, where a features file was expected"),
+    (["index", ".", "i.h5"], ". is a folder, where a features file was expected"),
     (["info", "."], ". is a folder: give a file that vggfeat wrote"),
 ])
 def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypatch, args, error):

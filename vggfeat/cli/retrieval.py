@@ -11,7 +11,7 @@ import click
 from .. import export as exporting
 from .. import retrieval
 from ..archives import file_exists
-from ..errors import VggfeatError
+from ..errors import VggfeatError, not_a_file
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, VectorIndex, index_features, index_summary
 from ..rerun import check_output, record_in_file, recorded_in_file
@@ -272,5 +272,5 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
     from .posteriors import export_csv  # the classifier's modules, torch with them, for a posteriors file only
 
     if not features.is_file():  # before its name makes the CSV's (a folder such as "." has none)
-        raise VggfeatError(f"posteriors file not found: {features}")
+        raise VggfeatError(not_a_file(features, "posteriors file"))
     export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
