@@ -400,7 +400,7 @@ def test_list_missing(tmp_path):
 
 
 def test_list_that_is_a_folder(tmp_path):
-    with pytest.raises(VggfeatError, match="file list not found"):
+    with pytest.raises(VggfeatError, match="is a folder, where a file list was expected"):
         read_file_list(tmp_path)
 
 

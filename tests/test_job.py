@@ -608,3 +608,11 @@ def test_a_run_killed_after_its_output_was_in_place_is_finished_by_the_same_comm
     job.run()
     assert decoded == [] and not work.exists()
     assert_same_output(read_output(output), reference[1])
+
+    # Killed as _remove_work removed the folder, its manifest gone, its lock not: the same job
+    # tidies up (it refused for good, "already exists, made with these options over other images").
+    work.mkdir()
+    (work / "lock").touch()
+    ExtractionJob(extractor, images, output, part_images=PART).run()
+    assert decoded == [] and not work.exists()
+    assert_same_output(read_output(output), reference[1])

@@ -326,11 +326,15 @@ class ExtractionJob:
         return gaps
 
     def _finished_but_left_its_work(self) -> bool:
-        """Is the output complete, made by this very job, with its work folder still there?"""
+        """Is the output complete, made by this very job, with its work folder still there: whole,
+        or emptied but for its lock (a kill as :meth:`_remove_work` removed it, its manifest gone)?"""
+        manifest_file = self.work / "manifest.json"
         try:
-            manifest = json.loads((self.work / "manifest.json").read_text())
             with open_h5(self.output) as f:
                 attrs = dict(f.attrs)
+            if not manifest_file.exists() and set(os.listdir(self.work)) <= {"lock", "manifest.json.tmp"}:
+                return holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
+            manifest = json.loads(manifest_file.read_text())
         except (OSError, ValueError):
             return False
         made_here = holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
@@ -371,10 +375,11 @@ class ExtractionJob:
                     f"{self.work} holds an interrupted run with a different configuration ({'; '.join(differences)}); "
                     "rerun with the same options to resume it, or pass --overwrite to discard it"
                 )
-            if differences:
+            if differences:  # the manifest last, as in _remove_work: a folder a kill cut short is still ours
                 for entry in self.work.iterdir():
-                    if entry.name != "lock":
+                    if entry.name not in ("lock", "manifest.json"):
                         entry.unlink()
+                manifest_file.unlink()
             else:  # NaN where the run began before vggfeat recorded when
                 self.manifest["started"] = previous.get("started", math.nan)
         for stale in self.work.glob("*.tmp"):  # left by a killed writer; never renamed, so never used
