@@ -44,16 +44,17 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
                      quiet=quiet, precision=precision, desc=desc)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     if result.already_done:
-        common.say_result(f"{output} already holds this extraction: {rows_held(extractor, result.rows, dtype)}, {failed}; nothing to "
-            "do (--update describes the images added or changed since, --overwrite all of them again)")
+        common.say_result(f"{output} already holds this extraction: {rows_held(extractor, result.rows, dtype)}, {failed}; "
+                          "nothing to do (--update describes the images added or changed since, --overwrite all of them "
+                          "again)")
         return
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     common.say_result(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
     if shard:
         say(f"this is shard {shard[0]}/{shard[1]}: once all {shard[1]} are written, 'vggfeat merge SHARD_FILES... OUTPUT' joins them")
     if result.failed:
-        common.say_result("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' shows the first):",
-                       *common.reason_lines(_failures_by_reason(result.output))]))
+        common.say_result("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' "
+                                      "shows the first):", *common.reason_lines(_failures_by_reason(result.output))]))
 
 
 def _failures_by_reason(output: Path) -> list[dict]:
@@ -170,7 +171,7 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     if update.unchanged:
         update.run()  # removes what a killed update may have left
         common.say_result(f"{output} lists no failed image: nothing to retry" if retry else
-            f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
+                          f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
         return
     if not retry:
         changed = f", {update.changed:,} whose file changed since it was read" if update.changed else ""
@@ -192,4 +193,5 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         again = f", {result.changed:,} described again" if result.changed else ""
         outcome = f"{common.counted(result.described - result.changed, 'image')} added{again}, {result.dropped:,} left out"
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if result.described else "no image to describe"
-    common.say_result(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {outcome}; {work}")
+    common.say_result(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, "
+                      f"{failed}; {outcome}; {work}")

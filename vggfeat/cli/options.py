@@ -280,7 +280,8 @@ def describe_settings(extractor: Extractor, images: int, devices: tuple[str, ...
     return (f"on {where}: precision {extractor.precision}, batches of up to {extractor.batch_size} inputs "
             f"({extractor.batch_pixels / 1e6:.1f} Mpx), "
             + common.counted(plan.workers, f"{extractor.decoder} decoding {'process' if plan.processes else 'thread'}",
-                             f"{extractor.decoder} decoding processes" if plan.processes else "") + (f" ({decoder_library_of(extractor.decoder)})" if extractor.decoder != "pil" else "")
+                             f"{extractor.decoder} decoding processes" if plan.processes else "")
+            + (f" ({decoder_library_of(extractor.decoder)})" if extractor.decoder != "pil" else "")
             + (", JPEG draft" if extractor.jpeg_draft else "") + "".join(f", {name}" for name in tuning))
 
 
