@@ -20,12 +20,13 @@ import torchvision
 
 import vggfeat.job
 import vggfeat.files
+import vggfeat.parts
 from runhelpers import assert_same_output, flaky_storage, read_output, write_labelled_folder, write_plain_folder
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, __version__, find_images
 from vggfeat.reading import ImageReader
 from vggfeat.output import OutputFile, recover_rows
-from vggfeat.parts import write_part
+from vggfeat.parts import lock_folder, write_part
 from vggfeat.store import FORMAT_VERSION, work_folder
 
 PART = 2  # images per part in the resume tests: 5 usable images + 1 corrupt give 3 parts
@@ -518,6 +519,23 @@ def test_a_second_job_on_the_same_output_is_refused(tmp_path, extractor):
     assert (output.with_name("out.h5.parts") / "manifest.json").is_file()  # the first job's folder is intact
     result = first.run()
     assert result.rows == 1 and output.exists()
+
+
+def test_the_lock_of_a_folder_removed_as_it_was_taken_is_refused(tmp_path, monkeypatch):
+    """A run that finishes removes its folder, lock and all, then lets go of the lock: a run that
+    opened that lock before the removal would hold a lock no other run can find."""
+    folder = tmp_path / "out.h5.parts"
+    folder.mkdir()
+    take = vggfeat.parts._lock_exclusively
+
+    def removed_before_it_was_taken(file):
+        shutil.rmtree(folder)
+        take(file)
+
+    monkeypatch.setattr(vggfeat.parts, "_lock_exclusively", removed_before_it_was_taken)
+    with pytest.raises(VggfeatError, match="another vggfeat run finished writing .*out.h5 as this one began: run this "
+                                           "command again"):
+        lock_folder(folder, tmp_path / "out.h5")
 
 
 def test_resume_with_another_configuration_is_refused(tmp_path, random_vgg16, extractor, monkeypatch):

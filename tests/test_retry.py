@@ -139,6 +139,7 @@ def test_a_retry_with_other_options_or_images_is_refused_and_changes_nothing(tmp
         code, _, err = run_main(refused)
         assert code == 2 and words in error_line(err), err
     (tmp_path / "out.h5.parts").mkdir()
+    (tmp_path / "out.h5.parts" / "manifest.json").write_text("{}")  # an extraction's work: running or interrupted
     code, _, err = run_main([*args, "--retry-failed"])
     assert code == 2 and "run it to its end" in error_line(err)
     assert output.read_bytes() == before

@@ -30,7 +30,7 @@ from runhelpers import (
     write_plain_folder,
 )
 from svmhelpers import misplace_a_chunk
-from vggfeat import ExtractionJob, Extractor, ImageSet, find_images
+from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.cli import options
 from vggfeat.update import OutputUpdate, changed_files
 
@@ -233,6 +233,45 @@ def test_rows_of_files_gone_in_runs_are_left_out_a_block_at_a_time(tmp_path, ran
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
 
 
+def test_no_other_run_writes_the_file_while_an_update_holds_it(tmp_path, random_vgg16):
+    """Two rewrites of one file at once: the second copied rows by the row numbers of the file that
+    the first replaced (another image's descriptors under a name). From reading the file's rows to
+    replacing it, an update holds the lock of the file's work folder, which every run writing the
+    file takes: an update with removals alone too."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    files = write_plain_folder(root, 4)
+    write_corrupt(root / "torn.png")
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    files[0].unlink()
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+    extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+    images = find_images(root)
+    update = OutputUpdate(extractor, images, output)
+    assert (update.job, update.dropped) == (None, 1)
+    before = output.read_bytes()
+    for other in ([*args, "--update"], [*args, "--retry-failed"], [*args, "--overwrite"],
+                  [*args, "--overwrite", "--device", "cpu,cpu"]):
+        code, _, err = run_main(other)
+        assert code == 2 and error_line(err) == (f"Error: another vggfeat run is writing {output} (lock held on "
+                                                 f"{tmp_path / 'out.h5.parts'}/lock)"), (other, err)
+    with pytest.raises(VggfeatError, match="another vggfeat run is writing"):
+        OutputUpdate(extractor, images, output, describe="failed")
+    assert output.read_bytes() == before
+    assert update.run().rows == 3
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+    assert not (tmp_path / "out.h5.parts").exists()
+
+    # A kill leaves the lock: the next run takes it, and removes it.
+    (tmp_path / "out.h5.parts").mkdir()
+    (tmp_path / "out.h5.parts" / "lock").touch()
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "0 of the 1 images that had failed are described now" in err, err
+    assert not (tmp_path / "out.h5.parts").exists()
+    OutputUpdate(extractor, images, output).close()  # made, not run: lets go all the same
+    assert not (tmp_path / "out.h5.parts").exists()
+
+
 def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     root, output = tmp_path / "images", tmp_path / "out.h5"
     write_plain_folder(root, 2)
@@ -265,13 +304,14 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
         code, _, err = run_main(refused)
         assert code == 2 and words in error_line(err), err
     (tmp_path / "out.h5.parts").mkdir()
+    (tmp_path / "out.h5.parts" / "manifest.json").write_text("{}")  # an extraction's work: running or interrupted
     code, _, err = run_main([*args, "--update"])
     assert code == 2 and "the same command without --update) first" in error_line(err)
     assert output.read_bytes() == before
     with h5py.File(output) as f:
         assert "updated" not in f.attrs
     monkeypatch.undo()
-    (tmp_path / "out.h5.parts").rmdir()
+    shutil.rmtree(tmp_path / "out.h5.parts")
     misplace_a_chunk(output, "features")  # a flipped bit in HDF5's index of its rows: found as they are copied
     before = output.read_bytes()
     code, _, err = run_main([*args, "--update"])

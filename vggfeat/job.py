@@ -41,7 +41,8 @@ from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable
 from .settings import decoder_library_of
 from .stack import flat_config
 from .files import as_system_errors, file_attributes, open_h5, replace_durably, write_json
-from .parts import discard_work, images_held, interrupted_on_several, list_parts, lock_folder, write_part
+from .parts import (discard_work, holds_no_work, images_held, interrupted_on_several, list_parts, lock_folder,
+                    write_part)
 from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, existing_kind,
                     rows_and_failures, shards_folder, work_folder)
 
@@ -332,7 +333,7 @@ class ExtractionJob:
         try:
             with open_h5(self.output) as f:
                 attrs = dict(f.attrs)
-            if not manifest_file.exists() and set(os.listdir(self.work)) <= {"lock", "manifest.json.tmp"}:
+            if not manifest_file.exists() and self.work.is_dir() and holds_no_work(self.work):
                 return holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
             manifest = json.loads(manifest_file.read_text())
         except (OSError, ValueError):
@@ -351,7 +352,7 @@ class ExtractionJob:
         manifest_file = self.work / "manifest.json"
         # Only ever write into a folder that is ours: a manifest, or only the lock (and the
         # manifest's temporary file) of a run killed before it wrote one.
-        if self.work.exists() and not manifest_file.is_file() and set(os.listdir(self.work)) - {"lock", "manifest.json.tmp"}:
+        if not manifest_file.is_file() and not holds_no_work(self.work):
             raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
         self.work.mkdir(exist_ok=True)
         lock, self.unlocked_because = lock_folder(self.work, self.output)

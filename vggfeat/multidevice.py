@@ -39,7 +39,8 @@ from .network import DenseVGG
 from .processes import process_context
 from .settings import resolve_device
 from .files import as_system_errors, exit_if_hdf5_files_open, open_h5, open_hdf5_files
-from .parts import SHARD_FILE, discard_work, images_in_block, interrupted_on_one, interrupted_on_several, lock_folder
+from .parts import (SHARD_FILE, discard_work, holds_no_work, images_in_block, interrupted_on_one, interrupted_on_several,
+                    lock_folder)
 from .store import check_descriptor_output, rows_and_failures, shards_folder, work_folder
 
 # A device gets several blocks only where each holds this many images or more: every block pays
@@ -116,6 +117,8 @@ class MultiDeviceJob:
                 raise VggfeatError(f"{work_folder(self.output)} holds a run on one device that was interrupted: run the "
                                    "same command on one device to resume it, or pass --overwrite to discard it")
             discard_work(work_folder(self.output), self.output)
+        elif work_folder(self.output).exists() and holds_no_work(work_folder(self.output)):  # an update's lock (or a kill's)
+            discard_work(work_folder(self.output), self.output)  # refused while it is held
         self._lock = self._open_work_folder()
         keep_merged(self.shard_files, images, extractor.dim, dtype)  # or describe again blocks whose merged rows are lost
         self.done = sum(images_in_block(path) for path in self.shard_files)

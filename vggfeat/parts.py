@@ -130,7 +130,73 @@ def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
         raise VggfeatError(f"another vggfeat run is writing {output} (lock held on {folder}/lock)") from None
     except OSError as error:
         return lock, error.strerror or str(error)
+    try:  # a run that finished removes its folder, lock and all, before it lets go of the lock
+        locked = os.path.samestat(os.fstat(lock.fileno()), os.stat(folder / "lock"))
+    except FileNotFoundError:
+        locked = False
+    if not locked:  # what this run opened was that run's lock, gone with its folder
+        lock.close()
+        raise _finished_meanwhile(output)
     return lock, None
+
+
+def lock_for_rewrite(output: Path, hint: str = "") -> tuple[IO, str | None]:
+    """(the open lock of ``output``'s work folder, held while open; why it could not be locked, or
+    None), for a rewrite of the finished ``output`` (an update): the lock that an extraction into it
+    holds, taken before the rewrite reads the file and held until the file is replaced, so that no
+    other run writes it meanwhile (two rewrites at once: the second's rows read by row numbers of
+    a file the first replaced). The folder is made for the lock alone: one that holds an
+    extraction's work (:func:`holds_no_work`), running or interrupted, is refused
+    (:func:`extraction_under_way`, with ``hint``). :func:`unlock_rewrite` removes the folder."""
+    folder = work_folder(output)
+    if not holds_no_work(folder):
+        raise extraction_under_way(folder, output, hint)
+    folder.mkdir(exist_ok=True)
+    try:
+        lock, unlocked_because = lock_folder(folder, output)
+    except FileNotFoundError:  # removed by a rewrite that finished since the mkdir
+        raise _finished_meanwhile(output) from None
+    if not holds_no_work(folder):  # an extraction began between the look and the lock, where nothing locks
+        lock.close()
+        raise extraction_under_way(folder, output, hint)
+    (folder / "manifest.json.tmp").unlink(missing_ok=True)  # a killed extraction's, never renamed, never used
+    return lock, unlocked_because
+
+
+def holds_no_work(folder: Path) -> bool:
+    """Whether a work folder (or where it would be) holds no extraction's work: at most a run's
+    lock (an update's, or an extraction's killed before it wrote its manifest) and that manifest's
+    temporary file."""
+    return _entries(folder) <= {"lock", "manifest.json.tmp"}
+
+
+def extraction_under_way(folder: Path, output: Path, hint: str = "") -> VggfeatError:
+    """The refusal to rewrite ``output`` while ``folder`` holds the work of an extraction into it."""
+    return VggfeatError(f"{folder} exists: an extraction into {output} is running or was interrupted; run it to its "
+                        f"end{hint} first")
+
+
+def unlock_rewrite(lock: IO, output: Path) -> None:
+    """Remove the work folder that :func:`lock_for_rewrite` made for ``lock``, then let go of it."""
+    folder = work_folder(output)
+    try:
+        (folder / "lock").unlink()
+        folder.rmdir()
+    except OSError:  # Windows removes no open file; or no longer the lock alone, where nothing locks
+        pass
+    finally:
+        lock.close()
+
+
+def _finished_meanwhile(output: Path) -> VggfeatError:
+    return VggfeatError(f"another vggfeat run finished writing {output} as this one began: run this command again")
+
+
+def _entries(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
 
 
 def _lock_exclusively(file: IO) -> None:

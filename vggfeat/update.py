@@ -35,7 +35,8 @@ from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, open_h5, written_atomically
-from .parts import interrupted_on_one, interrupted_on_several
+from .parts import (extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several, lock_folder,
+                    lock_for_rewrite, unlock_rewrite)
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
                     shards_folder, work_folder)
 
@@ -80,8 +81,21 @@ class OutputUpdate:
                  devices: Sequence[str] = ()) -> None:
         self.output, self.images, self.provenance = Path(output), images, provenance or {}
         check_choice("describe", describe, tuple(UPDATE_MODES))
-        option, suffix, self._dated = UPDATE_MODES[describe]
         check_rewritable(self.output, extractor, dtype, describe)
+        # Held until run() has replaced the file: no other run writes it between the reading of its
+        # rows and their copying.
+        self._lock, self.unlocked_because = lock_for_rewrite(self.output, _run_to_its_end(describe))
+        try:
+            _check_made_like(self.output, extractor, dtype, describe)  # again: it may have been replaced before the lock
+            self._choose(extractor, images, describe, dtype, part_images, devices)
+        except BaseException:
+            self.close()
+            raise
+
+    def _choose(self, extractor: Extractor, images: ImageSet, describe: str, dtype: str, part_images: int,
+                devices: Sequence[str]) -> None:
+        """Which images to describe, which are gone, and the job that describes them (see the class)."""
+        option, suffix, self._dated = UPDATE_MODES[describe]
         with open_features_file(self.output, "output") as old:
             if describe == "new" and "shard_index" in old.attrs:
                 raise VggfeatError(f"{self.output} is shard {old.attrs['shard_index']}/{old.attrs['shard_count']} of an "
@@ -149,15 +163,25 @@ class OutputUpdate:
         update then resumes.
         """
         began = time.perf_counter()
-        computed = self.job.run(progress).computed if self.job else 0
-        if self.unchanged:
-            rows, failed = rows_and_failures(self.output)
-        else:
-            rows, failed = self._rewrite()
-        if self.staging.exists() and file_attributes(self.staging).get("update_of") == self.output.name:
-            self.staging.unlink()  # a leftover of an update killed after its rename, too
+        try:
+            computed = self.job.run(progress).computed if self.job else 0
+            if self.unchanged:
+                rows, failed = rows_and_failures(self.output)
+            else:
+                rows, failed = self._rewrite()
+            if self.staging.exists() and file_attributes(self.staging).get("update_of") == self.output.name:
+                self.staging.unlink()  # a leftover of an update killed after its rename, too
+        finally:
+            self.close()
         return UpdateResult(self.output, rows, failed, self.described, self.dropped, computed, time.perf_counter() - began,
                             self.changed)
+
+    def close(self) -> None:
+        """Let another run write ``output``: what :meth:`run` does as it ends, and what an update
+        made but not run must do (or let the garbage collector do)."""
+        if self._lock is not None:
+            unlock_rewrite(self._lock, self.output)
+            self._lock = None
 
     def _rewrite(self) -> tuple[int, int]:
         images = self.images
@@ -206,11 +230,19 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     :class:`OutputUpdate`) cannot rewrite: its extraction is not finished (its work folder is
     there), it is not a complete descriptor file, or it was made with other options than
     ``extractor``'s and ``dtype``."""
-    option = UPDATE_MODES[describe][0]
     work = work_folder(output)
-    if work.exists():
-        raise VggfeatError(f"{work} exists: an extraction into {output} is running or was interrupted; run it to its "
-                           f"end (the same command without {option}) first")
+    if not holds_no_work(work):
+        raise extraction_under_way(work, output, _run_to_its_end(describe))
+    if shards_folder(output).exists():
+        raise extraction_under_way(shards_folder(output), output, _run_to_its_end(describe))
+    if work.exists():  # another rewrite's lock, or one a killed rewrite left: refused now, before the images are found
+        lock_folder(work, output)[0].close()
+    _check_made_like(output, extractor, dtype, describe)
+
+
+def _check_made_like(output: Path, extractor: Extractor, dtype: str, describe: str) -> None:
+    """Refuse an ``output`` that is not a complete descriptor file made with ``extractor``'s options and ``dtype``."""
+    option = UPDATE_MODES[describe][0]
     with open_features_file(output, "output", hint=f" (the same command without {option} makes it)") as f:
         if "stacked_from" in f.attrs:  # no one extraction makes its rows
             raise VggfeatError(f"{output} is stacked from {', '.join(json.loads(f.attrs['stacked_from']))} ('vggfeat "
@@ -219,6 +251,10 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
                            "options that made it")
+
+
+def _run_to_its_end(describe: str) -> str:
+    return f" (the same command without {UPDATE_MODES[describe][0]})"
 
 
 def changed_files(images: ImageSet, rows: np.ndarray, read_after: np.ndarray) -> np.ndarray:

@@ -168,6 +168,9 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     update = OutputUpdate(extractor, images, output, describe=describe, dtype=dtype, part_images=part_size,
                           provenance={"retry_command" if retry else "update_command": common.command_line()},
                           devices=devices)
+    if update.unlocked_because:
+        say(f"note: the file system of {output} has no locks ({update.unlocked_because}): nothing stops a second run "
+            "from writing it while this one rewrites it", fg="yellow")
     if update.unchanged:
         update.run()  # removes what a killed update may have left
         common.say_result(f"{output} lists no failed image: nothing to retry" if retry else
