@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import warnings
 from datetime import datetime
@@ -555,10 +556,17 @@ def test_resume_with_another_configuration_is_refused(tmp_path, random_vgg16, ex
         ExtractionJob(other, images, output, part_images=1)
     with pytest.raises(VggfeatError, match=r"dtype: float32 then, float16 now"):
         ExtractionJob(cheap, images, output, part_images=1, dtype="float16")
+    shutil.copytree(tmp_path / "images", tmp_path / "copy")  # the same names, other files: other images
+    with pytest.raises(VggfeatError, match=re.escape(f"image folder: {tmp_path / 'images'} then, {tmp_path / 'copy'} now")):
+        ExtractionJob(cheap, find_images(tmp_path / "copy"), output, part_images=1)
     write_rgb(tmp_path / "images" / "new.png", 224, 224)
     with pytest.raises(VggfeatError, match=r"image set: 3 files then, 4 now"):
         ExtractionJob(cheap, find_images(tmp_path / "images"), output, part_images=1)
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.name != "lock"} == kept
+    manifest = json.loads((work / "manifest.json").read_text())
+    del manifest["root"]  # as a run before it was recorded wrote it: resumed all the same
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    assert ExtractionJob(cheap, images, output, part_images=1).run().computed == 2
 
     job = ExtractionJob(other, find_images(tmp_path / "images"), output, part_images=1, overwrite=True)
     assert job.done == 0 and list(work.glob("part-*.h5")) == []

@@ -179,6 +179,26 @@ def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
     assert_same_output(read_output(output), _one_run(extractor, images, tmp_path), atol=1e-5)
 
 
+def test_an_interrupted_run_is_not_resumed_over_other_images_of_the_same_names(tmp_path, monkeypatch):
+    """Another folder with the same file names: its blocks, finished or interrupted, are other images."""
+    write_plain_folder(tmp_path / "images", 4)
+    write_plain_folder(tmp_path / "other", 4, start_seed=10)
+    images, other, output = find_images(tmp_path / "images"), find_images(tmp_path / "other"), tmp_path / "out.h5"
+    extractor = cheap_extractor()
+    shards = shards_folder(output)
+    shards.mkdir()
+    ExtractionJob(extractor, images.shard(1, 2), shards / "shard-1-of-2.h5").run()
+    crash_on_part(monkeypatch, 2)  # as a kill after shard 2's first part
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ExtractionJob(extractor, images.shard(2, 2), shards / "shard-2-of-2.h5", part_images=1).run()
+    monkeypatch.undo()
+    with pytest.raises(VggfeatError) as refused:
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], other, output).run()
+    assert f"image folder: {tmp_path / 'images'} then, {tmp_path / 'other'} now" in str(refused.value)
+    MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], other, output, overwrite=True).run()  # the finished block too
+    assert_same_output(read_output(output), _one_run(extractor, other, tmp_path), atol=1e-5)
+
+
 @pytest.mark.parametrize(("images", "devices", "blocks"), [
     (100, 2, 2), (10**6, 8, 8), (1_599_999, 8, 8), (1_600_000, 8, 16), (2 * 10**6, 8, 16), (10**7, 8, 64),
     (10**7, 3, 24), (10**9, 8, 64)])

@@ -177,6 +177,8 @@ class ExtractionJob:
             "dtype": dtype,
             "images": {"count": len(self.images), "sha256": self.images.digest(),
                        **({"archive_classes": True} if images.archive_classes else {})},
+            # The same names in another folder are other images (manifests before it: not recorded).
+            "root": os.path.abspath(images.root),
             # Before any image is read: a resumed run keeps its first start (_adopt_or_clear), so
             # that every row's file is known to have been read after it (the output's /read_after).
             "started": time.time(),
@@ -469,6 +471,8 @@ def _differences(previous: dict, current: dict) -> list[str]:
         found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
     if previous.get("shard") != current.get("shard"):
         found.append(f"shard: {_shard(previous)} then, {_shard(current)} now")
+    if previous.get("root", current["root"]) != current["root"]:
+        found.append(f"image folder: {previous['root']} then, {current['root']} now")
     then, now = previous.get("images", {}), current["images"]
     given_then, given_now = (("given" if images.get("archive_classes") else "not given") for images in (then, now))
     if given_then != given_now:  # every label differs: say why

@@ -357,7 +357,8 @@ def _finished(output: Path, config: str, shard: ImageSet) -> bool:
     except OSError:  # none there, or not an HDF5 file: its job refuses to replace it without --overwrite
         return False
     made_of = shard.shard_of
-    return (bool(attrs.get("complete")) and attrs.get("config") == config
+    root = os.path.abspath(shard.root)  # the same names in another folder: other images
+    return (bool(attrs.get("complete")) and attrs.get("config") == config and attrs.get("input_root", root) == root
             and (attrs.get("collection_sha256"), attrs.get("shard_index"), attrs.get("shard_count"))
             == (made_of.collection_sha256, made_of.index, made_of.count))
 
