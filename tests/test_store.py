@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -36,6 +40,32 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
         temporary.write_bytes(b"half")
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_writer_killed_outright_leaves_a_file_the_next_write_removes(tmp_path):
+    """SIGKILL (the out-of-memory killer, a batch system's hard limit) as a file is written: its
+    temporary file, hidden and as large as the file, goes with the next write of the file. Another
+    living process's is being written, and is kept; so is one a user named so."""
+    target = tmp_path / "out.h5"
+    target.write_bytes(b"old")
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from vggfeat.files import written_atomically
+        with written_atomically({str(target)!r}) as temporary:
+            temporary.write_bytes(b"half of a large file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert killed.returncode == -signal.SIGKILL
+    [left] = [p.name for p in tmp_path.iterdir() if p.name != "out.h5"]
+    assert left.startswith(".out.h5.") and left.endswith(".tmp")
+    living = tmp_path / left.replace(left.split("-")[1], str(os.getpid()))  # this process: alive
+    living.write_bytes(b"being written")
+    users = tmp_path / ".out.h5.a.tmp"
+    users.write_bytes(b"a user's")
+    with written_atomically(target) as temporary:
+        temporary.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.h5", living.name, users.name])
 
 
 def test_an_export_that_fails_midway_keeps_the_previous_export(tmp_path, monkeypatch):

@@ -10,11 +10,14 @@ buffers, so that a full disk fails the write that meets it), :func:`open_hdf5` a
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import posixpath
 import re
 import secrets
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -228,10 +231,12 @@ def write_json(path: Path, data: dict) -> None:
 def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
     """A new temporary file beside ``path`` for the block to write; renamed over ``path`` only when
     the block completes. ``path`` then holds the old file or the whole new one, never a part, and
-    the temporary name is one no other file had."""
+    the temporary name is one no other file had. The temporary files of ``path`` that writers
+    killed outright left are removed first (:func:`remove_dead_writers_files`)."""
     path = Path(path)
+    remove_dead_writers_files(path)
     while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        temporary = path.with_name(f".{path.name}.{_writer()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:  # created here, so no one else's; with the umask's permissions, as the final file gets
             os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break
@@ -247,6 +252,45 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
         raise OSError(refusal.errno, refusal.strerror, str(path)) from error  # the file as the user named it
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_dead_writers_files(path: Path) -> None:
+    """Remove the temporary files of ``path`` (:func:`written_atomically`'s) whose writer was
+    killed outright (SIGKILL, the out-of-memory killer, a crash): hidden, as large as the file,
+    never to be renamed. Only those of this machine's processes that are gone; another machine's
+    (a shared disk), or a living process's, may be being written."""
+    if os.name == "nt":  # where os.kill(pid, 0) would end the process
+        return
+    name = re.compile(rf"\.{re.escape(path.name)}\.{_writer()}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    try:
+        entries = os.listdir(path.parent)
+    except OSError:  # a folder that cannot be listed: the write says why, if it fails
+        return
+    for entry in entries:
+        found = name.fullmatch(entry)
+        if found and not _running(int(found[1])):
+            with contextlib.suppress(OSError):
+                (path.parent / entry).unlink()
+
+
+@functools.cache
+def _writer() -> str:
+    """This machine, and its namespace of process ids (a container's), in 8 hex digits: the
+    writers whose process ids this process can look up."""
+    where = socket.gethostname()
+    with contextlib.suppress(OSError):
+        where += f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    return hashlib.sha256(where.encode()).hexdigest()[:8]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        pass
+    return True
 
 
 def write_text_file(path: str | os.PathLike, text: str) -> None:
