@@ -215,6 +215,32 @@ def test_an_update_stopped_after_describing_the_new_images_does_not_describe_the
     assert not (tmp_path / "out.h5.new-images.h5").exists()
 
 
+def test_an_update_killed_as_its_job_removed_its_work_does_not_describe_the_images_again(tmp_path, monkeypatch,
+                                                                                          random_vgg16):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    write_plain_folder(root / "more", 2, start_seed=10)
+    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+
+    def killed(self):
+        raise KeyboardInterrupt  # as a kill after the staging file was renamed into place
+
+    with monkeypatch.context() as patch:
+        patch.setattr(vggfeat.job.ExtractionJob, "_remove_work", killed)
+        with pytest.raises(KeyboardInterrupt):
+            extractor = Extractor(random_vgg16, scales=[224], flip=False, device="cpu", layer="conv1_1")
+            OutputUpdate(extractor, find_images(root), output).run()
+    staging = tmp_path / "out.h5.new-images.h5"
+    assert staging.exists() and (tmp_path / "out.h5.new-images.h5.parts").exists()
+    read = decoded_files(monkeypatch)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and read == [], err
+    assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]
+
+
 @pytest.mark.parametrize("block_rows", [1, 2, 1000])
 def test_rows_of_files_gone_in_runs_are_left_out_a_block_at_a_time(tmp_path, random_vgg16, monkeypatch, block_rows):
     root = tmp_path / "images"

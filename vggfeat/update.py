@@ -35,8 +35,8 @@ from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, open_h5, written_atomically
-from .parts import (extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several, lock_folder,
-                    lock_for_rewrite, unlock_rewrite)
+from .parts import (discard_work, extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several,
+                    lock_folder, lock_for_rewrite, unlock_rewrite)
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
                     shards_folder, work_folder)
 
@@ -148,13 +148,20 @@ class OutputUpdate:
 
     def _staged(self, extractor: Extractor, dtype: str) -> bool:
         """Whether the staging file holds the chosen images already (an update killed after
-        describing them); refuses a file there that no update of ``output`` wrote."""
-        if not self.staging.exists() or work_folder(self.staging).exists() or shards_folder(self.staging).exists():
-            return False  # where its job was killed before it removed its work: the job tidies up
+        describing them, before or after its job removed its work folder); refuses a file there
+        that no update of ``output`` wrote."""
+        if not self.staging.exists() or shards_folder(self.staging).exists():
+            return False  # where its job on several devices was killed before it removed its shards: it tidies up
         attrs = file_attributes(self.staging)
+        staged = (attrs.get("update_of") == self.output.name
+                  and holds_job(attrs, extractor.config(), dtype, self._chosen.digest()))
+        if work_folder(self.staging).exists():  # its job was killed before it removed its work
+            if staged:  # after renaming the file into place: done, but for the removal
+                discard_work(work_folder(self.staging), self.staging)
+            return staged  # where not, the job resumes or replaces its work
         if attrs.get("update_of") != self.output.name or not attrs.get("complete"):
             raise VggfeatError(f"{self.staging} exists and is not an update of {self.output}: move it away or remove it")
-        return holds_job(attrs, extractor.config(), dtype, self._chosen.digest())
+        return staged
 
     def run(self, progress: Callable[[int], None] | None = None) -> UpdateResult:
         """Describe the chosen images (``progress(n)`` after each chunk) and write ``output`` anew.
