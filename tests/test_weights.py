@@ -6,6 +6,7 @@ Big temporary files (~0.5 GB each) are deleted as soon as their tests are done.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -14,12 +15,14 @@ import shutil
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.hub
 import torchvision
 
+import vggfeat.weights
 from vggfeat import VggfeatError
 from vggfeat.weights import imagenet_cache_file, load_vgg, state_dict_sha256
 
@@ -239,14 +242,12 @@ def _damaged_beyond_torchs_words() -> bytes:
     pytest.skip("this torch reads every such damage with an error of its own words")
 
 
-def test_a_damaged_file_is_refused_in_a_line_whatever_torch_raises(tmp_path, empty_hub):
+def test_a_damaged_file_is_refused_in_a_line_whatever_torch_raises(tmp_path, empty_hub, monkeypatch):
     damaged = _damaged_beyond_torchs_words()
     (tmp_path / "damaged.pth").write_bytes(damaged)
     with pytest.raises(VggfeatError, match=r"^cannot read weights from .*damaged.pth: damaged \(\w+ in reading it: "):
         load_vgg("vgg11", tmp_path / "damaged.pth")
-    cache = imagenet_cache_file("vgg11")  # a damaged download in torch's cache
-    cache.parent.mkdir(parents=True)
-    cache.write_bytes(damaged)
+    published_in_the_cache(monkeypatch, tmp_path / "damaged.pth")  # as if damaged after its download
     with pytest.raises(VggfeatError, match=r"^the ImageNet weights of vgg11 failed to load \(damaged \(\w+ in reading it: "):
         load_vgg("vgg11", "imagenet")
     assert not empty_hub
@@ -337,6 +338,39 @@ def empty_hub(tmp_path, monkeypatch):
         torch.hub.set_dir(saved)
 
 
+def published_in_the_cache(monkeypatch, file: Path) -> Path:
+    """``file`` in torch's cache as torchvision's ImageNet weights of VGG11, as if torchvision
+    published them under the hash in their name (``vgg11-<its first 8 hex digits>.pth``), which
+    vggfeat checks: the cache's file, linked (or copied) there."""
+    real = torchvision.models.VGG11_Weights.IMAGENET1K_V1
+
+    class Published:
+        url = f"{real.url.rsplit('-', 1)[0]}-{file_sha256(file)[:8]}.pth"
+
+        def get_state_dict(self, **kwargs):  # as torchvision's Weights does
+            return torch.hub.load_state_dict_from_url(self.url, **kwargs)
+
+        def __str__(self):
+            return str(real)
+
+    monkeypatch.setattr(vggfeat.weights, "_imagenet_enum", lambda model: Published())
+    cache = imagenet_cache_file("vgg11")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(file, cache)
+    except OSError:
+        shutil.copyfile(file, cache)
+    return cache
+
+
+def file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
 def test_cache_file_follows_torch_hub_dir(empty_hub, tmp_path):
     path = imagenet_cache_file("vgg16")
     assert path.parent == tmp_path / "hub" / "checkpoints"
@@ -356,15 +390,10 @@ def test_imagenet_offline_gives_a_clear_error(empty_hub):
     assert not any(cache.parent.glob("*")) if cache.parent.exists() else True
 
 
-def test_imagenet_loads_from_cache_without_download(empty_hub, vgg11, vgg11_pth):
-    """A file already in the cache is used as is: torchvision checks the hash prefix in the file
-    name only when it downloads, so even these random weights load under the ImageNet name."""
-    cache = imagenet_cache_file("vgg11")
-    cache.parent.mkdir(parents=True)
-    try:
-        os.link(vgg11_pth, cache)
-    except OSError:
-        shutil.copyfile(vgg11_pth, cache)
+def test_imagenet_loads_from_cache_without_download(empty_hub, vgg11, vgg11_pth, monkeypatch):
+    """A file already in the cache is used, once its SHA-256 begins with the digits in its name
+    (torch.hub checks them only as it downloads)."""
+    cache = published_in_the_cache(monkeypatch, vgg11_pth)
     try:
         vgg, info = load_vgg("vgg11", "imagenet")
     finally:
@@ -373,6 +402,35 @@ def test_imagenet_loads_from_cache_without_download(empty_hub, vgg11, vgg11_pth)
     assert info.name == "imagenet:VGG11_Weights.IMAGENET1K_V1" and info.seed is None
     assert info.sha256 == vgg11[1].sha256
     assert params_equal(vgg, vgg11[0])
+
+
+def test_a_file_under_torchvisions_name_that_its_hash_does_not_match_is_refused(empty_hub, vgg11_pth, tmp_path):
+    """Put in the cache by hand (offline), or passed as --weights under that name: a damaged copy,
+    or other weights (these random ones), were used as ImageNet's."""
+    cache = imagenet_cache_file("vgg11")
+    cache.parent.mkdir(parents=True)
+    copy = tmp_path / cache.name
+    for path in (cache, copy):
+        try:
+            os.link(vgg11_pth, path)
+        except OSError:
+            shutil.copyfile(vgg11_pth, path)
+    url = torchvision.models.VGG11_Weights.IMAGENET1K_V1.url
+    expected = cache.name.split("-")[1][:8]
+    begins = file_sha256(vgg11_pth)[:8]
+    try:
+        for weights, delete in (("imagenet", ", or delete it to download it again"), (copy, "")):
+            with pytest.raises(VggfeatError) as raised:
+                load_vgg("vgg11", weights)
+            path = cache if weights == "imagenet" else copy
+            assert str(raised.value) == (
+                f"{path} is not the file torchvision publishes as the ImageNet weights of vgg11: its SHA-256 begins "
+                f"{begins}, its name says {expected} (a damaged copy, or other weights under that name): fetch it "
+                f"again from {url}{delete}")
+    finally:
+        cache.unlink()
+        copy.unlink()
+    assert not empty_hub, "a download was attempted"
 
 
 def test_imagenet_damaged_cache_gives_a_clear_error(empty_hub):
@@ -408,12 +466,11 @@ def test_imagenet_cache_that_cannot_be_read_is_not_said_to_be_a_failed_download(
     assert "TORCH_HOME" in str(raised.value)
 
 
-def test_imagenet_cache_file_is_never_unpickled(empty_hub, tmp_path):
+def test_imagenet_cache_file_is_never_unpickled(empty_hub, tmp_path, monkeypatch):
     """torch.hub alone would load its cache with weights_only=False; vggfeat asks for True."""
     marker = tmp_path / "code-ran"
-    cache = imagenet_cache_file("vgg11")
-    cache.parent.mkdir(parents=True)
-    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "extra": LeavesMarker(marker)}, cache)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "extra": LeavesMarker(marker)}, tmp_path / "code.pth")
+    published_in_the_cache(monkeypatch, tmp_path / "code.pth")
     with pytest.raises(VggfeatError, match="failed to load"):
         load_vgg("vgg11", "imagenet")
     assert not marker.exists(), "unpickling ran code from the cached weights file"

@@ -108,6 +108,8 @@ def imagenet_cache_file(model: str) -> Path:
 
 def _imagenet(model: str) -> VGG:
     enum = _imagenet_enum(model)
+    if imagenet_cache_file(model).is_file():  # put there by hand, maybe: torch.hub checks only what it downloads
+        _check_published(imagenet_cache_file(model), model, enum.url)
     try:
         # torchvision's weights API with torch.hub's cache, but weights_only=True: torch.hub would
         # otherwise unpickle whatever file sits in the cache.
@@ -115,6 +117,25 @@ def _imagenet(model: str) -> VGG:
     except Exception as error:  # noqa: BLE001 - see _imagenet_refusal
         raise _imagenet_refusal(model, enum.url, error) from None
     return _with_state_dict(model, state_dict, source=str(imagenet_cache_file(model)))
+
+
+def _check_published(path: Path, model: str, url: str) -> None:
+    """Refuse ``path``, named as torchvision's file of the ImageNet weights of ``model``
+    (``vgg16-397923af.pth``), whose SHA-256 does not begin with the digits in that name: a damaged
+    copy, or other weights under that name, which would be used as ImageNet's."""
+    expected = torch.hub.HASH_REGEX.search(path.name)[1]
+    hasher = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(2**20):
+                hasher.update(block)
+    except OSError:  # loading it says why it cannot be read
+        return
+    if not hasher.hexdigest().startswith(expected):
+        delete = ", or delete it to download it again" if path == imagenet_cache_file(model) else ""
+        raise VggfeatError(f"{path} is not the file torchvision publishes as the ImageNet weights of {model}: its SHA-256 "
+                           f"begins {hasher.hexdigest()[:len(expected)]}, its name says {expected} (a damaged copy, or "
+                           f"other weights under that name): fetch it again from {url}{delete}")
 
 
 def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
@@ -143,6 +164,9 @@ def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
 def _from_file(model: str, path: Path) -> VGG:
     if not path.is_file():
         raise VggfeatError(f"weights file not found: {path} (--weights takes 'imagenet', 'random' or a file)")
+    published = _imagenet_enum(model).url
+    if path.name == os.path.basename(published):  # the offline user's copy of torchvision's file
+        _check_published(path, model, published)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
