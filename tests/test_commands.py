@@ -231,7 +231,8 @@ def test_a_descriptor_of_nan_or_infinities_is_refused_naming_its_row_and_image(t
              "extraction never writes (it records such an image as failed); describe the images again (extract --overwrite)")
     for args in (["train-svm", features, tmp_path / "m.h5"], ["predict", model, features, tmp_path / "p.csv"],
                  ["evaluate", model, features], ["index", features, tmp_path / "i.h5"],
-                 ["whiten", "fit", features, tmp_path / "w.h5"], ["retrieval-eval", features]):
+                 ["whiten", "fit", features, tmp_path / "w.h5"], ["retrieval-eval", features],
+                 ["export", features, tmp_path / "e.npy"]):
         code, _, err = run_main([str(arg) for arg in args])
         assert code == 2 and error_line(err) == error, (args, err)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["features.h5", "good.h5", "model.h5"]

@@ -92,8 +92,8 @@ def _class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
 
 def _npy(f: FeatureFile, target: Path, step: int) -> None:
     out = np.lib.format.open_memmap(target, mode="w+", dtype=f.features.dtype, shape=(f.rows, f.dim))
-    for start in range(0, f.rows, step):
-        out[start : start + step] = f.features[start : start + step]
+    for start in range(0, f.rows, step):  # refusing a damaged row (NaN, infinite), as every reader does
+        f.read(np.arange(start, min(start + step, f.rows)), out=out[start : start + step])
     out.flush()
     del out
 
@@ -110,7 +110,7 @@ def _parquet(f: FeatureFile, target: Path, labels: list[str], step: int) -> None
     )
     with pq.ParquetWriter(target, schema) as writer:
         for start in range(0, max(f.rows, 1), step):
-            block = np.asarray(f.features[start : start + step], dtype=np.float32)
+            block = f.read(np.arange(start, min(start + step, f.rows)), dtype=np.float32)
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel(), pa.float32()), f.dim)
             writer.write_table(pa.table({
                 "path": pa.array(f.paths[start : start + step], pa.string()),
