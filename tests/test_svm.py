@@ -173,6 +173,49 @@ def test_bad_training_data_is_refused_clearly():
         fitted.decision_function(X[:, :5])
 
 
+def test_two_classes_are_scored_as_scikit_learn_scores_them():
+    """One score per row, positive for classes_[1]: scikit-learn's scorers (roc_auc, average
+    precision) and calibration take a two-class decision_function so; its [N, 2] failed them.
+    class_scores keeps each class's SVM score, as the CSVs of predictions write them."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import cross_val_score
+
+    X, y, _, names = blobs(classes=2, per_class=15, spread=2.0)
+    labels = np.array(names)[y]
+    svm = LinearSVM(C=1).fit(X, labels)
+    scores, per_class = svm.decision_function(X), svm.class_scores(X)
+    assert scores.shape == (30,) and per_class.shape == (30, 2)
+    np.testing.assert_allclose(scores, per_class[:, 1] - per_class[:, 0])
+    np.testing.assert_array_equal(svm.predict(X), np.where(scores > 0, svm.classes_[1], svm.classes_[0]))
+    assert cross_val_score(LinearSVM(C=1), X, labels, cv=3, scoring="roc_auc", error_score="raise").min() > 0.5
+    assert CalibratedClassifierCV(LinearSVM(C=1), cv=3).fit(X, labels).predict_proba(X).shape == (30, 2)
+    multilabel = LinearSVM(C=1, multilabel=True).fit(X, np.stack([y == 0, y == 1], 1))
+    assert multilabel.decision_function(X).shape == (30, 2)  # a score per label, as OneVsRestClassifier's
+
+
+def test_what_the_estimator_refuses_is_a_value_error_said_plainly(tmp_path):
+    """As scikit-learn's estimators refuse bad parameters and data: code that catches ValueError
+    (GridSearchCV's error_score) takes it; a sparse matrix or one row was said to be of 0 or D
+    dimensions; a generator of Cs was used up by the check, and fit then failed on len()."""
+    import scipy.sparse
+
+    X, y, _, _ = blobs()
+    fitted = LinearSVM(C=1).fit(X, y)
+    for make, words in [
+        (lambda: LinearSVM(C=-1).fit(X, y), "C must be a positive number"),
+        (lambda: LinearSVM(C_grid=(c for c in (0.1, 1.0))).fit(X, y), "C_grid must be a list or tuple"),
+        (lambda: LinearSVM(C=1).fit(scipy.sparse.csr_matrix(X), y), "must be a dense array: pass X.toarray()"),
+        (lambda: fitted.predict(scipy.sparse.csr_matrix(X)), "must be a dense array: pass X.toarray()"),
+        (lambda: fitted.predict(X[0]), r"descriptors must be a \[rows, dimensions\] array, got shape \(8,\)"),
+    ]:
+        with pytest.raises(ValueError, match=words) as raised:
+            make()
+        assert isinstance(raised.value, VggfeatError)  # the CLI's one-line error
+    # LinearSVM's own keywords are train_svm's: copy too, which it sets itself (its X is its own).
+    features = write_features(tmp_path / "train.h5", X, [f"{i}.jpg" for i in range(len(X))], y, ["a", "b", "c"])
+    assert transfer.train_svm(features, C=1.0, copy=True).svm.C_ == 1.0
+
+
 # --------------------------------------------------------------------------- model files
 
 
@@ -224,11 +267,11 @@ def test_an_excluded_class_multilabel_is_every_class_negative_from_own_labels_as
     assert transfer.train_svm(features, exclude=["BACKGROUND"], C=1.0).training["rows"] == 20  # single-label: its rows out
 
 
-@pytest.mark.parametrize("classes", [[3, 7, 12], [0.5, 1.0, 2.5], ["3", "7", "12"]])
+@pytest.mark.parametrize("classes", [[3, 7, 12], [0.5, 1.0, 2.5], ["3", "7", "12"], [False, True]])
 def test_a_saved_model_predicts_the_classes_it_was_fitted_on_numbers_or_names(tmp_path, classes):
     """The Python API's fit(X, [3, 7, 12]): a loaded model predicted '3', which equalled no label
-    (accuracy 0, silently) and made score() raise."""
-    X, y, _, _ = blobs()
+    (accuracy 0, silently) and made score() raise; booleans came back as 'True' and 'False'."""
+    X, y, _, _ = blobs(classes=len(classes))
     labels = np.array(classes)[y]
     svm = LinearSVM(C=1.0).fit(X, labels)
     save_model(tmp_path / "model.h5", svm, [{}])
@@ -343,8 +386,8 @@ def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, 
     expected = saved.svm.decision_function(load_features([a, b]).X)
     monkeypatch.setattr(vggfeat.features, "TRANSFORM_BYTES", 8 * 16 * 4)  # 4 rows of 16 float64 a block
     blocks = []
-    decision_function = saved.svm.decision_function
-    monkeypatch.setattr(saved.svm, "decision_function", lambda block: blocks.append(len(block)) or decision_function(block))
+    class_scores = saved.svm.class_scores
+    monkeypatch.setattr(saved.svm, "class_scores", lambda block: blocks.append(len(block)) or class_scores(block))
     scored = transfer.predict(saved, [a, b])
     assert blocks == [4] * 7 + [2] and scored.paths == paths
     np.testing.assert_allclose(scored.scores, expected, rtol=1e-12)
@@ -435,14 +478,14 @@ def test_a_scores_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     a = write_features(tmp_path / "a.h5", X, paths, y, names)
     saved = transfer.train_svm(a, C=1.0)
     monkeypatch.setattr(vggfeat.features, "TRANSFORM_BYTES", 8 * 16 * 4)
-    decision_function, blocks = saved.svm.decision_function, []
+    class_scores, blocks = saved.svm.class_scores, []
 
     def failing(block):
         blocks.append(len(block))
         if len(blocks) == 3:
             raise OSError(28, "No space left on device")
-        return decision_function(block)
-    monkeypatch.setattr(saved.svm, "decision_function", failing)
+        return class_scores(block)
+    monkeypatch.setattr(saved.svm, "class_scores", failing)
     with pytest.raises(OSError, match="No space left"):
         transfer.write_scores(tmp_path / "s.h5", saved, a)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]

@@ -17,6 +17,13 @@ class VggfeatError(Exception):
     """
 
 
+class InvalidInput(VggfeatError, ValueError):
+    """A parameter or data that an estimator (:class:`~vggfeat.svm.LinearSVM`,
+    :class:`~vggfeat.whitening.PCAWhitening`) refuses: a ValueError too, as scikit-learn's are, so
+    that code written for them (GridSearchCV's ``error_score``, a caller's ``except ValueError``)
+    takes it for theirs."""
+
+
 class ImageError(Exception):
     """One image cannot be used (corrupt, truncated, not an image, too small or too large).
 

@@ -259,7 +259,7 @@ def load_features(
     ``expected_configs`` (one per file) are checked with :func:`check_configs` before any
     descriptor is read.
 
-    With ``transform`` (a model's ``decision_function``, say), ``X`` is ``transform`` of the rows,
+    With ``transform`` (a model's ``class_scores``, say), ``X`` is ``transform`` of the rows,
     read and transformed a block at a time (see :func:`read_blocks`): the descriptors are never
     held whole, whatever the file's size.
     """

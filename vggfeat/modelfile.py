@@ -21,9 +21,9 @@ from .files import open_h5, open_hdf5, written_atomically
 from .store import SVM_MODEL_FORMAT, kind_of
 
 MODEL_FORMAT_VERSION = 1
-# Classes that were numbers (the Python API's fit(X, [3, 7, 12])) are stored as text, as names are,
-# with the attribute "classes_dtype", so that a loaded model predicts the numbers it was fitted on.
-NUMBER_CLASSES = ("int64", "float64")
+# Classes that were numbers or booleans (the Python API's fit(X, [3, 7, 12])) are stored as text, as
+# names are, with the attribute "classes_dtype", so that a loaded model predicts the values it was fitted on.
+NUMBER_CLASSES = ("int64", "float64", "bool")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ModelFile:
     training: dict  # files, rows, labels, date: for the record
     checksum: str  # of its content (:func:`_checksum`): which model it is, for the files made with it
     command: str = ""  # the command line that trained it, where one did
-    classes_dtype: str = ""  # "int64" or "float64" where the classes were numbers (stored as text), else ""
+    classes_dtype: str = ""  # "int64", "float64" or "bool" where the classes were such values (stored as text), else ""
 
 
 def write_model_file(path: str | os.PathLike, coef: np.ndarray, intercept: np.ndarray, classes: list[str],

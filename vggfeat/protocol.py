@@ -83,7 +83,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
         # as many fits: the progress of all is that of this one, after those before it.
         of_split = None if progress is None else (
             lambda done, total, before=number - 1: progress(before * total + done, splits * total))
-        svm = LinearSVM(**svm_params, copy=False).fit(features.X[split.train], y[split.train], progress=of_split)
+        svm = LinearSVM(**{**svm_params, "copy": False}).fit(features.X[split.train], y[split.train], progress=of_split)
         predicted = _predict_rows(svm, features.X, split.test)
         table.append({
             "split": number,
@@ -152,12 +152,12 @@ def voc(train_files: Files, test_files: Files, labels_csv: str | os.PathLike | N
     if overlap:
         raise VggfeatError(f"{len(overlap)} image(s) are in both the training and the test set (e.g. {min(overlap)})")
     train_features, svm_params = training_features(train_files, train, svm_params)
-    svm = LinearSVM(**{**svm_params, "multilabel": True}, copy=False)
+    svm = LinearSVM(**{**svm_params, "multilabel": True, "copy": False})
     svm.fit(train_features.X, train.y, classes=train.classes, ignore=train.ignore, progress=progress)
     configs = train_features.configs
     del train_features
     test_features = load_features(test_files, paths=test.paths, expected_configs=configs, expected_by="the training features")
-    scores = svm.decision_function(test_features.X)
+    scores = svm.class_scores(test_features.X)
     outcome: dict = {}
     if results is not None:
         written = write_results(results, read_set(devkit, test_set, test.paths), test_set, test.paths, train.classes, scores)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import scipy.sparse
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -36,11 +37,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
 from .choices import DEFAULT_C_GRID, LOSSES, SOLVERS
-from .errors import VggfeatError
+from .errors import InvalidInput, VggfeatError
 from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
 
-_SCORE_ROWS = 8192  # rows normalised and scored at a time in decision_function
+_SCORE_ROWS = 8192  # rows normalised and scored at a time in class_scores
 # Values of a row and a class that the lbfgs solver computes at a time (vggfeat.primal), a block of
 # rows' of every class: a few arrays of 4 MiB in float32 on the CPU, not of [N, K] (ImageNet's 1.28
 # million rows of 1,000 classes: 5 GiB an array); 64 MiB on a GPU, whose every operation on a block
@@ -145,11 +146,23 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """SVM scores [N, K], one column per class; computed in row chunks, X is never copied whole."""
+        """As scikit-learn's classifiers give it: of two classes (single-label), one score per row
+        [N], positive for ``classes_[1]`` (the difference of the two SVMs' scores, whose sign is
+        :meth:`predict`'s choice); otherwise :meth:`class_scores`, [N, K]."""
+        scores = self.class_scores(X)
+        if len(self.classes_) == 2 and not self.multilabel:
+            return scores[:, 1] - scores[:, 0]
+        return scores
+
+    def class_scores(self, X: np.ndarray) -> np.ndarray:
+        """SVM scores [N, K], one column per class (two classes too); computed in row chunks, X is
+        never copied whole."""
         check_is_fitted(self, "coef_")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise VggfeatError(f"descriptors have {X.shape[-1] if X.ndim else 0} dimensions, the model expects {self.n_features_in_}")
+        X = _dense(X)
+        if X.ndim != 2:
+            raise InvalidInput(f"descriptors must be a [rows, dimensions] array, got shape {X.shape}")
+        if X.shape[1] != self.n_features_in_:
+            raise InvalidInput(f"descriptors have {X.shape[1]} dimensions, the model expects {self.n_features_in_}")
         scores = np.empty((len(X), len(self.classes_)), dtype=np.float64)
         for start in range(0, len(X), _SCORE_ROWS):
             block = self._prepare(X[start : start + _SCORE_ROWS], copy=True)
@@ -158,7 +171,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class of each row (single-label), or an indicator matrix of positive scores (multi-label)."""
-        scores = self.decision_function(X)
+        scores = self.class_scores(X)
         if self.multilabel:
             return scores > 0
         return self.classes_[np.argmax(scores, axis=1)]
@@ -269,40 +282,42 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         if self.C is not None and not _is_positive_number(self.C):
-            raise VggfeatError(f"C must be a positive number, got {self.C!r}")
+            raise InvalidInput(f"C must be a positive number, got {self.C!r}")
         if self.C is None:
-            grid = list(self.C_grid)
-            if not grid or not all(_is_positive_number(c) for c in grid):
-                raise VggfeatError(f"the C grid must hold positive numbers, got {grid}")
+            grid = self.C_grid
+            if not isinstance(grid, (list, tuple, np.ndarray)):  # an iterator would be used up by this look
+                raise InvalidInput(f"C_grid must be a list or tuple of positive numbers, got {type(grid).__name__}")
+            if not len(grid) or not all(_is_positive_number(c) for c in grid):
+                raise InvalidInput(f"the C grid must hold positive numbers, got {list(grid)}")
             if not _is_integer_at_least(self.cv, 2):
-                raise VggfeatError(f"cv must be an integer >= 2, got {self.cv!r}")
+                raise InvalidInput(f"cv must be an integer >= 2, got {self.cv!r}")
         if self.loss not in LOSSES:
-            raise VggfeatError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+            raise InvalidInput(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.solver not in SOLVERS:
-            raise VggfeatError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+            raise InvalidInput(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.solver == "lbfgs" and self.loss != "squared_hinge":
-            raise VggfeatError("the lbfgs solver trains the squared hinge loss (L2-SVM); the hinge loss, not "
+            raise InvalidInput("the lbfgs solver trains the squared hinge loss (L2-SVM); the hinge loss, not "
                                "differentiable, is liblinear's: use --solver liblinear")
         if self.class_weight not in (None, "balanced"):
-            raise VggfeatError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+            raise InvalidInput(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
         if not _is_integer_at_least(self.n_jobs, 1):
-            raise VggfeatError(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
+            raise InvalidInput(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
         if not _is_integer_at_least(self.max_iter, 1):
-            raise VggfeatError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+            raise InvalidInput(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not _is_positive_number(self.tol):
-            raise VggfeatError(f"tol must be a positive number, got {self.tol!r}")
+            raise InvalidInput(f"tol must be a positive number, got {self.tol!r}")
 
     def _prepare(self, X: np.ndarray, copy: bool, dtype: type = np.float64) -> np.ndarray:
-        X = np.asarray(X)
+        X = _dense(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-            raise VggfeatError(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
+            raise InvalidInput(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
         # asarray copies only where X is not of dtype, C-order, already (NumPy 1's copy=False, 2's copy=None).
         out = np.array(X, dtype=dtype, order="C") if copy else np.ascontiguousarray(X, dtype=dtype)
         # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
         for start in range(0, len(out), _SCORE_ROWS):
             block = out[start : start + _SCORE_ROWS]
             if not np.isfinite(block).all():
-                raise VggfeatError("descriptors contain NaN or infinite values")
+                raise InvalidInput("descriptors contain NaN or infinite values")
             if self.normalize:  # the sums of squares in float32 at least: float16's overflow at 65,504
                 norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.promote_types(block.dtype, np.float32)))
                 np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)  # an all-zero descriptor stays zero
@@ -313,47 +328,47 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         if ignore is None:
             return None
         if not self.multilabel:
-            raise VggfeatError("rows to ignore per class go with multi-label targets (multilabel=True)")
+            raise InvalidInput("rows to ignore per class go with multi-label targets (multilabel=True)")
         ignore = np.asarray(ignore, dtype=bool)
         if ignore.shape != shape:
-            raise VggfeatError(f"ignore must be [rows, classes] = {list(shape)}, got {list(ignore.shape)}")
+            raise InvalidInput(f"ignore must be [rows, classes] = {list(shape)}, got {list(ignore.shape)}")
         return ignore
 
     def _targets(self, y, rows: int, classes: list[str] | None) -> np.ndarray:
         y = np.asarray(y)
         if len(y) != rows:
-            raise VggfeatError(f"{rows} descriptors but {len(y)} labels")
+            raise InvalidInput(f"{rows} descriptors but {len(y)} labels")
         if self.multilabel:
             if y.ndim != 2:
-                raise VggfeatError("multi-label targets must be an indicator matrix [rows, classes]")
+                raise InvalidInput("multi-label targets must be an indicator matrix [rows, classes]")
             if y.dtype != bool and not np.isin(y, (0, 1)).all():  # VOC's -1 (negative) would be taken as positive
-                raise VggfeatError(f"multi-label targets must be 0 or 1 (or bool), got {np.unique(y)[:5].tolist()}; "
+                raise InvalidInput(f"multi-label targets must be 0 or 1 (or bool), got {np.unique(y)[:5].tolist()}; "
                                    "VOC's -1 (negative) is 0; its 0 (difficult) is left out by ignore=")
             targets = y.astype(bool)
             if targets.shape[1] == 0:
-                raise VggfeatError("multi-label targets have no label column")
+                raise InvalidInput("multi-label targets have no label column")
             self.classes_ = np.array(classes if classes is not None else range(y.shape[1]))
             if len(self.classes_) != targets.shape[1]:
-                raise VggfeatError(f"{len(self.classes_)} class names for {targets.shape[1]} label columns")
+                raise InvalidInput(f"{len(self.classes_)} class names for {targets.shape[1]} label columns")
         else:
             if y.ndim != 1:
-                raise VggfeatError("single-label targets must be one label per row (use multilabel=True for indicators)")
+                raise InvalidInput("single-label targets must be one label per row (use multilabel=True for indicators)")
             self.classes_, index = np.unique(y, return_inverse=True)
             targets = one_hot(index, len(self.classes_))
             if len(self.classes_) < 2:
-                raise VggfeatError(f"need at least 2 classes to train, got {len(self.classes_)}")
+                raise InvalidInput(f"need at least 2 classes to train, got {len(self.classes_)}")
         positives = targets.sum(axis=0)
         for value, count in zip(self.classes_, positives):
             name = repr(str(value)) if isinstance(value, str) else str(value)
             if count == 0:
-                raise VggfeatError(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
+                raise InvalidInput(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
             # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold.
             if self.C is None and count < self.cv:
-                raise VggfeatError(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
+                raise InvalidInput(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
                                    "cross-validation fold, needed to choose C: fix --C, lower --cv, leave the class "
                                    "out (--exclude-class) or add images")
             if count == rows:
-                raise VggfeatError(f"class {name} holds every training example: nothing to tell it from")
+                raise InvalidInput(f"class {name} holds every training example: nothing to tell it from")
         return targets
 
 
@@ -406,9 +421,9 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
 
 
 def _classes_dtype(classes: np.ndarray) -> dict:
-    """The attribute that says ``classes`` are numbers (:data:`~vggfeat.modelfile.NUMBER_CLASSES`); none for names."""
+    """The attribute that says ``classes`` are numbers or booleans (:data:`~vggfeat.modelfile.NUMBER_CLASSES`); none for names."""
     kind = np.asarray(classes).dtype.kind
-    return {"classes_dtype": "int64"} if kind in "iu" else {"classes_dtype": "float64"} if kind == "f" else {}
+    return {"classes_dtype": {"i": "int64", "u": "int64", "f": "float64", "b": "bool"}[kind]} if kind in "iufb" else {}
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
@@ -421,9 +436,20 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
     classes = np.array(model.classes)
     svm.coef_, svm.intercept_ = model.coef, model.intercept
-    svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
+    if model.classes_dtype == "bool":  # written as str(value): "True", "False" (any text is True to astype)
+        svm.classes_ = classes == "True"
+    else:
+        svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
+
+
+def _dense(X) -> np.ndarray:
+    """``X`` as an array, refusing a sparse matrix (which NumPy would make a 0-d array of objects):
+    descriptors are dense."""
+    if scipy.sparse.issparse(X):
+        raise InvalidInput("descriptors must be a dense array: pass X.toarray() (a sparse matrix was given)")
+    return np.asarray(X)
 
 
 def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:

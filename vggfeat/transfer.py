@@ -121,7 +121,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     multilabel = bool(svm_params.get("multilabel", False))
     targets = training_targets(files, labels_csv, multilabel, exclude, voc, difficult)
     features, svm_params = training_features(files, targets, svm_params)
-    svm = LinearSVM(**svm_params, copy=False)  # X was read for this fit alone: normalise it in place
+    svm = LinearSVM(**{**svm_params, "copy": False})  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
             progress=progress)
     labels = (f"VOC devkit {voc[0]}, set {voc[1]}, difficult images: {difficult}" if voc is not None
@@ -250,7 +250,7 @@ def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[s
     the scores (classes a row), not with the descriptors."""
     saved = model if isinstance(model, SavedModel) else load_model(model)
     scores = load_features(files, paths=paths, expected_configs=saved.extraction_configs,
-                           transform=saved.svm.decision_function)
+                           transform=saved.svm.class_scores)
     return Scored(scores.paths, scores.X, [str(c) for c in saved.svm.classes_], saved.svm.multilabel)
 
 
@@ -301,7 +301,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
     def scored_rows() -> Iterator[tuple[str, str, np.ndarray]]:
         nonlocal written
         for paths, X in read_blocks(files, expected_configs=saved.extraction_configs):
-            scores = saved.svm.decision_function(X)
+            scores = saved.svm.class_scores(X)
             if multilabel:
                 predicted = [";".join(class_names[positive]) for positive in scores > 0]
             else:
@@ -338,7 +338,7 @@ def write_scores(path: str | os.PathLike, model: str | os.PathLike | SavedModel,
     with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
         writer = ScoresWriter(f, classes, saved.svm.multilabel)
         for paths, X in read_blocks(files, expected_configs=saved.extraction_configs):
-            writer.append(paths, saved.svm.decision_function(X))
+            writer.append(paths, saved.svm.class_scores(X))
             if progress is not None:
                 progress(len(paths))
         writer.finish(failed, saved.source, saved.checksum, [os.fspath(name) for name in file_list(files)], provenance)
