@@ -159,6 +159,44 @@ def test_members_with_long_names_and_a_leading_dot_slash_are_read_in_place(tmp_p
             assert file.read() == b"\xff\xd8 the bytes"
 
 
+@pytest.mark.parametrize("format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_are_named_as_unpacking_names_them_and_links_read_as_their_targets(tmp_path, format):
+    """A member named ``/abs/f.png`` of an archive given as IMAGES was read from the disk's
+    /abs/f.png (pathlib joins an absolute name so); ``a//c.png`` failed as not in its archive;
+    ``a/./b.png`` and ``d/../e.png`` vanished, as hidden; a second name of a file (``tar`` stores
+    a hard link) and symbolic links were left out, silently. Names that lead outside the archive,
+    and links to no file in it, are left out saying so."""
+    (tmp_path / "abs").mkdir()
+    write_rgb(tmp_path / "abs" / "f.png", 224, 224, seed=1)  # a file of the disk's, not the archive's
+    archive = tmp_path / "shard.tar"
+    with tarfile.open(archive, "w", format=format) as tar:
+        for number, name in enumerate(["a//c.png", "a/./b.png", "d/../e.png", f"{tmp_path}/abs/f.png", "ok.png",
+                                       "../out.png"]):
+            write_rgb(tmp_path / "member.png", 224, 230, seed=10 + number)
+            member = tarfile.TarInfo(name)  # as named: tar.add would take the leading "/" off
+            member.size = (tmp_path / "member.png").stat().st_size
+            tar.addfile(member, io.BytesIO((tmp_path / "member.png").read_bytes()))
+        for name, kind, target in [("hard.png", tarfile.LNKTYPE, "ok.png"), ("sub/soft.png", tarfile.SYMTYPE, "../ok.png"),
+                                   ("chain.png", tarfile.SYMTYPE, "sub/soft.png"), ("nowhere.png", tarfile.SYMTYPE, "no.png"),
+                                   ("passwd.png", tarfile.SYMTYPE, "/etc/passwd")]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+    with pytest.warns(UserWarning, match=r"has 3 member\(s\) named outside it \('..'\), or links that lead to no file "
+                                         r"in it \(the first: '../out.png'\): left out"):
+        images = find_images(archive)
+    absolute = f"{str(tmp_path).lstrip('/')}/abs/f.png"
+    assert sorted(images.paths) == sorted(["a/b.png", "a/c.png", "chain.png", "e.png", "hard.png", "ok.png", "sub/soft.png",
+                                           absolute])
+    files = dict(zip(images.paths, images.files()))
+    with tarfile.open(archive) as tar:
+        members = {name: tar.extractfile(name).read() for name in tar.getnames() if tar.getmember(name).isreg()}
+    for path, name in [(absolute, f"{tmp_path}/abs/f.png"), ("a/c.png", "a//c.png"), ("hard.png", "ok.png"),
+                       ("chain.png", "ok.png")]:
+        with open_image_file(files[path]) as file:
+            assert file.read() == members[name], path
+
+
 def test_plain_headers_are_read_as_tarfile_reads_them_and_other_archives_are_left_to_it(tmp_path):
     """The fast reading of plain (ustar, v7) headers, GNU long names and PAX records gives
     tarfile's table (names split into a prefix, not ASCII, long); archives with headers of other

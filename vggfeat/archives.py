@@ -24,6 +24,7 @@ import collections
 import contextlib
 import io
 import os
+import posixpath
 import tarfile
 import threading
 import warnings
@@ -49,6 +50,7 @@ _tables: collections.OrderedDict[str, Table] = collections.OrderedDict()
 _reading: dict[tuple[str, Version], Future] = {}  # tables being read, for the threads that want them meanwhile
 _given: dict[str, Table] = {}  # the places of the files that this process is decoding (given)
 _lock = threading.Lock()
+_warned: set[tuple[str, str]] = set()  # (archive, what was left out of its table) warned of
 
 
 def is_archive(name: str) -> bool:
@@ -263,14 +265,78 @@ def read_table(archive: str) -> dict[str, tuple[int, int]]:
     """``archive``'s members: name -> (offset, size) of their data in its file (for an archive
     inside an archive, in the outermost one's file), read from its headers."""
     file, start, length = _span(archive)
-    table = _plain_table(file, start, length)
-    table = _tarfile_table(file, start, length, name=archive) if table is None else table
+    links: dict[str, tuple[bool, str]] = {}
+    table = _plain_table(file, start, length, links)
+    if table is None:
+        links.clear()
+        table = _tarfile_table(file, start, length, name=archive, links=links)
     unnamed = [member for member in table if "\0" in member]
     if unnamed:  # no path holds a NUL byte (nor can HDF5 store one): a damaged header's name
-        warnings.warn(f"the tar archive {archive} has {len(unnamed)} member(s) whose name holds a NUL byte (a damaged "
-                      f"header; the first: {unnamed[0]!r}): left out", stacklevel=2)
+        _warn_once(archive, f"the tar archive {archive} has {len(unnamed)} member(s) whose name holds a NUL byte (a "
+                            f"damaged header; the first: {unnamed[0]!r}): left out")
         table = {member: place for member, place in table.items() if member not in unnamed}
-    return table
+    return _as_paths(archive, table, links)
+
+
+def _warn_once(archive: str, message: str) -> None:
+    """Warn of what was left out of ``archive``'s table once per process: its images are found,
+    then read, and each reads the table."""
+    if (archive, message) not in _warned:
+        _warned.add((archive, message))
+        warnings.warn(message, stacklevel=4)
+
+
+def _as_paths(archive: str, table: dict[str, tuple[int, int]], links: dict[str, tuple[bool, str]]
+              ) -> dict[str, tuple[int, int]]:
+    """``table`` under its members' names as paths give them (:func:`_inside`), with each link
+    (``links``: name -> (symbolic, target), as ``tar`` stores a second name of a file, or a
+    symbolic link) given its target's data, as unpacking would. A member named outside the
+    archive (``../a.jpg``), or a link that leads to no file in it, is left out, with a warning:
+    joined to the archive's path, such a name would read another file on the disk, or none."""
+    named: dict[str, tuple[int, int]] = {}
+    left_out = []
+    for member, place in table.items():
+        name = _inside(member)
+        if name is None:
+            left_out.append(member)
+        else:
+            named[name] = place
+    link_of = {_inside(link): target for link, target in links.items()}
+    for link, (symbolic, target) in links.items():
+        at, place = _inside(link), None
+        for _ in range(LINK_HOPS):  # a link to a link, at most so many
+            if at is None or (symbolic and target.startswith("/")):
+                break
+            to = _inside(posixpath.join(posixpath.dirname(at), target) if symbolic else target)
+            if to in named:
+                place = named[to]
+                break
+            if to not in link_of:
+                break
+            at, (symbolic, target) = to, link_of[to]
+        if place is None:
+            left_out.append(link)
+        else:
+            named[_inside(link)] = place
+    if left_out:
+        _warn_once(archive, f"the tar archive {archive} has {len(left_out)} member(s) named outside it ('..'), or links "
+                            f"that lead to no file in it (the first: {left_out[0]!r}): left out")
+    return named
+
+
+def _inside(member: str) -> str | None:
+    """``member``'s name as paths give it, without empty or ``.`` components and with ``..`` taken
+    back (``/a//./b.jpg``: ``a/b.jpg``; ``tar -C dir -cf x.tar .`` stores ``./b.jpg``: ``b.jpg``);
+    None where it leads outside the archive, or to the archive itself."""
+    parts: list[str] = []
+    for part in member.split("/"):
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts) or None
 
 
 def _span(archive: str) -> tuple[str, int, int | None]:
@@ -308,8 +374,8 @@ def _file_of(archive: str) -> str:
     return archive if inside is None else inside[0]
 
 
-def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: str | None = None
-                   ) -> dict[str, tuple[int, int]]:
+def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: str | None = None,
+                   links: dict[str, tuple[bool, str]] | None = None) -> dict[str, tuple[int, int]]:
     """As :func:`_plain_table`, by tarfile, for archives of any header; warns where a header it
     cannot read (a damaged one) ends the archive before its end: the members after it, whose
     names it cannot know, are left out (``name``: the archive, as the message names it)."""
@@ -326,7 +392,9 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: s
                     if info.size < 0:  # tarfile takes a PAX record's "size=-1536" as it is
                         raise tarfile.ReadError(f"{info.name} has a negative size ({info.size}): a damaged header")
                     if info.isreg():
-                        table[_name(info.name)] = (info.offset_data, info.size)
+                        table[info.name] = (info.offset_data, info.size)
+                    elif (info.islnk() or info.issym()) and links is not None:
+                        links[info.name] = (info.issym(), info.linkname)
                 else:
                     _warn_if_cut(raw, tar.offset, os.fstat(raw.fileno()).st_size if length is None else start + length,
                                  name or file)
@@ -354,13 +422,15 @@ def _warn_if_cut(raw: BinaryIO, stopped: int, end: int, name: str) -> None:
                       "header): the images after it are left out; repair it, or unpack what can be read", stacklevel=2)
 
 
-def _plain_table(file: str, start: int = 0, length: int | None = None) -> dict[str, tuple[int, int]] | None:
+def _plain_table(file: str, start: int = 0, length: int | None = None, links: dict[str, tuple[bool, str]] | None = None
+                 ) -> dict[str, tuple[int, int]] | None:
     """The members of an archive of plain headers (ustar or v7), with the long names and PAX
     records of GNU tar and Python's tarfile (which writes one for every file it adds: its time
     has a fraction), read without tarfile's objects: 4x as fast as tarfile, 10 us a member
     (``benchmarks/bench_archives.py``). None at a header of another kind, one that is not sound,
     or where the archive is cut short: tarfile reads those. The archive is the ``length`` bytes
-    of ``file`` from ``start`` (None: to its end)."""
+    of ``file`` from ``start`` (None: to its end). Names are as stored; ``links``, if given, is
+    added each hard or symbolic link: name -> (symbolic, target)."""
     table: dict[str, tuple[int, int]] = {}
     pending: dict[str, bytes] = {}  # what a long name's or PAX header says of the next member
     with open(file, "rb", buffering=0) as raw:
@@ -383,19 +453,25 @@ def _plain_table(file: str, start: int = 0, length: int | None = None) -> dict[s
                 pending.update(said)
             else:
                 name, member_size = pending.get("path", name), int(pending.get("size", size))
+                pending_link = pending.get("linkpath")
                 pending.clear()
                 if data_offset + member_size > end:
                     return None
                 if kind in _TYPES_REGULAR:
-                    table[_name(os.fsdecode(name))] = (data_offset, member_size)
+                    table[os.fsdecode(name)] = (data_offset, member_size)
+                elif kind in _TYPES_LINK and links is not None:
+                    target = pending_link or header[157:257].split(b"\0", 1)[0]
+                    links[os.fsdecode(name)] = (kind == b"2", os.fsdecode(target))
                 size = member_size
             offset = data_offset + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     return table or None  # an empty file, or an empty archive: tarfile tells which
 
 
-# Type flags of a plain header: regular files; links, devices, folders and FIFOs (left out); a
-# GNU long name or a PAX header, which name the next member.
-_TYPES_REGULAR, _TYPES_OTHER, _TYPES_NEXT_NAMED = (b"0", b"\0", b"7"), (b"1", b"2", b"3", b"4", b"5", b"6"), (b"L", b"x")
+# Type flags of a plain header: regular files; hard and symbolic links (read as their targets);
+# devices, folders and FIFOs (left out); a GNU long name or a PAX header, which name the next member.
+_TYPES_REGULAR, _TYPES_LINK = (b"0", b"\0", b"7"), (b"1", b"2")
+_TYPES_OTHER, _TYPES_NEXT_NAMED = (b"3", b"4", b"5", b"6"), (b"L", b"x")
+LINK_HOPS = 8  # links followed from a link, at most
 
 
 def _plain_member(header: bytes) -> tuple[bytes, int, bytes] | None:
@@ -410,7 +486,7 @@ def _plain_member(header: bytes) -> tuple[bytes, int, bytes] | None:
     if checksum != 256 + sum(header[:148]) + sum(header[156:]) or size < 0:  # the checksum counts its field as spaces
         return None
     kind = header[156:157]
-    if kind not in _TYPES_REGULAR and kind not in _TYPES_OTHER and kind not in _TYPES_NEXT_NAMED:
+    if kind not in (*_TYPES_REGULAR, *_TYPES_LINK, *_TYPES_OTHER, *_TYPES_NEXT_NAMED):
         return None
     name = header[:100].split(b"\0", 1)[0]
     if header[257:265] == b"ustar\x0000":  # POSIX: a long name's first part is the prefix
@@ -436,8 +512,8 @@ def _next_member(kind: bytes, data: bytes) -> dict[str, bytes] | None:
         key, equals, value = data[space + 1 : position + length - 1].partition(b"=")
         if not equals or length <= 0:
             return None
-        if key == b"path":  # UTF-8 in a PAX header
-            said["path"] = os.fsencode(value.decode("utf-8", "surrogateescape"))
+        if key in (b"path", b"linkpath"):  # UTF-8 in a PAX header
+            said[key.decode()] = os.fsencode(value.decode("utf-8", "surrogateescape"))
         elif key == b"size":
             if not value.isdigit():  # a size that is not one (damaged): tarfile reads the archive
                 return None
@@ -446,8 +522,3 @@ def _next_member(kind: bytes, data: bytes) -> dict[str, bytes] | None:
     return said
 
 
-def _name(member: str) -> str:
-    """A member's name as paths give it: ``tar -C dir -cf x.tar .`` stores ``./a.jpg``."""
-    while member.startswith("./"):
-        member = member[2:]
-    return member
