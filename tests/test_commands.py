@@ -211,6 +211,9 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
     assert code == 0 and "  failed: zz/bad\\nname\\x1b[2J.png: truncated\\rfile\n" in out
     code, _, err = run_main(["info", tmp_path / "new\nfile.h5"])
     assert code == 2 and err.count("\n") == 1 and "new\\nfile.h5" in err
+    odd_class = write_features(tmp_path / "classes.h5", X, paths, labels, ["cl\nass", *classes[1:]])
+    code, out, _ = run_main(["info", odd_class])
+    assert code == 0 and "classes      3: cl\\nass, " in out and "cl\nass" not in out
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

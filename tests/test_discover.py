@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import sys
@@ -349,6 +350,30 @@ def test_list_comma_in_file_name(tmp_path):
     found = read_file_list(listing)
     assert labels_by_path(found) == {"a,b.jpg": None, "c,d.jpg": "cat", "x,y/e.PNG": None,
                                      "f.jpg": "animals/cat", "g": "dog"}
+
+
+def test_a_list_names_a_file_a_line_whatever_its_name_holds(tmp_path):
+    """find writes a name with a form feed, U+2028 or U+0085 on one line: str.splitlines cut it in
+    two bogus paths. A CRLF list's CRs are line ends all the same."""
+    names = ["ok.jpg", "ff\fx.jpg", "ls\u2028ep.jpg", "nel\u0085x.jpg", "gs\x1dx.jpg"]
+    (tmp_path / "list.txt").write_bytes("".join(f"./{name}\n" for name in names).encode())
+    assert read_file_list(tmp_path / "list.txt").paths == tuple(sorted(names))
+    (tmp_path / "crlf.txt").write_bytes(b"a.jpg,cat\r\nb.jpg\r\n")
+    assert labels_by_path(read_file_list(tmp_path / "crlf.txt")) == {"a.jpg": "cat", "b.jpg": None}
+
+
+def test_a_list_written_by_csv_writer_is_read_as_it_was_written(tmp_path):
+    """Its header was an image "path" of class "label"; a quoted path kept its quotes, and a quoted
+    label with a comma made a class of its last part."""
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([["b, c.jpg", "x"], ["plain.jpg", "y"], ["cat, tabby/x.jpg", "cat, tabby"], ['say "hi".jpg', ""]])
+    assert labels_by_path(read_file_list(tmp_path / "list.csv")) == {
+        "b, c.jpg": "x", "cat, tabby/x.jpg": "cat, tabby", "plain.jpg": "y", 'say "hi".jpg': None}
+    (tmp_path / "bad.csv").write_text('"a.jpg",x,y\n')
+    with pytest.raises(VggfeatError, match=r"bad.csv:1: expected '\"path\"' or '\"path\",label'"):
+        read_file_list(tmp_path / "bad.csv")
 
 
 def test_a_long_list_is_read_without_a_look_at_each_file(tmp_path, monkeypatch):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,6 +272,13 @@ def test_search_for_what_a_box_of_the_query_image_holds(tmp_path):
     np.testing.assert_allclose([float(row["score"]) for row in rows], expected.scores, atol=1e-5)
     whole = search(index, whole, [str(query)], k=4)[0]
     assert not np.allclose(whole.scores, expected.scores, atol=1e-4)  # the box, not the whole image
+    # A query file whose name is not UTF-8 is named as every other query of such a name is (a traceback before).
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png"))
+    shutil.copy(query, odd)
+    code, _, err = run_main(["search", tmp_path / "db.index", odd, "--box", "80,0,240.4,240", "--k", "1",
+                             tmp_path / "odd.csv", "-q"])
+    assert code == 0, err
+    assert [row["query"] for row in csv.DictReader(open(tmp_path / "odd.csv"))] == [f"{tmp_path}/caf\\xe9.png"]
     # The same box as a region of the query image, beside the whole image: a query each.
     code, out, err = run_main(["search", tmp_path / "db.index", f"{query}#xywh=80,0,160,240", query, "--k", "4",
                                tmp_path / "both.csv", "--montage", tmp_path / "both.png", "-q"])

@@ -619,6 +619,24 @@ def test_labels_csv_from_a_spreadsheet(tmp_path):
     assert read_labels_csv(labels) == {"a.jpg": ["cat", "tree"], "b.jpg": ["dog"]}
 
 
+def test_a_labels_csv_names_files_as_the_features_file_does(tmp_path):
+    """A path whose bytes are not UTF-8 (a features file's /paths writes them \\xNN) was not in the
+    features file; a path that begins with '#', which csv.writer does not quote, was a comment:
+    its image is left unlabelled, now with a warning that says how to label it."""
+    X, y, _, names = blobs(classes=2, per_class=3)
+    paths = ["caf\\xe9.jpg", "#1.jpg", "a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    features = write_features(tmp_path / "f.h5", X, paths, y, names)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"path,label\ncaf\xe9.jpg,class0\n#1.jpg,class0\na.jpg,class0\nb.jpg,class1\nc.jpg,class1\n"
+                       b"d.jpg,class1\n# a comment, as comments go\n")
+    assert read_labels_csv(labels).commented == {"#1.jpg", "# a comment"}
+    with pytest.warns(RuntimeWarning, match=r"1 line\(s\) of .*labels.csv that begin with '#' name an image of the "
+                                             r"features file \(e.g. #1.jpg\), and were taken as comments: quote such a "
+                                             r'path \("#1.jpg",label\)'):
+        saved = transfer.train_svm(features, labels_csv=labels, C=1.0)
+    assert saved.training["rows"] == 5
+
+
 def test_training_that_would_not_fit_in_memory_is_warned_of_before_its_rows_are_read(tmp_path, monkeypatch):
     X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
     X[:, 8:] = 0  # half zeros, as fc7's after its ReLU: liblinear keeps only the others

@@ -28,7 +28,8 @@ def test_text_is_utf8_without_its_byte_order_mark_or_refused_naming_line_and_byt
 def test_a_labels_csv_names_files_in_any_bytes_but_its_labels_are_utf8(tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_bytes(b"path,label\n" + LATIN1_NAME + b",cat\nb.jpg,dog\n")
-    assert read_labels_csv(labels) == {LATIN1_NAME.decode("utf-8", "surrogateescape"): ["cat"], "b.jpg": ["dog"]}
+    # Named as a features file's /paths names that file (its bytes that are not UTF-8 written \\xNN), whose row it labels.
+    assert read_labels_csv(labels) == {"caf\\xe9.jpg": ["cat"], "b.jpg": ["dog"]}
     labels.write_bytes(b"a.jpg,cat\nb.jpg,caf\xe9\n")  # a spreadsheet's CSV saved in Latin-1
     with pytest.raises(VggfeatError, match=r"labels.csv, line 2: the label 'caf\\\\xe9' is not UTF-8 text; save the file as UTF-8"):
         read_labels_csv(labels)
@@ -62,7 +63,7 @@ def test_a_labels_csv_comment_begins_its_line_and_a_quoted_path_may_begin_with_a
 def test_an_imagenet_style_list_names_files_in_any_bytes(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_bytes(LATIN1_NAME + b" 3\n\xff\xfe 4\n")
-    assert read_labels(listing) == {LATIN1_NAME.decode("utf-8", "surrogateescape"): 3, "\udcff\udcfe": 4}
+    assert read_labels(listing) == {"caf\\xe9.jpg": 3, "\\xff\\xfe": 4}  # as /paths names them
     listing.write_bytes(b"a.jpg \xe9\n")
     with pytest.raises(VggfeatError, match=r"val.txt:1: expected 'filename label' .* got 'a.jpg \\\\xe9'"):
         read_labels(listing)

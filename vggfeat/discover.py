@@ -8,6 +8,7 @@ class of the folder the archive lies in, or their WebDataset sample's (its ``.cl
 
 from __future__ import annotations
 
+import csv
 import contextlib
 import dataclasses
 import functools
@@ -26,7 +27,7 @@ import numpy as np
 from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
 from .errors import VggfeatError, not_a_file
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
-from .textfiles import as_utf8, not_utf8
+from .textfiles import as_utf8, not_utf8, text_lines
 
 # .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
 # recorded as failed, saying so, rather than left out unseen.
@@ -314,9 +315,10 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
 
     ``list_file`` "-" is standard input (``find images -name '*.jpg' | vggfeat extract --file-list -
     out.h5``). Relative paths are taken from ``root`` (default: the list file's folder; the working
-    folder for standard input). Blank lines and lines starting with ``#`` are skipped. A line that
-    ends with an image extension is a path, commas and all (a file name may hold one); any other is
-    split at its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
+    folder for standard input). Blank lines and lines starting with ``#`` are skipped (list a file
+    named ``#1.jpg`` as ``./#1.jpg``), and a first line ``path,label`` (a CSV's header). A line that
+    ends with an image extension is a path, commas and all (a file name may hold one); a line that
+    begins with a quote is read as CSV (``"a, b.jpg",cat``); any other is split at its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
     but the list: a list of ten million files on a network file system would otherwise cost ten
     million round trips before any work.
     """
@@ -326,7 +328,7 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     class_of: dict[str, str | None] = {}
     # Bytes that are not UTF-8 are kept (as os.walk keeps them): they may be a file's name.
     listed = sys.stdin.buffer.read() if list_file == STDIN else list_file.read_bytes()
-    lines = listed.decode("utf-8-sig", errors="surrogateescape").splitlines()
+    lines = text_lines(listed.decode("utf-8-sig", errors="surrogateescape"))
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -334,7 +336,9 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         if "\0" in line:  # h5py cannot store it, nor can a file system name a file with it
             raise VggfeatError(f"{list_name(list_file)}:{number}: a NUL byte, which no path holds: a list names one "
                                "file a line (find -print, not -print0)")
-        path, label = _split_entry(line)
+        if not class_of and line.replace(" ", "").lower() in ("path", "path,label"):
+            continue  # a CSV's header (a list written by csv.writer, or saved from a spreadsheet)
+        path, label = _quoted_entry(line, list_file, number) if line.startswith('"') else _split_entry(line)
         try:
             path, region = split_region(path)
         except ValueError as error:
@@ -383,6 +387,19 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
     where = (f"its relative paths are taken from {os.path.abspath(images.root)} ({whose}): is that the folder they "
              "are relative to, and is its storage mounted?" if relative else "is their storage mounted?")
     raise VggfeatError(f"none of the files of {list_name(list_file)} is there (looked for {which}, e.g. {example}); {where}")
+
+
+def _quoted_entry(line: str, list_file: str | Path, number: int) -> tuple[str, str | None]:
+    """``"path",label`` or ``"path","label"``: a line as csv.writer writes a path that holds a comma
+    or a quote, unquoted as csv reads it."""
+    try:
+        cells = next(csv.reader([line]))
+    except csv.Error as error:
+        raise VggfeatError(f"{list_name(list_file)}:{number}: {error}") from None
+    if len(cells) not in (1, 2) or not cells[0]:
+        raise VggfeatError(f"{list_name(list_file)}:{number}: expected '\"path\"' or '\"path\",label', got "
+                           f"{as_utf8(line)!r}")
+    return cells[0], (cells[1].strip() or None) if len(cells) == 2 else None
 
 
 def _split_entry(line: str) -> tuple[str, str | None]:

@@ -43,16 +43,25 @@ class Targets:
                        None if self.ignore is None else self.ignore[kept])
 
 
-def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
-    """{path: [labels]} in file order, each label once per path."""
+class LabelsCsv(dict):
+    """{path: [labels]} of a labels CSV; ``commented``: the paths of its comment lines that read as
+    ``path,label`` (a path that begins with '#', written unquoted, as csv.writer writes it)."""
+
+    commented: set[str]
+
+
+def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
+    """{path: [labels]} in file order, each label once per path; paths as a features file's
+    /paths name them (bytes that are not UTF-8 written ``\\xNN``)."""
     path = Path(path)
     if not path.is_file():
         raise VggfeatError(not_a_file(path, "labels file"))
-    labels: dict[str, list[str]] = {}
+    labels = LabelsCsv()
+    labels.commented = set()
     # A line that begins with '#' is a comment (kept as an empty line, so that lines keep their
     # numbers); a path that begins with one is quoted ("#1.jpg",cat), as a cell that csv unquotes.
     lines = io.StringIO(read_text(path, names_files=True), newline="")
-    rows = csv.reader("\n" if line.startswith("#") else line for line in lines)
+    rows = csv.reader(_commented(line, labels.commented) for line in lines)
     for number, row in _csv_rows(rows, path):
         if not row or not "".join(row).strip():
             continue
@@ -62,7 +71,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
         names = [name.strip() for cell in row[1:] for name in cell.split(";") if name.strip()]
         if not row[0].strip() or not names:  # (no label: "path,", "path,;")
             raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {as_utf8(','.join(row))!r}")
-        known = labels.setdefault(row[0].strip(), [])
+        known = labels.setdefault(as_utf8(row[0].strip()), [])
         for name in names:
             check_utf8(name, path, number, "the label")
             if name not in known:
@@ -70,6 +79,17 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not labels:
         raise VggfeatError(f"{path} holds no labels")
     return labels
+
+
+def _commented(line: str, commented: set[str]) -> str:
+    """``line``, or an empty line where it is a comment, adding to ``commented`` the path of one
+    that reads as ``path,label``."""
+    if not line.startswith("#"):
+        return line
+    cells = line.split(",")
+    if len(cells) >= 2 and cells[0].strip() and cells[1].strip():
+        commented.add(as_utf8(cells[0].strip()))
+    return "\n"
 
 
 def _csv_rows(rows: Iterator[list[str]], path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -102,6 +122,11 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
     those that the file could not describe (``failed``: path to reason), which are left out with a
     warning."""
     known, failed = set(available), failed or {}
+    unlabelled = sorted(p for p in getattr(labels, "commented", ()) if p in known and p not in labels)
+    if unlabelled:
+        warnings.warn(f"{len(unlabelled):,} line(s) of {source} that begin with '#' name an image of the features file "
+                      f"(e.g. {unlabelled[0]}), and were taken as comments: quote such a path (\"{unlabelled[0]}\",label) "
+                      "to label its image", RuntimeWarning, stacklevel=2)
     missing = [p for p in labels if p not in known and p not in failed]
     if missing:
         raise VggfeatError(f"{len(missing)} path(s) of {source} are not in the features file (e.g. {missing[0]})")

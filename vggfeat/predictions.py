@@ -36,7 +36,7 @@ from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .files import file_attributes, written_atomically
 from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
-from .textfiles import as_utf8, read_text
+from .textfiles import as_utf8, read_text, text_lines
 
 
 @dataclass
@@ -103,14 +103,14 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
     if not path.is_file():
         raise VggfeatError(not_a_file(path, "labels file"))
     labels: dict[str, int] = {}
-    for number, line in enumerate(read_text(path, names_files=True).splitlines(), start=1):
+    for number, line in enumerate(text_lines(read_text(path, names_files=True)), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         # The label is the last field: after the last comma, else after the last run of whitespace
         # (file names may hold spaces).
         fields = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-        name, label = (fields[0].strip(), fields[1].strip()) if len(fields) == 2 else ("", "")
+        name, label = (as_utf8(fields[0].strip()), fields[1].strip()) if len(fields) == 2 else ("", "")  # as /paths
         try:
             index = int(label)
         except ValueError:

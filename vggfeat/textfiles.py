@@ -30,6 +30,18 @@ def read_text(path: str | os.PathLike, *, names_files: bool = False) -> str:
         raise VggfeatError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """``text``'s lines, split at line feeds alone (a CRLF's CR dropped; a file of CRs alone, an
+    old Mac's, at those): ``str.splitlines`` also splits at form feeds, U+2028 and other
+    characters that a file name may hold, which ``find`` writes on one line."""
+    if "\n" not in text:
+        text = text.replace("\r", "\n")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def check_utf8(text: str, path: str | os.PathLike, line: int, what: str) -> None:
     """Refuse ``text`` (``what`` at ``line`` of ``path``) holding bytes that are not UTF-8 (read by
     :func:`read_text` with ``names_files``): a class name, say, which HDF5 stores as UTF-8."""

@@ -104,7 +104,7 @@ def _regions_line(rows: int, regions: RegionCount) -> list[str]:
 
 def _first(names: list[str], shown: int = 8) -> str:
     """``a, b, c, … (5 more)``: the first names of a list."""
-    return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+    return ", ".join(map(common.printable, names[:shown])) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def _read_after_line(read_after: list[str] | None) -> str:
@@ -120,7 +120,7 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     """`` (4 labelled: dogs 3, cats 1)``: the failures of each class, the most first."""
     if not by_class:
         return ""
-    most = [f"{name} {count:,}" for name, count in list(by_class.items())[:shown]]
+    most = [f"{common.printable(name)} {count:,}" for name, count in list(by_class.items())[:shown]]
     more = [f"… {common.counted(len(by_class) - shown, 'more class', 'more classes')}"] if len(by_class) > shown else []
     return f" ({sum(by_class.values()):,} labelled: {', '.join(most + more)})"
 

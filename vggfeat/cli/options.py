@@ -92,7 +92,7 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
 
 
 images_and_output = click.argument("paths", nargs=-1, metavar="[IMAGES] OUTPUT", type=click.Path(path_type=Path))
-file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all); 'path#xywh=X,Y,W,H' names a region of the image (a box: top-left pixel, width, height). '-': standard input.")
+file_list = click.option("--file-list", type=click.Path(path_type=Path), help="Text file of image paths, one per line, optionally 'path,label' (a line ending in an image extension is a path, commas and all; a line beginning with a quote is CSV); 'path#xywh=X,Y,W,H' names a region of the image (a box: top-left pixel, width, height); lines beginning with '#' are comments (list #1.jpg as ./#1.jpg). '-': standard input.")
 root = click.option("--root", type=click.Path(path_type=Path), help="Folder that --file-list paths are relative to [default: the list's folder; for '-', the working folder].")
 archive_classes = click.option("--archive-classes", is_flag=True,
                                help="The tar archives directly in IMAGES (or in the archive IMAGES) are classes, named "

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import VggfeatError
-from ..textfiles import read_text
+from ..textfiles import as_utf8, read_text, text_lines
 from ..voc import set_files
 from . import common
 from .svm import difficult_in_training, fits_progress, svm_options, svm_params, voc_difficult
@@ -138,7 +138,8 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise VggfeatError(f"list not found: {path}")
-    paths = [line.strip() for line in read_text(path, names_files=True).splitlines() if line.strip() and not line.startswith("#")]
+    paths = [as_utf8(line.strip()) for line in text_lines(read_text(path, names_files=True))  # as /paths names them
+             if line.strip() and not line.startswith("#")]
     if not paths:
         raise VggfeatError(f"{path} lists no paths")
     return paths

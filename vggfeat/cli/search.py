@@ -14,6 +14,7 @@ from ..index import BACKENDS, VectorIndex
 from ..regions import image_of, split_region
 from ..rerun import check_output, file_record, record_in_file
 from ..retrieval import check_box
+from ..textfiles import as_utf8
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
                       write_results)
 from ..store import check_new_file
@@ -80,7 +81,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
         X, names, query_root = read_queries(db, queries_file)
     elif box:
         extractor = extractor_for(db.config, weights=weights, device=device, batch_size=batch_size, workers=workers)
-        X, names = describe_crops(extractor, rest, [box]), [str(rest[0])]
+        X, names = describe_crops(extractor, rest, [box]), [as_utf8(str(rest[0]))]  # as describe_images names them
     else:
         queries = _query_files(rest)
         with common.progress_bar(quiet, total=len(queries), unit="images", desc="describing the queries") as bar:
