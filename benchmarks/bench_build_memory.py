@@ -4,7 +4,7 @@
 
 Writes a synthetic float32 features file with the vggfeat schema (as `vggfeat extract` writes it)
 to --workdir, then runs each step twice, each run in a process of its own so that the peak
-resident memory printed (ru_maxrss) is that run's:
+resident memory printed (VmHWM) is that run's:
 
   whiten, vggfeat: whitening.fit_whitening, which reads the file in blocks and adds each block's
                    float64 moments (host memory: a block and a D x D covariance).
@@ -134,7 +134,16 @@ def child(step: str, mode: str, features: Path, output: Path) -> None:
     else:
         index_whole(features, step)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": _peak_mib()}))
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory: VmHWM, where Linux gives it. Its ru_maxrss is kept across
+    exec: a child started by a parent that made the file and model reports at least the parent's."""
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def scores_difference(workdir: Path) -> float:

@@ -266,8 +266,14 @@ def load_features(
     with _fused(files, paths, expected_configs, expected_by) as fused:
         if transform is None:
             X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))
-        else:
-            X = np.concatenate([transform(block) for _, block in fused.blocks(dtype)])
+        else:  # into one array made for them all: a concatenation would hold every block's besides
+            X, start = None, 0
+            for _, block in fused.blocks(dtype):
+                transformed = transform(block)
+                if X is None:
+                    X = np.empty((len(fused.paths), *transformed.shape[1:]), dtype=transformed.dtype)
+                X[start : start + len(transformed)] = transformed
+                start += len(transformed)
         first, first_rows = fused.opened[0], fused.rows_per_file[0]
         return Features(
             X=X,

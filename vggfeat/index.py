@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 KINDS = ("flat", "ivfpq", "hnsw")
 BACKENDS = ("auto", "faiss", "numpy")
 _STRING = h5py.string_dtype("utf-8")
-_SCORE_BYTES = 256 * 2**20  # NumPy search: size of one block of query x database scores
+_SCORE_BYTES = 256 * 2**20  # NumPy search: one block of query x database scores and argpartition's int64 rows
 BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
 
@@ -207,7 +207,7 @@ class VectorIndex:
                 raise VggfeatError(f"{path} is damaged: its FAISS index holds {index.faiss_index.ntotal} vectors, its "
                                    f"/paths {len(index.paths)}; build it again with 'vggfeat index'")
         if index.vectors is not None and _flat_uses_faiss(backend):
-            index.faiss_index = _flat_faiss(index.vectors)
+            index.faiss_index = _FlatFaiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
         index.apply_params()
         return index
@@ -291,7 +291,7 @@ def build_index(
             if progress:
                 progress(len(vectors))
         if _flat_uses_faiss(backend):
-            index.faiss_index = _flat_faiss(index.vectors)
+            index.faiss_index = _FlatFaiss(index.vectors)
     else:
         if kind == "ivfpq":
             index.faiss_index, index.params = _ivfpq(X, index.prepare, dim, nlist, m, nprobe)
@@ -338,10 +338,11 @@ def exact_search(vectors: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray
     n = len(Q)
     scores_out = np.empty((n, k), dtype=np.float32)
     rows_out = np.empty((n, k), dtype=np.int64)
-    block = max(1, _SCORE_BYTES // (4 * max(1, len(vectors))))
+    block = max(1, _SCORE_BYTES // (12 * max(1, len(vectors))))  # 4 bytes a score, 8 its row in argpartition's
     for start in range(0, n, block):
         scores = Q[start : start + block] @ vectors.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
+        columns = scores.shape[1]
+        top = np.argpartition(scores, columns - k, axis=1)[:, columns - k :] if k < columns else np.tile(np.arange(k), (len(scores), 1))
         top_scores = np.take_along_axis(scores, top, axis=1)
         if k < scores.shape[1]:
             _first_rows_of_ties(scores, top, top_scores)
@@ -393,11 +394,16 @@ def _flat_uses_faiss(backend: str) -> bool:
     return backend == "faiss" or (backend == "auto" and faiss_available())
 
 
-def _flat_faiss(vectors: np.ndarray):
-    faiss = load_faiss()
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index
+class _FlatFaiss:
+    """FAISS's exact inner-product search (``faiss.knn``) over a flat index's own vectors: an
+    ``IndexFlatIP`` would hold a copy of them, twice the index in memory."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (already so: no copy)
+
+    def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = load_faiss()
+        return faiss.knn(Q, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def _ivfpq(X: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], d: int, nlist: int | None, m: int | None,

@@ -76,18 +76,23 @@ VOC07_RECALLS = np.concatenate([np.arange(6) * 0.1, 1 - np.arange(4, -1, -1) * 0
 
 def ap_voc07_11pt(scores: np.ndarray, positive: np.ndarray) -> float:
     """PASCAL VOC2007 11-point interpolated average precision (NaN without positives)."""
-    if not np.any(positive):
-        return float("nan")
-    precision, recall = precision_recall(scores, positive)
-    points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in VOC07_RECALLS]
-    return float(np.mean(points))
+    return _voc07_11pt(*precision_recall(scores, positive)) if np.any(positive) else float("nan")
 
 
 def ap_area(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the precision-recall curve with monotone precision (VOC2010+), NaN without positives."""
-    if not np.any(positive):
-        return float("nan")
-    precision, recall = precision_recall(scores, positive)
+    return _area(*precision_recall(scores, positive)) if np.any(positive) else float("nan")
+
+
+def _voc07_11pt(precision: np.ndarray, recall: np.ndarray) -> float:
+    # The best precision at each recall threshold or beyond: the suffix maximum from the first
+    # example that reaches it (recall never falls); 0 where none does.
+    best = np.maximum.accumulate(precision[::-1])[::-1]
+    reached = np.searchsorted(recall, VOC07_RECALLS, side="left")
+    return float(np.mean([best[i] if i < len(best) else 0.0 for i in reached]))
+
+
+def _area(precision: np.ndarray, recall: np.ndarray) -> float:
     recall = np.concatenate([[0.0], recall, [1.0]])
     precision = np.concatenate([[0.0], precision, [0.0]])
     precision = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or beyond
@@ -129,11 +134,14 @@ def _per_class_ap(scores: np.ndarray, positive: np.ndarray, classes: list[str], 
     rows = []
     for k, name in enumerate(classes):
         kept = slice(None) if ignore is None else ~np.asarray(ignore[:, k], dtype=bool)
+        support = int(positive[kept, k].sum())
+        # One ranking for both APs: a sort of every row per class, the evaluation's cost.
+        curve = precision_recall(scores[kept, k], positive[kept, k]) if support else None
         row = {
             "class": name,
-            "support": int(positive[kept, k].sum()),
-            "ap_voc07_11pt": _number(ap_voc07_11pt(scores[kept, k], positive[kept, k])),
-            "ap_area": _number(ap_area(scores[kept, k], positive[kept, k])),
+            "support": support,
+            "ap_voc07_11pt": _number(_voc07_11pt(*curve) if curve else float("nan")),
+            "ap_area": _number(_area(*curve) if curve else float("nan")),
         }
         if ignore is not None:
             row["ignored"] = int(np.count_nonzero(ignore[:, k]))
