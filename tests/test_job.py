@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import warnings
 from datetime import datetime
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -539,6 +541,52 @@ def test_the_lock_of_a_folder_removed_as_it_was_taken_is_refused(tmp_path, monke
         lock_folder(folder, tmp_path / "out.h5")
 
 
+def test_a_lock_a_killed_update_left_is_no_run_of_another_folder(tmp_path, extractor):
+    """A kill in an update leaves OUTPUT.parts/ with its lock alone: the output, whole, was taken
+    for this job's own finished work over another folder of the same names ("done", its rows the
+    first folder's), and said to have described every image."""
+    write_plain_folder(tmp_path / "images", 2)
+    shutil.copytree(tmp_path / "images", tmp_path / "copy")
+    output = tmp_path / "out.h5"
+    ExtractionJob(extractor, find_images(tmp_path / "images"), output).run()
+    work_folder(output).mkdir()
+    (work_folder(output) / "lock").touch()
+    with pytest.raises(VggfeatError, match="already exists"):
+        ExtractionJob(extractor, find_images(tmp_path / "copy"), output)
+    job = ExtractionJob(extractor, find_images(tmp_path / "images"), output)
+    assert job.done == job.total == 2 and job.run().computed == 0 and not work_folder(output).exists()
+
+
+def test_work_discarded_by_overwrite_loses_its_manifest_last(tmp_path, monkeypatch):
+    """shutil.rmtree removes entries in the folder's order, a manifest before some parts: a kill
+    then left parts without a manifest, a folder every run refused as not vggfeat's."""
+    work = tmp_path / "out.h5.parts"
+    work.mkdir()
+    for name in ["manifest.json", "rows.h5", "lock", *(f"part-{k:012d}-{k + 1:012d}.h5" for k in range(9))]:
+        (work / name).write_text("x")
+    (work / "block.parts").mkdir()  # a block's work folder, within a shards folder
+    (work / "block.parts" / "manifest.json").write_text("x")
+    (work / "block.parts" / "part-000000000000-000000000001.h5").write_text("x")
+    removed, unlink = [], os.unlink
+    monkeypatch.setattr(os, "unlink", lambda path, *args, **kwargs: removed.append(Path(path).name) or unlink(path, *args, **kwargs))
+    vggfeat.parts.discard_work(work, tmp_path / "out.h5")
+    assert not work.exists()
+    assert removed.index("manifest.json") > removed.index("part-000000000000-000000000001.h5")  # the block's first
+    kept_to_the_end = [name for name in removed if name != "lock"]  # the lock goes with the folder, held to the end
+    assert kept_to_the_end[-1] == "manifest.json" and removed.count("manifest.json") == 2
+
+
+def test_an_interrupted_run_resumes_through_a_link_to_its_folder(tmp_path, extractor, monkeypatch):
+    write_plain_folder(tmp_path / "images", 3)
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        ExtractionJob(extractor, find_images(tmp_path / "link"), tmp_path / "out.h5", part_images=1).run()
+    monkeypatch.undo()
+    job = ExtractionJob(extractor, find_images(tmp_path / "images"), tmp_path / "out.h5", part_images=1)
+    assert job.done == 1 and job.run().computed == 2
+
+
 def test_resume_with_another_configuration_is_refused(tmp_path, random_vgg16, extractor, monkeypatch):
     write_plain_folder(tmp_path / "images", 3)
     images = find_images(tmp_path / "images")
@@ -580,6 +628,8 @@ def test_unknown_dtype_and_foreign_parts_folder_are_refused(tmp_path, extractor)
     images = find_images(tmp_path / "images")
     with pytest.raises(VggfeatError, match="unknown dtype"):
         ExtractionJob(extractor, images, tmp_path / "out.h5", dtype="float64")
+    with pytest.raises(VggfeatError, match="part_images must be at least 1, got 0"):  # (--part-size's own range)
+        ExtractionJob(extractor, images, tmp_path / "out.h5", part_images=0)
     foreign = tmp_path / "out.h5.parts"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("not vggfeat's")

@@ -21,7 +21,10 @@ from runhelpers import (FAST, assert_same_output, children, crash_on_part, error
                         running, started_until_a_part, terminated, write_labelled_folder, write_plain_folder)
 from imagefiles import write_rgb
 import vggfeat.job
+import vggfeat.multidevice
 import vggfeat.output
+import vggfeat.stack
+import vggfeat.update
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.classifier import Classifier
 from vggfeat.multidevice import MultiDeviceJob, block_count
@@ -194,7 +197,9 @@ def test_an_interrupted_run_is_not_resumed_over_other_images_of_the_same_names(t
     monkeypatch.undo()
     with pytest.raises(VggfeatError) as refused:
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], other, output).run()
-    assert f"image folder: {tmp_path / 'images'} then, {tmp_path / 'other'} now" in str(refused.value)
+    message = str(refused.value)  # the block that fails first stops the other: either refusal
+    assert (f"image folder: {tmp_path / 'images'} then, {tmp_path / 'other'} now" in message
+            or ("shard 1/2 on cpu: " in message and "shard-1-of-2.h5 already exists" in message)), message
     MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], other, output, overwrite=True).run()  # the finished block too
     assert_same_output(read_output(output), _one_run(extractor, other, tmp_path), atol=1e-5)
 
@@ -260,7 +265,7 @@ def test_the_disk_a_run_needs_is_its_rows_and_one_block_less_those_done(tmp_path
     row = 64 * 4 + vggfeat.job._ROW_EXTRAS  # conv1_1, float32
     job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     assert job.disk_needed() == (4 + 2) * row
-    job._lock.close()
+    job.close()
     ExtractionJob(cheap_extractor(), images.shard(1, 2), shards_folder(output) / "shard-1-of-2.h5").run()
     job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     assert job.disk_needed() == (2 + 2) * row
@@ -364,8 +369,8 @@ def test_a_run_on_a_number_of_devices_its_work_cannot_take_is_refused_or_discard
     monkeypatch.undo()
     args = ["extract", tmp_path / "images", output, *CHEAP, *TWO_CPUS]
     code, _, err = run_main(args)
-    assert code == 2 and "out.h5.parts holds a run on one device that was interrupted: run the same command on one " \
-                          "device to resume it, or pass --overwrite to discard it" in error_line(err)
+    assert code == 2 and "out.h5.parts holds a run on one device, running or interrupted: run the same command on " \
+                          "one device to resume it, or pass --overwrite to discard it" in error_line(err)
     assert work_progress(output) == (1, 4) and not output.exists()
     code, _, err = run_main([*args, "--overwrite"])
     assert code == 0 and "4 images in" in err, err
@@ -374,8 +379,8 @@ def test_a_run_on_a_number_of_devices_its_work_cannot_take_is_refused_or_discard
     output.unlink()
     shards_folder(output).mkdir()
     ExtractionJob(cheap_extractor(), images.shard(2, 2), shards_folder(output) / "shard-2-of-2.h5").run()
-    with pytest.raises(VggfeatError, match=r"out.h5.shards holds a run on several devices that was interrupted: resume it "
-                                           r"with MultiDeviceJob, on any number of devices, or pass overwrite"):
+    with pytest.raises(VggfeatError, match=r"out.h5.shards holds a run on several devices, running or interrupted: resume "
+                                           r"it on any number of devices \(--device, MultiDeviceJob\), or pass --overwrite"):
         ExtractionJob(cheap_extractor(), images, output)
     ExtractionJob(cheap_extractor(), images, output, overwrite=True).run()
     assert not shards_folder(output).exists() and read_output(output)["paths"] == list(images.paths)
@@ -414,6 +419,56 @@ def test_shards_stop_when_the_command_is_killed(tmp_path):
 def _one_run(extractor: Extractor, images, folder) -> dict:
     ExtractionJob(extractor, images, folder / "one.h5").run()
     return read_output(folder / "one.h5")
+
+
+def test_a_run_killed_after_its_merge_was_renamed_tidies_up_without_describing_again(tmp_path, monkeypatch):
+    """Killed as it removed its shards (the output whole): every block was described again, the
+    merged file being taken for lost; an emptied shards folder (a kill later in that removal)
+    made every command refuse the output."""
+    write_plain_folder(tmp_path / "images", 4)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    remove = vggfeat.multidevice.shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if str(path).endswith(".shards"):
+            raise KeyboardInterrupt  # as a kill before the shards are removed
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(vggfeat.multidevice.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output).run()
+    monkeypatch.undo()
+    assert output.exists() and shards_folder(output).exists()
+    expected = read_output(output)
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
+    assert job.done == job.total == 4 and job.run().computed == 0
+    assert_same_output(read_output(output), expected) and not shards_folder(output).exists()
+    shards_folder(output).mkdir()
+    (shards_folder(output) / "lock").touch()
+    args = ["extract", tmp_path / "images", output, *CHEAP]
+    for run in ([*args, *TWO_CPUS], args, [*args, "--update"]):
+        code, _, err = run_main(run)
+        assert code == 0, (run, err)
+        assert not shards_folder(output).exists()
+        shards_folder(output).mkdir()
+        (shards_folder(output) / "lock").touch()
+
+
+def test_no_run_on_one_device_nor_an_update_writes_the_output_of_a_run_on_several(tmp_path):
+    """Each locked its own folder (OUTPUT.parts, OUTPUT.shards): both ran, and the last to end
+    replaced the other's file; stack and merge wrote it meanwhile, to be replaced as it ended."""
+    write_plain_folder(tmp_path / "images", 2)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    for name in ("a.h5", "b.h5", "out.h5"):
+        ExtractionJob(cheap_extractor(), images, tmp_path / name).run()
+    job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output, overwrite=True)
+    for refused in (lambda: ExtractionJob(cheap_extractor(), images, output, overwrite=True),
+                    lambda: vggfeat.update.OutputUpdate(cheap_extractor(), images, output),
+                    lambda: vggfeat.stack.stack_files([tmp_path / "a.h5", tmp_path / "b.h5"], output, overwrite=True)):
+        with pytest.raises(VggfeatError, match=r"another vggfeat run is writing .*out.h5 \(lock held on .*out.h5"):
+            refused()
+    job.close()
+    vggfeat.update.OutputUpdate(cheap_extractor(), images, output).close()
 
 
 # --------------------------------------------------------------------------- refusals

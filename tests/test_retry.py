@@ -163,3 +163,30 @@ def test_a_killed_retry_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert "3 of the 3 images that had failed are described now" in err
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]
+
+
+def test_a_retry_killed_after_its_rewrite_leaves_nothing_the_next_retry_trusts(tmp_path, monkeypatch):
+    """Killed between the file's rename and the removal of its staging file: the staging file is
+    of the file replaced, whose failed image it described as it was then (a failure again). The
+    image, repaired since, was not retried: "every image was described by the interrupted run"."""
+    files = write_plain_folder(tmp_path / "images", 3)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+    assert run_main(["extract", tmp_path / "images", tmp_path / "reference.h5", *CHEAP])[0] == 0
+    repaired = files[1].read_bytes()
+    write_corrupt(files[1])
+    assert run_main(args)[0] == 0
+    rewrite = vggfeat.update.OutputUpdate._rewrite
+
+    def killed_after(self):
+        rewrite(self)
+        raise KeyboardInterrupt  # as a kill before the staging file was removed
+
+    monkeypatch.setattr(vggfeat.update.OutputUpdate, "_rewrite", killed_after)
+    assert run_main([*args, "--retry-failed"])[0] == 130  # stopped
+    monkeypatch.undo()
+    assert (tmp_path / "out.h5.retried-images.h5").exists()
+    files[1].write_bytes(repaired)
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "1 of the 1 images that had failed are described now" in err, err
+    assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]

@@ -16,7 +16,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +41,7 @@ from .settings import decoder_library_of
 from .stack import flat_config
 from .files import as_system_errors, file_attributes, open_h5, replace_durably, write_json
 from .parts import (discard_work, holds_no_work, images_held, interrupted_on_several, list_parts, lock_folder,
-                    write_part)
+                    remove_manifest_last, tidy_emptied_shards, write_part)
 from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, existing_kind,
                     rows_and_failures, shards_folder, work_folder)
 
@@ -113,8 +112,17 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
 
 
 def _made_from(attrs: dict, root: str | os.PathLike) -> bool:
-    """Do a file's ``attrs`` say it was made from images found in ``root`` (as the job records it)?"""
-    return attrs.get("input_root") == os.path.abspath(root)
+    """Do a file's ``attrs`` say it was made from images found in ``root`` (as the job records it;
+    through a link to the same folder too)?"""
+    return same_folder(attrs.get("input_root"), root)
+
+
+def same_folder(recorded: str | None, root: str | os.PathLike) -> bool:
+    """Whether the folder of images a file or work folder recorded (an absolute path) is ``root``,
+    or a link to it (or ``root`` a link to it); False where none was recorded."""
+    if not recorded:
+        return False
+    return recorded == os.path.abspath(root) or os.path.realpath(recorded) == os.path.realpath(root)
 
 
 def _lone_file(output: Path, overwrite: bool) -> bool:
@@ -165,6 +173,8 @@ class ExtractionJob:
         provenance: dict | None = None,
     ) -> None:
         check_job(extractor, images, dtype)
+        if isinstance(part_images, bool) or not isinstance(part_images, int) or part_images < 1:
+            raise VggfeatError(f"part_images must be at least 1, got {part_images!r}")
         self.images, self.extractor, self.dtype = images, extractor, dtype
         self.output = Path(output)
         self.work = work_folder(self.output)
@@ -185,6 +195,7 @@ class ExtractionJob:
         }
         if images.shard_of:
             self.manifest["shard"] = [images.shard_of.index, images.shard_of.count]
+        tidy_emptied_shards(self.output)
         self.already_done = not overwrite and holds_extraction(self.output, self.manifest["config"], dtype, images)
         if self.already_done:  # no work folder to lock, nothing to resume
             self.unlocked_because, self.parts, self.done = None, [], self.total
@@ -196,9 +207,10 @@ class ExtractionJob:
             raise existing_output(self.output, self.manifest["config"], dtype, images)
         if interrupted_on_several(self.output):  # one run here would describe its images again beside it
             if not overwrite:
-                raise VggfeatError(f"{shards_folder(self.output)} holds a run on several devices that was interrupted: "
-                                   "resume it with MultiDeviceJob, on any number of devices, or pass overwrite to discard it")
-            discard_work(shards_folder(self.output), self.output)
+                raise VggfeatError(f"{shards_folder(self.output)} holds a run on several devices, running or interrupted: "
+                                   "resume it on any number of devices (--device, MultiDeviceJob), or pass --overwrite to "
+                                   "discard it")
+            discard_work(shards_folder(self.output), self.output)  # refused while it runs
         # Why no lock keeps a second run from writing the same output at once, if none can.
         self.unlocked_because: str | None = None
         self._lock = self._open_work_folder(overwrite)
@@ -212,7 +224,7 @@ class ExtractionJob:
             kept = (holds_rows(self.rows_file, images, extractor.dim, dtype)
                     or recover_rows(self.rows_file, [part.path for part in self.parts], images, extractor.dim, dtype))
             self.parts = usable_parts(self.parts, kept)
-        self.done = images_held(self.parts)
+        self.done = self.total if self._finished else images_held(self.parts)
 
     @property
     def total(self) -> int:
@@ -336,7 +348,9 @@ class ExtractionJob:
             with open_h5(self.output) as f:
                 attrs = dict(f.attrs)
             if not manifest_file.exists() and self.work.is_dir() and holds_no_work(self.work):
-                return holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
+                # (or a lock an update left, killed: the file must then be this very job's too)
+                return (holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
+                        and _made_from(attrs, self.images.root))
             manifest = json.loads(manifest_file.read_text())
         except (OSError, ValueError):
             return False
@@ -344,11 +358,7 @@ class ExtractionJob:
         return made_here and not _differences(manifest, self.manifest)
 
     def _remove_work(self) -> None:
-        # The manifest goes last: a folder half removed by a kill is still recognised as ours.
-        for part in self.work.glob("part-*"):
-            part.unlink()
-        (self.work / "manifest.json").unlink()
-        shutil.rmtree(self.work)
+        remove_manifest_last(self.work)  # a folder half removed by a kill is still recognised as ours
 
     def _open_work_folder(self, overwrite: bool):
         manifest_file = self.work / "manifest.json"
@@ -471,7 +481,7 @@ def _differences(previous: dict, current: dict) -> list[str]:
         found.append(f"dtype: {previous.get('dtype')} then, {current['dtype']} now")
     if previous.get("shard") != current.get("shard"):
         found.append(f"shard: {_shard(previous)} then, {_shard(current)} now")
-    if previous.get("root", current["root"]) != current["root"]:
+    if "root" in previous and not same_folder(previous["root"], current["root"]):
         found.append(f"image folder: {previous['root']} then, {current['root']} now")
     then, now = previous.get("images", {}), current["images"]
     given_then, given_now = (("given" if images.get("archive_classes") else "not given") for images in (then, now))

@@ -21,6 +21,7 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
+from .parts import check_no_extraction_into
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
                     failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
@@ -190,6 +191,7 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
     if not inputs:
         raise VggfeatError("no shard files given")
     check_descriptor_output(output)
+    check_no_extraction_into(output)
     if output.exists():
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")

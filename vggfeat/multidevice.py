@@ -33,14 +33,14 @@ import torch
 from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
-from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction
+from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction, same_folder
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
 from .settings import resolve_device
 from .files import as_system_errors, exit_if_hdf5_files_open, open_h5, open_hdf5_files
-from .parts import (SHARD_FILE, discard_work, holds_no_work, images_in_block, interrupted_on_one, interrupted_on_several,
-                    lock_folder)
+from .parts import (SHARD_FILE, discard_work, images_in_block, interrupted_on_one, interrupted_on_several, lock_folder,
+                    lock_for_rewrite, tidy_emptied_shards, unlock_rewrite)
 from .store import check_descriptor_output, rows_and_failures, shards_folder, work_folder
 
 # A device gets several blocks only where each holds this many images or more: every block pays
@@ -103,6 +103,7 @@ class MultiDeviceJob:
         if extractor.workers is None:  # the cores are shared by the processes' decoding
             cores = max(1, (os.cpu_count() or 1) // count)
             extractor.workers = min(extractor.plan_run(len(images) // count).workers, cores)
+        tidy_emptied_shards(self.output)
         # An interrupted run's blocks are kept, whatever its number of devices.
         self.blocks = self._interrupted_blocks() or block_count(len(images), count)
         self.shard_files = [self.work / f"shard-{k}-of-{self.blocks}.h5" for k in range(1, self.blocks + 1)]
@@ -110,18 +111,28 @@ class MultiDeviceJob:
         if self.already_done:  # no shards folder to lock, nothing to resume
             self.unlocked_because, self.done = None, self.total
             return
-        if self.output.exists() and not overwrite and not self._merged_but_left_its_shards():
+        # A run killed after its merge was renamed into place, before its shards were removed: done.
+        self._merged = self.output.exists() and self._merged_but_left_its_shards()
+        if self.output.exists() and not overwrite and not self._merged:
             raise existing_output(self.output, extractor.config(), dtype, images)
         if interrupted_on_one(self.output):  # its parts cannot be cut into blocks
             if not overwrite:
-                raise VggfeatError(f"{work_folder(self.output)} holds a run on one device that was interrupted: run the "
-                                   "same command on one device to resume it, or pass --overwrite to discard it")
-            discard_work(work_folder(self.output), self.output)
-        elif work_folder(self.output).exists() and holds_no_work(work_folder(self.output)):  # an update's lock (or a kill's)
-            discard_work(work_folder(self.output), self.output)  # refused while it is held
-        self._lock = self._open_work_folder()
-        keep_merged(self.shard_files, images, extractor.dim, dtype)  # or describe again blocks whose merged rows are lost
-        self.done = sum(images_in_block(path) for path in self.shard_files)
+                raise VggfeatError(f"{work_folder(self.output)} holds a run on one device, running or interrupted: run "
+                                   "the same command on one device to resume it, or pass --overwrite to discard it")
+            discard_work(work_folder(self.output), self.output)  # refused while it runs
+        # The lock of the output's work folder too, which a run on one device and an update hold:
+        # no other run writes the output while this one does.
+        self._output_lock, _ = lock_for_rewrite(self.output)
+        try:
+            self._lock = self._open_work_folder()
+        except BaseException:
+            unlock_rewrite(self._output_lock, self.output)
+            raise
+        if self._merged:  # (keep_merged would take the merged file, renamed, for lost: every block described again)
+            self.done = self.total
+        else:
+            keep_merged(self.shard_files, images, extractor.dim, dtype)  # or describe again blocks whose merged rows are lost
+            self.done = sum(images_in_block(path) for path in self.shard_files)
 
     @property
     def total(self) -> int:
@@ -144,14 +155,21 @@ class MultiDeviceJob:
         try:
             computed = 0
             with as_system_errors():  # HDF5's "file write failed" under a full disk may be a RuntimeError
-                if not self._merged_but_left_its_shards():
+                if not self._merged:
                     computed = self._describe_shards(progress)
                     merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
                 rows, failed = rows_and_failures(self.output)
             shutil.rmtree(self.work)
         finally:
-            self._lock.close()
+            self.close()
         return JobResult(self.output, rows, failed, computed, time.perf_counter() - began)
+
+    def close(self) -> None:
+        """Let another run write the output: what :meth:`run` does as it ends, and what a job made
+        but not run must do (or let the garbage collector do)."""
+        if not self.already_done and not self._lock.closed:
+            self._lock.close()
+            unlock_rewrite(self._output_lock, self.output)
 
     def _describe_shards(self, progress: Callable[[int], None] | None) -> int:
         """Describe every block no file holds yet, a process per device; the images they
@@ -210,7 +228,7 @@ class MultiDeviceJob:
         except (OSError, KeyError):
             return False
         return (bool(attrs.get("complete")) and attrs.get("config") == config
-                and attrs.get("images_sha256") == self.images.digest()
+                and attrs.get("images_sha256") == self.images.digest() and same_folder(attrs.get("input_root"), self.images.root)
                 and attrs.get("merged_from") == json.dumps(sorted(path.name for path in self.shard_files)))
 
     def _interrupted_blocks(self) -> int | None:
@@ -357,8 +375,8 @@ def _finished(output: Path, config: str, shard: ImageSet) -> bool:
     except OSError:  # none there, or not an HDF5 file: its job refuses to replace it without --overwrite
         return False
     made_of = shard.shard_of
-    root = os.path.abspath(shard.root)  # the same names in another folder: other images
-    return (bool(attrs.get("complete")) and attrs.get("config") == config and attrs.get("input_root", root) == root
+    return (bool(attrs.get("complete")) and attrs.get("config") == config
+            and ("input_root" not in attrs or same_folder(attrs["input_root"], shard.root))  # else other images, same names
             and (attrs.get("collection_sha256"), attrs.get("shard_index"), attrs.get("shard_count"))
             == (made_of.collection_sha256, made_of.index, made_of.count))
 

@@ -113,9 +113,40 @@ def discard_work(folder: Path, output: Path) -> None:
     """Remove an interrupted run's work folder (``--overwrite``); refused while a run holds its lock."""
     lock, _ = lock_folder(folder, output)
     try:
-        shutil.rmtree(folder)
+        remove_manifest_last(folder)
     finally:
         lock.close()
+
+
+def remove_manifest_last(folder: Path) -> None:
+    """Remove a work folder (or a shards folder, its blocks' work folders within), each folder's
+    manifest after everything else but its lock: a folder that a kill left half removed is still
+    recognised as a run's (resumed, or discarded), not refused by every run as not vggfeat's."""
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name == "manifest.json"):
+        if entry.is_dir(follow_symlinks=False):
+            remove_manifest_last(Path(entry.path))
+        elif entry.name != "lock":
+            os.unlink(entry.path)
+    shutil.rmtree(folder)
+
+
+def tidy_emptied_shards(output: Path) -> None:
+    """Remove ``OUTPUT.shards/`` where it holds no block (emptied by a kill as a run on several
+    devices removed it, its output whole): every run refused the output for it. Refused while a
+    run holds its lock (one on several devices that has just begun)."""
+    if shards_folder(output).is_dir() and _entries(shards_folder(output)) <= {"lock"}:  # (another's files: left alone)
+        discard_work(shards_folder(output), output)
+
+
+def check_no_extraction_into(output: Path) -> None:
+    """Refuse to write ``output`` otherwise (``stack``, ``merge``) while an extraction (or an
+    update) into it is running or was interrupted: it replaces the file as it ends."""
+    for folder, work in ((work_folder(output), not holds_no_work(work_folder(output))),
+                         (shards_folder(output), interrupted_on_several(output))):
+        if work:
+            raise extraction_under_way(folder, output)
+        if folder.is_dir():  # a lock alone: refused while a run holds it
+            lock_folder(folder, output)[0].close()
 
 
 def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:

@@ -36,7 +36,7 @@ from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, open_h5, written_atomically
 from .parts import (discard_work, extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several,
-                    lock_folder, lock_for_rewrite, unlock_rewrite)
+                    lock_folder, lock_for_rewrite, tidy_emptied_shards, unlock_rewrite)
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
                     shards_folder, work_folder)
 
@@ -86,6 +86,7 @@ class OutputUpdate:
         # rows and their copying.
         self._lock, self.unlocked_because = lock_for_rewrite(self.output, _run_to_its_end(describe))
         try:
+            tidy_emptied_shards(self.output)
             _check_made_like(self.output, extractor, dtype, describe)  # again: it may have been replaced before the lock
             self._choose(extractor, images, describe, dtype, part_images, devices)
         except BaseException:
@@ -124,6 +125,7 @@ class OutputUpdate:
         self.described, self.dropped = len(chosen), gone_rows + gone_failed
         self.unchanged = same_images and not self.described  # nothing to describe, nothing to relabel
         self.staging = self.output.with_name(self.output.name + suffix)
+        self._output_file = _file_version(self.output)
         self._row_bytes = disk_per_row(extractor.dim, dtype)
         self._chosen = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen],
                                 images.classes, images.file_names)
@@ -132,7 +134,7 @@ class OutputUpdate:
             # overwrite: a staging file or work folder of an earlier, different update is this
             # update's own (checked in _staged), and is replaced; the same update's work is resumed.
             job = dict(overwrite=True, dtype=dtype, part_images=part_images,
-                       provenance={**self.provenance, "update_of": self.output.name})
+                       provenance={**self.provenance, "update_of": self.output.name, "update_of_file": self._output_file})
             if len(devices) > 1 or interrupted_on_several(self.staging):
                 if interrupted_on_one(self.staging):  # its parts cannot be cut into blocks: they would be lost
                     raise VggfeatError(f"this {option} was interrupted on one device: run it on one device "
@@ -153,7 +155,9 @@ class OutputUpdate:
         if not self.staging.exists() or shards_folder(self.staging).exists():
             return False  # where its job on several devices was killed before it removed its shards: it tidies up
         attrs = file_attributes(self.staging)
-        staged = (attrs.get("update_of") == self.output.name
+        # Of this very file: a staging file that an update killed after its rewrite left is of the
+        # file it replaced, whose images it may have described as they were then.
+        staged = (attrs.get("update_of") == self.output.name and attrs.get("update_of_file") == self._output_file
                   and holds_job(attrs, extractor.config(), dtype, self._chosen.digest()))
         if work_folder(self.staging).exists():  # its job was killed before it removed its work
             if staged:  # after renaming the file into place: done, but for the removal
@@ -240,7 +244,7 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     work = work_folder(output)
     if not holds_no_work(work):
         raise extraction_under_way(work, output, _run_to_its_end(describe))
-    if shards_folder(output).exists():
+    if interrupted_on_several(output):
         raise extraction_under_way(shards_folder(output), output, _run_to_its_end(describe))
     if work.exists():  # another rewrite's lock, or one a killed rewrite left: refused now, before the images are found
         lock_folder(work, output)[0].close()
@@ -258,6 +262,12 @@ def _check_made_like(output: Path, extractor: Extractor, dtype: str, describe: s
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
                            "options that made it")
+
+
+def _file_version(path: Path) -> str:
+    """Which file ``path`` is, as a rewrite changes it: its inode, size and modification time."""
+    status = path.stat()
+    return json.dumps([status.st_ino, status.st_size, status.st_mtime_ns])
 
 
 def _run_to_its_end(describe: str) -> str:
