@@ -290,6 +290,9 @@ def test_to_input_matches_torchvision_resize_and_normalize():
         ({"precision": "fp16", "device": "cpu"}, ["fp16", "CUDA"]),
         ({"batch_size": 0}, ["batch size", "auto"]),
         ({"batch_size": "big"}, ["batch size", "'big'"]),
+        ({"scales": [224.9]}, ["whole numbers", "224.9"]),  # was 224, silently
+        ({"workers": -1}, ["workers", "-1"]),  # the thread pool's own ValueError, at the first image
+        ({"workers": 0}, ["workers", "at least 1"]),  # was the default, silently
         ({"device": "tpu"}, ["device", "tpu"]),
     ],
 )

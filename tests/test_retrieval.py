@@ -115,6 +115,30 @@ def test_whitening_fitted_in_blocks_is_the_whole_sets(tmp_path, monkeypatch):
         PCAWhitening(dim=4).fit_blocks([X[:7, :8]], len(X), 16)
 
 
+def test_whitening_is_a_scikit_learn_transformer():
+    """Called "scikit-learn style", it could not be cloned (no get_params), had no fit_transform,
+    and in a Pipeline took the labels for its config; transform gave NaN rows for NaN input, which
+    fit refuses; dim=2.7 kept 2 axes."""
+    import scipy.sparse
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+
+    from vggfeat.svm import LinearSVM
+
+    X, labels = clustered(per_class=20)
+    whitening = clone(PCAWhitening(dim=8, normalize_input=False))
+    assert whitening.get_params() == {"dim": 8, "normalize_input": False}
+    np.testing.assert_allclose(whitening.fit_transform(X), PCAWhitening(dim=8, normalize_input=False).fit(X).transform(X))
+    pipeline = make_pipeline(PCAWhitening(dim=8), LinearSVM(C=1.0)).fit(X, labels)
+    assert pipeline.score(X, labels) == 1.0
+    for make, words in [(lambda: whitening.transform(np.full((1, 16), np.nan)), "descriptor 0 holds NaN or infinite"),
+                        (lambda: PCAWhitening(dim=2.7).fit(X), "dim must be a whole number, got 2.7"),
+                        (lambda: PCAWhitening().fit(scipy.sparse.csr_matrix(X)), "pass X.toarray()"),
+                        (lambda: PCAWhitening().fit(X, {"layer": "fc7"}), r"by keyword: fit\(X, config=...\)")]:
+        with pytest.raises(ValueError, match=words):
+            make()
+
+
 def test_whitening_kept_to_as_many_dimensions_as_descriptors_allow_warns_that_it_ranks_nothing():
     X, _ = clustered(per_class=20)  # 60 rows of 16-d
     with pytest.warns(UserWarning, match=r"keeps 11 dimensions from 12 descriptors: .*a cosine of -1/11 between any two"):
@@ -336,7 +360,7 @@ def test_mismatched_configuration_is_refused():
     with pytest.raises(VggfeatError, match="pooling: rmac expected, gem found"):
         index.check_config({**CONFIG, "pooling": "gem"})
     with pytest.raises(VggfeatError, match="whitening was fitted"):
-        build_index(X, [str(i) for i in range(len(X))], CONFIG, whitening=PCAWhitening(4).fit(X, {**CONFIG, "layer": "fc7"}))
+        build_index(X, [str(i) for i in range(len(X))], CONFIG, whitening=PCAWhitening(4).fit(X, config={**CONFIG, "layer": "fc7"}))
 
 
 # --------------------------------------------------------------------------- evaluation

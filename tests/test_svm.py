@@ -275,6 +275,8 @@ def test_a_saved_model_predicts_the_classes_it_was_fitted_on_numbers_or_names(tm
     labels = np.array(classes)[y]
     svm = LinearSVM(C=1.0).fit(X, labels)
     save_model(tmp_path / "model.h5", svm, [{}])
+    code, out, _ = run_main(["info", tmp_path / "model.h5"])  # its training not given: "0 rows of ; labels: None"
+    assert code == 0 and "trained on   not recorded (saved from Python without its training)" in out, out
     loaded = load_model(tmp_path / "model.h5").svm
     assert loaded.predict(X).dtype == svm.predict(X).dtype
     np.testing.assert_array_equal(loaded.predict(X), labels)

@@ -9,6 +9,8 @@ import os
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class VggfeatError(Exception):
     """A problem with what the user asked for (arguments, files, configuration).
@@ -22,6 +24,16 @@ class InvalidInput(VggfeatError, ValueError):
     :class:`~vggfeat.whitening.PCAWhitening`) refuses: a ValueError too, as scikit-learn's are, so
     that code written for them (GridSearchCV's ``error_score``, a caller's ``except ValueError``)
     takes it for theirs."""
+
+
+def dense_array(X: object) -> np.ndarray:
+    """``X`` as an array for an estimator, refusing a sparse matrix, which NumPy would make a 0-d
+    array of objects (refused then as of "shape ()"): descriptors are dense."""
+    import scipy.sparse  # (scikit-learn's, loaded with the estimators)
+
+    if scipy.sparse.issparse(X):
+        raise InvalidInput("descriptors must be a dense array: pass X.toarray() (a sparse matrix was given)")
+    return np.asarray(X)
 
 
 class ImageError(Exception):

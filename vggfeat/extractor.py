@@ -92,7 +92,8 @@ class Extractor:
             None: ``fc7``, or ``conv5_3`` for the retrieval poolings ``gem`` and ``rmac``.
         pooling: ``avg`` (the paper's; SPoC), ``max`` (MAC), ``gem`` (power mean, ``gem_p``) or
             ``rmac`` (Tolias et al.'s regional MAC) over the dense map; ``mac``/``spoc`` are aliases.
-        scales: smallest-side sizes Q, each >= 224.
+        scales: smallest-side sizes Q (whole numbers), each >= 224 for the fc layers and
+            ``center_crop``, >= 32 for conv and pool layers.
         aggregate: ``mean`` over scales, ``stack`` (concatenate, dim x number of scales) or
             ``gem`` (power mean over scales with ``gem_p``).
         resize_side: ``short`` (the paper's: smallest side = Q) or ``long`` (largest side = Q, as
@@ -176,7 +177,7 @@ class Extractor:
         layer = default_layer(layer, pooling)
         self.scales = check_scales(scales, layer, center_crop)
         check_options(self.device, model, layer, pooling, aggregate, precision, resize_side, center_crop,
-                      normalize, gem_p, batch_size, decoder, decode_in, autotune, compile)
+                      normalize, gem_p, batch_size, decoder, decode_in, autotune, compile, workers)
         self.network = model if isinstance(model, DenseVGG) else load_network(model, str(weights), seed)
         self.network.to(self.device)
         self.precision = precision = resolve_precision(precision, self.device)

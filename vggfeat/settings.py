@@ -71,7 +71,7 @@ def decoder_library_of(decoder: str) -> str:
 def check_options(
     device: torch.device, model: str | DenseVGG, layer: str, pooling: str, aggregate: str, precision: str,
     resize_side: str, center_crop: bool, normalize: str, gem_p: float, batch_size: int | str | None, decoder: str,
-    decode_in: str, autotune: str, compile: str,
+    decode_in: str, autotune: str, compile: str, workers: int | None = None,
 ) -> None:
     """Refuse bad options, and combinations of them, with a message saying what to do instead."""
     check_choice("pooling", pooling, POOLINGS + RETRIEVAL_POOLINGS)
@@ -100,6 +100,8 @@ def check_options(
                            "--decoder pil")
     if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise VggfeatError(f"workers must be None (as many as pay) or at least 1, got {workers!r}")
     if isinstance(model, str) and model not in ARCHITECTURES:
         raise VggfeatError(f"unknown model {model!r}; choose one of {', '.join(ARCHITECTURES)}")
     layers = model.layer_dims if isinstance(model, DenseVGG) else layer_dims(model)
@@ -139,7 +141,9 @@ def default_layer(layer: str | None, pooling: str) -> str:
 
 
 def check_scales(scales: Sequence[int], layer: str | None = None, center_crop: bool = False) -> tuple[int, ...]:
-    """``scales`` as ints, refused if empty, repeated or too small for ``layer`` (if given)."""
+    """``scales`` as ints, refused if empty, not whole numbers, repeated or too small for ``layer`` (if given)."""
+    if any(isinstance(q, bool) or not float(q).is_integer() for q in scales):  # 224.9 would be 224, silently
+        raise VggfeatError(f"scales are whole numbers of pixels, got {', '.join(map(str, scales))}")
     scales = tuple(int(q) for q in scales)
     if not scales:
         raise VggfeatError("give at least one scale")

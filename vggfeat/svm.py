@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
-import scipy.sparse
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -37,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
 from .choices import DEFAULT_C_GRID, LOSSES, SOLVERS
-from .errors import InvalidInput, VggfeatError
+from .errors import InvalidInput, VggfeatError, dense_array
 from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
 
@@ -158,7 +157,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         """SVM scores [N, K], one column per class (two classes too); computed in row chunks, X is
         never copied whole."""
         check_is_fitted(self, "coef_")
-        X = _dense(X)
+        X = dense_array(X)
         if X.ndim != 2:
             raise InvalidInput(f"descriptors must be a [rows, dimensions] array, got shape {X.shape}")
         if X.shape[1] != self.n_features_in_:
@@ -308,7 +307,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise InvalidInput(f"tol must be a positive number, got {self.tol!r}")
 
     def _prepare(self, X: np.ndarray, copy: bool, dtype: type = np.float64) -> np.ndarray:
-        X = _dense(X)
+        X = dense_array(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise InvalidInput(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
         # asarray copies only where X is not of dtype, C-order, already (NumPy 1's copy=False, 2's copy=None).
@@ -442,14 +441,6 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
-
-
-def _dense(X) -> np.ndarray:
-    """``X`` as an array, refusing a sparse matrix (which NumPy would make a 0-d array of objects):
-    descriptors are dense."""
-    if scipy.sparse.issparse(X):
-        raise InvalidInput("descriptors must be a dense array: pass X.toarray() (a sparse matrix was given)")
-    return np.asarray(X)
 
 
 def _scores_of_rows(X: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:

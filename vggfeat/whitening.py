@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 from scipy.linalg import blas
+from sklearn.base import BaseEstimator, TransformerMixin
 
-from .errors import VggfeatError
+from .errors import InvalidInput, VggfeatError, dense_array
 from .features import config_differences, damaged_row, not_finite_rows
 from .files import open_h5, reading_hdf5, written_atomically
 from .store import WHITENING_FORMAT, kind_of, open_features_file
@@ -49,8 +50,9 @@ def l2_normalize(X: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarr
     return X / np.maximum(norms, 1e-12)
 
 
-class PCAWhitening:
-    """PCA-whitening with optional dimensionality reduction, scikit-learn style.
+class PCAWhitening(TransformerMixin, BaseEstimator):
+    """PCA-whitening with optional dimensionality reduction, a scikit-learn transformer (``fit``,
+    ``transform``, ``fit_transform``; ``clone``, ``get_params``, a Pipeline's step).
 
     Args:
         dim: output dimension; None keeps every axis the fitting data supports (at most
@@ -65,11 +67,14 @@ class PCAWhitening:
         self.dim = dim
         self.normalize_input = normalize_input
 
-    def fit(self, X: np.ndarray, config: dict | None = None) -> PCAWhitening:
-        """Learn the whitening from descriptors ``X`` [N, D]; ``config``: how they were extracted."""
-        X = np.asarray(X)
+    def fit(self, X: np.ndarray, y: object = None, *, config: dict | None = None) -> PCAWhitening:
+        """Learn the whitening from descriptors ``X`` [N, D] (``y``, a Pipeline's labels, is not
+        used); ``config``: how they were extracted."""
+        if isinstance(y, dict):  # fit(X, config), as it was called before y came: the config would be lost
+            raise InvalidInput("PCAWhitening.fit takes the extraction configuration by keyword: fit(X, config=...)")
+        X = dense_array(X)
         if X.ndim != 2:
-            raise VggfeatError(f"whitening needs descriptors [N, D], got shape {X.shape}")
+            raise InvalidInput(f"whitening needs descriptors [N, D], got shape {X.shape}")
         step = _block_rows(X.shape[1])
         return self.fit_blocks((X[start : start + step] for start in range(0, len(X), step)), *X.shape, config=config)
 
@@ -78,6 +83,8 @@ class PCAWhitening:
         read in blocks): the host holds one block and a D x D covariance, never all N x D."""
         if rows < 2:
             raise VggfeatError(f"whitening needs at least 2 descriptors, got {rows}")
+        if self.dim is not None and (isinstance(self.dim, bool) or not float(self.dim).is_integer()):
+            raise InvalidInput(f"whitening dim must be a whole number, got {self.dim!r}")  # 2.7 was 2
         rank = min(dim, rows - 1)  # centring removes one degree of freedom
         kept = rank if self.dim is None else int(self.dim)
         if kept < 1 or kept > dim:
@@ -126,9 +133,11 @@ class PCAWhitening:
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Whitened, L2-normalised descriptors [N, dim] float32."""
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
+        X = np.asarray(dense_array(X), dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.input_dim:
-            raise VggfeatError(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
+            raise InvalidInput(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
+        if len(not_finite_rows(X)):  # as fit refuses them: whitened, NaN everywhere, silently
+            raise InvalidInput(f"descriptor {not_finite_rows(X)[0]} holds NaN or infinite values; drop those rows first")
         if self.normalize_input:
             X = l2_normalize(X)
         whitened = l2_normalize((X - self.mean_) @ self.projection_.T)

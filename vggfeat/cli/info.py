@@ -171,7 +171,8 @@ def _model_lines(summary: dict) -> list[str]:
             f"  classes      {len(classes)}: {_first(classes)}",
             f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how}); "
             f"solver {summary['solver']}",
-            f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}",
+            f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}"
+            if training.get("files") else "  trained on   not recorded (saved from Python without its training)",
             *map(_descriptors_line, summary["extraction_configs"]), *_command_line(summary)]
 
 
