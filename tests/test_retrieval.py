@@ -23,7 +23,9 @@ from vggfeat.montage import draw_montage, montage_size
 from vggfeat.rerun import recorded_in_file
 from vggfeat.retrieval import compute_ap, evaluate_ground_truth, evaluate_labels, precision_at, read_ground_truth
 from vggfeat.search import search
+import vggfeat.export
 import vggfeat.features
+from vggfeat.features import FeatureFile
 import vggfeat.whitening
 from vggfeat.whitening import PCAWhitening, fit_whitening, l2_normalize
 
@@ -693,6 +695,28 @@ def test_export_parquet(tmp_path):
     code, _, err = run_main(["export", db, tmp_path / "out.npy"])
     assert code == 2 and "out.failed.csv already exist; pass --overwrite" in error_line(err) and "out.npy" in error_line(err)
     assert (tmp_path / "out.failed.csv").read_text() == "path,label,reason\nmine.jpg,,kept\n"
+
+
+@pytest.mark.parametrize("to", ["npy", "parquet"])
+def test_an_export_holds_a_block_of_paths_at_a_time(tmp_path, monkeypatch, to):
+    """Every path was held as a list (ten million: a GB), with a class name per row besides."""
+    if to == "parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+    X, labels = clustered()
+    db = write_features(tmp_path / "db.h5", X, labels)
+    with FeatureFile(db) as f:
+        paths, names = f.paths, [f.classes[y] for y in f.labels]
+    monkeypatch.setattr(vggfeat.export, "_BLOCK_BYTES", 7 * 16 * 4)  # 7 rows of 16-d a block
+    monkeypatch.setattr(FeatureFile, "paths", property(lambda self: pytest.fail("every path read at once")))
+    vggfeat.export.export(db, to)
+    if to == "npy":
+        rows = list(csv.reader(open(tmp_path / "db.paths.csv")))
+        assert rows == [["row", "path", "label"], *([str(i), path, name] for i, (path, name) in enumerate(zip(paths, names)))]
+        np.testing.assert_array_equal(np.load(tmp_path / "db.npy"), X.astype(np.float32))
+    else:
+        table = pq.read_table(tmp_path / "db.parquet")
+        assert table["path"].to_pylist() == paths and table["label"].to_pylist() == names
+        np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), X)
 
 
 def test_the_same_export_again_has_nothing_to_do_until_its_files_or_the_descriptors_change(tmp_path):

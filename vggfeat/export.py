@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,6 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         if existing and not overwrite:
             raise VggfeatError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite "
                                "to replace")
-        labels = _class_names(f.labels, f.classes)
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
         # Each file appears whole or not at all: an interrupted export leaves the old ones intact.
         if to == "npy":
@@ -50,10 +50,11 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
             with written_atomically(targets[1]) as temporary, open(temporary, "w", newline="") as out:
                 writer = csv.writer(out)
                 writer.writerow(["row", "path", "label"])
-                writer.writerows([row, path, label] for row, (path, label) in enumerate(zip(f.paths, labels)))
+                for start, paths, labels in _rows(f, step):
+                    writer.writerows([start + i, path, label] for i, (path, label) in enumerate(zip(paths, labels)))
         else:
             with written_atomically(targets[0]) as temporary:
-                _parquet(f, temporary, labels, step)
+                _parquet(f, temporary, step)
     with written_atomically(targets[-1]) as temporary:
         temporary.write_bytes(failed_csv)
     return targets
@@ -86,6 +87,14 @@ def _failed_csv(f: FeatureFile) -> bytes:
     return text.getvalue().encode()
 
 
+def _rows(f: FeatureFile, step: int) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(first row, paths, class names) of ``f``'s rows, ``step`` at a time (one empty block where
+    there is none): ten million paths are a GB held as a list."""
+    for start in range(0, max(f.rows, 1), step):
+        stop = min(start + step, f.rows)
+        yield start, f.paths_of(start, stop), _class_names(f.labels[start:stop], f.classes)
+
+
 def _class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
     return [classes[y] if y >= 0 else "" for y in labels]
 
@@ -98,7 +107,7 @@ def _npy(f: FeatureFile, target: Path, step: int) -> None:
     del out
 
 
-def _parquet(f: FeatureFile, target: Path, labels: list[str], step: int) -> None:
+def _parquet(f: FeatureFile, target: Path, step: int) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -109,11 +118,11 @@ def _parquet(f: FeatureFile, target: Path, labels: list[str], step: int) -> None
         metadata={"vggfeat_config": json.dumps(f.config, sort_keys=True)},
     )
     with pq.ParquetWriter(target, schema) as writer:
-        for start in range(0, max(f.rows, 1), step):
-            block = f.read(np.arange(start, min(start + step, f.rows)), dtype=np.float32)
+        for start, paths, labels in _rows(f, step):
+            block = f.read(np.arange(start, start + len(paths)), dtype=np.float32)
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel(), pa.float32()), f.dim)
             writer.write_table(pa.table({
-                "path": pa.array(f.paths[start : start + step], pa.string()),
-                "label": pa.array([label or None for label in labels[start : start + step]], pa.string()),
+                "path": pa.array(paths, pa.string()),
+                "label": pa.array([label or None for label in labels], pa.string()),
                 "features": vectors,
             }, schema=schema))

@@ -95,8 +95,13 @@ class FeatureFile:
     def paths(self) -> list[str]:
         """Each row's image path, read when first asked for: 10 million paths are about a GB and
         seconds, which the readers of failures or descriptors alone need not spend."""
+        return self.paths_of(0, len(self._paths))
+
+    def paths_of(self, start: int, stop: int) -> list[str]:
+        """The paths of rows ``start`` to ``stop``, read from the file: a caller that goes through
+        the rows a block at a time need not hold them all (:attr:`paths`)."""
         try:
-            return list(self._paths.asstr()[:])
+            return list(self._paths.asstr()[start:stop])
         except UnicodeDecodeError as error:
             raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({error})") from None
 
