@@ -74,24 +74,31 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
         raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {settings.cv}-fold "
                            "cross-validation (one per fold): fix --C, lower --cv or raise --train-per-class")
     targets = targets_of(files, exclude=exclude)
-    features, svm_params = training_features(files, targets, svm_params)
     classes = targets.classes
+    drawn = caltech_splits(align_to_classes(targets, classes, multilabel=False), len(classes), train_per_class,
+                           test_per_class, splits, seed, classes)
+    # The descriptors of the rows that the splits draw alone: 30 and 50 images a class, of a file
+    # that may hold millions.
+    used = np.unique(np.concatenate([rows for split in drawn for rows in (split.train, split.test)]))
+    targets = Targets([targets.paths[i] for i in used], targets.y[used], classes)
+    features, svm_params = training_features(files, targets, svm_params)
     y = align_to_classes(targets, classes, multilabel=False)
     table = []
-    for number, split in enumerate(caltech_splits(y, len(classes), train_per_class, test_per_class, splits, seed, classes), 1):
-        # X[split.train] is a copy made for this fit alone: normalised in place. Each split makes
+    for number, split in enumerate(drawn, 1):
+        train, test = np.searchsorted(used, split.train), np.searchsorted(used, split.test)
+        # X[train] is a copy made for this fit alone: normalised in place. Each split makes
         # as many fits: the progress of all is that of this one, after those before it.
         of_split = None if progress is None else (
             lambda done, total, before=number - 1: progress(before * total + done, splits * total))
-        svm = LinearSVM(**{**svm_params, "copy": False}).fit(features.X[split.train], y[split.train], progress=of_split)
-        predicted = _predict_rows(svm, features.X, split.test)
+        svm = LinearSVM(**{**svm_params, "copy": False}).fit(features.X[train], y[train], progress=of_split)
+        predicted = _predict_rows(svm, features.X, test)
         table.append({
             "split": number,
             "train": len(split.train),
             "test": len(split.test),
             "C": svm.C_,
-            "mean_class_recall": mean_class_recall(y[split.test], predicted, len(classes)),
-            "accuracy": accuracy(y[split.test], predicted),
+            "mean_class_recall": mean_class_recall(y[test], predicted, len(classes)),
+            "accuracy": accuracy(y[test], predicted),
         })
     recalls = np.array([row["mean_class_recall"] for row in table])
     return {
