@@ -24,7 +24,7 @@ import collections
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,8 @@ def evaluate_ground_truth(
     as the benchmark's own evaluation counts one missing from its ranking, and junk, nothing;
     said in a warning. Any other image not in the database is refused."""
     check_qe(qe)
-    database, failed = _name_index(paths), _name_index(failed_paths)
+    named = _names_in(truth)
+    database, failed = _name_index(paths, named), _name_index(failed_paths, named)
     missing: set[str] = set()
 
     def rows_of(names: Sequence[str], what: str) -> np.ndarray:
@@ -298,8 +299,15 @@ def check_box(values: object, where: object = None, given: object = None) -> lis
 
 def query_rows(truth: list[dict], paths: Sequence[str]) -> list[int]:
     """The row of ``paths`` of each query of ``truth``, matched as :func:`evaluate_ground_truth` matches them."""
-    queries = _name_index(paths)
+    queries = _name_index(paths, {name for item in truth for name in (item["query"], Path(item["query"]).stem)})
     return [_lookup(queries, item["query"], "query") for item in truth]
+
+
+def _names_in(truth: list[dict]) -> set[str]:
+    """The names of images that ``truth`` gives (queries, ok, junk), and their stems: what
+    :func:`_find` looks up."""
+    names = {name for item in truth for name in (item["query"], *item["ok"], *item.get("junk", []))}
+    return names | {Path(name).stem for name in names}
 
 
 def _is_ground_truth_item(item: object) -> bool:
@@ -311,17 +319,30 @@ def _lines(path: Path) -> list[str]:
     return read_text(path, names_files=True).split() if path.is_file() else []
 
 
-def _name_index(paths: Sequence[str]) -> dict[str, int]:
-    """Row of each path, and of each file name without extension that only one path has."""
+def _name_index(paths: Sequence[str], wanted: Collection[str]) -> dict[str, int]:
+    """Row of each path of ``wanted``, and of each file name without extension of ``wanted`` that
+    only one path has (a ground truth names a few thousand images of a database of millions: an
+    index of every path was most of an evaluation's time)."""
     index: dict[str, int] = {}
     stems: dict[str, list[int]] = {}
     for row, path in enumerate(paths):
-        index[path] = row
-        stems.setdefault(Path(path).stem, []).append(row)
+        if path in wanted:
+            index[path] = row
+        stem = _stem(path)
+        if stem in wanted:
+            stems.setdefault(stem, []).append(row)
     for stem, rows in stems.items():
         if len(rows) == 1:
             index.setdefault(stem, rows[0])
     return index
+
+
+def _stem(path: str) -> str:
+    """``Path(path).stem`` in string operations, several times as fast: the last component without
+    its last suffix (none where the only dot leads or ends the name)."""
+    name = path.rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _find(index: dict[str, int], name: str) -> int | None:
