@@ -513,19 +513,23 @@ def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, w
              ) -> np.ndarray:
     """The row of ``f`` of each of ``wanted`` (``by_image``: of its image); ``whole``: ``f`` must
     hold the images of ``reference``, no more, no fewer."""
-    index = {path: row for row, path in enumerate(f.paths)}
-    if by_image:
-        wanted = [image_of(path) for path in wanted]
-    missing = [path for path in wanted if path not in index]
-    if missing:
-        if reference is not None:
-            raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are "
-                               f"not in the second (e.g. {missing[0]}){_retry_hint(f, missing) or _root_hint(reference, f)}")
-        raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
+    if not by_image and len(wanted) == f.rows and wanted == f.paths:
+        rows = np.arange(f.rows)  # every row in order (a file's own, all labelled): no index of a million paths
+    else:
+        index = {path: row for row, path in enumerate(f.paths)}
+        if by_image:
+            wanted = [image_of(path) for path in wanted]
+        missing = [path for path in wanted if path not in index]
+        if missing:
+            if reference is not None:
+                raise VggfeatError(f"cannot fuse {reference.path} and {f.path}: {len(missing)} path(s) are not in the "
+                                   f"second (e.g. {missing[0]}){_retry_hint(f, missing) or _root_hint(reference, f)}")
+            raise VggfeatError(f"{len(missing)} path(s) are not in {f.path} (e.g. {missing[0]})")
+        rows = np.array([index[path] for path in wanted], dtype=np.int64)
     if whole and not by_image and reference is not None and _images(f) != _images(reference):
         raise VggfeatError(f"cannot fuse {reference.path} ({len(reference.paths)} rows) and {f.path} ({len(f.paths)} rows): "
                            "they hold different images")
-    return np.array([index[path] for path in wanted], dtype=np.int64)
+    return rows
 
 
 def _class_name(f: FeatureFile, label: int) -> str:
