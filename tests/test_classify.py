@@ -34,6 +34,7 @@ from vggfeat import DenseVGG, rerun
 from vggfeat.architectures import make_features
 from vggfeat.classifier import Classifier, crop_grid, imagenet_categories
 from vggfeat.cli.common import size_text
+from vggfeat.parts import output_locked
 from vggfeat.predictions import Evaluation, folder_labels, imagenet_wordnet_ids, match_labels, read_labels, top_classes
 from vggfeat.resize import as_tensor, resized_shape, to_input
 from vggfeat.store import posteriors_file_of
@@ -535,6 +536,19 @@ def test_cli_a_killed_csv_run_resumes_to_the_csv_of_one_run(small_network_for_cl
     assert out == fresh_out and "top-1 error 66.67%" in out
     assert read_csv(output) == read_csv(fresh)
     assert not list(tmp_path.glob("predictions.csv.*"))  # its posteriors removed with their work
+
+
+def test_cli_a_second_run_into_a_csv_being_written_is_refused(small_network_for_cli, folder, tmp_path):
+    """Two runs into one CSV: one removed the other's posteriors file as "made otherwise", or
+    wrote its CSV from the other's (another seed's numbers under its own command)."""
+    images, _ = folder
+    output = tmp_path / "predictions.csv"
+    with output_locked(output):  # as a run into it holds it, from its posteriors to its CSV
+        code, _, err = run_main(["classify", images, output, *FAST])
+    assert code == 2 and error_line(err) == (f"Error: another vggfeat run is writing {output} (lock held on "
+                                             f"{tmp_path / 'predictions.csv.parts'}/lock)"), err
+    assert run_main(["classify", images, output, *FAST])[0] == 0
+    assert sorted(path.name for path in tmp_path.glob("predictions.csv*")) == ["predictions.csv"]
 
 
 def test_cli_an_existing_csv_refused_names_what_a_killed_run_left_beside_it(small_network_for_cli, folder, tmp_path):

@@ -9,11 +9,12 @@ part holds. A run on several devices keeps one such folder per block in ``OUTPUT
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -192,6 +193,19 @@ def lock_for_rewrite(output: Path, hint: str = "") -> tuple[IO, str | None]:
         raise extraction_under_way(folder, output, hint)
     (folder / "manifest.json.tmp").unlink(missing_ok=True)  # a killed extraction's, never renamed, never used
     return lock, unlocked_because
+
+
+@contextlib.contextmanager
+def output_locked(output: Path) -> Iterator[str | None]:
+    """``output``'s work folder locked while the block runs (made for the lock alone, and removed
+    after: :func:`lock_for_rewrite`), so that no other vggfeat run writes ``output`` meanwhile;
+    gives why it could not be locked, or None. For a command whose work goes through other files
+    first (classify's posteriors, before its CSV)."""
+    lock, unlocked_because = lock_for_rewrite(output)
+    try:
+        yield unlocked_because
+    finally:
+        unlock_rewrite(lock, output)
 
 
 def holds_no_work(folder: Path) -> bool:

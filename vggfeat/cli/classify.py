@@ -53,6 +53,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from .. import rerun
     from ..classifier import Classifier
     from ..job import check_existing_output, check_output
+    from ..parts import output_locked
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
                                evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels)
     from ..processes import start_process_server
@@ -147,13 +148,16 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         if truth is not None:
             report_errors(evaluate_file(output, truth, classifier.categories()), labels, setting, say)
         return
-    files, work = describe_networks(classifiers, images, output, devices, setting, overwrite=overwrite,
-                                    part_size=part_size, quiet=quiet, precision=precision)
-    if len(classifiers) > 1:
-        setting += f"; {' + '.join(models)} fused"
-    said = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
-                     work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
-    rerun.record_in_file(output, made(images), common.command_line(), said)
+    # Held from the posteriors' first check to the CSV's writing: two runs into one CSV took each
+    # other's posteriors files (removed as "made otherwise", or written into the other's CSV).
+    with output_locked(output):
+        files, work = describe_networks(classifiers, images, output, devices, setting, overwrite=overwrite,
+                                        part_size=part_size, quiet=quiet, precision=precision)
+        if len(classifiers) > 1:
+            setting += f"; {' + '.join(models)} fused"
+        said = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+                         work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+        rerun.record_in_file(output, made(images), common.command_line(), said)
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:
