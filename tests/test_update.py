@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import vggfeat.decode
+import vggfeat.files
 import vggfeat.job
 import vggfeat.jpeg
 import vggfeat.update
@@ -239,6 +242,31 @@ def test_an_update_killed_as_its_job_removed_its_work_does_not_describe_the_imag
     assert code == 0 and read == [], err
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]
+
+
+def test_a_file_written_anew_takes_what_killed_writers_of_the_old_one_left(tmp_path, monkeypatch):
+    """An update killed as it wrote the file anew, then extract --overwrite: the update's hidden
+    temporary file (as large as the file) and its staging file stayed beside the new file for
+    good, unless a later update came."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    write_plain_folder(root / "more", 1, start_seed=10)
+
+    def killed(self):
+        raise KeyboardInterrupt  # as a kill as the file was written anew
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OutputUpdate, "_rewrite", killed)
+        assert run_main([*args, "--update"])[0] == 130
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id of this machine that no process has now
+    left = tmp_path / f".out.h5.{vggfeat.files._writer()}-{dead.pid}-0123abcd.tmp"
+    left.write_bytes(b"half of a large file")
+    assert (tmp_path / "out.h5.new-images.h5").exists()
+    assert run_main([*args, "--overwrite"])[0] == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5"]
 
 
 @pytest.mark.parametrize("block_rows", [1, 2, 1000])

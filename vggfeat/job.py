@@ -41,7 +41,7 @@ from .settings import decoder_library_of
 from .stack import flat_config
 from .files import as_system_errors, file_attributes, open_h5, replace_durably, write_json
 from .parts import (discard_work, holds_no_work, images_held, interrupted_on_several, list_parts, lock_folder,
-                    remove_manifest_last, tidy_emptied_shards, write_part)
+                    remove_leftovers_of, remove_manifest_last, tidy_emptied_shards, write_part)
 from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, existing_kind,
                     rows_and_failures, shards_folder, work_folder)
 
@@ -248,6 +248,7 @@ class ExtractionJob:
             with as_system_errors(self.rows_file):  # HDF5's "file write failed" under a full disk may be a RuntimeError
                 rows, failed = rows_and_failures(self.output) if self._finished else self._write_output(progress)
             self._remove_work()
+            remove_leftovers_of(self.output)
         finally:  # also when the run fails, so that a new job in this process can resume it
             self._lock.close()
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)

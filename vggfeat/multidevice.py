@@ -40,7 +40,7 @@ from .processes import process_context
 from .settings import resolve_device
 from .files import as_system_errors, exit_if_hdf5_files_open, open_h5, open_hdf5_files
 from .parts import (SHARD_FILE, discard_work, images_in_block, interrupted_on_one, interrupted_on_several, lock_folder,
-                    lock_for_rewrite, tidy_emptied_shards, unlock_rewrite)
+                    lock_for_rewrite, remove_leftovers_of, tidy_emptied_shards, unlock_rewrite)
 from .store import check_descriptor_output, rows_and_failures, shards_folder, work_folder
 
 # A device gets several blocks only where each holds this many images or more: every block pays
@@ -160,6 +160,7 @@ class MultiDeviceJob:
                     merge_blocks(self.shard_files, self.output, self.images, shard_of=self.images.shard_of)
                 rows, failed = rows_and_failures(self.output)
             shutil.rmtree(self.work)
+            remove_leftovers_of(self.output)
         finally:
             self.close()
         return JobResult(self.output, rows, failed, computed, time.perf_counter() - began)

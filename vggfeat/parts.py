@@ -22,8 +22,8 @@ from typing import IO
 import numpy as np
 
 from .errors import VggfeatError
-from .files import open_h5, replace_durably
-from .store import STRING, block_rows, place_rows, shards_folder, work_folder
+from .files import file_attributes, open_h5, remove_dead_writers_files, replace_durably
+from .store import STRING, UPDATE_MODES, block_rows, place_rows, shards_folder, work_folder
 
 
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
@@ -129,6 +129,19 @@ def remove_manifest_last(folder: Path) -> None:
         elif entry.name != "lock":
             os.unlink(entry.path)
     shutil.rmtree(folder)
+
+
+def remove_leftovers_of(output: Path) -> None:
+    """Once ``output`` is written anew by an extraction: remove what killed writers of the file it
+    replaced left beside it, which nothing else would: their hidden temporary files (as large as
+    the file: :func:`~vggfeat.files.remove_dead_writers_files`) and the staging files of its updates
+    (``OUTPUT.new-images.h5``: of a file that is no more) whose jobs are not to be resumed."""
+    remove_dead_writers_files(output)
+    for _, suffix, _ in UPDATE_MODES.values():
+        staging = output.with_name(output.name + suffix)
+        if (staging.is_file() and not work_folder(staging).exists() and not shards_folder(staging).exists()
+                and file_attributes(staging).get("update_of") == output.name):
+            staging.unlink()
 
 
 def tidy_emptied_shards(output: Path) -> None:
