@@ -163,18 +163,24 @@ def test_a_shard_file_of_other_options_is_not_replaced_without_overwrite(tmp_pat
     assert_same_output(read_output(output), _one_run(cheap_extractor(), images, tmp_path), atol=1e-5)
 
 
+def _interrupted_in_two_blocks(extractor: Extractor, images: ImageSet, output, monkeypatch) -> None:
+    """A run of ``images`` on two devices into ``output``, its first block finished, its second
+    killed after its first part."""
+    shards = shards_folder(output)
+    shards.mkdir()
+    ExtractionJob(extractor, images.shard(1, 2), shards / "shard-1-of-2.h5").run()
+    crash_on_part(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ExtractionJob(extractor, images.shard(2, 2), shards / "shard-2-of-2.h5", part_images=1).run()
+    monkeypatch.undo()
+
+
 def test_an_interrupted_run_resumes_shard_by_shard(tmp_path, monkeypatch):
     """A finished shard is not described again, an interrupted one only where its parts end."""
     write_plain_folder(tmp_path / "images", 6)
     images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
     extractor = cheap_extractor()
-    shards = shards_folder(output)
-    shards.mkdir()
-    ExtractionJob(extractor, images.shard(1, 2), shards / "shard-1-of-2.h5").run()
-    crash_on_part(monkeypatch, 2)  # as a kill after shard 2's first part
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        ExtractionJob(extractor, images.shard(2, 2), shards / "shard-2-of-2.h5", part_images=1).run()
-    monkeypatch.undo()
+    _interrupted_in_two_blocks(extractor, images, output, monkeypatch)
     job = MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], images, output)
     assert (job.done, job.total) == (4, 6)
     result = job.run()
@@ -188,13 +194,7 @@ def test_an_interrupted_run_is_not_resumed_over_other_images_of_the_same_names(t
     write_plain_folder(tmp_path / "other", 4, start_seed=10)
     images, other, output = find_images(tmp_path / "images"), find_images(tmp_path / "other"), tmp_path / "out.h5"
     extractor = cheap_extractor()
-    shards = shards_folder(output)
-    shards.mkdir()
-    ExtractionJob(extractor, images.shard(1, 2), shards / "shard-1-of-2.h5").run()
-    crash_on_part(monkeypatch, 2)  # as a kill after shard 2's first part
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        ExtractionJob(extractor, images.shard(2, 2), shards / "shard-2-of-2.h5", part_images=1).run()
-    monkeypatch.undo()
+    _interrupted_in_two_blocks(extractor, images, output, monkeypatch)
     with pytest.raises(VggfeatError) as refused:
         MultiDeviceJob(cheap_extractor(), ["cpu", "cpu"], other, output).run()
     message = str(refused.value)  # the block that fails first stops the other: either refusal

@@ -191,13 +191,20 @@ def test_a_killed_update_resumes_and_the_file_is_untouched_until_it_is_done(tmp_
     assert not (tmp_path / "out.h5.new-images.h5.parts").exists()
 
 
-def test_an_update_stopped_after_describing_the_new_images_does_not_describe_them_again(tmp_path, monkeypatch):
+def grown_by_two(tmp_path) -> tuple[Path, Path, list]:
+    """(images, out.h5, its extract command): out.h5 of two images, two more added since, and
+    reference.h5 of all four."""
     root, output = tmp_path / "images", tmp_path / "out.h5"
     write_plain_folder(root, 2)
     args = ["extract", root, output, *CHEAP]
     assert run_main(args)[0] == 0
     write_plain_folder(root / "more", 2, start_seed=10)
     assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+    return root, output, args
+
+
+def test_an_update_stopped_after_describing_the_new_images_does_not_describe_them_again(tmp_path, monkeypatch):
+    root, output, args = grown_by_two(tmp_path)
 
     def disk_full(self):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -220,12 +227,7 @@ def test_an_update_stopped_after_describing_the_new_images_does_not_describe_the
 
 def test_an_update_killed_as_its_job_removed_its_work_does_not_describe_the_images_again(tmp_path, monkeypatch,
                                                                                           random_vgg16):
-    root, output = tmp_path / "images", tmp_path / "out.h5"
-    write_plain_folder(root, 2)
-    args = ["extract", root, output, *CHEAP]
-    assert run_main(args)[0] == 0
-    write_plain_folder(root / "more", 2, start_seed=10)
-    assert run_main(["extract", root, tmp_path / "reference.h5", *CHEAP])[0] == 0
+    root, output, args = grown_by_two(tmp_path)
 
     def killed(self):
         raise KeyboardInterrupt  # as a kill after the staging file was renamed into place
