@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 from scipy.linalg import blas
-from sklearn.base import BaseEstimator, TransformerMixin
 
 from .errors import InvalidInput, VggfeatError, dense_array
 from .features import config_differences, damaged_row, not_finite_rows
@@ -50,9 +49,10 @@ def l2_normalize(X: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarr
     return X / np.maximum(norms, 1e-12)
 
 
-class PCAWhitening(TransformerMixin, BaseEstimator):
+class PCAWhitening:
     """PCA-whitening with optional dimensionality reduction, a scikit-learn transformer (``fit``,
-    ``transform``, ``fit_transform``; ``clone``, ``get_params``, a Pipeline's step).
+    ``transform``, ``fit_transform``; ``clone``, ``get_params``, a Pipeline's step), without
+    importing scikit-learn (``vggfeat info`` and ``--help`` load this module).
 
     Args:
         dim: output dimension; None keeps every axis the fitting data supports (at most
@@ -66,6 +66,20 @@ class PCAWhitening(TransformerMixin, BaseEstimator):
     def __init__(self, dim: int | None = None, normalize_input: bool = True) -> None:
         self.dim = dim
         self.normalize_input = normalize_input
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's parameters, as scikit-learn's ``clone`` and searches take them."""
+        return {"dim": self.dim, "normalize_input": self.normalize_input}
+
+    def set_params(self, **params: object) -> PCAWhitening:
+        for name, value in params.items():
+            if name not in self.get_params():
+                raise InvalidInput(f"PCAWhitening has no parameter {name!r}; it has {', '.join(self.get_params())}")
+            setattr(self, name, value)
+        return self
+
+    def fit_transform(self, X: np.ndarray, y: object = None, *, config: dict | None = None) -> np.ndarray:
+        return self.fit(X, y, config=config).transform(X)
 
     def fit(self, X: np.ndarray, y: object = None, *, config: dict | None = None) -> PCAWhitening:
         """Learn the whitening from descriptors ``X`` [N, D] (``y``, a Pipeline's labels, is not
@@ -82,15 +96,15 @@ class PCAWhitening(TransformerMixin, BaseEstimator):
         """As :meth:`fit`, from ``rows`` descriptors of ``dim`` given a block at a time (a file's,
         read in blocks): the host holds one block and a D x D covariance, never all N x D."""
         if rows < 2:
-            raise VggfeatError(f"whitening needs at least 2 descriptors, got {rows}")
+            raise InvalidInput(f"whitening needs at least 2 descriptors, got {rows}")
         if self.dim is not None and (isinstance(self.dim, bool) or not float(self.dim).is_integer()):
             raise InvalidInput(f"whitening dim must be a whole number, got {self.dim!r}")  # 2.7 was 2
         rank = min(dim, rows - 1)  # centring removes one degree of freedom
         kept = rank if self.dim is None else int(self.dim)
         if kept < 1 or kept > dim:
-            raise VggfeatError(f"whitening dim must be between 1 and the descriptor dimension {dim}, got {kept}")
+            raise InvalidInput(f"whitening dim must be between 1 and the descriptor dimension {dim}, got {kept}")
         if kept > rank:
-            raise VggfeatError(f"whitening to {kept} dimensions needs at least {kept + 1} descriptors, got {rows}")
+            raise InvalidInput(f"whitening to {kept} dimensions needs at least {kept + 1} descriptors, got {rows}")
         if kept == rows - 1:
             # N centred points span N - 1 directions: each scaled to unit variance, the points come
             # out as a regular simplex, every pair at the same cosine.
@@ -102,12 +116,12 @@ class PCAWhitening(TransformerMixin, BaseEstimator):
         for block in blocks:
             block = np.asarray(block, dtype=np.float64)
             if block.ndim != 2 or block.shape[1] != dim:
-                raise VggfeatError(f"whitening of {dim}-d descriptors was given a block of shape {block.shape}")
+                raise InvalidInput(f"whitening of {dim}-d descriptors was given a block of shape {block.shape}")
             if not np.isfinite(block).all():
-                raise VggfeatError("descriptors hold NaN or infinite values; drop those rows first")
+                raise InvalidInput("descriptors hold NaN or infinite values; drop those rows first")
             moments.add(l2_normalize(block, np.float64) if self.normalize_input else block)
         if moments.rows != rows:
-            raise VggfeatError(f"whitening was given {moments.rows} descriptors, expecting {rows}")
+            raise InvalidInput(f"whitening was given {moments.rows} descriptors, expecting {rows}")
         mean, covariance = moments.mean_and_covariance()
         # The covariance's eigenvectors, largest first (eigh sorts ascending).
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
