@@ -190,3 +190,28 @@ def test_a_retry_killed_after_its_rewrite_leaves_nothing_the_next_retry_trusts(t
     assert code == 0 and "1 of the 1 images that had failed are described now" in err, err
     assert_same_output(read_output(tmp_path / "out.h5"), read_output(tmp_path / "reference.h5"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "out.h5", "reference.h5"]
+
+
+def test_the_extraction_run_again_keeps_the_staging_file_of_a_retry_killed_before_its_rewrite(tmp_path, monkeypatch):
+    """Killed once its images were described, before the file was written anew: OUTPUT.parts/ holds
+    its lock alone, the staging file is of the file as it is. The plain command run then took it
+    for a leftover, removed it, and the retry described the images again."""
+    files = write_plain_folder(tmp_path / "images", 2)
+    args = ["extract", tmp_path / "images", tmp_path / "out.h5", *CHEAP]
+    repaired = files[1].read_bytes()
+    write_corrupt(files[1])
+    assert run_main(args)[0] == 0
+    files[1].write_bytes(repaired)
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vggfeat.update.OutputUpdate, "_rewrite", killed)
+    assert run_main([*args, "--retry-failed"])[0] == 130
+    monkeypatch.undo()
+    (tmp_path / "out.h5.parts").mkdir()  # the lock a SIGKILL leaves (an exception lets go of it)
+    (tmp_path / "out.h5.parts" / "lock").touch()
+    assert run_main(args)[0] == 0
+    assert (tmp_path / "out.h5.retried-images.h5").exists()
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "every image was described by the interrupted run" in err, err

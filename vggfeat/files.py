@@ -293,6 +293,12 @@ def _running(pid: int) -> bool:
     return True
 
 
+def file_version(path: Path) -> str:
+    """Which file ``path`` is, as a rewrite changes it: its inode, size and modification time."""
+    status = path.stat()
+    return json.dumps([status.st_ino, status.st_size, status.st_mtime_ns])
+
+
 def write_text_file(path: str | os.PathLike, text: str) -> None:
     """``text`` into ``path`` as UTF-8, whole or not at all (see :func:`written_atomically`)."""
     with written_atomically(path) as temporary:

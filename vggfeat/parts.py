@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 
 from .errors import VggfeatError
-from .files import file_attributes, open_h5, remove_dead_writers_files, replace_durably
+from .files import file_attributes, file_version, open_h5, remove_dead_writers_files, replace_durably
 from .store import STRING, UPDATE_MODES, block_rows, place_rows, shards_folder, work_folder
 
 
@@ -132,16 +132,18 @@ def remove_manifest_last(folder: Path) -> None:
 
 
 def remove_leftovers_of(output: Path) -> None:
-    """Once ``output`` is written anew by an extraction: remove what killed writers of the file it
-    replaced left beside it, which nothing else would: their hidden temporary files (as large as
-    the file: :func:`~vggfeat.files.remove_dead_writers_files`) and the staging files of its updates
-    (``OUTPUT.new-images.h5``: of a file that is no more) whose jobs are not to be resumed."""
+    """Once an extraction has written ``output`` (or found it written): remove what killed writers
+    left beside it, which nothing else would: their hidden temporary files (as large as the file:
+    :func:`~vggfeat.files.remove_dead_writers_files`) and the staging files of its updates that
+    are of another file than it (``OUTPUT.new-images.h5``: of the file it replaced)."""
     remove_dead_writers_files(output)
     for _, suffix, _ in UPDATE_MODES.values():
         staging = output.with_name(output.name + suffix)
-        if (staging.is_file() and not work_folder(staging).exists() and not shards_folder(staging).exists()
-                and file_attributes(staging).get("update_of") == output.name):
-            staging.unlink()
+        if staging.is_file() and not work_folder(staging).exists() and not shards_folder(staging).exists():
+            attrs = file_attributes(staging)
+            # (one of this very file, an update killed before its rewrite, is kept for the update)
+            if attrs.get("update_of") == output.name and attrs.get("update_of_file") != file_version(output):
+                staging.unlink()
 
 
 def tidy_emptied_shards(output: Path) -> None:

@@ -34,7 +34,7 @@ from .errors import VggfeatError, check_choice
 from .extractor import Extractor
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job
 from .multidevice import MultiDeviceJob
-from .files import file_attributes, open_h5, written_atomically
+from .files import file_attributes, file_version, open_h5, written_atomically
 from .parts import (discard_work, extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several,
                     lock_folder, lock_for_rewrite, tidy_emptied_shards, unlock_rewrite)
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
@@ -125,7 +125,7 @@ class OutputUpdate:
         self.described, self.dropped = len(chosen), gone_rows + gone_failed
         self.unchanged = same_images and not self.described  # nothing to describe, nothing to relabel
         self.staging = self.output.with_name(self.output.name + suffix)
-        self._output_file = _file_version(self.output)
+        self._output_file = file_version(self.output)
         self._row_bytes = disk_per_row(extractor.dim, dtype)
         self._chosen = ImageSet(images.root, tuple(images.paths[i] for i in chosen), images.labels[chosen],
                                 images.classes, images.file_names)
@@ -262,12 +262,6 @@ def _check_made_like(output: Path, extractor: Extractor, dtype: str, describe: s
     if changes:
         raise VggfeatError(f"{output} was made with other options ({'; '.join(changes)}); give {option} the "
                            "options that made it")
-
-
-def _file_version(path: Path) -> str:
-    """Which file ``path`` is, as a rewrite changes it: its inode, size and modification time."""
-    status = path.stat()
-    return json.dumps([status.st_ino, status.st_size, status.st_mtime_ns])
 
 
 def _run_to_its_end(describe: str) -> str:
