@@ -179,6 +179,10 @@ def test_read_labels_both_formats(tmp_path):
         65, 970, None, None]
     listing.write_text("tabbed.jpg\t7\n")
     assert read_labels(listing) == {"tabbed.jpg": 7}
+    # A name with a comma: quoted as csv.writer writes it (its quotes were kept: no image matched),
+    # or before a space and a number (it was split at the comma, and refused).
+    listing.write_text('"a,b.jpg",5\nc,d.jpg 6\n"q".jpg 7\n')
+    assert read_labels(listing) == {"a,b.jpg": 5, "c,d.jpg": 6, '"q".jpg': 7}
     listing.write_text("a.jpg 3\nb.jpg cat\n")
     with pytest.raises(vggfeat.VggfeatError, match=r"val.txt:2"):
         read_labels(listing)
@@ -630,6 +634,8 @@ def test_the_api_writes_the_csv_of_the_command(small_network_for_cli, small_vgg,
     assert (result.classified, result.failed) == (3, len(bad)) and result.seconds > 0
     assert read_csv(tmp_path / "api.csv") == read_csv(tmp_path / "cli.csv")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["api.csv", "cli.csv", "images"]
+    with output_locked(tmp_path / "held.csv"), pytest.raises(vggfeat.VggfeatError, match="another vggfeat run is writing"):
+        vggfeat.predictions.classify_images(classifier, vggfeat.find_images(images), tmp_path / "held.csv")  # as the command
 
 
 def test_cli_a_csvs_posteriors_are_counted_in_the_disk_warning(small_network_for_cli, folder, tmp_path, monkeypatch):

@@ -371,6 +371,10 @@ def test_a_list_written_by_csv_writer_is_read_as_it_was_written(tmp_path):
         writer.writerows([["b, c.jpg", "x"], ["plain.jpg", "y"], ["cat, tabby/x.jpg", "cat, tabby"], ['say "hi".jpg', ""]])
     assert labels_by_path(read_file_list(tmp_path / "list.csv")) == {
         "b, c.jpg": "x", "cat, tabby/x.jpg": "cat, tabby", "plain.jpg": "y", 'say "hi".jpg': None}
+    # A name with quotes, ending in an image extension, is a path as it is; a header quoted is a header.
+    (tmp_path / "names.csv").write_text('"path","label"\n"hello" world.jpg\n"a".jpg\n"b, c.jpg",x\n')
+    assert labels_by_path(read_file_list(tmp_path / "names.csv")) == {'"a".jpg': None, '"hello" world.jpg': None,
+                                                                       "b, c.jpg": "x"}
     (tmp_path / "bad.csv").write_text('"a.jpg",x,y\n')
     with pytest.raises(VggfeatError, match=r"bad.csv:1: expected '\"path\"' or '\"path\",label'"):
         read_file_list(tmp_path / "bad.csv")

@@ -317,8 +317,9 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     out.h5``). Relative paths are taken from ``root`` (default: the list file's folder; the working
     folder for standard input). Blank lines and lines starting with ``#`` are skipped (list a file
     named ``#1.jpg`` as ``./#1.jpg``), and a first line ``path,label`` (a CSV's header). A line that
-    ends with an image extension is a path, commas and all (a file name may hold one); a line that
-    begins with a quote is read as CSV (``"a, b.jpg",cat``); any other is split at its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
+    ends with an image extension is a path, commas and quotes and all (a file name may hold them);
+    any other that begins with a quote is read as CSV (``"a, b.jpg",cat``); any other is split at
+    its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
     but the list: a list of ten million files on a network file system would otherwise cost ten
     million round trips before any work.
     """
@@ -336,9 +337,11 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
         if "\0" in line:  # h5py cannot store it, nor can a file system name a file with it
             raise VggfeatError(f"{list_name(list_file)}:{number}: a NUL byte, which no path holds: a list names one "
                                "file a line (find -print, not -print0)")
-        if not class_of and line.replace(" ", "").lower() in ("path", "path,label"):
+        # A line that ends with an image extension is a path as it is, quotes too ('"a".jpg').
+        quoted = line.startswith('"') and not line.lower().endswith(IMAGE_EXTENSIONS)
+        if not class_of and _is_header(line):
             continue  # a CSV's header (a list written by csv.writer, or saved from a spreadsheet)
-        path, label = _quoted_entry(line, list_file, number) if line.startswith('"') else _split_entry(line)
+        path, label = _quoted_entry(line, list_file, number) if quoted else _split_entry(line)
         try:
             path, region = split_region(path)
         except ValueError as error:
@@ -387,6 +390,15 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
     where = (f"its relative paths are taken from {os.path.abspath(images.root)} ({whose}): is that the folder they "
              "are relative to, and is its storage mounted?" if relative else "is their storage mounted?")
     raise VggfeatError(f"none of the files of {list_name(list_file)} is there (looked for {which}, e.g. {example}); {where}")
+
+
+def _is_header(line: str) -> bool:
+    """Whether ``line`` is ``path,label`` (or ``path``), quoted or not: a CSV's header."""
+    try:
+        cells = next(csv.reader([line]))
+    except csv.Error:
+        return False
+    return [cell.strip().lower() for cell in cells] in (["path"], ["path", "label"])
 
 
 def _quoted_entry(line: str, list_file: str | Path, number: int) -> tuple[str, str | None]:

@@ -34,6 +34,7 @@ from .discover import ImageSet
 from .errors import VggfeatError, not_a_file
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
+from .parts import output_locked
 from .files import file_attributes, written_atomically
 from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
 from .textfiles import as_utf8, read_text, text_lines
@@ -107,10 +108,7 @@ def read_labels(path: str | os.PathLike, classes: int | None = None) -> dict[str
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        # The label is the last field: after the last comma, else after the last run of whitespace
-        # (file names may hold spaces).
-        fields = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-        name, label = (as_utf8(fields[0].strip()), fields[1].strip()) if len(fields) == 2 else ("", "")  # as /paths
+        name, label = _name_and_label(line)
         try:
             index = int(label)
         except ValueError:
@@ -310,11 +308,31 @@ def classify_images(
             ExtractionJob(network.classifier, images, network.posteriors, overwrite=overwrite, part_images=part_images,
                           provenance={"posteriors_of": output.name}).run(progress)
 
-    files = describe_posteriors(classifiers, images, output, run)
-    result = write_predictions(output, classifiers[0].categories(), topk, labels, overwrite, posteriors=files[0],
-                               fuse=files[1:], remove=True)
+    with output_locked(output):  # as the command holds it: no other run writes the CSV, nor takes its posteriors
+        files = describe_posteriors(classifiers, images, output, run)
+        result = write_predictions(output, classifiers[0].categories(), topk, labels, overwrite, posteriors=files[0],
+                                   fuse=files[1:], remove=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _name_and_label(line: str) -> tuple[str, str]:
+    """(file name as /paths names it, label) of a labels list's line. The label is the last field:
+    after the last run of whitespace where that is a number (a name may hold commas), else after
+    the last comma (a name may hold spaces); a line that begins with a quote is CSV, as csv.writer
+    writes a name with a comma ("a,b.jpg",5)."""
+    if line.startswith('"'):
+        try:
+            cells = next(csv.reader([line]))
+        except csv.Error:
+            cells = []
+        if len(cells) == 2:
+            return as_utf8(cells[0]), cells[1].strip()
+    spaced = line.rsplit(None, 1)
+    if len(spaced) == 2 and spaced[1].lstrip(",").isdigit() and not spaced[0].endswith(","):
+        return as_utf8(spaced[0].strip()), spaced[1]
+    fields = line.rsplit(",", 1)
+    return (as_utf8(fields[0].strip()), fields[1].strip()) if len(fields) == 2 else ("", "")
 
 
 def check_prediction_options(classifier: Classifier, topk: int | None, labels: dict[str, int] | None) -> None:
