@@ -178,21 +178,25 @@ def test_members_are_named_as_unpacking_names_them_and_links_read_as_their_targe
             tar.addfile(member, io.BytesIO((tmp_path / "member.png").read_bytes()))
         for name, kind, target in [("hard.png", tarfile.LNKTYPE, "ok.png"), ("sub/soft.png", tarfile.SYMTYPE, "../ok.png"),
                                    ("chain.png", tarfile.SYMTYPE, "sub/soft.png"), ("nowhere.png", tarfile.SYMTYPE, "no.png"),
-                                   ("passwd.png", tarfile.SYMTYPE, "/etc/passwd")]:
+                                   ("passwd.png", tarfile.SYMTYPE, "/etc/passwd"), ("later.png", tarfile.SYMTYPE, "ok.png"),
+                                   ("folder", tarfile.SYMTYPE, "a")]:  # (a link to a folder: nothing to say)
             link = tarfile.TarInfo(name)
             link.type, link.linkname = kind, target
             tar.addfile(link)
+        later = tarfile.TarInfo("later.png")  # appended (tar -r) over the link of its name: unpacked last, so read
+        later.size = (tmp_path / "member.png").stat().st_size
+        tar.addfile(later, io.BytesIO((tmp_path / "member.png").read_bytes()))
     with pytest.warns(UserWarning, match=r"has 3 member\(s\) named outside it \('..'\), or links that lead to no file "
                                          r"in it \(the first: '../out.png'\): left out"):
         images = find_images(archive)
     absolute = f"{str(tmp_path).lstrip('/')}/abs/f.png"
     assert sorted(images.paths) == sorted(["a/b.png", "a/c.png", "chain.png", "e.png", "hard.png", "ok.png", "sub/soft.png",
-                                           absolute])
+                                           "later.png", absolute])
     files = dict(zip(images.paths, images.files()))
     with tarfile.open(archive) as tar:
         members = {name: tar.extractfile(name).read() for name in tar.getnames() if tar.getmember(name).isreg()}
     for path, name in [(absolute, f"{tmp_path}/abs/f.png"), ("a/c.png", "a//c.png"), ("hard.png", "ok.png"),
-                       ("chain.png", "ok.png")]:
+                       ("chain.png", "ok.png"), ("later.png", "later.png")]:
         with open_image_file(files[path]) as file:
             assert file.read() == members[name], path
 

@@ -302,8 +302,9 @@ def _as_paths(archive: str, table: dict[str, tuple[int, int]], links: dict[str, 
         else:
             named[name] = place
     link_of = {_inside(link): target for link, target in links.items()}
+    folders: set[str] | None = None  # of the members, made where a link leads to no file
     for link, (symbolic, target) in links.items():
-        at, place = _inside(link), None
+        at, to, place = _inside(link), None, None
         for _ in range(LINK_HOPS):  # a link to a link, at most so many
             if at is None or (symbolic and target.startswith("/")):
                 break
@@ -314,10 +315,13 @@ def _as_paths(archive: str, table: dict[str, tuple[int, int]], links: dict[str, 
             if to not in link_of:
                 break
             at, (symbolic, target) = to, link_of[to]
-        if place is None:
-            left_out.append(link)
-        else:
+        if place is not None:
             named[_inside(link)] = place
+            continue
+        if folders is None:
+            folders = {member.rsplit("/", depth)[0] for member in named for depth in range(1, member.count("/") + 1)}
+        if to not in folders:  # (a link to a folder: its files are members under their own names)
+            left_out.append(link)
     if left_out:
         _warn_once(archive, f"the tar archive {archive} has {len(left_out)} member(s) named outside it ('..'), or links "
                             f"that lead to no file in it (the first: {left_out[0]!r}): left out")
@@ -393,8 +397,11 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: s
                         raise tarfile.ReadError(f"{info.name} has a negative size ({info.size}): a damaged header")
                     if info.isreg():
                         table[info.name] = (info.offset_data, info.size)
+                        if links:
+                            links.pop(info.name, None)  # the last member of a name is the one unpacked
                     elif (info.islnk() or info.issym()) and links is not None:
                         links[info.name] = (info.issym(), info.linkname)
+                        table.pop(info.name, None)
                 else:
                     _warn_if_cut(raw, tar.offset, os.fstat(raw.fileno()).st_size if length is None else start + length,
                                  name or file)
@@ -459,9 +466,12 @@ def _plain_table(file: str, start: int = 0, length: int | None = None, links: di
                     return None
                 if kind in _TYPES_REGULAR:
                     table[os.fsdecode(name)] = (data_offset, member_size)
+                    if links:
+                        links.pop(os.fsdecode(name), None)  # the last member of a name is the one unpacked
                 elif kind in _TYPES_LINK and links is not None:
                     target = pending_link or header[157:257].split(b"\0", 1)[0]
                     links[os.fsdecode(name)] = (kind == b"2", os.fsdecode(target))
+                    table.pop(os.fsdecode(name), None)
                 size = member_size
             offset = data_offset + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     return table or None  # an empty file, or an empty archive: tarfile tells which
