@@ -15,7 +15,7 @@ import pytest
 import vggfeat.export
 from svmhelpers import write_features
 from vggfeat.export import export
-from vggfeat.files import written_atomically
+from vggfeat.files import write_text_file, written_atomically
 
 
 def test_a_completed_write_replaces_the_file_with_normal_permissions(tmp_path):
@@ -50,7 +50,7 @@ def test_a_writer_killed_outright_leaves_a_file_the_next_write_removes(tmp_path)
     target.write_bytes(b"old")
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os, signal
-        from vggfeat.files import written_atomically
+        from vggfeat.files import write_text_file, written_atomically
         with written_atomically({str(target)!r}) as temporary:
             temporary.write_bytes(b"half of a large file")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -66,6 +66,13 @@ def test_a_writer_killed_outright_leaves_a_file_the_next_write_removes(tmp_path)
         temporary.write_bytes(b"new")
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.h5", living.name, users.name])
+
+
+def test_a_file_of_the_longest_name_a_file_system_takes_is_written(tmp_path):
+    """Its temporary file's name, the file's and a writer's tag, was over 255 bytes."""
+    target = tmp_path / ("x" * 251 + ".csv")
+    write_text_file(target, "a,b\n")
+    assert target.read_text() == "a,b\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
 def test_an_export_that_fails_midway_keeps_the_previous_export(tmp_path, monkeypatch):

@@ -227,6 +227,11 @@ def write_json(path: Path, data: dict) -> None:
     replace_durably(temporary, path)
 
 
+# A file name's most bytes on common file systems, and those that a temporary file's name adds to
+# its file's: "." and ".", 8 hex digits of the writer, a process id, 8 hex digits, ".tmp".
+NAME_BYTES, TEMPORARY_BYTES = 255, 2 + 8 + 1 + 10 + 1 + 8 + 4
+
+
 @contextlib.contextmanager
 def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
     """A new temporary file beside ``path`` for the block to write; renamed over ``path`` only when
@@ -236,7 +241,7 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     remove_dead_writers_files(path)
     while True:
-        temporary = path.with_name(f".{path.name}.{_writer()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        temporary = path.with_name(f"{_temporary_prefix(path)}{_writer()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:  # created here, so no one else's; with the umask's permissions, as the final file gets
             os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break
@@ -261,7 +266,7 @@ def remove_dead_writers_files(path: Path) -> None:
     (a shared disk), or a living process's, may be being written."""
     if os.name == "nt":  # where os.kill(pid, 0) would end the process
         return
-    name = re.compile(rf"\.{re.escape(path.name)}\.{_writer()}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    name = re.compile(rf"{re.escape(_temporary_prefix(path))}{_writer()}-(\d+)-[0-9a-f]{{8}}\.tmp")
     try:
         entries = os.listdir(path.parent)
     except OSError:  # a folder that cannot be listed: the write says why, if it fails
@@ -271,6 +276,15 @@ def remove_dead_writers_files(path: Path) -> None:
         if found and not _running(int(found[1])):
             with contextlib.suppress(OSError):
                 (path.parent / entry).unlink()
+
+
+def _temporary_prefix(path: Path) -> str:
+    """How the temporary files of ``path`` begin: ``.NAME.``, or for a name too long to take the
+    rest (a file system's 255 bytes), ``.~`` and 16 hex digits of its SHA-256."""
+    name = path.name
+    if len(os.fsencode(name)) > NAME_BYTES - TEMPORARY_BYTES:
+        name = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f".{name}."
 
 
 @functools.cache
