@@ -3,16 +3,18 @@ class's SVM and average precision only, as VOC's evaluation (VOCevalcls) leaves 
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
 import numpy as np
 import pytest
 
+import vggfeat.report
 from runhelpers import error_line, run_main
 from svmhelpers import write_features
 from vggfeat.errors import VggfeatError
-from vggfeat.metrics import ap_voc07_11pt, multilabel_metrics
+from vggfeat.metrics import ap_area, ap_voc07_11pt, multilabel_metrics
 from vggfeat.rerun import recorded_in_file
 from vggfeat.svm import LinearSVM, load_model
 from vggfeat.voc import DIFFICULT, read_image_set, targets_of_set, train_difficult
@@ -296,6 +298,29 @@ def test_a_test_set_without_a_positive_says_its_map_is_undefined(tmp_path):
     code, out, err = run_main(["protocol", "voc", features, "--voc-devkit", devkit, "--C", "1"])
     assert code == 0, err
     assert "| cat | 0 | 0 | – | – |" in out and out.splitlines()[-1] == "mAP: – (no class has a positive test image)"
+    # evaluate --report too: its plot's title ended in a TypeError, its report half written.
+    model = tmp_path / "voc.svm.h5"
+    assert run_main(["train-svm", features, model, "--voc-devkit", devkit, "--voc-set", "trainval", "--C", "1"])[0] == 0
+    code, out, err = run_main(["evaluate", model, features, "--voc-devkit", devkit, "--report", tmp_path / "report"])
+    assert code == 0, err
+    assert "mAP (area under PR curve)  undefined (no class has a positive test example)" in out
+    assert "- map_area: –" in (tmp_path / "report" / "per_class.md").read_text()
+
+
+def test_a_reports_curves_leave_out_what_the_aps_leave_out(tmp_path, monkeypatch):
+    """Each class's precision-recall curve was drawn over every test row, its difficult image a
+    false positive ranked first, under a legend of its AP without it (1.000); the tables had no
+    count of the rows left out."""
+    devkit, features, sets, _ = clustered_devkit(tmp_path)
+    model = tmp_path / "voc.svm.h5"
+    assert run_main(["train-svm", features, model, "--voc-devkit", devkit, "--C", "1"])[0] == 0
+    drawn = []
+    curve = vggfeat.report.precision_recall
+    monkeypatch.setattr(vggfeat.report, "precision_recall", lambda scores, positive: drawn.append(
+        ap_area(scores, positive)) or curve(scores, positive))
+    assert run_main(["evaluate", model, features, "--voc-devkit", devkit, "--report", tmp_path / "report"])[0] == 0
+    assert drawn == [pytest.approx(1.0), pytest.approx(1.0)]  # as the legend says: AP 1.000
+    assert next(csv.DictReader(open(tmp_path / "report" / "per_class.csv")))["ignored"] == "1"
 
 
 def test_a_test_set_without_labels_gets_voc_result_files(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 from .metrics import precision_recall
 from .files import write_text_file, written_atomically
 
-_COLUMNS = ("class", "support", "recall", "precision", "ap_voc07_11pt", "ap_area")
+_COLUMNS = ("class", "support", "ignored", "recall", "precision", "ap_voc07_11pt", "ap_area")
 
 
 def report_files(folder: str | os.PathLike, multilabel: bool) -> list[Path]:
@@ -27,9 +27,11 @@ def report_files(folder: str | os.PathLike, multilabel: bool) -> list[Path]:
     return [folder / "metrics.json", folder / "per_class.csv", folder / "per_class.md", folder / plot]
 
 
-def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray) -> list[Path]:
+def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray,
+                 ignore: np.ndarray | None = None) -> list[Path]:
     """Write the report files into ``folder`` (created if needed), each whole or not at all;
-    returns their paths (:func:`report_files`)."""
+    returns their paths (:func:`report_files`). ``ignore`` [N, K] (multi-label): the rows left out
+    of class k's AP, left out of its curve too (VOC's difficult images)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     multilabel = metrics["task"] != "single-label"
     metrics_json, table_csv, table_md, plot = report_files(folder, multilabel)
@@ -42,7 +44,7 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
     write_text_file(table_csv, table.getvalue())
     write_text_file(table_md, _markdown(metrics, columns))
     if multilabel:
-        plot_precision_recall(scores, targets, metrics, plot)
+        plot_precision_recall(scores, targets, metrics, plot, ignore)
     else:
         plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
                        f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
@@ -87,13 +89,17 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtit
     _save(fig, path)
 
 
-def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path) -> None:
-    """One precision-recall curve per class with a positive example, best area-AP first in the legend."""
+def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict, path: Path,
+                          ignore: np.ndarray | None = None) -> None:
+    """One precision-recall curve per class with a positive example, best area-AP first in the
+    legend; each without the rows that ``ignore`` leaves out of its AP (a difficult image drawn as
+    a false positive under an AP that leaves it out)."""
     fig, ax = _figure(8, 7)
     rows = [(k, row) for k, row in enumerate(metrics["per_class"]) if row["ap_area"] is not None]
     rows.sort(key=lambda item: -item[1]["ap_area"])  # legend in order of AP, best first
     for k, row in rows:
-        precision, recall = precision_recall(scores[:, k], targets[:, k])
+        kept = slice(None) if ignore is None else ~ignore[:, k]
+        precision, recall = precision_recall(scores[kept, k], targets[kept, k])
         ax.plot(np.concatenate([[0], recall]), np.concatenate([[precision[0]], precision]), linewidth=1.2,
                 label=f"{row['class']} (AP {row['ap_area']:.3f})")
     ax.set_xlim(0, 1)
@@ -101,19 +107,23 @@ def plot_precision_recall(scores: np.ndarray, targets: np.ndarray, metrics: dict
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Precision-recall per class\nmAP (area) {metrics['map_area']:.3f}, "
-                 f"mAP (VOC2007 11-point) {metrics['map_voc07_11pt']:.3f}")
+    ax.set_title(f"Precision-recall per class\nmAP (area) {_mean(metrics['map_area'])}, "
+                 f"mAP (VOC2007 11-point) {_mean(metrics['map_voc07_11pt'])}")
     if len(rows) <= 25:
         ax.legend(fontsize=7, loc="lower left", ncol=1 if len(rows) <= 12 else 2)
     fig.tight_layout()
     _save(fig, path)
 
 
+def _mean(value: float | None) -> str:
+    return "undefined (no positive test example)" if value is None else f"{value:.3f}"
+
+
 def _markdown(metrics: dict, columns: list[str]) -> str:
     lines = [f"# Evaluation ({metrics['task']}, {metrics['examples']} examples)", ""]
     for key in ("accuracy", "mean_class_recall", "map_voc07_11pt", "map_area"):
-        if metrics.get(key) is not None:
-            lines.append(f"- {key}: {metrics[key]:.4f}")
+        if key in metrics:
+            lines.append(f"- {key}: {_cell(metrics[key])}")
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "|".join("---" if c == "class" else "---:" for c in columns) + "|"]
     for row in metrics["per_class"]:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
@@ -123,4 +133,4 @@ def _markdown(metrics: dict, columns: list[str]) -> str:
 def _cell(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")  # (a class "cats|dogs")

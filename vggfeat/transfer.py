@@ -242,6 +242,7 @@ class Scored:
     multilabel: bool
     targets: np.ndarray | None = None  # [N] class index (single-label) or [N, K] bool
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): images of the files without a descriptor
+    ignore: np.ndarray | None = None  # [N, K] bool (multi-label): rows left out of class k's AP (VOC's difficult)
 
 
 def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[str] | None = None) -> Scored:
@@ -370,7 +371,8 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
     if multilabel:
-        return multilabel_metrics(truth, scored.scores, classes, align_ignored(targets, classes)), scored
+        scored.ignore = align_ignored(targets, classes)
+        return multilabel_metrics(truth, scored.scores, classes, scored.ignore), scored
     return single_label_metrics(truth, scored.scores, classes), scored
 
 

@@ -243,9 +243,11 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
                       ("map_voc07_11pt", "mAP (VOC2007 11-point)"), ("map_area", "mAP (area under PR curve)")):
         if metrics.get(key) is not None:
             lines.append(f"  {name:<26} {metrics[key]:.4f}")
+        elif key in metrics:  # every class's AP undefined, as protocol voc says it
+            lines.append(f"  {name:<26} undefined (no class has a positive test example)")
     click.echo("\n".join(lines))
     if report:
-        written = write_report(report, metrics, scored.scores, _indicators(scored))
+        written = write_report(report, metrics, scored.scores, _indicators(scored), ignore=scored.ignore)
         for path in written:
             record_in_file(path, made, command_line(), lines)
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
