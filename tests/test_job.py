@@ -539,6 +539,8 @@ def test_the_lock_of_a_folder_removed_as_it_was_taken_is_refused(tmp_path, monke
     with pytest.raises(VggfeatError, match="another vggfeat run finished writing .*out.h5 as this one began: run this "
                                            "command again"):
         lock_folder(folder, tmp_path / "out.h5")
+    with pytest.raises(VggfeatError, match="another vggfeat run finished writing"):  # removed before it was opened
+        lock_folder(folder, tmp_path / "out.h5")
 
 
 def test_a_lock_a_killed_update_left_is_no_run_of_another_folder(tmp_path, extractor):

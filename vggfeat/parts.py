@@ -169,7 +169,10 @@ def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
     """(the open lock file of ``folder``, held while open; why it could not be locked, or None).
     A second run writing ``output`` meanwhile is refused; on a file system without locks (NFS
     without its lock daemon) the run goes on unlocked, and says why."""
-    lock = open(folder / "lock", "w")
+    try:
+        lock = open(folder / "lock", "w")
+    except FileNotFoundError:  # the folder removed by a run that finished since this one made or found it
+        raise _finished_meanwhile(output) from None
     try:
         _lock_exclusively(lock)
     except BlockingIOError:
@@ -199,10 +202,7 @@ def lock_for_rewrite(output: Path, hint: str = "") -> tuple[IO, str | None]:
     if not holds_no_work(folder):
         raise extraction_under_way(folder, output, hint)
     folder.mkdir(exist_ok=True)
-    try:
-        lock, unlocked_because = lock_folder(folder, output)
-    except FileNotFoundError:  # removed by a rewrite that finished since the mkdir
-        raise _finished_meanwhile(output) from None
+    lock, unlocked_because = lock_folder(folder, output)
     if not holds_no_work(folder):  # an extraction began between the look and the lock, where nothing locks
         lock.close()
         raise extraction_under_way(folder, output, hint)
