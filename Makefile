@@ -7,6 +7,8 @@
 #
 # The first target that needs it creates .venv and installs vggfeat with its test extra; torch
 # from PyPI is the CUDA build (several GB, a few minutes), which also runs on CPU-only machines.
+# The install is editable, of this checkout: VENV=<another checkout's venv> makes that venv run
+# this checkout's vggfeat (its stamp is older than this pyproject.toml) until it is installed again.
 
 PYTHON ?= python3
 VENV ?= .venv
