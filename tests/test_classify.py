@@ -181,8 +181,8 @@ def test_read_labels_both_formats(tmp_path):
     assert read_labels(listing) == {"tabbed.jpg": 7}
     # A name with a comma: quoted as csv.writer writes it (its quotes were kept: no image matched),
     # or before a space and a number (it was split at the comma, and refused).
-    listing.write_text('"a,b.jpg",5\nc,d.jpg 6\n"q".jpg 7\n')
-    assert read_labels(listing) == {"a,b.jpg": 5, "c,d.jpg": 6, '"q".jpg': 7}
+    listing.write_text('"a,b.jpg",5\nc,d.jpg 6\n"q".jpg 7\ne.jpg ,8\n')
+    assert read_labels(listing) == {"a,b.jpg": 5, "c,d.jpg": 6, '"q".jpg': 7, "e.jpg": 8}
     listing.write_text("a.jpg 3\nb.jpg cat\n")
     with pytest.raises(vggfeat.VggfeatError, match=r"val.txt:2"):
         read_labels(listing)

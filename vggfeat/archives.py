@@ -304,7 +304,8 @@ def _as_paths(archive: str, table: dict[str, tuple[int, int]], links: dict[str, 
     link_of = {_inside(link): target for link, target in links.items()}
     folders: set[str] | None = None  # of the members, made where a link leads to no file
     for link, (symbolic, target) in links.items():
-        at, to, place = _inside(link), None, None
+        name = at = _inside(link)
+        to, place = None, None
         for _ in range(LINK_HOPS):  # a link to a link, at most so many
             if at is None or (symbolic and target.startswith("/")):
                 break
@@ -316,7 +317,7 @@ def _as_paths(archive: str, table: dict[str, tuple[int, int]], links: dict[str, 
                 break
             at, (symbolic, target) = to, link_of[to]
         if place is not None:
-            named[_inside(link)] = place
+            named[name] = place
             continue
         if folders is None:
             folders = {member.rsplit("/", depth)[0] for member in named for depth in range(1, member.count("/") + 1)}

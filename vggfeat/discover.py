@@ -8,7 +8,6 @@ class of the folder the archive lies in, or their WebDataset sample's (its ``.cl
 
 from __future__ import annotations
 
-import csv
 import contextlib
 import dataclasses
 import functools
@@ -27,7 +26,7 @@ import numpy as np
 from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
 from .errors import VggfeatError, not_a_file
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
-from .textfiles import as_utf8, not_utf8, text_lines
+from .textfiles import as_utf8, csv_cells, not_utf8, text_lines
 
 # .heic/.heif need the pillow-heif plugin (decode.heif_plugin); without it each such image is
 # recorded as failed, saying so, rather than left out unseen.
@@ -394,21 +393,14 @@ def check_listed_files(images: ImageSet, list_file: str | Path, looked_for: int 
 
 def _is_header(line: str) -> bool:
     """Whether ``line`` is ``path,label`` (or ``path``), quoted or not: a CSV's header."""
-    try:
-        cells = next(csv.reader([line]))
-    except csv.Error:
-        return False
-    return [cell.strip().lower() for cell in cells] in (["path"], ["path", "label"])
+    return [cell.strip().lower() for cell in csv_cells(line) or []] in (["path"], ["path", "label"])
 
 
 def _quoted_entry(line: str, list_file: str | Path, number: int) -> tuple[str, str | None]:
     """``"path",label`` or ``"path","label"``: a line as csv.writer writes a path that holds a comma
     or a quote, unquoted as csv reads it."""
-    try:
-        cells = next(csv.reader([line]))
-    except csv.Error as error:
-        raise VggfeatError(f"{list_name(list_file)}:{number}: {error}") from None
-    if len(cells) not in (1, 2) or not cells[0]:
+    cells = csv_cells(line)
+    if cells is None or len(cells) not in (1, 2) or not cells[0]:
         raise VggfeatError(f"{list_name(list_file)}:{number}: expected '\"path\"' or '\"path\",label', got "
                            f"{as_utf8(line)!r}")
     return cells[0], (cells[1].strip() or None) if len(cells) == 2 else None

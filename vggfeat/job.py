@@ -63,7 +63,7 @@ def check_output(output: Path, overwrite: bool, images_root: Path | None = None,
     check_descriptor_output(output)
     if _lone_file(output, overwrite):
         attrs = file_attributes(output) if images_root is not None else {}
-        if not (attrs.get("complete") and _made_from(attrs, images_root)):
+        if not (attrs.get("complete") and made_from_folder(attrs, images_root)):
             raise VggfeatError(already_exists(output, makes))
 
 
@@ -82,7 +82,7 @@ def holds_extraction(output: Path, config: dict, dtype: str, images: ImageSet) -
     if not _lone_file(output, overwrite=False):
         return False
     attrs = file_attributes(output)
-    return holds_job(attrs, config, dtype, images.digest()) and _made_from(attrs, images.root)
+    return holds_job(attrs, config, dtype, images.digest()) and made_from_folder(attrs, images.root)
 
 
 def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | None = None) -> VggfeatError:
@@ -100,18 +100,18 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
         if changes:
             return VggfeatError(f"{output} already exists, made with other options ({'; '.join(changes)}); pass "
                                 "--overwrite to replace it")
-    elif images is not None and not images.shard_of and "images_found" in attrs and _made_from(attrs, images.root):
+    elif images is not None and not images.shard_of and "images_found" in attrs and made_from_folder(attrs, images.root):
         return VggfeatError(f"{output} already exists, made with these options over other images of {images.root} "
                             f"({int(attrs['images_found']):,} then, {len(images):,} now): --update describes those added "
                             "or changed and leaves out those gone; --overwrite describes them all again")
-    elif images is not None and images.shard_of and _made_from(attrs, images.root):
+    elif images is not None and images.shard_of and made_from_folder(attrs, images.root):
         return VggfeatError(f"{output} already exists, made with these options as a shard of other images of {images.root} "
                             "(the collection changed since it was cut into shards): describe every shard again with "
                             "--overwrite, or run 'vggfeat extract --update' on the file merged from them")
     return VggfeatError(already_exists(output, makes))
 
 
-def _made_from(attrs: dict, root: str | os.PathLike) -> bool:
+def made_from_folder(attrs: dict, root: str | os.PathLike) -> bool:
     """Do a file's ``attrs`` say it was made from images found in ``root`` (as the job records it;
     through a link to the same folder too)?"""
     return same_folder(attrs.get("input_root"), root)
@@ -351,7 +351,7 @@ class ExtractionJob:
             if not manifest_file.exists() and self.work.is_dir() and holds_no_work(self.work):
                 # (or a lock an update left, killed: the file must then be this very job's too)
                 return (holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
-                        and _made_from(attrs, self.images.root))
+                        and made_from_folder(attrs, self.images.root))
             manifest = json.loads(manifest_file.read_text())
         except (OSError, ValueError):
             return False

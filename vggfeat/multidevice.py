@@ -33,7 +33,8 @@ import torch
 from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
-from .job import ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction, same_folder
+from .job import (ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction,
+                  made_from_folder, same_folder)
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context
@@ -229,7 +230,7 @@ class MultiDeviceJob:
         except (OSError, KeyError):
             return False
         return (bool(attrs.get("complete")) and attrs.get("config") == config
-                and attrs.get("images_sha256") == self.images.digest() and same_folder(attrs.get("input_root"), self.images.root)
+                and attrs.get("images_sha256") == self.images.digest() and made_from_folder(attrs, self.images.root)
                 and attrs.get("merged_from") == json.dumps(sorted(path.name for path in self.shard_files)))
 
     def _interrupted_blocks(self) -> int | None:

@@ -37,7 +37,7 @@ from .job import ExtractionJob, disk_per_row, holds_job
 from .parts import output_locked
 from .files import file_attributes, written_atomically
 from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
-from .textfiles import as_utf8, read_text, text_lines
+from .textfiles import as_utf8, csv_cells, read_text, text_lines
 
 
 @dataclass
@@ -321,15 +321,11 @@ def _name_and_label(line: str) -> tuple[str, str]:
     after the last run of whitespace where that is a number (a name may hold commas), else after
     the last comma (a name may hold spaces); a line that begins with a quote is CSV, as csv.writer
     writes a name with a comma ("a,b.jpg",5)."""
-    if line.startswith('"'):
-        try:
-            cells = next(csv.reader([line]))
-        except csv.Error:
-            cells = []
-        if len(cells) == 2:
-            return as_utf8(cells[0]), cells[1].strip()
+    cells = csv_cells(line) if line.startswith('"') else None
+    if cells is not None and len(cells) == 2:
+        return as_utf8(cells[0]), cells[1].strip()
     spaced = line.rsplit(None, 1)
-    if len(spaced) == 2 and spaced[1].lstrip(",").isdigit() and not spaced[0].endswith(","):
+    if len(spaced) == 2 and spaced[1].isdigit() and not spaced[0].endswith(","):
         return as_utf8(spaced[0].strip()), spaced[1]
     fields = line.rsplit(",", 1)
     return (as_utf8(fields[0].strip()), fields[1].strip()) if len(fields) == 2 else ("", "")

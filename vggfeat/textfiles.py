@@ -6,6 +6,7 @@ reads folders and lists), so that such a name still finds its file."""
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -40,6 +41,15 @@ def text_lines(text: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def csv_cells(line: str) -> list[str] | None:
+    """The cells of one line of CSV, as csv.reader reads them; None where it cannot (a quote not
+    closed)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return None
 
 
 def check_utf8(text: str, path: str | os.PathLike, line: int, what: str) -> None:

@@ -150,8 +150,9 @@ class PCAWhitening:
         X = np.asarray(dense_array(X), dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.input_dim:
             raise InvalidInput(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
-        if len(not_finite_rows(X)):  # as fit refuses them: whitened, NaN everywhere, silently
-            raise InvalidInput(f"descriptor {not_finite_rows(X)[0]} holds NaN or infinite values; drop those rows first")
+        damaged = not_finite_rows(X)
+        if len(damaged):  # as fit refuses them: whitened, NaN everywhere, silently
+            raise InvalidInput(f"descriptor {damaged[0]} holds NaN or infinite values; drop those rows first")
         if self.normalize_input:
             X = l2_normalize(X)
         whitened = l2_normalize((X - self.mean_) @ self.projection_.T)
