@@ -258,6 +258,15 @@ def test_list_paths_labels_comments_and_blanks(tmp_path):
     assert found.labels.tolist() == [0, 1, NO_LABEL]
 
 
+def test_a_listed_file_named_with_leading_spaces_is_that_file_where_it_is_there(tmp_path):
+    """A line's surrounding spaces were always left out: ' lead.png' (a name that the folder's walk
+    records as it is) was then 'not found'. They are kept where the file so named is there."""
+    touch(tmp_path, " lead.png", "b.png")
+    listing = write_list(tmp_path / "list.txt", " lead.png,x", "  b.png ,y", " gone.png")
+    assert read_file_list(listing).paths == (" lead.png", "b.png", "gone.png")
+    assert find_images(tmp_path).paths == (" lead.png", "b.png")
+
+
 def test_list_relative_paths_are_from_the_list_folder(tmp_path):
     touch(tmp_path, "data/img/a.jpg")
     listing = write_list(tmp_path / "data" / "list.txt", "img/a.jpg,x")

@@ -658,6 +658,16 @@ def test_a_labels_csv_names_files_as_the_features_file_does(tmp_path):
     assert saved.training["rows"] == 5
 
 
+def test_a_labels_csv_path_written_with_spaces_is_the_row_so_named_or_else_the_one_without_them(tmp_path):
+    """' lead.jpg' (a file named so, as the features file's /paths names it) was 'not in the features
+    file'; ' a.jpg ' written by hand, with stray spaces, still labels a.jpg."""
+    X, y, _, names = blobs(classes=2, per_class=2)
+    features = write_features(tmp_path / "f.h5", X, [" lead.jpg", "a.jpg", "b.jpg", "c.jpg"], y, names)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(" lead.jpg,class0\n a.jpg ,class0\nb.jpg,class1\nc.jpg,class1\n")
+    assert transfer.targets_of(features, labels).paths == [" lead.jpg", "a.jpg", "b.jpg", "c.jpg"]
+
+
 def test_training_that_would_not_fit_in_memory_is_warned_of_before_its_rows_are_read(tmp_path, monkeypatch):
     X, labels, paths, names = blobs(classes=3, per_class=20, dim=16)
     X[:, 8:] = 0  # half zeros, as fc7's after its ReLU: liblinear keeps only the others

@@ -318,9 +318,10 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     named ``#1.jpg`` as ``./#1.jpg``), and a first line ``path,label`` (a CSV's header). A line that
     ends with an image extension is a path, commas and quotes and all (a file name may hold them);
     any other that begins with a quote is read as CSV (``"a, b.jpg",cat``); any other is split at
-    its last comma. Rows are sorted by path, as for a folder. Nothing is read from the disk
-    but the list: a list of ten million files on a network file system would otherwise cost ten
-    million round trips before any work.
+    its last comma. Spaces around a path are left out, unless the file is named with those it
+    begins with (' a.jpg'). Rows are sorted by path, as for a folder. Nothing is read from the disk
+    but the list (and a look for each line that begins with a space): a list of ten million files
+    on a network file system would otherwise cost ten million round trips before any work.
     """
     list_file = check_file_list(list_file)
     root = Path(root) if root is not None else list_folder(list_file)
@@ -329,8 +330,8 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
     # Bytes that are not UTF-8 are kept (as os.walk keeps them): they may be a file's name.
     listed = sys.stdin.buffer.read() if list_file == STDIN else list_file.read_bytes()
     lines = text_lines(listed.decode("utf-8-sig", errors="surrogateescape"))
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
+    for number, written in enumerate(lines, start=1):
+        line = written.strip()
         if not line or line.startswith("#"):
             continue
         if "\0" in line:  # h5py cannot store it, nor can a file system name a file with it
@@ -345,6 +346,9 @@ def read_file_list(list_file: str | Path, root: str | Path | None = None) -> Ima
             path, region = split_region(path)
         except ValueError as error:
             raise VggfeatError(f"{list_name(list_file)}:{number}: {error}") from None
+        leading = written[: len(written) - len(written.lstrip())]
+        if leading and not quoted and file_exists(root / (leading + path)):
+            path = leading + path  # a file named so (' a.jpg'), as a folder's walk names it
         path = Path(path).as_posix()
         if path.startswith(inside):
             path = path[len(inside) :]

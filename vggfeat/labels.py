@@ -45,9 +45,21 @@ class Targets:
 
 class LabelsCsv(dict):
     """{path: [labels]} of a labels CSV; ``commented``: the paths of its comment lines that read as
-    ``path,label`` (a path that begins with '#', written unquoted, as csv.writer writes it)."""
+    ``path,label`` (a path that begins with '#', written unquoted, as csv.writer writes it);
+    ``spaced``: {path: as written} of the paths written with spaces around them."""
 
     commented: set[str]
+    spaced: dict[str, str]
+
+    def named_as(self, held: Container[str]) -> LabelsCsv:
+        """These labels with each path that ``held`` holds only as written, spaces around it and
+        all (a file named ' a.jpg'; others lose the spaces of a hand-written 'a.jpg , cat'), named so."""
+        renamed = {path: spaced for path, spaced in self.spaced.items() if path not in held and spaced in held}
+        if not renamed:
+            return self
+        named = LabelsCsv((renamed.get(path, path), names) for path, names in self.items())  # (file order kept)
+        named.commented, named.spaced = self.commented, {}
+        return named
 
 
 def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
@@ -57,7 +69,7 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
     if not path.is_file():
         raise VggfeatError(not_a_file(path, "labels file"))
     labels = LabelsCsv()
-    labels.commented = set()
+    labels.commented, labels.spaced = set(), {}
     # A line that begins with '#' is a comment (kept as an empty line, so that lines keep their
     # numbers); a path that begins with one is quoted ("#1.jpg",cat), as a cell that csv unquotes.
     lines = io.StringIO(read_text(path, names_files=True), newline="")
@@ -71,7 +83,10 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
         names = [name.strip() for cell in row[1:] for name in cell.split(";") if name.strip()]
         if not row[0].strip() or not names:  # (no label: "path,", "path,;")
             raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {as_utf8(','.join(row))!r}")
-        known = labels.setdefault(as_utf8(row[0].strip()), [])
+        listed = as_utf8(row[0].strip())
+        if row[0].strip() != row[0]:
+            labels.spaced[listed] = as_utf8(row[0])
+        known = labels.setdefault(listed, [])
         for name in names:
             check_utf8(name, path, number, "the label")
             if name not in known:
@@ -122,6 +137,8 @@ def targets_from_csv(labels: dict[str, list[str]], available: Sequence[str], mul
     those that the file could not describe (``failed``: path to reason), which are left out with a
     warning."""
     known, failed = set(available), failed or {}
+    if isinstance(labels, LabelsCsv):
+        labels = labels.named_as(known | failed.keys())
     unlabelled = sorted(p for p in getattr(labels, "commented", ()) if p in known and p not in labels)
     if unlabelled:
         warnings.warn(f"{len(unlabelled):,} line(s) of {source} that begin with '#' name an image of the features file "

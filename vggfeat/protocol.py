@@ -190,15 +190,15 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
         held, labels, classes, failed = first.paths, first.labels, first.classes, first.failed()
     failed_reasons = failed.reasons_by_path()  # listed images not described: left out, said
     if labels_csv is not None:
-        labels_by_path = read_labels_csv(labels_csv)
+        in_file = {*held, *failed_reasons}  # this set's images, failed ones too
+        labels_by_path = read_labels_csv(labels_csv).named_as(in_file)
         if paths is not None:
             unlabelled = [p for p in paths if p not in labels_by_path]
             if unlabelled:
                 raise VggfeatError(f"{len(unlabelled)} {which} path(s) have no label in {labels_csv} (e.g. {unlabelled[0]})")
             labels_by_path = {p: labels_by_path[p] for p in paths}
         else:
-            # The CSV labels both sets: this set's paths are its file's images, failed ones too.
-            in_file = {*held, *failed_reasons}
+            # The CSV labels both sets: this set's paths are its file's images.
             labels_by_path = {p: names for p, names in labels_by_path.items() if p in in_file}
             if not labels_by_path:
                 raise VggfeatError(f"none of the paths of {labels_csv} are in the {which} features file")
