@@ -15,7 +15,8 @@ from imagefiles import write_rgb
 from runhelpers import FAST, error_line, run_main
 from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index, faiss_available, index_features
-from vggfeat.indexupdate import update_index
+import vggfeat.indexupdate
+from vggfeat.indexupdate import _lists_fit_rows, update_index
 from vggfeat.whitening import PCAWhitening
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed (pip install faiss-cpu)")
@@ -77,6 +78,41 @@ def test_a_flat_index_updated_is_the_one_built_anew(tmp_path, whitened):
     written = os.stat(tmp_path / "db.index").st_mtime_ns
     assert update_index(tmp_path / "db.index", tmp_path / "db.h5").added == 0  # up to date: nothing to do
     assert os.stat(tmp_path / "db.index").st_mtime_ns == written
+
+
+@pytest.mark.parametrize("kind", ["flat", pytest.param("hnsw", marks=needs_faiss)])
+def test_the_same_rows_labelled_otherwise_are_relabelled_in_a_file_written_anew(tmp_path, monkeypatch, kind):
+    """A list's labels changed (extract --update relabels its rows): the index said 'up to date' and
+    kept the old labels, which retrieval-eval scores by. And an index whose descriptors file is only
+    written anew, rows the same, recorded it by writing its attribute in place, which a kill midway
+    left unreadable: the file is now written anew and renamed, never opened to write."""
+    before, _ = grown(rows=60)
+    write_described(tmp_path / "db.h5", before)
+    index_features(tmp_path / "db.h5", kind=kind).save(tmp_path / "db.index")
+    write_described(tmp_path / "db.h5", before, classes=("a", "b", "c"))
+    with h5py.File(tmp_path / "db.h5", "a") as f:  # the same paths, ten of them class c now
+        f["labels"][:10] = 2
+    opened = []
+    open_h5 = vggfeat.indexupdate.open_h5
+    monkeypatch.setattr(vggfeat.indexupdate, "open_h5", lambda path, mode="r", **kw: opened.append(mode) or open_h5(path, mode, **kw))
+    old = os.stat(tmp_path / "db.index").st_ino
+    result = update_index(tmp_path / "db.index", tmp_path / "db.h5")
+    assert (result.added, result.removed, result.changed, result.relabelled) == (0, 0, 0, 10) and "r+" not in opened
+    index = VectorIndex.load(tmp_path / "db.index")
+    assert index.classes == ["a", "b", "c"] and [index.classes[k] for k in index.labels[:12]] == ["c"] * 10 + ["a", "a"]
+    assert index.updated and os.stat(tmp_path / "db.index").st_ino != old and index.rows == 60
+    os.utime(tmp_path / "db.h5", (time.time() + 9, time.time() + 9))
+    assert update_index(tmp_path / "db.index", tmp_path / "db.h5").relabelled == 0 and "r+" not in opened
+    assert VectorIndex.load(tmp_path / "db.index").paths == sorted(before)
+
+
+def test_an_ivfpq_index_is_said_to_have_outgrown_its_lists_only_16_times_the_rows_they_suit():
+    """Its default lists are at most rows // 39: an index of 1,000 rows (25 lists) was said, at
+    1,001, to suit 39 rows, and to be built again, which gave the same 25 lists."""
+    def grown_to(rows: int, nlist: int) -> int:
+        return _lists_fit_rows(VectorIndex(paths=[""] * rows, config=CONFIG, kind="ivfpq", params={"nlist": nlist}))
+    assert grown_to(1_001, 25) == 0 and grown_to(16 * 975, 25) == 975
+    assert grown_to(100_000, 1_264) == 0 and grown_to(16 * 99_856, 1_264) == 99_856  # 4 sqrt(rows): 1,264 at 100,000
 
 
 @needs_faiss

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
 from .index import BLOCK_BYTES, VectorIndex, load_faiss
 from .rerun import MADE_FROM, brought_up_to_date, fingerprint, record
-from .files import file_attributes, open_h5
+from .files import file_attributes, open_h5, written_atomically
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class IndexUpdate:
     rebuilt: bool  # every row added again (IVF-PQ with its training kept; HNSW's graph anew; flat)
     seconds: float
     lists_fit_rows: int = 0  # IVF-PQ: rows its number of lists suits, where far fewer than it holds now
+    relabelled: int = 0  # rows whose label changed, the descriptors file's rows being the same
 
 
 def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
@@ -87,11 +89,15 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         held[rows_in_file[kept]] = True
         new_rows = np.flatnonzero(~held)
         removed, changed = int((~present).sum()), int((present & ~kept).sum())
-        if not len(new_rows) and not removed:  # up to date: the file stays as it is, but for the record
-            if made is not None and made != recorded.get(MADE_FROM):
-                with open_h5(index_path, "r+") as out:
-                    out.attrs[MADE_FROM] = made
-            return IndexUpdate(index_path, kind, index.rows, 0, 0, 0, False, time.monotonic() - started)
+        if not len(new_rows) and not removed:  # the same rows: their labels may have changed (a list's), or the record
+            labels, classes = f.labels[rows_in_file], list(f.classes)
+            # Compared by name (-1, no class, takes the last: ""): classes added or removed renumber them.
+            relabelled = int(np.count_nonzero(np.array(classes + [""])[labels] != np.array(index.classes + [""])[index.labels]))
+            if relabelled or classes != index.classes or made is not None and made != recorded.get(MADE_FROM):
+                updated = {"updated": datetime.now(timezone.utc).isoformat(timespec="seconds")} if relabelled else {}
+                _written_again(index_path, labels, classes, updated | record(made))
+            return IndexUpdate(index_path, kind, index.rows, 0, 0, 0, False, time.monotonic() - started,
+                               relabelled=relabelled)
         # A flat index is its vectors: reading them all from the descriptors file costs what reading
         # them from the index would (benchmarks/RESULTS.md).
         rebuilt = kind == "flat" or bool(removed + changed)
@@ -142,10 +148,26 @@ def _add(index: VectorIndex, f: FeatureFile, rows: np.ndarray, progress: Callabl
             progress(len(vectors))
 
 
+def _written_again(index_path: Path, labels: np.ndarray, classes: list[str], attributes: dict) -> None:
+    """The index file written anew with these labels, classes and attributes, all else copied as it
+    is, and renamed over the old: an index written in place is unreadable where a kill stops the
+    write midway (HDF5 writes an attribute in several places)."""
+    with written_atomically(index_path) as temporary, open_h5(index_path, "r") as old, open_h5(temporary, "w") as new:
+        for name in old:
+            if name not in ("labels", "classes"):
+                old.copy(old[name], new, name)
+        new.attrs.update(old.attrs)
+        new.attrs.update(attributes)
+        new["labels"] = np.asarray(labels, dtype=np.int32)
+        new.create_dataset("classes", data=classes, dtype=h5py.string_dtype())
+
+
 def _lists_fit_rows(index: VectorIndex) -> int:
-    """For IVF-PQ, the rows for which its number of lists is the default (about 4 sqrt(rows)),
-    where the index now holds 16 times as many or more (its lists grow long, searches slow); 0 else."""
+    """For IVF-PQ, the rows for which its number of lists is the default (about 4 sqrt(rows), at
+    most rows // 39), where the index now holds 16 times as many or more (its lists grow long,
+    searches slow); 0 else."""
     if index.kind != "ivfpq":
         return 0
-    fit = max(1, int((int(index.params["nlist"]) / 4) ** 2))
+    nlist = int(index.params["nlist"])
+    fit = max(1, int((nlist / 4) ** 2), 39 * nlist)  # the default is the lesser of 4 sqrt(rows) and rows // 39
     return fit if index.rows >= 16 * fit else 0

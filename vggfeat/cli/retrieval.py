@@ -101,7 +101,8 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
     with common.progress_bar(quiet, unit="descriptors", desc="updating the index") as bar:
         done = update_index(output, features, progress=bar.update)
     if not (done.added or done.removed or done.changed):
-        click.echo(f"{output} is up to date with {features}: {done.rows:,} descriptors")
+        relabelled = f"updated {output}: {done.relabelled:,} relabelled, as {features} labels them now"
+        click.echo(f"{relabelled if done.relabelled else f'{output} is up to date with {features}'}: {done.rows:,} descriptors")
         return
     how = {"ivfpq": " (every row added again, to the lists and codebooks it had learned)",
            "hnsw": " (the graph built again: HNSW cannot remove a vector)"}.get(done.kind, "") if done.rebuilt else ""
