@@ -348,7 +348,8 @@ def test_cli_posteriors_into_an_h5_file_resume_and_score(small_network_for_cli, 
                                                   "to replace it")
     code, _, err = run_main(["extract", *args[1:]])  # the same line with extract: another kind of file, not other options
     assert code == 2 and error_line(err) == (f"Error: {output} already exists: it is a posteriors file (made by 'vggfeat "
-                                             "classify'); pass --overwrite to replace it")
+                                             "classify'): --overwrite replaces only a file of the kind this command "
+                                             "writes; name another output (or remove that file first)")
 
 
 def test_cli_posteriors_file_in_shards_updated_and_retried(small_network_for_cli, small_vgg, folder, tmp_path):

@@ -235,9 +235,15 @@ def test_the_same_stack_command_again_has_nothing_to_do_until_a_file_changes(d_a
     ):
         code, _, err = run_main(["stack", *args, "de.h5"])
         assert code == 2 and error_line(err) == f"Error: de.h5 already exists, {error}; pass --overwrite to replace it"
-    code, _, err = run_main(["train-svm", "d.h5", "de.h5", "--C", "1"])  # a slip: the stack named as a model
-    assert code == 2 and error_line(err) == ("Error: de.h5 already exists: it is a descriptor file (made by 'vggfeat "
-                                             "extract'); pass --overwrite to replace it")
+    for overwrite in ([], ["--overwrite"]):  # a slip: the stack named as a model, which --overwrite replaced
+        code, _, err = run_main(["train-svm", "d.h5", "de.h5", "--C", "1", *overwrite])
+        assert code == 2 and error_line(err) == ("Error: de.h5 already exists: it is a descriptor file (made by 'vggfeat "
+                                                 "extract'): --overwrite replaces only a file of the kind this command "
+                                                 "writes; name another output (or remove that file first)")
+    assert run_main(["train-svm", "d.h5", "m.h5", "--C", "1", "-q"])[0] == 0
+    code, _, err = run_main(["stack", "d.h5", "e.h5", "m.h5", "--overwrite"])  # and the other way round
+    assert code == 2 and error_line(err).startswith("Error: m.h5 already exists: it is an SVM model (made by 'vggfeat "
+                                                    "train-svm'): --overwrite replaces only a file of the kind")
     e = tmp_path / "e.h5"
     e.write_bytes(e.read_bytes())  # written anew (as --update does), a second later
     os.utime(e, ns=(e.stat().st_atime_ns, e.stat().st_mtime_ns + 10**9))

@@ -430,13 +430,16 @@ def test_refusals(data, tmp_path):
     model = tmp_path / "model.h5"
     ok(["train-svm", files["train"], model, "--C", "1"])
     assert "already exists" in refused(["train-svm", files["train"], model, "--C", "2"])  # other options (the same: nothing to do)
-    # An existing output of another kind says what it is: a slip that --overwrite would make hours of work lost.
+    # An existing output of another kind says what it is, and --overwrite does not replace it: a
+    # slip (train-svm d.h5 e.h5, meaning to fuse them) that would make hours of work lost.
     descriptors, svm = "a descriptor file (made by 'vggfeat extract')", "an SVM model (made by 'vggfeat train-svm')"
     for args, output, kind in ((["train-svm", files["train"]], files["test"], descriptors),
                                (["predict", model, files["test"]], files["train"], descriptors),
                                (["extract", files["train"].parent / "train"], model, svm)):
-        assert refused([*args, output, "--weights", "random"] if args[0] == "extract" else [*args, output]) == (
-            f"Error: {output} already exists: it is {kind}; pass --overwrite to replace it")
+        for overwrite in ([], ["--overwrite"]):
+            assert refused([*args, output, *overwrite, *(["--weights", "random"] if args[0] == "extract" else [])]) == (
+                f"Error: {output} already exists: it is {kind}: --overwrite replaces only a file of the kind this "
+                "command writes; name another output (or remove that file first)")
 
     other = tmp_path / "other-config.h5"
     other.write_bytes(files["test"].read_bytes())

@@ -42,8 +42,8 @@ from .stack import flat_config
 from .files import as_system_errors, file_attributes, open_h5, replace_durably, write_json
 from .parts import (discard_work, holds_no_work, images_held, interrupted_on_several, list_parts, lock_folder,
                     remove_leftovers_of, remove_manifest_last, tidy_emptied_shards, write_part)
-from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, existing_kind,
-                    rows_and_failures, shards_folder, work_folder)
+from .store import (DESCRIPTORS, FORMAT_VERSION, POSTERIORS, already_exists, check_descriptor_output, check_replaceable,
+                    existing_kind, rows_and_failures, shards_folder, work_folder)
 
 # Bytes per row besides the descriptor, generously: path, label, size, part index.
 _ROW_EXTRAS = 128
@@ -61,6 +61,7 @@ def check_output(output: Path, overwrite: bool, images_root: Path | None = None,
     made it, to find done or to update (:func:`check_existing_output` tells once the network is
     built, the job once the images are found). ``makes``: DESCRIPTORS, or POSTERIORS (classify's)."""
     check_descriptor_output(output)
+    check_replaceable(output, makes)
     if _lone_file(output, overwrite):
         attrs = file_attributes(output) if images_root is not None else {}
         if not (attrs.get("complete") and made_from_folder(attrs, images_root)):

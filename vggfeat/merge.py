@@ -23,8 +23,8 @@ from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .parts import check_no_extraction_into
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
-from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, create_datasets,
-                    failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
+from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
+                    create_datasets, failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -192,6 +192,7 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
         raise VggfeatError("no shard files given")
     check_descriptor_output(output)
     check_no_extraction_into(output)
+    check_replaceable(output, DESCRIPTORS)
     if output.exists():
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")

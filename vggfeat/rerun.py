@@ -166,7 +166,7 @@ def check_output(output: Path, overwrite: bool, made: str | None, makes: str | N
     another kind of file.
     ``update``: (an input, how the output is brought up to date with it), said where that input
     alone changed since."""
-    check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs)  # all but the refusal of an existing output
+    check_new_file(output, overwrite=True, hdf5=hdf5, inputs=inputs, makes=makes)  # all but the refusal of an existing output
     if overwrite or not output.exists():
         return False
     recorded = recorded_in_file(output) if makes is None else file_attributes(output).get(MADE_FROM)

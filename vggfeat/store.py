@@ -225,14 +225,13 @@ def _check_hdf5_name(path: Path, what: str, hint: str = "") -> None:
 
 
 def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
-                   inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+                   inputs: Sequence[str | os.PathLike | None] = (), makes: str | None = None) -> None:
     """Refuse, before any work, an output file that names a folder, whose folder does not exist, or
     that exists, unless ``overwrite``: no command replaces a file unasked; nor, ever, one of the
     command's ``inputs`` (a slip of the keyboard: ``predict model.h5 test.h5 test.h5``). ``hdf5``:
     what the file is ("SVM models"), an HDF5 file, which a name of another format must not pass for.
-    The refusal says what an existing file is where it is a vggfeat file: the commands that check
-    their outputs here write none (CSVs, JSON); those that write one refuse it with
-    :func:`already_exists`, naming the kind they make."""
+    ``makes``: the kind of vggfeat file written (:data:`KINDS`; None: a CSV, JSON), which alone
+    ``overwrite`` replaces (:func:`check_replaceable`)."""
     check_output_path(path, "a file")
     if hdf5:
         _check_hdf5_name(path, hdf5)
@@ -240,8 +239,19 @@ def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
                              for given in inputs):
         raise VggfeatError(f"{path} is an input of this command too: name another output (--overwrite replaces "
                            "outputs, never inputs)")
+    check_replaceable(path, makes)
     if path.exists() and not overwrite:
         raise VggfeatError(already_exists(path))
+
+
+def check_replaceable(path: Path, makes: str | None) -> None:
+    """Refuse an existing ``path`` that is a vggfeat file of another kind than the command ``makes``,
+    ``--overwrite`` or not: a slip (``train-svm d.h5 e.h5 --overwrite``, meaning to fuse them) would
+    otherwise replace hours of extraction with a model."""
+    kind = existing_kind(path, makes) if path.is_file() else ""
+    if kind:
+        raise VggfeatError(f"{path} already exists{kind}: --overwrite replaces only a file of the kind this command "
+                           "writes; name another output (or remove that file first)")
 
 
 def already_exists(path: Path, makes: str | None = None) -> str:

@@ -217,7 +217,7 @@ autotune = click.option("--cudnn-autotune", "autotune", default="auto", show_def
                              "auto: in runs of 50,000 images or more.")
 compile_network = click.option("--compile", "compile", default="auto", show_default=True, type=click.Choice(AUTOTUNES),
                                 help="Run full batches through torch.compile (GPU: 1.6x faster batches after seconds of "
-                                     "compiling per batch shape; CPU with AMX in bf16: 1.3x). auto: on a GPU, in runs "
+                                     "compiling per batch shape; CPU with AMX in bf16: 1.24-1.37x). auto: on a GPU, in runs "
                                      "of 50,000 images or more; on a CPU with AMX in bf16, of 5,000 or more.")
 image_pipeline = _together(batch_size, workers, decoder, decode_in, jpeg_draft, max_pixels, min_side, autotune,
                            compile_network)
