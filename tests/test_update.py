@@ -328,6 +328,16 @@ def test_no_other_run_writes_the_file_while_an_update_holds_it(tmp_path, random_
     assert not (tmp_path / "out.h5.parts").exists()
 
 
+def test_a_collection_that_moved_is_updated_in_its_new_folder(tmp_path):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    assert run_main(["extract", root, output, *CHEAP])[0] == 0
+    write_plain_folder(root / "more", 1, start_seed=10)
+    root.rename(tmp_path / "moved")  # its images under the same names
+    code, out, err = run_main(["extract", tmp_path / "moved", output, *CHEAP, "--update"])
+    assert code == 0 and "1 image that" in err and "1 image added, 0 left out" in out + err, err
+
+
 def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     root, output = tmp_path / "images", tmp_path / "out.h5"
     write_plain_folder(root, 2)
@@ -343,6 +353,12 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
     staging.unlink()
     code, _, err = run_main(["extract", root, tmp_path / "shard.h5", *CHEAP, "--update"])
     assert code == 2 and "is shard 1/2 of an extraction" in error_line(err), err
+    before = output.read_bytes()  # a subfolder given by a slip: every row was left out, silently
+    code, _, err = run_main(["extract", root / "more", output, *CHEAP, "--update"])
+    assert code == 2 and error_line(err) == (f"Error: {output} was made from the images in {root}; {root / 'more'} holds 1 "
+                                             "of its 2 images, and --update would leave out the others: give the folder "
+                                             "it was made from (or --overwrite to describe these images alone)")
+    assert output.read_bytes() == before
 
     before = output.read_bytes()
     refusals = [

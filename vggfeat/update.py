@@ -32,7 +32,7 @@ from .archives import modified
 from .discover import ImageSet, file_name
 from .errors import VggfeatError, check_choice
 from .extractor import Extractor
-from .job import ExtractionJob, config_changes, disk_per_row, holds_job
+from .job import ExtractionJob, config_changes, disk_per_row, holds_job, made_from_folder
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, file_version, open_h5, written_atomically
 from .parts import (discard_work, extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several,
@@ -110,6 +110,14 @@ class OutputUpdate:
                                    f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
+            held = len(old["paths"]) + len(old["failed/paths"])
+            if old.attrs.get("input_root") and not made_from_folder(old.attrs, images.root) and 2 * (gone_rows + gone_failed) >= held:
+                # Another folder (a subfolder, a slip): its update would drop the file's rows. A
+                # collection that moved holds its images under the same names: its update goes on.
+                raise VggfeatError(f"{self.output} was made from the images in {old.attrs['input_root']}; "
+                                   f"{os.path.abspath(images.root)} holds {held - gone_rows - gone_failed:,} of its "
+                                   f"{held:,} images, and --update would leave out the others: give the folder it was "
+                                   "made from (or --overwrite to describe these images alone)")
             # Images held (as rows, or as failures) whose file changed since it was read: described again.
             changed_rows, changed_failures = ((changed_files(images, self._old_rows, read_after(old)),
                                                changed_files(images, self._old_failed, read_after(old, failed=True)))

@@ -178,7 +178,8 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         return
     if not retry:
         changed = f", {update.changed:,} whose file changed since it was read" if update.changed else ""
-        say(f"{update.described - update.changed:,} images that {output} does not hold{changed}, {update.dropped:,} that "
+        new = update.described - update.changed
+        say(f"{new:,} image{'' if new == 1 else 's'} that {output} does not hold{changed}, {update.dropped:,} that "
             "it holds no longer found")
     if update.job:
         announce(update.job, extractor, dtype, say, devices, disk_needed=update.disk_needed())
