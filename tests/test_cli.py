@@ -90,6 +90,17 @@ def test_bad_files_fail_odd_files_are_described(mixed):
         assert "good/café ü.jpg" in [p.decode("utf-8") for p in f["paths"][:]]
 
 
+def test_a_run_that_describes_no_image_exits_1_saying_so(tmp_path):
+    """Every image failed: the run said 'wrote', exit 0, and a script went on to fail later."""
+    write_bad_files(tmp_path / "bad")
+    for _ in range(2):  # and so the same command again, which has nothing to do
+        code, _, err = run_main(["extract", tmp_path / "bad", tmp_path / "out.h5", *CHEAP])
+        assert code == 1 and error_line(err) == (f"Error: no image could be described: {len(BAD_FILES)} failed, which "
+                                                 f"{tmp_path / 'out.h5'} records ('vggfeat info {tmp_path / 'out.h5'}'); "
+                                                 "--retry-failed describes them again once they are repaired"), err
+    assert read_output(tmp_path / "out.h5")["failed_paths"] == sorted(BAD_FILES)
+
+
 def test_exit_message_counts_failures(mixed):
     assert re.search(rf"wrote .*out\.h5: 18 descriptors \(64-d float32\), {len(BAD_FILES)} failed", mixed["stderr"]), mixed["stderr"]
     assert "WARNING: random weights" in mixed["stderr"]

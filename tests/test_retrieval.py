@@ -645,6 +645,10 @@ def test_export_takes_its_format_from_the_outputs_name_and_refuses_a_name_of_ano
         assert code == 2 and error in error_line(err)
     with pytest.raises(VggfeatError, match="f.parquet names a .parquet file, but the export is to npy: name it f.npy"):
         export(db, "npy", tmp_path / "f.parquet")
+    (tmp_path / "out").mkdir()  # a folder's name wrote out.npy, ... beside it
+    with pytest.raises(VggfeatError, match=f"output {tmp_path / 'out'} is a folder; name a file without its suffix"):
+        export(db, "npy", tmp_path / "out")
+    (tmp_path / "out").rmdir()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["db.h5", "e.failed.csv", "e.npy", "e.paths.csv"]
     # Beside FEATURES, named after it whatever its name ends in: db.npy.h5 was refused as an OUTPUT not given.
     named = write_features(tmp_path / "db.npy.h5", X, labels)
@@ -787,10 +791,14 @@ def test_montage_is_a_png_of_the_expected_size(tmp_path):
     for i in range(3):
         write_rgb(tmp_path / f"{i}.png", 120 + 20 * i, 90, seed=i)
     hits = [[(tmp_path / "1.png", 0.9), (tmp_path / "2.png", 0.5), (tmp_path / "missing.png", 0.1)], [(tmp_path / "0.png", 0.7)]]
-    size = draw_montage([tmp_path / "0.png", tmp_path / "1.png"], hits, tmp_path / "m.png", tile=64)
-    assert size == montage_size(2, 4, 64)
+    unreadable = []
+    size = draw_montage([tmp_path / "0.png", tmp_path / "1.png"], hits, tmp_path / "m.png", tile=64, unreadable=unreadable)
+    assert size == montage_size(2, 4, 64) and unreadable == [str(tmp_path / "missing.png")]
     with Image.open(tmp_path / "m.png") as image:
         assert image.format == "PNG" and image.size == size
+    # A tile of 100,000 px asked for 270 GB, and the process was killed.
+    with pytest.raises(VggfeatError, match=r"a montage of 400,030 x 200,074 px is over 100 Mpx: a smaller tile"):
+        draw_montage([tmp_path / "0.png", tmp_path / "1.png"], hits, tmp_path / "big.png", tile=100_000)
 
 
 def test_montage_outlines_the_box_searched_for_on_its_query(tmp_path):
@@ -823,8 +831,17 @@ def test_montage_of_a_query_file_finds_its_images_in_its_own_folder(tmp_path, mo
     assert run_main(["index", db, tmp_path / "db.index"])[0] == 0
     drawn = {}
     monkeypatch.setattr(vggfeat.montage, "draw_montage",
-                        lambda queries, hits, output, tile, query_boxes: drawn.update(queries=queries, hits=hits) or (1, 1))
+                        lambda queries, hits, output, tile, query_boxes, unreadable: drawn.update(queries=queries, hits=hits) or (1, 1))
     code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "m.png"])
     assert code == 0, err
     assert drawn["queries"] == [tmp_path / "elsewhere" / "c0/000.jpg", tmp_path / "elsewhere" / "c0/001.jpg"]
     assert all(path.parent.parent == tmp_path / "database" for path, _ in drawn["hits"][0])
+    monkeypatch.undo()  # drawn: its images are not there, which is said
+    code, out, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "m.png",
+                               "--montage-queries", "1", "--montage-hits", "2"])
+    assert code == 0 and err.strip() == (f"warning: 3 images of the montage could not be read, drawn grey (e.g. "
+                                             f"{tmp_path / 'elsewhere' / 'c0/000.jpg'}): is {tmp_path / 'database'} their "
+                                             "folder? (--root names it)"), err
+    code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "n.png",
+                             "--root", tmp_path / "none"])
+    assert code == 2 and "--root " + str(tmp_path / "none") + ": not a folder" in err

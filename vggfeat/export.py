@@ -27,6 +27,7 @@ import numpy as np
 from .errors import VggfeatError, not_a_file
 from .features import FeatureFile
 from .files import written_atomically
+from .store import check_output_path
 
 FORMATS = ("npy", "parquet")
 _BLOCK_BYTES = 64 * 2**20
@@ -67,6 +68,8 @@ def export_targets(features: str | os.PathLike, to: str, output: str | os.PathLi
         raise VggfeatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
         raise VggfeatError(not_a_file(features, "features file"))
+    if output:  # a folder's name made files beside it ("imgs" -> ./imgs.npy)
+        check_output_path(Path(output), f"a file without its suffix ({Path(output) / 'db'} writes {Path(output) / 'db'}.{to}, ...)")
     base = Path(output) if output else Path(features).with_suffix("")
     if output and base.suffix.lower() in (".npy", ".parquet"):  # (not of FEATURES' own name: db.npy.h5)
         if base.suffix.lower() != f".{to}":

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .decode import decode_image
-from .errors import ImageError
+from .errors import ImageError, VggfeatError
 from .regions import crop, file_and_region
 from .files import written_atomically
 
@@ -26,6 +26,8 @@ QUERY_BOX = (250, 200, 0)  # the box of the query that was searched for (search 
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 UNREADABLE = (200, 200, 200)  # the cell of a file that cannot be read
+# 300 MB of RGB in memory: a tile of 100,000 px asked for 270 GB, and the process was killed.
+MAX_PIXELS = 100_000_000
 
 
 def montage_size(rows: int, columns: int, tile: int) -> tuple[int, int]:
@@ -39,18 +41,23 @@ def draw_montage(
     output: str | os.PathLike,
     tile: int = 160,
     query_boxes: Sequence[Sequence[float] | None] | None = None,
+    unreadable: list[str] | None = None,
 ) -> tuple[int, int]:
     """Draw ``queries`` (image files) and their ``hits`` ((image file, score) best first) into ``output`` (PNG).
 
     ``query_boxes``: for each query, None or the box [x1, y1, x2, y2] (in its image's pixels) that
-    was searched for, outlined on the query's picture. Returns the (width, height) written,
-    :func:`montage_size` of the queries and the most hits.
+    was searched for, outlined on the query's picture. ``unreadable``: where given, the files drawn
+    as grey cells are added to it. Returns the (width, height) written, :func:`montage_size` of the
+    queries and the most hits; one over :data:`MAX_PIXELS` is refused before it is drawn.
     """
     if len(queries) != len(hits):
         raise ValueError(f"{len(queries)} queries but {len(hits)} lists of hits")
     query_boxes = query_boxes or [None] * len(queries)
     columns = 1 + max((len(h) for h in hits), default=0)
     width, height = montage_size(len(queries), columns, tile)
+    if width * height > MAX_PIXELS:
+        raise VggfeatError(f"a montage of {width:,} x {height:,} px is over {MAX_PIXELS // 10**6} Mpx: a smaller tile, "
+                           "or fewer queries or hits, draws one")
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
@@ -60,13 +67,15 @@ def draw_montage(
         for column, (path, label) in enumerate(cells):
             left = GAP + column * (tile + GAP)
             placed = _paste(canvas, path, left, top, tile)
+            if placed is None and unreadable is not None:
+                unreadable.append(str(path))
             if column == 0:
                 draw.rectangle([left - 2, top - 2, left + tile + 1, top + tile + 1], outline=QUERY_FRAME, width=2)
                 if box is not None and placed is not None:
                     scale, x, y = placed
                     draw.rectangle([x + box[0] * scale, y + box[1] * scale, x + box[2] * scale - 1, y + box[3] * scale - 1],
                                    outline=QUERY_BOX, width=2)
-            name = _fit(Path(path).name, draw, font, tile)
+            name = _fit("/".join(Path(path).parts[-2:]), draw, font, tile)  # its folder too: cat/3.jpg, dog/3.jpg
             draw.text((left, top + tile + 2), name, fill=TEXT, font=font)
             draw.text((left, top + tile + 14), label, fill=QUERY_FRAME if column == 0 else TEXT, font=font)
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
         common.say_result(f"{output} already holds this extraction: {rows_held(extractor, result.rows, dtype)}, {failed}; "
                           "nothing to do (--update describes the images added or changed since, --overwrite all of them "
                           "again)")
+        _exit_if_none_described(result, shard)
         return
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     common.say_result(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
@@ -55,6 +56,18 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     if result.failed:
         common.say_result("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' "
                                       "shows the first):", *common.reason_lines(_failures_by_reason(result.output))]))
+    _exit_if_none_described(result, shard)
+
+
+def _exit_if_none_described(result, shard: tuple[int, int] | None) -> None:
+    """Exit 1 where every image failed: a script's next step (train-svm, index) would otherwise go
+    on to fail, later and less clearly, on a file of failures alone. Not for a shard, whose images
+    may all be in one damaged archive: its file is merged with the others as it is."""
+    if result.failed and not result.rows and not shard:
+        click.secho(f"Error: no image could be described: {result.failed:,} failed, which {result.output} records "
+                    f"('vggfeat info {result.output}'); --retry-failed describes them again once they are repaired",
+                    err=True, fg="red")
+        sys.exit(1)
 
 
 def _failures_by_reason(output: Path) -> list[dict]:

@@ -104,7 +104,8 @@ def report_errors(result: ClassificationResult, labels: str, setting: str, say: 
     evaluation, said = result.evaluation, []
     labels = "the class folders" if labels == FOLDERS else labels
     if evaluation.images == 0:
-        say(f"no classified image has a label in {labels}: no top-1/top-5 error to report", fg="yellow")
+        common.say_result(f"warning: no classified image has a label in {labels}: no top-1/top-5 error to report",
+                          fg="yellow")  # with --quiet too: the errors asked for are not there
     else:
         # The result goes to stdout: it is what the command was asked for.
         said.append(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "

@@ -75,6 +75,8 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
         # Written as PNG: a hits.jpg of PNG bytes misleads, and a montage named as OUTPUT (r.csv) replaced it.
         if montage.suffix.lower() != ".png":
             raise click.UsageError(f"--montage {montage.name}: a montage is a PNG; name it {montage.with_suffix('.png').name}")
+    if root is not None and not root.is_dir():
+        raise click.UsageError(f"--root {root}: not a folder (the one the database's images are in)")
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
@@ -141,8 +143,12 @@ def _write_montage(results: list[Result], output: Path, base: Path, query_root: 
 
     queries = [query_root / r.query if query_root else Path(r.query) for r in results]
     shown = [[(base / p, float(s)) for p, s in zip(r.paths[:hits], r.scores[:hits])] for r in results]
-    width, height = draw_montage(queries, shown, output, tile=tile, query_boxes=[box] * len(queries))
+    unreadable: list[str] = []
+    width, height = draw_montage(queries, shown, output, tile=tile, query_boxes=[box] * len(queries), unreadable=unreadable)
     most = max(map(len, shown), default=0)  # fewer than asked for where --k or the index holds fewer
     up_to = "" if all(len(row) == most for row in shown) else "up to "
     click.echo(f"wrote {output}: {common.counted(len(results), 'query', 'queries')}, {up_to}{common.counted(most, 'hit')} "
                f"each ({width}x{height} px)")
+    if unreadable:  # the images moved since they were described, or --root is not their folder
+        click.secho(f"warning: {common.counted(len(unreadable), 'image')} of the montage could not be read, drawn grey "
+                    f"(e.g. {unreadable[0]}): is {base} their folder? (--root names it)", err=True, fg="yellow")
