@@ -441,6 +441,12 @@ def test_refusals(data, tmp_path):
                 f"Error: {output} already exists: it is {kind}: --overwrite replaces only a file of the kind this "
                 "command writes; name another output (or remove that file first)")
 
+    for name in ("p.npy", "p.json", "-"):  # each got CSV text (and '-' a file of that name)
+        assert refused(["predict", model, files["test"], tmp_path / name]) == (
+            f"Error: OUTPUT {name}: name it .csv (each row's predicted classes and scores) or .h5 (the scores in HDF5) "
+            "(see 'vggfeat predict --help')")
+        assert not (tmp_path / name).exists()
+
     other = tmp_path / "other-config.h5"
     other.write_bytes(files["test"].read_bytes())
     edit_config(other, layer="fc6", flip=True)

@@ -183,6 +183,9 @@ def predict(paths, features, overwrite, quiet) -> None:
         raise click.UsageError("expected MODEL [FEATURES] OUTPUT")
     files, (output,) = split_files(paths[1:], features, ["OUTPUT"])
     scores_file = output.suffix.lower() in HDF5_SUFFIXES
+    if not scores_file and output.suffix.lower() != ".csv":  # as classify: a CSV named .npy or .json, or '-', misleads
+        raise click.UsageError(f"OUTPUT {output.name}: name it .csv (each row's predicted classes and scores) or .h5 "
+                               "(the scores in HDF5)")
     made = made_by_this_command([paths[0], *files], leave_out=["features"])
     if check_output(output, overwrite, made, SCORES_FORMAT if scores_file else None, inputs=[paths[0], *files]):  # the same command again
         # A CSV's rows are not counted: that would read it all (90 GB for 10 million rows of 1,000 classes).
