@@ -121,6 +121,26 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.parametrize("args, error", [
+    (["extract", "images", "o.h5", "--root", "elsewhere"], "--root goes with --file-list, not given"),
+    (["train-svm", "f.h5", "m.h5", "--C", "1", "--C-grid", "1,2"],
+     "--C 1 fixes C; --C-grid is what cross-validation chooses it from: give one or the other"),
+    (["train-svm", "f.h5", "m.h5", "--voc-set", "test"], "--voc-set goes with --voc-devkit, not given"),
+    (["evaluate", "m.h5", "f.h5", "--voc-set", "val"], "--voc-set goes with --voc-devkit, not given"),
+    (["evaluate", "m.h5", "f.h5", "--overwrite"], "--overwrite goes with --report, not given"),
+    (["protocol", "voc", "a.h5", "b.h5", "--train-set", "train", "--test-set", "val"],
+     "--train-set, --test-set go with --voc-devkit, not given"),
+    (["index", "f.h5", "i.h5", "--nlist", "5"], "--nlist goes with --kind ivfpq, not given"),
+    (["index", "f.h5", "i.h5", "--kind", "ivfpq", "--ef-search", "5"], "--ef-search goes with --kind hnsw, not given"),
+    (["search", "i.h5", "q.jpg", "--tile", "64", "--montage-hits", "3"], "--montage-hits, --tile go with --montage, not given"),
+])
+def test_an_option_that_would_do_nothing_is_refused(tmp_path, monkeypatch, args, error):
+    """Ignored silently, it made the user believe it took effect (and a rerun then named it as a difference)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(args)
+    assert code == 2 and error_line(err).startswith(f"Error: {error}"), err
+
+
 @pytest.mark.parametrize("args, output", [
     (["train-svm", "features.h5", "features.h5"], "features.h5"),
     (["predict", "model.h5", "features.h5", "features.h5"], "features.h5"),

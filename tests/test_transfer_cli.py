@@ -508,6 +508,9 @@ def test_refusals(data, tmp_path):
     assert refused(["protocol", "caltech", files["train"], "--train-per-class", "2"]) == (  # said of "class 0"
         "Error: 2 training images per class are too few to choose C by 3-fold cross-validation (one per fold): "
         "fix --C, lower --cv or raise --train-per-class")
-    assert "expected no FEATURES path besides --features after --features, got 1 path(s)" in refused(
+    assert f"--features gives FEATURES: expected no other path, got {files['test']}" in refused(
         ["evaluate", model, files["test"], "--features", files["test"]])
+    assert f"--features gives FEATURES: expected MODEL alone, got {files['test']} {model}" in refused(
+        ["train-svm", files["test"], model, "--features", files["test"]])
+    assert "expected FEATURES, got none" in refused(["evaluate", model])
     assert "cannot exclude unknown class 'cats'" in refused(["protocol", "caltech", files["train"], "--exclude-class", "cats"])

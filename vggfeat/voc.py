@@ -93,7 +93,8 @@ def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
     """The image set ``name`` of the devkit folder ``devkit`` (VOCdevkit/VOC2007, say)."""
     folder = Path(devkit) / IMAGE_SETS
     if not Path(devkit).is_dir():
-        raise VggfeatError(f"VOC devkit folder not found: {devkit}")
+        raise VggfeatError(f"{devkit} is a file, where a VOC devkit folder was expected" if Path(devkit).exists()
+                           else f"VOC devkit folder not found: {devkit}")
     if not folder.is_dir():
         raise VggfeatError(f"{devkit} is not a VOC devkit folder: it has no {IMAGE_SETS} (give VOCdevkit/VOC2007, say)")
     listing = folder / f"{name}.txt"
@@ -133,7 +134,8 @@ def read_action_set(devkit: str | os.PathLike, name: str) -> VocSet:
     "other" (:data:`NOT_SCORED`); no actions where the labels are withheld (lines ``id object``)."""
     folder = Path(devkit) / ACTION_SETS
     if not Path(devkit).is_dir():
-        raise VggfeatError(f"VOC devkit folder not found: {devkit}")
+        raise VggfeatError(f"{devkit} is a file, where a VOC devkit folder was expected" if Path(devkit).exists()
+                           else f"VOC devkit folder not found: {devkit}")
     if not folder.is_dir():
         raise VggfeatError(f"{devkit} has no {ACTION_SETS}: regions (persons) are classified by the action sets of "
                            "VOC2012 (give VOCdevkit/VOC2012)")

@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models import VGG
 
 from .choices import ARCHITECTURES
-from .errors import VggfeatError
+from .errors import VggfeatError, not_a_file
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
 
 def _from_file(model: str, path: Path) -> VGG:
     if not path.is_file():
-        raise VggfeatError(f"weights file not found: {path} (--weights takes 'imagenet', 'random' or a file)")
+        raise VggfeatError(f"{not_a_file(path, 'weights file')} (--weights takes 'imagenet', 'random' or a file)")
     published = _imagenet_enum(model).url
     if path.name == os.path.basename(published):  # the offline user's copy of torchvision's file
         _check_published(path, model, published)

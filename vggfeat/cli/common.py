@@ -30,6 +30,20 @@ from ..store import open_features_file
 # too, but a file records -1 for weights of no seed).
 SEEDS = click.IntRange(0, 2**32 - 1)
 
+def given(*names: str) -> list[str]:
+    """The options among ``names`` (their parameter names) given on the command line, by their flags."""
+    context = click.get_current_context()
+    return [param.opts[0] for param in context.command.params if param.name in names
+            and context.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)]
+
+
+def refuse_without(needed: str, present: object, *names: str) -> None:
+    """Refuse the options ``names`` given without ``needed`` (``present`` false): they would do nothing, silently."""
+    unused = given(*names) if not present else []
+    if unused:
+        raise click.UsageError(f"{', '.join(unused)} {'goes' if len(unused) == 1 else 'go'} with {needed}, not given")
+
+
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (only once the new one is complete).")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar, nor progress lines (what was done is said).")
 

@@ -16,7 +16,7 @@ from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALE
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, formats_not_decoded
 from ..discover import (ImageSet, check_file_list, check_folder, check_listed_files, find_images, list_folder,
                         read_file_list)
-from ..errors import VggfeatError
+from ..errors import VggfeatError, not_a_file
 from . import common
 from .common import progress_bar
 
@@ -87,7 +87,7 @@ def weights_of(models: tuple[str, ...], weights: str) -> tuple[str, ...]:
                                  param_hint="'--weights'")
     missing = [name for name in each if name not in NAMED_WEIGHTS and not Path(name).is_file()]
     if missing:  # before any network loads (and downloads its weights)
-        raise click.BadParameter(f"weights file not found: {', '.join(missing)}", param_hint="'--weights'")
+        raise click.BadParameter("; ".join(not_a_file(name or "''", "weights file") for name in missing), param_hint="'--weights'")
     return each
 
 
@@ -241,6 +241,7 @@ def images_root(paths: tuple[Path, ...], file_list: Path | None, root: Path | No
 
 def check_source(paths: tuple[Path, ...], file_list: Path | None, archive_classes: bool = False) -> None:
     """The folder of IMAGES, or the --file-list, exists: said at once, before the network loads."""
+    common.refuse_without("--file-list", file_list, "root")  # IMAGES is the root of its images
     if file_list:
         if archive_classes:
             raise click.UsageError("--archive-classes: for IMAGES (a list gives its images' classes)")

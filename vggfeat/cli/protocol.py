@@ -87,6 +87,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
     from .. import protocol as protocols  # scikit-learn, which --help needs not
 
     difficult = difficult_in_training(voc_devkit, voc_difficult)
+    common.refuse_without("--voc-devkit", voc_devkit, "train_set", "test_set")
     if voc_devkit:
         if labels or train_list or test_list:
             raise click.UsageError("--voc-devkit gives the sets and their labels: no --labels, --train-list or --test-list")

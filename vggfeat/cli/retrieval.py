@@ -66,6 +66,9 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @common.quiet
 def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, update, quiet) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
+    if not update:
+        common.refuse_without("--kind ivfpq", kind == "ivfpq", "nlist", "pq_m", "nprobe")
+        common.refuse_without("--kind hnsw", kind == "hnsw", "hnsw_m", "ef_search")
     if update:
         _update_index(features, output, quiet)
         return

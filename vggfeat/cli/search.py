@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..archives import file_exists
-from ..discover import find_images
+from ..discover import IMAGE_EXTENSIONS, find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
 from ..regions import image_of, split_region
@@ -54,6 +54,7 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     """
     if not paths:
         raise click.UsageError("expected INDEX [QUERY_IMAGES...] [OUTPUT]")
+    common.refuse_without("--montage", montage, "montage_hits", "montage_queries", "tile", "root")
     index_file, rest = paths[0], list(paths[1:])
     output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
     if bool(rest) == bool(queries_file):
@@ -133,7 +134,8 @@ def _query_files(paths: list[Path]) -> list[Path]:
                 split_region(str(path))
             except ValueError as error:  # a region written wrong: say how
                 raise VggfeatError(f"query {error}") from None
-            raise VggfeatError(f"query not found: {path}")
+            output = "" if path.suffix.lower() in IMAGE_EXTENSIONS else " (an OUTPUT of results is named .csv or .json)"
+            raise VggfeatError(f"query not found: {path}{output}")
     return files
 
 

@@ -19,7 +19,8 @@ from ..rerun import check_output, file_record, record_in_file, recorded_in_file
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
 from ..voc import DIFFICULT, set_files
-from .common import SEEDS, command_line, counted, feature_rows, made_by_this_command, progress_bar, provenance, quiet
+from .common import (SEEDS, command_line, counted, feature_rows, given, made_by_this_command, progress_bar, provenance, quiet,
+                     refuse_without)
 
 if TYPE_CHECKING:
     from ..transfer import Scored
@@ -38,13 +39,14 @@ def floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[floa
 
 def split_files(paths: tuple[Path, ...], features: tuple[Path, ...], names: list[str]) -> tuple[list[Path], list[Path]]:
     """``[FEATURES] OTHER...`` positionals, or ``--features`` (repeatable, fused) and ``OTHER...``."""
+    got = " ".join(map(str, paths)) or "none"
     if features:
         if len(paths) != len(names):
-            expected = " ".join(names) or "no FEATURES path besides --features"
-            raise click.UsageError(f"expected {expected} after --features, got {len(paths)} path(s)")
+            expected = f"{' '.join(names)} alone" if names else "no other path"
+            raise click.UsageError(f"--features gives FEATURES: expected {expected}, got {got}")
         return list(features), list(paths)
     if len(paths) != len(names) + 1:
-        raise click.UsageError(f"expected FEATURES {' '.join(names)}, got {len(paths)} path(s)")
+        raise click.UsageError(f"expected {' '.join(['FEATURES', *names])}, got {got}")
     return [paths[0]], list(paths[1:])
 
 
@@ -108,6 +110,8 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
                max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
+    if C is not None and given("C_grid"):  # (--cv is left as it is: a fold-count refusal says to fix --C)
+        raise click.UsageError(f"--C {C:g} fixes C; --C-grid is what cross-validation chooses it from: give one or the other")
     if solver == "liblinear" and device not in ("auto", "cpu"):
         raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
     if loss == "hinge" and device not in ("auto", "cpu"):  # before auto picks lbfgs for the device
@@ -222,6 +226,7 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
     from .. import transfer
     from ..svm import load_model
 
+    refuse_without("--report", report, "overwrite")
     if not paths:
         raise click.UsageError("expected MODEL [FEATURES]")
     files, _ = split_files(paths[1:], features, [])
@@ -265,6 +270,7 @@ def difficult_in_training(devkit: Path | None, difficult: str | None) -> str:
 
 def _voc_labels(devkit: Path | None, image_set: str, labels: Path | None) -> tuple[Path, str] | None:
     """(devkit, image set) where --voc-devkit is given, which takes no --labels."""
+    refuse_without("--voc-devkit", devkit, "voc_set")
     if devkit is None:
         return None
     if labels is not None:
