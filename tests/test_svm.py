@@ -354,6 +354,7 @@ def test_features_of_another_configuration_are_refused_naming_the_difference(tmp
     assert transfer.predict(model, same).scores.shape == (30, 3)
 
 
+@pytest.mark.filterwarnings("ignore:.* is what the model was trained on")  # scored on its training rows, knowingly
 def test_a_features_file_without_failures_recorded_is_trained_on_and_scored(tmp_path):
     """A file written by other code than vggfeat's, with the required datasets but no /failed group:
     no image failed."""
@@ -413,6 +414,7 @@ def test_fusion_matches_rows_by_path(tmp_path):
         load_features([a, d])
 
 
+@pytest.mark.filterwarnings("ignore:.* is what the model was trained on")  # scored on its training rows, knowingly
 def test_predictions_read_and_score_the_descriptors_a_block_at_a_time(tmp_path, monkeypatch):
     """A collection of millions is scored without its descriptors held whole (1M fc7 rows: 32 GiB
     as float64): the scores of blocks of rows, fused files matched by path, are the scores of all."""

@@ -157,6 +157,18 @@ def test_warnings_reach_the_terminal_as_one_line_each(data, tmp_path):
                                 "SVMs may be slightly off: raise max_iter (--max-iter), or use a smaller C"]
 
 
+def test_evaluating_a_model_on_its_own_training_rows_is_said_to_be_that(data, tmp_path, monkeypatch):
+    """It printed an accuracy of 1.0 as it would a test set's."""
+    _, files = data
+    monkeypatch.chdir(files["train"].parent)  # trained on a relative name, evaluated on an absolute one
+    ok(["train-svm", files["train"].name, tmp_path / "m.h5", "--C", "1"])
+    code, _, err = run_main(["evaluate", tmp_path / "m.h5", files["train"]])
+    assert code == 0 and err.splitlines() == [f"warning: {files['train']} is what the model was trained on, by its own "
+                                              "labels: these are scores of its training rows, not of a test set"]
+    code, _, err = run_main(["evaluate", tmp_path / "m.h5", files["test"]])
+    assert code == 0 and err == ""
+
+
 def test_training_shows_its_fits_progress_and_a_refusal_none(data, tmp_path, monkeypatch):
     from vggfeat.cli import common
 

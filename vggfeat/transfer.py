@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,8 @@ from .labels import (
 )
 from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
-from .files import open_h5, written_atomically
+from .files import file_attributes, open_h5, written_atomically
+from .rerun import MADE_FROM
 from .scoresfile import ScoresWriter
 from .svm import DEFAULT_C_GRID, LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_set, targets_of_set, train_difficult
@@ -367,6 +369,9 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
     if voc is not None and not multilabel:
         raise VggfeatError("a VOC devkit's labels are multi-label: evaluate a model trained on them (train-svm --voc-devkit)")
     targets = _without_excluded(_labelled(targets_of(files, labels_csv, multilabel, voc=voc), voc), saved, multilabel)
+    if labels_csv is None and voc is None and _trained_on(saved, files):
+        warnings.warn(f"{files[0]} is what the model was trained on, by its own labels: these are scores of its training "
+                      "rows, not of a test set", RuntimeWarning, stacklevel=2)
     truth = align_to_classes(targets, classes, multilabel)
     scored = score(saved, files, paths=targets.paths)
     scored.targets = truth
@@ -374,6 +379,19 @@ def evaluate(model: str | os.PathLike | SavedModel, files: Files, labels_csv: st
         scored.ignore = align_ignored(targets, classes)
         return multilabel_metrics(truth, scored.scores, classes, scored.ignore), scored
     return single_label_metrics(truth, scored.scores, classes), scored
+
+
+def _trained_on(saved: SavedModel, files: list) -> bool:
+    """Whether the model was trained on ``files``' own labels (all its rows), the first of them
+    being the first it was trained on (by the real paths its file records; else as they were named)."""
+    if saved.training.get("labels") != "stored" or not saved.training.get("files"):
+        return False
+    try:
+        inputs = json.loads(file_attributes(saved.source)[MADE_FROM])["inputs"] if saved.source else []
+    except (KeyError, TypeError, ValueError):  # a model written by the Python API records none
+        inputs = []
+    first = inputs[0][0] if inputs and isinstance(inputs[0], list) else os.path.realpath(saved.training["files"][0])
+    return os.path.realpath(files[0]) == first
 
 
 def _labelled(targets: Targets, voc: tuple[str | os.PathLike, str] | None) -> Targets:
