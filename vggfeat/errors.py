@@ -45,7 +45,8 @@ class ImageError(Exception):
 
 def not_a_file(path: str | os.PathLike, what: str) -> str:
     """Why ``path``, which is not a file, is not the ``what`` asked for ("file list"): not found, or a folder."""
-    return f"{path} is a folder, where a {what} was expected" if os.path.isdir(path) else f"{what} not found: {path}"
+    article = "an" if what[:1] in "aeiou" else "a"
+    return f"{path} is a folder, where {article} {what} was expected" if os.path.isdir(path) else f"{what} not found: {path}"
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:

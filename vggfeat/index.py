@@ -312,6 +312,8 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     """:func:`build_index` on every row of a features file (its paths, labels, classes, input root),
     read a block at a time."""
     with FeatureFile(features) as f:
+        if not f.rows:  # (as index --update says it)
+            raise VggfeatError(f"{features} holds no descriptors: there is nothing to index")
         index = build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
                             read_after=f.read_after(), **kwargs)
     index.source = str(features)

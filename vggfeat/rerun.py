@@ -207,4 +207,4 @@ def _differences(recorded: object, made: str | None) -> tuple[str, list[str]]:
 
 
 def _shown(value: object) -> str:
-    return "none" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "none" if value is None or value == [] else ",".join(map(str, value)) if isinstance(value, list) else str(value)

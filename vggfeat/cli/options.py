@@ -112,7 +112,8 @@ def _scales(help: str) -> Callable:
                         help=help)
 
 
-scales = _scales("Smallest-side sizes Q, each >= 224 (>= 32 for conv and pool layers).")
+scales = _scales("Sizes Q of the smallest side (of the longest with --resize-side long), each >= 224 (>= 32 for conv "
+                 "and pool layers).")
 class_scales = _scales("Smallest-side sizes Q, each >= 224.")  # classify's: fc8 only
 device = click.option("--device", default="auto", show_default=True, callback=check_device, help="auto, cpu, cuda or cuda:N.")
 devices = click.option("--device", "devices", default="auto", show_default=True, callback=check_devices,

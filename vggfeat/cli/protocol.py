@@ -49,8 +49,9 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
             "|---:|---:|---:|---:|---:|---:|",
             *(f"| {row['split']} | {row['train']} | {row['test']} | {row['C']:g} | {row['mean_class_recall']:.4f} | "
               f"{row['accuracy']:.4f} |" for row in result["splits"]),
-            f"mean class recall: {100 * result['mean_class_recall_mean']:.2f} ± {100 * result['mean_class_recall_std']:.2f} %"
-            " (mean ± sample std over splits)"]
+            f"mean class recall: {100 * result['mean_class_recall_mean']:.2f}" + (
+                f" ± {100 * result['mean_class_recall_std']:.2f} % (mean ± sample std over splits)" if splits > 1 else
+                " % (one split: no spread to give)")]
     click.echo("\n".join(said))
     common.write_json_output(json_out, result, made, said)
 

@@ -126,7 +126,7 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
 @click.argument("paths", nargs=-1, metavar="[FEATURES] MODEL", type=click.Path(path_type=Path))
 @click.option("--features", multiple=True, type=click.Path(path_type=Path), help="Features file; repeat to fuse networks (same images).")
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of 'path,label' lines instead of the file's own labels.")
-@click.option("--multilabel", is_flag=True, help="An independent binary SVM per label (VOC-style); labels from --labels.")
+@click.option("--multilabel", is_flag=True, help="An independent binary SVM per label (VOC-style): several per path from --labels, or one, the file's own.")
 @click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
 @click.option("--voc-devkit", type=click.Path(path_type=Path),
               help="Labels from a VOC devkit folder's image set (--voc-set), multi-label; its difficult images are left "
