@@ -364,6 +364,9 @@ def test_cli_posteriors_file_in_shards_updated_and_retried(small_network_for_cli
     output = tmp_path / "posteriors.h5"
     code, _, err = run_main(["merge", *shards, output])
     assert code == 0, err
+    for again in ([], ["--overwrite"]):  # posteriors, as the shards: not "another kind" of file
+        code, _, err = run_main(["merge", *shards, output, *again])
+        assert code == 0, err
     fresh = tmp_path / "fresh.h5"
     assert run_main(["classify", images, fresh, *FAST, "-q"])[0] == 0
     assert_same_output(read_output(output), read_output(fresh))

@@ -24,7 +24,7 @@ from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .parts import check_no_extraction_into
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
-                    create_datasets, failed_labels, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
+                    create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed
@@ -192,15 +192,25 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
         raise VggfeatError("no shard files given")
     check_descriptor_output(output)
     check_no_extraction_into(output)
-    check_replaceable(output, DESCRIPTORS)
+    makes = _kind_of(inputs[0])
+    check_replaceable(output, makes)
     if output.exists():
         if any(path.exists() and path.samefile(output) for path in inputs):
             raise VggfeatError(f"{output} is one of the shards; name a new file as the output (the last argument)")
         if not overwrite:
             if _merged_from(output, inputs):
                 return True
-            raise VggfeatError(already_exists(output, DESCRIPTORS))
+            raise VggfeatError(already_exists(output, makes))
     return False
+
+
+def _kind_of(shard: Path) -> str:
+    """What the shards hold, and so their merge: descriptors, or classify's posteriors."""
+    try:
+        with open_h5(shard) as f:
+            return kind_key(f) or DESCRIPTORS
+    except (OSError, RuntimeError):  # not there, or not HDF5: said as the shards are opened
+        return DESCRIPTORS
 
 
 def _merged_from(output: Path, inputs: list[Path]) -> bool:
