@@ -3,9 +3,8 @@ the optimum's objective each stops at the default tol, on synthetic descriptors.
 
     python benchmarks/bench_liblinear.py --shapes 5000x4096,10000x4096,20000x512 --C 1,100
 
-The primal is scikit-learn's choice ("auto") where rows outnumber dimensions, and was vggfeat's;
-vggfeat now takes the dual up to 8 rows per dimension (LinearSVM._dual). The optimum is the lower
-of the two solvers' objectives run to tol 1e-9 (not timed). Descriptors as in bench_svm.py:
+The primal is scikit-learn's choice ("auto") where rows outnumber dimensions, and vggfeat's. The
+optimum is the lower of the two solvers' objectives run to tol 1e-9 (not timed). Descriptors as in bench_svm.py:
 x = relu(s m_y + N(0, 1)), 10 classes, L2-normalised; the SVM is class 0 against the rest.
 """
 

@@ -204,7 +204,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             # same problem: w and b negated). Balanced, the one side weighs half, as its rule
             # gives, where sklearn's would divide by zero.
             one_sided = not (targets[:, k] & weighs).any()
-            svm = LinearSVC(C=C / 2 if one_sided and balanced else C, loss=self.loss, dual=self._dual(X),
+            svm = LinearSVC(C=C / 2 if one_sided and balanced else C, loss=self.loss,
+                            dual="auto" if self.loss == "squared_hinge" else True,
                             class_weight=None if one_sided else self.class_weight, max_iter=self.max_iter,
                             tol=self.tol, random_state=self.random_state)
             svm.fit(X, np.where(targets[:, k], 1, -1), sample_weight=weighed)
@@ -216,14 +217,6 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="vggfeat-svm") as pool:
             fitted = list(pool.map(fit_one, range(targets.shape[1])))
         return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
-
-    def _dual(self, X: np.ndarray) -> bool:
-        """Whether liblinear solves the dual (the hinge's only solver). Not only where there are
-        fewer rows than dimensions (scikit-learn's "auto"): at C = 100 the primal solver stops at
-        ``tol`` 2-12% above the optimum's objective for 5,000-20,000 rows, without a warning,
-        where the dual ends within 1e-6 of it, at 4,096-d in less time (benchmarks/RESULTS.md);
-        with many more rows than dimensions the dual needs many passes over them."""
-        return self.loss == "hinge" or len(X) <= 8 * X.shape[1]
 
     def _fit_one_sided(self, X: np.ndarray, target: np.ndarray, C: float, weights: np.ndarray | None,
                        fits: _Fits | None) -> tuple[np.ndarray, float]:
