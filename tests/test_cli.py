@@ -99,6 +99,9 @@ def test_a_run_that_describes_no_image_exits_1_saying_so(tmp_path):
                                                  f"{tmp_path / 'out.h5'} records ('vggfeat info {tmp_path / 'out.h5'}'); "
                                                  "--retry-failed describes them again once they are repaired"), err
     assert read_output(tmp_path / "out.h5")["failed_paths"] == sorted(BAD_FILES)
+    for rewrite in ("--retry-failed", "--update"):  # and so a retry or an update that leaves it so
+        code, _, err = run_main(["extract", tmp_path / "bad", tmp_path / "out.h5", *CHEAP, rewrite])
+        assert code == 1 and error_line(err).startswith("Error: no image could be described"), err
 
 
 def test_exit_message_counts_failures(mixed):

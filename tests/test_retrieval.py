@@ -845,3 +845,7 @@ def test_montage_of_a_query_file_finds_its_images_in_its_own_folder(tmp_path, mo
     code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, "--montage", tmp_path / "n.png",
                              "--root", tmp_path / "none"])
     assert code == 2 and "--root " + str(tmp_path / "none") + ": not a folder" in err
+    # Refused before any work: it wrote the results, then refused their rerun as existing.
+    code, _, err = run_main(["search", tmp_path / "db.index", "--queries", queries, tmp_path / "r.csv", "--montage",
+                             tmp_path / "n.png", "--tile", "5000"])
+    assert code == 2 and "is over 100 Mpx: a smaller tile" in error_line(err) and not (tmp_path / "r.csv").exists()

@@ -35,6 +35,15 @@ def montage_size(rows: int, columns: int, tile: int) -> tuple[int, int]:
     return GAP + columns * (tile + GAP), GAP + rows * (tile + CAPTION + GAP)
 
 
+def check_montage_size(rows: int, columns: int, tile: int) -> tuple[int, int]:
+    """:func:`montage_size`, refused where it is over :data:`MAX_PIXELS`."""
+    width, height = montage_size(rows, columns, tile)
+    if width * height > MAX_PIXELS:
+        raise VggfeatError(f"a montage of {width:,} x {height:,} px is over {MAX_PIXELS // 10**6} Mpx: a smaller tile, "
+                           "or fewer queries or hits, draws one")
+    return width, height
+
+
 def draw_montage(
     queries: Sequence[str | os.PathLike],
     hits: Sequence[Sequence[tuple[str | os.PathLike, float]]],
@@ -54,10 +63,7 @@ def draw_montage(
         raise ValueError(f"{len(queries)} queries but {len(hits)} lists of hits")
     query_boxes = query_boxes or [None] * len(queries)
     columns = 1 + max((len(h) for h in hits), default=0)
-    width, height = montage_size(len(queries), columns, tile)
-    if width * height > MAX_PIXELS:
-        raise VggfeatError(f"a montage of {width:,} x {height:,} px is over {MAX_PIXELS // 10**6} Mpx: a smaller tile, "
-                           "or fewer queries or hits, draws one")
+    width, height = check_montage_size(len(queries), columns, tile)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()

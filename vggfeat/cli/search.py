@@ -78,6 +78,11 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
             raise click.UsageError(f"--montage {montage.name}: a montage is a PNG; name it {montage.with_suffix('.png').name}")
     if root is not None and not root.is_dir():
         raise click.UsageError(f"--root {root}: not a folder (the one the database's images are in)")
+    if montage:  # its size, before any work (query files alone: as many rows as they are)
+        from ..montage import check_montage_size
+
+        rows = min(montage_queries, len(rest)) if rest and not any(path.is_dir() for path in rest) else montage_queries
+        check_montage_size(rows, 1 + min(montage_hits, k), tile)
     db = VectorIndex.load(index_file, backend=backend)
     query_root = None  # query images given as files: their names are their paths
     if queries_file:
