@@ -666,8 +666,11 @@ def test_a_labels_csv_path_written_with_spaces_is_the_row_so_named_or_else_the_o
     X, y, _, names = blobs(classes=2, per_class=2)
     features = write_features(tmp_path / "f.h5", X, [" lead.jpg", "a.jpg", "b.jpg", "c.jpg"], y, names)
     labels = tmp_path / "labels.csv"
-    labels.write_text(" lead.jpg,class0\n a.jpg ,class0\nb.jpg,class1\nc.jpg,class1\n")
+    labels.write_text(" lead.jpg ,class0\n a.jpg ,class0\nb.jpg,class1\nc.jpg,class1\n")  # spaces after: left out
     assert transfer.targets_of(features, labels).paths == [" lead.jpg", "a.jpg", "b.jpg", "c.jpg"]
+    # So too the lists of protocol voc's sets (they were stripped: "no label in labels.csv (e.g. lead.jpg)").
+    targets = protocol._voc_targets(features, labels, [" lead.jpg ", " a.jpg"], "training")
+    assert targets.paths == [" lead.jpg", "a.jpg"] and targets.classes == ["class0"]
 
 
 def test_training_that_would_not_fit_in_memory_is_warned_of_before_its_rows_are_read(tmp_path, monkeypatch):

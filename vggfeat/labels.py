@@ -84,8 +84,8 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
         if not row[0].strip() or not names:  # (no label: "path,", "path,;")
             raise VggfeatError(f"{path}, line {number}: expected 'path,label', got {as_utf8(','.join(row))!r}")
         listed = as_utf8(row[0].strip())
-        if row[0].strip() != row[0]:
-            labels.spaced[listed] = as_utf8(row[0])
+        if row[0][:1].isspace():  # (its spaces after it are left out, as a file list leaves them)
+            labels.spaced[listed] = as_utf8(row[0].rstrip())
         known = labels.setdefault(listed, [])
         for name in names:
             check_utf8(name, path, number, "the label")

@@ -189,8 +189,10 @@ def _voc_targets(files: Files, labels_csv: str | os.PathLike | None, paths: Sequ
     with FeatureFile(file_list(files)[0]) as first:
         held, labels, classes, failed = first.paths, first.labels, first.classes, first.failed()
     failed_reasons = failed.reasons_by_path()  # listed images not described: left out, said
+    in_file = {*held, *failed_reasons}  # this set's images, failed ones too
+    if paths is not None:  # a path listed with spaces before it names a file so named, or else the one without
+        paths = [path.rstrip() if path.rstrip() in in_file else path.strip() for path in paths]
     if labels_csv is not None:
-        in_file = {*held, *failed_reasons}  # this set's images, failed ones too
         labels_by_path = read_labels_csv(labels_csv).named_as(in_file)
         if paths is not None:
             unlabelled = [p for p in paths if p not in labels_by_path]

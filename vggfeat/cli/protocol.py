@@ -140,7 +140,9 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise VggfeatError(f"list not found: {path}")
-    paths = [as_utf8(line.strip()) for line in text_lines(read_text(path, names_files=True))  # as /paths names them
+    # As /paths names them; spaces before a path kept, for a file so named (' a.jpg'): protocol.voc
+    # leaves them out where the file holds no such row.
+    paths = [as_utf8(line) for line in text_lines(read_text(path, names_files=True))
              if line.strip() and not line.startswith("#")]
     if not paths:
         raise VggfeatError(f"{path} lists no paths")

@@ -93,8 +93,8 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
     from ..indexupdate import update_index
 
     context = click.get_current_context()
-    given = [param.opts[0] for param in context.command.params if param.name not in ("features", "output", "update", "quiet")
-             and context.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+    given = common.given(*(param.name for param in context.command.params
+                           if param.name not in ("features", "output", "update", "quiet")))
     if given:
         listed = ", ".join(given[:-1]) + " and " * (len(given) > 1) + given[-1]
         raise click.UsageError(f"--update keeps the index's own settings: drop {listed}, or build the index "
