@@ -46,14 +46,14 @@ class Targets:
 class LabelsCsv(dict):
     """{path: [labels]} of a labels CSV; ``commented``: the paths of its comment lines that read as
     ``path,label`` (a path that begins with '#', written unquoted, as csv.writer writes it);
-    ``spaced``: {path: as written} of the paths written with spaces around them."""
+    ``spaced``: {path: as written} of the paths written with spaces before them (those after left out)."""
 
     commented: set[str]
     spaced: dict[str, str]
 
     def named_as(self, held: Container[str]) -> LabelsCsv:
-        """These labels with each path that ``held`` holds only as written, spaces around it and
-        all (a file named ' a.jpg'; others lose the spaces of a hand-written 'a.jpg , cat'), named so."""
+        """These labels with each path that ``held`` holds only as written, with the spaces before it
+        (a file named ' a.jpg'; others lose the spaces of a hand-written ' a.jpg , cat'), named so."""
         renamed = {path: spaced for path, spaced in self.spaced.items() if path not in held and spaced in held}
         if not renamed:
             return self

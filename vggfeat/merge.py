@@ -24,7 +24,8 @@ from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .parts import check_no_extraction_into
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
-                    create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after, rows_and_failures)
+                    create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after,
+                    rows_and_failures)
 
 SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sha256")
 # What says how one shard was made: by which command, when, on what, and a retry of its failed

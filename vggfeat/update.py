@@ -110,12 +110,12 @@ class OutputUpdate:
                                    f"then, {len(images):,} now, or other names or labels); retry with the images that made it")
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
-            held = len(old["paths"]) + len(old["failed/paths"])
-            if old.attrs.get("input_root") and not made_from_folder(old.attrs, images.root) and 2 * (gone_rows + gone_failed) >= held:
+            held, gone = len(old["paths"]) + len(old["failed/paths"]), gone_rows + gone_failed
+            if old.attrs.get("input_root") and not made_from_folder(old.attrs, images.root) and 2 * gone >= held:
                 # Another folder (a subfolder, a slip): its update would drop the file's rows. A
                 # collection that moved holds its images under the same names: its update goes on.
                 raise VggfeatError(f"{self.output} was made from the images in {old.attrs['input_root']}; "
-                                   f"{os.path.abspath(images.root)} holds {held - gone_rows - gone_failed:,} of its "
+                                   f"{os.path.abspath(images.root)} holds {held - gone:,} of its "
                                    f"{held:,} images, and --update would leave out the others: give the folder it was "
                                    "made from (or --overwrite to describe these images alone)")
             # Images held (as rows, or as failures) whose file changed since it was read: described again.

@@ -89,12 +89,16 @@ def set_files(devkit: str | os.PathLike | None, name: str) -> list[Path]:
     return sorted([*main.glob(f"{name}.txt"), *main.glob(f"*_{name}.txt"), *action.glob(f"*_{name}.txt")])
 
 
-def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
-    """The image set ``name`` of the devkit folder ``devkit`` (VOCdevkit/VOC2007, say)."""
-    folder = Path(devkit) / IMAGE_SETS
+def _check_devkit(devkit: str | os.PathLike) -> None:
     if not Path(devkit).is_dir():
         raise VggfeatError(f"{devkit} is a file, where a VOC devkit folder was expected" if Path(devkit).exists()
                            else f"VOC devkit folder not found: {devkit}")
+
+
+def read_image_set(devkit: str | os.PathLike, name: str) -> VocSet:
+    """The image set ``name`` of the devkit folder ``devkit`` (VOCdevkit/VOC2007, say)."""
+    folder = Path(devkit) / IMAGE_SETS
+    _check_devkit(devkit)
     if not folder.is_dir():
         raise VggfeatError(f"{devkit} is not a VOC devkit folder: it has no {IMAGE_SETS} (give VOCdevkit/VOC2007, say)")
     listing = folder / f"{name}.txt"
@@ -133,9 +137,7 @@ def read_action_set(devkit: str | os.PathLike, name: str) -> VocSet:
     ``Annotations/<id>.xml`` (the object-th object, 1-based) and their label per action, but for
     "other" (:data:`NOT_SCORED`); no actions where the labels are withheld (lines ``id object``)."""
     folder = Path(devkit) / ACTION_SETS
-    if not Path(devkit).is_dir():
-        raise VggfeatError(f"{devkit} is a file, where a VOC devkit folder was expected" if Path(devkit).exists()
-                           else f"VOC devkit folder not found: {devkit}")
+    _check_devkit(devkit)
     if not folder.is_dir():
         raise VggfeatError(f"{devkit} has no {ACTION_SETS}: regions (persons) are classified by the action sets of "
                            "VOC2012 (give VOCdevkit/VOC2012)")

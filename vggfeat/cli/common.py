@@ -30,6 +30,7 @@ from ..store import open_features_file
 # too, but a file records -1 for weights of no seed).
 SEEDS = click.IntRange(0, 2**32 - 1)
 
+
 def given(*names: str) -> list[str]:
     """The options among ``names`` (their parameter names) given on the command line, by their flags."""
     context = click.get_current_context()

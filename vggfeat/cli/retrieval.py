@@ -66,12 +66,11 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @common.quiet
 def index(features, output, whiten_file, kind, nlist, pq_m, nprobe, hnsw_m, ef_search, overwrite, update, quiet) -> None:
     """Index the descriptors of FEATURES into OUTPUT for 'vggfeat search' (inner product of unit vectors)."""
-    if not update:
-        common.refuse_without("--kind ivfpq", kind == "ivfpq", "nlist", "pq_m", "nprobe")
-        common.refuse_without("--kind hnsw", kind == "hnsw", "hnsw_m", "ef_search")
     if update:
         _update_index(features, output, quiet)
         return
+    common.refuse_without("--kind ivfpq", kind == "ivfpq", "nlist", "pq_m", "nprobe")
+    common.refuse_without("--kind hnsw", kind == "hnsw", "hnsw_m", "ef_search")
     made = common.made_by_this_command([features, whiten_file])
     if check_output(output, overwrite, made, INDEX_FORMAT, inputs=[features, whiten_file], hdf5="indexes",
                     update=(features, f"'vggfeat index {features} {output} --update' brings it up to date")):  # the same command again
