@@ -69,7 +69,8 @@ def export_targets(features: str | os.PathLike, to: str, output: str | os.PathLi
     if not Path(features).is_file():  # before its name makes the outputs' (a folder such as "." has none)
         raise VggfeatError(not_a_file(features, "features file"))
     if output:  # a folder's name made files beside it ("imgs" -> ./imgs.npy)
-        check_output_path(Path(output), f"a file without its suffix ({Path(output) / 'db'} writes {Path(output) / 'db'}.{to}, ...)")
+        example = Path(output) / "db"
+        check_output_path(Path(output), f"a file without its suffix ({example} writes {example}.{to}, ...)")
     base = Path(output) if output else Path(features).with_suffix("")
     if output and base.suffix.lower() in (".npy", ".parquet"):  # (not of FEATURES' own name: db.npy.h5)
         if base.suffix.lower() != f".{to}":
