@@ -559,6 +559,15 @@ def test_cli_a_second_run_into_a_csv_being_written_is_refused(small_network_for_
     assert sorted(path.name for path in tmp_path.glob("predictions.csv*")) == ["predictions.csv"]
 
 
+def test_cli_a_csv_of_no_classified_image_exits_1(small_network_for_cli, folder, tmp_path):
+    """Every image failed: it said "wrote", exit 0, as extract did."""
+    images, _ = folder
+    code, _, err = run_main(["classify", images / "bad", tmp_path / "p.csv", *FAST])
+    assert code == 1 and error_line(err) == (f"Error: no image could be described: {len(BAD_FILES)} failed, which "
+                                             f"{tmp_path / 'p.csv'} lists with their reasons"), err
+    assert (tmp_path / "p.csv").is_file()  # the failures, each with its reason
+
+
 def test_cli_an_existing_csv_refused_names_what_a_killed_run_left_beside_it(small_network_for_cli, folder, tmp_path):
     """A run killed as it removed its posteriors, its CSV in place: the same command refuses the
     CSV and names the file left (disk the user would not know of), which --overwrite takes up."""

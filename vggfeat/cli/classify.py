@@ -60,7 +60,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..settings import check_scales
     from ..store import POSTERIORS
     from ..update import check_rewritable
-    from .jobs import write_output
+    from .jobs import exit_if_none_described, write_output
     from .posteriors import describe_networks, report_errors, write_csv
 
     check_scales(scales, "fc8")  # as in extract
@@ -155,9 +155,11 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                                         part_size=part_size, quiet=quiet, precision=precision)
         if len(classifiers) > 1:
             setting += f"; {' + '.join(models)} fused"
-        said = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
-                         work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]), remove=True)
+        said, result = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+                                 work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]),
+                                 remove=True)
         rerun.record_in_file(output, made(images), common.command_line(), said)
+    exit_if_none_described(result.classified, result.failed, output)
 
 
 def setting_of(dense: bool, multi_crop: bool, scales) -> str:

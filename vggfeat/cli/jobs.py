@@ -47,7 +47,7 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
         common.say_result(f"{output} already holds this extraction: {rows_held(extractor, result.rows, dtype)}, {failed}; "
                           "nothing to do (--update describes the images added or changed since, --overwrite all of them "
                           "again)")
-        _exit_if_none_described(result.rows, result.failed, result.output, shard)
+        exit_if_none_described(result.rows, result.failed, result.output, shard)
         return
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if len(described) else "no image to describe"  # an empty shard
     common.say_result(f"wrote {result.output}: {rows_held(extractor, result.rows, dtype)}, {failed}; {work}")
@@ -56,18 +56,19 @@ def write_output(extractor: Extractor, images: ImageSet, output: Path, devices: 
     if result.failed:
         common.say_result("\n".join([f"failures by reason (listed in /failed of the file; 'vggfeat info {result.output}' "
                                       "shows the first):", *common.reason_lines(_failures_by_reason(result.output))]))
-    _exit_if_none_described(result.rows, result.failed, result.output, shard)
+    exit_if_none_described(result.rows, result.failed, result.output, shard)
 
 
-def _exit_if_none_described(rows: int, failed: int, output: Path, shard: tuple[int, int] | None = None) -> None:
-    """Exit 1 where every image failed (a run, an update, a retry): a script's next step (train-svm,
-    index) would otherwise go on to fail, later and less clearly, on a file of failures alone. Not
-    for a shard, whose images may all be in one damaged archive: its file is merged with the
-    others as it is."""
+def exit_if_none_described(rows: int, failed: int, output: Path, shard: tuple[int, int] | None = None) -> None:
+    """Exit 1 where every image failed (a run, an update, a retry, classify's CSV): a script's next
+    step (train-svm, index) would otherwise go on to fail, later and less clearly, on a file of
+    failures alone. Not for a shard, whose images may all be in one damaged archive: its file is
+    merged with the others as it is."""
     if failed and not rows and not shard:
-        click.secho(f"Error: no image could be described: {failed:,} failed, which {output} records "
-                    f"('vggfeat info {output}'); --retry-failed describes them again once they are repaired",
-                    err=True, fg="red")
+        remedy = (f"which {output} lists with their reasons" if output.suffix.lower() == ".csv" else
+                  f"which {output} records ('vggfeat info {output}'); --retry-failed describes them again once they "
+                  "are repaired")
+        click.secho(f"Error: no image could be described: {failed:,} failed, {remedy}", err=True, fg="red")
         sys.exit(1)
 
 
@@ -189,7 +190,7 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         update.run()  # removes what a killed update may have left
         common.say_result(f"{output} lists no failed image: nothing to retry" if retry else
                           f"{output} is up to date: it holds every one of the {len(images):,} images, and no other")
-        _exit_if_none_described(*rows_and_failures(output), output)
+        exit_if_none_described(*rows_and_failures(output), output)
         return
     if not retry:
         changed = f", {update.changed:,} whose file changed since it was read" if update.changed else ""
@@ -214,4 +215,4 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
     work = work_done(result.computed, result.seconds, run_on(extractor, devices)) if result.described else "no image to describe"
     common.say_result(f"{'wrote' if retry else 'updated'} {result.output}: {rows_held(extractor, result.rows, dtype)}, "
                       f"{failed}; {outcome}; {work}")
-    _exit_if_none_described(result.rows, result.failed, result.output)
+    exit_if_none_described(result.rows, result.failed, result.output)

@@ -54,11 +54,11 @@ def describe_networks(classifiers: list[Classifier], images: ImageSet, output: P
 
 def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
               overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
-              fuse: tuple[Path, ...] = (), remove: bool = False) -> list[str]:
+              fuse: tuple[Path, ...] = (), remove: bool = False) -> tuple[list[str], ClassificationResult]:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
     classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
     under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``):
-    the lines of the result on standard output, returned too."""
+    the lines of the result on standard output, returned with the result."""
     say = common.reporter(quiet)
     with common.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
@@ -68,7 +68,7 @@ def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] |
     common.say_result(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
         common.say_result(f"  failed: {common.printable(path)}: {common.printable(reason)}")
-    return report_errors(result, labels, setting, say) if result.evaluation is not None else []
+    return (report_errors(result, labels, setting, say) if result.evaluation is not None else []), result
 
 
 def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fuse: tuple[Path, ...], overwrite: bool,
@@ -95,7 +95,7 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
             failed = f.failed()
             truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes,
                                   len(names))
-    said = write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
+    said, _ = write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
     rerun.record_in_file(output, made, common.command_line(), said)
 
 
