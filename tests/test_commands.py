@@ -339,7 +339,9 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
                                            "index')"),
         (["index", features, "i.h5", "--whiten", model], f"{model} is not a vggfeat whitening (made by 'vggfeat whiten "
                                                          "fit'): it is an SVM model (made by 'vggfeat train-svm')"),
-        (["info", tmp_path / "notes.csv"], f"{tmp_path / 'notes.csv'} is not an HDF5 file"),
+        (["info", tmp_path / "notes.csv"], f"{tmp_path / 'notes.csv'} records no vggfeat command that wrote it (vggfeat's "
+                                           "CSV, JSON and export files keep it in an extended attribute, which a copy or "
+                                           "another program may drop, as do changes since)"),
         *(([command, cut_short, *rest], f"{cut_short} is a damaged HDF5 file (cut short, or still being written or copied?)")
           for command, *rest in (["info"], ["train-svm", "m.h5"], ["evaluate", features], ["search", "q.jpg"])),
     ]:

@@ -254,6 +254,9 @@ def info(file: Path, as_json: bool) -> None:
     if record is not None:  # a CSV that records how it was made
         click.echo(json.dumps(_plain_file(file, record), indent=2) if as_json else "\n".join(_plain_file_lines(file, record)))
         return
+    if file.suffix.lower() in (".csv", ".json", ".npy", ".parquet") and not h5py.is_hdf5(file):
+        raise VggfeatError(f"{file} records no vggfeat command that wrote it (vggfeat's CSV, JSON and export files keep "
+                           "it in an extended attribute, which a copy or another program may drop, as do changes since)")
     show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
     if show_other:  # an index, a whitening or an SVM model
         summary = show_other[0](file)
