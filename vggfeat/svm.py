@@ -466,9 +466,10 @@ def _objective_and_gap(X: np.ndarray, signs: np.ndarray, weights: np.ndarray | N
     by ``weights``), and a bound on how far above its optimum it is: the objective is 1-strongly
     convex, so f(w) - f* <= |grad f(w)|^2 / 2."""
     slack = np.maximum(0.0, 1 - signs * (X @ coef + intercept))
-    pull = 2 * C * signs * slack * (1.0 if weights is None else weights)
+    weight = 1.0 if weights is None else weights
+    pull = 2 * C * signs * slack * weight
     gradient_w, gradient_b = coef - X.T @ pull, intercept - pull.sum()
-    objective = 0.5 * (coef @ coef + intercept**2) + C * float(((1.0 if weights is None else weights) * slack**2).sum())
+    objective = 0.5 * (coef @ coef + intercept**2) + C * float((weight * slack**2).sum())
     return objective, 0.5 * float(gradient_w @ gradient_w + gradient_b**2)
 
 
