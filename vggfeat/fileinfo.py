@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import VggfeatError
 from .regions import RegionCount
 from .files import open_hdf5, plain_value
 from .store import count_regions_in, failed_labels
@@ -20,6 +21,11 @@ from .store import count_regions_in, failed_labels
 def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_hdf5(path, "features") as f:
+        if "features" not in f and not f.attrs:  # another program's HDF5 file, not a damaged one of vggfeat's
+            held = sorted(f)
+            raise VggfeatError(f"{path} is not a vggfeat file: an HDF5 file holding "
+                               f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') if held else 'nothing'}, "
+                               "with no /features dataset")
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
         for key in ("config", "shards", "stacked_from"):  # JSON that info shows: damaged, it fails here, the file named
             json.loads(attrs.get(key, "{}"))
