@@ -332,6 +332,7 @@ def test_scales_and_device_are_checked_before_the_images_are_looked_for(tmp_path
     """Finding millions of images takes minutes on a network file system: a typo must not wait for it."""
     for option, message in ((["--scales", "200"], "scale 200 is below 224"),
                             (["--scales", "16"], "scale 16 is below 32"),
+                            (["--scales", "256,"], "expected comma-separated integers"),  # as --model vgg16, is
                             (["--device", "cuda:99"], "device cuda:99 asked for")):
         code, _, err = run_main([command, tmp_path / "nowhere", tmp_path / "out.file", *option])
         assert code == 2 and message in error_line(err)

@@ -33,7 +33,7 @@ def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     from ..settings import check_scales
 
     try:
-        return check_scales([int(q) for q in value.split(",") if q.strip()])
+        return check_scales([int(q) for q in value.split(",")])  # '224,' refused, as '--model vgg16,' is
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 256,384,512, got {value!r}") from None
     except VggfeatError as error:
