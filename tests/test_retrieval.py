@@ -464,6 +464,15 @@ def test_query_expansion_in_the_evaluation_is_searchs():
     assert evaluate_labels(X, labels, qe=2)["map"] != pytest.approx(evaluate_labels(X, labels)["map"])  # it does something
     with pytest.raises(VggfeatError, match="query expansion needs N >= 0, got -1"):
         evaluate_labels(X, labels, qe=-1)
+    # More hits than there are images: expanded with all of them, which is said, and recorded as done.
+    with pytest.warns(RuntimeWarning, match=f"top 100 hits asked for, of {len(X) - 1} images: each query is expanded "
+                                            f"with all {len(X) - 1}"):
+        capped = evaluate_labels(X, labels, qe=100)
+    assert capped["query_expansion"] == len(X) - 1 and capped["map"] == evaluate_labels(X, labels, qe=len(X) - 1)["map"]
+    with pytest.warns(RuntimeWarning, match=f"of {len(X)} images"):
+        assert evaluate_ground_truth(X, paths, X, paths, truth, qe=100)["query_expansion"] == len(X)
+    with pytest.warns(RuntimeWarning, match=f"of {len(X)} images"):
+        assert search(index, X[:1], ["q"], k=3, qe=100)[0].paths == search(index, X[:1], ["q"], k=3, qe=len(X))[0].paths
 
 
 def test_revisited_ground_truth_is_read_for_each_protocol(tmp_path):

@@ -45,7 +45,7 @@ def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
 def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0) -> dict:
     """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none);
     ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`)."""
-    check_qe(qe)
+    qe = hits_to_expand_with(qe, len(X) - 1)
     labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     class_sizes = np.bincount(labels[labelled])
@@ -87,10 +87,16 @@ def expand_queries(queries: np.ndarray, scores: np.ndarray, X: np.ndarray, n: in
     return l2_normalize(queries + X[top].sum(axis=1))
 
 
-def check_qe(qe: int) -> None:
-    """Refuse a query expansion that is not a count of hits (0: none)."""
+def hits_to_expand_with(qe: int, available: int) -> int:
+    """``qe``, a query expansion's count of hits (0: none), checked and at most the ``available``
+    rows a query can be expanded with; a warning where it is more: with all of them, every query
+    becomes about their mean."""
     if not isinstance(qe, (int, np.integer)) or qe < 0:
         raise VggfeatError(f"query expansion needs N >= 0, got {qe!r}")
+    if qe > available:
+        warnings.warn(f"query expansion with the top {qe} hits asked for, of {available} images: each query is "
+                      f"expanded with all {available}", RuntimeWarning, stacklevel=3)
+    return min(qe, available)
 
 
 def _average_precision(relevant: np.ndarray) -> np.ndarray:
@@ -135,7 +141,7 @@ def evaluate_ground_truth(
     could not be described: Paris6k's 20 damaged files) is, ok, a relevant image never retrieved,
     as the benchmark's own evaluation counts one missing from its ranking, and junk, nothing;
     said in a warning. Any other image not in the database is refused."""
-    check_qe(qe)
+    qe = hits_to_expand_with(qe, len(X))
     named = _names_in(truth)
     database, failed = _name_index(paths, named), _name_index(failed_paths, named)
     missing: set[str] = set()

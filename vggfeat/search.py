@@ -28,7 +28,7 @@ from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .index import VectorIndex
 from .regions import file_and_region, from_corners
-from .retrieval import check_qe
+from .retrieval import hits_to_expand_with
 from .stack import StackedExtractor
 from .files import write_text_file, written_atomically
 from .whitening import l2_normalize
@@ -51,7 +51,7 @@ def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10,
     """Search raw descriptors ``X`` [n, D] (as extracted); ``names`` label the queries in the results."""
     if len(X) != len(names):
         raise VggfeatError(f"{len(X)} query descriptors but {len(names)} names")
-    check_qe(qe)
+    qe = hits_to_expand_with(qe, len(index.paths))
     Q = index.prepare(X)
     if qe and len(Q):
         _, top = index.search(Q, qe)
