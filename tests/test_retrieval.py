@@ -591,6 +591,9 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
         code, again, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "w.h5", "--json", tmp_path / "m.json"])
         assert code == 0 and again.splitlines() == [f"{tmp_path / 'm.json'} already holds the results of this command on "
                                                     "these files, unchanged since; nothing to do", *out.splitlines()[:-1]], err
+    code, _, err = run_main(["retrieval-eval", db, "--json", tmp_path / "m.csv"])  # JSON would be written into a .csv
+    assert code == 2 and "m.csv names a .csv file: --json writes JSON, give a .json file" in error_line(err)
+    assert not (tmp_path / "m.csv").exists()
     code, out, err = run_main(["retrieval-eval", db, "--qe", "2", "--json", tmp_path / "qe.json"])
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"labels (leave one out): {len(X)} queries (expanded with their top 2) against")

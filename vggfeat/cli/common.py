@@ -24,7 +24,7 @@ from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
 from ..rerun import check_output, file_record, made_from, record, record_in_file
 from ..files import write_text_file
-from ..store import open_features_file
+from ..store import HDF5_SUFFIXES, open_features_file
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
 # too, but a file records -1 for weights of no seed).
@@ -49,7 +49,17 @@ overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing 
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar, nor progress lines (what was done is said).")
 
 # Results also written as JSON (the evaluations), refused over an existing file unless --overwrite.
-json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+OTHER_FORMATS = (".csv", *HDF5_SUFFIXES, ".npy", ".npz", ".parquet", ".index")  # suffixes of vggfeat's other files
+
+
+def _json_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.suffix.lower() in OTHER_FORMATS:  # JSON in x.csv or x.h5 misleads whoever opens it
+        raise click.BadParameter(f"{value} names a {value.suffix} file: --json writes JSON, give a .json file")
+    return value
+
+
+json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), callback=_json_file,
+                           help="Also write the results as JSON here.")
 overwrite_json = click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 
 
