@@ -566,6 +566,9 @@ def test_cli_a_csv_of_no_classified_image_exits_1(small_network_for_cli, folder,
     assert code == 1 and error_line(err) == (f"Error: no image could be described: {len(BAD_FILES)} failed, which "
                                              f"{tmp_path / 'p.csv'} lists with their reasons"), err
     assert (tmp_path / "p.csv").is_file()  # the failures, each with its reason
+    if rerun.recorded_in_file(tmp_path / "p.csv") is not None:  # the same command again has nothing to do, and fails alike
+        again, out, err_again = run_main(["classify", images / "bad", tmp_path / "p.csv", *FAST])
+        assert again == 1 and "nothing to do" in out and error_line(err_again) == error_line(err), err_again
 
 
 def test_cli_an_existing_csv_refused_names_what_a_killed_run_left_beside_it(small_network_for_cli, folder, tmp_path):

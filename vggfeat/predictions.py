@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -386,6 +387,19 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
         for path in (source, *fuse):
             Path(path).unlink()
     return result
+
+
+def rows_classified(output: str | os.PathLike) -> tuple[int, int]:
+    """The images of a CSV that :func:`write_predictions` wrote: classified, and failed (its rows
+    with an error)."""
+    classified = failed = 0
+    with open(output, newline="", encoding="utf-8") as file:
+        for row in itertools.islice(csv.reader(file), 1, None):  # after the header
+            if row and row[-1]:
+                failed += 1
+            else:
+                classified += 1
+    return classified, failed
 
 
 def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: Sequence[str]) -> ClassificationResult:

@@ -55,7 +55,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..job import check_existing_output, check_output
     from ..parts import output_locked
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
-                               evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels)
+                               evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels,
+                               rows_classified)
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..store import POSTERIORS
@@ -106,6 +107,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                    "unchanged since; nothing to do")
         for line in rerun.file_record(output)["said"]:
             click.echo(line)
+        exit_if_none_described(*rows_classified(output), output)  # as the run did
         return
     if len(devices) > 1:  # a process per device to come
         start_process_server()
