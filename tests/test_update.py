@@ -336,6 +336,16 @@ def test_a_collection_that_moved_is_updated_in_its_new_folder(tmp_path):
     root.rename(tmp_path / "moved")  # its images under the same names
     code, out, err = run_main(["extract", tmp_path / "moved", output, *CHEAP, "--update"])
     assert code == 0 and "1 image that" in err and "1 image added, 0 left out" in out + err, err
+    assert read_output(output)["attrs"]["input_root"] == str(tmp_path / "moved")
+    # Moved again, nothing added: the file records its new folder all the same (it kept the old one,
+    # and a plain 'extract' of the new folder then said the file was made from another).
+    (tmp_path / "moved").rename(tmp_path / "again")
+    code, out, err = run_main(["extract", tmp_path / "again", output, *CHEAP, "--update"])
+    assert code == 0 and (f"{output} was made from the images in {tmp_path / 'moved'}: it records "
+                          f"{tmp_path / 'again'} from now on") in err and "0 images added, 0 left out" in err, err
+    assert read_output(output)["attrs"]["input_root"] == str(tmp_path / "again")
+    code, _, err = run_main(["extract", tmp_path / "again", output, *CHEAP])
+    assert code == 0 and "already holds this extraction" in err, err
 
 
 def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, monkeypatch):

@@ -69,7 +69,8 @@ class OutputUpdate:
 
     Construction reads which images to describe (:attr:`described`; of them, :attr:`changed`
     were held, as rows or failures, their file modified since: :func:`changed_files`) and which
-    are gone (:attr:`dropped`), refusing a file that another command made; :attr:`job` is the
+    are gone (:attr:`dropped`), refusing a file that another command made (:attr:`moved_from`:
+    the folder it records, where ``images`` are in another; the rewrite records theirs); :attr:`job` is the
     extraction of the images to describe (None where there are none, or where an interrupted
     update described them all already): on ``devices``, if two or more are given, a
     :class:`MultiDeviceJob`, which also goes on with an update interrupted on several devices, on
@@ -111,7 +112,10 @@ class OutputUpdate:
             self._old_rows, gone_rows = _locate(images.paths, old["paths"])
             self._old_failed, gone_failed = _locate(images.paths, old["failed/paths"])
             held, gone = len(old["paths"]) + len(old["failed/paths"]), gone_rows + gone_failed
-            if old.attrs.get("input_root") and not made_from_folder(old.attrs, images.root) and 2 * gone >= held:
+            # The folder the file records its images in, where it is another: the collection moved.
+            self.moved_from = (str(old.attrs["input_root"]) if old.attrs.get("input_root")
+                               and not made_from_folder(old.attrs, images.root) else None)
+            if self.moved_from and 2 * gone >= held:
                 # Another folder (a subfolder, a slip): its update would drop the file's rows. A
                 # collection that moved holds its images under the same names: its update goes on.
                 raise VggfeatError(f"{self.output} was made from the images in {old.attrs['input_root']}; "
@@ -131,7 +135,8 @@ class OutputUpdate:
             chosen = np.flatnonzero(self._old_failed >= 0)
             self._old_failed[chosen] = -1  # their new outcome replaces the old one
         self.described, self.dropped = len(chosen), gone_rows + gone_failed
-        self.unchanged = same_images and not self.described  # nothing to describe, nothing to relabel
+        # Nothing to describe, relabel, or record anew (a moved collection's folder, for search's montage).
+        self.unchanged = same_images and not self.described and not (describe == "new" and self.moved_from)
         self.staging = self.output.with_name(self.output.name + suffix)
         self._output_file = file_version(self.output)
         self._row_bytes = disk_per_row(extractor.dim, dtype)

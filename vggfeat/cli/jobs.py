@@ -4,6 +4,7 @@ which must not import torch: see :mod:`vggfeat.choices`.)"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -197,6 +198,9 @@ def update_output(extractor: Extractor, images: ImageSet, output: Path, devices:
         new = update.described - update.changed
         say(f"{new:,} image{'' if new == 1 else 's'} that {output} does not hold{changed}, {update.dropped:,} that "
             "it holds no longer found")
+        if update.moved_from:
+            say(f"{output} was made from the images in {update.moved_from}: it records {os.path.abspath(images.root)} "
+                "from now on")
     if update.job:
         announce(update.job, extractor, dtype, say, devices, disk_needed=update.disk_needed())
         options.advise_precision(extractor, precision, say)
