@@ -151,6 +151,17 @@ def test_at_a_large_C_each_svm_ends_at_the_optimum_not_where_the_primal_solver_s
         reached = primal_objective(Xn, targets, 100.0, np.ones((1200, 1)), svm.coef_, svm.intercept_)
         assert np.all(reached <= optimum * (1 + 1e-5)), (kind, reached / optimum - 1)
         assert sum(duals) == dual_runs, kind
+    # Balanced class weights too: each row weighs its side's weight in the objective checked.
+    X, y = rows("fc7", 1200, 256)
+    svm = LinearSVM(C=100.0, class_weight="balanced").fit(X, y)
+    Xn, targets = X / np.linalg.norm(X, axis=1, keepdims=True), y[:, None] == np.arange(3)
+    weights = np.where(targets, 1200 / (2 * targets.sum(0)), 1200 / (2 * (~targets).sum(0)))
+    exact = [LinearSVC(C=100.0, class_weight="balanced", dual=False, tol=1e-10, max_iter=10000)
+             .fit(Xn, np.where(y == k, 1, -1)) for k in range(3)]
+    optimum = primal_objective(Xn, targets, 100.0, weights, np.array([s.coef_[0] for s in exact]),
+                               np.array([s.intercept_[0] for s in exact]))
+    reached = primal_objective(Xn, targets, 100.0, weights, svm.coef_, svm.intercept_)
+    assert np.all(reached <= optimum * (1 + 1e-5)), reached / optimum - 1
 
 
 def test_multilabel_is_an_independent_binary_svm_per_label():

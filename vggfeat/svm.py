@@ -216,15 +216,16 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 return svm.fit(X, signs, sample_weight=weighed)
 
             svm = liblinear("auto" if self.loss == "squared_hinge" else True)
-            if self.loss == "squared_hinge" and len(X) >= X.shape[1] and self.class_weight is None:  # "auto": the primal
+            if self.loss == "squared_hinge" and len(X) >= X.shape[1]:  # "auto": the primal
                 # The primal, scikit-learn's choice: its stopping rule is loose at large C (2-12%
                 # above the optimum at C = 100 on fc7-like rows), where the dual ends close to it
                 # quickly; elsewhere (classes that overlap) the dual is slow and the primal exact.
                 # The dual is run only where the primal's own gradient says it may be far.
-                objective, gap = _objective_and_gap(X, signs, weighed, C, svm.coef_[0], float(svm.intercept_[0]))
+                rows_weigh = _liblinear_row_weights(signs, weighed, balanced)
+                objective, gap = _objective_and_gap(X, signs, rows_weigh, C, svm.coef_[0], float(svm.intercept_[0]))
                 if gap > PRIMAL_GAP * objective:
                     dual = liblinear(True)
-                    if _objective_and_gap(X, signs, weighed, C, dual.coef_[0], float(dual.intercept_[0]))[0] < objective:
+                    if _objective_and_gap(X, signs, rows_weigh, C, dual.coef_[0], float(dual.intercept_[0]))[0] < objective:
                         svm = dual
             if fits is not None:
                 fits.add(C, svm.n_iter_ < self.max_iter)  # liblinear's own test of convergence
@@ -458,6 +459,16 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
+
+
+def _liblinear_row_weights(signs: np.ndarray, weights: np.ndarray | None, balanced: bool) -> np.ndarray | None:
+    """Each row's weight in liblinear's loss: its sample weight (None: 1), times its side's class
+    weight where ``balanced``: scikit-learn's, the sample weights' total over twice its side's."""
+    if not balanced:
+        return weights
+    weights = np.ones(len(signs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    total, positive = weights.sum(), weights[signs > 0].sum()
+    return weights * np.where(signs > 0, total / (2 * positive), total / (2 * (total - positive)))
 
 
 def _objective_and_gap(X: np.ndarray, signs: np.ndarray, weights: np.ndarray | None, C: float, coef: np.ndarray,
