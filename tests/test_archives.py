@@ -399,6 +399,11 @@ def test_an_archive_of_archives_is_read_in_place_and_its_archives_may_be_classes
         np.testing.assert_array_equal(run["features"], expected["features"])
     code, _, err = run_main(["extract", tmp_path / "out.h5", "--file-list", tmp_path / "list.txt", "--archive-classes", *CHEAP])
     assert code == 2 and "--archive-classes: for IMAGES (a list gives its images' classes)" in err
+    # A folder of no archives: the option would do nothing, but its record refused a later --update without it.
+    code, _, err = run_main(["extract", tmp_path / "unpacked", tmp_path / "none.h5", "--archive-classes", *CHEAP])
+    assert code == 2 and error_line(err) == (f"Error: --archive-classes: {tmp_path / 'unpacked'} holds no tar archive "
+                                             "directly, whose name would be its images' class"), err
+    assert not (tmp_path / "none.h5").exists()
 
 
 def test_a_process_given_places_in_archives_inside_archives_reads_no_table(tmp_path, monkeypatch):

@@ -879,7 +879,7 @@ def test_cli_fused_models_take_a_weights_file_each(two_networks, folder, tmp_pat
     weights = [tmp_path / "d.pth", tmp_path / "e.pth"]
     for each in weights:  # looked for before the (faked) loading
         each.write_bytes(b"")
-    code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST[2:], "--model", "vgg16,vgg19",
+    code, _, err = run_main(["classify", images, tmp_path / "out.csv", *FAST[4:], "--model", "vgg16,vgg19",
                              "--weights", ",".join(map(str, weights)), "-q"])
     assert code == 0, err
     assert two_networks == [("vgg16", str(weights[0])), ("vgg19", str(weights[1]))]

@@ -363,7 +363,14 @@ def test_a_conv_layer_takes_a_scale_below_224(one_image):
     ("classify", ["--no-dense"], "nothing to evaluate"),
     ("extract", [], "exists; pass --overwrite"),
     ("classify", [], "exists; pass --overwrite"),
-], ids=["resize-long-fc6", "gem-fc8", "nvjpeg-cpu", "fp16-cpu", "nothing-to-evaluate", "extract-output", "classify-output"])
+    # Options that would do nothing (the file recording them all the same, for some).
+    ("extract", ["--center-crop", "--pooling", "max"], "max pooling of a center crop's fc7: its map is one position"),
+    ("extract", ["--gem-p", "4"], "--gem-p goes with --pooling gem or --aggregate gem, not given"),
+    ("extract", ["--weights", "imagenet"], "--seed goes with --weights random, not given"),
+    ("classify", ["--cudnn-autotune", "on"], "--cudnn-autotune on tunes cuDNN's convolutions, on a CUDA device"),
+    ("classify", ["--topk", "3"], "--topk goes with an OUTPUT .csv (an .h5 holds every posterior), not given"),
+], ids=["resize-long-fc6", "gem-fc8", "nvjpeg-cpu", "fp16-cpu", "nothing-to-evaluate", "extract-output", "classify-output",
+        "center-crop-max", "gem-p", "seed-imagenet", "autotune-cpu", "topk-h5"])
 def test_options_and_existing_outputs_are_refused_before_the_images_are_looked_for(one_image, monkeypatch, command,
                                                                                    option, message):
     """Combinations of options, and an output there already, are refused without finding the images first."""
@@ -371,7 +378,7 @@ def test_options_and_existing_outputs_are_refused_before_the_images_are_looked_f
         raise AssertionError("the images were looked for")
 
     monkeypatch.setattr(options, "find_images", looked_for)
-    output = one_image / ("out.h5" if command == "extract" else "out.csv")
+    output = one_image / ("out.h5" if command == "extract" or "--topk" in option else "out.csv")
     if not option:
         output.write_text("a user's file")
     code, _, err = run_main([command, one_image / "images", output, *FAST, *option])
@@ -387,10 +394,10 @@ def test_autotune_compile_and_decode_in_reach_the_extractor(one_image, monkeypat
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(Extractor, "__init__", recorded)
-    for given in (["--cudnn-autotune", "on", "--compile", "off", "--decode-in", "threads"], []):
+    for given in (["--cudnn-autotune", "off", "--compile", "off", "--decode-in", "threads"], []):
         code, _, err = run_main(["extract", one_image / "images", one_image / "out.h5", *FAST, *given, "--overwrite"])
         assert code == 0, err
-    assert seen == [("on", "off", "threads"), ("auto", "auto", "auto")]
+    assert seen == [("off", "off", "threads"), ("auto", "auto", "auto")]
 
 
 @pytest.mark.parametrize("speed, given, said", [

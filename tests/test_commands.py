@@ -124,7 +124,11 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
 @pytest.mark.parametrize("args, error", [
     (["extract", "images", "o.h5", "--root", "elsewhere"], "--root goes with --file-list, not given"),
     (["train-svm", "f.h5", "m.h5", "--C", "1", "--C-grid", "1,2"],
-     "--C 1 fixes C; --C-grid is what cross-validation chooses it from: give one or the other"),
+     "--C 1 fixes C; --C-grid: how cross-validation would choose it: give one or the other"),
+    (["protocol", "caltech", "f.h5", "--C", "1", "--cv", "5"],
+     "--C 1 fixes C; --cv: how cross-validation would choose it: give one or the other"),
+    (["train-svm", "f.h5", "m.h5", "--solver", "lbfgs", "--n-jobs", "4"],
+     "--n-jobs is liblinear's (a class per thread); --solver lbfgs trains every class at once"),
     (["train-svm", "f.h5", "m.h5", "--voc-set", "test"], "--voc-set goes with --voc-devkit, not given"),
     (["evaluate", "m.h5", "f.h5", "--voc-set", "val"], "--voc-set goes with --voc-devkit, not given"),
     (["evaluate", "m.h5", "f.h5", "--overwrite"], "--overwrite goes with --report, not given"),
@@ -133,6 +137,16 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
     (["index", "f.h5", "i.h5", "--nlist", "5"], "--nlist goes with --kind ivfpq, not given"),
     (["index", "f.h5", "i.h5", "--kind", "ivfpq", "--ef-search", "5"], "--ef-search goes with --kind hnsw, not given"),
     (["search", "i.h5", "q.jpg", "--tile", "64", "--montage-hits", "3"], "--montage-hits, --tile go with --montage, not given"),
+    (["search", "i.h5", "q.jpg", "--overwrite"], "--overwrite goes with OUTPUT or --montage, not given"),
+    (["search", "i.h5", "--queries", "q.h5", "--weights", "w.pth", "--workers", "2"],
+     "--weights, --workers: for query images, described here; --queries holds descriptors already"),
+    (["retrieval-eval", "f.h5", "--gt", "gt", "--root", "images", "--device", "cpu"],
+     "--root, --device go with --crop-queries, not given"),
+    (["retrieval-eval", "f.h5", "--overwrite"], "--overwrite goes with --json, not given"),
+    (["protocol", "caltech", "f.h5", "--overwrite"], "--overwrite goes with --json, not given"),
+    (["protocol", "voc", "a.h5", "b.h5", "--overwrite"], "--overwrite goes with --json or --results, not given"),
+    (["describe", "vgg16", "--kernels", "3,5"], "--kernels goes with --compare, not given"),
+    (["describe", "--compare", "--size", "384"], "--size: for the models' layers; --compare counts weights"),
 ])
 def test_an_option_that_would_do_nothing_is_refused(tmp_path, monkeypatch, args, error):
     """Ignored silently, it made the user believe it took effect (and a rerun then named it as a difference)."""

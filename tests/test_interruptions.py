@@ -285,7 +285,7 @@ def test_a_full_disk_fails_the_files_made_from_descriptors_in_one_line(tmp_path)
         f["labels"][:] = [0, 1] * 10
         del f["classes"]
         f["classes"] = ["a", "b"]
-    for args, written in ((["train-svm", features, "--C", "1", "--cv", "2"], "model.h5"), (["whiten", "fit", features], "w.h5"),
+    for args, written in ((["train-svm", features, "--C", "1"], "model.h5"), (["whiten", "fit", features], "w.h5"),
                           (["index", features], "index.h5"), (["export", features], "x.npy")):
         full = subprocess.run(command([*args, tmp_path / written]), capture_output=True, text=True, timeout=120,
                               preexec_fn=_file_size_limit(2048))

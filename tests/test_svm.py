@@ -225,7 +225,7 @@ def test_a_class_of_one_example_trains_with_a_fixed_C():
 def test_bad_training_data_is_refused_clearly():
     X, y, _, _ = blobs(classes=3, per_class=4)
     with pytest.raises(VggfeatError, match=r"class 0 has only 4 training example\(s\); at least 5, one per "
-                                           r"cross-validation fold, needed to choose C: fix --C, lower --cv"):
+                                           r"cross-validation fold, needed to choose C: fix --C \(in place of --cv\), lower --cv"):
         LinearSVM(cv=5).fit(X, y)
     with pytest.raises(VggfeatError, match="need at least 2 classes"):
         LinearSVM(C=1).fit(X[:4], y[:4])

@@ -320,8 +320,13 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
         f"Error: {report} already holds a report (per_class.csv); pass --overwrite to replace it, or name another folder")
     assert "caltech.json already exists; pass --overwrite" in refused(caltech)
     assert refused([*caltech[:-1], files["train"], "--overwrite"]) == (  # a slip that --overwrite made hours of work lost
-        f"Error: {files['train']} is an input of this command too: name another output (--overwrite replaces outputs, "
-        "never inputs)")
+        f"Error: Invalid value for '--json': {files['train']} names a .h5 file: --json writes JSON, give a .json file "
+        "(see 'vggfeat protocol caltech --help')")
+    inputs_json = tmp_path / "inputs.json"  # an input named as --json is refused whatever its name
+    inputs_json.write_text("[]")
+    assert refused(["protocol", "voc", files["train"], files["test"], "--labels", inputs_json, "--json", inputs_json,
+                    "--overwrite"]) == (f"Error: {inputs_json} is an input of this command too: name another output "
+                                        "(--overwrite replaces outputs, never inputs)")
     assert {path: path.read_text() for path in kept} == kept
     assert sorted(p.name for p in report.iterdir()) == ["per_class.csv"]  # nothing written beside it either
 
@@ -494,11 +499,10 @@ def test_refusals(data, tmp_path):
     one.write_text("red_stripes/img00.png,red\nred_stripes/img01.png,red\nred_stripes/img02.png,red\ngreen_checks/img00.png,green\n"
                    "blue_rings/img00.png,blue\nblue_rings/img01.png,blue\n")
     assert ("class 'green' has only 1 training example(s); at least 2, one per cross-validation fold, needed to "
-            "choose C: fix --C, lower --cv, leave the class out (--exclude-class) or add images"
+            "choose C: fix --C (in place of --cv), lower --cv, leave the class out (--exclude-class) or add images"
             ) in refused(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--cv", "2"])
-    for fix in (["--C", "1"], ["--exclude-class", "green"]):  # as the message says
-        assert run_main(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--cv", "2", *fix,
-                         "-q", "--overwrite"])[0] == 0
+    for fix in (["--C", "1"], ["--cv", "2", "--exclude-class", "green"]):  # as the message says
+        assert run_main(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, *fix, "-q", "--overwrite"])[0] == 0
 
     empty = tmp_path / "empty-class.h5"
     empty.write_bytes(files["train"].read_bytes())
@@ -520,7 +524,7 @@ def test_refusals(data, tmp_path):
     assert "too few for 6 training images" in refused(["protocol", "caltech", files["train"], "--train-per-class", "6"])
     assert refused(["protocol", "caltech", files["train"], "--train-per-class", "2"]) == (  # said of "class 0"
         "Error: 2 training images per class are too few to choose C by 3-fold cross-validation (one per fold): "
-        "fix --C, lower --cv or raise --train-per-class")
+        "fix --C (in place of --cv), lower --cv or raise --train-per-class")
     assert f"--features gives FEATURES: expected no other path, got {files['test']}" in refused(
         ["evaluate", model, files["test"], "--features", files["test"]])
     assert f"--features gives FEATURES: expected MODEL alone, got {files['test']} {model}" in refused(

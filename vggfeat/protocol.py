@@ -72,7 +72,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     settings = LinearSVM(**svm_params)  # C and cv, or their defaults
     if settings.C is None and train_per_class < settings.cv:  # else each split's fit refuses it, of "class 0"
         raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {settings.cv}-fold "
-                           "cross-validation (one per fold): fix --C, lower --cv or raise --train-per-class")
+                           "cross-validation (one per fold): fix --C (in place of --cv), lower --cv or raise --train-per-class")
     targets = targets_of(files, exclude=exclude)
     classes = targets.classes
     drawn = caltech_splits(align_to_classes(targets, classes, multilabel=False), len(classes), train_per_class,

@@ -382,7 +382,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold.
             if self.C is None and count < self.cv:
                 raise InvalidInput(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
-                                   "cross-validation fold, needed to choose C: fix --C, lower --cv, leave the class "
+                                   "cross-validation fold, needed to choose C: fix --C (in place of --cv), lower --cv, leave the class "
                                    "out (--exclude-class) or add images")
             if count == rows:
                 raise InvalidInput(f"class {name} holds every training example: nothing to tell it from")

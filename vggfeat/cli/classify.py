@@ -69,6 +69,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     if output.suffix.lower() not in (".csv", ".h5"):  # a CSV called out.hdf5 or out.json would mislead
         raise click.UsageError(f"OUTPUT {output.name}: name it .csv (each image's top classes) or .h5 (every posterior)")
     posteriors_file = output.suffix.lower() == ".h5"
+    common.refuse_without("an OUTPUT .csv (an .h5 holds every posterior)", not posteriors_file, "topk")
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
     # Refused before the images are found, as in extract: the output, the labels, IMAGES, the options
     # (and, for a retry or an update, whether the output was made with them).
@@ -76,6 +77,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         raise click.UsageError(f"--model {','.join(models)}: networks fuse into a CSV OUTPUT; for every posterior, classify "
                                f"into an .h5 with each model, then 'vggfeat export A.h5 --to csv --fuse B.h5'")
     weights_files = options.weights_of(models, weights)
+    options.refuse_unused(weights_files, devices, decoder, autotune)
     # A CSV that records how it was made, with no run's work beside it: the same command run again
     # has nothing to do where it is over the same images (known once they are found, below).
     again = False

@@ -54,6 +54,9 @@ def describe(models, size, as_json, markdown, compare, kernels, channels) -> Non
 
     if as_json and markdown:
         raise VggfeatError("choose one of --json and --markdown")
+    common.refuse_without("--compare", compare, "kernels", "channels")
+    if compare and common.given("size"):
+        raise click.UsageError("--size: for the models' layers; --compare counts weights, whatever the input's size")
     if compare:
         if models:
             raise VggfeatError("--compare takes no MODELS")

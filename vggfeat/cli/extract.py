@@ -55,6 +55,9 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     check_scales(scales, default_layer(layer, pooling), center_crop)
     output = options.output_of(paths, file_list)
     rewrite = options.rewrite_of(overwrite, retry_failed, update, shard)
+    weights_each = options.weights_of(models, weights)
+    options.refuse_unused(weights_each, devices, decoder, autotune)
+    common.refuse_without("--pooling gem or --aggregate gem", "gem" in (pooling, aggregate), "gem_p")
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
     # network is built; its weights, if downloaded, stay in torchvision's cache) and whether an
@@ -66,7 +69,6 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     if len(devices) > 1:  # a process per device to come
         start_process_server()
     say = common.reporter(quiet)
-    weights_each = options.weights_of(models, weights)
     say(f"loading {', '.join(models)} ({weights})")
     settings = dict(
         seed=seed, layer=layer, pooling=pooling, scales=scales, aggregate=aggregate, flip=flip, device=devices[0],

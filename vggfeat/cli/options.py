@@ -305,6 +305,19 @@ def advise_precision(extractor: Extractor, precision: str, say: Callable[..., No
             "several times slower than in fp32 (README, Speed); --precision fp32 is faster here", fg="yellow")
 
 
+def refuse_unused(weights_each: tuple[str, ...], devices: tuple[str, ...], decoder: str, autotune: str) -> None:
+    """Refuse options given that the run would not use: ``--seed`` without random weights, and
+    ``--cudnn-autotune on`` where no cuDNN runs, or where it is never tuned (nvJPEG decoding)."""
+    from ..settings import resolve_device
+
+    common.refuse_without("--weights random", "random" in weights_each, "seed")
+    if autotune == "on" and any(resolve_device(name).type != "cuda" for name in devices):
+        raise click.UsageError("--cudnn-autotune on tunes cuDNN's convolutions, on a CUDA device: leave it out on the CPU")
+    if autotune == "on" and decoder == "nvjpeg":
+        raise click.UsageError("--cudnn-autotune on: not with --decoder nvjpeg, whose decoding hung on an H100 while "
+                               "cuDNN autotuned; use --decoder nvimgcodec or torchvision")
+
+
 def warn_random_weights(seed: int, consequence: str) -> None:
     """Said even with ``--quiet``: results of random weights must not pass for ImageNet ones."""
     click.secho(f"WARNING: random weights (seed {seed}): {consequence}; use them for smoke tests only.",

@@ -36,6 +36,7 @@ def caltech(features, train_per_class, test_per_class, splits, exclude_class, js
     """
     from .. import protocol as protocols  # scikit-learn, which --help needs not
 
+    common.refuse_without("--json", json_out, "overwrite")
     made = common.made_by_this_command(features)
     if common.json_again(json_out, overwrite, made, features):
         return
@@ -89,6 +90,7 @@ def voc(features, labels, train_list, test_list, voc_devkit, train_set, test_set
 
     difficult = difficult_in_training(voc_devkit, voc_difficult)
     common.refuse_without("--voc-devkit", voc_devkit, "train_set", "test_set")
+    common.refuse_without("--json or --results", json_out or results, "overwrite")
     if voc_devkit:
         if labels or train_list or test_list:
             raise click.UsageError("--voc-devkit gives the sets and their labels: no --labels, --train-list or --test-list")

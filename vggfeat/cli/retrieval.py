@@ -147,6 +147,9 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     for option, given in (("--protocol", protocol), ("--queries", queries_file), ("--crop-queries", crop_queries)):
         if given and ground_truth is None:
             raise click.UsageError(f"{option} goes with --gt")
+    # The network's options describe cropped queries, and nothing else: without them, whole-image mAP.
+    common.refuse_without("--crop-queries", crop_queries, "root", "weights", "device", "batch_size")
+    common.refuse_without("--json", json_out, "overwrite")
     # Queries cropped from their images are not compared (vggfeat.rerun): a --json file of such a
     # run is refused as before. A ground truth folder is compared by its files.
     inputs = [features, whiten_file, ground_truth, queries_file]

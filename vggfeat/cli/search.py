@@ -59,6 +59,11 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
     output = rest.pop() if rest and rest[-1].suffix.lower() in RESULT_SUFFIXES else None
     if bool(rest) == bool(queries_file):
         raise click.UsageError("give query images (files or folders) or --queries FILE.h5, one of the two")
+    described_here = common.given("weights", "device", "batch_size", "workers")  # the query images, by the network
+    if queries_file and described_here:
+        raise click.UsageError(f"{', '.join(described_here)}: for query images, described here; --queries holds "
+                               "descriptors already")
+    common.refuse_without("OUTPUT or --montage", output or montage, "overwrite")
     if box and (len(rest) != 1 or not file_exists(rest[0])):
         raise click.UsageError("--box crops one query image: give one image file")
     inputs = [index_file, queries_file, *rest]

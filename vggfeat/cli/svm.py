@@ -110,8 +110,12 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
 def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
                max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
     """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
-    if C is not None and given("C_grid"):  # (--cv is left as it is: a fold-count refusal says to fix --C)
-        raise click.UsageError(f"--C {C:g} fixes C; --C-grid is what cross-validation chooses it from: give one or the other")
+    chosen_by = given("C_grid", "cv")
+    if C is not None and chosen_by:
+        raise click.UsageError(f"--C {C:g} fixes C; {', '.join(chosen_by)}: how cross-validation would choose it: give "
+                               "one or the other")
+    if solver == "lbfgs" and given("n_jobs"):
+        raise click.UsageError("--n-jobs is liblinear's (a class per thread); --solver lbfgs trains every class at once")
     if solver == "liblinear" and device not in ("auto", "cpu"):
         raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
     if loss == "hinge" and device not in ("auto", "cpu"):  # before auto picks lbfgs for the device
