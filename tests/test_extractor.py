@@ -349,6 +349,10 @@ def test_extract_nan_row_for_corrupt_file(random_vgg16, files):
     assert_close(mixed[[0, 2]], clean, 1e-6, "good rows next to a corrupt file")
     # extract() of a file is describe() of its decoded pixels.
     assert_close(clean[:1], extractor.describe([decode_image(good[0])]), 1e-5, "extract vs describe")
+    # One path where a sequence belongs: a string's characters were each taken for a file (NaN rows).
+    for one in (str(good[0]), good[0]):
+        with pytest.raises(TypeError, match="expected a sequence of image paths, got one path: .*; give \\[path\\]"):
+            extractor.extract(one, errors="nan")
 
 
 def test_chunks_report_failures_and_sizes(random_vgg16, files):

@@ -643,6 +643,10 @@ def test_rows_read_in_any_order_with_repeats_and_into_any_dtype(tmp_path, monkey
         assert f.read(np.array([], dtype=np.int64)).shape == (0, 8)
         with pytest.raises(VggfeatError, match=r"row 30 is not in .*a\.h5 \(30 rows\)"):
             f.read([1, 30])
+        labelled = f.labels >= 1  # a mask, as numpy takes one: its rows (as indices, it read rows 0 and 1)
+        np.testing.assert_array_equal(f.read(labelled), X32[labelled])
+        with pytest.raises(VggfeatError, match=r"a mask of \(29,\) for .*a\.h5 \(30 rows\)"):
+            f.read(labelled[1:])
         assert f.failed().paths == [] and "paths" not in vars(f)  # 10 million paths: a GB, read only when asked for
         assert f.paths == paths
 

@@ -78,6 +78,14 @@ class RunPlan:
     compile: bool  # torch.compile of full batches
 
 
+
+def check_paths(paths: Sequence[str | os.PathLike]) -> None:
+    """Refuse one path given where a sequence of them belongs: a string is a sequence of
+    characters, each of which would be taken for a file."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"expected a sequence of image paths, got one path: {paths!r}; give [path]")
+
+
 class Extractor:
     """Dense multi-scale VGG descriptors, as in Simonyan & Zisserman (2014), appendix.
 
@@ -265,6 +273,7 @@ class Extractor:
         ``errors="nan"`` fills its row with NaN instead.
         """
         check_choice("errors", errors, ("raise", "nan"))
+        check_paths(paths)
         result = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         for chunk in self.iter_chunks(paths, regions=regions):
             if chunk.failures and errors == "raise":
@@ -281,6 +290,7 @@ class Extractor:
         chunk's work (CHUNKS_IN_FLIGHT - 1 chunks) has been queued, so a GPU never waits for the
         host between chunks.
         """
+        check_paths(paths)
         if regions is not None and len(regions) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(regions)} regions")
         if regions is not None and self.jpeg_draft:

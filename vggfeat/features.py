@@ -130,14 +130,20 @@ class FeatureFile:
                         failed_labels(self._file))
 
     def read(self, rows: np.ndarray | None = None, out: np.ndarray | None = None, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
-        """Descriptors of ``rows`` (all by default, in the given order) into ``out`` or a new array.
+        """Descriptors of ``rows`` (indices, all by default, in the given order; or a boolean mask
+        of every row, ``f.labels >= 0``) into ``out`` or a new array.
 
         HDF5 reads into one reused buffer of at most ``_READ_BYTES``, which is then converted into
         ``out`` (or straight into ``out`` when it is contiguous and has the file's dtype): h5py's
         ``dataset[a:b]`` would allocate a fresh array per slice, and ``out`` may be a column block of
         a fused matrix, which HDF5 cannot write into.
         """
-        rows = np.arange(self.rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = np.arange(self.rows) if rows is None else np.asarray(rows)
+        if rows.dtype == bool:  # a mask, as numpy indexes by one (as indices, its values were rows 0 and 1)
+            if rows.shape != (self.rows,):
+                raise VggfeatError(f"a mask of {rows.shape} for {self.path} ({self.rows} rows)")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
             raise VggfeatError(f"row {rows.min() if rows.min() < 0 else rows.max()} is not in {self.path} ({self.rows} rows)")
         if out is None:
