@@ -235,9 +235,18 @@ def test_bad_training_data_is_refused_clearly():
         LinearSVM(C=1).fit(np.where(X > 2, np.nan, X), y)
     with pytest.raises(VggfeatError, match="class 'b' has no training example"):
         LinearSVM(C=1, multilabel=True).fit(X, np.stack([y == 0, np.zeros_like(y, bool)], 1), classes=["a", "b"])
+    with pytest.raises(ValueError, match="expected a label per row, got None"):
+        LinearSVM(C=1).fit(X, None)
+    with pytest.raises(ValueError, match=r"labels must be all numbers or all strings, got \['NoneType', 'str'\]"):
+        LinearSVM(C=1).fit(X, ["a", None] * 6)
     fitted = LinearSVM(C=1).fit(X, y)
     with pytest.raises(VggfeatError, match="descriptors have 5 dimensions, the model expects 8"):
         fitted.decision_function(X[:, :5])
+    # A refit refused keeps the SVMs fitted before whole (it named them by the refused labels).
+    before = fitted.predict(X)
+    with pytest.raises(VggfeatError, match="class 'plum' has only 2 training example"):
+        fitted.set_params(C=None).fit(X, ["apple"] * 6 + ["pear"] * 4 + ["plum"] * 2)
+    np.testing.assert_array_equal(fitted.predict(X), before)
 
 
 def test_two_classes_are_scored_as_scikit_learn_scores_them():

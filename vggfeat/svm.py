@@ -123,20 +123,22 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         # lbfgs takes float32 or float16 as given (a half or a quarter of the memory), liblinear float64 alone
         held = getattr(X, "dtype", None) if self.solver == "lbfgs" else None
         X = self._prepare(X, copy=self.copy, dtype=held if held in (np.float32, np.float16) else np.float64)
-        targets = self._targets(y, len(X), classes)  # [N, K] bool
+        targets, fitted_classes = self._targets(y, len(X), classes)  # [N, K] bool
         ignore = self._ignored(ignore, targets.shape)
-        self.n_features_in_ = X.shape[1]
         per_class = 1 + (0 if self.C is not None else len(self.C_grid) * self.cv)
         fits = _Fits(targets.shape[1] * per_class, progress)  # (C, converged) of every class's fit
         with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.C is None:
-                self.cv_scores_ = self._cross_validate(X, targets, fits, ignore)
-                best = max(self.cv_scores_.values())
-                self.C_ = min(c for c, score in self.cv_scores_.items() if score >= best - 1e-12)
+                cv_scores = self._cross_validate(X, targets, fits, ignore)
+                best = max(cv_scores.values())
+                C = min(c for c, score in cv_scores.items() if score >= best - 1e-12)
             else:
-                self.cv_scores_, self.C_ = {}, float(self.C)
-            self.coef_, self.intercept_ = self._fit_all(X, targets, self.C_, None, fits, ignore)
+                cv_scores, C = {}, float(self.C)
+            coef, intercept = self._fit_all(X, targets, C, None, fits, ignore)
+        # Set once all is done: a fit refused or interrupted leaves the SVMs fitted before whole.
+        self.classes_, self.n_features_in_, self.cv_scores_, self.C_ = fitted_classes, X.shape[1], cv_scores, C
+        self.coef_, self.intercept_ = coef, intercept
         self.n_fits_ = len(fits.done)
         self.n_unconverged_ = sum(not converged for _, converged in fits.done)
         if self.n_unconverged_:
@@ -351,7 +353,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise InvalidInput(f"ignore must be [rows, classes] = {list(shape)}, got {list(ignore.shape)}")
         return ignore
 
-    def _targets(self, y, rows: int, classes: list[str] | None) -> np.ndarray:
+    def _targets(self, y, rows: int, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """[N, K] bool targets of ``y``, and the K classes they are of."""
+        if np.ndim(y) == 0:
+            raise InvalidInput(f"expected a label per row, got {y!r}")
         y = np.asarray(y)
         if len(y) != rows:
             raise InvalidInput(f"{rows} descriptors but {len(y)} labels")
@@ -364,18 +369,21 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             targets = y.astype(bool)
             if targets.shape[1] == 0:
                 raise InvalidInput("multi-label targets have no label column")
-            self.classes_ = np.array(classes if classes is not None else range(y.shape[1]))
-            if len(self.classes_) != targets.shape[1]:
-                raise InvalidInput(f"{len(self.classes_)} class names for {targets.shape[1]} label columns")
+            classes_ = np.array(classes if classes is not None else range(y.shape[1]))
+            if len(classes_) != targets.shape[1]:
+                raise InvalidInput(f"{len(classes_)} class names for {targets.shape[1]} label columns")
         else:
             if y.ndim != 1:
                 raise InvalidInput("single-label targets must be one label per row (use multilabel=True for indicators)")
-            self.classes_, index = np.unique(y, return_inverse=True)
-            targets = one_hot(index, len(self.classes_))
-            if len(self.classes_) < 2:
-                raise InvalidInput(f"need at least 2 classes to train, got {len(self.classes_)}")
+            try:
+                classes_, index = np.unique(y, return_inverse=True)
+            except TypeError:  # labels that do not compare: None among strings, say
+                raise InvalidInput(f"labels must be all numbers or all strings, got {sorted({type(v).__name__ for v in y})}") from None
+            targets = one_hot(index, len(classes_))
+            if len(classes_) < 2:
+                raise InvalidInput(f"need at least 2 classes to train, got {len(classes_)}")
         positives = targets.sum(axis=0)
-        for value, count in zip(self.classes_, positives):
+        for value, count in zip(classes_, positives):
             name = repr(str(value)) if isinstance(value, str) else str(value)
             if count == 0:
                 raise InvalidInput(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
@@ -386,7 +394,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                                    "out (--exclude-class) or add images")
             if count == rows:
                 raise InvalidInput(f"class {name} holds every training example: nothing to tell it from")
-        return targets
+        return targets, classes_
 
 
 class _Fits:
