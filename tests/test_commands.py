@@ -78,6 +78,17 @@ def test_help_imports_neither_torch_nor_scikit_learn():
     assert heavy_modules_imported(helps) == []
 
 
+def test_the_modules_the_readme_names_are_reached_from_a_plain_import():
+    """``vggfeat.update.OutputUpdate`` after ``import vggfeat`` alone (an AttributeError before),
+    the package's modules imported as first used; ``import vggfeat`` itself imports no torch."""
+    code = ("import sys, vggfeat; assert 'torch' not in sys.modules; "
+            "print(vggfeat.update.OutputUpdate.__name__, vggfeat.svm.LinearSVM.__name__, vggfeat.indexupdate.__name__, "
+            "len(vggfeat.classifier.imagenet_categories())); vggfeat.no_such_module")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["OutputUpdate", "LinearSVM", "vggfeat.indexupdate", "1000"], result.stderr
+    assert result.stderr.strip().endswith("AttributeError: module 'vggfeat' has no attribute 'no_such_module'")
+
+
 def test_commands_that_read_files_do_not_import_torch(tmp_path):
     X, labels, paths, classes = blobs(dim=16)
     features = write_features(tmp_path / "features.h5", X, paths, labels, classes)

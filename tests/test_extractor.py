@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 
 import vggfeat.extractor
 from imagefiles import smooth_rgb, write_corrupt, write_rgb
@@ -349,6 +350,14 @@ def test_extract_nan_row_for_corrupt_file(random_vgg16, files):
     assert_close(mixed[[0, 2]], clean, 1e-6, "good rows next to a corrupt file")
     # extract() of a file is describe() of its decoded pixels.
     assert_close(clean[:1], extractor.describe([decode_image(good[0])]), 1e-5, "extract vs describe")
+    # describe() takes uint8 RGB pixels: others were described as they came (0..1 floats, silently
+    # other descriptors) or failed deep in torch; a mirrored view (negative strides) is taken.
+    pixels = decode_image(good[0])
+    for other, what in ((pixels / 255.0, "float64 array of shape"), (pixels[..., 0], "uint8 array of shape"),
+                        (np.dstack([pixels, pixels[..., :1]]), "uint8 array of shape"), (Image.fromarray(pixels), "Image")):
+        with pytest.raises(ValueError, match=f"image 0: expected decoded RGB pixels, a uint8 array \\(H, W, 3\\), got a {what}"):
+            extractor.describe([other])
+    assert_close(extractor.describe([pixels[:, ::-1]]), extractor.describe([pixels[:, ::-1].copy()]), 0, "a mirrored view")
     # One path where a sequence belongs: a string's characters were each taken for a file (NaN rows).
     for one in (str(good[0]), good[0]):
         with pytest.raises(TypeError, match="expected a sequence of image paths, got one path: .*; give \\[path\\]"):
@@ -447,6 +456,8 @@ def test_center_crop_refuses_long_side(random_vgg16):
         with pytest.raises(VggfeatError, match=f"max pooling of a center crop's {layer}: its map is one position"):
             Extractor(random_vgg16, layer=layer, pooling="mac", scales=[256], center_crop=True, device="cpu")
     Extractor(random_vgg16, layer="pool5", pooling="max", scales=[256], center_crop=True, device="cpu")
+    with pytest.raises(VggfeatError, match="flip is True or False, got 'no'"):  # bool('no') was True
+        Extractor(random_vgg16, flip="no", device="cpu")
 
 
 def test_inputs_and_their_flips_come_in_order_whatever_the_sizes():

@@ -28,7 +28,7 @@ import torchvision
 
 from .choices import ARCHITECTURES, PAPER_SCALES
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .errors import VggfeatError
+from .errors import VggfeatError, check_flags
 from .extractor import Extractor
 from .network import MIN_INPUT_SIDE, DenseVGG
 from .resize import resized_shape, to_input
@@ -107,6 +107,7 @@ class Classifier(Extractor):
         # Everything but the device, as given: MultiDeviceJob builds this classifier again on each
         # of its devices (Extractor.arguments would be the extractor's underneath).
         arguments = {name: value for name, value in locals().items() if name not in ("self", "device", "__class__")}
+        check_flags(flip=flip, dense=dense, multi_crop=multi_crop)
         if not (dense or multi_crop):
             raise VggfeatError("nothing to evaluate: choose dense, multi-crop or both")
         if keep_top is not None and (isinstance(keep_top, bool) or not isinstance(keep_top, int) or keep_top < 1):

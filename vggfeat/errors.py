@@ -55,6 +55,13 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise VggfeatError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
+def check_flags(**flags: object) -> None:
+    """Refuse a flag that is not True or False: ``flip="no"`` would be taken as true."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise VggfeatError(f"{name} is True or False, got {value!r}")
+
+
 def quiet_decoding_libraries() -> None:
     """Keep off the terminal what the decoding libraries say of damaged files, naming no file; for
     vggfeat's own processes (a command's, its decoding and device processes).

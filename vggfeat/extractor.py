@@ -25,7 +25,7 @@ from .aggregate import combine_flips, combine_scales
 from .choices import PAPER_SCALES
 from .chunks import Chunk, collected, copy_to_host, each_of_runs, first_of_runs, gather_chunks
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .errors import ImageError, VggfeatError
+from .errors import ImageError, InvalidInput, VggfeatError, check_flags
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
@@ -84,6 +84,17 @@ def check_paths(paths: Sequence[str | os.PathLike]) -> None:
     characters, each of which would be taken for a file."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise TypeError(f"expected a sequence of image paths, got one path: {paths!r}; give [path]")
+
+
+def _rgb_pixels(image: np.ndarray, index: int) -> np.ndarray:
+    """``image`` (the ``index``-th given) as the network takes it, (H, W, 3) uint8 in C order and
+    writable (torch warns of one that is not); refused, saying what it is, where it is none: float
+    pixels in 0..1, say, would give other descriptors, silently."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        what = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__)
+        raise InvalidInput(f"image {index}: expected decoded RGB pixels, a uint8 array (H, W, 3), got a {what} "
+                           "(a PIL image: np.asarray(image.convert('RGB')); a file: vggfeat.decode.decode_image(path))")
+    return np.require(image, requirements=("C", "W"))
 
 
 class Extractor:
@@ -180,6 +191,7 @@ class Extractor:
         # Everything but the device, as given: MultiDeviceJob builds this extractor again on each
         # of its devices, in a process of its own.
         self.arguments = {name: value for name, value in locals().items() if name not in ("self", "device")}
+        check_flags(flip=flip, center_crop=center_crop, jpeg_draft=jpeg_draft)
         self.device = resolve_device(device)
         pooling = ALIASES.get(pooling, pooling)
         layer = default_layer(layer, pooling)
@@ -368,7 +380,7 @@ class Extractor:
 
     def describe(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
-        return self.describe_async(images).cpu().numpy()
+        return self.describe_async([_rgb_pixels(image, i) for i, image in enumerate(images)]).cpu().numpy()
 
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],
                        sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
