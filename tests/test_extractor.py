@@ -458,6 +458,10 @@ def test_center_crop_refuses_long_side(random_vgg16):
     Extractor(random_vgg16, layer="pool5", pooling="max", scales=[256], center_crop=True, device="cpu")
     with pytest.raises(VggfeatError, match="flip is True or False, got 'no'"):  # bool('no') was True
         Extractor(random_vgg16, flip="no", device="cpu")
+    for scales in (224, "224"):  # '224' was scales 2, 2 and 4
+        with pytest.raises(VggfeatError, match=f"scales are a sequence of sizes such as \\[256, 384, 512\\], got {scales!r}"):
+            Extractor(random_vgg16, scales=scales, device="cpu")
+    assert Extractor(random_vgg16, scales=[224], batch_size=np.int64(4), device="cpu").batch_size == 4
 
 
 def test_inputs_and_their_flips_come_in_order_whatever_the_sizes():

@@ -96,6 +96,9 @@ def test_a_crop_is_clipped_to_the_image_and_the_same_for_arrays_and_tensors():
         crop(image, Region(30, 0, 5, 5), min_side=1)
     with pytest.raises(ImageError, match="the region is 5x8 within the image; the smallest side must be at least 6 px"):
         crop(image, Region(25, 12, 50, 50), min_side=6)
+    for bad in (Region(0, 0, -5, 8), Region(0, 0, 0, 8), Region(0, 0, 10.5, 8)):  # said "outside the image", or a slice error
+        with pytest.raises(ImageError, match=r"a region is whole pixels, its width and height above 0: got \(0, 0, "):
+            crop(image, bad, min_side=1)
 
 
 # --------------------------------------------------------------------------- describing regions

@@ -221,8 +221,8 @@ class Extractor:
     def _batch_limits(self, batch_size: int | str | None) -> tuple[int, int]:
         """(most inputs, most padded pixels) per batch."""
         largest_input = max(self.scales) ** 2 * 4 // 3  # a 4:3 image at the largest scale
-        if isinstance(batch_size, int):
-            return batch_size, batch_size * largest_input
+        if isinstance(batch_size, (int, np.integer)):
+            return int(batch_size), int(batch_size) * largest_input
         if self.device.type != "cuda":
             # Measured on 2 cores: 16 crops of 224 a batch run 1.4x faster than 4; the pixel
             # budget keeps a batch near 1 GB of activations whatever the scale.

@@ -144,6 +144,8 @@ def crop(image, region: Region, min_side: int):
     """The part of ``image`` (an array [H, W, C] or a tensor [C, H, W]) that ``region`` covers,
     clipped to the image; ImageError where nothing of it, or too little, is in the image."""
     height, width = image.shape[:2] if isinstance(image, np.ndarray) else image.shape[1:]
+    if not all(isinstance(value, (int, np.integer)) for value in region) or region.width <= 0 or region.height <= 0:
+        raise ImageError(f"a region is whole pixels, its width and height above 0: got {tuple(region)}")
     x1, y1 = max(0, region.x), max(0, region.y)
     x2, y2 = min(width, region.x + region.width), min(height, region.y + region.height)
     if x2 <= x1 or y2 <= y1:

@@ -8,8 +8,9 @@ from the device and the libraries installed.
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .aggregate import AGGREGATIONS
@@ -98,7 +99,8 @@ def check_options(
         raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that decodes "
                            "JPEG batches (0.19 and later, before its removal of torchvision.io.decode_jpeg); or use "
                            "--decoder pil")
-    if batch_size not in (None, "auto") and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size not in (None, "auto") and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                             or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise VggfeatError(f"workers must be None (as many as pay) or at least 1, got {workers!r}")
@@ -145,6 +147,8 @@ def default_layer(layer: str | None, pooling: str) -> str:
 
 def check_scales(scales: Sequence[int], layer: str | None = None, center_crop: bool = False) -> tuple[int, ...]:
     """``scales`` as ints, refused if empty, not whole numbers, repeated or too small for ``layer`` (if given)."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):  # "224" would be scales 2, 2 and 4
+        raise VggfeatError(f"scales are a sequence of sizes such as [256, 384, 512], got {scales!r}")
     if any(isinstance(q, bool) or not float(q).is_integer() for q in scales):  # 224.9 would be 224, silently
         raise VggfeatError(f"scales are whole numbers of pixels, got {', '.join(map(str, scales))}")
     scales = tuple(int(q) for q in scales)
