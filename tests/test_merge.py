@@ -216,6 +216,29 @@ def test_an_existing_output_is_kept_unless_overwrite(three_shards, whole, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # no temporary left
 
 
+def test_a_merge_holds_its_output_as_every_run_writing_one_does(three_shards, whole, tmp_path, monkeypatch):
+    """A merge took no lock: an 'extract --update' of the same file meanwhile copied its rows by the
+    numbers of the file the merge had replaced (another image's descriptor in 100 of 210 rows,
+    complete=True), and an extraction or another merge finishing after it replaced its file."""
+    import vggfeat.merge
+    from vggfeat.parts import lock_for_rewrite, output_locked
+
+    output = tmp_path / "merged.h5"
+    with output_locked(output):  # as an update, an extraction or another merge into it holds it
+        refused(three_shards, output, "another vggfeat run is writing .*merged.h5 \\(lock held on")
+    real = vggfeat.merge._copy_rows
+
+    def as_another_run_begins(*args):
+        with pytest.raises(VggfeatError, match="another vggfeat run is writing"):
+            lock_for_rewrite(output)  # what an update, an extraction or another merge takes first
+        real(*args)
+
+    monkeypatch.setattr(vggfeat.merge, "_copy_rows", as_another_run_begins)
+    merge_shards(three_shards, output)
+    assert_same_output(read_output(output), whole, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # the lock's folder removed
+
+
 def test_shards_written_before_failures_kept_their_labels_merge(three_shards, whole, tmp_path):
     """/failed/labels was added to the schema later: shards without it merge, their failures'
     labels unknown (-1), and the merged file reads as any other."""

@@ -60,6 +60,15 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
 
 
+def test_a_stack_is_refused_while_another_run_writes_its_output(d_and_e, tmp_path):
+    """It took no lock: an extraction or a merge into the same file, ending after it, replaced it."""
+    from vggfeat.parts import output_locked
+
+    with output_locked(tmp_path / "de.h5"), pytest.raises(VggfeatError, match="another vggfeat run is writing"):
+        stack_files(d_and_e[:2], tmp_path / "de.h5")
+    assert not (tmp_path / "de.h5").exists()
+
+
 def test_a_stacked_row_was_read_after_the_earlier_of_its_files_runs(d_and_e, tmp_path):
     """/read_after (what --update compares a file's time with) was the first file's alone: an image
     changed between the second file's run and a later first one was not seen as changed."""

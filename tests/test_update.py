@@ -314,6 +314,14 @@ def test_no_other_run_writes_the_file_while_an_update_holds_it(tmp_path, random_
     with pytest.raises(VggfeatError, match="another vggfeat run is writing"):
         OutputUpdate(extractor, images, output, describe="failed")
     assert output.read_bytes() == before
+    # Another program (no lock) replaces the file as the update runs: its row numbers are of the
+    # file it read, so it stops rather than copy other images' rows, and can run again.
+    shutil.copy(tmp_path / "reference.h5", tmp_path / "other.h5")
+    (tmp_path / "other.h5").replace(output)
+    with pytest.raises(VggfeatError, match="out.h5 was replaced while this update ran: run it again"):
+        update.run()
+    output.write_bytes(before)
+    update = OutputUpdate(extractor, images, output)
     assert update.run().rows == 3
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
     assert not (tmp_path / "out.h5.parts").exists()

@@ -21,7 +21,7 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .parts import check_no_extraction_into
+from .parts import check_no_extraction_into, output_locked
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
                     create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after,
@@ -61,6 +61,18 @@ def merge_shards(
     ``output`` that is the merge of these very shards is left as it is (``already_done``)."""
     output = Path(output)
     paths = [Path(shard) for shard in shards]
+    if not paths:
+        raise VggfeatError("no shard files given")
+    check_descriptor_output(output)
+    check_no_extraction_into(output)
+    # Held from the checks to the rename: an extraction, an update or another merge into the same
+    # output meanwhile would replace it, or (an update) copy rows by the numbers of the file replaced.
+    with output_locked(output):
+        return _merge_shards(paths, output, overwrite, provenance, progress, shard_of)
+
+
+def _merge_shards(paths: list[Path], output: Path, overwrite: bool, provenance: dict | None,
+                  progress: Callable[[int, int], None] | None, shard_of: ShardOf | None) -> MergeResult:
     if _check_output(output, paths, overwrite):
         rows, failed = rows_and_failures(output)
         return MergeResult(output, rows, failed, len(paths), already_done=True)
@@ -189,10 +201,6 @@ def _described(files: list[h5py.File], step: int) -> Iterator[RowsBlock]:
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> bool:
     """Refuse an ``output`` that cannot be written; True where it is the merge of these very
     ``inputs`` (the same command run again): there is nothing to do."""
-    if not inputs:
-        raise VggfeatError("no shard files given")
-    check_descriptor_output(output)
-    check_no_extraction_into(output)
     makes = _kind_of(inputs[0])
     check_replaceable(output, makes)
     if output.exists():

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
-from .parts import check_no_extraction_into
+from .parts import check_no_extraction_into, output_locked
 from .rerun import check_output, made_from, record
 from .files import open_h5, written_atomically
 from .store import DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file
@@ -69,6 +69,12 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
     output = Path(output)
     check_descriptor_output(output)
     check_no_extraction_into(output)
+    with output_locked(output):  # as merge_shards: no other run writes the output meanwhile
+        return _stack_files(names, output, overwrite, progress, provenance)
+
+
+def _stack_files(names: list[str], output: Path, overwrite: bool, progress: Callable[[int], object] | None,
+                 provenance: dict | None) -> StackResult:
     made = made_from(names, {"command": "stack"})
     if check_output(output, overwrite, made, DESCRIPTORS, inputs=names):
         with open_features_file(output, "output") as f:
