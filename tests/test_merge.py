@@ -226,6 +226,8 @@ def test_a_merge_holds_its_output_as_every_run_writing_one_does(three_shards, wh
     output = tmp_path / "merged.h5"
     with output_locked(output):  # as an update, an extraction or another merge into it holds it
         refused(three_shards, output, "another vggfeat run is writing .*merged.h5 \\(lock held on")
+    with output_locked(three_shards[1]):  # a shard written again (--overwrite): the merge took its old file
+        refused(three_shards, output, "another vggfeat run is writing .*shard2of3.h5")
     real = vggfeat.merge._copy_rows
 
     def as_another_run_begins(*args):

@@ -65,6 +65,8 @@ def merge_shards(
         raise VggfeatError("no shard files given")
     check_descriptor_output(output)
     check_no_extraction_into(output)
+    for path in paths:  # a shard being written (again): its file is not there yet, or is the one it replaces
+        check_no_extraction_into(path)
     # Held from the checks to the rename: an extraction, an update or another merge into the same
     # output meanwhile would replace it, or (an update) copy rows by the numbers of the file replaced.
     with output_locked(output):
