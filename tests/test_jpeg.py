@@ -9,6 +9,7 @@ torchvision.io (deprecated since torchvision 0.29, used otherwise).
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 import numpy as np
@@ -48,6 +49,14 @@ def test_only_jpegs_torchvision_decodes_like_pil_are_sent_to_it(tmp_path):
         assert read_jpeg(tmp_path / name, 10**9, 32) is not None, name
     for name in ("rgb.png", "cmyk.jpg", "rotated.jpg", "note.jpg", "missing.jpg"):
         assert read_jpeg(tmp_path / name, 10**9, 32) is None, name  # PIL's to decode or to explain
+    # A file too large to read whole (a 40 GB sparse one that began as a JPEG was read whole, a
+    # MemoryError that stopped the run and each resume): PIL's, which reads what it decodes.
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes((tmp_path / "rgb.jpg").read_bytes())
+    os.truncate(huge, vggfeat.jpeg.MOST_JPEG_BYTES + 1)  # sparse: no disk
+    assert read_jpeg(huge, 10**9, 32) is None
+    extractor = Extractor("vgg11", weights="random", scales=[64], flip=False, layer="pool5", device="cpu")
+    assert np.isfinite(extractor.extract([huge])).all()
 
 
 def test_the_header_scan_routes_jpegs_as_pillow_reads_them(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from .decode import check_min_side, check_pixels, open_image_file
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
 _EOI = b"\xff\xd9"  # and how a whole one ends
+# The largest file read whole for a batched decoder; a larger one goes to PIL, which reads what it
+# decodes: a 40 GB (sparse) file that began as a JPEG was read whole, a MemoryError that stopped the
+# run and each resume. A photo of 100 Mpx at JPEG's best quality is about 60 MB.
+MOST_JPEG_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -52,7 +57,7 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
     try:
         with open_image_file(path) as file:
             start = file.read(len(_SOI))
-            if start != _SOI:  # not a JPEG: read no further
+            if start != _SOI or os.fstat(file.fileno()).st_size > MOST_JPEG_BYTES:  # not a JPEG for a batch: read no further
                 return None
             data = start + file.read()
     except OSError:  # PIL's decoder gives the reason
