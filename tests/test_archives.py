@@ -21,6 +21,7 @@ import torch
 from imagefiles import write_corrupt, write_rgb
 from runhelpers import FAST, assert_same_output, error_line, interrupted_run, read_output, run_main
 import vggfeat.archives
+import vggfeat.jpeg
 from vggfeat.archives import _plain_table, _tarfile_table, given, member_tables, members, open_member
 from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image, open_image_file
 import vggfeat.discover
@@ -85,6 +86,8 @@ def test_images_in_archives_are_found_and_described_as_the_files_unpacked(tmp_pa
         np.testing.assert_array_equal(run["features"], unpacked["features"])
         np.testing.assert_array_equal(run["sizes"], unpacked["sizes"])
         assert run["failed_paths"] == ["cats/batch.tar/broken.jpg"] and run["failed_errors"] == unpacked["failed_errors"]
+    # A JPEG member goes to the batched decoder, as its file unpacked does (read into memory, it has no file size).
+    assert vggfeat.jpeg.read_jpeg(tmp_path / "packed" / "cats" / "batch.tar" / "c.jpg", 10**9, 32) is not None
 
 
 def test_a_list_names_members_of_archives_and_a_member_not_there_fails_alone(tmp_path):

@@ -57,8 +57,9 @@ def read_jpeg(path: str | Path, max_pixels: int, min_side: int) -> EncodedJpeg |
     try:
         with open_image_file(path) as file:
             start = file.read(len(_SOI))
-            if start != _SOI or os.fstat(file.fileno()).st_size > MOST_JPEG_BYTES:  # not a JPEG for a batch: read no further
+            if start != _SOI or file.seek(0, os.SEEK_END) > MOST_JPEG_BYTES:  # not a JPEG for a batch: read no further
                 return None
+            file.seek(len(_SOI))  # (a file, or an archive's member read into memory)
             data = start + file.read()
     except OSError:  # PIL's decoder gives the reason
         return None
