@@ -610,8 +610,9 @@ def test_resume_with_another_configuration_is_refused(tmp_path, random_vgg16, ex
     with pytest.raises(VggfeatError, match=re.escape(f"image folder: {tmp_path / 'images'} then, {tmp_path / 'copy'} now")):
         ExtractionJob(cheap, find_images(tmp_path / "copy"), output, part_images=1)
     write_rgb(tmp_path / "images" / "new.png", 224, 224)
-    with pytest.raises(VggfeatError, match=r"image set: 3 files then, 4 now"):
-        ExtractionJob(cheap, find_images(tmp_path / "images"), output, part_images=1)
+    with pytest.raises(VggfeatError, match=r"image set: 3 files then, 4 now \(or other names or labels\)\); it resumes "
+                                           r"over the images it began with only: restore them, or pass --overwrite"):
+        ExtractionJob(cheap, find_images(tmp_path / "images"), output, part_images=1)  # not "the same options" again
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.name != "lock"} == kept
     manifest = json.loads((work / "manifest.json").read_text())
     del manifest["root"]  # as a run before it was recorded wrote it: resumed all the same

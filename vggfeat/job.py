@@ -386,10 +386,14 @@ class ExtractionJob:
                 raise VggfeatError(f"{manifest_file} is unreadable; remove {self.work} to start over") from None
             differences = _differences(previous, self.manifest)
             if differences and not overwrite:
-                raise VggfeatError(
-                    f"{self.work} holds an interrupted run with a different configuration ({'; '.join(differences)}); "
-                    "rerun with the same options to resume it, or pass --overwrite to discard it"
-                )
+                # The same options over images that changed since: "the same options" would send the
+                # user round (and --update is refused while the run is unfinished).
+                remedy = ("it resumes over the images it began with only: restore them, or pass --overwrite to describe "
+                          "these from the start (its finished parts are lost)" if all(
+                              difference.startswith("image set:") for difference in differences) else
+                          "rerun with the same options to resume it, or pass --overwrite to discard it")
+                raise VggfeatError(f"{self.work} holds an interrupted run with a different configuration "
+                                   f"({'; '.join(differences)}); {remedy}")
             if differences:  # the manifest last, as in _remove_work: a folder a kill cut short is still ours
                 for entry in self.work.iterdir():
                     if entry.name not in ("lock", "manifest.json"):
