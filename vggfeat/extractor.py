@@ -78,7 +78,6 @@ class RunPlan:
     compile: bool  # torch.compile of full batches
 
 
-
 def check_paths(paths: Sequence[str | os.PathLike]) -> None:
     """Refuse one path given where a sequence of them belongs: a string is a sequence of
     characters, each of which would be taken for a file."""
