@@ -473,6 +473,14 @@ def test_query_expansion_in_the_evaluation_is_searchs():
         assert evaluate_ground_truth(X, paths, X, paths, truth, qe=100)["query_expansion"] == len(X)
     with pytest.warns(RuntimeWarning, match=f"of {len(X)} images"):
         assert search(index, X[:1], ["q"], k=3, qe=100)[0].paths == search(index, X[:1], ["q"], k=3, qe=len(X))[0].paths
+    # Inputs that failed deep in numpy, or with a wrong count, are said plainly.
+    with pytest.raises(VggfeatError, match=r"labels: a class index per row of X \(15\), -1 for none; got int64 of shape"):
+        evaluate_labels(X, labels[:9])
+    one_row = rf"query descriptors are rows \[n, D\], got an array of shape \({X.shape[1]},\) \(one query: X\[None\]\)"
+    with pytest.raises(VggfeatError, match=one_row):
+        search(index, X[0], ["q"])
+    with pytest.raises(VggfeatError, match="k: a whole number of hits, 1 or more, got 2.5"):
+        search(index, X[:1], ["q"], k=2.5)
 
 
 def test_revisited_ground_truth_is_read_for_each_protocol(tmp_path):

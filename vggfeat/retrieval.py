@@ -47,6 +47,9 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`)."""
     qe = hits_to_expand_with(qe, len(X) - 1)
     labels = np.asarray(labels)
+    if labels.shape != (len(X),) or not np.issubdtype(labels.dtype, np.integer):
+        raise VggfeatError(f"labels: a class index per row of X ({len(X)}), -1 for none; got {labels.dtype} of shape "
+                           f"{labels.shape}")
     labelled = np.flatnonzero(labels >= 0)
     class_sizes = np.bincount(labels[labelled])
     queries = labelled[class_sizes[labels[labelled]] > 1]  # a class of one has nothing to retrieve

@@ -49,6 +49,10 @@ class Result:
 
 def search(index: VectorIndex, X: np.ndarray, names: Sequence[str], k: int = 10, qe: int = 0) -> list[Result]:
     """Search raw descriptors ``X`` [n, D] (as extracted); ``names`` label the queries in the results."""
+    if np.ndim(X) != 2:
+        raise VggfeatError(f"query descriptors are rows [n, D], got an array of shape {np.shape(X)} (one query: X[None])")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise VggfeatError(f"k: a whole number of hits, 1 or more, got {k!r}")
     if len(X) != len(names):
         raise VggfeatError(f"{len(X)} query descriptors but {len(names)} names")
     qe = hits_to_expand_with(qe, len(index.paths))
