@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -481,6 +484,31 @@ def test_query_expansion_in_the_evaluation_is_searchs():
         search(index, X[0], ["q"])
     with pytest.raises(VggfeatError, match="k: a whole number of hits, 1 or more, got 2.5"):
         search(index, X[:1], ["q"], k=2.5)
+
+
+LEAVE_ONE_OUT_MEMORY = """
+import numpy as np
+from vggfeat.retrieval import evaluate_labels
+
+def peak_kb():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((12000, 16)).astype(np.float32)
+X /= np.linalg.norm(X, axis=1, keepdims=True)
+before = peak_kb()
+evaluate_labels(X, rng.integers(0, 10, 12000))
+print((peak_kb() - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc")
+def test_leave_one_out_evaluation_takes_the_memory_it_budgets():
+    """A block of queries was sized for its scores alone, and took 10x the 128 MiB budget (1.2 GB,
+    whatever the collection's size) with the arrays that rank them."""
+    result = subprocess.run([sys.executable, "-c", LEAVE_ONE_OUT_MEMORY], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 2 * 128, result.stdout
 
 
 def test_revisited_ground_truth_is_read_for_each_protocol(tmp_path):

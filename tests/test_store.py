@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import numpy as np
 import pytest
 
@@ -73,6 +74,23 @@ def test_a_file_of_the_longest_name_a_file_system_takes_is_written(tmp_path):
     target = tmp_path / ("x" * 251 + ".csv")
     write_text_file(target, "a,b\n")
     assert target.read_text() == "a,b\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_an_npy_export_is_written_a_block_at_a_time_as_numpy_reads_it(tmp_path, monkeypatch):
+    """Through no memory map of the whole array (its written pages counted in the process's memory):
+    float32 and float16 files, over several blocks, read back as they are held."""
+    monkeypatch.setattr(vggfeat.export, "_BLOCK_BYTES", 3 * 4 * 4)  # 3 rows a block
+    X = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    for dtype in (np.float32, np.float16):
+        db = write_features(tmp_path / f"{dtype.__name__}.h5", X, [f"{i}.jpg" for i in range(7)], np.zeros(7, dtype=int),
+                            ["a"])
+        with h5py.File(db, "r+") as f:  # as --dtype float16 stores it
+            del f["features"]
+            f["features"] = X.astype(dtype)
+        export(db, "npy")
+        exported = np.load(db.with_suffix(".npy"))
+        assert exported.dtype == dtype and exported.shape == (7, 4)
+        np.testing.assert_array_equal(exported, X.astype(dtype))
 
 
 def test_an_export_that_fails_midway_keeps_the_previous_export(tmp_path, monkeypatch):

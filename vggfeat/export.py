@@ -104,11 +104,13 @@ def _class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def _npy(f: FeatureFile, target: Path, step: int) -> None:
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=f.features.dtype, shape=(f.rows, f.dim))
-    for start in range(0, f.rows, step):  # refusing a damaged row (NaN, infinite), as every reader does
-        f.read(np.arange(start, min(start + step, f.rows)), out=out[start : start + step])
-    out.flush()
-    del out
+    # Written a block at a time, not through a memory map of the whole file: its written pages
+    # counted in the process's memory (a batch job's limit) until the system wrote them out.
+    with open(target, "wb") as out:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.lib.format.dtype_to_descr(f.features.dtype), "fortran_order": False, "shape": (f.rows, f.dim)})
+        for start in range(0, f.rows, step):  # refusing a damaged row (NaN, infinite), as every reader does
+            f.read(np.arange(start, min(start + step, f.rows)), dtype=f.features.dtype).tofile(out)
 
 
 def _parquet(f: FeatureFile, target: Path, step: int) -> None:

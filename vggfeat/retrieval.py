@@ -56,7 +56,10 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     if len(queries) == 0:
         raise VggfeatError("no labelled image has another image of its class: nothing to retrieve")
     aps, first_hit = [], []
-    block = max(1, _SCORE_BYTES // (4 * len(X)))
+    # A block's scores [rows, N] float32 and what ranking them holds besides, per score: their
+    # negation (4 bytes), the order (8), its labels (8), relevance (1), and the AP's hits and
+    # precisions (24). Sized for the scores alone, a block took 10x the budget (1.2 GB).
+    block = max(1, _SCORE_BYTES // (49 * len(X)))
     for start in range(0, len(queries), block):
         rows = queries[start : start + block]
         scores = X[rows] @ X.T
