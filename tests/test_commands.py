@@ -98,6 +98,7 @@ def test_commands_that_read_files_do_not_import_torch(tmp_path):
         ["whiten", "fit", features, whitening, "-q"], ["index", features, index, "--whiten", whitening, "-q"],
         ["retrieval-eval", features], ["train-svm", features, model, "--C", "1", "-q"],
         ["evaluate", model, features], ["predict", model, features, tmp_path / "scores.h5", "-q"], ["info", whitening],
+        ["search", index, "--queries", features, "-k", "2"],  # (its --device option imported torch)
         ["info", index], ["info", model], ["info", tmp_path / "scores.h5"],
     ]
     assert heavy_modules_imported(runs) == ["sklearn"]  # the SVM's

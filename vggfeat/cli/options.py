@@ -41,6 +41,8 @@ def parse_scales(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value == "auto":  # always there: no torch to import for it ('search --queries' describes nothing)
+        return value
     from ..settings import resolve_device
 
     try:
