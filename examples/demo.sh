@@ -58,8 +58,10 @@ EOF
 )
 fi
 
+seed=()
+if [[ $WEIGHTS == random ]]; then seed=(--seed 0); fi  # (refused with other weights, which it would not change)
 set -x
-time "$vggfeat" extract "$DEMO/images" "$DEMO/features.h5" --weights "$WEIGHTS" --seed 0 --overwrite
+time "$vggfeat" extract "$DEMO/images" "$DEMO/features.h5" --weights "$WEIGHTS" ${seed[@]+"${seed[@]}"} --overwrite
 "$vggfeat" info "$DEMO/features.h5"
 # The transfer stage: linear SVMs on the descriptors, scored on held-out images (the paper's
 # Caltech protocol, at the demo's size: 2 training images a class, the rest tested, 3 splits),
