@@ -439,11 +439,10 @@ EXTRACT_OPTIONS: dict[str, list[str | None]] = {
     "--jpeg-draft": [None],
     "--max-pixels": ["1", "2000", "100000000"],
     "--min-side": ["1", "8", "50", "100000"],
-    "--cudnn-autotune": ["auto", "on", "off"],
+    "--cudnn-autotune": ["auto", "off"],
     "--compile": ["auto", "off"],
     "--shard": ["1/2", "2/2", "1/1", "1/100"],
     "--part-size": ["1", "2", "4096"],
-    "--archive-classes": [None],
     "--file-list": ["LIST", "REGIONS", "MISSING"],
     "--root": ["IMAGES", "ELSEWHERE"],
 }
@@ -452,6 +451,7 @@ EXTRACT_REFUSED: dict[str, list[str]] = {
     "--layer": ["conv9_9", "fc7,fc6", ""], "--scales": ["0", "abc", ",", "32,32", "48,", "31"], "--gem-p": ["nan", "inf", "0", "-1"],
     "--device": ["cuda", "cuda:3", "tpu", "cpu,"], "--batch-size": ["0", "-1", "x"], "--workers": ["0"],
     "--decoder": ["nvjpeg", "nvimgcodec"], "--shard": ["3/2", "0/1", "x"], "--part-size": ["0"], "--file-list": ["-"],
+    "--cudnn-autotune": ["on"],  # on the CPU
 }
 
 
@@ -482,6 +482,8 @@ def extract_options(count: int, rng: random.Random, workdir: Path) -> int:
                 elif option == "--root":
                     value = str(images if value == "IMAGES" else workdir)
                 arguments += [option] if value is None else [option, value]
+        if "--gem-p" in arguments and "gem" not in arguments and refused != "--gem-p":  # it goes with gem, or is refused
+            arguments += ["--aggregate", "gem"]
         arguments = ["--weights", "random", "--model", "vgg11", "--device", "cpu", "--scales", "224", "--layer", "conv1_1",
                      *arguments]
         source = None if listed else rng.choice([images, workdir / "images.tar"])

@@ -21,11 +21,13 @@ import torch
 from imagefiles import write_corrupt, write_rgb
 from runhelpers import FAST, assert_same_output, error_line, interrupted_run, read_output, run_main
 import vggfeat.archives
+import vggfeat.job
 import vggfeat.jpeg
 from vggfeat.archives import _plain_table, _tarfile_table, given, member_tables, members, open_member
 from vggfeat.decode import DEFAULT_MAX_PIXELS, decode_image, open_image_file
 import vggfeat.discover
 from vggfeat.discover import find_images
+from vggfeat.extractor import Extractor
 from vggfeat.errors import VggfeatError
 from vggfeat.reading import ImageReader
 
@@ -402,11 +404,18 @@ def test_an_archive_of_archives_is_read_in_place_and_its_archives_may_be_classes
         np.testing.assert_array_equal(run["features"], expected["features"])
     code, _, err = run_main(["extract", tmp_path / "out.h5", "--file-list", tmp_path / "list.txt", "--archive-classes", *CHEAP])
     assert code == 2 and "--archive-classes: for IMAGES (a list gives its images' classes)" in err
-    # A folder of no archives: the option would do nothing, but its record refused a later --update without it.
-    code, _, err = run_main(["extract", tmp_path / "unpacked", tmp_path / "none.h5", "--archive-classes", *CHEAP])
-    assert code == 2 and error_line(err) == (f"Error: --archive-classes: {tmp_path / 'unpacked'} holds no tar archive "
-                                             "directly, whose name would be its images' class"), err
-    assert not (tmp_path / "none.h5").exists()
+    # A folder of no archives (folders named like them): the option would do nothing, but a file
+    # recording it refused a later --update without it. A file made so before is updated as made.
+    unpacked, output = tmp_path / "unpacked", tmp_path / "none.h5"
+    code, _, err = run_main(["extract", unpacked, output, "--archive-classes", *CHEAP])
+    assert code == 2 and (f"Error: --archive-classes: {unpacked} holds no tar archive directly, whose name would be its "
+                          "images' class") in error_line(err), err
+    assert not output.exists()
+    extractor = Extractor("vgg11", weights="random", seed=0, scales=[224], flip=False, layer="conv3_1", device="cpu")  # CHEAP
+    vggfeat.job.ExtractionJob(extractor, find_images(unpacked, archive_classes=True), output).run()
+    write_rgb(unpacked / "n02.tar" / "e.png", 40, 40, seed=9)
+    code, _, err = run_main(["extract", unpacked, output, "--archive-classes", "--update", *CHEAP])
+    assert code == 0 and "1 image added" in err, err
 
 
 def test_a_process_given_places_in_archives_inside_archives_reads_no_table(tmp_path, monkeypatch):

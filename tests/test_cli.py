@@ -346,6 +346,20 @@ def test_the_images_folder_is_recorded_whole_however_it_was_named(one_image, mon
     assert read_output(one_image / "out.h5")["attrs"]["input_root"] == str(one_image / "images")
 
 
+def test_a_file_made_with_max_pooling_of_a_center_crop_is_updated_as_it_was_made(one_image):
+    """A new file of it is refused (the map is one position), not the update of one made so before."""
+    from vggfeat import ExtractionJob, find_images
+
+    crop = ["--center-crop", "--pooling", "max", "--layer", "fc6"]
+    output = one_image / "out.h5"
+    extractor = Extractor("vgg16", weights="random", seed=0, scales=[224], flip=False, device="cpu", center_crop=True,
+                          pooling="max", layer="fc6")
+    ExtractionJob(extractor, find_images(one_image / "images"), output).run()
+    write_plain_folder(one_image / "images" / "more", 1, start_seed=5)
+    code, _, err = run_main(["extract", one_image / "images", output, *FAST, *crop, "--update"])
+    assert code == 0 and "1 image added" in err, err
+
+
 def test_a_conv_layer_takes_a_scale_below_224(one_image):
     output = one_image / "out.h5"
     code, _, err = run_main(["extract", one_image / "images", output, *NO_SCALES, "--layer", "conv1_1", "--scales", "48"])
@@ -364,7 +378,7 @@ def test_a_conv_layer_takes_a_scale_below_224(one_image):
     ("extract", [], "exists; pass --overwrite"),
     ("classify", [], "exists; pass --overwrite"),
     # Options that would do nothing (the file recording them all the same, for some).
-    ("extract", ["--center-crop", "--pooling", "max"], "max pooling of a center crop's fc7: its map is one position"),
+    ("extract", ["--center-crop", "--pooling", "mac"], "--pooling mac: a center crop's fc7 map is one position"),
     ("extract", ["--gem-p", "4"], "--gem-p goes with --pooling gem or --aggregate gem, not given"),
     ("extract", ["--weights", "imagenet"], "--seed goes with --weights random, not given"),
     ("classify", ["--cudnn-autotune", "on"], "--cudnn-autotune on tunes cuDNN's convolutions, on a CUDA device"),

@@ -450,12 +450,6 @@ def test_conv_layers_take_scales_below_224(random_vgg16, reference_vgg16, tmp_pa
 def test_center_crop_refuses_long_side(random_vgg16):
     with pytest.raises(VggfeatError, match="center-crop"):
         Extractor(random_vgg16, layer="conv5_3", resize_side="long", center_crop=True, device="cpu")
-    # A crop's fc map is one position: max pooling of it is avg's, but recorded as max, the file
-    # would not match avg's; refused. pool5's 7x7 map is pooled either way.
-    for layer in ("fc6", "fc7", "fc8"):
-        with pytest.raises(VggfeatError, match=f"max pooling of a center crop's {layer}: its map is one position"):
-            Extractor(random_vgg16, layer=layer, pooling="mac", scales=[256], center_crop=True, device="cpu")
-    Extractor(random_vgg16, layer="pool5", pooling="max", scales=[256], center_crop=True, device="cpu")
     with pytest.raises(VggfeatError, match="flip is True or False, got 'no'"):  # bool('no') was True
         Extractor(random_vgg16, flip="no", device="cpu")
     for scales in (224, "224"):  # '224' was scales 2, 2 and 4

@@ -194,8 +194,6 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
         )
-    if archive_classes and not top_archives:  # the option would do nothing, and its record refuse a later --update without it
-        raise VggfeatError(f"--archive-classes: {root} holds no tar archive directly, whose name would be its images' class")
     # A first-level folder is a class; an archive there is a file, whose images have none but
     # their samples' own (or with archive_classes, its name's).
     def folder_class(first: str) -> str | None:

@@ -118,9 +118,6 @@ def check_options(
     if resize_side == "long" and layer.startswith("fc"):
         raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
                            f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
-    if center_crop and layer.startswith("fc") and pooling == "max":  # recorded, it would not match avg's files
-        raise VggfeatError(f"max pooling of a center crop's {layer}: its map is one position, nothing to pool; leave "
-                           "pooling at avg")
     if "gem" in (pooling, aggregate) and layer == "fc8":
         raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
 

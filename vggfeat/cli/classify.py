@@ -136,6 +136,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
         check_existing_output(output, overwrite, classifier.config(), "float32")
     images = options.read_images(paths, file_list, root, archive_classes, quiet)
     say(common.images_counted(images))
+    if not rewrite:
+        options.check_archive_classes(images, archive_classes)
     if by_folders:
         truth = folder_labels(images.paths, images.labels, images.classes, classifier.classes)
         for each in classifiers:

@@ -58,6 +58,11 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     weights_each = options.weights_of(models, weights)
     options.refuse_unused(weights_each, devices, decoder, autotune)
     common.refuse_without("--pooling gem or --aggregate gem", "gem" in (pooling, aggregate), "gem_p")
+    # A center crop's fc map is one position: max pooling of it is avg's, which a file recording it
+    # would not match. Refused for a new file; one made so before is updated as it was made.
+    if center_crop and default_layer(layer, pooling).startswith("fc") and pooling in ("max", "mac") and not rewrite:
+        raise click.UsageError(f"--pooling {pooling}: a center crop's {default_layer(layer, pooling)} map is one position, "
+                               "nothing to pool; leave --pooling out")
     # What can be refused is refused before the images are found (minutes for millions of files on
     # a network file system): the output, whether IMAGES exists, the options (checked as the
     # network is built; its weights, if downloaded, stay in torchvision's cache) and whether an
@@ -88,6 +93,8 @@ def extract(paths, file_list, root, archive_classes, models, weights, seed, laye
     else:
         check_existing_output(output, overwrite, extractor.config(), dtype)
     images = options.read_images(paths, file_list, root, archive_classes, quiet)
+    if not rewrite:
+        options.check_archive_classes(images, archive_classes)
     say(f"{common.images_counted(images)}, {common.counted(len(images.classes), 'class', 'classes')}")
     write_output(extractor, images, output, devices, shard=shard, rewrite=rewrite, dtype=dtype, part_size=part_size,
                  overwrite=overwrite, quiet=quiet, precision=precision,

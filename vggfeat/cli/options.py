@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..archives import ARCHIVE_EXTENSION
 from ..choices import ARCHITECTURES, AUTOTUNES, DECODE_IN, DECODERS, PAPER_SCALES, PRECISIONS
 from ..decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, formats_not_decoded
 from ..discover import (ImageSet, check_file_list, check_folder, check_listed_files, find_images, list_folder,
@@ -305,6 +306,21 @@ def advise_precision(extractor: Extractor, precision: str, say: Callable[..., No
     elif extractor.precision == "bf16" and bf16 == "converted":
         say("WARNING: this CPU has neither AMX nor AVX512-BF16, so bf16 is converted from and to fp32: the network runs "
             "several times slower than in fp32 (README, Speed); --precision fp32 is faster here", fg="yellow")
+
+
+def check_archive_classes(images: ImageSet, archive_classes: bool) -> None:
+    """Refuse --archive-classes for a new file of IMAGES that hold no tar archive: it would do
+    nothing, but the file would record it, and refuse an --update without it. (An update or a
+    retry of a file that records it takes it as it is.)"""
+    if not archive_classes:
+        return
+    root = Path(images.root)
+    firsts = {path.split("/", 1)[0] for path in images.paths if "/" in path}
+    # An archive directly in IMAGES, or in the archive IMAGES (a folder may be named x.tar too).
+    if not any(first.lower().endswith(ARCHIVE_EXTENSION) and (root.is_file() or (root / first).is_file())
+               for first in firsts):
+        raise click.UsageError(f"--archive-classes: {images.root} holds no tar archive directly, whose name would be "
+                               "its images' class")
 
 
 def refuse_unused(weights_each: tuple[str, ...], devices: tuple[str, ...], decoder: str, autotune: str) -> None:
