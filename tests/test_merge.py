@@ -239,6 +239,9 @@ def test_a_merge_holds_its_output_as_every_run_writing_one_does(three_shards, wh
     merge_shards(three_shards, output)
     assert_same_output(read_output(output), whole, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # the lock's folder removed
+    # The same merge again has nothing to do, and takes no lock (whose folder a read-only disk refuses).
+    monkeypatch.setattr(vggfeat.merge, "output_locked", lambda output: pytest.fail("locked"))
+    assert merge_shards(three_shards, output).already_done
 
 
 def test_shards_written_before_failures_kept_their_labels_merge(three_shards, whole, tmp_path):

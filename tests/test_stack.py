@@ -13,6 +13,7 @@ import pytest
 from imagefiles import write_rgb
 from runhelpers import FAST, error_line, run_main
 from svmhelpers import blobs, write_features
+import vggfeat.stack
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, load_features
@@ -60,13 +61,18 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
 
 
-def test_a_stack_is_refused_while_another_run_writes_its_output(d_and_e, tmp_path):
+def test_a_stack_is_refused_while_another_run_writes_its_output(d_and_e, tmp_path, monkeypatch):
     """It took no lock: an extraction or a merge into the same file, ending after it, replaced it."""
     from vggfeat.parts import output_locked
 
     with output_locked(tmp_path / "de.h5"), pytest.raises(VggfeatError, match="another vggfeat run is writing"):
         stack_files(d_and_e[:2], tmp_path / "de.h5")
     assert not (tmp_path / "de.h5").exists()
+    with pytest.warns(RuntimeWarning, match="left out, having no descriptor"):  # the image e.h5 failed
+        stack_files(d_and_e[:2], tmp_path / "de.h5")
+    with monkeypatch.context() as patch:  # done: no lock taken (whose folder a read-only disk refuses)
+        patch.setattr(vggfeat.stack, "output_locked", lambda output: pytest.fail("locked"))
+        assert stack_files(d_and_e[:2], tmp_path / "de.h5").already_done
 
 
 def test_a_stacked_row_was_read_after_the_earlier_of_its_files_runs(d_and_e, tmp_path):

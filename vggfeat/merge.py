@@ -67,17 +67,24 @@ def merge_shards(
     check_no_extraction_into(output)
     for path in paths:  # a shard being written (again): its file is not there yet, or is the one it replaces
         check_no_extraction_into(path)
-    # Held from the checks to the rename: an extraction, an update or another merge into the same
-    # output meanwhile would replace it, or (an update) copy rows by the numbers of the file replaced.
-    with output_locked(output):
-        return _merge_shards(paths, output, overwrite, provenance, progress, shard_of)
 
-
-def _merge_shards(paths: list[Path], output: Path, overwrite: bool, provenance: dict | None,
-                  progress: Callable[[int, int], None] | None, shard_of: ShardOf | None) -> MergeResult:
-    if _check_output(output, paths, overwrite):
+    def already_done() -> MergeResult | None:
+        if not _check_output(output, paths, overwrite):
+            return None
         rows, failed = rows_and_failures(output)
         return MergeResult(output, rows, failed, len(paths), already_done=True)
+
+    # Done: nothing to lock (nor, on a read-only disk, a lock to make). Else the lock is held from
+    # the checks, made again, to the rename: an extraction, an update or another merge into the same
+    # output meanwhile would replace it, or (an update) copy rows by the numbers of the file replaced.
+    if (done := already_done()) is not None:
+        return done
+    with output_locked(output):
+        return already_done() or _merge_shards(paths, output, provenance, progress, shard_of)
+
+
+def _merge_shards(paths: list[Path], output: Path, provenance: dict | None,
+                  progress: Callable[[int, int], None] | None, shard_of: ShardOf | None) -> MergeResult:
     files: list[h5py.File] = []
     try:
         files.extend(_open_shard(path) for path in paths)

@@ -69,17 +69,24 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
     output = Path(output)
     check_descriptor_output(output)
     check_no_extraction_into(output)
-    with output_locked(output):  # as merge_shards: no other run writes the output meanwhile
-        return _stack_files(names, output, overwrite, progress, provenance)
-
-
-def _stack_files(names: list[str], output: Path, overwrite: bool, progress: Callable[[int], object] | None,
-                 provenance: dict | None) -> StackResult:
     made = made_from(names, {"command": "stack"})
-    if check_output(output, overwrite, made, DESCRIPTORS, inputs=names):
+
+    def already_done() -> StackResult | None:
+        if not check_output(output, overwrite, made, DESCRIPTORS, inputs=names):
+            return None
         with open_features_file(output, "output") as f:
             rows, dim = f["features"].shape
             return StackResult(output, rows, f["failed/paths"].shape[0], dim, already_done=True)
+
+    # As merge_shards: done, nothing to lock; else no other run writes the output meanwhile.
+    if (done := already_done()) is not None:
+        return done
+    with output_locked(output):
+        return already_done() or _stack_files(names, output, made, progress, provenance)
+
+
+def _stack_files(names: list[str], output: Path, made: str | None, progress: Callable[[int], object] | None,
+                 provenance: dict | None) -> StackResult:
     with fused_files(names) as fused:
         first, labels = fused.opened[0], fused.labels
         dtype = np.result_type(*(f.features.dtype for f in fused.opened)).name
