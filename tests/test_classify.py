@@ -463,8 +463,8 @@ def test_cli_the_same_csv_command_again_has_nothing_to_do_and_says_its_result_ag
         patch.setattr(Classifier, "__init__", lambda *_, **__: pytest.fail("a network loaded"))
         code, out, err = run_main(args)
     count = 3 + len(bad)
-    assert code == 0 and out == (f"{output} already holds the classes of this command's {count} images, unchanged since; "
-                                 f"nothing to do\n{said}"), err
+    assert code == 0 and out == said and err == (f"{output} already holds the classes of this command's {count} "
+                                                        "images, unchanged since; nothing to do\n"), err
     assert output.stat().st_mtime_ns == written
     code, out, _ = run_main(["info", output])
     assert code == 0 and f"\n  images       {count} in {images}, sha256 " in out and f"\n  result       {said}" in out
@@ -567,8 +567,8 @@ def test_cli_a_csv_of_no_classified_image_exits_1(small_network_for_cli, folder,
                                              f"{tmp_path / 'p.csv'} lists with their reasons"), err
     assert (tmp_path / "p.csv").is_file()  # the failures, each with its reason
     if rerun.recorded_in_file(tmp_path / "p.csv") is not None:  # the same command again has nothing to do, and fails alike
-        again, out, err_again = run_main(["classify", images / "bad", tmp_path / "p.csv", *FAST])
-        assert again == 1 and "nothing to do" in out and error_line(err_again) == error_line(err), err_again
+        again, _, err_again = run_main(["classify", images / "bad", tmp_path / "p.csv", *FAST])
+        assert again == 1 and "nothing to do" in err_again and error_line(err_again) == error_line(err), err_again
 
 
 def test_cli_an_existing_csv_refused_names_what_a_killed_run_left_beside_it(small_network_for_cli, folder, tmp_path):

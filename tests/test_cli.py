@@ -704,6 +704,7 @@ def test_info_on_missing_and_foreign_files(tmp_path):
     assert code == 2 and error_line(err) == f"Error: {tmp_path / 'text.h5'} is not an HDF5 file"
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["something"] = np.zeros(3)
+        f.attrs["creator"] = "keras"  # as most programs' files have attributes of their own
     code, _, err = run_main(["info", tmp_path / "other.h5"])  # not h5py's "object 'features' doesn't exist"
     assert code == 2 and error_line(err) == (f"Error: {tmp_path / 'other.h5'} is not a vggfeat file: an HDF5 file "
                                              "holding something, with no /features dataset")

@@ -83,7 +83,9 @@ def test_the_modules_the_readme_names_are_reached_from_a_plain_import():
     the package's modules imported as first used; ``import vggfeat`` itself imports no torch."""
     code = ("import sys, vggfeat; assert 'torch' not in sys.modules; "
             "print(vggfeat.update.OutputUpdate.__name__, vggfeat.svm.LinearSVM.__name__, vggfeat.indexupdate.__name__, "
-            "len(vggfeat.classifier.imagenet_categories())); vggfeat.no_such_module")
+            "len(vggfeat.classifier.imagenet_categories())); "
+            "assert getattr(vggfeat, 'update.x', None) is None and getattr(vggfeat, 'x.y', None) is None; "
+            "vggfeat.no_such_module")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.split() == ["OutputUpdate", "LinearSVM", "vggfeat.indexupdate", "1000"], result.stderr
     assert result.stderr.strip().endswith("AttributeError: module 'vggfeat' has no attribute 'no_such_module'")

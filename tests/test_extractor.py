@@ -353,11 +353,13 @@ def test_extract_nan_row_for_corrupt_file(random_vgg16, files):
     # describe() takes uint8 RGB pixels: others were described as they came (0..1 floats, silently
     # other descriptors) or failed deep in torch; a mirrored view (negative strides) is taken.
     pixels = decode_image(good[0])
-    for other, what in ((pixels / 255.0, "float64 array of shape"), (pixels[..., 0], "uint8 array of shape"),
-                        (np.dstack([pixels, pixels[..., :1]]), "uint8 array of shape"), (Image.fromarray(pixels), "Image")):
-        with pytest.raises(ValueError, match=f"image 0: expected decoded RGB pixels, a uint8 array \\(H, W, 3\\), got a {what}"):
+    for other, what in ((pixels / 255.0, "float64 ndarray of shape"), (pixels[..., 0], "uint8 ndarray of shape"),
+                        (np.dstack([pixels, pixels[..., :1]]), "uint8 ndarray of shape"), (Image.fromarray(pixels), "Image"),
+                        (torch.from_numpy(pixels), "torch.uint8 Tensor of shape")):  # a tensor is [3, H, W]
+        with pytest.raises(ValueError, match=f"image 0: expected decoded RGB pixels, a uint8 array .*, got a {what}"):
             extractor.describe([other])
     assert_close(extractor.describe([pixels[:, ::-1]]), extractor.describe([pixels[:, ::-1].copy()]), 0, "a mirrored view")
+    assert_close(extractor.describe([torch.from_numpy(pixels).permute(2, 0, 1)]), clean[:1], 1e-5, "a decoder's tensor")
     # One path where a sequence belongs: a string's characters were each taken for a file (NaN rows).
     for one in (str(good[0]), good[0]):
         with pytest.raises(TypeError, match="expected a sequence of image paths, got one path: .*; give \\[path\\]"):

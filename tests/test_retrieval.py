@@ -476,6 +476,9 @@ def test_query_expansion_in_the_evaluation_is_searchs():
         assert evaluate_ground_truth(X, paths, X, paths, truth, qe=100)["query_expansion"] == len(X)
     with pytest.warns(RuntimeWarning, match=f"of {len(X)} images"):
         assert search(index, X[:1], ["q"], k=3, qe=100)[0].paths == search(index, X[:1], ["q"], k=3, qe=len(X))[0].paths
+    with warnings.catch_warnings(), pytest.raises(VggfeatError, match="nothing to retrieve"):
+        warnings.simplefilter("error")  # a file of no row: no expansion asked for, none warned of ("of -1 images")
+        evaluate_labels(np.zeros((0, 8), dtype=np.float32), np.zeros(0, dtype=np.int64))
     # Inputs that failed deep in numpy, or with a wrong count, are said plainly.
     with pytest.raises(VggfeatError, match=r"labels: a class index per row of X \(15\), -1 for none; got int64 of shape"):
         evaluate_labels(X, labels[:9])

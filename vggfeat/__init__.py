@@ -38,7 +38,7 @@ def __getattr__(name: str) -> object:
     if name not in _LAZY_NAMES:
         # A module of the package (vggfeat.svm, vggfeat.update, ...), imported on first use as
         # scipy's are: the README's ``vggfeat.update.OutputUpdate`` after a plain ``import vggfeat``.
-        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
             return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)

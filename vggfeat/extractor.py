@@ -85,15 +85,19 @@ def check_paths(paths: Sequence[str | os.PathLike]) -> None:
         raise TypeError(f"expected a sequence of image paths, got one path: {paths!r}; give [path]")
 
 
-def _rgb_pixels(image: np.ndarray, index: int) -> np.ndarray:
-    """``image`` (the ``index``-th given) as the network takes it, (H, W, 3) uint8 in C order and
-    writable (torch warns of one that is not); refused, saying what it is, where it is none: float
-    pixels in 0..1, say, would give other descriptors, silently."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        what = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__)
-        raise InvalidInput(f"image {index}: expected decoded RGB pixels, a uint8 array (H, W, 3), got a {what} "
-                           "(a PIL image: np.asarray(image.convert('RGB')); a file: vggfeat.decode.decode_image(path))")
-    return np.require(image, requirements=("C", "W"))
+def _rgb_pixels(image: np.ndarray | torch.Tensor, index: int) -> np.ndarray | torch.Tensor:
+    """``image`` (the ``index``-th given) as the network takes it: an (H, W, 3) uint8 array in C
+    order and writable (torch warns of one that is not), or a [3, H, W] uint8 tensor, as
+    torchvision's decoders give; refused, saying what it is, where it is neither: float pixels in
+    0..1, say, would give other descriptors, silently."""
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3:
+        return image
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return np.require(image, requirements=("C", "W"))
+    held = isinstance(image, (np.ndarray, torch.Tensor))
+    what = f"{image.dtype} {type(image).__name__} of shape {tuple(image.shape)}" if held else type(image).__name__
+    raise InvalidInput(f"image {index}: expected decoded RGB pixels, a uint8 array (H, W, 3) or tensor [3, H, W], got a "
+                       f"{what} (a PIL image: np.asarray(image.convert('RGB')); a file: vggfeat.decode.decode_image(path))")
 
 
 class Extractor:
@@ -377,8 +381,9 @@ class Extractor:
         chunk.indices, chunk.sizes = [index for index, _ in kept], [size for _, size in kept]
         return torch.cat(rows) if rows else torch.zeros((0, self.dim), device=self.device)
 
-    def describe(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Descriptors [len(images), dim] float32 of decoded RGB uint8 images (H, W, 3)."""
+    def describe(self, images: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
+        """Descriptors [len(images), dim] float32 of decoded RGB uint8 images: arrays (H, W, 3) or
+        tensors [3, H, W]."""
         return self.describe_async([_rgb_pixels(image, i) for i, image in enumerate(images)]).cpu().numpy()
 
     def describe_async(self, images: Sequence[np.ndarray | torch.Tensor],

@@ -21,7 +21,7 @@ from .store import count_regions_in, failed_labels
 def read_info(path: Path, max_failures: int = 5) -> dict:
     """What ``vggfeat info`` shows: counts, classes, configuration, the first failures."""
     with open_hdf5(path, "features") as f:
-        if "features" not in f and not f.attrs:  # another program's HDF5 file, not a damaged one of vggfeat's
+        if "features" not in f and "format_version" not in f.attrs:  # another program's file, not a damaged one of vggfeat's
             held = sorted(f)
             raise VggfeatError(f"{path} is not a vggfeat file: an HDF5 file holding "
                                f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') if held else 'nothing'}, "

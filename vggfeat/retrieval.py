@@ -99,6 +99,7 @@ def hits_to_expand_with(qe: int, available: int) -> int:
     becomes about their mean."""
     if not isinstance(qe, (int, np.integer)) or qe < 0:
         raise VggfeatError(f"query expansion needs N >= 0, got {qe!r}")
+    available = max(available, 0)  # (a file of no row)
     if qe > available:
         warnings.warn(f"query expansion with the top {qe} hits asked for, of {available} images: each query is "
                       f"expanded with all {available}", RuntimeWarning, stacklevel=3)

@@ -212,8 +212,7 @@ class OutputUpdate:
         # Its rows are copied by the numbers read from the file when the update began: from
         # another file, they would be other images' (a run that took no lock replaced it).
         if file_version(self.output) != self._output_file:
-            raise VggfeatError(f"{self.output} was replaced while this update ran: run it again (the images it "
-                               f"described are kept in {self.staging})")
+            raise VggfeatError(f"{self.output} was replaced while this update ran: run it again")
         with (
             open_features_file(self.output, "output") as old,
             open_features_file(self.staging) if self.described else contextlib.nullcontext() as new,

@@ -105,8 +105,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     if again:  # before any network loads
         images = options.read_images(paths, file_list, root, archive_classes, quiet)
         rerun.check_output(output, overwrite, made(images), None, inputs=[file_list, *made_of])  # refused where it differs
-        click.echo(f"{output} already holds the classes of this command's {common.counted(len(images), 'image')}, "
-                   "unchanged since; nothing to do")
+        common.say_result(f"{output} already holds the classes of this command's {common.counted(len(images), 'image')}, "
+                          "unchanged since; nothing to do")  # on stderr, as its run's closing lines are
         for line in rerun.file_record(output)["said"]:
             click.echo(line)
         exit_if_none_described(*rows_classified(output), output)  # as the run did
