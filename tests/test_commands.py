@@ -106,6 +106,16 @@ def test_commands_that_read_files_do_not_import_torch(tmp_path):
     assert heavy_modules_imported(runs) == ["sklearn"]  # the SVM's
 
 
+def test_a_descriptors_file_exported_to_csv_is_refused_without_importing_torch(tmp_path):
+    """The refusal came after torch's import: seconds and most of a GB to say no."""
+    X, labels, paths, classes = blobs(dim=16)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    code = ("import sys\nfrom vggfeat.cli import main\ntry:\n    main(['export', sys.argv[1], '--to', 'csv'])\n"
+            "except SystemExit as exit_:\n    print(exit_.code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(features)], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["2", "False"] and "holds descriptors, not the posteriors" in result.stderr, result
+
+
 def test_info_shows_a_model_and_a_scores_file_without_scikit_learn(tmp_path):
     """Reading the model file, or predict's scores file, needs only h5py: 'info model.h5' starts as
     fast as 'info features.h5'."""

@@ -37,7 +37,8 @@ from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .parts import output_locked
 from .files import file_attributes, written_atomically
-from .store import already_exists, check_new_file, open_features_file, posteriors_file_of, shards_folder, work_folder
+from .store import (already_exists, check_new_file, open_features_file, posteriors_file_of, refuse_descriptors,
+                    shards_folder, work_folder)
 from .textfiles import as_utf8, csv_cells, read_text, text_lines
 
 
@@ -459,7 +460,7 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
     """Refuse a file that is not classify's posteriors of ``classes`` classes, and one of each
     image's top classes that keeps fewer than ``topk``, or than the 5 that the errors against
     ``labels`` need."""
-    _refuse_descriptors(f.attrs, path)
+    refuse_descriptors(f.attrs, path)
     if topk > classes:
         raise VggfeatError(f"--topk must be between 1 and {classes}, got {topk}")
     kept, needed = f.attrs.get("keep_top"), classes_needed(topk, labels is not None, classes)
@@ -475,7 +476,7 @@ def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_
     or that is ``path`` itself (given twice, by mistake: the average of a file and itself is it)."""
     if os.path.realpath(path) == os.path.realpath(other_path):
         raise VggfeatError(f"--fuse {other_path} is the posteriors file itself: fuse the file of another network")
-    _refuse_descriptors(other.attrs, other_path)
+    refuse_descriptors(other.attrs, other_path)
     for file, name in ((f, path), (other, other_path)):
         if "keep_top" in file.attrs:
             raise VggfeatError(f"{name} keeps each image's top classes only; fusing averages every posterior")
@@ -493,17 +494,11 @@ def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:
     a CSV run's own file of top classes is refused (its command writes its CSV)."""
     with open_features_file(Path(posteriors), "posteriors") as f:
         attrs = dict(f.attrs)
-    _refuse_descriptors(attrs, posteriors)
+    refuse_descriptors(attrs, posteriors)
     if "keep_top" in attrs:
         raise VggfeatError(f"{posteriors} holds the top classes that a 'vggfeat classify' run keeps until it writes its "
                            "CSV: run that command again to write it")
     return category_names(str(attrs["model"]), int(attrs["dim"]))
-
-
-def _refuse_descriptors(attrs, path: str | os.PathLike) -> None:
-    if "dense" not in attrs:  # set by the Classifier's configuration only
-        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes, of which a CSV "
-                           "is made (descriptors are exported as .npy or .parquet)")
 
 
 def _truth_cells(label: int | None, labels: dict[str, int] | None, names: Sequence[str]) -> list:

@@ -282,6 +282,13 @@ def kind_key(group: h5py.Group) -> str | None:
     return None
 
 
+def refuse_descriptors(attrs, path: str | os.PathLike) -> None:
+    """Refuse a file of descriptors (its ``attrs``) where classify's posteriors belong."""
+    if "dense" not in attrs:  # set by the Classifier's configuration only
+        raise VggfeatError(f"{path} holds descriptors, not the posteriors that 'vggfeat classify' writes, of which a CSV "
+                           "is made (descriptors are exported as .npy or .parquet)")
+
+
 def kind_of(group: h5py.Group) -> str:
     """``": it is ..."``, what vggfeat file ``group`` (an open file) is, for the error of a command
     given the wrong one (arguments swapped, say); "" for a file that is none of vggfeat's."""

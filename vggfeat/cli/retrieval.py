@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import h5py
 
 from .. import export as exporting
 from .. import retrieval
@@ -15,7 +16,8 @@ from ..errors import VggfeatError, not_a_file
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, VectorIndex, index_features, index_summary
 from ..rerun import check_output, record_in_file, recorded_in_file
-from ..store import INDEX_FORMAT, WHITENING_FORMAT
+from ..files import file_attributes
+from ..store import INDEX_FORMAT, WHITENING_FORMAT, refuse_descriptors
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
 from . import common, options
 
@@ -275,8 +277,10 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
             record_in_file(target, failures_made if target == written[-1] else made, common.command_line())
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
-    from .posteriors import export_csv  # the classifier's modules, torch with them, for a posteriors file only
-
     if not features.is_file():  # before its name makes the CSV's (a folder such as "." has none)
         raise VggfeatError(not_a_file(features, "posteriors file"))
+    if h5py.is_hdf5(features):  # a file of descriptors refused before torch is imported (seconds, most of a GB)
+        refuse_descriptors(file_attributes(features), features)
+    from .posteriors import export_csv  # the classifier's modules, torch with them, for a posteriors file only
+
     export_csv(features, output or features.with_suffix(".csv"), topk or 5, labels, fuse, overwrite, quiet)
