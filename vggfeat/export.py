@@ -110,7 +110,8 @@ def _npy(f: FeatureFile, target: Path, step: int) -> None:
         np.lib.format.write_array_header_1_0(
             out, {"descr": np.lib.format.dtype_to_descr(f.features.dtype), "fortran_order": False, "shape": (f.rows, f.dim)})
         for start in range(0, f.rows, step):  # refusing a damaged row (NaN, infinite), as every reader does
-            f.read(np.arange(start, min(start + step, f.rows)), dtype=f.features.dtype).tofile(out)
+            # (ndarray.tofile would say "requested and written" of a full disk, not the system's error)
+            out.write(memoryview(f.read(np.arange(start, min(start + step, f.rows)), dtype=f.features.dtype)))
 
 
 def _parquet(f: FeatureFile, target: Path, step: int) -> None:
