@@ -18,6 +18,7 @@ from runhelpers import (FAST, assert_same_output, command, error_line, read_outp
                         write_labelled_folder)
 from svmhelpers import misplace_a_chunk
 import vggfeat.job
+import vggfeat.parts
 from vggfeat import ExtractionJob, Extractor, ImageSet, VggfeatError, find_images
 from vggfeat.discover import ShardOf
 from vggfeat.features import FeatureFile
@@ -240,7 +241,7 @@ def test_a_merge_holds_its_output_as_every_run_writing_one_does(three_shards, wh
     assert_same_output(read_output(output), whole, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5"]  # the lock's folder removed
     # The same merge again has nothing to do, and takes no lock (whose folder a read-only disk refuses).
-    monkeypatch.setattr(vggfeat.merge, "output_locked", lambda output: pytest.fail("locked"))
+    monkeypatch.setattr(vggfeat.parts, "output_locked", lambda output: pytest.fail("locked"))
     assert merge_shards(three_shards, output).already_done
 
 

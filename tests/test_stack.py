@@ -13,7 +13,7 @@ import pytest
 from imagefiles import write_rgb
 from runhelpers import FAST, error_line, run_main
 from svmhelpers import blobs, write_features
-import vggfeat.stack
+import vggfeat.parts
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, load_features
@@ -71,7 +71,7 @@ def test_a_stack_is_refused_while_another_run_writes_its_output(d_and_e, tmp_pat
     with pytest.warns(RuntimeWarning, match="left out, having no descriptor"):  # the image e.h5 failed
         stack_files(d_and_e[:2], tmp_path / "de.h5")
     with monkeypatch.context() as patch:  # done: no lock taken (whose folder a read-only disk refuses)
-        patch.setattr(vggfeat.stack, "output_locked", lambda output: pytest.fail("locked"))
+        patch.setattr(vggfeat.parts, "output_locked", lambda output: pytest.fail("locked"))
         assert stack_files(d_and_e[:2], tmp_path / "de.h5").already_done
 
 

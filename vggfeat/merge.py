@@ -21,7 +21,7 @@ import numpy as np
 from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
-from .parts import check_no_extraction_into, output_locked
+from .parts import check_no_extraction_into, written_unless_done
 from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
                     create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after,
@@ -74,13 +74,7 @@ def merge_shards(
         rows, failed = rows_and_failures(output)
         return MergeResult(output, rows, failed, len(paths), already_done=True)
 
-    # Done: nothing to lock (nor, on a read-only disk, a lock to make). Else the lock is held from
-    # the checks, made again, to the rename: an extraction, an update or another merge into the same
-    # output meanwhile would replace it, or (an update) copy rows by the numbers of the file replaced.
-    if (done := already_done()) is not None:
-        return done
-    with output_locked(output):
-        return already_done() or _merge_shards(paths, output, provenance, progress, shard_of)
+    return written_unless_done(output, already_done, lambda: _merge_shards(paths, output, provenance, progress, shard_of))
 
 
 def _merge_shards(paths: list[Path], output: Path, provenance: dict | None,

@@ -14,16 +14,18 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
 from .errors import VggfeatError
 from .files import file_attributes, file_version, open_h5, remove_dead_writers_files, replace_durably
 from .store import STRING, UPDATE_MODES, block_rows, place_rows, shards_folder, work_folder
+
+R = TypeVar("R")
 
 
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.h5$")
@@ -221,6 +223,17 @@ def output_locked(output: Path) -> Iterator[str | None]:
         yield unlocked_because
     finally:
         unlock_rewrite(lock, output)
+
+
+def written_unless_done(output: Path, already_done: Callable[[], R | None], write: Callable[[], R]) -> R:
+    """What ``already_done()`` finds (the same command's output, there: nothing to lock, nor, on a
+    read-only disk, a lock to make), or else ``write()``'s result, ``output`` locked from the check,
+    made again, to the rename (:func:`output_locked`): another run into it meanwhile would replace
+    it, or (an update) copy rows by the numbers of the file replaced. For ``merge`` and ``stack``."""
+    if (done := already_done()) is not None:
+        return done
+    with output_locked(output):
+        return already_done() or write()
 
 
 def holds_no_work(folder: Path) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._version import __version__
 from .features import Files, Fused, file_list, fused_files
-from .parts import check_no_extraction_into, output_locked
+from .parts import check_no_extraction_into, written_unless_done
 from .rerun import check_output, made_from, record
 from .files import open_h5, written_atomically
 from .store import DESCRIPTORS, check_descriptor_output, create_datasets, mark_complete, open_features_file
@@ -78,11 +78,7 @@ def stack_files(files: Files, output: str | os.PathLike, *, overwrite: bool = Fa
             rows, dim = f["features"].shape
             return StackResult(output, rows, f["failed/paths"].shape[0], dim, already_done=True)
 
-    # As merge_shards: done, nothing to lock; else no other run writes the output meanwhile.
-    if (done := already_done()) is not None:
-        return done
-    with output_locked(output):
-        return already_done() or _stack_files(names, output, made, progress, provenance)
+    return written_unless_done(output, already_done, lambda: _stack_files(names, output, made, progress, provenance))
 
 
 def _stack_files(names: list[str], output: Path, made: str | None, progress: Callable[[int], object] | None,
