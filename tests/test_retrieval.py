@@ -385,6 +385,29 @@ def test_labelled_evaluation_leave_one_out_by_hand():
     assert result["recall@1"] == 0 and result["recall@5"] == 1
 
 
+def test_a_sample_of_queries_gives_their_aps_against_every_row_and_the_error_of_its_mean():
+    X, labels = clustered(per_class=25, spread=3.0)
+    X = l2_normalize(X)
+
+    def ap_of(row):  # by hand: the other 99 rows ranked by score, precision at each relevant one
+        others = np.delete(np.arange(100), row)
+        ranked = others[np.argsort(-(X[others] @ X[row]), kind="stable")]
+        hits = np.flatnonzero(labels[ranked] == labels[row]) + 1
+        return np.mean(np.arange(1, len(hits) + 1) / hits)
+
+    whole, sampled = evaluate_labels(X, labels), evaluate_labels(X, labels, sample=30, seed=3)
+    drawn = np.random.default_rng(3).choice(100, size=30, replace=False)
+    aps = np.array([ap_of(row) for row in drawn])
+    assert sampled["queries"] == 30 and sampled["sampled_from"] == 100 and sampled["database"] == 100
+    assert sampled["map"] == pytest.approx(aps.mean(), rel=1e-6) and sampled["map"] != whole["map"]
+    # Drawn without replacement from 100: the finite population correction.
+    assert sampled["map_standard_error"] == pytest.approx(aps.std(ddof=1) / np.sqrt(30) * np.sqrt(70 / 99), rel=1e-6)
+    assert whole["map"] == pytest.approx(np.mean([ap_of(row) for row in range(100)]), rel=1e-6)
+    assert evaluate_labels(X, labels, sample=100) == whole == evaluate_labels(X, labels, sample=500)
+    with pytest.raises(VggfeatError, match="sample: a count of queries >= 1, got 0"):
+        evaluate_labels(X, labels, sample=0)
+
+
 def test_oxford_ap_and_ground_truth_files(tmp_path):
     # compute_ap: relevant at ranks 0 and 2 of 2 relevant -> (1 + 1)/4 + (1/2 + 2/3)/4.
     assert compute_ap(np.array([0, 2]), 2) == pytest.approx(0.5 + (0.5 + 2 / 3) / 4)
@@ -639,6 +662,17 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     expanded = json.loads((tmp_path / "qe.json").read_text())
     assert expanded["query_expansion"] == 2
     assert expanded["map"] == pytest.approx(evaluate_labels(l2_normalize(X), labels, qe=2)["map"], rel=1e-6)
+    code, out, err = run_main(["retrieval-eval", db, "--sample", "10", "--seed", "1", "--json", tmp_path / "s.json"])
+    assert code == 0, err
+    sampled = json.loads((tmp_path / "s.json").read_text())
+    assert out.splitlines()[:2] == [f"labels (leave one out): 10 queries (drawn at random of {len(X)}, seed 1) against "
+                                    f"{len(X)} images", f"  mAP        {sampled['map']:.4f} ± "
+                                    f"{sampled['map_standard_error']:.4f} (standard error of the sample)"]
+    assert sampled["map"] == evaluate_labels(l2_normalize(X), labels, sample=10, seed=1)["map"]
+    code, _, err = run_main(["retrieval-eval", db, "--seed", "1"])
+    assert code == 2 and "--seed goes with --sample, not given" in error_line(err)
+    code, _, err = run_main(["retrieval-eval", db, "--sample", "5", "--gt", tmp_path / "gt.json"])
+    assert code == 2 and "--sample draws labelled queries, without --gt" in error_line(err)
     # A query file made differently is refused with the difference named.
     other = write_features(tmp_path / "other.h5", X, labels, config={**CONFIG, "layer": "pool5"})
     code, _, err = run_main(["search", tmp_path / "db.index", "--queries", other])

@@ -2,8 +2,9 @@
 
 Two protocols:
 
-- **Labelled** (:func:`evaluate_labels`): every labelled image queries all the others (leave one
-  out); the images of its class are relevant, every other row (other classes, unlabelled rows) is
+- **Labelled** (:func:`evaluate_labels`): every labelled image, or a random sample of them (the
+  time grows as the square of the rows: a sample's mAP estimates the whole's, with its standard
+  error), queries all the others (leave one out); the images of its class are relevant, every other row (other classes, unlabelled rows) is
   not. AP is the non-interpolated average precision (mean of the precision at each relevant hit);
   recall@k is the fraction of queries with at least one relevant image in their top k (the
   metric-learning definition). Queries whose class has no other image are skipped and counted.
@@ -42,10 +43,14 @@ def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
     return whitening.transform(X) if whitening is not None else l2_normalize(X)
 
 
-def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0) -> dict:
+def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0,
+                    sample: int | None = None, seed: int = 0) -> dict:
     """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none);
-    ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`)."""
+    ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`).
+    ``sample``: that many of the queries, drawn at random (``seed``), each still searching all rows."""
     qe = hits_to_expand_with(qe, len(X) - 1)
+    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, bool) or sample < 1):
+        raise VggfeatError(f"sample: a count of queries >= 1, got {sample!r}")
     labels = np.asarray(labels)
     if labels.shape != (len(X),) or not np.issubdtype(labels.dtype, np.integer):
         raise VggfeatError(f"labels: a class index per row of X ({len(X)}), -1 for none; got {labels.dtype} of shape "
@@ -55,6 +60,9 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     queries = labelled[class_sizes[labels[labelled]] > 1]  # a class of one has nothing to retrieve
     if len(queries) == 0:
         raise VggfeatError("no labelled image has another image of its class: nothing to retrieve")
+    eligible = len(queries)
+    if sample is not None and sample < eligible:
+        queries = np.sort(np.random.default_rng(seed).choice(queries, size=sample, replace=False))
     aps, first_hit = [], []
     # A block's scores [rows, N] float32 and what ranking them holds besides, per score: their
     # negation (4 bytes), the order (8), its labels (8), relevance (1), and the AP's hits and
@@ -76,12 +84,23 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     return {
         "protocol": "labels (leave one out)",
         "queries": int(len(queries)),
-        "skipped_queries": int(len(labelled) - len(queries)),
+        "skipped_queries": int(len(labelled) - eligible),
         "database": int(len(X)),
         "query_expansion": qe,
         "map": float(ap.mean()),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
+        **(_sampled(ap, eligible, seed) if len(queries) < eligible else {}),
     }
+
+
+def _sampled(ap: np.ndarray, eligible: int, seed: int) -> dict:
+    """What a result of ``ap`` over queries sampled from ``eligible`` records besides: the
+    population and seed, and the mAP's standard error (drawn without replacement: the finite
+    population correction), so that a reader knows how far the whole's mAP may be."""
+    n = len(ap)
+    spread = ap.std(ddof=1) if n > 1 else 0.0
+    return {"sampled_from": eligible, "sample_seed": seed,
+            "map_standard_error": float(spread / np.sqrt(n) * np.sqrt((eligible - n) / (eligible - 1)))}
 
 
 def expand_queries(queries: np.ndarray, scores: np.ndarray, X: np.ndarray, n: int) -> np.ndarray:

@@ -127,6 +127,10 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
 @click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0),
               help="Average query expansion with each query's top N hits (0: off), as 'search --qe'.")
+@click.option("--sample", type=click.IntRange(min=1),
+              help="Without --gt: this many labelled images, drawn at random, query all the others (the time grows as "
+                   "the rows squared; the mAP's standard error is given) [default: every labelled image].")
+@click.option("--seed", default=0, show_default=True, type=common.SEEDS, help="With --sample: seed of the draw.")
 @click.option("--crop-queries", is_flag=True,
               help="With --gt: describe each query image cropped to its bounding box, as the Oxford and Paris protocols do "
                    "(the images and the network are needed) [default: the whole image's descriptor].")
@@ -140,8 +144,8 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
 @common.json_output
 @common.overwrite_json
 @common.quiet
-def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, qe, crop_queries, root, weights, device, batch_size,
-                   json_out, overwrite, quiet) -> None:
+def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, qe, sample, seed, crop_queries, root, weights,
+                   device, batch_size, json_out, overwrite, quiet) -> None:
     """mAP and recall@1/5/10 of FEATURES searched against itself (with --gt, mP@1/5/10 too).
 
     Without --gt: every labelled image queries all others; same class = relevant (leave one out).
@@ -149,6 +153,9 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     for option, given in (("--protocol", protocol), ("--queries", queries_file), ("--crop-queries", crop_queries)):
         if given and ground_truth is None:
             raise click.UsageError(f"{option} goes with --gt")
+    if sample and ground_truth is not None:
+        raise click.UsageError("--sample draws labelled queries, without --gt: the ground truth names its queries")
+    common.refuse_without("--sample", sample, "seed")
     # The network's options describe cropped queries, and nothing else: without them, whole-image mAP.
     common.refuse_without("--crop-queries", crop_queries, "root", "weights", "device", "batch_size")
     common.refuse_without("--json", json_out, "overwrite")
@@ -169,7 +176,7 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
         failed_paths = f.failed().paths if truth is not None else []
         query_paths, query_root = paths, Path(f.root)
     if truth is None:
-        result = retrieval.evaluate_labels(X, labels, qe=qe)
+        result = retrieval.evaluate_labels(X, labels, qe=qe, sample=sample, seed=seed)
     else:
         Q = X
         if queries_file:
@@ -201,9 +208,12 @@ def _shown(result: dict, labelled: bool) -> list[str]:
     how = f" ({', '.join(how)})" if how else ""
     without = "another image of their class" if labelled else "a relevant image"
     skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
-    return [f"{name}: {common.counted(result['queries'], 'query', 'queries')}{how} against "
+    sampled = (f" (drawn at random of {result['sampled_from']:,}, seed {result['sample_seed']})"
+               if "sampled_from" in result else "")
+    error = f" ± {result['map_standard_error']:.4f} (standard error of the sample)" if "sampled_from" in result else ""
+    return [f"{name}: {common.counted(result['queries'], 'query', 'queries')}{sampled}{how} against "
             f"{common.counted(result['database'], 'image')}{skipped}",
-            f"  mAP        {result['map']:.4f}",
+            f"  mAP        {result['map']:.4f}{error}",
             *(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}"
               for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT)
               if key in result)]  # mP@k: with ground truth
