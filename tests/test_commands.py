@@ -153,6 +153,8 @@ def test_a_folder_where_a_file_belongs_is_refused_in_one_line(tmp_path, monkeypa
      "--C 1 fixes C; --cv: how cross-validation would choose it: give one or the other"),
     (["train-svm", "f.h5", "m.h5", "--solver", "lbfgs", "--n-jobs", "4"],
      "--n-jobs is liblinear's (a class per thread); --solver lbfgs trains every class at once"),
+    (["train-svm", "f.h5", "m.h5", "--solver", "lbfgs", "--C", "1", "--seed", "3"],
+     "--seed draws the cross-validation folds and liblinear's order; lbfgs with a fixed --C uses neither"),
     (["train-svm", "f.h5", "m.h5", "--voc-set", "test"], "--voc-set goes with --voc-devkit, not given"),
     (["evaluate", "m.h5", "f.h5", "--voc-set", "val"], "--voc-set goes with --voc-devkit, not given"),
     (["evaluate", "m.h5", "f.h5", "--overwrite"], "--overwrite goes with --report, not given"),

@@ -116,6 +116,9 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
                                "one or the other")
     if solver == "lbfgs" and given("n_jobs"):
         raise click.UsageError("--n-jobs is liblinear's (a class per thread); --solver lbfgs trains every class at once")
+    if solver == "lbfgs" and C is not None and given("seed"):  # (lbfgs starts from zero: nothing random but folds)
+        raise click.UsageError("--seed draws the cross-validation folds and liblinear's order; lbfgs with a fixed --C "
+                               "uses neither")
     if solver == "liblinear" and device not in ("auto", "cpu"):
         raise click.UsageError(f"--device {device} is where --solver lbfgs runs; liblinear runs on the CPU")
     if loss == "hinge" and device not in ("auto", "cpu"):  # before auto picks lbfgs for the device
