@@ -144,6 +144,11 @@ def test_whitening_is_a_scikit_learn_transformer():
                         (lambda: PCAWhitening().set_params(dims=4), "no parameter 'dims'")]:
         with pytest.raises(ValueError, match=words):
             make()
+    # Not fitted: scikit-learn's NotFittedError is a ValueError and an AttributeError, and so is this.
+    with pytest.raises(ValueError, match="not fitted yet"):
+        PCAWhitening().transform(X)
+    assert not hasattr(PCAWhitening(), "input_dim") and hasattr(whitening, "input_dim")
+    assert repr(PCAWhitening(dim=8)) == "PCAWhitening(dim=8)" and repr(PCAWhitening()) == "PCAWhitening()"
 
 
 def test_whitening_kept_to_as_many_dimensions_as_descriptors_allow_warns_that_it_ranks_nothing():

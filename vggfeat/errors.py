@@ -26,6 +26,12 @@ class InvalidInput(VggfeatError, ValueError):
     takes it for theirs."""
 
 
+class NotFitted(VggfeatError, ValueError, AttributeError):
+    """An estimator used before it was fitted: what scikit-learn's ``NotFittedError`` is (a
+    ValueError and an AttributeError, so that ``hasattr`` of a fitted property is False), for the
+    estimators that do not import scikit-learn (:class:`~vggfeat.whitening.PCAWhitening`)."""
+
+
 def dense_array(X: object) -> np.ndarray:
     """``X`` as an array for an estimator, refusing a sparse matrix, which NumPy would make a 0-d
     array of objects (refused then as of "shape ()"): descriptors are dense."""

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 from scipy.linalg import blas
 
-from .errors import InvalidInput, VggfeatError, dense_array
+from .errors import InvalidInput, NotFitted, VggfeatError, dense_array
 from .features import config_differences, damaged_row, not_finite_rows
 from .files import open_h5, reading_hdf5, written_atomically
 from .store import WHITENING_FORMAT, kind_of, open_features_file
@@ -70,6 +70,11 @@ class PCAWhitening:
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's parameters, as scikit-learn's ``clone`` and searches take them."""
         return {"dim": self.dim, "normalize_input": self.normalize_input}
+
+    def __repr__(self) -> str:  # as scikit-learn's: the parameters not at their defaults
+        defaults = PCAWhitening().get_params()
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items() if value != defaults[name]]
+        return f"PCAWhitening({', '.join(changed)})"
 
     def set_params(self, **params: object) -> PCAWhitening:
         for name, value in params.items():
@@ -230,7 +235,7 @@ class PCAWhitening:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "projection_"):
-            raise VggfeatError("this PCAWhitening is not fitted yet; call fit(X) first")
+            raise NotFitted("this PCAWhitening is not fitted yet; call fit(X) first")
 
 
 def whitening_summary(path: str | os.PathLike) -> dict:
