@@ -163,6 +163,26 @@ def test_a_full_disk_stops_the_run_in_one_line_and_loses_no_part(tmp_path, monke
     assert_same_output(read_output(output), read_output(tmp_path / "reference.h5"))
 
 
+def test_a_full_disk_as_the_run_begins_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    """A write's refusal names no file ("[Errno 28] No space left on device" alone): said without
+    the manifest's name, nothing told where the disk was full."""
+    write_plain_folder(tmp_path / "images", 2)
+    output, work = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    write_text = Path.write_text
+
+    def full(path, *args, **kwargs):
+        if path.name.startswith("manifest.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
+    monkeypatch.undo()
+    assert code == 1 and error_line(err).startswith(f"Error: [Errno 28] No space left on device: '{work / 'manifest.json'}'")
+    code, _, err = run_main(["extract", tmp_path / "images", output, *CHEAP])
+    assert code == 0 and output.exists(), err
+
+
 def test_a_disk_full_as_rows_are_written_costs_only_the_part_under_way(tmp_path, monkeypatch):
     write_plain_folder(tmp_path / "images", 2)
     output = tmp_path / "out.h5"

@@ -223,8 +223,21 @@ def refusal_reason(error: Exception) -> str:
 
 def write_json(path: Path, data: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+    with naming(path):
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
     replace_durably(temporary, path)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """A refusal of the system's in the block that names no file (a write's: "[Errno 28] No space
+    left on device", and nothing to say where) raised naming ``path``, the file being written."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None or error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 # A file name's most bytes on common file systems, and those that a temporary file's name adds to
@@ -315,7 +328,7 @@ def file_version(path: Path) -> str:
 
 def write_text_file(path: str | os.PathLike, text: str) -> None:
     """``text`` into ``path`` as UTF-8, whole or not at all (see :func:`written_atomically`)."""
-    with written_atomically(path) as temporary:
+    with written_atomically(path) as temporary, naming(path):
         temporary.write_text(text, encoding="utf-8", newline="")  # as given: a CSV's \r\n stays one
 
 
