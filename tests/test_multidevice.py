@@ -416,6 +416,26 @@ def test_shards_stop_when_the_command_is_killed(tmp_path):
     assert run_main(args)[0] == 0  # and the run resumes
 
 
+def test_a_device_process_watches_the_command_itself_not_whichever_process_is_its_parent(tmp_path):
+    """Started by the fork server, a device's process has the server for its parent, which can
+    outlive a command killed with kill -9: the processes described on unseen for minutes, and the
+    command run again found their shards locked. It watches the command's own process now."""
+    script = ("import signal, subprocess, time\n"
+              "from vggfeat.multidevice import _stop_when_orphaned\n"
+              "def stop(*_): raise KeyboardInterrupt  # as the process's own _interrupt does\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "command = subprocess.Popen(['sleep', '2'])  # the command; not this process's parent\n"
+              "began = time.monotonic()\n"
+              "try:\n"
+              "    _stop_when_orphaned(command.pid)\n"
+              "    time.sleep(30)\n"
+              "except KeyboardInterrupt:\n"
+              "    print(time.monotonic() - began)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 1.5 < float(result.stdout) < 20  # stopped once the command ended, neither before nor never
+
+
 def _one_run(extractor: Extractor, images, folder) -> dict:
     ExtractionJob(extractor, images, folder / "one.h5").run()
     return read_output(folder / "one.h5")

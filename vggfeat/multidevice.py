@@ -37,7 +37,7 @@ from .job import (ExtractionJob, JobResult, check_job, config_json, disk_per_row
                   made_from_folder, same_folder)
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
-from .processes import process_context
+from .processes import process_context, wait_for_end
 from .settings import resolve_device
 from .files import as_system_errors, exit_if_hdf5_files_open, open_h5, open_hdf5_files
 from .parts import (SHARD_FILE, discard_work, images_in_block, interrupted_on_one, interrupted_on_several, lock_folder,
@@ -195,8 +195,8 @@ class MultiDeviceJob:
         threads = max(1, torch.get_num_threads() // on_cpu) if on_cpu else None
         processes = [
             context.Process(target=_describe_blocks, name=f"vggfeat-device-{d + 1}-of-{len(devices)}", args=(
-                d, type(self.extractor), arguments, device, first, child, self.dtype, self.part_images, self.overwrite,
-                self.provenance, threads))
+                d, type(self.extractor), arguments, device, first, child, os.getpid(), self.dtype, self.part_images,
+                self.overwrite, self.provenance, threads))
             for d, (device, first, (_, child)) in enumerate(zip(devices, todo, pipes))
         ]
         run = _Run(processes, [ours for ours, _ in pipes], [k for k, _, _ in todo[: len(devices)]], todo[len(devices):],
@@ -313,10 +313,11 @@ class _Run:
 
 
 def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device: str, first: tuple[int, ImageSet, Path],
-                     parent, dtype: str, part_images: int, overwrite: bool, provenance: dict, threads: int | None) -> None:
+                     parent, parent_process: int, dtype: str, part_images: int, overwrite: bool, provenance: dict,
+                     threads: int | None) -> None:
     """Process ``number``: with a ``kind`` (Extractor or Classifier) of ``arguments`` on ``device``,
-    block ``first``, (k, its images, its file), then each block that
-    ``parent``, its end of a pipe to the parent process, gives it when asked, until None; on the
+    block ``first``, (k, its images, its file), then each block that ``parent``, its end of a pipe
+    to the parent process (``parent_process``, its id), gives it when asked, until None; on the
     CPU, with ``threads`` of its own for the network. Says
     there (kind, value) how it goes: ("block", k) as it starts one, ("progress", images),
     ("described", images) once one is done, ("next", None) to ask for the next; last "done",
@@ -325,7 +326,7 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
     # as Ctrl-C stops a single run, keeping its parts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_stop_when_orphaned, args=(parent_process,), daemon=True).start()
     quiet_decoding_libraries()
     if threads and resolve_device(device).type == "cpu":
         torch.set_num_threads(threads)
@@ -389,9 +390,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_when_orphaned(parent: int) -> None:
-    """A process whose parent was killed (kill -9) stops, keeping its parts, rather than run on unseen."""
-    while os.getppid() == parent:
-        time.sleep(_POLL_SECONDS)
+    """A process whose parent, process ``parent``, was killed (kill -9) stops, keeping its parts,
+    rather than run on unseen. (Not "until its parent process changes": started by the forkserver,
+    its parent is the forkserver, which outlives the run's process.)"""
+    wait_for_end(parent)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

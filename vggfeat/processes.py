@@ -273,6 +273,12 @@ def _exit_after(process: int) -> None:
     """In a worker: end once ``process``, the reading one, has ended. A reading process that is
     killed (kill -9, a batch system's time limit) cannot stop its workers, which would otherwise
     wait for work for ever, each holding its memory."""
+    wait_for_end(process)
+    os._exit(1)
+
+
+def wait_for_end(process: int) -> None:
+    """Return once ``process`` (a process id; not a child's: any process's) has ended."""
     try:
         descriptor = os.pidfd_open(process)  # readable once the process has ended (Linux 5.3 on)
     except (AttributeError, OSError):
@@ -282,7 +288,6 @@ def _exit_after(process: int) -> None:
     else:
         while _running(process):
             time.sleep(1.0)
-    os._exit(1)
 
 
 def _running(process: int) -> bool:
