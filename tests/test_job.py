@@ -640,6 +640,35 @@ def test_unknown_dtype_and_foreign_parts_folder_are_refused(tmp_path, extractor)
         ExtractionJob(extractor, images, tmp_path / "out.h5", overwrite=True)
     assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
     assert (foreign / "mine.txt").read_text() == "not vggfeat's"
+    # Another program's manifest.json does not make the folder vggfeat's (--overwrite removed mine.txt).
+    (foreign / "manifest.json").write_text('{"a": 1}')
+    with pytest.raises(VggfeatError, match=r"not a vggfeat work folder \(its manifest.json is not vggfeat's\)"):
+        ExtractionJob(extractor, images, tmp_path / "out.h5", overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == ["manifest.json", "mine.txt"]
+
+
+def test_links_where_a_run_keeps_its_work_are_refused_and_nothing_is_written_through_them(tmp_path, extractor):
+    """A link named lock in OUTPUT.parts: opened to lock, its file was truncated. OUTPUT.parts a
+    link to a folder: the run described every image, then failed to remove it ('Cannot call rmtree
+    on a symbolic link'), and so did every run after."""
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "one.png", 224, 224)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    (tmp_path / "out.h5.parts").mkdir()
+    (tmp_path / "out.h5.parts" / "lock").symlink_to(precious)
+    with pytest.raises(VggfeatError, match=r"out.h5.parts/lock is a link, where vggfeat locks a run on .*: remove it"):
+        ExtractionJob(extractor, images, output)
+    assert precious.read_text() == "precious"
+    (tmp_path / "out.h5.parts" / "lock").unlink()
+    (tmp_path / "out.h5.parts").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out.h5.parts").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(VggfeatError, match=r"out.h5.parts is a link: vggfeat keeps a run's work for .* in a folder of "
+                                           r"its own there; remove the link"):
+        ExtractionJob(extractor, images, output)
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and not output.exists()
 
 
 def test_a_run_killed_as_it_wrote_its_manifest_resumes(tmp_path, extractor, monkeypatch):

@@ -368,6 +368,9 @@ class ExtractionJob:
         # manifest's temporary file) of a run killed before it wrote one.
         if not manifest_file.is_file() and not holds_no_work(self.work):
             raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder; move it away or remove it")
+        if manifest_file.is_file() and not _is_manifest(manifest_file):  # (--overwrite would clear the folder)
+            raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder (its manifest.json is not "
+                               "vggfeat's); move it away or remove it")
         self.work.mkdir(exist_ok=True)
         lock, self.unlocked_because = lock_folder(self.work, self.output)
         try:
@@ -476,6 +479,16 @@ def _unread_chunks(chunks: list[Chunk]) -> int:
             break
         count += 1
     return count
+
+
+def _is_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest of vggfeat's, as far as it reads (one it cannot read is
+    refused as it is resumed, saying so), not another program's manifest.json."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    return isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("config"), dict)
 
 
 def _differences(previous: dict, current: dict) -> list[str]:

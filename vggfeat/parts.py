@@ -10,6 +10,7 @@ part holds. A run on several devices keeps one such folder per block in ``OUTPUT
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -171,10 +172,17 @@ def lock_folder(folder: Path, output: Path) -> tuple[IO, str | None]:
     """(the open lock file of ``folder``, held while open; why it could not be locked, or None).
     A second run writing ``output`` meanwhile is refused; on a file system without locks (NFS
     without its lock daemon) the run goes on unlocked, and says why."""
-    try:
-        lock = open(folder / "lock", "w")
+    if folder.is_symlink():  # its files would be removed through the link, and the link left as a folder's name
+        raise VggfeatError(f"{folder} is a link: vggfeat keeps a run's work for {output} in a folder of its own "
+                           "there; remove the link")
+    try:  # never through a link (it would truncate the file it names), nor truncated: what it holds is no matter
+        lock = os.fdopen(os.open(folder / "lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "w")
     except FileNotFoundError:  # the folder removed by a run that finished since this one made or found it
         raise _finished_meanwhile(output) from None
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise VggfeatError(f"{folder}/lock is a link, where vggfeat locks a run on {output}: remove it") from None
     try:
         _lock_exclusively(lock)
     except BlockingIOError:
