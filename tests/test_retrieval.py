@@ -689,6 +689,12 @@ def test_commands_whiten_index_search_eval_export(tmp_path):
     lines = list(csv.reader(open(tmp_path / "db.paths.csv")))
     assert lines[0] == ["row", "path", "label"] and lines[1][2] == "c0"
     assert list(csv.reader(open(tmp_path / "db.failed.csv"))) == [["path", "label", "reason"]]  # none failed
+    # Never over the file exported, whatever its name, even with --overwrite (its failures' CSV replaced it).
+    odd = tmp_path / "a.failed.csv"
+    odd.write_bytes(Path(db).read_bytes())
+    code, _, err = run_main(["export", odd, tmp_path / "a", "--to", "npy", "--overwrite"])
+    assert code == 2 and f"{odd} is an input of this command too" in error_line(err), err
+    assert odd.read_bytes() == Path(db).read_bytes() and not (tmp_path / "a.npy").exists()
 
 
 def test_the_same_whiten_fit_and_index_commands_again_have_nothing_to_do(tmp_path):

@@ -327,6 +327,9 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
     assert refused(["protocol", "voc", files["train"], files["test"], "--labels", inputs_json, "--json", inputs_json,
                     "--overwrite"]) == (f"Error: {inputs_json} is an input of this command too: name another output "
                                         "(--overwrite replaces outputs, never inputs)")
+    assert refused(["evaluate", model, files["test"], "--labels", report / "per_class.csv", "--report", report,
+                    "--overwrite"]) == (f"Error: {report / 'per_class.csv'} is an input of this command too: name "
+                                        "another output (--overwrite replaces outputs, never inputs)")
     assert {path: path.read_text() for path in kept} == kept
     assert sorted(p.name for p in report.iterdir()) == ["per_class.csv"]  # nothing written beside it either
 

@@ -129,6 +129,15 @@ def test_voc_persons_lists_what_extract_describes_and_protocol_voc_finds(tmp_pat
     assert lines[0] == "../VOCdevkit/VOC2012/JPEGImages/2011_000001.jpg#xywh=10,20,60,100" and len(lines) == 10
     code, _, err = run_main(["protocol", "voc-persons", devkit, lists / "persons.txt"])
     assert code == 2 and "persons.txt already exists; pass --overwrite" in error_line(err)
+    # Never over a file the devkit's sets are read from, nor both lists into one file, even with --overwrite.
+    action_set = devkit / "ImageSets" / "Action" / "jumping_trainval.txt"
+    before = action_set.read_bytes()
+    code, _, err = run_main(["protocol", "voc-persons", devkit, action_set, "--set", "trainval", "--overwrite"])
+    assert code == 2 and "jumping_trainval.txt is an input of this command too" in error_line(err), err
+    assert action_set.read_bytes() == before
+    code, _, err = run_main(["protocol", "voc-persons", devkit, lists / "p.txt", "--images", lists / "p.txt"])
+    assert code == 2 and "--images " in error_line(err) and "is OUTPUT too" in error_line(err)
+    assert not (lists / "p.txt").exists()
     for name in ("persons", "images"):
         code, _, err = run_main(["extract", "--file-list", lists / f"{name}.txt", tmp_path / f"{name}.h5", *FAST,
                                  "--layer", "conv1_1"])

@@ -27,7 +27,7 @@ import numpy as np
 from .errors import VggfeatError, not_a_file
 from .features import FeatureFile
 from .files import written_atomically
-from .store import check_output_path
+from .store import check_new_file, check_output_path
 
 FORMATS = ("npy", "parquet")
 _BLOCK_BYTES = 64 * 2**20
@@ -36,6 +36,8 @@ _BLOCK_BYTES = 64 * 2**20
 def export(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
     """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the files written."""
     targets = export_targets(features, to, output)
+    for target in targets:  # never over the file exported, even with overwrite (a slip of the keyboard)
+        check_new_file(target, overwrite=True, inputs=[features])
     with FeatureFile(features) as f:
         failed_csv = _failed_csv(f)
         # The failures of an export to the other format, the same list: no file of the user's to lose.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -170,8 +171,11 @@ def voc_persons(devkit, output, sets, images, overwrite) -> None:
     from ..store import check_new_file
     from ..voc import person_lists
 
+    if images is not None and os.path.abspath(images) == os.path.abspath(output):
+        raise click.UsageError(f"--images {images} is OUTPUT too: name each list a file of its own")
+    read = [file for name in sets for file in set_files(devkit, name)]  # never written over, even with --overwrite
     for path in (output, images) if images else (output,):
-        check_new_file(path, overwrite)
+        check_new_file(path, overwrite, inputs=read)
     persons, whole = person_lists(devkit, sets, output.parent)
     write_text_file(output, "".join(f"{line}\n" for line in persons))
     if images:

@@ -17,7 +17,7 @@ from ..modelfile import read_model_file
 from ..report import report_files, write_report
 from ..rerun import check_output, file_record, record_in_file, recorded_in_file
 from ..scoresfile import scores_summary
-from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT
+from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT, check_new_file
 from ..voc import DIFFICULT, set_files
 from .common import (SEEDS, command_line, counted, feature_rows, given, made_by_this_command, progress_bar, provenance, quiet,
                      refuse_without)
@@ -251,7 +251,8 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
             return
         if not overwrite and recorded_in_file(written[0]) is not None:  # a report made otherwise: say how
             check_output(written[0], overwrite, made, None)
-        _check_report_folder(report, model.svm.multilabel, overwrite)
+        _check_report_folder(report, model.svm.multilabel, overwrite,
+                             inputs=[paths[0], *files, labels, *set_files(voc_devkit, voc_set)])
     metrics, scored = transfer.evaluate(model, files, labels, voc=voc)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
     for key, name in (("accuracy", "accuracy"), ("mean_class_recall", "mean class recall"),
@@ -285,11 +286,15 @@ def _voc_labels(devkit: Path | None, image_set: str, labels: Path | None) -> tup
     return devkit, image_set
 
 
-def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool) -> None:
+def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool, inputs: list[Path | None]) -> None:
     """Refuse, before the work, a report folder that is a file, or that holds an earlier report's
-    files (unless ``overwrite``): they were named by no one."""
+    files (unless ``overwrite``): they were named by no one; nor ever one of the command's
+    ``inputs`` under a report file's name (``--labels rep/per_class.csv --report rep``)."""
     if folder.exists() and not folder.is_dir():
         raise VggfeatError(f"--report {folder} is a file; name a folder")
+    for path in report_files(folder, multilabel):
+        if path.exists():
+            check_new_file(path, overwrite=True, inputs=inputs)
     earlier = [path.name for path in report_files(folder, multilabel) if path.exists()]
     if earlier and not overwrite:
         raise VggfeatError(f"{folder} already holds a report ({', '.join(earlier)}); pass --overwrite to replace "
