@@ -255,7 +255,8 @@ def test_a_damaged_file_is_refused_in_a_line_whatever_torch_raises(tmp_path, emp
 
 @pytest.mark.parametrize(
     "content",
-    [{"features.0.weight": 3}, {"state_dict": {"features.0.weight": torch.zeros(1)}, "epoch": 3}, [torch.zeros(1)]],
+    [{"features.0.weight": 3}, {"state_dict": {"features.0.weight": torch.zeros(1)}, "epoch": 3}, [torch.zeros(1)],
+     {1: torch.ones(1)}, {("features", 0): torch.ones(1)}],
 )
 def test_not_a_state_dict_is_refused(tmp_path, content):
     path = tmp_path / "checkpoint.pth"
@@ -269,6 +270,34 @@ def test_wrong_layout_state_dict_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
     with pytest.raises(VggfeatError, match="do not fit vgg11"):
         load_vgg("vgg11", path)
+
+
+def _vgg11_state(vgg11, name: str, value) -> dict:
+    return {**vgg11[0].state_dict(), name: value}
+
+
+@pytest.mark.parametrize("change, said", [
+    # A 10 KB file whose fc8 is a view of one value as 16 TB: each copy (hash, float) would take it.
+    (lambda w: w.expand(10**9, 4096), r"classifier.6.weight is a view of fewer values than its shape \(1000000000, 4096\)"),
+    (lambda w: w.to(torch.complex64), "classifier.6.weight holds complex64 values, where the network's are real numbers"),
+    (lambda w: w.to(torch.int32), "classifier.6.weight holds int32 values"),
+    (lambda w: torch.ones(10, 5), r"classifier.6.weight is \(10, 5\), the network's \(10, 4096\)"),
+])
+def test_weights_of_the_wrong_kind_are_refused_before_they_are_copied(tmp_path, vgg11, change, said):
+    path = tmp_path / "odd.pth"
+    fc8 = vgg11[0].state_dict()["classifier.6.weight"]
+    torch.save(_vgg11_state(vgg11, "classifier.6.weight", change(fc8[:1, :1].clone() if "view" in said else fc8)), path)
+    with pytest.raises(VggfeatError, match=f"weights in {re.escape(str(path))} do not fit vgg11: {said}"):
+        load_vgg("vgg11", path)
+
+
+def test_weights_holding_nan_are_refused_naming_the_tensor(tmp_path, vgg11):
+    """Taken, every image was recorded as failed for a NaN descriptor, said to be fp16's overflow."""
+    weight = vgg11[0].state_dict()["features.3.weight"].clone()
+    weight[0, 0, 0, 0] = float("nan")
+    torch.save(_vgg11_state(vgg11, "features.3.weight", weight), tmp_path / "nan.pth")
+    with pytest.raises(VggfeatError, match=r"hold NaN or infinite values \(features.3.weight\)"):
+        load_vgg("vgg11", tmp_path / "nan.pth")
 
 
 class LeavesMarker:
@@ -288,12 +317,23 @@ def test_marker_payload_works(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+class RunsACommand:
+    """Unpickling this object runs a shell command: a module torch blocks by name (its message differs)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump", "os.system"])
 def test_pickled_code_is_refused_and_never_runs(tmp_path, how):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
-    payload = {"features.0.weight": torch.zeros(64, 3, 3, 3), "extra": LeavesMarker(marker)}
-    if how == "torch.save":
+    payload = {"features.0.weight": torch.zeros(64, 3, 3, 3),
+               "extra": RunsACommand(marker) if how == "os.system" else LeavesMarker(marker)}
+    if how != "pickle.dump":
         torch.save(payload, path)
     else:
         with open(path, "wb") as file:

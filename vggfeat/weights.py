@@ -181,7 +181,8 @@ def _from_file(model: str, path: Path) -> VGG:
             f"cannot read weights from {path}: {_unreadable(error)} "
             "(expected a torchvision state dict saved with torch.save, or a .safetensors file)"
         ) from None
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    if not isinstance(state_dict, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state_dict.items()):
         inside = next((key for key in ("state_dict", "model") if isinstance(state_dict, Mapping) and key in state_dict), None)
         held = (f": it is a training checkpoint, its weights under {inside!r}: save them alone with "
                 f"torch.save(checkpoint[{inside!r}], path)") if inside else " (torchvision layout, e.g. features.0.weight)"
@@ -198,6 +199,7 @@ def _with_state_dict(model: str, state_dict: Mapping[str, torch.Tensor], source:
     num_classes = fc8.shape[0] if fc8 is not None and fc8.ndim == 2 else 1000
     with torch.device("meta"):  # no random initialisation of parameters about to be replaced
         vgg = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
+    _check_values(state_dict, vgg.state_dict(), f"weights in {source} do not fit {model}")
     # Weights saved as float16 (half the file), bfloat16 or float64 are held as float32, exactly
     # but for float64's: the network runs in the precision asked for (--precision), not the file's.
     state_dict = {name: value.float() if value.is_floating_point() else value for name, value in state_dict.items()}
@@ -205,14 +207,34 @@ def _with_state_dict(model: str, state_dict: Mapping[str, torch.Tensor], source:
         vgg.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as error:
         raise VggfeatError(f"weights in {source} do not fit {model}: {_short(error, 300)}") from None
+    broken = next((name for name, value in state_dict.items() if value.is_floating_point() and not value.isfinite().all()),
+                  None)
+    if broken is not None:  # every descriptor would be NaN, each image recorded as failed for it
+        raise VggfeatError(f"weights in {source} hold NaN or infinite values ({broken}): a training that diverged, or a "
+                           "damaged file")
     return vgg
+
+
+def _check_values(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], refusal: str) -> None:
+    """Refuse, before any is copied (a 10 KB file's tensor can be a view of terabytes), a tensor of
+    ``state_dict`` whose shape differs from the network's (``expected``), or whose values are not
+    real numbers (a counter of BatchNorm's excepted)."""
+    for name, value in state_dict.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise VggfeatError(f"{refusal}: {name} is a view of fewer values than its shape {tuple(value.shape)} holds "
+                               "(an expanded tensor): save the weights with each tensor made whole (.contiguous())")
+        if name in expected and tuple(value.shape) != tuple(expected[name].shape):
+            raise VggfeatError(f"{refusal}: {name} is {tuple(value.shape)}, the network's {tuple(expected[name].shape)}")
+        if name in expected and not value.is_floating_point() and not expected[name].dtype == value.dtype == torch.int64:
+            raise VggfeatError(f"{refusal}: {name} holds {str(value.dtype).removeprefix('torch.')} values, where the "
+                               "network's are real numbers")
 
 
 def _refused_pickle(error: pickle.UnpicklingError) -> str:
     """What torch.load(weights_only=True) refused, in a line. torch's own message says how to
     load the file by running its pickled code, which vggfeat never does."""
     text = " ".join(str(error).split())
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)  # torch < 2.9's words, and later ones
     if found:
         return (f"it holds Python objects ({found[1]}), not only tensors, and vggfeat runs no pickled code: save the "
                 "model's weights with torch.save(model.state_dict(), path)")
