@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -150,8 +151,14 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
 # Formats that some installations do not decode: (name, extensions, what to install, whether this one decodes them).
 _OPTIONAL_FORMATS = (
     ("HEIC/HEIF", HEIF_EXTENSIONS, "pillow-heif (pip install pillow-heif)", lambda: heif_plugin()),
-    ("AVIF", (".avif",), "a Pillow that decodes AVIF (pip install -U pillow)", lambda: features.check("avif")),
+    ("AVIF", (".avif",), "a Pillow that decodes AVIF (pip install -U pillow)", lambda: _pillow_decodes_avif()),
 )
+
+
+def _pillow_decodes_avif() -> bool:
+    with warnings.catch_warnings():  # a Pillow before 11.2 warns "Unknown feature 'avif'" at each run
+        warnings.simplefilter("ignore")
+        return bool(features.check("avif"))
 
 
 def _format_not_decoded(path: str | Path) -> str | None:
