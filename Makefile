@@ -30,10 +30,12 @@ demo: venv
 test: venv
 	$(VENV)/bin/python -m pytest -q
 
-# The floor of pyproject.toml's ranges; torchcodec (the test extra) needs a newer torch, so the
-# test tools come one by one. Tests of optional libraries (TorchCodec, nvImageCodec) are skipped.
+# The floor of pyproject.toml's ranges, each dependency at its oldest release admitted; torchcodec
+# (the test extra) needs a newer torch, and pillow-heif 1 a newer Pillow, so the test tools come
+# one by one. Tests of optional libraries (TorchCodec, nvImageCodec, pillow-heif) are skipped.
 # torch 2.2 has wheels for Python 3.8 to 3.12.
-OLDEST := torch==2.2.2 torchvision==0.17.2 "numpy<2" pytest faiss-cpu pyarrow pillow-heif
+OLDEST := torch==2.2.2 torchvision==0.17.2 numpy==1.24.0 h5py==3.8.0 pillow==10.0.0 click==8.2.0 tqdm==4.60.0 \
+	scikit-learn==1.7.0 scipy==1.10.0 matplotlib==3.7.0 pytest faiss-cpu pyarrow
 # Where NumPy 1's copy semantics, torchvision 0.17's JPEG decoding and torch 2.2 differ from the newest
 # (about a minute): `make test-oldest-stages`, which CI runs.
 OLDEST_TESTS := tests/test_svm.py tests/test_jpeg.py tests/test_decode.py tests/test_extractor.py tests/test_job.py \

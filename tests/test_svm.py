@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import warnings
 
 import h5py
@@ -372,6 +373,48 @@ def test_tampered_model_is_refused(tmp_path, tamper):
             f.attrs["normalize"] = False
     with pytest.raises(VggfeatError, match="was modified or is damaged"):
         load_model(model)
+
+
+def _resealed(f):  # a model edited on purpose: its checksum computed again, as anyone can
+    from vggfeat.modelfile import _checksum
+
+    f.attrs["checksum"] = _checksum(f)
+
+
+def _compressed_coef(f):
+    coef = f["coef"][:]
+    del f["coef"]
+    f.create_dataset("coef", data=coef, compression="gzip")
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda f: f.create_group("zz"), "is damaged: it holds classes, coef, intercept, zz, where a model holds"),
+    (_compressed_coef, r"was not written by vggfeat \(its arrays are compressed, chunked or elsewhere\)"),
+    (lambda f: f.attrs.__setitem__("cv_scores", "[1, 2]"), r"not a readable vggfeat SVM model file \(AttributeError"),
+    (lambda f: f.attrs.__setitem__("training", "[1]"), r"\(training not of its kind\)"),
+    (lambda f: f.attrs.__setitem__("params", "[]"), r"\(params not of its kind\)"),
+    (lambda f: f.attrs.__setitem__("params", "[" * 100_000 + "]" * 100_000), "not a readable vggfeat SVM model file"),
+    (lambda f: f.attrs.__setitem__("extraction_configs", "[5]"), r"\(extraction_configs not of its kind\)"),
+    (lambda f: f.attrs.__setitem__("params", json.dumps({**json.loads(f.attrs["params"]), "multilabel": 7})),
+     r"\(multilabel not true or false\)"),
+    (lambda f: f.attrs.__setitem__("classes_dtype", "int64"), "its classes are not int64 values, as it says"),
+    (lambda f: f["classes"].__setitem__(1, f["classes"].asstr()[0]), "a class is named twice"),
+    (lambda f: f["coef"].__setitem__((0, 0), np.nan), "its weights hold NaN or infinite values"),
+    (lambda f: f.attrs.__setitem__("format_version", "1"), "has model format '1'; this vggfeat reads 1"),
+])
+def test_a_model_edited_and_resealed_is_refused_in_a_line(tmp_path, edit, said):
+    """A checksum anyone can compute again guards against damage, not against edits: a model file
+    edited so, or made by other code, is refused for what it holds (each of these was a traceback,
+    a gzip-compressed coef of a 75 KB file declared 7.5 GB, or NaN scores and duplicate columns)."""
+    _, model, _ = trained(tmp_path)
+    with h5py.File(model, "r+") as f:
+        edit(f)
+        if "zz" not in f:  # (a group: refused before the checksum, which reads datasets)
+            _resealed(f)
+    with pytest.raises(VggfeatError, match=said):
+        load_model(model)
+    code, _, err = run_main(["info", model])
+    assert code == 2 and "Traceback" not in err, err
 
 
 def test_other_files_are_not_models(tmp_path):

@@ -63,26 +63,75 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
             if f.attrs.get("format") != SVM_MODEL_FORMAT:
                 raise VggfeatError(f"{path} is not a vggfeat SVM model file{kind_of(f)}")
             if f.attrs.get("format_version") != MODEL_FORMAT_VERSION:
-                raise VggfeatError(f"{path} has model format {f.attrs.get('format_version')}; this vggfeat reads {MODEL_FORMAT_VERSION}")
+                raise VggfeatError(f"{path} has model format {jsonable(f.attrs.get('format_version'))!r}; this vggfeat "
+                                   f"reads {MODEL_FORMAT_VERSION}")
+            _check_layout(f, path)
             if f.attrs.get("checksum") != _checksum(f):
                 raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch); retrain the model")
             model = ModelFile(
                 coef=f["coef"][:], intercept=f["intercept"][:], classes=list(f["classes"].asstr()[:]),
                 params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
-                cv_scores={float(c): s for c, s in json.loads(f.attrs["cv_scores"]).items()},
+                cv_scores={float(c): float(s) for c, s in json.loads(f.attrs["cv_scores"]).items()},
                 extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]),
                 checksum=str(f.attrs["checksum"]), command=str(f.attrs.get("command", "")),
                 classes_dtype=str(f.attrs.get("classes_dtype", "")))
     except VggfeatError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({error})") from None
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({type(error).__name__}: "
+                           f"{str(error)[:200]})") from None
+    _check_values(model, path)
+    return model
+
+
+def _check_layout(f: h5py.File, path: Path) -> None:
+    """Refuse, before any array is read (the checksum reads them all), a file laid out otherwise
+    than :func:`write_model_file` lays it out: its three arrays of agreeing shapes, whole in the
+    file (a compressed array of a 75 KB file can declare gigabytes), nothing else."""
+    if sorted(f.keys()) != ["classes", "coef", "intercept"] or not all(isinstance(f[name], h5py.Dataset) for name in f):
+        raise VggfeatError(f"{path} is damaged: it holds {', '.join(sorted(f.keys())) or 'nothing'}, where a model holds "
+                           "the datasets classes, coef and intercept")
+    coef, intercept, classes = f["coef"], f["intercept"], f["classes"]
+    if coef.ndim != 2 or intercept.shape != coef.shape[:1] or classes.shape != coef.shape[:1]:
+        raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")
+    if any(data.chunks is not None or data.external or data.is_virtual for data in (coef, intercept, classes)):
+        raise VggfeatError(f"{path} was not written by vggfeat (its arrays are compressed, chunked or elsewhere)")
+
+
+def _check_values(model: ModelFile, path: Path) -> None:
+    """Refuse a model whose attributes are not of their kinds, or whose values no training gives."""
+    kinds = (("params", model.params, dict), ("training", model.training, dict),
+             ("extraction_configs", model.extraction_configs, list))
+    wrong = [name for name, value, kind in kinds if not isinstance(value, kind)]
+    if wrong or not all(isinstance(config, dict) for config in model.extraction_configs):
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({', '.join(wrong) or 'extraction_configs'} "
+                           "not of its kind)")
+    flags = [name for name in ("multilabel", "normalize") if not isinstance(model.params.get(name, False), bool)]
+    if flags:
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({', '.join(flags)} not true or false)")
     if model.classes_dtype not in ("", *NUMBER_CLASSES):
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file (classes of type {model.classes_dtype!r})")
-    classes = len(model.classes)
-    if model.coef.ndim != 2 or len(model.coef) != classes or model.intercept.shape != (classes,):
-        raise VggfeatError(f"{path} is damaged: coefficient, intercept and class counts disagree")
-    return model
+    if not model.classes:
+        raise VggfeatError(f"{path} is damaged: it holds no class")
+    if len(set(model.classes)) != len(model.classes):
+        raise VggfeatError(f"{path} is damaged: a class is named twice")
+    if model.classes_dtype and not all(map(_NUMBER_TEXT[model.classes_dtype], model.classes)):
+        raise VggfeatError(f"{path} is damaged: its classes are not {model.classes_dtype} values, as it says")
+    if not (np.isfinite(model.coef).all() and np.isfinite(model.intercept).all() and np.isfinite(model.C)):
+        raise VggfeatError(f"{path} is damaged: its weights hold NaN or infinite values")
+
+
+def _is_number(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Whether a class's text is a value of each NUMBER_CLASSES kind, as load_model turns it into one.
+_NUMBER_TEXT = {"int64": lambda text: _is_number(text, int), "float64": lambda text: _is_number(text, float),
+                "bool": lambda text: text in ("True", "False")}
 
 
 def model_summary(path: str | os.PathLike) -> dict:
