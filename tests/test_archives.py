@@ -361,6 +361,12 @@ def test_webdataset_samples_take_the_class_of_their_cls_file(tmp_path):
     alone = find_images(shard)
     assert [alone.classes[label] if label >= 0 else None for label in alone.labels] == ["3", "7", None, None, "3"]
     assert alone.paths == ("k1.jpg", "k2.seg.png", "k3.jpg", "k5.jpg", "sub/k4.jpg")
+    # A class holding a NUL byte: every image was described, then the file could not be written
+    # (HDF5 stores no such text), at every resume. Refused before the run, naming the member.
+    (files / "k2.cls").write_bytes(b"ca\0t")
+    bad = write_tar(tmp_path / "bad.tar", files, names)
+    with pytest.raises(VggfeatError, match=r"bad.tar: k2.cls: its class holds a NUL byte"):
+        find_images(bad)
 
 
 def write_archive_of_archives(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -140,6 +140,9 @@ def sample_classes(archive: str | os.PathLike, table: dict[str, tuple[int, int]]
     with open(_file_of(os.fspath(archive)), "rb", buffering=0) as file:
         for member, (offset, size) in files:
             text = os.pread(file.fileno(), min(size, CLASS_BYTES), offset).decode("utf-8", "replace").strip()
+            if "\0" in text:  # refused before the run: HDF5 cannot store the label, the run could never end
+                raise VggfeatError(f"{archive}: {member}: its class holds a NUL byte, which no class name can (a binary "
+                                   "file, not a class's text): mend that member, or leave the archive out")
             if text:
                 classes[_sample_key(member)] = text
     return classes
