@@ -25,6 +25,7 @@ the disk's speed matters for, and are removed afterwards.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
@@ -73,7 +74,7 @@ def run(folder: Path, images: ImageSet, dim: int, dtype: str, part_images: int) 
         per_part = (time.perf_counter() - began) / len(ranges)
         disk = sum(path.stat().st_blocks * 512 for path in work.iterdir())
         began = time.perf_counter()
-        output.finish(parts, {"written": way})
+        output.finish(parts, {"written": way}, read_after=math.nan)  # (when the files were read: not known here)
         replace_durably(output.path, work / "out.h5")
         figures[way] = {"disk": disk, "per part": per_part, "tail": time.perf_counter() - began,
                         "output": (work / "out.h5").stat().st_blocks * 512}

@@ -5,7 +5,7 @@
 # 1.5-3 minutes, most of it cuDNN autotuning its batch shapes (model only, then end to end); so
 # give each step its own 10-minute command, and put long logs under $OUT.
 #
-#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the open targets, then why (< 9.2 min)
+#   bash benchmarks/gpu_checks.sh session    # a session's 15 minutes of device time: the open targets, then why (< 9.5 min)
 #   bash benchmarks/gpu_checks.sh first      # first, if time is short: the latest changes measured (< 9 min)
 #   bash benchmarks/gpu_checks.sh network    # the network alone: eager, fused conv+ReLU, torch.compile, CUDA graph
 #   bash benchmarks/gpu_checks.sh tests      # correctness first: tests/test_gpu.py (minutes: fp32 autotuning)
@@ -22,10 +22,10 @@
 #   bash benchmarks/gpu_checks.sh camera     # paper setting end to end on 12 Mpx photos, decoded whole and drafted
 #   bash benchmarks/gpu_checks.sh blocks     # what a multi-device run's block costs on a GPU (two processes on the one GPU)
 #   bash benchmarks/gpu_checks.sh fused      # two networks in one run, each image read once, against a run each (single scale)
-#   bash benchmarks/gpu_checks.sh svm        # train-svm --solver lbfgs on the GPU against the CPU's solvers (< 9 min)
-#   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 4 min)
-#   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2 min)
-#   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 10 min)
+#   bash benchmarks/gpu_checks.sh svm        # train-svm --solver lbfgs on the GPU against the CPU's solvers (< 9.5 min)
+#   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 5.5 min)
+#   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2.5 min)
+#   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 9.5 min)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -44,7 +44,7 @@ install_nvimgcodec() {
     export PYTHONPATH=$PYTHONPATH:/tmp/site
 }
 
-case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera or blocks} in
+case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm} in
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
     # one: the open targets first, then what decides the single-scale target, each step with
@@ -99,11 +99,12 @@ gpudecode)
     timeout 150 $python benchmarks/bench_gpu_decode.py --count 512 --batch 32,256 --rounds 5 || echo "(exit $?)" ;;
 nvimgcodec)
     # After a session whose engines decode faster in calls of 256 than of 32 (gpudecode): single scale
-    # with --decoder nvimgcodec, its threads calling with 32, 128 and 256 files, 8 and 16 threads.
+    # with --decoder nvimgcodec, its threads calling with 32 and 256 files, 8 and 16 threads (four
+    # runs of at most 140 s: one command's 10 minutes).
     install_nvimgcodec
-    for group in 32 128 256; do
+    for group in 32 256; do
         for workers in 8 16; do
-            timeout 150 $bench ${single/--workers 16/--workers $workers} --naive-count 1 --decoder nvimgcodec --compile \
+            timeout 140 $bench ${single/--workers 16/--workers $workers} --naive-count 1 --decoder nvimgcodec --compile \
                 --jpeg-group $group || echo "(exit $?)"
         done
     done ;;
@@ -186,12 +187,13 @@ fused)
 svm)
     # train-svm --solver lbfgs on the GPU (float32) against the CPU's liblinear (10 of the 100
     # classes, extrapolated) and lbfgs, 100,000 fc7-like rows; and the GPU test of its objective.
+    # (60 s and three runs of at most 170 s: one command's 10 minutes.)
     timeout 60 $python -m pytest -q -ra tests/test_gpu.py -k lbfgs || echo "(exit $?)"
     for solver in "lbfgs --device cuda" "lbfgs --device cpu" "liblinear --train-classes 10"; do
-        timeout 240 $python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --mode vggfeat --solver $solver \
+        timeout 170 $python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --mode vggfeat --solver $solver \
             || echo "(exit $?)"
     done ;;
 *)
-    echo "unknown step $1: session, first, reading, gpudecode, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm" >&2
+    echo "unknown step $1: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm" >&2
     exit 2 ;;
 esac
