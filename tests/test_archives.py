@@ -582,3 +582,30 @@ def test_a_member_whose_name_holds_a_nul_byte_is_left_out_saying_so(tmp_path):
     assert read_output(tmp_path / "out.h5")["paths"] == ["shard.tar/ok.png"]
     assert (f"warning: the tar archive {archive} has 1 member(s) whose name holds a NUL byte (a damaged header; the "
             "first: 'a\\x00b.png'): left out") in err
+
+
+def test_a_large_member_is_read_from_its_archive_as_it_is_decoded(tmp_path, monkeypatch):
+    """A member is read whole into memory up to 64 MiB, larger ones from the archive as they are
+    decoded: a 40 GB member (a small JPEG, then a hole) stopped the run with a MemoryError, and
+    every resume with it; large members, read by every decoding thread at once, took as much."""
+    write_rgb(tmp_path / "a.jpg", 64, 48, seed=1)
+    archive = write_tar(tmp_path / "small.tar", tmp_path, ["a.jpg"])
+    whole = decode_image(f"{archive}/a.jpg")
+    monkeypatch.setattr(vggfeat.archives, "MEMBER_IN_MEMORY_BYTES", 100)  # this one is larger: read as decoded
+    with open_image_file(f"{archive}/a.jpg") as file:
+        assert not isinstance(file, io.BytesIO)
+        assert file.read() == (tmp_path / "a.jpg").read_bytes()
+        assert file.seek(0, os.SEEK_END) == (tmp_path / "a.jpg").stat().st_size
+    np.testing.assert_array_equal(decode_image(f"{archive}/a.jpg")[0], whole[0])
+    monkeypatch.undo()
+    # The JPEG at the start of a 40 GB member; the archive a sparse file of a few KB on disk.
+    data = (tmp_path / "a.jpg").read_bytes()
+    info = tarfile.TarInfo("big.jpg")
+    info.size = 40 * 2**30
+    with open(tmp_path / "big.tar", "wb") as file:
+        file.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        file.write(data)
+        file.truncate(file.tell() - len(data) + info.size + 1024)
+    pixels = decode_image(f"{tmp_path / 'big.tar'}/big.jpg")[0]
+    np.testing.assert_array_equal(pixels, whole[0])
+    assert vggfeat.jpeg.read_jpeg(f"{tmp_path / 'big.tar'}/big.jpg", DEFAULT_MAX_PIXELS, 1) is None  # to PIL, unread

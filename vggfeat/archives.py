@@ -216,17 +216,70 @@ def given(tables: dict[str, Table]) -> Iterator[None]:
 
 
 def _read_member(archive: str, offset: int, size: int, version: Version | None = None) -> BinaryIO | None:
-    """The member at ``offset``; None if the archive's version is not ``version`` (if given)."""
+    """The member at ``offset``; None if the archive's version is not ``version`` (if given). A
+    member of up to :data:`MEMBER_IN_MEMORY_BYTES` is read whole; a larger one is read from the
+    archive as it is read (a 40 GB member, a few KB of JPEG and a hole, stopped the run with a
+    MemoryError; large ones, read by every decoding thread at once, would take as much memory)."""
     if size == 0:
         raise ImageError("empty file (0 bytes)")
-    with open(_file_of(archive), "rb") as file:
-        if version is not None and _version(os.fstat(file.fileno())) != version:
+    file = open(_file_of(archive), "rb", buffering=0)
+    try:
+        status = os.fstat(file.fileno())
+        if version is not None and _version(status) != version:
+            file.close()
             return None
-        file.seek(offset)
-        data = file.read(size)
+        if status.st_size < offset + size:
+            raise ImageError("truncated: its archive ends before it does")
+        if size > MEMBER_IN_MEMORY_BYTES:
+            return io.BufferedReader(_MemberReader(file, offset, size), buffer_size=2**20)
+        data = os.pread(file.fileno(), size, offset)
+    except BaseException:
+        file.close()
+        raise
+    file.close()
     if len(data) < size:
         raise ImageError("truncated: its archive ends before it does")
     return io.BytesIO(data)
+
+
+# Members up to this size are read whole into memory, larger ones as they are read (see _read_member).
+MEMBER_IN_MEMORY_BYTES = 64 * 2**20
+
+
+class _MemberReader(io.RawIOBase):
+    """A member of an archive as a file of its own: ``size`` bytes of ``file`` from ``offset``,
+    read where asked (``os.pread``); closing it closes ``file``."""
+
+    def __init__(self, file: BinaryIO, offset: int, size: int) -> None:
+        self._file, self._offset, self._size, self._position = file, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = max(0, min(len(buffer), self._size - self._position))
+        data = os.pread(self._file.fileno(), wanted, self._offset + self._position) if wanted else b""
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 def _version(status: os.stat_result) -> Version:
