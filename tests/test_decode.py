@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import struct
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -226,9 +228,22 @@ def test_dark_16bit_grayscale_is_not_mistaken_for_8bit(tmp_path):
         np.testing.assert_array_equal(_to_rgb(legacy)[0, ::10, 0], [0, 0, 1, 3])  # was [0, 128, 255, 255]
 
 
+def _write_gray16_png(path, values: np.ndarray, transparent: int) -> None:
+    """A 16-bit grayscale PNG whose tRNS chunk makes one gray value transparent, written byte by
+    byte: Pillow before 10.1 cannot write one ("cannot use transparency for this mode")."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = values.shape
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(height))  # filter 0 each row
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+                     + chunk(b"tRNS", struct.pack(">H", transparent)) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
 def test_16bit_grayscale_transparent_value_is_white_as_alpha_over_white(tmp_path):
     values = np.array([[0, 128, 255, 257 * 3]], dtype=np.uint16).repeat(40, axis=0).repeat(10, axis=1)
-    Image.fromarray(values).save(tmp_path / "clear.png", transparency=257 * 3)  # a tRNS chunk: one gray value
+    _write_gray16_png(tmp_path / "clear.png", values, transparent=257 * 3)
     np.testing.assert_array_equal(decode_image(tmp_path / "clear.png")[0, ::10, 0], [0, 0, 1, 255])
 
 
