@@ -89,7 +89,9 @@ def main() -> None:
         for processes in (False, True):
             reader = ImageReader(torch.device("cpu"), args.decoder, args.workers, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE,
                                  processes=processes)
-            read_all(reader, found["loose"][:64], 64)  # the processes' start, paid before the timing
+            # Warm-up: the decoders' first use. Not the processes' start: each read starts its own, so
+            # each time below includes it (about 0.15-0.3 s here), which weighs most at a small --count.
+            read_all(reader, found["loose"][:64], 64)
             rates = [args.count / fastest(lambda name=name: read_all(reader, found[name], 256), args.repeat)
                      for name in kinds]
             print(f"| reading, {args.workers} decoding {'processes' if processes else 'threads'} | {rates[0]:,.0f} images/s | "

@@ -16,6 +16,7 @@ blocks can only cost (each pays its own start): what they cost.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cuda_check import require_cuda
 import vggfeat.multidevice
-from vggfeat import Extractor, MultiDeviceJob, find_images
+from vggfeat import Extractor, MultiDeviceJob, VggfeatError, find_images
 
 
 def make_jpegs(folder: Path, count: int, even: bool) -> None:
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--center-crop", action="store_true", help="the single-scale setting's crop (with --scales 224)")
     parser.add_argument("--decode-in", default="threads", choices=["threads", "processes"])
     args = parser.parse_args()
+    require_cuda("bench_blocks", args.devices, "--devices")
     devices = args.devices.split(",")
     scales = [int(q) for q in args.scales.split(",")]
     extractor = Extractor("vgg16", weights="random", scales=scales, flip=False, device=devices[0], workers=args.workers,
@@ -78,4 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

@@ -18,7 +18,8 @@ resident memory printed (VmHWM) is that run's:
                    the descriptors a block at a time.
   predict, whole:   as vggfeat did before: load_features (every row into one float64 array), then
                    the model's decision_function. The model: a linear SVM of the file's 100 classes
-                   trained on its first 1000 rows, once, in --workdir.
+                   trained on its first 1000 rows (all, if fewer), once for each --rows and --dim,
+                   in --workdir.
   csv, vggfeat:    transfer.write_predictions, predict's CSV written as each block is scored.
   csv, whole:      as vggfeat wrote it before: transfer.predict (the scores of every row, scored in
                    blocks), then the CSV from them.
@@ -84,12 +85,14 @@ def index_whole(features: Path, kind: str) -> None:
 
 
 def make_model(features: Path, model: Path) -> None:
-    """A linear SVM for the file's descriptors (trained on its first 1000 rows: scoring is measured)."""
+    """A linear SVM for the file's descriptors (trained on its first 1000 rows, or all if fewer:
+    scoring is measured)."""
     from vggfeat.features import FeatureFile
     from vggfeat.svm import LinearSVM, save_model
 
     with FeatureFile(features) as f:
-        svm = LinearSVM(C=1.0).fit(f.read(np.arange(1000)), f.labels[:1000])
+        rows = min(1000, len(f.labels))
+        svm = LinearSVM(C=1.0).fit(f.read(np.arange(rows)), f.labels[:rows])
         save_model(model, svm, [f.config])
 
 
@@ -102,7 +105,7 @@ def write_csv_whole(path: Path, scored) -> None:
             writer.writerow([p, scored.classes[int(np.argmax(row))], *(f"{s:.6g}" for s in row), ""])
 
 
-def child(step: str, mode: str, features: Path, output: Path) -> None:
+def child(step: str, mode: str, features: Path, model: Path, output: Path) -> None:
     from vggfeat import transfer
     from vggfeat.features import load_features
     from vggfeat.index import index_features
@@ -112,19 +115,16 @@ def child(step: str, mode: str, features: Path, output: Path) -> None:
     if step == "whiten":
         fit_whitening(features, output) if mode == "vggfeat" else fit_whole(features, output)
     elif step == "predict":
-        model = output.with_name("model.h5")
         if mode == "vggfeat":
             transfer.score(model, features)
         else:  # as vggfeat scored before: every descriptor read into one float64 array first
             transfer.load_model(model).svm.decision_function(load_features(features).X)
     elif step == "scores":
-        model = output.with_name("model.h5")
         if mode == "vggfeat":
             transfer.write_scores(output.with_name("scores.h5"), model, features)
         else:
             transfer.write_predictions(output.with_name("scores.csv"), model, features)
     elif step == "csv":
-        model = output.with_name("model.h5")
         if mode == "vggfeat":
             transfer.write_predictions(output.with_suffix(".csv"), model, features)
         else:
@@ -174,21 +174,24 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     features = args.workdir / f"features-{args.rows}x{args.dim}.h5"
+    model = args.workdir / f"model-{args.rows}x{args.dim}.h5"  # of those features: one for each size
     if args.child:
         step, mode = args.child
-        child(step, mode, features, args.workdir / f"{mode}.h5")
+        child(step, mode, features, model, args.workdir / f"{mode}.h5")
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not features.exists():
         make_file(features, args.rows, args.dim, classes=100)
     print(f"{args.rows:,} x {args.dim} float32 descriptors ({features.stat().st_size / 2**20:,.0f} MiB on disk)")
     steps = args.steps.split(",")
-    if {"predict", "csv", "scores"} & set(steps) and not (args.workdir / "model.h5").exists():
-        make_model(features, args.workdir / "model.h5")
+    if {"predict", "csv", "scores"} & set(steps) and not model.exists():
+        make_model(features, model)
     for step in steps:
         for mode in ("whole", "vggfeat"):
             run = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
-                                  "--workdir", str(args.workdir), "--child", step, mode], capture_output=True, text=True, check=True)
+                                  "--workdir", str(args.workdir), "--child", step, mode], capture_output=True, text=True)
+            if run.returncode:  # the child's output is captured for its result: show why it failed
+                sys.exit(f"{step}, {mode} failed (exit code {run.returncode}):\n{run.stderr}")
             result = json.loads(run.stdout.splitlines()[-1])
             print(f"{step:>6}, {mode:>7}: {result['seconds']:7.1f} s, peak resident memory {result['peak_rss_mib']:,.0f} MiB")
     if "csv" in steps:

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import io
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -137,6 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.photo and (args.size != "500x375" or args.grain):
         parser.error("--photo makes 500x375 and 375x500 JPEGs of their own texture: no --size or --grain")
+    if args.scaled and importlib.util.find_spec("simplejpeg") is None:  # before the JPEGs are made and timed
+        sys.exit("bench_decode: --scaled needs simplejpeg, which vggfeat does not install: pip install simplejpeg")
     size = tuple(int(side) for side in args.size.split("x"))
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,11 +51,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from cuda_check import require_cuda
 import vggfeat.extractor
 import vggfeat.gpujpeg
 import vggfeat.processes
 import vggfeat.reading
-from vggfeat import ExtractionJob, Extractor, MultiDeviceJob, find_images, load_network
+from vggfeat import ExtractionJob, Extractor, MultiDeviceJob, VggfeatError, find_images, load_network
 from vggfeat.choices import DECODERS
 from vggfeat.pooling import global_pool
 from vggfeat.reading import GPU_DECODERS, ImageReader
@@ -468,6 +469,7 @@ def main() -> None:
     parser.add_argument("--dataloader-workers", type=int, default=16)
     parser.add_argument("--dataloader-batch", type=int, default=256)
     args = parser.parse_args()
+    require_cuda("bench_extract", args.device)
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     vggfeat.extractor.CHUNKS_IN_FLIGHT = args.chunks_in_flight
@@ -540,4 +542,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

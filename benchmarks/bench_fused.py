@@ -13,6 +13,7 @@ alone (decoding, no network), what the fused run saves once per network after th
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 
 from bench_extract import jpeg_kilobytes, make_jpegs
 from bench_reader import read_all
+from cuda_check import require_cuda
+from vggfeat.errors import VggfeatError
 from vggfeat.extractor import Extractor
 from vggfeat.fused import FusedExtractor
 from vggfeat.reading import ImageReader
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    require_cuda("bench_fused", args.device)
     models = args.models.split(",")
     options = {"weights": "random", "scales": [int(q) for q in args.scales.split(",")], "center_crop": args.center_crop,
                "flip": not args.no_flip, "device": args.device, "precision": args.precision}
@@ -67,7 +71,8 @@ def main() -> None:
     each = [Extractor(model, **options) for model in models]
     with tempfile.TemporaryDirectory() as folder:
         files = make_jpegs(Path(folder), args.count)
-        described(fused, files[:8])  # warm-up: the networks' first batches, the decoding threads
+        for extractor in (fused, *each):  # warm-up of both ways: the networks' first batches, the decoding threads
+            described(extractor, files[:8])
         fused_seconds, X = seconds(lambda: described(fused, files), args.repeat)
         apart_seconds, Y = seconds(lambda: np.hstack([described(extractor, files) for extractor in each]), args.repeat)
         reading_seconds, _ = seconds(lambda: read_alone(fused, files), args.repeat)
@@ -86,4 +91,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

@@ -54,7 +54,7 @@ def recall_at_10(index: VectorIndex, X: np.ndarray, paths: list[str], queries: n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--grown", type=int, default=2000, help="new images")

@@ -50,7 +50,7 @@ def fit(X: np.ndarray, positive: np.ndarray, C: float, dual: bool, tol: float, m
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="5000x4096,10000x4096,20000x512", help="ROWSxDIM,...")
     parser.add_argument("--C", default="1,100", help="values of C, comma-separated")
     parser.add_argument("--signal", type=float, default=0.3)

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parents[1]
 STEP = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-step, rows, work = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+step, rows, train = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if step == "name index":
     from vggfeat import retrieval
     paths = [f"shard-{i // 5000:06d}/n{i % 1000:08d}/img_{i:08d}.jpg" for i in range(rows)]
@@ -42,8 +42,8 @@ if step == "name index":
 else:
     from vggfeat import transfer
     began = time.perf_counter()
-    targets = transfer.targets_of([f"{work}/train.h5"], None, False)
-    transfer.training_features([f"{work}/train.h5"], targets, {"C": 1.0})
+    targets = transfer.targets_of([train], None, False)
+    transfer.training_features([train], targets, {"C": 1.0})
 print(json.dumps({"seconds": time.perf_counter() - began}))
 """
 
@@ -59,8 +59,8 @@ def make_file(path: Path, rows: int) -> None:
                    [f"c{k:03d}" for k in range(100)])
 
 
-def run(root: Path, step: str, rows: int, work: Path) -> float:
-    done = subprocess.run([sys.executable, "-c", STEP, str(root), step, str(rows), str(work)], capture_output=True, text=True)
+def run(root: Path, step: str, rows: int, train: Path) -> float:
+    done = subprocess.run([sys.executable, "-c", STEP, str(root), step, str(rows), str(train)], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{step} with {root} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
@@ -75,16 +75,17 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_matching-"))
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "train.h5").exists():
-        make_file(work / "train.h5", args.rows)
+    train = work / f"train-{args.rows}.h5"  # a file for each --rows: a --workdir is reused
+    if not train.exists():
+        make_file(train, args.rows)
     print(f"{args.rows:,} paths\n")
     print("| step | baseline | this | ratio |")
     print("|---|---:|---:|---:|")
     for step in ("name index", "training rows"):
         times = {"baseline": [], "this": []}
         for _ in range(args.repeat):
-            times["baseline"].append(run(args.baseline, step, args.rows, work))
-            times["this"].append(run(HERE, step, args.rows, work))
+            times["baseline"].append(run(args.baseline, step, args.rows, train))
+            times["this"].append(run(HERE, step, args.rows, train))
         before, after = min(times["baseline"]), min(times["this"])
         print(f"| {step} | {before:.2f} s | {after:.2f} s | {before / after:.1f}x |")
 

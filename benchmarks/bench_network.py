@@ -23,13 +23,15 @@ speed against the first variant given (the baseline of the run).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from vggfeat import load_network
+from cuda_check import require_cuda
+from vggfeat import VggfeatError, load_network
 from vggfeat.extractor import _runner
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help="[default: eager,fused,compiled,graph on CUDA; eager,compiled on the CPU]")
     parser.add_argument("--no-autotune", action="store_true", help="cuDNN's heuristics instead of its autotuning")
     args = parser.parse_args()
+    require_cuda("bench_network", args.device)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     precision = args.precision or ("bf16" if cuda else "fp32")
@@ -174,4 +177,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

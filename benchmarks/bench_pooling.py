@@ -11,11 +11,14 @@ region and image, as in Tolias et al.'s code), checks they agree, and prints map
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from cuda_check import require_cuda
+from vggfeat.errors import VggfeatError
 from vggfeat.pooling import pool_map, rmac_by_size, rmac_regions
 
 
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--size", default="32x42", help="map height x width")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    require_cuda("bench_pooling", args.device)
     height, width = (int(v) for v in args.size.split("x"))
     maps = torch.relu(torch.randn(args.batch, 512, height, width, generator=torch.Generator().manual_seed(0))).to(args.device)
     batched = lambda m: pool_map(m, None, "rmac")  # noqa: E731
@@ -60,4 +64,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vggfeat import Extractor, find_images
+from cuda_check import require_cuda
+from vggfeat import Extractor, VggfeatError, find_images
 from vggfeat.svm import LinearSVM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="bf16", help="compared with fp32, e.g. bf16,fp16,tf32")
     parser.add_argument("--scales", default="256,384,512")
     args = parser.parse_args()
+    require_cuda("bench_precision", args.device)
     scales = [int(q) for q in args.scales.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.images
@@ -89,4 +91,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

@@ -46,7 +46,8 @@ def make_posteriors(output: Path, images: int, classes: int = 1000, keep_top: in
     failed = sorted([f"val/{i:09d}x.JPEG" for i in range(0, images, 1000)]
                     + [f"val/{i:09d}.JPEG" for i in range(failed_too or 0, images, 2000) if failed_too is not None])
     with h5py.File(target or posteriors_file_of(output), "w") as f:
-        features = f.create_dataset("features", (images, dim), dtype="float32", chunks=(max(256, 2**20 // (4 * dim)), dim))
+        chunk_rows = min(max(256, 2**20 // (4 * dim)), max(1, images))  # no more rows a chunk than the file has
+        features = f.create_dataset("features", (images, dim), dtype="float32", chunks=(chunk_rows, dim))
         for start in range(0, images, BLOCK_ROWS):
             block = rng.random((min(BLOCK_ROWS, images - start), classes), dtype=np.float32) ** 8
             block /= block.sum(axis=1, keepdims=True)
@@ -89,7 +90,8 @@ def main() -> None:
             same = "same classes" if np.array_equal(top, expected) else "DIFFERENT classes"
             print(f"    {name:<40} {len(block) / seconds:10,.0f} rows/s; {same}")
         labels = {f"val/{i:09d}.JPEG": i % 1000 for i in range(0, args.images, 2)}
-        print(f"(b) the CSV of {args.images:,} images (and {args.images // 1000} failures)")
+        failures = len(range(0, args.images, 1000))  # one every 1,000 images from the first, as make_posteriors makes them
+        print(f"(b) the CSV of {args.images:,} images (and {failures} failures)")
         csvs = []
         for keep_top, kind in ((None, "every posterior"), (5, "the top 5 classes")):
             for labelled in (None, labels):

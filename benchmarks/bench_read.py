@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--index-rows", type=int, default=0, help="also a flat index of this many 512-d vectors, and a whitening")
-    parser.add_argument("--workdir", type=Path, default=Path("."))
+    parser.add_argument("--workdir", type=Path, default=Path("."),
+                        help="where the files are written once and reused [default: the working directory, .]")
     args = parser.parse_args()
     path = args.workdir / f"bench-read-{args.rows}x{args.dim}-{args.dtype}.h5"
     if not path.exists():

@@ -9,8 +9,10 @@ much while the network runs. This makes ``--count`` 500x375 / 375x500 JPEGs, the
 ``--workers`` of each, on ``--device`` (on a GPU the pixels end there, uploaded by the reader's
 threads), and prints images/s, this process's CPU time per image (its threads included; the
 processes' own CPU is not) and the whole machine's (every process's: with the workers'; Linux),
-with the cores busy on average: all of them busy means reading is short of CPU. The processes'
-start is paid before the timing, as a long run amortises it.
+with the cores busy on average: all of them busy means reading is short of CPU. Each read starts
+its own decoding processes and shuts them down at its end, so their start (about 0.15-0.3 s a read
+on this workplace's 2-core VM) is inside each timed read: it weighs most at small --images. The
+untimed read before it pays the first-time costs that do carry over (imports; on a GPU, CUDA's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +28,9 @@ from pathlib import Path
 import torch
 
 from bench_extract import CONTENTS, jpeg_kilobytes, machine_cpu_seconds, make_jpegs
+from cuda_check import require_cuda
 import vggfeat.processes
+from vggfeat.errors import VggfeatError
 from vggfeat.jpeg import decoder_library
 from vggfeat.reading import GPU_DECODERS, ImageReader
 from vggfeat.settings import decoder_library_of
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--worker-niceness", type=int, default=vggfeat.processes.WORKER_NICENESS,
                         help="decoding processes' priority below this process's (Unix niceness) [default: %(default)s]")
     args = parser.parse_args()
+    require_cuda("bench_reader", args.device)
     vggfeat.processes.WORKER_NICENESS = args.worker_niceness
     if args.slots != "auto":
         vggfeat.processes._reuses_slots = lambda device: args.slots == "on"
@@ -73,7 +79,8 @@ def main() -> None:
                 rates = {}
                 for processes in (False,) if decoder in GPU_DECODERS else (False, True):  # those decode from this process
                     reader = ImageReader(device, decoder, workers, max_pixels=10**9, min_side=32, processes=processes)
-                    read_all(reader, files[:workers], lookahead=workers)  # warm-up: start processes, streams
+                    # Warm-up: imports, streams; not the processes' start, which each read pays anew.
+                    read_all(reader, files[:workers], lookahead=workers)
                     wall, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu_seconds()
                     count = read_all(reader, paths, args.lookahead)
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -87,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

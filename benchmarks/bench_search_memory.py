@@ -3,10 +3,11 @@
     python benchmarks/bench_search_memory.py --rows 200000 --dim 256 --baseline /tmp/oldtree
 
 Writes a synthetic features file (vggfeat's schema; 100 classes, descriptors relu(0.3 m_y + N(0, 1)))
-to --workdir, a flat index of it and a linear SVM trained on its first 2000 rows, then runs each
-step in a process of its own, so that the peak resident memory printed (VmHWM) is that run's,
-with this checkout's vggfeat and with --baseline's (a checkout of an earlier commit: `git worktree
-add /tmp/oldtree REV`), alternated --repeat times (the fastest time, the largest peak):
+to a folder ROWSxDIM of --workdir, a flat index of it and a linear SVM trained on its first 2000
+rows, then runs each step in a process of its own, so that the peak resident memory printed
+(VmHWM) is that run's, with this checkout's vggfeat and with --baseline's (a checkout of an
+earlier commit: `git worktree add /tmp/oldtree REV`), alternated --repeat times (the fastest
+time, the largest peak):
 
   search, numpy: VectorIndex.load(index, backend="numpy") and the top 10 of 1000 queries.
   search, faiss: the same with backend="faiss" (a flat index searched by FAISS), if installed.
@@ -89,7 +90,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="root of another checkout of vggfeat")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_search_memory-"))
+    # The files of each --rows and --dim in a folder of their own: a --workdir is reused.
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_search_memory-"))) / f"{args.rows}x{args.dim}"
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "db.index").exists():
         make_files(work, args.rows, args.dim)

@@ -38,11 +38,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from cuda_check import require_cuda
 
 
 def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3, seed: int = 0,
@@ -54,7 +57,7 @@ def make_file(path: Path, rows: int, dim: int, classes: int, signal: float = 0.3
               "aggregate": "mean", "flip": True, "preprocessing": {}, "dim": dim, "precision": "fp32"}
     temporary = path.with_name(path.name + ".tmp")
     with h5py.File(temporary, "w") as f:
-        features = f.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(max(1, 2**18 // dim), dim))
+        features = f.create_dataset("features", shape=(rows, dim), dtype=dtype, chunks=(max(1, min(rows, 2**18 // dim)), dim))
         for start in range(0, rows, 8192):
             y = labels[start : start + 8192]
             block = signal * means[y] + rng.standard_normal((len(y), dim), dtype=np.float32)
@@ -102,8 +105,7 @@ def run_cross_validated(path: Path, n_jobs: int, solver: str, device: str, cold:
 
 def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: str, device: str) -> dict:
     from vggfeat.features import load_features
-    from vggfeat.primal import primal_objective
-    from vggfeat.svm import LinearSVM
+    from vggfeat.svm import LinearSVM, _objective_and_gap
 
     dtype = held_as(path, solver)
     began = time.perf_counter()
@@ -117,9 +119,15 @@ def run_vggfeat(path: Path, train_classes: int, n_jobs: int, C: float, solver: s
     coef, intercept = svm._fit_all(X, targets, C, None)  # the fits LinearSVM.fit runs
     trained = time.perf_counter()
     peak = peak_gib()  # before the objective's float64 temporaries
-    objective = primal_objective(X, targets, C, np.ones(targets.shape), coef, intercept)
+    if solver == "lbfgs":
+        from vggfeat.primal import primal_objective  # imports torch, as lbfgs has already
+
+        objective = float(primal_objective(X, targets, C, np.ones(targets.shape), coef, intercept).sum())
+    else:  # the same objective, by vggfeat.svm's check of liblinear's fits: no torch in liblinear's peak memory
+        objective = sum(_objective_and_gap(X, np.where(targets[:, k], 1.0, -1.0), None, C, coef[k], float(intercept[k]))[0]
+                        for k in range(targets.shape[1]))
     return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared,
-            "solver": solver, "objective_sum": float(objective.sum()), "peak_rss_training_gib": peak}
+            "solver": solver, "objective_sum": objective, "peak_rss_training_gib": peak}
 
 
 def run_naive(path: Path, train_classes: int, C: float) -> dict:
@@ -158,6 +166,7 @@ def main() -> None:
                         help="of the file's descriptors (extract --dtype): lbfgs holds float16 ones as float16")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vggfeat-bench-svm"))
     args = parser.parse_args()
+    require_cuda("bench_svm", args.device)
     args.workdir.mkdir(parents=True, exist_ok=True)
     signal = "" if args.signal == 0.3 else f"-signal{args.signal:g}"
     stored = "" if args.dtype == "float32" else f"-{args.dtype}"
@@ -167,7 +176,7 @@ def main() -> None:
         make_file(path, args.rows, args.dim, args.classes, args.signal, dtype=args.dtype)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
     trained = min(args.train_classes or args.classes, args.classes) if args.solver == "liblinear" else args.classes
-    import sklearn.svm  # noqa: F401  (both modes import it; vggfeat also imports torch)
+    import sklearn.svm  # noqa: F401  (both modes import it; vggfeat's lbfgs solver also imports torch, liblinear not)
     if args.mode == "vggfeat":
         import vggfeat.svm  # noqa: F401
     imported_rss = peak_gib()
@@ -194,4 +203,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from vggfeat.errors import VggfeatError
+
+    try:
+        main()
+    except VggfeatError as error:
+        sys.exit(f"error: {error}")

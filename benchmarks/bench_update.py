@@ -1,7 +1,7 @@
 """What ``extract --update`` (and ``--retry-failed``) costs besides describing images: finding which
 images are new or gone, and writing the file anew, against copying the file, in one run.
 
-    python benchmarks/bench_update.py --images 200000 [--dim 4096] [--dtype float16] [--gone 0.01]
+    python benchmarks/bench_update.py --images 200000 [--dtype float16] [--gone 0.01] [--workdir DIR]
 
 Writes a complete descriptor file of ``--images`` rows (random descriptors, 1 in 100 images failed,
 made with a VGG16 of random weights as the extractor), then updates it for the same collection with
