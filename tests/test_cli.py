@@ -159,6 +159,15 @@ def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, monkeypatch):
     assert "finding images in" in err
 
 
+def test_a_slow_rate_is_said_in_two_significant_digits_not_as_zero():
+    """A CPU's 14 images in 304.6 s were '0.0 images/s', and a log's line '0.0 images/s'."""
+    assert [common.per_second(rate) for rate in (0.046, 0.0, 0.5, 1.0, 4812.34)] == ["0.046", "0.0", "0.5", "1.0", "4,812.3"]
+    lines = common.ProgressLines(total=14, initial=0, unit="images", desc="vgg16 fc7")
+    lines.started -= 304.6
+    lines.n = 14
+    assert lines.line(lines.started + 304.6) == "vgg16 fc7: 14 of 14 images (100.0%), 0.046 images/s, about 0 s left"
+
+
 def test_a_terminal_that_says_it_has_no_columns_or_rows_gets_lines_rather_than_an_invisible_bar(monkeypatch):
     """tqdm draws nothing at 0 columns, or 0 rows, which some containers' and CI runners' terminals
     report (`script` without `stty rows`)."""

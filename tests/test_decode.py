@@ -72,6 +72,13 @@ def test_truncated_jpeg_header_is_still_readable(tmp_path):
         decode_image(path)
 
 
+def test_a_reason_is_kept_short_where_the_error_holds_a_long_name(tmp_path):
+    """A list's 10 MB line: its reason repeated the name, 10 MB on the terminal and in /failed."""
+    with pytest.raises(ImageError) as raised:
+        decode_image(tmp_path / ("a" * 100_000 + ".jpg"))
+    assert str(raised.value).startswith("OSError: [Errno 36] File name too long") and len(str(raised.value)) <= 309
+
+
 def test_a_jpeg_cut_in_its_headers_or_in_its_data_fails_for_the_same_reason(tmp_path):
     """Cut in its headers, Pillow's "Truncated File Read" was the reason, an OSError's words."""
     imagefiles.write_rgb(tmp_path / "full.jpg", 240, 260)

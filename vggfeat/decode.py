@@ -252,6 +252,8 @@ def check_min_side(width: int, height: int, min_side: int) -> None:
 
 def _reason(error: BaseException) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if len(message) > REASON_CHARACTERS:  # "File name too long: '<the 10 MB name>'": the name is in /failed already
+        message = message[: REASON_CHARACTERS - 1] + "…"
     if type(error).__name__ == "UnidentifiedImageError" or message.startswith("cannot identify image file"):
         return "not an image, or a format Pillow cannot read"
     # Pillow's words for a file cut short, in any format: in its data, or in its headers.
@@ -261,6 +263,10 @@ def _reason(error: BaseException) -> str:
     if code:
         return f"damaged image data (Pillow's decoder error {code[1]}: {ImageFile.ERRORS.get(int(code[1]), 'unknown')})"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+# The most characters of a failure's reason, as /failed and the terminal keep it.
+REASON_CHARACTERS = 300
 
 
 def _orientation(image: Image.Image) -> int:

@@ -162,10 +162,16 @@ class ProgressLines:
     def line(self, now: float) -> str:
         rate = (self.n - self.initial) / max(now - self.started, 1e-9)
         if not self.total:
-            return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.1f} {self.unit}/s"
+            return f"{self.desc}: {self.n:,} {self.unit}, {per_second(rate)} {self.unit}/s"
         left = f", about {_duration((self.total - self.n) / rate)} left" if rate > 0 else ""
         return (f"{self.desc}: {self.n:,} of {self.total:,} {self.unit} ({100 * self.n / self.total:.1f}%), "
-                f"{rate:,.1f} {self.unit}/s{left}")
+                f"{per_second(rate)} {self.unit}/s{left}")
+
+
+def per_second(rate: float) -> str:
+    """A rate for the terminal: one decimal, or two significant digits below one (a CPU's 0.046
+    images/s was said as 0.0)."""
+    return f"{rate:,.1f}" if rate >= 1 or rate == 0 else f"{rate:.2g}"
 
 
 def _duration(seconds: float) -> str:

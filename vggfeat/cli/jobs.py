@@ -161,7 +161,7 @@ def work_done(computed: int, seconds: float, device: str) -> str:
     if not computed:
         return "every image was described by the interrupted run"
     rate = computed / seconds if seconds > 0 else 0.0
-    return f"{common.counted(computed, 'image')} in {seconds:.1f} s ({rate:.1f} images/s) on {device}"
+    return f"{common.counted(computed, 'image')} in {seconds:.1f} s ({common.per_second(rate)} images/s) on {device}"
 
 
 def warn_if_the_disk_is_short(needed: int, folder: Path, extractor: Extractor, dtype: str) -> None:

@@ -40,7 +40,7 @@ RESULT_SUFFIXES = (".csv", ".json")
                                 "each of its files made with one, comma-separated [default: as recorded].")
 @options.device
 @options.batch_size
-@options.workers
+@click.option("--workers", type=click.IntRange(min=1), help="Threads decoding the query images [default: up to 8].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT or --montage file.")
 @common.quiet
 def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queries, tile, root, backend, weights, device,
