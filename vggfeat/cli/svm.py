@@ -292,13 +292,12 @@ def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool, inputs
     ``inputs`` under a report file's name (``--labels rep/per_class.csv --report rep``)."""
     if folder.exists() and not folder.is_dir():
         raise VggfeatError(f"--report {folder} is a file; name a folder")
-    for path in report_files(folder, multilabel):
-        if path.exists():
-            check_new_file(path, overwrite=True, inputs=inputs)
-    earlier = [path.name for path in report_files(folder, multilabel) if path.exists()]
+    earlier = [path for path in report_files(folder, multilabel) if path.exists()]
+    for path in earlier:
+        check_new_file(path, overwrite=True, inputs=inputs)
     if earlier and not overwrite:
-        raise VggfeatError(f"{folder} already holds a report ({', '.join(earlier)}); pass --overwrite to replace "
-                           "it, or name another folder")
+        raise VggfeatError(f"{folder} already holds a report ({', '.join(path.name for path in earlier)}); pass "
+                           "--overwrite to replace it, or name another folder")
 
 
 def _indicators(scored: Scored) -> np.ndarray:
