@@ -5,9 +5,9 @@ Two protocols:
 - **Labelled** (:func:`evaluate_labels`): every labelled image, or a random sample of them (the
   time grows as the square of the rows: a sample's mAP estimates the whole's, with its standard
   error), queries all the others (leave one out); the images of its class are relevant, every
-  other row (other classes, unlabelled rows) is not. AP is the non-interpolated average precision (mean of the precision at each relevant hit);
-  recall@k is the fraction of queries with at least one relevant image in their top k (the
-  metric-learning definition). Queries whose class has no other image are skipped and counted.
+  other row (other classes, unlabelled rows) is not. AP is the non-interpolated average
+  precision (mean of the precision at each relevant hit); recall@k is the fraction of queries
+  with at least one relevant image in their top k (the metric-learning definition). Queries whose class has no other image are skipped and counted.
 - **Oxford/Paris ground truth** (:func:`evaluate_ground_truth`): per query, ``ok`` images (good +
   ok) are relevant and ``junk`` images are removed from the ranking before scoring, and AP is the
   trapezoidal one of the datasets' ``compute_ap``, so numbers compare with published ones. The
