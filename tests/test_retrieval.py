@@ -151,6 +151,18 @@ def test_whitening_is_a_scikit_learn_transformer():
     assert repr(PCAWhitening(dim=8)) == "PCAWhitening(dim=8)" and repr(PCAWhitening()) == "PCAWhitening()"
 
 
+def test_a_whitening_holding_nan_is_refused_though_its_checksum_was_made_again(tmp_path):
+    """Taken, every vector whitened was NaN, and retrieval-eval printed a mAP of 0.57 all the same."""
+    X, _ = clustered(per_class=10)
+    PCAWhitening(dim=4).fit(X).save(tmp_path / "w.h5")
+    with h5py.File(tmp_path / "w.h5", "r+") as f:
+        f["projection"][0, 0] = np.nan
+        f.attrs["checksum"] = vggfeat.whitening._checksum([f[name][:] for name in vggfeat.whitening._ARRAYS],
+                                                          bool(f.attrs["normalize_input"]))
+    with pytest.raises(VggfeatError, match="w.h5 is damaged: it holds NaN or infinite values"):
+        PCAWhitening.load(tmp_path / "w.h5")
+
+
 def test_whitening_kept_to_as_many_dimensions_as_descriptors_allow_warns_that_it_ranks_nothing():
     X, _ = clustered(per_class=20)  # 60 rows of 16-d
     with pytest.warns(UserWarning, match=r"keeps 11 dimensions from 12 descriptors: .*a cosine of -1/11 between any two"):
@@ -855,6 +867,32 @@ def test_the_same_export_again_has_nothing_to_do_until_its_files_or_the_descript
     code, out, _ = run_main(parquet)
     assert code == 0 and "nothing to do" in out
     assert list(csv.reader(open(tmp_path / "e.failed.csv"))) == [["path", "label", "reason"]]  # the new file's (none)
+
+
+def test_what_a_file_records_is_said_again_as_text_never_as_a_terminals_escape_sequences(tmp_path):
+    """A --json report whose record (an extended attribute anyone can write) holds an escape
+    sequence: said again by the rerun, and by info, it set the terminal's title and printed a
+    made-up mAP over the real one."""
+    import os
+
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    report = tmp_path / "m.json"
+    assert run_main(["retrieval-eval", db, "--json", report])[0] == 0
+    record = recorded_in_file(report)
+    if record is None:
+        pytest.skip("this file system keeps no extended attributes")
+    stored = json.loads(os.getxattr(report, "user.vggfeat.made_from"))
+    stored["said"] = ["\x1b]0;pwned\x07\x1b[2K\r  mAP        0.9999"]
+    os.setxattr(report, "user.vggfeat.made_from", json.dumps(stored).encode())
+    for args in (["retrieval-eval", db, "--json", report], ["info", report]):
+        code, out, err = run_main(args)
+        assert code == 0 and "\x1b" not in out and "\\x1b]0;pwned\\x07" in out, (out, err)
+    stored["said"] = []
+    stored["made_from"] = "[" * 1500  # deeper than json reads (a RecursionError): a record of nothing
+    os.setxattr(report, "user.vggfeat.made_from", json.dumps(stored).encode())
+    code, _, err = run_main(["retrieval-eval", db, "--json", report])
+    assert code == 2 and "already exists" in error_line(err), err
 
 
 def test_the_same_search_into_a_file_again_has_nothing_to_do_until_a_file_or_an_option_changes(tmp_path):

@@ -417,6 +417,22 @@ def test_a_model_edited_and_resealed_is_refused_in_a_line(tmp_path, edit, said):
     assert code == 2 and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("edit, said", [
+    # train-svm trained the dogs as cats, silently.
+    (lambda f: f["classes"].__setitem__(1, f["classes"].asstr()[0]), "a class is named twice in /classes"),
+    # A 7.45 GB /labels (gzip, no chunk written) of a file of a few KB was read whole before its length was checked.
+    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", shape=(2_000_000_000,), dtype="int32",
+                                                          compression="gzip")), "/labels and /paths disagree in length"),
+])
+def test_a_features_file_edited_so_is_refused_before_a_model_is_trained_on_it(tmp_path, edit, said):
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "train.h5", X, paths, y, names)
+    with h5py.File(features, "r+") as f:
+        edit(f)
+    with pytest.raises(VggfeatError, match=f"not a readable vggfeat features file .*{said}"):
+        vggfeat.features.load_features([features])
+
+
 def test_other_files_are_not_models(tmp_path):
     features, _, _ = trained(tmp_path)
     with pytest.raises(VggfeatError, match="not a vggfeat SVM model file"):

@@ -71,15 +71,19 @@ class FeatureFile:
             self._paths = self._file["paths"]
             if self._paths.ndim != 1 or h5py.check_string_dtype(self._paths.dtype) is None:
                 raise TypeError("/paths is not a list of text")
+            if self._file["labels"].shape != self._paths.shape or self._file["classes"].ndim != 1:  # before reading them
+                raise TypeError("/labels and /paths disagree in length, or /classes is not a list")
             self.labels: np.ndarray = self._file["labels"][:].astype(np.int64)
             self.classes: list[str] = list(self._file["classes"].asstr()[:])
+            if len(set(self.classes)) != len(self.classes):  # two labels of one name: a model would train them as one
+                raise TypeError("a class is named twice in /classes")
             self.config: dict = json.loads(self._file.attrs["config"])
             self.root: str = str(self._file.attrs.get("input_root", ""))  # the folder paths are relative to
             self.random_weights = bool(self._file.attrs.get("random_weights", False))  # not ImageNet features
         except VggfeatError:
             self._file.close()
             raise
-        except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:  # HDF5's structures damaged
+        except (KeyError, ValueError, TypeError, RuntimeError, OSError, AttributeError) as error:  # damaged structures
             self._file.close()
             if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error)
                 raise

@@ -354,7 +354,7 @@ class ExtractionJob:
                 return (holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
                         and made_from_folder(attrs, self.images.root))
             manifest = json.loads(manifest_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         made_here = holds_job(attrs, self.manifest["config"], self.dtype, self.manifest["images"]["sha256"])
         return made_here and not _differences(manifest, self.manifest)
@@ -385,7 +385,7 @@ class ExtractionJob:
         if manifest_file.is_file():
             try:
                 previous = json.loads(manifest_file.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 raise VggfeatError(f"{manifest_file} is unreadable; remove {self.work} to start over") from None
             differences = _differences(previous, self.manifest)
             if differences and not overwrite:
@@ -486,9 +486,10 @@ def _is_manifest(path: Path) -> bool:
     refused as it is resumed, saying so), not another program's manifest.json."""
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return True
-    return isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("config"), dict)
+    return (isinstance(manifest, dict) and "format_version" in manifest and isinstance(manifest.get("config"), dict)
+            and isinstance(manifest.get("images"), dict))
 
 
 def _differences(previous: dict, current: dict) -> list[str]:

@@ -302,7 +302,7 @@ def work_progress(output: Path) -> tuple[int, int] | None:
     try:
         total = int(json.loads((work / "manifest.json").read_text())["images"]["count"])
         return images_held(list_parts(work)), total
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from .errors import VggfeatError
 from .files import file_attributes
 from .store import already_exists, check_new_file
+from .textfiles import printable
 
 # The attribute of an output that records it (JSON: {"inputs": [[path, size, mtime_ns], ...], "options": {...}}).
 MADE_FROM = "made_from"
@@ -128,9 +129,11 @@ def file_record(path: str | os.PathLike) -> dict | None:
         if not isinstance(made["options"], dict) or not all(isinstance(entry, list) and entry for entry in made["inputs"]):
             return None
         status = os.stat(path)
-        return {MADE_FROM: record[MADE_FROM], "command": record.get("command"), "said": list(map(str, record.get("said", []))),
+        # What it said is said again, and shown by info: never sent to a terminal as escape sequences.
+        return {MADE_FROM: record[MADE_FROM], "command": record.get("command") and printable(str(record["command"])),
+                "said": [printable(str(line)) for line in record.get("said", [])],
                 "changed": record["file"] != [status.st_size, status.st_mtime_ns]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 
@@ -202,7 +205,7 @@ def _differences(recorded: object, made: str | None) -> tuple[str, list[str]]:
             return "", []
         names = ", ".join(Path(path).name for path in changed)
         return f", made from {names} before {'it' if len(changed) == 1 else 'they'} last changed", changed
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # records nothing, or something else
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError):  # records nothing, or else
         return "", []
 
 

@@ -68,3 +68,11 @@ def as_utf8(text: str) -> str:
 def not_utf8(text: str) -> bool:
     """Whether ``text`` holds bytes that are not UTF-8 (as lone surrogates)."""
     return not text.isascii() and as_utf8(text) != text
+
+
+def printable(name: str) -> str:
+    """A file name (or a reason naming one) as one line of a terminal: control characters, such as
+    a line break or an escape sequence in a file's name, written as Python escapes (``\\n``)."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)

@@ -231,6 +231,8 @@ class PCAWhitening:
         whitening.config_ = json.loads(group.attrs.get("config", "{}"))
         if whitening.projection_.shape[1] != whitening.mean_.shape[0]:
             raise VggfeatError(f"{name} is damaged: /projection and /mean disagree in dimension")
+        if not all(np.isfinite(array).all() for array in arrays):  # every vector whitened would be NaN, its mAP made up
+            raise VggfeatError(f"{name} is damaged: it holds NaN or infinite values")
         return whitening
 
     def _check_fitted(self) -> None:

@@ -25,6 +25,7 @@ from ..regions import RegionCount, count_regions
 from ..rerun import check_output, file_record, made_from, record, record_in_file
 from ..files import write_text_file
 from ..store import HDF5_SUFFIXES, open_features_file
+from ..textfiles import printable
 
 # The seeds that --seed takes: NumPy's and scikit-learn's range (torch's is wider, negative ones
 # too, but a file records -1 for weights of no seed).
@@ -61,14 +62,6 @@ def _json_file(ctx: click.Context, param: click.Parameter, value: Path | None) -
 json_output = click.option("--json", "json_out", type=click.Path(path_type=Path), callback=_json_file,
                            help="Also write the results as JSON here.")
 overwrite_json = click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
-
-
-def printable(name: str) -> str:
-    """A file name (or a reason naming one) as one line of a terminal: control characters, such as
-    a line break or an escape sequence in a file's name, written as Python escapes (``\\n``)."""
-    if name.isprintable():
-        return name
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def reason_lines(by_reason: list[dict], shown: int = 5) -> list[str]:
