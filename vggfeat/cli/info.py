@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -191,14 +190,9 @@ def _scores_lines(summary: dict) -> list[str]:
             f"  made         {summary['created']} with vggfeat {summary['vggfeat_version']}", *_command_line(summary)]
 
 
-def _lines(lines: Sequence[str]) -> str:
-    """Lines for the terminal, each printable: what a file records (its command, the lines a
-    command said, names) is shown, never sent to the terminal as escape sequences."""
-    return "\n".join(map(common.printable, lines))
-
-
 def _command_line(summary: dict) -> list[str]:
-    """The line of the command that made a file, where it records one."""
+    """The line of the command that made a file, where it records one (as text: never sent to the
+    terminal as the escape sequences an edited file may hold)."""
     return [f"  command      {common.printable(str(summary['command']))}"] if summary.get("command") else []
 
 
@@ -259,7 +253,7 @@ def info(file: Path, as_json: bool) -> None:
         raise VggfeatError(f"file not found: {file}")
     record = file_record(file) if not h5py.is_hdf5(file) else None
     if record is not None:  # a CSV that records how it was made
-        click.echo(json.dumps(_plain_file(file, record), indent=2) if as_json else _lines(_plain_file_lines(file, record)))
+        click.echo(json.dumps(_plain_file(file, record), indent=2) if as_json else "\n".join(_plain_file_lines(file, record)))
         return
     if file.suffix.lower() in (".csv", ".json", ".npy", ".parquet") and not h5py.is_hdf5(file):
         raise VggfeatError(f"{file} records no vggfeat command that wrote it (vggfeat's CSV, JSON and export files keep "
@@ -267,7 +261,7 @@ def info(file: Path, as_json: bool) -> None:
     show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
     if show_other:  # an index, a whitening or an SVM model
         summary = show_other[0](file)
-        click.echo(json.dumps(summary, indent=2) if as_json else _lines(show_other[1](summary)))
+        click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(show_other[1](summary)))
         return
     try:
         summary = read_info(file)
