@@ -88,7 +88,7 @@ class FeatureFile:
             if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error)
                 raise
             raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({refusal_reason(error)})") from None
-        if self.features.ndim != 2 or not self.features.shape[0] == len(self._paths) == len(self.labels):
+        if self.features.ndim != 2 or self.features.shape[0] != len(self._paths):  # (/labels: checked as read)
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /features, /paths and /labels disagree in length")
         if len(self.labels) and (self.labels.min() < -1 or self.labels.max() >= len(self.classes)):
