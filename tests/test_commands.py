@@ -276,6 +276,22 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
     assert code == 0 and "classes      3: cl\\nass, " in out and "cl\nass" not in out
 
 
+def test_what_a_descriptor_file_records_is_shown_by_info_as_text(tmp_path):
+    """A file edited (or written by other code) to record escape sequences, in its attributes or the
+    JSON of its configuration, shows them escaped: sent as they are, they retitled the terminal or
+    wrote over the lines shown before."""
+    X, labels, paths, classes = blobs(dim=4)
+    evil = "\x1b]0;pwned\x07\x1b[2K\r"
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes,
+                              config={"model": f"vgg16{evil}", "layer": f"fc7{evil}"})
+    with h5py.File(features, "r+") as f:
+        f.attrs.update(model=f"vgg16{evil}", device=f"cpu{evil}", merge_command=f"vggfeat merge{evil}",
+                       shards=json.dumps([{"shard": 1, "command": f"vggfeat extract{evil}"}]))
+    code, out, err = run_main(["info", features])
+    assert code == 0 and "\x1b" not in out and out.count("\\x1b]0;pwned\\x07") == 4, (out, err)
+    assert "shard 1's: vggfeat extract\\x1b]0;pwned\\x07\\x1b[2K\\r\n" in out
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_a_descriptor_of_nan_or_infinities_is_refused_naming_its_row_and_image(tmp_path, dtype):
     """Extraction records an image whose descriptor is not finite as failed: such a row is a damaged
@@ -365,10 +381,8 @@ def test_a_vggfeat_file_given_where_another_kind_belongs_is_named(tmp_path):
             del f["features"]
             f["features"] = values
     for args, error in [
-        (["index", integers, "i.h5"], f"{integers} is not a vggfeat features file (its /features holds int32 of shape "
-                                      f"({len(X)}, 16))"),
-        (["train-svm", flat, "m.h5"], f"{flat} is not a vggfeat features file (its /features holds float64 of shape "
-                                      f"({len(X)},))"),
+        (["index", integers, "i.h5"], f"{integers} is damaged: /features holds int32, not floating-point numbers"),
+        (["train-svm", flat, "m.h5"], f"{flat} is damaged: /features has the shape ({len(X)},), not (rows, dimension)"),
         (["predict", features, model, "p.csv"], f"{features} is not a vggfeat SVM model file: it is a descriptor file "
                                                 "(made by 'vggfeat extract')"),
         (["predict", posteriors, model, "p.csv"], f"{posteriors} is not a vggfeat SVM model file: it is a posteriors "

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Callable
 
 import h5py
 import numpy as np
@@ -16,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from runhelpers import run_main
-from svmhelpers import blobs, write_features
+from svmhelpers import CONFIG, blobs, write_features
 import vggfeat.features
 import vggfeat.svm
 from vggfeat import protocol, transfer
@@ -25,6 +26,7 @@ from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
 from vggfeat.primal import primal_objective
 from vggfeat.host import available_memory
+from vggfeat.store import STRING
 from vggfeat.svm import LinearSVM, load_model, save_model, training_memory
 
 
@@ -417,20 +419,52 @@ def test_a_model_edited_and_resealed_is_refused_in_a_line(tmp_path, edit, said):
     assert code == 2 and "Traceback" not in err, err
 
 
+def _declared(name: str, shape: tuple, dtype) -> Callable[[h5py.File], None]:
+    """An edit that replaces ``name`` by a gzip dataset declaring ``shape``, of which nothing is
+    stored: a file of a few KB that reading the dataset whole allocates gigabytes for."""
+    def edit(f: h5py.File) -> None:
+        if name in f:
+            del f[name]
+        f.create_dataset(name, shape=shape, dtype=dtype, compression="gzip")
+    return edit
+
+
+def _group_for(name: str) -> Callable[[h5py.File], None]:
+    return lambda f: (f.__delitem__(name), f.create_group(name))
+
+
 @pytest.mark.parametrize("edit, said", [
     # train-svm trained the dogs as cats, silently.
-    (lambda f: f["classes"].__setitem__(1, f["classes"].asstr()[0]), "a class is named twice in /classes"),
-    # A 7.45 GB /labels (gzip, no chunk written) of a file of a few KB was read whole before its length was checked.
-    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", shape=(2_000_000_000,), dtype="int32",
-                                                          compression="gzip")), "/labels and /paths disagree in length"),
+    (lambda f: f["classes"].__setitem__(1, f["classes"].asstr()[0]), "not a readable vggfeat features file "
+                                                                       r"\(a class is named twice in /classes\)"),
+    # Each of these was read whole (gigabytes allocated, for a file of kilobytes) before its length was checked.
+    (_declared("labels", (2_000_000_000,), "int32"), r"damaged: /labels has the shape \(2000000000,\), where the file's "
+                                                     r"30 rows make \(30,\)"),
+    (_declared("classes", (2_000_000_000,), STRING), "damaged: /classes declares 2,000,000,000 values, far more than"),
+    (_declared("failed/paths", (2_000_000_000,), STRING), "damaged: /failed/paths declares 2,000,000,000 values"),
+    (_declared("failed/labels", (2_000_000_000,), "int32"), "damaged: /failed/labels has the shape"),
+    (_declared("sizes", (2_000_000_000, 2), "int32"), "damaged: /sizes has the shape"),
+    (_declared("read_after", (30, 2), "float64"), r"damaged: /read_after has the shape \(30, 2\)"),
+    (_declared("labels", (30,), "float32"), "damaged: /labels holds float32, not integers"),
+    # Tracebacks: a group where a dataset is, and a configuration of another JSON kind.
+    (_group_for("features"), "damaged: /features is not a dataset"),
+    (_group_for("classes"), "damaged: /classes is not a dataset"),
+    (_group_for("failed/paths"), "damaged: /failed/paths is not a dataset"),
+    (lambda f: f.attrs.__setitem__("config", "[1, 2]"), "damaged: its config attribute is not a JSON object"),
+    (lambda f: f.attrs.__setitem__("config", json.dumps({**CONFIG, "stacked": 5})), "its config's stacked is not a list"),
+    # A model trained on it recorded descriptors of 4096 dimensions, and held weights for 8.
+    (lambda f: f.attrs.__setitem__("config", json.dumps({**CONFIG, "dim": 4096})), "its config says descriptors of "
+                                                                                   "dimension 4096, its /features holds 8"),
 ])
 def test_a_features_file_edited_so_is_refused_before_a_model_is_trained_on_it(tmp_path, edit, said):
     X, y, paths, names = blobs()
-    features = write_features(tmp_path / "train.h5", X, paths, y, names)
+    features = write_features(tmp_path / "train.h5", X, paths, y, names, failed={"class0/bad.png": "broken"})
     with h5py.File(features, "r+") as f:
         edit(f)
-    with pytest.raises(VggfeatError, match=f"not a readable vggfeat features file .*{said}"):
+    with pytest.raises(VggfeatError, match=said):
         vggfeat.features.load_features([features])
+    code, _, err = run_main(["info", features])
+    assert code == (0 if "named twice" in said else 2) and "Traceback" not in err, err  # (info shows what it names)
 
 
 def test_other_files_are_not_models(tmp_path):
@@ -726,7 +760,7 @@ def test_a_features_file_whose_paths_are_not_text_or_not_utf8_is_refused(tmp_pat
     with h5py.File(numbers, "r+") as f:
         del f["paths"]
         f["paths"] = np.arange(len(paths))
-    with pytest.raises(VggfeatError, match="numbers.h5 is not a readable vggfeat features file \\(/paths is not a list of text\\)"):
+    with pytest.raises(VggfeatError, match="numbers.h5 is damaged: /paths holds int64, not text"):
         FeatureFile(numbers)
     latin1 = write_features(tmp_path / "latin1.h5", X, paths, y, names)
     with h5py.File(latin1, "r+") as f:

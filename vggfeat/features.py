@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
@@ -69,10 +68,6 @@ class FeatureFile:
         try:
             self.features = self._file["features"]
             self._paths = self._file["paths"]
-            if self._paths.ndim != 1 or h5py.check_string_dtype(self._paths.dtype) is None:
-                raise TypeError("/paths is not a list of text")
-            if self._file["labels"].shape != self._paths.shape or self._file["classes"].ndim != 1:  # before reading them
-                raise TypeError("/labels and /paths disagree in length, or /classes is not a list")
             self.labels: np.ndarray = self._file["labels"][:].astype(np.int64)
             self.classes: list[str] = list(self._file["classes"].asstr()[:])
             if len(set(self.classes)) != len(self.classes):  # two labels of one name: a model would train them as one
@@ -88,9 +83,6 @@ class FeatureFile:
             if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error)
                 raise
             raise VggfeatError(f"{self.path} is not a readable vggfeat features file ({refusal_reason(error)})") from None
-        if self.features.ndim != 2 or self.features.shape[0] != len(self._paths):  # (/labels: checked as read)
-            self._file.close()
-            raise VggfeatError(f"{self.path} is damaged: /features, /paths and /labels disagree in length")
         if len(self.labels) and (self.labels.min() < -1 or self.labels.max() >= len(self.classes)):
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /labels holds indices outside /classes ({len(self.classes)} classes)")

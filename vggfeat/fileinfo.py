@@ -15,7 +15,10 @@ import numpy as np
 from .errors import VggfeatError
 from .regions import RegionCount
 from .files import open_hdf5, plain_value
-from .store import count_regions_in, failed_labels
+from .store import count_regions_in, failed_labels, layout_problem
+
+
+JSON_ATTRS = ("config", "shards", "stacked_from")  # the attributes that info shows, which are JSON
 
 
 def read_info(path: Path, max_failures: int = 5) -> dict:
@@ -26,8 +29,11 @@ def read_info(path: Path, max_failures: int = 5) -> dict:
             raise VggfeatError(f"{path} is not a vggfeat file: an HDF5 file holding "
                                f"{', '.join(held[:5]) + (', ...' if len(held) > 5 else '') if held else 'nothing'}, "
                                "with no /features dataset")
+        damage = layout_problem(f)
+        if damage is not None:
+            raise VggfeatError(f"{path} is damaged: {damage}")
         attrs = {key: plain_value(value) for key, value in f.attrs.items()}
-        for key in ("config", "shards", "stacked_from"):  # JSON that info shows: damaged, it fails here, the file named
+        for key in JSON_ATTRS:  # damaged, it fails here, the file named
             json.loads(attrs.get(key, "{}"))
         recorded = "failed" in f  # a file written by other code than vggfeat's may record no failures
         return {

@@ -215,6 +215,15 @@ def failed_read(error: BaseException | None, f: h5py.File) -> str | None:
     return name
 
 
+def stored_too_little(data: h5py.Dataset) -> bool:
+    """Whether ``data`` declares far more bytes than its file stores of it, more than deflate (the
+    strongest of HDF5's usual filters, about 1,000 to 1) expands: a dataset of a file of kilobytes
+    that declares gigabytes, which reading whole would allocate. A file vggfeat writes, compressed
+    since or not, stores every value; datasets under a MiB are not judged."""
+    declared = data.size * data.dtype.itemsize
+    return declared > 2**20 and data.id.get_storage_size() * 1100 < declared
+
+
 def refusal_reason(error: Exception) -> str:
     """``error``'s message on one line, at most 300 characters (a KeyError's not quoted)."""
     reason = str(error.args[0] if isinstance(error, KeyError) and error.args else error)

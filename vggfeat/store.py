@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .errors import VggfeatError
-from .files import DamageNamingFile, open_h5, open_hdf5, plain_value, refusal_reason, system_error
+from .files import DamageNamingFile, open_h5, open_hdf5, plain_value, refusal_reason, stored_too_little, system_error
 from .regions import FRAGMENT, RegionCount, count_regions
 from .textfiles import as_utf8
 
@@ -299,24 +299,22 @@ def kind_of(group: h5py.Group) -> str:
 def open_features_file(path: Path, what: str = "features", hint: str = "",
                        required: Sequence[str] = SCHEMA_DATASETS) -> h5py.File:
     """``path`` opened read-only, once it is known to be a complete vggfeat descriptor file holding
-    the ``required`` datasets; otherwise a one-line error (see :func:`~vggfeat.files.open_hdf5`)."""
+    the ``required`` datasets, laid out as the schema says (:func:`layout_problem`); otherwise a
+    one-line error (see :func:`~vggfeat.files.open_hdf5`)."""
     f = open_hdf5(path, what, hint, DamageNamingFile)  # a dataset HDF5 then fails to read is named
     try:
         missing = [name for name in required if name not in f]
         has_config = "config" in f.attrs
-        if has_config:  # which every reader takes as JSON
-            json.loads(f.attrs["config"])
-        # HDF5's description of the descriptors, which every reader takes: damaged, it fails here
-        described = (f["features"].dtype, f["features"].shape) if "features" in f else None
-    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
+        damage = None if missing or not has_config else layout_problem(f)
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, RecursionError) as error:  # HDF5's own structures damaged (a bad disk, a flipped bit), or its JSON
         f.close()
         if isinstance(error, OSError) and system_error(error) is not None:  # the system's refusal (an I/O error): as it is
             raise
         raise VggfeatError(f"{path} is a damaged HDF5 file ({refusal_reason(error)})") from None
     if missing or not has_config:
         problem = "is not a vggfeat features file" + (kind_of(f) or f" (no {', '.join(missing) or 'config attribute'})")
-    elif described is not None and (described[0].kind != "f" or len(described[1]) != 2):
-        problem = f"is not a vggfeat features file (its /features holds {described[0]} of shape {described[1]})"
+    elif damage is not None:
+        problem = f"is damaged: {damage}"
     elif not f.attrs.get("complete", False):
         problem = ("is incomplete (complete=False): finish its extraction (the same command resumes it) first"
                    if work_folder(path).is_dir() else  # vggfeat renames its files into place once they are whole
@@ -327,3 +325,79 @@ def open_features_file(path: Path, what: str = "features", hint: str = "",
     f.close()
     raise VggfeatError(f"{path} {problem}")
 
+
+# Each dataset of the schema: its shape, in the file's rows (N), failures (F), classes (C) and
+# dimension (D), and the kind of its values (text, or numpy's kinds).
+_LAYOUT = {
+    "features": (("N", "D"), "f"), "paths": (("N",), "text"), "labels": (("N",), "iu"), "classes": (("C",), "text"),
+    "sizes": (("N", 2), "iu"), "read_after": (("N",), "f"), "failed/paths": (("F",), "text"),
+    "failed/errors": (("F",), "text"), "failed/labels": (("F",), "iu"), "failed/read_after": (("F",), "f"),
+}
+_KINDS = {"text": "text", "iu": "integers", "f": "floating-point numbers"}
+
+
+def layout_problem(f: h5py.File) -> str | None:
+    """What in ``f``, a descriptor (or posteriors) file, is laid out otherwise than the schema says,
+    found before any of its data is read (a compressed dataset of a file of kilobytes can declare
+    gigabytes, which a reader would allocate; a group or a dataset of another shape where a dataset
+    is expected was a traceback); None where nothing is. ``config``, where there is one, must be
+    a JSON object (:func:`_config_problem`)."""
+    if "failed" in f and not isinstance(f["failed"], h5py.Group):
+        return "/failed is not a group"
+    datasets = {}
+    for name in _LAYOUT:
+        if name in f:
+            if not isinstance(f[name], h5py.Dataset):
+                return f"/{name} is not a dataset"
+            datasets[name] = f[name]
+
+    if "features" in datasets and datasets["features"].ndim != 2:
+        return f"/features has the shape {datasets['features'].shape}, not (rows, dimension)"
+
+    def length(names: Sequence[str], axis: int) -> int | None:
+        data = next((datasets[name] for name in names if name in datasets), None)
+        return data.shape[axis] if data is not None and data.ndim > axis else None
+
+    placed = "first_row" in f.attrs  # a block whose rows are in a merged file (place_rows): its /features holds none
+    lengths = {"N": int(f.attrs["rows"]) if placed else length(("features", "paths"), 0), "D": length(("features",), 1),
+               "C": length(("classes",), 0), "F": length(("failed/paths", "failed/errors"), 0)}
+    for name, data in datasets.items():
+        dims, kind = _LAYOUT[name]
+        expected = tuple(lengths[each] if isinstance(each, str) else each for each in dims)
+        if placed and name == "features":
+            expected = (0, lengths["D"])
+        if data.shape != expected:
+            return f"/{name} has the shape {data.shape}, where the file's {_shape_words(dims, lengths)} make {expected}"
+        text = h5py.check_string_dtype(data.dtype) is not None
+        if (kind == "text") != text or (not text and data.dtype.kind not in kind):
+            return f"/{name} holds {'text' if text else data.dtype}, not {_KINDS[kind]}"
+        if data.external:  # raw bytes of any other file, read as if they were this one's
+            return f"/{name} lies in other files (HDF5 external storage)"
+        if stored_too_little(data):
+            return f"/{name} declares {data.size:,} values, far more than the file stores"
+    return _config_problem(json.loads(f.attrs["config"]), lengths["D"], "dense" not in f.attrs) if "config" in f.attrs else None
+
+
+def _shape_words(dims: Sequence[str | int], lengths: dict) -> str:
+    words = {"N": "rows", "D": "dimension", "C": "classes", "F": "failures"}
+    return " and ".join(f"{lengths[each]} {words[each]}" for each in dims if isinstance(each, str))
+
+
+def _config_problem(config: object, dim: int | None, descriptors: bool) -> str | None:
+    """What makes ``config`` (a file's, parsed) other than an extraction's configuration that
+    every reader takes it for: a JSON object; stacked, a list of them; of descriptors, their
+    ``dim`` where it says one."""
+    if not isinstance(config, dict):
+        return "its config attribute is not a JSON object"
+    parts = config.get("stacked", [config])
+    if not isinstance(parts, list) or not parts or not all(isinstance(part, dict) for part in parts):
+        return "its config's stacked is not a list of configurations"
+    whole_image = config.get("whole_image", [False] * len(parts))
+    if not isinstance(whole_image, list) or len(whole_image) != len(parts) or not all(isinstance(flag, bool) for flag in whole_image):
+        return "its config's whole_image is not a flag for each stacked configuration"
+    if not descriptors or dim is None:
+        return None
+    stated = [config.get("dim", dim)] + ([part.get("dim") for part in parts] if "stacked" in config else [])
+    if not all(type(each) is int for each in stated) or stated[0] != dim or sum(stated[1:]) not in (0, dim):
+        return f"its config says descriptors of dimension {config.get('dim')}, its /features holds {dim}"
+    return None

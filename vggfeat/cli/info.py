@@ -10,7 +10,7 @@ import click
 import h5py
 
 from ..errors import VggfeatError
-from ..fileinfo import read_info
+from ..fileinfo import JSON_ATTRS, read_info
 from ..index import index_summary
 from ..modelfile import model_summary
 from ..regions import RegionCount
@@ -104,7 +104,7 @@ def _regions_line(rows: int, regions: RegionCount) -> list[str]:
 
 def _first(names: list[str], shown: int = 8) -> str:
     """``a, b, c, … (5 more)``: the first names of a list."""
-    return ", ".join(map(common.printable, names[:shown])) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+    return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def _read_after_line(read_after: list[str] | None) -> str:
@@ -120,7 +120,7 @@ def _failed_classes(by_class: dict[str, int], shown: int = 3) -> str:
     """`` (4 labelled: dogs 3, cats 1)``: the failures of each class, the most first."""
     if not by_class:
         return ""
-    most = [f"{common.printable(name)} {count:,}" for name, count in list(by_class.items())[:shown]]
+    most = [f"{name} {count:,}" for name, count in list(by_class.items())[:shown]]
     more = [f"… {common.counted(len(by_class) - shown, 'more class', 'more classes')}"] if len(by_class) > shown else []
     return f" ({sum(by_class.values()):,} labelled: {', '.join(most + more)})"
 
@@ -191,9 +191,20 @@ def _scores_lines(summary: dict) -> list[str]:
 
 
 def _command_line(summary: dict) -> list[str]:
-    """The line of the command that made a file, where it records one (as text: never sent to the
-    terminal as the escape sequences an edited file may hold)."""
-    return [f"  command      {common.printable(str(summary['command']))}"] if summary.get("command") else []
+    """The line of the command that made a file, where it records one."""
+    return [f"  command      {summary['command']}"] if summary.get("command") else []
+
+
+def _printable(value):
+    """``value`` (what a file records, as read) with each text in it as one line of a terminal
+    (:func:`~vggfeat.cli.common.printable`)."""
+    if isinstance(value, str):
+        return common.printable(value)
+    if isinstance(value, dict):
+        return {_printable(key): _printable(each) for key, each in value.items()}
+    if isinstance(value, list):
+        return [_printable(each) for each in value]
+    return value
 
 
 # The other files that vggfeat writes, by their "format" attribute: how to read and show each.
@@ -212,15 +223,15 @@ def _plain_file(file: Path, record: dict) -> dict:
 
 
 def _plain_file_lines(file: Path, record: dict) -> list[str]:
-    summary = _plain_file(file, record)
+    summary = _printable(_plain_file(file, record))
     changed = click.style("changed since it was written (its size or time differ)", fg="yellow")
-    lines = [f"{file}: written by {common.printable(summary['command'] or 'vggfeat')}"
+    lines = [f"{file}: written by {summary['command'] or 'vggfeat'}"
              + (f", {changed}" if summary["changed_since"] else "")]
     if "images" in summary:
-        lines.append(f"  {'images':<12} {common.printable(summary['images'])}")
+        lines.append(f"  {'images':<12} {summary['images']}")
     for k, each in enumerate(summary["inputs"]):
         since = click.style("changed since, or gone", fg="yellow") if each["changed_since"] else "unchanged since"
-        lines.append(f"  {'made from' if k == 0 else '':<12} {common.printable(each['path'])} ({since})")
+        lines.append(f"  {'made from' if k == 0 else '':<12} {each['path']} ({since})")
     lines += [f"  {'result' if k == 0 else '':<12} {line}" for k, line in enumerate(summary["result"])]
     return lines
 
@@ -261,7 +272,7 @@ def info(file: Path, as_json: bool) -> None:
     show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
     if show_other:  # an index, a whitening or an SVM model
         summary = show_other[0](file)
-        click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(show_other[1](summary)))
+        click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(show_other[1](_printable(summary))))
         return
     try:
         summary = read_info(file)
@@ -270,6 +281,10 @@ def info(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    # What the file records, shown as text: a file edited to hold escape sequences (in a class, a
+    # command, or the JSON of its configuration) never sends them to the terminal.
+    summary = _printable({**summary, "attrs": {key: json.dumps(_printable(json.loads(value))) if key in JSON_ATTRS
+                                               else value for key, value in summary["attrs"].items()}})
     a = summary["attrs"]
     state = click.style("complete", fg="green") if summary["complete"] else click.style("INCOMPLETE", fg="red", bold=True)
     if not summary["complete"] and not work_folder(file).is_dir():  # vggfeat renames its files into place once whole
@@ -318,7 +333,7 @@ def info(file: Path, as_json: bool) -> None:
     if a.get("random_weights"):
         click.secho("  WARNING: made with random weights: not ImageNet features (smoke tests only)", fg="yellow", bold=True)
     for path, error in summary["first_failures"]:
-        click.echo(f"  failed: {common.printable(path)}: {common.printable(error)}")
+        click.echo(f"  failed: {path}: {error}")
     if summary["failed"] > len(summary["first_failures"]):
         click.echo(f"  … and {summary['failed'] - len(summary['first_failures']):,} more in /failed")
         click.echo("\n".join(["  failures by reason:", *common.reason_lines(summary["failures_by_reason"])]))
