@@ -40,7 +40,7 @@ from runhelpers import (
 )
 import vggfeat.job
 import vggfeat.output
-from vggfeat.cli.common import size_text
+from vggfeat.cli.common import Terminated, size_text, stopping_on_sigterm
 
 CHEAP = [*FAST, "--layer", "conv1_1"]  # bookkeeping, not deep features: ~50 times cheaper than fc7
 
@@ -392,3 +392,21 @@ def test_a_file_system_without_locks_for_real_hdf5(tmp_path):
         done = subprocess.run(command(args), capture_output=True, text=True, env=environment, timeout=180)
         assert done.returncode == 0, done.stderr
     assert read_output(tmp_path / "out.h5")["attrs"]["complete"] and (tmp_path / "predicted.csv").is_file()
+
+
+def test_a_sigterm_that_comes_as_an_object_is_finalised_still_stops_the_command(capfd):
+    """SIGTERM raises Terminated where the main thread is: inside an object's __del__ (h5py's, as a
+    file is read), Python printed "Exception ignored ... Terminated", dropped it, and the command
+    went on. It stops the command, once the finaliser is done, saying nothing more."""
+    class SignalledAsFinalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # (the handler runs here, in __del__)
+
+    went_on = []
+    with pytest.raises(Terminated), stopping_on_sigterm():
+        SignalledAsFinalised()
+        for step in range(100):
+            went_on.append(step)
+            time.sleep(0.01)
+    assert len(went_on) < 50 and "Exception ignored" not in capfd.readouterr().err

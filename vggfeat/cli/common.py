@@ -189,11 +189,30 @@ def stopping_on_sigterm() -> Iterator[None]:
     def terminate(signum: int, frame: object) -> None:
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    resent: list[threading.Timer] = []
+
+    def stop_again(unraisable: Any) -> None:
+        # A stop (SIGTERM, Ctrl-C) that came as an object was being finalised (an h5py or numpy
+        # object's __del__) is an exception Python can only print there ("Exception ignored in")
+        # and drop, and the command went on. Sent again, once this hook has returned (a signal
+        # sent from here would be handled here, and dropped), it stops the command where it goes on.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+            resent.append(threading.Timer(0.05, os.kill, (os.getpid(), again)))
+            resent[-1].daemon = True
+            resent[-1].start()
+        else:
+            previous_hook(unraisable)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, terminate), sys.unraisablehook
+    sys.unraisablehook = stop_again
     try:
         yield
     finally:
+        for timer in resent:  # the block ended first (stopped, or done): nothing to stop
+            timer.cancel()
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def command_line() -> str:
