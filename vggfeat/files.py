@@ -353,6 +353,13 @@ def replace_durably(source: Path, destination: Path) -> None:
         os.close(directory)
 
 
+def whole_number(value: object) -> int | None:
+    """An HDF5 attribute's value where it is a whole number, as vggfeat writes them; None for
+    anything else (a float such as 1e9, text, a boolean, an array)."""
+    value = plain_value(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def plain_value(value: object) -> object:
     """An HDF5 attribute's value as JSON holds it: str, a list, or a Python number."""
     if isinstance(value, bytes):

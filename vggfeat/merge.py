@@ -9,6 +9,7 @@ time, so memory stays small whatever the collection's size, and the output appea
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,8 @@ from .discover import ImageSet, ShardOf
 from .errors import VggfeatError
 from .output import OutputFile, RowsBlock, holds_rows, recover_rows
 from .parts import check_no_extraction_into, written_unless_done
-from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, written_atomically
+from .features import not_finite_rows
+from .files import damage_in, file_attributes, open_h5, plain_value, replace_durably, whole_number, written_atomically
 from .store import (DESCRIPTORS, PLACED_ATTRS, already_exists, block_rows, check_descriptor_output, check_replaceable,
                     create_datasets, failed_labels, kind_key, mark_complete, open_features_file, place_rows, read_after,
                     rows_and_failures)
@@ -34,6 +36,7 @@ SHARD_ATTRS = ("shard_index", "shard_count", "collection_images", "collection_sh
 PROVENANCE = ("command", "created", "device", "vggfeat_version", "torch_version", "torchvision_version", "h5py_version",
               "decoder_library", "failures_retried", "retry_command", "failures_retried_with")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
+_MAKE_AGAIN = "make that shard again (its extract or classify --shard command, with --overwrite)"
 
 
 @dataclass(frozen=True)
@@ -238,9 +241,10 @@ def _merged_from(output: Path, inputs: list[Path]) -> bool:
     now = []
     for path in inputs:
         shard = file_attributes(path)
-        if "shard_index" not in shard:
+        index = whole_number(shard.get("shard_index"))
+        if index is None:  # not a shard, or one edited since: merged anew, which refuses it
             return False
-        now.append({"shard": int(shard["shard_index"]), "file": path.name, **_provenance(shard)})
+        now.append({"shard": index, "file": path.name, **_provenance(shard)})
     return sorted(now, key=lambda entry: entry["shard"]) == recorded
 
 
@@ -249,7 +253,25 @@ def _open_shard(path: Path) -> h5py.File:
     if any(key not in f.attrs for key in SHARD_ATTRS):
         f.close()
         raise VggfeatError(f"{path} is not a shard: it was not written with --shard")
+    problem = _shard_numbers_problem(f.attrs)
+    if problem is not None:
+        f.close()
+        raise VggfeatError(f"{path} is damaged: {problem}; {_MAKE_AGAIN}")
     return f
+
+
+def _shard_numbers_problem(attrs) -> str | None:
+    """What is wrong with a shard's index, count and collection size (edited by hand, damaged),
+    checked before any of them is used (a count of 1e9 would be a set of 1e9 numbers); else None."""
+    shown = {key: repr(plain_value(attrs[key]))[:40] for key in SHARD_ATTRS[:3]}
+    index, count, images = (whole_number(attrs[key]) for key in SHARD_ATTRS[:3])
+    if count is None or count < 1:
+        return f"its shard_count {shown['shard_count']} is not a whole number of shards, 1 or more"
+    if index is None or not 1 <= index <= count:
+        return f"its shard_index {shown['shard_index']} is not a shard of 1..{count}"
+    if images is None or images < 0:
+        return f"its collection_images {shown['collection_images']} is not a number of images"
+    return None
 
 
 def _check_together(files: list[h5py.File]) -> None:
@@ -257,17 +279,20 @@ def _check_together(files: list[h5py.File]) -> None:
     first = files[0]
     for key in ("shard_count", "collection_sha256", "config"):
         for f in files[1:]:
-            if f.attrs[key] != first.attrs[key]:
+            if plain_value(f.attrs[key]) != plain_value(first.attrs[key]):  # an array edited in: no truth value
                 what = "extraction configuration" if key == "config" else "image collection" if key == "collection_sha256" else "shard count"
                 raise VggfeatError(f"{f.filename} and {first.filename} differ in {what}: they are not shards of one extraction")
     count = int(first.attrs["shard_count"])
     indices = [int(f.attrs["shard_index"]) for f in files]
     duplicated = sorted({i for i in indices if indices.count(i) > 1})
-    missing = sorted(set(range(1, count + 1)) - set(indices))
     if duplicated:
         raise VggfeatError(f"shard {', '.join(f'{i}/{count}' for i in duplicated)} given more than once")
-    if missing:
-        raise VggfeatError(f"missing shard {', '.join(f'{i}/{count}' for i in missing)}: a merge needs all {count}")
+    missing = count - len(indices)
+    if missing:  # the first few named: a count of a billion is a whole number too, and not a list to build
+        given = set(indices)
+        named = list(itertools.islice((i for i in range(1, count + 1) if i not in given), 5))
+        more = f" and {missing - len(named):,} more" if missing > len(named) else ""
+        raise VggfeatError(f"missing shard {', '.join(f'{i}/{count}' for i in named)}{more}: a merge needs all {count:,}")
     described = sum(block_rows(f) + f["failed/paths"].shape[0] for f in files)
     if described != int(first.attrs["collection_images"]):
         raise VggfeatError(f"the shards hold {described:,} images, the collection {int(first.attrs['collection_images']):,}: "
@@ -281,7 +306,7 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         n = f["features"].shape[0]
         for start in range(0, n, block):
             end = min(start + block, n)
-            features[row + start : row + end] = f["features"][start:end]
+            features[row + start : row + end] = _finite(f["features"][start:end], f, start)
             paths[row + start : row + end] = f["paths"][start:end]
             labels[row + start : row + end] = f["labels"][start:end]
             sizes[row + start : row + end] = f["sizes"][start:end]
@@ -293,6 +318,26 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         labels_of_failed[fail : fail + bad] = failed_labels(f)
         failed_read_after[fail : fail + bad] = read_after(f, failed=True)
         row, fail = row + n, fail + bad
+
+
+def _finite(rows: np.ndarray, f: h5py.File, start: int) -> np.ndarray:
+    """``rows`` (of ``f``'s /features, from row ``start``), refused where one holds NaN or an
+    infinite value: extraction never writes one (such an image is a failure), so the shard was
+    edited or damaged, and the merged file would pass its NaN on to every search and SVM."""
+    bad = not_finite_rows(rows)
+    if len(bad):
+        row = start + int(bad[0])
+        raise VggfeatError(f"{f.filename} is damaged: row {row:,} of its /features{_path_of(f, row)} holds NaN or "
+                           f"infinite values, which extraction never writes; {_MAKE_AGAIN}")
+    return rows
+
+
+def _path_of(f: h5py.File, row: int) -> str:
+    """`` (the image's path)`` of row ``row`` of ``f``, for a refusal; "" where it cannot be read."""
+    try:
+        return f" ({f['paths'][row].decode('utf-8', 'replace')})"
+    except (OSError, RuntimeError, KeyError, IndexError, ValueError, AttributeError):
+        return ""
 
 
 def _merged_attrs(files: list[h5py.File], paths: list[Path], provenance: dict, shard_of: ShardOf | None) -> dict:

@@ -36,7 +36,8 @@ from .errors import VggfeatError, not_a_file
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .parts import output_locked
-from .files import file_attributes, written_atomically
+from .files import file_attributes, plain_value, written_atomically
+from .posteriorsfile import CLASSIFY_AGAIN, REMOVE_AND_RERUN, check_attributes, check_block
 from .store import (already_exists, check_new_file, open_features_file, posteriors_file_of, refuse_descriptors,
                     shards_folder, work_folder)
 from .textfiles import as_utf8, csv_cells, read_text, text_lines
@@ -237,7 +238,8 @@ def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet, pos
     posteriors = posteriors or posteriors_file_of(output)
     if not posteriors.is_file() or work_folder(posteriors).exists() or shards_folder(posteriors).exists():
         return False  # none, or the job's to resume
-    attrs = file_attributes(posteriors)
+    # Plain values: an array edited into an attribute compares as no truth value, a traceback.
+    attrs = {key: plain_value(value) for key, value in file_attributes(posteriors).items()}
     if attrs.get("posteriors_of") != output.name:
         raise VggfeatError(f"{posteriors} exists and was not made for {output}: move it away, or remove it")
     if holds_job(attrs, classifier.config(), "float32", images.digest()):
@@ -374,16 +376,18 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
     source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
     result = ClassificationResult(output, evaluation=Evaluation() if labels is not None else None)
+    # This CSV's own files are made again by its command; a user's, by classify into an .h5.
+    again = REMOVE_AND_RERUN if posteriors is None or remove else CLASSIFY_AGAIN
     with contextlib.ExitStack() as files:
         f = files.enter_context(open_features_file(source, "posteriors"))
-        _check_posteriors(f, source, topk, labels, len(names))
+        _check_posteriors(f, source, topk, labels, len(names), again)
         fused = [files.enter_context(open_features_file(Path(path), "posteriors")) for path in fuse]
         for other, path in zip(fused, fuse):
-            _check_fused(f, source, other, path)
+            _check_fused(f, source, other, path, again)
         temporary = files.enter_context(written_atomically(output))
         writer = csv.writer(files.enter_context(open(temporary, "w", newline="", encoding="utf-8")))
         writer.writerow(_header(topk, labelled=labels is not None))
-        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused))
+        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused, again))
     if posteriors is None or remove:  # this CSV's own, kept only until it is written
         for path in (source, *fuse):
             Path(path).unlink()
@@ -408,7 +412,7 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
     wrote) against ``labels``, a block of rows at a time."""
     result = ClassificationResult(Path(posteriors), evaluation=Evaluation())
     with open_features_file(Path(posteriors), "posteriors") as f:
-        _check_posteriors(f, posteriors, 0, labels, len(names))
+        _check_posteriors(f, posteriors, 0, labels, len(names), CLASSIFY_AGAIN)
         for _ in _rows_in_order(f, result, labels, names, topk=0):
             pass
     return result
@@ -416,10 +420,11 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
 
 def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str, int] | None,
                    names: Sequence[str], topk: int, progress: Callable[[int], object] | None = None,
-                   fused: Sequence[h5py.File] = ()) -> Iterator[list]:
+                   fused: Sequence[h5py.File] = (), again: str = "") -> Iterator[list]:
     """The CSV rows of a posteriors file's images, classified and failed, in path order (that of
     the image set), counted into ``result``; their posteriors averaged with those of ``fused``,
-    where an image that any of them failed is failed (:mod:`vggfeat.fusion`)."""
+    where an image that any of them failed is failed (:mod:`vggfeat.fusion`). A block holding a
+    value no classifier writes is refused (:func:`_check_block`), ``again`` saying what to do."""
     posteriors = FusedPosteriors([f, *fused])
     failed_paths, reasons = posteriors.failed_paths, posteriors.reasons
     failed = 0  # failures written
@@ -439,6 +444,7 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     rows = f["features"].shape[0]
     for start in range(0, rows, BLOCK_ROWS):
         paths, block = posteriors.rows(start, min(start + BLOCK_ROWS, rows))
+        check_block(block, kept, len(names), paths, [f, *fused], start, again)
         truth = match_labels(paths, labels, by_name) if labels is not None else [None] * len(paths)
         if kept is None:
             top = top_classes(block, ranked)
@@ -456,11 +462,13 @@ def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str,
     yield from failures_before(None)
 
 
-def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: dict[str, int] | None, classes: int) -> None:
+def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: dict[str, int] | None, classes: int,
+                      again: str = CLASSIFY_AGAIN) -> None:
     """Refuse a file that is not classify's posteriors of ``classes`` classes, and one of each
     image's top classes that keeps fewer than ``topk``, or than the 5 that the errors against
-    ``labels`` need."""
+    ``labels`` need; one whose attributes classify could not have written (:func:`_check_attributes`)."""
     refuse_descriptors(f.attrs, path)
+    check_attributes(f, path, again)
     if topk > classes:
         raise VggfeatError(f"--topk must be between 1 and {classes}, got {topk}")
     kept, needed = f.attrs.get("keep_top"), classes_needed(topk, labels is not None, classes)
@@ -470,13 +478,15 @@ def _check_posteriors(f: h5py.File, path: str | os.PathLike, topk: int, labels: 
         raise VggfeatError(f"{path} keeps the top {kept} classes of each image; {needed} are needed")
 
 
-def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_path: str | os.PathLike) -> None:
+def _check_fused(f: h5py.File, path: str | os.PathLike, other: h5py.File, other_path: str | os.PathLike,
+                 again: str = CLASSIFY_AGAIN) -> None:
     """Refuse to fuse with the posteriors file ``path`` one that is not of every posterior of as
     many classes over the same images (each a row or a failure: networks may disagree on which failed),
     or that is ``path`` itself (given twice, by mistake: the average of a file and itself is it)."""
     if os.path.realpath(path) == os.path.realpath(other_path):
         raise VggfeatError(f"--fuse {other_path} is the posteriors file itself: fuse the file of another network")
     refuse_descriptors(other.attrs, other_path)
+    check_attributes(other, other_path, again)
     for file, name in ((f, path), (other, other_path)):
         if "keep_top" in file.attrs:
             raise VggfeatError(f"{name} keeps each image's top classes only; fusing averages every posterior")
@@ -493,12 +503,13 @@ def posteriors_categories(posteriors: str | os.PathLike) -> list[str]:
     """The class names of a file of every posterior that ``vggfeat classify`` wrote into an .h5;
     a CSV run's own file of top classes is refused (its command writes its CSV)."""
     with open_features_file(Path(posteriors), "posteriors") as f:
-        attrs = dict(f.attrs)
-    refuse_descriptors(attrs, posteriors)
+        refuse_descriptors(f.attrs, posteriors)
+        check_attributes(f, posteriors, CLASSIFY_AGAIN)  # a dim of 1e9: as many names
+        attrs, classes = dict(f.attrs), f["features"].shape[1]  # the dim checked, or none recorded
     if "keep_top" in attrs:
         raise VggfeatError(f"{posteriors} holds the top classes that a 'vggfeat classify' run keeps until it writes its "
                            "CSV: run that command again to write it")
-    return category_names(str(attrs["model"]), int(attrs["dim"]))
+    return category_names(str(attrs.get("model", "")), classes)
 
 
 def _truth_cells(label: int | None, labels: dict[str, int] | None, names: Sequence[str]) -> list:
