@@ -215,13 +215,19 @@ def failed_read(error: BaseException | None, f: h5py.File) -> str | None:
     return name
 
 
-def stored_too_little(data: h5py.Dataset) -> bool:
-    """Whether ``data`` declares far more bytes than its file stores of it, more than deflate (the
-    strongest of HDF5's usual filters, about 1,000 to 1) expands: a dataset of a file of kilobytes
-    that declares gigabytes, which reading whole would allocate. A file vggfeat writes, compressed
-    since or not, stores every value; datasets under a MiB are not judged."""
-    declared = data.size * data.dtype.itemsize
-    return declared > 2**20 and data.id.get_storage_size() * 1100 < declared
+def storage_problem(data: h5py.Dataset) -> str | None:
+    """What makes ``data`` a dataset whose values are not in its file, or None: they lie in other
+    files (HDF5's external storage, a virtual dataset: any other file's bytes read as this one's), or
+    it declares far more bytes than the file stores of it, more than deflate (the strongest of
+    HDF5's usual filters, about 1,000 to 1) expands: a file of kilobytes that declares gigabytes,
+    which reading the dataset whole would allocate. A file vggfeat writes, compressed since or not,
+    stores every value; datasets under a MiB are not judged."""
+    if data.external or data.is_virtual:
+        return f"{data.name} lies in other files (HDF5 external or virtual storage)"
+    declared = (data.size or 0) * data.dtype.itemsize  # (size: None for an empty dataspace)
+    if declared > 2**20 and data.id.get_storage_size() * 1100 < declared:
+        return f"{data.name} declares {data.size:,} values, far more than the file stores"
+    return None
 
 
 def refusal_reason(error: Exception) -> str:

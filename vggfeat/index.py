@@ -33,8 +33,8 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
-from .files import open_h5, reading_hdf5, written_atomically
-from .store import INDEX_FORMAT, kind_of
+from .files import open_h5, reading_hdf5, storage_problem, whole_number, written_atomically
+from .store import INDEX_FORMAT, config_problem, kind_of
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT_VERSION = 1
@@ -44,6 +44,17 @@ _STRING = h5py.string_dtype("utf-8")
 _SCORE_BYTES = 256 * 2**20  # NumPy search: one block of query x database scores and argpartition's int64 rows
 BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
+REBUILD = "build it again with 'vggfeat index'"
+# HNSW candidates per query: FAISS allocates them for each query (2^31 of them: 16 GiB, std::bad_alloc),
+# and a search of more finds nothing that one of fewer misses.
+MAX_EF_SEARCH = 2**20
+# Search parameters of each kind of index, as _write records them (nprobe after nlist: it is at most nlist).
+_PARAMS = {"flat": (), "ivfpq": ("nlist", "m", "nprobe"), "hnsw": ("ef_search", "hnsw_m")}
+# Each dataset of an index file: its number of dimensions and what it holds (text, numbers of the
+# numpy dtype kinds of _NUMBERS, or one dtype by name).
+_LAYOUT = {"paths": (1, "text"), "labels": (1, "integers"), "classes": (1, "text"), "read_after": (1, "floats"),
+           "vectors": (2, "float32"), "faiss": (1, "uint8")}
+_NUMBERS = {"integers": "iu", "floats": "f"}
 
 
 def faiss_available() -> bool:
@@ -178,16 +189,22 @@ class VectorIndex:
 
     @classmethod
     def _read(cls, f: h5py.File, path: Path, backend: str, vectors: bool) -> VectorIndex:
+        kind = _check_layout(f, path)
         index = cls(
-            paths=list(f["paths"].asstr()[:]), config=json.loads(f.attrs["config"]), kind=str(f.attrs["kind"]),
+            paths=list(f["paths"].asstr()[:]), config=_json_object(f, "config", path), kind=kind,
             labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
             whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
-            root=str(f.attrs.get("root", "")), params=json.loads(f.attrs.get("params", "{}")),
+            root=str(f.attrs.get("root", "")), params=_json_object(f, "params", path),
             read_after=f["read_after"][:] if "read_after" in f else None,
             source=str(f.attrs.get("features", "")), created=str(f.attrs.get("created", "")),
             updated=str(f.attrs.get("updated", "")),
         )
+        _check_values(index, path)
         if index.kind == "flat":
+            _check_rows(f, kind, path)
+            if index.dim and f["vectors"].shape[1] != index.dim:  # queries would be prepared to another width
+                raise VggfeatError(f"{path} is damaged: its vectors are {f['vectors'].shape[1]}-d, its configuration "
+                                   f"says {index.dim}-d; {REBUILD}")
             index.vectors = f["vectors"][:] if vectors else None
             if index.vectors is not None:
                 _check_unit_rows(index.vectors, path, index.paths)
@@ -206,6 +223,8 @@ class VectorIndex:
             if index.faiss_index.ntotal != len(index.paths):
                 raise VggfeatError(f"{path} is damaged: its FAISS index holds {index.faiss_index.ntotal} vectors, its "
                                    f"/paths {len(index.paths)}; build it again with 'vggfeat index'")
+            _check_faiss(index, path)
+            _check_rows(f, kind, path)  # (its paths and FAISS's vectors: said above)
         if index.vectors is not None and _flat_uses_faiss(backend):
             index.faiss_index = _FlatFaiss(index.vectors)
         index.backend = "faiss" if index.faiss_index is not None else "numpy"
@@ -226,11 +245,15 @@ def index_summary(path: str | os.PathLike) -> dict:
     with reading_hdf5(Path(path), "index") as f:
         if f.attrs.get("format") != INDEX_FORMAT:
             raise VggfeatError(f"{path} is not a vggfeat index (made by 'vggfeat index'){kind_of(f)}")
+        kind = _check_layout(f, Path(path))  # before /labels is read whole
+        _check_rows(f, kind, Path(path))
+        config = _json_object(f, "config", path)
+        _check_config(config, path)
         return {
-            "format": INDEX_FORMAT, "path": str(path), "kind": str(f.attrs["kind"]), "rows": f["paths"].shape[0],
+            "format": INDEX_FORMAT, "path": str(path), "kind": kind, "rows": f["paths"].shape[0],
             "dim": int(f.attrs["dim"]), "labelled": int((f["labels"][:] >= 0).sum()), "classes": f["classes"].shape[0],
             "whitened_from": f["whitening/projection"].shape[1] if "whitening" in f else None,
-            "params": json.loads(f.attrs.get("params", "{}")), "config": json.loads(f.attrs["config"]),
+            "params": _json_object(f, "params", path), "config": config,
             "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
             "updated": str(f.attrs.get("updated", "")), "updatable": "read_after" in f,
             "features": str(f.attrs.get("features", "")), "command": str(f.attrs.get("command", "")),
@@ -276,6 +299,9 @@ def build_index(
         whitening.check_config(config, "the indexed descriptors")
     if kind != "flat" and backend == "numpy":
         raise VggfeatError(f"a '{kind}' index needs FAISS; use --kind flat for the NumPy backend")
+    # What loading the index refuses (_check_values), refused before the work of building it
+    if kind == "ivfpq" and nprobe < 1 or kind == "hnsw" and not 1 <= ef_search <= MAX_EF_SEARCH:
+        raise VggfeatError(f"nprobe must be 1 or more, ef_search from 1 to {MAX_EF_SEARCH}; got {nprobe}, {ef_search}")
     index = VectorIndex(paths=list(paths), config=dict(config), kind=kind, whitening=whitening, root=root,
                         labels=np.full(len(paths), -1) if labels is None else np.asarray(labels),
                         classes=list(classes or []), read_after=read_after)
@@ -384,6 +410,109 @@ def _check_unit_rows(vectors: np.ndarray, path: Path, paths: Sequence[str], step
             row = start + int(bad[0])
             raise VggfeatError(f"{path} is damaged: the vector of row {row} ({paths[row]}) is not of unit length "
                                f"(squared norm {squared[bad[0]]:.6g}); build it again with 'vggfeat index'")
+
+
+def _check_layout(f: h5py.File, path: Path) -> str:
+    """Refuse, before any array is read, a file laid out otherwise than :meth:`VectorIndex._write`
+    lays it out: a kind of :data:`KINDS`, its datasets there, of their kinds and agreeing lengths,
+    and stored in the file (a compressed dataset of a file of kilobytes can declare gigabytes, which
+    reading it whole would allocate). Returns the kind."""
+    kind = f.attrs.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise VggfeatError(f"{path} is damaged: its kind {str(kind)[:40]!r} is none of {', '.join(KINDS)}; {REBUILD}")
+    names = ["paths", "labels", "classes", "vectors" if kind == "flat" else "faiss"]
+    names += ["read_after"] if "read_after" in f else []
+    for name in names:
+        # A link to another file's dataset would be read as this one's
+        data = f.get(name) if isinstance(f.get(name, getlink=True), h5py.HardLink) else None
+        if not isinstance(data, h5py.Dataset):
+            missing = "missing" if data is None else "not a dataset"
+            raise VggfeatError(f"{path} is damaged: /{name} is {missing}; {REBUILD}")
+        dims, holds = _LAYOUT[name]
+        text = h5py.check_string_dtype(data.dtype) is not None
+        right = text if holds == "text" else not text and (data.dtype.kind in _NUMBERS[holds] if holds in _NUMBERS
+                                                           else data.dtype == holds)
+        if data.ndim != dims or not right:
+            raise VggfeatError(f"{path} is damaged: /{name} is {data.ndim}-d of {'text' if text else data.dtype}, "
+                               f"where an index holds {dims}-d {holds}; {REBUILD}")
+        _refuse_unstored(data, path)
+    whitening = f.get("whitening") if isinstance(f.get("whitening", getlink=True), h5py.HardLink) else None
+    if isinstance(whitening, h5py.Group):  # PCAWhitening.read reads its arrays whole
+        for data in whitening.values():
+            if isinstance(data, h5py.Dataset):
+                _refuse_unstored(data, path)
+    return kind
+
+
+def _check_rows(f: h5py.File, kind: str, path: Path) -> None:
+    """Refuse an index (:func:`_check_layout`'s) whose /labels, /read_after or flat /vectors hold
+    another number of rows than its /paths."""
+    names = ["labels", *(["read_after"] if "read_after" in f else []), *(["vectors"] if kind == "flat" else [])]
+    rows = f["paths"].shape[0]
+    other = next((name for name in names if f[name].shape[0] != rows), None)
+    if other is not None:
+        raise VggfeatError(f"{path} is damaged: /{other} holds {f[other].shape[0]} rows, /paths {rows}; {REBUILD}")
+
+
+def _json_object(f: h5py.File, name: str, path: str | os.PathLike) -> dict:
+    """The attribute ``name`` (``config``; ``params``, {} where there is none) as the JSON object it
+    records; refused where it is JSON of another kind (a list, a number)."""
+    # Not JSON, or no config: reading_hdf5's line, "(Expecting ...)", "(config)"
+    value = json.loads(f.attrs[name] if name == "config" else f.attrs.get(name, "{}"))
+    if not isinstance(value, dict):
+        raise VggfeatError(f"{path} is damaged: its {name} is a JSON {type(value).__name__}, not an object; {REBUILD}")
+    return value
+
+
+def _check_values(index: VectorIndex, path: Path) -> None:
+    """Refuse what no 'vggfeat index' writes in an index read without its vectors: a configuration
+    of ill-kinded parts, labels outside its classes, search parameters out of range."""
+    _check_config(index.config, path)
+    # An index built from arrays may hold labels without class names (classes=None), not one of a file
+    if len(index.labels) and (index.labels.min() < -1 or index.classes and index.labels.max() >= len(index.classes)):
+        raise VggfeatError(f"{path} is damaged: /labels holds indices outside /classes ({len(index.classes)} classes); "
+                           f"{REBUILD}")
+    if len(set(index.classes)) != len(index.classes):  # update_index matches labels by class name
+        raise VggfeatError(f"{path} is damaged: a class is named twice in /classes; {REBUILD}")
+    # FAISS took nprobe -1 as an OverflowError, 0 as an error mid-search, ef_search 0 or -1 as
+    # fewer hits (silently), 2^31 - 1 as 16 GiB per query.
+    for name in _PARAMS[index.kind]:
+        value = index.params[name]  # one gone: reading_hdf5's line, "(ef_search)"
+        most = index.params["nlist"] if name == "nprobe" else MAX_EF_SEARCH if name == "ef_search" else None
+        if whole_number(value) is None or not 1 <= value <= (most or value):
+            raise VggfeatError(f"{path} is damaged: its parameter {name} is {json.dumps(value)[:40]}, not a whole "
+                               f"number from 1{f' to {most}' if most else ''}; {REBUILD}")
+
+
+def _check_config(config: dict, path: str | os.PathLike) -> None:
+    """Refuse an extraction configuration whose dimension or stacked parts are of other kinds than
+    vggfeat records (each a traceback where it is used: info, prepare, config_differences)."""
+    problem = config_problem(config)
+    if problem is not None:
+        raise VggfeatError(f"{path} is damaged: {problem}; {REBUILD}")
+
+
+def _refuse_unstored(data: h5py.Dataset, path: Path) -> None:
+    """Refuse a dataset whose values are not in the file (:func:`~vggfeat.files.storage_problem`)."""
+    problem = storage_problem(data)
+    if problem is not None:
+        raise VggfeatError(f"{path} is damaged: {problem}; {REBUILD}")
+
+
+def _check_faiss(index: VectorIndex, path: Path) -> None:
+    """Refuse FAISS bytes (checksummed again, or of an older file without a checksum) of another
+    kind or width than the file says, or built with other parameters than it records."""
+    faiss = load_faiss()
+    kind = {"ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSWFlat}[index.kind]
+    if not isinstance(index.faiss_index, kind) or (index.dim and index.faiss_index.d != index.dim):
+        raise VggfeatError(f"{path} is damaged: its FAISS index is not the {index.kind} index of {index.dim}-d vectors "
+                           f"that it says; {REBUILD}")
+    held = ({"nlist": index.faiss_index.nlist, "m": index.faiss_index.pq.M} if index.kind == "ivfpq"
+            else {"hnsw_m": index.faiss_index.hnsw.nb_neighbors(1)})  # HNSW keeps M links per node above level 0
+    differ = [name for name, value in held.items() if index.params[name] != value]
+    if differ:
+        raise VggfeatError(f"{path} is damaged: its parameter {differ[0]} is {index.params[differ[0]]}, its FAISS "
+                           f"index's {held[differ[0]]}; {REBUILD}")
 
 
 def _check_backend(backend: str) -> None:

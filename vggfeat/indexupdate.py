@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
-from .index import BLOCK_BYTES, VectorIndex, load_faiss
+from .index import BLOCK_BYTES, REBUILD, VectorIndex, load_faiss
 from .rerun import MADE_FROM, brought_up_to_date, fingerprint, record
 from .files import file_attributes, open_h5, written_atomically
 
@@ -68,6 +68,10 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
     if index.read_after is None:
         raise VggfeatError(f"{index_path} does not record when its rows were described (it was built before indexes "
                            "did, or from arrays): build it again without --update; later updates add only what changed")
+    # Built from a descriptors file, whose classes name its labels: the labels are compared by name below
+    if len(index.labels) and index.labels.max() >= len(index.classes):
+        raise VggfeatError(f"{index_path} is damaged: /labels holds indices outside /classes ({len(index.classes)} "
+                           f"classes); {REBUILD}")
     # A descriptors file of other images (a shard's, say) would take every other row out of the index.
     if index.source and Path(index.source).name != Path(features).name:
         raise VggfeatError(f"{index_path} was built from {index.source}, not {features}: an index is updated from the "

@@ -86,6 +86,7 @@ def extractor_for(config: dict, weights: str | os.PathLike | Sequence[str | os.P
     if "stacked" in config:
         # Every weights file is settled before a network loads.
         parts, files = config["stacked"], _stacked_weights(config["stacked"], weights)
+        _check_recorded(parts)
         if _networks_alike(config):  # read each image once for all the networks
             from .fused import FusedExtractor
 
@@ -101,6 +102,22 @@ def extractor_for(config: dict, weights: str | os.PathLike | Sequence[str | os.P
     if differences:
         raise VggfeatError(f"query images would be described differently from the database: {'; '.join(differences)}")
     return extractor
+
+
+# What describing images again takes of a recorded configuration (of each part of stacked ones),
+# beside its weights: Extractor.config records them all.
+_RECORDED = ("model", "layer", "pooling", "scales", "aggregate", "flip")
+
+
+def _check_recorded(parts: Sequence[dict]) -> None:
+    """Refuse a configuration that no vggfeat run recorded (its index or descriptors file edited by
+    hand), once the weights it needs are settled: a key that rebuilding the extractor takes missing
+    was a KeyError's traceback."""
+    missing = sorted({key for part in parts for key in _RECORDED if key not in part})
+    seeds = [part.get("weights_seed", 0) for part in parts]
+    if missing or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+        lacks = ", ".join(missing) or "a whole weights_seed"
+        raise VggfeatError(f"the database's recorded configuration lacks {lacks}; describe and index the database again")
 
 
 def _made_with_file(config: dict) -> bool:
@@ -119,7 +136,7 @@ def _stacked_weights(parts: Sequence[dict], weights: str | os.PathLike | Sequenc
         raise VggfeatError(f"none of the {len(parts)} files that the database's descriptors are stacked from was "
                            "described with weights from a file: drop --weights")
     if len(given) != len(needed):
-        made = ", ".join(f"{number}: {parts[number - 1]['weights']}" for number in needed)
+        made = ", ".join(f"{number}: {parts[number - 1].get('weights')}" for number in needed)
         raise VggfeatError(f"the database's descriptors are stacked from {len(parts)} files, of which these were "
                            f"described with weights from a file ({made}); pass --weights with one file for each, "
                            f"comma-separated in that order (got {len(given)})")
@@ -138,7 +155,9 @@ def _networks_alike(config: dict) -> bool:
 def _extractor(config: dict, weights: str | os.PathLike | None, runtime: dict) -> Extractor:
     from .extractor import Extractor  # torch loads only when images are to be described
 
-    return Extractor(config["model"], weights=_weights(config, weights), **_keywords(config), **runtime)
+    weights = _weights(config, weights)  # what to pass said first
+    _check_recorded([config])
+    return Extractor(config["model"], weights=weights, **_keywords(config), **runtime)
 
 
 def _weights(config: dict, weights: str | os.PathLike | None) -> str | os.PathLike:

@@ -41,7 +41,8 @@ import h5py
 import numpy as np
 
 from .errors import VggfeatError
-from .files import DamageNamingFile, open_h5, open_hdf5, plain_value, refusal_reason, stored_too_little, system_error
+from .files import (DamageNamingFile, open_h5, open_hdf5, plain_value, refusal_reason, storage_problem, system_error,
+                    whole_number)
 from .regions import FRAGMENT, RegionCount, count_regions
 from .textfiles import as_utf8
 
@@ -341,7 +342,7 @@ def layout_problem(f: h5py.File) -> str | None:
     found before any of its data is read (a compressed dataset of a file of kilobytes can declare
     gigabytes, which a reader would allocate; a group or a dataset of another shape where a dataset
     is expected was a traceback); None where nothing is. ``config``, where there is one, must be
-    a JSON object (:func:`_config_problem`)."""
+    a JSON object (:func:`config_problem`)."""
     if "failed" in f and not isinstance(f["failed"], h5py.Group):
         return "/failed is not a group"
     datasets = {}
@@ -371,11 +372,11 @@ def layout_problem(f: h5py.File) -> str | None:
         text = h5py.check_string_dtype(data.dtype) is not None
         if (kind == "text") != text or (not text and data.dtype.kind not in kind):
             return f"/{name} holds {'text' if text else data.dtype}, not {_KINDS[kind]}"
-        if data.external:  # raw bytes of any other file, read as if they were this one's
-            return f"/{name} lies in other files (HDF5 external storage)"
-        if stored_too_little(data):
-            return f"/{name} declares {data.size:,} values, far more than the file stores"
-    return _config_problem(json.loads(f.attrs["config"]), lengths["D"], "dense" not in f.attrs) if "config" in f.attrs else None
+        if storage_problem(data) is not None:
+            return storage_problem(data)
+    if "config" not in f.attrs:
+        return None
+    return config_problem(json.loads(f.attrs["config"]), None if "dense" in f.attrs else lengths["D"])
 
 
 def _shape_words(dims: Sequence[str | int], lengths: dict) -> str:
@@ -383,10 +384,10 @@ def _shape_words(dims: Sequence[str | int], lengths: dict) -> str:
     return " and ".join(f"{lengths[each]} {words[each]}" for each in dims if isinstance(each, str))
 
 
-def _config_problem(config: object, dim: int | None, descriptors: bool) -> str | None:
+def config_problem(config: object, dim: int | None = None) -> str | None:
     """What makes ``config`` (a file's, parsed) other than an extraction's configuration that
-    every reader takes it for: a JSON object; stacked, a list of them; of descriptors, their
-    ``dim`` where it says one."""
+    every reader takes it for: a JSON object (stacked, a list of them), stating whole dimensions;
+    ``dim``, where given, those of the descriptors the file holds. None where nothing does."""
     if not isinstance(config, dict):
         return "its config attribute is not a JSON object"
     parts = config.get("stacked", [config])
@@ -395,9 +396,9 @@ def _config_problem(config: object, dim: int | None, descriptors: bool) -> str |
     whole_image = config.get("whole_image", [False] * len(parts))
     if not isinstance(whole_image, list) or len(whole_image) != len(parts) or not all(isinstance(flag, bool) for flag in whole_image):
         return "its config's whole_image is not a flag for each stacked configuration"
-    if not descriptors or dim is None:
-        return None
-    stated = [config.get("dim", dim)] + ([part.get("dim") for part in parts] if "stacked" in config else [])
-    if not all(type(each) is int for each in stated) or stated[0] != dim or sum(stated[1:]) not in (0, dim):
+    stated = [config.get("dim", dim or 1)] + ([part.get("dim") for part in parts] if "stacked" in config else [])
+    if not all(whole_number(each) is not None and each >= 1 for each in stated):
+        return f"its config's dim {repr(config.get('dim'))[:40]} is not a number of dimensions"
+    if dim is not None and (stated[0] != dim or sum(stated[1:]) not in (0, dim)):
         return f"its config says descriptors of dimension {config.get('dim')}, its /features holds {dim}"
     return None
