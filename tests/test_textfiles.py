@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from vggfeat.discover import read_file_list
 from vggfeat.errors import VggfeatError
 from vggfeat.labels import read_labels_csv
 from vggfeat.predictions import read_labels
@@ -25,14 +26,16 @@ def test_text_is_utf8_without_its_byte_order_mark_or_refused_naming_line_and_byt
     assert read_text(tmp_path / "latin1.txt", names_files=True).splitlines()[2] == LATIN1_NAME.decode("utf-8", "surrogateescape")
 
 
-def test_a_labels_csv_names_files_in_any_bytes_but_its_labels_are_utf8(tmp_path):
+def test_a_labels_csv_names_files_and_labels_in_any_bytes_as_a_file_list_does(tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_bytes(b"path,label\n" + LATIN1_NAME + b",cat\nb.jpg,dog\n")
     # Named as a features file's /paths names that file (its bytes that are not UTF-8 written \\xNN), whose row it labels.
     assert read_labels_csv(labels) == {"caf\\xe9.jpg": ["cat"], "b.jpg": ["dog"]}
-    labels.write_bytes(b"a.jpg,cat\nb.jpg,caf\xe9\n")  # a spreadsheet's CSV saved in Latin-1
-    with pytest.raises(VggfeatError, match=r"labels.csv, line 2: the label 'caf\\\\xe9' is not UTF-8 text; save the file as UTF-8"):
-        read_labels_csv(labels)
+    # A spreadsheet's CSV saved in Latin-1 (it cannot be saved otherwise where it names files so): its
+    # labels are the classes that 'extract --file-list' of the same lines gives (it refused them).
+    labels.write_bytes(b"a.jpg,cat\nb.jpg,caf\xe9\n")
+    assert read_labels_csv(labels) == {"a.jpg": ["cat"], "b.jpg": ["caf\\xe9"]}
+    assert read_file_list(labels).classes == ("caf\\xe9", "cat")
 
 
 def test_a_labels_csv_with_a_quote_not_closed_or_a_nul_byte_is_refused_naming_the_line(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import VggfeatError, not_a_file
 from .regions import FRAGMENT, region_path, split_region
-from .textfiles import as_utf8, check_utf8, read_text
+from .textfiles import as_utf8, read_text
 
 
 @dataclass
@@ -63,8 +63,8 @@ class LabelsCsv(dict):
 
 
 def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
-    """{path: [labels]} in file order, each label once per path; paths as a features file's
-    /paths name them (bytes that are not UTF-8 written ``\\xNN``)."""
+    """{path: [labels]} in file order, each label once per path; paths and labels as a features
+    file's /paths and /classes name them (bytes that are not UTF-8 written ``\\xNN``)."""
     path = Path(path)
     if not path.is_file():
         raise VggfeatError(not_a_file(path, "labels file"))
@@ -87,8 +87,7 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsCsv:
         if row[0][:1].isspace():  # (its spaces after it are left out, as a file list leaves them)
             labels.spaced[listed] = as_utf8(row[0].rstrip())
         known = labels.setdefault(listed, [])
-        for name in names:
-            check_utf8(name, path, number, "the label")
+        for name in map(as_utf8, names):  # as a file list's labels and a folder's classes are written
             if name not in known:
                 known.append(name)
     if not labels:

@@ -16,7 +16,7 @@ from .errors import VggfeatError
 def read_text(path: str | os.PathLike, *, names_files: bool = False) -> str:
     """The text of ``path``: UTF-8, a byte-order mark at its start skipped (spreadsheet programs
     write one); refused where it holds a NUL byte. With ``names_files``, other bytes are kept (see
-    the module), and the caller checks with :func:`check_utf8` the fields that must be text."""
+    the module)."""
     data = Path(path).read_bytes()
     if b"\0" in data:  # no text holds one, nor can a name; HDF5 cannot store it in a label
         line = data[: data.index(b"\0")].count(b"\n") + 1
@@ -50,13 +50,6 @@ def csv_cells(line: str) -> list[str] | None:
         return next(csv.reader([line]), [])
     except csv.Error:
         return None
-
-
-def check_utf8(text: str, path: str | os.PathLike, line: int, what: str) -> None:
-    """Refuse ``text`` (``what`` at ``line`` of ``path``) holding bytes that are not UTF-8 (read by
-    :func:`read_text` with ``names_files``): a class name, say, which HDF5 stores as UTF-8."""
-    if not_utf8(text):
-        raise VggfeatError(f"{path}, line {line}: {what} {as_utf8(text)!r} is not UTF-8 text; save the file as UTF-8")
 
 
 def as_utf8(text: str) -> str:
