@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import VggfeatError, not_a_file
 from .features import FeatureFile
-from .files import written_atomically
+from .files import written_together
 from .store import check_new_file, check_output_path
 
 FORMATS = ("npy", "parquet")
@@ -46,20 +46,19 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
             raise VggfeatError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite "
                                "to replace")
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
-        # Each file appears whole or not at all: an interrupted export leaves the old ones intact.
-        if to == "npy":
-            with written_atomically(targets[0]) as temporary:
-                _npy(f, temporary, step)
-            with written_atomically(targets[1]) as temporary, open(temporary, "w", newline="") as out:
-                writer = csv.writer(out)
-                writer.writerow(["row", "path", "label"])
-                for start, paths, labels in _rows(f, step):
-                    writer.writerows([start + i, path, label] for i, (path, label) in enumerate(zip(paths, labels)))
-        else:
-            with written_atomically(targets[0]) as temporary:
-                _parquet(f, temporary, step)
-    with written_atomically(targets[-1]) as temporary:
-        temporary.write_bytes(failed_csv)
+        # The files appear together once all are written: an interrupted export leaves the old ones
+        # intact, never a new .npy beside the old rows' paths.
+        with written_together(targets) as temporaries:
+            if to == "npy":
+                _npy(f, temporaries[0], step)
+                with open(temporaries[1], "w", newline="") as out:
+                    writer = csv.writer(out)
+                    writer.writerow(["row", "path", "label"])
+                    for start, paths, labels in _rows(f, step):
+                        writer.writerows([start + i, path, label] for i, (path, label) in enumerate(zip(paths, labels)))
+            else:
+                _parquet(f, temporaries[0], step)
+            temporaries[-1].write_bytes(failed_csv)
     return targets
 
 

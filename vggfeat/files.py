@@ -265,9 +265,12 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
     """A new temporary file beside ``path`` for the block to write; renamed over ``path`` only when
     the block completes. ``path`` then holds the old file or the whole new one, never a part, and
     the temporary name is one no other file had. The temporary files of ``path`` that writers
-    killed outright left are removed first (:func:`remove_dead_writers_files`)."""
+    killed outright left are removed first (:func:`remove_dead_writers_files`). Where ``path`` did
+    not exist as the block began (its command checked it would not replace one unasked), one that
+    another run wrote meanwhile is not replaced: :class:`WrittenMeanwhile` is raised."""
     path = Path(path)
     remove_dead_writers_files(path)
+    new = not os.path.lexists(path)
     while True:
         temporary = path.with_name(f"{_temporary_prefix(path)}{_writer()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:  # created here, so no one else's; with the umask's permissions, as the final file gets
@@ -277,14 +280,28 @@ def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
             continue
     try:
         yield temporary
-        replace_durably(temporary, path)
+        replace_durably(temporary, path, replace=not new)
     except (OSError, RuntimeError) as error:
         refusal = system_error(error)
         if refusal is None or refusal.filename not in (None, str(temporary)):
             raise
         raise OSError(refusal.errno, refusal.strerror, str(path)) from error  # the file as the user named it
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a folder made read-only meanwhile: the error above says so)
+            temporary.unlink(missing_ok=True)
+
+
+class WrittenMeanwhile(VggfeatError):
+    """A file that another run wrote while this one wrote it too (:func:`written_atomically`)."""
+
+
+@contextlib.contextmanager
+def written_together(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """A temporary file for each of ``paths`` (:func:`written_atomically`'s), all renamed into place
+    only once the block has written them all: an interrupted run leaves the old set of files or
+    the new one (but for the moment of the renames), never files of two runs side by side."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(written_atomically(path)) for path in paths]
 
 
 def remove_dead_writers_files(path: Path) -> None:
@@ -347,16 +364,34 @@ def write_text_file(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text, encoding="utf-8", newline="")  # as given: a CSV's \r\n stays one
 
 
-def replace_durably(source: Path, destination: Path) -> None:
-    """Rename ``source`` over ``destination`` after its bytes are on disk, then record the rename."""
+def replace_durably(source: Path, destination: Path, replace: bool = True) -> None:
+    """Rename ``source`` over ``destination`` after its bytes are on disk, then record the rename;
+    without ``replace``, only where no ``destination`` is there (:class:`WrittenMeanwhile`)."""
     with open(source, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(source, destination)
+    if replace or not _linked(source, destination):
+        os.replace(source, destination)
+    else:
+        source.unlink()
     directory = os.open(destination.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _linked(source: Path, destination: Path) -> bool:
+    """Whether ``source`` is now linked as ``destination`` too, which must not exist: a rename that
+    replaces nothing (no such rename is portable; a hard link fails where the name exists). False
+    where the file system makes no hard links (FAT, some network ones): a plain rename then."""
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        raise WrittenMeanwhile(f"{destination} was written by another run while this one ran: its file is kept, this "
+                               "run's result is not (pass --overwrite to replace it)") from None
+    except OSError:
+        return False
+    return True
 
 
 def whole_number(value: object) -> int | None:

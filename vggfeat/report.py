@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import precision_recall
-from .files import write_text_file, written_atomically
+from .files import written_together
 
 _COLUMNS = ("class", "support", "ignored", "recall", "precision", "ap_voc07_11pt", "ap_area")
 
@@ -34,21 +34,23 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
     of class k's AP, left out of its curve too (VOC's difficult images)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     multilabel = metrics["task"] != "single-label"
-    metrics_json, table_csv, table_md, plot = report_files(folder, multilabel)
-    write_text_file(metrics_json, json.dumps(metrics, indent=2) + "\n")
+    written = report_files(folder, multilabel)
     columns = [c for c in _COLUMNS if c in metrics["per_class"][0]]
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(metrics["per_class"])
-    write_text_file(table_csv, table.getvalue())
-    write_text_file(table_md, _markdown(metrics, columns))
-    if multilabel:
-        plot_precision_recall(scores, targets, metrics, plot, ignore)
-    else:
-        plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
-                       f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
-    return [metrics_json, table_csv, table_md, plot]
+    # The files appear together once all are written: never one run's metrics beside another's plot.
+    with written_together(written) as (metrics_json, table_csv, table_md, plot):
+        metrics_json.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        table_csv.write_text(table.getvalue(), encoding="utf-8", newline="")
+        table_md.write_text(_markdown(metrics, columns), encoding="utf-8")
+        if multilabel:
+            plot_precision_recall(scores, targets, metrics, plot, ignore)
+        else:
+            plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
+                           f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
+    return written
 
 
 def _figure(width: float, height: float):
@@ -61,8 +63,7 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: Path) -> None:
-    with written_atomically(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+    figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, subtitle: str) -> None:
