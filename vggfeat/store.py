@@ -372,8 +372,8 @@ def layout_problem(f: h5py.File) -> str | None:
         text = h5py.check_string_dtype(data.dtype) is not None
         if (kind == "text") != text or (not text and data.dtype.kind not in kind):
             return f"/{name} holds {'text' if text else data.dtype}, not {_KINDS[kind]}"
-        if storage_problem(data) is not None:
-            return storage_problem(data)
+        if (unstored := storage_problem(data)) is not None:
+            return unstored
     if "config" not in f.attrs:
         return None
     return config_problem(json.loads(f.attrs["config"]), None if "dense" in f.attrs else lengths["D"])
