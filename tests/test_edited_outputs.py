@@ -21,6 +21,8 @@ import vggfeat.extractor
 from runhelpers import FAST, command, error_line, run_main, write_labelled_folder
 from vggfeat import DenseVGG, ExtractionJob, Extractor, find_images
 from vggfeat.architectures import make_features
+from vggfeat.errors import VggfeatError
+from vggfeat.predictions import evaluate_file
 from vggfeat.weights import WeightsInfo
 
 
@@ -135,6 +137,18 @@ def test_a_csv_is_not_written_from_posteriors_holding_nan(made, tmp_path, value)
     code, _, err = run_main(["export", posteriors, tmp_path / "p.csv", "--to", "csv"])
     assert code == 2 and error_line(err).startswith(f"Error: {posteriors} is damaged: the posteriors of {image} hold NaN")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["p.h5"]  # no CSV, whole or partial
+
+
+def test_errors_of_posteriors_holding_nan_are_refused_saying_what_to_do(made, tmp_path):
+    """classify's top-1/top-5 errors of an .h5 (--labels) read it as export does: the refusal said
+    nothing after its "; "."""
+    posteriors, = copied(made, tmp_path, "p.h5")
+    with h5py.File(posteriors, "r+") as f:
+        f["features"][0, :] = np.nan
+        image = f["paths"].asstr()[0]
+    with pytest.raises(VggfeatError, match=f"the posteriors of {image} hold NaN, infinite or impossible values; classify "
+                                           r"its images into it again \(--overwrite\)$"):
+        evaluate_file(posteriors, {image: 1}, [str(k) for k in range(1000)])
 
 
 def test_fused_posteriors_holding_nan_name_the_file_fused(made, tmp_path):

@@ -243,3 +243,15 @@ def test_search_parameters_that_loading_refuses_are_refused_when_building():
     for ef_search in (0, 2**22):
         with pytest.raises(VggfeatError, match=f"ef_search from 1 to {2**20}; got 16, {ef_search}"):
             build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw", ef_search=ef_search)
+
+
+def test_an_index_of_posteriors_is_not_searched_with_query_images(built, tmp_path):
+    """An index of classify's posteriors records no layer to describe query images with: the
+    refusal said the database was to be described and indexed again, which changes nothing."""
+    posteriors = {**CONFIG, "dense": True, "multi_crop": False}
+    for name in ("layer", "pooling", "aggregate"):
+        posteriors.pop(name, None)
+    path = edited(built, tmp_path, "flat", set_attribute("config", json.dumps(posteriors)))
+    write_rgb(tmp_path / "query.png", 32, 32)
+    code, _, err = run_main(["search", path, tmp_path / "query.png", "--device", "cpu"])
+    assert code == 2 and "holds posteriors ('vggfeat classify'), to which query images are not described" in err

@@ -3,6 +3,7 @@ descriptor file (the paper's Net-D & Net-E, or I+B), which every command then re
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -59,6 +60,20 @@ def test_a_stacked_file_holds_each_images_descriptors_side_by_side(d_and_e, tmp_
             (paths[4], f"failed in {e}: Input/output error", int(y[4])), ("zz.png", "not an image", -1)]
     with h5py.File(tmp_path / "de.h5", "r") as f:
         assert f["sizes"].shape == (len(paths) - 1, 2) and f.attrs["command"] == "vggfeat stack ..."
+
+
+def test_files_whose_configuration_records_no_dimension_are_stacked(d_and_e, tmp_path):
+    """Files written by other code than vggfeat's need not record their descriptors' dimension in
+    their configuration (a KeyError's traceback): each part records its file's own."""
+    d, e, *_ = d_and_e
+    for path in (d, e):
+        with h5py.File(path, "r+") as f:
+            f.attrs["config"] = json.dumps({key: value for key, value in json.loads(f.attrs["config"]).items()
+                                            if key != "dim"})
+    with pytest.warns(RuntimeWarning, match="are left out"):
+        stack_files([d, e], tmp_path / "de.h5")
+    with FeatureFile(tmp_path / "de.h5") as stacked:
+        assert [part["dim"] for part in stacked.config["stacked"]] == [8, 8] and stacked.config["dim"] == 16
 
 
 def test_a_stack_is_refused_while_another_run_writes_its_output(d_and_e, tmp_path, monkeypatch):

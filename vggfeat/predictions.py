@@ -387,7 +387,7 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
         temporary = files.enter_context(written_atomically(output))
         writer = csv.writer(files.enter_context(open(temporary, "w", newline="", encoding="utf-8")))
         writer.writerow(_header(topk, labelled=labels is not None))
-        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused, again))
+        writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused, again=again))
     if posteriors is None or remove:  # this CSV's own, kept only until it is written
         for path in (source, *fuse):
             Path(path).unlink()
@@ -413,14 +413,14 @@ def evaluate_file(posteriors: str | os.PathLike, labels: dict[str, int], names: 
     result = ClassificationResult(Path(posteriors), evaluation=Evaluation())
     with open_features_file(Path(posteriors), "posteriors") as f:
         _check_posteriors(f, posteriors, 0, labels, len(names), CLASSIFY_AGAIN)
-        for _ in _rows_in_order(f, result, labels, names, topk=0):
+        for _ in _rows_in_order(f, result, labels, names, 0, again=CLASSIFY_AGAIN):
             pass
     return result
 
 
 def _rows_in_order(f: h5py.File, result: ClassificationResult, labels: dict[str, int] | None,
                    names: Sequence[str], topk: int, progress: Callable[[int], object] | None = None,
-                   fused: Sequence[h5py.File] = (), again: str = "") -> Iterator[list]:
+                   fused: Sequence[h5py.File] = (), *, again: str) -> Iterator[list]:
     """The CSV rows of a posteriors file's images, classified and failed, in path order (that of
     the image set), counted into ``result``; their posteriors averaged with those of ``fused``,
     where an image that any of them failed is failed (:mod:`vggfeat.fusion`). A block holding a

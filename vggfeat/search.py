@@ -113,6 +113,9 @@ def _check_recorded(parts: Sequence[dict]) -> None:
     """Refuse a configuration that no vggfeat run recorded (its index or descriptors file edited by
     hand), once the weights it needs are settled: a key that rebuilding the extractor takes missing
     was a KeyError's traceback."""
+    if any("dense" in part for part in parts):  # (a classifier's configuration records no layer)
+        raise VggfeatError("the database holds posteriors ('vggfeat classify'), to which query images are not described "
+                           "here: classify them into an .h5 as the database was, and give it as --queries")
     missing = sorted({key for part in parts for key in _RECORDED if key not in part})
     seeds = [part.get("weights_seed", 0) for part in parts]
     if missing or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):

@@ -106,7 +106,9 @@ def _stack_files(names: list[str], output: Path, made: str | None, progress: Cal
             if failed:
                 failed_paths[:], failed_errors[:], failed_labels[:] = (list(column) for column in zip(*failed))
             mark_complete(out, {
-                "config": json.dumps(stacked_config([f.config for f in fused.opened], fused.whole_image), sort_keys=True),
+                # Each file's own dimension: a file written by other code may not record it
+                "config": json.dumps(stacked_config([{"dim": f.dim, **f.config} for f in fused.opened], fused.whole_image),
+                                     sort_keys=True),
                 "stacked_from": json.dumps([str(f.path) for f in fused.opened]),
                 "dtype": dtype, "input_root": first.root, "images_found": len(fused.paths) + len(failed),
                 "random_weights": any(f.random_weights for f in fused.opened),
