@@ -20,6 +20,8 @@ import pytest
 from runhelpers import error_line, run_main
 from svmhelpers import blobs, misplace_a_chunk, set_attr, write_features
 import vggfeat.cli
+import vggfeat.files
+import vggfeat.job
 from vggfeat.cli import COMMANDS, cli
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile
@@ -490,3 +492,21 @@ def test_an_hdf5_output_named_as_another_format_is_refused(tmp_path, monkeypatch
     code, _, err = run_main([arg.format(features=features) for arg in args])
     assert code == 2 and error_line(err) == f"Error: {error}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["features.h5"]
+
+
+def test_attributes_edited_into_arrays_are_compared_as_values_not_tracebacks(tmp_path):
+    """h5py gives an array for an attribute written as one: compared with a command's options,
+    it has no truth value (extract's rerun on its output ended in a ValueError's traceback, and
+    info on a file whose format was one in a TypeError's)."""
+    X, labels, paths, classes = blobs(dim=4)
+    features = write_features(tmp_path / "features.h5", X, paths, labels, classes)
+    with h5py.File(features, "r+") as f:
+        f.attrs["format"] = np.array([3, 4])
+    code, _, err = run_main(["info", features])
+    assert code == 0, err
+    with h5py.File(features, "r+") as f:
+        f.attrs["config"] = np.array([1, 2])
+        f.attrs["complete"] = np.array([True, True])
+    with pytest.raises(VggfeatError, match="already exists"):
+        vggfeat.job.check_existing_output(features, False, {"model": "vgg16"}, "float32")
+    assert not vggfeat.job.holds_job(vggfeat.files.file_attributes(features), {}, "float32", "ab")

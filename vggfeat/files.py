@@ -126,11 +126,13 @@ def exit_if_hdf5_files_open(but: set[int], code: int) -> None:
 
 
 def file_attributes(path: Path) -> dict:
-    """The attributes of the HDF5 file ``path``; {} if it cannot be read as one (damaged too: h5py
-    raises TypeError for an attribute whose type is damaged, "Unknown string encoding")."""
+    """The attributes of the HDF5 file ``path`` as plain values (:func:`plain_value`: an array
+    edited into one compares as a list, not as no truth value); {} if it cannot be read as one
+    (damaged too: h5py raises TypeError for an attribute whose type is damaged, "Unknown string
+    encoding")."""
     try:
         with open_h5(path) as f:
-            return dict(f.attrs)
+            return {key: plain_value(value) for key, value in f.attrs.items()}
     except (OSError, RuntimeError, TypeError, ValueError):
         return {}
 

@@ -36,7 +36,7 @@ from .errors import VggfeatError, not_a_file
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .parts import output_locked
-from .files import file_attributes, plain_value, written_atomically
+from .files import file_attributes, written_atomically
 from .posteriorsfile import CLASSIFY_AGAIN, REMOVE_AND_RERUN, check_attributes, check_block
 from .store import (already_exists, check_new_file, open_features_file, posteriors_file_of, refuse_descriptors,
                     shards_folder, work_folder)
@@ -238,8 +238,7 @@ def posteriors_ready(output: Path, classifier: Classifier, images: ImageSet, pos
     posteriors = posteriors or posteriors_file_of(output)
     if not posteriors.is_file() or work_folder(posteriors).exists() or shards_folder(posteriors).exists():
         return False  # none, or the job's to resume
-    # Plain values: an array edited into an attribute compares as no truth value, a traceback.
-    attrs = {key: plain_value(value) for key, value in file_attributes(posteriors).items()}
+    attrs = file_attributes(posteriors)
     if attrs.get("posteriors_of") != output.name:
         raise VggfeatError(f"{posteriors} exists and was not made for {output}: move it away, or remove it")
     if holds_job(attrs, classifier.config(), "float32", images.digest()):

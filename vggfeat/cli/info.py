@@ -16,7 +16,7 @@ from ..modelfile import model_summary
 from ..regions import RegionCount
 from ..rerun import MADE_FROM, file_record, inputs_changed
 from ..scoresfile import scores_summary
-from ..files import file_attributes, plain_value
+from ..files import file_attributes
 from ..parts import shards_progress, work_progress
 from ..store import (INDEX_FORMAT, SCORES_FORMAT, SVM_MODEL_FORMAT, UPDATE_MODES, WHITENING_FORMAT, posteriors_file_of,
                      shards_folder, work_folder)
@@ -269,7 +269,8 @@ def info(file: Path, as_json: bool) -> None:
     if file.suffix.lower() in (".csv", ".json", ".npy", ".parquet") and not h5py.is_hdf5(file):
         raise VggfeatError(f"{file} records no vggfeat command that wrote it (vggfeat's CSV, JSON and export files keep "
                            "it in an extended attribute, which a copy or another program may drop, as do changes since)")
-    show_other = OTHER_FILES.get(plain_value(file_attributes(file).get("format")))
+    kind = file_attributes(file).get("format")
+    show_other = OTHER_FILES.get(kind) if isinstance(kind, str) else None
     if show_other:  # an index, a whitening or an SVM model
         summary = show_other[0](file)
         click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(show_other[1](_printable(summary))))
