@@ -19,7 +19,9 @@ from sklearn.svm import LinearSVC
 from runhelpers import run_main
 from svmhelpers import CONFIG, blobs, write_features
 import vggfeat.features
+import vggfeat.index
 import vggfeat.svm
+import vggfeat.whitening
 from vggfeat import protocol, transfer
 from vggfeat.errors import VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
@@ -924,3 +926,58 @@ def test_predictions_csv_is_the_text_of_csv_writer_for_any_file_or_class_name(tm
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="", encoding="utf-8")))
     assert [row["path"] for row in rows] == [*paths, "zz, failed.png"] and written.rows == len(paths)
     assert {row["predicted"] for row in rows[:-1]} <= set(names)
+
+
+def test_the_python_writers_never_write_over_their_inputs_or_another_kind_of_file(tmp_path):
+    """As the commands refuse them (--overwrite or not): train_svm("f.h5", "f.h5") replaced the
+    descriptors with the model, write_scores a model with scores, index.save a descriptor file."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "f.h5", X, paths, y, names)
+    model = tmp_path / "m.h5"
+    saved = transfer.train_svm(features, model, C=1.0)
+    held = features.read_bytes(), model.read_bytes()
+    for write in (lambda: transfer.train_svm(features, features, C=1.0),
+                  lambda: transfer.write_scores(model, model, features),
+                  lambda: transfer.write_scores(features, model, features),
+                  lambda: transfer.write_predictions(features, saved, features),
+                  lambda: vggfeat.whitening.fit_whitening(features, features)):
+        with pytest.raises(VggfeatError, match="is an input of this command too"):
+            write()
+    for write in (lambda: vggfeat.index.index_features(features).save(features),
+                  lambda: vggfeat.whitening.PCAWhitening().fit(X).save(model)):
+        with pytest.raises(VggfeatError, match="already exists: it is a"):
+            write()
+    assert (features.read_bytes(), model.read_bytes()) == held
+    transfer.train_svm(features, model, C=2.0)  # a model replaced by a model, as --overwrite does
+    assert load_model(model).svm.C_ == 2.0
+
+
+def test_the_estimator_train_svm_returns_copies_what_it_is_given_and_shows_briefly(tmp_path):
+    """It trained on an array read for it alone, normalised in place: a clone of it then normalised
+    the caller's own array. Features, scores and indexes show their sizes, not every path."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "f.h5", X, paths, y, names)
+    saved = transfer.train_svm(features, None, C=1.0)
+    mine = X.copy()
+    clone(saved.svm).fit(mine, y)
+    np.testing.assert_array_equal(mine, X)
+    assert repr(load_features(features)) == f"Features(rows=30, dim=8, classes=3, sources=['{features}'])"
+    assert repr(transfer.predict(saved, features)) == "Scored(rows=30, classes=3, multilabel=False, failed=0)"
+    assert repr(vggfeat.index.index_features(features, backend="numpy")) == (
+        "VectorIndex(kind='flat', rows=30, dim=8, classes=3, backend='numpy')")
+
+
+def test_targets_that_are_not_classes_and_configs_that_are_not_a_list_are_refused(tmp_path):
+    """A NaN label was a class of its own (numbers are classes: 0.5, 2.5); save_model wrote a file
+    that load_model refused."""
+    X, y, _, _ = blobs()
+    for value in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="single-label targets hold NaN or infinite values, which are no class"):
+            LinearSVM(C=1.0).fit(X, np.where(np.arange(len(y)) == 0, value, y))
+    with pytest.raises(ValueError, match="classes= names the columns of multi-label targets"):
+        LinearSVM(C=1.0).fit(X, y, classes=["a"])
+    svm = LinearSVM(C=1.0).fit(X, y)
+    for configs in (None, {"model": "vgg16"}, ["vgg16"]):
+        with pytest.raises(ValueError, match="extraction_configs must be a list of extraction configurations"):
+            save_model(tmp_path / "m.h5", svm, configs)
+    assert not (tmp_path / "m.h5").exists()

@@ -231,6 +231,10 @@ class Features:
     def dims(self) -> list[int]:
         return [int(config.get("dim", -1)) for config in self.configs]
 
+    def __repr__(self) -> str:  # (the dataclass's would list every path: millions, in a notebook)
+        return (f"Features(rows={len(self.paths):,}, dim={self.X.shape[1] if self.X.ndim == 2 else '?'}, "
+                f"classes={len(self.classes)}, sources={self.sources})")
+
 
 def not_finite_rows(block: np.ndarray) -> np.ndarray:
     """The rows of ``block`` [n, d] that hold NaN or an infinity."""

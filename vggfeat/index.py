@@ -34,7 +34,7 @@ import numpy as np
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .files import open_h5, reading_hdf5, storage_problem, whole_number, written_atomically
-from .store import INDEX_FORMAT, config_problem, kind_of
+from .store import INDEX_FORMAT, check_written, config_problem, kind_of
 from .whitening import PCAWhitening, l2_normalize
 
 FORMAT_VERSION = 1
@@ -96,6 +96,10 @@ class VectorIndex:
     faiss_index: object | None = None
     backend: str = "numpy"
 
+    def __repr__(self) -> str:  # (the dataclass's would list every path and vector)
+        return (f"VectorIndex(kind={self.kind!r}, rows={self.rows:,}, dim={self.dim}, classes={len(self.classes)}, "
+                f"backend={self.backend!r})")
+
     @property
     def rows(self) -> int:
         return len(self.paths)
@@ -147,7 +151,9 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
         """Write the index file, under a temporary name renamed once complete; ``provenance``:
-        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`)."""
+        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`). A file of
+        another kind than an index is not replaced (:func:`~vggfeat.store.check_written`)."""
+        check_written(path, INDEX_FORMAT)
         with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self._write(f)
             f.attrs.update(provenance or {})

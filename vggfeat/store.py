@@ -245,6 +245,14 @@ def check_new_file(path: Path, overwrite: bool, hdf5: str | None = None,
         raise VggfeatError(already_exists(path))
 
 
+def check_written(path: str | os.PathLike, makes: str | None, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """For a writer of the Python API, which replaces a file of the kind it ``makes`` as a command
+    given --overwrite does: refuse ``path`` where it is one of ``inputs`` (``train_svm("f.h5",
+    "f.h5")`` replaced the features with the model) or a vggfeat file of another kind
+    (:func:`check_new_file`)."""
+    check_new_file(Path(path), overwrite=True, inputs=inputs, makes=makes)
+
+
 def check_replaceable(path: Path, makes: str | None) -> None:
     """Refuse an existing ``path`` that is a vggfeat file of another kind than the command ``makes``,
     ``--overwrite`` or not: a slip (``train-svm d.h5 e.h5 --overwrite``, meaning to fuse them) would

@@ -39,6 +39,7 @@ from .choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from .errors import InvalidInput, VggfeatError, dense_array
 from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
+from .store import SVM_MODEL_FORMAT, check_written
 
 _SCORE_ROWS = 8192  # rows normalised and scored at a time in class_scores
 # How far above the optimum's objective liblinear's primal may have stopped, by its gradient's bound
@@ -375,6 +376,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         else:
             if y.ndim != 1:
                 raise InvalidInput("single-label targets must be one label per row (use multilabel=True for indicators)")
+            if classes is not None:  # (the names of a multi-label fit's columns)
+                raise InvalidInput("classes= names the columns of multi-label targets; single-label ones name themselves")
+            if y.dtype.kind == "f" and not np.isfinite(y).all():  # NaN was a class of its own (numbers are classes: 0.5, 2.5)
+                raise InvalidInput("single-label targets hold NaN or infinite values, which are no class")
             try:
                 classes_, index = np.unique(y, return_inverse=True)
             except TypeError:  # labels that do not compare: None among strings, say
@@ -429,6 +434,11 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
     """Write ``svm`` as a plain HDF5 model file (:mod:`vggfeat.modelfile`), whole or not at all;
     ``provenance``: attributes to record besides (the command, say)."""
     check_is_fitted(svm, "coef_")
+    # Which descriptors the model scores, as load_model checks them: it would refuse its own file
+    if not isinstance(extraction_configs, list) or not all(isinstance(config, dict) for config in extraction_configs):
+        raise InvalidInput("extraction_configs must be a list of extraction configurations (dicts), one per features "
+                           "file fused: FeatureFile(...).config of each")
+    check_written(path, SVM_MODEL_FORMAT)
     write_model_file(path, svm.coef_, svm.intercept_, svm.classes_, {
         "vggfeat_version": __version__,
         "sklearn_version": sklearn.__version__,

@@ -34,6 +34,7 @@ from .host import available_memory
 from .files import file_attributes, open_h5, written_atomically
 from .rerun import MADE_FROM
 from .scoresfile import ScoresWriter
+from .store import SCORES_FORMAT, SVM_MODEL_FORMAT, check_written
 from .svm import DEFAULT_C_GRID, LinearSVM, SavedModel, load_model, save_model, training_memory
 from .voc import read_set, targets_of_set, train_difficult
 
@@ -118,6 +119,8 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     set's, multi-label, and an image difficult for a class is left out of that class's SVM, or
     is a negative or a positive there (``difficult``: :func:`~vggfeat.voc.train_difficult`)."""
     files = file_list(files)
+    if model_path is not None:  # before the work: never over one of its inputs, nor another kind of file
+        check_written(model_path, SVM_MODEL_FORMAT, [*files, labels_csv, *(voc or ())[:1]])
     if voc is not None:
         svm_params = {**svm_params, "multilabel": True}
     multilabel = bool(svm_params.get("multilabel", False))
@@ -126,6 +129,7 @@ def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labe
     svm = LinearSVM(**{**svm_params, "copy": False})  # X was read for this fit alone: normalise it in place
     svm.fit(features.X, targets.y, classes=targets.classes if multilabel else None, ignore=targets.ignore,
             progress=progress)
+    svm.copy = True  # as the caller's own fits (a clone of it, say) expect: their arrays left as they are
     labels = (f"VOC devkit {voc[0]}, set {voc[1]}, difficult images: {difficult}" if voc is not None
               else str(labels_csv) if labels_csv else "stored")
     training = {
@@ -246,6 +250,10 @@ class Scored:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): images of the files without a descriptor
     ignore: np.ndarray | None = None  # [N, K] bool (multi-label): rows left out of class k's AP (VOC's difficult)
 
+    def __repr__(self) -> str:  # (the dataclass's would list every path and score)
+        return (f"Scored(rows={len(self.paths):,}, classes={len(self.classes)}, multilabel={self.multilabel}, "
+                f"failed={len(self.failed):,})")
+
 
 def score(model: str | os.PathLike | SavedModel, files: Files, paths: Sequence[str] | None = None) -> Scored:
     """Scores of every row of ``files`` (or ``paths``), after checking they were extracted as the
@@ -292,6 +300,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
     predicted labels (multi-label) joined by ``;``; the images without a descriptor in their place by
     path, empty but for the reason, as ``vggfeat classify`` writes them. ``progress(rows)`` after
     each block, and each failure's row: in all, the first file's rows and failures."""
+    check_written(path, None, _inputs(model, files))
     saved = model if isinstance(model, SavedModel) else load_model(model)
     classes, multilabel = [str(c) for c in saved.svm.classes_], saved.svm.multilabel
     failed = failures_of(files)
@@ -335,6 +344,7 @@ def write_scores(path: str | os.PathLike, model: str | os.PathLike | SavedModel,
     of ``files``, scored and written a block of rows at a time, whole or not at all; what a CSV of
     millions of rows would be too slow to write and to read back. ``progress`` as for
     :func:`write_predictions`; ``provenance``: attributes to record besides (the command, say)."""
+    check_written(path, SCORES_FORMAT, _inputs(model, files))
     saved = model if isinstance(model, SavedModel) else load_model(model)
     classes = [str(c) for c in saved.svm.classes_]
     failed = failures_of(files)
@@ -348,6 +358,11 @@ def write_scores(path: str | os.PathLike, model: str | os.PathLike | SavedModel,
     if progress is not None and failed:
         progress(len(failed))
     return WrittenPredictions(Path(path), writer.rows, classes, len(failed))
+
+
+def _inputs(model: str | os.PathLike | SavedModel, files: Files) -> list[str | os.PathLike]:
+    """The files a writer of ``model``'s scores of ``files`` reads, which it must not write over."""
+    return [*([] if isinstance(model, SavedModel) else [model]), *file_list(files)]
 
 
 def _csv_field(text: str) -> str:

@@ -28,7 +28,7 @@ from scipy.linalg import blas
 from .errors import InvalidInput, NotFitted, VggfeatError, dense_array
 from .features import config_differences, damaged_row, not_finite_rows
 from .files import open_h5, reading_hdf5, written_atomically
-from .store import WHITENING_FORMAT, kind_of, open_features_file
+from .store import WHITENING_FORMAT, check_written, kind_of, open_features_file
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
     import torch
@@ -190,7 +190,9 @@ class PCAWhitening:
 
     def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
         """Write to an HDF5 file of its own (see :meth:`write`), whole or not at all; ``provenance``:
-        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`)."""
+        attributes to record besides (how it was made, see :mod:`vggfeat.rerun`). A file of
+        another kind than a whitening is not replaced (:func:`~vggfeat.store.check_written`)."""
+        check_written(path, WHITENING_FORMAT)
         with written_atomically(path) as temporary, open_h5(temporary, "w") as f:
             self.write(f)
             f.attrs.update(provenance or {})
@@ -301,6 +303,7 @@ def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: i
     """Fit a :class:`PCAWhitening` on every row of a features file, read in blocks (host memory
     does not grow with the file: neither its descriptors nor its paths are read whole), and save
     it to ``output`` (with the attributes ``provenance`` besides); ``progress(rows)`` after each block."""
+    check_written(output, WHITENING_FORMAT, [features])  # before the work
     with open_features_file(Path(features), required=("features",)) as f:
         descriptors, config = f["features"], json.loads(f.attrs["config"])
         rows, width = descriptors.shape
