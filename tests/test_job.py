@@ -524,6 +524,24 @@ def test_a_second_job_on_the_same_output_is_refused(tmp_path, extractor):
     assert result.rows == 1 and output.exists()
 
 
+def test_a_job_made_and_not_run_lets_go_of_its_output_when_closed_or_dropped(tmp_path, extractor):
+    """A notebook's cell run again made a second job while the first, not run, held the lock."""
+    (tmp_path / "images").mkdir()
+    write_rgb(tmp_path / "images" / "one.png", 224, 224)
+    images = find_images(tmp_path / "images")
+    output = tmp_path / "out.h5"
+    with ExtractionJob(extractor, images, output):
+        pass
+    job = ExtractionJob(extractor, images, output)
+    with pytest.raises(VggfeatError, match="a job of this process on it, made and not run, holds it; run that job, or "
+                                           r"close\(\) it first"):
+        job = ExtractionJob(extractor, images, output)  # (made before the name lets go of the first)
+    job.close()
+    job = ExtractionJob(extractor, images, output)
+    del job  # dropped: collected, it lets go
+    assert ExtractionJob(extractor, images, output).run().rows == 1
+
+
 def test_the_lock_of_a_folder_removed_as_it_was_taken_is_refused(tmp_path, monkeypatch):
     """A run that finishes removes its folder, lock and all, then lets go of the lock: a run that
     opened that lock before the removal would hold a lock no other run can find."""

@@ -150,6 +150,10 @@ class JobResult:
     already_done: bool = False  # the output held this very extraction before the run: nothing was done
 
 
+# The work folders whose lock a job of this process holds, made and not yet run (or closed).
+_NOT_RUN: set[Path] = set()
+
+
 class ExtractionJob:
     """Extract ``images`` with ``extractor`` into ``output``, resuming an interrupted run.
 
@@ -227,6 +231,24 @@ class ExtractionJob:
             self.parts = usable_parts(self.parts, kept)
         self.done = self.total if self._finished else images_held(self.parts)
 
+    def close(self) -> None:
+        """Let go of the output's lock without running (:meth:`run` lets go of it as it ends): a
+        job made and not run, in a notebook say, kept a new job on its output refused as long as it
+        lived. Also as a context manager, and as it is collected."""
+        lock = getattr(self, "_lock", None)  # (none where the output was already done, or __init__ failed)
+        if lock is not None and not lock.closed:
+            lock.close()
+            _NOT_RUN.discard(self.work.resolve())
+
+    def __enter__(self) -> ExtractionJob:
+        return self
+
+    def __exit__(self, *raised: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
     @property
     def total(self) -> int:
         return len(self.images)
@@ -251,7 +273,7 @@ class ExtractionJob:
             self._remove_work()
             remove_leftovers_of(self.output)
         finally:  # also when the run fails, so that a new job in this process can resume it
-            self._lock.close()
+            self.close()
         return JobResult(self.output, rows, failed, self.total - self.done, time.perf_counter() - began)
 
     def _write_output(self, progress: Callable[[int], None] | None) -> tuple[int, int]:
@@ -372,11 +394,19 @@ class ExtractionJob:
             raise VggfeatError(f"{self.work} exists but is not a vggfeat work folder (its manifest.json is not "
                                "vggfeat's); move it away or remove it")
         self.work.mkdir(exist_ok=True)
-        lock, self.unlocked_because = lock_folder(self.work, self.output)
+        try:
+            lock, self.unlocked_because = lock_folder(self.work, self.output)
+        except VggfeatError as refusal:
+            if self.work.resolve() in _NOT_RUN:  # (a notebook's cell run again: `job = ExtractionJob(...)`)
+                raise VggfeatError(f"{refusal}: a job of this process on it, made and not run, holds it; run that job, "
+                                   "or close() it first") from None
+            raise
+        _NOT_RUN.add(self.work.resolve())
         try:
             self._adopt_or_clear(manifest_file, overwrite)
         except BaseException:
             lock.close()
+            _NOT_RUN.discard(self.work.resolve())
             raise
         return lock
 
