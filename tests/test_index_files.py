@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,6 +19,7 @@ from vggfeat.errors import VggfeatError
 from vggfeat.index import VectorIndex, build_index, faiss_available, index_features
 from vggfeat.indexupdate import update_index
 from vggfeat.search import search
+from vggfeat.whitening import PCAWhitening
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed (pip install faiss-cpu)")
 CONFIG = {"model": "vgg16", "weights": "random", "weights_sha256": "abc", "weights_seed": 0, "layer": "conv5_3",
@@ -255,3 +257,16 @@ def test_an_index_of_posteriors_is_not_searched_with_query_images(built, tmp_pat
     write_rgb(tmp_path / "query.png", 32, 32)
     code, _, err = run_main(["search", path, tmp_path / "query.png", "--device", "cpu"])
     assert code == 2 and "holds posteriors ('vggfeat classify'), to which query images are not described" in err
+
+
+def test_build_index_refuses_what_it_would_save_as_an_index_that_loading_refuses(tmp_path):
+    """Labels of another length built and saved, then the file was "damaged"; a Path among the
+    paths failed in h5py as it was saved; an unfitted whitening was an AttributeError."""
+    X = np.random.default_rng(0).random((30, 16), dtype=np.float32)
+    paths = [f"{i}.jpg" for i in range(30)]
+    for kwargs, said in (({"labels": [0, 1]}, r"need one of labels per path, got \(2,\) for 30 paths"),
+                         ({"paths": [Path(p) for p in paths]}, "paths must be text"),
+                         ({"config": None}, "config must be the descriptors' extraction configuration"),
+                         ({"whitening": PCAWhitening()}, "and whitening fitted")):
+        with pytest.raises(VggfeatError, match=said):
+            build_index(X, **{"paths": paths, "config": CONFIG, **kwargs})

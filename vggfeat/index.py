@@ -301,6 +301,13 @@ def build_index(
         raise VggfeatError(f"need descriptors [N, D], got shape {X.shape}")
     if len(X) != len(paths) or len(X) == 0:
         raise VggfeatError(f"need one descriptor per path and at least one row, got {len(X)} descriptors, {len(paths)} paths")
+    if not all(isinstance(path, str) for path in paths):  # (HDF5 stores text: a Path failed as the index was saved)
+        raise VggfeatError("paths must be text (str), as a descriptor file's /paths holds them")
+    for name, given in (("labels", labels), ("read_after", read_after)):  # (else an index that loading refuses)
+        if given is not None and np.shape(given) != (len(paths),):
+            raise VggfeatError(f"need one of {name} per path, got {np.shape(given)} for {len(paths)} paths")
+    if not isinstance(config, dict) or (whitening is not None and not hasattr(whitening, "config_")):
+        raise VggfeatError("config must be the descriptors' extraction configuration (a dict), and whitening fitted")
     if whitening is not None:
         whitening.check_config(config, "the indexed descriptors")
     if kind != "flat" and backend == "numpy":
