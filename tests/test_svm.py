@@ -981,3 +981,14 @@ def test_targets_that_are_not_classes_and_configs_that_are_not_a_list_are_refuse
         with pytest.raises(ValueError, match="extraction_configs must be a list of extraction configurations"):
             save_model(tmp_path / "m.h5", svm, configs)
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_one_path_or_class_given_where_a_list_belongs_is_refused_saying_so(tmp_path):
+    """A string is a list of characters: "14 path(s) are not in f.h5 (e.g. c)", "cannot exclude
+    unknown class 'c'"."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "f.h5", X, paths, y, names)
+    with pytest.raises(TypeError, match=r"expected a sequence of the rows' paths, got one: 'class0/000.png'; give \["):
+        load_features(features, paths=paths[0])
+    with pytest.raises(TypeError, match="expected a sequence of class names, got one: 'class0'"):
+        transfer.train_svm(features, None, exclude="class0", C=1.0)

@@ -109,3 +109,10 @@ def _line_buffered_c_stderr() -> None:
 _IOLBF = 1  # setvbuf's mode of line buffering (glibc, musl)
 _LINE_BUFFER_BYTES = 4096  # a line up to this long is one write, which a pipe takes whole
 _c_stderr_buffer: ctypes.Array | None = None  # kept for as long as the process lives: C's stderr writes into it
+
+
+def check_sequence(value: object, what: str) -> None:
+    """Refuse one value given where a sequence of them belongs (``what``: "image paths"): a
+    string is a sequence of characters, each of which would be taken for one."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"expected a sequence of {what}, got one: {value!r}; give [{value!r}]")

@@ -25,7 +25,7 @@ from .aggregate import combine_flips, combine_scales
 from .choices import PAPER_SCALES
 from .chunks import Chunk, collected, copy_to_host, each_of_runs, first_of_runs, gather_chunks
 from .decode import DECODE_RECIPE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .errors import ImageError, InvalidInput, VggfeatError, check_flags
+from .errors import ImageError, InvalidInput, VggfeatError, check_flags, check_sequence
 from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
@@ -76,13 +76,6 @@ class RunPlan:
     workers: int
     autotune: bool  # cuDNN autotuning of full batches (GPU)
     compile: bool  # torch.compile of full batches
-
-
-def check_paths(paths: Sequence[str | os.PathLike]) -> None:
-    """Refuse one path given where a sequence of them belongs: a string is a sequence of
-    characters, each of which would be taken for a file."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        raise TypeError(f"expected a sequence of image paths, got one path: {paths!r}; give [path]")
 
 
 def _rgb_pixels(image: np.ndarray | torch.Tensor, index: int) -> np.ndarray | torch.Tensor:
@@ -288,7 +281,7 @@ class Extractor:
         ``errors="nan"`` fills its row with NaN instead.
         """
         check_choice("errors", errors, ("raise", "nan"))
-        check_paths(paths)
+        check_sequence(paths, "image paths")
         result = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         for chunk in self.iter_chunks(paths, regions=regions):
             if chunk.failures and errors == "raise":
@@ -305,7 +298,7 @@ class Extractor:
         chunk's work (CHUNKS_IN_FLIGHT - 1 chunks) has been queued, so a GPU never waits for the
         host between chunks.
         """
-        check_paths(paths)
+        check_sequence(paths, "image paths")
         if regions is not None and len(regions) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(regions)} regions")
         if regions is not None and self.jpeg_draft:

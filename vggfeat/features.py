@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from .errors import VggfeatError
+from .errors import VggfeatError, check_sequence
 from .labels import warn_left_out
 from .regions import image_of, region_of
 from .files import read_damage, refusal_reason, system_error
@@ -274,6 +274,8 @@ def load_features(
     read and transformed a block at a time (see :func:`read_blocks`): the descriptors are never
     held whole, whatever the file's size.
     """
+    if paths is not None:
+        check_sequence(paths, "the rows' paths")
     with _fused(files, paths, expected_configs, expected_by) as fused:
         if transform is None:
             X = _read_fused(fused.opened, fused.rows_per_file, np.empty((len(fused.paths), fused.width), dtype=dtype))

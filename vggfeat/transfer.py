@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VggfeatError
+from .errors import VggfeatError, check_sequence
 from .features import FeatureFile, Features, Files, file_list, fused_failures, fused_files, load_features, read_blocks
 from .labels import (
     Targets,
@@ -99,6 +99,7 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
     """Which rows train, and on what: a labels CSV, a VOC devkit's image set (its difficult
     images as :func:`~vggfeat.voc.train_difficult` takes them), or the first features file's own
     labels."""
+    check_sequence(exclude, "class names")
     first = file_list(files)[0]
     targets = train_difficult(_labelled(targets_of(files, labels_csv, multilabel, exclude, voc), voc), difficult)
     if labels_csv is None and voc is None and not multilabel:
