@@ -138,6 +138,9 @@ def test_whitening_is_a_scikit_learn_transformer():
     assert pipeline.score(X, labels) == 1.0
     for make, words in [(lambda: whitening.transform(np.full((1, 16), np.nan)), "descriptor 0 holds NaN or infinite"),
                         (lambda: PCAWhitening(dim=2.7).fit(X), "dim must be a whole number, got 2.7"),
+                        (lambda: PCAWhitening(dim="3").fit(X), "dim must be a whole number, got '3'"),
+                        (lambda: PCAWhitening(dim=[3]).fit(X), r"dim must be a whole number, got \[3\]"),
+                        (lambda: PCAWhitening(normalize_input="no").fit(X), "normalize_input is True or False, got 'no'"),
                         (lambda: PCAWhitening().fit(scipy.sparse.csr_matrix(X)), "pass X.toarray()"),
                         (lambda: PCAWhitening().fit(X, {"layer": "fc7"}), r"by keyword: fit\(X, config=...\)"),
                         (lambda: PCAWhitening(dim=99).fit(X), "between 1 and the descriptor dimension 16"),

@@ -102,8 +102,12 @@ class PCAWhitening:
         read in blocks): the host holds one block and a D x D covariance, never all N x D."""
         if rows < 2:
             raise InvalidInput(f"whitening needs at least 2 descriptors, got {rows}")
-        if self.dim is not None and (isinstance(self.dim, bool) or not float(self.dim).is_integer()):
-            raise InvalidInput(f"whitening dim must be a whole number, got {self.dim!r}")  # 2.7 was 2
+        # 2.7 was 2, "3" was 3, "abc" a float's ValueError; normalize_input="no" was true
+        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, (int, float, np.number))
+                                     or not float(self.dim).is_integer()):
+            raise InvalidInput(f"whitening dim must be a whole number, got {self.dim!r}")
+        if not isinstance(self.normalize_input, (bool, np.bool_)):
+            raise InvalidInput(f"normalize_input is True or False, got {self.normalize_input!r}")
         rank = min(dim, rows - 1)  # centring removes one degree of freedom
         kept = rank if self.dim is None else int(self.dim)
         if kept < 1 or kept > dim:
