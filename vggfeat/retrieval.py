@@ -48,6 +48,11 @@ def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECAL
     """Leave-one-out retrieval on prepared descriptors ``X`` [N, d] with class ``labels`` (-1: none);
     ``qe``: average query expansion with each query's top ``qe`` other rows (:func:`expand_queries`).
     ``sample``: that many of the queries, drawn at random (``seed``), each still searching all rows."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.dtype.kind != "f":
+        raise VggfeatError(f"X: descriptors [N, d] of floating-point numbers, got {X.dtype} of shape {X.shape}")
+    if not all(np.isfinite(X[start : start + 2**16]).all() for start in range(0, len(X), 2**16)):  # (a mAP of 0.57)
+        raise VggfeatError("X holds NaN or infinite values: no ranking of them means anything")
     qe = hits_to_expand_with(qe, len(X) - 1)
     if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, bool) or sample < 1):
         raise VggfeatError(f"sample: a count of queries >= 1, got {sample!r}")
