@@ -15,7 +15,9 @@ import pytest
 
 from imagefiles import write_rgb
 from runhelpers import error_line, run_main
+from svmhelpers import write_features
 from vggfeat.errors import VggfeatError
+from vggfeat.features import FeatureFile
 from vggfeat.index import VectorIndex, build_index, faiss_available, index_features
 from vggfeat.indexupdate import update_index
 from vggfeat.search import search
@@ -270,3 +272,18 @@ def test_build_index_refuses_what_it_would_save_as_an_index_that_loading_refuses
                          ({"whitening": PCAWhitening()}, "and whitening fitted")):
         with pytest.raises(VggfeatError, match=said):
             build_index(X, **{"paths": paths, "config": CONFIG, **kwargs})
+
+
+def test_queries_and_rows_of_other_shapes_or_kinds_are_refused_saying_what_is_taken(tmp_path):
+    """FAISS refused queries of another width with a bare AssertionError; FeatureFile.read took
+    row 1.5 for row 1."""
+    X = np.random.default_rng(0).random((30, 16), dtype=np.float32)
+    index = build_index(X, [f"{i}.jpg" for i in range(30)], CONFIG)
+    with pytest.raises(VggfeatError, match=r"prepared queries are \[n, 16\] \(prepare\(X\) makes them\), got shape \(2, 8\)"):
+        index.search(np.ones((2, 8), dtype=np.float32), 3)
+    assert index.search(index.prepare(X[:2]), 3)[1][:, 0].tolist() == [0, 1]
+    features = write_features(tmp_path / "f.h5", X, [f"{i}.jpg" for i in range(30)], np.zeros(30, dtype=int), ["a"])
+    with FeatureFile(features) as f:
+        with pytest.raises(VggfeatError, match="a list of row indices or a boolean mask, got float64 of shape"):
+            f.read([1.5])
+        assert f.read([]).shape == (0, 16) and f.read([2]).shape == (1, 16)

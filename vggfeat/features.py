@@ -139,6 +139,9 @@ class FeatureFile:
             if rows.shape != (self.rows,):
                 raise VggfeatError(f"a mask of {rows.shape} for {self.path} ({self.rows} rows)")
             rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):  # (float rows were truncated: 1.5 read row 1)
+            raise VggfeatError(f"rows of {self.path}: a list of row indices or a boolean mask, got {rows.dtype} of "
+                               f"shape {rows.shape}")
         rows = rows.astype(np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
             raise VggfeatError(f"row {rows.min() if rows.min() < 0 else rows.max()} is not in {self.path} ({self.rows} rows)")

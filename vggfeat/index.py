@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -65,7 +66,7 @@ def faiss_available() -> bool:
     return True
 
 
-def load_faiss():
+def load_faiss() -> types.ModuleType:
     """The ``faiss`` module; refused, saying how to install it, where it is not."""
     try:
         import faiss
@@ -130,6 +131,9 @@ class VectorIndex:
             raise VggfeatError(f"k must be at least 1, got {k}")
         k = min(k, self.rows)
         Q = np.ascontiguousarray(Q, dtype=np.float32)
+        width = self.vectors.shape[1] if self.vectors is not None else self.faiss_index.d
+        if Q.ndim != 2 or Q.shape[1] != width:  # (FAISS's refusal is a bare AssertionError)
+            raise VggfeatError(f"prepared queries are [n, {width}] (prepare(X) makes them), got shape {Q.shape}")
         if self.faiss_index is not None:
             scores, rows = self.faiss_index.search(Q, k)
             outside = rows[(rows >= self.rows) | (rows < -1)]  # FAISS pads missing hits with -1

@@ -16,11 +16,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .errors import ImageError
+
+if TYPE_CHECKING:  # (not imported: see above)
+    import torch
 
 FRAGMENT = "#xywh="
 # A region at the end of a list line, then perhaps the line's label; "pixel:" is the standard's
@@ -140,7 +143,7 @@ def from_corners(box: Sequence[float]) -> Region:
     return Region(x1, y1, x2 - x1, y2 - y1)
 
 
-def crop(image, region: Region, min_side: int):
+def crop(image: np.ndarray | torch.Tensor, region: Region, min_side: int) -> np.ndarray | torch.Tensor:
     """The part of ``image`` (an array [H, W, C] or a tensor [C, H, W]) that ``region`` covers,
     clipped to the image; ImageError where nothing of it, or too little, is in the image."""
     height, width = image.shape[:2] if isinstance(image, np.ndarray) else image.shape[1:]

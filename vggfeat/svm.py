@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,7 +99,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         copy: ``False`` lets ``fit`` normalise a float64 C-contiguous ``X`` in place.
     """
 
-    def __init__(self, C: float | None = None, *, C_grid=DEFAULT_C_GRID, cv: int = 3, loss: str = "squared_hinge",
+    def __init__(self, C: float | None = None, *, C_grid: Sequence[float] = DEFAULT_C_GRID, cv: int = 3, loss: str = "squared_hinge",
                  class_weight: str | None = None, normalize: bool = True, multilabel: bool = False, n_jobs: int = 1,
                  max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0, solver: str = "liblinear",
                  device: str = "auto", copy: bool = True) -> None:
