@@ -20,6 +20,7 @@ import vggfeat.decode
 import vggfeat.files
 import vggfeat.job
 import vggfeat.jpeg
+import vggfeat.store
 import vggfeat.update
 from imagefiles import write_corrupt, write_rgb
 from runhelpers import (
@@ -27,6 +28,7 @@ from runhelpers import (
     assert_same_output,
     crash_on_part,
     error_line,
+    interrupted_run,
     read_output,
     run_main,
     write_labelled_folder,
@@ -408,3 +410,42 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
     assert code == 2 and error_line(err).startswith(f"Error: {output} is damaged: HDF5 cannot read its /features (Can't "
                                                     "synchronously read data"), err
     assert output.read_bytes() == before
+
+
+def without_center_crop(config_text: str) -> str:
+    """A configuration as versions before ``--center-crop`` (3ad16a9) recorded it: without the key."""
+    config = json.loads(config_text)
+    del config["center_crop"]
+    return json.dumps(config, sort_keys=True)
+
+
+def test_files_of_versions_before_a_key_of_the_configuration_existed_are_run_again_updated_and_retried(tmp_path):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 2)
+    write_corrupt(root / "torn.jpg")
+    args = ["extract", root, output, *CHEAP]
+    assert run_main(args)[0] == 0
+    with h5py.File(output, "a") as f:
+        f.attrs["config"] = without_center_crop(f.attrs["config"])
+    code, _, err = run_main(args)
+    assert code == 0 and "already holds this extraction" in err, err
+    write_plain_folder(root / "more", 1, start_seed=10)
+    code, _, err = run_main([*args, "--update"])
+    assert code == 0 and "1 image added" in err, err
+    code, _, err = run_main([*args, "--retry-failed"])
+    assert code == 0 and "0 of the 1 images that had failed" in err, err
+    code, _, err = run_main([*args, "--center-crop"])  # what it was not made with is still told
+    assert code == 2 and "center_crop: false then, true now" in err, err
+
+
+def test_a_run_of_a_version_before_a_key_of_the_configuration_existed_resumes(tmp_path, monkeypatch):
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_plain_folder(root, 3)
+    args = ["extract", root, output, *CHEAP, "--part-size", "1"]
+    interrupted_run(monkeypatch, args)
+    manifest_file = vggfeat.store.work_folder(output) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["config"] = json.loads(without_center_crop(json.dumps(manifest["config"])))
+    manifest_file.write_text(json.dumps(manifest))
+    code, _, err = run_main(args)
+    assert code == 0 and "resuming: 1 of 3 images" in err, err

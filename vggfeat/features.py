@@ -491,6 +491,14 @@ def file_list(files: Files) -> list[str | os.PathLike]:
     return files
 
 
+def with_defaults(config: dict) -> dict:
+    """``config`` with the keys added since a file of an earlier version was written (which lacks
+    them) at the value it was made with: ``center_crop`` false, ... (of stacked descriptors, in each part)."""
+    if isinstance(config.get("stacked"), list):
+        return {**config, "stacked": [with_defaults(part) if isinstance(part, dict) else part for part in config["stacked"]]}
+    return {**_DEFAULTS, **config}
+
+
 def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCHING_KEYS) -> list[str]:
     """``["layer: fc7 expected, fc6 found", ...]`` for each of ``keys`` whose values differ; of
     stacked descriptors (:mod:`vggfeat.stack`), for each file's part."""

@@ -36,6 +36,7 @@ from .errors import VggfeatError
 from .regions import JPEG_DRAFT_REGIONS
 from .chunks import BEYOND_FLOAT16, Chunk, keep_rows
 from .extractor import Extractor
+from .features import with_defaults
 from .output import OutputFile, holds_rows, readable_parts, recover_rows, usable_parts
 from .settings import decoder_library_of
 from .stack import flat_config
@@ -71,7 +72,7 @@ def check_output(output: Path, overwrite: bool, images_root: Path | None = None,
 def check_existing_output(output: Path, overwrite: bool, config: dict, dtype: str) -> None:
     """Refuse, before the images are found, an output that exists with no work or shards folder
     beside it (without ``overwrite``), made with other options than ``config`` and ``dtype``."""
-    if _lone_file(output, overwrite) and file_attributes(output).get("config") != config_json(config, dtype):
+    if _lone_file(output, overwrite) and not made_with(file_attributes(output).get("config"), config_json(config, dtype)):
         raise existing_output(output, config, dtype)
 
 
@@ -93,7 +94,7 @@ def existing_output(output: Path, config: dict, dtype: str, images: ImageSet | N
     attrs, makes = file_attributes(output), POSTERIORS if "dense" in config else DESCRIPTORS  # a Classifier's: "dense"
     if not attrs.get("complete") or existing_kind(output, makes):  # or another kind of file: posteriors, an index, ...
         return VggfeatError(already_exists(output, makes))
-    if attrs.get("config") != config_json(config, dtype):
+    if not made_with(attrs.get("config"), config_json(config, dtype)):
         try:
             changes = config_changes(json.loads(attrs["config"]), {**config, "dtype": dtype})
         except (KeyError, TypeError, ValueError, AttributeError):  # not an extraction's file (or a damaged one)
@@ -480,10 +481,23 @@ def config_json(config: dict, dtype: str) -> str:
     return json.dumps({**config, "dtype": dtype}, sort_keys=True)
 
 
+def made_with(recorded: object, config: str) -> bool:
+    """Whether a file's ``config`` attribute ``recorded`` is ``config`` (:func:`config_json`'s):
+    the same text, or of a file that an earlier version wrote, without the keys added since (which
+    it was made with at their defaults: :func:`~vggfeat.features.with_defaults`)."""
+    if recorded == config:
+        return True
+    try:
+        before = json.loads(recorded)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return isinstance(before, dict) and with_defaults(before) == with_defaults(json.loads(config))
+
+
 def holds_job(attrs: dict, config: dict, dtype: str, images_sha256: str) -> bool:
     """Whether a file's ``attrs`` say it is complete, written as ``dtype`` by an extractor of
     ``config`` over the images whose digest is ``images_sha256``."""
-    return (bool(attrs.get("complete")) and attrs.get("config") == config_json(config, dtype)
+    return (bool(attrs.get("complete")) and made_with(attrs.get("config"), config_json(config, dtype))
             and attrs.get("images_sha256") == images_sha256)
 
 
@@ -549,7 +563,7 @@ _OPTION_OF_KEY = {"keep_top": "--topk, 5 at least"}
 def config_changes(before: dict, now: dict) -> list[str]:
     """``["layer: fc7 then, fc6 now", ...]`` for each key of two extraction configurations that
     differs (of several networks side by side, ``"model: vgg16,vgg19 then, vgg16 now"``)."""
-    before, now = flat_config(before), flat_config(now)
+    before, now = flat_config(with_defaults(before)), flat_config(with_defaults(now))
     return [f"{_with_option(key)}: {_show(before.get(key))} then, {_show(now.get(key))} now"
             for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 

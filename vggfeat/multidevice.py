@@ -34,7 +34,7 @@ from .discover import ImageSet
 from .errors import VggfeatError, quiet_decoding_libraries
 from .extractor import Extractor
 from .job import (ExtractionJob, JobResult, check_job, config_json, disk_per_row, existing_output, holds_extraction,
-                  made_from_folder, same_folder)
+                  made_from_folder, made_with, same_folder)
 from .merge import keep_merged, merge_blocks
 from .network import DenseVGG
 from .processes import process_context, wait_for_end
@@ -378,7 +378,7 @@ def _finished(output: Path, config: str, shard: ImageSet) -> bool:
     except OSError:  # none there, or not an HDF5 file: its job refuses to replace it without --overwrite
         return False
     made_of = shard.shard_of
-    return (bool(attrs.get("complete")) and attrs.get("config") == config
+    return (bool(attrs.get("complete")) and made_with(attrs.get("config"), config)
             and ("input_root" not in attrs or same_folder(attrs["input_root"], shard.root))  # else other images, same names
             and (attrs.get("collection_sha256"), attrs.get("shard_index"), attrs.get("shard_count"))
             == (made_of.collection_sha256, made_of.index, made_of.count))
