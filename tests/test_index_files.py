@@ -249,6 +249,43 @@ def test_search_parameters_that_loading_refuses_are_refused_when_building():
             build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw", ef_search=ef_search)
 
 
+@needs_faiss
+@pytest.mark.parametrize("hnsw_m", [1, 513, 2.5, 2**31 - 1])
+def test_hnsw_links_that_loading_refuses_are_refused_when_building(hnsw_m):
+    """M 1 was a segmentation fault as the vectors were added, 2.5 a TypeError, 2^31 - 1 a C++ exception."""
+    X = np.abs(np.random.default_rng(2).normal(size=(40, 16))).astype(np.float32)
+    with pytest.raises(VggfeatError, match=f"hnsw_m must be a whole number from 2 to 512, got {hnsw_m}"):
+        build_index(X, [str(i) for i in range(len(X))], CONFIG, kind="hnsw", hnsw_m=hnsw_m)
+
+
+@needs_faiss
+def test_index_refuses_more_hnsw_links_than_any_use_takes(tmp_path):
+    """--hnsw-m 10^5 made an index of 300 descriptors of 240 MB; 2^31 - 1 was a traceback."""
+    write_described(tmp_path / "db.h5")
+    for hnsw_m in ("513", str(2**31 - 1)):
+        code, _, err = run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "--kind", "hnsw", "--hnsw-m", hnsw_m])
+        assert code == 2 and f"Invalid value for '--hnsw-m': {hnsw_m} is not in the range 2<=x<=512" in err
+        assert not (tmp_path / "db.index").exists()
+    code, out, _ = run_main(["index", tmp_path / "db.h5", tmp_path / "db.index", "--kind", "hnsw", "--hnsw-m", "512",
+                             "--quiet"])
+    assert code == 0 and "hnsw index of 300 descriptors" in out
+
+
+@needs_faiss
+def test_an_index_of_more_hnsw_links_than_building_takes_is_refused(built, tmp_path):
+    """Its parameters and FAISS's graph agree, and its checksum holds (an index built so by an
+    older vggfeat, or edited): an update would build the graph again with them."""
+    import faiss
+
+    index = VectorIndex.load(built["hnsw"])
+    graph = faiss.IndexHNSWFlat(16, 600, faiss.METRIC_INNER_PRODUCT)
+    graph.add(index.reconstruct(np.arange(index.rows)))
+    index.faiss_index, index.params = graph, {**index.params, "hnsw_m": 600}
+    index.save(tmp_path / "hnsw.index")
+    message = refusal(tmp_path / "hnsw.index")
+    assert "is damaged: its parameter hnsw_m is 600, not a whole number from 2 to 512" in message
+
+
 def test_an_index_of_posteriors_is_not_searched_with_query_images(built, tmp_path):
     """An index of classify's posteriors records no layer to describe query images with: the
     refusal said the database was to be described and indexed again, which changes nothing."""
@@ -263,13 +300,16 @@ def test_an_index_of_posteriors_is_not_searched_with_query_images(built, tmp_pat
 
 def test_build_index_refuses_what_it_would_save_as_an_index_that_loading_refuses(tmp_path):
     """Labels of another length built and saved, then the file was "damaged"; a Path among the
-    paths failed in h5py as it was saved; an unfitted whitening was an AttributeError."""
+    paths failed in h5py as it was saved; an unfitted whitening was an AttributeError; a path given
+    twice was saved, and its index refused as it was loaded."""
     X = np.random.default_rng(0).random((30, 16), dtype=np.float32)
     paths = [f"{i}.jpg" for i in range(30)]
     for kwargs, said in (({"labels": [0, 1]}, r"need one of labels per path, got \(2,\) for 30 paths"),
                          ({"paths": [Path(p) for p in paths]}, "paths must be text"),
                          ({"config": None}, "config must be the descriptors' extraction configuration"),
-                         ({"whitening": PCAWhitening()}, "and whitening fitted")):
+                         ({"whitening": PCAWhitening()}, "and whitening fitted"),
+                         ({"paths": [*paths[:29], "0.jpg"]}, r"each path must be given once \(a region of an image "
+                                                             r"is a path of its own, .*\), got 0.jpg twice \(rows 0 and 29\)")):
         with pytest.raises(VggfeatError, match=said):
             build_index(X, **{"paths": paths, "config": CONFIG, **kwargs})
 
@@ -287,3 +327,70 @@ def test_queries_and_rows_of_other_shapes_or_kinds_are_refused_saying_what_is_ta
         with pytest.raises(VggfeatError, match="a list of row indices or a boolean mask, got float64 of shape"):
             f.read([1.5])
         assert f.read([]).shape == (0, 16) and f.read([2]).shape == (1, 16)
+
+
+@pytest.mark.parametrize("kind", ["flat", pytest.param("hnsw", marks=needs_faiss)])
+def test_an_index_holding_a_path_twice_is_refused_by_load_search_and_an_update(built, tmp_path, kind):
+    """Searches found the image twice; an update from its unchanged descriptors file said
+    '1 added'."""
+    def edit(f):
+        f["paths"][1] = f["paths"][0]
+    path = edited(built, tmp_path, kind, edit)
+    said = f"{path} is damaged: /paths holds a/0000.jpg twice (rows 0 and 1); build it again with 'vggfeat index'"
+    assert refusal(path) == said
+    code, out, err = run_main(["index", tmp_path / "db.h5", path, "--update", "--quiet"])
+    assert code != 0 and error_line(err) == f"Error: {said}" and "added" not in out
+    code, _, err = run_main(["search", path, "--queries", tmp_path / "db.h5", "-k", "3"])
+    assert code != 0 and error_line(err) == f"Error: {said}"
+
+
+def test_regions_of_one_image_are_rows_of_their_own(tmp_path):
+    """Several regions of one image are several paths (image#xywh=...), which an index holds and
+    finds, each once."""
+    X = np.random.default_rng(0).random((4, 16), dtype=np.float32)
+    paths = [f"a.jpg#xywh={x},0,10,10" for x in (0, 10, 20)] + ["a.jpg"]
+    build_index(X, paths, CONFIG).save(tmp_path / "regions.index")
+    index = VectorIndex.load(tmp_path / "regions.index")
+    assert index.paths == paths
+    assert sorted(search(index, X[:1], ["q"], k=4)[0].paths) == sorted(paths)
+
+
+def test_a_descriptors_file_holding_a_path_twice_is_refused_by_index_and_an_update(built, tmp_path):
+    """Its index was built, and loading it then refused; an update took the later row of the path
+    and counted the earlier one as new."""
+    path = edited(built, tmp_path, "flat", lambda f: None)
+    with h5py.File(tmp_path / "db.h5", "r+") as f:
+        f["paths"][1] = f["paths"][0]
+    said = (f"Error: {tmp_path / 'db.h5'} is damaged: /paths holds a/0000.jpg twice (rows 0 and 1); describe the "
+            "images again (extract --overwrite)")
+    code, _, err = run_main(["index", tmp_path / "db.h5", tmp_path / "new.index"])
+    assert code != 0 and error_line(err) == said and not (tmp_path / "new.index").exists()
+    code, out, err = run_main(["index", tmp_path / "db.h5", path, "--update", "--quiet"])
+    assert code != 0 and error_line(err) == said and "added" not in out
+    assert VectorIndex.load(path).paths == FeatureFile(built["flat"].with_name("db.h5")).paths  # left as it was
+
+
+@pytest.mark.parametrize("name, value", [
+    ("root", 5),  # the images' folder "5" (search's montage looked there)
+    ("root", np.array([1, 2])),
+    ("root", np.array(["/a", "/b"], dtype=h5py.string_dtype())),
+    ("root", np.bytes_(b"/ph\xffotos")),  # not UTF-8
+    ("features", 7),  # an update compared the descriptors file's name with "7"
+    ("created", np.float64(1.5)),
+])
+def test_a_text_attribute_of_another_kind_is_refused_by_load_and_info(built, tmp_path, name, value):
+    path = edited(built, tmp_path, "flat", set_attribute(name, value))
+    assert f"is damaged: its {name} is " in refusal(path)
+    code, _, err = run_main(["info", path])
+    # (info, which reads a file's attributes to tell its kind, cannot tell it by bytes that are not UTF-8)
+    said = f"Error: {path} " if isinstance(value, bytes) else f"Error: {path} is damaged: its {name} is "
+    assert code != 0 and error_line(err).startswith(said)
+
+
+def test_a_root_written_as_a_fixed_length_string_is_read_as_its_text(built, tmp_path):
+    """h5py reads an HDF5 fixed-length string (as other tools write one) as bytes: it was taken as
+    the folder "b'/photos'", and an update then refused the index as one of other images."""
+    path = edited(built, tmp_path, "flat", set_attribute("root", np.bytes_(b"/photos")))
+    assert VectorIndex.load(path).root == "/photos"
+    code, out, err = run_main(["index", tmp_path / "db.h5", path, "--update", "--quiet"])
+    assert code == 0 and "is up to date with" in out, err

@@ -46,9 +46,14 @@ _SCORE_BYTES = 256 * 2**20  # NumPy search: one block of query x database scores
 BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
 REBUILD = "build it again with 'vggfeat index'"
+DESCRIBE_AGAIN = "describe the images again (extract --overwrite)"  # a descriptors file's remedy
 # HNSW candidates per query: FAISS allocates them for each query (2^31 of them: 16 GiB, std::bad_alloc),
 # and a search of more finds nothing that one of fewer misses.
 MAX_EF_SEARCH = 2**20
+# HNSW links per vector (FAISS's M; twice as many in the bottom layer): FAISS's wiki suggests 4 to 64,
+# papers use 16 to 64. Each vector keeps room for all of them, filled or not: M 10^5 made an index
+# of 300 vectors 240 MB, 2^31 - 1 a C++ exception; M 1 a segmentation fault as vectors were added.
+MIN_HNSW_M, MAX_HNSW_M = 2, 512
 # Search parameters of each kind of index, as _write records them (nprobe after nlist: it is at most nlist).
 _PARAMS = {"flat": (), "ivfpq": ("nlist", "m", "nprobe"), "hnsw": ("ef_search", "hnsw_m")}
 # Each dataset of an index file: its number of dimensions and what it holds (text, numbers of the
@@ -204,10 +209,9 @@ class VectorIndex:
             paths=list(f["paths"].asstr()[:]), config=_json_object(f, "config", path), kind=kind,
             labels=f["labels"][:].astype(np.int64), classes=list(f["classes"].asstr()[:]),
             whitening=PCAWhitening.read(f["whitening"], f"{path}/whitening") if "whitening" in f else None,
-            root=str(f.attrs.get("root", "")), params=_json_object(f, "params", path),
+            root=_text(f, "root", path), params=_json_object(f, "params", path),
             read_after=f["read_after"][:] if "read_after" in f else None,
-            source=str(f.attrs.get("features", "")), created=str(f.attrs.get("created", "")),
-            updated=str(f.attrs.get("updated", "")),
+            source=_text(f, "features", path), created=_text(f, "created", path), updated=_text(f, "updated", path),
         )
         _check_values(index, path)
         if index.kind == "flat":
@@ -264,9 +268,9 @@ def index_summary(path: str | os.PathLike) -> dict:
             "dim": int(f.attrs["dim"]), "labelled": int((f["labels"][:] >= 0).sum()), "classes": f["classes"].shape[0],
             "whitened_from": f["whitening/projection"].shape[1] if "whitening" in f else None,
             "params": _json_object(f, "params", path), "config": config,
-            "root": str(f.attrs.get("root", "")), "created": str(f.attrs.get("created", "")),
-            "updated": str(f.attrs.get("updated", "")), "updatable": "read_after" in f,
-            "features": str(f.attrs.get("features", "")), "command": str(f.attrs.get("command", "")),
+            "root": _text(f, "root", path), "created": _text(f, "created", path), "updated": _text(f, "updated", path),
+            "updatable": "read_after" in f, "features": _text(f, "features", path),
+            "command": str(f.attrs.get("command", "")),
         }
 
 
@@ -307,6 +311,11 @@ def build_index(
         raise VggfeatError(f"need one descriptor per path and at least one row, got {len(X)} descriptors, {len(paths)} paths")
     if not all(isinstance(path, str) for path in paths):  # (HDF5 stores text: a Path failed as the index was saved)
         raise VggfeatError("paths must be text (str), as a descriptor file's /paths holds them")
+    repeated = repeated_path(paths)
+    if repeated is not None:  # (loading the index refuses it: _check_values)
+        earlier, row = repeated
+        raise VggfeatError(f"each path must be given once (a region of an image is a path of its own, "
+                           f"image.jpg#xywh=X,Y,W,H), got {paths[row]} twice (rows {earlier} and {row})")
     for name, given in (("labels", labels), ("read_after", read_after)):  # (else an index that loading refuses)
         if given is not None and np.shape(given) != (len(paths),):
             raise VggfeatError(f"need one of {name} per path, got {np.shape(given)} for {len(paths)} paths")
@@ -319,6 +328,8 @@ def build_index(
     # What loading the index refuses (_check_values), refused before the work of building it
     if kind == "ivfpq" and nprobe < 1 or kind == "hnsw" and not 1 <= ef_search <= MAX_EF_SEARCH:
         raise VggfeatError(f"nprobe must be 1 or more, ef_search from 1 to {MAX_EF_SEARCH}; got {nprobe}, {ef_search}")
+    if kind == "hnsw" and (whole_number(hnsw_m) is None or not MIN_HNSW_M <= hnsw_m <= MAX_HNSW_M):
+        raise VggfeatError(f"hnsw_m must be a whole number from {MIN_HNSW_M} to {MAX_HNSW_M}, got {hnsw_m}")
     index = VectorIndex(paths=list(paths), config=dict(config), kind=kind, whitening=whitening, root=root,
                         labels=np.full(len(paths), -1) if labels is None else np.asarray(labels),
                         classes=list(classes or []), read_after=read_after)
@@ -357,6 +368,7 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     with FeatureFile(features) as f:
         if not f.rows:  # (as index --update says it)
             raise VggfeatError(f"{features} holds no descriptors: there is nothing to index")
+        check_paths_once(f.paths, features, DESCRIBE_AGAIN)  # (build_index's refusal would not name the file)
         index = build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
                             read_after=f.read_after(), **kwargs)
     index.source = str(features)
@@ -483,7 +495,7 @@ def _json_object(f: h5py.File, name: str, path: str | os.PathLike) -> dict:
 
 def _check_values(index: VectorIndex, path: Path) -> None:
     """Refuse what no 'vggfeat index' writes in an index read without its vectors: a configuration
-    of ill-kinded parts, labels outside its classes, search parameters out of range."""
+    of ill-kinded parts, labels outside its classes, a path twice, search parameters out of range."""
     _check_config(index.config, path)
     # An index built from arrays may hold labels without class names (classes=None), not one of a file
     if len(index.labels) and (index.labels.min() < -1 or index.classes and index.labels.max() >= len(index.classes)):
@@ -491,14 +503,18 @@ def _check_values(index: VectorIndex, path: Path) -> None:
                            f"{REBUILD}")
     if len(set(index.classes)) != len(index.classes):  # update_index matches labels by class name
         raise VggfeatError(f"{path} is damaged: a class is named twice in /classes; {REBUILD}")
+    # No index holds an image twice (a region is a path of its own): searches would find it twice,
+    # and update_index, matching rows by path, miscount them.
+    check_paths_once(index.paths, path, REBUILD)
     # FAISS took nprobe -1 as an OverflowError, 0 as an error mid-search, ef_search 0 or -1 as
     # fewer hits (silently), 2^31 - 1 as 16 GiB per query.
     for name in _PARAMS[index.kind]:
         value = index.params[name]  # one gone: reading_hdf5's line, "(ef_search)"
-        most = index.params["nlist"] if name == "nprobe" else MAX_EF_SEARCH if name == "ef_search" else None
-        if whole_number(value) is None or not 1 <= value <= (most or value):
+        least = MIN_HNSW_M if name == "hnsw_m" else 1
+        most = index.params["nlist"] if name == "nprobe" else {"ef_search": MAX_EF_SEARCH, "hnsw_m": MAX_HNSW_M}.get(name)
+        if whole_number(value) is None or not least <= value <= (most or value):
             raise VggfeatError(f"{path} is damaged: its parameter {name} is {json.dumps(value)[:40]}, not a whole "
-                               f"number from 1{f' to {most}' if most else ''}; {REBUILD}")
+                               f"number from {least}{f' to {most}' if most else ''}; {REBUILD}")
 
 
 def _check_config(config: dict, path: str | os.PathLike) -> None:
@@ -507,6 +523,46 @@ def _check_config(config: dict, path: str | os.PathLike) -> None:
     problem = config_problem(config)
     if problem is not None:
         raise VggfeatError(f"{path} is damaged: {problem}; {REBUILD}")
+
+
+def repeated_path(paths: Sequence[str]) -> tuple[int, int] | None:
+    """The first row of ``paths`` whose path an earlier row holds, as (earlier row, row); None
+    where each is there once. Compared by their hashes first: a set of 10 million paths took 5 s
+    and 380 MB, their hashes sorted 1 s and 160 MB."""
+    hashes = np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths))
+    ordered = np.sort(hashes)
+    shared = ordered[1:][ordered[1:] == ordered[:-1]]
+    first_row: dict[str, int] = {}
+    for row in np.flatnonzero(np.isin(hashes, shared)).tolist():  # (rows of one hash: the same path, or a collision)
+        earlier = first_row.setdefault(paths[row], row)
+        if earlier != row:
+            return earlier, row
+    return None
+
+
+def check_paths_once(paths: Sequence[str], path: str | os.PathLike, remedy: str) -> None:
+    """Refuse the /paths of the file at ``path`` (an index, or the descriptors file of one) where
+    they hold one path twice, naming it and saying ``remedy``."""
+    repeated = repeated_path(paths)
+    if repeated is not None:
+        earlier, row = repeated
+        raise VggfeatError(f"{path} is damaged: /paths holds {paths[row]} twice (rows {earlier} and {row}); {remedy}")
+
+
+def _text(f: h5py.File, name: str, path: str | os.PathLike) -> str:
+    """The text attribute ``name`` that :meth:`VectorIndex._write` writes ("" where there is none);
+    refused where it is not text (a number, an array), which str() turned into other text silently:
+    a root of 5 named the images' folder "5"."""
+    value = f.attrs.get(name, "")
+    if isinstance(value, bytes):  # h5py's fixed-length string (numpy.bytes_), as other HDF5 tools write one
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise VggfeatError(f"{path} is damaged: its {name} is bytes that are not UTF-8 text; {REBUILD}") from None
+    if not isinstance(value, str):
+        raise VggfeatError(f"{path} is damaged: its {name} is {type(value).__name__} {str(value)[:40]!r}, not "
+                           f"text; {REBUILD}")
+    return value
 
 
 def _refuse_unstored(data: h5py.Dataset, path: Path) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import VggfeatError
 from .features import FeatureFile
-from .index import BLOCK_BYTES, REBUILD, VectorIndex, load_faiss
+from .index import BLOCK_BYTES, DESCRIBE_AGAIN, REBUILD, VectorIndex, check_paths_once, load_faiss
 from .rerun import MADE_FROM, brought_up_to_date, fingerprint, record
 from .files import file_attributes, open_h5, written_atomically
 
@@ -83,6 +83,9 @@ def update_index(index_path: str | os.PathLike, features: str | os.PathLike,
         if os.path.abspath(index.root or ".") != os.path.abspath(f.root or "."):
             raise VggfeatError(f"{index_path} holds images under {index.root or '.'}, {features} under {f.root or '.'}: "
                                "an index is updated from the descriptors file it was built from")
+        # Rows are matched by path: a descriptors file holding one twice would make an index that
+        # loading refuses (its later row taken, its earlier one counted as new)
+        check_paths_once(f.paths, features, DESCRIBE_AGAIN)
         stamps = f.read_after()
         position = {path: row for row, path in enumerate(f.paths)}
         rows_in_file = np.array([position.get(path, -1) for path in index.paths], dtype=np.int64)

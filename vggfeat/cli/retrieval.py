@@ -14,7 +14,7 @@ from .. import retrieval
 from ..archives import file_exists
 from ..errors import VggfeatError, not_a_file
 from ..features import FeatureFile, config_differences
-from ..index import KINDS, MAX_EF_SEARCH, VectorIndex, index_features, index_summary
+from ..index import KINDS, MAX_EF_SEARCH, MAX_HNSW_M, MIN_HNSW_M, VectorIndex, index_features, index_summary
 from ..rerun import check_output, record_in_file, recorded_in_file
 from ..files import file_attributes
 from ..store import INDEX_FORMAT, WHITENING_FORMAT, refuse_descriptors
@@ -59,7 +59,8 @@ def whiten_fit(features, output, dim, overwrite, quiet) -> None:
 @click.option("--nlist", type=click.IntRange(min=1), help="ivfpq: inverted lists [default: about 4 sqrt(rows)].")
 @click.option("--pq-m", type=click.IntRange(min=1), help="ivfpq: bytes per vector, must divide the dimension [default: the largest divisor up to dim / 8].")
 @click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1), help="ivfpq: lists searched per query.")
-@click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=2), help="hnsw: links per vector.")
+@click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(MIN_HNSW_M, MAX_HNSW_M),
+              help="hnsw: links per vector (FAISS's M; 16 to 64 is usual).")
 @click.option("--ef-search", default=128, show_default=True, type=click.IntRange(1, MAX_EF_SEARCH), help="hnsw: candidates per query.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--update", is_flag=True,
