@@ -154,6 +154,72 @@ def test_whitening_is_a_scikit_learn_transformer():
     assert repr(PCAWhitening(dim=8)) == "PCAWhitening(dim=8)" and repr(PCAWhitening()) == "PCAWhitening()"
 
 
+def test_an_unfitted_whitening_is_not_fitted_as_scikit_learn_says_it(tmp_path):
+    """check_is_fitted raised an AttributeError (no __sklearn_tags__) whether fitted or not, and
+    the whitening's NotFitted was no NotFittedError: ``except NotFittedError`` let it through."""
+    import pickle
+
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from vggfeat.errors import NotFitted
+
+    X, _ = clustered()
+    with pytest.raises(NotFittedError, match="This PCAWhitening instance is not fitted yet"):
+        check_is_fitted(PCAWhitening())
+    fitted = PCAWhitening(dim=4).fit(X)
+    fitted.save(tmp_path / "w.h5")
+    for whitening in fitted, PCAWhitening.load(tmp_path / "w.h5"):
+        check_is_fitted(whitening)
+        assert whitening.n_features_in_ == 16
+    try:
+        PCAWhitening().transform(X)
+    except NotFittedError as error:  # as a user of scikit-learn writes it
+        caught = error
+    assert isinstance(caught, NotFitted) and isinstance(caught, VggfeatError)  # (the CLI's one-line report)
+    assert isinstance(caught, ValueError) and isinstance(caught, AttributeError)
+    assert "not fitted yet; call fit(X) first" in str(caught)
+    assert type(pickle.loads(pickle.dumps(caught))) is NotFitted  # as GridSearchCV's workers send it back
+    with pytest.raises(NotFittedError):
+        PCAWhitening().input_dim
+
+
+def test_whitening_passes_scikit_learns_estimator_checks():
+    """Failed: no __sklearn_tags__ (every check), then no n_features_in_, complex descriptors
+    whitened as their real parts (a ComplexWarning only), and refusals of empty, one-row and
+    one-descriptor (1-d) data worded otherwise than scikit-learn's (which users search for)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        # By design: it imports no scikit-learn, whose import would slow 'vggfeat info' and --help
+        warnings.filterwarnings("ignore", message="Estimator PCAWhitening does not inherit from `sklearn.base.BaseEstimator`")
+        results = check_estimator(PCAWhitening(), on_fail=None, on_skip=None)
+    failed = {result["check_name"]: str(result["exception"])[:200] for result in results if result["status"] == "failed"}
+    assert failed == {}
+    assert sum(result["status"] == "passed" for result in results) >= 40  # the checks did run
+
+
+def test_whitening_refuses_complex_descriptors_and_says_how_to_give_it_one_descriptor():
+    """Complex descriptors were whitened as their real parts, with a ComplexWarning only."""
+    X, labels = clustered()
+    with pytest.raises(VggfeatError, match="Complex data not supported: descriptors must be real numbers, got complex"):
+        PCAWhitening().fit(X + 1j)
+    whitening = PCAWhitening(dim=4).fit(X)
+    with pytest.raises(VggfeatError, match="Complex data not supported"):
+        whitening.transform(X + 1j)
+    with pytest.raises(VggfeatError, match=r"got shape \(16,\)\. Reshape your data: X.reshape\(1, -1\)"):
+        whitening.transform(X[0])
+    np.testing.assert_allclose(whitening.transform(X[0].reshape(1, -1)), whitening.transform(X)[:1], atol=1e-6)
+    with pytest.raises(VggfeatError, match="X has 8 features, but PCAWhitening is expecting 16 features as input"):
+        whitening.transform(X[:, :8])
+    with pytest.raises(VggfeatError, match=r"0 feature\(s\) \(shape=\(24, 0\)\) while a minimum of 1 is required"):
+        PCAWhitening().fit(X[:, :0])
+    from vggfeat.svm import LinearSVM  # (the same check of its descriptors)
+
+    with pytest.raises(VggfeatError, match="Complex data not supported"):
+        LinearSVM(C=1.0).fit(X + 1j, labels)
+
+
 def test_a_whitening_holding_nan_is_refused_though_its_checksum_was_made_again(tmp_path):
     """Taken, every vector whitened was NaN, and retrieval-eval printed a mAP of 0.57 all the same."""
     X, _ = clustered(per_class=10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -26,20 +27,49 @@ class InvalidInput(VggfeatError, ValueError):
     takes it for theirs."""
 
 
-class NotFitted(VggfeatError, ValueError, AttributeError):
-    """An estimator used before it was fitted: what scikit-learn's ``NotFittedError`` is (a
-    ValueError and an AttributeError, so that ``hasattr`` of a fitted property is False), for the
-    estimators that do not import scikit-learn (:class:`~vggfeat.whitening.PCAWhitening`)."""
+def __getattr__(name: str) -> type:
+    """``NotFitted``, made on first use (PEP 562): it subclasses scikit-learn's ``NotFittedError``,
+    and importing scikit-learn takes over a second, which every command would pay here."""
+    if name == "NotFitted":
+        return _not_fitted_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _not_fitted_class() -> type:
+    """The class ``NotFitted``, made once (``except NotFitted`` must match what was raised)."""
+    with _not_fitted_lock:
+        if "NotFitted" not in globals():
+            from sklearn.exceptions import NotFittedError
+
+            class NotFitted(VggfeatError, NotFittedError):
+                """An estimator used before it was fitted, raised by those that do not import
+                scikit-learn (:class:`~vggfeat.whitening.PCAWhitening`): scikit-learn's
+                ``NotFittedError``, so that ``except NotFittedError`` catches it (a ValueError and an
+                AttributeError too, so that ``hasattr`` of a fitted property is False), and a
+                VggfeatError, so that the CLI reports it on one line."""
+
+            # Named as a class of this module's (module __getattr__ finds it), not of this function's,
+            # so that pickle, which carries a fit's error back from GridSearchCV's worker processes, finds it again.
+            NotFitted.__qualname__ = "NotFitted"
+            globals()["NotFitted"] = NotFitted
+        return globals()["NotFitted"]
+
+
+_not_fitted_lock = threading.Lock()  # two threads' first estimators unfitted at once would make two classes
 
 
 def dense_array(X: object) -> np.ndarray:
     """``X`` as an array for an estimator, refusing a sparse matrix, which NumPy would make a 0-d
-    array of objects (refused then as of "shape ()"): descriptors are dense."""
+    array of objects (refused then as of "shape ()"): descriptors are dense; and complex numbers,
+    whose imaginary parts the estimators' cast to float would drop with a mere ComplexWarning."""
     import scipy.sparse  # (scikit-learn's, loaded with the estimators)
 
     if scipy.sparse.issparse(X):
         raise InvalidInput("descriptors must be a dense array: pass X.toarray() (a sparse matrix was given)")
-    return np.asarray(X)
+    X = np.asarray(X)
+    if np.iscomplexobj(X):  # (worded as scikit-learn's own refusal, which its estimator checks look for)
+        raise InvalidInput(f"Complex data not supported: descriptors must be real numbers, got {X.dtype}")
+    return X
 
 
 class ImageError(Exception):

@@ -25,13 +25,14 @@ import h5py
 import numpy as np
 from scipy.linalg import blas
 
-from .errors import InvalidInput, NotFitted, VggfeatError, dense_array
+from .errors import InvalidInput, VggfeatError, dense_array
 from .features import config_differences, damaged_row, not_finite_rows
 from .files import open_h5, reading_hdf5, written_atomically
 from .store import WHITENING_FORMAT, check_written, kind_of, open_features_file
 
 if TYPE_CHECKING:  # torch only where tensors come in: whitening a file's descriptors, or 'vggfeat info', needs none
     import torch
+    from sklearn.utils import Tags
 
 # Eigenvalues below this fraction of the largest are raised to it: directions with (almost) no
 # variance in the fitting set would otherwise be scaled up without bound.
@@ -51,8 +52,9 @@ def l2_normalize(X: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarr
 
 class PCAWhitening:
     """PCA-whitening with optional dimensionality reduction, a scikit-learn transformer (``fit``,
-    ``transform``, ``fit_transform``; ``clone``, ``get_params``, a Pipeline's step), without
-    importing scikit-learn (``vggfeat info`` and ``--help`` load this module).
+    ``transform``, ``fit_transform``; ``clone``, ``get_params``, a Pipeline's step, ``check_is_fitted``,
+    ``check_estimator``), without importing scikit-learn (``vggfeat info`` and ``--help`` load this
+    module): scikit-learn is imported only where it asks (its tags) or a NotFitted is raised.
 
     Args:
         dim: output dimension; None keeps every axis the fitting data supports (at most
@@ -60,7 +62,8 @@ class PCAWhitening:
         normalize_input: L2-normalise descriptors before fitting and transforming (the recipe's).
 
     After :meth:`fit`: ``mean_`` [D], ``projection_`` [dim, D] (axes scaled by eigenvalue^-1/2),
-    ``eigenvalues_`` [dim], ``config_`` (the extraction configuration, when fitted from a file).
+    ``eigenvalues_`` [dim], ``config_`` (the extraction configuration, when fitted from a file),
+    ``n_features_in_`` (D, as scikit-learn's estimators name it).
     """
 
     def __init__(self, dim: int | None = None, normalize_input: bool = True) -> None:
@@ -100,8 +103,12 @@ class PCAWhitening:
     def fit_blocks(self, blocks: Iterable[np.ndarray], rows: int, dim: int, config: dict | None = None) -> PCAWhitening:
         """As :meth:`fit`, from ``rows`` descriptors of ``dim`` given a block at a time (a file's,
         read in blocks): the host holds one block and a D x D covariance, never all N x D."""
+        # (n_samples=, 0 feature(s): worded as scikit-learn's refusals, which its estimator checks look for)
         if rows < 2:
-            raise InvalidInput(f"whitening needs at least 2 descriptors, got {rows}")
+            raise InvalidInput(f"whitening needs at least 2 descriptors, got n_samples={rows}")
+        if dim < 1:
+            raise InvalidInput(f"whitening was given descriptors of 0 feature(s) (shape=({rows}, {dim})) while a "
+                               "minimum of 1 is required: there is nothing to whiten")
         # 2.7 was 2, "3" was 3, "abc" a float's ValueError; normalize_input="no" was true
         if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, (int, float, np.number))
                                      or not float(self.dim).is_integer()):
@@ -140,7 +147,7 @@ class PCAWhitening:
         self.eigenvalues_ = eigenvalues.astype(np.float32)
         self.projection_ = (eigenvectors[:, order] / np.sqrt(eigenvalues)).T.astype(np.float32)
         self.config_ = dict(config) if config else {}
-        self.n_samples_ = rows
+        self.n_samples_, self.n_features_in_ = rows, dim
         return self
 
     @property
@@ -157,8 +164,12 @@ class PCAWhitening:
         """Whitened, L2-normalised descriptors [N, dim] float32."""
         self._check_fitted()
         X = np.asarray(dense_array(X), dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.input_dim:
-            raise InvalidInput(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}")
+        if X.ndim != 2:  # 1-d: one descriptor, most likely (the hint worded as scikit-learn's, its checks ask for it)
+            hint = ". Reshape your data: X.reshape(1, -1) if it is a single descriptor" if X.ndim == 1 else ""
+            raise InvalidInput(f"whitening was fitted on {self.input_dim}-d descriptors, got shape {X.shape}{hint}")
+        if X.shape[1] != self.input_dim:  # (worded as scikit-learn's estimators say it, as its checks ask)
+            raise InvalidInput(f"X has {X.shape[1]} features, but PCAWhitening is expecting {self.input_dim} features "
+                               f"as input: it was fitted on {self.input_dim}-d descriptors")
         damaged = not_finite_rows(X)
         if len(damaged):  # as fit refuses them: whitened, NaN everywhere, silently
             raise InvalidInput(f"descriptor {damaged[0]} holds NaN or infinite values; drop those rows first")
@@ -234,6 +245,7 @@ class PCAWhitening:
         whitening.mean_, whitening.projection_, whitening.eigenvalues_ = (array.astype(np.float32) for array in arrays)
         whitening.dim = whitening.projection_.shape[0]
         whitening.n_samples_ = int(group.attrs.get("n_samples", 0))
+        whitening.n_features_in_ = whitening.projection_.shape[1]
         whitening.config_ = json.loads(group.attrs.get("config", "{}"))
         if whitening.projection_.shape[1] != whitening.mean_.shape[0]:
             raise VggfeatError(f"{name} is damaged: /projection and /mean disagree in dimension")
@@ -241,8 +253,23 @@ class PCAWhitening:
             raise VggfeatError(f"{name} is damaged: it holds NaN or infinite values")
         return whitening
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`read`) has run: for scikit-learn's ``check_is_fitted``."""
+        return hasattr(self, "projection_")
+
+    def __sklearn_tags__(self) -> Tags:
+        """What scikit-learn's checks and meta-estimators take this for (BaseEstimator's and
+        TransformerMixin's tags, which it does not inherit): a transformer of dense, finite
+        descriptors, needing no labels, whose output is float32 whatever its input."""
+        from sklearn.utils import Tags, TargetTags, TransformerTags  # asked by scikit-learn alone, already imported
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(preserves_dtype=["float32"]))
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "projection_"):
+        if not self.__sklearn_is_fitted__():
+            from .errors import NotFitted  # imports scikit-learn, which this module does not otherwise need
+
             raise NotFitted("this PCAWhitening is not fitted yet; call fit(X) first")
 
 
