@@ -14,6 +14,7 @@ import importlib
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -386,6 +387,32 @@ def test_cli_posteriors_file_in_shards_updated_and_retried(small_network_for_cli
     assert_same_output(data, read_output(fresh))
     code, _, err = run_main(["classify", images, output, *FAST, "--update", "--flip"])
     assert code == 2 and "made with other options (flip: false then, true now)" in error_line(err)
+
+
+@pytest.mark.parametrize("rewrite", ["--retry-failed", "--update"])
+def test_a_posteriors_file_holding_nan_is_refused_before_it_is_rewritten(small_network_for_cli, folder, tmp_path, rewrite):
+    """A posteriors file a row of which holds NaN (classify never writes one: an edit, a bad disk):
+    --retry-failed and --update, which copy its rows into the file written anew, refuse it before
+    any image is classified, as its CSV (export, --labels) would refuse it after; --overwrite
+    classifies its images again."""
+    images, bad = folder
+    output = tmp_path / "posteriors.h5"
+    assert run_main(["classify", images, output, *FAST, "-q"])[0] == 0
+    with h5py.File(output, "r+") as f:
+        f["features"][1, 3] = np.nan
+        image = f["paths"][1].decode()
+    before = sorted(tmp_path.iterdir()), output.read_bytes()
+    (images / "bad" / "corrupt.jpg").write_bytes((images / "good" / "b.jpg").read_bytes())  # repaired: one to retry
+    code, _, err = run_main(["classify", images, output, *FAST, rewrite])
+    assert code == 2 and error_line(err) == (
+        f"Error: {output} is damaged: the posteriors of {image} hold NaN, infinite or impossible values; classify its "
+        "images into it again (--overwrite)")
+    assert not [line for line in err.splitlines()[:-1] if "image" in line]  # refused before the images are found
+    assert (sorted(tmp_path.iterdir()), output.read_bytes()) == before
+    code, _, err = run_main(["classify", images, output, *FAST, "--overwrite", "-q"])
+    assert code == 0, err
+    with h5py.File(output, "r") as f:
+        assert np.isfinite(f["features"][:]).all() and len(f["failed/paths"]) == len(bad) - 1
 
 
 def test_cli_labels_naming_no_image_report_no_error_rate(small_network_for_cli, folder, tmp_path):

@@ -319,6 +319,33 @@ def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp
     assert not shards.exists()
 
 
+def test_a_finished_block_damaged_since_is_refused_not_merged(tmp_path):
+    """A block that an interrupted run finished, a row of which turned NaN on the disk since: the
+    resumed run refuses it, naming the block, the row and the image, rather than merge a NaN
+    descriptor (which extraction never writes) into the output; that block removed, the same
+    command describes its images again and writes the file one run writes."""
+    write_plain_folder(tmp_path / "images", 6)
+    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
+    shards = shards_folder(output)
+    shards.mkdir()
+    for k in (1, 2):
+        ExtractionJob(cheap_extractor(), images.shard(k, 2), shards / f"shard-{k}-of-2.h5").run()
+    damaged = shards / "shard-2-of-2.h5"
+    with h5py.File(damaged, "r+") as f:
+        f["features"][1, 5] = np.nan
+        image = f["paths"][1].decode()
+    command = ["extract", tmp_path / "images", output, *CHEAP, *TWO_CPUS]
+    code, _, err = run_main(command)
+    assert code == 2 and error_line(err) == (
+        f"Error: {damaged} is damaged: row 1 of its /features ({image}) holds NaN or infinite values, which extraction "
+        "never writes; remove that file and run the same command again, which describes its images again")
+    assert not output.exists()
+    damaged.unlink()
+    code, _, err = run_main(command)
+    assert code == 0, err
+    assert_same_output(read_output(output), _one_run(cheap_extractor(), images, tmp_path), atol=1e-5)
+
+
 def test_a_run_resumes_in_its_blocks_on_another_number_of_devices(tmp_path, monkeypatch):
     """Interrupted in 4 blocks (one finished, one in parts), resumed on 3 devices: its blocks are
     kept, and each image is described once."""

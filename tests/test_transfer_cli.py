@@ -349,6 +349,51 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
     assert (other / "notes.txt").read_text() == "mine" and (other / "metrics.json").exists()
 
 
+class Killed(BaseException):
+    """A kill, simulated: no handler of the command's catches it, and nothing after it runs."""
+
+
+@pytest.mark.parametrize("renamed", [1, 3, 4])
+def test_a_report_killed_as_its_files_are_renamed_is_taken_up_by_the_same_command(data, tmp_path, monkeypatch, renamed):
+    """evaluate --report killed after ``renamed`` of its 4 files were renamed into place (4: all,
+    before the command's next step): the same command again takes the folder for its own, with
+    nothing to do or the report written whole, never refusing it as another's (--overwrite)."""
+    import vggfeat.files
+
+    _, files = data
+    probe = tmp_path / "probe"
+    probe.touch()
+    try:
+        os.setxattr(probe, FILE_ATTRIBUTE, b"{}")
+    except (AttributeError, OSError):
+        pytest.skip("this file system keeps no extended attributes: a report records nothing")
+    model, report = tmp_path / "model.h5", tmp_path / "report"
+    ok(["train-svm", files["train"], model, "--C", "1"])
+    evaluate = ["evaluate", model, files["test"], "--report", report]
+    replace, renames = vggfeat.files.replace_durably, []
+
+    def killed_after_the_renames(*args, **kwargs) -> None:
+        replace(*args, **kwargs)
+        renames.append(args[1].name)
+        if len(renames) == renamed:
+            raise Killed()
+
+    monkeypatch.setattr(vggfeat.files, "replace_durably", killed_after_the_renames)
+    with pytest.raises(Killed):
+        run_main(evaluate)
+    monkeypatch.undo()
+    assert sorted(p.name for p in report.iterdir()) == sorted(renames)
+    code, out, err = run_main(evaluate)
+    assert code == 0, err
+    assert ("already holds the report of this command" in out) == (renamed == 4)
+    written = sorted(report.iterdir())
+    assert [p.name for p in written] == ["confusion_matrix.png", "metrics.json", "per_class.csv", "per_class.md"]
+    made = recorded_in_file(written[0])
+    assert made is not None and all(recorded_in_file(path) == made for path in written)
+    assert json.loads((report / "metrics.json").read_text())["examples"] == 9
+    assert ok(evaluate).startswith(f"{report} already holds the report of this command on these files, unchanged since")
+
+
 def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_changes(data, tmp_path, monkeypatch):
     """A script run twice: the model of this command on these files, unchanged since, is left as it
     is (exit 0; the same files named otherwise too); other options, files or labels changed since
@@ -503,7 +548,7 @@ def test_refusals(data, tmp_path):
     one.write_text("red_stripes/img00.png,red\nred_stripes/img01.png,red\nred_stripes/img02.png,red\ngreen_checks/img00.png,green\n"
                    "blue_rings/img00.png,blue\nblue_rings/img01.png,blue\n")
     assert ("class 'green' has only 1 training example(s); at least 2, one per cross-validation fold, needed to "
-            "choose C: fix --C (in place of --cv), lower --cv, leave the class out (--exclude-class) or add images"
+            "choose C: fix C (--C, in place of --cv), lower cv (--cv), leave the class out (--exclude-class) or add images"
             ) in refused(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, "--cv", "2"])
     for fix in (["--C", "1"], ["--cv", "2", "--exclude-class", "green"]):  # as the message says
         assert run_main(["train-svm", files["train"], tmp_path / "m4.h5", "--labels", one, *fix, "-q", "--overwrite"])[0] == 0

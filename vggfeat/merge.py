@@ -37,6 +37,8 @@ PROVENANCE = ("command", "created", "device", "vggfeat_version", "torch_version"
               "decoder_library", "failures_retried", "retry_command", "failures_retried_with")
 _BLOCK_BYTES = 64 * 2**20  # of descriptors per copy
 _MAKE_AGAIN = "make that shard again (its extract or classify --shard command, with --overwrite)"
+# A block of a run on several devices, in its work folder: a resumed run describes a missing one again.
+_DESCRIBE_AGAIN = "remove that file and run the same command again, which describes its images again"
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ def merge_blocks(blocks: Sequence[Path], output: Path, images: ImageSet, *, shar
                 end = start + held + f["failed/paths"].shape[0]
                 if "first_row" in f.attrs:  # merged by a killed run
                     output_file.taken(start, end, int(f.attrs["first_row"]), held, blocks[k].name)
-                else:
-                    first = output_file.append(start, end, (f["features"][row : row + step] for row in range(0, held, step)))
+                else:  # a block a resumed run took as finished may have been damaged since (a bad disk, an edit)
+                    checked = (_finite(f["features"][row : row + step], f, row, _DESCRIBE_AGAIN) for row in range(0, held, step))
+                    first = output_file.append(start, end, checked)
                     f.close()
                     files[k] = _without_rows(blocks[k], first, held, output_file.chunks_of(first, held))
                 start = end
@@ -320,15 +323,16 @@ def _copy_rows(files: list[h5py.File], targets: tuple[h5py.Dataset, ...], block:
         row, fail = row + n, fail + bad
 
 
-def _finite(rows: np.ndarray, f: h5py.File, start: int) -> np.ndarray:
+def _finite(rows: np.ndarray, f: h5py.File, start: int, again: str = _MAKE_AGAIN) -> np.ndarray:
     """``rows`` (of ``f``'s /features, from row ``start``), refused where one holds NaN or an
-    infinite value: extraction never writes one (such an image is a failure), so the shard was
-    edited or damaged, and the merged file would pass its NaN on to every search and SVM."""
+    infinite value: extraction never writes one (such an image is a failure), so the shard or
+    block was edited or damaged, and the merged file would pass its NaN on to every search and
+    SVM. ``again``: what to do."""
     bad = not_finite_rows(rows)
     if len(bad):
         row = start + int(bad[0])
         raise VggfeatError(f"{f.filename} is damaged: row {row:,} of its /features{_path_of(f, row)} holds NaN or "
-                           f"infinite values, which extraction never writes; {_MAKE_AGAIN}")
+                           f"infinite values, which extraction never writes; {again}")
     return rows
 
 

@@ -1,18 +1,20 @@
 """A posteriors file (``vggfeat classify``'s) read back: refused where it holds what no classifier
 writes, its attributes before any row is read (:func:`check_attributes`), its rows a block at a
-time as they are read (:func:`check_block`), so that an edited or damaged file never puts NaN or
-classes that are not there into a CSV."""
+time as they are read (:func:`check_block`), or all before it is rewritten (:func:`check_rows`),
+so that an edited or damaged file never puts NaN or classes that are not there into a CSV."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .errors import VggfeatError
 from .files import plain_value, whole_number
+from .store import open_features_file
 from .textfiles import as_utf8
 
 
@@ -63,6 +65,24 @@ def check_block(block: np.ndarray, kept: int | None, classes: int, paths: Sequen
     values = "posteriors" if kept is None else "top classes"
     raise VggfeatError(f"{named} is damaged: the {values} of {as_utf8(str(paths[row]))} hold NaN, infinite or "
                        f"impossible values; {again}")
+
+
+# Rows read at a time by :func:`check_rows` (32 MiB of every posterior of 1000 classes).
+CHECK_ROWS = 8192
+
+
+def check_rows(path: Path, classes: int, again: str) -> None:
+    """Refuse the posteriors file ``path`` of ``classes`` classes where any of its rows holds a
+    value no classifier writes (:func:`check_block`), read a block at a time: before a rewrite
+    (--retry-failed, --update) copies its rows, such a row kept, into the file written anew, which
+    every reader (its CSV) would then refuse. ``again``: what to do."""
+    with open_features_file(path, "posteriors") as f:
+        check_attributes(f, path, again)  # a keep_top to read the rows by
+        kept, features = plain_value(f.attrs.get("keep_top")), f["features"]
+        for start in range(0, features.shape[0], CHECK_ROWS):
+            block = features[start : start + CHECK_ROWS]
+            if not _possible(block, kept, classes).all():  # the paths read only to name the image
+                check_block(block, kept, classes, f["paths"].asstr()[start : start + CHECK_ROWS], [f], start, again)
 
 
 def _possible(block: np.ndarray, kept: int | None, classes: int) -> np.ndarray:

@@ -57,6 +57,7 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
                                evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels,
                                rows_classified)
+    from ..posteriorsfile import CLASSIFY_AGAIN, check_rows
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..store import POSTERIORS
@@ -132,6 +133,9 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     classifier = classifiers[0]
     if rewrite:
         check_rewritable(output, classifier, "float32", rewrite)
+        # Its rows are copied into the file written anew: one that no classifier writes (NaN, an
+        # edit or a bad disk's) is refused now, not by the file's CSV after the work.
+        check_rows(output, classifier.classes, CLASSIFY_AGAIN)
     elif posteriors_file:
         check_existing_output(output, overwrite, classifier.config(), "float32")
     images = options.read_images(paths, file_list, root, archive_classes, quiet)

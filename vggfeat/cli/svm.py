@@ -252,7 +252,7 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
         if not overwrite and recorded_in_file(written[0]) is not None:  # a report made otherwise: say how
             check_output(written[0], overwrite, made, None)
         _check_report_folder(report, model.svm.multilabel, overwrite,
-                             inputs=[paths[0], *files, labels, *set_files(voc_devkit, voc_set)])
+                             inputs=[paths[0], *files, labels, *set_files(voc_devkit, voc_set)], made=made)
     metrics, scored = transfer.evaluate(model, files, labels, voc=voc)
     lines = [f"{metrics['task']}, {metrics['examples']:,} test rows, {len(metrics['classes'])} classes"]
     for key, name in (("accuracy", "accuracy"), ("mean_class_recall", "mean class recall"),
@@ -263,9 +263,8 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
             lines.append(f"  {name:<26} undefined (no class has a positive test example)")
     click.echo("\n".join(lines))
     if report:
-        written = write_report(report, metrics, scored.scores, _indicators(scored), ignore=scored.ignore)
-        for path in written:
-            record_in_file(path, made, command_line(), lines)
+        written = write_report(report, metrics, scored.scores, _indicators(scored), ignore=scored.ignore, made=made,
+                               command=command_line(), said=lines)
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
@@ -286,16 +285,20 @@ def _voc_labels(devkit: Path | None, image_set: str, labels: Path | None) -> tup
     return devkit, image_set
 
 
-def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool, inputs: list[Path | None]) -> None:
+def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool, inputs: list[Path | None],
+                         made: str | None) -> None:
     """Refuse, before the work, a report folder that is a file, or that holds an earlier report's
     files (unless ``overwrite``): they were named by no one; nor ever one of the command's
-    ``inputs`` under a report file's name (``--labels rep/per_class.csv --report rep``)."""
+    ``inputs`` under a report file's name (``--labels rep/per_class.csv --report rep``). Files
+    that each record this very command (``made``) are its own: some of a report, the rest not
+    renamed into place as a kill stopped it, which it writes whole."""
     if folder.exists() and not folder.is_dir():
         raise VggfeatError(f"--report {folder} is a file; name a folder")
     earlier = [path for path in report_files(folder, multilabel) if path.exists()]
     for path in earlier:
         check_new_file(path, overwrite=True, inputs=inputs)
-    if earlier and not overwrite:
+    own = made is not None and all(recorded_in_file(path) == made for path in earlier)
+    if earlier and not overwrite and not own:
         raise VggfeatError(f"{folder} already holds a report ({', '.join(path.name for path in earlier)}); pass "
                            "--overwrite to replace it, or name another folder")
 
