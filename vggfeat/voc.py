@@ -239,8 +239,8 @@ def targets_of_set(voc_set: VocSet, paths: Sequence[str], which: str, failed: Ma
 def train_difficult(targets: Targets, difficult: str) -> Targets:
     """Training ``targets`` of an image set whose difficult images (``targets.ignore``) are, for
     their class: left out of its SVM (``"ignore"``, as VOC's evaluation leaves them out of its AP),
-    negatives (``"negative"``, as the devkit's example classifier takes them: a label above 0 is
-    positive) or positives (``"positive"``). The test set's are left out of the AP whatever this says."""
+    negatives (``"negative"``) or positives (``"positive"``), vggfeat's own choices (the devkit's
+    example classifier leaves them out, as ``"ignore"`` does: neither above nor below 0). The test set's are left out of the AP whatever this says."""
     check_choice("difficult", difficult, DIFFICULT)
     if difficult == "ignore" or targets.ignore is None:
         return targets

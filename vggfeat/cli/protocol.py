@@ -25,7 +25,7 @@ def protocol() -> None:
 @click.option("--test-per-class", default=50, show_default=True, type=click.IntRange(min=0),
               help="Most test images per class (M), from the rest; 0 for all the rest.")
 @click.option("--splits", default=3, show_default=True, type=click.IntRange(min=1), help="Random splits.")
-@click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google.")
+@click.option("--exclude-class", multiple=True, help="Leave this class out (repeatable), e.g. BACKGROUND_Google (the paper's Caltech-101 figures keep it).")
 @common.json_output
 @common.overwrite_json
 @svm_options

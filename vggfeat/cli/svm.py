@@ -53,7 +53,7 @@ def split_files(paths: tuple[Path, ...], features: tuple[Path, ...], names: list
 voc_difficult = click.option(
     "--voc-difficult", type=click.Choice(DIFFICULT),
     help="With --voc-devkit: a difficult image, in training, is left out of its class's SVM (ignore, the default, as "
-         "VOC's evaluation leaves it out of the AP), a negative (as the devkit's example classifier takes it) or a positive.")
+         "VOC's evaluation leaves it out of the AP, and the devkit's example classifier out of its examples), a negative or a positive.")
 
 
 def svm_options(command):
