@@ -99,9 +99,11 @@ def test_an_image_too_large_for_memory_alone_fails_and_the_rest_go_on(random_vgg
     assert [c.indices for c in chunks] == [[0, 2]]
     assert chunks[0].sizes == [(224, 224), (240, 260)]
     (index, reason), = chunks[0].failures
-    assert index == 1 and reason == "a 900x224 image does not fit in memory at Q=224; describe it with smaller --scales"
+    assert index == 1 and reason == ("a 900x224 image does not fit in memory at Q=224; describe it with smaller scales "
+                                     "(--scales)")
     assert too_large_for_memory((224, 900), 224, on_gpu=True) == ("a 900x224 image does not fit in GPU memory at Q=224; "
-                                                                  "describe it with --device cpu or smaller --scales")
+                                                                  "describe it with device='cpu' (--device cpu) or smaller "
+                                                                  "scales (--scales)")
     assert_close(chunks[0].features, expected, 1e-5, "the images that fit")
     got = extractor.extract(paths, errors="nan")
     assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
@@ -233,7 +235,7 @@ def test_a_failed_compile_warns_and_runs_uncompiled_or_stops_when_asked_for(rand
     assert not auto._compiling, "tried once, not per batch"
     on = extractor(cuda=False, compile="on")
     compiled_batches(monkeypatch, on, fail=True)
-    with pytest.raises(VggfeatError, match=r"torch.compile failed .*; run without it \(--compile off\)"):
+    with pytest.raises(VggfeatError, match=r"torch.compile failed .*; run without it: compile='off' \(--compile off\)"):
         on.describe(images[:4])
 
 

@@ -379,10 +379,10 @@ def test_a_conv_layer_takes_a_scale_below_224(one_image):
 
 
 @pytest.mark.parametrize("command, option, message", [
-    ("extract", ["--layer", "fc6", "--resize-side", "long"], "--resize-side long works with conv and pool layers"),
+    ("extract", ["--layer", "fc6", "--resize-side", "long"], "(--resize-side long) works with conv and pool layers"),
     ("extract", ["--pooling", "gem", "--layer", "fc8"], "gem pooling/aggregation needs non-negative"),
-    ("extract", ["--decoder", "nvjpeg", "--device", "cpu"], "--decoder nvjpeg decodes on a CUDA device"),
-    ("classify", ["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+    ("extract", ["--decoder", "nvjpeg", "--device", "cpu"], "(--decoder nvjpeg) decodes on a CUDA device"),
+    ("classify", ["--precision", "fp16", "--device", "cpu"], "(--precision fp16) needs a CUDA device"),
     ("classify", ["--no-dense"], "nothing to evaluate"),
     ("extract", [], "exists; pass --overwrite"),
     ("classify", [], "exists; pass --overwrite"),

@@ -238,6 +238,13 @@ def test_dim_and_config_reflect_options(random_vgg16):
     assert Extractor(random_vgg16, scales=[224, 256], aggregate="stack", layer="fc6", device="cpu").dim == 8192
 
 
+def test_an_extractor_shows_its_network_scales_device_and_precision(random_vgg16):
+    """Its repr was Python's default, <vggfeat.extractor.Extractor object at 0x...>."""
+    extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224, 256], device="cpu")
+    assert repr(extractor) == ("Extractor(model='vgg16', weights='random', layer='conv1_1', scales=(224, 256), "
+                               "device='cpu', precision='fp32', dim=64)")
+
+
 def test_describe_empty_list(random_vgg16):
     out = Extractor(random_vgg16, scales=[224], device="cpu").describe([])
     assert out.shape == (0, 4096) and out.dtype == np.float32
@@ -281,14 +288,16 @@ def test_to_input_matches_torchvision_resize_and_normalize():
         ({"layer": "fc9"}, ["layer", "'fc9'", "fc7", "fc8", "conv5_3"]),
         ({"scales": [200, 256]}, ["200", "224", "fc7", "conv5_3"]),
         ({"scales": [200], "layer": "fc8"}, ["200", "224", "fc8"]),
-        ({"scales": [200], "layer": "conv5_3", "center_crop": True}, ["200", "--center-crop"]),
+        ({"scales": [200], "layer": "conv5_3", "center_crop": True}, ["200", "center_crop (--center-crop)"]),
         ({"scales": [16, 256], "layer": "conv5_3"}, ["16", "32", "stride"]),
         ({"scales": [256, 256]}, ["repeat", "256"]),
         ({"scales": []}, ["scale"]),
         ({"pooling": "median"}, ["pooling", "'median'", "avg", "max"]),
         ({"aggregate": "concat"}, ["aggregate", "'concat'", "mean", "stack"]),
         ({"precision": "fp64"}, ["precision", "'fp64'", "fp32", "bf16"]),
-        ({"precision": "fp16", "device": "cpu"}, ["fp16", "CUDA"]),
+        ({"precision": "fp16", "device": "cpu"}, ["precision='fp16' (--precision fp16)", "CUDA"]),  # a Python user's name too
+        ({"layer": "conv5_3", "resize_side": "long", "center_crop": True},
+         ["center_crop (--center-crop)", "resize_side='long' (--resize-side long)"]),
         ({"batch_size": 0}, ["batch size", "auto"]),
         ({"batch_size": "big"}, ["batch size", "'big'"]),
         ({"scales": [224.9]}, ["whole numbers", "224.9"]),  # was 224, silently

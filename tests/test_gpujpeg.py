@@ -85,8 +85,9 @@ def test_it_is_quiet_at_the_terminal(tmp_path):
 
 
 @pytest.mark.parametrize("where, expected", [
-    (dict(device="cpu"), "--decoder nvimgcodec decodes on a CUDA device"),
-    (dict(device="cpu", decode_in="processes"), "--decoder nvimgcodec decodes on the GPU, from this process"),
+    (dict(device="cpu"), r"decoder='nvimgcodec' \(--decoder nvimgcodec\) decodes on a CUDA device"),
+    (dict(device="cpu", decode_in="processes"),
+     r"decoder='nvimgcodec' \(--decoder nvimgcodec\) decodes on the GPU, from this process"),
 ])
 def test_it_is_refused_where_it_cannot_run(random_vgg16, where, expected):
     with pytest.raises(VggfeatError, match=expected):

@@ -159,7 +159,7 @@ def test_torchvision_decoder_end_to_end_equals_pil(random_vgg16, tmp_path):
 
 
 def test_nvjpeg_needs_a_gpu(random_vgg16):
-    with pytest.raises(VggfeatError, match="nvjpeg decodes on a CUDA device"):
+    with pytest.raises(VggfeatError, match=r"decoder='nvjpeg' \(--decoder nvjpeg\) decodes on a CUDA device"):
         Extractor(random_vgg16, device="cpu", decoder="nvjpeg")
 
 
@@ -175,7 +175,8 @@ def test_the_chosen_library_decodes(library, tmp_path, monkeypatch):
 def test_without_a_decoding_library_the_decoder_options_are_refused(random_vgg16, monkeypatch):
     monkeypatch.setattr(vggfeat.jpeg, "LIBRARIES", {})
     vggfeat.jpeg.decoder_library.cache_clear()
-    with pytest.raises(VggfeatError, match=r"--decoder torchvision needs TorchCodec \(pip install torchcodec\)"):
+    with pytest.raises(VggfeatError, match=r"decoder='torchvision' \(--decoder torchvision\) needs TorchCodec "
+                                           r"\(pip install torchcodec\)"):
         Extractor(random_vgg16, device="cpu", decoder="torchvision")
     Extractor(random_vgg16, device="cpu", decoder="pil")  # PIL needs neither
     assert Extractor(random_vgg16, device="cpu").decoder == "pil"  # and auto falls back to it

@@ -163,7 +163,8 @@ def test_lbfgs_that_stops_at_max_iter_is_warned_about(overlapping):
 
 @pytest.mark.parametrize("params, message", [
     ({"solver": "sgd"}, "unknown solver 'sgd'; choose one of liblinear, lbfgs"),
-    ({"solver": "lbfgs", "loss": "hinge"}, "the lbfgs solver trains the squared hinge loss .* use --solver liblinear"),
+    ({"solver": "lbfgs", "loss": "hinge"},
+     r"the lbfgs solver trains the squared hinge loss .* use solver='liblinear' \(--solver liblinear\)"),
     ({"solver": "lbfgs", "device": "tpu"}, "unknown device 'tpu'"),
 ])
 def test_solver_parameters_are_refused_clearly(overlapping, params, message):
@@ -173,7 +174,8 @@ def test_solver_parameters_are_refused_clearly(overlapping, params, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
 def test_lbfgs_on_a_gpu_where_there_is_none_says_so(overlapping):
-    with pytest.raises(VggfeatError, match="device cuda asked for, but CUDA is not available here; use --device cpu"):
+    with pytest.raises(VggfeatError, match=r"device cuda asked for, but CUDA is not available here; use device='cpu' "
+                                           r"\(--device cpu\)"):
         LinearSVM(C=1.0, solver="lbfgs", device="cuda").fit(*overlapping)
 
 

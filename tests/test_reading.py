@@ -95,7 +95,7 @@ def test_descriptors_and_the_written_file_are_those_of_threads(random_vgg16, tmp
 
 
 def test_nvjpeg_is_not_decoded_in_processes(random_vgg16):
-    with pytest.raises(VggfeatError, match="nvjpeg decodes on the GPU, from this process"):
+    with pytest.raises(VggfeatError, match=r"decoder='nvjpeg' \(--decoder nvjpeg\) decodes on the GPU, from this process"):
         Extractor(random_vgg16, device="cpu", decoder="nvjpeg", decode_in="processes")
     with pytest.raises(VggfeatError, match="unknown place of decoding 'gpu'"):
         Extractor(random_vgg16, device="cpu", decode_in="gpu")

@@ -5,6 +5,7 @@ path as an image is by its own."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import h5py
@@ -20,7 +21,7 @@ from runhelpers import FAST, crash_on_part, error_line, read_output, run_main
 from vggfeat import Extractor
 from vggfeat.decode import decode_image
 from vggfeat.discover import read_file_list
-from vggfeat.errors import ImageError, VggfeatError
+from vggfeat.errors import ImageError, InvalidInput, VggfeatError
 from vggfeat.features import load_features
 from vggfeat.labels import read_labels_csv
 from vggfeat.regions import Region, count_regions, crop, from_corners, split_region
@@ -170,6 +171,27 @@ def test_the_regions_of_an_image_decode_it_once(tmp_path, random_vgg16, monkeypa
     assert np.isnan(described[4]).all()  # too small a region
 
 
+def test_regions_given_as_plain_tuples_are_regions_and_other_values_are_refused(tmp_path, random_vgg16):
+    """A Region is a named tuple (x, y, width, height): its four numbers as a plain tuple, a list or
+    an array's row describe the same box (they ended in an AttributeError: 'tuple' object has no
+    attribute 'width'). Anything else is refused, saying what a region is, before an image is read."""
+    root = tmp_path / "images"
+    write_people(root)
+    files = [root / "street.jpg", root / "turned.png", root / "street.jpg"]
+    extractor = Extractor(random_vgg16, layer="conv1_1", scales=[224], flip=False, device="cpu")
+    expected = extractor.extract(files, regions=[Region(40, 30, 120, 200), None, Region(0, 0, 64, 64)])
+    for regions in ([(40, 30, 120, 200), None, (0, 0, 64, 64)], [[40, 30, 120, 200], None, [0, 0, 64, 64]],
+                    [np.array([40, 30, 120, 200]), None, np.array([0, 0, 64, 64], dtype=np.int32)]):
+        np.testing.assert_allclose(extractor.extract(files, regions=regions), expected, rtol=1e-5, atol=1e-6)
+    for wrong in ((40, 30, 120), "40,30,120,200", {"x": 40}):
+        with pytest.raises(InvalidInput, match=r"region 1: expected a vggfeat.regions.Region\(x, y, width, height\), a "
+                                               rf"tuple of those four whole numbers, or None \(the whole image\), got "
+                                               rf"{re.escape(repr(wrong))}; a box of corners"):
+            extractor.extract(files, regions=[None, wrong, None])
+    with pytest.raises(InvalidInput, match=r"got one region: give \[Region\(x=0, y=0, width=64, height=64\)\]"):
+        extractor.extract(files[:1] * 4, regions=Region(0, 0, 64, 64))
+
+
 def test_regions_through_the_python_api_and_worker_processes(tmp_path, random_vgg16):
     root = tmp_path / "images"
     write_people(root)
@@ -192,8 +214,8 @@ def test_regions_are_refused_with_jpeg_draft_before_any_work(tmp_path, devices):
     listed = write_list(tmp_path / "regions.txt", ["street.jpg#xywh=40,30,120,200", "street.jpg"])
     code, _, err = run_main(["extract", "--file-list", listed, "--root", root, tmp_path / "out.h5", *CHEAP, "--jpeg-draft",
                              "--device", devices])
-    assert error_line(err) == "Error: --jpeg-draft decodes a JPEG as small as its whole image allows, too small for a " \
-                              "region of it: describe regions without --jpeg-draft" and code == 2
+    assert error_line(err) == "Error: jpeg_draft (--jpeg-draft) decodes a JPEG as small as its whole image allows, too " \
+                              "small for a region of it: describe regions without it" and code == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "regions.txt"]
 
 

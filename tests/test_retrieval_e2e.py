@@ -114,7 +114,7 @@ def test_batched_retrieval_descriptor_equals_one_image_at_a_time(random_vgg16, p
 
 
 def test_resize_side_long_is_refused_for_fully_connected_layers(random_vgg16, tmp_path):
-    with pytest.raises(VggfeatError, match="resize-side long works with conv and pool layers"):
+    with pytest.raises(VggfeatError, match=r"resize_side='long' \(--resize-side long\) works with conv and pool layers"):
         Extractor(random_vgg16, layer="fc7", resize_side="long", device="cpu")
     Image.fromarray(smooth_rgb(64, 64)).save(tmp_path / "x.png")
     code, _, err = run_main(["extract", tmp_path, tmp_path / "o.h5", "--weights", "random", "--resize-side", "long",

@@ -23,7 +23,7 @@ import vggfeat.index
 import vggfeat.svm
 import vggfeat.whitening
 from vggfeat import protocol, transfer
-from vggfeat.errors import VggfeatError
+from vggfeat.errors import InvalidInput, VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
 from vggfeat.primal import primal_objective
@@ -230,7 +230,8 @@ def test_a_class_of_one_example_trains_with_a_fixed_C():
 def test_bad_training_data_is_refused_clearly():
     X, y, _, _ = blobs(classes=3, per_class=4)
     with pytest.raises(VggfeatError, match=r"class 0 has only 4 training example\(s\); at least 5, one per "
-                                           r"cross-validation fold, needed to choose C: fix --C \(in place of --cv\), lower --cv"):
+                                           r"cross-validation fold, needed to choose C: fix C \(--C, in place of --cv\), "
+                                           r"lower cv \(--cv\)"):
         LinearSVM(cv=5).fit(X, y)
     with pytest.raises(VggfeatError, match="need at least 2 classes"):
         LinearSVM(C=1).fit(X[:4], y[:4])
@@ -252,6 +253,24 @@ def test_bad_training_data_is_refused_clearly():
     with pytest.raises(VggfeatError, match="class 'plum' has only 2 training example"):
         fitted.set_params(C=None).fit(X, ["apple"] * 6 + ["pear"] * 4 + ["plum"] * 2)
     np.testing.assert_array_equal(fitted.predict(X), before)
+
+
+@pytest.mark.parametrize("solver, device, message", [
+    ("liblinear", "tpu", "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+    ("liblinear", "cuda:0", "device='cuda:0' is where solver='lbfgs' runs; liblinear runs on the CPU"),
+    ("lbfgs", "tpu", "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_the_solver_cannot_use_is_refused_as_the_other_parameters_are(solver, device, message):
+    """liblinear, on the CPU, trained whatever device= it was given: a typo, or a GPU asked for in
+    vain, went unnoticed (train-svm refuses --device cuda with liblinear). Refused in fit as the
+    other parameters are: an InvalidInput, a ValueError as scikit-learn's (lbfgs's was neither)."""
+    X, y, _, _ = blobs()
+    svm = LinearSVM(C=1.0, solver=solver, device=device)  # kept as given, as scikit-learn's estimators keep theirs
+    with pytest.raises(InvalidInput, match=message):
+        svm.fit(X, y)
+    assert svm.get_params()["device"] == device and not hasattr(svm, "coef_")
+    for fine in ("auto", "cpu"):
+        assert LinearSVM(C=1.0, solver=solver, device=fine).fit(X, y).coef_.shape == (3, 8)
 
 
 def test_two_classes_are_scored_as_scikit_learn_scores_them():
@@ -965,6 +984,15 @@ def test_the_estimator_train_svm_returns_copies_what_it_is_given_and_shows_brief
     assert repr(transfer.predict(saved, features)) == "Scored(rows=30, classes=3, multilabel=False, failed=0)"
     assert repr(vggfeat.index.index_features(features, backend="numpy")) == (
         "VectorIndex(kind='flat', rows=30, dim=8, classes=3, backend='numpy')")
+
+
+def test_a_features_file_shows_its_path_size_and_model_open_or_closed(tmp_path):
+    """Its repr was Python's default, <vggfeat.features.FeatureFile object at 0x...>."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "f.h5", X, paths, y, names)
+    with FeatureFile(features) as f:
+        assert repr(f) == f"FeatureFile({str(features)!r}, rows=30, dim=8, model='vgg16')"
+    assert repr(f) == f"FeatureFile({str(features)!r}, rows=30, dim=8, model='vgg16', closed=True)"
 
 
 def test_targets_that_are_not_classes_and_configs_that_are_not_a_list_are_refused(tmp_path):

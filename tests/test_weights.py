@@ -202,6 +202,7 @@ def test_missing_file(tmp_path):
     with pytest.raises(VggfeatError, match="not found") as raised:
         load_vgg("vgg11", path)
     assert str(path) in str(raised.value)
+    assert "(weights=, --weights: 'imagenet', 'random' or a file)" in str(raised.value)  # Extractor's name, and the CLI's
 
 
 @pytest.mark.parametrize(
@@ -426,6 +427,7 @@ def test_imagenet_offline_gives_a_clear_error(empty_hub):
     assert empty_hub, "no download was attempted: the offline path was not exercised"
     assert str(cache) in message
     assert "--weights" in message and "offline" in message
+    assert f"pass its path as weights= (--weights /path/to/{cache.name})" in message  # Extractor's name too
     assert not cache.exists()  # no broken or partial file left to be loaded next time
     assert not any(cache.parent.glob("*")) if cache.parent.exists() else True
 

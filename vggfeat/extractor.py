@@ -30,7 +30,7 @@ from .network import MIN_INPUT_SIDE, DenseVGG, load_network
 from .pooling import ALIASES, GEM_P, RETRIEVAL_POOLINGS, pool_map
 from .processes import shared_memory_holds
 from .reading import GPU_DECODERS, ImageReader
-from .regions import JPEG_DRAFT_REGIONS, Region
+from .regions import JPEG_DRAFT_REGIONS, Region, Regions
 from .resize import RESIZE_RECIPE, as_tensors, jpeg_reduction, pad_batch, plan_batches, to_device, to_inputs
 from .settings import (check_choice, check_options, check_scales, default_layer, cpu_bf16, resolve_decoder, resolve_device,
                        resolve_precision)
@@ -91,6 +91,37 @@ def _rgb_pixels(image: np.ndarray | torch.Tensor, index: int) -> np.ndarray | to
     what = f"{image.dtype} {type(image).__name__} of shape {tuple(image.shape)}" if held else type(image).__name__
     raise InvalidInput(f"image {index}: expected decoded RGB pixels, a uint8 array (H, W, 3) or tensor [3, H, W], got a "
                        f"{what} (a PIL image: np.asarray(image.convert('RGB')); a file: vggfeat.decode.decode_image(path))")
+
+
+# A region as extract takes it: a Region, or the same four numbers (x, y, width, height) as a
+# plain tuple, a list or a row of an array (see _as_regions).
+RegionLike = Region | tuple[int, int, int, int] | Sequence[int] | np.ndarray
+
+
+def _as_regions(regions: Sequence[RegionLike | None] | None) -> Sequence[Region | None] | None:
+    """``regions`` as Regions (or None, the whole image), refused with what is expected where an
+    entry is no region. A Region is a named tuple of (x, y, width, height): the same four numbers
+    as a plain tuple, a list or an array's row are taken as such, as a user who wrote
+    ``(x, y, w, h)`` means them. vggfeat's own :class:`~vggfeat.regions.Regions` (a list's millions
+    of paths, worked out when indexed) give Regions already: passed as they are."""
+    if regions is None or isinstance(regions, Regions):
+        return regions
+    if isinstance(regions, Region):  # one region where a region per path belongs: its four numbers were taken for four
+        raise InvalidInput(f"regions: expected a region (or None) per path, got one region: give [{regions!r}]")
+    checked: list[Region | None] = []
+    for index, region in enumerate(regions):
+        if region is None or isinstance(region, Region):
+            checked.append(region)
+        elif isinstance(region, np.ndarray) and region.shape == (4,):
+            checked.append(Region(*region.tolist()))  # plain ints: NumPy's own, np.int64(10), would clutter messages
+        elif isinstance(region, (tuple, list)) and len(region) == 4:
+            # Whole numbers or not: crop refuses a region of fractions as it refuses a Region of them (a failed row).
+            checked.append(Region(*region))
+        else:
+            raise InvalidInput(f"region {index}: expected a vggfeat.regions.Region(x, y, width, height), a tuple of "
+                               f"those four whole numbers, or None (the whole image), got {region!r}; a box of corners "
+                               "[x1, y1, x2, y2] is vggfeat.regions.from_corners(box)")
+    return checked
 
 
 class Extractor:
@@ -238,6 +269,14 @@ class Extractor:
         per_scale = self.network.layer_dims[self.layer]
         return per_scale * len(self.scales) if self.aggregate == "stack" else per_scale
 
+    def __repr__(self) -> str:  # (Python's default says nothing of the network or where it runs)
+        # A FusedExtractor's other networks too (its first is this one's): model= as it was given, a list.
+        others = [other.network.arch for other in getattr(self, "others", [])]
+        model = [self.network.arch, *others] if others else self.network.arch
+        weights = ", weights='random'" if self.random_weights else ""  # (the numbers mean nothing: said, as files record it)
+        return (f"{type(self).__name__}(model={model!r}{weights}, layer={self.layer!r}, scales={self.scales}, "
+                f"device={str(self.device)!r}, precision={self.precision!r}, dim={self.dim})")
+
     @property
     def random_weights(self) -> bool:
         """Whether the network has random weights (smoke tests only): said, and recorded in files."""
@@ -273,9 +312,12 @@ class Extractor:
         }
 
     def extract(self, paths: Sequence[str | os.PathLike], errors: str = "raise",
-                regions: Sequence[Region | None] | None = None) -> np.ndarray:
+                regions: Sequence[RegionLike | None] | None = None) -> np.ndarray:
         """Descriptors [len(paths), dim] float32, in the order of ``paths``; of the region of each
-        image that ``regions`` gives, where it gives one (see :mod:`vggfeat.regions`).
+        image that ``regions`` gives, where it gives one (see :mod:`vggfeat.regions`): a
+        :class:`~vggfeat.regions.Region`, or a tuple (or list, or array row) of its four whole
+        numbers, ``(x, y, width, height)``; None for the whole image. A box given by its corners
+        [x1, y1, x2, y2] is :func:`~vggfeat.regions.from_corners`'s to convert.
 
         ``errors="raise"`` raises :class:`ImageError` naming the first unusable file;
         ``errors="nan"`` fills its row with NaN instead.
@@ -291,7 +333,7 @@ class Extractor:
         return result
 
     def iter_chunks(self, paths: Sequence[str | os.PathLike], chunk_images: int | None = None,
-                    regions: Sequence[Region | None] | None = None) -> Iterator[Chunk]:
+                    regions: Sequence[RegionLike | None] | None = None) -> Iterator[Chunk]:
         """Describe ``paths`` (or the region of each that ``regions`` gives) in consecutive chunks, in order.
 
         Threads decode ahead of the network. A chunk's results are collected only after the next
@@ -299,6 +341,7 @@ class Extractor:
         host between chunks.
         """
         check_sequence(paths, "image paths")
+        regions = _as_regions(regions)
         if regions is not None and len(regions) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(regions)} regions")
         if regions is not None and self.jpeg_draft:
@@ -489,7 +532,8 @@ class Extractor:
                     raise
                 reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
                 if self.compile == "on":
-                    raise VggfeatError(f"torch.compile failed ({reason}); run without it (--compile off)") from error
+                    raise VggfeatError(f"torch.compile failed ({reason}); run without it: compile='off' "
+                                       "(--compile off)") from error
                 warnings.warn(f"torch.compile failed ({reason}); the network runs uncompiled", stacklevel=2)
                 self._compiling, self.compile = False, "off"  # nor in later runs
         return self._runner(batch, self.layer, sizes)[0]
@@ -501,8 +545,9 @@ _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def too_large_for_memory(size: tuple[int, int], scale: int, on_gpu: bool) -> str:
     """The reason an image of ``size`` (height, width) failed: it does not fit in memory alone."""
     height, width = size
+    on_cpu = "device='cpu' (--device cpu) or " if on_gpu else ""
     return (f"a {width}x{height} image does not fit in {'GPU ' * on_gpu}memory at Q={scale}; describe it with "
-            f"{'--device cpu or ' * on_gpu}smaller --scales")
+            f"{on_cpu}smaller scales (--scales)")
 
 
 def out_of_memory(error: BaseException) -> bool:

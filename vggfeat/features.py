@@ -86,6 +86,13 @@ class FeatureFile:
         if len(self.labels) and (self.labels.min() < -1 or self.labels.max() >= len(self.classes)):
             self._file.close()
             raise VggfeatError(f"{self.path} is damaged: /labels holds indices outside /classes ({len(self.classes)} classes)")
+        self._shape: tuple[int, int] = self.features.shape  # [rows, dim] (layout checked): for repr once closed
+
+    def __repr__(self) -> str:  # (Python's default says nothing of the file; never every path: millions)
+        stacked = [part.get("model") for part in self.config.get("stacked", [])]  # a 'vggfeat stack' file's networks
+        model = self.config.get("model", stacked or None)
+        closed = "" if self._file else ", closed=True"  # (an h5py File is false once closed: its datasets answer no more)
+        return f"FeatureFile({str(self.path)!r}, rows={self._shape[0]:,}, dim={self._shape[1]}, model={model!r}{closed})"
 
     @functools.cached_property
     def paths(self) -> list[str]:

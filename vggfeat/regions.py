@@ -30,8 +30,8 @@ FRAGMENT = "#xywh="
 # default unit, written or not ("percent:" is not taken).
 _REGION = re.compile(r"(?P<path>.+?#xywh=(?:pixel:)?\d+,\d+,\d+,\d+)(?:,(?P<label>.*))?")
 _BOX = re.compile(r"(?:pixel:)?(\d+),(\d+),(\d+),(\d+)")
-JPEG_DRAFT_REGIONS = ("--jpeg-draft decodes a JPEG as small as its whole image allows, too small for a region of it: "
-                      "describe regions without --jpeg-draft")
+JPEG_DRAFT_REGIONS = ("jpeg_draft (--jpeg-draft) decodes a JPEG as small as its whole image allows, too small for a "
+                      "region of it: describe regions without it")
 
 
 class Region(NamedTuple):

@@ -83,22 +83,24 @@ def check_options(
     if not gem_p > 0:
         raise VggfeatError(f"the GeM power p must be positive, got {gem_p}")
     if precision in ("tf32", "fp16") and device.type != "cuda":
-        raise VggfeatError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
+        raise VggfeatError(f"precision={precision!r} (--precision {precision}) needs a CUDA device; use fp32 or bf16 on the CPU")
     check_choice("decoder", decoder, ("auto", *DECODERS))
     check_choice("autotune", autotune, AUTOTUNES)
     check_choice("compile", compile, AUTOTUNES)
     check_choice("place of decoding", decode_in, DECODE_IN)
     if decoder in GPU_DECODERS and decode_in == "processes":
-        raise VggfeatError(f"--decoder {decoder} decodes on the GPU, from this process: use --decode-in threads")
+        raise VggfeatError(f"decoder={decoder!r} (--decoder {decoder}) decodes on the GPU, from this process: use "
+                           "decode_in='threads' (--decode-in threads)")
     if decoder in GPU_DECODERS and device.type != "cuda":
-        raise VggfeatError(f"--decoder {decoder} decodes on a CUDA device; use torchvision or pil on the CPU")
+        raise VggfeatError(f"decoder={decoder!r} (--decoder {decoder}) decodes on a CUDA device; use torchvision or pil "
+                           "on the CPU")
     if decoder == "nvimgcodec" and gpujpeg.version() is None:
-        raise VggfeatError(f"--decoder nvimgcodec needs NVIDIA's nvImageCodec, which is not installed: "
-                           f"{gpujpeg.install_command()}; or use --decoder nvjpeg or torchvision")
+        raise VggfeatError(f"decoder='nvimgcodec' (--decoder nvimgcodec) needs NVIDIA's nvImageCodec, which is not installed: "
+                           f"{gpujpeg.install_command()}; or use nvjpeg or torchvision")
     if decoder in ("torchvision", "nvjpeg") and decoder_library() == "none":
-        raise VggfeatError(f"--decoder {decoder} needs TorchCodec (pip install torchcodec) or a torchvision that decodes "
-                           "JPEG batches (0.19 and later, before its removal of torchvision.io.decode_jpeg); or use "
-                           "--decoder pil")
+        raise VggfeatError(f"decoder={decoder!r} (--decoder {decoder}) needs TorchCodec (pip install torchcodec) or a "
+                           "torchvision that decodes JPEG batches (0.19 and later, before its removal of "
+                           "torchvision.io.decode_jpeg); or use pil")
     if batch_size not in (None, "auto") and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                              or batch_size < 1):
         raise VggfeatError(f"batch size must be 'auto' or at least 1, got {batch_size!r}")
@@ -111,13 +113,13 @@ def check_options(
         name = model.arch if isinstance(model, DenseVGG) else model
         raise VggfeatError(f"unknown layer {layer!r} for {name}; choose one of {', '.join(layers)}")
     if center_crop and resize_side == "long":
-        raise VggfeatError("--center-crop takes the central 224x224 of the image resized by its short side; "
-                           "it does not combine with --resize-side long")
+        raise VggfeatError("center_crop (--center-crop) takes the central 224x224 of the image resized by its short "
+                           "side; it does not combine with resize_side='long' (--resize-side long)")
     # Refused as a combination rather than failing image by image: with the long side at Q, any
     # image more elongated than Q:224 would come out too small for fc6's 7x7 window.
     if resize_side == "long" and layer.startswith("fc"):
-        raise VggfeatError(f"--resize-side long works with conv and pool layers (e.g. conv5_3), not {layer}: "
-                           f"fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
+        raise VggfeatError(f"resize_side='long' (--resize-side long) works with conv and pool layers (e.g. conv5_3), "
+                           f"not {layer}: fc6-fc8 need the short side >= {MIN_INPUT_SIDE} after resizing")
     if "gem" in (pooling, aggregate) and layer == "fc8":
         raise VggfeatError("gem pooling/aggregation needs non-negative activations; fc8 class scores are not")
 
@@ -130,7 +132,7 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, ValueError):
         raise VggfeatError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use --device cpu")
+        raise VggfeatError(f"device {name} asked for, but CUDA is not available here; use device='cpu' (--device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise VggfeatError(f"device {name} asked for, but this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
@@ -158,11 +160,11 @@ def check_scales(scales: Sequence[int], layer: str | None = None, center_crop: b
         raise VggfeatError(f"scale {smallest} is below {MIN_RESIZED_SIDE}, the network's total stride: "
                            f"pool5 would have no map to pool")
     if smallest < MIN_INPUT_SIDE and center_crop:
-        raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: --center-crop takes the central "
+        raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: center_crop (--center-crop) takes the central "
                            f"{MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}, so Q must be >= {MIN_INPUT_SIDE}")
     # fc6 is a 7x7 window on the pool5 map; the conv and pool layers take any map of 1x1 or more.
     if smallest < MIN_INPUT_SIDE and layer is not None and layer.startswith("fc"):
         raise VggfeatError(f"scale {smallest} is below {MIN_INPUT_SIDE}: {layer} needs fc6's 7x7 window on the "
-                           f"pool5 map, so Q must be >= {MIN_INPUT_SIDE} (conv and pool layers, such as 'extract "
-                           f"--layer conv5_3' describes, take Q >= {MIN_RESIZED_SIDE})")
+                           f"pool5 map, so Q must be >= {MIN_INPUT_SIDE} (conv and pool layers, such as conv5_3, "
+                           f"take Q >= {MIN_RESIZED_SIDE})")
     return scales

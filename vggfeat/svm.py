@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ PRIMAL_GAP = 1e-3
 # is a kernel launched.
 LBFGS_BLOCK_VALUES = 2**20
 LBFGS_GPU_BLOCK_VALUES = 2**24
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # the devices that LinearSVM's device takes, as written
 
 
 def training_memory(rows: int, dim: int, n_jobs: int = 1, nonzero_fraction: float = 1.0, solver: str = "liblinear",
@@ -317,7 +319,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise InvalidInput(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.solver == "lbfgs" and self.loss != "squared_hinge":
             raise InvalidInput("the lbfgs solver trains the squared hinge loss (L2-SVM); the hinge loss, not "
-                               "differentiable, is liblinear's: use --solver liblinear")
+                               "differentiable, is liblinear's: use solver='liblinear' (--solver liblinear)")
+        self._check_device()
         if self.class_weight not in (None, "balanced"):
             raise InvalidInput(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
         if not _is_integer_at_least(self.n_jobs, 1):
@@ -326,6 +329,24 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise InvalidInput(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not _is_positive_number(self.tol):
             raise InvalidInput(f"tol must be a positive number, got {self.tol!r}")
+
+    def _check_device(self) -> None:
+        """Refuse a device that is no device, whatever the solver (liblinear ignored it: a typo went
+        unnoticed), and, as ``train-svm`` does, a GPU for liblinear, which runs on the CPU alone. lbfgs's
+        device is resolved here, before the descriptors are copied, rather than at its first fit."""
+        name = str(self.device)  # (a torch.device too, as resolve_device takes it)
+        if self.solver == "lbfgs":
+            try:
+                _torch_device(name)
+            except VggfeatError as error:  # (settings' own error: an InvalidInput, as the other parameters')
+                raise InvalidInput(str(error)) from None
+            return
+        # liblinear: no torch to import to check the name (seconds), so the names the docstring gives
+        if not _DEVICE_NAME.fullmatch(name):
+            raise InvalidInput(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+        if name not in ("auto", "cpu"):
+            raise InvalidInput(f"device={self.device!r} is where solver='lbfgs' runs; liblinear runs on the CPU: leave "
+                               "device at 'auto' or 'cpu', or use solver='lbfgs'")
 
     def _prepare(self, X: np.ndarray, copy: bool, dtype: type = np.float64) -> np.ndarray:
         X = dense_array(X)
@@ -395,8 +416,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold.
             if self.C is None and count < self.cv:
                 raise InvalidInput(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
-                                   "cross-validation fold, needed to choose C: fix --C (in place of --cv), lower --cv, leave the class "
-                                   "out (--exclude-class) or add images")
+                                   "cross-validation fold, needed to choose C: fix C (--C, in place of --cv), lower cv "
+                                   "(--cv), leave the class out (--exclude-class) or add images")
             if count == rows:
                 raise InvalidInput(f"class {name} holds every training example: nothing to tell it from")
         return targets, classes_

@@ -143,8 +143,9 @@ def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
     (offline, say), or came damaged (torch.hub then keeps nothing), or the cached file is there
     but cannot be read (another user's, say) or is damaged, or the cache cannot be written."""
     cache = imagenet_cache_file(model)
-    fetch = (f"If this machine is offline, fetch that file elsewhere and put it at {cache}, or pass "
-             f"--weights /path/to/{cache.name}; --weights random --seed 0 runs without them (smoke tests only)")
+    fetch = (f"If this machine is offline, fetch that file elsewhere and put it at {cache}, or pass its path as "
+             f"weights= (--weights /path/to/{cache.name}); weights='random' (--weights random) runs without them "
+             "(smoke tests only)")
     if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError)):
         return VggfeatError(f"could not download the ImageNet weights of {model} from {url} ({_short(error)}). {fetch}")
     if not cache.is_file() and "hash" in str(error):  # torch.hub's check of the download, which it then deleted
@@ -155,7 +156,8 @@ def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
                             "to this user, or point TORCH_HOME at a cache of your own")
     if isinstance(error, OSError):  # the cache's folder cannot be made or written
         return VggfeatError(f"cannot keep the ImageNet weights of {model} in torch's cache, {cache.parent} "
-                            f"({_short(error)}): point TORCH_HOME at a folder you can write, or pass --weights FILE")
+                            f"({_short(error)}): point TORCH_HOME at a folder you can write, or pass the file as weights= "
+                            "(--weights FILE)")
     reason = _refused_pickle(error) if isinstance(error, pickle.UnpicklingError) else _unreadable(error)
     return VggfeatError(f"the ImageNet weights of {model} failed to load ({reason}); if {cache} is damaged, delete it to "
                         "download it again")
@@ -163,7 +165,7 @@ def _imagenet_refusal(model: str, url: str, error: Exception) -> VggfeatError:
 
 def _from_file(model: str, path: Path) -> VGG:
     if not path.is_file():
-        raise VggfeatError(f"{not_a_file(path, 'weights file')} (--weights takes 'imagenet', 'random' or a file)")
+        raise VggfeatError(f"{not_a_file(path, 'weights file')} (weights=, --weights: 'imagenet', 'random' or a file)")
     published = _imagenet_enum(model).url
     if path.name == os.path.basename(published):  # the offline user's copy of torchvision's file
         _check_published(path, model, published)
