@@ -67,6 +67,33 @@ def test_sigterm_before_the_run_starts_ends_as_terminated(tmp_path):
     assert not (tmp_path / "out.h5").exists()
 
 
+# A stop sent to the command as it loads the CLI's libraries: at the import of click.
+_STOPPED_WHILE_LOADING = """
+import os, signal, sys
+
+class StopAtClick:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            os.kill(os.getpid(), signal.{signal})
+        return None
+
+from vggfeat._entry import run
+assert "numpy" not in sys.modules, "the entry point loads NumPy before it handles stops"
+sys.meta_path.insert(0, StopAtClick())
+sys.argv = ["vggfeat", "--version"]
+run()
+"""
+
+
+@pytest.mark.parametrize("stop, code, said", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_stop_as_the_command_loads_its_libraries_ends_in_one_line(stop, code, said):
+    """Before, SIGTERM in the first tenths of a second killed the command without a word (-15) and
+    Ctrl-C printed the traceback of an import."""
+    result = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING.replace("{signal}", stop)],
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (code, f"Error: {said}\n"), result.stderr
+
+
 def test_resume_after_kill_9(tmp_path):
     images = tmp_path / "images"
     write_plain_folder(images, 5)

@@ -6,17 +6,21 @@ import importlib
 import importlib.util
 
 from ._version import __version__
-from .discover import ImageSet, find_images, read_file_list
-from .errors import ImageError, VggfeatError
 
-# The public names that need torch are imported on first use (PEP 562), so that ``import vggfeat``,
-# and with it every ``vggfeat`` command that reads files only, does not pay torch's import (~2 s).
+# The public names are imported on first use (PEP 562), so that ``import vggfeat``, and with it
+# every ``vggfeat`` command that reads files only, does not pay torch's import (~2 s), and the
+# command's entry point (:mod:`vggfeat._entry`) handles Ctrl-C before NumPy has loaded.
 _LAZY_NAMES = {
     "DenseVGG": "network",
     "ExtractionJob": "job",
     "Extractor": "extractor",
+    "ImageError": "errors",
+    "ImageSet": "discover",
     "MultiDeviceJob": "multidevice",
+    "VggfeatError": "errors",
+    "find_images": "discover",
     "load_network": "network",
+    "read_file_list": "discover",
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m vggfeat`` runs the ``vggfeat`` command."""
 
-from .cli import main
+from ._entry import run
 
-main()
+run()
