@@ -342,6 +342,28 @@ def test_model_file_is_plain_data_and_round_trips(tmp_path):
     assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
 
 
+class Column:
+    """Labels as a dataframe library's column may hold them: NumPy reads them (__array__), but the
+    column dispatches no NumPy function (scikit-learn's estimator checks pass one such)."""
+
+    def __init__(self, values) -> None:
+        self.values = np.asarray(values)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(f"{func.__name__} is not for this column")
+
+
+def test_labels_of_an_array_like_that_numpy_reads_train_as_an_array():
+    """np.ndim(y), before y was read as an array, raised this column's TypeError."""
+    X, y, _, _ = blobs()
+    assert np.array_equal(LinearSVM(C=1.0).fit(X, Column(y)).coef_, LinearSVM(C=1.0).fit(X, y).coef_)
+    with pytest.raises(VggfeatError, match="expected a label per row, got 3"):
+        LinearSVM(C=1.0).fit(X, 3)
+
+
 def test_multilabel_targets_other_than_0_and_1_are_refused():
     """VOC's ground truth writes -1 for a negative: astype(bool) took it as a positive, silently."""
     X, y, _, _ = blobs()

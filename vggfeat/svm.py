@@ -377,9 +377,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     def _targets(self, y, rows: int, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
         """[N, K] bool targets of ``y``, and the K classes they are of."""
-        if np.ndim(y) == 0:
-            raise InvalidInput(f"expected a label per row, got {y!r}")
-        y = np.asarray(y)
+        y = np.asarray(y)  # first: np.ndim of an array-like that has only __array__ (a pandas-like column) raised TypeError
+        if y.ndim == 0:
+            raise InvalidInput(f"expected a label per row, got {y.item()!r}")
         if len(y) != rows:
             raise InvalidInput(f"{rows} descriptors but {len(y)} labels")
         if self.multilabel:
