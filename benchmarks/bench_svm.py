@@ -1,12 +1,15 @@
 """SVM training time and peak memory on synthetic descriptors, vggfeat against a naive loop.
 
+    python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 4 --n-jobs 2 --mode vggfeat
     python benchmarks/bench_svm.py --rows 100000 --dim 4096 --classes 100 --train-classes 2 --mode naive
     python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --device cpu [--dtype float16]
     python benchmarks/bench_svm.py --rows 20000 --dim 4096 --classes 10 --mode vggfeat --solver lbfgs --cv [--cold]
 
-Run each mode in its own process: the peak resident memory printed is the process's (VmHWM; not
+Each mode runs in its own process: the peak resident memory printed is the process's (VmHWM; not
 ru_maxrss, which Linux keeps across exec, so that a process started by a larger one reports its peak).
+--mode both (the default) runs naive, then vggfeat, each in a process of its own on the same file,
+and prints both results and their ratios.
 The features file is written once to --workdir with the vggfeat schema (float32, as `vggfeat
 extract` writes, or --dtype float16) and reused by later runs.
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -147,6 +151,25 @@ def run_naive(path: Path, train_classes: int, C: float) -> dict:
     return {"load_s": loaded - began, "prepare_s": prepared - loaded, "train_s": trained - prepared}
 
 
+def compare_modes(cross_validated: bool) -> None:
+    """Run this script's naive mode, then its vggfeat mode, with the arguments given, each in a
+    process of its own (each one's peak memory its own), and print both and their ratios."""
+    if cross_validated:
+        sys.exit("error: --cv is vggfeat's alone (the naive loop has no C to choose): pass --mode vggfeat")
+    results = {}
+    for mode in ("naive", "vggfeat"):
+        output = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True,
+                                stdout=subprocess.PIPE, text=True).stdout
+        print(output, end="", flush=True)
+        results[mode] = json.loads(output.splitlines()[-1])
+    naive, ours = results["naive"], results["vggfeat"]
+    extrapolated = " (extrapolated from the classes trained)" if naive["extrapolated"] or ours["extrapolated"] else ""
+    print(f"all {ours['classes']} classes: naive {naive['all_classes_s']:.1f} s, vggfeat {ours['all_classes_s']:.1f} s, "
+          f"{naive['all_classes_s'] / ours['all_classes_s']:.2f}x{extrapolated}; peak memory: naive "
+          f"{naive['peak_rss_gib']:.2f} GiB, vggfeat {ours['peak_rss_gib']:.2f} GiB, "
+          f"{ours['peak_rss_gib'] / naive['peak_rss_gib']:.2f}x naive's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, required=True)
@@ -155,7 +178,8 @@ def main() -> None:
     parser.add_argument("--train-classes", type=int, help="classes actually trained [default: all]")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--C", type=float, default=1.0)
-    parser.add_argument("--mode", choices=["vggfeat", "naive"], required=True)
+    parser.add_argument("--mode", choices=["both", "vggfeat", "naive"], default="both",
+                        help="both: naive then vggfeat, each in a process of its own, and their ratios")
     parser.add_argument("--solver", choices=["liblinear", "lbfgs"], default="liblinear", help="vggfeat's solver")
     parser.add_argument("--device", default="auto", help="where --solver lbfgs runs")
     parser.add_argument("--cv", action="store_true", help="vggfeat: choose C by cross-validation (all classes)")
@@ -175,6 +199,9 @@ def main() -> None:
         t = time.perf_counter()
         make_file(path, args.rows, args.dim, args.classes, args.signal, dtype=args.dtype)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s", flush=True)
+    if args.mode == "both":
+        compare_modes(args.cv)
+        return
     trained = min(args.train_classes or args.classes, args.classes) if args.solver == "liblinear" else args.classes
     import sklearn.svm  # noqa: F401  (both modes import it; vggfeat's lbfgs solver also imports torch, liblinear not)
     if args.mode == "vggfeat":
