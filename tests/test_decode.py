@@ -235,6 +235,17 @@ def test_dark_16bit_grayscale_is_not_mistaken_for_8bit(tmp_path):
         np.testing.assert_array_equal(_to_rgb(legacy)[0, ::10, 0], [0, 0, 1, 3])  # was [0, 128, 255, 255]
 
 
+def test_a_dark_16bit_pgm_is_not_mistaken_for_8bit(tmp_path):
+    """Pillow opens a PGM of maxval 65535 as "I": one whose values are all under 256 was taken for
+    8-bit data, 0..196 where a 16-bit PNG of the same values gives 0..1."""
+    values = np.array([[0, 128, 200, 255]], dtype=np.uint16).repeat(40, axis=0).repeat(10, axis=1)
+    (tmp_path / "dark.pgm").write_bytes(b"P5\n40 40\n65535\n" + values.astype(">u2").tobytes())
+    Image.fromarray(values).save(tmp_path / "dark.png")
+    decoded = decode_image(tmp_path / "dark.pgm")
+    np.testing.assert_array_equal(decoded[0, ::10, 0], [0, 0, 1, 1])  # was [0, 128, 200, 255]
+    np.testing.assert_array_equal(decoded, decode_image(tmp_path / "dark.png"))
+
+
 def _write_gray16_png(path, values: np.ndarray, transparent: int) -> None:
     """A 16-bit grayscale PNG whose tRNS chunk makes one gray value transparent, written byte by
     byte: Pillow before 10.1 cannot write one ("cannot use transparency for this mode")."""

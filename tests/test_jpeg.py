@@ -119,6 +119,32 @@ def test_a_truncated_jpeg_goes_to_pil(tmp_path):
     assert read_jpeg(whole, 10**9, 32) is not None
 
 
+def with_xmp_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an XMP block (APP1) that gives its orientation, and no EXIF block, as some
+    editors' exports have them."""
+    xmp = (b'http://ns.adobe.com/xap/1.0/\0<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+           b'"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+           b'tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation)
+    return jpeg[:2] + b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp + jpeg[2:]
+
+
+def test_a_jpeg_turned_by_its_xmp_alone_is_decoded_as_pillow_turns_it_by_every_decoder(tmp_path):
+    """Pillow takes the orientation from XMP where EXIF gives none; TorchCodec and torchvision never
+    did: the default decoder described such a photo lying on its side, --decoder pil upright."""
+    write_rgb(tmp_path / "stored.jpg", 40, 64, fmt="JPEG")
+    stored = (tmp_path / "stored.jpg").read_bytes()
+    (tmp_path / "turned.jpg").write_bytes(with_xmp_orientation(stored, 6))
+    (tmp_path / "upright.jpg").write_bytes(with_xmp_orientation(stored, 1))
+    assert read_jpeg(tmp_path / "turned.jpg", 10**9, 32) is None  # PIL's, which turns it
+    assert read_jpeg(tmp_path / "upright.jpg", 10**9, 32) is not None  # as stored: the batched decoders'
+    paths = [tmp_path / "turned.jpg", tmp_path / "upright.jpg"]
+    by_pil, by_torchvision = decoded("pil", paths), decoded("torchvision", paths)
+    assert by_pil[0].shape == (64, 40, 3)  # (height, width) of the image turned a quarter
+    for a, b in zip(by_pil, by_torchvision):
+        b = b.permute(1, 2, 0).numpy() if not isinstance(b, np.ndarray) else b
+        assert np.array_equal(a, b)
+
+
 def decoded(decoder: str, paths) -> list:
     reader = ImageReader(torch.device("cpu"), decoder, workers=2, max_pixels=DEFAULT_MAX_PIXELS, min_side=32)
     with reader.read(paths, lookahead=8) as results:

@@ -289,9 +289,10 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
         # "I", a 32-bit integer container, holds 8- or 16-bit data in practice: a PNG's is 16-bit
-        # gray (Pillow 10 opens it so, where later ones give I;16), however dark the image.
+        # gray (Pillow 10 opens it so, where later ones give I;16), however dark the image; a PGM's
+        # too (Pillow opens one of maxval above 255 as "I", scaled to 16 bits).
         pixels = np.asarray(image)
-        sixteen = mode != "I" or image.format == "PNG" or pixels.max(initial=0) > 255
+        sixteen = mode != "I" or image.format in ("PNG", "PPM") or pixels.max(initial=0) > 255
         gray = _scale_to_8bit(pixels, bit_depth=16 if sixteen else 8)
         transparent = image.info.get("transparency")
         if isinstance(transparent, int):  # a PNG's one transparent gray value: white, as alpha over white
