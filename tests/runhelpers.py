@@ -120,6 +120,37 @@ def interrupted_run(monkeypatch, args: list, after_parts: int = 1) -> None:
     monkeypatch.undo()
 
 
+class Killed(BaseException):
+    """A kill, simulated: no handler of the command's catches it, and nothing after it runs."""
+
+
+def killed_after_renaming(monkeypatch, name: str) -> None:
+    """Kill the command (:class:`Killed`) just after its file ``name`` is renamed into place
+    (:func:`vggfeat.files.replace_durably`): before anything it does next."""
+    import vggfeat.files
+
+    replace = vggfeat.files.replace_durably
+
+    def killed_after_the_rename(source, destination, *args, **kwargs) -> None:
+        replace(source, destination, *args, **kwargs)
+        if Path(destination).name == name:
+            raise Killed()
+
+    monkeypatch.setattr(vggfeat.files, "replace_durably", killed_after_the_rename)
+
+
+def needs_extended_attributes(folder) -> None:
+    """Skip the test where ``folder``'s file system keeps no extended attributes (in which an
+    output records how it was made: :mod:`vggfeat.rerun`)."""
+    probe = Path(folder) / ".xattr-probe"
+    probe.touch()
+    try:
+        os.setxattr(probe, "user.vggfeat.probe", b"{}")
+    except (AttributeError, OSError):
+        pytest.skip("this file system keeps no extended attributes: an output records nothing")
+    finally:
+        probe.unlink()
+
 
 # --------------------------------------------------------------------------- output files
 

@@ -25,7 +25,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from imagefiles import BAD_FILES, write_bad_files, write_rgb
-from runhelpers import FAST, assert_same_output, crash_on_part, error_line, flaky_storage, read_output, run_main
+from runhelpers import (FAST, Killed, assert_same_output, crash_on_part, error_line, flaky_storage,
+                        needs_extended_attributes, read_output, run_main)
 from reference import assert_close, reference_input
 import vggfeat.cli.options
 import vggfeat.extractor
@@ -702,6 +703,42 @@ def test_cli_fused_networks_are_all_counted_in_the_first_disk_warning(two_networ
     warnings = [" ".join(line.split()) for line in err.splitlines() if line.startswith("WARNING: this run needs")]
     assert [warning.split(" more disk")[0] for warning in warnings] == [
         f"WARNING: this run needs up to {size_text(2 * per_network)}", f"WARNING: this run needs up to {size_text(per_network)}"]
+
+
+@pytest.mark.parametrize("command", ["classify", "export"])
+def test_a_csv_killed_once_written_is_taken_up_by_the_same_command(small_network_for_cli, small_vgg, folder, tmp_path,
+                                                                   monkeypatch, command):
+    """classify's CSV, and export --to csv's, the command killed just after the CSV was written
+    (renamed into place; classify's posteriors files removed): the same command again has nothing
+    to do and says the errors again, where it refused the CSV as another's (--overwrite, which
+    classified every image again)."""
+    import vggfeat.cli.posteriors
+
+    images, _ = folder
+    needs_extended_attributes(tmp_path)
+    _, _, labels = labels_by_rank(small_vgg, images, tmp_path)
+    output = tmp_path / "top.csv"
+    args = ["classify", images, output, *FAST, "--topk", "3", "--labels", labels]
+    if command == "export":
+        posteriors = tmp_path / "posteriors.h5"
+        assert run_main(["classify", images, posteriors, *FAST, "-q"])[0] == 0
+        args = ["export", posteriors, output, "--to", "csv", "--topk", "3", "--labels", labels]
+    write_predictions = vggfeat.cli.posteriors.write_predictions
+
+    def killed_once_written(*args, **kwargs):
+        write_predictions(*args, **kwargs)
+        raise Killed()
+
+    monkeypatch.setattr(vggfeat.cli.posteriors, "write_predictions", killed_once_written)
+    with pytest.raises(Killed):
+        run_main(args)
+    monkeypatch.undo()
+    left = sorted(tmp_path.iterdir())
+    code, out, err = run_main(args)
+    assert code == 0, err
+    assert f"{output} already holds the " in err + out and "nothing to do" in err + out
+    assert out.splitlines()[-1] == "top-1 error 66.67%, top-5 error 33.33% over 3 labelled images (dense, Q=224)"
+    assert sorted(tmp_path.iterdir()) == left
 
 
 def test_a_csv_is_written_from_a_posteriors_file_as_classify_writes_it(small_network_for_cli, small_vgg, folder, tmp_path):

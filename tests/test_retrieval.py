@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from imagefiles import write_rgb
-from runhelpers import error_line, run_main
+from runhelpers import Killed, error_line, killed_after_renaming, needs_extended_attributes, run_main
 from svmhelpers import misplace_a_chunk
 from vggfeat.errors import VggfeatError
 from vggfeat.export import export
@@ -675,6 +675,149 @@ def test_retrieval_eval_of_the_revisited_ground_truth_names_its_protocol(tmp_pat
     assert code == 2 and "--protocol goes with --gt" in error_line(err)
 
 
+def write_revisited(path, imlist, qimlist, gnd):
+    """The revisited ground truth re-saved as JSON, as revisitop's gnd_*.pkl holds it."""
+    path.write_text(json.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}))
+    return path
+
+
+# Rows c0/000.jpg ... c0/005.jpg: the query image 000 (its own row nearest it), its two relevant
+# images, two others of the database, and 005, an image of no ground truth.
+REVISITED_ROWS = l2_normalize(np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [0.1, 0.9], [0.7, 0.3]], dtype=np.float32))
+
+
+def test_the_revisited_database_is_its_imlist_which_holds_no_query_image(tmp_path):
+    """revisitop's database (imlist) holds none of its 70 query images: FEATURES of the dataset's
+    whole folder ranked each query's own image first, a non-relevant hit (mAP 0.79 for 1.00). The
+    query's row is described but ranked for no query; a row beyond imlist is a distractor, counted."""
+    db = write_features(tmp_path / "db.h5", REVISITED_ROWS, [0] * 6)
+    gnd = write_revisited(tmp_path / "gnd.json", ["001", "002", "003", "004"], ["000"],
+                          [{"easy": [0, 1], "hard": [], "junk": [], "bbx": [0, 0, 10, 10]}])
+    code, out, err = run_main(["retrieval-eval", db, "--gt", gnd, "--protocol", "easy", "--json", tmp_path / "r.json"])
+    assert code == 0, err
+    assert out.splitlines()[:2] == ["revisited ground truth, easy: 1 query against 5 images (1 of them distractors, "
+                                    "beyond the ground truth's database)", "  mAP        1.0000"]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert (result["map"], result["database"], result["distractors"], result["query_images_left_out"]) == (1, 5, 1, 1)
+    # The same as FEATURES without the query image, the query's descriptor given apart, with
+    # query expansion too (the query's own row is no hit to expand with).
+    from vggfeat.retrieval import ground_truth_database
+
+    database, queries = ground_truth_database(gnd)
+    assert (database, queries) == (["001", "002", "003", "004"], ["000"])
+    truth, paths = read_ground_truth(gnd, "easy"), [f"c0/{i:03d}.jpg" for i in range(6)]
+    for qe in (0, 2):
+        alone = evaluate_ground_truth(REVISITED_ROWS[1:], paths[1:], REVISITED_ROWS[:1], paths[:1], truth, qe=qe)
+        within = evaluate_ground_truth(REVISITED_ROWS, paths, REVISITED_ROWS, paths, truth, qe=qe, database=database,
+                                       query_images=queries)
+        assert within["ap_per_query"] == alone["ap_per_query"] and within["database"] == alone["database"] == 5, qe
+    # An image of the database that FEATURES lacks is said.
+    write_revisited(gnd, ["001", "002", "003", "004", "099"], ["000"], [{"easy": [0, 1], "hard": [], "junk": []}])
+    code, out, err = run_main(["retrieval-eval", db, "--gt", gnd, "--protocol", "easy"])
+    assert code == 0 and ("warning: 1 image(s) of the ground truth's database (its imlist) have no descriptor (e.g. 099): "
+                          "every query is ranked without them") in err, err
+
+
+def test_the_revisited_protocol_without_cropped_queries_is_said_not_comparable(tmp_path):
+    """revisitop requires queries cropped to their boxes: --protocol without --crop-queries ran
+    silently, its figures read as the benchmark's."""
+    db = write_features(tmp_path / "db.h5", REVISITED_ROWS, [0] * 6)
+    gnd = write_revisited(tmp_path / "gnd.json", ["001", "002", "003", "004"], ["000"],
+                          [{"easy": [0, 1], "hard": [], "junk": []}])
+    code, out, err = run_main(["retrieval-eval", db, "--gt", gnd, "--protocol", "medium"])
+    assert code == 0 and out.startswith("revisited ground truth, medium"), err
+    assert err.splitlines() == ["warning: the revisited protocol crops each query image to its box (--crop-queries): with "
+                                "whole-image queries, the figures do not compare with published ones"]
+    code, _, err = run_main(["retrieval-eval", db, "--gt", gnd, "--protocol", "medium", "--queries", db])
+    assert code == 0 and err.splitlines() == [
+        f"warning: the revisited protocol crops each query image to its box (--crop-queries): unless {db} describes the "
+        "cropped images, the figures do not compare with published ones"]
+    plain = tmp_path / "plain.json"  # the original protocol's ground truth: no such warning
+    plain.write_text(json.dumps([{"query": "000", "ok": ["001", "002"], "junk": []}]))
+    code, _, err = run_main(["retrieval-eval", db, "--gt", plain])
+    assert code == 0 and err == ""
+
+
+def test_cirtorchs_ground_truth_of_the_original_datasets_is_read_as_the_original_protocol(tmp_path):
+    """cirtorch's gnd_oxford5k.pkl re-saved as JSON (gnd entries of ok and junk, no easy or hard)
+    was taken for the revisited ground truth ("choose its protocol"): it is the original protocol,
+    its database its imlist."""
+    db = write_features(tmp_path / "db.h5", REVISITED_ROWS, [0] * 6)
+    gnd = write_revisited(tmp_path / "gnd_oxford5k.json", ["000", "001", "002", "003", "004"], ["000"],
+                          [{"ok": [0, 1, 2], "junk": [3], "bbx": [1, 2, 30, 40]}])
+    assert read_ground_truth(gnd) == [{"query": "000", "ok": ["000", "001", "002"], "junk": ["003"],
+                                       "bbox": [1, 2, 30, 40]}]
+    code, out, err = run_main(["retrieval-eval", db, "--gt", gnd, "--json", tmp_path / "r.json"])
+    assert code == 0, err
+    # The query is in the database (imlist) and relevant, as the original protocol has it; 005 a distractor.
+    assert out.splitlines()[:2] == ["ground truth (ok / junk): 1 query against 6 images (1 of them distractors, beyond "
+                                    "the ground truth's database)", "  mAP        1.0000"]
+    assert json.loads((tmp_path / "r.json").read_text())["query_images_left_out"] == 0
+    code, _, err = run_main(["retrieval-eval", db, "--gt", gnd, "--protocol", "easy"])
+    assert code == 2 and error_line(err) == (
+        f"Error: a protocol (easy, medium, hard) is the revisited Oxford/Paris ground truth's; {gnd} is not it (its "
+        "queries give ok and junk, no easy and hard: the original protocol)")
+    write_revisited(gnd, ["000", "001"], ["000"], [{"ok": [0, 7], "junk": []}])
+    with pytest.raises(VggfeatError, match="query 000: ok and junk are lists of imlist's indices"):
+        read_ground_truth(gnd)
+
+
+def test_a_pickled_ground_truth_is_refused_saying_how_to_save_it_as_json(tmp_path):
+    """revisitop's gnd_roxford5k.pkl given as it is was refused as "a NUL byte: not a text file". It
+    is refused as a pickle (loading one runs any code it holds), with a command that re-saves it
+    as JSON, which works (its arrays too)."""
+    import pickle
+
+    gnd = {"imlist": ["a", "b"], "qimlist": ["q"],
+           "gnd": [{"bbx": np.array([1.0, 2.0, 30.0, 40.0]), "easy": np.array([0]), "hard": [np.int64(1)], "junk": []}]}
+    for name in ("gnd_roxford5k.pkl", "renamed.json"):
+        (tmp_path / name).write_bytes(pickle.dumps(gnd, protocol=4))
+        with pytest.raises(VggfeatError) as refusal:
+            read_ground_truth(tmp_path / name, "easy")
+        message = str(refusal.value)
+        assert message.startswith(f"{tmp_path / name} is a pickle, which vggfeat does not read (loading one runs any code "
+                                  "it holds): re-save it as JSON, from a file you trust: python -c \""), message
+    pickled = tmp_path / "gnd_roxford5k.pkl"
+    code, _, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", pickled, "--protocol", "easy"])
+    assert code == 2 and "a pickle, which vggfeat does not read" in error_line(err) and "NUL byte" not in err
+    command = error_line(err).split('python -c "')[1].split('"')[0]
+    assert error_line(err).endswith(f", then give --gt {tmp_path / 'gnd_roxford5k.json'}")
+    subprocess.run([sys.executable, "-c", command], check=True, timeout=60)
+    assert read_ground_truth(tmp_path / "gnd_roxford5k.json", "easy") == [
+        {"query": "q", "ok": ["a"], "junk": ["b"], "bbox": [1, 2, 30, 40]}]
+
+
+def test_a_whitening_learned_on_the_descriptors_evaluated_is_said_and_recorded(tmp_path):
+    """The README's whitening, learned on db.h5 and then applied to db.h5's evaluation, is a known
+    leak for benchmark figures, said in no warning: it is said, and --json records the whitening."""
+    X, labels = clustered(per_class=6)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    other = write_features(tmp_path / "other.h5", clustered(per_class=6, seed=1)[0], labels)
+    for features in (db, other):
+        assert run_main(["whiten", "fit", features, tmp_path / f"w-{features.stem}.h5", "--dim", "8"])[0] == 0
+    code, out, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "w-db.h5", "--json", tmp_path / "m.json"])
+    assert code == 0 and "mAP" in out
+    assert err.splitlines() == [f"warning: {tmp_path / 'w-db.h5'} was learned on {db}, the descriptors evaluated: a "
+                                "whitening fitted to the test images raises their mAP; benchmark figures learn it on "
+                                "another dataset (Paris6k's for Oxford5k, Oxford5k's for Paris6k)"]
+    assert json.loads((tmp_path / "m.json").read_text())["whitening"] == {
+        "file": str(tmp_path / "w-db.h5"), "learned_on": [str(db)], "learned_on_features": True, "output_dim": 8}
+    code, out, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "w-other.h5", "--json", tmp_path / "o.json"])
+    assert code == 0 and err == "", err  # learned on another dataset: nothing to say
+    assert json.loads((tmp_path / "o.json").read_text())["whitening"]["learned_on_features"] is False
+    import shutil
+
+    shutil.copy2(db, tmp_path / "copy.h5")  # the same file under another name (its size and time kept)
+    code, _, err = run_main(["retrieval-eval", tmp_path / "copy.h5", "--whiten", tmp_path / "w-db.h5"])
+    assert code == 0 and "was learned on" in err
+    code, _, _ = run_main(["retrieval-eval", db, "--json", tmp_path / "none.json"])
+    assert code == 0 and json.loads((tmp_path / "none.json").read_text())["whitening"] is None
+    PCAWhitening(dim=4).fit(X).save(tmp_path / "python.h5")  # from Python: nothing recorded, nothing said
+    code, _, err = run_main(["retrieval-eval", db, "--whiten", tmp_path / "python.h5", "--json", tmp_path / "p.json"])
+    assert code == 0 and err == "", err
+    assert json.loads((tmp_path / "p.json").read_text())["whitening"]["learned_on"] is None
+
+
 def test_evaluation_edge_cases_are_clear():
     X = l2_normalize(np.eye(3, dtype=np.float32))
     with pytest.raises(VggfeatError, match="nothing to retrieve"):
@@ -830,6 +973,39 @@ def test_export_takes_its_format_from_the_outputs_name_and_refuses_a_name_of_ano
     # Beside FEATURES, named after it whatever its name ends in: db.npy.h5 was refused as an OUTPUT not given.
     named = write_features(tmp_path / "db.npy.h5", X, labels)
     assert [path.name for path in export(named, "parquet")] == ["db.npy.parquet", "db.npy.failed.csv"]
+
+
+@pytest.mark.parametrize("killed", ["e.npy", "e.paths.csv", "e.failed.csv", "m.json"])
+def test_an_export_or_a_json_file_killed_as_it_is_renamed_into_place_is_taken_up_by_the_same_command(
+        tmp_path, monkeypatch, killed):
+    """export (its three files renamed into place one after the other) and retrieval-eval --json,
+    the command killed just after the file ``killed`` was renamed into place: the same command
+    again has nothing to do, or writes the export whole, where it refused the files as another's
+    (--overwrite)."""
+    needs_extended_attributes(tmp_path)
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    if killed == "m.json":
+        command = ["retrieval-eval", db, "--json", tmp_path / "m.json"]
+        written = ["m.json"]
+    else:
+        command = ["export", db, tmp_path / "e.npy"]
+        written = ["e.npy", "e.paths.csv", "e.failed.csv"]
+    killed_after_renaming(monkeypatch, killed)
+    with pytest.raises(Killed):
+        run_main(command)
+    monkeypatch.undo()
+    left = sorted(path.name for path in tmp_path.iterdir())  # no temporary file among them
+    assert killed in left and set(left) <= {"db.h5", *written}
+    code, out, err = run_main(command)
+    assert code == 0, err
+    assert ("already hold" in out.splitlines()[0]) == (len(left) == 1 + len(written)), out
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["db.h5", *written])
+    if killed == "m.json":
+        assert json.loads((tmp_path / "m.json").read_text())["queries"] == len(X)
+    else:
+        np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), X)
+    assert "already hold" in run_main(command)[1].splitlines()[0]  # and again: nothing to do
 
 
 def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):

@@ -230,6 +230,38 @@ def test_retrieval_eval_crops_the_queries_to_their_boxes(tmp_path, random_vgg16)
     assert f"mAP        {expected['map']:.4f}" in out
 
 
+def test_the_readmes_revisited_evaluation_searches_imlist_with_the_queries_cropped_from_the_whole_folder(
+        tmp_path, random_vgg16):
+    """The README's revisited evaluation (--protocol --crop-queries) of FEATURES made of the
+    dataset's whole folder: the query images, which revisitop's database (imlist) does not hold,
+    are cropped from their files but ranked for no query (they were, as non-relevant hits)."""
+    write_landmarks(tmp_path)
+    database = ["a_object", "a_mirror", "b_object", "b_mirror", "c_scene", "c_object", "c_mirror"]
+    (tmp_path / "gnd.json").write_text(json.dumps({"imlist": database, "qimlist": ["a_scene", "b_scene"], "gnd": [
+        {"easy": [0, 1], "hard": [], "junk": [], "bbx": [80, 0, 240, 240]},
+        {"easy": [2], "hard": [3], "junk": [], "bbx": [80, 0, 240, 240]}]}))
+    assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0
+    code, out, err = run_main(["retrieval-eval", tmp_path / "db.h5", "--gt", tmp_path / "gnd.json", "--protocol", "medium",
+                               "--crop-queries", "--device", "cpu", "--json", tmp_path / "r.json", "-q"])
+    assert code == 0 and "warning" not in err, err
+    assert out.splitlines()[0] == "revisited ground truth, medium: 2 queries (cropped to their boxes) against 7 images"
+    reported = json.loads((tmp_path / "r.json").read_text())
+    assert (reported["database"], reported["distractors"], reported["query_images_left_out"]) == (7, 0, 2)
+    # The API's evaluation of the crops against the rows of imlist alone.
+    from vggfeat.features import FeatureFile
+    from vggfeat.retrieval import prepare
+
+    with FeatureFile(tmp_path / "db.h5") as f:
+        X, paths = prepare(f.read(dtype="float32")), f.paths
+    kept = [row for row, path in enumerate(paths) if Path(path).stem in database]
+    extractor = Extractor(random_vgg16, layer="conv5_3", pooling="gem", scales=[224], resize_side="long", device="cpu")
+    truth = read_ground_truth(tmp_path / "gnd.json", "medium")
+    Q = prepare(describe_crops(extractor, [tmp_path / "images" / f"{q}_scene.png" for q in ("a", "b")],
+                               [item["bbox"] for item in truth]))
+    expected = evaluate_ground_truth(X[kept], [paths[row] for row in kept], Q, None, truth)
+    assert reported["ap_per_query"] == pytest.approx(expected["ap_per_query"])
+
+
 def test_crop_queries_says_where_it_looked_for_query_images_not_found(tmp_path):
     gt = write_landmarks(tmp_path)
     assert run_main(["extract", tmp_path / "images", tmp_path / "db.h5", "--pooling", "gem", *RETRIEVAL])[0] == 0

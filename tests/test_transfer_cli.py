@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from runhelpers import error_line, run_main
+from runhelpers import Killed, error_line, killed_after_renaming, needs_extended_attributes, run_main
 from svmhelpers import LOOKS, edit_config, set_attr, write_look_folder
 from vggfeat import ExtractionJob, Extractor, find_images, transfer
 from vggfeat.features import load_features
@@ -349,10 +349,6 @@ def test_results_are_never_written_over_an_existing_file_unasked(data, tmp_path)
     assert (other / "notes.txt").read_text() == "mine" and (other / "metrics.json").exists()
 
 
-class Killed(BaseException):
-    """A kill, simulated: no handler of the command's catches it, and nothing after it runs."""
-
-
 @pytest.mark.parametrize("renamed", [1, 3, 4])
 def test_a_report_killed_as_its_files_are_renamed_is_taken_up_by_the_same_command(data, tmp_path, monkeypatch, renamed):
     """evaluate --report killed after ``renamed`` of its 4 files were renamed into place (4: all,
@@ -392,6 +388,33 @@ def test_a_report_killed_as_its_files_are_renamed_is_taken_up_by_the_same_comman
     assert made is not None and all(recorded_in_file(path) == made for path in written)
     assert json.loads((report / "metrics.json").read_text())["examples"] == 9
     assert ok(evaluate).startswith(f"{report} already holds the report of this command on these files, unchanged since")
+
+
+@pytest.mark.parametrize("command", ["predict", "protocol --json"])
+def test_an_output_killed_as_it_is_renamed_into_place_is_taken_up_by_the_same_command(data, tmp_path, monkeypatch,
+                                                                                       command):
+    """predict's CSV and a --json file, the command killed just after the file was renamed into
+    place: the file records how it was made all the same, and the same command again has nothing
+    to do, where it refused the file as another's (--overwrite)."""
+    _, files = data
+    needs_extended_attributes(tmp_path)
+    if command == "predict":
+        model, output = tmp_path / "model.h5", tmp_path / "predictions.csv"
+        ok(["train-svm", files["train"], model, "--C", "1"])
+        args, holds = ["predict", model, files["test"], output], "the predictions of this command"
+    else:
+        output = tmp_path / "caltech.json"
+        args = ["protocol", "caltech", files["train"], "--train-per-class", "3", "--test-per-class", "2", "--splits", "1",
+                "--C", "1", "--json", output]
+        holds = "the results of this command"
+    killed_after_renaming(monkeypatch, output.name)
+    with pytest.raises(Killed):
+        run_main(args)
+    monkeypatch.undo()
+    written = output.read_bytes()
+    assert ok(args).startswith(f"{output} already holds {holds} on these files, unchanged since; nothing to do")
+    assert output.read_bytes() == written
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []  # no temporary left
 
 
 def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_changes(data, tmp_path, monkeypatch):

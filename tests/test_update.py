@@ -412,6 +412,38 @@ def test_an_update_that_cannot_be_done_is_refused_and_changes_nothing(tmp_path, 
     assert output.read_bytes() == before
 
 
+@pytest.mark.parametrize(("rewrite", "dtype", "value"),
+                         [("--update", "float32", np.nan), ("--retry-failed", "float16", np.inf)])
+def test_a_descriptor_file_holding_nan_is_refused_before_it_is_rewritten(tmp_path, monkeypatch, rewrite, dtype, value):
+    """A descriptor file a row of which holds NaN or an infinity (extraction never writes one: an
+    edit, a bad disk): --update and --retry-failed, which copy its rows into the file written anew,
+    refuse it before any image is found, naming the row, its image and the remedy; --overwrite
+    describes the images again."""
+    root, output = tmp_path / "images", tmp_path / "out.h5"
+    write_labelled_folder(root)
+    args = ["extract", root, output, *CHEAP, "--dtype", dtype]
+    assert run_main([*args, "-q"])[0] == 0
+    with h5py.File(output, "r+") as f:
+        row = f["features"][2]
+        row[5] = value
+        f["features"][2] = row
+        image = f["paths"][2].decode()
+    write_rgb(root / "cats" / "new.jpg", 230, 224, seed=8)  # one to add
+    write_rgb(root / "dogs" / "broken.jpg", 224, 224, seed=9)  # repaired: one to retry
+    before = sorted(tmp_path.iterdir()), output.read_bytes()
+    monkeypatch.setattr(options, "find_images", lambda *args, **kwargs: pytest.fail("the images were looked for"))
+    code, _, err = run_main([*args, rewrite])
+    assert code == 2 and error_line(err) == (
+        f"Error: {output} is damaged: the descriptor of row 2 ({image}) holds NaN or infinite values, which extraction "
+        "never writes (it records such an image as failed); describe the images again (extract --overwrite)"), err
+    assert (sorted(tmp_path.iterdir()), output.read_bytes()) == before
+    monkeypatch.undo()
+    code, _, err = run_main([*args, "--overwrite", "-q"])
+    assert code == 0, err
+    with h5py.File(output, "r") as f:
+        assert np.isfinite(f["features"][:]).all() and len(f["paths"]) == 7 and len(f["failed/paths"]) == 0
+
+
 def without_center_crop(config_text: str) -> str:
     """A configuration as versions before ``--center-crop`` (3ad16a9) recorded it: without the key."""
     config = json.loads(config_text)

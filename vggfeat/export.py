@@ -19,22 +19,25 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import VggfeatError, not_a_file
 from .features import FeatureFile
-from .files import written_together
+from .rerun import written_recorded
 from .store import check_new_file, check_output_path
 
 FORMATS = ("npy", "parquet")
 _BLOCK_BYTES = 64 * 2**20
 
 
-def export(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None, overwrite: bool = False) -> list[Path]:
-    """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the files written."""
+def export(features: str | os.PathLike, to: str, output: str | os.PathLike | None = None, overwrite: bool = False,
+           records: Sequence[Callable[[Path], object] | None] = ()) -> list[Path]:
+    """Write ``features`` as ``to`` (npy or parquet) at ``output`` (default: beside it); return the
+    files written. ``records``: what records how each of them (:func:`export_targets`) was made
+    (:func:`vggfeat.rerun.recorder`), before it is renamed into place; none where not given."""
     targets = export_targets(features, to, output)
     for target in targets:  # never over the file exported, even with overwrite (a slip of the keyboard)
         check_new_file(target, overwrite=True, inputs=[features])
@@ -48,7 +51,7 @@ def export(features: str | os.PathLike, to: str, output: str | os.PathLike | Non
         step = max(1, _BLOCK_BYTES // (max(1, f.dim) * 4))
         # The files appear together once all are written: an interrupted export leaves the old ones
         # intact, never a new .npy beside the old rows' paths.
-        with written_together(targets) as temporaries:
+        with written_recorded(targets, records or [None] * len(targets)) as temporaries:
             if to == "npy":
                 _npy(f, temporaries[0], step)
                 with open(temporaries[1], "w", newline="") as out:

@@ -36,8 +36,9 @@ from .errors import VggfeatError, not_a_file
 from .fusion import FusedPosteriors
 from .job import ExtractionJob, disk_per_row, holds_job
 from .parts import output_locked
-from .files import file_attributes, written_atomically
+from .files import file_attributes
 from .posteriorsfile import CLASSIFY_AGAIN, REMOVE_AND_RERUN, check_attributes, check_block
+from .rerun import written_recorded_file
 from .store import (already_exists, check_new_file, open_features_file, posteriors_file_of, refuse_descriptors,
                     shards_folder, work_folder)
 from .textfiles import as_utf8, csv_cells, read_text, text_lines
@@ -363,14 +364,17 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
                       labels: dict[str, int] | None = None, overwrite: bool = False,
                       progress: Callable[[int], object] | None = None,
                       posteriors: str | os.PathLike | None = None,
-                      fuse: Sequence[str | os.PathLike] = (), remove: bool = False) -> ClassificationResult:
+                      fuse: Sequence[str | os.PathLike] = (), remove: bool = False,
+                      record: Callable[[Path, ClassificationResult], object] | None = None) -> ClassificationResult:
     """``output`` (CSV) from its posteriors file (:func:`posteriors_file_of`), which is then
     removed, or from ``posteriors`` (an .h5 that ``vggfeat classify`` wrote, kept unless
     ``remove``): the ``topk`` classes of each image by ``names``, its reason if it failed, and
     with ``labels`` its true class, top-1/top-5 errors counted; ``progress(n)`` after each block
     of classified images (about 50,000 rows/s on a slow CPU core). ``fuse``: files of every
     posterior of other networks over the same images, averaged with them (the paper's ConvNet
-    fusion, Sec. 4.4), removed with ``posteriors`` where ``remove``."""
+    fusion, Sec. 4.4), removed with ``posteriors`` where ``remove``. ``record(csv, result)``: given
+    the CSV written whole and what it holds, records how it was made (:func:`vggfeat.rerun.record_in_file`)
+    before it is renamed into place."""
     output = Path(output)
     source = Path(posteriors) if posteriors is not None else posteriors_file_of(output)
     check_new_file(output, overwrite)
@@ -383,7 +387,8 @@ def write_predictions(output: str | os.PathLike, names: Sequence[str], topk: int
         fused = [files.enter_context(open_features_file(Path(path), "posteriors")) for path in fuse]
         for other, path in zip(fused, fuse):
             _check_fused(f, source, other, path, again)
-        temporary = files.enter_context(written_atomically(output))
+        recorded = None if record is None else lambda temporary: record(temporary, result)
+        temporary = files.enter_context(written_recorded_file(output, recorded))
         writer = csv.writer(files.enter_context(open(temporary, "w", newline="", encoding="utf-8")))
         writer.writerow(_header(topk, labelled=labels is not None))
         writer.writerows(_rows_in_order(f, result, labels, names, topk, progress, fused, again=again))

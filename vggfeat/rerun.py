@@ -22,15 +22,17 @@ are whole collections.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from .errors import VggfeatError
-from .files import file_attributes
+from .files import file_attributes, written_together
 from .store import already_exists, check_new_file
 from .textfiles import printable
 
@@ -115,6 +117,34 @@ def record_in_file(path: str | os.PathLike, made: str | None, command: str | Non
     except OSError:  # ENOTSUP, or a file system's limit on their size
         return False
     return True
+
+
+def recorder(made: str | None, command: str | None = None, said: Sequence[str] = ()) -> Callable[[Path], bool]:
+    """What records ``made``, ``command`` and ``said`` (:func:`record_in_file`) in a file written
+    whole: for :func:`written_recorded`."""
+    return functools.partial(record_in_file, made=made, command=command, said=said)
+
+
+@contextlib.contextmanager
+def written_recorded(paths: Sequence[str | os.PathLike],
+                     records: Sequence[Callable[[Path], object] | None]) -> Iterator[list[Path]]:
+    """:func:`~vggfeat.files.written_together`, each temporary file recorded by its record of
+    ``records`` (:func:`recorder`; None: none) once the block has written them all, before any is
+    renamed into place. A rename keeps a file's extended attributes, size and modification time,
+    so each output appears with its record: recorded after its rename, a kill in between left an
+    output that the same command again refused as another's (``--overwrite``)."""
+    with written_together(paths) as temporaries:
+        yield temporaries
+        for temporary, record in zip(temporaries, records, strict=True):
+            if record is not None:
+                record(temporary)
+
+
+@contextlib.contextmanager
+def written_recorded_file(path: str | os.PathLike, record: Callable[[Path], object] | None) -> Iterator[Path]:
+    """:func:`written_recorded` of the one file ``path``: its temporary file for the block to write."""
+    with written_recorded([path], [record]) as (temporary,):
+        yield temporary
 
 
 def file_record(path: str | os.PathLike) -> dict | None:

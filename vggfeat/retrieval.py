@@ -11,9 +11,12 @@ Two protocols:
 - **Oxford/Paris ground truth** (:func:`evaluate_ground_truth`): per query, ``ok`` images (good +
   ok) are relevant and ``junk`` images are removed from the ranking before scoring, and AP is the
   trapezoidal one of the datasets' ``compute_ap``, so numbers compare with published ones. The
-  query is searched against every row; its descriptor is the whole query image's, or, as the
-  datasets' protocol has it, that of the image cropped to the query's bounding box
-  (:func:`vggfeat.search.describe_crops`, ``retrieval-eval --crop-queries``).
+  query is searched against every row, or, where the ground truth names its database (the
+  revisited datasets' and cirtorch's ``imlist``), against those rows and any row that is no query
+  image (a distractor): revisitop's database holds none of its query images. The query's
+  descriptor is the whole query image's, or, as the datasets' protocol has it, that of the image
+  cropped to the query's bounding box (:func:`vggfeat.search.describe_crops`,
+  ``retrieval-eval --crop-queries``).
 
 Descriptors are compared as the index compares them: L2-normalised, optionally PCA-whitened. In
 either protocol a query may be expanded with its top hits first (``qe``), as ``search --qe`` does.
@@ -31,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError
+from .files import file_attributes
+from .rerun import MADE_FROM, fingerprint
 from .textfiles import read_text
 from .whitening import PCAWhitening, l2_normalize
 
@@ -41,6 +46,24 @@ _SCORE_BYTES = 128 * 2**20
 def prepare(X: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
     """Raw descriptors as the index compares them: whitened (which L2-normalises), else L2-normalised."""
     return whitening.transform(X) if whitening is not None else l2_normalize(X)
+
+
+def whitening_record(whitening: str | os.PathLike, features: str | os.PathLike) -> dict:
+    """What an evaluation of ``features`` records of the whitening file ``whitening`` it applies:
+    its real path, the descriptor files it was learned on (``learned_on``), as 'whiten fit'
+    recorded them, and whether ``features`` is one of them (``learned_on_features``: the same real
+    path, or the same size and modification time, a copy that kept them); both None where the file
+    records none (saved from Python). A whitening learned on the very images evaluated raises
+    their mAP: benchmark figures learn it on another dataset."""
+    try:
+        inputs = json.loads(file_attributes(Path(whitening)).get(MADE_FROM, ""))["inputs"]
+        recorded = [entry for entry in inputs if isinstance(entry, list) and len(entry) == 3]
+    except (KeyError, TypeError, ValueError):
+        return {"file": os.path.realpath(whitening), "learned_on": None, "learned_on_features": None}
+    evaluated = fingerprint(features)
+    same = evaluated is not None and any(entry[0] == evaluated[0] or entry[1:] == evaluated[1:] for entry in recorded)
+    return {"file": os.path.realpath(whitening), "learned_on": [str(entry[0]) for entry in recorded],
+            "learned_on_features": same}
 
 
 def evaluate_labels(X: np.ndarray, labels: np.ndarray, ks: Sequence[int] = RECALL_AT, qe: int = 0,
@@ -161,6 +184,7 @@ def compute_ap(ranks: np.ndarray, n_relevant: int) -> float:
 def evaluate_ground_truth(
     X: np.ndarray, paths: Sequence[str], Q: np.ndarray, query_paths: Sequence[str] | None, truth: list[dict],
     ks: Sequence[int] = RECALL_AT, qe: int = 0, failed_paths: Sequence[str] = (),
+    database: Sequence[str] | None = None, query_images: Collection[str] = (),
 ) -> dict:
     """Oxford/Paris-style evaluation; ``truth`` items {"query", "ok": [...], "junk": [...]} name images
     by path or file name without extension, matched against ``paths`` (database) and ``query_paths``
@@ -171,17 +195,29 @@ def evaluate_ground_truth(
     count (``"q (2)"``). An ok or junk image among ``failed_paths`` (the database's images that
     could not be described: Paris6k's 20 damaged files) is, ok, a relevant image never retrieved,
     as the benchmark's own evaluation counts one missing from its ranking, and junk, nothing;
-    said in a warning. Any other image not in the database is refused."""
-    qe = hits_to_expand_with(qe, len(X))
+    said in a warning. Any other image not in the database is refused.
+
+    ``database``: the images the ground truth's database holds (:func:`ground_truth_database`:
+    the revisited datasets' ``imlist``), None where it names none (every row is ranked). A row of
+    one of ``query_images`` (``qimlist``) outside it is ranked for no query, as revisitop's
+    database holds none of its query images; the other rows outside it are ranked as distractors,
+    counted in ``distractors``; an image of it with no row is said in a warning."""
+    left_out = np.zeros(0, dtype=np.int64)
+    if database is not None:
+        left_out, distractors, absent = _outside_database(paths, database, query_images)
+        if absent:
+            warnings.warn(f"{len(absent)} image(s) of the ground truth's database (its imlist) have no descriptor (e.g. "
+                          f"{absent[0]}): every query is ranked without them", RuntimeWarning, stacklevel=2)
+    qe = hits_to_expand_with(qe, len(X) - len(left_out))
     named = _names_in(truth)
-    database, failed = _name_index(paths, named), _name_index(failed_paths, named)
+    database_rows, failed = _name_index(paths, named), _name_index(failed_paths, named)
     missing: set[str] = set()
 
     def rows_of(names: Sequence[str], what: str) -> np.ndarray:
         """The rows of the images ``names`` held, without those that failed (added to ``missing``)."""
-        held = [name for name in names if _find(database, name) is not None or _find(failed, name) is None]
+        held = [name for name in names if _find(database_rows, name) is not None or _find(failed, name) is None]
         missing.update(name for name in names if name not in held)
-        return np.array(sorted({_lookup(database, name, what) for name in held}), dtype=np.int64)
+        return np.array(sorted({_lookup(database_rows, name, what) for name in held}), dtype=np.int64)
 
     if query_paths is None and len(Q) != len(truth):
         raise ValueError(f"{len(Q)} query rows for {len(truth)} queries of the ground truth")
@@ -197,9 +233,11 @@ def evaluate_ground_truth(
         relevant = len(ok) + len({_find(failed, name) for name in item["ok"] if name in missing})
         query = Q[q : q + 1]
         if qe:
-            query = expand_queries(query, query @ X.T, X, qe)
+            scores = query @ X.T
+            scores[:, left_out] = -np.inf  # not in the database: no hit to expand with
+            query = expand_queries(query, scores, X, qe)
         order = np.argsort(-(X @ query[0]), kind="stable")
-        order = order[~np.isin(order, junk)]
+        order = order[~np.isin(order, np.concatenate([junk, left_out]))]
         ranks = np.flatnonzero(np.isin(order, ok))  # empty when every ok image is also junk
         aps.append(compute_ap(ranks, relevant))
         first.append(ranks[0] if len(ranks) else np.inf)
@@ -213,13 +251,34 @@ def evaluate_ground_truth(
         "protocol": "ground truth (ok / junk)",
         "queries": len(scored),
         "skipped_queries": len(truth) - len(scored),
-        "database": int(len(X)),
+        "database": int(len(X) - len(left_out)),
+        **({"distractors": distractors, "query_images_left_out": len(left_out)} if database is not None else {}),
         "query_expansion": qe,
         "map": float(np.mean(aps)),
         **{f"recall@{k}": float((first < k).mean()) for k in ks},
         **{f"mp@{k}": float(mean) for k, mean in zip(ks, np.mean(precisions, axis=0))},
         "ap_per_query": dict(zip(_numbered([item["query"] for item, _ in scored]), map(float, aps))),
     }
+
+
+def _outside_database(paths: Sequence[str], database: Sequence[str],
+                      query_images: Collection[str]) -> tuple[np.ndarray, int, list[str]]:
+    """The rows of ``paths`` that are ``query_images`` outside ``database`` (to rank for no
+    query), the count of the other rows outside it (distractors), and the images of ``database``
+    with no row, each image named by path or file name without extension."""
+    wanted = {*database, *query_images}
+    index = _name_index(paths, wanted | {Path(name).stem for name in wanted})
+    inside = np.zeros(len(paths), dtype=bool)
+    absent = []
+    for name in database:
+        row = _find(index, name)
+        if row is None:
+            absent.append(name)
+        else:
+            inside[row] = True
+    queries = {_find(index, name) for name in query_images} - {None}
+    left_out = np.array(sorted(row for row in queries if not inside[row]), dtype=np.int64)
+    return left_out, int(len(paths) - inside.sum() - len(left_out)), absent
 
 
 def _numbered(names: list[str]) -> list[str]:
@@ -247,7 +306,11 @@ def read_ground_truth(path: str | os.PathLike, protocol: str | None = None) -> l
 
     The revisited ROxford/RParis ground truth (its ``gnd_*.pkl`` re-saved as JSON, as it is:
     ``{"imlist", "qimlist", "gnd": [{"easy", "hard", "junk", "bbx"}, ...]}``, images by index) is
-    read for one of its ``protocol``s: easy, medium or hard (:data:`REVISITED_PROTOCOLS`).
+    read for one of its ``protocol``s: easy, medium or hard (:data:`REVISITED_PROTOCOLS`);
+    cirtorch's of the original Oxford5k/Paris6k (``gnd_oxford5k.pkl``, ``gnd_paris6k.pkl``: ``gnd``
+    entries of ``ok`` and ``junk``, no ``easy`` or ``hard``) as the original protocol, without one.
+    Both name their database (:func:`ground_truth_database`). A pickle is refused, saying how to
+    re-save it as JSON: loading one runs whatever code it holds.
     """
     path = Path(path)
     if protocol is not None and protocol not in REVISITED_PROTOCOLS:
@@ -271,7 +334,11 @@ def read_ground_truth(path: str | os.PathLike, protocol: str | None = None) -> l
             raise VggfeatError(f"{path} holds no *_query.txt files (Oxford/Paris ground truth)")
         return truth
     data = _read_json(path)
-    if _is_revisited(data):
+    if _names_database(data) and _is_original(data):
+        if protocol is not None:
+            raise VggfeatError(f"{not_revisited} (its queries give ok and junk, no easy and hard: the original protocol)")
+        return _indexed(data, path, {"ok": ("ok",), "junk": ("junk",)})
+    if _names_database(data):
         if protocol is None:
             raise VggfeatError(f"{path} is the revisited Oxford/Paris ground truth: choose its protocol, easy, medium "
                                "or hard (--protocol)")
@@ -287,34 +354,73 @@ def read_ground_truth(path: str | os.PathLike, protocol: str | None = None) -> l
     return items
 
 
+def ground_truth_database(path: str | os.PathLike) -> tuple[list[str], list[str]] | None:
+    """The images that the ground truth ``path`` (read by :func:`read_ground_truth`) names as its
+    database and as its queries (``imlist``, ``qimlist``: the revisited datasets' and cirtorch's),
+    for :func:`evaluate_ground_truth`; None where it names no database (Oxford/Paris files, a JSON
+    list), every row being searched."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    data = _read_json(path)
+    return (list(data["imlist"]), list(data["qimlist"])) if _names_database(data) else None  # type: ignore[index]
+
+
 def _read_json(path: Path) -> object:
     if not path.is_file():
         raise VggfeatError(f"ground truth not found: {path}")
+    with open(path, "rb") as f:
+        start = f.read(1)
+    # A pickle's first byte from protocol 2 on (PROTO), or a file named as a pickle that begins as
+    # no JSON does (an older protocol's pickle): refused as a pickle, not as a text with a NUL byte.
+    if start == b"\x80" or (path.suffix.lower() in (".pkl", ".pickle") and start not in b"[{ \t\r\n\xef"):
+        saved = path.with_suffix(".json")
+        saved = saved if saved != path else path.with_name(f"{path.stem}-resaved.json")  # a pickle named .json
+        raise VggfeatError(f"{path} is a pickle, which vggfeat does not read (loading one runs any code it holds): re-save "
+                           f"it as JSON, from a file you trust: python -c \"import json, pickle; json.dump(pickle.load(open("
+                           f"{str(path)!r}, 'rb')), open({str(saved)!r}, 'w'), default=lambda a: a.tolist())\", then give "
+                           f"--gt {saved}")
     try:
         return json.loads(read_text(path))
     except ValueError as error:
         raise VggfeatError(f"{path} is not JSON ({error}); give a JSON file or an Oxford/Paris ground-truth folder") from None
 
 
-def _is_revisited(data: object) -> bool:
+def _names_database(data: object) -> bool:
+    """Whether ``data`` is ground truth of imlist, qimlist and gnd (the revisited datasets', cirtorch's)."""
     return isinstance(data, dict) and {"gnd", "imlist", "qimlist"} <= data.keys()
+
+
+def _is_original(data: dict) -> bool:
+    """Whether the gnd entries of ``data`` are the original protocol's (cirtorch's ``gnd_oxford5k.pkl``):
+    ok and junk, no easy or hard."""
+    entries = data["gnd"]
+    return (isinstance(entries, list) and bool(entries) and all(isinstance(entry, dict) for entry in entries)
+            and any("ok" in entry for entry in entries) and not any({"easy", "hard"} & entry.keys() for entry in entries))
 
 
 def _revisited(data: dict, protocol: str, path: Path) -> list[dict]:
     """The items of the revisited ground truth ``data`` for ``protocol``, images named."""
     relevant, left_out = REVISITED_PROTOCOLS[protocol]
+    return _indexed(data, path, {"ok": relevant, "junk": left_out})
+
+
+def _indexed(data: dict, path: Path, lists: dict[str, tuple[str, ...]]) -> list[dict]:
+    """The items of ground truth ``data`` naming images by their index in its imlist, images named:
+    each item's ``ok`` and ``junk`` those of the gnd entry's lists that ``lists`` gives for them."""
+    keys = [key for key in ("easy", "hard", "ok", "junk") if any(key in each for each in lists.values())]
     images, queries, gnd = data["imlist"], data["qimlist"], data["gnd"]
-    if not (isinstance(gnd, list) and isinstance(images, list) and isinstance(queries, list) and len(gnd) == len(queries)):
-        raise VggfeatError(f"{path}: expected lists imlist, qimlist and gnd, one gnd entry per query")
+    if not (isinstance(gnd, list) and isinstance(images, list) and isinstance(queries, list) and len(gnd) == len(queries)
+            and all(isinstance(name, str) for name in [*images, *queries])):
+        raise VggfeatError(f"{path}: expected lists imlist and qimlist of names, and gnd, one gnd entry per query")
     truth = []
     for query, entry in zip(queries, gnd):
-        lists = [entry.get(key, []) for key in ("easy", "hard", "junk")] if isinstance(entry, dict) else [None]
+        given = [entry.get(key, []) for key in keys] if isinstance(entry, dict) else [None]
         if not all(isinstance(indices, list) and all(isinstance(i, int) and 0 <= i < len(images) for i in indices)
-                   for indices in lists):
-            raise VggfeatError(f"{path}, query {query}: easy, hard and junk are lists of imlist's indices")
-        named = {key: [images[i] for i in indices] for key, indices in zip(("easy", "hard", "junk"), lists)}
-        item = {"query": query, "ok": [name for key in relevant for name in named[key]],
-                "junk": [name for key in left_out for name in named[key]]}
+                   for indices in given):
+            raise VggfeatError(f"{path}, query {query}: {', '.join(keys[:-1])} and {keys[-1]} are lists of imlist's indices")
+        named = {key: [images[i] for i in indices] for key, indices in zip(keys, given)}
+        item = {"query": query, **{kind: [name for key in lists[kind] for name in named[key]] for kind in ("ok", "junk")}}
         if "bbx" in entry:
             item["bbox"] = check_box(entry["bbx"], f"{path}, query {query}")
         truth.append(item)

@@ -32,7 +32,7 @@ from .labels import (
 from .metrics import multilabel_metrics, single_label_metrics
 from .host import available_memory
 from .files import file_attributes, open_h5, written_atomically
-from .rerun import MADE_FROM
+from .rerun import MADE_FROM, written_recorded_file
 from .scoresfile import ScoresWriter
 from .store import SCORES_FORMAT, SVM_MODEL_FORMAT, check_written
 from .svm import DEFAULT_C_GRID, LinearSVM, SavedModel, load_model, save_model, training_memory
@@ -295,12 +295,14 @@ class WrittenPredictions:
 
 
 def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedModel, files: Files,
-                      progress: Callable[[int], object] | None = None) -> WrittenPredictions:
+                      progress: Callable[[int], object] | None = None,
+                      record: Callable[[Path], object] | None = None) -> WrittenPredictions:
     """CSV: ``path, predicted, score:<class>..., error`` for every row of ``files``, scored and
     written a block of rows at a time (10 million rows of 1,000 classes are 80 GB of scores); several
     predicted labels (multi-label) joined by ``;``; the images without a descriptor in their place by
     path, empty but for the reason, as ``vggfeat classify`` writes them. ``progress(rows)`` after
-    each block, and each failure's row: in all, the first file's rows and failures."""
+    each block, and each failure's row: in all, the first file's rows and failures. ``record``:
+    what records how the CSV was made (:func:`vggfeat.rerun.recorder`), before it is renamed into place."""
     check_written(path, None, _inputs(model, files))
     saved = model if isinstance(model, SavedModel) else load_model(model)
     classes, multilabel = [str(c) for c in saved.svm.classes_], saved.svm.multilabel
@@ -324,7 +326,7 @@ def write_predictions(path: str | os.PathLike, model: str | os.PathLike | SavedM
             if progress is not None:
                 progress(len(paths))
 
-    with written_atomically(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+    with written_recorded_file(path, record) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted", *(f"score:{c}" for c in classes), "error"])
         failures = ((p, None, reason) for p, reason in failed)

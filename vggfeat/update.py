@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import os
 import time
@@ -29,12 +30,15 @@ import h5py
 import numpy as np
 
 from .archives import modified
+from .classifier import Classifier
 from .discover import ImageSet, file_name
 from .errors import VggfeatError, check_choice
 from .extractor import Extractor
+from .features import damaged_row, not_finite_rows
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job, made_from_folder
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, file_version, open_h5, written_atomically
+from .posteriorsfile import CLASSIFY_AGAIN, check_rows as check_posteriors
 from .parts import (discard_work, extraction_under_way, holds_no_work, interrupted_on_one, interrupted_on_several,
                     lock_folder, lock_for_rewrite, tidy_emptied_shards, unlock_rewrite)
 from .store import (UPDATE_MODES, create_datasets, mark_complete, open_features_file, read_after, rows_and_failures,
@@ -89,6 +93,7 @@ class OutputUpdate:
         try:
             tidy_emptied_shards(self.output)
             _check_made_like(self.output, extractor, dtype, describe)  # again: it may have been replaced before the lock
+            check_rows(self.output, extractor)
             self._choose(extractor, images, describe, dtype, part_images, devices)
         except BaseException:
             self.close()
@@ -256,8 +261,8 @@ class OutputUpdate:
 def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: str) -> None:
     """Refuse, before the images are found, an ``output`` that an update (``describe``: see
     :class:`OutputUpdate`) cannot rewrite: its extraction is not finished (its work folder is
-    there), it is not a complete descriptor file, or it was made with other options than
-    ``extractor``'s and ``dtype``."""
+    there), it is not a complete descriptor file, it was made with other options than
+    ``extractor``'s and ``dtype``, or a row of it holds what no extraction writes (:func:`check_rows`)."""
     work = work_folder(output)
     if not holds_no_work(work):
         raise extraction_under_way(work, output, _run_to_its_end(describe))
@@ -266,6 +271,35 @@ def check_rewritable(output: Path, extractor: Extractor, dtype: str, describe: s
     if work.exists():  # another rewrite's lock, or one a killed rewrite left: refused now, before the images are found
         lock_folder(work, output)[0].close()
     _check_made_like(output, extractor, dtype, describe)
+    check_rows(output, extractor)
+
+
+def check_rows(output: Path, extractor: Extractor) -> None:
+    """Refuse ``output``, made by ``extractor``, where a row holds what no extraction writes (an
+    edit's, a bad disk's): a rewrite copies its rows into the file written anew, which every reader
+    would then refuse, after the images were described. Descriptors: NaN or an infinity
+    (:func:`~vggfeat.features.damaged_row`); a classifier's posteriors: values outside 0..1 too, or
+    classes it has not (:func:`vggfeat.posteriorsfile.check_rows`). Read a block at a time."""
+    # By the file's version: check_rewritable runs before the images are found, and again as the
+    # update is made (OutputUpdate), and a file of tens of GB, found whole, is not read twice.
+    _check_rows(output, file_version(output), extractor.classes if isinstance(extractor, Classifier) else None)
+
+
+@functools.lru_cache(maxsize=8)  # (a refusal, raised, is not kept)
+def _check_rows(output: Path, version: str, classes: int | None) -> None:
+    """:func:`check_rows` of ``output`` as ``version`` (:func:`file_version`) is; ``classes``: the
+    classifier's, of a posteriors file (None: a descriptor file)."""
+    if classes is not None:
+        check_posteriors(output, classes, CLASSIFY_AGAIN)
+        return
+    with open_features_file(output, "output") as f:
+        features = f["features"]
+        step = max(1, BLOCK_BYTES // (features.shape[1] * features.dtype.itemsize))
+        for start in range(0, features.shape[0], step):
+            bad = not_finite_rows(features[start : start + step])
+            if len(bad):  # the path read only to name the image
+                row = start + int(bad[0])
+                raise damaged_row(output, row, f["paths"].asstr()[row])
 
 
 def _check_made_like(output: Path, extractor: Extractor, dtype: str, describe: str) -> None:

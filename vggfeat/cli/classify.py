@@ -57,7 +57,6 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     from ..predictions import (are_imagenet_folders, check_csv_output, check_fused_classifiers, check_prediction_options,
                                evaluate_file, folder_labels, keep_top_for, match_labels, other_networks_work, read_labels,
                                rows_classified)
-    from ..posteriorsfile import CLASSIFY_AGAIN, check_rows
     from ..processes import start_process_server
     from ..settings import check_scales
     from ..store import POSTERIORS
@@ -131,11 +130,8 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
     if any(each.network.weights.is_random for each in classifiers):
         options.warn_random_weights(seed, "these predictions are meaningless")
     classifier = classifiers[0]
-    if rewrite:
+    if rewrite:  # its rows too: one that no classifier writes is refused now, not by the file's CSV after the work
         check_rewritable(output, classifier, "float32", rewrite)
-        # Its rows are copied into the file written anew: one that no classifier writes (NaN, an
-        # edit or a bad disk's) is refused now, not by the file's CSV after the work.
-        check_rows(output, classifier.classes, CLASSIFY_AGAIN)
     elif posteriors_file:
         check_existing_output(output, overwrite, classifier.config(), "float32")
     images = options.read_images(paths, file_list, root, archive_classes, quiet)
@@ -165,10 +161,9 @@ def classify(paths, file_list, root, archive_classes, models, weights, seed, sca
                                         part_size=part_size, quiet=quiet, precision=precision)
         if len(classifiers) > 1:
             setting += f"; {' + '.join(models)} fused"
-        said, result = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
-                                 work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]),
-                                 remove=True)
-        rerun.record_in_file(output, made(images), common.command_line(), said)
+        _, result = write_csv(output, classifier.categories(), topk, truth, labels, overwrite, quiet, setting,
+                              work="".join(f"; {done}" for done in work), posteriors=files[0], fuse=tuple(files[1:]),
+                              remove=True, made=made(images))
     exit_if_none_described(result.classified, result.failed, output)
 
 

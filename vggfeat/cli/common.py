@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from ..discover import ImageSet
 from ..regions import RegionCount, count_regions
-from ..rerun import check_output, file_record, made_from, record, record_in_file
-from ..files import write_text_file
+from ..rerun import check_output, file_record, made_from, record, recorder, written_recorded_file
 from ..store import HDF5_SUFFIXES, open_features_file
 from ..textfiles import printable
 
@@ -94,8 +93,8 @@ def write_json_output(path: Path | None, result: dict, made: str | None = None, 
     """``result`` into ``path`` (--json), if given, whole or not at all, recording ``made``
     (:func:`json_again`) and the lines that ``said`` the result."""
     if path:
-        write_text_file(path, json.dumps(result, indent=2) + "\n")
-        record_in_file(path, made, command_line(), said)
+        with written_recorded_file(path, recorder(made, command_line(), said)) as temporary:
+            temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8", newline="")
         click.echo(f"wrote {path}")
 
 

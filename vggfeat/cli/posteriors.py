@@ -54,16 +54,22 @@ def describe_networks(classifiers: list[Classifier], images: ImageSet, output: P
 
 def write_csv(output: Path, names: list[str], topk: int, truth: dict[str, int] | None, labels: str | None,
               overwrite: bool, quiet: bool, setting: str, posteriors: Path | None = None, work: str = "",
-              fuse: tuple[Path, ...] = (), remove: bool = False) -> tuple[list[str], ClassificationResult]:
+              fuse: tuple[Path, ...] = (), remove: bool = False, made: str | None = None
+              ) -> tuple[list[str], ClassificationResult]:
     """Write the CSV ``output`` from its own posteriors file, or from ``posteriors`` (an .h5 that
     classify wrote; fused with the files ``fuse``; all removed once it is written where ``remove``),
-    under a progress bar; say what it holds, and the errors against ``truth`` (read from ``labels``):
-    the lines of the result on standard output, returned with the result."""
+    under a progress bar, recording that ``made`` it (:mod:`vggfeat.rerun`); say what it holds, and
+    the errors against ``truth`` (read from ``labels``): the lines of the result on standard
+    output, returned with the result."""
     say = common.reporter(quiet)
+
+    def record(temporary: Path, result: ClassificationResult) -> None:
+        rerun.record_in_file(temporary, made, common.command_line(), errors_said(result, setting))
+
     with common.progress_bar(quiet, total=rows_and_failures(posteriors or posteriors_file_of(output))[0], unit="images",
                               desc=f"writing {output.name}") as bar:
         result = write_predictions(output, names, topk, truth, overwrite, progress=bar.update, posteriors=posteriors,
-                                   fuse=fuse, remove=remove)
+                                   fuse=fuse, remove=remove, record=record)
     failed = click.style(f"{result.failed:,} failed", fg="red" if result.failed else None)
     common.say_result(f"wrote {result.output}: {common.counted(result.classified, 'image')} classified, {failed}{work}")
     for path, reason in result.first_failures:
@@ -95,22 +101,28 @@ def export_csv(posteriors: Path, output: Path, topk: int, labels: str | None, fu
             failed = f.failed()
             truth = folder_labels([*f.paths, *failed.paths], np.concatenate([f.labels, failed.labels]), f.classes,
                                   len(names))
-    said, _ = write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse)
-    rerun.record_in_file(output, made, common.command_line(), said)
+    write_csv(output, names, topk, truth, labels, overwrite, quiet, setting, posteriors=posteriors, fuse=fuse, made=made)
+
+
+def errors_said(result: ClassificationResult, setting: str) -> list[str]:
+    """The line of ``result``'s top-1/top-5 errors, where it has any (an image labelled): the result
+    that :func:`report_errors` says, and a CSV records (:mod:`vggfeat.rerun`) to say again."""
+    evaluation = result.evaluation
+    if evaluation is None or evaluation.images == 0:
+        return []
+    return [f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
+            f"over {evaluation.images:,} labelled images ({setting})"]
 
 
 def report_errors(result: ClassificationResult, labels: str, setting: str, say: Callable[..., None]) -> list[str]:
     """Say the top-1/top-5 errors of ``result``; returns the lines of the result (standard output)."""
-    evaluation, said = result.evaluation, []
+    said = errors_said(result, setting)
     labels = "the class folders" if labels == FOLDERS else labels
-    if evaluation.images == 0:
+    if not said:
         common.say_result(f"warning: no classified image has a label in {labels}: no top-1/top-5 error to report",
                           fg="yellow")  # with --quiet too: the errors asked for are not there
     else:
-        # The result goes to stdout: it is what the command was asked for.
-        said.append(f"top-1 error {evaluation.top1_error:.2%}, top-5 error {evaluation.top5_error:.2%} "
-                    f"over {evaluation.images:,} labelled images ({setting})")
-        click.echo(said[-1])
+        click.echo(said[0])  # the result goes to stdout: it is what the command was asked for
     if result.unlabelled or result.labelled_failed:
         say(f"not counted: {common.counted(result.unlabelled, 'image')} without a label in {labels}, "
             f"{common.counted(result.labelled_failed, 'labelled image')} that failed")

@@ -15,7 +15,7 @@ from ..archives import file_exists
 from ..errors import VggfeatError, not_a_file
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, MAX_EF_SEARCH, MAX_HNSW_M, MIN_HNSW_M, VectorIndex, index_features, index_summary
-from ..rerun import check_output, record_in_file, recorded_in_file
+from ..rerun import check_output, recorded_in_file, recorder
 from ..files import file_attributes
 from ..store import INDEX_FORMAT, WHITENING_FORMAT, refuse_descriptors
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
@@ -122,9 +122,11 @@ def _update_index(features: Path, output: Path, quiet: bool) -> None:
 @click.argument("features", type=click.Path(path_type=Path))
 @click.option("--whiten", "whiten_file", type=click.Path(path_type=Path), help="Whitening from 'vggfeat whiten fit'.")
 @click.option("--gt", "ground_truth", type=click.Path(path_type=Path),
-              help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, or a JSON list of {query, ok, junk, bbox}.")
+              help="Oxford/Paris ground truth: a folder of *_query/_good/_ok/_junk.txt, a JSON list of {query, ok, junk, "
+                   "bbox}, or a gnd_*.pkl of revisitop or cirtorch re-saved as JSON (its imlist is the database searched).")
 @click.option("--protocol", type=click.Choice(list(retrieval.REVISITED_PROTOCOLS)),
-              help="With the revisited ROxford/RParis --gt (its gnd_*.pkl re-saved as JSON): which images are relevant.")
+              help="With the revisited ROxford/RParis --gt (its gnd_*.pkl re-saved as JSON): which images are relevant. "
+                   "Its queries are cropped: give --crop-queries.")
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="With --gt: query descriptors [default: looked up in FEATURES].")
 @click.option("--qe", default=0, show_default=True, type=click.IntRange(min=0),
               help="Average query expansion with each query's top N hits (0: off), as 'search --qe'.")
@@ -167,9 +169,21 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
     if common.json_again(json_out, overwrite, made, inputs):
         return
     truth = retrieval.read_ground_truth(ground_truth, protocol) if ground_truth else None
+    # The ground truth's database (imlist), where it names one: revisitop's holds no query image.
+    named = retrieval.ground_truth_database(ground_truth) if ground_truth else None
+    database, query_images = named if named else (None, [])
     if crop_queries:
         _check_boxes(truth)
+    elif protocol:  # said, not refused: whole-image queries are a measure of their own, not the benchmark's
+        unless = f"unless {queries_file} describes the cropped images" if queries_file else "with whole-image queries"
+        click.secho(f"warning: the revisited protocol crops each query image to its box (--crop-queries): {unless}, the "
+                    "figures do not compare with published ones", err=True, fg="yellow")
     whitening = PCAWhitening.load(whiten_file) if whiten_file else None
+    learned = retrieval.whitening_record(whiten_file, features) if whiten_file else None
+    if learned and learned["learned_on_features"]:
+        click.secho(f"warning: {whiten_file} was learned on {features}, the descriptors evaluated: a whitening fitted to "
+                    "the test images raises their mAP; benchmark figures learn it on another dataset (Paris6k's for "
+                    "Oxford5k, Oxford5k's for Paris6k)", err=True, fg="yellow")
     with FeatureFile(features) as f:
         if whitening is not None:
             whitening.check_config(f.config, str(features))
@@ -192,10 +206,12 @@ def retrieval_eval(features, whiten_file, ground_truth, protocol, queries_file, 
             crops = _describe_crops(truth, query_paths, root, query_root, config, quiet, weights=weights, device=device,
                                     batch_size=batch_size)
             Q, query_paths = retrieval.prepare(crops, whitening), None  # a row for each item of truth: one image may hold two
-        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe, failed_paths=failed_paths)
+        result = retrieval.evaluate_ground_truth(X, paths, Q, query_paths, truth, qe=qe, failed_paths=failed_paths,
+                                                 database=database, query_images=query_images)
         result["queries_cropped"] = crop_queries
         if protocol:
             result["revisited_protocol"] = protocol
+    result["whitening"] = {**learned, "output_dim": whitening.output_dim} if learned else None
     said = _shown(result, labelled=truth is None)
     click.echo("\n".join(said))
     common.write_json_output(json_out, result, made, said)
@@ -209,11 +225,14 @@ def _shown(result: dict, labelled: bool) -> list[str]:
     how = f" ({', '.join(how)})" if how else ""
     without = "another image of their class" if labelled else "a relevant image"
     skipped = f", {result['skipped_queries']} without {without} skipped" if result.get("skipped_queries") else ""
+    # Rows of FEATURES beyond the ground truth's database (its imlist) are ranked too: say how many.
+    beyond = (f" ({result['distractors']:,} of them distractors, beyond the ground truth's database)"
+              if result.get("distractors") else "")
     sampled = (f" (drawn at random of {result['sampled_from']:,}, seed {result['sample_seed']})"
                if "sampled_from" in result else "")
     error = f" ± {result['map_standard_error']:.4f} (standard error of the sample)" if "sampled_from" in result else ""
     return [f"{name}: {common.counted(result['queries'], 'query', 'queries')}{sampled}{how} against "
-            f"{common.counted(result['database'], 'image')}{skipped}",
+            f"{common.counted(result['database'], 'image')}{beyond}{skipped}",
             f"  mAP        {result['map']:.4f}{error}",
             *(f"  {key.replace('mp', 'mP'):<10} {result[key]:.4f}"
               for key in (f"{measure}@{k}" for measure in ("recall", "mp") for k in retrieval.RECALL_AT)
@@ -283,9 +302,13 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
             click.echo(f"{', '.join(map(str, targets))} already hold the export of this command on {features}, "
                        "unchanged since; nothing to do")
             return
-        written = exporting.export(features, to, output, overwrite=overwrite)
-        for target in written:
-            record_in_file(target, failures_made if target == written[-1] else made, common.command_line())
+        records = [failures_made if target == targets[-1] else made for target in targets]
+        # Files that each record this very command are its own: some of its export, the others not
+        # renamed into place as a kill stopped it, which it writes whole again.
+        own = made is not None and all(recorded_in_file(target) == record
+                                       for target, record in zip(targets, records) if target.exists())
+        written = exporting.export(features, to, output, overwrite=overwrite or own,
+                                   records=[recorder(record, common.command_line()) for record in records])
         click.echo(f"wrote {', '.join(map(str, written))}")
         return
     if not features.is_file():  # before its name makes the CSV's (a folder such as "." has none)

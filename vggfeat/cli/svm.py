@@ -15,7 +15,7 @@ from ..errors import VggfeatError
 from ..metrics import one_hot
 from ..modelfile import read_model_file
 from ..report import report_files, write_report
-from ..rerun import check_output, file_record, record_in_file, recorded_in_file
+from ..rerun import check_output, file_record, recorded_in_file, recorder
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT, check_new_file
 from ..voc import DIFFICULT, set_files
@@ -212,8 +212,8 @@ def predict(paths, features, overwrite, quiet) -> None:
         if scores_file:
             written = transfer.write_scores(output, model, files, progress=bar.update, provenance=provenance(made))
         else:
-            written = transfer.write_predictions(output, model, files, progress=bar.update)
-            record_in_file(output, made, command_line())
+            written = transfer.write_predictions(output, model, files, progress=bar.update,
+                                                 record=recorder(made, command_line()))
     failed = f"; {counted(written.failed, 'image')} without a descriptor (failed), with the reason" if written.failed else ""
     click.echo(f"wrote {output}: {written.rows:,} rows, {len(written.classes)} class scores each{failed}")
 
