@@ -1008,6 +1008,27 @@ def test_an_export_or_a_json_file_killed_as_it_is_renamed_into_place_is_taken_up
     assert "already hold" in run_main(command)[1].splitlines()[0]  # and again: nothing to do
 
 
+@pytest.mark.parametrize("name", ["r.csv", "r.json"])
+def test_search_results_killed_as_they_are_renamed_into_place_are_taken_up_by_the_same_command(tmp_path, monkeypatch,
+                                                                                               name):
+    """The results file recorded how it was made only after its rename: a kill in between left a
+    file that the same search again refused as another's (--overwrite)."""
+    needs_extended_attributes(tmp_path)
+    X, labels = clustered(per_class=4)
+    db = write_features(tmp_path / "db.h5", X, labels)
+    assert run_main(["index", db, tmp_path / "db.index"])[0] == 0
+    search = ["search", tmp_path / "db.index", "--queries", db, tmp_path / name, "--k", "3"]
+    killed_after_renaming(monkeypatch, name)
+    with pytest.raises(Killed):
+        run_main(search)
+    monkeypatch.undo()
+    written = (tmp_path / name).read_bytes()
+    code, out, err = run_main(search)
+    assert code == 0 and out.startswith(f"{tmp_path / name} already holds the results of this command"), err
+    assert (tmp_path / name).read_bytes() == written
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["db.h5", "db.index", name])
+
+
 def test_search_and_retrieval_eval_never_write_over_a_file_unasked(tmp_path):
     X, labels = clustered(per_class=4)
     db = write_features(tmp_path / "db.h5", X, labels)

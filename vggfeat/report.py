@@ -10,14 +10,13 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .metrics import precision_recall
-from .files import written_together
-from .rerun import record_in_file
+from .rerun import written_recorded
 
 _COLUMNS = ("class", "support", "ignored", "recall", "precision", "ap_voc07_11pt", "ap_area")
 
@@ -30,12 +29,13 @@ def report_files(folder: str | os.PathLike, multilabel: bool) -> list[Path]:
 
 
 def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, targets: np.ndarray,
-                 ignore: np.ndarray | None = None, made: str | None = None, command: str | None = None,
-                 said: Sequence[str] = ()) -> list[Path]:
+                 ignore: np.ndarray | None = None, record: Callable[[Path], object] | None = None) -> list[Path]:
     """Write the report files into ``folder`` (created if needed), each whole or not at all;
     returns their paths (:func:`report_files`). ``ignore`` [N, K] (multi-label): the rows left out
-    of class k's AP, left out of its curve too (VOC's difficult images). ``made``, ``command``,
-    ``said``: what each file records of how it was made (:func:`vggfeat.rerun.record_in_file`)."""
+    of class k's AP, left out of its curve too (VOC's difficult images). ``record``
+    (:func:`vggfeat.rerun.recorder`): what records in each file how it was made, before the files
+    are in place, so that a kill after any rename leaves files that the same command again knows
+    for its own, not another report to refuse."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     multilabel = metrics["task"] != "single-label"
     written = report_files(folder, multilabel)
@@ -45,7 +45,7 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
     writer.writeheader()
     writer.writerows(metrics["per_class"])
     # The files appear together once all are written: never one run's metrics beside another's plot.
-    with written_together(written) as (metrics_json, table_csv, table_md, plot):
+    with written_recorded(written, [record] * len(written)) as (metrics_json, table_csv, table_md, plot):
         metrics_json.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         table_csv.write_text(table.getvalue(), encoding="utf-8", newline="")
         table_md.write_text(_markdown(metrics, columns), encoding="utf-8")
@@ -54,11 +54,6 @@ def write_report(folder: str | os.PathLike, metrics: dict, scores: np.ndarray, t
         else:
             plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], plot,
                            f"mean class recall {metrics['mean_class_recall']:.3f}, accuracy {metrics['accuracy']:.3f}")
-        # Recorded before the renames (a rename keeps a file's extended attributes, size and
-        # modification time): a file appears with its record, and a kill after any rename leaves
-        # files that the same command again knows for its own, not another report to refuse.
-        for temporary in (metrics_json, table_csv, table_md, plot):
-            record_in_file(temporary, made, command, said)
     return written
 
 

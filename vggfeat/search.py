@@ -30,7 +30,8 @@ from .index import VectorIndex
 from .regions import file_and_region, from_corners
 from .retrieval import hits_to_expand_with
 from .stack import StackedExtractor
-from .files import write_text_file, written_atomically
+from .files import naming
+from .rerun import written_recorded_file
 from .whitening import l2_normalize
 
 if TYPE_CHECKING:
@@ -251,17 +252,24 @@ def read_queries(index: VectorIndex, path: str | os.PathLike) -> tuple[np.ndarra
         return f.read(dtype=np.float32), list(f.paths), Path(f.root or ".")
 
 
-def write_results(results: Sequence[Result], output: str | os.PathLike) -> None:
-    """``.csv``: query, rank, path, score per line; ``.json``: a list of {query, hits: [...]}."""
+def write_results(results: Sequence[Result], output: str | os.PathLike,
+                  record: Callable[[Path], object] | None = None) -> None:
+    """``.csv``: query, rank, path, score per line; ``.json``: a list of {query, hits: [...]}.
+    ``record`` (:func:`~vggfeat.rerun.recorder`) records how it was made, before it is in place."""
     output = Path(output)
-    if output.suffix.lower() == ".json":
-        data = [{"query": r.query, "hits": [{"rank": i + 1, "path": p, "score": float(s)}
-                                            for i, (p, s) in enumerate(zip(r.paths, r.scores))]} for r in results]
-        write_text_file(output, json.dumps(data, indent=2) + "\n")
-        return
-    if output.suffix.lower() != ".csv":
+    if output.suffix.lower() not in (".csv", ".json"):
         raise VggfeatError(f"results go to a .csv or .json file, got {output.name}")
-    with written_atomically(output) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+    with written_recorded_file(output, record) as temporary, naming(output):
+        if output.suffix.lower() == ".json":
+            data = [{"query": r.query, "hits": [{"rank": i + 1, "path": p, "score": float(s)}
+                                                for i, (p, s) in enumerate(zip(r.paths, r.scores))]} for r in results]
+            temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        else:
+            _write_csv(results, temporary)
+
+
+def _write_csv(results: Sequence[Result], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "rank", "path", "score"])
         for r in results:

@@ -12,7 +12,7 @@ from ..discover import IMAGE_EXTENSIONS, find_images
 from ..errors import VggfeatError
 from ..index import BACKENDS, VectorIndex
 from ..regions import image_of, split_region
-from ..rerun import check_output, file_record, record_in_file
+from ..rerun import check_output, file_record, recorder
 from ..retrieval import check_box
 from ..textfiles import as_utf8
 from ..search import (Result, describe_crops, describe_images, extractor_for, read_queries, search as run_search,
@@ -106,9 +106,8 @@ def search(paths, queries_file, box, k, qe, montage, montage_hits, montage_queri
             raise VggfeatError("no query image could be described (each is named above, with the reason)")
     results = run_search(db, X, names, k=k, qe=qe)
     if output:
-        write_results(results, output)
         held = f"{common.counted(len(results), 'query', 'queries')} x top {min(k, db.rows)} ({db.backend}, {db.kind})"
-        record_in_file(output, made, common.command_line(), [held])
+        write_results(results, output, record=recorder(made, common.command_line(), [held]))
         click.echo(f"wrote {output}: {held}")
     else:
         for result in results:

@@ -263,8 +263,8 @@ def evaluate(paths, features, labels, report, voc_devkit, voc_set, overwrite) ->
             lines.append(f"  {name:<26} undefined (no class has a positive test example)")
     click.echo("\n".join(lines))
     if report:
-        written = write_report(report, metrics, scored.scores, _indicators(scored), ignore=scored.ignore, made=made,
-                               command=command_line(), said=lines)
+        written = write_report(report, metrics, scored.scores, _indicators(scored), ignore=scored.ignore,
+                               record=recorder(made, command_line(), lines))
         click.echo(f"wrote {', '.join(str(p) for p in written)}")
 
 
