@@ -81,7 +81,7 @@ _PLAIN_FRAMES = {0xC0, 0xC1, 0xC2}
 _OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 _XMP = b"http://ns.adobe.com/xap/1.0/\0"  # an APP1 segment of XMP
-_XMP_TURNED = re.compile(rb'tiff:Orientation(?:="|>)\s*[02-9]')  # as Pillow finds it (getexif), but upright (1)
+_XMP_TURNED = re.compile(rb'tiff:Orientation(?:="|>)[02-9]')  # as Pillow finds it (getexif), but upright (1)
 
 
 def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -122,14 +122,25 @@ def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             # one past the first 6 bytes of any APP1 (a damaged signature too), and turns the image.
             if not segment.startswith(b"Exif\0\0") or _exif_orientation(segment[6:]) != 1:
                 return None
-        elif marker == 0xE1 and segment.startswith(_XMP) and _XMP_TURNED.search(segment):
-            # Pillow takes the orientation from XMP where EXIF gives none (an editor's export, say),
-            # the other decoders never: a turned image decoded upright by one route and not another.
+        elif marker == 0xE1 and segment.startswith(_XMP) and _XMP_TURNED.search(segment) and _pillow_turns_by_xmp():
+            # Pillow (11.2 on) takes the orientation from XMP where EXIF gives none (an editor's
+            # export, say), the other decoders never: one image turned by one route, not another.
             return None
         elif marker == 0xE2 and segment.startswith(b"MPF\0"):  # Pillow opens these as MPO
             return None
         position += 2 + length
     return None
+
+
+@functools.cache
+def _pillow_turns_by_xmp() -> bool:
+    """Whether this Pillow takes a JPEG's orientation from its XMP (11.2 and later; earlier ones
+    read it from a PNG's XMP alone): asked of Pillow, as its version would only be a guess."""
+    from PIL import Image
+
+    image = Image.new("L", (1, 1))
+    image.info["xmp"] = b'<x:xmpmeta tiff:Orientation="6"/>'  # where Pillow's JPEG plugin puts it
+    return image.getexif().get(_ORIENTATION) == 6
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
