@@ -272,9 +272,10 @@ def test_index_refuses_more_hnsw_links_than_any_use_takes(tmp_path):
 
 
 @needs_faiss
-def test_an_index_of_more_hnsw_links_than_building_takes_is_refused(built, tmp_path):
-    """Its parameters and FAISS's graph agree, and its checksum holds (an index built so by an
-    older vggfeat, or edited): an update would build the graph again with them."""
+def test_an_index_of_more_hnsw_links_than_building_takes_now_is_still_searched(built, tmp_path):
+    """An index that an older vggfeat built with --hnsw-m above 512 (its parameters and FAISS's
+    graph agree, its checksum holds) holds what it cost already: it loads and is searched, where it
+    was refused as damaged for a bound that only building takes."""
     import faiss
 
     index = VectorIndex.load(built["hnsw"])
@@ -282,8 +283,10 @@ def test_an_index_of_more_hnsw_links_than_building_takes_is_refused(built, tmp_p
     graph.add(index.reconstruct(np.arange(index.rows)))
     index.faiss_index, index.params = graph, {**index.params, "hnsw_m": 600}
     index.save(tmp_path / "hnsw.index")
-    message = refusal(tmp_path / "hnsw.index")
-    assert "is damaged: its parameter hnsw_m is 600, not a whole number from 2 to 512" in message
+    loaded = VectorIndex.load(tmp_path / "hnsw.index")
+    assert loaded.params["hnsw_m"] == 600
+    _, rows = loaded.search(index.reconstruct(np.arange(3)), k=1)
+    assert rows[:, 0].tolist() == [0, 1, 2]
 
 
 def test_an_index_of_posteriors_is_not_searched_with_query_images(built, tmp_path):
@@ -361,8 +364,8 @@ def test_a_descriptors_file_holding_a_path_twice_is_refused_by_index_and_an_upda
     path = edited(built, tmp_path, "flat", lambda f: None)
     with h5py.File(tmp_path / "db.h5", "r+") as f:
         f["paths"][1] = f["paths"][0]
-    said = (f"Error: {tmp_path / 'db.h5'} is damaged: /paths holds a/0000.jpg twice (rows 0 and 1); describe the "
-            "images again (extract --overwrite)")
+    said = (f"Error: {tmp_path / 'db.h5'}: /paths holds a/0000.jpg twice (rows 0 and 1), where an index holds each "
+            "image once; describe the images again, each once (extract --overwrite)")
     code, _, err = run_main(["index", tmp_path / "db.h5", tmp_path / "new.index"])
     assert code != 0 and error_line(err) == said and not (tmp_path / "new.index").exists()
     code, out, err = run_main(["index", tmp_path / "db.h5", path, "--update", "--quiet"])

@@ -94,6 +94,15 @@ def test_a_stop_as_the_command_loads_its_libraries_ends_in_one_line(stop, code, 
     assert (result.returncode, result.stderr) == (code, f"Error: {said}\n"), result.stderr
 
 
+def test_a_stop_that_the_command_was_started_to_ignore_stays_ignored_as_it_loads():
+    """A Ctrl-C that a background job of a script ignores (SIG_IGN, inherited) stopped the command
+    as it loaded its libraries: the entry point's handler took its place."""
+    script = _STOPPED_WHILE_LOADING.replace("{signal}", "SIGINT").replace(
+        "from vggfeat._entry import run", "signal.signal(signal.SIGINT, signal.SIG_IGN)\nfrom vggfeat._entry import run")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("vggfeat, version"), result.stderr
+
+
 def test_resume_after_kill_9(tmp_path):
     images = tmp_path / "images"
     write_plain_folder(images, 5)

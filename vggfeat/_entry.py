@@ -22,7 +22,9 @@ def _stop(signum: int, frame: object) -> None:
 
 def run() -> None:
     """Run the ``vggfeat`` command (``python -m vggfeat`` too)."""
-    handlers = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    # (a stop that the command was started to ignore, SIG_IGN, as nohup's or a background job's, stays ignored)
+    handlers = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         try:
             from .cli import main

@@ -46,7 +46,7 @@ _SCORE_BYTES = 256 * 2**20  # NumPy search: one block of query x database scores
 BLOCK_BYTES = 64 * 2**20  # building: raw float32 descriptors read and prepared at a time
 FAISS_MISSING = "FAISS is not installed; pip install 'vggfeat[retrieval]' (or faiss-cpu)"
 REBUILD = "build it again with 'vggfeat index'"
-DESCRIBE_AGAIN = "describe the images again (extract --overwrite)"  # a descriptors file's remedy
+DESCRIBE_AGAIN = "describe the images again, each once (extract --overwrite)"  # a descriptors file's remedy
 # HNSW candidates per query: FAISS allocates them for each query (2^31 of them: 16 GiB, std::bad_alloc),
 # and a search of more finds nothing that one of fewer misses.
 MAX_EF_SEARCH = 2**20
@@ -510,8 +510,9 @@ def _check_values(index: VectorIndex, path: Path) -> None:
     # fewer hits (silently), 2^31 - 1 as 16 GiB per query.
     for name in _PARAMS[index.kind]:
         value = index.params[name]  # one gone: reading_hdf5's line, "(ef_search)"
+        # (hnsw_m has no upper bound here: an index built before MAX_HNSW_M holds what it cost already)
         least = MIN_HNSW_M if name == "hnsw_m" else 1
-        most = index.params["nlist"] if name == "nprobe" else {"ef_search": MAX_EF_SEARCH, "hnsw_m": MAX_HNSW_M}.get(name)
+        most = index.params["nlist"] if name == "nprobe" else MAX_EF_SEARCH if name == "ef_search" else None
         if whole_number(value) is None or not least <= value <= (most or value):
             raise VggfeatError(f"{path} is damaged: its parameter {name} is {json.dumps(value)[:40]}, not a whole "
                                f"number from {least}{f' to {most}' if most else ''}; {REBUILD}")
@@ -541,12 +542,15 @@ def repeated_path(paths: Sequence[str]) -> tuple[int, int] | None:
 
 
 def check_paths_once(paths: Sequence[str], path: str | os.PathLike, remedy: str) -> None:
-    """Refuse the /paths of the file at ``path`` (an index, or the descriptors file of one) where
-    they hold one path twice, naming it and saying ``remedy``."""
+    """Refuse the /paths of the file at ``path`` (an index, damaged; or the descriptors file of
+    one, which Python code may have written so) where they hold one path twice, naming it and
+    saying ``remedy``."""
     repeated = repeated_path(paths)
     if repeated is not None:
         earlier, row = repeated
-        raise VggfeatError(f"{path} is damaged: /paths holds {paths[row]} twice (rows {earlier} and {row}); {remedy}")
+        holds = f"/paths holds {paths[row]} twice (rows {earlier} and {row})"
+        raise VggfeatError(f"{path} is damaged: {holds}; {remedy}" if remedy == REBUILD else
+                           f"{path}: {holds}, where an index holds each image once; {remedy}")
 
 
 def _text(f: h5py.File, name: str, path: str | os.PathLike) -> str:
