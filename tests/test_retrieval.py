@@ -531,6 +531,14 @@ def test_ground_truth_images_that_failed_are_relevant_images_not_retrieved_and_o
     assert result["map"] == pytest.approx(compute_ap(np.array([1, 3]), 3))
     with pytest.raises(VggfeatError, match="ok image broken is not in the descriptors"):
         evaluate_ground_truth(X, paths, X, paths, truth)
+    # Of a ground truth naming its database (imlist): said once, not also as an image of it with no
+    # descriptor, "ranked without", which contradicted "counted as not retrieved".
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        again = evaluate_ground_truth(X, paths, X, paths, truth, failed_paths=["d/broken.jpg", "d/damaged.jpg"],
+                                      database=["q", "x", "w", "y", "broken", "damaged"])
+    assert [str(warning.message).split(",")[0] for warning in said] == ["2 image(s) of the ground truth have no descriptor"]
+    assert again["map"] == result["map"]
 
 
 def test_two_boxes_of_one_query_image_are_two_queries_each_of_its_own_crop():

@@ -205,6 +205,9 @@ def evaluate_ground_truth(
     left_out = np.zeros(0, dtype=np.int64)
     if database is not None:
         left_out, distractors, absent = _outside_database(paths, database, query_images)
+        # (an image whose file failed is said below, where it matters: a relevant image not retrieved)
+        failed_absent = _name_index(failed_paths, {*absent, *(Path(name).stem for name in absent)})
+        absent = [name for name in absent if _find(failed_absent, name) is None]
         if absent:
             warnings.warn(f"{len(absent)} image(s) of the ground truth's database (its imlist) have no descriptor (e.g. "
                           f"{absent[0]}): every query is ranked without them", RuntimeWarning, stacklevel=2)
