@@ -26,6 +26,7 @@
 #   bash benchmarks/gpu_checks.sh reading    # second, if time is short: where single scale's reading ceiling lies (< 5.5 min)
 #   bash benchmarks/gpu_checks.sh gpudecode  # third: JPEGs decoded on the GPU, nvJPEG against nvImageCodec's hardware engines (< 2.5 min)
 #   bash benchmarks/gpu_checks.sh nvimgcodec # single scale with --decoder nvimgcodec: files per decoding call and threads (< 9.5 min)
+#   bash benchmarks/gpu_checks.sh gpufixes   # the GPU-path fixes: nvImageCodec's pixels copied out of its memory, decoders, lbfgs (< 4 min)
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -44,7 +45,7 @@ install_nvimgcodec() {
     export PYTHONPATH=$PYTHONPATH:/tmp/site
 }
 
-case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm} in
+case ${1:?name a step: session, first, reading, gpudecode, nvimgcodec, gpufixes, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm} in
 session)
     # One command for a session whose device time (15 minutes, the machine's start included) allows
     # one: the open targets first, then what decides the single-scale target, each step with
@@ -108,6 +109,13 @@ nvimgcodec)
                 --jpeg-group $group || echo "(exit $?)"
         done
     done ;;
+gpufixes)
+    # The GPU-path fixes built without a GPU: --decoder nvimgcodec's pixels are PyTorch's copies (its
+    # own memory, freed on its stream when they are dropped, could be decoded over under the
+    # network's queued resizes): 96 distinct images at three scales, together against each alone;
+    # the GPU decoders against PIL, a failed file in the batch; train-svm --solver lbfgs on the GPU.
+    install_nvimgcodec
+    timeout 200 $python -m pytest -q -s -ra tests/test_gpu.py -k "memory_is_reused or gpu_decoders or lbfgs" || echo "(exit $?)" ;;
 network)
     # Is the network itself faster fused, compiled or graphed? Single-scale batches, then the paper's largest scale.
     timeout 250 $python benchmarks/bench_network.py --batch 256 --size 224 || echo "(exit $?)"
@@ -194,6 +202,6 @@ svm)
             || echo "(exit $?)"
     done ;;
 *)
-    echo "unknown step $1: session, first, reading, gpudecode, nvimgcodec, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm" >&2
+    echo "unknown step $1: session, first, reading, gpudecode, nvimgcodec, gpufixes, network, tests, paper, nvjpeg, shapes, single, processes, profile, spy, precision, pooling, draft, camera, blocks, fused or svm" >&2
     exit 2 ;;
 esac

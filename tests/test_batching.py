@@ -17,7 +17,7 @@ import torch
 from imagefiles import smooth_rgb, write_rgb
 from reference import assert_close
 from vggfeat import Extractor, VggfeatError, load_network
-from vggfeat.extractor import too_large_for_memory
+from vggfeat.extractor import out_of_memory, too_large_for_memory
 
 SHAPES = [(224, 300), (300, 224), (240, 240), (224, 224), (260, 350), (224, 280)]
 
@@ -27,9 +27,19 @@ def images():
     return [smooth_rgb(h, w, seed=i) for i, (h, w) in enumerate(SHAPES)]
 
 
-# What running out of memory raises: on a GPU, and on the CPU (torch's allocator, no class of its own).
+# What running out of memory raises: on a GPU, CUDA's OutOfMemoryError, or where cuDNN has no room
+# for a convolution's workspace a RuntimeError of its own; on the CPU (torch's allocator), a
+# RuntimeError too.
+CUDNN_OUT_OF_MEMORY = [
+    "GET was unable to find an engine to execute this computation",  # cuDNN's heuristics
+    "FIND was unable to find an engine to execute this computation",  # cuDNN's autotuning
+    "Unable to find a valid cuDNN algorithm to run convolution",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+]
 OUT_OF_MEMORY = {
     "gpu": lambda: torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"),
+    "cudnn": lambda: RuntimeError(CUDNN_OUT_OF_MEMORY[0]),
     "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                                 "memory: you tried to allocate 959997600000 bytes. Error code 12 (Cannot allocate memory)"),
 }
@@ -107,6 +117,14 @@ def test_an_image_too_large_for_memory_alone_fails_and_the_rest_go_on(random_vgg
     assert_close(chunks[0].features, expected, 1e-5, "the images that fit")
     got = extractor.extract(paths, errors="nan")
     assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("message", CUDNN_OUT_OF_MEMORY)
+def test_cudnn_and_cublas_without_memory_are_out_of_memory(message):
+    """cuDNN raises no OutOfMemoryError where its workspace does not fit: the batch is split all the
+    same (above, with the first message), rather than the run ending in a traceback."""
+    assert out_of_memory(RuntimeError(message))
+    assert not out_of_memory(RuntimeError("a bug, not a lack of memory"))
 
 
 def test_an_error_of_the_network_other_than_memory_still_stops_the_run(random_vgg16, tmp_path, monkeypatch):
@@ -278,3 +296,46 @@ def test_the_compiled_network_gives_the_descriptors_of_the_plain_one(images):
     assert compiled._compiled is not None and compiled._compiling
     # Inductor's "No CUDA runtime is found, using CUDA_HOME=..." (a torch log line) kept off the terminal.
     assert logging.getLogger("torch.utils.cpp_extension").getEffectiveLevel() == logging.ERROR
+
+
+def test_every_tuned_shape_of_every_network_runs_compiled_padded_or_not(monkeypatch):
+    """Dynamo runs a function uncompiled from its recompile limit on (8 graphs in torch 2.14), saying
+    nothing; every network's graphs are of one code object, DenseVGG.forward's, and each tuned batch
+    shape may take two: a batch of one image size (unpadded) and one padded. Two networks (a
+    FusedExtractor's), each with its TUNED_SHAPES shapes both ways: each batch gets its graph.
+    Graphs counted by a backend that compiles nothing (Inductor would take seconds a graph)."""
+    import torch._dynamo
+    from torch._dynamo import config
+
+    import vggfeat.extractor
+    from vggfeat.extractor import TUNED_SHAPES
+    from vggfeat.resize import pad_batch
+
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: real(model, backend=counting, **options))
+    for name in ("recompile_limit", "accumulated_recompile_limit"):
+        monkeypatch.setattr(config, name, getattr(config, name))  # this process's limits, restored after
+    monkeypatch.setattr(vggfeat.extractor, "_networks_compiled", 0, raising=False)  # (none in older vggfeat)
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # (it warns of the limit where it is hit)
+    torch._dynamo.reset()
+    batches = 0
+    try:
+        for model in ("vgg11", "vgg13"):
+            extractor = Extractor(model, weights="random", device="cpu", scales=[32], layer="conv1_1", compile="on")
+            for key in range(TUNED_SHAPES):
+                height, width = 32, 32 * (key + 1)  # (batches are padded to multiples of 32)
+                one_size = [torch.zeros(3, height, width)] * 2
+                padded = [torch.zeros(3, height, width), torch.zeros(3, height - 4, width - 4)]  # the same key
+                for inputs in (one_size, padded):
+                    batch, sizes = pad_batch(inputs)
+                    extractor._network(batch.contiguous(memory_format=torch.channels_last), sizes, compiled=True)
+                    batches += 1
+    finally:
+        torch._dynamo.reset()
+    assert batches == 2 * 2 * TUNED_SHAPES and len(graphs) == batches, "some batches ran uncompiled"

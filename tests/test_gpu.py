@@ -212,6 +212,33 @@ def test_gpu_decoders_match_pil_and_survive_a_bad_file(decoder, random_vgg16, im
     assert cosine(by_gpu[good], by_pil[good]).min() > 0.9999
 
 
+def test_nvimgcodec_pixels_are_read_by_the_network_before_their_memory_is_reused(random_vgg16, tmp_path):
+    """--decoder nvimgcodec at three scales over many distinct images (chunks in flight, threads
+    decoding ahead): each image gets the descriptor it gets described alone. nvImageCodec frees its
+    images' memory on its own stream as soon as they are dropped, which record_stream cannot hold
+    back: a chunk's pixels, dropped while the network's resizes of them were still queued, could be
+    decoded over (wrong descriptors, silently). The pixels are PyTorch's own copies since."""
+    from PIL import Image
+
+    import vggfeat.gpujpeg
+
+    if vggfeat.gpujpeg.version() is None:
+        pytest.skip(f"nvImageCodec is not installed: {vggfeat.gpujpeg.install_command()}")
+    paths = []
+    for i in range(96):
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        Image.fromarray(smooth_rgb(240 + 8 * (i % 11), 320 + 16 * (i % 7), seed=100 + i)).save(paths[-1], quality=90)
+    extractor = Extractor(random_vgg16, device="cuda", decoder="nvimgcodec", scales=[256, 384, 512], precision="fp32",
+                          batch_size=8, workers=4)
+    together = extractor.extract(paths)
+    alone = np.concatenate([extractor.extract([path]) for path in paths])
+    random_vgg16.to("cpu")
+    errors = np.abs(together - alone).max(axis=1) / np.abs(alone).max(axis=1)
+    print(f"nvimgcodec, 96 images at 3 scales together vs alone: largest relative error {errors.max():.2e} "
+          f"(image {errors.argmax()})")
+    assert errors.max() < 1e-4
+
+
 def test_rmac_on_the_gpu_equals_the_cpu():
     from vggfeat.pooling import pool_map
 

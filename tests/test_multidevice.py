@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -647,3 +649,83 @@ def test_the_fork_server_imports_without_touching_cuda():
     ran = subprocess.run([sys.executable, "-c", _PRELOAD_QUERIES], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["0", "False"]
+
+
+# --------------------------------------------------------------------------- the GPU of each thread
+# CUDA's current device is per thread and starts at GPU 0: a process working on cuda:1 whose threads
+# never set it opens a context on GPU 0 too (its memory taken there) as soon as a thread switches
+# streams, pins memory or waits on an event. Simulated here without a GPU: torch.cuda.set_device
+# records each thread's device, and the work recorded sees its thread's.
+
+
+@pytest.fixture
+def thread_devices(monkeypatch):
+    """Each thread's current CUDA device as torch.cuda.set_device sets it (None: never set, GPU 0)."""
+    import threading
+
+    current = threading.local()
+
+    def set_device(device):
+        current.index = device.index if isinstance(device, torch.device) else int(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: getattr(current, "index", 0))
+    return lambda: (threading.current_thread().name, getattr(current, "index", None))
+
+
+def test_a_device_process_sets_its_gpu_before_any_work(thread_devices, monkeypatch):
+    """Each device's process makes its device current before it builds its extractor."""
+    seen = []
+
+    class Recording:
+        def __init__(self, **arguments):
+            seen.append(thread_devices())
+            raise VggfeatError("recorded")
+
+    for name in ("_stop_when_orphaned", "quiet_decoding_libraries"):
+        monkeypatch.setattr(vggfeat.multidevice, name, lambda *args: None)
+    monkeypatch.setattr(vggfeat.multidevice.signal, "signal", lambda *args: None)  # this process's own stay
+    monkeypatch.setattr(vggfeat.multidevice, "resolve_device", torch.device)  # cuda:1 without a GPU
+    said = []
+    parent = SimpleNamespace(send=said.append)
+    vggfeat.multidevice._describe_blocks(1, Recording, {}, "cuda:1", (1, None, None), parent, os.getpid(), "float32",
+                                         16, False, {}, None)
+    assert said == [("failed", "recorded")]
+    assert seen == [("MainThread", 1)]
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+@pytest.mark.parametrize("device", ["cuda:1", "cuda"])
+def test_a_readers_threads_each_set_its_gpu(thread_devices, monkeypatch, tmp_path, processes, device):
+    """The reader's decoding threads (or, decoding in processes, the threads that receive, pin and
+    upload their pixels) each make the reader's GPU current before they use it. A plain "cuda" is
+    the reading thread's current device (here GPU 2), not a new thread's GPU 0."""
+    import threading
+
+    import vggfeat.processes
+    import vggfeat.reading
+    from vggfeat.processes import DecodingProcesses
+    from vggfeat.reading import ImageReader
+
+    torch.cuda.set_device(2)  # the reading thread's own
+    used = []
+
+    def decoding(self, paths, number, budget, limit=None):  # what would upload or decode on the GPU
+        used.append(thread_devices())
+        time.sleep(0.05)  # every thread gets some
+        return list(paths), 0
+
+    monkeypatch.setattr(ImageReader, "_decode_group", decoding)
+    monkeypatch.setattr(DecodingProcesses, "_received", lambda self, files, number: decoding(self, files, number, None))
+    monkeypatch.setattr(vggfeat.processes, "SLOT_BYTES", 1024)  # (a GPU's reader makes slots: small ones)
+    monkeypatch.setattr(vggfeat.reading, "JPEG_GROUP", 1)  # a group per file: several threads
+    paths = [tmp_path / f"{i}.jpg" for i in range(8)]
+    reader = ImageReader(torch.device(device), "pil", workers=3, max_pixels=10**8, min_side=32, processes=processes)
+    with reader.read(paths, lookahead=8) as results:
+        assert list(results) == paths
+    expected = 1 if device == "cuda:1" else 2
+    assert len(used) == len(paths) and all(index == expected for _, index in used), used
+    prefix = "vggfeat-receive" if processes else "vggfeat-decode"
+    assert all(name.startswith(prefix) for name, _ in used) and len({name for name, _ in used}) > 1
+    assert threading.current_thread().name == "MainThread"

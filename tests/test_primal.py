@@ -295,3 +295,25 @@ def test_lbfgs_holds_no_array_of_every_row_and_class(tmp_path):
     """))
     grown = int(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout)
     assert grown < training_memory(30000, 8, solver="lbfgs", classes=1000) + 32 * 2**20 < 30000 * 1000 * 8
+
+
+def test_descriptors_too_large_for_the_gpu_say_to_train_on_the_cpu(overlapping, monkeypatch):
+    """``--solver lbfgs`` on a GPU holds the descriptors whole there: where they (or the solver's
+    state) do not fit, the run stops saying so and what to do, not in torch's traceback. Simulated
+    without a GPU: the upload runs out of memory."""
+    X, y = overlapping
+    targets = np.eye(4, dtype=bool)[y]
+
+    class Uploading(primal.Problem):
+        def __init__(self, X, *args):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 112.00 KiB (simulated)")
+
+    monkeypatch.setattr(primal, "Problem", Uploading)
+    with pytest.raises(VggfeatError, match=r"^the SVMs of 4 classes on 600 descriptors of 48 dimensions \(0\.0 GiB "
+                                           r"on the GPU, and the solver's state\) do not fit in cuda:1's memory; train "
+                                           r"them on the CPU: device='cpu' \(--device cpu\)$"):
+        primal.fit_primal(X, targets, 1.0, max_iter=100, tol=1e-4, device=torch.device("cuda", 1))
+    # ImageNet's fc7 descriptors, float64 (held as float32 on a GPU) and float16 (held so): their shape alone.
+    for dtype, size in ((np.float64, "19.5"), (np.float16, "9.8")):
+        imagenet = np.broadcast_to(np.zeros((), dtype), (1_281_167, 4096))
+        assert f"({size} GiB on the GPU," in primal.too_large_for_gpu(imagenet, 1000, torch.device("cuda"))

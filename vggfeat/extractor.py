@@ -521,6 +521,7 @@ class Extractor:
         if compiled:
             if self._compiled is None:
                 # One graph per shape (no dynamic shapes): only full batches come here, few shapes.
+                allow_recompiles()
                 self._compiled = torch.compile(self._runner, dynamic=False)
                 # Inductor's C++ compiler logs, on a machine without CUDA, "No CUDA runtime is found,
                 # using CUDA_HOME=..." to the terminal: nothing a run on the CPU needs to hear.
@@ -541,6 +542,31 @@ class Extractor:
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# Graphs that one compiled network may need: each of its TUNED_SHAPES batch shapes compiles one
+# graph for a batch of one image size (unpadded) and one for a batch padded to a multiple of 32.
+GRAPHS_PER_NETWORK = 2 * TUNED_SHAPES
+_networks_compiled = 0  # in this process
+
+
+def allow_recompiles() -> None:
+    """Let Dynamo compile the graphs of one more network: beyond its recompile limit (8 graphs
+    per code object in torch 2.14) it runs a function uncompiled from then on, silently, and every
+    network's graphs are of one code object, DenseVGG.forward's (a FusedExtractor compiles several
+    networks; so may a process that makes several extractors). The limit is raised to
+    GRAPHS_PER_NETWORK per network compiled in this process, never lowered (a user's own higher
+    limit stays), and not restored: the compiled networks go on using it in later runs, and Dynamo
+    checks it whenever a new shape comes."""
+    global _networks_compiled
+    _networks_compiled += 1
+    needed = GRAPHS_PER_NETWORK * _networks_compiled
+    from torch._dynamo import config  # (imported by torch.compile anyway)
+
+    # (torch 2.2-2.5 name them cache_size_limit and accumulated_cache_size_limit)
+    for names in (("recompile_limit", "cache_size_limit"), ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+        name = next((name for name in names if hasattr(config, name)), None)
+        if name is not None and getattr(config, name) < needed:
+            setattr(config, name, needed)
+
 
 def too_large_for_memory(size: tuple[int, int], scale: int, on_gpu: bool) -> str:
     """The reason an image of ``size`` (height, width) failed: it does not fit in memory alone."""
@@ -550,12 +576,27 @@ def too_large_for_memory(size: tuple[int, int], scale: int, on_gpu: bool) -> str
             f"{on_cpu}smaller scales (--scales)")
 
 
+# What torch's RuntimeErrors say where the device ran out of memory but raised no OutOfMemoryError:
+# the CPU's allocator; cuDNN, whose workspace for a convolution could not be allocated (it then
+# finds no engine, or no algorithm, that runs in the memory left); cuDNN's and cuBLAS's own
+# allocations; and a CUDA call's own "out of memory" (a library's handle, say).
+OUT_OF_MEMORY_MESSAGES = (
+    "DefaultCPUAllocator",
+    "was unable to find an engine to execute this computation",  # cuDNN's GET (heuristics) and FIND (autotuning)
+    "Unable to find a valid cuDNN algorithm to run convolution",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDA error: out of memory",
+)
+
+
 def out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is the device running out of memory: CUDA's OutOfMemoryError, or the
-    RuntimeError of the CPU's allocator (an image resized to a huge --scales, say), which
-    torch raises as no error class of its own."""
+    """Whether ``error`` is the device running out of memory: CUDA's OutOfMemoryError, or a
+    RuntimeError that torch raises with no error class of its own (OUT_OF_MEMORY_MESSAGES): the
+    CPU's allocator (an image resized to a huge --scales, say), or cuDNN finding no way to run a
+    convolution in the GPU memory left. A batch that fails so is split and tried again."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "DefaultCPUAllocator" in str(error))
+        isinstance(error, RuntimeError) and any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES))
 
 
 def _runner(network: DenseVGG, precision: str) -> DenseVGG:

@@ -72,29 +72,61 @@ class BatchDecoder:
         nvimgcodec = library()
         if nvimgcodec is None:
             raise RuntimeError(f"nvImageCodec is not installed: {install_command()}")
-        self.device = device
         on_gpu = device.type == "cuda"
+        # Its index, resolved once: the images are made on that device, and the stream they are
+        # decoded (and copied) on is that device's current one (see __call__).
+        self.device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index) \
+            if on_gpu else device
         kinds = GPU_BACKENDS if on_gpu else ("CPU_ONLY",)
-        self._decoder = nvimgcodec.Decoder(
-            device_id=(device.index if device.index is not None else torch.cuda.current_device()) if on_gpu
-            else nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-            backends=[nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind)) for kind in kinds],
-            options=OPTIONS,
-        )
-        # Planar RGB is the network's [3, H, W]; EXIF orientations never come here (read_jpeg).
-        self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
-                                               sample_format=nvimgcodec.SampleFormat.P_RGB)
+        try:
+            self._decoder = nvimgcodec.Decoder(
+                device_id=self.device.index if on_gpu else nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                backends=[nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind)) for kind in kinds],
+                options=OPTIONS,
+            )
+            # Planar RGB is the network's [3, H, W]; EXIF orientations never come here (read_jpeg).
+            self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                                   sample_format=nvimgcodec.SampleFormat.P_RGB)
+        except TypeError as error:
+            # An older nvImageCodec's bindings refuse an argument (DecodeParams without sample_format,
+            # say) with pybind's TypeError: said as a decoder that cannot start, which the reader
+            # reports ("cannot decode ...; use --decoder torchvision") rather than a traceback.
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise RuntimeError(f"{version()} is too old for vggfeat ({first}); upgrade it: "
+                               f"{install_command().replace('pip install', 'pip install -U', 1)}") from error
 
     def __call__(self, datas: list[torch.Tensor]) -> list[torch.Tensor | None]:
         encoded = [data.numpy() for data in datas]
         if self.device.type != "cuda":
-            images = self._decoder.decode(encoded, params=self._params)
+            images = _one_per_file(self._decoder.decode(encoded, params=self._params), len(datas))
             return [None if image is None else torch.from_numpy(np.asarray(image.cpu())) for image in images]
         stream = torch.cuda.current_stream(self.device)
-        images = self._decoder.decode(encoded, params=self._params, cuda_stream=stream.cuda_stream)
-        # DLPack: the tensors share the images' memory (and keep it alive), allocated by nvImageCodec,
-        # and torch's current stream (the decoding stream) is the one the images were made on.
-        return [None if image is None else torch.from_dlpack(image) for image in images]
+        images = _one_per_file(self._decoder.decode(encoded, params=self._params, cuda_stream=stream.cuda_stream),
+                               len(datas))
+        # Copies that PyTorch owns, not the images themselves. DLPack would share nvImageCodec's
+        # memory, which it allocated with cudaMallocAsync on ``stream`` and frees with cudaFreeAsync
+        # on ``stream`` as soon as the tensor dies; but the network uses the pixels on another stream
+        # (resizing, queued ahead of the GPU), and record_stream, which keeps PyTorch's own memory
+        # from being reused under such work, does nothing for memory PyTorch did not allocate:
+        # pixels dropped with their chunk could be overwritten before the resizes read them (wrong
+        # descriptors, silently). Each clone is queued on ``stream`` too (the current stream of the
+        # images' device, this one), so it reads the decoded pixels after the decoding and before
+        # the free that the images' end queues there behind it.
+        return [None if image is None else torch.from_dlpack(image).clone() for image in images]
+
+
+def _one_per_file(images: list, files: int) -> list:
+    """The decoder's images, checked to be one per file. Some nvImageCodec releases leave out an
+    image they failed to decode rather than give None for it: paired with the files by position,
+    every later file would get its neighbour's pixels. A batch short of images raises, so that its
+    files are decoded again one by one (:func:`vggfeat.jpeg.decode_jpegs`); a single file without
+    its image failed (None: PIL decides)."""
+    images = list(images)
+    if len(images) == files:
+        return images
+    if files == 1 and not images:
+        return [None]
+    raise RuntimeError(f"nvImageCodec decoded {len(images)} images of {files} files")
 
 
 @contextlib.contextmanager

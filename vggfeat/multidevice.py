@@ -345,6 +345,14 @@ def _describe_blocks(number: int, kind: type[Extractor], arguments: dict, device
 
     files_before = open_hdf5_files()
     try:
+        target = resolve_device(device)
+        if target.type == "cuda" and target.index is not None:
+            # CUDA's current device, per thread, starts at GPU 0: without this, this process would
+            # also open a context on GPU 0 (hundreds of MiB there, where another device's process
+            # works), as soon as this thread switched streams (torch.cuda.stream's exit sets the
+            # previous one back, and with it GPU 0) or waited on an event. Its reader's threads are
+            # set up alike (reading.device_threads). A plain "cuda" is GPU 0 already.
+            torch.cuda.set_device(target.index)
         extractor = kind(**arguments, device=device)
         config = config_json(extractor.config(), dtype)
         task = first

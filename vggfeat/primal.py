@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .errors import VggfeatError
 from .svm import LBFGS_BLOCK_VALUES, LBFGS_GPU_BLOCK_VALUES
 
 # The share of liblinear's tol at which L-BFGS stops (see fit_primal).
@@ -125,7 +126,32 @@ def fit_primal(X: np.ndarray, targets: np.ndarray, C: float, row_weights: np.nda
     (liblinear's primal solver stops on the gradient's norm relative to zero's; L-BFGS at ``tol``
     itself stopped 0.9% above the objective liblinear reached, at a tenth of it 0.005% above:
     RESULTS.md, bench_svm.py.)
+
+    On a GPU, the descriptors are uploaded whole: where they (or the solver's state) do not fit in
+    its memory, :class:`VggfeatError` says so and suggests the CPU, rather than torch's traceback.
     """
+    try:
+        return _fit_primal(X, targets, C, row_weights, ignore, balanced, max_iter=max_iter, tol=tol, device=device,
+                           start=start)
+    except torch.cuda.OutOfMemoryError:
+        pass
+    # (outside the except block: the failed attempt's tensors are freed first)
+    torch.cuda.empty_cache()
+    raise VggfeatError(too_large_for_gpu(X, targets.shape[1], device)) from None
+
+
+def too_large_for_gpu(X: np.ndarray, classes: int, device: torch.device) -> str:
+    """Why the solver stopped: the descriptors (held whole on the GPU, as float32 or float16) and
+    the solver's state do not fit in its memory."""
+    held = 2 if X.dtype == np.float16 else 4
+    return (f"the SVMs of {classes:,} classes on {X.shape[0]:,} descriptors of {X.shape[1]:,} dimensions "
+            f"({X.shape[0] * X.shape[1] * held / 2**30:.1f} GiB on the GPU, and the solver's state) do not fit in "
+            f"{device}'s memory; train them on the CPU: device='cpu' (--device cpu)")
+
+
+def _fit_primal(X: np.ndarray, targets: np.ndarray, C: float, row_weights: np.ndarray | None,
+                ignore: np.ndarray | None, balanced: bool, *, max_iter: int, tol: float, device: torch.device,
+                start: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, bool]:
     problem = Problem(X, targets, C, row_weights, ignore, balanced, device)
     dtype = problem.dtype
     coef = torch.zeros((targets.shape[1], X.shape[1]), device=device, dtype=dtype)

@@ -29,7 +29,7 @@ import torch
 from . import archives
 from .decode import Reduction
 from .errors import ImageError, VggfeatError, quiet_decoding_libraries
-from .reading import Budget, Decoded, ImageReader, Reduced
+from .reading import Budget, Decoded, ImageReader, Reduced, device_threads
 
 # Most decoded bytes a worker sends at once, and for a GPU the size of the slots of shared memory
 # that workers decode into, one per worker and two more: a group of 500x375 images.
@@ -93,7 +93,8 @@ class DecodingProcesses:
         for slot in range(len(self.slots)):
             self.free.put(slot)
         self.pool = self._pool(reader.workers)
-        self.receiving = ThreadPoolExecutor(count, thread_name_prefix="vggfeat-receive")
+        # These threads pin and upload the pixels: on the reader's GPU, as its current device.
+        self.receiving = ThreadPoolExecutor(count, thread_name_prefix="vggfeat-receive", **device_threads(reader.device))
         self.lock = threading.Lock()
         self.crashes = 0
 

@@ -89,7 +89,8 @@ class ImageReader:
 
                 submit = stack.enter_context(DecodingProcesses(self, budget)).submit
             else:
-                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode")
+                pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vggfeat-decode",
+                                          **device_threads(self.device))  # on this GPU, set in each thread
                 stack.callback(pool.shutdown, cancel_futures=True)  # a reader that stops early waits for no more
                 submit = functools.partial(pool.submit, self._decode_group, budget=budget)
             stack.callback(budget.close)  # first: no worker is left waiting for a reader gone
@@ -154,6 +155,11 @@ class ImageReader:
             held += budget.take(number, sum(jpeg.decoded_bytes for _, jpeg in batch))  # before they exist
             with self._own_stream():
                 decoded = self._decode_jpegs([jpeg for _, jpeg in batch], on)
+                if len(decoded) != len(batch):
+                    # A decoder that left a file out: paired by position, every later file would get
+                    # its neighbour's pixels. PIL decodes them all instead (nvImageCodec's decoder
+                    # checks its own count and retries file by file: gpujpeg._one_per_file).
+                    decoded = [None] * len(batch)
                 if on != self.device:
                     decoded = [None if pixels is None else self._upload(pixels) for pixels in decoded]
             for (i, jpeg), pixels in zip(batch, decoded):
@@ -240,6 +246,26 @@ class ImageReader:
             yield
         self._thread.done.record(stream)
         self._thread.done.synchronize()
+
+
+def device_threads(device: torch.device) -> dict:
+    """ThreadPoolExecutor's keyword arguments for threads that use ``device``: on a GPU, each
+    thread starts by making it its current CUDA device (:func:`use_cuda_device`). CUDA's current
+    device is per thread and starts at GPU 0: a thread working for GPU 1 would otherwise open a
+    context on GPU 0 too (hundreds of MiB of its memory, where another run may be working), as
+    soon as it switches streams (``torch.cuda.stream`` sets the previous stream back on exit, and
+    with it GPU 0), pins memory or waits on an event. A plain "cuda" is the calling thread's
+    current device, resolved here, where it is meant: in a new thread it would be GPU 0. Nothing
+    on the CPU, nor where CUDA is absent (no thread can use it there)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return {"initializer": use_cuda_device, "initargs": (index,)}
+
+
+def use_cuda_device(index: int) -> None:
+    """Make GPU ``index`` this thread's current CUDA device (see :func:`device_threads`)."""
+    torch.cuda.set_device(index)
 
 
 class Budget:
