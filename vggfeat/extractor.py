@@ -137,7 +137,7 @@ class Extractor:
         layer: ``fc7``, ``fc6``, ``pool5``, a conv layer such as ``conv5_3``, or ``fc8`` (class scores);
             None: ``fc7``, or ``conv5_3`` for the retrieval poolings ``gem`` and ``rmac``.
         pooling: ``avg`` (the paper's; SPoC), ``max`` (MAC), ``gem`` (power mean, ``gem_p``) or
-            ``rmac`` (Tolias et al.'s regional MAC) over the dense map; ``mac``/``spoc`` are aliases.
+            ``rmac`` (Tolias et al.'s regional MAC, without their per-region whitening) over the dense map; ``mac``/``spoc`` are aliases.
         scales: smallest-side sizes Q (whole numbers), each >= 224 for the fc layers and
             ``center_crop``, >= 32 for conv and pool layers.
         aggregate: ``mean`` over scales, ``stack`` (concatenate, dim x number of scales) or
