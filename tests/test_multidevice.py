@@ -276,17 +276,24 @@ def test_the_disk_a_run_needs_is_its_rows_and_one_block_less_those_done(tmp_path
     assert done.already_done and done.disk_needed() == 0 and done.run().already_done
 
 
-@pytest.mark.parametrize("merged_file", ["kept", "broken", "removed"])
-def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp_path, monkeypatch, merged_file):
-    """A block's rows go into the merged file before its own file is written anew without them:
-    killed between two blocks, the run goes on merging; the merged file broken by a kill as it
-    was completed gives its rows back from its bytes; removed, its blocks are described again."""
+def two_blocks_finished(tmp_path) -> tuple:
+    """Six images in two blocks, each finished by a run interrupted before its merge: (the
+    images, the output, its shards folder)."""
     write_plain_folder(tmp_path / "images", 6)
     images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
     shards = shards_folder(output)
     shards.mkdir()
     for k in (1, 2):
         ExtractionJob(cheap_extractor(), images.shard(k, 2), shards / f"shard-{k}-of-2.h5").run()
+    return images, output, shards
+
+
+@pytest.mark.parametrize("merged_file", ["kept", "broken", "removed"])
+def test_blocks_merged_with_each_row_on_disk_once_and_a_killed_merge_resumed(tmp_path, monkeypatch, merged_file):
+    """A block's rows go into the merged file before its own file is written anew without them:
+    killed between two blocks, the run goes on merging; the merged file broken by a kill as it
+    was completed gives its rows back from its bytes; removed, its blocks are described again."""
+    images, output, shards = two_blocks_finished(tmp_path)
     whole = (shards / "shard-1-of-2.h5").stat().st_size
     append, appended = vggfeat.output.OutputFile.append, []
 
@@ -326,12 +333,7 @@ def test_a_finished_block_damaged_since_is_refused_not_merged(tmp_path):
     resumed run refuses it, naming the block, the row and the image, rather than merge a NaN
     descriptor (which extraction never writes) into the output; that block removed, the same
     command describes its images again and writes the file one run writes."""
-    write_plain_folder(tmp_path / "images", 6)
-    images, output = find_images(tmp_path / "images"), tmp_path / "out.h5"
-    shards = shards_folder(output)
-    shards.mkdir()
-    for k in (1, 2):
-        ExtractionJob(cheap_extractor(), images.shard(k, 2), shards / f"shard-{k}-of-2.h5").run()
+    images, output, shards = two_blocks_finished(tmp_path)
     damaged = shards / "shard-2-of-2.h5"
     with h5py.File(damaged, "r+") as f:
         f["features"][1, 5] = np.nan
