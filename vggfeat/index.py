@@ -634,5 +634,9 @@ def _ivfpq(X: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], d: int, n
     sample = min(n, max(64 * nlist, 16_384))
     rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False)) if sample < n else slice(None)
     index = faiss.index_factory(d, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    # The factory turns on polysemous training, which reorders each PQ's centroids for Hamming
+    # filtering that search never uses (ranks are the same either way): 97% of training time,
+    # 25 s of 26 on 3,000 rows on 2 cores, whatever the collection's size.
+    index.do_polysemous_training = False
     index.train(np.ascontiguousarray(prepare(X[rows])))
     return index, {"nlist": nlist, "m": m, "nprobe": min(nprobe, nlist)}
