@@ -414,6 +414,14 @@ def test_list_duplicates(tmp_path):
         read_file_list(labelled_and_not)
 
 
+def test_an_image_set_built_from_a_callers_list_refuses_a_path_twice():
+    """ImageSet(...) took a path twice, and described it into two rows of one file that 'vggfeat
+    index' then refused; a region of that image is a path of its own."""
+    paths = ("a.jpg", "b.jpg", "a.jpg#xywh=0,0,8,8", "c.jpg", "b.jpg", "a.jpg")
+    with pytest.raises(VggfeatError, match=r"each path must be given once .*, got b\.jpg twice \(positions 1 and 4\)"):
+        ImageSet(Path("/collection"), paths, np.full(len(paths), NO_LABEL, dtype=np.int32), ())
+    assert len(ImageSet(Path("/collection"), paths[:4], np.full(4, NO_LABEL, dtype=np.int32), ())) == 4
+
 def test_list_windows_line_endings_and_byte_order_mark(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes("\ufeffa.jpg,x\r\nb.jpg,y\r\n".encode("utf-8"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.svm import LinearSVC
 
 from runhelpers import run_main
@@ -26,6 +27,7 @@ from vggfeat import protocol, transfer
 from vggfeat.errors import InvalidInput, VggfeatError
 from vggfeat.features import FeatureFile, config_differences, load_features
 from vggfeat.labels import read_labels_csv
+from vggfeat.metrics import mean_class_recall
 from vggfeat.primal import primal_objective
 from vggfeat.host import available_memory
 from vggfeat.store import STRING
@@ -73,6 +75,57 @@ def test_normalisation_makes_the_scale_of_each_descriptor_irrelevant():
     b = LinearSVM(C=1).fit(scaled, y).decision_function(scaled)
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert not np.allclose(LinearSVM(C=1, normalize=False).fit(scaled, y).decision_function(scaled), a, atol=1e-3)
+
+
+def test_holdout_chooses_C_on_one_stratified_split_scored_as_a_fold_is():
+    """The paper's Caltech protocol: C chosen on 20% of the training images held out once. Each C's
+    score is that of the SVMs trained on the other 80% (the rows weighed 0 are left out, as in a
+    fold) on the held-out rows, stratified by class and seeded; one fit per class and C, not per fold."""
+    X, y, _, _ = blobs(classes=3, per_class=10, spread=2.5)  # classes that overlap: the Cs score differently
+    grid = (0.01, 1.0, 100.0)
+    svm = LinearSVM(C_grid=grid, holdout=0.2, random_state=3).fit(X, y)
+    (train, held), = StratifiedShuffleSplit(1, test_size=0.2, random_state=3).split(X, y)
+    assert np.bincount(y[held]).tolist() == [2, 2, 2]  # 20% of each class
+    by_hand = {c: mean_class_recall(y[held], LinearSVM(C=c).fit(X[train], y[train]).predict(X[held]), 3) for c in grid}
+    assert svm.cv_scores_ == pytest.approx(by_hand) and len(set(by_hand.values())) > 1
+    assert svm.C_ == min(c for c in grid if by_hand[c] == max(by_hand.values()))
+    assert svm.n_fits_ == 3 * (len(grid) + 1)
+    assert LinearSVM(C_grid=grid, holdout=0.2, random_state=4).fit(X, y).cv_scores_ != svm.cv_scores_  # another split
+    # Multi-label: a random split (a label's positives may fall on one side; its AP is then left out).
+    multilabel = LinearSVM(C_grid=grid, holdout=0.3, multilabel=True).fit(X, np.eye(3, dtype=bool)[y])
+    assert set(multilabel.cv_scores_) == set(grid) and multilabel.n_fits_ == 3 * (len(grid) + 1)
+    # Too few rows to hold out one of each class, or a class of one image: said, before any fit.
+    with pytest.raises(InvalidInput, match="holdout=0.05 of 30 training rows holds out 2 and trains on 28; choosing C on "
+                                           "it needs at least 3 in each, one of each of the 3 classes"):
+        LinearSVM(holdout=0.05).fit(X, y)
+    with pytest.raises(InvalidInput, match=r"class 2 has only 1 training example\(s\); at least 2, one to train on and "
+                                           r"one to hold out, needed to choose C on a hold-out: fix C \(--C, in place of --holdout\)"):
+        LinearSVM(holdout=0.5).fit(X[:21], y[:21])
+
+
+def test_each_part_normalised_on_its_own_weighs_as_much_as_the_others():
+    """Two networks' descriptors side by side, one of norms 10,000 times the other's: normalised as a
+    whole, the row is the long part's and the short one, which tells the classes apart, weighs
+    nothing; with normalize="parts" each part is a unit vector, in training and in scoring alike."""
+    X, y, _, _ = blobs(classes=2, per_class=20, dim=4, spread=0.3)
+    noise = np.abs(np.random.default_rng(1).standard_normal((len(X), 6)))
+    rows = np.hstack([1e-2 * X, 100 * noise])  # the classes are in the short part alone
+    parts = LinearSVM(C=1, normalize="parts", part_dims=[4, 6]).fit(rows, y)
+    whole = LinearSVM(C=1).fit(rows, y)
+    assert parts.score(rows, y) == 1.0 and whole.score(rows, y) < 0.8
+    # Each part a unit vector first: the SVM of those rows, unnormalised, scoring the raw rows as them.
+    unit = np.hstack([block / np.linalg.norm(block, axis=1, keepdims=True) for block in (rows[:, :4], rows[:, 4:])])
+    by_hand = LinearSVM(C=1, normalize=False).fit(unit, y)
+    np.testing.assert_allclose(parts.coef_, by_hand.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(parts.decision_function(rows), by_hand.decision_function(unit), rtol=1e-6, atol=1e-9)
+    # An all-zero part stays zero; parts that do not make the row are refused, at fit and in scoring.
+    zero = rows.copy()
+    zero[0, :4] = 0
+    assert np.isfinite(parts.decision_function(zero)).all()
+    with pytest.raises(InvalidInput, match=r"part_dims \[4, 5\] sum to 9, the descriptors have 10 dimensions"):
+        LinearSVM(C=1, normalize="parts", part_dims=[4, 5]).fit(rows, y)
+    with pytest.raises(InvalidInput, match="descriptors have 9 dimensions, the model expects 10"):
+        parts.decision_function(rows[:, :9])
 
 
 def test_copy_false_normalises_in_place_and_copy_true_leaves_X_alone():
@@ -212,6 +265,12 @@ def test_balanced_class_weights_count_only_the_rows_trained_on():
     ({"max_iter": 0}, "max_iter must be a positive integer"),
     ({"tol": -1e-4}, "tol must be a positive number"),
     ({"C": "1"}, "C must be a positive number, got '1'"),
+    ({"holdout": 1.0}, r"holdout must be None or a fraction between 0 and 1 \(0.2: 20% held out\), got 1.0"),
+    ({"holdout": True}, "holdout must be None or a fraction"),
+    ({"normalize": "yes"}, "normalize must be True, False or 'parts', got 'yes'"),
+    ({"normalize": "parts"}, "normalize='parts' needs part_dims: the dimensions of each part"),
+    ({"normalize": "parts", "part_dims": [4, 0, 4]}, r"part_dims must be a list of positive integers, got \[4, 0, 4\]"),
+    ({"part_dims": [4, 4]}, "part_dims go with normalize='parts' .* normalised whole with normalize=True"),
 ])
 def test_bad_parameters_are_refused_clearly(params, message):
     X, y, _, _ = blobs()
@@ -342,6 +401,65 @@ def test_model_file_is_plain_data_and_round_trips(tmp_path):
     assert loaded.training["examples_per_class"] == {"class0": 10, "class1": 10, "class2": 10}
 
 
+def two_networks(tmp_path, test: bool = False):
+    """d.h5 (4-d, "vgg16") and e.h5 (6-d, "vgg19") of the same images, of norms 100 times apart."""
+    X, y, paths, names = blobs(classes=3, per_class=8, dim=10, seed=1 if test else 0)
+    suffix = "-test" if test else ""
+    d = write_features(tmp_path / f"d{suffix}.h5", X[:, :4], paths, y, names)
+    e = write_features(tmp_path / f"e{suffix}.h5", 100 * X[:, 4:], paths, y, names, config={"model": "vgg19"})
+    return d, e
+
+
+def test_a_model_normalising_each_part_is_saved_with_its_parts_and_scores_only_such_descriptors(tmp_path):
+    """normalize="parts" takes its parts from the files (each file fused, each part of a stacked
+    file), records them, and scores with them; descriptors of other parts are refused."""
+    from vggfeat.stack import stack_files
+
+    d, e = two_networks(tmp_path)
+    saved = transfer.train_svm([d, e], tmp_path / "m.h5", C=1.0, normalize="parts")
+    assert saved.svm.part_dims == [4, 6]
+    loaded = load_model(tmp_path / "m.h5")
+    assert (loaded.svm.normalize, loaded.svm.part_dims) == ("parts", [4, 6])
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert f.attrs["normalize"] == "parts"
+    test_d, test_e = two_networks(tmp_path, test=True)
+    X = load_features([test_d, test_e]).X
+    unit = np.hstack([X[:, :4] / np.linalg.norm(X[:, :4], axis=1, keepdims=True),
+                      X[:, 4:] / np.linalg.norm(X[:, 4:], axis=1, keepdims=True)])
+    scores = transfer.score(tmp_path / "m.h5", [test_d, test_e]).scores
+    np.testing.assert_allclose(scores, unit @ saved.svm.coef_.T + saved.svm.intercept_, rtol=1e-6, atol=1e-9)
+    # A stacked file's parts are its networks': the same model.
+    stack_files([d, e], tmp_path / "de.h5")
+    stacked = transfer.train_svm(tmp_path / "de.h5", C=1.0, normalize="parts").svm
+    assert stacked.part_dims == [4, 6]
+    np.testing.assert_allclose(stacked.coef_, saved.svm.coef_, rtol=1e-6, atol=1e-9)
+    # Other parts, of the same width: the networks swapped (6 + 4) are refused, not scored.
+    with pytest.raises(VggfeatError, match=r"different configuration than the model \(features file 1\): "
+                                           r".*dim: 4 expected, 6 found"):
+        transfer.score(tmp_path / "m.h5", [test_e, test_d])
+    # One network's descriptors have no parts to normalise.
+    with pytest.raises(VggfeatError, match=r"--normalize-parts \(normalize='parts'\) L2-normalises each network's part .* "
+                                           rf"{d} holds one network's \(4-d\)"):
+        transfer.train_svm(d, C=1.0, normalize="parts")
+
+
+def test_a_model_file_of_before_holdout_and_part_dims_loads_as_it_did(tmp_path):
+    """Files written before these parameters (none in their params) load with their defaults, and a
+    model of the defaults is written so still, for the versions before them to read."""
+    features, model, saved = trained(tmp_path)
+    with h5py.File(model, "r+") as f:
+        params = json.loads(f.attrs["params"])
+        assert "holdout" not in params and "part_dims" not in params and params["normalize"] is True
+        f.attrs["params"] = json.dumps({key: value for key, value in params.items() if key not in ("solver", "device")})
+        _resealed(f)  # as vggfeat 1's files: without solver and device either
+    loaded = load_model(model).svm
+    assert (loaded.holdout, loaded.part_dims, loaded.normalize) == (None, None, True)
+    X = load_features(features).X
+    np.testing.assert_array_equal(loaded.decision_function(X), saved.svm.decision_function(X))
+    code, out, err = run_main(["info", model])
+    assert code == 0 and "  input        8-d, L2-normalised; C = 1 (fixed); solver liblinear" in out, err
+
+
 class Column:
     """Labels as a dataframe library's column may hold them: NumPy reads them (__array__), but the
     column dispatches no NumPy function (scikit-learn's estimator checks pass one such)."""
@@ -446,6 +564,12 @@ def _compressed_coef(f):
     (lambda f: f["classes"].__setitem__(1, f["classes"].asstr()[0]), "a class is named twice"),
     (lambda f: f["coef"].__setitem__((0, 0), np.nan), "its weights hold NaN or infinite values"),
     (lambda f: f.attrs.__setitem__("format_version", "1"), "has model format '1'; this vggfeat reads 1"),
+    # Scores of each part normalised, of parts other than its rows': wrong, silently.
+    (lambda f: f.attrs.__setitem__("params", json.dumps({**json.loads(f.attrs["params"]), "normalize": "parts",
+                                                         "part_dims": [4, 5]})),
+     r"is damaged: it normalises each part of its rows, and its part_dims \[4, 5\] are not the parts of its 8 dimensions"),
+    (lambda f: f.attrs.__setitem__("params", json.dumps({**json.loads(f.attrs["params"]), "holdout": "20%"})),
+     r"\(holdout 20% not a fraction\)"),
 ])
 def test_a_model_edited_and_resealed_is_refused_in_a_line(tmp_path, edit, said):
     """A checksum anyone can compute again guards against damage, not against edits: a model file

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from runhelpers import Killed, error_line, killed_after_renaming, needs_extended_attributes, run_main
-from svmhelpers import LOOKS, edit_config, set_attr, write_look_folder
+from svmhelpers import LOOKS, blobs, edit_config, set_attr, write_features, write_look_folder
 from vggfeat import ExtractionJob, Extractor, find_images, transfer
 from vggfeat.features import load_features
 from vggfeat.rerun import FILE_ATTRIBUTE, made_from, recorded_in_file
@@ -447,6 +447,65 @@ def test_the_same_training_again_has_nothing_to_do_until_an_option_or_a_file_cha
     assert refused(["train-svm", "train.h5", model, "--C", "1", "--labels", labels]) == (
         f"Error: {model} already exists, made from labels.csv before it last changed; pass --overwrite to replace it")
     assert model.stat().st_mtime_ns != made
+
+
+def two_networks(tmp_path):
+    """d.h5 (4-d) and e.h5 (6-d, 100 times as long) of the same 30 images of 3 classes."""
+    X, y, paths, names = blobs(classes=3, per_class=10, dim=10)
+    d = write_features(tmp_path / "d.h5", X[:, :4], paths, y, names)
+    e = write_features(tmp_path / "e.h5", 100 * X[:, 4:], paths, y, names, config={"model": "vgg19"})
+    return d, e
+
+
+def test_holdout_and_normalize_parts_train_record_and_say_so(tmp_path):
+    """--holdout chooses C on one hold-out (the paper's Caltech protocol), --normalize-parts
+    normalises each network's part of fused files: said, recorded in the model and shown by info."""
+    d, e = two_networks(tmp_path)
+    model = tmp_path / "m.h5"
+    out = ok(["train-svm", "--features", d, "--features", e, model, "--holdout", "0.2", "--normalize-parts", "-q"])
+    assert "on 30 rows (10-d, each part (4 + 6) L2-normalised); C=" in out and "(chosen on a 20% hold-out, score " in out
+    params = load_model(model).svm.get_params()
+    assert (params["holdout"], params["normalize"], params["part_dims"]) == (0.2, "parts", [4, 6])
+    info = ok(["info", model]).splitlines()
+    assert info[2].startswith("  input        10-d, each part (4 + 6) L2-normalised; C = ")
+    assert "(chosen on a 20% hold-out)" in info[2]
+
+
+def test_a_stacked_files_parts_and_the_protocols_take_normalize_parts_and_holdout(tmp_path):
+    """A 'vggfeat stack' file's parts are its networks' (its config's); protocol caltech chooses
+    C on a hold-out of each split's training images, each part normalised."""
+    d, e = two_networks(tmp_path)
+    X, y, paths, names = blobs(classes=3, per_class=10, dim=10)
+    stacked = write_features(tmp_path / "de.h5", X, paths, y, names, config={"stacked": [{"model": "vgg16", "dim": 4},
+                                                                                        {"model": "vgg19", "dim": 6}]})
+    assert "(10-d, each part (4 + 6) L2-normalised); C=1 (fixed)" in ok(
+        ["train-svm", stacked, tmp_path / "stacked.h5", "--normalize-parts", "--C", "1", "-q"])
+    out = ok(["protocol", "caltech", d, e, "--train-per-class", "5", "--test-per-class", "2", "--splits", "1", "--holdout",
+              "0.2", "--normalize-parts", "-q"])
+    assert "mean class recall: " in out
+
+
+def test_holdout_and_normalize_parts_are_refused_where_they_contradict_or_cannot_be(tmp_path):
+    """Each refused before any fit, in a line naming the options (or the file) at odds."""
+    d, e = two_networks(tmp_path)
+    train = ["train-svm", "--features", d, "--features", e, tmp_path / "other.h5"]
+    help_hint = " (see 'vggfeat train-svm --help')"
+    assert refused([*train, "--holdout", "0.2", "--C", "1"]) == (
+        f"Error: --C 1 fixes C; --holdout 0.2: how a hold-out would choose it: give one or the other{help_hint}")
+    assert refused([*train, "--holdout", "0.2", "--cv", "5"]) == (
+        f"Error: --holdout 0.2 chooses C on one hold-out, --cv 5 by cross-validation folds: give one or the other{help_hint}")
+    assert "Invalid value for '--holdout'" in refused([*train, "--holdout", "1"])
+    assert refused([*train, "--normalize-parts", "--no-normalize"]) == (
+        f"Error: --normalize-parts L2-normalises each part of the row, --no-normalize nothing: give one or the other{help_hint}")
+    assert refused(["train-svm", d, tmp_path / "one.h5", "--normalize-parts"]) == (
+        f"Error: --normalize-parts (normalize='parts') L2-normalises each network's part of descriptors side by side, and "
+        f"{d} holds one network's (4-d): fuse files (--features d.h5 --features e.h5), or train on a 'vggfeat stack' file; "
+        "or normalise the row whole (without --normalize-parts)")
+    assert refused(["protocol", "caltech", d, e, "--train-per-class", "2", "--holdout", "0.2"]) == (
+        "Error: 2 training images per class are too few to choose C on a 20% hold-out: of the 6 of 3 classes it holds out "
+        "2 and trains on 4, where each side needs one of each class: fix --C (in place of --holdout), change --holdout or "
+        "raise --train-per-class")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["d.h5", "e.h5"]
 
 
 def test_a_folder_among_the_inputs_is_recorded_by_its_files(tmp_path):

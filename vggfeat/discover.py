@@ -9,7 +9,6 @@ class of the folder the archive lies in, or their WebDataset sample's (its ``.cl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import itertools
@@ -73,7 +72,7 @@ class ShardOf:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Image files under ``root`` with their labels, sorted by path.
+    """Image files under ``root``, each once, with their labels, sorted by path.
 
     ``paths`` are relative to ``root`` with ``/`` separators (absolute for list entries outside
     ``root``); ``labels[i]`` indexes ``classes`` or is -1. Paths and classes are valid UTF-8, as
@@ -90,6 +89,12 @@ class ImageSet:
     file_names: Mapping[str, str] = field(default_factory=dict)
     shard_of: ShardOf | None = None
     archive_classes: bool = False
+
+    def __post_init__(self) -> None:
+        # A set built from a caller's own list: a path twice would be described twice into one
+        # file, which 'vggfeat index' and an update (matching rows by path) then refuse. A walk
+        # finds each file once, and a file list merges a line repeated (read_file_list).
+        check_paths_given_once(self.paths, "positions")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -203,7 +208,7 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
 
     class_of = {path: sample_classes.get(path) or (folder_class(path.split("/", 1)[0]) if "/" in path else None)
                 for path in found}
-    return dataclasses.replace(_labelled(root, class_of), archive_classes=archive_classes)
+    return _labelled(root, class_of, archive_classes)
 
 
 def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str], dict[str, str]]:
@@ -420,7 +425,7 @@ def _split_entry(line: str) -> tuple[str, str | None]:
     return path.strip(), label.strip() or None
 
 
-def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
+def _labelled(root: Path, class_of: dict[str, str | None], archive_classes: bool = False) -> ImageSet:
     """The set of ``class_of``'s files (named as the file system names them) and their classes."""
     file_names = {}
     for path, name in [(p, n) for p, n in class_of.items() if not_utf8(p) or (n is not None and not_utf8(n))]:
@@ -436,4 +441,31 @@ def _labelled(root: Path, class_of: dict[str, str | None]) -> ImageSet:
     index = {name: i for i, name in enumerate(classes)}
     paths = sorted(class_of)
     labels = np.array([index.get(class_of[path], NO_LABEL) for path in paths], dtype=np.int32)
-    return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes), file_names=file_names)
+    return ImageSet(root=root, paths=tuple(paths), labels=labels, classes=tuple(classes), file_names=file_names,
+                    archive_classes=archive_classes)
+
+
+def repeated_path(paths: Sequence[str]) -> tuple[int, int] | None:
+    """The first row of ``paths`` whose path an earlier row holds, as (earlier row, row); None
+    where each is there once. Compared by their hashes first: a set of 10 million paths took 5 s
+    and 380 MB, their hashes sorted 1 s and 160 MB."""
+    hashes = np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths))
+    ordered = np.sort(hashes)
+    shared = ordered[1:][ordered[1:] == ordered[:-1]]
+    first_row: dict[str, int] = {}
+    for row in np.flatnonzero(np.isin(hashes, shared)).tolist():  # (rows of one hash: the same path, or a collision)
+        earlier = first_row.setdefault(paths[row], row)
+        if earlier != row:
+            return earlier, row
+    return None
+
+
+def check_paths_given_once(paths: Sequence[str], counted: str) -> None:
+    """Refuse ``paths`` that a caller gave (an :class:`ImageSet`'s, an index's rows) where one is
+    there twice, naming the first such path and its two places, ``counted`` ("rows")."""
+    repeated = repeated_path(paths)
+    if repeated is not None:
+        earlier, later = repeated
+        raise VggfeatError(f"each path must be given once (a region of an image is a path of its own, "
+                           f"image.jpg#xywh=X,Y,W,H), got {as_utf8(str(paths[later]))} twice ({counted} {earlier} "
+                           f"and {later})")

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from .labels import warn_left_out
 from .regions import image_of, region_of
 from .files import read_damage, refusal_reason, system_error
 from .store import failed_labels, open_features_file, read_after, work_folder
+
+if TYPE_CHECKING:
+    import h5py
 
 # Keys of the extraction config that must agree for two files' descriptors to be comparable: they
 # change the numbers themselves. Not compared: precision (bf16/fp16 descriptors agree with fp32 to a
@@ -115,6 +118,14 @@ class FeatureFile:
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def part_dims(self) -> list[int]:
+        """The dimensions of the networks' descriptors side by side in each row: those its
+        configuration's stacked parts record ('vggfeat stack', 'extract --model vgg16,vgg19'; their
+        sum checked on opening), or the whole row's."""
+        parts = self.config.get("stacked")
+        return [int(part["dim"]) for part in parts] if isinstance(parts, list) else [self.dim]
 
     def sizes(self) -> np.ndarray:
         """Each row's decoded (height, width), [rows, 2] int32; zeros where the file keeps none."""
@@ -260,6 +271,20 @@ def damaged_row(path: str | os.PathLike, row: int, image: str) -> VggfeatError:
     return VggfeatError(f"{path} is damaged: the descriptor of row {row} ({image}) holds NaN or infinite values, which "
                         "extraction never writes (it records such an image as failed); describe the images again "
                         "(extract --overwrite)")
+
+
+def finite_blocks(f: h5py.File, path: str | os.PathLike, step: int) -> Iterator[np.ndarray]:
+    """The rows of the /features of ``f`` (the file at ``path``), ``step`` at a time (a whole-file
+    check would hold them all), each block refused where one of its rows holds NaN or an infinity
+    (:func:`damaged_row`, naming the row and its image)."""
+    features = f["features"]
+    for start in range(0, features.shape[0], step):
+        block = features[start : start + step]
+        bad = not_finite_rows(block)
+        if len(bad):  # the path read only to name the image
+            row = start + int(bad[0])
+            raise damaged_row(path, row, f["paths"].asstr()[row])
+        yield block
 
 
 def load_features(
@@ -441,6 +466,13 @@ def _read_fused(opened: Sequence[FeatureFile], rows_per_file: Sequence[np.ndarra
         f.read(rows, out=out[:, column : column + f.dim])
         column += f.dim
     return out
+
+
+def part_dims(files: Files) -> list[int]:
+    """The dimensions of each network's part of the rows of ``files`` fused: each file's own parts
+    (:attr:`FeatureFile.part_dims`), in order."""
+    with contextlib.ExitStack() as stack:
+        return [dim for name in file_list(files) for dim in stack.enter_context(FeatureFile(name)).part_dims]
 
 
 def fused_failures(files: Files) -> dict[str, str]:

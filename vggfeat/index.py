@@ -32,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .discover import check_paths_given_once, repeated_path
 from .errors import VggfeatError
 from .features import FeatureFile, config_differences
 from .files import open_h5, reading_hdf5, storage_problem, whole_number, written_atomically
@@ -311,11 +312,12 @@ def build_index(
         raise VggfeatError(f"need one descriptor per path and at least one row, got {len(X)} descriptors, {len(paths)} paths")
     if not all(isinstance(path, str) for path in paths):  # (HDF5 stores text: a Path failed as the index was saved)
         raise VggfeatError("paths must be text (str), as a descriptor file's /paths holds them")
-    repeated = repeated_path(paths)
-    if repeated is not None:  # (loading the index refuses it: _check_values)
-        earlier, row = repeated
-        raise VggfeatError(f"each path must be given once (a region of an image is a path of its own, "
-                           f"image.jpg#xywh=X,Y,W,H), got {paths[row]} twice (rows {earlier} and {row})")
+    # Each path once, as loading the index refuses otherwise (_check_values); a descriptors file's
+    # rows (index_features) refused naming the file, and what to do.
+    if isinstance(X, _Rows):
+        check_paths_once(paths, X.file.path, DESCRIBE_AGAIN)
+    else:
+        check_paths_given_once(paths, "rows")
     for name, given in (("labels", labels), ("read_after", read_after)):  # (else an index that loading refuses)
         if given is not None and np.shape(given) != (len(paths),):
             raise VggfeatError(f"need one of {name} per path, got {np.shape(given)} for {len(paths)} paths")
@@ -368,7 +370,6 @@ def index_features(features: str | os.PathLike, **kwargs) -> VectorIndex:
     with FeatureFile(features) as f:
         if not f.rows:  # (as index --update says it)
             raise VggfeatError(f"{features} holds no descriptors: there is nothing to index")
-        check_paths_once(f.paths, features, DESCRIBE_AGAIN)  # (build_index's refusal would not name the file)
         index = build_index(_Rows(f), f.paths, f.config, labels=f.labels, classes=f.classes, root=f.root,
                             read_after=f.read_after(), **kwargs)
     index.source = str(features)
@@ -524,21 +525,6 @@ def _check_config(config: dict, path: str | os.PathLike) -> None:
     problem = config_problem(config)
     if problem is not None:
         raise VggfeatError(f"{path} is damaged: {problem}; {REBUILD}")
-
-
-def repeated_path(paths: Sequence[str]) -> tuple[int, int] | None:
-    """The first row of ``paths`` whose path an earlier row holds, as (earlier row, row); None
-    where each is there once. Compared by their hashes first: a set of 10 million paths took 5 s
-    and 380 MB, their hashes sorted 1 s and 160 MB."""
-    hashes = np.fromiter(map(hash, paths), dtype=np.int64, count=len(paths))
-    ordered = np.sort(hashes)
-    shared = ordered[1:][ordered[1:] == ordered[:-1]]
-    first_row: dict[str, int] = {}
-    for row in np.flatnonzero(np.isin(hashes, shared)).tolist():  # (rows of one hash: the same path, or a collision)
-        earlier = first_row.setdefault(paths[row], row)
-        if earlier != row:
-            return earlier, row
-    return None
 
 
 def check_paths_once(paths: Sequence[str], path: str | os.PathLike, remedy: str) -> None:

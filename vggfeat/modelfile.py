@@ -34,9 +34,9 @@ class ModelFile:
     coef: np.ndarray  # [classes, dim] float64
     intercept: np.ndarray  # [classes] float64
     classes: list[str]
-    params: dict  # the estimator's parameters (normalize, multilabel, ...)
+    params: dict  # the estimator's parameters (normalize, multilabel, ...; holdout and part_dims only where set)
     C: float  # the C it was trained with
-    cv_scores: dict[float, float]  # C -> cross-validation score; empty where C was given
+    cv_scores: dict[float, float]  # C -> cross-validation (or hold-out) score; empty where C was given
     extraction_configs: list[dict]  # one per fused features file, in order
     training: dict  # files, rows, labels, date: for the record
     checksum: str  # of its content (:func:`_checksum`): which model it is, for the files made with it
@@ -106,9 +106,19 @@ def _check_values(model: ModelFile, path: Path) -> None:
     if wrong or not all(isinstance(config, dict) for config in model.extraction_configs):
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({', '.join(wrong) or 'extraction_configs'} "
                            "not of its kind)")
-    flags = [name for name in ("multilabel", "normalize") if not isinstance(model.params.get(name, False), bool)]
+    flags = [name for name in ("multilabel", "normalize") if not isinstance(model.params.get(name, False), bool)
+             and not (name == "normalize" and model.params[name] == "parts")]
     if flags:
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file ({', '.join(flags)} not true or false)")
+    holdout = model.params.get("holdout")
+    if holdout is not None and not (isinstance(holdout, (int, float)) and not isinstance(holdout, bool) and 0 < holdout < 1):
+        raise VggfeatError(f"{path} is not a readable vggfeat SVM model file (holdout {str(holdout)[:40]} not a fraction)")
+    parts = model.params.get("part_dims")
+    if model.params.get("normalize") == "parts" and not (
+            isinstance(parts, list) and parts and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in parts)
+            and sum(parts) == model.coef.shape[1]):  # the scores would be of other rows than those it was trained on
+        raise VggfeatError(f"{path} is damaged: it normalises each part of its rows, and its part_dims {str(parts)[:60]} "
+                           f"are not the parts of its {model.coef.shape[1]} dimensions")
     if model.classes_dtype not in ("", *NUMBER_CLASSES):
         raise VggfeatError(f"{path} is not a readable vggfeat SVM model file (classes of type {model.classes_dtype!r})")
     if not model.classes:
@@ -140,9 +150,28 @@ def model_summary(path: str | os.PathLike) -> dict:
     model = read_model_file(path)
     return {"format": SVM_MODEL_FORMAT, "path": str(path), "classes": model.classes,
             "multilabel": bool(model.params.get("multilabel")), "dim": int(model.coef.shape[1]), "C": model.C,
-            "C_by_cross_validation": bool(model.cv_scores), "normalize": bool(model.params.get("normalize")),
+            "C_by_cross_validation": bool(model.cv_scores), "C_chosen": how_C_was_chosen(model.params, model.cv_scores),
+            "holdout": model.params.get("holdout"), "normalize": model.params.get("normalize", True),
+            "part_dims": model.params.get("part_dims"),
             "solver": model.params.get("solver", "liblinear"),
             "extraction_configs": model.extraction_configs, "training": model.training, "command": model.command}
+
+
+def how_C_was_chosen(params: dict, cv_scores: dict) -> str:
+    """How a model's C came, in words: "fixed", "chosen by 3-fold CV" or "chosen on a 20% hold-out"."""
+    if not cv_scores:
+        return "fixed"
+    if params.get("holdout") is not None:
+        return f"chosen on a {100 * params['holdout']:g}% hold-out"
+    return f"chosen by {params.get('cv', 3)}-fold CV"
+
+
+def normalised_words(normalize: bool | str, part_dims: list[int] | None) -> str:
+    """How a model's rows are normalised, for a line that describes it: ", L2-normalised", ", each
+    part (4096 + 4096) L2-normalised" or ""."""
+    if normalize == "parts":
+        return f", each part ({' + '.join(map(str, part_dims or []))}) L2-normalised"
+    return ", L2-normalised" if normalize else ""
 
 
 def jsonable(value):

@@ -27,7 +27,7 @@ from .labels import (
     warn_left_out,
 )
 from .metrics import accuracy, mean_class_recall, multilabel_metrics
-from .svm import LinearSVM
+from .svm import LinearSVM, holdout_sizes
 from .transfer import described_by_all, targets_of, training_features
 from .regions import region_of
 from .voc import read_set, result_files, train_difficult, write_results
@@ -66,15 +66,24 @@ def caltech_splits(labels: np.ndarray, n_classes: int, train_per_class: int, tes
 
 def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None = 50, splits: int = 3, seed: int = 0,
             exclude: Sequence[str] = (), progress: Callable[[int, int], None] | None = None, **svm_params) -> dict:
-    """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV on each
-    split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
+    """Run the Caltech protocol; ``svm_params`` go to :class:`LinearSVM` (C chosen by CV, or on a
+    hold-out, on each split's train set); ``progress(fits done, fits in all)`` over every split's liblinear fits."""
     files = file_list(files)
-    settings = LinearSVM(**svm_params)  # C and cv, or their defaults
-    if settings.C is None and train_per_class < settings.cv:  # else each split's fit refuses it, of "class 0"
+    settings = LinearSVM(**svm_params)  # C, cv and holdout, or their defaults
+    # Else each split's fit refuses it, of "class 0" or of its rows
+    if settings.C is None and settings.holdout is None and train_per_class < settings.cv:
         raise VggfeatError(f"{train_per_class} training images per class are too few to choose C by {settings.cv}-fold "
                            "cross-validation (one per fold): fix --C (in place of --cv), lower --cv or raise --train-per-class")
     targets = targets_of(files, exclude=exclude)
     classes = targets.classes
+    if settings.C is None and settings.holdout is not None:
+        rows = train_per_class * len(classes)
+        trained, held = holdout_sizes(rows, settings.holdout)
+        if min(trained, held) < len(classes):  # (scikit-learn's stratified split: a row of each class a side)
+            raise VggfeatError(f"{train_per_class} training images per class are too few to choose C on a "
+                               f"{100 * settings.holdout:g}% hold-out: of the {rows} of {len(classes)} classes it holds "
+                               f"out {held} and trains on {trained}, where each side needs one of each class: fix --C (in "
+                               "place of --holdout), change --holdout or raise --train-per-class")
     drawn = caltech_splits(align_to_classes(targets, classes, multilabel=False), len(classes), train_per_class,
                            test_per_class, splits, seed, classes)
     # The descriptors of the rows that the splits draw alone: 30 and 50 images a class, of a file

@@ -174,6 +174,15 @@ def recorded_in_file(path: str | os.PathLike) -> str | None:
     return record[MADE_FROM] if record and not record["changed"] else None
 
 
+def own_outputs(paths: Sequence[str | os.PathLike], records: Sequence[str | None]) -> bool:
+    """Whether each of ``paths`` that exists records its own of ``records`` (:func:`made_from`, this
+    very command's; False where one is None): the command's own files, some of its outputs with the
+    others not renamed into place as a kill stopped it, which it writes whole again without
+    --overwrite."""
+    return None not in records and all(recorded_in_file(path) == made
+                                       for path, made in zip(paths, records, strict=True) if os.path.exists(path))
+
+
 def command_of(made: str | None) -> str | None:
     """The command that ``made`` (:func:`made_from`) says made an output ("train-svm"); None if none."""
     try:

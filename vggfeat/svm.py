@@ -3,7 +3,8 @@
 :class:`LinearSVM` is a scikit-learn estimator (``fit`` / ``decision_function`` / ``predict``)
 training one binary :class:`sklearn.svm.LinearSVC` (liblinear) per class, or per label for
 multi-label data, or (``solver="lbfgs"``) the same SVMs of every class at once by L-BFGS on the
-CPU or a GPU (:mod:`vggfeat.primal`). C is chosen by k-fold cross-validation over a grid unless given.
+CPU or a GPU (:mod:`vggfeat.primal`). C is chosen by k-fold cross-validation over a grid, or on one
+hold-out (the paper's Caltech protocol), unless given.
 
 Memory: liblinear needs float64 rows and builds its own copy of the data for every fit. So the
 descriptors are made float64, C-contiguous and normalised once (in place with ``copy=False``),
@@ -18,6 +19,7 @@ pickle) with a SHA-256 over the content, so an edited or damaged file is refused
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -31,7 +33,7 @@ import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold, StratifiedShuffleSplit
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
@@ -81,19 +83,30 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     Args:
         C: the SVM's C; ``None`` chooses it from ``C_grid`` by ``cv``-fold cross-validation on the
-            training set (mean class recall for single-label data, mean area-AP for multi-label).
+            training set, or on one hold-out (``holdout``), scored by the mean class recall for
+            single-label data, the mean area-AP for multi-label (``cv_scores_``: C to its score).
         C_grid: candidate values of C (the smallest of equally good values wins).
-        cv: number of cross-validation folds.
+        cv: number of cross-validation folds; unused where ``holdout`` is set (or C given).
+        holdout: a fraction in (0, 1): choose C on one split of the training set instead, this
+            share of it held out (the paper's Caltech protocol held out 20% once), stratified by
+            class for single-label data (StratifiedShuffleSplit), drawn at random for multi-label
+            (ShuffleSplit), seeded by ``random_state``. ``cv_scores_`` are then the hold-out's.
         loss: ``squared_hinge`` (LinearSVC's default, L2-SVM) or ``hinge``.
         class_weight: ``None`` or ``"balanced"`` (per binary problem: positives and negatives weigh
             as much in total; useful when a class has few images among many).
-        normalize: L2-normalise each descriptor first, as the paper does.
+        normalize: L2-normalise each descriptor first, as the paper does (``True``); ``False``
+            leaves it as it is; ``"parts"`` L2-normalises each part of the row that ``part_dims``
+            gives (each network's descriptor of descriptors stacked side by side), a row of P
+            parts then having the norm sqrt(P).
+        part_dims: with ``normalize="parts"``, the dimensions of the parts in order (summing to
+            the descriptors' dimension), e.g. ``[4096, 4096]`` for Net-D & Net-E stacked;
+            :func:`vggfeat.transfer.train_svm` takes them from its files where not given.
         multilabel: ``y`` is an indicator matrix [N, K]; each label is an independent binary SVM.
         n_jobs: classes trained at once (threads); each holds one liblinear copy of the data.
         max_iter, tol: the solver's stopping rule. Fits that reach ``max_iter`` before ``tol`` are
             counted in ``n_unconverged_`` (of ``n_fits_``), and ``fit`` warns once about them
             (ConvergenceWarning), rather than liblinear once per fit.
-        random_state: seed of the CV folds and of liblinear's dual coordinate order.
+        random_state: seed of the CV folds (or the hold-out) and of liblinear's dual coordinate order.
         solver: ``liblinear`` (a class at a time, each on its own copy of the data) or ``lbfgs``
             (every class at once on the data as it is, by torch on ``device``: the same SVMs,
             within the solvers' tolerance; squared hinge only; :mod:`vggfeat.primal`).
@@ -101,12 +114,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         copy: ``False`` lets ``fit`` normalise a float64 C-contiguous ``X`` in place.
     """
 
-    def __init__(self, C: float | None = None, *, C_grid: Sequence[float] = DEFAULT_C_GRID, cv: int = 3, loss: str = "squared_hinge",
-                 class_weight: str | None = None, normalize: bool = True, multilabel: bool = False, n_jobs: int = 1,
-                 max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0, solver: str = "liblinear",
-                 device: str = "auto", copy: bool = True) -> None:
-        self.C, self.C_grid, self.cv, self.loss, self.class_weight = C, C_grid, cv, loss, class_weight
-        self.normalize, self.multilabel, self.n_jobs = normalize, multilabel, n_jobs
+    def __init__(self, C: float | None = None, *, C_grid: Sequence[float] = DEFAULT_C_GRID, cv: int = 3,
+                 holdout: float | None = None, loss: str = "squared_hinge", class_weight: str | None = None,
+                 normalize: bool | str = True, part_dims: Sequence[int] | None = None, multilabel: bool = False,
+                 n_jobs: int = 1, max_iter: int = 2000, tol: float = 1e-4, random_state: int = 0,
+                 solver: str = "liblinear", device: str = "auto", copy: bool = True) -> None:
+        self.C, self.C_grid, self.cv, self.holdout, self.loss, self.class_weight = C, C_grid, cv, holdout, loss, class_weight
+        self.normalize, self.part_dims, self.multilabel, self.n_jobs = normalize, part_dims, multilabel, n_jobs
         self.max_iter, self.tol, self.random_state, self.copy = max_iter, tol, random_state, copy
         self.solver, self.device = solver, device
 
@@ -128,7 +142,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         X = self._prepare(X, copy=self.copy, dtype=held if held in (np.float32, np.float16) else np.float64)
         targets, fitted_classes = self._targets(y, len(X), classes)  # [N, K] bool
         ignore = self._ignored(ignore, targets.shape)
-        per_class = 1 + (0 if self.C is not None else len(self.C_grid) * self.cv)
+        per_class = 1 + (0 if self.C is not None else len(self.C_grid) * self._fold_count())
         fits = _Fits(targets.shape[1] * per_class, progress)  # (C, converged) of every class's fit
         with warnings.catch_warnings():  # liblinear's, once per fit: summed up below instead
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -265,13 +279,30 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 fits.add(C, converged)
         return coef, intercept
 
+    def _fold_count(self) -> int:
+        return self.cv if self.holdout is None else 1
+
+    def _folds(self, X: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows trained on, rows held out) of each split that C is scored on: the ``cv`` folds,
+        or the one hold-out."""
+        labels = None if self.multilabel else targets.argmax(1)
+        if self.holdout is None:
+            kind = KFold if self.multilabel else StratifiedKFold
+            return list(kind(self.cv, shuffle=True, random_state=self.random_state).split(X, labels))
+        trained, held = holdout_sizes(len(X), self.holdout)
+        least = 1 if self.multilabel else targets.shape[1]  # scikit-learn's stratified split: a row of each class a side
+        if min(trained, held) < least:
+            each = "" if self.multilabel else f", one of each of the {least} classes"
+            raise InvalidInput(f"holdout={self.holdout:g} of {len(X)} training rows holds out {held} and trains on "
+                               f"{trained}; choosing C on it needs at least {least} in each{each}: change holdout "
+                               "(--holdout), fix C (--C) or add images")
+        kind = ShuffleSplit if self.multilabel else StratifiedShuffleSplit
+        return list(kind(n_splits=1, test_size=self.holdout, random_state=self.random_state).split(X, labels))
+
     def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,
                         ignore: np.ndarray | None = None) -> dict[float, float]:
-        if self.multilabel:
-            folds = KFold(self.cv, shuffle=True, random_state=self.random_state).split(X)
-        else:
-            folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state).split(X, targets.argmax(1))
-        folds = list(folds)
+        """Each C's mean score over the folds (or the one hold-out): C to its score."""
+        folds = self._folds(X, targets)
         scores = {}
         solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # each fold's at the last C: lbfgs starts there
         for C in sorted(float(c) for c in self.C_grid):
@@ -311,8 +342,11 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 raise InvalidInput(f"C_grid must be a list or tuple of positive numbers, got {type(grid).__name__}")
             if not len(grid) or not all(_is_positive_number(c) for c in grid):
                 raise InvalidInput(f"the C grid must hold positive numbers, got {list(grid)}")
-            if not _is_integer_at_least(self.cv, 2):
+            if self.holdout is None and not _is_integer_at_least(self.cv, 2):
                 raise InvalidInput(f"cv must be an integer >= 2, got {self.cv!r}")
+            if self.holdout is not None and not (_is_positive_number(self.holdout) and self.holdout < 1):
+                raise InvalidInput(f"holdout must be None or a fraction between 0 and 1 (0.2: 20% held out), got {self.holdout!r}")
+        self._check_normalize()
         if self.loss not in LOSSES:
             raise InvalidInput(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.solver not in SOLVERS:
@@ -329,6 +363,23 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise InvalidInput(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not _is_positive_number(self.tol):
             raise InvalidInput(f"tol must be a positive number, got {self.tol!r}")
+
+    def _check_normalize(self) -> None:
+        parts = isinstance(self.normalize, str) and self.normalize == "parts"
+        if not (parts or isinstance(self.normalize, (bool, np.bool_))):
+            raise InvalidInput(f"normalize must be True, False or 'parts', got {self.normalize!r}")
+        if not parts:
+            if self.part_dims is not None:  # else the row would be normalised whole, silently
+                raise InvalidInput("part_dims go with normalize='parts' (each part L2-normalised); the row is normalised "
+                                   f"{'whole' if self.normalize else 'not at all'} with normalize={self.normalize!r}")
+            return
+        dims = self.part_dims
+        if dims is None:
+            raise InvalidInput("normalize='parts' needs part_dims: the dimensions of each part of the row, in order "
+                               "(e.g. [4096, 4096] for two networks' descriptors side by side)")
+        if (not isinstance(dims, (list, tuple, np.ndarray)) or not len(dims)
+                or not all(_is_integer_at_least(d, 1) for d in dims)):
+            raise InvalidInput(f"part_dims must be a list of positive integers, got {dims!r}")
 
     def _check_device(self) -> None:
         """Refuse a device that is no device, whatever the solver (liblinear ignored it: a typo went
@@ -352,6 +403,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         X = dense_array(X)
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
             raise InvalidInput(f"descriptors must be a non-empty [rows, dimensions] array, got shape {X.shape}")
+        parts = self._parts(X.shape[1])  # before X is copied
         # asarray copies only where X is not of dtype, C-order, already (NumPy 1's copy=False, 2's copy=None).
         out = np.array(X, dtype=dtype, order="C") if copy else np.ascontiguousarray(X, dtype=dtype)
         # Row blocks: a whole-matrix norm or isfinite would allocate temporaries as large as X.
@@ -359,10 +411,21 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             block = out[start : start + _SCORE_ROWS]
             if not np.isfinite(block).all():
                 raise InvalidInput("descriptors contain NaN or infinite values")
-            if self.normalize:  # the sums of squares in float32 at least: float16's overflow at 65,504
-                norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.promote_types(block.dtype, np.float32)))
-                np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)  # an all-zero descriptor stays zero
+            for part in parts:  # the sums of squares in float32 at least: float16's overflow at 65,504
+                values = block[:, part]
+                norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.promote_types(block.dtype, np.float32)))
+                np.divide(values, norms[:, None], out=values, where=norms[:, None] > 0)  # an all-zero part stays zero
         return out
+
+    def _parts(self, dim: int) -> list[slice]:
+        """The columns normalised together: the row, each part of it, or none."""
+        if isinstance(self.normalize, str) and self.normalize == "parts":
+            ends = np.cumsum([int(d) for d in self.part_dims]).tolist()
+            if ends[-1] != dim:
+                raise InvalidInput(f"part_dims {[int(d) for d in self.part_dims]} sum to {ends[-1]}, the descriptors have "
+                                   f"{dim} dimensions")
+            return [slice(start, end) for start, end in zip([0, *ends[:-1]], ends)]
+        return [slice(0, dim)] if self.normalize else []
 
     def _ignored(self, ignore, shape: tuple[int, int]) -> np.ndarray | None:
         """``ignore`` checked: None, or [N, K] bool for a multi-label fit."""
@@ -413,11 +476,16 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             name = repr(str(value)) if isinstance(value, str) else str(value)
             if count == 0:
                 raise InvalidInput(f"class {name} has no training example; remove it (e.g. --exclude-class) or add images")
-            # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold.
-            if self.C is None and count < self.cv:
+            # With C fixed one example trains (an exemplar SVM); choosing C needs one per fold, or
+            # one to train on and one to hold out.
+            if self.C is None and self.holdout is None and count < self.cv:
                 raise InvalidInput(f"class {name} has only {count} training example(s); at least {self.cv}, one per "
                                    "cross-validation fold, needed to choose C: fix C (--C, in place of --cv), lower cv "
                                    "(--cv), leave the class out (--exclude-class) or add images")
+            if self.C is None and self.holdout is not None and count < 2:
+                raise InvalidInput(f"class {name} has only {count} training example(s); at least 2, one to train on and "
+                                   "one to hold out, needed to choose C on a hold-out: fix C (--C, in place of --holdout), "
+                                   "leave the class out (--exclude-class) or add images")
             if count == rows:
                 raise InvalidInput(f"class {name} holds every training example: nothing to tell it from")
         return targets, classes_
@@ -464,16 +532,23 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "vggfeat_version": __version__,
         "sklearn_version": sklearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "params": json.dumps({key: jsonable(value) for key, value in svm.get_params().items() if key != "copy"}, sort_keys=True),
+        "params": json.dumps({key: jsonable(value) for key, value in svm.get_params().items()
+                              if key != "copy" and not (key in _UNSET_UNWRITTEN and value is None)}, sort_keys=True),
         "C_chosen": float(svm.C_),
         "cv_scores": json.dumps({repr(c): s for c, s in svm.cv_scores_.items()}),
-        "normalize": bool(svm.normalize),
+        "normalize": svm.normalize if isinstance(svm.normalize, str) else bool(svm.normalize),  # True, False or "parts"
         "multilabel": bool(svm.multilabel),
         "extraction_configs": json.dumps(extraction_configs, sort_keys=True),
         "training": json.dumps(training or {}, sort_keys=True),
         **_classes_dtype(svm.classes_),
         **(provenance or {}),
     })
+
+
+# Parameters added since the model format's first files, written only where set: a model of their
+# defaults stays readable by the vggfeat versions before them (which refuse a parameter they do not
+# take, rightly where it changes the scores: part_dims), and an older file, without them, reads as their defaults.
+_UNSET_UNWRITTEN = ("holdout", "part_dims")
 
 
 def _classes_dtype(classes: np.ndarray) -> dict:
@@ -498,6 +573,13 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
+
+
+def holdout_sizes(rows: int, holdout: float) -> tuple[int, int]:
+    """(rows trained on, rows held out) of a hold-out of the share ``holdout`` of ``rows``, as
+    scikit-learn's ShuffleSplit sizes it."""
+    held = math.ceil(holdout * rows)
+    return rows - held, held
 
 
 def _liblinear_row_weights(signs: np.ndarray, weights: np.ndarray | None, balanced: bool) -> np.ndarray | None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VggfeatError, check_sequence
-from .features import FeatureFile, Features, Files, file_list, fused_failures, fused_files, load_features, read_blocks
+from .features import (FeatureFile, Features, Files, file_list, fused_failures, fused_files, load_features, part_dims,
+                       read_blocks)
 from .labels import (
     Targets,
     align_ignored,
@@ -114,8 +115,8 @@ def training_targets(files: Files, labels_csv: str | os.PathLike | None = None, 
 def train_svm(files: Files, model_path: str | os.PathLike | None = None, *, labels_csv: str | os.PathLike | None = None,
               exclude: Sequence[str] = (), voc: tuple[str | os.PathLike, str] | None = None, difficult: str = "ignore",
               progress: Callable[[int, int], None] | None = None, provenance: dict | None = None, **svm_params) -> SavedModel:
-    """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, loss, class_weight, normalize,
-    multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given, with the
+    """Fit :class:`LinearSVM` (``svm_params``: C, C_grid, cv, holdout, loss, class_weight, normalize,
+    part_dims, multilabel, n_jobs, ...) on ``files`` and write it to ``model_path`` if given, with the
     attributes ``provenance`` besides (the command, say); ``progress`` as :meth:`LinearSVM.fit` takes it. With ``voc`` ((devkit folder, image set)), the labels are the
     set's, multi-label, and an image difficult for a class is left out of that class's SVM, or
     is a negative or a positive there (``difficult``: :func:`~vggfeat.voc.train_difficult`)."""
@@ -151,13 +152,30 @@ def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple
     keywords) trains on them: float64 for liblinear, float32 for lbfgs (half the memory; its GPU
     computes in float32 anyway), float16 where every file holds float16 (a quarter; each block of
     rows computed in float32); and ``svm_params`` with ``solver="auto"`` resolved
-    (:func:`solver_in_memory`), which also warns where they would not fit in memory."""
+    (:func:`solver_in_memory`), which also warns where they would not fit in memory, and
+    ``normalize="parts"``'s ``part_dims``, where not given, the files' (:func:`with_part_dims`)."""
+    svm_params = with_part_dims(files, svm_params)
     width = None if not targets.paths else _width_of(files)  # each file's first rows, read once
     svm_params = _solver_for(width, len(targets.paths), len(targets.classes), svm_params)
     dtype = np.float64
     if svm_params["solver"] == "lbfgs":
         dtype = np.float16 if width is not None and width[2] == 2 else np.float32
     return load_features(files, paths=targets.paths, dtype=dtype), svm_params
+
+
+def with_part_dims(files: Files, svm_params: dict) -> dict:
+    """``svm_params`` (:class:`LinearSVM`'s keywords) with ``normalize="parts"`` given the parts of
+    ``files`` where it has no ``part_dims``: each network's descriptor, of each file fused or of a
+    stacked file's (:func:`~vggfeat.features.part_dims`); refused for one network's descriptors."""
+    if svm_params.get("normalize") != "parts" or svm_params.get("part_dims") is not None:
+        return svm_params
+    dims = part_dims(files)
+    if len(dims) < 2:
+        raise VggfeatError(f"--normalize-parts (normalize='parts') L2-normalises each network's part of descriptors side "
+                           f"by side, and {file_list(files)[0]} holds one network's ({dims[0]}-d): fuse files (--features "
+                           "d.h5 --features e.h5), or train on a 'vggfeat stack' file; or normalise the row whole "
+                           "(without --normalize-parts)")
+    return {**svm_params, "part_dims": dims}
 
 
 def solver_in_memory(files: Files, rows: int, classes: int, svm_params: dict) -> dict:
@@ -197,7 +215,8 @@ def _solver_for(width: tuple[int, float, int] | None, rows: int, classes: int, s
 
     if solver == "auto":
         solver = "liblinear"
-        fits = 1 if svm_params.get("C") is not None else 1 + len(svm_params.get("C_grid", DEFAULT_C_GRID)) * svm_params.get("cv", 3)
+        folds = svm_params.get("cv", 3) if svm_params.get("holdout") is None else 1
+        fits = 1 if svm_params.get("C") is not None else 1 + len(svm_params.get("C_grid", DEFAULT_C_GRID)) * folds
         if squared_hinge and available is not None and peak("liblinear") > available:
             if peak("lbfgs") < peak("liblinear"):
                 solver = "lbfgs"

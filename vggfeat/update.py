@@ -34,7 +34,7 @@ from .classifier import Classifier
 from .discover import ImageSet, file_name
 from .errors import VggfeatError, check_choice
 from .extractor import Extractor
-from .features import damaged_row, not_finite_rows
+from .features import finite_blocks
 from .job import ExtractionJob, config_changes, disk_per_row, holds_job, made_from_folder
 from .multidevice import MultiDeviceJob
 from .files import file_attributes, file_version, open_h5, written_atomically
@@ -294,12 +294,8 @@ def _check_rows(output: Path, version: str, classes: int | None) -> None:
         return
     with open_features_file(output, "output") as f:
         features = f["features"]
-        step = max(1, BLOCK_BYTES // (features.shape[1] * features.dtype.itemsize))
-        for start in range(0, features.shape[0], step):
-            bad = not_finite_rows(features[start : start + step])
-            if len(bad):  # the path read only to name the image
-                row = start + int(bad[0])
-                raise damaged_row(output, row, f["paths"].asstr()[row])
+        for _ in finite_blocks(f, output, max(1, BLOCK_BYTES // (features.shape[1] * features.dtype.itemsize))):
+            pass  # each block checked as read
 
 
 def _check_made_like(output: Path, extractor: Extractor, dtype: str, describe: str) -> None:

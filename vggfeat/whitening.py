@@ -26,7 +26,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from .errors import InvalidInput, VggfeatError, dense_array
-from .features import config_differences, damaged_row, not_finite_rows
+from .features import config_differences, finite_blocks, not_finite_rows
 from .files import open_h5, reading_hdf5, written_atomically
 from .store import WHITENING_FORMAT, check_written, kind_of, open_features_file
 
@@ -341,11 +341,7 @@ def fit_whitening(features: str | os.PathLike, output: str | os.PathLike, dim: i
         step = _block_rows(width)
 
         def blocks() -> Iterator[np.ndarray]:
-            for start in range(0, rows, step):
-                block = descriptors[start : start + step]
-                bad = not_finite_rows(block)
-                if len(bad):
-                    raise damaged_row(features, start + int(bad[0]), f["paths"].asstr()[start + int(bad[0])])
+            for block in finite_blocks(f, features, step):
                 yield block
                 if progress:
                     progress(len(block))

@@ -12,7 +12,7 @@ import h5py
 from ..errors import VggfeatError
 from ..fileinfo import JSON_ATTRS, read_info
 from ..index import index_summary
-from ..modelfile import model_summary
+from ..modelfile import model_summary, normalised_words
 from ..regions import RegionCount
 from ..rerun import MADE_FROM, file_record, inputs_changed
 from ..scoresfile import scores_summary
@@ -167,10 +167,12 @@ def _model_lines(summary: dict) -> list[str]:
     classes, training = summary["classes"], summary["training"]
     labels = "the file's own" if training.get("labels") == "stored" else training.get("labels")
     how = "by cross-validation" if summary["C_by_cross_validation"] else "fixed"
+    if summary["holdout"] is not None:
+        how = summary["C_chosen"]  # "chosen on a 20% hold-out" (or "fixed", C given)
     return [f"{summary['path']}: a vggfeat linear SVM model, {'multi-label' if summary['multilabel'] else 'one-vs-rest'}",
             f"  classes      {len(classes)}: {_first(classes)}",
-            f"  input        {summary['dim']}-d{', L2-normalised' if summary['normalize'] else ''}; C = {summary['C']:g} ({how}); "
-            f"solver {summary['solver']}",
+            f"  input        {summary['dim']}-d{normalised_words(summary['normalize'], summary['part_dims'])}; "
+            f"C = {summary['C']:g} ({how}); solver {summary['solver']}",
             f"  trained on   {training.get('rows', 0):,} rows of {', '.join(training.get('files', []))}; labels: {labels}"
             if training.get("files") else "  trained on   not recorded (saved from Python without its training)",
             *map(_descriptors_line, summary["extraction_configs"]), *_command_line(summary)]

@@ -15,7 +15,7 @@ from ..archives import file_exists
 from ..errors import VggfeatError, not_a_file
 from ..features import FeatureFile, config_differences
 from ..index import KINDS, MAX_EF_SEARCH, MAX_HNSW_M, MIN_HNSW_M, VectorIndex, index_features, index_summary
-from ..rerun import check_output, recorded_in_file, recorder
+from ..rerun import check_output, own_outputs, recorded_in_file, recorder
 from ..files import file_attributes
 from ..store import INDEX_FORMAT, WHITENING_FORMAT, refuse_descriptors
 from ..whitening import PCAWhitening, fit_whitening, whitening_summary
@@ -303,11 +303,8 @@ def export(features, output, to, topk, labels, fuse, overwrite, quiet) -> None:
                        "unchanged since; nothing to do")
             return
         records = [failures_made if target == targets[-1] else made for target in targets]
-        # Files that each record this very command are its own: some of its export, the others not
-        # renamed into place as a kill stopped it, which it writes whole again.
-        own = made is not None and all(recorded_in_file(target) == record
-                                       for target, record in zip(targets, records) if target.exists())
-        written = exporting.export(features, to, output, overwrite=overwrite or own,
+        # Its own files, some left without the others as a kill stopped it, are written whole again.
+        written = exporting.export(features, to, output, overwrite=overwrite or own_outputs(targets, records),
                                    records=[recorder(record, common.command_line()) for record in records])
         click.echo(f"wrote {', '.join(map(str, written))}")
         return

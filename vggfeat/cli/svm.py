@@ -13,9 +13,9 @@ import numpy as np
 from ..choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from ..errors import VggfeatError
 from ..metrics import one_hot
-from ..modelfile import read_model_file
+from ..modelfile import how_C_was_chosen, normalised_words, read_model_file
 from ..report import report_files, write_report
-from ..rerun import check_output, file_record, recorded_in_file, recorder
+from ..rerun import check_output, file_record, own_outputs, recorded_in_file, recorder
 from ..scoresfile import scores_summary
 from ..store import HDF5_SUFFIXES, SCORES_FORMAT, SVM_MODEL_FORMAT, check_new_file
 from ..voc import DIFFICULT, set_files
@@ -63,10 +63,16 @@ def svm_options(command):
         click.option("--C-grid", "C_grid", default=",".join(map(str, DEFAULT_C_GRID)), show_default=True, callback=floats,
                      help="Values of C tried by cross-validation."),
         click.option("--cv", default=3, show_default=True, type=click.IntRange(min=2), help="Cross-validation folds."),
+        click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="FRACTION",
+                     help="Choose C on one hold-out of this share of the training images (stratified by class; the "
+                          "paper's Caltech protocol held out 0.2) instead of by --cv-fold cross-validation."),
         click.option("--loss", default="squared_hinge", show_default=True, type=click.Choice(LOSSES)),
         click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "balanced"]),
                      help="'balanced' weighs each binary problem's positives and negatives equally (unbalanced data)."),
         click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise descriptors first (the paper's)."),
+        click.option("--normalize-parts", is_flag=True,
+                     help="L2-normalise each network's part of fused (--features repeated) or stacked ('vggfeat stack') "
+                          "descriptors, rather than the row as a whole."),
         click.option("--max-iter", default=2000, show_default=True, type=click.IntRange(min=1),
                      help="Most iterations of the solver per fit (a warning says if some fits reach it)."),
         click.option("--n-jobs", default=1, show_default=True, type=click.IntRange(min=1),
@@ -80,7 +86,7 @@ def svm_options(command):
         click.option("--device", default="auto", show_default=True,
                      help="Where --solver lbfgs runs: auto, cpu, cuda or cuda:N (auto: CUDA where there is one)."),
         click.option("--seed", default=0, show_default=True, type=SEEDS,
-                     help="Seed of the cross-validation folds and the solver."),
+                     help="Seed of the cross-validation folds (or the hold-out) and the solver."),
         quiet,
     ]
     for option in reversed(options):
@@ -107,13 +113,22 @@ def fits_progress(quiet: bool) -> Iterator[Callable[[int, int], None]]:
             bar.close()
 
 
-def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, class_weight: str, normalize: bool,
-               max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
-    """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments."""
+def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, holdout: float | None, loss: str, class_weight: str,
+               normalize: bool, normalize_parts: bool, max_iter: int, n_jobs: int, solver: str, device: str, seed: int) -> dict:
+    """The values of :func:`svm_options` as :class:`~vggfeat.svm.LinearSVM` keyword arguments
+    (with --normalize-parts, the parts' dimensions are the files', which train_svm and the protocols read)."""
     chosen_by = given("C_grid", "cv")
     if C is not None and chosen_by:
         raise click.UsageError(f"--C {C:g} fixes C; {', '.join(chosen_by)}: how cross-validation would choose it: give "
                                "one or the other")
+    if holdout is not None and C is not None:
+        raise click.UsageError(f"--C {C:g} fixes C; --holdout {holdout:g}: how a hold-out would choose it: give one or the other")
+    if holdout is not None and given("cv"):
+        raise click.UsageError(f"--holdout {holdout:g} chooses C on one hold-out, --cv {cv} by cross-validation folds: give "
+                               "one or the other")
+    if normalize_parts and not normalize:
+        raise click.UsageError("--normalize-parts L2-normalises each part of the row, --no-normalize nothing: give one or "
+                               "the other")
     if solver == "lbfgs" and given("n_jobs"):
         raise click.UsageError("--n-jobs is liblinear's (a class per thread); --solver lbfgs trains every class at once")
     if solver == "lbfgs" and C is not None and given("seed"):  # (lbfgs starts from zero: nothing random but folds)
@@ -124,9 +139,10 @@ def svm_params(C: float | None, C_grid: tuple[float, ...], cv: int, loss: str, c
     if loss == "hinge" and device not in ("auto", "cpu"):  # before auto picks lbfgs for the device
         raise click.UsageError(f"--loss hinge is liblinear's, which runs on the CPU: leave out --device {device}, or "
                                "train the squared hinge (--loss squared_hinge) with lbfgs on it")
-    return {"C": C, "C_grid": C_grid, "cv": cv, "loss": loss, "class_weight": None if class_weight == "none" else class_weight,
-            "normalize": normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver, "device": device,
-            "random_state": seed}
+    return {"C": C, "C_grid": C_grid, "cv": cv, "holdout": holdout, "loss": loss,
+            "class_weight": None if class_weight == "none" else class_weight,
+            "normalize": "parts" if normalize_parts else normalize, "max_iter": max_iter, "n_jobs": n_jobs, "solver": solver,
+            "device": device, "random_state": seed}
 
 
 @click.command("train-svm")
@@ -163,7 +179,9 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
                                    multilabel=multilabel, progress=progress, **svm_params(**svm),
                                    provenance=provenance(made))
     svm, training = saved.svm, saved.training
-    how = "fixed" if not svm.cv_scores_ else f"chosen by {svm.cv}-fold CV, score {max(svm.cv_scores_.values()):.4f}"
+    how = how_C_was_chosen(svm.get_params(), svm.cv_scores_)
+    if svm.cv_scores_:
+        how += f", score {max(svm.cv_scores_.values()):.4f}"
     if svm.solver == "lbfgs":
         from ..settings import resolve_device  # torch, which lbfgs has imported
 
@@ -171,7 +189,7 @@ def train_svm(paths, features, labels, multilabel, exclude_class, voc_devkit, vo
     else:
         solver = svm.solver
     click.echo(f"trained {len(svm.classes_)} {'labels' if multilabel else 'classes'} on {training['rows']:,} rows "
-               f"({svm.n_features_in_}-d{', L2-normalised' if svm.normalize else ''}); C={svm.C_:g} ({how}); {solver}; "
+               f"({svm.n_features_in_}-d{normalised_words(svm.normalize, svm.part_dims)}); C={svm.C_:g} ({how}); {solver}; "
                f"wrote {model}")
 
 
@@ -297,8 +315,7 @@ def _check_report_folder(folder: Path, multilabel: bool, overwrite: bool, inputs
     earlier = [path for path in report_files(folder, multilabel) if path.exists()]
     for path in earlier:
         check_new_file(path, overwrite=True, inputs=inputs)
-    own = made is not None and all(recorded_in_file(path) == made for path in earlier)
-    if earlier and not overwrite and not own:
+    if earlier and not overwrite and not own_outputs(earlier, [made] * len(earlier)):
         raise VggfeatError(f"{folder} already holds a report ({', '.join(path.name for path in earlier)}); pass "
                            "--overwrite to replace it, or name another folder")
 
