@@ -226,6 +226,34 @@ def write_animated_gif(path, height: int = 40, width: int = 48) -> np.ndarray:
     return np.array(frames[0])
 
 
+def write_gif_small_first_frame(path, height: int = 40, width: int = 48, box=(8, 12, 24, 28)) -> np.ndarray:
+    """A two-frame GIF whose first frame (red) covers only ``box`` (left, top, right, bottom) of its
+    canvas, palette index 0 black and the background index blue, neither frame with a transparent
+    index: browsers show the rest of the canvas transparent. Returns the first frame as vggfeat
+    shows it: red on white."""
+    palette = [0, 0, 0, 220, 20, 20, 20, 200, 20, 20, 20, 220]
+    size = (box[2] - box[0], box[3] - box[1])
+    frames = [Image.new("P", size, index) for index in (1, 2)]
+    for frame in frames:
+        frame.putpalette(palette)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0, background=3)
+    data = bytearray(buffer.getvalue())
+    data[6:10] = struct.pack("<HH", width, height)  # the canvas (logical screen)
+    at = 13 + 3 * 2 ** ((data[10] & 7) + 1)  # past the global colour table
+    while data[at] == 0x21:  # an extension: its label, then sub-blocks up to an empty one
+        at += 2
+        while data[at]:
+            at += data[at] + 1
+        at += 1
+    assert data[at] == 0x2C, "Pillow wrote the GIF otherwise: find its first image anew"
+    data[at + 1 : at + 5] = struct.pack("<HH", box[0], box[1])  # where the first frame goes
+    Path(path).write_bytes(bytes(data))
+    expected = np.full((height, width, 3), 255, dtype=np.uint8)
+    expected[box[1] : box[3], box[0] : box[2]] = (220, 20, 20)
+    return expected
+
+
 # --------------------------------------------------------------------------- bad files
 
 
@@ -345,8 +373,9 @@ def _bomb_bytes(side: int) -> bytes:
     return png_bytes(side, side, bit_depth=1, color_type=0, rows=(row for _ in range(side)))
 
 
-def png_bytes(width: int, height: int, bit_depth: int, color_type: int, rows) -> bytes:
-    """A PNG file from raw scanlines (each already starting with its filter byte)."""
+def png_bytes(width: int, height: int, bit_depth: int, color_type: int, rows, trns: bytes = b"") -> bytes:
+    """A PNG file from raw scanlines (each already starting with its filter byte); with a tRNS
+    chunk (the transparent gray value or RGB colour, 16-bit big-endian each) if ``trns``."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -354,7 +383,8 @@ def png_bytes(width: int, height: int, bit_depth: int, color_type: int, rows) ->
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for row in rows) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    transparency = chunk(b"tRNS", trns) if trns else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + transparency + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- whole sets

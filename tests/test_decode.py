@@ -24,6 +24,7 @@ from imagefiles import (
     write_cmyk_jpeg,
     write_damaged_avif_or_heic,
     write_exif_rotated,
+    write_gif_small_first_frame,
     write_gray,
     write_gray16_png,
     write_la,
@@ -34,7 +35,7 @@ from imagefiles import (
     write_rgb16_png,
     write_rgba,
 )
-from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, _to_rgb, decode_image
+from vggfeat.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, _to_rgb, decode_image, decode_image_reduced
 from vggfeat.errors import ImageError
 
 
@@ -87,6 +88,36 @@ def test_a_jpeg_cut_in_its_headers_or_in_its_data_fails_for_the_same_reason(tmp_
         (tmp_path / "cut.jpg").write_bytes(data[:cut])
         with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
             decode_image(tmp_path / "cut.jpg")
+
+
+def test_a_jpeg_missing_only_its_end_marker_decodes_as_the_whole_file(tmp_path):
+    """A file that ends where its scan's data does, lacking only its EOI marker, was refused as
+    truncated, where Pillow with LOAD_TRUNCATED_IMAGES gives the whole file's pixels."""
+    for name, options in (("plain.jpg", {}), ("restarts.jpg", {"restart_marker_blocks": 1})):
+        write_rgb(tmp_path / name, 48, 64, fmt="JPEG", **options)
+        data = (tmp_path / name).read_bytes()
+        assert data.endswith(b"\xff\xd9")
+        (tmp_path / "open.jpg").write_bytes(data[:-2])
+        np.testing.assert_array_equal(decode_image(tmp_path / "open.jpg"), decode_image(tmp_path / name))
+        halved = [decode_image_reduced(tmp_path / n, lambda height, width: 2) for n in ("open.jpg", name)]
+        assert halved[0][1] == halved[1][1] == (48, 64)
+        np.testing.assert_array_equal(halved[0][0], halved[1][0])
+
+
+def test_a_jpeg_cut_short_is_still_truncated_whatever_it_lacks_besides_its_end_marker(tmp_path):
+    """Cut in its data, even at the end of a restart interval, a file still fails; so does a
+    progressive one without its EOI (cut between two scans, it would decode as though whole)."""
+    write_rgb(tmp_path / "r.jpg", 48, 64, fmt="JPEG", restart_marker_blocks=1)
+    data = (tmp_path / "r.jpg").read_bytes()
+    last_restart = max(data.rfind(bytes((0xFF, 0xD0 + k))) for k in range(8))
+    write_rgb(tmp_path / "p.jpg", 48, 64, fmt="JPEG", progressive=True)
+    cuts = {"data": data[:-3], "half": data[: len(data) // 2], "restart": data[:last_restart],
+            "progressive": (tmp_path / "p.jpg").read_bytes()[:-2]}
+    for what, cut in cuts.items():
+        (tmp_path / "cut.jpg").write_bytes(cut)
+        with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
+            decode_image(tmp_path / "cut.jpg")
+            pytest.fail(what)
 
 
 def test_missing_file(tmp_path):
@@ -275,6 +306,41 @@ def test_16bit_rgb_is_scaled_to_8bit(tmp_path):
     assert max_diff(decoded, values >> 8) <= 1
 
 
+def test_16bit_rgb_transparent_colour_is_white_and_only_it(tmp_path):
+    """A 16-bit RGB PNG's tRNS colour: Pillow compared it, 16-bit, with the samples' high bytes."""
+    values = np.full((32, 32, 3), (0x1234, 0x5678, 0x9ABC), dtype=np.uint16)
+    values[:, 16:, 0] = 0x1235  # the same high bytes, another colour: opaque
+    rows = [b"\0" + row.astype(">u2").tobytes() for row in values]
+    trns = struct.pack(">3H", 0x1234, 0x5678, 0x9ABC)
+    (tmp_path / "key.png").write_bytes(imagefiles.png_bytes(32, 32, 16, 2, rows, trns=trns))
+    decoded = decode_image(tmp_path / "key.png")
+    assert (decoded[:, :16] == 255).all()
+    assert (decoded[:, 16:] == (0x12, 0x56, 0x9A)).all()
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_2_and_4_bit_gray_transparent_level_is_white(tmp_path, bits):
+    """Pillow scales their levels to 8 bits (x 85, x 17), but not the tRNS level."""
+    top, per_byte = (1 << bits) - 1, 8 // bits
+    levels = np.arange(32 * 32).reshape(32, 32) % (top + 1)
+    packed = (levels.reshape(32, -1, per_byte) << (bits * np.arange(per_byte - 1, -1, -1))).sum(axis=2)
+    rows = [b"\0" + row.astype(np.uint8).tobytes() for row in packed]
+    (tmp_path / "g.png").write_bytes(imagefiles.png_bytes(32, 32, bits, 0, rows, trns=struct.pack(">H", 1)))
+    expected = np.where(levels == 1, 255, levels * (255 // top))
+    np.testing.assert_array_equal(decode_image(tmp_path / "g.png"), np.repeat(expected[:, :, None], 3, axis=2))
+
+
+def test_16bit_white_is_zero_tiff_is_not_inverted(tmp_path):
+    """PhotometricInterpretation 0 (WhiteIsZero): Pillow inverts 8-bit gray of it, not 16-bit."""
+    values = np.linspace(0, 65535, 32 * 40).round().astype(np.uint16).reshape(32, 40)
+    Image.fromarray(values).save(tmp_path / "white0.tif", tiffinfo={262: 0})  # the samples as given
+    Image.fromarray(values).save(tmp_path / "black0.tif")
+    with Image.open(tmp_path / "white0.tif") as image:
+        assert image.mode == "I;16" and image.tag_v2[262] == 0
+    np.testing.assert_array_equal(decode_image(tmp_path / "white0.tif")[..., 0], ((65535 - values) / 257).round())
+    np.testing.assert_array_equal(decode_image(tmp_path / "black0.tif")[..., 0], (values / 257).round())
+
+
 def test_palette(tmp_path):
     expected = write_palette(tmp_path / "p.png")
     decoded = decode_image(tmp_path / "p.png")
@@ -361,6 +427,12 @@ def test_animated_gif_uses_first_frame(tmp_path):
     assert_rgb(decoded, 40, 48)
     np.testing.assert_array_equal(decoded, expected)
     assert decoded[0, 0].tolist() == [220, 20, 20]
+
+
+def test_gif_canvas_around_a_smaller_first_frame_is_white(tmp_path):
+    """Pillow filled it with palette index 0 (black here); browsers show it transparent."""
+    expected = write_gif_small_first_frame(tmp_path / "s.gif")
+    np.testing.assert_array_equal(decode_image(tmp_path / "s.gif"), expected)
 
 
 @pytest.mark.parametrize("name", ["a.tif", "a.tiff", "a.bmp", "a.webp", "a.PNG"])

@@ -119,6 +119,24 @@ def test_a_truncated_jpeg_goes_to_pil(tmp_path):
     assert read_jpeg(whole, 10**9, 32) is not None
 
 
+def test_a_jpeg_missing_only_its_end_marker_is_decoded_as_pil_decodes_it(tmp_path):
+    """It goes to PIL (it does not end as a whole JPEG does), which gives the whole file's pixels;
+    a file cut short fails there, for the same reason by every decoder."""
+    write_rgb(tmp_path / "whole.jpg", 48, 64, fmt="JPEG")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "open.jpg").write_bytes(data[:-2])
+    (tmp_path / "cut.jpg").write_bytes(data[:-20])
+    paths = [tmp_path / name for name in ("whole.jpg", "open.jpg", "cut.jpg")]
+    assert read_jpeg(paths[1], 10**9, 32) is None
+    whole = decode_image(paths[0])
+    for decoder in ("pil", "torchvision"):
+        *images, failure = decoded(decoder, paths)
+        for pixels in images:
+            pixels = pixels.permute(1, 2, 0).numpy() if isinstance(pixels, torch.Tensor) else pixels
+            assert np.array_equal(pixels, whole), decoder
+        assert isinstance(failure, ImageError) and str(failure).startswith("truncated: "), decoder
+
+
 def with_xmp_orientation(jpeg: bytes, orientation: int) -> bytes:
     """``jpeg`` with an XMP block (APP1) that gives its orientation, and no EXIF block, as some
     editors' exports have them."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import os
 import re
 import stat
@@ -131,14 +132,29 @@ def _read_rgb(path: str | Path, max_pixels: int, reduction: Reduction | None) ->
 
 
 def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | None) -> tuple[np.ndarray, tuple[int, int]]:
-    with open_image_file(path) as file, Image.open(file) as image:
+    with open_image_file(path) as file:
+        try:
+            return _decode_rgb(file, max_pixels, reduction)
+        except OSError as error:
+            restored = _end_restored(file) if str(error).startswith("image file is truncated") else None
+            if restored is None:
+                raise
+        return _decode_rgb(restored, max_pixels, reduction)
+
+
+def _decode_rgb(file: BinaryIO, max_pixels: int, reduction: Reduction | None) -> tuple[np.ndarray, tuple[int, int]]:
+    with Image.open(file) as image:
         # The header gives the size before any pixel is decoded: refuse bombs here.
         width, height = image.size
         check_pixels(width, height, max_pixels)
         factor = reduction(height, width) if reduction is not None else 1
         if factor > 1:  # a no-op but for JPEGs (and MPOs, their multi-picture kin)
             image.draft(None, (width // factor, height // factor))
+        transparent = _transparent_where_pillow_is_not(file, image)  # before loading: the tile says how it is stored
         image.load()
+        if transparent is not None:
+            image = image.convert("RGBA")  # its info (EXIF, XMP) with it, for _upright
+            image.paste(_WHITE, mask=Image.fromarray(transparent))
         reduced = image.size != (width, height)
         # EXIF orientations 5 to 8 turn the image a quarter: upright, its sides are swapped.
         turned = reduced and _orientation(image) in (5, 6, 7, 8)
@@ -146,6 +162,102 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
         if not reduced:
             return rgb, tuple(rgb.shape[:2])
         return rgb, (width, height) if turned else (height, width)
+
+
+def _transparent_where_pillow_is_not(file: BinaryIO, image: Image.Image) -> np.ndarray | None:
+    """Where ``image`` is transparent though Pillow decodes it opaque: a boolean (height, width)
+    mask, or None. Asked before its pixels are loaded, while its tile says how they are stored.
+    (A 2- or 4-bit gray PNG's transparent value is set right in its info instead.)"""
+    if len(image.tile) != 1:
+        return None
+    _, box, _, rawmode = image.tile[0]  # a _Tile (Pillow 11 on), or a tuple of the same four
+    transparent = image.info.get("transparency")
+    if image.format == "GIF" and tuple(box) != (0, 0, *image.size):
+        # A GIF's first frame may cover part of its canvas only. Pillow fills the rest with
+        # palette index 0 (black, often) where the frame has no transparent index; browsers show
+        # that canvas transparent: white, here.
+        outside = np.ones((image.height, image.width), dtype=bool)
+        outside[box[1] : box[3], box[0] : box[2]] = False
+        return outside
+    if image.format != "PNG":
+        return None
+    if rawmode in ("L;2", "L;4") and isinstance(transparent, int):
+        # Pillow scales 2- and 4-bit gray to 8 bits (level x 85, x 17) but not the tRNS gray
+        # level, which then matched no pixel, or another.
+        image.info["transparency"] = transparent * 255 // ((1 << int(rawmode[2])) - 1)
+    elif rawmode == "RGB;16B" and isinstance(transparent, tuple):
+        # Pillow reads a 16-bit RGB PNG 8 bits deep (each sample's high byte) but compares its
+        # 16-bit tRNS colour with those: no pixel matched, or wrong ones.
+        del image.info["transparency"]  # for no conversion to apply it
+        return (_png_rgb16(file) == transparent).all(axis=2)
+    return None
+
+
+def _png_rgb16(file: BinaryIO) -> np.ndarray:
+    """A 16-bit RGB PNG's samples, uint16 (height, width, 3). Pillow has no mode for them: each
+    byte is decoded apart, the low one by unpacking the samples as little-endian ones ("RGB;16L"
+    takes each one's second byte)."""
+    planes = []
+    for rawmode in ("RGB;16B", "RGB;16L"):
+        file.seek(0)
+        with Image.open(file) as image:
+            codec, box, offset, _ = image.tile[0]
+            image.tile = [(codec, box, offset, rawmode)]
+            image.load()
+            planes.append(np.asarray(image, dtype=np.uint16))
+    return planes[0] << 8 | planes[1]
+
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"  # how a JPEG file starts, and how a whole one ends
+
+
+def _junk(pattern: bytes, first_restart: int) -> bytes:
+    return b"".join(pattern + bytes((0xFF, 0xD0 + (first_restart + k) % 8)) for k in range(8))
+
+
+# Bytes put before a restored EOI marker, to tell whether the scan's data is all there. After the
+# last of it, libjpeg skips them (junk, as a camera's before its EOI; restart markers, RSTn, out
+# of a scan): the pixels are those of the EOI alone. Where data is missing, it decodes them as
+# that data, where the EOI alone leaves gray: other pixels. Two patterns, each byte the other's
+# complement, so that every missing bit differs in one of them. Their restart markers resume a
+# scan cut at the end of a restart interval (which an EOI alone ends): libjpeg's resync takes a
+# run from RST0 on for any of RST0 to RST5 expected, a run from RST4 on for RST4 to RST1.
+_PATTERN = bytes.fromhex("5ac33c9669a50ff01e2d4b87b4d2e178")  # neither 0x00 nor 0xFF
+_JUNKS = (_junk(_PATTERN, 0), _junk(bytes(255 - byte for byte in _PATTERN), 4))
+
+
+def _end_restored(file: BinaryIO) -> BinaryIO | None:
+    """A sequential JPEG that lacks only its end marker (EOI), its scan's data all there: its
+    bytes with the marker put back, which Pillow decodes to the pixels of the whole file (as its
+    ImageFile.LOAD_TRUNCATED_IMAGES does, for any file cut short). None for any other file: one
+    cut short stays refused as truncated."""
+    from .jpeg import MOST_JPEG_BYTES  # (that module imports this one)
+
+    file.seek(0)
+    if file.read(len(_SOI)) != _SOI or file.seek(0, os.SEEK_END) > MOST_JPEG_BYTES:
+        return None
+    file.seek(0)
+    data = file.read()
+    if data.endswith(_EOI):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            # A progressive JPEG cut between two of its scans decodes, with fewer scans, as if
+            # whole: no decoding tells it from one that lacks its EOI alone.
+            if image.format != "JPEG" or "progressive" in image.info:
+                return None
+        whole = _pixels(data + _EOI)
+        if any(not np.array_equal(whole, _pixels(data + junk + _EOI)) for junk in _JUNKS):
+            return None
+    except Exception:  # noqa: BLE001 - a file that fails so is not one to accept
+        return None
+    return io.BytesIO(data + _EOI)
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return np.asarray(image)
 
 
 # Formats that some installations do not decode: (name, extensions, what to install, whether this one decodes them).
@@ -292,6 +404,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         # gray (Pillow 10 opens it so, where later ones give I;16), however dark the image; a PGM's
         # too (Pillow opens one of maxval above 255 as "I", scaled to 16 bits).
         pixels = np.asarray(image)
+        if mode in ("I;16", "I;16B") and image.format == "TIFF" and image.tag_v2.get(262) == 0:
+            # PhotometricInterpretation WhiteIsZero: Pillow inverts 1- to 8-bit gray of it, not 16-bit.
+            pixels = 65535 - pixels
         sixteen = mode != "I" or image.format in ("PNG", "PPM") or pixels.max(initial=0) > 255
         gray = _scale_to_8bit(pixels, bit_depth=16 if sixteen else 8)
         transparent = image.info.get("transparency")
