@@ -4,6 +4,7 @@
 # make test-oldest  the tests with the oldest torch, torchvision and NumPy that pyproject.toml admits
 #                   (in .venv-oldest; several GB and a few minutes more)
 # make test-oldest-stages  those of them that CI runs: the stages the releases' differences reach
+# make oldest-venv  only install .venv-oldest (CI does while the main tests run)
 #
 # The first target that needs it creates .venv and installs vggfeat with its test extra; torch
 # from PyPI is the CUDA build (several GB, a few minutes), which also runs on CPU-only machines.
@@ -15,7 +16,7 @@ VENV ?= .venv
 # Written once the install succeeds; a newer pyproject.toml, or a missing stamp, reinstalls.
 STAMP := $(VENV)/.vggfeat-installed
 
-.PHONY: venv demo test test-oldest test-oldest-stages clean
+.PHONY: venv oldest-venv demo test test-oldest test-oldest-stages clean
 
 venv: $(STAMP)
 
@@ -41,9 +42,16 @@ OLDEST := torch==2.2.2 torchvision==0.17.2 numpy==1.24.0 h5py==3.8.0 pillow==10.
 OLDEST_TESTS := tests/test_svm.py tests/test_jpeg.py tests/test_decode.py tests/test_extractor.py tests/test_job.py \
 	tests/test_store.py tests/test_transfer_cli.py tests/test_regions.py tests/test_voc.py
 TESTS ?= tests
-test-oldest:
+# Written once the install succeeds, as $(STAMP): CI installs it while the main tests run.
+OLDEST_STAMP := .venv-oldest/.vggfeat-installed
+oldest-venv: $(OLDEST_STAMP)
+
+$(OLDEST_STAMP): pyproject.toml Makefile
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install $(OLDEST) -e .
+	touch $@
+
+test-oldest: oldest-venv
 	.venv-oldest/bin/python -m pytest -q $(TESTS)
 
 test-oldest-stages:
