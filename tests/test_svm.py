@@ -103,6 +103,26 @@ def test_holdout_chooses_C_on_one_stratified_split_scored_as_a_fold_is():
         LinearSVM(holdout=0.5).fit(X[:21], y[:21])
 
 
+@pytest.mark.parametrize("holdout", [0.1, 0.9])
+def test_a_holdout_holds_a_row_of_each_class_on_each_side_however_small_the_class(holdout):
+    """StratifiedShuffleSplit rounds each class's share: of classes of 26, 2 and 2 rows it held out
+    [3, 0, 0] at 10% (C chosen on the first class alone) and trained on [3, 0, 0] at 90% (every C
+    scoring 1/3). A class left wholly on one side has a row moved across, seeded as the split is."""
+    y = np.repeat([0, 1, 2], [26, 2, 2])
+    X = np.random.default_rng(0).normal(size=(len(y), 4))
+    targets = np.eye(3, dtype=bool)[y]
+    svm = LinearSVM(holdout=holdout, random_state=0)
+    (train, held), = svm._folds(X, targets)
+    assert np.bincount(y[train], minlength=3).min() >= 1 and np.bincount(y[held], minlength=3).min() >= 1
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(y)))  # each row on one side, once
+    (again_train, again_held), = svm._folds(X, targets)
+    assert again_train.tolist() == train.tolist() and again_held.tolist() == held.tolist()
+    # What the split alone gave: one side held none of the two small classes.
+    (split_train, split_held), = StratifiedShuffleSplit(1, test_size=holdout, random_state=0).split(X, y)
+    assert np.bincount(y[split_held if holdout < 0.5 else split_train], minlength=3).tolist() == [3, 0, 0]
+    assert svm.fit(X, y).C_ in svm.C_grid
+
+
 def test_each_part_normalised_on_its_own_weighs_as_much_as_the_others():
     """Two networks' descriptors side by side, one of norms 10,000 times the other's: normalised as a
     whole, the row is the long part's and the short one, which tells the classes apart, weighs
@@ -458,6 +478,36 @@ def test_a_model_file_of_before_holdout_and_part_dims_loads_as_it_did(tmp_path):
     np.testing.assert_array_equal(loaded.decision_function(X), saved.svm.decision_function(X))
     code, out, err = run_main(["info", model])
     assert code == 0 and "  input        8-d, L2-normalised; C = 1 (fixed); solver liblinear" in out, err
+
+
+# The parameters that vggfeat's LinearSVM took before holdout and part_dims (commit c9a2ddf), less
+# copy (never written): its load_model built LinearSVM(**params), refusing any other key.
+_PARAMS_BEFORE_HOLDOUT = {"C", "C_grid", "cv", "loss", "class_weight", "normalize", "multilabel", "n_jobs", "max_iter",
+                          "tol", "random_state", "solver", "device"}
+
+
+def test_a_model_whose_C_was_chosen_on_a_holdout_is_readable_by_the_versions_before_holdout(tmp_path):
+    """The hold-out changes how C was chosen, never the scores: it is recorded beside params (an
+    attribute of its own, which earlier versions pass over), so that their load_model, which
+    refused a parameter it did not know ("unexpected keyword argument 'holdout'"), reads the model;
+    this one reads the hold-out back into the estimator's parameters and says so."""
+    X, y, paths, names = blobs()
+    features = write_features(tmp_path / "train.h5", X, paths, y, names)
+    model = tmp_path / "model.h5"
+    saved = transfer.train_svm(features, model, holdout=0.2, C_grid=(0.1, 1.0))
+    with h5py.File(model, "r") as f:
+        assert set(json.loads(f.attrs["params"])) <= _PARAMS_BEFORE_HOLDOUT and f.attrs["holdout"] == 0.2
+    loaded = load_model(model).svm
+    assert loaded.get_params() == {**saved.svm.get_params(), "C_grid": (0.1, 1.0)} and loaded.holdout == 0.2
+    np.testing.assert_array_equal(loaded.decision_function(X), saved.svm.decision_function(X))
+    code, out, err = run_main(["info", model])
+    assert code == 0 and "(chosen on a 20% hold-out)" in out, err
+    # A file written with the hold-out in params (vggfeat between these) reads as it did.
+    with h5py.File(model, "r+") as f:
+        f.attrs["params"] = json.dumps({**json.loads(f.attrs["params"]), "holdout": 0.3})
+        del f.attrs["holdout"]
+        _resealed(f)
+    assert load_model(model).svm.holdout == 0.3
 
 
 class Column:

@@ -70,7 +70,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
                 raise VggfeatError(f"{path} was modified or is damaged (checksum mismatch); retrain the model")
             model = ModelFile(
                 coef=f["coef"][:], intercept=f["intercept"][:], classes=list(f["classes"].asstr()[:]),
-                params=json.loads(f.attrs["params"]), C=float(f.attrs["C_chosen"]),
+                params=_params(f), C=float(f.attrs["C_chosen"]),
                 cv_scores={float(c): float(s) for c, s in json.loads(f.attrs["cv_scores"]).items()},
                 extraction_configs=json.loads(f.attrs["extraction_configs"]), training=json.loads(f.attrs["training"]),
                 checksum=str(f.attrs["checksum"]), command=str(f.attrs.get("command", "")),
@@ -82,6 +82,16 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
                            f"{str(error)[:200]})") from None
     _check_values(model, path)
     return model
+
+
+def _params(f: h5py.File) -> dict:
+    """The estimator's parameters: the attribute params, with the hold-out that C was chosen on
+    where there was one (an attribute of its own, for the vggfeat versions before it to read the
+    model: :data:`vggfeat.svm._UNSET_UNWRITTEN`; in params, of the files written between)."""
+    params = json.loads(f.attrs["params"])
+    if "holdout" in f.attrs and isinstance(params, dict):
+        params["holdout"] = jsonable(f.attrs["holdout"])
+    return params
 
 
 def _check_layout(f: h5py.File, path: Path) -> None:

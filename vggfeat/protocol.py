@@ -79,7 +79,7 @@ def caltech(files: Files, train_per_class: int = 30, test_per_class: int | None 
     if settings.C is None and settings.holdout is not None:
         rows = train_per_class * len(classes)
         trained, held = holdout_sizes(rows, settings.holdout)
-        if min(trained, held) < len(classes):  # (scikit-learn's stratified split: a row of each class a side)
+        if min(trained, held) < len(classes):  # (fewer a side than classes: scikit-learn's stratified split refuses them)
             raise VggfeatError(f"{train_per_class} training images per class are too few to choose C on a "
                                f"{100 * settings.holdout:g}% hold-out: of the {rows} of {len(classes)} classes it holds "
                                f"out {held} and trains on {trained}, where each side needs one of each class: fix --C (in "

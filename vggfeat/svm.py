@@ -89,8 +89,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         cv: number of cross-validation folds; unused where ``holdout`` is set (or C given).
         holdout: a fraction in (0, 1): choose C on one split of the training set instead, this
             share of it held out (the paper's Caltech protocol held out 20% once), stratified by
-            class for single-label data (StratifiedShuffleSplit), drawn at random for multi-label
-            (ShuffleSplit), seeded by ``random_state``. ``cv_scores_`` are then the hold-out's.
+            class for single-label data (StratifiedShuffleSplit; a class it leaves wholly on one
+            side, a small one, has a row moved across: a row of each class on each side), drawn at
+            random for multi-label (ShuffleSplit), seeded by ``random_state``. ``cv_scores_`` are
+            then the hold-out's.
         loss: ``squared_hinge`` (LinearSVC's default, L2-SVM) or ``hinge``.
         class_weight: ``None`` or ``"balanced"`` (per binary problem: positives and negatives weigh
             as much in total; useful when a class has few images among many).
@@ -290,14 +292,17 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             kind = KFold if self.multilabel else StratifiedKFold
             return list(kind(self.cv, shuffle=True, random_state=self.random_state).split(X, labels))
         trained, held = holdout_sizes(len(X), self.holdout)
-        least = 1 if self.multilabel else targets.shape[1]  # scikit-learn's stratified split: a row of each class a side
+        least = 1 if self.multilabel else targets.shape[1]  # scikit-learn's stratified split refuses fewer a side
         if min(trained, held) < least:
             each = "" if self.multilabel else f", one of each of the {least} classes"
             raise InvalidInput(f"holdout={self.holdout:g} of {len(X)} training rows holds out {held} and trains on "
                                f"{trained}; choosing C on it needs at least {least} in each{each}: change holdout "
                                "(--holdout), fix C (--C) or add images")
         kind = ShuffleSplit if self.multilabel else StratifiedShuffleSplit
-        return list(kind(n_splits=1, test_size=self.holdout, random_state=self.random_state).split(X, labels))
+        (train, held_out), = kind(n_splits=1, test_size=self.holdout, random_state=self.random_state).split(X, labels)
+        if self.multilabel:
+            return [(train, held_out)]
+        return [_a_row_of_each_class_a_side(train, held_out, labels, targets.shape[1])]
 
     def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,
                         ignore: np.ndarray | None = None) -> dict[float, float]:
@@ -533,8 +538,10 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         "sklearn_version": sklearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "params": json.dumps({key: jsonable(value) for key, value in svm.get_params().items()
-                              if key != "copy" and not (key in _UNSET_UNWRITTEN and value is None)}, sort_keys=True),
+                              if key not in ("copy", "holdout") and not (key in _UNSET_UNWRITTEN and value is None)},
+                             sort_keys=True),
         "C_chosen": float(svm.C_),
+        **({} if svm.holdout is None else {"holdout": float(svm.holdout)}),  # beside params: see _UNSET_UNWRITTEN
         "cv_scores": json.dumps({repr(c): s for c, s in svm.cv_scores_.items()}),
         "normalize": svm.normalize if isinstance(svm.normalize, str) else bool(svm.normalize),  # True, False or "parts"
         "multilabel": bool(svm.multilabel),
@@ -545,10 +552,13 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
     })
 
 
-# Parameters added since the model format's first files, written only where set: a model of their
-# defaults stays readable by the vggfeat versions before them (which refuse a parameter they do not
-# take, rightly where it changes the scores: part_dims), and an older file, without them, reads as their defaults.
-_UNSET_UNWRITTEN = ("holdout", "part_dims")
+# Parameters added since the model format's first files, written to params only where set: a model of
+# their defaults stays readable by the vggfeat versions before them (whose load_model refuses a parameter
+# its LinearSVM does not take, rightly where it changes the scores: part_dims), and an older file, without
+# them, reads as their defaults. holdout, which changes only how C was chosen, never the scores, is kept
+# out of params: written where set as an attribute of its own (which those versions pass over), that
+# read_model_file puts back into params, so that a model trained with --holdout loads in them too.
+_UNSET_UNWRITTEN = ("part_dims",)
 
 
 def _classes_dtype(classes: np.ndarray) -> dict:
@@ -573,6 +583,24 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         svm.classes_ = classes.astype(model.classes_dtype) if model.classes_dtype else classes
     svm.C_, svm.cv_scores_, svm.n_features_in_ = model.C, model.cv_scores, model.coef.shape[1]
     return SavedModel(svm, model.extraction_configs, model.training, os.fspath(path), model.checksum)
+
+
+def _a_row_of_each_class_a_side(train: np.ndarray, held_out: np.ndarray, labels: np.ndarray,
+                                classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held_out) with a row of each class on each side: StratifiedShuffleSplit rounds each
+    class's share of the hold-out, so a small class can fall wholly on one side (of classes of 26,
+    2 and 2 rows, 10% held out holds out 3 rows of the first and none of the others), which would
+    choose C on the other classes alone, or score every C alike. Such a class's first row on the
+    side that holds them all (the split's own shuffled order: seeded, so the same each time) is
+    moved across; each class has two rows at least (:meth:`LinearSVM._targets`), so the side it
+    leaves keeps one. The sides' sizes then differ from the hold-out's share by those rows."""
+    def first_rows(side: np.ndarray, missing_on_other: np.ndarray) -> np.ndarray:
+        return np.array([side[labels[side] == k][0] for k in missing_on_other], dtype=side.dtype)
+
+    to_held = first_rows(train, np.flatnonzero(np.bincount(labels[held_out], minlength=classes) == 0))
+    to_train = first_rows(held_out, np.flatnonzero(np.bincount(labels[train], minlength=classes) == 0))
+    return (np.concatenate([train[~np.isin(train, to_held)], to_train]),
+            np.concatenate([held_out[~np.isin(held_out, to_train)], to_held]))
 
 
 def holdout_sizes(rows: int, holdout: float) -> tuple[int, int]:
