@@ -104,6 +104,42 @@ def test_a_jpeg_missing_only_its_end_marker_decodes_as_the_whole_file(tmp_path):
         np.testing.assert_array_equal(halved[0][0], halved[1][0])
 
 
+def test_a_jpeg_missing_only_the_last_byte_of_its_end_marker_decodes_as_the_whole_file(tmp_path):
+    """Ending in 0xFF, the EOI's first byte: the junk tails put after it made a marker (FF 5A) that
+    Pillow refused ("broken data stream"), and the file with them."""
+    write_rgb(tmp_path / "whole.jpg", 32, 48, fmt="JPEG")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "open.jpg").write_bytes(data[:-1])
+    np.testing.assert_array_equal(decode_image(tmp_path / "open.jpg"), decode_image(tmp_path / "whole.jpg"))
+    (tmp_path / "cut.jpg").write_bytes(data[:-3] + b"\xff")  # scan data missing, then an FF
+    with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
+        decode_image(tmp_path / "cut.jpg")
+
+
+def test_a_jpeg_cut_short_is_tried_and_refused_at_the_size_it_is_decoded_to(tmp_path, monkeypatch):
+    """Decoded smaller (draft), a file cut short was tried at its full size three times before it
+    was refused: seconds and hundreds of MB for a photo of 24 Mpx. It costs two decodes at the
+    reduced size, stopping at the first tail that differs; a file lacking its EOI alone, three."""
+    probed, pixels = [], vggfeat.decode._pixels
+
+    def probe(*args):
+        probed.append(pixels(*args).shape)
+        return pixels(*args)
+
+    monkeypatch.setattr(vggfeat.decode, "_pixels", probe)
+    write_rgb(tmp_path / "whole.jpg", 96, 128, fmt="JPEG")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
+        decode_image_reduced(tmp_path / "cut.jpg", lambda height, width: 4)
+    assert probed == [(24, 32, 3)] * 2
+    probed.clear()
+    (tmp_path / "open.jpg").write_bytes(data[:-2])
+    rgb, size = decode_image_reduced(tmp_path / "open.jpg", lambda height, width: 4)
+    assert probed == [(24, 32, 3)] * 3 and size == (96, 128)
+    np.testing.assert_array_equal(rgb, decode_image_reduced(tmp_path / "whole.jpg", lambda height, width: 4)[0])
+
+
 def test_a_jpeg_cut_short_is_still_truncated_whatever_it_lacks_besides_its_end_marker(tmp_path):
     """Cut in its data, even at the end of a restart interval, a file still fails; so does a
     progressive one without its EOI (cut between two scans, it would decode as though whole)."""

@@ -57,6 +57,11 @@ READ_RETRY_DELAYS = (0.5, 2.0)
 STORAGE_ERROR = "storage error"
 # Phones' photos: Pillow opens them through the pillow-heif plugin, where it is installed.
 HEIF_EXTENSIONS = (".heic", ".heif")
+# The largest JPEG file read whole (for a batched decoder, vggfeat.jpeg, or to put back its missing
+# end marker); a larger one is decoded by PIL, which reads what it decodes: a 40 GB (sparse) file
+# that began as a JPEG was read whole, a MemoryError that stopped the run and each resume. A photo
+# of 100 Mpx at JPEG's best quality is about 60 MB.
+MOST_JPEG_BYTES = 512 * 2**20
 
 
 def decode_image(
@@ -136,7 +141,7 @@ def _read_rgb_once(path: str | Path, max_pixels: int, reduction: Reduction | Non
         try:
             return _decode_rgb(file, max_pixels, reduction)
         except OSError as error:
-            restored = _end_restored(file) if str(error).startswith("image file is truncated") else None
+            restored = _end_restored(file, reduction) if str(error).startswith("image file is truncated") else None
             if restored is None:
                 raise
         return _decode_rgb(restored, max_pixels, reduction)
@@ -147,9 +152,7 @@ def _decode_rgb(file: BinaryIO, max_pixels: int, reduction: Reduction | None) ->
         # The header gives the size before any pixel is decoded: refuse bombs here.
         width, height = image.size
         check_pixels(width, height, max_pixels)
-        factor = reduction(height, width) if reduction is not None else 1
-        if factor > 1:  # a no-op but for JPEGs (and MPOs, their multi-picture kin)
-            image.draft(None, (width // factor, height // factor))
+        _draft(image, reduction)
         transparent = _transparent_where_pillow_is_not(file, image)  # before loading: the tile says how it is stored
         image.load()
         if transparent is not None:
@@ -162,6 +165,14 @@ def _decode_rgb(file: BinaryIO, max_pixels: int, reduction: Reduction | None) ->
         if not reduced:
             return rgb, tuple(rgb.shape[:2])
         return rgb, (width, height) if turned else (height, width)
+
+
+def _draft(image: Image.Image, reduction: Reduction | None) -> None:
+    """Have ``image`` (opened, not loaded) decoded smaller by the factor ``reduction`` gives for its size."""
+    width, height = image.size
+    factor = reduction(height, width) if reduction is not None else 1
+    if factor > 1:  # a no-op but for JPEGs (and MPOs, their multi-picture kin)
+        image.draft(None, (width // factor, height // factor))
 
 
 def _transparent_where_pillow_is_not(file: BinaryIO, image: Image.Image) -> np.ndarray | None:
@@ -226,19 +237,24 @@ _PATTERN = bytes.fromhex("5ac33c9669a50ff01e2d4b87b4d2e178")  # neither 0x00 nor
 _JUNKS = (_junk(_PATTERN, 0), _junk(bytes(255 - byte for byte in _PATTERN), 4))
 
 
-def _end_restored(file: BinaryIO) -> BinaryIO | None:
+def _end_restored(file: BinaryIO, reduction: Reduction | None) -> BinaryIO | None:
     """A sequential JPEG that lacks only its end marker (EOI), its scan's data all there: its
     bytes with the marker put back, which Pillow decodes to the pixels of the whole file (as its
     ImageFile.LOAD_TRUNCATED_IMAGES does, for any file cut short). None for any other file: one
-    cut short stays refused as truncated."""
-    from .jpeg import MOST_JPEG_BYTES  # (that module imports this one)
+    cut short stays refused as truncated.
 
+    The tries decode it as it is then read, smaller by ``reduction`` (draft): a file cut short (an
+    interrupted download, most often) costs two decodes at that size, not full-sized ones. Data
+    missing that only a larger size would show (the last block's high frequencies) is not seen,
+    nor does it change the pixels at this size."""
     file.seek(0)
     if file.read(len(_SOI)) != _SOI or file.seek(0, os.SEEK_END) > MOST_JPEG_BYTES:
         return None
     file.seek(0)
     data = file.read()
-    if data.endswith(_EOI):
+    if data.endswith(_EOI[:1]):  # the EOI's first byte alone: after it, the tails made a marker (FF 5A) Pillow refused
+        data = data[:-1]  # one only: a scan's data holds no lone 0xFF (it stuffs one as FF 00)
+    if data.endswith(_EOI):  # whole, failed for another reason
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -246,16 +262,18 @@ def _end_restored(file: BinaryIO) -> BinaryIO | None:
             # whole: no decoding tells it from one that lacks its EOI alone.
             if image.format != "JPEG" or "progressive" in image.info:
                 return None
-        whole = _pixels(data + _EOI)
-        if any(not np.array_equal(whole, _pixels(data + junk + _EOI)) for junk in _JUNKS):
-            return None
+        whole = _pixels(data + _EOI, reduction)
+        for junk in _JUNKS:  # one at a time: a file cut short differs at the first, mostly
+            if not np.array_equal(whole, _pixels(data + junk + _EOI, reduction)):
+                return None
     except Exception:  # noqa: BLE001 - a file that fails so is not one to accept
         return None
     return io.BytesIO(data + _EOI)
 
 
-def _pixels(data: bytes) -> np.ndarray:
+def _pixels(data: bytes, reduction: Reduction | None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
+        _draft(image, reduction)
         image.load()
         return np.asarray(image)
 

@@ -23,15 +23,13 @@ from pathlib import Path
 
 import torch
 
-from .decode import check_min_side, check_pixels, open_image_file
+from .decode import MOST_JPEG_BYTES, check_min_side, check_pixels, open_image_file
 
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
 _EOI = b"\xff\xd9"  # and how a whole one ends
-# The largest file read whole for a batched decoder; a larger one goes to PIL, which reads what it
-# decodes: a 40 GB (sparse) file that began as a JPEG was read whole, a MemoryError that stopped the
-# run and each resume. A photo of 100 Mpx at JPEG's best quality is about 60 MB.
-MOST_JPEG_BYTES = 512 * 2**20
+# A larger file than MOST_JPEG_BYTES is not read whole for a batched decoder; it goes to PIL, which
+# reads what it decodes.
 
 
 @dataclass
