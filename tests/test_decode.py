@@ -147,8 +147,9 @@ def test_a_jpeg_cut_short_is_still_truncated_whatever_it_lacks_besides_its_end_m
     data = (tmp_path / "r.jpg").read_bytes()
     last_restart = max(data.rfind(bytes((0xFF, 0xD0 + k))) for k in range(8))
     write_rgb(tmp_path / "p.jpg", 48, 64, fmt="JPEG", progressive=True)
-    cuts = {"data": data[:-3], "half": data[: len(data) // 2], "restart": data[:last_restart],
-            "progressive": (tmp_path / "p.jpg").read_bytes()[:-2]}
+    cuts = {"data": data[:-3], "half": data[: len(data) // 2], "progressive": (tmp_path / "p.jpg").read_bytes()[:-2]}
+    if last_restart > 0:  # (Pillow before 10.2 writes no restart markers: -1, the whole file but its last byte)
+        cuts["restart"] = data[:last_restart]
     for what, cut in cuts.items():
         (tmp_path / "cut.jpg").write_bytes(cut)
         with pytest.raises(ImageError, match=r"^truncated: the file ends before the image does"):
