@@ -28,8 +28,6 @@ from .decode import MOST_JPEG_BYTES, check_min_side, check_pixels, open_image_fi
 _ORIENTATION = 0x0112  # EXIF tag; 1 means upright as stored
 _SOI = b"\xff\xd8\xff"  # how every JPEG file starts
 _EOI = b"\xff\xd9"  # and how a whole one ends
-# A larger file than MOST_JPEG_BYTES is not read whole for a batched decoder; it goes to PIL, which
-# reads what it decodes.
 
 
 @dataclass
