@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 
 import h5py
@@ -13,7 +14,7 @@ import pytest
 
 from imagefiles import write_rgb
 from runhelpers import FAST, error_line, run_main
-from svmhelpers import blobs, write_features
+from svmhelpers import blobs, edit_config, write_features
 import vggfeat.parts
 from vggfeat import transfer
 from vggfeat.errors import VggfeatError
@@ -179,8 +180,47 @@ def test_an_svm_on_a_stacked_file_is_the_svm_on_the_files_fused(d_and_e, tmp_pat
                                                     "stacked file 1, model: vgg16 expected, vgg19 found; stacked file 2, "
                                                     "model: vgg19 expected, vgg16 found$"):
         transfer.score(stacked, tmp_path / "ed.h5")
-    with pytest.raises(transfer.VggfeatError, match="stacked: the descriptors of 2 file\\(s\\) side by side expected, of 1 found"):
+    with pytest.raises(transfer.VggfeatError, match="^the model was trained on the descriptors of 2 network\\(s\\) side by "
+                                                    "side \\(vgg16, vgg19\\), got 1 \\(vgg16\\); pass the same networks"):
         transfer.score(stacked, d)
+
+
+def test_a_model_of_files_fused_scores_their_stacked_file_and_the_other_way_round(d_and_e, tmp_path):
+    """d.h5 and e.h5 fused and their stacked file give the same rows, laid out alike: a model of
+    either scored the other's (score, evaluate, predict) only as the files it was trained on (the
+    number of files was compared). Refused, naming the part as it was given: the networks in
+    another order, one extracted otherwise, another number of networks."""
+    d, e, paths, _, _ = d_and_e
+    e256 = shutil.copy(e, tmp_path / "e256.h5")
+    edit_config(e256, scales=[256])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the image that e.h5 failed; scores of training rows
+        for files, output in (([d, e], "de.h5"), ([e, d], "ed.h5"), ([d, e256], "de256.h5")):
+            stack_files(files, tmp_path / output)
+        fused = transfer.train_svm([d, e], C=1.0, normalize="parts")
+        stacked = transfer.train_svm(tmp_path / "de.h5", C=1.0, normalize="parts")
+        for model, own, other in ((fused, [d, e], tmp_path / "de.h5"), (stacked, tmp_path / "de.h5", [d, e])):
+            np.testing.assert_array_equal(transfer.score(model, other).scores, transfer.score(model, own).scores)
+            assert transfer.evaluate(model, other)[0]["accuracy"] == transfer.evaluate(model, own)[0]["accuracy"]
+            written = transfer.write_predictions(tmp_path / "p.csv", model, other)
+            assert (written.rows, written.failed) == (len(paths) - 1, 2)
+    different = "^features extracted with a different configuration than the model: "
+    for model, files, refusal in (
+        (fused, tmp_path / "ed.h5", "stacked file 1, model: vgg16 expected, vgg19 found; stacked file 2, model: vgg19 "
+                                    "expected, vgg16 found$"),
+        (stacked, [e, d], "features file 1, model: vgg16 expected, vgg19 found; features file 2, model: vgg19 expected, "
+                          "vgg16 found$"),
+        (fused, tmp_path / "de256.h5", "stacked file 2, scales: \\[224\\] expected, \\[256\\] found$"),
+        (stacked, [d, e256], "features file 2, scales: \\[224\\] expected, \\[256\\] found$"),
+    ):
+        with pytest.raises(VggfeatError, match=different + refusal):
+            transfer.score(model, files)
+        with pytest.raises(VggfeatError, match=different + refusal):
+            transfer.write_predictions(tmp_path / "p.csv", model, files)
+    with pytest.raises(VggfeatError, match="^the model was trained on the descriptors of 2 network\\(s\\) side by side "
+                                           "\\(vgg16, vgg19\\), got 3 \\(vgg16, vgg19, vgg16\\); pass the same networks "
+                                           "in the same order: a --features file each, or one file stacked from them$"):
+        transfer.score(fused, [tmp_path / "de.h5", d])
 
 
 def test_a_stacked_file_stacked_again_gives_its_parts_in_its_place(d_and_e, tmp_path):

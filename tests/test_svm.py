@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import warnings
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.svm import LinearSVC
 
 from runhelpers import run_main
@@ -91,7 +92,7 @@ def test_holdout_chooses_C_on_one_stratified_split_scored_as_a_fold_is():
     assert svm.C_ == min(c for c in grid if by_hand[c] == max(by_hand.values()))
     assert svm.n_fits_ == 3 * (len(grid) + 1)
     assert LinearSVM(C_grid=grid, holdout=0.2, random_state=4).fit(X, y).cv_scores_ != svm.cv_scores_  # another split
-    # Multi-label: a random split (a label's positives may fall on one side; its AP is then left out).
+    # Multi-label: a random split (with a positive of each label on each side: the next test).
     multilabel = LinearSVM(C_grid=grid, holdout=0.3, multilabel=True).fit(X, np.eye(3, dtype=bool)[y])
     assert set(multilabel.cv_scores_) == set(grid) and multilabel.n_fits_ == 3 * (len(grid) + 1)
     # Too few rows to hold out one of each class, or a class of one image: said, before any fit.
@@ -121,6 +122,54 @@ def test_a_holdout_holds_a_row_of_each_class_on_each_side_however_small_the_clas
     (split_train, split_held), = StratifiedShuffleSplit(1, test_size=holdout, random_state=0).split(X, y)
     assert np.bincount(y[split_held if holdout < 0.5 else split_train], minlength=3).tolist() == [3, 0, 0]
     assert svm.fit(X, y).C_ in svm.C_grid
+
+
+@pytest.mark.parametrize("holdout", [0.1, 0.9])
+def test_a_multilabel_holdout_holds_a_positive_of_each_label_on_each_side(holdout, monkeypatch):
+    """ShuffleSplit draws rows whatever their labels: of 40 rows, two labels of two positives
+    each fell wholly on one side (C chosen without them). The rows moved across are as few as
+    the labels need, seeded as the split is: one row, a positive of both; the rest as split.
+    Positives left out of their label's SVM (ignore) count on neither side."""
+    targets = np.zeros((40, 4), dtype=bool)
+    targets[:20, 0] = targets[20:, 1] = True
+    targets[[7, 23], 2] = targets[[7, 31], 3] = True  # row 7: a positive of both rare labels
+    X = np.random.default_rng(0).normal(size=(len(targets), 4))
+    (split_train, split_held), = ShuffleSplit(1, test_size=holdout, random_state=0).split(X)
+    small = split_held if holdout < 0.5 else split_train
+    assert not targets[small][:, 2:].any()  # what the split alone gave
+    svm = LinearSVM(holdout=holdout, multilabel=True, random_state=0)
+    (train, held), = svm._folds(X, targets)
+    assert targets[train].any(axis=0).all() and targets[held].any(axis=0).all()
+    small_after, large_after, large = (held, train, split_train) if holdout < 0.5 else (train, held, split_held)
+    assert small_after.tolist() == [*small.tolist(), 7] and large_after.tolist() == [row for row in large if row != 7]
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(targets)))
+    (again_train, again_held), = svm._folds(X, targets)
+    assert again_train.tolist() == train.tolist() and again_held.tolist() == held.tolist()
+    ignore = np.zeros_like(targets)
+    ignore[7, 2:] = True  # (VOC's difficult) the rare labels have one positive that counts each: nothing to move
+    real_folds, folds = LinearSVM._folds, []
+
+    def recorded_folds(*args):
+        folds.extend(real_folds(*args))
+        return folds
+
+    monkeypatch.setattr(LinearSVM, "_folds", recorded_folds)
+    svm.fit(X, targets, ignore=ignore)
+    assert [side.tolist() for side in folds[0]] == [split_train.tolist(), split_held.tolist()]
+
+
+def test_a_multilabel_holdout_moves_no_label_s_last_positive_away():
+    """Labels a, b, c: rows {a}, {a, b} trained on, {b}, {c}, {b, c} held out: {a} goes across (c
+    comes back with {c}, the first of the split's order that gives it). Rows {a, b}, {a, c}
+    trained on, {b}, {c} held out: either row of a is another label's last positive there, so
+    none moves, and a stays on one side rather than b or c."""
+    a, b, c, none = [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]
+    positives = np.array([a, np.add(a, b), b, c, np.add(b, c), none], dtype=bool)
+    train, held = vggfeat.svm._a_positive_of_each_label_a_side(np.array([5, 0, 1]), np.array([2, 3, 4]), positives)
+    assert (train.tolist(), held.tolist()) == ([5, 1, 3], [2, 4, 0])
+    stuck = np.array([np.add(a, b), np.add(a, c), b, c], dtype=bool)
+    train, held = vggfeat.svm._a_positive_of_each_label_a_side(np.array([0, 1]), np.array([2, 3]), stuck)
+    assert (train.tolist(), held.tolist()) == ([0, 1], [2, 3])
 
 
 def test_each_part_normalised_on_its_own_weighs_as_much_as_the_others():
@@ -461,6 +510,34 @@ def test_a_model_normalising_each_part_is_saved_with_its_parts_and_scores_only_s
     with pytest.raises(VggfeatError, match=r"--normalize-parts \(normalize='parts'\) L2-normalises each network's part .* "
                                            rf"{d} holds one network's \(4-d\)"):
         transfer.train_svm(d, C=1.0, normalize="parts")
+
+
+def test_a_model_normalising_each_part_is_saved_only_with_the_configurations_of_those_parts(tmp_path):
+    """save_model wrote any extraction configurations with a model of part_dims [4, 6]: a file
+    that then scored other networks' rows, normalised in other parts than theirs. Refused, before
+    anything is written, unless each network's dimension (of a stacked file, each part's) is the
+    part's, in order; train_svm refuses part_dims that are not its files', before it trains."""
+    from vggfeat.stack import stacked_config
+
+    X, y, _, _ = blobs(dim=10)
+    svm = LinearSVM(C=1.0, normalize="parts", part_dims=[4, 6]).fit(X, y)
+    d, e = {**CONFIG, "dim": 4}, {**CONFIG, "model": "vgg19", "dim": 6}
+    path = tmp_path / "m.h5"
+    for configs, dims in (([{**d, "dim": 5}, {**e, "dim": 5}], [5, 5]), ([e, d], [6, 4]),
+                          ([stacked_config([e, d], [False, False])], [6, 4]), ([{**CONFIG, "dim": 10}], [10])):
+        refusal = f"part_dims [4, 6] are not the dimensions of the networks' descriptors that extraction_configs record ({dims}, "
+        with pytest.raises(InvalidInput, match="^" + re.escape(refusal)):
+            save_model(path, svm, configs)
+        assert not path.exists()
+    for configs in ([d, e], [stacked_config([d, e], [False, False])]):
+        save_model(path, svm, configs)
+        assert load_model(path).svm.part_dims == [4, 6]
+        path.unlink()
+    d_file, e_file = two_networks(tmp_path)
+    with pytest.raises(InvalidInput, match=rf"^part_dims \[6, 4\] are not the dimensions of the networks' descriptors of "
+                                           rf"{re.escape(f'{d_file}, {e_file}')} \(\[4, 6\], in order\)"):
+        transfer.train_svm([d_file, e_file], path, C=1.0, normalize="parts", part_dims=[6, 4])
+    assert not path.exists()
 
 
 def test_a_model_file_of_before_holdout_and_part_dims_loads_as_it_did(tmp_path):

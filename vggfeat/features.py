@@ -556,15 +556,63 @@ def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCH
 
 
 def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = "the model") -> None:
-    """Refuse features whose extraction differs from ``expected`` (one config per fused file)."""
-    if len(expected) != len(actual):
-        raise VggfeatError(f"{what} was trained on {len(expected)} fused features file(s), got {len(actual)}; "
-                           "pass the same --features files in the same order")
-    for index, (want, got) in enumerate(zip(expected, actual)):
-        differences = config_differences(want, got)
+    """Refuse features whose extraction differs from ``expected`` (one config per fused file).
+
+    Several networks' descriptors side by side are the same rows whether each network's come from
+    a file of its own, fused (``--features d.h5 --features e.h5``), or all from one stacked file
+    ('vggfeat stack', 'extract --model vgg16,vgg19'): features are taken where their networks'
+    parts (:func:`network_parts`) match ``expected``'s part by part, in order, however they are
+    grouped into files. Refused otherwise, naming the parts that differ (as the files were given),
+    or their numbers where they differ."""
+    want, got = network_parts(expected), network_parts(actual)
+    if len(want) == len(got) and not any(config_differences(each, other) for each, other in zip(want, got)):
+        return
+    if len(want) != len(got):
+        if len(want) == len(expected) and len(got) == len(actual):  # a file per network on both sides
+            raise VggfeatError(f"{what} was trained on {len(expected)} fused features file(s), got {len(actual)}; pass "
+                               "the same --features files in the same order")
+        raise VggfeatError(f"{what} was trained on the descriptors of {len(want)} network(s) side by side "
+                           f"({_models(want)}), got {len(got)} ({_models(got)}); pass the same networks in the same "
+                           "order: a --features file each, or one file stacked from them")
+    if [len(_stacked_parts(config)) for config in expected] != [len(_stacked_parts(config)) for config in actual]:
+        differences = [f"{name}, {difference}" for name, each, other in zip(_part_names(actual), want, got)
+                       for difference in config_differences(each, other)]
+        raise VggfeatError(f"features extracted with a different configuration than {what}: {'; '.join(differences)}")
+    for index, (each, other) in enumerate(zip(expected, actual)):  # laid out in files alike: each file's own differences
+        differences = config_differences(each, other)
         if differences:
             which = f" (features file {index + 1})" if len(expected) > 1 else ""
             raise VggfeatError(f"features extracted with a different configuration than {what}{which}: {'; '.join(differences)}")
+
+
+def network_parts(configs: Sequence[dict]) -> list[dict]:
+    """The configuration of each network's part of the rows of files of ``configs`` fused, in
+    order: a stacked file's parts (:mod:`vggfeat.stack`) in its place, another file's own."""
+    return [part for config in configs for part in _stacked_parts(config)]
+
+
+def _stacked_parts(config: dict) -> list[dict]:
+    parts = config.get("stacked")
+    return parts if isinstance(parts, list) else [config]
+
+
+def _part_names(configs: Sequence[dict]) -> list[str]:
+    """How a refusal names each of :func:`network_parts` of ``configs``: by the features file
+    given (``features file 2``), and of a stacked one, by the file it was stacked from
+    (``stacked file 1``, as :func:`config_differences` names it)."""
+    names = []
+    for number, config in enumerate(configs, 1):
+        file = f"features file {number}"
+        if not isinstance(config.get("stacked"), list):
+            names.append(file)
+            continue
+        within = f"{file}, " if len(configs) > 1 else ""
+        names += [f"{within}stacked file {each}" for each in range(1, len(config["stacked"]) + 1)]
+    return names
+
+
+def _models(parts: Sequence[dict]) -> str:
+    return ", ".join(str(part.get("model", "?")) for part in parts)
 
 
 def _rows_of(f: FeatureFile, wanted: list[str], reference: FeatureFile | None, whole: bool, by_image: bool = False

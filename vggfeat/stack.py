@@ -9,8 +9,10 @@ an image that another file could not describe is a failure of the stacked file, 
 Sizes are the first file's; labels and classes the first labelled file's (files that
 label an image differently are refused). The configuration records each file's:
 ``{"stacked": [config, ...], "dim": D1 + D2 + ...}`` (and for I+B ``"whole_image"``: which files
-hold whole images); so a model trained on a stacked file scores only files stacked alike, and
-``search`` takes query descriptors (``--queries``) stacked alike.
+hold whole images); so a model trained on a stacked file scores files stacked alike, or the
+same networks' files fused in that order (``--features d.h5 --features e.h5``), and a model of
+those scores their stacked file (:func:`vggfeat.features.check_configs`); ``search`` takes query
+descriptors (``--queries``) stacked alike.
 
 :class:`StackedExtractor` describes images as such a file's rows, each network's descriptor side by
 side: ``search`` and ``retrieval-eval --crop-queries`` describe query images with it.

@@ -40,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._version import __version__
 from .choices import DEFAULT_C_GRID, LOSSES, SOLVERS
 from .errors import InvalidInput, VggfeatError, dense_array
+from .features import network_parts
 from .metrics import ap_area, mean_class_recall, one_hot
 from .modelfile import jsonable, read_model_file, write_model_file
 from .store import SVM_MODEL_FORMAT, check_written
@@ -91,8 +92,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             share of it held out (the paper's Caltech protocol held out 20% once), stratified by
             class for single-label data (StratifiedShuffleSplit; a class it leaves wholly on one
             side, a small one, has a row moved across: a row of each class on each side), drawn at
-            random for multi-label (ShuffleSplit), seeded by ``random_state``. ``cv_scores_`` are
-            then the hold-out's.
+            random for multi-label (ShuffleSplit; likewise a label it leaves wholly on one side has a
+            positive moved across where the labels allow it), seeded by ``random_state``.
+            ``cv_scores_`` are then the hold-out's.
         loss: ``squared_hinge`` (LinearSVC's default, L2-SVM) or ``hinge``.
         class_weight: ``None`` or ``"balanced"`` (per binary problem: positives and negatives weigh
             as much in total; useful when a class has few images among many).
@@ -284,9 +286,11 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     def _fold_count(self) -> int:
         return self.cv if self.holdout is None else 1
 
-    def _folds(self, X: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _folds(self, X: np.ndarray, targets: np.ndarray,
+               ignore: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(rows trained on, rows held out) of each split that C is scored on: the ``cv`` folds,
-        or the one hold-out."""
+        or the one hold-out (``ignore``: a multi-label fit's, whose positives it marks count on
+        neither side)."""
         labels = None if self.multilabel else targets.argmax(1)
         if self.holdout is None:
             kind = KFold if self.multilabel else StratifiedKFold
@@ -301,13 +305,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         kind = ShuffleSplit if self.multilabel else StratifiedShuffleSplit
         (train, held_out), = kind(n_splits=1, test_size=self.holdout, random_state=self.random_state).split(X, labels)
         if self.multilabel:
-            return [(train, held_out)]
+            return [_a_positive_of_each_label_a_side(train, held_out, targets if ignore is None else targets & ~ignore)]
         return [_a_row_of_each_class_a_side(train, held_out, labels, targets.shape[1])]
 
     def _cross_validate(self, X: np.ndarray, targets: np.ndarray, fits: _Fits,
                         ignore: np.ndarray | None = None) -> dict[float, float]:
         """Each C's mean score over the folds (or the one hold-out): C to its score."""
-        folds = self._folds(X, targets)
+        folds = self._folds(X, targets, ignore)
         scores = {}
         solutions: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # each fold's at the last C: lbfgs starts there
         for C in sorted(float(c) for c in self.C_grid):
@@ -532,6 +536,7 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
     if not isinstance(extraction_configs, list) or not all(isinstance(config, dict) for config in extraction_configs):
         raise InvalidInput("extraction_configs must be a list of extraction configurations (dicts), one per features "
                            "file fused: FeatureFile(...).config of each")
+    _check_part_dims(svm, extraction_configs)
     check_written(path, SVM_MODEL_FORMAT)
     write_model_file(path, svm.coef_, svm.intercept_, svm.classes_, {
         "vggfeat_version": __version__,
@@ -550,6 +555,24 @@ def save_model(path: str | os.PathLike, svm: LinearSVM, extraction_configs: list
         **_classes_dtype(svm.classes_),
         **(provenance or {}),
     })
+
+
+def _check_part_dims(svm: LinearSVM, extraction_configs: list[dict]) -> None:
+    """Refuse a model that normalises each part of its rows (``normalize="parts"``) whose
+    ``part_dims`` are not the dimensions of the networks' descriptors that ``extraction_configs``
+    record, in order (each file's ``dim``; a stacked file's, each of its parts'): its file would
+    score those networks' rows normalised in other parts than theirs. Configurations that record
+    no dimension (of files written by other code) are not checked."""
+    if not (isinstance(svm.normalize, str) and svm.normalize == "parts"):
+        return
+    dims = [part.get("dim") for part in network_parts(extraction_configs)]
+    if not all(_is_integer_at_least(dim, 1) for dim in dims):
+        return
+    part_dims = [int(dim) for dim in svm.part_dims]
+    if part_dims != dims:
+        raise InvalidInput(f"part_dims {part_dims} are not the dimensions of the networks' descriptors that "
+                           f"extraction_configs record ({dims}, in order): give the configurations of the files "
+                           "the model was trained on, or train it with their part_dims")
 
 
 # Parameters added since the model format's first files, written to params only where set: a model of
@@ -601,6 +624,47 @@ def _a_row_of_each_class_a_side(train: np.ndarray, held_out: np.ndarray, labels:
     to_train = first_rows(held_out, np.flatnonzero(np.bincount(labels[train], minlength=classes) == 0))
     return (np.concatenate([train[~np.isin(train, to_held)], to_train]),
             np.concatenate([held_out[~np.isin(held_out, to_train)], to_held]))
+
+
+def _a_positive_of_each_label_a_side(train: np.ndarray, held_out: np.ndarray,
+                                     positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held_out) of a multi-label hold-out with, for each label of two positives or more
+    (``positives`` [N, K] bool: those that count), a positive on each side where the labels allow
+    it: ShuffleSplit draws rows whatever their labels, so a label of few positives can fall wholly
+    on one side, and C would be chosen without it (its AP undefined on a hold-out without a
+    positive; not learnt from a training side without one).
+
+    Rows are moved across, first to the hold-out, then back: each time the row that gives the
+    most labels missing there a positive and is no label's last positive on the side it leaves;
+    ties go to the first in the split's own shuffled order (seeded: the same each time). A label
+    that no such row can give (rows {a, b}, {a, c} trained on, {b}, {c} held out: a) stays on one
+    side. The hold-out's size then differs from its share by the rows moved."""
+    total = positives.sum(axis=0)
+    splittable = total >= 2
+    side = np.zeros(len(positives), dtype=np.intp)  # each row's: 0 trained on, 1 held out
+    side[held_out] = 1
+    held = positives[held_out].sum(axis=0)
+    on_side = np.stack([total - held, held])  # [2, K]: each label's positives on each side
+    # The rows that may move: positives of a label missing on a side, in the split's order (no
+    # move leaves a label missing that was not; few rows, those labels being rare).
+    order = np.concatenate([train, held_out])
+    may_move = positives[:, splittable & (on_side == 0).any(axis=0)].any(axis=1)
+    pool = order[may_move[order]]
+    for destination in (1, 0):
+        source = 1 - destination
+        while (missing := splittable & (on_side[destination] == 0)).any():
+            rows = pool[side[pool] == source]
+            last_there = positives[rows][:, splittable & (on_side[source] == 1)].any(axis=1)
+            gives = np.where(last_there, 0, positives[rows][:, missing].sum(axis=1))
+            if not gives.any():
+                break
+            row = rows[np.argmax(gives)]  # the first of those that give the most
+            on_side[source] -= positives[row]
+            on_side[destination] += positives[row]
+            side[row] = destination
+    # Each side's rows as split, then those moved in (as _a_row_of_each_class_a_side gives them).
+    return (np.concatenate([train[side[train] == 0], held_out[side[held_out] == 0]]),
+            np.concatenate([held_out[side[held_out] == 1], train[side[train] == 1]]))
 
 
 def holdout_sizes(rows: int, holdout: float) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VggfeatError, check_sequence
+from .errors import InvalidInput, VggfeatError, check_sequence
 from .features import (FeatureFile, Features, Files, file_list, fused_failures, fused_files, load_features, part_dims,
                        read_blocks)
 from .labels import (
@@ -166,10 +166,20 @@ def training_features(files: Files, targets: Targets, svm_params: dict) -> tuple
 def with_part_dims(files: Files, svm_params: dict) -> dict:
     """``svm_params`` (:class:`LinearSVM`'s keywords) with ``normalize="parts"`` given the parts of
     ``files`` where it has no ``part_dims``: each network's descriptor, of each file fused or of a
-    stacked file's (:func:`~vggfeat.features.part_dims`); refused for one network's descriptors."""
-    if svm_params.get("normalize") != "parts" or svm_params.get("part_dims") is not None:
+    stacked file's (:func:`~vggfeat.features.part_dims`); refused for one network's descriptors,
+    and where ``part_dims`` are given and are not those (before the training that
+    :func:`~vggfeat.svm.save_model` would then refuse to write)."""
+    if svm_params.get("normalize") != "parts":
         return svm_params
-    dims = part_dims(files)
+    dims, given = part_dims(files), svm_params.get("part_dims")
+    if given is not None:
+        given = np.asarray(given).tolist() if isinstance(given, (list, tuple, np.ndarray)) else given
+        whole_numbers = isinstance(given, list) and all(type(dim) is int for dim in given)  # (else LinearSVM's refusal)
+        if whole_numbers and given != dims:
+            raise InvalidInput(f"part_dims {given} are not the dimensions of the networks' descriptors of "
+                               f"{', '.join(map(str, file_list(files)))} ({dims}, in order): leave part_dims out, and "
+                               "the files give them")
+        return svm_params
     if len(dims) < 2:
         raise VggfeatError(f"--normalize-parts (normalize='parts') L2-normalises each network's part of descriptors side "
                            f"by side, and {file_list(files)[0]} holds one network's ({dims[0]}-d): fuse files (--features "
