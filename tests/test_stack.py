@@ -223,6 +223,42 @@ def test_a_model_of_files_fused_scores_their_stacked_file_and_the_other_way_roun
         transfer.score(fused, [tmp_path / "de.h5", d])
 
 
+def test_a_model_of_regions_with_their_images_scores_only_rows_that_describe_the_images_alike(tmp_path):
+    """I+B grouped otherwise: a model of a stacked file of regions and their images (whole_image
+    [False, True]) scored fused files whose second held the regions again (another network's, of
+    the same configuration) as its own rows, scores off by up to 1.95: its networks were matched
+    part by part, whether a part described the region or its image unasked. Refused, naming the
+    part; so is a stacked file of those (a stacked file's flags were not compared either), and a
+    stacked I+B file scored by a model of fused files, which record not which of them gave the
+    regions their images. The files fused as the stacked one was made, and as the fused model
+    was trained, are scored as ever."""
+    rng = np.random.default_rng(0)
+    images = [f"{i}.jpg" for i in range(6)]
+    regions = [f"{image}#xywh={x},0,40,40" for image in images for x in (0, 50)]
+    labels, names = np.arange(len(regions)) % 2, ["run", "walk"]
+    boxes = write_features(tmp_path / "boxes.h5", rng.random((12, 4)), regions, labels, names)
+    wholes = write_features(tmp_path / "images.h5", rng.random((6, 3)), images, [-1] * 6, [], config={"model": "vgg19"})
+    boxes19 = write_features(tmp_path / "boxes19.h5", rng.random((12, 3)), regions, labels, names,
+                             config={"model": "vgg19"})
+    stack_files([boxes, wholes], tmp_path / "ib.h5")
+    stack_files([boxes, boxes19], tmp_path / "bb.h5")
+    stacked = transfer.train_svm(tmp_path / "ib.h5", C=1.0)
+    fused = transfer.train_svm([boxes, wholes], C=1.0)
+    own = transfer.score(stacked, tmp_path / "ib.h5").scores
+    np.testing.assert_array_equal(transfer.score(stacked, [boxes, wholes]).scores, own)
+    np.testing.assert_array_equal(transfer.score(fused, [boxes, wholes]).scores, own)
+    different = "^features extracted with a different configuration than the model: "
+    for files, refusal in (([boxes, boxes19], "features file 2, whole_image: true expected, false found$"),
+                           (tmp_path / "bb.h5", "stacked file 2, whole_image: true expected, false found$")):
+        with pytest.raises(VggfeatError, match=different + refusal):
+            transfer.score(stacked, files)
+    with pytest.raises(VggfeatError, match="^the model was trained on 2 fused features files, whose configurations do "
+                                           "not record which gave each region its whole image's descriptor \\(I\\+B\\), "
+                                           "and these rows are regions: pass the features files fused as it was "
+                                           "trained \\(a --features file each\\)$"):
+        transfer.score(fused, tmp_path / "ib.h5")
+
+
 def test_a_stacked_file_stacked_again_gives_its_parts_in_its_place(d_and_e, tmp_path):
     """Stacking D & E with D is stacking D, E and D: one level of parts, which every reader
     (search's query extractor, info) takes as any; for I+B, each part keeps whether it describes

@@ -405,12 +405,15 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
     :func:`load_features`); ``say_left_out``: warn of the images that another file failed."""
     with contextlib.ExitStack() as stack:
         opened = [stack.enter_context(FeatureFile(name)) for name in file_list(files)]
-        if expected_configs is not None:
-            check_configs(expected_configs, [f.config for f in opened], expected_by)
         first = opened[0]
         # The paper's image-and-box descriptor (I+B): regions fused with a file of whole images
-        # take their image's row from it.
+        # take their image's row from it. Known before the check: a model's networks are matched
+        # part by part, and a part of whole images is another descriptor than one of regions.
         by_image = _by_image(opened)
+        whole_image = [False, *by_image]
+        if expected_configs is not None:
+            check_configs(expected_configs, [f.config for f in opened], expected_by, whole_image,
+                          holds_regions=lambda: _holds_regions(first))
         failures = {}
         if paths is None:  # the images that every file describes
             failures = _failures_of_others(opened, by_image)
@@ -419,7 +422,6 @@ def _fused(files: Files, paths: Sequence[str] | None, expected_configs: Sequence
             wanted = [path for path in first.paths if path not in failures]
         else:
             wanted = list(paths)
-        whole_image = [False, *by_image]
         rows_per_file = [_rows_of(f, wanted, None if f is first else first, whole=paths is None, by_image=whole)
                          for f, whole in zip(opened, whole_image)]
         yield Fused(opened, wanted, rows_per_file, failures, whole_image)
@@ -540,13 +542,20 @@ def with_defaults(config: dict) -> dict:
 
 def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCHING_KEYS) -> list[str]:
     """``["layer: fc7 expected, fc6 found", ...]`` for each of ``keys`` whose values differ; of
-    stacked descriptors (:mod:`vggfeat.stack`), for each file's part."""
+    stacked descriptors (:mod:`vggfeat.stack`), for each file's part, and where a part describes
+    each region's whole image in one and not in the other (``whole_image``, I+B)."""
     if "stacked" in expected or "stacked" in actual:
         want, got = expected.get("stacked", [expected]), actual.get("stacked", [actual])
         if len(want) != len(got):
             return [f"stacked: the descriptors of {len(want)} file(s) side by side expected, of {len(got)} found"]
-        return [f"stacked file {number}, {difference}" for number, (each, other) in enumerate(zip(want, got), 1)
-                for difference in config_differences(each, other, keys)]
+        want_whole, got_whole = _part_flags([expected], [False]), _part_flags([actual], [False])
+        differences = []
+        for number, (each, other) in enumerate(zip(want, got), 1):
+            differences += [f"stacked file {number}, {difference}"
+                            for difference in config_differences(each, other, keys)]
+            if want_whole[number - 1] != got_whole[number - 1]:
+                differences.append(f"stacked file {number}, {_whole_image_difference(want_whole[number - 1])}")
+        return differences
     differences = []
     for key in keys:
         want, got = expected.get(key, _DEFAULTS.get(key)), actual.get(key, _DEFAULTS.get(key))
@@ -555,7 +564,8 @@ def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCH
     return differences
 
 
-def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = "the model") -> None:
+def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = "the model",
+                  whole_image: Sequence[bool] | None = None, holds_regions: Callable[[], bool] | None = None) -> None:
     """Refuse features whose extraction differs from ``expected`` (one config per fused file).
 
     Several networks' descriptors side by side are the same rows whether each network's come from
@@ -563,10 +573,15 @@ def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = 
     ('vggfeat stack', 'extract --model vgg16,vgg19'): features are taken where their networks'
     parts (:func:`network_parts`) match ``expected``'s part by part, in order, however they are
     grouped into files. Refused otherwise, naming the parts that differ (as the files were given),
-    or their numbers where they differ."""
+    or their numbers where they differ.
+
+    Grouped otherwise, each part must also describe what ``expected``'s did: each row, or each
+    region's whole image (I+B), which a stacked file records (``"whole_image"``) and fused files
+    give as they are read: ``whole_image``, for each of ``actual``'s files, whether it gives the
+    first's regions their image's row (:attr:`Fused.whole_image`; None: none does). A model of
+    fused files records not which of them did: features grouped otherwise are refused where
+    ``holds_regions()`` (asked then alone: a scan of the first file's paths) says their rows are regions."""
     want, got = network_parts(expected), network_parts(actual)
-    if len(want) == len(got) and not any(config_differences(each, other) for each, other in zip(want, got)):
-        return
     if len(want) != len(got):
         if len(want) == len(expected) and len(got) == len(actual):  # a file per network on both sides
             raise VggfeatError(f"{what} was trained on {len(expected)} fused features file(s), got {len(actual)}; pass "
@@ -574,15 +589,31 @@ def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = 
         raise VggfeatError(f"{what} was trained on the descriptors of {len(want)} network(s) side by side "
                            f"({_models(want)}), got {len(got)} ({_models(got)}); pass the same networks in the same "
                            "order: a --features file each, or one file stacked from them")
-    if [len(_stacked_parts(config)) for config in expected] != [len(_stacked_parts(config)) for config in actual]:
-        differences = [f"{name}, {difference}" for name, each, other in zip(_part_names(actual), want, got)
-                       for difference in config_differences(each, other)]
+    if [len(_stacked_parts(config)) for config in expected] == [len(_stacked_parts(config)) for config in actual]:
+        # Laid out in files alike: each file's own differences.
+        for index, (each, other) in enumerate(zip(expected, actual)):
+            differences = config_differences(each, other)
+            if differences:
+                which = f" (features file {index + 1})" if len(expected) > 1 else ""
+                raise VggfeatError(f"features extracted with a different configuration than {what}{which}: "
+                                   f"{'; '.join(differences)}")
+        return
+    names = _part_names(actual)
+    differences = [f"{name}, {difference}" for name, each, other in zip(names, want, got)
+                   for difference in config_differences(each, other)]
+    if not differences and len(expected) > 1:  # fused: which file gave the regions their images' rows is not recorded
+        if holds_regions is not None and holds_regions():
+            raise VggfeatError(f"{what} was trained on {len(expected)} fused features files, whose configurations do "
+                               "not record which gave each region its whole image's descriptor (I+B), and these rows "
+                               "are regions: pass the features files fused as it was trained (a --features file each)")
+        return
+    if not differences:  # one stacked file, whose first part describes its own rows
+        want_whole = _part_flags(expected, [False])
+        got_whole = _part_flags(actual, [False] * len(actual) if whole_image is None else whole_image)
+        differences = [f"{name}, {_whole_image_difference(each)}"
+                       for name, each, other in zip(names, want_whole, got_whole) if each != other]
+    if differences:
         raise VggfeatError(f"features extracted with a different configuration than {what}: {'; '.join(differences)}")
-    for index, (each, other) in enumerate(zip(expected, actual)):  # laid out in files alike: each file's own differences
-        differences = config_differences(each, other)
-        if differences:
-            which = f" (features file {index + 1})" if len(expected) > 1 else ""
-            raise VggfeatError(f"features extracted with a different configuration than {what}{which}: {'; '.join(differences)}")
 
 
 def network_parts(configs: Sequence[dict]) -> list[dict]:
@@ -594,6 +625,20 @@ def network_parts(configs: Sequence[dict]) -> list[dict]:
 def _stacked_parts(config: dict) -> list[dict]:
     parts = config.get("stacked")
     return parts if isinstance(parts, list) else [config]
+
+
+def _part_flags(configs: Sequence[dict], whole_image: Sequence[bool]) -> list[bool]:
+    """For each of :func:`network_parts` of ``configs``, whether it describes each region's whole
+    image (I+B): as a stacked file records it, or as its file gives them (``whole_image``, one a
+    file), as :func:`vggfeat.stack.stacked_config` records them."""
+    return [whole or flag for config, whole in zip(configs, whole_image, strict=True)
+            for flag in config.get("whole_image", [False] * len(_stacked_parts(config)))]
+
+
+def _whole_image_difference(expected: bool) -> str:
+    """A part that describes each region's whole image (I+B) where the other describes the row
+    itself, or the reverse, as :func:`config_differences` says a key's values differ."""
+    return f"whole_image: {_show(expected)} expected, {_show(not expected)} found"
 
 
 def _part_names(configs: Sequence[dict]) -> list[str]:

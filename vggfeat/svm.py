@@ -562,11 +562,12 @@ def _check_part_dims(svm: LinearSVM, extraction_configs: list[dict]) -> None:
     ``part_dims`` are not the dimensions of the networks' descriptors that ``extraction_configs``
     record, in order (each file's ``dim``; a stacked file's, each of its parts'): its file would
     score those networks' rows normalised in other parts than theirs. Configurations that record
-    no dimension (of files written by other code) are not checked."""
+    no dimension (of files written by other code), or none given (``[]``, which save_model takes
+    for any model), are not checked."""
     if not (isinstance(svm.normalize, str) and svm.normalize == "parts"):
         return
     dims = [part.get("dim") for part in network_parts(extraction_configs)]
-    if not all(_is_integer_at_least(dim, 1) for dim in dims):
+    if not dims or not all(_is_integer_at_least(dim, 1) for dim in dims):  # the networks' dimensions unknown
         return
     part_dims = [int(dim) for dim in svm.part_dims]
     if part_dims != dims:
