@@ -14,10 +14,8 @@ An archive is a file that holds images, not a folder: its members take the label
 it lies in (none at the top), or their WebDataset sample's (:func:`sample_classes`). An archive
 inside an archive (``train.tar/n0123.tar/x.jpg``: ImageNet's training set is an archive of an
 archive per class) is read in place as well, its members' offsets counted in the outermost file.
-Only uncompressed archives (``.tar``) can be read at an offset. An archive that cannot be read (a
-compressed one, a damaged one, one this user may not read) is skipped as the images are found,
-saying why, and recorded as failed: its path is an entry of the image set that fails as it is
-read (:func:`split_member`, :func:`open_member`), as a damaged image would.
+Only uncompressed archives (``.tar``) can be read at an offset; a compressed one is refused as it
+is found.
 """
 
 from __future__ import annotations
@@ -60,38 +58,10 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_EXTENSION)
 
 
-class UnreadableArchiveError(VggfeatError):
-    """A tar archive whose table cannot be read: ``archive``, ``why`` (without its path, which a
-    failure's row names) and ``remedy``, what to do."""
-
-    def __init__(self, archive: str, why: str, remedy: str) -> None:
-        super().__init__(f"cannot read the tar archive {archive} ({why}); {remedy}")
-        self.archive, self.why, self.remedy = archive, why, remedy
-
-    @property
-    def reason(self) -> str:
-        """Why its entry in an image set failed (:func:`open_member`), as a failed image's reason:
-        --update, not --retry-failed, describes its images once it reads (they are other paths)."""
-        return (f"a tar archive that cannot be read ({self.why}): its images are left out; {self.remedy}, then --update "
-                "adds them")
-
-
 def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
     """(archive, member) where ``path`` names a member of a tar archive (a component that ends in
     ``.tar`` and is a file, then the member's name), else None. Only paths with such a
-    component are looked at on the disk. A path that is an archive's file itself gives
-    (archive, ""): the entry of an archive that could not be read as the images were found,
-    which fails as it is read, saying why (:func:`open_member`), rather than as an image that
-    Pillow cannot identify."""
-    inside = _split(path)
-    name = os.fspath(path)
-    if inside is None and is_archive(name) and os.path.isfile(name):
-        return name, ""
-    return inside
-
-
-def _split(path: str | os.PathLike) -> tuple[str, str] | None:
-    """As :func:`split_member`, for members only (not an archive itself)."""
+    component are looked at on the disk."""
     parts = os.fspath(path).split("/")
     for end, part in enumerate(parts[:-1], start=1):
         if is_archive(part):
@@ -128,30 +98,21 @@ def modified(path: str | os.PathLike, archives: dict[str, float]) -> float:
 
 def members(archive: str | os.PathLike) -> dict[str, str | None]:
     """The regular files in ``archive``, in its order (of one cut short, those before the cut),
-    each with its sample's class where it has one (:func:`sample_classes`);
-    :class:`UnreadableArchiveError` where it is not an uncompressed tar archive that can be read."""
+    each with its sample's class where it has one (:func:`sample_classes`); VggfeatError, naming
+    it, where it is not an uncompressed tar archive."""
     try:
         table = read_table(os.fspath(archive))
         classes = sample_classes(archive, table)
     except (tarfile.TarError, OSError) as error:
-        raise _unreadable(os.fspath(archive), error) from None
+        outer = _file_of(os.fspath(archive))
+        remedy = "unpack or repair it, or move it out of the folder" if outer == os.fspath(archive) else f"repair or unpack {outer}"
+        why = _compression(outer) if outer == os.fspath(archive) else None
+        why = f"{why}-compressed, though named .tar" if why else str(error)  # tarfile said "bad checksum"
+        raise VggfeatError(f"cannot read the tar archive {archive} ({why}); vggfeat reads images from uncompressed "
+                           f"tar archives: {remedy}") from None
     if not classes:
         return dict.fromkeys(table)
     return {member: classes.get(_sample_key(member)) for member in table}
-
-
-def _unreadable(archive: str, error: tarfile.TarError | OSError) -> UnreadableArchiveError:
-    """The error that says why ``archive`` cannot be read, from the ``error`` that reading it
-    raised, and what to do."""
-    if isinstance(error, OSError):  # its strerror: the message names the file
-        why = error.strerror or str(error)
-        return UnreadableArchiveError(archive, why, "fix its permissions" if isinstance(error, PermissionError)
-                                      else "check that its storage is available")
-    outer = _file_of(archive)
-    compression = _compression(outer) if outer == archive else None
-    why = f"{compression}-compressed, though named .tar" if compression else str(error)  # tarfile said "bad checksum"
-    remedy = "unpack or repair it" if outer == archive else "repair or unpack the archive that holds it"
-    return UnreadableArchiveError(archive, why, f"vggfeat reads images from uncompressed tar archives: {remedy}")
 
 
 # The first bytes of the compressed files that a tar archive is often packed into.
@@ -195,10 +156,7 @@ def _sample_key(member: str) -> str:
 
 def open_member(archive: str, member: str) -> BinaryIO:
     """The bytes of ``member`` of ``archive``, to read as a file; ImageError where the archive
-    does not hold it, or ends before its end, or where the member is an archive itself (or
-    ``member`` is "": ``archive`` itself), saying why it is no image (:func:`split_member`)."""
-    if not member or is_archive(member):
-        raise _archive_as_image(f"{archive}/{member}" if member else archive)
+    does not hold it, or ends before its end."""
     try:
         archive, member = _innermost(archive, member)
         given = _given.get(archive)
@@ -208,23 +166,12 @@ def open_member(archive: str, member: str) -> BinaryIO:
                 return data  # else the archive was written anew since: its table is read again
         version, table = _table(archive)
     except tarfile.TarError as error:
-        why = _unreadable(archive, error).why  # (a compressed one's compression)
-        raise ImageError(f"its archive is not an uncompressed tar archive that can be read ({why})") from None
+        raise ImageError(f"its archive is not an uncompressed tar archive that can be read ({error})") from None
     if member not in table:
         raise ImageError(f"not in its archive {archive}")
     data = _read_member(archive, *table[member])
     assert data is not None
     return data
-
-
-def _archive_as_image(archive: str) -> ImageError:
-    """Why the tar archive ``archive``, read as an image, is none: it cannot be read (the entry
-    of an archive skipped as the images were found), or its images are its members."""
-    try:
-        _table(archive)
-    except (tarfile.TarError, OSError) as error:
-        return ImageError(_unreadable(archive, error).reason)
-    return ImageError("a tar archive, not an image (readable now: --update finds its images, named ARCHIVE.tar/MEMBER)")
 
 
 def member_tables(paths: Iterable[str], read: Callable[[str], dict[str, tuple[int, int]]] | None = None
@@ -238,7 +185,7 @@ def member_tables(paths: Iterable[str], read: Callable[[str], dict[str, tuple[in
     wanted: dict[str, Table] = {}
     for path in paths:
         inside = split_member(path)
-        if inside is None or is_archive(path):  # (an archive's entry: open_member says why it is no image)
+        if inside is None:
             continue
         try:
             archive, member = _innermost(*inside)
@@ -456,7 +403,7 @@ def _inside(member: str) -> str | None:
 def _span(archive: str) -> tuple[str, int, int | None]:
     """Where ``archive`` lies: (the file, the offset of its first byte, its length, None for the
     whole file). An archive inside another (``train.tar/n0123.tar``) lies where its member's data does."""
-    inside = _split(archive)
+    inside = split_member(archive)
     if inside is None:
         return archive, 0, None
     outer, inner = _innermost(*inside)
@@ -484,7 +431,7 @@ def _innermost(archive: str, member: str) -> tuple[str, str]:
 
 def _file_of(archive: str) -> str:
     """The file that ``archive`` lies in: itself, or for one inside another the outermost's."""
-    inside = _split(archive)
+    inside = split_member(archive)
     return archive if inside is None else inside[0]
 
 
@@ -497,13 +444,6 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: s
     # "r:" reads only uncompressed archives: a compressed one cannot be read at an offset. tarfile
     # counts offsets from where the file is when it opens it.
     with open(file, "rb") as raw:
-        # tarfile takes a first header that is not one for the end, but at the file's start. Checked
-        # before it reads: else a header not read is also warned of as a cut (_warn_if_cut).
-        if start:
-            raw.seek(start)
-            first = raw.read(tarfile.BLOCKSIZE)
-            if first != bytes(tarfile.BLOCKSIZE):
-                tarfile.TarInfo.frombuf(first, tarfile.ENCODING, "surrogateescape")  # raises what it finds wrong
         raw.seek(start)
         with tarfile.open(fileobj=raw, mode="r:") as tar:
             try:
@@ -527,6 +467,11 @@ def _tarfile_table(file: str, start: int = 0, length: int | None = None, name: s
                     raise
                 # It ends within a member (an interrupted copy): those before it are read, and that
                 # one fails as it is read (open_member), as a truncated file would.
+        if not table and start:  # tarfile takes a first header that is not one for the end, but at the file's start
+            raw.seek(start)
+            first = raw.read(tarfile.BLOCKSIZE)
+            if first != bytes(tarfile.BLOCKSIZE):
+                tarfile.TarInfo.frombuf(first, tarfile.ENCODING, "surrogateescape")  # raises what it finds wrong
     return table
 
 

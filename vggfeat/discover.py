@@ -15,7 +15,6 @@ import itertools
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .archives import ARCHIVE_EXTENSION, UnreadableArchiveError, file_exists, is_archive, members
+from .archives import ARCHIVE_EXTENSION, file_exists, is_archive, members
 from .errors import VggfeatError, not_a_file
 from .regions import Regions, image_of, region_of, region_path, split_list_entry, split_region
 from .textfiles import as_utf8, csv_cells, not_utf8, text_lines
@@ -37,9 +36,6 @@ LISTED_FILES_LOOKED_FOR = 16
 # Archives whose headers are read at once where reading the first one's took longer than this a
 # member (10 us on a local disk, parsed in Python: there threads would only take turns at the GIL).
 ARCHIVE_THREADS, REMOTE_MEMBER_SECONDS = 16, 100e-6
-# Unreadable archives warned of one by one as the images are found; the others in one line (each
-# is recorded as failed, with why, all the same).
-UNREADABLE_ARCHIVES_WARNED = 10
 STDIN = Path("-")  # --file-list -: the list is read from standard input
 
 
@@ -190,25 +186,19 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     starting with ``.``, such as macOS ``._`` resource forks) are skipped. Links to folders are
     followed, as torchvision's ImageFolder does (collections are often a folder of links to where
     the images lie), except a link back into a folder it is in. A folder that cannot be listed is
-    an error, not a silent gap in the set. An archive that cannot be read (compressed, damaged,
-    not readable by this user) is skipped with a warning, its path kept in the set as an entry
-    that fails as it is read, saying why: recorded as failed, as a damaged image is, rather than
-    stopping the walk of a thousand archives (or ``root``, where that is the archive: an error).
+    an error, not a silent gap in the set.
     """
     root = check_folder(root)
     if root.is_file():  # an archive
-        in_root, top_archives, unreadable = _archive_images("", str(root), progress)
+        in_root, top_archives = _archive_images("", str(root), progress)
         found = list(in_root)
         sample_classes = {path: label for path, label in in_root.items() if label is not None}
     else:
-        found, top_archives, sample_classes, unreadable = _walk(root, progress)
-    unreadable.sort(key=lambda error: error.archive)
-    if len(found) == len(unreadable):  # no images, but perhaps the entries of archives that cannot be read
+        found, top_archives, sample_classes = _walk(root, progress)
+    if not found:
         raise VggfeatError(
             f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, in all subfolders)"
-            + _unreadable_archives(unreadable)
         )
-    _warn_of(unreadable)
     # A first-level folder is a class; an archive there is a file, whose images have none but
     # their samples' own (or with archive_classes, its name's).
     def folder_class(first: str) -> str | None:
@@ -221,32 +211,9 @@ def find_images(root: str | Path, progress: Callable[[int], object] | None = Non
     return _labelled(root, class_of, archive_classes)
 
 
-def _unreadable_archives(unreadable: list[UnreadableArchiveError]) -> str:
-    """What the refusal of a set with no images says of the archives in it that cannot be read."""
-    if not unreadable:
-        return ""
-    named = ", ".join(f"{error.archive} ({error.why})" for error in unreadable[:3])
-    more = f" (and {len(unreadable) - 3} more)" if len(unreadable) > 3 else ""
-    return (f"; {len(unreadable)} tar archive(s) there cannot be read: {named}{more}; vggfeat reads images from "
-            "uncompressed tar archives that it may read: unpack, repair or make them readable")
-
-
-def _warn_of(unreadable: list[UnreadableArchiveError]) -> None:
-    """Warn of the archives skipped as the images were found: the first UNREADABLE_ARCHIVES_WARNED
-    each, the others in one line (a storage gone would say thousands)."""
-    for error in unreadable[:UNREADABLE_ARCHIVES_WARNED]:
-        warnings.warn(f"cannot read the tar archive {error.archive} ({error.why}): skipped, its images left out, and "
-                      f"recorded as failed; {error.remedy}, then --update adds them", stacklevel=3)
-    if len(unreadable) > UNREADABLE_ARCHIVES_WARNED:
-        warnings.warn(f"{len(unreadable) - UNREADABLE_ARCHIVES_WARNED} more tar archives cannot be read: skipped, each "
-                      "recorded as failed, saying why", stacklevel=3)
-
-
-def _walk(root: Path, progress: Callable[[int], object] | None
-          ) -> tuple[list[str], set[str], dict[str, str], list[UnreadableArchiveError]]:
+def _walk(root: Path, progress: Callable[[int], object] | None) -> tuple[list[str], set[str], dict[str, str]]:
     """The images under the folder ``root`` (see :func:`find_images`), the archives directly in
-    it, the classes of the images in archives whose samples give theirs, and why each archive
-    that cannot be read cannot (its path among the images, an entry that fails as it is read)."""
+    it, and the classes of the images in archives whose samples give theirs."""
     found: list[str] = []
     archives: list[tuple[str, str]] = []
     top_archives: set[str] = set()
@@ -285,49 +252,43 @@ def _walk(root: Path, progress: Callable[[int], object] | None
         more = f" (and {len(unlisted) - 3} more)" if len(unlisted) > 3 else ""
         raise VggfeatError(f"cannot list {len(unlisted)} folder(s) under {root}: {names}{more}; fix their "
                            "permissions, or name the images to describe with --file-list")
-    in_archives, sample_classes, unreadable = _images_in_archives(archives, progress)
-    return found + in_archives, top_archives, sample_classes, unreadable
+    in_archives, sample_classes = _images_in_archives(archives, progress)
+    return found + in_archives, top_archives, sample_classes
 
 
 def _images_in_archives(archives: list[tuple[str, str]], progress: Callable[[int], object] | None
-                        ) -> tuple[list[str], dict[str, str], list[UnreadableArchiveError]]:
+                        ) -> tuple[list[str], dict[str, str]]:
     """The images in each of ``archives`` (its name under the root, its path), counted as each is
-    read: its headers take a while; the classes their samples give; and why those that cannot be
-    read cannot (:func:`_readable_archive_images`). Read ARCHIVE_THREADS at a time where the
-    first one's took over REMOTE_MEMBER_SECONDS a member: a file server's round trips, which
-    threads overlap."""
-    def images_in(archive: tuple[str, str]) -> tuple[dict[str, str | None], list[UnreadableArchiveError]]:
-        found, _, unreadable = _readable_archive_images(*archive)
-        return found, unreadable
+    read: its headers take a while; and the classes their samples give. Read ARCHIVE_THREADS at a
+    time where the first one's took over REMOTE_MEMBER_SECONDS a member: a file server's round
+    trips, which threads overlap."""
+    def images_in(archive: tuple[str, str]) -> dict[str, str | None]:
+        return _archive_images(*archive)[0]
 
     if not archives:
-        return [], {}, []
+        return [], {}
     began = time.perf_counter()
     first = images_in(archives[0])
-    remote = (time.perf_counter() - began) / max(1, len(first[0])) > REMOTE_MEMBER_SECONDS
+    remote = (time.perf_counter() - began) / max(1, len(first)) > REMOTE_MEMBER_SECONDS
     found: list[str] = []
     sample_classes: dict[str, str] = {}
-    unreadable: list[UnreadableArchiveError] = []
     with ThreadPoolExecutor(ARCHIVE_THREADS) if remote else contextlib.nullcontext() as pool:
         rest = pool.map(images_in, archives[1:]) if remote else map(images_in, archives[1:])
-        for images, unread in itertools.chain([first], rest):
+        for images in itertools.chain([first], rest):
             found += images
             sample_classes.update((path, label) for path, label in images.items() if label is not None)
-            unreadable += unread
             if progress is not None:
-                progress(len(images) - len(unread))
-    return found, sample_classes, unreadable
+                progress(len(images))
+    return found, sample_classes
 
 
 def _archive_images(name: str, path: str, progress: Callable[[int], object] | None = None
-                    ) -> tuple[dict[str, str | None], set[str], list[UnreadableArchiveError]]:
+                    ) -> tuple[dict[str, str | None], set[str]]:
     """The images in the archive ``path`` (``name`` under the root; "" for the root), with their
     samples' classes, and those of the archives inside it, each counted by ``progress`` as read;
-    the names of the archives directly in it; and why those inside it that cannot be read cannot
-    (:func:`_readable_archive_images`). UnreadableArchiveError where ``path`` cannot be read."""
+    and the names of the archives directly in it."""
     found: dict[str, str | None] = {}
     inside: set[str] = set()
-    unreadable: list[UnreadableArchiveError] = []
     images = 0
     for member, label in members(path).items():
         shown = f"{name}/{member}" if name else member
@@ -335,25 +296,12 @@ def _archive_images(name: str, path: str, progress: Callable[[int], object] | No
             found[shown] = label
             images += 1
         elif is_archive(member) and not _is_hidden(member):
-            in_member, _, unread = _readable_archive_images(shown, f"{path}/{member}", progress)
-            found.update(in_member)
-            unreadable += unread
+            found.update(_archive_images(shown, f"{path}/{member}", progress)[0])
             if "/" not in member:
                 inside.add(member)
     if progress is not None:
         progress(images)
-    return found, inside, unreadable
-
-
-def _readable_archive_images(name: str, path: str, progress: Callable[[int], object] | None = None
-                             ) -> tuple[dict[str, str | None], set[str], list[UnreadableArchiveError]]:
-    """As :func:`_archive_images`, but where ``path`` cannot be read, its entry (``name``, with no
-    class of a sample), which fails as it is read, saying why (:func:`vggfeat.archives.open_member`):
-    recorded as failed, as a damaged image is; and why."""
-    try:
-        return _archive_images(name, path, progress)
-    except UnreadableArchiveError as error:
-        return {name: None}, set(), [error]
+    return found, inside
 
 
 def _is_image(member: str) -> bool:
