@@ -548,7 +548,7 @@ def config_differences(expected: dict, actual: dict, keys: Sequence[str] = MATCH
         want, got = expected.get("stacked", [expected]), actual.get("stacked", [actual])
         if len(want) != len(got):
             return [f"stacked: the descriptors of {len(want)} file(s) side by side expected, of {len(got)} found"]
-        want_whole, got_whole = _part_flags([expected], [False]), _part_flags([actual], [False])
+        want_whole, got_whole = part_flags([expected], [False]), part_flags([actual], [False])
         differences = []
         for number, (each, other) in enumerate(zip(want, got), 1):
             differences += [f"stacked file {number}, {difference}"
@@ -608,8 +608,8 @@ def check_configs(expected: Sequence[dict], actual: Sequence[dict], what: str = 
                                "are regions: pass the features files fused as it was trained (a --features file each)")
         return
     if not differences:  # one stacked file, whose first part describes its own rows
-        want_whole = _part_flags(expected, [False])
-        got_whole = _part_flags(actual, [False] * len(actual) if whole_image is None else whole_image)
+        want_whole = part_flags(expected, [False])
+        got_whole = part_flags(actual, [False] * len(actual) if whole_image is None else whole_image)
         differences = [f"{name}, {_whole_image_difference(each)}"
                        for name, each, other in zip(names, want_whole, got_whole) if each != other]
     if differences:
@@ -627,10 +627,10 @@ def _stacked_parts(config: dict) -> list[dict]:
     return parts if isinstance(parts, list) else [config]
 
 
-def _part_flags(configs: Sequence[dict], whole_image: Sequence[bool]) -> list[bool]:
+def part_flags(configs: Sequence[dict], whole_image: Sequence[bool]) -> list[bool]:
     """For each of :func:`network_parts` of ``configs``, whether it describes each region's whole
     image (I+B): as a stacked file records it, or as its file gives them (``whole_image``, one a
-    file), as :func:`vggfeat.stack.stacked_config` records them."""
+    file); what :func:`vggfeat.stack.stacked_config` records."""
     return [whole or flag for config, whole in zip(configs, whole_image, strict=True)
             for flag in config.get("whole_image", [False] * len(_stacked_parts(config)))]
 

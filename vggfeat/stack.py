@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._version import __version__
-from .features import Files, Fused, file_list, fused_files
+from .features import Files, Fused, file_list, fused_files, network_parts, part_flags
 from .parts import check_no_extraction_into, written_unless_done
 from .rerun import check_output, made_from, record
 from .files import open_h5, written_atomically
@@ -135,12 +135,7 @@ def stacked_config(configs: Sequence[dict], whole_image: Sequence[bool]) -> dict
     each, whether it describes the first's regions by their whole image (I+B), recorded only then.
     Stacked ones among ``configs`` (a file of 'extract --model vgg16,vgg19', say) give their parts
     in their place: stacking D & E with C is stacking D, E and C."""
-    parts: list[dict] = []
-    flags: list[bool] = []
-    for config, whole in zip(configs, whole_image, strict=True):
-        inner = config.get("stacked", [config])
-        parts += inner
-        flags += [whole or flag for flag in config.get("whole_image", [False] * len(inner))]
+    parts, flags = network_parts(configs), part_flags(configs, whole_image)
     stacked = {"stacked": parts, "dim": sum(int(each["dim"]) for each in parts)}
     return {**stacked, "whole_image": flags} if any(flags) else stacked
 
